@@ -1,0 +1,280 @@
+//! One decision: its input and output in every world, and how to ask a
+//! component or the native default for it.
+//!
+//! The JSON form of an input names the function (`"function": "place"`) and
+//! its arguments with their WIT names; see docs/plugin-json.md.
+
+use crate::error::CallError;
+use crate::runtime::{LoadedPlugin, Runtime};
+use nasvisor_plugin_sdk::prelude::*;
+use nasvisor_plugin_sdk::World;
+use serde::{Deserialize, Serialize};
+
+/// The input of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "function", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DecisionInput {
+    /// scheduler.place
+    Place {
+        view: ClusterView,
+        request: PlacementRequest,
+    },
+    /// scheduler.rebalance
+    Rebalance { view: ClusterView },
+    /// ha-policy.react
+    React { view: ClusterView, events: Vec<Event> },
+    /// sha.check-setup
+    CheckSetup {
+        host: HostInfo,
+        #[serde(rename = "raw-status")]
+        raw_status: String,
+    },
+    /// sha.parse-status
+    ParseStatus {
+        #[serde(rename = "raw-status")]
+        raw_status: String,
+    },
+    /// sha.on-state-change
+    OnStateChange {
+        view: ClusterView,
+        host: HostId,
+        previous: Option<ShaPairState>,
+        current: ShaPairState,
+    },
+    /// os-installer.plan-install
+    PlanInstall {
+        image: ImageMeta,
+        request: InstallRequest,
+    },
+}
+
+impl DecisionInput {
+    /// The world whose plugin decides this.
+    pub fn world(&self) -> World {
+        match self {
+            DecisionInput::Place { .. } | DecisionInput::Rebalance { .. } => World::Scheduler,
+            DecisionInput::React { .. } => World::HaPolicy,
+            DecisionInput::CheckSetup { .. }
+            | DecisionInput::ParseStatus { .. }
+            | DecisionInput::OnStateChange { .. } => World::Sha,
+            DecisionInput::PlanInstall { .. } => World::OsInstaller,
+        }
+    }
+
+    /// The WIT name of the function.
+    pub fn function(&self) -> &'static str {
+        match self {
+            DecisionInput::Place { .. } => "place",
+            DecisionInput::Rebalance { .. } => "rebalance",
+            DecisionInput::React { .. } => "react",
+            DecisionInput::CheckSetup { .. } => "check-setup",
+            DecisionInput::ParseStatus { .. } => "parse-status",
+            DecisionInput::OnStateChange { .. } => "on-state-change",
+            DecisionInput::PlanInstall { .. } => "plan-install",
+        }
+    }
+
+    /// The view the decision was made on, if any.
+    pub fn view(&self) -> Option<&ClusterView> {
+        match self {
+            DecisionInput::Place { view, .. }
+            | DecisionInput::Rebalance { view }
+            | DecisionInput::React { view, .. }
+            | DecisionInput::OnStateChange { view, .. } => Some(view),
+            _ => None,
+        }
+    }
+}
+
+/// The successful output of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DecisionOutput {
+    Placement(Placement),
+    Moves(Vec<RebalanceMove>),
+    Actions(Vec<HaAction>),
+    SetupCheck(SetupCheck),
+    PairState(ShaPairState),
+    Plan(InstallPlan),
+}
+
+/// A plugin's answer: an output, or its own deliberate error.
+pub type Answer = Result<DecisionOutput, PluginError>;
+
+/// The JSON form of an answer: `{"ok": ...}` or `{"error": {...}}`.
+pub fn answer_json(answer: &Answer) -> serde_json::Value {
+    match answer {
+        Ok(o) => serde_json::json!({ "ok": o }),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+type PlaceSig<'a> = (&'a ClusterView, &'a PlacementRequest);
+type PlaceRet = (Result<Placement, PluginError>,);
+type RebalanceSig<'a> = (&'a ClusterView,);
+type RebalanceRet = (Result<Vec<RebalanceMove>, PluginError>,);
+type ReactSig<'a> = (&'a ClusterView, &'a [Event]);
+type ActionsRet = (Result<Vec<HaAction>, PluginError>,);
+type CheckSetupSig<'a> = (&'a HostInfo, &'a str);
+type CheckSetupRet = (Result<SetupCheck, PluginError>,);
+type ParseStatusSig<'a> = (&'a str,);
+type ParseStatusRet = (Result<ShaPairState, PluginError>,);
+type OnStateChangeSig<'a> = (&'a ClusterView, &'a str, &'a Option<ShaPairState>, &'a ShaPairState);
+type PlanInstallSig<'a> = (&'a ImageMeta, &'a InstallRequest);
+type PlanInstallRet = (Result<InstallPlan, PluginError>,);
+
+/// Checks every export of the plugin's world against the Rust signatures
+/// used by [`invoke`].
+pub(crate) fn typecheck(rt: &Runtime, p: &LoadedPlugin) -> Result<(), String> {
+    match p.world() {
+        World::Scheduler => {
+            rt.typecheck_export::<PlaceSig, PlaceRet>(p, "place")?;
+            rt.typecheck_export::<RebalanceSig, RebalanceRet>(p, "rebalance")
+        }
+        World::HaPolicy => rt.typecheck_export::<ReactSig, ActionsRet>(p, "react"),
+        World::Sha => {
+            rt.typecheck_export::<CheckSetupSig, CheckSetupRet>(p, "check-setup")?;
+            rt.typecheck_export::<ParseStatusSig, ParseStatusRet>(p, "parse-status")?;
+            rt.typecheck_export::<OnStateChangeSig, ActionsRet>(p, "on-state-change")
+        }
+        World::OsInstaller => rt.typecheck_export::<PlanInstallSig, PlanInstallRet>(p, "plan-install"),
+    }
+}
+
+/// Asks a component for a decision (fresh instance, limits applied). The
+/// answer is not validated here.
+pub fn invoke(
+    rt: &Runtime,
+    p: &LoadedPlugin,
+    input: &DecisionInput,
+    wall_clock_ms: u64,
+) -> Result<Answer, CallError> {
+    if input.world() != p.world() {
+        return Err(CallError::Instantiate(format!(
+            "{} is a {} function; the plugin is a {} plugin",
+            input.function(),
+            input.world(),
+            p.world()
+        )));
+    }
+    let f = input.function();
+    let w = wall_clock_ms;
+    Ok(match input {
+        DecisionInput::Place { view, request } => rt
+            .call::<PlaceSig, PlaceRet>(p, f, w, (view, request))?
+            .0
+            .map(DecisionOutput::Placement),
+        DecisionInput::Rebalance { view } => rt
+            .call::<RebalanceSig, RebalanceRet>(p, f, w, (view,))?
+            .0
+            .map(DecisionOutput::Moves),
+        DecisionInput::React { view, events } => rt
+            .call::<ReactSig, ActionsRet>(p, f, w, (view, events.as_slice()))?
+            .0
+            .map(DecisionOutput::Actions),
+        DecisionInput::CheckSetup { host, raw_status } => rt
+            .call::<CheckSetupSig, CheckSetupRet>(p, f, w, (host, raw_status.as_str()))?
+            .0
+            .map(DecisionOutput::SetupCheck),
+        DecisionInput::ParseStatus { raw_status } => rt
+            .call::<ParseStatusSig, ParseStatusRet>(p, f, w, (raw_status.as_str(),))?
+            .0
+            .map(DecisionOutput::PairState),
+        DecisionInput::OnStateChange {
+            view,
+            host,
+            previous,
+            current,
+        } => rt
+            .call::<OnStateChangeSig, ActionsRet>(p, f, w, (view, host.as_str(), previous, current))?
+            .0
+            .map(DecisionOutput::Actions),
+        DecisionInput::PlanInstall { image, request } => rt
+            .call::<PlanInstallSig, PlanInstallRet>(p, f, w, (image, request))?
+            .0
+            .map(DecisionOutput::Plan),
+    })
+}
+
+/// Asks the built-in native default policy for a decision.
+pub fn invoke_native(input: &DecisionInput, env: &dyn Env) -> Answer {
+    use nasvisor_ha_policy::DefaultHaPolicy;
+    use nasvisor_os_installer::DefaultOsInstaller;
+    use nasvisor_scheduler::DefaultScheduler;
+    use nasvisor_sha::DefaultSha;
+    match input {
+        DecisionInput::Place { view, request } => DefaultScheduler
+            .place(env, view, request)
+            .map(DecisionOutput::Placement),
+        DecisionInput::Rebalance { view } => DefaultScheduler
+            .rebalance(env, view)
+            .map(DecisionOutput::Moves),
+        DecisionInput::React { view, events } => DefaultHaPolicy
+            .react(env, view, events)
+            .map(DecisionOutput::Actions),
+        DecisionInput::CheckSetup { host, raw_status } => DefaultSha
+            .check_setup(env, host, raw_status)
+            .map(DecisionOutput::SetupCheck),
+        DecisionInput::ParseStatus { raw_status } => DefaultSha
+            .parse_status(env, raw_status)
+            .map(DecisionOutput::PairState),
+        DecisionInput::OnStateChange {
+            view,
+            host,
+            previous,
+            current,
+        } => DefaultSha
+            .on_state_change(env, view, host, previous.as_ref(), current)
+            .map(DecisionOutput::Actions),
+        DecisionInput::PlanInstall { image, request } => DefaultOsInstaller
+            .plan_install(env, image, request)
+            .map(DecisionOutput::Plan),
+    }
+}
+
+/// The [`Env`] the host gives native policies: logs through `tracing`, the
+/// same settings and wall clock a component would see.
+#[derive(Debug, Clone)]
+pub struct NativeEnv {
+    pub settings: Vec<(String, String)>,
+    pub wall_clock_ms: u64,
+    pub origin: std::time::Instant,
+}
+
+impl NativeEnv {
+    pub fn new(settings: Vec<(String, String)>, wall_clock_ms: u64) -> NativeEnv {
+        NativeEnv {
+            settings,
+            wall_clock_ms,
+            origin: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Env for NativeEnv {
+    fn log(&self, level: LogLevel, message: &str, fields: &[(&str, &str)]) {
+        let fields = format!("{fields:?}");
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "plugin", plugin = "native", %fields, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "plugin", plugin = "native", %fields, "{message}"),
+            LogLevel::Info => tracing::info!(target: "plugin", plugin = "native", %fields, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "plugin", plugin = "native", %fields, "{message}"),
+            LogLevel::Error => tracing::error!(target: "plugin", plugin = "native", %fields, "{message}"),
+        }
+    }
+    fn monotonic_now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+    fn wall_clock_ms(&self) -> u64 {
+        self.wall_clock_ms
+    }
+    fn setting(&self, key: &str) -> Option<String> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+    fn settings(&self) -> Vec<(String, String)> {
+        self.settings.clone()
+    }
+}

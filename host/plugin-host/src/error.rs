@@ -1,0 +1,79 @@
+//! Typed errors of the plugin runtime. Each names its cause in one line.
+
+use nasvisor_plugin_sdk::World;
+
+/// Why a plugin package or component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file is not a nasvisor plugin package.
+    #[error("malformed plugin package: {0}")]
+    MalformedPackage(String),
+    /// The package is not signed and developer mode is off.
+    #[error("bad signature: the plugin is unsigned and developer mode is off")]
+    Unsigned,
+    /// The signing key is not among the trusted keys.
+    #[error("bad signature: signed by untrusted key {key_id}")]
+    UntrustedKey { key_id: String },
+    /// The signature does not verify.
+    #[error("bad signature: the signature over the manifest does not verify (key {key_id})")]
+    BadSignature { key_id: String },
+    /// The component bytes differ from the signed digest.
+    #[error("bad signature: component bytes were tampered with (sha256 {actual}, signed {signed})")]
+    Tampered { signed: String, actual: String },
+    /// The manifest's world is not the one expected.
+    #[error("wrong world: the plugin is a {found} plugin, expected {expected}")]
+    WrongWorld { expected: World, found: String },
+    /// The component does not implement its world.
+    #[error("wrong world: the component does not implement the {world} world: {detail}")]
+    ComponentMismatch { world: World, detail: String },
+    /// The WIT version is not compatible with this host.
+    #[error("incompatible WIT version {found}: this host implements nasvisor:plugin@{host}")]
+    IncompatibleWit { found: String, host: &'static str },
+    /// The component imports something the host does not grant.
+    #[error("forbidden import {import:?}: plugins may only import nasvisor:plugin/host and nasvisor:plugin/types")]
+    ForbiddenImport { import: String },
+    /// Compiling the component failed.
+    #[error("invalid component: {0}")]
+    Compile(String),
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one call into a plugin failed. The host falls back to the native
+/// default policy on each of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its epoch deadline.
+    #[error("deadline exceeded: the plugin ran longer than {deadline_ms} ms")]
+    DeadlineExceeded { deadline_ms: u64 },
+    /// The plugin tried to grow its memory past the cap.
+    #[error("memory limit: the plugin tried to use {requested} bytes, the cap is {limit} bytes")]
+    MemoryLimit { requested: u64, limit: u64 },
+    /// The plugin trapped (panic, stack overflow, unreachable, bad memory access...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The plugin answered something the host must not act on.
+    #[error("invalid output: {0}")]
+    InvalidOutput(String),
+    /// Instantiating the plugin failed.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    /// A short stable name of the cause, for journals and metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            CallError::DeadlineExceeded { .. } => "deadline-exceeded",
+            CallError::MemoryLimit { .. } => "memory-limit",
+            CallError::Trap(_) => "trap",
+            CallError::InvalidOutput(_) => "invalid-output",
+            CallError::Instantiate(_) => "instantiate",
+        }
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for nasvisor (Debian 12, run as root or with sudo).
+# Installs every system package the build and the tests need, with
+# --no-install-recommends. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Packages from bookworm main / security.
+PKGS=(
+  # wasm-capable compiler for the plugins (see shared/TOOLCHAIN.md section 1)
+  rustc-web cargo-web rust-web-src lld-19
+  # networking primitives used by the daemon and the tests
+  iproute2
+  # NoCloud seed building (VFAT image) and the bundled guest's initramfs
+  dosfstools mtools cpio busybox-static
+  # UEFI firmware for guests, cloud-init as the user-data validator
+  ovmf cloud-init
+)
+# Packages that must match qemu-utils 10.x, from bookworm-backports.
+BPO_PKGS=(qemu-system-x86 qemu-utils)
+
+missing() {
+  local out=()
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      out+=("$p")
+    fi
+  done
+  echo "${out[@]:-}"
+}
+
+updated=0
+apt_update() {
+  if [ "$updated" -eq 0 ]; then
+    $SUDO apt-get update -qq
+    updated=1
+  fi
+}
+
+# bookworm-backports source: reuse the mirror URI already configured for bookworm.
+BPO_LIST=/etc/apt/sources.list.d/nasvisor-backports.sources
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  if [ -z "$uri" ]; then
+    uri=$(awk '/^deb / && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  if [ -n "$uri" ]; then
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" \
+      | $SUDO tee "$BPO_LIST" >/dev/null
+    updated=0
+  else
+    echo "setup: cannot find the Debian mirror URI to add bookworm-backports" >&2
+  fi
+fi
+
+m=$(missing "${PKGS[@]}")
+if [ -n "$m" ]; then
+  apt_update
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $m
+fi
+
+need_bpo=0
+if [ -n "$(missing "${BPO_PKGS[@]}")" ]; then need_bpo=1; fi
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -q "version 10"; then need_bpo=1; fi
+if [ "$need_bpo" -eq 1 ]; then
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports "${BPO_PKGS[@]}"
+fi
+
+echo "setup: system packages present"

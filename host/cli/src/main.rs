@@ -1,1 +1,36 @@
-fn main() {}
+//! `nasvisor`: the command-line tool. For now it carries the plugin
+//! commands; the VM, storage and cluster commands talk to nasvisord's API.
+
+mod plugin_build;
+mod plugin_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "nasvisor", version, about = "Administer a nasvisor host and its plugins")]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax), e.g. "info" or "nasvisor=debug".
+    #[arg(long, global = true, default_value = "warn", env = "NASVISOR_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write, build, sign, check and try policy plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Plugin(cmd) => plugin_cmd::run(cmd),
+    }
+}

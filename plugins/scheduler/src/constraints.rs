@@ -33,7 +33,10 @@ pub fn health_name(h: HostHealth) -> &'static str {
 
 /// Format resources as `"2 vCPU / 4096 MiB / 20 GiB"`.
 pub fn fmt_resources(r: &Resources) -> String {
-    format!("{} vCPU / {} MiB / {} GiB", r.vcpus, r.memory_mib, r.storage_gib)
+    format!(
+        "{} vCPU / {} MiB / {} GiB",
+        r.vcpus, r.memory_mib, r.storage_gib
+    )
 }
 
 /// Why `host` (with `free` resources left) cannot take `vm`, or `None` when it
@@ -41,7 +44,12 @@ pub fn fmt_resources(r: &Resources) -> String {
 /// VM's resources, the host is among the VM's pinned hosts (if any), the host
 /// carries every required label, and no VM of the VM's anti-affinity list (other
 /// than the VM itself) is active on the host.
-pub fn rejection(host: &HostInfo, free: &Resources, vm: &VmInfo, occ: &dyn Occupancy) -> Option<String> {
+pub fn rejection(
+    host: &HostInfo,
+    free: &Resources,
+    vm: &VmInfo,
+    occ: &dyn Occupancy,
+) -> Option<String> {
     if host.health != HostHealth::Healthy {
         return Some(format!("health is {}", health_name(host.health)));
     }
@@ -56,7 +64,7 @@ pub fn rejection(host: &HostInfo, free: &Resources, vm: &VmInfo, occ: &dyn Occup
         ));
     }
     let c = &vm.constraints;
-    if !c.pinned_hosts.is_empty() && !c.pinned_hosts.iter().any(|p| *p == host.id) {
+    if !c.pinned_hosts.is_empty() && !c.pinned_hosts.contains(&host.id) {
         return Some("not one of the VM's pinned hosts".into());
     }
     if let Some(l) = c.required_labels.iter().find(|l| !host.labels.contains(l)) {
@@ -96,7 +104,10 @@ mod tests {
     fn healthy_roomy_host_is_accepted() {
         let h = host("h1", 8, 16384);
         let v = vm("v", 2, 4096);
-        assert_eq!(rejection(&h, &h.free, &v, &view(vec![h.clone()], vec![])), None);
+        assert_eq!(
+            rejection(&h, &h.free, &v, &view(vec![h.clone()], vec![])),
+            None
+        );
     }
 
     #[test]
@@ -106,25 +117,36 @@ mod tests {
 
         let mut h = host("h1", 8, 16384);
         h.health = HostHealth::Degraded;
-        assert_eq!(rejection(&h, &h.free, &v, &view0).unwrap(), "health is degraded");
+        assert_eq!(
+            rejection(&h, &h.free, &v, &view0).unwrap(),
+            "health is degraded"
+        );
 
         let mut h = host("h1", 8, 16384);
         h.cordoned = true;
         assert_eq!(rejection(&h, &h.free, &v, &view0).unwrap(), "cordoned");
 
         let h = host("h1", 1, 16384);
-        assert!(rejection(&h, &h.free, &v, &view0).unwrap().contains("not enough free"));
+        assert!(rejection(&h, &h.free, &v, &view0)
+            .unwrap()
+            .contains("not enough free"));
         let h = host("h1", 8, 4095);
-        assert!(rejection(&h, &h.free, &v, &view0).unwrap().contains("needs 2 vCPU / 4096 MiB"));
+        assert!(rejection(&h, &h.free, &v, &view0)
+            .unwrap()
+            .contains("needs 2 vCPU / 4096 MiB"));
 
         let h = host("h1", 8, 16384);
         let mut pinned = v.clone();
         pinned.constraints.pinned_hosts = vec!["h2".into()];
-        assert!(rejection(&h, &h.free, &pinned, &view0).unwrap().contains("pinned"));
+        assert!(rejection(&h, &h.free, &pinned, &view0)
+            .unwrap()
+            .contains("pinned"));
 
         let mut labelled = v.clone();
         labelled.constraints.required_labels = vec![label("zone", "a")];
-        assert!(rejection(&h, &h.free, &labelled, &view0).unwrap().contains("zone=a"));
+        assert!(rejection(&h, &h.free, &labelled, &view0)
+            .unwrap()
+            .contains("zone=a"));
         let mut h2 = h.clone();
         h2.labels = vec![label("zone", "b")];
         assert!(rejection(&h2, &h2.free, &labelled, &view0).is_some());
@@ -139,7 +161,10 @@ mod tests {
         v.constraints.anti_affinity = vec!["other".into(), "v".into()];
         let mut other = vm_on("other", 1, 1024, "h1");
         let occ = view(vec![h.clone()], vec![other.clone()]);
-        assert_eq!(rejection(&h, &h.free, &v, &occ).unwrap(), "runs anti-affine VM other");
+        assert_eq!(
+            rejection(&h, &h.free, &v, &occ).unwrap(),
+            "runs anti-affine VM other"
+        );
         other.state = VmState::Stopped;
         let occ = view(vec![h.clone()], vec![other.clone()]);
         assert_eq!(rejection(&h, &h.free, &v, &occ), None);
@@ -155,7 +180,12 @@ mod tests {
         v.constraints.affinity = vec!["b".into(), "a".into(), "b".into(), "v".into(), "c".into()];
         let occ = view(
             vec![],
-            vec![vm_on("a", 1, 1, "h1"), vm_on("b", 1, 1, "h1"), vm_on("c", 1, 1, "h2"), vm_on("v", 1, 1, "h1")],
+            vec![
+                vm_on("a", 1, 1, "h1"),
+                vm_on("b", 1, 1, "h1"),
+                vm_on("c", 1, 1, "h2"),
+                vm_on("v", 1, 1, "h1"),
+            ],
         );
         assert_eq!(affine_vms_on(&v, "h1", &occ), vec!["a", "b"]);
         assert_eq!(affine_vms_on(&v, "h2", &occ), vec!["c"]);

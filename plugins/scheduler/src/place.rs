@@ -35,7 +35,10 @@ impl Candidate<'_> {
     /// Why this host was chosen, for the placement's reason.
     fn explain(&self, s: &PlaceSettings) -> String {
         let mut r = match s.strategy {
-            Strategy::Spread => format!("most free memory after placement: {} MiB", self.free_after_mib),
+            Strategy::Spread => format!(
+                "most free memory after placement: {} MiB",
+                self.free_after_mib
+            ),
             Strategy::Pack => format!(
                 "least free memory after placement (pack): {} MiB",
                 self.free_after_mib
@@ -74,7 +77,11 @@ fn rank<'a>(
         }
         let free_after_mib = h.free.memory_mib - vm.resources.memory_mib;
         let affine = affine_vms_on(vm, id, view);
-        let bonus = if affine.is_empty() { 0 } else { i128::from(s.affinity_bonus_mib) };
+        let bonus = if affine.is_empty() {
+            0
+        } else {
+            i128::from(s.affinity_bonus_mib)
+        };
         let base = i128::from(free_after_mib);
         let score = match s.strategy {
             Strategy::Spread => base + bonus,
@@ -105,19 +112,31 @@ fn why_none(what: &str, refused: &[String]) -> String {
 /// Errors: `bad-settings` for an invalid `strategy` or `affinity-bonus-mib`;
 /// `no-solution` when no eligible host passes the checks, or when an HA VM has
 /// no valid passive host distinct from every possible active host.
-pub fn place(env: &dyn Env, view: &ClusterView, req: &PlacementRequest) -> Result<Placement, PluginError> {
+pub fn place(
+    env: &dyn Env,
+    view: &ClusterView,
+    req: &PlacementRequest,
+) -> Result<Placement, PluginError> {
     let s = PlaceSettings::load(env)?;
     let vm = &req.vm;
     let (actives, refused) = rank(view, vm, &req.eligible_hosts, &s);
     if actives.is_empty() {
         return Err(PluginError::new(
             ErrorCode::NoSolution,
-            format!("no eligible host can take VM {}: {}", vm.id, why_none("eligible-hosts", &refused)),
+            format!(
+                "no eligible host can take VM {}: {}",
+                vm.id,
+                why_none("eligible-hosts", &refused)
+            ),
         ));
     }
     if !vm.ha_enabled {
         let best = &actives[0];
-        env.log(LogLevel::Info, "placed", &[("vm", &vm.id), ("host", best.id)]);
+        env.log(
+            LogLevel::Info,
+            "placed",
+            &[("vm", &vm.id), ("host", best.id)],
+        );
         return Ok(Placement {
             host: best.id.to_string(),
             passive_host: None,
@@ -174,13 +193,22 @@ mod tests {
     }
 
     fn three_hosts() -> Vec<HostInfo> {
-        vec![host("h1", 16, 8192), host("h2", 16, 16384), host("h3", 16, 12288)]
+        vec![
+            host("h1", 16, 8192),
+            host("h2", 16, 16384),
+            host("h3", 16, 12288),
+        ]
     }
 
     #[test]
     fn spread_picks_most_free_memory_after_placement() {
         let v = view(three_hosts(), vec![]);
-        let p = place(&env_with(&[]), &v, &req(vm("v", 2, 4096), &["h1", "h2", "h3"], &[])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &v,
+            &req(vm("v", 2, 4096), &["h1", "h2", "h3"], &[]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h2");
         assert_eq!(p.passive_host, None);
         assert_eq!(p.reason, "most free memory after placement: 12288 MiB");
@@ -189,7 +217,12 @@ mod tests {
     #[test]
     fn only_eligible_hosts_are_considered() {
         let v = view(three_hosts(), vec![]);
-        let p = place(&env_with(&[]), &v, &req(vm("v", 2, 4096), &["h1", "h3"], &[])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &v,
+            &req(vm("v", 2, 4096), &["h1", "h3"], &[]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h3");
     }
 
@@ -199,7 +232,11 @@ mod tests {
         let env = env_with(&[("strategy", "pack")]);
         let p = place(&env, &v, &req(vm("v", 2, 4096), &["h1", "h2", "h3"], &[])).unwrap();
         assert_eq!(p.host, "h1");
-        assert!(p.reason.contains("pack") && p.reason.contains("4096 MiB"), "{}", p.reason);
+        assert!(
+            p.reason.contains("pack") && p.reason.contains("4096 MiB"),
+            "{}",
+            p.reason
+        );
         // A VM that does not fit on h1 goes to the next tightest host.
         let p = place(&env, &v, &req(vm("v", 2, 10000), &["h1", "h2", "h3"], &[])).unwrap();
         assert_eq!(p.host, "h3");
@@ -207,14 +244,23 @@ mod tests {
 
     #[test]
     fn ties_are_broken_by_host_id_whatever_the_input_order() {
-        let hosts = vec![host("hb", 8, 8192), host("hc", 8, 8192), host("ha", 8, 8192)];
+        let hosts = vec![
+            host("hb", 8, 8192),
+            host("hc", 8, 8192),
+            host("ha", 8, 8192),
+        ];
         for order in [["hb", "hc", "ha"], ["ha", "hb", "hc"], ["hc", "ha", "hb"]] {
             let mut hs = hosts.clone();
             hs.reverse();
             let v = view(hs, vec![]);
             let p = place(&env_with(&[]), &v, &req(vm("v", 1, 1024), &order, &[])).unwrap();
             assert_eq!(p.host, "ha");
-            let p = place(&env_with(&[("strategy", "pack")]), &v, &req(vm("v", 1, 1024), &order, &[])).unwrap();
+            let p = place(
+                &env_with(&[("strategy", "pack")]),
+                &v,
+                &req(vm("v", 1, 1024), &order, &[]),
+            )
+            .unwrap();
             assert_eq!(p.host, "ha");
         }
     }
@@ -228,9 +274,18 @@ mod tests {
         // h1: 11264 + 4096 = 15360 > h2: 15360? equal -> id tie-break picks h1.
         let p = place(&env_with(&[]), &cv, &req(v.clone(), &["h1", "h2"], &[])).unwrap();
         assert_eq!(p.host, "h1");
-        assert!(p.reason.contains("affinity bonus") && p.reason.contains("friend"), "{}", p.reason);
+        assert!(
+            p.reason.contains("affinity bonus") && p.reason.contains("friend"),
+            "{}",
+            p.reason
+        );
         // A smaller bonus does not.
-        let p = place(&env_with(&[("affinity-bonus-mib", "1000")]), &cv, &req(v.clone(), &["h1", "h2"], &[])).unwrap();
+        let p = place(
+            &env_with(&[("affinity-bonus-mib", "1000")]),
+            &cv,
+            &req(v.clone(), &["h1", "h2"], &[]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h2");
         // A stopped affinity VM gives no bonus.
         let mut stopped = vm_on("friend", 1, 1024, "h1");
@@ -246,7 +301,12 @@ mod tests {
         let mut v = vm("v", 1, 1024);
         v.constraints.affinity = vec!["friend".into()];
         let cv = view(hosts, vec![vm_on("friend", 1, 1024, "h2")]);
-        let p = place(&env_with(&[("strategy", "pack")]), &cv, &req(v, &["h1", "h2"], &[])).unwrap();
+        let p = place(
+            &env_with(&[("strategy", "pack")]),
+            &cv,
+            &req(v, &["h1", "h2"], &[]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h2");
     }
 
@@ -275,8 +335,18 @@ mod tests {
         assert_eq!(p.host, "h6");
         let e = place(&env_with(&[]), &cv, &req(v, &all[..5], &[])).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSolution);
-        for needle in ["h1: health is degraded", "h2: cordoned", "h3: not enough", "h4: lacks required label ssd=yes", "h5: runs anti-affine VM enemy"] {
-            assert!(e.message.contains(needle), "{needle:?} missing from {}", e.message);
+        for needle in [
+            "h1: health is degraded",
+            "h2: cordoned",
+            "h3: not enough",
+            "h4: lacks required label ssd=yes",
+            "h5: runs anti-affine VM enemy",
+        ] {
+            assert!(
+                e.message.contains(needle),
+                "{needle:?} missing from {}",
+                e.message
+            );
         }
     }
 
@@ -294,28 +364,51 @@ mod tests {
         let cv = view(three_hosts(), vec![]);
         let e = place(&env_with(&[]), &cv, &req(vm("v", 1, 1024), &[], &[])).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSolution);
-        assert!(e.message.contains("eligible-hosts list is empty"), "{}", e.message);
+        assert!(
+            e.message.contains("eligible-hosts list is empty"),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("VM v"));
     }
 
     #[test]
     fn empty_view_and_unknown_ids_are_no_solution() {
-        let e = place(&env_with(&[]), &ClusterView::default(), &req(vm("v", 1, 1), &["h1"], &[])).unwrap_err();
+        let e = place(
+            &env_with(&[]),
+            &ClusterView::default(),
+            &req(vm("v", 1, 1), &["h1"], &[]),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSolution);
-        assert!(e.message.contains("h1: not in the cluster view"), "{}", e.message);
+        assert!(
+            e.message.contains("h1: not in the cluster view"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn duplicate_eligible_ids_are_harmless() {
         let cv = view(three_hosts(), vec![]);
-        let p = place(&env_with(&[]), &cv, &req(vm("v", 1, 1024), &["h1", "h1", "h3", "h3"], &[])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &cv,
+            &req(vm("v", 1, 1024), &["h1", "h1", "h3", "h3"], &[]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h3");
     }
 
     #[test]
     fn bad_strategy_is_bad_settings() {
         let cv = view(three_hosts(), vec![]);
-        let e = place(&env_with(&[("strategy", "fastest")]), &cv, &req(vm("v", 1, 1), &["h1"], &[])).unwrap_err();
+        let e = place(
+            &env_with(&[("strategy", "fastest")]),
+            &cv,
+            &req(vm("v", 1, 1), &["h1"], &[]),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
         assert!(e.message.contains("strategy"));
     }
@@ -323,7 +416,12 @@ mod tests {
     #[test]
     fn non_ha_vm_never_gets_a_passive_host() {
         let cv = view(three_hosts(), vec![]);
-        let p = place(&env_with(&[]), &cv, &req(vm("v", 1, 1024), &["h1", "h2"], &["h3"])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &cv,
+            &req(vm("v", 1, 1024), &["h1", "h2"], &["h3"]),
+        )
+        .unwrap();
         assert_eq!(p.passive_host, None);
     }
 
@@ -332,10 +430,20 @@ mod tests {
         let cv = view(three_hosts(), vec![]);
         let mut v = vm("v", 2, 4096);
         v.ha_enabled = true;
-        let p = place(&env_with(&[]), &cv, &req(v, &["h1", "h2", "h3"], &["h1", "h2", "h3"])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &cv,
+            &req(v, &["h1", "h2", "h3"], &["h1", "h2", "h3"]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h2");
         assert_eq!(p.passive_host.as_deref(), Some("h3"));
-        assert!(p.reason.contains("passive host h3: most free memory after placement: 8192 MiB"), "{}", p.reason);
+        assert!(
+            p.reason
+                .contains("passive host h3: most free memory after placement: 8192 MiB"),
+            "{}",
+            p.reason
+        );
     }
 
     #[test]
@@ -353,19 +461,30 @@ mod tests {
     fn ha_vm_without_valid_passive_is_no_solution() {
         let mut small = host("h3", 16, 1024);
         small.name = "small".into();
-        let cv = view(vec![host("h1", 16, 8192), host("h2", 16, 16384), small], vec![]);
+        let cv = view(
+            vec![host("h1", 16, 8192), host("h2", 16, 16384), small],
+            vec![],
+        );
         let mut v = vm("v", 2, 4096);
         v.ha_enabled = true;
         let e = place(&env_with(&[]), &cv, &req(v.clone(), &["h1", "h2"], &["h3"])).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSolution);
-        assert!(e.message.contains("passive") && e.message.contains("h3: not enough"), "{}", e.message);
+        assert!(
+            e.message.contains("passive") && e.message.contains("h3: not enough"),
+            "{}",
+            e.message
+        );
 
         let e = place(&env_with(&[]), &cv, &req(v.clone(), &["h2"], &["h2"])).unwrap_err();
         assert_eq!(e.code, ErrorCode::NoSolution);
         assert!(e.message.contains("must differ"), "{}", e.message);
 
         let e = place(&env_with(&[]), &cv, &req(v, &["h2"], &[])).unwrap_err();
-        assert!(e.message.contains("eligible-passive-hosts list is empty"), "{}", e.message);
+        assert!(
+            e.message.contains("eligible-passive-hosts list is empty"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -374,7 +493,12 @@ mod tests {
         let mut v = vm("v", 2, 4096);
         v.ha_enabled = true;
         v.constraints.anti_affinity = vec!["enemy".into()];
-        let p = place(&env_with(&[]), &cv, &req(v, &["h1", "h2"], &["h1", "h2", "h3"])).unwrap();
+        let p = place(
+            &env_with(&[]),
+            &cv,
+            &req(v, &["h1", "h2"], &["h1", "h2", "h3"]),
+        )
+        .unwrap();
         assert_eq!(p.host, "h2");
         assert_eq!(p.passive_host.as_deref(), Some("h1"));
     }

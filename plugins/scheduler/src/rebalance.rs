@@ -69,7 +69,7 @@ impl Occupancy for Sim<'_> {
 
 /// Format basis points as a percentage with two decimals at most.
 fn pct(bp: u64) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         format!("{}%", bp / 100)
     } else {
         format!("{}.{:02}%", bp / 100, bp % 100)
@@ -90,7 +90,10 @@ pub fn rebalance(env: &dyn Env, view: &ClusterView) -> Result<Vec<RebalanceMove>
     };
     for h in &view.hosts {
         if h.health == HostHealth::Healthy && h.capacity.memory_mib > 0 {
-            sim.hosts.entry(h.id.as_str()).or_insert(SimHost { info: h, free: h.free });
+            sim.hosts.entry(h.id.as_str()).or_insert(SimHost {
+                info: h,
+                free: h.free,
+            });
         }
     }
     for v in &view.vms {
@@ -102,7 +105,9 @@ pub fn rebalance(env: &dyn Env, view: &ClusterView) -> Result<Vec<RebalanceMove>
     let mut movable: Vec<&VmInfo> = view
         .vms
         .iter()
-        .filter(|v| v.state == VmState::Running && !v.ha_enabled && v.ha.is_none() && v.host.is_some())
+        .filter(|v| {
+            v.state == VmState::Running && !v.ha_enabled && v.ha.is_none() && v.host.is_some()
+        })
         .collect();
     movable.sort_by(|a, b| {
         a.resources
@@ -117,7 +122,12 @@ pub fn rebalance(env: &dyn Env, view: &ClusterView) -> Result<Vec<RebalanceMove>
         let Some(step) = next_move(&sim, &movable, &moved, threshold_bp) else {
             break;
         };
-        let Step { vm, source, target, reason } = step;
+        let Step {
+            vm,
+            source,
+            target,
+            reason,
+        } = step;
         let res = vm.resources;
         if let Some(h) = sim.hosts.get_mut(source) {
             h.free.vcpus = h.free.vcpus.saturating_add(res.vcpus);
@@ -131,7 +141,11 @@ pub fn rebalance(env: &dyn Env, view: &ClusterView) -> Result<Vec<RebalanceMove>
         }
         sim.location.insert(vm.id.as_str(), target);
         moved.insert(vm.id.as_str());
-        env.log(LogLevel::Info, "rebalance move", &[("vm", &vm.id), ("source", source), ("target", target)]);
+        env.log(
+            LogLevel::Info,
+            "rebalance move",
+            &[("vm", &vm.id), ("source", source), ("target", target)],
+        );
         moves.push(RebalanceMove {
             vm: vm.id.clone(),
             source: source.to_string(),
@@ -157,7 +171,8 @@ fn next_move<'a>(
     moved: &BTreeSet<&str>,
     threshold_bp: u64,
 ) -> Option<Step<'a>> {
-    let mut by_load: Vec<(&'a str, u64)> = sim.hosts.iter().map(|(id, h)| (*id, h.load_bp())).collect();
+    let mut by_load: Vec<(&'a str, u64)> =
+        sim.hosts.iter().map(|(id, h)| (*id, h.load_bp())).collect();
     // Most loaded first, ties by id.
     by_load.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let mut targets: Vec<(&'a str, u64)> = by_load
@@ -175,10 +190,9 @@ fn next_move<'a>(
             // Sources are sorted by load: the rest are balanced too.
             return None;
         }
-        for vm in movable
-            .iter()
-            .filter(|v| sim.location.get(v.id.as_str()) == Some(&source) && !moved.contains(v.id.as_str()))
-        {
+        for vm in movable.iter().filter(|v| {
+            sim.location.get(v.id.as_str()) == Some(&source) && !moved.contains(v.id.as_str())
+        }) {
             for &(target, _) in &targets {
                 if target == source {
                     continue;
@@ -231,7 +245,9 @@ mod tests {
 
     #[test]
     fn empty_view_is_balanced() {
-        assert!(rebalance(&env_with(&[]), &ClusterView::default()).unwrap().is_empty());
+        assert!(rebalance(&env_with(&[]), &ClusterView::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -260,14 +276,28 @@ mod tests {
         let mut stopped = vm_on("stopped", 1, 100, "h1");
         stopped.state = VmState::Paused;
         let v = view(
-            vec![host_used("h1", 10000, 8000), host_used("h2", 10000, 5000), host_used("h3", 10000, 1000)],
-            vec![ha, stopped, vm_on("big", 1, 4000, "h1"), vm_on("small", 1, 2000, "h1"), vm_on("x", 1, 1000, "h3")],
+            vec![
+                host_used("h1", 10000, 8000),
+                host_used("h2", 10000, 5000),
+                host_used("h3", 10000, 1000),
+            ],
+            vec![
+                ha,
+                stopped,
+                vm_on("big", 1, 4000, "h1"),
+                vm_on("small", 1, 2000, "h1"),
+                vm_on("x", 1, 1000, "h3"),
+            ],
         );
         let m = rebalance(&env_with(&[]), &v).unwrap();
         assert_eq!(m[0].vm, "small");
         assert_eq!(m[0].source, "h1");
         assert_eq!(m[0].target, "h3");
-        assert!(m[0].reason.contains("h1 uses 80%") && m[0].reason.contains("h3 10%"), "{}", m[0].reason);
+        assert!(
+            m[0].reason.contains("h1 uses 80%") && m[0].reason.contains("h3 10%"),
+            "{}",
+            m[0].reason
+        );
         assert!(m.iter().all(|m| m.vm != "ha" && m.vm != "stopped"));
     }
 
@@ -276,21 +306,40 @@ mod tests {
         // h1 80 %, h2 20 %: moving one 3000 MiB VM gives 50 % / 50 %.
         let v = view(
             vec![host_used("h1", 10000, 8000), host_used("h2", 10000, 2000)],
-            vec![vm_on("a", 1, 3000, "h1"), vm_on("b", 1, 5000, "h1"), vm_on("c", 1, 2000, "h2")],
+            vec![
+                vm_on("a", 1, 3000, "h1"),
+                vm_on("b", 1, 5000, "h1"),
+                vm_on("c", 1, 2000, "h2"),
+            ],
         );
         assert_eq!(moves(&env_with(&[]), &v), vec![t("a", "h1", "h2")]);
     }
 
     #[test]
     fn respects_max_moves() {
-        let vms: Vec<VmInfo> = (0..8).map(|i| vm_on(&format!("v{i}"), 1, 1000, "h1")).collect();
-        let v = view(vec![host_used("h1", 10000, 8000), host_used("h2", 10000, 0)], vms);
+        let vms: Vec<VmInfo> = (0..8)
+            .map(|i| vm_on(&format!("v{i}"), 1, 1000, "h1"))
+            .collect();
+        let v = view(
+            vec![host_used("h1", 10000, 8000), host_used("h2", 10000, 0)],
+            vms,
+        );
         assert_eq!(moves(&env_with(&[]), &v).len(), 3);
-        assert_eq!(moves(&env_with(&[("max-moves", "1")]), &v), vec![t("v0", "h1", "h2")]);
+        assert_eq!(
+            moves(&env_with(&[("max-moves", "1")]), &v),
+            vec![t("v0", "h1", "h2")]
+        );
         assert!(moves(&env_with(&[("max-moves", "0")]), &v).is_empty());
         // Unlimited moves stop at balance: 80/0 -> 50/30 leaves 20 points.
         assert_eq!(moves(&env_with(&[("max-moves", "100")]), &v).len(), 3);
-        assert_eq!(moves(&env_with(&[("max-moves", "100"), ("imbalance-threshold-percent", "0")]), &v).len(), 4);
+        assert_eq!(
+            moves(
+                &env_with(&[("max-moves", "100"), ("imbalance-threshold-percent", "0")]),
+                &v
+            )
+            .len(),
+            4
+        );
     }
 
     #[test]
@@ -300,7 +349,12 @@ mod tests {
         let mut cordoned = host_used("h3", 10000, 0);
         cordoned.cordoned = true;
         let v = view(
-            vec![host_used("h1", 10000, 9000), down, cordoned, host_used("h4", 10000, 5000)],
+            vec![
+                host_used("h1", 10000, 9000),
+                down,
+                cordoned,
+                host_used("h4", 10000, 5000),
+            ],
             vec![vm_on("a", 1, 1000, "h1")],
         );
         assert_eq!(moves(&env_with(&[]), &v), vec![t("a", "h1", "h4")]);
@@ -310,7 +364,10 @@ mod tests {
     fn cordoned_host_can_be_a_source() {
         let mut c = host_used("h1", 10000, 9000);
         c.cordoned = true;
-        let v = view(vec![c, host_used("h2", 10000, 0)], vec![vm_on("a", 1, 1000, "h1")]);
+        let v = view(
+            vec![c, host_used("h2", 10000, 0)],
+            vec![vm_on("a", 1, 1000, "h1")],
+        );
         assert_eq!(moves(&env_with(&[]), &v), vec![t("a", "h1", "h2")]);
     }
 
@@ -320,7 +377,11 @@ mod tests {
         labelled.labels = vec![label("gpu", "yes")];
         let v0 = |a: VmInfo| {
             view(
-                vec![host_used("h1", 10000, 9000), host_used("h2", 10000, 1000), labelled.clone()],
+                vec![
+                    host_used("h1", 10000, 9000),
+                    host_used("h2", 10000, 1000),
+                    labelled.clone(),
+                ],
                 vec![a, vm_on("enemy", 1, 1000, "h2")],
             )
         };
@@ -349,7 +410,11 @@ mod tests {
         let mut b = vm_on("b", 1, 1100, "h1");
         b.constraints.anti_affinity = vec!["a".into()];
         let v = view(
-            vec![host_used("h1", 10000, 9000), host_used("h2", 10000, 0), host_used("h3", 10000, 3000)],
+            vec![
+                host_used("h1", 10000, 9000),
+                host_used("h2", 10000, 0),
+                host_used("h3", 10000, 3000),
+            ],
             vec![a, b],
         );
         let m = moves(&env_with(&[("imbalance-threshold-percent", "5")]), &v);
@@ -375,7 +440,10 @@ mod tests {
             vec![host_used("h1", 10000, 9000), tiny_cpu],
             vec![vm_on("a", 4, 1000, "h1"), vm_on("b", 1, 2000, "h1")],
         );
-        assert_eq!(moves(&env_with(&[("max-moves", "1")]), &v), vec![t("b", "h1", "h2")]);
+        assert_eq!(
+            moves(&env_with(&[("max-moves", "1")]), &v),
+            vec![t("b", "h1", "h2")]
+        );
     }
 
     #[test]
@@ -383,16 +451,27 @@ mod tests {
         let mut ha = vm_on("ha", 1, 9000, "h1");
         ha.ha_enabled = true;
         let v = view(
-            vec![host_used("h1", 10000, 9000), host_used("h2", 10000, 8000), host_used("h3", 10000, 0)],
+            vec![
+                host_used("h1", 10000, 9000),
+                host_used("h2", 10000, 8000),
+                host_used("h3", 10000, 0),
+            ],
             vec![ha, vm_on("b", 1, 1000, "h2")],
         );
-        assert_eq!(moves(&env_with(&[("max-moves", "1")]), &v), vec![t("b", "h2", "h3")]);
+        assert_eq!(
+            moves(&env_with(&[("max-moves", "1")]), &v),
+            vec![t("b", "h2", "h3")]
+        );
     }
 
     #[test]
     fn ties_are_deterministic() {
         let v1 = view(
-            vec![host_used("hb", 10000, 0), host_used("ha", 10000, 0), host_used("hx", 10000, 9000)],
+            vec![
+                host_used("hb", 10000, 0),
+                host_used("ha", 10000, 0),
+                host_used("hx", 10000, 9000),
+            ],
             vec![vm_on("z", 1, 1000, "hx"), vm_on("y", 1, 1000, "hx")],
         );
         let mut v2 = v1.clone();
@@ -416,7 +495,11 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let e = rebalance(&env_with(&[("imbalance-threshold-percent", "x")]), &ClusterView::default()).unwrap_err();
+        let e = rebalance(
+            &env_with(&[("imbalance-threshold-percent", "x")]),
+            &ClusterView::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
         assert!(e.message.contains("imbalance-threshold-percent"));
     }

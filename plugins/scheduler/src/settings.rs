@@ -93,12 +93,16 @@ impl RebalanceSettings {
     /// Read the rebalance settings; a threshold above 100 is refused.
     pub fn load(env: &dyn Env) -> Result<Self, PluginError> {
         let max_moves = env.setting_or(MAX_MOVES, DEFAULT_MAX_MOVES)?;
-        let threshold_percent =
-            env.setting_or(IMBALANCE_THRESHOLD_PERCENT, DEFAULT_IMBALANCE_THRESHOLD_PERCENT)?;
+        let threshold_percent = env.setting_or(
+            IMBALANCE_THRESHOLD_PERCENT,
+            DEFAULT_IMBALANCE_THRESHOLD_PERCENT,
+        )?;
         if threshold_percent > 100 {
             return Err(PluginError::new(
                 ErrorCode::BadSettings,
-                format!("setting {IMBALANCE_THRESHOLD_PERCENT:?}: {threshold_percent} is above 100"),
+                format!(
+                    "setting {IMBALANCE_THRESHOLD_PERCENT:?}: {threshold_percent} is above 100"
+                ),
             ));
         }
         Ok(RebalanceSettings {
@@ -136,7 +140,11 @@ mod tests {
     fn unknown_strategy_is_bad_settings_naming_the_key() {
         let e = PlaceSettings::load(&env_with(&[("strategy", "random")])).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
-        assert!(e.message.contains("strategy") && e.message.contains("random"), "{}", e.message);
+        assert!(
+            e.message.contains("strategy") && e.message.contains("random"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! The HA policy's settings, read through [`Env`].
+//!
+//! | key | type | default | meaning |
+//! |-----|------|---------|---------|
+//! | `fence-after-ms` | u64 | 10000 | Fence a host once its heartbeats were missed for at least this long (and the view has quorum). |
+//! | `restart-base-delay-ms` | u64 | 1000 | Delay before restarting a VM after its first recent fault; doubles with each further recent fault. |
+//! | `restart-max-delay-ms` | u64 | 60000 | Cap of the restart delay. |
+//! | `max-restarts` | u32 | 5 | Restart a faulted VM in place while its recent faults are at most this many; beyond, fail it over (HA) or give up. |
+//! | `sha-hold-ms` | u64 | 30000 | Hold while an SHA switchover or split brain is reported. |
+//! | `quorum-hold-ms` | u64 | 5000 | Hold while the view has no quorum. |
+//!
+//! A value that does not parse is a `bad-settings` error naming the key.
+
+use nasvisor_plugin_sdk::prelude::*;
+
+/// Setting key, see the module documentation.
+pub const FENCE_AFTER_MS: &str = "fence-after-ms";
+/// Setting key, see the module documentation.
+pub const RESTART_BASE_DELAY_MS: &str = "restart-base-delay-ms";
+/// Setting key, see the module documentation.
+pub const RESTART_MAX_DELAY_MS: &str = "restart-max-delay-ms";
+/// Setting key, see the module documentation.
+pub const MAX_RESTARTS: &str = "max-restarts";
+/// Setting key, see the module documentation.
+pub const SHA_HOLD_MS: &str = "sha-hold-ms";
+/// Setting key, see the module documentation.
+pub const QUORUM_HOLD_MS: &str = "quorum-hold-ms";
+
+/// All settings of the HA policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// See [`FENCE_AFTER_MS`].
+    pub fence_after_ms: u64,
+    /// See [`RESTART_BASE_DELAY_MS`].
+    pub restart_base_delay_ms: u64,
+    /// See [`RESTART_MAX_DELAY_MS`].
+    pub restart_max_delay_ms: u64,
+    /// See [`MAX_RESTARTS`].
+    pub max_restarts: u32,
+    /// See [`SHA_HOLD_MS`].
+    pub sha_hold_ms: u64,
+    /// See [`QUORUM_HOLD_MS`].
+    pub quorum_hold_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            fence_after_ms: 10_000,
+            restart_base_delay_ms: 1_000,
+            restart_max_delay_ms: 60_000,
+            max_restarts: 5,
+            sha_hold_ms: 30_000,
+            quorum_hold_ms: 5_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Read every setting, using the defaults for unset keys.
+    pub fn load(env: &dyn Env) -> Result<Self, PluginError> {
+        let d = Settings::default();
+        Ok(Settings {
+            fence_after_ms: env.setting_or(FENCE_AFTER_MS, d.fence_after_ms)?,
+            restart_base_delay_ms: env.setting_or(RESTART_BASE_DELAY_MS, d.restart_base_delay_ms)?,
+            restart_max_delay_ms: env.setting_or(RESTART_MAX_DELAY_MS, d.restart_max_delay_ms)?,
+            max_restarts: env.setting_or(MAX_RESTARTS, d.max_restarts)?,
+            sha_hold_ms: env.setting_or(SHA_HOLD_MS, d.sha_hold_ms)?,
+            quorum_hold_ms: env.setting_or(QUORUM_HOLD_MS, d.quorum_hold_ms)?,
+        })
+    }
+
+    /// Restart delay after the `recent_faults`-th recent fault (at least 1):
+    /// `restart-base-delay-ms * 2^(recent_faults - 1)`, capped at
+    /// `restart-max-delay-ms`, without overflow.
+    pub fn restart_delay_ms(&self, recent_faults: u32) -> u64 {
+        let exp = recent_faults.max(1) - 1;
+        let factor = if exp >= 64 { u64::MAX } else { 1u64 << exp };
+        self.restart_base_delay_ms
+            .saturating_mul(factor)
+            .min(self.restart_max_delay_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::env_with;
+
+    #[test]
+    fn defaults() {
+        assert_eq!(Settings::load(&env_with(&[])).unwrap(), Settings::default());
+        let s = Settings::default();
+        assert_eq!(
+            (s.fence_after_ms, s.restart_base_delay_ms, s.restart_max_delay_ms, s.max_restarts, s.sha_hold_ms),
+            (10_000, 1_000, 60_000, 5, 30_000)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for key in [
+            FENCE_AFTER_MS,
+            RESTART_BASE_DELAY_MS,
+            RESTART_MAX_DELAY_MS,
+            MAX_RESTARTS,
+            SHA_HOLD_MS,
+            QUORUM_HOLD_MS,
+        ] {
+            let e = Settings::load(&env_with(&[(key, "soon")])).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadSettings);
+            assert!(e.message.contains(key), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn restart_delay_doubles_and_caps() {
+        let s = Settings::default();
+        assert_eq!(s.restart_delay_ms(0), 1_000);
+        assert_eq!(s.restart_delay_ms(1), 1_000);
+        assert_eq!(s.restart_delay_ms(2), 2_000);
+        assert_eq!(s.restart_delay_ms(3), 4_000);
+        assert_eq!(s.restart_delay_ms(6), 32_000);
+        assert_eq!(s.restart_delay_ms(7), 60_000);
+        assert_eq!(s.restart_delay_ms(64), 60_000);
+        assert_eq!(s.restart_delay_ms(65), 60_000);
+        assert_eq!(s.restart_delay_ms(u32::MAX), 60_000);
+        let huge = Settings {
+            restart_max_delay_ms: u64::MAX,
+            ..s
+        };
+        assert_eq!(huge.restart_delay_ms(200), u64::MAX);
+    }
+}

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod package;
 pub mod policy;
 pub mod runtime;
+pub mod testkit;
 pub mod validate;
 
 pub use config::RuntimeConfig;

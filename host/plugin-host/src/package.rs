@@ -91,6 +91,12 @@ impl Package {
             wit_version: nasvisor_plugin_sdk::WIT_VERSION.to_string(),
             component_sha256: sha256_hex(&component),
         };
+        Package::from_manifest(manifest, component, key)
+    }
+
+    /// Builds a package with the given manifest as is (the caller is
+    /// responsible for its digest), signed with `key` when given.
+    pub fn from_manifest(manifest: Manifest, component: Vec<u8>, key: Option<&SigningKey>) -> Package {
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
         let signature = key.map(|k| {
             (

@@ -16,9 +16,9 @@ pub mod plan;
 pub mod react;
 pub mod settings;
 #[cfg(test)]
-mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;
 
 use nasvisor_plugin_sdk::prelude::*;
 
@@ -28,7 +28,12 @@ pub struct DefaultHaPolicy;
 
 impl HaPolicy for DefaultHaPolicy {
     /// See [`react::react`].
-    fn react(&self, env: &dyn Env, view: &ClusterView, events: &[Event]) -> Result<Vec<HaAction>, PluginError> {
+    fn react(
+        &self,
+        env: &dyn Env,
+        view: &ClusterView,
+        events: &[Event],
+    ) -> Result<Vec<HaAction>, PluginError> {
         react::react(env, view, events)
     }
 }

@@ -13,7 +13,9 @@
 //!   reports `switching` or `split-brain`, the host is *SHA-blocked*: a hold of
 //!   `sha-hold-ms` is emitted, and no switchover or failover moves a VM from or
 //!   to that host in this batch (a notice says which were deferred). A restart
-//!   on an SHA-blocked host is delayed by at least `sha-hold-ms`.
+//!   on an SHA-blocked host is delayed by at least `sha-hold-ms`. A failover
+//!   whose passive host is SHA-blocked is deferred too, not redirected to a
+//!   fallback host: the block is temporary.
 //! - **Targets.** A switchover or failover target must be in the view,
 //!   `healthy`, not fenced by this answer, and not named by a
 //!   `heartbeat-missed`, `host-degraded` or `host-fenced` event of this batch
@@ -49,8 +51,8 @@
 //!     critical notice.
 //!   - `sha-state-changed`: see SHA above; a split brain also gives a
 //!     critical notice, a switchover an info notice.
-//!   - `quorum-changed`: a loss gives a critical notice and a hold; a gain an
-//!     info notice.
+//!   - `quorum-changed`: only the last one of the batch counts. A loss gives a
+//!     critical notice and a hold; a gain an info notice.
 //!   - `host-recovered`: an info notice.
 //! - The answer holds at most one action per VM, in the order described in
 //!   [`crate::plan`].
@@ -188,7 +190,9 @@ impl<'a> Ctx<'a> {
     }
 
     /// Why `id` cannot be a switchover/failover target, or `None` if it can.
-    fn target_problem(&self, id: &str, plan: &Plan) -> Option<String> {
+    /// With `ignore_sha`, an SHA block is not a problem here (the caller goes
+    /// through [`Ctx::try_move`], which defers the move with a notice instead).
+    fn target_problem(&self, id: &str, plan: &Plan, ignore_sha: bool) -> Option<String> {
         let Some(h) = self.view.host(id) else {
             return Some("not in the cluster view".into());
         };
@@ -198,7 +202,7 @@ impl<'a> Ctx<'a> {
         if plan.fences(id) || self.fenced_now.contains(id) {
             return Some("being fenced".into());
         }
-        if let Some(why) = self.sha_blocked.get(id) {
+        if let (false, Some(why)) = (ignore_sha, self.sha_blocked.get(id)) {
             return Some(format!("waiting for {why}"));
         }
         if self.troubled.contains(id) {
@@ -223,20 +227,25 @@ impl<'a> Ctx<'a> {
         let mut best: Option<(&str, u64)> = None;
         for h in &self.view.hosts {
             let id = h.id.as_str();
-            if exclude.contains(&id) || h.cordoned || self.target_problem(id, plan).is_some() {
+            if exclude.contains(&id) || h.cordoned || self.target_problem(id, plan, false).is_some()
+            {
                 continue;
             }
             let free = self.free.get(id).copied().unwrap_or(h.free);
             if !free.covers(&vm.resources)
                 || (!c.pinned_hosts.is_empty() && !c.pinned_hosts.iter().any(|p| p == id))
                 || c.required_labels.iter().any(|l| !h.labels.contains(l))
-                || c.anti_affinity.iter().any(|a| *a != vm.id && self.runs(a, id))
+                || c.anti_affinity
+                    .iter()
+                    .any(|a| *a != vm.id && self.runs(a, id))
             {
                 continue;
             }
             let better = match best {
                 None => true,
-                Some((bid, bmem)) => free.memory_mib > bmem || (free.memory_mib == bmem && id < bid),
+                Some((bid, bmem)) => {
+                    free.memory_mib > bmem || (free.memory_mib == bmem && id < bid)
+                }
             };
             if better {
                 best = Some((id, free.memory_mib));
@@ -265,21 +274,30 @@ impl<'a> Ctx<'a> {
         target: &str,
         reason: String,
     ) -> bool {
-        let name = if kind == VmActionKind::Failover { "failover" } else { "switchover" };
+        let name = if kind == VmActionKind::Failover {
+            "failover"
+        } else {
+            "switchover"
+        };
         if !self.quorum {
-            self.suppressed.push(format!("{name} of VM {vm} to {target}"));
+            self.suppressed
+                .push(format!("{name} of VM {vm} to {target}"));
             return false;
         }
         for h in [source, target] {
             if let Some(why) = self.sha_blocked.get(h) {
                 plan.notify(
                     Severity::Warning,
-                    format!("{name} of VM {vm} to {target} deferred: host {} has {why}", self.host_label(h)),
+                    format!(
+                        "{name} of VM {vm} to {target} deferred: host {} has {why}",
+                        self.host_label(h)
+                    ),
                 );
                 return false;
             }
         }
-        self.env.log(LogLevel::Info, name, &[("vm", vm), ("target", target)]);
+        self.env
+            .log(LogLevel::Info, name, &[("vm", vm), ("target", target)]);
         match kind {
             VmActionKind::Failover => plan.failover(vm, target, reason),
             VmActionKind::Switchover => plan.switchover(vm, target, reason),
@@ -289,7 +307,10 @@ impl<'a> Ctx<'a> {
 
     fn on_heartbeat(&mut self, plan: &mut Plan, host: &str, missed_ms: u64) {
         let Some(h) = self.view.host(host) else {
-            plan.notify(Severity::Warning, format!("heartbeats missed from unknown host {host}; ignored"));
+            plan.notify(
+                Severity::Warning,
+                format!("heartbeats missed from unknown host {host}; ignored"),
+            );
             return;
         };
         if h.health == HostHealth::Fenced || self.fenced_now.contains(host) {
@@ -298,7 +319,9 @@ impl<'a> Ctx<'a> {
         let label = self.host_label(host);
         let limit = self.s.fence_after_ms;
         if missed_ms >= limit {
-            let reason = format!("no heartbeat from host {label} for {missed_ms} ms (fence after {limit} ms)");
+            let reason = format!(
+                "no heartbeat from host {label} for {missed_ms} ms (fence after {limit} ms)"
+            );
             if self.quorum {
                 plan.fence(host, reason);
             } else {
@@ -314,36 +337,59 @@ impl<'a> Ctx<'a> {
 
     fn on_degraded(&mut self, plan: &mut Plan, d: &HostDegraded) {
         let Some(h) = self.view.host(&d.host) else {
-            plan.notify(Severity::Warning, format!("unknown host {} reported degraded; ignored", d.host));
+            plan.notify(
+                Severity::Warning,
+                format!("unknown host {} reported degraded; ignored", d.host),
+            );
             return;
         };
         let label = self.host_label(&d.host);
-        let reasons = if d.reasons.is_empty() { h.health_reasons.join("; ") } else { d.reasons.join("; ") };
-        let reasons = if reasons.is_empty() { "no reason given".to_string() } else { reasons };
+        let reasons = if d.reasons.is_empty() {
+            h.health_reasons.join("; ")
+        } else {
+            d.reasons.join("; ")
+        };
+        let reasons = if reasons.is_empty() {
+            "no reason given".to_string()
+        } else {
+            reasons
+        };
         if !matches!(h.health, HostHealth::Healthy | HostHealth::Degraded) {
             plan.notify(
                 Severity::Info,
-                format!("host {label} reported degraded ({reasons}) but is {}; no switchover", health_name(h.health)),
+                format!(
+                    "host {label} reported degraded ({reasons}) but is {}; no switchover",
+                    health_name(h.health)
+                ),
             );
             return;
         }
-        plan.notify(Severity::Warning, format!("host {label} degraded: {reasons}"));
+        plan.notify(
+            Severity::Warning,
+            format!("host {label} degraded: {reasons}"),
+        );
         let vms: Vec<&VmInfo> = self.vms.clone();
         for vm in vms {
-            if !vm.ha_enabled || vm.state != VmState::Running || active_host(vm) != Some(d.host.as_str()) {
+            if !vm.ha_enabled
+                || vm.state != VmState::Running
+                || active_host(vm) != Some(d.host.as_str())
+            {
                 continue;
             }
             let Some(ha) = &vm.ha else {
                 plan.notify(
                     Severity::Warning,
-                    format!("HA VM {} on degraded host {label} has no passive host assigned; it stays", vm.id),
+                    format!(
+                        "HA VM {} on degraded host {label} has no passive host assigned; it stays",
+                        vm.id
+                    ),
                 );
                 continue;
             };
             let problem = if ha.passive == d.host {
                 Some("the degraded host itself".to_string())
             } else {
-                self.target_problem(&ha.passive, plan)
+                self.target_problem(&ha.passive, plan, true)
             };
             match problem {
                 None => {
@@ -352,7 +398,14 @@ impl<'a> Ctx<'a> {
                         self.host_label(&ha.passive)
                     );
                     let (id, passive) = (vm.id.clone(), ha.passive.clone());
-                    self.try_move(plan, VmActionKind::Switchover, &id, &d.host, &passive, reason);
+                    self.try_move(
+                        plan,
+                        VmActionKind::Switchover,
+                        &id,
+                        &d.host,
+                        &passive,
+                        reason,
+                    );
                 }
                 Some(why) => plan.notify(
                     Severity::Warning,
@@ -387,7 +440,10 @@ impl<'a> Ctx<'a> {
             if !vm.ha_enabled {
                 plan.notify(
                     Severity::Warning,
-                    format!("VM {} (not HA) was on fenced host {label} and stays down", vm.id),
+                    format!(
+                        "VM {} (not HA) was on fenced host {label} and stays down",
+                        vm.id
+                    ),
                 );
                 continue;
             }
@@ -398,15 +454,20 @@ impl<'a> Ctx<'a> {
             let passive_problem = match passive {
                 None => Some("not assigned".to_string()),
                 Some(p) if p == host => Some("the fenced host itself".to_string()),
-                Some(p) => self.target_problem(p, plan),
+                Some(p) => self.target_problem(p, plan, true),
             };
             if let (Some(p), None) = (passive, &passive_problem) {
-                let reason = format!("host {label} fenced; starting on passive host {}", self.host_label(p));
+                let reason = format!(
+                    "host {label} fenced; starting on passive host {}",
+                    self.host_label(p)
+                );
                 self.try_move(plan, VmActionKind::Failover, &vm.id, host, p, reason);
                 continue;
             }
             let why = passive_problem.unwrap_or_default();
-            let passive_txt = passive.map(|p| self.host_label(p)).unwrap_or_else(|| "(none)".into());
+            let passive_txt = passive
+                .map(|p| self.host_label(p))
+                .unwrap_or_else(|| "(none)".into());
             let mut exclude = vec![host];
             exclude.extend(passive);
             match self.fallback_target(vm, &exclude, plan) {
@@ -433,22 +494,35 @@ impl<'a> Ctx<'a> {
 
     fn on_fault(&mut self, plan: &mut Plan, f: &VmFault, what: &str) {
         let Some(vm) = self.vms.iter().copied().find(|v| v.id == f.vm) else {
-            plan.notify(Severity::Warning, format!("VM {} {what} but is not in the cluster view; ignored", f.vm));
+            plan.notify(
+                Severity::Warning,
+                format!("VM {} {what} but is not in the cluster view; ignored", f.vm),
+            );
             return;
         };
         if matches!(vm.state, VmState::Stopped | VmState::ShuttingDown) {
-            plan.notify(Severity::Info, format!("VM {} {what} while being stopped; not restarted", vm.id));
+            plan.notify(
+                Severity::Info,
+                format!("VM {} {what} while being stopped; not restarted", vm.id),
+            );
             return;
         }
         let label = self.host_label(&f.host);
         let n = f.recent_faults.max(1);
         let max = self.s.max_restarts;
-        let detail = if f.detail.is_empty() { String::new() } else { format!(" ({})", f.detail) };
+        let detail = if f.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.detail)
+        };
         let health = self.view.host(&f.host).map(|h| h.health);
         if health == Some(HostHealth::Unreachable) {
             plan.notify(
                 Severity::Warning,
-                format!("VM {} {what} on unreachable host {label}; waiting for the host to be fenced", vm.id),
+                format!(
+                    "VM {} {what} on unreachable host {label}; waiting for the host to be fenced",
+                    vm.id
+                ),
             );
             return;
         }
@@ -490,7 +564,7 @@ impl<'a> Ctx<'a> {
                 let problem = if ha.passive == f.host {
                     Some("the faulting host itself".to_string())
                 } else {
-                    self.target_problem(&ha.passive, plan)
+                    self.target_problem(&ha.passive, plan, true)
                 };
                 match problem {
                     None => {
@@ -513,24 +587,40 @@ impl<'a> Ctx<'a> {
                 return;
             }
         }
-        plan.notify(Severity::Critical, format!("VM {} {what}{detail} and is not restarted: {why_not}", vm.id));
+        plan.notify(
+            Severity::Critical,
+            format!(
+                "VM {} {what}{detail} and is not restarted: {why_not}",
+                vm.id
+            ),
+        );
     }
 
     fn on_sha(&mut self, plan: &mut Plan, host: &str, st: &ShaPairState) {
         let label = self.host_label(host);
-        let res = if st.resource_name.is_empty() { String::new() } else { format!(" (resource {})", st.resource_name) };
+        let res = if st.resource_name.is_empty() {
+            String::new()
+        } else {
+            format!(" (resource {})", st.resource_name)
+        };
         if st.split_brain {
             plan.notify(
                 Severity::Critical,
                 format!("SHA split brain on host {label}{res}: both boxes may have written data; resolve it manually. VM moves of this host wait"),
             );
-            plan.hold(self.s.sha_hold_ms, format!("SHA split brain on host {label}"));
+            plan.hold(
+                self.s.sha_hold_ms,
+                format!("SHA split brain on host {label}"),
+            );
         } else if st.switching {
             plan.notify(
                 Severity::Info,
                 format!("SHA switchover in progress on host {label}{res}; VM moves of this host wait for it"),
             );
-            plan.hold(self.s.sha_hold_ms, format!("SHA switchover in progress on host {label}"));
+            plan.hold(
+                self.s.sha_hold_ms,
+                format!("SHA switchover in progress on host {label}"),
+            );
         }
     }
 
@@ -538,7 +628,10 @@ impl<'a> Ctx<'a> {
         if q.has_quorum {
             plan.notify(
                 Severity::Info,
-                format!("quorum regained: {} of {} hosts online", q.online_hosts, q.total_hosts),
+                format!(
+                    "quorum regained: {} of {} hosts online",
+                    q.online_hosts, q.total_hosts
+                ),
             );
         } else {
             plan.notify(
@@ -556,7 +649,11 @@ impl<'a> Ctx<'a> {
 /// React to `events` given `view`. See the module documentation for the rules.
 ///
 /// Errors: `bad-settings` when a setting does not parse.
-pub fn react(env: &dyn Env, view: &ClusterView, events: &[Event]) -> Result<Vec<HaAction>, PluginError> {
+pub fn react(
+    env: &dyn Env,
+    view: &ClusterView,
+    events: &[Event],
+) -> Result<Vec<HaAction>, PluginError> {
     let s = Settings::load(env)?;
     let mut ctx = Ctx::new(env, view, s, events);
     let mut plan = Plan::default();
@@ -576,6 +673,12 @@ pub fn react(env: &dyn Env, view: &ClusterView, events: &[Event]) -> Result<Vec<
             }
             _ => {}
         }
+    }
+    if let Some(q) = events.iter().rev().find_map(|e| match e {
+        Event::QuorumChanged(q) => Some(q),
+        _ => None,
+    }) {
+        ctx.on_quorum(&mut plan, q);
     }
     for (host, st) in sha_last {
         ctx.on_sha(&mut plan, host, st);
@@ -598,7 +701,7 @@ pub fn react(env: &dyn Env, view: &ClusterView, events: &[Event]) -> Result<Vec<
             Event::HostDegraded(d) => ctx.on_degraded(&mut plan, d),
             Event::VmCrashed(f) => ctx.on_fault(&mut plan, f, "crashed"),
             Event::GuestPanicked(f) => ctx.on_fault(&mut plan, f, "guest panicked"),
-            Event::QuorumChanged(q) => ctx.on_quorum(&mut plan, q),
+            Event::QuorumChanged(_) => {}
             Event::HostRecovered(h) => {
                 let label = ctx.host_label(h);
                 plan.notify(Severity::Info, format!("host {label} recovered"));

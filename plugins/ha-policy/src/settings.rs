@@ -62,7 +62,8 @@ impl Settings {
         let d = Settings::default();
         Ok(Settings {
             fence_after_ms: env.setting_or(FENCE_AFTER_MS, d.fence_after_ms)?,
-            restart_base_delay_ms: env.setting_or(RESTART_BASE_DELAY_MS, d.restart_base_delay_ms)?,
+            restart_base_delay_ms: env
+                .setting_or(RESTART_BASE_DELAY_MS, d.restart_base_delay_ms)?,
             restart_max_delay_ms: env.setting_or(RESTART_MAX_DELAY_MS, d.restart_max_delay_ms)?,
             max_restarts: env.setting_or(MAX_RESTARTS, d.max_restarts)?,
             sha_hold_ms: env.setting_or(SHA_HOLD_MS, d.sha_hold_ms)?,
@@ -92,7 +93,13 @@ mod tests {
         assert_eq!(Settings::load(&env_with(&[])).unwrap(), Settings::default());
         let s = Settings::default();
         assert_eq!(
-            (s.fence_after_ms, s.restart_base_delay_ms, s.restart_max_delay_ms, s.max_restarts, s.sha_hold_ms),
+            (
+                s.fence_after_ms,
+                s.restart_base_delay_ms,
+                s.restart_max_delay_ms,
+                s.max_restarts,
+                s.sha_hold_ms
+            ),
             (10_000, 1_000, 60_000, 5, 30_000)
         );
     }

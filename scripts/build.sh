@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds everything: the host binaries (release) and every plugin under
+# plugins/ and tests/plugins/ into signed WebAssembly components.
+# Cached: cargo reuses target/, the wasm std build lives in target/wasm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --workspace --bins
+
+NV=target/release/nasvisor
+KEYDIR=target/keys
+mkdir -p "$KEYDIR"
+if [ ! -f "$KEYDIR/build.key" ]; then
+  # A per-checkout development signing key. Vendors sign with their own.
+  "$NV" plugin keygen --out "$KEYDIR/build" >/dev/null
+fi
+
+crates=(plugins/scheduler plugins/ha-policy plugins/sha plugins/os-installer)
+for d in tests/plugins/*/; do crates+=("${d%/}"); done
+"$NV" plugin build "${crates[@]}" --key "$KEYDIR/build.key" --out-dir target/plugins

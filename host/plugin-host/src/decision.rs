@@ -196,26 +196,74 @@ pub fn invoke(
     })
 }
 
+/// Native policies, one per world: the built-in defaults, or a vendor's
+/// policies linked natively (the SDK harness compares those with their
+/// component builds).
+#[derive(Clone, Copy)]
+pub struct NativePolicies<'a> {
+    pub scheduler: &'a dyn SchedulerPolicy,
+    pub ha_policy: &'a dyn HaPolicy,
+    pub sha: &'a dyn ShaPolicy,
+    pub os_installer: &'a dyn OsInstallerPolicy,
+}
+
+impl std::fmt::Debug for NativePolicies<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NativePolicies")
+    }
+}
+
+impl NativePolicies<'static> {
+    /// nasvisor's default policies.
+    pub fn defaults() -> NativePolicies<'static> {
+        NativePolicies {
+            scheduler: &nasvisor_scheduler::DefaultScheduler,
+            ha_policy: &nasvisor_ha_policy::DefaultHaPolicy,
+            sha: &nasvisor_sha::DefaultSha,
+            os_installer: &nasvisor_os_installer::DefaultOsInstaller,
+        }
+    }
+}
+
+impl<'a> NativePolicies<'a> {
+    /// The defaults, with `world`'s policy replaced.
+    pub fn scheduler(p: &'a dyn SchedulerPolicy) -> NativePolicies<'a> {
+        NativePolicies { scheduler: p, ..NativePolicies::defaults() }
+    }
+    pub fn ha_policy(p: &'a dyn HaPolicy) -> NativePolicies<'a> {
+        NativePolicies { ha_policy: p, ..NativePolicies::defaults() }
+    }
+    pub fn sha(p: &'a dyn ShaPolicy) -> NativePolicies<'a> {
+        NativePolicies { sha: p, ..NativePolicies::defaults() }
+    }
+    pub fn os_installer(p: &'a dyn OsInstallerPolicy) -> NativePolicies<'a> {
+        NativePolicies { os_installer: p, ..NativePolicies::defaults() }
+    }
+}
+
 /// Asks the built-in native default policy for a decision.
 pub fn invoke_native(input: &DecisionInput, env: &dyn Env) -> Answer {
-    use nasvisor_ha_policy::DefaultHaPolicy;
-    use nasvisor_os_installer::DefaultOsInstaller;
-    use nasvisor_scheduler::DefaultScheduler;
-    use nasvisor_sha::DefaultSha;
+    invoke_native_with(&NativePolicies::defaults(), input, env)
+}
+
+/// Asks a native policy for a decision.
+pub fn invoke_native_with(p: &NativePolicies<'_>, input: &DecisionInput, env: &dyn Env) -> Answer {
     match input {
-        DecisionInput::Place { view, request } => DefaultScheduler
+        DecisionInput::Place { view, request } => p
+            .scheduler
             .place(env, view, request)
             .map(DecisionOutput::Placement),
-        DecisionInput::Rebalance { view } => DefaultScheduler
-            .rebalance(env, view)
-            .map(DecisionOutput::Moves),
-        DecisionInput::React { view, events } => DefaultHaPolicy
+        DecisionInput::Rebalance { view } => p.scheduler.rebalance(env, view).map(DecisionOutput::Moves),
+        DecisionInput::React { view, events } => p
+            .ha_policy
             .react(env, view, events)
             .map(DecisionOutput::Actions),
-        DecisionInput::CheckSetup { host, raw_status } => DefaultSha
+        DecisionInput::CheckSetup { host, raw_status } => p
+            .sha
             .check_setup(env, host, raw_status)
             .map(DecisionOutput::SetupCheck),
-        DecisionInput::ParseStatus { raw_status } => DefaultSha
+        DecisionInput::ParseStatus { raw_status } => p
+            .sha
             .parse_status(env, raw_status)
             .map(DecisionOutput::PairState),
         DecisionInput::OnStateChange {
@@ -223,10 +271,12 @@ pub fn invoke_native(input: &DecisionInput, env: &dyn Env) -> Answer {
             host,
             previous,
             current,
-        } => DefaultSha
+        } => p
+            .sha
             .on_state_change(env, view, host, previous.as_ref(), current)
             .map(DecisionOutput::Actions),
-        DecisionInput::PlanInstall { image, request } => DefaultOsInstaller
+        DecisionInput::PlanInstall { image, request } => p
+            .os_installer
             .plan_install(env, image, request)
             .map(DecisionOutput::Plan),
     }

@@ -21,7 +21,10 @@ pub mod testkit;
 pub mod validate;
 
 pub use config::RuntimeConfig;
-pub use decision::{answer_json, invoke, invoke_native, Answer, DecisionInput, DecisionOutput, NativeEnv};
+pub use decision::{
+    answer_json, invoke, invoke_native, invoke_native_with, Answer, DecisionInput, DecisionOutput,
+    NativeEnv, NativePolicies,
+};
 pub use error::{CallError, LoadError};
 pub use package::{Manifest, Package};
 pub use policy::{Decision, DecisionSource, PolicyHost, SlotStatus};

@@ -15,6 +15,10 @@ if [ ! -f "$KEYDIR/build.key" ]; then
   "$NV" plugin keygen --out "$KEYDIR/build" >/dev/null
 fi
 
-crates=(plugins/scheduler plugins/ha-policy plugins/sha plugins/os-installer)
-for d in tests/plugins/*/; do crates+=("${d%/}"); done
-"$NV" plugin build "${crates[@]}" --key "$KEYDIR/build.key" --out-dir target/plugins
+# The default plugins, installed by scripts/run.sh.
+"$NV" plugin build plugins/scheduler plugins/ha-policy plugins/sha plugins/os-installer \
+  --key "$KEYDIR/build.key" --out-dir target/plugins
+# Adversarial plugins for the sandbox tests only.
+test_crates=()
+for d in tests/plugins/*/; do test_crates+=("${d%/}"); done
+"$NV" plugin build "${test_crates[@]}" --key "$KEYDIR/build.key" --out-dir target/test-plugins

@@ -19,7 +19,8 @@
 
 use crate::error::LoadError;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, Verifier};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use nasvisor_plugin_sdk::World;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

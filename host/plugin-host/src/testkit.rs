@@ -24,15 +24,40 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// Directory of the built adversarial test plugins:
+/// `$NASVISOR_TEST_PLUGIN_DIR`, else `<workspace>/target/test-plugins`.
+pub fn test_plugin_dir() -> PathBuf {
+    std::env::var_os("NASVISOR_TEST_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/test-plugins"))
+}
+
+/// Path of a built plugin file (`name.ext`) in the plugin or test-plugin dir.
+pub fn plugin_path(name: &str, ext: &str) -> PathBuf {
+    let file = format!("{name}.{ext}");
+    let p = plugin_dir().join(&file);
+    if p.is_file() {
+        return p;
+    }
+    let t = test_plugin_dir().join(&file);
+    assert!(
+        t.is_file(),
+        "{file} not found in {} or {}: run scripts/build.sh first",
+        plugin_dir().display(),
+        test_plugin_dir().display()
+    );
+    t
+}
+
 /// Bytes of a built plugin package, e.g. `plugin_bytes("nasvisor-scheduler")`.
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
-    let p = plugin_dir().join(format!("{name}.nvplugin"));
+    let p = plugin_path(name, "nvplugin");
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Bytes of a built bare component.
 pub fn component_bytes(name: &str) -> Vec<u8> {
-    let p = plugin_dir().join(format!("{name}.wasm"));
+    let p = plugin_path(name, "wasm");
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -29,7 +29,12 @@ pub struct DefaultOsInstaller;
 
 impl OsInstallerPolicy for DefaultOsInstaller {
     /// See [`plan::plan_install`].
-    fn plan_install(&self, env: &dyn Env, image: &ImageMeta, req: &InstallRequest) -> Result<InstallPlan, PluginError> {
+    fn plan_install(
+        &self,
+        env: &dyn Env,
+        image: &ImageMeta,
+        req: &InstallRequest,
+    ) -> Result<InstallPlan, PluginError> {
         plan::plan_install(env, image, req)
     }
 }

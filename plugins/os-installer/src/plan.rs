@@ -46,7 +46,10 @@ pub const MAX_PER_NIC: usize = 16;
 /// A list may hold at most `max` entries.
 fn at_most<T>(field: &str, list: &[T], max: usize) -> Result<(), PluginError> {
     if list.len() > max {
-        Err(invalid(field, format!("has {} entries, more than {max}", list.len())))
+        Err(invalid(
+            field,
+            format!("has {} entries, more than {max}", list.len()),
+        ))
     } else {
         Ok(())
     }
@@ -60,12 +63,19 @@ fn check_users(users: &[UserSpec]) -> Result<(), PluginError> {
         let f = format!("users[{i}]");
         validate::account_name(&format!("{f}.name"), &u.name)?;
         if let Some(j) = seen.insert(&u.name, i) {
-            return Err(invalid(&format!("{f}.name"), format!("{} is already users[{j}]", show(&u.name))));
+            return Err(invalid(
+                &format!("{f}.name"),
+                format!("{} is already users[{j}]", show(&u.name)),
+            ));
         }
         if let Some(h) = &u.password_hash {
             validate::password_hash(&format!("{f}.password-hash"), h)?;
         }
-        at_most(&format!("{f}.ssh-authorized-keys"), &u.ssh_authorized_keys, MAX_PER_USER)?;
+        at_most(
+            &format!("{f}.ssh-authorized-keys"),
+            &u.ssh_authorized_keys,
+            MAX_PER_USER,
+        )?;
         for (j, k) in u.ssh_authorized_keys.iter().enumerate() {
             validate::ssh_key(&format!("{f}.ssh-authorized-keys[{j}]"), k.trim())?;
         }
@@ -88,7 +98,10 @@ fn check_nics(nics: &[NicSettings]) -> Result<Vec<Nic>, PluginError> {
         let f = format!("nics[{i}]");
         let mac = validate::mac(&format!("{f}.mac"), &n.mac)?;
         if let Some(j) = out.iter().position(|o| o.mac == mac) {
-            return Err(invalid(&format!("{f}.mac"), format!("{} is already the MAC of nics[{j}]", show(&n.mac))));
+            return Err(invalid(
+                &format!("{f}.mac"),
+                format!("{} is already the MAC of nics[{j}]", show(&n.mac)),
+            ));
         }
         at_most(&format!("{f}.addresses"), &n.addresses, MAX_PER_NIC)?;
         let mut addresses = Vec::with_capacity(n.addresses.len());
@@ -103,12 +116,18 @@ fn check_nics(nics: &[NicSettings]) -> Result<Vec<Nic>, PluginError> {
                 let v4: Vec<_> = addresses.iter().filter(|a| a.addr.is_ipv4()).collect();
                 if v4.is_empty() {
                     if !n.dhcp4 {
-                        return Err(invalid(&field, "needs a static IPv4 address or dhcp4 on the same NIC"));
+                        return Err(invalid(
+                            &field,
+                            "needs a static IPv4 address or dhcp4 on the same NIC",
+                        ));
                     }
                 } else if v4.iter().any(|a| a.addr == IpAddr::V4(gw)) {
                     return Err(invalid(&field, format!("{gw} is the NIC's own address")));
                 } else if !v4.iter().any(|a| a.contains_v4(gw)) {
-                    return Err(invalid(&field, format!("{gw} is not in any of the NIC's IPv4 subnets")));
+                    return Err(invalid(
+                        &field,
+                        format!("{gw} is not in any of the NIC's IPv4 subnets"),
+                    ));
                 }
                 Some(gw)
             }
@@ -183,7 +202,11 @@ fn seed_files(req: &InstallRequest, nics: &[Nic], marker: &str) -> Vec<SeedFile>
 ///
 /// Errors: `invalid-input` naming the field for a bad request or image
 /// metadata; `bad-settings` naming the key for a bad setting.
-pub fn plan_install(env: &dyn Env, image: &ImageMeta, req: &InstallRequest) -> Result<InstallPlan, PluginError> {
+pub fn plan_install(
+    env: &dyn Env,
+    image: &ImageMeta,
+    req: &InstallRequest,
+) -> Result<InstallPlan, PluginError> {
     let s = Settings::load(env)?;
     let marker = match &image.ready_marker {
         Some(m) => {
@@ -229,7 +252,11 @@ pub fn plan_install(env: &dyn Env, image: &ImageMeta, req: &InstallRequest) -> R
             }
             Vec::new()
         };
-        env.log(LogLevel::Info, "planned ISO install", &[("image", &image.id), ("vm", &req.vm_name)]);
+        env.log(
+            LogLevel::Info,
+            "planned ISO install",
+            &[("image", &image.id), ("vm", &req.vm_name)],
+        );
         return Ok(InstallPlan {
             disk: DiskPlan {
                 method: DiskMethod::FullConvert,
@@ -253,7 +280,10 @@ pub fn plan_install(env: &dyn Env, image: &ImageMeta, req: &InstallRequest) -> R
         ));
     }
     if image.virtual_size_bytes == 0 {
-        return Err(invalid("image.virtual-size-bytes", format!("image {label} reports a virtual size of 0 bytes")));
+        return Err(invalid(
+            "image.virtual-size-bytes",
+            format!("image {label} reports a virtual size of 0 bytes"),
+        ));
     }
     let nics = check_request(req)?;
     let image_gib = image.virtual_size_bytes.div_ceil(GIB);
@@ -262,13 +292,19 @@ pub fn plan_install(env: &dyn Env, image: &ImageMeta, req: &InstallRequest) -> R
         n if n < image_gib => {
             return Err(invalid(
                 "disk-size-gib",
-                format!("{n} GiB is smaller than the {image_gib} GiB virtual size of image {label}"),
+                format!(
+                    "{n} GiB is smaller than the {image_gib} GiB virtual size of image {label}"
+                ),
             ))
         }
         n if n == image_gib => None,
         n => Some(n),
     };
-    env.log(LogLevel::Info, "planned image install", &[("image", &image.id), ("vm", &req.vm_name)]);
+    env.log(
+        LogLevel::Info,
+        "planned image install",
+        &[("image", &image.id), ("vm", &req.vm_name)],
+    );
     Ok(InstallPlan {
         disk: DiskPlan {
             method: s.disk_method,
@@ -301,15 +337,35 @@ mod tests {
     }
 
     fn file<'p>(p: &'p InstallPlan, name: &str) -> &'p str {
-        &p.seed.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name}")).contents
+        &p.seed
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .contents
     }
 
     #[test]
     fn disk_image_plan() {
         let p = plan(&disk_image(), &full_request()).unwrap();
-        assert_eq!(p.disk, DiskPlan { method: DiskMethod::CloneBacking, resize_gib: Some(20) });
-        assert_eq!(p.boot, BootSettings { firmware: Firmware::Uefi, kernel_args: None, attach_image_as_cdrom: false });
-        assert_eq!(p.completion, Completion::SerialMarker("NASVISOR-READY".into()));
+        assert_eq!(
+            p.disk,
+            DiskPlan {
+                method: DiskMethod::CloneBacking,
+                resize_gib: Some(20)
+            }
+        );
+        assert_eq!(
+            p.boot,
+            BootSettings {
+                firmware: Firmware::Uefi,
+                kernel_args: None,
+                attach_image_as_cdrom: false
+            }
+        );
+        assert_eq!(
+            p.completion,
+            Completion::SerialMarker("NASVISOR-READY".into())
+        );
         assert_eq!(p.timeout_ms, 600_000);
         let names: Vec<&str> = p.seed.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, vec!["meta-data", "user-data", "network-config"]);
@@ -329,12 +385,21 @@ mod tests {
 
     #[test]
     fn settings_change_method_marker_and_timeout() {
-        let env = env_with(&[("disk-method", "full-convert"), ("ready-marker", "UP"), ("install-timeout-ms", "5000")]);
+        let env = env_with(&[
+            ("disk-method", "full-convert"),
+            ("ready-marker", "UP"),
+            ("install-timeout-ms", "5000"),
+        ]);
         let p = plan_install(&env, &disk_image(), &full_request()).unwrap();
         assert_eq!(p.disk.method, DiskMethod::FullConvert);
         assert_eq!(p.completion, Completion::SerialMarker("UP".into()));
         assert_eq!(p.timeout_ms, 5000);
-        let e = plan_install(&env_with(&[("disk-method", "cp")]), &disk_image(), &full_request()).unwrap_err();
+        let e = plan_install(
+            &env_with(&[("disk-method", "cp")]),
+            &disk_image(),
+            &full_request(),
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
         assert!(e.message.contains("disk-method"));
     }
@@ -344,7 +409,10 @@ mod tests {
         let mut img = disk_image();
         img.ready_marker = Some("Cloud-init finished".into());
         let p = plan_install(&env_with(&[("ready-marker", "UP")]), &img, &full_request()).unwrap();
-        assert_eq!(p.completion, Completion::SerialMarker("Cloud-init finished".into()));
+        assert_eq!(
+            p.completion,
+            Completion::SerialMarker("Cloud-init finished".into())
+        );
         assert!(file(&p, "user-data").contains("final_message: \"Cloud-init finished\""));
         img.ready_marker = Some("two\nlines".into());
         assert!(err(&img, &full_request()).starts_with("image.ready-marker: "));
@@ -375,7 +443,10 @@ mod tests {
         let mut img = disk_image();
         img.cloud_init = false;
         let m = err(&img, &full_request());
-        assert!(m.contains("image \"debian-12\" (Debian 12) does not support cloud-init"), "{m}");
+        assert!(
+            m.contains("image \"debian-12\" (Debian 12) does not support cloud-init"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -387,15 +458,33 @@ mod tests {
             ..Default::default()
         };
         let p = plan(&iso_image(false), &r).unwrap();
-        assert_eq!(p.disk, DiskPlan { method: DiskMethod::FullConvert, resize_gib: Some(64) });
+        assert_eq!(
+            p.disk,
+            DiskPlan {
+                method: DiskMethod::FullConvert,
+                resize_gib: Some(64)
+            }
+        );
         assert!(p.seed.is_empty());
-        assert_eq!(p.boot, BootSettings { firmware: Firmware::Bios, kernel_args: None, attach_image_as_cdrom: true });
+        assert_eq!(
+            p.boot,
+            BootSettings {
+                firmware: Firmware::Bios,
+                kernel_args: None,
+                attach_image_as_cdrom: true
+            }
+        );
         assert_eq!(p.completion, Completion::PowerOff);
         // Settings that cannot be applied are refused, not dropped.
         let mut r2 = full_request();
         r2.disk_size_gib = 64;
         let m = err(&iso_image(false), &r2);
-        assert!(m.contains("does not support cloud-init, so users, packages, nics, timezone cannot be applied"), "{m}");
+        assert!(
+            m.contains(
+                "does not support cloud-init, so users, packages, nics, timezone cannot be applied"
+            ),
+            "{m}"
+        );
         // A blank disk needs a size.
         let mut r3 = r.clone();
         r3.disk_size_gib = 0;
@@ -422,29 +511,90 @@ mod tests {
 
     #[test]
     fn every_field_is_named_in_errors() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut InstallRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut InstallRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("vm-name: ", Box::new(|r| r.vm_name = " ".into())),
-            ("hostname: ", Box::new(|r| r.hostname = "web01\nruncmd:".into())),
-            ("users[1].name: ", Box::new(|r| r.users[1].name = "Bob".into())),
-            ("users[1].name: \"alice\" is already users[0]", Box::new(|r| r.users[1].name = "alice".into())),
-            ("users[0].password-hash: ", Box::new(|r| r.users[0].password_hash = Some("hunter2".into()))),
-            ("users[0].ssh-authorized-keys[0]: ", Box::new(|r| r.users[0].ssh_authorized_keys[0] = "ssh-ed25519 AAAA\nssh-rsa B".into())),
-            ("users[0].groups[1]: ", Box::new(|r| r.users[0].groups[1] = "wheel group".into())),
-            ("users[0].shell: ", Box::new(|r| r.users[0].shell = Some("bash".into()))),
-            ("packages[1]: ", Box::new(|r| r.packages[1] = "x; rm -rf /".into())),
+            (
+                "hostname: ",
+                Box::new(|r| r.hostname = "web01\nruncmd:".into()),
+            ),
+            (
+                "users[1].name: ",
+                Box::new(|r| r.users[1].name = "Bob".into()),
+            ),
+            (
+                "users[1].name: \"alice\" is already users[0]",
+                Box::new(|r| r.users[1].name = "alice".into()),
+            ),
+            (
+                "users[0].password-hash: ",
+                Box::new(|r| r.users[0].password_hash = Some("hunter2".into())),
+            ),
+            (
+                "users[0].ssh-authorized-keys[0]: ",
+                Box::new(|r| {
+                    r.users[0].ssh_authorized_keys[0] = "ssh-ed25519 AAAA\nssh-rsa B".into()
+                }),
+            ),
+            (
+                "users[0].groups[1]: ",
+                Box::new(|r| r.users[0].groups[1] = "wheel group".into()),
+            ),
+            (
+                "users[0].shell: ",
+                Box::new(|r| r.users[0].shell = Some("bash".into())),
+            ),
+            (
+                "packages[1]: ",
+                Box::new(|r| r.packages[1] = "x; rm -rf /".into()),
+            ),
             ("nics[0].mac: ", Box::new(|r| r.nics[0].mac = "nope".into())),
-            ("nics[1].mac: \"52:54:00:12:34:56\" is already the MAC of nics[0]", Box::new(|r| r.nics[1].mac = "52:54:00:12:34:56".into())),
-            ("nics[0].addresses[1]: ", Box::new(|r| r.nics[0].addresses[1] = "2001:db8::10".into())),
-            ("nics[0].gateway4: ", Box::new(|r| r.nics[0].gateway4 = Some("2001:db8::1".into()))),
-            ("nics[0].gateway4: 198.51.100.1 is not in any", Box::new(|r| r.nics[0].gateway4 = Some("198.51.100.1".into()))),
-            ("nics[0].gateway4: 192.0.2.10 is the NIC's own address", Box::new(|r| r.nics[0].gateway4 = Some("192.0.2.10".into()))),
-            ("nics[1].gateway4: needs a static IPv4 address or dhcp4", Box::new(|r| {
-                r.nics[1].dhcp4 = false;
-                r.nics[1].gateway4 = Some("192.0.2.1".into());
-            })),
-            ("nics[0].nameservers[0]: ", Box::new(|r| r.nics[0].nameservers[0] = "dns.example".into())),
-            ("timezone: ", Box::new(|r| r.timezone = Some("../../etc/shadow".into()))),
-            ("users: has 65 entries", Box::new(|r| r.users = (0..65).map(|i| UserSpec { name: format!("u{i}"), ..Default::default() }).collect())),
+            (
+                "nics[1].mac: \"52:54:00:12:34:56\" is already the MAC of nics[0]",
+                Box::new(|r| r.nics[1].mac = "52:54:00:12:34:56".into()),
+            ),
+            (
+                "nics[0].addresses[1]: ",
+                Box::new(|r| r.nics[0].addresses[1] = "2001:db8::10".into()),
+            ),
+            (
+                "nics[0].gateway4: ",
+                Box::new(|r| r.nics[0].gateway4 = Some("2001:db8::1".into())),
+            ),
+            (
+                "nics[0].gateway4: 198.51.100.1 is not in any",
+                Box::new(|r| r.nics[0].gateway4 = Some("198.51.100.1".into())),
+            ),
+            (
+                "nics[0].gateway4: 192.0.2.10 is the NIC's own address",
+                Box::new(|r| r.nics[0].gateway4 = Some("192.0.2.10".into())),
+            ),
+            (
+                "nics[1].gateway4: needs a static IPv4 address or dhcp4",
+                Box::new(|r| {
+                    r.nics[1].dhcp4 = false;
+                    r.nics[1].gateway4 = Some("192.0.2.1".into());
+                }),
+            ),
+            (
+                "nics[0].nameservers[0]: ",
+                Box::new(|r| r.nics[0].nameservers[0] = "dns.example".into()),
+            ),
+            (
+                "timezone: ",
+                Box::new(|r| r.timezone = Some("../../etc/shadow".into())),
+            ),
+            (
+                "users: has 65 entries",
+                Box::new(|r| {
+                    r.users = (0..65)
+                        .map(|i| UserSpec {
+                            name: format!("u{i}"),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+            ),
         ];
         for (prefix, mutate) in cases {
             let mut r = full_request();
@@ -467,16 +617,28 @@ mod tests {
         let mut r = full_request();
         let comment = "x\" \\ : # {a: b} [c] &d *e !f |g >h '%@`";
         r.users[0].ssh_authorized_keys = vec![format!("{ED25519} {comment}")];
-        let img = ImageMeta { ready_marker: Some("READY\" # \\n: x".into()), ..disk_image() };
+        let img = ImageMeta {
+            ready_marker: Some("READY\" # \\n: x".into()),
+            ..disk_image()
+        };
         let p = plan(&img, &r).unwrap();
         let ud = file(&p, "user-data");
         // Every line is either a structural line we wrote or carries the
         // hostile text inside one double-quoted scalar.
         for line in ud.lines() {
-            assert!(!line.trim_start().starts_with('#') || line == "#cloud-config", "{line}");
+            assert!(
+                !line.trim_start().starts_with('#') || line == "#cloud-config",
+                "{line}"
+            );
         }
-        assert!(ud.contains("x\\\" \\\\ : # {a: b} [c] &d *e !f |g >h '%@`\""), "{ud}");
-        assert!(ud.contains("final_message: \"READY\\\" # \\\\n: x\""), "{ud}");
+        assert!(
+            ud.contains("x\\\" \\\\ : # {a: b} [c] &d *e !f |g >h '%@`\""),
+            "{ud}"
+        );
+        assert!(
+            ud.contains("final_message: \"READY\\\" # \\\\n: x\""),
+            "{ud}"
+        );
         assert_eq!(ud.matches("\nfinal_message:").count(), 1);
     }
 

@@ -137,7 +137,10 @@ pub fn user_data(req: &InstallRequest, marker: &str) -> String {
     w.bool(0, "ssh_pwauth", pwauth);
     w.open(0, "runcmd");
     let script = format!("printf '%s\\n' \"$1\" > {SERIAL_CONSOLE} || true");
-    w.item_raw(1, &flow_list(&["sh", "-c", script.as_str(), "nasvisor-ready", marker]));
+    w.item_raw(
+        1,
+        &flow_list(&["sh", "-c", script.as_str(), "nasvisor-ready", marker]),
+    );
     w.str(0, "final_message", &final_message(marker));
     w.finish()
 }
@@ -207,7 +210,10 @@ mod tests {
         let m = meta_data("vm1", "web01.example.com");
         assert_eq!(
             m,
-            format!("instance-id: \"{}\"\nlocal-hostname: \"web01.example.com\"\n", instance_id("vm1", "web01.example.com"))
+            format!(
+                "instance-id: \"{}\"\nlocal-hostname: \"web01.example.com\"\n",
+                instance_id("vm1", "web01.example.com")
+            )
         );
     }
 
@@ -261,9 +267,21 @@ mod tests {
     #[test]
     fn final_message_avoids_template_syntax() {
         assert_eq!(final_message("NASVISOR-READY"), "NASVISOR-READY");
-        assert_eq!(final_message("ready $UPTIME"), "nasvisor: cloud-init finished");
-        assert_eq!(final_message("## template: jinja"), "nasvisor: cloud-init finished");
-        let u = user_data(&InstallRequest { hostname: "h".into(), ..Default::default() }, "cost $5");
+        assert_eq!(
+            final_message("ready $UPTIME"),
+            "nasvisor: cloud-init finished"
+        );
+        assert_eq!(
+            final_message("## template: jinja"),
+            "nasvisor: cloud-init finished"
+        );
+        let u = user_data(
+            &InstallRequest {
+                hostname: "h".into(),
+                ..Default::default()
+            },
+            "cost $5",
+        );
         assert!(u.contains("\"nasvisor-ready\", \"cost $5\"]"), "{u}");
     }
 

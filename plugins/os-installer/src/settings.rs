@@ -49,12 +49,16 @@ impl Settings {
                 _ => {
                     return Err(bad(
                         DISK_METHOD,
-                        format!("unknown value {v:?} (expected \"clone-backing\" or \"full-convert\")"),
+                        format!(
+                            "unknown value {v:?} (expected \"clone-backing\" or \"full-convert\")"
+                        ),
                     ))
                 }
             },
         };
-        let ready_marker = env.setting(READY_MARKER).unwrap_or_else(|| DEFAULT_READY_MARKER.into());
+        let ready_marker = env
+            .setting(READY_MARKER)
+            .unwrap_or_else(|| DEFAULT_READY_MARKER.into());
         validate::marker(&ready_marker).map_err(|m| bad(READY_MARKER, m))?;
         let install_timeout_ms = env.setting_or(INSTALL_TIMEOUT_MS, DEFAULT_INSTALL_TIMEOUT_MS)?;
         if install_timeout_ms == 0 {

@@ -16,7 +16,8 @@ pub fn env_with(settings: &[(&str, &str)]) -> StaticEnv {
     }
 }
 
-pub const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSU5lmFlS0xANPNh166AdH9idJfUdZ2E1MQR/Z1pkAZ alice@laptop";
+pub const ED25519: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOSU5lmFlS0xANPNh166AdH9idJfUdZ2E1MQR/Z1pkAZ alice@laptop";
 pub const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDUYOk+yO+LXUFHULkCOKqm1OoIJ/Z0wJ+Osd2SVgos/dYjHJplSGXWH0r5nV5Rr/hFGOUrIU5LPpVf1yUzjQysJTa58y2D7361Y1VUkWUxd7jPnIgwLYn7jCIvHYU9vBK3HuVqgF8WLXwuFe7yf9d6C2w1JOXIpeJItb/FBzdSXyXHAjA3/u2ZfFhaVf4Epqyk4dcisXJqorRT2hpjn3rOfySn3CnodXS7il/9LbtE3EVWvrrg+AZ1OIm1I4Pe7hkRP9KCgzMj5yt9GVNbSkFQjxVlvb/FCHu9U2i1Xq38VSIt9YhGdfEO+lgkZKZcfRO/ucaUHuXwsY+66Ts9iA5p bob";
 pub const ECDSA256: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMWqA8VDldVaocTaINBJgVQUDq/B1JSSFCWbgBorJK52s2JfqU0XJOfmLjZmTSmhWvPxfKmmwlLdOijE9AOcLeo= carol";
 pub const ECDSA256_NO_COMMENT: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBMWqA8VDldVaocTaINBJgVQUDq/B1JSSFCWbgBorJK52s2JfqU0XJOfmLjZmTSmhWvPxfKmmwlLdOijE9AOcLeo=";
@@ -25,9 +26,12 @@ pub const ECDSA384: &str = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQA
 pub const SHA512_HASH: &str = "$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.";
 pub const SHA512_ROUNDS_HASH: &str = "$6$rounds=10000$saltsalt$WowrPBpEDVlCoruBosYlrZycTCx3//TyDHYqEhX9DUHHt0XTztUqzQDDUuvUGRA8aUe9p55hcAxeGcu58sm3u.";
 pub const SHA256_HASH: &str = "$5$abcdefgh$gruCpC7VkOTspMQTTSAR8mtlO9Upms.fwqE5y16JVM.";
-pub const YESCRYPT_HASH: &str = "$y$j9T$H5K6eASF8fxtUWFdrwlSo0$GzAaoMJdzJoksPW/OQkxulEdtea5SbpprMnANdULPR.";
-pub const GOST_YESCRYPT_HASH: &str = "$gy$j9T$3K4uEWuJZoccUewje3jgY0$dyRapD9i.xT2aNeZ5xhtqU19Xt2X2ySgK8wZHH2tBNB";
-pub const SCRYPT_HASH: &str = "$7$CU..../....abcdefghijklmnop$XFPPWJganQ6Nq0QhVHxk/yHxMXizE0OJDowAsO4.RIA";
+pub const YESCRYPT_HASH: &str =
+    "$y$j9T$H5K6eASF8fxtUWFdrwlSo0$GzAaoMJdzJoksPW/OQkxulEdtea5SbpprMnANdULPR.";
+pub const GOST_YESCRYPT_HASH: &str =
+    "$gy$j9T$3K4uEWuJZoccUewje3jgY0$dyRapD9i.xT2aNeZ5xhtqU19Xt2X2ySgK8wZHH2tBNB";
+pub const SCRYPT_HASH: &str =
+    "$7$CU..../....abcdefghijklmnop$XFPPWJganQ6Nq0QhVHxk/yHxMXizE0OJDowAsO4.RIA";
 pub const BCRYPT_HASH: &str = "$2b$12$4g72IA9AnL7FOSir1SOS4OWmFo5DV08wY7rASofty1H02wAVlVnlC";
 
 /// A 2 GiB cloud-init qcow2 image booting with UEFI.

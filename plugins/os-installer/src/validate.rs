@@ -34,31 +34,66 @@ pub fn hostname(field: &str, s: &str) -> Result<(), PluginError> {
         return Err(invalid(field, "must not be empty"));
     }
     if s.len() > 253 {
-        return Err(invalid(field, format!("is {} characters long, more than 253", s.len())));
+        return Err(invalid(
+            field,
+            format!("is {} characters long, more than 253", s.len()),
+        ));
     }
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(invalid(field, format!("{} has upper-case letters; use lower case", show(s))));
+        return Err(invalid(
+            field,
+            format!("{} has upper-case letters; use lower case", show(s)),
+        ));
     }
     let labels: Vec<&str> = s.split('.').collect();
     for l in &labels {
         if l.is_empty() {
-            return Err(invalid(field, format!("{} has an empty label (leading, trailing or double dot)", show(s))));
-        }
-        if l.len() > 63 {
-            return Err(invalid(field, format!("label {} is {} characters long, more than 63", show(l), l.len())));
-        }
-        if let Some(c) = l.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(invalid(
                 field,
-                format!("{} contains {:?}; only a-z, 0-9, '-' and '.' are allowed", show(s), c),
+                format!(
+                    "{} has an empty label (leading, trailing or double dot)",
+                    show(s)
+                ),
+            ));
+        }
+        if l.len() > 63 {
+            return Err(invalid(
+                field,
+                format!(
+                    "label {} is {} characters long, more than 63",
+                    show(l),
+                    l.len()
+                ),
+            ));
+        }
+        if let Some(c) = l
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "{} contains {:?}; only a-z, 0-9, '-' and '.' are allowed",
+                    show(s),
+                    c
+                ),
             ));
         }
         if l.starts_with('-') || l.ends_with('-') {
-            return Err(invalid(field, format!("label {} starts or ends with '-'", show(l))));
+            return Err(invalid(
+                field,
+                format!("label {} starts or ends with '-'", show(l)),
+            ));
         }
     }
-    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(invalid(field, format!("{} looks like an IP address, not a host name", show(s))));
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(invalid(
+            field,
+            format!("{} looks like an IP address, not a host name", show(s)),
+        ));
     }
     Ok(())
 }
@@ -68,7 +103,9 @@ pub fn account_name(field: &str, s: &str) -> Result<(), PluginError> {
     let mut chars = s.chars();
     let ok = match chars.next() {
         Some(c) if c.is_ascii_lowercase() || c == '_' => {
-            s.len() <= 32 && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            s.len() <= 32
+                && chars
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         }
         _ => false,
     };
@@ -77,7 +114,10 @@ pub fn account_name(field: &str, s: &str) -> Result<(), PluginError> {
     } else {
         Err(invalid(
             field,
-            format!("{} is not a valid name (a-z or _ first, then up to 31 of a-z, 0-9, _, -)", show(s)),
+            format!(
+                "{} is not a valid name (a-z or _ first, then up to 31 of a-z, 0-9, _, -)",
+                show(s)
+            ),
         ))
     }
 }
@@ -87,12 +127,19 @@ pub fn account_name(field: &str, s: &str) -> Result<(), PluginError> {
 pub fn shell(field: &str, s: &str) -> Result<(), PluginError> {
     let ok = s.starts_with('/')
         && s.len() <= 255
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._+-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._+-".contains(c))
         && !s.split('/').any(|p| p == "..");
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{} is not an absolute path to a shell (e.g. \"/bin/bash\")", show(s))))
+        Err(invalid(
+            field,
+            format!(
+                "{} is not an absolute path to a shell (e.g. \"/bin/bash\")",
+                show(s)
+            ),
+        ))
     }
 }
 
@@ -120,7 +167,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     let b = s.as_bytes();
-    if b.is_empty() || b.len() % 4 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
@@ -149,8 +196,17 @@ pub fn ssh_key(field: &str, s: &str) -> Result<(), PluginError> {
     if s.len() > 16 * 1024 {
         return Err(invalid(field, "is longer than 16 KiB"));
     }
-    if let Some(c) = s.chars().find(|c| c.is_control() || *c == '\u{2028}' || *c == '\u{2029}') {
-        return Err(invalid(field, format!("contains the control character U+{:04X}; one key per entry", c as u32)));
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || *c == '\u{2028}' || *c == '\u{2029}')
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "contains the control character U+{:04X}; one key per entry",
+                c as u32
+            ),
+        ));
     }
     let mut parts = s.split_whitespace();
     let ty = parts.next().unwrap_or("");
@@ -165,7 +221,8 @@ pub fn ssh_key(field: &str, s: &str) -> Result<(), PluginError> {
         ));
     }
     let blob = parts.next().unwrap_or("");
-    let data = base64_decode(blob).ok_or_else(|| invalid(field, format!("the {ty} key data is not valid base64")))?;
+    let data = base64_decode(blob)
+        .ok_or_else(|| invalid(field, format!("the {ty} key data is not valid base64")))?;
     let inner = data
         .get(..4)
         .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
@@ -178,7 +235,9 @@ pub fn ssh_key(field: &str, s: &str) -> Result<(), PluginError> {
 
 /// Characters of crypt(3) salts and hashes.
 fn crypt_chars(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
 }
 
 /// A crypt(3) password hash, never a clear-text password. Accepted schemes:
@@ -259,7 +318,11 @@ impl Cidr {
     pub fn contains_v4(&self, other: Ipv4Addr) -> bool {
         match self.addr {
             IpAddr::V4(a) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
                 u32::from(a) & mask == u32::from(other) & mask
             }
             IpAddr::V6(_) => false,
@@ -277,22 +340,38 @@ impl std::fmt::Display for Cidr {
 /// IPv6 (`2001:db8::10/64`, prefix 1 to 128). Unspecified, loopback,
 /// multicast and broadcast addresses are refused.
 pub fn cidr(field: &str, s: &str) -> Result<Cidr, PluginError> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or_else(|| invalid(field, format!("{} is not in CIDR form (address/prefix, e.g. 192.0.2.10/24)", show(s))))?;
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "{} is not in CIDR form (address/prefix, e.g. 192.0.2.10/24)",
+                show(s)
+            ),
+        )
+    })?;
     let addr = ip(field, a)?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = (!p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         .then(|| p.parse::<u8>().ok())
         .flatten()
         .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| invalid(field, format!("{} has an invalid prefix length (1 to {max})", show(s))))?;
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("{} has an invalid prefix length (1 to {max})", show(s)),
+            )
+        })?;
     let special = match addr {
-        IpAddr::V4(v) => v.is_unspecified() || v.is_loopback() || v.is_multicast() || v.is_broadcast(),
+        IpAddr::V4(v) => {
+            v.is_unspecified() || v.is_loopback() || v.is_multicast() || v.is_broadcast()
+        }
         IpAddr::V6(v) => v.is_unspecified() || v.is_loopback() || v.is_multicast(),
     };
     if special {
-        return Err(invalid(field, format!("{} is not a usable host address", show(s))));
+        return Err(invalid(
+            field,
+            format!("{} is not a usable host address", show(s)),
+        ));
     }
     Ok(Cidr { addr, prefix })
 }
@@ -301,13 +380,25 @@ pub fn cidr(field: &str, s: &str) -> Result<Cidr, PluginError> {
 /// case.
 pub fn mac(field: &str, s: &str) -> Result<String, PluginError> {
     let parts: Vec<&str> = s.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
     if !ok {
-        return Err(invalid(field, format!("{} is not a MAC address of the form aa:bb:cc:dd:ee:ff", show(s))));
+        return Err(invalid(
+            field,
+            format!(
+                "{} is not a MAC address of the form aa:bb:cc:dd:ee:ff",
+                show(s)
+            ),
+        ));
     }
     let first = u8::from_str_radix(parts[0], 16).unwrap_or(1);
     if first & 1 == 1 {
-        return Err(invalid(field, format!("{} is a multicast address, not a NIC's", show(s))));
+        return Err(invalid(
+            field,
+            format!("{} is a multicast address, not a NIC's", show(s)),
+        ));
     }
     Ok(s.to_ascii_lowercase())
 }
@@ -317,7 +408,8 @@ pub fn mac(field: &str, s: &str) -> Result<String, PluginError> {
 pub fn package(field: &str, s: &str) -> Result<(), PluginError> {
     let ok = s.len() <= 128
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+._:-".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+._:-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -331,12 +423,19 @@ pub fn package(field: &str, s: &str) -> Result<(), PluginError> {
 pub fn timezone(field: &str, s: &str) -> Result<(), PluginError> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-/".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+-/".contains(&b))
         && s.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{} is not a time zone name (e.g. \"Europe/Paris\")", show(s))))
+        Err(invalid(
+            field,
+            format!(
+                "{} is not a time zone name (e.g. \"Europe/Paris\")",
+                show(s)
+            ),
+        ))
     }
 }
 
@@ -366,10 +465,24 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in ["web01", "a", "web-01.example.com", "x1.y2", &"a".repeat(63), "0a", "123abc"] {
+        for ok in [
+            "web01",
+            "a",
+            "web-01.example.com",
+            "x1.y2",
+            &"a".repeat(63),
+            "0a",
+            "123abc",
+        ] {
             hostname("hostname", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        let long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63));
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(63)
+        );
         for (bad, why) in [
             ("", "must not be empty"),
             ("-web", "starts or ends with '-'"),
@@ -387,7 +500,10 @@ mod tests {
             (&long, "more than 253"),
         ] {
             let m = msg(hostname("hostname", bad));
-            assert!(m.starts_with("hostname: ") && m.contains(why), "{bad:?}: {m}");
+            assert!(
+                m.starts_with("hostname: ") && m.contains(why),
+                "{bad:?}: {m}"
+            );
         }
     }
 
@@ -396,7 +512,18 @@ mod tests {
         for ok in ["alice", "_svc", "a", "bob-2", "x_y", &"a".repeat(32)] {
             account_name("users[0].name", ok).unwrap();
         }
-        for bad in ["", "Alice", "1bob", "-x", "a b", "a:b", "a\nb", "ä", &"a".repeat(33), "root$"] {
+        for bad in [
+            "",
+            "Alice",
+            "1bob",
+            "-x",
+            "a b",
+            "a:b",
+            "a\nb",
+            "ä",
+            &"a".repeat(33),
+            "root$",
+        ] {
             let m = msg(account_name("users[0].name", bad));
             assert!(m.starts_with("users[0].name: "), "{m}");
         }
@@ -404,10 +531,22 @@ mod tests {
 
     #[test]
     fn shells() {
-        for ok in ["/bin/bash", "/usr/bin/zsh", "/bin/sh", "/usr/local/bin/fish-3.7"] {
+        for ok in [
+            "/bin/bash",
+            "/usr/bin/zsh",
+            "/bin/sh",
+            "/usr/local/bin/fish-3.7",
+        ] {
             shell("s", ok).unwrap();
         }
-        for bad in ["bash", "/bin/ba sh", "/bin/../etc/x", "/bin/bash\n", "", "/bin/$x"] {
+        for bad in [
+            "bash",
+            "/bin/ba sh",
+            "/bin/../etc/x",
+            "/bin/bash\n",
+            "",
+            "/bin/$x",
+        ] {
             assert!(shell("s", bad).is_err(), "{bad:?}");
         }
     }
@@ -421,11 +560,20 @@ mod tests {
         ssh_key("k", &with_hostile_comment).unwrap();
         let cases: Vec<(String, &str)> = vec![
             ("ssh-dss AAAAB3NzaC1kc3M=".into(), "supported key type"),
-            ("from=\"10.0.0.1\" ssh-ed25519 AAAA".into(), "options before the key"),
+            (
+                "from=\"10.0.0.1\" ssh-ed25519 AAAA".into(),
+                "options before the key",
+            ),
             ("ssh-ed25519".into(), "not valid base64"),
             ("ssh-ed25519 not!base64".into(), "not valid base64"),
-            ("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQDU".into(), "not a ssh-ed25519 key"),
-            (ED25519.replacen("ssh-ed25519", "ssh-rsa", 1), "not a ssh-rsa key"),
+            (
+                "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQDU".into(),
+                "not a ssh-ed25519 key",
+            ),
+            (
+                ED25519.replacen("ssh-ed25519", "ssh-rsa", 1),
+                "not a ssh-rsa key",
+            ),
             (format!("{ED25519}\n{RSA}"), "control character U+000A"),
             (format!("{ED25519} a\u{2028}b"), "control character U+2028"),
             ("password123".into(), "supported key type"),
@@ -433,7 +581,10 @@ mod tests {
         ];
         for (k, why) in cases {
             let m = msg(ssh_key("users[1].ssh-authorized-keys[0]", &k));
-            assert!(m.starts_with("users[1].ssh-authorized-keys[0]: ") && m.contains(why), "{k:?}: {m}");
+            assert!(
+                m.starts_with("users[1].ssh-authorized-keys[0]: ") && m.contains(why),
+                "{k:?}: {m}"
+            );
         }
     }
 
@@ -450,7 +601,15 @@ mod tests {
 
     #[test]
     fn password_hashes() {
-        for h in [SHA512_HASH, SHA256_HASH, SHA512_ROUNDS_HASH, YESCRYPT_HASH, GOST_YESCRYPT_HASH, SCRYPT_HASH, BCRYPT_HASH] {
+        for h in [
+            SHA512_HASH,
+            SHA256_HASH,
+            SHA512_ROUNDS_HASH,
+            YESCRYPT_HASH,
+            GOST_YESCRYPT_HASH,
+            SCRYPT_HASH,
+            BCRYPT_HASH,
+        ] {
             password_hash("p", h).unwrap_or_else(|e| panic!("{h}: {e}"));
         }
         for bad in [
@@ -469,14 +628,23 @@ mod tests {
             "$y$j9T$salt$tooshort",
         ] {
             let m = msg(password_hash("users[0].password-hash", bad));
-            assert!(m.contains("never send a clear-text password"), "{bad:?}: {m}");
+            assert!(
+                m.contains("never send a clear-text password"),
+                "{bad:?}: {m}"
+            );
         }
     }
 
     #[test]
     fn addresses() {
-        assert_eq!(cidr("a", "192.0.2.10/24").unwrap().to_string(), "192.0.2.10/24");
-        assert_eq!(cidr("a", "2001:DB8::10/64").unwrap().to_string(), "2001:db8::10/64");
+        assert_eq!(
+            cidr("a", "192.0.2.10/24").unwrap().to_string(),
+            "192.0.2.10/24"
+        );
+        assert_eq!(
+            cidr("a", "2001:DB8::10/64").unwrap().to_string(),
+            "2001:db8::10/64"
+        );
         assert_eq!(cidr("a", "10.0.0.1/32").unwrap().prefix, 32);
         for (bad, why) in [
             ("192.0.2.10", "CIDR form"),
@@ -495,7 +663,10 @@ mod tests {
             ("10.0.0.1/24\n", "prefix"),
         ] {
             let m = msg(cidr("nics[0].addresses[0]", bad));
-            assert!(m.starts_with("nics[0].addresses[0]: ") && m.contains(why), "{bad:?}: {m}");
+            assert!(
+                m.starts_with("nics[0].addresses[0]: ") && m.contains(why),
+                "{bad:?}: {m}"
+            );
         }
         assert!(ipv4("g", "192.0.2.1").is_ok());
         assert!(msg(ipv4("nics[0].gateway4", "2001:db8::1")).contains("not an IPv4 address"));
@@ -510,7 +681,17 @@ mod tests {
     #[test]
     fn macs() {
         assert_eq!(mac("m", "52:54:00:AB:cd:EF").unwrap(), "52:54:00:ab:cd:ef");
-        for bad in ["52:54:00:ab:cd", "52-54-00-ab-cd-ef", "5254.00ab.cdef", "52:54:00:ab:cd:eg", "52:54:00:ab:cd:ef:00", "01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "", "52:54:00:ab:cd:e"] {
+        for bad in [
+            "52:54:00:ab:cd",
+            "52-54-00-ab-cd-ef",
+            "5254.00ab.cdef",
+            "52:54:00:ab:cd:eg",
+            "52:54:00:ab:cd:ef:00",
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "",
+            "52:54:00:ab:cd:e",
+        ] {
             let m = msg(mac("nics[0].mac", bad));
             assert!(m.starts_with("nics[0].mac: "), "{m}");
         }
@@ -518,16 +699,48 @@ mod tests {
 
     #[test]
     fn packages_timezones_markers() {
-        for ok in ["nginx", "python3-yaml", "libstdc++6", "g++", "qemu-guest-agent", "libc6:i386", "NetworkManager"] {
+        for ok in [
+            "nginx",
+            "python3-yaml",
+            "libstdc++6",
+            "g++",
+            "qemu-guest-agent",
+            "libc6:i386",
+            "NetworkManager",
+        ] {
             package("p", ok).unwrap();
         }
-        for bad in ["", "-rf", "a b", "a;b", "$(x)", "a\nb", "pkg=1.0", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "-rf",
+            "a b",
+            "a;b",
+            "$(x)",
+            "a\nb",
+            "pkg=1.0",
+            &"a".repeat(129),
+        ] {
             assert!(package("packages[0]", bad).is_err(), "{bad:?}");
         }
-        for ok in ["UTC", "Europe/Paris", "America/Argentina/Buenos_Aires", "Etc/GMT+5", "Etc/GMT-14"] {
+        for ok in [
+            "UTC",
+            "Europe/Paris",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+5",
+            "Etc/GMT-14",
+        ] {
             timezone("t", ok).unwrap();
         }
-        for bad in ["", "/etc/passwd", "Europe/", "../x", "Europe//Paris", "Europe/Paris\n", "a b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "Europe/",
+            "../x",
+            "Europe//Paris",
+            "Europe/Paris\n",
+            "a b",
+            &"a".repeat(65),
+        ] {
             assert!(timezone("timezone", bad).is_err(), "{bad:?}");
         }
         assert!(marker("NASVISOR-READY").is_ok());

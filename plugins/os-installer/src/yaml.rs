@@ -51,7 +51,9 @@ pub struct Writer {
 impl Writer {
     /// A writer whose output starts with `header` (e.g. `#cloud-config\n`).
     pub fn with_header(header: &str) -> Self {
-        Writer { out: header.to_string() }
+        Writer {
+            out: header.to_string(),
+        }
     }
 
     fn indent(&mut self, level: usize) {
@@ -131,7 +133,10 @@ mod tests {
     #[test]
     fn non_ascii_is_escaped_so_output_is_ascii() {
         assert_eq!(quote("é"), "\"\\xE9\"");
-        assert_eq!(quote("\u{85}\u{2028}\u{2029}\u{feff}"), "\"\\x85\\u2028\\u2029\\uFEFF\"");
+        assert_eq!(
+            quote("\u{85}\u{2028}\u{2029}\u{feff}"),
+            "\"\\x85\\u2028\\u2029\\uFEFF\""
+        );
         assert_eq!(quote("€😀"), "\"\\u20AC\\U0001F600\"");
         for s in ["é\n\"x\"", "\u{10FFFF}", "日本"] {
             assert!(quote(s).is_ascii());

@@ -1,0 +1,115 @@
+//! Bringing up the policy host from the configuration: trusted keys, the
+//! sandbox runtime, the decision journal, and the plugins of the plugin dir.
+
+use crate::config::Config;
+use anyhow::{anyhow, Context, Result};
+use nasvisor_plugin_host::journal::Journal;
+use nasvisor_plugin_host::package::{self, read_public_key, Package, VerifyingKey};
+use nasvisor_plugin_host::{PolicyHost, Runtime};
+use nasvisor_plugin_sdk::World;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What happened to one plugin file at start-up.
+#[derive(Debug)]
+pub struct PluginLoad {
+    pub path: PathBuf,
+    pub result: Result<(World, String), String>,
+}
+
+fn trusted_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
+    let mut keys = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "no trusted-keys directory: only developer mode could load plugins");
+            return Ok(keys);
+        }
+        Err(e) => return Err(e).with_context(|| format!("plugins.trusted-keys-dir {}", dir.display())),
+    };
+    for e in rd {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "pub") {
+            let k = read_public_key(&p)?;
+            tracing::info!(key = %package::key_id(&k), path = %p.display(), "trusted plugin signer");
+            keys.push(k);
+        }
+    }
+    Ok(keys)
+}
+
+/// Creates the policy host and installs every plugin package of the plugin
+/// dir. A package that fails to load is reported; its world keeps the
+/// built-in default.
+pub fn start(cfg: &Config) -> Result<(Arc<PolicyHost>, Vec<PluginLoad>)> {
+    let mut rt_cfg = cfg.plugins.runtime.clone();
+    if rt_cfg.cache_dir.is_none() {
+        rt_cfg.cache_dir = Some(cfg.data_dir.join("plugin-cache"));
+    }
+    let keys = trusted_keys(&cfg.plugins.trusted_keys_dir)?;
+    let rt = Arc::new(Runtime::new(rt_cfg, keys).map_err(|e| anyhow!("plugins.runtime: {e}"))?);
+    let journal = if cfg.plugins.journal_max_bytes > 0 {
+        let p = cfg.data_dir.join("journal/decisions.jsonl");
+        Some(Journal::open(&p, cfg.plugins.journal_max_bytes).with_context(|| format!("journal {}", p.display()))?)
+    } else {
+        None
+    };
+    let host = Arc::new(PolicyHost::new(rt.clone(), journal));
+    for w in World::ALL {
+        host.set_native_settings(w, settings_for(cfg, w));
+    }
+    let mut loads = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&cfg.plugins.dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "nvplugin"))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(dir = %cfg.plugins.dir.display(), error = %e, "no plugin directory: built-in defaults decide");
+            Vec::new()
+        }
+    };
+    files.sort();
+    let mut taken: Vec<(World, PathBuf)> = Vec::new();
+    for path in files {
+        let result = load_one(&rt, &host, cfg, &path, &mut taken);
+        match &result {
+            Ok((w, label)) => tracing::info!(world = %w, plugin = %label, "plugin loaded"),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin refused"),
+        }
+        loads.push(PluginLoad { path, result });
+    }
+    Ok((host, loads))
+}
+
+fn settings_for(cfg: &Config, w: World) -> Vec<(String, String)> {
+    cfg.plugins
+        .settings
+        .get(w.as_str())
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn load_one(
+    rt: &Runtime,
+    host: &PolicyHost,
+    cfg: &Config,
+    path: &Path,
+    taken: &mut Vec<(World, PathBuf)>,
+) -> Result<(World, String), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let world = Package::parse(&bytes).map_err(|e| e.to_string())?.manifest.world;
+    if let Some((_, other)) = taken.iter().find(|(w, _)| *w == world) {
+        return Err(format!(
+            "{} already provides the {world} world; one package per world",
+            other.display()
+        ));
+    }
+    let plugin = rt
+        .load(&bytes, Some(world), settings_for(cfg, world))
+        .map_err(|e| e.to_string())?;
+    let label = plugin.label().to_string();
+    host.install(plugin);
+    taken.push((world, path.to_path_buf()));
+    Ok((world, label))
+}

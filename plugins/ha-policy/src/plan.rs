@@ -6,6 +6,12 @@
 //! (critical first, then warning, then info; by message within a severity).
 //! Identical holds and notices are emitted once.
 //!
+//! Limits of the host's validator: free text is clipped to [`MAX_TEXT`]
+//! bytes, and an answer holds at most [`MAX_ACTIONS`] actions. Beyond that,
+//! notices are dropped first (one notice says how many); if the fences, VM
+//! actions and holds alone are too many, the last VM actions are dropped and
+//! a short hold asks the host to call again.
+//!
 //! One action per VM: when two events ask for different actions on the same
 //! VM, a failover beats a restart, which beats a switchover (a VM that crashed
 //! cannot be live-migrated; a VM whose host was fenced cannot be restarted in
@@ -14,6 +20,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nasvisor_plugin_sdk::prelude::*;
+
+/// Most actions in one answer (the host refuses more).
+pub const MAX_ACTIONS: usize = 256;
+/// Longest reason or message in bytes (the host refuses longer ones).
+pub const MAX_TEXT: usize = 4096;
+/// Hold asked for when actions had to be dropped to fit [`MAX_ACTIONS`].
+pub const OVERFLOW_HOLD_MS: u64 = 1_000;
+
+/// `s` cut to at most [`MAX_TEXT`] bytes on a character boundary, with
+/// `...` marking a cut.
+pub fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
 
 /// The kind of a VM action, in increasing precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,7 +83,7 @@ fn rank_severity(r: u8) -> Severity {
 impl Plan {
     /// Fence `host` (once; the first reason is kept).
     pub fn fence(&mut self, host: &str, reason: String) {
-        self.fences.entry(host.to_string()).or_insert(reason);
+        self.fences.entry(host.to_string()).or_insert(clip(reason));
     }
 
     /// True when this answer fences `host`.
@@ -86,7 +113,7 @@ impl Plan {
         let a = HaAction::Failover(VmMove {
             vm: vm.into(),
             target: target.into(),
-            reason,
+            reason: clip(reason),
         });
         self.vm(vm, VmActionKind::Failover, a)
     }
@@ -96,7 +123,7 @@ impl Plan {
         let a = HaAction::Switchover(VmMove {
             vm: vm.into(),
             target: target.into(),
-            reason,
+            reason: clip(reason),
         });
         self.vm(vm, VmActionKind::Switchover, a)
     }
@@ -106,22 +133,23 @@ impl Plan {
         let a = HaAction::Restart(VmRestart {
             vm: vm.into(),
             delay_ms,
-            reason,
+            reason: clip(reason),
         });
         self.vm(vm, VmActionKind::Restart, a)
     }
 
     /// Ask the host to wait `delay_ms` and ask again.
     pub fn hold(&mut self, delay_ms: u64, reason: String) {
-        self.holds.insert((delay_ms, reason));
+        self.holds.insert((delay_ms, clip(reason)));
     }
 
     /// Tell the administrator something.
     pub fn notify(&mut self, severity: Severity, message: String) {
-        self.notices.insert((severity_rank(severity), message));
+        self.notices
+            .insert((severity_rank(severity), clip(message)));
     }
 
-    /// The actions in the contract's order.
+    /// The actions in the contract's order, within [`MAX_ACTIONS`].
     pub fn finish(self) -> Vec<HaAction> {
         let mut out: Vec<HaAction> = self
             .fences
@@ -137,16 +165,51 @@ impl Plan {
             .partition(|(k, _)| *k != VmActionKind::Restart);
         out.extend(moves.into_iter().map(|(_, a)| a));
         out.extend(restarts.into_iter().map(|(_, a)| a));
-        out.extend(
-            self.holds
-                .into_iter()
-                .map(|(delay_ms, reason)| HaAction::Hold(Hold { delay_ms, reason })),
-        );
-        out.extend(self.notices.into_iter().map(|(r, message)| {
-            HaAction::Notify(Notice {
-                severity: rank_severity(r),
-                message,
+        let mut holds: Vec<HaAction> = self
+            .holds
+            .into_iter()
+            .map(|(delay_ms, reason)| HaAction::Hold(Hold { delay_ms, reason }))
+            .collect();
+        let mut notices: Vec<HaAction> = self
+            .notices
+            .into_iter()
+            .map(|(r, message)| {
+                HaAction::Notify(Notice {
+                    severity: rank_severity(r),
+                    message,
+                })
             })
+            .collect();
+        if out.len() + holds.len() + notices.len() <= MAX_ACTIONS {
+            out.extend(holds);
+            out.extend(notices);
+            return out;
+        }
+        // Too many: keep fences, VM actions and holds first (room for one
+        // extra hold and one summary notice), then as many notices as fit.
+        let mut dropped_vm_actions = 0;
+        if out.len() + holds.len() + 2 > MAX_ACTIONS {
+            holds.truncate(MAX_ACTIONS / 4);
+            let keep = MAX_ACTIONS - holds.len() - 2;
+            dropped_vm_actions = out.len().saturating_sub(keep);
+            out.truncate(keep);
+            holds.push(HaAction::Hold(Hold {
+                delay_ms: OVERFLOW_HOLD_MS,
+                reason: format!(
+                    "{dropped_vm_actions} more actions did not fit in one answer; asking again"
+                ),
+            }));
+        }
+        out.extend(holds);
+        let room = MAX_ACTIONS - out.len() - 1;
+        let dropped_notices = notices.len().saturating_sub(room);
+        notices.truncate(room);
+        out.extend(notices);
+        out.push(HaAction::Notify(Notice {
+            severity: Severity::Warning,
+            message: format!(
+                "answer too long: {dropped_vm_actions} actions and {dropped_notices} notices left out"
+            ),
         }));
         out
     }
@@ -214,6 +277,68 @@ mod tests {
         let out = p.finish();
         assert_eq!(out.len(), 1);
         assert!(matches!(&out[0], HaAction::Failover(m) if m.target == "h2"));
+    }
+
+    #[test]
+    fn long_text_is_clipped() {
+        assert_eq!(clip("short".into()), "short");
+        let c = clip("é".repeat(3000));
+        assert!(c.len() <= MAX_TEXT && c.ends_with("..."), "{}", c.len());
+        let mut p = Plan::default();
+        p.notify(Severity::Info, "x".repeat(10_000));
+        p.hold(1, "y".repeat(10_000));
+        for a in p.finish() {
+            match a {
+                HaAction::Notify(n) => assert!(n.message.len() <= MAX_TEXT),
+                HaAction::Hold(h) => assert!(h.reason.len() <= MAX_TEXT),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn too_many_notices_are_summarised() {
+        let mut p = Plan::default();
+        p.failover("v", "h2", String::new());
+        for i in 0..300 {
+            p.notify(Severity::Info, format!("n{i:03}"));
+        }
+        p.notify(Severity::Critical, "important".into());
+        let out = p.finish();
+        assert_eq!(out.len(), MAX_ACTIONS);
+        assert!(matches!(&out[0], HaAction::Failover(_)));
+        assert!(matches!(&out[1], HaAction::Notify(n) if n.message == "important"));
+        assert!(
+            matches!(&out[255], HaAction::Notify(n) if n.message.contains("0 actions and 47 notices left out"))
+        );
+    }
+
+    #[test]
+    fn too_many_vm_actions_keep_fences_and_ask_again() {
+        let mut p = Plan::default();
+        p.fence("h1", String::new());
+        for i in 0..400 {
+            p.failover(&format!("v{i:03}"), "h2", String::new());
+        }
+        p.hold(5, "h".into());
+        p.notify(Severity::Critical, "c".into());
+        let out = p.finish();
+        assert_eq!(out.len(), MAX_ACTIONS);
+        assert!(matches!(&out[0], HaAction::Fence(_)));
+        let failovers = out
+            .iter()
+            .filter(|a| matches!(a, HaAction::Failover(_)))
+            .count();
+        assert_eq!(failovers, MAX_ACTIONS - 1 - 2 - 1);
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, HaAction::Hold(h) if h.delay_ms == OVERFLOW_HOLD_MS)));
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, HaAction::Hold(h) if h.delay_ms == 5)));
+        assert!(
+            matches!(out.last(), Some(HaAction::Notify(n)) if n.message.contains("148 actions"))
+        );
     }
 
     #[test]

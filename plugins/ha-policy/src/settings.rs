@@ -9,9 +9,14 @@
 //! | `sha-hold-ms` | u64 | 30000 | Hold while an SHA switchover or split brain is reported. |
 //! | `quorum-hold-ms` | u64 | 5000 | Hold while the view has no quorum. |
 //!
-//! A value that does not parse is a `bad-settings` error naming the key.
+//! A value that does not parse is a `bad-settings` error naming the key. The
+//! millisecond settings may not exceed [`MAX_DELAY_MS`] (one hour, the longest
+//! hold or restart delay the host accepts).
 
 use nasvisor_plugin_sdk::prelude::*;
+
+/// Largest accepted value of the millisecond settings: one hour.
+pub const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// Setting key, see the module documentation.
 pub const FENCE_AFTER_MS: &str = "fence-after-ms";
@@ -60,14 +65,23 @@ impl Settings {
     /// Read every setting, using the defaults for unset keys.
     pub fn load(env: &dyn Env) -> Result<Self, PluginError> {
         let d = Settings::default();
+        let ms = |key: &str, default: u64| -> Result<u64, PluginError> {
+            let v = env.setting_or(key, default)?;
+            if v > MAX_DELAY_MS {
+                return Err(PluginError::new(
+                    ErrorCode::BadSettings,
+                    format!("setting {key:?}: {v} ms is more than the {MAX_DELAY_MS} ms accepted"),
+                ));
+            }
+            Ok(v)
+        };
         Ok(Settings {
-            fence_after_ms: env.setting_or(FENCE_AFTER_MS, d.fence_after_ms)?,
-            restart_base_delay_ms: env
-                .setting_or(RESTART_BASE_DELAY_MS, d.restart_base_delay_ms)?,
-            restart_max_delay_ms: env.setting_or(RESTART_MAX_DELAY_MS, d.restart_max_delay_ms)?,
+            fence_after_ms: ms(FENCE_AFTER_MS, d.fence_after_ms)?,
+            restart_base_delay_ms: ms(RESTART_BASE_DELAY_MS, d.restart_base_delay_ms)?,
+            restart_max_delay_ms: ms(RESTART_MAX_DELAY_MS, d.restart_max_delay_ms)?,
             max_restarts: env.setting_or(MAX_RESTARTS, d.max_restarts)?,
-            sha_hold_ms: env.setting_or(SHA_HOLD_MS, d.sha_hold_ms)?,
-            quorum_hold_ms: env.setting_or(QUORUM_HOLD_MS, d.quorum_hold_ms)?,
+            sha_hold_ms: ms(SHA_HOLD_MS, d.sha_hold_ms)?,
+            quorum_hold_ms: ms(QUORUM_HOLD_MS, d.quorum_hold_ms)?,
         })
     }
 
@@ -118,6 +132,23 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadSettings);
             assert!(e.message.contains(key), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn delays_above_one_hour_are_refused() {
+        for key in [
+            FENCE_AFTER_MS,
+            RESTART_BASE_DELAY_MS,
+            RESTART_MAX_DELAY_MS,
+            SHA_HOLD_MS,
+            QUORUM_HOLD_MS,
+        ] {
+            assert!(Settings::load(&env_with(&[(key, "3600000")])).is_ok());
+            let e = Settings::load(&env_with(&[(key, "3600001")])).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadSettings);
+            assert!(e.message.contains(key), "{}", e.message);
+        }
+        assert!(Settings::load(&env_with(&[(MAX_RESTARTS, "4000000000")])).is_ok());
     }
 
     #[test]

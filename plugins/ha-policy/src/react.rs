@@ -284,6 +284,17 @@ impl<'a> Ctx<'a> {
                 .push(format!("{name} of VM {vm} to {target}"));
             return false;
         }
+        if self
+            .vms
+            .iter()
+            .any(|v| v.id == vm && v.host.as_deref() == Some(target))
+        {
+            plan.notify(
+                Severity::Warning,
+                format!("no {name} of VM {vm}: it is already recorded on its target {target}"),
+            );
+            return false;
+        }
         for h in [source, target] {
             if let Some(why) = self.sha_blocked.get(h) {
                 plan.notify(

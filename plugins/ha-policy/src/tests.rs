@@ -940,3 +940,42 @@ fn no_vm_ever_gets_two_actions_and_targets_are_healthy() {
     }
     assert_eq!(brief(&out)[0], "fence h4");
 }
+
+#[test]
+fn no_move_to_the_host_a_vm_is_already_on() {
+    // Inconsistent record: the VM is on its passive host already.
+    let mut a = ha_vm("a", "h1", "h2");
+    a.host = Some("h2".into());
+    let v = view(three_hosts(), vec![a]);
+    let out = react(&v, &[degraded("h1")]);
+    assert!(without_notices(&out).is_empty(), "{:?}", brief(&out));
+    assert!(has_notice(
+        &out,
+        Severity::Warning,
+        "already recorded on its target h2"
+    ));
+}
+
+#[test]
+fn huge_batches_stay_within_host_limits() {
+    let mut vms: Vec<VmInfo> = (0..300).map(|i| vm(&format!("p{i:03}"), "h1")).collect();
+    vms.extend((0..300).map(|i| ha_vm(&format!("v{i:03}"), "h1", "h2")));
+    let mut hosts = three_hosts();
+    hosts[0].name = "x".repeat(5000);
+    let v = view(hosts, vms);
+    let out = react(&v, &[Event::HostFenced("h1".into()), degraded("h3")]);
+    assert_eq!(out.len(), crate::plan::MAX_ACTIONS);
+    for a in &out {
+        let text = match a {
+            HaAction::Failover(m) | HaAction::Switchover(m) => &m.reason,
+            HaAction::Restart(r) => &r.reason,
+            HaAction::Fence(f) => &f.reason,
+            HaAction::Hold(h) => &h.reason,
+            HaAction::Notify(n) => &n.message,
+        };
+        assert!(text.len() <= crate::plan::MAX_TEXT);
+    }
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, HaAction::Hold(h) if h.delay_ms == crate::plan::OVERFLOW_HOLD_MS)));
+}

@@ -20,6 +20,23 @@ impl Occupancy for ClusterView {
     }
 }
 
+/// Longest reason or message in bytes (the host refuses longer reasons).
+pub const MAX_TEXT: usize = 4096;
+
+/// `s` cut to at most [`MAX_TEXT`] bytes on a character boundary, with
+/// `...` marking a cut.
+pub fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - 3;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
+}
+
 /// The WIT name of a host health value, for messages.
 pub fn health_name(h: HostHealth) -> &'static str {
     match h {
@@ -99,6 +116,14 @@ pub fn affine_vms_on<'a>(vm: &'a VmInfo, host: &str, occ: &dyn Occupancy) -> Vec
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    #[test]
+    fn clip_bounds_text() {
+        assert_eq!(clip("abc".into()), "abc");
+        let c = clip("ü".repeat(5000));
+        assert!(c.len() <= MAX_TEXT && c.ends_with("..."));
+        assert_eq!(clip("a".repeat(MAX_TEXT)).len(), MAX_TEXT);
+    }
 
     #[test]
     fn healthy_roomy_host_is_accepted() {

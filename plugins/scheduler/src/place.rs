@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use nasvisor_plugin_sdk::prelude::*;
 
-use crate::constraints::{affine_vms_on, rejection};
+use crate::constraints::{affine_vms_on, clip, rejection};
 use crate::settings::{PlaceSettings, Strategy};
 
 /// A host that can take the VM, with its score.
@@ -123,11 +123,11 @@ pub fn place(
     if actives.is_empty() {
         return Err(PluginError::new(
             ErrorCode::NoSolution,
-            format!(
+            clip(format!(
                 "no eligible host can take VM {}: {}",
                 vm.id,
                 why_none("eligible-hosts", &refused)
-            ),
+            )),
         ));
     }
     if !vm.ha_enabled {
@@ -140,7 +140,7 @@ pub fn place(
         return Ok(Placement {
             host: best.id.to_string(),
             passive_host: None,
-            reason: best.explain(&s),
+            reason: clip(best.explain(&s)),
         });
     }
     let (passives, refused_passive) = rank(view, vm, &req.eligible_passive_hosts, &s);
@@ -154,12 +154,12 @@ pub fn place(
             return Ok(Placement {
                 host: active.id.to_string(),
                 passive_host: Some(passive.id.to_string()),
-                reason: format!(
+                reason: clip(format!(
                     "{}; passive host {}: {}",
                     active.explain(&s),
                     passive.id,
                     passive.explain(&s)
-                ),
+                )),
             });
         }
     }
@@ -176,7 +176,7 @@ pub fn place(
             vm.id, passives[0].id
         )
     };
-    Err(PluginError::new(ErrorCode::NoSolution, msg))
+    Err(PluginError::new(ErrorCode::NoSolution, clip(msg)))
 }
 
 #[cfg(test)]
@@ -501,6 +501,32 @@ mod tests {
         .unwrap();
         assert_eq!(p.host, "h2");
         assert_eq!(p.passive_host.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn long_ids_keep_reasons_within_host_limits() {
+        let cv = view(
+            three_hosts(),
+            vec![
+                vm_on(&"f".repeat(3000), 1, 1, "h1"),
+                vm_on(&"g".repeat(3000), 1, 1, "h1"),
+            ],
+        );
+        let mut v = vm("v", 1, 1024);
+        v.ha_enabled = true;
+        v.constraints.affinity = vec!["f".repeat(3000), "g".repeat(3000)];
+        let p = place(
+            &env_with(&[("affinity-bonus-mib", "100000")]),
+            &cv,
+            &req(v, &["h1", "h2"], &["h1", "h2"]),
+        )
+        .unwrap();
+        assert_eq!(p.host, "h1");
+        assert!(p.reason.len() <= crate::constraints::MAX_TEXT);
+        let ghosts: Vec<String> = (0..500).map(|i| format!("ghost-host-{i:04}")).collect();
+        let refs: Vec<&str> = ghosts.iter().map(String::as_str).collect();
+        let e = place(&env_with(&[]), &cv, &req(vm("v", 1, 1), &refs, &[])).unwrap_err();
+        assert!(e.message.len() <= crate::constraints::MAX_TEXT);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nasvisor_plugin_sdk::prelude::*;
 
-use crate::constraints::{rejection, Occupancy};
+use crate::constraints::{clip, rejection, Occupancy};
 use crate::settings::RebalanceSettings;
 
 /// Basis points in 100 %.
@@ -118,7 +118,7 @@ pub fn rebalance(env: &dyn Env, view: &ClusterView) -> Result<Vec<RebalanceMove>
     let mut moved: BTreeSet<&str> = BTreeSet::new();
     let mut moves = Vec::new();
 
-    while moves.len() < s.max_moves {
+    while moves.len() < s.max_moves as usize {
         let Some(step) = next_move(&sim, &movable, &moved, threshold_bp) else {
             break;
         };
@@ -214,6 +214,7 @@ fn next_move<'a>(
                     vm.id,
                     vm.resources.memory_mib,
                 );
+                let reason = clip(reason);
                 return Some(Step {
                     vm,
                     source,

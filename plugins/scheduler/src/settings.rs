@@ -4,7 +4,7 @@
 //! |-----|------|---------|---------|
 //! | `strategy` | `spread` or `pack` | `spread` | `spread` puts a VM on the host with the most free memory after placement; `pack` on the host with the least free memory that still fits (bin packing). |
 //! | `affinity-bonus-mib` | u64 | 4096 | Memory (MiB) added to a host's score when it runs one of the VM's affinity VMs (soft affinity). |
-//! | `max-moves` | usize | 3 | Most moves one `rebalance` call proposes. |
+//! | `max-moves` | u32, 0..=256 | 3 | Most moves one `rebalance` call proposes (the host accepts at most 256). |
 //! | `imbalance-threshold-percent` | u64, 0..=100 | 20 | `rebalance` acts while the used-memory share of the most and the least loaded host differ by more than this many percentage points. |
 //!
 //! A value that does not parse is a `bad-settings` error naming the key.
@@ -23,7 +23,9 @@ pub const IMBALANCE_THRESHOLD_PERCENT: &str = "imbalance-threshold-percent";
 /// Default of [`AFFINITY_BONUS_MIB`].
 pub const DEFAULT_AFFINITY_BONUS_MIB: u64 = 4096;
 /// Default of [`MAX_MOVES`].
-pub const DEFAULT_MAX_MOVES: usize = 3;
+pub const DEFAULT_MAX_MOVES: u32 = 3;
+/// Largest accepted [`MAX_MOVES`] (the host refuses longer answers).
+pub const MAX_MAX_MOVES: u32 = 256;
 /// Default of [`IMBALANCE_THRESHOLD_PERCENT`].
 pub const DEFAULT_IMBALANCE_THRESHOLD_PERCENT: u64 = 20;
 
@@ -84,7 +86,7 @@ impl PlaceSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RebalanceSettings {
     /// See [`MAX_MOVES`].
-    pub max_moves: usize,
+    pub max_moves: u32,
     /// See [`IMBALANCE_THRESHOLD_PERCENT`].
     pub threshold_percent: u64,
 }
@@ -93,6 +95,12 @@ impl RebalanceSettings {
     /// Read the rebalance settings; a threshold above 100 is refused.
     pub fn load(env: &dyn Env) -> Result<Self, PluginError> {
         let max_moves = env.setting_or(MAX_MOVES, DEFAULT_MAX_MOVES)?;
+        if max_moves > MAX_MAX_MOVES {
+            return Err(PluginError::new(
+                ErrorCode::BadSettings,
+                format!("setting {MAX_MOVES:?}: {max_moves} is above {MAX_MAX_MOVES}"),
+            ));
+        }
         let threshold_percent = env.setting_or(
             IMBALANCE_THRESHOLD_PERCENT,
             DEFAULT_IMBALANCE_THRESHOLD_PERCENT,
@@ -154,6 +162,14 @@ mod tests {
         assert!(e.message.contains("affinity-bonus-mib"));
         let e = RebalanceSettings::load(&env_with(&[("max-moves", "many")])).unwrap_err();
         assert!(e.message.contains("max-moves"));
+        let e = RebalanceSettings::load(&env_with(&[("max-moves", "257")])).unwrap_err();
+        assert!(e.message.contains("max-moves") && e.message.contains("256"));
+        assert_eq!(
+            RebalanceSettings::load(&env_with(&[("max-moves", "256")]))
+                .unwrap()
+                .max_moves,
+            256
+        );
         let e = RebalanceSettings::load(&env_with(&[("imbalance-threshold-percent", "101")]))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);

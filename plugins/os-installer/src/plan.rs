@@ -42,6 +42,10 @@ pub const MAX_PACKAGES: usize = 512;
 pub const MAX_NICS: usize = 32;
 /// Most addresses or name servers per NIC.
 pub const MAX_PER_NIC: usize = 16;
+/// Largest disk, in GiB (64 TiB; the host refuses more).
+pub const MAX_DISK_GIB: u64 = 65_536;
+/// Largest seed, all files together (the host refuses more).
+pub const MAX_SEED_BYTES: usize = 1 << 20;
 
 /// A list may hold at most `max` entries.
 fn at_most<T>(field: &str, list: &[T], max: usize) -> Result<(), PluginError> {
@@ -177,8 +181,13 @@ fn image_label(image: &ImageMeta) -> String {
     }
 }
 
-/// The seed files for a validated request.
-fn seed_files(req: &InstallRequest, nics: &[Nic], marker: &str) -> Vec<SeedFile> {
+/// The seed files for a validated request; refused when they would exceed
+/// [`MAX_SEED_BYTES`].
+fn seed_files(
+    req: &InstallRequest,
+    nics: &[Nic],
+    marker: &str,
+) -> Result<Vec<SeedFile>, PluginError> {
     let mut seed = vec![
         SeedFile {
             name: "meta-data".into(),
@@ -195,7 +204,26 @@ fn seed_files(req: &InstallRequest, nics: &[Nic], marker: &str) -> Vec<SeedFile>
             contents: n,
         });
     }
-    seed
+    let total: usize = seed.iter().map(|f| f.contents.len()).sum();
+    if total > MAX_SEED_BYTES {
+        return Err(PluginError::new(
+            ErrorCode::InvalidInput,
+            format!("the request is too large: its cloud-init seed would be {total} bytes (at most {MAX_SEED_BYTES})"),
+        ));
+    }
+    Ok(seed)
+}
+
+/// `disk-size-gib` may not exceed [`MAX_DISK_GIB`].
+fn check_disk_size(gib: u64) -> Result<(), PluginError> {
+    if gib > MAX_DISK_GIB {
+        Err(invalid(
+            "disk-size-gib",
+            format!("{gib} GiB is more than the {MAX_DISK_GIB} GiB supported"),
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Turn an image and a request into an install plan. See the module docs.
@@ -216,6 +244,7 @@ pub fn plan_install(
         None => s.ready_marker.clone(),
     };
     let label = image_label(image);
+    check_disk_size(req.disk_size_gib)?;
     if image.format == ImageFormat::Iso {
         if req.disk_size_gib == 0 {
             return Err(invalid(
@@ -225,7 +254,7 @@ pub fn plan_install(
         }
         let seed = if image.cloud_init {
             let nics = check_request(req)?;
-            seed_files(req, &nics, &marker)
+            seed_files(req, &nics, &marker)?
         } else {
             let mut unusable = Vec::new();
             for (field, given) in [
@@ -310,7 +339,7 @@ pub fn plan_install(
             method: s.disk_method,
             resize_gib,
         },
-        seed: seed_files(req, &nics, &marker),
+        seed: seed_files(req, &nics, &marker)?,
         boot: BootSettings {
             firmware: image.firmware,
             kernel_args: None,
@@ -640,6 +669,40 @@ mod tests {
             "{ud}"
         );
         assert_eq!(ud.matches("\nfinal_message:").count(), 1);
+    }
+
+    #[test]
+    fn disk_size_and_seed_size_limits() {
+        let mut r = full_request();
+        r.disk_size_gib = MAX_DISK_GIB;
+        assert_eq!(
+            plan(&disk_image(), &r).unwrap().disk.resize_gib,
+            Some(MAX_DISK_GIB)
+        );
+        r.disk_size_gib = MAX_DISK_GIB + 1;
+        assert!(err(&disk_image(), &r).starts_with("disk-size-gib: 65537 GiB is more than"));
+        assert!(err(
+            &iso_image(false),
+            &InstallRequest {
+                disk_size_gib: MAX_DISK_GIB + 1,
+                ..Default::default()
+            }
+        )
+        .starts_with("disk-size-gib: "));
+
+        let mut big = full_request();
+        big.users = (0..MAX_USERS)
+            .map(|i| UserSpec {
+                name: format!("u{i}"),
+                ssh_authorized_keys: vec![RSA.to_string(); MAX_PER_USER],
+                ..Default::default()
+            })
+            .collect();
+        let m = err(&disk_image(), &big);
+        assert!(
+            m.contains("seed would be") && m.contains("at most 1048576"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! |-----|------|---------|---------|
 //! | `disk-method` | `clone-backing` or `full-convert` | `clone-backing` | How a disk image becomes the VM's disk: a qcow2 overlay backed by the image, or a full independent copy. |
 //! | `ready-marker` | printable ASCII, 1-200 chars | `NASVISOR-READY` | The serial-console line that says the first boot finished, when the image names none. |
-//! | `install-timeout-ms` | u64 > 0 | 600000 | How long the host waits for the install to complete. |
+//! | `install-timeout-ms` | u64, 1000..=86400000 | 600000 | How long the host waits for the install to complete (1 s to 24 h, the range the host accepts). |
 //!
 //! A value that does not parse is a `bad-settings` error naming the key.
 
@@ -20,6 +20,8 @@ pub const READY_MARKER: &str = "ready-marker";
 pub const INSTALL_TIMEOUT_MS: &str = "install-timeout-ms";
 /// Default of [`READY_MARKER`].
 pub const DEFAULT_READY_MARKER: &str = "NASVISOR-READY";
+/// Accepted range of [`INSTALL_TIMEOUT_MS`].
+pub const INSTALL_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 /// Default of [`INSTALL_TIMEOUT_MS`].
 pub const DEFAULT_INSTALL_TIMEOUT_MS: u64 = 600_000;
 
@@ -61,8 +63,11 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_READY_MARKER.into());
         validate::marker(&ready_marker).map_err(|m| bad(READY_MARKER, m))?;
         let install_timeout_ms = env.setting_or(INSTALL_TIMEOUT_MS, DEFAULT_INSTALL_TIMEOUT_MS)?;
-        if install_timeout_ms == 0 {
-            return Err(bad(INSTALL_TIMEOUT_MS, "must be more than 0".into()));
+        if !INSTALL_TIMEOUT_RANGE_MS.contains(&install_timeout_ms) {
+            return Err(bad(
+                INSTALL_TIMEOUT_MS,
+                format!("{install_timeout_ms} is outside 1000..=86400000"),
+            ));
         }
         Ok(Settings {
             disk_method,
@@ -105,6 +110,8 @@ mod tests {
             ("ready-marker", ""),
             ("ready-marker", "a\nb"),
             ("install-timeout-ms", "0"),
+            ("install-timeout-ms", "999"),
+            ("install-timeout-ms", "86400001"),
             ("install-timeout-ms", "soon"),
         ] {
             let e = Settings::load(&env_with(&[(k, v)])).unwrap_err();

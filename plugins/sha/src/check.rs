@@ -15,18 +15,28 @@
 //! | `role-mismatch` | the host's `sha-role` (not `none`) differs from the local DRBD role |
 //!
 //! `ok` is true exactly when there is no problem.
+//!
+//! A selected resource whose name is empty or longer than 255 bytes is
+//! refused as unreadable; messages are clipped to the host's 4096-byte limit.
 
 use nasvisor_plugin_sdk::prelude::*;
 
 use crate::drbd::{self, Resource};
 use crate::settings;
 use crate::state::{pair_state, replication_name, role_name, select};
+use crate::text::{clip, MAX_RESOURCE_NAME};
 
 /// Parse a raw status and select the configured resource.
 fn read(env: &dyn Env, raw: &str) -> Result<(Resource, ShaPairState), String> {
     let resources = drbd::parse(raw)?;
     let wanted = settings::resource(env);
     let r = select(&resources, wanted.as_deref())?;
+    if r.name.is_empty() || r.name.len() > MAX_RESOURCE_NAME {
+        return Err(format!(
+            "resource name must be 1 to {MAX_RESOURCE_NAME} bytes long, found {} bytes",
+            r.name.len()
+        ));
+    }
     Ok((r.clone(), pair_state(r)))
 }
 
@@ -37,13 +47,13 @@ fn read(env: &dyn Env, raw: &str) -> Result<(Resource, ShaPairState), String> {
 pub fn parse_status(env: &dyn Env, raw: &str) -> Result<ShaPairState, PluginError> {
     read(env, raw)
         .map(|(_, s)| s)
-        .map_err(|m| PluginError::new(ErrorCode::InvalidInput, format!("DRBD status: {m}")))
+        .map_err(|m| PluginError::new(ErrorCode::InvalidInput, clip(format!("DRBD status: {m}"))))
 }
 
 fn problem(code: &str, message: String) -> SetupProblem {
     SetupProblem {
         code: code.into(),
-        message,
+        message: clip(message),
     }
 }
 
@@ -319,6 +329,27 @@ mod tests {
                 "not-in-sync"
             ]
         );
+    }
+
+    #[test]
+    fn long_names_are_refused_or_clipped() {
+        let long = "r".repeat(300);
+        let raw = format!(r#"[{{"name":"{long}","role":"Primary"}}]"#);
+        let c = check(&sha_host("h1", ShaRole::Primary), &raw);
+        assert_eq!(codes(&c), vec!["unparseable-status"]);
+        assert!(c.problems[0].message.contains("1 to 255 bytes"));
+        assert!(parse_status(&env_with(&[]), r#"[{"name":"","role":"Primary"}]"#).is_err());
+        let peer = "p".repeat(5000);
+        let raw = format!(
+            r#"[{{"name":"r0","role":"Primary","connections":[{{"name":"{peer}","connection-state":"StandAlone"}}]}}]"#
+        );
+        let c = check(&sha_host("h1", ShaRole::Primary), &raw);
+        assert!(c
+            .problems
+            .iter()
+            .all(|p| p.message.len() <= crate::text::MAX_TEXT));
+        let e = parse_status(&env_with(&[]), &format!("{} x", "a".repeat(9000))).unwrap_err();
+        assert!(e.message.len() <= crate::text::MAX_TEXT);
     }
 
     #[test]

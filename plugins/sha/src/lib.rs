@@ -20,6 +20,7 @@ pub mod settings;
 pub mod state;
 #[cfg(test)]
 mod testutil;
+pub mod text;
 
 use nasvisor_plugin_sdk::prelude::*;
 

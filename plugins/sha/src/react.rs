@@ -17,6 +17,7 @@ use nasvisor_plugin_sdk::prelude::*;
 
 use crate::settings;
 use crate::state::replication_name;
+use crate::text::clip;
 
 /// Peer gone while we are secondary and nobody is known to be primary: the
 /// pair's storage has no server.
@@ -116,6 +117,17 @@ pub fn on_state_change(
                 .into_iter()
                 .map(|(severity, message)| HaAction::Notify(Notice { severity, message })),
         )
+        .map(|a| match a {
+            HaAction::Hold(h) => HaAction::Hold(Hold {
+                reason: clip(h.reason),
+                ..h
+            }),
+            HaAction::Notify(n) => HaAction::Notify(Notice {
+                message: clip(n.message),
+                ..n
+            }),
+            other => other,
+        })
         .collect())
 }
 
@@ -258,6 +270,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
+    }
+
+    #[test]
+    fn long_names_are_clipped() {
+        let mut s = healthy();
+        s.split_brain = true;
+        s.resource_name = "r".repeat(5000);
+        let out = on_state_change(
+            &env_with(&[]),
+            &ClusterView::default(),
+            &"h".repeat(5000),
+            None,
+            &s,
+        )
+        .unwrap();
+        for a in out {
+            match a {
+                HaAction::Hold(h) => assert!(h.reason.len() <= crate::text::MAX_TEXT),
+                HaAction::Notify(n) => assert!(n.message.len() <= crate::text::MAX_TEXT),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | key | type | default | meaning |
 //! |-----|------|---------|---------|
 //! | `resource` | string | (first resource) | Which DRBD resource of the status is the SHA pair. Empty means unset. |
-//! | `sha-hold-ms` | u64 | 30000 | How long `on-state-change` asks the host to hold during an SHA switchover or split brain. |
+//! | `sha-hold-ms` | u64, at most 3600000 | 30000 | How long `on-state-change` asks the host to hold during an SHA switchover or split brain. |
 //!
 //! A value that does not parse is a `bad-settings` error naming the key.
 
@@ -13,6 +13,8 @@ use nasvisor_plugin_sdk::prelude::*;
 pub const RESOURCE: &str = "resource";
 /// Setting key: hold time during a switchover or split brain.
 pub const SHA_HOLD_MS: &str = "sha-hold-ms";
+/// Largest accepted [`SHA_HOLD_MS`]: one hour, the longest hold the host accepts.
+pub const MAX_SHA_HOLD_MS: u64 = 3_600_000;
 /// Default of [`SHA_HOLD_MS`].
 pub const DEFAULT_SHA_HOLD_MS: u64 = 30_000;
 
@@ -25,7 +27,16 @@ pub fn resource(env: &dyn Env) -> Option<String> {
 
 /// The `sha-hold-ms` setting.
 pub fn sha_hold_ms(env: &dyn Env) -> Result<u64, PluginError> {
-    env.setting_or(SHA_HOLD_MS, DEFAULT_SHA_HOLD_MS)
+    let v = env.setting_or(SHA_HOLD_MS, DEFAULT_SHA_HOLD_MS)?;
+    if v > MAX_SHA_HOLD_MS {
+        return Err(PluginError::new(
+            ErrorCode::BadSettings,
+            format!(
+                "setting {SHA_HOLD_MS:?}: {v} ms is more than the {MAX_SHA_HOLD_MS} ms accepted"
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -45,6 +56,12 @@ mod tests {
         assert_eq!(sha_hold_ms(&env_with(&[("sha-hold-ms", "5")])).unwrap(), 5);
         let e = sha_hold_ms(&env_with(&[("sha-hold-ms", "-5")])).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadSettings);
+        assert!(e.message.contains("sha-hold-ms"));
+        assert_eq!(
+            sha_hold_ms(&env_with(&[("sha-hold-ms", "3600000")])).unwrap(),
+            3_600_000
+        );
+        let e = sha_hold_ms(&env_with(&[("sha-hold-ms", "3600001")])).unwrap_err();
         assert!(e.message.contains("sha-hold-ms"));
     }
 }

@@ -18,9 +18,8 @@
 //! ```
 //!
 //! `input` uses the JSON forms of docs/plugin-json.md. `expect` (optional) is
-//! the whole answer; `expect-match` (optional) is a JSON object that must be
-//! contained in the answer (objects compared key by key, arrays and scalars
-//! exactly), for when reasons or other details may change.
+//! the whole answer; `expect-match` (optional) must be contained in the
+//! answer (see [`contains`]), for when reasons or other details may change.
 //!
 //! In a vendor crate's tests:
 //!
@@ -126,13 +125,18 @@ pub fn load_scenarios(dir: &Path) -> Result<Vec<(PathBuf, Scenario)>, HarnessErr
         .collect()
 }
 
-/// True when `want` is contained in `got`: objects key by key (recursively),
-/// everything else equal.
+/// True when `want` is contained in `got`: objects key by key (recursively);
+/// a non-empty array when each of its elements is contained in some element
+/// of `got`'s array (in any order); an empty array only in an empty array;
+/// everything else when equal.
 pub fn contains(got: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value::{Array, Object};
     match (got, want) {
-        (serde_json::Value::Object(g), serde_json::Value::Object(w)) => w
+        (Object(g), Object(w)) => w
             .iter()
             .all(|(k, wv)| g.get(k).is_some_and(|gv| contains(gv, wv))),
+        (Array(g), Array(w)) if w.is_empty() => g.is_empty(),
+        (Array(g), Array(w)) => w.iter().all(|wv| g.iter().any(|gv| contains(gv, wv))),
         _ => got == want,
     }
 }
@@ -212,7 +216,13 @@ mod tests {
         let got = json!({"ok": {"host": "h1", "reason": "x", "list": [1, 2]}});
         assert!(contains(&got, &json!({"ok": {"host": "h1"}})));
         assert!(!contains(&got, &json!({"ok": {"host": "h2"}})));
-        assert!(!contains(&got, &json!({"ok": {"list": [1]}})));
+        assert!(contains(&got, &json!({"ok": {"list": [2]}})));
+        assert!(!contains(&got, &json!({"ok": {"list": [3]}})));
+        assert!(!contains(&got, &json!({"ok": {"list": []}})));
+        assert!(contains(&json!({"l": []}), &json!({"l": []})));
         assert!(!contains(&got, &json!({"error": {}})));
+        let actions = json!({"ok": [{"fence": {"host": "h1", "reason": "r"}}, {"notify": {"severity": "info"}}]});
+        assert!(contains(&actions, &json!({"ok": [{"notify": {"severity": "info"}}]})));
+        assert!(!contains(&actions, &json!({"ok": [{"failover": {}}]})));
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "nasvisor", version, about = "Administer a nasvisor host and its plugins")]
+#[command(
+    name = "nasvisor",
+    version,
+    about = "Administer a nasvisor host and its plugins"
+)]
 struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. "info" or "nasvisor=debug".
     #[arg(long, global = true, default_value = "warn", env = "NASVISOR_LOG")]

@@ -18,7 +18,8 @@ struct Toolchain {
 
 impl Toolchain {
     fn from_env() -> Toolchain {
-        let var = |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_string()));
+        let var =
+            |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.to_string()));
         Toolchain {
             cargo: var("NASVISOR_WASM_CARGO", "/usr/bin/cargo"),
             rustc: var("NASVISOR_WASM_RUSTC", "/usr/bin/rustc"),
@@ -40,10 +41,19 @@ pub struct CrateInfo {
 fn crate_info(tc: &Toolchain, dir: &Path) -> Result<CrateInfo> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!("{}: no Cargo.toml (give the plugin crate's directory)", dir.display());
+        bail!(
+            "{}: no Cargo.toml (give the plugin crate's directory)",
+            dir.display()
+        );
     }
     let out = Command::new(&tc.cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .env_remove("RUSTUP_TOOLCHAIN")
         .output()
@@ -66,7 +76,12 @@ fn crate_info(tc: &Toolchain, dir: &Path) -> Result<CrateInfo> {
                     .is_some_and(|m| Path::new(m) == canon)
             })
         })
-        .ok_or_else(|| anyhow!("{}: package not found in cargo metadata", manifest.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: package not found in cargo metadata",
+                manifest.display()
+            )
+        })?;
     let name = pkg["name"].as_str().unwrap_or_default().to_string();
     let world = pkg["metadata"]["nasvisor"]["world"].as_str().ok_or_else(|| {
         anyhow!(
@@ -74,9 +89,12 @@ fn crate_info(tc: &Toolchain, dir: &Path) -> Result<CrateInfo> {
             manifest.display()
         )
     })?;
-    let world: World = world
-        .parse()
-        .map_err(|e: String| anyhow!("{}: package.metadata.nasvisor.world: {e}", manifest.display()))?;
+    let world: World = world.parse().map_err(|e: String| {
+        anyhow!(
+            "{}: package.metadata.nasvisor.world: {e}",
+            manifest.display()
+        )
+    })?;
     Ok(CrateInfo {
         name,
         version: pkg["version"].as_str().unwrap_or_default().to_string(),
@@ -155,7 +173,13 @@ pub fn build(dir: &Path, out: &Path, key: Option<&Path>) -> Result<(CrateInfo, P
     let component = componentize(&module)?;
     std::fs::create_dir_all(out)?;
     let key = key.map(read_signing_key).transpose()?;
-    let pkg = Package::build(&info.name, &info.version, info.world, component.clone(), key.as_ref());
+    let pkg = Package::build(
+        &info.name,
+        &info.version,
+        info.world,
+        component.clone(),
+        key.as_ref(),
+    );
     let wasm_path = out.join(format!("{}.wasm", info.name));
     let pkg_path = out.join(format!("{}.nvplugin", info.name));
     write_atomic(&wasm_path, &component)?;

@@ -8,7 +8,9 @@ use nasvisor_plugin_host::package::{
     self, generate_key, key_id, read_public_key, read_signing_key, write_keypair, Package,
 };
 use nasvisor_plugin_host::validate::validate;
-use nasvisor_plugin_host::{answer_json, invoke, DecisionInput, LoadedPlugin, Runtime, RuntimeConfig};
+use nasvisor_plugin_host::{
+    answer_json, invoke, DecisionInput, LoadedPlugin, Runtime, RuntimeConfig,
+};
 use nasvisor_plugin_sdk::World;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -112,7 +114,8 @@ impl Trust {
             out.push(read_public_key(k)?);
         }
         if let Some(dir) = &self.trusted_dir {
-            let rd = std::fs::read_dir(dir).with_context(|| format!("trusted-dir {}", dir.display()))?;
+            let rd =
+                std::fs::read_dir(dir).with_context(|| format!("trusted-dir {}", dir.display()))?;
             for e in rd {
                 let p = e?.path();
                 if p.extension().is_some_and(|x| x == "pub") {
@@ -155,7 +158,12 @@ fn runtime(trust: &Trust, limits: &Limits) -> Result<Runtime> {
     Runtime::new(config, trust.load()?).map_err(|e| anyhow!(e))
 }
 
-fn load(rt: &Runtime, path: &Path, world: Option<World>, settings: Vec<(String, String)>) -> Result<LoadedPlugin> {
+fn load(
+    rt: &Runtime,
+    path: &Path,
+    world: Option<World>,
+    settings: Vec<(String, String)>,
+) -> Result<LoadedPlugin> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(rt.load(&bytes, world, settings)?)
 }
@@ -194,7 +202,11 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
             println!("secret key {}", s.display());
             println!("public key {}", p.display());
         }
-        PluginCommand::Build { crates, out_dir, key } => {
+        PluginCommand::Build {
+            crates,
+            out_dir,
+            key,
+        } => {
             for c in crates {
                 let (info, pkg) = plugin_build::build(&c, &out_dir, key.as_deref())?;
                 println!(
@@ -203,7 +215,11 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
                     info.version,
                     info.world,
                     pkg.display(),
-                    if key.is_some() { " [signed]" } else { " [unsigned]" }
+                    if key.is_some() {
+                        " [signed]"
+                    } else {
+                        " [unsigned]"
+                    }
                 );
             }
         }
@@ -215,7 +231,8 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
             world,
             out,
         } => {
-            let bytes = std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
             let (name, version, world, comp) = if package::is_package(&bytes) {
                 let p = Package::parse(&bytes)?;
                 (
@@ -246,8 +263,12 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
                 out.display()
             );
         }
-        PluginCommand::Verify { package: path, trust } => {
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        PluginCommand::Verify {
+            package: path,
+            trust,
+        } => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let pkg = Package::parse(&bytes)?;
             let signer = pkg.verify(&trust.load()?, trust.dev)?;
             println!(
@@ -259,7 +280,8 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
             );
         }
         PluginCommand::Inspect { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let (manifest, signer, comp) = if package::is_package(&bytes) {
                 let p = Package::parse(&bytes)?;
                 let signer = p.signature.as_ref().map(|(k, _)| key_id(k));
@@ -267,12 +289,24 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
             } else {
                 (None, None, bytes)
             };
-            let rt = Runtime::new(RuntimeConfig { pool_instances: 1, ..Default::default() }, vec![])
-                .map_err(|e| anyhow!(e))?;
+            let rt = Runtime::new(
+                RuntimeConfig {
+                    pool_instances: 1,
+                    ..Default::default()
+                },
+                vec![],
+            )
+            .map_err(|e| anyhow!(e))?;
             let (c, _) = rt.compile(&comp)?;
             let ty = c.component_type();
-            let imports: Vec<String> = ty.imports(rt.engine()).map(|(n, _)| n.to_string()).collect();
-            let exports: Vec<String> = ty.exports(rt.engine()).map(|(n, _)| n.to_string()).collect();
+            let imports: Vec<String> = ty
+                .imports(rt.engine())
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let exports: Vec<String> = ty
+                .exports(rt.engine())
+                .map(|(n, _)| n.to_string())
+                .collect();
             let out = serde_json::json!({
                 "manifest": manifest,
                 "signed-by": signer,

@@ -120,16 +120,28 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = Config::parse("[plugins]\njournal-max-bytes = \"big\"\n", Path::new("c.toml")).unwrap_err();
+        let e = Config::parse(
+            "[plugins]\njournal-max-bytes = \"big\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("journal-max-bytes"), "{e}");
-        let e = Config::parse("[plugins.runtime]\ndeadline-ms = 0\n", Path::new("c.toml")).unwrap_err();
+        let e =
+            Config::parse("[plugins.runtime]\ndeadline-ms = 0\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("deadline-ms"), "{e}");
-        let e = Config::parse("[plugins.settings.schedular]\nx = \"1\"\n", Path::new("c.toml")).unwrap_err();
+        let e = Config::parse(
+            "[plugins.settings.schedular]\nx = \"1\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("plugins.settings.schedular"), "{e}");
         let e = Config::parse("data-dri = \"/x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("data-dri"), "{e}");

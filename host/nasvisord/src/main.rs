@@ -90,7 +90,10 @@ fn main() -> ExitCode {
             "path": l.path, "error": e
         }))).collect::<Vec<_>>(),
     });
-    println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&status).unwrap_or_default()
+    );
     if args.check {
         return if loads.iter().all(|l| l.result.is_ok()) {
             ExitCode::SUCCESS

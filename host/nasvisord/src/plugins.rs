@@ -25,7 +25,9 @@ fn trusted_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
             tracing::warn!(dir = %dir.display(), "no trusted-keys directory: only developer mode could load plugins");
             return Ok(keys);
         }
-        Err(e) => return Err(e).with_context(|| format!("plugins.trusted-keys-dir {}", dir.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("plugins.trusted-keys-dir {}", dir.display()))
+        }
     };
     for e in rd {
         let p = e?.path();
@@ -50,7 +52,10 @@ pub fn start(cfg: &Config) -> Result<(Arc<PolicyHost>, Vec<PluginLoad>)> {
     let rt = Arc::new(Runtime::new(rt_cfg, keys).map_err(|e| anyhow!("plugins.runtime: {e}"))?);
     let journal = if cfg.plugins.journal_max_bytes > 0 {
         let p = cfg.data_dir.join("journal/decisions.jsonl");
-        Some(Journal::open(&p, cfg.plugins.journal_max_bytes).with_context(|| format!("journal {}", p.display()))?)
+        Some(
+            Journal::open(&p, cfg.plugins.journal_max_bytes)
+                .with_context(|| format!("journal {}", p.display()))?,
+        )
     } else {
         None
     };
@@ -98,7 +103,10 @@ fn load_one(
     taken: &mut Vec<(World, PathBuf)>,
 ) -> Result<(World, String), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let world = Package::parse(&bytes).map_err(|e| e.to_string())?.manifest.world;
+    let world = Package::parse(&bytes)
+        .map_err(|e| e.to_string())?
+        .manifest
+        .world;
     if let Some((_, other)) = taken.iter().find(|(w, _)| *w == world) {
         return Err(format!(
             "{} already provides the {world} world; one package per world",

@@ -22,7 +22,10 @@ pub enum DecisionInput {
     /// scheduler.rebalance
     Rebalance { view: ClusterView },
     /// ha-policy.react
-    React { view: ClusterView, events: Vec<Event> },
+    React {
+        view: ClusterView,
+        events: Vec<Event>,
+    },
     /// sha.check-setup
     CheckSetup {
         host: HostInfo,
@@ -119,7 +122,12 @@ type CheckSetupSig<'a> = (&'a HostInfo, &'a str);
 type CheckSetupRet = (Result<SetupCheck, PluginError>,);
 type ParseStatusSig<'a> = (&'a str,);
 type ParseStatusRet = (Result<ShaPairState, PluginError>,);
-type OnStateChangeSig<'a> = (&'a ClusterView, &'a str, &'a Option<ShaPairState>, &'a ShaPairState);
+type OnStateChangeSig<'a> = (
+    &'a ClusterView,
+    &'a str,
+    &'a Option<ShaPairState>,
+    &'a ShaPairState,
+);
 type PlanInstallSig<'a> = (&'a ImageMeta, &'a InstallRequest);
 type PlanInstallRet = (Result<InstallPlan, PluginError>,);
 
@@ -137,7 +145,9 @@ pub(crate) fn typecheck(rt: &Runtime, p: &LoadedPlugin) -> Result<(), String> {
             rt.typecheck_export::<ParseStatusSig, ParseStatusRet>(p, "parse-status")?;
             rt.typecheck_export::<OnStateChangeSig, ActionsRet>(p, "on-state-change")
         }
-        World::OsInstaller => rt.typecheck_export::<PlanInstallSig, PlanInstallRet>(p, "plan-install"),
+        World::OsInstaller => {
+            rt.typecheck_export::<PlanInstallSig, PlanInstallRet>(p, "plan-install")
+        }
     }
 }
 
@@ -186,7 +196,12 @@ pub fn invoke(
             previous,
             current,
         } => rt
-            .call::<OnStateChangeSig, ActionsRet>(p, f, w, (view, host.as_str(), previous, current))?
+            .call::<OnStateChangeSig, ActionsRet>(
+                p,
+                f,
+                w,
+                (view, host.as_str(), previous, current),
+            )?
             .0
             .map(DecisionOutput::Actions),
         DecisionInput::PlanInstall { image, request } => rt
@@ -228,16 +243,28 @@ impl NativePolicies<'static> {
 impl<'a> NativePolicies<'a> {
     /// The defaults, with `world`'s policy replaced.
     pub fn scheduler(p: &'a dyn SchedulerPolicy) -> NativePolicies<'a> {
-        NativePolicies { scheduler: p, ..NativePolicies::defaults() }
+        NativePolicies {
+            scheduler: p,
+            ..NativePolicies::defaults()
+        }
     }
     pub fn ha_policy(p: &'a dyn HaPolicy) -> NativePolicies<'a> {
-        NativePolicies { ha_policy: p, ..NativePolicies::defaults() }
+        NativePolicies {
+            ha_policy: p,
+            ..NativePolicies::defaults()
+        }
     }
     pub fn sha(p: &'a dyn ShaPolicy) -> NativePolicies<'a> {
-        NativePolicies { sha: p, ..NativePolicies::defaults() }
+        NativePolicies {
+            sha: p,
+            ..NativePolicies::defaults()
+        }
     }
     pub fn os_installer(p: &'a dyn OsInstallerPolicy) -> NativePolicies<'a> {
-        NativePolicies { os_installer: p, ..NativePolicies::defaults() }
+        NativePolicies {
+            os_installer: p,
+            ..NativePolicies::defaults()
+        }
     }
 }
 
@@ -253,7 +280,9 @@ pub fn invoke_native_with(p: &NativePolicies<'_>, input: &DecisionInput, env: &d
             .scheduler
             .place(env, view, request)
             .map(DecisionOutput::Placement),
-        DecisionInput::Rebalance { view } => p.scheduler.rebalance(env, view).map(DecisionOutput::Moves),
+        DecisionInput::Rebalance { view } => {
+            p.scheduler.rebalance(env, view).map(DecisionOutput::Moves)
+        }
         DecisionInput::React { view, events } => p
             .ha_policy
             .react(env, view, events)
@@ -305,11 +334,21 @@ impl Env for NativeEnv {
     fn log(&self, level: LogLevel, message: &str, fields: &[(&str, &str)]) {
         let fields = format!("{fields:?}");
         match level {
-            LogLevel::Trace => tracing::trace!(target: "plugin", plugin = "native", %fields, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugin", plugin = "native", %fields, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugin", plugin = "native", %fields, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "plugin", plugin = "native", %fields, "{message}"),
-            LogLevel::Error => tracing::error!(target: "plugin", plugin = "native", %fields, "{message}"),
+            LogLevel::Trace => {
+                tracing::trace!(target: "plugin", plugin = "native", %fields, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "plugin", plugin = "native", %fields, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "plugin", plugin = "native", %fields, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "plugin", plugin = "native", %fields, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "plugin", plugin = "native", %fields, "{message}")
+            }
         }
     }
     fn monotonic_now_ns(&self) -> u64 {

@@ -18,7 +18,9 @@ pub enum LoadError {
     #[error("bad signature: the signature over the manifest does not verify (key {key_id})")]
     BadSignature { key_id: String },
     /// The component bytes differ from the signed digest.
-    #[error("bad signature: component bytes were tampered with (sha256 {actual}, signed {signed})")]
+    #[error(
+        "bad signature: component bytes were tampered with (sha256 {actual}, signed {signed})"
+    )]
     Tampered { signed: String, actual: String },
     /// The manifest's world is not the one expected.
     #[error("wrong world: the plugin is a {found} plugin, expected {expected}")]

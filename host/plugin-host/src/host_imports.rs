@@ -78,9 +78,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallCtx>) -> wasmtime::Result<()
             Ok((cx.data().origin.elapsed().as_nanos() as u64,))
         },
     )?;
-    host.func_wrap("wall-clock-ms", |cx: StoreContextMut<'_, CallCtx>, (): ()| {
-        Ok((cx.data().wall_clock_ms,))
-    })?;
+    host.func_wrap(
+        "wall-clock-ms",
+        |cx: StoreContextMut<'_, CallCtx>, (): ()| Ok((cx.data().wall_clock_ms,)),
+    )?;
     host.func_wrap(
         "setting",
         |cx: StoreContextMut<'_, CallCtx>, (key,): (String,)| {

@@ -175,7 +175,9 @@ pub fn replay(rt: &Runtime, plugin: &LoadedPlugin, records: &[JournalRecord]) ->
                     .ok()
                     .and_then(|o| crate::validate::validate(&rec.input, o).err());
                 match invalid {
-                    Some(reason) => serde_json::json!({ "failure": format!("invalid output: {reason}") }),
+                    Some(reason) => {
+                        serde_json::json!({ "failure": format!("invalid output: {reason}") })
+                    }
                     None => answer_json(&answer),
                 }
             }

@@ -97,14 +97,13 @@ impl Package {
 
     /// Builds a package with the given manifest as is (the caller is
     /// responsible for its digest), signed with `key` when given.
-    pub fn from_manifest(manifest: Manifest, component: Vec<u8>, key: Option<&SigningKey>) -> Package {
+    pub fn from_manifest(
+        manifest: Manifest,
+        component: Vec<u8>,
+        key: Option<&SigningKey>,
+    ) -> Package {
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
-        let signature = key.map(|k| {
-            (
-                k.verifying_key(),
-                k.sign(&signed_message(&manifest_bytes)),
-            )
-        });
+        let signature = key.map(|k| (k.verifying_key(), k.sign(&signed_message(&manifest_bytes))));
         Package {
             manifest,
             manifest_bytes,
@@ -139,7 +138,9 @@ impl Package {
             return Err(bad("missing NVPLUGIN magic"));
         }
         let mut rest = &bytes[MAGIC.len()..];
-        let (&format, r) = rest.split_first().ok_or_else(|| bad("truncated before format"))?;
+        let (&format, r) = rest
+            .split_first()
+            .ok_or_else(|| bad("truncated before format"))?;
         if format != FORMAT {
             return Err(LoadError::MalformedPackage(format!(
                 "unsupported package format {format} (this host reads format {FORMAT})"
@@ -158,7 +159,9 @@ impl Package {
         rest = &rest[len..];
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| LoadError::MalformedPackage(format!("manifest: {e}")))?;
-        let (&signed, r) = rest.split_first().ok_or_else(|| bad("truncated before signature flag"))?;
+        let (&signed, r) = rest
+            .split_first()
+            .ok_or_else(|| bad("truncated before signature flag"))?;
         rest = r;
         let signature = match signed {
             0 => None,
@@ -168,7 +171,9 @@ impl Package {
                 }
                 let key = VerifyingKey::from_bytes(rest[..32].try_into().expect("32 bytes"))
                     .map_err(|e| LoadError::MalformedPackage(format!("public key: {e}")))?;
-                let sig = ed25519_dalek::Signature::from_bytes(rest[32..96].try_into().expect("64 bytes"));
+                let sig = ed25519_dalek::Signature::from_bytes(
+                    rest[32..96].try_into().expect("64 bytes"),
+                );
                 rest = &rest[96..];
                 Some((key, sig))
             }
@@ -231,7 +236,11 @@ pub fn check_wit_version(found: &str) -> Result<(), LoadError> {
     let host = nasvisor_plugin_sdk::WIT_VERSION;
     let mm = |v: &str| {
         let mut p = v.split('.');
-        Some((p.next()?.parse::<u64>().ok()?, p.next()?.parse::<u64>().ok()?, p.next()?.parse::<u64>().ok()?))
+        Some((
+            p.next()?.parse::<u64>().ok()?,
+            p.next()?.parse::<u64>().ok()?,
+            p.next()?.parse::<u64>().ok()?,
+        ))
     };
     let compatible = match (mm(found), mm(host)) {
         (Some((fa, fb, _)), Some((ha, hb, _))) => {
@@ -296,7 +305,10 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, LoadError> {
         source,
     })?;
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
-        LoadError::MalformedPackage(format!("{}: not an ed25519 public key: {e}", path.display()))
+        LoadError::MalformedPackage(format!(
+            "{}: not an ed25519 public key: {e}",
+            path.display()
+        ))
     })
 }
 
@@ -305,7 +317,13 @@ mod tests {
     use super::*;
 
     fn pkg(key: Option<&SigningKey>) -> Package {
-        Package::build("p", "1.0.0", World::Scheduler, b"\0asm-component".to_vec(), key)
+        Package::build(
+            "p",
+            "1.0.0",
+            World::Scheduler,
+            b"\0asm-component".to_vec(),
+            key,
+        )
     }
 
     #[test]
@@ -323,7 +341,10 @@ mod tests {
         let k = generate_key();
         let mut bytes = pkg(Some(&k)).to_bytes();
         *bytes.last_mut().unwrap() ^= 1;
-        let e = Package::parse(&bytes).unwrap().verify(&[k.verifying_key()], false).unwrap_err();
+        let e = Package::parse(&bytes)
+            .unwrap()
+            .verify(&[k.verifying_key()], false)
+            .unwrap_err();
         assert!(matches!(e, LoadError::Tampered { .. }), "{e}");
     }
 
@@ -336,7 +357,10 @@ mod tests {
         let s = String::from_utf8_lossy(&bytes).to_string();
         let at = s.find("\"1.0.0\"").unwrap();
         bytes[at + 1] = b'9';
-        let e = Package::parse(&bytes).unwrap().verify(&[k.verifying_key()], false).unwrap_err();
+        let e = Package::parse(&bytes)
+            .unwrap()
+            .verify(&[k.verifying_key()], false)
+            .unwrap_err();
         assert!(matches!(e, LoadError::BadSignature { .. }), "{e}");
     }
 
@@ -344,7 +368,9 @@ mod tests {
     fn untrusted_and_unsigned_are_refused_outside_developer_mode() {
         let k = generate_key();
         let other = generate_key();
-        let e = pkg(Some(&k)).verify(&[other.verifying_key()], false).unwrap_err();
+        let e = pkg(Some(&k))
+            .verify(&[other.verifying_key()], false)
+            .unwrap_err();
         assert!(matches!(e, LoadError::UntrustedKey { .. }));
         let e = pkg(None).verify(&[k.verifying_key()], false).unwrap_err();
         assert!(matches!(e, LoadError::Unsigned));

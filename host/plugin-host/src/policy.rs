@@ -45,9 +45,20 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum PolicyEvent {
-    PluginFailed { world: World, plugin: String, cause: String },
-    PluginQuarantined { world: World, plugin: String, failures: u32 },
-    PluginInstalled { world: World, plugin: String },
+    PluginFailed {
+        world: World,
+        plugin: String,
+        cause: String,
+    },
+    PluginQuarantined {
+        world: World,
+        plugin: String,
+        failures: u32,
+    },
+    PluginInstalled {
+        world: World,
+        plugin: String,
+    },
 }
 
 /// State of one world's slot.
@@ -81,7 +92,9 @@ pub struct PolicyHost {
 
 impl std::fmt::Debug for PolicyHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyHost").field("slots", &self.status()).finish()
+        f.debug_struct("PolicyHost")
+            .field("slots", &self.status())
+            .finish()
     }
 }
 
@@ -143,7 +156,10 @@ impl PolicyHost {
         slot.failures.store(0, Ordering::SeqCst);
         slot.quarantined.store(false, Ordering::SeqCst);
         tracing::info!(world = %w, plugin = %label, "plugin installed");
-        self.event(PolicyEvent::PluginInstalled { world: w, plugin: label });
+        self.event(PolicyEvent::PluginInstalled {
+            world: w,
+            plugin: label,
+        });
     }
 
     /// Removes a world's plugin; its decisions go to the native default.
@@ -174,7 +190,10 @@ impl PolicyHost {
     }
 
     fn native(&self, slot: &Slot, input: &DecisionInput, wall: u64) -> Answer {
-        let env = NativeEnv::new(slot.native_settings.lock().expect("settings lock").clone(), wall);
+        let env = NativeEnv::new(
+            slot.native_settings.lock().expect("settings lock").clone(),
+            wall,
+        );
         let answer = invoke_native(input, &env);
         if let Ok(o) = &answer {
             if let Err(reason) = validate(input, o) {
@@ -259,7 +278,9 @@ impl PolicyHost {
                 DecisionSource::Fallback { plugin, cause } => {
                     (Some(plugin.clone()), "fallback", Some(cause.clone()))
                 }
-                DecisionSource::Quarantined { plugin } => (Some(plugin.clone()), "quarantined", None),
+                DecisionSource::Quarantined { plugin } => {
+                    (Some(plugin.clone()), "quarantined", None)
+                }
                 DecisionSource::Native => (None, "native", None),
             };
             let rec = JournalRecord {

@@ -30,7 +30,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -155,8 +157,8 @@ impl Runtime {
                 }
             }
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let Some(cache) = &self.cache {
             match component.serialize() {
                 Ok(code) => {
@@ -225,7 +227,10 @@ impl Runtime {
         let mut exports = HashMap::new();
         for &f in world.exports() {
             let idx = component.get_export_index(None, f).ok_or_else(|| {
-                let found: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+                let found: Vec<String> = ty
+                    .exports(&self.engine)
+                    .map(|(n, _)| n.to_string())
+                    .collect();
                 LoadError::ComponentMismatch {
                     world,
                     detail: format!("no export {f:?} (it exports {found:?})"),
@@ -233,13 +238,13 @@ impl Runtime {
             })?;
             exports.insert(f, idx);
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::ComponentMismatch {
-                world,
-                detail: format!("{e:#}"),
-            })?;
+        let pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::ComponentMismatch {
+                    world,
+                    detail: format!("{e:#}"),
+                })?;
         let label: Arc<str> = format!("{}@{}", manifest.name, manifest.version).into();
         let plugin = LoadedPlugin {
             manifest,
@@ -250,10 +255,8 @@ impl Runtime {
             settings: Arc::new(settings),
             label,
         };
-        crate::decision::typecheck(self, &plugin).map_err(|detail| LoadError::ComponentMismatch {
-            world,
-            detail,
-        })?;
+        crate::decision::typecheck(self, &plugin)
+            .map_err(|detail| LoadError::ComponentMismatch { world, detail })?;
         Ok(plugin)
     }
 
@@ -282,7 +285,11 @@ impl Runtime {
 
     /// Checks that `export` has the Rust signature `P -> R`, in a throwaway
     /// instance.
-    pub(crate) fn typecheck_export<P, R>(&self, plugin: &LoadedPlugin, export: &str) -> Result<(), String>
+    pub(crate) fn typecheck_export<P, R>(
+        &self,
+        plugin: &LoadedPlugin,
+        export: &str,
+    ) -> Result<(), String>
     where
         P: ComponentNamedList + Lower + Send + Sync,
         R: ComponentNamedList + Lift + Send + Sync + 'static,
@@ -292,7 +299,10 @@ impl Runtime {
             .pre
             .instantiate(&mut store)
             .map_err(|e| format!("instantiation: {e:#}"))?;
-        let idx = plugin.exports.get(export).ok_or_else(|| format!("no export {export}"))?;
+        let idx = plugin
+            .exports
+            .get(export)
+            .ok_or_else(|| format!("no export {export}"))?;
         instance
             .get_typed_func::<P, R>(&mut store, idx)
             .map_err(|e| format!("export {export:?} has the wrong type: {e:#}"))?;
@@ -324,7 +334,8 @@ impl Runtime {
                 let f = instance
                     .get_typed_func::<P, R>(&mut store, idx)
                     .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
-                f.call(&mut store, params).map_err(|e| self.classify(&store, e, false))
+                f.call(&mut store, params)
+                    .map_err(|e| self.classify(&store, e, false))
             });
         if store.data().logs_dropped > 0 {
             tracing::warn!(plugin = %plugin.label, dropped = store.data().logs_dropped, "plugin log records dropped");
@@ -332,7 +343,12 @@ impl Runtime {
         result
     }
 
-    fn classify(&self, store: &Store<CallCtx>, e: wasmtime::Error, instantiating: bool) -> CallError {
+    fn classify(
+        &self,
+        store: &Store<CallCtx>,
+        e: wasmtime::Error,
+        instantiating: bool,
+    ) -> CallError {
         if let Some(requested) = store.data().limiter.hit {
             return CallError::MemoryLimit {
                 requested: requested as u64,
@@ -348,7 +364,9 @@ impl Runtime {
                     wasmtime::Trap::UnreachableCodeReached => {
                         "unreachable code reached (the plugin panicked or aborted)".to_string()
                     }
-                    wasmtime::Trap::StackOverflow => "stack overflow (recursion too deep)".to_string(),
+                    wasmtime::Trap::StackOverflow => {
+                        "stack overflow (recursion too deep)".to_string()
+                    }
                     other => other.to_string(),
                 };
                 CallError::Trap(what)

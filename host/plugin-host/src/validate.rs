@@ -17,7 +17,10 @@ pub const MAX_HOLD_MS: u64 = 3_600_000;
 
 fn text(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_TEXT {
-        return Err(format!("{what} is {} bytes long (at most {MAX_TEXT})", s.len()));
+        return Err(format!(
+            "{what} is {} bytes long (at most {MAX_TEXT})",
+            s.len()
+        ));
     }
     Ok(())
 }
@@ -43,7 +46,9 @@ pub fn validate(input: &DecisionInput, output: &DecisionOutput) -> Result<(), St
         }
         (DecisionInput::Rebalance { view }, DecisionOutput::Moves(m)) => moves(view, m),
         (DecisionInput::React { view, .. }, DecisionOutput::Actions(a))
-        | (DecisionInput::OnStateChange { view, .. }, DecisionOutput::Actions(a)) => actions(view, a),
+        | (DecisionInput::OnStateChange { view, .. }, DecisionOutput::Actions(a)) => {
+            actions(view, a)
+        }
         (DecisionInput::CheckSetup { .. }, DecisionOutput::SetupCheck(c)) => setup_check(c),
         (DecisionInput::ParseStatus { .. }, DecisionOutput::PairState(s)) => pair_state(s),
         (DecisionInput::PlanInstall { image, request }, DecisionOutput::Plan(p)) => {
@@ -63,14 +68,19 @@ fn placement(view: &ClusterView, req: &PlacementRequest, p: &Placement) -> Resul
     }
     usable_target(view, &p.host, "placement")?;
     match (&p.passive_host, req.vm.ha_enabled) {
-        (None, true) => Err(format!("VM {:?} is HA but no passive host was chosen", req.vm.id)),
+        (None, true) => Err(format!(
+            "VM {:?} is HA but no passive host was chosen",
+            req.vm.id
+        )),
         (Some(ph), false) => Err(format!(
             "VM {:?} is not HA but a passive host ({ph:?}) was chosen",
             req.vm.id
         )),
         (Some(ph), true) => {
             if *ph == p.host {
-                return Err(format!("passive host {ph:?} is the same as the active host"));
+                return Err(format!(
+                    "passive host {ph:?} is the same as the active host"
+                ));
             }
             if !req.eligible_passive_hosts.contains(ph) {
                 return Err(format!(
@@ -206,7 +216,10 @@ fn actions(view: &ClusterView, actions: &[HaAction]) -> Result<(), String> {
                     return Err(format!("VM {:?} appears in two actions", r.vm));
                 }
                 if r.delay_ms > MAX_HOLD_MS {
-                    return Err(format!("action {i}: restart delay {} ms is too long", r.delay_ms));
+                    return Err(format!(
+                        "action {i}: restart delay {} ms is too long",
+                        r.delay_ms
+                    ));
                 }
                 if let Some(h) = vm.host.as_deref().and_then(|h| view.host(h)) {
                     if matches!(h.health, HostHealth::Fenced | HostHealth::Unreachable) {
@@ -247,7 +260,10 @@ fn kind(a: &HaAction) -> &'static str {
 
 fn setup_check(c: &SetupCheck) -> Result<(), String> {
     if c.problems.len() > MAX_ACTIONS {
-        return Err(format!("{} problems (at most {MAX_ACTIONS})", c.problems.len()));
+        return Err(format!(
+            "{} problems (at most {MAX_ACTIONS})",
+            c.problems.len()
+        ));
     }
     if c.ok != c.problems.is_empty() {
         return Err(format!(
@@ -293,7 +309,9 @@ fn plan(image: &ImageMeta, req: &InstallRequest, p: &InstallPlan) -> Result<(), 
     if total > MAX_SEED_BYTES {
         return Err(format!("seed is {total} bytes (at most {MAX_SEED_BYTES})"));
     }
-    if image.format != ImageFormat::Iso && !(seen.contains("meta-data") && seen.contains("user-data")) {
+    if image.format != ImageFormat::Iso
+        && !(seen.contains("meta-data") && seen.contains("user-data"))
+    {
         return Err("seed lacks meta-data or user-data".into());
     }
     if !(1_000..=86_400_000).contains(&p.timeout_ms) {

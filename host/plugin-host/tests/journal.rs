@@ -7,7 +7,13 @@ use nasvisor_plugin_sdk::World;
 use std::sync::Arc;
 
 fn runtime() -> Arc<Runtime> {
-    Arc::new(Runtime::new(RuntimeConfig::default(), vec![build_signing_key().verifying_key()]).unwrap())
+    Arc::new(
+        Runtime::new(
+            RuntimeConfig::default(),
+            vec![build_signing_key().verifying_key()],
+        )
+        .unwrap(),
+    )
 }
 
 #[test]
@@ -17,30 +23,47 @@ fn decisions_are_journaled_and_replay_shows_what_a_new_build_would_change() {
     let rt = runtime();
     let host = PolicyHost::new(rt.clone(), Some(Journal::open(&path, 1 << 20).unwrap()));
     host.install(
-        rt.load(&plugin_bytes("nasvisor-scheduler"), Some(World::Scheduler), vec![])
-            .unwrap(),
+        rt.load(
+            &plugin_bytes("nasvisor-scheduler"),
+            Some(World::Scheduler),
+            vec![],
+        )
+        .unwrap(),
     );
     for i in 0..5 {
-        let d = host.decide(place_input(cluster_view(4, 20 + i), &format!("vm{i}"), i % 2 == 0));
+        let d = host.decide(place_input(
+            cluster_view(4, 20 + i),
+            &format!("vm{i}"),
+            i % 2 == 0,
+        ));
         assert!(d.answer.is_ok(), "{:?}", d.answer);
     }
     let records = read_journal(&path).unwrap();
     assert_eq!(records.len(), 5);
-    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
-    assert!(records.iter().all(|r| r.plugin.as_deref() == Some("nasvisor-scheduler@0.1.0")
-        && r.source == "plugin"
-        && r.function == "place"
-        && r.answer.get("ok").is_some()));
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.plugin.as_deref() == Some("nasvisor-scheduler@0.1.0")
+            && r.source == "plugin"
+            && r.function == "place"
+            && r.answer.get("ok").is_some()));
 
     // The same build answers the same.
-    let same = rt.load(&plugin_bytes("nasvisor-scheduler"), None, vec![]).unwrap();
+    let same = rt
+        .load(&plugin_bytes("nasvisor-scheduler"), None, vec![])
+        .unwrap();
     let report = replay(&rt, &same, &records);
     assert_eq!((report.replayed, report.same), (5, 5));
     assert!(report.differing.is_empty());
 
     // The evil build picks the first eligible host (host-0); the default
     // spreads by free memory, which in cluster_view is not host-0 for 4 hosts.
-    let other = rt.load(&plugin_bytes("nasvisor-test-evil"), None, vec![]).unwrap();
+    let other = rt
+        .load(&plugin_bytes("nasvisor-test-evil"), None, vec![])
+        .unwrap();
     let report = replay(&rt, &other, &records);
     assert_eq!(report.replayed, 5);
     assert!(!report.differing.is_empty(), "{report:?}");
@@ -49,7 +72,9 @@ fn decisions_are_journaled_and_replay_shows_what_a_new_build_would_change() {
     }
 
     // An ha-policy build skips scheduler decisions.
-    let ha = rt.load(&plugin_bytes("nasvisor-ha-policy"), None, vec![]).unwrap();
+    let ha = rt
+        .load(&plugin_bytes("nasvisor-ha-policy"), None, vec![])
+        .unwrap();
     let report = replay(&rt, &ha, &records);
     assert_eq!((report.replayed, report.skipped_other_worlds), (0, 5));
 }
@@ -60,12 +85,22 @@ fn fallbacks_are_journaled_with_their_cause() {
     let path = dir.path().join("j.jsonl");
     let rt = runtime();
     let host = PolicyHost::new(rt.clone(), Some(Journal::open(&path, 1 << 20).unwrap()));
-    host.install(rt.load(&plugin_bytes("nasvisor-test-evil"), None, vec![]).unwrap());
+    host.install(
+        rt.load(&plugin_bytes("nasvisor-test-evil"), None, vec![])
+            .unwrap(),
+    );
     host.decide(place_input(cluster_view(3, 3), "panic", false));
     let r = &read_journal(&path).unwrap()[0];
     assert_eq!(r.source, "fallback");
-    assert!(r.cause.as_deref().unwrap().starts_with("trap"), "{:?}", r.cause);
-    assert!(r.answer.get("ok").is_some(), "the native default's answer is recorded");
+    assert!(
+        r.cause.as_deref().unwrap().starts_with("trap"),
+        "{:?}",
+        r.cause
+    );
+    assert!(
+        r.answer.get("ok").is_some(),
+        "the native default's answer is recorded"
+    );
 }
 
 #[test]
@@ -85,7 +120,11 @@ fn journal_is_bounded_and_survives_reopening() {
     assert!(rotated.exists(), "the journal rotated");
     assert!(size(&path) <= limit && size(&rotated) <= limit);
     let before = read_journal(&path).unwrap();
-    assert!(!before.is_empty() && before.len() < 40, "old records were dropped: {}", before.len());
+    assert!(
+        !before.is_empty() && before.len() < 40,
+        "old records were dropped: {}",
+        before.len()
+    );
     // Sequence numbers continue after reopening.
     let last = before.last().unwrap().seq;
     let host = PolicyHost::new(rt, Some(Journal::open(&path, limit).unwrap()));

@@ -46,8 +46,12 @@ fn runtime_with_deadline(deadline_ms: u64) -> Arc<Runtime> {
 const MEMORY_TEST_DEADLINE_MS: u64 = 2_000;
 
 fn evil(rt: &Runtime) -> nasvisor_plugin_host::LoadedPlugin {
-    rt.load(&plugin_bytes("nasvisor-test-evil"), Some(World::Scheduler), vec![])
-        .expect("evil plugin loads")
+    rt.load(
+        &plugin_bytes("nasvisor-test-evil"),
+        Some(World::Scheduler),
+        vec![],
+    )
+    .expect("evil plugin loads")
 }
 
 fn place(name: &str) -> DecisionInput {
@@ -83,24 +87,36 @@ fn contained(mode: &str, deadline_ms: u64, check: impl Fn(&CallError) -> bool) {
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
-    contained("loop", DEADLINE_MS, |e| matches!(e, CallError::DeadlineExceeded { deadline_ms: 50 }));
-}
-
-#[test]
-fn allocation_bomb_hits_the_memory_cap() {
-    contained("alloc-bomb", MEMORY_TEST_DEADLINE_MS, |e| {
-        matches!(e, CallError::MemoryLimit { limit, .. } if *limit == 64 << 20)
+    contained("loop", DEADLINE_MS, |e| {
+        matches!(e, CallError::DeadlineExceeded { deadline_ms: 50 })
     });
 }
 
 #[test]
+fn allocation_bomb_hits_the_memory_cap() {
+    contained(
+        "alloc-bomb",
+        MEMORY_TEST_DEADLINE_MS,
+        |e| matches!(e, CallError::MemoryLimit { limit, .. } if *limit == 64 << 20),
+    );
+}
+
+#[test]
 fn deep_recursion_is_a_stack_overflow_trap() {
-    contained("recurse", DEADLINE_MS, |e| matches!(e, CallError::Trap(m) if m.contains("stack overflow")));
+    contained(
+        "recurse",
+        DEADLINE_MS,
+        |e| matches!(e, CallError::Trap(m) if m.contains("stack overflow")),
+    );
 }
 
 #[test]
 fn panic_is_a_trap() {
-    contained("panic", DEADLINE_MS, |e| matches!(e, CallError::Trap(m) if m.contains("unreachable")));
+    contained(
+        "panic",
+        DEADLINE_MS,
+        |e| matches!(e, CallError::Trap(m) if m.contains("unreachable")),
+    );
 }
 
 #[test]
@@ -112,7 +128,10 @@ fn a_lower_memory_cap_is_enforced() {
     });
     let p = evil(&rt);
     let e = invoke(&rt, &p, &place("alloc-bomb"), 0).unwrap_err();
-    assert!(matches!(e, CallError::MemoryLimit { limit, .. } if limit == 8 << 20), "{e}");
+    assert!(
+        matches!(e, CallError::MemoryLimit { limit, .. } if limit == 8 << 20),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,7 +140,10 @@ fn huge_and_invalid_outputs_fall_back_to_the_native_default() {
     let host = PolicyHost::new(rt.clone(), None);
     host.install(evil(&rt));
     let _serial = timed();
-    for (mode, needle) in [("huge-output", "reason is 33554432 bytes"), ("bad-host", "no-such-host")] {
+    for (mode, needle) in [
+        ("huge-output", "reason is 33554432 bytes"),
+        ("bad-host", "no-such-host"),
+    ] {
         let t = Instant::now();
         let d = host.decide(place(mode));
         assert!(
@@ -141,7 +163,11 @@ fn huge_and_invalid_outputs_fall_back_to_the_native_default() {
         assert!(matches!(out, DecisionOutput::Placement(_)));
     }
     let d = host.decide(place("fine"));
-    assert!(matches!(d.source, DecisionSource::Plugin { .. }), "{:?}", d.source);
+    assert!(
+        matches!(d.source, DecisionSource::Plugin { .. }),
+        "{:?}",
+        d.source
+    );
 }
 
 #[test]
@@ -163,24 +189,38 @@ fn repeated_failures_quarantine_until_reinstalled() {
     host.drain_events();
     for i in 0..3 {
         let d = host.decide(place("panic"));
-        assert!(matches!(d.source, DecisionSource::Fallback { .. }), "call {i}: {:?}", d.source);
+        assert!(
+            matches!(d.source, DecisionSource::Fallback { .. }),
+            "call {i}: {:?}",
+            d.source
+        );
         assert!(d.answer.is_ok(), "the native default answered");
     }
     let status = &host.status()[0];
     assert!(status.quarantined, "{status:?}");
     let events = host.drain_events();
     assert!(
-        events.iter().any(|e| matches!(e,
-            nasvisor_plugin_host::policy::PolicyEvent::PluginQuarantined { failures: 3, .. })),
+        events.iter().any(|e| matches!(
+            e,
+            nasvisor_plugin_host::policy::PolicyEvent::PluginQuarantined { failures: 3, .. }
+        )),
         "{events:?}"
     );
     // Quarantined: even a good input goes to the native default.
     let d = host.decide(place("fine"));
-    assert!(matches!(d.source, DecisionSource::Quarantined { .. }), "{:?}", d.source);
+    assert!(
+        matches!(d.source, DecisionSource::Quarantined { .. }),
+        "{:?}",
+        d.source
+    );
     // Reloading lifts the quarantine.
     host.install(evil(&rt));
     let d = host.decide(place("fine"));
-    assert!(matches!(d.source, DecisionSource::Plugin { .. }), "{:?}", d.source);
+    assert!(
+        matches!(d.source, DecisionSource::Plugin { .. }),
+        "{:?}",
+        d.source
+    );
 }
 
 #[test]
@@ -202,7 +242,11 @@ fn a_success_resets_the_failure_count() {
 fn wrong_world_is_refused() {
     let rt = default_runtime();
     let e = rt
-        .load(&plugin_bytes("nasvisor-ha-policy"), Some(World::Scheduler), vec![])
+        .load(
+            &plugin_bytes("nasvisor-ha-policy"),
+            Some(World::Scheduler),
+            vec![],
+        )
         .unwrap_err();
     assert!(matches!(e, LoadError::WrongWorld { .. }), "{e}");
     assert!(e.to_string().starts_with("wrong world"), "{e}");
@@ -216,7 +260,9 @@ fn wrong_world_is_refused() {
         component_bytes("nasvisor-ha-policy"),
         Some(&build_signing_key()),
     );
-    let e = rt.load(&liar.to_bytes(), Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(&liar.to_bytes(), Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::ComponentMismatch { .. }), "{e}");
     assert!(e.to_string().contains("place"), "{e}");
 }
@@ -239,16 +285,21 @@ fn unsigned_plugins_load_only_in_developer_mode() {
     let e = rt.load(&bare, Some(World::Scheduler), vec![]).unwrap_err();
     assert!(matches!(e, LoadError::Unsigned), "{e}");
     let unsigned = Package::build("s", "1.0.0", World::Scheduler, bare.clone(), None).to_bytes();
-    let e = rt.load(&unsigned, Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(&unsigned, Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::Unsigned), "{e}");
 
     let dev = runtime(RuntimeConfig {
         developer_mode: true,
         ..RuntimeConfig::default()
     });
-    let p = dev.load(&bare, Some(World::Scheduler), vec![]).expect("dev mode loads bare");
+    let p = dev
+        .load(&bare, Some(World::Scheduler), vec![])
+        .expect("dev mode loads bare");
     assert_eq!(p.signer, None);
-    dev.load(&unsigned, Some(World::Scheduler), vec![]).expect("dev mode loads unsigned");
+    dev.load(&unsigned, Some(World::Scheduler), vec![])
+        .expect("dev mode loads unsigned");
 }
 
 #[test]
@@ -261,7 +312,9 @@ fn untrusted_signer_is_refused() {
         component_bytes("nasvisor-scheduler"),
         Some(&generate_key()),
     );
-    let e = rt.load(&pkg.to_bytes(), Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(&pkg.to_bytes(), Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::UntrustedKey { .. }), "{e}");
 }
 
@@ -277,7 +330,9 @@ fn incompatible_wit_version_is_refused() {
         component_sha256: nasvisor_plugin_host::package::sha256_hex(&comp),
     };
     let pkg = Package::from_manifest(manifest, comp, Some(&build_signing_key()));
-    let e = rt.load(&pkg.to_bytes(), Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(&pkg.to_bytes(), Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::IncompatibleWit { .. }), "{e}");
 }
 
@@ -287,9 +342,13 @@ fn garbage_is_a_clear_error() {
         developer_mode: true,
         ..RuntimeConfig::default()
     });
-    let e = rt.load(b"\0asm\x0d\0\x01\0garbage", Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(b"\0asm\x0d\0\x01\0garbage", Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::Compile(_)), "{e}");
-    let e = rt.load(b"NVPLUGIN\x01\0\0", Some(World::Scheduler), vec![]).unwrap_err();
+    let e = rt
+        .load(b"NVPLUGIN\x01\0\0", Some(World::Scheduler), vec![])
+        .unwrap_err();
     assert!(matches!(e, LoadError::MalformedPackage(_)), "{e}");
 }
 
@@ -302,7 +361,10 @@ fn compiled_code_cache_is_used_and_authenticated() {
     };
     let bytes = plugin_bytes("nasvisor-scheduler");
     let first = runtime(cfg.clone()).load(&bytes, None, vec![]).unwrap();
-    assert_eq!(first.load_source, nasvisor_plugin_host::LoadSource::Compiled);
+    assert_eq!(
+        first.load_source,
+        nasvisor_plugin_host::LoadSource::Compiled
+    );
     let rt2 = runtime(cfg.clone());
     let second = rt2.load(&bytes, None, vec![]).unwrap();
     assert_eq!(second.load_source, nasvisor_plugin_host::LoadSource::Cache);
@@ -320,7 +382,10 @@ fn compiled_code_cache_is_used_and_authenticated() {
         }
     }
     let third = runtime(cfg).load(&bytes, None, vec![]).unwrap();
-    assert_eq!(third.load_source, nasvisor_plugin_host::LoadSource::Compiled);
+    assert_eq!(
+        third.load_source,
+        nasvisor_plugin_host::LoadSource::Compiled
+    );
 }
 
 #[test]
@@ -331,18 +396,24 @@ fn hot_reload_lets_in_flight_decisions_finish_on_the_old_plugin() {
     let h2 = host.clone();
     let in_flight = std::thread::spawn(move || h2.decide(place("slow")));
     std::thread::sleep(Duration::from_millis(10));
-    let new = rt.load(&plugin_bytes("nasvisor-scheduler"), None, vec![]).unwrap();
+    let new = rt
+        .load(&plugin_bytes("nasvisor-scheduler"), None, vec![])
+        .unwrap();
     host.install(new);
     let old = in_flight.join().unwrap();
     assert_eq!(
         old.source,
-        DecisionSource::Plugin { plugin: "nasvisor-test-evil@0.1.0".into() }
+        DecisionSource::Plugin {
+            plugin: "nasvisor-test-evil@0.1.0".into()
+        }
     );
     assert!(matches!(old.answer, Ok(DecisionOutput::Placement(ref p)) if p.reason == "slow"));
     let next = host.decide(place("slow"));
     assert_eq!(
         next.source,
-        DecisionSource::Plugin { plugin: "nasvisor-scheduler@0.1.0".into() }
+        DecisionSource::Plugin {
+            plugin: "nasvisor-scheduler@0.1.0".into()
+        }
     );
 }
 

@@ -32,11 +32,11 @@
 //! report.assert_ok();
 //! ```
 
+pub use nasvisor_plugin_host::NativePolicies;
 use nasvisor_plugin_host::{
     answer_json, invoke, invoke_native_with, DecisionInput, LoadedPlugin, NativeEnv, Runtime,
     RuntimeConfig,
 };
-pub use nasvisor_plugin_host::NativePolicies;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,12 @@ impl Report {
             .failed()
             .map(|r| format!("{}:\n  {}", r.path.display(), r.failures.join("\n  ")))
             .collect();
-        assert!(failures.is_empty(), "{} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} scenario(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -141,15 +146,21 @@ pub fn contains(got: &serde_json::Value, want: &serde_json::Value) -> bool {
     }
 }
 
-fn load_component(rt: &Runtime, path: &Path, world: nasvisor_plugin_sdk::World, settings: Vec<(String, String)>) -> Result<LoadedPlugin, HarnessError> {
+fn load_component(
+    rt: &Runtime,
+    path: &Path,
+    world: nasvisor_plugin_sdk::World,
+    settings: Vec<(String, String)>,
+) -> Result<LoadedPlugin, HarnessError> {
     let bytes = std::fs::read(path).map_err(|e| HarnessError::Component {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    rt.load(&bytes, Some(world), settings).map_err(|e| HarnessError::Component {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    rt.load(&bytes, Some(world), settings)
+        .map_err(|e| HarnessError::Component {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// Runs every scenario of `dir` through `native` and through the component at
@@ -193,7 +204,9 @@ pub fn run(
         }
         if let Some(want) = &s.expect_match {
             if !contains(&component_answer, want) {
-                failures.push(format!("expected to contain {want}\n    got {component_answer}"));
+                failures.push(format!(
+                    "expected to contain {want}\n    got {component_answer}"
+                ));
             }
         }
         report.results.push(ScenarioResult {
@@ -222,7 +235,10 @@ mod tests {
         assert!(contains(&json!({"l": []}), &json!({"l": []})));
         assert!(!contains(&got, &json!({"error": {}})));
         let actions = json!({"ok": [{"fence": {"host": "h1", "reason": "r"}}, {"notify": {"severity": "info"}}]});
-        assert!(contains(&actions, &json!({"ok": [{"notify": {"severity": "info"}}]})));
+        assert!(contains(
+            &actions,
+            &json!({"ok": [{"notify": {"severity": "info"}}]})
+        ));
         assert!(!contains(&actions, &json!({"ok": [{"failover": {}}]})));
     }
 }

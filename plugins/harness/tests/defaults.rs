@@ -6,12 +6,18 @@ use nasvisor_plugin_host::testkit::plugin_path;
 use std::path::PathBuf;
 
 fn scenarios(world: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(world)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(world)
 }
 
 fn check(plugin: &str, world: &str) {
-    let report = run(plugin_path(plugin, "nvplugin"), NativePolicies::defaults(), scenarios(world))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run(
+        plugin_path(plugin, "nvplugin"),
+        NativePolicies::defaults(),
+        scenarios(world),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     report.assert_ok();
 }
 
@@ -47,17 +53,22 @@ fn a_component_that_disagrees_with_its_native_build_is_reported() {
     .unwrap();
     let failed: Vec<_> = report.failed().collect();
     assert!(!failed.is_empty());
-    assert!(failed
+    assert!(failed.iter().any(|r| r
+        .failures
         .iter()
-        .any(|r| r.failures.iter().any(|f| f.contains("native and component disagree"))));
+        .any(|f| f.contains("native and component disagree"))));
 }
 
 #[test]
 fn a_broken_scenario_file_names_the_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("typo.json"), r#"{"inptu": {}}"#).unwrap();
-    let e = run(plugin_path("nasvisor-scheduler", "nvplugin"), NativePolicies::defaults(), dir.path())
-        .unwrap_err()
-        .to_string();
+    let e = run(
+        plugin_path("nasvisor-scheduler", "nvplugin"),
+        NativePolicies::defaults(),
+        dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("typo.json") && e.contains("inptu"), "{e}");
 }

@@ -176,18 +176,40 @@ pub mod scheduler {
     types_conversions!(bindings);
     use super::Conv;
     use crate::SchedulerPolicy;
-    crate::__conv_record!(bindings::PlacementRequest, crate::PlacementRequest {
-        vm, eligible_hosts, eligible_passive_hosts
-    });
-    crate::__conv_record!(bindings::Placement, crate::Placement { host, passive_host, reason });
-    crate::__conv_record!(bindings::RebalanceMove, crate::RebalanceMove { vm, source, target, reason });
+    crate::__conv_record!(
+        bindings::PlacementRequest,
+        crate::PlacementRequest {
+            vm,
+            eligible_hosts,
+            eligible_passive_hosts
+        }
+    );
+    crate::__conv_record!(
+        bindings::Placement,
+        crate::Placement {
+            host,
+            passive_host,
+            reason
+        }
+    );
+    crate::__conv_record!(
+        bindings::RebalanceMove,
+        crate::RebalanceMove {
+            vm,
+            source,
+            target,
+            reason
+        }
+    );
 
     use bindings::nasvisor::plugin::types as w;
     pub fn place<P: SchedulerPolicy + Default>(
         view: w::ClusterView,
         req: bindings::PlacementRequest,
     ) -> Result<bindings::Placement, w::PluginError> {
-        P::default().place(&GuestEnv, &view.conv(), &req.conv()).conv()
+        P::default()
+            .place(&GuestEnv, &view.conv(), &req.conv())
+            .conv()
     }
     pub fn rebalance<P: SchedulerPolicy + Default>(
         view: w::ClusterView,
@@ -234,16 +256,30 @@ pub mod sha {
     types_conversions!(bindings);
     use super::Conv;
     use crate::ShaPolicy;
-    crate::__conv_record!(bindings::SetupProblem, crate::SetupProblem { code, message });
-    crate::__conv_record!(bindings::SetupCheck, crate::SetupCheck { ok, state, problems });
+    crate::__conv_record!(
+        bindings::SetupProblem,
+        crate::SetupProblem { code, message }
+    );
+    crate::__conv_record!(
+        bindings::SetupCheck,
+        crate::SetupCheck {
+            ok,
+            state,
+            problems
+        }
+    );
     use bindings::nasvisor::plugin::types as w;
     pub fn check_setup<P: ShaPolicy + Default>(
         host: w::HostInfo,
         raw: String,
     ) -> Result<bindings::SetupCheck, w::PluginError> {
-        P::default().check_setup(&GuestEnv, &host.conv(), &raw).conv()
+        P::default()
+            .check_setup(&GuestEnv, &host.conv(), &raw)
+            .conv()
     }
-    pub fn parse_status<P: ShaPolicy + Default>(raw: String) -> Result<w::ShaPairState, w::PluginError> {
+    pub fn parse_status<P: ShaPolicy + Default>(
+        raw: String,
+    ) -> Result<w::ShaPairState, w::PluginError> {
         P::default().parse_status(&GuestEnv, &raw).conv()
     }
     pub fn on_state_change<P: ShaPolicy + Default>(
@@ -254,7 +290,13 @@ pub mod sha {
     ) -> Result<Vec<w::HaAction>, w::PluginError> {
         let previous: Option<crate::ShaPairState> = previous.conv();
         P::default()
-            .on_state_change(&GuestEnv, &view.conv(), &host, previous.as_ref(), &current.conv())
+            .on_state_change(
+                &GuestEnv,
+                &view.conv(),
+                &host,
+                previous.as_ref(),
+                &current.conv(),
+            )
             .conv()
     }
 }
@@ -275,31 +317,101 @@ pub mod os_installer {
     use crate::types::os_installer as s;
     use crate::OsInstallerPolicy;
     use bindings as b;
-    crate::__conv_cases!(ImageFormat, s::ImageFormat { Qcow2, Raw, Vmdk, Vdi, Iso });
+    crate::__conv_cases!(
+        ImageFormat,
+        s::ImageFormat {
+            Qcow2,
+            Raw,
+            Vmdk,
+            Vdi,
+            Iso
+        }
+    );
     crate::__conv_cases!(Firmware, s::Firmware { Bios, Uefi });
     use b::{Completion, DiskMethod, Firmware, ImageFormat};
-    crate::__conv_record!(b::ImageMeta, s::ImageMeta {
-        id, name, format, os_family, os_variant, cloud_init, firmware, virtual_size_bytes, ready_marker
-    });
-    crate::__conv_record!(b::UserSpec, s::UserSpec {
-        name, password_hash, ssh_authorized_keys, sudo, groups, shell
-    });
-    crate::__conv_record!(b::NicSettings, s::NicSettings { mac, dhcp4, addresses, gateway4, nameservers });
-    crate::__conv_record!(b::InstallRequest, s::InstallRequest {
-        vm_name, hostname, users, packages, nics, disk_size_gib, timezone
-    });
-    crate::__conv_cases!(DiskMethod, s::DiskMethod { CloneBacking, FullConvert });
+    crate::__conv_record!(
+        b::ImageMeta,
+        s::ImageMeta {
+            id,
+            name,
+            format,
+            os_family,
+            os_variant,
+            cloud_init,
+            firmware,
+            virtual_size_bytes,
+            ready_marker
+        }
+    );
+    crate::__conv_record!(
+        b::UserSpec,
+        s::UserSpec {
+            name,
+            password_hash,
+            ssh_authorized_keys,
+            sudo,
+            groups,
+            shell
+        }
+    );
+    crate::__conv_record!(
+        b::NicSettings,
+        s::NicSettings {
+            mac,
+            dhcp4,
+            addresses,
+            gateway4,
+            nameservers
+        }
+    );
+    crate::__conv_record!(
+        b::InstallRequest,
+        s::InstallRequest {
+            vm_name,
+            hostname,
+            users,
+            packages,
+            nics,
+            disk_size_gib,
+            timezone
+        }
+    );
+    crate::__conv_cases!(
+        DiskMethod,
+        s::DiskMethod {
+            CloneBacking,
+            FullConvert
+        }
+    );
     crate::__conv_record!(b::DiskPlan, s::DiskPlan { method, resize_gib });
     crate::__conv_record!(b::SeedFile, s::SeedFile { name, contents });
-    crate::__conv_record!(b::BootSettings, s::BootSettings { firmware, kernel_args, attach_image_as_cdrom });
+    crate::__conv_record!(
+        b::BootSettings,
+        s::BootSettings {
+            firmware,
+            kernel_args,
+            attach_image_as_cdrom
+        }
+    );
     crate::__conv_cases!(Completion, s::Completion { SerialMarker(x), GuestAgent, PowerOff });
-    crate::__conv_record!(b::InstallPlan, s::InstallPlan { disk, seed, boot, completion, timeout_ms });
+    crate::__conv_record!(
+        b::InstallPlan,
+        s::InstallPlan {
+            disk,
+            seed,
+            boot,
+            completion,
+            timeout_ms
+        }
+    );
     use bindings::nasvisor::plugin::types as w;
     pub fn plan_install<P: OsInstallerPolicy + Default>(
         image: b::ImageMeta,
         req: b::InstallRequest,
     ) -> Result<b::InstallPlan, w::PluginError> {
-        P::default().plan_install(&GuestEnv, &image.conv(), &req.conv()).conv()
+        P::default()
+            .plan_install(&GuestEnv, &image.conv(), &req.conv())
+            .conv()
     }
 }
 

@@ -36,8 +36,8 @@ pub mod types;
 pub mod guest;
 
 pub use types::os_installer::{
-    BootSettings, Completion, DiskMethod, DiskPlan, Firmware, ImageFormat, ImageMeta,
-    InstallPlan, InstallRequest, NicSettings, SeedFile, UserSpec,
+    BootSettings, Completion, DiskMethod, DiskPlan, Firmware, ImageFormat, ImageMeta, InstallPlan,
+    InstallRequest, NicSettings, SeedFile, UserSpec,
 };
 pub use types::scheduler::{Placement, PlacementRequest, RebalanceMove};
 pub use types::sha::{SetupCheck, SetupProblem};
@@ -131,7 +131,11 @@ impl dyn Env + '_ {
     }
     /// A setting parsed with `FromStr`, or `default` when unset. A value that
     /// does not parse is a `bad-settings` error naming the key.
-    pub fn setting_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, PluginError> {
+    pub fn setting_or<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+    ) -> Result<T, PluginError> {
         match self.setting(key) {
             None => Ok(default),
             Some(v) => v.trim().parse().map_err(|_| {
@@ -188,8 +192,11 @@ pub trait SchedulerPolicy {
         req: &PlacementRequest,
     ) -> Result<Placement, PluginError>;
     /// Advise live migrations that would even out the cluster.
-    fn rebalance(&self, env: &dyn Env, view: &ClusterView)
-        -> Result<Vec<RebalanceMove>, PluginError>;
+    fn rebalance(
+        &self,
+        env: &dyn Env,
+        view: &ClusterView,
+    ) -> Result<Vec<RebalanceMove>, PluginError>;
 }
 
 /// The `ha-policy` world: how the cluster reacts to faults.
@@ -252,9 +259,13 @@ mod tests {
             reason: "degraded".into(),
         });
         let s = serde_json::to_string(&a).unwrap();
-        assert_eq!(s, r#"{"switchover":{"vm":"vm1","target":"h2","reason":"degraded"}}"#);
+        assert_eq!(
+            s,
+            r#"{"switchover":{"vm":"vm1","target":"h2","reason":"degraded"}}"#
+        );
         let h: HostInfo =
-            serde_json::from_str(r#"{"id":"h1","health":"degraded","sha-role":"primary"}"#).unwrap();
+            serde_json::from_str(r#"{"id":"h1","health":"degraded","sha-role":"primary"}"#)
+                .unwrap();
         assert_eq!(h.health, HostHealth::Degraded);
         assert_eq!(h.sha_role, ShaRole::Primary);
     }
@@ -270,7 +281,10 @@ mod tests {
         for w in World::ALL {
             assert_eq!(w.as_str().parse::<World>().unwrap(), w);
         }
-        assert!("schedulr".parse::<World>().unwrap_err().contains("schedulr"));
+        assert!("schedulr"
+            .parse::<World>()
+            .unwrap_err()
+            .contains("schedulr"));
     }
 
     #[test]

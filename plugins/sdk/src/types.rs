@@ -22,7 +22,11 @@ pub type VmId = String;
 /// `types.resources`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct Resources {
     pub vcpus: u32,
     #[cfg_attr(feature = "wasmtime", component(name = "memory-mib"))]
@@ -43,7 +47,11 @@ impl Resources {
 /// `types.host-health`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum HostHealth {
     #[default]
@@ -62,7 +70,11 @@ pub enum HostHealth {
 /// `types.sha-role`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum ShaRole {
     #[default]
@@ -77,7 +89,11 @@ pub enum ShaRole {
 /// `types.label`
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct Label {
     pub key: String,
     pub value: String,
@@ -86,7 +102,11 @@ pub struct Label {
 /// `types.host-info`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct HostInfo {
     pub id: HostId,
     pub name: String,
@@ -104,7 +124,11 @@ pub struct HostInfo {
 /// `types.vm-state`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum VmState {
     #[default]
@@ -145,7 +169,11 @@ impl VmState {
 /// `types.ha-assignment`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct HaAssignment {
     pub active: HostId,
     pub passive: HostId,
@@ -154,7 +182,11 @@ pub struct HaAssignment {
 /// `types.placement-constraints`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct PlacementConstraints {
     #[cfg_attr(feature = "wasmtime", component(name = "pinned-hosts"))]
     pub pinned_hosts: Vec<HostId>,
@@ -168,7 +200,11 @@ pub struct PlacementConstraints {
 /// `types.vm-info`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct VmInfo {
     pub id: VmId,
     pub name: String,
@@ -184,7 +220,11 @@ pub struct VmInfo {
 /// `types.cluster-view`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct ClusterView {
     pub hosts: Vec<HostInfo>,
     pub vms: Vec<VmInfo>,
@@ -208,7 +248,11 @@ impl ClusterView {
 /// `types.host-degraded`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct HostDegraded {
     pub host: HostId,
     pub reasons: Vec<String>,
@@ -217,7 +261,11 @@ pub struct HostDegraded {
 /// `types.heartbeat-missed`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct HeartbeatMissed {
     pub host: HostId,
     #[cfg_attr(feature = "wasmtime", component(name = "missed-ms"))]
@@ -227,7 +275,11 @@ pub struct HeartbeatMissed {
 /// `types.vm-fault`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct VmFault {
     pub vm: VmId,
     pub host: HostId,
@@ -239,7 +291,11 @@ pub struct VmFault {
 /// `types.quorum-change`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct QuorumChange {
     #[cfg_attr(feature = "wasmtime", component(name = "has-quorum"))]
     pub has_quorum: bool,
@@ -252,7 +308,11 @@ pub struct QuorumChange {
 /// `types.replication-state`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum ReplicationState {
     #[cfg_attr(feature = "wasmtime", component(name = "in-sync"))]
@@ -269,7 +329,11 @@ pub enum ReplicationState {
 /// `types.sha-pair-state`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct ShaPairState {
     #[cfg_attr(feature = "wasmtime", component(name = "resource-name"))]
     pub resource_name: String,
@@ -290,7 +354,11 @@ pub struct ShaPairState {
 /// `types.sha-change`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct ShaChange {
     pub host: HostId,
     pub state: ShaPairState,
@@ -299,7 +367,11 @@ pub struct ShaChange {
 /// `types.event`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(variant)
+)]
 pub enum Event {
     #[cfg_attr(feature = "wasmtime", component(name = "heartbeat-missed"))]
     HeartbeatMissed(HeartbeatMissed),
@@ -322,7 +394,11 @@ pub enum Event {
 /// `types.severity`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum Severity {
     #[default]
@@ -337,7 +413,11 @@ pub enum Severity {
 /// `types.vm-move`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct VmMove {
     pub vm: VmId,
     pub target: HostId,
@@ -347,7 +427,11 @@ pub struct VmMove {
 /// `types.vm-restart`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct VmRestart {
     pub vm: VmId,
     #[cfg_attr(feature = "wasmtime", component(name = "delay-ms"))]
@@ -358,7 +442,11 @@ pub struct VmRestart {
 /// `types.fence-host`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct FenceHost {
     pub host: HostId,
     pub reason: String,
@@ -367,7 +455,11 @@ pub struct FenceHost {
 /// `types.hold`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct Hold {
     #[cfg_attr(feature = "wasmtime", component(name = "delay-ms"))]
     pub delay_ms: u64,
@@ -377,7 +469,11 @@ pub struct Hold {
 /// `types.notice`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct Notice {
     pub severity: Severity,
     pub message: String,
@@ -386,7 +482,11 @@ pub struct Notice {
 /// `types.ha-action`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(variant)
+)]
 pub enum HaAction {
     #[cfg_attr(feature = "wasmtime", component(name = "switchover"))]
     Switchover(VmMove),
@@ -405,7 +505,11 @@ pub enum HaAction {
 /// `types.error-code`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum ErrorCode {
     #[cfg_attr(feature = "wasmtime", component(name = "invalid-input"))]
@@ -422,7 +526,11 @@ pub enum ErrorCode {
 /// `types.plugin-error`: a plugin's own, deliberate refusal to decide.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(record)
+)]
 pub struct PluginError {
     pub code: ErrorCode,
     pub message: String,
@@ -454,7 +562,11 @@ impl std::error::Error for PluginError {}
 /// `host.log-level`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+#[cfg_attr(
+    feature = "wasmtime",
+    derive(ComponentType, Lift, Lower),
+    component(enum)
+)]
 #[repr(u8)]
 pub enum LogLevel {
     #[cfg_attr(feature = "wasmtime", component(name = "trace"))]
@@ -476,7 +588,11 @@ pub mod scheduler {
     /// `scheduler.placement-request`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct PlacementRequest {
         pub vm: VmInfo,
         #[cfg_attr(feature = "wasmtime", component(name = "eligible-hosts"))]
@@ -488,7 +604,11 @@ pub mod scheduler {
     /// `scheduler.placement`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct Placement {
         pub host: HostId,
         #[cfg_attr(feature = "wasmtime", component(name = "passive-host"))]
@@ -499,7 +619,11 @@ pub mod scheduler {
     /// `scheduler.rebalance-move`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct RebalanceMove {
         pub vm: VmId,
         pub source: HostId,
@@ -515,7 +639,11 @@ pub mod sha {
     /// `sha.setup-problem`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct SetupProblem {
         pub code: String,
         pub message: String,
@@ -524,7 +652,11 @@ pub mod sha {
     /// `sha.setup-check`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct SetupCheck {
         pub ok: bool,
         pub state: Option<ShaPairState>,
@@ -539,7 +671,11 @@ pub mod os_installer {
     /// `os-installer.image-format`
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(enum)
+    )]
     #[repr(u8)]
     pub enum ImageFormat {
         #[default]
@@ -558,7 +694,11 @@ pub mod os_installer {
     /// `os-installer.firmware`
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(enum)
+    )]
     #[repr(u8)]
     pub enum Firmware {
         #[default]
@@ -571,7 +711,11 @@ pub mod os_installer {
     /// `os-installer.image-meta`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct ImageMeta {
         pub id: String,
         pub name: String,
@@ -592,7 +736,11 @@ pub mod os_installer {
     /// `os-installer.user-spec`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct UserSpec {
         pub name: String,
         #[cfg_attr(feature = "wasmtime", component(name = "password-hash"))]
@@ -607,7 +755,11 @@ pub mod os_installer {
     /// `os-installer.nic-settings`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct NicSettings {
         pub mac: String,
         pub dhcp4: bool,
@@ -619,7 +771,11 @@ pub mod os_installer {
     /// `os-installer.install-request`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct InstallRequest {
         #[cfg_attr(feature = "wasmtime", component(name = "vm-name"))]
         pub vm_name: String,
@@ -635,7 +791,11 @@ pub mod os_installer {
     /// `os-installer.disk-method`
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(enum))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(enum)
+    )]
     #[repr(u8)]
     pub enum DiskMethod {
         #[default]
@@ -648,7 +808,11 @@ pub mod os_installer {
     /// `os-installer.disk-plan`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct DiskPlan {
         pub method: DiskMethod,
         #[cfg_attr(feature = "wasmtime", component(name = "resize-gib"))]
@@ -658,7 +822,11 @@ pub mod os_installer {
     /// `os-installer.seed-file`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct SeedFile {
         pub name: String,
         pub contents: String,
@@ -667,7 +835,11 @@ pub mod os_installer {
     /// `os-installer.boot-settings`
     #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct BootSettings {
         pub firmware: Firmware,
         #[cfg_attr(feature = "wasmtime", component(name = "kernel-args"))]
@@ -679,7 +851,11 @@ pub mod os_installer {
     /// `os-installer.completion`
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(variant))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(variant)
+    )]
     pub enum Completion {
         #[cfg_attr(feature = "wasmtime", component(name = "serial-marker"))]
         SerialMarker(String),
@@ -692,7 +868,11 @@ pub mod os_installer {
     /// `os-installer.install-plan`
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-    #[cfg_attr(feature = "wasmtime", derive(ComponentType, Lift, Lower), component(record))]
+    #[cfg_attr(
+        feature = "wasmtime",
+        derive(ComponentType, Lift, Lower),
+        component(record)
+    )]
     pub struct InstallPlan {
         pub disk: DiskPlan,
         pub seed: Vec<SeedFile>,

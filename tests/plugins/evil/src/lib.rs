@@ -27,7 +27,12 @@ fn recurse(n: u64, acc: &mut Vec<u64>) -> u64 {
 }
 
 impl SchedulerPolicy for Evil {
-    fn place(&self, env: &dyn Env, _view: &ClusterView, req: &PlacementRequest) -> Result<Placement, PluginError> {
+    fn place(
+        &self,
+        env: &dyn Env,
+        _view: &ClusterView,
+        req: &PlacementRequest,
+    ) -> Result<Placement, PluginError> {
         let first = req.eligible_hosts.first().cloned().unwrap_or_default();
         match req.vm.name.as_str() {
             "loop" => {
@@ -46,7 +51,11 @@ impl SchedulerPolicy for Evil {
             "recurse" => {
                 let mut acc = Vec::new();
                 let r = recurse(0, &mut acc);
-                Ok(Placement { host: first, passive_host: None, reason: r.to_string() })
+                Ok(Placement {
+                    host: first,
+                    passive_host: None,
+                    reason: r.to_string(),
+                })
             }
             "panic" => panic!("evil plugin panics on purpose"),
             "huge-output" => Ok(Placement {
@@ -64,20 +73,36 @@ impl SchedulerPolicy for Evil {
                 for _ in 0..50 {
                     env.info(&big);
                 }
-                Ok(Placement { host: first, passive_host: None, reason: "flooded".into() })
+                Ok(Placement {
+                    host: first,
+                    passive_host: None,
+                    reason: "flooded".into(),
+                })
             }
             "slow" => {
                 let start = env.monotonic_now_ns();
                 while env.monotonic_now_ns() - start < 30_000_000 {
                     std::hint::spin_loop();
                 }
-                Ok(Placement { host: first, passive_host: None, reason: "slow".into() })
+                Ok(Placement {
+                    host: first,
+                    passive_host: None,
+                    reason: "slow".into(),
+                })
             }
-            _ => Ok(Placement { host: first, passive_host: None, reason: "first eligible".into() }),
+            _ => Ok(Placement {
+                host: first,
+                passive_host: None,
+                reason: "first eligible".into(),
+            }),
         }
     }
 
-    fn rebalance(&self, _env: &dyn Env, _view: &ClusterView) -> Result<Vec<RebalanceMove>, PluginError> {
+    fn rebalance(
+        &self,
+        _env: &dyn Env,
+        _view: &ClusterView,
+    ) -> Result<Vec<RebalanceMove>, PluginError> {
         Ok(vec![])
     }
 }

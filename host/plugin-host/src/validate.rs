@@ -6,14 +6,7 @@ use crate::decision::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::*;
 use std::collections::HashSet;
 
-/// Most actions or moves one answer may contain.
-pub const MAX_ACTIONS: usize = 256;
-/// Longest free-text field (reasons, messages) the host keeps.
-pub const MAX_TEXT: usize = 4096;
-/// Largest NoCloud seed, all files together.
-pub const MAX_SEED_BYTES: usize = 1024 * 1024;
-/// Longest hold the host accepts.
-pub const MAX_HOLD_MS: u64 = 3_600_000;
+pub use nasvisor_plugin_sdk::limits::{MAX_ACTIONS, MAX_HOLD_MS, MAX_SEED_BYTES, MAX_TEXT};
 
 fn text(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_TEXT {

@@ -17,30 +17,13 @@
 //! cannot be live-migrated; a VM whose host was fenced cannot be restarted in
 //! place). Between two actions of the same kind the first one asked wins.
 
+pub use nasvisor_plugin_sdk::limits::{clip, MAX_ACTIONS, MAX_TEXT};
 use std::collections::{BTreeMap, BTreeSet};
 
 use nasvisor_plugin_sdk::prelude::*;
 
-/// Most actions in one answer (the host refuses more).
-pub const MAX_ACTIONS: usize = 256;
-/// Longest reason or message in bytes (the host refuses longer ones).
-pub const MAX_TEXT: usize = 4096;
 /// Hold asked for when actions had to be dropped to fit [`MAX_ACTIONS`].
 pub const OVERFLOW_HOLD_MS: u64 = 1_000;
-
-/// `s` cut to at most [`MAX_TEXT`] bytes on a character boundary, with
-/// `...` marking a cut.
-pub fn clip(mut s: String) -> String {
-    if s.len() > MAX_TEXT {
-        let mut end = MAX_TEXT - 3;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
-}
 
 /// The kind of a VM action, in increasing precedence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

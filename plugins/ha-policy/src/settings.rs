@@ -16,7 +16,7 @@
 use nasvisor_plugin_sdk::prelude::*;
 
 /// Largest accepted value of the millisecond settings: one hour.
-pub const MAX_DELAY_MS: u64 = 3_600_000;
+pub const MAX_DELAY_MS: u64 = nasvisor_plugin_sdk::limits::MAX_HOLD_MS;
 
 /// Setting key, see the module documentation.
 pub const FENCE_AFTER_MS: &str = "fence-after-ms";

@@ -45,7 +45,7 @@ pub const MAX_PER_NIC: usize = 16;
 /// Largest disk, in GiB (64 TiB; the host refuses more).
 pub const MAX_DISK_GIB: u64 = 65_536;
 /// Largest seed, all files together (the host refuses more).
-pub const MAX_SEED_BYTES: usize = 1 << 20;
+pub use nasvisor_plugin_sdk::limits::MAX_SEED_BYTES;
 
 /// A list may hold at most `max` entries.
 fn at_most<T>(field: &str, list: &[T], max: usize) -> Result<(), PluginError> {

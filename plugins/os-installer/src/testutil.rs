@@ -7,13 +7,7 @@ use crate::seed::Nic;
 
 /// An env with these settings.
 pub fn env_with(settings: &[(&str, &str)]) -> StaticEnv {
-    StaticEnv {
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    }
+    StaticEnv::with_settings(settings)
 }
 
 pub const ED25519: &str =

@@ -1,6 +1,7 @@
 //! Hard placement constraints, checked defensively on top of the host's own
 //! eligibility filter, and the soft-affinity lookup.
 
+pub use nasvisor_plugin_sdk::limits::{clip, MAX_TEXT};
 use nasvisor_plugin_sdk::prelude::*;
 
 /// Where active VMs run: answers "is VM `vm` active on host `host`?".
@@ -18,23 +19,6 @@ impl Occupancy for ClusterView {
             .iter()
             .any(|v| v.id == vm && v.state.is_active() && v.host.as_deref() == Some(host))
     }
-}
-
-/// Longest reason or message in bytes (the host refuses longer reasons).
-pub const MAX_TEXT: usize = 4096;
-
-/// `s` cut to at most [`MAX_TEXT`] bytes on a character boundary, with
-/// `...` marking a cut.
-pub fn clip(mut s: String) -> String {
-    if s.len() > MAX_TEXT {
-        let mut end = MAX_TEXT - 3;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
 }
 
 /// The WIT name of a host health value, for messages.

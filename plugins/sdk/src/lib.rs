@@ -30,6 +30,7 @@
 //! Plugins are pure functions of their inputs and of [`Env`]: logging, two
 //! clocks and the plugin's own settings. There is no filesystem or network.
 
+pub mod limits;
 pub mod types;
 
 #[doc(hidden)]
@@ -155,6 +156,19 @@ pub struct StaticEnv {
     pub settings: Vec<(String, String)>,
     pub wall_clock_ms: u64,
     pub verbose: bool,
+}
+
+impl StaticEnv {
+    /// An env with these settings.
+    pub fn with_settings(settings: &[(&str, &str)]) -> StaticEnv {
+        StaticEnv {
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Env for StaticEnv {

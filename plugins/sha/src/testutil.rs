@@ -4,13 +4,7 @@ use nasvisor_plugin_sdk::prelude::*;
 
 /// An env with these settings.
 pub fn env_with(settings: &[(&str, &str)]) -> StaticEnv {
-    StaticEnv {
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    }
+    StaticEnv::with_settings(settings)
 }
 
 /// A healthy pair as printed by `drbdsetup status --json` (DRBD 9.2), with a

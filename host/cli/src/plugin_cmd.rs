@@ -195,9 +195,21 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
     match cmd {
         PluginCommand::Keygen { out } => {
-            let (s, p) = (out.with_extension("key"), out.with_extension("pub"));
+            // `--out acme` or `--out acme.key` give acme.key and acme.pub;
+            // other dots (`--out rel-1.2`) are kept.
+            let base = match out.extension() {
+                Some(e) if e == "key" || e == "pub" => out.with_extension(""),
+                _ => out.clone(),
+            };
+            let with = |x: &str| {
+                let mut s = base.clone().into_os_string();
+                s.push(x);
+                PathBuf::from(s)
+            };
+            let (s, p) = (with(".key"), with(".pub"));
             let key = generate_key();
-            write_keypair(&key, &s, &p).with_context(|| format!("writing {}", s.display()))?;
+            write_keypair(&key, &s, &p)
+                .with_context(|| format!("writing {} and {}", s.display(), p.display()))?;
             println!("key id {}", key_id(&key.verifying_key()));
             println!("secret key {}", s.display());
             println!("public key {}", p.display());

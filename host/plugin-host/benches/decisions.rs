@@ -21,16 +21,33 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use nasvisor_plugin_host::testkit::{build_signing_key, cluster_view, place_input, plugin_bytes};
 use nasvisor_plugin_host::{
-    invoke, invoke_native, DecisionInput, DecisionSource, LoadSource, LoadedPlugin, NativeEnv,
-    PolicyHost, Runtime, RuntimeConfig,
+    invoke, invoke_native, Answer, CallError, DecisionInput, DecisionSource, LoadSource,
+    LoadedPlugin, NativeEnv, PolicyHost, Runtime, RuntimeConfig,
 };
 use nasvisor_plugin_sdk::prelude::ClusterView;
 use nasvisor_plugin_sdk::World;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const HOSTS: usize = 7;
 const SCHEDULER: &str = "nasvisor-scheduler";
+
+/// Calls that hit the 50 ms deadline (only ever seen when another process
+/// starves this one of CPU); counted and reported rather than aborting the run.
+static DEADLINE_MISSES: AtomicU64 = AtomicU64::new(0);
+
+/// `invoke`, tolerating (and counting) a deadline miss; any other error panics.
+fn invoke_counted(rt: &Runtime, p: &LoadedPlugin, input: &DecisionInput) -> Option<Answer> {
+    match invoke(rt, p, input, 0) {
+        Ok(a) => Some(a),
+        Err(CallError::DeadlineExceeded { .. }) => {
+            DEADLINE_MISSES.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(e) => panic!("component call failed: {e}"),
+    }
+}
 
 fn runtime(cfg: RuntimeConfig) -> Runtime {
     Runtime::new(cfg, vec![build_signing_key().verifying_key()]).expect("runtime")
@@ -46,7 +63,10 @@ fn load_scheduler(rt: &Runtime, bytes: &[u8]) -> LoadedPlugin {
 fn check_same_answer(rt: &Runtime, p: &LoadedPlugin, input: &DecisionInput) {
     let component = invoke(rt, p, input, 0).expect("component call");
     let native = invoke_native(input, &NativeEnv::new(vec![], 0));
-    assert!(component.is_ok(), "component answered an error: {component:?}");
+    assert!(
+        component.is_ok(),
+        "component answered an error: {component:?}"
+    );
     assert_eq!(component, native, "component and native answers differ");
 }
 
@@ -66,7 +86,7 @@ fn decisions(c: &mut Criterion) {
         check_same_answer(&rt, &plugin, &input);
         let size = format!("{HOSTS}x{vms}");
         g.bench_with_input(BenchmarkId::new("component", &size), &input, |b, input| {
-            b.iter(|| invoke(&rt, &plugin, black_box(input), 0).expect("component call"))
+            b.iter(|| invoke_counted(&rt, &plugin, black_box(input)))
         });
         if vms > 0 {
             g.bench_with_input(BenchmarkId::new("native", &size), &input, |b, input| {
@@ -87,7 +107,7 @@ fn decisions(c: &mut Criterion) {
     let out = invoke(&rt, &plugin, &trivial, 0).expect("trivial call");
     assert!(out.is_ok(), "rebalance on an empty view failed: {out:?}");
     g.bench_function("instantiate+trivial-call", |b| {
-        b.iter(|| invoke(&rt, &plugin, black_box(&trivial), 0).expect("trivial call"))
+        b.iter(|| invoke_counted(&rt, &plugin, black_box(&trivial)))
     });
     g.finish();
 
@@ -111,7 +131,11 @@ fn decisions(c: &mut Criterion) {
         ..RuntimeConfig::default()
     });
     let first = load_scheduler(&cached_rt, &bytes);
-    assert_eq!(first.load_source, LoadSource::Compiled, "the cache starts empty");
+    assert_eq!(
+        first.load_source,
+        LoadSource::Compiled,
+        "the cache starts empty"
+    );
     drop(first);
     let mut g = c.benchmark_group("load");
     g.sample_size(50)
@@ -148,13 +172,30 @@ fn decisions(c: &mut Criterion) {
             || input.clone(),
             |input| {
                 let d = host.decide(input);
-                debug_assert!(matches!(d.source, DecisionSource::Plugin { .. }));
+                match &d.source {
+                    DecisionSource::Plugin { .. } => {}
+                    // A fallback (only a deadline miss under CPU starvation
+                    // is expected); the next success resets the failure count.
+                    DecisionSource::Fallback { .. } => {
+                        DEADLINE_MISSES.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        panic!("the plugin no longer decides ({other:?}): results would be invalid")
+                    }
+                }
                 d
             },
             BatchSize::SmallInput,
         )
     });
     g.finish();
+
+    let misses = DEADLINE_MISSES.load(Ordering::Relaxed);
+    if misses > 0 {
+        eprintln!("WARNING: {misses} component call(s) hit the deadline or fell back during the run (machine busy?)");
+    } else {
+        eprintln!("no component call hit the deadline or fell back");
+    }
 }
 
 criterion_group!(benches, decisions);

@@ -267,24 +267,40 @@ pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)
 }
 
-/// Writes a signing key (PKCS#8 PEM, mode 0600) and its public key (SPKI PEM).
+/// Writes a signing key (PKCS#8 PEM, mode 0600) and its public key (SPKI
+/// PEM). Refuses to overwrite either file; on failure neither is left behind.
 pub fn write_keypair(key: &SigningKey, secret: &Path, public: &Path) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let pem = key
         .to_pkcs8_pem(Default::default())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(secret)?;
-    f.write_all(pem.as_bytes())?;
     let pubpem = key
         .verifying_key()
         .to_public_key_pem(Default::default())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    std::fs::write(public, pubpem)
+    let mut pubf = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(public)?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(secret)
+        .and_then(|mut f| {
+            f.write_all(pem.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| pubf.write_all(pubpem.as_bytes()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(public);
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(secret);
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Reads a PKCS#8 PEM signing key.

@@ -1,0 +1,1 @@
+//! QEMU/QMP (being written).

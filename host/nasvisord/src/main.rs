@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         "data-dir": cfg.data_dir,
         "plugin-dir": cfg.plugins.dir,
         "slots": host.status(),
+        "loaded": loads.iter().filter_map(|l| l.result.as_ref().ok()).collect::<Vec<_>>(),
         "refused": loads.iter().filter_map(|l| l.result.as_ref().err().map(|e| serde_json::json!({
             "path": l.path, "error": e
         }))).collect::<Vec<_>>(),

@@ -5,7 +5,7 @@ use crate::config::Config;
 use anyhow::{anyhow, Context, Result};
 use nasvisor_plugin_host::journal::Journal;
 use nasvisor_plugin_host::package::{self, read_public_key, Package, VerifyingKey};
-use nasvisor_plugin_host::{PolicyHost, Runtime};
+use nasvisor_plugin_host::{LoadSource, PolicyHost, Runtime};
 use nasvisor_plugin_sdk::World;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,17 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct PluginLoad {
     pub path: PathBuf,
-    pub result: Result<(World, String), String>,
+    pub result: Result<Loaded, String>,
+}
+
+/// A plugin installed at start-up.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Loaded {
+    pub world: World,
+    pub plugin: String,
+    /// Compiled now, or read from the compiled-code cache.
+    pub load_source: LoadSource,
 }
 
 fn trusted_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
@@ -79,7 +89,9 @@ pub fn start(cfg: &Config) -> Result<(Arc<PolicyHost>, Vec<PluginLoad>)> {
     for path in files {
         let result = load_one(&rt, &host, cfg, &path, &mut taken);
         match &result {
-            Ok((w, label)) => tracing::info!(world = %w, plugin = %label, "plugin loaded"),
+            Ok(l) => {
+                tracing::info!(world = %l.world, plugin = %l.plugin, source = ?l.load_source, "plugin loaded")
+            }
             Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin refused"),
         }
         loads.push(PluginLoad { path, result });
@@ -101,7 +113,7 @@ fn load_one(
     cfg: &Config,
     path: &Path,
     taken: &mut Vec<(World, PathBuf)>,
-) -> Result<(World, String), String> {
+) -> Result<Loaded, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let world = Package::parse(&bytes)
         .map_err(|e| e.to_string())?
@@ -116,8 +128,12 @@ fn load_one(
     let plugin = rt
         .load(&bytes, Some(world), settings_for(cfg, world))
         .map_err(|e| e.to_string())?;
-    let label = plugin.label().to_string();
+    let loaded = Loaded {
+        world,
+        plugin: plugin.label().to_string(),
+        load_source: plugin.load_source,
+    };
     host.install(plugin);
     taken.push((world, path.to_path_buf()));
-    Ok((world, label))
+    Ok(loaded)
 }

@@ -43,7 +43,8 @@ impl Drop for Runtime {
 }
 
 /// How a plugin was loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LoadSource {
     /// Compiled from the component bytes.
     Compiled,

@@ -1,0 +1,52 @@
+//! Typed storage errors. Each names the field or object and the reason.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A name breaks the naming rules.
+    #[error("{field}: {value:?} is not a valid name: {reason}")]
+    BadName {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// A size is out of range.
+    #[error("{field}: {reason}")]
+    BadSize { field: &'static str, reason: String },
+    /// The object already exists.
+    #[error("{what} {name:?} already exists")]
+    Exists { what: &'static str, name: String },
+    /// The object does not exist.
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    /// An image file is not acceptable.
+    #[error("{path}: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    /// The pool lacks space.
+    #[error("pool {pool:?} has {free} bytes free, {needed} needed")]
+    NoSpace {
+        pool: String,
+        free: u64,
+        needed: u64,
+    },
+    /// qemu-img failed.
+    #[error("qemu-img {op} failed: {stderr}")]
+    QemuImg { op: &'static str, stderr: String },
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StorageError {
+        StorageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! A storage pool: a directory on a NAS volume holding qcow2 volumes
+//! (`<name>.qcow2`). Every operation is all-or-nothing: new files are written
+//! under a temporary name and renamed into place, and removed on failure.
+
+use crate::error::StorageError;
+use crate::name;
+use crate::qemu_img::{QemuImg, SnapshotInfo, SnapshotOp, IMPORT_FORMATS};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Smallest and largest volume, in bytes.
+pub const MIN_VOLUME: u64 = 1 << 20;
+pub const MAX_VOLUME: u64 = 64 << 40;
+
+/// Capacity of a pool's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PoolUsage {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// A volume as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VolumeInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub virtual_size: u64,
+    pub actual_size: u64,
+    /// The image this volume is an overlay of (a linked clone), if any.
+    pub backing_file: Option<String>,
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// One pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    name: String,
+    dir: PathBuf,
+    img: QemuImg,
+}
+
+/// Removes a temporary file unless disarmed.
+struct TempFile(Option<PathBuf>);
+impl TempFile {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Pool {
+    /// Opens the pool `name` at `dir`, an existing absolute directory.
+    pub fn open(pool_name: &str, dir: &Path) -> Result<Pool, StorageError> {
+        name::check("pool name", pool_name)?;
+        if !dir.is_absolute() {
+            return Err(StorageError::BadImage {
+                path: dir.to_path_buf(),
+                reason: "pool path must be absolute".into(),
+            });
+        }
+        let meta = std::fs::metadata(dir).map_err(|e| StorageError::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(StorageError::BadImage {
+                path: dir.to_path_buf(),
+                reason: "pool path is not a directory".into(),
+            });
+        }
+        let dir = dir.canonicalize().map_err(|e| StorageError::io(dir, e))?;
+        Ok(Pool {
+            name: pool_name.to_string(),
+            dir,
+            img: QemuImg::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Capacity and free space of the pool's filesystem.
+    pub fn usage(&self) -> Result<PoolUsage, StorageError> {
+        let st =
+            rustix::fs::statvfs(&self.dir).map_err(|e| StorageError::io(&self.dir, e.into()))?;
+        Ok(PoolUsage {
+            capacity_bytes: st.f_blocks * st.f_frsize,
+            free_bytes: st.f_bavail * st.f_frsize,
+        })
+    }
+
+    /// The path of volume `name` (which is checked, so it stays in the pool).
+    pub fn volume_path(&self, volume: &str) -> Result<PathBuf, StorageError> {
+        name::check("volume name", volume)?;
+        Ok(self.dir.join(format!("{volume}.qcow2")))
+    }
+
+    fn temp_path(&self, volume: &str) -> PathBuf {
+        self.dir
+            .join(format!(".{volume}.qcow2.tmp-{}", std::process::id()))
+    }
+
+    fn existing(&self, volume: &str) -> Result<PathBuf, StorageError> {
+        let p = self.volume_path(volume)?;
+        if !p.is_file() {
+            return Err(StorageError::NotFound {
+                what: "volume",
+                name: volume.to_string(),
+            });
+        }
+        Ok(p)
+    }
+
+    fn absent(&self, volume: &str) -> Result<PathBuf, StorageError> {
+        let p = self.volume_path(volume)?;
+        if p.exists() {
+            return Err(StorageError::Exists {
+                what: "volume",
+                name: volume.to_string(),
+            });
+        }
+        Ok(p)
+    }
+
+    fn need_space(&self, needed: u64) -> Result<(), StorageError> {
+        let free = self.usage()?.free_bytes;
+        if free < needed {
+            return Err(StorageError::NoSpace {
+                pool: self.name.clone(),
+                free,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_size(size: u64) -> Result<(), StorageError> {
+        if !(MIN_VOLUME..=MAX_VOLUME).contains(&size) {
+            return Err(StorageError::BadSize {
+                field: "size",
+                reason: format!("{size} bytes is out of range (1 MiB to 64 TiB)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves a finished temporary file into place.
+    fn commit(
+        &self,
+        tmp: TempFile,
+        tmp_path: &Path,
+        volume: &str,
+    ) -> Result<VolumeInfo, StorageError> {
+        let dst = self.absent(volume)?;
+        std::fs::rename(tmp_path, &dst).map_err(|e| StorageError::io(&dst, e))?;
+        tmp.disarm();
+        self.volume(volume)
+    }
+
+    /// Information on one volume.
+    pub fn volume(&self, volume: &str) -> Result<VolumeInfo, StorageError> {
+        let path = self.existing(volume)?;
+        let info = self.img.info(&path, Some("qcow2"))?;
+        Ok(VolumeInfo {
+            name: volume.to_string(),
+            path,
+            virtual_size: info.virtual_size,
+            actual_size: info.actual_size,
+            backing_file: info.backing_file,
+            snapshots: info.snapshots,
+        })
+    }
+
+    /// All volumes, sorted by name.
+    pub fn volumes(&self) -> Result<Vec<VolumeInfo>, StorageError> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(|e| StorageError::io(&self.dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".qcow2"))
+                    .filter(|n| name::check("volume name", n).is_ok())
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.volume(n)).collect()
+    }
+
+    /// Creates an empty (thin) qcow2 volume of `size` bytes.
+    pub fn create(&self, volume: &str, size: u64) -> Result<VolumeInfo, StorageError> {
+        Self::check_size(size)?;
+        self.absent(volume)?;
+        let tmp_path = self.temp_path(volume);
+        let tmp = TempFile(Some(tmp_path.clone()));
+        self.img.create(&tmp_path, Some(size), None)?;
+        self.commit(tmp, &tmp_path, volume)
+    }
+
+    /// Creates a linked clone: a qcow2 overlay whose backing file is `base`
+    /// (an image of the library or another volume), optionally larger.
+    pub fn create_overlay(
+        &self,
+        volume: &str,
+        base: &Path,
+        size: Option<u64>,
+    ) -> Result<VolumeInfo, StorageError> {
+        if let Some(s) = size {
+            Self::check_size(s)?;
+        }
+        self.absent(volume)?;
+        let base = base.canonicalize().map_err(|e| StorageError::io(base, e))?;
+        let info = self.img.info(&base, None)?;
+        if let Some(s) = size {
+            if s < info.virtual_size {
+                return Err(StorageError::BadSize {
+                    field: "size",
+                    reason: format!(
+                        "{s} bytes is smaller than the base image ({} bytes)",
+                        info.virtual_size
+                    ),
+                });
+            }
+        }
+        let tmp_path = self.temp_path(volume);
+        let tmp = TempFile(Some(tmp_path.clone()));
+        self.img
+            .create(&tmp_path, size, Some((&base, &info.format)))?;
+        self.commit(tmp, &tmp_path, volume)
+    }
+
+    /// Grows a volume. Shrinking is refused: it would destroy guest data.
+    pub fn resize(&self, volume: &str, size: u64) -> Result<VolumeInfo, StorageError> {
+        Self::check_size(size)?;
+        let info = self.volume(volume)?;
+        if size < info.virtual_size {
+            return Err(StorageError::BadSize {
+                field: "size",
+                reason: format!(
+                    "{size} bytes would shrink volume {volume:?} ({} bytes); only growing is supported",
+                    info.virtual_size
+                ),
+            });
+        }
+        if !info.snapshots.is_empty() {
+            return Err(StorageError::BadSize {
+                field: "size",
+                reason: format!("volume {volume:?} has snapshots; delete them before resizing"),
+            });
+        }
+        self.img.resize(&info.path, size)?;
+        self.volume(volume)
+    }
+
+    /// Deletes a volume.
+    pub fn delete(&self, volume: &str) -> Result<(), StorageError> {
+        let p = self.existing(volume)?;
+        std::fs::remove_file(&p).map_err(|e| StorageError::io(&p, e))
+    }
+
+    /// Imports a raw, qcow2, vmdk or vdi file as a new qcow2 volume. The
+    /// source is checked first (format, no backing file, not damaged or
+    /// truncated); a failed import leaves nothing behind.
+    pub fn import(
+        &self,
+        volume: &str,
+        src: &Path,
+        progress: impl FnMut(f64),
+    ) -> Result<VolumeInfo, StorageError> {
+        self.absent(volume)?;
+        let info = self.img.info(src, None)?;
+        if !IMPORT_FORMATS.contains(&info.format.as_str()) {
+            return Err(StorageError::BadImage {
+                path: src.to_path_buf(),
+                reason: format!(
+                    "format {:?} is not supported (qcow2, raw, vmdk or vdi)",
+                    info.format
+                ),
+            });
+        }
+        if let Some(b) = &info.backing_file {
+            return Err(StorageError::BadImage {
+                path: src.to_path_buf(),
+                reason: format!("the image has a backing file ({b:?}); import a standalone image"),
+            });
+        }
+        if info.virtual_size == 0 {
+            return Err(StorageError::BadImage {
+                path: src.to_path_buf(),
+                reason: "the image is empty".into(),
+            });
+        }
+        self.img.check(src, &info.format)?;
+        self.need_space(info.actual_size)?;
+        let tmp_path = self.temp_path(volume);
+        let tmp = TempFile(Some(tmp_path.clone()));
+        self.img.convert(src, &info.format, &tmp_path, progress)?;
+        self.commit(tmp, &tmp_path, volume)
+    }
+
+    /// Clones a volume: a full, independent copy, or a linked clone (an
+    /// overlay backed by the source).
+    pub fn clone_volume(
+        &self,
+        src: &str,
+        dst: &str,
+        linked: bool,
+    ) -> Result<VolumeInfo, StorageError> {
+        let from = self.volume(src)?;
+        self.absent(dst)?;
+        if linked {
+            return self.create_overlay(dst, &from.path, None);
+        }
+        self.need_space(from.actual_size)?;
+        let tmp_path = self.temp_path(dst);
+        let tmp = TempFile(Some(tmp_path.clone()));
+        self.img.convert(&from.path, "qcow2", &tmp_path, |_| {})?;
+        self.commit(tmp, &tmp_path, dst)
+    }
+
+    /// Creates, reverts to or deletes an internal snapshot of a volume that
+    /// no running VM uses (a running VM's snapshots go through QMP).
+    pub fn snapshot(
+        &self,
+        volume: &str,
+        op: SnapshotOp,
+        snapshot: &str,
+    ) -> Result<VolumeInfo, StorageError> {
+        name::check("snapshot name", snapshot)?;
+        let info = self.volume(volume)?;
+        let exists = info.snapshots.iter().any(|s| s.name == snapshot);
+        match (op, exists) {
+            (SnapshotOp::Create, true) => {
+                return Err(StorageError::Exists {
+                    what: "snapshot",
+                    name: snapshot.to_string(),
+                })
+            }
+            (SnapshotOp::Apply | SnapshotOp::Delete, false) => {
+                return Err(StorageError::NotFound {
+                    what: "snapshot",
+                    name: snapshot.to_string(),
+                })
+            }
+            _ => {}
+        }
+        self.img.snapshot(&info.path, op, snapshot)?;
+        self.volume(volume)
+    }
+
+    /// Removes temporary files a crash left behind (call at start-up).
+    pub fn clean_temporaries(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))? {
+            let e = e.map_err(|e| StorageError::io(&self.dir, e))?;
+            let file = e.file_name();
+            let f = file.to_string_lossy();
+            if f.starts_with('.') && f.contains(".qcow2.tmp-") {
+                std::fs::remove_file(e.path()).map_err(|err| StorageError::io(e.path(), err))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -6,10 +6,12 @@
 //! its pool, and every operation is all-or-nothing.
 
 pub mod error;
+pub mod images;
 pub mod name;
 pub mod pool;
 pub mod qemu_img;
 
 pub use error::StorageError;
+pub use images::{Image, ImageLibrary, ImageSpec};
 pub use pool::{Pool, PoolUsage, VolumeInfo};
 pub use qemu_img::{ImageInfo, QemuImg, SnapshotInfo, SnapshotOp};

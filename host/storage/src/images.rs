@@ -98,7 +98,7 @@ fn is_iso(path: &Path) -> Result<bool, StorageError> {
 /// A raw OS disk image is whole sectors with a partition table (the MBR
 /// boot signature, which a protective MBR of a GPT disk also carries).
 fn looks_like_raw_disk(path: &Path, len: u64) -> Result<bool, StorageError> {
-    if len < 512 || len % 512 != 0 {
+    if len < 512 || !len.is_multiple_of(512) {
         return Ok(false);
     }
     let mut f = std::fs::File::open(path).map_err(|e| StorageError::io(path, e))?;

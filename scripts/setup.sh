@@ -12,7 +12,7 @@ PKGS=(
   # wasm-capable compiler for the plugins (see shared/TOOLCHAIN.md section 1)
   rustc-web cargo-web rust-web-src lld-19
   # networking primitives used by the daemon and the tests
-  iproute2
+  iproute2 iputils-ping
   # NoCloud seed building (VFAT image) and the bundled guest's initramfs
   dosfstools mtools cpio busybox-static
   # UEFI firmware for guests, cloud-init as the user-data validator

@@ -1,0 +1,264 @@
+//! The desired-state model: a typed key/value space of objects grouped by
+//! kind, each with a revision, plus a monotonic cluster-wide revision.
+//!
+//! [`DesiredState::apply`] is deterministic: the same sequence of commands
+//! gives the same state and the same responses on every host.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Command, Response, Revision};
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    /// The object itself.
+    pub value: serde_json::Value,
+    /// The cluster revision of the object's last write.
+    pub revision: Revision,
+}
+
+/// What one applied command changed, so that a persistent store can write
+/// just that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing changed (conflict, not found, no-op).
+    None,
+    /// `kind`/`key` now holds this object.
+    Put {
+        /// The object kind.
+        kind: String,
+        /// The object key.
+        key: String,
+        /// The new object.
+        object: Object,
+    },
+    /// `kind`/`key` was removed.
+    Delete {
+        /// The object kind.
+        kind: String,
+        /// The object key.
+        key: String,
+    },
+}
+
+/// The whole desired state. Its serialized form is the snapshot format.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The cluster-wide revision: the number of successful mutations so far.
+    pub revision: Revision,
+    /// Objects by kind, then by key.
+    pub objects: BTreeMap<String, BTreeMap<String, Object>>,
+}
+
+impl DesiredState {
+    /// Look up one object.
+    pub fn get(&self, kind: &str, key: &str) -> Option<&Object> {
+        self.objects.get(kind)?.get(key)
+    }
+
+    /// All objects of one kind, in key order.
+    pub fn list(&self, kind: &str) -> impl Iterator<Item = (&String, &Object)> {
+        self.objects.get(kind).into_iter().flat_map(|m| m.iter())
+    }
+
+    /// The number of objects of every kind.
+    pub fn len(&self) -> usize {
+        self.objects.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether there is no object at all.
+    pub fn is_empty(&self) -> bool {
+        self.objects.values().all(BTreeMap::is_empty)
+    }
+
+    /// Apply one command. Deterministic; a failed precondition changes
+    /// nothing and is reported in the response.
+    pub fn apply(&mut self, cmd: &Command) -> (Response, Change) {
+        match cmd {
+            Command::Put {
+                kind,
+                key,
+                value,
+                expected_revision,
+            } => {
+                let actual = self.get(kind, key).map(|o| o.revision);
+                if let Some(conflict) = check(kind, key, *expected_revision, actual) {
+                    return (conflict, Change::None);
+                }
+                self.revision += 1;
+                let object = Object {
+                    value: value.clone(),
+                    revision: self.revision,
+                };
+                self.objects
+                    .entry(kind.clone())
+                    .or_default()
+                    .insert(key.clone(), object.clone());
+                (
+                    Response::Applied {
+                        revision: self.revision,
+                    },
+                    Change::Put {
+                        kind: kind.clone(),
+                        key: key.clone(),
+                        object,
+                    },
+                )
+            }
+            Command::Delete {
+                kind,
+                key,
+                expected_revision,
+            } => {
+                let actual = self.get(kind, key).map(|o| o.revision);
+                if let Some(conflict) = check(kind, key, *expected_revision, actual) {
+                    return (conflict, Change::None);
+                }
+                if actual.is_none() {
+                    return (
+                        Response::NotFound {
+                            kind: kind.clone(),
+                            key: key.clone(),
+                        },
+                        Change::None,
+                    );
+                }
+                if let Some(objects) = self.objects.get_mut(kind) {
+                    objects.remove(key);
+                    if objects.is_empty() {
+                        self.objects.remove(kind);
+                    }
+                }
+                self.revision += 1;
+                (
+                    Response::Applied {
+                        revision: self.revision,
+                    },
+                    Change::Delete {
+                        kind: kind.clone(),
+                        key: key.clone(),
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// The compare-and-swap check: `None` if the precondition holds.
+fn check(
+    kind: &str,
+    key: &str,
+    expected: Option<Revision>,
+    actual: Option<Revision>,
+) -> Option<Response> {
+    let ok = match expected {
+        None => true,
+        Some(0) => actual.is_none(),
+        Some(r) => actual == Some(r),
+    };
+    (!ok).then(|| Response::Conflict {
+        kind: kind.to_owned(),
+        key: key.to_owned(),
+        expected,
+        actual,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn put(kind: &str, key: &str, v: serde_json::Value, exp: Option<u64>) -> Command {
+        Command::Put {
+            kind: kind.into(),
+            key: key.into(),
+            value: v,
+            expected_revision: exp,
+        }
+    }
+
+    fn del(kind: &str, key: &str, exp: Option<u64>) -> Command {
+        Command::Delete {
+            kind: kind.into(),
+            key: key.into(),
+            expected_revision: exp,
+        }
+    }
+
+    #[test]
+    fn put_get_list_delete() {
+        let mut s = DesiredState::default();
+        assert_eq!(
+            s.apply(&put("vm", "a", json!(1), None)).0,
+            Response::Applied { revision: 1 }
+        );
+        assert_eq!(
+            s.apply(&put("vm", "b", json!(2), Some(0))).0,
+            Response::Applied { revision: 2 }
+        );
+        assert_eq!(
+            s.apply(&put("volume", "a", json!(3), None)).0,
+            Response::Applied { revision: 3 }
+        );
+        assert_eq!(s.get("vm", "a").unwrap().revision, 1);
+        let keys: Vec<_> = s.list("vm").map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            s.apply(&del("vm", "a", Some(1))).0,
+            Response::Applied { revision: 4 }
+        );
+        assert!(s.get("vm", "a").is_none());
+        assert_eq!(
+            s.apply(&del("vm", "a", None)).0,
+            Response::NotFound {
+                kind: "vm".into(),
+                key: "a".into()
+            }
+        );
+        assert_eq!(s.revision, 4);
+    }
+
+    #[test]
+    fn conflicts_change_nothing() {
+        let mut s = DesiredState::default();
+        s.apply(&put("vm", "a", json!(1), None));
+        let before = s.clone();
+        let cases = [
+            put("vm", "a", json!(2), Some(0)),
+            put("vm", "a", json!(2), Some(7)),
+            put("vm", "new", json!(2), Some(1)),
+            del("vm", "a", Some(9)),
+            del("vm", "new", Some(1)),
+        ];
+        for c in &cases {
+            let (resp, change) = s.apply(c);
+            assert!(matches!(resp, Response::Conflict { .. }), "{resp:?}");
+            assert_eq!(change, Change::None);
+        }
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let cmds: Vec<Command> = (0..50)
+            .map(|i| match i % 5 {
+                0 => del("k", &format!("{}", i / 2), None),
+                1 => put("k", &format!("{}", i / 3), json!(i), Some(i as u64 / 2)),
+                _ => put("k", &format!("{}", i / 3), json!({ "i": i }), None),
+            })
+            .collect();
+        let run = || {
+            let mut s = DesiredState::default();
+            let r: Vec<_> = cmds.iter().map(|c| s.apply(c).0).collect();
+            (s, r)
+        };
+        assert_eq!(run(), run());
+        let (s, _) = run();
+        let bytes = serde_json::to_vec(&s).unwrap();
+        assert_eq!(serde_json::from_slice::<DesiredState>(&bytes).unwrap(), s);
+    }
+}

@@ -1,0 +1,115 @@
+//! The raft type configuration: node ids, node addresses, the command that
+//! goes through the replicated log and its response.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A host's id inside the cluster. Stable for the life of the host's data
+/// directory (checked at open).
+pub type NodeId = u64;
+
+/// A cluster member as stored in the membership config: the address other
+/// hosts reach its cluster endpoint at (`host:port`).
+pub type Node = openraft::BasicNode;
+
+/// A revision number. Every successful mutation of the desired state bumps
+/// the cluster-wide revision by one; an object's revision is the cluster
+/// revision of its last write. Revision 0 means "never written".
+pub type Revision = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of nasvisor's replicated desired state.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The openraft instance of this type configuration.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id of this type configuration.
+pub type LogId = openraft::LogId<NodeId>;
+/// A log entry of this type configuration.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A storage error of this type configuration.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Stored membership of this type configuration.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+/// Snapshot metadata of this type configuration.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+/// A snapshot of this type configuration.
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+/// Raft metrics of this type configuration.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+
+/// A change to the desired state. This is what goes through the replicated
+/// log; applying it is deterministic (see [`crate::state::DesiredState::apply`]).
+///
+/// `expected_revision` is a compare-and-swap precondition:
+/// - `None`: unconditional;
+/// - `Some(0)`: the object must not exist (create only);
+/// - `Some(r)`: the object must exist with revision `r`.
+///
+/// A failed precondition is not an error of the log: the entry is committed
+/// and applied as a no-op whose response is [`Response::Conflict`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Create or replace the object `kind`/`key` with `value`.
+    Put {
+        /// The object kind, e.g. `vm`, `volume`, `vswitch`.
+        kind: String,
+        /// The object key, unique within its kind.
+        key: String,
+        /// The object itself.
+        value: serde_json::Value,
+        /// Compare-and-swap precondition (see [`Command`]).
+        expected_revision: Option<Revision>,
+    },
+    /// Delete the object `kind`/`key`.
+    Delete {
+        /// The object kind.
+        kind: String,
+        /// The object key.
+        key: String,
+        /// Compare-and-swap precondition (see [`Command`]).
+        expected_revision: Option<Revision>,
+    },
+}
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The command was applied; `revision` is the new cluster revision, and
+    /// (for a put) the object's new revision.
+    Applied {
+        /// The new cluster-wide revision.
+        revision: Revision,
+    },
+    /// The compare-and-swap precondition failed; nothing changed.
+    Conflict {
+        /// The object kind.
+        kind: String,
+        /// The object key.
+        key: String,
+        /// The revision the command expected.
+        expected: Option<Revision>,
+        /// The object's actual revision (`None` if it does not exist).
+        actual: Option<Revision>,
+    },
+    /// A delete of an object that does not exist; nothing changed.
+    NotFound {
+        /// The object kind.
+        kind: String,
+        /// The object key.
+        key: String,
+    },
+    /// A blank or membership entry: no desired-state change.
+    Noop,
+}

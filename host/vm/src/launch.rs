@@ -1,0 +1,665 @@
+//! Turning a [`VmSpec`] into a daemonized QEMU process.
+//!
+//! Decisions, fixed here once:
+//! - QEMU runs with `-daemonize`: it double-forks, calls `setsid` and is
+//!   reparented to init, so it outlives whoever started it (DESIGN principle 4).
+//!   The launching process returns once QEMU has finished initialising.
+//! - Everything is addressed by absolute path: `-daemonize` changes QEMU's
+//!   working directory to `/`.
+//! - Runtime files live in one run directory, named by the VM id:
+//!   `<id>.qmp` (QMP socket), `<id>.pid`, `<id>.serial` (console socket),
+//!   `<id>.console.log` (captured console), `<id>.qemu.log` (QEMU's own messages).
+//! - `-action shutdown=pause` (what `-no-shutdown` means): after a guest
+//!   poweroff QEMU stays, emits `SHUTDOWN` and reports run state `shutdown`. So a
+//!   guest-initiated poweroff is distinguishable from a crash even when it
+//!   happened while no daemon was watching.
+//! - `-action panic=pause` with a `pvpanic` device: a guest panic emits
+//!   `GUEST_PANICKED` and leaves the VM paused for inspection.
+//! - QEMU always starts with `-S` (vCPUs stopped) so the console can be attached
+//!   before the guest prints anything; the instance layer then sends `cont`.
+//! - `-machine graphics=off`: there is no display, so firmware (SeaBIOS, OVMF)
+//!   writes to the serial console.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::accel::Accel;
+use crate::spec::{
+    check_abs_path, DiskBus, DiskMedia, Firmware, NicBackend, SerialSpec, SpecError, VmSpec,
+};
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Errors of rendering and launching.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The run directory or VM id cannot be used.
+    #[error("run directory {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
+    /// UEFI was asked for and no OVMF firmware is installed.
+    #[error("`firmware`: UEFI requested but no OVMF firmware found (looked for {looked})")]
+    NoOvmf { looked: String },
+    /// A file needed for the launch could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A QEMU for this VM id is already running.
+    #[error("VM {id} is already running as pid {pid}")]
+    AlreadyRunning { id: String, pid: i32 },
+    /// The QEMU binary could not be started.
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited with an error during start-up.
+    #[error("QEMU failed to start ({status}): {log}")]
+    QemuFailed { status: String, log: String },
+    /// QEMU did not finish starting in time.
+    #[error("QEMU did not finish starting within {0:?}")]
+    Timeout(Duration),
+    /// QEMU started but its pidfile is unusable.
+    #[error("QEMU started but its pidfile {path} is unusable: {source}")]
+    Pidfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The runtime files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPaths {
+    run_dir: PathBuf,
+    id: String,
+}
+
+impl RunPaths {
+    /// Validates `run_dir` (absolute, no `,`, short enough for socket paths) and
+    /// `id` (`A-Z a-z 0-9 . _ -`, no `..`).
+    pub fn new(run_dir: impl Into<PathBuf>, id: impl Into<String>) -> Result<RunPaths, LaunchError> {
+        let run_dir = run_dir.into();
+        let id = id.into();
+        let dir_for_errors = run_dir.clone();
+        let bad = |reason: String| LaunchError::RunDir {
+            path: dir_for_errors.clone(),
+            reason,
+        };
+        check_abs_path("run_dir", &run_dir).map_err(|e| bad(e.reason))?;
+        let Some(dir) = run_dir.to_str() else {
+            return Err(bad("is not valid UTF-8".into()));
+        };
+        if dir.contains(',') {
+            return Err(bad(
+                "must not contain ',' (QEMU option syntax)".into(),
+            ));
+        }
+        if id.is_empty()
+            || id.contains("..")
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(bad(format!(
+                "VM id {id:?} must be non-empty letters, digits, '.', '_', '-' without \"..\""
+            )));
+        }
+        let paths = RunPaths { run_dir, id };
+        let longest = paths.serial_socket().as_os_str().len();
+        if longest > MAX_SOCKET_PATH {
+            return Err(bad(format!(
+                "socket paths would be {longest} bytes; Unix sockets allow {MAX_SOCKET_PATH}"
+            )));
+        }
+        Ok(paths)
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        self.run_dir.join(format!("{}{suffix}", self.id))
+    }
+
+    /// `<run_dir>/<id>.qmp`
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.file(".qmp")
+    }
+
+    /// `<run_dir>/<id>.pid`
+    pub fn pidfile(&self) -> PathBuf {
+        self.file(".pid")
+    }
+
+    /// `<run_dir>/<id>.serial`
+    pub fn serial_socket(&self) -> PathBuf {
+        self.file(".serial")
+    }
+
+    /// `<run_dir>/<id>.console.log` (and `.console.log.1`, the rotated part).
+    pub fn console_log(&self) -> PathBuf {
+        self.file(".console.log")
+    }
+
+    /// `<run_dir>/<id>.qemu.log`: QEMU's own error and status messages.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.file(".qemu.log")
+    }
+
+    /// `<run_dir>/<id>.OVMF_VARS.fd`: the default UEFI variable store.
+    pub fn default_uefi_vars(&self) -> PathBuf {
+        self.file(".OVMF_VARS.fd")
+    }
+
+    /// Removes the runtime files of a VM that is not running (sockets, pidfile).
+    /// Logs are kept.
+    pub fn remove_stale(&self) {
+        for p in [self.qmp_socket(), self.pidfile(), self.serial_socket()] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// OVMF code and variable-template images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvmfPaths {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+/// Candidate OVMF pairs, most preferred first (Debian's `ovmf` package).
+const OVMF_CANDIDATES: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+];
+
+impl OvmfPaths {
+    /// Finds an installed OVMF (non-secure-boot build), if any.
+    pub fn find() -> Option<OvmfPaths> {
+        OVMF_CANDIDATES
+            .iter()
+            .map(|(c, v)| OvmfPaths {
+                code: c.into(),
+                vars_template: v.into(),
+            })
+            .find(|p| p.code.is_file() && p.vars_template.is_file())
+    }
+}
+
+/// How to launch: where, with what, under which accelerator.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The emulator; looked up in `PATH` unless absolute.
+    pub qemu_binary: PathBuf,
+    /// Directory of the runtime files (absolute).
+    pub run_dir: PathBuf,
+    pub accel: Accel,
+    /// Leave the vCPUs stopped after the launch (run state `prelaunch`).
+    pub start_paused: bool,
+    /// Start as a migration target (`-incoming defer`); the caller then runs
+    /// `migrate-incoming`.
+    pub incoming_defer: bool,
+    /// OVMF to use; found on the host when unset.
+    pub ovmf: Option<OvmfPaths>,
+    /// How long QEMU may take to initialise.
+    pub launch_timeout: Duration,
+    /// Extra arguments appended verbatim (tests, diagnostics).
+    pub extra_args: Vec<String>,
+}
+
+impl LaunchOptions {
+    pub fn new(run_dir: impl Into<PathBuf>, accel: Accel) -> LaunchOptions {
+        LaunchOptions {
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            run_dir: run_dir.into(),
+            accel,
+            start_paused: false,
+            incoming_defer: false,
+            ovmf: None,
+            launch_timeout: Duration::from_secs(30),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Renders the QEMU arguments (without argv\[0\]) for `spec`. Validates the
+/// spec first; touches the filesystem only to look for OVMF.
+pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>, LaunchError> {
+    spec.validate()?;
+    let paths = RunPaths::new(&options.run_dir, spec.id())?;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
+
+    push(&["-name", &format!("guest={},debug-threads=on", spec.name)]);
+    push(&["-uuid", &spec.id()]);
+
+    let mut machine = format!("{},graphics=off", spec.machine.qemu_name());
+    let mut blockdevs: Vec<Value> = Vec::new();
+    if spec.firmware == Firmware::Uefi {
+        let ovmf = match &options.ovmf {
+            Some(o) => o.clone(),
+            None => OvmfPaths::find().ok_or_else(|| LaunchError::NoOvmf {
+                looked: OVMF_CANDIDATES
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?,
+        };
+        let vars = spec
+            .uefi_vars
+            .clone()
+            .unwrap_or_else(|| paths.default_uefi_vars());
+        blockdevs.push(json!({"driver": "file", "node-name": "pflash0-file",
+            "filename": ovmf.code, "read-only": true}));
+        blockdevs.push(json!({"driver": "raw", "node-name": "pflash0",
+            "file": "pflash0-file", "read-only": true}));
+        blockdevs.push(json!({"driver": "file", "node-name": "pflash1-file",
+            "filename": vars}));
+        blockdevs.push(json!({"driver": "raw", "node-name": "pflash1", "file": "pflash1-file"}));
+        machine.push_str(",pflash0=pflash0,pflash1=pflash1");
+    }
+    push(&["-machine", &machine]);
+    push(&["-accel", options.accel.qemu_name()]);
+    if let Some(cpu) = &spec.cpu_model {
+        push(&["-cpu", cpu]);
+    }
+    push(&["-smp", &spec.vcpus.to_string()]);
+    push(&["-m", &format!("{}M", spec.memory_mib)]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-daemonize"]);
+    push(&["-pidfile", path_str(&paths.pidfile())]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", path_str(&paths.qmp_socket())),
+    ]);
+    push(&["-action", "shutdown=pause,panic=pause,reboot=reset"]);
+    push(&["-device", "pvpanic"]);
+    push(&["-msg", "timestamp=on"]);
+    push(&["-D", path_str(&paths.qemu_log())]);
+    push(&["-S"]);
+    if options.incoming_defer {
+        push(&["-incoming", "defer"]);
+    }
+
+    match &spec.serial {
+        SerialSpec::Socket => {
+            push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=serial0,path={},server=on,wait=off",
+                    path_str(&paths.serial_socket())
+                ),
+            ]);
+            push(&["-device", "isa-serial,chardev=serial0"]);
+        }
+        SerialSpec::File { path } => {
+            push(&[
+                "-chardev",
+                &format!("file,id=serial0,path={},append=on", escape_opt(path)),
+            ]);
+            push(&["-device", "isa-serial,chardev=serial0"]);
+        }
+        SerialSpec::None => {}
+    }
+
+    let mut devices: Vec<Value> = Vec::new();
+    if spec.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        devices.push(json!({"driver": "virtio-scsi-pci", "id": "scsi0"}));
+    }
+    for (i, d) in spec.disks.iter().enumerate() {
+        let node = format!("disk{i}");
+        let file = format!("disk{i}-file");
+        let ro = d.is_readonly();
+        blockdevs.push(json!({"driver": "file", "node-name": file, "filename": d.path,
+            "read-only": ro, "discard": "unmap"}));
+        blockdevs.push(json!({"driver": d.format.qemu_driver(), "node-name": node,
+            "file": file, "read-only": ro, "discard": "unmap"}));
+        let cdrom = d.media == DiskMedia::Cdrom;
+        let driver = match (d.bus, cdrom) {
+            (DiskBus::Virtio, _) => "virtio-blk-pci",
+            (DiskBus::Scsi, false) => "scsi-hd",
+            (DiskBus::Scsi, true) => "scsi-cd",
+            (DiskBus::Ide, false) => "ide-hd",
+            (DiskBus::Ide, true) => "ide-cd",
+        };
+        let mut dev = json!({"driver": driver, "drive": node, "id": format!("disk{i}-dev")});
+        if d.bus == DiskBus::Scsi {
+            dev["bus"] = json!("scsi0.0");
+        }
+        if spec.kernel.is_none() {
+            dev["bootindex"] = json!(i);
+        }
+        devices.push(dev);
+    }
+
+    let mut netdevs: Vec<Value> = Vec::new();
+    for (i, n) in spec.nics.iter().enumerate() {
+        let mut dev = json!({"driver": n.model.qemu_driver(), "id": format!("net{i}-dev"),
+            "mac": n.mac.to_string()});
+        if let NicBackend::Tap { ifname } = &n.backend {
+            netdevs.push(json!({"type": "tap", "id": format!("net{i}"), "ifname": ifname,
+                "script": "no", "downscript": "no"}));
+            dev["netdev"] = json!(format!("net{i}"));
+        }
+        devices.push(dev);
+    }
+
+    for b in blockdevs {
+        push(&["-blockdev", &b.to_string()]);
+    }
+    for n in netdevs {
+        push(&["-netdev", &n.to_string()]);
+    }
+    for d in devices {
+        push(&["-device", &d.to_string()]);
+    }
+    if spec.nics.is_empty() {
+        push(&["-nic", "none"]);
+    }
+
+    if let Some(k) = &spec.kernel {
+        push(&["-kernel", path_str(&k.kernel)]);
+        if let Some(initrd) = &k.initrd {
+            push(&["-initrd", path_str(initrd)]);
+        }
+        if let Some(append) = &k.append {
+            push(&["-append", append]);
+        }
+    }
+    a.extend(options.extra_args.iter().cloned());
+    Ok(a)
+}
+
+fn path_str(p: &Path) -> &str {
+    // RunPaths and spec validation guarantee UTF-8 for run-dir paths; spec
+    // paths that are not UTF-8 are passed lossily (QEMU would reject them anyway).
+    p.to_str().unwrap_or("<non-utf8 path>")
+}
+
+/// Escapes a value for QEMU's `key=value,...` option syntax (`,` -> `,,`).
+fn escape_opt(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// Starts QEMU for `spec`, daemonized, and returns its pid once it has
+/// initialised (QMP socket listening, pidfile written, vCPUs stopped by `-S`).
+///
+/// Preconditions: no QEMU runs for this VM id (checked: a live QEMU owning the
+/// pidfile gives [`LaunchError::AlreadyRunning`]).
+pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, i32), LaunchError> {
+    let argv = render_argv(spec, options)?;
+    let paths = RunPaths::new(&options.run_dir, spec.id())?;
+    prepare_run_dir(&paths)?;
+
+    if let Ok(pid) = crate::proc::read_pidfile(&paths.pidfile()) {
+        if crate::proc::is_alive(pid)
+            && crate::proc::verify_qemu(pid, path_str(&paths.qmp_socket())).is_ok()
+        {
+            return Err(LaunchError::AlreadyRunning {
+                id: paths.id().to_string(),
+                pid,
+            });
+        }
+    }
+    paths.remove_stale();
+
+    if spec.firmware == Firmware::Uefi {
+        let vars = spec
+            .uefi_vars
+            .clone()
+            .unwrap_or_else(|| paths.default_uefi_vars());
+        if !vars.exists() {
+            let ovmf = options
+                .ovmf
+                .clone()
+                .or_else(OvmfPaths::find)
+                .ok_or_else(|| LaunchError::NoOvmf {
+                    looked: "/usr/share/OVMF".into(),
+                })?;
+            std::fs::copy(&ovmf.vars_template, &vars).map_err(|source| LaunchError::Prepare {
+                path: vars.clone(),
+                source,
+            })?;
+        }
+    }
+
+    // Keep the previous run's messages for post-mortems.
+    let log = paths.qemu_log();
+    if log.exists() {
+        let _ = std::fs::rename(&log, log.with_extension("log.1"));
+    }
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|source| LaunchError::Prepare {
+            path: log.clone(),
+            source,
+        })?;
+
+    tracing::info!(id = paths.id(), name = %spec.name, accel = %options.accel, "launching QEMU");
+    tracing::debug!(?argv, "QEMU argv");
+    let mut child = tokio::process::Command::new(&options.qemu_binary)
+        .args(&argv)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| LaunchError::Spawn {
+            binary: options.qemu_binary.clone(),
+            source,
+        })?;
+
+    // The launcher exits once the daemonized QEMU reports it initialised.
+    let status = match tokio::time::timeout(options.launch_timeout, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            return Err(LaunchError::Spawn {
+                binary: options.qemu_binary.clone(),
+                source,
+            })
+        }
+        Err(_) => {
+            // The launcher dies with the child handle; a grandchild that got
+            // as far as its pidfile is stopped by pid.
+            kill_from_pidfile(&paths);
+            return Err(LaunchError::Timeout(options.launch_timeout));
+        }
+    };
+    if !status.success() {
+        kill_from_pidfile(&paths);
+        return Err(LaunchError::QemuFailed {
+            status: status.to_string(),
+            log: log_tail(&log, 2048),
+        });
+    }
+    let pid = crate::proc::read_pidfile(&paths.pidfile()).map_err(|source| {
+        LaunchError::Pidfile {
+            path: paths.pidfile(),
+            source,
+        }
+    })?;
+    tracing::info!(id = paths.id(), pid, "QEMU running");
+    Ok((paths, pid))
+}
+
+fn prepare_run_dir(paths: &RunPaths) -> Result<(), LaunchError> {
+    std::fs::create_dir_all(paths.run_dir()).map_err(|source| LaunchError::Prepare {
+        path: paths.run_dir().to_path_buf(),
+        source,
+    })
+}
+
+/// Kills (SIGKILL, by pid) a half-started QEMU whose pidfile names it.
+fn kill_from_pidfile(paths: &RunPaths) {
+    if let Ok(pid) = crate::proc::read_pidfile(&paths.pidfile()) {
+        if crate::proc::verify_qemu(pid, path_str(&paths.qmp_socket())).is_ok() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// The last `max` bytes of a log file, trimmed, for error messages.
+pub fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{DiskSpec, KernelBoot, MacAddr, NicModel, NicSpec};
+
+    fn opts() -> LaunchOptions {
+        LaunchOptions::new("/run/nasvisor/vms", Accel::Tcg)
+    }
+
+    fn joined(spec: &VmSpec) -> String {
+        render_argv(spec, &opts()).unwrap().join(" ")
+    }
+
+    #[test]
+    fn minimal_vm_renders_the_fixed_flags() {
+        let s = VmSpec::new("vm1", 128);
+        let id = s.id();
+        let a = render_argv(&s, &opts()).unwrap();
+        let j = a.join(" ");
+        for needle in [
+            "-daemonize",
+            &format!("-pidfile /run/nasvisor/vms/{id}.pid"),
+            &format!("-qmp unix:/run/nasvisor/vms/{id}.qmp,server=on,wait=off"),
+            &format!("socket,id=serial0,path=/run/nasvisor/vms/{id}.serial,server=on,wait=off"),
+            "-nodefaults",
+            "-display none",
+            "-nic none",
+            "-device pvpanic",
+            "-msg timestamp=on",
+            "-accel tcg",
+            "-machine q35,graphics=off",
+            "-m 128M",
+            "-smp 1",
+            "-S",
+            "-action shutdown=pause,panic=pause",
+            &format!("-uuid {id}"),
+            "-name guest=vm1,debug-threads=on",
+        ] {
+            assert!(j.contains(needle), "missing {needle:?} in {j}");
+        }
+    }
+
+    #[test]
+    fn disks_nics_and_kernel_render() {
+        let mut s = VmSpec::new("vm2", 256);
+        s.disks.push(DiskSpec::qcow2("/pool/a,b.qcow2"));
+        let mut scsi = DiskSpec::raw("/pool/b.img");
+        scsi.bus = DiskBus::Scsi;
+        s.disks.push(scsi);
+        s.disks.push(DiskSpec::cdrom("/iso/c.iso"));
+        s.nics.push(NicSpec {
+            mac: "52:54:00:00:00:01".parse::<MacAddr>().unwrap(),
+            backend: NicBackend::Tap {
+                ifname: "nvtap0".into(),
+            },
+            model: NicModel::VirtioNetPci,
+        });
+        s.kernel = Some(KernelBoot {
+            kernel: "/g/vmlinuz".into(),
+            initrd: Some("/g/initrd.img".into()),
+            append: Some("console=ttyS0 quiet".into()),
+        });
+        let a = render_argv(&s, &opts()).unwrap();
+        let j = a.join(" ");
+        // JSON syntax keeps commas in paths intact.
+        assert!(j.contains(r#""filename":"/pool/a,b.qcow2""#), "{j}");
+        assert!(j.contains(r#""driver":"virtio-scsi-pci""#));
+        assert!(j.contains(r#""driver":"scsi-hd""#));
+        assert!(j.contains(r#""bus":"scsi0.0""#));
+        assert!(j.contains(r#""driver":"ide-cd""#));
+        assert!(j.contains(r#""ifname":"nvtap0""#));
+        assert!(j.contains(r#""mac":"52:54:00:00:00:01""#));
+        assert!(!j.contains("-nic none"));
+        assert!(!j.contains("bootindex"), "kernel boot sets no boot order");
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[i + 1], "console=ttyS0 quiet");
+        // The CD-ROM is read-only at both layers.
+        assert!(j.contains(r#""filename":"/iso/c.iso","node-name":"disk2-file","read-only":true"#)
+            || j.contains(r#""read-only":true"#));
+    }
+
+    #[test]
+    fn uefi_uses_given_ovmf_and_vars() {
+        let mut s = VmSpec::new("vm3", 256);
+        s.firmware = Firmware::Uefi;
+        s.uefi_vars = Some("/var/lib/nasvisor/vm3.vars".into());
+        let mut o = opts();
+        o.ovmf = Some(OvmfPaths {
+            code: "/fw/CODE.fd".into(),
+            vars_template: "/fw/VARS.fd".into(),
+        });
+        let j = render_argv(&s, &o).unwrap().join(" ");
+        assert!(j.contains("pflash0=pflash0,pflash1=pflash1"));
+        assert!(j.contains(r#""filename":"/fw/CODE.fd""#));
+        assert!(j.contains(r#""filename":"/var/lib/nasvisor/vm3.vars""#));
+    }
+
+    #[test]
+    fn invalid_spec_is_refused_before_rendering() {
+        let mut s = VmSpec::new("vm4", 256);
+        s.vcpus = 0;
+        match render_argv(&s, &opts()) {
+            Err(LaunchError::Spec(e)) => assert_eq!(e.field, "vcpus"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_dir_checks() {
+        assert!(RunPaths::new("relative", "x").is_err());
+        assert!(RunPaths::new("/a,b", "x").is_err());
+        assert!(RunPaths::new("/run", "../x").is_err());
+        assert!(RunPaths::new("/run", "a/b").is_err());
+        let long = format!("/{}", "d".repeat(100));
+        let e = RunPaths::new(long, "0123456789").unwrap_err();
+        assert!(e.to_string().contains("Unix sockets"), "{e}");
+        let p = RunPaths::new("/run/v", "abc").unwrap();
+        assert_eq!(p.qmp_socket(), PathBuf::from("/run/v/abc.qmp"));
+        assert_eq!(p.console_log(), PathBuf::from("/run/v/abc.console.log"));
+    }
+
+    #[test]
+    fn serial_file_and_none() {
+        let mut s = VmSpec::new("vm5", 64);
+        s.serial = SerialSpec::File {
+            path: "/logs/a,b.log".into(),
+        };
+        assert!(joined(&s).contains("file,id=serial0,path=/logs/a,,b.log,append=on"));
+        s.serial = SerialSpec::None;
+        assert!(!joined(&s).contains("serial0"));
+    }
+}

@@ -11,7 +11,10 @@
 //! - `sm_meta`: `last_applied`, `membership`, `revision` -> JSON;
 //! - `sm_snapshot`: `meta` -> JSON [`SnapshotMeta`], `data` -> snapshot bytes.
 //!
-//! The snapshot format is the JSON serialization of [`DesiredState`].
+//! The snapshot format is the JSON serialization of [`DesiredState`]. The
+//! last snapshot is kept in `sm_snapshot`; if the applied state is ever
+//! found older than it at open, the snapshot is restored first and the log
+//! after it is replayed by openraft.
 //!
 //! A storage error while applying is fatal for the raft node (openraft stops
 //! it), so the in-memory copy is never served after a failed commit.
@@ -95,10 +98,24 @@ impl StateMachineStore {
                 .insert(key.to_owned(), object);
         }
         drop(txn);
-        Ok(Self {
+        let sm = Self {
             db,
             applied: Arc::new(RwLock::new(applied)),
-        })
+        };
+        // The persisted state should never be older than the stored snapshot;
+        // if it is (state tables lost or rolled back), restore the snapshot
+        // first: openraft then replays the committed log after it.
+        if let Some(snap) = sm.current_snapshot()? {
+            let last_applied = sm.read().last_applied;
+            if snap.meta.last_log_id > last_applied {
+                tracing::warn!(
+                    snapshot = %snap.meta,
+                    "applied state is older than the snapshot; restoring the snapshot"
+                );
+                sm.install(&snap.meta, snap.snapshot.into_inner())?;
+            }
+        }
+        Ok(sm)
     }
 
     /// Read access to the applied state.

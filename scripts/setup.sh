@@ -14,7 +14,7 @@ PKGS=(
   # networking primitives used by the daemon and the tests
   iproute2 iputils-ping
   # NoCloud seed building (VFAT image) and the bundled guest's initramfs
-  dosfstools mtools cpio busybox-static
+  dosfstools mtools cpio busybox-static syslinux syslinux-common fdisk xz-utils zstd
   # UEFI firmware for guests, cloud-init as the user-data validator
   ovmf cloud-init
 )
@@ -72,3 +72,7 @@ if [ "$need_bpo" -eq 1 ]; then
 fi
 
 echo "setup: system packages present"
+
+# The bundled guest image (Debian's cloud kernel + busybox), used by the demo
+# and the tests. Skips itself when up to date.
+bash "$(dirname "$0")/build-guest-image.sh"

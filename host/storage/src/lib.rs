@@ -10,6 +10,7 @@ pub mod images;
 pub mod name;
 pub mod pool;
 pub mod qemu_img;
+pub mod seed;
 
 pub use error::StorageError;
 pub use images::{Image, ImageLibrary, ImageSpec};

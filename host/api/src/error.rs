@@ -1,0 +1,108 @@
+//! Errors of the API layer and of the core, and their JSON form.
+//!
+//! Every error body has the shape `{"error": {"field": <string|null>, "reason": <string>}}`
+//! (schema `Error` in `openapi.json`).
+
+use http::StatusCode;
+use serde::Serialize;
+
+/// An error the API layer answers with. `field` names the offending request
+/// field (dotted path, e.g. `disks[0].size_mib`), or is `None` when the error
+/// is not about one field (unknown route, missing token, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {}{reason}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct ApiError {
+    /// HTTP status of the answer.
+    pub status: StatusCode,
+    /// The request field at fault, if any.
+    pub field: Option<String>,
+    /// Why the request was refused.
+    pub reason: String,
+}
+
+impl ApiError {
+    /// A 400 about one field.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            field: Some(field.into()),
+            reason: reason.into(),
+        }
+    }
+
+    /// An error not about one field.
+    pub fn status(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            field: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            field: Option<&'a str>,
+            reason: &'a str,
+        }
+        serde_json::json!({ "error": Inner { field: self.field.as_deref(), reason: &self.reason } })
+    }
+}
+
+/// An error from the core. The API layer maps it to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The named object does not exist (404).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for, e.g. `vm vm1`.
+        what: String,
+    },
+    /// The request conflicts with the current state (409).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// Why.
+        reason: String,
+    },
+    /// A field is syntactically fine but invalid against the current state (422).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The request field at fault.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The core cannot serve now, e.g. no cluster quorum (503).
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A bug or an unexpected failure (500).
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound { .. } => ApiError::status(StatusCode::NOT_FOUND, e.to_string()),
+            CoreError::Conflict { reason } => ApiError::status(StatusCode::CONFLICT, reason),
+            CoreError::Invalid { field, reason } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                field: Some(field),
+                reason,
+            },
+            CoreError::Unavailable { reason } => {
+                ApiError::status(StatusCode::SERVICE_UNAVAILABLE, reason)
+            }
+            CoreError::Internal { reason } => {
+                ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, reason)
+            }
+        }
+    }
+}

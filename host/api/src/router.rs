@@ -1,0 +1,511 @@
+//! Routing: method + path (+ query + JSON body) → [`Action`].
+//!
+//! [`ROUTES`] is the route table; a test checks it against `openapi.json`,
+//! route by route, both ways.
+
+use crate::action::{
+    check_name, Action, ImageAddBody, PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate,
+    VmUpdate, VolumeCreate, VolumeResize, VswitchCreate,
+};
+use crate::error::ApiError;
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path template, `{name}` for a parameter.
+    pub path: &'static str,
+    /// `operationId` in `openapi.json`.
+    pub operation: &'static str,
+    /// Status of a successful answer.
+    pub success: u16,
+    /// Whether the route takes a JSON body.
+    pub body: bool,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    operation: &'static str,
+    success: u16,
+    body: bool,
+) -> Route {
+    Route {
+        method,
+        path,
+        operation,
+        success,
+        body,
+    }
+}
+
+/// Path of the unauthenticated health probe.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Every route the server answers.
+pub const ROUTES: &[Route] = &[
+    r("GET", HEALTH_PATH, "health", 200, false),
+    r(
+        "POST",
+        "/api/v1/auth/token/rotate",
+        "rotateToken",
+        200,
+        false,
+    ),
+    r("GET", "/api/v1/host", "getHost", 200, false),
+    r("GET", "/api/v1/vms", "listVms", 200, false),
+    r("POST", "/api/v1/vms", "createVm", 201, true),
+    r("GET", "/api/v1/vms/{id}", "getVm", 200, false),
+    r("PATCH", "/api/v1/vms/{id}", "updateVm", 200, true),
+    r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
+    r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
+    r("GET", "/api/v1/pools", "listPools", 200, false),
+    r("POST", "/api/v1/pools", "createPool", 201, true),
+    r(
+        "GET",
+        "/api/v1/pools/{pool}/volumes",
+        "listVolumes",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/volumes",
+        "createVolume",
+        201,
+        true,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/pools/{pool}/volumes/{volume}",
+        "deleteVolume",
+        204,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/volumes/{volume}/resize",
+        "resizeVolume",
+        200,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+        "snapshotVolume",
+        201,
+        true,
+    ),
+    r("GET", "/api/v1/images", "listImages", 200, false),
+    r("POST", "/api/v1/images", "addImage", 202, true),
+    r("DELETE", "/api/v1/images/{name}", "deleteImage", 204, false),
+    r("GET", "/api/v1/vswitches", "listVswitches", 200, false),
+    r("POST", "/api/v1/vswitches", "createVswitch", 201, true),
+    r(
+        "DELETE",
+        "/api/v1/vswitches/{name}",
+        "deleteVswitch",
+        204,
+        false,
+    ),
+    r("GET", "/api/v1/jobs", "listJobs", 200, false),
+    r("GET", "/api/v1/jobs/{id}", "getJob", 200, false),
+    r("POST", "/api/v1/jobs/{id}/cancel", "cancelJob", 200, false),
+    r("GET", "/api/v1/plugins", "listPlugins", 200, false),
+];
+
+/// A matched route and its path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// The route.
+    pub route: Route,
+    /// Path parameters by name (not yet validated).
+    pub params: BTreeMap<&'static str, String>,
+}
+
+fn match_template(template: &'static str, path: &str) -> Option<BTreeMap<&'static str, String>> {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    let mut params = BTreeMap::new();
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(params),
+            (Some(ts), Some(ps)) => {
+                if let Some(name) = ts.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    if ps.is_empty() {
+                        return None;
+                    }
+                    params.insert(name, ps.to_string());
+                } else if ts != ps {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the route of `method path`: 404 when no route has the path, 405
+/// (with the allowed methods in the reason) when none has the method.
+pub fn find(method: &str, path: &str) -> Result<Matched, ApiError> {
+    let mut allowed = Vec::new();
+    for route in ROUTES {
+        if let Some(params) = match_template(route.path, path) {
+            if route.method == method {
+                return Ok(Matched {
+                    route: *route,
+                    params,
+                });
+            }
+            allowed.push(route.method);
+        }
+    }
+    if allowed.is_empty() {
+        Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!("no such route: {path}"),
+        ))
+    } else {
+        Err(ApiError::status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {method} not allowed here; allowed: {}",
+                allowed.join(", ")
+            ),
+        ))
+    }
+}
+
+/// The methods allowed on `path` (for the `Allow` header of a 405).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    ROUTES
+        .iter()
+        .filter(|r| match_template(r.path, path).is_some())
+        .map(|r| r.method)
+        .collect()
+}
+
+/// Strips serde_json's " at line L column C" suffix.
+fn clean(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn backticked(msg: &str, prefix: &str) -> Option<String> {
+    let rest = msg.strip_prefix(prefix)?;
+    let rest = rest.strip_prefix('`')?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Parses a JSON body into `T`; errors name the field (dotted path).
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::field("body", "a JSON body is required"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value: T = match serde_path_to_error::deserialize(&mut *de) {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let msg = clean(&e.inner().to_string());
+            let join = |leaf: String| {
+                if path == "." {
+                    leaf
+                } else {
+                    format!("{path}.{leaf}")
+                }
+            };
+            let field = if let Some(f) = backticked(&msg, "unknown field ") {
+                // The path usually already ends with the unknown key.
+                if path == f || path.ends_with(&format!(".{f}")) {
+                    path
+                } else {
+                    join(f)
+                }
+            } else if let Some(f) = backticked(&msg, "missing field ") {
+                join(f)
+            } else if path == "." || path.contains('?') {
+                "body".to_string()
+            } else {
+                path
+            };
+            return Err(ApiError::field(field, msg));
+        }
+    };
+    de.end()
+        .map_err(|e| ApiError::field("body", clean(&e.to_string())))?;
+    Ok(value)
+}
+
+fn parse_valid<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiError> {
+    let v: T = parse_body(body)?;
+    v.validate()?;
+    Ok(v)
+}
+
+/// Parses a query string into key/value pairs, refusing keys not in `known`.
+fn parse_query<'a>(
+    query: Option<&'a str>,
+    known: &[&str],
+) -> Result<BTreeMap<&'a str, &'a str>, ApiError> {
+    let mut out = BTreeMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&k) {
+            return Err(ApiError::field(k, "unknown query parameter"));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::field(field, "must be true or false")),
+    }
+}
+
+/// Turns a matched route, its query and its body into an [`Action`],
+/// validating everything that needs no core state. Routes the API layer
+/// answers itself (`health`, `rotateToken`) give `Ok(None)`.
+pub fn to_action(
+    m: &Matched,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Option<Action>, ApiError> {
+    for (name, value) in &m.params {
+        check_name(name, value)?;
+    }
+    let known: &[&str] = if m.route.operation == "deleteVm" {
+        &["delete_disks"]
+    } else {
+        &[]
+    };
+    let q = parse_query(query, known)?;
+    if !m.route.body && !body.is_empty() {
+        return Err(ApiError::field("body", "this route takes no body"));
+    }
+    let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
+    let action = match m.route.operation {
+        "health" | "rotateToken" => return Ok(None),
+        "getHost" => Action::GetHost,
+        "listVms" => Action::ListVms,
+        "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
+        "getVm" => Action::GetVm { id: p("id") },
+        "updateVm" => Action::UpdateVm {
+            id: p("id"),
+            update: parse_valid::<VmUpdate>(body)?,
+        },
+        "deleteVm" => Action::DeleteVm {
+            id: p("id"),
+            delete_disks: q
+                .get("delete_disks")
+                .map(|v| parse_bool("delete_disks", v))
+                .transpose()?
+                .unwrap_or(false),
+        },
+        "vmPower" => Action::VmPower {
+            id: p("id"),
+            op: parse_valid::<PowerOp>(body)?,
+        },
+        "listPools" => Action::ListPools,
+        "createPool" => Action::CreatePool(parse_valid::<PoolCreate>(body)?),
+        "listVolumes" => Action::ListVolumes { pool: p("pool") },
+        "createVolume" => Action::CreateVolume {
+            pool: p("pool"),
+            volume: parse_valid::<VolumeCreate>(body)?,
+        },
+        "deleteVolume" => Action::DeleteVolume {
+            pool: p("pool"),
+            volume: p("volume"),
+        },
+        "resizeVolume" => Action::ResizeVolume {
+            pool: p("pool"),
+            volume: p("volume"),
+            size_mib: parse_valid::<VolumeResize>(body)?.size_mib,
+        },
+        "snapshotVolume" => Action::SnapshotVolume {
+            pool: p("pool"),
+            volume: p("volume"),
+            name: parse_valid::<SnapshotCreate>(body)?.name,
+        },
+        "listImages" => Action::ListImages,
+        "addImage" => Action::AddImage(parse_body::<ImageAddBody>(body)?.into_add()?),
+        "deleteImage" => Action::DeleteImage { name: p("name") },
+        "listVswitches" => Action::ListVswitches,
+        "createVswitch" => Action::CreateVswitch(parse_valid::<VswitchCreate>(body)?),
+        "deleteVswitch" => Action::DeleteVswitch { name: p("name") },
+        "listJobs" => Action::ListJobs,
+        "getJob" => Action::GetJob { id: p("id") },
+        "cancelJob" => Action::CancelJob { id: p("id") },
+        "listPlugins" => Action::ListPlugins,
+        other => {
+            return Err(ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("route {other} has no action"),
+            ))
+        }
+    };
+    Ok(Some(action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<Option<Action>, ApiError> {
+        to_action(&find(method, path)?, query, body.as_bytes())
+    }
+
+    #[test]
+    fn every_route_has_an_action_or_is_local() {
+        for route in ROUTES {
+            let m = Matched {
+                route: *route,
+                params: BTreeMap::new(),
+            };
+            let e = to_action(&m, None, b"");
+            if let Err(e) = e {
+                assert_ne!(
+                    e.status,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "{}",
+                    route.operation
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn finds_routes() {
+        assert_eq!(
+            act("GET", "/api/v1/vms/vm1", None, "").unwrap(),
+            Some(Action::GetVm { id: "vm1".into() })
+        );
+        assert_eq!(
+            find("GET", "/api/v1/nope").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            find("GET", "/api/v1/vms/").unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            find("PUT", "/api/v1/vms").unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(allowed_methods("/api/v1/vms"), vec!["GET", "POST"]);
+        assert_eq!(
+            act("DELETE", "/api/v1/vms/vm1", Some("delete_disks=true"), "").unwrap(),
+            Some(Action::DeleteVm {
+                id: "vm1".into(),
+                delete_disks: true
+            })
+        );
+        assert_eq!(
+            act("DELETE", "/api/v1/vms/vm1", Some("x=1"), "")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            act("GET", "/api/v1/vms/..", None, "")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("id")
+        );
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a","vcpus":1,"memory_mib":64,"bogus":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("bogus"));
+        let e = act("POST", "/api/v1/vms", None, r#"{"name":"a","vcpus":1}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("memory_mib"));
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a","vcpus":"x","memory_mib":64}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("vcpus"));
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a","vcpus":1,"memory_mib":64,"disks":[{"pool":"p","size_mib":-1}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("disks[0].size_mib"));
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a","vcpus":1,"memory_mib":64,"nics":[{"vswitch":"s","x":1}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("nics[0].x"));
+        let e = act("POST", "/api/v1/vms", None, r#"{"name":"a""#).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a","vcpus":1,"memory_mib":64} x"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let e = act("POST", "/api/v1/vms", None, "").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let e = act(
+            "POST",
+            "/api/v1/vms",
+            None,
+            r#"{"name":"a/b","vcpus":1,"memory_mib":64}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+        let e = act("GET", "/api/v1/vms", None, "{}").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let e = act(
+            "POST",
+            "/api/v1/images",
+            None,
+            r#"{"name":"i","path":"/a","url":"http://x"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("path"));
+        let e = act(
+            "POST",
+            "/api/v1/vms/v/power",
+            None,
+            r#"{"op":"shutdown","timeout_s":99999}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timeout_s"));
+        let e = act("PATCH", "/api/v1/vms/v", None, "{}").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,364 @@
+//! The HTTPS server: hyper 1 over tokio-rustls. Plain HTTP is never served.
+//!
+//! Order of checks for each request: `/healthz` answers without a token;
+//! everything else first needs `Authorization: Bearer <token>` (401 with
+//! `WWW-Authenticate: Bearer` otherwise, even for unknown paths, so nothing
+//! is revealed unauthenticated), then the route (404/405), the body
+//! (415/413/400), and only then is the [`Action`] forwarded to the core.
+
+use crate::action::Core;
+use crate::auth::{AuthError, TokenStore};
+use crate::error::ApiError;
+use crate::router::{self, HEALTH_PATH};
+use crate::tls::{self, TlsError, TlsIdentity, TlsSettings};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Default largest request body (1 MiB).
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How to run the endpoint.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the token hash and a generated certificate live.
+    pub data_dir: PathBuf,
+    /// TLS identity settings.
+    pub tls: TlsSettings,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+impl ServerSettings {
+    /// Settings with defaults: generated certificate, 1 MiB bodies.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            tls: TlsSettings::default(),
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// Errors while starting the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TLS identity.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Admin token store.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Binding the listen address.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+struct Shared {
+    core: Arc<dyn Core>,
+    tokens: TokenStore,
+    max_body: usize,
+}
+
+/// A bound, not yet serving, endpoint.
+pub struct Server {
+    listener: TcpListener,
+    tls: TlsIdentity,
+    shared: Arc<Shared>,
+    new_token: Option<String>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("fingerprint", &self.tls.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Loads (or on first start creates) the TLS identity and the admin
+    /// token, and binds the listen address.
+    pub async fn bind(settings: ServerSettings, core: Arc<dyn Core>) -> Result<Self, ServerError> {
+        // Bind first: a token created before a failed bind would be lost
+        // (only its hash is stored) and lock the administrator out.
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let tls = tls::load_or_generate(&settings.data_dir, &settings.tls)?;
+        let (tokens, new_token) = TokenStore::open(&settings.data_dir)?;
+        Ok(Self {
+            listener,
+            tls,
+            shared: Arc::new(Shared {
+                core,
+                tokens,
+                max_body: settings.max_body,
+            }),
+            new_token,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The TLS identity in use.
+    pub fn tls(&self) -> &TlsIdentity {
+        &self.tls
+    }
+
+    /// The admin token, only on the first start, and only once: the daemon
+    /// prints it and it is gone.
+    pub fn take_new_token(&mut self) -> Option<String> {
+        self.new_token.take()
+    }
+
+    /// The lines the daemon prints at start: the certificate fingerprint,
+    /// and on first start the admin token (taken, so printed only once).
+    pub fn startup_banner(&mut self) -> String {
+        let mut s = format!(
+            "nasvisor admin endpoint: https://{}\nTLS certificate SHA-256 fingerprint: {}\n",
+            self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            self.tls.fingerprint
+        );
+        if let Some(t) = self.take_new_token() {
+            s.push_str(&format!("admin token (shown once, store it now): {t}\n"));
+        }
+        s
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets open
+    /// requests finish (up to 10 s) and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let acceptor = TlsAcceptor::from(self.tls.server_config.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let shared = self.shared.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let svc = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&shared, peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection error");
+                }
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: open connections did not finish in time");
+        }
+        Ok(())
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &ApiError, path: &str) -> Response<Full<Bytes>> {
+    let mut resp = json_response(e.status, &e.body());
+    if e.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"nasvisor\""),
+        );
+    }
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        if let Ok(v) = HeaderValue::from_str(&router::allowed_methods(path).join(", ")) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    }
+    resp
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match respond(shared, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::error!(%method, %path, reason = %e.reason, "request failed");
+            }
+            error_response(&e, &path)
+        }
+    };
+    // Never log headers: they carry the token.
+    tracing::info!(%peer, %method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn respond(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_string();
+    if path == HEALTH_PATH {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
+        }
+        return Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok" }),
+        ));
+    }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !shared.tokens.verify_header(auth) {
+        let reason = if auth.is_some() {
+            "invalid admin token"
+        } else {
+            "missing bearer token"
+        };
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            field: Some("authorization".into()),
+            reason: reason.into(),
+        });
+    }
+    let matched = router::find(req.method().as_str(), &path)?;
+    let query = req.uri().query().map(str::to_string);
+    if matched.route.body && !is_json(&req) {
+        return Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let body = read_body(req, shared.max_body).await?;
+    let Some(action) = router::to_action(&matched, query.as_deref(), &body)? else {
+        return match matched.route.operation {
+            "rotateToken" => {
+                let token = shared.tokens.rotate().map_err(|e| {
+                    ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?;
+                tracing::info!("admin token rotated");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "token": token }),
+                ))
+            }
+            other => Err(ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no handler for {other}"),
+            )),
+        };
+    };
+    tracing::debug!(?action, "forwarding to core");
+    let value = shared.core.handle(action).await?;
+    let status = StatusCode::from_u16(matched.route.success).unwrap_or(StatusCode::OK);
+    if status == StatusCode::NO_CONTENT {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = status;
+        return Ok(r);
+    }
+    Ok(json_response(status, &value))
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::status(
+            StatusCode::BAD_REQUEST,
+            format!("reading body: {e}"),
+        )),
+    }
+}

@@ -390,7 +390,9 @@ mod tests {
             s.read_exact(&mut buf).await.unwrap();
             s.write_all(&buf).await.unwrap();
             for i in 0..300 {
-                s.write_all(format!("line {i:04}\n").as_bytes()).await.unwrap();
+                s.write_all(format!("line {i:04}\n").as_bytes())
+                    .await
+                    .unwrap();
             }
             s.write_all(b"END\n").await.unwrap();
         });

@@ -89,12 +89,11 @@ pub fn apply_event(state: &VmState, event: &EventKind) -> Option<VmState> {
         return None;
     }
     match event {
-        EventKind::Stop => matches!(state, VmState::Running | VmState::ShuttingDown)
-            .then_some(VmState::Paused),
-        EventKind::Resume => Some(VmState::Running),
-        EventKind::Powerdown => {
-            matches!(state, VmState::Running).then_some(VmState::ShuttingDown)
+        EventKind::Stop => {
+            matches!(state, VmState::Running | VmState::ShuttingDown).then_some(VmState::Paused)
         }
+        EventKind::Resume => Some(VmState::Running),
+        EventKind::Powerdown => matches!(state, VmState::Running).then_some(VmState::ShuttingDown),
         EventKind::Shutdown { reason, .. } => Some(VmState::Shutdown {
             reason: reason.clone(),
         }),
@@ -130,7 +129,11 @@ pub enum VmError {
     NotRunning { id: String, reason: String },
     /// The pidfile names a process that is not this VM's QEMU.
     #[error("VM {id}: pidfile names pid {pid}, which is not this VM's QEMU: {reason}")]
-    NotOurs { id: String, pid: i32, reason: String },
+    NotOurs {
+        id: String,
+        pid: i32,
+        reason: String,
+    },
     /// The QEMU process already exited.
     #[error("VM {id} has exited ({state:?})")]
     Exited { id: String, state: VmState },
@@ -254,15 +257,24 @@ impl VmInstance {
             ),
         })?;
         let process = Arc::new(process);
+        // Kills QEMU if this future is dropped before the handle exists.
+        let mut guard = KillProcessOnDrop {
+            process: process.clone(),
+            armed: true,
+        };
         let with_console = spec.serial == SerialSpec::Socket;
         let start = !(launch_options.start_paused || launch_options.incoming_defer);
         match Self::connect(paths.clone(), process.clone(), options, with_console, start).await {
-            Ok(vm) => Ok(vm),
+            Ok(vm) => {
+                guard.armed = false;
+                Ok(vm)
+            }
             Err(e) => {
                 tracing::warn!(%id, pid, error = %e, "launch failed after QEMU started; killing it");
+                guard.armed = false;
                 let _ = process.kill();
                 process.wait_exit_timeout(Duration::from_secs(10)).await;
-                paths.remove_stale();
+                paths.remove_stale_of(pid);
                 Err(e)
             }
         }
@@ -288,13 +300,13 @@ impl VmInstance {
         let process = QemuProcess::open(pid)
             .map_err(|e| not_running(format!("pid {pid} from the pidfile: {e}")))?;
         let qmp_path = paths.qmp_socket();
-        crate::proc::verify_qemu(pid, qmp_path.to_str().unwrap_or_default()).map_err(
-            |reason| VmError::NotOurs {
+        crate::proc::verify_qemu(pid, qmp_path.to_str().unwrap_or_default()).map_err(|reason| {
+            VmError::NotOurs {
                 id: id.to_string(),
                 pid,
                 reason,
-            },
-        )?;
+            }
+        })?;
         if !process.is_alive() {
             return Err(not_running(format!("pid {pid} exited while attaching")));
         }
@@ -541,7 +553,11 @@ impl VmInstance {
                 })
             }
             Err(_) => {
-                tracing::info!(id = self.id(), ?timeout, "guest ignored ACPI shutdown; forcing");
+                tracing::info!(
+                    id = self.id(),
+                    ?timeout,
+                    "guest ignored ACPI shutdown; forcing"
+                );
                 self.force_off().await?;
                 Ok(ShutdownOutcome::Forced {
                     after: start.elapsed(),
@@ -569,7 +585,11 @@ impl VmInstance {
             }
         }
         if !self.inner.process.wait_exit_timeout(quit_timeout).await {
-            tracing::warn!(id = self.id(), pid = self.pid(), "QEMU did not quit; SIGKILL");
+            tracing::warn!(
+                id = self.id(),
+                pid = self.pid(),
+                "QEMU did not quit; SIGKILL"
+            );
             self.signal_kill()?;
         }
         self.wait_exit(quit_timeout + Duration::from_secs(10)).await
@@ -587,14 +607,25 @@ impl VmInstance {
     }
 
     fn signal_kill(&self) -> Result<(), VmError> {
-        self.inner
-            .process
-            .kill()
-            .map_err(|source| VmError::Signal {
-                id: self.id().to_string(),
-                pid: self.pid(),
-                source,
-            })
+        self.inner.process.kill().map_err(|source| VmError::Signal {
+            id: self.id().to_string(),
+            pid: self.pid(),
+            source,
+        })
+    }
+}
+
+/// SIGKILLs the process when dropped while armed.
+struct KillProcessOnDrop {
+    process: Arc<QemuProcess>,
+    armed: bool,
+}
+
+impl Drop for KillProcessOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.process.kill();
+        }
     }
 }
 
@@ -679,7 +710,9 @@ async fn monitor(mut ctx: MonitorCtx) {
     let final_state = {
         let t = lock(&ctx.tracking);
         match (&t.exit_requested, &t.shutdown_reason) {
-            (Some(why), _) => VmState::Stopped { reason: why.clone() },
+            (Some(why), _) => VmState::Stopped {
+                reason: why.clone(),
+            },
             (None, Some(reason)) => VmState::Stopped {
                 reason: reason.clone(),
             },
@@ -703,8 +736,10 @@ async fn monitor(mut ctx: MonitorCtx) {
     if matches!(final_state, VmState::Crashed { .. }) {
         tracing::warn!(id = %ctx.id, state = ?final_state, "QEMU exited unexpectedly");
     }
+    // Clean up before publishing the final state, so a relaunch triggered by
+    // it never has its fresh files removed.
+    ctx.paths.remove_stale_of(ctx.process.pid());
     ctx.set(final_state);
-    ctx.paths.remove_stale();
 }
 
 #[cfg(test)]
@@ -714,7 +749,10 @@ mod tests {
     #[test]
     fn state_machine_follows_events() {
         let running = VmState::Running;
-        assert_eq!(apply_event(&running, &EventKind::Stop), Some(VmState::Paused));
+        assert_eq!(
+            apply_event(&running, &EventKind::Stop),
+            Some(VmState::Paused)
+        );
         assert_eq!(
             apply_event(&VmState::Paused, &EventKind::Resume),
             Some(VmState::Running)
@@ -751,9 +789,18 @@ mod tests {
 
     #[test]
     fn run_states_map() {
-        assert_eq!(VmState::from_run_state(&RunState::Running), VmState::Running);
-        assert_eq!(VmState::from_run_state(&RunState::Prelaunch), VmState::Paused);
-        assert_eq!(VmState::from_run_state(&RunState::Postmigrate), VmState::Paused);
+        assert_eq!(
+            VmState::from_run_state(&RunState::Running),
+            VmState::Running
+        );
+        assert_eq!(
+            VmState::from_run_state(&RunState::Prelaunch),
+            VmState::Paused
+        );
+        assert_eq!(
+            VmState::from_run_state(&RunState::Postmigrate),
+            VmState::Paused
+        );
         assert_eq!(
             VmState::from_run_state(&RunState::Shutdown).name(),
             "shutdown"

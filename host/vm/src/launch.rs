@@ -28,7 +28,8 @@ use serde_json::{json, Value};
 
 use crate::accel::Accel;
 use crate::spec::{
-    check_abs_path, DiskBus, DiskMedia, Firmware, NicBackend, SerialSpec, SpecError, VmSpec,
+    check_abs_path, DiskBus, DiskMedia, Firmware, MachineType, NicBackend, SerialSpec, SpecError,
+    VmSpec,
 };
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -87,7 +88,10 @@ pub struct RunPaths {
 impl RunPaths {
     /// Validates `run_dir` (absolute, no `,`, short enough for socket paths) and
     /// `id` (`A-Z a-z 0-9 . _ -`, no `..`).
-    pub fn new(run_dir: impl Into<PathBuf>, id: impl Into<String>) -> Result<RunPaths, LaunchError> {
+    pub fn new(
+        run_dir: impl Into<PathBuf>,
+        id: impl Into<String>,
+    ) -> Result<RunPaths, LaunchError> {
         let run_dir = run_dir.into();
         let id = id.into();
         let dir_for_errors = run_dir.clone();
@@ -100,9 +104,7 @@ impl RunPaths {
             return Err(bad("is not valid UTF-8".into()));
         };
         if dir.contains(',') {
-            return Err(bad(
-                "must not contain ',' (QEMU option syntax)".into(),
-            ));
+            return Err(bad("must not contain ',' (QEMU option syntax)".into()));
         }
         if id.is_empty()
             || id.contains("..")
@@ -173,6 +175,15 @@ impl RunPaths {
             let _ = std::fs::remove_file(p);
         }
     }
+
+    /// Like [`RunPaths::remove_stale`], but only while the pidfile still names
+    /// `pid` (or is gone): files of a newer QEMU for the same id are left alone.
+    pub fn remove_stale_of(&self, pid: i32) {
+        match crate::proc::read_pidfile(&self.pidfile()) {
+            Ok(p) if p != pid => {}
+            _ => self.remove_stale(),
+        }
+    }
 }
 
 /// OVMF code and variable-template images.
@@ -188,7 +199,10 @@ const OVMF_CANDIDATES: &[(&str, &str)] = &[
         "/usr/share/OVMF/OVMF_CODE_4M.fd",
         "/usr/share/OVMF/OVMF_VARS_4M.fd",
     ),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
 ];
 
 impl OvmfPaths {
@@ -325,12 +339,15 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
     if spec.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
         devices.push(json!({"driver": "virtio-scsi-pci", "id": "scsi0"}));
     }
+    let mut ide_index = 0usize;
     for (i, d) in spec.disks.iter().enumerate() {
         let node = format!("disk{i}");
         let file = format!("disk{i}-file");
         let ro = d.is_readonly();
-        blockdevs.push(json!({"driver": "file", "node-name": file, "filename": d.path,
-            "read-only": ro, "discard": "unmap"}));
+        blockdevs.push(
+            json!({"driver": "file", "node-name": file, "filename": d.path,
+            "read-only": ro, "discard": "unmap"}),
+        );
         blockdevs.push(json!({"driver": d.format.qemu_driver(), "node-name": node,
             "file": file, "read-only": ro, "discard": "unmap"}));
         let cdrom = d.media == DiskMedia::Cdrom;
@@ -342,8 +359,21 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
             (DiskBus::Ide, true) => "ide-cd",
         };
         let mut dev = json!({"driver": driver, "drive": node, "id": format!("disk{i}-dev")});
-        if d.bus == DiskBus::Scsi {
-            dev["bus"] = json!("scsi0.0");
+        match d.bus {
+            DiskBus::Scsi => dev["bus"] = json!("scsi0.0"),
+            DiskBus::Ide => {
+                // QEMU's automatic IDE placement trips over AHCI's one-unit
+                // buses; place devices explicitly.
+                match spec.machine {
+                    MachineType::Q35 => dev["bus"] = json!(format!("ide.{ide_index}")),
+                    MachineType::Pc => {
+                        dev["bus"] = json!(format!("ide.{}", ide_index / 2));
+                        dev["unit"] = json!(ide_index % 2);
+                    }
+                }
+                ide_index += 1;
+            }
+            DiskBus::Virtio => {}
         }
         if spec.kernel.is_none() {
             dev["bootindex"] = json!(i);
@@ -356,8 +386,10 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
         let mut dev = json!({"driver": n.model.qemu_driver(), "id": format!("net{i}-dev"),
             "mac": n.mac.to_string()});
         if let NicBackend::Tap { ifname } = &n.backend {
-            netdevs.push(json!({"type": "tap", "id": format!("net{i}"), "ifname": ifname,
-                "script": "no", "downscript": "no"}));
+            netdevs.push(
+                json!({"type": "tap", "id": format!("net{i}"), "ifname": ifname,
+                "script": "no", "downscript": "no"}),
+            );
             dev["netdev"] = json!(format!("net{i}"));
         }
         devices.push(dev);
@@ -456,6 +488,13 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
             source,
         })?;
 
+    // If this future is dropped mid-launch, a QEMU that got as far as its
+    // pidfile is killed: nothing is left half-created.
+    let mut guard = KillOnDrop {
+        paths: paths.clone(),
+        armed: true,
+    };
+
     tracing::info!(id = paths.id(), name = %spec.name, accel = %options.accel, "launching QEMU");
     tracing::debug!(?argv, "QEMU argv");
     let mut child = tokio::process::Command::new(&options.qemu_binary)
@@ -494,14 +533,29 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
             log: log_tail(&log, 2048),
         });
     }
-    let pid = crate::proc::read_pidfile(&paths.pidfile()).map_err(|source| {
-        LaunchError::Pidfile {
+    let pid =
+        crate::proc::read_pidfile(&paths.pidfile()).map_err(|source| LaunchError::Pidfile {
             path: paths.pidfile(),
             source,
-        }
-    })?;
+        })?;
+    guard.armed = false;
+    drop(guard);
     tracing::info!(id = paths.id(), pid, "QEMU running");
     Ok((paths, pid))
+}
+
+/// Kills the QEMU named by the pidfile when dropped while armed.
+struct KillOnDrop {
+    paths: RunPaths,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            kill_from_pidfile(&self.paths);
+        }
+    }
 }
 
 fn prepare_run_dir(paths: &RunPaths) -> Result<(), LaunchError> {
@@ -608,8 +662,10 @@ mod tests {
         let i = a.iter().position(|x| x == "-append").unwrap();
         assert_eq!(a[i + 1], "console=ttyS0 quiet");
         // The CD-ROM is read-only at both layers.
-        assert!(j.contains(r#""filename":"/iso/c.iso","node-name":"disk2-file","read-only":true"#)
-            || j.contains(r#""read-only":true"#));
+        assert!(
+            j.contains(r#""filename":"/iso/c.iso","node-name":"disk2-file","read-only":true"#)
+                || j.contains(r#""read-only":true"#)
+        );
     }
 
     #[test]

@@ -92,7 +92,10 @@ impl QemuProcess {
 
     /// Waits up to `timeout` for the process to exit; true if it did.
     pub async fn wait_exit_timeout(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.wait_exit()).await.is_ok() || !self.is_alive()
+        tokio::time::timeout(timeout, self.wait_exit())
+            .await
+            .is_ok()
+            || !self.is_alive()
     }
 
     /// Sends `signal` to exactly this process (through the pidfd when there is
@@ -189,7 +192,9 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(is_alive(me));
         assert!(!cmdline(me).unwrap().is_empty());
-        assert!(verify_qemu(me, "whatever").unwrap_err().contains("not QEMU"));
+        assert!(verify_qemu(me, "whatever")
+            .unwrap_err()
+            .contains("not QEMU"));
     }
 
     #[test]

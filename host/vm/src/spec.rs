@@ -210,7 +210,9 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (six hex pairs, colon-separated)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (six hex pairs, colon-separated)"
+            ));
         }
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
@@ -421,6 +423,12 @@ impl VmSpec {
                     "a cdrom needs bus \"scsi\" or \"ide\" (virtio-blk has no CD-ROM)",
                 ));
             }
+            if d.bus == DiskBus::Ide && d.readonly && d.media == DiskMedia::Disk {
+                return Err(SpecError::new(
+                    format!("disks[{i}].readonly"),
+                    "QEMU's IDE hard disks cannot be read-only; use bus \"virtio\" or \"scsi\"",
+                ));
+            }
             if d.bus == DiskBus::Ide {
                 ide += 1;
                 if ide > self.machine.ide_slots() {
@@ -613,7 +621,15 @@ mod tests {
     #[test]
     fn bad_names_are_refused() {
         for bad in [
-            "", "a/b", "..", "a..b", "-x", ".x", "with space", "x,y", "é",
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            "-x",
+            ".x",
+            "with space",
+            "x,y",
+            "é",
         ] {
             let e = validate_name(bad).unwrap_err();
             assert_eq!(e.field, "name", "{bad:?}");
@@ -649,6 +665,16 @@ mod tests {
         d.bus = DiskBus::Virtio;
         s.disks.push(d);
         assert_eq!(field_of(&s), "disks[0].bus");
+    }
+
+    #[test]
+    fn readonly_ide_hard_disk_is_refused() {
+        let mut s = spec();
+        let mut d = DiskSpec::raw("/d/x.img");
+        d.bus = DiskBus::Ide;
+        d.readonly = true;
+        s.disks.push(d);
+        assert_eq!(field_of(&s), "disks[0].readonly");
     }
 
     #[test]

@@ -83,7 +83,9 @@ pub enum ProbeError {
     },
     #[error("the probe guest did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("the probe guest ended with {status} instead of exit status {PROBE_EXIT_STATUS}: {stderr}")]
+    #[error(
+        "the probe guest ended with {status} instead of exit status {PROBE_EXIT_STATUS}: {stderr}"
+    )]
     BadExit { status: String, stderr: String },
 }
 
@@ -103,10 +105,7 @@ pub async fn probe(options: &ProbeOptions) -> AccelChoice {
         .write(true)
         .open(&options.kvm_device)
     {
-        return tcg(format!(
-            "cannot open {}: {e}",
-            options.kvm_device.display()
-        ));
+        return tcg(format!("cannot open {}: {e}", options.kvm_device.display()));
     }
     match run_probe_guest(&options.qemu_binary, Accel::Kvm, options.timeout).await {
         Ok(elapsed) => AccelChoice {
@@ -116,7 +115,10 @@ pub async fn probe(options: &ProbeOptions) -> AccelChoice {
         },
         Err(e) => {
             tracing::warn!(error = %e, "KVM probe failed; using TCG");
-            tcg(format!("{} opens, but under KVM {e}", options.kvm_device.display()))
+            tcg(format!(
+                "{} opens, but under KVM {e}",
+                options.kvm_device.display()
+            ))
         }
     }
 }
@@ -138,7 +140,14 @@ pub async fn run_probe_guest(
     let start = Instant::now();
     let mut child = tokio::process::Command::new(qemu_binary)
         .args(["-accel", accel.qemu_name()])
-        .args(["-machine", "pc", "-m", "64", "-nodefaults", "-no-user-config"])
+        .args([
+            "-machine",
+            "pc",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-no-user-config",
+        ])
         .args(["-display", "none", "-nic", "none", "-serial", "none"])
         .args(["-monitor", "none", "-parallel", "none"])
         .arg("-bios")
@@ -277,6 +286,10 @@ mod tests {
         })
         .await;
         assert_eq!(choice.accel, Accel::Tcg);
-        assert!(choice.reason.contains("/nonexistent/kvm"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("/nonexistent/kvm"),
+            "{}",
+            choice.reason
+        );
     }
 }

@@ -184,7 +184,9 @@ impl QmpClient {
     }
 
     /// `migrate`: start an outgoing migration to `uri` (e.g. `tcp:10.0.0.2:4444`).
-    /// Progress arrives as `MIGRATION` events and through [`Self::query_migrate`].
+    /// Progress arrives through [`Self::query_migrate`], and as `MIGRATION`
+    /// events once the `events` capability is on
+    /// ([`Self::migrate_set_capabilities`]`(&[("events", true)])`).
     pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
         unit(self.execute("migrate", Some(json!({ "uri": uri }))).await)
     }

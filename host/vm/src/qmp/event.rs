@@ -32,20 +32,35 @@ pub enum EventKind {
     /// QEMU is shutting the VM down. `guest` tells whether the guest asked for it
     /// (ACPI poweroff); `reason` is QEMU's `ShutdownCause` (`guest-shutdown`,
     /// `host-qmp-quit`, `host-signal`, ...).
-    Shutdown { guest: bool, reason: String },
+    Shutdown {
+        guest: bool,
+        reason: String,
+    },
     /// An ACPI power-button press was delivered (`system_powerdown`).
     Powerdown,
     /// The VM was reset.
-    Reset { guest: bool, reason: String },
+    Reset {
+        guest: bool,
+        reason: String,
+    },
     /// The guest reported a panic (pvpanic). `action` is what QEMU did
     /// (`pause`, `poweroff`, `run`).
-    GuestPanicked { action: String, info: Option<Value> },
+    GuestPanicked {
+        action: String,
+        info: Option<Value>,
+    },
     /// The guest loaded a crash kernel after a panic.
-    GuestCrashloaded { action: String },
+    GuestCrashloaded {
+        action: String,
+    },
     /// Migration changed status (`setup`, `active`, `completed`, `failed`, ...).
-    Migration { status: String },
+    Migration {
+        status: String,
+    },
     /// A RAM dirty-sync pass of a migration finished.
-    MigrationPass { pass: u64 },
+    MigrationPass {
+        pass: u64,
+    },
     BlockJobCompleted {
         device: String,
         job_type: String,
@@ -71,9 +86,15 @@ pub enum EventKind {
         action: String,
     },
     /// A job changed status (`created`, `running`, `ready`, `concluded`, ...).
-    JobStatusChange { id: String, status: String },
+    JobStatusChange {
+        id: String,
+        status: String,
+    },
     /// A device finished unplugging.
-    DeviceDeleted { device: Option<String>, path: String },
+    DeviceDeleted {
+        device: Option<String>,
+        path: String,
+    },
     /// A disk I/O error hit the guest.
     BlockIoError {
         device: String,
@@ -83,7 +104,9 @@ pub enum EventKind {
         reason: Option<String>,
     },
     /// The guest watchdog fired.
-    Watchdog { action: String },
+    Watchdog {
+        action: String,
+    },
     Suspend,
     Wakeup,
     /// Any other event; see [`QmpEvent::event`] and [`QmpEvent::data`].
@@ -183,8 +206,10 @@ mod tests {
 
     #[test]
     fn shutdown_event_decodes_guest_and_reason() {
-        let e = ev(json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"},
-            "timestamp": {"seconds": 1, "microseconds": 2}}));
+        let e = ev(
+            json!({"event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"},
+            "timestamp": {"seconds": 1, "microseconds": 2}}),
+        );
         assert_eq!(
             e.kind(),
             EventKind::Shutdown {
@@ -212,8 +237,10 @@ mod tests {
                 info: None
             }
         );
-        let e = ev(json!({"event": "BLOCK_JOB_READY", "data": {"device": "m0", "type": "mirror",
-            "len": 10, "offset": 10, "speed": 0}}));
+        let e = ev(
+            json!({"event": "BLOCK_JOB_READY", "data": {"device": "m0", "type": "mirror",
+            "len": 10, "offset": 10, "speed": 0}}),
+        );
         assert_eq!(
             e.kind(),
             EventKind::BlockJobReady {

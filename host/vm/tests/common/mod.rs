@@ -1,0 +1,237 @@
+//! Shared helpers of the QEMU integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nasvisor_vm::{Accel, DiskSpec, InstanceOptions, LaunchOptions, VmInstance, VmSpec};
+
+/// What the test guest does after printing its banner (see `guest.S`).
+#[derive(Debug, Clone, Copy)]
+pub enum GuestMode {
+    /// Echo serial input; ignore ACPI.
+    Idle = 0,
+    /// Power off at once.
+    PowerOff = 1,
+    /// Panic at once (pvpanic).
+    Panic = 2,
+    /// Echo serial input; power off on the ACPI power button.
+    AcpiAware = 3,
+}
+
+pub const BANNER: &[u8] = b"NASVISOR-GUEST-UP";
+pub const POWEROFF: &[u8] = b"NASVISOR-GUEST-POWEROFF";
+pub const PANIC: &[u8] = b"NASVISOR-GUEST-PANIC";
+
+/// The test guest's boot sector code, assembled from `guest.S`.
+const GUEST_CODE: &[u8] = &[
+    0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xba, 0xfb, //
+    0x03, 0xb0, 0x80, 0xee, 0xba, 0xf8, 0x03, 0xb0, 0x01, 0xee, 0xba, 0xf9, //
+    0x03, 0x30, 0xc0, 0xee, 0xba, 0xfb, 0x03, 0xb0, 0x03, 0xee, 0xba, 0xf9, //
+    0x03, 0xb0, 0x01, 0xee, 0xba, 0xfc, 0x03, 0xb0, 0x0b, 0xee, 0xe4, 0x21, //
+    0x24, 0xef, 0xe6, 0x21, 0xbe, 0xb1, 0x7c, 0xe8, 0x6c, 0x00, 0x8a, 0x1e, //
+    0xb0, 0x7d, 0x80, 0xfb, 0x01, 0x74, 0x33, 0x80, 0xfb, 0x02, 0x74, 0x3e, //
+    0x80, 0xfb, 0x03, 0x75, 0x07, 0xba, 0x02, 0x06, 0xb8, 0x00, 0x01, 0xef, //
+    0xfb, 0xf4, 0xfa, 0x80, 0xfb, 0x03, 0x75, 0x09, 0xba, 0x00, 0x06, 0xed, //
+    0xa9, 0x00, 0x01, 0x75, 0x11, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01, 0x74, //
+    0xe7, 0xba, 0xf8, 0x03, 0xec, 0xe8, 0x21, 0x00, 0xeb, 0xef, 0xbe, 0xc5, //
+    0x7c, 0xe8, 0x2a, 0x00, 0xba, 0x04, 0x06, 0xb8, 0x00, 0x20, 0xef, 0xf4, //
+    0xeb, 0xfd, 0xbe, 0xdf, 0x7c, 0xe8, 0x1a, 0x00, 0xba, 0x05, 0x05, 0xb0, //
+    0x01, 0xee, 0xf4, 0xeb, 0xfd, 0x52, 0x50, 0xba, 0xfd, 0x03, 0xec, 0xa8, //
+    0x20, 0x74, 0xfb, 0x58, 0xba, 0xf8, 0x03, 0xee, 0x5a, 0xc3, 0xac, 0x84, //
+    0xc0, 0x74, 0x05, 0xe8, 0xe7, 0xff, 0xeb, 0xf6, 0xc3, 0x4e, 0x41, 0x53, //
+    0x56, 0x49, 0x53, 0x4f, 0x52, 0x2d, 0x47, 0x55, 0x45, 0x53, 0x54, 0x2d, //
+    0x55, 0x50, 0x0d, 0x0a, 0x00, 0x4e, 0x41, 0x53, 0x56, 0x49, 0x53, 0x4f, //
+    0x52, 0x2d, 0x47, 0x55, 0x45, 0x53, 0x54, 0x2d, 0x50, 0x4f, 0x57, 0x45, //
+    0x52, 0x4f, 0x46, 0x46, 0x0d, 0x0a, 0x00, 0x4e, 0x41, 0x53, 0x56, 0x49, //
+    0x53, 0x4f, 0x52, 0x2d, 0x47, 0x55, 0x45, 0x53, 0x54, 0x2d, 0x50, 0x41, //
+    0x4e, 0x49, 0x43, 0x0d, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+];
+
+/// Offset of the mode byte in the boot sector.
+const MODE_OFFSET: usize = 0x1b0;
+
+/// The 512-byte boot sector for `mode`.
+pub fn boot_sector(mode: GuestMode) -> Vec<u8> {
+    let mut b = vec![0u8; 512];
+    b[..GUEST_CODE.len()].copy_from_slice(GUEST_CODE);
+    b[MODE_OFFSET] = mode as u8;
+    b[510] = 0x55;
+    b[511] = 0xaa;
+    b
+}
+
+/// Writes a 1 MiB raw disk image whose boot sector is the test guest.
+/// (SeaBIOS will not boot a disk of a single sector.)
+pub fn write_guest_image(path: &Path, mode: GuestMode) {
+    let mut img = boot_sector(mode);
+    img.resize(1024 * 1024, 0);
+    std::fs::write(path, img).unwrap();
+}
+
+/// Fails loudly when QEMU is missing: `scripts/setup.sh` installs it.
+pub fn require_qemu() {
+    let ok = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "qemu-system-x86_64 is not installed; run scripts/setup.sh (these tests need a real QEMU)"
+    );
+}
+
+/// A temp run directory whose QEMUs are killed (by pid, after checking that the
+/// pid is a QEMU using a QMP socket in this directory) when the test ends,
+/// whether it passed or panicked.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        require_qemu();
+        TestDir {
+            dir: tempfile::Builder::new().prefix("nv-vm-").tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Launch options for this directory under TCG.
+    pub fn launch_options(&self) -> LaunchOptions {
+        let mut o = LaunchOptions::new(self.path(), Accel::Tcg);
+        o.launch_timeout = Duration::from_secs(60);
+        o
+    }
+
+    /// A 64 MiB VM booting the test guest in `mode` from a virtio disk.
+    pub fn guest_spec(&self, name: &str, mode: GuestMode) -> VmSpec {
+        let img = self.file(&format!("{name}.img"));
+        write_guest_image(&img, mode);
+        let mut spec = VmSpec::new(name, 64);
+        spec.disks.push(DiskSpec::raw(img));
+        spec
+    }
+
+    pub async fn launch(&self, spec: &VmSpec) -> VmInstance {
+        self.launch_with(spec, InstanceOptions::default()).await
+    }
+
+    pub async fn launch_with(&self, spec: &VmSpec, options: InstanceOptions) -> VmInstance {
+        VmInstance::launch(spec, &self.launch_options(), options)
+            .await
+            .unwrap_or_else(|e| panic!("launch of {} failed: {e}", spec.name))
+    }
+
+    /// Kills every QEMU whose pidfile is in this directory.
+    pub fn kill_all(&self) {
+        let Ok(entries) = std::fs::read_dir(self.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("pid") {
+                continue;
+            }
+            let Ok(pid) = nasvisor_vm::proc::read_pidfile(&p) else {
+                continue;
+            };
+            let qmp = p.with_extension("qmp");
+            if nasvisor_vm::proc::verify_qemu(pid, qmp.to_str().unwrap()).is_ok() {
+                kill_pid(pid);
+            }
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Live processes whose command line mentions `dir` (QEMUs of a test dir).
+pub fn processes_using(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_str().unwrap();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(args) = nasvisor_vm::proc::cmdline(pid) {
+            if args.iter().any(|a| a.contains(needle)) && nasvisor_vm::proc::is_alive(pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILL to one pid.
+pub fn kill_pid(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Waits until `pid` is gone (or a zombie), up to `timeout`.
+pub async fn wait_pid_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if !nasvisor_vm::proc::is_alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    !nasvisor_vm::proc::is_alive(pid)
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+pub fn ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Generous timeout for anything a TCG guest must do on a loaded machine.
+pub const SLOW: Duration = Duration::from_secs(60);
+
+/// Asserts the guest's boot sector matches `guest.S` when binutils exist.
+pub fn check_guest_source() {
+    use std::process::Command;
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !(have("as") && have("ld") && have("objcopy")) {
+        eprintln!("skipping: binutils (as, ld, objcopy) not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/guest.S");
+    let o = dir.path().join("g.o");
+    let elf = dir.path().join("g.elf");
+    let bin = dir.path().join("g.bin");
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("as").arg("--32").arg("-o").arg(&o).arg(src));
+    run(Command::new("ld")
+        .args(["-m", "elf_i386", "-e", "0", "-Ttext=0", "-o"])
+        .arg(&elf)
+        .arg(&o));
+    run(Command::new("objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin));
+    assert_eq!(std::fs::read(bin).unwrap(), boot_sector(GuestMode::Idle));
+}

@@ -134,10 +134,15 @@ async fn bundled_image_installs_and_reports_its_seed() {
     )
     .await
     .expect("QEMU starts");
-    let console = inst.console().expect("console captured");
-    let out = console
-        .wait_for_output(marker.as_bytes(), Duration::from_secs(120))
-        .await;
+    // Kill QEMU (by its pid) before any assertion can fail.
+    let out = match inst.console() {
+        Some(console) => {
+            console
+                .wait_for_output(marker.as_bytes(), Duration::from_secs(120))
+                .await
+        }
+        None => Err(b"the console was not captured".to_vec()),
+    };
     let elapsed = started.elapsed();
     let _ = inst.kill().await;
     let out = String::from_utf8_lossy(&out.unwrap_or_else(|partial| {

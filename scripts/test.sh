@@ -12,4 +12,14 @@ export NASVISOR_BUILD_PUBKEY="$PWD/target/keys/build.pub"
 bash tests/guest-image/yaml-test.sh
 bash tests/guest-image/boot-test.sh
 
-cargo test --release --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo's own last line is a doc-test
+# binary's, often "0 passed").
+awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -63,6 +63,8 @@ async fn bundled_image_installs_and_reports_its_seed() {
             .unwrap(),
     );
     let hostname = format!("e2e-{}", std::process::id());
+    // Timed from here: create (plan, disk, seed) + install + first boot.
+    let created = Instant::now();
     let decision = host.decide(DecisionInput::PlanInstall {
         image: ImageMeta {
             id: image.name.clone(),
@@ -126,7 +128,7 @@ async fn bundled_image_installs_and_reports_its_seed() {
     vm.disks = vec![DiskSpec::qcow2(&disk.path), DiskSpec::raw(&seed_path)];
     let run_dir = tmp.path().join("run");
     std::fs::create_dir(&run_dir).unwrap();
-    let started = Instant::now();
+    let prepared = created.elapsed();
     let inst = VmInstance::launch(
         &vm,
         &LaunchOptions::new(&run_dir, Accel::Tcg),
@@ -143,7 +145,7 @@ async fn bundled_image_installs_and_reports_its_seed() {
         }
         None => Err(b"the console was not captured".to_vec()),
     };
-    let elapsed = started.elapsed();
+    let elapsed = created.elapsed();
     let _ = inst.kill().await;
     let out = String::from_utf8_lossy(&out.unwrap_or_else(|partial| {
         panic!(
@@ -157,5 +159,6 @@ async fn bundled_image_installs_and_reports_its_seed() {
         "{out}"
     );
     assert!(out.contains("NASVISOR-USER admin"), "{out}");
+    eprintln!("plan + disk + seed: {prepared:?}");
     eprintln!("install + first boot to the ready marker: {elapsed:?}");
 }

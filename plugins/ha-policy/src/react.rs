@@ -66,13 +66,7 @@ use crate::settings::Settings;
 
 /// The WIT name of a host health value, for messages.
 pub fn health_name(h: HostHealth) -> &'static str {
-    match h {
-        HostHealth::Healthy => "healthy",
-        HostHealth::Degraded => "degraded",
-        HostHealth::Unreachable => "unreachable",
-        HostHealth::Fenced => "fenced",
-        HostHealth::Maintenance => "maintenance",
-    }
+    h.as_str()
 }
 
 /// The host a VM is active on: `ha.active` for an assigned HA VM, else `host`.

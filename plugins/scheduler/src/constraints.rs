@@ -23,13 +23,7 @@ impl Occupancy for ClusterView {
 
 /// The WIT name of a host health value, for messages.
 pub fn health_name(h: HostHealth) -> &'static str {
-    match h {
-        HostHealth::Healthy => "healthy",
-        HostHealth::Degraded => "degraded",
-        HostHealth::Unreachable => "unreachable",
-        HostHealth::Fenced => "fenced",
-        HostHealth::Maintenance => "maintenance",
-    }
+    h.as_str()
 }
 
 /// Format resources as `"2 vCPU / 4096 MiB / 20 GiB"`.

@@ -67,6 +67,19 @@ pub enum HostHealth {
     Maintenance,
 }
 
+impl HostHealth {
+    /// The WIT name, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostHealth::Healthy => "healthy",
+            HostHealth::Degraded => "degraded",
+            HostHealth::Unreachable => "unreachable",
+            HostHealth::Fenced => "fenced",
+            HostHealth::Maintenance => "maintenance",
+        }
+    }
+}
+
 /// `types.sha-role`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

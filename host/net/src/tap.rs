@@ -104,17 +104,8 @@ impl Tap {
             return create_tap(&mut rtnl, net, name, &bridge_link, options);
         };
         check_is_tap(&link)?;
-        if let Some(mac) = options.mac {
-            if link.mac != Some(mac) {
-                rtnl.set_link(
-                    link.index,
-                    &LinkChange {
-                        mac: Some(mac),
-                        ..LinkChange::default()
-                    },
-                )
-                .map_err(nl_err("set address of", "tap", name.as_str()))?;
-            }
+        if let Some(mac) = options.mac.filter(|m| link.mac != Some(*m)) {
+            set_mac(&mut rtnl, &link, mac, name.as_str())?;
         }
         enslave(&mut rtnl, &bridge_link, &link, "tap")?;
         observe(&mut rtnl, name)
@@ -203,14 +194,7 @@ fn create_tap(
                 name: name.to_string(),
             })?;
         if let Some(mac) = options.mac {
-            rtnl.set_link(
-                link.index,
-                &LinkChange {
-                    mac: Some(mac),
-                    ..LinkChange::default()
-                },
-            )
-            .map_err(nl_err("set address of", "tap", name.as_str()))?;
+            set_mac(rtnl, &link, mac, name.as_str())?;
         }
         enslave(rtnl, bridge, &link, "tap")?;
         observe(rtnl, name)
@@ -315,6 +299,18 @@ fn make_persistent_tap(name: &str, options: &TapOptions) -> Result<(), (&'static
     }
     drop(tun);
     Ok(())
+}
+
+/// Sets the host-side MAC address of a tap.
+fn set_mac(rtnl: &mut Rtnl, link: &Link, mac: MacAddr, name: &str) -> Result<(), NetError> {
+    rtnl.set_link(
+        link.index,
+        &LinkChange {
+            mac: Some(mac),
+            ..LinkChange::default()
+        },
+    )
+    .map_err(nl_err("set address of", "tap", name))
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! - [`proc`]: the QEMU process by pid (pidfd, `/proc` checks). Never by name.
 
 pub mod accel;
+#[doc(hidden)]
+pub mod asm;
 pub mod console;
 pub mod instance;
 pub mod launch;

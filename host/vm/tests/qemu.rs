@@ -409,16 +409,21 @@ async fn console_is_captured_bounded_and_accepts_input() {
     let _ = history;
 
     // Input reaches the guest, which echoes it; subscribers see it live.
-    console.write(b"ping-1234\r\n").await.unwrap();
+    // The banner can come out before the guest's echo loop reads its UART,
+    // so the line is sent again every 2 s until it is echoed.
     let mut seen = Vec::new();
     let deadline = Instant::now() + SLOW;
     while !contains(&seen, b"ping-1234") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let chunk = tokio::time::timeout(left, live.recv())
-            .await
-            .expect("echo within timeout")
-            .unwrap();
-        seen.extend_from_slice(&chunk);
+        assert!(Instant::now() < deadline, "no echo within {SLOW:?}");
+        console.write(b"ping-1234\r\n").await.unwrap();
+        let resend = Instant::now() + Duration::from_secs(2);
+        while !contains(&seen, b"ping-1234") {
+            let left = resend.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, live.recv()).await {
+                Ok(chunk) => seen.extend_from_slice(&chunk.unwrap()),
+                Err(_) => break,
+            }
+        }
     }
     let on_disk = std::fs::read(vm.paths().console_log()).unwrap();
     assert!(contains(&on_disk, b"ping-1234"));

@@ -27,7 +27,42 @@ pub trait Core: Send + Sync {
     /// Carries out one action and returns its JSON result (the response schema
     /// of the action's route in `openapi.json`).
     async fn handle(&self, action: Action) -> Result<serde_json::Value, CoreError>;
+
+    /// The serial console of VM `id` (`GET /api/v1/vms/{id}/console`): first
+    /// up to `tail` bytes of history, then, when `follow`, new output as it
+    /// comes. The answer is streamed to the client until the stream ends or
+    /// the client goes away (the stream is then dropped).
+    async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError>;
+
+    /// Imports an uploaded image (`POST /api/v1/images/{name}/upload`) and
+    /// returns the import Job. `body` yields the request body as it arrives,
+    /// never buffered whole by the API layer; it yields an `Err` when the
+    /// client breaks off or the upload exceeds the server's limit, and the
+    /// core must then discard what it wrote.
+    async fn upload_image(
+        &self,
+        upload: ImageUpload,
+        body: ByteStream,
+    ) -> Result<serde_json::Value, CoreError>;
 }
+
+/// A stream of bytes: a console's output, or an upload's body.
+pub type ByteStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>,
+>;
+
+/// Default of `tail` on the console route: 64 KiB of history.
+pub const DEFAULT_CONSOLE_TAIL: u64 = 64 * 1024;
+/// Largest `tail` on the console route (1 MiB).
+pub const MAX_CONSOLE_TAIL: u64 = 1024 * 1024;
+/// Largest console input, bytes.
+pub const MAX_CONSOLE_INPUT: usize = 4096;
+/// Default `limit` of the event list.
+pub const DEFAULT_EVENT_LIMIT: u32 = 100;
+/// Largest `limit` of the event list.
+pub const MAX_EVENT_LIMIT: u32 = 1000;
+/// Largest root disk of an install, GiB (64 TiB).
+pub const MAX_INSTALL_DISK_GIB: u64 = 65536;
 
 /// Everything an administrator can ask of the core through the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -138,6 +173,71 @@ pub enum Action {
     },
     /// Installed plugins and their state.
     ListPlugins,
+    /// Type into a VM's serial console.
+    ConsoleInput {
+        /// VM id.
+        id: String,
+        /// The bytes to send (1 to 4096 bytes of UTF-8).
+        data: String,
+    },
+    /// The snapshots of a volume.
+    ListSnapshots {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        volume: String,
+    },
+    /// Return a volume to a snapshot (the VM using it must be stopped).
+    RevertSnapshot {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Delete a snapshot.
+    DeleteSnapshot {
+        /// Pool name.
+        pool: String,
+        /// Volume name.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// Copy a volume into a new one in the same pool.
+    CloneVolume {
+        /// Pool name.
+        pool: String,
+        /// Source volume name.
+        volume: String,
+        /// New volume name.
+        name: String,
+        /// A linked clone (qcow2 backing file) instead of a full copy.
+        linked: bool,
+    },
+    /// Import a disk image file of this host as a new volume (a job).
+    ImportVolume {
+        /// Pool name.
+        pool: String,
+        /// New volume name.
+        name: String,
+        /// Absolute path of the file (raw, qcow2, vmdk, vdi).
+        path: String,
+    },
+    /// Remove a storage pool definition (the pool must hold no volume in use).
+    DeletePool {
+        /// Pool name.
+        name: String,
+    },
+    /// Events after sequence number `since` (exclusive), oldest first, at
+    /// most `limit`.
+    ListEvents {
+        /// Last sequence number already seen; none for the oldest kept.
+        since: Option<u64>,
+        /// Most events to return, 1..=1000.
+        limit: u32,
+    },
 }
 
 /// A power operation (body of `POST /api/v1/vms/{id}/power`).
@@ -189,7 +289,8 @@ pub struct VmCreate {
     /// Network interfaces.
     #[serde(default)]
     pub nics: Vec<NicSpec>,
-    /// System image to install from.
+    /// System image to install from. Without `install`, the install uses
+    /// the defaults (`InstallSpec::default()`).
     #[serde(default)]
     pub image: Option<String>,
     /// Start with the host.
@@ -198,6 +299,126 @@ pub struct VmCreate {
     /// Protect with HA (needs 3 hosts; checked by the core).
     #[serde(default)]
     pub ha: bool,
+    /// Firmware; BIOS when absent.
+    #[serde(default)]
+    pub firmware: FirmwareKind,
+    /// How to install the guest from `image`; only allowed with `image`.
+    #[serde(default)]
+    pub install: Option<InstallSpec>,
+}
+
+/// A VM's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareKind {
+    /// SeaBIOS (default).
+    #[default]
+    Bios,
+    /// OVMF (UEFI).
+    Uefi,
+}
+
+impl FirmwareKind {
+    /// `bios` or `uefi`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareKind::Bios => "bios",
+            FirmwareKind::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::str::FromStr for FirmwareKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bios" => Ok(FirmwareKind::Bios),
+            "uefi" => Ok(FirmwareKind::Uefi),
+            _ => Err("must be bios or uefi".into()),
+        }
+    }
+}
+
+/// Largest number of users of an install.
+pub const MAX_INSTALL_USERS: usize = 32;
+/// Largest number of packages of an install.
+pub const MAX_INSTALL_PACKAGES: usize = 256;
+/// Largest number of network entries of an install (one per NIC).
+pub const MAX_INSTALL_NETWORKS: usize = 8;
+/// Largest SSH public key line, bytes.
+pub const MAX_SSH_KEY_BYTES: usize = 8 * 1024;
+
+/// How a VM's guest is installed from its image (`VmCreate::install`).
+/// Every field is optional; the core (and the os-installer plugin) fill in
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSpec {
+    /// Guest host name (RFC 1123); the VM name when absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Users to create, at most 32.
+    #[serde(default)]
+    pub users: Vec<InstallUser>,
+    /// Debian-style package names to install, at most 256.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Network settings; entry `i` applies to `nics[i]`.
+    #[serde(default)]
+    pub network: Vec<InstallNetwork>,
+    /// Size of the root disk, GiB (1..=65536); the image's size when absent.
+    #[serde(default)]
+    pub disk_size_gib: Option<u64>,
+    /// Time zone, e.g. `Europe/Berlin`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Pool of the root disk (core default `default`).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Keep the VM's disks when the install fails (for inspection).
+    #[serde(default)]
+    pub keep_disks_on_failure: bool,
+}
+
+/// A user of an install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstallUser {
+    /// POSIX user name `^[a-z_][a-z0-9_-]{0,31}$`.
+    pub name: String,
+    /// OpenSSH public key lines.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// crypt(3) hash (`$6$...`); no password login when absent.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Password-less sudo.
+    #[serde(default)]
+    pub sudo: bool,
+    /// Extra groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Login shell, an absolute path.
+    #[serde(default)]
+    pub shell: Option<String>,
+}
+
+/// Network settings of one NIC of an install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstallNetwork {
+    /// Configure IPv4 by DHCP.
+    #[serde(default)]
+    pub dhcp4: bool,
+    /// Static addresses with prefix length, e.g. `192.0.2.10/24`, `2001:db8::5/64`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// IPv4 default gateway.
+    #[serde(default)]
+    pub gateway4: Option<String>,
+    /// DNS servers.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
 }
 
 /// A VM disk: a new volume in `pool`, or an existing `volume` there.
@@ -318,7 +539,8 @@ pub enum ImageSource {
     Url(String),
 }
 
-/// Body of `POST /api/v1/images`: `name` and exactly one of `path`, `url`.
+/// Body of `POST /api/v1/images`: `name`, exactly one of `path`, `url`,
+/// and optional metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageAddBody {
@@ -330,6 +552,79 @@ pub struct ImageAddBody {
     /// http(s) URL.
     #[serde(default)]
     pub url: Option<String>,
+    /// OS family (name syntax), `linux` when absent.
+    #[serde(default)]
+    pub os_family: Option<String>,
+    /// OS variant (name syntax or empty), empty when absent.
+    #[serde(default)]
+    pub os_variant: Option<String>,
+    /// Whether the image runs cloud-init (reads a NoCloud seed); true when absent.
+    #[serde(default)]
+    pub cloud_init: Option<bool>,
+    /// Firmware the image boots with; BIOS when absent.
+    #[serde(default)]
+    pub firmware: Option<FirmwareKind>,
+    /// Line the guest prints on its serial console when installed and up.
+    #[serde(default)]
+    pub ready_marker: Option<String>,
+}
+
+/// Metadata of a system image, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageMetaSpec {
+    /// OS family, e.g. `linux` (default), `windows`.
+    pub os_family: String,
+    /// OS variant, e.g. `debian12`; may be empty.
+    pub os_variant: String,
+    /// The image runs cloud-init.
+    pub cloud_init: bool,
+    /// Firmware to boot it with.
+    pub firmware: FirmwareKind,
+    /// Serial console line that means "installed and up".
+    pub ready_marker: Option<String>,
+}
+
+impl Default for ImageMetaSpec {
+    fn default() -> Self {
+        Self {
+            os_family: "linux".into(),
+            os_variant: String::new(),
+            cloud_init: true,
+            firmware: FirmwareKind::Bios,
+            ready_marker: None,
+        }
+    }
+}
+
+impl ImageMetaSpec {
+    /// Validates the optional metadata fields and applies the defaults.
+    pub fn from_parts(
+        os_family: Option<String>,
+        os_variant: Option<String>,
+        cloud_init: Option<bool>,
+        firmware: Option<FirmwareKind>,
+        ready_marker: Option<String>,
+    ) -> Result<Self, ApiError> {
+        let d = Self::default();
+        if let Some(f) = &os_family {
+            check_name("os_family", f)?;
+        }
+        if let Some(v) = &os_variant {
+            if !v.is_empty() {
+                check_name("os_variant", v)?;
+            }
+        }
+        if let Some(m) = &ready_marker {
+            check_ready_marker("ready_marker", m)?;
+        }
+        Ok(Self {
+            os_family: os_family.unwrap_or(d.os_family),
+            os_variant: os_variant.unwrap_or(d.os_variant),
+            cloud_init: cloud_init.unwrap_or(d.cloud_init),
+            firmware: firmware.unwrap_or(d.firmware),
+            ready_marker,
+        })
+    }
 }
 
 /// A validated image import.
@@ -339,6 +634,47 @@ pub struct ImageAdd {
     pub name: String,
     /// Source.
     pub source: ImageSource,
+    /// Metadata.
+    pub meta: ImageMetaSpec,
+}
+
+/// A validated image upload (`POST /api/v1/images/{name}/upload`); the
+/// bytes come separately, as a [`ByteStream`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageUpload {
+    /// Image name.
+    pub name: String,
+    /// Metadata (from the query string).
+    pub meta: ImageMetaSpec,
+}
+
+/// Body of `POST /api/v1/vms/{id}/console`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInputBody {
+    /// Text to type, 1 to 4096 bytes.
+    pub data: String,
+}
+
+/// Body of `POST /api/v1/pools/{pool}/volumes/{volume}/clone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeClone {
+    /// New volume name.
+    pub name: String,
+    /// Linked clone (backed by the source) instead of a full copy.
+    #[serde(default)]
+    pub linked: bool,
+}
+
+/// Body of `POST /api/v1/pools/{pool}/imports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeImport {
+    /// New volume name.
+    pub name: String,
+    /// Absolute path of the file on this host.
+    pub path: String,
 }
 
 /// Body of `POST /api/v1/vswitches`.
@@ -458,7 +794,7 @@ pub fn check_mac(field: &str, mac: &str) -> Result<(), ApiError> {
 }
 
 /// Checks an absolute, normalized path (no `..`, no NUL).
-fn check_abs_path(field: &str, p: &str) -> Result<(), ApiError> {
+pub fn check_abs_path(field: &str, p: &str) -> Result<(), ApiError> {
     if !p.starts_with('/') {
         return Err(ApiError::field(field, "must be an absolute path"));
     }
@@ -472,6 +808,299 @@ fn check_abs_path(field: &str, p: &str) -> Result<(), ApiError> {
         return Err(ApiError::field(field, "must not contain '..'"));
     }
     Ok(())
+}
+
+/// Checks an RFC 1123 host name: dot-separated labels of 1-63 letters,
+/// digits and `-` (not first or last), at most 253 bytes in all.
+pub fn check_hostname(field: &str, h: &str) -> Result<(), ApiError> {
+    if h.is_empty() || h.len() > 253 {
+        return Err(ApiError::field(field, "must be 1 to 253 characters"));
+    }
+    for label in h.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(ApiError::field(
+                field,
+                "each dot-separated label must be 1 to 63 characters",
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(ApiError::field(
+                field,
+                format!("character {c:?} not allowed; use a-z 0-9 - and dots between labels"),
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(ApiError::field(
+                field,
+                "a label must not start or end with '-'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a POSIX user or group name: `^[a-z_][a-z0-9_-]{0,31}$`.
+pub fn check_user_name(field: &str, n: &str) -> Result<(), ApiError> {
+    if n.is_empty() || n.len() > 32 {
+        return Err(ApiError::field(field, "must be 1 to 32 characters"));
+    }
+    let b = n.as_bytes();
+    if !(b[0].is_ascii_lowercase() || b[0] == b'_') {
+        return Err(ApiError::field(
+            field,
+            "must start with a lower-case letter or '_'",
+        ));
+    }
+    if let Some(c) = n
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')))
+    {
+        return Err(ApiError::field(
+            field,
+            format!("character {c:?} not allowed; use a-z 0-9 _ -"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_ssh_key(field: &str, k: &str) -> Result<(), ApiError> {
+    if k.is_empty() || k.len() > MAX_SSH_KEY_BYTES {
+        return Err(ApiError::field(
+            field,
+            format!("must be 1 to {MAX_SSH_KEY_BYTES} bytes"),
+        ));
+    }
+    if k.contains(['\n', '\r', '\0']) {
+        return Err(ApiError::field(field, "must be a single line"));
+    }
+    if !(k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-")) {
+        return Err(ApiError::field(
+            field,
+            "must be an OpenSSH public key line starting with ssh-, ecdsa- or sk-",
+        ));
+    }
+    Ok(())
+}
+
+fn check_password_hash(field: &str, h: &str) -> Result<(), ApiError> {
+    if !h.starts_with('$') || h.len() < 2 || h.len() > 512 {
+        return Err(ApiError::field(
+            field,
+            "must be a crypt(3) hash like $6$salt$hash (not a clear-text password)",
+        ));
+    }
+    if h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::field(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Debian package name: `^[a-z0-9][a-z0-9+.-]+$`.
+fn check_package(field: &str, p: &str) -> Result<(), ApiError> {
+    if p.len() < 2 || p.len() > 128 {
+        return Err(ApiError::field(field, "must be 2 to 128 characters"));
+    }
+    if !(p.as_bytes()[0].is_ascii_lowercase() || p.as_bytes()[0].is_ascii_digit()) {
+        return Err(ApiError::field(
+            field,
+            "must start with a lower-case letter or a digit",
+        ));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '-')))
+    {
+        return Err(ApiError::field(
+            field,
+            format!("character {c:?} not allowed; use a-z 0-9 + . -"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an address with prefix length, `192.0.2.10/24` or `2001:db8::5/64`.
+pub fn check_cidr(field: &str, a: &str) -> Result<(), ApiError> {
+    let bad = || {
+        ApiError::field(
+            field,
+            format!(
+                "{a:?} is not an address with prefix length like 192.0.2.10/24 or 2001:db8::5/64"
+            ),
+        )
+    };
+    let (ip, prefix) = a.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 3 {
+        return Err(bad());
+    }
+    let prefix: u32 = prefix.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(ApiError::field(
+            field,
+            format!("prefix length must be at most {max}, got {prefix}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_timezone(field: &str, t: &str) -> Result<(), ApiError> {
+    if t.is_empty() || t.len() > 64 {
+        return Err(ApiError::field(field, "must be 1 to 64 characters"));
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '/' | '-')))
+    {
+        return Err(ApiError::field(
+            field,
+            format!("character {c:?} not allowed; use a zone name like Europe/Berlin"),
+        ));
+    }
+    if t.starts_with('/') || t.split('/').any(|p| p.is_empty()) {
+        return Err(ApiError::field(
+            field,
+            "must be a zone name like Europe/Berlin",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an image's ready marker: 1 to 128 printable ASCII characters.
+pub fn check_ready_marker(field: &str, m: &str) -> Result<(), ApiError> {
+    if m.is_empty() || m.len() > 128 {
+        return Err(ApiError::field(field, "must be 1 to 128 characters"));
+    }
+    if !m.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ApiError::field(
+            field,
+            "must be printable ASCII (space to ~)",
+        ));
+    }
+    Ok(())
+}
+
+impl InstallSpec {
+    /// Checks the install settings of a VM with `nics` network interfaces.
+    /// Field paths start with `install.`.
+    pub fn validate_for(&self, nics: usize) -> Result<(), ApiError> {
+        if let Some(h) = &self.hostname {
+            check_hostname("install.hostname", h)?;
+        }
+        if self.users.len() > MAX_INSTALL_USERS {
+            return Err(ApiError::field(
+                "install.users",
+                format!("at most {MAX_INSTALL_USERS} users"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let f = |n: &str| format!("install.users[{i}].{n}");
+            check_user_name(&f("name"), &u.name)?;
+            if !seen.insert(u.name.as_str()) {
+                return Err(ApiError::field(
+                    f("name"),
+                    format!("duplicate user {}", u.name),
+                ));
+            }
+            if u.ssh_authorized_keys.len() > 64 {
+                return Err(ApiError::field(f("ssh_authorized_keys"), "at most 64 keys"));
+            }
+            for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
+                check_ssh_key(&format!("install.users[{i}].ssh_authorized_keys[{k}]"), key)?;
+            }
+            if let Some(h) = &u.password_hash {
+                check_password_hash(&f("password_hash"), h)?;
+            }
+            if u.groups.len() > 32 {
+                return Err(ApiError::field(f("groups"), "at most 32 groups"));
+            }
+            for (g, group) in u.groups.iter().enumerate() {
+                check_user_name(&format!("install.users[{i}].groups[{g}]"), group)?;
+            }
+            if let Some(sh) = &u.shell {
+                check_abs_path(&f("shell"), sh)?;
+            }
+        }
+        if self.packages.len() > MAX_INSTALL_PACKAGES {
+            return Err(ApiError::field(
+                "install.packages",
+                format!("at most {MAX_INSTALL_PACKAGES} packages"),
+            ));
+        }
+        for (i, p) in self.packages.iter().enumerate() {
+            check_package(&format!("install.packages[{i}]"), p)?;
+        }
+        if self.network.len() > MAX_INSTALL_NETWORKS {
+            return Err(ApiError::field(
+                "install.network",
+                format!("at most {MAX_INSTALL_NETWORKS} entries"),
+            ));
+        }
+        if self.network.len() > nics {
+            return Err(ApiError::field(
+                "install.network",
+                format!(
+                    "{} entries but the VM has {nics} nics; entry i configures nics[i]",
+                    self.network.len()
+                ),
+            ));
+        }
+        for (i, n) in self.network.iter().enumerate() {
+            if n.addresses.len() > 16 {
+                return Err(ApiError::field(
+                    format!("install.network[{i}].addresses"),
+                    "at most 16 addresses",
+                ));
+            }
+            for (a, addr) in n.addresses.iter().enumerate() {
+                check_cidr(&format!("install.network[{i}].addresses[{a}]"), addr)?;
+            }
+            if let Some(g) = &n.gateway4 {
+                if g.parse::<std::net::Ipv4Addr>().is_err() {
+                    return Err(ApiError::field(
+                        format!("install.network[{i}].gateway4"),
+                        format!("{g:?} is not an IPv4 address"),
+                    ));
+                }
+            }
+            if n.nameservers.len() > 8 {
+                return Err(ApiError::field(
+                    format!("install.network[{i}].nameservers"),
+                    "at most 8 name servers",
+                ));
+            }
+            for (d, ns) in n.nameservers.iter().enumerate() {
+                if ns.parse::<std::net::IpAddr>().is_err() {
+                    return Err(ApiError::field(
+                        format!("install.network[{i}].nameservers[{d}]"),
+                        format!("{ns:?} is not an IP address"),
+                    ));
+                }
+            }
+        }
+        if let Some(g) = self.disk_size_gib {
+            if !(1..=MAX_INSTALL_DISK_GIB).contains(&g) {
+                return Err(ApiError::field(
+                    "install.disk_size_gib",
+                    format!("must be 1 to {MAX_INSTALL_DISK_GIB} GiB, got {g}"),
+                ));
+            }
+        }
+        if let Some(t) = &self.timezone {
+            check_timezone("install.timezone", t)?;
+        }
+        if let Some(p) = &self.pool {
+            check_name("install.pool", p)?;
+        }
+        Ok(())
+    }
 }
 
 impl Validate for VmCreate {
@@ -510,7 +1139,44 @@ impl Validate for VmCreate {
         if let Some(img) = &self.image {
             check_name("image", img)?;
         }
+        if let Some(install) = &self.install {
+            if self.image.is_none() {
+                return Err(ApiError::field(
+                    "install",
+                    "only allowed together with image (the system image to install from)",
+                ));
+            }
+            install.validate_for(self.nics.len())?;
+        }
         Ok(())
+    }
+}
+
+impl Validate for ConsoleInputBody {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.data.is_empty() || self.data.len() > MAX_CONSOLE_INPUT {
+            return Err(ApiError::field(
+                "data",
+                format!(
+                    "must be 1 to {MAX_CONSOLE_INPUT} bytes, got {}",
+                    self.data.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for VolumeClone {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_name("name", &self.name)
+    }
+}
+
+impl Validate for VolumeImport {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_name("name", &self.name)?;
+        check_abs_path("path", &self.path)
     }
 }
 
@@ -625,9 +1291,17 @@ impl ImageAddBody {
             }
             _ => return Err(ApiError::field("path", "give exactly one of path and url")),
         };
+        let meta = ImageMetaSpec::from_parts(
+            self.os_family,
+            self.os_variant,
+            self.cloud_init,
+            self.firmware,
+            self.ready_marker,
+        )?;
         Ok(ImageAdd {
             name: self.name,
             source,
+            meta,
         })
     }
 }
@@ -701,6 +1375,8 @@ mod tests {
             image: None,
             autostart: false,
             ha: false,
+            firmware: FirmwareKind::Bios,
+            install: None,
         };
         assert!(v.validate().is_ok());
         v.vcpus = 0;
@@ -735,5 +1411,60 @@ mod tests {
             volume: None,
         });
         assert_eq!(v.validate().unwrap_err().field.as_deref(), Some("disks[0]"));
+    }
+
+    #[test]
+    fn install_syntax() {
+        for ok in ["a", "web-1", "Web1.Example.org", "x.y.z", "0a"] {
+            assert!(check_hostname("h", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(check_hostname("h", bad).is_err(), "{bad}");
+        }
+        for ok in ["root", "_svc", "a-b_c9", &"a".repeat(32)] {
+            assert!(check_user_name("u", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Root", "9a", "-a", "a.b", &"a".repeat(33)] {
+            assert!(check_user_name("u", bad).is_err(), "{bad}");
+        }
+        for ok in ["192.0.2.1/24", "10.0.0.1/0", "2001:db8::1/64", "::1/128"] {
+            assert!(check_cidr("a", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "192.0.2.1",
+            "192.0.2.1/",
+            "192.0.2.1/33",
+            "192.0.2/24",
+            "::1/129",
+            "192.0.2.1/+8",
+            "x/8",
+        ] {
+            assert!(check_cidr("a", bad).is_err(), "{bad}");
+        }
+        for ok in ["nginx", "libstdc++6", "python3.11", "0ad"] {
+            assert!(check_package("p", ok).is_ok(), "{ok}");
+        }
+        for bad in ["a", "Nginx", "-x", "a_b", "a b"] {
+            assert!(check_package("p", bad).is_err(), "{bad}");
+        }
+        assert!(check_timezone("t", "America/Argentina/Buenos_Aires").is_ok());
+        assert!(check_timezone("t", "Etc/GMT+5").is_ok());
+        for bad in ["", "/etc", "a//b", "Europe/Berlin ", "a;b"] {
+            assert!(check_timezone("t", bad).is_err(), "{bad}");
+        }
+        assert!(check_ready_marker("r", "NASVISOR-READY").is_ok());
+        assert!(check_ready_marker("r", "").is_err());
+        assert!(check_ready_marker("r", "a\tb").is_err());
+        assert!(check_ready_marker("r", &"x".repeat(129)).is_err());
     }
 }

@@ -7,20 +7,24 @@
 //! - [`router`]: method + path + body → [`Action`]; the route table that
 //!   `openapi.json` (the source of truth) is checked against;
 //! - [`server`]: hyper 1 over tokio-rustls, `/healthz` unauthenticated,
-//!   everything else behind the token.
+//!   everything else behind the token;
+//! - [`schema`]: a checker of JSON values against `openapi.json`'s schemas
+//!   (for tests of the real answers).
 //!
 //! The API layer never acts itself: it parses, validates and forwards to
-//! [`Core::handle`].
+//! [`Core::handle`] (or, for the two streamed routes, [`Core::console`] and
+//! [`Core::upload_image`]).
 
 pub mod action;
 pub mod auth;
 pub mod error;
 mod fsutil;
 pub mod router;
+pub mod schema;
 pub mod server;
 pub mod tls;
 
-pub use action::{Action, Core, PowerOp};
+pub use action::{Action, ByteStream, Core, FirmwareKind, ImageMetaSpec, ImageUpload, PowerOp};
 pub use error::{ApiError, CoreError};
 pub use server::{Server, ServerSettings};
 

@@ -4,8 +4,10 @@
 //! route by route, both ways.
 
 use crate::action::{
-    check_name, Action, ImageAddBody, PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate,
-    VmUpdate, VolumeCreate, VolumeResize, VswitchCreate,
+    check_name, Action, ConsoleInputBody, FirmwareKind, ImageAddBody, ImageMetaSpec, ImageUpload,
+    PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate, VmUpdate, VolumeClone, VolumeCreate,
+    VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
+    MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
 use crate::error::ApiError;
 use http::StatusCode;
@@ -25,6 +27,11 @@ pub struct Route {
     pub success: u16,
     /// Whether the route takes a JSON body.
     pub body: bool,
+    /// The request body is raw bytes (`application/octet-stream`), streamed
+    /// to the core, not JSON.
+    pub raw_body: bool,
+    /// The query parameters the route knows.
+    pub query: &'static [&'static str],
 }
 
 const fn r(
@@ -40,8 +47,30 @@ const fn r(
         operation,
         success,
         body,
+        raw_body: false,
+        query: &[],
     }
 }
+
+const fn q(route: Route, query: &'static [&'static str]) -> Route {
+    Route { query, ..route }
+}
+
+const fn raw(route: Route) -> Route {
+    Route {
+        raw_body: true,
+        ..route
+    }
+}
+
+/// Query parameters of the image upload route (the image metadata).
+pub const IMAGE_META_QUERY: &[&str] = &[
+    "os_family",
+    "os_variant",
+    "cloud_init",
+    "firmware",
+    "ready_marker",
+];
 
 /// Path of the unauthenticated health probe.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -61,10 +90,32 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/vms", "createVm", 201, true),
     r("GET", "/api/v1/vms/{id}", "getVm", 200, false),
     r("PATCH", "/api/v1/vms/{id}", "updateVm", 200, true),
-    r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
+    q(
+        r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
+        &["delete_disks"],
+    ),
     r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
+    q(
+        r("GET", "/api/v1/vms/{id}/console", "getConsole", 200, false),
+        &["follow", "tail"],
+    ),
+    r(
+        "POST",
+        "/api/v1/vms/{id}/console",
+        "consoleInput",
+        204,
+        true,
+    ),
     r("GET", "/api/v1/pools", "listPools", 200, false),
     r("POST", "/api/v1/pools", "createPool", 201, true),
+    r("DELETE", "/api/v1/pools/{name}", "deletePool", 204, false),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/imports",
+        "importVolume",
+        202,
+        true,
+    ),
     r(
         "GET",
         "/api/v1/pools/{pool}/volumes",
@@ -100,8 +151,46 @@ pub const ROUTES: &[Route] = &[
         201,
         true,
     ),
+    r(
+        "GET",
+        "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+        "listSnapshots",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}/revert",
+        "revertSnapshot",
+        200,
+        false,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}",
+        "deleteSnapshot",
+        204,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/pools/{pool}/volumes/{volume}/clone",
+        "cloneVolume",
+        201,
+        true,
+    ),
     r("GET", "/api/v1/images", "listImages", 200, false),
     r("POST", "/api/v1/images", "addImage", 202, true),
+    q(
+        raw(r(
+            "POST",
+            "/api/v1/images/{name}/upload",
+            "uploadImage",
+            202,
+            true,
+        )),
+        IMAGE_META_QUERY,
+    ),
     r("DELETE", "/api/v1/images/{name}", "deleteImage", 204, false),
     r("GET", "/api/v1/vswitches", "listVswitches", 200, false),
     r("POST", "/api/v1/vswitches", "createVswitch", 201, true),
@@ -116,6 +205,10 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/jobs/{id}", "getJob", 200, false),
     r("POST", "/api/v1/jobs/{id}/cancel", "cancelJob", 200, false),
     r("GET", "/api/v1/plugins", "listPlugins", 200, false),
+    q(
+        r("GET", "/api/v1/events", "listEvents", 200, false),
+        &["since", "limit"],
+    ),
 ];
 
 /// A matched route and its path parameters.
@@ -249,20 +342,129 @@ fn parse_valid<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiErro
     Ok(v)
 }
 
-/// Parses a query string into key/value pairs, refusing keys not in `known`.
-fn parse_query<'a>(
-    query: Option<&'a str>,
+/// Decodes `%XX` escapes and `+` (a space) of a query component.
+fn percent_decode(field: &str, s: &str) -> Result<String, ApiError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::field(field, "bad %-escape in query parameter"))?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::field(field, "query parameter is not UTF-8"))
+}
+
+/// Parses a query string into key/value pairs (decoded), refusing keys not
+/// in `known` and repeated keys.
+pub fn parse_query(
+    query: Option<&str>,
     known: &[&str],
-) -> Result<BTreeMap<&'a str, &'a str>, ApiError> {
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut out = BTreeMap::new();
     for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !known.contains(&k) {
+        let k = percent_decode("query", k)?;
+        if !known.contains(&k.as_str()) {
             return Err(ApiError::field(k, "unknown query parameter"));
         }
-        out.insert(k, v);
+        let v = percent_decode(&k, v)?;
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::field(k, "given more than once"));
+        }
     }
     Ok(out)
+}
+
+fn parse_u64(field: &str, v: &str) -> Result<u64, ApiError> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::field(field, "must be a non-negative integer"));
+    }
+    v.parse()
+        .map_err(|_| ApiError::field(field, "must be a non-negative integer below 2^64"))
+}
+
+/// The parameters of `GET /api/v1/vms/{id}/console`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleRequest {
+    /// VM id.
+    pub id: String,
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Bytes of history to send first.
+    pub tail: u64,
+}
+
+/// Validates the path and query of the console stream route.
+pub fn console_request(m: &Matched, query: Option<&str>) -> Result<ConsoleRequest, ApiError> {
+    check_params(m)?;
+    let q = parse_query(query, m.route.query)?;
+    let follow = q
+        .get("follow")
+        .map(|v| parse_bool("follow", v))
+        .transpose()?
+        .unwrap_or(false);
+    let tail = match q.get("tail") {
+        Some(v) => parse_u64("tail", v)?,
+        None => DEFAULT_CONSOLE_TAIL,
+    };
+    if tail > MAX_CONSOLE_TAIL {
+        return Err(ApiError::field(
+            "tail",
+            format!("must be at most {MAX_CONSOLE_TAIL} bytes, got {tail}"),
+        ));
+    }
+    Ok(ConsoleRequest {
+        id: m.params.get("id").cloned().unwrap_or_default(),
+        follow,
+        tail,
+    })
+}
+
+/// Validates the path and query (the image metadata) of the upload route.
+pub fn upload_request(m: &Matched, query: Option<&str>) -> Result<ImageUpload, ApiError> {
+    check_params(m)?;
+    let mut q = parse_query(query, m.route.query)?;
+    let cloud_init = q
+        .get("cloud_init")
+        .map(|v| parse_bool("cloud_init", v))
+        .transpose()?;
+    let firmware = q
+        .get("firmware")
+        .map(|v| {
+            v.parse::<FirmwareKind>()
+                .map_err(|e| ApiError::field("firmware", e))
+        })
+        .transpose()?;
+    let meta = ImageMetaSpec::from_parts(
+        q.remove("os_family"),
+        q.remove("os_variant"),
+        cloud_init,
+        firmware,
+        q.remove("ready_marker"),
+    )?;
+    Ok(ImageUpload {
+        name: m.params.get("name").cloned().unwrap_or_default(),
+        meta,
+    })
+}
+
+fn check_params(m: &Matched) -> Result<(), ApiError> {
+    for (name, value) in &m.params {
+        check_name(name, value)?;
+    }
+    Ok(())
 }
 
 fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
@@ -281,21 +483,14 @@ pub fn to_action(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Option<Action>, ApiError> {
-    for (name, value) in &m.params {
-        check_name(name, value)?;
-    }
-    let known: &[&str] = if m.route.operation == "deleteVm" {
-        &["delete_disks"]
-    } else {
-        &[]
-    };
-    let q = parse_query(query, known)?;
+    check_params(m)?;
+    let q = parse_query(query, m.route.query)?;
     if !m.route.body && !body.is_empty() {
         return Err(ApiError::field("body", "this route takes no body"));
     }
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
-        "health" | "rotateToken" => return Ok(None),
+        "health" | "rotateToken" | "getConsole" | "uploadImage" => return Ok(None),
         "getHost" => Action::GetHost,
         "listVms" => Action::ListVms,
         "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
@@ -347,6 +542,59 @@ pub fn to_action(
         "getJob" => Action::GetJob { id: p("id") },
         "cancelJob" => Action::CancelJob { id: p("id") },
         "listPlugins" => Action::ListPlugins,
+        "consoleInput" => Action::ConsoleInput {
+            id: p("id"),
+            data: parse_valid::<ConsoleInputBody>(body)?.data,
+        },
+        "deletePool" => Action::DeletePool { name: p("name") },
+        "importVolume" => {
+            let b = parse_valid::<VolumeImport>(body)?;
+            Action::ImportVolume {
+                pool: p("pool"),
+                name: b.name,
+                path: b.path,
+            }
+        }
+        "listSnapshots" => Action::ListSnapshots {
+            pool: p("pool"),
+            volume: p("volume"),
+        },
+        "revertSnapshot" => Action::RevertSnapshot {
+            pool: p("pool"),
+            volume: p("volume"),
+            name: p("snapshot"),
+        },
+        "deleteSnapshot" => Action::DeleteSnapshot {
+            pool: p("pool"),
+            volume: p("volume"),
+            name: p("snapshot"),
+        },
+        "cloneVolume" => {
+            let b = parse_valid::<VolumeClone>(body)?;
+            Action::CloneVolume {
+                pool: p("pool"),
+                volume: p("volume"),
+                name: b.name,
+                linked: b.linked,
+            }
+        }
+        "listEvents" => {
+            let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;
+            let limit = match q.get("limit") {
+                Some(v) => parse_u64("limit", v)?,
+                None => u64::from(DEFAULT_EVENT_LIMIT),
+            };
+            if !(1..=u64::from(MAX_EVENT_LIMIT)).contains(&limit) {
+                return Err(ApiError::field(
+                    "limit",
+                    format!("must be 1 to {MAX_EVENT_LIMIT}, got {limit}"),
+                ));
+            }
+            Action::ListEvents {
+                since,
+                limit: limit as u32,
+            }
+        }
         other => {
             return Err(ApiError::status(
                 StatusCode::INTERNAL_SERVER_ERROR,

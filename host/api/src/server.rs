@@ -5,27 +5,42 @@
 //! `WWW-Authenticate: Bearer` otherwise, even for unknown paths, so nothing
 //! is revealed unauthenticated), then the route (404/405), the body
 //! (415/413/400), and only then is the [`Action`] forwarded to the core.
+//!
+//! Two routes stream instead of answering with one JSON value: the console
+//! (`GET /api/v1/vms/{id}/console`, a chunked `application/octet-stream`
+//! answer fed by [`Core::console`]) and the image upload
+//! (`POST /api/v1/images/{name}/upload`, whose raw body is handed to
+//! [`Core::upload_image`] as it arrives, never buffered whole, limited by
+//! [`ServerSettings::max_upload`] instead of `max_body`).
 
-use crate::action::Core;
+use crate::action::{ByteStream, Core};
 use crate::auth::{AuthError, TokenStore};
 use crate::error::ApiError;
 use crate::router::{self, HEALTH_PATH};
 use crate::tls::{self, TlsError, TlsIdentity, TlsSettings};
 use bytes::Bytes;
+use futures_core::Stream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// Default largest request body (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default largest image upload (64 GiB).
+pub const DEFAULT_MAX_UPLOAD: u64 = 64 * 1024 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,8 +54,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// TLS identity settings.
     pub tls: TlsSettings,
-    /// Largest request body, bytes.
+    /// Largest JSON request body, bytes.
     pub max_body: usize,
+    /// Largest image upload (`POST /api/v1/images/{name}/upload`), bytes.
+    pub max_upload: u64,
 }
 
 impl ServerSettings {
@@ -51,6 +68,7 @@ impl ServerSettings {
             data_dir: data_dir.into(),
             tls: TlsSettings::default(),
             max_body: DEFAULT_MAX_BODY,
+            max_upload: DEFAULT_MAX_UPLOAD,
         }
     }
 }
@@ -78,6 +96,7 @@ struct Shared {
     core: Arc<dyn Core>,
     tokens: TokenStore,
     max_body: usize,
+    max_upload: u64,
 }
 
 /// A bound, not yet serving, endpoint.
@@ -119,6 +138,7 @@ impl Server {
                 core,
                 tokens,
                 max_body: settings.max_body,
+                max_upload: settings.max_upload,
             }),
             new_token,
         })
@@ -212,8 +232,15 @@ impl Server {
     }
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+/// The body of every answer: one JSON value, nothing, or a stream.
+type RespBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(b: Bytes) -> RespBody {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<RespBody> {
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -222,7 +249,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     resp
 }
 
-fn error_response(e: &ApiError, path: &str) -> Response<Full<Bytes>> {
+fn error_response(e: &ApiError, path: &str) -> Response<RespBody> {
     let mut resp = json_response(e.status, &e.body());
     if e.status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
@@ -238,19 +265,26 @@ fn error_response(e: &ApiError, path: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-fn is_json(req: &Request<Incoming>) -> bool {
+fn has_content_type(req: &Request<Incoming>, mime: &str) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case(mime))
 }
 
-async fn handle(
-    shared: &Shared,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+fn is_json(req: &Request<Incoming>) -> bool {
+    has_content_type(req, "application/json")
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -268,10 +302,7 @@ async fn handle(
     resp
 }
 
-async fn respond(
-    shared: &Shared,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<RespBody>, ApiError> {
     let path = req.uri().path().to_string();
     if path == HEALTH_PATH {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -300,6 +331,11 @@ async fn respond(
     }
     let matched = router::find(req.method().as_str(), &path)?;
     let query = req.uri().query().map(str::to_string);
+    match matched.route.operation {
+        "getConsole" => return console(shared, &matched, query.as_deref(), req).await,
+        "uploadImage" => return upload(shared, &matched, query.as_deref(), req).await,
+        _ => {}
+    }
     if matched.route.body && !is_json(&req) {
         return Err(ApiError::status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -329,11 +365,144 @@ async fn respond(
     let value = shared.core.handle(action).await?;
     let status = StatusCode::from_u16(matched.route.success).unwrap_or(StatusCode::OK);
     if status == StatusCode::NO_CONTENT {
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = status;
         return Ok(r);
     }
     Ok(json_response(status, &value))
+}
+
+/// `GET /api/v1/vms/{id}/console`: the core's stream as a chunked answer.
+/// When the client goes away, hyper drops the body and with it the stream.
+async fn console(
+    shared: &Shared,
+    matched: &router::Matched,
+    query: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, ApiError> {
+    let c = router::console_request(matched, query)?;
+    // The route takes no body; refuse one rather than ignore it.
+    let body = read_body(req, shared.max_body).await?;
+    if !body.is_empty() {
+        return Err(ApiError::field("body", "this route takes no body"));
+    }
+    tracing::debug!(id = %c.id, follow = c.follow, tail = c.tail, "console stream");
+    let stream = shared.core.console(c.id, c.follow, c.tail).await?;
+    let body = StreamBody::new(FrameStream(stream)).boxed_unsync();
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Maps a [`ByteStream`] to body frames.
+struct FrameStream(ByteStream);
+
+impl Stream for FrameStream {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0
+            .as_mut()
+            .poll_next(cx)
+            .map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// `POST /api/v1/images/{name}/upload`: the request body goes to the core
+/// as a stream, counted against `max_upload`.
+async fn upload(
+    shared: &Shared,
+    matched: &router::Matched,
+    query: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, ApiError> {
+    if !has_content_type(&req, "application/octet-stream") {
+        return Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/octet-stream",
+        ));
+    }
+    let max = shared.max_upload;
+    let too_large = || {
+        ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("upload larger than {max} bytes"),
+        )
+    };
+    if content_length(&req).is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let upload = router::upload_request(matched, query)?;
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let stream: ByteStream = Box::pin(UploadStream {
+        body: req.into_body(),
+        seen: 0,
+        max,
+        exceeded: exceeded.clone(),
+        done: false,
+    });
+    tracing::debug!(name = %upload.name, "image upload");
+    let result = shared.core.upload_image(upload, stream).await;
+    if exceeded.load(Ordering::SeqCst) {
+        return Err(too_large());
+    }
+    let value = result?;
+    Ok(json_response(StatusCode::ACCEPTED, &value))
+}
+
+/// An upload's body as a [`ByteStream`]: data frames only, an error once
+/// more than `max` bytes arrived (and nothing after it).
+struct UploadStream {
+    body: Incoming,
+    seen: u64,
+    max: u64,
+    exceeded: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Stream for UploadStream {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use hyper::body::Body;
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        "reading upload: {e}"
+                    )))));
+                }
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            self.seen += data.len() as u64;
+            if self.seen > self.max {
+                self.done = true;
+                self.exceeded.store(true, Ordering::SeqCst);
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("upload larger than {} bytes", self.max),
+                ))));
+            }
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(data)));
+            }
+        }
+    }
 }
 
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {

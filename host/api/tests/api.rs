@@ -5,7 +5,10 @@
 mod common;
 
 use common::{schema, FakeCore, Running};
-use nasvisor_api::action::{ImageAdd, ImageSource, VmCreate, VmUpdate};
+use nasvisor_api::action::{
+    FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec, InstallUser,
+    NicSpec, VmCreate, VmUpdate,
+};
 use nasvisor_api::router::ROUTES;
 use nasvisor_api::{Action, PowerOp, ServerSettings, OPENAPI_JSON};
 use serde_json::Value;
@@ -45,6 +48,7 @@ async fn health_needs_no_token_and_nothing_else_answers_without_one() {
             .replace("{id}", "x1")
             .replace("{pool}", "p1")
             .replace("{volume}", "v1")
+            .replace("{snapshot}", "s1")
             .replace("{name}", "n1");
         for bad in [None, Some("wrong"), Some(&token[1..])] {
             let r = c
@@ -183,7 +187,33 @@ async fn valid_requests_are_forwarded_as_the_right_action() {
         core.take(),
         vec![Action::AddImage(ImageAdd {
             name: "deb".into(),
-            source: ImageSource::Url("https://example.invalid/deb.qcow2".into())
+            source: ImageSource::Url("https://example.invalid/deb.qcow2".into()),
+            meta: ImageMetaSpec::default(),
+        })]
+    );
+
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/images",
+            t,
+            r#"{"name":"win","path":"/srv/win.iso","os_family":"windows","os_variant":"win11",
+                "cloud_init":false,"firmware":"uefi","ready_marker":"READY now"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        core.take(),
+        vec![Action::AddImage(ImageAdd {
+            name: "win".into(),
+            source: ImageSource::Path("/srv/win.iso".into()),
+            meta: ImageMetaSpec {
+                os_family: "windows".into(),
+                os_variant: "win11".into(),
+                cloud_init: false,
+                firmware: FirmwareKind::Uefi,
+                ready_marker: Some("READY now".into()),
+            },
         })]
     );
 
@@ -278,6 +308,80 @@ async fn bad_input_names_the_field_and_never_reaches_the_core() {
         ("POST", "/api/v1/vms/vm1/power", r#"{"op":"explode"}"#, "op"),
         (
             "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"install":{"hostname":"h"}}"#,
+            "install",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"firmware":"efi"}"#,
+            "firmware",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"image":"deb","install":{"users":[{"name":"Root"}]}}"#,
+            "install.users[0].name",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"image":"deb","install":{"users":[{"name":"a","shel":"/bin/sh"}]}}"#,
+            "install.users[0].shel",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"image":"deb","install":{"network":[{"dhcp4":true}]}}"#,
+            "install.network",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"image":"deb","nics":[{"vswitch":"s"}],
+                "install":{"network":[{"addresses":["192.0.2.300/24"]}]}}"#,
+            "install.network[0].addresses[0]",
+        ),
+        (
+            "POST",
+            "/api/v1/vms",
+            r#"{"name":"vm1","vcpus":2,"memory_mib":2048,"image":"deb","install":{"disk_size_gib":0}}"#,
+            "install.disk_size_gib",
+        ),
+        (
+            "POST",
+            "/api/v1/images",
+            r#"{"name":"i","path":"/a.img","firmware":"coreboot"}"#,
+            "firmware",
+        ),
+        (
+            "POST",
+            "/api/v1/images",
+            r#"{"name":"i","path":"/a.img","ready_marker":"tab\there"}"#,
+            "ready_marker",
+        ),
+        (
+            "POST",
+            "/api/v1/images",
+            r#"{"name":"i","path":"/a.img","os_family":"../x"}"#,
+            "os_family",
+        ),
+        ("POST", "/api/v1/vms/vm1/console", r#"{"data":""}"#, "data"),
+        (
+            "POST",
+            "/api/v1/pools/p1/imports",
+            r#"{"name":"v","path":"/srv/../etc/shadow"}"#,
+            "path",
+        ),
+        (
+            "POST",
+            "/api/v1/pools/p1/volumes/v1/clone",
+            r#"{"name":"a b"}"#,
+            "name",
+        ),
+        (
+            "POST",
             "/api/v1/pools",
             r#"{"name":"p","path":"relative"}"#,
             "path",
@@ -310,6 +414,36 @@ async fn bad_input_names_the_field_and_never_reaches_the_core() {
             r.json()
         );
     }
+    let long = format!(r#"{{"data":"{}"}}"#, "x".repeat(4097));
+    let r = c.json("POST", "/api/v1/vms/vm1/console", t, &long).await;
+    assert_eq!((r.status, r.field().as_deref()), (400, Some("data")));
+    // Query parameters name themselves.
+    for (path, field) in [
+        ("/api/v1/events?limit=0", "limit"),
+        ("/api/v1/events?limit=1001", "limit"),
+        ("/api/v1/events?since=-1", "since"),
+        ("/api/v1/events?since=1&since=2", "since"),
+        ("/api/v1/events?colour=red", "colour"),
+        ("/api/v1/vms/vm1/console?tail=1048577", "tail"),
+        ("/api/v1/vms/vm1/console?follow=maybe", "follow"),
+    ] {
+        let r = c.get(path, Some(t)).await;
+        assert_eq!(
+            (r.status, r.field().as_deref()),
+            (400, Some(field)),
+            "{path}"
+        );
+    }
+    let r = c
+        .send(
+            "DELETE",
+            "/api/v1/pools/p1/volumes/v1/snapshots/s%201",
+            Some(t),
+            None,
+            b"",
+        )
+        .await;
+    assert_eq!((r.status, r.field().as_deref()), (400, Some("snapshot")));
     // Path parameters are names too.
     let r = c.get("/api/v1/vms/..", Some(t)).await;
     assert_eq!((r.status, r.field().as_deref()), (400, Some("id")));
@@ -456,24 +590,42 @@ fn router_and_openapi_list_the_same_routes() {
                 .filter(|k| k.starts_with('2'))
                 .collect();
             assert_eq!(success.len(), 1, "{method} {path}: one success status");
+            let raw = op
+                .pointer("/requestBody/content/application~1octet-stream")
+                .is_some();
+            let mut query: Vec<String> = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            query.sort();
             in_spec.insert((
                 method.to_uppercase(),
                 path.clone(),
                 op["operationId"].as_str().unwrap().to_string(),
                 success[0].parse::<u16>().unwrap(),
                 op.get("requestBody").is_some(),
+                raw,
+                query,
             ));
         }
     }
     let in_router: BTreeSet<_> = ROUTES
         .iter()
         .map(|r| {
+            let mut query: Vec<String> = r.query.iter().map(|q| q.to_string()).collect();
+            query.sort();
             (
                 r.method.to_string(),
                 r.path.to_string(),
                 r.operation.to_string(),
                 r.success,
                 r.body,
+                r.raw_body,
+                query,
             )
         })
         .collect();
@@ -546,6 +698,22 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "getJob" => ("/api/v1/jobs/j1", None),
         "cancelJob" => ("/api/v1/jobs/j1/cancel", None),
         "listPlugins" => ("/api/v1/plugins", None),
+        "getConsole" => ("/api/v1/vms/vm1/console?tail=100", None),
+        "consoleInput" => ("/api/v1/vms/vm1/console", Some(r#"{"data":"root\n"}"#)),
+        "deletePool" => ("/api/v1/pools/p2", None),
+        "importVolume" => (
+            "/api/v1/pools/p1/imports",
+            Some(r#"{"name":"v3","path":"/srv/disk.vmdk"}"#),
+        ),
+        "listSnapshots" => ("/api/v1/pools/p1/volumes/v1/snapshots", None),
+        "revertSnapshot" => ("/api/v1/pools/p1/volumes/v1/snapshots/s1/revert", None),
+        "deleteSnapshot" => ("/api/v1/pools/p1/volumes/v1/snapshots/s1", None),
+        "cloneVolume" => (
+            "/api/v1/pools/p1/volumes/v1/clone",
+            Some(r#"{"name":"v4","linked":true}"#),
+        ),
+        "uploadImage" => ("/api/v1/images/up/upload?os_variant=debian12", None),
+        "listEvents" => ("/api/v1/events?since=5&limit=2", None),
         other => panic!("no sample request for {other}: add one"),
     }
 }
@@ -556,11 +724,7 @@ fn response_schema<'a>(
     method: &str,
     status: u16,
 ) -> Option<&'a Value> {
-    let responses = &doc["paths"][path_template][method.to_lowercase()]["responses"];
-    let r = responses
-        .get(status.to_string())
-        .or_else(|| responses.get("default"))?;
-    r.pointer("/content/application~1json/schema")
+    schema::response_schema(doc, method, path_template, status)
 }
 
 #[tokio::test]
@@ -589,6 +753,16 @@ async fn real_responses_match_the_openapi_schemas() {
         }
         let r = match body {
             Some(b) => c.json(route.method, path, &token, b).await,
+            None if route.raw_body => {
+                c.send(
+                    route.method,
+                    path,
+                    Some(&token),
+                    Some("application/octet-stream"),
+                    b"image bytes",
+                )
+                .await
+            }
             None => c.send(route.method, path, Some(&token), None, b"").await,
         };
         assert_eq!(
@@ -608,7 +782,21 @@ async fn real_responses_match_the_openapi_schemas() {
                     )
                 });
             }
-            None => assert!(r.body.is_empty(), "{}: undocumented body", route.operation),
+            None => {
+                let octet = doc["paths"][route.path][route.method.to_lowercase()]["responses"]
+                    [route.success.to_string()]
+                .pointer("/content/application~1octet-stream")
+                .is_some();
+                if octet {
+                    assert_eq!(
+                        r.headers.get("content-type").unwrap(),
+                        "application/octet-stream"
+                    );
+                    assert!(!r.body.is_empty(), "{}: empty stream", route.operation);
+                } else {
+                    assert!(r.body.is_empty(), "{}: undocumented body", route.operation);
+                }
+            }
         }
         if route.operation == "rotateToken" {
             token = r.json()["token"].as_str().unwrap().to_string();
@@ -643,6 +831,16 @@ fn schema_checker_rejects_wrong_shapes() {
     let doc = spec();
     let vm = serde_json::json!({"$ref": "#/components/schemas/Vm"});
     assert!(schema::validate(&doc, &vm, &common::vm("vm1"), "vm").is_ok());
+    assert!(schema::validate(&doc, &vm, &common::running_vm("vm1"), "vm").is_ok());
+    let mut bad = common::vm("vm1");
+    bad["created_at"] = "yesterday".into();
+    assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
+    let mut bad = common::vm("vm1");
+    bad["accel"] = "hvf".into();
+    assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
+    let mut bad = common::vm("vm1");
+    bad["disks"][0].as_object_mut().unwrap().remove("role");
+    assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
     let mut bad = common::vm("vm1");
     bad["state"] = "exploded".into();
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
@@ -652,6 +850,32 @@ fn schema_checker_rejects_wrong_shapes() {
     let mut bad = common::vm("vm1");
     bad.as_object_mut().unwrap().remove("vcpus");
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
+    let ev = serde_json::json!({"$ref": "#/components/schemas/Event"});
+    assert!(schema::validate(&doc, &ev, &common::event(1), "ev").is_ok());
+    let mut bad = common::event(1);
+    bad["seq"] = 0.into();
+    assert!(schema::validate(&doc, &ev, &bad, "ev").is_err());
+    assert!(
+        nasvisor_api::schema::check_response("GET", "/api/v1/vms/{id}", 200, &common::vm("a"))
+            .is_ok()
+    );
+    assert!(nasvisor_api::schema::check_response(
+        "GET",
+        "/api/v1/vms/{id}",
+        200,
+        &common::job("a", "b")
+    )
+    .is_err());
+    assert!(nasvisor_api::schema::check_response(
+        "DELETE",
+        "/api/v1/pools/{name}",
+        204,
+        &Value::Null
+    )
+    .is_ok());
+    assert!(
+        nasvisor_api::schema::check_response("GET", "/api/v1/nope", 200, &Value::Null).is_err()
+    );
     let power = serde_json::json!({"$ref": "#/components/schemas/PowerOp"});
     assert!(schema::validate(&doc, &power, &serde_json::json!({"op": "reboot"}), "p").is_ok());
     assert!(schema::validate(
@@ -661,4 +885,364 @@ fn schema_checker_rejects_wrong_shapes() {
         "p"
     )
     .is_err());
+}
+
+#[tokio::test]
+async fn new_routes_are_forwarded_as_the_right_action() {
+    let (_dir, core, server, token) = start().await;
+    let c = server.client();
+    let t = token.as_str();
+    let cases: Vec<(&str, &str, Option<&str>, u16, Action)> = vec![
+        (
+            "POST",
+            "/api/v1/vms/vm1/console",
+            Some(r#"{"data":"ls -l\n"}"#),
+            204,
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "ls -l\n".into(),
+            },
+        ),
+        (
+            "GET",
+            "/api/v1/pools/p1/volumes/v1/snapshots",
+            None,
+            200,
+            Action::ListSnapshots {
+                pool: "p1".into(),
+                volume: "v1".into(),
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/pools/p1/volumes/v1/snapshots/s1/revert",
+            None,
+            200,
+            Action::RevertSnapshot {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "s1".into(),
+            },
+        ),
+        (
+            "DELETE",
+            "/api/v1/pools/p1/volumes/v1/snapshots/s1",
+            None,
+            204,
+            Action::DeleteSnapshot {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "s1".into(),
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/pools/p1/volumes/v1/clone",
+            Some(r#"{"name":"v2"}"#),
+            201,
+            Action::CloneVolume {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "v2".into(),
+                linked: false,
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/pools/p1/volumes/v1/clone",
+            Some(r#"{"name":"v3","linked":true}"#),
+            201,
+            Action::CloneVolume {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "v3".into(),
+                linked: true,
+            },
+        ),
+        (
+            "POST",
+            "/api/v1/pools/p1/imports",
+            Some(r#"{"name":"old","path":"/srv/old.vmdk"}"#),
+            202,
+            Action::ImportVolume {
+                pool: "p1".into(),
+                name: "old".into(),
+                path: "/srv/old.vmdk".into(),
+            },
+        ),
+        (
+            "DELETE",
+            "/api/v1/pools/p1",
+            None,
+            204,
+            Action::DeletePool { name: "p1".into() },
+        ),
+        (
+            "GET",
+            "/api/v1/events",
+            None,
+            200,
+            Action::ListEvents {
+                since: None,
+                limit: 100,
+            },
+        ),
+        (
+            "GET",
+            "/api/v1/events?since=41&limit=1000",
+            None,
+            200,
+            Action::ListEvents {
+                since: Some(41),
+                limit: 1000,
+            },
+        ),
+    ];
+    for (method, path, body, status, action) in cases {
+        let r = match body {
+            Some(b) => c.json(method, path, t, b).await,
+            None => c.send(method, path, Some(t), None, b"").await,
+        };
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if status == 204 {
+            assert!(r.body.is_empty());
+        }
+        assert_eq!(core.take(), vec![action], "{method} {path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn vm_create_with_install_is_parsed_completely() {
+    let (_dir, core, server, token) = start().await;
+    let c = server.client();
+    let body = r#"{"name":"web1","vcpus":2,"memory_mib":1024,"image":"debian-12","firmware":"uefi",
+        "nics":[{"vswitch":"sw0"},{"vswitch":"sw1","model":"e1000"}],
+        "install":{"hostname":"Web1.example.org",
+          "users":[{"name":"admin","ssh_authorized_keys":["ssh-ed25519 AAAAC3Nza admin@x"],
+                    "password_hash":"$6$salt$hash","sudo":true,"groups":["adm","_ops"],"shell":"/bin/bash"}],
+          "packages":["nginx","libstdc++6","python3.11"],
+          "network":[{"addresses":["192.0.2.10/24","2001:db8::10/64"],"gateway4":"192.0.2.1",
+                      "nameservers":["192.0.2.53","2001:db8::53"]},{"dhcp4":true}],
+          "disk_size_gib":20,"timezone":"Europe/Berlin","pool":"fast","keep_disks_on_failure":true}}"#;
+    let r = c.json("POST", "/api/v1/vms", &token, body).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let expected = Action::CreateVm(VmCreate {
+        name: "web1".into(),
+        vcpus: 2,
+        memory_mib: 1024,
+        description: None,
+        disks: vec![],
+        nics: vec![
+            NicSpec {
+                vswitch: "sw0".into(),
+                mac: None,
+                model: None,
+            },
+            NicSpec {
+                vswitch: "sw1".into(),
+                mac: None,
+                model: Some(nasvisor_api::action::NicModel::E1000),
+            },
+        ],
+        image: Some("debian-12".into()),
+        autostart: false,
+        ha: false,
+        firmware: FirmwareKind::Uefi,
+        install: Some(InstallSpec {
+            hostname: Some("Web1.example.org".into()),
+            users: vec![InstallUser {
+                name: "admin".into(),
+                ssh_authorized_keys: vec!["ssh-ed25519 AAAAC3Nza admin@x".into()],
+                password_hash: Some("$6$salt$hash".into()),
+                sudo: true,
+                groups: vec!["adm".into(), "_ops".into()],
+                shell: Some("/bin/bash".into()),
+            }],
+            packages: vec!["nginx".into(), "libstdc++6".into(), "python3.11".into()],
+            network: vec![
+                InstallNetwork {
+                    dhcp4: false,
+                    addresses: vec!["192.0.2.10/24".into(), "2001:db8::10/64".into()],
+                    gateway4: Some("192.0.2.1".into()),
+                    nameservers: vec!["192.0.2.53".into(), "2001:db8::53".into()],
+                },
+                InstallNetwork {
+                    dhcp4: true,
+                    ..Default::default()
+                },
+            ],
+            disk_size_gib: Some(20),
+            timezone: Some("Europe/Berlin".into()),
+            pool: Some("fast".into()),
+            keep_disks_on_failure: true,
+        }),
+    });
+    assert_eq!(core.take(), vec![expected]);
+    // The sample body follows the spec's request schema too.
+    let doc = spec();
+    schema::validate(
+        &doc,
+        &serde_json::json!({"$ref": "#/components/schemas/VmCreate"}),
+        &serde_json::from_str(body).unwrap(),
+        "request",
+    )
+    .unwrap();
+
+    // Image without install: defaults, firmware bios.
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms",
+            &token,
+            r#"{"name":"web2","vcpus":1,"memory_mib":512,"image":"debian-12"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let calls = core.take();
+    let Action::CreateVm(v) = &calls[0] else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(
+        (v.firmware, v.install.as_ref(), v.image.as_deref()),
+        (FirmwareKind::Bios, None, Some("debian-12"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn install_field_errors_name_the_path() {
+    let (_dir, core, server, token) = start().await;
+    let c = server.client();
+    let base = |install: &str| {
+        format!(
+            r#"{{"name":"v","vcpus":1,"memory_mib":512,"image":"img","nics":[{{"vswitch":"s"}}],"install":{install}}}"#
+        )
+    };
+    let many_users = format!(
+        r#"{{"users":[{}]}}"#,
+        (0..33)
+            .map(|i| format!(r#"{{"name":"u{i}"}}"#))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let long_key = format!(
+        r#"{{"users":[{{"name":"a","ssh_authorized_keys":["ssh-rsa {}"]}}]}}"#,
+        "A".repeat(8200)
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (r#"{"hostname":"-web"}"#.into(), "install.hostname"),
+        (r#"{"hostname":"a..b"}"#.into(), "install.hostname"),
+        (r#"{"hostname":"web_1"}"#.into(), "install.hostname"),
+        (
+            format!(r#"{{"hostname":"{}"}}"#, "a".repeat(64)),
+            "install.hostname",
+        ),
+        (many_users, "install.users"),
+        (
+            r#"{"users":[{"name":"ok"},{"name":"9lives"}]}"#.into(),
+            "install.users[1].name",
+        ),
+        (
+            r#"{"users":[{"name":"a"},{"name":"a"}]}"#.into(),
+            "install.users[1].name",
+        ),
+        (
+            r#"{"users":[{"name":"a","ssh_authorized_keys":["ssh-rsa AAA","rsa AAA"]}]}"#.into(),
+            "install.users[0].ssh_authorized_keys[1]",
+        ),
+        (
+            r#"{"users":[{"name":"a","ssh_authorized_keys":["ssh-rsa A\nssh-rsa B"]}]}"#.into(),
+            "install.users[0].ssh_authorized_keys[0]",
+        ),
+        (long_key, "install.users[0].ssh_authorized_keys[0]"),
+        (
+            r#"{"users":[{"name":"a","password_hash":"secret"}]}"#.into(),
+            "install.users[0].password_hash",
+        ),
+        (
+            r#"{"users":[{"name":"a","password_hash":"$6$a b"}]}"#.into(),
+            "install.users[0].password_hash",
+        ),
+        (
+            r#"{"users":[{"name":"a","groups":["Wheel"]}]}"#.into(),
+            "install.users[0].groups[0]",
+        ),
+        (
+            r#"{"users":[{"name":"a","shell":"bash"}]}"#.into(),
+            "install.users[0].shell",
+        ),
+        (
+            r#"{"users":[{"name":"a","sudo":"yes"}]}"#.into(),
+            "install.users[0].sudo",
+        ),
+        (r#"{"packages":["Nginx"]}"#.into(), "install.packages[0]"),
+        (r#"{"packages":["ok","a"]}"#.into(), "install.packages[1]"),
+        (r#"{"packages":["ng inx"]}"#.into(), "install.packages[0]"),
+        (
+            r#"{"network":[{"addresses":["192.0.2.1"]}]}"#.into(),
+            "install.network[0].addresses[0]",
+        ),
+        (
+            r#"{"network":[{"addresses":["192.0.2.1/33"]}]}"#.into(),
+            "install.network[0].addresses[0]",
+        ),
+        (
+            r#"{"network":[{"addresses":["2001:db8::1/129"]}]}"#.into(),
+            "install.network[0].addresses[0]",
+        ),
+        (
+            r#"{"network":[{"gateway4":"2001:db8::1"}]}"#.into(),
+            "install.network[0].gateway4",
+        ),
+        (
+            r#"{"network":[{"nameservers":["dns.example"]}]}"#.into(),
+            "install.network[0].nameservers[0]",
+        ),
+        (r#"{"network":[{},{}]}"#.into(), "install.network"),
+        (r#"{"disk_size_gib":65537}"#.into(), "install.disk_size_gib"),
+        (
+            r#"{"timezone":"Europe/Berlin;rm"}"#.into(),
+            "install.timezone",
+        ),
+        (r#"{"timezone":"../etc"}"#.into(), "install.timezone"),
+        (r#"{"pool":".."}"#.into(), "install.pool"),
+        (r#"{"colour":"red"}"#.into(), "install.colour"),
+    ];
+    for (install, field) in cases {
+        let r = c.json("POST", "/api/v1/vms", &token, &base(&install)).await;
+        assert_eq!(
+            (r.status, r.field().as_deref()),
+            (400, Some(field)),
+            "{install}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let reason = r.json()["error"]["reason"].as_str().unwrap().to_string();
+        assert!(!reason.is_empty());
+    }
+    // Upper-case host names are fine (case-insensitive), as are 253 bytes.
+    let name = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    assert_eq!(name.len(), 253);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms",
+            &token,
+            &base(&format!(r#"{{"hostname":"{name}"}}"#)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(core.take().len(), 1);
+    server.stop().await;
 }

@@ -3,23 +3,39 @@
 //! server on 127.0.0.1:0.
 #![allow(dead_code)]
 
-pub mod schema;
+#[allow(unused_imports)]
+pub use nasvisor_api::schema;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use nasvisor_api::{Action, Core, CoreError, PowerOp, Server, ServerSettings};
+use nasvisor_api::{
+    Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio_rustls::rustls;
 
+/// An upload the fake core received: the request, the bytes, and the
+/// error that ended the stream (if any).
+pub type Upload = (ImageUpload, Vec<u8>, Option<String>);
+
 /// Records every action and answers with canned objects that follow the
 /// response schemas.
 #[derive(Default)]
 pub struct FakeCore {
     pub calls: Mutex<Vec<Action>>,
+    /// Console requests: (id, follow, tail).
+    pub consoles: Mutex<Vec<(String, bool, u64)>>,
+    /// Uploads: the request, the bytes received, and the error that ended
+    /// the stream (if any).
+    pub uploads: Mutex<Vec<Upload>>,
+    /// Set when a console stream was dropped (the client went away).
+    pub console_dropped: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes of the current upload received so far.
+    pub upload_progress: std::sync::atomic::AtomicU64,
 }
 
 impl FakeCore {
@@ -29,15 +45,49 @@ impl FakeCore {
 }
 
 pub fn vm(id: &str) -> Value {
-    json!({"id": id, "name": id, "state": "stopped", "host": null, "vcpus": 2, "memory_mib": 2048,
-           "description": null, "autostart": false, "ha": false,
-           "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240}],
-           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio"}]})
+    json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
+           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false,
+           "firmware": "bios", "image": null, "pid": null, "accel": null, "install_job": null,
+           "created_at": "2026-01-01T00:00:00Z",
+           "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
+           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]})
+}
+
+pub fn running_vm(id: &str) -> Value {
+    let mut v = vm(id);
+    v["state"] = "installing".into();
+    v["host"] = "h1".into();
+    v["pid"] = 4242.into();
+    v["accel"] = "tcg".into();
+    v["image"] = "debian-12".into();
+    v["install_job"] = "j-install".into();
+    v["firmware"] = "uefi".into();
+    v["disks"] = json!([{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"},
+                        {"pool": "p1", "volume": "v1-seed", "size_mib": 1, "role": "seed"}]);
+    v["nics"][0]["tap"] = "nvtap0".into();
+    v
 }
 
 pub fn job(id: &str, kind: &str) -> Value {
     json!({"id": id, "kind": kind, "state": "queued", "progress": 0.0, "error": null,
+           "target": null, "message": null, "finished_at": null,
            "created_at": "2026-01-01T00:00:00Z"})
+}
+
+pub fn image(name: &str) -> Value {
+    json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
+           "virtual_size_mib": 2048, "os_family": "linux", "os_variant": "debian12",
+           "cloud_init": true, "firmware": "bios", "ready_marker": "NASVISOR-READY",
+           "iso": false, "job": null, "error": null})
+}
+
+pub fn event(seq: u64) -> Value {
+    json!({"seq": seq, "time": "2026-01-01T00:00:00.5+01:00", "kind": "vm.started",
+           "severity": "info", "target": "vm/vm1", "message": "vm1 started on h1"})
+}
+
+fn snapshot(pool: &str, volume: &str, name: &str) -> Value {
+    json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"})
 }
 
 fn volume(pool: &str, name: &str, size: u64) -> Value {
@@ -50,7 +100,9 @@ impl Core for FakeCore {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
             Action::GetHost => json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4,
-                                      "memory_mib": 16384, "cluster_role": "single"}),
+                                      "memory_mib": 16384, "cluster_role": "single",
+                                      "accel": "tcg", "accel_reason": "probe guest hung under KVM",
+                                      "free_memory_mib": 8192, "qemu_version": "10.0.2"}),
             Action::ListVms => json!([vm("vm1")]),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
@@ -73,6 +125,7 @@ impl Core for FakeCore {
                     reason: "no such host".into(),
                 })
             }
+            Action::GetVm { id } if id == "inst" => running_vm(&id),
             Action::GetVm { id } | Action::UpdateVm { id, .. } => vm(&id),
             Action::CreateVm(c) => vm(&c.name),
             Action::DeleteVm { id, .. } => job(&format!("del-{id}"), "delete_vm"),
@@ -96,22 +149,140 @@ impl Core for FakeCore {
                 volume: v,
                 size_mib,
             } => volume(&pool, &v, size_mib),
-            Action::SnapshotVolume { pool, volume, name } => json!({"name": name, "pool": pool,
-                "volume": volume, "created_at": "2026-01-01T00:00:00Z"}),
+            Action::SnapshotVolume { pool, volume, name }
+            | Action::RevertSnapshot { pool, volume, name } => snapshot(&pool, &volume, &name),
+            Action::ListSnapshots { pool, volume } => json!([snapshot(&pool, &volume, "s1")]),
+            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10),
+            Action::ImportVolume { .. } => job("j3", "import_volume"),
             Action::DeleteVolume { .. }
             | Action::DeleteImage { .. }
-            | Action::DeleteVswitch { .. } => json!(null),
-            Action::ListImages => json!([{"name": "debian-12", "size_mib": 400, "state": "ready"}]),
+            | Action::DeleteVswitch { .. }
+            | Action::DeleteSnapshot { .. }
+            | Action::DeletePool { .. }
+            | Action::ConsoleInput { .. } => json!(null),
+            Action::ListEvents { since, limit } => {
+                let from = since.unwrap_or(0) + 1;
+                json!((from..from + u64::from(limit.min(3)))
+                    .map(event)
+                    .collect::<Vec<_>>())
+            }
+            Action::ListImages => json!([image("debian-12")]),
             Action::AddImage(_) => job("j2", "add_image"),
             Action::ListVswitches => json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
             Action::CreateVswitch(s) => json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
             Action::ListJobs => json!([job("j1", "start")]),
-            Action::GetJob { id } | Action::CancelJob { id } => job(&id, "start"),
+            Action::GetJob { id } | Action::CancelJob { id } => {
+                let mut j = job(&id, "start");
+                j["state"] = "succeeded".into();
+                j["progress"] = 1.0.into();
+                j["target"] = "vm/vm1".into();
+                j["message"] = "done".into();
+                j["finished_at"] = "2026-01-01T00:00:05Z".into();
+                j
+            }
             Action::ListPlugins => {
                 json!([{"name": "scheduler", "world": "scheduler", "version": "0.1.0",
                                            "vendor": "nasvisor", "state": "active"}])
             }
         })
+    }
+
+    /// VM `missing` does not exist; VM `endless` streams until the client
+    /// goes away; every other VM sends `tail` bytes of "history" (at most
+    /// 3 chunks) and, when `follow`, two more chunks.
+    async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
+        self.consoles
+            .lock()
+            .unwrap()
+            .push((id.clone(), follow, tail));
+        if id == "missing" {
+            return Err(CoreError::NotFound {
+                what: format!("vm {id}"),
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        let dropped = self.console_dropped.clone();
+        tokio::spawn(async move {
+            if id == "endless" {
+                let mut n = 0u64;
+                loop {
+                    n += 1;
+                    if tx
+                        .send(Ok(Bytes::from(format!("line {n}\n"))))
+                        .await
+                        .is_err()
+                    {
+                        dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            let _ = tx
+                .send(Ok(Bytes::from(format!("history of {id} ({tail})\n"))))
+                .await;
+            if follow {
+                for chunk in ["live 1\n", "live 2\n"] {
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    let _ = tx.send(Ok(Bytes::from_static(chunk.as_bytes()))).await;
+                }
+            }
+        });
+        Ok(Box::pin(ChannelStream(rx)))
+    }
+
+    /// Reads the whole stream and records what arrived.
+    async fn upload_image(
+        &self,
+        upload: ImageUpload,
+        mut body: ByteStream,
+    ) -> Result<Value, CoreError> {
+        let mut got = Vec::new();
+        let mut err = None;
+        self.upload_progress
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        while let Some(chunk) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+        {
+            match chunk {
+                Ok(b) => {
+                    got.extend_from_slice(&b);
+                    self.upload_progress
+                        .store(got.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(e) => {
+                    err = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let name = upload.name.clone();
+        self.uploads
+            .lock()
+            .unwrap()
+            .push((upload, got, err.clone()));
+        if let Some(e) = err {
+            return Err(CoreError::Invalid {
+                field: "body".into(),
+                reason: e,
+            });
+        }
+        let mut j = job("j-up", "upload_image");
+        j["target"] = format!("image/{name}").into();
+        Ok(j)
+    }
+}
+
+/// An mpsc receiver as a stream.
+pub struct ChannelStream(pub tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl futures_core::Stream for ChannelStream {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -224,6 +395,44 @@ impl Client {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Reply {
+        let resp = self
+            .open(
+                method,
+                path,
+                token,
+                content_type,
+                Full::new(Bytes::copy_from_slice(body)),
+            )
+            .await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends a request with any body and returns the answer unread.
+    pub async fn open<B>(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: B,
+    ) -> http::Response<hyper::body::Incoming>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from(self.name.clone()).unwrap();
         let tls = self
@@ -245,22 +454,8 @@ impl Client {
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        let req = req.body(body).unwrap();
+        sender.send_request(req).await.unwrap()
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -276,5 +471,20 @@ impl Client {
             body.as_bytes(),
         )
         .await
+    }
+}
+
+/// A request body fed through a channel, frame by frame.
+pub struct FrameChannel(
+    pub tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+);
+
+impl futures_core::Stream for FrameChannel {
+    type Item = Result<hyper::body::Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
     }
 }

@@ -1,6 +1,8 @@
-//! `nasvisor`: the command-line tool. For now it carries the plugin
-//! commands; the VM, storage and cluster commands talk to nasvisord's API.
+//! `nasvisor`: the command-line tool. The plugin commands work locally; the
+//! host, VM, storage, image, network, job and event commands talk to
+//! nasvisord's HTTPS admin API (module [`api`]).
 
+mod api;
 mod plugin_build;
 mod plugin_cmd;
 
@@ -17,13 +19,17 @@ struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. "info" or "nasvisor=debug".
     #[arg(long, global = true, default_value = "warn", env = "NASVISOR_LOG")]
     log: String,
+    #[command(flatten)]
+    api: api::client::ApiOpts,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write, build, sign, check and try policy plugins.
+    #[command(flatten)]
+    Api(api::commands::ApiCommand),
+    /// Write, build, sign, check and try policy plugins; list the loaded ones.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
 }
@@ -36,6 +42,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
+        Command::Api(cmd) => api::commands::run(cmd, &cli.api),
+        Command::Plugin(plugin_cmd::PluginCommand::List) => {
+            api::commands::run_plugin_list(&cli.api)
+        }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     }
 }

@@ -17,6 +17,8 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// The plugins nasvisord has loaded and their state (asks the API).
+    List,
     /// Generate an ed25519 signing key: <out>.key (secret, PKCS#8 PEM) and <out>.pub.
     Keygen {
         /// Path prefix of the two files.
@@ -194,6 +196,7 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
     match cmd {
+        PluginCommand::List => return Err(anyhow!("plugin list asks the API (handled in main)")),
         PluginCommand::Keygen { out } => {
             // `--out acme` or `--out acme.key` give acme.key and acme.pub;
             // other dots (`--out rel-1.2`) are kept.

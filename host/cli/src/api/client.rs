@@ -1,0 +1,481 @@
+//! The HTTPS client of nasvisord's admin API: ureq 2 over rustls, with the
+//! server certificate trusted from a CA file or pinned by its SHA-256
+//! fingerprint (never unverified), and the admin token as a bearer token.
+
+use clap::Args;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default endpoint of nasvisord.
+pub const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:8443";
+/// Default data directory of nasvisord (its certificate is `tls/cert.pem` in it).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/nasvisor";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How to reach and authenticate to nasvisord (global options).
+#[derive(Debug, Clone, Args)]
+pub struct ApiOpts {
+    /// nasvisord's admin endpoint.
+    #[arg(long, global = true, env = "NASVISOR_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// The admin token (printed by nasvisord on its first start).
+    #[arg(long, global = true, env = "NASVISOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, global = true, env = "NASVISOR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A PEM certificate (CA or the server's own) to trust.
+    #[arg(long, global = true, env = "NASVISOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Pin the server certificate by its SHA-256 fingerprint (hex, colons optional,
+    /// as nasvisord prints it).
+    #[arg(long, global = true, env = "NASVISOR_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// nasvisord's data directory; its tls/cert.pem is trusted when neither
+    /// --ca-cert nor --fingerprint is given.
+    #[arg(long, global = true, env = "NASVISOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print the API's raw JSON answers.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// A failed command: what the user sees on stderr, after `error: `.
+#[derive(Debug)]
+pub enum CliError {
+    /// The API refused the request.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The request field at fault.
+        field: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else (connection, TLS, local input, ...), one line.
+    Other(String),
+}
+
+impl CliError {
+    /// A local error.
+    pub fn msg(m: impl Into<String>) -> Self {
+        CliError::Other(m.into())
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Api {
+                status,
+                field: Some(field),
+                reason,
+            } if !field.is_empty() => write!(f, "{field}: {reason} (HTTP {status})"),
+            CliError::Api { status, reason, .. } => write!(f, "{reason} (HTTP {status})"),
+            CliError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The result of a command.
+pub type CliResult<T> = Result<T, CliError>;
+
+/// A connected (configured) API client.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    endpoint: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Normalizes a SHA-256 fingerprint (`AA:BB:..`, `aabb..`) to lower-case hex.
+pub fn normalize_fingerprint(fp: &str) -> CliResult<String> {
+    let hex: String = fp
+        .trim()
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::msg(format!(
+            "--fingerprint: {fp:?} is not a SHA-256 fingerprint: give 64 hex digits, \
+             colons optional (as nasvisord prints it: AA:BB:...)"
+        )));
+    }
+    Ok(hex)
+}
+
+/// The fingerprint of a DER certificate in nasvisord's format (`AA:BB:...`).
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly the server certificate with the pinned fingerprint (the
+/// handshake signatures are still checked against it).
+#[derive(Debug)]
+struct PinnedCert {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = hex_lower(&Sha256::digest(end_entity.as_ref()));
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "server certificate fingerprint {} does not match the pinned {}",
+                fingerprint(end_entity.as_ref()),
+                colon_upper(&self.pin)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn colon_upper(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn roots_from(path: &Path, what: &str) -> CliResult<rustls::RootCertStore> {
+    let pem = std::fs::read(path)
+        .map_err(|e| CliError::msg(format!("{what} {}: {e}", path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        let c = c.map_err(|e| {
+            CliError::msg(format!(
+                "{what} {}: not a PEM certificate: {e}",
+                path.display()
+            ))
+        })?;
+        roots.add(c).map_err(|e| {
+            CliError::msg(format!(
+                "{what} {}: unusable certificate: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(CliError::msg(format!(
+            "{what} {}: no certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(roots)
+}
+
+fn tls_config(opts: &ApiOpts) -> CliResult<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::msg(format!("TLS setup: {e}")))?;
+    if opts.ca_cert.is_some() && opts.fingerprint.is_some() {
+        return Err(CliError::msg(
+            "give either --ca-cert or --fingerprint, not both",
+        ));
+    }
+    if let Some(fp) = &opts.fingerprint {
+        let pin = normalize_fingerprint(fp)?;
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                pin,
+                provider: provider(),
+            }))
+            .with_no_client_auth());
+    }
+    let roots = match &opts.ca_cert {
+        Some(ca) => roots_from(ca, "--ca-cert")?,
+        None => {
+            let default = opts.data_dir.join("tls/cert.pem");
+            if !default.is_file() {
+                return Err(CliError::msg(format!(
+                    "cannot verify {}: no --ca-cert or --fingerprint given and {} does not exist \
+                     (give the server certificate with --ca-cert / NASVISOR_CA_CERT, or pin the \
+                     fingerprint nasvisord prints at start with --fingerprint / NASVISOR_FINGERPRINT)",
+                    opts.endpoint,
+                    default.display()
+                )));
+            }
+            roots_from(&default, "server certificate")?
+        }
+    };
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+fn read_token(opts: &ApiOpts) -> CliResult<String> {
+    let token = match (&opts.token, &opts.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CliError::msg(format!("--token-file {}: {e}", f.display())))?
+            .trim()
+            .to_string(),
+        (None, None) => {
+            return Err(CliError::msg(
+                "no admin token: give --token or --token-file, or set NASVISOR_TOKEN or \
+                 NASVISOR_TOKEN_FILE (nasvisord prints the token once, on its first start)",
+            ))
+        }
+    };
+    if token.is_empty() {
+        return Err(CliError::msg("the admin token is empty"));
+    }
+    if token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(CliError::msg(
+            "the admin token contains spaces or control characters",
+        ));
+    }
+    Ok(token)
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A query string (`?k=v&...`) of the given pairs; empty without pairs.
+pub fn query(pairs: &[(&str, String)]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let q: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect();
+    format!("?{}", q.join("&"))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+impl Client {
+    /// Builds a client from the global options: endpoint, token and trust.
+    /// Fails (before any connection) when the token or the trust is missing.
+    pub fn new(opts: &ApiOpts) -> CliResult<Self> {
+        let endpoint = opts.endpoint.trim_end_matches('/').to_string();
+        let lower = endpoint.to_ascii_lowercase();
+        if !lower.starts_with("https://") {
+            return Err(CliError::msg(format!(
+                "--endpoint {endpoint:?}: must be an https:// URL (nasvisord serves HTTPS only)"
+            )));
+        }
+        let token = read_token(opts)?;
+        let tls = tls_config(opts)?;
+        let agent = ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .timeout_connect(CONNECT_TIMEOUT)
+            .user_agent(concat!("nasvisor-cli/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Self {
+            agent,
+            endpoint,
+            token,
+        })
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{path}", self.endpoint))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    fn transport_error(&self, e: &ureq::Transport) -> CliError {
+        let mut why = e.kind().to_string();
+        if let Some(m) = e.message() {
+            why.push_str(": ");
+            why.push_str(m);
+        }
+        if let Some(src) = std::error::Error::source(e) {
+            let chain = error_chain(src);
+            if !why.contains(&chain) {
+                why.push_str(": ");
+                why.push_str(&chain);
+            }
+        }
+        CliError::msg(format!("cannot talk to {}: {why}", self.endpoint))
+    }
+
+    fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> CliResult<ureq::Response> {
+        match r {
+            Ok(resp) => Ok(resp),
+            Err(ureq::Error::Status(status, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                let parsed: Option<Value> = serde_json::from_str(&body).ok();
+                let err = parsed.as_ref().and_then(|v| v.get("error"));
+                match err.and_then(|e| e.get("reason")).and_then(Value::as_str) {
+                    Some(reason) => Err(CliError::Api {
+                        status,
+                        field: err
+                            .and_then(|e| e.get("field"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        reason: reason.to_string(),
+                    }),
+                    None => Err(CliError::Api {
+                        status,
+                        field: None,
+                        reason: if body.trim().is_empty() {
+                            "no reason given".into()
+                        } else {
+                            body.trim().chars().take(300).collect()
+                        },
+                    }),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t)),
+        }
+    }
+
+    fn json_answer(&self, resp: ureq::Response) -> CliResult<Value> {
+        if resp.status() == 204 {
+            return Ok(Value::Null);
+        }
+        let mut body = String::new();
+        resp.into_reader()
+            .read_to_string(&mut body)
+            .map_err(|e| CliError::msg(format!("reading the answer of {}: {e}", self.endpoint)))?;
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&body)
+            .map_err(|e| CliError::msg(format!("the answer of {} is not JSON: {e}", self.endpoint)))
+    }
+
+    /// `method path` without a body; the JSON answer (`Null` for 204).
+    pub fn call(&self, method: &str, path: &str) -> CliResult<Value> {
+        let r = self.request(method, path).timeout(REQUEST_TIMEOUT).call();
+        let resp = self.finish(r)?;
+        self.json_answer(resp)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> CliResult<Value> {
+        self.call("GET", path)
+    }
+
+    /// `method path` with a JSON body.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> CliResult<Value> {
+        let r = self
+            .request(method, path)
+            .timeout(REQUEST_TIMEOUT)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string());
+        let resp = self.finish(r)?;
+        self.json_answer(resp)
+    }
+
+    /// `GET path`, the answer body as a reader (no overall timeout: for
+    /// streams that last).
+    pub fn stream(&self, path: &str) -> CliResult<Box<dyn Read + Send + Sync + 'static>> {
+        let resp = self.finish(self.request("GET", path).call())?;
+        Ok(resp.into_reader())
+    }
+
+    /// `POST path` with a raw body read from `body` (`len` bytes), streamed.
+    pub fn upload(&self, path: &str, body: impl Read, len: u64) -> CliResult<Value> {
+        let r = self
+            .request("POST", path)
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &len.to_string())
+            .send(body);
+        let resp = self.finish(r)?;
+        self.json_answer(resp)
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}

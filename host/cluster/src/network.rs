@@ -1,89 +1,155 @@
-//! The raft network: [`RaftNetworkFactory`] for [`TypeConfig`].
+//! The raft network: [`RaftNetworkFactory`] for [`TypeConfig`], over the
+//! mutual-TLS transport of [`crate::transport`].
 //!
-//! This step ships a cluster of one, which never sends a raft RPC. Every
-//! remote node is therefore reported [`Unreachable`]: a leader keeps
-//! retrying (with openraft's backoff) and a follower never hears from it.
+//! Raft RPCs are `POST`s of JSON bodies to the peer's cluster endpoint:
+//! `/v1/raft/append`, `/v1/raft/vote` and `/v1/raft/snapshot` (openraft
+//! 0.9 without `generic-snapshot-data` sends snapshots in chunks through
+//! `install_snapshot`; its default `full_snapshot` does the chunking). Each
+//! RPC is bounded by openraft's [`RPCOption::hard_ttl`].
 //!
-//! The real transport, raft RPCs over HTTPS with mutual TLS using
-//! certificates from the cluster's own CA (invariant I5), comes with the
-//! multi-host cluster issue. It replaces [`UnreachableNetwork`] here and
-//! nothing else: joining a second host is a membership change
-//! (`Raft::add_learner` + `Raft::change_membership`), not another code path.
+//! A host that has not created or joined a cluster has no transport: every
+//! peer is then [`Unreachable`] (a cluster of one never sends an RPC). The
+//! transport is installed into the shared [`TransportSlot`] when the host
+//! creates or joins a cluster, without restarting raft.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::sync::{Arc, RwLock};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::transport::{CallError, PeerTransport, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 use crate::types::{Node, NodeId, TypeConfig};
+
+/// Where the transport lives once the host is part of a cluster.
+pub type TransportSlot = Arc<RwLock<Option<Arc<PeerTransport>>>>;
 
 /// Creates a client per remote node.
 #[derive(Debug, Clone, Default)]
-pub struct NetworkFactory;
-
-/// The client of one remote node: every call fails with [`Unreachable`].
-#[derive(Debug, Clone)]
-pub struct UnreachableNetwork {
-    target: NodeId,
-    addr: String,
+pub struct NetworkFactory {
+    slot: TransportSlot,
 }
 
-/// Why the node is unreachable.
+impl NetworkFactory {
+    /// A factory whose clients use whatever transport is in `slot` at the
+    /// time of each RPC.
+    pub fn new(slot: TransportSlot) -> Self {
+        Self { slot }
+    }
+}
+
+/// The client of one remote node.
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    slot: TransportSlot,
+}
+
+/// Why a peer cannot be reached without a transport.
 #[derive(Debug, thiserror::Error)]
-#[error("raft network to node {target} at {addr:?} is not implemented yet (single-host cluster)")]
+#[error(
+    "no cluster transport to node {target} at {addr:?}: this host has not created or joined a cluster"
+)]
 pub struct NoTransport {
     target: NodeId,
     addr: String,
 }
 
-impl UnreachableNetwork {
-    fn err<E: std::error::Error>(&self) -> RPCError<NodeId, Node, E> {
-        RPCError::Unreachable(Unreachable::new(&NoTransport {
-            target: self.target,
-            addr: self.addr.clone(),
-        }))
+impl PeerNetwork {
+    #[allow(clippy::result_large_err)] // openraft's error type
+    fn transport<E: std::error::Error>(
+        &self,
+    ) -> Result<Arc<PeerTransport>, RPCError<NodeId, Node, E>> {
+        let t = self.slot.read().unwrap_or_else(|e| e.into_inner()).clone();
+        t.ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(&NoTransport {
+                target: self.target,
+                addr: self.addr.clone(),
+            }))
+        })
+    }
+
+    async fn rpc<Req, Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let t = self.transport()?;
+        let timeout = option.hard_ttl();
+        let res: Result<Resp, RaftError<NodeId, E>> = t
+            .call(self.target, &self.addr, path, req, timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::Connect { .. } | CallError::Refused { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                    action,
+                    id: t.self_id(),
+                    target: self.target,
+                    timeout,
+                }),
+                e => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = UnreachableNetwork;
+    type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        UnreachableNetwork {
+        PeerNetwork {
             target,
             addr: node.addr.clone(),
+            slot: self.slot.clone(),
         }
     }
 }
 
-impl RaftNetwork<TypeConfig> for UnreachableNetwork {
+impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(self.err())
+        self.rpc(RPCTypes::AppendEntries, PATH_APPEND, &rpc, &option)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.err())
+        self.rpc(RPCTypes::InstallSnapshot, PATH_SNAPSHOT, &rpc, &option)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(self.err())
+        self.rpc(RPCTypes::Vote, PATH_VOTE, &rpc, &option).await
     }
 }
 
@@ -92,8 +158,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn every_rpc_is_unreachable() {
-        let mut f = NetworkFactory;
+    async fn without_a_cluster_every_rpc_is_unreachable() {
+        let mut f = NetworkFactory::default();
         let mut c = f.new_client(2, &Node::new("10.0.0.2:7443")).await;
         let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
         let err = c
@@ -101,6 +167,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
-        assert!(err.to_string().contains("not implemented yet"), "{err}");
+        assert!(err.to_string().contains("not created or joined"), "{err}");
     }
 }

@@ -8,7 +8,63 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Command, Response, Revision};
+use crate::types::{Command, JoinRefused, NodeId, Response, Revision};
+
+/// Reserved kind of the cluster record (key [`KEY_CLUSTER_INFO`]). Kinds
+/// starting with `@` are the cluster's own records: the public write API
+/// refuses them and [`crate::ClusterStore::kinds`] hides them.
+pub const KIND_CLUSTER: &str = "@cluster";
+/// The key of the [`ClusterInfo`] record.
+pub const KEY_CLUSTER_INFO: &str = "info";
+/// Reserved kind of the host records ([`NodeRecord`], key: node id).
+pub const KIND_NODE: &str = "@node";
+/// Reserved kind of the join tokens ([`TokenRecord`], key: SHA-256 of the
+/// token's secret).
+pub const KIND_JOIN_TOKEN: &str = "@join-token";
+/// The default and largest member limit.
+pub const DEFAULT_MAX_MEMBERS: u32 = 7;
+
+/// The cluster's identity and settings (replicated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster id (16 hex digits).
+    pub cluster_id: String,
+    /// SHA-256 of the CA certificate (lower-case hex).
+    pub ca_fingerprint: String,
+    /// The largest number of hosts (joining or member).
+    pub max_members: u32,
+}
+
+/// Where a host is in its life in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Admitted with a token, not yet a voter.
+    Joining,
+    /// A voter.
+    Member,
+    /// Removed; its node id is never used again.
+    Removed,
+}
+
+/// One host of the cluster (replicated; kept after removal so that node
+/// ids are never reused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The host's cluster address.
+    pub addr: String,
+    /// Its status.
+    pub status: NodeStatus,
+}
+
+/// A join token: only the hash of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// The node that redeemed it.
+    pub used_by: Option<NodeId>,
+}
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +97,8 @@ pub enum Change {
         /// The object key.
         key: String,
     },
+    /// Several changes of one command.
+    Batch(Vec<Change>),
 }
 
 /// The whole desired state. Its serialized form is the snapshot format.
@@ -73,10 +131,116 @@ impl DesiredState {
         self.objects.values().all(BTreeMap::is_empty)
     }
 
+    fn record<T: serde::de::DeserializeOwned>(&self, kind: &str, key: &str) -> Option<T> {
+        serde_json::from_value(self.get(kind, key)?.value.clone()).ok()
+    }
+
+    /// The cluster record, once the cluster has been created.
+    pub fn cluster_info(&self) -> Option<ClusterInfo> {
+        self.record(KIND_CLUSTER, KEY_CLUSTER_INFO)
+    }
+
+    /// The record of host `id`.
+    pub fn node(&self, id: NodeId) -> Option<NodeRecord> {
+        self.record(KIND_NODE, &id.to_string())
+    }
+
+    /// Every host record, by node id (removed hosts included).
+    pub fn nodes(&self) -> BTreeMap<NodeId, NodeRecord> {
+        self.list(KIND_NODE)
+            .filter_map(|(k, o)| {
+                Some((
+                    k.parse().ok()?,
+                    serde_json::from_value(o.value.clone()).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The node id `Admit` would assign: one more than any id ever used.
+    pub fn next_node_id(&self) -> NodeId {
+        self.nodes().keys().max().map_or(1, |m| m + 1)
+    }
+
+    /// Check a [`Command::Admit`]: the node id to assign, or why not.
+    fn check_admit(
+        &self,
+        token_hash: &str,
+        now_ms: u64,
+        node_id: Option<NodeId>,
+    ) -> Result<(TokenRecord, NodeId), JoinRefused> {
+        let token: TokenRecord =
+            self.record(KIND_JOIN_TOKEN, token_hash)
+                .ok_or_else(|| JoinRefused::InvalidToken {
+                    reason: "unknown token (never issued by this cluster)".into(),
+                })?;
+        if let Some(node_id) = token.used_by {
+            return Err(JoinRefused::TokenUsed { node_id });
+        }
+        if token.expires_at_ms <= now_ms {
+            return Err(JoinRefused::TokenExpired {
+                expired_s_ago: (now_ms - token.expires_at_ms) / 1000,
+            });
+        }
+        let nodes = self.nodes();
+        let members = nodes
+            .values()
+            .filter(|n| n.status != NodeStatus::Removed)
+            .count() as u32;
+        let limit = self
+            .cluster_info()
+            .map_or(DEFAULT_MAX_MEMBERS, |c| c.max_members);
+        if members >= limit {
+            return Err(JoinRefused::MemberLimit { limit, members });
+        }
+        let id = node_id.unwrap_or_else(|| self.next_node_id());
+        if id == 0 || nodes.contains_key(&id) {
+            return Err(JoinRefused::NodeIdTaken { node_id: id });
+        }
+        Ok((token, id))
+    }
+
     /// Apply one command. Deterministic; a failed precondition changes
     /// nothing and is reported in the response.
     pub fn apply(&mut self, cmd: &Command) -> (Response, Change) {
         match cmd {
+            Command::Admit {
+                token_hash,
+                now_ms,
+                node_id,
+                addr,
+            } => {
+                let (mut token, id) = match self.check_admit(token_hash, *now_ms, *node_id) {
+                    Ok(t) => t,
+                    Err(reason) => return (Response::Refused { reason }, Change::None),
+                };
+                token.used_by = Some(id);
+                let node = NodeRecord {
+                    addr: addr.clone(),
+                    status: NodeStatus::Joining,
+                };
+                self.revision += 1;
+                let mut changes = Vec::new();
+                for (kind, key, value) in [
+                    (KIND_JOIN_TOKEN, token_hash.clone(), to_value(&token)),
+                    (KIND_NODE, id.to_string(), to_value(&node)),
+                ] {
+                    let object = Object {
+                        value,
+                        revision: self.revision,
+                    };
+                    self.objects
+                        .entry(kind.to_owned())
+                        .or_default()
+                        .insert(key.clone(), object.clone());
+                    changes.push(Change::Put {
+                        kind: kind.to_owned(),
+                        key,
+                        object,
+                    });
+                }
+                (Response::Admitted { node_id: id }, Change::Batch(changes))
+            }
             Command::Put {
                 kind,
                 key,
@@ -144,6 +308,10 @@ impl DesiredState {
             }
         }
     }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
 /// The compare-and-swap check: `None` if the precondition holds.

@@ -145,16 +145,7 @@ impl StateMachineStore {
                     EntryPayload::Blank => responses.push(Response::Noop),
                     EntryPayload::Normal(cmd) => {
                         let (resp, change) = applied.state.apply(&cmd);
-                        match change {
-                            Change::None => {}
-                            Change::Put { kind, key, object } => {
-                                let bytes = encode(&object)?;
-                                objects.insert((kind.as_str(), key.as_str()), bytes.as_slice())?;
-                            }
-                            Change::Delete { kind, key } => {
-                                objects.remove((kind.as_str(), key.as_str()))?;
-                            }
-                        }
+                        persist(&mut objects, change)?;
                         responses.push(resp);
                     }
                     EntryPayload::Membership(m) => {
@@ -249,6 +240,29 @@ impl StateMachineStore {
             snapshot: Box::new(Cursor::new(data.value().to_vec())),
         }))
     }
+}
+
+/// Write one applied change to the objects table.
+fn persist(
+    objects: &mut redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    change: Change,
+) -> Result<(), DbError> {
+    match change {
+        Change::None => {}
+        Change::Put { kind, key, object } => {
+            let bytes = encode(&object)?;
+            objects.insert((kind.as_str(), key.as_str()), bytes.as_slice())?;
+        }
+        Change::Delete { kind, key } => {
+            objects.remove((kind.as_str(), key.as_str()))?;
+        }
+        Change::Batch(changes) => {
+            for c in changes {
+                persist(objects, c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {

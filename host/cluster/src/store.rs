@@ -2,22 +2,42 @@
 //!
 //! A single host is a cluster of one: `open` initializes a one-voter raft
 //! cluster on first start, and every write goes through the raft log even
-//! then. Adding a host later is a membership change on the same [`Raft`].
+//! then. Adding a host later is a membership change on the same [`Raft`]:
+//! - [`ClusterStore::create_cluster`] (or [`ClusterStore::create`]) gives
+//!   the host a cluster id and its own CA; from then on it can serve the
+//!   cluster endpoint ([`ClusterStore::serve`]) and admit hosts;
+//! - [`ClusterStore::issue_join_token`] and [`ClusterStore::join`] (see
+//!   [`crate::join`]) add hosts, [`ClusterStore::remove_member`] removes one;
+//! - writes on a follower are forwarded to the leader over the mutual-TLS
+//!   transport; reads are local ([`ClusterStore::get_linearizable`] asks
+//!   the leader).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
+use crate::ca::{Pki, PkiError};
 use crate::db::DbError;
 use crate::log_store::LogStore;
-use crate::network::NetworkFactory;
+use crate::network::{NetworkFactory, TransportSlot};
+use crate::state::{
+    ClusterInfo, NodeRecord, NodeStatus, DEFAULT_MAX_MEMBERS, KEY_CLUSTER_INFO, KIND_CLUSTER,
+    KIND_NODE,
+};
 use crate::state_machine::StateMachineStore;
-use crate::types::{Command, Node, NodeId, Raft, RaftMetrics, Response, Revision};
+use crate::tls::{Admit, TlsError};
+use crate::transport::{
+    spawn_server, CallError, Forward, ForwardError, ForwardReply, PeerTransport, ServerHandle,
+    PATH_FORWARD,
+};
+use crate::types::{Command, JoinRefused, Node, NodeId, Raft, RaftMetrics, Response, Revision};
 
 /// The file name of the host's cluster database inside its data directory.
 pub const DB_FILE: &str = "cluster.redb";
@@ -33,6 +53,12 @@ pub const MAX_VALUE_LEN: usize = 1 << 20;
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `shutdown` waits for the raft tasks to release the database.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write or read forwarded to the leader may take, including
+/// waiting for a leader to be elected.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leader may take to bring a joining host up to date and
+/// promote it.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const IDENTITY: TableDefinition<&str, u64> = TableDefinition::new("identity");
 const KEY_NODE_ID: &str = "node_id";
@@ -131,6 +157,53 @@ pub enum StoreError {
     /// Waiting for the cluster timed out.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// The operation needs a cluster (created or joined) and this host has
+    /// none.
+    #[error("this host is not part of a cluster: run `nasvisor cluster create` or `nasvisor cluster join` first")]
+    NotClustered,
+    /// The host already belongs to a cluster.
+    #[error("this host already belongs to cluster {cluster_id}")]
+    AlreadyClustered {
+        /// Its cluster.
+        cluster_id: String,
+    },
+    /// A joining host must not hold desired state of its own.
+    #[error("cannot join: {path} already holds {objects} objects of desired state (a joining host must be empty)")]
+    NotEmpty {
+        /// The database file.
+        path: PathBuf,
+        /// How many objects it holds.
+        objects: usize,
+    },
+    /// The cluster refused the join; nothing changed.
+    #[error("join refused: {0}")]
+    JoinRefused(#[from] JoinRefused),
+    /// The cluster PKI (CA, certificates, key files).
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The cluster TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The cluster endpoint could not listen.
+    #[error("cannot listen for the cluster endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A call to another host failed.
+    #[error("cluster transport: {0}")]
+    Transport(#[from] CallError),
+    /// The leader (or the host asked) failed to carry out the request.
+    #[error("node {node_id}: {message}")]
+    Remote {
+        /// The host that answered.
+        node_id: NodeId,
+        /// Its error.
+        message: String,
+    },
 }
 
 fn fmt_rev(r: Option<Revision>) -> String {
@@ -145,20 +218,63 @@ fn raft_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Raft(e.to_string())
 }
 
+/// Settings of a new cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// The largest number of hosts, 1 to 7 (default 7). A join beyond it is
+    /// refused with [`JoinRefused::MemberLimit`].
+    pub max_members: u32,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            max_members: DEFAULT_MAX_MEMBERS,
+        }
+    }
+}
+
+/// One host of the cluster, as [`ClusterStore::members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Its cluster address.
+    pub addr: String,
+    /// Its status.
+    pub status: NodeStatus,
+    /// Whether it is a raft voter in the current membership.
+    pub voter: bool,
+}
+
+/// What the store shares with the cluster endpoint's tasks.
+pub(crate) struct Shared {
+    pub(crate) node_id: NodeId,
+    pub(crate) dir: PathBuf,
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachineStore,
+    pub(crate) pki: RwLock<Option<Arc<Pki>>>,
+    pub(crate) transport: TransportSlot,
+    /// Members of the cluster this host is joining, admitted until this
+    /// host has received the membership.
+    pub(crate) bootstrap: RwLock<BTreeSet<NodeId>>,
+    /// Serializes membership changes made by this host as leader.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+}
+
 /// The host's handle on the replicated desired state.
 pub struct ClusterStore {
-    node_id: NodeId,
+    pub(crate) shared: Arc<Shared>,
     path: PathBuf,
-    raft: Raft,
     log: LogStore,
-    sm: StateMachineStore,
     db: Arc<Database>,
+    server: std::sync::Mutex<Option<ServerHandle>>,
 }
 
 impl std::fmt::Debug for ClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterStore")
-            .field("node_id", &self.node_id)
+            .field("node_id", &self.shared.node_id)
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -172,6 +288,11 @@ impl ClusterStore {
     /// `{node_id: addr}`); on later starts it loads the log and the applied
     /// state. When this node is the only voter, it returns once the node has
     /// elected itself leader, so writes work at once.
+    ///
+    /// A host that has created or joined a cluster (`<data_dir>/pki/`
+    /// exists) is reopened as a member: its raft talks to its peers over
+    /// mutual TLS, and it is never re-initialized as a cluster of one. Call
+    /// [`Self::serve`] to answer its peers.
     ///
     /// Preconditions: `data_dir` is not in use by another open store (the
     /// database file is locked); `node_id` is the id this directory was
@@ -194,6 +315,16 @@ impl ClusterStore {
             source,
         })?;
         let path = dir.join(DB_FILE);
+        let pki = Pki::load(dir)?;
+        if let Some(p) = &pki {
+            if p.node_id != node_id {
+                return Err(StoreError::NodeIdMismatch {
+                    path: Pki::dir(dir),
+                    stored: p.node_id,
+                    given: node_id,
+                });
+            }
+        }
         let (db, log, sm) = open_db(&path, node_id)?;
 
         let config = Config {
@@ -208,32 +339,48 @@ impl ClusterStore {
         .validate()
         .map_err(raft_err)?;
 
+        let transport = TransportSlot::default();
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            NetworkFactory,
+            NetworkFactory::new(transport.clone()),
             log.clone(),
             sm.clone(),
         )
         .await
         .map_err(raft_err)?;
-        let store = Self {
+        let clustered = pki.is_some();
+        let shared = Arc::new(Shared {
             node_id,
-            path,
+            dir: dir.to_owned(),
             raft,
-            log,
             sm,
+            pki: RwLock::new(None),
+            transport,
+            bootstrap: RwLock::new(BTreeSet::new()),
+            admin: tokio::sync::Mutex::new(()),
+        });
+        if let Some(pki) = pki {
+            shared.install_pki(pki)?;
+        }
+        let store = Self {
+            shared,
+            path,
+            log,
             db,
+            server: std::sync::Mutex::new(None),
         };
 
-        if !store.raft.is_initialized().await.map_err(raft_err)? {
+        // A member of a cluster gets its membership from the leader; only a
+        // host that never created or joined a cluster is a cluster of one.
+        if !clustered && !store.raft().is_initialized().await.map_err(raft_err)? {
             tracing::info!(node_id, %addr, "initializing a single-node cluster");
             let members = BTreeMap::from([(node_id, Node::new(addr))]);
-            store.raft.initialize(members).await.map_err(raft_err)?;
+            store.raft().initialize(members).await.map_err(raft_err)?;
         }
 
         let sole_voter = store
-            .raft
+            .raft()
             .with_raft_state(move |st| {
                 let voters: Vec<NodeId> = st.membership_state.effective().voter_ids().collect();
                 voters == [node_id]
@@ -242,9 +389,9 @@ impl ClusterStore {
             .map_err(raft_err)?;
         if sole_voter {
             // No need to sit out an election timeout: a sole voter wins at once.
-            store.raft.trigger().elect().await.map_err(raft_err)?;
+            store.raft().trigger().elect().await.map_err(raft_err)?;
             store
-                .raft
+                .raft()
                 .wait(Some(LEADER_TIMEOUT))
                 .metrics(
                     |m| m.state == ServerState::Leader && m.current_leader == Some(node_id),
@@ -258,7 +405,7 @@ impl ClusterStore {
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
-        self.node_id
+        self.shared.node_id
     }
 
     /// The database file.
@@ -266,9 +413,9 @@ impl ClusterStore {
         &self.path
     }
 
-    /// The raft node, for membership changes and the future network server.
+    /// The raft node.
     pub fn raft(&self) -> &Raft {
-        &self.raft
+        &self.shared.raft
     }
 
     /// Create or replace `kind`/`key`; see [`Command`] for
@@ -317,16 +464,7 @@ impl ClusterStore {
     }
 
     async fn write(&self, cmd: Command) -> Result<Revision, StoreError> {
-        let resp = match self.raft.client_write(cmd).await {
-            Ok(r) => r.data,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                return Err(StoreError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => return Err(raft_err(e)),
-        };
+        let resp = self.shared.write(cmd).await?;
         match resp {
             Response::Applied { revision } => Ok(revision),
             Response::Conflict {
@@ -341,68 +479,78 @@ impl ClusterStore {
                 actual,
             }),
             Response::NotFound { kind, key } => Err(StoreError::NotFound { kind, key }),
-            Response::Noop => Err(StoreError::Raft("a command was applied as a no-op".into())),
+            Response::Noop | Response::Admitted { .. } | Response::Refused { .. } => Err(
+                StoreError::Raft(format!("unexpected response to a write: {resp:?}")),
+            ),
         }
     }
 
     /// `kind`/`key` and its revision, from this node's applied state (may
     /// lag the leader on a follower; see [`Self::get_linearizable`]).
     pub fn get(&self, kind: &str, key: &str) -> Option<(serde_json::Value, Revision)> {
-        let a = self.sm.read();
-        a.state
-            .get(kind, key)
-            .map(|o| (o.value.clone(), o.revision))
+        self.shared.get(kind, key)
     }
 
-    /// Like [`Self::get`], after making sure this node is the leader and has
-    /// applied everything committed before the call.
+    /// Like [`Self::get`], linearizable: on the leader, after making sure
+    /// it still leads and has applied everything committed before the
+    /// call; on a follower of a cluster, the leader answers.
     pub async fn get_linearizable(
         &self,
         kind: &str,
         key: &str,
     ) -> Result<Option<(serde_json::Value, Revision)>, StoreError> {
-        self.raft.ensure_linearizable().await.map_err(|e| match e {
-            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
-                StoreError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
+        match self.shared.read_linearizable(kind, key).await {
+            Err(StoreError::NotLeader { .. }) if self.shared.has_transport() => {
+                let fwd = Forward::Read {
+                    kind: kind.to_owned(),
+                    key: key.to_owned(),
+                };
+                match self.shared.leader_call(fwd, FORWARD_TIMEOUT).await? {
+                    ForwardReply::Read(v) => Ok(v),
+                    other => Err(StoreError::Raft(format!("unexpected answer {other:?}"))),
                 }
             }
-            e => raft_err(e),
-        })?;
-        Ok(self.get(kind, key))
+            r => r,
+        }
     }
 
     /// All objects of `kind` as `(key, value, revision)`, in key order, from
     /// this node's applied state.
     pub fn list(&self, kind: &str) -> Vec<(String, serde_json::Value, Revision)> {
-        let a = self.sm.read();
+        let a = self.shared.sm.read();
         a.state
             .list(kind)
             .map(|(k, o)| (k.clone(), o.value.clone(), o.revision))
             .collect()
     }
 
-    /// The kinds that have at least one object.
+    /// The kinds that have at least one object (the cluster's own `@`
+    /// kinds excluded).
     pub fn kinds(&self) -> Vec<String> {
-        self.sm.read().state.objects.keys().cloned().collect()
+        self.shared
+            .sm
+            .read()
+            .state
+            .objects
+            .keys()
+            .filter(|k| !k.starts_with('@'))
+            .cloned()
+            .collect()
     }
 
     /// The cluster-wide revision of this node's applied state.
     pub fn revision(&self) -> Revision {
-        self.sm.read().state.revision
+        self.shared.sm.read().state.revision
     }
 
     /// Whether this node currently is the leader.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+        self.shared.is_leader()
     }
 
     /// A copy of the current raft metrics.
     pub fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
+        self.raft().metrics().borrow().clone()
     }
 
     /// The number of log entries currently stored (not yet purged).
@@ -415,14 +563,28 @@ impl ClusterStore {
             })
     }
 
-    /// Stop the raft node and close the database. When this returns the
-    /// data directory can be opened again.
+    /// Stop the cluster endpoint and the raft node and close the database.
+    /// When this returns the data directory can be opened again.
     pub async fn shutdown(self) -> Result<(), StoreError> {
         let Self {
-            raft, log, sm, db, ..
+            shared,
+            log,
+            db,
+            server,
+            ..
         } = self;
-        let res = raft.shutdown().await.map_err(raft_err);
-        drop((raft, log, sm));
+        let server = server.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = server {
+            h.task.abort();
+            let _ = h.task.await;
+        }
+        let res = shared.raft.shutdown().await.map_err(raft_err);
+        shared
+            .transport
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop((shared, log));
         // The raft tasks own clones of the stores; wait until they are gone
         // so that the database file is unlocked.
         let deadline = Instant::now() + RELEASE_TIMEOUT;
@@ -434,6 +596,665 @@ impl ClusterStore {
         }
         drop(db);
         res
+    }
+}
+
+/// The cluster: creation, the endpoint, members.
+impl ClusterStore {
+    /// `nasvisor cluster create`: open (or create) the store in `data_dir`
+    /// like [`Self::open`], then make it a new cluster with its own CA
+    /// ([`Self::create_cluster`]). The desired state already there is kept.
+    pub async fn create(
+        data_dir: impl AsRef<Path>,
+        node_id: NodeId,
+        addr: impl Into<String>,
+        settings: ClusterSettings,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open(data_dir, node_id, addr).await?;
+        match store.create_cluster(settings).await {
+            Ok(_) => Ok(store),
+            Err(e) => {
+                let _ = store.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Make this single-host store a new cluster: a cluster id, the
+    /// cluster's CA (ECDSA P-256) and this host's certificate under
+    /// `<data_dir>/pki/`, and the replicated cluster record. The host's
+    /// address is its address in the membership (the `addr` it was opened
+    /// with).
+    ///
+    /// Preconditions: this host is not part of a cluster yet, and is the
+    /// sole voter and leader.
+    pub async fn create_cluster(
+        &self,
+        settings: ClusterSettings,
+    ) -> Result<ClusterInfo, StoreError> {
+        let s = &self.shared;
+        if let Some(p) = s.pki() {
+            return Err(StoreError::AlreadyClustered {
+                cluster_id: p.cluster_id.clone(),
+            });
+        }
+        check_max_members(settings.max_members)?;
+        let (voters, addr) = {
+            let m = s.raft.metrics().borrow().membership_config.clone();
+            let voters: Vec<NodeId> = m.membership().voter_ids().collect();
+            let addr = m.membership().get_node(&s.node_id).map(|n| n.addr.clone());
+            (voters, addr)
+        };
+        let Some(addr) = addr.filter(|_| voters == [s.node_id] && s.is_leader()) else {
+            return Err(StoreError::Invalid {
+                field: "cluster",
+                reason: "only a single host that leads itself can create a cluster".into(),
+            });
+        };
+        let pki = Pki::create(s.node_id, &addr)?;
+        let info = ClusterInfo {
+            cluster_id: pki.cluster_id.clone(),
+            ca_fingerprint: pki.ca.fingerprint(),
+            max_members: settings.max_members,
+        };
+        // The records first, the files last: a crash in between leaves a
+        // host without a cluster identity, which can run create again.
+        s.write_record(KIND_CLUSTER, KEY_CLUSTER_INFO, &info, None)
+            .await?;
+        let me = NodeRecord {
+            addr,
+            status: NodeStatus::Member,
+        };
+        s.write_record(KIND_NODE, &s.node_id.to_string(), &me, None)
+            .await?;
+        pki.save(&s.dir)?;
+        s.install_pki(pki)?;
+        tracing::info!(cluster_id = %info.cluster_id, ca = %info.ca_fingerprint, "created cluster");
+        Ok(info)
+    }
+
+    /// The cluster record (id, CA fingerprint, member limit), once this
+    /// host has created or joined a cluster.
+    pub fn cluster_info(&self) -> Option<ClusterInfo> {
+        self.shared.sm.read().state.cluster_info()
+    }
+
+    /// The CA certificate (PEM), once this host has created or joined a
+    /// cluster.
+    pub fn ca_cert_pem(&self) -> Option<String> {
+        self.shared.pki().map(|p| p.ca.cert_pem().to_owned())
+    }
+
+    /// Every host ever admitted (removed ones included, their ids are never
+    /// reused), with its raft role.
+    pub fn members(&self) -> Vec<Member> {
+        let voters: BTreeSet<NodeId> = self
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        self.shared
+            .sm
+            .read()
+            .state
+            .nodes()
+            .into_iter()
+            .map(|(node_id, r)| Member {
+                node_id,
+                addr: r.addr,
+                status: r.status,
+                voter: voters.contains(&node_id),
+            })
+            .collect()
+    }
+
+    /// Change the member limit (1 to 7, not below the current number of
+    /// hosts). Any member may call it (the write goes to the leader).
+    pub async fn set_max_members(&self, max_members: u32) -> Result<(), StoreError> {
+        check_max_members(max_members)?;
+        let (mut info, rev, members) = {
+            let a = self.shared.sm.read();
+            let rev = a
+                .state
+                .get(KIND_CLUSTER, KEY_CLUSTER_INFO)
+                .map(|o| o.revision);
+            let members = a
+                .state
+                .nodes()
+                .values()
+                .filter(|n| n.status != NodeStatus::Removed)
+                .count() as u32;
+            (a.state.cluster_info(), rev, members)
+        };
+        let Some(info) = info.as_mut() else {
+            return Err(StoreError::NotClustered);
+        };
+        if max_members < members {
+            return Err(StoreError::Invalid {
+                field: "max_members",
+                reason: format!("{max_members} is below the current {members} hosts"),
+            });
+        }
+        info.max_members = max_members;
+        self.shared
+            .write_record(KIND_CLUSTER, KEY_CLUSTER_INFO, info, rev)
+            .await
+    }
+
+    /// Serve the cluster endpoint (raft RPCs, forwarded writes, joins) on
+    /// `listen` over mutual TLS, until [`Self::shutdown`]. Returns the bound
+    /// address (`listen` may have port 0).
+    ///
+    /// Preconditions: this host has created or joined a cluster; the
+    /// endpoint is not served yet.
+    pub async fn serve(&self, listen: SocketAddr) -> Result<SocketAddr, StoreError> {
+        let pki = self.shared.pki().ok_or(StoreError::NotClustered)?;
+        if let Some(addr) = self.listen_addr() {
+            return Err(StoreError::Invalid {
+                field: "listen",
+                reason: format!("the cluster endpoint is already served on {addr}"),
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| StoreError::Bind {
+                addr: listen.to_string(),
+                source,
+            })?;
+        let weak = Arc::downgrade(&self.shared);
+        let w = weak.clone();
+        let admit: Admit = Arc::new(move |id| w.upgrade().is_some_and(|s| s.admits(id)));
+        let peer = crate::tls::peer_server_config(&pki, admit)?;
+        let join = crate::tls::join_server_config(&pki)?;
+        let handle =
+            spawn_server(listener, weak, peer, join).map_err(|source| StoreError::Bind {
+                addr: listen.to_string(),
+                source,
+            })?;
+        let addr = handle.addr;
+        tracing::info!(node_id = self.node_id(), %addr, "serving the cluster endpoint");
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(addr)
+    }
+
+    /// The address the cluster endpoint is served on, if it is.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|h| h.addr)
+    }
+
+    /// `nasvisor cluster remove`: remove host `node_id` from the cluster.
+    /// It stops being a voter, its record is marked removed, and every
+    /// member refuses its connections from then on (its node id is never
+    /// reused). Any member may call it (it is carried out by the leader).
+    ///
+    /// Preconditions: `node_id` is another host, currently a member or
+    /// joining.
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
+        if node_id == self.node_id() {
+            return Err(StoreError::Invalid {
+                field: "node_id",
+                reason: format!("node {node_id} is this host; remove it from another host"),
+            });
+        }
+        self.shared
+            .leader_call(Forward::Remove { node_id }, PROMOTE_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// Check that node `node_id` at `addr` accepts this host over mutual
+    /// TLS (a removed host is refused).
+    pub async fn ping(&self, node_id: NodeId, addr: &str) -> Result<(), StoreError> {
+        let t = self.shared.transport().ok_or(StoreError::NotClustered)?;
+        let r: Result<ForwardReply, ForwardError> = t
+            .call(node_id, addr, PATH_FORWARD, &Forward::Ping, FORWARD_TIMEOUT)
+            .await?;
+        r.map(drop).map_err(|e| StoreError::Remote {
+            node_id,
+            message: e.to_string(),
+        })
+    }
+}
+
+fn check_max_members(n: u32) -> Result<(), StoreError> {
+    if !(1..=DEFAULT_MAX_MEMBERS).contains(&n) {
+        return Err(StoreError::Invalid {
+            field: "max_members",
+            reason: format!("must be 1 to {DEFAULT_MAX_MEMBERS}, got {n}"),
+        });
+    }
+    Ok(())
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn not_leader<E>(f: &openraft::error::ForwardToLeader<NodeId, Node>) -> Result<E, StoreError> {
+    Err(StoreError::NotLeader {
+        leader: f.leader_id,
+        leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+    })
+}
+
+impl Shared {
+    pub(crate) fn pki(&self) -> Option<Arc<Pki>> {
+        self.pki.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn transport(&self) -> Option<Arc<PeerTransport>> {
+        self.transport
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn has_transport(&self) -> bool {
+        self.transport().is_some()
+    }
+
+    /// Use `pki` as this host's cluster identity: the raft network gets a
+    /// mutual-TLS transport.
+    pub(crate) fn install_pki(&self, pki: Pki) -> Result<(), StoreError> {
+        let config = crate::tls::peer_client_config(&pki)?;
+        *self.transport.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(PeerTransport::new(self.node_id, config)));
+        *self.pki.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(pki));
+        Ok(())
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The current leader and its address, as this host knows them.
+    pub(crate) fn leader(&self) -> Option<(NodeId, Option<String>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone());
+        Some((id, addr))
+    }
+
+    pub(crate) fn get(&self, kind: &str, key: &str) -> Option<(serde_json::Value, Revision)> {
+        let a = self.sm.read();
+        a.state
+            .get(kind, key)
+            .map(|o| (o.value.clone(), o.revision))
+    }
+
+    /// Whether node `id` may talk to this host: a member (voter or
+    /// learner) of the current membership, a host admitted with a token and
+    /// not yet promoted, or, while this host is still joining, a member of
+    /// the cluster it joins.
+    pub(crate) fn admits(&self, id: NodeId) -> bool {
+        if id == self.node_id {
+            return true;
+        }
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let members = m.membership();
+        if members.get_node(&id).is_some() {
+            return true;
+        }
+        let joining = matches!(
+            self.sm.read().state.node(id),
+            Some(NodeRecord {
+                status: NodeStatus::Joining,
+                ..
+            })
+        );
+        joining
+            || (members.get_node(&self.node_id).is_none()
+                && self
+                    .bootstrap
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id))
+    }
+
+    /// Commit `cmd`: on the leader directly, otherwise forwarded to it.
+    /// Without a cluster (no transport) a follower answers
+    /// [`StoreError::NotLeader`].
+    ///
+    /// Boxed: a write may be forwarded, handling a forward may write.
+    pub(crate) fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, StoreError>> {
+        Box::pin(self.write_inner(cmd))
+    }
+
+    async fn write_inner(&self, cmd: Command) -> Result<Response, StoreError> {
+        match self.raft.client_write(cmd.clone()).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                if !self.has_transport() {
+                    return not_leader(&f);
+                }
+                match self
+                    .leader_call(Forward::Write(cmd), FORWARD_TIMEOUT)
+                    .await?
+                {
+                    ForwardReply::Written(r) => Ok(r),
+                    other => Err(StoreError::Raft(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Err(e) => Err(raft_err(e)),
+        }
+    }
+
+    /// Write one of the cluster's own records (`@` kinds).
+    pub(crate) async fn write_record<T: Serialize>(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &T,
+        expected_revision: Option<Revision>,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_value(value).map_err(|e| StoreError::Invalid {
+            field: "value",
+            reason: e.to_string(),
+        })?;
+        let cmd = Command::Put {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            value,
+            expected_revision,
+        };
+        match self.write(cmd).await? {
+            Response::Applied { .. } => Ok(()),
+            Response::Conflict {
+                kind,
+                key,
+                expected,
+                actual,
+            } => Err(StoreError::Conflict {
+                kind,
+                key,
+                expected,
+                actual,
+            }),
+            other => Err(StoreError::Raft(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    pub(crate) async fn read_linearizable(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<(serde_json::Value, Revision)>, StoreError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.get(kind, key)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(&f),
+            Err(e) => Err(raft_err(e)),
+        }
+    }
+
+    /// Have the leader carry out `fwd`: this host if it leads, otherwise
+    /// the leader over the transport. Retries while no leader is known or
+    /// the one asked no longer leads, until `timeout`; never retries a
+    /// request that may have been carried out.
+    pub(crate) async fn leader_call(
+        &self,
+        fwd: Forward,
+        timeout: Duration,
+    ) -> Result<ForwardReply, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = StoreError::NotLeader {
+            leader: None,
+            leader_addr: None,
+        };
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.node_id => {
+                    match self.handle_forward(self.node_id, fwd.clone()).await {
+                        Ok(r) => return Ok(r),
+                        Err(ForwardError::NotLeader {
+                            leader_id,
+                            leader_addr,
+                        }) => {
+                            last = StoreError::NotLeader {
+                                leader: leader_id,
+                                leader_addr,
+                            }
+                        }
+                        Err(ForwardError::Failed(message)) => {
+                            return Err(StoreError::Remote {
+                                node_id: id,
+                                message,
+                            })
+                        }
+                    }
+                }
+                Some((id, Some(addr))) => {
+                    let t = self.transport().ok_or(StoreError::NotLeader {
+                        leader: Some(id),
+                        leader_addr: Some(addr.clone()),
+                    })?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let r: Result<Result<ForwardReply, ForwardError>, CallError> = t
+                        .call(
+                            id,
+                            &addr,
+                            PATH_FORWARD,
+                            &fwd,
+                            left.max(Duration::from_millis(100)),
+                        )
+                        .await;
+                    match r {
+                        Ok(Ok(r)) => return Ok(r),
+                        Ok(Err(ForwardError::NotLeader {
+                            leader_id,
+                            leader_addr,
+                        })) => {
+                            last = StoreError::NotLeader {
+                                leader: leader_id,
+                                leader_addr,
+                            }
+                        }
+                        Ok(Err(ForwardError::Failed(message))) => {
+                            return Err(StoreError::Remote {
+                                node_id: id,
+                                message,
+                            })
+                        }
+                        Err(e) if e.not_sent() => last = StoreError::Transport(e),
+                        Err(e) => return Err(StoreError::Transport(e)),
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Carry out a request forwarded by member `peer` (or by this host).
+    pub(crate) async fn handle_forward(
+        &self,
+        peer: NodeId,
+        fwd: Forward,
+    ) -> Result<ForwardReply, ForwardError> {
+        let failed = |e: StoreError| match e {
+            StoreError::NotLeader {
+                leader,
+                leader_addr,
+            } => ForwardError::NotLeader {
+                leader_id: leader,
+                leader_addr,
+            },
+            e => ForwardError::Failed(e.to_string()),
+        };
+        match fwd {
+            Forward::Ping => Ok(ForwardReply::Done),
+            Forward::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(r) => Ok(ForwardReply::Written(r.data)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ForwardError::NotLeader {
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Err(e) => Err(ForwardError::Failed(e.to_string())),
+            },
+            Forward::Read { kind, key } => self
+                .read_linearizable(&kind, &key)
+                .await
+                .map(ForwardReply::Read)
+                .map_err(failed),
+            Forward::JoinComplete => self
+                .promote(peer)
+                .await
+                .map(|()| ForwardReply::Done)
+                .map_err(failed),
+            Forward::Remove { node_id } => self
+                .remove(node_id)
+                .await
+                .map(|()| ForwardReply::Done)
+                .map_err(failed),
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), StoreError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let (leader, leader_addr) = match self.leader() {
+            Some((id, addr)) => (Some(id), addr),
+            None => (None, None),
+        };
+        Err(StoreError::NotLeader {
+            leader,
+            leader_addr,
+        })
+    }
+
+    /// Membership change with retries while another one is in progress.
+    async fn change_membership(
+        &self,
+        changes: ChangeMembers<NodeId, Node>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + PROMOTE_TIMEOUT;
+        loop {
+            match self.raft.change_membership(changes.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return not_leader(&f)
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(raft_err(e)),
+            }
+        }
+    }
+
+    /// On the leader: bring the admitted host `peer` up to date as a
+    /// learner, then make it a voter, then record it as a member.
+    async fn promote(&self, peer: NodeId) -> Result<(), StoreError> {
+        let _g = self.admin.lock().await;
+        self.ensure_leader()?;
+        let rec = self.sm.read().state.node(peer);
+        let rec = match rec {
+            Some(r) if r.status != NodeStatus::Removed => r,
+            Some(_) => {
+                return Err(StoreError::Invalid {
+                    field: "node_id",
+                    reason: format!("node {peer} was removed from the cluster"),
+                })
+            }
+            None => {
+                return Err(StoreError::Invalid {
+                    field: "node_id",
+                    reason: format!("node {peer} was not admitted with a join token"),
+                })
+            }
+        };
+        tracing::info!(node_id = peer, addr = %rec.addr, "adding a learner");
+        let add = self
+            .raft
+            .add_learner(peer, Node::new(rec.addr.clone()), true);
+        match tokio::time::timeout(PROMOTE_TIMEOUT, add).await {
+            Err(_) => return Err(StoreError::Timeout("the new host to catch up")),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return not_leader(&f)
+            }
+            Ok(Err(e)) => return Err(raft_err(e)),
+            Ok(Ok(_)) => {}
+        }
+        tracing::info!(node_id = peer, "promoting to voter");
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([peer])))
+            .await?;
+        let member = NodeRecord {
+            addr: rec.addr,
+            status: NodeStatus::Member,
+        };
+        self.write_record(KIND_NODE, &peer.to_string(), &member, None)
+            .await
+    }
+
+    /// On the leader: remove host `id`.
+    async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
+        let _g = self.admin.lock().await;
+        self.ensure_leader()?;
+        if id == self.node_id {
+            return Err(StoreError::Invalid {
+                field: "node_id",
+                reason: format!(
+                    "node {id} is the leader; remove it from another host after it steps down"
+                ),
+            });
+        }
+        let rec = self.sm.read().state.node(id);
+        let Some(rec) = rec.filter(|r| r.status != NodeStatus::Removed) else {
+            return Err(StoreError::Invalid {
+                field: "node_id",
+                reason: format!("node {id} is not a member of this cluster"),
+            });
+        };
+        let (voter, known) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let voter = m.membership().voter_ids().any(|v| v == id);
+            (voter, m.membership().get_node(&id).is_some())
+        };
+        if voter {
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
+        }
+        if known {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            if m.membership().get_node(&id).is_some() {
+                self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                    .await?;
+            }
+        }
+        let removed = NodeRecord {
+            addr: rec.addr,
+            status: NodeStatus::Removed,
+        };
+        self.write_record(KIND_NODE, &id.to_string(), &removed, None)
+            .await?;
+        tracing::info!(node_id = id, "removed from the cluster");
+        Ok(())
     }
 }
 

@@ -80,6 +80,83 @@ pub enum Command {
         /// Compare-and-swap precondition (see [`Command`]).
         expected_revision: Option<Revision>,
     },
+    /// Redeem a join token and admit a new host (see
+    /// [`crate::state::DesiredState::apply`]): the token must exist, be
+    /// unused and not expired at `now_ms` (the leader's clock, carried in
+    /// the command so that applying it is deterministic), the member limit
+    /// must not be reached, and the node id must never have been used. On
+    /// success the token is marked used and the host is recorded as joining.
+    Admit {
+        /// SHA-256 (hex) of the token's secret.
+        token_hash: String,
+        /// The leader's wall clock, milliseconds since the Unix epoch.
+        now_ms: u64,
+        /// The node id the host asks for; `None`: the next free one.
+        node_id: Option<NodeId>,
+        /// The host's cluster address.
+        addr: String,
+    },
+}
+
+/// Why a join was refused. Nothing changed in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum JoinRefused {
+    /// The token is malformed, unknown or for another cluster.
+    #[error("invalid join token: {reason}")]
+    InvalidToken {
+        /// Why.
+        reason: String,
+    },
+    /// The token was already redeemed.
+    #[error("join token already used (by node {node_id}); issue a new one")]
+    TokenUsed {
+        /// The node that redeemed it.
+        node_id: NodeId,
+    },
+    /// The token expired.
+    #[error("join token expired {expired_s_ago} s ago; issue a new one")]
+    TokenExpired {
+        /// How long ago, in seconds.
+        expired_s_ago: u64,
+    },
+    /// The cluster has as many hosts as its limit.
+    #[error(
+        "the cluster already has {members} hosts, its limit (setting max_members = {limit}); \
+         remove a host or raise the limit first"
+    )]
+    MemberLimit {
+        /// The limit (setting `max_members`).
+        limit: u32,
+        /// The current number of hosts.
+        members: u32,
+    },
+    /// The requested node id is or was in use.
+    #[error("node id {node_id} is already used in this cluster; choose another or let the cluster assign one")]
+    NodeIdTaken {
+        /// The node id.
+        node_id: NodeId,
+    },
+    /// The request itself is unusable (bad address, bad CSR).
+    #[error("invalid join request: {field}: {reason}")]
+    BadRequest {
+        /// The offending field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host asked is not the leader; ask the leader.
+    #[error("the host asked is not the cluster leader (leader: {leader_addr:?})")]
+    NotLeader {
+        /// The leader's cluster address, if known.
+        leader_addr: Option<String>,
+    },
+    /// The cluster failed while admitting the host.
+    #[error("the cluster failed to admit the host: {reason}")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// The result of applying one log entry.
@@ -112,4 +189,14 @@ pub enum Response {
     },
     /// A blank or membership entry: no desired-state change.
     Noop,
+    /// [`Command::Admit`] succeeded: the host is recorded as joining.
+    Admitted {
+        /// The node id assigned to the host.
+        node_id: NodeId,
+    },
+    /// [`Command::Admit`] was refused; nothing changed.
+    Refused {
+        /// Why.
+        reason: JoinRefused,
+    },
 }

@@ -1,0 +1,270 @@
+//! rustls configurations of the cluster transport.
+//!
+//! - Peer server ([`peer_server_config`]): a client certificate signed by
+//!   the cluster CA is mandatory, and its node id must be admitted (a
+//!   member of the current raft membership, or a host being added); a host
+//!   removed from the cluster fails the handshake.
+//! - Join server ([`join_server_config`]): selected by the SNI name
+//!   [`JOIN_NAME`]; no client certificate (the joining host has none yet),
+//!   and only the join route is served on it.
+//! - Peer client ([`peer_client_config`]): presents this host's certificate
+//!   and verifies the server against the cluster CA and the expected
+//!   `node-<id>` name.
+//! - Join client ([`join_client_config`]): trusts only the CA whose SHA-256
+//!   fingerprint is in the join token (the server sends the CA certificate
+//!   in its chain).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
+
+use crate::ca::{fingerprint, node_id_of_cert, Pki, JOIN_NAME};
+use crate::types::NodeId;
+
+/// ALPN protocol of the cluster transport (HTTP/1.1 inside).
+pub const ALPN: &[u8] = b"http/1.1";
+
+/// Decides whether a node id may talk to this host.
+pub type Admit = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
+
+/// Errors while building a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The host's certificate or key is unusable.
+    #[error("cluster TLS identity: {0}")]
+    Identity(String),
+    /// rustls refused the configuration.
+    #[error("cluster TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The CA certificate cannot be used as a trust anchor.
+    #[error("cluster TLS verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.cert_der().clone())?;
+    Ok(Arc::new(roots))
+}
+
+/// The server configuration for peers: mutual TLS, cluster CA, admitted
+/// node ids only.
+pub fn peer_server_config(pki: &Pki, admit: Admit) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(roots(pki)?, provider.clone()).build()?;
+    let verifier = Arc::new(MemberVerifier { inner, admit });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            pki.node_chain().map_err(TlsError::Identity)?,
+            pki.node_key().map_err(TlsError::Identity)?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The server configuration for joining hosts: no client certificate.
+pub fn join_server_config(pki: &Pki) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            pki.node_chain().map_err(TlsError::Identity)?,
+            pki.node_key().map_err(TlsError::Identity)?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration for peers: this host's certificate, servers
+/// verified against the cluster CA (the expected name is given per
+/// connection: `node-<id>.nasvisor.cluster`).
+pub fn peer_client_config(pki: &Pki) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(pki)?)
+        .with_client_auth_cert(
+            pki.node_chain().map_err(TlsError::Identity)?,
+            pki.node_key().map_err(TlsError::Identity)?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration of a joining host: the server must chain to
+/// the CA with SHA-256 fingerprint `ca_fingerprint` (lower-case hex) and be
+/// valid for [`JOIN_NAME`]. No client certificate.
+pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The node id of the peer on an accepted connection (from its verified
+/// client certificate).
+pub fn peer_node_id(conn: &rustls::ServerConnection) -> Option<NodeId> {
+    node_id_of_cert(conn.peer_certificates()?.first()?)
+}
+
+/// WebPKI verification against the cluster CA, then the admission check
+/// on the node id in the certificate.
+struct MemberVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    admit: Admit,
+}
+
+impl std::fmt::Debug for MemberVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for MemberVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let Some(id) = node_id_of_cert(end_entity) else {
+            tracing::warn!("refused a cluster peer: its certificate names no node");
+            return Err(rustls::Error::General(
+                "the client certificate names no cluster node".into(),
+            ));
+        };
+        if !(self.admit)(id) {
+            tracing::warn!(
+                node_id = id,
+                "refused a cluster peer: not a member of the cluster"
+            );
+            return Err(rustls::Error::General(format!(
+                "node {id} is not a member of this cluster"
+            )));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Trust the CA certificate the server sends if its fingerprint is the
+/// pinned one, then verify the server's certificate against it.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the fingerprint in the join token".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server name a joining host connects to.
+pub fn join_server_name() -> ServerName<'static> {
+    ServerName::try_from(JOIN_NAME).expect("a valid DNS name")
+}

@@ -29,9 +29,117 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the daemon keeps its state (journal, compiled-code cache).
+    /// Where the daemon keeps its state (cluster store, images, VM runtime
+    /// files, journal, compiled-code cache, TLS identity, token hash).
     pub data_dir: PathBuf,
+    pub host: HostConfig,
+    pub api: ApiConfig,
+    pub vm: VmConfig,
+    pub network: NetworkConfig,
+    pub images: ImagesConfig,
     pub plugins: PluginsConfig,
+}
+
+/// `[host]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// This host's name and id in the cluster; the system host name when empty.
+    pub name: String,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTPS endpoint.
+    pub listen: String,
+    /// Certificate chain (PEM); a self-signed one is generated when unset.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names / IP addresses for the generated certificate.
+    pub extra_names: Vec<String>,
+    /// Largest image upload, bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8443".into(),
+            tls_cert: None,
+            tls_key: None,
+            extra_names: Vec::new(),
+            max_upload_bytes: 64 << 30,
+        }
+    }
+}
+
+/// `[vm]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub qemu_binary: PathBuf,
+    /// `auto` (KVM if a probe guest runs under it, else TCG), `kvm` or `tcg`.
+    pub accel: nasvisor_core::AccelSetting,
+    /// How long the KVM probe guest may take, ms.
+    pub accel_probe_timeout_ms: u64,
+    /// Memory kept for the host itself, MiB.
+    pub reserved_memory_mib: u64,
+    /// Bound of each VM's console log, bytes.
+    pub console_log_bytes: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            accel: nasvisor_core::AccelSetting::Auto,
+            accel_probe_timeout_ms: 5000,
+            reserved_memory_mib: 512,
+            console_log_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[network]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Keep bridges, taps and QEMU in this network namespace
+    /// (`/var/run/netns/<name>`) instead of the host's (tests, labs).
+    pub netns: Option<String>,
+}
+
+/// `[images]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Images added to the library on first start (skipped when missing).
+    pub bundled: Vec<BundledImageConfig>,
+}
+
+/// `[[images.bundled]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BundledImageConfig {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub metadata: Option<PathBuf>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            bundled: vec![BundledImageConfig {
+                name: "nasvisor-mini".into(),
+                path: PathBuf::from("/usr/share/nasvisor/images/nasvisor-mini.qcow2"),
+                metadata: Some(PathBuf::from("/usr/share/nasvisor/images/guest-image.json")),
+            }],
+        }
+    }
 }
 
 /// `[plugins]`
@@ -55,6 +163,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("/var/lib/nasvisor"),
+            host: HostConfig::default(),
+            api: ApiConfig::default(),
+            vm: VmConfig::default(),
+            network: NetworkConfig::default(),
+            images: ImagesConfig::default(),
             plugins: PluginsConfig::default(),
         }
     }
@@ -87,6 +200,50 @@ impl Config {
                 field: "plugins.runtime".into(),
                 reason,
             })?;
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason,
+        };
+        cfg.api
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                invalid(
+                    "api.listen",
+                    format!("{:?} is not an address:port ({e})", cfg.api.listen),
+                )
+            })?;
+        if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {
+            return Err(invalid(
+                "api.tls-cert",
+                "set both tls-cert and tls-key, or neither".into(),
+            ));
+        }
+        if !cfg.host.name.is_empty() {
+            nasvisor_api::action::check_name("host.name", &cfg.host.name)
+                .map_err(|e| invalid("host.name", e.reason))?;
+        }
+        if let Some(ns) = &cfg.network.netns {
+            nasvisor_net::netns::check_netns_name(ns)
+                .map_err(|e| invalid("network.netns", e.to_string()))?;
+        }
+        if cfg.vm.console_log_bytes < 4096 {
+            return Err(invalid(
+                "vm.console-log-bytes",
+                "must be at least 4096".into(),
+            ));
+        }
+        if cfg.vm.accel_probe_timeout_ms == 0 {
+            return Err(invalid(
+                "vm.accel-probe-timeout-ms",
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, b) in cfg.images.bundled.iter().enumerate() {
+            nasvisor_api::action::check_name("name", &b.name)
+                .map_err(|e| invalid(&format!("images.bundled[{i}].name"), e.reason))?;
+        }
         for world in cfg.plugins.settings.keys() {
             world
                 .parse::<nasvisor_plugin_sdk::World>()
@@ -145,6 +302,14 @@ mod tests {
         assert!(e.to_string().contains("plugins.settings.schedular"), "{e}");
         let e = Config::parse("data-dri = \"/x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("data-dri"), "{e}");
+        let e = Config::parse("[api]\nlisten = \"localhost\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("api.listen"), "{e}");
+        let e = Config::parse("[vm]\naccel = \"fast\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("accel"), "{e}");
+        let e = Config::parse("[host]\nname = \"a/b\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("host.name"), "{e}");
+        let e = Config::parse("[network]\nnetns = \"../x\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("network.netns"), "{e}");
     }
 
     #[test]

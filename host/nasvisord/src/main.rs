@@ -1,11 +1,11 @@
 //! `nasvisord`: the nasvisor host service.
 //!
-//! This first cut brings up the policy layer: it loads the configuration
-//! (embedded defaults when no file is given), the trusted signer keys, the
-//! sandbox runtime with its compiled-code cache, the decision journal and the
-//! signed plugins of the plugin directory, reports what it loaded, and keeps
-//! running. VMs, storage, networking and the HTTPS API come with the
-//! single-host work (issue 3).
+//! It loads the configuration (embedded defaults when no file is given), the
+//! trusted signer keys, the sandbox runtime with its compiled-code cache, the
+//! decision journal and the signed plugins of the plugin directory; then it
+//! starts the core (cluster store, accelerator probe, VMs found again,
+//! interrupted jobs cleaned up) and serves the HTTPS admin endpoint until
+//! SIGTERM or SIGINT. VMs keep running when it stops.
 
 mod config;
 mod plugins;
@@ -30,6 +30,9 @@ struct Args {
     /// Override `plugins.trusted-keys-dir`.
     #[arg(long)]
     trusted_keys_dir: Option<PathBuf>,
+    /// Override `api.listen`.
+    #[arg(long)]
+    listen: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -63,6 +66,9 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.trusted_keys_dir {
         cfg.plugins.trusted_keys_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.api.listen = l;
     }
     if args.print_config {
         match toml::to_string_pretty(&cfg) {
@@ -103,8 +109,94 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    tracing::info!("nasvisord running; stop it with SIGTERM or Ctrl-C");
-    loop {
-        std::thread::park();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nasvisord: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg, host)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nasvisord: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
+    let mut c = nasvisor_core::CoreConfig::new(&cfg.data_dir);
+    if !cfg.host.name.is_empty() {
+        c.host_name = cfg.host.name.clone();
+    }
+    c.qemu_binary = cfg.vm.qemu_binary.clone();
+    c.accel = cfg.vm.accel;
+    c.accel_probe_timeout = std::time::Duration::from_millis(cfg.vm.accel_probe_timeout_ms);
+    c.reserved_memory_mib = cfg.vm.reserved_memory_mib;
+    c.console_log_bytes = cfg.vm.console_log_bytes;
+    c.netns = cfg.network.netns.clone();
+    c.bundled_images = cfg
+        .images
+        .bundled
+        .iter()
+        .filter(|b| {
+            let ok = b.path.is_file();
+            if !ok {
+                tracing::info!(image = %b.name, path = %b.path.display(), "bundled image not installed; skipped");
+            }
+            ok
+        })
+        .map(|b| nasvisor_core::BundledImage {
+            name: b.name.clone(),
+            path: b.path.clone(),
+            metadata: b.metadata.clone(),
+        })
+        .collect();
+    c
+}
+
+async fn serve(
+    cfg: Config,
+    policy: std::sync::Arc<nasvisor_plugin_host::PolicyHost>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy)
+        .await
+        .context("starting the core")?;
+    let listen: std::net::SocketAddr = cfg
+        .api
+        .listen
+        .parse()
+        .with_context(|| format!("api.listen {:?}", cfg.api.listen))?;
+    let mut settings = nasvisor_api::ServerSettings::new(listen, &cfg.data_dir);
+    settings.tls.cert = cfg.api.tls_cert.clone();
+    settings.tls.key = cfg.api.tls_key.clone();
+    settings.tls.extra_names = cfg.api.extra_names.clone();
+    settings.max_upload = cfg.api.max_upload_bytes;
+    let mut server = nasvisor_api::Server::bind(settings, std::sync::Arc::new(core.clone()))
+        .await
+        .context("starting the HTTPS endpoint")?;
+    // The banner carries the admin token on the first start only.
+    println!("{}", server.startup_banner());
+    tracing::info!(
+        host = %core.host().id,
+        accel = core.accel().qemu_name(),
+        addr = %server.local_addr()?,
+        "nasvisord running; stop it with SIGTERM or Ctrl-C (VMs keep running)"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("stopping; running VMs keep running");
+    };
+    server.serve(stop).await?;
+    core.shutdown().await.context("closing the cluster store")?;
+    Ok(())
 }

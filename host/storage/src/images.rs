@@ -132,6 +132,24 @@ fn check_spec(spec: &ImageSpec) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Starts downloading `url` (http or https): the body as a reader and its
+/// announced length. Callers that wrap the reader (to cancel, to count) pass
+/// it on to [`ImageLibrary::add_reader`].
+pub fn fetch_url(url: &str) -> Result<(Box<dyn Read + Send>, Option<u64>), StorageError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(StorageError::BadSize {
+            field: "url",
+            reason: format!("{url:?} is not an http:// or https:// URL"),
+        });
+    }
+    let resp = ureq::get(url).call().map_err(|e| StorageError::BadImage {
+        path: PathBuf::from(url),
+        reason: format!("download failed: {e}"),
+    })?;
+    let len = resp.header("Content-Length").and_then(|v| v.parse().ok());
+    Ok((resp.into_reader(), len))
+}
+
 impl ImageLibrary {
     /// Opens (creating) the library directory and removes leftovers of a crash.
     pub fn open(dir: &Path) -> Result<ImageLibrary, StorageError> {
@@ -221,20 +239,10 @@ impl ImageLibrary {
         spec: ImageSpec,
         progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Image, StorageError> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(StorageError::BadSize {
-                field: "url",
-                reason: format!("{url:?} is not an http:// or https:// URL"),
-            });
-        }
         name::check("image name", image)?;
         self.absent(image)?;
-        let resp = ureq::get(url).call().map_err(|e| StorageError::BadImage {
-            path: PathBuf::from(url),
-            reason: format!("download failed: {e}"),
-        })?;
-        let len = resp.header("Content-Length").and_then(|v| v.parse().ok());
-        self.add_reader(image, resp.into_reader(), len, url, spec, progress)
+        let (reader, len) = fetch_url(url)?;
+        self.add_reader(image, reader, len, url, spec, progress)
     }
 
     fn absent(&self, image: &str) -> Result<(), StorageError> {

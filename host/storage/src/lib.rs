@@ -13,6 +13,6 @@ pub mod qemu_img;
 pub mod seed;
 
 pub use error::StorageError;
-pub use images::{Image, ImageLibrary, ImageSpec};
+pub use images::{fetch_url, Image, ImageLibrary, ImageSpec};
 pub use pool::{Pool, PoolUsage, VolumeInfo};
 pub use qemu_img::{ImageInfo, QemuImg, SnapshotInfo, SnapshotOp};

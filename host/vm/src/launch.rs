@@ -237,6 +237,22 @@ pub struct LaunchOptions {
     pub launch_timeout: Duration,
     /// Extra arguments appended verbatim (tests, diagnostics).
     pub extra_args: Vec<String>,
+    /// Adjusts the launcher's command before it is spawned, e.g. to start
+    /// QEMU inside the network namespace where its taps live.
+    pub spawn_hook: Option<SpawnHook>,
+}
+
+/// The function inside a [`SpawnHook`].
+pub type SpawnFn = dyn Fn(&mut std::process::Command) -> std::io::Result<()> + Send + Sync;
+
+/// A function that prepares QEMU's command before it is spawned.
+#[derive(Clone)]
+pub struct SpawnHook(pub std::sync::Arc<SpawnFn>);
+
+impl std::fmt::Debug for SpawnHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnHook(..)")
+    }
 }
 
 impl LaunchOptions {
@@ -250,6 +266,7 @@ impl LaunchOptions {
             ovmf: None,
             launch_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
+            spawn_hook: None,
         }
     }
 }
@@ -497,7 +514,14 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
 
     tracing::info!(id = paths.id(), name = %spec.name, accel = %options.accel, "launching QEMU");
     tracing::debug!(?argv, "QEMU argv");
-    let mut child = tokio::process::Command::new(&options.qemu_binary)
+    let mut command = tokio::process::Command::new(&options.qemu_binary);
+    if let Some(hook) = &options.spawn_hook {
+        (hook.0)(command.as_std_mut()).map_err(|source| LaunchError::Spawn {
+            binary: options.qemu_binary.clone(),
+            source,
+        })?;
+    }
+    let mut child = command
         .args(&argv)
         .current_dir("/")
         .stdin(Stdio::null())

@@ -30,7 +30,7 @@ pub mod spec;
 pub use accel::{probe as probe_accel, Accel, AccelChoice, ProbeOptions};
 pub use console::{Console, ConsoleOptions};
 pub use instance::{InstanceOptions, ShutdownOutcome, VmError, VmInstance, VmState};
-pub use launch::{LaunchError, LaunchOptions, RunPaths};
+pub use launch::{LaunchError, LaunchOptions, RunPaths, SpawnHook};
 pub use qmp::{EventKind, QmpClient, QmpError, QmpEvent};
 pub use spec::{
     DiskBus, DiskFormat, DiskMedia, DiskSpec, Firmware, KernelBoot, MacAddr, MachineType,

@@ -1,0 +1,129 @@
+//! Typed access to the cluster store: every change of desired state is a
+//! write through the raft log.
+
+use crate::errors;
+use nasvisor_api::CoreError;
+use nasvisor_cluster::{ClusterStore, Revision, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The cluster store, with typed records.
+pub struct Db {
+    store: ClusterStore,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("store", &self.store).finish()
+    }
+}
+
+/// How often a compare-and-swap update is retried when it races another.
+const CAS_ATTEMPTS: usize = 8;
+
+impl Db {
+    pub fn new(store: ClusterStore) -> Db {
+        Db { store }
+    }
+
+    pub fn store(&self) -> &ClusterStore {
+        &self.store
+    }
+
+    pub fn into_store(self) -> ClusterStore {
+        self.store
+    }
+
+    /// One record and its revision.
+    pub fn get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<(T, Revision)> {
+        let (v, rev) = self.store.get(kind, key)?;
+        match serde_json::from_value(v) {
+            Ok(t) => Some((t, rev)),
+            Err(e) => {
+                tracing::error!(kind, key, error = %e, "unreadable record in the cluster store");
+                None
+            }
+        }
+    }
+
+    /// Every record of `kind`, in key order.
+    pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Vec<T> {
+        self.store
+            .list(kind)
+            .into_iter()
+            .filter_map(|(key, v, _)| match serde_json::from_value(v) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(kind, key, error = %e, "unreadable record in the cluster store");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Writes a record; with `expected`, only if it is still at that
+    /// revision (`Some(0)`: only if it does not exist).
+    pub async fn put<T: Serialize>(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &T,
+        expected: Option<Revision>,
+    ) -> Result<Revision, CoreError> {
+        let v = serde_json::to_value(value).map_err(errors::internal)?;
+        self.store
+            .put(kind, key, v, expected)
+            .await
+            .map_err(errors::store)
+    }
+
+    /// Creates a record that must not exist yet; `what` names it in the
+    /// conflict error.
+    pub async fn create<T: Serialize>(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &T,
+        what: &str,
+    ) -> Result<Revision, CoreError> {
+        let v = serde_json::to_value(value).map_err(errors::internal)?;
+        match self.store.put(kind, key, v, Some(0)).await {
+            Ok(r) => Ok(r),
+            Err(StoreError::Conflict { .. }) => {
+                Err(errors::conflict(format!("{what} already exists")))
+            }
+            Err(e) => Err(errors::store(e)),
+        }
+    }
+
+    pub async fn delete(&self, kind: &str, key: &str) -> Result<(), CoreError> {
+        match self.store.delete(kind, key, None).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(errors::store(e)),
+        }
+    }
+
+    /// Read-modify-write of one record, retried when another writer got in
+    /// between. `f` may refuse the change. Returns the record as written.
+    pub async fn update<T, F>(&self, kind: &str, key: &str, mut f: F) -> Result<T, CoreError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> Result<(), CoreError>,
+    {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut rec, rev)) = self.get::<T>(kind, key) else {
+                return Err(errors::not_found(format!("{kind} {key}")));
+            };
+            f(&mut rec)?;
+            let v = serde_json::to_value(&rec).map_err(errors::internal)?;
+            match self.store.put(kind, key, v, Some(rev)).await {
+                Ok(_) => return Ok(rec),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(errors::store(e)),
+            }
+        }
+        Err(errors::conflict(format!(
+            "{kind} {key} keeps changing; try again"
+        )))
+    }
+}

@@ -1,0 +1,75 @@
+//! The event log: what happened (a VM crashed, a guest panicked, an install
+//! failed...), committed to the cluster store and bounded.
+
+use crate::model::{kind, now_rfc3339, EventRecord, Severity};
+use crate::Inner;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+
+/// How many events are kept.
+pub const MAX_EVENTS: u64 = 1000;
+
+fn key(seq: u64) -> String {
+    format!("{seq:016}")
+}
+
+impl Inner {
+    pub(crate) fn init_event_seq(&self) {
+        let last = self
+            .db
+            .store()
+            .list(kind::EVENT)
+            .last()
+            .and_then(|(k, _, _)| k.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.event_seq.store(last, Ordering::SeqCst);
+    }
+
+    /// Records an event (and logs it). Never fails the caller.
+    pub(crate) async fn event(
+        &self,
+        kind_: &str,
+        severity: Severity,
+        target: Option<String>,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        match severity {
+            Severity::Error => tracing::error!(kind = kind_, ?target, %message, "event"),
+            Severity::Warning => tracing::warn!(kind = kind_, ?target, %message, "event"),
+            Severity::Info => tracing::info!(kind = kind_, ?target, %message, "event"),
+        }
+        let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let rec = EventRecord {
+            seq,
+            time: now_rfc3339(),
+            kind: kind_.to_string(),
+            severity,
+            target,
+            message,
+        };
+        if let Err(e) = self.db.put(kind::EVENT, &key(seq), &rec, None).await {
+            tracing::error!(error = %e, "cannot record an event");
+            return;
+        }
+        if seq > MAX_EVENTS {
+            let _ = self.db.delete(kind::EVENT, &key(seq - MAX_EVENTS)).await;
+        }
+    }
+
+    /// Events after `since` (all kept ones when `None`: the last `limit`).
+    pub(crate) fn list_events(&self, since: Option<u64>, limit: u32) -> Value {
+        let all: Vec<EventRecord> = self.db.list(kind::EVENT);
+        let limit = limit.max(1) as usize;
+        let picked: Vec<&EventRecord> = match since {
+            Some(s) => all.iter().filter(|e| e.seq > s).take(limit).collect(),
+            None => all.iter().skip(all.len().saturating_sub(limit)).collect(),
+        };
+        Value::Array(
+            picked
+                .into_iter()
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                .collect(),
+        )
+    }
+}

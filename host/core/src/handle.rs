@@ -1,0 +1,235 @@
+//! [`nasvisor_api::Core`] for [`NasCore`]: one match from action to the
+//! module that carries it out.
+
+use crate::errors;
+use crate::model::{kind, PoolRecord, VmRecord, VswitchRecord};
+use crate::{lock, Inner, NasCore};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use nasvisor_api::action::{ByteStream, ImageUpload};
+use nasvisor_api::{Action, CoreError};
+use nasvisor_storage::SnapshotOp;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+fn tail(mut bytes: Vec<u8>, n: u64) -> Vec<u8> {
+    let n = n as usize;
+    if bytes.len() > n {
+        bytes.drain(..bytes.len() - n);
+    }
+    bytes
+}
+
+impl Inner {
+    fn host_json(&self) -> Value {
+        let (used, _) = self.used_memory_mib(&self.host.id, None);
+        let h = &self.host;
+        json!({
+            "id": h.id,
+            "name": h.name,
+            "version": h.version,
+            "cpus": h.cpus.max(1),
+            "memory_mib": h.memory_mib,
+            "cluster_role": if self.db.list::<crate::model::HostRecord>(kind::HOST).len() > 1 {
+                if self.db.store().is_leader() { "leader" } else { "follower" }
+            } else { "single" },
+            "accel": h.accel,
+            "accel_reason": h.accel_reason,
+            "free_memory_mib": self.vm_memory_capacity(h).saturating_sub(used),
+            "qemu_version": h.qemu_version,
+        })
+    }
+
+    fn plugins_json(&self) -> Value {
+        Value::Array(
+            self.policy
+                .status()
+                .into_iter()
+                .map(|s| {
+                    let (name, version) = match &s.plugin {
+                        Some(p) => match p.rsplit_once('@') {
+                            Some((n, v)) => (n.to_string(), v.to_string()),
+                            None => (p.clone(), String::new()),
+                        },
+                        None => (format!("builtin-{}", s.world.as_str()), env!("CARGO_PKG_VERSION").to_string()),
+                    };
+                    json!({
+                        "name": name,
+                        "world": s.world.as_str(),
+                        "version": version,
+                        "vendor": s.signer.clone().unwrap_or_else(|| "nasvisor (built in)".into()),
+                        "state": if s.quarantined { "quarantined" } else if s.plugin.is_none() { "fallback" } else { "active" },
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    async fn console_input(&self, id: &str, data: &str) -> Result<Value, CoreError> {
+        let vm = self.find_vm(id)?;
+        let console = lock(&self.running)
+            .get(&vm.id)
+            .and_then(|r| r.inst.console().cloned())
+            .ok_or_else(|| errors::conflict(format!("VM {} is not running", vm.name)))?;
+        console
+            .write(data.as_bytes())
+            .await
+            .map_err(|e| errors::conflict(format!("VM {}'s console: {e}", vm.name)))?;
+        Ok(Value::Null)
+    }
+
+    async fn console_stream(
+        &self,
+        id: &str,
+        follow: bool,
+        n: u64,
+    ) -> Result<ByteStream, CoreError> {
+        let vm = self.find_vm(id)?;
+        let console = lock(&self.running)
+            .get(&vm.id)
+            .and_then(|r| r.inst.console().cloned());
+        let Some(console) = console else {
+            // Not running: the log of the last run.
+            let paths =
+                nasvisor_vm::RunPaths::new(self.cfg.run_dir(), &vm.id).map_err(errors::internal)?;
+            let log = nasvisor_vm::console::read_console_log(&paths.console_log())
+                .await
+                .unwrap_or_default();
+            let once = futures_util::stream::once(async move { Ok(Bytes::from(tail(log, n))) });
+            return Ok(Box::pin(once));
+        };
+        if !follow {
+            let log = console.read_log().await.map_err(errors::internal)?;
+            let once = futures_util::stream::once(async move { Ok(Bytes::from(tail(log, n))) });
+            return Ok(Box::pin(once));
+        }
+        let (history, rx) = console
+            .subscribe_with_history()
+            .await
+            .map_err(errors::internal)?;
+        let first = futures_util::stream::once(async move { Ok(Bytes::from(tail(history, n))) });
+        let live = futures_util::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(chunk) => Some((Ok(Bytes::copy_from_slice(&chunk)), rx)),
+                Err(RecvError::Lagged(k)) => {
+                    let note = format!(
+                        "\r\n[nasvisor: {k} console chunks skipped: the client was too slow]\r\n"
+                    );
+                    Some((Ok(Bytes::from(note)), rx))
+                }
+                Err(RecvError::Closed) => None,
+            }
+        });
+        Ok(Box::pin(first.chain(live)))
+    }
+
+    /// After a (re)start: clean pools, recreate bridges, adopt running VMs,
+    /// then end interrupted jobs.
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), CoreError> {
+        for p in self.db.list::<PoolRecord>(kind::POOL) {
+            if let Ok(pool) = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path)) {
+                if let Ok(n) = pool.clean_temporaries() {
+                    if n > 0 {
+                        tracing::info!(pool = %p.name, files = n, "removed temporary files of an interrupted operation");
+                    }
+                }
+            }
+        }
+        for s in self.db.list::<VswitchRecord>(kind::VSWITCH) {
+            if let Err(e) = self.ensure_vswitch(&s) {
+                tracing::error!(vswitch = %s.name, error = %e, "cannot restore a vswitch");
+            }
+        }
+        self.recover_vms().await;
+        self.recover_jobs().await;
+        // Installs found half-done by recover_jobs were marked failed; VMs
+        // still recorded `installing` without a job are stale too.
+        for vm in self.db.list::<VmRecord>(kind::VM) {
+            if vm.state == crate::model::VmStatus::Installing && vm.install_job.is_none() {
+                let _ = self
+                    .db
+                    .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                        v.state = crate::model::VmStatus::InstallFailed;
+                        v.state_reason = Some("install interrupted before it started".into());
+                        Ok(())
+                    })
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl nasvisor_api::Core for NasCore {
+    async fn handle(&self, action: Action) -> Result<Value, CoreError> {
+        let c = &self.inner;
+        match action {
+            Action::GetHost => Ok(c.host_json()),
+            Action::ListVms => Ok(c.list_vms()),
+            Action::GetVm { id } => Ok(c.vm_json(&c.find_vm(&id)?)),
+            Action::CreateVm(req) => c.create_vm(req).await,
+            Action::UpdateVm { id, update } => c.update_vm(&id, update).await,
+            Action::DeleteVm { id, delete_disks } => c.delete_vm(&id, delete_disks).await,
+            Action::VmPower { id, op } => c.power(&id, op).await,
+            Action::ConsoleInput { id, data } => c.console_input(&id, &data).await,
+            Action::ListPools => c.list_pools(),
+            Action::CreatePool(req) => c.create_pool(req).await,
+            Action::DeletePool { name } => c.delete_pool(&name).await,
+            Action::ListVolumes { pool } => c.list_volumes(&pool),
+            Action::CreateVolume { pool, volume } => c.create_volume(&pool, volume).await,
+            Action::DeleteVolume { pool, volume } => c.delete_volume(&pool, &volume).await,
+            Action::ResizeVolume {
+                pool,
+                volume,
+                size_mib,
+            } => c.resize_volume(&pool, &volume, size_mib).await,
+            Action::SnapshotVolume { pool, volume, name } => {
+                c.snapshot_op(&pool, &volume, &name, SnapshotOp::Create)
+                    .await
+            }
+            Action::ListSnapshots { pool, volume } => c.list_snapshots(&pool, &volume),
+            Action::RevertSnapshot { pool, volume, name } => {
+                c.snapshot_op(&pool, &volume, &name, SnapshotOp::Apply)
+                    .await
+            }
+            Action::DeleteSnapshot { pool, volume, name } => {
+                c.snapshot_op(&pool, &volume, &name, SnapshotOp::Delete)
+                    .await
+            }
+            Action::CloneVolume {
+                pool,
+                volume,
+                name,
+                linked,
+            } => c.clone_volume(&pool, &volume, &name, linked).await,
+            Action::ImportVolume { pool, name, path } => c.import_volume(&pool, &name, &path).await,
+            Action::ListImages => Ok(c.list_images()),
+            Action::AddImage(add) => c.add_image(add).await,
+            Action::DeleteImage { name } => c.delete_image(&name).await,
+            Action::ListVswitches => Ok(c.list_vswitches()),
+            Action::CreateVswitch(req) => c.create_vswitch(req).await,
+            Action::DeleteVswitch { name } => c.delete_vswitch(&name).await,
+            Action::ListJobs => Ok(c.list_jobs()),
+            Action::GetJob { id } => c.get_job(&id),
+            Action::CancelJob { id } => c.cancel_job(&id).await,
+            Action::ListPlugins => Ok(c.plugins_json()),
+            Action::ListEvents { since, limit } => Ok(c.list_events(since, limit)),
+        }
+    }
+
+    async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
+        self.inner.console_stream(&id, follow, tail).await
+    }
+
+    async fn upload_image(
+        &self,
+        upload: ImageUpload,
+        body: ByteStream,
+    ) -> Result<Value, CoreError> {
+        self.inner
+            .upload_image(upload.name, upload.meta, body)
+            .await
+    }
+}

@@ -1,0 +1,442 @@
+//! The image library: imports from a file, a URL or an upload, as jobs; the
+//! bundled image on first start.
+
+use crate::errors;
+use crate::jobs::{JobCtx, JobFailure};
+use crate::model::{
+    kind, Firmware, ImageRecord, ImageState, JobRecord, JobState, Severity, VmRecord,
+};
+use crate::Inner;
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
+use nasvisor_api::action::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
+use nasvisor_api::CoreError;
+use nasvisor_storage::{Image, ImageSpec, StorageError};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A reader that fails once its job is cancelled (the library then removes
+/// the partial file).
+struct Cancellable<R> {
+    inner: R,
+    ctx: JobCtx,
+}
+
+impl<R: Read> Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ctx.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+fn spec_of(meta: &ImageMetaSpec) -> ImageSpec {
+    ImageSpec {
+        os_family: meta.os_family.clone(),
+        os_variant: meta.os_variant.clone(),
+        cloud_init: meta.cloud_init,
+        firmware: match meta.firmware {
+            FirmwareKind::Bios => "bios".into(),
+            FirmwareKind::Uefi => "uefi".into(),
+        },
+        ready_marker: meta.ready_marker.clone(),
+    }
+}
+
+fn record_of(name: &str, meta: &ImageMetaSpec, job: Option<String>) -> ImageRecord {
+    ImageRecord {
+        name: name.to_string(),
+        state: ImageState::Importing,
+        job,
+        error: None,
+        os_family: meta.os_family.clone(),
+        os_variant: meta.os_variant.clone(),
+        cloud_init: meta.cloud_init,
+        firmware: match meta.firmware {
+            FirmwareKind::Bios => Firmware::Bios,
+            FirmwareKind::Uefi => Firmware::Uefi,
+        },
+        ready_marker: meta.ready_marker.clone(),
+        format: None,
+        size_bytes: 0,
+        virtual_size_bytes: 0,
+        hosts: Vec::new(),
+    }
+}
+
+impl Inner {
+    pub(crate) fn list_images(&self) -> Value {
+        Value::Array(
+            self.db
+                .list::<ImageRecord>(kind::IMAGE)
+                .iter()
+                .map(ImageRecord::to_json)
+                .collect(),
+        )
+    }
+
+    /// Refuses a name in use (a failed import's record may be replaced).
+    fn image_name_free(&self, name: &str) -> Result<(), CoreError> {
+        match self.db.get::<ImageRecord>(kind::IMAGE, name) {
+            Some((r, _)) if r.state != ImageState::Failed => {
+                Err(errors::conflict(format!("image {name} already exists")))
+            }
+            _ => {
+                // A failed import's leftovers go now.
+                let _ = self.library.delete(name);
+                Ok(())
+            }
+        }
+    }
+
+    async fn image_done(&self, name: &str, result: &Result<Image, String>) {
+        let host = self.host.id.clone();
+        let r = self
+            .db
+            .update::<ImageRecord, _>(kind::IMAGE, name, |r| {
+                match result {
+                    Ok(img) => {
+                        r.state = ImageState::Ready;
+                        r.error = None;
+                        r.format = Some(img.source_format.clone());
+                        r.size_bytes = std::fs::metadata(&img.path).map(|m| m.len()).unwrap_or(0);
+                        r.virtual_size_bytes = img.virtual_size;
+                        if !r.hosts.contains(&host) {
+                            r.hosts.push(host.clone());
+                        }
+                    }
+                    Err(e) => {
+                        r.state = ImageState::Failed;
+                        r.error = Some(e.clone());
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(image = name, error = %e, "cannot record the import's outcome");
+        }
+    }
+
+    /// Imports an image from a file of this host or a URL, as a job. A file
+    /// is checked with `qemu-img info` before the job starts.
+    pub(crate) async fn add_image(self: &Arc<Self>, add: ImageAdd) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        self.image_name_free(&add.name)?;
+        if let ImageSource::Path(p) = &add.source {
+            let path = Path::new(p);
+            if !path.is_file() {
+                return Err(errors::invalid(
+                    "path",
+                    format!("{p} is not a file on host {}", self.host.id),
+                ));
+            }
+            nasvisor_storage::QemuImg::default()
+                .info(path, None)
+                .map_err(|e| errors::invalid("path", e.to_string()))?;
+        }
+        let (job, ctx) = self
+            .job_start(
+                "image-import",
+                Some(format!("image/{}", add.name)),
+                json!({"name": add.name}),
+            )
+            .await?;
+        let rec = record_of(&add.name, &add.meta, Some(job.id.clone()));
+        self.db.put(kind::IMAGE, &add.name, &rec, None).await?;
+        drop(_g);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let lib = me.library.clone();
+            let c = ctx.clone();
+            let name = add.name.clone();
+            let spec = spec_of(&add.meta);
+            let r = tokio::task::spawn_blocking(move || -> Result<Image, StorageError> {
+                let progress = |n: u64, total: Option<u64>| {
+                    let f = total
+                        .filter(|t| *t > 0)
+                        .map(|t| n as f64 / t as f64 * 0.9)
+                        .unwrap_or(0.0);
+                    c.progress(f, Some(&format!("received {} MiB", n >> 20)));
+                };
+                match &add.source {
+                    ImageSource::Path(p) => {
+                        let f = std::fs::File::open(p).map_err(|e| StorageError::Io {
+                            path: p.into(),
+                            source: e,
+                        })?;
+                        let len = f.metadata().map(|m| m.len()).ok();
+                        lib.add_reader(
+                            &name,
+                            Cancellable {
+                                inner: f,
+                                ctx: c.clone(),
+                            },
+                            len,
+                            p,
+                            spec,
+                            progress,
+                        )
+                    }
+                    ImageSource::Url(u) => {
+                        let (reader, len) = nasvisor_storage::fetch_url(u)?;
+                        lib.add_reader(
+                            &name,
+                            Cancellable {
+                                inner: reader,
+                                ctx: c.clone(),
+                            },
+                            len,
+                            u,
+                            spec,
+                            progress,
+                        )
+                    }
+                }
+            })
+            .await;
+            me.finish_import(
+                &ctx,
+                &add.name,
+                r.map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+            )
+            .await;
+        });
+        Ok(job.to_json())
+    }
+
+    async fn finish_import(&self, ctx: &JobCtx, name: &str, r: Result<Image, String>) {
+        self.image_done(name, &r).await;
+        let outcome = match &r {
+            Ok(img) => Ok(format!(
+                "image {name} ready ({}, {} MiB virtual)",
+                img.source_format,
+                img.virtual_size >> 20
+            )),
+            Err(_) if ctx.is_cancelled() => Err(JobFailure::Cancelled),
+            Err(e) => Err(JobFailure::Failed(e.clone())),
+        };
+        if let Err(e) = &r {
+            self.event(
+                "image-import-failed",
+                Severity::Warning,
+                Some(format!("image/{name}")),
+                format!("import of image {name} failed: {e}"),
+            )
+            .await;
+        }
+        self.job_finish(ctx, outcome).await;
+    }
+
+    /// Imports an upload streamed through the API. Answers once the image
+    /// is in the library (or refused).
+    pub(crate) async fn upload_image(
+        self: &Arc<Self>,
+        name: String,
+        meta: ImageMetaSpec,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+    ) -> Result<Value, CoreError> {
+        {
+            let _g = self.ops.lock().await;
+            self.image_name_free(&name)?;
+        }
+        let (job, ctx) = self
+            .job_start(
+                "image-upload",
+                Some(format!("image/{name}")),
+                json!({"name": name}),
+            )
+            .await?;
+        self.db
+            .put(
+                kind::IMAGE,
+                &name,
+                &record_of(&name, &meta, Some(job.id.clone())),
+                None,
+            )
+            .await?;
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+            body.map_err(std::io::Error::other),
+        ));
+        let lib = self.library.clone();
+        let c = ctx.clone();
+        let n2 = name.clone();
+        let spec = spec_of(&meta);
+        let r = tokio::task::spawn_blocking(move || {
+            lib.add_reader(
+                &n2,
+                Cancellable {
+                    inner: reader,
+                    ctx: c.clone(),
+                },
+                None,
+                "upload",
+                spec,
+                |n, _| c.progress(0.0, Some(&format!("received {} MiB", n >> 20))),
+            )
+        })
+        .await
+        .map_err(errors::internal)?;
+        let failed = r.as_ref().err().map(|e| e.to_string());
+        self.finish_import(&ctx, &name, r.map_err(|e| e.to_string()))
+            .await;
+        if let Some(e) = failed {
+            return Err(errors::invalid("body", e));
+        }
+        self.get_job(&job.id)
+    }
+
+    pub(crate) async fn delete_image(&self, name: &str) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let Some((rec, _)) = self.db.get::<ImageRecord>(kind::IMAGE, name) else {
+            return Err(errors::not_found(format!("image {name}")));
+        };
+        if rec.state == ImageState::Importing {
+            return Err(errors::conflict(format!(
+                "image {name} is being imported; cancel job {} first",
+                rec.job.unwrap_or_default()
+            )));
+        }
+        let users: Vec<String> = self
+            .db
+            .list::<VmRecord>(kind::VM)
+            .into_iter()
+            .filter(|v| v.image.as_deref() == Some(name))
+            .map(|v| v.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(errors::conflict(format!(
+                "image {name} backs the disks of VM(s) {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        match self.library.delete(name) {
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(errors::storage("name", e)),
+        }
+        self.db.delete(kind::IMAGE, name).await?;
+        Ok(Value::Null)
+    }
+
+    /// Adds the bundled images that are not in the library yet.
+    pub(crate) async fn add_bundled_images(&self) {
+        for b in self.cfg.bundled_images.clone() {
+            if self.db.get::<ImageRecord>(kind::IMAGE, &b.name).is_some() {
+                continue;
+            }
+            let meta: Value = b
+                .metadata
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            let s = |k: &str, d: &str| meta[k].as_str().unwrap_or(d).to_string();
+            let m = ImageMetaSpec {
+                os_family: s("os-family", "linux"),
+                os_variant: s("os-variant", ""),
+                cloud_init: meta["cloud-init"].as_bool().unwrap_or(true),
+                firmware: if s("firmware", "bios") == "uefi" {
+                    FirmwareKind::Uefi
+                } else {
+                    FirmwareKind::Bios
+                },
+                ready_marker: meta["ready-marker"].as_str().map(str::to_string),
+            };
+            let _ = self.library.delete(&b.name);
+            let r = self
+                .library
+                .add_file(&b.name, &b.path, spec_of(&m), |_, _| {});
+            if let Err(e) = self
+                .db
+                .put(kind::IMAGE, &b.name, &record_of(&b.name, &m, None), None)
+                .await
+            {
+                tracing::error!(image = %b.name, error = %e, "cannot record the bundled image");
+                continue;
+            }
+            let r = r.map_err(|e| e.to_string());
+            if let Err(e) = &r {
+                tracing::error!(image = %b.name, error = %e, "cannot add the bundled image");
+            } else {
+                tracing::info!(image = %b.name, "bundled image added to the library");
+            }
+            self.image_done(&b.name, &r).await;
+        }
+    }
+
+    /// After a restart: an import the crash interrupted either completed on
+    /// disk (recorded ready now) or is gone (recorded failed).
+    pub(crate) async fn recover_image_job(&self, job: &JobRecord) -> Result<(), String> {
+        let name = job.params["name"].as_str().unwrap_or_default().to_string();
+        match self.library.get(&name) {
+            Ok(img) => {
+                self.image_done(&name, &Ok(img)).await;
+                Ok(())
+            }
+            Err(_) => {
+                let e = "interrupted by a restart of nasvisord; the partial file was removed"
+                    .to_string();
+                self.image_done(&name, &Err(e.clone())).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks every unfinished job of this host as ended: resumed where the
+    /// work was complete, otherwise cleaned up.
+    pub(crate) async fn recover_jobs(self: &Arc<Self>) {
+        for job in self.db.list::<JobRecord>(kind::JOB) {
+            if job.state.is_final() || job.host.as_deref().is_some_and(|h| h != self.host.id) {
+                continue;
+            }
+            let outcome: Result<String, String> = match job.kind.as_str() {
+                "image-import" | "image-upload" => self
+                    .recover_image_job(&job)
+                    .await
+                    .map(|_| "completed before the restart".to_string()),
+                "install" => Err(self.recover_install_job(&job).await),
+                _ => {
+                    Err("interrupted by a restart of nasvisord; partial files were removed".into())
+                }
+            };
+            let _ = self
+                .db
+                .update::<JobRecord, _>(kind::JOB, &job.id, |j| {
+                    j.finished_at = Some(crate::model::now_rfc3339());
+                    match &outcome {
+                        Ok(m) => {
+                            j.state = JobState::Succeeded;
+                            j.progress = 1.0;
+                            j.message = Some(m.clone());
+                        }
+                        Err(e) => {
+                            j.state = JobState::Failed;
+                            j.error = Some(e.clone());
+                            j.message = Some("interrupted".into());
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            self.event(
+                "job-interrupted",
+                Severity::Warning,
+                job.target.clone(),
+                format!(
+                    "job {} ({}) was interrupted by a restart: {}",
+                    job.id,
+                    job.kind,
+                    match &outcome {
+                        Ok(m) => m.clone(),
+                        Err(e) => e.clone(),
+                    }
+                ),
+            )
+            .await;
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! # nasvisor core
+//!
+//! The one place that acts. The API layer parses a request into an
+//! [`nasvisor_api::Action`] and forwards it to [`NasCore`], which:
+//!
+//! - commits every change of desired state (VMs, pools, vswitches, images,
+//!   jobs, events, hosts) through the cluster store (openraft + redb); a
+//!   single host is a cluster of one;
+//! - runs VMs as QEMU processes driven over QMP ([`nasvisor_vm`]), which
+//!   outlive the daemon: on start it finds them again and reconciles;
+//! - manages storage pools, volumes and the image library
+//!   ([`nasvisor_storage`]) and vswitches and taps ([`nasvisor_net`]);
+//! - asks the plugins ([`nasvisor_plugin_host`]) where a VM runs (scheduler)
+//!   and how an image is installed (os-installer);
+//! - runs long operations as persisted, cancellable jobs that a restart
+//!   cleans up.
+
+pub mod db;
+pub mod errors;
+mod events;
+mod handle;
+mod images;
+mod install;
+mod jobs;
+pub mod model;
+mod placement;
+mod storage_ops;
+mod vms;
+mod vswitches;
+
+use crate::db::Db;
+use crate::model::{kind, HostRecord, PoolRecord};
+use nasvisor_api::CoreError;
+use nasvisor_cluster::ClusterStore;
+use nasvisor_net::Net;
+use nasvisor_plugin_host::PolicyHost;
+use nasvisor_storage::ImageLibrary;
+use nasvisor_vm::{Accel, VmInstance};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Which accelerator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelSetting {
+    /// KVM when a probe guest runs under it within the timeout, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// A system image shipped with the firmware, added to the library on first
+/// start.
+#[derive(Debug, Clone)]
+pub struct BundledImage {
+    pub name: String,
+    /// The qcow2 file.
+    pub path: PathBuf,
+    /// Its metadata (`guest-image.json`: `ready-marker`, `os-family`...).
+    pub metadata: Option<PathBuf>,
+}
+
+/// Everything the core needs from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The daemon's data directory.
+    pub data_dir: PathBuf,
+    /// This host's id and name.
+    pub host_name: String,
+    pub qemu_binary: PathBuf,
+    pub accel: AccelSetting,
+    /// How long the KVM probe guest may take.
+    pub accel_probe_timeout: Duration,
+    /// Run the VMs' taps, bridges and QEMU in this network namespace
+    /// (tests); the host's own when `None`.
+    pub netns: Option<String>,
+    /// Memory kept for the host itself, never given to VMs.
+    pub reserved_memory_mib: u64,
+    /// Bound of each VM's console log.
+    pub console_log_bytes: u64,
+    /// Images added to the library on first start.
+    pub bundled_images: Vec<BundledImage>,
+    /// The cluster id (used to derive stable MAC addresses).
+    pub cluster_id: String,
+}
+
+impl CoreConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> CoreConfig {
+        CoreConfig {
+            data_dir: data_dir.into(),
+            host_name: system_hostname(),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            accel: AccelSetting::Auto,
+            accel_probe_timeout: Duration::from_secs(5),
+            netns: None,
+            reserved_memory_mib: 512,
+            console_log_bytes: 1024 * 1024,
+            bundled_images: Vec::new(),
+            cluster_id: "nasvisor".into(),
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    fn nvram_dir(&self) -> PathBuf {
+        self.data_dir.join("nvram")
+    }
+}
+
+/// The host's name from the kernel (`/proc/sys/kernel/hostname`), made a
+/// valid object name.
+pub fn system_hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() || !name.as_bytes()[0].is_ascii_alphanumeric() {
+        "host1".into()
+    } else {
+        name
+    }
+}
+
+/// Errors while starting the core.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cluster store: {0}")]
+    Store(#[from] nasvisor_cluster::StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image library: {0}")]
+    Storage(#[from] nasvisor_storage::StorageError),
+    #[error("network: {0}")]
+    Net(#[from] nasvisor_net::NetError),
+    #[error("{0}")]
+    Core(#[from] CoreError),
+}
+
+/// A running VM this daemon manages.
+#[derive(Clone)]
+pub(crate) struct Running {
+    pub inst: VmInstance,
+    pub taps: Vec<Option<String>>,
+    pub accel: Accel,
+}
+
+pub(crate) struct Inner {
+    pub cfg: CoreConfig,
+    pub db: Db,
+    pub host: HostRecord,
+    pub accel: Accel,
+    pub policy: Arc<PolicyHost>,
+    pub net: Arc<Net>,
+    pub library: ImageLibrary,
+    pub running: Mutex<HashMap<String, Running>>,
+    pub jobs: Mutex<HashMap<String, CancellationToken>>,
+    pub event_seq: AtomicU64,
+    /// Serializes changes that check the whole state (names, resources).
+    pub ops: tokio::sync::Mutex<()>,
+    /// Cancelled when the core shuts down (background tasks stop).
+    pub shutdown: CancellationToken,
+}
+
+/// The core of `nasvisord`; implements [`nasvisor_api::Core`].
+#[derive(Clone)]
+pub struct NasCore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NasCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NasCore")
+            .field("host", &self.inner.host.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl NasCore {
+    /// Opens the cluster store, probes the accelerator, registers this host,
+    /// creates the default pool on first start, adds bundled images, then
+    /// finds the VMs that kept running and cleans up interrupted jobs.
+    pub async fn start(cfg: CoreConfig, policy: Arc<PolicyHost>) -> Result<NasCore, StartError> {
+        for d in [cfg.data_dir.clone(), cfg.run_dir(), cfg.nvram_dir()] {
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        let store = ClusterStore::open(
+            cfg.data_dir.join("cluster"),
+            1,
+            format!("{}:0", cfg.host_name),
+        )
+        .await?;
+        let db = Db::new(store);
+        let net = Arc::new(match &cfg.netns {
+            Some(ns) => Net::netns(ns)?,
+            None => Net::host()?,
+        });
+        let library = ImageLibrary::open(&cfg.data_dir.join("images"))?;
+
+        let (accel, accel_reason) = match cfg.accel {
+            AccelSetting::Tcg => (Accel::Tcg, "configured: accel = \"tcg\"".to_string()),
+            AccelSetting::Kvm => (Accel::Kvm, "configured: accel = \"kvm\"".to_string()),
+            AccelSetting::Auto => {
+                let choice = nasvisor_vm::probe_accel(&nasvisor_vm::ProbeOptions {
+                    qemu_binary: cfg.qemu_binary.clone(),
+                    timeout: cfg.accel_probe_timeout,
+                    ..Default::default()
+                })
+                .await;
+                (choice.accel, choice.reason)
+            }
+        };
+        tracing::info!(accel = accel.qemu_name(), reason = %accel_reason, "accelerator");
+        let host = HostRecord {
+            id: cfg.host_name.clone(),
+            name: cfg.host_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_mib: host_memory_mib(),
+            accel: accel.qemu_name().to_string(),
+            accel_reason,
+            qemu_version: qemu_version(&cfg.qemu_binary),
+        };
+        db.put(kind::HOST, &host.id, &host, None).await?;
+
+        let inner = Arc::new(Inner {
+            cfg,
+            db,
+            host,
+            accel,
+            policy,
+            net,
+            library,
+            running: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
+            event_seq: AtomicU64::new(0),
+            ops: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+        });
+        inner.init_event_seq();
+
+        // The default pool, on first start.
+        if inner.db.list::<PoolRecord>(kind::POOL).is_empty() {
+            let dir = inner.cfg.data_dir.join("pools/default");
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let rec = PoolRecord {
+                name: "default".into(),
+                path: dir.to_string_lossy().into_owned(),
+            };
+            inner
+                .db
+                .create(kind::POOL, "default", &rec, "pool default")
+                .await?;
+        }
+        inner.recover().await?;
+        inner.add_bundled_images().await;
+        Ok(NasCore { inner })
+    }
+
+    /// This host's record.
+    pub fn host(&self) -> &HostRecord {
+        &self.inner.host
+    }
+
+    /// The accelerator VMs run under.
+    pub fn accel(&self) -> Accel {
+        self.inner.accel
+    }
+
+    /// Stops background work and closes the store. Running VMs keep running.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.inner.shutdown.cancel();
+        for t in self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.cancel();
+        }
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        // Give cancelled tasks a moment to record their state.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.db.into_store().shutdown().await?,
+            Err(_) => {
+                tracing::warn!("core still in use at shutdown; store closes with the process")
+            }
+        }
+        Ok(())
+    }
+}
+
+fn host_memory_mib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+fn qemu_version(binary: &std::path::Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .and_then(|l| l.split("version ").nth(1))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

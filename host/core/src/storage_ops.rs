@@ -1,0 +1,343 @@
+//! Storage pools and their volumes: create, resize, delete, snapshots,
+//! clones, imports (a job).
+
+use crate::errors;
+use crate::jobs::JobFailure;
+use crate::model::{kind, PoolRecord, VmRecord};
+use crate::Inner;
+use nasvisor_api::action::{PoolCreate, VolumeCreate, VolumeFormat};
+use nasvisor_api::CoreError;
+use nasvisor_storage::{SnapshotOp, VolumeInfo};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+const MIB: u64 = 1024 * 1024;
+
+fn snapshot_json(pool: &str, volume: &str, s: &nasvisor_storage::SnapshotInfo) -> Value {
+    let created = time::OffsetDateTime::from_unix_timestamp(s.date_sec as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    json!({ "name": s.name, "pool": pool, "volume": volume, "created_at": created })
+}
+
+impl Inner {
+    fn volume_json(&self, pool: &str, v: &VolumeInfo) -> Value {
+        json!({
+            "name": v.name,
+            "pool": pool,
+            "size_mib": (v.virtual_size / MIB).max(1),
+            "format": "qcow2",
+            "used_by": self.volume_user(pool, &v.name).map(|vm| vm.name),
+        })
+    }
+
+    /// Refuses to touch a volume a running VM has open.
+    fn not_in_use(&self, pool: &str, volume: &str, what: &str) -> Result<(), CoreError> {
+        if let Some(vm) = self.volume_user(pool, volume) {
+            if vm.is_active() || crate::lock(&self.running).contains_key(&vm.id) {
+                return Err(errors::conflict(format!(
+                    "volume {pool}/{volume} is in use by VM {}, which is {}; stop it to {what}",
+                    vm.name,
+                    vm.state.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn list_pools(&self) -> Result<Value, CoreError> {
+        let mut out = Vec::new();
+        for p in self.db.list::<PoolRecord>(kind::POOL) {
+            let usage = nasvisor_storage::Pool::open(&p.name, Path::new(&p.path))
+                .and_then(|pool| pool.usage())
+                .map(|u| (u.capacity_bytes / MIB, u.free_bytes / MIB))
+                .unwrap_or((0, 0));
+            out.push(json!({ "name": p.name, "path": p.path, "capacity_mib": usage.0, "free_mib": usage.1 }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    pub(crate) async fn create_pool(&self, req: PoolCreate) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let pools: Vec<PoolRecord> = self.db.list(kind::POOL);
+        if pools.iter().any(|p| p.name == req.name) {
+            return Err(errors::conflict(format!(
+                "pool {} already exists",
+                req.name
+            )));
+        }
+        let dir = Path::new(&req.path);
+        let mut made = false;
+        if !dir.exists() {
+            std::fs::create_dir(dir)
+                .map_err(|e| errors::invalid("path", format!("cannot create {}: {e}", req.path)))?;
+            made = true;
+        }
+        let pool = match nasvisor_storage::Pool::open(&req.name, dir) {
+            Ok(p) => p,
+            Err(e) => {
+                if made {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(errors::storage("path", e));
+            }
+        };
+        let canon = pool.dir().to_string_lossy().into_owned();
+        if let Some(other) = pools.iter().find(|p| Path::new(&p.path) == pool.dir()) {
+            return Err(errors::conflict(format!(
+                "{canon} already is pool {}",
+                other.name
+            )));
+        }
+        let rec = PoolRecord {
+            name: req.name.clone(),
+            path: canon,
+        };
+        self.db
+            .create(kind::POOL, &rec.name, &rec, &format!("pool {}", rec.name))
+            .await?;
+        let usage = pool.usage().map_err(|e| errors::storage("path", e))?;
+        Ok(
+            json!({ "name": rec.name, "path": rec.path, "capacity_mib": usage.capacity_bytes / MIB, "free_mib": usage.free_bytes / MIB }),
+        )
+    }
+
+    pub(crate) async fn delete_pool(&self, name: &str) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        if self.db.get::<PoolRecord>(kind::POOL, name).is_none() {
+            return Err(errors::not_found(format!("pool {name}")));
+        }
+        let pool = self.pool(name, "name")?;
+        let vols = pool.volumes().map_err(|e| errors::storage("name", e))?;
+        if !vols.is_empty() {
+            return Err(errors::conflict(format!(
+                "pool {name} still holds {} volume(s) ({}); delete them first",
+                vols.len(),
+                vols.iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.db.delete(kind::POOL, name).await?;
+        Ok(Value::Null)
+    }
+
+    fn existing_pool(&self, name: &str) -> Result<nasvisor_storage::Pool, CoreError> {
+        if self.db.get::<PoolRecord>(kind::POOL, name).is_none() {
+            return Err(errors::not_found(format!("pool {name}")));
+        }
+        self.pool(name, "pool")
+    }
+
+    pub(crate) fn list_volumes(&self, pool: &str) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        let vols = p.volumes().map_err(|e| errors::storage("pool", e))?;
+        Ok(Value::Array(
+            vols.iter().map(|v| self.volume_json(pool, v)).collect(),
+        ))
+    }
+
+    pub(crate) async fn create_volume(
+        &self,
+        pool: &str,
+        req: VolumeCreate,
+    ) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        if req.format == Some(VolumeFormat::Raw) {
+            return Err(errors::invalid(
+                "format",
+                "pools hold qcow2 volumes; import a raw file with POST /pools/{pool}/imports",
+            ));
+        }
+        let v = p
+            .create(&req.name, req.size_mib * MIB)
+            .map_err(|e| errors::storage("name", e))?;
+        Ok(self.volume_json(pool, &v))
+    }
+
+    pub(crate) async fn delete_volume(&self, pool: &str, volume: &str) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let p = self.existing_pool(pool)?;
+        if let Some(vm) = self.volume_user(pool, volume) {
+            return Err(errors::conflict(format!(
+                "volume {pool}/{volume} belongs to VM {}; delete the VM with its disks",
+                vm.name
+            )));
+        }
+        let backed: Vec<String> = p
+            .volumes()
+            .map_err(|e| errors::storage("volume", e))?
+            .into_iter()
+            .filter(|v| {
+                v.backing_file
+                    .as_deref()
+                    .is_some_and(|b| b.ends_with(&format!("/{volume}.qcow2")))
+            })
+            .map(|v| v.name)
+            .collect();
+        if !backed.is_empty() {
+            return Err(errors::conflict(format!(
+                "volume {pool}/{volume} backs linked clone(s) {}",
+                backed.join(", ")
+            )));
+        }
+        p.delete(volume).map_err(|e| errors::storage("volume", e))?;
+        Ok(Value::Null)
+    }
+
+    pub(crate) async fn resize_volume(
+        &self,
+        pool: &str,
+        volume: &str,
+        size_mib: u64,
+    ) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        self.not_in_use(pool, volume, "resize it")?;
+        let v = p
+            .resize(volume, size_mib * MIB)
+            .map_err(|e| errors::storage("size_mib", e))?;
+        // Keep the VM's recorded disk size current.
+        if let Some(vm) = self.volume_user(pool, volume) {
+            let _ = self
+                .db
+                .update::<VmRecord, _>(kind::VM, &vm.id, |r| {
+                    for d in r
+                        .disks
+                        .iter_mut()
+                        .filter(|d| d.pool == pool && d.volume == volume)
+                    {
+                        d.size_mib = size_mib;
+                    }
+                    Ok(())
+                })
+                .await;
+        }
+        Ok(self.volume_json(pool, &v))
+    }
+
+    pub(crate) async fn snapshot_op(
+        &self,
+        pool: &str,
+        volume: &str,
+        name: &str,
+        op: SnapshotOp,
+    ) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        if op != SnapshotOp::Create || self.volume_user(pool, volume).is_some() {
+            self.not_in_use(pool, volume, "change its snapshots")?;
+        }
+        let info = p
+            .snapshot(volume, op, name)
+            .map_err(|e| errors::storage("name", e))?;
+        match op {
+            SnapshotOp::Delete => Ok(Value::Null),
+            _ => {
+                let s = info
+                    .snapshots
+                    .iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| {
+                        errors::internal(format!("snapshot {name} missing after {op:?}"))
+                    })?;
+                Ok(snapshot_json(pool, volume, s))
+            }
+        }
+    }
+
+    pub(crate) fn list_snapshots(&self, pool: &str, volume: &str) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        let info = p.volume(volume).map_err(|e| errors::storage("volume", e))?;
+        Ok(Value::Array(
+            info.snapshots
+                .iter()
+                .map(|s| snapshot_json(pool, volume, s))
+                .collect(),
+        ))
+    }
+
+    pub(crate) async fn clone_volume(
+        &self,
+        pool: &str,
+        volume: &str,
+        name: &str,
+        linked: bool,
+    ) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        self.not_in_use(pool, volume, "clone it consistently")?;
+        let p2 = p.clone();
+        let (src, dst) = (volume.to_string(), name.to_string());
+        let v = tokio::task::spawn_blocking(move || p2.clone_volume(&src, &dst, linked))
+            .await
+            .map_err(errors::internal)?
+            .map_err(|e| errors::storage("name", e))?;
+        Ok(self.volume_json(pool, &v))
+    }
+
+    /// Imports a raw/qcow2/vmdk/vdi file as a volume, as a job. The file is
+    /// checked before the job starts.
+    pub(crate) async fn import_volume(
+        self: &Arc<Self>,
+        pool: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<Value, CoreError> {
+        let p = self.existing_pool(pool)?;
+        if !Path::new(path).is_file() {
+            return Err(errors::invalid(
+                "path",
+                format!("{path} is not a file on host {}", self.host.id),
+            ));
+        }
+        if p.volume(name).is_ok() {
+            return Err(errors::conflict(format!(
+                "volume {pool}/{name} already exists"
+            )));
+        }
+        let info = nasvisor_storage::QemuImg::default()
+            .info(Path::new(path), None)
+            .map_err(|e| errors::invalid("path", e.to_string()))?;
+        if !["qcow2", "raw", "vmdk", "vdi"].contains(&info.format.as_str()) {
+            return Err(errors::invalid(
+                "path",
+                format!(
+                    "format {} is not supported (qcow2, raw, vmdk or vdi)",
+                    info.format
+                ),
+            ));
+        }
+        let (job, ctx) = self
+            .job_start(
+                "volume-import",
+                Some(format!("volume/{pool}/{name}")),
+                json!({"pool": pool, "name": name, "path": path}),
+            )
+            .await?;
+        let me = self.clone();
+        let (name, path) = (name.to_string(), path.to_string());
+        tokio::spawn(async move {
+            let c = ctx.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                c.progress(0.0, Some("converting"));
+                p.import(&name, Path::new(&path), |f| c.progress(f, None))
+            })
+            .await;
+            let outcome = match r {
+                Ok(Ok(v)) => Ok(format!(
+                    "volume {} imported ({} MiB)",
+                    v.name,
+                    v.virtual_size / MIB
+                )),
+                Ok(Err(e)) => Err(JobFailure::Failed(e.to_string())),
+                Err(e) => Err(JobFailure::Failed(e.to_string())),
+            };
+            me.job_finish(&ctx, outcome).await;
+        });
+        Ok(job.to_json())
+    }
+}

@@ -274,7 +274,7 @@ impl ClusterStore {
                         message,
                     })
                 }
-                Err(e) if e.not_sent() => {
+                Err(e) if e.retryable() => {
                     tracing::debug!(error = %e, "join: completing the join, retrying");
                 }
                 Err(e) => return Err(e.into()),

@@ -1073,7 +1073,7 @@ impl Shared {
                                 message,
                             })
                         }
-                        Err(e) if e.not_sent() => last = StoreError::Transport(e),
+                        Err(e) if e.retryable() => last = StoreError::Transport(e),
                         Err(e) => return Err(StoreError::Transport(e)),
                     }
                 }

@@ -213,6 +213,27 @@ impl CallError {
     pub fn not_sent(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Refused { .. })
     }
+
+    /// Whether trying again (maybe elsewhere) may help: nothing was sent
+    /// because no connection could be made. A refusal is final.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+/// An error and its causes, `a: b: c`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.ends_with(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 type Sender = SendRequest<Full<Bytes>>;
@@ -311,10 +332,10 @@ impl PeerTransport {
         let tls = TlsConnector::from(self.config.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| err(format!("TLS: {e}")))?;
+            .map_err(|e| err(format!("TLS: {}", chain(&e))))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(chain(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(target, error = %e, "cluster connection closed");
@@ -351,7 +372,7 @@ impl PeerTransport {
                     if unsent && reused {
                         continue; // a stale idle connection: try another
                     }
-                    let reason = e.into_error().to_string();
+                    let reason = chain(&e.into_error());
                     return Err(if unsent {
                         CallError::Connect {
                             target,
@@ -375,7 +396,7 @@ impl PeerTransport {
                 .map_err(|e| CallError::Io {
                     target,
                     addr: addr.to_owned(),
-                    reason: e.to_string(),
+                    reason: chain(&e),
                 })?
                 .to_bytes();
             self.checkin(target, addr, sender);
@@ -434,7 +455,7 @@ pub async fn join_call(
         let io = |e: hyper::Error| CallError::Io {
             target: 0,
             addr: addr.to_owned(),
-            reason: e.to_string(),
+            reason: chain(&e),
         };
         let resp = sender.send_request(req).await.map_err(io)?;
         let status = resp.status();

@@ -1,0 +1,538 @@
+//! A cluster of several hosts, in process: each node has its own data
+//! directory and its own 127.0.0.1 port, and the nodes talk over the real
+//! mutual-TLS transport.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nasvisor_cluster::ca::{node_name, Pki};
+use nasvisor_cluster::transport::{
+    Forward, ForwardError, ForwardReply, PeerTransport, PATH_FORWARD,
+};
+use nasvisor_cluster::{ClusterSettings, ClusterStore, JoinRefused, NodeStatus, StoreError};
+use serde_json::json;
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+struct Host {
+    dir: tempfile::TempDir,
+    addr: String,
+    store: Option<ClusterStore>,
+}
+
+impl Host {
+    fn store(&self) -> &ClusterStore {
+        self.store.as_ref().expect("running")
+    }
+
+    fn id(&self) -> u64 {
+        self.store().node_id()
+    }
+}
+
+async fn founder(settings: ClusterSettings) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = ClusterStore::create(dir.path(), 1, addr.clone(), settings)
+        .await
+        .expect("create");
+    store.serve(addr.parse().unwrap()).await.expect("serve");
+    Host {
+        dir,
+        addr,
+        store: Some(store),
+    }
+}
+
+async fn try_join(
+    via: &Host,
+    token: &str,
+) -> (tempfile::TempDir, String, Result<ClusterStore, StoreError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let r = ClusterStore::join(dir.path(), None, addr.clone(), &via.addr, token).await;
+    (dir, addr, r)
+}
+
+async fn join(via: &Host) -> Host {
+    let token = via
+        .store()
+        .issue_join_token(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (dir, addr, r) = try_join(via, &token).await;
+    Host {
+        dir,
+        addr,
+        store: Some(r.expect("join")),
+    }
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn shutdown(hosts: Vec<Host>) {
+    for mut h in hosts {
+        if let Some(s) = h.store.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_follower_writes_failover_and_catch_up() {
+    init_logs();
+    let t0 = Instant::now();
+    let h1 = founder(ClusterSettings::default()).await;
+    let info = h1.store().cluster_info().unwrap();
+    assert_eq!(info.max_members, 7);
+    assert_eq!(info.cluster_id.len(), 16);
+    let h2 = join(&h1).await;
+    let h3 = join(&h2).await; // through a follower: it points the host to the leader
+    eprintln!("cluster of 3 formed in {:?}", t0.elapsed());
+    assert_eq!((h2.id(), h3.id()), (2, 3));
+    for h in [&h1, &h2, &h3] {
+        assert!(h.dir.path().join("pki/node.pem").exists());
+        assert!(
+            h.dir.path().join("pki/ca.key").exists(),
+            "every voter keeps the CA key"
+        );
+    }
+    let members = h1.store().members();
+    assert_eq!(members.len(), 3);
+    assert!(
+        members
+            .iter()
+            .all(|m| m.voter && m.status == NodeStatus::Member),
+        "{members:?}"
+    );
+    let mut hosts = vec![h1, h2, h3];
+
+    // A write on a follower is forwarded, committed and visible everywhere.
+    let leader = hosts.iter().position(|h| h.store().is_leader()).unwrap();
+    let follower = (leader + 1) % 3;
+    let rev = hosts[follower]
+        .store()
+        .put("vm", "web", json!({ "cpus": 2 }), Some(0))
+        .await
+        .unwrap();
+    for h in &hosts {
+        eventually("the write on every host", Duration::from_secs(5), || {
+            (h.store().get("vm", "web") == Some((json!({ "cpus": 2 }), rev))).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        hosts[follower]
+            .store()
+            .get_linearizable("vm", "web")
+            .await
+            .unwrap(),
+        Some((json!({ "cpus": 2 }), rev))
+    );
+    // A compare-and-swap conflict through a follower is still typed.
+    let err = hosts[follower]
+        .store()
+        .put("vm", "web", json!({}), Some(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: Some(r), .. } if r == rev),
+        "{err}"
+    );
+    assert_eq!(
+        hosts[follower]
+            .store()
+            .delete("vm", "nope", None)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "vm/nope does not exist"
+    );
+
+    // Acknowledged writes from every host.
+    let mut acked = Vec::new();
+    for i in 0..30u64 {
+        let h = &hosts[i as usize % 3];
+        let key = format!("obj-{i}");
+        let rev = h.store().put("volume", &key, json!(i), None).await.unwrap();
+        acked.push((key, i, rev));
+    }
+
+    // Shut the leader down: a new leader within a few seconds, nothing lost.
+    let old = hosts.iter().position(|h| h.store().is_leader()).unwrap();
+    let old_id = hosts[old].id();
+    let down = Instant::now();
+    let s = hosts[old].store.take().unwrap();
+    s.shutdown().await.unwrap();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new_leader = eventually("a new leader", Duration::from_secs(10), || {
+        rest.iter().copied().find(|i| hosts[*i].store().is_leader())
+    })
+    .await;
+    let failover = down.elapsed();
+    eprintln!(
+        "new leader {} elected {failover:?} after the leader stopped",
+        hosts[new_leader].id()
+    );
+    assert!(failover < Duration::from_secs(5), "{failover:?}");
+    for (key, i, rev) in &acked {
+        assert_eq!(
+            hosts[new_leader]
+                .store()
+                .get_linearizable("volume", key)
+                .await
+                .unwrap(),
+            Some((json!(i), *rev)),
+            "{key}"
+        );
+    }
+    // The cluster goes on with two of three hosts, writes through the follower.
+    let other = rest.into_iter().find(|i| *i != new_leader).unwrap();
+    let during = hosts[other]
+        .store()
+        .put("vm", "during-outage", json!(true), None)
+        .await
+        .unwrap();
+
+    // The old leader restarts and catches up.
+    let h = &mut hosts[old];
+    let store = ClusterStore::open(h.dir.path(), old_id, h.addr.clone())
+        .await
+        .unwrap();
+    store.serve(h.addr.parse().unwrap()).await.unwrap();
+    h.store = Some(store);
+    let back = Instant::now();
+    eventually(
+        "the old leader to catch up",
+        Duration::from_secs(10),
+        || {
+            (hosts[old].store().get("vm", "during-outage") == Some((json!(true), during)))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("old leader caught up in {:?}", back.elapsed());
+    for (key, i, rev) in &acked {
+        assert_eq!(
+            hosts[old].store().get("volume", key),
+            Some((json!(i), *rev))
+        );
+    }
+    // And it takes writes again (forwarded to whoever leads).
+    hosts[old]
+        .store()
+        .put("vm", "after", json!(1), None)
+        .await
+        .unwrap();
+    eprintln!("whole test {:?}", t0.elapsed());
+    shutdown(hosts).await;
+}
+
+fn refused(r: Result<ClusterStore, StoreError>) -> JoinRefused {
+    match r {
+        Err(StoreError::JoinRefused(e)) => e,
+        Err(e) => panic!("expected a join refusal, got {e}"),
+        Ok(s) => panic!("expected a join refusal, joined as node {}", s.node_id()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_reused_and_expired_tokens_and_the_member_limit() {
+    init_logs();
+    let h1 = founder(ClusterSettings { max_members: 2 }).await;
+    let s1 = h1.store();
+    let token = s1.issue_join_token(Duration::from_secs(60)).await.unwrap();
+    let rev0 = s1.revision();
+
+    // Malformed: refused before anything is sent.
+    let (dir, _, r) = try_join(&h1, "nvjt1.garbage").await;
+    assert!(matches!(refused(r), JoinRefused::InvalidToken { .. }));
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    // Unknown secret of the right cluster.
+    let (head, _) = token.rsplit_once('.').unwrap();
+    let forged = format!("{head}.{}", "0".repeat(64));
+    let (dir, _, r) = try_join(&h1, &forged).await;
+    let e = refused(r);
+    assert!(matches!(e, JoinRefused::InvalidToken { .. }), "{e}");
+    assert!(e.to_string().contains("unknown token"), "{e}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing written"
+    );
+
+    // A token pinning another CA: the server is not trusted.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[2] = "ab".repeat(32);
+    let (_, _, r) = try_join(&h1, &parts.join(".")).await;
+    match r {
+        Err(StoreError::Transport(e)) => assert!(e.to_string().contains("TLS"), "{e}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+
+    // Expired.
+    let short = s1.issue_join_token(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, _, r) = try_join(&h1, &short).await;
+    let e = refused(r);
+    assert!(matches!(e, JoinRefused::TokenExpired { .. }), "{e}");
+
+    // Nothing changed but the two tokens issued.
+    assert_eq!(s1.revision(), rev0 + 1);
+    assert_eq!(s1.members().len(), 1);
+
+    // The good token joins; a second use is refused.
+    let (dir2, addr2, r) = try_join(&h1, &token).await;
+    let h2 = Host {
+        dir: dir2,
+        addr: addr2,
+        store: Some(r.expect("join")),
+    };
+    let (dir, _, r) = try_join(&h1, &token).await;
+    let e = refused(r);
+    assert_eq!(e, JoinRefused::TokenUsed { node_id: 2 });
+    assert!(!dir.path().join("pki").exists());
+
+    // The limit: a third host is refused, naming the limit; its token stays
+    // usable once the limit is raised.
+    let t3 = s1.issue_join_token(Duration::from_secs(60)).await.unwrap();
+    let (dir, _, r) = try_join(&h2, &t3).await;
+    let e = refused(r);
+    assert_eq!(
+        e,
+        JoinRefused::MemberLimit {
+            limit: 2,
+            members: 2
+        }
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("max_members = 2"), "{msg}");
+    assert!(!dir.path().join("pki").exists());
+    assert!(matches!(
+        s1.set_max_members(1).await,
+        Err(StoreError::Invalid {
+            field: "max_members",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s1.set_max_members(8).await,
+        Err(StoreError::Invalid {
+            field: "max_members",
+            ..
+        })
+    ));
+    h2.store().set_max_members(3).await.unwrap();
+    let (dir3, addr3, r) = try_join(&h1, &t3).await;
+    let h3 = Host {
+        dir: dir3,
+        addr: addr3,
+        store: Some(r.expect("join after raising the limit")),
+    };
+    assert_eq!(h3.id(), 3);
+    shutdown(vec![h1, h2, h3]).await;
+}
+
+/// A rustls client for the cluster endpoint of node `target`, trusting the
+/// cluster's CA, presenting `identity` (or no certificate).
+fn raw_transport(trust: &Pki, identity: Option<&Pki>) -> PeerTransport {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.ca.cert_der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(p) => builder
+            .with_client_auth_cert(p.node_chain().unwrap(), p.node_key().unwrap())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    PeerTransport::new(identity.map_or(0, |p| p.node_id), Arc::new(config))
+}
+
+async fn raw_ping(t: &PeerTransport, target: u64, addr: &str) -> Result<(), String> {
+    let r: Result<Result<ForwardReply, ForwardError>, _> = t
+        .call(
+            target,
+            addr,
+            PATH_FORWARD,
+            &Forward::Ping,
+            Duration::from_secs(5),
+        )
+        .await;
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_hosts_and_foreign_clients_are_refused() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let h3 = join(&h1).await;
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    let pki3 = Pki::load(h3.dir.path()).unwrap().unwrap();
+    assert_eq!(node_name(3), "node-3.nasvisor.cluster");
+
+    // Before: node 3 talks to everyone, with the store and with a raw client.
+    h3.store().ping(1, &h1.addr).await.unwrap();
+    raw_ping(&raw_transport(&pki1, Some(&pki3)), 1, &h1.addr)
+        .await
+        .unwrap();
+
+    // No client certificate, or one of another cluster's CA: refused.
+    let err = raw_ping(&raw_transport(&pki1, None), 1, &h1.addr)
+        .await
+        .unwrap_err();
+    eprintln!("no client certificate: {err}");
+    let foreign = Pki::create(9, "127.0.0.1:1").unwrap();
+    let err = raw_ping(&raw_transport(&pki1, Some(&foreign)), 1, &h1.addr)
+        .await
+        .unwrap_err();
+    eprintln!("foreign CA: {err}");
+    // A foreign cluster's node id 2 does not help either.
+    let foreign2 = Pki::create(2, "127.0.0.1:1").unwrap();
+    assert!(
+        raw_ping(&raw_transport(&pki1, Some(&foreign2)), 1, &h1.addr)
+            .await
+            .is_err()
+    );
+
+    // Remove node 3 from a follower (the leader carries it out).
+    let follower = if h1.store().is_leader() { &h2 } else { &h1 };
+    follower.store().remove_member(3).await.unwrap();
+    let members = h1.store().members();
+    let m3 = members.iter().find(|m| m.node_id == 3).unwrap();
+    assert_eq!((m3.status, m3.voter), (NodeStatus::Removed, false));
+    assert!(matches!(
+        h1.store().remove_member(3).await,
+        Err(StoreError::Remote { .. }) | Err(StoreError::Invalid { .. })
+    ));
+
+    // Every member now refuses node 3: its store, and a fresh TLS
+    // connection with its (still CA-signed) certificate.
+    for (id, addr) in [(1, &h1.addr), (2, &h2.addr)] {
+        // Each member refuses node 3 once it has the new membership.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match h3.store().ping(id, addr).await {
+                Err(e) => break e,
+                Ok(()) => assert!(Instant::now() < deadline, "node {id} still accepts node 3"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("removed node 3 -> node {id}: {err}");
+        let err = raw_ping(&raw_transport(&pki1, Some(&pki3)), id, addr)
+            .await
+            .unwrap_err();
+        eprintln!("removed node 3 (raw) -> node {id}: {err}");
+    }
+    // Its writes go nowhere; the remaining two hosts go on.
+    assert!(h3.store().put("vm", "x", json!(1), None).await.is_err());
+    h2.store().put("vm", "y", json!(1), None).await.unwrap();
+    h1.store().ping(2, &h2.addr).await.unwrap();
+    // The removed id is never reused.
+    let h4 = join(&h2).await;
+    assert_eq!(h4.id(), 4);
+    shutdown(vec![h1, h2, h3, h4]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_host_store_is_no_cluster_until_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = ClusterStore::open(dir.path(), 1, addr.clone())
+        .await
+        .unwrap();
+    store.put("vm", "kept", json!(1), None).await.unwrap();
+    assert!(store.cluster_info().is_none());
+    assert!(matches!(
+        store.issue_join_token(Duration::from_secs(60)).await,
+        Err(StoreError::NotClustered)
+    ));
+    assert!(matches!(
+        store.serve(addr.parse().unwrap()).await,
+        Err(StoreError::NotClustered)
+    ));
+    assert!(!dir.path().join("pki").exists());
+    // `cluster create` on the running host keeps its desired state.
+    let info = store
+        .create_cluster(ClusterSettings::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_cluster(ClusterSettings::default()).await,
+        Err(StoreError::AlreadyClustered { .. })
+    ));
+    assert_eq!(store.get("vm", "kept").unwrap().0, json!(1));
+    assert_eq!(
+        store.kinds(),
+        ["vm"],
+        "the cluster's own records are hidden"
+    );
+    store.shutdown().await.unwrap();
+    // Reopened as a member of its cluster, still leading itself.
+    let store = ClusterStore::open(dir.path(), 1, addr.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.cluster_info().unwrap(), info);
+    assert!(store.is_leader());
+    store.put("vm", "again", json!(2), None).await.unwrap();
+    store.serve(addr.parse().unwrap()).await.unwrap();
+    store.shutdown().await.unwrap();
+    // A host holding desired state cannot join another cluster.
+    let other = founder(ClusterSettings::default()).await;
+    let token = other
+        .store()
+        .issue_join_token(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let r = ClusterStore::join(dir.path(), None, free_addr(), &other.addr, &token).await;
+    assert!(
+        matches!(r, Err(StoreError::AlreadyClustered { .. })),
+        "{r:?}"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    {
+        let s = ClusterStore::open(fresh.path(), 5, free_addr())
+            .await
+            .unwrap();
+        s.put("vm", "mine", json!(1), None).await.unwrap();
+        s.shutdown().await.unwrap();
+    }
+    let r = ClusterStore::join(fresh.path(), None, free_addr(), &other.addr, &token).await;
+    assert!(
+        matches!(r, Err(StoreError::NotEmpty { objects: 1, .. })),
+        "{r:?}"
+    );
+    shutdown(vec![other]).await;
+}

@@ -45,9 +45,16 @@ fn hash(token: &str) -> [u8; 32] {
 }
 
 fn new_token() -> String {
-    let mut raw = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut raw);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    loop {
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        // A token starting with '-' reads as an option on a command line
+        // (`nasvisor --token -x...`).
+        if !t.starts_with('-') {
+            return t;
+        }
+    }
 }
 
 impl TokenStore {

@@ -420,12 +420,6 @@ async fn upload(
     query: Option<&str>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, ApiError> {
-    if !has_content_type(&req, "application/octet-stream") {
-        return Err(ApiError::status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/octet-stream",
-        ));
-    }
     let max = shared.max_upload;
     let too_large = || {
         ApiError::status(
@@ -433,10 +427,23 @@ async fn upload(
             format!("upload larger than {max} bytes"),
         )
     };
-    if content_length(&req).is_some_and(|len| len > max) {
-        return Err(too_large());
-    }
-    let upload = router::upload_request(matched, query)?;
+    let checked = if !has_content_type(&req, "application/octet-stream") {
+        Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/octet-stream",
+        ))
+    } else if content_length(&req).is_some_and(|len| len > max) {
+        Err(too_large())
+    } else {
+        router::upload_request(matched, query)
+    };
+    let upload = match checked {
+        Ok(u) => u,
+        Err(e) => {
+            drain(req.into_body());
+            return Err(e);
+        }
+    };
     let exceeded = Arc::new(AtomicBool::new(false));
     let stream: ByteStream = Box::pin(UploadStream {
         body: req.into_body(),
@@ -452,6 +459,33 @@ async fn upload(
     }
     let value = result?;
     Ok(json_response(StatusCode::ACCEPTED, &value))
+}
+
+/// Most bytes of a refused upload read and discarded, so that a client that
+/// sends its whole body before reading the answer (most do) gets the error
+/// instead of a reset connection.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+/// Longest time spent discarding a refused upload.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Discards up to [`DRAIN_MAX`] bytes of `body` in the background; beyond
+/// that (or [`DRAIN_TIME`]) the connection is closed.
+fn drain(body: Incoming) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    seen += d.len() as u64;
+                    if seen > DRAIN_MAX {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// An upload's body as a [`ByteStream`]: data frames only, an error once

@@ -271,3 +271,45 @@ async fn upload_checks_type_size_and_metadata_before_the_core() {
     );
     server.stop().await;
 }
+
+/// A client that sends its whole body before reading the answer (as ureq
+/// does) still gets the error of an upload refused before it was read.
+#[tokio::test]
+async fn refused_upload_is_drained_so_the_client_reads_the_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, core, server, token) = start_with(Some(12 << 20)).await;
+    let c = server.client();
+    for (query, ctype, len, status) in [
+        ("?firmware=efi", "application/octet-stream", 10 << 20, "400"),
+        ("", "text/plain", 10 << 20, "415"),
+        ("", "application/octet-stream", 16 << 20, "413"),
+    ] {
+        let mut s = c.raw().await;
+        let head = format!(
+            "POST /api/v1/images/i/upload{query} HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: {ctype}\r\n\
+             Content-Length: {len}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let body = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(20), s.write_all(&body))
+            .await
+            .expect("the server stopped reading the body")
+            .unwrap();
+        s.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "connection closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+    }
+    assert!(core.uploads.lock().unwrap().is_empty());
+    server.stop().await;
+}

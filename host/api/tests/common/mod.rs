@@ -420,6 +420,16 @@ impl Client {
         }
     }
 
+    /// A bare TLS connection to the server.
+    pub async fn raw(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(self.name.clone()).unwrap();
+        self.connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
     /// Sends a request with any body and returns the answer unread.
     pub async fn open<B>(
         &self,

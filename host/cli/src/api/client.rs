@@ -52,9 +52,10 @@ pub struct ApiOpts {
 /// A failed command: what the user sees on stderr, after `error: `.
 #[derive(Debug)]
 pub enum CliError {
-    /// The API refused the request.
+    /// The API refused the request (or, with status 0, the CLI refused it
+    /// with the API's own rules before sending it).
     Api {
-        /// HTTP status.
+        /// HTTP status; 0 when checked locally.
         status: u16,
         /// The request field at fault.
         field: Option<String>,
@@ -75,6 +76,14 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            CliError::Api {
+                status: 0,
+                field,
+                reason,
+            } => match field.as_deref().filter(|f| !f.is_empty()) {
+                Some(field) => write!(f, "{field}: {reason}"),
+                None => f.write_str(reason),
+            },
             CliError::Api {
                 status,
                 field: Some(field),
@@ -464,13 +473,26 @@ impl Client {
     }
 
     /// `POST path` with a raw body read from `body` (`len` bytes), streamed.
+    /// The token and the server's trust are checked first with a cheap
+    /// request, so that a refusal is not discovered only after sending
+    /// gigabytes (and then only as a reset connection).
     pub fn upload(&self, path: &str, body: impl Read, len: u64) -> CliResult<Value> {
+        self.get("/api/v1/images")?;
         let r = self
             .request("POST", path)
             .set("Content-Type", "application/octet-stream")
             .set("Content-Length", &len.to_string())
             .send(body);
-        let resp = self.finish(r)?;
+        let resp = match self.finish(r) {
+            Err(CliError::Other(m)) => {
+                return Err(CliError::Other(format!(
+                    "{m} (the server stopped reading the upload: it may have refused it, \
+                     e.g. an image of that name exists or the file is over its upload limit; \
+                     see `nasvisor image list` and `nasvisor event list`)"
+                )))
+            }
+            other => other?,
+        };
         self.json_answer(resp)
     }
 

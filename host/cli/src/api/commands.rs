@@ -1189,6 +1189,7 @@ fn image(c: &Client, cmd: ImageCmd, json: bool) -> CliResult<()> {
                 meta.push(("ready_marker", m.clone().into()));
             }
             let j = if let Some(file) = &a.upload {
+                check_upload(&a)?;
                 let q: Vec<(&str, String)> = meta
                     .iter()
                     .map(|(k, v)| {
@@ -1223,6 +1224,30 @@ fn image(c: &Client, cmd: ImageCmd, json: bool) -> CliResult<()> {
             job_answer(c, json, &j, a.wait)?;
         }
     }
+    Ok(())
+}
+
+/// Checks an upload's name and metadata with the API's own rules before
+/// streaming the file: a server that refuses the request early cannot
+/// always tell the client why while the client is still sending.
+fn check_upload(a: &ImageAddArgs) -> CliResult<()> {
+    let local = |e: nasvisor_api::ApiError| CliError::Api {
+        status: 0,
+        field: e.field,
+        reason: e.reason,
+    };
+    nasvisor_api::action::check_name("name", &a.name).map_err(local)?;
+    nasvisor_api::action::ImageMetaSpec::from_parts(
+        a.os_family.clone(),
+        a.os_variant.clone(),
+        a.cloud_init,
+        a.firmware.as_deref().map(|f| {
+            f.parse::<nasvisor_api::FirmwareKind>()
+                .unwrap_or(nasvisor_api::FirmwareKind::Bios)
+        }),
+        a.ready_marker.clone(),
+    )
+    .map_err(local)?;
     Ok(())
 }
 

@@ -1,0 +1,1604 @@
+//! End-to-end tests of the API-backed commands: the real `nasvisor` binary
+//! against a real `nasvisor_api::Server` on 127.0.0.1:0 (real TLS, real
+//! token), whose core is a fake that records the Actions it receives and
+//! answers with schema-valid objects (the layer below the one under test).
+
+use bytes::Bytes;
+use nasvisor_api::action::{
+    DiskSpec, FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec,
+    InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmUpdate, VolumeCreate, VolumeFormat,
+    VswitchCreate,
+};
+use nasvisor_api::{
+    Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- fake core
+
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<Action>>,
+    polls: Mutex<HashMap<String, usize>>,
+    /// (request, bytes received, sha256 hex of them)
+    uploads: Mutex<Vec<(ImageUpload, u64, String)>>,
+    consoles: Mutex<Vec<(String, bool, u64)>>,
+    /// Console input is echoed into open console streams.
+    echo: Mutex<Option<tokio::sync::broadcast::Sender<String>>>,
+}
+
+impl Fake {
+    fn take(&self) -> Vec<Action> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+    fn echo(&self) -> tokio::sync::broadcast::Sender<String> {
+        self.echo
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| tokio::sync::broadcast::channel(16).0)
+            .clone()
+    }
+}
+
+fn vm(id: &str) -> Value {
+    json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
+           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false,
+           "firmware": "bios", "image": null, "pid": null, "accel": null, "install_job": null,
+           "created_at": "2026-01-01T00:00:00Z",
+           "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
+           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]})
+}
+
+fn job(id: &str, kind: &str, state: &str, progress: f64, message: Option<&str>) -> Value {
+    json!({"id": id, "kind": kind, "state": state, "progress": progress, "error": null,
+           "target": "vm/vm1", "message": message, "finished_at": null,
+           "created_at": "2026-01-01T00:00:00Z"})
+}
+
+fn volume(pool: &str, name: &str, size: u64) -> Value {
+    json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null})
+}
+
+fn snapshot(pool: &str, volume: &str, name: &str) -> Value {
+    json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"})
+}
+
+fn image(name: &str) -> Value {
+    json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
+           "virtual_size_mib": 2048, "os_family": "linux", "os_variant": "debian12",
+           "cloud_init": true, "firmware": "bios", "ready_marker": "NASVISOR-READY",
+           "iso": false, "job": null, "error": null})
+}
+
+fn event(seq: u64) -> Value {
+    json!({"seq": seq, "time": "2026-01-01T00:00:00Z", "kind": "vm.started",
+           "severity": "info", "target": "vm/vm1", "message": format!("event number {seq}")})
+}
+
+fn host() -> Value {
+    json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4, "memory_mib": 16384,
+           "cluster_role": "single", "accel": "tcg", "accel_reason": "probe guest hung under KVM",
+           "free_memory_mib": 8192, "qemu_version": "10.0.2"})
+}
+
+impl Fake {
+    fn poll_job(&self, id: &str) -> Value {
+        let n = {
+            let mut polls = self.polls.lock().unwrap();
+            let n = polls.entry(id.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        match (id, n) {
+            ("jfail", 1) => job(id, "install", "running", 0.3, Some("installing packages")),
+            ("jfail", _) => {
+                let mut j = job(id, "install", "failed", 0.3, Some("installing packages"));
+                j["error"] = "disk full".into();
+                j["finished_at"] = "2026-01-01T00:01:00Z".into();
+                j
+            }
+            (_, 1) => job(id, "install", "queued", 0.0, None),
+            (_, 2) => job(id, "install", "running", 0.5, Some("copying image")),
+            (_, _) => {
+                let mut j = job(id, "install", "succeeded", 1.0, Some("done"));
+                j["finished_at"] = "2026-01-01T00:01:00Z".into();
+                j
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Core for Fake {
+    async fn handle(&self, action: Action) -> Result<Value, CoreError> {
+        self.calls.lock().unwrap().push(action.clone());
+        Ok(match action {
+            Action::GetHost => host(),
+            Action::ListVms => json!([vm("vm1"), vm("web-server-2")]),
+            Action::GetVm { id } if id == "missing" => {
+                return Err(CoreError::NotFound {
+                    what: format!("vm {id}"),
+                })
+            }
+            Action::GetVm { id } if id == "bad" => {
+                return Err(CoreError::Invalid {
+                    field: "host".into(),
+                    reason: "no such host".into(),
+                })
+            }
+            Action::GetVm { id } | Action::UpdateVm { id, .. } => vm(&id),
+            Action::CreateVm(c) => {
+                let mut v = vm(&c.name);
+                if let Some(img) = &c.image {
+                    v["image"] = img.clone().into();
+                    v["install_job"] = "j-install".into();
+                    v["state"] = "installing".into();
+                }
+                v
+            }
+            Action::DeleteVm { id, .. } => {
+                job(&format!("del-{id}"), "delete_vm", "queued", 0.0, None)
+            }
+            Action::VmPower { op, .. } => job(
+                "jp",
+                match op {
+                    PowerOp::Start { .. } => "start",
+                    _ => "power",
+                },
+                "queued",
+                0.0,
+                None,
+            ),
+            Action::ListPools => {
+                json!([{"name": "p1", "path": "/srv/p1", "capacity_mib": 100, "free_mib": 50}])
+            }
+            Action::CreatePool(p) => {
+                json!({"name": p.name, "path": p.path, "capacity_mib": 100, "free_mib": 100})
+            }
+            Action::ListVolumes { pool } => json!([volume(&pool, "v1", 10)]),
+            Action::CreateVolume { pool, volume: v } => volume(&pool, &v.name, v.size_mib),
+            Action::ResizeVolume {
+                pool,
+                volume: v,
+                size_mib,
+            } => volume(&pool, &v, size_mib),
+            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10),
+            Action::ImportVolume { .. } => job("jimp", "import_volume", "queued", 0.0, None),
+            Action::SnapshotVolume { pool, volume, name }
+            | Action::RevertSnapshot { pool, volume, name } => snapshot(&pool, &volume, &name),
+            Action::ListSnapshots { pool, volume } => json!([snapshot(&pool, &volume, "s1")]),
+            Action::ListImages => json!([image("debian-12")]),
+            Action::AddImage(_) => job("jimg", "add_image", "queued", 0.0, None),
+            Action::ListVswitches => json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
+            Action::CreateVswitch(s) => json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
+            Action::ListJobs => json!([job("j1", "start", "running", 0.25, Some("booting"))]),
+            Action::GetJob { id } => self.poll_job(&id),
+            Action::CancelJob { id } => job(&id, "start", "cancelled", 0.25, None),
+            Action::ListPlugins => json!([{"name": "scheduler", "world": "scheduler",
+                "version": "0.1.0", "vendor": "nasvisor", "state": "active"}]),
+            Action::ListEvents { since, limit } => {
+                let from = since.unwrap_or(0) + 1;
+                let to = (from + u64::from(limit)).min(4);
+                json!((from..to).map(event).collect::<Vec<_>>())
+            }
+            Action::ConsoleInput { data, .. } => {
+                let _ = self.echo().send(data);
+                Value::Null
+            }
+            Action::DeleteVolume { .. }
+            | Action::DeleteImage { .. }
+            | Action::DeleteVswitch { .. }
+            | Action::DeleteSnapshot { .. }
+            | Action::DeletePool { .. } => Value::Null,
+        })
+    }
+
+    async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
+        self.consoles
+            .lock()
+            .unwrap()
+            .push((id.clone(), follow, tail));
+        if id == "missing" {
+            return Err(CoreError::NotFound {
+                what: format!("vm {id}"),
+            });
+        }
+        let mut echo = self.echo().subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(8);
+        tokio::spawn(async move {
+            for chunk in ["boot: ", "history line 1\n", "history line 2\n"] {
+                let _ = tx.send(Ok(Bytes::from(chunk))).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !follow {
+                return;
+            }
+            let _ = tx.send(Ok(Bytes::from("live 1\n"))).await;
+            let end = tokio::time::sleep(Duration::from_secs(10));
+            tokio::pin!(end);
+            loop {
+                tokio::select! {
+                    () = &mut end => return,
+                    got = echo.recv() => match got {
+                        Ok(line) => {
+                            if tx.send(Ok(Bytes::from(format!("echo: {line}")))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
+        Ok(Box::pin(Channel(rx)))
+    }
+
+    async fn upload_image(
+        &self,
+        upload: ImageUpload,
+        mut body: ByteStream,
+    ) -> Result<Value, CoreError> {
+        let mut hash = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+        {
+            let chunk = chunk.map_err(|e| CoreError::Internal {
+                reason: e.to_string(),
+            })?;
+            n += chunk.len() as u64;
+            hash.update(&chunk);
+        }
+        let name = upload.name.clone();
+        self.uploads
+            .lock()
+            .unwrap()
+            .push((upload, n, hex::encode(hash.finalize())));
+        let mut j = job("jup", "upload_image", "queued", 0.0, None);
+        j["target"] = format!("image/{name}").into();
+        Ok(j)
+    }
+}
+
+struct Channel(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl futures_core::Stream for Channel {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Harness {
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    fingerprint: String,
+    token: String,
+    core: Arc<Fake>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Harness {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let core = Arc::new(Fake::default());
+        let settings = ServerSettings::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let mut server = rt
+            .block_on(Server::bind(settings, core.clone()))
+            .expect("bind");
+        let addr = server.local_addr().unwrap();
+        let fingerprint = server.tls().fingerprint.clone();
+        let token = server.take_new_token().expect("first start token");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Harness {
+            _rt: rt,
+            dir,
+            addr,
+            fingerprint,
+            token,
+            core,
+            stop: Some(tx),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+
+    /// `nasvisor` with a clean environment and no options.
+    fn bare(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nasvisor"));
+        for v in [
+            "NASVISOR_ENDPOINT",
+            "NASVISOR_TOKEN",
+            "NASVISOR_TOKEN_FILE",
+            "NASVISOR_CA_CERT",
+            "NASVISOR_FINGERPRINT",
+            "NASVISOR_DATA_DIR",
+            "NASVISOR_LOG",
+        ] {
+            c.env_remove(v);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `nasvisor` set up to reach the test server (endpoint, token, and the
+    /// certificate found through --data-dir, the default trust).
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.bare();
+        c.args([
+            "--endpoint",
+            &self.endpoint(),
+            &format!("--token={}", self.token),
+        ])
+        .arg("--data-dir")
+        .arg(self.dir.path())
+        .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and expects success; stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "nasvisor {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects exit code 1; stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "nasvisor {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "nasvisor did not end within {limit:?}; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn vm_create_sends_exactly_the_request_given_on_the_command_line() {
+    let h = Harness::start();
+    let keys = tempfile::tempdir().unwrap();
+    let keyfile = write(
+        keys.path(),
+        "keys.pub",
+        "# team keys\nssh-ed25519 AAAAC3Nz alice@x\n\necdsa-sha2-nistp256 AAAAE2V bob@y\n",
+    );
+    let keyarg = format!("@{}", keyfile.display());
+    let out = h.ok(&[
+        "vm",
+        "create",
+        "web1",
+        "--vcpus",
+        "2",
+        "--memory",
+        "1024",
+        "--description",
+        "front end",
+        "--disk",
+        "p1:10240",
+        "--disk",
+        "p2:volume=data",
+        "--nic",
+        "sw0",
+        "--nic",
+        "sw1,mac=52:54:00:aa:bb:cc,model=e1000",
+        "--image",
+        "debian-12",
+        "--firmware",
+        "uefi",
+        "--autostart",
+        "--hostname",
+        "web1.example.org",
+        "--user",
+        "admin",
+        "--ssh-key",
+        "ssh-rsa AAAAB3Nza admin@z",
+        "--ssh-key",
+        &keyarg,
+        "--password-hash",
+        "$6$salt$hash",
+        "--sudo",
+        "--package",
+        "nginx",
+        "--package",
+        "curl",
+        "--ip",
+        "192.0.2.10/24",
+        "--gateway",
+        "192.0.2.1",
+        "--dns",
+        "192.0.2.53",
+        "--dns",
+        "2001:db8::53",
+        "--disk-size",
+        "20",
+        "--pool",
+        "fast",
+        "--timezone",
+        "Europe/Berlin",
+        "--keep-disks-on-failure",
+    ]);
+    assert!(out.contains("vm web1 created"), "{out}");
+    assert!(out.contains("install job j-install"), "{out}");
+    let expected = Action::CreateVm(VmCreate {
+        name: "web1".into(),
+        vcpus: 2,
+        memory_mib: 1024,
+        description: Some("front end".into()),
+        disks: vec![
+            DiskSpec {
+                pool: "p1".into(),
+                size_mib: Some(10240),
+                volume: None,
+            },
+            DiskSpec {
+                pool: "p2".into(),
+                size_mib: None,
+                volume: Some("data".into()),
+            },
+        ],
+        nics: vec![
+            NicSpec {
+                vswitch: "sw0".into(),
+                mac: None,
+                model: None,
+            },
+            NicSpec {
+                vswitch: "sw1".into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                model: Some(NicModel::E1000),
+            },
+        ],
+        image: Some("debian-12".into()),
+        autostart: true,
+        ha: false,
+        firmware: FirmwareKind::Uefi,
+        install: Some(InstallSpec {
+            hostname: Some("web1.example.org".into()),
+            users: vec![InstallUser {
+                name: "admin".into(),
+                ssh_authorized_keys: vec![
+                    "ssh-rsa AAAAB3Nza admin@z".into(),
+                    "ssh-ed25519 AAAAC3Nz alice@x".into(),
+                    "ecdsa-sha2-nistp256 AAAAE2V bob@y".into(),
+                ],
+                password_hash: Some("$6$salt$hash".into()),
+                sudo: true,
+                groups: vec![],
+                shell: None,
+            }],
+            packages: vec!["nginx".into(), "curl".into()],
+            network: vec![InstallNetwork {
+                dhcp4: false,
+                addresses: vec!["192.0.2.10/24".into()],
+                gateway4: Some("192.0.2.1".into()),
+                nameservers: vec!["192.0.2.53".into(), "2001:db8::53".into()],
+            }],
+            disk_size_gib: Some(20),
+            timezone: Some("Europe/Berlin".into()),
+            pool: Some("fast".into()),
+            keep_disks_on_failure: true,
+        }),
+    });
+    assert_eq!(h.core.take(), vec![expected]);
+
+    // The smallest VM: nothing but what was given.
+    h.ok(&["vm", "create", "tiny", "--vcpus", "1", "--memory", "64"]);
+    assert_eq!(
+        h.core.take(),
+        vec![Action::CreateVm(VmCreate {
+            name: "tiny".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            description: None,
+            disks: vec![],
+            nics: vec![],
+            image: None,
+            autostart: false,
+            ha: false,
+            firmware: FirmwareKind::Bios,
+            install: None,
+        })]
+    );
+
+    // Only --dns: DHCP with those name servers.
+    h.ok(&[
+        "vm",
+        "create",
+        "d",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--nic",
+        "sw0",
+        "--image",
+        "img",
+        "--dns",
+        "192.0.2.53",
+    ]);
+    let calls = h.core.take();
+    let Action::CreateVm(c) = &calls[0] else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(
+        c.install.as_ref().unwrap().network,
+        vec![InstallNetwork {
+            dhcp4: true,
+            addresses: vec![],
+            gateway4: None,
+            nameservers: vec!["192.0.2.53".into()],
+        }]
+    );
+}
+
+#[test]
+fn vm_create_refuses_inconsistent_options_locally() {
+    let h = Harness::start();
+    let e = h.fails(&[
+        "vm",
+        "create",
+        "a",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--hostname",
+        "x",
+    ]);
+    assert!(e.contains("--hostname") && e.contains("--image"), "{e}");
+    let e = h.fails(&[
+        "vm", "create", "a", "--vcpus", "1", "--memory", "64", "--image", "i", "--sudo",
+    ]);
+    assert!(e.contains("--user"), "{e}");
+    let e = h.fails(&[
+        "vm", "create", "a", "--vcpus", "1", "--memory", "64", "--disk", "p1",
+    ]);
+    assert!(e.contains("--disk \"p1\""), "{e}");
+    let e = h.fails(&[
+        "vm",
+        "create",
+        "a",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--nic",
+        "sw0,speed=10",
+    ]);
+    assert!(e.contains("--nic") && e.contains("speed=10"), "{e}");
+    let e = h.fails(&[
+        "vm",
+        "create",
+        "a",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--image",
+        "i",
+        "--user",
+        "u",
+        "--ssh-key",
+        "@/nonexistent/keys.pub",
+    ]);
+    assert!(e.contains("/nonexistent/keys.pub"), "{e}");
+    assert!(h.core.take().is_empty());
+    // A clap usage error is exit 2.
+    let out = h.run(&["vm", "create", "a", "--vcpus", "x", "--memory", "64"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn api_errors_print_field_reason_and_status() {
+    let h = Harness::start();
+    let e = h.fails(&["vm", "show", "bad"]);
+    assert_eq!(e, "error: host: no such host (HTTP 422)\n");
+    let e = h.fails(&["vm", "show", "missing"]);
+    assert_eq!(e, "error: vm missing not found (HTTP 404)\n");
+    // The API's own validation: the field path of the install option.
+    let e = h.fails(&[
+        "vm", "create", "a", "--vcpus", "1", "--memory", "64", "--image", "i", "--user", "Root",
+    ]);
+    assert!(
+        e.starts_with("error: install.users[0].name: ") && e.ends_with("(HTTP 400)\n"),
+        "{e}"
+    );
+    let e = h.fails(&["vm", "create", "a/b", "--vcpus", "1", "--memory", "64"]);
+    assert!(
+        e.starts_with("error: name: ") && e.contains("(HTTP 400)"),
+        "{e}"
+    );
+    // A name that is not a name is refused by the API as a path parameter.
+    let e = h.fails(&["vm", "show", "../x"]);
+    assert!(
+        e.starts_with("error: id: ") && e.contains("(HTTP 400)"),
+        "{e}"
+    );
+    let e = h.fails(&["vm", "edit", "vm1"]);
+    assert!(e.contains("nothing to change"), "{e}");
+    assert!(h
+        .core
+        .take()
+        .iter()
+        .all(|a| matches!(a, Action::GetVm { .. })));
+}
+
+#[test]
+fn tables_and_json_output() {
+    let h = Harness::start();
+    let out = h.ok(&["vm", "list"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("ID  "), "{out}");
+    for col in [
+        "NAME",
+        "STATE",
+        "HOST",
+        "VCPUS",
+        "MEMORY_MIB",
+        "FIRMWARE",
+        "IMAGE",
+        "AUTOSTART",
+    ] {
+        assert!(lines[0].contains(col), "{col}: {out}");
+    }
+    let cols: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "web-server-2",
+            "web-server-2",
+            "stopped",
+            "-",
+            "2",
+            "2048",
+            "bios",
+            "-",
+            "no"
+        ]
+    );
+    // Columns are aligned: every row's STATE starts where the header's does.
+    let at = lines[0].find("STATE").unwrap();
+    assert_eq!(&lines[1][at..at + 7], "stopped");
+    assert_eq!(&lines[2][at..at + 7], "stopped");
+
+    let out = h.ok(&["--json", "vm", "list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, json!([vm("vm1"), vm("web-server-2")]));
+    let out = h.ok(&["vm", "list", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), v);
+
+    let out = h.ok(&["host"]);
+    assert!(
+        out.contains("nas1") && out.contains("16.0 GiB (8.0 GiB free)"),
+        "{out}"
+    );
+    assert!(out.contains("tcg (probe guest hung under KVM)"), "{out}");
+    assert!(out.contains("10.0.2"), "{out}");
+    let out = h.ok(&["host", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), host());
+
+    let out = h.ok(&["vm", "show", "vm1"]);
+    assert!(
+        out.contains("state:") && out.contains("52:54:00:12:34:56"),
+        "{out}"
+    );
+    assert!(out.contains("memory:       2.0 GiB"), "{out}");
+
+    let out = h.ok(&["pool", "list"]);
+    assert!(
+        out.starts_with("NAME  PATH     CAPACITY_MIB  FREE_MIB\np1    /srv/p1  100           50\n"),
+        "{out}"
+    );
+    let out = h.ok(&["image", "list"]);
+    assert!(
+        out.contains("debian-12") && out.contains("debian12"),
+        "{out}"
+    );
+    let out = h.ok(&["job", "list"]);
+    assert!(out.contains("25%") && out.contains("booting"), "{out}");
+    let out = h.ok(&["event", "list"]);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.contains("event number 3"), "{out}");
+    let out = h.ok(&["plugin", "list"]);
+    assert!(out.contains("scheduler") && out.contains("active"), "{out}");
+    let out = h.ok(&["vswitch", "list"]);
+    assert!(out.contains("sw0") && out.contains("eth0"), "{out}");
+    let out = h.ok(&["snapshot", "list", "p1", "v1"]);
+    assert!(out.contains("s1"), "{out}");
+    let out = h.ok(&["volume", "list", "p1"]);
+    assert!(out.contains("v1"), "{out}");
+    // A 204 prints nothing in --json mode and a line otherwise.
+    assert_eq!(h.ok(&["--json", "pool", "delete", "p9"]), "");
+    assert_eq!(h.ok(&["pool", "delete", "p9"]), "pool p9 deleted\n");
+}
+
+#[test]
+fn every_command_sends_the_right_action() {
+    let h = Harness::start();
+    let cases: Vec<(Vec<&str>, Action)> = vec![
+        (vec!["host"], Action::GetHost),
+        (
+            vec!["vm", "start", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Start { host: None },
+            },
+        ),
+        (
+            vec!["vm", "start", "vm1", "--host", "nas2"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Start {
+                    host: Some("nas2".into()),
+                },
+            },
+        ),
+        (
+            vec!["vm", "stop", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Shutdown { timeout_s: 120 },
+            },
+        ),
+        (
+            vec!["vm", "stop", "vm1", "--timeout", "30"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Shutdown { timeout_s: 30 },
+            },
+        ),
+        (
+            vec!["vm", "force-off", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::ForceOff {},
+            },
+        ),
+        (
+            vec!["vm", "reboot", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Reboot {},
+            },
+        ),
+        (
+            vec!["vm", "pause", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Pause {},
+            },
+        ),
+        (
+            vec!["vm", "resume", "vm1"],
+            Action::VmPower {
+                id: "vm1".into(),
+                op: PowerOp::Resume {},
+            },
+        ),
+        (
+            vec!["vm", "delete", "vm1"],
+            Action::DeleteVm {
+                id: "vm1".into(),
+                delete_disks: false,
+            },
+        ),
+        (
+            vec!["vm", "delete", "vm1", "--delete-disks"],
+            Action::DeleteVm {
+                id: "vm1".into(),
+                delete_disks: true,
+            },
+        ),
+        (
+            vec![
+                "vm",
+                "edit",
+                "vm1",
+                "--name",
+                "vm2",
+                "--vcpus",
+                "4",
+                "--memory",
+                "4096",
+                "--description",
+                "d",
+                "--autostart",
+                "false",
+            ],
+            Action::UpdateVm {
+                id: "vm1".into(),
+                update: VmUpdate {
+                    name: Some("vm2".into()),
+                    vcpus: Some(4),
+                    memory_mib: Some(4096),
+                    description: Some("d".into()),
+                    autostart: Some(false),
+                },
+            },
+        ),
+        (
+            vec!["vm", "console-send", "vm1", "root"],
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "root".into(),
+            },
+        ),
+        (
+            vec!["vm", "console-send", "vm1", "-n", "ls -l"],
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "ls -l\n".into(),
+            },
+        ),
+        (
+            vec!["pool", "create", "p2", "/srv/p2"],
+            Action::CreatePool(PoolCreate {
+                name: "p2".into(),
+                path: "/srv/p2".into(),
+            }),
+        ),
+        (
+            vec!["pool", "delete", "p2"],
+            Action::DeletePool { name: "p2".into() },
+        ),
+        (vec!["pool", "list"], Action::ListPools),
+        (
+            vec!["volume", "create", "p1", "v2", "2048", "--format", "raw"],
+            Action::CreateVolume {
+                pool: "p1".into(),
+                volume: VolumeCreate {
+                    name: "v2".into(),
+                    size_mib: 2048,
+                    format: Some(VolumeFormat::Raw),
+                },
+            },
+        ),
+        (
+            vec!["volume", "create", "p1", "v3", "100"],
+            Action::CreateVolume {
+                pool: "p1".into(),
+                volume: VolumeCreate {
+                    name: "v3".into(),
+                    size_mib: 100,
+                    format: None,
+                },
+            },
+        ),
+        (
+            vec!["volume", "delete", "p1", "v2"],
+            Action::DeleteVolume {
+                pool: "p1".into(),
+                volume: "v2".into(),
+            },
+        ),
+        (
+            vec!["volume", "resize", "p1", "v2", "4096"],
+            Action::ResizeVolume {
+                pool: "p1".into(),
+                volume: "v2".into(),
+                size_mib: 4096,
+            },
+        ),
+        (
+            vec!["volume", "clone", "p1", "v1", "v9"],
+            Action::CloneVolume {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "v9".into(),
+                linked: false,
+            },
+        ),
+        (
+            vec!["volume", "clone", "p1", "v1", "v8", "--linked"],
+            Action::CloneVolume {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "v8".into(),
+                linked: true,
+            },
+        ),
+        (
+            vec!["volume", "import", "p1", "old", "/srv/old.vmdk"],
+            Action::ImportVolume {
+                pool: "p1".into(),
+                name: "old".into(),
+                path: "/srv/old.vmdk".into(),
+            },
+        ),
+        (
+            vec!["snapshot", "list", "p1", "v1"],
+            Action::ListSnapshots {
+                pool: "p1".into(),
+                volume: "v1".into(),
+            },
+        ),
+        (
+            vec!["snapshot", "create", "p1", "v1", "s2"],
+            Action::SnapshotVolume {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "s2".into(),
+            },
+        ),
+        (
+            vec!["snapshot", "revert", "p1", "v1", "s2"],
+            Action::RevertSnapshot {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "s2".into(),
+            },
+        ),
+        (
+            vec!["snapshot", "delete", "p1", "v1", "s2"],
+            Action::DeleteSnapshot {
+                pool: "p1".into(),
+                volume: "v1".into(),
+                name: "s2".into(),
+            },
+        ),
+        (
+            vec![
+                "image",
+                "add",
+                "deb",
+                "--url",
+                "https://example.invalid/deb.qcow2",
+            ],
+            Action::AddImage(ImageAdd {
+                name: "deb".into(),
+                source: ImageSource::Url("https://example.invalid/deb.qcow2".into()),
+                meta: ImageMetaSpec::default(),
+            }),
+        ),
+        (
+            vec![
+                "image",
+                "add",
+                "win",
+                "--path",
+                "/srv/win.iso",
+                "--os-family",
+                "windows",
+                "--os-variant",
+                "win11",
+                "--cloud-init",
+                "false",
+                "--firmware",
+                "uefi",
+                "--ready-marker",
+                "READY",
+            ],
+            Action::AddImage(ImageAdd {
+                name: "win".into(),
+                source: ImageSource::Path("/srv/win.iso".into()),
+                meta: ImageMetaSpec {
+                    os_family: "windows".into(),
+                    os_variant: "win11".into(),
+                    cloud_init: false,
+                    firmware: FirmwareKind::Uefi,
+                    ready_marker: Some("READY".into()),
+                },
+            }),
+        ),
+        (
+            vec!["image", "delete", "deb"],
+            Action::DeleteImage { name: "deb".into() },
+        ),
+        (
+            vec![
+                "vswitch", "create", "sw1", "--uplink", "eth1", "--vlan", "10",
+            ],
+            Action::CreateVswitch(VswitchCreate {
+                name: "sw1".into(),
+                uplink: Some("eth1".into()),
+                vlan: Some(10),
+            }),
+        ),
+        (
+            vec!["vswitch", "create", "sw2"],
+            Action::CreateVswitch(VswitchCreate {
+                name: "sw2".into(),
+                uplink: None,
+                vlan: None,
+            }),
+        ),
+        (
+            vec!["vswitch", "delete", "sw1"],
+            Action::DeleteVswitch { name: "sw1".into() },
+        ),
+        (
+            vec!["job", "show", "j7"],
+            Action::GetJob { id: "j7".into() },
+        ),
+        (
+            vec!["job", "cancel", "j7"],
+            Action::CancelJob { id: "j7".into() },
+        ),
+        (
+            vec!["event", "list", "--since", "2", "--limit", "5"],
+            Action::ListEvents {
+                since: Some(2),
+                limit: 5,
+            },
+        ),
+        (
+            vec!["event", "list"],
+            Action::ListEvents {
+                since: None,
+                limit: 100,
+            },
+        ),
+        (vec!["plugin", "list"], Action::ListPlugins),
+    ];
+    for (args, action) in cases {
+        let out = h.ok(&args);
+        assert_eq!(h.core.take(), vec![action], "nasvisor {args:?}: {out}");
+    }
+    // Job answers are shown with how to follow them.
+    let out = h.ok(&["vm", "start", "vm1"]);
+    assert_eq!(
+        out,
+        "job jp (start) queued for vm/vm1\nfollow it with: nasvisor job wait jp\n"
+    );
+    let out = h.ok(&["--json", "vm", "start", "vm1"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], "jp");
+}
+
+#[test]
+fn fingerprint_pinning() {
+    let h = Harness::start();
+    let empty = tempfile::tempdir().unwrap();
+    let with = |fp: &str| {
+        let mut c = h.bare();
+        c.args([
+            "--endpoint",
+            &h.endpoint(),
+            &format!("--token={}", h.token),
+            "--fingerprint",
+            fp,
+        ])
+        .arg("--data-dir")
+        .arg(empty.path())
+        .arg("host");
+        c.output().unwrap()
+    };
+    // As nasvisord prints it, and as plain lower-case hex.
+    let out = with(&h.fingerprint);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = h.fingerprint.replace(':', "").to_lowercase();
+    assert!(with(&plain).status.success());
+    // Through the environment too.
+    let out = h
+        .bare()
+        .env("NASVISOR_ENDPOINT", h.endpoint())
+        .env("NASVISOR_TOKEN", &h.token)
+        .env("NASVISOR_FINGERPRINT", &h.fingerprint)
+        .env("NASVISOR_DATA_DIR", empty.path())
+        .arg("host")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A wrong pin is refused, naming both fingerprints.
+    let mut wrong = plain.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let out = with(&wrong);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with(&format!("error: cannot talk to {}", h.endpoint())),
+        "{e}"
+    );
+    assert!(e.contains("does not match the pinned"), "{e}");
+    assert!(e.contains(&h.fingerprint), "{e}");
+    assert!(out.stdout.is_empty());
+    // Not a fingerprint at all.
+    let out = with("12:34");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+    // No request reached the core through a wrong pin.
+    assert_eq!(
+        h.core.take(),
+        vec![Action::GetHost, Action::GetHost, Action::GetHost]
+    );
+}
+
+#[test]
+fn ca_file_trust_and_missing_trust() {
+    let h = Harness::start();
+    let empty = tempfile::tempdir().unwrap();
+    let base = |c: &mut Command| {
+        c.args(["--endpoint", &h.endpoint(), &format!("--token={}", h.token)])
+            .arg("--data-dir")
+            .arg(empty.path());
+    };
+    let mut c = h.bare();
+    base(&mut c);
+    let out = c
+        .arg("--ca-cert")
+        .arg(h.cert())
+        .arg("host")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another server's certificate is not trusted.
+    let other = tempfile::tempdir().unwrap();
+    nasvisor_api::tls::load_or_generate(other.path(), &Default::default()).unwrap();
+    let mut c = h.bare();
+    base(&mut c);
+    let out = c
+        .arg("--ca-cert")
+        .arg(other.path().join("tls/cert.pem"))
+        .arg("host")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with(&format!("error: cannot talk to {}", h.endpoint())),
+        "{e}"
+    );
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A file that is not a certificate.
+    let junk = write(empty.path(), "junk.pem", "hello");
+    let mut c = h.bare();
+    base(&mut c);
+    let out = c.arg("--ca-cert").arg(&junk).arg("host").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.pem: no certificate"));
+    // No trust at all: a clear message, no silent skipping.
+    let mut c = h.bare();
+    base(&mut c);
+    let out = c.arg("host").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("--ca-cert") && e.contains("--fingerprint") && e.contains("tls/cert.pem"),
+        "{e}"
+    );
+    // Plain HTTP is refused.
+    let mut c = h.bare();
+    let out = c
+        .args([
+            "--endpoint",
+            &format!("http://{}", h.addr),
+            &format!("--token={}", h.token),
+            "host",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https://"));
+    assert_eq!(h.core.take(), vec![Action::GetHost]);
+}
+
+#[test]
+fn token_missing_wrong_or_from_a_file() {
+    let h = Harness::start();
+    let mut c = h.bare();
+    let out = c
+        .args(["--endpoint", &h.endpoint()])
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.starts_with("error: no admin token"), "{e}");
+    assert!(
+        e.contains("NASVISOR_TOKEN") && e.contains("--token-file"),
+        "{e}"
+    );
+
+    let mut c = h.bare();
+    let out = c
+        .args(["--endpoint", &h.endpoint(), "--token", "wrong"])
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: authorization: invalid admin token (HTTP 401)\n"
+    );
+
+    let tok = tempfile::tempdir().unwrap();
+    let file = write(tok.path(), "token", &format!("{}\n", h.token));
+    let mut c = h.bare();
+    let out = c
+        .args(["--endpoint", &h.endpoint()])
+        .arg("--token-file")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.core.take(), vec![Action::ListVms]);
+}
+
+#[test]
+fn console_streams_output_and_sends_input() {
+    let h = Harness::start();
+    // History only.
+    let out = h.ok(&["vm", "console", "vm1"]);
+    assert_eq!(out, "boot: history line 1\nhistory line 2\n");
+    let out = h.ok(&["vm", "console", "vm1", "--tail", "100"]);
+    assert_eq!(out, "boot: history line 1\nhistory line 2\n");
+    // Follow with piped input: the lines are sent, their echo shown, and the
+    // end of input ends the session.
+    let mut child = h
+        .cmd(&["vm", "console", "vm1", "--follow"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\nuname -a\n").unwrap();
+    drop(stdin);
+    let out = wait_with_timeout(child, Duration::from_secs(8));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("boot: history line 1\nhistory line 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("live 1\n"), "{text}");
+    assert!(
+        text.contains("echo: hello\n") && text.contains("echo: uname -a\n"),
+        "{text}"
+    );
+    // Ctrl-] ends the session although stdin stays open.
+    let mut child = h
+        .cmd(&["vm", "console", "vm1", "-f"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"last\x1d\n").unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(8));
+    drop(stdin);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.core
+            .take()
+            .into_iter()
+            .filter(|a| matches!(a, Action::ConsoleInput { .. }))
+            .collect::<Vec<_>>(),
+        vec![
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "hello\n".into()
+            },
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "uname -a\n".into()
+            },
+            Action::ConsoleInput {
+                id: "vm1".into(),
+                data: "last".into()
+            },
+        ]
+    );
+    assert_eq!(
+        h.core.consoles.lock().unwrap().clone(),
+        vec![
+            ("vm1".to_string(), false, 65536),
+            ("vm1".to_string(), false, 100),
+            ("vm1".to_string(), true, 65536),
+            ("vm1".to_string(), true, 65536),
+        ]
+    );
+    // Errors of the stream route are API errors.
+    let e = h.fails(&["vm", "console", "missing"]);
+    assert_eq!(e, "error: vm missing not found (HTTP 404)\n");
+    let e = h.fails(&["vm", "console", "vm1", "--tail", "2000000"]);
+    assert!(
+        e.starts_with("error: tail: ") && e.contains("(HTTP 400)"),
+        "{e}"
+    );
+    // Long input is split into the API's 4096-byte pieces.
+    let long = "x".repeat(5000);
+    h.ok(&["vm", "console-send", "vm1", &long]);
+    let sent: Vec<usize> = h
+        .core
+        .take()
+        .into_iter()
+        .map(|a| match a {
+            Action::ConsoleInput { data, .. } => data.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sent, vec![4096, 904]);
+}
+
+#[test]
+fn image_upload_streams_the_file() {
+    let h = Harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    // 5 MiB + a bit of varied content: more than the 1 MiB JSON limit.
+    let data: Vec<u8> = (0..5 * 1024 * 1024 + 12345u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let out = h.ok(&[
+        "image",
+        "add",
+        "up1",
+        "--upload",
+        path.to_str().unwrap(),
+        "--os-variant",
+        "debian12",
+        "--firmware",
+        "uefi",
+        "--cloud-init",
+        "false",
+        "--ready-marker",
+        "READY ok&now",
+    ]);
+    assert!(
+        out.contains("job jup (upload_image) queued for image/up1"),
+        "{out}"
+    );
+    let uploads = h.core.uploads.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1);
+    let (up, n, sha) = &uploads[0];
+    assert_eq!(*n, data.len() as u64);
+    assert_eq!(*sha, hex::encode(Sha256::digest(&data)));
+    assert_eq!(
+        *up,
+        ImageUpload {
+            name: "up1".into(),
+            meta: ImageMetaSpec {
+                os_family: "linux".into(),
+                os_variant: "debian12".into(),
+                cloud_init: false,
+                firmware: FirmwareKind::Uefi,
+                ready_marker: Some("READY ok&now".into()),
+            },
+        }
+    );
+    let e = h.fails(&["image", "add", "up2", "--upload", "/nonexistent/disk.img"]);
+    assert!(e.contains("/nonexistent/disk.img"), "{e}");
+    // Metadata is checked with the API's rules before the file is sent.
+    let e = h.fails(&[
+        "image",
+        "add",
+        "up2",
+        "--upload",
+        path.to_str().unwrap(),
+        "--os-family",
+        "a b",
+    ]);
+    assert!(
+        e.starts_with("error: os_family: character ' ' not allowed"),
+        "{e}"
+    );
+    assert!(!e.contains("HTTP"), "{e}");
+    // A wrong token is found before the file is sent.
+    let out = h
+        .bare()
+        .args(["--endpoint", &h.endpoint(), "--token=wrong"])
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["image", "add", "up3", "--upload", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: authorization: invalid admin token (HTTP 401)\n"
+    );
+    assert_eq!(h.core.uploads.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn job_wait_shows_progress_and_ends_with_the_job() {
+    let h = Harness::start();
+    let started = Instant::now();
+    let out = h.run(&["job", "wait", "jprog"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Three polls, 250 ms apart.
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[--------------------]   0% queued"), "{err}");
+    assert!(
+        err.contains("[##########----------]  50% running: copying image"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[####################] 100% succeeded: done"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "job jprog (install) succeeded for vm/vm1\n"
+    );
+
+    let out = h.run(&["job", "wait", "jfail"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("30% running: installing packages"), "{err}");
+    assert!(
+        err.ends_with("error: job jfail failed: disk full\n"),
+        "{err}"
+    );
+
+    // vm create --wait follows the install job named in the answer.
+    let out = h.run(&[
+        "vm",
+        "create",
+        "w1",
+        "--vcpus",
+        "1",
+        "--memory",
+        "512",
+        "--image",
+        "debian-12",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("install job j-install") && stdout.contains("install of w1 finished"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("copying image"));
+    let calls = h.core.take();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|a| **a
+                == Action::GetJob {
+                    id: "j-install".into()
+                })
+            .count(),
+        3
+    );
+    // image add --wait and volume import --wait too.
+    h.ok(&["image", "add", "i1", "--path", "/srv/i1.qcow2", "--wait"]);
+    h.ok(&["volume", "import", "p1", "v5", "/srv/v5.raw", "--wait"]);
+    let polled: Vec<Action> = h
+        .core
+        .take()
+        .into_iter()
+        .filter(|a| matches!(a, Action::GetJob { .. }))
+        .collect();
+    assert_eq!(polled.len(), 6, "{polled:?}");
+}
+
+#[test]
+fn the_fake_answers_follow_the_schemas() {
+    let doc = nasvisor_api::schema::openapi();
+    let check = |name: &str, v: &Value| {
+        nasvisor_api::schema::validate(
+            &doc,
+            &json!({"$ref": format!("#/components/schemas/{name}")}),
+            v,
+            name,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+    check("Vm", &vm("a"));
+    check("Host", &host());
+    check("Job", &job("j", "k", "running", 0.5, Some("m")));
+    check("Image", &image("i"));
+    check("Event", &event(1));
+    check("Volume", &volume("p", "v", 1));
+    check("Snapshot", &snapshot("p", "v", "s"));
+}

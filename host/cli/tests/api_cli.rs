@@ -1602,3 +1602,47 @@ fn the_fake_answers_follow_the_schemas() {
     check("Volume", &volume("p", "v", 1));
     check("Snapshot", &snapshot("p", "v", "s"));
 }
+
+#[test]
+fn event_follow_polls_for_new_events() {
+    let h = Harness::start();
+    let child = h
+        .cmd(&["event", "list", "--follow", "--since", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut child = child;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("SEQ"), "{text}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("SEQ")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("event number 2") && lines[2].contains("event number 3"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 3, "{text}");
+    let calls = h.core.take();
+    assert_eq!(
+        calls[0],
+        Action::ListEvents {
+            since: Some(1),
+            limit: 100
+        }
+    );
+    assert_eq!(
+        calls[1],
+        Action::ListEvents {
+            since: Some(3),
+            limit: 100
+        }
+    );
+    assert!(calls.len() >= 3, "{calls:?}");
+}

@@ -536,3 +536,45 @@ async fn a_single_host_store_is_no_cluster_until_created() {
     );
     shutdown(vec![other]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_joining_after_a_log_purge_gets_a_snapshot() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let s1 = h1.store();
+    for i in 0..50u64 {
+        s1.put("vm", &format!("vm-{i}"), json!({ "i": i }), None)
+            .await
+            .unwrap();
+    }
+    // Snapshot, then purge the whole log: a new host can only be brought up
+    // to date with a snapshot (sent in chunks over the transport).
+    let applied = s1.metrics().last_applied.unwrap();
+    s1.raft().trigger().snapshot().await.unwrap();
+    let m = s1
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+            "snapshot built",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", s1.metrics()));
+    let snap = m.snapshot.unwrap();
+    s1.raft().trigger().purge_log(snap.index).await.unwrap();
+    s1.raft()
+        .wait(Some(Duration::from_secs(10)))
+        .purged(Some(snap), "log purged")
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", s1.metrics()));
+
+    let h2 = join(&h1).await;
+    let s2 = h2.store();
+    assert_eq!(s2.list("vm").len(), 50);
+    assert_eq!(s2.get("vm", "vm-7"), s1.get("vm", "vm-7"));
+    assert!(s2.metrics().snapshot.is_some(), "installed from a snapshot");
+    // And it then follows the log as usual.
+    let rev = s2.put("vm", "after", json!(1), None).await.unwrap();
+    assert_eq!(s1.get("vm", "after"), Some((json!(1), rev)));
+    shutdown(vec![h1, h2]).await;
+}

@@ -599,7 +599,8 @@ impl Inner {
             return;
         }
         // A stop we asked for keeps its reason.
-        if vm.state == VmStatus::Stopped && status == VmStatus::Stopped {
+        if vm.state == VmStatus::Stopped && matches!(status, VmStatus::Stopped | VmStatus::Stopping)
+        {
             return;
         }
         let r = self
@@ -820,7 +821,25 @@ impl Inner {
                 inst.force_off()
                     .await
                     .map_err(|e| errors::internal(format!("force off: {e}")))?;
-                self.find_vm(&vm.id)?
+                // QEMU is gone: drop the handle and the taps now, so the
+                // answer shows no process.
+                let ours = {
+                    let mut running = lock(&self.running);
+                    match running.get(&vm.id) {
+                        Some(r) if r.inst.pid() == inst.pid() => running.remove(&vm.id).is_some(),
+                        _ => false,
+                    }
+                };
+                if ours {
+                    self.remove_taps(&vm);
+                }
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Stopped,
+                    Some("forced off by the administrator".into()),
+                    Some(Desired::Stopped),
+                )
+                .await?
             }
             PowerOp::Reboot {} => {
                 let inst = self.instance(&vm)?;

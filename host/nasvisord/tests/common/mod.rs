@@ -1,0 +1,344 @@
+//! Fixtures of the daemon tests: a real `nasvisord` process (TCG, its own
+//! data directory, the signed plugins of this checkout, the bundled guest
+//! image) whose bridges, taps and QEMUs live in a network namespace the test
+//! created; the real `nasvisor` CLI to drive it. Everything started is
+//! stopped by its own pid, and the namespace is deleted, even when a test
+//! fails.
+
+#![allow(dead_code)]
+
+use nasvisor_plugin_host::testkit::{plugin_dir, workspace_root};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const NS_PREFIX: &str = "nvtest-d-";
+
+/// A network namespace made by the test, deleted on drop.
+pub struct TestNs {
+    pub name: String,
+}
+
+impl TestNs {
+    pub fn new() -> TestNs {
+        sweep_stale_namespaces();
+        let name = format!(
+            "{NS_PREFIX}{:x}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let o = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip runs (iproute2 is installed by scripts/setup.sh)");
+        assert!(
+            o.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        TestNs { name }
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Deletes namespaces of test processes that died before their guards ran.
+fn sweep_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| u32::from_str_radix(p, 16).ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+/// A running `nasvisord`.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub endpoint: String,
+    pub token: String,
+    pub fingerprint: String,
+    pub ns: TestNs,
+    starts: u32,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_nasvisord")).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p nasvisor-cli` (the same profile as the tests)",
+        p.display()
+    );
+    p
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data directory.
+    pub fn start() -> Daemon {
+        let guest = workspace_root().join("target/guest");
+        assert!(
+            guest.join("nasvisor-mini.qcow2").is_file(),
+            "target/guest/nasvisor-mini.qcow2 is missing: run scripts/setup.sh (it builds the guest image)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ns = TestNs::new();
+        let cfg = format!(
+            r#"data-dir = "{data}"
+[host]
+name = "nas1"
+[api]
+listen = "127.0.0.1:0"
+[vm]
+accel = "tcg"
+[network]
+netns = "{ns}"
+[[images.bundled]]
+name = "nasvisor-mini"
+path = "{guest}/nasvisor-mini.qcow2"
+metadata = "{guest}/guest-image.json"
+[plugins]
+dir = "{plugins}"
+trusted-keys-dir = "{keys}"
+"#,
+            data = dir.path().join("data").display(),
+            ns = ns.name,
+            guest = guest.display(),
+            plugins = plugin_dir().display(),
+            keys = workspace_root().join("target/keys").display(),
+        );
+        std::fs::write(dir.path().join("nasvisord.toml"), cfg).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            endpoint: String::new(),
+            token: String::new(),
+            fingerprint: String::new(),
+            ns,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// (Re)starts the process and waits for its banner.
+    pub fn spawn(&mut self) {
+        self.starts += 1;
+        self.endpoint.clear();
+        self.fingerprint.clear();
+        let log = self
+            .dir
+            .path()
+            .join(format!("nasvisord-{}.log", self.starts));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nasvisord"))
+            .arg("--config")
+            .arg(self.dir.path().join("nasvisord.toml"))
+            .args(["--log", "info"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("nasvisord starts");
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "nasvisord printed no banner; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+            if let Some(a) = line.strip_prefix("nasvisor admin endpoint: ") {
+                self.endpoint = a.trim().to_string();
+            } else if let Some(f) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+                self.fingerprint = f.trim().to_string();
+            } else if let Some(t) = line.strip_prefix("admin token (shown once, store it now): ") {
+                self.token = t.trim().to_string();
+            }
+            if !self.endpoint.is_empty() && !self.fingerprint.is_empty() && !self.token.is_empty() {
+                // The banner is printed once the endpoint is bound.
+                break;
+            }
+        }
+        // Keep draining stdout so the daemon never blocks on it.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of our own child, which we have not
+            // reaped yet, so the pid cannot have been reused.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_token(&self.token, args)
+    }
+
+    pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("nasvisor"))
+            .args(args)
+            .env("NASVISOR_ENDPOINT", &self.endpoint)
+            .env("NASVISOR_TOKEN", token)
+            .env("NASVISOR_FINGERPRINT", &self.fingerprint)
+            .env_remove("NASVISOR_CA_CERT")
+            .env_remove("NASVISOR_TOKEN_FILE")
+            .output()
+            .expect("the nasvisor CLI runs")
+    }
+
+    /// Runs `nasvisor --json <args>`, which must succeed; its JSON answer.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.cli(&a);
+        assert!(
+            o.status.success(),
+            "nasvisor {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        if o.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Value::Null;
+        }
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "nasvisor {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    }
+
+    /// Runs the CLI, which must fail; its error output.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            !o.status.success(),
+            "nasvisor {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Waits until `vm show <vm>` satisfies `f`.
+    pub fn wait_vm(&self, vm: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.json(&["vm", "show", vm]);
+            if f(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "VM {vm} never got there: {v:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for the VM's console to contain `needle`; the console text.
+    pub fn wait_console(&self, vm: &str, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let o = self.cli(&["vm", "console", vm, "--tail", "1048576"]);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never showed on VM {vm}'s console:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The pids of the QEMUs this daemon started (from its run directory).
+    pub fn qemu_pids(&self) -> Vec<i32> {
+        let run = self.data_dir().join("run");
+        let Ok(rd) = std::fs::read_dir(run) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .is_some_and(|st| st != "Z")
+        })
+        .unwrap_or(false)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // QEMUs outlive the daemon by design: stop them by their pids.
+        for pid in self.qemu_pids() {
+            if alive(pid) {
+                // SAFETY: kill(2) with a pid read from this test's own run
+                // directory, checked alive just before.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The single host for real: a `nasvisord` process driven by the `nasvisor`
+//! CLI over HTTPS. VMs are real QEMUs under TCG booting the bundled guest
+//! image; their bridges and taps live in a namespace the test made.
+
+mod common;
+
+use common::{alive, Daemon};
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The tests boot guests under TCG on a small machine: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// Checks an answer against its schema in openapi.json.
+fn schema_ok(value: &Value, schema: &str) {
+    let doc: Value = serde_json::from_str(nasvisor_api::OPENAPI_JSON).unwrap();
+    let s = serde_json::json!({ "$ref": format!("#/components/schemas/{schema}") });
+    nasvisor_api::schema::validate(&doc, &s, value, schema)
+        .unwrap_or_else(|e| panic!("answer does not match schema {schema}: {e}\n{value:#}"));
+}
+
+#[test]
+fn install_from_the_bundled_image_watch_the_console_and_stop() {
+    let _s = serial();
+    let d = Daemon::start();
+    let host = d.json(&["host"]);
+    schema_ok(&host, "Host");
+    assert_eq!(host["accel"], "tcg");
+    let images = d.json(&["image", "list"]);
+    schema_ok(&images[0], "Image");
+    assert_eq!(images[0]["name"], "nasvisor-mini");
+    assert_eq!(images[0]["state"], "ready");
+
+    d.json(&["vswitch", "create", "lan"]);
+    let vm = d.json(&[
+        "vm", "create", "web1", "--vcpus", "1", "--memory", "256", "--image", "nasvisor-mini",
+        "--nic", "lan", "--hostname", "web-one", "--user", "admin", "--sudo", "--ssh-key",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@test",
+    ]);
+    assert_eq!(vm["name"], "web1", "{vm:#}");
+    let vm = d.wait_vm("web1", BOOT, |v| v["state"] != "installing");
+    schema_ok(&vm, "Vm");
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(vm["host"], "nas1");
+    assert_eq!(vm["disks"][0]["volume"], "web1-root");
+    assert_eq!(vm["disks"][1]["role"], "seed");
+    let job = d.json(&["job", "show", vm["install_job"].as_str().unwrap()]);
+    schema_ok(&job, "Job");
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+
+    // The guest read its seed: hostname and user.
+    let console = d.wait_console("web1", "NASVISOR-READY", BOOT);
+    assert!(console.contains("NASVISOR-HOSTNAME=web-one"), "{console}");
+    assert!(console.contains("NASVISOR-USER admin"), "{console}");
+    // Typing into the console reaches the guest's shell.
+    d.json(&["vm", "console-send", "-n", "web1", "echo sum-$((40+2))"]);
+    d.wait_console("web1", "sum-42", Duration::from_secs(30));
+
+    // ACPI shutdown: the guest powers off, QEMU exits.
+    let pid = vm["pid"].as_i64().unwrap() as i32;
+    d.json(&["vm", "stop", "web1", "--timeout", "60"]);
+    let vm = d.wait_vm("web1", Duration::from_secs(90), |v| v["state"] == "stopped");
+    assert!(vm["pid"].is_null());
+    assert!(!alive(pid), "QEMU {pid} still runs after the shutdown");
+
+    // Deleting it with its disks leaves the pool empty.
+    d.json(&["vm", "delete", "web1", "--delete-disks"]);
+    let vols = d.json(&["volume", "list", "default"]);
+    assert_eq!(vols, serde_json::json!([]), "{vols:#}");
+    let events = d.json(&["event", "list"]);
+    schema_ok(&events[0], "Event");
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "install-finished"));
+}
+
+#[test]
+fn vms_outlive_a_killed_daemon_and_a_killed_qemu_is_recorded_as_crashed() {
+    let _s = serial();
+    let mut d = Daemon::start();
+    d.json(&[
+        "vm",
+        "create",
+        "box",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--disk",
+        "default:64",
+    ]);
+    let vm = d.json(&["vm", "start", "box"]);
+    let vm = if vm["pid"].is_number() {
+        vm
+    } else {
+        d.json(&["vm", "show", "box"])
+    };
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    let pid = vm["pid"].as_i64().unwrap() as i32;
+
+    // kill -9 the daemon: the guest keeps running.
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(pid), "QEMU died with the daemon");
+    d.spawn();
+    let vm = d.json(&["vm", "show", "box"]);
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(
+        vm["pid"].as_i64(),
+        Some(pid as i64),
+        "the restarted daemon adopted the same QEMU"
+    );
+    // ...and still managed: pause and resume go through QMP.
+    assert_eq!(d.json(&["vm", "pause", "box"])["state"], "paused");
+    assert_eq!(d.json(&["vm", "resume", "box"])["state"], "running");
+
+    // kill -9 QEMU: recorded as crashed, with an event.
+    // SAFETY: kill(2) on the QEMU pid this test's daemon reported.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let vm = d.wait_vm("box", Duration::from_secs(20), |v| v["state"] == "crashed");
+    assert!(
+        vm["state_reason"].as_str().unwrap().contains("exited"),
+        "{vm:#}"
+    );
+    assert!(vm["pid"].is_null());
+    let events = d.json(&["event", "list"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "vm-crashed" && e["target"] == "vm/box"),
+        "{events:#}"
+    );
+    // It starts again, and force-off stops it at once.
+    assert_eq!(d.json(&["vm", "start", "box"])["state"], "running");
+    let vm = d.json(&["vm", "force-off", "box"]);
+    assert_eq!(vm["state"], "stopped", "{vm:#}");
+}
+
+#[test]
+fn an_install_interrupted_by_a_crash_is_cleaned_up() {
+    let _s = serial();
+    let mut d = Daemon::start();
+    let vm = d.json(&[
+        "vm",
+        "create",
+        "half",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--image",
+        "nasvisor-mini",
+    ]);
+    assert_eq!(vm["state"], "installing", "{vm:#}");
+    // Let the install reach its first boot, then crash the daemon.
+    d.wait_vm("half", BOOT, |v| {
+        v["pid"].is_number() || v["state"] != "installing"
+    });
+    d.kill9();
+    d.spawn();
+    let vm = d.json(&["vm", "show", "half"]);
+    assert_eq!(vm["state"], "install_failed", "{vm:#}");
+    assert!(
+        vm["state_reason"].as_str().unwrap().contains("interrupted"),
+        "{vm:#}"
+    );
+    let job = d.json(&["job", "show", vm["install_job"].as_str().unwrap()]);
+    assert_eq!(job["state"], "failed", "{job:#}");
+    // No orphaned disks, no QEMU left.
+    assert_eq!(
+        d.json(&["volume", "list", "default"]),
+        serde_json::json!([])
+    );
+    assert!(
+        d.qemu_pids().iter().all(|p| !alive(*p)),
+        "the install's QEMU still runs"
+    );
+}
+
+#[test]
+fn two_vms_on_one_vswitch_ping_each_other() {
+    let _s = serial();
+    let d = Daemon::start();
+    d.json(&["vswitch", "create", "lab"]);
+    for (name, ip) in [("pa", "192.0.2.11/24"), ("pb", "192.0.2.12/24")] {
+        d.json(&[
+            "vm",
+            "create",
+            name,
+            "--vcpus",
+            "1",
+            "--memory",
+            "192",
+            "--image",
+            "nasvisor-mini",
+            "--nic",
+            "lab",
+            "--ip",
+            ip,
+        ]);
+    }
+    for name in ["pa", "pb"] {
+        let vm = d.wait_vm(name, BOOT, |v| v["state"] != "installing");
+        assert_eq!(vm["state"], "running", "{vm:#}");
+    }
+    d.wait_console("pa", "192.0.2.11/24", BOOT);
+    d.wait_console("pb", "192.0.2.12/24", BOOT);
+    d.json(&[
+        "vm",
+        "console-send",
+        "-n",
+        "pa",
+        "ping -c 3 -W 5 192.0.2.12 && echo PING-$((1+1))-OK",
+    ]);
+    let out = d.wait_console("pa", "PING-2-OK", Duration::from_secs(60));
+    assert!(out.contains("3 packets received"), "{out}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    let _s = serial();
+    let d = Daemon::start();
+    d.json(&["vswitch", "create", "lan"]);
+    d.json(&["vm", "create", "taken", "--vcpus", "1", "--memory", "128"]);
+    let before = (
+        d.json(&["vm", "list"]),
+        d.json(&["image", "list"]),
+        d.json(&["volume", "list", "default"]),
+        d.json(&["vswitch", "list"]),
+    );
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["vm", "create", "a", "--vcpus", "0", "--memory", "128"],
+            "vcpus",
+            "HTTP 400",
+        ),
+        (
+            &["vm", "create", "a", "--vcpus", "1", "--memory", "4000000"],
+            "memory_mib",
+            "HTTP 422",
+        ),
+        (
+            &["vm", "create", "taken", "--vcpus", "1", "--memory", "128"],
+            "already exists",
+            "HTTP 409",
+        ),
+        (
+            &[
+                "vm", "create", "a", "--vcpus", "1", "--memory", "128", "--image", "nope",
+            ],
+            "image",
+            "HTTP 422",
+        ),
+        (
+            &[
+                "vm", "create", "a", "--vcpus", "1", "--memory", "128", "--nic", "nope",
+            ],
+            "nics[0].vswitch",
+            "HTTP 422",
+        ),
+        (
+            &["vm", "create", "a/b", "--vcpus", "1", "--memory", "128"],
+            "name",
+            "HTTP 400",
+        ),
+        (
+            &["vm", "create", "..", "--vcpus", "1", "--memory", "128"],
+            "name",
+            "HTTP 400",
+        ),
+        (
+            &[
+                "vm",
+                "create",
+                "a",
+                "--vcpus",
+                "1",
+                "--memory",
+                "128",
+                "--disk",
+                "nopool:64",
+            ],
+            "disks[0].pool",
+            "HTTP 422",
+        ),
+        (&["vm", "show", "ghost"], "not found", "HTTP 404"),
+    ];
+    for (args, field, status) in cases {
+        let err = d.fails(args);
+        assert!(
+            err.contains(field) && err.contains(status),
+            "{args:?}: {err}"
+        );
+    }
+    // A malformed image file is refused before anything is written.
+    let junk = d.dir.path().join("junk.qcow2");
+    let mut bytes = b"QFI\xfb".to_vec();
+    bytes.extend(std::iter::repeat_n(0xa5u8, 4096));
+    std::fs::write(&junk, &bytes).unwrap();
+    let err = d.fails(&["image", "add", "junk", "--path", junk.to_str().unwrap()]);
+    assert!(err.contains("path") && err.contains("HTTP 422"), "{err}");
+    // A request without a valid token.
+    let o = d.cli_with_token("not-the-token", &["vm", "list"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let after = (
+        d.json(&["vm", "list"]),
+        d.json(&["image", "list"]),
+        d.json(&["volume", "list", "default"]),
+        d.json(&["vswitch", "list"]),
+    );
+    assert_eq!(before, after, "a refused request changed something");
+}

@@ -143,19 +143,18 @@ impl Core for Fake {
                 }
                 v
             }
-            Action::DeleteVm { id, .. } => {
-                job(&format!("del-{id}"), "delete_vm", "queued", 0.0, None)
+            Action::DeleteVm { id, .. } => vm(&id),
+            Action::VmPower { id, op } => {
+                let mut v = vm(&id);
+                v["state"] = match op {
+                    PowerOp::Start { .. } | PowerOp::Resume {} | PowerOp::Reboot {} => "running",
+                    PowerOp::Pause {} => "paused",
+                    PowerOp::Shutdown { .. } => "stopping",
+                    PowerOp::ForceOff {} => "stopped",
+                }
+                .into();
+                v
             }
-            Action::VmPower { op, .. } => job(
-                "jp",
-                match op {
-                    PowerOp::Start { .. } => "start",
-                    _ => "power",
-                },
-                "queued",
-                0.0,
-                None,
-            ),
             Action::ListPools => {
                 json!([{"name": "p1", "path": "/srv/p1", "capacity_mib": 100, "free_mib": 50}])
             }
@@ -1110,14 +1109,18 @@ fn every_command_sends_the_right_action() {
         let out = h.ok(&args);
         assert_eq!(h.core.take(), vec![action], "nasvisor {args:?}: {out}");
     }
-    // Job answers are shown with how to follow them.
+    // Power operations answer with the VM's state.
     let out = h.ok(&["vm", "start", "vm1"]);
-    assert_eq!(
-        out,
-        "job jp (start) queued for vm/vm1\nfollow it with: nasvisor job wait jp\n"
-    );
+    assert_eq!(out, "vm vm1 start: running\n");
+    let out = h.ok(&["vm", "pause", "vm1"]);
+    assert_eq!(out, "vm vm1 pause: paused\n");
     let out = h.ok(&["--json", "vm", "start", "vm1"]);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], "jp");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "running"
+    );
+    let out = h.ok(&["vm", "delete", "vm1", "--delete-disks"]);
+    assert_eq!(out, "vm vm1 deleted with its disks\n");
 }
 
 #[test]

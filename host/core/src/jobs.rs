@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How many ended jobs are kept (the oldest go first).
+const KEEP_ENDED_JOBS: usize = 500;
+
 /// How often a running job's progress is committed.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -75,6 +78,7 @@ impl Inner {
             params,
         };
         self.db.create(kind::JOB, &id, &rec, "job").await?;
+        self.prune_jobs().await;
         let ctx = JobCtx {
             id: id.clone(),
             cancel: self.shutdown.child_token(),
@@ -144,6 +148,23 @@ impl Inner {
             .await;
         if let Err(e) = r {
             tracing::error!(job = %ctx.id, error = %e, "cannot record the end of a job");
+        }
+    }
+
+    /// Forgets the oldest ended jobs beyond [`KEEP_ENDED_JOBS`].
+    async fn prune_jobs(&self) {
+        let mut ended: Vec<JobRecord> = self
+            .db
+            .list::<JobRecord>(kind::JOB)
+            .into_iter()
+            .filter(|j| j.state.is_final())
+            .collect();
+        if ended.len() <= KEEP_ENDED_JOBS {
+            return;
+        }
+        ended.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        for j in &ended[..ended.len() - KEEP_ENDED_JOBS] {
+            let _ = self.db.delete(kind::JOB, &j.id).await;
         }
     }
 

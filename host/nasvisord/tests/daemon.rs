@@ -329,3 +329,94 @@ fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
     assert_eq!(before, after, "a refused request changed something");
 }
+
+#[test]
+fn upload_snapshot_clone_uefi_and_cancel() {
+    let _s = serial();
+    let d = Daemon::start();
+    // An upload streamed through the API lands in the library.
+    let src =
+        nasvisor_plugin_host::testkit::workspace_root().join("target/guest/nasvisor-mini.qcow2");
+    let job = d.json(&[
+        "image",
+        "add",
+        "up",
+        "--upload",
+        src.to_str().unwrap(),
+        "--os-variant",
+        "busybox",
+    ]);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let images = d.json(&["image", "list"]);
+    let up = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "up")
+        .expect("uploaded image listed");
+    assert_eq!(up["state"], "ready");
+    assert_eq!(up["virtual_size_mib"], 64);
+
+    // Volumes: snapshot, write... revert, clone.
+    d.json(&["volume", "create", "default", "data", "32"]);
+    let snap = d.json(&["snapshot", "create", "default", "data", "s1"]);
+    schema_ok(&snap, "Snapshot");
+    assert_eq!(
+        d.json(&["snapshot", "list", "default", "data"])[0]["name"],
+        "s1"
+    );
+    d.json(&["snapshot", "revert", "default", "data", "s1"]);
+    let c = d.json(&["volume", "clone", "default", "data", "data2", "--linked"]);
+    schema_ok(&c, "Volume");
+    // The source backs a linked clone: it cannot go first.
+    let err = d.fails(&["volume", "delete", "default", "data"]);
+    assert!(err.contains("HTTP 409") && err.contains("data2"), "{err}");
+    d.json(&["volume", "delete", "default", "data2"]);
+    d.json(&["snapshot", "delete", "default", "data", "s1"]);
+    d.json(&["volume", "delete", "default", "data"]);
+
+    // A UEFI VM boots OVMF.
+    d.json(&[
+        "vm",
+        "create",
+        "efi",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--firmware",
+        "uefi",
+        "--disk",
+        "default:64",
+    ]);
+    let vm = d.json(&["vm", "start", "efi"]);
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(vm["firmware"], "uefi");
+    d.wait_console("efi", "BdsDxe", BOOT);
+    d.json(&["vm", "force-off", "efi"]);
+    d.json(&["vm", "delete", "efi", "--delete-disks"]);
+
+    // Cancelling an install: the VM is install_failed, its disks are gone.
+    let vm = d.json(&[
+        "vm", "create", "cx", "--vcpus", "1", "--memory", "128", "--image", "up",
+    ]);
+    let job = vm["install_job"].as_str().unwrap().to_string();
+    let j = d.json(&["job", "cancel", &job]);
+    // The install boots a guest for seconds; a cancel right away lands first.
+    assert_eq!(j["state"], "cancelled", "{j:#}");
+    let vm = d.wait_vm("cx", Duration::from_secs(30), |v| {
+        v["state"] == "install_failed"
+    });
+    assert!(
+        vm["state_reason"].as_str().unwrap().contains("cancelled"),
+        "{vm:#}"
+    );
+    assert_eq!(
+        d.json(&["volume", "list", "default"]),
+        serde_json::json!([])
+    );
+    assert!(
+        d.qemu_pids().iter().all(|p| !alive(*p)),
+        "the cancelled install's QEMU still runs"
+    );
+}

@@ -128,14 +128,11 @@ impl Core for FakeCore {
             Action::GetVm { id } if id == "inst" => running_vm(&id),
             Action::GetVm { id } | Action::UpdateVm { id, .. } => vm(&id),
             Action::CreateVm(c) => vm(&c.name),
-            Action::DeleteVm { id, .. } => job(&format!("del-{id}"), "delete_vm"),
-            Action::VmPower { op, .. } => job(
-                "j1",
-                match op {
-                    PowerOp::Start { .. } => "start",
-                    _ => "power",
-                },
-            ),
+            Action::DeleteVm { id, .. } => vm(&id),
+            Action::VmPower { id, op } => match op {
+                PowerOp::Start { .. } => running_vm(&id),
+                _ => vm(&id),
+            },
             Action::ListPools => {
                 json!([{"name": "p1", "path": "/srv/p1", "capacity_mib": 100, "free_mib": 50}])
             }

@@ -565,9 +565,25 @@ fn vm_path(vm: &str) -> String {
     format!("/api/v1/vms/{}", enc(vm))
 }
 
+/// One line about a VM after an operation: name, state, reason.
+fn vm_state_line(v: &Value, what: &str) -> String {
+    let name = v["name"].as_str().unwrap_or("?");
+    let state = v["state"].as_str().unwrap_or("?");
+    match v["state_reason"].as_str() {
+        Some(r) => format!("vm {name} {what}: {state} ({r})"),
+        None => format!("vm {name} {what}: {state}"),
+    }
+}
+
 fn power(c: &Client, json: bool, vm: &str, op: Value) -> CliResult<()> {
-    let j = c.send_json("POST", &format!("{}/power", vm_path(vm)), &op)?;
-    job_answer(c, json, &j, false)
+    let what = op["op"].as_str().unwrap_or("power").replace('_', "-");
+    let v = c.send_json("POST", &format!("{}/power", vm_path(vm)), &op)?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("{}", vm_state_line(&v, &what));
+    }
+    Ok(())
 }
 
 const VM_COLUMNS: &[(&str, &str)] = &[
@@ -711,8 +727,17 @@ fn vm(c: &Client, cmd: VmCmd, json: bool) -> CliResult<()> {
             } else {
                 String::new()
             };
-            let j = c.call("DELETE", &format!("{}{q}", vm_path(&vm)))?;
-            job_answer(c, json, &j, false)
+            let v = c.call("DELETE", &format!("{}{q}", vm_path(&vm)))?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "vm {} deleted{}",
+                    v["name"].as_str().unwrap_or(&vm),
+                    if delete_disks { " with its disks" } else { "" }
+                );
+            }
+            Ok(())
         }
         VmCmd::Edit {
             vm,

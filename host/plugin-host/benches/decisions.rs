@@ -6,9 +6,15 @@
 //!   7x0 is there to separate the fixed cost from the per-VM (lowering) cost.
 //! * `place/native/HxV`: the same default policy compiled natively
 //!   (`invoke_native`), the baseline of the component/native ratio.
-//! * `instantiate/instantiate+trivial-call`: there is no public API for
-//!   instantiation alone, so this is a fresh store + instance and a call of
-//!   `rebalance` on an empty view: an upper bound of the instantiation cost.
+//!   The component's `place` gets a reduced view (every host, only the VMs
+//!   the request's constraints name; see `place` in wit/worlds.wit), so its
+//!   cost no longer grows with the VM count.
+//! * `rebalance/component/7x100` and `rebalance/native/7x100`: `rebalance`,
+//!   which gets the full view, to show what lowering 100 VMs costs.
+//! * `instantiate/instantiate-only`: a fresh store + instance, dropped
+//!   without a call (`Runtime::instantiate_only`).
+//! * `instantiate/instantiate+trivial-call`: a fresh store + instance and a
+//!   call of `rebalance` on an empty view: the floor of any decision.
 //! * `load/cold-compile` and `load/from-cache`: `Runtime::load` of the signed
 //!   scheduler package (signature, digest, compile or deserialize, link,
 //!   typecheck), without a cache and from a filled compiled-code cache (the
@@ -97,7 +103,26 @@ fn decisions(c: &mut Criterion) {
     }
     g.finish();
 
-    // 2. instantiation, measured as instantiate + the cheapest call.
+    // 1b. rebalance (full view) at 7x100: component vs native.
+    let mut g = c.benchmark_group("rebalance");
+    g.measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(2))
+        .sample_size(50);
+    let input = DecisionInput::Rebalance {
+        view: cluster_view(HOSTS, 100),
+    };
+    check_same_answer(&rt, &plugin, &input);
+    g.bench_with_input(
+        BenchmarkId::new("component", "7x100"),
+        &input,
+        |b, input| b.iter(|| invoke_counted(&rt, &plugin, black_box(input))),
+    );
+    g.bench_with_input(BenchmarkId::new("native", "7x100"), &input, |b, input| {
+        b.iter(|| invoke_native(black_box(input), &env))
+    });
+    g.finish();
+
+    // 2. instantiation alone, and instantiate + the cheapest call.
     let mut g = c.benchmark_group("instantiate");
     g.measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(2))
@@ -107,6 +132,12 @@ fn decisions(c: &mut Criterion) {
     };
     let out = invoke(&rt, &plugin, &trivial, 0).expect("trivial call");
     assert!(out.is_ok(), "rebalance on an empty view failed: {out:?}");
+    g.bench_function("instantiate-only", |b| {
+        b.iter(|| {
+            rt.instantiate_only(black_box(&plugin))
+                .expect("instantiate")
+        })
+    });
     g.bench_function("instantiate+trivial-call", |b| {
         b.iter(|| invoke_counted(&rt, &plugin, black_box(&trivial)))
     });

@@ -112,7 +112,55 @@ pub fn answer_json(answer: &Answer) -> serde_json::Value {
     }
 }
 
-type PlaceSig<'a> = (&'a ClusterView, &'a PlacementRequest);
+/// The cluster view `place` is given through a component: every host, and
+/// only the VMs the request's VM names in its affinity and anti-affinity
+/// constraints (the only VMs a placement depends on: the hosts' `free`
+/// resources already account for every VM, reservations included). Lowering
+/// the whole VM list into a fresh instance costs about 1 µs per VM, so the
+/// reduced view keeps a decision's cost independent of the cluster's size.
+/// It lowers as the WIT `cluster-view` record (records are structural), and
+/// borrows from the full view, so nothing is cloned.
+///
+/// The WIT documents this on `place`. Validation, the journal and the
+/// native fallback all see the full view.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub(crate) struct PlaceView<'a> {
+    hosts: &'a [HostInfo],
+    vms: Vec<&'a VmInfo>,
+    #[component(name = "has-quorum")]
+    has_quorum: bool,
+    #[component(name = "now-ms")]
+    now_ms: u64,
+}
+
+impl<'a> PlaceView<'a> {
+    /// The reduced view of `view` for placing `req.vm`.
+    pub(crate) fn new(view: &'a ClusterView, req: &PlacementRequest) -> PlaceView<'a> {
+        let c = &req.vm.constraints;
+        let named = |id: &str| {
+            c.affinity.iter().any(|a| a == id) || c.anti_affinity.iter().any(|a| a == id)
+        };
+        let vms = if c.affinity.is_empty() && c.anti_affinity.is_empty() {
+            Vec::new()
+        } else {
+            view.vms.iter().filter(|v| named(&v.id)).collect()
+        };
+        PlaceView {
+            hosts: &view.hosts,
+            vms,
+            has_quorum: view.has_quorum,
+            now_ms: view.now_ms,
+        }
+    }
+
+    #[cfg(test)]
+    fn vm_ids(&self) -> Vec<&str> {
+        self.vms.iter().map(|v| v.id.as_str()).collect()
+    }
+}
+
+type PlaceSig<'a> = (&'a PlaceView<'a>, &'a PlacementRequest);
 type PlaceRet = (Result<Placement, PluginError>,);
 type RebalanceSig<'a> = (&'a ClusterView,);
 type RebalanceRet = (Result<Vec<RebalanceMove>, PluginError>,);
@@ -171,7 +219,7 @@ pub fn invoke(
     let w = wall_clock_ms;
     Ok(match input {
         DecisionInput::Place { view, request } => rt
-            .call::<PlaceSig, PlaceRet>(p, f, w, (view, request))?
+            .call::<PlaceSig, PlaceRet>(p, f, w, (&PlaceView::new(view, request), request))?
             .0
             .map(DecisionOutput::Placement),
         DecisionInput::Rebalance { view } => rt
@@ -365,5 +413,28 @@ impl Env for NativeEnv {
     }
     fn settings(&self) -> Vec<(String, String)> {
         self.settings.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{cluster_view, place_input};
+
+    #[test]
+    fn place_view_keeps_every_host_and_only_the_named_vms() {
+        let view = cluster_view(7, 100);
+        let DecisionInput::Place { mut request, .. } = place_input(view.clone(), "v", false) else {
+            unreachable!()
+        };
+        let v = PlaceView::new(&view, &request);
+        assert_eq!(v.hosts, view.hosts.as_slice());
+        assert!(v.vms.is_empty());
+        assert_eq!((v.has_quorum, v.now_ms), (view.has_quorum, view.now_ms));
+        request.vm.constraints.affinity = vec!["vm-0042".into(), "missing".into()];
+        request.vm.constraints.anti_affinity = vec!["vm-0007".into(), "vm-0042".into()];
+        request.vm.constraints.pinned_hosts = vec!["host-1".into()];
+        let v = PlaceView::new(&view, &request);
+        assert_eq!(v.vm_ids(), ["vm-0007", "vm-0042"]);
     }
 }

@@ -18,6 +18,13 @@ use wasmtime::component::{
 };
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
+/// Bytes of each pooled linear memory kept resident (reset in place rather
+/// than released) between instances: covers what a decision of the default
+/// plugins touches, so RSS is bounded by this times the slots in use.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+/// Bytes of each pooled table kept resident between instances.
+const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
+
 /// The plugin runtime: shared by every plugin and every call.
 pub struct Runtime {
     engine: Engine,
@@ -99,6 +106,18 @@ impl Runtime {
         pool.total_tables(n * 2);
         pool.max_memories_per_module(1);
         pool.max_memory_size(config.memory_limit_bytes() as usize);
+        // Fresh instance per decision, made cheap: a slot's linear memory
+        // and tables stay mapped and resident between instances, and only
+        // the pages the previous instance dirtied are reset. On Linux >= 6.7
+        // the PAGEMAP_SCAN ioctl finds those pages (one syscall per call);
+        // elsewhere the first `KEEP_RESIDENT_BYTES` are reset with memset.
+        // Without this every instance took fresh page faults on first use
+        // (about 20 us per decision here). See BENCHMARKS.md.
+        pool.linear_memory_keep_resident(
+            KEEP_RESIDENT_BYTES.min(config.memory_limit_bytes() as usize),
+        );
+        pool.table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&cfg).map_err(|e| format!("engine: {e}"))?;
         let mut linker = Linker::new(&engine);
@@ -308,6 +327,18 @@ impl Runtime {
             .get_typed_func::<P, R>(&mut store, idx)
             .map_err(|e| format!("export {export:?} has the wrong type: {e:#}"))?;
         Ok(())
+    }
+
+    /// A fresh store and instance of `plugin`, dropped without a call: what
+    /// every decision pays before the guest runs. For benchmarks.
+    #[doc(hidden)]
+    pub fn instantiate_only(&self, plugin: &LoadedPlugin) -> Result<(), CallError> {
+        let mut store = self.new_store(plugin, 0);
+        plugin
+            .pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| self.classify(&store, e, true))
     }
 
     /// Calls `export` in a fresh instance with the configured limits.

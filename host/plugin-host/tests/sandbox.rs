@@ -454,3 +454,199 @@ fn settings_reach_the_plugin() {
     assert_eq!(err.code, nasvisor_plugin_sdk::ErrorCode::BadSettings);
     assert!(err.message.contains("strategy"), "{}", err.message);
 }
+
+/// A core module, assembled here, that reads state a previous instance could
+/// have left behind and then leaves some: a data-segment word (initially 5),
+/// a mutable global (7), a heap word past the data (0), the memory size (1
+/// page), a word at 2.5 MiB after growing memory by 48 pages (past the
+/// resident part the pool resets in place, so that path is covered too), and
+/// whether table slot 1 is still null (1). A fresh instance returns 14.
+fn stateful_module() -> Vec<u8> {
+    fn leb_u(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn i32_const(v: i32, out: &mut Vec<u8>) {
+        out.push(0x41);
+        let mut v = v as i64;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb_u(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    const LOAD: [u8; 3] = [0x28, 0x02, 0x00];
+    const STORE: [u8; 3] = [0x36, 0x02, 0x00];
+    const ADD: u8 = 0x6a;
+    const HIGH: i32 = 0x28_0000; // 2.5 MiB
+    let mut code = vec![0x00]; // no locals
+    i32_const(16, &mut code);
+    code.extend(LOAD);
+    code.extend([0x23, 0x00, ADD]); // + global 0
+    i32_const(40_000, &mut code);
+    code.extend(LOAD);
+    code.push(ADD);
+    code.extend([0x3f, 0x00, ADD]); // + memory.size
+    i32_const(48, &mut code);
+    code.extend([0x40, 0x00, 0x1a]); // memory.grow 48; drop
+    i32_const(HIGH, &mut code);
+    code.extend(LOAD);
+    code.push(ADD);
+    i32_const(1, &mut code);
+    code.extend([0x25, 0x00, 0xd1, ADD]); // + ref.is_null(table.get 1)
+                                          // Leave state behind.
+    for addr in [16, 40_000, HIGH] {
+        i32_const(addr, &mut code);
+        i32_const(100, &mut code);
+        code.extend(STORE);
+    }
+    i32_const(100, &mut code);
+    code.extend([0x24, 0x00]); // global.set 0
+    i32_const(1, &mut code);
+    i32_const(0, &mut code);
+    code.extend([0x25, 0x00, 0x26, 0x00]); // table.set 1 (table.get 0)
+    code.push(0x0b);
+
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[0x01, 0x60, 0x00, 0x01, 0x7f], &mut m); // type: () -> i32
+    section(3, &[0x01, 0x00], &mut m); // func 0: type 0
+    section(4, &[0x01, 0x70, 0x00, 0x02], &mut m); // table: 2 funcref
+    section(5, &[0x01, 0x00, 0x01], &mut m); // memory: 1 page
+    section(6, &[0x01, 0x7f, 0x01, 0x41, 0x07, 0x0b], &mut m); // global mut i32 = 7
+    section(7, &[0x01, 0x01, b'f', 0x00, 0x00], &mut m); // export "f"
+    section(9, &[0x01, 0x00, 0x41, 0x00, 0x0b, 0x01, 0x00], &mut m); // elem: table[0] = f
+    let mut body = Vec::new();
+    leb_u(code.len() as u64, &mut body);
+    body.extend(&code);
+    let mut code_sec = vec![0x01];
+    code_sec.extend(body);
+    section(10, &code_sec, &mut m);
+    section(
+        11,
+        &[0x01, 0x00, 0x41, 0x10, 0x0b, 0x04, 5, 0, 0, 0],
+        &mut m,
+    ); // data at 16
+    m
+}
+
+#[test]
+fn no_state_leaks_between_instances_of_a_pool_slot() {
+    // The runtime's engine keeps each pool slot's memory and tables resident
+    // and resets only dirtied pages between instances; a fresh instance must
+    // still see exactly the module's initial state, whatever the previous
+    // instance in the slot did.
+    let rt = default_runtime();
+    let module = wasmtime::Module::new(rt.engine(), stateful_module()).expect("module");
+    for i in 0..50 {
+        let mut store = wasmtime::Store::new(rt.engine(), ());
+        store.set_epoch_deadline(1_000_000);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instance");
+        let f = instance
+            .get_typed_func::<(), i32>(&mut store, "f")
+            .expect("f");
+        assert_eq!(f.call(&mut store, ()).expect("call"), 14, "call {i}");
+        // The module does leave state behind: a second call of the same
+        // instance sees all of it (100 * 4 + 49 pages + table slot set).
+        assert_eq!(f.call(&mut store, ()).expect("call"), 449, "call {i}");
+    }
+}
+
+#[test]
+fn no_state_leaks_between_decisions_of_the_scheduler() {
+    // The scheduler component runs with a bump allocator and a small stack:
+    // the same inputs in any order give the native policy's answers.
+    let rt = default_runtime();
+    let p = rt
+        .load(&plugin_bytes("nasvisor-scheduler"), None, vec![])
+        .unwrap();
+    let env = nasvisor_plugin_host::NativeEnv::new(vec![], 0);
+    let inputs = [
+        place_input(cluster_view(7, 100), "a", false),
+        DecisionInput::Rebalance {
+            view: cluster_view(7, 1000),
+        },
+        place_input(cluster_view(7, 1000), "b", true),
+        place_input(cluster_view(3, 0), "c", false),
+    ];
+    for round in 0..5 {
+        for input in &inputs {
+            let component = invoke(&rt, &p, input, 0).expect("call");
+            let native = nasvisor_plugin_host::invoke_native(input, &env);
+            assert_eq!(component, native, "round {round}, {}", input.function());
+        }
+    }
+}
+
+#[test]
+fn place_through_the_component_sees_the_vms_its_constraints_name() {
+    use nasvisor_plugin_sdk::prelude::*;
+    let rt = default_runtime();
+    // A bonus larger than the free-memory gaps between the test hosts.
+    let settings = vec![("affinity-bonus-mib".to_string(), "100000".to_string())];
+    let p = rt
+        .load(&plugin_bytes("nasvisor-scheduler"), None, settings.clone())
+        .unwrap();
+    let env = nasvisor_plugin_host::NativeEnv::new(settings, 0);
+    let view = cluster_view(7, 1000);
+    // Without constraints the spread policy picks host-0 (most free memory).
+    let DecisionInput::Place { request, .. } = place_input(view.clone(), "v", false) else {
+        unreachable!()
+    };
+    let first = |c: PlacementConstraints, ha: bool| {
+        let mut req = request.clone();
+        req.vm.constraints = c;
+        req.vm.ha_enabled = ha;
+        if ha {
+            req.eligible_passive_hosts = req.eligible_hosts.clone();
+        }
+        let input = DecisionInput::Place {
+            view: view.clone(),
+            request: req,
+        };
+        let component = invoke(&rt, &p, &input, 0).expect("call");
+        let native = nasvisor_plugin_host::invoke_native(&input, &env);
+        assert_eq!(component, native);
+        match component {
+            Ok(DecisionOutput::Placement(pl)) => pl,
+            other => panic!("{other:?}"),
+        }
+    };
+    let free = first(PlacementConstraints::default(), false);
+    assert_eq!(free.host, "host-0");
+    // vm-0007 runs on host-0: anti-affinity to it moves the VM elsewhere.
+    let anti = first(
+        PlacementConstraints {
+            anti_affinity: vec!["vm-0007".into(), "not-a-vm".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    assert_ne!(anti.host, "host-0");
+    // vm-0003 runs on host-3: with the affinity bonus host-3 wins.
+    let affine = first(
+        PlacementConstraints {
+            affinity: vec!["vm-0003".into()],
+            ..Default::default()
+        },
+        true,
+    );
+    assert_eq!(affine.host, "host-3", "{}", affine.reason);
+    assert!(affine.reason.contains("vm-0003"), "{}", affine.reason);
+    assert!(affine.passive_host.is_some());
+}

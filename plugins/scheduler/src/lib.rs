@@ -85,3 +85,10 @@ mod tests {
 }
 
 nasvisor_plugin_sdk::export_scheduler!(DefaultScheduler);
+
+/// The component's allocator: one instance serves one decision, so a bump
+/// allocator is enough (see `OneShotAlloc`).
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOC: nasvisor_plugin_sdk::guest::OneShotAlloc =
+    nasvisor_plugin_sdk::guest::OneShotAlloc::new();

@@ -518,3 +518,154 @@ macro_rules! export_os_installer {
         };
     };
 }
+
+/// A bump allocator for components: the host gives every decision a fresh
+/// instance, so a plugin's heap never outlives one call and freeing memory
+/// is not worth its bookkeeping.
+///
+/// - Allocation rounds a pointer up and advances it: no size classes, no
+///   first-use initialisation, no free lists.
+/// - It starts with the free part of the module's initial linear memory
+///   (from `__heap_base` to the end of the initial pages) and grows memory
+///   only when that runs out. A component that fits in its initial memory
+///   never calls `memory.grow`, which spares the host the page-protection
+///   changes of a growing memory on every decision.
+/// - `dealloc` only takes back the most recent allocation, and `realloc`
+///   grows the most recent allocation in place; anything else is reclaimed
+///   when the instance is dropped after the call.
+/// - When the host's memory cap refuses to grow memory, allocation fails
+///   as with any allocator (the call traps and the host reports the memory
+///   limit).
+///
+/// Opt in from a plugin crate:
+///
+/// ```ignore
+/// #[cfg(target_arch = "wasm32")]
+/// #[global_allocator]
+/// static ALLOC: nasvisor_plugin_sdk::guest::OneShotAlloc = nasvisor_plugin_sdk::guest::OneShotAlloc::new();
+/// ```
+///
+/// Only for code that runs once per instance (the nasvisor plugin model):
+/// memory is not reused within a call, so a policy that allocates and frees
+/// a lot in a loop uses more memory than with a general-purpose allocator.
+#[cfg(target_arch = "wasm32")]
+#[derive(Debug)]
+pub struct OneShotAlloc {
+    /// Next free byte; 0 until the first allocation.
+    next: core::cell::Cell<usize>,
+    /// End of the linear memory the allocator may use.
+    end: core::cell::Cell<usize>,
+}
+
+// SAFETY: components built by this SDK are single-threaded (wasm32 without
+// the threads proposal); the cells are never accessed concurrently.
+#[cfg(target_arch = "wasm32")]
+unsafe impl Sync for OneShotAlloc {}
+
+#[cfg(target_arch = "wasm32")]
+impl OneShotAlloc {
+    const PAGE: usize = 65536;
+
+    pub const fn new() -> OneShotAlloc {
+        OneShotAlloc {
+            next: core::cell::Cell::new(0),
+            end: core::cell::Cell::new(0),
+        }
+    }
+
+    /// Makes `[.., new_end)` usable, growing memory if needed.
+    fn ensure(&self, new_end: usize) -> bool {
+        let end = self.end.get();
+        if new_end <= end {
+            return true;
+        }
+        let pages = (new_end - end).div_ceil(Self::PAGE);
+        if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
+            return false;
+        }
+        self.end.set(end + pages * Self::PAGE);
+        true
+    }
+
+    fn bump(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let mut next = self.next.get();
+        if next == 0 {
+            unsafe extern "C" {
+                static __heap_base: u8;
+            }
+            next = core::ptr::addr_of!(__heap_base) as usize;
+            self.end
+                .set(core::arch::wasm32::memory_size(0) * Self::PAGE);
+        }
+        let start = match next.checked_add(layout.align() - 1) {
+            Some(n) => n & !(layout.align() - 1),
+            None => return core::ptr::null_mut(),
+        };
+        let Some(new_next) = start.checked_add(layout.size()) else {
+            return core::ptr::null_mut();
+        };
+        if !self.ensure(new_next) {
+            return core::ptr::null_mut();
+        }
+        self.next.set(new_next);
+        start as *mut u8
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl Default for OneShotAlloc {
+    fn default() -> Self {
+        OneShotAlloc::new()
+    }
+}
+
+// SAFETY: every pointer returned is aligned to the layout's alignment, lies
+// in linear memory the allocator owns (past `__heap_base`, below the end of
+// memory), and is never handed out twice while live: `next` only moves back
+// over the most recent allocation when that allocation is freed.
+#[cfg(target_arch = "wasm32")]
+unsafe impl core::alloc::GlobalAlloc for OneShotAlloc {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        self.bump(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        if ptr as usize + layout.size() == self.next.get() {
+            self.next.set(ptr as usize);
+        }
+    }
+
+    unsafe fn realloc(
+        &self,
+        ptr: *mut u8,
+        layout: core::alloc::Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        let p = ptr as usize;
+        if p + layout.size() == self.next.get() {
+            // The most recent allocation: grow or shrink it in place.
+            let Some(new_next) = p.checked_add(new_size) else {
+                return core::ptr::null_mut();
+            };
+            if !self.ensure(new_next) {
+                return core::ptr::null_mut();
+            }
+            self.next.set(new_next);
+            return ptr;
+        }
+        if new_size <= layout.size() {
+            return ptr;
+        }
+        // SAFETY: the caller guarantees `layout.align()` with `new_size` is a
+        // valid layout (GlobalAlloc::realloc's contract).
+        let new_layout =
+            unsafe { core::alloc::Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let new = self.bump(new_layout);
+        if !new.is_null() {
+            // SAFETY: both regions are valid for `layout.size()` bytes and
+            // do not overlap (`new` lies past every live allocation).
+            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size()) };
+        }
+        new
+    }
+}

@@ -111,15 +111,8 @@ fn log(cx: &mut CallCtx, level: LogLevel, message: &str, fields: &[(String, Stri
         return;
     }
     cx.log_budget -= size;
-    let fields = if fields.is_empty() {
-        String::new()
-    } else {
-        fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    // Formatted only if a subscriber records the event.
+    let fields = Fields(fields);
     let plugin = &*cx.plugin;
     match level {
         LogLevel::Trace => tracing::trace!(target: "plugin", plugin, %fields, "{message}"),
@@ -127,5 +120,20 @@ fn log(cx: &mut CallCtx, level: LogLevel, message: &str, fields: &[(String, Stri
         LogLevel::Info => tracing::info!(target: "plugin", plugin, %fields, "{message}"),
         LogLevel::Warn => tracing::warn!(target: "plugin", plugin, %fields, "{message}"),
         LogLevel::Error => tracing::error!(target: "plugin", plugin, %fields, "{message}"),
+    }
+}
+
+/// A log record's fields as `k="v" k2="v2"`.
+struct Fields<'a>(&'a [(String, String)]);
+
+impl std::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{k}={v:?}")?;
+        }
+        Ok(())
     }
 }

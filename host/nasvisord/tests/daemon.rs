@@ -420,3 +420,119 @@ fn upload_snapshot_clone_uefi_and_cancel() {
         "the cancelled install's QEMU still runs"
     );
 }
+
+#[test]
+fn placement_live_console_guest_panic_and_autostart() {
+    let _s = serial();
+    let mut d = Daemon::start();
+    // First power-on on an explicit host: an unknown one is refused.
+    d.json(&[
+        "vm",
+        "create",
+        "p2",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--disk",
+        "default:64",
+    ]);
+    let err = d.fails(&["vm", "start", "p2", "--host", "nas9"]);
+    assert!(err.contains("host") && err.contains("HTTP 422"), "{err}");
+    assert_eq!(
+        d.json(&["vm", "start", "p2", "--host", "nas1"])["host"],
+        "nas1"
+    );
+    d.json(&["vm", "force-off", "p2"]);
+
+    d.json(&[
+        "vm",
+        "create",
+        "pan",
+        "--vcpus",
+        "1",
+        "--memory",
+        "192",
+        "--image",
+        "nasvisor-mini",
+        "--autostart",
+    ]);
+    let vm = d.wait_vm("pan", BOOT, |v| v["state"] != "installing");
+    assert_eq!(vm["state"], "running", "{vm:#}");
+
+    // The live console: what the guest prints streams to `vm console --follow`.
+    let mut follow = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_nasvisord")).with_file_name("nasvisor"),
+    )
+    .args(["vm", "console", "pan", "--follow"])
+    .env("NASVISOR_ENDPOINT", &d.endpoint)
+    .env("NASVISOR_TOKEN", &d.token)
+    .env("NASVISOR_FINGERPRINT", &d.fingerprint)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("live-42") {
+                let _ = tx.send(true);
+                return;
+            }
+        }
+        let _ = tx.send(false);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    d.json(&["vm", "console-send", "-n", "pan", "echo live-$((2*21))"]);
+    let got = rx.recv_timeout(Duration::from_secs(30)).unwrap_or(false);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(got, "the followed console never showed live-42");
+
+    // A guest kernel panic (pvpanic) is recorded as such, with an event.
+    d.json(&[
+        "vm",
+        "console-send",
+        "-n",
+        "pan",
+        "echo c > /proc/sysrq-trigger",
+    ]);
+    let vm = d.wait_vm("pan", Duration::from_secs(60), |v| {
+        v["state"] == "guest_panicked"
+    });
+    assert!(
+        vm["state_reason"].as_str().unwrap().contains("panic"),
+        "{vm:#}"
+    );
+    let events = d.json(&["event", "list"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "vm-guest-panicked"),
+        "{events:#}"
+    );
+    let err = d.fails(&["vm", "start", "pan"]);
+    assert!(
+        err.contains("force it off") && err.contains("HTTP 409"),
+        "{err}"
+    );
+    d.json(&["vm", "force-off", "pan"]);
+
+    // After a host boot, autostart VMs start with the daemon; others stay off.
+    d.stop();
+    std::fs::write(d.data_dir().join("boot-id"), "a-previous-boot\n").unwrap();
+    d.spawn();
+    let vm = d.wait_vm("pan", Duration::from_secs(30), |v| v["state"] == "running");
+    assert!(vm["pid"].is_number(), "{vm:#}");
+    assert_eq!(d.json(&["vm", "show", "p2"])["state"], "stopped");
+    d.json(&["vm", "force-off", "pan"]);
+}

@@ -13,7 +13,7 @@
 //!   poweroff QEMU stays, emits `SHUTDOWN` and reports run state `shutdown`. So a
 //!   guest-initiated poweroff is distinguishable from a crash even when it
 //!   happened while no daemon was watching.
-//! - `-action panic=pause` with a `pvpanic` device: a guest panic emits
+//! - `-action panic=pause` with `pvpanic` and `pvpanic-pci` devices: a guest panic emits
 //!   `GUEST_PANICKED` and leaves the VM paused for inspection.
 //! - QEMU always starts with `-S` (vCPUs stopped) so the console can be attached
 //!   before the guest prints anything; the instance layer then sends `cont`.
@@ -323,7 +323,11 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
         &format!("unix:{},server=on,wait=off", path_str(&paths.qmp_socket())),
     ]);
     push(&["-action", "shutdown=pause,panic=pause,reboot=reset"]);
+    // Both variants: the ISA one (port 0x505, firmware and the `pvpanic-mmio`
+    // driver) and the PCI one (the `pvpanic-pci` driver, which guests load on
+    // any machine type).
     push(&["-device", "pvpanic"]);
+    push(&["-device", "pvpanic-pci"]);
     push(&["-msg", "timestamp=on"]);
     push(&["-D", path_str(&paths.qemu_log())]);
     push(&["-S"]);
@@ -637,6 +641,7 @@ mod tests {
             "-display none",
             "-nic none",
             "-device pvpanic",
+            "-device pvpanic-pci",
             "-msg timestamp=on",
             "-accel tcg",
             "-machine q35,graphics=off",

@@ -199,7 +199,7 @@ impl Inner {
             match method {
                 DiskMethod::CloneBacking => p.create_overlay(&r, &path, resize),
                 DiskMethod::FullConvert => {
-                    let v = p.import(&r, &path, |f| c.progress(0.05 + f * 0.2, None))?;
+                    let v = p.import(&r, &path, |f| c.progress(0.05 + f / 100.0 * 0.2, None))?;
                     match resize.filter(|s| *s > v.virtual_size) {
                         Some(s) => p.resize(&r, s),
                         None => Ok(v),

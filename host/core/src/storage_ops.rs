@@ -324,10 +324,19 @@ impl Inner {
             let c = ctx.clone();
             let r = tokio::task::spawn_blocking(move || {
                 c.progress(0.0, Some("converting"));
-                p.import(&name, Path::new(&path), |f| c.progress(f, None))
+                let c2 = c.clone();
+                p.import_cancellable(
+                    &name,
+                    Path::new(&path),
+                    |f| c.progress(f / 100.0, None),
+                    &move || c2.is_cancelled(),
+                )
             })
             .await;
             let outcome = match r {
+                Ok(Err(nasvisor_storage::StorageError::Cancelled { .. })) => {
+                    Err(JobFailure::Cancelled)
+                }
                 Ok(Ok(v)) => Ok(format!(
                     "volume {} imported ({} MiB)",
                     v.name,

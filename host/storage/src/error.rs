@@ -33,6 +33,9 @@ pub enum StorageError {
     /// qemu-img failed.
     #[error("qemu-img {op} failed: {stderr}")]
     QemuImg { op: &'static str, stderr: String },
+    /// The operation was cancelled; nothing of it is left.
+    #[error("{op} cancelled")]
+    Cancelled { op: &'static str },
     /// A filesystem operation failed.
     #[error("{path}: {source}")]
     Io {

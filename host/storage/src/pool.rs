@@ -278,6 +278,18 @@ impl Pool {
         src: &Path,
         progress: impl FnMut(f64),
     ) -> Result<VolumeInfo, StorageError> {
+        self.import_cancellable(volume, src, progress, &|| false)
+    }
+
+    /// [`Self::import`] that stops once `cancelled` returns true, leaving
+    /// nothing behind.
+    pub fn import_cancellable(
+        &self,
+        volume: &str,
+        src: &Path,
+        progress: impl FnMut(f64),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<VolumeInfo, StorageError> {
         self.absent(volume)?;
         let info = self.img.info(src, None)?;
         if !IMPORT_FORMATS.contains(&info.format.as_str()) {
@@ -305,7 +317,8 @@ impl Pool {
         self.need_space(info.actual_size)?;
         let tmp_path = self.temp_path(volume);
         let tmp = TempFile(Some(tmp_path.clone()));
-        self.img.convert(src, &info.format, &tmp_path, progress)?;
+        self.img
+            .convert_cancellable(src, &info.format, &tmp_path, progress, cancelled)?;
         self.commit(tmp, &tmp_path, volume)
     }
 

@@ -210,7 +210,21 @@ impl QemuImg {
         src: &Path,
         format: &str,
         dst: &Path,
+        progress: impl FnMut(f64),
+    ) -> Result<(), StorageError> {
+        self.convert_cancellable(src, format, dst, progress, &|| false)
+    }
+
+    /// [`Self::convert`] that stops qemu-img (by its pid) and fails with
+    /// [`StorageError::Cancelled`] once `cancelled` returns true; it is asked
+    /// at every progress report. `dst` is then incomplete: the caller removes it.
+    pub fn convert_cancellable(
+        &self,
+        src: &Path,
+        format: &str,
+        dst: &Path,
         mut progress: impl FnMut(f64),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(), StorageError> {
         let mut child = Command::new(&self.bin)
             .args(["convert", "-p", "-f", format, "-O", "qcow2"])
@@ -233,6 +247,11 @@ impl QemuImg {
                 .map_err(|e| StorageError::io(dst, e))?;
             if n == 0 {
                 break;
+            }
+            if cancelled() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StorageError::Cancelled { op: "convert" });
             }
             pending.push_str(&String::from_utf8_lossy(&buf[..n]));
             // Progress lines look like "    (42.00/100%)\r".

@@ -253,3 +253,26 @@ fn temporaries_of_a_crash_are_cleaned() {
     assert_eq!(p.clean_temporaries().unwrap(), 1);
     assert_eq!(files(d.path()), ["kept.qcow2"]);
 }
+
+#[test]
+fn a_cancelled_import_stops_qemu_img_and_leaves_nothing() {
+    let (src_dir, _) = pool();
+    let (d, p) = pool();
+    let src = src_dir.path().join("big.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(256 * MIB).unwrap();
+    let e = p
+        .import_cancellable("never", &src, |_| {}, &|| true)
+        .unwrap_err();
+    assert!(
+        matches!(e, nasvisor_storage::StorageError::Cancelled { .. }),
+        "{e}"
+    );
+    assert!(p.volume("never").is_err());
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -81,7 +81,9 @@ impl Inner {
         self.prune_jobs().await;
         let ctx = JobCtx {
             id: id.clone(),
-            cancel: self.shutdown.child_token(),
+            // Not tied to the core's shutdown: a job the daemon's exit interrupts
+            // is ended by the next start's recovery, not recorded as cancelled.
+            cancel: CancellationToken::new(),
             progress: Arc::new(Mutex::new((0.0, None, false))),
         };
         lock(&self.jobs).insert(id.clone(), ctx.cancel.clone());

@@ -298,15 +298,6 @@ impl NasCore {
     /// Stops background work and closes the store. Running VMs keep running.
     pub async fn shutdown(self) -> Result<(), StartError> {
         self.inner.shutdown.cancel();
-        for t in self
-            .inner
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            t.cancel();
-        }
         self.inner
             .running
             .lock()

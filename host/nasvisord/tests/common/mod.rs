@@ -331,10 +331,16 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         // QEMUs outlive the daemon by design: stop them by their pids.
+        let run = self.data_dir().join("run");
+        let run = run.to_string_lossy();
         for pid in self.qemu_pids() {
-            if alive(pid) {
+            // Only a live QEMU of this daemon (its command line names the run dir).
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(run.as_ref()))
+                .unwrap_or(false);
+            if ours && alive(pid) {
                 // SAFETY: kill(2) with a pid read from this test's own run
-                // directory, checked alive just before.
+                // directory, checked just before to be a live QEMU of it.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }

@@ -20,7 +20,9 @@
 //!   typecheck), without a cache and from a filled compiled-code cache (the
 //!   loaded plugin is dropped outside the timed section).
 //! * `policy-host/decide/7x100`: `PolicyHost::decide` with the scheduler
-//!   installed (invoke + validation; journal off).
+//!   installed (invoke + validation; journal off). `decide` takes the input
+//!   by value, so this includes dropping the 7x100 view; that drop alone is
+//!   `policy-host/drop-input/7x100`.
 //!
 //! Needs the built plugins (`scripts/build.sh`). Run with
 //! `cargo bench -p nasvisor-plugin-host --bench decisions`.
@@ -201,6 +203,11 @@ fn decisions(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(2))
         .sample_size(50);
+    g.bench_with_input(
+        BenchmarkId::new("drop-input", "7x100"),
+        &input,
+        |b, input| b.iter_batched(|| input.clone(), drop, BatchSize::SmallInput),
+    );
     g.bench_with_input(BenchmarkId::new("decide", "7x100"), &input, |b, input| {
         b.iter_batched(
             || input.clone(),

@@ -14,7 +14,7 @@ use nasvisor_net::{MacAddr as NetMac, Tap, TapName, TapOptions};
 use nasvisor_storage::Pool;
 use nasvisor_vm::{
     ConsoleOptions, DiskSpec, InstanceOptions, LaunchOptions, NicBackend, NicModel, NicSpec,
-    SpawnHook, VmInstance, VmSpec, VmState,
+    ShutdownOutcome, SpawnHook, VmInstance, VmSpec, VmState,
 };
 use serde_json::Value;
 use std::collections::HashSet;
@@ -545,31 +545,38 @@ impl Inner {
             let mut rx = inst.watch_state();
             loop {
                 let st = rx.borrow_and_update().clone();
-                me.observe(&id, &st).await;
                 if st.is_exited() {
-                    break;
+                    // Forget the process first: once the record says it
+                    // stopped or crashed, no answer shows a pid.
+                    me.forget_instance(&id, inst.pid());
+                    me.observe(&id, &st).await;
+                    return;
                 }
+                me.observe(&id, &st).await;
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { break },
                     _ = me.shutdown.cancelled() => return,
                 }
             }
-            let still_ours = {
-                let mut running = lock(&me.running);
-                match running.get(&id) {
-                    Some(r) if r.inst.pid() == inst.pid() => {
-                        running.remove(&id);
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            if still_ours {
-                if let Some((vm, _)) = me.db.get::<VmRecord>(kind::VM, &id) {
-                    me.remove_taps(&vm);
-                }
-            }
+            me.forget_instance(&id, inst.pid());
         });
+    }
+
+    /// Drops the handle of VM `id`'s QEMU `pid` (if it still is the current
+    /// one) and removes its taps.
+    fn forget_instance(&self, id: &str, pid: i32) {
+        let ours = {
+            let mut running = lock(&self.running);
+            match running.get(id) {
+                Some(r) if r.inst.pid() == pid => running.remove(id).is_some(),
+                _ => false,
+            }
+        };
+        if ours {
+            if let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, id) {
+                self.remove_taps(&vm);
+            }
+        }
     }
 
     /// Records what QEMU reports. An install in progress owns the record.
@@ -793,12 +800,25 @@ impl Inner {
                 tokio::spawn(async move {
                     match inst.shutdown(Duration::from_secs(timeout_s.into())).await {
                         Ok(outcome) => {
-                            let reason = format!("{outcome:?}").to_lowercase();
+                            let reason = match outcome {
+                                ShutdownOutcome::Graceful { after } => {
+                                    format!(
+                                        "the guest powered off after {:.1} s",
+                                        after.as_secs_f64()
+                                    )
+                                }
+                                ShutdownOutcome::Forced { after } => format!(
+                                    "forced off after {:.0} s: the guest did not power off",
+                                    after.as_secs_f64()
+                                ),
+                                ShutdownOutcome::AlreadyStopped => "it had already stopped".into(),
+                            };
+                            me.forget_instance(&id, inst.pid());
                             let _ = me
                                 .set_state(
                                     &id,
                                     VmStatus::Stopped,
-                                    Some(format!("shut down by the administrator ({reason})")),
+                                    Some(format!("shut down by the administrator: {reason}")),
                                     Some(Desired::Stopped),
                                 )
                                 .await;
@@ -823,16 +843,7 @@ impl Inner {
                     .map_err(|e| errors::internal(format!("force off: {e}")))?;
                 // QEMU is gone: drop the handle and the taps now, so the
                 // answer shows no process.
-                let ours = {
-                    let mut running = lock(&self.running);
-                    match running.get(&vm.id) {
-                        Some(r) if r.inst.pid() == inst.pid() => running.remove(&vm.id).is_some(),
-                        _ => false,
-                    }
-                };
-                if ours {
-                    self.remove_taps(&vm);
-                }
+                self.forget_instance(&vm.id, inst.pid());
                 self.set_state(
                     &vm.id,
                     VmStatus::Stopped,

@@ -238,6 +238,64 @@ pub enum Action {
         /// Most events to return, 1..=1000.
         limit: u32,
     },
+    /// The cluster this host belongs to, and its members.
+    GetCluster,
+    /// Turn this single host into a cluster with its own CA.
+    CreateCluster(ClusterCreate),
+    /// A one-time, expiring token for a new host to join.
+    IssueJoinToken(JoinTokenCreate),
+    /// Remove a host from the cluster; it can no longer talk to the others.
+    RemoveMember {
+        /// Raft node id of the host.
+        node_id: u64,
+    },
+}
+
+/// Largest cluster, hosts.
+pub const MAX_CLUSTER_MEMBERS: u32 = 7;
+/// Longest join-token lifetime, seconds (7 days).
+pub const MAX_JOIN_TOKEN_TTL_S: u32 = 7 * 24 * 3600;
+
+/// Body of `POST /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterCreate {
+    /// Most hosts in the cluster, 1..=7 (7 when absent).
+    #[serde(default)]
+    pub max_members: Option<u32>,
+}
+
+/// Body of `POST /api/v1/cluster/join-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreate {
+    /// Lifetime, seconds, 1..=604800 (1 hour when absent).
+    #[serde(default)]
+    pub ttl_s: Option<u32>,
+}
+
+impl Validate for ClusterCreate {
+    fn validate(&self) -> Result<(), ApiError> {
+        match self.max_members {
+            Some(n) if !(1..=MAX_CLUSTER_MEMBERS).contains(&n) => Err(ApiError::field(
+                "max_members",
+                format!("must be 1 to {MAX_CLUSTER_MEMBERS}, got {n}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Validate for JoinTokenCreate {
+    fn validate(&self) -> Result<(), ApiError> {
+        match self.ttl_s {
+            Some(t) if !(1..=MAX_JOIN_TOKEN_TTL_S).contains(&t) => Err(ApiError::field(
+                "ttl_s",
+                format!("must be 1 to {MAX_JOIN_TOKEN_TTL_S} seconds, got {t}"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A power operation (body of `POST /api/v1/vms/{id}/power`).

@@ -4,10 +4,10 @@
 //! route by route, both ways.
 
 use crate::action::{
-    check_name, Action, ConsoleInputBody, FirmwareKind, ImageAddBody, ImageMetaSpec, ImageUpload,
-    PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate, VmUpdate, VolumeClone, VolumeCreate,
-    VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
-    MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
+    check_name, Action, ClusterCreate, ConsoleInputBody, FirmwareKind, ImageAddBody, ImageMetaSpec,
+    ImageUpload, JoinTokenCreate, PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate,
+    VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize, VswitchCreate,
+    DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
 use crate::error::ApiError;
 use http::StatusCode;
@@ -208,6 +208,22 @@ pub const ROUTES: &[Route] = &[
     q(
         r("GET", "/api/v1/events", "listEvents", 200, false),
         &["since", "limit"],
+    ),
+    r("GET", "/api/v1/cluster", "getCluster", 200, false),
+    r("POST", "/api/v1/cluster", "createCluster", 201, true),
+    r(
+        "POST",
+        "/api/v1/cluster/join-tokens",
+        "issueJoinToken",
+        201,
+        true,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/cluster/members/{node}",
+        "removeMember",
+        204,
+        false,
     ),
 ];
 
@@ -578,6 +594,12 @@ pub fn to_action(
                 linked: b.linked,
             }
         }
+        "getCluster" => Action::GetCluster,
+        "createCluster" => Action::CreateCluster(parse_valid::<ClusterCreate>(body)?),
+        "issueJoinToken" => Action::IssueJoinToken(parse_valid::<JoinTokenCreate>(body)?),
+        "removeMember" => Action::RemoveMember {
+            node_id: parse_u64("node", &p("node"))?,
+        },
         "listEvents" => {
             let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;
             let limit = match q.get("limit") {

@@ -714,6 +714,10 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         ),
         "uploadImage" => ("/api/v1/images/up/upload?os_variant=debian12", None),
         "listEvents" => ("/api/v1/events?since=5&limit=2", None),
+        "getCluster" => ("/api/v1/cluster", None),
+        "createCluster" => ("/api/v1/cluster", Some(r#"{"max_members":5}"#)),
+        "issueJoinToken" => ("/api/v1/cluster/join-tokens", Some(r#"{"ttl_s":600}"#)),
+        "removeMember" => ("/api/v1/cluster/members/3", None),
         other => panic!("no sample request for {other}: add one"),
     }
 }

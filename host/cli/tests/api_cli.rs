@@ -187,6 +187,14 @@ impl Core for Fake {
                 let to = (from + u64::from(limit)).min(4);
                 json!((from..to).map(event).collect::<Vec<_>>())
             }
+            Action::GetCluster | Action::CreateCluster(_) => json!({
+                "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 5,
+                "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
+                "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true}]}),
+            Action::IssueJoinToken(_) => {
+                json!({"token": "nvjt1.secret", "expires_at": "2026-01-01T01:00:00Z"})
+            }
+            Action::RemoveMember { .. } => Value::Null,
             Action::ConsoleInput { data, .. } => {
                 let _ = self.echo().send(data);
                 Value::Null
@@ -1104,6 +1112,21 @@ fn every_command_sends_the_right_action() {
             },
         ),
         (vec!["plugin", "list"], Action::ListPlugins),
+        (vec!["cluster", "status"], Action::GetCluster),
+        (
+            vec!["cluster", "create", "--max-members", "5"],
+            Action::CreateCluster(nasvisor_api::action::ClusterCreate {
+                max_members: Some(5),
+            }),
+        ),
+        (
+            vec!["cluster", "join-token", "--ttl", "600"],
+            Action::IssueJoinToken(nasvisor_api::action::JoinTokenCreate { ttl_s: Some(600) }),
+        ),
+        (
+            vec!["cluster", "remove", "3"],
+            Action::RemoveMember { node_id: 3 },
+        ),
     ];
     for (args, action) in cases {
         let out = h.ok(&args);

@@ -61,6 +61,14 @@ pub fn store(e: StoreError) -> CoreError {
         StoreError::NotLeader { .. } => CoreError::Unavailable {
             reason: e.to_string(),
         },
+        StoreError::NotClustered => conflict(
+            "this host is not part of a cluster; create one first (nasvisor cluster create)",
+        ),
+        StoreError::AlreadyClustered { .. } => conflict(e.to_string()),
+        StoreError::Invalid { field, ref reason } => invalid(field, reason.clone()),
+        StoreError::Bind { .. } => CoreError::Unavailable {
+            reason: e.to_string(),
+        },
         e => internal(e),
     }
 }

@@ -124,6 +124,102 @@ impl Inner {
         Ok(Box::pin(first.chain(live)))
     }
 
+    pub(crate) fn cluster_json(&self) -> Value {
+        let store = self.db.store();
+        let info = store.cluster_info();
+        let leader = store.metrics().current_leader;
+        json!({
+            "clustered": info.is_some(),
+            "cluster_id": info.as_ref().map(|i| i.cluster_id.clone()),
+            "ca_fingerprint": info.as_ref().map(|i| i.ca_fingerprint.clone()),
+            "max_members": info.as_ref().map(|i| i.max_members).unwrap_or(1),
+            "this_node": store.node_id(),
+            "address": self.cfg.cluster_address,
+            "leader": leader,
+            "members": store.members().iter().map(|m| json!({
+                "node_id": m.node_id,
+                "addr": m.addr,
+                "status": match m.status {
+                    nasvisor_cluster::NodeStatus::Joining => "joining",
+                    nasvisor_cluster::NodeStatus::Member => "member",
+                    nasvisor_cluster::NodeStatus::Removed => "removed",
+                },
+                "voter": m.voter,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    async fn create_cluster(&self, max_members: Option<u32>) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let listen = crate::parse_listen(&self.cfg.cluster_address)?;
+        let settings = nasvisor_cluster::ClusterSettings {
+            max_members: max_members.unwrap_or(7),
+        };
+        let info = self
+            .db
+            .store()
+            .create_cluster(settings)
+            .await
+            .map_err(errors::store)?;
+        let addr = self.db.store().serve(listen).await.map_err(errors::store)?;
+        self.event(
+            "cluster-created",
+            crate::model::Severity::Info,
+            None,
+            format!(
+                "cluster {} created; CA {}; cluster endpoint on {addr}",
+                info.cluster_id, info.ca_fingerprint
+            ),
+        )
+        .await;
+        Ok(self.cluster_json())
+    }
+
+    async fn issue_join_token(&self, ttl_s: u32) -> Result<Value, CoreError> {
+        let ttl = std::time::Duration::from_secs(ttl_s.into());
+        let token = self
+            .db
+            .store()
+            .issue_join_token(ttl)
+            .await
+            .map_err(errors::store)?;
+        let expires = time::OffsetDateTime::now_utc() + ttl;
+        let expires_at = expires
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(errors::internal)?;
+        Ok(json!({ "token": token, "expires_at": expires_at }))
+    }
+
+    async fn remove_member(&self, node_id: u64) -> Result<Value, CoreError> {
+        if !self
+            .db
+            .store()
+            .members()
+            .iter()
+            .any(|m| m.node_id == node_id)
+        {
+            return Err(errors::not_found(format!("cluster member {node_id}")));
+        }
+        self.db
+            .store()
+            .remove_member(node_id)
+            .await
+            .map_err(|e| match e {
+                nasvisor_cluster::StoreError::Invalid { reason, .. } => {
+                    errors::invalid("node", reason)
+                }
+                e => errors::store(e),
+            })?;
+        self.event(
+            "cluster-member-removed",
+            crate::model::Severity::Warning,
+            None,
+            format!("host {node_id} removed from the cluster"),
+        )
+        .await;
+        Ok(Value::Null)
+    }
+
     /// After a (re)start: clean pools, recreate bridges, adopt running VMs,
     /// then end interrupted jobs.
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), CoreError> {
@@ -216,6 +312,10 @@ impl nasvisor_api::Core for NasCore {
             Action::CancelJob { id } => c.cancel_job(&id).await,
             Action::ListPlugins => Ok(c.plugins_json()),
             Action::ListEvents { since, limit } => Ok(c.list_events(since, limit)),
+            Action::GetCluster => Ok(c.cluster_json()),
+            Action::CreateCluster(req) => c.create_cluster(req.max_members).await,
+            Action::IssueJoinToken(req) => c.issue_join_token(req.ttl_s.unwrap_or(3600)).await,
+            Action::RemoveMember { node_id } => c.remove_member(node_id).await,
         }
     }
 

@@ -86,6 +86,9 @@ pub struct CoreConfig {
     pub bundled_images: Vec<BundledImage>,
     /// The cluster id (used to derive stable MAC addresses).
     pub cluster_id: String,
+    /// This host's cluster endpoint (`ip:port`): what the other hosts dial
+    /// and what it listens on once it belongs to a cluster.
+    pub cluster_address: String,
 }
 
 impl CoreConfig {
@@ -102,6 +105,7 @@ impl CoreConfig {
             console_log_bytes: 1024 * 1024,
             bundled_images: Vec::new(),
             cluster_id: "nasvisor".into(),
+            cluster_address: "127.0.0.1:8444".into(),
         }
     }
 
@@ -210,12 +214,13 @@ impl NasCore {
         for d in [cfg.data_dir.clone(), cfg.run_dir(), cfg.nvram_dir()] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let store = ClusterStore::open(
-            cfg.data_dir.join("cluster"),
-            1,
-            format!("{}:0", cfg.host_name),
-        )
-        .await?;
+        let store =
+            ClusterStore::open(cfg.data_dir.join("cluster"), 1, &cfg.cluster_address).await?;
+        if store.cluster_info().is_some() {
+            let listen = parse_listen(&cfg.cluster_address)?;
+            let addr = store.serve(listen).await?;
+            tracing::info!(%addr, "serving the cluster endpoint (mutual TLS)");
+        }
         let db = Db::new(store);
         let net = Arc::new(match &cfg.netns {
             Some(ns) => Net::netns(ns)?,
@@ -313,6 +318,16 @@ impl NasCore {
         }
         Ok(())
     }
+}
+
+/// The cluster endpoint's listen address.
+pub(crate) fn parse_listen(addr: &str) -> Result<std::net::SocketAddr, CoreError> {
+    addr.parse().map_err(|e| {
+        errors::invalid(
+            "cluster.address",
+            format!("{addr:?} is not an ip:port ({e})"),
+        )
+    })
 }
 
 fn host_memory_mib() -> u64 {

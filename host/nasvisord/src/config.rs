@@ -37,7 +37,26 @@ pub struct Config {
     pub vm: VmConfig,
     pub network: NetworkConfig,
     pub images: ImagesConfig,
+    pub cluster: ClusterConfig,
     pub plugins: PluginsConfig,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This host's cluster endpoint (`ip:port`, mutual TLS with the
+    /// cluster's own CA): the other hosts dial it, and the host listens on it
+    /// once it belongs to a cluster. Fixed when the host first starts.
+    pub address: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            address: "127.0.0.1:8444".into(),
+        }
+    }
 }
 
 /// `[host]`
@@ -168,6 +187,7 @@ impl Default for Config {
             vm: VmConfig::default(),
             network: NetworkConfig::default(),
             images: ImagesConfig::default(),
+            cluster: ClusterConfig::default(),
             plugins: PluginsConfig::default(),
         }
     }
@@ -212,6 +232,15 @@ impl Config {
                 invalid(
                     "api.listen",
                     format!("{:?} is not an address:port ({e})", cfg.api.listen),
+                )
+            })?;
+        cfg.cluster
+            .address
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                invalid(
+                    "cluster.address",
+                    format!("{:?} is not an ip:port ({e})", cfg.cluster.address),
                 )
             })?;
         if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {

@@ -139,6 +139,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.reserved_memory_mib = cfg.vm.reserved_memory_mib;
     c.console_log_bytes = cfg.vm.console_log_bytes;
     c.netns = cfg.network.netns.clone();
+    c.cluster_address = cfg.cluster.address.clone();
     c.bundled_images = cfg
         .images
         .bundled

@@ -536,3 +536,53 @@ fn placement_live_console_guest_panic_and_autostart() {
     assert_eq!(d.json(&["vm", "show", "p2"])["state"], "stopped");
     d.json(&["vm", "force-off", "pan"]);
 }
+
+#[test]
+fn a_host_becomes_a_cluster_with_its_own_ca_and_issues_join_tokens() {
+    let _s = serial();
+    let mut d = Daemon::start();
+    let single = d.json(&["cluster", "status"]);
+    schema_ok(&single, "Cluster");
+    assert_eq!(single["clustered"], false);
+    let err = d.fails(&["cluster", "join-token"]);
+    assert!(
+        err.contains("HTTP 409") && err.contains("cluster create"),
+        "{err}"
+    );
+
+    let c = d.json(&["cluster", "create", "--max-members", "5"]);
+    schema_ok(&c, "Cluster");
+    assert_eq!(c["clustered"], true);
+    assert_eq!(c["max_members"], 5);
+    assert_eq!(c["leader"], c["this_node"]);
+    assert_eq!(c["members"].as_array().unwrap().len(), 1, "{c:#}");
+    assert_eq!(c["members"][0]["addr"], c["address"]);
+    assert_eq!(c["members"][0]["voter"], true);
+    let fingerprint = c["ca_fingerprint"].as_str().unwrap().to_string();
+    let err = d.fails(&["cluster", "create"]);
+    assert!(err.contains("HTTP 409"), "{err}");
+    let t = d.json(&["cluster", "join-token", "--ttl", "600"]);
+    schema_ok(&t, "JoinToken");
+    assert!(t["token"].as_str().unwrap().len() > 32, "{t:#}");
+    let err = d.fails(&["cluster", "join-token", "--ttl", "0"]);
+    assert!(err.contains("ttl_s") && err.contains("HTTP 400"), "{err}");
+    let err = d.fails(&["cluster", "remove", "1"]);
+    assert!(
+        err.contains("HTTP 422") && err.contains("this host"),
+        "{err}"
+    );
+
+    // The existing desired state is kept, and the cluster survives a restart:
+    // the host serves its cluster endpoint again, with the same CA.
+    d.json(&["vm", "create", "kept", "--vcpus", "1", "--memory", "128"]);
+    d.stop();
+    d.spawn();
+    let c = d.json(&["cluster", "status"]);
+    assert_eq!(c["ca_fingerprint"], fingerprint.as_str());
+    let addr = c["address"].as_str().unwrap().to_string();
+    assert!(
+        std::net::TcpStream::connect(&addr).is_ok(),
+        "nothing listens on the cluster endpoint {addr} after a restart"
+    );
+    assert_eq!(d.json(&["vm", "show", "kept"])["name"], "kept");
+}

@@ -68,6 +68,12 @@ pub fn running_vm(id: &str) -> Value {
     v
 }
 
+pub fn cluster() -> Value {
+    json!({"clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
+           "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
+           "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true}]})
+}
+
 pub fn job(id: &str, kind: &str) -> Value {
     json!({"id": id, "kind": kind, "state": "queued", "progress": 0.0, "error": null,
            "target": null, "message": null, "finished_at": null,
@@ -156,7 +162,12 @@ impl Core for FakeCore {
             | Action::DeleteVswitch { .. }
             | Action::DeleteSnapshot { .. }
             | Action::DeletePool { .. }
-            | Action::ConsoleInput { .. } => json!(null),
+            | Action::ConsoleInput { .. }
+            | Action::RemoveMember { .. } => json!(null),
+            Action::GetCluster | Action::CreateCluster(_) => cluster(),
+            Action::IssueJoinToken(_) => {
+                json!({"token": "nvjt1.abc", "expires_at": "2026-01-01T01:00:00Z"})
+            }
             Action::ListEvents { since, limit } => {
                 let from = since.unwrap_or(0) + 1;
                 json!((from..from + u64::from(limit.min(3)))

@@ -38,6 +38,29 @@ pub enum ApiCommand {
     /// The event log.
     #[command(subcommand)]
     Event(EventCmd),
+    /// The cluster of hosts.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// The cluster this host belongs to and its members.
+    Status,
+    /// Turn this host into a cluster with its own CA.
+    Create {
+        /// Most hosts in the cluster (1-7).
+        #[arg(long)]
+        max_members: Option<u32>,
+    },
+    /// A one-time, expiring token for a new host to join.
+    JoinToken {
+        /// Lifetime in seconds (default 3600).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Remove a host from the cluster (by node id).
+    Remove { node: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -558,7 +581,78 @@ fn dispatch(c: &Client, cmd: ApiCommand, json: bool) -> CliResult<()> {
             limit,
             follow,
         }) => events(c, since, limit, follow, json),
+        ApiCommand::Cluster(cmd) => cluster(c, cmd, json),
     }
+}
+
+fn show_cluster(v: &Value) -> String {
+    if v["clustered"] != Value::Bool(true) {
+        return format!(
+            "not in a cluster (single host; node {}, cluster endpoint {} once created)\n",
+            cell(&v["this_node"]),
+            cell(&v["address"])
+        );
+    }
+    let mut out = format!(
+        "cluster:      {}\nCA:           {}\nthis node:    {}\nleader:       {}\nmax members:  {}\n",
+        cell(&v["cluster_id"]),
+        cell(&v["ca_fingerprint"]),
+        cell(&v["this_node"]),
+        cell(&v["leader"]),
+        cell(&v["max_members"])
+    );
+    out.push_str(&table::objects(
+        &v["members"],
+        &[
+            ("node", "node_id"),
+            ("address", "addr"),
+            ("status", "status"),
+            ("voter", "voter"),
+        ],
+    ));
+    out
+}
+
+fn cluster(c: &Client, cmd: ClusterCmd, json: bool) -> CliResult<()> {
+    let v = match cmd {
+        ClusterCmd::Status => c.get("/api/v1/cluster")?,
+        ClusterCmd::Create { max_members } => {
+            let mut body = json!({});
+            if let Some(n) = max_members {
+                body["max_members"] = n.into();
+            }
+            c.send_json("POST", "/api/v1/cluster", &body)?
+        }
+        ClusterCmd::JoinToken { ttl } => {
+            let mut body = json!({});
+            if let Some(t) = ttl {
+                body["ttl_s"] = t.into();
+            }
+            let v = c.send_json("POST", "/api/v1/cluster/join-tokens", &body)?;
+            if !json {
+                println!("{}", cell(&v["token"]));
+                eprintln!(
+                    "one-time join token, valid until {}",
+                    cell(&v["expires_at"])
+                );
+                return Ok(());
+            }
+            v
+        }
+        ClusterCmd::Remove { node } => {
+            c.call("DELETE", &format!("/api/v1/cluster/members/{node}"))?;
+            if !json {
+                println!("node {node} removed from the cluster");
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        print_json(&v);
+    } else {
+        print!("{}", show_cluster(&v));
+    }
+    Ok(())
 }
 
 fn vm_path(vm: &str) -> String {

@@ -113,6 +113,8 @@ listen = "127.0.0.1:0"
 accel = "tcg"
 [network]
 netns = "{ns}"
+[cluster]
+address = "127.0.0.1:{cluster_port}"
 [[images.bundled]]
 name = "nasvisor-mini"
 path = "{guest}/nasvisor-mini.qcow2"
@@ -123,6 +125,7 @@ trusted-keys-dir = "{keys}"
 "#,
             data = dir.path().join("data").display(),
             ns = ns.name,
+            cluster_port = free_port(),
             guest = guest.display(),
             plugins = plugin_dir().display(),
             keys = workspace_root().join("target/keys").display(),
@@ -313,6 +316,14 @@ trusted-keys-dir = "{keys}"
             .filter_map(|s| s.trim().parse().ok())
             .collect()
     }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// Whether a process is alive (and not a zombie).

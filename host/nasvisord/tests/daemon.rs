@@ -43,8 +43,11 @@ fn install_from_the_bundled_image_watch_the_console_and_stop() {
         "vm", "create", "web1", "--vcpus", "1", "--memory", "256", "--image", "nasvisor-mini",
         "--nic", "lan", "--hostname", "web-one", "--user", "admin", "--sudo", "--ssh-key",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@test",
+        "--wait",
     ]);
+    // --wait: one answer, the VM once its install job ended.
     assert_eq!(vm["name"], "web1", "{vm:#}");
+    assert_eq!(vm["state"], "running", "{vm:#}");
     let vm = d.wait_vm("web1", BOOT, |v| v["state"] != "installing");
     schema_ok(&vm, "Vm");
     assert_eq!(vm["state"], "running", "{vm:#}");

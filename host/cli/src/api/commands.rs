@@ -766,17 +766,20 @@ fn vm(c: &Client, cmd: VmCmd, json: bool) -> CliResult<()> {
             let wait = args.wait;
             let body = vm_create_body(&args)?;
             let v = c.send_json("POST", "/api/v1/vms", &body)?;
-            done(
-                json,
-                &v,
-                format!(
-                    "vm {} created (id {}, state {})",
-                    cell(&v["name"]),
-                    cell(&v["id"]),
-                    cell(&v["state"])
-                ),
-            );
             let job = v["install_job"].as_str();
+            // With --json --wait, one document: the VM once installed.
+            if !(json && wait && job.is_some()) {
+                done(
+                    json,
+                    &v,
+                    format!(
+                        "vm {} created (id {}, state {})",
+                        cell(&v["name"]),
+                        cell(&v["id"]),
+                        cell(&v["state"])
+                    ),
+                );
+            }
             if !json {
                 if let Some(j) = job {
                     println!("install job {j}");
@@ -785,9 +788,10 @@ fn vm(c: &Client, cmd: VmCmd, json: bool) -> CliResult<()> {
             if wait {
                 match job {
                     Some(j) => {
-                        let end = wait_job(c, j)?;
+                        wait_job(c, j)?;
                         if json {
-                            print_json(&end);
+                            let id = v["id"].as_str().unwrap_or_default();
+                            print_json(&c.get(&vm_path(id))?);
                         } else {
                             println!("install of {} finished", cell(&v["name"]));
                         }

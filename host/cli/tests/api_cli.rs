@@ -74,7 +74,7 @@ fn image(name: &str) -> Value {
     json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
            "virtual_size_mib": 2048, "os_family": "linux", "os_variant": "debian12",
            "cloud_init": true, "firmware": "bios", "ready_marker": "NASVISOR-READY",
-           "iso": false, "job": null, "error": null})
+           "iso": false, "job": null, "error": null, "hosts": ["nas1"]})
 }
 
 fn event(seq: u64) -> Value {

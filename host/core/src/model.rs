@@ -279,6 +279,7 @@ impl ImageRecord {
             "iso": format == "iso",
             "job": self.job,
             "error": self.error,
+            "hosts": self.hosts,
         })
     }
 }

@@ -37,6 +37,11 @@ fn install_from_the_bundled_image_watch_the_console_and_stop() {
     schema_ok(&images[0], "Image");
     assert_eq!(images[0]["name"], "nasvisor-mini");
     assert_eq!(images[0]["state"], "ready");
+    assert_eq!(
+        images[0]["hosts"],
+        serde_json::json!(["nas1"]),
+        "where the copy is"
+    );
 
     d.json(&["vswitch", "create", "lan"]);
     let vm = d.json(&[

@@ -1286,6 +1286,7 @@ fn image(c: &Client, cmd: ImageCmd, json: bool) -> CliResult<()> {
                     ("variant", "os_variant"),
                     ("firmware", "firmware"),
                     ("cloud_init", "cloud_init"),
+                    ("hosts", "hosts"),
                     ("error", "error"),
                 ],
             );

@@ -95,17 +95,7 @@ fn install_from_the_bundled_image_watch_the_console_and_stop() {
 fn vms_outlive_a_killed_daemon_and_a_killed_qemu_is_recorded_as_crashed() {
     let _s = serial();
     let mut d = Daemon::start();
-    d.json(&[
-        "vm",
-        "create",
-        "box",
-        "--vcpus",
-        "1",
-        "--memory",
-        "128",
-        "--disk",
-        "default:64",
-    ]);
+    d.create_blank_vm("box", &[]);
     let vm = d.json(&["vm", "start", "box"]);
     let vm = if vm["pid"].is_number() {
         vm
@@ -384,19 +374,7 @@ fn upload_snapshot_clone_uefi_and_cancel() {
     d.json(&["volume", "delete", "default", "data"]);
 
     // A UEFI VM boots OVMF.
-    d.json(&[
-        "vm",
-        "create",
-        "efi",
-        "--vcpus",
-        "1",
-        "--memory",
-        "128",
-        "--firmware",
-        "uefi",
-        "--disk",
-        "default:64",
-    ]);
+    d.create_blank_vm("efi", &["--firmware", "uefi"]);
     let vm = d.json(&["vm", "start", "efi"]);
     assert_eq!(vm["state"], "running", "{vm:#}");
     assert_eq!(vm["firmware"], "uefi");
@@ -434,17 +412,7 @@ fn placement_live_console_guest_panic_and_autostart() {
     let _s = serial();
     let mut d = Daemon::start();
     // First power-on on an explicit host: an unknown one is refused.
-    d.json(&[
-        "vm",
-        "create",
-        "p2",
-        "--vcpus",
-        "1",
-        "--memory",
-        "128",
-        "--disk",
-        "default:64",
-    ]);
+    d.create_blank_vm("p2", &[]);
     let err = d.fails(&["vm", "start", "p2", "--host", "nas9"]);
     assert!(err.contains("host") && err.contains("HTTP 422"), "{err}");
     assert_eq!(

@@ -132,13 +132,7 @@ pub fn normalize_fingerprint(fp: &str) -> CliResult<String> {
 }
 
 /// The fingerprint of a DER certificate in nasvisord's format (`AA:BB:...`).
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use nasvisor_api::tls::fingerprint;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

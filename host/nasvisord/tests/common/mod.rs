@@ -263,6 +263,24 @@ trusted-keys-dir = "{keys}"
         })
     }
 
+    /// Creates a stopped VM with 1 vCPU, 128 MiB and one new 64 MiB disk in
+    /// pool `default`; `extra` are more `vm create` options.
+    pub fn create_blank_vm(&self, name: &str, extra: &[&str]) -> Value {
+        let mut a = vec![
+            "vm",
+            "create",
+            name,
+            "--vcpus",
+            "1",
+            "--memory",
+            "128",
+            "--disk",
+            "default:64",
+        ];
+        a.extend_from_slice(extra);
+        self.json(&a)
+    }
+
     /// Runs the CLI, which must fail; its error output.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.cli(args);

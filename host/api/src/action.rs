@@ -64,8 +64,10 @@ pub const MAX_EVENT_LIMIT: u32 = 1000;
 /// Largest root disk of an install, GiB (64 TiB).
 pub const MAX_INSTALL_DISK_GIB: u64 = 65536;
 
-/// Everything an administrator can ask of the core through the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Everything an administrator can ask of the core through the API. It
+/// travels between hosts as JSON when the core forwards it to the host that
+/// carries it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// This host's identity, version and resources.
@@ -249,6 +251,86 @@ pub enum Action {
         /// Raft node id of the host.
         node_id: u64,
     },
+    /// Join this (empty) host to a cluster with a join token.
+    JoinCluster(ClusterJoin),
+    /// Every host of the cluster, with its health and resources.
+    ListHosts,
+    /// Cordon (no new VMs placed there) or uncordon a host.
+    SetCordon {
+        /// Host id.
+        host: String,
+        /// Cordoned or not.
+        cordoned: bool,
+    },
+    /// Cordon a host and live-migrate its running VMs away (a job).
+    EvacuateHost {
+        /// Host id.
+        host: String,
+    },
+    /// Move a VM to another host (a job): live when it runs, its disks
+    /// copied unless they are on shared storage.
+    MigrateVm {
+        /// VM id or name.
+        id: String,
+        /// Where to.
+        migrate: VmMigrate,
+    },
+}
+
+/// Body of `POST /api/v1/cluster/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterJoin {
+    /// A member's cluster endpoint, `ip:port`.
+    pub address: String,
+    /// The token `nasvisor cluster join-token` printed there.
+    pub token: String,
+}
+
+impl Validate for ClusterJoin {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::field(
+                "address",
+                format!("{:?} is not an ip:port address", self.address),
+            ));
+        }
+        if self.token.is_empty() || self.token.len() > 4096 || !self.token.is_ascii() {
+            return Err(ApiError::field(
+                "token",
+                "must be the token printed by `nasvisor cluster join-token`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Longest downtime a live migration may allow, ms.
+pub const MAX_MIGRATION_DOWNTIME_MS: u32 = 10_000;
+
+/// Body of `POST /api/v1/vms/{id}/migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmMigrate {
+    /// The target host's id.
+    pub host: String,
+    /// Longest pause of the guest at the switch, ms, 1..=10000 (100 when
+    /// absent).
+    #[serde(default)]
+    pub max_downtime_ms: Option<u32>,
+}
+
+impl Validate for VmMigrate {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_name("host", &self.host)?;
+        match self.max_downtime_ms {
+            Some(d) if !(1..=MAX_MIGRATION_DOWNTIME_MS).contains(&d) => Err(ApiError::field(
+                "max_downtime_ms",
+                format!("must be 1 to {MAX_MIGRATION_DOWNTIME_MS}, got {d}"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Largest cluster, hosts.
@@ -363,6 +445,9 @@ pub struct VmCreate {
     /// How to install the guest from `image`; only allowed with `image`.
     #[serde(default)]
     pub install: Option<InstallSpec>,
+    /// The host it lives on; the scheduler chooses when absent.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// A VM's firmware.
@@ -546,6 +631,11 @@ pub struct PoolCreate {
     pub name: String,
     /// Absolute directory holding the pool's volumes.
     pub path: String,
+    /// Every host reaches `path` (e.g. an NFS mount): VMs on it migrate
+    /// without copying their disks. Otherwise the pool belongs to the host
+    /// that serves the request.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// Volume format.
@@ -588,7 +678,7 @@ pub struct SnapshotCreate {
 }
 
 /// Where an image comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageSource {
     /// A file on this host.
@@ -628,7 +718,7 @@ pub struct ImageAddBody {
 }
 
 /// Metadata of a system image, with defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageMetaSpec {
     /// OS family, e.g. `linux` (default), `windows`.
     pub os_family: String,
@@ -686,7 +776,7 @@ impl ImageMetaSpec {
 }
 
 /// A validated image import.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageAdd {
     /// Image name.
     pub name: String,
@@ -698,7 +788,7 @@ pub struct ImageAdd {
 
 /// A validated image upload (`POST /api/v1/images/{name}/upload`); the
 /// bytes come separately, as a [`ByteStream`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageUpload {
     /// Image name.
     pub name: String,
@@ -1164,6 +1254,9 @@ impl InstallSpec {
 impl Validate for VmCreate {
     fn validate(&self) -> Result<(), ApiError> {
         check_name("name", &self.name)?;
+        if let Some(h) = &self.host {
+            check_name("host", h)?;
+        }
         check_vcpus("vcpus", self.vcpus)?;
         check_memory("memory_mib", self.memory_mib)?;
         if let Some(d) = &self.description {
@@ -1435,6 +1528,7 @@ mod tests {
             ha: false,
             firmware: FirmwareKind::Bios,
             install: None,
+            host: None,
         };
         assert!(v.validate().is_ok());
         v.vcpus = 0;

@@ -50,8 +50,10 @@ impl ApiError {
     }
 }
 
-/// An error from the core. The API layer maps it to a status code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An error from the core. The API layer maps it to a status code. It
+/// travels between hosts as JSON when an action is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CoreError {
     /// The named object does not exist (404).
     #[error("{what} not found")]

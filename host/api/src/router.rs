@@ -4,10 +4,10 @@
 //! route by route, both ways.
 
 use crate::action::{
-    check_name, Action, ClusterCreate, ConsoleInputBody, FirmwareKind, ImageAddBody, ImageMetaSpec,
-    ImageUpload, JoinTokenCreate, PoolCreate, PowerOp, SnapshotCreate, Validate, VmCreate,
-    VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize, VswitchCreate,
-    DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
+    check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, ImageAddBody,
+    ImageMetaSpec, ImageUpload, JoinTokenCreate, PoolCreate, PowerOp, SnapshotCreate, Validate,
+    VmCreate, VmMigrate, VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize,
+    VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
 use crate::error::ApiError;
 use http::StatusCode;
@@ -225,6 +225,30 @@ pub const ROUTES: &[Route] = &[
         204,
         false,
     ),
+    r("POST", "/api/v1/cluster/join", "joinCluster", 200, true),
+    r("GET", "/api/v1/hosts", "listHosts", 200, false),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/cordon",
+        "cordonHost",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/uncordon",
+        "uncordonHost",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/evacuate",
+        "evacuateHost",
+        202,
+        false,
+    ),
+    r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
 ];
 
 /// A matched route and its path parameters.
@@ -599,6 +623,17 @@ pub fn to_action(
         "issueJoinToken" => Action::IssueJoinToken(parse_valid::<JoinTokenCreate>(body)?),
         "removeMember" => Action::RemoveMember {
             node_id: parse_u64("node", &p("node"))?,
+        },
+        "joinCluster" => Action::JoinCluster(parse_valid::<ClusterJoin>(body)?),
+        "listHosts" => Action::ListHosts,
+        "cordonHost" | "uncordonHost" => Action::SetCordon {
+            host: p("host"),
+            cordoned: m.route.operation == "cordonHost",
+        },
+        "evacuateHost" => Action::EvacuateHost { host: p("host") },
+        "migrateVm" => Action::MigrateVm {
+            id: p("id"),
+            migrate: parse_valid::<VmMigrate>(body)?,
         },
         "listEvents" => {
             let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;

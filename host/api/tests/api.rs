@@ -718,6 +718,15 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "createCluster" => ("/api/v1/cluster", Some(r#"{"max_members":5}"#)),
         "issueJoinToken" => ("/api/v1/cluster/join-tokens", Some(r#"{"ttl_s":600}"#)),
         "removeMember" => ("/api/v1/cluster/members/3", None),
+        "joinCluster" => (
+            "/api/v1/cluster/join",
+            Some(r#"{"address":"192.0.2.1:8444","token":"nvjt1.abc"}"#),
+        ),
+        "listHosts" => ("/api/v1/hosts", None),
+        "cordonHost" => ("/api/v1/hosts/nas1/cordon", None),
+        "uncordonHost" => ("/api/v1/hosts/nas1/uncordon", None),
+        "evacuateHost" => ("/api/v1/hosts/nas1/evacuate", None),
+        "migrateVm" => ("/api/v1/vms/vm1/migrate", Some(r#"{"host":"nas2"}"#)),
         other => panic!("no sample request for {other}: add one"),
     }
 }
@@ -1086,6 +1095,7 @@ async fn vm_create_with_install_is_parsed_completely() {
             pool: Some("fast".into()),
             keep_disks_on_failure: true,
         }),
+        host: None,
     });
     assert_eq!(core.take(), vec![expected]);
     // The sample body follows the spec's request schema too.

@@ -85,7 +85,9 @@ fn event(seq: u64) -> Value {
 fn host() -> Value {
     json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4, "memory_mib": 16384,
            "cluster_role": "single", "accel": "tcg", "accel_reason": "probe guest hung under KVM",
-           "free_memory_mib": 8192, "qemu_version": "10.0.2"})
+           "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
+           "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 2,
+           "last_seen": null})
 }
 
 impl Fake {
@@ -156,10 +158,12 @@ impl Core for Fake {
                 v
             }
             Action::ListPools => {
-                json!([{"name": "p1", "path": "/srv/p1", "capacity_mib": 100, "free_mib": 50}])
+                json!([{"name": "p1", "path": "/srv/p1", "host": "nas1", "shared": false,
+                        "capacity_mib": 100, "free_mib": 50}])
             }
             Action::CreatePool(p) => {
-                json!({"name": p.name, "path": p.path, "capacity_mib": 100, "free_mib": 100})
+                json!({"name": p.name, "path": p.path, "host": (!p.shared).then_some("nas1"),
+                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100})
             }
             Action::ListVolumes { pool } => json!([volume(&pool, "v1", 10)]),
             Action::CreateVolume { pool, volume: v } => volume(&pool, &v.name, v.size_mib),
@@ -195,6 +199,23 @@ impl Core for Fake {
                 json!({"token": "nvjt1.secret", "expires_at": "2026-01-01T01:00:00Z"})
             }
             Action::RemoveMember { .. } => Value::Null,
+            Action::JoinCluster(j) => json!({
+                "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
+                "this_node": 2, "address": "192.0.2.2:8444", "leader": 1,
+                "members": [{"node_id": 1, "addr": j.address, "status": "member", "voter": true},
+                            {"node_id": 2, "addr": "192.0.2.2:8444", "status": "member", "voter": true}]}),
+            Action::ListHosts => json!([host()]),
+            Action::SetCordon { host: h, cordoned } => {
+                let mut v = host();
+                v["id"] = h.into();
+                v["cordoned"] = cordoned.into();
+                v
+            }
+            Action::EvacuateHost { .. } | Action::MigrateVm { .. } => {
+                json!({"id": "j-move", "kind": "migrate", "state": "succeeded", "progress": 1.0,
+                       "error": null, "created_at": "2026-01-01T00:00:00Z", "target": "vm/vm1",
+                       "message": "moved", "finished_at": "2026-01-01T00:00:01Z"})
+            }
             Action::ConsoleInput { data, .. } => {
                 let _ = self.echo().send(data);
                 Value::Null
@@ -560,6 +581,7 @@ fn vm_create_sends_exactly_the_request_given_on_the_command_line() {
             pool: Some("fast".into()),
             keep_disks_on_failure: true,
         }),
+        host: None,
     });
     assert_eq!(h.core.take(), vec![expected]);
 
@@ -579,6 +601,7 @@ fn vm_create_sends_exactly_the_request_given_on_the_command_line() {
             ha: false,
             firmware: FirmwareKind::Bios,
             install: None,
+            host: None,
         })]
     );
 
@@ -760,6 +783,16 @@ fn tables_and_json_output() {
     let out = h.ok(&["host", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), host());
 
+    let out = h.ok(&["host", "list"]);
+    assert!(
+        out.starts_with("ID  NODE  ADDRESS         ONLINE  CORDONED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("h1  1     192.0.2.1:8444  yes     no "),
+        "{out}"
+    );
+
     let out = h.ok(&["vm", "show", "vm1"]);
     assert!(
         out.contains("state:") && out.contains("52:54:00:12:34:56"),
@@ -769,7 +802,9 @@ fn tables_and_json_output() {
 
     let out = h.ok(&["pool", "list"]);
     assert!(
-        out.starts_with("NAME  PATH     CAPACITY_MIB  FREE_MIB\np1    /srv/p1  100           50\n"),
+        out.starts_with(
+            "NAME  HOST  PATH     CAPACITY_MIB  FREE_MIB\np1    nas1  /srv/p1  100           50\n"
+        ),
         "{out}"
     );
     let out = h.ok(&["image", "list"]);
@@ -918,6 +953,15 @@ fn every_command_sends_the_right_action() {
             Action::CreatePool(PoolCreate {
                 name: "p2".into(),
                 path: "/srv/p2".into(),
+                shared: false,
+            }),
+        ),
+        (
+            vec!["pool", "create", "nfs", "/mnt/nfs", "--shared"],
+            Action::CreatePool(PoolCreate {
+                name: "nfs".into(),
+                path: "/mnt/nfs".into(),
+                shared: true,
             }),
         ),
         (
@@ -1126,6 +1170,52 @@ fn every_command_sends_the_right_action() {
         (
             vec!["cluster", "remove", "3"],
             Action::RemoveMember { node_id: 3 },
+        ),
+        (
+            vec!["cluster", "join", "192.0.2.1:8444", "nvjt1.secret"],
+            Action::JoinCluster(nasvisor_api::action::ClusterJoin {
+                address: "192.0.2.1:8444".into(),
+                token: "nvjt1.secret".into(),
+            }),
+        ),
+        (vec!["host", "list"], Action::ListHosts),
+        (
+            vec!["host", "cordon", "nas2"],
+            Action::SetCordon {
+                host: "nas2".into(),
+                cordoned: true,
+            },
+        ),
+        (
+            vec!["host", "uncordon", "nas2"],
+            Action::SetCordon {
+                host: "nas2".into(),
+                cordoned: false,
+            },
+        ),
+        (
+            vec!["host", "evacuate", "nas2"],
+            Action::EvacuateHost {
+                host: "nas2".into(),
+            },
+        ),
+        (
+            vec![
+                "vm",
+                "migrate",
+                "vm1",
+                "--to",
+                "nas2",
+                "--max-downtime-ms",
+                "30",
+            ],
+            Action::MigrateVm {
+                id: "vm1".into(),
+                migrate: nasvisor_api::action::VmMigrate {
+                    host: "nas2".into(),
+                    max_downtime_ms: Some(30),
+                },
+            },
         ),
     ];
     for (args, action) in cases {

@@ -42,6 +42,7 @@ pub mod db;
 pub mod join;
 pub mod log_store;
 pub mod network;
+pub mod peer;
 pub mod state;
 pub mod state_machine;
 pub mod store;
@@ -50,6 +51,7 @@ pub mod transport;
 pub mod types;
 
 pub use join::JoinToken;
+pub use peer::{PeerFuture, PeerHandler, PeerReply, PeerRequest};
 pub use state::{ClusterInfo, NodeStatus};
 pub use store::{ClusterSettings, ClusterStore, Member, StoreError};
 pub use types::{Command, JoinRefused, NodeId, Response, Revision};

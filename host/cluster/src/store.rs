@@ -260,6 +260,8 @@ pub(crate) struct Shared {
     pub(crate) bootstrap: RwLock<BTreeSet<NodeId>>,
     /// Serializes membership changes made by this host as leader.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// The host service's handler of [`crate::peer`] requests.
+    pub(crate) peer_handler: RwLock<Option<crate::peer::PeerHandler>>,
 }
 
 /// The host's handle on the replicated desired state.
@@ -359,6 +361,7 @@ impl ClusterStore {
             transport,
             bootstrap: RwLock::new(BTreeSet::new()),
             admin: tokio::sync::Mutex::new(()),
+            peer_handler: RwLock::new(None),
         });
         if let Some(pki) = pki {
             shared.install_pki(pki)?;
@@ -401,6 +404,12 @@ impl ClusterStore {
                 .map_err(|_| StoreError::Timeout("this node to become leader"))?;
         }
         Ok(store)
+    }
+
+    /// The node id of the host whose store is in `data_dir`, when it has
+    /// created or joined a cluster (`None`: never clustered, or no store).
+    pub fn member_node_id(data_dir: impl AsRef<Path>) -> Result<Option<NodeId>, StoreError> {
+        Ok(Pki::load(data_dir.as_ref())?.map(|p| p.node_id))
     }
 
     /// This node's id.
@@ -546,6 +555,25 @@ impl ClusterStore {
     /// Whether this node currently is the leader.
     pub fn is_leader(&self) -> bool {
         self.shared.is_leader()
+    }
+
+    /// Whether this host is in touch with a majority of the voters: as
+    /// leader, a quorum acknowledged it within `within`; as follower, it
+    /// follows a leader (a follower that lost its leader turns candidate
+    /// after an election timeout and has none). A sole voter always has
+    /// quorum.
+    pub fn has_quorum(&self, within: Duration) -> bool {
+        let m = self.metrics();
+        let voters = m.membership_config.membership().voter_ids().count();
+        match m.state {
+            ServerState::Leader => {
+                voters <= 1
+                    || m.millis_since_quorum_ack
+                        .is_some_and(|ms| ms <= within.as_millis() as u64)
+            }
+            ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+            _ => false,
+        }
     }
 
     /// A copy of the current raft metrics.
@@ -940,7 +968,11 @@ impl Shared {
     }
 
     async fn write_inner(&self, cmd: Command) -> Result<Response, StoreError> {
-        match self.raft.client_write(cmd.clone()).await {
+        // A leader cut off from its quorum would wait for ever: bounded.
+        let written = tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(cmd.clone()))
+            .await
+            .map_err(|_| StoreError::Timeout("a quorum of the cluster to commit the change"))?;
+        match written {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 if !self.has_transport() {

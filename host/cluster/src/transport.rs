@@ -15,6 +15,7 @@
 //!
 //!   Admission is checked again on every request, so a long-lived
 //!   connection of a host removed meanwhile gets `403`.
+//!   - [`PATH_PEER`]: a request of the host service ([`crate::peer`]).
 //! - `join.nasvisor.cluster` (joining hosts): no client certificate; only
 //!   [`PATH_JOIN`] is served (see [`crate::join`]).
 //!
@@ -50,6 +51,8 @@ pub const PATH_VOTE: &str = "/v1/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/v1/raft/snapshot";
 /// Requests a member forwards to the leader.
 pub const PATH_FORWARD: &str = "/v1/cluster/forward";
+/// Requests of the host service of another member ([`crate::peer`]).
+pub const PATH_PEER: &str = "/v1/peer";
 /// A joining host redeems its token (join SNI only).
 pub const PATH_JOIN: &str = "/v1/cluster/join";
 
@@ -649,6 +652,7 @@ async fn handle(
         PATH_SNAPSHOT => json(&shared.raft.install_snapshot(decode!()).await),
         PATH_FORWARD => json(&shared.handle_forward(peer.unwrap_or(0), decode!()).await),
         PATH_JOIN => json(&shared.handle_join(decode!()).await),
+        PATH_PEER => json(&shared.handle_peer(peer.unwrap_or(0), decode!()).await),
         _ => plain(StatusCode::NOT_FOUND, format!("no route {path}")),
     }
 }

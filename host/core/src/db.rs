@@ -6,10 +6,12 @@ use nasvisor_api::CoreError;
 use nasvisor_cluster::{ClusterStore, Revision, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 
-/// The cluster store, with typed records.
+/// The cluster store, with typed records. The store is swapped once when a
+/// single host joins a cluster ([`Db::swap`]).
 pub struct Db {
-    store: ClusterStore,
+    store: std::sync::RwLock<Arc<ClusterStore>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -23,20 +25,32 @@ const CAS_ATTEMPTS: usize = 8;
 
 impl Db {
     pub fn new(store: ClusterStore) -> Db {
-        Db { store }
+        Db {
+            store: std::sync::RwLock::new(Arc::new(store)),
+        }
     }
 
-    pub fn store(&self) -> &ClusterStore {
-        &self.store
+    /// The current store.
+    pub fn store(&self) -> Arc<ClusterStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn into_store(self) -> ClusterStore {
-        self.store
+    /// Replaces the store; returns the previous one.
+    pub fn swap(&self, store: ClusterStore) -> Arc<ClusterStore> {
+        std::mem::replace(
+            &mut *self.store.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(store),
+        )
+    }
+
+    /// The store, when nothing else holds it.
+    pub fn into_store(self) -> Option<ClusterStore> {
+        Arc::into_inner(self.store.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// One record and its revision.
     pub fn get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<(T, Revision)> {
-        let (v, rev) = self.store.get(kind, key)?;
+        let (v, rev) = self.store().get(kind, key)?;
         match serde_json::from_value(v) {
             Ok(t) => Some((t, rev)),
             Err(e) => {
@@ -48,7 +62,7 @@ impl Db {
 
     /// Every record of `kind`, in key order.
     pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Vec<T> {
-        self.store
+        self.store()
             .list(kind)
             .into_iter()
             .filter_map(|(key, v, _)| match serde_json::from_value(v) {
@@ -71,10 +85,23 @@ impl Db {
         expected: Option<Revision>,
     ) -> Result<Revision, CoreError> {
         let v = serde_json::to_value(value).map_err(errors::internal)?;
-        self.store
+        let rev = self
+            .store()
             .put(kind, key, v, expected)
             .await
-            .map_err(errors::store)
+            .map_err(errors::store)?;
+        self.applied(rev).await;
+        Ok(rev)
+    }
+
+    /// Waits until this host applied revision `rev` (a write forwarded to
+    /// the leader is committed there first): a host reads its own writes.
+    async fn applied(&self, rev: Revision) {
+        let store = self.store();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.revision() < rev && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Creates a record that must not exist yet; `what` names it in the
@@ -87,8 +114,11 @@ impl Db {
         what: &str,
     ) -> Result<Revision, CoreError> {
         let v = serde_json::to_value(value).map_err(errors::internal)?;
-        match self.store.put(kind, key, v, Some(0)).await {
-            Ok(r) => Ok(r),
+        match self.store().put(kind, key, v, Some(0)).await {
+            Ok(r) => {
+                self.applied(r).await;
+                Ok(r)
+            }
             Err(StoreError::Conflict { .. }) => {
                 Err(errors::conflict(format!("{what} already exists")))
             }
@@ -97,8 +127,12 @@ impl Db {
     }
 
     pub async fn delete(&self, kind: &str, key: &str) -> Result<(), CoreError> {
-        match self.store.delete(kind, key, None).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+        match self.store().delete(kind, key, None).await {
+            Ok(r) => {
+                self.applied(r).await;
+                Ok(())
+            }
+            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(errors::store(e)),
         }
     }
@@ -116,8 +150,11 @@ impl Db {
             };
             f(&mut rec)?;
             let v = serde_json::to_value(&rec).map_err(errors::internal)?;
-            match self.store.put(kind, key, v, Some(rev)).await {
-                Ok(_) => return Ok(rec),
+            match self.store().put(kind, key, v, Some(rev)).await {
+                Ok(r) => {
+                    self.applied(r).await;
+                    return Ok(rec);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(errors::store(e)),
             }

@@ -66,7 +66,12 @@ pub fn store(e: StoreError) -> CoreError {
         ),
         StoreError::AlreadyClustered { .. } => conflict(e.to_string()),
         StoreError::Invalid { field, ref reason } => invalid(field, reason.clone()),
-        StoreError::Bind { .. } => CoreError::Unavailable {
+        StoreError::Bind { .. } | StoreError::Timeout(_) => CoreError::Unavailable {
+            reason: e.to_string(),
+        },
+        StoreError::JoinRefused(_) => conflict(e.to_string()),
+        StoreError::NotEmpty { .. } => conflict(e.to_string()),
+        StoreError::Transport(_) | StoreError::Remote { .. } => CoreError::Unavailable {
             reason: e.to_string(),
         },
         e => internal(e),

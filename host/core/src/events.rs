@@ -14,15 +14,18 @@ fn key(seq: u64) -> String {
 }
 
 impl Inner {
-    pub(crate) fn init_event_seq(&self) {
-        let last = self
-            .db
+    fn last_event_seq(&self) -> u64 {
+        self.db
             .store()
             .list(kind::EVENT)
             .last()
             .and_then(|(k, _, _)| k.parse::<u64>().ok())
-            .unwrap_or(0);
-        self.event_seq.store(last, Ordering::SeqCst);
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn init_event_seq(&self) {
+        self.event_seq
+            .store(self.last_event_seq(), Ordering::SeqCst);
     }
 
     /// Records an event (and logs it). Never fails the caller.
@@ -39,22 +42,40 @@ impl Inner {
             Severity::Warning => tracing::warn!(kind = kind_, ?target, %message, "event"),
             Severity::Info => tracing::info!(kind = kind_, ?target, %message, "event"),
         }
-        let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let rec = EventRecord {
-            seq,
-            time: now_rfc3339(),
-            kind: kind_.to_string(),
-            severity,
-            target,
-            message,
-        };
-        if let Err(e) = self.db.put(kind::EVENT, &key(seq), &rec, None).await {
-            tracing::error!(error = %e, "cannot record an event");
-            return;
+        // Every host appends: a sequence number is taken with a create-only
+        // write, and taken again when another host got it first.
+        for _ in 0..8 {
+            let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
+            let rec = EventRecord {
+                seq,
+                time: now_rfc3339(),
+                kind: kind_.to_string(),
+                severity,
+                target: target.clone(),
+                message: message.clone(),
+            };
+            match self.db.put(kind::EVENT, &key(seq), &rec, Some(0)).await {
+                Ok(_) => {
+                    if seq > MAX_EVENTS {
+                        let _ = self.db.delete(kind::EVENT, &key(seq - MAX_EVENTS)).await;
+                    }
+                    return;
+                }
+                Err(nasvisor_api::CoreError::Conflict { .. }) => {
+                    // Catch up with the others.
+                    let last = self.last_event_seq();
+                    self.event_seq.fetch_max(last, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record an event");
+                    return;
+                }
+            }
         }
-        if seq > MAX_EVENTS {
-            let _ = self.db.delete(kind::EVENT, &key(seq - MAX_EVENTS)).await;
-        }
+        tracing::error!(
+            kind = kind_,
+            "cannot record an event: the sequence kept moving"
+        );
     }
 
     /// Events after `since` (all kept ones when `None`: the last `limit`).

@@ -2,7 +2,7 @@
 //! module that carries it out.
 
 use crate::errors;
-use crate::model::{kind, PoolRecord, VmRecord, VswitchRecord};
+use crate::model::{kind, VmRecord, VswitchRecord};
 use crate::{lock, Inner, NasCore};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,22 +23,12 @@ fn tail(mut bytes: Vec<u8>, n: u64) -> Vec<u8> {
 
 impl Inner {
     fn host_json(&self) -> Value {
-        let (used, _) = self.used_memory_mib(&self.host.id, None);
-        let h = &self.host;
-        json!({
-            "id": h.id,
-            "name": h.name,
-            "version": h.version,
-            "cpus": h.cpus.max(1),
-            "memory_mib": h.memory_mib,
-            "cluster_role": if self.db.list::<crate::model::HostRecord>(kind::HOST).len() > 1 {
-                if self.db.store().is_leader() { "leader" } else { "follower" }
-            } else { "single" },
-            "accel": h.accel,
-            "accel_reason": h.accel_reason,
-            "free_memory_mib": self.vm_memory_capacity(h).saturating_sub(used),
-            "qemu_version": h.qemu_version,
-        })
+        let rec = self
+            .db
+            .get::<crate::model::HostRecord>(kind::HOST, &self.host.id)
+            .map(|(h, _)| h)
+            .unwrap_or_else(|| self.host.clone());
+        self.host_json_of(&rec)
     }
 
     fn plugins_json(&self) -> Value {
@@ -77,6 +67,25 @@ impl Inner {
             .await
             .map_err(|e| errors::conflict(format!("VM {}'s console: {e}", vm.name)))?;
         Ok(Value::Null)
+    }
+
+    /// The last `n` bytes of a VM's console on this host.
+    pub(crate) async fn console_tail(&self, id: &str, n: u64) -> Result<Vec<u8>, CoreError> {
+        let vm = self.find_vm(id)?;
+        let console = lock(&self.running)
+            .get(&vm.id)
+            .and_then(|r| r.inst.console().cloned());
+        let log = match console {
+            Some(c) => c.read_log().await.map_err(errors::internal)?,
+            None => {
+                let paths = nasvisor_vm::RunPaths::new(self.cfg.run_dir(), &vm.id)
+                    .map_err(errors::internal)?;
+                nasvisor_vm::console::read_console_log(&paths.console_log())
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        Ok(tail(log, n))
     }
 
     async fn console_stream(
@@ -223,7 +232,7 @@ impl Inner {
     /// After a (re)start: clean pools, recreate bridges, adopt running VMs,
     /// then end interrupted jobs.
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), CoreError> {
-        for p in self.db.list::<PoolRecord>(kind::POOL) {
+        for p in self.local_pools() {
             if let Ok(pool) = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path)) {
                 if let Ok(n) = pool.clean_temporaries() {
                     if n > 0 {
@@ -242,7 +251,10 @@ impl Inner {
         // Installs found half-done by recover_jobs were marked failed; VMs
         // still recorded `installing` without a job are stale too.
         for vm in self.db.list::<VmRecord>(kind::VM) {
-            if vm.state == crate::model::VmStatus::Installing && vm.install_job.is_none() {
+            if vm.state == crate::model::VmStatus::Installing
+                && vm.install_job.is_none()
+                && vm.host.as_deref().is_none_or(|h| h == self.host.id)
+            {
                 let _ = self
                     .db
                     .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
@@ -257,10 +269,10 @@ impl Inner {
     }
 }
 
-#[async_trait::async_trait]
-impl nasvisor_api::Core for NasCore {
-    async fn handle(&self, action: Action) -> Result<Value, CoreError> {
-        let c = &self.inner;
+impl Inner {
+    /// Carries `action` out on this host (routing already done).
+    pub(crate) async fn handle_here(self: &Arc<Self>, action: Action) -> Result<Value, CoreError> {
+        let c = self;
         match action {
             Action::GetHost => Ok(c.host_json()),
             Action::ListVms => Ok(c.list_vms()),
@@ -316,11 +328,46 @@ impl nasvisor_api::Core for NasCore {
             Action::CreateCluster(req) => c.create_cluster(req.max_members).await,
             Action::IssueJoinToken(req) => c.issue_join_token(req.ttl_s.unwrap_or(3600)).await,
             Action::RemoveMember { node_id } => c.remove_member(node_id).await,
+            Action::JoinCluster(req) => c.join_cluster(req).await,
+            Action::ListHosts => Ok(c.list_hosts()),
+            Action::SetCordon { host, cordoned } => c.set_cordon(&host, cordoned).await,
+            Action::EvacuateHost { host } => c.evacuate(&host).await,
+            Action::MigrateVm { id, migrate } => c.migrate_vm(&id, migrate).await,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl nasvisor_api::Core for NasCore {
+    async fn handle(&self, mut action: Action) -> Result<Value, CoreError> {
+        let c = &self.inner;
+        c.check_quorum(&action)?;
+        if let Some(host) = c.route(&mut action)? {
+            return c.forward(&host, action).await;
+        }
+        c.handle_here(action).await
     }
 
     async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
-        self.inner.console_stream(&id, follow, tail).await
+        let c = &self.inner;
+        let vm = c.find_vm(&id)?;
+        if let Some(h) = vm.host.as_deref().filter(|h| *h != c.host.id) {
+            // Another host's VM: what its console shows now.
+            let rec = c.host_record(h)?;
+            let v = c
+                .call_host(
+                    &rec,
+                    "console",
+                    json!({ "id": vm.id, "tail": tail }),
+                    std::time::Duration::from_secs(30),
+                )
+                .await?;
+            let data = Bytes::from(v["data"].as_str().unwrap_or_default().to_string());
+            return Ok(Box::pin(futures_util::stream::once(
+                async move { Ok(data) },
+            )));
+        }
+        c.console_stream(&id, follow, tail).await
     }
 
     async fn upload_image(

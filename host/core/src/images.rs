@@ -325,8 +325,14 @@ impl Inner {
     /// Adds the bundled images that are not in the library yet.
     pub(crate) async fn add_bundled_images(&self) {
         for b in self.cfg.bundled_images.clone() {
-            if self.db.get::<ImageRecord>(kind::IMAGE, &b.name).is_some() {
-                continue;
+            let existing = self.db.get::<ImageRecord>(kind::IMAGE, &b.name);
+            let here = self.library.get(&b.name).is_ok();
+            match &existing {
+                // Recorded, and this host has its copy.
+                Some((r, _)) if here && r.hosts.contains(&self.host.id) => continue,
+                // Another image of that name (not ours to replace).
+                Some((r, _)) if r.state != ImageState::Ready => continue,
+                _ => {}
             }
             let meta: Value = b
                 .metadata
@@ -350,13 +356,15 @@ impl Inner {
             let r = self
                 .library
                 .add_file(&b.name, &b.path, spec_of(&m), |_, _| {});
-            if let Err(e) = self
-                .db
-                .put(kind::IMAGE, &b.name, &record_of(&b.name, &m, None), None)
-                .await
-            {
-                tracing::error!(image = %b.name, error = %e, "cannot record the bundled image");
-                continue;
+            if existing.is_none() {
+                if let Err(e) = self
+                    .db
+                    .put(kind::IMAGE, &b.name, &record_of(&b.name, &m, None), None)
+                    .await
+                {
+                    tracing::error!(image = %b.name, error = %e, "cannot record the bundled image");
+                    continue;
+                }
             }
             let r = r.map_err(|e| e.to_string());
             if let Err(e) = &r {
@@ -365,6 +373,52 @@ impl Inner {
                 tracing::info!(image = %b.name, "bundled image added to the library");
             }
             self.image_done(&b.name, &r).await;
+        }
+    }
+
+    /// Records every image of this host's library as present here (after a
+    /// join: the cluster learns this host's copies). An image the cluster
+    /// already has under that name gets this host added to its copies.
+    pub(crate) async fn register_library_images(&self) {
+        let Ok(images) = self.library.list() else {
+            return;
+        };
+        for img in images {
+            let rec = self.db.get::<ImageRecord>(kind::IMAGE, &img.name);
+            if rec
+                .as_ref()
+                .is_some_and(|(r, _)| r.hosts.contains(&self.host.id))
+            {
+                continue;
+            }
+            if rec.is_none() {
+                let meta = ImageMetaSpec {
+                    os_family: img.spec.os_family.clone(),
+                    os_variant: img.spec.os_variant.clone(),
+                    cloud_init: img.spec.cloud_init,
+                    firmware: if img.spec.firmware == "uefi" {
+                        FirmwareKind::Uefi
+                    } else {
+                        FirmwareKind::Bios
+                    },
+                    ready_marker: img.spec.ready_marker.clone(),
+                };
+                if let Err(e) = self
+                    .db
+                    .put(
+                        kind::IMAGE,
+                        &img.name,
+                        &record_of(&img.name, &meta, None),
+                        Some(0),
+                    )
+                    .await
+                {
+                    tracing::warn!(image = %img.name, error = %e, "cannot record an image of the library");
+                    continue;
+                }
+            }
+            let name = img.name.clone();
+            self.image_done(&name, &Ok(img)).await;
         }
     }
 

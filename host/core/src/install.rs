@@ -276,17 +276,21 @@ impl Inner {
 
         // 3. First boot, on the host the scheduler picks.
         ctx.progress(0.3, Some("first boot"));
-        let host = {
-            let _g = self.ops.lock().await;
-            let h = self.place(&vm, None).map_err(failed)?;
-            self.db
-                .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
-                    v.host = Some(h.clone());
-                    Ok(())
-                })
-                .await
-                .map_err(failed)?;
-            h
+        let host = match vm.host.clone() {
+            // Placed when it was created (the create came to this host).
+            Some(h) => h,
+            None => {
+                let _g = self.ops.lock().await;
+                let h = self.place(&vm, None).map_err(failed)?;
+                self.db
+                    .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                        v.host = Some(h.clone());
+                        Ok(())
+                    })
+                    .await
+                    .map_err(failed)?;
+                h
+            }
         };
         if host != self.host.id {
             return Err(failed(format!(

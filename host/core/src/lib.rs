@@ -15,6 +15,7 @@
 //! - runs long operations as persisted, cancellable jobs that a restart
 //!   cleans up.
 
+mod cluster;
 pub mod db;
 pub mod errors;
 mod events;
@@ -22,6 +23,7 @@ mod handle;
 mod images;
 mod install;
 mod jobs;
+mod migrate;
 pub mod model;
 mod placement;
 mod storage_ops;
@@ -29,7 +31,7 @@ mod vms;
 mod vswitches;
 
 use crate::db::Db;
-use crate::model::{kind, HostRecord, PoolRecord};
+use crate::model::HostRecord;
 use nasvisor_api::CoreError;
 use nasvisor_cluster::ClusterStore;
 use nasvisor_net::Net;
@@ -89,6 +91,13 @@ pub struct CoreConfig {
     /// This host's cluster endpoint (`ip:port`): what the other hosts dial
     /// and what it listens on once it belongs to a cluster.
     pub cluster_address: String,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A host silent this long is recorded offline; a leader without
+    /// acknowledgements from a majority this long has lost the quorum.
+    pub offline_after: Duration,
+    /// How long a host without quorum keeps its VMs running.
+    pub quorum_stop_delay: Duration,
 }
 
 impl CoreConfig {
@@ -106,7 +115,16 @@ impl CoreConfig {
             bundled_images: Vec::new(),
             cluster_id: "nasvisor".into(),
             cluster_address: "127.0.0.1:8444".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            offline_after: Duration::from_secs(10),
+            quorum_stop_delay: Duration::from_secs(60),
         }
+    }
+
+    /// The store of a host that joined a cluster (a host that never joined
+    /// keeps its store in `cluster/`, also once it created a cluster).
+    fn member_store_dir(&self) -> PathBuf {
+        self.data_dir.join("member")
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -183,6 +201,10 @@ pub(crate) struct Inner {
     pub ops: tokio::sync::Mutex<()>,
     /// Cancelled when the core shuts down (background tasks stop).
     pub shutdown: CancellationToken,
+    /// Heartbeats, quorum and fencing.
+    pub cluster: cluster::ClusterRuntime,
+    /// Live migrations this host takes part in.
+    pub migrations: migrate::Migrations,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api::Core`].
@@ -214,8 +236,18 @@ impl NasCore {
         for d in [cfg.data_dir.clone(), cfg.run_dir(), cfg.nvram_dir()] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let store =
-            ClusterStore::open(cfg.data_dir.join("cluster"), 1, &cfg.cluster_address).await?;
+        // A host that joined a cluster keeps its store in `member/`.
+        let member = cfg.member_store_dir();
+        let store = match ClusterStore::member_node_id(&member)? {
+            Some(node_id) => ClusterStore::open(&member, node_id, &cfg.cluster_address).await?,
+            None => {
+                if member.exists() {
+                    // A join that never finished.
+                    let _ = std::fs::remove_dir_all(&member);
+                }
+                ClusterStore::open(cfg.data_dir.join("cluster"), 1, &cfg.cluster_address).await?
+            }
+        };
         if store.cluster_info().is_some() {
             let listen = parse_listen(&cfg.cluster_address)?;
             let addr = store.serve(listen).await?;
@@ -253,8 +285,14 @@ impl NasCore {
             accel: accel.qemu_name().to_string(),
             accel_reason,
             qemu_version: qemu_version(&cfg.qemu_binary),
+            node_id: db.store().node_id(),
+            address: cfg.cluster_address.clone(),
+            online: true,
+            cordoned: false,
+            storage_gib: 0,
+            free_storage_gib: 0,
+            last_seen: None,
         };
-        db.put(kind::HOST, &host.id, &host, None).await?;
 
         let inner = Arc::new(Inner {
             cfg,
@@ -269,24 +307,18 @@ impl NasCore {
             event_seq: AtomicU64::new(0),
             ops: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
+            cluster: Default::default(),
+            migrations: Default::default(),
         });
+        inner.db.store().set_peer_handler(inner.peer_handler());
         inner.init_event_seq();
+        inner.register_host().await?;
 
-        // The default pool, on first start.
-        if inner.db.list::<PoolRecord>(kind::POOL).is_empty() {
-            let dir = inner.cfg.data_dir.join("pools/default");
-            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-            let rec = PoolRecord {
-                name: "default".into(),
-                path: dir.to_string_lossy().into_owned(),
-            };
-            inner
-                .db
-                .create(kind::POOL, "default", &rec, "pool default")
-                .await?;
-        }
+        inner.ensure_default_pool().await?;
         inner.recover().await?;
         inner.add_bundled_images().await;
+        inner.register_library_images().await;
+        inner.spawn_cluster_loop();
         Ok(NasCore { inner })
     }
 
@@ -310,9 +342,12 @@ impl NasCore {
             .clear();
         // Give cancelled tasks a moment to record their state.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner.db.into_store().shutdown().await?,
-            Err(_) => {
+        match Arc::try_unwrap(self.inner)
+            .ok()
+            .and_then(|i| i.db.into_store())
+        {
+            Some(store) => store.shutdown().await?,
+            None => {
                 tracing::warn!("core still in use at shutdown; store closes with the process")
             }
         }

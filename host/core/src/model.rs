@@ -16,6 +16,31 @@ pub mod kind {
     pub const EVENT: &str = "event";
 }
 
+impl VmRecord {
+    /// A VM not created yet, as placement sees it.
+    pub fn probe(vcpus: u32, memory_mib: u64, name: &str) -> VmRecord {
+        VmRecord {
+            id: String::new(),
+            name: name.to_string(),
+            description: None,
+            vcpus,
+            memory_mib,
+            firmware: Firmware::Bios,
+            autostart: false,
+            ha: false,
+            image: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            host: None,
+            desired: Desired::Stopped,
+            state: VmStatus::Stopped,
+            state_reason: None,
+            install_job: None,
+            created_at: String::new(),
+        }
+    }
+}
+
 /// Boot firmware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -205,11 +230,34 @@ impl VmRecord {
     }
 }
 
-/// A storage pool.
+/// A storage pool: a directory of one host (`host`), or one every host
+/// reaches at the same path (`host` = `None`: shared, e.g. an NFS mount).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
     pub name: String,
     pub path: String,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl PoolRecord {
+    /// The store key: `<host>/<name>` for a host's pool, `<name>` for a
+    /// shared one (pool names are object names, without `/`).
+    pub fn key(&self) -> String {
+        pool_key(self.host.as_deref(), &self.name)
+    }
+
+    pub fn shared(&self) -> bool {
+        self.host.is_none()
+    }
+}
+
+/// The store key of pool `name` of `host` (`None`: shared).
+pub fn pool_key(host: Option<&str>, name: &str) -> String {
+    match host {
+        Some(h) => format!("{h}/{name}"),
+        None => name.to_string(),
+    }
 }
 
 /// A virtual switch.
@@ -386,6 +434,31 @@ pub struct HostRecord {
     pub accel: String,
     pub accel_reason: String,
     pub qemu_version: String,
+    /// Its raft node id (1 for a host that never joined a cluster).
+    #[serde(default)]
+    pub node_id: u64,
+    /// Its cluster endpoint (`ip:port`).
+    #[serde(default)]
+    pub address: String,
+    /// Answering the leader's heartbeats (set by the leader).
+    #[serde(default = "yes")]
+    pub online: bool,
+    /// No new VMs are placed on it (evacuate moves its VMs away).
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Its pools' capacity and free space, GiB (each filesystem once), as it
+    /// last reported them.
+    #[serde(default)]
+    pub storage_gib: u64,
+    #[serde(default)]
+    pub free_storage_gib: u64,
+    /// When the leader last heard from it (RFC 3339).
+    #[serde(default)]
+    pub last_seen: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Now, RFC 3339 (UTC, milliseconds).

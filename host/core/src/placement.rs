@@ -30,13 +30,18 @@ impl Inner {
     pub(crate) fn cluster_view(&self) -> ClusterView {
         let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
         let vms: Vec<VmRecord> = self.db.list(kind::VM);
-        let (storage_cap, storage_free) = self.storage_gib();
+        let (local_cap, local_free) = self.local_storage_gib();
         ClusterView {
             hosts: hosts
                 .iter()
                 .map(|h| {
                     let (mem, cpus) = self.used_memory_mib(&h.id, None);
                     let cap = self.vm_memory_capacity(h);
+                    let (storage_cap, storage_free) = if h.id == self.host.id {
+                        (local_cap, local_free)
+                    } else {
+                        (h.storage_gib, h.free_storage_gib)
+                    };
                     HostInfo {
                         id: h.id.clone(),
                         name: h.name.clone(),
@@ -50,13 +55,18 @@ impl Inner {
                             memory_mib: cap.saturating_sub(mem),
                             storage_gib: storage_free,
                         },
-                        health: HostHealth::Healthy,
+                        health: if h.online {
+                            HostHealth::Healthy
+                        } else {
+                            HostHealth::Unreachable
+                        },
+                        cordoned: h.cordoned,
                         ..Default::default()
                     }
                 })
                 .collect(),
             vms: vms.iter().map(vm_info).collect(),
-            has_quorum: true,
+            has_quorum: self.has_quorum(),
             now_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -64,35 +74,37 @@ impl Inner {
         }
     }
 
-    /// Capacity and free space of this host's pools, GiB (each filesystem
-    /// counted once).
-    fn storage_gib(&self) -> (u64, u64) {
-        let mut seen = std::collections::HashSet::new();
-        let (mut cap, mut free) = (0u64, 0u64);
-        for p in self.db.list::<crate::model::PoolRecord>(kind::POOL) {
-            let Ok(pool) = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path))
-            else {
-                continue;
-            };
-            if let Ok(u) = pool.usage() {
-                if seen.insert((u.capacity_bytes, u.free_bytes >> 30)) {
-                    cap += u.capacity_bytes >> 30;
-                    free += u.free_bytes >> 30;
-                }
-            }
-        }
-        (cap, free)
-    }
-
     /// Chooses the host for `vm`'s first power-on: `wanted` when given (it
     /// must be eligible), else the scheduler's choice among eligible hosts.
     pub(crate) fn place(&self, vm: &VmRecord, wanted: Option<&str>) -> Result<String, CoreError> {
+        self.place_excluding(vm, wanted, &[])
+    }
+
+    /// [`Self::place`] with some hosts left out (a migration's source).
+    pub(crate) fn place_excluding(
+        &self,
+        vm: &VmRecord,
+        wanted: Option<&str>,
+        exclude: &[&str],
+    ) -> Result<String, CoreError> {
         let view = self.cluster_view();
+        let records: Vec<HostRecord> = self.db.list(kind::HOST);
+        let hosts_by_id: std::collections::HashMap<&str, &HostRecord> =
+            records.iter().map(|h| (h.id.as_str(), h)).collect();
         let mut reasons = Vec::new();
         let eligible: Vec<String> = view
             .hosts
             .iter()
             .filter(|h| {
+                let rec = hosts_by_id.get(h.id.as_str());
+                if rec.is_some_and(|r| !r.online) {
+                    reasons.push(format!("host {} is offline", h.id));
+                    return false;
+                }
+                if rec.is_some_and(|r| r.cordoned) {
+                    reasons.push(format!("host {} is cordoned", h.id));
+                    return false;
+                }
                 if h.free.memory_mib < vm.memory_mib {
                     reasons.push(format!(
                         "host {} has {} MiB of memory free for VMs, the VM needs {}",
@@ -110,6 +122,7 @@ impl Inner {
                 true
             })
             .map(|h| h.id.clone())
+            .filter(|h| !exclude.contains(&h.as_str()))
             .collect();
         if let Some(w) = wanted {
             if !view.hosts.iter().any(|h| h.id == w) {

@@ -50,25 +50,41 @@ impl Inner {
         Ok(())
     }
 
+    /// Every pool of the cluster; usage is measured for the pools this
+    /// host reaches (0 for other hosts' pools).
     pub(crate) fn list_pools(&self) -> Result<Value, CoreError> {
         let mut out = Vec::new();
         for p in self.db.list::<PoolRecord>(kind::POOL) {
+            let here = p.host.as_deref().is_none_or(|h| h == self.host.id);
             let usage = nasvisor_storage::Pool::open(&p.name, Path::new(&p.path))
                 .and_then(|pool| pool.usage())
+                .ok()
+                .filter(|_| here)
                 .map(|u| (u.capacity_bytes / MIB, u.free_bytes / MIB))
                 .unwrap_or((0, 0));
-            out.push(json!({ "name": p.name, "path": p.path, "capacity_mib": usage.0, "free_mib": usage.1 }));
+            out.push(pool_json(&p, usage));
         }
         Ok(Value::Array(out))
     }
 
     pub(crate) async fn create_pool(&self, req: PoolCreate) -> Result<Value, CoreError> {
         let _g = self.ops.lock().await;
-        let pools: Vec<PoolRecord> = self.db.list(kind::POOL);
-        if pools.iter().any(|p| p.name == req.name) {
+        let pools: Vec<PoolRecord> = self.local_pools();
+        let all: Vec<PoolRecord> = self.db.list(kind::POOL);
+        // A shared pool's name must be free on every host.
+        let taken = if req.shared {
+            all.iter().find(|p| p.name == req.name)
+        } else {
+            pools.iter().find(|p| p.name == req.name)
+        };
+        if let Some(p) = taken {
             return Err(errors::conflict(format!(
-                "pool {} already exists",
-                req.name
+                "pool {} already exists{}",
+                req.name,
+                match &p.host {
+                    Some(h) => format!(" on host {h}"),
+                    None => " (shared)".into(),
+                }
             )));
         }
         let dir = Path::new(&req.path);
@@ -97,21 +113,26 @@ impl Inner {
         let rec = PoolRecord {
             name: req.name.clone(),
             path: canon,
+            host: (!req.shared).then(|| self.host.id.clone()),
         };
         self.db
-            .create(kind::POOL, &rec.name, &rec, &format!("pool {}", rec.name))
+            .create(kind::POOL, &rec.key(), &rec, &format!("pool {}", rec.name))
             .await?;
         let usage = pool.usage().map_err(|e| errors::storage("path", e))?;
-        Ok(
-            json!({ "name": rec.name, "path": rec.path, "capacity_mib": usage.capacity_bytes / MIB, "free_mib": usage.free_bytes / MIB }),
-        )
+        Ok(pool_json(
+            &rec,
+            (usage.capacity_bytes / MIB, usage.free_bytes / MIB),
+        ))
     }
 
     pub(crate) async fn delete_pool(&self, name: &str) -> Result<Value, CoreError> {
         let _g = self.ops.lock().await;
-        if self.db.get::<PoolRecord>(kind::POOL, name).is_none() {
-            return Err(errors::not_found(format!("pool {name}")));
-        }
+        let Some(rec) = self.pool_record(name) else {
+            return Err(errors::not_found(format!(
+                "pool {name} on host {}",
+                self.host.id
+            )));
+        };
         let pool = self.pool(name, "name")?;
         let vols = pool.volumes().map_err(|e| errors::storage("name", e))?;
         if !vols.is_empty() {
@@ -124,13 +145,16 @@ impl Inner {
                     .join(", ")
             )));
         }
-        self.db.delete(kind::POOL, name).await?;
+        self.db.delete(kind::POOL, &rec.key()).await?;
         Ok(Value::Null)
     }
 
     fn existing_pool(&self, name: &str) -> Result<nasvisor_storage::Pool, CoreError> {
-        if self.db.get::<PoolRecord>(kind::POOL, name).is_none() {
-            return Err(errors::not_found(format!("pool {name}")));
+        if self.pool_record(name).is_none() {
+            return Err(errors::not_found(format!(
+                "pool {name} on host {}",
+                self.host.id
+            )));
         }
         self.pool(name, "pool")
     }
@@ -349,4 +373,15 @@ impl Inner {
         });
         Ok(job.to_json())
     }
+}
+
+fn pool_json(p: &PoolRecord, (capacity_mib, free_mib): (u64, u64)) -> Value {
+    json!({
+        "name": p.name,
+        "path": p.path,
+        "host": p.host,
+        "shared": p.shared(),
+        "capacity_mib": capacity_mib,
+        "free_mib": free_mib,
+    })
 }

@@ -58,20 +58,21 @@ impl Inner {
     }
 
     pub(crate) fn pool(&self, name: &str, field: &str) -> Result<Pool, CoreError> {
-        let (rec, _) = self
-            .db
-            .get::<PoolRecord>(kind::POOL, name)
-            .ok_or_else(|| errors::invalid(field, format!("no pool {name:?}")))?;
+        let rec: PoolRecord = self.pool_record(name).ok_or_else(|| {
+            errors::invalid(field, format!("no pool {name:?} on host {}", self.host.id))
+        })?;
         Pool::open(&rec.name, std::path::Path::new(&rec.path))
             .map_err(|e| errors::storage(field, e))
     }
 
-    /// Which VM uses volume `pool`/`volume`, if any.
+    /// Which VM uses volume `pool`/`volume` of this host, if any.
     pub(crate) fn volume_user(&self, pool: &str, volume: &str) -> Option<VmRecord> {
+        let shared = self.pool_record(pool).is_some_and(|p| p.shared());
         self.db.list::<VmRecord>(kind::VM).into_iter().find(|v| {
-            v.disks
-                .iter()
-                .any(|d| d.role != DiskRole::Cdrom && d.pool == pool && d.volume == volume)
+            (shared || v.host.as_deref().is_none_or(|h| h == self.host.id))
+                && v.disks
+                    .iter()
+                    .any(|d| d.role != DiskRole::Cdrom && d.pool == pool && d.volume == volume)
         })
     }
 
@@ -282,7 +283,7 @@ impl Inner {
             image: req.image.clone(),
             disks,
             nics,
-            host: None,
+            host: req.host.clone(),
             desired: Desired::Stopped,
             state: if image.is_some() {
                 VmStatus::Installing
@@ -416,7 +417,10 @@ impl Inner {
     }
 
     /// Builds the QEMU spec of a VM: disk paths, taps on the vswitches.
-    fn build_spec(&self, vm: &VmRecord) -> Result<(VmSpec, Vec<Option<String>>), CoreError> {
+    pub(crate) fn build_spec(
+        &self,
+        vm: &VmRecord,
+    ) -> Result<(VmSpec, Vec<Option<String>>), CoreError> {
         let mut spec = VmSpec::new(vm.name.clone(), vm.memory_mib);
         spec.uuid = vm.id.parse().map_err(errors::internal)?;
         spec.vcpus = vm.vcpus;
@@ -488,7 +492,7 @@ impl Inner {
         Ok((spec, taps))
     }
 
-    fn remove_taps(&self, vm: &VmRecord) {
+    pub(crate) fn remove_taps(&self, vm: &VmRecord) {
         for i in 0..vm.nics.len() {
             if let Ok(t) = TapName::for_vm(&vm.id, i as u16) {
                 if let Err(e) = Tap::delete(&self.net, &t) {
@@ -584,7 +588,11 @@ impl Inner {
         let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, id) else {
             return;
         };
-        if vm.state == VmStatus::Installing {
+        // An install or a migration owns the record; a VM that moved away
+        // is the other host's to report.
+        if matches!(vm.state, VmStatus::Installing | VmStatus::Migrating)
+            || vm.host.as_deref().is_some_and(|h| h != self.host.id)
+        {
             return;
         }
         let (status, reason) = match st {
@@ -645,7 +653,7 @@ impl Inner {
         }
     }
 
-    fn instance(&self, vm: &VmRecord) -> Result<VmInstance, CoreError> {
+    pub(crate) fn instance(&self, vm: &VmRecord) -> Result<VmInstance, CoreError> {
         lock(&self.running)
             .get(&vm.id)
             .map(|r| r.inst.clone())
@@ -658,7 +666,7 @@ impl Inner {
             })
     }
 
-    async fn set_state(
+    pub(crate) async fn set_state(
         &self,
         id: &str,
         state: VmStatus,
@@ -712,6 +720,18 @@ impl Inner {
                 )))
             }
             _ => {}
+        }
+        if let Some(w) = wanted {
+            if self
+                .db
+                .get::<crate::model::HostRecord>(kind::HOST, w)
+                .is_none()
+            {
+                return Err(errors::invalid(
+                    "host",
+                    format!("no host {w:?} in the cluster"),
+                ));
+            }
         }
         let host = match (&vm.host, wanted) {
             (Some(h), None) => h.clone(),

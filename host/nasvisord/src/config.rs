@@ -49,12 +49,22 @@ pub struct ClusterConfig {
     /// cluster's own CA): the other hosts dial it, and the host listens on it
     /// once it belongs to a cluster. Fixed when the host first starts.
     pub address: String,
+    /// How often the leader sends heartbeats, ms (50..=10000).
+    pub heartbeat_interval_ms: u64,
+    /// A host silent this long is recorded offline (and a leader without a
+    /// majority this long has lost the quorum), s (1..=3600).
+    pub offline_after_s: u64,
+    /// How long a host without quorum keeps its VMs running, s (0..=86400).
+    pub quorum_stop_delay_s: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             address: "127.0.0.1:8444".into(),
+            heartbeat_interval_ms: 1000,
+            offline_after_s: 10,
+            quorum_stop_delay_s: 60,
         }
     }
 }
@@ -243,6 +253,31 @@ impl Config {
                     format!("{:?} is not an ip:port ({e})", cfg.cluster.address),
                 )
             })?;
+        let range = |field: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(field, format!("must be {lo} to {hi}, got {v}")))
+            }
+        };
+        range(
+            "cluster.heartbeat-interval-ms",
+            cfg.cluster.heartbeat_interval_ms,
+            50,
+            10_000,
+        )?;
+        range(
+            "cluster.offline-after-s",
+            cfg.cluster.offline_after_s,
+            1,
+            3600,
+        )?;
+        range(
+            "cluster.quorum-stop-delay-s",
+            cfg.cluster.quorum_stop_delay_s,
+            0,
+            86_400,
+        )?;
         if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {
             return Err(invalid(
                 "api.tls-cert",

@@ -140,6 +140,9 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.console_log_bytes = cfg.vm.console_log_bytes;
     c.netns = cfg.network.netns.clone();
     c.cluster_address = cfg.cluster.address.clone();
+    c.heartbeat_interval = std::time::Duration::from_millis(cfg.cluster.heartbeat_interval_ms);
+    c.offline_after = std::time::Duration::from_secs(cfg.cluster.offline_after_s);
+    c.quorum_stop_delay = std::time::Duration::from_secs(cfg.cluster.quorum_stop_delay_s);
     c.bundled_images = cfg
         .images
         .bundled

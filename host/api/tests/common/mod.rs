@@ -74,6 +74,15 @@ pub fn cluster() -> Value {
            "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true}]})
 }
 
+fn host(name: &str) -> Value {
+    json!({"id": name, "name": name, "version": "0.1.0", "cpus": 4,
+           "memory_mib": 16384, "cluster_role": "single",
+           "accel": "tcg", "accel_reason": "probe guest hung under KVM",
+           "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
+           "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 1,
+           "last_seen": "2026-01-01T00:00:00Z"})
+}
+
 pub fn job(id: &str, kind: &str) -> Value {
     json!({"id": id, "kind": kind, "state": "queued", "progress": 0.0, "error": null,
            "target": null, "message": null, "finished_at": null,
@@ -105,10 +114,12 @@ impl Core for FakeCore {
     async fn handle(&self, action: Action) -> Result<Value, CoreError> {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
-            Action::GetHost => json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4,
-                                      "memory_mib": 16384, "cluster_role": "single",
-                                      "accel": "tcg", "accel_reason": "probe guest hung under KVM",
-                                      "free_memory_mib": 8192, "qemu_version": "10.0.2"}),
+            Action::GetHost => host("nas1"),
+            Action::ListHosts => json!([host("nas1"), host("nas2")]),
+            Action::SetCordon { host: h, .. } => host(&h),
+            Action::EvacuateHost { .. } => job("j4", "evacuate"),
+            Action::MigrateVm { .. } => job("j5", "migrate"),
+            Action::JoinCluster(_) => cluster(),
             Action::ListVms => json!([vm("vm1")]),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
@@ -140,10 +151,12 @@ impl Core for FakeCore {
                 _ => vm(&id),
             },
             Action::ListPools => {
-                json!([{"name": "p1", "path": "/srv/p1", "capacity_mib": 100, "free_mib": 50}])
+                json!([{"name": "p1", "path": "/srv/p1", "host": "nas1", "shared": false,
+                        "capacity_mib": 100, "free_mib": 50}])
             }
             Action::CreatePool(p) => {
-                json!({"name": p.name, "path": p.path, "capacity_mib": 100, "free_mib": 100})
+                json!({"name": p.name, "path": p.path, "host": if p.shared { None } else { Some("nas1") },
+                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100})
             }
             Action::ListVolumes { pool } => json!([volume(&pool, "v1", 10)]),
             Action::CreateVolume { pool, volume: v } => volume(&pool, &v.name, v.size_mib),

@@ -12,8 +12,9 @@ use std::time::Duration;
 /// Commands that talk to nasvisord.
 #[derive(Debug, Subcommand)]
 pub enum ApiCommand {
-    /// This host: identity, version, resources, accelerator.
-    Host,
+    /// This host (identity, version, resources, accelerator), or with a
+    /// subcommand the cluster's hosts.
+    Host(HostArgs),
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -43,6 +44,30 @@ pub enum ApiCommand {
     Cluster(ClusterCmd),
 }
 
+/// `nasvisor host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    cmd: Option<HostCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Every host of the cluster: online, cordoned, resources.
+    List,
+    /// Place no new VMs on a host.
+    Cordon { host: String },
+    /// Place VMs on a host again.
+    Uncordon { host: String },
+    /// Cordon a host and live-migrate its running VMs away (a job).
+    Evacuate {
+        host: String,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// The cluster this host belongs to and its members.
@@ -61,6 +86,14 @@ pub enum ClusterCmd {
     },
     /// Remove a host from the cluster (by node id).
     Remove { node: u64 },
+    /// Join this host (it must have no VMs) to a cluster: ADDRESS is a
+    /// member's cluster endpoint (ip:port), TOKEN from `cluster join-token`
+    /// there.
+    Join {
+        address: String,
+        #[arg(value_name = "TOKEN")]
+        join_token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +159,20 @@ pub enum VmCmd {
         /// Bytes of history to show first (server default 65536, max 1048576).
         #[arg(long)]
         tail: Option<u64>,
+    },
+    /// Move to another host: live when running (memory and, unless on
+    /// shared storage, disks copied while the guest runs); a job.
+    Migrate {
+        vm: String,
+        /// Target host.
+        #[arg(long = "to")]
+        to: String,
+        /// Longest pause of the guest at the switch, ms (server default 100).
+        #[arg(long)]
+        max_downtime_ms: Option<u32>,
+        /// Follow the job until it ends; with --json, print the VM then.
+        #[arg(long)]
+        wait: bool,
     },
     /// Type text into the serial console.
     ConsoleSend {
@@ -207,6 +254,9 @@ pub struct VmCreateArgs {
     /// Install: keep the disks when the install fails.
     #[arg(long)]
     keep_disks_on_failure: bool,
+    /// Host the VM lives on; the scheduler chooses otherwise.
+    #[arg(long)]
+    host: Option<String>,
     /// Follow the install job until it ends.
     #[arg(long)]
     wait: bool,
@@ -216,8 +266,14 @@ pub struct VmCreateArgs {
 pub enum PoolCmd {
     /// All pools.
     List,
-    /// Define a pool over a directory.
-    Create { name: String, path: String },
+    /// Define a pool over a directory of this host (or, with --shared, one
+    /// every host reaches at the same path).
+    Create {
+        name: String,
+        path: String,
+        #[arg(long)]
+        shared: bool,
+    },
     /// Remove a pool definition.
     Delete { name: String },
 }
@@ -539,7 +595,8 @@ pub fn wait_job(c: &Client, id: &str) -> CliResult<Value> {
 
 fn dispatch(c: &Client, cmd: ApiCommand, json: bool) -> CliResult<()> {
     match cmd {
-        ApiCommand::Host => {
+        ApiCommand::Host(HostArgs { cmd: Some(cmd) }) => host(c, cmd, json),
+        ApiCommand::Host(HostArgs { cmd: None }) => {
             let h = c.get("/api/v1/host")?;
             if json {
                 print_json(&h);
@@ -639,6 +696,14 @@ fn cluster(c: &Client, cmd: ClusterCmd, json: bool) -> CliResult<()> {
             }
             v
         }
+        ClusterCmd::Join {
+            address,
+            join_token,
+        } => c.send_json(
+            "POST",
+            "/api/v1/cluster/join",
+            &json!({"address": address, "token": join_token}),
+        )?,
         ClusterCmd::Remove { node } => {
             c.call("DELETE", &format!("/api/v1/cluster/members/{node}"))?;
             if !json {
@@ -651,6 +716,46 @@ fn cluster(c: &Client, cmd: ClusterCmd, json: bool) -> CliResult<()> {
         print_json(&v);
     } else {
         print!("{}", show_cluster(&v));
+    }
+    Ok(())
+}
+
+const HOST_COLUMNS: &[(&str, &str)] = &[
+    ("id", "id"),
+    ("node", "node_id"),
+    ("address", "address"),
+    ("online", "online"),
+    ("cordoned", "cordoned"),
+    ("role", "cluster_role"),
+    ("vms", "vms"),
+    ("cpus", "cpus"),
+    ("memory_mib", "memory_mib"),
+    ("free_mib", "free_memory_mib"),
+    ("version", "version"),
+];
+
+fn host(c: &Client, cmd: HostCmd, json: bool) -> CliResult<()> {
+    match cmd {
+        HostCmd::List => {
+            let v = c.get("/api/v1/hosts")?;
+            print_list(json, &v, HOST_COLUMNS);
+        }
+        HostCmd::Cordon { host } => {
+            let v = c.call("POST", &format!("/api/v1/hosts/{}/cordon", enc(&host)))?;
+            done(
+                json,
+                &v,
+                format!("host {host} cordoned: no new VMs are placed on it"),
+            );
+        }
+        HostCmd::Uncordon { host } => {
+            let v = c.call("POST", &format!("/api/v1/hosts/{}/uncordon", enc(&host)))?;
+            done(json, &v, format!("host {host} uncordoned"));
+        }
+        HostCmd::Evacuate { host, wait } => {
+            let j = c.call("POST", &format!("/api/v1/hosts/{}/evacuate", enc(&host)))?;
+            job_answer(c, json, &j, wait)?;
+        }
     }
     Ok(())
 }
@@ -871,6 +976,28 @@ fn vm(c: &Client, cmd: VmCmd, json: bool) -> CliResult<()> {
             Ok(())
         }
         VmCmd::Console { vm, follow, tail } => super::console::run(c, &vm, follow, tail),
+        VmCmd::Migrate {
+            vm,
+            to,
+            max_downtime_ms,
+            wait,
+        } => {
+            let mut body = json!({ "host": to });
+            if let Some(d) = max_downtime_ms {
+                body["max_downtime_ms"] = d.into();
+            }
+            let j = c.send_json("POST", &format!("{}/migrate", vm_path(&vm)), &body)?;
+            if json && wait {
+                // One document: the VM once moved.
+                let id = j["id"]
+                    .as_str()
+                    .ok_or_else(|| CliError::msg("the answer names no job id"))?;
+                wait_job(c, id)?;
+                print_json(&c.get(&vm_path(&vm))?);
+                return Ok(());
+            }
+            job_answer(c, json, &j, wait)
+        }
         VmCmd::ConsoleSend { vm, text, newline } => {
             let mut data = text;
             if newline {
@@ -960,6 +1087,9 @@ fn vm_create_body(a: &VmCreateArgs) -> CliResult<Value> {
     body.insert("name".into(), a.name.clone().into());
     body.insert("vcpus".into(), a.vcpus.into());
     body.insert("memory_mib".into(), a.memory.into());
+    if let Some(h) = &a.host {
+        body.insert("host".into(), h.clone().into());
+    }
     if let Some(d) = &a.description {
         body.insert("description".into(), d.clone().into());
     }
@@ -1075,17 +1205,18 @@ fn pool(c: &Client, cmd: PoolCmd, json: bool) -> CliResult<()> {
                 &v,
                 &[
                     ("name", "name"),
+                    ("host", "host"),
                     ("path", "path"),
                     ("capacity_mib", "capacity_mib"),
                     ("free_mib", "free_mib"),
                 ],
             );
         }
-        PoolCmd::Create { name, path } => {
+        PoolCmd::Create { name, path, shared } => {
             let v = c.send_json(
                 "POST",
                 "/api/v1/pools",
-                &json!({"name": name, "path": path}),
+                &json!({"name": name, "path": path, "shared": shared}),
             )?;
             done(
                 json,

@@ -4,8 +4,13 @@
 //! created; the real `nasvisor` CLI to drive it. Everything started is
 //! stopped by its own pid, and the namespace is deleted, even when a test
 //! fails.
+//!
+//! [`cluster`]: several daemons, each in a namespace of its own on a test
+//! switch, for the cluster tests.
 
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use nasvisor_plugin_host::testkit::{plugin_dir, workspace_root};
 use serde_json::Value;
@@ -26,11 +31,16 @@ pub struct TestNs {
 impl TestNs {
     pub fn new() -> TestNs {
         sweep_stale_namespaces();
-        let name = format!(
+        TestNs::named(format!(
             "{NS_PREFIX}{:x}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        ))
+    }
+
+    /// A namespace of that name (unique, and starting with a prefix whose
+    /// stale namespaces the caller sweeps).
+    pub fn named(name: String) -> TestNs {
         let o = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
@@ -54,13 +64,19 @@ impl Drop for TestNs {
 
 /// Deletes namespaces of test processes that died before their guards ran.
 fn sweep_stale_namespaces() {
+    sweep_stale_namespaces_of(NS_PREFIX);
+}
+
+/// Deletes the namespaces named `<prefix><pid in hex>-...` whose test
+/// process is gone.
+pub fn sweep_stale_namespaces_of(prefix: &str) {
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
-            .strip_prefix(NS_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|r| r.split('-').next())
             .and_then(|p| u32::from_str_radix(p, 16).ok())
         else {
@@ -81,6 +97,8 @@ pub struct Daemon {
     pub fingerprint: String,
     pub ns: TestNs,
     starts: u32,
+    /// `Some(ns)`: the daemon and the CLI run inside `ns` (`ip netns exec`).
+    netns_exec: Option<String>,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -93,29 +111,59 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
-impl Daemon {
-    /// Starts a daemon on a fresh data directory.
-    pub fn start() -> Daemon {
-        let guest = workspace_root().join("target/guest");
-        assert!(
-            guest.join("nasvisor-mini.qcow2").is_file(),
-            "target/guest/nasvisor-mini.qcow2 is missing: run scripts/setup.sh (it builds the guest image)"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
+/// How a daemon is set up; [`Daemon::start`] is [`DaemonSetup::single_host`].
+pub struct DaemonSetup {
+    /// `[host] name`.
+    pub host_name: String,
+    /// The namespace of the daemon's bridges, taps and QEMUs, deleted with
+    /// the daemon (after it and its QEMUs were killed).
+    pub ns: TestNs,
+    /// true: the daemon and the CLI run inside `ns` (`ip netns exec`), and
+    /// the configuration has no `[network] netns`; false: they run in the
+    /// test's namespace, and `[network] netns` names `ns`.
+    pub inside_ns: bool,
+    /// `[cluster] address`.
+    pub cluster_address: String,
+    /// More `key = value` lines of `[cluster]`.
+    pub cluster_extra: Vec<String>,
+}
+
+impl DaemonSetup {
+    /// The single-host daemon of the daemon tests: host `nas1`, a fresh
+    /// namespace for its network objects, a free loopback cluster port.
+    pub fn single_host() -> DaemonSetup {
         let ns = TestNs::new();
-        let cfg = format!(
+        DaemonSetup {
+            host_name: "nas1".into(),
+            ns,
+            inside_ns: false,
+            cluster_address: format!("127.0.0.1:{}", free_port()),
+            cluster_extra: Vec::new(),
+        }
+    }
+
+    /// The daemon's configuration file.
+    pub fn config(&self, data_dir: &Path) -> String {
+        let guest = workspace_root().join("target/guest");
+        let network = if self.inside_ns {
+            String::new()
+        } else {
+            format!("[network]\nnetns = \"{}\"\n", self.ns.name)
+        };
+        let mut cluster = format!("[cluster]\naddress = \"{}\"\n", self.cluster_address);
+        for line in &self.cluster_extra {
+            cluster.push_str(line);
+            cluster.push('\n');
+        }
+        format!(
             r#"data-dir = "{data}"
 [host]
-name = "nas1"
+name = "{name}"
 [api]
 listen = "127.0.0.1:0"
 [vm]
 accel = "tcg"
-[network]
-netns = "{ns}"
-[cluster]
-address = "127.0.0.1:{cluster_port}"
-[[images.bundled]]
+{network}{cluster}[[images.bundled]]
 name = "nasvisor-mini"
 path = "{guest}/nasvisor-mini.qcow2"
 metadata = "{guest}/guest-image.json"
@@ -123,22 +171,41 @@ metadata = "{guest}/guest-image.json"
 dir = "{plugins}"
 trusted-keys-dir = "{keys}"
 "#,
-            data = dir.path().join("data").display(),
-            ns = ns.name,
-            cluster_port = free_port(),
+            data = data_dir.display(),
+            name = self.host_name,
             guest = guest.display(),
             plugins = plugin_dir().display(),
             keys = workspace_root().join("target/keys").display(),
+        )
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data directory.
+    pub fn start() -> Daemon {
+        Daemon::start_with(DaemonSetup::single_host())
+    }
+
+    /// Starts a daemon set up so, on a fresh data directory.
+    pub fn start_with(setup: DaemonSetup) -> Daemon {
+        let guest = workspace_root().join("target/guest");
+        assert!(
+            guest.join("nasvisor-mini.qcow2").is_file(),
+            "target/guest/nasvisor-mini.qcow2 is missing: run scripts/setup.sh (it builds the guest image)"
         );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = setup.config(&dir.path().join("data"));
         std::fs::write(dir.path().join("nasvisord.toml"), cfg).unwrap();
+        let netns_exec = setup.inside_ns.then(|| setup.ns.name.clone());
         let mut d = Daemon {
             dir,
             child: None,
             endpoint: String::new(),
             token: String::new(),
             fingerprint: String::new(),
-            ns,
+            ns: setup.ns,
             starts: 0,
+            netns_exec,
         };
         d.spawn();
         d
@@ -157,7 +224,8 @@ trusted-keys-dir = "{keys}"
             .dir
             .path()
             .join(format!("nasvisord-{}.log", self.starts));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nasvisord"))
+        let mut child = self
+            .command(Path::new(env!("CARGO_BIN_EXE_nasvisord")))
             .arg("--config")
             .arg(self.dir.path().join("nasvisord.toml"))
             .args(["--log", "info"])
@@ -200,6 +268,27 @@ trusted-keys-dir = "{keys}"
         std::thread::spawn(move || while rx.recv().is_ok() {});
     }
 
+    /// A command that runs `program` where the daemon runs (inside its
+    /// namespace when it runs there; `ip netns exec` execs `program`, so the
+    /// child's pid is the program's).
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.netns_exec {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// The log (stderr) of the latest start.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("nasvisord-{}.log", self.starts))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -230,15 +319,21 @@ trusted-keys-dir = "{keys}"
     }
 
     pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(bin("nasvisor"))
-            .args(args)
+        self.cli_command(token, args)
+            .output()
+            .expect("the nasvisor CLI runs")
+    }
+
+    /// The command of `nasvisor <args>` against this daemon, not started.
+    pub fn cli_command(&self, token: &str, args: &[&str]) -> Command {
+        let mut c = self.command(&bin("nasvisor"));
+        c.args(args)
             .env("NASVISOR_ENDPOINT", &self.endpoint)
             .env("NASVISOR_TOKEN", token)
             .env("NASVISOR_FINGERPRINT", &self.fingerprint)
             .env_remove("NASVISOR_CA_CERT")
-            .env_remove("NASVISOR_TOKEN_FILE")
-            .output()
-            .expect("the nasvisor CLI runs")
+            .env_remove("NASVISOR_TOKEN_FILE");
+        c
     }
 
     /// Runs `nasvisor --json <args>`, which must succeed; its JSON answer.

@@ -1,0 +1,825 @@
+//! The core in a cluster of hosts:
+//!
+//! - this host's record (identity, node id, endpoint, resources) and its
+//!   default pool, written at every start and again after a join;
+//! - `cluster join`: a host without VMs swaps its single-host store for the
+//!   cluster's, then registers its pools, images and vswitches there;
+//! - routing: an action about a VM (or a job, or a host) is carried out by
+//!   the host it lives on, reached over the cluster's mutual-TLS channel
+//!   ([`nasvisor_cluster::peer`]); any host's API serves the whole cluster;
+//! - heartbeats: the leader asks every host for its health, resources and
+//!   version; a host silent for `offline_after` is recorded offline, with an
+//!   event, and online again when it answers;
+//! - quorum: a host that loses the majority refuses changes at once and,
+//!   after `quorum_stop_delay`, stops its VMs; when the majority is back it
+//!   starts again those that should run.
+
+use crate::errors;
+use crate::model::{
+    kind, now_rfc3339, pool_key, Desired, HostRecord, JobRecord, PoolRecord, Severity, VmRecord,
+    VmStatus, VswitchRecord,
+};
+use crate::{lock, Inner};
+use nasvisor_api::action::{ClusterJoin, PowerOp, VmCreate};
+use nasvisor_api::{Action, CoreError};
+use nasvisor_cluster::{ClusterStore, PeerHandler, PeerRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a forwarded action may take (a VM start waits for QEMU).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Heartbeats, quorum and fencing state of this host.
+#[derive(Default)]
+pub(crate) struct ClusterRuntime {
+    /// The leader's view: when each host last answered.
+    last_seen: Mutex<HashMap<String, Instant>>,
+    /// When the quorum was lost (`None`: we have it).
+    quorum_lost_since: Mutex<Option<Instant>>,
+    /// VMs this host stopped because it lost the quorum.
+    fenced: Mutex<HashSet<String>>,
+    /// Whether the stop after the quorum loss was done.
+    stopped_for_quorum: Mutex<bool>,
+}
+
+/// A host's answer to the leader's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub host: String,
+    pub version: String,
+    pub healthy: bool,
+    pub running_vms: u32,
+    pub storage_gib: u64,
+    pub free_storage_gib: u64,
+}
+
+impl Inner {
+    /// Whether this host belongs to a cluster of more than one voter.
+    pub(crate) fn multi_host(&self) -> bool {
+        self.db.store().cluster_info().is_some()
+            && self.db.store().members().iter().filter(|m| m.voter).count() > 1
+    }
+
+    /// Whether this host may change the desired state now.
+    pub(crate) fn has_quorum(&self) -> bool {
+        !self.multi_host() || self.db.store().has_quorum(self.cfg.offline_after)
+    }
+
+    fn no_quorum() -> CoreError {
+        CoreError::Unavailable {
+            reason: "this host has lost the cluster's quorum (it cannot reach a majority of \
+                     the hosts); changes are refused until it is back"
+                .into(),
+        }
+    }
+
+    /// Writes this host's record: identity and resources, keeping what
+    /// others decided about it (cordoned).
+    pub(crate) async fn register_host(&self) -> Result<(), CoreError> {
+        let store = self.db.store();
+        let (storage, free) = self.local_storage_gib();
+        let mut rec = self.host.clone();
+        rec.node_id = store.node_id();
+        rec.address = self.cfg.cluster_address.clone();
+        rec.online = true;
+        rec.storage_gib = storage;
+        rec.free_storage_gib = free;
+        rec.last_seen = Some(now_rfc3339());
+        if let Some((old, _)) = self.db.get::<HostRecord>(kind::HOST, &rec.id) {
+            if old.node_id != rec.node_id
+                && old.node_id != 0
+                && store.members().iter().any(|m| m.node_id == old.node_id)
+            {
+                return Err(errors::conflict(format!(
+                    "host name {} is already taken by node {} of the cluster; give this host \
+                     another [host] name",
+                    rec.id, old.node_id
+                )));
+            }
+            rec.cordoned = old.cordoned;
+        }
+        self.db.put(kind::HOST, &rec.id, &rec, None).await?;
+        Ok(())
+    }
+
+    /// This host's `default` pool, created on first start (and after a
+    /// join). A pool record of a single host from before pools were per
+    /// host is made this host's.
+    pub(crate) async fn ensure_default_pool(&self) -> Result<(), CoreError> {
+        let me = self.host.id.clone();
+        for p in self.db.list::<PoolRecord>(kind::POOL) {
+            if p.host.is_none()
+                && std::path::Path::new(&p.path).starts_with(&self.cfg.data_dir)
+                && self.db.get::<PoolRecord>(kind::POOL, &p.key()).is_some()
+                && !self.multi_host()
+            {
+                let local = PoolRecord {
+                    host: Some(me.clone()),
+                    ..p.clone()
+                };
+                self.db.delete(kind::POOL, &p.key()).await?;
+                self.db.put(kind::POOL, &local.key(), &local, None).await?;
+            }
+        }
+        let key = pool_key(Some(&me), "default");
+        if self.db.get::<PoolRecord>(kind::POOL, &key).is_none() {
+            let dir = self.cfg.data_dir.join("pools/default");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| errors::internal(format!("{}: {e}", dir.display())))?;
+            let rec = PoolRecord {
+                name: "default".into(),
+                path: dir.to_string_lossy().into_owned(),
+                host: Some(me),
+            };
+            self.db
+                .create(kind::POOL, &key, &rec, "pool default")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The record of pool `name` as this host sees it: its own, else a
+    /// shared one.
+    pub(crate) fn pool_record(&self, name: &str) -> Option<PoolRecord> {
+        self.db
+            .get::<PoolRecord>(kind::POOL, &pool_key(Some(&self.host.id), name))
+            .or_else(|| {
+                self.db
+                    .get::<PoolRecord>(kind::POOL, name)
+                    .filter(|(p, _)| p.shared())
+            })
+            .map(|(p, _)| p)
+    }
+
+    /// The pools this host reaches: its own and the shared ones.
+    pub(crate) fn local_pools(&self) -> Vec<PoolRecord> {
+        self.db
+            .list::<PoolRecord>(kind::POOL)
+            .into_iter()
+            .filter(|p| p.host.as_deref().is_none_or(|h| h == self.host.id))
+            .collect()
+    }
+
+    /// Capacity and free space of this host's pools, GiB (each filesystem
+    /// counted once).
+    pub(crate) fn local_storage_gib(&self) -> (u64, u64) {
+        let mut seen = HashSet::new();
+        let (mut cap, mut free) = (0u64, 0u64);
+        for p in self.local_pools() {
+            let Ok(pool) = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path))
+            else {
+                continue;
+            };
+            if let Ok(u) = pool.usage() {
+                if seen.insert((u.capacity_bytes, u.free_bytes >> 30)) {
+                    cap += u.capacity_bytes >> 30;
+                    free += u.free_bytes >> 30;
+                }
+            }
+        }
+        (cap, free)
+    }
+
+    pub(crate) fn host_record(&self, id: &str) -> Result<HostRecord, CoreError> {
+        self.db
+            .get::<HostRecord>(kind::HOST, id)
+            .map(|(h, _)| h)
+            .ok_or_else(|| errors::not_found(format!("host {id}")))
+    }
+
+    /// A host as the API shows it.
+    pub(crate) fn host_json_of(&self, h: &HostRecord) -> Value {
+        let (used, _) = self.used_memory_mib(&h.id, None);
+        let vms = self
+            .db
+            .list::<VmRecord>(kind::VM)
+            .iter()
+            .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
+            .count();
+        let store = self.db.store();
+        let role = if !self.multi_host() {
+            "single"
+        } else if store.metrics().current_leader == Some(h.node_id) {
+            "leader"
+        } else {
+            "follower"
+        };
+        json!({
+            "id": h.id,
+            "name": h.name,
+            "version": h.version,
+            "cpus": h.cpus.max(1),
+            "memory_mib": h.memory_mib,
+            "cluster_role": role,
+            "accel": h.accel,
+            "accel_reason": h.accel_reason,
+            "free_memory_mib": self.vm_memory_capacity(h).saturating_sub(used),
+            "qemu_version": h.qemu_version,
+            "node_id": h.node_id.max(1),
+            "address": h.address,
+            "online": h.online,
+            "cordoned": h.cordoned,
+            "vms": vms,
+            "last_seen": h.last_seen,
+        })
+    }
+
+    pub(crate) fn list_hosts(&self) -> Value {
+        Value::Array(
+            self.db
+                .list::<HostRecord>(kind::HOST)
+                .iter()
+                .map(|h| self.host_json_of(h))
+                .collect(),
+        )
+    }
+
+    pub(crate) async fn set_cordon(&self, host: &str, cordoned: bool) -> Result<Value, CoreError> {
+        self.host_record(host)?;
+        let rec = self
+            .db
+            .update::<HostRecord, _>(kind::HOST, host, |h| {
+                h.cordoned = cordoned;
+                Ok(())
+            })
+            .await?;
+        self.event(
+            if cordoned {
+                "host-cordoned"
+            } else {
+                "host-uncordoned"
+            },
+            Severity::Info,
+            Some(format!("host/{host}")),
+            if cordoned {
+                format!("host {host} cordoned: no new VMs are placed on it")
+            } else {
+                format!("host {host} uncordoned")
+            },
+        )
+        .await;
+        Ok(self.host_json_of(&rec))
+    }
+
+    // ---- routing ----
+
+    /// Which host carries `action` out (`None`: this one). May fill in the
+    /// host a placement chose, so the target does not place again.
+    pub(crate) fn route(&self, action: &mut Action) -> Result<Option<String>, CoreError> {
+        let target = match action {
+            Action::VmPower { id, op } => {
+                let vm = self.find_vm(id)?;
+                match (&vm.host, op) {
+                    (Some(h), _) => Some(h.clone()),
+                    (None, PowerOp::Start { host }) => {
+                        let h = self.place(&vm, host.as_deref())?;
+                        *host = Some(h.clone());
+                        Some(h)
+                    }
+                    (None, _) => None,
+                }
+            }
+            Action::ConsoleInput { id, .. }
+            | Action::DeleteVm { id, .. }
+            | Action::UpdateVm { id, .. }
+            | Action::MigrateVm { id, .. } => self.find_vm(id)?.host,
+            Action::CreateVm(req) => {
+                let image_known = req.image.as_ref().is_none_or(|i| {
+                    self.db
+                        .get::<crate::model::ImageRecord>(kind::IMAGE, i)
+                        .is_some()
+                });
+                // (An unknown image is refused by the create itself.)
+                if req.host.is_none()
+                    && image_known
+                    && needs_host_at_create(req, |p| self.pool_is_shared(p))
+                {
+                    let probe = VmRecord::probe(req.vcpus, req.memory_mib, &req.name);
+                    // An install runs where the image has a copy.
+                    let without_image: Vec<String> = match &req.image {
+                        Some(img) => {
+                            let copies = self
+                                .db
+                                .get::<crate::model::ImageRecord>(kind::IMAGE, img)
+                                .map(|(i, _)| i.hosts)
+                                .unwrap_or_default();
+                            self.db
+                                .list::<HostRecord>(kind::HOST)
+                                .into_iter()
+                                .map(|h| h.id)
+                                .filter(|h| !copies.contains(h))
+                                .collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    let exclude: Vec<&str> = without_image.iter().map(String::as_str).collect();
+                    req.host = Some(self.place_excluding(&probe, None, &exclude)?);
+                }
+                if let Some(h) = &req.host {
+                    self.host_record(h).map_err(|_| {
+                        errors::invalid("host", format!("no host {h:?} in the cluster"))
+                    })?;
+                }
+                req.host.clone()
+            }
+            Action::CancelJob { id } => self
+                .db
+                .get::<JobRecord>(kind::JOB, id)
+                .and_then(|(j, _)| j.host),
+            Action::EvacuateHost { host } => {
+                self.host_record(host)?;
+                Some(host.clone())
+            }
+            _ => None,
+        };
+        Ok(target.filter(|h| *h != self.host.id))
+    }
+
+    fn pool_is_shared(&self, name: &str) -> bool {
+        self.pool_record(name).is_some_and(|p| p.shared())
+    }
+
+    /// Carries `action` out on `host`.
+    pub(crate) async fn forward(&self, host: &str, action: Action) -> Result<Value, CoreError> {
+        let rec = self.host_record(host)?;
+        if !rec.online {
+            return Err(CoreError::Unavailable {
+                reason: format!(
+                    "host {host} is offline (no heartbeat since {}); try again when it is back",
+                    rec.last_seen.as_deref().unwrap_or("ever")
+                ),
+            });
+        }
+        let body = serde_json::to_value(&action).map_err(errors::internal)?;
+        self.call_host(&rec, "action", body, FORWARD_TIMEOUT).await
+    }
+
+    /// Calls `method` of host `rec` over the cluster channel.
+    pub(crate) async fn call_host(
+        &self,
+        rec: &HostRecord,
+        method: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, CoreError> {
+        let reply = self
+            .db
+            .store()
+            .call_peer(rec.node_id, method, body, timeout)
+            .await
+            .map_err(|e| CoreError::Unavailable {
+                reason: format!("host {} cannot be reached: {e}", rec.id),
+            })?;
+        reply.map_err(|v| {
+            serde_json::from_value::<CoreError>(v.clone())
+                .unwrap_or_else(|_| errors::internal(format!("host {}: {v}", rec.id)))
+        })
+    }
+
+    // ---- the peer channel ----
+
+    /// Serves the other hosts' requests; holds the core weakly.
+    pub(crate) fn peer_handler(self: &Arc<Self>) -> PeerHandler {
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        Arc::new(move |from, req: PeerRequest| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(me) = weak.upgrade() else {
+                    return Err(encode(&CoreError::Unavailable {
+                        reason: "nasvisord is stopping".into(),
+                    }));
+                };
+                me.on_peer(from, req).await.map_err(|e| encode(&e))
+            })
+        })
+    }
+
+    async fn on_peer(self: &Arc<Self>, from: u64, req: PeerRequest) -> Result<Value, CoreError> {
+        match req.method.as_str() {
+            "heartbeat" => Ok(serde_json::to_value(self.heartbeat()).map_err(errors::internal)?),
+            "action" => {
+                let action: Action = serde_json::from_value(req.body)
+                    .map_err(|e| errors::internal(format!("a forwarded action: {e}")))?;
+                tracing::debug!(from, ?action, "action forwarded by another host");
+                self.handle_here(action).await
+            }
+            "console" => {
+                let id = req.body["id"].as_str().unwrap_or_default().to_string();
+                let tail = req.body["tail"].as_u64().unwrap_or(65536);
+                let bytes = self.console_tail(&id, tail).await?;
+                Ok(json!({ "data": String::from_utf8_lossy(&bytes) }))
+            }
+            m if m.starts_with("migrate-") => self.on_migrate_peer(m, req.body).await,
+            other => Err(errors::invalid(
+                "method",
+                format!("no peer method {other:?}"),
+            )),
+        }
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        let (storage, free) = self.local_storage_gib();
+        Heartbeat {
+            host: self.host.id.clone(),
+            version: self.host.version.clone(),
+            healthy: true,
+            running_vms: lock(&self.running).len() as u32,
+            storage_gib: storage,
+            free_storage_gib: free,
+        }
+    }
+
+    // ---- join ----
+
+    /// Joins this host to a cluster: it must have no VMs and no running
+    /// jobs. The single-host store is replaced by the cluster's; this
+    /// host's pools, images and vswitches are then recorded there.
+    pub(crate) async fn join_cluster(
+        self: &Arc<Self>,
+        req: ClusterJoin,
+    ) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let store = self.db.store();
+        if let Some(info) = store.cluster_info() {
+            return Err(errors::conflict(format!(
+                "this host already belongs to cluster {}",
+                info.cluster_id
+            )));
+        }
+        let vms: Vec<VmRecord> = self.db.list(kind::VM);
+        if !vms.is_empty() {
+            return Err(errors::conflict(format!(
+                "this host has {} VM(s) ({}); a host joins a cluster without VMs: delete them \
+                 first",
+                vms.len(),
+                vms.iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !lock(&self.jobs).is_empty() {
+            return Err(errors::conflict(
+                "jobs are running on this host; wait for them to end",
+            ));
+        }
+        // What this host brings along.
+        let pools: Vec<PoolRecord> = self.db.list(kind::POOL);
+        let vswitches: Vec<VswitchRecord> = self.db.list(kind::VSWITCH);
+
+        let dir = self.cfg.member_store_dir();
+        if dir.exists() {
+            // Leftovers of a join that failed.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let joined = ClusterStore::join(
+            &dir,
+            None,
+            self.cfg.cluster_address.clone(),
+            &req.address,
+            &req.token,
+        )
+        .await;
+        let joined = match joined {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(errors::store(e));
+            }
+        };
+        joined.set_peer_handler(self.peer_handler());
+        let old = self.db.swap(joined);
+        self.init_event_seq();
+        retire_store(old, self.cfg.data_dir.join("cluster"));
+
+        // Record this host in the cluster.
+        self.register_host().await?;
+        for p in pools {
+            let local = PoolRecord {
+                host: Some(p.host.clone().unwrap_or_else(|| self.host.id.clone())),
+                ..p
+            };
+            if self
+                .db
+                .get::<PoolRecord>(kind::POOL, &local.key())
+                .is_none()
+            {
+                let _ = self.db.put(kind::POOL, &local.key(), &local, Some(0)).await;
+            }
+        }
+        self.ensure_default_pool().await?;
+        for s in vswitches {
+            if self
+                .db
+                .get::<VswitchRecord>(kind::VSWITCH, &s.name)
+                .is_none()
+            {
+                let _ = self.db.put(kind::VSWITCH, &s.name, &s, Some(0)).await;
+            }
+        }
+        for s in self.db.list::<VswitchRecord>(kind::VSWITCH) {
+            if let Err(e) = self.ensure_vswitch(&s) {
+                tracing::error!(vswitch = %s.name, error = %e, "cannot set up a vswitch of the cluster");
+            }
+        }
+        self.register_library_images().await;
+        self.add_bundled_images().await;
+        let info = self.db.store().cluster_info();
+        self.event(
+            "host-joined",
+            Severity::Info,
+            Some(format!("host/{}", self.host.id)),
+            format!(
+                "host {} (node {}) joined cluster {}",
+                self.host.id,
+                self.db.store().node_id(),
+                info.map(|i| i.cluster_id).unwrap_or_default()
+            ),
+        )
+        .await;
+        Ok(self.cluster_json())
+    }
+
+    // ---- heartbeats and quorum ----
+
+    /// The background loop of every host: heartbeats when leader, the
+    /// quorum watch always.
+    pub(crate) fn spawn_cluster_loop(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let interval = self.cfg.heartbeat_interval;
+        tokio::spawn(async move {
+            let mut was_leader = false;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let Some(me) = weak.upgrade() else { break };
+                if !me.multi_host() {
+                    was_leader = false;
+                    continue;
+                }
+                let leader = me.db.store().is_leader() && me.has_quorum();
+                if leader {
+                    if !was_leader {
+                        // A new leader gives every host a full threshold.
+                        let now = Instant::now();
+                        let mut seen = lock(&me.cluster.last_seen);
+                        seen.clear();
+                        for h in me.db.list::<HostRecord>(kind::HOST) {
+                            seen.insert(h.id, now);
+                        }
+                    }
+                    me.heartbeat_round().await;
+                }
+                was_leader = leader;
+                me.watch_quorum().await;
+            }
+        });
+    }
+
+    async fn heartbeat_round(self: &Arc<Self>) {
+        let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
+        let members: HashSet<u64> = self
+            .db
+            .store()
+            .members()
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        let timeout = self.cfg.heartbeat_interval.max(Duration::from_millis(200)) * 2;
+        let calls = hosts
+            .iter()
+            .filter(|h| members.contains(&h.node_id))
+            .map(|h| {
+                let me = self.clone();
+                let h = h.clone();
+                async move {
+                    let r = if h.id == me.host.id {
+                        Ok(me.heartbeat())
+                    } else {
+                        me.call_host(&h, "heartbeat", json!({}), timeout)
+                            .await
+                            .and_then(|v| serde_json::from_value(v).map_err(errors::internal))
+                    };
+                    (h, r)
+                }
+            });
+        let results = futures_util::future::join_all(calls).await;
+        let now = Instant::now();
+        for (h, r) in results {
+            match r {
+                Ok(hb) => {
+                    lock(&self.cluster.last_seen).insert(h.id.clone(), now);
+                    let changed = !h.online
+                        || h.version != hb.version
+                        || h.free_storage_gib != hb.free_storage_gib
+                        || h.last_seen.as_deref().is_none_or(stale_timestamp);
+                    if changed {
+                        let came_back = !h.online;
+                        let _ = self
+                            .db
+                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                                r.online = true;
+                                r.version = hb.version.clone();
+                                r.storage_gib = hb.storage_gib;
+                                r.free_storage_gib = hb.free_storage_gib;
+                                r.last_seen = Some(now_rfc3339());
+                                Ok(())
+                            })
+                            .await;
+                        if came_back {
+                            self.event(
+                                "host-online",
+                                Severity::Info,
+                                Some(format!("host/{}", h.id)),
+                                format!("host {} answers heartbeats again", h.id),
+                            )
+                            .await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let last = lock(&self.cluster.last_seen).get(&h.id).copied();
+                    let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
+                    if h.online && silent >= self.cfg.offline_after {
+                        let _ = self
+                            .db
+                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                                r.online = false;
+                                Ok(())
+                            })
+                            .await;
+                        self.event(
+                            "host-offline",
+                            Severity::Warning,
+                            Some(format!("host/{}", h.id)),
+                            format!(
+                                "host {} missed heartbeats for {:.1} s ({e})",
+                                h.id,
+                                silent.as_secs_f64()
+                            ),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops this host's VMs when it has been without quorum for the
+    /// configured delay; restarts them when the quorum is back.
+    async fn watch_quorum(self: &Arc<Self>) {
+        let quorum = self.has_quorum();
+        let since = {
+            let mut s = lock(&self.cluster.quorum_lost_since);
+            match (quorum, *s) {
+                (true, _) => *s = None,
+                (false, None) => {
+                    *s = Some(Instant::now());
+                    tracing::warn!(
+                        delay_s = self.cfg.quorum_stop_delay.as_secs_f64(),
+                        "lost the cluster's quorum; changes are refused, VMs stop after the delay"
+                    );
+                }
+                (false, Some(_)) => {}
+            }
+            *s
+        };
+        match since {
+            Some(t) if t.elapsed() >= self.cfg.quorum_stop_delay => {
+                let already = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), true);
+                if !already {
+                    let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
+                    tracing::warn!(
+                        vms = ids.len(),
+                        "no quorum for the configured delay: stopping this host's VMs"
+                    );
+                    for id in ids {
+                        lock(&self.cluster.fenced).insert(id.clone());
+                        self.stop_instance(&id).await;
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                let was = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), false);
+                if was {
+                    self.after_quorum_regained().await;
+                }
+            }
+        }
+    }
+
+    async fn after_quorum_regained(self: &Arc<Self>) {
+        let fenced: Vec<String> = lock(&self.cluster.fenced).drain().collect();
+        self.event(
+            "quorum-regained",
+            Severity::Info,
+            Some(format!("host/{}", self.host.id)),
+            format!(
+                "host {} reaches the majority again; {} VM(s) it had stopped are started again",
+                self.host.id,
+                fenced.len()
+            ),
+        )
+        .await;
+        for id in fenced {
+            let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, &id) else {
+                continue;
+            };
+            if vm.host.as_deref() != Some(self.host.id.as_str()) || vm.desired != Desired::Running {
+                let _ = self
+                    .set_state(
+                        &id,
+                        VmStatus::Stopped,
+                        Some("stopped: this host lost the cluster's quorum".into()),
+                        None,
+                    )
+                    .await;
+                continue;
+            }
+            if let Err(e) = self.start_vm(&vm, None).await {
+                tracing::error!(vm = %vm.name, error = %e, "cannot start a VM again after the quorum came back");
+            }
+        }
+    }
+
+    /// Refuses changes without quorum.
+    pub(crate) fn check_quorum(&self, action: &Action) -> Result<(), CoreError> {
+        if is_read_only(action) || self.has_quorum() {
+            Ok(())
+        } else {
+            Err(Self::no_quorum())
+        }
+    }
+}
+
+/// Whether `action` only reads.
+fn is_read_only(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::GetHost
+            | Action::ListVms
+            | Action::GetVm { .. }
+            | Action::ListPools
+            | Action::ListVolumes { .. }
+            | Action::ListSnapshots { .. }
+            | Action::ListImages
+            | Action::ListVswitches
+            | Action::ListJobs
+            | Action::GetJob { .. }
+            | Action::ListPlugins
+            | Action::ListEvents { .. }
+            | Action::GetCluster
+            | Action::ListHosts
+            | Action::ConsoleInput { .. }
+    )
+}
+
+/// A VM gets its host when it is created if it has disks on a host's own
+/// pool or is installed at once; otherwise at first power-on.
+fn needs_host_at_create(req: &VmCreate, shared: impl Fn(&str) -> bool) -> bool {
+    req.image.is_some() || req.disks.iter().any(|d| !shared(&d.pool))
+}
+
+/// Whether an RFC 3339 time is more than 30 s old (or unreadable).
+fn stale_timestamp(t: &str) -> bool {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > 30)
+        .unwrap_or(true)
+}
+
+fn encode(e: &CoreError) -> Value {
+    serde_json::to_value(e).unwrap_or_else(|_| json!({ "internal": { "reason": e.to_string() } }))
+}
+
+/// Closes the single-host store once nothing uses it any more, then removes
+/// its directory (the host is a member now).
+fn retire_store(old: Arc<ClusterStore>, dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let mut old = Some(old);
+        for _ in 0..600 {
+            match Arc::try_unwrap(old.take().expect("kept until unwrapped")) {
+                Ok(store) => {
+                    if let Err(e) = store.shutdown().await {
+                        tracing::warn!(error = %e, "closing the single-host store");
+                    }
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the single-host store");
+                    }
+                    return;
+                }
+                Err(still) => {
+                    old = Some(still);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::warn!("the single-host store is still in use; it closes with the process");
+    });
+}

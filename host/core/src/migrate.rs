@@ -1,0 +1,1175 @@
+//! Moving a VM to another host, as a job of the source host.
+//!
+//! Live (the VM runs):
+//! 1. the target creates the VM's volumes that are not on shared storage,
+//!    starts QEMU as a migration target (`-incoming defer`, paused),
+//!    exports those volumes over NBD and waits for the memory stream;
+//! 2. the source mirrors each such disk onto the target's export
+//!    (`blockdev-mirror`, the guest keeps writing: writes are mirrored);
+//! 3. once every mirror is in sync, the source migrates the memory; QEMU
+//!    pauses the guest for the last pass (the downtime);
+//! 4. the mirrors end in sync; ownership passes through the cluster log
+//!    (the VM's host becomes the target), and only then does the target
+//!    resume the guest; the source's QEMU and disk copies go.
+//!
+//! Any failure before the switch cancels everything on both sides and the
+//! VM keeps running on the source. A VM never runs on two hosts: the target
+//! resumes only after the log says it owns the VM.
+//!
+//! Offline (the VM is stopped): the target serves its new volumes with
+//! `qemu-nbd`, the source copies them with `qemu-img convert`, then the log
+//! records the new host.
+//!
+//! The memory and disk streams are plain TCP between the hosts' cluster
+//! addresses (the storage network), as QEMU's own migration; they are not
+//! encrypted yet.
+
+use crate::errors;
+use crate::jobs::{JobCtx, JobFailure};
+use crate::model::{
+    kind, pool_key, DiskRole, Firmware, HostRecord, ImageRecord, PoolRecord, Severity, VmRecord,
+    VmStatus,
+};
+use crate::{lock, Inner, Running};
+use nasvisor_api::action::VmMigrate;
+use nasvisor_api::CoreError;
+use nasvisor_vm::{LaunchOptions, SpawnHook, VmInstance};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the target may take to get ready.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default longest pause of the guest at the switch, ms.
+const DEFAULT_DOWNTIME_MS: u32 = 100;
+/// Bandwidth cap of the memory stream, bytes/s (QEMU's default is far lower).
+const MAX_BANDWIDTH: u64 = 10 << 30;
+
+/// Incoming migrations of this host (it is their target).
+#[derive(Default)]
+pub(crate) struct Migrations {
+    incoming: Mutex<HashMap<String, Incoming>>,
+}
+
+struct Incoming {
+    vm: VmRecord,
+    /// The paused QEMU of a live migration.
+    inst: Option<VmInstance>,
+    taps: Vec<Option<String>>,
+    /// `qemu-nbd` servers of an offline move.
+    nbd: Vec<tokio::process::Child>,
+    /// Volumes created for the VM (removed if it fails).
+    created: Vec<(String, String)>,
+    /// The UEFI variables file created for the VM.
+    vars: Option<PathBuf>,
+}
+
+/// One disk whose contents go over the network (not on shared storage).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CopyDisk {
+    /// The block node (`disk<i>`, `pflash1` for UEFI variables).
+    node: String,
+    /// Pool and volume; `None` for the UEFI variables file.
+    pool: Option<String>,
+    volume: Option<String>,
+    size_bytes: u64,
+    /// The source file.
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Prepare {
+    vm: VmRecord,
+    copy: Vec<CopyDisk>,
+    live: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Prepared {
+    /// NBD server: address and the port of each export (one port for
+    /// QEMU's server, one per volume for `qemu-nbd`).
+    host: String,
+    ports: HashMap<String, u16>,
+    /// `tcp:ip:port` of the memory stream (live only).
+    migrate_uri: Option<String>,
+}
+
+/// What a finished migration measured.
+struct Outcome {
+    total: Duration,
+    downtime_ms: Option<u64>,
+    copied_bytes: u64,
+}
+
+/// A port on `ip` that was free a moment ago.
+fn free_port(ip: &str) -> Result<u16, CoreError> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| errors::internal(format!("no free port on {ip}: {e}")))
+}
+
+impl Inner {
+    /// The IP of this host's cluster address.
+    fn cluster_ip(&self) -> Result<String, CoreError> {
+        crate::parse_listen(&self.cfg.cluster_address).map(|a| a.ip().to_string())
+    }
+
+    /// `POST /vms/{id}/migrate` on the VM's host: checks, then the job.
+    pub(crate) async fn migrate_vm(
+        self: &Arc<Self>,
+        id: &str,
+        req: VmMigrate,
+    ) -> Result<Value, CoreError> {
+        let _g = self.ops.lock().await;
+        let vm = self.find_vm(id)?;
+        let target = self.host_record(&req.host).map_err(|_| {
+            errors::invalid("host", format!("no host {:?} in the cluster", req.host))
+        })?;
+        if vm.host.as_deref() == Some(target.id.as_str()) {
+            return Err(errors::conflict(format!(
+                "VM {} already lives on host {}",
+                vm.name, target.id
+            )));
+        }
+        if !target.online {
+            return Err(CoreError::Unavailable {
+                reason: format!("host {} is offline", target.id),
+            });
+        }
+        if target.cordoned {
+            return Err(errors::conflict(format!(
+                "host {} is cordoned; uncordon it first",
+                target.id
+            )));
+        }
+        if matches!(
+            vm.state,
+            VmStatus::Installing | VmStatus::Migrating | VmStatus::Starting | VmStatus::Stopping
+        ) {
+            return Err(errors::conflict(format!(
+                "VM {} is {}; try again when that is over",
+                vm.name,
+                vm.state.as_str()
+            )));
+        }
+        let live = lock(&self.running).contains_key(&vm.id);
+        if live {
+            // Room on the target (the VM's memory is not counted there yet).
+            self.place_excluding(&vm, Some(&target.id), &[])?;
+        }
+        let copy = self.disks_to_copy(&vm, &target)?;
+        let downtime = req.max_downtime_ms.unwrap_or(DEFAULT_DOWNTIME_MS);
+        let before = vm.state;
+        self.db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                if v.state != before {
+                    return Err(errors::conflict(format!(
+                        "VM {} changed meanwhile (it is {})",
+                        v.name,
+                        v.state.as_str()
+                    )));
+                }
+                v.state = VmStatus::Migrating;
+                v.state_reason = Some(format!("moving to host {}", target.id));
+                Ok(())
+            })
+            .await?;
+        let params = json!({
+            "vm": vm.id, "from": self.host.id, "to": target.id, "live": live,
+            "copied_disks": copy.iter().map(|c| c.node.clone()).collect::<Vec<_>>(),
+        });
+        let (job, ctx) = match self
+            .job_start("migrate", Some(format!("vm/{}", vm.name)), params)
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                self.restore_after_failed_move(&vm, before).await;
+                return Err(e);
+            }
+        };
+        drop(_g);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = if live {
+                me.migrate_live(&ctx, &vm, &target, &copy, downtime).await
+            } else {
+                me.move_offline(&ctx, &vm, &target, &copy).await
+            };
+            let outcome = match r {
+                Ok(o) => {
+                    let msg = format!(
+                        "moved to host {} in {:.2} s{}{}",
+                        target.id,
+                        o.total.as_secs_f64(),
+                        match o.downtime_ms {
+                            Some(d) => format!("; downtime {d} ms"),
+                            None => String::new(),
+                        },
+                        if o.copied_bytes > 0 {
+                            format!("; {} MiB of disk copied", o.copied_bytes >> 20)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    me.event(
+                        "vm-migrated",
+                        Severity::Info,
+                        Some(format!("vm/{}", vm.name)),
+                        format!("VM {} {msg}", vm.name),
+                    )
+                    .await;
+                    Ok(msg)
+                }
+                Err(e) => {
+                    me.restore_after_failed_move(&vm, before).await;
+                    if let JobFailure::Failed(why) = &e {
+                        me.event(
+                            "vm-migration-failed",
+                            Severity::Warning,
+                            Some(format!("vm/{}", vm.name)),
+                            format!(
+                                "VM {} could not move to host {}: {why}; it stays on host {}",
+                                vm.name, target.id, me.host.id
+                            ),
+                        )
+                        .await;
+                    }
+                    Err(e)
+                }
+            };
+            me.job_finish(&ctx, outcome).await;
+        });
+        Ok(job.to_json())
+    }
+
+    async fn restore_after_failed_move(&self, vm: &VmRecord, before: VmStatus) {
+        let running = lock(&self.running).get(&vm.id).map(|r| r.inst.state());
+        let state = match running {
+            Some(nasvisor_vm::VmState::Paused) => VmStatus::Paused,
+            Some(s) if !s.is_exited() => VmStatus::Running,
+            _ => before,
+        };
+        let _ = self
+            .db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                if v.state == VmStatus::Migrating && v.host.as_deref() == Some(&self.host.id) {
+                    v.state = state;
+                    v.state_reason = None;
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    /// The disks of `vm` whose contents must travel to `target`; refuses a
+    /// move the target cannot take.
+    fn disks_to_copy(
+        &self,
+        vm: &VmRecord,
+        target: &HostRecord,
+    ) -> Result<Vec<CopyDisk>, CoreError> {
+        let mut out = Vec::new();
+        for (i, d) in vm.disks.iter().enumerate() {
+            let field = format!("disks[{i}]");
+            if d.role == DiskRole::Cdrom {
+                let on_target = self
+                    .db
+                    .get::<ImageRecord>(kind::IMAGE, &d.volume)
+                    .is_some_and(|(img, _)| img.hosts.contains(&target.id));
+                if !on_target {
+                    return Err(errors::conflict(format!(
+                        "image {} (a CD-ROM of the VM) has no copy on host {}",
+                        d.volume, target.id
+                    )));
+                }
+                continue;
+            }
+            let rec: PoolRecord = self
+                .pool_record(&d.pool)
+                .ok_or_else(|| errors::conflict(format!("pool {} of {field} is gone", d.pool)))?;
+            if rec.shared() {
+                continue;
+            }
+            if self
+                .db
+                .get::<PoolRecord>(kind::POOL, &pool_key(Some(&target.id), &d.pool))
+                .is_none()
+            {
+                return Err(errors::conflict(format!(
+                    "host {} has no pool {} for {field} (volume {}); create it there first",
+                    target.id, d.pool, d.volume
+                )));
+            }
+            let pool = self.pool(&d.pool, &field)?;
+            let info = pool
+                .volume(&d.volume)
+                .map_err(|e| errors::storage(&field, e))?;
+            if !info.snapshots.is_empty() {
+                return Err(errors::conflict(format!(
+                    "volume {}/{} has snapshots, which a copy to another host would lose; \
+                     delete them or use a shared pool",
+                    d.pool, d.volume
+                )));
+            }
+            out.push(CopyDisk {
+                node: format!("disk{i}"),
+                pool: Some(d.pool.clone()),
+                volume: Some(d.volume.clone()),
+                size_bytes: info.virtual_size,
+                path: info.path,
+            });
+        }
+        if vm.firmware == Firmware::Uefi {
+            let vars = self.cfg.nvram_dir().join(format!("{}.fd", vm.id));
+            if let Ok(m) = std::fs::metadata(&vars) {
+                out.push(CopyDisk {
+                    node: "pflash1".into(),
+                    pool: None,
+                    volume: None,
+                    size_bytes: m.len(),
+                    path: vars,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn migrate_live(
+        self: &Arc<Self>,
+        ctx: &JobCtx,
+        vm: &VmRecord,
+        target: &HostRecord,
+        copy: &[CopyDisk],
+        downtime_ms: u32,
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let inst = self
+            .instance(vm)
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        ctx.progress(0.0, Some(&format!("preparing host {}", target.id)));
+        let prepared: Prepared = self
+            .peer_prepare(target, vm, copy, true)
+            .await
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        let r = self
+            .live_transfer(ctx, &inst, &prepared, copy, downtime_ms)
+            .await;
+        let (info, copied) = match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.abort_source(&inst, copy).await;
+                self.peer_abort(target, vm).await;
+                return Err(e);
+            }
+        };
+        // The switch: the log says the target owns the VM, then it resumes.
+        ctx.progress(0.99, Some("switching over"));
+        let target_id = target.id.clone();
+        let switched = self
+            .db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                v.host = Some(target_id.clone());
+                v.state = VmStatus::Running;
+                v.state_reason = None;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = switched {
+            // Still ours: run on here.
+            let _ = inst.resume().await;
+            self.peer_abort(target, vm).await;
+            return Err(JobFailure::Failed(format!(
+                "the cluster did not record the switch ({e}); the VM runs on here"
+            )));
+        }
+        // The source QEMU goes: it is paused and no longer the VM.
+        self.retire_source(vm, &inst, copy).await;
+        if let Err(e) = self
+            .call_host(
+                target,
+                "migrate-finish",
+                json!({ "id": vm.id }),
+                PREPARE_TIMEOUT,
+            )
+            .await
+        {
+            return Err(JobFailure::Failed(format!(
+                "host {} owns the VM but could not resume it: {e}; resume it there",
+                target.id
+            )));
+        }
+        Ok(Outcome {
+            total: started.elapsed(),
+            downtime_ms: info.downtime,
+            copied_bytes: copied,
+        })
+    }
+
+    /// Mirrors the disks, then migrates the memory. On success the source
+    /// guest is paused and every mirror has ended in sync.
+    async fn live_transfer(
+        &self,
+        ctx: &JobCtx,
+        inst: &VmInstance,
+        prepared: &Prepared,
+        copy: &[CopyDisk],
+        downtime_ms: u32,
+    ) -> Result<(nasvisor_vm::qmp::MigrationInfo, u64), JobFailure> {
+        let qmp = inst.qmp();
+        let fail =
+            |what: &str, e: &dyn std::fmt::Display| JobFailure::Failed(format!("{what}: {e}"));
+        let disk_share = if copy.is_empty() { 0.0 } else { 0.5 };
+        for c in copy {
+            let port = prepared.ports.get(&c.node).copied().unwrap_or(0);
+            qmp.blockdev_add(json!({
+                "driver": "nbd",
+                "node-name": format!("mig-{}", c.node),
+                "server": { "type": "inet", "host": prepared.host, "port": port.to_string() },
+                "export": c.node,
+            }))
+            .await
+            .map_err(|e| fail(&format!("connecting {} to the target", c.node), &e))?;
+            qmp.blockdev_mirror(
+                &format!("mig-{}", c.node),
+                &c.node,
+                &format!("mig-{}", c.node),
+                "full",
+                None,
+            )
+            .await
+            .map_err(|e| fail(&format!("mirroring {}", c.node), &e))?;
+        }
+        // Disks in sync.
+        let mut copied = 0;
+        loop {
+            if ctx.is_cancelled() {
+                return Err(JobFailure::Cancelled);
+            }
+            if copy.is_empty() {
+                break;
+            }
+            let jobs = qmp
+                .execute("query-block-jobs", None)
+                .await
+                .map_err(|e| fail("query-block-jobs", &e))?;
+            let ours: Vec<&Value> = jobs
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|j| j["device"].as_str().is_some_and(|d| d.starts_with("mig-")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ours.len() < copy.len() {
+                return Err(JobFailure::Failed(
+                    "a disk mirror ended before it was in sync (the target went away?)".into(),
+                ));
+            }
+            let len: u64 = ours.iter().map(|j| j["len"].as_u64().unwrap_or(0)).sum();
+            let done: u64 = ours.iter().map(|j| j["offset"].as_u64().unwrap_or(0)).sum();
+            copied = done;
+            let frac = if len == 0 {
+                1.0
+            } else {
+                done as f64 / len as f64
+            };
+            ctx.progress(
+                frac * disk_share,
+                Some(&format!(
+                    "disks: {} of {} MiB copied",
+                    done >> 20,
+                    len >> 20
+                )),
+            );
+            if ours.iter().all(|j| j["ready"].as_bool() == Some(true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Memory.
+        let uri = prepared
+            .migrate_uri
+            .clone()
+            .ok_or_else(|| JobFailure::Failed("the target gave no migration address".into()))?;
+        qmp.migrate_set_capabilities(&[("events", true)])
+            .await
+            .map_err(|e| fail("migrate-set-capabilities", &e))?;
+        qmp.migrate_set_parameters(json!({
+            "downtime-limit": downtime_ms,
+            "max-bandwidth": MAX_BANDWIDTH,
+        }))
+        .await
+        .map_err(|e| fail("migrate-set-parameters", &e))?;
+        qmp.migrate(&uri).await.map_err(|e| fail("migrate", &e))?;
+        let info = loop {
+            if ctx.is_cancelled() {
+                let _ = qmp.migrate_cancel().await;
+                return Err(JobFailure::Cancelled);
+            }
+            let info = qmp
+                .query_migrate()
+                .await
+                .map_err(|e| fail("query-migrate", &e))?;
+            match info.status.as_deref() {
+                Some("completed") => break info,
+                Some("failed") | Some("cancelled") => {
+                    return Err(JobFailure::Failed(format!(
+                        "the memory migration {}: {}",
+                        info.status.as_deref().unwrap_or("failed"),
+                        info.error_desc.as_deref().unwrap_or("no reason given")
+                    )))
+                }
+                _ => {
+                    if let Some(ram) = &info.ram {
+                        let frac = if ram.total == 0 {
+                            0.0
+                        } else {
+                            (ram.total - ram.remaining.min(ram.total)) as f64 / ram.total as f64
+                        };
+                        let left_s = if ram.mbps > 0.0 {
+                            ram.remaining as f64 * 8.0 / (ram.mbps * 1e6)
+                        } else {
+                            0.0
+                        };
+                        ctx.progress(
+                            disk_share + frac * (0.98 - disk_share),
+                            Some(&format!(
+                                "memory: {} of {} MiB, about {:.0} s left",
+                                ram.transferred >> 20,
+                                ram.total >> 20,
+                                left_s.ceil()
+                            )),
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The guest is paused: end the mirrors in sync (a ready mirror
+        // cancelled completes without pivoting).
+        for c in copy {
+            let job = format!("mig-{}", c.node);
+            if let Err(e) = qmp.block_job_cancel(&job, false).await {
+                return Err(fail(&format!("ending the mirror of {}", c.node), &e));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let jobs = qmp
+                .execute("query-block-jobs", None)
+                .await
+                .map_err(|e| fail("query-block-jobs", &e))?;
+            let left = jobs
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|j| j["device"].as_str().is_some_and(|d| d.starts_with("mig-")))
+                        .count()
+                })
+                .unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(JobFailure::Failed(
+                    "the disk mirrors did not end within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((info, copied))
+    }
+
+    /// Undoes the source's side of a failed live migration; the guest runs
+    /// on.
+    async fn abort_source(&self, inst: &VmInstance, copy: &[CopyDisk]) {
+        let qmp = inst.qmp();
+        let _ = qmp.migrate_cancel().await;
+        for c in copy {
+            let _ = qmp.block_job_cancel(&format!("mig-{}", c.node), true).await;
+        }
+        // Give the cancelled jobs a moment, then drop the NBD clients.
+        for _ in 0..50 {
+            let busy = qmp
+                .execute("query-block-jobs", None)
+                .await
+                .ok()
+                .and_then(|j| j.as_array().map(|a| !a.is_empty()))
+                .unwrap_or(false);
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for c in copy {
+            let _ = qmp.blockdev_del(&format!("mig-{}", c.node)).await;
+        }
+        if matches!(
+            qmp.query_status().await.map(|s| s.status),
+            Ok(nasvisor_vm::qmp::RunState::Postmigrate)
+        ) {
+            let _ = inst.resume().await;
+        }
+    }
+
+    /// After the switch: the source's QEMU, taps and disk copies go.
+    async fn retire_source(&self, vm: &VmRecord, inst: &VmInstance, copy: &[CopyDisk]) {
+        lock(&self.running).remove(&vm.id);
+        let _ = inst.kill().await;
+        self.remove_taps(vm);
+        self.remove_copies(copy);
+    }
+
+    fn remove_copies(&self, copy: &[CopyDisk]) {
+        for c in copy {
+            match (&c.pool, &c.volume) {
+                (Some(p), Some(v)) => {
+                    if let Ok(pool) = self.pool(p, "pool") {
+                        if let Err(e) = pool.delete(v) {
+                            tracing::warn!(pool = %p, volume = %v, error = %e, "cannot remove the source copy of a moved volume");
+                        }
+                    }
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&c.path);
+                }
+            }
+        }
+    }
+
+    async fn move_offline(
+        self: &Arc<Self>,
+        ctx: &JobCtx,
+        vm: &VmRecord,
+        target: &HostRecord,
+        copy: &[CopyDisk],
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let prepared = if copy.is_empty() {
+            None
+        } else {
+            ctx.progress(0.0, Some(&format!("preparing host {}", target.id)));
+            Some(
+                self.peer_prepare(target, vm, copy, false)
+                    .await
+                    .map_err(|e| JobFailure::Failed(e.to_string()))?,
+            )
+        };
+        let total: u64 = copy.iter().map(|c| c.size_bytes).sum::<u64>().max(1);
+        let mut done = 0;
+        for c in copy {
+            let p = prepared
+                .as_ref()
+                .expect("prepared when there is something to copy");
+            ctx.progress(
+                done as f64 / total as f64 * 0.95,
+                Some(&format!("copying {} ({} MiB)", c.node, c.size_bytes >> 20)),
+            );
+            let port = p.ports.get(&c.node).copied().unwrap_or(0);
+            let url = format!("nbd://{}:{port}/{}", p.host, c.node);
+            let fmt = if c.pool.is_some() { "qcow2" } else { "raw" };
+            let r = copy_to_nbd(&ctx.cancel, fmt, &c.path, &url).await;
+            if let Err(e) = r {
+                self.peer_abort(target, vm).await;
+                return Err(e);
+            }
+            done += c.size_bytes;
+        }
+        let target_id = target.id.clone();
+        let r = self
+            .db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                v.host = Some(target_id.clone());
+                v.state = VmStatus::Stopped;
+                v.state_reason = None;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            self.peer_abort(target, vm).await;
+            return Err(JobFailure::Failed(format!(
+                "the cluster did not record the move: {e}"
+            )));
+        }
+        if prepared.is_some() {
+            if let Err(e) = self
+                .call_host(
+                    target,
+                    "migrate-finish",
+                    json!({ "id": vm.id }),
+                    PREPARE_TIMEOUT,
+                )
+                .await
+            {
+                tracing::warn!(vm = %vm.name, error = %e, "the target could not close its copy servers");
+            }
+        }
+        self.remove_copies(copy);
+        Ok(Outcome {
+            total: started.elapsed(),
+            downtime_ms: None,
+            copied_bytes: copy.iter().map(|c| c.size_bytes).sum(),
+        })
+    }
+
+    async fn peer_prepare(
+        &self,
+        target: &HostRecord,
+        vm: &VmRecord,
+        copy: &[CopyDisk],
+        live: bool,
+    ) -> Result<Prepared, CoreError> {
+        let body = serde_json::to_value(Prepare {
+            vm: vm.clone(),
+            copy: copy.to_vec(),
+            live,
+        })
+        .map_err(errors::internal)?;
+        let v = self
+            .call_host(target, "migrate-prepare", body, PREPARE_TIMEOUT)
+            .await?;
+        serde_json::from_value(v).map_err(errors::internal)
+    }
+
+    async fn peer_abort(&self, target: &HostRecord, vm: &VmRecord) {
+        if let Err(e) = self
+            .call_host(
+                target,
+                "migrate-abort",
+                json!({ "id": vm.id }),
+                PREPARE_TIMEOUT,
+            )
+            .await
+        {
+            tracing::warn!(vm = %vm.name, host = %target.id, error = %e, "the target could not clean up an aborted migration");
+        }
+    }
+
+    // ---- the target's side ----
+
+    pub(crate) async fn on_migrate_peer(
+        self: &Arc<Self>,
+        method: &str,
+        body: Value,
+    ) -> Result<Value, CoreError> {
+        match method {
+            "migrate-prepare" => {
+                let p: Prepare = serde_json::from_value(body).map_err(errors::internal)?;
+                let prepared = self.prepare_incoming(p).await?;
+                serde_json::to_value(prepared).map_err(errors::internal)
+            }
+            "migrate-finish" => {
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                self.finish_incoming(&id).await?;
+                Ok(Value::Null)
+            }
+            "migrate-abort" => {
+                let id = body["id"].as_str().unwrap_or_default().to_string();
+                self.abort_incoming(&id).await;
+                Ok(Value::Null)
+            }
+            other => Err(errors::invalid(
+                "method",
+                format!("no peer method {other:?}"),
+            )),
+        }
+    }
+
+    async fn prepare_incoming(self: &Arc<Self>, p: Prepare) -> Result<Prepared, CoreError> {
+        let vm = p.vm;
+        if lock(&self.migrations.incoming).contains_key(&vm.id)
+            || lock(&self.running).contains_key(&vm.id)
+        {
+            return Err(errors::conflict(format!(
+                "VM {} is already arriving on or running on host {}",
+                vm.name, self.host.id
+            )));
+        }
+        let ip = self.cluster_ip()?;
+        let mut inc = Incoming {
+            vm: vm.clone(),
+            inst: None,
+            taps: Vec::new(),
+            nbd: Vec::new(),
+            created: Vec::new(),
+            vars: None,
+        };
+        let r = self
+            .prepare_incoming_inner(&p.copy, p.live, &ip, &mut inc)
+            .await;
+        match r {
+            Ok(prepared) => {
+                lock(&self.migrations.incoming).insert(vm.id.clone(), inc);
+                Ok(prepared)
+            }
+            Err(e) => {
+                self.discard_incoming(inc).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare_incoming_inner(
+        self: &Arc<Self>,
+        copy: &[CopyDisk],
+        live: bool,
+        ip: &str,
+        inc: &mut Incoming,
+    ) -> Result<Prepared, CoreError> {
+        let vm = inc.vm.clone();
+        // The volumes, empty, of the source's sizes.
+        let mut paths = HashMap::new();
+        for c in copy {
+            match (&c.pool, &c.volume) {
+                (Some(pool_name), Some(vol)) => {
+                    let rec = self
+                        .pool_record(pool_name)
+                        .filter(|p| !p.shared())
+                        .ok_or_else(|| {
+                            errors::conflict(format!(
+                                "host {} has no pool {pool_name}",
+                                self.host.id
+                            ))
+                        })?;
+                    let pool = self.pool(&rec.name, "pool")?;
+                    let info = pool
+                        .create(vol, c.size_bytes)
+                        .map_err(|e| errors::storage("volume", e))?;
+                    inc.created.push((pool_name.clone(), vol.clone()));
+                    paths.insert(c.node.clone(), (info.path, "qcow2"));
+                }
+                _ => {
+                    let vars = self.cfg.nvram_dir().join(format!("{}.fd", vm.id));
+                    let f = std::fs::File::create(&vars)
+                        .and_then(|f| f.set_len(c.size_bytes).map(|_| f))
+                        .map_err(|e| errors::internal(format!("{}: {e}", vars.display())))?;
+                    drop(f);
+                    inc.vars = Some(vars.clone());
+                    paths.insert(c.node.clone(), (vars, "raw"));
+                }
+            }
+        }
+        if !live {
+            // One qemu-nbd per volume.
+            let mut ports = HashMap::new();
+            for c in copy {
+                let (path, fmt) = &paths[&c.node];
+                let port = free_port(ip)?;
+                let mut cmd = tokio::process::Command::new("qemu-nbd");
+                cmd.args(["--persistent", "--cache=writeback", "-f", fmt, "-b", ip])
+                    .args(["-p", &port.to_string(), "-x", &c.node])
+                    .arg(path)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true);
+                let child = cmd
+                    .spawn()
+                    .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
+                inc.nbd.push(child);
+                wait_listening(ip, port).await?;
+                ports.insert(c.node.clone(), port);
+            }
+            return Ok(Prepared {
+                host: ip.to_string(),
+                ports,
+                migrate_uri: None,
+            });
+        }
+        // A paused QEMU waiting for the memory stream.
+        let (spec, taps) = self.build_spec(&vm)?;
+        inc.taps = taps;
+        let mut opts = LaunchOptions::new(self.cfg.run_dir(), self.accel);
+        opts.qemu_binary = self.cfg.qemu_binary.clone();
+        opts.incoming_defer = true;
+        if self.cfg.netns.is_some() {
+            let net = self.net.clone();
+            opts.spawn_hook = Some(SpawnHook(Arc::new(move |cmd| {
+                net.enter_on_spawn(cmd).map_err(std::io::Error::other)
+            })));
+        }
+        let inst = VmInstance::launch(&spec, &opts, self.instance_options())
+            .await
+            .map_err(|e| {
+                errors::internal(format!("QEMU did not start as a migration target: {e}"))
+            })?;
+        inc.inst = Some(inst.clone());
+        let qmp = inst.qmp();
+        let mut ports = HashMap::new();
+        if !copy.is_empty() {
+            let port = free_port(ip)?;
+            qmp.execute(
+                "nbd-server-start",
+                Some(json!({ "addr": { "type": "inet", "data": { "host": ip, "port": port.to_string() } } })),
+            )
+            .await
+            .map_err(|e| errors::internal(format!("nbd-server-start: {e}")))?;
+            for c in copy {
+                qmp.execute(
+                    "block-export-add",
+                    Some(json!({
+                        "type": "nbd", "id": format!("mig-{}", c.node), "node-name": c.node,
+                        "name": c.node, "writable": true, "allow-inactive": true,
+                    })),
+                )
+                .await
+                .map_err(|e| errors::internal(format!("exporting {}: {e}", c.node)))?;
+                ports.insert(c.node.clone(), port);
+            }
+        }
+        let mport = free_port(ip)?;
+        let uri = format!("tcp:{ip}:{mport}");
+        qmp.migrate_set_capabilities(&[("events", true)])
+            .await
+            .map_err(|e| errors::internal(format!("migrate-set-capabilities: {e}")))?;
+        qmp.migrate_incoming(&uri)
+            .await
+            .map_err(|e| errors::internal(format!("migrate-incoming: {e}")))?;
+        Ok(Prepared {
+            host: ip.to_string(),
+            ports,
+            migrate_uri: Some(uri),
+        })
+    }
+
+    /// The log says this host owns the VM: resume it (live) or close the
+    /// copy servers (offline).
+    async fn finish_incoming(self: &Arc<Self>, id: &str) -> Result<(), CoreError> {
+        let inc = lock(&self.migrations.incoming).remove(id);
+        let Some(mut inc) = inc else {
+            return Err(errors::not_found(format!("incoming migration of VM {id}")));
+        };
+        for mut child in inc.nbd.drain(..) {
+            stop_child(&mut child).await;
+        }
+        let Some(inst) = inc.inst.take() else {
+            return Ok(());
+        };
+        let qmp = inst.qmp();
+        let _ = qmp.execute("nbd-server-stop", None).await;
+        // The memory must have arrived.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = qmp
+                .query_status()
+                .await
+                .map_err(|e| errors::internal(format!("query-status: {e}")))?;
+            if st.status != nasvisor_vm::qmp::RunState::Inmigrate {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(errors::internal("the memory stream never completed here"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        inst.resume()
+            .await
+            .map_err(|e| errors::internal(format!("resuming the guest: {e}")))?;
+        lock(&self.running).insert(
+            id.to_string(),
+            Running {
+                inst: inst.clone(),
+                taps: inc.taps.clone(),
+                accel: self.accel,
+            },
+        );
+        self.spawn_monitor(id.to_string(), inst);
+        Ok(())
+    }
+
+    async fn abort_incoming(&self, id: &str) {
+        let inc = lock(&self.migrations.incoming).remove(id);
+        if let Some(inc) = inc {
+            self.discard_incoming(inc).await;
+        }
+    }
+
+    async fn discard_incoming(&self, mut inc: Incoming) {
+        for mut child in inc.nbd.drain(..) {
+            stop_child(&mut child).await;
+        }
+        if let Some(inst) = inc.inst.take() {
+            let _ = inst.kill().await;
+            self.remove_taps(&inc.vm);
+        }
+        for (pool, vol) in &inc.created {
+            if let Ok(p) = self.pool(pool, "pool") {
+                let _ = p.delete(vol);
+            }
+        }
+        if let Some(v) = &inc.vars {
+            let _ = std::fs::remove_file(v);
+        }
+    }
+}
+
+/// Waits until something listens on `ip:port` (qemu-nbd starting).
+async fn wait_listening(ip: &str, port: u16) -> Result<(), CoreError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(errors::internal(format!(
+                "qemu-nbd did not listen on {ip}:{port} within 10 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM (qemu-nbd flushes and exits), SIGKILL after 10 s.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on the pid of our own child, not reaped yet (we
+        // hold its handle), so the pid cannot have been reused.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Copies a local image into an NBD export with `qemu-img convert`;
+/// cancellable (qemu-img is stopped by its pid).
+async fn copy_to_nbd(
+    cancel: &tokio_util::sync::CancellationToken,
+    fmt: &str,
+    src: &std::path::Path,
+    url: &str,
+) -> Result<(), JobFailure> {
+    let mut child = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-n", "-p", "-f", fmt, "-O", "raw"])
+        .arg(src)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| JobFailure::Failed(format!("qemu-img does not start: {e}")))?;
+    let mut stderr = child.stderr.take();
+    tokio::select! {
+        st = child.wait() => {
+            let st = st.map_err(|e| JobFailure::Failed(format!("qemu-img: {e}")))?;
+            if st.success() {
+                Ok(())
+            } else {
+                let mut msg = String::new();
+                if let Some(s) = stderr.as_mut() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = s.read_to_string(&mut msg).await;
+                }
+                Err(JobFailure::Failed(format!("copying {} failed: {}", src.display(), msg.trim())))
+            }
+        }
+        _ = cancel.cancelled() => {
+            stop_child(&mut child).await;
+            Err(JobFailure::Cancelled)
+        }
+    }
+}
+
+/// Evacuation: cordon, then move every running VM away, one after the
+/// other, to hosts the scheduler picks.
+impl Inner {
+    pub(crate) async fn evacuate(self: &Arc<Self>, host: &str) -> Result<Value, CoreError> {
+        self.set_cordon(host, true).await?;
+        let vms: Vec<VmRecord> = self
+            .db
+            .list::<VmRecord>(kind::VM)
+            .into_iter()
+            .filter(|v| v.host.as_deref() == Some(host) && lock(&self.running).contains_key(&v.id))
+            .collect();
+        let (job, ctx) = self
+            .job_start(
+                "evacuate",
+                Some(format!("host/{host}")),
+                json!({ "host": host, "vms": vms.iter().map(|v| v.name.clone()).collect::<Vec<_>>() }),
+            )
+            .await?;
+        let me = self.clone();
+        let host = host.to_string();
+        tokio::spawn(async move {
+            let n = vms.len().max(1);
+            let mut moved = Vec::new();
+            let mut failed = Vec::new();
+            for (i, vm) in vms.iter().enumerate() {
+                if ctx.is_cancelled() {
+                    break;
+                }
+                ctx.progress(i as f64 / n as f64, Some(&format!("moving VM {}", vm.name)));
+                let r = async {
+                    let target = me.place_excluding(vm, None, &[host.as_str()])?;
+                    let job = me
+                        .migrate_vm(
+                            &vm.id,
+                            VmMigrate {
+                                host: target.clone(),
+                                max_downtime_ms: None,
+                            },
+                        )
+                        .await?;
+                    let id = job["id"].as_str().unwrap_or_default().to_string();
+                    me.wait_job_end(&id, &ctx).await?;
+                    Ok::<String, CoreError>(target)
+                }
+                .await;
+                match r {
+                    Ok(t) => moved.push(format!("{} → {t}", vm.name)),
+                    Err(e) => failed.push(format!("{}: {e}", vm.name)),
+                }
+            }
+            let outcome = if ctx.is_cancelled() {
+                Err(JobFailure::Cancelled)
+            } else if failed.is_empty() {
+                Ok(format!(
+                    "host {host} evacuated: {}",
+                    if moved.is_empty() {
+                        "no running VMs".into()
+                    } else {
+                        moved.join(", ")
+                    }
+                ))
+            } else {
+                Err(JobFailure::Failed(format!(
+                    "not moved: {}",
+                    failed.join("; ")
+                )))
+            };
+            me.job_finish(&ctx, outcome).await;
+        });
+        Ok(job.to_json())
+    }
+
+    /// Waits for job `id` to end; its error if it did not succeed.
+    async fn wait_job_end(&self, id: &str, outer: &JobCtx) -> Result<(), CoreError> {
+        loop {
+            if outer.is_cancelled() {
+                if let Some(t) = lock(&self.jobs).get(id) {
+                    t.cancel();
+                }
+            }
+            match self.db.get::<crate::model::JobRecord>(kind::JOB, id) {
+                Some((j, _)) if j.state.is_final() => {
+                    return match j.state {
+                        crate::model::JobState::Succeeded => Ok(()),
+                        _ => Err(errors::conflict(j.error.unwrap_or_else(|| "failed".into()))),
+                    };
+                }
+                None => return Err(errors::not_found(format!("job {id}"))),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Clusters for real: three `nasvisord` processes, each in a network
+//! namespace of its own on a test switch (see `common/cluster.rs`), driven
+//! by the `nasvisor` CLI run inside each host's namespace. VMs are real
+//! QEMUs under TCG.
+
+mod common;
+
+use common::alive;
+use common::cluster::{eventually, eventually_until, Cluster};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Three daemons and TCG guests on a small machine: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn is_running_on(v: &Value, host: &str) -> bool {
+    v["state"] == "running" && v["host"] == host
+}
+
+/// `vm create NAME` of a blank VM, as the CLI arguments.
+fn blank(name: &str) -> Vec<&str> {
+    vec![
+        "vm",
+        "create",
+        name,
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--disk",
+        "default:64",
+    ]
+}
+
+/// [`blank`] plus more `vm create` options.
+fn blank_with<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = blank(name);
+    a.extend_from_slice(extra);
+    a
+}
+
+/// The last `n` characters of `s`, for assertion messages.
+fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
+#[test]
+fn three_hosts_form_a_cluster_place_vms_and_survive_a_leader_loss() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+
+    // 1. Three voting members, seen from host 3; three online hosts.
+    let st = c.host(3).json(&["cluster", "status"]);
+    assert_eq!(st["clustered"], true, "host 3 is not clustered: {st:#}");
+    let members = st["members"].as_array().expect("members is a list");
+    assert_eq!(members.len(), 3, "host 3 does not see 3 members: {st:#}");
+    assert!(
+        members.iter().all(|m| m["voter"] == true),
+        "not every member votes: {st:#}"
+    );
+    let addrs: BTreeSet<String> = members
+        .iter()
+        .filter_map(|m| m["addr"].as_str().map(String::from))
+        .collect();
+    let want: BTreeSet<String> = (1..=3).map(|i| c.address(i)).collect();
+    assert_eq!(addrs, want, "member addresses: {st:#}");
+    let hosts = c.host(1).json(&["host", "list"]);
+    let list = hosts.as_array().expect("host list is a list");
+    assert_eq!(list.len(), 3, "host list: {hosts:#}");
+    for i in 1..=3 {
+        let h = list
+            .iter()
+            .find(|h| h["name"] == c.name(i).as_str())
+            .unwrap_or_else(|| panic!("{} is not in the host list: {hosts:#}", c.name(i)));
+        assert_eq!(h["online"], true, "{} is not online: {hosts:#}", c.name(i));
+        assert_eq!(
+            h["address"],
+            c.address(i).as_str(),
+            "{}'s address: {hosts:#}",
+            c.name(i)
+        );
+    }
+
+    // 2. A member cannot join again.
+    let t = c.host(1).json(&["cluster", "join-token"]);
+    let token = t["token"].as_str().expect("a token").to_string();
+    let err = c.host(2).fails(&["cluster", "join", &c.address(1), &token]);
+    assert!(
+        err.contains("already"),
+        "joining again should say host 2 is already clustered: {err}"
+    );
+    let st = c.host(1).json(&["cluster", "status"]);
+    assert_eq!(
+        st["members"].as_array().map(Vec::len),
+        Some(3),
+        "the refused join changed the members: {st:#}"
+    );
+
+    // 3. A VM placed on nas2 from host 1 runs there; host 3 knows.
+    c.host(1).json(&blank_with("a", &["--host", "nas2"]));
+    c.host(1).json(&["vm", "start", "a"]);
+    let a = c
+        .host(3)
+        .poll_vm("a", Duration::from_secs(30), |v| is_running_on(v, "nas2"));
+    let q2 = c.live_qemus(2);
+    assert_eq!(
+        q2.len(),
+        1,
+        "one QEMU should run in nas2's run dir: {q2:?}; {a:#}"
+    );
+    if let Some(pid) = a["pid"].as_i64() {
+        assert!(
+            q2.contains(&(pid as i32)),
+            "VM a's pid {pid} is not nas2's QEMU {q2:?}"
+        );
+    }
+    assert!(
+        c.live_qemus(1).is_empty() && c.live_qemus(3).is_empty(),
+        "a QEMU runs on nas1 or nas3: {:?} {:?}",
+        c.live_qemus(1),
+        c.live_qemus(3)
+    );
+
+    // 4. A VM without a host: the cluster places it.
+    c.host(3).json(&blank("b"));
+    c.host(3).json(&["vm", "start", "b"]);
+    let b = c
+        .host(3)
+        .poll_vm("b", Duration::from_secs(30), |v| v["state"] == "running");
+    let on = b["host"].as_str().unwrap_or_default();
+    let bi = c
+        .index_of_name(on)
+        .unwrap_or_else(|| panic!("VM b runs on {on:?}, not one of nas1..nas3: {b:#}"));
+    let qb = c.live_qemus(bi);
+    assert!(!qb.is_empty(), "no QEMU in {on}'s run dir for VM b: {b:#}");
+    if let Some(pid) = b["pid"].as_i64() {
+        assert!(
+            qb.contains(&(pid as i32)),
+            "VM b's pid {pid} is not a QEMU of {on}: {qb:?}"
+        );
+    }
+
+    // 5. kill -9 the leader: within 10 s the others elect a new one, answer
+    // and take changes.
+    let l = c.leader();
+    let old = c.node_id(l);
+    c.host_mut(l).kill9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = || deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    let s = (1..=3).find(|&i| i != l).unwrap();
+    let st = eventually_until(
+        deadline,
+        &format!("host {s} naming a leader other than the killed nas{l} (node {old})"),
+        || {
+            let st = c.host(s).try_json_within(&["cluster", "status"], left())?;
+            match st["leader"].as_u64() {
+                Some(id) if id != old => Ok(st),
+                _ => Err(format!("{st:#}")),
+            }
+        },
+    );
+    let nl = c.leader_in(&st);
+    assert!(
+        nl.is_some_and(|n| n != l),
+        "the new leader is not a surviving member: {st:#}"
+    );
+    let a = c
+        .host(s)
+        .try_json_within(&["vm", "show", "a"], left())
+        .unwrap_or_else(|e| panic!("host {s} after the leader's loss: {e}"));
+    assert_eq!(a["name"], "a", "{a:#}");
+    let vc = c
+        .host(s)
+        .try_json_within(&blank("c"), left())
+        .unwrap_or_else(|e| panic!("host {s} after the leader's loss: {e}"));
+    assert_eq!(vc["name"], "c", "{vc:#}");
+
+    // The killed host comes back and catches up.
+    c.host_mut(l).spawn();
+    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
+    c.wait_online(s, &all, Duration::from_secs(30));
+    let vc = eventually(
+        Duration::from_secs(30),
+        &format!("vm show c on the restarted nas{l}"),
+        || c.host(l).try_json(&["vm", "show", "c"]),
+    );
+    assert_eq!(vc["name"], "c", "{vc:#}");
+}
+
+#[test]
+fn a_host_cut_off_from_the_majority_stops_its_vms_and_comes_back() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+    c.host(1).json(&blank_with("v", &["--host", "nas3"]));
+    c.host(1).json(&["vm", "start", "v"]);
+    let v = c
+        .host(1)
+        .poll_vm("v", Duration::from_secs(30), |v| is_running_on(v, "nas3"));
+    let q = c.live_qemus(3);
+    assert_eq!(q.len(), 1, "one QEMU should run on nas3: {q:?}; {v:#}");
+    let pid = q[0];
+
+    c.cut(3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+
+    // The cut-off host refuses changes: it has no quorum.
+    let err = eventually_until(
+        deadline,
+        "host 3 refusing vm create x for lack of quorum",
+        || {
+            let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+            let x = ["vm", "create", "x", "--vcpus", "1", "--memory", "128"];
+            let Some(o) = c.host(3).cli_within(&x, left) else {
+                return Err("no answer (the CLI was stopped)".into());
+            };
+            assert!(
+                !o.status.success(),
+                "host 3, cut off from the majority, accepted vm create x: {}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+            let e = String::from_utf8_lossy(&o.stderr).into_owned();
+            if e.contains("quorum") {
+                Ok(e)
+            } else {
+                Err(e)
+            }
+        },
+    );
+    assert!(err.contains("quorum"), "{err}");
+
+    // After the quorum-stop delay, its VM's QEMU is stopped.
+    eventually_until(
+        deadline,
+        &format!("VM v's QEMU {pid} on the cut-off nas3 stopping"),
+        || {
+            if alive(pid) {
+                Err(format!("QEMU {pid} still runs"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+
+    // The majority keeps working, and sees nas3 go offline.
+    eventually_until(deadline, "host 1 accepting vm create y", || {
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        let Some(o) = c.host(1).cli_within(&blank("y"), left) else {
+            return Err("no answer (the CLI was stopped)".into());
+        };
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        // A retry after an attempt that went through late.
+        if o.status.success() || e.contains("already exists") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    });
+    let y = c.host(1).json(&["vm", "show", "y"]);
+    assert_eq!(y["name"], "y", "{y:#}");
+    eventually_until(deadline, "host list on host 1 showing nas3 offline", || {
+        let seen = c.online(1)?;
+        if seen.iter().any(|(n, on)| n == "nas3" && !on) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    });
+    eventually_until(
+        deadline,
+        "a host-offline event about nas3 on host 1",
+        || {
+            let ev = c.host(1).try_json(&["event", "list"])?;
+            let found = ev.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|e| e["kind"] == "host-offline" && e.to_string().contains("nas3"))
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(format!("{ev:#}"))
+            }
+        },
+    );
+
+    // Healed: nas3 is back online, catches up, and runs v again.
+    c.heal(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    eventually_until(
+        deadline,
+        "host list on host 1 showing nas3 online again",
+        || {
+            let seen = c.online(1)?;
+            if seen.iter().any(|(n, on)| n == "nas3" && *on) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    );
+    eventually_until(deadline, "VM v running on nas3 again", || {
+        let v = c.host(1).try_json(&["vm", "show", "v"])?;
+        let fresh: Vec<i32> = c.live_qemus(3).into_iter().filter(|p| *p != pid).collect();
+        if is_running_on(&v, "nas3") && !fresh.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("new QEMUs on nas3: {fresh:?}; {v:#}"))
+        }
+    });
+    eventually_until(
+        deadline,
+        "nas3 knowing VM y, created while it was cut off",
+        || c.host(3).try_json(&["vm", "show", "y"]),
+    );
+    let err = c.host(1).fails(&["vm", "show", "x"]);
+    assert!(
+        err.contains("not found"),
+        "the change refused on the cut-off host exists: {err}"
+    );
+}
+
+/// The numbers of the guest counter's `COUNT <n>` lines, in console order.
+fn counts(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_end_matches('\r');
+            let at = l.rfind("COUNT ")?;
+            l[at + "COUNT ".len()..].trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn live_migration_keeps_the_guest_counting() {
+    let _s = serial();
+    let c = Cluster::start(3);
+    c.form();
+    let vm = c
+        .host(1)
+        .try_json_within(
+            &[
+                "vm",
+                "create",
+                "mig",
+                "--image",
+                "nasvisor-mini",
+                "--vcpus",
+                "1",
+                "--memory",
+                "256",
+                "--hostname",
+                "mig",
+                "--host",
+                "nas1",
+                "--wait",
+            ],
+            BOOT * 2,
+        )
+        .unwrap_or_else(|e| panic!("installing VM mig on nas1: {e}"));
+    assert!(is_running_on(&vm, "nas1"), "{vm:#}");
+    c.host(1).wait_console("mig", "NASVISOR-READY", BOOT);
+
+    // The image's counter: "COUNT <n>" every 100 ms on the serial console.
+    c.host(1)
+        .json(&["vm", "console-send", "-n", "mig", "/lib/nasvisor/counter &"]);
+    let before = c
+        .host(1)
+        .wait_console("mig", "COUNT 20", Duration::from_secs(60));
+    let last_before = counts(&before).last().copied().unwrap_or(0);
+
+    let moved = c
+        .host(1)
+        .try_json_within(
+            &["vm", "migrate", "mig", "--to", "nas2", "--wait"],
+            BOOT * 2,
+        )
+        .unwrap_or_else(|e| panic!("migrating VM mig to nas2: {e}"));
+    assert!(
+        is_running_on(&moved, "nas2"),
+        "after the migration: {moved:#}"
+    );
+    let shown = c
+        .host(2)
+        .poll_vm("mig", Duration::from_secs(30), |v| is_running_on(v, "nas2"));
+    assert!(!c.live_qemus(2).is_empty(), "no QEMU on nas2: {shown:#}");
+    eventually(
+        Duration::from_secs(30),
+        "the source QEMU on nas1 exiting",
+        || {
+            let q = c.live_qemus(1);
+            if q.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{q:?}"))
+            }
+        },
+    );
+
+    // The guest keeps counting on nas2, without a restart or a gap.
+    let console = |d: &common::Daemon| {
+        let o = d.cli(&["vm", "console", "mig", "--tail", "1048576"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = console(c.host(2));
+    let first_max = counts(&first).last().copied().unwrap_or(0);
+    let after = eventually(
+        Duration::from_secs(60),
+        "the console on nas2 growing by 10 counts",
+        || {
+            let t = console(c.host(2));
+            match counts(&t).last() {
+                Some(&n) if n >= first_max + 10 && n > last_before => Ok(t),
+                _ => Err(tail(&t, 2000).to_string()),
+            }
+        },
+    );
+    let seq = counts(&after);
+    for w in seq.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "the guest's count on nas2 went from {} to {} (a gap or a restart):\n{}",
+            w[0],
+            w[1],
+            tail(&after, 3000)
+        );
+    }
+}

@@ -749,6 +749,11 @@ impl Inner {
         }
     }
 
+    /// Whether VM `id` was stopped because this host lost the quorum.
+    pub(crate) fn is_fenced(&self, id: &str) -> bool {
+        lock(&self.cluster.fenced).contains(id)
+    }
+
     /// Refuses changes without quorum.
     pub(crate) fn check_quorum(&self, action: &Action) -> Result<(), CoreError> {
         if is_read_only(action) || self.has_quorum() {

@@ -422,6 +422,7 @@ impl Inner {
         downtime_ms: u32,
     ) -> Result<(nasvisor_vm::qmp::MigrationInfo, u64), JobFailure> {
         let qmp = inst.qmp();
+        let mut events = inst.events();
         let fail =
             |what: &str, e: &dyn std::fmt::Display| JobFailure::Failed(format!("{what}: {e}"));
         let disk_share = if copy.is_empty() { 0.0 } else { 0.5 };
@@ -467,9 +468,24 @@ impl Inner {
                 })
                 .unwrap_or_default();
             if ours.len() < copy.len() {
-                return Err(JobFailure::Failed(
-                    "a disk mirror ended before it was in sync (the target went away?)".into(),
-                ));
+                // Why: the job's completion event carries the error.
+                let mut why = String::from("no reason reported");
+                while let Ok(ev) = events.try_recv() {
+                    match ev.kind() {
+                        nasvisor_vm::EventKind::BlockJobCompleted {
+                            error: Some(e),
+                            device,
+                            ..
+                        } => why = format!("{device}: {e}"),
+                        nasvisor_vm::EventKind::BlockJobError {
+                            device, operation, ..
+                        } => why = format!("{device}: {operation} error"),
+                        _ => {}
+                    }
+                }
+                return Err(JobFailure::Failed(format!(
+                    "a disk mirror ended before it was in sync ({why})"
+                )));
             }
             let len: u64 = ours.iter().map(|j| j["len"].as_u64().unwrap_or(0)).sum();
             let done: u64 = ours.iter().map(|j| j["offset"].as_u64().unwrap_or(0)).sum();
@@ -913,7 +929,7 @@ impl Inner {
                     "block-export-add",
                     Some(json!({
                         "type": "nbd", "id": format!("mig-{}", c.node), "node-name": c.node,
-                        "name": c.node, "writable": true, "allow-inactive": true,
+                        "name": c.node, "writable": true,
                     })),
                 )
                 .await

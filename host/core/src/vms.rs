@@ -595,6 +595,11 @@ impl Inner {
         {
             return;
         }
+        // Stopped because this host lost the quorum: what should run is
+        // decided when the quorum is back.
+        if self.is_fenced(id) {
+            return;
+        }
         let (status, reason) = match st {
             VmState::Running => (VmStatus::Running, None),
             VmState::Paused => (VmStatus::Paused, None),

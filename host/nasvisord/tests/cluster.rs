@@ -217,13 +217,18 @@ fn a_host_cut_off_from_the_majority_stops_its_vms_and_comes_back() {
     c.cut(3);
     let deadline = Instant::now() + Duration::from_secs(15);
 
-    // The cut-off host refuses changes: it has no quorum.
+    // The cut-off host refuses changes: it has no quorum. (A change sent
+    // in the moment before it noticed may time out instead: its outcome is
+    // unknown to the client, so each attempt has its own name.)
+    let attempt = std::cell::Cell::new(0);
     let err = eventually_until(
         deadline,
         "host 3 refusing vm create x for lack of quorum",
         || {
             let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-            let x = ["vm", "create", "x", "--vcpus", "1", "--memory", "128"];
+            attempt.set(attempt.get() + 1);
+            let name = format!("x{}", attempt.get());
+            let x = ["vm", "create", &name, "--vcpus", "1", "--memory", "128"];
             let Some(o) = c.host(3).cli_within(&x, left) else {
                 return Err("no answer (the CLI was stopped)".into());
             };
@@ -325,7 +330,8 @@ fn a_host_cut_off_from_the_majority_stops_its_vms_and_comes_back() {
         "nas3 knowing VM y, created while it was cut off",
         || c.host(3).try_json(&["vm", "show", "y"]),
     );
-    let err = c.host(1).fails(&["vm", "show", "x"]);
+    let refused = format!("x{}", attempt.get());
+    let err = c.host(1).fails(&["vm", "show", &refused]);
     assert!(
         err.contains("not found"),
         "the change refused on the cut-off host exists: {err}"

@@ -190,7 +190,12 @@ impl Inner {
         ctx.progress(0.05, Some("creating the root disk"));
         let (p, r, path) = (pool.clone(), root.clone(), image.path.clone());
         let c = ctx.clone();
-        let method = plan.disk.method;
+        // On shared storage a linked clone would lean on this host's image
+        // library, which the other hosts cannot see: a full copy then.
+        let method = match self.pool_record(pool_name).is_some_and(|p| p.shared()) {
+            true => DiskMethod::FullConvert,
+            false => plan.disk.method,
+        };
         let resize = plan.disk.resize_gib.map(|g| g * GIB);
         let root_info = tokio::task::spawn_blocking(move || {
             if is_iso {

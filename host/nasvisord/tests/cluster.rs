@@ -445,4 +445,82 @@ fn live_migration_keeps_the_guest_counting() {
             tail(&after, 3000)
         );
     }
+    let jobs = c.host(1).json(&["job", "list"]);
+    let job = jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["kind"] == "migrate"))
+        .unwrap_or_else(|| panic!("no migrate job: {jobs:#}"))
+        .clone();
+    let msg = job["message"].as_str().unwrap_or_default();
+    eprintln!("live migration with disk copy: {msg}");
+    assert!(
+        msg.contains("downtime") && msg.contains("of disk copied"),
+        "the job reports neither downtime nor the disk copy: {job:#}"
+    );
+    // The source's disk copies are gone: the volumes live on nas2 now.
+    let vols = c.host(1).json(&["volume", "list", "default"]);
+    assert_eq!(vols, serde_json::json!([]), "nas1 kept volumes: {vols:#}");
+
+    // Shared storage: a pool every host reaches; the move copies no disk.
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    let dir = dir.to_str().unwrap();
+    c.host(2).json(&["pool", "create", "nfs", dir, "--shared"]);
+    let vm = c
+        .host(2)
+        .try_json_within(
+            &[
+                "vm",
+                "create",
+                "sh",
+                "--image",
+                "nasvisor-mini",
+                "--vcpus",
+                "1",
+                "--memory",
+                "192",
+                "--hostname",
+                "sh",
+                "--pool",
+                "nfs",
+                "--host",
+                "nas2",
+                "--wait",
+            ],
+            BOOT * 2,
+        )
+        .unwrap_or_else(|e| panic!("installing VM sh on the shared pool: {e}"));
+    assert!(is_running_on(&vm, "nas2"), "{vm:#}");
+    assert!(
+        vm["disks"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|d| d["pool"] == "nfs")),
+        "VM sh's disks are not all on the shared pool: {vm:#}"
+    );
+    c.host(2).wait_console("sh", "NASVISOR-READY", BOOT);
+    let moved = c
+        .host(3)
+        .try_json_within(&["vm", "migrate", "sh", "--to", "nas3", "--wait"], BOOT * 2)
+        .unwrap_or_else(|e| panic!("migrating VM sh to nas3: {e}"));
+    assert!(is_running_on(&moved, "nas3"), "{moved:#}");
+    let jobs = c.host(3).json(&["job", "list"]);
+    let job = jobs
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter(|j| j["kind"] == "migrate" && j["target"] == "vm/sh")
+                .last()
+        })
+        .unwrap_or_else(|| panic!("no migrate job of sh: {jobs:#}"))
+        .clone();
+    let msg = job["message"].as_str().unwrap_or_default();
+    eprintln!("live migration on shared storage: {msg}");
+    assert!(
+        msg.contains("downtime") && !msg.contains("disk copied"),
+        "a move on shared storage should copy no disk: {job:#}"
+    );
+    c.host(3)
+        .json(&["vm", "console-send", "-n", "sh", "echo MOVED-$((40+2))"]);
+    c.host(3)
+        .wait_console("sh", "MOVED-42", Duration::from_secs(60));
 }

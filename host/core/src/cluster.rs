@@ -319,11 +319,11 @@ impl Inner {
                     req.host = Some(self.place_excluding(&probe, None, &exclude)?);
                 }
                 if let Some(h) = &req.host {
-                    self.host_record(h).map_err(|_| {
-                        errors::invalid("host", format!("no host {h:?} in the cluster"))
-                    })?;
-                }
-                req.host.clone()
+                    // Explicitly chosen: it must be eligible (online, not
+                    // cordoned, room for the VM).
+                    let probe = VmRecord::probe(req.vcpus, req.memory_mib, &req.name);
+                    self.place(&probe, Some(h))?;
+                }                req.host.clone()
             }
             Action::CancelJob { id } => self
                 .db

@@ -59,8 +59,24 @@ fn tail(s: &str, n: usize) -> &str {
 #[test]
 fn three_hosts_form_a_cluster_place_vms_and_survive_a_leader_loss() {
     let _s = serial();
-    let mut c = Cluster::start(3);
-    c.form();
+    // Three members (the limit set to 3) and a fourth host that tries.
+    let mut c = Cluster::start(4);
+    c.form_with(3, &["--max-members", "3"]);
+
+    // 0. The fourth host: a bad token, then the member limit.
+    let err = c
+        .host(4)
+        .fails(&["cluster", "join", &c.address(1), "nvjt1.bogus"]);
+    assert!(err.contains("invalid join token"), "bad token: {err}");
+    let t = c.host(1).json(&["cluster", "join-token"]);
+    let token = t["token"].as_str().expect("a token").to_string();
+    let err = c.host(4).fails(&["cluster", "join", &c.address(1), &token]);
+    assert!(
+        err.contains("limit") && err.contains("max_members = 3"),
+        "a fourth host beyond the limit of 3: {err}"
+    );
+    let st = c.host(4).json(&["cluster", "status"]);
+    assert_eq!(st["clustered"], false, "the refused host: {st:#}");
 
     // 1. Three voting members, seen from host 3; three online hosts.
     let st = c.host(3).json(&["cluster", "status"]);
@@ -523,4 +539,72 @@ fn live_migration_keeps_the_guest_counting() {
         .json(&["vm", "console-send", "-n", "sh", "echo MOVED-$((40+2))"]);
     c.host(3)
         .wait_console("sh", "MOVED-42", Duration::from_secs(60));
+}
+
+#[test]
+fn cordon_evacuate_and_an_offline_move() {
+    let _s = serial();
+    let c = Cluster::start(2);
+    c.form();
+
+    // A cordoned host gets no new VMs, not even when asked for.
+    c.host(1).json(&["host", "cordon", "nas2"]);
+    let hosts = c.host(2).json(&["host", "list"]);
+    let nas2 = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["id"] == "nas2"))
+        .unwrap_or_else(|| panic!("nas2 missing: {hosts:#}"));
+    assert_eq!(nas2["cordoned"], true, "{hosts:#}");
+    for n in ["p1", "p2", "p3"] {
+        let v = c.host(2).json(&blank(n));
+        assert_eq!(v["host"], "nas1", "VM {n} placed on a cordoned host: {v:#}");
+    }
+    let err = c.host(1).fails(&blank_with("p4", &["--host", "nas2"]));
+    assert!(err.contains("cordoned"), "explicit placement on nas2: {err}");
+    c.host(1).json(&["host", "uncordon", "nas2"]);
+
+    // Offline move: a stopped VM and its disk go to nas2.
+    let before = c.host(1).json(&["volume", "list", "default"]);
+    assert!(
+        before.to_string().contains("p3-disk0"),
+        "p3's disk is not on nas1: {before:#}"
+    );
+    let moved = c
+        .host(2)
+        .json(&["vm", "migrate", "p3", "--to", "nas2", "--wait"]);
+    assert_eq!(moved["host"], "nas2", "{moved:#}");
+    assert_eq!(moved["state"], "stopped", "{moved:#}");
+    let on2 = c.host(2).json(&["volume", "list", "default"]);
+    assert!(on2.to_string().contains("p3-disk0"), "{on2:#}");
+    let on1 = c.host(1).json(&["volume", "list", "default"]);
+    assert!(!on1.to_string().contains("p3-disk0"), "{on1:#}");
+    c.host(1).json(&["vm", "start", "p3"]);
+    c.host(1)
+        .poll_vm("p3", Duration::from_secs(30), |v| is_running_on(v, "nas2"));
+
+    // Evacuate nas1: its running VM goes live to nas2 (the scheduler
+    // plugin does not overcommit vCPUs: nas2 has room for one more); the
+    // stopped one stays; nas1 stays cordoned.
+    c.host(1).json(&["vm", "start", "p1"]);
+    let job = c.host(2).json(&["host", "evacuate", "nas1", "--wait"]);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    c.host(1)
+        .poll_vm("p1", Duration::from_secs(30), |v| is_running_on(v, "nas2"));
+    let p2 = c.host(2).json(&["vm", "show", "p2"]);
+    assert!(
+        p2["host"] == "nas1" && p2["state"] == "stopped",
+        "the stopped VM moved: {p2:#}"
+    );
+    assert!(
+        c.live_qemus(1).is_empty(),
+        "QEMUs left on the evacuated nas1: {:?}",
+        c.live_qemus(1)
+    );
+    let hosts = c.host(1).json(&["host", "list"]);
+    let nas1 = hosts
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["id"] == "nas1"))
+        .unwrap_or_else(|| panic!("nas1 missing: {hosts:#}"));
+    assert_eq!(nas1["cordoned"], true, "{hosts:#}");
+    assert_eq!(nas1["vms"], 1, "{hosts:#}");
 }

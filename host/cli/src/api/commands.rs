@@ -501,11 +501,12 @@ fn job_line(j: &Value) -> String {
     s
 }
 
-/// Prints a Job answer, and follows it when `wait`.
+/// Prints a Job answer, and follows it when `wait` (with `--json`, one
+/// document: the job as it ended).
 fn job_answer(c: &Client, json: bool, j: &Value, wait: bool) -> CliResult<()> {
-    if json {
+    if json && !wait {
         print_json(j);
-    } else {
+    } else if !json {
         println!("{}", job_line(j));
     }
     if wait {

@@ -196,9 +196,17 @@ impl Cluster {
     /// `host list` on host 1 shows every host online and every host's
     /// `cluster status` lists all members and a leader.
     pub fn form(&self) {
-        let c = self.host(1).json(&["cluster", "create"]);
+        self.form_with(self.len(), &[]);
+    }
+
+    /// Like [`Self::form`], with hosts 1..=`members` only and `create`
+    /// as more `cluster create` options (e.g. `--max-members 3`).
+    pub fn form_with(&self, members: usize, create: &[&str]) {
+        let mut args = vec!["cluster", "create"];
+        args.extend_from_slice(create);
+        let c = self.host(1).json(&args);
         assert_eq!(c["clustered"], true, "cluster create on host 1: {c:#}");
-        for i in 2..=self.len() {
+        for i in 2..=members {
             let t = self.host(1).json(&["cluster", "join-token"]);
             let token = t["token"]
                 .as_str()
@@ -218,16 +226,16 @@ impl Cluster {
                 String::from_utf8_lossy(&o.stdout)
             );
         }
-        let all: Vec<(usize, bool)> = (1..=self.len()).map(|i| (i, true)).collect();
+        let all: Vec<(usize, bool)> = (1..=members).map(|i| (i, true)).collect();
         self.wait_online(1, &all, Duration::from_secs(60));
-        for i in 1..=self.len() {
+        for i in 1..=members {
             eventually(
                 Duration::from_secs(30),
-                &format!("host {i} seeing all {} members and a leader", self.len()),
+                &format!("host {i} seeing all {members} members and a leader"),
                 || {
                     let s = self.host(i).try_json(&["cluster", "status"])?;
                     let n = s["members"].as_array().map_or(0, Vec::len);
-                    if s["clustered"] == true && n == self.len() && s["leader"].is_u64() {
+                    if s["clustered"] == true && n == members && s["leader"].is_u64() {
                         Ok(())
                     } else {
                         Err(format!("{s:#}"))

@@ -1,0 +1,105 @@
+//! The live-migration benchmark (run by `benches/migration.sh`, ignored in
+//! the test suite): two real `nasvisord` hosts, each in its own network
+//! namespace on a test switch, and an idle guest of the bundled image with
+//! 512 MiB and 2 GiB of memory, moved back and forth with and without disk
+//! copy (a host pool, or a pool both hosts reach). Each move's total time
+//! and the downtime QEMU reported come from the migrate job; the script
+//! prints every sample and the medians.
+
+mod common;
+
+use common::cluster::Cluster;
+use serde_json::Value;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+/// (total s, downtime ms) from a migrate job's message ("moved to host X in
+/// 0.75 s; downtime 67 ms; ...").
+fn figures(job: &Value) -> (f64, u64) {
+    let msg = job["message"].as_str().unwrap_or_default();
+    let total = msg
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no total time in {msg:?}"));
+    let down = msg
+        .split("downtime ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no downtime in {msg:?}"));
+    (total, down)
+}
+
+#[test]
+#[ignore = "a benchmark: run benches/migration.sh"]
+fn bench_live_migration() {
+    let runs: usize = std::env::var("NASVISOR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let c = Cluster::start(2);
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    for memory in ["512", "2048"] {
+        for (pool, label) in [("default", "disk-copy"), ("nfs", "shared-storage")] {
+            let name = format!("b{memory}-{pool}");
+            c.host(1)
+                .try_json_within(
+                    &[
+                        "vm",
+                        "create",
+                        &name,
+                        "--image",
+                        "nasvisor-mini",
+                        "--vcpus",
+                        "1",
+                        "--memory",
+                        memory,
+                        "--hostname",
+                        &name,
+                        "--pool",
+                        pool,
+                        "--host",
+                        "nas1",
+                        "--wait",
+                    ],
+                    BOOT,
+                )
+                .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+            c.host(1).wait_console(&name, "NASVISOR-READY", BOOT);
+            // Idle: let the boot's page churn settle.
+            std::thread::sleep(Duration::from_secs(2));
+            for run in 0..runs {
+                let to = if run % 2 == 0 { "nas2" } else { "nas1" };
+                let v = c
+                    .host(1)
+                    .json(&["vm", "migrate", &name, "--to", to, "--wait"]);
+                assert_eq!(v["host"], to, "{v:#}");
+                let jobs = c.host(1).json(&["job", "list"]);
+                let job = jobs
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .filter(|j| {
+                                j["kind"] == "migrate" && j["target"] == format!("vm/{name}")
+                            })
+                            .max_by(|x, y| x["created_at"].as_str().cmp(&y["created_at"].as_str()))
+                    })
+                    .unwrap_or_else(|| panic!("no migrate job for {name}: {jobs:#}"))
+                    .clone();
+                let (total, down) = figures(&job);
+                // One line per sample, parsed by benches/migration.sh.
+                println!(
+                    "SAMPLE memory={memory}MiB mode={label} total_s={total} downtime_ms={down}"
+                );
+            }
+            c.host(1).json(&["vm", "force-off", &name]);
+        }
+    }
+}

@@ -298,7 +298,6 @@ impl Inner {
                     && needs_host_at_create(req, |p| self.pool_is_shared(p))
                 {
                     let probe = VmRecord::probe(req.vcpus, req.memory_mib, &req.name);
-                    // An install runs where the image has a copy.
                     let without_image: Vec<String> = match &req.image {
                         Some(img) => {
                             let copies = self
@@ -315,15 +314,23 @@ impl Inner {
                         }
                         None => Vec::new(),
                     };
+                    // Hosts with a copy first; else any (the install copies
+                    // the image there).
                     let exclude: Vec<&str> = without_image.iter().map(String::as_str).collect();
-                    req.host = Some(self.place_excluding(&probe, None, &exclude)?);
+                    let host = match self.place_excluding(&probe, None, &exclude) {
+                        Ok(h) => h,
+                        Err(_) if !exclude.is_empty() => self.place(&probe, None)?,
+                        Err(e) => return Err(e),
+                    };
+                    req.host = Some(host);
                 }
                 if let Some(h) = &req.host {
                     // Explicitly chosen: it must be eligible (online, not
                     // cordoned, room for the VM).
                     let probe = VmRecord::probe(req.vcpus, req.memory_mib, &req.name);
                     self.place(&probe, Some(h))?;
-                }                req.host.clone()
+                }
+                req.host.clone()
             }
             Action::CancelJob { id } => self
                 .db
@@ -354,7 +361,15 @@ impl Inner {
             });
         }
         let body = serde_json::to_value(&action).map_err(errors::internal)?;
-        self.call_host(&rec, "action", body, FORWARD_TIMEOUT).await
+        let v = self
+            .call_host(&rec, "action", body, FORWARD_TIMEOUT)
+            .await?;
+        // Read your writes here too: this host catches up with what the
+        // other host had applied when it answered.
+        if let Some(rev) = v["revision"].as_u64() {
+            self.db.applied(rev).await;
+        }
+        Ok(v["result"].clone())
     }
 
     /// Calls `method` of host `rec` over the cluster channel.
@@ -404,7 +419,8 @@ impl Inner {
                 let action: Action = serde_json::from_value(req.body)
                     .map_err(|e| errors::internal(format!("a forwarded action: {e}")))?;
                 tracing::debug!(from, ?action, "action forwarded by another host");
-                self.handle_here(action).await
+                let result = self.handle_here(action).await?;
+                Ok(json!({ "result": result, "revision": self.db.store().revision() }))
             }
             "console" => {
                 let id = req.body["id"].as_str().unwrap_or_default().to_string();
@@ -413,6 +429,7 @@ impl Inner {
                 Ok(json!({ "data": String::from_utf8_lossy(&bytes) }))
             }
             m if m.starts_with("migrate-") => self.on_migrate_peer(m, req.body).await,
+            m if m.starts_with("image-") => self.on_image_peer(m, req.body).await,
             other => Err(errors::invalid(
                 "method",
                 format!("no peer method {other:?}"),

@@ -96,7 +96,7 @@ impl Db {
 
     /// Waits until this host applied revision `rev` (a write forwarded to
     /// the leader is committed there first): a host reads its own writes.
-    async fn applied(&self, rev: Revision) {
+    pub(crate) async fn applied(&self, rev: Revision) {
         let store = self.store();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while store.revision() < rev && std::time::Instant::now() < deadline {

@@ -92,7 +92,7 @@ impl Inner {
         }
     }
 
-    async fn image_done(&self, name: &str, result: &Result<Image, String>) {
+    pub(crate) async fn image_done(&self, name: &str, result: &Result<Image, String>) {
         let host = self.host.id.clone();
         let r = self
             .db

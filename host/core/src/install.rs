@@ -180,6 +180,8 @@ impl Inner {
         };
         cancelled()?;
         let pool = self.pool(pool_name, "install.pool").map_err(failed)?;
+        // Placed on a host without a copy of the image: copy it here first.
+        self.ensure_image_here(&img.name, ctx).await?;
         let image = self.library.get(&img.name).map_err(failed)?;
         let root = format!("{}-root", vm.name);
         let seed = format!("{}-seed", vm.name);

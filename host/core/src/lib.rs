@@ -20,6 +20,7 @@ pub mod db;
 pub mod errors;
 mod events;
 mod handle;
+mod image_copy;
 mod images;
 mod install;
 mod jobs;
@@ -205,6 +206,8 @@ pub(crate) struct Inner {
     pub cluster: cluster::ClusterRuntime,
     /// Live migrations this host takes part in.
     pub migrations: migrate::Migrations,
+    /// Images this host serves to others.
+    pub image_exports: image_copy::ImageExports,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api::Core`].
@@ -309,6 +312,7 @@ impl NasCore {
             shutdown: CancellationToken::new(),
             cluster: Default::default(),
             migrations: Default::default(),
+            image_exports: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.init_event_seq();

@@ -106,7 +106,7 @@ struct Outcome {
 }
 
 /// A port on `ip` that was free a moment ago.
-fn free_port(ip: &str) -> Result<u16, CoreError> {
+pub(crate) fn free_port(ip: &str) -> Result<u16, CoreError> {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -1024,7 +1024,7 @@ impl Inner {
 }
 
 /// Waits until something listens on `ip:port` (qemu-nbd starting).
-async fn wait_listening(ip: &str, port: u16) -> Result<(), CoreError> {
+pub(crate) async fn wait_listening(ip: &str, port: u16) -> Result<(), CoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
@@ -1040,7 +1040,7 @@ async fn wait_listening(ip: &str, port: u16) -> Result<(), CoreError> {
 }
 
 /// SIGTERM (qemu-nbd flushes and exits), SIGKILL after 10 s.
-async fn stop_child(child: &mut tokio::process::Child) {
+pub(crate) async fn stop_child(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on the pid of our own child, not reaped yet (we
         // hold its handle), so the pid cannot have been reused.
@@ -1056,18 +1056,29 @@ async fn stop_child(child: &mut tokio::process::Child) {
     }
 }
 
-/// Copies a local image into an NBD export with `qemu-img convert`;
-/// cancellable (qemu-img is stopped by its pid).
+/// Copies a local image into an NBD export with `qemu-img convert`.
 async fn copy_to_nbd(
     cancel: &tokio_util::sync::CancellationToken,
     fmt: &str,
     src: &std::path::Path,
     url: &str,
 ) -> Result<(), JobFailure> {
+    let src = src.to_string_lossy();
+    run_qemu_img(
+        cancel,
+        &["convert", "-n", "-f", fmt, "-O", "raw", &src, url],
+    )
+    .await
+}
+
+/// Runs `qemu-img` with `args`; cancellable (stopped by its pid). A
+/// failure carries qemu-img's message.
+pub(crate) async fn run_qemu_img(
+    cancel: &tokio_util::sync::CancellationToken,
+    args: &[&str],
+) -> Result<(), JobFailure> {
     let mut child = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-n", "-p", "-f", fmt, "-O", "raw"])
-        .arg(src)
-        .arg(url)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -1086,7 +1097,7 @@ async fn copy_to_nbd(
                     use tokio::io::AsyncReadExt;
                     let _ = s.read_to_string(&mut msg).await;
                 }
-                Err(JobFailure::Failed(format!("copying {} failed: {}", src.display(), msg.trim())))
+                Err(JobFailure::Failed(format!("qemu-img {}: {}", args.first().unwrap_or(&""), msg.trim())))
             }
         }
         _ = cancel.cancelled() => {

@@ -560,7 +560,10 @@ fn cordon_evacuate_and_an_offline_move() {
         assert_eq!(v["host"], "nas1", "VM {n} placed on a cordoned host: {v:#}");
     }
     let err = c.host(1).fails(&blank_with("p4", &["--host", "nas2"]));
-    assert!(err.contains("cordoned"), "explicit placement on nas2: {err}");
+    assert!(
+        err.contains("cordoned"),
+        "explicit placement on nas2: {err}"
+    );
     c.host(1).json(&["host", "uncordon", "nas2"]);
 
     // Offline move: a stopped VM and its disk go to nas2.
@@ -607,4 +610,55 @@ fn cordon_evacuate_and_an_offline_move() {
         .unwrap_or_else(|| panic!("nas1 missing: {hosts:#}"));
     assert_eq!(nas1["cordoned"], true, "{hosts:#}");
     assert_eq!(nas1["vms"], 1, "{hosts:#}");
+
+    // An image only nas1 has: an install on nas2 copies it there first.
+    for n in ["p1", "p3"] {
+        c.host(2).json(&["vm", "force-off", n]);
+    }
+    let src =
+        nasvisor_plugin_host::testkit::workspace_root().join("target/guest/nasvisor-mini.qcow2");
+    let job = c.host(1).json(&[
+        "image",
+        "add",
+        "solo",
+        "--upload",
+        src.to_str().unwrap(),
+        "--ready-marker",
+        "NASVISOR-READY",
+    ]);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let hosts_of = |c: &Cluster| {
+        let images = c.host(2).json(&["image", "list"]);
+        images
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == "solo"))
+            .map(|i| i["hosts"].clone())
+            .unwrap_or_else(|| panic!("image solo is not listed: {images:#}"))
+    };
+    assert_eq!(hosts_of(&c), serde_json::json!(["nas1"]));
+    let vm = c
+        .host(1)
+        .try_json_within(
+            &[
+                "vm",
+                "create",
+                "s1",
+                "--image",
+                "solo",
+                "--vcpus",
+                "1",
+                "--memory",
+                "192",
+                "--hostname",
+                "s1",
+                "--host",
+                "nas2",
+                "--wait",
+            ],
+            BOOT * 2,
+        )
+        .unwrap_or_else(|e| panic!("installing from an image nas2 lacks: {e}"));
+    assert!(is_running_on(&vm, "nas2"), "{vm:#}");
+    c.host(1).wait_console("s1", "NASVISOR-READY", BOOT);
+    assert_eq!(hosts_of(&c), serde_json::json!(["nas1", "nas2"]));
 }

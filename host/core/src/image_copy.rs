@@ -1,0 +1,205 @@
+//! Copying an image of the library from a host that has it to the host
+//! that needs it (an install placed where the image has no copy yet).
+//!
+//! The holder serves its file read-only over NBD (`qemu-nbd`, on its
+//! cluster address, for the duration of the copy); the receiver pulls it
+//! with `qemu-img convert` into a temporary file and adds that to its
+//! library, which checks it like any other import. The image record then
+//! lists the receiver among the hosts with a copy.
+
+use crate::errors;
+use crate::jobs::{JobCtx, JobFailure};
+use crate::migrate::{free_port, stop_child, wait_listening};
+use crate::model::{kind, HostRecord, ImageRecord};
+use crate::{lock, Inner};
+use nasvisor_api::CoreError;
+use nasvisor_storage::ImageSpec;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Images this host serves to others right now, by export id.
+#[derive(Default)]
+pub(crate) struct ImageExports {
+    servers: Mutex<HashMap<String, tokio::process::Child>>,
+}
+
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Inner {
+    /// Makes sure image `name` is in this host's library, copying it from a
+    /// host that has it when not.
+    pub(crate) async fn ensure_image_here(
+        self: &Arc<Self>,
+        name: &str,
+        ctx: &JobCtx,
+    ) -> Result<(), JobFailure> {
+        if self.library.get(name).is_ok() {
+            return Ok(());
+        }
+        let (rec, _) = self
+            .db
+            .get::<ImageRecord>(kind::IMAGE, name)
+            .ok_or_else(|| {
+                JobFailure::Failed(format!("image {name} is no longer in the library"))
+            })?;
+        let holders: Vec<HostRecord> = rec
+            .hosts
+            .iter()
+            .filter(|h| **h != self.host.id)
+            .filter_map(|h| self.db.get::<HostRecord>(kind::HOST, h).map(|(r, _)| r))
+            .filter(|h| h.online)
+            .collect();
+        let mut last = format!("no online host has a copy of image {name}");
+        for h in holders {
+            ctx.progress(
+                0.01,
+                Some(&format!("copying image {name} from host {}", h.id)),
+            );
+            match self.copy_image_from(&h, &rec, ctx).await {
+                Ok(()) => return Ok(()),
+                Err(JobFailure::Cancelled) => return Err(JobFailure::Cancelled),
+                Err(JobFailure::Failed(e)) => {
+                    tracing::warn!(image = name, from = %h.id, error = %e, "copying an image failed");
+                    last = e;
+                }
+            }
+        }
+        Err(JobFailure::Failed(last))
+    }
+
+    async fn copy_image_from(
+        self: &Arc<Self>,
+        holder: &HostRecord,
+        rec: &ImageRecord,
+        ctx: &JobCtx,
+    ) -> Result<(), JobFailure> {
+        let fail = |e: CoreError| JobFailure::Failed(e.to_string());
+        let v = self
+            .call_host(
+                holder,
+                "image-export",
+                json!({ "name": rec.name }),
+                EXPORT_TIMEOUT,
+            )
+            .await
+            .map_err(fail)?;
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let fmt = if v["format"] == "iso" { "raw" } else { "qcow2" };
+        let url = format!(
+            "nbd://{}:{}/{}",
+            v["host"].as_str().unwrap_or_default(),
+            v["port"].as_u64().unwrap_or(0),
+            rec.name
+        );
+        let tmp = self
+            .cfg
+            .run_dir()
+            .join(format!("image-{}.{}.tmp", rec.name, std::process::id()));
+        let r = crate::migrate::run_qemu_img(
+            &ctx.cancel,
+            // The export shows the guest-visible contents (raw).
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                fmt,
+                &url,
+                &tmp.to_string_lossy(),
+            ],
+        )
+        .await;
+        let _ = self
+            .call_host(
+                holder,
+                "image-export-end",
+                json!({ "id": id }),
+                EXPORT_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let spec = ImageSpec {
+            os_family: rec.os_family.clone(),
+            os_variant: rec.os_variant.clone(),
+            cloud_init: rec.cloud_init,
+            firmware: rec.firmware.as_str().to_string(),
+            ready_marker: rec.ready_marker.clone(),
+        };
+        let (lib, name, path) = (self.library.clone(), rec.name.clone(), tmp.clone());
+        let added =
+            tokio::task::spawn_blocking(move || lib.add_file(&name, &path, spec, |_, _| {}))
+                .await
+                .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        let _ = std::fs::remove_file(&tmp);
+        let img = added.map_err(|e| JobFailure::Failed(format!("the copied image: {e}")))?;
+        self.image_done(&rec.name, &Ok(img)).await;
+        tracing::info!(image = %rec.name, from = %holder.id, "image copied to this host");
+        Ok(())
+    }
+
+    /// Peer methods of the holder: `image-export` serves image `name`
+    /// read-only over NBD; `image-export-end` stops that.
+    pub(crate) async fn on_image_peer(
+        &self,
+        method: &str,
+        body: Value,
+    ) -> Result<Value, CoreError> {
+        match method {
+            "image-export" => {
+                let name = body["name"].as_str().unwrap_or_default();
+                let img = self
+                    .library
+                    .get(name)
+                    .map_err(|e| errors::storage("name", e))?;
+                let ip = crate::parse_listen(&self.cfg.cluster_address)?
+                    .ip()
+                    .to_string();
+                let port = free_port(&ip)?;
+                let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
+                let child = tokio::process::Command::new("qemu-nbd")
+                    .args([
+                        "--read-only",
+                        "--persistent",
+                        "--shared=4",
+                        "-f",
+                        fmt,
+                        "-b",
+                        &ip,
+                    ])
+                    .args(["-p", &port.to_string(), "-x", name])
+                    .arg(&img.path)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
+                let id = format!("{name}-{port}");
+                lock(&self.image_exports.servers).insert(id.clone(), child);
+                if let Err(e) = wait_listening(&ip, port).await {
+                    let child = lock(&self.image_exports.servers).remove(&id);
+                    if let Some(mut c) = child {
+                        stop_child(&mut c).await;
+                    }
+                    return Err(e);
+                }
+                Ok(json!({ "id": id, "host": ip, "port": port, "format": img.format }))
+            }
+            "image-export-end" => {
+                let id = body["id"].as_str().unwrap_or_default();
+                let child = lock(&self.image_exports.servers).remove(id);
+                if let Some(mut c) = child {
+                    stop_child(&mut c).await;
+                }
+                Ok(Value::Null)
+            }
+            other => Err(errors::invalid(
+                "method",
+                format!("no peer method {other:?}"),
+            )),
+        }
+    }
+}

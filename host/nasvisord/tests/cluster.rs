@@ -524,8 +524,7 @@ fn live_migration_keeps_the_guest_counting() {
         .as_array()
         .and_then(|a| {
             a.iter()
-                .filter(|j| j["kind"] == "migrate" && j["target"] == "vm/sh")
-                .last()
+                .rfind(|j| j["kind"] == "migrate" && j["target"] == "vm/sh")
         })
         .unwrap_or_else(|| panic!("no migrate job of sh: {jobs:#}"))
         .clone();

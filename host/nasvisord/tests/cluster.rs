@@ -354,6 +354,62 @@ fn a_host_cut_off_from_the_majority_stops_its_vms_and_comes_back() {
     );
 }
 
+/// VM `vm` (its JSON) moved from host `from` to host `to` while its guest
+/// counted: the count goes on on `to` (10 more), the first count there
+/// follows the last one in `from`'s console log, and no number is missing
+/// or repeated.
+fn assert_counting_continued(c: &Cluster, vm: &Value, from: usize, to: usize, last_before: u64) {
+    let name = vm["name"].as_str().unwrap_or_default();
+    let id = vm["id"].as_str().unwrap_or_default();
+    let console = |d: &common::Daemon| {
+        let o = d.cli(&["vm", "console", name, "--tail", "1048576"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = console(c.host(to));
+    let first_max = counts(&first).last().copied().unwrap_or(0);
+    let after = eventually(
+        Duration::from_secs(60),
+        &format!("the console of {name} on host {to} growing by 10 counts"),
+        || {
+            let t = console(c.host(to));
+            match counts(&t).last() {
+                Some(&n) if n >= first_max + 10 && n > last_before => Ok(t),
+                _ => Err(tail(&t, 2000).to_string()),
+            }
+        },
+    );
+    // Across the switch: the source's log ends where the target's begins.
+    let src_log = c
+        .host(from)
+        .data_dir()
+        .join("run")
+        .join(format!("{id}.console.log"));
+    let src_text =
+        String::from_utf8_lossy(&std::fs::read(&src_log).unwrap_or_default()).into_owned();
+    let last_on_source = counts(&src_text).last().copied();
+    let first_on_target = counts(&after).first().copied();
+    match (last_on_source, first_on_target) {
+        (Some(l), Some(f)) => assert_eq!(
+            f,
+            l + 1,
+            "{name}: counts lost or repeated at the switch (source log {})",
+            src_log.display()
+        ),
+        other => panic!("{name}: no counts on one side (source, target): {other:?}"),
+    }
+    let seq = counts(&after);
+    for w in seq.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "{name}: the count on host {to} went from {} to {} (a gap or a restart):\n{}",
+            w[0],
+            w[1],
+            tail(&after, 3000)
+        );
+    }
+}
+
 /// The numbers of the guest counter's `COUNT <n>` lines, in console order.
 fn counts(console: &str) -> Vec<u64> {
     console
@@ -433,34 +489,7 @@ fn live_migration_keeps_the_guest_counting() {
     );
 
     // The guest keeps counting on nas2, without a restart or a gap.
-    let console = |d: &common::Daemon| {
-        let o = d.cli(&["vm", "console", "mig", "--tail", "1048576"]);
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let first = console(c.host(2));
-    let first_max = counts(&first).last().copied().unwrap_or(0);
-    let after = eventually(
-        Duration::from_secs(60),
-        "the console on nas2 growing by 10 counts",
-        || {
-            let t = console(c.host(2));
-            match counts(&t).last() {
-                Some(&n) if n >= first_max + 10 && n > last_before => Ok(t),
-                _ => Err(tail(&t, 2000).to_string()),
-            }
-        },
-    );
-    let seq = counts(&after);
-    for w in seq.windows(2) {
-        assert_eq!(
-            w[1],
-            w[0] + 1,
-            "the guest's count on nas2 went from {} to {} (a gap or a restart):\n{}",
-            w[0],
-            w[1],
-            tail(&after, 3000)
-        );
-    }
+    assert_counting_continued(&c, &vm, 1, 2, last_before);
     let jobs = c.host(1).json(&["job", "list"]);
     let job = jobs
         .as_array()
@@ -514,6 +543,12 @@ fn live_migration_keeps_the_guest_counting() {
         "VM sh's disks are not all on the shared pool: {vm:#}"
     );
     c.host(2).wait_console("sh", "NASVISOR-READY", BOOT);
+    c.host(2)
+        .json(&["vm", "console-send", "-n", "sh", "/lib/nasvisor/counter &"]);
+    let before = c
+        .host(2)
+        .wait_console("sh", "COUNT 20", Duration::from_secs(60));
+    let last_before = counts(&before).last().copied().unwrap_or(0);
     let moved = c
         .host(3)
         .try_json_within(&["vm", "migrate", "sh", "--to", "nas3", "--wait"], BOOT * 2)
@@ -534,6 +569,7 @@ fn live_migration_keeps_the_guest_counting() {
         msg.contains("downtime") && !msg.contains("disk copied"),
         "a move on shared storage should copy no disk: {job:#}"
     );
+    assert_counting_continued(&c, &vm, 2, 3, last_before);
     c.host(3)
         .json(&["vm", "console-send", "-n", "sh", "echo MOVED-$((40+2))"]);
     c.host(3)

@@ -267,6 +267,14 @@ pub enum Action {
         /// Host id.
         host: String,
     },
+    /// Install a signed plugin package on every host of the cluster
+    /// (replacing the plugin of its world).
+    InstallPlugin(PluginInstall),
+    /// Remove the cluster's plugin of a world: the built-in default decides.
+    UninstallPlugin {
+        /// `scheduler`, `ha-policy`, `sha` or `os-installer`.
+        world: String,
+    },
     /// Move a VM to another host (a job): live when it runs, its disks
     /// copied unless they are on shared storage.
     MigrateVm {
@@ -304,6 +312,46 @@ impl Validate for ClusterJoin {
         Ok(())
     }
 }
+
+/// Largest plugin package, bytes.
+pub const MAX_PLUGIN_PACKAGE: usize = 768 * 1024;
+
+/// Body of `POST /api/v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstall {
+    /// The signed `.nvplugin` package, base64 (standard alphabet).
+    pub package: String,
+}
+
+impl PluginInstall {
+    /// The package's bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>, ApiError> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(self.package.trim())
+            .map_err(|e| ApiError::field("package", format!("not base64: {e}")))
+    }
+}
+
+impl Validate for PluginInstall {
+    fn validate(&self) -> Result<(), ApiError> {
+        let b = self.bytes()?;
+        if b.is_empty() || b.len() > MAX_PLUGIN_PACKAGE {
+            return Err(ApiError::field(
+                "package",
+                format!(
+                    "{} bytes; a package is 1 to {MAX_PLUGIN_PACKAGE} bytes",
+                    b.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The plugin worlds, as the API names them.
+pub const PLUGIN_WORLDS: [&str; 4] = ["scheduler", "ha-policy", "sha", "os-installer"];
 
 /// Longest downtime a live migration may allow, ms.
 pub const MAX_MIGRATION_DOWNTIME_MS: u32 = 10_000;

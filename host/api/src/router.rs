@@ -5,9 +5,10 @@
 
 use crate::action::{
     check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, ImageAddBody,
-    ImageMetaSpec, ImageUpload, JoinTokenCreate, PoolCreate, PowerOp, SnapshotCreate, Validate,
-    VmCreate, VmMigrate, VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize,
-    VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
+    ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
+    SnapshotCreate, Validate, VmCreate, VmMigrate, VmUpdate, VolumeClone, VolumeCreate,
+    VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
+    MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
 use crate::error::ApiError;
 use http::StatusCode;
@@ -249,6 +250,14 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
+    r("POST", "/api/v1/plugins", "installPlugin", 201, true),
+    r(
+        "DELETE",
+        "/api/v1/plugins/{world}",
+        "uninstallPlugin",
+        204,
+        false,
+    ),
 ];
 
 /// A matched route and its path parameters.
@@ -631,6 +640,20 @@ pub fn to_action(
             cordoned: m.route.operation == "cordonHost",
         },
         "evacuateHost" => Action::EvacuateHost { host: p("host") },
+        "installPlugin" => Action::InstallPlugin(parse_valid::<PluginInstall>(body)?),
+        "uninstallPlugin" => {
+            let world = p("world");
+            if !crate::action::PLUGIN_WORLDS.contains(&world.as_str()) {
+                return Err(ApiError::field(
+                    "world",
+                    format!(
+                        "{world:?} is not a plugin world ({})",
+                        crate::action::PLUGIN_WORLDS.join(", ")
+                    ),
+                ));
+            }
+            Action::UninstallPlugin { world }
+        }
         "migrateVm" => Action::MigrateVm {
             id: p("id"),
             migrate: parse_valid::<VmMigrate>(body)?,

@@ -727,6 +727,8 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "uncordonHost" => ("/api/v1/hosts/nas1/uncordon", None),
         "evacuateHost" => ("/api/v1/hosts/nas1/evacuate", None),
         "migrateVm" => ("/api/v1/vms/vm1/migrate", Some(r#"{"host":"nas2"}"#)),
+        "installPlugin" => ("/api/v1/plugins", Some(r#"{"package":"TlZQTFVHSU4="}"#)),
+        "uninstallPlugin" => ("/api/v1/plugins/scheduler", None),
         other => panic!("no sample request for {other}: add one"),
     }
 }

@@ -46,6 +46,12 @@ fn main() -> ExitCode {
         Command::Plugin(plugin_cmd::PluginCommand::List) => {
             api::commands::run_plugin_list(&cli.api)
         }
+        Command::Plugin(plugin_cmd::PluginCommand::Install { package }) => {
+            api::commands::run_plugin_install(&cli.api, &package)
+        }
+        Command::Plugin(plugin_cmd::PluginCommand::Uninstall { world }) => {
+            api::commands::run_plugin_uninstall(&cli.api, &world)
+        }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     }
 }

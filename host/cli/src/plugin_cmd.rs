@@ -19,6 +19,18 @@ use std::process::ExitCode;
 pub enum PluginCommand {
     /// The plugins nasvisord has loaded and their state (asks the API).
     List,
+    /// Install a signed package on every host of the cluster, replacing its
+    /// world's plugin (asks the API).
+    Install {
+        /// The `.nvplugin` file.
+        package: PathBuf,
+    },
+    /// Remove the cluster's plugin of a world; the built-in default decides
+    /// (asks the API).
+    Uninstall {
+        /// scheduler, ha-policy, sha or os-installer.
+        world: String,
+    },
     /// Generate an ed25519 signing key: <out>.key (secret, PKCS#8 PEM) and <out>.pub.
     Keygen {
         /// Path prefix of the two files.
@@ -196,7 +208,11 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
     match cmd {
-        PluginCommand::List => return Err(anyhow!("plugin list asks the API (handled in main)")),
+        PluginCommand::List | PluginCommand::Install { .. } | PluginCommand::Uninstall { .. } => {
+            return Err(anyhow!(
+                "plugin list|install|uninstall ask the API (handled in main)"
+            ))
+        }
         PluginCommand::Keygen { out } => {
             // `--out acme` or `--out acme.key` give acme.key and acme.pub;
             // other dots (`--out rel-1.2`) are kept.

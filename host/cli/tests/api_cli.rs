@@ -211,6 +211,9 @@ impl Core for Fake {
                 v["cordoned"] = cordoned.into();
                 v
             }
+            Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
+                "version": "1.0.0", "vendor": "acme", "state": "active"}),
+            Action::UninstallPlugin { .. } => Value::Null,
             Action::EvacuateHost { .. } | Action::MigrateVm { .. } => {
                 json!({"id": "j-move", "kind": "migrate", "state": "succeeded", "progress": 1.0,
                        "error": null, "created_at": "2026-01-01T00:00:00Z", "target": "vm/vm1",
@@ -1179,6 +1182,12 @@ fn every_command_sends_the_right_action() {
             }),
         ),
         (vec!["host", "list"], Action::ListHosts),
+        (
+            vec!["plugin", "uninstall", "sha"],
+            Action::UninstallPlugin {
+                world: "sha".into(),
+            },
+        ),
         (
             vec!["host", "cordon", "nas2"],
             Action::SetCordon {

@@ -246,7 +246,12 @@ impl ClusterCa {
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "nasvisor");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        // KeyEncipherment too: GnuTLS (QEMU's migration and NBD TLS)
+        // refuses server certificates without it, whatever the key type.
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,

@@ -713,6 +713,19 @@ impl ClusterStore {
         self.shared.pki().map(|p| p.ca.cert_pem().to_owned())
     }
 
+    /// This host's TLS identity in the cluster, PEM: the CA certificate, its
+    /// node certificate (name [`crate::ca::node_name`]) and its key — for
+    /// other channels between hosts (QEMU's migration and NBD streams).
+    pub fn node_tls_pem(&self) -> Option<(String, String, String)> {
+        self.shared.pki().map(|p| {
+            (
+                p.ca.cert_pem().to_owned(),
+                p.node_cert_pem.clone(),
+                p.node_key_pem.clone(),
+            )
+        })
+    }
+
     /// Every host ever admitted (removed ones included, their ids are never
     /// reused), with its raft role.
     pub fn members(&self) -> Vec<Member> {

@@ -576,6 +576,7 @@ impl Inner {
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let Some(me) = weak.upgrade() else { break };
+                me.apply_cluster_plugins().await;
                 if !me.multi_host() {
                     was_leader = false;
                     continue;

@@ -31,7 +31,7 @@ impl Inner {
         self.host_json_of(&rec)
     }
 
-    fn plugins_json(&self) -> Value {
+    pub(crate) fn plugins_json(&self) -> Value {
         Value::Array(
             self.policy
                 .status()
@@ -333,6 +333,8 @@ impl Inner {
             Action::SetCordon { host, cordoned } => c.set_cordon(&host, cordoned).await,
             Action::EvacuateHost { host } => c.evacuate(&host).await,
             Action::MigrateVm { id, migrate } => c.migrate_vm(&id, migrate).await,
+            Action::InstallPlugin(req) => c.install_plugin(req).await,
+            Action::UninstallPlugin { world } => c.uninstall_plugin(&world).await,
         }
     }
 }

@@ -1,15 +1,16 @@
 //! Copying an image of the library from a host that has it to the host
 //! that needs it (an install placed where the image has no copy yet).
 //!
-//! The holder serves its file read-only over NBD (`qemu-nbd`, on its
-//! cluster address, for the duration of the copy); the receiver pulls it
+//! The holder serves its file read-only over NBD with TLS (`qemu-nbd`, on
+//! its cluster address, the cluster's certificates, for the duration of the
+//! copy); the receiver pulls it
 //! with `qemu-img convert` into a temporary file and adds that to its
 //! library, which checks it like any other import. The image record then
 //! lists the receiver among the hosts with a copy.
 
 use crate::errors;
 use crate::jobs::{JobCtx, JobFailure};
-use crate::migrate::{free_port, stop_child, wait_listening};
+use crate::migrate::{free_port, qemu_tls_dir, stop_child, tls_name, tls_object, wait_listening};
 use crate::model::{kind, HostRecord, ImageRecord};
 use crate::{lock, Inner};
 use nasvisor_api::CoreError;
@@ -87,11 +88,15 @@ impl Inner {
             .map_err(fail)?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
         let fmt = if v["format"] == "iso" { "raw" } else { "qcow2" };
-        let url = format!(
-            "nbd://{}:{}/{}",
+        let tls_dir = qemu_tls_dir(self, "client").map_err(fail)?;
+        let object = tls_object("nvtls", &tls_dir, "client");
+        // The export shows the guest-visible contents (raw), over TLS.
+        let source = format!(
+            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={},file.tls-creds=nvtls,file.tls-hostname={}",
             v["host"].as_str().unwrap_or_default(),
             v["port"].as_u64().unwrap_or(0),
-            rec.name
+            rec.name,
+            tls_name(holder.node_id)
         );
         let tmp = self
             .cfg
@@ -99,14 +104,14 @@ impl Inner {
             .join(format!("image-{}.{}.tmp", rec.name, std::process::id()));
         let r = crate::migrate::run_qemu_img(
             &ctx.cancel,
-            // The export shows the guest-visible contents (raw).
             &[
                 "convert",
-                "-f",
-                "raw",
+                "--object",
+                &object,
+                "--image-opts",
+                &source,
                 "-O",
                 fmt,
-                &url,
                 &tmp.to_string_lossy(),
             ],
         )
@@ -161,7 +166,10 @@ impl Inner {
                     .to_string();
                 let port = free_port(&ip)?;
                 let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
-                let child = tokio::process::Command::new("qemu-nbd")
+                let tls_dir = qemu_tls_dir(self, "server")?;
+                let object = tls_object("nvtls", &tls_dir, "server");
+                let mut child = tokio::process::Command::new("qemu-nbd")
+                    .args(["--object", &object, "--tls-creds", "nvtls"])
                     .args([
                         "--read-only",
                         "--persistent",
@@ -174,18 +182,17 @@ impl Inner {
                     .args(["-p", &port.to_string(), "-x", name])
                     .arg(&img.path)
                     .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
                     .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
+                let up = wait_listening(&mut child, &ip, port).await;
                 let id = format!("{name}-{port}");
-                lock(&self.image_exports.servers).insert(id.clone(), child);
-                if let Err(e) = wait_listening(&ip, port).await {
-                    let child = lock(&self.image_exports.servers).remove(&id);
-                    if let Some(mut c) = child {
-                        stop_child(&mut c).await;
-                    }
+                if let Err(e) = up {
+                    stop_child(&mut child).await;
                     return Err(e);
                 }
+                lock(&self.image_exports.servers).insert(id.clone(), child);
                 Ok(json!({ "id": id, "host": ip, "port": port, "format": img.format }))
             }
             "image-export-end" => {

@@ -27,6 +27,7 @@ mod jobs;
 mod migrate;
 pub mod model;
 mod placement;
+mod plugins;
 mod storage_ops;
 mod vms;
 mod vswitches;
@@ -208,6 +209,8 @@ pub(crate) struct Inner {
     pub migrations: migrate::Migrations,
     /// Images this host serves to others.
     pub image_exports: image_copy::ImageExports,
+    /// The cluster's plugins as this host applied them.
+    pub cluster_plugins: plugins::ClusterPlugins,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api::Core`].
@@ -313,6 +316,7 @@ impl NasCore {
             cluster: Default::default(),
             migrations: Default::default(),
             image_exports: Default::default(),
+            cluster_plugins: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.init_event_seq();
@@ -322,6 +326,7 @@ impl NasCore {
         inner.recover().await?;
         inner.add_bundled_images().await;
         inner.register_library_images().await;
+        inner.apply_cluster_plugins().await;
         inner.spawn_cluster_loop();
         Ok(NasCore { inner })
     }

@@ -20,9 +20,10 @@
 //! `qemu-nbd`, the source copies them with `qemu-img convert`, then the log
 //! records the new host.
 //!
-//! The memory and disk streams are plain TCP between the hosts' cluster
-//! addresses (the storage network), as QEMU's own migration; they are not
-//! encrypted yet.
+//! The memory and disk streams go between the hosts' cluster addresses over
+//! TLS with the cluster's certificates (QEMU's and qemu-nbd's
+//! `tls-creds-x509`): each side checks the other's certificate against the
+//! cluster CA, and the source checks the target's node name.
 
 use crate::errors;
 use crate::jobs::{JobCtx, JobFailure};
@@ -103,6 +104,80 @@ struct Outcome {
     total: Duration,
     downtime_ms: Option<u64>,
     copied_bytes: u64,
+}
+
+/// The directories of QEMU TLS credentials made from this host's cluster
+/// certificate (`endpoint` `server` or `client`, GnuTLS file names).
+pub(crate) fn qemu_tls_dir(inner: &Inner, endpoint: &str) -> Result<PathBuf, CoreError> {
+    let (ca, cert, key) = inner.db.store().node_tls_pem().ok_or_else(|| {
+        errors::conflict("this host belongs to no cluster: no certificate for the stream")
+    })?;
+    let dir = inner.cfg.run_dir().join("qemu-tls").join(endpoint);
+    let io = |e: std::io::Error| errors::internal(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let files = [
+        ("ca-cert.pem".to_string(), ca, 0o644),
+        (format!("{endpoint}-cert.pem"), cert, 0o644),
+        (format!("{endpoint}-key.pem"), key, 0o600),
+    ];
+    for (name, content, mode) in files {
+        let path = dir.join(&name);
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == content) {
+            continue;
+        }
+        // Whole files only: a QEMU may be reading them.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(content.as_bytes()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    Ok(dir)
+}
+
+/// `--object` of `qemu-nbd` / `qemu-img` for those credentials.
+pub(crate) fn tls_object(id: &str, dir: &std::path::Path, endpoint: &str) -> String {
+    format!(
+        "tls-creds-x509,id={id},dir={},endpoint={endpoint},verify-peer=on",
+        dir.display()
+    )
+}
+
+/// The name in host `node_id`'s certificate, checked by TLS clients.
+pub(crate) fn tls_name(node_id: u64) -> String {
+    nasvisor_cluster::ca::node_name(node_id)
+}
+
+/// A QMP `object-add` of TLS credentials (ignored when it exists).
+async fn add_tls_object(
+    qmp: &nasvisor_vm::QmpClient,
+    id: &str,
+    dir: &std::path::Path,
+    endpoint: &str,
+) -> Result<(), String> {
+    let r = qmp
+        .execute(
+            "object-add",
+            Some(json!({
+                "qom-type": "tls-creds-x509", "id": id, "dir": dir.to_string_lossy(),
+                "endpoint": endpoint, "verify-peer": true,
+            })),
+        )
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("already") || e.to_string().contains("duplicate") => {
+            Ok(())
+        }
+        Err(e) => Err(format!("TLS credentials: {e}")),
+    }
 }
 
 /// A port on `ip` that was free a moment ago.
@@ -358,7 +433,7 @@ impl Inner {
             .await
             .map_err(|e| JobFailure::Failed(e.to_string()))?;
         let r = self
-            .live_transfer(ctx, &inst, &prepared, copy, downtime_ms)
+            .live_transfer(ctx, &inst, &prepared, copy, downtime_ms, target.node_id)
             .await;
         let (info, copied) = match r {
             Ok(v) => v,
@@ -420,12 +495,18 @@ impl Inner {
         prepared: &Prepared,
         copy: &[CopyDisk],
         downtime_ms: u32,
+        target_node: u64,
     ) -> Result<(nasvisor_vm::qmp::MigrationInfo, u64), JobFailure> {
         let qmp = inst.qmp();
         let mut events = inst.events();
         let fail =
             |what: &str, e: &dyn std::fmt::Display| JobFailure::Failed(format!("{what}: {e}"));
         let disk_share = if copy.is_empty() { 0.0 } else { 0.5 };
+        let tls_dir = qemu_tls_dir(self, "client").map_err(|e| fail("TLS", &e))?;
+        add_tls_object(qmp, "nv-tls-client", &tls_dir, "client")
+            .await
+            .map_err(JobFailure::Failed)?;
+        let peer_name = tls_name(target_node);
         for c in copy {
             let port = prepared.ports.get(&c.node).copied().unwrap_or(0);
             qmp.blockdev_add(json!({
@@ -433,6 +514,8 @@ impl Inner {
                 "node-name": format!("mig-{}", c.node),
                 "server": { "type": "inet", "host": prepared.host, "port": port.to_string() },
                 "export": c.node,
+                "tls-creds": "nv-tls-client",
+                "tls-hostname": peer_name,
             }))
             .await
             .map_err(|e| fail(&format!("connecting {} to the target", c.node), &e))?;
@@ -519,6 +602,8 @@ impl Inner {
         qmp.migrate_set_parameters(json!({
             "downtime-limit": downtime_ms,
             "max-bandwidth": MAX_BANDWIDTH,
+            "tls-creds": "nv-tls-client",
+            "tls-hostname": peer_name,
         }))
         .await
         .map_err(|e| fail("migrate-set-parameters", &e))?;
@@ -688,9 +773,32 @@ impl Inner {
                 Some(&format!("copying {} ({} MiB)", c.node, c.size_bytes >> 20)),
             );
             let port = p.ports.get(&c.node).copied().unwrap_or(0);
-            let url = format!("nbd://{}:{port}/{}", p.host, c.node);
             let fmt = if c.pool.is_some() { "qcow2" } else { "raw" };
-            let r = copy_to_nbd(&ctx.cancel, fmt, &c.path, &url).await;
+            let tls_dir =
+                qemu_tls_dir(self, "client").map_err(|e| JobFailure::Failed(e.to_string()))?;
+            let target_opts = format!(
+                "driver=nbd,server.type=inet,server.host={},server.port={port},export={},tls-creds=nvtls,tls-hostname={}",
+                p.host,
+                c.node,
+                tls_name(target.node_id)
+            );
+            let src = c.path.to_string_lossy();
+            let object = tls_object("nvtls", &tls_dir, "client");
+            let r = run_qemu_img(
+                &ctx.cancel,
+                &[
+                    "convert",
+                    "-n",
+                    "--object",
+                    &object,
+                    "-f",
+                    fmt,
+                    "--target-image-opts",
+                    &src,
+                    &target_opts,
+                ],
+            )
+            .await;
             if let Err(e) = r {
                 self.peer_abort(target, vm).await;
                 return Err(e);
@@ -872,22 +980,27 @@ impl Inner {
             }
         }
         if !live {
-            // One qemu-nbd per volume.
+            // One qemu-nbd per volume, TLS with the cluster's certificates.
+            let tls_dir = qemu_tls_dir(self, "server")?;
+            let object = tls_object("nvtls", &tls_dir, "server");
             let mut ports = HashMap::new();
             for c in copy {
                 let (path, fmt) = &paths[&c.node];
                 let port = free_port(ip)?;
                 let mut cmd = tokio::process::Command::new("qemu-nbd");
-                cmd.args(["--persistent", "--cache=writeback", "-f", fmt, "-b", ip])
+                cmd.args(["--object", &object, "--tls-creds", "nvtls"])
+                    .args(["--persistent", "--cache=writeback", "-f", fmt, "-b", ip])
                     .args(["-p", &port.to_string(), "-x", &c.node])
                     .arg(path)
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true);
-                let child = cmd
+                let mut child = cmd
+                    .stderr(std::process::Stdio::piped())
                     .spawn()
                     .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
+                let up = wait_listening(&mut child, ip, port).await;
                 inc.nbd.push(child);
-                wait_listening(ip, port).await?;
+                up?;
                 ports.insert(c.node.clone(), port);
             }
             return Ok(Prepared {
@@ -915,12 +1028,19 @@ impl Inner {
             })?;
         inc.inst = Some(inst.clone());
         let qmp = inst.qmp();
+        let tls_dir = qemu_tls_dir(self, "server")?;
+        add_tls_object(qmp, "nv-tls-server", &tls_dir, "server")
+            .await
+            .map_err(errors::internal)?;
         let mut ports = HashMap::new();
         if !copy.is_empty() {
             let port = free_port(ip)?;
             qmp.execute(
                 "nbd-server-start",
-                Some(json!({ "addr": { "type": "inet", "data": { "host": ip, "port": port.to_string() } } })),
+                Some(json!({
+                    "addr": { "type": "inet", "data": { "host": ip, "port": port.to_string() } },
+                    "tls-creds": "nv-tls-server",
+                })),
             )
             .await
             .map_err(|e| errors::internal(format!("nbd-server-start: {e}")))?;
@@ -942,6 +1062,9 @@ impl Inner {
         qmp.migrate_set_capabilities(&[("events", true)])
             .await
             .map_err(|e| errors::internal(format!("migrate-set-capabilities: {e}")))?;
+        qmp.migrate_set_parameters(json!({ "tls-creds": "nv-tls-server" }))
+            .await
+            .map_err(|e| errors::internal(format!("migrate-set-parameters: {e}")))?;
         qmp.migrate_incoming(&uri)
             .await
             .map_err(|e| errors::internal(format!("migrate-incoming: {e}")))?;
@@ -1023,12 +1146,28 @@ impl Inner {
     }
 }
 
-/// Waits until something listens on `ip:port` (qemu-nbd starting).
-pub(crate) async fn wait_listening(ip: &str, port: u16) -> Result<(), CoreError> {
+/// Waits until `child` (qemu-nbd starting) listens on `ip:port`; its error
+/// output when it exits instead.
+pub(crate) async fn wait_listening(
+    child: &mut tokio::process::Child,
+    ip: &str,
+    port: u16,
+) -> Result<(), CoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
             return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut msg = String::new();
+            if let Some(e) = child.stderr.as_mut() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut msg).await;
+            }
+            return Err(errors::internal(format!(
+                "qemu-nbd exited ({st}): {}",
+                msg.trim()
+            )));
         }
         if Instant::now() > deadline {
             return Err(errors::internal(format!(
@@ -1054,21 +1193,6 @@ pub(crate) async fn stop_child(child: &mut tokio::process::Child) {
     {
         let _ = child.kill().await;
     }
-}
-
-/// Copies a local image into an NBD export with `qemu-img convert`.
-async fn copy_to_nbd(
-    cancel: &tokio_util::sync::CancellationToken,
-    fmt: &str,
-    src: &std::path::Path,
-    url: &str,
-) -> Result<(), JobFailure> {
-    let src = src.to_string_lossy();
-    run_qemu_img(
-        cancel,
-        &["convert", "-n", "-f", fmt, "-O", "raw", &src, url],
-    )
-    .await
 }
 
 /// Runs `qemu-img` with `args`; cancellable (stopped by its pid). A

@@ -14,6 +14,8 @@ pub mod kind {
     pub const IMAGE: &str = "image";
     pub const JOB: &str = "job";
     pub const EVENT: &str = "event";
+    pub const PLUGIN: &str = "plugin";
+    pub const PLUGIN_CHUNK: &str = "plugin-chunk";
 }
 
 impl VmRecord {

@@ -577,10 +577,46 @@ fn live_migration_keeps_the_guest_counting() {
 }
 
 #[test]
-fn cordon_evacuate_and_an_offline_move() {
+fn cordon_evacuate_offline_move_image_copy_and_cluster_plugins() {
     let _s = serial();
     let c = Cluster::start(2);
     c.form();
+
+    // Plugins of the whole cluster: removed on one host, gone on both;
+    // installed on the other, active on both.
+    let state_of = |i: usize, world: &str| -> Result<String, String> {
+        let list = c.host(i).try_json(&["plugin", "list"])?;
+        list.as_array()
+            .and_then(|a| a.iter().find(|p| p["world"] == world))
+            .and_then(|p| p["state"].as_str().map(String::from))
+            .ok_or_else(|| format!("no {world} plugin listed: {list:#}"))
+    };
+    let scheduler = nasvisor_plugin_host::testkit::plugin_dir().join("nasvisor-scheduler.nvplugin");
+    c.host(1)
+        .json(&["plugin", "install", scheduler.to_str().unwrap()]);
+    let wait_state = |want: &str| {
+        for i in [1, 2] {
+            eventually(
+                Duration::from_secs(10),
+                &format!("host {i}: the scheduler plugin {want}"),
+                || match state_of(i, "scheduler")? {
+                    s if s == want => Ok(()),
+                    s => Err(s),
+                },
+            );
+        }
+    };
+    c.host(2).json(&["plugin", "uninstall", "scheduler"]);
+    wait_state("fallback");
+    c.host(2)
+        .json(&["plugin", "install", scheduler.to_str().unwrap()]);
+    wait_state("active");
+    let junk = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(junk.path(), b"not a plugin").unwrap();
+    let err = c
+        .host(1)
+        .fails(&["plugin", "install", junk.path().to_str().unwrap()]);
+    assert!(err.contains("package") && err.contains("HTTP 422"), "{err}");
 
     // A cordoned host gets no new VMs, not even when asked for.
     c.host(1).json(&["host", "cordon", "nas2"]);

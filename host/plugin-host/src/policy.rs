@@ -172,6 +172,15 @@ impl PolicyHost {
         *self.slot(w).native_settings.lock().expect("settings lock") = settings;
     }
 
+    /// The settings of a world (its plugin's, or the native default's).
+    pub fn settings(&self, w: World) -> Vec<(String, String)> {
+        self.slot(w)
+            .native_settings
+            .lock()
+            .expect("settings lock")
+            .clone()
+    }
+
     pub fn status(&self) -> Vec<SlotStatus> {
         World::ALL
             .iter()

@@ -119,6 +119,9 @@ impl Core for FakeCore {
             Action::SetCordon { host: h, .. } => host(&h),
             Action::EvacuateHost { .. } => job("j4", "evacuate"),
             Action::MigrateVm { .. } => job("j5", "migrate"),
+            Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
+                "version": "1.0.0", "vendor": "acme", "state": "active"}),
+            Action::UninstallPlugin { .. } => json!(null),
             Action::JoinCluster(_) => cluster(),
             Action::ListVms => json!([vm("vm1")]),
             Action::GetVm { id } if id == "missing" => {

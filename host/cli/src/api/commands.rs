@@ -460,6 +460,41 @@ pub fn run_plugin_list(opts: &ApiOpts) -> std::process::ExitCode {
     }))
 }
 
+/// `nasvisor plugin install FILE`: the package goes to every host.
+pub fn run_plugin_install(opts: &ApiOpts, package: &std::path::Path) -> std::process::ExitCode {
+    finish(Client::new(opts).and_then(|c| {
+        use base64::Engine as _;
+        let bytes = std::fs::read(package)
+            .map_err(|e| CliError::msg(format!("{}: {e}", package.display())))?;
+        let body = json!({ "package": base64::engine::general_purpose::STANDARD.encode(bytes) });
+        let v = c.send_json("POST", "/api/v1/plugins", &body)?;
+        done(
+            opts.json,
+            &v,
+            format!(
+                "plugin {}@{} installed for the {} world on every host",
+                cell(&v["name"]),
+                cell(&v["version"]),
+                cell(&v["world"])
+            ),
+        );
+        Ok(())
+    }))
+}
+
+/// `nasvisor plugin uninstall WORLD`.
+pub fn run_plugin_uninstall(opts: &ApiOpts, world: &str) -> std::process::ExitCode {
+    finish(Client::new(opts).and_then(|c| {
+        let v = c.call("DELETE", &format!("/api/v1/plugins/{}", enc(world)))?;
+        done(
+            opts.json,
+            &v,
+            format!("the cluster's {world} plugin removed; the built-in default decides"),
+        );
+        Ok(())
+    }))
+}
+
 fn finish(r: CliResult<()>) -> std::process::ExitCode {
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

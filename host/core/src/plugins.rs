@@ -1,0 +1,228 @@
+//! Plugins of the whole cluster: `nasvisor plugin install` commits a signed
+//! package through the log (chunked, with its SHA-256) and every host loads
+//! it into its policy host, checking the signature against its own trusted
+//! keys; `plugin uninstall` removes it and the built-in default decides.
+//! A plugin the cluster installed replaces the one of the host's plugin
+//! directory for that world, also after a restart.
+
+use crate::errors;
+use crate::model::{kind, now_rfc3339, Severity};
+use crate::{lock, Inner};
+use nasvisor_api::action::PluginInstall;
+use nasvisor_api::CoreError;
+use nasvisor_plugin_host::package::{self, Package};
+use nasvisor_plugin_sdk::World;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Bytes of a package per chunk record (base64 grows them by a third; the
+/// store takes 1 MiB per value).
+const CHUNK: usize = 512 * 1024;
+
+/// The cluster's plugin of one world (kind `plugin`, key the world).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub world: String,
+    /// `name@version` from the manifest.
+    pub label: String,
+    /// SHA-256 of the package, hex.
+    pub sha256: String,
+    pub size: u64,
+    pub chunks: u32,
+    pub installed_at: String,
+}
+
+/// What this host applied of the cluster's plugin records.
+#[derive(Default)]
+pub(crate) struct ClusterPlugins {
+    /// World -> SHA-256 of the package loaded (or refused) here.
+    applied: Mutex<HashMap<String, String>>,
+}
+
+fn chunk_key(world: &str, sha: &str, i: u32) -> String {
+    format!("{world}-{}-{i}", &sha[..16])
+}
+
+impl Inner {
+    pub(crate) async fn install_plugin(&self, req: PluginInstall) -> Result<Value, CoreError> {
+        let bytes = req
+            .bytes()
+            .map_err(|e| errors::invalid("package", e.reason))?;
+        if !package::is_package(&bytes) {
+            return Err(errors::invalid(
+                "package",
+                "not a signed nasvisor plugin package (.nvplugin, from `nasvisor plugin build` or `plugin sign`)",
+            ));
+        }
+        let pkg = Package::parse(&bytes).map_err(|e| errors::invalid("package", e.to_string()))?;
+        let world = pkg.manifest.world;
+        // Loading checks the signature, the world and the WIT version here
+        // before anything is committed.
+        let plugin = self
+            .policy
+            .runtime()
+            .load(&bytes, Some(world), self.policy.settings(world))
+            .map_err(|e| errors::invalid("package", e.to_string()))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let chunks = bytes.chunks(CHUNK).collect::<Vec<_>>();
+        for (i, c) in chunks.iter().enumerate() {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD.encode(c);
+            self.db
+                .put(
+                    kind::PLUGIN_CHUNK,
+                    &chunk_key(world.as_str(), &sha, i as u32),
+                    &data,
+                    None,
+                )
+                .await?;
+        }
+        let previous = self
+            .db
+            .get::<PluginRecord>(kind::PLUGIN, world.as_str())
+            .map(|(r, _)| r);
+        let rec = PluginRecord {
+            world: world.as_str().to_string(),
+            label: plugin.label().to_string(),
+            sha256: sha.clone(),
+            size: bytes.len() as u64,
+            chunks: chunks.len() as u32,
+            installed_at: now_rfc3339(),
+        };
+        self.db
+            .put(kind::PLUGIN, world.as_str(), &rec, None)
+            .await?;
+        self.policy.install(plugin);
+        lock(&self.cluster_plugins.applied).insert(rec.world.clone(), sha.clone());
+        if let Some(old) = previous.filter(|p| p.sha256 != sha) {
+            self.delete_chunks(&old).await;
+        }
+        self.event(
+            "plugin-installed",
+            Severity::Info,
+            Some(format!("plugin/{}", rec.world)),
+            format!(
+                "plugin {} installed for the {} world on every host",
+                rec.label, rec.world
+            ),
+        )
+        .await;
+        self.plugins_json()
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["world"] == rec.world.as_str()).cloned())
+            .ok_or_else(|| errors::internal("the installed plugin is not listed"))
+    }
+
+    pub(crate) async fn uninstall_plugin(&self, world: &str) -> Result<Value, CoreError> {
+        let w: World = world
+            .parse()
+            .map_err(|_| errors::invalid("world", format!("no world {world:?}")))?;
+        let Some((rec, _)) = self.db.get::<PluginRecord>(kind::PLUGIN, world) else {
+            return Err(errors::not_found(format!(
+                "a plugin installed in the cluster for the {world} world"
+            )));
+        };
+        self.db.delete(kind::PLUGIN, world).await?;
+        self.delete_chunks(&rec).await;
+        self.policy.uninstall(w);
+        lock(&self.cluster_plugins.applied).remove(world);
+        self.event(
+            "plugin-uninstalled",
+            Severity::Info,
+            Some(format!("plugin/{world}")),
+            format!(
+                "plugin {} removed; the built-in {world} policy decides",
+                rec.label
+            ),
+        )
+        .await;
+        Ok(Value::Null)
+    }
+
+    async fn delete_chunks(&self, rec: &PluginRecord) {
+        for i in 0..rec.chunks {
+            let _ = self
+                .db
+                .delete(kind::PLUGIN_CHUNK, &chunk_key(&rec.world, &rec.sha256, i))
+                .await;
+        }
+    }
+
+    /// Loads the cluster's plugins this host has not applied yet (at start
+    /// and after every change another host made).
+    pub(crate) async fn apply_cluster_plugins(&self) {
+        let records: Vec<PluginRecord> = self.db.list(kind::PLUGIN);
+        let mut seen = Vec::new();
+        for rec in records {
+            seen.push(rec.world.clone());
+            let done = lock(&self.cluster_plugins.applied).get(&rec.world) == Some(&rec.sha256);
+            if done {
+                continue;
+            }
+            lock(&self.cluster_plugins.applied).insert(rec.world.clone(), rec.sha256.clone());
+            match self.load_cluster_plugin(&rec) {
+                Ok(()) => {
+                    tracing::info!(world = %rec.world, plugin = %rec.label, "cluster plugin loaded")
+                }
+                Err(e) => {
+                    self.event(
+                        "plugin-refused",
+                        Severity::Error,
+                        Some(format!("plugin/{}", rec.world)),
+                        format!(
+                            "host {} cannot load the cluster's plugin {}: {e}",
+                            self.host.id, rec.label
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        // Removed elsewhere.
+        let gone: Vec<String> = lock(&self.cluster_plugins.applied)
+            .keys()
+            .filter(|w| !seen.contains(w))
+            .cloned()
+            .collect();
+        for w in gone {
+            lock(&self.cluster_plugins.applied).remove(&w);
+            if let Ok(world) = w.parse::<World>() {
+                self.policy.uninstall(world);
+                tracing::info!(world = %w, "cluster plugin removed; the built-in default decides");
+            }
+        }
+    }
+
+    fn load_cluster_plugin(&self, rec: &PluginRecord) -> Result<(), String> {
+        use base64::Engine as _;
+        let mut bytes = Vec::with_capacity(rec.size as usize);
+        for i in 0..rec.chunks {
+            let key = chunk_key(&rec.world, &rec.sha256, i);
+            let (data, _) = self
+                .db
+                .get::<String>(kind::PLUGIN_CHUNK, &key)
+                .ok_or_else(|| format!("chunk {i} of the package is missing"))?;
+            let part = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| format!("chunk {i}: {e}"))?;
+            bytes.extend_from_slice(&part);
+        }
+        if hex::encode(Sha256::digest(&bytes)) != rec.sha256 {
+            return Err("the package does not match its SHA-256".into());
+        }
+        let world: World = rec
+            .world
+            .parse()
+            .map_err(|_| format!("no world {}", rec.world))?;
+        let plugin = self
+            .policy
+            .runtime()
+            .load(&bytes, Some(world), self.policy.settings(world))
+            .map_err(|e| e.to_string())?;
+        self.policy.install(plugin);
+        Ok(())
+    }
+}

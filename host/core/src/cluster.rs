@@ -426,7 +426,8 @@ impl Inner {
                 let id = req.body["id"].as_str().unwrap_or_default().to_string();
                 let tail = req.body["tail"].as_u64().unwrap_or(65536);
                 let bytes = self.console_tail(&id, tail).await?;
-                Ok(json!({ "data": String::from_utf8_lossy(&bytes) }))
+                use base64::Engine as _;
+                Ok(json!({ "data": base64::engine::general_purpose::STANDARD.encode(bytes) }))
             }
             m if m.starts_with("migrate-") => self.on_migrate_peer(m, req.body).await,
             m if m.starts_with("image-") => self.on_image_peer(m, req.body).await,

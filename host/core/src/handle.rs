@@ -354,20 +354,8 @@ impl nasvisor_api::Core for NasCore {
         let c = &self.inner;
         let vm = c.find_vm(&id)?;
         if let Some(h) = vm.host.as_deref().filter(|h| *h != c.host.id) {
-            // Another host's VM: what its console shows now.
             let rec = c.host_record(h)?;
-            let v = c
-                .call_host(
-                    &rec,
-                    "console",
-                    json!({ "id": vm.id, "tail": tail }),
-                    std::time::Duration::from_secs(30),
-                )
-                .await?;
-            let data = Bytes::from(v["data"].as_str().unwrap_or_default().to_string());
-            return Ok(Box::pin(futures_util::stream::once(
-                async move { Ok(data) },
-            )));
+            return remote_console(c.clone(), rec, vm.id, follow, tail).await;
         }
         c.console_stream(&id, follow, tail).await
     }
@@ -380,5 +368,110 @@ impl nasvisor_api::Core for NasCore {
         self.inner
             .upload_image(upload.name, upload.meta, body)
             .await
+    }
+}
+
+/// How often a console followed on another host is polled.
+const REMOTE_CONSOLE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+async fn fetch_console(
+    c: &Inner,
+    rec: &crate::model::HostRecord,
+    id: &str,
+    n: u64,
+) -> Result<Vec<u8>, CoreError> {
+    use base64::Engine as _;
+    let v = c
+        .call_host(
+            rec,
+            "console",
+            json!({ "id": id, "tail": n }),
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
+    base64::engine::general_purpose::STANDARD
+        .decode(v["data"].as_str().unwrap_or_default())
+        .map_err(errors::internal)
+}
+
+/// What `now` (the last bytes of a console) adds to what was seen, whose
+/// end is `seen_tail`: the bytes after the last place `seen_tail` ends in
+/// `now`. `None` when it cannot be found (more than the tail was written).
+fn console_news<'a>(seen_tail: &[u8], now: &'a [u8]) -> Option<&'a [u8]> {
+    if seen_tail.is_empty() {
+        return Some(now);
+    }
+    now.windows(seen_tail.len())
+        .rposition(|w| w == seen_tail)
+        .map(|at| &now[at + seen_tail.len()..])
+}
+
+/// The console of a VM on another host: its last `tail` bytes and, with
+/// `follow`, what it prints next (polled over the cluster channel).
+async fn remote_console(
+    c: Arc<Inner>,
+    rec: crate::model::HostRecord,
+    id: String,
+    follow: bool,
+    tail_n: u64,
+) -> Result<ByteStream, CoreError> {
+    const KEEP: usize = 256;
+    const WINDOW: u64 = 65536;
+    let first = fetch_console(&c, &rec, &id, tail_n.max(WINDOW)).await?;
+    let shown = Bytes::from(tail(first.clone(), tail_n));
+    let once = futures_util::stream::once(async move { Ok(shown) });
+    if !follow {
+        return Ok(Box::pin(once));
+    }
+    let seen = first[first.len().saturating_sub(KEEP)..].to_vec();
+    // State: the core, the host, the VM, the end of what was shown, and
+    // whether the host went away (the stream then ends).
+    let state = (c, rec, id, seen, false);
+    let live = futures_util::stream::unfold(state, |(c, rec, id, seen, gone)| async move {
+        if gone {
+            return None;
+        }
+        loop {
+            tokio::time::sleep(REMOTE_CONSOLE_POLL).await;
+            let now = match fetch_console(&c, &rec, &id, WINDOW).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let note = format!(
+                        "\r\n[nasvisor: the console on host {} is gone: {e}]\r\n",
+                        rec.id
+                    );
+                    return Some((Ok(Bytes::from(note)), (c, rec, id, seen, true)));
+                }
+            };
+            let news = match console_news(&seen, &now) {
+                Some(n) => n.to_vec(),
+                None => {
+                    let mut v = b"\r\n[nasvisor: console output skipped]\r\n".to_vec();
+                    v.extend_from_slice(&now);
+                    v
+                }
+            };
+            if news.is_empty() {
+                continue;
+            }
+            let seen = now[now.len().saturating_sub(KEEP)..].to_vec();
+            return Some((Ok(Bytes::from(news)), (c, rec, id, seen, false)));
+        }
+    });
+    Ok(Box::pin(once.chain(live)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_news;
+
+    #[test]
+    fn console_news_is_what_follows_the_seen_tail() {
+        assert_eq!(console_news(b"", b"abc"), Some(&b"abc"[..]));
+        assert_eq!(console_news(b"bc", b"abcde"), Some(&b"de"[..]));
+        assert_eq!(console_news(b"bc", b"abc"), Some(&b""[..]));
+        // The last occurrence counts (repeated lines).
+        assert_eq!(console_news(b"ok\n", b"ok\nok\nx"), Some(&b"x"[..]));
+        assert_eq!(console_news(b"zz", b"abc"), None);
     }
 }

@@ -719,8 +719,20 @@ impl Inner {
         }
     }
 
-    /// After the switch: the source's QEMU, taps and disk copies go.
+    /// After the switch: the source's QEMU, taps and disk copies go. The
+    /// guest is paused; what it printed last is read off the console first.
     async fn retire_source(&self, vm: &VmRecord, inst: &VmInstance, copy: &[CopyDisk]) {
+        if let Some(console) = inst.console() {
+            let mut last: Option<Vec<u8>> = None;
+            for _ in 0..20 {
+                let now = console.read_log().await.unwrap_or_default();
+                if last.as_ref() == Some(&now) {
+                    break;
+                }
+                last = Some(now);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         lock(&self.running).remove(&vm.id);
         let _ = inst.kill().await;
         self.remove_taps(vm);

@@ -10,7 +10,7 @@
 
 use crate::errors;
 use crate::jobs::{JobCtx, JobFailure};
-use crate::migrate::{free_port, qemu_tls_dir, stop_child, tls_name, tls_object, wait_listening};
+use crate::migrate::{free_port, stop_child, wait_listening};
 use crate::model::{kind, HostRecord, ImageRecord};
 use crate::{lock, Inner};
 use nasvisor_api::CoreError;
@@ -88,34 +88,30 @@ impl Inner {
             .map_err(fail)?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
         let fmt = if v["format"] == "iso" { "raw" } else { "qcow2" };
-        let tls_dir = qemu_tls_dir(self, "client").map_err(fail)?;
-        let object = tls_object("nvtls", &tls_dir, "client");
+        let tls = self.tls_client("file.", holder.node_id).map_err(fail)?;
         // The export shows the guest-visible contents (raw), over TLS.
         let source = format!(
-            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={},file.tls-creds=nvtls,file.tls-hostname={}",
+            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={}{}",
             v["host"].as_str().unwrap_or_default(),
             v["port"].as_u64().unwrap_or(0),
             rec.name,
-            tls_name(holder.node_id)
+            tls.opts
         );
         let tmp = self
             .cfg
             .run_dir()
             .join(format!("image-{}.{}.tmp", rec.name, std::process::id()));
-        let r = crate::migrate::run_qemu_img(
-            &ctx.cancel,
-            &[
-                "convert",
-                "--object",
-                &object,
-                "--image-opts",
-                &source,
-                "-O",
-                fmt,
-                &tmp.to_string_lossy(),
-            ],
-        )
-        .await;
+        let mut args: Vec<String> = vec!["convert".into()];
+        args.extend(tls.args);
+        args.extend([
+            "--image-opts".into(),
+            source,
+            "-O".into(),
+            fmt.into(),
+            tmp.to_string_lossy().into_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = crate::migrate::run_qemu_img(&ctx.cancel, &args).await;
         let _ = self
             .call_host(
                 holder,
@@ -166,10 +162,9 @@ impl Inner {
                     .to_string();
                 let port = free_port(&ip)?;
                 let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
-                let tls_dir = qemu_tls_dir(self, "server")?;
-                let object = tls_object("nvtls", &tls_dir, "server");
+                let tls = self.tls_server_args()?;
                 let mut child = tokio::process::Command::new("qemu-nbd")
-                    .args(["--object", &object, "--tls-creds", "nvtls"])
+                    .args(&tls)
                     .args([
                         "--read-only",
                         "--persistent",

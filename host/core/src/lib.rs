@@ -100,6 +100,8 @@ pub struct CoreConfig {
     pub offline_after: Duration,
     /// How long a host without quorum keeps its VMs running.
     pub quorum_stop_delay: Duration,
+    /// TLS on the migration, disk-copy and image-copy streams.
+    pub migration_tls: bool,
 }
 
 impl CoreConfig {
@@ -120,6 +122,7 @@ impl CoreConfig {
             heartbeat_interval: Duration::from_secs(1),
             offline_after: Duration::from_secs(10),
             quorum_stop_delay: Duration::from_secs(60),
+            migration_tls: true,
         }
     }
 

@@ -155,6 +155,48 @@ pub(crate) fn tls_name(node_id: u64) -> String {
     nasvisor_cluster::ca::node_name(node_id)
 }
 
+/// What a TLS client of a stream adds: `--object` arguments and NBD
+/// options (empty when `migration-tls` is off).
+pub(crate) struct TlsClient {
+    pub args: Vec<String>,
+    pub opts: String,
+}
+
+impl Inner {
+    /// The client side of a stream to host `peer`; `prefix` goes before the
+    /// NBD options (`file.` when NBD is the protocol under a format).
+    pub(crate) fn tls_client(&self, prefix: &str, peer: u64) -> Result<TlsClient, CoreError> {
+        if !self.cfg.migration_tls {
+            return Ok(TlsClient {
+                args: Vec::new(),
+                opts: String::new(),
+            });
+        }
+        let dir = qemu_tls_dir(self, "client")?;
+        Ok(TlsClient {
+            args: vec!["--object".into(), tls_object("nvtls", &dir, "client")],
+            opts: format!(
+                ",{prefix}tls-creds=nvtls,{prefix}tls-hostname={}",
+                tls_name(peer)
+            ),
+        })
+    }
+
+    /// The arguments of a `qemu-nbd` serving over TLS (none when off).
+    pub(crate) fn tls_server_args(&self) -> Result<Vec<String>, CoreError> {
+        if !self.cfg.migration_tls {
+            return Ok(Vec::new());
+        }
+        let dir = qemu_tls_dir(self, "server")?;
+        Ok(vec![
+            "--object".into(),
+            tls_object("nvtls", &dir, "server"),
+            "--tls-creds".into(),
+            "nvtls".into(),
+        ])
+    }
+}
+
 /// A QMP `object-add` of TLS credentials (ignored when it exists).
 async fn add_tls_object(
     qmp: &nasvisor_vm::QmpClient,
@@ -502,23 +544,32 @@ impl Inner {
         let fail =
             |what: &str, e: &dyn std::fmt::Display| JobFailure::Failed(format!("{what}: {e}"));
         let disk_share = if copy.is_empty() { 0.0 } else { 0.5 };
-        let tls_dir = qemu_tls_dir(self, "client").map_err(|e| fail("TLS", &e))?;
-        add_tls_object(qmp, "nv-tls-client", &tls_dir, "client")
-            .await
-            .map_err(JobFailure::Failed)?;
-        let peer_name = tls_name(target_node);
+        let tls = self.cfg.migration_tls;
+        if tls {
+            let tls_dir = qemu_tls_dir(self, "client").map_err(|e| fail("TLS", &e))?;
+            add_tls_object(qmp, "nv-tls-client", &tls_dir, "client")
+                .await
+                .map_err(JobFailure::Failed)?;
+        }
+        let (creds, peer_name) = match tls {
+            true => ("nv-tls-client", tls_name(target_node)),
+            false => ("", String::new()),
+        };
         for c in copy {
             let port = prepared.ports.get(&c.node).copied().unwrap_or(0);
-            qmp.blockdev_add(json!({
+            let mut nbd = json!({
                 "driver": "nbd",
                 "node-name": format!("mig-{}", c.node),
                 "server": { "type": "inet", "host": prepared.host, "port": port.to_string() },
                 "export": c.node,
-                "tls-creds": "nv-tls-client",
-                "tls-hostname": peer_name,
-            }))
-            .await
-            .map_err(|e| fail(&format!("connecting {} to the target", c.node), &e))?;
+            });
+            if tls {
+                nbd["tls-creds"] = creds.into();
+                nbd["tls-hostname"] = peer_name.clone().into();
+            }
+            qmp.blockdev_add(nbd)
+                .await
+                .map_err(|e| fail(&format!("connecting {} to the target", c.node), &e))?;
             qmp.blockdev_mirror(
                 &format!("mig-{}", c.node),
                 &c.node,
@@ -602,7 +653,7 @@ impl Inner {
         qmp.migrate_set_parameters(json!({
             "downtime-limit": downtime_ms,
             "max-bandwidth": MAX_BANDWIDTH,
-            "tls-creds": "nv-tls-client",
+            "tls-creds": creds,
             "tls-hostname": peer_name,
         }))
         .await
@@ -786,31 +837,25 @@ impl Inner {
             );
             let port = p.ports.get(&c.node).copied().unwrap_or(0);
             let fmt = if c.pool.is_some() { "qcow2" } else { "raw" };
-            let tls_dir =
-                qemu_tls_dir(self, "client").map_err(|e| JobFailure::Failed(e.to_string()))?;
+            let tls = self
+                .tls_client("", target.node_id)
+                .map_err(|e| JobFailure::Failed(e.to_string()))?;
             let target_opts = format!(
-                "driver=nbd,server.type=inet,server.host={},server.port={port},export={},tls-creds=nvtls,tls-hostname={}",
-                p.host,
-                c.node,
-                tls_name(target.node_id)
+                "driver=nbd,server.type=inet,server.host={},server.port={port},export={}{}",
+                p.host, c.node, tls.opts
             );
-            let src = c.path.to_string_lossy();
-            let object = tls_object("nvtls", &tls_dir, "client");
-            let r = run_qemu_img(
-                &ctx.cancel,
-                &[
-                    "convert",
-                    "-n",
-                    "--object",
-                    &object,
-                    "-f",
-                    fmt,
-                    "--target-image-opts",
-                    &src,
-                    &target_opts,
-                ],
-            )
-            .await;
+            let src = c.path.to_string_lossy().into_owned();
+            let mut args: Vec<String> = vec!["convert".into(), "-n".into()];
+            args.extend(tls.args);
+            args.extend([
+                "-f".into(),
+                fmt.into(),
+                "--target-image-opts".into(),
+                src,
+                target_opts,
+            ]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = run_qemu_img(&ctx.cancel, &args).await;
             if let Err(e) = r {
                 self.peer_abort(target, vm).await;
                 return Err(e);
@@ -993,14 +1038,13 @@ impl Inner {
         }
         if !live {
             // One qemu-nbd per volume, TLS with the cluster's certificates.
-            let tls_dir = qemu_tls_dir(self, "server")?;
-            let object = tls_object("nvtls", &tls_dir, "server");
+            let tls = self.tls_server_args()?;
             let mut ports = HashMap::new();
             for c in copy {
                 let (path, fmt) = &paths[&c.node];
                 let port = free_port(ip)?;
                 let mut cmd = tokio::process::Command::new("qemu-nbd");
-                cmd.args(["--object", &object, "--tls-creds", "nvtls"])
+                cmd.args(&tls)
                     .args(["--persistent", "--cache=writeback", "-f", fmt, "-b", ip])
                     .args(["-p", &port.to_string(), "-x", &c.node])
                     .arg(path)
@@ -1040,22 +1084,27 @@ impl Inner {
             })?;
         inc.inst = Some(inst.clone());
         let qmp = inst.qmp();
-        let tls_dir = qemu_tls_dir(self, "server")?;
-        add_tls_object(qmp, "nv-tls-server", &tls_dir, "server")
-            .await
-            .map_err(errors::internal)?;
+        let creds = if self.cfg.migration_tls {
+            let tls_dir = qemu_tls_dir(self, "server")?;
+            add_tls_object(qmp, "nv-tls-server", &tls_dir, "server")
+                .await
+                .map_err(errors::internal)?;
+            "nv-tls-server"
+        } else {
+            ""
+        };
         let mut ports = HashMap::new();
         if !copy.is_empty() {
             let port = free_port(ip)?;
-            qmp.execute(
-                "nbd-server-start",
-                Some(json!({
-                    "addr": { "type": "inet", "data": { "host": ip, "port": port.to_string() } },
-                    "tls-creds": "nv-tls-server",
-                })),
-            )
-            .await
-            .map_err(|e| errors::internal(format!("nbd-server-start: {e}")))?;
+            let mut args = json!({
+                "addr": { "type": "inet", "data": { "host": ip, "port": port.to_string() } },
+            });
+            if !creds.is_empty() {
+                args["tls-creds"] = creds.into();
+            }
+            qmp.execute("nbd-server-start", Some(args))
+                .await
+                .map_err(|e| errors::internal(format!("nbd-server-start: {e}")))?;
             for c in copy {
                 qmp.execute(
                     "block-export-add",
@@ -1074,7 +1123,7 @@ impl Inner {
         qmp.migrate_set_capabilities(&[("events", true)])
             .await
             .map_err(|e| errors::internal(format!("migrate-set-capabilities: {e}")))?;
-        qmp.migrate_set_parameters(json!({ "tls-creds": "nv-tls-server" }))
+        qmp.migrate_set_parameters(json!({ "tls-creds": creds }))
             .await
             .map_err(|e| errors::internal(format!("migrate-set-parameters: {e}")))?;
         qmp.migrate_incoming(&uri)

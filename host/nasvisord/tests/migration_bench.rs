@@ -40,13 +40,28 @@ fn bench_live_migration() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let c = Cluster::start(2);
+    // `--max-downtime-ms` of every move (the daemon's default when unset).
+    let downtime = std::env::var("NASVISOR_BENCH_DOWNTIME_MS").ok();
+    let memories: Vec<String> = std::env::var("NASVISOR_BENCH_MEMORY")
+        .map(|v| v.split(',').map(String::from).collect())
+        .unwrap_or_else(|_| vec!["512".into(), "2048".into()]);
+    // NASVISOR_BENCH_TLS=0: the hosts' `migration-tls = false`.
+    let plain = std::env::var("NASVISOR_BENCH_TLS").is_ok_and(|v| v == "0");
+    let c = Cluster::start_with(
+        2,
+        if plain {
+            &["migration-tls = false"]
+        } else {
+            &[]
+        },
+    );
+    let tls = if plain { "plain" } else { "tls" };
     c.form();
     let shared = tempfile::tempdir().expect("tempdir");
     let dir = shared.path().join("pool");
     c.host(1)
         .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
-    for memory in ["512", "2048"] {
+    for memory in memories.iter().map(String::as_str) {
         for (pool, label) in [("default", "disk-copy"), ("nfs", "shared-storage")] {
             let name = format!("b{memory}-{pool}");
             c.host(1)
@@ -77,9 +92,11 @@ fn bench_live_migration() {
             std::thread::sleep(Duration::from_secs(2));
             for run in 0..runs {
                 let to = if run % 2 == 0 { "nas2" } else { "nas1" };
-                let v = c
-                    .host(1)
-                    .json(&["vm", "migrate", &name, "--to", to, "--wait"]);
+                let mut args = vec!["vm", "migrate", &name, "--to", to, "--wait"];
+                if let Some(d) = downtime.as_deref() {
+                    args.extend(["--max-downtime-ms", d]);
+                }
+                let v = c.host(1).json(&args);
                 assert_eq!(v["host"], to, "{v:#}");
                 let jobs = c.host(1).json(&["job", "list"]);
                 let job = jobs
@@ -96,7 +113,7 @@ fn bench_live_migration() {
                 let (total, down) = figures(&job);
                 // One line per sample, parsed by benches/migration.sh.
                 println!(
-                    "SAMPLE memory={memory}MiB mode={label} total_s={total} downtime_ms={down}"
+                    "SAMPLE memory={memory}MiB mode={label}/{tls} total_s={total} downtime_ms={down}"
                 );
             }
             c.host(1).json(&["vm", "force-off", &name]);

@@ -58,6 +58,12 @@ impl Cluster {
     /// Builds the network and starts `n` daemons (not clustered yet: see
     /// [`Cluster::form`]).
     pub fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Like [`Self::start`], with more `[cluster]` lines in every host's
+    /// configuration.
+    pub fn start_with(n: usize, cluster_lines: &[&str]) -> Cluster {
         assert!((1..=250).contains(&n), "1 to 250 hosts");
         sweep_stale_namespaces_of(NS_PREFIX);
         let pid = std::process::id();
@@ -106,7 +112,10 @@ impl Cluster {
                     "heartbeat-interval-ms = 300".into(),
                     "offline-after-s = 3".into(),
                     "quorum-stop-delay-s = 4".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(cluster_lines.iter().map(|l| l.to_string()))
+                .collect(),
             });
             c.hosts.push(d);
         }

@@ -733,3 +733,69 @@ fn cordon_evacuate_offline_move_image_copy_and_cluster_plugins() {
     c.host(1).wait_console("s1", "NASVISOR-READY", BOOT);
     assert_eq!(hosts_of(&c), serde_json::json!(["nas1", "nas2"]));
 }
+
+#[test]
+fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
+    let _s = serial();
+    let c = Cluster::start(2);
+    c.form();
+    // A disk of random data, so the mirror takes a while.
+    let data = tempfile::NamedTempFile::new().expect("tempfile");
+    let o = std::process::Command::new("head")
+        .args(["-c", "256M", "/dev/urandom"])
+        .stdout(data.reopen().expect("reopen"))
+        .status()
+        .expect("head runs");
+    assert!(o.success());
+    let job = c.host(1).json(&[
+        "volume",
+        "import",
+        "default",
+        "big",
+        data.path().to_str().unwrap(),
+        "--wait",
+    ]);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    c.host(1).json(&blank_with(
+        "m",
+        &["--disk", "default:volume=big", "--host", "nas1"],
+    ));
+    c.host(1).json(&["vm", "start", "m"]);
+    let pid = c.live_qemus(1);
+    assert_eq!(pid.len(), 1, "{pid:?}");
+
+    let job = c.host(2).json(&["vm", "migrate", "m", "--to", "nas2"]);
+    let id = job["id"].as_str().expect("a job id").to_string();
+    c.host(2).json(&["job", "cancel", &id]);
+    let end = eventually(Duration::from_secs(60), "the migrate job ending", || {
+        let j = c.host(1).try_json(&["job", "show", &id])?;
+        match j["state"].as_str() {
+            Some("cancelled" | "failed" | "succeeded") => Ok(j),
+            _ => Err(format!("{j:#}")),
+        }
+    });
+    assert_eq!(end["state"], "cancelled", "{end:#}");
+    let vm = c
+        .host(2)
+        .poll_vm("m", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
+    eventually(Duration::from_secs(30), "nas2 without a QEMU of m", || {
+        let q = c.live_qemus(2);
+        if q.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{q:?}"))
+        }
+    });
+    let on2 = c.host(2).json(&["volume", "list", "default"]);
+    assert!(
+        !on2.to_string().contains("\"big\""),
+        "the target kept the half-copied volume: {on2:#}"
+    );
+    // And it still moves afterwards.
+    let moved = c
+        .host(1)
+        .json(&["vm", "migrate", "m", "--to", "nas2", "--wait"]);
+    assert!(is_running_on(&moved, "nas2"), "{moved:#}");
+}

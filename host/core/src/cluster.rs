@@ -113,7 +113,6 @@ impl Inner {
         for p in self.db.list::<PoolRecord>(kind::POOL) {
             if p.host.is_none()
                 && std::path::Path::new(&p.path).starts_with(&self.cfg.data_dir)
-                && self.db.get::<PoolRecord>(kind::POOL, &p.key()).is_some()
                 && !self.multi_host()
             {
                 let local = PoolRecord {

@@ -487,17 +487,7 @@ impl Inner {
         };
         // The switch: the log says the target owns the VM, then it resumes.
         ctx.progress(0.99, Some("switching over"));
-        let target_id = target.id.clone();
-        let switched = self
-            .db
-            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
-                v.host = Some(target_id.clone());
-                v.state = VmStatus::Running;
-                v.state_reason = None;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = switched {
+        if let Err(e) = self.pass_ownership(vm, target, VmStatus::Running).await {
             // Still ours: run on here.
             let _ = inst.resume().await;
             self.peer_abort(target, vm).await;
@@ -526,6 +516,23 @@ impl Inner {
             downtime_ms: info.downtime,
             copied_bytes: copied,
         })
+    }
+
+    /// The switch, through the log: `target` owns the VM, in `state`.
+    async fn pass_ownership(
+        &self,
+        vm: &VmRecord,
+        target: &HostRecord,
+        state: VmStatus,
+    ) -> Result<VmRecord, CoreError> {
+        self.db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                v.host = Some(target.id.clone());
+                v.state = state;
+                v.state_reason = None;
+                Ok(())
+            })
+            .await
     }
 
     /// Mirrors the disks, then migrates the memory. On success the source
@@ -862,17 +869,7 @@ impl Inner {
             }
             done += c.size_bytes;
         }
-        let target_id = target.id.clone();
-        let r = self
-            .db
-            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
-                v.host = Some(target_id.clone());
-                v.state = VmStatus::Stopped;
-                v.state_reason = None;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = self.pass_ownership(vm, target, VmStatus::Stopped).await {
             self.peer_abort(target, vm).await;
             return Err(JobFailure::Failed(format!(
                 "the cluster did not record the move: {e}"

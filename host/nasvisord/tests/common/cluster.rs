@@ -64,6 +64,11 @@ impl Cluster {
     /// Like [`Self::start`], with more `[cluster]` lines in every host's
     /// configuration.
     pub fn start_with(n: usize, cluster_lines: &[&str]) -> Cluster {
+        Self::start_per_host(n, |_| cluster_lines.iter().map(|l| l.to_string()).collect())
+    }
+
+    /// Like [`Self::start`], with more `[cluster]` lines for host i.
+    pub fn start_per_host(n: usize, cluster_lines: impl Fn(usize) -> Vec<String>) -> Cluster {
         assert!((1..=250).contains(&n), "1 to 250 hosts");
         sweep_stale_namespaces_of(NS_PREFIX);
         let pid = std::process::id();
@@ -114,7 +119,7 @@ impl Cluster {
                     "quorum-stop-delay-s = 4".into(),
                 ]
                 .into_iter()
-                .chain(cluster_lines.iter().map(|l| l.to_string()))
+                .chain(cluster_lines(i))
                 .collect(),
             });
             c.hosts.push(d);
@@ -176,28 +181,19 @@ impl Cluster {
 
     /// Isolates host i: its port on the switch goes down.
     pub fn cut(&mut self, i: usize) {
-        ip(&[
-            "-n",
-            &self.switch.name,
-            "link",
-            "set",
-            &format!("h{i}"),
-            "down",
-        ]);
-        self.cut[i - 1] = true;
+        self.set_port(i, false);
     }
 
     /// Reconnects host i.
     pub fn heal(&mut self, i: usize) {
-        ip(&[
-            "-n",
-            &self.switch.name,
-            "link",
-            "set",
-            &format!("h{i}"),
-            "up",
-        ]);
-        self.cut[i - 1] = false;
+        self.set_port(i, true);
+    }
+
+    fn set_port(&mut self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        let port = format!("h{i}");
+        ip(&["-n", &self.switch.name, "link", "set", &port, state]);
+        self.cut[i - 1] = !up;
     }
 
     /// Makes the hosts one cluster: `cluster create` on host 1, then every

@@ -361,18 +361,7 @@ impl Daemon {
     /// Creates a stopped VM with 1 vCPU, 128 MiB and one new 64 MiB disk in
     /// pool `default`; `extra` are more `vm create` options.
     pub fn create_blank_vm(&self, name: &str, extra: &[&str]) -> Value {
-        let mut a = vec![
-            "vm",
-            "create",
-            name,
-            "--vcpus",
-            "1",
-            "--memory",
-            "128",
-            "--disk",
-            "default:64",
-        ];
-        a.extend_from_slice(extra);
+        let a = blank_vm_args(name, extra);
         self.json(&a)
     }
 
@@ -429,6 +418,24 @@ impl Daemon {
             .filter_map(|s| s.trim().parse().ok())
             .collect()
     }
+}
+
+/// `vm create NAME` of a stopped VM with 1 vCPU, 128 MiB and one new
+/// 64 MiB disk in pool `default`, then `extra`: the CLI arguments.
+pub fn blank_vm_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "vm",
+        "create",
+        name,
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--disk",
+        "default:64",
+    ];
+    a.extend_from_slice(extra);
+    a
 }
 
 /// A loopback TCP port that was free a moment ago.

@@ -27,24 +27,11 @@ fn is_running_on(v: &Value, host: &str) -> bool {
 
 /// `vm create NAME` of a blank VM, as the CLI arguments.
 fn blank(name: &str) -> Vec<&str> {
-    vec![
-        "vm",
-        "create",
-        name,
-        "--vcpus",
-        "1",
-        "--memory",
-        "128",
-        "--disk",
-        "default:64",
-    ]
+    common::blank_vm_args(name, &[])
 }
 
-/// [`blank`] plus more `vm create` options.
 fn blank_with<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = blank(name);
-    a.extend_from_slice(extra);
-    a
+    common::blank_vm_args(name, extra)
 }
 
 /// The last `n` characters of `s`, for assertion messages.
@@ -798,4 +785,44 @@ fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
         .host(1)
         .json(&["vm", "migrate", "m", "--to", "nas2", "--wait"]);
     assert!(is_running_on(&moved, "nas2"), "{moved:#}");
+}
+
+#[test]
+fn migration_streams_are_tls_a_plain_source_is_refused_and_the_vm_stays() {
+    let _s = serial();
+    // nas1 sends plain streams, nas2 (the default) accepts TLS only.
+    let c = Cluster::start_per_host(2, |i| {
+        if i == 1 {
+            vec!["migration-tls = false".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    c.form();
+    // No disks: only the memory stream travels.
+    c.host(1).json(&[
+        "vm", "create", "t", "--vcpus", "1", "--memory", "128", "--host", "nas1",
+    ]);
+    c.host(1).json(&["vm", "start", "t"]);
+    let pid = c.live_qemus(1);
+    let err = c
+        .host(1)
+        .fails(&["vm", "migrate", "t", "--to", "nas2", "--wait"]);
+    assert!(
+        err.contains("failed"),
+        "a plain stream into a TLS host: {err}"
+    );
+    let vm = c
+        .host(2)
+        .poll_vm("t", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
+    eventually(Duration::from_secs(30), "nas2 without a QEMU of t", || {
+        let q = c.live_qemus(2);
+        if q.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{q:?}"))
+        }
+    });
 }

@@ -1149,20 +1149,11 @@ impl Inner {
         let qmp = inst.qmp();
         let _ = qmp.execute("nbd-server-stop", None).await;
         // The memory must have arrived.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let st = qmp
-                .query_status()
-                .await
-                .map_err(|e| errors::internal(format!("query-status: {e}")))?;
-            if st.status != nasvisor_vm::qmp::RunState::Inmigrate {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(errors::internal("the memory stream never completed here"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        inst.wait_incoming_loaded(Duration::from_secs(30))
+            .await
+            .map_err(|e| {
+                errors::internal(format!("the memory stream never completed here: {e}"))
+            })?;
         inst.resume()
             .await
             .map_err(|e| errors::internal(format!("resuming the guest: {e}")))?;

@@ -451,6 +451,36 @@ impl VmInstance {
         }
     }
 
+    /// Waits until an incoming migration has loaded all of its state here
+    /// (QEMU has left `inmigrate`), up to `timeout`. The source reporting
+    /// `completed` does not mean this side has finished loading: a `cont`
+    /// before that only arms autostart, and console input that arrives
+    /// meanwhile is overwritten by the loaded serial state.
+    pub async fn wait_incoming_loaded(&self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let st = self
+                .inner
+                .qmp
+                .query_status()
+                .await
+                .map_err(|e| self.qmp_err(e))?;
+            if st.status != RunState::Inmigrate {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    id: self.id().to_string(),
+                    what: "the incoming migration to load".to_string(),
+                    waited: timeout,
+                    state: self.state(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits for QEMU to exit and returns the final state
     /// ([`VmState::Stopped`] or [`VmState::Crashed`]).
     pub async fn wait_exit(&self, timeout: Duration) -> Result<VmState, VmError> {

@@ -428,8 +428,8 @@ impl Inner {
                 use base64::Engine as _;
                 Ok(json!({ "data": base64::engine::general_purpose::STANDARD.encode(bytes) }))
             }
-            m if m.starts_with("migrate-") => self.on_migrate_peer(m, req.body).await,
-            m if m.starts_with("image-") => self.on_image_peer(m, req.body).await,
+            m if m.starts_with("migrate-") => self.on_migrate_peer(from, m, req.body).await,
+            m if m.starts_with("image-") => self.on_image_peer(from, m, req.body).await,
             other => Err(errors::invalid(
                 "method",
                 format!("no peer method {other:?}"),

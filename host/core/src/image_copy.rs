@@ -144,9 +144,11 @@ impl Inner {
     }
 
     /// Peer methods of the holder: `image-export` serves image `name`
-    /// read-only over NBD; `image-export-end` stops that.
+    /// read-only over NBD to host `from`, the caller; `image-export-end`
+    /// stops that.
     pub(crate) async fn on_image_peer(
         &self,
+        from: u64,
         method: &str,
         body: Value,
     ) -> Result<Value, CoreError> {
@@ -162,7 +164,7 @@ impl Inner {
                     .to_string();
                 let port = free_port(&ip)?;
                 let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
-                let tls = self.tls_server_args()?;
+                let tls = self.tls_server_args(from)?;
                 let mut child = tokio::process::Command::new("qemu-nbd")
                     .args(&tls)
                     .args([

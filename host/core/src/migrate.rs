@@ -44,8 +44,47 @@ use std::time::{Duration, Instant};
 
 /// How long the target may take to get ready.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Default longest pause of the guest at the switch, ms.
-const DEFAULT_DOWNTIME_MS: u32 = 100;
+/// Default longest pause of the guest at the switch, ms (QEMU's own default).
+const DEFAULT_DOWNTIME_MS: u32 = 300;
+/// The pause a move aims for first, ms. QEMU switches over as soon as it
+/// expects the rest to fit in its limit, and the rest then goes at the
+/// stream's real (TLS) speed, so the limit must sit well below the pause one
+/// wants: with 100 ms an idle guest paused for 50-60 ms, with 25 ms for 5-15.
+const FIRST_DOWNTIME_MS: u32 = 25;
+/// Dirty-bitmap passes without a switch before the limit is doubled.
+const PASSES_PER_STEP: u64 = 4;
+
+/// The downtime limit of a move: it starts low and doubles, up to the
+/// allowed maximum, each time the guest dirties memory too fast for the
+/// memory copy to converge within it (the way Proxmox VE widens its
+/// `migrate_downtime`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DowntimeLadder {
+    limit: u32,
+    max: u32,
+    passes_at_step: u64,
+}
+
+impl DowntimeLadder {
+    fn new(max: u32) -> Self {
+        DowntimeLadder {
+            limit: FIRST_DOWNTIME_MS.min(max),
+            max,
+            passes_at_step: 1,
+        }
+    }
+
+    /// The new limit to set after `passes` dirty-bitmap passes, if it is
+    /// time to widen it.
+    fn widen(&mut self, passes: u64) -> Option<u32> {
+        if self.limit >= self.max || passes < self.passes_at_step + PASSES_PER_STEP {
+            return None;
+        }
+        self.limit = self.limit.saturating_mul(2).min(self.max);
+        self.passes_at_step = passes;
+        Some(self.limit)
+    }
+}
 /// Bandwidth cap of the memory stream, bytes/s (QEMU's default is far lower).
 const MAX_BANDWIDTH: u64 = 10 << 30;
 
@@ -113,6 +152,18 @@ pub(crate) fn qemu_tls_dir(inner: &Inner, endpoint: &str) -> Result<PathBuf, Cor
         errors::conflict("this host belongs to no cluster: no certificate for the stream")
     })?;
     let dir = inner.cfg.run_dir().join("qemu-tls").join(endpoint);
+    write_qemu_tls_dir(dir, endpoint, ca, cert, key)
+}
+
+/// Writes a CA, a certificate and its key into `dir` under GnuTLS's file
+/// names for `endpoint`; unchanged files are left alone.
+fn write_qemu_tls_dir(
+    dir: PathBuf,
+    endpoint: &str,
+    ca: String,
+    cert: String,
+    key: String,
+) -> Result<PathBuf, CoreError> {
     let io = |e: std::io::Error| errors::internal(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(io)?;
     let files = [
@@ -155,6 +206,35 @@ pub(crate) fn tls_name(node_id: u64) -> String {
     nasvisor_cluster::ca::node_name(node_id)
 }
 
+/// The distinguished name of host `node_id`'s certificate as GnuTLS prints
+/// it (in the certificate's order, CN then O, as `ca.rs` issues it): what a
+/// QEMU TLS server's `authz-simple` compares with its client's certificate.
+/// A stream server admits only the member that asked for it, so a removed
+/// host (or any other) is refused even with a certificate of the cluster's
+/// CA.
+pub(crate) fn tls_identity(node_id: u64) -> String {
+    format!("CN={},O=nasvisor", tls_name(node_id))
+}
+
+/// The TLS arguments of a `qemu-nbd` that serves only host `client`, with
+/// the server credentials in `dir`.
+fn nbd_server_tls_args(dir: &std::path::Path, client: u64) -> Vec<String> {
+    vec![
+        "--object".into(),
+        tls_object("nvtls", dir, "server"),
+        "--object".into(),
+        // Commas in an option value are doubled.
+        format!(
+            "authz-simple,id=nvauthz,identity={}",
+            tls_identity(client).replace(',', ",,")
+        ),
+        "--tls-creds".into(),
+        "nvtls".into(),
+        "--tls-authz".into(),
+        "nvauthz".into(),
+    ]
+}
+
 /// What a TLS client of a stream adds: `--object` arguments and NBD
 /// options (empty when `migration-tls` is off).
 pub(crate) struct TlsClient {
@@ -182,18 +262,14 @@ impl Inner {
         })
     }
 
-    /// The arguments of a `qemu-nbd` serving over TLS (none when off).
-    pub(crate) fn tls_server_args(&self) -> Result<Vec<String>, CoreError> {
+    /// The arguments of a `qemu-nbd` serving host `client` over TLS, and
+    /// only that host (none when off).
+    pub(crate) fn tls_server_args(&self, client: u64) -> Result<Vec<String>, CoreError> {
         if !self.cfg.migration_tls {
             return Ok(Vec::new());
         }
         let dir = qemu_tls_dir(self, "server")?;
-        Ok(vec![
-            "--object".into(),
-            tls_object("nvtls", &dir, "server"),
-            "--tls-creds".into(),
-            "nvtls".into(),
-        ])
+        Ok(nbd_server_tls_args(&dir, client))
     }
 }
 
@@ -657,8 +733,9 @@ impl Inner {
         qmp.migrate_set_capabilities(&[("events", true)])
             .await
             .map_err(|e| fail("migrate-set-capabilities", &e))?;
+        let mut ladder = DowntimeLadder::new(downtime_ms);
         qmp.migrate_set_parameters(json!({
-            "downtime-limit": downtime_ms,
+            "downtime-limit": ladder.limit,
             "max-bandwidth": MAX_BANDWIDTH,
             "tls-creds": creds,
             "tls-hostname": peer_name,
@@ -686,6 +763,12 @@ impl Inner {
                 }
                 _ => {
                     if let Some(ram) = &info.ram {
+                        if let Some(limit) = ladder.widen(ram.dirty_sync_count) {
+                            tracing::info!(vm = %inst.id(), limit, "memory not converging: downtime limit raised");
+                            qmp.migrate_set_parameters(json!({ "downtime-limit": limit }))
+                                .await
+                                .map_err(|e| fail("migrate-set-parameters", &e))?;
+                        }
                         let frac = if ram.total == 0 {
                             0.0
                         } else {
@@ -931,15 +1014,18 @@ impl Inner {
 
     // ---- the target's side ----
 
+    /// Peer methods of the target; `from` is the member that called (its
+    /// certificate was checked by the peer channel).
     pub(crate) async fn on_migrate_peer(
         self: &Arc<Self>,
+        from: u64,
         method: &str,
         body: Value,
     ) -> Result<Value, CoreError> {
         match method {
             "migrate-prepare" => {
                 let p: Prepare = serde_json::from_value(body).map_err(errors::internal)?;
-                let prepared = self.prepare_incoming(p).await?;
+                let prepared = self.prepare_incoming(from, p).await?;
                 serde_json::to_value(prepared).map_err(errors::internal)
             }
             "migrate-finish" => {
@@ -959,7 +1045,11 @@ impl Inner {
         }
     }
 
-    async fn prepare_incoming(self: &Arc<Self>, p: Prepare) -> Result<Prepared, CoreError> {
+    async fn prepare_incoming(
+        self: &Arc<Self>,
+        source: u64,
+        p: Prepare,
+    ) -> Result<Prepared, CoreError> {
         let vm = p.vm;
         if lock(&self.migrations.incoming).contains_key(&vm.id)
             || lock(&self.running).contains_key(&vm.id)
@@ -979,7 +1069,7 @@ impl Inner {
             vars: None,
         };
         let r = self
-            .prepare_incoming_inner(&p.copy, p.live, &ip, &mut inc)
+            .prepare_incoming_inner(source, &p.copy, p.live, &ip, &mut inc)
             .await;
         match r {
             Ok(prepared) => {
@@ -995,6 +1085,7 @@ impl Inner {
 
     async fn prepare_incoming_inner(
         self: &Arc<Self>,
+        source: u64,
         copy: &[CopyDisk],
         live: bool,
         ip: &str,
@@ -1035,7 +1126,7 @@ impl Inner {
         }
         if !live {
             // One qemu-nbd per volume, TLS with the cluster's certificates.
-            let tls = self.tls_server_args()?;
+            let tls = self.tls_server_args(source)?;
             let mut ports = HashMap::new();
             for c in copy {
                 let (path, fmt) = &paths[&c.node];
@@ -1081,14 +1172,24 @@ impl Inner {
             })?;
         inc.inst = Some(inst.clone());
         let qmp = inst.qmp();
-        let creds = if self.cfg.migration_tls {
+        // TLS, admitting only the source's certificate.
+        let (creds, authz) = if self.cfg.migration_tls {
             let tls_dir = qemu_tls_dir(self, "server")?;
             add_tls_object(qmp, "nv-tls-server", &tls_dir, "server")
                 .await
                 .map_err(errors::internal)?;
-            "nv-tls-server"
+            qmp.execute(
+                "object-add",
+                Some(json!({
+                    "qom-type": "authz-simple", "id": "nv-authz",
+                    "identity": tls_identity(source),
+                })),
+            )
+            .await
+            .map_err(|e| errors::internal(format!("TLS authorization: {e}")))?;
+            ("nv-tls-server", "nv-authz")
         } else {
-            ""
+            ("", "")
         };
         let mut ports = HashMap::new();
         if !copy.is_empty() {
@@ -1098,6 +1199,7 @@ impl Inner {
             });
             if !creds.is_empty() {
                 args["tls-creds"] = creds.into();
+                args["tls-authz"] = authz.into();
             }
             qmp.execute("nbd-server-start", Some(args))
                 .await
@@ -1120,7 +1222,7 @@ impl Inner {
         qmp.migrate_set_capabilities(&[("events", true)])
             .await
             .map_err(|e| errors::internal(format!("migrate-set-capabilities: {e}")))?;
-        qmp.migrate_set_parameters(json!({ "tls-creds": creds }))
+        qmp.migrate_set_parameters(json!({ "tls-creds": creds, "tls-authz": authz }))
             .await
             .map_err(|e| errors::internal(format!("migrate-set-parameters: {e}")))?;
         qmp.migrate_incoming(&uri)
@@ -1371,5 +1473,102 @@ impl Inner {
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_downtime_limit_starts_low_and_doubles_up_to_the_maximum() {
+        let mut l = DowntimeLadder::new(300);
+        assert_eq!(l.limit, FIRST_DOWNTIME_MS);
+        // The first copy and a few passes: converging may take a while.
+        for passes in 1..1 + PASSES_PER_STEP {
+            assert_eq!(l.widen(passes), None, "pass {passes}");
+        }
+        assert_eq!(l.widen(1 + PASSES_PER_STEP), Some(50));
+        assert_eq!(l.widen(2 + PASSES_PER_STEP), None);
+        assert_eq!(l.widen(1 + 2 * PASSES_PER_STEP), Some(100));
+        assert_eq!(l.widen(1 + 3 * PASSES_PER_STEP), Some(200));
+        assert_eq!(l.widen(1 + 4 * PASSES_PER_STEP), Some(300));
+        assert_eq!(l.widen(1 + 9 * PASSES_PER_STEP), None, "capped");
+    }
+
+    /// Real `qemu-nbd` and `qemu-img` with certificates of one cluster CA:
+    /// the stream server admits the member it serves and refuses another.
+    #[tokio::test]
+    async fn a_stream_server_admits_only_the_member_it_serves() {
+        use nasvisor_cluster::ca::{new_node_key, ClusterCa};
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("authz-test").unwrap();
+        let node = |id: u64, endpoint: &str| {
+            let (key, csr) = new_node_key().unwrap();
+            let cert = ca.issue(id, "127.0.0.1:1", &csr).unwrap();
+            write_qemu_tls_dir(
+                tmp.path().join(format!("{endpoint}-{id}")),
+                endpoint,
+                ca.cert_pem().to_string(),
+                cert,
+                key,
+            )
+            .unwrap()
+        };
+        let server = node(1, "server");
+        let image = tmp.path().join("v.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let port = free_port("127.0.0.1").unwrap();
+        let mut child = tokio::process::Command::new("qemu-nbd")
+            .args(nbd_server_tls_args(&server, 2))
+            .args(["--persistent", "-f", "qcow2", "-b", "127.0.0.1", "-x", "v"])
+            .args(["-p", &port.to_string()])
+            .arg(&image)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_listening(&mut child, "127.0.0.1", port).await.unwrap();
+        let info = |id: u64| {
+            let dir = node(id, "client");
+            std::process::Command::new("qemu-img")
+                .args(["info", "--object", &tls_object("c", &dir, "client")])
+                .arg("--image-opts")
+                .arg(format!(
+                    "driver=nbd,host=127.0.0.1,port={port},export=v,tls-creds=c,tls-hostname={}",
+                    tls_name(1)
+                ))
+                .output()
+                .unwrap()
+        };
+        let served = info(2);
+        let other = info(3);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        assert!(
+            served.status.success(),
+            "the member served: {}",
+            String::from_utf8_lossy(&served.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&served.stdout).contains("virtual size: 16 MiB"),
+            "{}",
+            String::from_utf8_lossy(&served.stdout)
+        );
+        assert!(!other.status.success(), "another member was admitted");
+    }
+
+    #[test]
+    fn a_maximum_below_the_first_step_is_used_as_is() {
+        let mut l = DowntimeLadder::new(10);
+        assert_eq!(l.limit, 10);
+        assert_eq!(l.widen(100), None);
     }
 }

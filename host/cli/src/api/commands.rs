@@ -167,7 +167,8 @@ pub enum VmCmd {
         /// Target host.
         #[arg(long = "to")]
         to: String,
-        /// Longest pause of the guest at the switch, ms (server default 100).
+        /// Longest pause of the guest at the switch, ms (server default 300;
+        /// the move aims at 25 ms and widens only if memory does not converge).
         #[arg(long)]
         max_downtime_ms: Option<u32>,
         /// Follow the job until it ends; with --json, print the VM then.

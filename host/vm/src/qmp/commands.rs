@@ -124,6 +124,9 @@ pub struct MigrationRamStats {
     pub total: u64,
     #[serde(default)]
     pub mbps: f64,
+    /// Passes over the dirty bitmap so far (1 after the first full copy).
+    #[serde(default)]
+    pub dirty_sync_count: u64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

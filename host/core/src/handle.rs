@@ -246,6 +246,9 @@ impl Inner {
                 tracing::error!(vswitch = %s.name, error = %e, "cannot restore a vswitch");
             }
         }
+        // Moves that were arriving first: a finished one leaves a VM that
+        // recover_vms then adopts; an unfinished one leaves nothing.
+        self.recover_incoming().await;
         self.recover_vms().await;
         self.recover_jobs().await;
         // Installs found half-done by recover_jobs were marked failed; VMs

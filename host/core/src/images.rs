@@ -453,6 +453,7 @@ impl Inner {
                     .await
                     .map(|_| "completed before the restart".to_string()),
                 "install" => Err(self.recover_install_job(&job).await),
+                "migrate" => Err(self.recover_migrate_job(&job).await),
                 _ => {
                     Err("interrupted by a restart of nasvisord; partial files were removed".into())
                 }

@@ -107,6 +107,19 @@ struct Incoming {
     vars: Option<PathBuf>,
 }
 
+/// What survives a restart of the target's daemon about an incoming move
+/// (`<run>/incoming/<vm id>.json`, written once the target is ready, gone
+/// once the move ends here): the QEMU (found again by the VM's id), the
+/// `qemu-nbd` servers, and what was created for the VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IncomingMarker {
+    vm: String,
+    live: bool,
+    nbd_pids: Vec<u32>,
+    created: Vec<(String, String)>,
+    vars: Option<PathBuf>,
+}
+
 /// One disk whose contents go over the network (not on shared storage).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CopyDisk {
@@ -556,7 +569,8 @@ impl Inner {
         let (info, copied) = match r {
             Ok(v) => v,
             Err(e) => {
-                self.abort_source(&inst, copy).await;
+                let nodes: Vec<String> = copy.iter().map(|c| c.node.clone()).collect();
+                self.abort_source(&inst, &nodes).await;
                 self.peer_abort(target, vm).await;
                 return Err(e);
             }
@@ -830,11 +844,11 @@ impl Inner {
 
     /// Undoes the source's side of a failed live migration; the guest runs
     /// on.
-    async fn abort_source(&self, inst: &VmInstance, copy: &[CopyDisk]) {
+    async fn abort_source(&self, inst: &VmInstance, nodes: &[String]) {
         let qmp = inst.qmp();
         let _ = qmp.migrate_cancel().await;
-        for c in copy {
-            let _ = qmp.block_job_cancel(&format!("mig-{}", c.node), true).await;
+        for node in nodes {
+            let _ = qmp.block_job_cancel(&format!("mig-{node}"), true).await;
         }
         // Give the cancelled jobs a moment, then drop the NBD clients.
         for _ in 0..50 {
@@ -849,8 +863,8 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for c in copy {
-            let _ = qmp.blockdev_del(&format!("mig-{}", c.node)).await;
+        for node in nodes {
+            let _ = qmp.blockdev_del(&format!("mig-{node}")).await;
         }
         if matches!(
             qmp.query_status().await.map(|s| s.status),
@@ -858,6 +872,114 @@ impl Inner {
         ) {
             let _ = inst.resume().await;
         }
+    }
+
+    /// After a restart of this daemon, a move job it was running: the VM is
+    /// set right and the reason returned (the job is marked failed).
+    pub(crate) async fn recover_migrate_job(
+        self: &Arc<Self>,
+        job: &crate::model::JobRecord,
+    ) -> String {
+        let Some(vm) = job.params["vm"]
+            .as_str()
+            .and_then(|id| self.db.get::<VmRecord>(kind::VM, id))
+            .map(|(v, _)| v)
+        else {
+            return "interrupted by a restart of nasvisord; the VM no longer exists".into();
+        };
+        if vm.host.as_deref() == Some(self.host.id.as_str()) {
+            // Not switched: the VM stays here (running if its QEMU is).
+            self.restore_after_failed_move(&vm, VmStatus::Stopped).await;
+            return format!(
+                "interrupted by a restart of nasvisord before the switch; VM {} stays on host {}",
+                vm.name, self.host.id
+            );
+        }
+        // Switched: the target owns the VM; a QEMU left here goes.
+        if let Ok(inst) =
+            VmInstance::attach(self.cfg.run_dir(), &vm.id, self.instance_options()).await
+        {
+            let _ = inst.kill().await;
+            self.remove_taps(&vm);
+        }
+        format!(
+            "interrupted by a restart of nasvisord after the switch: VM {} runs on host {}; \
+             copies of its disks may remain in this host's pools",
+            vm.name,
+            vm.host.as_deref().unwrap_or("?")
+        )
+    }
+
+    /// After a restart of this daemon, for a VM it owns and found running: a
+    /// move it was sending when it stopped is over. QEMU went on without
+    /// it (the memory may even have arrived, pausing the guest here), but
+    /// the log never passed the VM on, so the guest stays here: the
+    /// migration and disk mirrors are cancelled, the guest resumed, and
+    /// the other hosts told to drop what they prepared for it.
+    pub(crate) async fn clear_interrupted_move(self: &Arc<Self>, vm: &VmRecord, inst: &VmInstance) {
+        let qmp = inst.qmp();
+        let migrating = qmp
+            .query_migrate()
+            .await
+            .ok()
+            .and_then(|i| i.status)
+            .is_some_and(|s| !matches!(s.as_str(), "none" | "completed" | "cancelled" | "failed"));
+        let paused_by_move = matches!(
+            qmp.query_status().await.map(|s| s.status),
+            Ok(nasvisor_vm::qmp::RunState::Postmigrate)
+        );
+        let nodes: Vec<String> = qmp
+            .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+            .await
+            .ok()
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|n| n["node-name"].as_str())
+                        .filter_map(|n| n.strip_prefix("mig-"))
+                        .map(str::to_string)
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        if !migrating && !paused_by_move && nodes.is_empty() {
+            return;
+        }
+        tracing::warn!(vm = %vm.name, "a move was being sent when nasvisord stopped: cancelled, the VM stays here");
+        self.abort_source(inst, &nodes).await;
+        let me = self.clone();
+        let id = vm.id.clone();
+        tokio::spawn(async move {
+            // The cluster channel may not be up yet; the targets are tried
+            // for a while.
+            let mut left: Vec<HostRecord> = me
+                .db
+                .list::<HostRecord>(kind::HOST)
+                .into_iter()
+                .filter(|h| h.id != me.host.id)
+                .collect();
+            for _ in 0..30 {
+                let mut still = Vec::new();
+                for h in left {
+                    let r = me
+                        .call_host(
+                            &h,
+                            "migrate-abort",
+                            json!({ "id": id }),
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                    if r.is_err() {
+                        still.push(h);
+                    }
+                }
+                left = still;
+                if left.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
     }
 
     /// After the switch: the source's QEMU, taps and disk copies go. The
@@ -1073,6 +1195,17 @@ impl Inner {
             .await;
         match r {
             Ok(prepared) => {
+                let marker = IncomingMarker {
+                    vm: vm.id.clone(),
+                    live: p.live,
+                    nbd_pids: inc.nbd.iter().filter_map(|c| c.id()).collect(),
+                    created: inc.created.clone(),
+                    vars: inc.vars.clone(),
+                };
+                if let Err(e) = self.write_incoming_marker(&marker) {
+                    self.discard_incoming(inc).await;
+                    return Err(e);
+                }
                 lock(&self.migrations.incoming).insert(vm.id.clone(), inc);
                 Ok(prepared)
             }
@@ -1246,6 +1379,7 @@ impl Inner {
             stop_child(&mut child).await;
         }
         let Some(inst) = inc.inst.take() else {
+            self.remove_incoming_marker(id);
             return Ok(());
         };
         let qmp = inst.qmp();
@@ -1268,6 +1402,7 @@ impl Inner {
             },
         );
         self.spawn_monitor(id.to_string(), inst);
+        self.remove_incoming_marker(id);
         Ok(())
     }
 
@@ -1282,6 +1417,7 @@ impl Inner {
         for mut child in inc.nbd.drain(..) {
             stop_child(&mut child).await;
         }
+        self.remove_incoming_marker(&inc.vm.id);
         if let Some(inst) = inc.inst.take() {
             let _ = inst.kill().await;
             self.remove_taps(&inc.vm);
@@ -1293,6 +1429,118 @@ impl Inner {
         }
         if let Some(v) = &inc.vars {
             let _ = std::fs::remove_file(v);
+        }
+    }
+}
+
+impl Inner {
+    fn incoming_dir(&self) -> PathBuf {
+        self.cfg.run_dir().join("incoming")
+    }
+
+    fn write_incoming_marker(&self, m: &IncomingMarker) -> Result<(), CoreError> {
+        let dir = self.incoming_dir();
+        let io = |e: std::io::Error| errors::internal(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.tmp", m.vm));
+        let body = serde_json::to_vec(m).map_err(errors::internal)?;
+        std::fs::write(&tmp, body).map_err(io)?;
+        std::fs::rename(&tmp, dir.join(format!("{}.json", m.vm))).map_err(io)
+    }
+
+    pub(crate) fn remove_incoming_marker(&self, id: &str) {
+        let _ = std::fs::remove_file(self.incoming_dir().join(format!("{id}.json")));
+    }
+
+    /// After a restart of this daemon: moves that were arriving here when it
+    /// stopped. If the log says this host owns the VM, the switch happened:
+    /// a live guest that finished loading is resumed (then adopted like any
+    /// running VM). Otherwise the move failed or was abandoned: its QEMU,
+    /// `qemu-nbd` servers, volumes and UEFI variables here go.
+    pub(crate) async fn recover_incoming(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(self.incoming_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let marker: IncomingMarker = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable incoming-move marker dropped");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            for pid in &marker.nbd_pids {
+                stop_orphan_nbd(*pid);
+            }
+            let vm = self
+                .db
+                .get::<VmRecord>(kind::VM, &marker.vm)
+                .map(|(v, _)| v);
+            let owned = vm
+                .as_ref()
+                .is_some_and(|v| v.host.as_deref() == Some(self.host.id.as_str()));
+            let inst =
+                VmInstance::attach(self.cfg.run_dir(), &marker.vm, self.instance_options()).await;
+            if owned {
+                if let (true, Ok(inst)) = (marker.live, inst) {
+                    let resumed = match inst.wait_incoming_loaded(Duration::from_secs(30)).await {
+                        Ok(()) => inst.resume().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match resumed {
+                        Ok(()) => {
+                            tracing::info!(vm = %marker.vm, "a move that switched over while nasvisord was down: guest resumed here")
+                        }
+                        Err(e) => {
+                            tracing::error!(vm = %marker.vm, error = %e, "a move that switched over while nasvisord was down: the guest could not be resumed");
+                            let _ = inst.kill().await;
+                        }
+                    }
+                }
+            } else {
+                if let Ok(inst) = inst {
+                    let _ = inst.kill().await;
+                }
+                if let Some(v) = &vm {
+                    self.remove_taps(v);
+                }
+                for (pool, vol) in &marker.created {
+                    if let Ok(p) = self.pool(pool, "pool") {
+                        let _ = p.delete(vol);
+                    }
+                }
+                if let Some(v) = &marker.vars {
+                    let _ = std::fs::remove_file(v);
+                }
+                tracing::info!(vm = %marker.vm, "an unfinished incoming move was cleaned up");
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// SIGTERM to a `qemu-nbd` left by an earlier run of this daemon, if `pid`
+/// still is one (pids are checked, never names).
+fn stop_orphan_nbd(pid: u32) {
+    let is_nbd = nasvisor_vm::proc::cmdline(pid as i32).is_ok_and(|args| {
+        args.first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .is_some_and(|n| n == "qemu-nbd")
+    });
+    if is_nbd {
+        // SAFETY: kill(2) with a pid just checked to be a qemu-nbd; the only
+        // qemu-nbd servers on this host's cluster address are nasvisord's.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
         }
     }
 }

@@ -942,11 +942,15 @@ impl Inner {
                         },
                     );
                     if vm.state != VmStatus::Installing {
+                        self.clear_interrupted_move(&vm, &inst).await;
                         self.spawn_monitor(vm.id.clone(), inst);
                     }
                 }
                 Err(e) => {
-                    if vm.is_active() && vm.state != VmStatus::Installing {
+                    // A move's VM (Migrating) is set right by recover_jobs.
+                    if vm.is_active()
+                        && !matches!(vm.state, VmStatus::Installing | VmStatus::Migrating)
+                    {
                         let reason = format!(
                             "QEMU is gone; it exited while nasvisord was not running ({e})"
                         );

@@ -721,11 +721,34 @@ fn cordon_evacuate_offline_move_image_copy_and_cluster_plugins() {
     assert_eq!(hosts_of(&c), serde_json::json!(["nas1", "nas2"]));
 }
 
-#[test]
-fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
-    let _s = serial();
-    let c = Cluster::start(2);
-    c.form();
+/// After a failed move of VM `m` to nas2: nas2 kept no copy of its disk
+/// `big`, and the VM still moves there.
+fn no_copy_on_nas2_and_the_vm_still_moves(c: &Cluster) {
+    let on2 = c.host(2).json(&["volume", "list", "default"]);
+    assert!(
+        !on2.to_string().contains("\"big\""),
+        "the target kept the half-copied volume: {on2:#}"
+    );
+    let moved = c
+        .host(1)
+        .json(&["vm", "migrate", "m", "--to", "nas2", "--wait"]);
+    assert!(is_running_on(&moved, "nas2"), "{moved:#}");
+}
+
+/// Job `id` (asked of nas1) once it has ended.
+fn job_end(c: &Cluster, id: &str, timeout: Duration) -> Value {
+    eventually(timeout, &format!("job {id} ending"), || {
+        let j = c.host(1).try_json(&["job", "show", id])?;
+        match j["state"].as_str() {
+            Some("cancelled" | "failed" | "succeeded") => Ok(j),
+            _ => Err(format!("{j:#}")),
+        }
+    })
+}
+
+/// Starts VM `name` on nas1 with a 256 MiB disk of random data (so a
+/// mirror of it takes a while); returns its QEMU's pid.
+fn start_vm_with_random_disk(c: &Cluster, name: &str) -> Vec<i32> {
     // A disk of random data, so the mirror takes a while.
     let data = tempfile::NamedTempFile::new().expect("tempfile");
     let o = std::process::Command::new("head")
@@ -744,23 +767,26 @@ fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
     ]);
     assert_eq!(job["state"], "succeeded", "{job:#}");
     c.host(1).json(&blank_with(
-        "m",
+        name,
         &["--disk", "default:volume=big", "--host", "nas1"],
     ));
-    c.host(1).json(&["vm", "start", "m"]);
+    c.host(1).json(&["vm", "start", name]);
     let pid = c.live_qemus(1);
     assert_eq!(pid.len(), 1, "{pid:?}");
+    pid
+}
+
+#[test]
+fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
+    let _s = serial();
+    let c = Cluster::start(2);
+    c.form();
+    let pid = start_vm_with_random_disk(&c, "m");
 
     let job = c.host(2).json(&["vm", "migrate", "m", "--to", "nas2"]);
     let id = job["id"].as_str().expect("a job id").to_string();
     c.host(2).json(&["job", "cancel", &id]);
-    let end = eventually(Duration::from_secs(60), "the migrate job ending", || {
-        let j = c.host(1).try_json(&["job", "show", &id])?;
-        match j["state"].as_str() {
-            Some("cancelled" | "failed" | "succeeded") => Ok(j),
-            _ => Err(format!("{j:#}")),
-        }
-    });
+    let end = job_end(&c, &id, Duration::from_secs(60));
     assert_eq!(end["state"], "cancelled", "{end:#}");
     let vm = c
         .host(2)
@@ -775,16 +801,44 @@ fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
             Err(format!("{q:?}"))
         }
     });
-    let on2 = c.host(2).json(&["volume", "list", "default"]);
-    assert!(
-        !on2.to_string().contains("\"big\""),
-        "the target kept the half-copied volume: {on2:#}"
-    );
-    // And it still moves afterwards.
-    let moved = c
-        .host(1)
-        .json(&["vm", "migrate", "m", "--to", "nas2", "--wait"]);
-    assert!(is_running_on(&moved, "nas2"), "{moved:#}");
+    no_copy_on_nas2_and_the_vm_still_moves(&c);
+}
+
+#[test]
+fn a_target_crashing_during_the_disk_mirror_leaves_the_vm_on_its_source() {
+    let _s = serial();
+    // Three hosts, so the source and nas3 keep a majority.
+    let mut c = Cluster::start(3);
+    c.form();
+    let pid = start_vm_with_random_disk(&c, "m");
+
+    let job = c.host(1).json(&["vm", "migrate", "m", "--to", "nas2"]);
+    let id = job["id"].as_str().expect("a job id").to_string();
+    eventually(Duration::from_secs(60), "the disk mirror running", || {
+        let j = c.host(1).try_json(&["job", "show", &id])?;
+        match j["message"].as_str() {
+            Some(m) if m.starts_with("disks:") => Ok(()),
+            _ => Err(format!("{j:#}")),
+        }
+    });
+    // nas2 crashes: its daemon and its QEMU (the paused target) die.
+    c.host_mut(2).kill9();
+    c.host(2).kill_qemus();
+
+    let end = job_end(&c, &id, Duration::from_secs(90));
+    assert_eq!(end["state"], "failed", "{end:#}");
+    let vm = c
+        .host(3)
+        .poll_vm("m", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
+
+    // nas2 comes back and drops what it had prepared: no QEMU, no volume.
+    c.host_mut(2).spawn();
+    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
+    c.wait_online(1, &all, Duration::from_secs(60));
+    assert!(c.live_qemus(2).is_empty(), "{:?}", c.live_qemus(2));
+    no_copy_on_nas2_and_the_vm_still_moves(&c);
 }
 
 #[test]

@@ -461,7 +461,14 @@ pub fn alive(pid: i32) -> bool {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        // QEMUs outlive the daemon by design: stop them by their pids.
+        self.kill_qemus();
+    }
+}
+
+impl Daemon {
+    /// SIGKILL to the QEMUs of this daemon's run directory (they outlive the
+    /// daemon by design), by their pids.
+    pub fn kill_qemus(&self) {
         let run = self.data_dir().join("run");
         let run = run.to_string_lossy();
         for pid in self.qemu_pids() {

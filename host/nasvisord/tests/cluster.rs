@@ -735,6 +735,46 @@ fn no_copy_on_nas2_and_the_vm_still_moves(c: &Cluster) {
     assert!(is_running_on(&moved, "nas2"), "{moved:#}");
 }
 
+/// VM `m` runs on nas1 (as host i sees it), with the same QEMU `pid`.
+fn m_runs_on_nas1_with(c: &Cluster, i: usize, pid: &[i32]) {
+    let vm = c
+        .host(i)
+        .poll_vm("m", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
+}
+
+/// Host i has no live QEMU left (within 30 s).
+fn wait_no_qemu(c: &Cluster, i: usize) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("nas{i} without a QEMU"),
+        || {
+            let q = c.live_qemus(i);
+            if q.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{q:?}"))
+            }
+        },
+    );
+}
+
+/// Starts moving VM `m` from nas1 to nas2 and returns the job's id once the
+/// disk mirror runs.
+fn move_m_to_nas2_until_mirroring(c: &Cluster) -> String {
+    let job = c.host(1).json(&["vm", "migrate", "m", "--to", "nas2"]);
+    let id = job["id"].as_str().expect("a job id").to_string();
+    eventually(Duration::from_secs(60), "the disk mirror running", || {
+        let j = c.host(1).try_json(&["job", "show", &id])?;
+        match j["message"].as_str() {
+            Some(m) if m.starts_with("disks:") => Ok(()),
+            _ => Err(format!("{j:#}")),
+        }
+    });
+    id
+}
+
 /// Job `id` (asked of nas1) once it has ended.
 fn job_end(c: &Cluster, id: &str, timeout: Duration) -> Value {
     eventually(timeout, &format!("job {id} ending"), || {
@@ -788,19 +828,8 @@ fn a_cancelled_live_migration_leaves_the_vm_running_on_its_source() {
     c.host(2).json(&["job", "cancel", &id]);
     let end = job_end(&c, &id, Duration::from_secs(60));
     assert_eq!(end["state"], "cancelled", "{end:#}");
-    let vm = c
-        .host(2)
-        .poll_vm("m", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
-    assert_eq!(vm["state"], "running", "{vm:#}");
-    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
-    eventually(Duration::from_secs(30), "nas2 without a QEMU of m", || {
-        let q = c.live_qemus(2);
-        if q.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{q:?}"))
-        }
-    });
+    m_runs_on_nas1_with(&c, 2, &pid);
+    wait_no_qemu(&c, 2);
     no_copy_on_nas2_and_the_vm_still_moves(&c);
 }
 
@@ -812,32 +841,42 @@ fn a_target_crashing_during_the_disk_mirror_leaves_the_vm_on_its_source() {
     c.form();
     let pid = start_vm_with_random_disk(&c, "m");
 
-    let job = c.host(1).json(&["vm", "migrate", "m", "--to", "nas2"]);
-    let id = job["id"].as_str().expect("a job id").to_string();
-    eventually(Duration::from_secs(60), "the disk mirror running", || {
-        let j = c.host(1).try_json(&["job", "show", &id])?;
-        match j["message"].as_str() {
-            Some(m) if m.starts_with("disks:") => Ok(()),
-            _ => Err(format!("{j:#}")),
-        }
-    });
+    let id = move_m_to_nas2_until_mirroring(&c);
     // nas2 crashes: its daemon and its QEMU (the paused target) die.
     c.host_mut(2).kill9();
     c.host(2).kill_qemus();
 
     let end = job_end(&c, &id, Duration::from_secs(90));
     assert_eq!(end["state"], "failed", "{end:#}");
-    let vm = c
-        .host(3)
-        .poll_vm("m", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
-    assert_eq!(vm["state"], "running", "{vm:#}");
-    assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
+    m_runs_on_nas1_with(&c, 3, &pid);
 
     // nas2 comes back and drops what it had prepared: no QEMU, no volume.
     c.host_mut(2).spawn();
     let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
     c.wait_online(1, &all, Duration::from_secs(60));
     assert!(c.live_qemus(2).is_empty(), "{:?}", c.live_qemus(2));
+    no_copy_on_nas2_and_the_vm_still_moves(&c);
+}
+
+#[test]
+fn a_source_daemon_restarting_during_the_disk_mirror_keeps_the_vm() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+    let pid = start_vm_with_random_disk(&c, "m");
+    let id = move_m_to_nas2_until_mirroring(&c);
+    // nasvisord on nas1 dies; its QEMU goes on mirroring to nas2.
+    c.host_mut(1).kill9();
+    assert_eq!(c.live_qemus(1), pid, "the QEMU outlives the daemon");
+    c.host_mut(1).spawn();
+    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
+    c.wait_online(1, &all, Duration::from_secs(60));
+
+    let end = job_end(&c, &id, Duration::from_secs(60));
+    assert_eq!(end["state"], "failed", "{end:#}");
+    m_runs_on_nas1_with(&c, 3, &pid);
+    // nas2 was told to drop its paused QEMU and the volume.
+    wait_no_qemu(&c, 2);
     no_copy_on_nas2_and_the_vm_still_moves(&c);
 }
 
@@ -871,12 +910,5 @@ fn migration_streams_are_tls_a_plain_source_is_refused_and_the_vm_stays() {
         .poll_vm("t", Duration::from_secs(30), |v| is_running_on(v, "nas1"));
     assert_eq!(vm["state"], "running", "{vm:#}");
     assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
-    eventually(Duration::from_secs(30), "nas2 without a QEMU of t", || {
-        let q = c.live_qemus(2);
-        if q.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{q:?}"))
-        }
-    });
+    wait_no_qemu(&c, 2);
 }

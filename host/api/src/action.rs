@@ -283,7 +283,33 @@ pub enum Action {
         /// Where to.
         migrate: VmMigrate,
     },
+    /// A pool or volume request carried out on another host's pools
+    /// (`?host=` on the storage routes); without it, the host serving the
+    /// request is meant.
+    OnHost {
+        /// The host's id.
+        host: String,
+        /// The storage request.
+        request: Box<Action>,
+    },
 }
+
+/// The storage routes (pools, volumes, snapshots) that take `?host=`.
+pub const HOST_SCOPED_OPERATIONS: &[&str] = &[
+    "listPools",
+    "createPool",
+    "deletePool",
+    "importVolume",
+    "listVolumes",
+    "createVolume",
+    "deleteVolume",
+    "resizeVolume",
+    "snapshotVolume",
+    "listSnapshots",
+    "revertSnapshot",
+    "deleteSnapshot",
+    "cloneVolume",
+];
 
 /// Body of `POST /api/v1/cluster/join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

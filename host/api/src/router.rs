@@ -107,78 +107,117 @@ pub const ROUTES: &[Route] = &[
         204,
         true,
     ),
-    r("GET", "/api/v1/pools", "listPools", 200, false),
-    r("POST", "/api/v1/pools", "createPool", 201, true),
-    r("DELETE", "/api/v1/pools/{name}", "deletePool", 204, false),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/imports",
-        "importVolume",
-        202,
-        true,
+    q(
+        r("GET", "/api/v1/pools", "listPools", 200, false),
+        &["host"],
     ),
-    r(
-        "GET",
-        "/api/v1/pools/{pool}/volumes",
-        "listVolumes",
-        200,
-        false,
+    q(
+        r("POST", "/api/v1/pools", "createPool", 201, true),
+        &["host"],
     ),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/volumes",
-        "createVolume",
-        201,
-        true,
+    q(
+        r("DELETE", "/api/v1/pools/{name}", "deletePool", 204, false),
+        &["host"],
     ),
-    r(
-        "DELETE",
-        "/api/v1/pools/{pool}/volumes/{volume}",
-        "deleteVolume",
-        204,
-        false,
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/imports",
+            "importVolume",
+            202,
+            true,
+        ),
+        &["host"],
     ),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/volumes/{volume}/resize",
-        "resizeVolume",
-        200,
-        true,
+    q(
+        r(
+            "GET",
+            "/api/v1/pools/{pool}/volumes",
+            "listVolumes",
+            200,
+            false,
+        ),
+        &["host"],
     ),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
-        "snapshotVolume",
-        201,
-        true,
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes",
+            "createVolume",
+            201,
+            true,
+        ),
+        &["host"],
     ),
-    r(
-        "GET",
-        "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
-        "listSnapshots",
-        200,
-        false,
+    q(
+        r(
+            "DELETE",
+            "/api/v1/pools/{pool}/volumes/{volume}",
+            "deleteVolume",
+            204,
+            false,
+        ),
+        &["host"],
     ),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}/revert",
-        "revertSnapshot",
-        200,
-        false,
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/resize",
+            "resizeVolume",
+            200,
+            true,
+        ),
+        &["host"],
     ),
-    r(
-        "DELETE",
-        "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}",
-        "deleteSnapshot",
-        204,
-        false,
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+            "snapshotVolume",
+            201,
+            true,
+        ),
+        &["host"],
     ),
-    r(
-        "POST",
-        "/api/v1/pools/{pool}/volumes/{volume}/clone",
-        "cloneVolume",
-        201,
-        true,
+    q(
+        r(
+            "GET",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+            "listSnapshots",
+            200,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}/revert",
+            "revertSnapshot",
+            200,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "DELETE",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}",
+            "deleteSnapshot",
+            204,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/clone",
+            "cloneVolume",
+            201,
+            true,
+        ),
+        &["host"],
     ),
     r("GET", "/api/v1/images", "listImages", 200, false),
     r("POST", "/api/v1/images", "addImage", 202, true),
@@ -682,12 +721,33 @@ pub fn to_action(
             ))
         }
     };
+    // Storage requests may name the host whose pools are meant.
+    if let Some(host) = q.get("host") {
+        crate::action::check_name("host", host)?;
+        return Ok(Some(Action::OnHost {
+            host: host.clone(),
+            request: Box::new(action),
+        }));
+    }
     Ok(Some(action))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_the_storage_routes_take_a_host() {
+        let mut with_host: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| r.query.contains(&"host"))
+            .map(|r| r.operation)
+            .collect();
+        with_host.sort();
+        let mut want = crate::action::HOST_SCOPED_OPERATIONS.to_vec();
+        want.sort();
+        assert_eq!(with_host, want);
+    }
 
     fn act(
         method: &str,
@@ -696,6 +756,30 @@ mod tests {
         body: &str,
     ) -> Result<Option<Action>, ApiError> {
         to_action(&find(method, path)?, query, body.as_bytes())
+    }
+
+    #[test]
+    fn a_storage_request_names_its_host_and_others_cannot() {
+        let a = act(
+            "GET",
+            "/api/v1/pools/default/volumes",
+            Some("host=nas2"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Some(Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::ListVolumes {
+                    pool: "default".into()
+                }),
+            })
+        );
+        let e = act("GET", "/api/v1/pools/default/volumes", Some("host=a/b"), "").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("host"), "{e:?}");
+        // Not a storage route: `host` is an unknown parameter there.
+        assert!(act("GET", "/api/v1/vms", Some("host=nas2"), "").is_err());
     }
 
     #[test]

@@ -214,6 +214,13 @@ impl Core for Fake {
             Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
                 "version": "1.0.0", "vendor": "acme", "state": "active"}),
             Action::UninstallPlugin { .. } => Value::Null,
+            // The fake is every host: the request is answered as such (and
+            // recorded once, as it came).
+            Action::OnHost { request, .. } => {
+                let answer = self.handle(*request).await;
+                self.calls.lock().unwrap().pop();
+                return answer;
+            }
             Action::EvacuateHost { .. } | Action::MigrateVm { .. } => {
                 json!({"id": "j-move", "kind": "migrate", "state": "succeeded", "progress": 1.0,
                        "error": null, "created_at": "2026-01-01T00:00:00Z", "target": "vm/vm1",
@@ -1064,6 +1071,39 @@ fn every_command_sends_the_right_action() {
                 pool: "p1".into(),
                 volume: "v1".into(),
                 name: "s2".into(),
+            },
+        ),
+        // --host: the request is carried out on that host's pools.
+        (
+            vec!["volume", "create", "p1", "v4", "64", "--host", "nas2"],
+            Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::CreateVolume {
+                    pool: "p1".into(),
+                    volume: VolumeCreate {
+                        name: "v4".into(),
+                        size_mib: 64,
+                        format: None,
+                    },
+                }),
+            },
+        ),
+        (
+            vec!["pool", "--host", "nas2", "delete", "p2"],
+            Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::DeletePool { name: "p2".into() }),
+            },
+        ),
+        (
+            vec!["snapshot", "create", "p1", "v1", "s3", "--host", "nas2"],
+            Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::SnapshotVolume {
+                    pool: "p1".into(),
+                    volume: "v1".into(),
+                    name: "s3".into(),
+                }),
             },
         ),
         (

@@ -339,6 +339,12 @@ impl Inner {
                 self.host_record(host)?;
                 Some(host.clone())
             }
+            Action::OnHost { host, .. } => {
+                self.host_record(host).map_err(|_| {
+                    errors::invalid("host", format!("no host {host:?} in the cluster"))
+                })?;
+                Some(host.clone())
+            }
             _ => None,
         };
         Ok(target.filter(|h| *h != self.host.id))
@@ -784,6 +790,9 @@ impl Inner {
 
 /// Whether `action` only reads.
 fn is_read_only(a: &Action) -> bool {
+    if let Action::OnHost { request, .. } = a {
+        return is_read_only(request);
+    }
     matches!(
         a,
         Action::GetHost

@@ -338,6 +338,8 @@ impl Inner {
             Action::MigrateVm { id, migrate } => c.migrate_vm(&id, migrate).await,
             Action::InstallPlugin(req) => c.install_plugin(req).await,
             Action::UninstallPlugin { world } => c.uninstall_plugin(&world).await,
+            // Routed here: this host's pools are meant.
+            Action::OnHost { request, .. } => Box::pin(c.handle_here(*request)).await,
         }
     }
 }

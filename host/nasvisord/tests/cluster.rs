@@ -564,6 +564,75 @@ fn live_migration_keeps_the_guest_counting() {
 }
 
 #[test]
+fn pool_and_volume_requests_carried_out_on_the_host_they_name() {
+    let _s = serial();
+    let c = Cluster::start(2);
+    c.form();
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Asked of nas1, carried out on nas2's own pool.
+    let v = c
+        .host(1)
+        .json(&["volume", "create", "default", "far", "64", "--host", "nas2"]);
+    assert_eq!(v["name"], "far", "{v:#}");
+    let on2 = c
+        .host(1)
+        .json(&["volume", "list", "default", "--host", "nas2"]);
+    assert!(names(&on2).contains(&"far".to_string()), "{on2:#}");
+    assert!(
+        names(&c.host(2).json(&["volume", "list", "default"])).contains(&"far".to_string()),
+        "nas2 itself does not see it"
+    );
+    let on1 = c.host(1).json(&["volume", "list", "default"]);
+    assert!(!names(&on1).contains(&"far".to_string()), "{on1:#}");
+    c.host(1).json(&[
+        "snapshot", "create", "default", "far", "s1", "--host", "nas2",
+    ]);
+    let snaps = c.host(2).json(&["snapshot", "list", "default", "far"]);
+    assert_eq!(names(&snaps), vec!["s1".to_string()], "{snaps:#}");
+    // A pool of nas2's own, made from nas1; `pool list --host` shows
+    // nas2's pools measured there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = c.host(1).json(&[
+        "pool",
+        "create",
+        "extra",
+        dir.path().to_str().unwrap(),
+        "--host",
+        "nas2",
+    ]);
+    assert_eq!(p["host"], "nas2", "{p:#}");
+    let pools = c.host(1).json(&["pool", "list", "--host", "nas2"]);
+    let rows = pools.as_array().expect("a list");
+    assert!(
+        rows.iter()
+            .all(|r| r["host"] == "nas2" || r["host"].is_null()),
+        "{pools:#}"
+    );
+    let extra = rows
+        .iter()
+        .find(|r| r["name"] == "extra")
+        .expect("extra listed");
+    assert!(extra["capacity_mib"].as_u64().unwrap_or(0) > 0, "{extra:#}");
+    // Deleting, and an unknown host.
+    c.host(1)
+        .json(&["volume", "delete", "default", "far", "--host", "nas2"]);
+    let on2 = c.host(2).json(&["volume", "list", "default"]);
+    assert!(!names(&on2).contains(&"far".to_string()), "{on2:#}");
+    let err = c
+        .host(1)
+        .fails(&["volume", "list", "default", "--host", "nas9"]);
+    assert!(err.contains("host") && err.contains("nas9"), "{err}");
+}
+
+#[test]
 fn cordon_evacuate_offline_move_image_copy_and_cluster_plugins() {
     let _s = serial();
     let c = Cluster::start(2);

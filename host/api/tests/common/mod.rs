@@ -122,6 +122,13 @@ impl Core for FakeCore {
             Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
                 "version": "1.0.0", "vendor": "acme", "state": "active"}),
             Action::UninstallPlugin { .. } => json!(null),
+            // The fake is every host: the request is answered as such (and
+            // recorded once, as it came).
+            Action::OnHost { request, .. } => {
+                let answer = self.handle(*request).await;
+                self.calls.lock().unwrap().pop();
+                return answer;
+            }
             Action::JoinCluster(_) => cluster(),
             Action::ListVms => json!([vm("vm1")]),
             Action::GetVm { id } if id == "missing" => {

@@ -19,14 +19,11 @@ pub enum ApiCommand {
     #[command(subcommand)]
     Vm(VmCmd),
     /// Storage pools.
-    #[command(subcommand)]
-    Pool(PoolCmd),
+    Pool(PoolArgs),
     /// Volumes of a pool.
-    #[command(subcommand)]
-    Volume(VolumeCmd),
+    Volume(VolumeArgs),
     /// Snapshots of a volume.
-    #[command(subcommand)]
-    Snapshot(SnapshotCmd),
+    Snapshot(SnapshotArgs),
     /// System images (installable OS images).
     #[command(subcommand)]
     Image(ImageCmd),
@@ -261,6 +258,44 @@ pub struct VmCreateArgs {
     /// Follow the install job until it ends.
     #[arg(long)]
     wait: bool,
+}
+
+/// `nasvisor pool`: `--host` names the host whose pools are meant (the host
+/// the CLI talks to otherwise); the request is carried out there.
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// Host whose pools are meant.
+    #[arg(long, global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: PoolCmd,
+}
+
+/// `nasvisor volume` (`--host` as for `pool`).
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    /// Host whose pools are meant.
+    #[arg(long, global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: VolumeCmd,
+}
+
+/// `nasvisor snapshot` (`--host` as for `pool`).
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Host whose pools are meant.
+    #[arg(long, global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: SnapshotCmd,
+}
+
+/// `?host=` for a storage request on `host` (nothing without one).
+fn on_host(host: &Option<String>) -> String {
+    host.as_deref()
+        .map(|h| format!("?host={}", enc(h)))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Subcommand)]
@@ -664,9 +699,9 @@ fn dispatch(c: &Client, cmd: ApiCommand, json: bool) -> CliResult<()> {
             Ok(())
         }
         ApiCommand::Vm(v) => vm(c, v, json),
-        ApiCommand::Pool(p) => pool(c, p, json),
-        ApiCommand::Volume(v) => volume(c, v, json),
-        ApiCommand::Snapshot(s) => snapshot(c, s, json),
+        ApiCommand::Pool(p) => pool(c, p.cmd, &on_host(&p.host), json),
+        ApiCommand::Volume(v) => volume(c, v.cmd, &on_host(&v.host), json),
+        ApiCommand::Snapshot(s) => snapshot(c, s.cmd, &on_host(&s.host), json),
         ApiCommand::Image(i) => image(c, i, json),
         ApiCommand::Vswitch(s) => vswitch(c, s, json),
         ApiCommand::Job(j) => job(c, j, json),
@@ -1233,10 +1268,16 @@ fn vm_create_body(a: &VmCreateArgs) -> CliResult<Value> {
     Ok(Value::Object(body))
 }
 
-fn pool(c: &Client, cmd: PoolCmd, json: bool) -> CliResult<()> {
+fn pool(c: &Client, cmd: PoolCmd, q: &str, json: bool) -> CliResult<()> {
     match cmd {
         PoolCmd::List => {
-            let v = c.get("/api/v1/pools")?;
+            let mut v = c.get(&format!("/api/v1/pools{q}"))?;
+            // With --host: that host's pools and the shared ones, measured
+            // there.
+            if let (false, Value::Array(rows)) = (q.is_empty(), &mut v) {
+                let host = q.trim_start_matches("?host=");
+                rows.retain(|p| p["host"].is_null() || p["host"].as_str() == Some(host));
+            }
             print_list(
                 json,
                 &v,
@@ -1252,7 +1293,7 @@ fn pool(c: &Client, cmd: PoolCmd, json: bool) -> CliResult<()> {
         PoolCmd::Create { name, path, shared } => {
             let v = c.send_json(
                 "POST",
-                "/api/v1/pools",
+                &format!("/api/v1/pools{q}"),
                 &json!({"name": name, "path": path, "shared": shared}),
             )?;
             done(
@@ -1262,7 +1303,7 @@ fn pool(c: &Client, cmd: PoolCmd, json: bool) -> CliResult<()> {
             );
         }
         PoolCmd::Delete { name } => {
-            let v = c.call("DELETE", &format!("/api/v1/pools/{}", enc(&name)))?;
+            let v = c.call("DELETE", &format!("/api/v1/pools/{}{q}", enc(&name)))?;
             done(json, &v, format!("pool {name} deleted"));
         }
     }
@@ -1291,10 +1332,10 @@ fn volume_line(v: &Value) -> String {
     )
 }
 
-fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
+fn volume(c: &Client, cmd: VolumeCmd, q: &str, json: bool) -> CliResult<()> {
     match cmd {
         VolumeCmd::List { pool } => {
-            let v = c.get(&format!("/api/v1/pools/{}/volumes", enc(&pool)))?;
+            let v = c.get(&format!("/api/v1/pools/{}/volumes{q}", enc(&pool)))?;
             print_list(json, &v, VOLUME_COLUMNS);
         }
         VolumeCmd::Create {
@@ -1309,13 +1350,13 @@ fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
             }
             let v = c.send_json(
                 "POST",
-                &format!("/api/v1/pools/{}/volumes", enc(&pool)),
+                &format!("/api/v1/pools/{}/volumes{q}", enc(&pool)),
                 &body,
             )?;
             done(json, &v, format!("volume {} created", volume_line(&v)));
         }
         VolumeCmd::Delete { pool, volume } => {
-            let v = c.call("DELETE", &vol_path(&pool, &volume))?;
+            let v = c.call("DELETE", &format!("{}{q}", vol_path(&pool, &volume)))?;
             done(json, &v, format!("volume {pool}/{volume} deleted"));
         }
         VolumeCmd::Resize {
@@ -1325,7 +1366,7 @@ fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
         } => {
             let v = c.send_json(
                 "POST",
-                &format!("{}/resize", vol_path(&pool, &volume)),
+                &format!("{}/resize{q}", vol_path(&pool, &volume)),
                 &json!({"size_mib": size_mib}),
             )?;
             done(json, &v, format!("volume {} resized", volume_line(&v)));
@@ -1338,7 +1379,7 @@ fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
         } => {
             let v = c.send_json(
                 "POST",
-                &format!("{}/clone", vol_path(&pool, &volume)),
+                &format!("{}/clone{q}", vol_path(&pool, &volume)),
                 &json!({"name": new, "linked": linked}),
             )?;
             done(
@@ -1359,7 +1400,7 @@ fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
         } => {
             let j = c.send_json(
                 "POST",
-                &format!("/api/v1/pools/{}/imports", enc(&pool)),
+                &format!("/api/v1/pools/{}/imports{q}", enc(&pool)),
                 &json!({"name": name, "path": path}),
             )?;
             job_answer(c, json, &j, wait)?;
@@ -1368,10 +1409,10 @@ fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> CliResult<()> {
     Ok(())
 }
 
-fn snapshot(c: &Client, cmd: SnapshotCmd, json: bool) -> CliResult<()> {
+fn snapshot(c: &Client, cmd: SnapshotCmd, q: &str, json: bool) -> CliResult<()> {
     match cmd {
         SnapshotCmd::List { pool, volume } => {
-            let v = c.get(&format!("{}/snapshots", vol_path(&pool, &volume)))?;
+            let v = c.get(&format!("{}/snapshots{q}", vol_path(&pool, &volume)))?;
             print_list(
                 json,
                 &v,
@@ -1390,7 +1431,7 @@ fn snapshot(c: &Client, cmd: SnapshotCmd, json: bool) -> CliResult<()> {
         } => {
             let v = c.send_json(
                 "POST",
-                &format!("{}/snapshots", vol_path(&pool, &volume)),
+                &format!("{}/snapshots{q}", vol_path(&pool, &volume)),
                 &json!({"name": snapshot}),
             )?;
             done(
@@ -1407,7 +1448,7 @@ fn snapshot(c: &Client, cmd: SnapshotCmd, json: bool) -> CliResult<()> {
             let v = c.call(
                 "POST",
                 &format!(
-                    "{}/snapshots/{}/revert",
+                    "{}/snapshots/{}/revert{q}",
                     vol_path(&pool, &volume),
                     enc(&snapshot)
                 ),
@@ -1425,7 +1466,11 @@ fn snapshot(c: &Client, cmd: SnapshotCmd, json: bool) -> CliResult<()> {
         } => {
             let v = c.call(
                 "DELETE",
-                &format!("{}/snapshots/{}", vol_path(&pool, &volume), enc(&snapshot)),
+                &format!(
+                    "{}/snapshots/{}{q}",
+                    vol_path(&pool, &volume),
+                    enc(&snapshot)
+                ),
             )?;
             done(
                 json,

@@ -564,7 +564,7 @@ fn live_migration_keeps_the_guest_counting() {
 }
 
 #[test]
-fn pool_and_volume_requests_carried_out_on_the_host_they_name() {
+fn pool_and_volume_requests_carried_out_on_the_host_they_name_and_a_removed_host_refused() {
     let _s = serial();
     let c = Cluster::start(2);
     c.form();
@@ -630,6 +630,26 @@ fn pool_and_volume_requests_carried_out_on_the_host_they_name() {
         .host(1)
         .fails(&["volume", "list", "default", "--host", "nas9"]);
     assert!(err.contains("host") && err.contains("nas9"), "{err}");
+
+    // nas2 is removed from the cluster: it can no longer talk to nas1.
+    let id2 = c.node_id(2).to_string();
+    c.host(1).json(&["cluster", "remove", &id2]);
+    let err = c.host(2).fails(&[
+        "volume", "create", "default", "late", "64", "--host", "nas1",
+    ]);
+    assert!(
+        err.contains("not a member"),
+        "a removed host asking nas1: {err}"
+    );
+    let err = c.host(2).fails(&blank("late"));
+    assert!(
+        err.contains("not a member"),
+        "a removed host writing: {err}"
+    );
+    let on1 = c.host(1).json(&["volume", "list", "default"]);
+    assert!(!names(&on1).contains(&"late".to_string()), "{on1:#}");
+    let vms = c.host(1).json(&["vm", "list"]);
+    assert!(!names(&vms).contains(&"late".to_string()), "{vms:#}");
 }
 
 #[test]

@@ -388,6 +388,8 @@ impl Inner {
         let params = json!({
             "vm": vm.id, "from": self.host.id, "to": target.id, "live": live,
             "copied_disks": copy.iter().map(|c| c.node.clone()).collect::<Vec<_>>(),
+            // What a restart after the switch must remove here.
+            "copies": copy,
         });
         let (job, ctx) = match self
             .job_start("migrate", Some(format!("vm/{}", vm.name)), params)
@@ -895,16 +897,23 @@ impl Inner {
                 vm.name, self.host.id
             );
         }
-        // Switched: the target owns the VM; a QEMU left here goes.
+        // Switched: the target owns the VM; a QEMU left here goes, and so
+        // do the copies of its disks here (as after a move that ended).
         if let Ok(inst) =
             VmInstance::attach(self.cfg.run_dir(), &vm.id, self.instance_options()).await
         {
             let _ = inst.kill().await;
             self.remove_taps(&vm);
         }
+        let mut copies: Vec<CopyDisk> =
+            serde_json::from_value(job.params["copies"].clone()).unwrap_or_default();
+        for c in copies.iter_mut().filter(|c| c.pool.is_none()) {
+            c.path = self.cfg.nvram_dir().join(format!("{}.fd", vm.id));
+        }
+        self.remove_copies(&copies);
         format!(
             "interrupted by a restart of nasvisord after the switch: VM {} runs on host {}; \
-             copies of its disks may remain in this host's pools",
+             its copies here were removed",
             vm.name,
             vm.host.as_deref().unwrap_or("?")
         )

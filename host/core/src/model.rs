@@ -179,6 +179,8 @@ pub struct VmRecord {
 #[derive(Debug, Clone, Default)]
 pub struct VmRuntime {
     pub pid: Option<i32>,
+    /// What its QEMU reports (`running`, `paused`, ...), on its host.
+    pub qemu_state: Option<&'static str>,
     pub accel: Option<&'static str>,
     pub taps: Vec<Option<String>>,
 }
@@ -200,6 +202,7 @@ impl VmRecord {
             "firmware": self.firmware.as_str(),
             "image": self.image,
             "pid": rt.pid,
+            "qemu_state": rt.qemu_state,
             "accel": rt.accel,
             "install_job": self.install_job,
             "created_at": self.created_at,
@@ -509,6 +512,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<VmRecord>(v).unwrap(), vm);
         let j = vm.to_json(&VmRuntime {
             pid: Some(4),
+            qemu_state: Some("running"),
             accel: Some("tcg"),
             taps: vec![Some("nvt0".into())],
         });

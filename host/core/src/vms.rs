@@ -40,6 +40,7 @@ impl Inner {
         match lock(&self.running).get(id) {
             Some(r) => VmRuntime {
                 pid: Some(r.inst.pid()),
+                qemu_state: Some(r.inst.state().name()),
                 accel: Some(r.accel.qemu_name()),
                 taps: r.taps.clone(),
             },

@@ -948,6 +948,36 @@ fn a_target_crashing_during_the_disk_mirror_leaves_the_vm_on_its_source() {
 }
 
 #[test]
+fn a_target_daemon_down_at_the_switch_resumes_the_vm_when_it_is_back() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+    start_vm_with_random_disk(&c, "m");
+    let id = move_m_to_nas2_until_mirroring(&c);
+    // Only nasvisord on nas2 dies: its paused QEMU takes the disk and the
+    // memory, and the log (nas1 and nas3) passes the VM to nas2.
+    c.host_mut(2).kill9();
+    let end = job_end(&c, &id, Duration::from_secs(120));
+    assert_eq!(end["state"], "failed", "{end:#}");
+    assert!(
+        end["error"].as_str().unwrap_or("").contains("owns the VM"),
+        "{end:#}"
+    );
+    assert!(c.live_qemus(1).is_empty(), "the source QEMU stayed");
+    let q2 = c.live_qemus(2);
+    assert_eq!(q2.len(), 1, "{q2:?}");
+    // Back: the daemon finds the move switched and resumes the guest.
+    c.host_mut(2).spawn();
+    let vm = c.host(2).poll_vm("m", Duration::from_secs(60), |v| {
+        v["host"] == "nas2" && v["qemu_state"] == "running"
+    });
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    assert_eq!(c.live_qemus(2), q2, "the target QEMU changed");
+    let on1 = c.host(1).json(&["volume", "list", "default"]);
+    assert!(!on1.to_string().contains("\"big\""), "{on1:#}");
+}
+
+#[test]
 fn a_source_daemon_restarting_during_the_disk_mirror_keeps_the_vm() {
     let _s = serial();
     let mut c = Cluster::start(3);

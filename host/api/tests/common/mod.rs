@@ -47,7 +47,7 @@ impl FakeCore {
 pub fn vm(id: &str) -> Value {
     json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
            "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false,
-           "firmware": "bios", "image": null, "pid": null, "accel": null, "install_job": null,
+           "firmware": "bios", "image": null, "pid": null, "qemu_state": null, "accel": null, "install_job": null,
            "created_at": "2026-01-01T00:00:00Z",
            "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
            "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]})

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// How long a forwarded action may take (a VM start waits for QEMU).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a read waits for the host that knows best.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Heartbeats, quorum and fencing state of this host.
 #[derive(Default)]
@@ -377,6 +379,29 @@ impl Inner {
         Ok(v["result"].clone())
     }
 
+    /// `vm show` of a VM on another host, answered by that host (its QEMU's
+    /// pid and state are known only there) once it has applied everything
+    /// this host has; `None` when it cannot answer soon (offline, cut off,
+    /// an older version), and the local replica answers.
+    pub(crate) async fn read_on_vm_host(&self, action: &Action) -> Option<Value> {
+        let Action::GetVm { id } = action else {
+            return None;
+        };
+        let host = self.find_vm(id).ok()?.host?;
+        if host == self.host.id {
+            return None;
+        }
+        let rec = self.host_record(&host).ok().filter(|r| r.online)?;
+        let body = json!({ "action": action, "after": self.db.store().revision() });
+        match self.call_host(&rec, "read", body, READ_TIMEOUT).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(vm = %id, host = %host, error = %e, "answering from the local replica");
+                None
+            }
+        }
+    }
+
     /// Calls `method` of host `rec` over the cluster channel.
     pub(crate) async fn call_host(
         &self,
@@ -426,6 +451,17 @@ impl Inner {
                 tracing::debug!(from, ?action, "action forwarded by another host");
                 let result = self.handle_here(action).await?;
                 Ok(json!({ "result": result, "revision": self.db.store().revision() }))
+            }
+            "read" => {
+                let action: Action = serde_json::from_value(req.body["action"].clone())
+                    .map_err(|e| errors::internal(format!("a forwarded read: {e}")))?;
+                if !is_read_only(&action) {
+                    return Err(errors::invalid("action", "only reads go by `read`"));
+                }
+                if let Some(rev) = req.body["after"].as_u64() {
+                    self.db.applied(rev).await;
+                }
+                self.handle_here(action).await
             }
             "console" => {
                 let id = req.body["id"].as_str().unwrap_or_default().to_string();

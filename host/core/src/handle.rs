@@ -349,6 +349,9 @@ impl nasvisor_api::Core for NasCore {
     async fn handle(&self, mut action: Action) -> Result<Value, CoreError> {
         let c = &self.inner;
         c.check_quorum(&action)?;
+        if let Some(v) = c.read_on_vm_host(&action).await {
+            return Ok(v);
+        }
         if let Some(host) = c.route(&mut action)? {
             return c.forward(&host, action).await;
         }

@@ -973,6 +973,11 @@ fn a_target_daemon_down_at_the_switch_resumes_the_vm_when_it_is_back() {
     });
     assert_eq!(vm["state"], "running", "{vm:#}");
     assert_eq!(c.live_qemus(2), q2, "the target QEMU changed");
+    // Asked of another host, the VM's host answers: its QEMU's pid and
+    // state too.
+    let seen = c.host(1).json(&["vm", "show", "m"]);
+    assert_eq!(seen["qemu_state"], "running", "{seen:#}");
+    assert_eq!(seen["pid"].as_i64(), Some(i64::from(q2[0])), "{seen:#}");
     let on1 = c.host(1).json(&["volume", "list", "default"]);
     assert!(!on1.to_string().contains("\"big\""), "{on1:#}");
 }

@@ -1431,12 +1431,18 @@ impl Inner {
             let _ = inst.kill().await;
             self.remove_taps(&inc.vm);
         }
-        for (pool, vol) in &inc.created {
+        self.remove_created(&inc.created, inc.vars.as_deref());
+    }
+
+    /// Removes the volumes and the UEFI variables file created for an
+    /// incoming move that did not happen.
+    fn remove_created(&self, created: &[(String, String)], vars: Option<&std::path::Path>) {
+        for (pool, vol) in created {
             if let Ok(p) = self.pool(pool, "pool") {
                 let _ = p.delete(vol);
             }
         }
-        if let Some(v) = &inc.vars {
+        if let Some(v) = vars {
             let _ = std::fs::remove_file(v);
         }
     }
@@ -1522,14 +1528,7 @@ impl Inner {
                 if let Some(v) = &vm {
                     self.remove_taps(v);
                 }
-                for (pool, vol) in &marker.created {
-                    if let Ok(p) = self.pool(pool, "pool") {
-                        let _ = p.delete(vol);
-                    }
-                }
-                if let Some(v) = &marker.vars {
-                    let _ = std::fs::remove_file(v);
-                }
+                self.remove_created(&marker.created, marker.vars.as_deref());
                 tracing::info!(vm = %marker.vm, "an unfinished incoming move was cleaned up");
             }
             let _ = std::fs::remove_file(&path);

@@ -833,6 +833,14 @@ fn m_runs_on_nas1_with(c: &Cluster, i: usize, pid: &[i32]) {
     assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
 }
 
+/// Starts host i's daemon again and waits until nas1 sees all three hosts
+/// online.
+fn restart_and_wait_online(c: &mut Cluster, i: usize) {
+    c.host_mut(i).spawn();
+    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
+    c.wait_online(1, &all, Duration::from_secs(60));
+}
+
 /// Host i has no live QEMU left (within 30 s).
 fn wait_no_qemu(c: &Cluster, i: usize) {
     eventually(
@@ -940,9 +948,7 @@ fn a_target_crashing_during_the_disk_mirror_leaves_the_vm_on_its_source() {
     m_runs_on_nas1_with(&c, 3, &pid);
 
     // nas2 comes back and drops what it had prepared: no QEMU, no volume.
-    c.host_mut(2).spawn();
-    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
-    c.wait_online(1, &all, Duration::from_secs(60));
+    restart_and_wait_online(&mut c, 2);
     assert!(c.live_qemus(2).is_empty(), "{:?}", c.live_qemus(2));
     no_copy_on_nas2_and_the_vm_still_moves(&c);
 }
@@ -992,9 +998,7 @@ fn a_source_daemon_restarting_during_the_disk_mirror_keeps_the_vm() {
     // nasvisord on nas1 dies; its QEMU goes on mirroring to nas2.
     c.host_mut(1).kill9();
     assert_eq!(c.live_qemus(1), pid, "the QEMU outlives the daemon");
-    c.host_mut(1).spawn();
-    let all: Vec<(usize, bool)> = (1..=3).map(|i| (i, true)).collect();
-    c.wait_online(1, &all, Duration::from_secs(60));
+    restart_and_wait_online(&mut c, 1);
 
     let end = job_end(&c, &id, Duration::from_secs(60));
     assert_eq!(end["state"], "failed", "{end:#}");

@@ -292,9 +292,8 @@ pub struct SnapshotArgs {
 }
 
 /// `?host=` for a storage request on `host` (nothing without one).
-fn on_host(host: &Option<String>) -> String {
-    host.as_deref()
-        .map(|h| format!("?host={}", enc(h)))
+fn on_host(host: Option<&str>) -> String {
+    host.map(|h| format!("?host={}", enc(h)))
         .unwrap_or_default()
 }
 
@@ -699,9 +698,9 @@ fn dispatch(c: &Client, cmd: ApiCommand, json: bool) -> CliResult<()> {
             Ok(())
         }
         ApiCommand::Vm(v) => vm(c, v, json),
-        ApiCommand::Pool(p) => pool(c, p.cmd, &on_host(&p.host), json),
-        ApiCommand::Volume(v) => volume(c, v.cmd, &on_host(&v.host), json),
-        ApiCommand::Snapshot(s) => snapshot(c, s.cmd, &on_host(&s.host), json),
+        ApiCommand::Pool(p) => pool(c, p.cmd, p.host.as_deref(), json),
+        ApiCommand::Volume(v) => volume(c, v.cmd, &on_host(v.host.as_deref()), json),
+        ApiCommand::Snapshot(s) => snapshot(c, s.cmd, &on_host(s.host.as_deref()), json),
         ApiCommand::Image(i) => image(c, i, json),
         ApiCommand::Vswitch(s) => vswitch(c, s, json),
         ApiCommand::Job(j) => job(c, j, json),
@@ -1268,14 +1267,14 @@ fn vm_create_body(a: &VmCreateArgs) -> CliResult<Value> {
     Ok(Value::Object(body))
 }
 
-fn pool(c: &Client, cmd: PoolCmd, q: &str, json: bool) -> CliResult<()> {
+fn pool(c: &Client, cmd: PoolCmd, host: Option<&str>, json: bool) -> CliResult<()> {
+    let q = on_host(host);
     match cmd {
         PoolCmd::List => {
             let mut v = c.get(&format!("/api/v1/pools{q}"))?;
             // With --host: that host's pools and the shared ones, measured
             // there.
-            if let (false, Value::Array(rows)) = (q.is_empty(), &mut v) {
-                let host = q.trim_start_matches("?host=");
+            if let (Some(host), Value::Array(rows)) = (host, &mut v) {
                 rows.retain(|p| p["host"].is_null() || p["host"].as_str() == Some(host));
             }
             print_list(

@@ -65,6 +65,15 @@ pub enum CallError {
     /// Instantiating the plugin failed.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// A fault of the host, not of the plugin: every instance slot stayed
+    /// busy for the bounded wait. Never counts toward quarantine.
+    #[error("host busy: no free plugin instance slot within {waited_ms} ms")]
+    NoSlot { waited_ms: u64 },
+    /// A fault of the host, not of the plugin: the deadline passed while the
+    /// plugin had been given only `cpu_ms` of CPU time (the host was
+    /// starved). Never counts toward quarantine.
+    #[error("host starved: the deadline of {deadline_ms} ms passed after only {cpu_ms} ms of CPU time for the plugin")]
+    Starved { deadline_ms: u64, cpu_ms: u64 },
 }
 
 impl CallError {
@@ -76,6 +85,15 @@ impl CallError {
             CallError::Trap(_) => "trap",
             CallError::InvalidOutput(_) => "invalid-output",
             CallError::Instantiate(_) => "instantiate",
+            CallError::NoSlot { .. } => "no-slot",
+            CallError::Starved { .. } => "starved",
         }
+    }
+
+    /// Whether the plugin itself is to blame (trap, deadline, memory,
+    /// invalid output, a start function that fails): only these count toward
+    /// quarantine. Faults of the host (no free slot, a starved CPU) do not.
+    pub fn is_plugin_fault(&self) -> bool {
+        !matches!(self, CallError::NoSlot { .. } | CallError::Starved { .. })
     }
 }

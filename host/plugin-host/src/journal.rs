@@ -20,9 +20,10 @@ pub struct JournalRecord {
     pub function: String,
     /// "name@version" of the plugin asked, if any.
     pub plugin: Option<String>,
-    /// "plugin", "fallback", "quarantined" or "native".
+    /// "plugin", "fallback", "refused" (the validator refused the plugin's
+    /// answer), "quarantined" or "native".
     pub source: String,
-    /// Why the plugin's answer was not used, for a fallback.
+    /// Why the plugin's answer was not used, for a fallback or a refusal.
     pub cause: Option<String>,
     pub duration_us: u64,
     pub input: DecisionInput,

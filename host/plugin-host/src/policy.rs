@@ -1,10 +1,12 @@
 //! The policy host: one slot per world, each with an optional plugin. Every
 //! decision goes to the slot's plugin; an answer that fails (trap, deadline,
 //! memory limit, invalid output) is replaced by the native default's answer
-//! for that decision. After `max-consecutive-failures` failures in a row the
-//! plugin is quarantined (the native default decides) until a plugin is
-//! installed again. Installing a plugin swaps it in between decisions;
-//! decisions in flight finish on the plugin they started with.
+//! for that decision. After `max-consecutive-failures` faults of the plugin in
+//! a row it is quarantined (the native default decides) until a plugin is
+//! installed again or the quarantine is lifted with [`PolicyHost::reset`].
+//! Faults of the host (no free instance slot, a starved CPU) fall back too but
+//! are never blamed on the plugin. Installing a plugin swaps it in between
+//! decisions; decisions in flight finish on the plugin they started with.
 
 use crate::decision::{answer_json, invoke, invoke_native, Answer, DecisionInput, NativeEnv};
 use crate::error::CallError;
@@ -26,7 +28,15 @@ pub enum DecisionSource {
     /// The slot's plugin answered and the answer was valid.
     Plugin { plugin: String },
     /// The plugin failed this decision; the native default answered.
-    Fallback { plugin: String, cause: String },
+    /// `blamed` is false for a fault of the host (no slot, starved CPU).
+    Fallback {
+        plugin: String,
+        cause: String,
+        blamed: bool,
+    },
+    /// The plugin answered, the validator refused the answer, and the native
+    /// default answered. Counts as a fault of the plugin.
+    Refused { plugin: String, reason: String },
     /// The plugin is quarantined; the native default answered.
     Quarantined { plugin: String },
     /// No plugin is installed for the world; the native default answered.
@@ -45,7 +55,16 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum PolicyEvent {
+    /// The plugin faulted (trap, deadline, memory, invalid or refused
+    /// answer): counted toward quarantine; the native default decided.
     PluginFailed {
+        world: World,
+        plugin: String,
+        cause: String,
+    },
+    /// The native default decided because of a fault of the host (no free
+    /// instance slot, a starved CPU); not counted against the plugin.
+    PluginFellBack {
         world: World,
         plugin: String,
         cause: String,
@@ -56,6 +75,11 @@ pub enum PolicyEvent {
         failures: u32,
     },
     PluginInstalled {
+        world: World,
+        plugin: String,
+    },
+    /// An administrator lifted the quarantine.
+    PluginReset {
         world: World,
         plugin: String,
     },
@@ -70,6 +94,15 @@ pub struct SlotStatus {
     pub signer: Option<String>,
     pub consecutive_failures: u32,
     pub quarantined: bool,
+    /// Decisions the plugin answered (validly) since it was installed.
+    pub decisions: u64,
+    /// Faults of the plugin since it was installed (each also a fallback).
+    pub failures: u64,
+    /// Decisions the native default made instead of the installed plugin
+    /// since it was installed (plugin faults, host faults, quarantine).
+    pub fallbacks: u64,
+    /// The cause of the plugin's last fault.
+    pub last_failure: Option<String>,
 }
 
 #[derive(Default)]
@@ -78,6 +111,15 @@ struct Slot {
     failures: AtomicU32,
     quarantined: AtomicBool,
     native_settings: Mutex<Vec<(String, String)>>,
+    counts: Mutex<SlotCounts>,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    decisions: u64,
+    failures: u64,
+    fallbacks: u64,
+    last_failure: Option<String>,
 }
 
 const MAX_EVENTS: usize = 1024;
@@ -155,11 +197,30 @@ impl PolicyHost {
         slot.plugin.store(Some(Arc::new(plugin)));
         slot.failures.store(0, Ordering::SeqCst);
         slot.quarantined.store(false, Ordering::SeqCst);
+        *slot.counts.lock().expect("counts lock") = SlotCounts::default();
         tracing::info!(world = %w, plugin = %label, "plugin installed");
         self.event(PolicyEvent::PluginInstalled {
             world: w,
             plugin: label,
         });
+    }
+
+    /// Lifts the quarantine of a world's plugin and clears its run of
+    /// consecutive failures. Returns the plugin's label when it was
+    /// quarantined, `None` when there was nothing to lift.
+    pub fn reset(&self, w: World) -> Option<String> {
+        let slot = self.slot(w);
+        slot.failures.store(0, Ordering::SeqCst);
+        if !slot.quarantined.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let label = slot.plugin.load().as_ref().map(|p| p.label().to_string())?;
+        tracing::info!(world = %w, plugin = %label, "plugin quarantine lifted");
+        self.event(PolicyEvent::PluginReset {
+            world: w,
+            plugin: label.clone(),
+        });
+        Some(label)
     }
 
     /// Removes a world's plugin; its decisions go to the native default.
@@ -187,12 +248,17 @@ impl PolicyHost {
             .map(|&w| {
                 let s = self.slot(w);
                 let p = s.plugin.load();
+                let c = s.counts.lock().expect("counts lock");
                 SlotStatus {
                     world: w,
                     plugin: p.as_ref().map(|p| p.label().to_string()),
                     signer: p.as_ref().and_then(|p| p.signer.clone()),
                     consecutive_failures: s.failures.load(Ordering::SeqCst),
                     quarantined: s.quarantined.load(Ordering::SeqCst),
+                    decisions: c.decisions,
+                    failures: c.failures,
+                    fallbacks: c.fallbacks,
+                    last_failure: c.last_failure.clone(),
                 }
             })
             .collect()
@@ -216,6 +282,72 @@ impl PolicyHost {
         answer
     }
 
+    /// Records a failed call of `p`: a fault of the plugin counts toward its
+    /// quarantine, a fault of the host does not. Returns the decision's source.
+    fn failed(
+        &self,
+        world: World,
+        slot: &Slot,
+        p: &LoadedPlugin,
+        input: &DecisionInput,
+        e: &CallError,
+    ) -> DecisionSource {
+        let label = p.label().to_string();
+        let blamed = e.is_plugin_fault();
+        {
+            let mut c = slot.counts.lock().expect("counts lock");
+            c.fallbacks += 1;
+            if blamed {
+                c.failures += 1;
+                c.last_failure = Some(e.to_string());
+            }
+        }
+        if !blamed {
+            tracing::warn!(world = %world, plugin = %label, function = input.function(),
+                error = %e, "host fault during a plugin decision; using the native default (not blamed on the plugin)");
+            self.event(PolicyEvent::PluginFellBack {
+                world,
+                plugin: label.clone(),
+                cause: e.to_string(),
+            });
+            return DecisionSource::Fallback {
+                plugin: label,
+                cause: e.to_string(),
+                blamed: false,
+            };
+        }
+        let n = slot.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::warn!(world = %world, plugin = %label, function = input.function(),
+            error = %e, failures = n, "plugin failed a decision; using the native default");
+        self.event(PolicyEvent::PluginFailed {
+            world,
+            plugin: label.clone(),
+            cause: e.to_string(),
+        });
+        if n >= self.rt.config().max_consecutive_failures
+            && !slot.quarantined.swap(true, Ordering::SeqCst)
+        {
+            tracing::error!(world = %world, plugin = %label, failures = n,
+                "plugin quarantined until it is reloaded or reset");
+            self.event(PolicyEvent::PluginQuarantined {
+                world,
+                plugin: label.clone(),
+                failures: n,
+            });
+        }
+        match e {
+            CallError::InvalidOutput(reason) => DecisionSource::Refused {
+                plugin: label,
+                reason: reason.clone(),
+            },
+            _ => DecisionSource::Fallback {
+                plugin: label,
+                cause: e.to_string(),
+                blamed: true,
+            },
+        }
+    }
+
     /// Makes one decision. Never panics on plugin misbehaviour.
     pub fn decide(&self, input: DecisionInput) -> Decision {
         let world = input.world();
@@ -225,12 +357,15 @@ impl PolicyHost {
         let plugin = slot.plugin.load_full();
         let (answer, source) = match plugin {
             None => (self.native(slot, &input, wall), DecisionSource::Native),
-            Some(p) if slot.quarantined.load(Ordering::SeqCst) => (
-                self.native(slot, &input, wall),
-                DecisionSource::Quarantined {
-                    plugin: p.label().to_string(),
-                },
-            ),
+            Some(p) if slot.quarantined.load(Ordering::SeqCst) => {
+                slot.counts.lock().expect("counts lock").fallbacks += 1;
+                (
+                    self.native(slot, &input, wall),
+                    DecisionSource::Quarantined {
+                        plugin: p.label().to_string(),
+                    },
+                )
+            }
             Some(p) => {
                 let result = invoke(&self.rt, &p, &input, wall).and_then(|answer| {
                     if let Ok(o) = &answer {
@@ -241,6 +376,7 @@ impl PolicyHost {
                 match result {
                     Ok(answer) => {
                         slot.failures.store(0, Ordering::SeqCst);
+                        slot.counts.lock().expect("counts lock").decisions += 1;
                         (
                             answer,
                             DecisionSource::Plugin {
@@ -249,33 +385,8 @@ impl PolicyHost {
                         )
                     }
                     Err(e) => {
-                        let label = p.label().to_string();
-                        let n = slot.failures.fetch_add(1, Ordering::SeqCst) + 1;
-                        tracing::warn!(world = %world, plugin = %label, function = input.function(),
-                            error = %e, failures = n, "plugin failed a decision; using the native default");
-                        self.event(PolicyEvent::PluginFailed {
-                            world,
-                            plugin: label.clone(),
-                            cause: e.to_string(),
-                        });
-                        if n >= self.rt.config().max_consecutive_failures
-                            && !slot.quarantined.swap(true, Ordering::SeqCst)
-                        {
-                            tracing::error!(world = %world, plugin = %label, failures = n,
-                                "plugin quarantined until it is reloaded");
-                            self.event(PolicyEvent::PluginQuarantined {
-                                world,
-                                plugin: label.clone(),
-                                failures: n,
-                            });
-                        }
-                        (
-                            self.native(slot, &input, wall),
-                            DecisionSource::Fallback {
-                                plugin: label,
-                                cause: e.to_string(),
-                            },
-                        )
+                        let source = self.failed(world, slot, &p, &input, &e);
+                        (self.native(slot, &input, wall), source)
                     }
                 }
             }
@@ -284,8 +395,11 @@ impl PolicyHost {
         if let Some(j) = &self.journal {
             let (plugin, kind, cause) = match &source {
                 DecisionSource::Plugin { plugin } => (Some(plugin.clone()), "plugin", None),
-                DecisionSource::Fallback { plugin, cause } => {
+                DecisionSource::Fallback { plugin, cause, .. } => {
                     (Some(plugin.clone()), "fallback", Some(cause.clone()))
+                }
+                DecisionSource::Refused { plugin, reason } => {
+                    (Some(plugin.clone()), "refused", Some(reason.clone()))
                 }
                 DecisionSource::Quarantined { plugin } => {
                     (Some(plugin.clone()), "quarantined", None)

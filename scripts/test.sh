@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# Lints first: formatting and clippy (the workspace's lints, warnings denied).
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 bash scripts/build.sh
 
 export NASVISOR_PLUGIN_DIR="$PWD/target/plugins"

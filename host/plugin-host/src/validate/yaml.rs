@@ -272,7 +272,7 @@ impl<'a> Reader<'a> {
                 "true" => Ok(Node::Bool(true)),
                 "false" => Ok(Node::Bool(false)),
                 _ if v == "0"
-                    || (v.len() <= 19
+                    || (v.len() <= 20
                         && !v.starts_with('0')
                         && !v.is_empty()
                         && v.bytes().all(|b| b.is_ascii_digit())) =>

@@ -13,8 +13,7 @@ use nasvisor_plugin_host::journal::{read_journal, Journal};
 use nasvisor_plugin_host::testkit::*;
 use nasvisor_plugin_host::validate::{validate, yaml};
 use nasvisor_plugin_host::{
-    invoke_native, DecisionInput, DecisionOutput, DecisionSource, NativeEnv, PolicyHost, Runtime,
-    RuntimeConfig,
+    invoke_native, DecisionInput, DecisionSource, NativeEnv, PolicyHost, Runtime, RuntimeConfig,
 };
 use nasvisor_plugin_sdk::prelude::*;
 use nasvisor_plugin_sdk::World;

@@ -596,12 +596,10 @@ fn an_install_whose_disk_exceeds_the_pools_free_space_fails_before_planning() {
     );
     let events = d.json(&["event", "list"]);
     assert!(
-        !events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("plugin-"))
-                && e["kind"] != "plugin-installed"),
+        !events.as_array().unwrap().iter().any(|e| e["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("plugin-"))
+            && e["kind"] != "plugin-installed"),
         "{events:#}"
     );
 }

@@ -119,12 +119,26 @@ impl Inner {
         }
     }
 
+    /// Asks the os-installer for a plan. The requested disk must fit in the
+    /// pool's free space (checked here, so that an honest plugin is not
+    /// blamed for it); the validator checks the plan's disk against the same
+    /// free space, which the input carries for the journal and replays.
     async fn plan(
         &self,
         vm: &VmRecord,
         img: &ImageRecord,
         spec: &InstallSpec,
+        pool_name: &str,
+        pool_free_bytes: u64,
     ) -> Result<InstallPlan, JobFailure> {
+        let request = self.install_request(vm, img, spec);
+        if request.disk_size_gib.saturating_mul(GIB) > pool_free_bytes {
+            return Err(failed(format!(
+                "install.disk_size_gib: {} GiB does not fit in pool {pool_name:?}, which has {} GiB free",
+                request.disk_size_gib,
+                pool_free_bytes / GIB
+            )));
+        }
         let input = DecisionInput::PlanInstall {
             image: ImageMeta {
                 id: img.name.clone(),
@@ -140,7 +154,8 @@ impl Inner {
                 virtual_size_bytes: img.virtual_size_bytes,
                 ready_marker: img.ready_marker.clone(),
             },
-            request: self.install_request(vm, img, spec),
+            request,
+            pool_free_bytes: Some(pool_free_bytes),
         };
         let policy = self.policy.clone();
         let decision = tokio::task::spawn_blocking(move || policy.decide(input))
@@ -165,7 +180,12 @@ impl Inner {
         ctx: &JobCtx,
     ) -> Result<String, JobFailure> {
         ctx.progress(0.02, Some("planning"));
-        let plan = self.plan(vm, img, spec).await?;
+        let pool = self.pool(pool_name, "install.pool").map_err(failed)?;
+        let free = pool
+            .usage()
+            .map_err(|e| failed(format!("pool {pool_name:?}: {e}")))?
+            .free_bytes;
+        let plan = self.plan(vm, img, spec, pool_name, free).await?;
         if plan.completion == Completion::GuestAgent {
             return Err(failed(
                 "the plan waits for a guest agent, which this host does not support yet",
@@ -179,7 +199,6 @@ impl Inner {
             }
         };
         cancelled()?;
-        let pool = self.pool(pool_name, "install.pool").map_err(failed)?;
         // Placed on a host without a copy of the image: copy it here first.
         self.ensure_image_here(&img.name, ctx).await?;
         let image = self.library.get(&img.name).map_err(failed)?;

@@ -562,3 +562,44 @@ fn a_host_becomes_a_cluster_with_its_own_ca_and_issues_join_tokens() {
     );
     assert_eq!(d.json(&["vm", "show", "kept"])["name"], "kept");
 }
+
+#[test]
+fn an_install_whose_disk_exceeds_the_pools_free_space_fails_before_planning() {
+    let _s = serial();
+    let d = Daemon::start();
+    d.json(&[
+        "vm",
+        "create",
+        "huge",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--image",
+        "nasvisor-mini",
+        "--disk-size",
+        "65536",
+    ]);
+    let vm = d.wait_vm("huge", Duration::from_secs(60), |v| {
+        v["state"] != "installing"
+    });
+    assert_eq!(vm["state"], "install_failed", "{vm:#}");
+    let reason = vm["state_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("install.disk_size_gib: 65536 GiB does not fit in pool \"default\""),
+        "{vm:#}"
+    );
+    // Nothing was created, and the os-installer was not blamed.
+    assert_eq!(
+        d.json(&["volume", "list", "default"]),
+        serde_json::json!([])
+    );
+    let events = d.json(&["event", "list"]);
+    assert!(
+        !events.as_array().unwrap().iter().any(|e| e["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("plugin-"))
+            && e["kind"] != "plugin-installed"),
+        "{events:#}"
+    );
+}

@@ -48,6 +48,16 @@ pub enum DecisionInput {
     PlanInstall {
         image: ImageMeta,
         request: InstallRequest,
+        /// Host-only: the free bytes of the pool the disk goes to. The
+        /// validator checks the planned disk against it; it is journaled and
+        /// replayed but not passed to the plugin. Absent (unknown) in inputs
+        /// written before it existed.
+        #[serde(
+            default,
+            rename = "pool-free-bytes",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pool_free_bytes: Option<u64>,
     },
 }
 
@@ -252,7 +262,7 @@ pub fn invoke(
             )?
             .0
             .map(DecisionOutput::Actions),
-        DecisionInput::PlanInstall { image, request } => rt
+        DecisionInput::PlanInstall { image, request, .. } => rt
             .call::<PlanInstallSig, PlanInstallRet>(p, f, w, (image, request))?
             .0
             .map(DecisionOutput::Plan),
@@ -352,7 +362,7 @@ pub fn invoke_native_with(p: &NativePolicies<'_>, input: &DecisionInput, env: &d
             .sha
             .on_state_change(env, view, host, previous.as_ref(), current)
             .map(DecisionOutput::Actions),
-        DecisionInput::PlanInstall { image, request } => p
+        DecisionInput::PlanInstall { image, request, .. } => p
             .os_installer
             .plan_install(env, image, request)
             .map(DecisionOutput::Plan),

@@ -12,8 +12,8 @@ use crate::yaml::{flow_list, Writer};
 
 /// The sudo rule given to users with `sudo: true`.
 pub const SUDO_RULE: &str = "ALL=(ALL) NOPASSWD:ALL";
-/// The serial console the ready marker is written to.
-pub const SERIAL_CONSOLE: &str = "/dev/ttyS0";
+pub use nasvisor_plugin_sdk::seed::{final_message, instance_id, SERIAL_CONSOLE};
+use nasvisor_plugin_sdk::seed::{ready_command, short_hostname};
 
 /// A validated NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,45 +32,12 @@ pub struct Nic {
     pub nameservers: Vec<IpAddr>,
 }
 
-/// 64-bit FNV-1a of `bytes`.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// The instance id: `iid-nasvisor-` and 16 hex digits of the FNV-1a hash of
-/// the VM name and the host name. Deterministic, so planning the same install
-/// twice gives the same seed; different VMs or host names give different ids.
-pub fn instance_id(vm_name: &str, hostname: &str) -> String {
-    let mut key = Vec::with_capacity(vm_name.len() + hostname.len() + 1);
-    key.extend_from_slice(vm_name.as_bytes());
-    key.push(0);
-    key.extend_from_slice(hostname.as_bytes());
-    format!("iid-nasvisor-{:016x}", fnv1a64(&key))
-}
-
-/// `meta-data`: instance id and local host name.
+/// `meta-data`: instance id (see [`instance_id`]) and local host name.
 pub fn meta_data(vm_name: &str, hostname: &str) -> String {
     let mut w = Writer::default();
     w.str(0, "instance-id", &instance_id(vm_name, hostname));
     w.str(0, "local-hostname", hostname);
     w.finish()
-}
-
-/// The text of `final_message`: the marker itself, unless cloud-init's
-/// template substitution could alter it (`$` is substituted, and an unknown
-/// `$name` even fails the module; a `## template` header switches to Jinja).
-/// In that case a fixed message is used and only `runcmd` prints the marker.
-pub fn final_message(marker: &str) -> String {
-    if marker.contains('$') || marker.trim_start().starts_with("##") {
-        "nasvisor: cloud-init finished".to_string()
-    } else {
-        marker.to_string()
-    }
 }
 
 /// `user-data`: a `#cloud-config` document.
@@ -84,12 +51,11 @@ pub fn final_message(marker: &str) -> String {
 /// - `timezone` when given;
 /// - `ssh_pwauth`: true only when some user has a password hash;
 /// - `runcmd` printing the ready marker on [`SERIAL_CONSOLE`] (the marker is
-///   passed as a positional argument, never parsed by the shell), and
-///   `final_message` (see [`final_message`]).
+///   passed as a positional argument, never parsed by the shell; see
+///   [`ready_command`]), and `final_message` (see [`final_message`]).
 pub fn user_data(req: &InstallRequest, marker: &str) -> String {
     let mut w = Writer::with_header("#cloud-config\n");
-    let short = req.hostname.split('.').next().unwrap_or(&req.hostname);
-    w.str(0, "hostname", short);
+    w.str(0, "hostname", short_hostname(&req.hostname));
     if req.hostname.contains('.') {
         w.str(0, "fqdn", &req.hostname);
     }
@@ -136,11 +102,7 @@ pub fn user_data(req: &InstallRequest, marker: &str) -> String {
     let pwauth = req.users.iter().any(|u| u.password_hash.is_some());
     w.bool(0, "ssh_pwauth", pwauth);
     w.open(0, "runcmd");
-    let script = format!("printf '%s\\n' \"$1\" > {SERIAL_CONSOLE} || true");
-    w.item_raw(
-        1,
-        &flow_list(&["sh", "-c", script.as_str(), "nasvisor-ready", marker]),
-    );
+    w.item_raw(1, &flow_list(&ready_command(marker)));
     w.str(0, "final_message", &final_message(marker));
     w.finish()
 }
@@ -191,19 +153,6 @@ mod tests {
     use super::*;
     use crate::testutil::*;
     use crate::yaml::quote as q;
-
-    #[test]
-    fn instance_id_is_deterministic_and_distinct() {
-        let a = instance_id("vm1", "web01");
-        assert_eq!(a, instance_id("vm1", "web01"));
-        assert!(a.starts_with("iid-nasvisor-") && a.len() == "iid-nasvisor-".len() + 16);
-        assert_ne!(a, instance_id("vm2", "web01"));
-        assert_ne!(a, instance_id("vm1", "web02"));
-        // The separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(instance_id("ab", "c"), instance_id("a", "bc"));
-        // Known FNV-1a test vector.
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
 
     #[test]
     fn meta_data_layout() {

@@ -31,6 +31,7 @@
 //! clocks and the plugin's own settings. There is no filesystem or network.
 
 pub mod limits;
+pub mod seed;
 pub mod types;
 
 #[doc(hidden)]

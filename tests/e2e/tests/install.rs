@@ -91,6 +91,7 @@ async fn bundled_image_installs_and_reports_its_seed() {
             disk_size_gib: 1,
             ..Default::default()
         },
+        pool_free_bytes: Some(pool.usage().unwrap().free_bytes),
     });
     assert!(
         matches!(decision.source, DecisionSource::Plugin { .. }),

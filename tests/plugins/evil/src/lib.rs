@@ -12,6 +12,10 @@
 //! | `bad-host`    | places the VM on a host that does not exist         |
 //! | `log-flood`   | logs 1 MiB messages in a loop, then answers         |
 //! | `slow`        | busy-waits 30 ms (monotonic clock), then answers    |
+//!
+//! `rebalance` answers the moves its `moves` setting holds (their JSON form,
+//! docs/plugin-json.md), or none: the validator tests send hostile moves
+//! that way.
 
 use nasvisor_plugin_sdk::prelude::*;
 
@@ -100,10 +104,14 @@ impl SchedulerPolicy for Evil {
 
     fn rebalance(
         &self,
-        _env: &dyn Env,
+        env: &dyn Env,
         _view: &ClusterView,
     ) -> Result<Vec<RebalanceMove>, PluginError> {
-        Ok(vec![])
+        match env.setting("moves") {
+            None => Ok(vec![]),
+            Some(m) => serde_json::from_str(&m)
+                .map_err(|e| PluginError::new(ErrorCode::BadSettings, format!("moves: {e}"))),
+        }
     }
 }
 

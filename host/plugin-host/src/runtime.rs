@@ -219,6 +219,8 @@ struct Call {
     permit: SlotPermit,
     /// CPU time of the calling thread when the store was made.
     cpu_start: Duration,
+    /// When the call must have ended.
+    deadline: Instant,
 }
 
 /// How a plugin was loaded.
@@ -612,6 +614,7 @@ impl Runtime {
             store,
             permit,
             cpu_start,
+            deadline,
         })
     }
 
@@ -755,9 +758,35 @@ impl Runtime {
             .and_then(|f| {
                 f.call(&mut call.store, params)
                     .map_err(|e| self.classify(&call, e, false))
+            })
+            .and_then(|answer| {
+                // A call whose thread was off the CPU when the deadline
+                // passed can finish without another deadline check: its
+                // answer came too late all the same.
+                if Instant::now() > call.deadline {
+                    return Err(self.late(&call));
+                }
+                Ok(answer)
             });
         self.finish(call);
         result
+    }
+
+    /// The error of a call that reached its deadline: the plugin's fault,
+    /// unless the calling thread got less than half the deadline in CPU
+    /// time (a plugin that runs never waits: no import blocks), which is the
+    /// host's doing.
+    fn late(&self, call: &Call) -> CallError {
+        let deadline_ms = self.config.deadline_ms;
+        let cpu = thread_cpu_time().saturating_sub(call.cpu_start);
+        if cpu < Duration::from_millis(deadline_ms) / 2 {
+            CallError::Starved {
+                deadline_ms,
+                cpu_ms: cpu.as_millis() as u64,
+            }
+        } else {
+            CallError::DeadlineExceeded { deadline_ms }
+        }
     }
 
     fn classify(&self, call: &Call, e: wasmtime::Error, instantiating: bool) -> CallError {
@@ -767,23 +796,8 @@ impl Runtime {
                 limit: self.config.memory_limit_bytes(),
             };
         }
-        let deadline_ms = self.config.deadline_ms;
         match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => {
-                // A plugin that runs never waits (no import blocks), so a
-                // deadline reached with less than half of it in CPU time is
-                // the host's doing: it did not give the plugin the CPU.
-                let cpu = thread_cpu_time().saturating_sub(call.cpu_start);
-                let cpu_ms = cpu.as_millis() as u64;
-                if cpu < Duration::from_millis(deadline_ms) / 2 {
-                    CallError::Starved {
-                        deadline_ms,
-                        cpu_ms,
-                    }
-                } else {
-                    CallError::DeadlineExceeded { deadline_ms }
-                }
-            }
+            Some(wasmtime::Trap::Interrupt) => self.late(call),
             Some(trap) => {
                 let what = match trap {
                     wasmtime::Trap::UnreachableCodeReached => {

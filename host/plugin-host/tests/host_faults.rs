@@ -201,3 +201,28 @@ fn a_deadline_missed_for_lack_of_cpu_is_the_hosts_fault() {
     assert!(!status.quarantined, "{status:?}");
     assert_eq!((status.consecutive_failures, status.failures), (0, 0));
 }
+
+#[test]
+fn an_answer_finished_past_the_deadline_is_never_accepted() {
+    // A plugin spinning on the clock until 3 ms past its deadline, on a CPU
+    // shared with 4 spinning threads: off the CPU when the deadline passes,
+    // it can finish without another deadline check. Before: such late
+    // answers were accepted.
+    let _serial = serial();
+    let rt = runtime(RuntimeConfig::default());
+    let p = load(&rt, &spinning_scheduler(53));
+    let results = on_a_crowded_cpu(4, || {
+        (0..10)
+            .map(|_| invoke(&rt, &p, &place("vm"), 0))
+            .collect::<Vec<_>>()
+    });
+    for r in &results {
+        assert!(
+            matches!(
+                r,
+                Err(CallError::Starved { .. } | CallError::DeadlineExceeded { .. })
+            ),
+            "{results:?}"
+        );
+    }
+}

@@ -58,6 +58,9 @@ const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 const MAX_TABLES_PER_COMPONENT: u32 = 4;
 /// How long loading a plugin waits for a slot for its load-time check.
 const LOAD_SLOT_WAIT: Duration = Duration::from_secs(5);
+/// Instantiations a load-time check tries when the host is at fault (no
+/// slot, a starved CPU) before it gives up.
+const LOAD_ATTEMPTS: u32 = 5;
 /// wasm features refused because one of their instructions can run over a
 /// whole memory or table (bulk memory, reference types) or could block or
 /// address beyond the cap's accounting (threads, memory64, multi-memory);
@@ -667,13 +670,21 @@ impl Runtime {
         plugin: &LoadedPlugin,
         check: impl FnOnce(&mut Store<CallCtx>, &Instance) -> Result<(), String>,
     ) -> Result<(), LoadError> {
-        let (mut call, instance) = match self.instantiate(plugin, 0, LOAD_SLOT_WAIT) {
-            Ok(ok) => ok,
-            Err((call, cause)) => {
-                if let Some(call) = call {
-                    self.finish(call);
+        let mut attempts = 0;
+        let (mut call, instance) = loop {
+            attempts += 1;
+            match self.instantiate(plugin, 0, LOAD_SLOT_WAIT) {
+                Ok(ok) => break ok,
+                Err((call, cause)) => {
+                    if let Some(call) = call {
+                        self.finish(call);
+                    }
+                    // A busy or starved host says nothing about the plugin:
+                    // try again before refusing it.
+                    if cause.is_plugin_fault() || attempts == LOAD_ATTEMPTS {
+                        return Err(LoadError::Instantiation { cause });
+                    }
                 }
-                return Err(LoadError::Instantiation { cause });
             }
         };
         let checked = check(&mut call.store, &instance);

@@ -76,6 +76,8 @@ pub struct CallCtx {
     pub(crate) log_budget: usize,
     pub(crate) logs_dropped: u64,
     pub(crate) plugin: Arc<str>,
+    /// `LoadedPlugin::id` of the plugin.
+    pub(crate) plugin_id: u64,
 }
 
 /// Caps linear memory and table growth; remembers a refused growth so the

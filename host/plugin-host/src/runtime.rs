@@ -32,7 +32,7 @@ use crate::package::{self, Manifest, Package};
 use ed25519_dalek::VerifyingKey;
 use nasvisor_plugin_sdk::World;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -90,6 +90,9 @@ pub struct Runtime {
     running: u32,
     ticker: Option<Ticker>,
     reaper: Option<Reaper>,
+    /// What the reaper did for each plugin lately.
+    reaping: Arc<Reaping>,
+    next_plugin_id: AtomicU64,
     /// CPU time one worst-case transfer took to copy at start.
     transfer_cost: Duration,
 }
@@ -129,6 +132,82 @@ struct Ticker {
 struct Reaper {
     retire: mpsc::Sender<FinishedCall>,
     thread: JoinHandle<()>,
+}
+
+/// When the reaper reset each plugin's instances: resetting what a plugin
+/// touched takes CPU that its next calls then lack, so a call starved
+/// while the reaper worked for the same plugin is that plugin's doing, not
+/// the host's.
+#[derive(Debug, Default)]
+struct Reaping {
+    by_plugin: Mutex<HashMap<u64, ReapLog>>,
+}
+
+#[derive(Debug, Default)]
+struct ReapLog {
+    /// Since when the reaper has been resetting an instance of the plugin.
+    busy_since: Option<Instant>,
+    /// Resets queued or in progress.
+    pending: u32,
+    /// The latest finished resets: (start, end).
+    done: VecDeque<(Instant, Instant)>,
+}
+
+/// Finished resets kept per plugin.
+const REAP_LOG_LEN: usize = 16;
+
+impl Reaping {
+    fn log(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReapLog>> {
+        self.by_plugin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self, plugin: u64) {
+        self.log().entry(plugin).or_default().pending += 1;
+    }
+
+    fn started(&self, plugin: u64) {
+        self.log().entry(plugin).or_default().busy_since = Some(Instant::now());
+    }
+
+    fn finished(&self, plugin: u64) {
+        let mut log = self.log();
+        let entry = log.entry(plugin).or_default();
+        if let Some(start) = entry.busy_since.take() {
+            if entry.done.len() == REAP_LOG_LEN {
+                entry.done.pop_front();
+            }
+            entry.done.push_back((start, Instant::now()));
+        }
+        entry.pending = entry.pending.saturating_sub(1);
+    }
+
+    /// How long, between `since` and now, the reaper spent resetting
+    /// instances of `plugin`.
+    fn time_for(&self, plugin: u64, since: Instant) -> Duration {
+        let now = Instant::now();
+        let log = self.log();
+        let Some(entry) = log.get(&plugin) else {
+            return Duration::ZERO;
+        };
+        let overlap =
+            |start: Instant, end: Instant| end.saturating_duration_since(start.max(since));
+        entry
+            .done
+            .iter()
+            .map(|&(s, e)| overlap(s, e))
+            .sum::<Duration>()
+            + entry.busy_since.map_or(Duration::ZERO, |s| overlap(s, now))
+    }
+
+    /// Drops what is known of a plugin that has nothing queued.
+    fn forget_idle(&self) {
+        self.log().retain(|_, e| {
+            e.pending > 0
+                || e.done
+                    .back()
+                    .is_some_and(|(_, end)| end.elapsed() < Duration::from_secs(60))
+        });
+    }
 }
 
 /// Counts the free call slots; a call holds a [`SlotPermit`] from before
@@ -246,6 +325,8 @@ pub struct LoadedPlugin {
     pub(crate) exports: HashMap<&'static str, ComponentExportIndex>,
     pub(crate) settings: Arc<Vec<(String, String)>>,
     pub(crate) label: Arc<str>,
+    /// Unique among the plugins this runtime loaded.
+    pub(crate) id: u64,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -373,10 +454,21 @@ impl Runtime {
         };
         let ticker = Self::start_ticker(&engine, Duration::from_millis(config.epoch_tick_ms))?;
         let (retire, retired) = mpsc::channel::<FinishedCall>();
-        let reaper = std::thread::Builder::new()
-            .name("plugin-reaper".into())
-            .spawn(move || retired.into_iter().for_each(drop))
-            .map_err(|e| format!("reaper thread: {e}"))?;
+        let reaping = Arc::new(Reaping::default());
+        let reaper = {
+            let reaping = reaping.clone();
+            std::thread::Builder::new()
+                .name("plugin-reaper".into())
+                .spawn(move || {
+                    for done in retired {
+                        let plugin = done._store.data().plugin_id;
+                        reaping.started(plugin);
+                        drop(done);
+                        reaping.finished(plugin);
+                    }
+                })
+                .map_err(|e| format!("reaper thread: {e}"))?
+        };
         // Plugins never wait (no import blocks), so calls beyond one per
         // CPU would only share the CPUs, stretch every call in progress and
         // make them miss their deadlines; they wait for a slot instead.
@@ -395,6 +487,8 @@ impl Runtime {
                 retire,
                 thread: reaper,
             }),
+            reaping,
+            next_plugin_id: AtomicU64::new(0),
             transfer_cost,
         })
     }
@@ -570,6 +664,7 @@ impl Runtime {
             exports,
             settings: Arc::new(settings),
             label,
+            id: self.next_plugin_id.fetch_add(1, Ordering::Relaxed),
         };
         crate::decision::typecheck(self, &plugin)?;
         Ok(plugin)
@@ -599,6 +694,7 @@ impl Runtime {
             log_budget: self.config.log_budget_bytes,
             logs_dropped: 0,
             plugin: plugin.label.clone(),
+            plugin_id: plugin.id,
         };
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|cx| &mut cx.limiter);
@@ -630,14 +726,20 @@ impl Runtime {
             tracing::warn!(plugin = %data.plugin, dropped = data.logs_dropped, "plugin log records dropped");
         }
         let expensive = data.limiter.largest > KEEP_RESIDENT_BYTES || data.limiter.hit.is_some();
+        let plugin = data.plugin_id;
         let done = FinishedCall {
             _store: call.store,
             _permit: call.permit,
         };
         if expensive {
             if let Some(r) = &self.reaper {
-                // On a send error (the reaper is gone) the call is dropped here.
-                let _ = r.retire.send(done);
+                self.reaping.forget_idle();
+                self.reaping.queued(plugin);
+                if let Err(mpsc::SendError(done)) = r.retire.send(done) {
+                    // The reaper is gone: drop it here.
+                    drop(done);
+                    self.reaping.finished(plugin);
+                }
             }
         }
     }
@@ -786,11 +888,15 @@ impl Runtime {
     /// The error of a call that reached its deadline: the plugin's fault,
     /// unless the calling thread got less than half the deadline in CPU
     /// time (a plugin that runs never waits: no import blocks), which is the
-    /// host's doing.
+    /// host's doing. Except when the reaper spent a quarter of the deadline
+    /// or more, during the call, resetting memory this plugin touched in
+    /// earlier calls: then the plugin starved itself.
     fn late(&self, call: &Call) -> CallError {
         let deadline_ms = self.config.deadline_ms;
+        let deadline = Duration::from_millis(deadline_ms);
         let cpu = thread_cpu_time().saturating_sub(call.cpu_start);
-        if cpu < Duration::from_millis(deadline_ms) / 2 {
+        let data = call.store.data();
+        if cpu < deadline / 2 && self.reaping.time_for(data.plugin_id, data.origin) < deadline / 4 {
             CallError::Starved {
                 deadline_ms,
                 cpu_ms: cpu.as_millis() as u64,

@@ -226,3 +226,28 @@ fn an_answer_finished_past_the_deadline_is_never_accepted() {
         );
     }
 }
+
+#[test]
+fn a_plugin_slowed_by_the_reset_of_its_own_memory_is_blamed() {
+    // It writes all of a 4 GiB memory until the deadline; resetting what it
+    // touched (on the reaper thread, after the call) holds up the page
+    // faults of its next call, whose thread then gets little CPU: its own
+    // doing, not a starved host. Before: those calls were `Starved` and the
+    // plugin was never quarantined.
+    let _serial = serial();
+    let rt = runtime(RuntimeConfig {
+        memory_limit_mib: 4096,
+        max_consecutive_failures: 3,
+        ..RuntimeConfig::default()
+    });
+    let host = PolicyHost::new(rt.clone(), None);
+    host.install(load(&rt, &all_memory_writer()));
+    let mut sources = Vec::new();
+    for _ in 0..20 {
+        if host.status()[0].quarantined {
+            break;
+        }
+        sources.push(host.decide(place("vm")).source);
+    }
+    assert!(host.status()[0].quarantined, "{sources:?}");
+}

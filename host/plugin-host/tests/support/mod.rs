@@ -201,6 +201,26 @@ pub fn spinning_scheduler(ms: u64) -> Vec<u8> {
     .package(&format!("spin-{ms}ms"))
 }
 
+/// A scheduler whose `place` grows its memory to 4 GiB (the largest cap)
+/// and writes one word in every 4 KiB page of it, again and again, forever.
+/// (`$i` counts pages: the byte size of a 4 GiB memory does not fit in an
+/// i32.)
+pub fn all_memory_writer() -> Vec<u8> {
+    Scheduler {
+        place_body: "i32.const 65534 memory.grow drop
+          (loop $forever
+            (block $b (loop $l
+              local.get $i memory.size i32.const 16 i32.mul i32.ge_u br_if $b
+              local.get $i i32.const 12 i32.shl i32.const 1 i32.store
+              local.get $i i32.const 1 i32.add local.set $i
+              br $l))
+            i32.const 0 local.set $i
+            br $forever)",
+        ..Default::default()
+    }
+    .package("all-memory-writer")
+}
+
 /// CPU time of the calling thread.
 pub fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);

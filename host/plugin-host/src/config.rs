@@ -30,7 +30,7 @@ pub struct RuntimeConfig {
     /// Consecutive failed decisions after which a plugin is quarantined.
     pub max_consecutive_failures: u32,
     /// Instances the pooling allocator keeps slots for. At most this many
-    /// plugin calls, and at most one per CPU, run at once; further calls
+    /// plugin calls, and at most two per CPU, run at once; further calls
     /// wait for a slot.
     pub pool_instances: u32,
     /// How long a call waits for a slot before the native default decides

@@ -20,7 +20,7 @@
 //!
 //! Faults of the host are told apart from faults of the plugin: a call waits,
 //! bounded, for a slot (`CallError::NoSlot` after `slot-wait-ms`; at most
-//! `pool-instances` calls, and one per CPU, run at once), and a deadline
+//! `pool-instances` calls, and two per CPU, run at once), and a deadline
 //! reached while the calling thread got less than half the deadline in CPU
 //! time is `CallError::Starved`.
 
@@ -56,6 +56,8 @@ const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 /// Tables one plugin component may have (the default plugins have 2).
 const MAX_TABLES_PER_COMPONENT: u32 = 4;
+/// Calls that run at once per CPU this process may use (see `Runtime::new`).
+const CALLS_PER_CPU: usize = 2;
 /// How long loading a plugin waits for a slot for its load-time check.
 const LOAD_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Instantiations a load-time check tries when the host is at fault (no
@@ -86,7 +88,7 @@ pub struct Runtime {
     trusted_keys: Vec<VerifyingKey>,
     cache: Option<CodeCache>,
     slots: Arc<Slots>,
-    /// Calls that may run at once: `pool-instances`, at most one per CPU.
+    /// Calls that may run at once: `pool-instances`, at most two per CPU.
     running: u32,
     ticker: Option<Ticker>,
     reaper: Option<Reaper>,
@@ -469,11 +471,13 @@ impl Runtime {
                 })
                 .map_err(|e| format!("reaper thread: {e}"))?
         };
-        // Plugins never wait (no import blocks), so calls beyond one per
-        // CPU would only share the CPUs, stretch every call in progress and
-        // make them miss their deadlines; they wait for a slot instead.
+        // Plugins never wait (no import blocks), so many more calls than
+        // CPUs would only share the CPUs, stretch every call in progress and
+        // make them miss their deadlines; they wait for a slot instead. Two
+        // per CPU keep the CPUs busy while one call is preempted by another
+        // process, and a call preempted by its sibling waits one time slice.
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let running = n.min(u32::try_from(cpus).unwrap_or(u32::MAX));
+        let running = n.min(u32::try_from(CALLS_PER_CPU * cpus).unwrap_or(u32::MAX));
         Ok(Runtime {
             engine,
             linker,
@@ -536,7 +540,7 @@ impl Runtime {
         &self.engine
     }
 
-    /// How many calls may run at once: `pool-instances`, but at most one
+    /// How many calls may run at once: `pool-instances`, but at most two
     /// per CPU this process may use. Further calls wait for a slot.
     pub fn concurrent_calls(&self) -> u32 {
         self.running

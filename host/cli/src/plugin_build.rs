@@ -104,6 +104,9 @@ fn crate_info(tc: &Toolchain, dir: &Path) -> Result<CrateInfo> {
     })
 }
 
+/// Flags of every plugin build (see `compile_module`).
+pub const WASM_RUSTFLAGS: [&str; 1] = ["-Ctarget-cpu=mvp"];
+
 /// Compiles the crate to a core wasm module and returns its bytes.
 fn compile_module(tc: &Toolchain, info: &CrateInfo) -> Result<Vec<u8>> {
     let target_dir = info.target_dir.join("wasm");
@@ -136,6 +139,12 @@ fn compile_module(tc: &Toolchain, info: &CrateInfo) -> Result<Vec<u8>> {
     ] {
         cmd.env_remove(v);
     }
+    // The host refuses the instructions that no deadline check can
+    // interrupt (bulk memory: memory.fill/copy over a whole memory in one
+    // instruction; reference types: table.fill/grow), so the plugin and the
+    // std it links are built for the WebAssembly MVP feature set. This
+    // replaces (it does not add to) any RUSTFLAGS of the caller, removed above.
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", WASM_RUSTFLAGS.join("\x1f"));
     cmd.env("RUSTC", &tc.rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "wasm-ld")

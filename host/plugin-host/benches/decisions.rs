@@ -15,6 +15,8 @@
 //!   without a call (`Runtime::instantiate_only`).
 //! * `instantiate/instantiate+trivial-call`: a fresh store + instance and a
 //!   call of `rebalance` on an empty view: the floor of any decision.
+//! * `runtime/new`: `Runtime::new` with the defaults (engine, epoch and
+//!   reaper threads, and the measured copy of a worst-case transfer).
 //! * `load/cold-compile` and `load/from-cache`: `Runtime::load` of the signed
 //!   scheduler package (signature, digest, compile or deserialize, link,
 //!   typecheck), without a cache and from a filled compiled-code cache (the
@@ -42,15 +44,16 @@ use std::time::Duration;
 const HOSTS: usize = 7;
 const SCHEDULER: &str = "nasvisor-scheduler";
 
-/// Calls that hit the 50 ms deadline (only ever seen when another process
-/// starves this one of CPU); counted and reported rather than aborting the run.
+/// Calls that hit the 50 ms deadline or were starved of CPU (only ever seen
+/// when another process starves this one); counted and reported rather than
+/// aborting the run.
 static DEADLINE_MISSES: AtomicU64 = AtomicU64::new(0);
 
 /// `invoke`, tolerating (and counting) a deadline miss; any other error panics.
 fn invoke_counted(rt: &Runtime, p: &LoadedPlugin, input: &DecisionInput) -> Option<Answer> {
     match invoke(rt, p, input, 0) {
         Ok(a) => Some(a),
-        Err(CallError::DeadlineExceeded { .. }) => {
+        Err(CallError::DeadlineExceeded { .. } | CallError::Starved { .. }) => {
             DEADLINE_MISSES.fetch_add(1, Ordering::Relaxed);
             None
         }
@@ -135,15 +138,34 @@ fn decisions(c: &mut Criterion) {
     let out = invoke(&rt, &plugin, &trivial, 0).expect("trivial call");
     assert!(out.is_ok(), "rebalance on an empty view failed: {out:?}");
     g.bench_function("instantiate-only", |b| {
-        b.iter(|| {
-            rt.instantiate_only(black_box(&plugin))
-                .expect("instantiate")
+        b.iter(|| match rt.instantiate_only(black_box(&plugin)) {
+            Ok(()) => {}
+            Err(CallError::DeadlineExceeded { .. } | CallError::Starved { .. }) => {
+                DEADLINE_MISSES.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => panic!("instantiation failed: {e}"),
         })
     });
     g.bench_function("instantiate+trivial-call", |b| {
         b.iter(|| invoke_counted(&rt, &plugin, black_box(&trivial)))
     });
     g.finish();
+
+    // 2b. a runtime: engine, ticker and reaper threads, and the measured
+    // copy of one worst-case transfer (`max-transfer-kib`).
+    let mut g = c.benchmark_group("runtime");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("new", |b| {
+        b.iter_with_large_drop(|| runtime(RuntimeConfig::default()))
+    });
+    g.finish();
+    eprintln!(
+        "worst-case transfer of max-transfer-kib ({} KiB): {:.3} ms of CPU (measured by Runtime::new)",
+        rt.config().max_transfer_kib,
+        rt.transfer_cost().as_secs_f64() * 1e3
+    );
 
     // 3. load: cold compile, and from the compiled-code cache.
     let mut g = c.benchmark_group("load");

@@ -3,20 +3,47 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// The most a call may run past its deadline: the epoch tick plus the longest
+/// step the plugin can make the host take without a deadline check (see
+/// [`MAX_UNINTERRUPTIBLE_STEP_MS`]) must fit in it.
+pub const DEADLINE_PRECISION_MS: u64 = 5;
+/// The longest epoch tick that keeps a call within [`DEADLINE_PRECISION_MS`]
+/// of its deadline, with the longest uninterruptible step on top.
+pub const MAX_EPOCH_TICK_MS: u64 = 2;
+/// The longest host-side step a plugin may cause that no deadline check can
+/// interrupt (copying one transfer out of the plugin). `max-transfer-kib` is
+/// refused at start when this machine takes longer for it.
+pub const MAX_UNINTERRUPTIBLE_STEP_MS: u64 = 2;
+
 /// Limits and behaviour of the plugin runtime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Wall-clock deadline of one plugin call, in milliseconds (epoch based).
+    /// Wall-clock deadline of one plugin call (instantiation included), in
+    /// milliseconds. A call is stopped at most `DEADLINE_PRECISION_MS` after it.
     pub deadline_ms: u64,
     /// Cap on a plugin instance's linear memory, in MiB.
     pub memory_limit_mib: u64,
-    /// Granularity of the epoch clock, in milliseconds.
+    /// Period of the clock that makes running plugins check their deadline,
+    /// in milliseconds (1 or 2).
     pub epoch_tick_ms: u64,
     /// Consecutive failed decisions after which a plugin is quarantined.
     pub max_consecutive_failures: u32,
-    /// Instances the pooling allocator keeps slots for (concurrent calls).
+    /// Instances the pooling allocator keeps slots for. At most this many
+    /// plugin calls, and at most two per CPU, run at once; further calls
+    /// wait for a slot.
     pub pool_instances: u32,
+    /// How long a call waits for a slot before the native default decides
+    /// instead (a fault of the host, not of the plugin), in milliseconds.
+    /// The default, twice the default deadline, lets a call wait out one
+    /// that runs to its deadline.
+    pub slot_wait_ms: u64,
+    /// The most a plugin may hand the host at once (its answer, or the
+    /// arguments of one host call), in KiB. Copying it is the longest step a
+    /// plugin can make the host take without a deadline check, so the
+    /// runtime measures that copy at start and refuses a value this machine
+    /// cannot copy within `MAX_UNINTERRUPTIBLE_STEP_MS`.
+    pub max_transfer_kib: u64,
     /// Directory of the compiled-code cache; `None` disables it.
     pub cache_dir: Option<PathBuf>,
     /// Bytes of log text one call may write through the `log` import.
@@ -33,6 +60,8 @@ impl Default for RuntimeConfig {
             epoch_tick_ms: 1,
             max_consecutive_failures: 3,
             pool_instances: 32,
+            slot_wait_ms: 100,
+            max_transfer_kib: 256,
             cache_dir: None,
             log_budget_bytes: 64 * 1024,
             developer_mode: false,
@@ -41,7 +70,8 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Checks the settings; the error names the field and the reason.
+    /// Checks the settings; the error names the field and the reason. What
+    /// depends on this machine's speed is checked by `Runtime::new`.
     pub fn validate(&self) -> Result<(), String> {
         if self.deadline_ms == 0 || self.deadline_ms > 60_000 {
             return Err(format!(
@@ -55,10 +85,11 @@ impl RuntimeConfig {
                 self.memory_limit_mib
             ));
         }
-        if self.epoch_tick_ms == 0 || self.epoch_tick_ms > self.deadline_ms {
+        if self.epoch_tick_ms == 0 || self.epoch_tick_ms > MAX_EPOCH_TICK_MS {
             return Err(format!(
-                "epoch-tick-ms: {} must be between 1 and deadline-ms ({})",
-                self.epoch_tick_ms, self.deadline_ms
+                "epoch-tick-ms: {} is out of range (1..={MAX_EPOCH_TICK_MS}): a longer tick \
+                 cannot stop a plugin within {DEADLINE_PRECISION_MS} ms of its deadline",
+                self.epoch_tick_ms
             ));
         }
         if self.max_consecutive_failures == 0 {
@@ -70,10 +101,86 @@ impl RuntimeConfig {
                 self.pool_instances
             ));
         }
+        if self.slot_wait_ms > 60_000 {
+            return Err(format!(
+                "slot-wait-ms: {} is out of range (0..=60000)",
+                self.slot_wait_ms
+            ));
+        }
+        if self.max_transfer_kib < 64 || self.max_transfer_kib > 1 << 20 {
+            return Err(format!(
+                "max-transfer-kib: {} is out of range (64..=1048576)",
+                self.max_transfer_kib
+            ));
+        }
+        if self.log_budget_bytes as u64 > self.max_transfer_bytes() {
+            return Err(format!(
+                "log-budget-bytes: {} is more than max-transfer-kib ({} bytes)",
+                self.log_budget_bytes,
+                self.max_transfer_bytes()
+            ));
+        }
         Ok(())
     }
 
     pub fn memory_limit_bytes(&self) -> u64 {
         self.memory_limit_mib * 1024 * 1024
+    }
+
+    pub fn max_transfer_bytes(&self) -> u64 {
+        self.max_transfer_kib * 1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_tick_too_long_for_the_deadline_precision_is_refused() {
+        let cfg = RuntimeConfig {
+            epoch_tick_ms: 3,
+            ..RuntimeConfig::default()
+        };
+        let e = cfg.validate().unwrap_err();
+        assert!(e.starts_with("epoch-tick-ms: 3 is out of range"), "{e}");
+        assert!(e.contains("within 5 ms"), "{e}");
+    }
+
+    #[test]
+    fn every_memory_cap_up_to_4096_mib_is_accepted_next_to_the_shortest_deadline() {
+        for mib in [1, 64, 1024, 4096] {
+            let cfg = RuntimeConfig {
+                memory_limit_mib: mib,
+                deadline_ms: 1,
+                ..RuntimeConfig::default()
+            };
+            cfg.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn out_of_range_slot_wait_and_transfer_limits_name_their_field() {
+        let e = RuntimeConfig {
+            slot_wait_ms: 60_001,
+            ..RuntimeConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("slot-wait-ms: 60001"), "{e}");
+        let e = RuntimeConfig {
+            max_transfer_kib: 1,
+            ..RuntimeConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("max-transfer-kib: 1 "), "{e}");
+        let e = RuntimeConfig {
+            log_budget_bytes: 8 << 20,
+            ..RuntimeConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("log-budget-bytes: 8388608"), "{e}");
     }
 }

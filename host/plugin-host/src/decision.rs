@@ -4,7 +4,7 @@
 //! The JSON form of an input names the function (`"function": "place"`) and
 //! its arguments with their WIT names; see docs/plugin-json.md.
 
-use crate::error::CallError;
+use crate::error::{CallError, LoadError};
 use crate::runtime::{LoadedPlugin, Runtime};
 use nasvisor_plugin_sdk::prelude::*;
 use nasvisor_plugin_sdk::World;
@@ -190,23 +190,24 @@ type PlanInstallSig<'a> = (&'a ImageMeta, &'a InstallRequest);
 type PlanInstallRet = (Result<InstallPlan, PluginError>,);
 
 /// Checks every export of the plugin's world against the Rust signatures
-/// used by [`invoke`].
-pub(crate) fn typecheck(rt: &Runtime, p: &LoadedPlugin) -> Result<(), String> {
-    match p.world() {
+/// used by [`invoke`], in one fresh instance (which also shows that the
+/// plugin instantiates within the deadline and the memory cap).
+pub(crate) fn typecheck(rt: &Runtime, p: &LoadedPlugin) -> Result<(), LoadError> {
+    rt.check_instance(p, |store, i| match p.world() {
         World::Scheduler => {
-            rt.typecheck_export::<PlaceSig, PlaceRet>(p, "place")?;
-            rt.typecheck_export::<RebalanceSig, RebalanceRet>(p, "rebalance")
+            Runtime::check_export::<PlaceSig, PlaceRet>(p, store, i, "place")?;
+            Runtime::check_export::<RebalanceSig, RebalanceRet>(p, store, i, "rebalance")
         }
-        World::HaPolicy => rt.typecheck_export::<ReactSig, ActionsRet>(p, "react"),
+        World::HaPolicy => Runtime::check_export::<ReactSig, ActionsRet>(p, store, i, "react"),
         World::Sha => {
-            rt.typecheck_export::<CheckSetupSig, CheckSetupRet>(p, "check-setup")?;
-            rt.typecheck_export::<ParseStatusSig, ParseStatusRet>(p, "parse-status")?;
-            rt.typecheck_export::<OnStateChangeSig, ActionsRet>(p, "on-state-change")
+            Runtime::check_export::<CheckSetupSig, CheckSetupRet>(p, store, i, "check-setup")?;
+            Runtime::check_export::<ParseStatusSig, ParseStatusRet>(p, store, i, "parse-status")?;
+            Runtime::check_export::<OnStateChangeSig, ActionsRet>(p, store, i, "on-state-change")
         }
         World::OsInstaller => {
-            rt.typecheck_export::<PlanInstallSig, PlanInstallRet>(p, "plan-install")
+            Runtime::check_export::<PlanInstallSig, PlanInstallRet>(p, store, i, "plan-install")
         }
-    }
+    })
 }
 
 /// Asks a component for a decision (fresh instance, limits applied). The

@@ -31,12 +31,28 @@ pub enum LoadError {
     /// The WIT version is not compatible with this host.
     #[error("incompatible WIT version {found}: this host implements nasvisor:plugin@{host}")]
     IncompatibleWit { found: String, host: &'static str },
-    /// The component imports something the host does not grant.
-    #[error("forbidden import {import:?}: plugins may only import nasvisor:plugin/host and nasvisor:plugin/types")]
-    ForbiddenImport { import: String },
+    /// The component imports something the host does not grant: an
+    /// interface other than the host's own, or, in the host's interfaces, a
+    /// function, type or resource the host does not define, or a function
+    /// with another type. `detail` names the item.
+    #[error("forbidden import: {import} ({detail})")]
+    ForbiddenImport { import: String, detail: String },
+    /// The component uses a WebAssembly feature the sandbox refuses: bulk
+    /// memory and reference-type instructions (`memory.fill`, `memory.copy`,
+    /// `table.fill`, ...) run over a whole memory or table in one
+    /// instruction that no deadline check can interrupt.
+    #[error("unsupported WebAssembly feature: {detail}; plugins must be built for the WebAssembly MVP feature set (rustc -C target-cpu=mvp, as `nasvisor plugin build` does)")]
+    UnsupportedFeature { detail: String },
     /// Compiling the component failed.
     #[error("invalid component: {0}")]
     Compile(String),
+    /// The component compiled and links, but a fresh instance of it fails:
+    /// its start function traps, runs past the deadline or grows memory past
+    /// the cap, or it needs more instances, memories or tables than a
+    /// sandbox slot has. A fault of the host (no free slot, a starved CPU)
+    /// shows here too, with `cause.is_plugin_fault()` false.
+    #[error("the plugin cannot be instantiated: {cause}")]
+    Instantiation { cause: CallError },
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -50,7 +66,7 @@ pub enum LoadError {
 /// default policy on each of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The call ran past its epoch deadline.
+    /// The call (instantiation included) ran past its deadline.
     #[error("deadline exceeded: the plugin ran longer than {deadline_ms} ms")]
     DeadlineExceeded { deadline_ms: u64 },
     /// The plugin tried to grow its memory past the cap.

@@ -10,7 +10,7 @@
 //! | `panic`       | panics                                              |
 //! | `huge-output` | answers with a 32 MiB reason string                 |
 //! | `bad-host`    | places the VM on a host that does not exist         |
-//! | `log-flood`   | logs 1 MiB messages in a loop, then answers         |
+//! | `log-flood`   | logs 128 KiB messages in a loop, then answers       |
 //! | `slow`        | busy-waits 30 ms (monotonic clock), then answers    |
 //!
 //! `rebalance` answers the moves its `moves` setting holds (their JSON form,
@@ -73,7 +73,7 @@ impl SchedulerPolicy for Evil {
                 reason: "lying".into(),
             }),
             "log-flood" => {
-                let big = "y".repeat(1 << 20);
+                let big = "y".repeat(128 << 10);
                 for _ in 0..50 {
                     env.info(&big);
                 }

@@ -48,6 +48,7 @@ pub mod state_machine;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod trust;
 pub mod types;
 
 pub use join::JoinToken;

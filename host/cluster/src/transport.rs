@@ -41,6 +41,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::ca::{node_name, JOIN_NAME};
 use crate::store::Shared;
+use crate::trust::Admission;
 use crate::types::{Command, JoinRefused, NodeId, Response as RaftResponse, Revision};
 
 /// Raft append-entries (and heartbeats).
@@ -150,6 +151,10 @@ pub struct JoinResponse {
     pub ca_key_pem: Option<String>,
     /// The current members and their addresses.
     pub members: BTreeMap<NodeId, String>,
+    /// The key pins recorded for the members (absent for members that
+    /// joined before keys were recorded, and from older leaders).
+    #[serde(default)]
+    pub member_keys: BTreeMap<NodeId, String>,
     /// The leader that admitted the host.
     pub leader_id: NodeId,
 }
@@ -552,13 +557,13 @@ async fn serve_conn(
             return;
         }
     };
-    let peer = crate::tls::peer_node_id(stream.get_ref().1);
+    let peer = crate::tls::peer_of(stream.get_ref().1);
     if !join && peer.is_none() {
         // Unreachable with the member verifier; refuse rather than serve.
         return;
     }
     let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
+        let (shared, peer) = (shared.clone(), peer.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(shared, peer, join, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -596,7 +601,7 @@ fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
 
 async fn handle(
     shared: Weak<Shared>,
-    peer: Option<NodeId>,
+    peer: Option<(NodeId, String)>,
     join: bool,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -612,19 +617,13 @@ async fn handle(
             return plain(StatusCode::NOT_FOUND, "only the join route is served here");
         }
     } else {
-        let peer = peer.unwrap_or(0);
-        if !shared.admits(peer) {
-            tracing::warn!(
-                peer,
-                path,
-                "refused a request of a host that is not a member"
-            );
-            return plain(
-                StatusCode::FORBIDDEN,
-                format!("node {peer} is not a member of this cluster"),
-            );
+        let (id, key) = peer.clone().unwrap_or_default();
+        if let Admission::Refused(why) = shared.admission(id, &key) {
+            tracing::warn!(peer = id, path, reason = %why, "refused a request of a cluster peer");
+            return plain(StatusCode::FORBIDDEN, why.to_string());
         }
     }
+    let peer = peer.map(|(id, _)| id);
     if req.method() != http::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST is served");
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nasvisor_cluster::ca::{node_name, Pki};
+use nasvisor_cluster::ca::{new_node_key, node_name, ClusterCa, Pki};
 use nasvisor_cluster::transport::{
     Forward, ForwardError, ForwardReply, PeerTransport, PATH_FORWARD,
 };
@@ -577,4 +577,296 @@ async fn a_host_joining_after_a_log_purge_gets_a_snapshot() {
     let rev = s2.put("vm", "after", json!(1), None).await.unwrap();
     assert_eq!(s1.get("vm", "after"), Some((json!(1), rev)));
     shutdown(vec![h1, h2]).await;
+}
+
+/// A certificate for member `node_id`, freshly signed with the real CA key
+/// read from `member_dir` (a stolen disk, or a removed host that kept it),
+/// with a key of its own.
+fn mint(member_dir: &std::path::Path, node_id: u64, addr: &str) -> Pki {
+    let pki = Pki::load(member_dir).unwrap().unwrap();
+    let ca_key = std::fs::read_to_string(member_dir.join("pki/ca.key")).unwrap();
+    let ca = ClusterCa::from_pem(pki.ca.cert_pem(), Some(&ca_key)).unwrap();
+    let (node_key_pem, csr) = new_node_key().unwrap();
+    let node_cert_pem = ca.issue(node_id, addr, &csr).unwrap();
+    Pki {
+        cluster_id: pki.cluster_id,
+        node_id,
+        ca,
+        node_cert_pem,
+        node_key_pem,
+    }
+}
+
+/// POSTs `body` to `path` on node `target` with a raw client presenting
+/// `identity`; the answer's body, or why the call failed.
+async fn raw_post(
+    trust: &Pki,
+    identity: &Pki,
+    target: u64,
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    raw_transport(trust, Some(identity))
+        .call(target, addr, path, body, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A server that claims to be node `identity.node_id` and answers every
+/// request `{"Ok": "done"}`: what a host holding the CA key could put at a
+/// member's address.
+async fn impostor_server(identity: &Pki) -> (String, tokio::task::JoinHandle<()>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(identity.node_chain().unwrap(), identity.node_key().unwrap())
+    .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"{\"Ok\":\"done\"}")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_minted_with_the_real_ca_key_for_a_member_is_refused() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let h3 = join(&h1).await;
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    // Every member's key is recorded, on every member.
+    for h in [&h1, &h2, &h3] {
+        let keys: Vec<_> = h.store().members().into_iter().map(|m| m.key).collect();
+        assert!(keys.iter().all(Option::is_some), "{keys:?}");
+    }
+    let recorded = h1.store().members()[1].key.clone().unwrap();
+    assert_eq!(recorded, pki2.node_key_pin().unwrap());
+
+    // Node 2's name, signed by the real CA key taken from node 3's disk,
+    // with another key.
+    let forged = mint(h3.dir.path(), 2, &h2.addr);
+    let vote = json!({ "vote": { "leader_id": { "term": 0, "node_id": 2 }, "committed": false },
+                       "last_log_id": null });
+    let peer_call = json!({ "method": "read", "body": {} });
+    // The real node 2 is served on the raft and peer routes...
+    raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/raft/vote", &vote)
+        .await
+        .expect("the real node 2 votes");
+    raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/peer", &peer_call)
+        .await
+        .expect("the real node 2 calls its peers");
+    // ...the forged one nowhere: raft RPC, peer call, forwarded write.
+    for (path, body) in [
+        ("/v1/raft/vote", &vote),
+        ("/v1/peer", &peer_call),
+        (
+            "/v1/cluster/forward",
+            &json!({ "write": { "op": "put", "kind": "vm", "key": "x", "value": 1,
+                                "expected_revision": null } }),
+        ),
+    ] {
+        for (id, addr) in [(1, &h1.addr), (3, &h3.addr)] {
+            let err = raw_post(&pki1, &forged, id, addr, path, body)
+                .await
+                .expect_err("a minted certificate must be refused");
+            eprintln!("minted node 2 -> node {id} {path}: {err}");
+        }
+    }
+    assert!(h1.store().get("vm", "x").is_none(), "nothing was written");
+
+    // A member dialling node 1 at an address where an impostor presents a
+    // minted node-1 certificate refuses it; at node 1's real address it
+    // works.
+    let impostor = mint(h2.dir.path(), 1, &h1.addr);
+    let (fake_addr, fake) = impostor_server(&impostor).await;
+    let err = h2
+        .store()
+        .ping(1, &fake_addr)
+        .await
+        .expect_err("an impostor of node 1 must be refused");
+    assert!(err.to_string().contains("key"), "{err}");
+    fake.abort();
+    h2.store().ping(1, &h1.addr).await.unwrap();
+    h3.store().ping(2, &h2.addr).await.unwrap();
+
+    // A removed host is refused, with its own certificate and with a fresh
+    // one for its id. (The leader cannot be removed: take the other one.)
+    let (victim, other) = if h2.store().is_leader() {
+        (&h3, &h2)
+    } else {
+        (&h2, &h3)
+    };
+    let victim_id = victim.id();
+    let victim_pki = Pki::load(victim.dir.path()).unwrap().unwrap();
+    h1.store().remove_member(victim_id).await.unwrap();
+    let fresh = mint(other.dir.path(), victim_id, &victim.addr);
+    for pki in [&victim_pki, &fresh] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match raw_post(&pki1, pki, 1, &h1.addr, "/v1/peer", &peer_call).await {
+                Err(e) => break e,
+                Ok(_) => assert!(
+                    Instant::now() < deadline,
+                    "node 1 still accepts node {victim_id}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("removed node {victim_id} -> node 1: {err}");
+    }
+    // The remaining members still work.
+    other
+        .store()
+        .put("vm", "after", json!(1), None)
+        .await
+        .unwrap();
+    h1.store().ping(other.id(), &other.addr).await.unwrap();
+    shutdown(vec![h1, h2, h3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_cannot_rewrite_the_membership_records_through_the_leader() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    // Node 2 tries to re-pin node 1 to a key of its choice, and to admit a
+    // host of its own without a token.
+    let attempts = [
+        json!({ "write": { "op": "put", "kind": "@node", "key": "1",
+                           "value": { "addr": h1.addr, "status": "member", "key": "00" },
+                           "expected_revision": null } }),
+        json!({ "write": { "op": "admit", "token_hash": "x", "now_ms": 0, "node_id": 9,
+                           "addr": "127.0.0.1:1", "key": "00" } }),
+        json!({ "write": { "op": "delete", "kind": "@node", "key": "1",
+                           "expected_revision": null } }),
+    ];
+    for a in &attempts {
+        let answer = raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/cluster/forward", a)
+            .await
+            .unwrap();
+        let err = answer["Err"]["failed"].as_str().unwrap_or_default();
+        assert!(err.contains("may not write the membership"), "{answer}");
+    }
+    assert_eq!(
+        h1.store().members()[0].key,
+        Some(pki1.node_key_pin().unwrap())
+    );
+    assert_eq!(h1.store().members().len(), 2);
+    // Ordinary forwarded writes still work.
+    h2.store().put("vm", "y", json!(1), None).await.unwrap();
+    shutdown(vec![h1, h2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_records_the_keys_of_hosts_that_joined_before_keys_were_recorded() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let mut hosts = vec![h1, h2];
+    let pki1 = Pki::load(hosts[0].dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(hosts[1].dir.path()).unwrap().unwrap();
+    // Make both records look like an older release's: no key.
+    for (id, h) in [(1u64, 0usize), (2, 1)] {
+        let leader = hosts.iter().find(|h| h.store().is_leader()).unwrap();
+        let value = json!({ "addr": hosts[h].addr, "status": "member" });
+        leader
+            .store()
+            .raft()
+            .client_write(nasvisor_cluster::Command::Put {
+                kind: "@node".into(),
+                key: id.to_string(),
+                value,
+                expected_revision: None,
+            })
+            .await
+            .unwrap();
+    }
+    eventually("the keys gone on node 2", Duration::from_secs(5), || {
+        hosts[1]
+            .store()
+            .members()
+            .iter()
+            .all(|m| m.key.is_none())
+            .then_some(())
+    })
+    .await;
+    // Unpinned, a minted certificate passes on its name alone (the upgrade
+    // window the docs describe)...
+    let forged = mint(hosts[0].dir.path(), 2, &hosts[1].addr);
+    let ping = json!("ping");
+    raw_post(
+        &pki1,
+        &forged,
+        1,
+        &hosts[0].addr,
+        "/v1/cluster/forward",
+        &ping,
+    )
+    .await
+    .expect("an unpinned member is admitted by name");
+    // ...until the leader dials node 2 again (here: node 2 restarts) and
+    // records the key node 2 presents, and its own.
+    let h = &mut hosts[1];
+    let store = h.store.take().unwrap();
+    store.shutdown().await.unwrap();
+    let store = ClusterStore::open(h.dir.path(), 2, h.addr.clone())
+        .await
+        .unwrap();
+    store.serve(h.addr.parse().unwrap()).await.unwrap();
+    h.store = Some(store);
+    for h in &hosts {
+        eventually("both keys recorded", Duration::from_secs(10), || {
+            let keys: Vec<_> = h.store().members().into_iter().map(|m| m.key).collect();
+            let want = [
+                Some(pki1.node_key_pin().unwrap()),
+                Some(pki2.node_key_pin().unwrap()),
+            ];
+            (keys == want).then_some(())
+        })
+        .await;
+    }
+    let err = raw_post(
+        &pki1,
+        &forged,
+        1,
+        &hosts[0].addr,
+        "/v1/cluster/forward",
+        &ping,
+    )
+    .await
+    .expect_err("pinned now");
+    eprintln!("after the key was recorded: {err}");
+    hosts[1]
+        .store()
+        .put("vm", "z", json!(1), None)
+        .await
+        .unwrap();
+    shutdown(hosts).await;
 }

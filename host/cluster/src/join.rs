@@ -175,6 +175,24 @@ impl ClusterStore {
         leader_addr: &str,
         token: &str,
     ) -> Result<Self, StoreError> {
+        let limits = crate::store::default_server_limits();
+        Self::join_with_limits(data_dir, node_id, my_addr, leader_addr, token, limits).await
+    }
+
+    /// [`Self::join`], serving the cluster endpoint within `limits` (see
+    /// [`Self::set_server_limits`]).
+    pub async fn join_with_limits(
+        data_dir: impl AsRef<Path>,
+        node_id: Option<NodeId>,
+        my_addr: impl Into<String>,
+        leader_addr: &str,
+        token: &str,
+        limits: nasvisor_limits::ServerLimits,
+    ) -> Result<Self, StoreError> {
+        limits.check().map_err(|e| StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
         let dir = data_dir.as_ref();
         let my_addr = my_addr.into();
         let token: JoinToken = token.parse()?;
@@ -233,6 +251,7 @@ impl ClusterStore {
         }
         pki.save(dir)?;
         let store = Self::open(dir, node_id, my_addr.clone()).await?;
+        store.set_server_limits(limits)?;
         *store
             .shared
             .bootstrap

@@ -52,7 +52,8 @@ pub mod trust;
 pub mod types;
 
 pub use join::JoinToken;
+pub use nasvisor_limits::ServerLimits;
 pub use peer::{PeerFuture, PeerHandler, PeerReply, PeerRequest};
 pub use state::{ClusterInfo, NodeStatus};
-pub use store::{ClusterSettings, ClusterStore, Member, StoreError};
+pub use store::{default_server_limits, ClusterSettings, ClusterStore, Member, StoreError};
 pub use types::{Command, JoinRefused, NodeId, Response, Revision};

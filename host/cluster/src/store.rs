@@ -38,6 +38,7 @@ use crate::transport::{
     PATH_FORWARD,
 };
 use crate::types::{Command, JoinRefused, Node, NodeId, Raft, RaftMetrics, Response, Revision};
+use nasvisor_limits::{ConnectionGate, Exempt, ServerLimits};
 
 /// The file name of the host's cluster database inside its data directory.
 pub const DB_FILE: &str = "cluster.redb";
@@ -264,6 +265,8 @@ pub(crate) struct Shared {
     pub(crate) bootstrap: RwLock<BTreeMap<NodeId, Option<String>>>,
     /// The hosts whose key the leader is recording.
     pub(crate) recording: crate::trust::Recording,
+    /// The limits of the cluster endpoint.
+    pub(crate) limits: RwLock<ServerLimits>,
     /// Serializes membership changes made by this host as leader.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// The host service's handler of [`crate::peer`] requests.
@@ -367,6 +370,7 @@ impl ClusterStore {
             transport,
             bootstrap: RwLock::new(BTreeMap::new()),
             recording: Default::default(),
+            limits: RwLock::new(default_server_limits()),
             admin: tokio::sync::Mutex::new(()),
             peer_handler: RwLock::new(None),
         });
@@ -820,11 +824,22 @@ impl ClusterStore {
         let weak = Arc::downgrade(&self.shared);
         let peer = crate::tls::peer_server_config(&pki, self.shared.key_check())?;
         let join = crate::tls::join_server_config(&pki)?;
-        let handle =
-            spawn_server(listener, weak, peer, join).map_err(|source| StoreError::Bind {
+        let limits = self.server_limits();
+        let members = weak.clone();
+        let exempt: Exempt =
+            Arc::new(move |ip| members.upgrade().is_some_and(|s| s.is_member_ip(ip)));
+        let gate = ConnectionGate::with_exemption(
+            "cluster",
+            limits.max_connections,
+            limits.max_connections_per_address,
+            Some(exempt),
+        );
+        let handle = spawn_server(listener, weak, peer, join, limits, gate).map_err(|source| {
+            StoreError::Bind {
                 addr: listen.to_string(),
                 source,
-            })?;
+            }
+        })?;
         let addr = handle.addr;
         tracing::info!(node_id = self.node_id(), %addr, "serving the cluster endpoint");
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
@@ -833,6 +848,31 @@ impl ClusterStore {
         let shared = self.shared.clone();
         tokio::spawn(async move { shared.record_key(shared.node_id, None).await });
         Ok(addr)
+    }
+
+    /// Set the limits of the cluster endpoint (connection caps, handshake,
+    /// header, idle and body timeouts; [`default_server_limits`] until
+    /// then). They apply when it is next served.
+    pub fn set_server_limits(&self, limits: ServerLimits) -> Result<(), StoreError> {
+        limits.check().map_err(|e| StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
+        *self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+        Ok(())
+    }
+
+    /// The limits of the cluster endpoint.
+    pub fn server_limits(&self) -> ServerLimits {
+        self.shared
+            .limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The address the cluster endpoint is served on, if it is.
@@ -885,6 +925,16 @@ fn writes_membership(cmd: &Command) -> bool {
     match cmd {
         Command::Admit { .. } => true,
         Command::Put { kind, .. } | Command::Delete { kind, .. } => kind == KIND_NODE,
+    }
+}
+
+/// The cluster endpoint's default limits: those of [`ServerLimits`], but at
+/// most 16 connections per non-member address (a stranger only ever needs
+/// one, to join). Members' addresses are not counted.
+pub fn default_server_limits() -> ServerLimits {
+    ServerLimits {
+        max_connections_per_address: 16,
+        ..ServerLimits::default()
     }
 }
 

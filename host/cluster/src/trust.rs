@@ -28,6 +28,7 @@
 //!   get its key recorded.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::state::{NodeRecord, NodeStatus, KIND_NODE};
@@ -138,6 +139,34 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether `ip` is the address of a member or of a host joining (the
+    /// address part of its recorded cluster address; host names are not
+    /// resolved). Their connections are not counted against the cluster
+    /// endpoint's connection caps.
+    pub(crate) fn is_member_ip(&self, ip: IpAddr) -> bool {
+        let is = |addr: &str| {
+            crate::ca::addr_host(addr)
+                .parse::<IpAddr>()
+                .is_ok_and(|a| a.to_canonical() == ip)
+        };
+        let in_membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| is(&n.addr));
+        in_membership
+            || self
+                .sm
+                .read()
+                .state
+                .nodes()
+                .values()
+                .any(|n| n.status != NodeStatus::Removed && is(&n.addr))
     }
 
     /// A check for the TLS layer that holds this host only weakly.

@@ -870,3 +870,160 @@ async fn the_leader_records_the_keys_of_hosts_that_joined_before_keys_were_recor
         .unwrap();
     shutdown(hosts).await;
 }
+
+/// A TLS connection to the cluster endpoint at `addr` from the local
+/// address `source`, as a joining host makes it (no client certificate):
+/// what anyone on the network can open.
+async fn stranger(
+    ca_fingerprint: &str,
+    addr: &str,
+    source: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    let tcp = socket.connect(addr.parse().unwrap()).await?;
+    let config = nasvisor_cluster::tls::join_client_config(ca_fingerprint).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(nasvisor_cluster::tls::join_server_name(), tcp)
+        .await
+}
+
+/// Sends `at_once` into `tls`, then trickles `data` (then `a`s) a byte
+/// every 100 ms; returns how long after `at_once` the server closed the
+/// connection, and what it answered.
+async fn trickle(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    at_once: Vec<u8>,
+    data: Vec<u8>,
+) -> (Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(&at_once).await.unwrap();
+    let t0 = Instant::now();
+    let mut answer = String::new();
+    let mut buf = [0u8; 1024];
+    for i in 0.. {
+        let byte = data.get(i).copied().unwrap_or(b'a');
+        if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+            return (t0.elapsed(), answer);
+        }
+        match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (t0.elapsed(), answer),
+            Ok(Ok(n)) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never closed");
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
+    init_logs();
+    let limits = nasvisor_cluster::ServerLimits {
+        max_connections: 6,
+        max_connections_per_address: 2,
+        header_timeout: Duration::from_millis(1500),
+        idle_timeout: Duration::from_millis(1000),
+        body_timeout: Duration::from_millis(800),
+        ..nasvisor_cluster::default_server_limits()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = ClusterStore::create(dir.path(), 1, addr.clone(), ClusterSettings::default())
+        .await
+        .unwrap();
+    store.set_server_limits(limits.clone()).unwrap();
+    store.serve(addr.parse().unwrap()).await.unwrap();
+    let h1 = Host {
+        dir,
+        addr,
+        store: Some(store),
+    };
+    let token = h1
+        .store()
+        .issue_join_token(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let addr2 = free_addr();
+    let s2 =
+        ClusterStore::join_with_limits(dir2.path(), None, addr2.clone(), &h1.addr, &token, limits)
+            .await
+            .unwrap();
+    let h2 = Host {
+        dir: dir2,
+        addr: addr2,
+        store: Some(s2),
+    };
+    let fp = h1.store().cluster_info().unwrap().ca_fingerprint;
+    let head = b"POST /v1/cluster/join HTTP/1.1\r\nHost: join.nasvisor.cluster\r\n".to_vec();
+
+    // Strangers from 127.0.0.2-5 take every slot of node 1's endpoint
+    // (2 per address, 6 in all) and trickle request heads into them.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for source in [
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.4",
+        "127.0.0.5",
+    ] {
+        match stranger(&fp, &h1.addr, source).await {
+            Ok(tls) => held.push(tokio::spawn(trickle(tls, Vec::new(), head.clone()))),
+            Err(e) => {
+                eprintln!("{source}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (6, 2));
+
+    // The members are not counted: node 2 opens new connections to node 1
+    // and the cluster commits.
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    for _ in 0..3 {
+        raw_ping(&raw_transport(&pki1, Some(&pki2)), 1, &h1.addr)
+            .await
+            .expect("a member connects while strangers hold every slot");
+    }
+    h2.store()
+        .put("vm", "during", json!(1), None)
+        .await
+        .unwrap();
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "all strangers still held"
+    );
+
+    // The trickling strangers are closed by the header timeout.
+    for h in held {
+        let (after, _) = h.await.unwrap();
+        eprintln!("stranger closed after {after:?}");
+        assert!(after >= Duration::from_millis(1400), "{after:?}");
+        assert!(after < Duration::from_secs(5), "{after:?}");
+    }
+
+    // A join body (its sender is not authenticated) trickled in a byte at
+    // a time is refused after the body timeout, although bytes keep
+    // arriving.
+    let tls = stranger(&fp, &h1.addr, "127.0.0.2").await.unwrap();
+    let mut request = head.clone();
+    request.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n");
+    let (after, answer) = tokio::spawn(trickle(tls, request, b"{\"cluster_id\": ".to_vec()))
+        .await
+        .unwrap();
+    eprintln!("trickled join body closed after {after:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout-ms"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(700) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+    h1.store().put("vm", "after", json!(1), None).await.unwrap();
+    shutdown(vec![h1, h2]).await;
+}

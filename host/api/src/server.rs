@@ -91,7 +91,7 @@ pub enum ServerError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     /// A limit is unusable (names the setting).
-    #[error("api.{0}")]
+    #[error("admin endpoint limits: {0}")]
     Limits(#[from] nasvisor_limits::LimitError),
     /// Binding the listen address.
     #[error("listen on {addr}: {source}")]

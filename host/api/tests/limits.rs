@@ -318,7 +318,7 @@ async fn unusable_limits_are_refused_naming_the_setting() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("api.max-connections-per-address: must be 1 to"),
+            .starts_with("admin endpoint limits: max-connections-per-address: must be 1 to"),
         "{err}"
     );
 }

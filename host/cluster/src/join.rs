@@ -175,7 +175,7 @@ impl ClusterStore {
         leader_addr: &str,
         token: &str,
     ) -> Result<Self, StoreError> {
-        let limits = crate::store::default_server_limits();
+        let limits = nasvisor_limits::ServerLimits::default();
         Self::join_with_limits(data_dir, node_id, my_addr, leader_addr, token, limits).await
     }
 
@@ -418,12 +418,25 @@ impl Shared {
                 leader_addr: self.leader().and_then(|(_, a)| a),
             });
         }
+        // A stranger with a made-up token must not get anything into the
+        // log: check against this leader's state first (applying the
+        // command checks again, authoritatively).
+        let (token_hash, now) = (secret_hash(&req.secret), now_ms());
+        let precheck = self
+            .sm
+            .read()
+            .state
+            .check_admit(&token_hash, now, req.node_id, Some(&key));
+        if let Err(reason) = precheck {
+            tracing::warn!(%reason, addr = %req.addr, "join refused");
+            return Err(reason);
+        }
         // The joining host pins the members with the keys it is told: the
         // leader's own must be recorded (a cluster created before keys were).
         self.record_key(self.node_id, None).await;
         let cmd = Command::Admit {
-            token_hash: secret_hash(&req.secret),
-            now_ms: now_ms(),
+            token_hash,
+            now_ms: now,
             node_id: req.node_id,
             addr: req.addr.clone(),
             key: Some(key),

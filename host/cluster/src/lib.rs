@@ -55,5 +55,5 @@ pub use join::JoinToken;
 pub use nasvisor_limits::ServerLimits;
 pub use peer::{PeerFuture, PeerHandler, PeerReply, PeerRequest};
 pub use state::{ClusterInfo, NodeStatus};
-pub use store::{default_server_limits, ClusterSettings, ClusterStore, Member, StoreError};
+pub use store::{ClusterSettings, ClusterStore, Member, StoreError};
 pub use types::{Command, JoinRefused, NodeId, Response, Revision};

@@ -170,7 +170,7 @@ impl DesiredState {
     }
 
     /// Check a [`Command::Admit`]: the node id to assign, or why not.
-    fn check_admit(
+    pub(crate) fn check_admit(
         &self,
         token_hash: &str,
         now_ms: u64,

@@ -370,7 +370,7 @@ impl ClusterStore {
             transport,
             bootstrap: RwLock::new(BTreeMap::new()),
             recording: Default::default(),
-            limits: RwLock::new(default_server_limits()),
+            limits: RwLock::new(ServerLimits::default()),
             admin: tokio::sync::Mutex::new(()),
             peer_handler: RwLock::new(None),
         });
@@ -851,8 +851,9 @@ impl ClusterStore {
     }
 
     /// Set the limits of the cluster endpoint (connection caps, handshake,
-    /// header, idle and body timeouts; [`default_server_limits`] until
-    /// then). They apply when it is next served.
+    /// header, idle and body timeouts; [`ServerLimits::default`] until
+    /// then; members' addresses are not counted against the connection
+    /// caps). They apply when it is next served.
     pub fn set_server_limits(&self, limits: ServerLimits) -> Result<(), StoreError> {
         limits.check().map_err(|e| StoreError::Invalid {
             field: e.field,
@@ -925,16 +926,6 @@ fn writes_membership(cmd: &Command) -> bool {
     match cmd {
         Command::Admit { .. } => true,
         Command::Put { kind, .. } | Command::Delete { kind, .. } => kind == KIND_NODE,
-    }
-}
-
-/// The cluster endpoint's default limits: those of [`ServerLimits`], but at
-/// most 16 connections per non-member address (a stranger only ever needs
-/// one, to join). Members' addresses are not counted.
-pub fn default_server_limits() -> ServerLimits {
-    ServerLimits {
-        max_connections_per_address: 16,
-        ..ServerLimits::default()
     }
 }
 

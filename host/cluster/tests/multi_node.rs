@@ -262,6 +262,7 @@ async fn bad_reused_and_expired_tokens_and_the_member_limit() {
     let s1 = h1.store();
     let token = s1.issue_join_token(Duration::from_secs(60)).await.unwrap();
     let rev0 = s1.revision();
+    let log0 = s1.metrics().last_log_index;
 
     // Malformed: refused before anything is sent.
     let (dir, _, r) = try_join(&h1, "nvjt1.garbage").await;
@@ -299,8 +300,14 @@ async fn bad_reused_and_expired_tokens_and_the_member_limit() {
     let e = refused(r);
     assert!(matches!(e, JoinRefused::TokenExpired { .. }), "{e}");
 
-    // Nothing changed but the two tokens issued.
+    // Nothing changed but the two tokens issued: the refused joins did not
+    // even reach the log.
     assert_eq!(s1.revision(), rev0 + 1);
+    assert_eq!(
+        s1.metrics().last_log_index,
+        log0.map(|i| i + 1),
+        "one entry: the second token"
+    );
     assert_eq!(s1.members().len(), 1);
 
     // The good token joins; a second use is refused.
@@ -925,7 +932,7 @@ async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
         header_timeout: Duration::from_millis(1500),
         idle_timeout: Duration::from_millis(1000),
         body_timeout: Duration::from_millis(800),
-        ..nasvisor_cluster::default_server_limits()
+        ..nasvisor_cluster::ServerLimits::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();

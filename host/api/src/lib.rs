@@ -26,6 +26,7 @@ pub mod tls;
 
 pub use action::{Action, ByteStream, Core, FirmwareKind, ImageMetaSpec, ImageUpload, PowerOp};
 pub use error::{ApiError, CoreError};
+pub use nasvisor_limits::ServerLimits;
 pub use server::{Server, ServerSettings};
 
 /// The OpenAPI document of this API (the source of truth for routes,

@@ -12,6 +12,13 @@
 //! (`POST /api/v1/images/{name}/upload`, whose raw body is handed to
 //! [`Core::upload_image`] as it arrives, never buffered whole, limited by
 //! [`ServerSettings::max_upload`] instead of `max_body`).
+//!
+//! Every connection is held to [`ServerSettings::limits`] (see
+//! [`nasvisor_limits`]): beyond the connection caps a new connection is
+//! closed at once; the TLS handshake, the request head and each pause in a
+//! request body have timeouts (a stalled body gets `408`, and a stalled
+//! upload ends the core's import, which removes what it had received); a
+//! connection with no request in progress that stays silent is closed.
 
 use crate::action::{ByteStream, Core};
 use crate::auth::{AuthError, TokenStore};
@@ -22,10 +29,10 @@ use bytes::Bytes;
 use futures_core::Stream;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use nasvisor_limits::{BodyStalled, ConnectionGate, ReadError, ServerLimits, TimedBody};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,8 +48,6 @@ use tokio_rustls::TlsAcceptor;
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Default largest image upload (64 GiB).
 pub const DEFAULT_MAX_UPLOAD: u64 = 64 * 1024 * 1024 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How to run the endpoint.
@@ -58,6 +63,8 @@ pub struct ServerSettings {
     pub max_body: usize,
     /// Largest image upload (`POST /api/v1/images/{name}/upload`), bytes.
     pub max_upload: u64,
+    /// Connection caps and timeouts.
+    pub limits: ServerLimits,
 }
 
 impl ServerSettings {
@@ -69,6 +76,7 @@ impl ServerSettings {
             tls: TlsSettings::default(),
             max_body: DEFAULT_MAX_BODY,
             max_upload: DEFAULT_MAX_UPLOAD,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -82,6 +90,9 @@ pub enum ServerError {
     /// Admin token store.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A limit is unusable (names the setting).
+    #[error("admin endpoint limits: {0}")]
+    Limits(#[from] nasvisor_limits::LimitError),
     /// Binding the listen address.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -97,6 +108,7 @@ struct Shared {
     tokens: TokenStore,
     max_body: usize,
     max_upload: u64,
+    body_timeout: Duration,
 }
 
 /// A bound, not yet serving, endpoint.
@@ -105,6 +117,7 @@ pub struct Server {
     tls: TlsIdentity,
     shared: Arc<Shared>,
     new_token: Option<String>,
+    limits: Arc<ServerLimits>,
 }
 
 impl std::fmt::Debug for Server {
@@ -120,6 +133,7 @@ impl Server {
     /// Loads (or on first start creates) the TLS identity and the admin
     /// token, and binds the listen address.
     pub async fn bind(settings: ServerSettings, core: Arc<dyn Core>) -> Result<Self, ServerError> {
+        settings.limits.check()?;
         // Bind first: a token created before a failed bind would be lost
         // (only its hash is stored) and lock the administrator out.
         let listener =
@@ -139,8 +153,10 @@ impl Server {
                 tokens,
                 max_body: settings.max_body,
                 max_upload: settings.max_upload,
+                body_timeout: settings.limits.body_timeout,
             }),
             new_token,
+            limits: Arc::new(settings.limits),
         })
     }
 
@@ -178,11 +194,19 @@ impl Server {
     /// requests finish (up to 10 s) and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let acceptor = TlsAcceptor::from(self.tls.server_config.clone());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let limits = self.limits.clone();
+        let gate = ConnectionGate::new(
+            "admin",
+            limits.max_connections,
+            limits.max_connections_per_address,
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -192,19 +216,20 @@ impl Server {
                     }
                 },
             };
+            let Ok(permit) = gate.admit(peer.ip()) else {
+                continue; // closed at once (logged by the gate)
+            };
             let acceptor = acceptor.clone();
             let shared = self.shared.clone();
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
+            let limits = limits.clone();
+            let mut stopped = stopped.clone();
+            conns.spawn(async move {
+                let _permit = permit;
                 let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
+                    match nasvisor_limits::handshake(&limits, acceptor.accept(tcp)).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake");
                             return;
                         }
                     };
@@ -212,20 +237,24 @@ impl Server {
                     let shared = shared.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(&shared, peer, req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection error");
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                match nasvisor_limits::serve_http1(stream, svc, &limits, stop).await {
+                    Err(e) if e.is_header_timeout() => {
+                        tracing::info!(%peer, error = %e, "request head too slow; connection closed")
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "connection closed"),
+                    Ok(()) => {}
                 }
             });
         }
         drop(self.listener);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
             tracing::warn!("shutdown: open connections did not finish in time");
         }
         Ok(())
@@ -342,7 +371,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
             "Content-Type must be application/json",
         ));
     }
-    let body = read_body(req, shared.max_body).await?;
+    let body = read_body(shared, req).await?;
     let Some(action) = router::to_action(&matched, query.as_deref(), &body)? else {
         return match matched.route.operation {
             "rotateToken" => {
@@ -382,7 +411,7 @@ async fn console(
 ) -> Result<Response<RespBody>, ApiError> {
     let c = router::console_request(matched, query)?;
     // The route takes no body; refuse one rather than ignore it.
-    let body = read_body(req, shared.max_body).await?;
+    let body = read_body(shared, req).await?;
     if !body.is_empty() {
         return Err(ApiError::field("body", "this route takes no body"));
     }
@@ -440,22 +469,35 @@ async fn upload(
     let upload = match checked {
         Ok(u) => u,
         Err(e) => {
-            drain(req.into_body());
+            drain(req.into_body(), shared.body_timeout);
             return Err(e);
         }
     };
     let exceeded = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
     let stream: ByteStream = Box::pin(UploadStream {
-        body: req.into_body(),
+        body: TimedBody::new(req.into_body(), shared.body_timeout),
         seen: 0,
         max,
         exceeded: exceeded.clone(),
+        stalled: stalled.clone(),
         done: false,
     });
     tracing::debug!(name = %upload.name, "image upload");
     let result = shared.core.upload_image(upload, stream).await;
     if exceeded.load(Ordering::SeqCst) {
         return Err(too_large());
+    }
+    if stalled.load(Ordering::SeqCst) {
+        let stall = BodyStalled {
+            after: shared.body_timeout,
+        };
+        tracing::info!(error = %stall, "image upload stalled; the import was ended");
+        return Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            field: Some("body".into()),
+            reason: stall.to_string(),
+        });
     }
     let value = result?;
     Ok(json_response(StatusCode::ACCEPTED, &value))
@@ -469,10 +511,10 @@ const DRAIN_MAX: u64 = 64 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(30);
 
 /// Discards up to [`DRAIN_MAX`] bytes of `body` in the background; beyond
-/// that (or [`DRAIN_TIME`]) the connection is closed.
-fn drain(body: Incoming) {
+/// that (or [`DRAIN_TIME`], or a pause of `stall`) the connection is closed.
+fn drain(body: Incoming, stall: Duration) {
     tokio::spawn(async move {
-        let mut body = body;
+        let mut body = TimedBody::new(body, stall);
         let mut seen = 0u64;
         let _ = tokio::time::timeout(DRAIN_TIME, async {
             while let Some(Ok(frame)) = body.frame().await {
@@ -489,12 +531,13 @@ fn drain(body: Incoming) {
 }
 
 /// An upload's body as a [`ByteStream`]: data frames only, an error once
-/// more than `max` bytes arrived (and nothing after it).
+/// more than `max` bytes arrived or once it stalled (and nothing after it).
 struct UploadStream {
-    body: Incoming,
+    body: TimedBody<Incoming>,
     seen: u64,
     max: u64,
     exceeded: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     done: bool,
 }
 
@@ -514,6 +557,13 @@ impl Stream for UploadStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
+                    if let Some(stall) = e.downcast_ref::<BodyStalled>() {
+                        self.stalled.store(true, Ordering::SeqCst);
+                        return Poll::Ready(Some(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            stall.to_string(),
+                        ))));
+                    }
                     return Poll::Ready(Some(Err(std::io::Error::other(format!(
                         "reading upload: {e}"
                     )))));
@@ -539,29 +589,26 @@ impl Stream for UploadStream {
     }
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let max = shared.max_body;
     let too_large = || {
         ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body larger than {max} bytes"),
         )
     };
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > max as u64 {
-            return Err(too_large());
-        }
+    if content_length(&req).is_some_and(|len| len > max as u64) {
+        return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::status(
-            StatusCode::BAD_REQUEST,
-            format!("reading body: {e}"),
-        )),
+    // Authenticated already: a pause is bounded, the whole by the size.
+    match nasvisor_limits::read_body(req.into_body(), max, shared.body_timeout, false).await {
+        Ok(b) => Ok(b),
+        Err(ReadError::TooLarge { .. }) => Err(too_large()),
+        Err(e @ (ReadError::Stalled(_) | ReadError::TooSlow { .. })) => Err(ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            field: Some("body".into()),
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(ApiError::status(StatusCode::BAD_REQUEST, e.to_string())),
     }
 }

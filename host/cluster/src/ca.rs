@@ -77,6 +77,22 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The key pin of a DER certificate: SHA-256 (lower-case hex) of its DER
+/// SubjectPublicKeyInfo. The membership records each host's pin when it
+/// joins; a peer is admitted only with a certificate that carries it.
+/// `None` if the certificate cannot be parsed.
+pub fn key_pin(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(hex::encode(Sha256::digest(cert.public_key().raw)))
+}
+
+/// The node id and key pin of a peer's certificate, or why it names no node.
+pub fn peer_identity(der: &[u8]) -> Result<(NodeId, String), &'static str> {
+    let id = node_id_of_cert(der).ok_or("the certificate names no cluster node")?;
+    let pin = key_pin(der).ok_or("the certificate cannot be parsed")?;
+    Ok((id, pin))
+}
+
 /// Errors of the cluster PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -214,14 +230,20 @@ impl ClusterCa {
         fingerprint(&self.cert_der)
     }
 
-    /// Check that `csr_pem` is a well-signed request for an ECDSA P-256 key.
-    pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    /// Check that `csr_pem` is a well-signed request for an ECDSA P-256 key,
+    /// and return the key pin ([`key_pin`]) of every certificate issued for
+    /// it: SHA-256 of the SubjectPublicKeyInfo exactly as [`Self::issue`]
+    /// writes it.
+    pub fn check_csr(csr_pem: &str) -> Result<String, PkiError> {
+        use rcgen::PublicKeyData as _;
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Csr(e.to_string()))?;
         if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(PkiError::Csr("the key must be ECDSA P-256".into()));
         }
-        Ok(())
+        Ok(hex::encode(Sha256::digest(
+            csr.public_key.subject_public_key_info(),
+        )))
     }
 
     /// Sign a certificate for node `node_id` reachable at `addr`
@@ -453,6 +475,12 @@ impl Pki {
         PrivateKeyDer::from_pem_slice(self.node_key_pem.as_bytes())
             .map_err(|e| format!("no node key: {e}"))
     }
+
+    /// The key pin of this host's certificate ([`key_pin`]).
+    pub fn node_key_pin(&self) -> Result<String, String> {
+        let chain = self.node_chain()?;
+        key_pin(&chain[0]).ok_or_else(|| "the node certificate cannot be parsed".into())
+    }
 }
 
 /// Write `data` to `path` with mode 0600, atomically (temp file + rename).
@@ -515,6 +543,17 @@ mod tests {
         let pem = pki.ca.issue(5, "nas5.lan:7444", &csr).unwrap();
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         assert_eq!(node_id_of_cert(&der), Some(5));
+        assert_eq!(
+            key_pin(&der),
+            Some(ClusterCa::check_csr(&csr).unwrap()),
+            "the pin taken from the request is the issued certificate's"
+        );
+        assert_eq!(peer_identity(&der).unwrap().1.len(), 64);
+        assert_ne!(
+            key_pin(&der),
+            key_pin(&chain[0]),
+            "another key, another pin"
+        );
         assert!(matches!(
             pki.ca.issue(5, "x:1", "garbage"),
             Err(PkiError::Csr(_))

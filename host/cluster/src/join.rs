@@ -26,7 +26,7 @@
 //! Every member is a voter (up to the limit of 7): a cluster of 3 to 7
 //! hosts tolerates the loss of a minority (1 of 3 or 4, 2 of 5 or 6, 3 of 7).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -175,6 +175,24 @@ impl ClusterStore {
         leader_addr: &str,
         token: &str,
     ) -> Result<Self, StoreError> {
+        let limits = nasvisor_limits::ServerLimits::default();
+        Self::join_with_limits(data_dir, node_id, my_addr, leader_addr, token, limits).await
+    }
+
+    /// [`Self::join`], serving the cluster endpoint within `limits` (see
+    /// [`Self::set_server_limits`]).
+    pub async fn join_with_limits(
+        data_dir: impl AsRef<Path>,
+        node_id: Option<NodeId>,
+        my_addr: impl Into<String>,
+        leader_addr: &str,
+        token: &str,
+        limits: nasvisor_limits::ServerLimits,
+    ) -> Result<Self, StoreError> {
+        limits.check().map_err(|e| StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
         let dir = data_dir.as_ref();
         let my_addr = my_addr.into();
         let token: JoinToken = token.parse()?;
@@ -233,12 +251,16 @@ impl ClusterStore {
         }
         pki.save(dir)?;
         let store = Self::open(dir, node_id, my_addr.clone()).await?;
+        store.set_server_limits(limits)?;
         *store
             .shared
             .bootstrap
             .write()
-            .unwrap_or_else(|e| e.into_inner()) =
-            resp.members.keys().copied().collect::<BTreeSet<_>>();
+            .unwrap_or_else(|e| e.into_inner()) = resp
+            .members
+            .keys()
+            .map(|id| (*id, resp.member_keys.get(id).cloned()))
+            .collect::<BTreeMap<_, _>>();
         if let Err(e) = store.finish_join(listen, resp.leader_id, addr).await {
             let _ = store.shutdown().await;
             return Err(e);
@@ -381,23 +403,43 @@ impl Shared {
                 reason: format!("{:?} is not a host:port address", req.addr),
             });
         }
-        if let Err(e) = ClusterCa::check_csr(&req.csr_pem) {
-            return Err(JoinRefused::BadRequest {
-                field: "csr".into(),
-                reason: e.to_string(),
-            });
-        }
+        let key = match ClusterCa::check_csr(&req.csr_pem) {
+            Ok(key) => key,
+            Err(e) => {
+                return Err(JoinRefused::BadRequest {
+                    field: "csr".into(),
+                    reason: e.to_string(),
+                })
+            }
+        };
         let _g = self.admin.lock().await;
         if !self.is_leader() {
             return Err(JoinRefused::NotLeader {
                 leader_addr: self.leader().and_then(|(_, a)| a),
             });
         }
+        // A stranger with a made-up token must not get anything into the
+        // log: check against this leader's state first (applying the
+        // command checks again, authoritatively).
+        let (token_hash, now) = (secret_hash(&req.secret), now_ms());
+        let precheck = self
+            .sm
+            .read()
+            .state
+            .check_admit(&token_hash, now, req.node_id, Some(&key));
+        if let Err(reason) = precheck {
+            tracing::warn!(%reason, addr = %req.addr, "join refused");
+            return Err(reason);
+        }
+        // The joining host pins the members with the keys it is told: the
+        // leader's own must be recorded (a cluster created before keys were).
+        self.record_key(self.node_id, None).await;
         let cmd = Command::Admit {
-            token_hash: secret_hash(&req.secret),
-            now_ms: now_ms(),
+            token_hash,
+            now_ms: now,
             node_id: req.node_id,
             addr: req.addr.clone(),
+            key: Some(key),
         };
         let node_id = match self.write(cmd).await.map_err(internal)? {
             Response::Admitted { node_id } => node_id,
@@ -415,7 +457,7 @@ impl Shared {
             .ca
             .issue(node_id, &req.addr, &req.csr_pem)
             .map_err(|e| internal(e.into()))?;
-        let members = self
+        let members: BTreeMap<NodeId, String> = self
             .raft
             .metrics()
             .borrow()
@@ -424,6 +466,13 @@ impl Shared {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
+        let member_keys = {
+            let state = &self.sm.read().state;
+            members
+                .keys()
+                .filter_map(|id| Some((*id, state.node(*id)?.key?)))
+                .collect()
+        };
         tracing::info!(node_id, addr = %req.addr, "admitted a host");
         Ok(JoinResponse {
             cluster_id: pki.cluster_id.clone(),
@@ -432,6 +481,7 @@ impl Shared {
             ca_cert_pem: pki.ca.cert_pem().to_owned(),
             ca_key_pem: pki.ca.key_pem(),
             members,
+            member_keys,
             leader_id: self.node_id,
         })
     }

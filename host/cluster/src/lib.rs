@@ -48,9 +48,11 @@ pub mod state_machine;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod trust;
 pub mod types;
 
 pub use join::JoinToken;
+pub use nasvisor_limits::ServerLimits;
 pub use peer::{PeerFuture, PeerHandler, PeerReply, PeerRequest};
 pub use state::{ClusterInfo, NodeStatus};
 pub use store::{ClusterSettings, ClusterStore, Member, StoreError};

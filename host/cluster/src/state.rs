@@ -55,6 +55,13 @@ pub struct NodeRecord {
     pub addr: String,
     /// Its status.
     pub status: NodeStatus,
+    /// The pin of the host's TLS key ([`crate::ca::key_pin`]): SHA-256 of
+    /// its SubjectPublicKeyInfo, recorded when it joined. A peer claiming
+    /// this node id is admitted only with a certificate carrying this key.
+    /// `None` only for hosts that joined before keys were recorded, until
+    /// the leader records the key it sees when it connects to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A join token: only the hash of its secret is stored.
@@ -163,11 +170,12 @@ impl DesiredState {
     }
 
     /// Check a [`Command::Admit`]: the node id to assign, or why not.
-    fn check_admit(
+    pub(crate) fn check_admit(
         &self,
         token_hash: &str,
         now_ms: u64,
         node_id: Option<NodeId>,
+        key: Option<&String>,
     ) -> Result<(TokenRecord, NodeId), JoinRefused> {
         let token: TokenRecord =
             self.record(KIND_JOIN_TOKEN, token_hash)
@@ -197,6 +205,11 @@ impl DesiredState {
         if id == 0 || nodes.contains_key(&id) {
             return Err(JoinRefused::NodeIdTaken { node_id: id });
         }
+        if let Some(key) = key {
+            if let Some((&owner, _)) = nodes.iter().find(|(_, n)| n.key.as_ref() == Some(key)) {
+                return Err(JoinRefused::KeyTaken { node_id: owner });
+            }
+        }
         Ok((token, id))
     }
 
@@ -209,15 +222,18 @@ impl DesiredState {
                 now_ms,
                 node_id,
                 addr,
+                key,
             } => {
-                let (mut token, id) = match self.check_admit(token_hash, *now_ms, *node_id) {
-                    Ok(t) => t,
-                    Err(reason) => return (Response::Refused { reason }, Change::None),
-                };
+                let (mut token, id) =
+                    match self.check_admit(token_hash, *now_ms, *node_id, key.as_ref()) {
+                        Ok(t) => t,
+                        Err(reason) => return (Response::Refused { reason }, Change::None),
+                    };
                 token.used_by = Some(id);
                 let node = NodeRecord {
                     addr: addr.clone(),
                     status: NodeStatus::Joining,
+                    key: key.clone(),
                 };
                 self.revision += 1;
                 let mut changes = Vec::new();

@@ -32,12 +32,13 @@ use crate::state::{
     KIND_NODE,
 };
 use crate::state_machine::StateMachineStore;
-use crate::tls::{Admit, TlsError};
+use crate::tls::TlsError;
 use crate::transport::{
     spawn_server, CallError, Forward, ForwardError, ForwardReply, PeerTransport, ServerHandle,
     PATH_FORWARD,
 };
 use crate::types::{Command, JoinRefused, Node, NodeId, Raft, RaftMetrics, Response, Revision};
+use nasvisor_limits::{ConnectionGate, Exempt, ServerLimits};
 
 /// The file name of the host's cluster database inside its data directory.
 pub const DB_FILE: &str = "cluster.redb";
@@ -245,6 +246,9 @@ pub struct Member {
     pub status: NodeStatus,
     /// Whether it is a raft voter in the current membership.
     pub voter: bool,
+    /// The pin of its TLS key ([`crate::ca::key_pin`]); `None` for a host
+    /// that joined before keys were recorded, until the leader records it.
+    pub key: Option<String>,
 }
 
 /// What the store shares with the cluster endpoint's tasks.
@@ -255,9 +259,14 @@ pub(crate) struct Shared {
     pub(crate) sm: StateMachineStore,
     pub(crate) pki: RwLock<Option<Arc<Pki>>>,
     pub(crate) transport: TransportSlot,
-    /// Members of the cluster this host is joining, admitted until this
-    /// host has received the membership.
-    pub(crate) bootstrap: RwLock<BTreeSet<NodeId>>,
+    /// Members of the cluster this host is joining and their key pins (from
+    /// the join answer), admitted until this host has received the
+    /// membership.
+    pub(crate) bootstrap: RwLock<BTreeMap<NodeId, Option<String>>>,
+    /// The hosts whose key the leader is recording.
+    pub(crate) recording: crate::trust::Recording,
+    /// The limits of the cluster endpoint.
+    pub(crate) limits: RwLock<ServerLimits>,
     /// Serializes membership changes made by this host as leader.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// The host service's handler of [`crate::peer`] requests.
@@ -359,7 +368,9 @@ impl ClusterStore {
             sm,
             pki: RwLock::new(None),
             transport,
-            bootstrap: RwLock::new(BTreeSet::new()),
+            bootstrap: RwLock::new(BTreeMap::new()),
+            recording: Default::default(),
+            limits: RwLock::new(ServerLimits::default()),
             admin: tokio::sync::Mutex::new(()),
             peer_handler: RwLock::new(None),
         });
@@ -692,6 +703,10 @@ impl ClusterStore {
         let me = NodeRecord {
             addr,
             status: NodeStatus::Member,
+            key: Some(pki.node_key_pin().map_err(|reason| PkiError::Bad {
+                path: Pki::dir(&s.dir),
+                reason,
+            })?),
         };
         s.write_record(KIND_NODE, &s.node_id.to_string(), &me, None)
             .await?;
@@ -748,6 +763,7 @@ impl ClusterStore {
                 addr: r.addr,
                 status: r.status,
                 voter: voters.contains(&node_id),
+                key: r.key,
             })
             .collect()
     }
@@ -806,19 +822,58 @@ impl ClusterStore {
                 source,
             })?;
         let weak = Arc::downgrade(&self.shared);
-        let w = weak.clone();
-        let admit: Admit = Arc::new(move |id| w.upgrade().is_some_and(|s| s.admits(id)));
-        let peer = crate::tls::peer_server_config(&pki, admit)?;
+        let peer = crate::tls::peer_server_config(&pki, self.shared.key_check())?;
         let join = crate::tls::join_server_config(&pki)?;
-        let handle =
-            spawn_server(listener, weak, peer, join).map_err(|source| StoreError::Bind {
+        let limits = self.server_limits();
+        let members = weak.clone();
+        let exempt: Exempt =
+            Arc::new(move |ip| members.upgrade().is_some_and(|s| s.is_member_ip(ip)));
+        let gate = ConnectionGate::with_exemption(
+            "cluster",
+            limits.max_connections,
+            limits.max_connections_per_address,
+            Some(exempt),
+        );
+        let handle = spawn_server(listener, weak, peer, join, limits, gate).map_err(|source| {
+            StoreError::Bind {
                 addr: listen.to_string(),
                 source,
-            })?;
+            }
+        })?;
         let addr = handle.addr;
         tracing::info!(node_id = self.node_id(), %addr, "serving the cluster endpoint");
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        // A cluster created before keys were recorded: the leader records
+        // its own key (the others' when it dials them).
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.record_key(shared.node_id, None).await });
         Ok(addr)
+    }
+
+    /// Set the limits of the cluster endpoint (connection caps, handshake,
+    /// header, idle and body timeouts; [`ServerLimits::default`] until
+    /// then; members' addresses are not counted against the connection
+    /// caps). They apply when it is next served.
+    pub fn set_server_limits(&self, limits: ServerLimits) -> Result<(), StoreError> {
+        limits.check().map_err(|e| StoreError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
+        *self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+        Ok(())
+    }
+
+    /// The limits of the cluster endpoint.
+    pub fn server_limits(&self) -> ServerLimits {
+        self.shared
+            .limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The address the cluster endpoint is served on, if it is.
@@ -861,6 +916,16 @@ impl ClusterStore {
             node_id,
             message: e.to_string(),
         })
+    }
+}
+
+/// Whether `cmd` admits a host or changes a host record: only the leader
+/// itself does that (joins, promotions, removals, key records), never at a
+/// member's request.
+fn writes_membership(cmd: &Command) -> bool {
+    match cmd {
+        Command::Admit { .. } => true,
+        Command::Put { kind, .. } | Command::Delete { kind, .. } => kind == KIND_NODE,
     }
 }
 
@@ -907,9 +972,10 @@ impl Shared {
     }
 
     /// Use `pki` as this host's cluster identity: the raft network gets a
-    /// mutual-TLS transport.
-    pub(crate) fn install_pki(&self, pki: Pki) -> Result<(), StoreError> {
-        let config = crate::tls::peer_client_config(&pki)?;
+    /// mutual-TLS transport, which talks only to servers with the key
+    /// recorded for them.
+    pub(crate) fn install_pki(self: &Arc<Self>, pki: Pki) -> Result<(), StoreError> {
+        let config = crate::tls::peer_client_config(&pki, self.key_check(), self.key_seen())?;
         *self.transport.write().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::new(PeerTransport::new(self.node_id, config)));
         *self.pki.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(pki));
@@ -940,35 +1006,6 @@ impl Shared {
         a.state
             .get(kind, key)
             .map(|o| (o.value.clone(), o.revision))
-    }
-
-    /// Whether node `id` may talk to this host: a member (voter or
-    /// learner) of the current membership, a host admitted with a token and
-    /// not yet promoted, or, while this host is still joining, a member of
-    /// the cluster it joins.
-    pub(crate) fn admits(&self, id: NodeId) -> bool {
-        if id == self.node_id {
-            return true;
-        }
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        let members = m.membership();
-        if members.get_node(&id).is_some() {
-            return true;
-        }
-        let joining = matches!(
-            self.sm.read().state.node(id),
-            Some(NodeRecord {
-                status: NodeStatus::Joining,
-                ..
-            })
-        );
-        joining
-            || (members.get_node(&self.node_id).is_none()
-                && self
-                    .bootstrap
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&id))
     }
 
     /// Commit `cmd`: on the leader directly, otherwise forwarded to it.
@@ -1149,6 +1186,13 @@ impl Shared {
         };
         match fwd {
             Forward::Ping => Ok(ForwardReply::Done),
+            Forward::Write(cmd) if peer != self.node_id && writes_membership(&cmd) => {
+                tracing::warn!(peer, "refused a forwarded write of the membership records");
+                Err(ForwardError::Failed(format!(
+                    "node {peer} may not write the membership records: hosts are admitted \
+                     with a join token and removed with `cluster remove`"
+                )))
+            }
             Forward::Write(cmd) => match self.raft.client_write(cmd).await {
                 Ok(r) => Ok(ForwardReply::Written(r.data)),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -1250,8 +1294,8 @@ impl Shared {
         self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([peer])))
             .await?;
         let member = NodeRecord {
-            addr: rec.addr,
             status: NodeStatus::Member,
+            ..rec
         };
         self.write_record(KIND_NODE, &peer.to_string(), &member, None)
             .await
@@ -1293,8 +1337,8 @@ impl Shared {
             }
         }
         let removed = NodeRecord {
-            addr: rec.addr,
             status: NodeStatus::Removed,
+            ..rec
         };
         self.write_record(KIND_NODE, &id.to_string(), &removed, None)
             .await?;

@@ -1,15 +1,17 @@
 //! rustls configurations of the cluster transport.
 //!
 //! - Peer server ([`peer_server_config`]): a client certificate signed by
-//!   the cluster CA is mandatory, and its node id must be admitted (a
-//!   member of the current raft membership, or a host being added); a host
-//!   removed from the cluster fails the handshake.
+//!   the cluster CA is mandatory, its node id must be admitted (a member of
+//!   the current raft membership, or a host being added) and its key must
+//!   be the one recorded for that node ([`crate::trust`]); a host removed
+//!   from the cluster, or a certificate minted for a member's name with
+//!   another key, fails the handshake.
 //! - Join server ([`join_server_config`]): selected by the SNI name
 //!   [`JOIN_NAME`]; no client certificate (the joining host has none yet),
 //!   and only the join route is served on it.
 //! - Peer client ([`peer_client_config`]): presents this host's certificate
-//!   and verifies the server against the cluster CA and the expected
-//!   `node-<id>` name.
+//!   and verifies the server against the cluster CA, the expected
+//!   `node-<id>` name and the key recorded for that node.
 //! - Join client ([`join_client_config`]): trusts only the CA whose SHA-256
 //!   fingerprint is in the join token (the server sends the CA certificate
 //!   in its chain).
@@ -24,14 +26,12 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 
-use crate::ca::{fingerprint, node_id_of_cert, Pki, JOIN_NAME};
+use crate::ca::{fingerprint, node_id_of_name, peer_identity, Pki, JOIN_NAME};
+use crate::trust::{Admission, KeyCheck, KeySeen};
 use crate::types::NodeId;
 
 /// ALPN protocol of the cluster transport (HTTP/1.1 inside).
 pub const ALPN: &[u8] = b"http/1.1";
-
-/// Decides whether a node id may talk to this host.
-pub type Admit = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
 /// Errors while building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +58,8 @@ fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 /// The server configuration for peers: mutual TLS, cluster CA, admitted
-/// node ids only.
-pub fn peer_server_config(pki: &Pki, admit: Admit) -> Result<Arc<ServerConfig>, TlsError> {
+/// node ids with their recorded keys only.
+pub fn peer_server_config(pki: &Pki, admit: KeyCheck) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let inner =
         WebPkiClientVerifier::builder_with_provider(roots(pki)?, provider.clone()).build()?;
@@ -90,11 +90,23 @@ pub fn join_server_config(pki: &Pki) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// The client configuration for peers: this host's certificate, servers
 /// verified against the cluster CA (the expected name is given per
-/// connection: `node-<id>.nasvisor.cluster`).
-pub fn peer_client_config(pki: &Pki) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+/// connection: `node-<id>.nasvisor.cluster`) and by `check` against the
+/// key recorded for that node. `seen` is told the key of a server whose
+/// record has no key yet.
+pub fn peer_client_config(
+    pki: &Pki,
+    check: KeyCheck,
+    seen: KeySeen,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let inner = WebPkiServerVerifier::builder_with_provider(roots(pki)?, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Identity(e.to_string()))?;
+    let verifier = Arc::new(PinnedPeer { inner, check, seen });
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots(pki)?)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(
             pki.node_chain().map_err(TlsError::Identity)?,
             pki.node_key().map_err(TlsError::Identity)?,
@@ -121,17 +133,17 @@ pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, Tls
     Ok(Arc::new(config))
 }
 
-/// The node id of the peer on an accepted connection (from its verified
-/// client certificate).
-pub fn peer_node_id(conn: &rustls::ServerConnection) -> Option<NodeId> {
-    node_id_of_cert(conn.peer_certificates()?.first()?)
+/// The node id and key pin of the peer on an accepted connection (from its
+/// verified client certificate).
+pub fn peer_of(conn: &rustls::ServerConnection) -> Option<(NodeId, String)> {
+    peer_identity(conn.peer_certificates()?.first()?).ok()
 }
 
 /// WebPKI verification against the cluster CA, then the admission check
-/// on the node id in the certificate.
+/// on the node id and key in the certificate.
 struct MemberVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    admit: Admit,
+    admit: KeyCheck,
 }
 
 impl std::fmt::Debug for MemberVerifier {
@@ -154,22 +166,94 @@ impl ClientCertVerifier for MemberVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let Some(id) = node_id_of_cert(end_entity) else {
-            tracing::warn!("refused a cluster peer: its certificate names no node");
-            return Err(rustls::Error::General(
-                "the client certificate names no cluster node".into(),
-            ));
+        let (id, key) = peer_identity(end_entity).map_err(|reason| {
+            tracing::warn!(reason, "refused a cluster peer");
+            rustls::Error::General(reason.into())
+        })?;
+        match (self.admit)(id, &key) {
+            Admission::Refused(why) => {
+                tracing::warn!(node_id = id, %key, reason = %why, "refused a cluster peer");
+                Err(rustls::Error::General(why.to_string()))
+            }
+            _ => Ok(ok),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// WebPKI verification of a member's server certificate against the cluster
+/// CA and the expected `node-<id>` name, then the key recorded for that
+/// node.
+struct PinnedPeer {
+    inner: Arc<WebPkiServerVerifier>,
+    check: KeyCheck,
+    seen: KeySeen,
+}
+
+impl std::fmt::Debug for PinnedPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedPeer").finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for PinnedPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let expected = match server_name {
+            ServerName::DnsName(n) => node_id_of_name(n.as_ref()),
+            _ => None,
         };
-        if !(self.admit)(id) {
-            tracing::warn!(
-                node_id = id,
-                "refused a cluster peer: not a member of the cluster"
-            );
+        let (id, key) = peer_identity(end_entity).map_err(|r| rustls::Error::General(r.into()))?;
+        if expected != Some(id) {
             return Err(rustls::Error::General(format!(
-                "node {id} is not a member of this cluster"
+                "the server's certificate is for node {id}, not for {server_name:?}"
             )));
         }
-        Ok(ok)
+        match (self.check)(id, &key) {
+            Admission::Admitted => Ok(ok),
+            Admission::Unpinned => {
+                (self.seen)(id, key);
+                Ok(ok)
+            }
+            Admission::Refused(why) => {
+                tracing::warn!(node_id = id, %key, reason = %why, "refused a cluster server");
+                Err(rustls::Error::General(why.to_string()))
+            }
+        }
     }
 
     fn verify_tls12_signature(

@@ -28,9 +28,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use nasvisor_limits::{ConnectionGate, ConnectionPermit, ReadError, ServerLimits};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use serde::de::DeserializeOwned;
@@ -41,6 +42,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::ca::{node_name, JOIN_NAME};
 use crate::store::Shared;
+use crate::trust::Admission;
 use crate::types::{Command, JoinRefused, NodeId, Response as RaftResponse, Revision};
 
 /// Raft append-entries (and heartbeats).
@@ -61,8 +63,6 @@ pub const PATH_JOIN: &str = "/v1/cluster/join";
 const MAX_PEER_BODY: usize = 64 << 20;
 /// The largest join request body.
 const MAX_JOIN_BODY: usize = 64 << 10;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 4;
 
@@ -150,6 +150,10 @@ pub struct JoinResponse {
     pub ca_key_pem: Option<String>,
     /// The current members and their addresses.
     pub members: BTreeMap<NodeId, String>,
+    /// The key pins recorded for the members (absent for members that
+    /// joined before keys were recorded, and from older leaders).
+    #[serde(default)]
+    pub member_keys: BTreeMap<NodeId, String>,
     /// The leader that admitted the host.
     pub leader_id: NodeId,
 }
@@ -492,20 +496,29 @@ pub(crate) struct ServerHandle {
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
-/// Serve the cluster endpoint on `listener` until the task is aborted.
+/// Serve the cluster endpoint on `listener` until the task is aborted,
+/// within `limits` (see [`nasvisor_limits`]): connections beyond the caps
+/// are closed at once, except those from `gate`'s exempt (member)
+/// addresses.
 pub(crate) fn spawn_server(
     listener: TcpListener,
     shared: Weak<Shared>,
     peer_config: Arc<ServerConfig>,
     join_config: Arc<ServerConfig>,
+    limits: ServerLimits,
+    gate: Arc<ConnectionGate>,
 ) -> Result<ServerHandle, std::io::Error> {
     let addr = listener.local_addr()?;
+    let limits = Arc::new(limits);
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let Ok(permit) = gate.admit(peer.ip()) else {
+                            continue; // closed at once (logged by the gate)
+                        };
                         let _ = tcp.set_nodelay(true);
                         conns.spawn(serve_conn(
                             tcp,
@@ -513,6 +526,8 @@ pub(crate) fn spawn_server(
                             shared.clone(),
                             peer_config.clone(),
                             join_config.clone(),
+                            limits.clone(),
+                            permit,
                         ));
                     }
                     Err(e) => {
@@ -533,40 +548,43 @@ async fn serve_conn(
     shared: Weak<Shared>,
     peer_config: Arc<ServerConfig>,
     join_config: Arc<ServerConfig>,
+    limits: Arc<ServerLimits>,
+    _permit: ConnectionPermit,
 ) {
-    let handshake = async {
+    let tls = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let join = start.client_hello().server_name() == Some(JOIN_NAME);
         let config = if join { join_config } else { peer_config };
         let stream = start.into_stream(config).await?;
         Ok::<_, std::io::Error>((join, stream))
     };
-    let (join, stream) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let (join, stream) = match nasvisor_limits::handshake(&limits, tls).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::info!(%remote, error = %e, "cluster endpoint: TLS handshake refused");
             return;
         }
-        Err(_) => {
-            tracing::debug!(%remote, "cluster endpoint: TLS handshake timed out");
-            return;
-        }
     };
-    let peer = crate::tls::peer_node_id(stream.get_ref().1);
+    let peer = crate::tls::peer_of(stream.get_ref().1);
     if !join && peer.is_none() {
         // Unreachable with the member verifier; refuse rather than serve.
         return;
     }
+    let body_timeout = limits.body_timeout;
     let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, peer, join, req).await) }
+        let (shared, peer) = (shared.clone(), peer.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(handle(shared, peer, join, body_timeout, req).await)
+        }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), svc);
-    if let Err(e) = conn.await {
-        tracing::debug!(%remote, error = %e, "cluster endpoint: connection error");
+    let served =
+        nasvisor_limits::serve_http1(stream, svc, &limits, std::future::pending::<()>()).await;
+    match served {
+        Err(e) if e.is_header_timeout() => {
+            tracing::info!(%remote, error = %e, "cluster endpoint: request head too slow; closed")
+        }
+        Err(e) => tracing::debug!(%remote, error = %e, "cluster endpoint: connection closed"),
+        Ok(()) => {}
     }
 }
 
@@ -596,8 +614,9 @@ fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
 
 async fn handle(
     shared: Weak<Shared>,
-    peer: Option<NodeId>,
+    peer: Option<(NodeId, String)>,
     join: bool,
+    body_timeout: Duration,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     let Some(shared) = shared.upgrade() else {
@@ -612,30 +631,29 @@ async fn handle(
             return plain(StatusCode::NOT_FOUND, "only the join route is served here");
         }
     } else {
-        let peer = peer.unwrap_or(0);
-        if !shared.admits(peer) {
-            tracing::warn!(
-                peer,
-                path,
-                "refused a request of a host that is not a member"
-            );
-            return plain(
-                StatusCode::FORBIDDEN,
-                format!("node {peer} is not a member of this cluster"),
-            );
+        let (id, key) = peer.clone().unwrap_or_default();
+        if let Admission::Refused(why) = shared.admission(id, &key) {
+            tracing::warn!(peer = id, path, reason = %why, "refused a request of a cluster peer");
+            return plain(StatusCode::FORBIDDEN, why.to_string());
         }
     }
+    let peer = peer.map(|(id, _)| id);
     if req.method() != http::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only POST is served");
     }
+    // A joining host is not authenticated yet: its body must arrive whole
+    // within the timeout, not a byte at a time.
     let limit = if join { MAX_JOIN_BODY } else { MAX_PEER_BODY };
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
+    let body = match nasvisor_limits::read_body(req.into_body(), limit, body_timeout, join).await {
+        Ok(b) => b,
         Err(e) => {
-            return plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("cannot read the body: {e}"),
-            )
+            let status = match e {
+                ReadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                ReadError::Stalled(_) | ReadError::TooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+                ReadError::Failed(_) => StatusCode::BAD_REQUEST,
+            };
+            tracing::info!(path, error = %e, "cluster endpoint: request body refused");
+            return plain(status, format!("cannot read the body: {e}"));
         }
     };
     macro_rules! decode {

@@ -84,8 +84,9 @@ pub enum Command {
     /// [`crate::state::DesiredState::apply`]): the token must exist, be
     /// unused and not expired at `now_ms` (the leader's clock, carried in
     /// the command so that applying it is deterministic), the member limit
-    /// must not be reached, and the node id must never have been used. On
-    /// success the token is marked used and the host is recorded as joining.
+    /// must not be reached, the node id must never have been used, and the
+    /// key must not be another host's. On success the token is marked used
+    /// and the host is recorded as joining, with its key pin.
     Admit {
         /// SHA-256 (hex) of the token's secret.
         token_hash: String,
@@ -95,6 +96,11 @@ pub enum Command {
         node_id: Option<NodeId>,
         /// The host's cluster address.
         addr: String,
+        /// The pin of the host's TLS key ([`crate::ca::key_pin`]), from its
+        /// certificate signing request. `None` only in entries written
+        /// before keys were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
 }
 
@@ -135,6 +141,12 @@ pub enum JoinRefused {
     #[error("node id {node_id} is already used in this cluster; choose another or let the cluster assign one")]
     NodeIdTaken {
         /// The node id.
+        node_id: NodeId,
+    },
+    /// The joining host's key is already recorded for another host.
+    #[error("the key of this host's certificate request is already node {node_id}'s; a joining host must create a key of its own")]
+    KeyTaken {
+        /// The host that has the key.
         node_id: NodeId,
     },
     /// The request itself is unusable (bad address, bad CSR).

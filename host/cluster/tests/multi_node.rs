@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nasvisor_cluster::ca::{node_name, Pki};
+use nasvisor_cluster::ca::{new_node_key, node_name, ClusterCa, Pki};
 use nasvisor_cluster::transport::{
     Forward, ForwardError, ForwardReply, PeerTransport, PATH_FORWARD,
 };
@@ -262,6 +262,7 @@ async fn bad_reused_and_expired_tokens_and_the_member_limit() {
     let s1 = h1.store();
     let token = s1.issue_join_token(Duration::from_secs(60)).await.unwrap();
     let rev0 = s1.revision();
+    let log0 = s1.metrics().last_log_index;
 
     // Malformed: refused before anything is sent.
     let (dir, _, r) = try_join(&h1, "nvjt1.garbage").await;
@@ -299,8 +300,14 @@ async fn bad_reused_and_expired_tokens_and_the_member_limit() {
     let e = refused(r);
     assert!(matches!(e, JoinRefused::TokenExpired { .. }), "{e}");
 
-    // Nothing changed but the two tokens issued.
+    // Nothing changed but the two tokens issued: the refused joins did not
+    // even reach the log.
     assert_eq!(s1.revision(), rev0 + 1);
+    assert_eq!(
+        s1.metrics().last_log_index,
+        log0.map(|i| i + 1),
+        "one entry: the second token"
+    );
     assert_eq!(s1.members().len(), 1);
 
     // The good token joins; a second use is refused.
@@ -576,5 +583,454 @@ async fn a_host_joining_after_a_log_purge_gets_a_snapshot() {
     // And it then follows the log as usual.
     let rev = s2.put("vm", "after", json!(1), None).await.unwrap();
     assert_eq!(s1.get("vm", "after"), Some((json!(1), rev)));
+    shutdown(vec![h1, h2]).await;
+}
+
+/// A certificate for member `node_id`, freshly signed with the real CA key
+/// read from `member_dir` (a stolen disk, or a removed host that kept it),
+/// with a key of its own.
+fn mint(member_dir: &std::path::Path, node_id: u64, addr: &str) -> Pki {
+    let pki = Pki::load(member_dir).unwrap().unwrap();
+    let ca_key = std::fs::read_to_string(member_dir.join("pki/ca.key")).unwrap();
+    let ca = ClusterCa::from_pem(pki.ca.cert_pem(), Some(&ca_key)).unwrap();
+    let (node_key_pem, csr) = new_node_key().unwrap();
+    let node_cert_pem = ca.issue(node_id, addr, &csr).unwrap();
+    Pki {
+        cluster_id: pki.cluster_id,
+        node_id,
+        ca,
+        node_cert_pem,
+        node_key_pem,
+    }
+}
+
+/// POSTs `body` to `path` on node `target` with a raw client presenting
+/// `identity`; the answer's body, or why the call failed.
+async fn raw_post(
+    trust: &Pki,
+    identity: &Pki,
+    target: u64,
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    raw_transport(trust, Some(identity))
+        .call(target, addr, path, body, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A server that claims to be node `identity.node_id` and answers every
+/// request `{"Ok": "done"}`: what a host holding the CA key could put at a
+/// member's address.
+async fn impostor_server(identity: &Pki) -> (String, tokio::task::JoinHandle<()>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(identity.node_chain().unwrap(), identity.node_key().unwrap())
+    .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"{\"Ok\":\"done\"}")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_minted_with_the_real_ca_key_for_a_member_is_refused() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let h3 = join(&h1).await;
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    // Every member's key is recorded, on every member.
+    for h in [&h1, &h2, &h3] {
+        let keys: Vec<_> = h.store().members().into_iter().map(|m| m.key).collect();
+        assert!(keys.iter().all(Option::is_some), "{keys:?}");
+    }
+    let recorded = h1.store().members()[1].key.clone().unwrap();
+    assert_eq!(recorded, pki2.node_key_pin().unwrap());
+
+    // Node 2's name, signed by the real CA key taken from node 3's disk,
+    // with another key.
+    let forged = mint(h3.dir.path(), 2, &h2.addr);
+    let vote = json!({ "vote": { "leader_id": { "term": 0, "node_id": 2 }, "committed": false },
+                       "last_log_id": null });
+    let peer_call = json!({ "method": "read", "body": {} });
+    // The real node 2 is served on the raft and peer routes...
+    raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/raft/vote", &vote)
+        .await
+        .expect("the real node 2 votes");
+    raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/peer", &peer_call)
+        .await
+        .expect("the real node 2 calls its peers");
+    // ...the forged one nowhere: raft RPC, peer call, forwarded write.
+    for (path, body) in [
+        ("/v1/raft/vote", &vote),
+        ("/v1/peer", &peer_call),
+        (
+            "/v1/cluster/forward",
+            &json!({ "write": { "op": "put", "kind": "vm", "key": "x", "value": 1,
+                                "expected_revision": null } }),
+        ),
+    ] {
+        for (id, addr) in [(1, &h1.addr), (3, &h3.addr)] {
+            let err = raw_post(&pki1, &forged, id, addr, path, body)
+                .await
+                .expect_err("a minted certificate must be refused");
+            eprintln!("minted node 2 -> node {id} {path}: {err}");
+        }
+    }
+    assert!(h1.store().get("vm", "x").is_none(), "nothing was written");
+
+    // A member dialling node 1 at an address where an impostor presents a
+    // minted node-1 certificate refuses it; at node 1's real address it
+    // works.
+    let impostor = mint(h2.dir.path(), 1, &h1.addr);
+    let (fake_addr, fake) = impostor_server(&impostor).await;
+    let err = h2
+        .store()
+        .ping(1, &fake_addr)
+        .await
+        .expect_err("an impostor of node 1 must be refused");
+    assert!(err.to_string().contains("key"), "{err}");
+    fake.abort();
+    h2.store().ping(1, &h1.addr).await.unwrap();
+    h3.store().ping(2, &h2.addr).await.unwrap();
+
+    // A removed host is refused, with its own certificate and with a fresh
+    // one for its id. (The leader cannot be removed: take the other one.)
+    let (victim, other) = if h2.store().is_leader() {
+        (&h3, &h2)
+    } else {
+        (&h2, &h3)
+    };
+    let victim_id = victim.id();
+    let victim_pki = Pki::load(victim.dir.path()).unwrap().unwrap();
+    h1.store().remove_member(victim_id).await.unwrap();
+    let fresh = mint(other.dir.path(), victim_id, &victim.addr);
+    for pki in [&victim_pki, &fresh] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match raw_post(&pki1, pki, 1, &h1.addr, "/v1/peer", &peer_call).await {
+                Err(e) => break e,
+                Ok(_) => assert!(
+                    Instant::now() < deadline,
+                    "node 1 still accepts node {victim_id}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("removed node {victim_id} -> node 1: {err}");
+    }
+    // The remaining members still work.
+    other
+        .store()
+        .put("vm", "after", json!(1), None)
+        .await
+        .unwrap();
+    h1.store().ping(other.id(), &other.addr).await.unwrap();
+    shutdown(vec![h1, h2, h3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_cannot_rewrite_the_membership_records_through_the_leader() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    // Node 2 tries to re-pin node 1 to a key of its choice, and to admit a
+    // host of its own without a token.
+    let attempts = [
+        json!({ "write": { "op": "put", "kind": "@node", "key": "1",
+                           "value": { "addr": h1.addr, "status": "member", "key": "00" },
+                           "expected_revision": null } }),
+        json!({ "write": { "op": "admit", "token_hash": "x", "now_ms": 0, "node_id": 9,
+                           "addr": "127.0.0.1:1", "key": "00" } }),
+        json!({ "write": { "op": "delete", "kind": "@node", "key": "1",
+                           "expected_revision": null } }),
+    ];
+    for a in &attempts {
+        let answer = raw_post(&pki1, &pki2, 1, &h1.addr, "/v1/cluster/forward", a)
+            .await
+            .unwrap();
+        let err = answer["Err"]["failed"].as_str().unwrap_or_default();
+        assert!(err.contains("may not write the membership"), "{answer}");
+    }
+    assert_eq!(
+        h1.store().members()[0].key,
+        Some(pki1.node_key_pin().unwrap())
+    );
+    assert_eq!(h1.store().members().len(), 2);
+    // Ordinary forwarded writes still work.
+    h2.store().put("vm", "y", json!(1), None).await.unwrap();
+    shutdown(vec![h1, h2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_records_the_keys_of_hosts_that_joined_before_keys_were_recorded() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let mut hosts = vec![h1, h2];
+    let pki1 = Pki::load(hosts[0].dir.path()).unwrap().unwrap();
+    let pki2 = Pki::load(hosts[1].dir.path()).unwrap().unwrap();
+    // Make both records look like an older release's: no key.
+    for (id, h) in [(1u64, 0usize), (2, 1)] {
+        let leader = hosts.iter().find(|h| h.store().is_leader()).unwrap();
+        let value = json!({ "addr": hosts[h].addr, "status": "member" });
+        leader
+            .store()
+            .raft()
+            .client_write(nasvisor_cluster::Command::Put {
+                kind: "@node".into(),
+                key: id.to_string(),
+                value,
+                expected_revision: None,
+            })
+            .await
+            .unwrap();
+    }
+    eventually("the keys gone on node 2", Duration::from_secs(5), || {
+        hosts[1]
+            .store()
+            .members()
+            .iter()
+            .all(|m| m.key.is_none())
+            .then_some(())
+    })
+    .await;
+    // Unpinned, a minted certificate passes on its name alone (the upgrade
+    // window the docs describe)...
+    let forged = mint(hosts[0].dir.path(), 2, &hosts[1].addr);
+    let ping = json!("ping");
+    raw_post(
+        &pki1,
+        &forged,
+        1,
+        &hosts[0].addr,
+        "/v1/cluster/forward",
+        &ping,
+    )
+    .await
+    .expect("an unpinned member is admitted by name");
+    // ...until the leader dials node 2 again (here: node 2 restarts) and
+    // records the key node 2 presents, and its own.
+    let h = &mut hosts[1];
+    let store = h.store.take().unwrap();
+    store.shutdown().await.unwrap();
+    let store = ClusterStore::open(h.dir.path(), 2, h.addr.clone())
+        .await
+        .unwrap();
+    store.serve(h.addr.parse().unwrap()).await.unwrap();
+    h.store = Some(store);
+    for h in &hosts {
+        eventually("both keys recorded", Duration::from_secs(10), || {
+            let keys: Vec<_> = h.store().members().into_iter().map(|m| m.key).collect();
+            let want = [
+                Some(pki1.node_key_pin().unwrap()),
+                Some(pki2.node_key_pin().unwrap()),
+            ];
+            (keys == want).then_some(())
+        })
+        .await;
+    }
+    let err = raw_post(
+        &pki1,
+        &forged,
+        1,
+        &hosts[0].addr,
+        "/v1/cluster/forward",
+        &ping,
+    )
+    .await
+    .expect_err("pinned now");
+    eprintln!("after the key was recorded: {err}");
+    hosts[1]
+        .store()
+        .put("vm", "z", json!(1), None)
+        .await
+        .unwrap();
+    shutdown(hosts).await;
+}
+
+/// A TLS connection to the cluster endpoint at `addr` from the local
+/// address `source`, as a joining host makes it (no client certificate):
+/// what anyone on the network can open.
+async fn stranger(
+    ca_fingerprint: &str,
+    addr: &str,
+    source: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    let tcp = socket.connect(addr.parse().unwrap()).await?;
+    let config = nasvisor_cluster::tls::join_client_config(ca_fingerprint).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(nasvisor_cluster::tls::join_server_name(), tcp)
+        .await
+}
+
+/// Sends `at_once` into `tls`, then trickles `data` (then `a`s) a byte
+/// every 100 ms; returns how long after `at_once` the server closed the
+/// connection, and what it answered.
+async fn trickle(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    at_once: Vec<u8>,
+    data: Vec<u8>,
+) -> (Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(&at_once).await.unwrap();
+    let t0 = Instant::now();
+    let mut answer = String::new();
+    let mut buf = [0u8; 1024];
+    for i in 0.. {
+        let byte = data.get(i).copied().unwrap_or(b'a');
+        if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+            return (t0.elapsed(), answer);
+        }
+        match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (t0.elapsed(), answer),
+            Ok(Ok(n)) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never closed");
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
+    init_logs();
+    let limits = nasvisor_cluster::ServerLimits {
+        max_connections: 6,
+        max_connections_per_address: 2,
+        header_timeout: Duration::from_millis(1500),
+        idle_timeout: Duration::from_millis(1000),
+        body_timeout: Duration::from_millis(800),
+        ..nasvisor_cluster::ServerLimits::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = ClusterStore::create(dir.path(), 1, addr.clone(), ClusterSettings::default())
+        .await
+        .unwrap();
+    store.set_server_limits(limits.clone()).unwrap();
+    store.serve(addr.parse().unwrap()).await.unwrap();
+    let h1 = Host {
+        dir,
+        addr,
+        store: Some(store),
+    };
+    let token = h1
+        .store()
+        .issue_join_token(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let addr2 = free_addr();
+    let s2 =
+        ClusterStore::join_with_limits(dir2.path(), None, addr2.clone(), &h1.addr, &token, limits)
+            .await
+            .unwrap();
+    let h2 = Host {
+        dir: dir2,
+        addr: addr2,
+        store: Some(s2),
+    };
+    let fp = h1.store().cluster_info().unwrap().ca_fingerprint;
+    let head = b"POST /v1/cluster/join HTTP/1.1\r\nHost: join.nasvisor.cluster\r\n".to_vec();
+
+    // Strangers from 127.0.0.2-5 take every slot of node 1's endpoint
+    // (2 per address, 6 in all) and trickle request heads into them.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for source in [
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.4",
+        "127.0.0.5",
+    ] {
+        match stranger(&fp, &h1.addr, source).await {
+            Ok(tls) => held.push(tokio::spawn(trickle(tls, Vec::new(), head.clone()))),
+            Err(e) => {
+                eprintln!("{source}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (6, 2));
+
+    // The members are not counted: node 2 opens new connections to node 1
+    // and the cluster commits.
+    let pki2 = Pki::load(h2.dir.path()).unwrap().unwrap();
+    let pki1 = Pki::load(h1.dir.path()).unwrap().unwrap();
+    for _ in 0..3 {
+        raw_ping(&raw_transport(&pki1, Some(&pki2)), 1, &h1.addr)
+            .await
+            .expect("a member connects while strangers hold every slot");
+    }
+    h2.store()
+        .put("vm", "during", json!(1), None)
+        .await
+        .unwrap();
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "all strangers still held"
+    );
+
+    // The trickling strangers are closed by the header timeout.
+    for h in held {
+        let (after, _) = h.await.unwrap();
+        eprintln!("stranger closed after {after:?}");
+        assert!(after >= Duration::from_millis(1400), "{after:?}");
+        assert!(after < Duration::from_secs(5), "{after:?}");
+    }
+
+    // A join body (its sender is not authenticated) trickled in a byte at
+    // a time is refused after the body timeout, although bytes keep
+    // arriving.
+    let tls = stranger(&fp, &h1.addr, "127.0.0.2").await.unwrap();
+    let mut request = head.clone();
+    request.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n");
+    let (after, answer) = tokio::spawn(trickle(tls, request, b"{\"cluster_id\": ".to_vec()))
+        .await
+        .unwrap();
+    eprintln!("trickled join body closed after {after:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout-ms"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(700) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+    h1.store().put("vm", "after", json!(1), None).await.unwrap();
     shutdown(vec![h1, h2]).await;
 }

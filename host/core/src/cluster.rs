@@ -534,12 +534,13 @@ impl Inner {
             // Leftovers of a join that failed.
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let joined = ClusterStore::join(
+        let joined = ClusterStore::join_with_limits(
             &dir,
             None,
             self.cfg.cluster_address.clone(),
             &req.address,
             &req.token,
+            self.cfg.cluster_limits.clone(),
         )
         .await;
         let joined = match joined {

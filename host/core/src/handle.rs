@@ -154,6 +154,7 @@ impl Inner {
                     nasvisor_cluster::NodeStatus::Removed => "removed",
                 },
                 "voter": m.voter,
+                "key": m.key,
             })).collect::<Vec<_>>(),
         })
     }

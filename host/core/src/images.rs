@@ -92,26 +92,33 @@ impl Inner {
         }
     }
 
+    /// Records the outcome of an import: the image ready on this host, or,
+    /// when it failed, no record at all (the job and an
+    /// `image-import-failed` event keep the reason).
     pub(crate) async fn image_done(&self, name: &str, result: &Result<Image, String>) {
+        let Ok(img) = result else {
+            let ours = self
+                .db
+                .get::<ImageRecord>(kind::IMAGE, name)
+                .is_some_and(|(r, _)| r.state != ImageState::Ready);
+            if ours {
+                if let Err(e) = self.db.delete(kind::IMAGE, name).await {
+                    tracing::error!(image = name, error = %e, "cannot remove a failed import's record");
+                }
+            }
+            return;
+        };
         let host = self.host.id.clone();
         let r = self
             .db
             .update::<ImageRecord, _>(kind::IMAGE, name, |r| {
-                match result {
-                    Ok(img) => {
-                        r.state = ImageState::Ready;
-                        r.error = None;
-                        r.format = Some(img.source_format.clone());
-                        r.size_bytes = std::fs::metadata(&img.path).map(|m| m.len()).unwrap_or(0);
-                        r.virtual_size_bytes = img.virtual_size;
-                        if !r.hosts.contains(&host) {
-                            r.hosts.push(host.clone());
-                        }
-                    }
-                    Err(e) => {
-                        r.state = ImageState::Failed;
-                        r.error = Some(e.clone());
-                    }
+                r.state = ImageState::Ready;
+                r.error = None;
+                r.format = Some(img.source_format.clone());
+                r.size_bytes = std::fs::metadata(&img.path).map(|m| m.len()).unwrap_or(0);
+                r.virtual_size_bytes = img.virtual_size;
+                if !r.hosts.contains(&host) {
+                    r.hosts.push(host.clone());
                 }
                 Ok(())
             })

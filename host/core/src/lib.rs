@@ -102,6 +102,8 @@ pub struct CoreConfig {
     pub quorum_stop_delay: Duration,
     /// TLS on the migration, disk-copy and image-copy streams.
     pub migration_tls: bool,
+    /// The cluster endpoint's connection caps and timeouts.
+    pub cluster_limits: nasvisor_cluster::ServerLimits,
 }
 
 impl CoreConfig {
@@ -123,6 +125,7 @@ impl CoreConfig {
             offline_after: Duration::from_secs(10),
             quorum_stop_delay: Duration::from_secs(60),
             migration_tls: true,
+            cluster_limits: nasvisor_cluster::ServerLimits::default(),
         }
     }
 
@@ -257,6 +260,7 @@ impl NasCore {
                 ClusterStore::open(cfg.data_dir.join("cluster"), 1, &cfg.cluster_address).await?
             }
         };
+        store.set_server_limits(cfg.cluster_limits.clone())?;
         if store.cluster_info().is_some() {
             let listen = parse_listen(&cfg.cluster_address)?;
             let addr = store.serve(listen).await?;

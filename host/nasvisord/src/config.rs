@@ -1,6 +1,7 @@
 //! nasvisord's configuration: a TOML file whose every setting has an
 //! embedded default, so the daemon starts with no file at all.
 
+use nasvisor_api::ServerLimits;
 use nasvisor_plugin_host::RuntimeConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ pub struct ClusterConfig {
     /// cluster's certificates). Off only on a dedicated, trusted storage
     /// network: it saves CPU and some downtime.
     pub migration_tls: bool,
+    /// The cluster endpoint's connection caps and timeouts (the members'
+    /// own addresses are not counted against the caps).
+    pub limits: LimitsConfig,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +74,57 @@ impl Default for ClusterConfig {
             offline_after_s: 10,
             quorum_stop_delay_s: 60,
             migration_tls: true,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `[api.limits]` and `[cluster.limits]`: an endpoint's connection caps and
+/// timeouts (see `nasvisor_limits`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open connections at most; beyond, a new one is closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address (one /64 for IPv6) at most.
+    pub max_connections_per_address: usize,
+    /// The longest TLS handshake, ms.
+    pub handshake_timeout_ms: u64,
+    /// The longest wait for a complete request head, ms.
+    pub header_timeout_ms: u64,
+    /// How long a connection with no request in progress may stay silent,
+    /// ms (at most `header-timeout-ms`).
+    pub idle_timeout_ms: u64,
+    /// The longest pause inside a request body (an upload included), ms.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = ServerLimits::default();
+        let ms = |t: std::time::Duration| t.as_millis() as u64;
+        LimitsConfig {
+            max_connections: d.max_connections,
+            max_connections_per_address: d.max_connections_per_address,
+            handshake_timeout_ms: ms(d.handshake_timeout),
+            header_timeout_ms: ms(d.header_timeout),
+            idle_timeout_ms: ms(d.idle_timeout),
+            body_timeout_ms: ms(d.body_timeout),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits these settings give.
+    pub fn limits(&self) -> ServerLimits {
+        let ms = std::time::Duration::from_millis;
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            handshake_timeout: ms(self.handshake_timeout_ms),
+            header_timeout: ms(self.header_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            body_timeout: ms(self.body_timeout_ms),
         }
     }
 }
@@ -96,6 +151,8 @@ pub struct ApiConfig {
     pub extra_names: Vec<String>,
     /// Largest image upload, bytes.
     pub max_upload_bytes: u64,
+    /// The admin endpoint's connection caps and timeouts.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ApiConfig {
@@ -106,6 +163,7 @@ impl Default for ApiConfig {
             tls_key: None,
             extra_names: Vec::new(),
             max_upload_bytes: 64 << 30,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -283,6 +341,12 @@ impl Config {
             0,
             86_400,
         )?;
+        for (section, limits) in [("api", &cfg.api.limits), ("cluster", &cfg.cluster.limits)] {
+            limits
+                .limits()
+                .check()
+                .map_err(|e| invalid(&format!("{section}.limits.{}", e.field), e.reason))?;
+        }
         if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {
             return Err(invalid(
                 "api.tls-cert",
@@ -379,6 +443,40 @@ mod tests {
         assert!(e.to_string().contains("host.name"), "{e}");
         let e = Config::parse("[network]\nnetns = \"../x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("network.netns"), "{e}");
+    }
+
+    #[test]
+    fn server_limits_are_checked_naming_the_key() {
+        let c = Config::parse(
+            "[api.limits]\nbody-timeout-ms = 500\n[cluster.limits]\nmax-connections = 64\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.api.limits.limits().body_timeout.as_millis(), 500);
+        assert_eq!(c.api.limits.max_connections, 256, "the rest: defaults");
+        assert_eq!(c.cluster.limits.max_connections, 64);
+        for (text, field) in [
+            (
+                "[api.limits]\nmax-connections = 0\n",
+                "api.limits.max-connections",
+            ),
+            (
+                "[cluster.limits]\nmax-connections-per-address = 1000\n",
+                "cluster.limits.max-connections-per-address",
+            ),
+            (
+                "[api.limits]\nheader-timeout-ms = 10\n",
+                "api.limits.header-timeout-ms",
+            ),
+            (
+                "[cluster.limits]\nidle-timeout-ms = 60000\n",
+                "cluster.limits.idle-timeout-ms",
+            ),
+            ("[api.limits]\nbody-timeout = 5\n", "body-timeout"),
+        ] {
+            let e = Config::parse(text, Path::new("c.toml")).unwrap_err();
+            assert!(e.to_string().contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.offline_after = std::time::Duration::from_secs(cfg.cluster.offline_after_s);
     c.quorum_stop_delay = std::time::Duration::from_secs(cfg.cluster.quorum_stop_delay_s);
     c.migration_tls = cfg.cluster.migration_tls;
+    c.cluster_limits = cfg.cluster.limits.limits();
     c.bundled_images = cfg
         .images
         .bundled
@@ -182,6 +183,7 @@ async fn serve(
     settings.tls.key = cfg.api.tls_key.clone();
     settings.tls.extra_names = cfg.api.extra_names.clone();
     settings.max_upload = cfg.api.max_upload_bytes;
+    settings.limits = cfg.api.limits.limits();
     let mut server = nasvisor_api::Server::bind(settings, std::sync::Arc::new(core.clone()))
         .await
         .context("starting the HTTPS endpoint")?;

@@ -407,6 +407,129 @@ fn upload_snapshot_clone_uefi_and_cancel() {
     );
 }
 
+/// A TLS connection to the daemon's admin endpoint, trusting the
+/// certificate it generated.
+fn admin_tls(d: &Daemon) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(d.data_dir().join("tls/cert.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = std::net::TcpStream::connect(d.endpoint.trim_start_matches("https://")).unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn an_upload_that_stops_midway_fails_after_the_body_timeout_and_leaves_nothing_behind() {
+    use std::io::{Read, Write};
+    let _s = serial();
+    let mut setup = common::DaemonSetup::single_host();
+    setup.api_extra = vec!["[api.limits]".into(), "body-timeout-ms = 4000".into()];
+    let d = Daemon::start_with(setup);
+    let images_dir = d.data_dir().join("images");
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&images_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("stalled"))
+            .collect()
+    };
+    // 1 MiB of a real qcow2 image of an announced 64 MiB, then nothing
+    // (the connection stays open).
+    let image =
+        nasvisor_plugin_host::testkit::workspace_root().join("target/guest/nasvisor-mini.qcow2");
+    let first = &std::fs::read(image).unwrap()[..1 << 20];
+    let mut tls = admin_tls(&d);
+    write!(
+        tls,
+        "POST /api/v1/images/stalled/upload?os_variant=busybox HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\n\r\n",
+        d.token,
+        64 << 20
+    )
+    .unwrap();
+    tls.write_all(first).unwrap();
+    tls.flush().unwrap();
+    let sent = std::time::Instant::now();
+    // Midway, the import is under way: a record and a partial file.
+    let images = d.json(&["image", "list"]);
+    let during = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "stalled")
+        .cloned();
+    assert!(
+        during.is_some(),
+        "the upload is listed while it runs: {images:#}"
+    );
+    assert!(!leftovers().is_empty(), "a partial file while it runs");
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "checked before the timeout"
+    );
+
+    // The body timeout ends it: 408, naming the setting.
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.ends_with(b"}") {
+                    break;
+                }
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    eprintln!("after {:?}: {answer}", sent.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout-ms"), "{answer}");
+    assert!(sent.elapsed() >= Duration::from_millis(3900));
+
+    // Nothing is left: no image record, no partial file; the job failed.
+    let images = d.json(&["image", "list"]);
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "stalled"),
+        "{images:#}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let jobs = d.json(&["job", "list"]);
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["target"] == "image/stalled")
+        .expect("the upload's job");
+    assert_eq!(job["state"], "failed", "{job:#}");
+    assert!(
+        job["error"].as_str().unwrap().contains("stopped arriving"),
+        "{job:#}"
+    );
+}
+
 #[test]
 fn placement_live_console_guest_panic_and_autostart() {
     let _s = serial();

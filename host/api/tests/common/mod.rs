@@ -219,7 +219,8 @@ impl Core for FakeCore {
     }
 
     /// VM `missing` does not exist; VM `endless` streams until the client
-    /// goes away; every other VM sends `tail` bytes of "history" (at most
+    /// goes away; VM `quiet` sends a line, nothing for 1.5 s, then a last
+    /// line; every other VM sends `tail` bytes of "history" (at most
     /// 3 chunks) and, when `follow`, two more chunks.
     async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
         self.consoles
@@ -248,6 +249,13 @@ impl Core for FakeCore {
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
+            }
+            if id == "quiet" {
+                // Silent for 1.5 s in the middle of its answer.
+                let _ = tx.send(Ok(Bytes::from_static(b"start\n"))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                let _ = tx.send(Ok(Bytes::from_static(b"end\n"))).await;
+                return;
             }
             let _ = tx
                 .send(Ok(Bytes::from(format!("history of {id} ({tail})\n"))))
@@ -371,6 +379,9 @@ pub struct Client {
     addr: SocketAddr,
     name: String,
     connector: tokio_rustls::TlsConnector,
+    /// The local address to connect from (a 127.0.0.0/8 address: each is
+    /// another client to the server).
+    source: Option<std::net::IpAddr>,
 }
 
 /// An answer.
@@ -409,7 +420,36 @@ impl Client {
             addr,
             name: "localhost".into(),
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            source: None,
         }
+    }
+
+    /// The same client, connecting from `source` (e.g. 127.0.0.2).
+    pub fn with_source(mut self, source: &str) -> Self {
+        self.source = Some(source.parse().unwrap());
+        self
+    }
+
+    /// A TCP connection to the server, from the source address if set.
+    pub async fn tcp(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self.source {
+            None => tokio::net::TcpStream::connect(self.addr).await,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(self.addr).await
+            }
+        }
+    }
+
+    /// A TLS connection to the server, or why not (a server at its
+    /// connection cap closes new ones at once).
+    pub async fn try_raw(
+        &self,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = self.tcp().await?;
+        let name = rustls::pki_types::ServerName::try_from(self.name.clone()).unwrap();
+        self.connector.connect(name, tcp).await
     }
 
     /// The same client, verifying the certificate for another name.
@@ -453,12 +493,7 @@ impl Client {
 
     /// A bare TLS connection to the server.
     pub async fn raw(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(self.name.clone()).unwrap();
-        self.connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake")
+        self.try_raw().await.expect("TLS handshake")
     }
 
     /// Sends a request with any body and returns the answer unread.
@@ -474,13 +509,7 @@ impl Client {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(self.name.clone()).unwrap();
-        let tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let tls = self.raw().await;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .unwrap();

@@ -121,6 +121,7 @@ impl Cluster {
                 .into_iter()
                 .chain(cluster_lines(i))
                 .collect(),
+                api_extra: Vec::new(),
             });
             c.hosts.push(d);
         }

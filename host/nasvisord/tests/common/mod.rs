@@ -126,6 +126,9 @@ pub struct DaemonSetup {
     pub cluster_address: String,
     /// More `key = value` lines of `[cluster]`.
     pub cluster_extra: Vec<String>,
+    /// More lines after `[api]`'s (its keys, then tables such as
+    /// `[api.limits]`).
+    pub api_extra: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -139,6 +142,7 @@ impl DaemonSetup {
             inside_ns: false,
             cluster_address: format!("127.0.0.1:{}", free_port()),
             cluster_extra: Vec::new(),
+            api_extra: Vec::new(),
         }
     }
 
@@ -155,13 +159,14 @@ impl DaemonSetup {
             cluster.push_str(line);
             cluster.push('\n');
         }
+        let api: String = self.api_extra.iter().map(|l| format!("{l}\n")).collect();
         format!(
             r#"data-dir = "{data}"
 [host]
 name = "{name}"
 [api]
 listen = "127.0.0.1:0"
-[vm]
+{api}[vm]
 accel = "tcg"
 {network}{cluster}[[images.bundled]]
 name = "nasvisor-mini"

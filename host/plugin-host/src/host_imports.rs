@@ -111,6 +111,8 @@ fn log(cx: &mut CallCtx, level: LogLevel, message: &str, fields: &[(String, Stri
         return;
     }
     cx.log_budget -= size;
+    // A plugin may quote its input (password hashes, SSH keys): never logged.
+    let message = crate::redact::redact_secrets(message);
     // Formatted only if a subscriber records the event.
     let fields = Fields(fields);
     let plugin = &*cx.plugin;
@@ -132,7 +134,7 @@ impl std::fmt::Display for Fields<'_> {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            write!(f, "{k}={v:?}")?;
+            write!(f, "{k}={:?}", crate::redact::redact_secrets(v))?;
         }
         Ok(())
     }

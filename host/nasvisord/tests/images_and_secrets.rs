@@ -22,11 +22,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A password hash and an SSH key: their distinctive parts must never be
 /// logged.
 const HASH: &str =
-    "$6$nvsalt42$S3cr3tH4shOfTheAdminUserThatMustNeverBeLogged0123456789abcdefghijklmnopqrstu";
+    "$6$nvsalt42$S3cr3tH4shOfTheAdminUserThatMustNeverBeLogged0123456789abcdefghijklmnopqrstuvwxyzABCDE";
 const HASH_PART: &str = "S3cr3tH4shOfTheAdminUser";
+/// `ssh-ed25519` with the 32 bytes `NasvisorKeyThatMustNeverBeLogged`.
 const KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyOfTheAdminThatMustNeverBeLogged0123456789ab admin@test";
-const KEY_PART: &str = "IKeyOfTheAdminThatMustNeverBeLogged";
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE5hc3Zpc29yS2V5VGhhdE11c3ROZXZlckJlTG9nZ2Vk admin@test";
+const KEY_PART: &str = "IE5hc3Zpc29yS2V5VGhhdE11c3ROZXZlckJlTG9nZ2Vk";
 
 fn qemu_img(args: &[&str]) {
     let o = Command::new("qemu-img").args(args).output().unwrap();
@@ -95,7 +96,7 @@ fn images_that_reference_host_files_are_refused_by_every_entry_point_and_leave_n
     // A file of the host: refused before any job starts.
     let err = d.fails(&["image", "add", "evil", "--path", s(&evil)]);
     assert!(
-        err.contains("HTTP 400") && err.contains("path") && err.contains("external data file"),
+        err.contains("HTTP 422") && err.contains("path:") && err.contains("external data file"),
         "{err}"
     );
     let err = d.fails(&["image", "add", "evil", "--path", s(&flat)]);
@@ -103,7 +104,7 @@ fn images_that_reference_host_files_are_refused_by_every_entry_point_and_leave_n
     // A volume import.
     let err = d.fails(&["volume", "import", "default", "evil", s(&evil)]);
     assert!(
-        err.contains("HTTP 400") && err.contains("external data file"),
+        err.contains("HTTP 422") && err.contains("path:") && err.contains("external data file"),
         "{err}"
     );
     // A plain http URL without a checksum.

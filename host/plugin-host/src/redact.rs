@@ -42,7 +42,11 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         let prev = i.checked_sub(1).map(|p| bytes[p]);
         let secret_end = if bytes[i] == b'$' && !prev.is_some_and(crypt_char) {
-            let end = run_end(bytes, i, crypt_char);
+            let mut end = run_end(bytes, i, crypt_char);
+            // A comma after a hash is the text's, not the hash's.
+            while bytes[end - 1] == b',' {
+                end -= 1;
+            }
             let dollars = bytes[i..end].iter().filter(|b| **b == b'$').count();
             (dollars >= 3 && end - i >= 16).then_some(end)
         } else if bytes[i..].starts_with(b"AAAA") && !prev.is_some_and(base64_char) {
@@ -94,6 +98,10 @@ mod tests {
                 "keys: [ssh-ed25519 <redacted> admin@x]".into(),
             ),
             (format!("k={key}"), "k=<redacted>".into()),
+            (
+                "[$6$saltsalt$c2VjcmV0LWhhc2g, $5$saltsalt$aGFzaGhhc2hoYXNo]".into(),
+                "[<redacted>, <redacted>]".into(),
+            ),
             (
                 "é $6$saltsalt$c2VjcmV0LWhhc2g é".into(),
                 "é <redacted> é".into(),

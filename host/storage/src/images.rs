@@ -474,6 +474,7 @@ impl ImageLibrary {
                     |_| {},
                 )
                 .map_err(|e| relabel(e, source))?;
+            found.unchanged().map_err(|e| relabel(e, source))?;
             std::fs::rename(&converted, &dst).map_err(|e| StorageError::io(&dst, e))?;
             cleanup.0.push(dst.clone());
             ("qcow2", dst)

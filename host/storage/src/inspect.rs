@@ -82,6 +82,45 @@ pub struct Inspected {
     pub virtual_size: u64,
     /// Bytes the file occupies.
     pub actual_size: u64,
+    /// The file as it was inspected: device, inode, size and change time.
+    pub stamp: FileStamp,
+}
+
+/// Identifies one state of a file: any write, rename over it or
+/// replacement changes it (the change time cannot be set back by its owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl Inspected {
+    /// Refuses when the file is no longer the one inspected (replaced or
+    /// written since): call it after reading it, before keeping the result.
+    pub fn unchanged(&self) -> Result<(), StorageError> {
+        let now = std::fs::metadata(&self.path).map_err(|e| StorageError::io(&self.path, e))?;
+        if FileStamp::of(&now) != self.stamp {
+            return Err(bad(
+                &self.path,
+                "the file changed while it was imported; nothing was kept",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A header found in the first bytes of a file.
@@ -606,6 +645,7 @@ pub fn inspect(img: &QemuImg, path: &Path) -> Result<Inspected, StorageError> {
     if len == 0 {
         return Err(bad(path, "the image is empty"));
     }
+    let stamp = FileStamp::of(&meta);
     let format = detect(path, &mut f, len)?;
     drop(f);
     let actual_size = {
@@ -618,6 +658,7 @@ pub fn inspect(img: &QemuImg, path: &Path) -> Result<Inspected, StorageError> {
             format,
             virtual_size: len,
             actual_size,
+            stamp,
         });
     }
     let relabel = |e: StorageError| match e {
@@ -635,12 +676,16 @@ pub fn inspect(img: &QemuImg, path: &Path) -> Result<Inspected, StorageError> {
     let v = img.info_json(&canon, format.qemu_name()).map_err(relabel)?;
     let virtual_size = check_info(path, format, &v)?;
     img.check(&canon, format.qemu_name()).map_err(relabel)?;
-    Ok(Inspected {
+    let found = Inspected {
         path: canon,
         format,
         virtual_size,
         actual_size,
-    })
+        stamp,
+    };
+    // What qemu-img looked at is what the headers said.
+    found.unchanged()?;
+    Ok(found)
 }
 
 /// Whether a volume's qcow2 header names an external data file or

@@ -20,7 +20,7 @@ pub mod seed;
 
 pub use error::StorageError;
 pub use images::{check_sha256, fetch_url, Expected, Image, ImageLibrary, ImageSpec};
-pub use inspect::{inspect, Inspected, SourceFormat};
+pub use inspect::{inspect, FileStamp, Inspected, SourceFormat};
 pub use limits::Limits;
 pub use pool::{Pool, PoolUsage, VolumeInfo};
 pub use qemu_img::{ImageInfo, QemuImg, SnapshotInfo, SnapshotOp};

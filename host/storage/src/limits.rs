@@ -9,7 +9,8 @@
 //!   more for `convert`, in proportion to the image's size);
 //! - `RLIMIT_CORE` 0 (a limit hit dumps no core);
 //! - umask 077, so that every file it creates (a volume, a converted image,
-//!   a seed) is private from its first byte.
+//!   a seed) is private from its first byte;
+//! - `MALLOC_ARENA_MAX=2` in its environment (see [`command`]).
 //!
 //! `info` and `check` also have a wall-clock bound. A hit of any limit is a
 //! [`StorageError::Limit`] naming the limit, not a generic failure.
@@ -66,6 +67,11 @@ const STDOUT_KEEP: u64 = 64 << 20;
 pub(crate) fn command(bin: &Path, memory: u64, cpu: Option<u64>) -> Command {
     let mut cmd = Command::new(bin);
     cmd.stdin(Stdio::null());
+    // glibc reserves 64 MiB of address space per malloc arena, one per
+    // thread: qemu-img convert's I/O threads then need 1.3 GiB of address
+    // space for 200 MiB of use. Two arenas keep it under 200 MiB, so the
+    // address-space limit bounds what the image makes it allocate.
+    cmd.env("MALLOC_ARENA_MAX", "2");
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls are allowed: it makes only the raw
     // setrlimit(2) and umask(2) system calls (rustix, no allocation, no

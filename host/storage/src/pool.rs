@@ -352,6 +352,9 @@ impl Pool {
             progress,
             cancelled,
         )?;
+        // A file swapped for another (or rewritten) between the inspection
+        // and the conversion could have made qemu-img read anything.
+        found.unchanged()?;
         self.commit(tmp, &tmp_path, volume)
     }
 

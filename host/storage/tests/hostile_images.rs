@@ -485,3 +485,33 @@ fn qemu_img_over_its_memory_limit_is_a_clear_refusal() {
         "{e}"
     );
 }
+
+#[test]
+fn a_source_swapped_for_another_file_during_its_import_leaves_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let pool_dir = tempfile::tempdir().unwrap();
+    let pool = Pool::open("p", pool_dir.path()).unwrap();
+    let good = src.path().join("disk.raw");
+    std::fs::write(&good, vec![0u8; 4 << 20]).unwrap();
+    // Once qemu-img is converting, the path is replaced (rename over it),
+    // as the owner of the file could do after the inspection.
+    let other = src.path().join("other.raw");
+    std::fs::write(&other, vec![1u8; 4 << 20]).unwrap();
+    let mut swapped = false;
+    let e = pool
+        .import("v", &good, |_| {
+            if !swapped {
+                std::fs::rename(&other, &good).unwrap();
+                swapped = true;
+            }
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(swapped, "qemu-img reported progress");
+    assert!(e.contains("changed while it was imported"), "{e}");
+    assert!(
+        files(pool_dir.path()).is_empty(),
+        "{:?}",
+        files(pool_dir.path())
+    );
+}

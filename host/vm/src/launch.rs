@@ -571,6 +571,17 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
             path: paths.pidfile(),
             source,
         })?;
+    // QEMU's -daemonize sets umask 027, so its sockets (QMP: control of the
+    // VM; serial: its console) come out 0750; the run directory (0700)
+    // already keeps others out, and they are made 0600 too.
+    for sock in [paths.qmp_socket(), paths.serial_socket()] {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %sock.display(), error = %e, "cannot make a QEMU socket private");
+            }
+        }
+    }
     guard.armed = false;
     drop(guard);
     tracing::info!(id = paths.id(), pid, "QEMU running");

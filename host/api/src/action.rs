@@ -1651,7 +1651,7 @@ mod tests {
     #[test]
     fn a_plain_http_image_url_needs_a_sha256_of_64_hex_digits() {
         let e = image_body(r#"{"name":"a","url":"http://192.0.2.1/a.qcow2"}"#).unwrap_err();
-        assert_eq!(e.field, "sha256");
+        assert_eq!(e.field.as_deref(), Some("sha256"));
         assert!(e.reason.contains("plain http://"), "{}", e.reason);
         let sha = "AB".repeat(32);
         let ok = image_body(&format!(
@@ -1666,7 +1666,7 @@ mod tests {
                 r#"{{"name":"a","path":"/srv/a.img","sha256":"{bad}"}}"#
             ))
             .unwrap_err();
-            assert_eq!(e.field, "sha256", "{bad}");
+            assert_eq!(e.field.as_deref(), Some("sha256"), "{bad}");
         }
     }
 

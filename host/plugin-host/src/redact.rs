@@ -24,6 +24,12 @@ fn base64_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
 }
 
+/// A character that, right before a `$` or an `AAAA`, makes it the middle
+/// of a longer word rather than the start of a secret.
+fn word_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'+' | b'$')
+}
+
 /// The end of the run of `class` characters starting at `start`.
 fn run_end(bytes: &[u8], start: usize, class: fn(u8) -> bool) -> usize {
     bytes[start..]
@@ -41,7 +47,7 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
     let mut i = 0;
     while i < bytes.len() {
         let prev = i.checked_sub(1).map(|p| bytes[p]);
-        let secret_end = if bytes[i] == b'$' && !prev.is_some_and(crypt_char) {
+        let secret_end = if bytes[i] == b'$' && !prev.is_some_and(word_char) {
             let mut end = run_end(bytes, i, crypt_char);
             // A comma after a hash is the text's, not the hash's.
             while bytes[end - 1] == b',' {
@@ -49,7 +55,7 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
             }
             let dollars = bytes[i..end].iter().filter(|b| **b == b'$').count();
             (dollars >= 3 && end - i >= 16).then_some(end)
-        } else if bytes[i..].starts_with(b"AAAA") && !prev.is_some_and(base64_char) {
+        } else if bytes[i..].starts_with(b"AAAA") && !prev.is_some_and(word_char) {
             let end = run_end(bytes, i, base64_char);
             (end - i >= 32).then_some(end)
         } else {
@@ -98,6 +104,10 @@ mod tests {
                 "keys: [ssh-ed25519 <redacted> admin@x]".into(),
             ),
             (format!("k={key}"), "k=<redacted>".into()),
+            (
+                "passwd=$6$saltsalt$c2VjcmV0LWhhc2g".into(),
+                "passwd=<redacted>".into(),
+            ),
             (
                 "[$6$saltsalt$c2VjcmV0LWhhc2g, $5$saltsalt$aGFzaGhhc2hoYXNo]".into(),
                 "[<redacted>, <redacted>]".into(),

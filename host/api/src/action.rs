@@ -311,14 +311,23 @@ pub const HOST_SCOPED_OPERATIONS: &[&str] = &[
     "cloneVolume",
 ];
 
-/// Body of `POST /api/v1/cluster/join`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Body of `POST /api/v1/cluster/join`. Its `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterJoin {
     /// A member's cluster endpoint, `ip:port`.
     pub address: String,
     /// The token `nasvisor cluster join-token` printed there.
     pub token: String,
+}
+
+impl std::fmt::Debug for ClusterJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterJoin")
+            .field("address", &self.address)
+            .field("token", &REDACTED)
+            .finish()
+    }
 }
 
 impl Validate for ClusterJoin {
@@ -598,8 +607,9 @@ pub struct InstallSpec {
     pub keep_disks_on_failure: bool,
 }
 
-/// A user of an install.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// A user of an install. Its `Debug` shows neither the password hash nor
+/// the SSH keys (only how many): requests are logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InstallUser {
     /// POSIX user name `^[a-z_][a-z0-9_-]{0,31}$`.
@@ -619,6 +629,28 @@ pub struct InstallUser {
     /// Login shell, an absolute path.
     #[serde(default)]
     pub shell: Option<String>,
+}
+
+/// What a log shows of a secret: that it is there, not what it is.
+pub const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for InstallUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallUser")
+            .field("name", &self.name)
+            .field(
+                "ssh_authorized_keys",
+                &format_args!("<{} key(s) redacted>", self.ssh_authorized_keys.len()),
+            )
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| REDACTED),
+            )
+            .field("sudo", &self.sudo)
+            .field("groups", &self.groups)
+            .field("shell", &self.shell)
+            .finish()
+    }
 }
 
 /// Network settings of one NIC of an install.
@@ -772,9 +804,13 @@ pub struct ImageAddBody {
     /// Absolute path of a file on this host.
     #[serde(default)]
     pub path: Option<String>,
-    /// http(s) URL.
+    /// http(s) URL (plain http only with `sha256`).
     #[serde(default)]
     pub url: Option<String>,
+    /// SHA-256 of the file (64 hex digits), checked before the image is
+    /// added; required with a plain `http://` URL.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// OS family (name syntax), `linux` when absent.
     #[serde(default)]
     pub os_family: Option<String>,
@@ -857,6 +893,9 @@ pub struct ImageAdd {
     pub name: String,
     /// Source.
     pub source: ImageSource,
+    /// The SHA-256 the file must have (64 lower-case hex digits).
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Metadata.
     pub meta: ImageMetaSpec,
 }
@@ -1513,9 +1552,28 @@ impl ImageAddBody {
                         "must be at most 4096 bytes without spaces",
                     ));
                 }
+                if !lower.starts_with("https://") && self.sha256.is_none() {
+                    return Err(ApiError::field(
+                        "sha256",
+                        "required with a plain http:// URL (nothing else authenticates the \
+                         download); give the image's SHA-256 or use https://",
+                    ));
+                }
                 ImageSource::Url(u)
             }
             _ => return Err(ApiError::field("path", "give exactly one of path and url")),
+        };
+        let sha256 = match self.sha256 {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err(ApiError::field(
+                    "sha256",
+                    "must be a SHA-256: 64 hex digits",
+                ))
+            }
+            None => None,
         };
         let meta = ImageMetaSpec::from_parts(
             self.os_family,
@@ -1527,6 +1585,7 @@ impl ImageAddBody {
         Ok(ImageAdd {
             name: self.name,
             source,
+            sha256,
             meta,
         })
     }
@@ -1535,6 +1594,81 @@ impl ImageAddBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image_body(json: &str) -> Result<ImageAdd, ApiError> {
+        serde_json::from_str::<ImageAddBody>(json)
+            .expect("parses")
+            .into_add()
+    }
+
+    #[test]
+    fn the_debug_form_of_a_request_shows_no_password_hash_key_or_token() {
+        let hash = "$6$saltsalt$c2VjcmV0LWhhc2g";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl a@b";
+        let create = Action::CreateVm(VmCreate {
+            name: "vm1".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            description: None,
+            disks: vec![],
+            nics: vec![],
+            image: Some("deb".into()),
+            autostart: false,
+            ha: false,
+            firmware: FirmwareKind::Bios,
+            install: Some(InstallSpec {
+                users: vec![InstallUser {
+                    name: "admin".into(),
+                    ssh_authorized_keys: vec![key.into()],
+                    password_hash: Some(hash.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            host: None,
+        });
+        let join = ClusterJoin {
+            address: "192.0.2.1:8444".into(),
+            token: "nvjt1.secret-token".into(),
+        };
+        for text in [
+            format!("{create:?}"),
+            format!("{create:#?}"),
+            format!("{join:?}"),
+        ] {
+            assert!(!text.contains("c2VjcmV0LWhhc2g"), "{text}");
+            assert!(!text.contains("AAAAC3NzaC1lZDI1NTE5"), "{text}");
+            assert!(!text.contains("secret-token"), "{text}");
+        }
+        let text = format!("{create:?}");
+        assert!(
+            text.contains("admin") && text.contains("<1 key(s) redacted>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_plain_http_image_url_needs_a_sha256_of_64_hex_digits() {
+        let e = image_body(r#"{"name":"a","url":"http://192.0.2.1/a.qcow2"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("sha256"));
+        assert!(e.reason.contains("plain http://"), "{}", e.reason);
+        let sha = "AB".repeat(32);
+        let ok = image_body(&format!(
+            r#"{{"name":"a","url":"HTTP://192.0.2.1/a.qcow2","sha256":"{sha}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(ok.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        let ok = image_body(r#"{"name":"a","url":"https://192.0.2.1/a.qcow2"}"#).unwrap();
+        assert_eq!(ok.sha256, None);
+        for bad in ["abc", &"g".repeat(64), &"a".repeat(65)] {
+            let e = image_body(&format!(
+                r#"{{"name":"a","path":"/srv/a.img","sha256":"{bad}"}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("sha256"), "{bad}");
+        }
+    }
 
     #[test]
     fn names() {

@@ -188,6 +188,7 @@ async fn valid_requests_are_forwarded_as_the_right_action() {
         vec![Action::AddImage(ImageAdd {
             name: "deb".into(),
             source: ImageSource::Url("https://example.invalid/deb.qcow2".into()),
+            sha256: None,
             meta: ImageMetaSpec::default(),
         })]
     );
@@ -207,6 +208,7 @@ async fn valid_requests_are_forwarded_as_the_right_action() {
         vec![Action::AddImage(ImageAdd {
             name: "win".into(),
             source: ImageSource::Path("/srv/win.iso".into()),
+            sha256: None,
             meta: ImageMetaSpec {
                 os_family: "windows".into(),
                 os_variant: "win11".into(),

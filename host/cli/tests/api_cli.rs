@@ -1117,6 +1117,7 @@ fn every_command_sends_the_right_action() {
             Action::AddImage(ImageAdd {
                 name: "deb".into(),
                 source: ImageSource::Url("https://example.invalid/deb.qcow2".into()),
+                sha256: None,
                 meta: ImageMetaSpec::default(),
             }),
         ),
@@ -1141,6 +1142,7 @@ fn every_command_sends_the_right_action() {
             Action::AddImage(ImageAdd {
                 name: "win".into(),
                 source: ImageSource::Path("/srv/win.iso".into()),
+                sha256: None,
                 meta: ImageMetaSpec {
                     os_family: "windows".into(),
                     os_variant: "win11".into(),
@@ -1148,6 +1150,25 @@ fn every_command_sends_the_right_action() {
                     firmware: FirmwareKind::Uefi,
                     ready_marker: Some("READY".into()),
                 },
+            }),
+        ),
+        (
+            vec![
+                "image",
+                "add",
+                "plain",
+                "--url",
+                "http://192.0.2.1/plain.qcow2",
+                "--sha256",
+                "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            ],
+            Action::AddImage(ImageAdd {
+                name: "plain".into(),
+                source: ImageSource::Url("http://192.0.2.1/plain.qcow2".into()),
+                sha256: Some(
+                    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+                ),
+                meta: ImageMetaSpec::default(),
             }),
         ),
         (

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use nasvisor_api::action::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
 use nasvisor_api::CoreError;
-use nasvisor_storage::{Image, ImageSpec, StorageError};
+use nasvisor_storage::{Expected, Image, ImageSpec, StorageError};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -129,7 +129,7 @@ impl Inner {
     }
 
     /// Imports an image from a file of this host or a URL, as a job. A file
-    /// is checked with `qemu-img info` before the job starts.
+    /// is inspected ([`nasvisor_storage::inspect`]) before the job starts.
     pub(crate) async fn add_image(self: &Arc<Self>, add: ImageAdd) -> Result<Value, CoreError> {
         let _g = self.ops.lock().await;
         self.image_name_free(&add.name)?;
@@ -141,9 +141,13 @@ impl Inner {
                     format!("{p} is not a file on host {}", self.host.id),
                 ));
             }
-            nasvisor_storage::QemuImg::default()
-                .info(path, None)
-                .map_err(|e| errors::invalid("path", e.to_string()))?;
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                nasvisor_storage::inspect(&nasvisor_storage::QemuImg::default(), &path)
+            })
+            .await
+            .map_err(errors::internal)?
+            .map_err(|e| errors::storage("path", e))?;
         }
         let (job, ctx) = self
             .job_start(
@@ -175,28 +179,39 @@ impl Inner {
                             path: p.into(),
                             source: e,
                         })?;
-                        let len = f.metadata().map(|m| m.len()).ok();
+                        let expected = Expected {
+                            len: f.metadata().map(|m| m.len()).ok(),
+                            sha256: add.sha256.clone(),
+                        };
                         lib.add_reader(
                             &name,
                             Cancellable {
                                 inner: f,
                                 ctx: c.clone(),
                             },
-                            len,
+                            expected,
                             p,
                             spec,
                             progress,
                         )
                     }
                     ImageSource::Url(u) => {
-                        let (reader, len) = nasvisor_storage::fetch_url(u)?;
+                        let (reader, len) = nasvisor_storage::fetch_url(
+                            u,
+                            add.sha256.as_deref(),
+                            nasvisor_storage::images::DOWNLOAD_READ_TIMEOUT,
+                        )?;
+                        let expected = Expected {
+                            len,
+                            sha256: add.sha256.clone(),
+                        };
                         lib.add_reader(
                             &name,
                             Cancellable {
                                 inner: reader,
                                 ctx: c.clone(),
                             },
-                            len,
+                            expected,
                             u,
                             spec,
                             progress,
@@ -280,7 +295,7 @@ impl Inner {
                     inner: reader,
                     ctx: c.clone(),
                 },
-                None,
+                Expected::default(),
                 "upload",
                 spec,
                 |n, _| c.progress(0.0, Some(&format!("received {} MiB", n >> 20))),

@@ -167,7 +167,11 @@ impl Inner {
             Ok(other) => Err(failed(format!(
                 "the os-installer answered {other:?} instead of a plan"
             ))),
-            Err(e) => Err(failed(format!("the os-installer refused: {}", e.message))),
+            // The plugin's own words may quote the request's secrets.
+            Err(e) => Err(failed(format!(
+                "the os-installer refused: {}",
+                nasvisor_plugin_host::redact::redact_secrets(&e.message)
+            ))),
         }
     }
 

@@ -233,20 +233,21 @@ impl std::fmt::Debug for NasCore {
     }
 }
 
-fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
-    move |source| StartError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 impl NasCore {
     /// Opens the cluster store, probes the accelerator, registers this host,
     /// creates the default pool on first start, adds bundled images, then
     /// finds the VMs that kept running and cleans up interrupted jobs.
     pub async fn start(cfg: CoreConfig, policy: Arc<PolicyHost>) -> Result<NasCore, StartError> {
+        // Everything under the data directory is private: the store (job
+        // records, install requests with password hashes and keys), seeds,
+        // disks, console logs, UEFI variables, keys. What an older release
+        // left readable is tightened now.
         for d in [cfg.data_dir.clone(), cfg.run_dir(), cfg.nvram_dir()] {
-            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+            nasvisor_storage::private::create_dir(&d)?;
+        }
+        let tightened = nasvisor_storage::private::tighten_tree(&cfg.data_dir)?;
+        if tightened > 0 {
+            tracing::info!(data_dir = %cfg.data_dir.display(), modes = tightened, "made the data directory private (files 0600, directories 0700)");
         }
         // A host that joined a cluster keeps its store in `member/`.
         let member = cfg.member_store_dir();
@@ -330,6 +331,7 @@ impl NasCore {
         inner.register_host().await?;
 
         inner.ensure_default_pool().await?;
+        inner.make_pools_private();
         inner.recover().await?;
         inner.add_bundled_images().await;
         inner.register_library_images().await;
@@ -368,6 +370,24 @@ impl NasCore {
             }
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Makes this host's pools private (directories 0700, volumes 0600); a
+    /// pool that cannot be reached is reported and left.
+    fn make_pools_private(&self) {
+        for p in self.local_pools() {
+            let r = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path))
+                .and_then(|pool| pool.make_private());
+            match r {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pool = %p.name, modes = n, "made the pool private"),
+                Err(e) => {
+                    tracing::warn!(pool = %p.name, error = %e, "cannot make the pool private")
+                }
+            }
+        }
     }
 }
 

@@ -90,7 +90,10 @@ impl Inner {
         let dir = Path::new(&req.path);
         let mut made = false;
         if !dir.exists() {
-            std::fs::create_dir(dir)
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(nasvisor_storage::private::DIR_MODE)
+                .create(dir)
                 .map_err(|e| errors::invalid("path", format!("cannot create {}: {e}", req.path)))?;
             made = true;
         }
@@ -110,6 +113,9 @@ impl Inner {
                 other.name
             )));
         }
+        // Its volumes hold guest data: the directory is 0700, volumes 0600.
+        pool.make_private()
+            .map_err(|e| errors::storage("path", e))?;
         let rec = PoolRecord {
             name: req.name.clone(),
             path: canon,
@@ -304,7 +310,7 @@ impl Inner {
     }
 
     /// Imports a raw/qcow2/vmdk/vdi file as a volume, as a job. The file is
-    /// checked before the job starts.
+    /// inspected ([`nasvisor_storage::inspect`]) before the job starts.
     pub(crate) async fn import_volume(
         self: &Arc<Self>,
         pool: &str,
@@ -323,18 +329,13 @@ impl Inner {
                 "volume {pool}/{name} already exists"
             )));
         }
-        let info = nasvisor_storage::QemuImg::default()
-            .info(Path::new(path), None)
-            .map_err(|e| errors::invalid("path", e.to_string()))?;
-        if !["qcow2", "raw", "vmdk", "vdi"].contains(&info.format.as_str()) {
-            return Err(errors::invalid(
-                "path",
-                format!(
-                    "format {} is not supported (qcow2, raw, vmdk or vdi)",
-                    info.format
-                ),
-            ));
-        }
+        let src = Path::new(path).to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            nasvisor_storage::inspect(&nasvisor_storage::QemuImg::default(), &src)
+        })
+        .await
+        .map_err(errors::internal)?
+        .map_err(|e| errors::storage("path", e))?;
         let (job, ctx) = self
             .job_start(
                 "volume-import",

@@ -45,10 +45,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Everything the daemon and its children (QEMU, qemu-img, mkfs.vfat...)
+    // create holds secrets or guest data (the store, the journal, seeds,
+    // disks, console logs, keys): private from the first byte.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut cfg = match Config::load(args.config.as_deref()) {
@@ -125,6 +129,27 @@ fn main() -> ExitCode {
             eprintln!("nasvisord: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log's writer: every line goes out with password hashes and SSH key
+/// blobs replaced ([`nasvisor_plugin_host::redact`]), whichever message
+/// (a plugin's log record, an error quoting a request) carried them. The
+/// types that hold secrets already hide them in their `Debug`; this is the
+/// last line of defence.
+struct RedactingWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // One formatted event per call.
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(nasvisor_plugin_host::redact::redact_secrets(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -206,4 +231,27 @@ async fn serve(
     server.serve(stop).await?;
     core.shutdown().await.context("closing the cluster store")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedactingWriter;
+    use std::io::Write;
+
+    #[test]
+    fn the_log_writer_never_lets_a_hash_or_a_key_through() {
+        let mut out = Vec::new();
+        let line = "2026-01-01T00:00:00Z  INFO plugin: user-data users: [{passwd: \
+                    $6$salt$aGFzaGhhc2hoYXNoaGFzaA, keys: [ssh-ed25519 \
+                    AAAAC3NzaC1lZDI1NTE5AAAAIE5hc3Zpc29yS2V5VGhhdE11c3ROZXZlckJlTG9nZ2Vk]}]\n";
+        let n = RedactingWriter(&mut out).write(line.as_bytes()).unwrap();
+        assert_eq!(n, line.len(), "the whole line counts as written");
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("aGFzaGhhc2hoYXNoaGFzaA"), "{text}");
+        assert!(!text.contains("E5hc3Zpc29yS2V5"), "{text}");
+        assert!(
+            text.contains("passwd: <redacted>, keys: [ssh-ed25519 <redacted>]"),
+            "{text}"
+        );
+    }
 }

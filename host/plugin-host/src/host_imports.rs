@@ -201,6 +201,8 @@ fn log(
         return Ok(());
     };
     cx.log_budget -= size;
+    // A plugin may quote its input (password hashes, SSH keys): never logged.
+    let message = crate::redact::redact_secrets(message);
     // Formatted only if a subscriber records the event.
     let fields = Fields(&kept);
     let plugin = &*cx.plugin;
@@ -253,7 +255,7 @@ impl std::fmt::Display for Fields<'_> {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            write!(f, "{k}={v:?}")?;
+            write!(f, "{k}={:?}", crate::redact::redact_secrets(v))?;
         }
         Ok(())
     }

@@ -7,7 +7,35 @@ use crate::runtime::{LoadedPlugin, Runtime};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of the journal's files: they hold install requests (password
+/// hashes, SSH keys).
+const FILE_MODE: u32 = 0o600;
+/// Mode of the directory the journal creates.
+const DIR_MODE: u32 = 0o700;
+
+/// Opens a journal file for appending, creating it 0600.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+/// Sets an existing file's mode to 0600 (a journal of an older release).
+fn make_private(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o777 != FILE_MODE => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// One journaled decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,11 +79,18 @@ impl Journal {
     /// Opens (appending to) the journal at `path`. When the file would grow
     /// past `max_bytes` it is rotated to `<path>.1`, replacing the previous
     /// rotation, so the journal never holds more than about twice `max_bytes`.
+    /// Its files are 0600 (also those an older release left) and the
+    /// directories it creates 0700.
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<Journal> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_private(path)?;
+        make_private(path)?;
+        make_private(&rotated(path))?;
         let size = file.metadata()?.len();
         let seq = read_journal(path)
             .ok()
@@ -82,10 +117,7 @@ impl Journal {
         if self.size + line.len() as u64 > self.max_bytes && self.size > 0 {
             self.file.flush()?;
             std::fs::rename(&self.path, rotated(&self.path))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            self.file = open_private(&self.path)?;
             self.size = 0;
         }
         self.file.write_all(&line)?;
@@ -196,4 +228,59 @@ pub fn replay(rt: &Runtime, plugin: &LoadedPlugin, records: &[JournalRecord]) ->
         }
     }
     report
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn record() -> JournalRecord {
+        JournalRecord {
+            seq: 0,
+            at_ms: 0,
+            world: nasvisor_plugin_sdk::World::Sha,
+            function: "check-setup".into(),
+            plugin: None,
+            source: "native".into(),
+            cause: None,
+            duration_us: 1,
+            input: DecisionInput::CheckSetup {
+                host: Default::default(),
+                raw_status: "x".repeat(3000),
+            },
+            answer: serde_json::json!({"ok": null}),
+        }
+    }
+
+    #[test]
+    fn the_journal_is_private_from_its_creation_and_after_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("data/journal/decisions.jsonl");
+        let mut j = Journal::open(&path, 4096).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        for _ in 0..3 {
+            j.append(record()).unwrap();
+        }
+        assert!(rotated(&path).exists(), "rotated once at least");
+        assert_eq!(mode(&rotated(&path)), 0o600);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_journal_an_older_release_left_readable_is_made_private() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("decisions.jsonl");
+        for p in [path.clone(), rotated(&path)] {
+            std::fs::write(&p, b"").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Journal::open(&path, 1 << 20).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&rotated(&path)), 0o600);
+    }
 }

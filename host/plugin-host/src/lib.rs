@@ -16,6 +16,7 @@ pub mod host_imports;
 pub mod journal;
 pub mod package;
 pub mod policy;
+pub mod redact;
 pub mod runtime;
 pub mod testkit;
 pub mod validate;

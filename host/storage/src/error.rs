@@ -33,6 +33,18 @@ pub enum StorageError {
     /// qemu-img failed.
     #[error("qemu-img {op} failed: {stderr}")]
     QemuImg { op: &'static str, stderr: String },
+    /// qemu-img ran past a resource limit on an image (a hostile or broken
+    /// image); the image is refused.
+    #[error("{path}: qemu-img {op} exceeded its {limit} limit ({value}); the image is refused")]
+    Limit {
+        path: PathBuf,
+        op: &'static str,
+        limit: &'static str,
+        value: String,
+    },
+    /// A download stalled, failed or did not match its checksum.
+    #[error("{field}: {reason}")]
+    Download { field: &'static str, reason: String },
     /// The operation was cancelled; nothing of it is left.
     #[error("{op} cancelled")]
     Cancelled { op: &'static str },

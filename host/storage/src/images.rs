@@ -2,20 +2,26 @@
 //!
 //! An image is added from a local file, an HTTP(S) URL or any reader (an
 //! upload streamed through the API). It is first written under a temporary
-//! name, then checked: an ISO by its ISO 9660 signature, a disk image with
-//! `qemu-img info` and `check` (qcow2, raw, vmdk or vdi; no backing file; not
-//! truncated). Disk images are stored as qcow2 (converted if needed) so that
-//! volumes can be linked clones of them; ISOs are stored as they are. The
-//! metadata (`<name>.json`) is written last, so an image exists only once it
-//! is complete; a failure leaves nothing behind.
+//! name (hashed as it arrives, and checked against the SHA-256 given, if
+//! any), then inspected without letting qemu probe it ([`crate::inspect`]:
+//! the format allow-list, nothing that references another file, not damaged
+//! or truncated). A disk image is then always rewritten by `qemu-img convert`
+//! (format pinned, under [`crate::limits`]) into a fresh qcow2, so nothing of
+//! the uploaded header survives and volumes can be linked clones of it; an
+//! ISO is stored as it is. The metadata (`<name>.json`) is written last, so
+//! an image exists only once it is complete; a failure leaves nothing
+//! behind. The library directory is 0700 and its files 0600.
 
 use crate::error::StorageError;
+use crate::inspect::{inspect, SourceFormat, ACCEPTED};
 use crate::name;
-use crate::qemu_img::{QemuImg, IMPORT_FORMATS};
+use crate::private;
+use crate::qemu_img::QemuImg;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Largest image accepted, in bytes.
 pub const MAX_IMAGE_BYTES: u64 = 256 << 30;
@@ -85,16 +91,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn is_iso(path: &Path) -> Result<bool, StorageError> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| StorageError::io(path, e))?;
-    let mut magic = [0u8; 5];
-    if f.seek(SeekFrom::Start(0x8001)).is_err() || f.read_exact(&mut magic).is_err() {
-        return Ok(false);
-    }
-    Ok(&magic == b"CD001")
-}
-
 /// A raw OS disk image is whole sectors with a partition table (the MBR
 /// boot signature, which a protective MBR of a GPT disk also carries).
 fn looks_like_raw_disk(path: &Path, len: u64) -> Result<bool, StorageError> {
@@ -132,28 +128,116 @@ fn check_spec(spec: &ImageSpec) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Starts downloading `url` (http or https): the body as a reader and its
-/// announced length. Callers that wrap the reader (to cancel, to count) pass
-/// it on to [`ImageLibrary::add_reader`].
-pub fn fetch_url(url: &str) -> Result<(Box<dyn Read + Send>, Option<u64>), StorageError> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
+/// How long a download may go without receiving a byte before it is
+/// abandoned.
+pub const DOWNLOAD_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the caller knows of an image before it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Its length: a shorter stream is a truncated upload.
+    pub len: Option<u64>,
+    /// Its SHA-256 (64 hex digits): checked before anything else is done
+    /// with the bytes.
+    pub sha256: Option<String>,
+}
+
+/// Checks a SHA-256 given by the administrator: 64 hex digits. Returns it
+/// in lower case.
+pub fn check_sha256(sha256: &str) -> Result<String, StorageError> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StorageError::Download {
+            field: "sha256",
+            reason: format!("{sha256:?} is not a SHA-256 (64 hex digits)"),
+        });
+    }
+    Ok(sha256.to_ascii_lowercase())
+}
+
+/// Turns a read that timed out into an error that says so.
+struct ReadTimeout<R> {
+    inner: R,
+    timeout: Duration,
+}
+
+impl<R: Read> Read for ReadTimeout<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the server sent nothing for {} s (read timeout); the download is abandoned",
+                    self.timeout.as_secs_f64()
+                ),
+            ),
+            _ => e,
+        })
+    }
+}
+
+/// Starts downloading `url`: the body as a reader and its announced length.
+/// Callers that wrap the reader (to cancel, to count) pass it on to
+/// [`ImageLibrary::add_reader`], with `sha256` in [`Expected`].
+///
+/// - `https://` is always accepted; plain `http://` only with `sha256`
+///   (nothing else would authenticate the bytes), and without `sha256` a
+///   redirect may not leave https.
+/// - Every read has `read_timeout`: a server that stalls fails the download.
+pub fn fetch_url(
+    url: &str,
+    sha256: Option<&str>,
+    read_timeout: Duration,
+) -> Result<(Box<dyn Read + Send>, Option<u64>), StorageError> {
+    let lower = url.to_ascii_lowercase();
+    let https = lower.starts_with("https://");
+    if !(https || lower.starts_with("http://")) {
         return Err(StorageError::BadSize {
             field: "url",
             reason: format!("{url:?} is not an http:// or https:// URL"),
         });
     }
-    let resp = ureq::get(url).call().map_err(|e| StorageError::BadImage {
-        path: PathBuf::from(url),
-        reason: format!("download failed: {e}"),
+    if let Some(s) = sha256 {
+        check_sha256(s)?;
+    } else if !https {
+        return Err(StorageError::Download {
+            field: "sha256",
+            reason: "required with a plain http:// URL (nothing else authenticates the \
+                     download); give the image's SHA-256 or use https://"
+                .into(),
+        });
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(read_timeout.min(Duration::from_secs(30)))
+        .timeout_read(read_timeout)
+        .redirects(5)
+        .https_only(sha256.is_none())
+        .build();
+    let resp = agent.get(url).call().map_err(|e| StorageError::Download {
+        field: "url",
+        reason: format!("download of {url} failed: {e}"),
     })?;
-    let len = resp.header("Content-Length").and_then(|v| v.parse().ok());
-    Ok((resp.into_reader(), len))
+    let len: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
+    if let Some(l) = len.filter(|l| *l > MAX_IMAGE_BYTES) {
+        return Err(StorageError::BadSize {
+            field: "url",
+            reason: format!("the server announces {l} bytes, more than {MAX_IMAGE_BYTES}"),
+        });
+    }
+    Ok((
+        Box::new(ReadTimeout {
+            inner: resp.into_reader(),
+            timeout: read_timeout,
+        }),
+        len,
+    ))
 }
 
 impl ImageLibrary {
-    /// Opens (creating) the library directory and removes leftovers of a crash.
+    /// Opens (creating) the library directory, removes leftovers of a crash
+    /// and makes the directory 0700 and its files 0600 (a library written
+    /// by an older release).
     pub fn open(dir: &Path) -> Result<ImageLibrary, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        private::create_dir(dir)?;
         let lib = ImageLibrary {
             dir: dir.canonicalize().map_err(|e| StorageError::io(dir, e))?,
             img: QemuImg::default(),
@@ -166,7 +250,19 @@ impl ImageLibrary {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        private::tighten_tree(&lib.dir)?;
         Ok(lib)
+    }
+
+    /// The library's `qemu-img` with other limits.
+    pub fn with_qemu_img(mut self, img: QemuImg) -> ImageLibrary {
+        self.img = img;
+        self
+    }
+
+    /// The library's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn meta_path(&self, image: &str) -> PathBuf {
@@ -227,22 +323,38 @@ impl ImageLibrary {
         progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Image, StorageError> {
         let f = std::fs::File::open(src).map_err(|e| StorageError::io(src, e))?;
-        let len = f.metadata().map(|m| m.len()).ok();
-        self.add_reader(image, f, len, &src.display().to_string(), spec, progress)
+        let expected = Expected {
+            len: f.metadata().map(|m| m.len()).ok(),
+            sha256: None,
+        };
+        self.add_reader(
+            image,
+            f,
+            expected,
+            &src.display().to_string(),
+            spec,
+            progress,
+        )
     }
 
-    /// Adds an image from an HTTP or HTTPS URL.
+    /// Adds an image from an HTTP or HTTPS URL (see [`fetch_url`]).
     pub fn add_url(
         &self,
         image: &str,
         url: &str,
+        sha256: Option<&str>,
+        read_timeout: Duration,
         spec: ImageSpec,
         progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Image, StorageError> {
         name::check("image name", image)?;
         self.absent(image)?;
-        let (reader, len) = fetch_url(url)?;
-        self.add_reader(image, reader, len, url, spec, progress)
+        let (reader, len) = fetch_url(url, sha256, read_timeout)?;
+        let expected = Expected {
+            len,
+            sha256: sha256.map(str::to_string),
+        };
+        self.add_reader(image, reader, expected, url, spec, progress)
     }
 
     fn absent(&self, image: &str) -> Result<(), StorageError> {
@@ -255,20 +367,22 @@ impl ImageLibrary {
         Ok(())
     }
 
-    /// Adds an image from a reader (an upload). `expected_len`, when known,
-    /// must match what arrives: a short stream is a truncated upload.
-    /// `progress` gets (bytes so far, expected total).
+    /// Adds an image from a reader (an upload). What arrives must match
+    /// `expected`: its length (a short stream is a truncated upload) and its
+    /// SHA-256, both checked before the bytes are inspected. `progress`
+    /// gets (bytes so far, expected total).
     pub fn add_reader(
         &self,
         image: &str,
         mut src: impl Read,
-        expected_len: Option<u64>,
+        expected: Expected,
         source: &str,
         spec: ImageSpec,
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Image, StorageError> {
         name::check("image name", image)?;
         check_spec(&spec)?;
+        let want_sha = expected.sha256.as_deref().map(check_sha256).transpose()?;
         self.absent(image)?;
         let pid = std::process::id();
         let incoming = self.dir.join(format!(".incoming-{image}-{pid}"));
@@ -276,8 +390,7 @@ impl ImageLibrary {
         let mut cleanup = Cleanup(vec![incoming.clone(), converted.clone()]);
 
         // 1. Receive, hashing as we go.
-        let mut out =
-            std::fs::File::create(&incoming).map_err(|e| StorageError::io(&incoming, e))?;
+        let mut out = private::create_file(&incoming)?;
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; 1 << 20];
@@ -303,11 +416,11 @@ impl ImageLibrary {
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n])
                 .map_err(|e| StorageError::io(&incoming, e))?;
-            progress(total, expected_len);
+            progress(total, expected.len);
         }
         out.sync_all().map_err(|e| StorageError::io(&incoming, e))?;
         drop(out);
-        if let Some(want) = expected_len {
+        if let Some(want) = expected.len {
             if total != want {
                 return Err(StorageError::BadImage {
                     path: PathBuf::from(source),
@@ -321,62 +434,58 @@ impl ImageLibrary {
                 reason: "the image is empty".into(),
             });
         }
-
-        // 2. Check and store.
-        let (format, source_format, stored, virtual_size) = if is_iso(&incoming)? {
-            let dst = self.dir.join(format!("{image}.iso"));
-            std::fs::rename(&incoming, &dst).map_err(|e| StorageError::io(&dst, e))?;
-            cleanup.0.push(dst.clone());
-            ("iso".to_string(), "iso".to_string(), dst, total)
-        } else {
-            let info = self
-                .img
-                .info(&incoming, None)
-                .map_err(|e| relabel(e, source))?;
-            if !IMPORT_FORMATS.contains(&info.format.as_str()) {
-                return Err(StorageError::BadImage {
-                    path: PathBuf::from(source),
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(want) = want_sha {
+            if sha256 != want {
+                return Err(StorageError::Download {
+                    field: "sha256",
                     reason: format!(
-                        "format {:?} is not supported (qcow2, raw, vmdk, vdi or ISO)",
-                        info.format
+                        "the image received from {source} has SHA-256 {sha256}, not {want}; \
+                         nothing was added"
                     ),
                 });
             }
-            if info.backing_file.is_some() {
+        }
+
+        // 2. Inspect (nothing opens the file in a format it claims), then store.
+        let found = inspect(&self.img, &incoming).map_err(|e| relabel(e, source))?;
+        let (format, stored) = if found.format == SourceFormat::Iso {
+            let dst = self.dir.join(format!("{image}.iso"));
+            std::fs::rename(&incoming, &dst).map_err(|e| StorageError::io(&dst, e))?;
+            cleanup.0.push(dst.clone());
+            ("iso", dst)
+        } else {
+            if found.format == SourceFormat::Raw && !looks_like_raw_disk(&incoming, total)? {
                 return Err(StorageError::BadImage {
                     path: PathBuf::from(source),
-                    reason: "the image has a backing file; add a standalone image".into(),
-                });
-            }
-            self.img
-                .check(&incoming, &info.format)
-                .map_err(|e| relabel(e, source))?;
-            if info.format == "raw" && !looks_like_raw_disk(&incoming, total)? {
-                return Err(StorageError::BadImage {
-                    path: PathBuf::from(source),
-                    reason: "not a recognised disk image: no qcow2/vmdk/vdi header, ISO signature \
-                             or partition table (raw disks need an MBR or GPT, in whole 512-byte sectors)"
-                        .into(),
+                    reason: format!(
+                        "not a recognised disk image: no header of {ACCEPTED}, and no partition \
+                         table (raw disks need an MBR or GPT, in whole 512-byte sectors)"
+                    ),
                 });
             }
             let dst = self.dir.join(format!("{image}.qcow2"));
-            if info.format == "qcow2" {
-                std::fs::rename(&incoming, &dst).map_err(|e| StorageError::io(&dst, e))?;
-            } else {
-                self.img
-                    .convert(&incoming, &info.format, &converted, |_| {})?;
-                std::fs::rename(&converted, &dst).map_err(|e| StorageError::io(&dst, e))?;
-            }
+            self.img
+                .convert(
+                    &found.path,
+                    found.format.qemu_name(),
+                    found.virtual_size,
+                    &converted,
+                    |_| {},
+                )
+                .map_err(|e| relabel(e, source))?;
+            found.unchanged().map_err(|e| relabel(e, source))?;
+            std::fs::rename(&converted, &dst).map_err(|e| StorageError::io(&dst, e))?;
             cleanup.0.push(dst.clone());
-            ("qcow2".to_string(), info.format, dst, info.virtual_size)
+            ("qcow2", dst)
         };
         let meta = Image {
             name: image.to_string(),
-            format,
-            source_format,
-            virtual_size,
+            format: format.to_string(),
+            source_format: found.format.name().to_string(),
+            virtual_size: found.virtual_size,
             source_bytes: total,
-            source_sha256: hex::encode(hasher.finalize()),
+            source_sha256: sha256,
             source: source.to_string(),
             path: stored,
             spec,
@@ -385,19 +494,35 @@ impl ImageLibrary {
         let mp = self.meta_path(image);
         let tmp = self.dir.join(format!(".incoming-{image}-{pid}.json"));
         cleanup.0.push(tmp.clone());
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta).expect("serializes"))
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| StorageError::BadImage {
+            path: mp.clone(),
+            reason: format!("cannot write the metadata: {e}"),
+        })?;
+        private::create_file(&tmp)?
+            .write_all(&json)
             .map_err(|e| StorageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &mp).map_err(|e| StorageError::io(&mp, e))?;
         cleanup.0.clear();
+        // The converted source is gone with the cleanup of `incoming`.
+        let _ = std::fs::remove_file(&incoming);
         Ok(meta)
     }
 }
 
+/// Names the image by its source (not the temporary file) in an error.
 fn relabel(e: StorageError, source: &str) -> StorageError {
     match e {
         StorageError::BadImage { reason, .. } => StorageError::BadImage {
             path: PathBuf::from(source),
             reason,
+        },
+        StorageError::Limit {
+            op, limit, value, ..
+        } => StorageError::Limit {
+            path: PathBuf::from(source),
+            op,
+            limit,
+            value,
         },
         other => other,
     }

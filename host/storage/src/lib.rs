@@ -3,16 +3,24 @@
 //! Pools (directories on a NAS volume), qcow2 volumes and their internal
 //! snapshots, linked and full clones, and import of raw, qcow2, vmdk and vdi
 //! images, all through `qemu-img`. Names are checked so that no path escapes
-//! its pool, and every operation is all-or-nothing.
+//! its pool, and every operation is all-or-nothing. Untrusted images are
+//! inspected without letting qemu probe them ([`inspect`]) and `qemu-img`
+//! runs under resource limits ([`limits`]). Everything written is private
+//! (files 0600, directories 0700).
 
 pub mod error;
 pub mod images;
+pub mod inspect;
+pub mod limits;
 pub mod name;
 pub mod pool;
+pub mod private;
 pub mod qemu_img;
 pub mod seed;
 
 pub use error::StorageError;
-pub use images::{fetch_url, Image, ImageLibrary, ImageSpec};
+pub use images::{check_sha256, fetch_url, Expected, Image, ImageLibrary, ImageSpec};
+pub use inspect::{inspect, FileStamp, Inspected, SourceFormat};
+pub use limits::Limits;
 pub use pool::{Pool, PoolUsage, VolumeInfo};
 pub use qemu_img::{ImageInfo, QemuImg, SnapshotInfo, SnapshotOp};

@@ -1,10 +1,14 @@
 //! A storage pool: a directory on a NAS volume holding qcow2 volumes
 //! (`<name>.qcow2`). Every operation is all-or-nothing: new files are written
 //! under a temporary name and renamed into place, and removed on failure.
+//! Volumes are created 0600 (qemu-img runs with umask 077); a pool
+//! directory is made 0700 by [`Pool::make_private`].
 
 use crate::error::StorageError;
+use crate::inspect::{inspect, volume_header_ok};
 use crate::name;
-use crate::qemu_img::{QemuImg, SnapshotInfo, SnapshotOp, IMPORT_FORMATS};
+use crate::private;
+use crate::qemu_img::{QemuImg, SnapshotInfo, SnapshotOp};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -81,8 +85,31 @@ impl Pool {
         })
     }
 
+    /// This pool's `qemu-img` with other limits.
+    pub fn with_qemu_img(mut self, img: QemuImg) -> Pool {
+        self.img = img;
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Makes the pool directory 0700 and its volumes (and temporaries) 0600,
+    /// leaving other files alone. Returns how many modes changed.
+    pub fn make_private(&self) -> Result<usize, StorageError> {
+        let mut changed = private::tighten(&self.dir, private::DIR_MODE)?;
+        for e in std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(&self.dir, e))? {
+            let e = e.map_err(|e| StorageError::io(&self.dir, e))?;
+            let f = e.file_name();
+            let f = f.to_string_lossy();
+            if (f.ends_with(".qcow2") || f.contains(".qcow2.tmp-"))
+                && e.file_type().is_ok_and(|t| t.is_file())
+            {
+                changed += private::tighten(&e.path(), private::FILE_MODE)?;
+            }
+        }
+        Ok(changed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -167,10 +194,12 @@ impl Pool {
         self.volume(volume)
     }
 
-    /// Information on one volume.
+    /// Information on one volume. A file whose header names an external
+    /// data file or encryption is not a volume of ours and is refused.
     pub fn volume(&self, volume: &str) -> Result<VolumeInfo, StorageError> {
         let path = self.existing(volume)?;
-        let info = self.img.info(&path, Some("qcow2"))?;
+        volume_header_ok(&path)?;
+        let info = self.img.info(&path, "qcow2")?;
         Ok(VolumeInfo {
             name: volume.to_string(),
             path,
@@ -181,7 +210,7 @@ impl Pool {
         })
     }
 
-    /// All volumes, sorted by name.
+    /// All volumes, sorted by name (files refused by [`Self::volume`] left out).
     pub fn volumes(&self) -> Result<Vec<VolumeInfo>, StorageError> {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
             .map_err(|e| StorageError::io(&self.dir, e))?
@@ -195,7 +224,19 @@ impl Pool {
             })
             .collect();
         names.sort();
-        names.iter().map(|n| self.volume(n)).collect()
+        let mut out = Vec::new();
+        for n in &names {
+            match self.volume(n) {
+                Ok(v) => out.push(v),
+                // A file that is not a usable volume (it names an external
+                // data file...) is not listed; it can still be deleted.
+                Err(e @ StorageError::BadImage { .. }) => {
+                    tracing::warn!(pool = %self.name, volume = %n, error = %e, "not listed as a volume");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Creates an empty (thin) qcow2 volume of `size` bytes.
@@ -209,7 +250,8 @@ impl Pool {
     }
 
     /// Creates a linked clone: a qcow2 overlay whose backing file is `base`
-    /// (an image of the library or another volume), optionally larger.
+    /// (a qcow2 image of the library or another volume, opened as qcow2),
+    /// optionally larger.
     pub fn create_overlay(
         &self,
         volume: &str,
@@ -221,7 +263,8 @@ impl Pool {
         }
         self.absent(volume)?;
         let base = base.canonicalize().map_err(|e| StorageError::io(base, e))?;
-        let info = self.img.info(&base, None)?;
+        volume_header_ok(&base)?;
+        let info = self.img.info(&base, "qcow2")?;
         if let Some(s) = size {
             if s < info.virtual_size {
                 return Err(StorageError::BadSize {
@@ -235,8 +278,7 @@ impl Pool {
         }
         let tmp_path = self.temp_path(volume);
         let tmp = TempFile(Some(tmp_path.clone()));
-        self.img
-            .create(&tmp_path, size, Some((&base, &info.format)))?;
+        self.img.create(&tmp_path, size, Some(&base))?;
         self.commit(tmp, &tmp_path, volume)
     }
 
@@ -270,8 +312,9 @@ impl Pool {
     }
 
     /// Imports a raw, qcow2, vmdk or vdi file as a new qcow2 volume. The
-    /// source is checked first (format, no backing file, not damaged or
-    /// truncated); a failed import leaves nothing behind.
+    /// source is inspected first ([`crate::inspect`]: the format allow-list,
+    /// nothing that references another file, not damaged or truncated); a
+    /// failed import leaves nothing behind.
     pub fn import(
         &self,
         volume: &str,
@@ -291,34 +334,27 @@ impl Pool {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<VolumeInfo, StorageError> {
         self.absent(volume)?;
-        let info = self.img.info(src, None)?;
-        if !IMPORT_FORMATS.contains(&info.format.as_str()) {
+        let found = inspect(&self.img, src)?;
+        if found.format == crate::inspect::SourceFormat::Iso {
             return Err(StorageError::BadImage {
                 path: src.to_path_buf(),
-                reason: format!(
-                    "format {:?} is not supported (qcow2, raw, vmdk or vdi)",
-                    info.format
-                ),
+                reason: "an ISO is not a disk; add it to the image library instead".into(),
             });
         }
-        if let Some(b) = &info.backing_file {
-            return Err(StorageError::BadImage {
-                path: src.to_path_buf(),
-                reason: format!("the image has a backing file ({b:?}); import a standalone image"),
-            });
-        }
-        if info.virtual_size == 0 {
-            return Err(StorageError::BadImage {
-                path: src.to_path_buf(),
-                reason: "the image is empty".into(),
-            });
-        }
-        self.img.check(src, &info.format)?;
-        self.need_space(info.actual_size)?;
+        self.need_space(found.actual_size)?;
         let tmp_path = self.temp_path(volume);
         let tmp = TempFile(Some(tmp_path.clone()));
-        self.img
-            .convert_cancellable(src, &info.format, &tmp_path, progress, cancelled)?;
+        self.img.convert_cancellable(
+            &found.path,
+            found.format.qemu_name(),
+            found.virtual_size,
+            &tmp_path,
+            progress,
+            cancelled,
+        )?;
+        // A file swapped for another (or rewritten) between the inspection
+        // and the conversion could have made qemu-img read anything.
+        found.unchanged()?;
         self.commit(tmp, &tmp_path, volume)
     }
 
@@ -338,7 +374,8 @@ impl Pool {
         self.need_space(from.actual_size)?;
         let tmp_path = self.temp_path(dst);
         let tmp = TempFile(Some(tmp_path.clone()));
-        self.img.convert(&from.path, "qcow2", &tmp_path, |_| {})?;
+        self.img
+            .convert(&from.path, "qcow2", from.virtual_size, &tmp_path, |_| {})?;
         self.commit(tmp, &tmp_path, dst)
     }
 

@@ -2,11 +2,17 @@
 //! `cidata` holding `meta-data`, `user-data` and optionally
 //! `network-config` and `vendor-data`, built without mounting anything
 //! (`mkfs.vfat` + `mcopy` from mtools).
+//!
+//! A seed holds password hashes and SSH keys: it is built in a staging
+//! directory of mode 0700 whose files are 0600 from their creation (the
+//! tools run with umask 077), and the seed image is 0600.
 
 use crate::error::StorageError;
+use crate::limits::{self, Limits};
+use crate::private;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The files a NoCloud seed may hold.
 pub const SEED_FILES: [&str; 4] = ["meta-data", "user-data", "network-config", "vendor-data"];
@@ -14,16 +20,16 @@ pub const SEED_FILES: [&str; 4] = ["meta-data", "user-data", "network-config", "
 /// Size of the seed filesystem.
 const SEED_KIB: u64 = 2048;
 
+/// A command for `tool`, under the memory limit and umask 077.
+fn tool(name: &str) -> Command {
+    limits::command(Path::new(name), Limits::default().memory_bytes, None)
+}
+
 fn run(op: &'static str, cmd: &mut Command) -> Result<(), StorageError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| StorageError::QemuImg {
-            op,
-            stderr: format!(
-                "cannot run: {e} (is dosfstools/mtools installed? run scripts/setup.sh)"
-            ),
-        })?;
+    let out = cmd.output().map_err(|e| StorageError::QemuImg {
+        op,
+        stderr: format!("cannot run: {e} (is dosfstools/mtools installed? run scripts/setup.sh)"),
+    })?;
     if !out.status.success() {
         return Err(StorageError::QemuImg {
             op,
@@ -78,25 +84,26 @@ pub fn build_nocloud_seed(files: &[(&str, &str)], out: &Path) -> Result<(), Stor
         let img = staging.join("seed.img");
         run(
             "mkfs.vfat",
-            Command::new("mkfs.vfat")
+            tool("mkfs.vfat")
                 .args(["-n", "CIDATA", "-C"])
                 .arg(&img)
                 .arg(SEED_KIB.to_string()),
         )?;
         for (name, contents) in files {
             let f = staging.join(name);
-            let mut h = std::fs::File::create(&f).map_err(|e| StorageError::io(&f, e))?;
+            let mut h = private::create_file(&f)?;
             h.write_all(contents.as_bytes())
                 .map_err(|e| StorageError::io(&f, e))?;
             run(
                 "mcopy",
-                Command::new("mcopy")
+                tool("mcopy")
                     .arg("-i")
                     .arg(&img)
                     .arg(&f)
                     .arg(format!("::{name}")),
             )?;
         }
+        private::set_mode(&img, private::FILE_MODE)?;
         std::fs::rename(&img, out).map_err(|e| StorageError::io(out, e))
     })();
     let _ = std::fs::remove_dir_all(&staging);
@@ -104,8 +111,12 @@ pub fn build_nocloud_seed(files: &[(&str, &str)], out: &Path) -> Result<(), Stor
 }
 
 fn tempfile_dir(parent: &Path) -> Result<std::path::PathBuf, StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
     let d = parent.join(format!(".seed-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir(&d).map_err(|e| StorageError::io(&d, e))?;
+    std::fs::DirBuilder::new()
+        .mode(private::DIR_MODE)
+        .create(&d)
+        .map_err(|e| StorageError::io(&d, e))?;
     Ok(d)
 }
 

@@ -1,7 +1,9 @@
 //! The image library against real qemu-img, a local HTTP server on
 //! 127.0.0.1 and damaged inputs.
 
-use nasvisor_storage::{ImageLibrary, ImageSpec, Pool, StorageError};
+use nasvisor_storage::images::DOWNLOAD_READ_TIMEOUT;
+use nasvisor_storage::{Expected, ImageLibrary, ImageSpec, Pool, StorageError};
+use sha2::Digest;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -145,7 +147,10 @@ fn bad_images_are_refused_and_leave_nothing() {
         .add_reader(
             "c",
             &data[..1000],
-            Some(data.len() as u64),
+            Expected {
+                len: Some(data.len() as u64),
+                sha256: None,
+            },
             "upload",
             ImageSpec::default(),
             |_, _| {},
@@ -206,17 +211,32 @@ fn add_from_a_url_and_refuse_a_cut_download() {
     let lib_dir = tempfile::tempdir().unwrap();
     let lib = ImageLibrary::open(lib_dir.path()).unwrap();
     let body = std::fs::read(convert(&raw_disk(src.path()), "qcow2")).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&body));
     let url = serve(body.clone(), body.len(), 1);
     let mut seen = (0, None);
     let img = lib
-        .add_url("net", &url, ImageSpec::default(), |n, t| seen = (n, t))
+        .add_url(
+            "net",
+            &url,
+            Some(&sha),
+            DOWNLOAD_READ_TIMEOUT,
+            ImageSpec::default(),
+            |n, t| seen = (n, t),
+        )
         .unwrap();
     assert_eq!(seen, (body.len() as u64, Some(body.len() as u64)));
     assert_eq!(img.source, url);
 
     let url = serve(body[..body.len() / 2].to_vec(), body.len(), 1);
     let e = lib
-        .add_url("cut", &url, ImageSpec::default(), |_, _| {})
+        .add_url(
+            "cut",
+            &url,
+            Some(&sha),
+            DOWNLOAD_READ_TIMEOUT,
+            ImageSpec::default(),
+            |_, _| {},
+        )
         .unwrap_err()
         .to_string();
     assert!(
@@ -224,9 +244,104 @@ fn add_from_a_url_and_refuse_a_cut_download() {
         "{e}"
     );
     let e = lib
-        .add_url("ftp", "ftp://127.0.0.1/x", ImageSpec::default(), |_, _| {})
+        .add_url(
+            "ftp",
+            "ftp://127.0.0.1/x",
+            None,
+            DOWNLOAD_READ_TIMEOUT,
+            ImageSpec::default(),
+            |_, _| {},
+        )
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("url:"), "{e}");
     assert_eq!(files(lib_dir.path()), ["net.json", "net.qcow2"]);
+}
+
+#[test]
+fn a_plain_http_url_needs_a_sha256_and_a_mismatch_leaves_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let lib_dir = tempfile::tempdir().unwrap();
+    let lib = ImageLibrary::open(lib_dir.path()).unwrap();
+    let body = std::fs::read(convert(&raw_disk(src.path()), "qcow2")).unwrap();
+    let url = serve(body.clone(), body.len(), 2);
+    let add = |sha: Option<&str>| {
+        lib.add_url(
+            "net",
+            &url,
+            sha,
+            DOWNLOAD_READ_TIMEOUT,
+            ImageSpec::default(),
+            |_, _| {},
+        )
+    };
+    // No checksum: refused before connecting, naming the field.
+    let e = add(None).unwrap_err().to_string();
+    assert!(
+        e.starts_with("sha256: required with a plain http:// URL"),
+        "{e}"
+    );
+    let e = add(Some("abc")).unwrap_err().to_string();
+    assert!(
+        e.starts_with("sha256:") && e.contains("64 hex digits"),
+        "{e}"
+    );
+    // The wrong checksum: the whole body arrives, then nothing is kept.
+    let wrong = "0".repeat(64);
+    let e = add(Some(&wrong)).unwrap_err().to_string();
+    assert!(e.starts_with("sha256:") && e.contains(&wrong), "{e}");
+    assert!(
+        files(lib_dir.path()).is_empty(),
+        "{:?}",
+        files(lib_dir.path())
+    );
+    // The right one, in capitals.
+    let sha = hex::encode_upper(sha2::Sha256::digest(&body));
+    let img = add(Some(&sha)).unwrap();
+    assert_eq!(img.source_sha256, sha.to_lowercase());
+}
+
+#[test]
+fn a_download_that_stalls_midway_fails_after_the_read_timeout_and_leaves_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let lib_dir = tempfile::tempdir().unwrap();
+    let lib = ImageLibrary::open(lib_dir.path()).unwrap();
+    let body = std::fs::read(convert(&raw_disk(src.path()), "qcow2")).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&body));
+    // Half the body, then silence with the connection open.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/image", l.local_addr().unwrap());
+    let half = body[..body.len() / 2].to_vec();
+    let len = body.len();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&half);
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let t0 = std::time::Instant::now();
+    let e = lib
+        .add_url(
+            "stalled",
+            &url,
+            Some(&sha),
+            std::time::Duration::from_secs(1),
+            ImageSpec::default(),
+            |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+    let took = t0.elapsed();
+    assert!(e.contains("read timeout"), "{e}");
+    // The deadline, with a wide margin: long before the server gives up.
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    assert!(
+        files(lib_dir.path()).is_empty(),
+        "{:?}",
+        files(lib_dir.path())
+    );
+    drop(server);
 }

@@ -34,6 +34,9 @@ fn seed_has_the_label_and_the_files() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(dir, ["seed.img"], "no staging left");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the seed holds password hashes and keys");
 }
 
 #[test]

@@ -276,3 +276,84 @@ fn a_cancelled_import_stops_qemu_img_and_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn volumes_are_private_from_their_creation_and_a_pool_is_made_private() {
+    let (src_dir, _) = pool();
+    let (d, p) = pool();
+    let raw = src_dir.path().join("src.raw");
+    std::fs::write(&raw, vec![0u8; MIB as usize]).unwrap();
+    let made = [
+        p.create("new", 8 * MIB).unwrap(),
+        p.import("imported", &raw, |_| {}).unwrap(),
+        p.clone_volume("new", "full", false).unwrap(),
+        p.clone_volume("new", "linked", true).unwrap(),
+    ];
+    for v in &made {
+        assert_eq!(mode(&v.path), 0o600, "{}", v.name);
+    }
+    // A pool of an older release: open directory, readable volumes.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&made[0].path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(d.path().join("notes.txt"), b"not a volume").unwrap();
+    std::fs::set_permissions(
+        d.path().join("notes.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert_eq!(p.make_private().unwrap(), 2);
+    assert_eq!(mode(d.path()), 0o700);
+    assert_eq!(mode(&made[0].path), 0o600);
+    assert_eq!(
+        mode(&d.path().join("notes.txt")),
+        0o644,
+        "not ours: left alone"
+    );
+}
+
+#[test]
+fn a_file_with_an_external_data_file_in_a_pool_is_not_used_as_a_volume() {
+    let (src_dir, _) = pool();
+    let (d, p) = pool();
+    // Dropped into the pool directory by something other than nasvisor.
+    let secret = src_dir.path().join("secret");
+    std::fs::write(&secret, vec![7u8; MIB as usize]).unwrap();
+    let scratch = src_dir.path().join("scratch");
+    let evil = d.path().join("evil.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg(format!("data_file={},data_file_raw=on", scratch.display()))
+        .arg(&evil)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("qemu-img")
+        .args(["amend", "-f", "qcow2", "-o"])
+        .arg(format!("data_file={}", secret.display()))
+        .arg(&evil)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = p.volume("evil").unwrap_err().to_string();
+    assert!(e.contains("external data file"), "{e}");
+    let e = p
+        .clone_volume("evil", "copy", false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("external data file"), "{e}");
+    let e = p
+        .create_overlay("over", &evil, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("external data file"), "{e}");
+    assert!(p.volumes().unwrap().is_empty(), "not listed");
+    p.delete("evil").unwrap();
+    assert!(files(d.path()).is_empty());
+}

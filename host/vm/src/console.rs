@@ -11,6 +11,9 @@
 //! (replacing the older one) and a new half starts. [`read_console_log`] returns
 //! `.1` followed by the current half: always the most recent output, at most
 //! `max_log_bytes` of it.
+//!
+//! The guest's console shows what it prints (cloud-init can echo keys and
+//! hashes): both halves are created 0600, and an older log is made 0600.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -79,13 +82,32 @@ struct RingLog {
     half: u64,
 }
 
+/// Mode of the console log's files.
+const LOG_MODE: u32 = 0o600;
+
+/// Sets an existing log file's mode to 0600.
+async fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o777 != LOG_MODE => {
+            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(LOG_MODE)).await
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl RingLog {
     async fn open(path: &Path, max: u64) -> std::io::Result<RingLog> {
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(LOG_MODE)
             .open(path)
             .await?;
+        make_private(path).await?;
+        make_private(&rotated_path(path)).await?;
         let size = file.metadata().await?.len();
         Ok(RingLog {
             path: path.to_path_buf(),
@@ -107,6 +129,7 @@ impl RingLog {
                 .create(true)
                 .write(true)
                 .truncate(true)
+                .mode(LOG_MODE)
                 .open(&self.path)
                 .await?;
             self.size = 0;
@@ -427,6 +450,11 @@ mod tests {
         assert!(!contains(&kept, b"line 0000"));
         assert!(rotated_path(&log).exists());
         assert!(console.write(b"x").await.is_err());
+        use std::os::unix::fs::PermissionsExt;
+        for p in [log.clone(), rotated_path(&log)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{p:?}: the console may show secrets");
+        }
     }
 
     #[tokio::test]

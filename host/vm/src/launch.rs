@@ -20,6 +20,7 @@
 //! - `-machine graphics=off`: there is no display, so firmware (SeaBIOS, OVMF)
 //!   writes to the serial console.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -488,7 +489,10 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
                 .ok_or_else(|| LaunchError::NoOvmf {
                     looked: "/usr/share/OVMF".into(),
                 })?;
-            std::fs::copy(&ovmf.vars_template, &vars).map_err(|source| LaunchError::Prepare {
+            // The guest's UEFI variables (boot entries, secure-boot keys,
+            // whatever the guest stores): 0600 from creation, unlike
+            // `fs::copy`, which would give them the template's 0644.
+            copy_private(&ovmf.vars_template, &vars).map_err(|source| LaunchError::Prepare {
                 path: vars.clone(),
                 source,
             })?;
@@ -503,6 +507,7 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(|source| LaunchError::Prepare {
             path: log.clone(),
@@ -566,6 +571,17 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
             path: paths.pidfile(),
             source,
         })?;
+    // QEMU's -daemonize sets umask 027, so its sockets (QMP: control of the
+    // VM; serial: its console) come out 0750; the run directory (0700)
+    // already keeps others out, and they are made 0600 too.
+    for sock in [paths.qmp_socket(), paths.serial_socket()] {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %sock.display(), error = %e, "cannot make a QEMU socket private");
+            }
+        }
+    }
     guard.armed = false;
     drop(guard);
     tracing::info!(id = paths.id(), pid, "QEMU running");
@@ -587,10 +603,31 @@ impl Drop for KillOnDrop {
 }
 
 fn prepare_run_dir(paths: &RunPaths) -> Result<(), LaunchError> {
-    std::fs::create_dir_all(paths.run_dir()).map_err(|source| LaunchError::Prepare {
-        path: paths.run_dir().to_path_buf(),
-        source,
-    })
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(paths.run_dir())
+        .map_err(|source| LaunchError::Prepare {
+            path: paths.run_dir().to_path_buf(),
+            source,
+        })
+}
+
+/// Copies `src` to a new file `dst` created with mode 0600; a failed copy
+/// leaves no `dst`.
+fn copy_private(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
+    let r = std::io::copy(&mut from, &mut to).and_then(|_| to.sync_all());
+    if r.is_err() {
+        let _ = std::fs::remove_file(dst);
+    }
+    r
 }
 
 /// Kills (SIGKILL, by pid) a half-started QEMU whose pidfile names it.
@@ -746,5 +783,20 @@ mod tests {
         assert!(joined(&s).contains("file,id=serial0,path=/logs/a,,b.log,append=on"));
         s.serial = SerialSpec::None;
         assert!(!joined(&s).contains("serial0"));
+    }
+
+    #[test]
+    fn uefi_variables_are_copied_private_from_a_readable_template() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let template = d.path().join("OVMF_VARS.fd");
+        std::fs::write(&template, b"vars").unwrap();
+        std::fs::set_permissions(&template, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let vars = d.path().join("vm.vars.fd");
+        copy_private(&template, &vars).unwrap();
+        assert_eq!(std::fs::read(&vars).unwrap(), b"vars");
+        let mode = std::fs::metadata(&vars).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(copy_private(&template, &vars).is_err(), "never overwrites");
     }
 }

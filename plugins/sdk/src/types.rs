@@ -746,8 +746,9 @@ pub mod os_installer {
         pub ready_marker: Option<String>,
     }
 
-    /// `os-installer.user-spec`
-    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    /// `os-installer.user-spec`. Its `Debug` shows neither the password
+    /// hash nor the SSH keys.
+    #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
     #[cfg_attr(
         feature = "wasmtime",
@@ -832,8 +833,9 @@ pub mod os_installer {
         pub resize_gib: Option<u64>,
     }
 
-    /// `os-installer.seed-file`
-    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+    /// `os-installer.seed-file`. Its `Debug` shows the name and size, not
+    /// the contents (user-data holds password hashes and keys).
+    #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case", deny_unknown_fields)]
     #[cfg_attr(
         feature = "wasmtime",
@@ -843,6 +845,37 @@ pub mod os_installer {
     pub struct SeedFile {
         pub name: String,
         pub contents: String,
+    }
+
+    impl std::fmt::Debug for UserSpec {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("UserSpec")
+                .field("name", &self.name)
+                .field(
+                    "password_hash",
+                    &self.password_hash.as_ref().map(|_| "<redacted>"),
+                )
+                .field(
+                    "ssh_authorized_keys",
+                    &format_args!("<{} key(s) redacted>", self.ssh_authorized_keys.len()),
+                )
+                .field("sudo", &self.sudo)
+                .field("groups", &self.groups)
+                .field("shell", &self.shell)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for SeedFile {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SeedFile")
+                .field("name", &self.name)
+                .field(
+                    "contents",
+                    &format_args!("<{} bytes redacted>", self.contents.len()),
+                )
+                .finish()
+        }
     }
 
     /// `os-installer.boot-settings`
@@ -893,5 +926,42 @@ pub mod os_installer {
         pub completion: Completion,
         #[cfg_attr(feature = "wasmtime", component(name = "timeout-ms"))]
         pub timeout_ms: u64,
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::os_installer::*;
+
+    #[test]
+    fn the_debug_form_of_an_install_shows_no_password_hash_key_or_seed_contents() {
+        let hash = "$6$saltsalt$c2VjcmV0LWhhc2g";
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqq a@b";
+        let req = InstallRequest {
+            vm_name: "vm1".into(),
+            users: vec![UserSpec {
+                name: "admin".into(),
+                password_hash: Some(hash.into()),
+                ssh_authorized_keys: vec![key.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let plan = InstallPlan {
+            disk: DiskPlan::default(),
+            seed: vec![SeedFile {
+                name: "user-data".into(),
+                contents: format!("#cloud-config\nusers:\n- passwd: {hash}\n  keys: [{key}]\n"),
+            }],
+            boot: BootSettings::default(),
+            completion: Completion::PowerOff,
+            timeout_ms: 1,
+        };
+        for text in [format!("{req:?}"), format!("{plan:#?}")] {
+            assert!(!text.contains("c2VjcmV0LWhhc2g"), "{text}");
+            assert!(!text.contains("AAAAC3NzaC1lZDI1NTE5"), "{text}");
+        }
+        assert!(format!("{plan:?}").contains("user-data"));
+        assert!(format!("{req:?}").contains("admin"));
     }
 }

@@ -399,9 +399,13 @@ pub struct ImageAddArgs {
     /// Absolute path of the file on the host.
     #[arg(long)]
     path: Option<String>,
-    /// http(s) URL the host downloads.
+    /// http(s) URL the host downloads (plain http:// only with --sha256).
     #[arg(long)]
     url: Option<String>,
+    /// SHA-256 of the file (64 hex digits), checked before the image is
+    /// added; required with a plain http:// URL.
+    #[arg(long, conflicts_with = "upload")]
+    sha256: Option<String>,
     /// A local file to upload (streamed).
     #[arg(long)]
     upload: Option<PathBuf>,
@@ -1551,6 +1555,9 @@ fn image(c: &Client, cmd: ImageCmd, json: bool) -> CliResult<()> {
                 }
                 if let Some(u) = &a.url {
                     body.insert("url".into(), u.clone().into());
+                }
+                if let Some(h) = &a.sha256 {
+                    body.insert("sha256".into(), h.clone().into());
                 }
                 for (k, v) in meta {
                     body.insert(k.into(), v);

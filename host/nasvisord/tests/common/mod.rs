@@ -99,6 +99,8 @@ pub struct Daemon {
     starts: u32,
     /// `Some(ns)`: the daemon and the CLI run inside `ns` (`ip netns exec`).
     netns_exec: Option<String>,
+    /// Its `--log` filter (`info` unless a test asks for more).
+    pub log: String,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -191,8 +193,17 @@ impl Daemon {
         Daemon::start_with(DaemonSetup::single_host())
     }
 
+    /// Starts a single-host daemon that logs at `filter` (`--log`).
+    pub fn start_logging(filter: &str) -> Daemon {
+        Daemon::start_with_log(DaemonSetup::single_host(), filter)
+    }
+
     /// Starts a daemon set up so, on a fresh data directory.
     pub fn start_with(setup: DaemonSetup) -> Daemon {
+        Daemon::start_with_log(setup, "info")
+    }
+
+    fn start_with_log(setup: DaemonSetup, filter: &str) -> Daemon {
         let guest = workspace_root().join("target/guest");
         assert!(
             guest.join("nasvisor-mini.qcow2").is_file(),
@@ -211,6 +222,7 @@ impl Daemon {
             ns: setup.ns,
             starts: 0,
             netns_exec,
+            log: filter.to_string(),
         };
         d.spawn();
         d
@@ -233,7 +245,7 @@ impl Daemon {
             .command(Path::new(env!("CARGO_BIN_EXE_nasvisord")))
             .arg("--config")
             .arg(self.dir.path().join("nasvisord.toml"))
-            .args(["--log", "info"])
+            .args(["--log", &self.log])
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

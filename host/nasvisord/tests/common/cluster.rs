@@ -121,6 +121,7 @@ impl Cluster {
                 .into_iter()
                 .chain(cluster_lines(i))
                 .collect(),
+                plugins_runtime: Vec::new(),
             });
             c.hosts.push(d);
         }

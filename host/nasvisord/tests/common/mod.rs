@@ -126,6 +126,8 @@ pub struct DaemonSetup {
     pub cluster_address: String,
     /// More `key = value` lines of `[cluster]`.
     pub cluster_extra: Vec<String>,
+    /// `key = value` lines of `[plugins.runtime]`.
+    pub plugins_runtime: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -139,6 +141,7 @@ impl DaemonSetup {
             inside_ns: false,
             cluster_address: format!("127.0.0.1:{}", free_port()),
             cluster_extra: Vec::new(),
+            plugins_runtime: Vec::new(),
         }
     }
 
@@ -155,6 +158,14 @@ impl DaemonSetup {
             cluster.push_str(line);
             cluster.push('\n');
         }
+        let mut runtime = String::new();
+        if !self.plugins_runtime.is_empty() {
+            runtime.push_str("[plugins.runtime]\n");
+            for line in &self.plugins_runtime {
+                runtime.push_str(line);
+                runtime.push('\n');
+            }
+        }
         format!(
             r#"data-dir = "{data}"
 [host]
@@ -170,7 +181,7 @@ metadata = "{guest}/guest-image.json"
 [plugins]
 dir = "{plugins}"
 trusted-keys-dir = "{keys}"
-"#,
+{runtime}"#,
             data = data_dir.display(),
             name = self.host_name,
             guest = guest.display(),
@@ -436,6 +447,33 @@ pub fn blank_vm_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     ];
     a.extend_from_slice(extra);
     a
+}
+
+/// The entry of `world` in a `plugin list` answer.
+pub fn plugin_entry(list: &Value, world: &str) -> Option<Value> {
+    list.as_array()?
+        .iter()
+        .find(|p| p["world"] == world)
+        .cloned()
+}
+
+/// The state of `world`'s plugin on `host` in a `plugin list` answer.
+pub fn plugin_on_host(list: &Value, world: &str, host: &str) -> Option<Value> {
+    plugin_entry(list, world)?["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == host)
+        .cloned()
+}
+
+/// The events of `kind` in an `event list` answer, oldest first.
+pub fn events_of_kind(list: &Value, kind: &str) -> Vec<Value> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
 }
 
 /// A loopback TCP port that was free a moment ago.

@@ -349,3 +349,58 @@ fn a_burst_of_placements_beyond_the_instance_pool_does_not_quarantine_a_healthy_
         assert!(message(&fell[0]).contains("host"), "{fell:#?}");
     }
 }
+
+#[test]
+fn decisions_run_off_the_async_workers_so_the_api_answers_while_plugins_compute() {
+    let _s = serial();
+    // `loop` spins until its deadline: long here, so the decisions are
+    // surely still running when the API is asked something else.
+    const DEADLINE_S: u64 = 10;
+    let mut setup = DaemonSetup::single_host();
+    setup.plugins_runtime = vec![
+        format!("deadline-ms = {}", DEADLINE_S * 1000),
+        "max-consecutive-failures = 100".into(),
+    ];
+    let d = Daemon::start_with(setup);
+    d.json(&["plugin", "install", s(&evil_package())]);
+
+    // More spinning decisions than the daemon has async workers (one per
+    // CPU): were they run on the workers, nothing would answer until one
+    // ended.
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    let args = common::blank_vm_args("loop", &[]);
+    let started = Instant::now();
+    let mut creates: Vec<_> = (0..n)
+        .map(|_| {
+            d.cli_command(&d.token, &args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("the CLI runs")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let host = d.json(&["host"]);
+    assert_eq!(host["id"], "nas1", "{host:#}");
+    let list = d.json(&["vm", "list"]);
+    assert!(list.is_array(), "{list:#}");
+    let answered = started.elapsed();
+    let running = creates
+        .iter_mut()
+        .map(|c| c.try_wait().ok().flatten().is_none())
+        .filter(|still| *still)
+        .count();
+    assert_eq!(
+        running, n,
+        "the API answered after {answered:?}, when decisions had already ended: it waited for them"
+    );
+    for mut c in creates {
+        let _ = c.wait();
+    }
+    // And each decision ended at its deadline; the default placed the VM.
+    let p = scheduler(&d);
+    assert_eq!(p["fallbacks"].as_u64(), Some(n as u64), "{p:#}");
+    assert_eq!(p["decisions"].as_u64(), Some(0), "{p:#}");
+    let vm = d.json(&["vm", "show", "loop"]);
+    assert_eq!(vm["host"], "nas1", "{vm:#}");
+}

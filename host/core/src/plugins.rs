@@ -7,7 +7,7 @@
 
 use crate::errors;
 use crate::model::{kind, now_rfc3339, Severity};
-use crate::plugin_reports::{slot_state, PluginHostState};
+use crate::plugin_reports::{reported_text, slot_state, PluginHostState};
 use crate::{lock, Inner};
 use nasvisor_api::action::PluginInstall;
 use nasvisor_api::CoreError;
@@ -114,7 +114,7 @@ impl Inner {
                     decisions: s.decisions,
                     failures: s.failures,
                     fallbacks: s.fallbacks,
-                    last_failure: s.last_failure.clone(),
+                    last_failure: s.last_failure.as_deref().map(reported_text),
                     hosts: self.plugin_host_states(&s),
                 }
             })

@@ -355,18 +355,20 @@ fn decisions_run_off_the_async_workers_so_the_api_answers_while_plugins_compute(
     let _s = serial();
     // `loop` spins until its deadline: long here, so the decisions are
     // surely still running when the API is asked something else.
-    const DEADLINE_S: u64 = 10;
+    const DEADLINE: Duration = Duration::from_secs(15);
     let mut setup = DaemonSetup::single_host();
     setup.plugins_runtime = vec![
-        format!("deadline-ms = {}", DEADLINE_S * 1000),
+        format!("deadline-ms = {}", DEADLINE.as_millis()),
         "max-consecutive-failures = 100".into(),
     ];
     let d = Daemon::start_with(setup);
     d.json(&["plugin", "install", s(&evil_package())]);
 
     // More spinning decisions than the daemon has async workers (one per
-    // CPU): were they run on the workers, nothing would answer until one
-    // ended.
+    // CPU): were they run on the workers, nothing would answer until they
+    // reached their deadline. (The sandbox may run fewer at once, one per
+    // CPU, and let the others fall back when no slot frees in time: enough
+    // to hold every worker.)
     let n = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let args = common::blank_vm_args("loop", &[]);
     let started = Instant::now();
@@ -379,7 +381,8 @@ fn decisions_run_off_the_async_workers_so_the_api_answers_while_plugins_compute(
                 .expect("the CLI runs")
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The requests are in and their decisions spinning.
+    std::thread::sleep(Duration::from_secs(3));
     let host = d.json(&["host"]);
     assert_eq!(host["id"], "nas1", "{host:#}");
     let list = d.json(&["vm", "list"]);
@@ -390,9 +393,11 @@ fn decisions_run_off_the_async_workers_so_the_api_answers_while_plugins_compute(
         .map(|c| c.try_wait().ok().flatten().is_none())
         .filter(|still| *still)
         .count();
-    assert_eq!(
-        running, n,
-        "the API answered after {answered:?}, when decisions had already ended: it waited for them"
+    // The behaviour is a bound: answered while the decisions still ran,
+    // before any could reach its deadline.
+    assert!(
+        running > 0 && answered < DEADLINE,
+        "the API answered after {answered:?} with {running} of {n} decisions still running: it waited for them"
     );
     for mut c in creates {
         let _ = c.wait();

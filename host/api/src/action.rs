@@ -275,6 +275,12 @@ pub enum Action {
         /// `scheduler`, `ha-policy`, `sha` or `os-installer`.
         world: String,
     },
+    /// Lift the quarantine of a world's plugin on every host of the
+    /// cluster (a world with nothing quarantined is answered as such).
+    ResetPlugin {
+        /// `scheduler`, `ha-policy`, `sha` or `os-installer`.
+        world: String,
+    },
     /// Move a VM to another host (a job): live when it runs, its disks
     /// copied unless they are on shared storage.
     MigrateVm {

@@ -297,6 +297,13 @@ pub const ROUTES: &[Route] = &[
         204,
         false,
     ),
+    r(
+        "POST",
+        "/api/v1/plugins/{world}/reset",
+        "resetPlugin",
+        200,
+        false,
+    ),
 ];
 
 /// A matched route and its path parameters.
@@ -680,19 +687,12 @@ pub fn to_action(
         },
         "evacuateHost" => Action::EvacuateHost { host: p("host") },
         "installPlugin" => Action::InstallPlugin(parse_valid::<PluginInstall>(body)?),
-        "uninstallPlugin" => {
-            let world = p("world");
-            if !crate::action::PLUGIN_WORLDS.contains(&world.as_str()) {
-                return Err(ApiError::field(
-                    "world",
-                    format!(
-                        "{world:?} is not a plugin world ({})",
-                        crate::action::PLUGIN_WORLDS.join(", ")
-                    ),
-                ));
-            }
-            Action::UninstallPlugin { world }
-        }
+        "uninstallPlugin" => Action::UninstallPlugin {
+            world: plugin_world(p("world"))?,
+        },
+        "resetPlugin" => Action::ResetPlugin {
+            world: plugin_world(p("world"))?,
+        },
         "migrateVm" => Action::MigrateVm {
             id: p("id"),
             migrate: parse_valid::<VmMigrate>(body)?,
@@ -730,6 +730,20 @@ pub fn to_action(
         }));
     }
     Ok(Some(action))
+}
+
+/// A plugin world named in a path, checked.
+fn plugin_world(world: String) -> Result<String, ApiError> {
+    if !crate::action::PLUGIN_WORLDS.contains(&world.as_str()) {
+        return Err(ApiError::field(
+            "world",
+            format!(
+                "{world:?} is not a plugin world ({})",
+                crate::action::PLUGIN_WORLDS.join(", ")
+            ),
+        ));
+    }
+    Ok(world)
 }
 
 #[cfg(test)]

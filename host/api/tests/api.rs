@@ -731,6 +731,7 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "migrateVm" => ("/api/v1/vms/vm1/migrate", Some(r#"{"host":"nas2"}"#)),
         "installPlugin" => ("/api/v1/plugins", Some(r#"{"package":"TlZQTFVHSU4="}"#)),
         "uninstallPlugin" => ("/api/v1/plugins/scheduler", None),
+        "resetPlugin" => ("/api/v1/plugins/scheduler/reset", None),
         other => panic!("no sample request for {other}: add one"),
     }
 }
@@ -1014,6 +1015,15 @@ async fn new_routes_are_forwarded_as_the_right_action() {
                 limit: 1000,
             },
         ),
+        (
+            "POST",
+            "/api/v1/plugins/ha-policy/reset",
+            None,
+            200,
+            Action::ResetPlugin {
+                world: "ha-policy".into(),
+            },
+        ),
     ];
     for (method, path, body, status, action) in cases {
         let r = match body {
@@ -1031,6 +1041,15 @@ async fn new_routes_are_forwarded_as_the_right_action() {
         }
         assert_eq!(core.take(), vec![action], "{method} {path}");
     }
+    // A reset of something that is not a world names the path parameter.
+    let r = c
+        .send("POST", "/api/v1/plugins/nope/reset", Some(t), None, b"")
+        .await;
+    assert_eq!((r.status, r.field().as_deref()), (400, Some("world")));
+    assert!(r.json()["error"]["reason"]
+        .as_str()
+        .is_some_and(|m| m.contains("nope") && m.contains("scheduler")));
+    assert!(core.take().is_empty());
     server.stop().await;
 }
 

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
         Command::Plugin(plugin_cmd::PluginCommand::Uninstall { world }) => {
             api::commands::run_plugin_uninstall(&cli.api, &world)
         }
+        Command::Plugin(plugin_cmd::PluginCommand::Reset { world }) => {
+            api::commands::run_plugin_reset(&cli.api, &world)
+        }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     }
 }

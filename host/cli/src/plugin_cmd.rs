@@ -17,7 +17,9 @@ use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// The plugins nasvisord has loaded and their state (asks the API).
+    /// The plugins of every host and their state: active, quarantined or
+    /// fallback (built-in default), faults in a row, counts, last failure
+    /// (asks the API).
     List,
     /// Install a signed package on every host of the cluster, replacing its
     /// world's plugin (asks the API).
@@ -28,6 +30,11 @@ pub enum PluginCommand {
     /// Remove the cluster's plugin of a world; the built-in default decides
     /// (asks the API).
     Uninstall {
+        /// scheduler, ha-policy, sha or os-installer.
+        world: String,
+    },
+    /// Lift the quarantine of a world's plugin on every host (asks the API).
+    Reset {
         /// scheduler, ha-policy, sha or os-installer.
         world: String,
     },
@@ -208,9 +215,12 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
     match cmd {
-        PluginCommand::List | PluginCommand::Install { .. } | PluginCommand::Uninstall { .. } => {
+        PluginCommand::List
+        | PluginCommand::Install { .. }
+        | PluginCommand::Uninstall { .. }
+        | PluginCommand::Reset { .. } => {
             return Err(anyhow!(
-                "plugin list|install|uninstall ask the API (handled in main)"
+                "plugin list|install|uninstall|reset ask the API (handled in main)"
             ))
         }
         PluginCommand::Keygen { out } => {

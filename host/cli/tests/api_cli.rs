@@ -184,8 +184,20 @@ impl Core for Fake {
             Action::ListJobs => json!([job("j1", "start", "running", 0.25, Some("booting"))]),
             Action::GetJob { id } => self.poll_job(&id),
             Action::CancelJob { id } => job(&id, "start", "cancelled", 0.25, None),
-            Action::ListPlugins => json!([{"name": "scheduler", "world": "scheduler",
-                "version": "0.1.0", "vendor": "nasvisor", "state": "active"}]),
+            Action::ListPlugins => json!([{"name": "evil", "world": "scheduler",
+                "version": "0.1.0", "vendor": "acme", "state": "active",
+                "consecutive_failures": 0, "decisions": 4, "failures": 0, "fallbacks": 0,
+                "last_failure": null,
+                "hosts": [
+                    {"host": "nas1", "world": "scheduler", "plugin": "evil@0.1.0",
+                     "state": "active", "consecutive_failures": 0, "decisions": 4,
+                     "failures": 0, "fallbacks": 0, "last_failure": null,
+                     "updated_at": "2026-01-01T00:00:00Z"},
+                    {"host": "nas2", "world": "scheduler", "plugin": "evil@0.1.0",
+                     "state": "quarantined", "consecutive_failures": 3, "decisions": 1,
+                     "failures": 3, "fallbacks": 5,
+                     "last_failure": "trap: unreachable code reached",
+                     "updated_at": "2026-01-01T00:00:00Z"}]}]),
             Action::ListEvents { since, limit } => {
                 let from = since.unwrap_or(0) + 1;
                 let to = (from + u64::from(limit)).min(4);
@@ -214,6 +226,10 @@ impl Core for Fake {
             Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
                 "version": "1.0.0", "vendor": "acme", "state": "active"}),
             Action::UninstallPlugin { .. } => Value::Null,
+            Action::ResetPlugin { world } if world == "sha" => json!({"world": world,
+                "quarantined_on": [], "message": "nothing to reset: no plugin is loaded for the sha world"}),
+            Action::ResetPlugin { world } => json!({"world": world, "quarantined_on": ["nas2"],
+                "message": format!("quarantine of the {world} plugin (evil@0.1.0) lifted on nas2")}),
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
@@ -827,8 +843,30 @@ fn tables_and_json_output() {
     let out = h.ok(&["event", "list"]);
     assert_eq!(out.lines().count(), 4, "{out}");
     assert!(out.contains("event number 3"), "{out}");
+    // One row per world and host: quarantine is per host.
     let out = h.ok(&["plugin", "list"]);
-    assert!(out.contains("scheduler") && out.contains("active"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for col in ["WORLD", "HOST", "STATE", "FAILS_IN_ROW", "LAST_FAILURE"] {
+        assert!(lines[0].contains(col), "{col}: {out}");
+    }
+    assert!(
+        lines[1].contains("nas1") && lines[1].contains("active"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("nas2")
+            && lines[2].contains("quarantined")
+            && lines[2].contains("trap: unreachable code reached"),
+        "{out}"
+    );
+    let out = h.ok(&["plugin", "reset", "scheduler"]);
+    assert_eq!(
+        out,
+        "quarantine of the scheduler plugin (evil@0.1.0) lifted on nas2\n"
+    );
+    let out = h.ok(&["plugin", "reset", "sha"]);
+    assert!(out.starts_with("nothing to reset"), "{out}");
     let out = h.ok(&["vswitch", "list"]);
     assert!(out.contains("sw0") && out.contains("eth0"), "{out}");
     let out = h.ok(&["snapshot", "list", "p1", "v1"]);
@@ -1247,6 +1285,12 @@ fn every_command_sends_the_right_action() {
             vec!["plugin", "uninstall", "sha"],
             Action::UninstallPlugin {
                 world: "sha".into(),
+            },
+        ),
+        (
+            vec!["plugin", "reset", "ha-policy"],
+            Action::ResetPlugin {
+                world: "ha-policy".into(),
             },
         ),
         (

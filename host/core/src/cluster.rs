@@ -269,14 +269,14 @@ impl Inner {
 
     /// Which host carries `action` out (`None`: this one). May fill in the
     /// host a placement chose, so the target does not place again.
-    pub(crate) fn route(&self, action: &mut Action) -> Result<Option<String>, CoreError> {
+    pub(crate) async fn route(&self, action: &mut Action) -> Result<Option<String>, CoreError> {
         let target = match action {
             Action::VmPower { id, op } => {
                 let vm = self.find_vm(id)?;
                 match (&vm.host, op) {
                     (Some(h), _) => Some(h.clone()),
                     (None, PowerOp::Start { host }) => {
-                        let h = self.place(&vm, host.as_deref())?;
+                        let h = self.place(&vm, host.as_deref()).await?;
                         *host = Some(h.clone());
                         Some(h)
                     }
@@ -318,9 +318,9 @@ impl Inner {
                     // Hosts with a copy first; else any (the install copies
                     // the image there).
                     let exclude: Vec<&str> = without_image.iter().map(String::as_str).collect();
-                    let host = match self.place_excluding(&probe, None, &exclude) {
+                    let host = match self.place_excluding(&probe, None, &exclude).await {
                         Ok(h) => h,
-                        Err(_) if !exclude.is_empty() => self.place(&probe, None)?,
+                        Err(_) if !exclude.is_empty() => self.place(&probe, None).await?,
                         Err(e) => return Err(e),
                     };
                     req.host = Some(host);
@@ -329,7 +329,7 @@ impl Inner {
                     // Explicitly chosen: it must be eligible (online, not
                     // cordoned, room for the VM).
                     let probe = VmRecord::probe(req.vcpus, req.memory_mib, &req.name);
-                    self.place(&probe, Some(h))?;
+                    self.place(&probe, Some(h)).await?;
                 }
                 req.host.clone()
             }
@@ -620,6 +620,7 @@ impl Inner {
                 }
                 let Some(me) = weak.upgrade() else { break };
                 me.apply_cluster_plugins().await;
+                me.apply_plugin_resets();
                 if !me.multi_host() {
                     was_leader = false;
                     continue;

@@ -53,6 +53,7 @@ impl Inner {
                 severity,
                 target: target.clone(),
                 message: message.clone(),
+                host: Some(self.host.id.clone()),
             };
             match self.db.put(kind::EVENT, &key(seq), &rec, Some(0)).await {
                 Ok(_) => {

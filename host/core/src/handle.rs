@@ -31,31 +31,6 @@ impl Inner {
         self.host_json_of(&rec)
     }
 
-    pub(crate) fn plugins_json(&self) -> Value {
-        Value::Array(
-            self.policy
-                .status()
-                .into_iter()
-                .map(|s| {
-                    let (name, version) = match &s.plugin {
-                        Some(p) => match p.rsplit_once('@') {
-                            Some((n, v)) => (n.to_string(), v.to_string()),
-                            None => (p.clone(), String::new()),
-                        },
-                        None => (format!("builtin-{}", s.world.as_str()), env!("CARGO_PKG_VERSION").to_string()),
-                    };
-                    json!({
-                        "name": name,
-                        "world": s.world.as_str(),
-                        "version": version,
-                        "vendor": s.signer.clone().unwrap_or_else(|| "nasvisor (built in)".into()),
-                        "state": if s.quarantined { "quarantined" } else if s.plugin.is_none() { "fallback" } else { "active" },
-                    })
-                })
-                .collect(),
-        )
-    }
-
     async fn console_input(&self, id: &str, data: &str) -> Result<Value, CoreError> {
         let vm = self.find_vm(id)?;
         let console = lock(&self.running)
@@ -326,7 +301,7 @@ impl Inner {
             Action::ListJobs => Ok(c.list_jobs()),
             Action::GetJob { id } => c.get_job(&id),
             Action::CancelJob { id } => c.cancel_job(&id).await,
-            Action::ListPlugins => Ok(c.plugins_json()),
+            Action::ListPlugins => c.plugins_json(),
             Action::ListEvents { since, limit } => Ok(c.list_events(since, limit)),
             Action::GetCluster => Ok(c.cluster_json()),
             Action::CreateCluster(req) => c.create_cluster(req.max_members).await,
@@ -339,6 +314,7 @@ impl Inner {
             Action::MigrateVm { id, migrate } => c.migrate_vm(&id, migrate).await,
             Action::InstallPlugin(req) => c.install_plugin(req).await,
             Action::UninstallPlugin { world } => c.uninstall_plugin(&world).await,
+            Action::ResetPlugin { world } => c.reset_plugin(&world).await,
             // Routed here: this host's pools are meant.
             Action::OnHost { request, .. } => Box::pin(c.handle_here(*request)).await,
         }
@@ -353,7 +329,7 @@ impl nasvisor_api::Core for NasCore {
         if let Some(v) = c.read_on_vm_host(&action).await {
             return Ok(v);
         }
-        if let Some(host) = c.route(&mut action)? {
+        if let Some(host) = c.route(&mut action).await? {
             return c.forward(&host, action).await;
         }
         c.handle_here(action).await

@@ -157,10 +157,7 @@ impl Inner {
             request,
             pool_free_bytes: Some(pool_free_bytes),
         };
-        let policy = self.policy.clone();
-        let decision = tokio::task::spawn_blocking(move || policy.decide(input))
-            .await
-            .map_err(failed)?;
+        let decision = self.decide(input).await.map_err(failed)?;
         tracing::info!(vm = %vm.name, source = ?decision.source, "install planned");
         match decision.answer {
             Ok(DecisionOutput::Plan(p)) => Ok(p),
@@ -311,7 +308,7 @@ impl Inner {
             Some(h) => h,
             None => {
                 let _g = self.ops.lock().await;
-                let h = self.place(&vm, None).map_err(failed)?;
+                let h = self.place(&vm, None).await.map_err(failed)?;
                 self.db
                     .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                         v.host = Some(h.clone());

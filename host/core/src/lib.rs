@@ -27,6 +27,7 @@ mod jobs;
 mod migrate;
 pub mod model;
 mod placement;
+mod plugin_reports;
 mod plugins;
 mod storage_ops;
 mod vms;
@@ -217,6 +218,8 @@ pub(crate) struct Inner {
     pub image_exports: image_copy::ImageExports,
     /// The cluster's plugins as this host applied them.
     pub cluster_plugins: plugins::ClusterPlugins,
+    /// Plugin faults and states reported to the cluster; quarantine lifts.
+    pub plugin_reports: plugin_reports::PluginReports,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api::Core`].
@@ -325,6 +328,7 @@ impl NasCore {
             migrations: Default::default(),
             image_exports: Default::default(),
             cluster_plugins: Default::default(),
+            plugin_reports: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.init_event_seq();
@@ -336,6 +340,8 @@ impl NasCore {
         inner.add_bundled_images().await;
         inner.register_library_images().await;
         inner.apply_cluster_plugins().await;
+        inner.apply_plugin_resets();
+        inner.spawn_plugin_reports();
         inner.spawn_cluster_loop();
         Ok(NasCore { inner })
     }

@@ -366,7 +366,7 @@ impl Inner {
         let live = lock(&self.running).contains_key(&vm.id);
         if live {
             // Room on the target (the VM's memory is not counted there yet).
-            self.place_excluding(&vm, Some(&target.id), &[])?;
+            self.place_excluding(&vm, Some(&target.id), &[]).await?;
         }
         let copy = self.disks_to_copy(&vm, &target)?;
         let downtime = req.max_downtime_ms.unwrap_or(DEFAULT_DOWNTIME_MS);
@@ -1668,7 +1668,7 @@ impl Inner {
                 }
                 ctx.progress(i as f64 / n as f64, Some(&format!("moving VM {}", vm.name)));
                 let r = async {
-                    let target = me.place_excluding(vm, None, &[host.as_str()])?;
+                    let target = me.place_excluding(vm, None, &[host.as_str()]).await?;
                     let job = me
                         .migrate_vm(
                             &vm.id,

@@ -16,6 +16,10 @@ pub mod kind {
     pub const EVENT: &str = "event";
     pub const PLUGIN: &str = "plugin";
     pub const PLUGIN_CHUNK: &str = "plugin-chunk";
+    /// A host's state of one world's plugin, key `<world>/<host>`.
+    pub const PLUGIN_STATE: &str = "plugin-state";
+    /// A quarantine lift every host applies, key the world.
+    pub const PLUGIN_RESET: &str = "plugin-reset";
 }
 
 impl VmRecord {
@@ -425,6 +429,9 @@ pub struct EventRecord {
     #[serde(default)]
     pub target: Option<String>,
     pub message: String,
+    /// The host that recorded it (absent in events of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A host of the cluster.

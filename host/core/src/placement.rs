@@ -76,12 +76,16 @@ impl Inner {
 
     /// Chooses the host for `vm`'s first power-on: `wanted` when given (it
     /// must be eligible), else the scheduler's choice among eligible hosts.
-    pub(crate) fn place(&self, vm: &VmRecord, wanted: Option<&str>) -> Result<String, CoreError> {
-        self.place_excluding(vm, wanted, &[])
+    pub(crate) async fn place(
+        &self,
+        vm: &VmRecord,
+        wanted: Option<&str>,
+    ) -> Result<String, CoreError> {
+        self.place_excluding(vm, wanted, &[]).await
     }
 
     /// [`Self::place`] with some hosts left out (a migration's source).
-    pub(crate) fn place_excluding(
+    pub(crate) async fn place_excluding(
         &self,
         vm: &VmRecord,
         wanted: Option<&str>,
@@ -146,14 +150,16 @@ impl Inner {
                 reasons.join("; ")
             )));
         }
-        let decision = self.policy.decide(DecisionInput::Place {
-            request: PlacementRequest {
-                vm: vm_info(vm),
-                eligible_hosts: eligible.clone(),
-                eligible_passive_hosts: Vec::new(),
-            },
-            view,
-        });
+        let decision = self
+            .decide(DecisionInput::Place {
+                request: PlacementRequest {
+                    vm: vm_info(vm),
+                    eligible_hosts: eligible.clone(),
+                    eligible_passive_hosts: Vec::new(),
+                },
+                view,
+            })
+            .await?;
         match decision.answer {
             Ok(DecisionOutput::Placement(p)) if eligible.contains(&p.host) => {
                 tracing::info!(vm = %vm.name, host = %p.host, reason = %p.reason, source = ?decision.source, "placed");

@@ -7,10 +7,12 @@
 
 use crate::errors;
 use crate::model::{kind, now_rfc3339, Severity};
+use crate::plugin_reports::{reported_text, slot_state, PluginHostState};
 use crate::{lock, Inner};
 use nasvisor_api::action::PluginInstall;
 use nasvisor_api::CoreError;
 use nasvisor_plugin_host::package::{self, Package};
+use nasvisor_plugin_host::{Decision, DecisionInput};
 use nasvisor_plugin_sdk::World;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +37,27 @@ pub struct PluginRecord {
     pub installed_at: String,
 }
 
+/// One world's plugin in `GET /api/v1/plugins`: the host answering's view
+/// (its state and counts), and the state on every host of the cluster
+/// (quarantine is per host: each host's policy host decides on its own).
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginView {
+    pub name: String,
+    pub world: String,
+    pub version: String,
+    pub vendor: String,
+    /// On the host answering: `active`, `quarantined`, or `fallback` (no
+    /// plugin; the built-in default decides).
+    pub state: String,
+    pub consecutive_failures: u32,
+    pub decisions: u64,
+    pub failures: u64,
+    pub fallbacks: u64,
+    pub last_failure: Option<String>,
+    /// Every host's state of this world, by host id.
+    pub hosts: Vec<PluginHostState>,
+}
+
 /// What this host applied of the cluster's plugin records.
 #[derive(Default)]
 pub(crate) struct ClusterPlugins {
@@ -47,6 +70,58 @@ fn chunk_key(world: &str, sha: &str, i: u32) -> String {
 }
 
 impl Inner {
+    /// Makes one decision, on a blocking thread: a plugin call runs
+    /// CPU-bound guest code (and may wait for an instance slot) for up to
+    /// its deadline, which must not stall the async workers. Every decision
+    /// of the core goes through here. Then wakes the report task, which
+    /// records the faults the decision may have queued.
+    pub(crate) async fn decide(&self, input: DecisionInput) -> Result<Decision, CoreError> {
+        let policy = self.policy.clone();
+        let decision = tokio::task::spawn_blocking(move || policy.decide(input))
+            .await
+            .map_err(|e| errors::internal(format!("the decision thread failed: {e}")))?;
+        self.plugin_reports.wake();
+        Ok(decision)
+    }
+
+    /// `GET /api/v1/plugins`: one [`PluginView`] per world.
+    pub(crate) fn plugins_json(&self) -> Result<Value, CoreError> {
+        let views: Vec<PluginView> = self
+            .policy
+            .status()
+            .into_iter()
+            .map(|s| {
+                let (name, version) = match &s.plugin {
+                    Some(p) => match p.rsplit_once('@') {
+                        Some((n, v)) => (n.to_string(), v.to_string()),
+                        None => (p.clone(), String::new()),
+                    },
+                    None => (
+                        format!("builtin-{}", s.world.as_str()),
+                        env!("CARGO_PKG_VERSION").to_string(),
+                    ),
+                };
+                PluginView {
+                    name,
+                    world: s.world.as_str().to_string(),
+                    version,
+                    vendor: s
+                        .signer
+                        .clone()
+                        .unwrap_or_else(|| "nasvisor (built in)".into()),
+                    state: slot_state(&s).to_string(),
+                    consecutive_failures: s.consecutive_failures,
+                    decisions: s.decisions,
+                    failures: s.failures,
+                    fallbacks: s.fallbacks,
+                    last_failure: s.last_failure.as_deref().map(reported_text),
+                    hosts: self.plugin_host_states(&s),
+                }
+            })
+            .collect();
+        serde_json::to_value(views).map_err(errors::internal)
+    }
+
     pub(crate) async fn install_plugin(&self, req: PluginInstall) -> Result<Value, CoreError> {
         let bytes = req
             .bytes()
@@ -110,7 +185,7 @@ impl Inner {
             ),
         )
         .await;
-        self.plugins_json()
+        self.plugins_json()?
             .as_array()
             .and_then(|a| a.iter().find(|p| p["world"] == rec.world.as_str()).cloned())
             .ok_or_else(|| errors::internal("the installed plugin is not listed"))

@@ -748,7 +748,7 @@ impl Inner {
                     vm.name
                 )))
             }
-            (None, w) => self.place(&vm, w)?,
+            (None, w) => self.place(&vm, w).await?,
         };
         if host != self.host.id {
             return Err(CoreError::Unavailable {

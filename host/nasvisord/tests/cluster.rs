@@ -1040,3 +1040,108 @@ fn migration_streams_are_tls_a_plain_source_is_refused_and_the_vm_stays() {
     assert_eq!(c.live_qemus(1), pid, "the source QEMU changed");
     wait_no_qemu(&c, 2);
 }
+
+#[test]
+fn plugin_faults_are_per_host_seen_from_every_host_and_reset_on_every_host() {
+    let _s = serial();
+    let c = Cluster::start(2);
+    c.form();
+    let evil = nasvisor_plugin_host::testkit::test_plugin_dir().join("nasvisor-test-evil.nvplugin");
+    assert!(evil.is_file(), "{}: run scripts/build.sh", evil.display());
+    let installed = c
+        .host(1)
+        .json(&["plugin", "install", evil.to_str().unwrap()]);
+    let label = format!(
+        "{}@{}",
+        installed["name"].as_str().unwrap(),
+        installed["version"].as_str().unwrap()
+    );
+    let on = |i: usize, host: &str| -> Result<Value, String> {
+        let list = c.host(i).try_json(&["plugin", "list"])?;
+        common::plugin_on_host(&list, "scheduler", host)
+            .ok_or_else(|| format!("no scheduler state of {host}: {list:#}"))
+    };
+    eventually(Duration::from_secs(20), "nas2 loads the plugin", || {
+        let s = on(2, "nas2")?;
+        match (s["plugin"].as_str(), s["state"].as_str()) {
+            (Some(p), Some("active")) if p == label => Ok(()),
+            _ => Err(s.to_string()),
+        }
+    });
+
+    // nas2 places three VMs (the requests come to it): its plugin faults
+    // there, and only there.
+    for name in ["panic", "bad-host", "recurse"] {
+        let vm = c.host(2).json(&blank(name));
+        assert!(
+            vm["host"] == "nas1" || vm["host"] == "nas2",
+            "VM {name} placed by the default: {vm:#}"
+        );
+    }
+    // Seen from nas1: quarantined on nas2, active on nas1.
+    let nas2 = eventually(
+        Duration::from_secs(20),
+        "nas1 sees nas2's quarantine",
+        || {
+            let s = on(1, "nas2")?;
+            (s["state"] == "quarantined")
+                .then_some(s.clone())
+                .ok_or(s.to_string())
+        },
+    );
+    assert_eq!(nas2["consecutive_failures"], 3, "{nas2:#}");
+    assert!(
+        nas2["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("stack overflow")),
+        "{nas2:#}"
+    );
+    assert_eq!(on(1, "nas1").unwrap()["state"], "active");
+    let list = c.host(1).json(&["plugin", "list"]);
+    assert_eq!(
+        common::plugin_entry(&list, "scheduler").unwrap()["state"],
+        "active",
+        "nas1 answers with its own state: {list:#}"
+    );
+    // The events name nas2, in the log every host reads.
+    let q = eventually(Duration::from_secs(20), "the quarantine event", || {
+        let ev = c.host(1).try_json(&["event", "list", "--limit", "1000"])?;
+        let q = common::events_of_kind(&ev, "plugin-quarantined");
+        (!q.is_empty()).then_some(q).ok_or(ev.to_string())
+    });
+    assert_eq!(q.len(), 1, "{q:#?}");
+    assert_eq!(q[0]["host"], "nas2", "{q:#?}");
+    let ev = c.host(1).json(&["event", "list", "--limit", "1000"]);
+    let failed = common::events_of_kind(&ev, "plugin-failed");
+    assert!(
+        !failed.is_empty() && failed.iter().all(|e| e["host"] == "nas2"),
+        "{failed:#?}"
+    );
+
+    // Reset from nas1: lifted on nas2 through the log.
+    let r = c.host(1).json(&["plugin", "reset", "scheduler"]);
+    assert_eq!(r["quarantined_on"], serde_json::json!(["nas2"]), "{r:#}");
+    for i in [1, 2] {
+        eventually(
+            Duration::from_secs(20),
+            &format!("host {i} sees nas2 active"),
+            || {
+                let s = on(i, "nas2")?;
+                (s["state"] == "active" && s["consecutive_failures"] == 0)
+                    .then_some(())
+                    .ok_or(s.to_string())
+            },
+        );
+    }
+    let reset = eventually(Duration::from_secs(20), "the reset event", || {
+        let ev = c.host(2).try_json(&["event", "list", "--limit", "1000"])?;
+        let r = common::events_of_kind(&ev, "plugin-reset");
+        (!r.is_empty()).then_some(r).ok_or(ev.to_string())
+    });
+    assert_eq!(
+        reset.len(),
+        1,
+        "only nas2 had something to lift: {reset:#?}"
+    );
+    assert_eq!(reset[0]["host"], "nas2", "{reset:#?}");
+}

@@ -119,9 +119,10 @@ impl Core for FakeCore {
             Action::SetCordon { host: h, .. } => host(&h),
             Action::EvacuateHost { .. } => job("j4", "evacuate"),
             Action::MigrateVm { .. } => job("j5", "migrate"),
-            Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
-                "version": "1.0.0", "vendor": "acme", "state": "active"}),
+            Action::InstallPlugin(_) => plugin("acme-scheduler", "acme", "active"),
             Action::UninstallPlugin { .. } => json!(null),
+            Action::ResetPlugin { world } => json!({"world": world, "quarantined_on": ["nas2"],
+                "message": "quarantine lifted on nas2"}),
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
@@ -211,10 +212,7 @@ impl Core for FakeCore {
                 j["finished_at"] = "2026-01-01T00:00:05Z".into();
                 j
             }
-            Action::ListPlugins => {
-                json!([{"name": "scheduler", "world": "scheduler", "version": "0.1.0",
-                                           "vendor": "nasvisor", "state": "active"}])
-            }
+            Action::ListPlugins => json!([plugin("scheduler", "nasvisor", "active")]),
         })
     }
 
@@ -557,4 +555,20 @@ impl futures_core::Stream for FrameChannel {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
+}
+
+/// A scheduler plugin as `GET /api/v1/plugins` lists it, on two hosts
+/// (quarantined on nas2).
+pub fn plugin(name: &str, vendor: &str, state: &str) -> Value {
+    let on = |host: &str, state: &str, failures: u64, last: Option<&str>| {
+        json!({"host": host, "world": "scheduler", "plugin": format!("{name}@1.0.0"),
+            "state": state, "consecutive_failures": failures, "decisions": 7,
+            "failures": failures, "fallbacks": failures, "last_failure": last,
+            "updated_at": "2026-01-01T00:00:00Z"})
+    };
+    json!({"name": name, "world": "scheduler", "version": "1.0.0", "vendor": vendor,
+        "state": state, "consecutive_failures": 0, "decisions": 7, "failures": 0,
+        "fallbacks": 0, "last_failure": null,
+        "hosts": [on("nas1", state, 0, None),
+                  on("nas2", "quarantined", 3, Some("trap: unreachable code reached"))]})
 }

@@ -480,21 +480,72 @@ pub fn run(cmd: ApiCommand, opts: &ApiOpts) -> std::process::ExitCode {
     finish(Client::new(opts).and_then(|c| dispatch(&c, cmd, opts.json)))
 }
 
-/// `nasvisor plugin list`: the plugins loaded by nasvisord.
+/// `nasvisor plugin list`: the plugins of every host, one row per world
+/// and host (quarantine is per host).
 pub fn run_plugin_list(opts: &ApiOpts) -> std::process::ExitCode {
     finish(Client::new(opts).and_then(|c| {
         let v = c.get("/api/v1/plugins")?;
-        print_list(
-            opts.json,
-            &v,
-            &[
-                ("name", "name"),
-                ("world", "world"),
-                ("version", "version"),
-                ("vendor", "vendor"),
-                ("state", "state"),
-            ],
-        );
+        if opts.json {
+            print_json(&v);
+        } else {
+            print!(
+                "{}",
+                table::objects(
+                    &plugin_rows(&v),
+                    &[
+                        ("world", "world"),
+                        ("name", "name"),
+                        ("version", "version"),
+                        ("vendor", "vendor"),
+                        ("host", "host"),
+                        ("state", "state"),
+                        ("fails_in_row", "consecutive_failures"),
+                        ("decisions", "decisions"),
+                        ("failures", "failures"),
+                        ("fallbacks", "fallbacks"),
+                        ("last_failure", "last_failure"),
+                    ],
+                )
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// The rows of `plugin list`: each world's state on each host (the
+/// plugin's name and version as that host loaded it).
+fn plugin_rows(list: &Value) -> Value {
+    let mut rows = Vec::new();
+    for p in list.as_array().into_iter().flatten() {
+        let hosts = p["hosts"].as_array().filter(|h| !h.is_empty());
+        let Some(hosts) = hosts else {
+            rows.push(p.clone());
+            continue;
+        };
+        for h in hosts {
+            let mut row = h.clone();
+            let (name, version) = match h["plugin"].as_str() {
+                Some(label) => match label.rsplit_once('@') {
+                    Some((n, v)) => (json!(n), json!(v)),
+                    None => (json!(label), Value::Null),
+                },
+                None => (json!(format!("builtin-{}", cell(&p["world"]))), Value::Null),
+            };
+            row["name"] = name;
+            row["version"] = version;
+            row["vendor"] = p["vendor"].clone();
+            rows.push(row);
+        }
+    }
+    Value::Array(rows)
+}
+
+/// `nasvisor plugin reset WORLD`: lifts its quarantine on every host.
+pub fn run_plugin_reset(opts: &ApiOpts, world: &str) -> std::process::ExitCode {
+    finish(Client::new(opts).and_then(|c| {
+        let v = c.call("POST", &format!("/api/v1/plugins/{}/reset", enc(world)))?;
+        let msg = cell(&v["message"]);
+        done(opts.json, &v, msg);
         Ok(())
     }))
 }

@@ -122,6 +122,7 @@ impl Cluster {
                 .chain(cluster_lines(i))
                 .collect(),
                 api_extra: Vec::new(),
+                plugins_runtime: Vec::new(),
             });
             c.hosts.push(d);
         }

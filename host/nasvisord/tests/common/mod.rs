@@ -131,6 +131,8 @@ pub struct DaemonSetup {
     /// More lines after `[api]`'s (its keys, then tables such as
     /// `[api.limits]`).
     pub api_extra: Vec<String>,
+    /// `key = value` lines of `[plugins.runtime]`.
+    pub plugins_runtime: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -145,6 +147,7 @@ impl DaemonSetup {
             cluster_address: format!("127.0.0.1:{}", free_port()),
             cluster_extra: Vec::new(),
             api_extra: Vec::new(),
+            plugins_runtime: Vec::new(),
         }
     }
 
@@ -162,6 +165,14 @@ impl DaemonSetup {
             cluster.push('\n');
         }
         let api: String = self.api_extra.iter().map(|l| format!("{l}\n")).collect();
+        let mut runtime = String::new();
+        if !self.plugins_runtime.is_empty() {
+            runtime.push_str("[plugins.runtime]\n");
+            for line in &self.plugins_runtime {
+                runtime.push_str(line);
+                runtime.push('\n');
+            }
+        }
         format!(
             r#"data-dir = "{data}"
 [host]
@@ -177,7 +188,7 @@ metadata = "{guest}/guest-image.json"
 [plugins]
 dir = "{plugins}"
 trusted-keys-dir = "{keys}"
-"#,
+{runtime}"#,
             data = data_dir.display(),
             name = self.host_name,
             guest = guest.display(),
@@ -453,6 +464,33 @@ pub fn blank_vm_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     ];
     a.extend_from_slice(extra);
     a
+}
+
+/// The entry of `world` in a `plugin list` answer.
+pub fn plugin_entry(list: &Value, world: &str) -> Option<Value> {
+    list.as_array()?
+        .iter()
+        .find(|p| p["world"] == world)
+        .cloned()
+}
+
+/// The state of `world`'s plugin on `host` in a `plugin list` answer.
+pub fn plugin_on_host(list: &Value, world: &str, host: &str) -> Option<Value> {
+    plugin_entry(list, world)?["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == host)
+        .cloned()
+}
+
+/// The events of `kind` in an `event list` answer, oldest first.
+pub fn events_of_kind(list: &Value, kind: &str) -> Vec<Value> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
 }
 
 /// A loopback TCP port that was free a moment ago.

@@ -1,0 +1,758 @@
+//! What administrators see of the plugins of every host: faults, fallbacks
+//! and quarantines become cluster events, each host records its slots'
+//! state in the replicated store (so any host lists them all), and
+//! `plugin reset` lifts a quarantine on every host through the log.
+//!
+//! Decisions run on blocking threads; the policy host only queues what
+//! happened ([`PolicyHost::drain_events`]) and the decision helper wakes the
+//! report task, which turns the queue into events on the async side. Events
+//! are raft writes on every host, so a faulty plugin under a burst of
+//! decisions is reported at most once per world and kind every
+//! [`FAULT_EVENT_INTERVAL`] on each host, with the count since the last
+//! report ([`Coalescer`]).
+//!
+//! [`PolicyHost::drain_events`]: nasvisor_plugin_host::PolicyHost::drain_events
+
+use crate::errors;
+use crate::model::{kind, now_rfc3339, HostRecord, Severity};
+use crate::{lock, Inner};
+use nasvisor_api::CoreError;
+use nasvisor_cluster::Revision;
+use nasvisor_plugin_host::policy::PolicyEvent;
+use nasvisor_plugin_host::SlotStatus;
+use nasvisor_plugin_sdk::World;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// At most one `plugin-failed` (and one `plugin-fell-back`) event per world
+/// per host in this interval; the next one carries the count since.
+pub const FAULT_EVENT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A host rewrites a slot's record for changed counters at most this often
+/// (a change of plugin or of quarantine is written at once).
+pub const STATE_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the report task looks at the queue without being woken (to
+/// send the counts held back by [`FAULT_EVENT_INTERVAL`]).
+const REPORT_TICK: Duration = Duration::from_secs(1);
+
+/// Longest plugin label or fault cause carried into an event or a state
+/// record, in bytes. A cause may quote what the plugin answered (an
+/// invalid answer of megabytes); events and records stay small.
+pub const MAX_REPORTED_TEXT: usize = 512;
+
+/// `s` made fit for an event or a record: control characters (terminal
+/// escapes, newlines) become spaces, and it is cut to [`MAX_REPORTED_TEXT`]
+/// bytes at a character boundary, marked with `…`.
+pub fn reported_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_REPORTED_TEXT + 3));
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > MAX_REPORTED_TEXT {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+/// The state of one world's slot on one host (kind `plugin-state`, key
+/// `<world>/<host>`), as the host recorded it; also its API form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginHostState {
+    pub host: String,
+    pub world: String,
+    /// `name@version` of the plugin loaded there; none: the built-in
+    /// default decides.
+    pub plugin: Option<String>,
+    /// `active`, `quarantined`, or `fallback` (no plugin: the built-in
+    /// default decides).
+    pub state: String,
+    /// Faults of the plugin in a row (quarantine at the configured maximum).
+    pub consecutive_failures: u32,
+    /// Decisions the plugin answered validly since it was loaded there.
+    pub decisions: u64,
+    /// Faults of the plugin since it was loaded there.
+    pub failures: u64,
+    /// Decisions the built-in default made instead of the plugin (faults of
+    /// the plugin or of the host, quarantine).
+    pub fallbacks: u64,
+    /// The cause of the plugin's last fault.
+    pub last_failure: Option<String>,
+    /// When the host recorded this (RFC 3339).
+    pub updated_at: String,
+}
+
+impl PluginHostState {
+    /// The state of `s` on `host`, stamped now.
+    pub fn of(host: &str, s: &SlotStatus) -> PluginHostState {
+        PluginHostState {
+            host: host.to_string(),
+            world: s.world.as_str().to_string(),
+            plugin: s.plugin.as_deref().map(reported_text),
+            state: slot_state(s).to_string(),
+            consecutive_failures: s.consecutive_failures,
+            decisions: s.decisions,
+            failures: s.failures,
+            fallbacks: s.fallbacks,
+            last_failure: s.last_failure.as_deref().map(reported_text),
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    /// Whether `other` says the same, its time aside.
+    fn same_as(&self, other: &PluginHostState) -> bool {
+        PluginHostState {
+            updated_at: other.updated_at.clone(),
+            ..self.clone()
+        } == *other
+    }
+
+    /// Whether `other` differs in what must be written at once.
+    fn transition_from(&self, other: &PluginHostState) -> bool {
+        self.plugin != other.plugin || self.state != other.state
+    }
+}
+
+/// `active`, `quarantined` or `fallback` (no plugin loaded).
+pub fn slot_state(s: &SlotStatus) -> &'static str {
+    match (&s.plugin, s.quarantined) {
+        (None, _) => "fallback",
+        (Some(_), true) => "quarantined",
+        (Some(_), false) => "active",
+    }
+}
+
+fn state_key(world: &str, host: &str) -> String {
+    format!("{world}/{host}")
+}
+
+/// A quarantine lift asked for (kind `plugin-reset`, key the world); every
+/// host applies each new revision of it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginResetRecord {
+    pub world: String,
+    /// The host that took the request.
+    pub requested_by: String,
+    pub requested_at: String,
+}
+
+/// The answer of `POST /api/v1/plugins/{world}/reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginResetView {
+    pub world: String,
+    /// The hosts whose plugin of the world was quarantined (each lifts its
+    /// quarantine and records a `plugin-reset` event).
+    pub quarantined_on: Vec<String>,
+    pub message: String,
+}
+
+/// The report side of the plugins, kept in [`Inner`].
+#[derive(Default)]
+pub(crate) struct PluginReports {
+    /// Woken after every decision; the report task waits on it.
+    wake: Arc<tokio::sync::Notify>,
+    /// World -> the revision of its `plugin-reset` record applied here.
+    resets_applied: Mutex<HashMap<String, Revision>>,
+}
+
+impl PluginReports {
+    /// Tells the report task that the policy host may have queued events.
+    /// Never blocks.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// One event to record, made from one or more policy events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `count` faults of the plugin since the last report; `cause` is the
+    /// last one's.
+    Failed {
+        world: World,
+        plugin: String,
+        cause: String,
+        count: u64,
+    },
+    /// `count` decisions the built-in default made for a fault of the host.
+    FellBack {
+        world: World,
+        plugin: String,
+        cause: String,
+        count: u64,
+    },
+    Quarantined {
+        world: World,
+        plugin: String,
+        failures: u32,
+    },
+    Reset {
+        world: World,
+        plugin: String,
+    },
+}
+
+impl Notice {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::Failed { .. } => "plugin-failed",
+            Notice::FellBack { .. } => "plugin-fell-back",
+            Notice::Quarantined { .. } => "plugin-quarantined",
+            Notice::Reset { .. } => "plugin-reset",
+        }
+    }
+
+    pub fn world(&self) -> World {
+        match self {
+            Notice::Failed { world, .. }
+            | Notice::FellBack { world, .. }
+            | Notice::Quarantined { world, .. }
+            | Notice::Reset { world, .. } => *world,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            Notice::Failed { .. } | Notice::FellBack { .. } => Severity::Warning,
+            Notice::Quarantined { .. } => Severity::Error,
+            Notice::Reset { .. } => Severity::Info,
+        }
+    }
+
+    /// The event's message, naming the host, the world, the plugin and the
+    /// cause.
+    pub fn message(&self, host: &str) -> String {
+        match self {
+            Notice::Failed {
+                world,
+                plugin,
+                cause,
+                count: 1,
+            } => format!(
+                "host {host}: plugin {plugin} ({world}) failed a decision: {cause}; the built-in default decided"
+            ),
+            Notice::Failed {
+                world,
+                plugin,
+                cause,
+                count,
+            } => format!(
+                "host {host}: plugin {plugin} ({world}) failed {count} decisions since the last report; last cause: {cause}; the built-in default decided"
+            ),
+            Notice::FellBack {
+                world,
+                plugin,
+                cause,
+                count,
+            } => format!(
+                "host {host}: the built-in default decided {count} time(s) instead of plugin {plugin} ({world}) for a fault of the host, not of the plugin: {cause}"
+            ),
+            Notice::Quarantined {
+                world,
+                plugin,
+                failures,
+            } => format!(
+                "host {host}: plugin {plugin} ({world}) quarantined after {failures} failed decisions in a row; the built-in default decides until `nasvisor plugin reset {world}` or a new install"
+            ),
+            Notice::Reset { world, plugin } => format!(
+                "host {host}: quarantine of plugin {plugin} ({world}) lifted; the plugin decides again"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Repeated {
+    Failed,
+    FellBack,
+}
+
+#[derive(Debug)]
+struct Held {
+    last_sent: Option<Instant>,
+    count: u64,
+    plugin: String,
+    cause: String,
+}
+
+/// Turns the policy host's events into [`Notice`]s, at most one per world
+/// and kind (failed, fell back) per window: the first is sent at once, the
+/// ones within the window are counted and sent together when it ends. A
+/// quarantine, a reset or an install sends the counts held for its world
+/// first, so the story reads in order.
+#[derive(Debug)]
+pub struct Coalescer {
+    window: Duration,
+    held: HashMap<(Repeated, World), Held>,
+}
+
+impl Coalescer {
+    pub fn new(window: Duration) -> Coalescer {
+        Coalescer {
+            window,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Takes one event at `now`; the notices to send now.
+    pub fn push(&mut self, e: PolicyEvent, now: Instant) -> Vec<Notice> {
+        match e {
+            PolicyEvent::PluginFailed {
+                world,
+                plugin,
+                cause,
+            } => self.repeated(Repeated::Failed, world, plugin, cause, now),
+            PolicyEvent::PluginFellBack {
+                world,
+                plugin,
+                cause,
+            } => self.repeated(Repeated::FellBack, world, plugin, cause, now),
+            PolicyEvent::PluginQuarantined {
+                world,
+                plugin,
+                failures,
+            } => {
+                let mut out = self.flush_world(world, now);
+                out.push(Notice::Quarantined {
+                    world,
+                    plugin: reported_text(&plugin),
+                    failures,
+                });
+                out
+            }
+            PolicyEvent::PluginReset { world, plugin } => {
+                let mut out = self.flush_world(world, now);
+                out.push(Notice::Reset {
+                    world,
+                    plugin: reported_text(&plugin),
+                });
+                out
+            }
+            // The core records `plugin-installed` itself; the counts held
+            // belong to the plugin it replaced.
+            PolicyEvent::PluginInstalled { world, .. } => self.flush_world(world, now),
+        }
+    }
+
+    fn repeated(
+        &mut self,
+        what: Repeated,
+        world: World,
+        plugin: String,
+        cause: String,
+        now: Instant,
+    ) -> Vec<Notice> {
+        let window = self.window;
+        let h = self.held.entry((what, world)).or_insert(Held {
+            last_sent: None,
+            count: 0,
+            plugin: String::new(),
+            cause: String::new(),
+        });
+        h.count += 1;
+        h.plugin = reported_text(&plugin);
+        h.cause = reported_text(&cause);
+        if h.last_sent.is_some_and(|t| now.duration_since(t) < window) {
+            return Vec::new();
+        }
+        vec![Self::send(what, world, h, now)]
+    }
+
+    fn send(what: Repeated, world: World, h: &mut Held, now: Instant) -> Notice {
+        let count = std::mem::take(&mut h.count);
+        h.last_sent = Some(now);
+        let (plugin, cause) = (h.plugin.clone(), h.cause.clone());
+        match what {
+            Repeated::Failed => Notice::Failed {
+                world,
+                plugin,
+                cause,
+                count,
+            },
+            Repeated::FellBack => Notice::FellBack {
+                world,
+                plugin,
+                cause,
+                count,
+            },
+        }
+    }
+
+    fn flush_world(&mut self, world: World, now: Instant) -> Vec<Notice> {
+        let mut out = Vec::new();
+        for what in [Repeated::Failed, Repeated::FellBack] {
+            if let Some(h) = self.held.get_mut(&(what, world)).filter(|h| h.count > 0) {
+                out.push(Self::send(what, world, h, now));
+            }
+        }
+        out
+    }
+
+    /// The counts whose window ended by `now`.
+    pub fn flush(&mut self, now: Instant) -> Vec<Notice> {
+        let window = self.window;
+        let mut out = Vec::new();
+        for (&(what, world), h) in self.held.iter_mut() {
+            if h.count > 0 && h.last_sent.is_none_or(|t| now.duration_since(t) >= window) {
+                out.push(Self::send(what, world, h, now));
+            }
+        }
+        out
+    }
+}
+
+impl Inner {
+    /// Starts the task that records the plugins' events and slot states.
+    pub(crate) fn spawn_plugin_reports(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let wake = self.plugin_reports.wake.clone();
+        tokio::spawn(async move {
+            let mut coalescer = Coalescer::new(FAULT_EVENT_INTERVAL);
+            let mut last_write: HashMap<World, Instant> = HashMap::new();
+            loop {
+                let Some(me) = weak.upgrade() else { break };
+                me.report_plugins(&mut coalescer, &mut last_write).await;
+                drop(me);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(REPORT_TICK) => {}
+                }
+            }
+        });
+    }
+
+    /// One pass of the report task: the queued policy events become cluster
+    /// events (coalesced), and this host's slot states are recorded.
+    async fn report_plugins(
+        &self,
+        coalescer: &mut Coalescer,
+        last_write: &mut HashMap<World, Instant>,
+    ) {
+        let now = Instant::now();
+        let mut notices = Vec::new();
+        for e in self.policy.drain_events() {
+            notices.extend(coalescer.push(e, now));
+        }
+        notices.extend(coalescer.flush(now));
+        for n in notices {
+            self.event(
+                n.kind(),
+                n.severity(),
+                Some(format!("plugin/{}", n.world())),
+                n.message(&self.host.id),
+            )
+            .await;
+        }
+        self.record_plugin_states(last_write, now).await;
+    }
+
+    /// Writes this host's slot states that changed: a change of plugin or
+    /// quarantine at once, changed counters at most every
+    /// [`STATE_WRITE_INTERVAL`].
+    async fn record_plugin_states(&self, last_write: &mut HashMap<World, Instant>, now: Instant) {
+        for s in self.policy.status() {
+            let rec = PluginHostState::of(&self.host.id, &s);
+            let key = state_key(&rec.world, &rec.host);
+            let stored = self
+                .db
+                .get::<PluginHostState>(kind::PLUGIN_STATE, &key)
+                .map(|(r, _)| r);
+            let due = match &stored {
+                None => true,
+                Some(old) if rec.same_as(old) => false,
+                Some(old) if rec.transition_from(old) => true,
+                Some(_) => last_write
+                    .get(&s.world)
+                    .is_none_or(|t| now.duration_since(*t) >= STATE_WRITE_INTERVAL),
+            };
+            if !due {
+                continue;
+            }
+            match self.db.put(kind::PLUGIN_STATE, &key, &rec, None).await {
+                Ok(_) => {
+                    last_write.insert(s.world, now);
+                }
+                Err(e) => {
+                    tracing::warn!(world = %s.world, error = %e, "cannot record the plugin's state; retried later")
+                }
+            }
+        }
+    }
+
+    /// The state of `world`'s plugin on every host of the cluster: this
+    /// host's live, the others' as they recorded it.
+    pub(crate) fn plugin_host_states(&self, local: &SlotStatus) -> Vec<PluginHostState> {
+        let world = local.world.as_str();
+        let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
+        let mut out: Vec<PluginHostState> = hosts
+            .iter()
+            .filter(|h| h.id != self.host.id)
+            .filter_map(|h| {
+                self.db
+                    .get::<PluginHostState>(kind::PLUGIN_STATE, &state_key(world, &h.id))
+                    .map(|(r, _)| r)
+            })
+            .collect();
+        out.push(PluginHostState::of(&self.host.id, local));
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+
+    /// `nasvisor plugin reset WORLD`: the quarantine of the world's plugin
+    /// is lifted on every host (a `plugin-reset` record through the log,
+    /// which each host applies; this one at once).
+    pub(crate) async fn reset_plugin(&self, world: &str) -> Result<serde_json::Value, CoreError> {
+        let w: World = world
+            .parse()
+            .map_err(|e: String| errors::invalid("world", e))?;
+        let local = self
+            .policy
+            .status()
+            .into_iter()
+            .find(|s| s.world == w)
+            .ok_or_else(|| errors::internal(format!("no slot for the {w} world")))?;
+        let states = self.plugin_host_states(&local);
+        let quarantined_on: Vec<String> = states
+            .iter()
+            .filter(|s| s.state == "quarantined")
+            .map(|s| s.host.clone())
+            .collect();
+        let mut plugins: Vec<&str> = states.iter().filter_map(|s| s.plugin.as_deref()).collect();
+        plugins.sort_unstable();
+        plugins.dedup();
+        // Written even when no host is recorded quarantined: a host may
+        // have quarantined it since it last recorded its state.
+        let rec = PluginResetRecord {
+            world: w.as_str().to_string(),
+            requested_by: self.host.id.clone(),
+            requested_at: now_rfc3339(),
+        };
+        self.db
+            .put(kind::PLUGIN_RESET, w.as_str(), &rec, None)
+            .await?;
+        self.apply_plugin_resets();
+        self.plugin_reports.wake();
+        let message = if plugins.is_empty() {
+            format!("nothing to reset: no plugin is loaded for the {w} world (the built-in default decides)")
+        } else if quarantined_on.is_empty() {
+            format!(
+                "nothing to reset: the {w} plugin ({}) is not quarantined on any host",
+                plugins.join(", ")
+            )
+        } else {
+            format!(
+                "quarantine of the {w} plugin ({}) lifted on {}",
+                plugins.join(", "),
+                quarantined_on.join(", ")
+            )
+        };
+        serde_json::to_value(PluginResetView {
+            world: w.as_str().to_string(),
+            quarantined_on,
+            message,
+        })
+        .map_err(errors::internal)
+    }
+
+    /// Lifts the quarantines asked for since this host last looked (at
+    /// start, and after every change of the log). A lift of a plugin that
+    /// is not quarantined here only clears its run of failures.
+    pub(crate) fn apply_plugin_resets(&self) {
+        for (key, _, rev) in self.db.store().list(kind::PLUGIN_RESET) {
+            {
+                let mut applied = lock(&self.plugin_reports.resets_applied);
+                if applied.get(&key).is_some_and(|r| *r >= rev) {
+                    continue;
+                }
+                applied.insert(key.clone(), rev);
+            }
+            let Ok(w) = key.parse::<World>() else {
+                tracing::warn!(key = %key, "plugin-reset record of an unknown world");
+                continue;
+            };
+            match self.policy.reset(w) {
+                Some(plugin) => {
+                    tracing::info!(world = %w, %plugin, "plugin quarantine lifted");
+                    self.plugin_reports.wake();
+                }
+                None => tracing::debug!(world = %w, "plugin reset: nothing quarantined here"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(cause: &str) -> PolicyEvent {
+        PolicyEvent::PluginFailed {
+            world: World::Scheduler,
+            plugin: "evil@1".into(),
+            cause: cause.into(),
+        }
+    }
+
+    fn fell_back() -> PolicyEvent {
+        PolicyEvent::PluginFellBack {
+            world: World::Scheduler,
+            plugin: "evil@1".into(),
+            cause: "host busy".into(),
+        }
+    }
+
+    fn count_of(n: &Notice) -> u64 {
+        match n {
+            Notice::Failed { count, .. } | Notice::FellBack { count, .. } => *count,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_burst_of_faults_gives_one_event_at_once_then_one_count_per_window() {
+        let w = Duration::from_secs(10);
+        let mut c = Coalescer::new(w);
+        let t0 = Instant::now();
+        let first = c.push(failed("trap: a"), t0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(count_of(&first[0]), 1);
+        for i in 0..999 {
+            let at = t0 + Duration::from_millis(i);
+            assert!(c.push(failed(&format!("trap: {i}")), at).is_empty());
+        }
+        assert!(c.flush(t0 + Duration::from_secs(9)).is_empty());
+        let later = c.flush(t0 + w);
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert_eq!(count_of(&later[0]), 999);
+        assert!(
+            matches!(&later[0], Notice::Failed { cause, .. } if cause == "trap: 998"),
+            "the last cause is carried: {later:?}"
+        );
+        // Nothing held: nothing more to say.
+        assert!(c.flush(t0 + 3 * w).is_empty());
+        // The window restarts from the last report.
+        assert!(c
+            .push(failed("x"), t0 + w + Duration::from_secs(1))
+            .is_empty());
+        assert_eq!(c.push(failed("y"), t0 + 2 * w).len(), 1);
+    }
+
+    #[test]
+    fn worlds_and_kinds_are_coalesced_apart() {
+        let mut c = Coalescer::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(c.push(failed("a"), t).len(), 1);
+        assert_eq!(c.push(fell_back(), t).len(), 1);
+        let other = PolicyEvent::PluginFailed {
+            world: World::OsInstaller,
+            plugin: "i@1".into(),
+            cause: "trap".into(),
+        };
+        assert_eq!(c.push(other, t).len(), 1);
+        assert!(c.push(fell_back(), t).is_empty());
+    }
+
+    #[test]
+    fn a_quarantine_sends_the_held_count_first_and_is_never_held_back() {
+        let mut c = Coalescer::new(Duration::from_secs(10));
+        let t = Instant::now();
+        c.push(failed("a"), t);
+        c.push(failed("b"), t);
+        c.push(failed("c"), t);
+        let out = c.push(
+            PolicyEvent::PluginQuarantined {
+                world: World::Scheduler,
+                plugin: "evil@1".into(),
+                failures: 3,
+            },
+            t,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].kind(), "plugin-failed");
+        assert_eq!(count_of(&out[0]), 2);
+        assert_eq!(out[1].kind(), "plugin-quarantined");
+        let out = c.push(
+            PolicyEvent::PluginReset {
+                world: World::Scheduler,
+                plugin: "evil@1".into(),
+            },
+            t,
+        );
+        assert_eq!(
+            out.iter().map(Notice::kind).collect::<Vec<_>>(),
+            ["plugin-reset"]
+        );
+        // Installs are recorded by the core itself.
+        let out = c.push(
+            PolicyEvent::PluginInstalled {
+                world: World::Scheduler,
+                plugin: "good@2".into(),
+            },
+            t,
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_cause_quoting_a_huge_or_hostile_answer_is_cut_and_cleaned() {
+        let mut c = Coalescer::new(Duration::from_secs(10));
+        let hostile = format!(
+            "invalid output: unknown host \u{1b}[2J{}",
+            "é".repeat(1 << 20)
+        );
+        let out = c.push(failed(&hostile), Instant::now());
+        let Notice::Failed { cause, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert!(
+            cause.len() <= MAX_REPORTED_TEXT + '…'.len_utf8(),
+            "{}",
+            cause.len()
+        );
+        assert!(cause.ends_with('…'));
+        assert!(!cause.chars().any(char::is_control), "{cause:?}");
+        assert!(cause.starts_with("invalid output: unknown host  [2J"));
+        let status = SlotStatus {
+            world: World::Scheduler,
+            plugin: Some("evil@1".into()),
+            signer: None,
+            consecutive_failures: 1,
+            quarantined: false,
+            decisions: 0,
+            failures: 1,
+            fallbacks: 1,
+            last_failure: Some(hostile),
+        };
+        let rec = PluginHostState::of("nas1", &status);
+        assert!(rec
+            .last_failure
+            .is_some_and(|f| f.len() <= MAX_REPORTED_TEXT + 3));
+        assert_eq!(reported_text("short\nline"), "short line");
+    }
+
+    #[test]
+    fn messages_name_the_host_the_world_the_plugin_and_the_cause() {
+        let n = Notice::Failed {
+            world: World::Scheduler,
+            plugin: "evil@1".into(),
+            cause: "trap: stack overflow".into(),
+            count: 4,
+        };
+        let m = n.message("nas2");
+        for part in ["nas2", "scheduler", "evil@1", "trap: stack overflow", "4"] {
+            assert!(m.contains(part), "{part} missing in {m}");
+        }
+        let q = Notice::Quarantined {
+            world: World::Scheduler,
+            plugin: "evil@1".into(),
+            failures: 3,
+        };
+        assert!(q.message("nas1").contains("plugin reset scheduler"));
+        assert_eq!(q.severity(), Severity::Error);
+    }
+}

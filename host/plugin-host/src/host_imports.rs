@@ -202,7 +202,7 @@ fn log(
     };
     cx.log_budget -= size;
     // A plugin may quote its input (password hashes, SSH keys): never logged.
-    let message = crate::redact::redact_secrets(message);
+    let message = crate::redact::redact_secrets(&message);
     // Formatted only if a subscriber records the event.
     let fields = Fields(&kept);
     let plugin = &*cx.plugin;

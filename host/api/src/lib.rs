@@ -1,34 +1,34 @@
-//! nasvisor's HTTPS admin endpoint (embedded by `nasvisord`).
+//! nasvisor's HTTPS admin endpoint (embedded by `nasvisord`): the server
+//! only. The contract it serves (the [`Action`] type, request bodies and
+//! their validation, answer views, errors, the route table and
+//! `openapi.json`) lives in `nasvisor-api-types`, re-exported here.
 //!
 //! - [`tls`]: the TLS identity, configured or self-signed on first start;
 //! - [`auth`]: the admin token, created on first start, stored as a hash;
-//! - [`action`]: the one action type of the core ([`Action`]) and the typed,
-//!   validated request bodies;
-//! - [`router`]: method + path + body → [`Action`]; the route table that
-//!   `openapi.json` (the source of truth) is checked against;
+//! - [`router`]: method + path + body → [`Action`], by the route table
+//!   [`nasvisor_api_types::routes::ROUTES`];
 //! - [`server`]: hyper 1 over tokio-rustls, `/healthz` unauthenticated,
-//!   everything else behind the token;
-//! - [`schema`]: a checker of JSON values against `openapi.json`'s schemas
-//!   (for tests of the real answers).
+//!   everything else behind the token.
 //!
 //! The API layer never acts itself: it parses, validates and forwards to
 //! [`Core::handle`] (or, for the two streamed routes, [`Core::console`] and
 //! [`Core::upload_image`]).
 
-pub mod action;
 pub mod auth;
-pub mod error;
 mod fsutil;
 pub mod router;
-pub mod schema;
 pub mod server;
 pub mod tls;
 
-pub use action::{Action, ByteStream, Core, FirmwareKind, ImageMetaSpec, ImageUpload, PowerOp};
-pub use error::{ApiError, CoreError};
+/// The contract types (re-exported from `nasvisor-api-types`).
+pub use nasvisor_api_types as types;
+pub use nasvisor_api_types::{
+    action, error, Action, ApiError, ByteStream, Core, CoreError, FirmwareKind, ImageMetaSpec,
+    ImageUpload, PowerOp,
+};
 pub use nasvisor_limits::ServerLimits;
 pub use server::{Server, ServerSettings};
 
-/// The OpenAPI document of this API (the source of truth for routes,
-/// schemas and the error format).
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+/// The OpenAPI document of this API, generated from the route table and
+/// the types (`nasvisor_api_types::openapi`).
+pub const OPENAPI_JSON: &str = nasvisor_api_types::openapi::OPENAPI_JSON;

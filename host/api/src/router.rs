@@ -1,310 +1,20 @@
 //! Routing: method + path (+ query + JSON body) → [`Action`].
 //!
-//! [`ROUTES`] is the route table; a test checks it against `openapi.json`,
-//! route by route, both ways.
+//! The route table, [`ROUTES`], lives in `nasvisor-api-types`, which
+//! generates `openapi.json` from it.
 
-use crate::action::{
+use http::StatusCode;
+pub use nasvisor_api_types::routes::{Route, HEALTH_PATH, IMAGE_META_QUERY, ROUTES};
+use nasvisor_api_types::ApiError;
+use nasvisor_api_types::{
     check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, ImageAddBody,
     ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
     SnapshotCreate, Validate, VmCreate, VmMigrate, VmUpdate, VolumeClone, VolumeCreate,
     VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
     MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
-use crate::error::ApiError;
-use http::StatusCode;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
-
-/// One route of the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// HTTP method, upper case.
-    pub method: &'static str,
-    /// Path template, `{name}` for a parameter.
-    pub path: &'static str,
-    /// `operationId` in `openapi.json`.
-    pub operation: &'static str,
-    /// Status of a successful answer.
-    pub success: u16,
-    /// Whether the route takes a JSON body.
-    pub body: bool,
-    /// The request body is raw bytes (`application/octet-stream`), streamed
-    /// to the core, not JSON.
-    pub raw_body: bool,
-    /// The query parameters the route knows.
-    pub query: &'static [&'static str],
-}
-
-const fn r(
-    method: &'static str,
-    path: &'static str,
-    operation: &'static str,
-    success: u16,
-    body: bool,
-) -> Route {
-    Route {
-        method,
-        path,
-        operation,
-        success,
-        body,
-        raw_body: false,
-        query: &[],
-    }
-}
-
-const fn q(route: Route, query: &'static [&'static str]) -> Route {
-    Route { query, ..route }
-}
-
-const fn raw(route: Route) -> Route {
-    Route {
-        raw_body: true,
-        ..route
-    }
-}
-
-/// Query parameters of the image upload route (the image metadata).
-pub const IMAGE_META_QUERY: &[&str] = &[
-    "os_family",
-    "os_variant",
-    "cloud_init",
-    "firmware",
-    "ready_marker",
-];
-
-/// Path of the unauthenticated health probe.
-pub const HEALTH_PATH: &str = "/healthz";
-
-/// Every route the server answers.
-pub const ROUTES: &[Route] = &[
-    r("GET", HEALTH_PATH, "health", 200, false),
-    r(
-        "POST",
-        "/api/v1/auth/token/rotate",
-        "rotateToken",
-        200,
-        false,
-    ),
-    r("GET", "/api/v1/host", "getHost", 200, false),
-    r("GET", "/api/v1/vms", "listVms", 200, false),
-    r("POST", "/api/v1/vms", "createVm", 201, true),
-    r("GET", "/api/v1/vms/{id}", "getVm", 200, false),
-    r("PATCH", "/api/v1/vms/{id}", "updateVm", 200, true),
-    q(
-        r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
-        &["delete_disks"],
-    ),
-    r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
-    q(
-        r("GET", "/api/v1/vms/{id}/console", "getConsole", 200, false),
-        &["follow", "tail"],
-    ),
-    r(
-        "POST",
-        "/api/v1/vms/{id}/console",
-        "consoleInput",
-        204,
-        true,
-    ),
-    q(
-        r("GET", "/api/v1/pools", "listPools", 200, false),
-        &["host"],
-    ),
-    q(
-        r("POST", "/api/v1/pools", "createPool", 201, true),
-        &["host"],
-    ),
-    q(
-        r("DELETE", "/api/v1/pools/{name}", "deletePool", 204, false),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/imports",
-            "importVolume",
-            202,
-            true,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "GET",
-            "/api/v1/pools/{pool}/volumes",
-            "listVolumes",
-            200,
-            false,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/volumes",
-            "createVolume",
-            201,
-            true,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "DELETE",
-            "/api/v1/pools/{pool}/volumes/{volume}",
-            "deleteVolume",
-            204,
-            false,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/volumes/{volume}/resize",
-            "resizeVolume",
-            200,
-            true,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
-            "snapshotVolume",
-            201,
-            true,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "GET",
-            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
-            "listSnapshots",
-            200,
-            false,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}/revert",
-            "revertSnapshot",
-            200,
-            false,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "DELETE",
-            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}",
-            "deleteSnapshot",
-            204,
-            false,
-        ),
-        &["host"],
-    ),
-    q(
-        r(
-            "POST",
-            "/api/v1/pools/{pool}/volumes/{volume}/clone",
-            "cloneVolume",
-            201,
-            true,
-        ),
-        &["host"],
-    ),
-    r("GET", "/api/v1/images", "listImages", 200, false),
-    r("POST", "/api/v1/images", "addImage", 202, true),
-    q(
-        raw(r(
-            "POST",
-            "/api/v1/images/{name}/upload",
-            "uploadImage",
-            202,
-            true,
-        )),
-        IMAGE_META_QUERY,
-    ),
-    r("DELETE", "/api/v1/images/{name}", "deleteImage", 204, false),
-    r("GET", "/api/v1/vswitches", "listVswitches", 200, false),
-    r("POST", "/api/v1/vswitches", "createVswitch", 201, true),
-    r(
-        "DELETE",
-        "/api/v1/vswitches/{name}",
-        "deleteVswitch",
-        204,
-        false,
-    ),
-    r("GET", "/api/v1/jobs", "listJobs", 200, false),
-    r("GET", "/api/v1/jobs/{id}", "getJob", 200, false),
-    r("POST", "/api/v1/jobs/{id}/cancel", "cancelJob", 200, false),
-    r("GET", "/api/v1/plugins", "listPlugins", 200, false),
-    q(
-        r("GET", "/api/v1/events", "listEvents", 200, false),
-        &["since", "limit"],
-    ),
-    r("GET", "/api/v1/cluster", "getCluster", 200, false),
-    r("POST", "/api/v1/cluster", "createCluster", 201, true),
-    r(
-        "POST",
-        "/api/v1/cluster/join-tokens",
-        "issueJoinToken",
-        201,
-        true,
-    ),
-    r(
-        "DELETE",
-        "/api/v1/cluster/members/{node}",
-        "removeMember",
-        204,
-        false,
-    ),
-    r("POST", "/api/v1/cluster/join", "joinCluster", 200, true),
-    r("GET", "/api/v1/hosts", "listHosts", 200, false),
-    r(
-        "POST",
-        "/api/v1/hosts/{host}/cordon",
-        "cordonHost",
-        200,
-        false,
-    ),
-    r(
-        "POST",
-        "/api/v1/hosts/{host}/uncordon",
-        "uncordonHost",
-        200,
-        false,
-    ),
-    r(
-        "POST",
-        "/api/v1/hosts/{host}/evacuate",
-        "evacuateHost",
-        202,
-        false,
-    ),
-    r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
-    r("POST", "/api/v1/plugins", "installPlugin", 201, true),
-    r(
-        "DELETE",
-        "/api/v1/plugins/{world}",
-        "uninstallPlugin",
-        204,
-        false,
-    ),
-    r(
-        "POST",
-        "/api/v1/plugins/{world}/reset",
-        "resetPlugin",
-        200,
-        false,
-    ),
-];
 
 /// A matched route and its path parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,28 +147,31 @@ fn parse_valid<T: DeserializeOwned + Validate>(body: &[u8]) -> Result<T, ApiErro
     Ok(v)
 }
 
-/// Decodes `%XX` escapes and `+` (a space) of a query component.
+/// Decodes a query component (`application/x-www-form-urlencoded`: `%XX`
+/// escapes and `+` for a space) strictly: every `%` must be followed by two
+/// hex digits, and the result must be UTF-8. `field` names the parameter in
+/// the error (`query` while the key itself is decoded).
 fn percent_decode(field: &str, s: &str) -> Result<String, ApiError> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::field(field, "bad %-escape in query parameter"))?;
-                out.push(hex);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
+    if let Some(at) = b.iter().enumerate().find_map(|(i, &c)| {
+        let ok = c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit));
+        (!ok).then_some(i)
+    }) {
+        let bad: String = s[at..].chars().take(3).collect();
+        return Err(ApiError::field(
+            field,
+            format!(
+                "bad %-escape {bad:?} in query parameter: % must be followed by two hex digits"
+            ),
+        ));
     }
-    String::from_utf8(out).map_err(|_| ApiError::field(field, "query parameter is not UTF-8"))
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::field(field, "query parameter is not UTF-8"))
 }
 
 /// Parses a query string into key/value pairs (decoded), refusing keys not
@@ -723,7 +436,7 @@ pub fn to_action(
     };
     // Storage requests may name the host whose pools are meant.
     if let Some(host) = q.get("host") {
-        crate::action::check_name("host", host)?;
+        nasvisor_api_types::check_name("host", host)?;
         return Ok(Some(Action::OnHost {
             host: host.clone(),
             request: Box::new(action),
@@ -734,12 +447,12 @@ pub fn to_action(
 
 /// A plugin world named in a path, checked.
 fn plugin_world(world: String) -> Result<String, ApiError> {
-    if !crate::action::PLUGIN_WORLDS.contains(&world.as_str()) {
+    if !nasvisor_api_types::PLUGIN_WORLDS.contains(&world.as_str()) {
         return Err(ApiError::field(
             "world",
             format!(
                 "{world:?} is not a plugin world ({})",
-                crate::action::PLUGIN_WORLDS.join(", ")
+                nasvisor_api_types::PLUGIN_WORLDS.join(", ")
             ),
         ));
     }
@@ -758,7 +471,7 @@ mod tests {
             .map(|r| r.operation)
             .collect();
         with_host.sort();
-        let mut want = crate::action::HOST_SCOPED_OPERATIONS.to_vec();
+        let mut want = nasvisor_api_types::HOST_SCOPED_OPERATIONS.to_vec();
         want.sort();
         assert_eq!(with_host, want);
     }
@@ -933,5 +646,29 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("timeout_s"));
         let e = act("PATCH", "/api/v1/vms/v", None, "{}").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_malformed_percent_escape_in_the_query_is_refused_naming_the_parameter() {
+        // A sign or a single digit after % is not an escape: `%+5` once
+        // became byte 0x05.
+        for bad in ["%+5", "%-5", "%5", "%", "%zz", "a%2", "%%41", "%+F"] {
+            let e = act("GET", "/api/v1/events", Some(&format!("since={bad}")), "").unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.field.as_deref(), Some("since"), "{bad}: {e:?}");
+            assert!(e.reason.contains("%-escape"), "{bad}: {}", e.reason);
+            // In a key, the error names the query.
+            let e = act("GET", "/api/v1/events", Some(&format!("{bad}=1")), "").unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("query"), "{bad}: {e:?}");
+        }
+        // Well-formed escapes and `+` still decode.
+        let q = parse_query(
+            Some("os_variant=a%2Db+c&ready_marker=%4F%4b"),
+            IMAGE_META_QUERY,
+        )
+        .unwrap();
+        assert_eq!(q["os_variant"], "a-b c");
+        assert_eq!(q["ready_marker"], "OK");
+        assert!(parse_query(Some("os_variant=%FF"), IMAGE_META_QUERY).is_err());
     }
 }

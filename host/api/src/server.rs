@@ -20,9 +20,7 @@
 //! upload ends the core's import, which removes what it had received); a
 //! connection with no request in progress that stays silent is closed.
 
-use crate::action::{ByteStream, Core};
 use crate::auth::{AuthError, TokenStore};
-use crate::error::ApiError;
 use crate::router::{self, HEALTH_PATH};
 use crate::tls::{self, TlsError, TlsIdentity, TlsSettings};
 use bytes::Bytes;
@@ -32,6 +30,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
+use nasvisor_api_types::ApiError;
+use nasvisor_api_types::{ByteStream, Core};
 use nasvisor_limits::{BodyStalled, ConnectionGate, ReadError, ServerLimits, TimedBody};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -268,8 +268,22 @@ fn full(b: Bytes) -> RespBody {
     Full::new(b).map_err(|never| match never {}).boxed_unsync()
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<RespBody> {
-    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<RespBody> {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(b) => (status, b),
+        Err(e) => {
+            tracing::error!(error = %e, "an answer cannot be serialized");
+            let err = ApiError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "an answer cannot be serialized",
+            );
+            (
+                err.status,
+                serde_json::to_vec(&err.body()).unwrap_or_default(),
+            )
+        }
+    };
+    let mut resp = Response::new(full(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -339,7 +353,9 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
         }
         return Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "status": "ok" }),
+            &nasvisor_api_types::HealthView {
+                status: nasvisor_api_types::HealthStatus::Ok,
+            },
         ));
     }
     let auth = req
@@ -381,7 +397,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
                 tracing::info!("admin token rotated");
                 Ok(json_response(
                     StatusCode::OK,
-                    &serde_json::json!({ "token": token }),
+                    &nasvisor_api_types::TokenView { token },
                 ))
             }
             other => Err(ApiError::status(

@@ -10,7 +10,6 @@ use crate::fsutil::write_private;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,14 +69,7 @@ pub struct TlsIdentity {
     pub cert_path: PathBuf,
 }
 
-/// SHA-256 fingerprint of a DER certificate, as colon-separated upper-case hex.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use nasvisor_api_types::fingerprint;
 
 fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;

@@ -5,11 +5,11 @@
 mod common;
 
 use common::{schema, FakeCore, Running};
-use nasvisor_api::action::{
+use nasvisor_api::router::ROUTES;
+use nasvisor_api::types::{
     FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec, InstallUser,
     NicSpec, VmCreate, VmUpdate,
 };
-use nasvisor_api::router::ROUTES;
 use nasvisor_api::{Action, PowerOp, ServerSettings, OPENAPI_JSON};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -873,18 +873,21 @@ fn schema_checker_rejects_wrong_shapes() {
     let mut bad = common::event(1);
     bad["seq"] = 0.into();
     assert!(schema::validate(&doc, &ev, &bad, "ev").is_err());
-    assert!(
-        nasvisor_api::schema::check_response("GET", "/api/v1/vms/{id}", 200, &common::vm("a"))
-            .is_ok()
-    );
-    assert!(nasvisor_api::schema::check_response(
+    assert!(nasvisor_schema_check::check_response(
+        "GET",
+        "/api/v1/vms/{id}",
+        200,
+        &common::vm("a")
+    )
+    .is_ok());
+    assert!(nasvisor_schema_check::check_response(
         "GET",
         "/api/v1/vms/{id}",
         200,
         &common::job("a", "b")
     )
     .is_err());
-    assert!(nasvisor_api::schema::check_response(
+    assert!(nasvisor_schema_check::check_response(
         "DELETE",
         "/api/v1/pools/{name}",
         204,
@@ -892,7 +895,7 @@ fn schema_checker_rejects_wrong_shapes() {
     )
     .is_ok());
     assert!(
-        nasvisor_api::schema::check_response("GET", "/api/v1/nope", 200, &Value::Null).is_err()
+        nasvisor_schema_check::check_response("GET", "/api/v1/nope", 200, &Value::Null).is_err()
     );
     let power = serde_json::json!({"$ref": "#/components/schemas/PowerOp"});
     assert!(schema::validate(&doc, &power, &serde_json::json!({"op": "reboot"}), "p").is_ok());
@@ -1083,7 +1086,7 @@ async fn vm_create_with_install_is_parsed_completely() {
             NicSpec {
                 vswitch: "sw1".into(),
                 mac: None,
-                model: Some(nasvisor_api::action::NicModel::E1000),
+                model: Some(nasvisor_api::types::NicModel::E1000),
             },
         ],
         image: Some("debian-12".into()),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::{FakeCore, Running};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use nasvisor_api::action::{FirmwareKind, ImageMetaSpec};
+use nasvisor_api::types::{FirmwareKind, ImageMetaSpec};
 use nasvisor_api::ServerSettings;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ async fn upload_is_streamed_to_the_core_without_buffering() {
     assert_eq!(resp.status(), 202);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let job: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    nasvisor_api::schema::check_response("POST", "/api/v1/images/{name}/upload", 202, &job)
+    nasvisor_schema_check::check_response("POST", "/api/v1/images/{name}/upload", 202, &job)
         .unwrap();
     let uploads = core.uploads.lock().unwrap().clone();
     assert_eq!(uploads.len(), 1);

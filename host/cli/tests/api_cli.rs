@@ -4,7 +4,7 @@
 //! answers with schema-valid objects (the layer below the one under test).
 
 use bytes::Bytes;
-use nasvisor_api::action::{
+use nasvisor_api::types::{
     DiskSpec, FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec,
     InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmUpdate, VolumeCreate, VolumeFormat,
     VswitchCreate,
@@ -206,7 +206,7 @@ impl Core for Fake {
             Action::GetCluster | Action::CreateCluster(_) => json!({
                 "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 5,
                 "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
-                "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true}]}),
+                "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]}),
             Action::IssueJoinToken(_) => {
                 json!({"token": "nvjt1.secret", "expires_at": "2026-01-01T01:00:00Z"})
             }
@@ -214,8 +214,8 @@ impl Core for Fake {
             Action::JoinCluster(j) => json!({
                 "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
                 "this_node": 2, "address": "192.0.2.2:8444", "leader": 1,
-                "members": [{"node_id": 1, "addr": j.address, "status": "member", "voter": true},
-                            {"node_id": 2, "addr": "192.0.2.2:8444", "status": "member", "voter": true}]}),
+                "members": [{"node_id": 1, "addr": j.address, "status": "member", "voter": true, "key": null},
+                            {"node_id": 2, "addr": "192.0.2.2:8444", "status": "member", "voter": true, "key": null}]}),
             Action::ListHosts => json!([host()]),
             Action::SetCordon { host: h, cordoned } => {
                 let mut v = host();
@@ -1261,13 +1261,13 @@ fn every_command_sends_the_right_action() {
         (vec!["cluster", "status"], Action::GetCluster),
         (
             vec!["cluster", "create", "--max-members", "5"],
-            Action::CreateCluster(nasvisor_api::action::ClusterCreate {
+            Action::CreateCluster(nasvisor_api::types::ClusterCreate {
                 max_members: Some(5),
             }),
         ),
         (
             vec!["cluster", "join-token", "--ttl", "600"],
-            Action::IssueJoinToken(nasvisor_api::action::JoinTokenCreate { ttl_s: Some(600) }),
+            Action::IssueJoinToken(nasvisor_api::types::JoinTokenCreate { ttl_s: Some(600) }),
         ),
         (
             vec!["cluster", "remove", "3"],
@@ -1275,7 +1275,7 @@ fn every_command_sends_the_right_action() {
         ),
         (
             vec!["cluster", "join", "192.0.2.1:8444", "nvjt1.secret"],
-            Action::JoinCluster(nasvisor_api::action::ClusterJoin {
+            Action::JoinCluster(nasvisor_api::types::ClusterJoin {
                 address: "192.0.2.1:8444".into(),
                 token: "nvjt1.secret".into(),
             }),
@@ -1325,7 +1325,7 @@ fn every_command_sends_the_right_action() {
             ],
             Action::MigrateVm {
                 id: "vm1".into(),
-                migrate: nasvisor_api::action::VmMigrate {
+                migrate: nasvisor_api::types::VmMigrate {
                     host: "nas2".into(),
                     max_downtime_ms: Some(30),
                 },
@@ -1814,9 +1814,9 @@ fn job_wait_shows_progress_and_ends_with_the_job() {
 
 #[test]
 fn the_fake_answers_follow_the_schemas() {
-    let doc = nasvisor_api::schema::openapi();
+    let doc = nasvisor_schema_check::openapi();
     let check = |name: &str, v: &Value| {
-        nasvisor_api::schema::validate(
+        nasvisor_schema_check::validate(
             &doc,
             &json!({"$ref": format!("#/components/schemas/{name}")}),
             v,

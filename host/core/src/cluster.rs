@@ -20,8 +20,8 @@ use crate::model::{
     VmStatus, VswitchRecord,
 };
 use crate::{lock, Inner};
-use nasvisor_api::action::{ClusterJoin, PowerOp, VmCreate};
-use nasvisor_api::{Action, CoreError};
+use nasvisor_api_types::{AccelKind, Action, ClusterRole, ClusterView, CoreError, HostView};
+use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
 use nasvisor_cluster::{ClusterStore, PeerHandler, PeerRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -192,7 +192,7 @@ impl Inner {
     }
 
     /// A host as the API shows it.
-    pub(crate) fn host_json_of(&self, h: &HostRecord) -> Value {
+    pub(crate) fn host_view(&self, h: &HostRecord) -> HostView {
         let (used, _) = self.used_memory_mib(&h.id, None);
         let vms = self
             .db
@@ -201,44 +201,54 @@ impl Inner {
             .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
             .count();
         let store = self.db.store();
-        let role = if !self.multi_host() {
-            "single"
+        let cluster_role = if !self.multi_host() {
+            ClusterRole::Single
         } else if store.metrics().current_leader == Some(h.node_id) {
-            "leader"
+            ClusterRole::Leader
         } else {
-            "follower"
+            ClusterRole::Follower
         };
-        json!({
-            "id": h.id,
-            "name": h.name,
-            "version": h.version,
-            "cpus": h.cpus.max(1),
-            "memory_mib": h.memory_mib,
-            "cluster_role": role,
-            "accel": h.accel,
-            "accel_reason": h.accel_reason,
-            "free_memory_mib": self.vm_memory_capacity(h).saturating_sub(used),
-            "qemu_version": h.qemu_version,
-            "node_id": h.node_id.max(1),
-            "address": h.address,
-            "online": h.online,
-            "cordoned": h.cordoned,
-            "vms": vms,
-            "last_seen": h.last_seen,
-        })
+        let accel = match h.accel.as_str() {
+            "kvm" => AccelKind::Kvm,
+            "tcg" => AccelKind::Tcg,
+            other => {
+                tracing::warn!(host = %h.id, accel = other, "host record with an unknown accelerator shown as tcg");
+                AccelKind::Tcg
+            }
+        };
+        HostView {
+            id: h.id.clone(),
+            name: h.name.clone(),
+            version: h.version.clone(),
+            cpus: h.cpus.max(1),
+            memory_mib: h.memory_mib,
+            cluster_role,
+            accel,
+            accel_reason: h.accel_reason.clone(),
+            free_memory_mib: self.vm_memory_capacity(h).saturating_sub(used),
+            qemu_version: h.qemu_version.clone(),
+            node_id: h.node_id.max(1),
+            address: h.address.clone(),
+            online: h.online,
+            cordoned: h.cordoned,
+            vms: vms as u64,
+            last_seen: h.last_seen.clone(),
+        }
     }
 
-    pub(crate) fn list_hosts(&self) -> Value {
-        Value::Array(
-            self.db
-                .list::<HostRecord>(kind::HOST)
-                .iter()
-                .map(|h| self.host_json_of(h))
-                .collect(),
-        )
+    pub(crate) fn list_hosts(&self) -> Vec<HostView> {
+        self.db
+            .list::<HostRecord>(kind::HOST)
+            .iter()
+            .map(|h| self.host_view(h))
+            .collect()
     }
 
-    pub(crate) async fn set_cordon(&self, host: &str, cordoned: bool) -> Result<Value, CoreError> {
+    pub(crate) async fn set_cordon(
+        &self,
+        host: &str,
+        cordoned: bool,
+    ) -> Result<HostView, CoreError> {
         self.host_record(host)?;
         let rec = self
             .db
@@ -262,7 +272,7 @@ impl Inner {
             },
         )
         .await;
-        Ok(self.host_json_of(&rec))
+        Ok(self.host_view(&rec))
     }
 
     // ---- routing ----
@@ -499,7 +509,7 @@ impl Inner {
     pub(crate) async fn join_cluster(
         self: &Arc<Self>,
         req: ClusterJoin,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<ClusterView, CoreError> {
         let _g = self.ops.lock().await;
         let store = self.db.store();
         if let Some(info) = store.cluster_info() {
@@ -600,7 +610,7 @@ impl Inner {
             ),
         )
         .await;
-        Ok(self.cluster_json())
+        Ok(self.cluster_answer())
     }
 
     // ---- heartbeats and quorum ----

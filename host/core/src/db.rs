@@ -2,7 +2,7 @@
 //! write through the raft log.
 
 use crate::errors;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterStore, Revision, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! Turning the errors of the layers below into the core's [`CoreError`],
 //! which the API maps to status codes.
 
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
 use nasvisor_cluster::StoreError;
 use nasvisor_net::NetError;
 use nasvisor_storage::StorageError;

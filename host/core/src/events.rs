@@ -3,7 +3,7 @@
 
 use crate::model::{kind, now_rfc3339, EventRecord, Severity};
 use crate::Inner;
-use serde_json::Value;
+use nasvisor_api_types::EventView;
 use std::sync::atomic::Ordering;
 
 /// How many events are kept.
@@ -62,7 +62,7 @@ impl Inner {
                     }
                     return;
                 }
-                Err(nasvisor_api::CoreError::Conflict { .. }) => {
+                Err(nasvisor_api_types::CoreError::Conflict { .. }) => {
                     // Catch up with the others.
                     let last = self.last_event_seq();
                     self.event_seq.fetch_max(last, Ordering::SeqCst);
@@ -80,18 +80,13 @@ impl Inner {
     }
 
     /// Events after `since` (all kept ones when `None`: the last `limit`).
-    pub(crate) fn list_events(&self, since: Option<u64>, limit: u32) -> Value {
+    pub(crate) fn list_events(&self, since: Option<u64>, limit: u32) -> Vec<EventView> {
         let all: Vec<EventRecord> = self.db.list(kind::EVENT);
         let limit = limit.max(1) as usize;
         let picked: Vec<&EventRecord> = match since {
             Some(s) => all.iter().filter(|e| e.seq > s).take(limit).collect(),
             None => all.iter().skip(all.len().saturating_sub(limit)).collect(),
         };
-        Value::Array(
-            picked
-                .into_iter()
-                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
-                .collect(),
-        )
+        picked.into_iter().map(EventRecord::view).collect()
     }
 }

@@ -1,13 +1,17 @@
-//! [`nasvisor_api::Core`] for [`NasCore`]: one match from action to the
-//! module that carries it out.
+//! [`nasvisor_api_types::Core`] for [`NasCore`]: one match from action to the
+//! module that carries it out. Each module answers with a typed view
+//! (`nasvisor_api_types::view`); [`answer`] turns it into the JSON the
+//! server sends, in this one place.
 
 use crate::errors;
 use crate::model::{kind, VmRecord, VswitchRecord};
 use crate::{lock, Inner, NasCore};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use nasvisor_api::action::{ByteStream, ImageUpload};
-use nasvisor_api::{Action, CoreError};
+use nasvisor_api_types::{
+    Action, ClusterView, CoreError, HostView, JoinTokenView, MemberStatus, MemberView,
+};
+use nasvisor_api_types::{ByteStream, ImageUpload};
 use nasvisor_storage::SnapshotOp;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -22,16 +26,16 @@ fn tail(mut bytes: Vec<u8>, n: u64) -> Vec<u8> {
 }
 
 impl Inner {
-    fn host_json(&self) -> Value {
+    fn this_host_view(&self) -> HostView {
         let rec = self
             .db
             .get::<crate::model::HostRecord>(kind::HOST, &self.host.id)
             .map(|(h, _)| h)
             .unwrap_or_else(|| self.host.clone());
-        self.host_json_of(&rec)
+        self.host_view(&rec)
     }
 
-    async fn console_input(&self, id: &str, data: &str) -> Result<Value, CoreError> {
+    async fn console_input(&self, id: &str, data: &str) -> Result<(), CoreError> {
         let vm = self.find_vm(id)?;
         let console = lock(&self.running)
             .get(&vm.id)
@@ -41,7 +45,7 @@ impl Inner {
             .write(data.as_bytes())
             .await
             .map_err(|e| errors::conflict(format!("VM {}'s console: {e}", vm.name)))?;
-        Ok(Value::Null)
+        Ok(())
     }
 
     /// The last `n` bytes of a VM's console on this host.
@@ -108,33 +112,36 @@ impl Inner {
         Ok(Box::pin(first.chain(live)))
     }
 
-    pub(crate) fn cluster_json(&self) -> Value {
+    pub(crate) fn cluster_answer(&self) -> ClusterView {
         let store = self.db.store();
         let info = store.cluster_info();
-        let leader = store.metrics().current_leader;
-        json!({
-            "clustered": info.is_some(),
-            "cluster_id": info.as_ref().map(|i| i.cluster_id.clone()),
-            "ca_fingerprint": info.as_ref().map(|i| i.ca_fingerprint.clone()),
-            "max_members": info.as_ref().map(|i| i.max_members).unwrap_or(1),
-            "this_node": store.node_id(),
-            "address": self.cfg.cluster_address,
-            "leader": leader,
-            "members": store.members().iter().map(|m| json!({
-                "node_id": m.node_id,
-                "addr": m.addr,
-                "status": match m.status {
-                    nasvisor_cluster::NodeStatus::Joining => "joining",
-                    nasvisor_cluster::NodeStatus::Member => "member",
-                    nasvisor_cluster::NodeStatus::Removed => "removed",
-                },
-                "voter": m.voter,
-                "key": m.key,
-            })).collect::<Vec<_>>(),
-        })
+        ClusterView {
+            clustered: info.is_some(),
+            cluster_id: info.as_ref().map(|i| i.cluster_id.clone()),
+            ca_fingerprint: info.as_ref().map(|i| i.ca_fingerprint.clone()),
+            max_members: info.as_ref().map(|i| i.max_members).unwrap_or(1),
+            this_node: store.node_id(),
+            address: self.cfg.cluster_address.clone(),
+            leader: store.metrics().current_leader,
+            members: store
+                .members()
+                .iter()
+                .map(|m| MemberView {
+                    node_id: m.node_id,
+                    addr: m.addr.clone(),
+                    status: match m.status {
+                        nasvisor_cluster::NodeStatus::Joining => MemberStatus::Joining,
+                        nasvisor_cluster::NodeStatus::Member => MemberStatus::Member,
+                        nasvisor_cluster::NodeStatus::Removed => MemberStatus::Removed,
+                    },
+                    voter: m.voter,
+                    key: m.key.clone(),
+                })
+                .collect(),
+        }
     }
 
-    async fn create_cluster(&self, max_members: Option<u32>) -> Result<Value, CoreError> {
+    async fn create_cluster(&self, max_members: Option<u32>) -> Result<ClusterView, CoreError> {
         let _g = self.ops.lock().await;
         let listen = crate::parse_listen(&self.cfg.cluster_address)?;
         let settings = nasvisor_cluster::ClusterSettings {
@@ -157,10 +164,10 @@ impl Inner {
             ),
         )
         .await;
-        Ok(self.cluster_json())
+        Ok(self.cluster_answer())
     }
 
-    async fn issue_join_token(&self, ttl_s: u32) -> Result<Value, CoreError> {
+    async fn issue_join_token(&self, ttl_s: u32) -> Result<JoinTokenView, CoreError> {
         let ttl = std::time::Duration::from_secs(ttl_s.into());
         let token = self
             .db
@@ -172,10 +179,10 @@ impl Inner {
         let expires_at = expires
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(errors::internal)?;
-        Ok(json!({ "token": token, "expires_at": expires_at }))
+        Ok(JoinTokenView { token, expires_at })
     }
 
-    async fn remove_member(&self, node_id: u64) -> Result<Value, CoreError> {
+    async fn remove_member(&self, node_id: u64) -> Result<(), CoreError> {
         if !self
             .db
             .store()
@@ -202,7 +209,7 @@ impl Inner {
             format!("host {node_id} removed from the cluster"),
         )
         .await;
-        Ok(Value::Null)
+        Ok(())
     }
 
     /// After a (re)start: clean pools, recreate bridges, adopt running VMs,
@@ -248,73 +255,83 @@ impl Inner {
     }
 }
 
+/// The JSON of a typed answer: the one place a view becomes the JSON the
+/// server sends (`()` is an answer without content).
+fn answer<T: serde::Serialize>(r: Result<T, CoreError>) -> Result<Value, CoreError> {
+    serde_json::to_value(r?).map_err(errors::internal)
+}
+
 impl Inner {
     /// Carries `action` out on this host (routing already done).
     pub(crate) async fn handle_here(self: &Arc<Self>, action: Action) -> Result<Value, CoreError> {
         let c = self;
         match action {
-            Action::GetHost => Ok(c.host_json()),
-            Action::ListVms => Ok(c.list_vms()),
-            Action::GetVm { id } => Ok(c.vm_json(&c.find_vm(&id)?)),
-            Action::CreateVm(req) => c.create_vm(req).await,
-            Action::UpdateVm { id, update } => c.update_vm(&id, update).await,
-            Action::DeleteVm { id, delete_disks } => c.delete_vm(&id, delete_disks).await,
-            Action::VmPower { id, op } => c.power(&id, op).await,
-            Action::ConsoleInput { id, data } => c.console_input(&id, &data).await,
-            Action::ListPools => c.list_pools(),
-            Action::CreatePool(req) => c.create_pool(req).await,
-            Action::DeletePool { name } => c.delete_pool(&name).await,
-            Action::ListVolumes { pool } => c.list_volumes(&pool),
-            Action::CreateVolume { pool, volume } => c.create_volume(&pool, volume).await,
-            Action::DeleteVolume { pool, volume } => c.delete_volume(&pool, &volume).await,
+            Action::GetHost => answer(Ok(c.this_host_view())),
+            Action::ListVms => answer(Ok(c.list_vms())),
+            Action::GetVm { id } => answer(c.find_vm(&id).map(|v| c.vm_view(&v))),
+            Action::CreateVm(req) => answer(c.create_vm(req).await),
+            Action::UpdateVm { id, update } => answer(c.update_vm(&id, update).await),
+            Action::DeleteVm { id, delete_disks } => answer(c.delete_vm(&id, delete_disks).await),
+            Action::VmPower { id, op } => answer(c.power(&id, op).await),
+            Action::ConsoleInput { id, data } => answer(c.console_input(&id, &data).await),
+            Action::ListPools => answer(c.list_pools()),
+            Action::CreatePool(req) => answer(c.create_pool(req).await),
+            Action::DeletePool { name } => answer(c.delete_pool(&name).await),
+            Action::ListVolumes { pool } => answer(c.list_volumes(&pool)),
+            Action::CreateVolume { pool, volume } => answer(c.create_volume(&pool, volume).await),
+            Action::DeleteVolume { pool, volume } => answer(c.delete_volume(&pool, &volume).await),
             Action::ResizeVolume {
                 pool,
                 volume,
                 size_mib,
-            } => c.resize_volume(&pool, &volume, size_mib).await,
-            Action::SnapshotVolume { pool, volume, name } => {
+            } => answer(c.resize_volume(&pool, &volume, size_mib).await),
+            Action::SnapshotVolume { pool, volume, name } => answer(
                 c.snapshot_op(&pool, &volume, &name, SnapshotOp::Create)
-                    .await
-            }
-            Action::ListSnapshots { pool, volume } => c.list_snapshots(&pool, &volume),
-            Action::RevertSnapshot { pool, volume, name } => {
+                    .await,
+            ),
+            Action::ListSnapshots { pool, volume } => answer(c.list_snapshots(&pool, &volume)),
+            Action::RevertSnapshot { pool, volume, name } => answer(
                 c.snapshot_op(&pool, &volume, &name, SnapshotOp::Apply)
-                    .await
-            }
-            Action::DeleteSnapshot { pool, volume, name } => {
+                    .await,
+            ),
+            Action::DeleteSnapshot { pool, volume, name } => answer(
                 c.snapshot_op(&pool, &volume, &name, SnapshotOp::Delete)
-                    .await
-            }
+                    .await,
+            ),
             Action::CloneVolume {
                 pool,
                 volume,
                 name,
                 linked,
-            } => c.clone_volume(&pool, &volume, &name, linked).await,
-            Action::ImportVolume { pool, name, path } => c.import_volume(&pool, &name, &path).await,
-            Action::ListImages => Ok(c.list_images()),
-            Action::AddImage(add) => c.add_image(add).await,
-            Action::DeleteImage { name } => c.delete_image(&name).await,
-            Action::ListVswitches => Ok(c.list_vswitches()),
-            Action::CreateVswitch(req) => c.create_vswitch(req).await,
-            Action::DeleteVswitch { name } => c.delete_vswitch(&name).await,
-            Action::ListJobs => Ok(c.list_jobs()),
-            Action::GetJob { id } => c.get_job(&id),
-            Action::CancelJob { id } => c.cancel_job(&id).await,
-            Action::ListPlugins => c.plugins_json(),
-            Action::ListEvents { since, limit } => Ok(c.list_events(since, limit)),
-            Action::GetCluster => Ok(c.cluster_json()),
-            Action::CreateCluster(req) => c.create_cluster(req.max_members).await,
-            Action::IssueJoinToken(req) => c.issue_join_token(req.ttl_s.unwrap_or(3600)).await,
-            Action::RemoveMember { node_id } => c.remove_member(node_id).await,
-            Action::JoinCluster(req) => c.join_cluster(req).await,
-            Action::ListHosts => Ok(c.list_hosts()),
-            Action::SetCordon { host, cordoned } => c.set_cordon(&host, cordoned).await,
-            Action::EvacuateHost { host } => c.evacuate(&host).await,
-            Action::MigrateVm { id, migrate } => c.migrate_vm(&id, migrate).await,
-            Action::InstallPlugin(req) => c.install_plugin(req).await,
-            Action::UninstallPlugin { world } => c.uninstall_plugin(&world).await,
-            Action::ResetPlugin { world } => c.reset_plugin(&world).await,
+            } => answer(c.clone_volume(&pool, &volume, &name, linked).await),
+            Action::ImportVolume { pool, name, path } => {
+                answer(c.import_volume(&pool, &name, &path).await)
+            }
+            Action::ListImages => answer(Ok(c.list_images())),
+            Action::AddImage(add) => answer(c.add_image(add).await),
+            Action::DeleteImage { name } => answer(c.delete_image(&name).await),
+            Action::ListVswitches => answer(Ok(c.list_vswitches())),
+            Action::CreateVswitch(req) => answer(c.create_vswitch(req).await),
+            Action::DeleteVswitch { name } => answer(c.delete_vswitch(&name).await),
+            Action::ListJobs => answer(Ok(c.list_jobs())),
+            Action::GetJob { id } => answer(c.get_job(&id)),
+            Action::CancelJob { id } => answer(c.cancel_job(&id).await),
+            Action::ListPlugins => answer(Ok(c.plugin_views())),
+            Action::ListEvents { since, limit } => answer(Ok(c.list_events(since, limit))),
+            Action::GetCluster => answer(Ok(c.cluster_answer())),
+            Action::CreateCluster(req) => answer(c.create_cluster(req.max_members).await),
+            Action::IssueJoinToken(req) => {
+                answer(c.issue_join_token(req.ttl_s.unwrap_or(3600)).await)
+            }
+            Action::RemoveMember { node_id } => answer(c.remove_member(node_id).await),
+            Action::JoinCluster(req) => answer(c.join_cluster(req).await),
+            Action::ListHosts => answer(Ok(c.list_hosts())),
+            Action::SetCordon { host, cordoned } => answer(c.set_cordon(&host, cordoned).await),
+            Action::EvacuateHost { host } => answer(c.evacuate(&host).await),
+            Action::MigrateVm { id, migrate } => answer(c.migrate_vm(&id, migrate).await),
+            Action::InstallPlugin(req) => answer(c.install_plugin(req).await),
+            Action::UninstallPlugin { world } => answer(c.uninstall_plugin(&world).await),
+            Action::ResetPlugin { world } => answer(c.reset_plugin(&world).await),
             // Routed here: this host's pools are meant.
             Action::OnHost { request, .. } => Box::pin(c.handle_here(*request)).await,
         }
@@ -322,7 +339,7 @@ impl Inner {
 }
 
 #[async_trait::async_trait]
-impl nasvisor_api::Core for NasCore {
+impl nasvisor_api_types::Core for NasCore {
     async fn handle(&self, mut action: Action) -> Result<Value, CoreError> {
         let c = &self.inner;
         c.check_quorum(&action)?;
@@ -350,9 +367,11 @@ impl nasvisor_api::Core for NasCore {
         upload: ImageUpload,
         body: ByteStream,
     ) -> Result<Value, CoreError> {
-        self.inner
-            .upload_image(upload.name, upload.meta, body)
-            .await
+        answer(
+            self.inner
+                .upload_image(upload.name, upload.meta, body)
+                .await,
+        )
     }
 }
 

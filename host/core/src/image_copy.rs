@@ -13,7 +13,7 @@ use crate::jobs::{JobCtx, JobFailure};
 use crate::migrate::{free_port, stop_child, wait_listening};
 use crate::model::{kind, HostRecord, ImageRecord};
 use crate::{lock, Inner};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
 use nasvisor_storage::ImageSpec;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -9,8 +9,8 @@ use crate::model::{
 use crate::Inner;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
-use nasvisor_api::action::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::{CoreError, ImageView, JobView};
+use nasvisor_api_types::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
 use nasvisor_storage::{Expected, Image, ImageSpec, StorageError};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -68,14 +68,12 @@ fn record_of(name: &str, meta: &ImageMetaSpec, job: Option<String>) -> ImageReco
 }
 
 impl Inner {
-    pub(crate) fn list_images(&self) -> Value {
-        Value::Array(
-            self.db
-                .list::<ImageRecord>(kind::IMAGE)
-                .iter()
-                .map(ImageRecord::to_json)
-                .collect(),
-        )
+    pub(crate) fn list_images(&self) -> Vec<ImageView> {
+        self.db
+            .list::<ImageRecord>(kind::IMAGE)
+            .iter()
+            .map(ImageRecord::view)
+            .collect()
     }
 
     /// Refuses a name in use (a failed import's record may be replaced).
@@ -130,7 +128,7 @@ impl Inner {
 
     /// Imports an image from a file of this host or a URL, as a job. A file
     /// is inspected ([`nasvisor_storage::inspect`]) before the job starts.
-    pub(crate) async fn add_image(self: &Arc<Self>, add: ImageAdd) -> Result<Value, CoreError> {
+    pub(crate) async fn add_image(self: &Arc<Self>, add: ImageAdd) -> Result<JobView, CoreError> {
         let _g = self.ops.lock().await;
         self.image_name_free(&add.name)?;
         if let ImageSource::Path(p) = &add.source {
@@ -228,7 +226,7 @@ impl Inner {
             )
             .await;
         });
-        Ok(job.to_json())
+        Ok(job.view())
     }
 
     async fn finish_import(&self, ctx: &JobCtx, name: &str, r: Result<Image, String>) {
@@ -261,7 +259,7 @@ impl Inner {
         name: String,
         meta: ImageMetaSpec,
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<JobView, CoreError> {
         {
             let _g = self.ops.lock().await;
             self.image_name_free(&name)?;
@@ -312,7 +310,7 @@ impl Inner {
         self.get_job(&job.id)
     }
 
-    pub(crate) async fn delete_image(&self, name: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn delete_image(&self, name: &str) -> Result<(), CoreError> {
         let _g = self.ops.lock().await;
         let Some((rec, _)) = self.db.get::<ImageRecord>(kind::IMAGE, name) else {
             return Err(errors::not_found(format!("image {name}")));
@@ -341,7 +339,7 @@ impl Inner {
             Err(e) => return Err(errors::storage("name", e)),
         }
         self.db.delete(kind::IMAGE, name).await?;
-        Ok(Value::Null)
+        Ok(())
     }
 
     /// Adds the bundled images that are not in the library yet.

@@ -10,8 +10,8 @@ use crate::model::{
 };
 use crate::vms::failed;
 use crate::Inner;
-use nasvisor_api::action::InstallSpec;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
+use nasvisor_api_types::InstallSpec;
 use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::{
     Completion, DiskMethod, Firmware as PlanFirmware, ImageFormat, ImageMeta, InstallPlan,

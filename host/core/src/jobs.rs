@@ -5,7 +5,7 @@
 use crate::errors;
 use crate::model::{kind, now_rfc3339, JobRecord, JobState};
 use crate::{lock, Inner};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::{CoreError, JobView};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -170,29 +170,29 @@ impl Inner {
         }
     }
 
-    pub(crate) fn get_job(&self, id: &str) -> Result<Value, CoreError> {
+    pub(crate) fn get_job(&self, id: &str) -> Result<JobView, CoreError> {
         self.db
             .get::<JobRecord>(kind::JOB, id)
-            .map(|(j, _)| j.to_json())
+            .map(|(j, _)| j.view())
             .ok_or_else(|| errors::not_found(format!("job {id}")))
     }
 
-    pub(crate) fn list_jobs(&self) -> Value {
+    pub(crate) fn list_jobs(&self) -> Vec<JobView> {
         let mut jobs: Vec<JobRecord> = self.db.list(kind::JOB);
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        Value::Array(jobs.iter().map(JobRecord::to_json).collect())
+        jobs.iter().map(JobRecord::view).collect()
     }
 
     /// Asks a running job to stop; it ends as `cancelled` once it has
     /// undone its partial work.
-    pub(crate) async fn cancel_job(&self, id: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn cancel_job(&self, id: &str) -> Result<JobView, CoreError> {
         let Some((job, _)) = self.db.get::<JobRecord>(kind::JOB, id) else {
             return Err(errors::not_found(format!("job {id}")));
         };
         if job.state.is_final() {
             return Err(errors::conflict(format!(
                 "job {id} already ended ({})",
-                job.to_json()["state"].as_str().unwrap_or("?")
+                job.state.as_str()
             )));
         }
         let token = lock(&self.jobs).get(id).cloned();

@@ -1,7 +1,7 @@
 //! # nasvisor core
 //!
 //! The one place that acts. The API layer parses a request into an
-//! [`nasvisor_api::Action`] and forwards it to [`NasCore`], which:
+//! [`nasvisor_api_types::Action`] and forwards it to [`NasCore`], which:
 //!
 //! - commits every change of desired state (VMs, pools, vswitches, images,
 //!   jobs, events, hosts) through the cluster store (openraft + redb); a
@@ -35,7 +35,7 @@ mod vswitches;
 
 use crate::db::Db;
 use crate::model::HostRecord;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
 use nasvisor_cluster::ClusterStore;
 use nasvisor_net::Net;
 use nasvisor_plugin_host::PolicyHost;
@@ -222,7 +222,7 @@ pub(crate) struct Inner {
     pub plugin_reports: plugin_reports::PluginReports,
 }
 
-/// The core of `nasvisord`; implements [`nasvisor_api::Core`].
+/// The core of `nasvisord`; implements [`nasvisor_api_types::Core`].
 #[derive(Clone)]
 pub struct NasCore {
     inner: Arc<Inner>,

@@ -32,8 +32,8 @@ use crate::model::{
     VmStatus,
 };
 use crate::{lock, Inner, Running};
-use nasvisor_api::action::VmMigrate;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::VmMigrate;
+use nasvisor_api_types::{CoreError, JobView};
 use nasvisor_vm::{LaunchOptions, SpawnHook, VmInstance};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -330,7 +330,7 @@ impl Inner {
         self: &Arc<Self>,
         id: &str,
         req: VmMigrate,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<JobView, CoreError> {
         let _g = self.ops.lock().await;
         let vm = self.find_vm(id)?;
         let target = self.host_record(&req.host).map_err(|_| {
@@ -453,7 +453,7 @@ impl Inner {
             };
             me.job_finish(&ctx, outcome).await;
         });
-        Ok(job.to_json())
+        Ok(job.view())
     }
 
     async fn restore_after_failed_move(&self, vm: &VmRecord, before: VmStatus) {
@@ -1641,7 +1641,7 @@ pub(crate) async fn run_qemu_img(
 /// Evacuation: cordon, then move every running VM away, one after the
 /// other, to hosts the scheduler picks.
 impl Inner {
-    pub(crate) async fn evacuate(self: &Arc<Self>, host: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn evacuate(self: &Arc<Self>, host: &str) -> Result<JobView, CoreError> {
         self.set_cordon(host, true).await?;
         let vms: Vec<VmRecord> = self
             .db
@@ -1678,7 +1678,7 @@ impl Inner {
                             },
                         )
                         .await?;
-                    let id = job["id"].as_str().unwrap_or_default().to_string();
+                    let id = job.id.clone();
                     me.wait_job_end(&id, &ctx).await?;
                     Ok::<String, CoreError>(target)
                 }
@@ -1707,7 +1707,7 @@ impl Inner {
             };
             me.job_finish(&ctx, outcome).await;
         });
-        Ok(job.to_json())
+        Ok(job.view())
     }
 
     /// Waits for job `id` to end; its error if it did not succeed.

@@ -1,9 +1,13 @@
 //! The records of desired and observed state, as committed to the cluster
-//! store (one kind per object type, keyed by id or name), and their JSON form
-//! in API answers (the schemas of `openapi.json`).
+//! store (one kind per object type, keyed by id or name), and their API
+//! views (`nasvisor_api_types::view`).
 
+use nasvisor_api_types::{
+    AccelKind, EventView, FirmwareKind, ImageFormat, ImageView, JobView, QemuState, VmDiskView,
+    VmNicView, VmView,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Store kinds.
 pub mod kind {
@@ -58,24 +62,20 @@ pub enum Firmware {
 
 impl Firmware {
     pub fn as_str(self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The API form.
+    pub fn kind(self) -> FirmwareKind {
         match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
+            Firmware::Bios => FirmwareKind::Bios,
+            Firmware::Uefi => FirmwareKind::Uefi,
         }
     }
 }
 
 /// What a VM's disk is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DiskRole {
-    #[default]
-    Disk,
-    /// The NoCloud seed volume of an install.
-    Seed,
-    /// An installation medium (an ISO of the image library).
-    Cdrom,
-}
+pub use nasvisor_api_types::DiskRole;
 
 /// One disk of a VM: a volume of a pool (for a cdrom: an image of the library,
 /// `pool` = `images`).
@@ -101,38 +101,7 @@ pub struct NicRecord {
 }
 
 /// A VM's state as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmStatus {
-    #[default]
-    Stopped,
-    Starting,
-    Running,
-    Paused,
-    Stopping,
-    Migrating,
-    Crashed,
-    GuestPanicked,
-    Installing,
-    InstallFailed,
-}
-
-impl VmStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmStatus::Stopped => "stopped",
-            VmStatus::Starting => "starting",
-            VmStatus::Running => "running",
-            VmStatus::Paused => "paused",
-            VmStatus::Stopping => "stopping",
-            VmStatus::Migrating => "migrating",
-            VmStatus::Crashed => "crashed",
-            VmStatus::GuestPanicked => "guest_panicked",
-            VmStatus::Installing => "installing",
-            VmStatus::InstallFailed => "install_failed",
-        }
-    }
-}
+pub use nasvisor_api_types::VmState as VmStatus;
 
 /// What the administrator wants a VM to be doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -184,45 +153,54 @@ pub struct VmRecord {
 pub struct VmRuntime {
     pub pid: Option<i32>,
     /// What its QEMU reports (`running`, `paused`, ...), on its host.
-    pub qemu_state: Option<&'static str>,
-    pub accel: Option<&'static str>,
+    pub qemu_state: Option<QemuState>,
+    pub accel: Option<AccelKind>,
     pub taps: Vec<Option<String>>,
 }
 
 impl VmRecord {
     /// The API form (`Vm` schema).
-    pub fn to_json(&self, rt: &VmRuntime) -> Value {
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "state": self.state.as_str(),
-            "state_reason": self.state_reason,
-            "host": self.host,
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "description": self.description,
-            "autostart": self.autostart,
-            "ha": self.ha,
-            "firmware": self.firmware.as_str(),
-            "image": self.image,
-            "pid": rt.pid,
-            "qemu_state": rt.qemu_state,
-            "accel": rt.accel,
-            "install_job": self.install_job,
-            "created_at": self.created_at,
-            "disks": self.disks.iter().map(|d| json!({
-                "pool": d.pool,
-                "volume": d.volume,
-                "size_mib": d.size_mib.max(1),
-                "role": match d.role { DiskRole::Disk => "disk", DiskRole::Seed => "seed", DiskRole::Cdrom => "cdrom" },
-            })).collect::<Vec<_>>(),
-            "nics": self.nics.iter().enumerate().map(|(i, n)| json!({
-                "vswitch": n.vswitch,
-                "mac": n.mac,
-                "model": n.model,
-                "tap": rt.taps.get(i).cloned().flatten(),
-            })).collect::<Vec<_>>(),
-        })
+    pub fn view(&self, rt: &VmRuntime) -> VmView {
+        VmView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            state: self.state,
+            state_reason: self.state_reason.clone(),
+            host: self.host.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            description: self.description.clone(),
+            autostart: self.autostart,
+            ha: self.ha,
+            firmware: self.firmware.kind(),
+            image: self.image.clone(),
+            pid: rt.pid,
+            qemu_state: rt.qemu_state,
+            accel: rt.accel,
+            install_job: self.install_job.clone(),
+            created_at: self.created_at.clone(),
+            disks: self
+                .disks
+                .iter()
+                .map(|d| VmDiskView {
+                    pool: d.pool.clone(),
+                    volume: d.volume.clone(),
+                    size_mib: d.size_mib.max(1),
+                    role: d.role,
+                })
+                .collect(),
+            nics: self
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| VmNicView {
+                    vswitch: n.vswitch.clone(),
+                    mac: n.mac.clone(),
+                    model: n.model.clone(),
+                    tap: rt.taps.get(i).cloned().flatten(),
+                })
+                .collect(),
+        }
     }
 
     /// Whether the VM holds resources on its host.
@@ -280,13 +258,7 @@ pub struct VswitchRecord {
 }
 
 /// State of an image of the library.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageState {
-    Importing,
-    Ready,
-    Failed,
-}
+pub use nasvisor_api_types::ImageState;
 
 /// An image of the library (its file lives in the host's image library).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,46 +292,39 @@ const MIB: u64 = 1024 * 1024;
 
 impl ImageRecord {
     /// The API form (`Image` schema).
-    pub fn to_json(&self) -> Value {
-        let format = self.format.clone().unwrap_or_else(|| "qcow2".into());
-        json!({
-            "name": self.name,
-            "size_mib": self.size_bytes.div_ceil(MIB),
-            "state": match self.state { ImageState::Importing => "importing", ImageState::Ready => "ready", ImageState::Failed => "failed" },
-            "format": format,
-            "virtual_size_mib": self.virtual_size_bytes.div_ceil(MIB),
-            "os_family": self.os_family,
-            "os_variant": self.os_variant,
-            "cloud_init": self.cloud_init,
-            "firmware": self.firmware.as_str(),
-            "ready_marker": self.ready_marker,
-            "iso": format == "iso",
-            "job": self.job,
-            "error": self.error,
-            "hosts": self.hosts,
-        })
+    pub fn view(&self) -> ImageView {
+        let format = match self.format.as_deref() {
+            None | Some("qcow2") => ImageFormat::Qcow2,
+            Some("raw") => ImageFormat::Raw,
+            Some("vmdk") => ImageFormat::Vmdk,
+            Some("vdi") => ImageFormat::Vdi,
+            Some("iso") => ImageFormat::Iso,
+            Some(other) => {
+                tracing::warn!(image = %self.name, format = other, "image of an unknown format shown as qcow2");
+                ImageFormat::Qcow2
+            }
+        };
+        ImageView {
+            name: self.name.clone(),
+            size_mib: self.size_bytes.div_ceil(MIB),
+            state: self.state,
+            format,
+            virtual_size_mib: self.virtual_size_bytes.div_ceil(MIB),
+            os_family: self.os_family.clone(),
+            os_variant: self.os_variant.clone(),
+            cloud_init: self.cloud_init,
+            firmware: self.firmware.kind(),
+            ready_marker: self.ready_marker.clone(),
+            iso: format == ImageFormat::Iso,
+            job: self.job.clone(),
+            error: self.error.clone(),
+            hosts: self.hosts.clone(),
+        }
     }
 }
 
 /// State of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
-    }
-}
+pub use nasvisor_api_types::JobState;
 
 /// A long operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,35 +353,23 @@ pub struct JobRecord {
 
 impl JobRecord {
     /// The API form (`Job` schema).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "kind": self.kind,
-            "state": match self.state {
-                JobState::Queued => "queued",
-                JobState::Running => "running",
-                JobState::Succeeded => "succeeded",
-                JobState::Failed => "failed",
-                JobState::Cancelled => "cancelled",
-            },
-            "progress": self.progress.clamp(0.0, 1.0),
-            "error": self.error,
-            "created_at": self.created_at,
-            "target": self.target,
-            "message": self.message,
-            "finished_at": self.finished_at,
-        })
+    pub fn view(&self) -> JobView {
+        JobView {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            state: self.state,
+            progress: self.progress.clamp(0.0, 1.0),
+            error: self.error.clone(),
+            created_at: self.created_at.clone(),
+            target: self.target.clone(),
+            message: self.message.clone(),
+            finished_at: self.finished_at.clone(),
+        }
     }
 }
 
 /// Severity of an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Error,
-}
+pub use nasvisor_api_types::Severity;
 
 /// Something that happened, kept for the administrator (and the HA layer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +385,21 @@ pub struct EventRecord {
     /// The host that recorded it (absent in events of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+}
+
+impl EventRecord {
+    /// The API form (`Event` schema).
+    pub fn view(&self) -> EventView {
+        EventView {
+            seq: self.seq,
+            time: self.time.clone(),
+            kind: self.kind.clone(),
+            severity: self.severity,
+            target: self.target.clone(),
+            message: self.message.clone(),
+            host: self.host.clone(),
+        }
+    }
 }
 
 /// A host of the cluster.
@@ -517,12 +485,13 @@ mod tests {
         };
         let v = serde_json::to_value(&vm).unwrap();
         assert_eq!(serde_json::from_value::<VmRecord>(v).unwrap(), vm);
-        let j = vm.to_json(&VmRuntime {
+        let j = serde_json::to_value(vm.view(&VmRuntime {
             pid: Some(4),
-            qemu_state: Some("running"),
-            accel: Some("tcg"),
+            qemu_state: Some(QemuState::Running),
+            accel: Some(AccelKind::Tcg),
             taps: vec![Some("nvt0".into())],
-        });
+        }))
+        .unwrap();
         assert_eq!(j["state"], "guest_panicked");
         assert_eq!(j["firmware"], "uefi");
         assert_eq!(j["nics"][0]["tap"], "nvt0");

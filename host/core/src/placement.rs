@@ -6,7 +6,7 @@
 use crate::errors;
 use crate::model::{kind, HostRecord, VmRecord};
 use crate::Inner;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
 use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::*;
 

@@ -16,7 +16,8 @@
 use crate::errors;
 use crate::model::{kind, now_rfc3339, HostRecord, Severity};
 use crate::{lock, Inner};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
+use nasvisor_api_types::{PluginHostStateView, PluginResetView, PluginSlotState, PluginWorld};
 use nasvisor_cluster::Revision;
 use nasvisor_plugin_host::policy::PolicyEvent;
 use nasvisor_plugin_host::SlotStatus;
@@ -63,13 +64,13 @@ pub fn reported_text(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginHostState {
     pub host: String,
-    pub world: String,
+    pub world: PluginWorld,
     /// `name@version` of the plugin loaded there; none: the built-in
     /// default decides.
     pub plugin: Option<String>,
     /// `active`, `quarantined`, or `fallback` (no plugin: the built-in
     /// default decides).
-    pub state: String,
+    pub state: PluginSlotState,
     /// Faults of the plugin in a row (quarantine at the configured maximum).
     pub consecutive_failures: u32,
     /// Decisions the plugin answered validly since it was loaded there.
@@ -90,15 +91,31 @@ impl PluginHostState {
     pub fn of(host: &str, s: &SlotStatus) -> PluginHostState {
         PluginHostState {
             host: host.to_string(),
-            world: s.world.as_str().to_string(),
+            world: world_view(s.world),
             plugin: s.plugin.as_deref().map(reported_text),
-            state: slot_state(s).to_string(),
+            state: slot_state(s),
             consecutive_failures: s.consecutive_failures,
             decisions: s.decisions,
             failures: s.failures,
             fallbacks: s.fallbacks,
             last_failure: s.last_failure.as_deref().map(reported_text),
             updated_at: now_rfc3339(),
+        }
+    }
+
+    /// The API form (`PluginHostState` schema).
+    pub fn view(&self) -> PluginHostStateView {
+        PluginHostStateView {
+            host: self.host.clone(),
+            world: self.world,
+            plugin: self.plugin.clone(),
+            state: self.state,
+            consecutive_failures: self.consecutive_failures,
+            decisions: self.decisions,
+            failures: self.failures,
+            fallbacks: self.fallbacks,
+            last_failure: self.last_failure.clone(),
+            updated_at: self.updated_at.clone(),
         }
     }
 
@@ -117,11 +134,21 @@ impl PluginHostState {
 }
 
 /// `active`, `quarantined` or `fallback` (no plugin loaded).
-pub fn slot_state(s: &SlotStatus) -> &'static str {
+pub fn slot_state(s: &SlotStatus) -> PluginSlotState {
     match (&s.plugin, s.quarantined) {
-        (None, _) => "fallback",
-        (Some(_), true) => "quarantined",
-        (Some(_), false) => "active",
+        (None, _) => PluginSlotState::Fallback,
+        (Some(_), true) => PluginSlotState::Quarantined,
+        (Some(_), false) => PluginSlotState::Active,
+    }
+}
+
+/// A world, as the API names it.
+pub fn world_view(w: World) -> PluginWorld {
+    match w {
+        World::Scheduler => PluginWorld::Scheduler,
+        World::HaPolicy => PluginWorld::HaPolicy,
+        World::Sha => PluginWorld::Sha,
+        World::OsInstaller => PluginWorld::OsInstaller,
     }
 }
 
@@ -137,16 +164,6 @@ pub struct PluginResetRecord {
     /// The host that took the request.
     pub requested_by: String,
     pub requested_at: String,
-}
-
-/// The answer of `POST /api/v1/plugins/{world}/reset`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PluginResetView {
-    pub world: String,
-    /// The hosts whose plugin of the world was quarantined (each lifts its
-    /// quarantine and records a `plugin-reset` event).
-    pub quarantined_on: Vec<String>,
-    pub message: String,
 }
 
 /// The report side of the plugins, kept in [`Inner`].
@@ -457,7 +474,7 @@ impl Inner {
     async fn record_plugin_states(&self, last_write: &mut HashMap<World, Instant>, now: Instant) {
         for s in self.policy.status() {
             let rec = PluginHostState::of(&self.host.id, &s);
-            let key = state_key(&rec.world, &rec.host);
+            let key = state_key(rec.world.as_str(), &rec.host);
             let stored = self
                 .db
                 .get::<PluginHostState>(kind::PLUGIN_STATE, &key)
@@ -506,7 +523,7 @@ impl Inner {
     /// `nasvisor plugin reset WORLD`: the quarantine of the world's plugin
     /// is lifted on every host (a `plugin-reset` record through the log,
     /// which each host applies; this one at once).
-    pub(crate) async fn reset_plugin(&self, world: &str) -> Result<serde_json::Value, CoreError> {
+    pub(crate) async fn reset_plugin(&self, world: &str) -> Result<PluginResetView, CoreError> {
         let w: World = world
             .parse()
             .map_err(|e: String| errors::invalid("world", e))?;
@@ -519,7 +536,7 @@ impl Inner {
         let states = self.plugin_host_states(&local);
         let quarantined_on: Vec<String> = states
             .iter()
-            .filter(|s| s.state == "quarantined")
+            .filter(|s| s.state == PluginSlotState::Quarantined)
             .map(|s| s.host.clone())
             .collect();
         let mut plugins: Vec<&str> = states.iter().filter_map(|s| s.plugin.as_deref()).collect();
@@ -551,12 +568,11 @@ impl Inner {
                 quarantined_on.join(", ")
             )
         };
-        serde_json::to_value(PluginResetView {
-            world: w.as_str().to_string(),
+        Ok(PluginResetView {
+            world: world_view(w),
             quarantined_on,
             message,
         })
-        .map_err(errors::internal)
     }
 
     /// Lifts the quarantines asked for since this host last looked (at

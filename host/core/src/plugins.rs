@@ -7,15 +7,15 @@
 
 use crate::errors;
 use crate::model::{kind, now_rfc3339, Severity};
-use crate::plugin_reports::{reported_text, slot_state, PluginHostState};
+use crate::plugin_reports::{reported_text, slot_state, world_view, PluginHostState};
 use crate::{lock, Inner};
-use nasvisor_api::action::PluginInstall;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::CoreError;
+use nasvisor_api_types::PluginInstall;
+use nasvisor_api_types::PluginView;
 use nasvisor_plugin_host::package::{self, Package};
 use nasvisor_plugin_host::{Decision, DecisionInput};
 use nasvisor_plugin_sdk::World;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -35,27 +35,6 @@ pub struct PluginRecord {
     pub size: u64,
     pub chunks: u32,
     pub installed_at: String,
-}
-
-/// One world's plugin in `GET /api/v1/plugins`: the host answering's view
-/// (its state and counts), and the state on every host of the cluster
-/// (quarantine is per host: each host's policy host decides on its own).
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginView {
-    pub name: String,
-    pub world: String,
-    pub version: String,
-    pub vendor: String,
-    /// On the host answering: `active`, `quarantined`, or `fallback` (no
-    /// plugin; the built-in default decides).
-    pub state: String,
-    pub consecutive_failures: u32,
-    pub decisions: u64,
-    pub failures: u64,
-    pub fallbacks: u64,
-    pub last_failure: Option<String>,
-    /// Every host's state of this world, by host id.
-    pub hosts: Vec<PluginHostState>,
 }
 
 /// What this host applied of the cluster's plugin records.
@@ -85,9 +64,8 @@ impl Inner {
     }
 
     /// `GET /api/v1/plugins`: one [`PluginView`] per world.
-    pub(crate) fn plugins_json(&self) -> Result<Value, CoreError> {
-        let views: Vec<PluginView> = self
-            .policy
+    pub(crate) fn plugin_views(&self) -> Vec<PluginView> {
+        self.policy
             .status()
             .into_iter()
             .map(|s| {
@@ -103,26 +81,29 @@ impl Inner {
                 };
                 PluginView {
                     name,
-                    world: s.world.as_str().to_string(),
+                    world: world_view(s.world),
                     version,
                     vendor: s
                         .signer
                         .clone()
                         .unwrap_or_else(|| "nasvisor (built in)".into()),
-                    state: slot_state(&s).to_string(),
+                    state: slot_state(&s),
                     consecutive_failures: s.consecutive_failures,
                     decisions: s.decisions,
                     failures: s.failures,
                     fallbacks: s.fallbacks,
                     last_failure: s.last_failure.as_deref().map(reported_text),
-                    hosts: self.plugin_host_states(&s),
+                    hosts: self
+                        .plugin_host_states(&s)
+                        .iter()
+                        .map(PluginHostState::view)
+                        .collect(),
                 }
             })
-            .collect();
-        serde_json::to_value(views).map_err(errors::internal)
+            .collect()
     }
 
-    pub(crate) async fn install_plugin(&self, req: PluginInstall) -> Result<Value, CoreError> {
+    pub(crate) async fn install_plugin(&self, req: PluginInstall) -> Result<PluginView, CoreError> {
         let bytes = req
             .bytes()
             .map_err(|e| errors::invalid("package", e.reason))?;
@@ -185,13 +166,13 @@ impl Inner {
             ),
         )
         .await;
-        self.plugins_json()?
-            .as_array()
-            .and_then(|a| a.iter().find(|p| p["world"] == rec.world.as_str()).cloned())
+        self.plugin_views()
+            .into_iter()
+            .find(|p| p.world == world_view(world))
             .ok_or_else(|| errors::internal("the installed plugin is not listed"))
     }
 
-    pub(crate) async fn uninstall_plugin(&self, world: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn uninstall_plugin(&self, world: &str) -> Result<(), CoreError> {
         let w: World = world
             .parse()
             .map_err(|_| errors::invalid("world", format!("no world {world:?}")))?;
@@ -214,7 +195,7 @@ impl Inner {
             ),
         )
         .await;
-        Ok(Value::Null)
+        Ok(())
     }
 
     async fn delete_chunks(&self, rec: &PluginRecord) {

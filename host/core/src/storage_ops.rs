@@ -5,16 +5,16 @@ use crate::errors;
 use crate::jobs::JobFailure;
 use crate::model::{kind, PoolRecord, VmRecord};
 use crate::Inner;
-use nasvisor_api::action::{PoolCreate, VolumeCreate, VolumeFormat};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::{CoreError, JobView, PoolView, SnapshotView, VolumeView};
+use nasvisor_api_types::{PoolCreate, VolumeCreate, VolumeFormat};
 use nasvisor_storage::{SnapshotOp, VolumeInfo};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 
 const MIB: u64 = 1024 * 1024;
 
-fn snapshot_json(pool: &str, volume: &str, s: &nasvisor_storage::SnapshotInfo) -> Value {
+fn snapshot_view(pool: &str, volume: &str, s: &nasvisor_storage::SnapshotInfo) -> SnapshotView {
     let created = time::OffsetDateTime::from_unix_timestamp(s.date_sec as i64)
         .ok()
         .and_then(|t| {
@@ -22,18 +22,23 @@ fn snapshot_json(pool: &str, volume: &str, s: &nasvisor_storage::SnapshotInfo) -
                 .ok()
         })
         .unwrap_or_default();
-    json!({ "name": s.name, "pool": pool, "volume": volume, "created_at": created })
+    SnapshotView {
+        name: s.name.clone(),
+        pool: pool.to_string(),
+        volume: volume.to_string(),
+        created_at: created,
+    }
 }
 
 impl Inner {
-    fn volume_json(&self, pool: &str, v: &VolumeInfo) -> Value {
-        json!({
-            "name": v.name,
-            "pool": pool,
-            "size_mib": (v.virtual_size / MIB).max(1),
-            "format": "qcow2",
-            "used_by": self.volume_user(pool, &v.name).map(|vm| vm.name),
-        })
+    fn volume_view(&self, pool: &str, v: &VolumeInfo) -> VolumeView {
+        VolumeView {
+            name: v.name.clone(),
+            pool: pool.to_string(),
+            size_mib: (v.virtual_size / MIB).max(1),
+            format: VolumeFormat::Qcow2,
+            used_by: self.volume_user(pool, &v.name).map(|vm| vm.name),
+        }
     }
 
     /// Refuses to touch a volume a running VM has open.
@@ -52,7 +57,7 @@ impl Inner {
 
     /// Every pool of the cluster; usage is measured for the pools this
     /// host reaches (0 for other hosts' pools).
-    pub(crate) fn list_pools(&self) -> Result<Value, CoreError> {
+    pub(crate) fn list_pools(&self) -> Result<Vec<PoolView>, CoreError> {
         let mut out = Vec::new();
         for p in self.db.list::<PoolRecord>(kind::POOL) {
             let here = p.host.as_deref().is_none_or(|h| h == self.host.id);
@@ -62,12 +67,12 @@ impl Inner {
                 .filter(|_| here)
                 .map(|u| (u.capacity_bytes / MIB, u.free_bytes / MIB))
                 .unwrap_or((0, 0));
-            out.push(pool_json(&p, usage));
+            out.push(pool_view(&p, usage));
         }
-        Ok(Value::Array(out))
+        Ok(out)
     }
 
-    pub(crate) async fn create_pool(&self, req: PoolCreate) -> Result<Value, CoreError> {
+    pub(crate) async fn create_pool(&self, req: PoolCreate) -> Result<PoolView, CoreError> {
         let _g = self.ops.lock().await;
         let pools: Vec<PoolRecord> = self.local_pools();
         let all: Vec<PoolRecord> = self.db.list(kind::POOL);
@@ -125,13 +130,13 @@ impl Inner {
             .create(kind::POOL, &rec.key(), &rec, &format!("pool {}", rec.name))
             .await?;
         let usage = pool.usage().map_err(|e| errors::storage("path", e))?;
-        Ok(pool_json(
+        Ok(pool_view(
             &rec,
             (usage.capacity_bytes / MIB, usage.free_bytes / MIB),
         ))
     }
 
-    pub(crate) async fn delete_pool(&self, name: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn delete_pool(&self, name: &str) -> Result<(), CoreError> {
         let _g = self.ops.lock().await;
         let Some(rec) = self.pool_record(name) else {
             return Err(errors::not_found(format!(
@@ -152,7 +157,7 @@ impl Inner {
             )));
         }
         self.db.delete(kind::POOL, &rec.key()).await?;
-        Ok(Value::Null)
+        Ok(())
     }
 
     fn existing_pool(&self, name: &str) -> Result<nasvisor_storage::Pool, CoreError> {
@@ -165,19 +170,17 @@ impl Inner {
         self.pool(name, "pool")
     }
 
-    pub(crate) fn list_volumes(&self, pool: &str) -> Result<Value, CoreError> {
+    pub(crate) fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeView>, CoreError> {
         let p = self.existing_pool(pool)?;
         let vols = p.volumes().map_err(|e| errors::storage("pool", e))?;
-        Ok(Value::Array(
-            vols.iter().map(|v| self.volume_json(pool, v)).collect(),
-        ))
+        Ok(vols.iter().map(|v| self.volume_view(pool, v)).collect())
     }
 
     pub(crate) async fn create_volume(
         &self,
         pool: &str,
         req: VolumeCreate,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<VolumeView, CoreError> {
         let p = self.existing_pool(pool)?;
         if req.format == Some(VolumeFormat::Raw) {
             return Err(errors::invalid(
@@ -188,10 +191,10 @@ impl Inner {
         let v = p
             .create(&req.name, req.size_mib * MIB)
             .map_err(|e| errors::storage("name", e))?;
-        Ok(self.volume_json(pool, &v))
+        Ok(self.volume_view(pool, &v))
     }
 
-    pub(crate) async fn delete_volume(&self, pool: &str, volume: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn delete_volume(&self, pool: &str, volume: &str) -> Result<(), CoreError> {
         let _g = self.ops.lock().await;
         let p = self.existing_pool(pool)?;
         if let Some(vm) = self.volume_user(pool, volume) {
@@ -218,7 +221,7 @@ impl Inner {
             )));
         }
         p.delete(volume).map_err(|e| errors::storage("volume", e))?;
-        Ok(Value::Null)
+        Ok(())
     }
 
     pub(crate) async fn resize_volume(
@@ -226,7 +229,7 @@ impl Inner {
         pool: &str,
         volume: &str,
         size_mib: u64,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<VolumeView, CoreError> {
         let p = self.existing_pool(pool)?;
         self.not_in_use(pool, volume, "resize it")?;
         let v = p
@@ -248,7 +251,7 @@ impl Inner {
                 })
                 .await;
         }
-        Ok(self.volume_json(pool, &v))
+        Ok(self.volume_view(pool, &v))
     }
 
     pub(crate) async fn snapshot_op(
@@ -257,7 +260,7 @@ impl Inner {
         volume: &str,
         name: &str,
         op: SnapshotOp,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<Option<SnapshotView>, CoreError> {
         let p = self.existing_pool(pool)?;
         if op != SnapshotOp::Create || self.volume_user(pool, volume).is_some() {
             self.not_in_use(pool, volume, "change its snapshots")?;
@@ -266,7 +269,7 @@ impl Inner {
             .snapshot(volume, op, name)
             .map_err(|e| errors::storage("name", e))?;
         match op {
-            SnapshotOp::Delete => Ok(Value::Null),
+            SnapshotOp::Delete => Ok(None),
             _ => {
                 let s = info
                     .snapshots
@@ -275,20 +278,23 @@ impl Inner {
                     .ok_or_else(|| {
                         errors::internal(format!("snapshot {name} missing after {op:?}"))
                     })?;
-                Ok(snapshot_json(pool, volume, s))
+                Ok(Some(snapshot_view(pool, volume, s)))
             }
         }
     }
 
-    pub(crate) fn list_snapshots(&self, pool: &str, volume: &str) -> Result<Value, CoreError> {
+    pub(crate) fn list_snapshots(
+        &self,
+        pool: &str,
+        volume: &str,
+    ) -> Result<Vec<SnapshotView>, CoreError> {
         let p = self.existing_pool(pool)?;
         let info = p.volume(volume).map_err(|e| errors::storage("volume", e))?;
-        Ok(Value::Array(
-            info.snapshots
-                .iter()
-                .map(|s| snapshot_json(pool, volume, s))
-                .collect(),
-        ))
+        Ok(info
+            .snapshots
+            .iter()
+            .map(|s| snapshot_view(pool, volume, s))
+            .collect())
     }
 
     pub(crate) async fn clone_volume(
@@ -297,7 +303,7 @@ impl Inner {
         volume: &str,
         name: &str,
         linked: bool,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<VolumeView, CoreError> {
         let p = self.existing_pool(pool)?;
         self.not_in_use(pool, volume, "clone it consistently")?;
         let p2 = p.clone();
@@ -306,7 +312,7 @@ impl Inner {
             .await
             .map_err(errors::internal)?
             .map_err(|e| errors::storage("name", e))?;
-        Ok(self.volume_json(pool, &v))
+        Ok(self.volume_view(pool, &v))
     }
 
     /// Imports a raw/qcow2/vmdk/vdi file as a volume, as a job. The file is
@@ -316,7 +322,7 @@ impl Inner {
         pool: &str,
         name: &str,
         path: &str,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<JobView, CoreError> {
         let p = self.existing_pool(pool)?;
         if !Path::new(path).is_file() {
             return Err(errors::invalid(
@@ -372,17 +378,17 @@ impl Inner {
             };
             me.job_finish(&ctx, outcome).await;
         });
-        Ok(job.to_json())
+        Ok(job.view())
     }
 }
 
-fn pool_json(p: &PoolRecord, (capacity_mib, free_mib): (u64, u64)) -> Value {
-    json!({
-        "name": p.name,
-        "path": p.path,
-        "host": p.host,
-        "shared": p.shared(),
-        "capacity_mib": capacity_mib,
-        "free_mib": free_mib,
-    })
+fn pool_view(p: &PoolRecord, (capacity_mib, free_mib): (u64, u64)) -> PoolView {
+    PoolView {
+        name: p.name.clone(),
+        path: p.path.clone(),
+        host: p.host.clone(),
+        shared: p.shared(),
+        capacity_mib,
+        free_mib,
+    }
 }

@@ -8,15 +8,14 @@ use crate::model::{
     PoolRecord, Severity, VmRecord, VmRuntime, VmStatus, VswitchRecord,
 };
 use crate::{lock, Inner, Running};
-use nasvisor_api::action::{NicModel as ApiNicModel, PowerOp, VmCreate, VmUpdate};
-use nasvisor_api::CoreError;
+use nasvisor_api_types::{AccelKind, CoreError, QemuState, VmView};
+use nasvisor_api_types::{NicModel as ApiNicModel, PowerOp, VmCreate, VmUpdate};
 use nasvisor_net::{MacAddr as NetMac, Tap, TapName, TapOptions};
 use nasvisor_storage::Pool;
 use nasvisor_vm::{
     ConsoleOptions, DiskSpec, InstanceOptions, LaunchOptions, NicBackend, NicModel, NicSpec,
     ShutdownOutcome, SpawnHook, VmInstance, VmSpec, VmState,
 };
-use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,22 +39,22 @@ impl Inner {
         match lock(&self.running).get(id) {
             Some(r) => VmRuntime {
                 pid: Some(r.inst.pid()),
-                qemu_state: Some(r.inst.state().name()),
-                accel: Some(r.accel.qemu_name()),
+                qemu_state: Some(qemu_state_of(&r.inst.state())),
+                accel: Some(accel_kind(r.accel)),
                 taps: r.taps.clone(),
             },
             None => VmRuntime::default(),
         }
     }
 
-    pub(crate) fn vm_json(&self, v: &VmRecord) -> Value {
-        v.to_json(&self.runtime_of(&v.id))
+    pub(crate) fn vm_view(&self, v: &VmRecord) -> VmView {
+        v.view(&self.runtime_of(&v.id))
     }
 
-    pub(crate) fn list_vms(&self) -> Value {
+    pub(crate) fn list_vms(&self) -> Vec<VmView> {
         let mut vms: Vec<VmRecord> = self.db.list(kind::VM);
         vms.sort_by(|a, b| a.name.cmp(&b.name));
-        Value::Array(vms.iter().map(|v| self.vm_json(v)).collect())
+        vms.iter().map(|v| self.vm_view(v)).collect()
     }
 
     pub(crate) fn pool(&self, name: &str, field: &str) -> Result<Pool, CoreError> {
@@ -110,7 +109,7 @@ impl Inner {
 
     /// Defines a VM. New volumes are created; with an image, the install job
     /// starts. A failure leaves nothing behind.
-    pub(crate) async fn create_vm(self: &Arc<Self>, req: VmCreate) -> Result<Value, CoreError> {
+    pub(crate) async fn create_vm(self: &Arc<Self>, req: VmCreate) -> Result<VmView, CoreError> {
         let _g = self.ops.lock().await;
         let vms: Vec<VmRecord> = self.db.list(kind::VM);
         if vms.iter().any(|v| v.name == req.name) {
@@ -274,8 +273,8 @@ impl Inner {
             vcpus: req.vcpus,
             memory_mib: req.memory_mib,
             firmware: match req.firmware {
-                nasvisor_api::action::FirmwareKind::Uefi => Firmware::Uefi,
-                nasvisor_api::action::FirmwareKind::Bios => {
+                nasvisor_api_types::FirmwareKind::Uefi => Firmware::Uefi,
+                nasvisor_api_types::FirmwareKind::Bios => {
                     image.as_ref().map(|i| i.firmware).unwrap_or_default()
                 }
             },
@@ -313,10 +312,10 @@ impl Inner {
             }
             None => rec,
         };
-        Ok(self.vm_json(&rec))
+        Ok(self.vm_view(&rec))
     }
 
-    pub(crate) async fn update_vm(&self, id: &str, upd: VmUpdate) -> Result<Value, CoreError> {
+    pub(crate) async fn update_vm(&self, id: &str, upd: VmUpdate) -> Result<VmView, CoreError> {
         let _g = self.ops.lock().await;
         let vm = self.find_vm(id)?;
         if let Some(n) = &upd.name {
@@ -363,10 +362,14 @@ impl Inner {
                 Ok(())
             })
             .await?;
-        Ok(self.vm_json(&rec))
+        Ok(self.vm_view(&rec))
     }
 
-    pub(crate) async fn delete_vm(&self, id: &str, delete_disks: bool) -> Result<Value, CoreError> {
+    pub(crate) async fn delete_vm(
+        &self,
+        id: &str,
+        delete_disks: bool,
+    ) -> Result<VmView, CoreError> {
         let _g = self.ops.lock().await;
         let vm = self.find_vm(id)?;
         if lock(&self.running).contains_key(&vm.id) || vm.is_active() {
@@ -412,8 +415,8 @@ impl Inner {
         if !problems.is_empty() {
             tracing::warn!(vm = %vm.name, ?problems, "some disks could not be deleted");
         }
-        let mut out = vm.to_json(&VmRuntime::default());
-        out["state"] = Value::from("stopped");
+        let mut out = vm.view(&VmRuntime::default());
+        out.state = VmStatus::Stopped;
         Ok(out)
     }
 
@@ -807,7 +810,11 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn power(self: &Arc<Self>, id: &str, op: PowerOp) -> Result<Value, CoreError> {
+    pub(crate) async fn power(
+        self: &Arc<Self>,
+        id: &str,
+        op: PowerOp,
+    ) -> Result<VmView, CoreError> {
         let vm = self.find_vm(id)?;
         let rec = match op {
             PowerOp::Start { host } => self.start_vm(&vm, host.as_deref()).await?,
@@ -907,7 +914,7 @@ impl Inner {
                     .await?
             }
         };
-        Ok(self.vm_json(&rec))
+        Ok(self.vm_view(&rec))
     }
 
     /// After a restart: adopt the QEMUs that kept running, record the ones
@@ -1003,4 +1010,26 @@ impl Inner {
 /// Job failure from a core error, for `?` in job bodies.
 pub(crate) fn failed(e: impl std::fmt::Display) -> JobFailure {
     JobFailure::Failed(e.to_string())
+}
+
+/// What a QEMU reports, as the API names it.
+fn qemu_state_of(s: &nasvisor_vm::VmState) -> QemuState {
+    use nasvisor_vm::VmState as S;
+    match s {
+        S::Running => QemuState::Running,
+        S::Paused => QemuState::Paused,
+        S::ShuttingDown => QemuState::ShuttingDown,
+        S::Shutdown { .. } => QemuState::Shutdown,
+        S::Panicked { .. } => QemuState::Panicked,
+        S::Stopped { .. } => QemuState::Stopped,
+        S::Crashed { .. } => QemuState::Crashed,
+    }
+}
+
+/// An accelerator, as the API names it.
+pub(crate) fn accel_kind(a: nasvisor_vm::Accel) -> AccelKind {
+    match a {
+        nasvisor_vm::Accel::Kvm => AccelKind::Kvm,
+        nasvisor_vm::Accel::Tcg => AccelKind::Tcg,
+    }
 }

@@ -3,13 +3,16 @@
 use crate::errors;
 use crate::model::{kind, VmRecord, VswitchRecord};
 use crate::Inner;
-use nasvisor_api::action::VswitchCreate;
-use nasvisor_api::CoreError;
+use nasvisor_api_types::VswitchCreate;
+use nasvisor_api_types::{CoreError, VswitchView};
 use nasvisor_net::{BridgeName, IfName, NetError, Vswitch, VswitchSpec};
-use serde_json::{json, Value};
 
-fn to_json(s: &VswitchRecord) -> Value {
-    json!({ "name": s.name, "uplink": s.uplink, "vlan": s.vlan })
+fn view(s: &VswitchRecord) -> VswitchView {
+    VswitchView {
+        name: s.name.clone(),
+        uplink: s.uplink.clone(),
+        vlan: s.vlan,
+    }
 }
 
 fn spec_of(s: &VswitchRecord) -> Result<VswitchSpec, NetError> {
@@ -35,17 +38,18 @@ impl Inner {
         Ok(spec.name().clone())
     }
 
-    pub(crate) fn list_vswitches(&self) -> Value {
-        Value::Array(
-            self.db
-                .list::<VswitchRecord>(kind::VSWITCH)
-                .iter()
-                .map(to_json)
-                .collect(),
-        )
+    pub(crate) fn list_vswitches(&self) -> Vec<VswitchView> {
+        self.db
+            .list::<VswitchRecord>(kind::VSWITCH)
+            .iter()
+            .map(view)
+            .collect()
     }
 
-    pub(crate) async fn create_vswitch(&self, req: VswitchCreate) -> Result<Value, CoreError> {
+    pub(crate) async fn create_vswitch(
+        &self,
+        req: VswitchCreate,
+    ) -> Result<VswitchView, CoreError> {
         let _g = self.ops.lock().await;
         if self
             .db
@@ -94,10 +98,10 @@ impl Inner {
             let _ = Vswitch::delete(&self.net, spec.name(), false);
             return Err(e);
         }
-        Ok(to_json(&rec))
+        Ok(view(&rec))
     }
 
-    pub(crate) async fn delete_vswitch(&self, name: &str) -> Result<Value, CoreError> {
+    pub(crate) async fn delete_vswitch(&self, name: &str) -> Result<(), CoreError> {
         let _g = self.ops.lock().await;
         let Some((rec, _)) = self.db.get::<VswitchRecord>(kind::VSWITCH, name) else {
             return Err(errors::not_found(format!("vswitch {name}")));
@@ -119,6 +123,6 @@ impl Inner {
         Vswitch::delete(&self.net, spec.name(), false)
             .map_err(|e| errors::conflict(format!("removing the bridge: {e}")))?;
         self.db.delete(kind::VSWITCH, name).await?;
-        Ok(Value::Null)
+        Ok(())
     }
 }

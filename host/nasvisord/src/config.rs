@@ -354,7 +354,7 @@ impl Config {
             ));
         }
         if !cfg.host.name.is_empty() {
-            nasvisor_api::action::check_name("host.name", &cfg.host.name)
+            nasvisor_api::types::check_name("host.name", &cfg.host.name)
                 .map_err(|e| invalid("host.name", e.reason))?;
         }
         if let Some(ns) = &cfg.network.netns {
@@ -374,7 +374,7 @@ impl Config {
             ));
         }
         for (i, b) in cfg.images.bundled.iter().enumerate() {
-            nasvisor_api::action::check_name("name", &b.name)
+            nasvisor_api::types::check_name("name", &b.name)
                 .map_err(|e| invalid(&format!("images.bundled[{i}].name"), e.reason))?;
         }
         for world in cfg.plugins.settings.keys() {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
-pub use nasvisor_api::schema;
+pub use nasvisor_schema_check as schema;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -71,7 +71,7 @@ pub fn running_vm(id: &str) -> Value {
 pub fn cluster() -> Value {
     json!({"clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
            "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
-           "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true}]})
+           "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]})
 }
 
 fn host(name: &str) -> Value {

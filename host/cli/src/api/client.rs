@@ -132,7 +132,7 @@ pub fn normalize_fingerprint(fp: &str) -> CliResult<String> {
 }
 
 /// The fingerprint of a DER certificate in nasvisord's format (`AA:BB:...`).
-pub use nasvisor_api::tls::fingerprint;
+pub use nasvisor_api_types::fingerprint;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -1625,19 +1625,19 @@ fn image(c: &Client, cmd: ImageCmd, json: bool) -> CliResult<()> {
 /// streaming the file: a server that refuses the request early cannot
 /// always tell the client why while the client is still sending.
 fn check_upload(a: &ImageAddArgs) -> CliResult<()> {
-    let local = |e: nasvisor_api::ApiError| CliError::Api {
+    let local = |e: nasvisor_api_types::ApiError| CliError::Api {
         status: 0,
         field: e.field,
         reason: e.reason,
     };
-    nasvisor_api::action::check_name("name", &a.name).map_err(local)?;
-    nasvisor_api::action::ImageMetaSpec::from_parts(
+    nasvisor_api_types::check_name("name", &a.name).map_err(local)?;
+    nasvisor_api_types::ImageMetaSpec::from_parts(
         a.os_family.clone(),
         a.os_variant.clone(),
         a.cloud_init,
         a.firmware.as_deref().map(|f| {
-            f.parse::<nasvisor_api::FirmwareKind>()
-                .unwrap_or(nasvisor_api::FirmwareKind::Bios)
+            f.parse::<nasvisor_api_types::FirmwareKind>()
+                .unwrap_or(nasvisor_api_types::FirmwareKind::Bios)
         }),
         a.ready_marker.clone(),
     )

@@ -1,10 +1,11 @@
 //! Errors of the API layer and of the core, and their JSON form.
 //!
 //! Every error body has the shape `{"error": {"field": <string|null>, "reason": <string>}}`
-//! (schema `Error` in `openapi.json`).
+//! ([`ErrorView`], schema `Error` in `openapi.json`).
 
 use http::StatusCode;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// An error the API layer answers with. `field` names the offending request
 /// field (dotted path, e.g. `disks[0].size_mib`), or is `None` when the error
@@ -40,19 +41,36 @@ impl ApiError {
     }
 
     /// The JSON body of this error.
-    pub fn body(&self) -> serde_json::Value {
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            field: Option<&'a str>,
-            reason: &'a str,
+    pub fn body(&self) -> ErrorView {
+        ErrorView {
+            error: ErrorDetail {
+                field: self.field.clone(),
+                reason: self.reason.clone(),
+            },
         }
-        serde_json::json!({ "error": Inner { field: self.field.as_deref(), reason: &self.reason } })
     }
+}
+
+/// The body of every error answer (`Error` schema).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Error", deny_unknown_fields)]
+pub struct ErrorView {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The detail of an error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// The request field at fault (dotted path), null when not about one field.
+    pub field: Option<String>,
+    /// Why the request was refused.
+    pub reason: String,
 }
 
 /// An error from the core. The API layer maps it to a status code. It
 /// travels between hosts as JSON when an action is forwarded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CoreError {
     /// The named object does not exist (404).

@@ -1,10 +1,11 @@
-//! A small structural JSON-schema checker for the subset `openapi.json`
-//! uses, so tests (the API's own and the daemon's end-to-end tests) can check
-//! real answers against the source of truth.
+//! Test support, a dev-dependency only (never shipped): a small structural
+//! JSON-schema checker for the subset the generated `openapi.json` uses, so
+//! tests (the API's, the CLI's and the daemon's) can check real answers
+//! against it, and [`view`], which also reads them strictly into the views.
 //!
 //! Supported: `$ref` (local), `type` (string or list), `properties`,
 //! `required`, `additionalProperties: false`, `items`, `enum`, `minimum`,
-//! `maximum`, `oneOf`, `minLength`, `maxLength`, `minItems`, `maxItems`,
+//! `maximum`, `oneOf`, `anyOf`, `const`, `minLength`, `maxLength`, `minItems`, `maxItems`,
 //! `minProperties`, `format: date-time` (RFC 3339). `pattern` is checked
 //! loosely: the string must not be empty.
 
@@ -101,6 +102,16 @@ pub fn is_rfc3339(s: &str) -> bool {
 pub fn validate(doc: &Value, schema: &Value, value: &Value, what: &str) -> Result<(), String> {
     let s = resolve(doc, schema, 0)?;
     let at = what;
+    if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
+        if !any.iter().any(|sub| validate(doc, sub, value, at).is_ok()) {
+            return Err(format!("{at}: matches none of anyOf: {value}"));
+        }
+    }
+    if let Some(c) = s.get("const") {
+        if c != value {
+            return Err(format!("{at}: {value} is not {c}"));
+        }
+    }
     if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
         let n = one
             .iter()
@@ -215,9 +226,22 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, what: &str) -> Resul
     Ok(())
 }
 
-/// The parsed `openapi.json` of this crate.
+/// The parsed, generated `openapi.json` (`nasvisor_api_types::openapi`).
 pub fn openapi() -> Value {
-    serde_json::from_str(crate::OPENAPI_JSON).expect("openapi.json is valid JSON (tested)")
+    serde_json::from_str(nasvisor_api_types::openapi::OPENAPI_JSON)
+        .expect("openapi.json is valid JSON (tested)")
+}
+
+/// Checks `value` against component schema `name` of `openapi.json` and
+/// reads it back, strictly ([`nasvisor_api_types::view::strict`]), as a `T`.
+pub fn view<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &Value,
+    name: &str,
+) -> Result<T, String> {
+    let doc = openapi();
+    let s = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+    validate(&doc, &s, value, name)?;
+    nasvisor_api_types::view::strict(value)
 }
 
 /// The JSON schema of the `status` answer of `method path_template` in

@@ -1,0 +1,20 @@
+//! The typed request bodies, one file per resource, with their validation.
+
+mod cluster;
+mod image;
+mod install;
+mod plugin;
+mod storage;
+mod vm;
+mod vswitch;
+
+pub use cluster::*;
+pub use image::*;
+pub use install::*;
+pub use plugin::*;
+pub use storage::*;
+pub use vm::*;
+pub use vswitch::*;
+
+#[cfg(test)]
+mod tests;

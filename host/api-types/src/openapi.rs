@@ -1,0 +1,373 @@
+//! `openapi.json`, generated: the paths from the route table
+//! ([`crate::routes::ROUTES`]) and the request and answer type of each
+//! operation ([`contract`]), the components from the schemas derived
+//! (schemars) from the bodies and views. The committed file is checked
+//! against the generated one by a test; regenerate it with
+//! `NASVISOR_WRITE_OPENAPI=1 cargo test --release -p nasvisor-api-types openapi`.
+
+use crate::routes::{Route, ROUTES};
+use crate::*;
+use schemars::generate::{Contract as SchemaContract, SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{json, Map, Value};
+
+/// The OpenAPI document of the API (the committed, generated file).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// The pattern of an object name (also of ids in paths), as
+/// [`check_name`] checks it.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+/// What an operation takes.
+pub enum Request {
+    /// No body.
+    None,
+    /// A JSON body of this schema.
+    Json(Schema),
+    /// Raw bytes (`application/octet-stream`), streamed.
+    Bytes,
+}
+
+/// What an operation answers on success.
+pub enum Answer {
+    /// No content.
+    Empty,
+    /// JSON of this schema.
+    Json(Schema),
+    /// Raw bytes, streamed.
+    Bytes,
+}
+
+/// The contract of one operation.
+pub struct Contract {
+    /// One line on what it does.
+    pub summary: &'static str,
+    /// Its request body.
+    pub request: Request,
+    /// Its answer, and the answer's description.
+    pub answer: (Answer, &'static str),
+}
+
+fn one<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+fn list<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<Vec<T>>()
+}
+
+/// The request and answer types of operation `op`, their schemas from `q`
+/// (what is read) and `g` (what is written); `None` for an operation it
+/// does not know (a test checks every route has one).
+pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> Option<Contract> {
+    use Request as Q;
+    let json = |s: Schema| (Answer::Json(s), "success");
+    let done = (Answer::Empty, "done");
+    let c = |summary, request, answer| {
+        Some(Contract {
+            summary,
+            request,
+            answer,
+        })
+    };
+    match op {
+        "health" => c("Health probe; the only route that answers without a token", Q::None, json(one::<HealthView>(g))),
+        "rotateToken" => c("Replace the admin token; the old one stops working", Q::None, json(one::<TokenView>(g))),
+        "getHost" => c("This host", Q::None, json(one::<HostView>(g))),
+        "listVms" => c("All VMs", Q::None, json(list::<VmView>(g))),
+        "createVm" => c("Define a VM", Q::Json(one::<VmCreate>(q)), json(one::<VmView>(g))),
+        "getVm" => c("One VM", Q::None, json(one::<VmView>(g))),
+        "updateVm" => c("Change a VM", Q::Json(one::<VmUpdate>(q)), json(one::<VmView>(g))),
+        "deleteVm" => c("Remove a VM (a job)", Q::None, (Answer::Json(one::<VmView>(g)), "the VM as it was when deleted")),
+        "vmPower" => c("Power operation (a job)", Q::Json(one::<PowerOp>(q)), (Answer::Json(one::<VmView>(g)), "the VM after the operation was carried out or begun (a shutdown goes on in the background: state stopping)")),
+        "getConsole" => c("The VM's serial console: history, then (follow) live output; a streamed octet body", Q::None, (Answer::Bytes, "the console output, streamed (chunked)")),
+        "consoleInput" => c("Type into the VM's serial console", Q::Json(one::<ConsoleInputBody>(q)), done),
+        "listPools" => c("All storage pools", Q::None, json(list::<PoolView>(g))),
+        "createPool" => c("Define a pool", Q::Json(one::<PoolCreate>(q)), json(one::<PoolView>(g))),
+        "deletePool" => c("Remove a pool definition", Q::None, done),
+        "importVolume" => c("Import a disk image file of this host as a volume (a job)", Q::Json(one::<VolumeImport>(q)), json(one::<JobView>(g))),
+        "listVolumes" => c("Volumes of a pool", Q::None, json(list::<VolumeView>(g))),
+        "createVolume" => c("Create a volume", Q::Json(one::<VolumeCreate>(q)), json(one::<VolumeView>(g))),
+        "deleteVolume" => c("Delete a volume", Q::None, done),
+        "resizeVolume" => c("Grow a volume", Q::Json(one::<VolumeResize>(q)), json(one::<VolumeView>(g))),
+        "snapshotVolume" => c("Snapshot a volume", Q::Json(one::<SnapshotCreate>(q)), json(one::<SnapshotView>(g))),
+        "listSnapshots" => c("The snapshots of a volume", Q::None, json(list::<SnapshotView>(g))),
+        "deleteSnapshot" => c("Delete a snapshot", Q::None, done),
+        "revertSnapshot" => c("Return the volume to the snapshot (its VM must be stopped)", Q::None, json(one::<SnapshotView>(g))),
+        "cloneVolume" => c("Copy a volume (full, or linked to the source)", Q::Json(one::<VolumeClone>(q)), json(one::<VolumeView>(g))),
+        "listImages" => c("All system images", Q::None, json(list::<ImageView>(g))),
+        "addImage" => c("Import an image from a path or URL (a job)", Q::Json(one::<ImageAddBody>(q)), json(one::<JobView>(g))),
+        "deleteImage" => c("Delete an image", Q::None, done),
+        "uploadImage" => c("Upload an image file (raw body, streamed; limit 64 GiB by default, 413 beyond); metadata in the query (a job)", Q::Bytes, json(one::<JobView>(g))),
+        "listVswitches" => c("All virtual switches", Q::None, json(list::<VswitchView>(g))),
+        "createVswitch" => c("Create a virtual switch", Q::Json(one::<VswitchCreate>(q)), json(one::<VswitchView>(g))),
+        "deleteVswitch" => c("Delete a virtual switch", Q::None, done),
+        "listJobs" => c("All jobs", Q::None, json(list::<JobView>(g))),
+        "getJob" => c("One job", Q::None, json(one::<JobView>(g))),
+        "cancelJob" => c("Cancel a job", Q::None, json(one::<JobView>(g))),
+        "listPlugins" => c("Installed plugins", Q::None, json(list::<PluginView>(g))),
+        "installPlugin" => c("Install a signed plugin package on every host (replaces its world's plugin)", Q::Json(one::<PluginInstall>(q)), (Answer::Json(one::<PluginView>(g)), "the plugin, as this host loaded it")),
+        "uninstallPlugin" => c("Remove the cluster's plugin of a world; the built-in default decides", Q::None, done),
+        "resetPlugin" => c("Lift the quarantine of a world's plugin on every host (through the log; each host that lifts one records a plugin-reset event). A world with nothing quarantined is answered with an empty quarantined_on and a message saying so.", Q::None, (Answer::Json(one::<PluginResetView>(g)), "what was quarantined, and where")),
+        "listEvents" => c("Events after `since` (exclusive), oldest first", Q::None, json(list::<EventView>(g))),
+        "getCluster" => c("The cluster this host belongs to and its members", Q::None, json(one::<ClusterView>(g))),
+        "createCluster" => c("Turn this single host into a cluster with its own CA; the host serves the cluster endpoint from then on", Q::Json(one::<ClusterCreate>(q)), json(one::<ClusterView>(g))),
+        "issueJoinToken" => c("A one-time, expiring token for `nasvisor cluster join`", Q::Json(one::<JoinTokenCreate>(q)), json(one::<JoinTokenView>(g))),
+        "removeMember" => c("Remove a host from the cluster; its certificate is no longer accepted", Q::None, done),
+        "joinCluster" => c("Join this host (no VMs yet) to a cluster with a join token", Q::Json(one::<ClusterJoin>(q)), (Answer::Json(one::<ClusterView>(g)), "the cluster, as this host now sees it")),
+        "listHosts" => c("Every host of the cluster, its health and resources", Q::None, json(list::<HostView>(g))),
+        "cordonHost" => c("No new VMs are placed on the host", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
+        "uncordonHost" => c("VMs may be placed on the host again", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
+        "evacuateHost" => c("Cordon the host and live-migrate its running VMs away (a job)", Q::None, (Answer::Json(one::<JobView>(g)), "the job")),
+        "migrateVm" => c("Move the VM to another host (a job): live when it runs; disks copied unless on shared storage", Q::Json(one::<VmMigrate>(q)), (Answer::Json(one::<JobView>(g)), "the job")),
+        _ => None,
+    }
+}
+
+/// The schema and description of query parameter `name`.
+fn query_param(name: &str) -> Option<(Value, &'static str)> {
+    Some(match name {
+        "delete_disks" => (json!({"type": "boolean", "default": false}), "also delete the VM's volumes"),
+        "follow" => (json!({"type": "boolean", "default": false}), "keep streaming new output until the client goes away"),
+        "tail" => (json!({"type": "integer", "minimum": 0, "maximum": MAX_CONSOLE_TAIL, "default": DEFAULT_CONSOLE_TAIL}), "bytes of history to send first"),
+        "host" => (json!({"type": "string", "pattern": NAME_PATTERN}), "The host whose pools are meant (a host id as `host list` shows it); the host serving the request when absent. The request is carried out there."),
+        "os_family" => (json!({"type": "string", "pattern": NAME_PATTERN}), "default linux"),
+        "os_variant" => (json!({"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"}), "may be empty (default)"),
+        "cloud_init" => (json!({"type": "boolean", "default": true}), "the image runs cloud-init"),
+        "firmware" => (json!({"type": "string", "enum": ["bios", "uefi"], "default": "bios"}), "firmware the image boots with"),
+        "ready_marker" => (json!({"type": "string", "minLength": 1, "maxLength": 128}), "printable ASCII line the guest prints when installed and up"),
+        "since" => (json!({"type": "integer", "minimum": 0}), "last sequence number already seen"),
+        "limit" => (json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_LIMIT, "default": DEFAULT_EVENT_LIMIT}), "most events to return"),
+        _ => return None,
+    })
+}
+
+fn error_content() -> Value {
+    json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}})
+}
+
+fn operation(
+    q: &mut SchemaGenerator,
+    g: &mut SchemaGenerator,
+    route: &Route,
+) -> Result<Value, String> {
+    let c = contract(q, g, route.operation).ok_or_else(|| {
+        format!(
+            "operation {} has no contract in openapi::contract",
+            route.operation
+        )
+    })?;
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(route.operation));
+    op.insert("summary".into(), json!(c.summary));
+    if route.path == crate::routes::HEALTH_PATH {
+        op.insert("security".into(), json!([]));
+    }
+    let mut params = Vec::new();
+    for seg in route.path.split('/') {
+        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            params.push(json!({"name": name, "in": "path", "required": true,
+                "schema": {"type": "string", "pattern": NAME_PATTERN}}));
+        }
+    }
+    for q in route.query {
+        let (schema, description) = query_param(q)
+            .ok_or_else(|| format!("query parameter {q} of {} has no schema", route.operation))?;
+        params.push(json!({"name": q, "in": "query", "required": false, "schema": schema, "description": description}));
+    }
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    match (c.request, route.body, route.raw_body) {
+        (Request::None, false, _) => {}
+        (Request::Json(s), true, false) => {
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true,
+                "content": {"application/json": {"schema": s}}}),
+            );
+        }
+        (Request::Bytes, true, true) => {
+            op.insert("requestBody".into(), json!({"required": true,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}));
+        }
+        _ => {
+            return Err(format!(
+                "the body of {} differs between the route table and its contract",
+                route.operation
+            ))
+        }
+    }
+    let (answer, description) = c.answer;
+    let success = match answer {
+        Answer::Empty => json!({"description": description}),
+        Answer::Json(s) => {
+            json!({"description": description, "content": {"application/json": {"schema": s}}})
+        }
+        Answer::Bytes => json!({"description": description,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+    };
+    let mut responses = Map::new();
+    responses.insert(route.success.to_string(), success);
+    if route.path != crate::routes::HEALTH_PATH {
+        responses.insert("401".into(), json!({"description": "missing or wrong token",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}, "content": error_content()}));
+        responses.insert("400".into(), json!({"description": "bad request; error.field names the field", "content": error_content()}));
+    }
+    responses.insert("default".into(), json!({"description": "error (404, 405, 409, 413, 415, 422, 500, 503)", "content": error_content()}));
+    op.insert("responses".into(), Value::Object(responses));
+    Ok(Value::Object(op))
+}
+
+/// The whole OpenAPI 3.1 document, generated. Keys are sorted at every
+/// level, so the text does not depend on serde_json's features.
+pub fn generate() -> Result<Value, String> {
+    // OpenAPI 3.1 takes JSON Schema 2020-12 as it is. Request bodies are
+    // described as they are read (an optional field may be left out),
+    // answers as they are written (every field is there).
+    let settings = |contract| {
+        SchemaSettings::draft2020_12()
+            .with(|s| {
+                s.definitions_path = "/components/schemas".into();
+                s.meta_schema = None;
+                s.contract = contract;
+            })
+            .into_generator()
+    };
+    let mut q = settings(SchemaContract::Deserialize);
+    let mut g = settings(SchemaContract::Serialize);
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let op = operation(&mut q, &mut g, route)?;
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(m) = entry.as_object_mut() {
+            m.insert(route.method.to_ascii_lowercase(), op);
+        }
+    }
+    // The schema of every error answer (its reference is all we need here).
+    g.subschema_for::<ErrorView>();
+    let mut schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    for (name, schema) in q.take_definitions(true) {
+        match schemas.get(&name) {
+            Some(other) if *other != schema => {
+                return Err(format!(
+                    "schema {name} differs between requests and answers; give them two types"
+                ))
+            }
+            _ => {
+                schemas.insert(name, schema);
+            }
+        }
+    }
+    let doc = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nasvisor admin API",
+            "version": "1",
+            "description": "HTTPS only. Every route except /healthz needs `Authorization: Bearer <admin token>`. JSON in and out; every error is `{\"error\": {\"field\", \"reason\"}}`. Generated from the route table and the types of nasvisor-api-types (regenerate with `NASVISOR_WRITE_OPENAPI=1 cargo test --release -p nasvisor-api-types openapi`)."
+        },
+        "servers": [{"url": "https://localhost:8443"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
+    });
+    Ok(sorted(doc))
+}
+
+/// `v` with the keys of every object in sorted order.
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+/// The generated document as the committed file holds it (pretty, with a
+/// final newline).
+pub fn generate_text() -> Result<String, String> {
+    let doc = generate()?;
+    let mut text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_json_is_the_generated_document() {
+        let generated = generate_text().expect("the document generates");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        if std::env::var_os("NASVISOR_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).expect("openapi.json is written");
+            return;
+        }
+        assert!(
+            generated == OPENAPI_JSON,
+            "host/api-types/openapi.json differs from the document generated from the route \
+             table and the types; regenerate it with \
+             `NASVISOR_WRITE_OPENAPI=1 cargo test --release -p nasvisor-api-types openapi` \
+             and commit it"
+        );
+    }
+
+    #[test]
+    fn every_route_has_a_contract_and_every_query_parameter_a_schema() {
+        let (mut q, mut g) = (SchemaGenerator::default(), SchemaGenerator::default());
+        for route in ROUTES {
+            assert!(
+                contract(&mut q, &mut g, route.operation).is_some(),
+                "{}",
+                route.operation
+            );
+            for q in route.query {
+                assert!(query_param(q).is_some(), "{} {q}", route.operation);
+            }
+        }
+        generate().expect("the document generates");
+    }
+
+    #[test]
+    fn every_component_reference_resolves() {
+        let doc = generate().unwrap();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("\"#/components/schemas/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "dangling reference to {name}");
+        }
+        for want in [
+            "Vm",
+            "Host",
+            "Job",
+            "Pool",
+            "Volume",
+            "Snapshot",
+            "Image",
+            "Vswitch",
+            "Event",
+            "Plugin",
+            "PluginHostState",
+            "PluginReset",
+            "Cluster",
+            "Member",
+            "JoinToken",
+            "Error",
+            "VmCreate",
+            "PowerOp",
+        ] {
+            assert!(schemas.contains_key(want), "no component {want}");
+        }
+    }
+}

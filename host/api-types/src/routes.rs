@@ -1,0 +1,294 @@
+//! The route table of the API: method, path, operation and query of every
+//! route. The server (`nasvisor-api`) routes by it and [`crate::openapi`]
+//! generates `openapi.json` from it.
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path template, `{name}` for a parameter.
+    pub path: &'static str,
+    /// `operationId` in `openapi.json`.
+    pub operation: &'static str,
+    /// Status of a successful answer.
+    pub success: u16,
+    /// Whether the route takes a JSON body.
+    pub body: bool,
+    /// The request body is raw bytes (`application/octet-stream`), streamed
+    /// to the core, not JSON.
+    pub raw_body: bool,
+    /// The query parameters the route knows.
+    pub query: &'static [&'static str],
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    operation: &'static str,
+    success: u16,
+    body: bool,
+) -> Route {
+    Route {
+        method,
+        path,
+        operation,
+        success,
+        body,
+        raw_body: false,
+        query: &[],
+    }
+}
+
+const fn q(route: Route, query: &'static [&'static str]) -> Route {
+    Route { query, ..route }
+}
+
+const fn raw(route: Route) -> Route {
+    Route {
+        raw_body: true,
+        ..route
+    }
+}
+
+/// Query parameters of the image upload route (the image metadata).
+pub const IMAGE_META_QUERY: &[&str] = &[
+    "os_family",
+    "os_variant",
+    "cloud_init",
+    "firmware",
+    "ready_marker",
+];
+
+/// Path of the unauthenticated health probe.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Every route the server answers.
+pub const ROUTES: &[Route] = &[
+    r("GET", HEALTH_PATH, "health", 200, false),
+    r(
+        "POST",
+        "/api/v1/auth/token/rotate",
+        "rotateToken",
+        200,
+        false,
+    ),
+    r("GET", "/api/v1/host", "getHost", 200, false),
+    r("GET", "/api/v1/vms", "listVms", 200, false),
+    r("POST", "/api/v1/vms", "createVm", 201, true),
+    r("GET", "/api/v1/vms/{id}", "getVm", 200, false),
+    r("PATCH", "/api/v1/vms/{id}", "updateVm", 200, true),
+    q(
+        r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
+        &["delete_disks"],
+    ),
+    r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
+    q(
+        r("GET", "/api/v1/vms/{id}/console", "getConsole", 200, false),
+        &["follow", "tail"],
+    ),
+    r(
+        "POST",
+        "/api/v1/vms/{id}/console",
+        "consoleInput",
+        204,
+        true,
+    ),
+    q(
+        r("GET", "/api/v1/pools", "listPools", 200, false),
+        &["host"],
+    ),
+    q(
+        r("POST", "/api/v1/pools", "createPool", 201, true),
+        &["host"],
+    ),
+    q(
+        r("DELETE", "/api/v1/pools/{name}", "deletePool", 204, false),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/imports",
+            "importVolume",
+            202,
+            true,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "GET",
+            "/api/v1/pools/{pool}/volumes",
+            "listVolumes",
+            200,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes",
+            "createVolume",
+            201,
+            true,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "DELETE",
+            "/api/v1/pools/{pool}/volumes/{volume}",
+            "deleteVolume",
+            204,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/resize",
+            "resizeVolume",
+            200,
+            true,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+            "snapshotVolume",
+            201,
+            true,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "GET",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots",
+            "listSnapshots",
+            200,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}/revert",
+            "revertSnapshot",
+            200,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "DELETE",
+            "/api/v1/pools/{pool}/volumes/{volume}/snapshots/{snapshot}",
+            "deleteSnapshot",
+            204,
+            false,
+        ),
+        &["host"],
+    ),
+    q(
+        r(
+            "POST",
+            "/api/v1/pools/{pool}/volumes/{volume}/clone",
+            "cloneVolume",
+            201,
+            true,
+        ),
+        &["host"],
+    ),
+    r("GET", "/api/v1/images", "listImages", 200, false),
+    r("POST", "/api/v1/images", "addImage", 202, true),
+    q(
+        raw(r(
+            "POST",
+            "/api/v1/images/{name}/upload",
+            "uploadImage",
+            202,
+            true,
+        )),
+        IMAGE_META_QUERY,
+    ),
+    r("DELETE", "/api/v1/images/{name}", "deleteImage", 204, false),
+    r("GET", "/api/v1/vswitches", "listVswitches", 200, false),
+    r("POST", "/api/v1/vswitches", "createVswitch", 201, true),
+    r(
+        "DELETE",
+        "/api/v1/vswitches/{name}",
+        "deleteVswitch",
+        204,
+        false,
+    ),
+    r("GET", "/api/v1/jobs", "listJobs", 200, false),
+    r("GET", "/api/v1/jobs/{id}", "getJob", 200, false),
+    r("POST", "/api/v1/jobs/{id}/cancel", "cancelJob", 200, false),
+    r("GET", "/api/v1/plugins", "listPlugins", 200, false),
+    q(
+        r("GET", "/api/v1/events", "listEvents", 200, false),
+        &["since", "limit"],
+    ),
+    r("GET", "/api/v1/cluster", "getCluster", 200, false),
+    r("POST", "/api/v1/cluster", "createCluster", 201, true),
+    r(
+        "POST",
+        "/api/v1/cluster/join-tokens",
+        "issueJoinToken",
+        201,
+        true,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/cluster/members/{node}",
+        "removeMember",
+        204,
+        false,
+    ),
+    r("POST", "/api/v1/cluster/join", "joinCluster", 200, true),
+    r("GET", "/api/v1/hosts", "listHosts", 200, false),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/cordon",
+        "cordonHost",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/uncordon",
+        "uncordonHost",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/evacuate",
+        "evacuateHost",
+        202,
+        false,
+    ),
+    r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
+    r("POST", "/api/v1/plugins", "installPlugin", 201, true),
+    r(
+        "DELETE",
+        "/api/v1/plugins/{world}",
+        "uninstallPlugin",
+        204,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/plugins/{world}/reset",
+        "resetPlugin",
+        200,
+        false,
+    ),
+];

@@ -1,0 +1,78 @@
+//! The typed answers of the API, one file per resource. The core builds
+//! them, the server sends them as JSON, the CLI reads them back. Their
+//! schemas (derived) are the components of `openapi.json`.
+//!
+//! Views accept fields they do not know when read (a newer server may add
+//! some); [`strict`] is the check tests use for "exactly this shape".
+
+mod cluster;
+mod event;
+mod host;
+mod image;
+mod job;
+mod plugin;
+mod storage;
+mod vm;
+mod vswitch;
+
+pub use cluster::*;
+pub use event::*;
+pub use host::*;
+pub use image::*;
+pub use job::*;
+pub use plugin::*;
+pub use storage::*;
+pub use vm::*;
+pub use vswitch::*;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Health", deny_unknown_fields)]
+pub struct HealthView {
+    /// Always `ok`.
+    pub status: HealthStatus,
+}
+
+/// The one status of the health probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The server answers.
+    Ok,
+}
+
+/// `POST /api/v1/auth/token/rotate`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Token", deny_unknown_fields)]
+pub struct TokenView {
+    /// The new admin token, shown once.
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenView")
+            .field("token", &crate::REDACTED)
+            .finish()
+    }
+}
+
+/// Reads `value` as a `T` and checks that it is exactly a `T`: no field
+/// the view does not know, none missing (an absent optional field would
+/// come back as `null`), every type and enum value right. It is what tests
+/// of the real answers use; the CLI reads answers leniently.
+pub fn strict<T: DeserializeOwned + Serialize>(value: &serde_json::Value) -> Result<T, String> {
+    let view: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&view).map_err(|e| e.to_string())?;
+    if &back != value {
+        return Err(format!(
+            "not exactly a {}: read back as {back} from {value}",
+            std::any::type_name::<T>()
+        ));
+    }
+    Ok(view)
+}

@@ -1,0 +1,173 @@
+//! The VM answer (`Vm` schema).
+
+use crate::body::FirmwareKind;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A VM's state as the API reports it (also the state the core records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Not running.
+    #[default]
+    Stopped,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// vCPUs paused.
+    Paused,
+    /// Shutting down.
+    Stopping,
+    /// Moving to another host.
+    Migrating,
+    /// Its QEMU exited unasked.
+    Crashed,
+    /// The guest panicked.
+    GuestPanicked,
+    /// Installing from an image.
+    Installing,
+    /// The install failed (see `state_reason`).
+    InstallFailed,
+}
+
+impl VmState {
+    /// The API name, e.g. `guest_panicked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Migrating => "migrating",
+            VmState::Crashed => "crashed",
+            VmState::GuestPanicked => "guest_panicked",
+            VmState::Installing => "installing",
+            VmState::InstallFailed => "install_failed",
+        }
+    }
+}
+
+/// What a VM's QEMU reports on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuState {
+    /// vCPUs running.
+    Running,
+    /// vCPUs stopped.
+    Paused,
+    /// ACPI power button pressed.
+    ShuttingDown,
+    /// The guest powered off.
+    Shutdown,
+    /// The guest panicked.
+    Panicked,
+    /// QEMU exited as asked.
+    Stopped,
+    /// QEMU exited unasked.
+    Crashed,
+}
+
+/// An accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccelKind {
+    /// KVM.
+    Kvm,
+    /// TCG (emulation).
+    Tcg,
+}
+
+/// What a VM's disk is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskRole {
+    /// A disk.
+    #[default]
+    Disk,
+    /// The NoCloud seed volume of an install.
+    Seed,
+    /// An installation medium (an ISO of the image library).
+    Cdrom,
+}
+
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "VmDisk", deny_unknown_fields)]
+pub struct VmDiskView {
+    /// Pool name (`images` for an installation medium).
+    pub pool: String,
+    /// Volume name.
+    pub volume: String,
+    /// Size, MiB.
+    #[schemars(range(min = 1))]
+    pub size_mib: u64,
+    /// What the disk is for.
+    pub role: DiskRole,
+}
+
+/// One NIC of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "VmNic", deny_unknown_fields)]
+pub struct VmNicView {
+    /// Virtual switch name.
+    pub vswitch: String,
+    /// MAC address.
+    pub mac: String,
+    /// Device model, `virtio` or `e1000`.
+    pub model: String,
+    /// The tap device on its host while it runs.
+    pub tap: Option<String>,
+}
+
+/// A VM (`GET /api/v1/vms/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Vm", deny_unknown_fields)]
+pub struct VmView {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"))]
+    pub name: String,
+    /// State.
+    pub state: VmState,
+    /// Why the VM is in this state (crash, panic, install failure), null
+    /// when nothing to say.
+    pub state_reason: Option<String>,
+    /// The host it lives on; null until its first placement.
+    pub host: Option<String>,
+    /// vCPUs.
+    #[schemars(range(min = 1, max = 256))]
+    pub vcpus: u32,
+    /// Memory, MiB.
+    #[schemars(range(min = 64, max = 4194304))]
+    pub memory_mib: u64,
+    /// Free text.
+    pub description: Option<String>,
+    /// Starts with its host.
+    pub autostart: bool,
+    /// Protected by HA.
+    pub ha: bool,
+    /// Firmware.
+    pub firmware: FirmwareKind,
+    /// The system image it was installed from.
+    pub image: Option<String>,
+    /// QEMU process id on its host, null when not running.
+    #[schemars(range(min = 1))]
+    pub pid: Option<i32>,
+    /// What the VM's QEMU reports, when the answering host is the VM's host
+    /// and it runs; null otherwise.
+    pub qemu_state: Option<QemuState>,
+    /// Accelerator of the running QEMU, null when not running.
+    pub accel: Option<AccelKind>,
+    /// Id of the install job, null when not installed from an image.
+    pub install_job: Option<String>,
+    /// RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub created_at: String,
+    /// Disks, in boot order.
+    pub disks: Vec<VmDiskView>,
+    /// Network interfaces.
+    pub nics: Vec<VmNicView>,
+}

@@ -61,7 +61,9 @@ pub enum Refusal {
     #[error("node {0} is not a member of this cluster")]
     NotMember(NodeId),
     /// The node was removed; its id is never used again.
-    #[error("node {0} was removed from this cluster")]
+    #[error(
+        "node {0} is not a member of this cluster: it was removed, and its id is never used again"
+    )]
     Removed(NodeId),
     /// The certificate names a member but carries another key than the one
     /// recorded when that member joined.

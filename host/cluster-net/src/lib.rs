@@ -14,7 +14,7 @@
 //! - [`client`]: the transport client ([`client::PeerTransport`]) and the
 //!   join call;
 //! - `server`: the cluster endpoint's listener, TLS by SNI, limits, routes
-//!   handed to the store's [`nasvisor_cluster::endpoint::Endpoint`].
+//!   handed to the store ([`nasvisor_cluster::net::Served`]).
 
 pub mod ca;
 pub mod client;
@@ -25,10 +25,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nasvisor_cluster::endpoint::Endpoint;
 use nasvisor_cluster::identity::{CheckedIdentity, Identity, PkiError};
 use nasvisor_cluster::net::{
-    BoxFuture, CallError, ClusterNet, PeerClient, ServeError, ServerHandle, TlsError,
+    BoxFuture, CallError, ClusterNet, PeerClient, ServeError, Served, ServerHandle, TlsError,
 };
 use nasvisor_cluster::trust::{KeyCheck, KeySeen};
 use nasvisor_cluster::wire::{JoinRequest, JoinResponse};
@@ -101,11 +100,13 @@ impl ClusterNet for TlsNet {
         &self,
         listener: tokio::net::TcpListener,
         identity: &CheckedIdentity,
-        endpoint: Endpoint,
+        endpoint: Arc<dyn Served>,
         limits: ServerLimits,
     ) -> Result<Box<dyn ServerHandle>, ServeError> {
         let pki = parse(identity)?;
-        let peer = tls::peer_server_config(&pki, endpoint.key_check()).map_err(tls_err)?;
+        let admit = endpoint.clone();
+        let check: KeyCheck = Arc::new(move |id, key| admit.admission(id, key));
+        let peer = tls::peer_server_config(&pki, check).map_err(tls_err)?;
         let join = tls::join_server_config(&pki).map_err(tls_err)?;
         Ok(Box::new(server::serve(
             listener, endpoint, peer, join, limits,

@@ -3,7 +3,7 @@
 //! configurations chosen by the SNI name of the client hello (see
 //! [`crate::tls`]):
 //! - `node-<id>.nasvisor.cluster` (peers): mutual TLS with the cluster CA;
-//!   the client's node id must be admitted ([`Endpoint::admission`]: a
+//!   the client's node id must be admitted ([`Served::admission`]: a
 //!   member of the raft membership, a host being added, or, on a host that
 //!   is still joining, a member of the cluster it joins) with the key
 //!   recorded for it. Admission is checked again on every request, so a
@@ -12,7 +12,7 @@
 //!   [`PATH_JOIN`] is served.
 //!
 //! Every request is a `POST`; its body is read within the limits and handed
-//! to the store's [`Endpoint`], which answers (see
+//! to the store ([`Served`], the store's `Endpoint`), which answers (see
 //! [`nasvisor_cluster::endpoint`] for the routes).
 
 use std::net::SocketAddr;
@@ -22,9 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
-use nasvisor_cluster::endpoint::{Endpoint, Reply};
 use nasvisor_cluster::identity::JOIN_NAME;
-use nasvisor_cluster::net::BoxFuture;
+use nasvisor_cluster::net::{BoxFuture, Reply, Served};
 use nasvisor_cluster::trust::Admission;
 use nasvisor_cluster::wire::PATH_JOIN;
 use nasvisor_cluster::NodeId;
@@ -33,6 +32,9 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
+
+/// The store's side of the endpoint.
+type Endpoint = Arc<dyn Served>;
 
 /// The largest request body between members (snapshot chunks are 3 MiB of
 /// JSON numbers at most, about 12 MiB).
@@ -161,10 +163,18 @@ async fn serve_conn(
     }
     let body_timeout = limits.body_timeout;
     let svc = hyper::service::service_fn(move |req| {
-        let (endpoint, peer) = (endpoint.clone(), peer.clone());
-        async move {
-            Ok::<_, std::convert::Infallible>(handle(endpoint, peer, join, body_timeout, req).await)
-        }
+        // Each request runs as a task of its own, aborted when hyper drops
+        // its future (the connection closed), as if it ran inline. Inline,
+        // the store's trait object held across awaits inside hyper's
+        // service future defeats rustc's proof that the connection is Send.
+        let task = Aborting(tokio::spawn(handle(
+            endpoint.clone(),
+            peer.clone(),
+            join,
+            body_timeout,
+            req,
+        )));
+        async move { Ok::<_, std::convert::Infallible>(task.answer().await) }
     });
     let served =
         nasvisor_limits::serve_http1(stream, svc, &limits, std::future::pending::<()>()).await;
@@ -174,6 +184,27 @@ async fn serve_conn(
         }
         Err(e) => tracing::debug!(%remote, error = %e, "cluster endpoint: connection closed"),
         Ok(()) => {}
+    }
+}
+
+/// A request's task, aborted when dropped.
+struct Aborting(tokio::task::JoinHandle<Response<Full<Bytes>>>);
+
+impl Aborting {
+    async fn answer(mut self) -> Response<Full<Bytes>> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster endpoint: a request's task failed");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "the request failed")
+            }
+        }
+    }
+}
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -237,7 +268,7 @@ async fn handle(
             return plain(status, format!("cannot read the body: {e}"));
         }
     };
-    match endpoint.handle(peer, &path, &body).await {
+    match endpoint.handle(peer, path, Vec::from(body)).await {
         Reply::Json(b) => json(b),
         Reply::BadBody(msg) => plain(StatusCode::BAD_REQUEST, msg),
         Reply::NotFound(msg) => plain(StatusCode::NOT_FOUND, msg),

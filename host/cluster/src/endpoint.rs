@@ -1,7 +1,7 @@
 //! What the cluster endpoint serves, without the HTTP: the network crate's
 //! server terminates TLS, applies the limits and reads the body, then asks
-//! the [`Endpoint`] who may talk ([`Endpoint::admission`]) and what to
-//! answer ([`Endpoint::handle`]).
+//! the [`Endpoint`] who may talk ([`Served::admission`]) and what to
+//! answer ([`Served::handle`]).
 //!
 //! Routes, all `POST` with JSON bodies ([`crate::wire`]):
 //! - [`PATH_APPEND`], [`PATH_VOTE`], [`PATH_SNAPSHOT`]: raft RPCs, body the
@@ -16,8 +16,9 @@ use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 
+use crate::net::{BoxFuture, Reply, Served};
 use crate::node::Shared;
-use crate::trust::{Admission, KeyCheck, Refusal};
+use crate::trust::{Admission, Refusal};
 use crate::types::NodeId;
 use crate::wire::{PATH_APPEND, PATH_FORWARD, PATH_JOIN, PATH_PEER, PATH_SNAPSHOT, PATH_VOTE};
 
@@ -36,25 +37,37 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// The answer to one request.
-#[derive(Debug)]
-pub enum Reply {
-    /// `200`, this JSON body.
-    Json(Vec<u8>),
-    /// `400`: the body is not the route's message.
-    BadBody(String),
-    /// `404`: no such route.
-    NotFound(String),
-    /// `503`: the store is closing.
-    Closing,
-    /// `500`: the answer could not be encoded.
-    Failed(String),
-}
-
 fn json<T: Serialize>(v: &T) -> Reply {
     match serde_json::to_vec(v) {
         Ok(b) => Reply::Json(b),
         Err(e) => Reply::Failed(e.to_string()),
+    }
+}
+
+impl Served for Endpoint {
+    fn is_open(&self) -> bool {
+        self.shared.strong_count() > 0
+    }
+
+    fn admission(&self, id: NodeId, key: &str) -> Admission {
+        match self.shared.upgrade() {
+            Some(s) => s.admission(id, key),
+            None => Admission::Refused(Refusal::NotMember(id)),
+        }
+    }
+
+    fn is_member_ip(&self, ip: IpAddr) -> bool {
+        self.shared.upgrade().is_some_and(|s| s.is_member_ip(ip))
+    }
+
+    fn handle(
+        &self,
+        peer: Option<NodeId>,
+        path: String,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Reply> {
+        let this = self.clone();
+        Box::pin(async move { this.answer(peer, &path, &body).await })
     }
 }
 
@@ -65,37 +78,7 @@ impl Endpoint {
         }
     }
 
-    /// Whether the store still runs.
-    pub fn is_open(&self) -> bool {
-        self.shared.strong_count() > 0
-    }
-
-    /// Whether node `id` presenting a certificate with key pin `key` may
-    /// talk to this host (see [`crate::trust`]). Checked in the TLS
-    /// handshake and again on every request.
-    pub fn admission(&self, id: NodeId, key: &str) -> Admission {
-        match self.shared.upgrade() {
-            Some(s) => s.admission(id, key),
-            None => Admission::Refused(Refusal::NotMember(id)),
-        }
-    }
-
-    /// [`Self::admission`] for the TLS layer.
-    pub fn key_check(&self) -> KeyCheck {
-        let this = self.clone();
-        Arc::new(move |id, key| this.admission(id, key))
-    }
-
-    /// Whether `ip` is the address of a member or of a host joining: their
-    /// connections are not counted against the endpoint's connection caps.
-    pub fn is_member_ip(&self, ip: IpAddr) -> bool {
-        self.shared.upgrade().is_some_and(|s| s.is_member_ip(ip))
-    }
-
-    /// Carry out the request `body` on route `path` of member `peer`
-    /// (`None`: a joining host, which the server lets reach [`PATH_JOIN`]
-    /// only).
-    pub async fn handle(&self, peer: Option<NodeId>, path: &str, body: &[u8]) -> Reply {
+    async fn answer(&self, peer: Option<NodeId>, path: &str, body: &[u8]) -> Reply {
         let Some(shared) = self.shared.upgrade() else {
             return Reply::Closing;
         };

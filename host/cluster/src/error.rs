@@ -1,10 +1,10 @@
 //! [`StoreError`]: the errors of the cluster store.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::db::DbError;
 use crate::identity::PkiError;
-use crate::net::{CallError, TlsError};
 use crate::types::{JoinRefused, NodeId, Revision};
 
 /// Errors of the cluster store.
@@ -164,4 +164,90 @@ fn fmt_rev(r: Option<Revision>) -> String {
 
 pub(crate) fn raft_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Raft(e.to_string())
+}
+
+/// A TLS configuration could not be built from the host's identity.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+/// The cluster endpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS configurations could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listener failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Errors of one call to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made; nothing was sent.
+    #[error("cannot connect to node {target} at {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        target: NodeId,
+        /// Its address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The call did not complete in time (it may have been carried out).
+    #[error("call to node {target} at {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// The peer.
+        target: NodeId,
+        /// Its address.
+        addr: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The connection failed during the call (it may have been carried
+    /// out). A TLS refusal of this host's certificate shows up here too
+    /// (TLS 1.3 reports it after the handshake).
+    #[error("call to node {target} at {addr} failed: {reason}")]
+    Io {
+        /// The peer.
+        target: NodeId,
+        /// Its address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer refused this host (`403`: not a member).
+    #[error("node {target} at {addr} refused this host: {reason}")]
+    Refused {
+        /// The peer.
+        target: NodeId,
+        /// Its address.
+        addr: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The peer answered with an HTTP error or an unreadable body.
+    #[error("bad answer from node {target} at {addr}: {reason}")]
+    BadAnswer {
+        /// The peer.
+        target: NodeId,
+        /// Its address.
+        addr: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// Whether the request certainly was not carried out.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Refused { .. })
+    }
+
+    /// Whether trying again (maybe elsewhere) may help: nothing was sent
+    /// because no connection could be made. A refusal is final.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
 }

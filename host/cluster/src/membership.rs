@@ -204,7 +204,7 @@ impl ClusterStore {
             source,
         };
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
-        let endpoint = Endpoint::new(&self.shared);
+        let endpoint = Arc::new(Endpoint::new(&self.shared));
         let handle = match net.serve(listener, &pki, endpoint, self.server_limits()) {
             Ok(h) => h,
             Err(ServeError::Tls(e)) => return Err(e.into()),

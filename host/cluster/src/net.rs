@@ -6,10 +6,12 @@
 //!
 //! - [`ClusterNet`]: certificates (the cluster CA, node keys, requests),
 //!   the transport client ([`PeerClient`]), the cluster endpoint's server
-//!   ([`ServerHandle`], serving an [`Endpoint`]) and the join call of a
+//!   ([`ServerHandle`], serving a [`Served`]) and the join call of a
 //!   host that has no certificate yet.
 //! - [`PeerClient`]: `POST` a JSON body to a route of a member, with
 //!   mutual TLS; [`call`] encodes and decodes.
+//! - [`Served`]: what the server asks the store (admission, the answer to
+//!   a request); the store's [`crate::endpoint::Endpoint`] implements it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,10 +22,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::endpoint::Endpoint;
 use crate::identity::{CheckedIdentity, Identity, PkiError};
+use crate::trust::Admission;
 use crate::trust::{KeyCheck, KeySeen};
 use crate::types::{JoinRefused, NodeId};
+
+pub use crate::error::{CallError, ServeError, TlsError};
 use crate::wire::{JoinRequest, JoinResponse};
 use nasvisor_limits::ServerLimits;
 
@@ -78,7 +82,7 @@ pub trait ClusterNet: Send + Sync + std::fmt::Debug {
         &self,
         listener: tokio::net::TcpListener,
         identity: &CheckedIdentity,
-        endpoint: Endpoint,
+        endpoint: Arc<dyn Served>,
         limits: ServerLimits,
     ) -> Result<Box<dyn ServerHandle>, ServeError>;
 
@@ -149,88 +153,42 @@ pub trait ServerHandle: Send + Sync + std::fmt::Debug {
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// A TLS configuration could not be built from the host's identity.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
+/// What the cluster endpoint's server asks the store.
+pub trait Served: Send + Sync + std::fmt::Debug {
+    /// Whether the store still runs (otherwise every request gets `503`).
+    fn is_open(&self) -> bool;
 
-/// The cluster endpoint could not be served.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The TLS configurations could not be built.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The listener failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    /// Whether node `id` presenting a certificate with key pin `key` may
+    /// talk to this host; checked in the TLS handshake and again on every
+    /// request.
+    fn admission(&self, id: NodeId, key: &str) -> Admission;
+
+    /// Whether `ip` is the address of a member or of a host joining: their
+    /// connections are not counted against the endpoint's connection caps.
+    fn is_member_ip(&self, ip: std::net::IpAddr) -> bool;
+
+    /// Carry out the request `body` on route `path` of member `peer`
+    /// (`None`: a joining host, which the server lets reach the join route
+    /// only).
+    fn handle(
+        &self,
+        peer: Option<NodeId>,
+        path: String,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Reply>;
 }
 
-/// Errors of one call to a peer.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// No connection could be made; nothing was sent.
-    #[error("cannot connect to node {target} at {addr}: {reason}")]
-    Connect {
-        /// The peer.
-        target: NodeId,
-        /// Its address.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// The call did not complete in time (it may have been carried out).
-    #[error("call to node {target} at {addr} timed out after {timeout:?}")]
-    Timeout {
-        /// The peer.
-        target: NodeId,
-        /// Its address.
-        addr: String,
-        /// The deadline.
-        timeout: Duration,
-    },
-    /// The connection failed during the call (it may have been carried
-    /// out). A TLS refusal of this host's certificate shows up here too
-    /// (TLS 1.3 reports it after the handshake).
-    #[error("call to node {target} at {addr} failed: {reason}")]
-    Io {
-        /// The peer.
-        target: NodeId,
-        /// Its address.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// The peer refused this host (`403`: not a member).
-    #[error("node {target} at {addr} refused this host: {reason}")]
-    Refused {
-        /// The peer.
-        target: NodeId,
-        /// Its address.
-        addr: String,
-        /// What it said.
-        reason: String,
-    },
-    /// The peer answered with an HTTP error or an unreadable body.
-    #[error("bad answer from node {target} at {addr}: {reason}")]
-    BadAnswer {
-        /// The peer.
-        target: NodeId,
-        /// Its address.
-        addr: String,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl CallError {
-    /// Whether the request certainly was not carried out.
-    pub fn not_sent(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Refused { .. })
-    }
-
-    /// Whether trying again (maybe elsewhere) may help: nothing was sent
-    /// because no connection could be made. A refusal is final.
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. })
-    }
+/// The answer to one request of the cluster endpoint.
+#[derive(Debug)]
+pub enum Reply {
+    /// `200`, this JSON body.
+    Json(Vec<u8>),
+    /// `400`: the body is not the route's message.
+    BadBody(String),
+    /// `404`: no such route.
+    NotFound(String),
+    /// `503`: the store is closing.
+    Closing,
+    /// `500`: the answer could not be encoded.
+    Failed(String),
 }

@@ -216,7 +216,7 @@ pub(crate) fn tls_object(id: &str, dir: &std::path::Path, endpoint: &str) -> Str
 
 /// The name in host `node_id`'s certificate, checked by TLS clients.
 pub(crate) fn tls_name(node_id: u64) -> String {
-    nasvisor_cluster::ca::node_name(node_id)
+    nasvisor_cluster::node_name(node_id)
 }
 
 /// The distinguished name of host `node_id`'s certificate as GnuTLS prints
@@ -1756,7 +1756,7 @@ mod tests {
     /// the stream server admits the member it serves and refuses another.
     #[tokio::test]
     async fn a_stream_server_admits_only_the_member_it_serves() {
-        use nasvisor_cluster::ca::{new_node_key, ClusterCa};
+        use nasvisor_cluster_net::ca::{new_node_key, ClusterCa};
         let tmp = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("authz-test").unwrap();
         let node = |id: u64, endpoint: &str| {

@@ -15,8 +15,10 @@
 //! way, event subscribers see the channel close, and [`QmpClient::closed`]
 //! resolves.
 
+mod block;
 mod commands;
 mod event;
+mod migration;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +35,16 @@ use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use commands::{
-    BlockDeviceInfo, BlockInfo, CpuInfoFast, MigrationInfo, MigrationRamStats, RunState, StatusInfo,
+pub use block::{
+    BlockJobInfo, BlockdevMirror, BlockdevOptions, InetAddr, JobStatus, MirrorCopyMode, MirrorSync,
+    NamedBlockNode, NbdExport, NbdNode, NullNode, SocketAddress, TlsClient, TlsServer,
 };
+pub use commands::{BlockDeviceInfo, BlockInfo, CpuInfoFast, RunState, StatusInfo};
 pub use event::{EventKind, QmpEvent, QmpTimestamp};
+pub use migration::{
+    MigrationCapability, MigrationInfo, MigrationParameters, MigrationRamStats, MigrationStatus,
+    ObjectAdd, TlsEndpoint,
+};
 
 /// Default time a command may take before [`QmpError::Timeout`].
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,6 +98,13 @@ pub enum QmpError {
     /// The reply did not have the shape the typed helper expects.
     #[error("cannot decode the reply to `{command}`: {source}")]
     Decode {
+        command: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The arguments of a typed helper could not be encoded.
+    #[error("cannot encode the arguments of `{command}`: {source}")]
+    Encode {
         command: String,
         #[source]
         source: serde_json::Error,

@@ -340,3 +340,100 @@ impl MirrorSet {
         set
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qmp::tests::{fake_server, read_msg, send};
+    use serde_json::json;
+
+    /// The mirrors count as in sync on `BLOCK_JOB_READY`, whatever a poll
+    /// of the jobs says: the wait ends on the event, not on a poll.
+    #[tokio::test]
+    async fn the_mirrors_are_ready_on_the_ready_event_whatever_a_poll_says() {
+        let (_dir, path) = fake_server(|mut r, mut w| async move {
+            loop {
+                let m = read_msg(&mut r).await;
+                let reply = match m["execute"].as_str() {
+                    Some("query-block-jobs") => json!([{"device": "mig-disk0", "type": "mirror",
+                        "len": 100, "offset": 40, "ready": false, "status": "running"}]),
+                    _ => json!({}),
+                };
+                send(&mut w, json!({"return": reply, "id": m["id"]})).await;
+                if m["execute"] == "blockdev-mirror" {
+                    send(
+                        &mut w,
+                        json!({"event": "BLOCK_JOB_READY", "data": {"device": "mig-disk0",
+                        "type": "mirror", "len": 100, "offset": 100, "speed": 0}}),
+                    )
+                    .await;
+                }
+            }
+        })
+        .await;
+        let qmp = QmpClient::connect(&path).await.unwrap();
+        let mut set = MirrorSet::new(&qmp);
+        let target = MirrorTarget {
+            node: "disk0".into(),
+            addr: InetAddr::new("127.0.0.1", 1),
+            export: "disk0".into(),
+        };
+        set.add(&target, None).await.unwrap();
+        let mut seen = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            set.wait_ready(std::future::pending(), |p| seen.push(p)),
+        )
+        .await
+        .expect("the wait ended on the event")
+        .unwrap();
+        assert_eq!(seen.last().map(|p| p.len), Some(100), "{seen:?}");
+    }
+
+    /// A mirror that ends before it is in sync fails the wait at once,
+    /// with QEMU's reason.
+    #[tokio::test]
+    async fn a_mirror_ending_early_fails_the_wait_with_its_reason() {
+        let (_dir, path) = fake_server(|mut r, mut w| async move {
+            loop {
+                let m = read_msg(&mut r).await;
+                let reply = match m["execute"].as_str() {
+                    Some("query-block-jobs") => json!([{"device": "mig-disk0", "type": "mirror",
+                        "len": 100, "offset": 40, "ready": false, "status": "running"}]),
+                    _ => json!({}),
+                };
+                send(&mut w, json!({"return": reply, "id": m["id"]})).await;
+                if m["execute"] == "blockdev-mirror" {
+                    send(
+                        &mut w,
+                        json!({"event": "BLOCK_JOB_COMPLETED", "data": {"device": "mig-disk0",
+                        "type": "mirror", "len": 100, "offset": 40, "speed": 0,
+                        "error": "Input/output error"}}),
+                    )
+                    .await;
+                }
+            }
+        })
+        .await;
+        let qmp = QmpClient::connect(&path).await.unwrap();
+        let mut set = MirrorSet::new(&qmp);
+        let target = MirrorTarget {
+            node: "disk0".into(),
+            addr: InetAddr::new("127.0.0.1", 1),
+            export: "disk0".into(),
+        };
+        set.add(&target, None).await.unwrap();
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            set.wait_ready(std::future::pending(), |_| {}),
+        )
+        .await
+        .expect("the wait ended on the event")
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mig-disk0") && msg.contains("Input/output error"),
+            "{msg}"
+        );
+    }
+}

@@ -580,7 +580,7 @@ fn dispatch(state: &Mutex<ConnState>, message: Value) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
     use tokio::io::AsyncWriteExt;
@@ -590,7 +590,7 @@ mod tests {
 
     /// A fake QMP server: greets, accepts `qmp_capabilities`, then hands the
     /// connection to `script`.
-    async fn fake_server<F, Fut>(script: F) -> (tempfile::TempDir, PathBuf)
+    pub(crate) async fn fake_server<F, Fut>(script: F) -> (tempfile::TempDir, PathBuf)
     where
         F: FnOnce(BufReader<OwnedReadHalf>, OwnedWriteHalf) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
@@ -616,13 +616,13 @@ mod tests {
         (dir, path)
     }
 
-    async fn read_msg(r: &mut BufReader<OwnedReadHalf>) -> Value {
+    pub(crate) async fn read_msg(r: &mut BufReader<OwnedReadHalf>) -> Value {
         let mut line = String::new();
         r.read_line(&mut line).await.unwrap();
         serde_json::from_str(&line).unwrap()
     }
 
-    async fn send(w: &mut OwnedWriteHalf, v: Value) {
+    pub(crate) async fn send(w: &mut OwnedWriteHalf, v: Value) {
         w.write_all(format!("{v}\n").as_bytes()).await.unwrap();
     }
 

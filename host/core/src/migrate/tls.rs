@@ -235,6 +235,7 @@ mod tests {
         };
         let served = info(2);
         let other = info(3);
+        // Teardown of the test's own server: its outcome is checked above.
         let _ = child.start_kill();
         let _ = child.wait().await;
         assert!(

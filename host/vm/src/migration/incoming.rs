@@ -81,6 +81,7 @@ pub async fn listen_incoming(
     qmp.migrate_set_capabilities(&[(MigrationCapability::Events, true)])
         .await
         .map_err(MigrateError::qmp("migrate-set-capabilities"))?;
+    // An empty credentials id turns TLS off (QEMU's convention).
     qmp.migrate_set_parameters(&MigrationParameters {
         tls_creds: Some(tls.map(|t| t.creds.clone()).unwrap_or_default()),
         tls_authz: Some(tls.map(|t| t.authz.clone()).unwrap_or_default()),

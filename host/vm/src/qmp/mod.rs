@@ -1,5 +1,8 @@
 //! An asynchronous QMP client over a Unix socket.
 //!
+//! (Over 700 lines: about 300 are the unit tests, whose fake QMP server the
+//! migration tests share.)
+//!
 //! One [`QmpClient`] owns one QMP connection. It is cheap to clone; clones share
 //! the connection. A background reader task routes replies to the commands that
 //! wait for them (matched by a per-connection numeric `id`, so any number of

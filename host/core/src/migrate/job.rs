@@ -128,7 +128,7 @@ mod tests {
             message: None,
             finished_at: None,
             host: None,
-            params: json!({"vm": 7}),
+            params: json!({"from": "nas1"}),
         };
         let e = MigrateJob::of(&rec).unwrap_err();
         assert!(e.contains("unreadable") && e.contains("vm"), "{e}");

@@ -9,7 +9,7 @@ use nasvisor_plugin_host::package::{
 };
 use nasvisor_plugin_host::validate::validate;
 use nasvisor_plugin_host::{
-    answer_json, invoke, DecisionInput, LoadedPlugin, Runtime, RuntimeConfig,
+    answer_json, invoke_judging_the_plugin, DecisionInput, LoadedPlugin, Runtime, RuntimeConfig,
 };
 use nasvisor_plugin_sdk::World;
 use std::path::{Path, PathBuf};
@@ -373,7 +373,7 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let answer = invoke(&rt, &plugin, &input, now)?;
+            let answer = invoke_judging_the_plugin(&rt, &plugin, &input, now)?;
             if let Ok(o) = &answer {
                 validate(&input, o).map_err(|r| anyhow!("invalid output: {r}"))?;
             }

@@ -1,6 +1,7 @@
 //! Joining a cluster.
 //!
-//! 1. A member issues a one-time join token ([`ClusterStore::issue_join_token`]):
+//! 1. A member issues a one-time join token ([`ClusterStore::issue_join_token`],
+//!    [`crate::token`]):
 //!    `nvjt1.<cluster id>.<CA SHA-256 fingerprint>.<secret>`. Only the
 //!    SHA-256 of the secret is stored, in the replicated state (kind
 //!    `@join-token`), with its expiry, so any voter that leads can redeem it.
@@ -9,8 +10,9 @@
 //!    `join.nasvisor.cluster`; it trusts the server only if the server's
 //!    chain holds the CA whose fingerprint is in the token. It sends the
 //!    cluster id, the secret, the CSR, its address and optionally the node
-//!    id it wants ([`JoinRequest`]).
-//! 3. The leader (a follower answers "not the leader" with the leader's
+//!    id it wants ([`JoinRequest`]). The wire is the network crate's
+//!    ([`crate::net::ClusterNet::join_call`]).
+//! 3. The leader ([`crate::admit`]; a follower answers "not the leader" with the leader's
 //!    address, and the host asks the leader) commits [`Command::Admit`]:
 //!    the token must exist, be unused and unexpired, the member limit must
 //!    not be reached, the node id must never have been used. A refusal
@@ -28,98 +30,21 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-use crate::ca::{fingerprint, new_node_key, ClusterCa, Pki};
+use crate::error::StoreError;
+use crate::identity::{CheckedIdentity, Identity};
+use crate::net::{call, CallError, ClusterNet};
+use crate::node::{now_ms, PROMOTE_TIMEOUT};
 use crate::state::{TokenRecord, KIND_JOIN_TOKEN};
-use crate::store::{now_ms, ClusterStore, Shared, StoreError, DB_FILE, PROMOTE_TIMEOUT};
-use crate::transport::{
-    join_call, CallError, Forward, ForwardError, ForwardReply, JoinRequest, JoinResponse,
-    PATH_FORWARD,
-};
-use crate::types::{Command, JoinRefused, NodeId, Response};
+use crate::store::{ClusterStore, DB_FILE};
+use crate::token::{secret_hash, JoinToken, MAX_TOKEN_TTL};
+use crate::types::{JoinRefused, NodeId};
+use crate::wire::{Forward, ForwardError, ForwardReply, JoinRequest, JoinResponse, PATH_FORWARD};
 
-/// The prefix (and version) of a join token's text.
-pub const TOKEN_PREFIX: &str = "nvjt1";
-/// The longest accepted token lifetime.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a join call may take.
-const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A join token's contents.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    /// The cluster id.
-    pub cluster_id: String,
-    /// SHA-256 of the cluster CA certificate (64 lower-case hex digits).
-    pub ca_fingerprint: String,
-    /// The one-time secret (64 lower-case hex digits).
-    pub secret: String,
-}
-
-impl std::fmt::Debug for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinToken")
-            .field("cluster_id", &self.cluster_id)
-            .field("ca_fingerprint", &self.ca_fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{TOKEN_PREFIX}.{}.{}.{}",
-            self.cluster_id, self.ca_fingerprint, self.secret
-        )
-    }
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-impl FromStr for JoinToken {
-    type Err = JoinRefused;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| JoinRefused::InvalidToken {
-            reason: reason.to_owned(),
-        };
-        let mut parts = s.trim().split('.');
-        if parts.next() != Some(TOKEN_PREFIX) {
-            return Err(bad("it does not start with \"nvjt1.\""));
-        }
-        let (Some(cluster_id), Some(fp), Some(secret), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("it must have 4 dot-separated parts"));
-        };
-        if !is_hex(cluster_id, 16) {
-            return Err(bad("the cluster id must be 16 hex digits"));
-        }
-        if !is_hex(fp, 64) {
-            return Err(bad("the CA fingerprint must be 64 hex digits"));
-        }
-        if !is_hex(secret, 64) {
-            return Err(bad("the secret must be 64 hex digits"));
-        }
-        Ok(Self {
-            cluster_id: cluster_id.to_owned(),
-            ca_fingerprint: fp.to_owned(),
-            secret: secret.to_owned(),
-        })
-    }
-}
-
-/// SHA-256 (hex) of a token secret: what the cluster stores.
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
+pub const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ClusterStore {
     /// `nasvisor cluster join-token`: a one-time token that lets one host
@@ -132,10 +57,10 @@ impl ClusterStore {
                 reason: format!("must be 1 s to 7 days, got {ttl:?}"),
             });
         }
-        let pki = self.shared.pki().ok_or(StoreError::NotClustered)?;
+        let me = self.shared.identity().ok_or(StoreError::NotClustered)?;
         let token = JoinToken {
-            cluster_id: pki.cluster_id.clone(),
-            ca_fingerprint: pki.ca.fingerprint(),
+            cluster_id: me.identity.cluster_id.clone(),
+            ca_fingerprint: me.ca_fingerprint.clone(),
             secret: hex::encode(rand::random::<[u8; 32]>()),
         };
         let record = TokenRecord {
@@ -174,9 +99,10 @@ impl ClusterStore {
         my_addr: impl Into<String>,
         leader_addr: &str,
         token: &str,
+        net: Arc<dyn ClusterNet>,
     ) -> Result<Self, StoreError> {
         let limits = nasvisor_limits::ServerLimits::default();
-        Self::join_with_limits(data_dir, node_id, my_addr, leader_addr, token, limits).await
+        Self::join_with_limits(data_dir, node_id, my_addr, leader_addr, token, limits, net).await
     }
 
     /// [`Self::join`], serving the cluster endpoint within `limits` (see
@@ -188,6 +114,7 @@ impl ClusterStore {
         leader_addr: &str,
         token: &str,
         limits: nasvisor_limits::ServerLimits,
+        net: Arc<dyn ClusterNet>,
     ) -> Result<Self, StoreError> {
         limits.check().map_err(|e| StoreError::Invalid {
             field: e.field,
@@ -200,7 +127,7 @@ impl ClusterStore {
             field: "addr",
             reason: format!("{my_addr:?} is not an ip:port address: {e}"),
         })?;
-        if let Some(p) = Pki::load(dir)? {
+        if let Some(p) = Identity::load(dir)? {
             return Err(StoreError::AlreadyClustered {
                 cluster_id: p.cluster_id,
             });
@@ -210,8 +137,7 @@ impl ClusterStore {
             check_empty(&db_path)?;
         }
 
-        let (key_pem, csr_pem) = new_node_key()?;
-        let config = crate::tls::join_client_config(&token.ca_fingerprint)?;
+        let (key_pem, csr_pem) = net.new_node_key()?;
         let req = JoinRequest {
             cluster_id: token.cluster_id.clone(),
             secret: token.secret.clone(),
@@ -222,7 +148,10 @@ impl ClusterStore {
         let mut addr = leader_addr.to_owned();
         let mut hops = 0;
         let resp = loop {
-            match join_call(config.clone(), &addr, &req, JOIN_CALL_TIMEOUT).await? {
+            let answer = net
+                .join_call(&token.ca_fingerprint, &addr, &req, JOIN_CALL_TIMEOUT)
+                .await?;
+            match answer {
                 Ok(r) => break r,
                 Err(JoinRefused::NotLeader {
                     leader_addr: Some(next),
@@ -239,9 +168,9 @@ impl ClusterStore {
                 Err(e) => return Err(e.into()),
             }
         };
-        let pki = check_response(&token, resp.clone(), key_pem)?;
-        let node_id = pki.node_id;
-        tracing::info!(node_id, cluster_id = %pki.cluster_id, "admitted; starting as a member");
+        let pki = check_response(&*net, &token, resp.clone(), key_pem)?;
+        let node_id = pki.identity.node_id;
+        tracing::info!(node_id, cluster_id = %pki.identity.cluster_id, "admitted; starting as a member");
 
         if db_path.exists() {
             std::fs::remove_file(&db_path).map_err(|source| StoreError::CreateDir {
@@ -249,8 +178,8 @@ impl ClusterStore {
                 source,
             })?;
         }
-        pki.save(dir)?;
-        let store = Self::open(dir, node_id, my_addr.clone()).await?;
+        pki.identity.save(dir)?;
+        let store = Self::open_with_network(dir, node_id, my_addr.clone(), net).await?;
         store.set_server_limits(limits)?;
         *store
             .shared
@@ -262,7 +191,9 @@ impl ClusterStore {
             .map(|id| (*id, resp.member_keys.get(id).cloned()))
             .collect::<BTreeMap<_, _>>();
         if let Err(e) = store.finish_join(listen, resp.leader_id, addr).await {
-            let _ = store.shutdown().await;
+            if let Err(close) = store.shutdown().await {
+                tracing::warn!(error = %close, "closing the store of a failed join failed");
+            }
             return Err(e);
         }
         Ok(store)
@@ -275,14 +206,13 @@ impl ClusterStore {
         leader_addr: String,
     ) -> Result<(), StoreError> {
         self.serve(listen).await?;
-        let t = self.shared.transport().ok_or(StoreError::NotClustered)?;
+        let t = self.shared.client().ok_or(StoreError::NotClustered)?;
         let deadline = Instant::now() + PROMOTE_TIMEOUT;
         let (mut id, mut addr) = (leader_id, leader_addr);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let r: Result<Result<ForwardReply, ForwardError>, CallError> = t
-                .call(id, &addr, PATH_FORWARD, &Forward::JoinComplete, left)
-                .await;
+            let r: Result<Result<ForwardReply, ForwardError>, CallError> =
+                call(&*t, id, &addr, PATH_FORWARD, &Forward::JoinComplete, left).await;
             match r {
                 Ok(Ok(_)) => break,
                 Ok(Err(ForwardError::NotLeader {
@@ -349,10 +279,11 @@ fn check_empty(path: &Path) -> Result<(), StoreError> {
 
 /// Check the leader's answer against the token and build the identity.
 fn check_response(
+    net: &dyn ClusterNet,
     token: &JoinToken,
     resp: JoinResponse,
     node_key_pem: String,
-) -> Result<Pki, StoreError> {
+) -> Result<CheckedIdentity, StoreError> {
     let bad = |reason: String| {
         StoreError::JoinRefused(JoinRefused::Internal {
             reason: format!("the cluster's answer is unusable: {reason}"),
@@ -361,166 +292,22 @@ fn check_response(
     if resp.cluster_id != token.cluster_id {
         return Err(bad(format!("cluster id {}", resp.cluster_id)));
     }
-    let ca = ClusterCa::from_pem(&resp.ca_cert_pem, resp.ca_key_pem.as_deref())?;
-    if fingerprint(ca.cert_der()) != token.ca_fingerprint {
-        return Err(bad("the CA is not the one of the token".into()));
-    }
-    let pki = Pki {
+    let identity = Identity {
         cluster_id: resp.cluster_id,
         node_id: resp.node_id,
-        ca,
+        ca_cert_pem: resp.ca_cert_pem,
+        ca_key_pem: resp.ca_key_pem,
         node_cert_pem: resp.node_cert_pem,
         node_key_pem,
     };
-    pki.node_chain().map_err(bad)?;
-    Ok(pki)
-}
-
-impl Shared {
-    /// The join route: admit a host with a token (see the module docs).
-    pub(crate) async fn handle_join(&self, req: JoinRequest) -> Result<JoinResponse, JoinRefused> {
-        let internal = |e: StoreError| JoinRefused::Internal {
-            reason: e.to_string(),
-        };
-        let pki = self.pki().ok_or_else(|| JoinRefused::Internal {
-            reason: "this host is not part of a cluster".into(),
-        })?;
-        if req.cluster_id != pki.cluster_id {
-            return Err(JoinRefused::InvalidToken {
-                reason: format!(
-                    "it is for cluster {}, this is cluster {}",
-                    req.cluster_id, pki.cluster_id
-                ),
-            });
+    let checked = net.check_identity(identity).map_err(|e| match e {
+        crate::identity::PkiError::Bad { path, reason } => {
+            bad(format!("{}: {reason}", path.display()))
         }
-        let addr_ok = req
-            .addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !addr_ok {
-            return Err(JoinRefused::BadRequest {
-                field: "addr".into(),
-                reason: format!("{:?} is not a host:port address", req.addr),
-            });
-        }
-        let key = match ClusterCa::check_csr(&req.csr_pem) {
-            Ok(key) => key,
-            Err(e) => {
-                return Err(JoinRefused::BadRequest {
-                    field: "csr".into(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let _g = self.admin.lock().await;
-        if !self.is_leader() {
-            return Err(JoinRefused::NotLeader {
-                leader_addr: self.leader().and_then(|(_, a)| a),
-            });
-        }
-        // A stranger with a made-up token must not get anything into the
-        // log: check against this leader's state first (applying the
-        // command checks again, authoritatively).
-        let (token_hash, now) = (secret_hash(&req.secret), now_ms());
-        let precheck = self
-            .sm
-            .read()
-            .state
-            .check_admit(&token_hash, now, req.node_id, Some(&key));
-        if let Err(reason) = precheck {
-            tracing::warn!(%reason, addr = %req.addr, "join refused");
-            return Err(reason);
-        }
-        // The joining host pins the members with the keys it is told: the
-        // leader's own must be recorded (a cluster created before keys were).
-        self.record_key(self.node_id, None).await;
-        let cmd = Command::Admit {
-            token_hash,
-            now_ms: now,
-            node_id: req.node_id,
-            addr: req.addr.clone(),
-            key: Some(key),
-        };
-        let node_id = match self.write(cmd).await.map_err(internal)? {
-            Response::Admitted { node_id } => node_id,
-            Response::Refused { reason } => {
-                tracing::warn!(%reason, addr = %req.addr, "join refused");
-                return Err(reason);
-            }
-            other => {
-                return Err(JoinRefused::Internal {
-                    reason: format!("unexpected response {other:?}"),
-                })
-            }
-        };
-        let node_cert_pem = pki
-            .ca
-            .issue(node_id, &req.addr, &req.csr_pem)
-            .map_err(|e| internal(e.into()))?;
-        let members: BTreeMap<NodeId, String> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        let member_keys = {
-            let state = &self.sm.read().state;
-            members
-                .keys()
-                .filter_map(|id| Some((*id, state.node(*id)?.key?)))
-                .collect()
-        };
-        tracing::info!(node_id, addr = %req.addr, "admitted a host");
-        Ok(JoinResponse {
-            cluster_id: pki.cluster_id.clone(),
-            node_id,
-            node_cert_pem,
-            ca_cert_pem: pki.ca.cert_pem().to_owned(),
-            ca_key_pem: pki.ca.key_pem(),
-            members,
-            member_keys,
-            leader_id: self.node_id,
-        })
+        e => bad(e.to_string()),
+    })?;
+    if checked.ca_fingerprint != token.ca_fingerprint {
+        return Err(bad("the CA is not the one of the token".into()));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_round_trip_and_errors() {
-        let t = JoinToken {
-            cluster_id: "0123456789abcdef".into(),
-            ca_fingerprint: "a".repeat(64),
-            secret: "b".repeat(64),
-        };
-        let s = t.to_string();
-        assert!(s.starts_with("nvjt1.0123456789abcdef."));
-        assert_eq!(s.parse::<JoinToken>().unwrap(), t);
-        assert!(
-            !format!("{t:?}").contains(&"b".repeat(64)),
-            "the secret is not logged"
-        );
-        for bad in [
-            "",
-            "nvjt2.0123456789abcdef.aa.bb",
-            "nvjt1.0123456789abcdef",
-            &s.replace("nvjt1.0123", "nvjt1.X123"),
-            &format!("{s}.extra"),
-            &s[..s.len() - 1],
-        ] {
-            assert!(
-                matches!(
-                    bad.parse::<JoinToken>(),
-                    Err(JoinRefused::InvalidToken { .. })
-                ),
-                "{bad}"
-            );
-        }
-        assert_eq!(secret_hash("x").len(), 64);
-    }
+    Ok(checked)
 }

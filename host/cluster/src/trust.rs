@@ -3,11 +3,12 @@
 //! the replicated membership, not by the name in its certificate.
 //!
 //! - Every host's [`NodeRecord`] carries the pin of its TLS key
-//!   ([`crate::ca::key_pin`]: SHA-256 of its SubjectPublicKeyInfo). A
+//!   ([`crate::identity::CheckedIdentity::node_key_pin`]: SHA-256 of its SubjectPublicKeyInfo). A
 //!   joining host's pin comes from its certificate signing request and is
 //!   committed with [`crate::Command::Admit`], before the host has a
 //!   certificate; the founder's is written when it creates the cluster.
-//! - [`Shared::admission`] decides for a peer `(node id, key pin)`:
+//! - [`decide`] decides for a peer `(node id, key pin)` from the facts the
+//!   node internals gather (`node.rs`):
 //!   - a removed host, or one that is neither in the raft membership nor
 //!     admitted and joining, is refused whatever its certificate;
 //!   - a host whose certificate carries another key than the recorded one
@@ -17,7 +18,7 @@
 //!     trusts the members and pins the leader listed in its join answer.
 //! - Both directions are checked: servers check their clients in the TLS
 //!   handshake and on every request; clients check the server they dialled
-//!   ([`crate::tls::peer_client_config`]).
+//!   (the network crate's client configuration).
 //! - **Hosts that joined before keys were recorded** have no pin. They are
 //!   admitted by name, as before, until the leader records their key: the
 //!   first time the leader dials one at its recorded address (raft
@@ -28,11 +29,9 @@
 //!   get its key recorded.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::state::{NodeRecord, NodeStatus, KIND_NODE};
-use crate::store::Shared;
+use crate::state::{NodeRecord, NodeStatus};
 use crate::types::NodeId;
 
 /// The decision on a peer.
@@ -61,7 +60,9 @@ pub enum Refusal {
     #[error("node {0} is not a member of this cluster")]
     NotMember(NodeId),
     /// The node was removed; its id is never used again.
-    #[error("node {0} was removed from this cluster")]
+    #[error(
+        "node {0} is not a member of this cluster: it was removed, and its id is never used again"
+    )]
     Removed(NodeId),
     /// The certificate names a member but carries another key than the one
     /// recorded when that member joined.
@@ -79,7 +80,7 @@ pub enum Refusal {
     },
 }
 
-/// Checks a peer's node id and key pin (see [`Shared::admission`]).
+/// Checks a peer's node id and key pin (see [`decide`]).
 pub type KeyCheck = Arc<dyn Fn(NodeId, &str) -> Admission + Send + Sync>;
 
 /// Told the node id and key pin of every server this host dialled whose
@@ -89,6 +90,18 @@ pub type KeySeen = Arc<dyn Fn(NodeId, String) + Send + Sync>;
 /// The hosts whose key the leader is recording right now.
 #[derive(Debug, Default)]
 pub(crate) struct Recording(Mutex<BTreeSet<NodeId>>);
+
+impl Recording {
+    /// Mark `id` as being recorded; `false` if it already is.
+    pub(crate) fn start(&self, id: NodeId) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id)
+    }
+
+    /// `id` is recorded (or failed).
+    pub(crate) fn end(&self, id: NodeId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
 
 fn compare(id: NodeId, key: &str, recorded: Option<&String>) -> Admission {
     match recorded {
@@ -102,26 +115,34 @@ fn compare(id: NodeId, key: &str, recorded: Option<&String>) -> Admission {
     }
 }
 
-impl Shared {
-    /// Whether node `id` presenting a certificate with key pin `key` may
-    /// talk to this host (see the module docs).
-    pub(crate) fn admission(&self, id: NodeId, key: &str) -> Admission {
-        if id == self.node_id {
-            return match self.pki().and_then(|p| p.node_key_pin().ok()) {
-                Some(own) => compare(id, key, Some(&own)),
-                None => Admission::Refused(Refusal::NotMember(id)),
-            };
-        }
-        let in_membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
-        let record = self.sm.read().state.node(id);
-        match record {
+/// What this host knows of a peer, gathered by the node internals.
+#[derive(Debug)]
+pub(crate) enum Facts<'a> {
+    /// The peer is this host; its own key pin, if it has an identity.
+    Myself(Option<&'a str>),
+    /// Another host.
+    Other {
+        /// Whether it is in the raft membership.
+        in_membership: bool,
+        /// Its record in the replicated state.
+        record: Option<NodeRecord>,
+        /// While this host is still joining, the pin the join answer listed
+        /// for it (`Some(None)`: listed without a pin; `None`: not listed).
+        bootstrap: Option<Option<String>>,
+    },
+}
+
+/// Whether node `id` presenting a certificate with key pin `key` may talk
+/// to this host (see the module docs).
+pub(crate) fn decide(id: NodeId, key: &str, facts: Facts<'_>) -> Admission {
+    match facts {
+        Facts::Myself(Some(own)) => compare(id, key, Some(&own.to_owned())),
+        Facts::Myself(None) => Admission::Refused(Refusal::NotMember(id)),
+        Facts::Other {
+            in_membership,
+            record,
+            bootstrap,
+        } => match record {
             Some(NodeRecord {
                 status: NodeStatus::Removed,
                 ..
@@ -130,119 +151,87 @@ impl Shared {
                 compare(id, key, rec.key.as_ref())
             }
             Some(_) => Admission::Refused(Refusal::NotMember(id)),
-            None => {
-                // Still joining: the members the join answer listed.
-                let bootstrap = self.bootstrap.read().unwrap_or_else(|e| e.into_inner());
-                match bootstrap.get(&id) {
-                    Some(pin) => compare(id, key, pin.as_ref()),
-                    None => Admission::Refused(Refusal::NotMember(id)),
-                }
-            }
-        }
-    }
-
-    /// Whether `ip` is the address of a member or of a host joining (the
-    /// address part of its recorded cluster address; host names are not
-    /// resolved). Their connections are not counted against the cluster
-    /// endpoint's connection caps.
-    pub(crate) fn is_member_ip(&self, ip: IpAddr) -> bool {
-        let is = |addr: &str| {
-            crate::ca::addr_host(addr)
-                .parse::<IpAddr>()
-                .is_ok_and(|a| a.to_canonical() == ip)
-        };
-        let in_membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(_, n)| is(&n.addr));
-        in_membership
-            || self
-                .sm
-                .read()
-                .state
-                .nodes()
-                .values()
-                .any(|n| n.status != NodeStatus::Removed && is(&n.addr))
-    }
-
-    /// A check for the TLS layer that holds this host only weakly.
-    pub(crate) fn key_check(self: &Arc<Self>) -> KeyCheck {
-        let weak = Arc::downgrade(self);
-        Arc::new(move |id, key| match weak.upgrade() {
-            Some(s) => s.admission(id, key),
-            None => Admission::Refused(Refusal::NotMember(id)),
-        })
-    }
-
-    /// What the client side calls when a server it dialled has no pin: the
-    /// leader records the key (in the background).
-    pub(crate) fn key_seen(self: &Arc<Self>) -> KeySeen {
-        let weak = Arc::downgrade(self);
-        Arc::new(move |id, key| {
-            let Some(s) = weak.upgrade() else { return };
-            if !s.is_leader() {
-                return;
-            }
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    s.record_key(id, Some(key)).await;
-                    s.record_key(s.node_id, None).await;
-                });
-            }
-        })
-    }
-
-    /// On the leader: record `key` as node `id`'s pin if its record has none
-    /// (`key` `None`: this host's own key). Logged, never fails the caller.
-    pub(crate) async fn record_key(&self, id: NodeId, key: Option<String>) {
-        let key = match key {
-            Some(k) => k,
-            None => match self.pki().map(|p| p.node_key_pin()) {
-                Some(Ok(k)) => k,
-                _ => return,
+            // Still joining: the members the join answer listed.
+            None => match bootstrap {
+                Some(pin) => compare(id, key, pin.as_ref()),
+                None => Admission::Refused(Refusal::NotMember(id)),
             },
-        };
-        let rec = {
-            let a = self.sm.read();
-            let rev = a.state.get(KIND_NODE, &id.to_string()).map(|o| o.revision);
-            a.state.node(id).zip(rev)
-        };
-        let Some((rec, rev)) = rec else { return };
-        if rec.key.is_some() || rec.status == NodeStatus::Removed || !self.is_leader() {
-            return;
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: NodeStatus, key: Option<&str>) -> Option<NodeRecord> {
+        Some(NodeRecord {
+            addr: "10.0.0.2:7444".into(),
+            status,
+            key: key.map(str::to_owned),
+        })
+    }
+
+    fn other(in_membership: bool, record: Option<NodeRecord>) -> Facts<'static> {
+        Facts::Other {
+            in_membership,
+            record,
+            bootstrap: None,
         }
-        if !self
-            .recording
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id)
-        {
-            return;
-        }
-        let pinned = NodeRecord {
-            key: Some(key.clone()),
-            ..rec
+    }
+
+    #[test]
+    fn a_peer_is_admitted_only_with_the_key_recorded_for_it() {
+        let member = rec(NodeStatus::Member, Some("k"));
+        assert_eq!(
+            decide(2, "k", other(true, member.clone())),
+            Admission::Admitted
+        );
+        assert!(matches!(
+            decide(2, "x", other(true, member.clone())),
+            Admission::Refused(Refusal::KeyMismatch { node_id: 2, .. })
+        ));
+        // A recorded member that left the raft membership is no member.
+        assert_eq!(
+            decide(2, "k", other(false, member)),
+            Admission::Refused(Refusal::NotMember(2))
+        );
+        // A joining host is admitted with its key before it is a voter.
+        let joining = rec(NodeStatus::Joining, Some("k"));
+        assert_eq!(decide(2, "k", other(false, joining)), Admission::Admitted);
+        assert_eq!(
+            decide(2, "k", other(true, rec(NodeStatus::Removed, Some("k")))),
+            Admission::Refused(Refusal::Removed(2))
+        );
+        assert_eq!(
+            decide(2, "k", other(true, rec(NodeStatus::Member, None))),
+            Admission::Unpinned
+        );
+    }
+
+    #[test]
+    fn a_host_still_joining_trusts_only_the_members_its_join_answer_listed() {
+        let listed = |bootstrap| Facts::Other {
+            in_membership: false,
+            record: None,
+            bootstrap,
         };
-        match self
-            .write_record(KIND_NODE, &id.to_string(), &pinned, Some(rev))
-            .await
-        {
-            Ok(()) => tracing::info!(
-                node_id = id,
-                key = %key,
-                "recorded the key of a host that joined before keys were recorded"
-            ),
-            Err(e) => tracing::warn!(node_id = id, error = %e, "recording a host's key failed"),
-        }
-        self.recording
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        assert_eq!(
+            decide(1, "k", listed(Some(Some("k".into())))),
+            Admission::Admitted
+        );
+        assert_eq!(decide(1, "k", listed(Some(None))), Admission::Unpinned);
+        assert_eq!(
+            decide(1, "k", listed(None)),
+            Admission::Refused(Refusal::NotMember(1))
+        );
+        assert_eq!(
+            decide(1, "k", Facts::Myself(Some("k"))),
+            Admission::Admitted
+        );
+        assert_eq!(
+            decide(1, "k", Facts::Myself(None)),
+            Admission::Refused(Refusal::NotMember(1))
+        );
     }
 }

@@ -499,3 +499,28 @@ async fn lost_state_is_rebuilt_from_snapshot_plus_log_tail() {
     );
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_member_store_opened_without_a_network_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    nasvisor_cluster::Identity {
+        cluster_id: "0123456789abcdef".into(),
+        node_id: 1,
+        ca_cert_pem: "ca".into(),
+        ca_key_pem: None,
+        node_cert_pem: "cert".into(),
+        node_key_pem: "key".into(),
+    }
+    .save(dir.path())
+    .unwrap();
+    let err = ClusterStore::open(dir.path(), 1, ADDR).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoNetwork(_)), "{err}");
+    assert!(
+        err.to_string().contains("without a cluster network"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join(DB_FILE).exists(),
+        "no database was created"
+    );
+}

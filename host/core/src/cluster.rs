@@ -551,6 +551,7 @@ impl Inner {
             &req.address,
             &req.token,
             self.cfg.cluster_limits.clone(),
+            self.cluster_net.clone(),
         )
         .await;
         let joined = match joined {

@@ -36,7 +36,7 @@ mod vswitches;
 use crate::db::Db;
 use crate::model::HostRecord;
 use nasvisor_api_types::CoreError;
-use nasvisor_cluster::ClusterStore;
+use nasvisor_cluster::{ClusterNet, ClusterStore};
 use nasvisor_net::Net;
 use nasvisor_plugin_host::PolicyHost;
 use nasvisor_storage::ImageLibrary;
@@ -201,6 +201,8 @@ pub(crate) struct Inner {
     pub host: HostRecord,
     pub accel: Accel,
     pub policy: Arc<PolicyHost>,
+    /// The cluster network (TLS, transport, CA), handed in by the daemon.
+    pub cluster_net: Arc<dyn ClusterNet>,
     pub net: Arc<Net>,
     pub library: ImageLibrary,
     pub running: Mutex<HashMap<String, Running>>,
@@ -240,7 +242,14 @@ impl NasCore {
     /// Opens the cluster store, probes the accelerator, registers this host,
     /// creates the default pool on first start, adds bundled images, then
     /// finds the VMs that kept running and cleans up interrupted jobs.
-    pub async fn start(cfg: CoreConfig, policy: Arc<PolicyHost>) -> Result<NasCore, StartError> {
+    ///
+    /// `cluster_net` is the cluster network (`nasvisor_cluster_net::TlsNet`
+    /// in the daemon): the store talks to the other hosts through it.
+    pub async fn start(
+        cfg: CoreConfig,
+        policy: Arc<PolicyHost>,
+        cluster_net: Arc<dyn ClusterNet>,
+    ) -> Result<NasCore, StartError> {
         // Everything under the data directory is private: the store (job
         // records, install requests with password hashes and keys), seeds,
         // disks, console logs, UEFI variables, keys. What an older release
@@ -254,14 +263,20 @@ impl NasCore {
         }
         // A host that joined a cluster keeps its store in `member/`.
         let member = cfg.member_store_dir();
+        let net = cluster_net.clone();
         let store = match ClusterStore::member_node_id(&member)? {
-            Some(node_id) => ClusterStore::open(&member, node_id, &cfg.cluster_address).await?,
+            Some(node_id) => {
+                ClusterStore::open_with_network(&member, node_id, &cfg.cluster_address, net).await?
+            }
             None => {
                 if member.exists() {
                     // A join that never finished.
-                    let _ = std::fs::remove_dir_all(&member);
+                    if let Err(e) = std::fs::remove_dir_all(&member) {
+                        tracing::warn!(dir = %member.display(), error = %e, "cannot remove the leftovers of an unfinished join");
+                    }
                 }
-                ClusterStore::open(cfg.data_dir.join("cluster"), 1, &cfg.cluster_address).await?
+                let dir = cfg.data_dir.join("cluster");
+                ClusterStore::open_with_network(dir, 1, &cfg.cluster_address, net).await?
             }
         };
         store.set_server_limits(cfg.cluster_limits.clone())?;
@@ -317,6 +332,7 @@ impl NasCore {
             host,
             accel,
             policy,
+            cluster_net,
             net,
             library,
             running: Mutex::new(HashMap::new()),

@@ -140,7 +140,9 @@ where
             () = sleep_until(idle_at) => {
                 if !state.busy() && state.quiet_since() + limits.idle_timeout <= Instant::now() {
                     conn.as_mut().graceful_shutdown();
-                    // Idle: nothing to finish; give the close a moment.
+                    // Idle: nothing to finish; give the close a moment. Its
+                    // outcome (closed, failed or late) changes nothing: the
+                    // connection is reported idle and dropped either way.
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
                     return Err(ConnError::Idle(limits.idle_timeout));
                 }

@@ -18,12 +18,21 @@
 //! retried, and the server keeps accepting (and closing) instead of leaving
 //! clients hanging in the kernel's backlog.
 
+//!
+//! The hyper side ([`read_body`], [`serve_http1`], [`handshake`]) is the
+//! default feature `http`; without it the crate holds the settings and the
+//! connection gate only.
+
+#[cfg(feature = "http")]
 mod body;
+#[cfg(feature = "http")]
 mod conn;
 mod gate;
 mod settings;
 
+#[cfg(feature = "http")]
 pub use body::{read_body, BodyStalled, ReadError, TimedBody};
+#[cfg(feature = "http")]
 pub use conn::{handshake, serve_http1, ConnError, HandshakeError};
 pub use gate::{ConnectionGate, ConnectionPermit, Exempt, GateRefusal};
 pub use settings::{LimitError, ServerLimits};

@@ -195,7 +195,10 @@ async fn serve(
     policy: std::sync::Arc<nasvisor_plugin_host::PolicyHost>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy)
+    // The composition root: the cluster network (CA, mutual TLS, the
+    // cluster endpoint) is chosen here and handed to the core's store.
+    let cluster_net = nasvisor_cluster_net::TlsNet::shared();
+    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy, cluster_net)
         .await
         .context("starting the core")?;
     let listen: std::net::SocketAddr = cfg

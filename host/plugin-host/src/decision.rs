@@ -327,6 +327,34 @@ impl<'a> NativePolicies<'a> {
     }
 }
 
+/// How many times [`invoke_judging_the_plugin`] calls again after a fault
+/// of the host.
+pub const HOST_FAULT_ATTEMPTS: u32 = 5;
+
+/// Like [`invoke`], for tools that judge a plugin (`nasvisor plugin run`,
+/// `plugin replay`): a call that the host failed (no free slot in time, a
+/// CPU starved by other work, see [`CallError::is_plugin_fault`]) says
+/// nothing about the plugin, so it is made again, up to
+/// [`HOST_FAULT_ATTEMPTS`] times in all. The daemon does not retry: it falls
+/// back to the native default at once, without blame.
+pub fn invoke_judging_the_plugin(
+    rt: &Runtime,
+    p: &LoadedPlugin,
+    input: &DecisionInput,
+    wall_clock_ms: u64,
+) -> Result<Answer, CallError> {
+    let mut attempt = 1;
+    loop {
+        match invoke(rt, p, input, wall_clock_ms) {
+            Err(e) if !e.is_plugin_fault() && attempt < HOST_FAULT_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "fault of the host; calling the plugin again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Asks the built-in native default policy for a decision.
 pub fn invoke_native(input: &DecisionInput, env: &dyn Env) -> Answer {
     invoke_native_with(&NativePolicies::defaults(), input, env)

@@ -2,7 +2,7 @@
 //! outcome, as JSON lines on disk, bounded in size (one rotated file is kept),
 //! and replay of a journal against another plugin build.
 
-use crate::decision::{answer_json, invoke, DecisionInput};
+use crate::decision::{answer_json, invoke_judging_the_plugin, DecisionInput};
 use crate::runtime::{LoadedPlugin, Runtime};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -201,7 +201,7 @@ pub fn replay(rt: &Runtime, plugin: &LoadedPlugin, records: &[JournalRecord]) ->
             continue;
         }
         report.replayed += 1;
-        let replayed = match invoke(rt, plugin, &rec.input, rec.at_ms) {
+        let replayed = match invoke_judging_the_plugin(rt, plugin, &rec.input, rec.at_ms) {
             Ok(answer) => {
                 let invalid = answer
                     .as_ref()

@@ -23,8 +23,8 @@ pub mod validate;
 
 pub use config::RuntimeConfig;
 pub use decision::{
-    answer_json, invoke, invoke_native, invoke_native_with, Answer, DecisionInput, DecisionOutput,
-    NativeEnv, NativePolicies,
+    answer_json, invoke, invoke_judging_the_plugin, invoke_native, invoke_native_with, Answer,
+    DecisionInput, DecisionOutput, NativeEnv, NativePolicies,
 };
 pub use error::{CallError, LoadError};
 pub use package::{Manifest, Package};

@@ -36,7 +36,14 @@ fn a_burst_of_decisions_beyond_the_pool_is_answered_by_the_plugin() {
     // 1 ms of wall time, so that many are preempted while they hold one. Before: instantiations beyond the pool
     // failed and the healthy plugin was quarantined.
     let _serial = serial();
-    let rt = runtime(RuntimeConfig::default());
+    // The daemon's pool, but a slot wait long enough for the whole burst
+    // even when other work shares the CPUs (a CI machine running tests in
+    // parallel): what is under test is that a call waits for a slot instead
+    // of failing, not how long the default wait is.
+    let rt = runtime(RuntimeConfig {
+        slot_wait_ms: 10_000,
+        ..RuntimeConfig::default()
+    });
     let n = 2 * rt.config().pool_instances as usize;
     let host = Arc::new(PolicyHost::new(rt.clone(), None));
     host.install(load(&rt, &spinning_scheduler(1)));

@@ -23,6 +23,10 @@ use crate::proc::QemuProcess;
 use crate::qmp::{EventKind, QmpClient, QmpError, QmpEvent, QmpOptions, RunState};
 use crate::spec::{SerialSpec, VmSpec};
 
+/// How often an incoming migration's load is looked at when no QMP event
+/// comes (a fallback: the events end the wait).
+const INCOMING_POLL: Duration = Duration::from_millis(100);
+
 /// Where a VM is, as far as QEMU has told us.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state")]
@@ -457,7 +461,9 @@ impl VmInstance {
     /// before that only arms autostart, and console input that arrives
     /// meanwhile is overwritten by the loaded serial state.
     pub async fn wait_incoming_loaded(&self, timeout: Duration) -> Result<(), VmError> {
-        let deadline = Instant::now() + timeout;
+        // Subscribed before the first look: no event can slip in between.
+        let mut events = self.events();
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.check_alive()?;
             let st = self
@@ -469,15 +475,31 @@ impl VmInstance {
             if st.status != RunState::Inmigrate {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                return Err(VmError::Timeout {
-                    id: self.id().to_string(),
-                    what: "the incoming migration to load".to_string(),
-                    waited: timeout,
-                    state: self.state(),
-                });
+            // Any event (`MIGRATION`, `STOP`, `RESUME`) may be the end of the
+            // load: look again. A slow poll covers QEMUs without migration
+            // events and events a lagging subscriber lost.
+            let next = tokio::time::timeout_at(
+                deadline,
+                tokio::time::timeout(INCOMING_POLL, events.recv()),
+            )
+            .await;
+            match next {
+                Err(_) => {
+                    return Err(VmError::Timeout {
+                        id: self.id().to_string(),
+                        what: "the incoming migration to load".to_string(),
+                        waited: timeout,
+                        state: self.state(),
+                    })
+                }
+                Ok(Ok(Err(broadcast::error::RecvError::Closed))) => {
+                    // The connection closed: QEMU exited (reported above on
+                    // the next turn); wait for the monitor to notice.
+                    tokio::time::sleep(INCOMING_POLL).await;
+                    events = self.events();
+                }
+                Ok(_) => {}
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -11,6 +11,9 @@
 //! - [`instance`]: [`VmInstance`], a handle to a running VM: launch or
 //!   [`VmInstance::attach`] after a daemon restart, state from QMP events,
 //!   crash detection through a pidfd, shutdown/force-off/reboot/pause/resume.
+//! - [`migration`]: the mechanism of a live migration (disk mirrors onto
+//!   NBD exports, the memory stream, the target's preparation), waiting on
+//!   QMP events.
 //! - [`console`]: the serial console captured into a bounded on-disk log and
 //!   streamed live.
 //! - [`accel`]: KVM only when a probe guest actually runs under it in time,
@@ -23,6 +26,7 @@ pub mod asm;
 pub mod console;
 pub mod instance;
 pub mod launch;
+pub mod migration;
 pub mod proc;
 pub mod qmp;
 pub mod spec;
@@ -31,6 +35,7 @@ pub use accel::{probe as probe_accel, Accel, AccelChoice, ProbeOptions};
 pub use console::{Console, ConsoleOptions};
 pub use instance::{InstanceOptions, ShutdownOutcome, VmError, VmInstance, VmState};
 pub use launch::{LaunchError, LaunchOptions, RunPaths, SpawnHook};
+pub use migration::MigrateError;
 pub use qmp::{EventKind, QmpClient, QmpError, QmpEvent};
 pub use spec::{
     DiskBus, DiskFormat, DiskMedia, DiskSpec, Firmware, KernelBoot, MacAddr, MachineType,

@@ -9,7 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nasvisor_vm::qmp::RunState;
+use nasvisor_vm::qmp::{
+    BlockdevMirror, BlockdevOptions, JobStatus, MigrationCapability, MigrationParameters,
+    MigrationStatus, NullNode, RunState,
+};
 use nasvisor_vm::{
     DiskBus, DiskSpec, EventKind, Firmware, InstanceOptions, KernelBoot, LaunchError,
     ShutdownOutcome, VmError, VmInstance, VmSpec, VmState,
@@ -657,12 +660,13 @@ async fn block_mirror_job_and_device_add_through_qmp() {
     let qmp = vm.qmp();
     let mut events = vm.events();
     // A 1 MiB target (the guest disk is 1 MiB), then mirror onto it.
-    qmp.blockdev_add(serde_json::json!({
-        "driver": "null-co", "node-name": "target", "size": 1024 * 1024
+    qmp.blockdev_add(&BlockdevOptions::NullCo(NullNode {
+        node_name: "target".into(),
+        size: 1024 * 1024,
     }))
     .await
     .unwrap();
-    qmp.blockdev_mirror("m0", "disk0", "target", "full", None)
+    qmp.blockdev_mirror(&BlockdevMirror::full("m0", "disk0", "target"))
         .await
         .unwrap();
     expect_event(
@@ -680,7 +684,7 @@ async fn block_mirror_job_and_device_add_through_qmp() {
     )
     .await;
     expect_event(&mut events, "JOB_STATUS_CHANGE concluded", |k| {
-        matches!(k, EventKind::JobStatusChange { id, status } if id == "m0" && status == "concluded")
+        matches!(k, EventKind::JobStatusChange { id, status } if id == "m0" && *status == JobStatus::Concluded)
     })
     .await;
     qmp.blockdev_del("target").await.unwrap();
@@ -726,11 +730,17 @@ async fn live_migration_between_two_qemus() {
 
     src.qmp()
         // MIGRATION events are only sent with the `events` capability.
-        .migrate_set_capabilities(&[("events", true), ("xbzrle", false)])
+        .migrate_set_capabilities(&[
+            (MigrationCapability::Events, true),
+            (MigrationCapability::Xbzrle, false),
+        ])
         .await
         .unwrap();
     src.qmp()
-        .migrate_set_parameters(serde_json::json!({"downtime-limit": 300}))
+        .migrate_set_parameters(&MigrationParameters {
+            downtime_limit: Some(300),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut events = src.events();
@@ -739,11 +749,11 @@ async fn live_migration_between_two_qemus() {
     expect_event(
         &mut events,
         "MIGRATION completed",
-        |k| matches!(k, EventKind::Migration { status } if status == "completed"),
+        |k| matches!(k, EventKind::Migration { status } if *status == MigrationStatus::Completed),
     )
     .await;
     let info = src.qmp().query_migrate().await.unwrap();
-    assert_eq!(info.status.as_deref(), Some("completed"));
+    assert_eq!(info.status, Some(MigrationStatus::Completed));
     eprintln!(
         "migration: total {:?} ms, downtime {:?} ms",
         info.total_time, info.downtime

@@ -1,4 +1,6 @@
-//! Typed helpers for the QMP commands nasvisor uses, and their reply types.
+//! Typed helpers for the QMP commands of a VM's life (status, power, CPUs,
+//! devices), and their reply types. Block jobs and NBD: [`super::block`];
+//! migration and its TLS objects: [`super::migration`].
 //!
 //! Reply structs decode the fields nasvisor reads and keep the rest in `extra`,
 //! so newer QEMU versions that add fields still decode.
@@ -87,50 +89,6 @@ pub struct BlockDeviceInfo {
     pub extra: Map<String, Value>,
 }
 
-/// Reply of `query-migrate`. Every field is optional: QEMU omits them before a
-/// migration starts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct MigrationInfo {
-    #[serde(default)]
-    pub status: Option<String>,
-    /// Milliseconds since the migration started.
-    #[serde(default)]
-    pub total_time: Option<u64>,
-    /// Milliseconds the guest was stopped (after completion).
-    #[serde(default)]
-    pub downtime: Option<u64>,
-    #[serde(default)]
-    pub expected_downtime: Option<u64>,
-    #[serde(default)]
-    pub setup_time: Option<u64>,
-    #[serde(default)]
-    pub ram: Option<MigrationRamStats>,
-    #[serde(default)]
-    pub error_desc: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// RAM statistics of a migration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct MigrationRamStats {
-    #[serde(default)]
-    pub transferred: u64,
-    #[serde(default)]
-    pub remaining: u64,
-    #[serde(default)]
-    pub total: u64,
-    #[serde(default)]
-    pub mbps: f64,
-    /// Passes over the dirty bitmap so far (1 after the first full copy).
-    #[serde(default)]
-    pub dirty_sync_count: u64,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
 fn unit(result: Result<Value, QmpError>) -> Result<(), QmpError> {
     result.map(|_| ())
 }
@@ -181,117 +139,6 @@ impl QmpClient {
         self.execute_as("query-block", None).await
     }
 
-    /// `query-migrate`: the status of the current or last outgoing migration.
-    pub async fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
-        self.execute_as("query-migrate", None).await
-    }
-
-    /// `migrate`: start an outgoing migration to `uri` (e.g. `tcp:10.0.0.2:4444`).
-    /// Progress arrives through [`Self::query_migrate`], and as `MIGRATION`
-    /// events once the `events` capability is on
-    /// ([`Self::migrate_set_capabilities`]`(&[("events", true)])`).
-    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
-        unit(self.execute("migrate", Some(json!({ "uri": uri }))).await)
-    }
-
-    /// `migrate-incoming`: on a QEMU started with `-incoming defer`, listen on `uri`.
-    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
-        unit(
-            self.execute("migrate-incoming", Some(json!({ "uri": uri })))
-                .await,
-        )
-    }
-
-    /// `migrate_cancel`: cancel the outgoing migration.
-    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
-        unit(self.execute("migrate_cancel", None).await)
-    }
-
-    /// `migrate-set-capabilities` with `(capability, state)` pairs.
-    pub async fn migrate_set_capabilities(
-        &self,
-        capabilities: &[(&str, bool)],
-    ) -> Result<(), QmpError> {
-        let caps: Vec<Value> = capabilities
-            .iter()
-            .map(|(name, state)| json!({ "capability": name, "state": state }))
-            .collect();
-        unit(
-            self.execute(
-                "migrate-set-capabilities",
-                Some(json!({ "capabilities": caps })),
-            )
-            .await,
-        )
-    }
-
-    /// `migrate-set-parameters` with a JSON object of parameters, e.g.
-    /// `{"downtime-limit": 300, "max-bandwidth": 1073741824}`.
-    pub async fn migrate_set_parameters(&self, parameters: Value) -> Result<(), QmpError> {
-        unit(
-            self.execute("migrate-set-parameters", Some(parameters))
-                .await,
-        )
-    }
-
-    /// `blockdev-add` with the `BlockdevOptions` object, e.g.
-    /// `{"driver": "nbd", "node-name": "target", "server": {...}, "export": "vda"}`.
-    pub async fn blockdev_add(&self, options: Value) -> Result<(), QmpError> {
-        unit(self.execute("blockdev-add", Some(options)).await)
-    }
-
-    /// `blockdev-del`: remove a node added with `blockdev-add`.
-    pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
-        unit(
-            self.execute("blockdev-del", Some(json!({ "node-name": node_name })))
-                .await,
-        )
-    }
-
-    /// `blockdev-mirror`: mirror node `device` onto node `target`.
-    /// `extra` adds options such as `{"copy-mode": "write-blocking"}`.
-    pub async fn blockdev_mirror(
-        &self,
-        job_id: &str,
-        device: &str,
-        target: &str,
-        sync: &str,
-        extra: Option<Map<String, Value>>,
-    ) -> Result<(), QmpError> {
-        let mut args = Map::new();
-        args.insert("job-id".into(), json!(job_id));
-        args.insert("device".into(), json!(device));
-        args.insert("target".into(), json!(target));
-        args.insert("sync".into(), json!(sync));
-        if let Some(extra) = extra {
-            args.extend(extra);
-        }
-        unit(
-            self.execute("blockdev-mirror", Some(Value::Object(args)))
-                .await,
-        )
-    }
-
-    /// `block-job-cancel`. For a ready mirror, a non-forced cancel completes it
-    /// without pivoting.
-    pub async fn block_job_cancel(&self, device: &str, force: bool) -> Result<(), QmpError> {
-        unit(
-            self.execute(
-                "block-job-cancel",
-                Some(json!({ "device": device, "force": force })),
-            )
-            .await,
-        )
-    }
-
-    /// `block-job-complete`: pivot a ready mirror onto its target.
-    pub async fn block_job_complete(&self, device: &str) -> Result<(), QmpError> {
-        unit(
-            self.execute("block-job-complete", Some(json!({ "device": device })))
-                .await,
-        )
-    }
-
     /// `device_add` of `driver` with `id` and further properties.
     pub async fn device_add(
         &self,
@@ -332,17 +179,5 @@ mod tests {
         let s: StatusInfo =
             serde_json::from_value(json!({"running": false, "status": "brand-new"})).unwrap();
         assert_eq!(s.status, RunState::Unknown);
-    }
-
-    #[test]
-    fn migration_info_tolerates_missing_fields() {
-        let m: MigrationInfo = serde_json::from_value(json!({})).unwrap();
-        assert!(m.status.is_none());
-        let m: MigrationInfo = serde_json::from_value(json!({"status": "completed",
-            "downtime": 5, "ram": {"transferred": 10, "remaining": 0, "total": 10, "mbps": 1.5,
-            "dirty-pages-rate": 0}}))
-        .unwrap();
-        assert_eq!(m.downtime, Some(5));
-        assert_eq!(m.ram.unwrap().transferred, 10);
     }
 }

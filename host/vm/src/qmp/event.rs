@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::{JobStatus, MigrationStatus};
+
 /// When QEMU emitted an event (seconds and microseconds since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QmpTimestamp {
@@ -55,7 +57,7 @@ pub enum EventKind {
     },
     /// Migration changed status (`setup`, `active`, `completed`, `failed`, ...).
     Migration {
-        status: String,
+        status: MigrationStatus,
     },
     /// A RAM dirty-sync pass of a migration finished.
     MigrationPass {
@@ -88,7 +90,7 @@ pub enum EventKind {
     /// A job changed status (`created`, `running`, `ready`, `concluded`, ...).
     JobStatusChange {
         id: String,
-        status: String,
+        status: JobStatus,
     },
     /// A device finished unplugging.
     DeviceDeleted {
@@ -143,7 +145,7 @@ impl QmpEvent {
                 action: s("action"),
             },
             "MIGRATION" => EventKind::Migration {
-                status: s("status"),
+                status: decode_enum(d, "status", MigrationStatus::Unknown),
             },
             "MIGRATION_PASS" => EventKind::MigrationPass { pass: n("pass") },
             "BLOCK_JOB_COMPLETED" => EventKind::BlockJobCompleted {
@@ -172,7 +174,7 @@ impl QmpEvent {
             },
             "JOB_STATUS_CHANGE" => EventKind::JobStatusChange {
                 id: s("id"),
-                status: s("status"),
+                status: decode_enum(d, "status", JobStatus::Unknown),
             },
             "DEVICE_DELETED" => EventKind::DeviceDeleted {
                 device: opt_s("device"),
@@ -193,6 +195,14 @@ impl QmpEvent {
             _ => EventKind::Other,
         }
     }
+}
+
+/// Field `key` of `data` as the enum `T`; `unknown` when it is missing or
+/// not a string.
+fn decode_enum<T: serde::de::DeserializeOwned>(data: &Value, key: &str, unknown: T) -> T {
+    data.get(key)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or(unknown)
 }
 
 #[cfg(test)]
@@ -248,6 +258,21 @@ mod tests {
                 job_type: "mirror".into(),
                 len: 10,
                 offset: 10
+            }
+        );
+        let e = ev(json!({"event": "JOB_STATUS_CHANGE", "data": {"id": "m0", "status": "ready"}}));
+        assert_eq!(
+            e.kind(),
+            EventKind::JobStatusChange {
+                id: "m0".into(),
+                status: JobStatus::Ready
+            }
+        );
+        let e = ev(json!({"event": "MIGRATION", "data": {"status": "pre-switchover"}}));
+        assert_eq!(
+            e.kind(),
+            EventKind::Migration {
+                status: MigrationStatus::PreSwitchover
             }
         );
         let e = ev(json!({"event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/n1"}}));

@@ -1,5 +1,5 @@
 //! The raft network: [`RaftNetworkFactory`] for [`TypeConfig`], over the
-//! mutual-TLS transport of [`crate::transport`].
+//! transport client ([`crate::net::PeerClient`]) the network crate provides.
 //!
 //! Raft RPCs are `POST`s of JSON bodies to the peer's cluster endpoint:
 //! `/v1/raft/append`, `/v1/raft/vote` and `/v1/raft/snapshot` (openraft
@@ -9,7 +9,7 @@
 //!
 //! A host that has not created or joined a cluster has no transport: every
 //! peer is then [`Unreachable`] (a cluster of one never sends an RPC). The
-//! transport is installed into the shared [`TransportSlot`] when the host
+//! client is installed into the shared [`ClientSlot`] when the host
 //! creates or joins a cluster, without restarting raft.
 
 use std::sync::{Arc, RwLock};
@@ -25,22 +25,23 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::transport::{CallError, PeerTransport, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
+use crate::net::{call, CallError, PeerClient};
 use crate::types::{Node, NodeId, TypeConfig};
+use crate::wire::{PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 
-/// Where the transport lives once the host is part of a cluster.
-pub type TransportSlot = Arc<RwLock<Option<Arc<PeerTransport>>>>;
+/// Where the transport client lives once the host is part of a cluster.
+pub type ClientSlot = Arc<RwLock<Option<Arc<dyn PeerClient>>>>;
 
 /// Creates a client per remote node.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkFactory {
-    slot: TransportSlot,
+    slot: ClientSlot,
 }
 
 impl NetworkFactory {
     /// A factory whose clients use whatever transport is in `slot` at the
     /// time of each RPC.
-    pub fn new(slot: TransportSlot) -> Self {
+    pub fn new(slot: ClientSlot) -> Self {
         Self { slot }
     }
 }
@@ -50,7 +51,7 @@ impl NetworkFactory {
 pub struct PeerNetwork {
     target: NodeId,
     addr: String,
-    slot: TransportSlot,
+    slot: ClientSlot,
 }
 
 /// Why a peer cannot be reached without a transport.
@@ -67,7 +68,7 @@ impl PeerNetwork {
     #[allow(clippy::result_large_err)] // openraft's error type
     fn transport<E: std::error::Error>(
         &self,
-    ) -> Result<Arc<PeerTransport>, RPCError<NodeId, Node, E>> {
+    ) -> Result<Arc<dyn PeerClient>, RPCError<NodeId, Node, E>> {
         let t = self.slot.read().unwrap_or_else(|e| e.into_inner()).clone();
         t.ok_or_else(|| {
             RPCError::Unreachable(Unreachable::new(&NoTransport {
@@ -91,21 +92,21 @@ impl PeerNetwork {
     {
         let t = self.transport()?;
         let timeout = option.hard_ttl();
-        let res: Result<Resp, RaftError<NodeId, E>> = t
-            .call(self.target, &self.addr, path, req, timeout)
-            .await
-            .map_err(|e| match e {
-                CallError::Connect { .. } | CallError::Refused { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                CallError::Timeout { .. } => RPCError::Timeout(Timeout {
-                    action,
-                    id: t.self_id(),
-                    target: self.target,
-                    timeout,
-                }),
-                e => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            call(&*t, self.target, &self.addr, path, req, timeout)
+                .await
+                .map_err(|e| match e {
+                    CallError::Connect { .. } | CallError::Refused { .. } => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
+                    CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                        action,
+                        id: t.self_id(),
+                        target: self.target,
+                        timeout,
+                    }),
+                    e => RPCError::Network(NetworkError::new(&e)),
+                })?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

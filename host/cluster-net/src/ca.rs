@@ -20,43 +20,21 @@
 //!   stays valid, but its node id is no longer in the membership and node ids
 //!   are never reused, so every member refuses it.
 //!
-//! Files, under `<data_dir>/pki/`, all mode 0600, written atomically:
-//! `ca.pem`, `ca.key` (on voters), `node.pem`, `node.key` and `cluster.json`
-//! (cluster id and node id).
+//! The files (under `<data_dir>/pki/`) are kept by the store crate
+//! ([`nasvisor_cluster::identity`]); [`Pki`] is the parsed identity.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nasvisor_cluster::identity::{CheckedIdentity, Identity, CA_CERT, NODE_CERT, NODE_KEY};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::types::NodeId;
+use nasvisor_cluster::NodeId;
 
-/// The DNS suffix of the names in cluster certificates.
-pub const NAME_SUFFIX: &str = "nasvisor.cluster";
-/// The name every member's certificate carries and that a joining host
-/// connects to (it does not know the member's node id yet).
-pub const JOIN_NAME: &str = "join.nasvisor.cluster";
-/// The directory of the PKI files inside the store's data directory.
-pub const PKI_DIR: &str = "pki";
-
-/// The certificate name of node `id`: `node-<id>.nasvisor.cluster`.
-pub fn node_name(id: NodeId) -> String {
-    format!("node-{id}.{NAME_SUFFIX}")
-}
-
-/// The node id in a certificate name made by [`node_name`].
-pub fn node_id_of_name(name: &str) -> Option<NodeId> {
-    let id = name.strip_prefix("node-")?.strip_suffix(NAME_SUFFIX)?;
-    let id = id.strip_suffix('.')?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.starts_with('0') {
-        return None;
-    }
-    id.parse().ok()
-}
+pub use nasvisor_cluster::identity::{
+    addr_host, node_id_of_name, node_name, PkiError, JOIN_NAME, NAME_SUFFIX, PKI_DIR,
+};
 
 /// The node id carried by a cluster certificate (its `node-<id>` DNS SAN).
 /// `None` if the certificate cannot be parsed or carries no node name, or
@@ -93,45 +71,11 @@ pub fn peer_identity(der: &[u8]) -> Result<(NodeId, String), &'static str> {
     Ok((id, pin))
 }
 
-/// Errors of the cluster PKI.
-#[derive(Debug, thiserror::Error)]
-pub enum PkiError {
-    /// A PKI file could not be read or written.
-    #[error("pki file {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A PKI file holds no usable certificate, key or record.
-    #[error("pki file {path}: {reason}")]
-    Bad {
-        /// The file.
-        path: PathBuf,
-        /// Why it is unusable.
-        reason: String,
-    },
-    /// Generating or signing a certificate failed.
-    #[error("cannot {what}: {source}")]
-    Cert {
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: rcgen::Error,
-    },
-    /// A certificate signing request was refused.
-    #[error("invalid certificate signing request: {0}")]
-    Csr(String),
-    /// This host does not hold the CA key, so it cannot sign certificates.
-    #[error("this host does not hold the cluster CA key")]
-    NoCaKey,
-}
-
 fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
-    move |source| PkiError::Cert { what, source }
+    move |e| PkiError::Cert {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// Validity: from the start of last year (tolerates clocks a little behind)
@@ -289,19 +233,6 @@ impl ClusterCa {
     }
 }
 
-/// The host part of `host:port` (`[v6]:port` too); the whole string if it
-/// has no port.
-pub fn addr_host(addr: &str) -> &str {
-    let addr = addr.trim();
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match addr.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => addr,
-    }
-}
-
 /// A new node key (ECDSA P-256) and a certificate signing request for it:
 /// `(key PEM, CSR PEM)`.
 pub fn new_node_key() -> Result<(String, String), PkiError> {
@@ -316,19 +247,6 @@ pub fn new_node_key() -> Result<(String, String), PkiError> {
         .pem()
         .map_err(cert_err("encode a certificate signing request"))?;
     Ok((key.serialize_pem(), csr))
-}
-
-const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
-const NODE_CERT: &str = "node.pem";
-const NODE_KEY: &str = "node.key";
-const CLUSTER_FILE: &str = "cluster.json";
-
-/// What `cluster.json` records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ClusterFile {
-    cluster_id: String,
-    node_id: NodeId,
 }
 
 /// A host's whole cluster identity: the cluster, the CA and its own
@@ -375,75 +293,58 @@ impl Pki {
 
     /// The directory of the PKI files under `data_dir`.
     pub fn dir(data_dir: &Path) -> PathBuf {
-        data_dir.join(PKI_DIR)
+        Identity::dir(data_dir)
     }
 
     /// Whether `data_dir` holds a cluster identity.
     pub fn exists(data_dir: &Path) -> bool {
-        Self::dir(data_dir).join(CLUSTER_FILE).exists()
+        Identity::exists(data_dir)
+    }
+
+    /// The identity as the store keeps it (PEM text).
+    pub fn to_identity(&self) -> Identity {
+        Identity {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            ca_cert_pem: self.ca.cert_pem.clone(),
+            ca_key_pem: self.ca.key_pem(),
+            node_cert_pem: self.node_cert_pem.clone(),
+            node_key_pem: self.node_key_pem.clone(),
+        }
     }
 
     /// Write the files under `<data_dir>/pki/` (mode 0600). `cluster.json`
     /// is written last: a crash before it leaves no identity at all.
     pub fn save(&self, data_dir: &Path) -> Result<(), PkiError> {
-        let dir = Self::dir(data_dir);
-        let io = |path: PathBuf| move |source| PkiError::Io { path, source };
-        std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
-        let write = |name: &str, data: &[u8]| {
-            let path = dir.join(name);
-            write_private(&path, data).map_err(io(path))
-        };
-        write(CA_CERT, self.ca.cert_pem.as_bytes())?;
-        match self.ca.key_pem() {
-            Some(k) => write(CA_KEY, k.as_bytes())?,
-            None => {
-                let _ = std::fs::remove_file(dir.join(CA_KEY));
-            }
-        }
-        write(NODE_KEY, self.node_key_pem.as_bytes())?;
-        write(NODE_CERT, self.node_cert_pem.as_bytes())?;
-        let record = ClusterFile {
-            cluster_id: self.cluster_id.clone(),
-            node_id: self.node_id,
-        };
-        let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        write(CLUSTER_FILE, &json)?;
-        Ok(())
+        self.to_identity().save(data_dir)
     }
 
     /// Load the identity under `<data_dir>/pki/`; `None` if this host has
     /// not created or joined a cluster.
     pub fn load(data_dir: &Path) -> Result<Option<Self>, PkiError> {
         let dir = Self::dir(data_dir);
-        if !dir.join(CLUSTER_FILE).exists() {
-            return Ok(None);
-        }
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| PkiError::Io { path, source })
-        };
-        let record: ClusterFile =
-            serde_json::from_str(&read(CLUSTER_FILE)?).map_err(|e| PkiError::Bad {
-                path: dir.join(CLUSTER_FILE),
-                reason: e.to_string(),
+        Identity::load(data_dir)?
+            .map(|i| Self::from_identity(i, &dir))
+            .transpose()
+    }
+
+    /// Parse `identity`; errors name the file under `dir` that holds the
+    /// unusable part.
+    pub fn from_identity(identity: Identity, dir: &Path) -> Result<Self, PkiError> {
+        let ca = ClusterCa::from_pem(&identity.ca_cert_pem, identity.ca_key_pem.as_deref())
+            .map_err(|e| match e {
+                PkiError::Bad { reason, .. } => PkiError::Bad {
+                    path: dir.join(CA_CERT),
+                    reason,
+                },
+                e => e,
             })?;
-        let ca_key = match dir.join(CA_KEY).exists() {
-            true => Some(read(CA_KEY)?),
-            false => None,
-        };
-        let ca = ClusterCa::from_pem(&read(CA_CERT)?, ca_key.as_deref()).map_err(|e| match e {
-            PkiError::Bad { reason, .. } => PkiError::Bad {
-                path: dir.join(CA_CERT),
-                reason,
-            },
-            e => e,
-        })?;
         let pki = Self {
-            cluster_id: record.cluster_id,
-            node_id: record.node_id,
+            cluster_id: identity.cluster_id,
+            node_id: identity.node_id,
             ca,
-            node_cert_pem: read(NODE_CERT)?,
-            node_key_pem: read(NODE_KEY)?,
+            node_cert_pem: identity.node_cert_pem,
+            node_key_pem: identity.node_key_pem,
         };
         // Fail here, with the file named, rather than at the first handshake.
         pki.node_chain().map_err(|reason| PkiError::Bad {
@@ -454,7 +355,20 @@ impl Pki {
             path: dir.join(NODE_KEY),
             reason,
         })?;
-        Ok(Some(pki))
+        Ok(pki)
+    }
+
+    /// The identity with what the store needs from it.
+    pub fn checked(&self) -> Result<CheckedIdentity, PkiError> {
+        let node_key_pin = self.node_key_pin().map_err(|reason| PkiError::Bad {
+            path: PathBuf::from(NODE_CERT),
+            reason,
+        })?;
+        Ok(CheckedIdentity {
+            identity: self.to_identity(),
+            ca_fingerprint: self.ca.fingerprint(),
+            node_key_pin,
+        })
     }
 
     /// This host's certificate chain for TLS: its certificate, then the CA's.
@@ -483,51 +397,11 @@ impl Pki {
     }
 }
 
-/// Write `data` to `path` with mode 0600, atomically (temp file + rename).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pki");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nasvisor_cluster::identity::{CA_KEY, CLUSTER_FILE};
     use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn names_round_trip() {
-        assert_eq!(node_name(7), "node-7.nasvisor.cluster");
-        assert_eq!(node_id_of_name("node-7.nasvisor.cluster"), Some(7));
-        for bad in [
-            "node-.nasvisor.cluster",
-            "node-07.nasvisor.cluster",
-            "node-7.other.cluster",
-            "node-7x.nasvisor.cluster",
-            "join.nasvisor.cluster",
-        ] {
-            assert_eq!(node_id_of_name(bad), None, "{bad}");
-        }
-        assert_eq!(addr_host("10.0.0.2:7444"), "10.0.0.2");
-        assert_eq!(addr_host("[::1]:7444"), "::1");
-        assert_eq!(addr_host("nas1.lan:7444"), "nas1.lan");
-        assert_eq!(addr_host("nas1.lan"), "nas1.lan");
-    }
 
     #[test]
     fn create_issue_save_load() {

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use nasvisor_cluster::{ClusterSettings, ClusterStore};
+use nasvisor_cluster_net::TlsNet;
 
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -37,9 +38,15 @@ async fn run(hosts: usize, writes: usize) {
     let mut stores = Vec::new();
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let first = ClusterStore::create(dir.path(), 1, addr.clone(), ClusterSettings::default())
-        .await
-        .unwrap();
+    let first = ClusterStore::create(
+        dir.path(),
+        1,
+        addr.clone(),
+        ClusterSettings::default(),
+        TlsNet::shared(),
+    )
+    .await
+    .unwrap();
     first.serve(addr.parse().unwrap()).await.unwrap();
     dirs.push(dir);
     stores.push(first);
@@ -50,9 +57,16 @@ async fn run(hosts: usize, writes: usize) {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let s = ClusterStore::join(dir.path(), None, free_addr(), &addr, &token)
-            .await
-            .unwrap();
+        let s = ClusterStore::join(
+            dir.path(),
+            None,
+            free_addr(),
+            &addr,
+            &token,
+            TlsNet::shared(),
+        )
+        .await
+        .unwrap();
         dirs.push(dir);
         stores.push(s);
     }

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nasvisor_cluster::ca::{new_node_key, node_name, ClusterCa, Pki};
-use nasvisor_cluster::transport::{
-    Forward, ForwardError, ForwardReply, PeerTransport, PATH_FORWARD,
+use nasvisor_cluster::wire::{Forward, ForwardError, ForwardReply, PATH_FORWARD};
+use nasvisor_cluster::{
+    ClusterNet, ClusterSettings, ClusterStore, JoinRefused, NodeStatus, StoreError,
 };
-use nasvisor_cluster::{ClusterSettings, ClusterStore, JoinRefused, NodeStatus, StoreError};
+use nasvisor_cluster_net::ca::{new_node_key, node_name, ClusterCa, Pki};
+use nasvisor_cluster_net::client::PeerTransport;
+use nasvisor_cluster_net::TlsNet;
 use serde_json::json;
 
 fn init_logs() {
@@ -17,6 +19,11 @@ fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// The real network, as the daemon hands it to the store.
+fn net() -> Arc<dyn ClusterNet> {
+    TlsNet::shared()
 }
 
 fn free_addr() -> String {
@@ -43,7 +50,7 @@ impl Host {
 async fn founder(settings: ClusterSettings) -> Host {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let store = ClusterStore::create(dir.path(), 1, addr.clone(), settings)
+    let store = ClusterStore::create(dir.path(), 1, addr.clone(), settings, net())
         .await
         .expect("create");
     store.serve(addr.parse().unwrap()).await.expect("serve");
@@ -60,7 +67,7 @@ async fn try_join(
 ) -> (tempfile::TempDir, String, Result<ClusterStore, StoreError>) {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let r = ClusterStore::join(dir.path(), None, addr.clone(), &via.addr, token).await;
+    let r = ClusterStore::join(dir.path(), None, addr.clone(), &via.addr, token, net()).await;
     (dir, addr, r)
 }
 
@@ -215,7 +222,7 @@ async fn three_hosts_follower_writes_failover_and_catch_up() {
 
     // The old leader restarts and catches up.
     let h = &mut hosts[old];
-    let store = ClusterStore::open(h.dir.path(), old_id, h.addr.clone())
+    let store = ClusterStore::open_with_network(h.dir.path(), old_id, h.addr.clone(), net())
         .await
         .unwrap();
     store.serve(h.addr.parse().unwrap()).await.unwrap();
@@ -477,7 +484,7 @@ async fn removed_hosts_and_foreign_clients_are_refused() {
 async fn a_single_host_store_is_no_cluster_until_created() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let store = ClusterStore::open(dir.path(), 1, addr.clone())
+    let store = ClusterStore::open_with_network(dir.path(), 1, addr.clone(), net())
         .await
         .unwrap();
     store.put("vm", "kept", json!(1), None).await.unwrap();
@@ -508,7 +515,7 @@ async fn a_single_host_store_is_no_cluster_until_created() {
     );
     store.shutdown().await.unwrap();
     // Reopened as a member of its cluster, still leading itself.
-    let store = ClusterStore::open(dir.path(), 1, addr.clone())
+    let store = ClusterStore::open_with_network(dir.path(), 1, addr.clone(), net())
         .await
         .unwrap();
     assert_eq!(store.cluster_info().unwrap(), info);
@@ -523,7 +530,7 @@ async fn a_single_host_store_is_no_cluster_until_created() {
         .issue_join_token(Duration::from_secs(60))
         .await
         .unwrap();
-    let r = ClusterStore::join(dir.path(), None, free_addr(), &other.addr, &token).await;
+    let r = ClusterStore::join(dir.path(), None, free_addr(), &other.addr, &token, net()).await;
     assert!(
         matches!(r, Err(StoreError::AlreadyClustered { .. })),
         "{r:?}"
@@ -536,7 +543,7 @@ async fn a_single_host_store_is_no_cluster_until_created() {
         s.put("vm", "mine", json!(1), None).await.unwrap();
         s.shutdown().await.unwrap();
     }
-    let r = ClusterStore::join(fresh.path(), None, free_addr(), &other.addr, &token).await;
+    let r = ClusterStore::join(fresh.path(), None, free_addr(), &other.addr, &token, net()).await;
     assert!(
         matches!(r, Err(StoreError::NotEmpty { objects: 1, .. })),
         "{r:?}"
@@ -843,7 +850,7 @@ async fn the_leader_records_the_keys_of_hosts_that_joined_before_keys_were_recor
     let h = &mut hosts[1];
     let store = h.store.take().unwrap();
     store.shutdown().await.unwrap();
-    let store = ClusterStore::open(h.dir.path(), 2, h.addr.clone())
+    let store = ClusterStore::open_with_network(h.dir.path(), 2, h.addr.clone(), net())
         .await
         .unwrap();
     store.serve(h.addr.parse().unwrap()).await.unwrap();
@@ -889,9 +896,9 @@ async fn stranger(
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(format!("{source}:0").parse().unwrap())?;
     let tcp = socket.connect(addr.parse().unwrap()).await?;
-    let config = nasvisor_cluster::tls::join_client_config(ca_fingerprint).unwrap();
+    let config = nasvisor_cluster_net::tls::join_client_config(ca_fingerprint).unwrap();
     tokio_rustls::TlsConnector::from(config)
-        .connect(nasvisor_cluster::tls::join_server_name(), tcp)
+        .connect(nasvisor_cluster_net::tls::join_server_name(), tcp)
         .await
 }
 
@@ -936,9 +943,15 @@ async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
     };
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let store = ClusterStore::create(dir.path(), 1, addr.clone(), ClusterSettings::default())
-        .await
-        .unwrap();
+    let store = ClusterStore::create(
+        dir.path(),
+        1,
+        addr.clone(),
+        ClusterSettings::default(),
+        net(),
+    )
+    .await
+    .unwrap();
     store.set_server_limits(limits.clone()).unwrap();
     store.serve(addr.parse().unwrap()).await.unwrap();
     let h1 = Host {
@@ -953,10 +966,17 @@ async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
         .unwrap();
     let dir2 = tempfile::tempdir().unwrap();
     let addr2 = free_addr();
-    let s2 =
-        ClusterStore::join_with_limits(dir2.path(), None, addr2.clone(), &h1.addr, &token, limits)
-            .await
-            .unwrap();
+    let s2 = ClusterStore::join_with_limits(
+        dir2.path(),
+        None,
+        addr2.clone(),
+        &h1.addr,
+        &token,
+        limits,
+        net(),
+    )
+    .await
+    .unwrap();
     let h2 = Host {
         dir: dir2,
         addr: addr2,

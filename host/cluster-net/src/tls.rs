@@ -3,7 +3,7 @@
 //! - Peer server ([`peer_server_config`]): a client certificate signed by
 //!   the cluster CA is mandatory, its node id must be admitted (a member of
 //!   the current raft membership, or a host being added) and its key must
-//!   be the one recorded for that node ([`crate::trust`]); a host removed
+//!   be the one recorded for that node ([`nasvisor_cluster::trust`]); a host removed
 //!   from the cluster, or a certificate minted for a member's name with
 //!   another key, fails the handshake.
 //! - Join server ([`join_server_config`]): selected by the SNI name
@@ -27,8 +27,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig};
 
 use crate::ca::{fingerprint, node_id_of_name, peer_identity, Pki, JOIN_NAME};
-use crate::trust::{Admission, KeyCheck, KeySeen};
-use crate::types::NodeId;
+use nasvisor_cluster::trust::{Admission, KeyCheck, KeySeen};
+use nasvisor_cluster::NodeId;
 
 /// ALPN protocol of the cluster transport (HTTP/1.1 inside).
 pub const ALPN: &[u8] = b"http/1.1";

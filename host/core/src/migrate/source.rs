@@ -1,0 +1,461 @@
+//! The source's side of a move: the job that prepares the target, copies
+//! the disks and the memory, passes ownership through the log, and then
+//! hands the guest over; or undoes everything when a step fails before the
+//! switch.
+
+use super::{
+    undo_report, CopyDisk, Inner, MigrateJob, MigrateStep, Outcome, Prepare, Prepared,
+    PREPARE_TIMEOUT,
+};
+use crate::errors;
+use crate::jobs::{JobCtx, JobFailure};
+use crate::lock;
+use crate::model::{HostRecord, VmRecord, VmStatus};
+use nasvisor_api_types::CoreError;
+use nasvisor_vm::migration::{migrate_out, MirrorSet, MirrorTarget, OutgoingSettings};
+use nasvisor_vm::qmp::{InetAddr, MigrationInfo};
+use nasvisor_vm::VmInstance;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bandwidth cap of the memory stream, bytes/s (QEMU's default is far lower).
+const MAX_BANDWIDTH: u64 = 10 << 30;
+/// How long the mirrors may take to end in sync once the guest is paused.
+const MIRROR_END_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One move in progress, as its job runs it.
+pub(super) struct Move {
+    pub ctx: JobCtx,
+    pub vm: VmRecord,
+    pub target: HostRecord,
+    pub copy: Vec<CopyDisk>,
+    pub job: MigrateJob,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> JobFailure {
+    JobFailure::Failed(format!("{what}: {e}"))
+}
+
+impl Inner {
+    /// Commits the move's next step; a move whose step cannot be recorded
+    /// stops (a restart could not tell where it stood).
+    async fn step(&self, mv: &mut Move, step: MigrateStep) -> Result<(), JobFailure> {
+        let id = mv.ctx.id.clone();
+        self.set_migrate_step(&id, &mut mv.job, step)
+            .await
+            .map_err(|e| failed("recording the move's step", e))
+    }
+
+    pub(super) async fn migrate_live(
+        self: &Arc<Self>,
+        mv: &mut Move,
+        downtime_ms: u32,
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let inst = self
+            .instance(&mv.vm)
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        // Whether the guest runs now: only then is it resumed after a
+        // failure (a guest the administrator paused stays paused).
+        let was_running = inst
+            .qmp()
+            .query_status()
+            .await
+            .map_err(|e| failed("query-status", e))?
+            .running;
+        mv.ctx
+            .progress(0.0, Some(&format!("preparing host {}", mv.target.id)));
+        let prepared: Prepared = self
+            .peer_prepare(&mv.target, &mv.vm, &mv.copy, true)
+            .await
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        let mut mirrors = MirrorSet::new(inst.qmp());
+        let r = self
+            .live_transfer(mv, &inst, &prepared, downtime_ms, &mut mirrors)
+            .await;
+        let info = match r {
+            Ok(info) => info,
+            Err(e) => {
+                let mut problems = self.abort_source(&inst, &mut mirrors, was_running).await;
+                problems.extend(self.peer_abort(&mv.target, &mv.vm).await);
+                return Err(with_undo(e, &problems));
+            }
+        };
+        // The switch: the log says the target owns the VM, then it resumes.
+        mv.ctx.progress(0.99, Some("switching over"));
+        if let Err(e) = self
+            .pass_ownership(&mv.vm, &mv.target, VmStatus::Running)
+            .await
+        {
+            // Still ours: run on here.
+            let mut problems = self.abort_source(&inst, &mut mirrors, was_running).await;
+            problems.extend(self.peer_abort(&mv.target, &mv.vm).await);
+            return Err(JobFailure::Failed(format!(
+                "the cluster did not record the switch ({e}); the VM stays on host {}{}",
+                self.host.id,
+                undo_report(&problems)
+            )));
+        }
+        // The target resumes first: every moment until then is downtime.
+        let finished = self
+            .peer_call(&mv.target, "migrate-finish", &mv.vm.id, PREPARE_TIMEOUT)
+            .await;
+        // The source QEMU goes: it is paused and no longer the VM.
+        self.retire_source(&mv.vm, &inst, &mv.copy).await;
+        if let Err(e) = finished {
+            return Err(JobFailure::Failed(format!(
+                "host {} owns the VM but could not resume it: {e}; resume it there",
+                mv.target.id
+            )));
+        }
+        if let Err(e) = self.step(mv, MigrateStep::Switched).await {
+            tracing::warn!(vm = %mv.vm.name, error = ?e, "the move ended but its last step was not recorded");
+        }
+        Ok(Outcome {
+            total: started.elapsed(),
+            downtime_ms: info.downtime,
+            copied_bytes: mirrors.copied(),
+        })
+    }
+
+    /// Mirrors the disks, then migrates the memory. On success the source
+    /// guest is paused and every mirror has ended in sync.
+    async fn live_transfer(
+        &self,
+        mv: &mut Move,
+        inst: &VmInstance,
+        prepared: &Prepared,
+        downtime_ms: u32,
+        mirrors: &mut MirrorSet,
+    ) -> Result<MigrationInfo, JobFailure> {
+        let qmp = inst.qmp();
+        let disk_share = if mv.copy.is_empty() { 0.0 } else { 0.5 };
+        let tls = self
+            .qemu_stream_client(qmp, mv.target.node_id)
+            .await
+            .map_err(|e| failed("TLS", e))?;
+        if !mv.copy.is_empty() {
+            self.step(mv, MigrateStep::CopyingDisks).await?;
+        }
+        for c in &mv.copy {
+            let port = *prepared.ports.get(&c.node).ok_or_else(|| {
+                JobFailure::Failed(format!("the target gave no NBD port for {}", c.node))
+            })?;
+            let target = MirrorTarget {
+                node: c.node.clone(),
+                addr: InetAddr::new(prepared.host.clone(), port),
+                export: c.node.clone(),
+            };
+            mirrors
+                .add(&target, tls.as_ref())
+                .await
+                .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        }
+        let ctx = mv.ctx.clone();
+        // Disks in sync.
+        mirrors
+            .wait_ready(ctx.cancel.cancelled(), |p| {
+                let frac = if p.len == 0 {
+                    1.0
+                } else {
+                    p.done as f64 / p.len as f64
+                };
+                ctx.progress(
+                    frac * disk_share,
+                    Some(&format!(
+                        "disks: {} of {} MiB copied",
+                        p.done >> 20,
+                        p.len >> 20
+                    )),
+                );
+            })
+            .await
+            .map_err(job_failure)?;
+        // Memory.
+        let uri = prepared
+            .migrate_uri
+            .clone()
+            .ok_or_else(|| JobFailure::Failed("the target gave no migration address".into()))?;
+        self.step(mv, MigrateStep::CopyingMemory).await?;
+        let settings = OutgoingSettings {
+            uri,
+            max_downtime_ms: downtime_ms,
+            max_bandwidth: MAX_BANDWIDTH,
+            tls,
+        };
+        let info = migrate_out(qmp, &settings, ctx.cancel.cancelled(), |p| {
+            ctx.progress(
+                disk_share + p.fraction * (0.98 - disk_share),
+                Some(&format!(
+                    "memory: {} of {} MiB, about {:.0} s left",
+                    p.transferred >> 20,
+                    p.total >> 20,
+                    p.seconds_left.ceil()
+                )),
+            );
+        })
+        .await
+        .map_err(job_failure)?;
+        // The guest is paused: end the mirrors in sync.
+        mirrors
+            .finish_in_sync(MIRROR_END_TIMEOUT)
+            .await
+            .map_err(job_failure)?;
+        Ok(info)
+    }
+
+    /// Undoes the source's side of a failed live migration: the memory
+    /// stream is cancelled, the mirrors and their NBD nodes go, and a guest
+    /// that ran before the move runs again. Returns what could not be
+    /// undone (each also logged).
+    pub(super) async fn abort_source(
+        &self,
+        inst: &VmInstance,
+        mirrors: &mut MirrorSet,
+        was_running: bool,
+    ) -> Vec<String> {
+        let qmp = inst.qmp();
+        let mut problems = Vec::new();
+        match qmp.query_migrate().await {
+            Ok(info) if info.status.is_some_and(|s| s.is_in_progress()) => {
+                if let Err(e) = qmp.migrate_cancel().await {
+                    tracing::warn!(vm = %inst.id(), error = %e, "cannot cancel the memory migration");
+                    problems.push(format!("cancelling the memory migration: {e}"));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(vm = %inst.id(), error = %e, "query-migrate during an abort");
+                problems.push(format!("query-migrate: {e}"));
+            }
+        }
+        problems.extend(mirrors.abort().await);
+        if was_running {
+            if let Err(e) = self.resume_after_move(inst).await {
+                tracing::error!(vm = %inst.id(), error = %e, "the guest stays paused after a move that did not happen");
+                problems.push(format!("the guest could not be resumed and is paused: {e}"));
+            }
+        }
+        problems
+    }
+
+    /// Resumes a guest a move paused (the memory stream may have completed:
+    /// `cont` takes its disks back). A guest already running is left alone.
+    pub(super) async fn resume_after_move(&self, inst: &VmInstance) -> Result<(), CoreError> {
+        let st = inst
+            .qmp()
+            .query_status()
+            .await
+            .map_err(|e| errors::internal(format!("query-status: {e}")))?;
+        if st.running {
+            return Ok(());
+        }
+        // A migration that completed goes `finish-migrate` → `postmigrate`
+        // in a bottom half; `cont` is refused in between.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = st.status;
+        while status == nasvisor_vm::qmp::RunState::FinishMigrate && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            status = inst
+                .qmp()
+                .query_status()
+                .await
+                .map_err(|e| errors::internal(format!("query-status: {e}")))?
+                .status;
+        }
+        inst.resume()
+            .await
+            .map_err(|e| errors::internal(format!("resuming the guest: {e}")))
+    }
+
+    /// After the switch: the source's QEMU, taps and disk copies go. The
+    /// guest is paused; what it printed last is read off the console first.
+    async fn retire_source(&self, vm: &VmRecord, inst: &VmInstance, copy: &[CopyDisk]) {
+        if let Some(console) = inst.console() {
+            let mut last: Option<Vec<u8>> = None;
+            for _ in 0..20 {
+                let now = match console.read_log().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(vm = %vm.name, error = %e, "cannot read the source's console log");
+                        break;
+                    }
+                };
+                if last.as_ref() == Some(&now) {
+                    break;
+                }
+                last = Some(now);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        lock(&self.running).remove(&vm.id);
+        if let Err(e) = inst.kill().await {
+            tracing::warn!(vm = %vm.name, error = %e, "cannot stop the source's QEMU after the switch");
+        }
+        self.remove_taps(vm);
+        self.remove_copies(copy);
+    }
+
+    /// Removes this host's copies of disks that moved.
+    pub(super) fn remove_copies(&self, copy: &[CopyDisk]) {
+        for c in copy {
+            match (&c.pool, &c.volume) {
+                (Some(p), Some(v)) => match self.pool(p, "pool") {
+                    Ok(pool) => {
+                        if let Err(e) = pool.delete(v) {
+                            tracing::warn!(pool = %p, volume = %v, error = %e, "cannot remove the source copy of a moved volume");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %p, volume = %v, error = %e, "cannot remove the source copy of a moved volume: no pool");
+                    }
+                },
+                _ => {
+                    if let Err(e) = std::fs::remove_file(&c.path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %c.path.display(), error = %e, "cannot remove the source copy of the UEFI variables");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn move_offline(
+        self: &Arc<Self>,
+        mv: &mut Move,
+    ) -> Result<Outcome, JobFailure> {
+        let started = Instant::now();
+        let (vm, target) = (mv.vm.clone(), mv.target.clone());
+        let prepared = if mv.copy.is_empty() {
+            None
+        } else {
+            mv.ctx
+                .progress(0.0, Some(&format!("preparing host {}", target.id)));
+            let p = self
+                .peer_prepare(&target, &vm, &mv.copy, false)
+                .await
+                .map_err(|e| JobFailure::Failed(e.to_string()))?;
+            if let Err(e) = self.step(mv, MigrateStep::CopyingDisks).await {
+                let problems: Vec<String> =
+                    self.peer_abort(&target, &vm).await.into_iter().collect();
+                return Err(with_undo(e, &problems));
+            }
+            Some(p)
+        };
+        let total: u64 = mv.copy.iter().map(|c| c.size_bytes).sum::<u64>().max(1);
+        let mut done = 0;
+        for c in &mv.copy {
+            let Some(p) = prepared.as_ref() else { break };
+            mv.ctx.progress(
+                done as f64 / total as f64 * 0.95,
+                Some(&format!("copying {} ({} MiB)", c.node, c.size_bytes >> 20)),
+            );
+            let r = self.copy_offline(&mv.ctx, p, c, target.node_id).await;
+            if let Err(e) = r {
+                let problems: Vec<String> =
+                    self.peer_abort(&target, &vm).await.into_iter().collect();
+                return Err(with_undo(e, &problems));
+            }
+            done += c.size_bytes;
+        }
+        if let Err(e) = self.pass_ownership(&vm, &target, VmStatus::Stopped).await {
+            let problems: Vec<String> = self.peer_abort(&target, &vm).await.into_iter().collect();
+            return Err(JobFailure::Failed(format!(
+                "the cluster did not record the move: {e}{}",
+                undo_report(&problems)
+            )));
+        }
+        if prepared.is_some() {
+            if let Err(e) = self
+                .peer_call(&target, "migrate-finish", &vm.id, PREPARE_TIMEOUT)
+                .await
+            {
+                tracing::warn!(vm = %vm.name, error = %e, "the target could not close its copy servers");
+            }
+        }
+        self.remove_copies(&mv.copy);
+        if let Err(e) = self.step(mv, MigrateStep::Switched).await {
+            tracing::warn!(vm = %vm.name, error = ?e, "the move ended but its last step was not recorded");
+        }
+        Ok(Outcome {
+            total: started.elapsed(),
+            downtime_ms: None,
+            copied_bytes: mv.copy.iter().map(|c| c.size_bytes).sum(),
+        })
+    }
+
+    /// Copies one stopped disk onto the target's `qemu-nbd` export.
+    async fn copy_offline(
+        &self,
+        ctx: &JobCtx,
+        p: &Prepared,
+        c: &CopyDisk,
+        target_node: u64,
+    ) -> Result<(), JobFailure> {
+        let port = p.ports.get(&c.node).copied().ok_or_else(|| {
+            JobFailure::Failed(format!("the target gave no NBD port for {}", c.node))
+        })?;
+        let fmt = if c.pool.is_some() { "qcow2" } else { "raw" };
+        let tls = self
+            .tls_client("", target_node)
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        let target_opts = format!(
+            "driver=nbd,server.type=inet,server.host={},server.port={port},export={}{}",
+            p.host, c.node, tls.opts
+        );
+        let src = c.path.to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec!["convert".into(), "-n".into()];
+        args.extend(tls.args);
+        args.extend([
+            "-f".into(),
+            fmt.into(),
+            "--target-image-opts".into(),
+            src,
+            target_opts,
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::run_qemu_img(&ctx.cancel, &args).await
+    }
+
+    pub(super) async fn peer_prepare(
+        &self,
+        target: &HostRecord,
+        vm: &VmRecord,
+        copy: &[CopyDisk],
+        live: bool,
+    ) -> Result<Prepared, CoreError> {
+        let body = serde_json::to_value(Prepare {
+            vm: vm.clone(),
+            copy: copy.to_vec(),
+            live,
+        })
+        .map_err(errors::internal)?;
+        let v = self
+            .call_host(target, "migrate-prepare", body, PREPARE_TIMEOUT)
+            .await?;
+        serde_json::from_value(v)
+            .map_err(|e| errors::internal(format!("the target's answer to migrate-prepare: {e}")))
+    }
+}
+
+/// A mechanism error as a job's failure (a cancel is a cancel).
+fn job_failure(e: nasvisor_vm::MigrateError) -> JobFailure {
+    match e {
+        nasvisor_vm::MigrateError::Cancelled => JobFailure::Cancelled,
+        e => JobFailure::Failed(e.to_string()),
+    }
+}
+
+/// `e` with what could not be undone appended.
+fn with_undo(e: JobFailure, problems: &[String]) -> JobFailure {
+    match e {
+        JobFailure::Failed(why) => JobFailure::Failed(format!("{why}{}", undo_report(problems))),
+        JobFailure::Cancelled => {
+            if !problems.is_empty() {
+                tracing::warn!(problems = ?problems, "a cancelled move left things behind");
+            }
+            JobFailure::Cancelled
+        }
+    }
+}

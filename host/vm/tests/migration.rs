@@ -1,0 +1,368 @@
+//! The migration mechanism against two real QEMUs under TCG on loopback:
+//! disk mirrors onto the target's NBD exports, the memory stream (plain and
+//! over TLS with certificates of a test CA made with `openssl`), the switch,
+//! and the failure paths (a missing export, a cancel).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use nasvisor_vm::migration::{
+    leftover_mirror_nodes, listen_incoming, migrate_out, serve_disks, tls_client, tls_server,
+    MirrorSet, MirrorTarget, OutgoingSettings,
+};
+use nasvisor_vm::qmp::{InetAddr, MigrationStatus, RunState};
+use nasvisor_vm::{DiskSpec, InstanceOptions, MigrateError, VmInstance, VmSpec, VmState};
+
+/// A port on loopback that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The guest (boot disk) plus a 16 MiB data disk of random bytes, and the
+/// target's spec: the same disks, empty, in the target's directory.
+fn specs(src: &TestDir, dst: &TestDir) -> (VmSpec, VmSpec) {
+    let mut spec = src.guest_spec("migrant", GuestMode::Idle);
+    let data = src.file("data.img");
+    let mut bytes = vec![0u8; 16 << 20];
+    // Cheap pseudo-random content (xorshift), so a copy of zeroes fails.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&data, &bytes).unwrap();
+    spec.disks.push(DiskSpec::raw(&data));
+    let mut target = spec.clone();
+    for (i, d) in target.disks.iter_mut().enumerate() {
+        let empty = dst.file(&format!("disk{i}.img"));
+        let len = std::fs::metadata(&d.path).unwrap().len();
+        std::fs::File::create(&empty).unwrap().set_len(len).unwrap();
+        d.path = empty;
+    }
+    (spec, target)
+}
+
+/// A CA, a server certificate for `node-2` and a client one for `node-1`,
+/// in QEMU's file names: `<dir>/server` and `<dir>/client`.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    let mut dirs = Vec::new();
+    for (endpoint, cn) in [("server", "node-2"), ("client", "node-1")] {
+        let d = dir.join(endpoint);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = format!("{endpoint}/{endpoint}-key.pem");
+        let csr = format!("{endpoint}.csr");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}/O=nasvisor"),
+        ]);
+        let ext = dir.join(format!("{endpoint}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=DNS:{cn}\nextendedKeyUsage={}\n",
+                if endpoint == "server" {
+                    "serverAuth"
+                } else {
+                    "clientAuth"
+                }
+            ),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{endpoint}/{endpoint}-cert.pem"),
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        std::fs::copy(dir.join("ca-cert.pem"), d.join("ca-cert.pem")).unwrap();
+        dirs.push(d);
+    }
+    (dirs[0].clone(), dirs[1].clone())
+}
+
+/// Moves a running guest with its two disks from one QEMU to another (over
+/// TLS when `tls`), the way a move between hosts does, and checks the
+/// target's disks and guest. Returns the downtime QEMU reported.
+async fn move_guest(tls: bool) -> u64 {
+    let src_host = TestDir::new();
+    let dst_host = TestDir::new();
+    let (spec, target_spec) = specs(&src_host, &dst_host);
+    let src = src_host.launch(&spec).await;
+    src.console()
+        .unwrap()
+        .wait_for_output(BANNER, SLOW)
+        .await
+        .unwrap();
+    let mut incoming = dst_host.launch_options();
+    incoming.incoming_defer = true;
+    let dst = VmInstance::launch(&target_spec, &incoming, InstanceOptions::default())
+        .await
+        .unwrap();
+
+    // The target: TLS admitting only node-1, NBD exports, the stream.
+    let certs = tempfile::tempdir().unwrap();
+    let (server_tls, client_tls) = if tls {
+        let (s, c) = test_certificates(certs.path());
+        let st = tls_server(dst.qmp(), "srv", &s, "authz", "CN=node-1,O=nasvisor")
+            .await
+            .unwrap();
+        let ct = tls_client(src.qmp(), "cli", &c, "node-2").await.unwrap();
+        (Some(st), Some(ct))
+    } else {
+        (None, None)
+    };
+    let nbd = InetAddr::new("127.0.0.1", free_port());
+    let nodes = vec!["disk0".to_string(), "disk1".to_string()];
+    serve_disks(dst.qmp(), &nbd, &nodes, server_tls.as_ref())
+        .await
+        .unwrap();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    listen_incoming(dst.qmp(), &uri, server_tls.as_ref())
+        .await
+        .unwrap();
+
+    // The source: mirrors, in sync; then the memory.
+    let mut mirrors = MirrorSet::new(src.qmp());
+    for node in &nodes {
+        let t = MirrorTarget {
+            node: node.clone(),
+            addr: nbd.clone(),
+            export: node.clone(),
+        };
+        mirrors.add(&t, client_tls.as_ref()).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    mirrors
+        .wait_ready(std::future::pending(), |p| seen.push(p))
+        .await
+        .unwrap();
+    let last = seen.last().copied().unwrap_or_default();
+    assert!(
+        last.len >= 17 << 20 && last.done == last.len,
+        "progress of the mirrors: {seen:?}"
+    );
+    let settings = OutgoingSettings {
+        uri,
+        max_downtime_ms: 300,
+        max_bandwidth: 10 << 30,
+        tls: client_tls,
+    };
+    let info = migrate_out(src.qmp(), &settings, std::future::pending(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(info.status, Some(MigrationStatus::Completed));
+    // Paused for good (`finish-migrate` until QEMU's bottom half makes it
+    // `postmigrate`).
+    let st = src.qmp().query_status().await.unwrap();
+    assert!(
+        !st.running && matches!(st.status, RunState::FinishMigrate | RunState::Postmigrate),
+        "{st:?}"
+    );
+    mirrors.finish_in_sync(SLOW).await.unwrap();
+    assert!(src.qmp().query_block_jobs().await.unwrap().is_empty());
+
+    // The switch: the target loads, resumes, and its disks are the source's.
+    dst.wait_incoming_loaded(SLOW).await.unwrap();
+    dst.qmp().nbd_server_stop().await.unwrap();
+    dst.resume().await.unwrap();
+    assert_eq!(dst.state(), VmState::Running);
+    for (s, d) in spec.disks.iter().zip(&target_spec.disks) {
+        assert!(
+            std::fs::read(&s.path).unwrap() == std::fs::read(&d.path).unwrap(),
+            "{} differs from its copy {}",
+            s.path.display(),
+            d.path.display()
+        );
+    }
+    let console = dst.console().unwrap();
+    let mut answered = false;
+    for _ in 0..40 {
+        console.write(b"~").await.unwrap();
+        if console
+            .wait_for_output(b"~", Duration::from_millis(250))
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the guest never echoed on the target");
+    src.force_off().await.unwrap();
+    dst.force_off().await.unwrap();
+    info.downtime
+        .expect("a completed migration reports its downtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_disks_and_memory_move_to_another_qemu_and_the_guest_runs_on_there() {
+    let downtime = move_guest(false).await;
+    eprintln!("plain: downtime {downtime} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_over_tls_admits_the_expected_client_and_moves_disks_and_memory() {
+    let downtime = move_guest(true).await;
+    eprintln!("tls: downtime {downtime} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_onto_a_missing_export_fails_naming_the_disk_and_leaves_no_node_behind() {
+    let src_host = TestDir::new();
+    let dst_host = TestDir::new();
+    let (spec, target_spec) = specs(&src_host, &dst_host);
+    let src = src_host.launch(&spec).await;
+    let mut incoming = dst_host.launch_options();
+    incoming.incoming_defer = true;
+    let dst = VmInstance::launch(&target_spec, &incoming, InstanceOptions::default())
+        .await
+        .unwrap();
+    let nbd = InetAddr::new("127.0.0.1", free_port());
+    serve_disks(dst.qmp(), &nbd, &["disk0".to_string()], None)
+        .await
+        .unwrap();
+    let mut mirrors = MirrorSet::new(src.qmp());
+    mirrors
+        .add(
+            &MirrorTarget {
+                node: "disk0".into(),
+                addr: nbd.clone(),
+                export: "disk0".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let err = mirrors
+        .add(
+            &MirrorTarget {
+                node: "disk1".into(),
+                addr: nbd.clone(),
+                export: "no-such-export".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, MigrateError::Qmp { .. })
+            && msg.contains("disk1")
+            && msg.contains(&nbd.to_string()),
+        "{msg}"
+    );
+    let problems = mirrors.abort().await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        leftover_mirror_nodes(src.qmp()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(src.qmp().query_block_jobs().await.unwrap().is_empty());
+    assert_eq!(src.state(), VmState::Running);
+    src.force_off().await.unwrap();
+    dst.force_off().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_memory_migration_leaves_the_source_running() {
+    let src_host = TestDir::new();
+    let dst_host = TestDir::new();
+    // 512 MiB of guest memory: the stream cannot be over before the cancel.
+    let mut spec = src_host.guest_spec("big", GuestMode::Idle);
+    spec.memory_mib = 512;
+    let src = src_host.launch(&spec).await;
+    let mut incoming = dst_host.launch_options();
+    incoming.incoming_defer = true;
+    let dst = VmInstance::launch(&spec, &incoming, InstanceOptions::default())
+        .await
+        .unwrap();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    listen_incoming(dst.qmp(), &uri, None).await.unwrap();
+    let settings = OutgoingSettings {
+        uri,
+        max_downtime_ms: 300,
+        // 1 MiB/s: the copy takes minutes.
+        max_bandwidth: 1 << 20,
+        tls: None,
+    };
+    let err = migrate_out(
+        src.qmp(),
+        &settings,
+        tokio::time::sleep(Duration::from_millis(300)),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MigrateError::Cancelled), "{err}");
+    let mut status = None;
+    for _ in 0..100 {
+        status = src.qmp().query_migrate().await.unwrap().status;
+        if status.is_some_and(|s| s.is_final()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, Some(MigrationStatus::Cancelled));
+    assert!(src.qmp().query_status().await.unwrap().running);
+    src.force_off().await.unwrap();
+    dst.force_off().await.unwrap();
+}

@@ -55,7 +55,6 @@ use job::{MigrateJob, MigrateStep};
 use nasvisor_api_types::VmMigrate;
 use nasvisor_api_types::CoreError;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use crate::model::{kind, now_rfc3339, EventRecord, Severity};
 use crate::Inner;
+use nasvisor_best_effort::BestEffort;
 use serde_json::Value;
 use std::sync::atomic::Ordering;
 
@@ -58,7 +59,10 @@ impl Inner {
             match self.db.put(kind::EVENT, &key(seq), &rec, Some(0)).await {
                 Ok(_) => {
                     if seq > MAX_EVENTS {
-                        let _ = self.db.delete(kind::EVENT, &key(seq - MAX_EVENTS)).await;
+                        self.db
+                            .delete(kind::EVENT, &key(seq - MAX_EVENTS))
+                            .await
+                            .best_effort("drop the oldest event");
                     }
                     return;
                 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use nasvisor_api::action::{ByteStream, ImageUpload};
 use nasvisor_api::{Action, CoreError};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -234,14 +235,14 @@ impl Inner {
                 && vm.install_job.is_none()
                 && vm.host.as_deref().is_none_or(|h| h == self.host.id)
             {
-                let _ = self
-                    .db
+                self.db
                     .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                         v.state = crate::model::VmStatus::InstallFailed;
                         v.state_reason = Some("install interrupted before it started".into());
                         Ok(())
                     })
-                    .await;
+                    .await
+                    .best_effort("record an install interrupted before it started");
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use crate::plugin_reports::{reported_text, slot_state, PluginHostState};
 use crate::{lock, Inner};
 use nasvisor_api::action::PluginInstall;
 use nasvisor_api::CoreError;
+use nasvisor_best_effort::BestEffort;
 use nasvisor_plugin_host::package::{self, Package};
 use nasvisor_plugin_host::{Decision, DecisionInput};
 use nasvisor_plugin_sdk::World;
@@ -219,10 +220,10 @@ impl Inner {
 
     async fn delete_chunks(&self, rec: &PluginRecord) {
         for i in 0..rec.chunks {
-            let _ = self
-                .db
+            self.db
                 .delete(kind::PLUGIN_CHUNK, &chunk_key(&rec.world, &rec.sha256, i))
-                .await;
+                .await
+                .best_effort("remove a stored chunk of a replaced plugin");
         }
     }
 

@@ -5,6 +5,7 @@ use crate::model::{kind, VmRecord, VswitchRecord};
 use crate::Inner;
 use nasvisor_api::action::VswitchCreate;
 use nasvisor_api::CoreError;
+use nasvisor_best_effort::BestEffort;
 use nasvisor_net::{BridgeName, IfName, NetError, Vswitch, VswitchSpec};
 use serde_json::{json, Value};
 
@@ -91,7 +92,8 @@ impl Inner {
             )
             .await
         {
-            let _ = Vswitch::delete(&self.net, spec.name(), false);
+            Vswitch::delete(&self.net, spec.name(), false)
+                .best_effort("remove the bridge of a vswitch that could not be recorded");
             return Err(e);
         }
         Ok(to_json(&rec))

@@ -1,5 +1,6 @@
 //! Writing secrets to disk: private (0600) and atomic (temp file + rename).
 
+use nasvisor_best_effort::BestEffort;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -14,7 +15,7 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("secret");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    nasvisor_best_effort::remove_file(&tmp);
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -26,7 +27,8 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+        d.sync_all()
+            .best_effort(&format!("sync the directory {}", dir.display()));
     }
     Ok(())
 }

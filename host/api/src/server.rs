@@ -238,6 +238,7 @@ impl Server {
                     async move { Ok::<_, std::convert::Infallible>(handle(&shared, peer, req).await) }
                 });
                 let stop = async move {
+                    // Err only when the sender is gone, which also means stop.
                     let _ = stopped.wait_for(|s| *s).await;
                 };
                 match nasvisor_limits::serve_http1(stream, svc, &limits, stop).await {
@@ -250,6 +251,7 @@ impl Server {
             });
         }
         drop(self.listener);
+        // Err only when no connection is left to tell: nothing to stop.
         let _ = stop.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while conns.join_next().await.is_some() {}
@@ -532,6 +534,7 @@ fn drain(body: Incoming, stall: Duration) {
     tokio::spawn(async move {
         let mut body = TimedBody::new(body, stall);
         let mut seen = 0u64;
+        // The drain is bounded on purpose: past DRAIN_TIME the rest is dropped.
         let _ = tokio::time::timeout(DRAIN_TIME, async {
             while let Some(Ok(frame)) = body.frame().await {
                 if let Some(d) = frame.data_ref() {

@@ -4,6 +4,7 @@
 use crate::model::{kind, now_rfc3339, EventRecord, Severity};
 use crate::Inner;
 use nasvisor_api_types::EventView;
+use nasvisor_best_effort::BestEffort;
 use std::sync::atomic::Ordering;
 
 /// How many events are kept.
@@ -58,7 +59,10 @@ impl Inner {
             match self.db.put(kind::EVENT, &key(seq), &rec, Some(0)).await {
                 Ok(_) => {
                     if seq > MAX_EVENTS {
-                        let _ = self.db.delete(kind::EVENT, &key(seq - MAX_EVENTS)).await;
+                        self.db
+                            .delete(kind::EVENT, &key(seq - MAX_EVENTS))
+                            .await
+                            .best_effort("drop the oldest event");
                     }
                     return;
                 }

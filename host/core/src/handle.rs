@@ -12,6 +12,7 @@ use nasvisor_api_types::{
     Action, ClusterView, CoreError, HostView, JoinTokenView, MemberStatus, MemberView,
 };
 use nasvisor_api_types::{ByteStream, ImageUpload};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -241,14 +242,14 @@ impl Inner {
                 && vm.install_job.is_none()
                 && vm.host.as_deref().is_none_or(|h| h == self.host.id)
             {
-                let _ = self
-                    .db
+                self.db
                     .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                         v.state = crate::model::VmStatus::InstallFailed;
                         v.state_reason = Some("install interrupted before it started".into());
                         Ok(())
                     })
-                    .await;
+                    .await
+                    .best_effort("record an install interrupted before it started");
             }
         }
         Ok(())

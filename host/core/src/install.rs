@@ -12,6 +12,7 @@ use crate::vms::failed;
 use crate::Inner;
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::InstallSpec;
+use nasvisor_best_effort::BestEffort;
 use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::{
     Completion, DiskMethod, Firmware as PlanFirmware, ImageFormat, ImageMeta, InstallPlan,
@@ -272,7 +273,7 @@ impl Inner {
                     .collect();
                 nasvisor_storage::seed::build_nocloud_seed(&refs, &t)?;
                 let r = p.import(&s, &t, |_| {});
-                let _ = std::fs::remove_file(&t);
+                nasvisor_best_effort::remove_file(&t);
                 r
             })
             .await
@@ -403,8 +404,7 @@ impl Inner {
                 } else {
                     VmStatus::Running
                 };
-                let _ = self
-                    .db
+                self.db
                     .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                         v.state = state;
                         v.desired = if powered_off {
@@ -415,7 +415,8 @@ impl Inner {
                         v.state_reason = Some(format!("installed: {msg}"));
                         Ok(())
                     })
-                    .await;
+                    .await
+                    .best_effort("record the installed VM's state");
                 self.event(
                     "install-finished",
                     Severity::Info,
@@ -454,7 +455,8 @@ impl Inner {
         if !keep_disks {
             if let Ok(p) = self.pool(pool, "install.pool") {
                 for suffix in ["root", "seed"] {
-                    let _ = p.delete(&format!("{}-{suffix}", vm.name));
+                    p.delete(&format!("{}-{suffix}", vm.name))
+                        .best_effort("remove a disk of a failed install");
                 }
             }
         }
@@ -467,8 +469,7 @@ impl Inner {
             }
             kept.push(d.clone());
         }
-        let _ = self
-            .db
+        self.db
             .update::<VmRecord, _>(kind::VM, vm_id, |v| {
                 v.state = VmStatus::InstallFailed;
                 v.state_reason = Some(reason.to_string());
@@ -476,7 +477,8 @@ impl Inner {
                 v.disks = kept.clone();
                 Ok(())
             })
-            .await;
+            .await
+            .best_effort("record the failed install");
     }
 
     /// After a restart: an install cannot resume mid-boot; clean it up.

@@ -6,6 +6,7 @@ use crate::errors;
 use crate::model::{kind, now_rfc3339, JobRecord, JobState};
 use crate::{lock, Inner};
 use nasvisor_api_types::{CoreError, JobView};
+use nasvisor_best_effort::BestEffort;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,8 +103,7 @@ impl Inner {
                     v
                 };
                 if dirty {
-                    let _ = me
-                        .db
+                    me.db
                         .update::<JobRecord, _>(kind::JOB, &c.id, |j| {
                             if !j.state.is_final() {
                                 j.progress = fraction;
@@ -113,7 +113,8 @@ impl Inner {
                             }
                             Ok(())
                         })
-                        .await;
+                        .await
+                        .best_effort("record the job's progress");
                 }
             }
         });
@@ -166,7 +167,10 @@ impl Inner {
         }
         ended.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         for j in &ended[..ended.len() - KEEP_ENDED_JOBS] {
-            let _ = self.db.delete(kind::JOB, &j.id).await;
+            self.db
+                .delete(kind::JOB, &j.id)
+                .await
+                .best_effort("remove an ended job beyond those kept");
         }
     }
 

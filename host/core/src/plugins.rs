@@ -12,6 +12,7 @@ use crate::{lock, Inner};
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::PluginInstall;
 use nasvisor_api_types::PluginView;
+use nasvisor_best_effort::BestEffort;
 use nasvisor_plugin_host::package::{self, Package};
 use nasvisor_plugin_host::{Decision, DecisionInput};
 use nasvisor_plugin_sdk::World;
@@ -200,10 +201,10 @@ impl Inner {
 
     async fn delete_chunks(&self, rec: &PluginRecord) {
         for i in 0..rec.chunks {
-            let _ = self
-                .db
+            self.db
                 .delete(kind::PLUGIN_CHUNK, &chunk_key(&rec.world, &rec.sha256, i))
-                .await;
+                .await
+                .best_effort("remove a stored chunk of a replaced plugin");
         }
     }
 

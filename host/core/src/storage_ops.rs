@@ -7,6 +7,7 @@ use crate::model::{kind, PoolRecord, VmRecord};
 use crate::Inner;
 use nasvisor_api_types::{CoreError, JobView, PoolView, SnapshotView, VolumeView};
 use nasvisor_api_types::{PoolCreate, VolumeCreate, VolumeFormat};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::{SnapshotOp, VolumeInfo};
 use serde_json::json;
 use std::path::Path;
@@ -106,7 +107,7 @@ impl Inner {
             Ok(p) => p,
             Err(e) => {
                 if made {
-                    let _ = std::fs::remove_dir(dir);
+                    nasvisor_best_effort::remove_dir(dir);
                 }
                 return Err(errors::storage("path", e));
             }
@@ -237,8 +238,7 @@ impl Inner {
             .map_err(|e| errors::storage("size_mib", e))?;
         // Keep the VM's recorded disk size current.
         if let Some(vm) = self.volume_user(pool, volume) {
-            let _ = self
-                .db
+            self.db
                 .update::<VmRecord, _>(kind::VM, &vm.id, |r| {
                     for d in r
                         .disks
@@ -249,7 +249,8 @@ impl Inner {
                     }
                     Ok(())
                 })
-                .await;
+                .await
+                .best_effort("record the resized disk's size in its VM");
         }
         Ok(self.volume_view(pool, &v))
     }

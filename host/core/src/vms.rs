@@ -10,6 +10,7 @@ use crate::model::{
 use crate::{lock, Inner, Running};
 use nasvisor_api_types::{AccelKind, CoreError, QemuState, VmView};
 use nasvisor_api_types::{NicModel as ApiNicModel, PowerOp, VmCreate, VmUpdate};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_net::{MacAddr as NetMac, Tap, TapName, TapOptions};
 use nasvisor_storage::Pool;
 use nasvisor_vm::{
@@ -252,7 +253,8 @@ impl Inner {
             if new {
                 if let Err(e) = pool.create(&vol, size_mib * MIB) {
                     for (p, v) in &created {
-                        let _ = p.delete(v);
+                        p.delete(v)
+                            .best_effort("remove a disk created for a VM that was not created");
                     }
                     return Err(errors::storage(&format!("disks[{i}].size_mib"), e));
                 }
@@ -300,7 +302,8 @@ impl Inner {
             .await
         {
             for (p, v) in &created {
-                let _ = p.delete(v);
+                p.delete(v)
+                    .best_effort("remove a disk created for a VM that was not created");
             }
             return Err(e);
         }
@@ -392,12 +395,12 @@ impl Inner {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.cfg.nvram_dir().join(format!("{}.fd", vm.id)));
+        nasvisor_best_effort::remove_file(&self.cfg.nvram_dir().join(format!("{}.fd", vm.id)));
         if let Ok(paths) = nasvisor_vm::RunPaths::new(self.cfg.run_dir(), &vm.id) {
             paths.remove_stale();
             for p in [paths.console_log(), paths.qemu_log()] {
-                let _ = std::fs::remove_file(&p);
-                let _ = std::fs::remove_file(p.with_extension("log.1"));
+                nasvisor_best_effort::remove_file(&p);
+                nasvisor_best_effort::remove_file(&p.with_extension("log.1"));
             }
         }
         self.db.delete(kind::VM, &vm.id).await?;
@@ -797,14 +800,14 @@ impl Inner {
                 Ok(rec)
             }
             Err(e) => {
-                let _ = self
-                    .set_state(
-                        &vm.id,
-                        VmStatus::Stopped,
-                        Some(e.to_string()),
-                        Some(Desired::Stopped),
-                    )
-                    .await;
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Stopped,
+                    Some(e.to_string()),
+                    Some(Desired::Stopped),
+                )
+                .await
+                .best_effort("record that the VM did not start");
                 Err(e)
             }
         }
@@ -847,14 +850,14 @@ impl Inner {
                                 ShutdownOutcome::AlreadyStopped => "it had already stopped".into(),
                             };
                             me.forget_instance(&id, inst.pid());
-                            let _ = me
-                                .set_state(
-                                    &id,
-                                    VmStatus::Stopped,
-                                    Some(format!("shut down by the administrator: {reason}")),
-                                    Some(Desired::Stopped),
-                                )
-                                .await;
+                            me.set_state(
+                                &id,
+                                VmStatus::Stopped,
+                                Some(format!("shut down by the administrator: {reason}")),
+                                Some(Desired::Stopped),
+                            )
+                            .await
+                            .best_effort("record the VM's shutdown");
                         }
                         Err(e) => tracing::warn!(vm = %id, error = %e, "shutdown failed"),
                     }
@@ -926,7 +929,7 @@ impl Inner {
         let host_booted = std::fs::read_to_string(&boot_file)
             .map(|b| b != boot_id)
             .unwrap_or(true);
-        let _ = std::fs::write(&boot_file, &boot_id);
+        std::fs::write(&boot_file, &boot_id).best_effort("record this boot's id");
         for vm in self.db.list::<VmRecord>(kind::VM) {
             if vm.host.as_deref().is_some_and(|h| h != self.host.id) {
                 continue;
@@ -962,9 +965,9 @@ impl Inner {
                         let reason = format!(
                             "QEMU is gone; it exited while nasvisord was not running ({e})"
                         );
-                        let _ = self
-                            .set_state(&vm.id, VmStatus::Crashed, Some(reason.clone()), None)
-                            .await;
+                        self.set_state(&vm.id, VmStatus::Crashed, Some(reason.clone()), None)
+                            .await
+                            .best_effort("record that the VM's QEMU is gone");
                         self.event(
                             "vm-crashed",
                             Severity::Error,
@@ -999,7 +1002,7 @@ impl Inner {
     pub(crate) async fn stop_instance(&self, id: &str) {
         let r = lock(&self.running).remove(id);
         if let Some(r) = r {
-            let _ = r.inst.kill().await;
+            r.inst.kill().await.best_effort("kill the VM's QEMU");
         }
         if let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, id) {
             self.remove_taps(&vm);

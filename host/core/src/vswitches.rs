@@ -5,6 +5,7 @@ use crate::model::{kind, VmRecord, VswitchRecord};
 use crate::Inner;
 use nasvisor_api_types::VswitchCreate;
 use nasvisor_api_types::{CoreError, VswitchView};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_net::{BridgeName, IfName, NetError, Vswitch, VswitchSpec};
 
 fn view(s: &VswitchRecord) -> VswitchView {
@@ -95,7 +96,8 @@ impl Inner {
             )
             .await
         {
-            let _ = Vswitch::delete(&self.net, spec.name(), false);
+            Vswitch::delete(&self.net, spec.name(), false)
+                .best_effort("remove the bridge of a vswitch that could not be recorded");
             return Err(e);
         }
         Ok(view(&rec))

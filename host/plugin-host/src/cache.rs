@@ -83,7 +83,7 @@ impl CodeCache {
         let path = self.path(component_sha256);
         let bytes = std::fs::read(&path).ok()?;
         if bytes.len() < TAG_LEN {
-            let _ = std::fs::remove_file(&path);
+            nasvisor_best_effort::remove_file(&path);
             return None;
         }
         let (tag, code) = bytes.split_at(TAG_LEN);
@@ -92,7 +92,7 @@ impl CodeCache {
         mac.update(code);
         if mac.verify_slice(tag).is_err() {
             tracing::warn!(path = %path.display(), "compiled-code cache entry failed authentication; discarding it");
-            let _ = std::fs::remove_file(&path);
+            nasvisor_best_effort::remove_file(&path);
             return None;
         }
         Some(code.to_vec())

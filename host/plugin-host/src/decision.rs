@@ -327,27 +327,41 @@ impl<'a> NativePolicies<'a> {
     }
 }
 
-/// How many times [`invoke_judging_the_plugin`] calls again after a fault
-/// of the host.
-pub const HOST_FAULT_ATTEMPTS: u32 = 5;
+/// How long [`invoke_judging_the_plugin`] keeps calling again after faults
+/// of the host: other work on the machine comes in bursts (a compiler's
+/// code-generation threads, a backup), and a call made after the burst
+/// judges the plugin. Five calls in a row were not enough on a 2-core
+/// machine running two builds (load 5.5): a 20 ms deadline was starved
+/// every time.
+pub const HOST_FAULT_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The pause before calling again after a fault of the host, doubled after
+/// each one up to [`HOST_FAULT_MAX_PAUSE`].
+const HOST_FAULT_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+const HOST_FAULT_MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Like [`invoke`], for tools that judge a plugin (`nasvisor plugin run`,
 /// `plugin replay`): a call that the host failed (no free slot in time, a
 /// CPU starved by other work, see [`CallError::is_plugin_fault`]) says
-/// nothing about the plugin, so it is made again, up to
-/// [`HOST_FAULT_ATTEMPTS`] times in all. The daemon does not retry: it falls
-/// back to the native default at once, without blame.
+/// nothing about the plugin, so it is made again, after a growing pause,
+/// for up to [`HOST_FAULT_BUDGET`]; after that the host's fault is the
+/// answer. The daemon does not retry: it falls back to the native default
+/// at once, without blame.
 pub fn invoke_judging_the_plugin(
     rt: &Runtime,
     p: &LoadedPlugin,
     input: &DecisionInput,
     wall_clock_ms: u64,
 ) -> Result<Answer, CallError> {
-    let mut attempt = 1;
+    let started = std::time::Instant::now();
+    let mut pause = HOST_FAULT_FIRST_PAUSE;
+    let mut attempt = 1u32;
     loop {
         match invoke(rt, p, input, wall_clock_ms) {
-            Err(e) if !e.is_plugin_fault() && attempt < HOST_FAULT_ATTEMPTS => {
+            Err(e) if !e.is_plugin_fault() && started.elapsed() + pause < HOST_FAULT_BUDGET => {
                 tracing::debug!(attempt, error = %e, "fault of the host; calling the plugin again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(HOST_FAULT_MAX_PAUSE);
                 attempt += 1;
             }
             other => return other,

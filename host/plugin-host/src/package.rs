@@ -294,9 +294,9 @@ pub fn write_keypair(key: &SigningKey, secret: &Path, public: &Path) -> std::io:
         })
         .and_then(|()| pubf.write_all(pubpem.as_bytes()));
     if let Err(e) = written {
-        let _ = std::fs::remove_file(public);
+        nasvisor_best_effort::remove_file(public);
         if e.kind() != std::io::ErrorKind::AlreadyExists {
-            let _ = std::fs::remove_file(secret);
+            nasvisor_best_effort::remove_file(secret);
         }
         return Err(e);
     }

@@ -86,7 +86,7 @@ struct Cleanup(Vec<PathBuf>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+            nasvisor_best_effort::remove_file(p);
         }
     }
 }
@@ -247,7 +247,7 @@ impl ImageLibrary {
             .flatten()
         {
             if e.file_name().to_string_lossy().starts_with(".incoming-") {
-                let _ = std::fs::remove_file(e.path());
+                nasvisor_best_effort::remove_file(&e.path());
             }
         }
         private::tighten_tree(&lib.dir)?;
@@ -310,7 +310,7 @@ impl ImageLibrary {
         let img = self.get(image)?;
         let m = self.meta_path(image);
         std::fs::remove_file(&m).map_err(|e| StorageError::io(&m, e))?;
-        let _ = std::fs::remove_file(&img.path);
+        nasvisor_best_effort::remove_file(&img.path);
         Ok(())
     }
 
@@ -504,7 +504,7 @@ impl ImageLibrary {
         std::fs::rename(&tmp, &mp).map_err(|e| StorageError::io(&mp, e))?;
         cleanup.0.clear();
         // The converted source is gone with the cleanup of `incoming`.
-        let _ = std::fs::remove_file(&incoming);
+        nasvisor_best_effort::remove_file(&incoming);
         Ok(meta)
     }
 }

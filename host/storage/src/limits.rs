@@ -16,6 +16,7 @@
 //! [`StorageError::Limit`] naming the limit, not a generic failure.
 
 use crate::error::StorageError;
+use nasvisor_best_effort::BestEffort;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -116,6 +117,8 @@ pub(crate) struct Finished {
 fn drain(mut r: impl Read + Send + 'static, keep: u64) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut kept = Vec::new();
+        // A read error only ends what is kept of the child's output early;
+        // the child's own outcome is judged by its exit status.
         let _ = (&mut r).take(keep).read_to_end(&mut kept);
         let _ = std::io::copy(&mut r, &mut std::io::sink());
         kept
@@ -147,7 +150,9 @@ pub(crate) fn run(mut cmd: Command, wall: Duration) -> std::io::Result<Finished>
         }
         if Instant::now() >= deadline {
             timed_out = Some(wall);
-            let _ = child.kill();
+            child
+                .kill()
+                .best_effort("kill a child past its wall-time limit");
             break child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -55,7 +55,7 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+            nasvisor_best_effort::remove_file(p);
         }
     }
 }

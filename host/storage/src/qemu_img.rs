@@ -2,6 +2,7 @@
 
 use crate::error::StorageError;
 use crate::limits::{self, Limits};
+use nasvisor_best_effort::BestEffort;
 use serde::Deserialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -310,8 +311,8 @@ impl QemuImg {
             })?;
         let errors = limits::stderr_of(&mut child);
         let Some(mut stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().best_effort("kill qemu-img");
+            child.wait().best_effort("reap qemu-img");
             return Err(StorageError::QemuImg {
                 op: "convert",
                 stderr: "no stdout".into(),
@@ -323,8 +324,8 @@ impl QemuImg {
             let n = match stdout.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    child.kill().best_effort("kill qemu-img");
+                    child.wait().best_effort("reap qemu-img");
                     return Err(StorageError::io(dst, e));
                 }
             };
@@ -332,8 +333,8 @@ impl QemuImg {
                 break;
             }
             if cancelled() {
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill().best_effort("kill qemu-img");
+                child.wait().best_effort("reap qemu-img");
                 return Err(StorageError::Cancelled { op: "convert" });
             }
             pending.push_str(&String::from_utf8_lossy(&buf[..n]));

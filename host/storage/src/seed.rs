@@ -106,7 +106,7 @@ pub fn build_nocloud_seed(files: &[(&str, &str)], out: &Path) -> Result<(), Stor
         private::set_mode(&img, private::FILE_MODE)?;
         std::fs::rename(&img, out).map_err(|e| StorageError::io(out, e))
     })();
-    let _ = std::fs::remove_dir_all(&staging);
+    nasvisor_best_effort::remove_dir_all(&staging);
     result
 }
 

@@ -238,10 +238,12 @@ impl Console {
                         tracing::warn!(log = %log.path.display(), error = %e, "console log write failed");
                     }
                     if let Some(tx) = live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        // No live reader is fine: the log has the bytes.
                         let _ = tx.send(chunk);
                     }
                 }
                 live.lock().unwrap_or_else(|e| e.into_inner()).take();
+                // Err only when nobody waits for the close.
                 let _ = closed_tx.send(true);
             })
         };
@@ -326,6 +328,7 @@ impl Console {
     /// Resolves when QEMU closes the console.
     pub async fn closed(&self) {
         let mut rx = self.inner.closed_rx.clone();
+        // An error means the reader task is gone, which also means closed.
         let _ = rx.wait_for(|c| *c).await;
     }
 

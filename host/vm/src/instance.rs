@@ -9,6 +9,7 @@
 //! running; [`VmInstance::attach`] finds it again through its pidfile and QMP
 //! socket. Processes are only ever signalled by pid (through a pidfd).
 
+use nasvisor_best_effort::BestEffort;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,7 +277,9 @@ impl VmInstance {
             Err(e) => {
                 tracing::warn!(%id, pid, error = %e, "launch failed after QEMU started; killing it");
                 guard.armed = false;
-                let _ = process.kill();
+                process
+                    .kill()
+                    .best_effort("kill a QEMU whose launch failed");
                 process.wait_exit_timeout(Duration::from_secs(10)).await;
                 paths.remove_stale_of(pid);
                 Err(e)
@@ -387,7 +390,11 @@ impl VmInstance {
             // The guest powered off while nobody watched: finish the job.
             tracing::info!(%id, "guest had powered off; stopping its QEMU");
             vm.request_exit("guest powered off while detached");
-            let _ = vm.inner.qmp.quit().await;
+            vm.inner
+                .qmp
+                .quit()
+                .await
+                .best_effort("quit the QEMU of a guest that powered off while detached");
         }
         Ok(vm)
     }
@@ -676,7 +683,9 @@ struct KillProcessOnDrop {
 impl Drop for KillProcessOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.process.kill();
+            self.process
+                .kill()
+                .best_effort("kill a QEMU left by a failed start");
         }
     }
 }
@@ -753,6 +762,7 @@ async fn monitor(mut ctx: MonitorCtx) {
     }
     // Phase 2: the process is gone or going. Let QMP deliver what it still has
     // (a SHUTDOWN event may be in flight), then decide how it ended.
+    // Bounded on purpose: what QMP has not delivered in 5 s is not waited for.
     let _ = tokio::time::timeout(Duration::from_secs(5), ctx.qmp.closed()).await;
     while let Ok(event) = ctx.events.try_recv() {
         ctx.handle(&event);

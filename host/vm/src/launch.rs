@@ -20,6 +20,7 @@
 //! - `-machine graphics=off`: there is no display, so firmware (SeaBIOS, OVMF)
 //!   writes to the serial console.
 
+use nasvisor_best_effort::BestEffort;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -173,7 +174,7 @@ impl RunPaths {
     /// Logs are kept.
     pub fn remove_stale(&self) {
         for p in [self.qmp_socket(), self.pidfile(), self.serial_socket()] {
-            let _ = std::fs::remove_file(p);
+            nasvisor_best_effort::remove_file(&p);
         }
     }
 
@@ -502,7 +503,8 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
     // Keep the previous run's messages for post-mortems.
     let log = paths.qemu_log();
     if log.exists() {
-        let _ = std::fs::rename(&log, log.with_extension("log.1"));
+        std::fs::rename(&log, log.with_extension("log.1"))
+            .best_effort("keep the previous QEMU log");
     }
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -625,7 +627,7 @@ fn copy_private(src: &Path, dst: &Path) -> std::io::Result<()> {
         .open(dst)?;
     let r = std::io::copy(&mut from, &mut to).and_then(|_| to.sync_all());
     if r.is_err() {
-        let _ = std::fs::remove_file(dst);
+        nasvisor_best_effort::remove_file(dst);
     }
     r
 }
@@ -635,7 +637,8 @@ fn kill_from_pidfile(paths: &RunPaths) {
     if let Ok(pid) = crate::proc::read_pidfile(&paths.pidfile()) {
         if crate::proc::verify_qemu(pid, path_str(&paths.qmp_socket())).is_ok() {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+                    .best_effort("kill a stale QEMU");
             }
         }
     }

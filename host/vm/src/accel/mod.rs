@@ -6,6 +6,7 @@
 //! `-accel kvm` with a timeout; it must reach long mode, do some real work and
 //! exit through `isa-debug-exit` with the expected status. Otherwise TCG.
 
+use nasvisor_best_effort::BestEffort;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -167,6 +168,7 @@ pub async fn run_probe_guest(
     let stderr_task = tokio::spawn(async move {
         let mut s = String::new();
         if let Some(e) = stderr.as_mut() {
+            // What was read before an error is still the best message.
             let _ = e.read_to_string(&mut s).await;
         }
         s
@@ -182,7 +184,7 @@ pub async fn run_probe_guest(
         }
         Err(_) => {
             // Our direct child: kill and reap it.
-            let _ = child.kill().await;
+            child.kill().await.best_effort("kill the accelerator probe");
             return Err(ProbeError::Timeout(timeout));
         }
     };

@@ -529,12 +529,14 @@ async fn read_loop(
         std::mem::take(&mut st.pending)
     };
     for (_, p) in pending {
+        // A caller that stopped waiting needs no answer.
         let _ = p.tx.send(Err(QmpError::Disconnected {
             path: path.clone(),
             command: Some(p.command),
             reason: reason.clone(),
         }));
     }
+    // Err only when nobody waits for the close.
     let _ = closed_tx.send(true);
 }
 
@@ -579,6 +581,7 @@ fn dispatch(state: &Mutex<ConnState>, message: Value) {
     } else {
         Ok(Value::Null)
     };
+    // A caller that stopped waiting (timeout) needs no answer.
     let _ = pending.tx.send(reply);
 }
 

@@ -52,8 +52,8 @@ use crate::model::{
 };
 use crate::{lock, Inner};
 use job::{MigrateJob, MigrateStep};
-use nasvisor_api_types::VmMigrate;
 use nasvisor_api_types::CoreError;
+use nasvisor_api_types::VmMigrate;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;

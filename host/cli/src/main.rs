@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     #[command(flatten)]
-    Api(api::commands::ApiCommand),
+    Api(api::ApiCommand),
     /// Write, build, sign, check and try policy plugins; list the loaded ones.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
@@ -42,18 +42,18 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Api(cmd) => api::commands::run(cmd, &cli.api),
+        Command::Api(cmd) => api::run(cmd, &cli.api),
         Command::Plugin(plugin_cmd::PluginCommand::List) => {
-            api::commands::run_plugin_list(&cli.api)
+            api::with_client(&cli.api, api::plugin::list)
         }
         Command::Plugin(plugin_cmd::PluginCommand::Install { package }) => {
-            api::commands::run_plugin_install(&cli.api, &package)
+            api::with_client(&cli.api, |c, out| api::plugin::install(c, out, &package))
         }
         Command::Plugin(plugin_cmd::PluginCommand::Uninstall { world }) => {
-            api::commands::run_plugin_uninstall(&cli.api, &world)
+            api::with_client(&cli.api, |c, out| api::plugin::uninstall(c, out, &world))
         }
         Command::Plugin(plugin_cmd::PluginCommand::Reset { world }) => {
-            api::commands::run_plugin_reset(&cli.api, &world)
+            api::with_client(&cli.api, |c, out| api::plugin::reset(c, out, &world))
         }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
     }

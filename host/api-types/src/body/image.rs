@@ -18,7 +18,7 @@ pub enum ImageSource {
 
 /// Body of `POST /api/v1/images`: `name`, exactly one of `path`, `url`,
 /// and optional metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageAddBody {
     /// Image name.

@@ -19,6 +19,9 @@ pub const MAX_VCPUS: u32 = 256;
 /// Largest volume size, MiB (1 PiB).
 pub const MAX_VOLUME_MIB: u64 = 1 << 30;
 
+/// Graceful-shutdown timeout when none is given, seconds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 120;
+
 /// Longest graceful-shutdown timeout, seconds (1 hour).
 pub const MAX_SHUTDOWN_TIMEOUT_S: u32 = 3600;
 
@@ -78,7 +81,7 @@ pub enum PowerOp {
 }
 
 fn default_shutdown_timeout() -> u32 {
-    120
+    DEFAULT_SHUTDOWN_TIMEOUT_S
 }
 
 /// Body of `POST /api/v1/vms`.

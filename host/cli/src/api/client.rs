@@ -3,11 +3,13 @@
 //! fingerprint (never unverified), and the admin token as a bearer token.
 
 use clap::Args;
+use nasvisor_api_types::ErrorView;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use serde_json::Value;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,16 +46,17 @@ pub struct ApiOpts {
     /// --ca-cert nor --fingerprint is given.
     #[arg(long, global = true, env = "NASVISOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Print the API's raw JSON answers.
+    /// Print the API's answers as JSON (its typed views) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 /// A failed command: what the user sees on stderr, after `error: `.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The API refused the request (or, with status 0, the CLI refused it
     /// with the API's own rules before sending it).
+    #[error("{}", api_text(*status, field.as_deref(), reason))]
     Api {
         /// HTTP status; 0 when checked locally.
         status: u16,
@@ -63,6 +66,7 @@ pub enum CliError {
         reason: String,
     },
     /// Anything else (connection, TLS, local input, ...), one line.
+    #[error("{0}")]
     Other(String),
 }
 
@@ -73,26 +77,17 @@ impl CliError {
     }
 }
 
-impl std::fmt::Display for CliError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CliError::Api {
-                status: 0,
-                field,
-                reason,
-            } => match field.as_deref().filter(|f| !f.is_empty()) {
-                Some(field) => write!(f, "{field}: {reason}"),
-                None => f.write_str(reason),
-            },
-            CliError::Api {
-                status,
-                field: Some(field),
-                reason,
-            } if !field.is_empty() => write!(f, "{field}: {reason} (HTTP {status})"),
-            CliError::Api { status, reason, .. } => write!(f, "{reason} (HTTP {status})"),
-            CliError::Other(m) => f.write_str(m),
-        }
+/// `field: reason (HTTP status)`; without the status when checked locally,
+/// without the field when the error is not about one.
+fn api_text(status: u16, field: Option<&str>, reason: &str) -> String {
+    let mut s = match field.filter(|f| !f.is_empty()) {
+        Some(field) => format!("{field}: {reason}"),
+        None => reason.to_string(),
+    };
+    if status != 0 {
+        s.push_str(&format!(" (HTTP {status})"));
     }
+    s
 }
 
 /// The result of a command.
@@ -395,18 +390,13 @@ impl Client {
             Ok(resp) => Ok(resp),
             Err(ureq::Error::Status(status, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
-                let parsed: Option<Value> = serde_json::from_str(&body).ok();
-                let err = parsed.as_ref().and_then(|v| v.get("error"));
-                match err.and_then(|e| e.get("reason")).and_then(Value::as_str) {
-                    Some(reason) => Err(CliError::Api {
+                Err(match serde_json::from_str::<ErrorView>(&body) {
+                    Ok(ErrorView { error }) => CliError::Api {
                         status,
-                        field: err
-                            .and_then(|e| e.get("field"))
-                            .and_then(Value::as_str)
-                            .map(str::to_string),
-                        reason: reason.to_string(),
-                    }),
-                    None => Err(CliError::Api {
+                        field: error.field,
+                        reason: error.reason,
+                    },
+                    Err(_) => CliError::Api {
                         status,
                         field: None,
                         reason: if body.trim().is_empty() {
@@ -414,49 +404,64 @@ impl Client {
                         } else {
                             body.trim().chars().take(300).collect()
                         },
-                    }),
-                }
+                    },
+                })
             }
             Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t)),
         }
     }
 
-    fn json_answer(&self, resp: ureq::Response) -> CliResult<Value> {
-        if resp.status() == 204 {
-            return Ok(Value::Null);
-        }
+    /// The answer of `path` read as a `T`; an answer without content (204)
+    /// reads as JSON `null` (`()`, or `None` of an `Option`).
+    fn answer<T: DeserializeOwned>(&self, path: &str, resp: ureq::Response) -> CliResult<T> {
         let mut body = String::new();
-        resp.into_reader()
-            .read_to_string(&mut body)
-            .map_err(|e| CliError::msg(format!("reading the answer of {}: {e}", self.endpoint)))?;
-        if body.is_empty() {
-            return Ok(Value::Null);
+        if resp.status() != 204 {
+            resp.into_reader().read_to_string(&mut body).map_err(|e| {
+                CliError::msg(format!("reading the answer of {}: {e}", self.endpoint))
+            })?;
         }
-        serde_json::from_str(&body)
-            .map_err(|e| CliError::msg(format!("the answer of {} is not JSON: {e}", self.endpoint)))
+        let body = if body.trim().is_empty() {
+            "null"
+        } else {
+            &body
+        };
+        serde_json::from_str(body).map_err(|e| {
+            CliError::msg(format!(
+                "the answer of {}{} cannot be read: {e}",
+                self.endpoint,
+                path.split('?').next().unwrap_or(path)
+            ))
+        })
     }
 
-    /// `method path` without a body; the JSON answer (`Null` for 204).
-    pub fn call(&self, method: &str, path: &str) -> CliResult<Value> {
+    /// `method path` without a body; the answer as a `T`.
+    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str) -> CliResult<T> {
         let r = self.request(method, path).timeout(REQUEST_TIMEOUT).call();
         let resp = self.finish(r)?;
-        self.json_answer(resp)
+        self.answer(path, resp)
     }
 
-    /// `GET path`.
-    pub fn get(&self, path: &str) -> CliResult<Value> {
+    /// `GET path`, the answer as a `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
         self.call("GET", path)
     }
 
-    /// `method path` with a JSON body.
-    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> CliResult<Value> {
+    /// `method path` with `body` as JSON; the answer as a `T`.
+    pub fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> CliResult<T> {
+        let body = serde_json::to_string(body)
+            .map_err(|e| CliError::msg(format!("the request body cannot be written: {e}")))?;
         let r = self
             .request(method, path)
             .timeout(REQUEST_TIMEOUT)
             .set("Content-Type", "application/json")
-            .send_string(&body.to_string());
+            .send_string(&body);
         let resp = self.finish(r)?;
-        self.json_answer(resp)
+        self.answer(path, resp)
     }
 
     /// `GET path`, the answer body as a reader (no overall timeout: for
@@ -470,8 +475,13 @@ impl Client {
     /// The token and the server's trust are checked first with a cheap
     /// request, so that a refusal is not discovered only after sending
     /// gigabytes (and then only as a reset connection).
-    pub fn upload(&self, path: &str, body: impl Read, len: u64) -> CliResult<Value> {
-        self.get("/api/v1/images")?;
+    pub fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl Read,
+        len: u64,
+    ) -> CliResult<T> {
+        self.get::<IgnoredAny>("/api/v1/images")?;
         let r = self
             .request("POST", path)
             .set("Content-Type", "application/octet-stream")
@@ -487,7 +497,7 @@ impl Client {
             }
             other => other?,
         };
-        self.json_answer(resp)
+        self.answer(path, resp)
     }
 
     /// The endpoint URL.

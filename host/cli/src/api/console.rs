@@ -3,14 +3,14 @@
 //! request body).
 
 use super::client::{enc, query, CliError, CliResult, Client};
-use serde_json::{json, Value};
+use nasvisor_api_types::{ConsoleInputBody, JobView};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Largest console input of one request (the API's limit).
-const MAX_INPUT: usize = 4096;
+const MAX_INPUT: usize = nasvisor_api_types::MAX_CONSOLE_INPUT;
 /// Ctrl-]: ends an interactive console session.
 const ESCAPE: u8 = 0x1d;
 /// After the end of piped input, output is still shown this long.
@@ -29,7 +29,10 @@ pub fn send(c: &Client, vm: &str, data: &str) -> CliResult<()> {
         while !rest.is_char_boundary(end) {
             end -= 1;
         }
-        c.send_json("POST", &path, &json!({"data": &rest[..end]}))?;
+        let body = ConsoleInputBody {
+            data: rest[..end].to_string(),
+        };
+        c.send::<_, ()>("POST", &path, &body)?;
         rest = &rest[end..];
     }
     Ok(())
@@ -197,7 +200,7 @@ impl<R: Read> Read for Progress<R> {
 }
 
 /// Uploads `file` as the body of `POST path`, streamed; the Job answer.
-pub fn upload(c: &Client, path: &str, file: &Path) -> CliResult<Value> {
+pub fn upload(c: &Client, path: &str, file: &Path) -> CliResult<JobView> {
     let f = std::fs::File::open(file)
         .map_err(|e| CliError::msg(format!("--upload {}: {e}", file.display())))?;
     let meta = f

@@ -1,13 +1,119 @@
-//! The commands that talk to nasvisord's HTTPS admin API.
+//! The commands that talk to nasvisord's HTTPS admin API, one file per
+//! resource group, each with its clap types and a `run`:
 //!
-//! - [`client`]: ureq + rustls, CA-file or fingerprint trust, bearer token,
-//!   API errors as `field: reason (HTTP status)`;
-//! - [`commands`]: argument parsing into request bodies that match
-//!   `host/api/openapi.json`, and the output (tables, or `--json`);
-//! - [`console`]: the streamed console and image upload;
-//! - [`table`]: aligned tables.
+//! - [`host`], [`cluster`]: this host, the cluster's hosts and membership;
+//! - [`vm`]: VMs (power, edit, migrate, console); [`install`]: `vm create`
+//!   and its install options;
+//! - [`storage`]: pools, volumes, snapshots; [`image`]: system images;
+//!   [`vswitch`]: virtual switches;
+//! - [`jobs`]: `job` and following a job; [`event`]: the event log;
+//!   [`plugin`]: the plugins of the cluster.
+//!
+//! Request bodies are the `nasvisor-api-types` structs; answers are read
+//! into its views, and printed through [`render`] (tables, `show`, or the
+//! view re-serialized with `--json`). [`client`] is the HTTPS client,
+//! [`console`] the streamed console and image upload, [`table`] the layout
+//! of tables.
 
 pub mod client;
-pub mod commands;
-pub mod console;
-pub mod table;
+mod cluster;
+mod console;
+mod event;
+mod host;
+mod image;
+mod install;
+mod jobs;
+pub mod plugin;
+mod render;
+mod storage;
+mod table;
+mod vm;
+mod vswitch;
+
+use clap::Subcommand;
+use client::{ApiOpts, CliResult, Client};
+use render::Out;
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Commands that talk to nasvisord.
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// This host (identity, version, resources, accelerator), or with a
+    /// subcommand the cluster's hosts.
+    Host(host::HostArgs),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(vm::VmCmd),
+    /// Storage pools.
+    Pool(storage::PoolArgs),
+    /// Volumes of a pool.
+    Volume(storage::VolumeArgs),
+    /// Snapshots of a volume.
+    Snapshot(storage::SnapshotArgs),
+    /// System images (installable OS images).
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Virtual switches.
+    #[command(subcommand)]
+    Vswitch(vswitch::VswitchCmd),
+    /// Long operations.
+    #[command(subcommand)]
+    Job(jobs::JobCmd),
+    /// The event log.
+    #[command(subcommand)]
+    Event(event::EventCmd),
+    /// The cluster of hosts.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+}
+
+/// Runs an API command; errors print as `error: ...` and exit with 1.
+pub fn run(cmd: ApiCommand, opts: &ApiOpts) -> ExitCode {
+    with_client(opts, |c, out| match cmd {
+        ApiCommand::Host(a) => host::run(c, a, out),
+        ApiCommand::Vm(v) => vm::run(c, v, out),
+        ApiCommand::Pool(p) => storage::run_pool(c, p, out),
+        ApiCommand::Volume(v) => storage::run_volume(c, v, out),
+        ApiCommand::Snapshot(s) => storage::run_snapshot(c, s, out),
+        ApiCommand::Image(i) => image::run(c, i, out),
+        ApiCommand::Vswitch(s) => vswitch::run(c, s, out),
+        ApiCommand::Job(j) => jobs::run(c, j, out),
+        ApiCommand::Event(e) => event::run(c, e, out),
+        ApiCommand::Cluster(cmd) => cluster::run(c, cmd, out),
+    })
+}
+
+/// Runs `f` with a client built from `opts`; errors print as `error: ...`
+/// on one line and exit with 1.
+pub fn with_client(opts: &ApiOpts, f: impl FnOnce(&Client, Out) -> CliResult<()>) -> ExitCode {
+    let out = Out { json: opts.json };
+    match Client::new(opts).and_then(|c| f(&c, out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A value of one of the API's enums by its API name, e.g. `e1000`.
+fn api_enum<T: DeserializeOwned>(name: &str) -> Result<T, serde::de::value::Error> {
+    T::deserialize(name.into_deserializer())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nasvisor_api_types::{NicModel, VolumeFormat};
+
+    #[test]
+    fn api_enums_by_their_names() {
+        assert_eq!(api_enum::<NicModel>("e1000").unwrap(), NicModel::E1000);
+        assert_eq!(api_enum::<VolumeFormat>("raw").unwrap(), VolumeFormat::Raw);
+        let e = api_enum::<NicModel>("rtl").unwrap_err().to_string();
+        assert!(e.contains("rtl"), "{e}");
+    }
+}

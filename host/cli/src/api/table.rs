@@ -1,20 +1,6 @@
-//! Human-readable output: aligned tables and key/value blocks.
-
-use serde_json::Value;
-
-/// A JSON value as a table cell: strings bare, null as `-`, lists joined.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.replace(['\n', '\t'], " "),
-        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
-        Value::Number(n) => n.to_string(),
-        Value::Array(a) if a.is_empty() => "-".into(),
-        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        Value::Object(_) => v.to_string(),
-    }
-}
+//! The layout of human-readable output: aligned tables, `label: value`
+//! blocks and sizes. It knows cells as text only; what goes into them is
+//! the [`super::render::Render`] impl of each view.
 
 /// Renders rows under upper-case headers, columns aligned, two spaces apart.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -45,67 +31,55 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A table of the objects in `list`: one column per `(header, key)`; a key
-/// may be `a.b` for a nested field.
-pub fn objects(list: &Value, columns: &[(&str, &str)]) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|o| columns.iter().map(|(_, k)| cell(lookup(o, k))).collect())
-        .collect();
-    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
-    render(&headers, &rows)
-}
-
-fn lookup<'a>(o: &'a Value, key: &str) -> &'a Value {
-    key.split('.')
-        .fold(o, |v, k| v.get(k).unwrap_or(&Value::Null))
-}
-
-/// `key: value` lines for the given fields of an object, labels aligned.
-pub fn fields(o: &Value, keys: &[(&str, &str)]) -> String {
-    let w = keys.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+/// `label: value` lines, labels aligned.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let w = pairs.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let mut out = String::new();
-    for (label, key) in keys {
+    for (label, value) in pairs {
         out.push_str(&format!(
-            "{:<w$}  {}\n",
+            "{:<w$}  {value}\n",
             format!("{label}:"),
-            cell(lookup(o, key)),
             w = w + 1
         ));
     }
     out
 }
 
+/// Every line of `s` indented by two spaces.
+pub fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 /// A size in MiB, human-readable (`512 MiB`, `2.0 GiB`).
-pub fn mib(v: &Value) -> String {
-    match v.as_u64() {
-        Some(m) if m >= 1024 * 1024 => format!("{:.1} TiB", m as f64 / (1024.0 * 1024.0)),
-        Some(m) if m >= 1024 => format!("{:.1} GiB", m as f64 / 1024.0),
-        Some(m) => format!("{m} MiB"),
-        None => cell(v),
+pub fn mib(m: u64) -> String {
+    match m {
+        m if m >= 1024 * 1024 => format!("{:.1} TiB", m as f64 / (1024.0 * 1024.0)),
+        m if m >= 1024 => format!("{:.1} GiB", m as f64 / 1024.0),
+        m => format!("{m} MiB"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn aligned() {
-        let t = objects(
-            &json!([{"name": "a", "n": 1, "x": null}, {"name": "long-name", "n": 22, "x": "y"}]),
-            &[("name", "name"), ("n", "n"), ("x", "x")],
+    fn columns_align_and_sizes_read_well() {
+        let t = render(
+            &["name", "n", "x"],
+            &[
+                vec!["a".into(), "1".into(), "-".into()],
+                vec!["long-name".into(), "22".into(), "y".into()],
+            ],
         );
         assert_eq!(t, "NAME       N   X\na          1   -\nlong-name  22  y\n");
-        assert_eq!(mib(&json!(2048)), "2.0 GiB");
-        assert_eq!(mib(&json!(100)), "100 MiB");
+        assert_eq!(mib(2048), "2.0 GiB");
+        assert_eq!(mib(100), "100 MiB");
+        assert_eq!(mib(3 * 1024 * 1024), "3.0 TiB");
         assert_eq!(
-            fields(&json!({"a": {"b": true}}), &[("deep", "a.b"), ("x", "x")]),
+            fields(&[("deep", "yes".into()), ("x", "-".into())]),
             "deep:  yes\nx:     -\n"
         );
+        assert_eq!(indent("a\nb\n"), "  a\n  b\n");
     }
 }

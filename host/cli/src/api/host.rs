@@ -1,0 +1,115 @@
+//! `nasvisor host`: this host alone, or the cluster's hosts (list,
+//! cordon, uncordon, evacuate).
+
+use super::client::{enc, CliResult, Client};
+use super::jobs;
+use super::render::{cell, Out, Render};
+use super::table::{self, mib};
+use clap::{Args, Subcommand};
+use nasvisor_api_types::{HostView, JobView};
+
+/// `nasvisor host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    cmd: Option<HostCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Every host of the cluster: online, cordoned, resources.
+    List,
+    /// Place no new VMs on a host.
+    Cordon { host: String },
+    /// Place VMs on a host again.
+    Uncordon { host: String },
+    /// Cordon a host and live-migrate its running VMs away (a job).
+    Evacuate {
+        host: String,
+        /// Follow the job until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+fn host_path(host: &str, op: &str) -> String {
+    format!("/api/v1/hosts/{}/{op}", enc(host))
+}
+
+/// Runs `nasvisor host [...]`.
+pub fn run(c: &Client, args: HostArgs, out: Out) -> CliResult<()> {
+    match args.cmd {
+        None => out.show(&c.get::<HostView>("/api/v1/host")?),
+        Some(HostCmd::List) => out.list(&c.get::<Vec<HostView>>("/api/v1/hosts")?),
+        Some(HostCmd::Cordon { host }) => {
+            let h: HostView = c.call("POST", &host_path(&host, "cordon"))?;
+            out.done(&h, |_| {
+                format!("host {host} cordoned: no new VMs are placed on it")
+            });
+        }
+        Some(HostCmd::Uncordon { host }) => {
+            let h: HostView = c.call("POST", &host_path(&host, "uncordon"))?;
+            out.done(&h, |_| format!("host {host} uncordoned"));
+        }
+        Some(HostCmd::Evacuate { host, wait }) => {
+            let j: JobView = c.call("POST", &host_path(&host, "evacuate"))?;
+            jobs::answer(c, out, &j, wait)?;
+        }
+    }
+    Ok(())
+}
+
+impl Render for HostView {
+    const COLUMNS: &'static [&'static str] = &[
+        "id",
+        "node",
+        "address",
+        "online",
+        "cordoned",
+        "role",
+        "vms",
+        "cpus",
+        "memory_mib",
+        "free_mib",
+        "version",
+    ];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            cell(&self.id),
+            cell(&self.node_id),
+            cell(&self.address),
+            cell(&self.online),
+            cell(&self.cordoned),
+            cell(&self.cluster_role),
+            cell(&self.vms),
+            cell(&self.cpus),
+            cell(&self.memory_mib),
+            cell(&self.free_memory_mib),
+            cell(&self.version),
+        ]
+    }
+
+    /// Identity, version, resources and accelerator.
+    fn show(&self) -> String {
+        let mut out = table::fields(&[
+            ("id", cell(&self.id)),
+            ("name", cell(&self.name)),
+            ("version", cell(&self.version)),
+            ("cluster role", cell(&self.cluster_role)),
+            ("cpus", cell(&self.cpus)),
+        ]);
+        out.push_str(&format!(
+            "memory:         {} ({} free)\n",
+            mib(self.memory_mib),
+            mib(self.free_memory_mib)
+        ));
+        out.push_str(&format!(
+            "accelerator:    {} ({})\n",
+            cell(&self.accel),
+            cell(&self.accel_reason)
+        ));
+        out.push_str(&format!("qemu:           {}\n", cell(&self.qemu_version)));
+        out
+    }
+}

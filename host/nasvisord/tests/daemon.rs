@@ -474,14 +474,23 @@ fn an_upload_that_stops_midway_fails_after_the_body_timeout_and_leaves_nothing_b
     tls.write_all(first).unwrap();
     tls.flush().unwrap();
     let sent = std::time::Instant::now();
-    // Midway, the import is under way: a record and a partial file.
-    let images = d.json(&["image", "list"]);
-    let during = images
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "stalled")
-        .cloned();
+    // Midway, the import is under way: a record and a partial file. The
+    // server records the import once it has read the head of the body,
+    // which may come a moment after the bytes were written: ask until it is
+    // listed, for at most 3 s (still before the 4 s body timeout).
+    let (images, during) = loop {
+        let images = d.json(&["image", "list"]);
+        let during = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "stalled")
+            .cloned();
+        if during.is_some() || sent.elapsed() > Duration::from_secs(3) {
+            break (images, during);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         during.is_some(),
         "the upload is listed while it runs: {images:#}"

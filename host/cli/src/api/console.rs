@@ -84,6 +84,8 @@ fn copy_out(mut r: impl Read, endpoint: &str) -> CliResult<()> {
     }
 }
 
+/// Every `let _ = tx.send(..)` below: a send fails only when the session
+/// has already ended (its receiver is gone), and then nobody needs the event.
 fn read_input(c: &Client, vm: &str, tx: &mpsc::Sender<Event>) {
     let stdin = std::io::stdin();
     let mut lock = stdin.lock();
@@ -140,6 +142,7 @@ pub fn run(c: &Client, vm: &str, follow: bool, tail: Option<u64>) -> CliResult<(
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
+            // Fails only when the session has already ended.
             let _ = tx.send(Event::StreamEnd(copy_out(reader, &endpoint)));
         });
     }

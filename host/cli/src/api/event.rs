@@ -67,6 +67,7 @@ pub fn run(c: &Client, cmd: EventCmd, out: Out) -> CliResult<()> {
                 }
                 header = false;
             }
+            // A stdout that cannot be flushed (a closed pipe) has no reader to tell.
             let _ = std::io::stdout().flush();
             last = batch.iter().map(|e| e.seq).max().or(last);
         }

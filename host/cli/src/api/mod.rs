@@ -92,6 +92,7 @@ pub fn with_client(opts: &ApiOpts, f: impl FnOnce(&Client, Out) -> CliResult<()>
     match Client::new(opts).and_then(|c| f(&c, out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // A stdout that cannot be flushed (a closed pipe) has no reader to tell.
             let _ = std::io::stdout().flush();
             eprintln!("error: {}", e.to_string().replace('\n', " "));
             ExitCode::from(1)

@@ -72,10 +72,13 @@ fn every_call_survives_the_round_trip_through_the_envelope() {
 
 #[test]
 fn the_envelope_helper_writes_the_version_and_the_call_name() {
-    let v = envelope::<Vm, _>(PEER_PROTOCOL, Console {
-        id: "v1".into(),
-        tail: 10,
-    })
+    let v = envelope::<Vm, _>(
+        PEER_PROTOCOL,
+        Console {
+            id: "v1".into(),
+            tail: 10,
+        },
+    )
     .unwrap();
     assert_eq!(
         v,
@@ -152,9 +155,15 @@ fn a_missing_field_is_an_error_naming_the_call_and_the_field() {
 fn an_answer_of_the_wrong_shape_names_the_call_and_the_field() {
     let err = decode_reply::<Vm, Console>(json!({"bytes": "AA=="})).unwrap_err();
     assert_eq!(err.call, "console");
-    assert!(err.reason.contains("missing field `data`"), "{}", err.reason);
-    let err = decode_reply::<Vm, ImageExport>(json!({"id": "x", "host": "h", "port": "p", "format": "qcow2"}))
-        .unwrap_err();
+    assert!(
+        err.reason.contains("missing field `data`"),
+        "{}",
+        err.reason
+    );
+    let err = decode_reply::<Vm, ImageExport>(
+        json!({"id": "x", "host": "h", "port": "p", "format": "qcow2"}),
+    )
+    .unwrap_err();
     assert_eq!(err.call, "image-export");
     assert!(err.reason.contains("invalid type"), "{}", err.reason);
     let ok = decode_reply::<Vm, MigrateFinish>(Value::Null);
@@ -180,10 +189,18 @@ fn the_window_serves_its_versions_and_stamps_the_highest_both_sides_serve() {
     };
     assert!(!w.serves(1) && w.serves(2) && w.serves(3) && !w.serves(4));
     assert_eq!(w.stamp_for(None), 3);
-    assert_eq!(w.stamp_for(Some(2)), 2, "an older member is written its version");
+    assert_eq!(
+        w.stamp_for(Some(2)),
+        2,
+        "an older member is written its version"
+    );
     assert_eq!(w.stamp_for(Some(3)), 3);
     assert_eq!(w.stamp_for(Some(4)), 3, "a newer member reads ours");
-    assert_eq!(w.stamp_for(Some(1)), 3, "a member too old is refused by its own check");
+    assert_eq!(
+        w.stamp_for(Some(1)),
+        3,
+        "a member too old is refused by its own check"
+    );
     assert_eq!(stamp_for(None), PEER_PROTOCOL);
     assert!(PeerWindow::BUILD.serves(PEER_PROTOCOL));
 }

@@ -99,6 +99,24 @@ pub enum CoreError {
         /// Why.
         reason: String,
     },
+    /// A host cannot serve the peer protocol version a request was written
+    /// in (503: during a rolling update, until the members are within one
+    /// version of each other; see `docs/cluster.md`).
+    #[error(
+        "host {host} cannot serve peer protocol version {theirs}: it serves versions \
+         {oldest}..={ours}; members must be within one version of each other (finish the \
+         update of the cluster)"
+    )]
+    UnsupportedVersion {
+        /// The host that refused.
+        host: String,
+        /// The version it speaks.
+        ours: u32,
+        /// The oldest version it serves.
+        oldest: u32,
+        /// The version of the request.
+        theirs: u32,
+    },
     /// A bug or an unexpected failure (500).
     #[error("internal error: {reason}")]
     Internal {
@@ -119,6 +137,9 @@ impl From<CoreError> for ApiError {
             },
             CoreError::Unavailable { reason } => {
                 ApiError::status(StatusCode::SERVICE_UNAVAILABLE, reason)
+            }
+            CoreError::UnsupportedVersion { .. } => {
+                ApiError::status(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
             CoreError::Internal { reason } => {
                 ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, reason)

@@ -12,6 +12,7 @@
 //!   sends them, the CLI reads them;
 //! - [`error`]: [`ApiError`] (what the API answers) and [`CoreError`];
 //! - [`handler`]: the [`Core`] trait the server forwards actions to;
+//! - [`peer`]: the typed, versioned protocol between hosts;
 //! - [`routes`]: the route table (method, path, operation, query);
 //! - [`openapi`]: `openapi.json`, generated from the route table and the
 //!   schemas derived from the types.
@@ -22,6 +23,7 @@ pub mod cert;
 pub mod error;
 pub mod handler;
 pub mod openapi;
+pub mod peer;
 pub mod routes;
 pub mod validate;
 pub mod view;

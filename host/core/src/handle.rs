@@ -14,7 +14,7 @@ use nasvisor_api_types::{
 use nasvisor_api_types::{ByteStream, ImageUpload};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -386,17 +386,21 @@ async fn fetch_console(
     n: u64,
 ) -> Result<Vec<u8>, CoreError> {
     use base64::Engine as _;
+    let call = nasvisor_api_types::peer::Console {
+        id: id.to_string(),
+        tail: n,
+    };
     let v = c
-        .call_host(
-            rec,
-            "console",
-            json!({ "id": id, "tail": n }),
-            std::time::Duration::from_secs(30),
-        )
+        .call_peer(rec, call, std::time::Duration::from_secs(30))
         .await?;
     base64::engine::general_purpose::STANDARD
-        .decode(v["data"].as_str().unwrap_or_default())
-        .map_err(errors::internal)
+        .decode(&v.data)
+        .map_err(|e| {
+            errors::internal(format!(
+                "host {}: the answer to peer call console: data: {e}",
+                rec.id
+            ))
+        })
 }
 
 /// What `now` (the last bytes of a console) adds to what was seen, whose

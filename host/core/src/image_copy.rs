@@ -13,9 +13,9 @@ use crate::jobs::{JobCtx, JobFailure};
 use crate::migrate::{free_port, stop_child, wait_listening};
 use crate::model::{kind, HostRecord, ImageRecord};
 use crate::{lock, Inner};
+use nasvisor_api_types::peer::{ImageExport, ImageExportEnd, ImageExportReply};
 use nasvisor_api_types::CoreError;
 use nasvisor_storage::ImageSpec;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,23 +77,20 @@ impl Inner {
         ctx: &JobCtx,
     ) -> Result<(), JobFailure> {
         let fail = |e: CoreError| JobFailure::Failed(e.to_string());
+        let export = ImageExport {
+            name: rec.name.clone(),
+        };
         let v = self
-            .call_host(
-                holder,
-                "image-export",
-                json!({ "name": rec.name }),
-                EXPORT_TIMEOUT,
-            )
+            .call_peer(holder, export, EXPORT_TIMEOUT)
             .await
             .map_err(fail)?;
-        let id = v["id"].as_str().unwrap_or_default().to_string();
-        let fmt = if v["format"] == "iso" { "raw" } else { "qcow2" };
+        let fmt = if v.format == "iso" { "raw" } else { "qcow2" };
         let tls = self.tls_client("file.", holder.node_id).map_err(fail)?;
         // The export shows the guest-visible contents (raw), over TLS.
         let source = format!(
             "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={}{}",
-            v["host"].as_str().unwrap_or_default(),
-            v["port"].as_u64().unwrap_or(0),
+            v.host,
+            v.port,
             rec.name,
             tls.opts
         );
@@ -112,14 +109,10 @@ impl Inner {
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = crate::migrate::run_qemu_img(&ctx.cancel, &args).await;
-        let _ = self
-            .call_host(
-                holder,
-                "image-export-end",
-                json!({ "id": id }),
-                EXPORT_TIMEOUT,
-            )
-            .await;
+        let end = ImageExportEnd { id: v.id.clone() };
+        if let Err(e) = self.call_peer(holder, end, EXPORT_TIMEOUT).await {
+            tracing::warn!(image = %rec.name, host = %holder.id, error = %e, "the holder did not stop serving the image; it stops when it restarts");
+        }
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -143,67 +136,62 @@ impl Inner {
         Ok(())
     }
 
-    /// Peer methods of the holder: `image-export` serves image `name`
-    /// read-only over NBD to host `from`, the caller; `image-export-end`
-    /// stops that.
-    pub(crate) async fn on_image_peer(
+    /// `image-export` on the holder: serves image `name` read-only over NBD
+    /// to host `from`, the caller, until `image-export-end`.
+    pub(crate) async fn export_image(
         &self,
         from: u64,
-        method: &str,
-        body: Value,
-    ) -> Result<Value, CoreError> {
-        match method {
-            "image-export" => {
-                let name = body["name"].as_str().unwrap_or_default();
-                let img = self
-                    .library
-                    .get(name)
-                    .map_err(|e| errors::storage("name", e))?;
-                let ip = crate::parse_listen(&self.cfg.cluster_address)?
-                    .ip()
-                    .to_string();
-                let port = free_port(&ip)?;
-                let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
-                let tls = self.tls_server_args(from)?;
-                let mut child = tokio::process::Command::new("qemu-nbd")
-                    .args(&tls)
-                    .args([
-                        "--read-only",
-                        "--persistent",
-                        "--shared=4",
-                        "-f",
-                        fmt,
-                        "-b",
-                        &ip,
-                    ])
-                    .args(["-p", &port.to_string(), "-x", name])
-                    .arg(&img.path)
-                    .stdin(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
-                let up = wait_listening(&mut child, &ip, port).await;
-                let id = format!("{name}-{port}");
-                if let Err(e) = up {
-                    stop_child(&mut child).await;
-                    return Err(e);
-                }
-                lock(&self.image_exports.servers).insert(id.clone(), child);
-                Ok(json!({ "id": id, "host": ip, "port": port, "format": img.format }))
-            }
-            "image-export-end" => {
-                let id = body["id"].as_str().unwrap_or_default();
-                let child = lock(&self.image_exports.servers).remove(id);
-                if let Some(mut c) = child {
-                    stop_child(&mut c).await;
-                }
-                Ok(Value::Null)
-            }
-            other => Err(errors::invalid(
-                "method",
-                format!("no peer method {other:?}"),
-            )),
+        name: &str,
+    ) -> Result<ImageExportReply, CoreError> {
+        let img = self
+            .library
+            .get(name)
+            .map_err(|e| errors::storage("name", e))?;
+        let ip = crate::parse_listen(&self.cfg.cluster_address)?
+            .ip()
+            .to_string();
+        let port = free_port(&ip)?;
+        let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
+        let tls = self.tls_server_args(from)?;
+        let mut child = tokio::process::Command::new("qemu-nbd")
+            .args(&tls)
+            .args([
+                "--read-only",
+                "--persistent",
+                "--shared=4",
+                "-f",
+                fmt,
+                "-b",
+                &ip,
+            ])
+            .args(["-p", &port.to_string(), "-x", name])
+            .arg(&img.path)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| errors::internal(format!("qemu-nbd does not start: {e}")))?;
+        let up = wait_listening(&mut child, &ip, port).await;
+        let id = format!("{name}-{port}");
+        if let Err(e) = up {
+            stop_child(&mut child).await;
+            return Err(e);
+        }
+        lock(&self.image_exports.servers).insert(id.clone(), child);
+        Ok(ImageExportReply {
+            id,
+            host: ip,
+            port,
+            format: img.format.to_string(),
+        })
+    }
+
+    /// `image-export-end`: stops serving export `id` (nothing when it is
+    /// not served).
+    pub(crate) async fn end_image_export(&self, id: &str) {
+        let child = lock(&self.image_exports.servers).remove(id);
+        if let Some(mut c) = child {
+            stop_child(&mut c).await;
         }
     }
 }

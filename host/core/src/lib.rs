@@ -26,6 +26,7 @@ mod install;
 mod jobs;
 mod migrate;
 pub mod model;
+mod peer;
 mod placement;
 mod plugin_reports;
 mod plugins;
@@ -105,6 +106,10 @@ pub struct CoreConfig {
     pub migration_tls: bool,
     /// The cluster endpoint's connection caps and timeouts.
     pub cluster_limits: nasvisor_cluster::ServerLimits,
+    /// Test builds only: the peer protocol window this core pretends to
+    /// have (a member one version ahead or behind); this build's otherwise.
+    #[cfg(test)]
+    pub(crate) test_peer_window: Option<nasvisor_api_types::peer::PeerWindow>,
 }
 
 impl CoreConfig {
@@ -127,7 +132,18 @@ impl CoreConfig {
             quorum_stop_delay: Duration::from_secs(60),
             migration_tls: true,
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
+            #[cfg(test)]
+            test_peer_window: None,
         }
+    }
+
+    /// The peer protocol versions this core serves and writes.
+    pub(crate) fn peer_window(&self) -> nasvisor_api_types::peer::PeerWindow {
+        #[cfg(test)]
+        if let Some(w) = self.test_peer_window {
+            return w;
+        }
+        nasvisor_api_types::peer::PeerWindow::BUILD
     }
 
     /// The store of a host that joined a cluster (a host that never joined
@@ -324,6 +340,8 @@ impl NasCore {
             storage_gib: 0,
             free_storage_gib: 0,
             last_seen: None,
+            protocol: Some(cfg.peer_window().current),
+            protocol_compatible: true,
         };
 
         let inner = Arc::new(Inner {

@@ -435,6 +435,14 @@ pub struct HostRecord {
     /// When the leader last heard from it (RFC 3339).
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// The peer protocol version it speaks, as it last said (its own
+    /// record, then the leader's heartbeats); `None` from a release before
+    /// versions.
+    #[serde(default)]
+    pub protocol: Option<u32>,
+    /// False when it refused the leader's protocol version.
+    #[serde(default = "yes")]
+    pub protocol_compatible: bool,
 }
 
 fn yes() -> bool {

@@ -55,4 +55,17 @@ pub struct HostView {
     pub vms: u64,
     /// When the leader last heard from it.
     pub last_seen: Option<String>,
+    /// The peer protocol version it speaks, as the leader last heard it
+    /// (null before its first heartbeat answer).
+    #[serde(default)]
+    pub protocol: Option<u32>,
+    /// False when it refused the leader's protocol version: the members are
+    /// more than one version apart and it is not served (see
+    /// `docs/cluster.md`).
+    #[serde(default = "compatible")]
+    pub protocol_compatible: bool,
+}
+
+fn compatible() -> bool {
+    true
 }

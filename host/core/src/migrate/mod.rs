@@ -52,10 +52,10 @@ use crate::model::{
 };
 use crate::{lock, Inner};
 use job::{MigrateJob, MigrateStep};
+use nasvisor_api_types::peer;
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::VmMigrate;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,27 +79,25 @@ pub(crate) struct CopyDisk {
     pub path: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Prepare {
-    vm: VmRecord,
-    copy: Vec<CopyDisk>,
-    live: bool,
+impl CopyDisk {
+    /// As the target is told about it.
+    fn wire(&self) -> peer::CopyDisk {
+        peer::CopyDisk {
+            node: self.node.clone(),
+            pool: self.pool.clone(),
+            volume: self.volume.clone(),
+            size_bytes: self.size_bytes,
+        }
+    }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Prepared {
-    /// NBD server: address and the port of each export (one port for
-    /// QEMU's server, one per volume for `qemu-nbd`).
-    host: String,
-    ports: HashMap<String, u16>,
-    /// `tcp:ip:port` of the memory stream (live only).
-    migrate_uri: Option<String>,
-}
-
-/// The VM a peer call is about (`migrate-finish`, `migrate-abort`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct VmRef {
-    id: String,
+/// What the source tells the target once the move is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TargetCall {
+    /// `migrate-finish`: the target owns the VM, it resumes it.
+    Finish,
+    /// `migrate-abort`: the target drops what it prepared.
+    Abort,
 }
 
 /// What a finished migration measured.
@@ -386,21 +384,28 @@ impl Inner {
     async fn peer_call(
         &self,
         target: &HostRecord,
-        method: &str,
+        call: TargetCall,
         id: &str,
         timeout: Duration,
     ) -> Result<(), CoreError> {
-        let body = serde_json::to_value(VmRef { id: id.to_string() }).map_err(errors::internal)?;
-        self.call_host(target, method, body, timeout)
-            .await
-            .map(drop)
+        let id = id.to_string();
+        match call {
+            TargetCall::Finish => {
+                self.call_peer(target, peer::MigrateFinish { id }, timeout)
+                    .await
+            }
+            TargetCall::Abort => {
+                self.call_peer(target, peer::MigrateAbort { id }, timeout)
+                    .await
+            }
+        }
     }
 
     /// Tells the target to drop what it prepared; a failure is logged and
     /// returned in words for the job's error.
     async fn peer_abort(&self, target: &HostRecord, vm: &VmRecord) -> Option<String> {
         match self
-            .peer_call(target, "migrate-abort", &vm.id, PREPARE_TIMEOUT)
+            .peer_call(target, TargetCall::Abort, &vm.id, PREPARE_TIMEOUT)
             .await
         {
             Ok(()) => None,
@@ -411,10 +416,10 @@ impl Inner {
         }
     }
 
-    /// After a restart: tells `hosts` `method` for VM `id`, in the
+    /// After a restart: tells `hosts` `call` for VM `id`, in the
     /// background, retrying for a minute (the cluster channel may not be up
     /// yet).
-    fn tell_hosts_later(self: &Arc<Self>, hosts: Vec<HostRecord>, method: &'static str, id: &str) {
+    fn tell_hosts_later(self: &Arc<Self>, hosts: Vec<HostRecord>, call: TargetCall, id: &str) {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
@@ -422,8 +427,8 @@ impl Inner {
             for _ in 0..30 {
                 let mut still = Vec::new();
                 for h in left {
-                    if let Err(e) = me.peer_call(&h, method, &id, Duration::from_secs(10)).await {
-                        tracing::debug!(host = %h.id, vm = %id, method, error = %e, "peer not reached yet");
+                    if let Err(e) = me.peer_call(&h, call, &id, Duration::from_secs(10)).await {
+                        tracing::debug!(host = %h.id, vm = %id, ?call, error = %e, "peer not reached yet");
                         still.push(h);
                     }
                 }
@@ -434,7 +439,7 @@ impl Inner {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             let names: Vec<&str> = left.iter().map(|h| h.id.as_str()).collect();
-            tracing::warn!(vm = %id, method, hosts = ?names, "hosts not reached after a restart; they clean up on their own restart");
+            tracing::warn!(vm = %id, ?call, hosts = ?names, "hosts not reached after a restart; they clean up on their own restart");
         });
     }
 }

@@ -77,7 +77,7 @@ impl Inner {
             // what it prepared.
             self.restore_after_failed_move(&vm, VmStatus::Stopped).await;
             if let Some(t) = target {
-                self.tell_hosts_later(vec![t], "migrate-abort", &vm.id);
+                self.tell_hosts_later(vec![t], super::TargetCall::Abort, &vm.id);
             }
             return format!(
                 "interrupted by a restart of nasvisord before the switch; VM {} stays on host {}",
@@ -102,7 +102,7 @@ impl Inner {
         // The target may never have been told to take over.
         if params.step != MigrateStep::Switched {
             if let Some(t) = target.filter(|t| vm.host.as_deref() == Some(t.id.as_str())) {
-                self.tell_hosts_later(vec![t], "migrate-finish", &vm.id);
+                self.tell_hosts_later(vec![t], super::TargetCall::Finish, &vm.id);
             }
         }
         format!(
@@ -155,7 +155,7 @@ impl Inner {
             .into_iter()
             .filter(|h| h.id != self.host.id)
             .collect();
-        self.tell_hosts_later(others, "migrate-abort", &vm.id);
+        self.tell_hosts_later(others, super::TargetCall::Abort, &vm.id);
     }
 
     fn incoming_dir(&self) -> PathBuf {

@@ -4,13 +4,13 @@
 //! switch.
 
 use super::{
-    undo_report, CopyDisk, Inner, MigrateJob, MigrateStep, Outcome, Prepare, Prepared,
-    PREPARE_TIMEOUT,
+    undo_report, CopyDisk, Inner, MigrateJob, MigrateStep, Outcome, TargetCall, PREPARE_TIMEOUT,
 };
 use crate::errors;
 use crate::jobs::{JobCtx, JobFailure};
 use crate::lock;
 use crate::model::{HostRecord, VmRecord, VmStatus};
+use nasvisor_api_types::peer::{MigratePrepare, Prepared};
 use nasvisor_api_types::CoreError;
 use nasvisor_vm::migration::{migrate_out, MirrorSet, MirrorTarget, OutgoingSettings};
 use nasvisor_vm::qmp::{InetAddr, MigrationInfo};
@@ -98,7 +98,7 @@ impl Inner {
         }
         // The target resumes first: every moment until then is downtime.
         let finished = self
-            .peer_call(&mv.target, "migrate-finish", &mv.vm.id, PREPARE_TIMEOUT)
+            .peer_call(&mv.target, TargetCall::Finish, &mv.vm.id, PREPARE_TIMEOUT)
             .await;
         // The source QEMU goes: it is paused and no longer the VM.
         self.retire_source(&mv.vm, &inst, &mv.copy).await;
@@ -368,7 +368,7 @@ impl Inner {
         }
         if prepared.is_some() {
             if let Err(e) = self
-                .peer_call(&target, "migrate-finish", &vm.id, PREPARE_TIMEOUT)
+                .peer_call(&target, TargetCall::Finish, &vm.id, PREPARE_TIMEOUT)
                 .await
             {
                 tracing::warn!(vm = %vm.name, error = %e, "the target could not close its copy servers");
@@ -425,17 +425,12 @@ impl Inner {
         copy: &[CopyDisk],
         live: bool,
     ) -> Result<Prepared, CoreError> {
-        let body = serde_json::to_value(Prepare {
+        let call = MigratePrepare {
             vm: vm.clone(),
-            copy: copy.to_vec(),
+            copy: copy.iter().map(CopyDisk::wire).collect(),
             live,
-        })
-        .map_err(errors::internal)?;
-        let v = self
-            .call_host(target, "migrate-prepare", body, PREPARE_TIMEOUT)
-            .await?;
-        serde_json::from_value(v)
-            .map_err(|e| errors::internal(format!("the target's answer to migrate-prepare: {e}")))
+        };
+        self.call_peer(target, call, PREPARE_TIMEOUT).await
     }
 }
 

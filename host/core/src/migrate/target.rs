@@ -3,15 +3,15 @@
 //! stream (live) or `qemu-nbd` servers (offline); `finish` resumes the
 //! guest once the log says this host owns it; `abort` drops everything.
 
-use super::{free_port, stop_child, wait_listening, CopyDisk, Inner, Prepare, Prepared, VmRef};
+use super::{free_port, stop_child, wait_listening, Inner};
 use crate::errors;
 use crate::model::VmRecord;
 use crate::{lock, Running};
+use nasvisor_api_types::peer::{CopyDisk, MigratePrepare, Prepared};
 use nasvisor_api_types::CoreError;
 use nasvisor_vm::migration::{listen_incoming, serve_disks};
 use nasvisor_vm::qmp::InetAddr;
 use nasvisor_vm::{LaunchOptions, SpawnHook, VmInstance};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,47 +38,13 @@ struct Incoming {
     vars: Option<PathBuf>,
 }
 
-/// A peer call's body as `T`; an error naming the bad field otherwise.
-fn decode_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, CoreError> {
-    serde_json::from_value(body).map_err(|e| errors::invalid("body", e.to_string()))
-}
-
 impl Inner {
-    /// Peer methods of the target; `from` is the member that called (its
-    /// certificate was checked by the peer channel).
-    pub(crate) async fn on_migrate_peer(
-        self: &Arc<Self>,
-        from: u64,
-        method: &str,
-        body: Value,
-    ) -> Result<Value, CoreError> {
-        match method {
-            "migrate-prepare" => {
-                let p: Prepare = decode_body(body)?;
-                let prepared = self.prepare_incoming(from, p).await?;
-                serde_json::to_value(prepared).map_err(errors::internal)
-            }
-            "migrate-finish" => {
-                let r: VmRef = decode_body(body)?;
-                self.finish_incoming(&r.id).await?;
-                Ok(Value::Null)
-            }
-            "migrate-abort" => {
-                let r: VmRef = decode_body(body)?;
-                self.abort_incoming(&r.id).await;
-                Ok(Value::Null)
-            }
-            other => Err(errors::invalid(
-                "method",
-                format!("no peer method {other:?}"),
-            )),
-        }
-    }
-
-    async fn prepare_incoming(
+    /// `migrate-prepare` from member `source` (its certificate was checked
+    /// by the peer channel).
+    pub(crate) async fn prepare_incoming(
         self: &Arc<Self>,
         source: u64,
-        p: Prepare,
+        p: MigratePrepare<VmRecord>,
     ) -> Result<Prepared, CoreError> {
         let vm = p.vm;
         if lock(&self.migrations.incoming).contains_key(&vm.id)
@@ -242,7 +208,7 @@ impl Inner {
 
     /// The log says this host owns the VM: resume it (live) or close the
     /// copy servers (offline).
-    async fn finish_incoming(self: &Arc<Self>, id: &str) -> Result<(), CoreError> {
+    pub(crate) async fn finish_incoming(self: &Arc<Self>, id: &str) -> Result<(), CoreError> {
         let inc = lock(&self.migrations.incoming).remove(id);
         let Some(mut inc) = inc else {
             return Err(errors::not_found(format!("incoming migration of VM {id}")));
@@ -281,7 +247,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn abort_incoming(&self, id: &str) {
+    pub(crate) async fn abort_incoming(&self, id: &str) {
         let inc = lock(&self.migrations.incoming).remove(id);
         if let Some(inc) = inc {
             self.discard_incoming(inc).await;

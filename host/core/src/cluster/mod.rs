@@ -7,27 +7,29 @@
 //! - routing: an action about a VM (or a job, or a host) is carried out by
 //!   the host it lives on, reached over the cluster's mutual-TLS channel
 //!   ([`nasvisor_cluster::peer`]); any host's API serves the whole cluster;
-//! - heartbeats: the leader asks every host for its health, resources and
-//!   version; a host silent for `offline_after` is recorded offline, with an
-//!   event, and online again when it answers;
-//! - quorum: a host that loses the majority refuses changes at once and,
+//! - heartbeats and quorum (`heartbeat.rs`): the leader asks every host for
+//!   its health, resources and peer protocol version; a host silent for
+//!   `offline_after` is recorded offline, with an event, and online again
+//!   when it answers; a host that loses the majority refuses changes at once and,
 //!   after `quorum_stop_delay`, stops its VMs; when the majority is back it
 //!   starts again those that should run.
 
 use crate::errors;
 use crate::model::{
-    kind, now_rfc3339, pool_key, Desired, HostRecord, JobRecord, PoolRecord, Severity, VmRecord,
-    VmStatus, VswitchRecord,
+    kind, now_rfc3339, pool_key, HostRecord, JobRecord, PoolRecord, Severity, VmRecord,
+    VswitchRecord,
 };
 use crate::{lock, Inner};
+use nasvisor_api_types::peer::{ForwardAction, Read};
 use nasvisor_api_types::{AccelKind, Action, ClusterRole, ClusterView, CoreError, HostView};
 use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
-use nasvisor_cluster::{ClusterStore, PeerHandler, PeerRequest};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use nasvisor_cluster::ClusterStore;
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod heartbeat;
 
 /// How long a forwarded action may take (a VM start waits for QEMU).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -47,17 +49,6 @@ pub(crate) struct ClusterRuntime {
     stopped_for_quorum: Mutex<bool>,
 }
 
-/// A host's answer to the leader's heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Heartbeat {
-    pub host: String,
-    pub version: String,
-    pub healthy: bool,
-    pub running_vms: u32,
-    pub storage_gib: u64,
-    pub free_storage_gib: u64,
-}
-
 impl Inner {
     /// Whether this host belongs to a cluster of more than one voter.
     pub(crate) fn multi_host(&self) -> bool {
@@ -70,7 +61,7 @@ impl Inner {
         !self.multi_host() || self.db.store().has_quorum(self.cfg.offline_after)
     }
 
-    fn no_quorum() -> CoreError {
+    pub(super) fn no_quorum() -> CoreError {
         CoreError::Unavailable {
             reason: "this host has lost the cluster's quorum (it cannot reach a majority of \
                      the hosts); changes are refused until it is back"
@@ -233,6 +224,8 @@ impl Inner {
             cordoned: h.cordoned,
             vms: vms as u64,
             last_seen: h.last_seen.clone(),
+            protocol: h.protocol,
+            protocol_compatible: h.protocol_compatible,
         }
     }
 
@@ -377,16 +370,13 @@ impl Inner {
                 ),
             });
         }
-        let body = serde_json::to_value(&action).map_err(errors::internal)?;
-        let v = self
-            .call_host(&rec, "action", body, FORWARD_TIMEOUT)
+        let r = self
+            .call_peer(&rec, ForwardAction { action }, FORWARD_TIMEOUT)
             .await?;
         // Read your writes here too: this host catches up with what the
         // other host had applied when it answered.
-        if let Some(rev) = v["revision"].as_u64() {
-            self.db.applied(rev).await;
-        }
-        Ok(v["result"].clone())
+        self.db.applied(r.revision).await;
+        Ok(r.result)
     }
 
     /// `vm show` of a VM on another host, answered by that host (its QEMU's
@@ -402,102 +392,16 @@ impl Inner {
             return None;
         }
         let rec = self.host_record(&host).ok().filter(|r| r.online)?;
-        let body = json!({ "action": action, "after": self.db.store().revision() });
-        match self.call_host(&rec, "read", body, READ_TIMEOUT).await {
+        let read = Read {
+            action: action.clone(),
+            after: self.db.store().revision(),
+        };
+        match self.call_peer(&rec, read, READ_TIMEOUT).await {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(vm = %id, host = %host, error = %e, "answering from the local replica");
                 None
             }
-        }
-    }
-
-    /// Calls `method` of host `rec` over the cluster channel.
-    pub(crate) async fn call_host(
-        &self,
-        rec: &HostRecord,
-        method: &str,
-        body: Value,
-        timeout: Duration,
-    ) -> Result<Value, CoreError> {
-        let reply = self
-            .db
-            .store()
-            .call_peer(rec.node_id, method, body, timeout)
-            .await
-            .map_err(|e| CoreError::Unavailable {
-                reason: format!("host {} cannot be reached: {e}", rec.id),
-            })?;
-        reply.map_err(|v| {
-            serde_json::from_value::<CoreError>(v.clone())
-                .unwrap_or_else(|_| errors::internal(format!("host {}: {v}", rec.id)))
-        })
-    }
-
-    // ---- the peer channel ----
-
-    /// Serves the other hosts' requests; holds the core weakly.
-    pub(crate) fn peer_handler(self: &Arc<Self>) -> PeerHandler {
-        let weak: Weak<Inner> = Arc::downgrade(self);
-        Arc::new(move |from, req: PeerRequest| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                let Some(me) = weak.upgrade() else {
-                    return Err(encode(&CoreError::Unavailable {
-                        reason: "nasvisord is stopping".into(),
-                    }));
-                };
-                me.on_peer(from, req).await.map_err(|e| encode(&e))
-            })
-        })
-    }
-
-    async fn on_peer(self: &Arc<Self>, from: u64, req: PeerRequest) -> Result<Value, CoreError> {
-        match req.method.as_str() {
-            "heartbeat" => Ok(serde_json::to_value(self.heartbeat()).map_err(errors::internal)?),
-            "action" => {
-                let action: Action = serde_json::from_value(req.body)
-                    .map_err(|e| errors::internal(format!("a forwarded action: {e}")))?;
-                tracing::debug!(from, ?action, "action forwarded by another host");
-                let result = self.handle_here(action).await?;
-                Ok(json!({ "result": result, "revision": self.db.store().revision() }))
-            }
-            "read" => {
-                let action: Action = serde_json::from_value(req.body["action"].clone())
-                    .map_err(|e| errors::internal(format!("a forwarded read: {e}")))?;
-                if !is_read_only(&action) {
-                    return Err(errors::invalid("action", "only reads go by `read`"));
-                }
-                if let Some(rev) = req.body["after"].as_u64() {
-                    self.db.applied(rev).await;
-                }
-                self.handle_here(action).await
-            }
-            "console" => {
-                let id = req.body["id"].as_str().unwrap_or_default().to_string();
-                let tail = req.body["tail"].as_u64().unwrap_or(65536);
-                let bytes = self.console_tail(&id, tail).await?;
-                use base64::Engine as _;
-                Ok(json!({ "data": base64::engine::general_purpose::STANDARD.encode(bytes) }))
-            }
-            m if m.starts_with("migrate-") => self.on_migrate_peer(from, m, req.body).await,
-            m if m.starts_with("image-") => self.on_image_peer(from, m, req.body).await,
-            other => Err(errors::invalid(
-                "method",
-                format!("no peer method {other:?}"),
-            )),
-        }
-    }
-
-    fn heartbeat(&self) -> Heartbeat {
-        let (storage, free) = self.local_storage_gib();
-        Heartbeat {
-            host: self.host.id.clone(),
-            version: self.host.version.clone(),
-            healthy: true,
-            running_vms: lock(&self.running).len() as u32,
-            storage_gib: storage,
-            free_storage_gib: free,
         }
     }
 
@@ -613,232 +517,10 @@ impl Inner {
         .await;
         Ok(self.cluster_answer())
     }
-
-    // ---- heartbeats and quorum ----
-
-    /// The background loop of every host: heartbeats when leader, the
-    /// quorum watch always.
-    pub(crate) fn spawn_cluster_loop(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let shutdown = self.shutdown.clone();
-        let interval = self.cfg.heartbeat_interval;
-        tokio::spawn(async move {
-            let mut was_leader = false;
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(interval) => {}
-                }
-                let Some(me) = weak.upgrade() else { break };
-                me.apply_cluster_plugins().await;
-                me.apply_plugin_resets();
-                if !me.multi_host() {
-                    was_leader = false;
-                    continue;
-                }
-                let leader = me.db.store().is_leader() && me.has_quorum();
-                if leader {
-                    if !was_leader {
-                        // A new leader gives every host a full threshold.
-                        let now = Instant::now();
-                        let mut seen = lock(&me.cluster.last_seen);
-                        seen.clear();
-                        for h in me.db.list::<HostRecord>(kind::HOST) {
-                            seen.insert(h.id, now);
-                        }
-                    }
-                    me.heartbeat_round().await;
-                }
-                was_leader = leader;
-                me.watch_quorum().await;
-            }
-        });
-    }
-
-    async fn heartbeat_round(self: &Arc<Self>) {
-        let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
-        let members: HashSet<u64> = self
-            .db
-            .store()
-            .members()
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
-        let timeout = self.cfg.heartbeat_interval.max(Duration::from_millis(200)) * 2;
-        let calls = hosts
-            .iter()
-            .filter(|h| members.contains(&h.node_id))
-            .map(|h| {
-                let me = self.clone();
-                let h = h.clone();
-                async move {
-                    let r = if h.id == me.host.id {
-                        Ok(me.heartbeat())
-                    } else {
-                        me.call_host(&h, "heartbeat", json!({}), timeout)
-                            .await
-                            .and_then(|v| serde_json::from_value(v).map_err(errors::internal))
-                    };
-                    (h, r)
-                }
-            });
-        let results = futures_util::future::join_all(calls).await;
-        let now = Instant::now();
-        for (h, r) in results {
-            match r {
-                Ok(hb) => {
-                    lock(&self.cluster.last_seen).insert(h.id.clone(), now);
-                    let changed = !h.online
-                        || h.version != hb.version
-                        || h.free_storage_gib != hb.free_storage_gib
-                        || h.last_seen.as_deref().is_none_or(stale_timestamp);
-                    if changed {
-                        let came_back = !h.online;
-                        let _ = self
-                            .db
-                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
-                                r.online = true;
-                                r.version = hb.version.clone();
-                                r.storage_gib = hb.storage_gib;
-                                r.free_storage_gib = hb.free_storage_gib;
-                                r.last_seen = Some(now_rfc3339());
-                                Ok(())
-                            })
-                            .await;
-                        if came_back {
-                            self.event(
-                                "host-online",
-                                Severity::Info,
-                                Some(format!("host/{}", h.id)),
-                                format!("host {} answers heartbeats again", h.id),
-                            )
-                            .await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let last = lock(&self.cluster.last_seen).get(&h.id).copied();
-                    let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
-                    if h.online && silent >= self.cfg.offline_after {
-                        let _ = self
-                            .db
-                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
-                                r.online = false;
-                                Ok(())
-                            })
-                            .await;
-                        self.event(
-                            "host-offline",
-                            Severity::Warning,
-                            Some(format!("host/{}", h.id)),
-                            format!(
-                                "host {} missed heartbeats for {:.1} s ({e})",
-                                h.id,
-                                silent.as_secs_f64()
-                            ),
-                        )
-                        .await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stops this host's VMs when it has been without quorum for the
-    /// configured delay; restarts them when the quorum is back.
-    async fn watch_quorum(self: &Arc<Self>) {
-        let quorum = self.has_quorum();
-        let since = {
-            let mut s = lock(&self.cluster.quorum_lost_since);
-            match (quorum, *s) {
-                (true, _) => *s = None,
-                (false, None) => {
-                    *s = Some(Instant::now());
-                    tracing::warn!(
-                        delay_s = self.cfg.quorum_stop_delay.as_secs_f64(),
-                        "lost the cluster's quorum; changes are refused, VMs stop after the delay"
-                    );
-                }
-                (false, Some(_)) => {}
-            }
-            *s
-        };
-        match since {
-            Some(t) if t.elapsed() >= self.cfg.quorum_stop_delay => {
-                let already = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), true);
-                if !already {
-                    let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
-                    tracing::warn!(
-                        vms = ids.len(),
-                        "no quorum for the configured delay: stopping this host's VMs"
-                    );
-                    for id in ids {
-                        lock(&self.cluster.fenced).insert(id.clone());
-                        self.stop_instance(&id).await;
-                    }
-                }
-            }
-            Some(_) => {}
-            None => {
-                let was = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), false);
-                if was {
-                    self.after_quorum_regained().await;
-                }
-            }
-        }
-    }
-
-    async fn after_quorum_regained(self: &Arc<Self>) {
-        let fenced: Vec<String> = lock(&self.cluster.fenced).drain().collect();
-        self.event(
-            "quorum-regained",
-            Severity::Info,
-            Some(format!("host/{}", self.host.id)),
-            format!(
-                "host {} reaches the majority again; {} VM(s) it had stopped are started again",
-                self.host.id,
-                fenced.len()
-            ),
-        )
-        .await;
-        for id in fenced {
-            let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, &id) else {
-                continue;
-            };
-            if vm.host.as_deref() != Some(self.host.id.as_str()) || vm.desired != Desired::Running {
-                let _ = self
-                    .set_state(
-                        &id,
-                        VmStatus::Stopped,
-                        Some("stopped: this host lost the cluster's quorum".into()),
-                        None,
-                    )
-                    .await;
-                continue;
-            }
-            if let Err(e) = self.start_vm(&vm, None).await {
-                tracing::error!(vm = %vm.name, error = %e, "cannot start a VM again after the quorum came back");
-            }
-        }
-    }
-
-    /// Whether VM `id` was stopped because this host lost the quorum.
-    pub(crate) fn is_fenced(&self, id: &str) -> bool {
-        lock(&self.cluster.fenced).contains(id)
-    }
-
-    /// Refuses changes without quorum.
-    pub(crate) fn check_quorum(&self, action: &Action) -> Result<(), CoreError> {
-        if is_read_only(action) || self.has_quorum() {
-            Ok(())
-        } else {
-            Err(Self::no_quorum())
-        }
-    }
 }
 
 /// Whether `action` only reads.
-fn is_read_only(a: &Action) -> bool {
+pub(crate) fn is_read_only(a: &Action) -> bool {
     if let Action::OnHost { request, .. } = a {
         return is_read_only(request);
     }
@@ -866,17 +548,6 @@ fn is_read_only(a: &Action) -> bool {
 /// pool or is installed at once; otherwise at first power-on.
 fn needs_host_at_create(req: &VmCreate, shared: impl Fn(&str) -> bool) -> bool {
     req.image.is_some() || req.disks.iter().any(|d| !shared(&d.pool))
-}
-
-/// Whether an RFC 3339 time is more than 30 s old (or unreadable).
-fn stale_timestamp(t: &str) -> bool {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > 30)
-        .unwrap_or(true)
-}
-
-fn encode(e: &CoreError) -> Value {
-    serde_json::to_value(e).unwrap_or_else(|_| json!({ "internal": { "reason": e.to_string() } }))
 }
 
 /// Closes the single-host store once nothing uses it any more, then removes

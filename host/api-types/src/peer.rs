@@ -1,0 +1,436 @@
+//! The peer protocol: what one host asks another over the cluster's
+//! mutual-TLS channel, typed and versioned.
+//!
+//! - Every request is a [`PeerEnvelope`]: the protocol `version` the caller
+//!   writes in, and one [`PeerCall`].
+//! - The receiver reads the version **first** ([`decode_request`]) and
+//!   refuses a version outside its window ([`PEER_PROTOCOL_OLDEST`]..=
+//!   [`PEER_PROTOCOL`]) with [`PeerRefusal::UnsupportedVersion`] before it
+//!   looks at the call, so a field is never read in a layout it does not
+//!   know. A request without a version is protocol 1, the untyped method
+//!   strings of releases before this module; it is refused the same way.
+//! - Each call is a struct implementing [`Call`], whose [`Call::Reply`] is
+//!   the type of its answer; the caller decodes the answer with
+//!   [`decode_reply`], and an answer of the wrong shape is a
+//!   [`PeerDecodeError`] naming the call and serde's reason (the field).
+//! - The transport (`nasvisor-cluster`'s `PeerRequest{method, body}`) stays
+//!   a generic carrier: `method` is the call's [`Call::NAME`] (for logs),
+//!   `body` the envelope.
+//!
+//! The VM record a move carries is the core's stored record; the protocol is
+//! generic over it (`Vm`) so this crate does not depend on the core's
+//! storage model. Its compatibility is the store's: every later field has a
+//! serde default (see `docs/cluster.md`).
+//!
+//! The compatibility rule (documented in `docs/cluster.md`): members may
+//! differ by one version during a rolling update; a build of version N
+//! serves N-1 and N (version 2, the first typed one, serves only itself),
+//! and writes the highest version its peer serves ([`stamp_for`]), so a
+//! newer host writes nothing an older member cannot read until every member
+//! runs the new version.
+
+use crate::action::Action;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// The peer protocol version this build writes.
+///
+/// - 1: untyped method strings and JSON bodies (no version on the wire);
+/// - 2: [`PeerEnvelope`] with a version and a typed [`PeerCall`].
+pub const PEER_PROTOCOL: u32 = 2;
+
+/// The oldest peer protocol version this build serves. Version 2 is the
+/// first versioned one, so it serves only itself; version 3 must serve 2.
+pub const PEER_PROTOCOL_OLDEST: u32 = 2;
+
+/// The version of a request that carries none: the protocol before this
+/// module.
+pub const UNVERSIONED: u32 = 1;
+
+/// The versions a build serves: `oldest..=current`. The core holds one,
+/// [`PeerWindow::BUILD`] outside tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerWindow {
+    /// The oldest version served.
+    pub oldest: u32,
+    /// The version written (and served).
+    pub current: u32,
+}
+
+impl PeerWindow {
+    /// This build's window.
+    pub const BUILD: PeerWindow = PeerWindow {
+        oldest: PEER_PROTOCOL_OLDEST,
+        current: PEER_PROTOCOL,
+    };
+
+    /// Whether a request of `version` can be served.
+    pub fn serves(&self, version: u32) -> bool {
+        (self.oldest..=self.current).contains(&version)
+    }
+
+    /// The version to write to a member last heard speaking `member`
+    /// (`None`: not heard yet): the highest version both sides serve, i.e.
+    /// the member's when it is older but still served here, ours otherwise.
+    pub fn stamp_for(&self, member: Option<u32>) -> u32 {
+        match member {
+            Some(m) if self.serves(m) => m,
+            _ => self.current,
+        }
+    }
+}
+
+/// [`PeerWindow::stamp_for`] of this build's window.
+pub fn stamp_for(member: Option<u32>) -> u32 {
+    PeerWindow::BUILD.stamp_for(member)
+}
+
+/// One request on the wire: the version it is written in, and the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEnvelope<Vm> {
+    /// The peer protocol version of `call`.
+    pub version: u32,
+    /// The request.
+    pub call: PeerCall<Vm>,
+}
+
+/// Every request a host makes of another (`call` names it, `body` holds
+/// its fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "call", content = "body", rename_all = "kebab-case")]
+pub enum PeerCall<Vm> {
+    /// The leader asks a member for its health and resources.
+    Heartbeat(Heartbeat),
+    /// An action carried out by the host it concerns.
+    Action(ForwardAction),
+    /// A read answered by the host that knows best, once it applied `after`.
+    Read(Read),
+    /// The last bytes of a VM's console.
+    Console(Console),
+    /// A move's source asks the target to get ready.
+    MigratePrepare(MigratePrepare<Vm>),
+    /// The log says the target owns the VM: it resumes it.
+    MigrateFinish(MigrateFinish),
+    /// The move did not happen: the target drops what it prepared.
+    MigrateAbort(MigrateAbort),
+    /// Serve an image of the library read-only to the caller.
+    ImageExport(ImageExport),
+    /// Stop serving an image.
+    ImageExportEnd(ImageExportEnd),
+}
+
+impl<Vm> PeerCall<Vm> {
+    /// The call's name on the wire (`heartbeat`, `migrate-prepare`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerCall::Heartbeat(_) => <Heartbeat as Call<Vm>>::NAME,
+            PeerCall::Action(_) => <ForwardAction as Call<Vm>>::NAME,
+            PeerCall::Read(_) => <Read as Call<Vm>>::NAME,
+            PeerCall::Console(_) => <Console as Call<Vm>>::NAME,
+            PeerCall::MigratePrepare(_) => MIGRATE_PREPARE,
+            PeerCall::MigrateFinish(_) => <MigrateFinish as Call<Vm>>::NAME,
+            PeerCall::MigrateAbort(_) => <MigrateAbort as Call<Vm>>::NAME,
+            PeerCall::ImageExport(_) => <ImageExport as Call<Vm>>::NAME,
+            PeerCall::ImageExportEnd(_) => <ImageExportEnd as Call<Vm>>::NAME,
+        }
+    }
+}
+
+/// A request type of the protocol and the type of its answer.
+pub trait Call<Vm>: Sized {
+    /// The name on the wire (the `call` tag of [`PeerCall`]).
+    const NAME: &'static str;
+    /// What the receiver answers.
+    type Reply: Serialize + DeserializeOwned;
+    /// As the enum that goes on the wire.
+    fn into_call(self) -> PeerCall<Vm>;
+}
+
+macro_rules! calls {
+    ($($ty:ident => $variant:ident, $name:literal, $reply:ty;)*) => {
+        $(
+            impl<Vm> Call<Vm> for $ty {
+                const NAME: &'static str = $name;
+                type Reply = $reply;
+                fn into_call(self) -> PeerCall<Vm> {
+                    PeerCall::$variant(self)
+                }
+            }
+        )*
+    };
+}
+
+calls! {
+    Heartbeat => Heartbeat, "heartbeat", HeartbeatReply;
+    ForwardAction => Action, "action", ActionReply;
+    Read => Read, "read", Value;
+    Console => Console, "console", ConsoleReply;
+    MigrateFinish => MigrateFinish, "migrate-finish", ();
+    MigrateAbort => MigrateAbort, "migrate-abort", ();
+    ImageExport => ImageExport, "image-export", ImageExportReply;
+    ImageExportEnd => ImageExportEnd, "image-export-end", ();
+}
+
+const MIGRATE_PREPARE: &str = "migrate-prepare";
+
+impl<Vm> Call<Vm> for MigratePrepare<Vm> {
+    const NAME: &'static str = MIGRATE_PREPARE;
+    type Reply = Prepared;
+    fn into_call(self) -> PeerCall<Vm> {
+        PeerCall::MigratePrepare(self)
+    }
+}
+
+/// `heartbeat`: no fields (the version is in the envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {}
+
+/// A member's answer to the leader's heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Its host id.
+    pub host: String,
+    /// Its nasvisord version.
+    pub version: String,
+    /// The newest peer protocol version it speaks.
+    pub protocol: u32,
+    /// Whether it considers itself healthy.
+    pub healthy: bool,
+    /// VMs running there.
+    pub running_vms: u32,
+    /// Its pools' capacity, GiB.
+    pub storage_gib: u64,
+    /// Its pools' free space, GiB.
+    pub free_storage_gib: u64,
+}
+
+/// `action`: an action carried out by the host it concerns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAction {
+    /// The action.
+    pub action: Action,
+}
+
+/// The answer to [`ForwardAction`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReply {
+    /// The action's answer, as the API sends it (a view of the
+    /// `nasvisor-api-types` view module, per action).
+    pub result: Value,
+    /// The store revision the host had applied when it answered (the caller
+    /// catches up to it: read your writes).
+    pub revision: u64,
+}
+
+/// `read`: a read answered by the host that knows best (a VM's own host),
+/// once it has applied revision `after`. The answer is the read's view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Read {
+    /// The read (only reads are served).
+    pub action: Action,
+    /// The caller's store revision.
+    pub after: u64,
+}
+
+/// `console`: the last `tail` bytes of VM `id`'s console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// VM id.
+    pub id: String,
+    /// How many bytes at most.
+    pub tail: u64,
+}
+
+/// The answer to [`Console`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleReply {
+    /// The bytes, base64.
+    pub data: String,
+}
+
+/// One disk whose contents go over the network in a move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyDisk {
+    /// The block node (`disk<i>`, `pflash1` for UEFI variables).
+    pub node: String,
+    /// The pool; `None` for the UEFI variables file.
+    pub pool: Option<String>,
+    /// The volume; `None` for the UEFI variables file.
+    pub volume: Option<String>,
+    /// Its size.
+    pub size_bytes: u64,
+}
+
+/// `migrate-prepare`: the target creates the VM's volumes and waits for
+/// the memory stream (live) or serves them over NBD (offline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigratePrepare<Vm> {
+    /// The VM as the store has it.
+    pub vm: Vm,
+    /// The disks copied over the network.
+    pub copy: Vec<CopyDisk>,
+    /// Whether the guest keeps running (live) or is stopped (offline).
+    pub live: bool,
+}
+
+/// The answer to [`MigratePrepare`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepared {
+    /// The address of the NBD servers.
+    pub host: String,
+    /// The port of each export (one port for QEMU's server, one per volume
+    /// for `qemu-nbd`).
+    pub ports: HashMap<String, u16>,
+    /// `tcp:ip:port` of the memory stream (live only).
+    pub migrate_uri: Option<String>,
+}
+
+/// `migrate-finish` of VM `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateFinish {
+    /// VM id.
+    pub id: String,
+}
+
+/// `migrate-abort` of VM `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateAbort {
+    /// VM id.
+    pub id: String,
+}
+
+/// `image-export`: serve image `name` read-only to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageExport {
+    /// Image name.
+    pub name: String,
+}
+
+/// The answer to [`ImageExport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageExportReply {
+    /// The export's id (for [`ImageExportEnd`]).
+    pub id: String,
+    /// The NBD server's address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The image's format (`qcow2`, `iso`).
+    pub format: String,
+}
+
+/// `image-export-end` of export `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageExportEnd {
+    /// The export's id.
+    pub id: String,
+}
+
+/// Why a request is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefusal {
+    /// Written in a version outside this build's window (checked before the
+    /// call is read).
+    #[error("peer protocol version {theirs} is not served here ({oldest}..={ours})")]
+    UnsupportedVersion {
+        /// This build's current version.
+        ours: u32,
+        /// The oldest version it serves.
+        oldest: u32,
+        /// The request's version.
+        theirs: u32,
+    },
+    /// A served version, but the call does not decode.
+    #[error("peer call {call}: {reason}")]
+    Malformed {
+        /// The call's name (`?` when even that is unreadable).
+        call: String,
+        /// serde's message (it names the field).
+        reason: String,
+    },
+}
+
+/// An answer that does not decode as the call's reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the answer to peer call {call} does not decode: {reason}")]
+pub struct PeerDecodeError {
+    /// The call.
+    pub call: &'static str,
+    /// serde's message (it names the field).
+    pub reason: String,
+}
+
+/// The envelope of `call`, written in `version`.
+pub fn envelope<Vm: Serialize, C: Call<Vm>>(
+    version: u32,
+    call: C,
+) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(PeerEnvelope {
+        version,
+        call: call.into_call(),
+    })
+}
+
+/// Reads a request: the version first (refused outside `window` before
+/// anything else is read), then the call.
+pub fn decode_request<Vm: DeserializeOwned>(
+    window: PeerWindow,
+    body: Value,
+) -> Result<PeerCall<Vm>, PeerRefusal> {
+    let theirs = match body.get("version") {
+        None => UNVERSIONED,
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| PeerRefusal::Malformed {
+                call: "?".into(),
+                reason: format!("version: not a protocol version: {v}"),
+            })?,
+    };
+    if !window.serves(theirs) {
+        return Err(PeerRefusal::UnsupportedVersion {
+            ours: window.current,
+            oldest: window.oldest,
+            theirs,
+        });
+    }
+    let call = body
+        .pointer("/call/call")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
+    serde_json::from_value::<PeerEnvelope<Vm>>(body)
+        .map(|e| e.call)
+        .map_err(|e| PeerRefusal::Malformed {
+            call,
+            reason: e.to_string(),
+        })
+}
+
+/// Reads the answer to call `C`.
+pub fn decode_reply<Vm, C: Call<Vm>>(v: Value) -> Result<C::Reply, PeerDecodeError> {
+    serde_json::from_value(v).map_err(|e| PeerDecodeError {
+        call: C::NAME,
+        reason: e.to_string(),
+    })
+}
+
+/// The answer to call `C`, for the wire.
+pub fn encode_reply<Vm, C: Call<Vm>>(reply: &C::Reply) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(reply)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,282 @@
+//! Heartbeats and quorum: the leader asks every member for its health,
+//! resources and peer protocol version; a host silent for `offline_after`
+//! is recorded offline, one refusing the leader's protocol version is
+//! recorded as such; a host that loses the majority refuses changes and,
+//! after `quorum_stop_delay`, stops its VMs.
+
+use super::is_read_only;
+use crate::model::{kind, now_rfc3339, Desired, HostRecord, Severity, VmRecord, VmStatus};
+use crate::{lock, Inner};
+use nasvisor_api_types::peer::Heartbeat;
+use nasvisor_api_types::{Action, CoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Inner {
+    // ---- heartbeats and quorum ----
+
+    /// The background loop of every host: heartbeats when leader, the
+    /// quorum watch always.
+    pub(crate) fn spawn_cluster_loop(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let interval = self.cfg.heartbeat_interval;
+        tokio::spawn(async move {
+            let mut was_leader = false;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let Some(me) = weak.upgrade() else { break };
+                me.apply_cluster_plugins().await;
+                me.apply_plugin_resets();
+                if !me.multi_host() {
+                    was_leader = false;
+                    continue;
+                }
+                let leader = me.db.store().is_leader() && me.has_quorum();
+                if leader {
+                    if !was_leader {
+                        // A new leader gives every host a full threshold.
+                        let now = Instant::now();
+                        let mut seen = lock(&me.cluster.last_seen);
+                        seen.clear();
+                        for h in me.db.list::<HostRecord>(kind::HOST) {
+                            seen.insert(h.id, now);
+                        }
+                    }
+                    me.heartbeat_round().await;
+                }
+                was_leader = leader;
+                me.watch_quorum().await;
+            }
+        });
+    }
+
+    async fn heartbeat_round(self: &Arc<Self>) {
+        let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
+        let members: HashSet<u64> = self
+            .db
+            .store()
+            .members()
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        let timeout = self.cfg.heartbeat_interval.max(Duration::from_millis(200)) * 2;
+        let calls = hosts
+            .iter()
+            .filter(|h| members.contains(&h.node_id))
+            .map(|h| {
+                let me = self.clone();
+                let h = h.clone();
+                async move {
+                    let r = if h.id == me.host.id {
+                        Ok(me.heartbeat())
+                    } else {
+                        me.call_peer(&h, Heartbeat {}, timeout).await
+                    };
+                    (h, r)
+                }
+            });
+        let results = futures_util::future::join_all(calls).await;
+        let now = Instant::now();
+        for (h, r) in results {
+            match r {
+                Ok(hb) => {
+                    lock(&self.cluster.last_seen).insert(h.id.clone(), now);
+                    let changed = !h.online
+                        || h.version != hb.version
+                        || h.free_storage_gib != hb.free_storage_gib
+                        || h.protocol != Some(hb.protocol)
+                        || !h.protocol_compatible
+                        || h.last_seen.as_deref().is_none_or(stale_timestamp);
+                    if changed {
+                        let came_back = !h.online;
+                        let _ = self
+                            .db
+                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                                r.online = true;
+                                r.version = hb.version.clone();
+                                r.storage_gib = hb.storage_gib;
+                                r.free_storage_gib = hb.free_storage_gib;
+                                r.protocol = Some(hb.protocol);
+                                r.protocol_compatible = true;
+                                r.last_seen = Some(now_rfc3339());
+                                Ok(())
+                            })
+                            .await;
+                        if came_back {
+                            self.event(
+                                "host-online",
+                                Severity::Info,
+                                Some(format!("host/{}", h.id)),
+                                format!("host {} answers heartbeats again", h.id),
+                            )
+                            .await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let CoreError::UnsupportedVersion { ours, .. } = &e {
+                        // It answers, but not in a version this leader
+                        // writes: shown as such, and not counted as seen.
+                        self.record_unsupported(&h, *ours, &e).await;
+                    }
+                    let last = lock(&self.cluster.last_seen).get(&h.id).copied();
+                    let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
+                    if h.online && silent >= self.cfg.offline_after {
+                        let _ = self
+                            .db
+                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                                r.online = false;
+                                Ok(())
+                            })
+                            .await;
+                        self.event(
+                            "host-offline",
+                            Severity::Warning,
+                            Some(format!("host/{}", h.id)),
+                            format!(
+                                "host {} missed heartbeats for {:.1} s ({e})",
+                                h.id,
+                                silent.as_secs_f64()
+                            ),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records that host `h` refused this host's protocol version (it
+    /// speaks `theirs`), with an event the first time.
+    async fn record_unsupported(&self, h: &HostRecord, theirs: u32, e: &CoreError) {
+        if h.protocol == Some(theirs) && !h.protocol_compatible {
+            return;
+        }
+        let r = self
+            .db
+            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                r.protocol = Some(theirs);
+                r.protocol_compatible = false;
+                Ok(())
+            })
+            .await;
+        if let Err(err) = r {
+            tracing::warn!(host = %h.id, error = %err, "cannot record a member's protocol version");
+        }
+        self.event(
+            "host-protocol-unsupported",
+            Severity::Warning,
+            Some(format!("host/{}", h.id)),
+            format!(
+                "host {} speaks peer protocol {theirs}, this leader writes {}: {e}",
+                h.id,
+                self.peer_window().stamp_for(h.protocol)
+            ),
+        )
+        .await;
+    }
+
+    /// Stops this host's VMs when it has been without quorum for the
+    /// configured delay; restarts them when the quorum is back.
+    async fn watch_quorum(self: &Arc<Self>) {
+        let quorum = self.has_quorum();
+        let since = {
+            let mut s = lock(&self.cluster.quorum_lost_since);
+            match (quorum, *s) {
+                (true, _) => *s = None,
+                (false, None) => {
+                    *s = Some(Instant::now());
+                    tracing::warn!(
+                        delay_s = self.cfg.quorum_stop_delay.as_secs_f64(),
+                        "lost the cluster's quorum; changes are refused, VMs stop after the delay"
+                    );
+                }
+                (false, Some(_)) => {}
+            }
+            *s
+        };
+        match since {
+            Some(t) if t.elapsed() >= self.cfg.quorum_stop_delay => {
+                let already = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), true);
+                if !already {
+                    let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
+                    tracing::warn!(
+                        vms = ids.len(),
+                        "no quorum for the configured delay: stopping this host's VMs"
+                    );
+                    for id in ids {
+                        lock(&self.cluster.fenced).insert(id.clone());
+                        self.stop_instance(&id).await;
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                let was = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), false);
+                if was {
+                    self.after_quorum_regained().await;
+                }
+            }
+        }
+    }
+
+    async fn after_quorum_regained(self: &Arc<Self>) {
+        let fenced: Vec<String> = lock(&self.cluster.fenced).drain().collect();
+        self.event(
+            "quorum-regained",
+            Severity::Info,
+            Some(format!("host/{}", self.host.id)),
+            format!(
+                "host {} reaches the majority again; {} VM(s) it had stopped are started again",
+                self.host.id,
+                fenced.len()
+            ),
+        )
+        .await;
+        for id in fenced {
+            let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, &id) else {
+                continue;
+            };
+            if vm.host.as_deref() != Some(self.host.id.as_str()) || vm.desired != Desired::Running {
+                let _ = self
+                    .set_state(
+                        &id,
+                        VmStatus::Stopped,
+                        Some("stopped: this host lost the cluster's quorum".into()),
+                        None,
+                    )
+                    .await;
+                continue;
+            }
+            if let Err(e) = self.start_vm(&vm, None).await {
+                tracing::error!(vm = %vm.name, error = %e, "cannot start a VM again after the quorum came back");
+            }
+        }
+    }
+
+    /// Whether VM `id` was stopped because this host lost the quorum.
+    pub(crate) fn is_fenced(&self, id: &str) -> bool {
+        lock(&self.cluster.fenced).contains(id)
+    }
+
+    /// Refuses changes without quorum.
+    pub(crate) fn check_quorum(&self, action: &Action) -> Result<(), CoreError> {
+        if is_read_only(action) || self.has_quorum() {
+            Ok(())
+        } else {
+            Err(Self::no_quorum())
+        }
+    }
+}
+
+/// Whether an RFC 3339 time is more than 30 s old (or unreadable).
+fn stale_timestamp(t: &str) -> bool {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > 30)
+        .unwrap_or(true)
+}

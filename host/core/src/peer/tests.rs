@@ -1,0 +1,199 @@
+//! Version skew through the real cluster channel: three cores in this
+//! process, each with its own store and 127.0.0.1 port, talking over the
+//! mutual-TLS transport of `nasvisor-cluster-net`. One member pretends to
+//! speak the next protocol version only (not served by the others), one
+//! the next version and this one (a member in the middle of a rolling
+//! update).
+
+use crate::{AccelSetting, CoreConfig, NasCore};
+use nasvisor_api_types::peer::{PeerWindow, PEER_PROTOCOL};
+use nasvisor_api_types::{
+    Action, ClusterCreate, ClusterJoin, Core, CoreError, HostView, JoinTokenCreate, PoolCreate,
+};
+use nasvisor_plugin_host::{PolicyHost, Runtime, RuntimeConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn start(dir: &std::path::Path, name: &str, window: Option<PeerWindow>) -> NasCore {
+    let mut cfg = CoreConfig::new(dir.join(name));
+    cfg.host_name = name.into();
+    cfg.accel = AccelSetting::Tcg;
+    cfg.cluster_address = free_addr();
+    cfg.heartbeat_interval = Duration::from_millis(200);
+    cfg.test_peer_window = window;
+    let rt = Arc::new(Runtime::new(RuntimeConfig::default(), Vec::new()).unwrap());
+    let policy = Arc::new(PolicyHost::new(rt, None));
+    NasCore::start(cfg, policy, nasvisor_cluster_net::TlsNet::shared())
+        .await
+        .unwrap()
+}
+
+async fn join(founder: &NasCore, member: &NasCore) {
+    let t = founder
+        .handle(Action::IssueJoinToken(JoinTokenCreate::default()))
+        .await
+        .unwrap();
+    let token = t["token"].as_str().unwrap().to_string();
+    member
+        .handle(Action::JoinCluster(ClusterJoin {
+            address: founder.inner.cfg.cluster_address.clone(),
+            token,
+        }))
+        .await
+        .unwrap();
+}
+
+fn create_pool_on(host: &str, dir: &std::path::Path, name: &str) -> Action {
+    Action::OnHost {
+        host: host.into(),
+        request: Box::new(Action::CreatePool(PoolCreate {
+            name: name.into(),
+            path: dir.join(name).to_string_lossy().into_owned(),
+            shared: false,
+        })),
+    }
+}
+
+async fn hosts(c: &NasCore) -> Vec<HostView> {
+    let v = c.handle(Action::ListHosts).await.unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+async fn pools(c: &NasCore) -> Vec<String> {
+    let v = c.handle(Action::ListPools).await.unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}@{}", p["name"], p["host"]))
+        .collect()
+}
+
+fn unsupported(e: &CoreError) -> Option<(&str, u32, u32)> {
+    match e {
+        CoreError::UnsupportedVersion {
+            host, ours, theirs, ..
+        } => Some((host.as_str(), *ours, *theirs)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_more_than_one_version_apart_refuse_each_other_typed_and_read_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let now = PEER_PROTOCOL;
+    let next = now + 1;
+    let a = start(tmp.path(), "a", None).await;
+    // b speaks only the next version: a cannot write it, and b does not
+    // serve a's.
+    let b = start(
+        tmp.path(),
+        "b",
+        Some(PeerWindow {
+            oldest: next,
+            current: next,
+        }),
+    )
+    .await;
+    // c is one version ahead and still serves a's: a rolling update.
+    let c = start(
+        tmp.path(),
+        "c",
+        Some(PeerWindow {
+            oldest: now,
+            current: next,
+        }),
+    )
+    .await;
+    a.handle(Action::CreateCluster(ClusterCreate::default()))
+        .await
+        .unwrap();
+    join(&a, &b).await;
+    join(&a, &c).await;
+
+    // 1. a → b: refused before the call is read, naming both versions and
+    // b; the pool is not created.
+    let err = a
+        .handle(create_pool_on("b", tmp.path(), "from-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(unsupported(&err), Some(("b", next, now)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("host b") && text.contains(&format!("version {now}")),
+        "{text}"
+    );
+    assert!(
+        !tmp.path().join("from-a").exists(),
+        "b read the refused call"
+    );
+
+    // 2. b → a: the other way round.
+    let err = b
+        .handle(create_pool_on("a", tmp.path(), "from-b"))
+        .await
+        .unwrap_err();
+    assert_eq!(unsupported(&err), Some(("a", now, next)), "{err:?}");
+    assert!(
+        !tmp.path().join("from-b").exists(),
+        "a read the refused call"
+    );
+
+    // 3. Within one version both ways: c writes a's version to a, a its
+    // own to c.
+    c.handle(create_pool_on("a", tmp.path(), "from-c"))
+        .await
+        .unwrap();
+    a.handle(create_pool_on("c", tmp.path(), "to-c"))
+        .await
+        .unwrap();
+    let p = pools(&a).await;
+    assert!(p.contains(&"\"from-c\"@\"a\"".to_string()), "{p:?}");
+    assert!(p.contains(&"\"to-c\"@\"c\"".to_string()), "{p:?}");
+    assert!(
+        !p.iter()
+            .any(|p| p.contains("from-a") || p.contains("from-b")),
+        "{p:?}"
+    );
+
+    // 4. The leader's heartbeats record every member's version; b is shown
+    // as not served, c as served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hs = hosts(&a).await;
+        let get = |id: &str| hs.iter().find(|h| h.id == id).cloned().unwrap();
+        let (hb, hc) = (get("b"), get("c"));
+        if hb.protocol == Some(next)
+            && !hb.protocol_compatible
+            && hc.protocol == Some(next)
+            && hc.protocol_compatible
+            && get("a").protocol == Some(now)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hosts never showed their versions: {hs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ev = a
+        .handle(Action::ListEvents {
+            since: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(
+        ev.to_string().contains("host-protocol-unsupported"),
+        "no event says b is not served: {ev}"
+    );
+
+    for core in [c, b, a] {
+        core.shutdown().await.unwrap();
+    }
+}

@@ -114,7 +114,7 @@ impl Inner {
             tracing::warn!(image = %rec.name, host = %holder.id, error = %e, "the holder did not stop serving the image; it stops when it restarts");
         }
         if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
+            nasvisor_best_effort::remove_file(&tmp);
             return Err(e);
         }
         let spec = ImageSpec {
@@ -129,7 +129,7 @@ impl Inner {
             tokio::task::spawn_blocking(move || lib.add_file(&name, &path, spec, |_, _| {}))
                 .await
                 .map_err(|e| JobFailure::Failed(e.to_string()))?;
-        let _ = std::fs::remove_file(&tmp);
+        nasvisor_best_effort::remove_file(&tmp);
         let img = added.map_err(|e| JobFailure::Failed(format!("the copied image: {e}")))?;
         self.image_done(&rec.name, &Ok(img)).await;
         tracing::info!(image = %rec.name, from = %holder.id, "image copied to this host");

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 use nasvisor_api_types::{CoreError, ImageView, JobView};
 use nasvisor_api_types::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::{Expected, Image, ImageSpec, StorageError};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -84,7 +85,10 @@ impl Inner {
             }
             _ => {
                 // A failed import's leftovers go now.
-                let _ = self.library.delete(name);
+                self.library
+                    .delete(name)
+                    .or_else(gone_is_done)
+                    .best_effort("remove a failed import's leftovers");
                 Ok(())
             }
         }
@@ -372,7 +376,10 @@ impl Inner {
                 },
                 ready_marker: meta["ready-marker"].as_str().map(str::to_string),
             };
-            let _ = self.library.delete(&b.name);
+            self.library
+                .delete(&b.name)
+                .or_else(gone_is_done)
+                .best_effort("remove the previous copy of a bundled image");
             let r = self
                 .library
                 .add_file(&b.name, &b.path, spec_of(&m), |_, _| {});
@@ -478,8 +485,7 @@ impl Inner {
                     Err("interrupted by a restart of nasvisord; partial files were removed".into())
                 }
             };
-            let _ = self
-                .db
+            self.db
                 .update::<JobRecord, _>(kind::JOB, &job.id, |j| {
                     j.finished_at = Some(crate::model::now_rfc3339());
                     match &outcome {
@@ -496,7 +502,8 @@ impl Inner {
                     }
                     Ok(())
                 })
-                .await;
+                .await
+                .best_effort("record the end of the image's job");
             self.event(
                 "job-interrupted",
                 Severity::Warning,
@@ -513,5 +520,13 @@ impl Inner {
             )
             .await;
         }
+    }
+}
+
+/// An image that is already gone needs no removal.
+fn gone_is_done(e: nasvisor_storage::StorageError) -> Result<(), nasvisor_storage::StorageError> {
+    match e {
+        nasvisor_storage::StorageError::NotFound { .. } => Ok(()),
+        e => Err(e),
     }
 }

@@ -9,6 +9,7 @@ use crate::model::{kind, now_rfc3339, Desired, HostRecord, Severity, VmRecord, V
 use crate::{lock, Inner};
 use nasvisor_api_types::peer::Heartbeat;
 use nasvisor_api_types::{Action, CoreError};
+use nasvisor_best_effort::BestEffort;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,8 +95,7 @@ impl Inner {
                         || h.last_seen.as_deref().is_none_or(stale_timestamp);
                     if changed {
                         let came_back = !h.online;
-                        let _ = self
-                            .db
+                        self.db
                             .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
                                 r.online = true;
                                 r.version = hb.version.clone();
@@ -106,7 +106,8 @@ impl Inner {
                                 r.last_seen = Some(now_rfc3339());
                                 Ok(())
                             })
-                            .await;
+                            .await
+                            .best_effort("record that the host answers");
                         if came_back {
                             self.event(
                                 "host-online",
@@ -127,13 +128,13 @@ impl Inner {
                     let last = lock(&self.cluster.last_seen).get(&h.id).copied();
                     let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
                     if h.online && silent >= self.cfg.offline_after {
-                        let _ = self
-                            .db
+                        self.db
                             .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
                                 r.online = false;
                                 Ok(())
                             })
-                            .await;
+                            .await
+                            .best_effort("record that the host is offline");
                         self.event(
                             "host-offline",
                             Severity::Warning,
@@ -243,14 +244,14 @@ impl Inner {
                 continue;
             };
             if vm.host.as_deref() != Some(self.host.id.as_str()) || vm.desired != Desired::Running {
-                let _ = self
-                    .set_state(
-                        &id,
-                        VmStatus::Stopped,
-                        Some("stopped: this host lost the cluster's quorum".into()),
-                        None,
-                    )
-                    .await;
+                self.set_state(
+                    &id,
+                    VmStatus::Stopped,
+                    Some("stopped: this host lost the cluster's quorum".into()),
+                    None,
+                )
+                .await
+                .best_effort("record that the VM is stopped");
                 continue;
             }
             if let Err(e) = self.start_vm(&vm, None).await {

@@ -23,6 +23,7 @@ use crate::{lock, Inner};
 use nasvisor_api_types::peer::{ForwardAction, Read};
 use nasvisor_api_types::{AccelKind, Action, ClusterRole, ClusterView, CoreError, HostView};
 use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
+use nasvisor_best_effort::BestEffort;
 use nasvisor_cluster::ClusterStore;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -446,7 +447,7 @@ impl Inner {
         let dir = self.cfg.member_store_dir();
         if dir.exists() {
             // Leftovers of a join that failed.
-            let _ = std::fs::remove_dir_all(&dir);
+            nasvisor_best_effort::remove_dir_all(&dir);
         }
         let joined = ClusterStore::join_with_limits(
             &dir,
@@ -461,7 +462,7 @@ impl Inner {
         let joined = match joined {
             Ok(s) => s,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                nasvisor_best_effort::remove_dir_all(&dir);
                 return Err(errors::store(e));
             }
         };
@@ -482,7 +483,10 @@ impl Inner {
                 .get::<PoolRecord>(kind::POOL, &local.key())
                 .is_none()
             {
-                let _ = self.db.put(kind::POOL, &local.key(), &local, Some(0)).await;
+                self.db
+                    .put(kind::POOL, &local.key(), &local, Some(0))
+                    .await
+                    .best_effort("record this host's pool in the cluster");
             }
         }
         self.ensure_default_pool().await?;
@@ -492,7 +496,10 @@ impl Inner {
                 .get::<VswitchRecord>(kind::VSWITCH, &s.name)
                 .is_none()
             {
-                let _ = self.db.put(kind::VSWITCH, &s.name, &s, Some(0)).await;
+                self.db
+                    .put(kind::VSWITCH, &s.name, &s, Some(0))
+                    .await
+                    .best_effort("record this host's vswitch in the cluster");
             }
         }
         for s in self.db.list::<VswitchRecord>(kind::VSWITCH) {

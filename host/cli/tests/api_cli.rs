@@ -87,7 +87,7 @@ fn host() -> Value {
            "cluster_role": "single", "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 2,
-           "last_seen": null})
+           "last_seen": null, "protocol": 2, "protocol_compatible": true})
 }
 
 impl Fake {

@@ -80,7 +80,7 @@ fn host(name: &str) -> Value {
            "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 1,
-           "last_seen": "2026-01-01T00:00:00Z"})
+           "last_seen": "2026-01-01T00:00:00Z", "protocol": 2, "protocol_compatible": true})
 }
 
 pub fn job(id: &str, kind: &str) -> Value {

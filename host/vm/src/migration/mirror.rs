@@ -347,11 +347,10 @@ mod tests {
     use crate::qmp::tests::{fake_server, read_msg, send};
     use serde_json::json;
 
-    /// The mirrors count as in sync on `BLOCK_JOB_READY`, whatever a poll
-    /// of the jobs says: the wait ends on the event, not on a poll.
-    #[tokio::test]
-    async fn the_mirrors_are_ready_on_the_ready_event_whatever_a_poll_says() {
-        let (_dir, path) = fake_server(|mut r, mut w| async move {
+    /// A fake QEMU whose one mirror job polls as running at 40 %, and that
+    /// sends `event` right after `blockdev-mirror`; the mirror set is added.
+    async fn mirror_set_sending(event: serde_json::Value) -> (tempfile::TempDir, QmpClient) {
+        let (dir, path) = fake_server(move |mut r, mut w| async move {
             loop {
                 let m = read_msg(&mut r).await;
                 let reply = match m["execute"].as_str() {
@@ -361,24 +360,33 @@ mod tests {
                 };
                 send(&mut w, json!({"return": reply, "id": m["id"]})).await;
                 if m["execute"] == "blockdev-mirror" {
-                    send(
-                        &mut w,
-                        json!({"event": "BLOCK_JOB_READY", "data": {"device": "mig-disk0",
-                        "type": "mirror", "len": 100, "offset": 100, "speed": 0}}),
-                    )
-                    .await;
+                    send(&mut w, event.clone()).await;
                 }
             }
         })
         .await;
-        let qmp = QmpClient::connect(&path).await.unwrap();
-        let mut set = MirrorSet::new(&qmp);
-        let target = MirrorTarget {
+        (dir, QmpClient::connect(&path).await.unwrap())
+    }
+
+    fn target() -> MirrorTarget {
+        MirrorTarget {
             node: "disk0".into(),
             addr: InetAddr::new("127.0.0.1", 1),
             export: "disk0".into(),
-        };
-        set.add(&target, None).await.unwrap();
+        }
+    }
+
+    /// The mirrors count as in sync on `BLOCK_JOB_READY`, whatever a poll
+    /// of the jobs says: the wait ends on the event, not on a poll.
+    #[tokio::test]
+    async fn the_mirrors_are_ready_on_the_ready_event_whatever_a_poll_says() {
+        let (_dir, qmp) = mirror_set_sending(
+            json!({"event": "BLOCK_JOB_READY", "data": {"device": "mig-disk0",
+            "type": "mirror", "len": 100, "offset": 100, "speed": 0}}),
+        )
+        .await;
+        let mut set = MirrorSet::new(&qmp);
+        set.add(&target(), None).await.unwrap();
         let mut seen = Vec::new();
         tokio::time::timeout(
             Duration::from_secs(10),
@@ -394,35 +402,14 @@ mod tests {
     /// with QEMU's reason.
     #[tokio::test]
     async fn a_mirror_ending_early_fails_the_wait_with_its_reason() {
-        let (_dir, path) = fake_server(|mut r, mut w| async move {
-            loop {
-                let m = read_msg(&mut r).await;
-                let reply = match m["execute"].as_str() {
-                    Some("query-block-jobs") => json!([{"device": "mig-disk0", "type": "mirror",
-                        "len": 100, "offset": 40, "ready": false, "status": "running"}]),
-                    _ => json!({}),
-                };
-                send(&mut w, json!({"return": reply, "id": m["id"]})).await;
-                if m["execute"] == "blockdev-mirror" {
-                    send(
-                        &mut w,
-                        json!({"event": "BLOCK_JOB_COMPLETED", "data": {"device": "mig-disk0",
-                        "type": "mirror", "len": 100, "offset": 40, "speed": 0,
-                        "error": "Input/output error"}}),
-                    )
-                    .await;
-                }
-            }
-        })
+        let (_dir, qmp) = mirror_set_sending(
+            json!({"event": "BLOCK_JOB_COMPLETED", "data": {"device": "mig-disk0",
+            "type": "mirror", "len": 100, "offset": 40, "speed": 0,
+            "error": "Input/output error"}}),
+        )
         .await;
-        let qmp = QmpClient::connect(&path).await.unwrap();
         let mut set = MirrorSet::new(&qmp);
-        let target = MirrorTarget {
-            node: "disk0".into(),
-            addr: InetAddr::new("127.0.0.1", 1),
-            export: "disk0".into(),
-        };
-        set.add(&target, None).await.unwrap();
+        set.add(&target(), None).await.unwrap();
         let err = tokio::time::timeout(
             Duration::from_secs(10),
             set.wait_ready(std::future::pending(), |_| {}),

@@ -120,6 +120,10 @@ pub enum PeerCall<Vm> {
     ImageExport(ImageExport),
     /// Stop serving an image.
     ImageExportEnd(ImageExportEnd),
+    /// The live progress of jobs running on the receiver (added within
+    /// version 2: a member that does not know it refuses it as malformed,
+    /// and the caller shows the committed record).
+    JobProgress(JobProgress),
 }
 
 impl<Vm> PeerCall<Vm> {
@@ -135,6 +139,7 @@ impl<Vm> PeerCall<Vm> {
             PeerCall::MigrateAbort(_) => <MigrateAbort as Call<Vm>>::NAME,
             PeerCall::ImageExport(_) => <ImageExport as Call<Vm>>::NAME,
             PeerCall::ImageExportEnd(_) => <ImageExportEnd as Call<Vm>>::NAME,
+            PeerCall::JobProgress(_) => <JobProgress as Call<Vm>>::NAME,
         }
     }
 }
@@ -172,6 +177,7 @@ calls! {
     MigrateAbort => MigrateAbort, "migrate-abort", ();
     ImageExport => ImageExport, "image-export", ImageExportReply;
     ImageExportEnd => ImageExportEnd, "image-export-end", ();
+    JobProgress => JobProgress, "job-progress", Vec<JobLive>;
 }
 
 const MIGRATE_PREPARE: &str = "migrate-prepare";
@@ -253,6 +259,27 @@ pub struct Console {
 pub struct ConsoleReply {
     /// The bytes, base64.
     pub data: String,
+}
+
+/// `job-progress`: the live progress of jobs `ids`, running on the
+/// receiver. Progress between milestones lives only in the memory of the
+/// job's host; the store has the last milestone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobProgress {
+    /// Job ids.
+    pub ids: Vec<String>,
+}
+
+/// A running job's live progress (one per id asked that still runs there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobLive {
+    /// Job id.
+    pub id: String,
+    /// 0 to 1.
+    pub progress: f64,
+    /// The current step.
+    pub message: Option<String>,
 }
 
 /// One disk whose contents go over the network in a move.

@@ -2,7 +2,7 @@
 //! bundled image on first start.
 
 use crate::errors;
-use crate::jobs::{JobCtx, JobFailure};
+use crate::jobs::{ImageJob, JobCtx, JobFailure, JobSpec};
 use crate::model::{
     kind, Firmware, ImageRecord, ImageState, JobRecord, JobState, Severity, VmRecord,
 };
@@ -13,7 +13,7 @@ use nasvisor_api_types::{CoreError, ImageView, JobView};
 use nasvisor_api_types::{FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::{Expected, Image, ImageSpec, StorageError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -153,9 +153,10 @@ impl Inner {
         }
         let (job, ctx) = self
             .job_start(
-                "image-import",
+                &JobSpec::ImageImport(ImageJob {
+                    name: add.name.clone(),
+                }),
                 Some(format!("image/{}", add.name)),
-                json!({"name": add.name}),
             )
             .await?;
         let rec = record_of(&add.name, &add.meta, Some(job.id.clone()));
@@ -270,9 +271,8 @@ impl Inner {
         }
         let (job, ctx) = self
             .job_start(
-                "image-upload",
+                &JobSpec::ImageUpload(ImageJob { name: name.clone() }),
                 Some(format!("image/{name}")),
-                json!({"name": name}),
             )
             .await?;
         self.db
@@ -311,7 +311,7 @@ impl Inner {
         if let Some(e) = failed {
             return Err(errors::invalid("body", e));
         }
-        self.get_job(&job.id)
+        self.get_job(&job.id).await
     }
 
     pub(crate) async fn delete_image(&self, name: &str) -> Result<(), CoreError> {
@@ -451,8 +451,8 @@ impl Inner {
 
     /// After a restart: an import the crash interrupted either completed on
     /// disk (recorded ready now) or is gone (recorded failed).
-    pub(crate) async fn recover_image_job(&self, job: &JobRecord) -> Result<(), String> {
-        let name = job.params["name"].as_str().unwrap_or_default().to_string();
+    pub(crate) async fn recover_image_job(&self, job: &ImageJob) -> Result<(), String> {
+        let name = job.name.clone();
         match self.library.get(&name) {
             Ok(img) => {
                 self.image_done(&name, &Ok(img)).await;
@@ -474,15 +474,19 @@ impl Inner {
             if job.state.is_final() || job.host.as_deref().is_some_and(|h| h != self.host.id) {
                 continue;
             }
-            let outcome: Result<String, String> = match job.kind.as_str() {
-                "image-import" | "image-upload" => self
-                    .recover_image_job(&job)
+            let outcome: Result<String, String> = match JobSpec::of(&job) {
+                Ok(JobSpec::ImageImport(j) | JobSpec::ImageUpload(j)) => self
+                    .recover_image_job(&j)
                     .await
                     .map(|_| "completed before the restart".to_string()),
-                "install" => Err(self.recover_install_job(&job).await),
-                "migrate" => Err(self.recover_migrate_job(&job).await),
-                _ => {
+                Ok(JobSpec::Install(j)) => Err(self.recover_install_job(&j).await),
+                Ok(JobSpec::Migrate(j)) => Err(self.recover_migrate_job(&job.id, j).await),
+                Ok(JobSpec::VolumeImport(_) | JobSpec::Evacuate(_)) => {
                     Err("interrupted by a restart of nasvisord; partial files were removed".into())
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "a job that cannot be recovered");
+                    Err(format!("interrupted by a restart of nasvisord; {e}"))
                 }
             };
             self.db

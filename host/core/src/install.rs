@@ -4,10 +4,8 @@
 //! interrupted install leaves the VM `install_failed` with the reason and no
 //! orphaned disks (unless asked to keep them).
 
-use crate::jobs::{JobCtx, JobFailure};
-use crate::model::{
-    kind, DiskRecord, DiskRole, ImageRecord, JobRecord, Severity, VmRecord, VmStatus,
-};
+use crate::jobs::{InstallJob, JobCtx, JobFailure, JobSpec};
+use crate::model::{kind, DiskRecord, DiskRole, ImageRecord, Severity, VmRecord, VmStatus};
 use crate::vms::failed;
 use crate::Inner;
 use nasvisor_api_types::CoreError;
@@ -18,7 +16,6 @@ use nasvisor_plugin_sdk::prelude::{
     Completion, DiskMethod, Firmware as PlanFirmware, ImageFormat, ImageMeta, InstallPlan,
     InstallRequest, NicSettings, UserSpec,
 };
-use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,9 +42,12 @@ impl Inner {
         let pool = spec.pool.clone().unwrap_or_else(|| "default".into());
         let (job, ctx) = self
             .job_start(
-                "install",
+                &JobSpec::Install(InstallJob {
+                    vm: vm.id.clone(),
+                    pool: pool.clone(),
+                    keep_disks: spec.keep_disks_on_failure,
+                }),
                 Some(format!("vm/{}", vm.name)),
-                json!({"vm": vm.id, "pool": pool, "keep_disks": spec.keep_disks_on_failure}),
             )
             .await?;
         let vm = self
@@ -181,7 +181,7 @@ impl Inner {
         pool_name: &str,
         ctx: &JobCtx,
     ) -> Result<String, JobFailure> {
-        ctx.progress(0.02, Some("planning"));
+        ctx.milestone(0.02, "planning");
         let pool = self.pool(pool_name, "install.pool").map_err(failed)?;
         let free = pool
             .usage()
@@ -210,7 +210,7 @@ impl Inner {
         let size_gib = self.install_request(vm, img, spec).disk_size_gib;
 
         // 1. The root disk.
-        ctx.progress(0.05, Some("creating the root disk"));
+        ctx.milestone(0.05, "creating the root disk");
         let (p, r, path) = (pool.clone(), root.clone(), image.path.clone());
         let c = ctx.clone();
         // On shared storage a linked clone would lean on this host's image
@@ -258,7 +258,7 @@ impl Inner {
 
         // 2. The NoCloud seed volume.
         if !plan.seed.is_empty() {
-            ctx.progress(0.28, Some("writing the cloud-init seed"));
+            ctx.milestone(0.28, "writing the cloud-init seed");
             let tmp = self.cfg.run_dir().join(format!("{}.cidata.img", vm.id));
             let files: Vec<(String, String)> = plan
                 .seed
@@ -303,7 +303,7 @@ impl Inner {
         cancelled()?;
 
         // 3. First boot, on the host the scheduler picks.
-        ctx.progress(0.3, Some("first boot"));
+        ctx.milestone(0.3, "first boot");
         let host = match vm.host.clone() {
             // Placed when it was created (the create came to this host).
             Some(h) => h,
@@ -482,12 +482,10 @@ impl Inner {
     }
 
     /// After a restart: an install cannot resume mid-boot; clean it up.
-    pub(crate) async fn recover_install_job(&self, job: &JobRecord) -> String {
-        let vm = job.params["vm"].as_str().unwrap_or_default();
-        let pool = job.params["pool"].as_str().unwrap_or("default");
-        let keep = job.params["keep_disks"].as_bool().unwrap_or(false);
+    pub(crate) async fn recover_install_job(&self, job: &InstallJob) -> String {
         let reason = "install interrupted by a restart of nasvisord; cleaned up";
-        self.fail_install(vm, pool, keep, reason).await;
+        self.fail_install(&job.vm, &job.pool, job.keep_disks, reason)
+            .await;
         reason.to_string()
     }
 }

@@ -44,7 +44,6 @@ use nasvisor_storage::ImageLibrary;
 use nasvisor_vm::{Accel, VmInstance};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -222,8 +221,10 @@ pub(crate) struct Inner {
     pub net: Arc<Net>,
     pub library: ImageLibrary,
     pub running: Mutex<HashMap<String, Running>>,
-    pub jobs: Mutex<HashMap<String, CancellationToken>>,
-    pub event_seq: AtomicU64,
+    /// The jobs running on this host, with their live progress.
+    pub local_jobs: jobs::LocalJobs,
+    /// The event log as this host appends to it.
+    pub events: events::EventLog,
     /// Serializes changes that check the whole state (names, resources).
     pub ops: tokio::sync::Mutex<()>,
     /// Cancelled when the core shuts down (background tasks stop).
@@ -354,8 +355,8 @@ impl NasCore {
             net,
             library,
             running: Mutex::new(HashMap::new()),
-            jobs: Mutex::new(HashMap::new()),
-            event_seq: AtomicU64::new(0),
+            local_jobs: jobs::LocalJobs::default(),
+            events: Default::default(),
             ops: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             cluster: Default::default(),
@@ -365,7 +366,7 @@ impl NasCore {
             plugin_reports: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
-        inner.init_event_seq();
+        inner.events.init(&inner.db);
         inner.register_host().await?;
 
         inner.ensure_default_pool().await?;

@@ -9,11 +9,11 @@ use crate::model::{HostRecord, VmRecord};
 use crate::{lock, Inner};
 use nasvisor_api_types::peer::{
     self, ActionReply, Call, Console, ConsoleReply, ForwardAction, Heartbeat, HeartbeatReply,
-    ImageExport, ImageExportEnd, MigrateAbort, MigrateFinish, MigratePrepare, PeerCall,
-    PeerRefusal, PeerWindow, Read,
+    ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish, MigratePrepare,
+    PeerCall, PeerRefusal, PeerWindow, Read,
 };
 use nasvisor_api_types::CoreError;
-use nasvisor_cluster::{PeerHandler, PeerRequest};
+use nasvisor_cluster::{CallError, PeerHandler, PeerRequest, StoreError};
 use serde_json::Value;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -45,9 +45,7 @@ impl Inner {
             .store()
             .call_peer(rec.node_id, C::NAME, body, timeout)
             .await
-            .map_err(|e| CoreError::Unavailable {
-                reason: format!("host {} cannot be reached: {e}", rec.id),
-            })?;
+            .map_err(|e| transport_error(rec, C::NAME, e))?;
         match reply {
             Ok(v) => peer::decode_reply::<VmRecord, C>(v)
                 .map_err(|e| errors::internal(format!("host {}: {e}", rec.id))),
@@ -143,6 +141,7 @@ impl Inner {
                 self.end_image_export(&c.id).await;
                 reply::<ImageExportEnd>(())
             }
+            PeerCall::JobProgress(c) => reply::<JobProgress>(self.local_jobs.live(&c.ids)),
         }
     }
 
@@ -158,6 +157,48 @@ impl Inner {
             storage_gib: storage,
             free_storage_gib: free,
         }
+    }
+}
+
+/// What a failed peer call means for the caller: whether anything was
+/// carried out, and whether trying again can help.
+fn transport_error(rec: &HostRecord, call: &str, e: StoreError) -> CoreError {
+    let host = &rec.id;
+    match e {
+        StoreError::Transport(e @ CallError::Connect { .. }) => CoreError::Unavailable {
+            reason: format!("host {host} cannot be reached ({e}); nothing was sent"),
+        },
+        StoreError::Transport(e @ (CallError::Timeout { .. } | CallError::Io { .. })) => {
+            CoreError::Unavailable {
+                reason: format!(
+                    "host {host} did not complete {call} ({e}); the outcome is unknown: \
+                     check the object's state before trying again"
+                ),
+            }
+        }
+        StoreError::Transport(CallError::Refused { reason, .. }) => CoreError::Conflict {
+            reason: format!(
+                "host {host} refused {call} from this host ({reason}); it does not count this \
+                 host as a member of its cluster"
+            ),
+        },
+        StoreError::Transport(e @ CallError::BadAnswer { .. }) => CoreError::Internal {
+            reason: format!("host {host} answered {call} with something unreadable: {e}"),
+        },
+        StoreError::Invalid {
+            field: "node_id", ..
+        } => CoreError::Conflict {
+            reason: format!(
+                "host {host} (node {}) is no longer a member of the cluster",
+                rec.node_id
+            ),
+        },
+        e @ StoreError::NotClustered => CoreError::Conflict {
+            reason: e.to_string(),
+        },
+        e => CoreError::Unavailable {
+            reason: format!("host {host} cannot be reached: {e}"),
+        },
     }
 }
 
@@ -181,4 +222,4 @@ fn encode(e: &CoreError) -> Value {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

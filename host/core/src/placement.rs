@@ -4,7 +4,7 @@
 //! seven.
 
 use crate::errors;
-use crate::model::{kind, HostRecord, VmRecord};
+use crate::model::{kind, HostRecord, VmRecord, VmStatus};
 use crate::Inner;
 use nasvisor_api_types::CoreError;
 use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
@@ -176,6 +176,22 @@ impl Inner {
     }
 }
 
+/// A VM's recorded state as the plugins see it: each state its own, so a
+/// policy tells a crash or a panic from a stop.
+fn plugin_state(s: VmStatus) -> VmState {
+    match s {
+        VmStatus::Stopped => VmState::Stopped,
+        VmStatus::Starting | VmStatus::Installing => VmState::Starting,
+        VmStatus::Running => VmState::Running,
+        VmStatus::Paused => VmState::Paused,
+        VmStatus::Stopping => VmState::ShuttingDown,
+        VmStatus::Migrating => VmState::Migrating,
+        VmStatus::Crashed => VmState::Crashed,
+        VmStatus::GuestPanicked => VmState::Panicked,
+        VmStatus::InstallFailed => VmState::Failed,
+    }
+}
+
 fn vm_info(v: &VmRecord) -> VmInfo {
     VmInfo {
         id: v.id.clone(),
@@ -185,11 +201,7 @@ fn vm_info(v: &VmRecord) -> VmInfo {
             memory_mib: v.memory_mib,
             storage_gib: v.disks.iter().map(|d| d.size_mib.div_ceil(1024)).sum(),
         },
-        state: if v.is_active() {
-            VmState::Running
-        } else {
-            VmState::Stopped
-        },
+        state: plugin_state(v.state),
         host: v.host.clone(),
         ha_enabled: v.ha,
         ha: None,

@@ -2,14 +2,13 @@
 //! clones, imports (a job).
 
 use crate::errors;
-use crate::jobs::JobFailure;
+use crate::jobs::{JobFailure, JobSpec, VolumeImportJob};
 use crate::model::{kind, PoolRecord, VmRecord};
 use crate::Inner;
 use nasvisor_api_types::{CoreError, JobView, PoolView, SnapshotView, VolumeView};
 use nasvisor_api_types::{PoolCreate, VolumeCreate, VolumeFormat};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::{SnapshotOp, VolumeInfo};
-use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -345,9 +344,12 @@ impl Inner {
         .map_err(|e| errors::storage("path", e))?;
         let (job, ctx) = self
             .job_start(
-                "volume-import",
+                &JobSpec::VolumeImport(VolumeImportJob {
+                    pool: pool.to_string(),
+                    name: name.to_string(),
+                    path: path.to_string(),
+                }),
                 Some(format!("volume/{pool}/{name}")),
-                json!({"pool": pool, "name": name, "path": path}),
             )
             .await?;
         let me = self.clone();
@@ -355,7 +357,7 @@ impl Inner {
         tokio::spawn(async move {
             let c = ctx.clone();
             let r = tokio::task::spawn_blocking(move || {
-                c.progress(0.0, Some("converting"));
+                c.milestone(0.0, "converting");
                 let c2 = c.clone();
                 p.import_cancellable(
                     &name,

@@ -49,6 +49,9 @@ fn every_call() -> Vec<Any> {
         Call::<Vm>::into_call(ImageExportEnd {
             id: "debian-4000".into(),
         }),
+        Call::<Vm>::into_call(JobProgress {
+            ids: vec!["a1".into(), "b2".into()],
+        }),
     ]
 }
 
@@ -56,7 +59,7 @@ fn every_call() -> Vec<Any> {
 fn every_call_survives_the_round_trip_through_the_envelope() {
     let calls = every_call();
     let names: std::collections::HashSet<&str> = calls.iter().map(PeerCall::name).collect();
-    assert_eq!(names.len(), 9, "every call has its own name");
+    assert_eq!(names.len(), 10, "every call has its own name");
     for call in calls {
         let v = serde_json::to_value(PeerEnvelope {
             version: PEER_PROTOCOL,

@@ -17,9 +17,17 @@ use std::time::{Duration, Instant};
 impl Inner {
     // ---- heartbeats and quorum ----
 
-    /// The background loop of every host: heartbeats when leader, the
-    /// quorum watch always.
+    /// The background loops of every host: heartbeats when leader, and the
+    /// quorum watch always, on a clock of its own.
+    ///
+    /// The quorum watch never waits for the heartbeat round: a round writes
+    /// through the log (host offline, events), and on a host cut off from
+    /// the majority each such write waits for its timeout (10 s). Self-
+    /// fencing must keep its deadline whether the host was leader or
+    /// follower, so it runs in its own task and writes nothing before it
+    /// stops the VMs.
     pub(crate) fn spawn_cluster_loop(self: &Arc<Self>) {
+        self.spawn_quorum_watch();
         let weak = Arc::downgrade(self);
         let shutdown = self.shutdown.clone();
         let interval = self.cfg.heartbeat_interval;
@@ -51,7 +59,26 @@ impl Inner {
                     me.heartbeat_round().await;
                 }
                 was_leader = leader;
-                me.watch_quorum().await;
+            }
+        });
+    }
+
+    /// The quorum watch's own loop (see [`Inner::spawn_cluster_loop`]),
+    /// ticking at the heartbeat interval, at most every second.
+    fn spawn_quorum_watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let tick = self.cfg.heartbeat_interval.min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(tick) => {}
+                }
+                let Some(me) = weak.upgrade() else { break };
+                if me.multi_host() {
+                    me.watch_quorum().await;
+                }
             }
         });
     }

@@ -19,7 +19,7 @@ use crate::model::{
     kind, now_rfc3339, pool_key, HostRecord, JobRecord, PoolRecord, Severity, VmRecord,
     VswitchRecord,
 };
-use crate::{lock, Inner};
+use crate::Inner;
 use nasvisor_api_types::peer::{ForwardAction, Read};
 use nasvisor_api_types::{AccelKind, Action, ClusterRole, ClusterView, CoreError, HostView};
 use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
@@ -435,7 +435,7 @@ impl Inner {
                     .join(", ")
             )));
         }
-        if !lock(&self.jobs).is_empty() {
+        if !self.local_jobs.is_empty() {
             return Err(errors::conflict(
                 "jobs are running on this host; wait for them to end",
             ));
@@ -468,7 +468,7 @@ impl Inner {
         };
         joined.set_peer_handler(self.peer_handler());
         let old = self.db.swap(joined);
-        self.init_event_seq();
+        self.events.init(&self.db);
         retire_store(old, self.cfg.data_dir.join("cluster"));
 
         // Record this host in the cluster.

@@ -2,31 +2,13 @@
 //! the other, to hosts the scheduler picks (each move its own job).
 
 use crate::errors;
-use crate::jobs::{JobCtx, JobFailure};
+use crate::jobs::{EvacuateJob, JobCtx, JobFailure, JobSpec};
 use crate::model::{kind, JobRecord, JobState, VmRecord};
 use crate::{lock, Inner};
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::VmMigrate;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The parameters of an `evacuate` job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct EvacuateParams {
-    host: String,
-    /// The names of the VMs to move.
-    vms: Vec<String>,
-}
-
-fn evacuate_params(host: &str, vms: &[VmRecord]) -> Result<Value, CoreError> {
-    serde_json::to_value(EvacuateParams {
-        host: host.to_string(),
-        vms: vms.iter().map(|v| v.name.clone()).collect(),
-    })
-    .map_err(errors::internal)
-}
 
 impl Inner {
     pub(crate) async fn evacuate(
@@ -42,9 +24,11 @@ impl Inner {
             .collect();
         let (job, ctx) = self
             .job_start(
-                "evacuate",
+                &JobSpec::Evacuate(EvacuateJob {
+                    host: host.to_string(),
+                    vms: vms.iter().map(|v| v.name.clone()).collect(),
+                }),
                 Some(format!("host/{host}")),
-                evacuate_params(host, &vms)?,
             )
             .await?;
         let me = self.clone();
@@ -57,7 +41,7 @@ impl Inner {
                 if ctx.is_cancelled() {
                     break;
                 }
-                ctx.progress(i as f64 / n as f64, Some(&format!("moving VM {}", vm.name)));
+                ctx.milestone(i as f64 / n as f64, &format!("moving VM {}", vm.name));
                 let r = async {
                     let target = me.place_excluding(vm, None, &[host.as_str()]).await?;
                     let job = me
@@ -104,9 +88,7 @@ impl Inner {
     async fn wait_job_end(&self, id: &str, outer: &JobCtx) -> Result<(), CoreError> {
         loop {
             if outer.is_cancelled() {
-                if let Some(t) = lock(&self.jobs).get(id) {
-                    t.cancel();
-                }
+                self.local_jobs.cancel(id);
             }
             match self.db.get::<JobRecord>(kind::JOB, id) {
                 Some((j, _)) if j.state.is_final() => {

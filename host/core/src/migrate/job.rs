@@ -6,12 +6,11 @@
 //! [`MigrateStep::Unrecorded`], and recovery then asks the log, as it did.
 
 use super::CopyDisk;
-use crate::errors;
+use crate::jobs::JobSpec;
 use crate::model::{kind, JobRecord};
 use crate::Inner;
 use nasvisor_api_types::CoreError;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Where a move stands. Each step is committed before the work it names
 /// begins, except [`MigrateStep::Switched`], committed once the target was
@@ -53,18 +52,6 @@ pub(crate) struct MigrateJob {
     pub step: MigrateStep,
 }
 
-impl MigrateJob {
-    pub fn to_value(&self) -> Result<Value, CoreError> {
-        serde_json::to_value(self).map_err(errors::internal)
-    }
-
-    /// The move of job record `job`; an error naming what is unreadable.
-    pub fn of(job: &JobRecord) -> Result<MigrateJob, String> {
-        serde_json::from_value(job.params.clone())
-            .map_err(|e| format!("the job's parameters are unreadable ({e})"))
-    }
-}
-
 impl Inner {
     /// Commits that move job `id` reached `step`.
     pub(crate) async fn set_migrate_step(
@@ -74,7 +61,7 @@ impl Inner {
         step: MigrateStep,
     ) -> Result<(), CoreError> {
         job.step = step;
-        let params = job.to_value()?;
+        let params = JobSpec::Migrate(job.clone()).params()?;
         self.db
             .update::<JobRecord, _>(kind::JOB, id, |j| {
                 j.params = params.clone();
@@ -114,23 +101,11 @@ mod tests {
             copies: vec![],
             step: MigrateStep::CopyingMemory,
         };
-        let v = j.to_value().unwrap();
+        let v = JobSpec::Migrate(j.clone()).params().unwrap();
         assert_eq!(v["step"], "copying-memory");
         assert_eq!(serde_json::from_value::<MigrateJob>(v).unwrap(), j);
-        let rec = JobRecord {
-            id: "j".into(),
-            kind: "migrate".into(),
-            state: crate::model::JobState::Running,
-            progress: 0.0,
-            error: None,
-            created_at: String::new(),
-            target: None,
-            message: None,
-            finished_at: None,
-            host: None,
-            params: json!({"from": "nas1"}),
-        };
-        let e = MigrateJob::of(&rec).unwrap_err();
+        let rec = crate::jobs::spec::tests::record("migrate", json!({"from": "nas1"}));
+        let e = JobSpec::of(&rec).unwrap_err();
         assert!(e.contains("unreadable") && e.contains("vm"), "{e}");
     }
 }

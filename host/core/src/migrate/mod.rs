@@ -45,13 +45,13 @@ pub(crate) use process::{free_port, run_qemu_img, stop_child, wait_listening};
 pub(crate) use target::Migrations;
 
 use crate::errors;
-use crate::jobs::JobFailure;
+use crate::jobs::{JobFailure, JobSpec};
 use crate::model::{
     kind, pool_key, DiskRole, Firmware, HostRecord, ImageRecord, JobRecord, PoolRecord, Severity,
     VmRecord, VmStatus,
 };
 use crate::{lock, Inner};
-use job::{MigrateJob, MigrateStep};
+pub(crate) use job::{MigrateJob, MigrateStep};
 use nasvisor_api_types::peer;
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::VmMigrate;
@@ -191,13 +191,12 @@ impl Inner {
             copies: copy.clone(),
             step: MigrateStep::Preparing,
         };
-        let started = match params.to_value() {
-            Ok(v) => {
-                self.job_start("migrate", Some(format!("vm/{}", vm.name)), v)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let started = self
+            .job_start(
+                &JobSpec::Migrate(params.clone()),
+                Some(format!("vm/{}", vm.name)),
+            )
+            .await;
         let (job, ctx) = match started {
             Ok(j) => j,
             Err(e) => {

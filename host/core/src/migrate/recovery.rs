@@ -10,7 +10,7 @@
 use super::process::stop_orphan_nbd;
 use super::{CopyDisk, Inner, MigrateJob, MigrateStep};
 use crate::errors;
-use crate::model::{kind, HostRecord, JobRecord, VmRecord, VmStatus};
+use crate::model::{kind, HostRecord, VmRecord, VmStatus};
 use nasvisor_api_types::CoreError;
 use nasvisor_vm::migration::{leftover_mirror_nodes, MirrorSet};
 use nasvisor_vm::VmInstance;
@@ -44,14 +44,11 @@ fn remove_quietly(path: &std::path::Path, what: &str) {
 impl Inner {
     /// After a restart of this daemon, a move job it was running: the VM is
     /// set right and the reason returned (the job is marked failed).
-    pub(crate) async fn recover_migrate_job(self: &Arc<Self>, job: &JobRecord) -> String {
-        let params = match MigrateJob::of(job) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(job = %job.id, error = %e, "a move job that cannot be recovered");
-                return format!("interrupted by a restart of nasvisord; {e}");
-            }
-        };
+    pub(crate) async fn recover_migrate_job(
+        self: &Arc<Self>,
+        job_id: &str,
+        params: MigrateJob,
+    ) -> String {
         let Some(vm) = self
             .db
             .get::<VmRecord>(kind::VM, &params.vm)
@@ -64,7 +61,7 @@ impl Inner {
             // Ownership passes only while the memory moves.
             MigrateStep::Preparing | MigrateStep::CopyingDisks => {
                 if !here {
-                    tracing::error!(vm = %vm.name, step = ?params.step, "the log gives the VM to another host before its move switched; the log wins");
+                    tracing::error!(job = %job_id, vm = %vm.name, step = ?params.step, "the log gives the VM to another host before its move switched; the log wins");
                 }
                 !here
             }

@@ -64,7 +64,7 @@ impl Inner {
             .map_err(|e| failed("query-status", e))?
             .running;
         mv.ctx
-            .progress(0.0, Some(&format!("preparing host {}", mv.target.id)));
+            .milestone(0.0, &format!("preparing host {}", mv.target.id));
         let prepared: Prepared = self
             .peer_prepare(&mv.target, &mv.vm, &mv.copy, true)
             .await
@@ -82,7 +82,7 @@ impl Inner {
             }
         };
         // The switch: the log says the target owns the VM, then it resumes.
-        mv.ctx.progress(0.99, Some("switching over"));
+        mv.ctx.milestone(0.99, "switching over");
         if let Err(e) = self
             .pass_ownership(&mv.vm, &mv.target, VmStatus::Running)
             .await
@@ -331,7 +331,7 @@ impl Inner {
             None
         } else {
             mv.ctx
-                .progress(0.0, Some(&format!("preparing host {}", target.id)));
+                .milestone(0.0, &format!("preparing host {}", target.id));
             let p = self
                 .peer_prepare(&target, &vm, &mv.copy, false)
                 .await
@@ -347,9 +347,9 @@ impl Inner {
         let mut done = 0;
         for c in &mv.copy {
             let Some(p) = prepared.as_ref() else { break };
-            mv.ctx.progress(
+            mv.ctx.milestone(
                 done as f64 / total as f64 * 0.95,
-                Some(&format!("copying {} ({} MiB)", c.node, c.size_bytes >> 20)),
+                &format!("copying {} ({} MiB)", c.node, c.size_bytes >> 20),
             );
             let r = self.copy_offline(&mv.ctx, p, c, target.node_id).await;
             if let Err(e) = r {

@@ -19,7 +19,11 @@ fn free_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-async fn start(dir: &std::path::Path, name: &str, window: Option<PeerWindow>) -> NasCore {
+pub(crate) async fn start(
+    dir: &std::path::Path,
+    name: &str,
+    window: Option<PeerWindow>,
+) -> NasCore {
     let mut cfg = CoreConfig::new(dir.join(name));
     cfg.host_name = name.into();
     cfg.accel = AccelSetting::Tcg;
@@ -33,7 +37,7 @@ async fn start(dir: &std::path::Path, name: &str, window: Option<PeerWindow>) ->
         .unwrap()
 }
 
-async fn join(founder: &NasCore, member: &NasCore) {
+pub(crate) async fn join(founder: &NasCore, member: &NasCore) {
     let t = founder
         .handle(Action::IssueJoinToken(JoinTokenCreate::default()))
         .await
@@ -195,5 +199,76 @@ async fn members_more_than_one_version_apart_refuse_each_other_typed_and_read_no
 
     for core in [c, b, a] {
         core.shutdown().await.unwrap();
+    }
+}
+
+#[test]
+fn a_failed_call_says_whether_it_was_carried_out_and_what_to_do() {
+    use nasvisor_cluster::{CallError, StoreError};
+    let rec: crate::model::HostRecord = serde_json::from_value(serde_json::json!({
+        "id": "nas2", "name": "nas2", "version": "0.1.0", "cpus": 2, "memory_mib": 1024,
+        "accel": "tcg", "accel_reason": "", "qemu_version": "10", "node_id": 2
+    }))
+    .unwrap();
+    let addr = "127.0.0.1:9".to_string();
+    let reason_of = |e: CoreError| match e {
+        CoreError::Unavailable { reason } => ("unavailable", reason),
+        CoreError::Conflict { reason } => ("conflict", reason),
+        CoreError::Internal { reason } => ("internal", reason),
+        e => panic!("unexpected {e:?}"),
+    };
+    let cases = [
+        (
+            StoreError::Transport(CallError::Connect {
+                target: 2,
+                addr: addr.clone(),
+                reason: "connection refused".into(),
+            }),
+            "unavailable",
+            "nothing was sent",
+        ),
+        (
+            StoreError::Transport(CallError::Timeout {
+                target: 2,
+                addr: addr.clone(),
+                timeout: Duration::from_secs(10),
+            }),
+            "unavailable",
+            "the outcome is unknown",
+        ),
+        (
+            StoreError::Transport(CallError::Refused {
+                target: 2,
+                addr: addr.clone(),
+                reason: "not a member".into(),
+            }),
+            "conflict",
+            "does not count this host as a member",
+        ),
+        (
+            StoreError::Invalid {
+                field: "node_id",
+                reason: "node 2 is not a member of this cluster".into(),
+            },
+            "conflict",
+            "no longer a member",
+        ),
+        (
+            StoreError::Transport(CallError::BadAnswer {
+                target: 2,
+                addr,
+                reason: "HTTP 500".into(),
+            }),
+            "internal",
+            "unreadable",
+        ),
+    ];
+    for (e, status, says) in cases {
+        let (got, reason) = reason_of(super::transport_error(&rec, "action", e));
+        assert_eq!(got, status, "{reason}");
+        assert!(
+            reason.contains("host nas2") && reason.contains(says),
+            "{reason}"
+        );
     }
 }

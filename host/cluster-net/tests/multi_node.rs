@@ -1054,3 +1054,58 @@ async fn strangers_filling_the_cluster_endpoint_cannot_cut_the_members_off() {
     h1.store().put("vm", "after", json!(1), None).await.unwrap();
     shutdown(vec![h1, h2]).await;
 }
+
+/// A change the leader proposes while its majority is gone answers
+/// "unconfirmed, outcome unknown" (not a plain timeout), and it does get
+/// applied once the majority is back: the answer must not tell the caller
+/// that nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_the_majority_did_not_confirm_is_reported_unknown_and_may_apply_later() {
+    init_logs();
+    let h1 = founder(ClusterSettings::default()).await;
+    let h2 = join(&h1).await;
+    let mut hosts = vec![h1, h2];
+    let leader = eventually("a leader", Duration::from_secs(10), || {
+        hosts.iter().position(|h| h.store().is_leader())
+    })
+    .await;
+    let other = 1 - leader;
+    let other_id = hosts[other].id();
+    // The follower goes away: the leader has no majority (1 of 2).
+    hosts[other].store.take().unwrap().shutdown().await.unwrap();
+
+    let started = Instant::now();
+    let err = hosts[leader]
+        .store()
+        .put("vm", "late", json!({ "cpus": 1 }), Some(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unconfirmed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("outcome is unknown") && text.contains("may still be applied"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The follower comes back: the change commits after all.
+    let h = &mut hosts[other];
+    let store = ClusterStore::open_with_network(h.dir.path(), other_id, h.addr.clone(), net())
+        .await
+        .unwrap();
+    store.serve(h.addr.parse().unwrap()).await.unwrap();
+    h.store = Some(store);
+    for h in &hosts {
+        eventually(
+            "the unconfirmed change applied after the heal",
+            Duration::from_secs(20),
+            || h.store().get("vm", "late").map(|_| ()),
+        )
+        .await;
+    }
+    shutdown(hosts).await;
+}

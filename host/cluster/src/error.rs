@@ -101,6 +101,14 @@ pub enum StoreError {
     /// Waiting for the cluster timed out.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A change was proposed but no majority confirmed it in time. It
+    /// stays in the leader's log and may still be applied later (when the
+    /// majority is back): its outcome is unknown.
+    #[error(
+        "the cluster did not confirm the change within {0:?}; it may still be applied later, \
+         so its outcome is unknown: check the object before trying again"
+    )]
+    Unconfirmed(std::time::Duration),
     /// The operation needs a cluster (created or joined) and this host has
     /// none.
     #[error("this host is not part of a cluster: run `nasvisor cluster create` or `nasvisor cluster join` first")]

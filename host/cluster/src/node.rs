@@ -142,7 +142,7 @@ impl Shared {
         // A leader cut off from its quorum would wait for ever: bounded.
         let written = tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(cmd.clone()))
             .await
-            .map_err(|_| StoreError::Timeout("a quorum of the cluster to commit the change"))?;
+            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT))?;
         match written {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

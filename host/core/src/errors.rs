@@ -67,8 +67,18 @@ pub fn store(e: StoreError) -> CoreError {
         ),
         StoreError::AlreadyClustered { .. } => conflict(e.to_string()),
         StoreError::Invalid { field, ref reason } => invalid(field, reason.clone()),
-        StoreError::Bind { .. } | StoreError::Timeout(_) => CoreError::Unavailable {
-            reason: e.to_string(),
+        StoreError::Bind { .. } | StoreError::Timeout(_) | StoreError::Unconfirmed(_) => {
+            CoreError::Unavailable {
+                reason: e.to_string(),
+            }
+        }
+        // A forwarded change whose call did not complete may have been
+        // carried out by the leader.
+        StoreError::Transport(
+            ref c @ (nasvisor_cluster::CallError::Timeout { .. }
+            | nasvisor_cluster::CallError::Io { .. }),
+        ) => CoreError::Unavailable {
+            reason: format!("{c}; the change may still be applied, so its outcome is unknown: check the object before trying again"),
         },
         StoreError::JoinRefused(_) => conflict(e.to_string()),
         StoreError::NotEmpty { .. } => conflict(e.to_string()),

@@ -4,13 +4,13 @@
 //! nasvisor-storage and real qemu-img.
 
 use nasvisor_download::HttpDownloader;
-use nasvisor_storage::{ImageLibrary, ImageSpec, DOWNLOAD_READ_TIMEOUT};
+use nasvisor_storage::{Image, ImageLibrary, ImageSpec, DOWNLOAD_READ_TIMEOUT};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{RootCertStore, ServerConfig};
 use sha2::Digest;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpListener;
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,27 @@ fn sha(b: &[u8]) -> String {
 
 fn http() -> HttpDownloader {
     HttpDownloader::new().unwrap()
+}
+
+/// Adds image `name` from `url` through `d`, with the default read timeout
+/// and image spec; the error as text.
+fn add(
+    lib: &ImageLibrary,
+    d: &HttpDownloader,
+    name: &str,
+    url: &str,
+    sha: Option<&str>,
+) -> Result<Image, String> {
+    lib.add_url(
+        d,
+        name,
+        url,
+        sha,
+        DOWNLOAD_READ_TIMEOUT,
+        ImageSpec::default(),
+        |_, _| {},
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What a test server answers.
@@ -189,34 +210,12 @@ fn add_from_a_url_and_refuse_a_cut_download() {
 
     let cut = Answer::Body(body[..body.len() / 2].to_vec(), body.len());
     let url = Server::start(None, cut).url;
-    let e = lib
-        .add_url(
-            &http(),
-            "cut",
-            &url,
-            Some(&sha),
-            DOWNLOAD_READ_TIMEOUT,
-            ImageSpec::default(),
-            |_, _| {},
-        )
-        .unwrap_err()
-        .to_string();
+    let e = add(&lib, &http(), "cut", &url, Some(&sha)).unwrap_err();
     assert!(
         e.contains("truncated") || e.contains("reading the image failed"),
         "{e}"
     );
-    let e = lib
-        .add_url(
-            &http(),
-            "ftp",
-            "ftp://127.0.0.1/x",
-            None,
-            DOWNLOAD_READ_TIMEOUT,
-            ImageSpec::default(),
-            |_, _| {},
-        )
-        .unwrap_err()
-        .to_string();
+    let e = add(&lib, &http(), "ftp", "ftp://127.0.0.1/x", None).unwrap_err();
     assert!(e.starts_with("url:"), "{e}");
     assert_eq!(files(lib_dir.path()), ["net.json", "net.qcow2"]);
 }
@@ -228,24 +227,14 @@ fn a_plain_http_url_needs_a_sha256_and_a_mismatch_leaves_nothing() {
     let lib = ImageLibrary::open(lib_dir.path()).unwrap();
     let body = qcow2_image(src.path());
     let server = Server::start(None, Answer::Body(body.clone(), body.len()));
-    let add = |sha: Option<&str>| {
-        lib.add_url(
-            &http(),
-            "net",
-            &server.url,
-            sha,
-            DOWNLOAD_READ_TIMEOUT,
-            ImageSpec::default(),
-            |_, _| {},
-        )
-    };
+    let add = |sha: Option<&str>| add(&lib, &http(), "net", &server.url, sha);
     // No checksum: refused before connecting, naming the field.
-    let e = add(None).unwrap_err().to_string();
+    let e = add(None).unwrap_err();
     assert!(
         e.starts_with("sha256: required with a plain http:// URL"),
         "{e}"
     );
-    let e = add(Some("abc")).unwrap_err().to_string();
+    let e = add(Some("abc")).unwrap_err();
     assert!(
         e.starts_with("sha256:") && e.contains("64 hex digits"),
         "{e}"
@@ -253,7 +242,7 @@ fn a_plain_http_url_needs_a_sha256_and_a_mismatch_leaves_nothing() {
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     // The wrong checksum: the whole body arrives, then nothing is kept.
     let wrong = "0".repeat(64);
-    let e = add(Some(&wrong)).unwrap_err().to_string();
+    let e = add(Some(&wrong)).unwrap_err();
     assert!(e.starts_with("sha256:") && e.contains(&wrong), "{e}");
     assert!(
         files(lib_dir.path()).is_empty(),
@@ -320,17 +309,7 @@ fn an_https_image_needs_no_checksum_and_arrives_over_verified_tls() {
     let body = qcow2_image(src.path());
     let (tls, trusting) = tls_pair();
     let server = Server::start(Some(tls), Answer::Body(body.clone(), body.len()));
-    let img = lib
-        .add_url(
-            &trusting,
-            "secure",
-            &server.url,
-            None,
-            DOWNLOAD_READ_TIMEOUT,
-            ImageSpec::default(),
-            |_, _| {},
-        )
-        .unwrap();
+    let img = add(&lib, &trusting, "secure", &server.url, None).unwrap();
     assert_eq!(img.source_sha256, sha(&body));
     assert_eq!(img.source, server.url);
     assert_eq!(server.requests(), ["GET /image HTTP/1.1"]);
@@ -348,18 +327,7 @@ fn an_https_server_that_is_not_trusted_is_refused_and_leaves_nothing() {
     // The public roots do not vouch for a self-signed certificate, and a
     // checksum does not make an unverified server acceptable.
     for sha in [None, Some(sha(&body))] {
-        let e = lib
-            .add_url(
-                &http(),
-                "untrusted",
-                &server.url,
-                sha.as_deref(),
-                DOWNLOAD_READ_TIMEOUT,
-                ImageSpec::default(),
-                |_, _| {},
-            )
-            .unwrap_err()
-            .to_string();
+        let e = add(&lib, &http(), "untrusted", &server.url, sha.as_deref()).unwrap_err();
         assert!(
             e.starts_with("url: download of https://") && e.contains("UnknownIssuer"),
             "{e}"
@@ -382,19 +350,9 @@ fn a_redirect_from_https_to_plain_http_needs_a_checksum() {
     let plain = Server::start(None, Answer::Body(body.clone(), body.len()));
     let (tls, trusting) = tls_pair();
     let secure = Server::start(Some(tls), Answer::Redirect(plain.url.clone()));
-    let add = |name: &str, sha: Option<&str>| {
-        lib.add_url(
-            &trusting,
-            name,
-            &secure.url,
-            sha,
-            DOWNLOAD_READ_TIMEOUT,
-            ImageSpec::default(),
-            |_, _| {},
-        )
-    };
+    let add = |name: &str, sha: Option<&str>| add(&lib, &trusting, name, &secure.url, sha);
     // Without one: refused at the redirect, the http server never asked.
-    let e = add("downgraded", None).unwrap_err().to_string();
+    let e = add("downgraded", None).unwrap_err();
     assert!(
         e.starts_with("url: download of https://")
             && e.contains(&format!(

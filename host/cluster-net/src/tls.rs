@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use nasvisor_tls::Presented;
+use nasvisor_tls::{Presented, ServerCheck};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -94,14 +94,11 @@ pub fn peer_client_config(
     let inner = nasvisor_tls::webpki_server_verifier(roots(pki)?)
         .map_err(|e| TlsError::Identity(e.to_string()))?;
     let pinned = PinnedPeer { inner, check, seen };
-    let mut config = nasvisor_tls::client_builder_checked(
-        "cluster member key pin",
-        move |p: &Presented<'_>| pinned.check(p),
-    )?
-    .with_client_auth_cert(
-        pki.node_chain().map_err(TlsError::Identity)?,
-        pki.node_key().map_err(TlsError::Identity)?,
-    )?;
+    let mut config = nasvisor_tls::client_builder_checked("cluster member key pin", pinned)?
+        .with_client_auth_cert(
+            pki.node_chain().map_err(TlsError::Identity)?,
+            pki.node_key().map_err(TlsError::Identity)?,
+        )?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
 }
@@ -198,7 +195,7 @@ struct PinnedPeer {
     seen: KeySeen,
 }
 
-impl PinnedPeer {
+impl ServerCheck for PinnedPeer {
     fn check(&self, p: &Presented<'_>) -> Result<(), rustls::Error> {
         self.inner.verify_server_cert(
             p.end_entity,

@@ -275,10 +275,13 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    /// A canned answer: status, headers, body.
+    type Canned = (u16, Vec<(String, String)>, Vec<u8>);
+
     #[derive(Debug, Default)]
     struct Fake {
-        /// url -> (status, headers, body)
-        answers: HashMap<String, (u16, Vec<(String, String)>, Vec<u8>)>,
+        /// By URL.
+        answers: HashMap<String, Canned>,
         asked: Mutex<Vec<(String, RequestLimits)>>,
     }
 

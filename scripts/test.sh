@@ -7,6 +7,15 @@ bash scripts/setup.sh
 # Lints first: formatting and clippy (the workspace's lints, warnings denied).
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The core and the API contract compile no HTTP or TLS stack: those live in
+# the crates that serve or fetch (api, cluster-net, download, tls).
+for crate in nasvisor-core nasvisor-api-types; do
+  if found=$(cargo tree -p "$crate" -e normal --prefix none | grep -E '^(hyper|rustls|rcgen|ureq)[ -]'); then
+    echo "$crate depends on an HTTP/TLS stack (normal dependencies):" >&2
+    echo "$found" | sort -u >&2
+    exit 1
+  fi
+done
 bash scripts/build.sh
 
 export NASVISOR_PLUGIN_DIR="$PWD/target/plugins"

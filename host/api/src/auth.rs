@@ -6,8 +6,8 @@
 //! logged. Requests carry it as `Authorization: Bearer <token>`; the check
 //! compares hashes in constant time.
 
-use crate::fsutil::write_private;
 use base64::Engine;
+use nasvisor_best_effort::write_private;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

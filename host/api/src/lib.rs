@@ -15,7 +15,6 @@
 //! [`Core::upload_image`]).
 
 pub mod auth;
-mod fsutil;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -6,7 +6,7 @@
 //! starts. SANs of a generated certificate: the host name, `localhost`,
 //! `127.0.0.1`, `::1` and the configured extra names.
 
-use crate::fsutil::write_private;
+use nasvisor_best_effort::write_private;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -163,9 +163,7 @@ pub fn load_or_generate(data_dir: &Path, settings: &TlsSettings) -> Result<TlsId
     };
     let certs = load_certs(&cert_path)?;
     let key = load_key(&key_path)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+    let mut config = nasvisor_tls::server_config_builder()?
         .with_no_client_auth()
         .with_single_cert(certs.clone(), key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -8,6 +8,13 @@
 //! `let _ =` stays only where the result means nothing (a channel whose
 //! receiver has gone, a wait whose timeout is the point), with a comment
 //! saying so.
+//!
+//! [`write_private`] writes a secret atomically with mode 0600; its
+//! housekeeping steps are best effort.
+
+mod private_file;
+
+pub use private_file::write_private;
 
 use std::fmt::Display;
 use std::io::ErrorKind;

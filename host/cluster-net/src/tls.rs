@@ -18,9 +18,9 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use nasvisor_tls::{Presented, ServerCheck};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -47,10 +47,6 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.cert_der().clone())?;
@@ -60,12 +56,10 @@ fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TlsError> {
 /// The server configuration for peers: mutual TLS, cluster CA, admitted
 /// node ids with their recorded keys only.
 pub fn peer_server_config(pki: &Pki, admit: KeyCheck) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let inner =
-        WebPkiClientVerifier::builder_with_provider(roots(pki)?, provider.clone()).build()?;
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(pki)?, nasvisor_tls::provider())
+        .build()?;
     let verifier = Arc::new(MemberVerifier { inner, admit });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+    let mut config = nasvisor_tls::server_config_builder()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             pki.node_chain().map_err(TlsError::Identity)?,
@@ -77,8 +71,7 @@ pub fn peer_server_config(pki: &Pki, admit: KeyCheck) -> Result<Arc<ServerConfig
 
 /// The server configuration for joining hosts: no client certificate.
 pub fn join_server_config(pki: &Pki) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+    let mut config = nasvisor_tls::server_config_builder()?
         .with_no_client_auth()
         .with_single_cert(
             pki.node_chain().map_err(TlsError::Identity)?,
@@ -98,15 +91,10 @@ pub fn peer_client_config(
     check: KeyCheck,
     seen: KeySeen,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let inner = WebPkiServerVerifier::builder_with_provider(roots(pki)?, provider.clone())
-        .build()
+    let inner = nasvisor_tls::webpki_server_verifier(roots(pki)?)
         .map_err(|e| TlsError::Identity(e.to_string()))?;
-    let verifier = Arc::new(PinnedPeer { inner, check, seen });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
+    let pinned = PinnedPeer { inner, check, seen };
+    let mut config = nasvisor_tls::client_builder_checked("cluster member key pin", pinned)?
         .with_client_auth_cert(
             pki.node_chain().map_err(TlsError::Identity)?,
             pki.node_key().map_err(TlsError::Identity)?,
@@ -119,15 +107,11 @@ pub fn peer_client_config(
 /// the CA with SHA-256 fingerprint `ca_fingerprint` (lower-case hex) and be
 /// valid for [`JOIN_NAME`]. No client certificate.
 pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let verifier = Arc::new(PinnedCa {
-        fingerprint: ca_fingerprint.to_ascii_lowercase(),
-        provider: provider.clone(),
-    });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
+    let pin = ca_fingerprint.to_ascii_lowercase();
+    let mut config =
+        nasvisor_tls::client_builder_checked("join token CA pin", move |p: &Presented<'_>| {
+            pinned_ca(&pin, p)
+        })?
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -211,43 +195,32 @@ struct PinnedPeer {
     seen: KeySeen,
 }
 
-impl std::fmt::Debug for PinnedPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinnedPeer").finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for PinnedPeer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ok = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
+impl ServerCheck for PinnedPeer {
+    fn check(&self, p: &Presented<'_>) -> Result<(), rustls::Error> {
+        self.inner.verify_server_cert(
+            p.end_entity,
+            p.intermediates,
+            p.server_name,
+            p.ocsp_response,
+            p.now,
         )?;
-        let expected = match server_name {
+        let expected = match p.server_name {
             ServerName::DnsName(n) => node_id_of_name(n.as_ref()),
             _ => None,
         };
-        let (id, key) = peer_identity(end_entity).map_err(|r| rustls::Error::General(r.into()))?;
+        let (id, key) =
+            peer_identity(p.end_entity).map_err(|r| rustls::Error::General(r.into()))?;
         if expected != Some(id) {
             return Err(rustls::Error::General(format!(
-                "the server's certificate is for node {id}, not for {server_name:?}"
+                "the server's certificate is for node {id}, not for {:?}",
+                p.server_name
             )));
         }
         match (self.check)(id, &key) {
-            Admission::Admitted => Ok(ok),
+            Admission::Admitted => Ok(()),
             Admission::Unpinned => {
                 (self.seen)(id, key);
-                Ok(ok)
+                Ok(())
             }
             Admission::Refused(why) => {
                 tracing::warn!(node_id = id, %key, reason = %why, "refused a cluster server");
@@ -255,97 +228,26 @@ impl ServerCertVerifier for PinnedPeer {
             }
         }
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
-/// Trust the CA certificate the server sends if its fingerprint is the
-/// pinned one, then verify the server's certificate against it.
-#[derive(Debug)]
-struct PinnedCa {
-    fingerprint: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| fingerprint(c) == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server's CA does not match the fingerprint in the join token".into(),
-                )
-            })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// Trusts the CA certificate the server sends if its fingerprint is the
+/// pinned one, then verifies the server's certificate against it.
+fn pinned_ca(pin: &str, p: &Presented<'_>) -> Result<(), rustls::Error> {
+    let ca = p
+        .intermediates
+        .iter()
+        .find(|c| fingerprint(c) == pin)
+        .ok_or_else(|| {
+            rustls::Error::General(
+                "the server's CA does not match the fingerprint in the join token".into(),
+            )
+        })?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone().into_owned())?;
+    let verifier = nasvisor_tls::webpki_server_verifier(roots)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier.verify_server_cert(p.end_entity, &[], p.server_name, p.ocsp_response, p.now)?;
+    Ok(())
 }
 
 /// The server name a joining host connects to.

@@ -374,12 +374,9 @@ async fn bad_reused_and_expired_tokens_and_the_member_limit() {
 fn raw_transport(trust: &Pki, identity: Option<&Pki>) -> PeerTransport {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.ca.cert_der().clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
+    let builder = nasvisor_tls::client_config_builder()
+        .unwrap()
+        .with_root_certificates(roots);
     let mut config = match identity {
         Some(p) => builder
             .with_client_auth_cert(p.node_chain().unwrap(), p.node_key().unwrap())
@@ -631,14 +628,11 @@ async fn raw_post(
 /// request `{"Ok": "done"}`: what a host holding the CA key could put at a
 /// member's address.
 async fn impostor_server(identity: &Pki) -> (String, tokio::task::JoinHandle<()>) {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(identity.node_chain().unwrap(), identity.node_key().unwrap())
-    .unwrap();
+    let config = nasvisor_tls::server_config_builder()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.node_chain().unwrap(), identity.node_key().unwrap())
+        .unwrap();
     let mut config = config;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

@@ -8,9 +8,9 @@
 //! `ca.pem`, `ca.key` (on voters), `node.pem`, `node.key` and `cluster.json`
 //! (cluster id and node id).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nasvisor_best_effort::write_private;
 
 use serde::{Deserialize, Serialize};
 
@@ -225,38 +225,6 @@ impl Identity {
             node_key_pem: read(NODE_KEY)?,
         }))
     }
-}
-
-/// Write `data` to `path` with mode 0600, atomically (temp file + rename).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pki");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        // `create_new` below fails on it with the path named.
-        Err(e) => {
-            tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a stale temporary file")
-        }
-    }
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the PKI directory after a rename")
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -165,6 +165,7 @@ impl Inner {
         let me = self.clone();
         tokio::spawn(async move {
             let lib = me.library.clone();
+            let downloader = me.downloader.clone();
             let c = ctx.clone();
             let name = add.name.clone();
             let spec = spec_of(&add.meta);
@@ -200,9 +201,10 @@ impl Inner {
                     }
                     ImageSource::Url(u) => {
                         let (reader, len) = nasvisor_storage::fetch_url(
+                            downloader.as_ref(),
                             u,
                             add.sha256.as_deref(),
-                            nasvisor_storage::images::DOWNLOAD_READ_TIMEOUT,
+                            nasvisor_storage::DOWNLOAD_READ_TIMEOUT,
                         )?;
                         let expected = Expected {
                             len,

@@ -40,7 +40,7 @@ use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterNet, ClusterStore};
 use nasvisor_net::Net;
 use nasvisor_plugin_host::PolicyHost;
-use nasvisor_storage::ImageLibrary;
+use nasvisor_storage::{Downloader, ImageLibrary};
 use nasvisor_vm::{Accel, VmInstance};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -220,6 +220,9 @@ pub(crate) struct Inner {
     pub cluster_net: Arc<dyn ClusterNet>,
     pub net: Arc<Net>,
     pub library: ImageLibrary,
+    /// Carries image downloads (the daemon's HTTP(S) client); the rules of
+    /// a download are storage's ([`nasvisor_storage::fetch_url`]).
+    pub downloader: Arc<dyn Downloader>,
     pub running: Mutex<HashMap<String, Running>>,
     /// The jobs running on this host, with their live progress.
     pub local_jobs: jobs::LocalJobs,
@@ -262,10 +265,14 @@ impl NasCore {
     ///
     /// `cluster_net` is the cluster network (`nasvisor_cluster_net::TlsNet`
     /// in the daemon): the store talks to the other hosts through it.
+    /// `downloader` carries the bytes of image imports from URLs
+    /// (`nasvisor_download::HttpDownloader` in the daemon), so that the core
+    /// compiles no HTTP or TLS stack of its own.
     pub async fn start(
         cfg: CoreConfig,
         policy: Arc<PolicyHost>,
         cluster_net: Arc<dyn ClusterNet>,
+        downloader: Arc<dyn Downloader>,
     ) -> Result<NasCore, StartError> {
         // Everything under the data directory is private: the store (job
         // records, install requests with password hashes and keys), seeds,
@@ -354,6 +361,7 @@ impl NasCore {
             cluster_net,
             net,
             library,
+            downloader,
             running: Mutex::new(HashMap::new()),
             local_jobs: jobs::LocalJobs::default(),
             events: Default::default(),

@@ -196,9 +196,12 @@ async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     // The composition root: the cluster network (CA, mutual TLS, the
-    // cluster endpoint) is chosen here and handed to the core's store.
+    // cluster endpoint) is chosen here and handed to the core's store, and
+    // the HTTP(S) client that carries image downloads to the core.
     let cluster_net = nasvisor_cluster_net::TlsNet::shared();
-    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy, cluster_net)
+    let downloader =
+        std::sync::Arc::new(nasvisor_download::HttpDownloader::new().context("image downloader")?);
+    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy, cluster_net, downloader)
         .await
         .context("starting the core")?;
     let listen: std::net::SocketAddr = cfg

@@ -426,13 +426,10 @@ fn admin_tls(d: &Daemon) -> rustls::StreamOwned<rustls::ClientConnection, std::n
     for c in CertificateDer::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = nasvisor_tls::client_config_builder()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let tcp = std::net::TcpStream::connect(d.endpoint.trim_start_matches("https://")).unwrap();
     let conn =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())

@@ -6,6 +6,9 @@
 mod common;
 
 use common::Daemon;
+use sha2::Digest;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +74,29 @@ fn named(dir: &Path, prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Serves `body` to one HTTP request on 127.0.0.1; its URL.
+fn serve_once(body: Vec<u8>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/evil.qcow2", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&b[..n]);
+        }
+        let h = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(h.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+    });
+    url
+}
+
 #[test]
 fn images_that_reference_host_files_are_refused_by_every_entry_point_and_leave_nothing() {
     let _s = serial();
@@ -119,6 +145,15 @@ fn images_that_reference_host_files_are_refused_by_every_entry_point_and_leave_n
         err.contains("sha256") && err.contains("plain http://"),
         "{err}"
     );
+    // A URL with its checksum: the daemon's downloader fetches the bytes,
+    // which are then refused like an upload.
+    let bytes = std::fs::read(&evil).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let url = serve_once(bytes);
+    let err = d.fails(&[
+        "image", "add", "evil", "--url", &url, "--sha256", &sha, "--wait",
+    ]);
+    assert!(err.contains("external data file"), "{err}");
 
     // Nothing left: no image, no record, no volume, no file.
     let images = d.json(&["image", "list"]);

@@ -1,7 +1,8 @@
 //! The system image library: OS images that VMs are installed from.
 //!
-//! An image is added from a local file, an HTTP(S) URL or any reader (an
-//! upload streamed through the API). It is first written under a temporary
+//! An image is added from a local file, an HTTP(S) URL (through a
+//! [`Downloader`], under the rules of [`crate::download`]) or any reader
+//! (an upload streamed through the API). It is first written under a temporary
 //! name (hashed as it arrives, and checked against the SHA-256 given, if
 //! any), then inspected without letting qemu probe it ([`crate::inspect`]:
 //! the format allow-list, nothing that references another file, not damaged
@@ -12,6 +13,7 @@
 //! an image exists only once it is complete; a failure leaves nothing
 //! behind. The library directory is 0700 and its files 0600.
 
+use crate::download::{fetch_url, Downloader};
 use crate::error::StorageError;
 use crate::inspect::{inspect, SourceFormat, ACCEPTED};
 use crate::name;
@@ -128,10 +130,6 @@ fn check_spec(spec: &ImageSpec) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// How long a download may go without receiving a byte before it is
-/// abandoned.
-pub const DOWNLOAD_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What the caller knows of an image before it arrives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
@@ -152,84 +150,6 @@ pub fn check_sha256(sha256: &str) -> Result<String, StorageError> {
         });
     }
     Ok(sha256.to_ascii_lowercase())
-}
-
-/// Turns a read that timed out into an error that says so.
-struct ReadTimeout<R> {
-    inner: R,
-    timeout: Duration,
-}
-
-impl<R: Read> Read for ReadTimeout<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the server sent nothing for {} s (read timeout); the download is abandoned",
-                    self.timeout.as_secs_f64()
-                ),
-            ),
-            _ => e,
-        })
-    }
-}
-
-/// Starts downloading `url`: the body as a reader and its announced length.
-/// Callers that wrap the reader (to cancel, to count) pass it on to
-/// [`ImageLibrary::add_reader`], with `sha256` in [`Expected`].
-///
-/// - `https://` is always accepted; plain `http://` only with `sha256`
-///   (nothing else would authenticate the bytes), and without `sha256` a
-///   redirect may not leave https.
-/// - Every read has `read_timeout`: a server that stalls fails the download.
-pub fn fetch_url(
-    url: &str,
-    sha256: Option<&str>,
-    read_timeout: Duration,
-) -> Result<(Box<dyn Read + Send>, Option<u64>), StorageError> {
-    let lower = url.to_ascii_lowercase();
-    let https = lower.starts_with("https://");
-    if !(https || lower.starts_with("http://")) {
-        return Err(StorageError::BadSize {
-            field: "url",
-            reason: format!("{url:?} is not an http:// or https:// URL"),
-        });
-    }
-    if let Some(s) = sha256 {
-        check_sha256(s)?;
-    } else if !https {
-        return Err(StorageError::Download {
-            field: "sha256",
-            reason: "required with a plain http:// URL (nothing else authenticates the \
-                     download); give the image's SHA-256 or use https://"
-                .into(),
-        });
-    }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(read_timeout.min(Duration::from_secs(30)))
-        .timeout_read(read_timeout)
-        .redirects(5)
-        .https_only(sha256.is_none())
-        .build();
-    let resp = agent.get(url).call().map_err(|e| StorageError::Download {
-        field: "url",
-        reason: format!("download of {url} failed: {e}"),
-    })?;
-    let len: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
-    if let Some(l) = len.filter(|l| *l > MAX_IMAGE_BYTES) {
-        return Err(StorageError::BadSize {
-            field: "url",
-            reason: format!("the server announces {l} bytes, more than {MAX_IMAGE_BYTES}"),
-        });
-    }
-    Ok((
-        Box::new(ReadTimeout {
-            inner: resp.into_reader(),
-            timeout: read_timeout,
-        }),
-        len,
-    ))
 }
 
 impl ImageLibrary {
@@ -337,9 +257,12 @@ impl ImageLibrary {
         )
     }
 
-    /// Adds an image from an HTTP or HTTPS URL (see [`fetch_url`]).
+    /// Adds an image from an HTTP or HTTPS URL, downloaded through
+    /// `downloader` under the rules of [`fetch_url`].
+    #[allow(clippy::too_many_arguments)]
     pub fn add_url(
         &self,
+        downloader: &dyn Downloader,
         image: &str,
         url: &str,
         sha256: Option<&str>,
@@ -349,7 +272,7 @@ impl ImageLibrary {
     ) -> Result<Image, StorageError> {
         name::check("image name", image)?;
         self.absent(image)?;
-        let (reader, len) = fetch_url(url, sha256, read_timeout)?;
+        let (reader, len) = fetch_url(downloader, url, sha256, read_timeout)?;
         let expected = Expected {
             len,
             sha256: sha256.map(str::to_string),

@@ -8,6 +8,7 @@
 //! runs under resource limits ([`limits`]). Everything written is private
 //! (files 0600, directories 0700).
 
+pub mod download;
 pub mod error;
 pub mod images;
 pub mod inspect;
@@ -18,8 +19,11 @@ pub mod private;
 pub mod qemu_img;
 pub mod seed;
 
+pub use download::{
+    fetch_url, Downloader, RequestLimits, Response, TransportError, DOWNLOAD_READ_TIMEOUT,
+};
 pub use error::StorageError;
-pub use images::{check_sha256, fetch_url, Expected, Image, ImageLibrary, ImageSpec};
+pub use images::{check_sha256, Expected, Image, ImageLibrary, ImageSpec};
 pub use inspect::{inspect, FileStamp, Inspected, SourceFormat};
 pub use limits::Limits;
 pub use pool::{Pool, PoolUsage, VolumeInfo};

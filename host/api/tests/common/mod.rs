@@ -407,13 +407,10 @@ impl Client {
         for c in CertificateDer::pem_slice_iter(cert_pem) {
             roots.add(c.unwrap()).unwrap();
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = nasvisor_tls::client_config_builder()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         Client {
             addr,
             name: "localhost".into(),

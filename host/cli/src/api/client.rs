@@ -4,10 +4,8 @@
 
 use clap::Args;
 use nasvisor_api_types::ErrorView;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -129,71 +127,20 @@ pub fn normalize_fingerprint(fp: &str) -> CliResult<String> {
 /// The fingerprint of a DER certificate in nasvisord's format (`AA:BB:...`).
 pub use nasvisor_api_types::fingerprint;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Accepts exactly the server certificate with the pinned fingerprint (the
-/// handshake signatures are still checked against it).
-#[derive(Debug)]
-struct PinnedCert {
-    pin: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = hex_lower(&Sha256::digest(end_entity.as_ref()));
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
+/// shared verifier still checks the handshake signatures against it).
+fn pinned_cert(pin: String) -> impl nasvisor_tls::ServerCheck {
+    move |p: &nasvisor_tls::Presented<'_>| {
+        let got = hex_lower(&Sha256::digest(p.end_entity.as_ref()));
+        if got == pin {
+            Ok(())
         } else {
             Err(rustls::Error::General(format!(
                 "server certificate fingerprint {} does not match the pinned {}",
-                fingerprint(end_entity.as_ref()),
-                colon_upper(&self.pin)
+                fingerprint(p.end_entity.as_ref()),
+                colon_upper(&pin)
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -237,9 +184,7 @@ fn roots_from(path: &Path, what: &str) -> CliResult<rustls::RootCertStore> {
 }
 
 fn tls_config(opts: &ApiOpts) -> CliResult<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CliError::msg(format!("TLS setup: {e}")))?;
+    let tls_setup = |e: rustls::Error| CliError::msg(format!("TLS setup: {e}"));
     if opts.ca_cert.is_some() && opts.fingerprint.is_some() {
         return Err(CliError::msg(
             "give either --ca-cert or --fingerprint, not both",
@@ -247,13 +192,11 @@ fn tls_config(opts: &ApiOpts) -> CliResult<rustls::ClientConfig> {
     }
     if let Some(fp) = &opts.fingerprint {
         let pin = normalize_fingerprint(fp)?;
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert {
-                pin,
-                provider: provider(),
-            }))
-            .with_no_client_auth());
+        return Ok(
+            nasvisor_tls::client_builder_checked("pinned fingerprint", pinned_cert(pin))
+                .map_err(tls_setup)?
+                .with_no_client_auth(),
+        );
     }
     let roots = match &opts.ca_cert {
         Some(ca) => roots_from(ca, "--ca-cert")?,
@@ -271,7 +214,10 @@ fn tls_config(opts: &ApiOpts) -> CliResult<rustls::ClientConfig> {
             roots_from(&default, "server certificate")?
         }
     };
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    Ok(nasvisor_tls::client_config_builder()
+        .map_err(tls_setup)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn read_token(opts: &ApiOpts) -> CliResult<String> {

@@ -32,9 +32,15 @@ pub(crate) async fn start(
     cfg.test_peer_window = window;
     let rt = Arc::new(Runtime::new(RuntimeConfig::default(), Vec::new()).unwrap());
     let policy = Arc::new(PolicyHost::new(rt, None));
-    NasCore::start(cfg, policy, nasvisor_cluster_net::TlsNet::shared())
-        .await
-        .unwrap()
+    let downloader = Arc::new(nasvisor_download::HttpDownloader::new().unwrap());
+    NasCore::start(
+        cfg,
+        policy,
+        nasvisor_cluster_net::TlsNet::shared(),
+        downloader,
+    )
+    .await
+    .unwrap()
 }
 
 pub(crate) async fn join(founder: &NasCore, member: &NasCore) {

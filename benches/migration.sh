@@ -24,11 +24,11 @@ d = collections.OrderedDict()
 for line in sys.stdin:
     kv = dict(p.split("=", 1) for p in line.split()[1:])
     d.setdefault((kv["memory"], kv["mode"]), []).append((float(kv["total_s"]), float(kv["downtime_ms"])))
-print("%8s  %-15s %20s %20s" % ("memory", "mode", "total s", "downtime ms"))
+print("%8s  %-18s %20s %20s" % ("memory", "mode", "total s", "downtime ms"))
 for (mem, mode), xs in d.items():
     t = [t for t, _ in xs]
     dt = [dt for _, dt in xs]
-    print("%8s  %-15s %20s %20s" % (mem, mode,
+    print("%8s  %-18s %20s %20s" % (mem, mode,
         "%.2f (%.2f-%.2f)" % (statistics.median(t), min(t), max(t)),
         "%.0f (%.0f-%.0f)" % (statistics.median(dt), min(dt), max(dt))))
 '

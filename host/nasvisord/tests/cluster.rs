@@ -491,6 +491,19 @@ fn live_migration_keeps_the_guest_counting() {
         is_running_on(&moved, "nas2"),
         "after the migration: {moved:#}"
     );
+    // The source logged each step of the switch (the disk was copied).
+    let log = std::fs::read_to_string(c.host(1).log_path()).unwrap();
+    let switch = log
+        .lines()
+        .find(|l| l.contains("switch: paused → stream completed +"))
+        .unwrap_or_else(|| panic!("no switch: line in nas1's log:\n{}", tail(&log, 4000)));
+    assert!(
+        switch.contains("mirrors ended +")
+            && switch.contains("resumed on the target +")
+            && !switch.contains("+?"),
+        "{switch}"
+    );
+    eprintln!("nas1: {switch}");
     let shown = c
         .host(2)
         .poll_vm("mig", Duration::from_secs(30), |v| is_running_on(v, "nas2"));

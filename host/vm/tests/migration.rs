@@ -1,17 +1,21 @@
 //! The migration mechanism against two real QEMUs under TCG on loopback:
 //! disk mirrors onto the target's NBD exports, the memory stream (plain and
-//! over TLS with certificates of a test CA made with `openssl`), the switch,
-//! and the failure paths (a missing export, a cancel).
+//! over TLS with certificates of a test CA made with `openssl`) on a socket
+//! opened here and handed to QEMU, the switch, the stream's backlog when
+//! the target stops reading, and the failure paths (a missing export, a
+//! cancel).
 
 mod common;
 
+use std::cell::Cell;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use nasvisor_vm::migration::{
     leftover_mirror_nodes, listen_incoming, migrate_out, serve_disks, tls_client, tls_server,
-    MirrorSet, MirrorTarget, OutgoingSettings,
+    MigrationStream, MirrorSet, MirrorTarget, OutgoingSettings, UNSENT_CAP,
 };
 use nasvisor_vm::qmp::{InetAddr, MigrationStatus, RunState};
 use nasvisor_vm::{DiskSpec, InstanceOptions, MigrateError, VmInstance, VmSpec, VmState};
@@ -201,14 +205,23 @@ async fn move_guest(tls: bool) -> u64 {
         "progress of the mirrors: {seen:?}"
     );
     let settings = OutgoingSettings {
-        uri,
         max_downtime_ms: 300,
         max_bandwidth: 10 << 30,
         tls: client_tls,
     };
-    let info = migrate_out(src.qmp(), &settings, std::future::pending(), |_| {})
-        .await
-        .unwrap();
+    let stream = MigrationStream::connect(&uri).await.unwrap();
+    let done = migrate_out(
+        src.qmp(),
+        &settings,
+        &stream,
+        std::future::pending(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    drop(stream);
+    let info = done.info;
+    assert!(done.paused_at.is_some(), "the pause was seen");
     assert_eq!(info.status, Some(MigrationStatus::Completed));
     // Paused for good (`finish-migrate` until QEMU's bottom half makes it
     // `postmigrate`).
@@ -220,11 +233,13 @@ async fn move_guest(tls: bool) -> u64 {
     mirrors.finish_in_sync(SLOW).await.unwrap();
     assert!(src.qmp().query_block_jobs().await.unwrap().is_empty());
 
-    // The switch: the target loads, resumes, and its disks are the source's.
+    // The switch: the target loads and resumes, then stops its NBD server
+    // (as a host does: the guest's pause ends first), and its disks are the
+    // source's.
     dst.wait_incoming_loaded(SLOW).await.unwrap();
-    dst.qmp().nbd_server_stop().await.unwrap();
     dst.resume().await.unwrap();
     assert_eq!(dst.state(), VmState::Running);
+    dst.qmp().nbd_server_stop().await.unwrap();
     for (s, d) in spec.disks.iter().zip(&target_spec.disks) {
         assert!(
             std::fs::read(&s.path).unwrap() == std::fs::read(&d.path).unwrap(),
@@ -338,15 +353,16 @@ async fn a_cancelled_memory_migration_leaves_the_source_running() {
     let uri = format!("tcp:127.0.0.1:{}", free_port());
     listen_incoming(dst.qmp(), &uri, None).await.unwrap();
     let settings = OutgoingSettings {
-        uri,
         max_downtime_ms: 300,
         // 1 MiB/s: the copy takes minutes.
         max_bandwidth: 1 << 20,
         tls: None,
     };
+    let stream = MigrationStream::connect(&uri).await.unwrap();
     let err = migrate_out(
         src.qmp(),
         &settings,
+        &stream,
         tokio::time::sleep(Duration::from_millis(300)),
         |_| {},
     )
@@ -365,4 +381,119 @@ async fn a_cancelled_memory_migration_leaves_the_source_running() {
     assert!(src.qmp().query_status().await.unwrap().running);
     src.force_off().await.unwrap();
     dst.force_off().await.unwrap();
+}
+
+/// A receiver on loopback that reads the first `take` bytes of one
+/// connection, then stops reading (and says so on the first channel) and
+/// holds the connection open until the second one's sender is dropped.
+fn receiver_that_stops_reading(
+    take: usize,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("tcp:{}", listener.local_addr().unwrap());
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0;
+        while got < take {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        // Nobody waits any more when the test already failed.
+        let _ = stopped_tx.send(());
+        // Unread until the test is done (an error: its sender dropped).
+        let _ = done_rx.recv();
+        drop(conn);
+    });
+    (uri, stopped_rx, done_tx)
+}
+
+/// The memory stream's socket holds little unsent data when the target
+/// reads slowly: QEMU waits with the rest instead of queuing megabytes in
+/// the kernel ahead of the switch. Without the cap the source's send queue
+/// grows to several MiB (about 3.7 MiB here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_stream_runs_little_ahead_of_a_target_that_stops_reading() {
+    let src_host = TestDir::new();
+    // Guest memory that is not zero (zero pages travel as a few bytes):
+    // 64 MiB of pseudo-random bytes behind the guest's RAM.
+    let ram = src_host.file("ram.bin");
+    let mut bytes = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&ram, &bytes).unwrap();
+    drop(bytes);
+    let spec = src_host.guest_spec("backlog", GuestMode::Idle);
+    let mut opts = src_host.launch_options();
+    opts.extra_args = vec![
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=nv-ram,mem-path={},size=64M,share=off",
+            ram.display()
+        ),
+        "-machine".into(),
+        "memory-backend=nv-ram".into(),
+    ];
+    let src = VmInstance::launch(&spec, &opts, InstanceOptions::default())
+        .await
+        .unwrap();
+
+    let (uri, stopped, _done) = receiver_that_stops_reading(2 << 20);
+    let stream = MigrationStream::connect(&uri).await.unwrap();
+    let settings = OutgoingSettings {
+        max_downtime_ms: 300,
+        max_bandwidth: 10 << 30,
+        tls: None,
+    };
+    // The "cancel" of the migration watches the source's socket: once the
+    // receiver stopped reading, it samples the unsent bytes for 3 s.
+    let most = Cell::new(0u64);
+    let samples = Cell::new(0u32);
+    let watch = async {
+        while stopped.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            most.set(most.get().max(stream.unsent_bytes().unwrap()));
+            samples.set(samples.get() + 1);
+        }
+    };
+    let stalled = tokio::time::timeout(
+        SLOW,
+        migrate_out(src.qmp(), &settings, &stream, watch, |_| {}),
+    )
+    .await
+    .expect("the watch ends the migration");
+    assert!(
+        matches!(stalled, Err(MigrateError::Cancelled)),
+        "the stream cannot complete while the receiver does not read: {stalled:?}"
+    );
+    drop(stream);
+    let (most, samples) = (most.get(), samples.get());
+    eprintln!("unsent: at most {most} bytes over {samples} samples (cap {UNSENT_CAP})");
+    assert_eq!(samples, 150);
+    assert!(
+        most >= 16 << 10,
+        "QEMU never got ahead of the receiver: {most} bytes unsent"
+    );
+    assert!(
+        most < 1 << 20,
+        "{most} bytes queued unsent in the source's socket"
+    );
+    assert!(src.qmp().query_status().await.unwrap().running);
+    src.force_off().await.unwrap();
 }

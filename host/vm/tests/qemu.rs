@@ -702,6 +702,35 @@ async fn block_mirror_job_and_device_add_through_qmp() {
     vm.force_off().await.unwrap();
 }
 
+/// `getfd` carries a descriptor into QEMU (`SCM_RIGHTS`): QEMU holds the
+/// same file under the name until `closefd`; a name it no longer holds
+/// reads as not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_handed_to_qemu_is_held_there_until_closefd() {
+    use std::os::fd::AsFd as _;
+    let host = TestDir::new();
+    let vm = host.launch(&host.guest_spec("fds", GuestMode::Idle)).await;
+    let path = host.file("handed.bin");
+    let file = std::fs::File::create(&path).unwrap();
+    let held_by_qemu = || {
+        std::fs::read_dir(format!("/proc/{}/fd", vm.pid()))
+            .unwrap()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == path))
+    };
+    assert!(!held_by_qemu());
+    vm.qmp().getfd("handed", file.as_fd()).await.unwrap();
+    drop(file);
+    assert!(held_by_qemu(), "QEMU holds the file after getfd");
+    assert!(vm.qmp().closefd("handed").await.unwrap());
+    assert!(!held_by_qemu(), "closefd closed it");
+    assert!(
+        !vm.qmp().closefd("handed").await.unwrap(),
+        "no such name any more"
+    );
+    vm.force_off().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_between_two_qemus() {
     // Two run directories stand for two hosts.

@@ -6,11 +6,14 @@
 //!    exports those volumes over NBD and waits for the memory stream;
 //! 2. the source mirrors each such disk onto the target's export
 //!    (`blockdev-mirror`, the guest keeps writing: writes are mirrored);
-//! 3. once every mirror is in sync, the source migrates the memory; QEMU
-//!    pauses the guest for the last pass (the downtime);
+//! 3. once every mirror is in sync, the source migrates the memory over a
+//!    socket this daemon opens and hands to QEMU (its unsent data capped,
+//!    `nasvisor_vm::migration::MigrationStream`); QEMU pauses the guest
+//!    for the last pass (the downtime);
 //! 4. the mirrors end in sync; ownership passes through the cluster log
 //!    (the VM's host becomes the target), and only then does the target
-//!    resume the guest; the source's QEMU and disk copies go.
+//!    resume the guest (then it stops its NBD server); the source's QEMU
+//!    and disk copies go. A `switch:` log line times these steps.
 //!
 //! Any failure before the switch cancels everything on both sides and the
 //! VM keeps running on the source. A VM never runs on two hosts: the target

@@ -12,11 +12,13 @@ use crate::lock;
 use crate::model::{HostRecord, VmRecord, VmStatus};
 use nasvisor_api_types::peer::{MigratePrepare, Prepared};
 use nasvisor_api_types::CoreError;
-use nasvisor_vm::migration::{migrate_out, MirrorSet, MirrorTarget, OutgoingSettings};
-use nasvisor_vm::qmp::{InetAddr, MigrationInfo};
+use nasvisor_vm::migration::{
+    migrate_out, MigrationStream, MirrorSet, MirrorTarget, OutgoingSettings,
+};
+use nasvisor_vm::qmp::InetAddr;
 use nasvisor_vm::VmInstance;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Bandwidth cap of the memory stream, bytes/s (QEMU's default is far lower).
 const MAX_BANDWIDTH: u64 = 10 << 30;
@@ -73,8 +75,8 @@ impl Inner {
         let r = self
             .live_transfer(mv, &inst, &prepared, downtime_ms, &mut mirrors)
             .await;
-        let info = match r {
-            Ok(info) => info,
+        let mut switch = match r {
+            Ok(switch) => switch,
             Err(e) => {
                 let mut problems = self.abort_source(&inst, &mut mirrors, was_running).await;
                 problems.extend(self.peer_abort(&mv.target, &mv.vm).await);
@@ -96,10 +98,15 @@ impl Inner {
                 undo_report(&problems)
             )));
         }
+        switch.recorded = Some(SystemTime::now());
         // The target resumes first: every moment until then is downtime.
         let finished = self
             .peer_call(&mv.target, TargetCall::Finish, &mv.vm.id, PREPARE_TIMEOUT)
             .await;
+        if finished.is_ok() {
+            switch.resumed = Some(SystemTime::now());
+        }
+        switch.log(&mv.vm.name, &mv.target.id);
         // The source QEMU goes: it is paused and no longer the VM.
         self.retire_source(&mv.vm, &inst, &mv.copy).await;
         if let Err(e) = finished {
@@ -113,7 +120,7 @@ impl Inner {
         }
         Ok(Outcome {
             total: started.elapsed(),
-            downtime_ms: info.downtime,
+            downtime_ms: switch.downtime_ms,
             copied_bytes: mirrors.copied(),
         })
     }
@@ -127,7 +134,7 @@ impl Inner {
         prepared: &Prepared,
         downtime_ms: u32,
         mirrors: &mut MirrorSet,
-    ) -> Result<MigrationInfo, JobFailure> {
+    ) -> Result<Switch, JobFailure> {
         let qmp = inst.qmp();
         let disk_share = if mv.copy.is_empty() { 0.0 } else { 0.5 };
         let tls = self
@@ -177,13 +184,15 @@ impl Inner {
             .clone()
             .ok_or_else(|| JobFailure::Failed("the target gave no migration address".into()))?;
         self.step(mv, MigrateStep::CopyingMemory).await?;
+        // This daemon opens the stream's socket (capped in what it holds
+        // unsent) and hands it to QEMU.
+        let stream = MigrationStream::connect(&uri).await.map_err(job_failure)?;
         let settings = OutgoingSettings {
-            uri,
             max_downtime_ms: downtime_ms,
             max_bandwidth: MAX_BANDWIDTH,
             tls,
         };
-        let info = migrate_out(qmp, &settings, ctx.cancel.cancelled(), |p| {
+        let done = migrate_out(qmp, &settings, &stream, ctx.cancel.cancelled(), |p| {
             ctx.progress(
                 disk_share + p.fraction * (0.98 - disk_share),
                 Some(&format!(
@@ -196,12 +205,21 @@ impl Inner {
         })
         .await
         .map_err(job_failure)?;
+        let stream_done = SystemTime::now();
+        drop(stream);
         // The guest is paused: end the mirrors in sync.
         mirrors
             .finish_in_sync(MIRROR_END_TIMEOUT)
             .await
             .map_err(job_failure)?;
-        Ok(info)
+        Ok(Switch {
+            downtime_ms: done.info.downtime,
+            paused: done.paused_at,
+            stream_done,
+            mirrors_done: (!mv.copy.is_empty()).then(SystemTime::now),
+            recorded: None,
+            resumed: None,
+        })
     }
 
     /// Undoes the source's side of a failed live migration: the memory
@@ -431,6 +449,58 @@ impl Inner {
             live,
         };
         self.call_peer(target, call, PREPARE_TIMEOUT).await
+    }
+}
+
+/// The instants of a move's switch, for its `switch:` log line.
+struct Switch {
+    /// The pause QEMU measured, ms.
+    downtime_ms: Option<u64>,
+    /// QEMU paused the guest for the last pass (its `STOP` event).
+    paused: Option<SystemTime>,
+    /// The memory stream completed (the source's QEMU said so).
+    stream_done: SystemTime,
+    /// Every disk mirror ended in sync (`None`: no disk was copied).
+    mirrors_done: Option<SystemTime>,
+    /// The log recorded the target as the VM's host.
+    recorded: Option<SystemTime>,
+    /// The target said the guest runs there again.
+    resumed: Option<SystemTime>,
+}
+
+impl Switch {
+    /// Logs each step of the switch as ms since the pause: `switch: paused
+    /// → stream completed +A → mirrors ended +B → recorded +C → resumed on
+    /// the target +D`. `resumed_ms` is the guest's whole pause as this host
+    /// sees it; QEMU's `downtime` covers the stream's part only.
+    fn log(&self, vm: &str, target: &str) {
+        let since = |t: Option<SystemTime>| -> Option<u64> {
+            let d = t?.duration_since(self.paused?).ok()?;
+            u64::try_from(d.as_millis()).ok()
+        };
+        let ms = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |m| format!("{m} ms"));
+        let stream = since(Some(self.stream_done));
+        let mirrors = since(self.mirrors_done);
+        let recorded = since(self.recorded);
+        let resumed = since(self.resumed);
+        let mirrors_text = match self.mirrors_done {
+            Some(_) => format!("mirrors ended +{}", ms(mirrors)),
+            None => "no mirror".to_string(),
+        };
+        tracing::info!(
+            vm,
+            target,
+            qemu_downtime_ms = self.downtime_ms,
+            stream_ms = stream,
+            mirrors_ms = mirrors,
+            recorded_ms = recorded,
+            resumed_ms = resumed,
+            "switch: paused → stream completed +{} → {mirrors_text} → ownership recorded +{} → resumed on the target +{} (QEMU's downtime {})",
+            ms(stream),
+            ms(recorded),
+            ms(resumed),
+            ms(self.downtime_ms),
+        );
     }
 }
 

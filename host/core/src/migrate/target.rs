@@ -220,20 +220,27 @@ impl Inner {
             self.remove_incoming_marker(id);
             return Ok(());
         };
+        // The memory must have arrived.
+        let loaded = inst
+            .wait_incoming_loaded(Duration::from_secs(30))
+            .await
+            .map_err(|e| errors::internal(format!("the memory stream never completed here: {e}")));
+        // The guest resumes first: every moment until then is downtime. The
+        // source's mirrors ended in sync before the switch, so nothing
+        // writes through the NBD server any more; it goes after.
+        let resumed = match loaded {
+            Ok(()) => inst
+                .resume()
+                .await
+                .map_err(|e| errors::internal(format!("resuming the guest: {e}"))),
+            Err(e) => Err(e),
+        };
         if inc.serves_disks {
             if let Err(e) = inst.qmp().nbd_server_stop().await {
                 tracing::warn!(vm = %id, error = %e, "cannot stop the NBD server of an arrived VM");
             }
         }
-        // The memory must have arrived.
-        inst.wait_incoming_loaded(Duration::from_secs(30))
-            .await
-            .map_err(|e| {
-                errors::internal(format!("the memory stream never completed here: {e}"))
-            })?;
-        inst.resume()
-            .await
-            .map_err(|e| errors::internal(format!("resuming the guest: {e}")))?;
+        resumed?;
         lock(&self.running).insert(
             id.to_string(),
             Running {

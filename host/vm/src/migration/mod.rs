@@ -1,8 +1,10 @@
 //! The mechanism of a live migration between two QEMUs, driven by QMP
 //! events: disk mirrors onto another QEMU's NBD exports ([`MirrorSet`]), the
 //! memory stream with a widening downtime limit ([`migrate_out`],
-//! [`DowntimeLadder`]), and the target's preparation ([`serve_disks`],
-//! [`listen_incoming`]; [`crate::VmInstance::wait_incoming_loaded`]).
+//! [`DowntimeLadder`]) on a socket opened here and handed to QEMU, capped
+//! in what it holds unsent ([`MigrationStream`]), and the target's
+//! preparation ([`serve_disks`], [`listen_incoming`];
+//! [`crate::VmInstance::wait_incoming_loaded`]).
 //!
 //! Every wait here ends on the QMP event that says so (`BLOCK_JOB_READY`,
 //! `BLOCK_JOB_COMPLETED`, `MIGRATION`, `MIGRATION_PASS`); a slow poll only
@@ -14,11 +16,15 @@ mod incoming;
 mod ladder;
 mod mirror;
 mod outgoing;
+mod stream;
 
 pub use incoming::{listen_incoming, serve_disks, tls_server};
 pub use ladder::{DowntimeLadder, FIRST_DOWNTIME_MS, PASSES_PER_STEP};
 pub use mirror::{leftover_mirror_nodes, MirrorProgress, MirrorSet, MirrorTarget, MIRROR_PREFIX};
-pub use outgoing::{migrate_out, tls_client, MigrationProgress, OutgoingSettings};
+pub use outgoing::{
+    migrate_out, tls_client, MigrationDone, MigrationProgress, OutgoingSettings, STREAM_FD_NAME,
+};
+pub use stream::{MigrationStream, UNSENT_CAP};
 
 use std::time::Duration;
 
@@ -39,6 +45,16 @@ pub enum MigrateError {
         what: String,
         #[source]
         source: QmpError,
+    },
+    /// The stream's address is not one this library connects to.
+    #[error("migration address {uri:?}: {reason}")]
+    BadUri { uri: String, reason: String },
+    /// The stream's socket could not be opened.
+    #[error("cannot open the migration stream to {uri}: {source}")]
+    Connect {
+        uri: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A disk mirror ended before it was meant to.
     #[error("the mirror {job} ended before it was in sync: {reason}")]
@@ -70,8 +86,16 @@ pub(crate) async fn next_event(
     rx: &mut broadcast::Receiver<QmpEvent>,
     what: &str,
 ) -> Result<Option<EventKind>, MigrateError> {
+    Ok(next_raw_event(rx, what).await?.map(|ev| ev.kind()))
+}
+
+/// Like [`next_event`], the event as QEMU sent it (with its timestamp).
+pub(crate) async fn next_raw_event(
+    rx: &mut broadcast::Receiver<QmpEvent>,
+    what: &str,
+) -> Result<Option<QmpEvent>, MigrateError> {
     match rx.recv().await {
-        Ok(ev) => Ok(Some(ev.kind())),
+        Ok(ev) => Ok(Some(ev)),
         Err(broadcast::error::RecvError::Lagged(n)) => {
             tracing::debug!(
                 lost = n,

@@ -1,11 +1,14 @@
-//! The memory stream of the source: capabilities and parameters, `migrate`,
-//! then the `MIGRATION` events until it completed; `MIGRATION_PASS` events
-//! widen the downtime limit ([`DowntimeLadder`]).
+//! The memory stream of the source: capabilities and parameters, the
+//! stream's socket handed to QEMU, `migrate`, then the `MIGRATION` events
+//! until it completed; `MIGRATION_PASS` events widen the downtime limit
+//! ([`DowntimeLadder`]).
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::SystemTime;
 
-use super::{next_event, DowntimeLadder, MigrateError, PROGRESS_EVERY};
+use super::{next_raw_event, DowntimeLadder, MigrateError, MigrationStream, PROGRESS_EVERY};
 use crate::qmp::{
     EventKind, MigrationCapability, MigrationInfo, MigrationParameters, MigrationStatus, ObjectAdd,
     QmpClient, TlsClient, TlsEndpoint,
@@ -14,8 +17,6 @@ use crate::qmp::{
 /// How an outgoing migration runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingSettings {
-    /// Where the target listens (`tcp:ip:port`).
-    pub uri: String,
     /// The longest pause of the guest allowed, ms (the ladder's top).
     pub max_downtime_ms: u32,
     /// Bandwidth cap of the stream, bytes/s.
@@ -57,6 +58,19 @@ impl MigrationProgress {
     }
 }
 
+/// A completed memory stream.
+#[derive(Debug, Clone)]
+pub struct MigrationDone {
+    /// QEMU's account of it (`downtime`: the pause it measured, ms).
+    pub info: MigrationInfo,
+    /// When QEMU paused the guest for the last pass (its `STOP` event);
+    /// `None` when that event was lost.
+    pub paused_at: Option<SystemTime>,
+}
+
+/// The name under which the stream's socket is handed to QEMU (`getfd`).
+pub const STREAM_FD_NAME: &str = "nv-migration";
+
 /// Adds TLS client credentials read from `dir` as object `id` (once per
 /// QEMU) and returns the stream's TLS for a server whose certificate names
 /// `hostname`.
@@ -83,16 +97,20 @@ pub async fn tls_client(
     })
 }
 
-/// Migrates the guest's memory to `settings.uri` and waits until QEMU says
+/// Migrates the guest's memory over `stream` (handed to QEMU as
+/// [`STREAM_FD_NAME`], `migrate` to `fd:NAME`) and waits until QEMU says
 /// it completed (the guest is then paused here, `postmigrate`). Progress
 /// is reported every [`PROGRESS_EVERY`]. When `cancel` resolves, the
-/// migration is cancelled and [`MigrateError::Cancelled`] returned.
+/// migration is cancelled and [`MigrateError::Cancelled`] returned. The
+/// caller drops `stream` after this returns (QEMU works on its own copy;
+/// a cancel or failure shuts the socket down for both).
 pub async fn migrate_out(
     qmp: &QmpClient,
     settings: &OutgoingSettings,
+    stream: &MigrationStream,
     cancel: impl Future<Output = ()>,
     mut progress: impl FnMut(MigrationProgress),
-) -> Result<MigrationInfo, MigrateError> {
+) -> Result<MigrationDone, MigrateError> {
     tokio::pin!(cancel);
     let mut events = qmp.events();
     qmp.migrate_set_capabilities(&[(MigrationCapability::Events, true)])
@@ -112,9 +130,22 @@ pub async fn migrate_out(
     })
     .await
     .map_err(MigrateError::qmp("migrate-set-parameters"))?;
-    qmp.migrate(&settings.uri)
+    qmp.getfd(STREAM_FD_NAME, stream.as_fd())
         .await
-        .map_err(MigrateError::qmp("migrate"))?;
+        .map_err(MigrateError::qmp(format!(
+            "handing the stream to {} to QEMU",
+            stream.uri()
+        )))?;
+    let started = qmp.migrate(&format!("fd:{STREAM_FD_NAME}")).await;
+    // A started `migrate` took the descriptor over; otherwise it is ours to
+    // close.
+    match qmp.closefd(STREAM_FD_NAME).await {
+        Ok(true) => tracing::debug!("the stream's descriptor was left to close"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot close the stream's descriptor in QEMU"),
+    }
+    started.map_err(MigrateError::qmp(format!("migrate to {}", stream.uri())))?;
+    let mut paused_at = None;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -128,10 +159,15 @@ pub async fn migrate_out(
                 }
                 return Err(MigrateError::Cancelled);
             }
-            ev = next_event(&mut events, "the memory migration to end") => match ev? {
-                Some(EventKind::Migration { status }) if status.is_final() => poll = true,
-                Some(EventKind::MigrationPass { pass }) => passes = Some(pass),
-                Some(_) => {}
+            ev = next_raw_event(&mut events, "the memory migration to end") => match ev? {
+                Some(ev) => match ev.kind() {
+                    EventKind::Migration { status } if status.is_final() => poll = true,
+                    EventKind::MigrationPass { pass } => passes = Some(pass),
+                    EventKind::Stop => {
+                        paused_at = Some(ev.timestamp.map_or_else(SystemTime::now, |t| t.to_system_time()));
+                    }
+                    _ => {}
+                },
                 None => poll = true,
             },
             _ = tick.tick() => poll = true,
@@ -142,7 +178,7 @@ pub async fn migrate_out(
                 .await
                 .map_err(MigrateError::qmp("query-migrate"))?;
             match info.status {
-                Some(MigrationStatus::Completed) => return Ok(info),
+                Some(MigrationStatus::Completed) => return Ok(MigrationDone { info, paused_at }),
                 Some(s @ (MigrationStatus::Failed | MigrationStatus::Cancelled)) => {
                     return Err(MigrateError::MigrationFailed {
                         status: s.to_string(),

@@ -12,6 +12,22 @@ pub struct QmpTimestamp {
     pub microseconds: i64,
 }
 
+impl QmpTimestamp {
+    /// The instant on the host's clock (QEMU runs on the same host).
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        let micros = self
+            .seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(self.microseconds);
+        let since_epoch = std::time::Duration::from_micros(micros.unsigned_abs());
+        if micros >= 0 {
+            std::time::UNIX_EPOCH + since_epoch
+        } else {
+            std::time::UNIX_EPOCH - since_epoch
+        }
+    }
+}
+
 /// One event as QEMU sent it. [`QmpEvent::kind`] gives a typed view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QmpEvent {

@@ -21,9 +21,11 @@
 mod block;
 mod commands;
 mod event;
+mod fd;
 mod migration;
 
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -372,6 +374,18 @@ impl QmpClient {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.send_command(command, arguments, timeout, None).await
+    }
+
+    /// Sends `command`, with `fd` attached (`SCM_RIGHTS`) to the message's
+    /// first bytes when given, and waits for its reply up to `timeout`.
+    async fn send_command(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -411,7 +425,14 @@ impl QmpClient {
         {
             let mut writer = self.shared.writer.lock().await;
             let written = async {
-                writer.write_all(line.as_bytes()).await?;
+                let mut rest = line.as_bytes();
+                if let Some(fd) = fd {
+                    // QEMU takes the descriptor from the read that carries
+                    // it and hands it to the command it then runs.
+                    let sent = fd::send_with_fd(writer.as_ref(), rest, fd).await?;
+                    rest = &rest[sent..];
+                }
+                writer.write_all(rest).await?;
                 writer.flush().await
             }
             .await;

@@ -49,6 +49,10 @@ pub enum Action {
         id: String,
         /// Also delete the VM's volumes.
         delete_disks: bool,
+        /// Drop the record of a VM whose host is lost (offline or removed
+        /// from the cluster): nothing is asked of that host, and its disks
+        /// there are left behind (the answer lists them).
+        force: bool,
     },
     /// A power operation on a VM.
     VmPower {
@@ -235,6 +239,14 @@ pub enum Action {
     ResetPlugin {
         /// `scheduler`, `ha-policy`, `sha` or `os-installer`.
         world: String,
+    },
+    /// Give a VM whose host is lost to another host, from its disks on
+    /// shared storage, and start it there if it should run.
+    RecoverVm {
+        /// VM id or name.
+        id: String,
+        /// Where to, and the administrator's word that the lost host is down.
+        recover: VmRecover,
     },
     /// Move a VM to another host (a job): live when it runs, its disks
     /// copied unless they are on shared storage.

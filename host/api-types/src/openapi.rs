@@ -78,7 +78,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "createVm" => c("Define a VM", Q::Json(one::<VmCreate>(q)), json(one::<VmView>(g))),
         "getVm" => c("One VM", Q::None, json(one::<VmView>(g))),
         "updateVm" => c("Change a VM", Q::Json(one::<VmUpdate>(q)), json(one::<VmView>(g))),
-        "deleteVm" => c("Remove a VM (a job)", Q::None, (Answer::Json(one::<VmView>(g)), "the VM as it was when deleted")),
+        "deleteVm" => c("Remove a VM; force drops the record of a VM whose host is lost, leaving its disks there", Q::None, (Answer::Json(one::<VmView>(g)), "the VM as it was when deleted")),
         "vmPower" => c("Power operation (a job)", Q::Json(one::<PowerOp>(q)), (Answer::Json(one::<VmView>(g)), "the VM after the operation was carried out or begun (a shutdown goes on in the background: state stopping)")),
         "getConsole" => c("The VM's serial console: history, then (follow) live output; a streamed octet body", Q::None, (Answer::Bytes, "the console output, streamed (chunked)")),
         "consoleInput" => c("Type into the VM's serial console", Q::Json(one::<ConsoleInputBody>(q)), done),
@@ -119,6 +119,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "cordonHost" => c("No new VMs are placed on the host", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
         "uncordonHost" => c("VMs may be placed on the host again", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
         "evacuateHost" => c("Cordon the host and live-migrate its running VMs away (a job)", Q::None, (Answer::Json(one::<JobView>(g)), "the job")),
+        "recoverVm" => c("Give a VM whose host is lost (offline or removed) to another host, from its disks on shared storage, and start it there if it should run. Refused until the lost host's self-fencing deadline has passed, unless confirm_host_down", Q::Json(one::<VmRecover>(q)), (Answer::Json(one::<VmView>(g)), "the VM on its new host")),
         "migrateVm" => c("Move the VM to another host (a job): live when it runs; disks copied unless on shared storage", Q::Json(one::<VmMigrate>(q)), (Answer::Json(one::<JobView>(g)), "the job")),
         _ => None,
     }
@@ -128,6 +129,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
 fn query_param(name: &str) -> Option<(Value, &'static str)> {
     Some(match name {
         "delete_disks" => (json!({"type": "boolean", "default": false}), "also delete the VM's volumes"),
+        "force" => (json!({"type": "boolean", "default": false}), "drop the record of a VM whose host is lost (offline or removed), asking nothing of that host; its disks there are left behind and listed in the answer's disks"),
         "follow" => (json!({"type": "boolean", "default": false}), "keep streaming new output until the client goes away"),
         "tail" => (json!({"type": "integer", "minimum": 0, "maximum": MAX_CONSOLE_TAIL, "default": DEFAULT_CONSOLE_TAIL}), "bytes of history to send first"),
         "host" => (json!({"type": "string", "pattern": NAME_PATTERN}), "The host whose pools are meant (a host id as `host list` shows it); the host serving the request when absent. The request is carried out there."),

@@ -30,6 +30,7 @@
 //! runs the new version.
 
 use crate::action::Action;
+use crate::view::Answer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -171,7 +172,7 @@ macro_rules! calls {
 calls! {
     Heartbeat => Heartbeat, "heartbeat", HeartbeatReply;
     ForwardAction => Action, "action", ActionReply;
-    Read => Read, "read", Value;
+    Read => Read, "read", Answer;
     Console => Console, "console", ConsoleReply;
     MigrateFinish => MigrateFinish, "migrate-finish", ();
     MigrateAbort => MigrateAbort, "migrate-abort", ();
@@ -225,9 +226,8 @@ pub struct ForwardAction {
 /// The answer to [`ForwardAction`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionReply {
-    /// The action's answer, as the API sends it (a view of the
-    /// `nasvisor-api-types` view module, per action).
-    pub result: Value,
+    /// The action's answer.
+    pub result: Answer,
     /// The store revision the host had applied when it answered (the caller
     /// catches up to it: read your writes).
     pub revision: u64,

@@ -80,7 +80,7 @@ pub const ROUTES: &[Route] = &[
     r("PATCH", "/api/v1/vms/{id}", "updateVm", 200, true),
     q(
         r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
-        &["delete_disks"],
+        &["delete_disks", "force"],
     ),
     r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
     q(
@@ -276,6 +276,7 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
+    r("POST", "/api/v1/vms/{id}/recover", "recoverVm", 200, true),
     r("POST", "/api/v1/plugins", "installPlugin", 201, true),
     r(
         "DELETE",

@@ -9,7 +9,7 @@ use nasvisor_api_types::ApiError;
 use nasvisor_api_types::{
     check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, ImageAddBody,
     ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
-    SnapshotCreate, Validate, VmCreate, VmMigrate, VmUpdate, VolumeClone, VolumeCreate,
+    SnapshotCreate, Validate, VmCreate, VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate,
     VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
     MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
@@ -314,6 +314,11 @@ pub fn to_action(
                 .map(|v| parse_bool("delete_disks", v))
                 .transpose()?
                 .unwrap_or(false),
+            force: q
+                .get("force")
+                .map(|v| parse_bool("force", v))
+                .transpose()?
+                .unwrap_or(false),
         },
         "vmPower" => Action::VmPower {
             id: p("id"),
@@ -409,6 +414,10 @@ pub fn to_action(
         "migrateVm" => Action::MigrateVm {
             id: p("id"),
             migrate: parse_valid::<VmMigrate>(body)?,
+        },
+        "recoverVm" => Action::RecoverVm {
+            id: p("id"),
+            recover: parse_valid::<VmRecover>(body)?,
         },
         "listEvents" => {
             let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;
@@ -551,7 +560,8 @@ mod tests {
             act("DELETE", "/api/v1/vms/vm1", Some("delete_disks=true"), "").unwrap(),
             Some(Action::DeleteVm {
                 id: "vm1".into(),
-                delete_disks: true
+                delete_disks: true,
+                force: false,
             })
         );
         assert_eq!(

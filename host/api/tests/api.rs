@@ -170,7 +170,8 @@ async fn valid_requests_are_forwarded_as_the_right_action() {
         core.take(),
         vec![Action::DeleteVm {
             id: "vm1".into(),
-            delete_disks: true
+            delete_disks: true,
+            force: false,
         }]
     );
 
@@ -729,6 +730,10 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "uncordonHost" => ("/api/v1/hosts/nas1/uncordon", None),
         "evacuateHost" => ("/api/v1/hosts/nas1/evacuate", None),
         "migrateVm" => ("/api/v1/vms/vm1/migrate", Some(r#"{"host":"nas2"}"#)),
+        "recoverVm" => (
+            "/api/v1/vms/vm1/recover",
+            Some(r#"{"host":"nas3","confirm_host_down":true}"#),
+        ),
         "installPlugin" => ("/api/v1/plugins", Some(r#"{"package":"TlZQTFVHSU4="}"#)),
         "uninstallPlugin" => ("/api/v1/plugins/scheduler", None),
         "resetPlugin" => ("/api/v1/plugins/scheduler/reset", None),

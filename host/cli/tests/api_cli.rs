@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use nasvisor_api::types::{
     DiskSpec, FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec,
-    InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmUpdate, VolumeCreate, VolumeFormat,
-    VswitchCreate,
+    InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmRecover, VmUpdate, VolumeCreate,
+    VolumeFormat, VswitchCreate,
 };
 use nasvisor_api::{
     Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
@@ -135,7 +135,9 @@ impl Core for Fake {
                     reason: "no such host".into(),
                 })
             }
-            Action::GetVm { id } | Action::UpdateVm { id, .. } => vm(&id),
+            Action::GetVm { id } | Action::UpdateVm { id, .. } | Action::RecoverVm { id, .. } => {
+                vm(&id)
+            }
             Action::CreateVm(c) => {
                 let mut v = vm(&c.name);
                 if let Some(img) = &c.image {
@@ -946,6 +948,7 @@ fn every_command_sends_the_right_action() {
             Action::DeleteVm {
                 id: "vm1".into(),
                 delete_disks: false,
+                force: false,
             },
         ),
         (
@@ -953,6 +956,39 @@ fn every_command_sends_the_right_action() {
             Action::DeleteVm {
                 id: "vm1".into(),
                 delete_disks: true,
+                force: false,
+            },
+        ),
+        (
+            vec!["vm", "delete", "vm1", "--force"],
+            Action::DeleteVm {
+                id: "vm1".into(),
+                delete_disks: false,
+                force: true,
+            },
+        ),
+        (
+            vec!["vm", "recover", "vm1"],
+            Action::RecoverVm {
+                id: "vm1".into(),
+                recover: VmRecover::default(),
+            },
+        ),
+        (
+            vec![
+                "vm",
+                "recover",
+                "vm1",
+                "--host",
+                "nas3",
+                "--confirm-host-down",
+            ],
+            Action::RecoverVm {
+                id: "vm1".into(),
+                recover: VmRecover {
+                    host: Some("nas3".into()),
+                    confirm_host_down: true,
+                },
             },
         ),
         (

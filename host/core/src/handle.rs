@@ -5,13 +5,13 @@
 
 use crate::errors;
 use crate::model::{kind, VmRecord, VswitchRecord};
-use crate::{lock, Inner, NasCore};
+use crate::{Inner, NasCore};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use nasvisor_api_types::{
     Action, ClusterView, CoreError, HostView, JoinTokenView, MemberStatus, MemberView,
 };
-use nasvisor_api_types::{ByteStream, ImageUpload};
+use nasvisor_api_types::{Answer, ByteStream, ImageUpload, IntoAnswer};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
 use serde_json::Value;
@@ -38,9 +38,10 @@ impl Inner {
 
     async fn console_input(&self, id: &str, data: &str) -> Result<(), CoreError> {
         let vm = self.find_vm(id)?;
-        let console = lock(&self.running)
-            .get(&vm.id)
-            .and_then(|r| r.inst.console().cloned())
+        let console = self
+            .processes
+            .instance(&vm.id)
+            .and_then(|i| i.console().cloned())
             .ok_or_else(|| errors::conflict(format!("VM {} is not running", vm.name)))?;
         console
             .write(data.as_bytes())
@@ -52,9 +53,10 @@ impl Inner {
     /// The last `n` bytes of a VM's console on this host.
     pub(crate) async fn console_tail(&self, id: &str, n: u64) -> Result<Vec<u8>, CoreError> {
         let vm = self.find_vm(id)?;
-        let console = lock(&self.running)
-            .get(&vm.id)
-            .and_then(|r| r.inst.console().cloned());
+        let console = self
+            .processes
+            .instance(&vm.id)
+            .and_then(|i| i.console().cloned());
         let log = match console {
             Some(c) => c.read_log().await.map_err(errors::internal)?,
             None => {
@@ -75,9 +77,10 @@ impl Inner {
         n: u64,
     ) -> Result<ByteStream, CoreError> {
         let vm = self.find_vm(id)?;
-        let console = lock(&self.running)
-            .get(&vm.id)
-            .and_then(|r| r.inst.console().cloned());
+        let console = self
+            .processes
+            .instance(&vm.id)
+            .and_then(|i| i.console().cloned());
         let Some(console) = console else {
             // Not running: the log of the last run.
             let paths =
@@ -203,13 +206,24 @@ impl Inner {
                 }
                 e => errors::store(e),
             })?;
+        let host = self
+            .db
+            .list::<crate::model::HostRecord>(kind::HOST)
+            .into_iter()
+            .find(|h| h.node_id == node_id);
+        let name = host
+            .as_ref()
+            .map_or(format!("node {node_id}"), |h| h.id.clone());
         self.event(
             "cluster-member-removed",
             crate::model::Severity::Warning,
-            None,
-            format!("host {node_id} removed from the cluster"),
+            Some(format!("host/{name}")),
+            format!("host {name} (node {node_id}) removed from the cluster"),
         )
         .await;
+        if let Some(h) = host {
+            self.record_lost(&h.id, true).await;
+        }
         Ok(())
     }
 
@@ -234,6 +248,7 @@ impl Inner {
         // recover_vms then adopts; an unfinished one leaves nothing.
         self.recover_incoming().await;
         self.recover_vms().await;
+        self.stop_stale_copies().await;
         self.recover_jobs().await;
         // Installs found half-done by recover_jobs were marked failed; VMs
         // still recorded `installing` without a job are stale too.
@@ -256,15 +271,19 @@ impl Inner {
     }
 }
 
-/// The JSON of a typed answer: the one place a view becomes the JSON the
-/// server sends (`()` is an answer without content).
-fn answer<T: serde::Serialize>(r: Result<T, CoreError>) -> Result<Value, CoreError> {
-    serde_json::to_value(r?).map_err(errors::internal)
+/// A typed answer as an [`Answer`] (`()` is an answer without content).
+fn answer<T: IntoAnswer>(r: Result<T, CoreError>) -> Result<Answer, CoreError> {
+    r.map(IntoAnswer::into_answer)
+}
+
+/// The JSON the server sends: the one place an answer becomes JSON.
+fn to_json(a: Answer) -> Result<Value, CoreError> {
+    a.to_json().map_err(errors::internal)
 }
 
 impl Inner {
     /// Carries `action` out on this host (routing already done).
-    pub(crate) async fn handle_here(self: &Arc<Self>, action: Action) -> Result<Value, CoreError> {
+    pub(crate) async fn handle_here(self: &Arc<Self>, action: Action) -> Result<Answer, CoreError> {
         let c = self;
         match action {
             Action::GetHost => answer(Ok(c.this_host_view())),
@@ -272,7 +291,17 @@ impl Inner {
             Action::GetVm { id } => answer(c.find_vm(&id).map(|v| c.vm_view(&v))),
             Action::CreateVm(req) => answer(c.create_vm(req).await),
             Action::UpdateVm { id, update } => answer(c.update_vm(&id, update).await),
-            Action::DeleteVm { id, delete_disks } => answer(c.delete_vm(&id, delete_disks).await),
+            Action::DeleteVm {
+                id,
+                delete_disks,
+                force: false,
+            } => answer(c.delete_vm(&id, delete_disks).await),
+            Action::DeleteVm {
+                id,
+                delete_disks,
+                force: true,
+            } => answer(c.force_delete_vm(&id, delete_disks).await),
+            Action::RecoverVm { id, recover } => answer(c.recover_vm(&id, recover).await),
             Action::VmPower { id, op } => answer(c.power(&id, op).await),
             Action::ConsoleInput { id, data } => answer(c.console_input(&id, &data).await),
             Action::ListPools => answer(c.list_pools()),
@@ -345,12 +374,12 @@ impl nasvisor_api_types::Core for NasCore {
         let c = &self.inner;
         c.check_quorum(&action)?;
         if let Some(v) = c.read_on_vm_host(&action).await {
-            return Ok(v);
+            return to_json(v);
         }
         if let Some(host) = c.route(&mut action).await? {
-            return c.forward(&host, action).await;
+            return to_json(c.forward(&host, action).await?);
         }
-        c.handle_here(action).await
+        to_json(c.handle_here(action).await?)
     }
 
     async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
@@ -368,11 +397,11 @@ impl nasvisor_api_types::Core for NasCore {
         upload: ImageUpload,
         body: ByteStream,
     ) -> Result<Value, CoreError> {
-        answer(
+        to_json(answer(
             self.inner
                 .upload_image(upload.name, upload.meta, body)
                 .await,
-        )
+        )?)
     }
 }
 

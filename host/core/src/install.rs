@@ -398,7 +398,7 @@ impl Inner {
         let target = Some(format!("vm/{}", vm.name));
         match r {
             Ok(msg) => {
-                let powered_off = !crate::lock(&self.running).contains_key(&vm.id);
+                let powered_off = !self.processes.contains(&vm.id);
                 let state = if powered_off {
                     VmStatus::Stopped
                 } else {

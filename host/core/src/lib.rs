@@ -41,8 +41,7 @@ use nasvisor_cluster::{ClusterNet, ClusterStore};
 use nasvisor_net::Net;
 use nasvisor_plugin_host::PolicyHost;
 use nasvisor_storage::{Downloader, ImageLibrary};
-use nasvisor_vm::{Accel, VmInstance};
-use std::collections::HashMap;
+use nasvisor_vm::Accel;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -202,14 +201,6 @@ pub enum StartError {
     Core(#[from] CoreError),
 }
 
-/// A running VM this daemon manages.
-#[derive(Clone)]
-pub(crate) struct Running {
-    pub inst: VmInstance,
-    pub taps: Vec<Option<String>>,
-    pub accel: Accel,
-}
-
 pub(crate) struct Inner {
     pub cfg: CoreConfig,
     pub db: Db,
@@ -223,7 +214,8 @@ pub(crate) struct Inner {
     /// Carries image downloads (the daemon's HTTP(S) client); the rules of
     /// a download are storage's ([`nasvisor_storage::fetch_url`]).
     pub downloader: Arc<dyn Downloader>,
-    pub running: Mutex<HashMap<String, Running>>,
+    /// The QEMU processes of this host.
+    pub processes: vms::VmProcesses,
     /// The jobs running on this host, with their live progress.
     pub local_jobs: jobs::LocalJobs,
     /// The event log as this host appends to it.
@@ -350,6 +342,8 @@ impl NasCore {
             last_seen: None,
             protocol: Some(cfg.peer_window().current),
             protocol_compatible: true,
+            offline_since: None,
+            removed: false,
         };
 
         let inner = Arc::new(Inner {
@@ -362,7 +356,7 @@ impl NasCore {
             net,
             library,
             downloader,
-            running: Mutex::new(HashMap::new()),
+            processes: vms::VmProcesses::default(),
             local_jobs: jobs::LocalJobs::default(),
             events: Default::default(),
             ops: tokio::sync::Mutex::new(()),
@@ -402,11 +396,7 @@ impl NasCore {
     /// Stops background work and closes the store. Running VMs keep running.
     pub async fn shutdown(self) -> Result<(), StartError> {
         self.inner.shutdown.cancel();
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.inner.processes.clear();
         // Give cancelled tasks a moment to record their state.
         tokio::time::sleep(Duration::from_millis(200)).await;
         match Arc::try_unwrap(self.inner)

@@ -443,6 +443,13 @@ pub struct HostRecord {
     /// False when it refused the leader's protocol version.
     #[serde(default = "yes")]
     pub protocol_compatible: bool,
+    /// When the leader recorded it offline (RFC 3339); `None` while online.
+    #[serde(default)]
+    pub offline_since: Option<String>,
+    /// Removed from the cluster (`cluster remove`): kept so that its VMs
+    /// and pools still name it, shown in no host list, never a target.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 fn yes() -> bool {

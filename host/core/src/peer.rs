@@ -6,7 +6,7 @@
 
 use crate::errors;
 use crate::model::{HostRecord, VmRecord};
-use crate::{lock, Inner};
+use crate::Inner;
 use nasvisor_api_types::peer::{
     self, ActionReply, Call, Console, ConsoleReply, ForwardAction, Heartbeat, HeartbeatReply,
     ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish, MigratePrepare,
@@ -153,7 +153,7 @@ impl Inner {
             version: self.host.version.clone(),
             protocol: self.peer_window().current,
             healthy: true,
-            running_vms: lock(&self.running).len() as u32,
+            running_vms: self.processes.len() as u32,
             storage_gib: storage,
             free_storage_gib: free,
         }

@@ -34,6 +34,7 @@ impl Inner {
         ClusterView {
             hosts: hosts
                 .iter()
+                .filter(|h| !h.removed)
                 .map(|h| {
                     let (mem, cpus) = self.used_memory_mib(&h.id, None);
                     let cap = self.vm_memory_capacity(h);
@@ -189,6 +190,9 @@ fn plugin_state(s: VmStatus) -> VmState {
         VmStatus::Crashed => VmState::Crashed,
         VmStatus::GuestPanicked => VmState::Panicked,
         VmStatus::InstallFailed => VmState::Failed,
+        // Never recorded (a view's overlay); a plugin sees the host's
+        // health instead.
+        VmStatus::Unknown => VmState::Running,
     }
 }
 

@@ -44,7 +44,7 @@ impl Inner {
     /// Refuses to touch a volume a running VM has open.
     fn not_in_use(&self, pool: &str, volume: &str, what: &str) -> Result<(), CoreError> {
         if let Some(vm) = self.volume_user(pool, volume) {
-            if vm.is_active() || crate::lock(&self.running).contains_key(&vm.id) {
+            if vm.is_active() || self.processes.contains(&vm.id) {
                 return Err(errors::conflict(format!(
                     "volume {pool}/{volume} is in use by VM {}, which is {}; stop it to {what}",
                     vm.name,

@@ -141,6 +141,16 @@ pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
         .collect())
 }
 
+/// The guest name a QEMU was started with (`-name guest=NAME,...`), read
+/// from its command line.
+pub fn guest_name(pid: i32) -> Option<String> {
+    let args = cmdline(pid).ok()?;
+    let at = args.iter().position(|a| a == "-name")?;
+    args.get(at + 1)?
+        .split(',')
+        .find_map(|p| p.strip_prefix("guest=").map(str::to_string))
+}
+
 /// Reads a pidfile as QEMU writes it (`<pid>\n`).
 pub fn read_pidfile(path: &Path) -> io::Result<i32> {
     let text = std::fs::read_to_string(path)?;

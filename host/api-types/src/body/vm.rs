@@ -28,6 +28,29 @@ pub const MAX_SHUTDOWN_TIMEOUT_S: u32 = 3600;
 /// Longest downtime a live migration may allow, ms.
 pub const MAX_MIGRATION_DOWNTIME_MS: u32 = 10_000;
 
+/// Body of `POST /api/v1/vms/{id}/recover`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmRecover {
+    /// The host to recover it on; the scheduler picks one when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The administrator confirms that the lost host is down (powered off
+    /// or fenced), so the VM may start elsewhere before the lost host's
+    /// self-fencing deadline has passed.
+    #[serde(default)]
+    pub confirm_host_down: bool,
+}
+
+impl Validate for VmRecover {
+    fn validate(&self) -> Result<(), ApiError> {
+        if let Some(h) = &self.host {
+            check_name("host", h)?;
+        }
+        Ok(())
+    }
+}
+
 /// Body of `POST /api/v1/vms/{id}/migrate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -207,3 +207,42 @@ fn the_window_serves_its_versions_and_stamps_the_highest_both_sides_serve() {
     assert_eq!(stamp_for(None), PEER_PROTOCOL);
     assert!(PeerWindow::BUILD.serves(PEER_PROTOCOL));
 }
+
+#[test]
+fn a_forwarded_answer_is_tagged_on_the_wire_and_plain_for_the_api() {
+    use crate::view::{Answer, IntoAnswer, VswitchView};
+    let sw = VswitchView {
+        name: "lan".into(),
+        uplink: Some("eth0".into()),
+        vlan: Some(10),
+    };
+    let reply = ActionReply {
+        result: sw.clone().into_answer(),
+        revision: 42,
+    };
+    let wire = encode_reply::<Vm, ForwardAction>(&reply).unwrap();
+    assert_eq!(
+        wire["result"],
+        json!({"view": "vswitch", "body": {"name": "lan", "uplink": "eth0", "vlan": 10}})
+    );
+    assert_eq!(decode_reply::<Vm, ForwardAction>(wire), Ok(reply.clone()));
+    // The API's body is the view itself; no content is null.
+    assert_eq!(
+        reply.result.to_json().unwrap(),
+        serde_json::to_value(&sw).unwrap()
+    );
+    assert_eq!(().into_answer().to_json().unwrap(), Value::Null);
+    assert_eq!(None::<VswitchView>.into_answer(), Answer::Empty);
+    // A view renamed on one side does not decode as an empty one.
+    let renamed =
+        json!({"view": "vswitch", "body": {"switch_name": "lan", "uplink": null, "vlan": null}});
+    let err = decode_reply::<Vm, Read>(renamed).unwrap_err();
+    assert_eq!(err.call, "read");
+    assert!(
+        err.reason.contains("missing field `name`"),
+        "{}",
+        err.reason
+    );
+    let untagged = json!({"name": "lan", "uplink": null, "vlan": null});
+    assert!(decode_reply::<Vm, Read>(untagged).is_err());
+}

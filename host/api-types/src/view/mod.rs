@@ -5,6 +5,7 @@
 //! Views accept fields they do not know when read (a newer server may add
 //! some); [`strict`] is the check tests use for "exactly this shape".
 
+mod answer;
 mod cluster;
 mod event;
 mod host;
@@ -15,6 +16,7 @@ mod storage;
 mod vm;
 mod vswitch;
 
+pub use answer::{Answer, IntoAnswer};
 pub use cluster::*;
 pub use event::*;
 pub use host::*;

@@ -29,6 +29,10 @@ pub enum VmState {
     Installing,
     /// The install failed (see `state_reason`).
     InstallFailed,
+    /// Its host is lost (offline or removed from the cluster): whether it
+    /// still runs is not known. `state_reason` names the host and the last
+    /// state recorded. Never recorded; shown in place of the record's state.
+    Unknown,
 }
 
 impl VmState {
@@ -45,6 +49,7 @@ impl VmState {
             VmState::GuestPanicked => "guest_panicked",
             VmState::Installing => "installing",
             VmState::InstallFailed => "install_failed",
+            VmState::Unknown => "unknown",
         }
     }
 }

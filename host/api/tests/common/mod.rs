@@ -154,7 +154,9 @@ impl Core for FakeCore {
                 })
             }
             Action::GetVm { id } if id == "inst" => running_vm(&id),
-            Action::GetVm { id } | Action::UpdateVm { id, .. } => vm(&id),
+            Action::GetVm { id } | Action::UpdateVm { id, .. } | Action::RecoverVm { id, .. } => {
+                vm(&id)
+            }
             Action::CreateVm(c) => vm(&c.name),
             Action::DeleteVm { id, .. } => vm(&id),
             Action::VmPower { id, op } => match op {

@@ -8,7 +8,7 @@ use super::render::{cell, print_json, Out, Render};
 use super::table::{self, mib};
 use clap::{ArgAction, Subcommand};
 use nasvisor_api_types::{
-    JobView, PowerOp, VmDiskView, VmMigrate, VmNicView, VmUpdate, VmView,
+    JobView, PowerOp, VmDiskView, VmMigrate, VmNicView, VmRecover, VmUpdate, VmView,
     DEFAULT_SHUTDOWN_TIMEOUT_S,
 };
 
@@ -48,6 +48,22 @@ pub enum VmCmd {
         /// Also delete its volumes.
         #[arg(long)]
         delete_disks: bool,
+        /// Drop the record of a VM whose host is lost (offline or removed
+        /// from the cluster); its disks there are left behind.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start a VM whose host is lost on another host, from its disks on
+    /// shared storage (waits until the lost host has fenced itself).
+    Recover {
+        vm: String,
+        /// Host to recover it on; the scheduler picks otherwise.
+        #[arg(long)]
+        host: Option<String>,
+        /// The lost host is known to be down (powered off or fenced): do
+        /// not wait for its self-fencing deadline.
+        #[arg(long)]
+        confirm_host_down: bool,
     },
     /// Change a VM's settings.
     Edit {
@@ -125,19 +141,38 @@ pub fn run(c: &Client, cmd: VmCmd, out: Out) -> CliResult<()> {
         VmCmd::Reboot { vm } => power(c, out, &vm, PowerOp::Reboot {})?,
         VmCmd::Pause { vm } => power(c, out, &vm, PowerOp::Pause {})?,
         VmCmd::Resume { vm } => power(c, out, &vm, PowerOp::Resume {})?,
-        VmCmd::Delete { vm, delete_disks } => {
-            let q = if delete_disks {
-                query(&[("delete_disks", "true".into())])
-            } else {
+        VmCmd::Delete {
+            vm,
+            delete_disks,
+            force,
+        } => {
+            let mut params = Vec::new();
+            if delete_disks {
+                params.push(("delete_disks", "true".to_string()));
+            }
+            if force {
+                params.push(("force", "true".to_string()));
+            }
+            let q = if params.is_empty() {
                 String::new()
+            } else {
+                query(&params)
             };
             let v: Option<VmView> = c.call("DELETE", &format!("{}{q}", vm_path(&vm)))?;
+            out.done(&v, |v| deleted_line(&vm, v.as_ref(), delete_disks, force));
+        }
+        VmCmd::Recover {
+            vm,
+            host,
+            confirm_host_down,
+        } => {
+            let body = VmRecover {
+                host,
+                confirm_host_down,
+            };
+            let v: VmView = c.send("POST", &format!("{}/recover", vm_path(&vm)), &body)?;
             out.done(&v, |v| {
-                format!(
-                    "vm {} deleted{}",
-                    v.as_ref().map_or(vm.as_str(), |v| v.name.as_str()),
-                    if delete_disks { " with its disks" } else { "" }
-                )
+                format!("{} on host {}", state_line(v, "recovered"), cell(&v.host))
             });
         }
         VmCmd::Edit {
@@ -192,6 +227,33 @@ pub fn run(c: &Client, cmd: VmCmd, out: Out) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// The line after `vm delete`; a forced delete names the disks left behind
+/// on the lost host.
+fn deleted_line(vm: &str, v: Option<&VmView>, delete_disks: bool, force: bool) -> String {
+    let name = v.map_or(vm, |v| v.name.as_str());
+    let mut line = format!(
+        "vm {name} deleted{}",
+        if delete_disks { " with its disks" } else { "" }
+    );
+    if let (true, Some(v)) = (force, v) {
+        let left: Vec<String> = v
+            .disks
+            .iter()
+            .map(|d| format!("{}/{}", d.pool, d.volume))
+            .collect();
+        let host = v.host.as_deref().unwrap_or("its host");
+        if left.is_empty() {
+            line.push_str(&format!(" (no disks were left on {host})"));
+        } else {
+            line.push_str(&format!(
+                "; its disks are left on {host}: {}",
+                left.join(", ")
+            ));
+        }
+    }
+    line
 }
 
 /// The name of a power operation in the line about it, e.g. `force-off`.

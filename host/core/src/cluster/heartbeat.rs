@@ -125,6 +125,7 @@ impl Inner {
                         self.db
                             .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
                                 r.online = true;
+                                r.offline_since = None;
                                 r.version = hb.version.clone();
                                 r.storage_gib = hb.storage_gib;
                                 r.free_storage_gib = hb.free_storage_gib;
@@ -155,13 +156,6 @@ impl Inner {
                     let last = lock(&self.cluster.last_seen).get(&h.id).copied();
                     let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
                     if h.online && silent >= self.cfg.offline_after {
-                        self.db
-                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
-                                r.online = false;
-                                Ok(())
-                            })
-                            .await
-                            .best_effort("record that the host is offline");
                         self.event(
                             "host-offline",
                             Severity::Warning,
@@ -173,6 +167,7 @@ impl Inner {
                             ),
                         )
                         .await;
+                        self.record_lost(&h.id, false).await;
                     }
                 }
             }
@@ -232,7 +227,7 @@ impl Inner {
             Some(t) if t.elapsed() >= self.cfg.quorum_stop_delay => {
                 let already = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), true);
                 if !already {
-                    let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
+                    let ids: Vec<String> = self.processes.ids();
                     tracing::warn!(
                         vms = ids.len(),
                         "no quorum for the configured delay: stopping this host's VMs"
@@ -254,6 +249,7 @@ impl Inner {
     }
 
     async fn after_quorum_regained(self: &Arc<Self>) {
+        self.stop_stale_copies().await;
         let fenced: Vec<String> = lock(&self.cluster.fenced).drain().collect();
         self.event(
             "quorum-regained",

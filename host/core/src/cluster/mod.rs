@@ -21,16 +21,19 @@ use crate::model::{
 };
 use crate::Inner;
 use nasvisor_api_types::peer::{ForwardAction, Read};
-use nasvisor_api_types::{AccelKind, Action, ClusterRole, ClusterView, CoreError, HostView};
+use nasvisor_api_types::{
+    AccelKind, Action, Answer, ClusterRole, ClusterView, CoreError, HostView,
+};
 use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_cluster::ClusterStore;
-use serde_json::Value;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod heartbeat;
+mod lost;
 
 /// How long a forwarded action may take (a VM start waits for QEMU).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -82,7 +85,26 @@ impl Inner {
         rec.storage_gib = storage;
         rec.free_storage_gib = free;
         rec.last_seen = Some(now_rfc3339());
-        if let Some((old, _)) = self.db.get::<HostRecord>(kind::HOST, &rec.id) {
+        // In a cluster, the record as the leader has it: this host's own
+        // copy may be stale (it was cut off when the leader recorded it
+        // offline), and writing it back would undo what the leader recorded.
+        let local = || {
+            self.db
+                .get::<HostRecord>(kind::HOST, &rec.id)
+                .map(|(h, _)| h)
+        };
+        let old = if store.cluster_info().is_some() {
+            match store.get_linearizable(kind::HOST, &rec.id).await {
+                Ok(v) => v.and_then(|(v, _)| serde_json::from_value::<HostRecord>(v).ok()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read this host's record from the leader; using the local copy");
+                    local()
+                }
+            }
+        } else {
+            local()
+        };
+        if let Some(old) = old {
             if old.node_id != rec.node_id
                 && old.node_id != 0
                 && store.members().iter().any(|m| m.node_id == old.node_id)
@@ -94,6 +116,13 @@ impl Inner {
                 )));
             }
             rec.cordoned = old.cordoned;
+            if self.multi_host() && old.node_id == rec.node_id {
+                // Whether it is online is the leader's to say: a host that
+                // restarts does not mark itself back, so the leader sees it
+                // come back and says so (`host-online`).
+                rec.online = old.online;
+                rec.offline_since = old.offline_since;
+            }
         }
         self.db.put(kind::HOST, &rec.id, &rec, None).await?;
         Ok(())
@@ -230,10 +259,12 @@ impl Inner {
         }
     }
 
+    /// The members, without the hosts removed from the cluster.
     pub(crate) fn list_hosts(&self) -> Vec<HostView> {
         self.db
             .list::<HostRecord>(kind::HOST)
             .iter()
+            .filter(|h| !h.removed)
             .map(|h| self.host_view(h))
             .collect()
     }
@@ -288,7 +319,9 @@ impl Inner {
                 }
             }
             Action::ConsoleInput { id, .. }
-            | Action::DeleteVm { id, .. }
+            | Action::DeleteVm {
+                id, force: false, ..
+            }
             | Action::UpdateVm { id, .. }
             | Action::MigrateVm { id, .. } => self.find_vm(id)?.host,
             Action::CreateVm(req) => {
@@ -361,16 +394,41 @@ impl Inner {
     }
 
     /// Carries `action` out on `host`.
-    pub(crate) async fn forward(&self, host: &str, action: Action) -> Result<Value, CoreError> {
-        let rec = self.host_record(host)?;
-        if !rec.online {
-            return Err(CoreError::Unavailable {
-                reason: format!(
-                    "host {host} is offline (no heartbeat since {}); try again when it is back",
-                    rec.last_seen.as_deref().unwrap_or("ever")
+    pub(crate) async fn forward(&self, host: &str, action: Action) -> Result<Answer, CoreError> {
+        if let Some(lost) = self.lost_host(host) {
+            let about = match &action {
+                Action::VmPower { id, .. }
+                | Action::ConsoleInput { id, .. }
+                | Action::DeleteVm { id, .. }
+                | Action::UpdateVm { id, .. }
+                | Action::MigrateVm { id, .. } => Some(
+                    self.find_vm(id)
+                        .map(|v| v.name)
+                        .unwrap_or_else(|_| id.clone()),
                 ),
+                _ => None,
+            };
+            let hint = match &about {
+                Some(vm) => format!("; if it is gone for good, {}", lost::recovery_hint(vm)),
+                None => String::new(),
+            };
+            return Err(if lost.removed {
+                errors::conflict(format!("{}{hint}", lost.describe()))
+            } else {
+                CoreError::Unavailable {
+                    reason: format!(
+                        "{} (last heartbeat {}); try again when it is back{hint}",
+                        lost.describe(),
+                        self.host_record(host)
+                            .ok()
+                            .and_then(|r| r.last_seen)
+                            .as_deref()
+                            .unwrap_or("never")
+                    ),
+                }
             });
         }
+        let rec = self.host_record(host)?;
         let r = self
             .call_peer(&rec, ForwardAction { action }, FORWARD_TIMEOUT)
             .await?;
@@ -384,7 +442,7 @@ impl Inner {
     /// pid and state are known only there) once it has applied everything
     /// this host has; `None` when it cannot answer soon (offline, cut off,
     /// an older version), and the local replica answers.
-    pub(crate) async fn read_on_vm_host(&self, action: &Action) -> Option<Value> {
+    pub(crate) async fn read_on_vm_host(&self, action: &Action) -> Option<Answer> {
         let Action::GetVm { id } = action else {
             return None;
         };

@@ -4,7 +4,7 @@
 use crate::errors;
 use crate::jobs::{EvacuateJob, JobCtx, JobFailure, JobSpec};
 use crate::model::{kind, JobRecord, JobState, VmRecord};
-use crate::{lock, Inner};
+use crate::Inner;
 use nasvisor_api_types::CoreError;
 use nasvisor_api_types::VmMigrate;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ impl Inner {
             .db
             .list::<VmRecord>(kind::VM)
             .into_iter()
-            .filter(|v| v.host.as_deref() == Some(host) && lock(&self.running).contains_key(&v.id))
+            .filter(|v| v.host.as_deref() == Some(host) && self.processes.contains(&v.id))
             .collect();
         let (job, ctx) = self
             .job_start(

@@ -53,7 +53,7 @@ use crate::model::{
     kind, pool_key, DiskRole, Firmware, HostRecord, ImageRecord, JobRecord, PoolRecord, Severity,
     VmRecord, VmStatus,
 };
-use crate::{lock, Inner};
+use crate::Inner;
 pub(crate) use job::{MigrateJob, MigrateStep};
 use nasvisor_api_types::peer;
 use nasvisor_api_types::CoreError;
@@ -163,7 +163,7 @@ impl Inner {
                 vm.state.as_str()
             )));
         }
-        let live = lock(&self.running).contains_key(&vm.id);
+        let live = self.processes.contains(&vm.id);
         if live {
             // Room on the target (the VM's memory is not counted there yet).
             self.place_excluding(&vm, Some(&target.id), &[]).await?;
@@ -271,7 +271,7 @@ impl Inner {
     }
 
     async fn restore_after_failed_move(&self, vm: &VmRecord, before: VmStatus) {
-        let running = lock(&self.running).get(&vm.id).map(|r| r.inst.state());
+        let running = self.processes.instance(&vm.id).map(|i| i.state());
         let state = match running {
             Some(nasvisor_vm::VmState::Paused) => VmStatus::Paused,
             Some(s) if !s.is_exited() => VmStatus::Running,

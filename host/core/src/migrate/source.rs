@@ -8,7 +8,6 @@ use super::{
 };
 use crate::errors;
 use crate::jobs::{JobCtx, JobFailure};
-use crate::lock;
 use crate::model::{HostRecord, VmRecord, VmStatus};
 use nasvisor_api_types::peer::{MigratePrepare, Prepared};
 use nasvisor_api_types::CoreError;
@@ -306,7 +305,7 @@ impl Inner {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        lock(&self.running).remove(&vm.id);
+        self.processes.remove(&vm.id);
         if let Err(e) = inst.kill().await {
             tracing::warn!(vm = %vm.name, error = %e, "cannot stop the source's QEMU after the switch");
         }

@@ -5,8 +5,9 @@
 
 use super::{free_port, stop_child, wait_listening, Inner};
 use crate::errors;
+use crate::lock;
 use crate::model::VmRecord;
-use crate::{lock, Running};
+use crate::vms::Running;
 use nasvisor_api_types::peer::{CopyDisk, MigratePrepare, Prepared};
 use nasvisor_api_types::CoreError;
 use nasvisor_vm::migration::{listen_incoming, serve_disks};
@@ -21,6 +22,13 @@ use std::time::Duration;
 #[derive(Default)]
 pub(crate) struct Migrations {
     incoming: Mutex<HashMap<String, Incoming>>,
+}
+
+impl Migrations {
+    /// Whether VM `id` is arriving here.
+    pub(crate) fn is_arriving(&self, id: &str) -> bool {
+        lock(&self.incoming).contains_key(id)
+    }
 }
 
 struct Incoming {
@@ -47,9 +55,7 @@ impl Inner {
         p: MigratePrepare<VmRecord>,
     ) -> Result<Prepared, CoreError> {
         let vm = p.vm;
-        if lock(&self.migrations.incoming).contains_key(&vm.id)
-            || lock(&self.running).contains_key(&vm.id)
-        {
+        if lock(&self.migrations.incoming).contains_key(&vm.id) || self.processes.contains(&vm.id) {
             return Err(errors::conflict(format!(
                 "VM {} is already arriving on or running on host {}",
                 vm.name, self.host.id
@@ -241,8 +247,8 @@ impl Inner {
             }
         }
         resumed?;
-        lock(&self.running).insert(
-            id.to_string(),
+        self.processes.insert(
+            id,
             Running {
                 inst: inst.clone(),
                 taps: inc.taps.clone(),

@@ -1,0 +1,255 @@
+//! Power operations: start (placing a VM on its first start), shutdown,
+//! force off, reboot, pause and resume.
+
+use crate::errors;
+use crate::model::{kind, Desired, Severity, VmRecord, VmStatus};
+use crate::Inner;
+use nasvisor_api_types::{CoreError, PowerOp, VmView};
+use nasvisor_best_effort::BestEffort;
+use nasvisor_vm::ShutdownOutcome;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Inner {
+    pub(crate) async fn set_state(
+        &self,
+        id: &str,
+        state: VmStatus,
+        reason: Option<String>,
+        desired: Option<Desired>,
+    ) -> Result<VmRecord, CoreError> {
+        self.db
+            .update::<VmRecord, _>(kind::VM, id, |v| {
+                v.state = state;
+                v.state_reason = reason.clone();
+                if let Some(d) = desired {
+                    v.desired = d;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Powers a VM on: first power-on places it.
+    pub(crate) async fn start_vm(
+        self: &Arc<Self>,
+        vm: &VmRecord,
+        wanted: Option<&str>,
+    ) -> Result<VmRecord, CoreError> {
+        let _g = self.ops.lock().await;
+        let vm = self.find_vm(&vm.id)?;
+        if self.processes.contains(&vm.id) {
+            return Err(errors::conflict(format!(
+                "VM {} is already {}{}",
+                vm.name,
+                vm.state.as_str(),
+                if vm.state == VmStatus::GuestPanicked {
+                    "; force it off first"
+                } else {
+                    ""
+                }
+            )));
+        }
+        match vm.state {
+            VmStatus::Installing => {
+                return Err(errors::conflict(format!(
+                    "VM {} is being installed",
+                    vm.name
+                )))
+            }
+            VmStatus::InstallFailed => {
+                return Err(errors::conflict(format!(
+                    "VM {}'s install failed ({}); delete it and create it again",
+                    vm.name,
+                    vm.state_reason.as_deref().unwrap_or("no reason recorded")
+                )))
+            }
+            _ => {}
+        }
+        if let Some(w) = wanted {
+            if self
+                .db
+                .get::<crate::model::HostRecord>(kind::HOST, w)
+                .is_none()
+            {
+                return Err(errors::invalid(
+                    "host",
+                    format!("no host {w:?} in the cluster"),
+                ));
+            }
+        }
+        let host = match (&vm.host, wanted) {
+            (Some(h), None) => h.clone(),
+            (Some(h), Some(w)) if h == w => h.clone(),
+            (Some(h), Some(w)) => {
+                return Err(errors::conflict(format!(
+                    "VM {} lives on host {h}; migrate it to start it on {w}",
+                    vm.name
+                )))
+            }
+            (None, w) => self.place(&vm, w).await?,
+        };
+        if host != self.host.id {
+            return Err(CoreError::Unavailable {
+                reason: format!(
+                    "VM {} is on host {host}; start it through that host",
+                    vm.name
+                ),
+            });
+        }
+        self.check_host_fit(vm.vcpus, vm.memory_mib)?;
+        let (used, _) = self.used_memory_mib(&host, Some(&vm.id));
+        let cap = self.vm_memory_capacity(&self.host);
+        if used + vm.memory_mib > cap {
+            return Err(errors::conflict(format!(
+                "host {host} has {} MiB free for VMs, VM {} needs {}",
+                cap.saturating_sub(used),
+                vm.name,
+                vm.memory_mib
+            )));
+        }
+        let vm = self
+            .db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                v.host = Some(host.clone());
+                v.state = VmStatus::Starting;
+                v.state_reason = None;
+                v.desired = Desired::Running;
+                Ok(())
+            })
+            .await?;
+        match self.launch(&vm).await {
+            Ok(_) => {
+                let rec = self
+                    .set_state(&vm.id, VmStatus::Running, None, None)
+                    .await?;
+                self.event(
+                    "vm-started",
+                    Severity::Info,
+                    Some(format!("vm/{}", vm.name)),
+                    format!("VM {} started on {host}", vm.name),
+                )
+                .await;
+                Ok(rec)
+            }
+            Err(e) => {
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Stopped,
+                    Some(e.to_string()),
+                    Some(Desired::Stopped),
+                )
+                .await
+                .best_effort("record that the VM did not start");
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn power(
+        self: &Arc<Self>,
+        id: &str,
+        op: PowerOp,
+    ) -> Result<VmView, CoreError> {
+        let vm = self.find_vm(id)?;
+        let rec = match op {
+            PowerOp::Start { host } => self.start_vm(&vm, host.as_deref()).await?,
+            PowerOp::Shutdown { timeout_s } => {
+                let inst = self.instance(&vm)?;
+                let rec = self
+                    .set_state(
+                        &vm.id,
+                        VmStatus::Stopping,
+                        Some(format!("shutting down (forced off after {timeout_s} s)")),
+                        Some(Desired::Stopped),
+                    )
+                    .await?;
+                let me = self.clone();
+                let id = vm.id.clone();
+                tokio::spawn(async move {
+                    match inst.shutdown(Duration::from_secs(timeout_s.into())).await {
+                        Ok(outcome) => {
+                            let reason = match outcome {
+                                ShutdownOutcome::Graceful { after } => {
+                                    format!(
+                                        "the guest powered off after {:.1} s",
+                                        after.as_secs_f64()
+                                    )
+                                }
+                                ShutdownOutcome::Forced { after } => format!(
+                                    "forced off after {:.0} s: the guest did not power off",
+                                    after.as_secs_f64()
+                                ),
+                                ShutdownOutcome::AlreadyStopped => "it had already stopped".into(),
+                            };
+                            me.forget_instance(&id, inst.pid());
+                            me.set_state(
+                                &id,
+                                VmStatus::Stopped,
+                                Some(format!("shut down by the administrator: {reason}")),
+                                Some(Desired::Stopped),
+                            )
+                            .await
+                            .best_effort("record the VM's shutdown");
+                        }
+                        Err(e) => tracing::warn!(vm = %id, error = %e, "shutdown failed"),
+                    }
+                });
+                rec
+            }
+            PowerOp::ForceOff {} => {
+                let inst = self.instance(&vm)?;
+                // Record the intent first so the monitor keeps this reason.
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Stopped,
+                    Some("forced off by the administrator".into()),
+                    Some(Desired::Stopped),
+                )
+                .await?;
+                inst.force_off()
+                    .await
+                    .map_err(|e| errors::internal(format!("force off: {e}")))?;
+                // QEMU is gone: drop the handle and the taps now, so the
+                // answer shows no process.
+                self.forget_instance(&vm.id, inst.pid());
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Stopped,
+                    Some("forced off by the administrator".into()),
+                    Some(Desired::Stopped),
+                )
+                .await?
+            }
+            PowerOp::Reboot {} => {
+                let inst = self.instance(&vm)?;
+                inst.reboot()
+                    .await
+                    .map_err(|e| errors::internal(format!("reboot: {e}")))?;
+                self.find_vm(&vm.id)?
+            }
+            PowerOp::Pause {} => {
+                let inst = self.instance(&vm)?;
+                inst.pause()
+                    .await
+                    .map_err(|e| errors::internal(format!("pause: {e}")))?;
+                self.set_state(
+                    &vm.id,
+                    VmStatus::Paused,
+                    Some("paused by the administrator".into()),
+                    None,
+                )
+                .await?
+            }
+            PowerOp::Resume {} => {
+                let inst = self.instance(&vm)?;
+                inst.resume()
+                    .await
+                    .map_err(|e| errors::internal(format!("resume: {e}")))?;
+                self.set_state(&vm.id, VmStatus::Running, None, None)
+                    .await?
+            }
+        };
+        Ok(self.vm_view(&rec))
+    }
+}

@@ -1,0 +1,191 @@
+//! High availability for real: three `nasvisord` processes in network
+//! namespaces of their own (see `common/cluster.rs`), real QEMUs under TCG,
+//! faults injected from outside (SIGKILL, a cut link).
+
+mod common;
+
+use common::alive;
+use common::cluster::{eventually, Cluster};
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Three daemons and TCG guests on a small machine: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `vm create NAME` of a blank VM with one 64 MiB disk in `pool`, on `host`.
+fn blank_on<'a>(name: &'a str, pool_disk: &'a str, host: &'a str) -> Vec<&'a str> {
+    vec![
+        "vm", "create", name, "--vcpus", "1", "--memory", "128", "--disk", pool_disk, "--host",
+        host,
+    ]
+}
+
+fn events_of(c: &Cluster, from: usize, kind: &str) -> Vec<Value> {
+    let list = c.host(from).json(&["event", "list", "--limit", "1000"]);
+    common::events_of_kind(&list, kind)
+}
+
+#[test]
+fn a_lost_hosts_vms_are_unknown_then_recovered_elsewhere_or_force_deleted() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    // On nas2: `sh` on the shared pool, `loc` on nas2's own pool.
+    c.host(1).json(&blank_on("sh", "nfs:64", "nas2"));
+    c.host(1).json(&blank_on("loc", "default:64", "nas2"));
+    let pid_of = |vm: &str| -> i32 {
+        let v = c.host(2).json(&["vm", "start", vm]);
+        assert_eq!(v["state"], "running", "{v:#}");
+        let v = c.host(2).json(&["vm", "show", vm]);
+        v["pid"].as_i64().expect("a pid") as i32
+    };
+    let sh_pid = pid_of("sh");
+    let loc_pid = pid_of("loc");
+
+    // nas2 is lost: its daemon killed, `sh`'s QEMU killed with it (the
+    // host died), `loc`'s QEMU left running (a daemon that died alone),
+    // and its link cut.
+    c.host_mut(2).kill9();
+    // SAFETY: kill(2) of the pid nas2 reported for sh's QEMU, a child of
+    // this test's daemon.
+    unsafe {
+        libc::kill(sh_pid, libc::SIGKILL);
+    }
+    c.cut(2);
+
+    // Both VMs become `unknown`, with an event each; actions on them say
+    // what can be done.
+    let sh = eventually(Duration::from_secs(30), "sh unknown", || {
+        let v = c.host(1).try_json(&["vm", "show", "sh"])?;
+        if v["state"] == "unknown" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    let reason = sh["state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("host nas2 is offline since")
+            && reason.contains("last known state: running"),
+        "{sh:#}"
+    );
+    let loc = c.host(3).json(&["vm", "show", "loc"]);
+    assert_eq!(loc["state"], "unknown", "{loc:#}");
+    let unknown = events_of(&c, 1, "vm-unknown");
+    for vm in ["sh", "loc"] {
+        assert!(
+            unknown.iter().any(|e| e["target"] == format!("vm/{vm}")),
+            "no vm-unknown event for {vm}: {unknown:#?}"
+        );
+    }
+    let err = c.host(1).fails(&["vm", "start", "sh"]);
+    assert!(
+        err.contains("nas2 is offline") && err.contains("vm recover sh"),
+        "{err}"
+    );
+
+    // Too early: nas2 may still be running sh until its fencing deadline
+    // (offline-after 3 s + quorum-stop-delay 4 s).
+    let err = c.host(1).fails(&["vm", "recover", "sh"]);
+    assert!(
+        err.contains("try again in") && err.contains("confirm_host_down"),
+        "{err}"
+    );
+    // A VM on nas2's own pool cannot be recovered, even when confirmed down.
+    let err = c
+        .host(1)
+        .fails(&["vm", "recover", "loc", "--confirm-host-down"]);
+    assert!(err.contains("default/") && err.contains("--force"), "{err}");
+    // A VM whose host is online is not force-deleted.
+    c.host(1)
+        .json(&["vm", "create", "other", "--vcpus", "1", "--memory", "64"]);
+    let err = c.host(1).fails(&["vm", "delete", "other", "--force"]);
+    assert!(err.contains("force"), "{err}");
+
+    // Once the deadline has passed, sh starts on another host.
+    let sh = eventually(Duration::from_secs(30), "sh recovered", || {
+        c.host(3).try_json(&["vm", "recover", "sh"])
+    });
+    let to = sh["host"].as_str().expect("a host").to_string();
+    assert!(to == "nas1" || to == "nas3", "{sh:#}");
+    assert_eq!(sh["state"], "running", "{sh:#}");
+    let i = if to == "nas1" { 1 } else { 3 };
+    let pid = sh["pid"]
+        .as_i64()
+        .or_else(|| c.host(i).json(&["vm", "show", "sh"])["pid"].as_i64());
+    let pid = pid.expect("sh's new pid") as i32;
+    assert!(c.live_qemus(i).contains(&pid), "sh's QEMU on {to}");
+    assert!(!events_of(&c, 1, "vm-recovered").is_empty());
+
+    // loc's record is dropped, its disk named as left on nas2.
+    let err = c
+        .host(1)
+        .fails(&["vm", "delete", "loc", "--force", "--delete-disks"]);
+    assert!(err.contains("delete_disks"), "{err}");
+    let out = c.host(1).cli(&["vm", "delete", "loc", "--force"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("its disks are left on nas2: default/"),
+        "{text}"
+    );
+    let vms = c.host(1).json(&["vm", "list"]);
+    assert!(
+        vms.as_array()
+            .is_some_and(|l| l.iter().all(|v| v["name"] != "loc")),
+        "{vms:#}"
+    );
+    assert!(alive(loc_pid), "loc's QEMU still runs on the cut-off nas2");
+
+    // nas2 comes back: it stops its stale copy of loc, and the leader says
+    // it is online again.
+    c.heal(2);
+    c.host_mut(2).spawn();
+    eventually(Duration::from_secs(60), "loc's stale copy stopped", || {
+        if alive(loc_pid) {
+            Err(format!("pid {loc_pid} alive"))
+        } else {
+            Ok(())
+        }
+    });
+    eventually(Duration::from_secs(30), "the stale-copy event", || {
+        let e = events_of(&c, 1, "vm-stale-copy-stopped");
+        if e.iter().any(|e| e["target"] == "vm/loc") {
+            Ok(())
+        } else {
+            Err(format!("{e:#?}"))
+        }
+    });
+    eventually(Duration::from_secs(30), "host-online of nas2", || {
+        let e = events_of(&c, 1, "host-online");
+        if e.iter().any(|e| e["target"] == "host/nas2") {
+            Ok(())
+        } else {
+            Err(format!("{e:#?}"))
+        }
+    });
+    let sh = c.host(2).json(&["vm", "show", "sh"]);
+    assert_eq!(sh["host"], to.as_str(), "{sh:#}");
+    assert_eq!(sh["state"], "running", "{sh:#}");
+
+    // Removed from the cluster, nas2 is no longer listed.
+    let id2 = c.node_id(2).to_string();
+    c.host(1).json(&["cluster", "remove", &id2]);
+    let hosts = c.host(1).json(&["host", "list"]);
+    let names: Vec<&str> = hosts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(names, vec!["nas1", "nas3"], "{hosts:#}");
+}

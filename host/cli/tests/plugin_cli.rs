@@ -1,6 +1,11 @@
 //! End-to-end tests of the `nasvisor plugin ...` commands: the real binary,
 //! the real signed plugin packages built by scripts/build.sh, and what a user
 //! sees (exit status, stdout JSON, one-line errors on stderr).
+//!
+//! One file although over 700 lines: no fixture is shared (each test runs the
+//! binary on files of its own), but the helpers before the first test (190
+//! lines) serve every test; a split would move them into a shared module and
+//! add a test binary to build.
 
 use nasvisor_plugin_host::journal::{Journal, JournalRecord};
 use nasvisor_plugin_host::package::{key_id, read_public_key};

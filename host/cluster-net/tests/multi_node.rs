@@ -1,6 +1,11 @@
 //! A cluster of several hosts, in process: each node has its own data
 //! directory and its own 127.0.0.1 port, and the nodes talk over the real
 //! mutual-TLS transport.
+//!
+//! One file although over 700 lines: no fixture is shared (each test forms
+//! its own cluster), but the host helpers here (founder, join, raw transports,
+//! minted certificates) serve tests all through it; a split would move them
+//! into a shared module and add a test binary to build.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

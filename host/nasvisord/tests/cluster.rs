@@ -2,6 +2,11 @@
 //! namespace of its own on a test switch (see `common/cluster.rs`), driven
 //! by the `nasvisor` CLI run inside each host's namespace. VMs are real
 //! QEMUs under TCG.
+//!
+//! One file although over 700 lines: no fixture is shared (each test starts
+//! its own hosts, one test at a time under `SERIAL`); the migration tests
+//! could move to a file of their own, which would save no setup time and add
+//! a test binary, with another copy of `common`, to build.
 
 mod common;
 

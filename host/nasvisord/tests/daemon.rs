@@ -1,6 +1,11 @@
 //! The single host for real: a `nasvisord` process driven by the `nasvisor`
 //! CLI over HTTPS. VMs are real QEMUs under TCG booting the bundled guest
 //! image; their bridges and taps live in a namespace the test made.
+//!
+//! One file although over 700 lines: no fixture is shared (each test starts
+//! its own daemon in its own namespace, one test at a time under `SERIAL`);
+//! a split would save no setup time and add a test binary, with another
+//! copy of `common`, to build.
 
 mod common;
 

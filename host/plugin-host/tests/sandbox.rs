@@ -1,6 +1,11 @@
 //! The sandbox against real components built from source (scripts/build.sh):
 //! each adversarial behaviour is contained with the right error within its
 //! deadline plus a small margin, and the next decision works.
+//!
+//! One file although over 700 lines: no fixture is shared (each test makes
+//! its own runtime), but its timed tests must not overlap and the `TIMED`
+//! lock keeps them apart within one binary only; a split would save no setup
+//! time and add a test binary to build.
 
 mod support;
 

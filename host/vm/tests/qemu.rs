@@ -3,6 +3,10 @@
 //! Every test uses its own temp run directory; `TestDir`'s Drop kills (by pid,
 //! verified to be a QEMU of that directory) whatever QEMU a test leaves behind,
 //! also when the test fails.
+//!
+//! One file although over 700 lines: no fixture is shared (each test launches
+//! its own QEMUs), so a split would save no setup time; it would add a test
+//! binary to build.
 
 mod common;
 

@@ -8,109 +8,32 @@
 //! Dropping every handle detaches (closes QMP and the console) and leaves QEMU
 //! running; [`VmInstance::attach`] finds it again through its pidfile and QMP
 //! socket. Processes are only ever signalled by pid (through a pidfd).
+//!
+//! The state machine is in `state`, the task that follows QEMU in `monitor`.
+
+mod monitor;
+mod state;
+
+pub use state::{apply_event, VmState};
 
 use nasvisor_best_effort::BestEffort;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::console::{Console, ConsoleError, ConsoleOptions};
 use crate::launch::{self, log_tail, LaunchError, LaunchOptions, RunPaths};
 use crate::proc::QemuProcess;
-use crate::qmp::{EventKind, QmpClient, QmpError, QmpEvent, QmpOptions, RunState};
+use crate::qmp::{QmpClient, QmpError, QmpEvent, QmpOptions, RunState};
 use crate::spec::{SerialSpec, VmSpec};
+use monitor::{lock, monitor, MonitorCtx, Tracking};
 
 /// How often an incoming migration's load is looked at when no QMP event
 /// comes (a fallback: the events end the wait).
 const INCOMING_POLL: Duration = Duration::from_millis(100);
-
-/// Where a VM is, as far as QEMU has told us.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "state")]
-pub enum VmState {
-    /// vCPUs running.
-    Running,
-    /// vCPUs stopped: paused by request, not yet started, or migrating.
-    Paused,
-    /// The ACPI power button was pressed; waiting for the guest to power off.
-    ShuttingDown,
-    /// The guest powered off (or QEMU is about to exit on request). QEMU itself
-    /// is still there until [`VmState::Stopped`].
-    Shutdown { reason: String },
-    /// The guest panicked (pvpanic) or emulation failed; the VM is halted and
-    /// QEMU still runs. The HA layer decides what to do.
-    Panicked { detail: String },
-    /// QEMU exited as expected (a shutdown, or a quit/kill we asked for).
-    Stopped { reason: String },
-    /// QEMU exited without being asked to: killed by a signal, or crashed.
-    Crashed { detail: String },
-}
-
-impl VmState {
-    /// Whether the QEMU process is gone.
-    pub fn is_exited(&self) -> bool {
-        matches!(self, VmState::Stopped { .. } | VmState::Crashed { .. })
-    }
-
-    /// A short name: `running`, `paused`, `shutting-down`, `shutdown`,
-    /// `panicked`, `stopped`, `crashed`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            VmState::Running => "running",
-            VmState::Paused => "paused",
-            VmState::ShuttingDown => "shutting-down",
-            VmState::Shutdown { .. } => "shutdown",
-            VmState::Panicked { .. } => "panicked",
-            VmState::Stopped { .. } => "stopped",
-            VmState::Crashed { .. } => "crashed",
-        }
-    }
-
-    /// The state QEMU's run state implies (used when attaching and resyncing).
-    pub fn from_run_state(status: &RunState) -> VmState {
-        match status {
-            RunState::Running => VmState::Running,
-            RunState::Shutdown => VmState::Shutdown {
-                reason: "guest powered off".into(),
-            },
-            RunState::GuestPanicked => VmState::Panicked {
-                detail: "guest panicked".into(),
-            },
-            RunState::InternalError => VmState::Panicked {
-                detail: "QEMU internal error: emulation stopped".into(),
-            },
-            _ => VmState::Paused,
-        }
-    }
-}
-
-/// The transition an event causes, if any.
-pub fn apply_event(state: &VmState, event: &EventKind) -> Option<VmState> {
-    if state.is_exited() {
-        return None;
-    }
-    match event {
-        EventKind::Stop => {
-            matches!(state, VmState::Running | VmState::ShuttingDown).then_some(VmState::Paused)
-        }
-        EventKind::Resume => Some(VmState::Running),
-        EventKind::Powerdown => matches!(state, VmState::Running).then_some(VmState::ShuttingDown),
-        EventKind::Shutdown { reason, .. } => Some(VmState::Shutdown {
-            reason: reason.clone(),
-        }),
-        EventKind::GuestPanicked { action, info } => Some(VmState::Panicked {
-            detail: match info {
-                Some(info) => format!("guest panicked (QEMU action: {action}; {info})"),
-                None => format!("guest panicked (QEMU action: {action})"),
-            },
-        }),
-        _ => None,
-    }
-}
 
 /// Errors of instance operations. Each names the VM.
 #[derive(Debug, thiserror::Error)]
@@ -195,15 +118,6 @@ impl Default for InstanceOptions {
     }
 }
 
-/// What we asked QEMU to do, to tell an expected exit from a crash.
-#[derive(Debug, Default)]
-struct Tracking {
-    /// A quit or kill we requested (its description).
-    exit_requested: Option<String>,
-    /// The reason of the last `SHUTDOWN` event.
-    shutdown_reason: Option<String>,
-}
-
 struct Inner {
     paths: RunPaths,
     process: Arc<QemuProcess>,
@@ -236,10 +150,6 @@ impl std::fmt::Debug for VmInstance {
             .field("state", &self.state())
             .finish()
     }
-}
-
-fn lock(t: &Mutex<Tracking>) -> std::sync::MutexGuard<'_, Tracking> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl VmInstance {
@@ -687,195 +597,5 @@ impl Drop for KillProcessOnDrop {
                 .kill()
                 .best_effort("kill a QEMU left by a failed start");
         }
-    }
-}
-
-struct MonitorCtx {
-    id: String,
-    paths: RunPaths,
-    process: Arc<QemuProcess>,
-    qmp: QmpClient,
-    state: Arc<watch::Sender<VmState>>,
-    tracking: Arc<Mutex<Tracking>>,
-    quit_on_guest_shutdown: bool,
-    events: broadcast::Receiver<QmpEvent>,
-}
-
-impl MonitorCtx {
-    fn set(&self, next: VmState) {
-        self.state.send_if_modified(|s| {
-            if *s != next {
-                tracing::info!(id = %self.id, from = s.name(), to = next.name(), "VM state");
-                *s = next;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    fn handle(&self, event: &QmpEvent) {
-        let kind = event.kind();
-        if let EventKind::Shutdown { guest, reason } = &kind {
-            lock(&self.tracking).shutdown_reason = Some(reason.clone());
-            if *guest && self.quit_on_guest_shutdown {
-                lock(&self.tracking)
-                    .exit_requested
-                    .get_or_insert_with(|| "guest powered off".into());
-                let qmp = self.qmp.clone();
-                let id = self.id.clone();
-                tokio::spawn(async move {
-                    tracing::info!(%id, "guest powered off; stopping its QEMU");
-                    if let Err(e) = qmp.quit().await {
-                        tracing::warn!(%id, error = %e, "quit after guest poweroff failed");
-                    }
-                });
-            }
-        }
-        let current = self.state.borrow().clone();
-        if let Some(next) = apply_event(&current, &kind) {
-            self.set(next);
-        }
-    }
-
-    async fn resync(&self) {
-        if let Ok(status) = self.qmp.query_status().await {
-            self.set(VmState::from_run_state(&status.status));
-        }
-    }
-}
-
-async fn monitor(mut ctx: MonitorCtx) {
-    // Phase 1: follow events until QEMU exits or QMP closes.
-    loop {
-        tokio::select! {
-            ev = ctx.events.recv() => match ev {
-                Ok(event) => ctx.handle(&event),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(id = %ctx.id, missed = n, "lost QMP events; resyncing");
-                    ctx.resync().await;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            _ = ctx.process.wait_exit() => break,
-        }
-    }
-    // Phase 2: the process is gone or going. Let QMP deliver what it still has
-    // (a SHUTDOWN event may be in flight), then decide how it ended.
-    // Bounded on purpose: what QMP has not delivered in 5 s is not waited for.
-    let _ = tokio::time::timeout(Duration::from_secs(5), ctx.qmp.closed()).await;
-    while let Ok(event) = ctx.events.try_recv() {
-        ctx.handle(&event);
-    }
-    ctx.process.wait_exit().await;
-
-    let final_state = {
-        let t = lock(&ctx.tracking);
-        match (&t.exit_requested, &t.shutdown_reason) {
-            (Some(why), _) => VmState::Stopped {
-                reason: why.clone(),
-            },
-            (None, Some(reason)) => VmState::Stopped {
-                reason: reason.clone(),
-            },
-            (None, None) => {
-                let before = ctx.state.borrow().clone();
-                let mut detail = format!(
-                    "QEMU (pid {}) exited without a SHUTDOWN event (killed by a signal or crashed)",
-                    ctx.process.pid()
-                );
-                if let VmState::Panicked { detail: d } = &before {
-                    detail.push_str(&format!(" after: {d}"));
-                }
-                let tail = log_tail(&ctx.paths.qemu_log(), 512);
-                if let Some(last) = tail.lines().last() {
-                    detail.push_str(&format!("; last QEMU message: {last}"));
-                }
-                VmState::Crashed { detail }
-            }
-        }
-    };
-    if matches!(final_state, VmState::Crashed { .. }) {
-        tracing::warn!(id = %ctx.id, state = ?final_state, "QEMU exited unexpectedly");
-    }
-    // Clean up before publishing the final state, so a relaunch triggered by
-    // it never has its fresh files removed.
-    ctx.paths.remove_stale_of(ctx.process.pid());
-    ctx.set(final_state);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_machine_follows_events() {
-        let running = VmState::Running;
-        assert_eq!(
-            apply_event(&running, &EventKind::Stop),
-            Some(VmState::Paused)
-        );
-        assert_eq!(
-            apply_event(&VmState::Paused, &EventKind::Resume),
-            Some(VmState::Running)
-        );
-        assert_eq!(
-            apply_event(&running, &EventKind::Powerdown),
-            Some(VmState::ShuttingDown)
-        );
-        let off = apply_event(
-            &VmState::ShuttingDown,
-            &EventKind::Shutdown {
-                guest: true,
-                reason: "guest-shutdown".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(off.name(), "shutdown");
-        // The STOP that follows a guest shutdown does not hide it.
-        assert_eq!(apply_event(&off, &EventKind::Stop), None);
-        let panicked = apply_event(
-            &running,
-            &EventKind::GuestPanicked {
-                action: "pause".into(),
-                info: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(panicked.name(), "panicked");
-        assert_eq!(apply_event(&panicked, &EventKind::Stop), None);
-        // Nothing moves an exited VM.
-        let crashed = VmState::Crashed { detail: "x".into() };
-        assert_eq!(apply_event(&crashed, &EventKind::Resume), None);
-    }
-
-    #[test]
-    fn run_states_map() {
-        assert_eq!(
-            VmState::from_run_state(&RunState::Running),
-            VmState::Running
-        );
-        assert_eq!(
-            VmState::from_run_state(&RunState::Prelaunch),
-            VmState::Paused
-        );
-        assert_eq!(
-            VmState::from_run_state(&RunState::Postmigrate),
-            VmState::Paused
-        );
-        assert_eq!(
-            VmState::from_run_state(&RunState::Shutdown).name(),
-            "shutdown"
-        );
-        assert_eq!(
-            VmState::from_run_state(&RunState::GuestPanicked).name(),
-            "panicked"
-        );
-    }
-
-    #[test]
-    fn state_serializes_with_a_tag() {
-        let s = serde_json::to_value(VmState::Crashed { detail: "d".into() }).unwrap();
-        assert_eq!(s, serde_json::json!({"state": "crashed", "detail": "d"}));
     }
 }

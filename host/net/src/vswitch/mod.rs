@@ -9,137 +9,19 @@
 //! belongs to which vswitch, and [`Vswitch::ensure`] can move a vswitch
 //! from one uplink to another.
 
+mod spec;
+
+pub use spec::{check_vlan, vlan_link_name, VswitchSpec, ALIAS_TAG, MAX_VLAN, MIN_VLAN};
+
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::NetError;
 use crate::handle::{nl_err, Net};
 use crate::mac::MacAddr;
-use crate::name::{BridgeName, IfName, BRIDGE_PREFIX, MAX_IFNAME};
+use crate::name::BridgeName;
 use crate::netlink::{Link, LinkChange, NewLink, Rtnl};
-
-/// Lowest usable VLAN id.
-pub const MIN_VLAN: u16 = 1;
-/// Highest usable VLAN id (4095 is reserved).
-pub const MAX_VLAN: u16 = 4094;
-
-/// First word of the alias of every bridge nasvisor manages.
-pub const ALIAS_TAG: &str = "nasvisor-vswitch";
-
-/// Checks a VLAN id: 1 to 4094. Errors name `vlan`.
-pub fn check_vlan(vid: u16) -> Result<(), NetError> {
-    if !(MIN_VLAN..=MAX_VLAN).contains(&vid) {
-        return Err(NetError::invalid(
-            "vlan",
-            vid.to_string(),
-            format!("a VLAN id is between {MIN_VLAN} and {MAX_VLAN}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The name of the VLAN link for `vid` on `nic`: `<nic>.<vid>`.
-pub fn vlan_link_name(nic: &str, vid: u16) -> String {
-    format!("{nic}.{vid}")
-}
-
-/// What a vswitch should be: its bridge, and optionally its uplink NIC and
-/// VLAN. Every part is checked when the spec is built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VswitchSpec {
-    name: BridgeName,
-    uplink: Option<IfName>,
-    vlan: Option<u16>,
-}
-
-impl VswitchSpec {
-    /// An isolated vswitch (no uplink).
-    pub fn new(name: BridgeName) -> VswitchSpec {
-        VswitchSpec {
-            name,
-            uplink: None,
-            vlan: None,
-        }
-    }
-
-    /// Checks and builds a spec from raw values. Errors name the field:
-    /// `vswitch`, `uplink` or `vlan`.
-    pub fn parse(
-        name: &str,
-        uplink: Option<&str>,
-        vlan: Option<u16>,
-    ) -> Result<VswitchSpec, NetError> {
-        let spec = VswitchSpec::new(BridgeName::new(name)?);
-        match uplink {
-            Some(nic) => spec.with_uplink(IfName::parse("uplink", nic)?, vlan),
-            None => match vlan {
-                Some(vid) => Err(NetError::invalid(
-                    "vlan",
-                    vid.to_string(),
-                    "a VLAN needs an uplink NIC",
-                )),
-                None => Ok(spec),
-            },
-        }
-    }
-
-    /// Attaches the vswitch to `nic`, tagged with `vlan` if given.
-    pub fn with_uplink(mut self, nic: IfName, vlan: Option<u16>) -> Result<VswitchSpec, NetError> {
-        if let Some(vid) = vlan {
-            check_vlan(vid)?;
-            let port = vlan_link_name(nic.as_str(), vid);
-            if port.len() > MAX_IFNAME {
-                return Err(NetError::invalid(
-                    "vlan",
-                    vid.to_string(),
-                    format!(
-                        "the VLAN link {port:?} would be longer than {MAX_IFNAME} bytes; \
-                         use a NIC with a shorter name"
-                    ),
-                ));
-            }
-        }
-        if nic.as_str().starts_with(BRIDGE_PREFIX) {
-            return Err(NetError::invalid(
-                "uplink",
-                nic.as_str(),
-                "a vswitch cannot be the uplink of another",
-            ));
-        }
-        self.uplink = Some(nic);
-        self.vlan = vlan;
-        Ok(self)
-    }
-
-    /// The bridge name.
-    pub fn name(&self) -> &BridgeName {
-        &self.name
-    }
-
-    /// The uplink NIC, if any.
-    pub fn uplink(&self) -> Option<&IfName> {
-        self.uplink.as_ref()
-    }
-
-    /// The VLAN id, if any.
-    pub fn vlan(&self) -> Option<u16> {
-        self.vlan
-    }
-
-    /// The link enslaved to the bridge for the uplink: the NIC itself or
-    /// its VLAN link.
-    pub fn port_name(&self) -> Option<String> {
-        let nic = self.uplink.as_ref()?;
-        Some(match self.vlan {
-            Some(vid) => vlan_link_name(nic.as_str(), vid),
-            None => nic.to_string(),
-        })
-    }
-
-    fn alias(&self) -> String {
-        alias_for(self.uplink.as_ref().map(IfName::as_str), self.vlan)
-    }
-}
+use spec::parse_alias;
 
 /// The uplink of a vswitch as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -663,35 +545,6 @@ fn bridge_mac(name: &str) -> MacAddr {
     MacAddr::new([0x02, 0x6e, 0x76, d[0], d[1], d[2]])
 }
 
-fn alias_for(nic: Option<&str>, vlan: Option<u16>) -> String {
-    let mut alias = ALIAS_TAG.to_string();
-    if let Some(nic) = nic {
-        alias.push_str(&format!(" uplink={nic}"));
-        if let Some(vid) = vlan {
-            alias.push_str(&format!(" vlan={vid}"));
-        }
-    }
-    alias
-}
-
-/// Parses an alias written by [`alias_for`]: `Some((uplink, vlan))` for a
-/// nasvisor bridge, `None` for any other alias.
-fn parse_alias(alias: &str) -> Option<(Option<String>, Option<u16>)> {
-    let mut words = alias.split_whitespace();
-    if words.next()? != ALIAS_TAG {
-        return None;
-    }
-    let (mut nic, mut vlan) = (None, None);
-    for word in words {
-        if let Some(v) = word.strip_prefix("uplink=") {
-            nic = Some(v.to_string());
-        } else if let Some(v) = word.strip_prefix("vlan=") {
-            vlan = v.parse().ok();
-        }
-    }
-    Some((nic, vlan))
-}
-
 fn observe(name: BridgeName, bridge: &Link, links: &[Link]) -> Vswitch {
     let recorded = bridge.alias.as_deref().and_then(parse_alias);
     let uplink = recorded.and_then(|(nic, vlan)| {
@@ -733,77 +586,4 @@ fn observe(name: BridgeName, bridge: &Link, links: &[Link]) -> Vswitch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn field_of(err: NetError) -> &'static str {
-        match err {
-            NetError::Invalid { field, .. } => field,
-            other => panic!("not an Invalid error: {other}"),
-        }
-    }
-
-    #[test]
-    fn specs_are_checked_field_by_field() {
-        let s = VswitchSpec::parse("nv-lan0", Some("eth0"), Some(10)).unwrap();
-        assert_eq!(s.port_name().as_deref(), Some("eth0.10"));
-        assert_eq!(
-            VswitchSpec::parse("nv-lan0", Some("eth0"), None)
-                .unwrap()
-                .port_name()
-                .as_deref(),
-            Some("eth0")
-        );
-        assert_eq!(
-            VswitchSpec::parse("nv-lan0", None, None)
-                .unwrap()
-                .port_name(),
-            None
-        );
-        assert_eq!(
-            field_of(VswitchSpec::parse("lan0", None, None).unwrap_err()),
-            "vswitch"
-        );
-        assert_eq!(
-            field_of(VswitchSpec::parse("nv-a", Some("a/b"), None).unwrap_err()),
-            "uplink"
-        );
-        assert_eq!(
-            field_of(VswitchSpec::parse("nv-a", Some("nv-b"), None).unwrap_err()),
-            "uplink"
-        );
-        assert_eq!(
-            field_of(VswitchSpec::parse("nv-a", None, Some(5)).unwrap_err()),
-            "vlan"
-        );
-        for bad in [0, 4095, 65535] {
-            assert_eq!(
-                field_of(VswitchSpec::parse("nv-a", Some("eth0"), Some(bad)).unwrap_err()),
-                "vlan"
-            );
-        }
-        VswitchSpec::parse("nv-a", Some("eth0"), Some(1)).unwrap();
-        VswitchSpec::parse("nv-a", Some("eth0"), Some(4094)).unwrap();
-        // "enp0s20f0u1.4094" would be 16 bytes.
-        let err = VswitchSpec::parse("nv-a", Some("enp0s20f0u1"), Some(4094)).unwrap_err();
-        assert!(err.to_string().contains("longer than 15"), "{err}");
-    }
-
-    #[test]
-    fn alias_round_trip() {
-        assert_eq!(parse_alias(&alias_for(None, None)), Some((None, None)));
-        assert_eq!(
-            parse_alias(&alias_for(Some("eth0"), Some(7))),
-            Some((Some("eth0".to_string()), Some(7)))
-        );
-        assert_eq!(parse_alias("somebody else's bridge"), None);
-    }
-
-    #[test]
-    fn bridge_mac_is_stable_local_unicast() {
-        let a = bridge_mac("nv-lan0");
-        assert_eq!(a, bridge_mac("nv-lan0"));
-        assert_ne!(a, bridge_mac("nv-lan1"));
-        assert!(a.is_unicast() && a.is_local());
-    }
-}
+mod tests;

@@ -221,6 +221,14 @@ pub enum Action {
         /// Cordoned or not.
         cordoned: bool,
     },
+    /// Put a host into maintenance (`degraded` by the administrator, with
+    /// a reason) or take it out (`None`).
+    SetMaintenance {
+        /// Host id.
+        host: String,
+        /// The reason, when put into maintenance.
+        maintenance: Option<HostDegrade>,
+    },
     /// Cordon a host and live-migrate its running VMs away (a job).
     EvacuateHost {
         /// Host id.

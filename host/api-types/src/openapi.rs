@@ -117,6 +117,8 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "joinCluster" => c("Join this host (no VMs yet) to a cluster with a join token", Q::Json(one::<ClusterJoin>(q)), (Answer::Json(one::<ClusterView>(g)), "the cluster, as this host now sees it")),
         "listHosts" => c("Every host of the cluster, its health and resources", Q::None, json(list::<HostView>(g))),
         "cordonHost" => c("No new VMs are placed on the host", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
+        "degradeHost" => c("Put the host into maintenance: its health becomes maintenance, with the reason; no new VMs are placed there", Q::Json(one::<HostDegrade>(q)), (Answer::Json(one::<HostView>(g)), "the host")),
+        "undegradeHost" => c("Take the host out of maintenance", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
         "uncordonHost" => c("VMs may be placed on the host again", Q::None, (Answer::Json(one::<HostView>(g)), "the host")),
         "evacuateHost" => c("Cordon the host and live-migrate its running VMs away (a job)", Q::None, (Answer::Json(one::<JobView>(g)), "the job")),
         "recoverVm" => c("Give a VM whose host is lost (offline or removed) to another host, from its disks on shared storage, and start it there if it should run. Refused until the lost host's self-fencing deadline has passed, unless confirm_host_down", Q::Json(one::<VmRecover>(q)), (Answer::Json(one::<VmView>(g)), "the VM on its new host")),

@@ -205,8 +205,14 @@ pub struct HeartbeatReply {
     pub version: String,
     /// The newest peer protocol version it speaks.
     pub protocol: u32,
-    /// Whether it considers itself healthy.
+    /// Whether it considers itself healthy (no `problems`).
     pub healthy: bool,
+    /// What its own checks found wrong (a pool read-only, a vswitch
+    /// uplink without carrier, the QEMU binary missing, a disk nearly
+    /// full); empty when healthy. Added within version 2 with a default,
+    /// so an older member's answer reads as none.
+    #[serde(default)]
+    pub problems: Vec<String>,
     /// VMs running there.
     pub running_vms: u32,
     /// Its pools' capacity, GiB.

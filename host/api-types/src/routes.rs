@@ -270,6 +270,20 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/hosts/{host}/degrade",
+        "degradeHost",
+        200,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/hosts/{host}/undegrade",
+        "undegradeHost",
+        200,
+        false,
+    ),
+    r(
+        "POST",
         "/api/v1/hosts/{host}/evacuate",
         "evacuateHost",
         202,

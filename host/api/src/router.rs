@@ -7,7 +7,7 @@ use http::StatusCode;
 pub use nasvisor_api_types::routes::{Route, HEALTH_PATH, IMAGE_META_QUERY, ROUTES};
 use nasvisor_api_types::ApiError;
 use nasvisor_api_types::{
-    check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, ImageAddBody,
+    check_name, Action, ClusterCreate, ClusterJoin, HostDegrade, ConsoleInputBody, FirmwareKind, ImageAddBody,
     ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
     SnapshotCreate, Validate, VmCreate, VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate,
     VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
@@ -404,6 +404,14 @@ pub fn to_action(
             cordoned: m.route.operation == "cordonHost",
         },
         "evacuateHost" => Action::EvacuateHost { host: p("host") },
+        "degradeHost" => Action::SetMaintenance {
+            host: p("host"),
+            maintenance: Some(parse_valid::<HostDegrade>(body)?),
+        },
+        "undegradeHost" => Action::SetMaintenance {
+            host: p("host"),
+            maintenance: None,
+        },
         "installPlugin" => Action::InstallPlugin(parse_valid::<PluginInstall>(body)?),
         "uninstallPlugin" => Action::UninstallPlugin {
             world: plugin_world(p("world"))?,

@@ -733,6 +733,11 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "listHosts" => ("/api/v1/hosts", None),
         "cordonHost" => ("/api/v1/hosts/nas1/cordon", None),
         "uncordonHost" => ("/api/v1/hosts/nas1/uncordon", None),
+        "degradeHost" => (
+            "/api/v1/hosts/nas1/degrade",
+            Some(r#"{"reason":"disk swap"}"#),
+        ),
+        "undegradeHost" => ("/api/v1/hosts/nas1/undegrade", None),
         "evacuateHost" => ("/api/v1/hosts/nas1/evacuate", None),
         "migrateVm" => ("/api/v1/vms/vm1/migrate", Some(r#"{"host":"nas2"}"#)),
         "recoverVm" => (

@@ -357,6 +357,9 @@ impl Inner {
             Action::JoinCluster(req) => answer(c.join_cluster(req).await),
             Action::ListHosts => answer(Ok(c.list_hosts())),
             Action::SetCordon { host, cordoned } => answer(c.set_cordon(&host, cordoned).await),
+            Action::SetMaintenance { host, maintenance } => {
+                answer(c.set_maintenance(&host, maintenance).await)
+            }
             Action::EvacuateHost { host } => answer(c.evacuate(&host).await),
             Action::MigrateVm { id, migrate } => answer(c.migrate_vm(&id, migrate).await),
             Action::InstallPlugin(req) => answer(c.install_plugin(req).await),

@@ -20,6 +20,7 @@ pub mod db;
 pub mod errors;
 mod events;
 mod handle;
+mod health;
 mod image_copy;
 mod images;
 mod install;
@@ -216,6 +217,8 @@ pub(crate) struct Inner {
     pub downloader: Arc<dyn Downloader>,
     /// The QEMU processes of this host.
     pub processes: vms::VmProcesses,
+    /// The last findings of this host's health checks.
+    pub health: health::HealthChecks,
     /// The jobs running on this host, with their live progress.
     pub local_jobs: jobs::LocalJobs,
     /// The event log as this host appends to it.
@@ -344,6 +347,8 @@ impl NasCore {
             protocol_compatible: true,
             offline_since: None,
             removed: false,
+            problems: Vec::new(),
+            maintenance: None,
         };
 
         let inner = Arc::new(Inner {
@@ -357,6 +362,7 @@ impl NasCore {
             library,
             downloader,
             processes: vms::VmProcesses::default(),
+            health: health::HealthChecks::default(),
             local_jobs: jobs::LocalJobs::default(),
             events: Default::default(),
             ops: tokio::sync::Mutex::new(()),
@@ -379,6 +385,8 @@ impl NasCore {
         inner.apply_cluster_plugins().await;
         inner.apply_plugin_resets();
         inner.spawn_plugin_reports();
+        inner.check_health_once().await;
+        inner.spawn_health_checks();
         inner.spawn_cluster_loop();
         Ok(NasCore { inner })
     }

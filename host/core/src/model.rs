@@ -450,6 +450,14 @@ pub struct HostRecord {
     /// and pools still name it, shown in no host list, never a target.
     #[serde(default)]
     pub removed: bool,
+    /// What its own health checks found wrong, as its last heartbeat
+    /// answer said (set by the leader).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// In maintenance by an administrator (`host degrade`), with the
+    /// reason given (empty when none).
+    #[serde(default)]
+    pub maintenance: Option<String>,
 }
 
 fn yes() -> bool {

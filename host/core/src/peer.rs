@@ -148,11 +148,13 @@ impl Inner {
     /// This host's answer to the leader's heartbeat.
     pub(crate) fn heartbeat(&self) -> HeartbeatReply {
         let (storage, free) = self.local_storage_gib();
+        let problems = self.health.problems();
         HeartbeatReply {
             host: self.host.id.clone(),
             version: self.host.version.clone(),
             protocol: self.peer_window().current,
-            healthy: true,
+            healthy: problems.is_empty(),
+            problems,
             running_vms: self.processes.len() as u32,
             storage_gib: storage,
             free_storage_gib: free,

@@ -36,6 +36,7 @@ impl Inner {
                 .iter()
                 .filter(|h| !h.removed)
                 .map(|h| {
+                    let (health, health_reasons) = plugin_health(self.health_of(h, false));
                     let (mem, cpus) = self.used_memory_mib(&h.id, None);
                     let cap = self.vm_memory_capacity(h);
                     let (storage_cap, storage_free) = if h.id == self.host.id {
@@ -56,11 +57,8 @@ impl Inner {
                             memory_mib: cap.saturating_sub(mem),
                             storage_gib: storage_free,
                         },
-                        health: if h.online {
-                            HostHealth::Healthy
-                        } else {
-                            HostHealth::Unreachable
-                        },
+                        health,
+                        health_reasons,
                         cordoned: h.cordoned,
                         ..Default::default()
                     }
@@ -108,6 +106,19 @@ impl Inner {
                 }
                 if rec.is_some_and(|r| r.cordoned) {
                     reasons.push(format!("host {} is cordoned", h.id));
+                    return false;
+                }
+                if matches!(h.health, HostHealth::Degraded | HostHealth::Maintenance) {
+                    reasons.push(format!(
+                        "host {} is {}: {}",
+                        h.id,
+                        if h.health == HostHealth::Maintenance {
+                            "in maintenance"
+                        } else {
+                            "degraded"
+                        },
+                        h.health_reasons.join("; ")
+                    ));
                     return false;
                 }
                 if h.free.memory_mib < vm.memory_mib {
@@ -179,6 +190,20 @@ impl Inner {
 
 /// A VM's recorded state as the plugins see it: each state its own, so a
 /// policy tells a crash or a panic from a stop.
+/// A host's health as plugins see it.
+fn plugin_health(
+    (health, reasons): (nasvisor_api_types::HostHealth, Vec<String>),
+) -> (HostHealth, Vec<String>) {
+    use nasvisor_api_types::HostHealth as H;
+    let h = match health {
+        H::Healthy => HostHealth::Healthy,
+        H::Degraded => HostHealth::Degraded,
+        H::Maintenance => HostHealth::Maintenance,
+        H::Offline | H::Unknown => HostHealth::Unreachable,
+    };
+    (h, reasons)
+}
+
 fn plugin_state(s: VmStatus) -> VmState {
     match s {
         VmStatus::Stopped => VmState::Stopped,

@@ -189,3 +189,120 @@ fn a_lost_hosts_vms_are_unknown_then_recovered_elsewhere_or_force_deleted() {
         .collect();
     assert_eq!(names, vec!["nas1", "nas3"], "{hosts:#}");
 }
+
+/// A tmpfs mounted for a test, unmounted on drop (even on a panic).
+struct Tmpfs(std::path::PathBuf, tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        mount(&["-t", "tmpfs", "-o", "size=2g", "nv-health", path.to_str().unwrap()]);
+        Tmpfs(path, dir)
+    }
+
+    fn remount(&self, mode: &str) {
+        mount(&["-o", &format!("remount,{mode}"), self.0.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .map_err(|e| eprintln!("umount {}: {e}", self.0.display()));
+    }
+}
+
+fn mount(args: &[&str]) {
+    let st = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .expect("mount runs");
+    assert!(st.success(), "mount {args:?}");
+}
+
+/// nas2's health as host list on `from` shows it.
+fn health_of(c: &Cluster, from: usize, host: &str) -> Result<(String, Vec<String>), String> {
+    let hosts = c.host(from).try_json(&["host", "list"])?;
+    let h = hosts
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == host))
+        .ok_or(format!("{host} not listed: {hosts:#}"))?;
+    let reasons = h["health_reasons"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Ok((h["health"].as_str().unwrap_or_default().to_string(), reasons))
+}
+
+fn wait_health(c: &Cluster, host: &str, want: &str, reason: &str) {
+    eventually(Duration::from_secs(30), &format!("{host} {want}"), || {
+        let (h, r) = health_of(c, 1, host)?;
+        let reason_ok = if reason.is_empty() {
+            r.is_empty()
+        } else {
+            r.iter().any(|r| r.contains(reason))
+        };
+        if h == want && reason_ok {
+            Ok(())
+        } else {
+            Err(format!("{h} {r:?}"))
+        }
+    });
+}
+
+#[test]
+fn a_hosts_own_checks_and_maintenance_show_as_its_health_and_keep_vms_away() {
+    let _s = serial();
+    let c = Cluster::start(3);
+    c.form();
+    for i in 1..=3 {
+        let (h, r) = health_of(&c, 1, &c.name(i)).expect("host list");
+        assert_eq!(h, "healthy", "nas{i}: {r:?}");
+    }
+
+    // A pool of nas2 whose filesystem goes read-only: nas2's own check
+    // finds it, the leader records it, and nothing is placed there.
+    let fs = Tmpfs::mount();
+    c.host(1).json(&[
+        "pool", "create", "fast", fs.0.to_str().unwrap(), "--host", "nas2",
+    ]);
+    fs.remount("ro");
+    wait_health(&c, "nas2", "degraded", "pool fast is on a filesystem mounted read-only");
+    let ev = events_of(&c, 3, "host-degraded");
+    assert!(ev.iter().any(|e| e["target"] == "host/nas2"), "{ev:#?}");
+    let err = c.host(1).fails(&[
+        "vm", "create", "d1", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
+        "nas2",
+    ]);
+    assert!(err.contains("degraded") && err.contains("read-only"), "{err}");
+    fs.remount("rw");
+    wait_health(&c, "nas2", "healthy", "");
+    let ev = events_of(&c, 1, "host-healthy");
+    assert!(ev.iter().any(|e| e["target"] == "host/nas2"), "{ev:#?}");
+
+    // Maintenance by the administrator.
+    let h = c
+        .host(3)
+        .json(&["host", "degrade", "nas2", "--reason", "disk swap"]);
+    assert_eq!(h["health"], "maintenance", "{h:#}");
+    wait_health(&c, "nas2", "maintenance", "in maintenance: disk swap");
+    let err = c.host(1).fails(&[
+        "vm", "create", "d2", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
+        "nas2",
+    ]);
+    assert!(err.contains("in maintenance"), "{err}");
+    assert!(!events_of(&c, 1, "host-maintenance").is_empty());
+    let err = c
+        .host(1)
+        .fails(&["host", "degrade", "nas2", "--reason", "bad\u{7}"]);
+    assert!(err.contains("reason"), "{err}");
+    c.host(1).json(&["host", "undegrade", "nas2"]);
+    wait_health(&c, "nas2", "healthy", "");
+    c.host(1).json(&[
+        "vm", "create", "d3", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
+        "nas2",
+    ]);
+}

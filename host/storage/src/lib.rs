@@ -26,5 +26,5 @@ pub use error::StorageError;
 pub use images::{check_sha256, Expected, Image, ImageLibrary, ImageSpec};
 pub use inspect::{inspect, FileStamp, Inspected, SourceFormat};
 pub use limits::Limits;
-pub use pool::{Pool, PoolUsage, VolumeInfo};
+pub use pool::{fs_usage, Pool, PoolUsage, VolumeInfo};
 pub use qemu_img::{ImageInfo, QemuImg, SnapshotInfo, SnapshotOp};

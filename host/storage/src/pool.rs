@@ -22,6 +22,18 @@ pub const MAX_VOLUME: u64 = 64 << 40;
 pub struct PoolUsage {
     pub capacity_bytes: u64,
     pub free_bytes: u64,
+    /// The filesystem is mounted read-only.
+    pub read_only: bool,
+}
+
+/// Capacity, free space and mount flags of the filesystem holding `path`.
+pub fn fs_usage(path: &Path) -> Result<PoolUsage, StorageError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| StorageError::io(path, e.into()))?;
+    Ok(PoolUsage {
+        capacity_bytes: st.f_blocks * st.f_frsize,
+        free_bytes: st.f_bavail * st.f_frsize,
+        read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+    })
 }
 
 /// A volume as listed.
@@ -118,12 +130,22 @@ impl Pool {
 
     /// Capacity and free space of the pool's filesystem.
     pub fn usage(&self) -> Result<PoolUsage, StorageError> {
-        let st =
-            rustix::fs::statvfs(&self.dir).map_err(|e| StorageError::io(&self.dir, e.into()))?;
-        Ok(PoolUsage {
-            capacity_bytes: st.f_blocks * st.f_frsize,
-            free_bytes: st.f_bavail * st.f_frsize,
-        })
+        fs_usage(&self.dir)
+    }
+
+    /// Whether a file can be created, written, synced and removed in the
+    /// pool: what a health check asks (a filesystem can refuse writes
+    /// without being mounted read-only: permissions, I/O errors, quota).
+    pub fn write_probe(&self) -> Result<(), StorageError> {
+        let path = self.dir.join(".nasvisor-health-probe.tmp");
+        let r = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(b"nasvisor")?;
+            f.sync_all()
+        })();
+        let removed = std::fs::remove_file(&path);
+        r.and(removed).map_err(|e| StorageError::io(&path, e))
     }
 
     /// The path of volume `name` (which is checked, so it stays in the pool).

@@ -48,6 +48,25 @@ pub const MAX_CLUSTER_MEMBERS: u32 = 7;
 /// Longest join-token lifetime, seconds (7 days).
 pub const MAX_JOIN_TOKEN_TTL_S: u32 = 7 * 24 * 3600;
 
+/// Body of `POST /api/v1/hosts/{host}/degrade`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostDegrade {
+    /// Why (shown in the host's health reasons), up to 1024 bytes without
+    /// control characters.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Validate for HostDegrade {
+    fn validate(&self) -> Result<(), ApiError> {
+        match &self.reason {
+            Some(r) => crate::validate::check_description("reason", r),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Body of `POST /api/v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]

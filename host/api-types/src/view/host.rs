@@ -16,6 +16,25 @@ pub enum ClusterRole {
     Single,
 }
 
+/// A host's health, as the cluster sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHealth {
+    /// Answers, and its own checks find nothing wrong.
+    #[default]
+    Healthy,
+    /// Answers, but its checks find faults (`health_reasons`).
+    Degraded,
+    /// Put into maintenance by an administrator (`host degrade`).
+    Maintenance,
+    /// Silent beyond the threshold (or removed): whether it runs is not
+    /// known.
+    Offline,
+    /// The host answering cannot reach the cluster's majority: what it
+    /// shows of the others may be stale.
+    Unknown,
+}
+
 /// A host of the cluster (`GET /api/v1/host`, `GET /api/v1/hosts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Host", deny_unknown_fields)]
@@ -64,6 +83,12 @@ pub struct HostView {
     /// `docs/cluster.md`).
     #[serde(default = "compatible")]
     pub protocol_compatible: bool,
+    /// Its health.
+    #[serde(default)]
+    pub health: HostHealth,
+    /// Why it is not healthy (empty when it is).
+    #[serde(default)]
+    pub health_reasons: Vec<String>,
 }
 
 fn compatible() -> bool {

@@ -1,12 +1,12 @@
 //! `nasvisor host`: this host alone, or the cluster's hosts (list,
-//! cordon, uncordon, evacuate).
+//! cordon, uncordon, degrade, undegrade, evacuate).
 
 use super::client::{enc, CliResult, Client};
 use super::jobs;
 use super::render::{cell, Out, Render};
 use super::table::{self, mib};
 use clap::{Args, Subcommand};
-use nasvisor_api_types::{HostView, JobView};
+use nasvisor_api_types::{HostDegrade, HostView, JobView};
 
 /// `nasvisor host`.
 #[derive(Debug, Args)]
@@ -23,6 +23,16 @@ pub enum HostCmd {
     Cordon { host: String },
     /// Place VMs on a host again.
     Uncordon { host: String },
+    /// Put a host into maintenance: its health becomes `maintenance` (an
+    /// HA trigger) and no new VMs are placed on it.
+    Degrade {
+        host: String,
+        /// Why (shown in the host's health reasons).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Take a host out of maintenance.
+    Undegrade { host: String },
     /// Cordon a host and live-migrate its running VMs away (a job).
     Evacuate {
         host: String,
@@ -51,6 +61,17 @@ pub fn run(c: &Client, args: HostArgs, out: Out) -> CliResult<()> {
             let h: HostView = c.call("POST", &host_path(&host, "uncordon"))?;
             out.done(&h, |_| format!("host {host} uncordoned"));
         }
+        Some(HostCmd::Degrade { host, reason }) => {
+            let body = HostDegrade { reason };
+            let h: HostView = c.send("POST", &host_path(&host, "degrade"), &body)?;
+            out.done(&h, |h| {
+                format!("host {host} is in maintenance: {}", cell(&h.health_reasons.join("; ")))
+            });
+        }
+        Some(HostCmd::Undegrade { host }) => {
+            let h: HostView = c.call("POST", &host_path(&host, "undegrade"))?;
+            out.done(&h, |h| format!("host {host} out of maintenance: {}", cell(&h.health)));
+        }
         Some(HostCmd::Evacuate { host, wait }) => {
             let j: JobView = c.call("POST", &host_path(&host, "evacuate"))?;
             jobs::answer(c, out, &j, wait)?;
@@ -65,6 +86,7 @@ impl Render for HostView {
         "node",
         "address",
         "online",
+        "health",
         "cordoned",
         "role",
         "vms",
@@ -80,6 +102,7 @@ impl Render for HostView {
             cell(&self.node_id),
             cell(&self.address),
             cell(&self.online),
+            cell(&self.health),
             cell(&self.cordoned),
             cell(&self.cluster_role),
             cell(&self.vms),
@@ -97,6 +120,8 @@ impl Render for HostView {
             ("name", cell(&self.name)),
             ("version", cell(&self.version)),
             ("cluster role", cell(&self.cluster_role)),
+            ("health", cell(&self.health)),
+            ("reasons", cell(&self.health_reasons.join("; "))),
             ("cpus", cell(&self.cpus)),
         ]);
         out.push_str(&format!(

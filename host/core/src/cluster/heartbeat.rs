@@ -119,6 +119,7 @@ impl Inner {
                         || h.free_storage_gib != hb.free_storage_gib
                         || h.protocol != Some(hb.protocol)
                         || !h.protocol_compatible
+                        || h.problems != hb.problems
                         || h.last_seen.as_deref().is_none_or(stale_timestamp);
                     if changed {
                         let came_back = !h.online;
@@ -131,11 +132,16 @@ impl Inner {
                                 r.free_storage_gib = hb.free_storage_gib;
                                 r.protocol = Some(hb.protocol);
                                 r.protocol_compatible = true;
+                                r.problems = hb.problems.clone();
                                 r.last_seen = Some(now_rfc3339());
                                 Ok(())
                             })
                             .await
                             .best_effort("record that the host answers");
+                        if h.problems != hb.problems {
+                            self.report_health_change(&h.id, &h.problems, &hb.problems)
+                                .await;
+                        }
                         if came_back {
                             self.event(
                                 "host-online",
@@ -172,6 +178,26 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Events for a change of host `id`'s findings: `host-degraded` with
+    /// what is wrong now, `host-healthy` when nothing is left.
+    async fn report_health_change(&self, id: &str, before: &[String], now: &[String]) {
+        let (kind_, severity, message) = if now.is_empty() {
+            (
+                "host-healthy",
+                Severity::Info,
+                format!("host {id} is healthy again (was: {})", before.join("; ")),
+            )
+        } else {
+            (
+                "host-degraded",
+                Severity::Warning,
+                format!("host {id} is degraded: {}", now.join("; ")),
+            )
+        };
+        self.event(kind_, severity, Some(format!("host/{id}")), message)
+            .await;
     }
 
     /// Records that host `h` refused this host's protocol version (it

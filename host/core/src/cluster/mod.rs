@@ -22,7 +22,7 @@ use crate::model::{
 use crate::Inner;
 use nasvisor_api_types::peer::{ForwardAction, Read};
 use nasvisor_api_types::{
-    AccelKind, Action, Answer, ClusterRole, ClusterView, CoreError, HostView,
+    AccelKind, Action, Answer, ClusterRole, ClusterView, CoreError, HostHealth, HostView,
 };
 use nasvisor_api_types::{ClusterJoin, PowerOp, VmCreate};
 use nasvisor_best_effort::BestEffort;
@@ -222,13 +222,16 @@ impl Inner {
             .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
             .count();
         let store = self.db.store();
+        let cut_off = self.multi_host() && !self.has_quorum();
         let cluster_role = if !self.multi_host() {
             ClusterRole::Single
-        } else if store.metrics().current_leader == Some(h.node_id) {
+        } else if store.metrics().current_leader == Some(h.node_id) && !cut_off {
+            // A leader cut off from the majority leads no one.
             ClusterRole::Leader
         } else {
             ClusterRole::Follower
         };
+        let (health, health_reasons) = self.health_of(h, cut_off);
         let accel = match h.accel.as_str() {
             "kvm" => AccelKind::Kvm,
             "tcg" => AccelKind::Tcg,
@@ -256,7 +259,74 @@ impl Inner {
             last_seen: h.last_seen.clone(),
             protocol: h.protocol,
             protocol_compatible: h.protocol_compatible,
+            health,
+            health_reasons,
         }
+    }
+
+    /// Host `h`'s health and why, as this host can tell (`cut_off`: this
+    /// host cannot reach the majority).
+    pub(crate) fn health_of(&self, h: &HostRecord, cut_off: bool) -> (HostHealth, Vec<String>) {
+        let problems = self.problems_of(h);
+        if cut_off {
+            let why = if h.id == self.host.id {
+                "this host cannot reach the cluster's majority: it refuses changes and stops \
+                 its VMs after the quorum-stop delay"
+            } else {
+                "the host answering cannot reach the cluster's majority: this record may be stale"
+            };
+            let mut reasons = vec![why.to_string()];
+            reasons.extend(problems);
+            return (HostHealth::Unknown, reasons);
+        }
+        if let Some(lost) = self.lost_host(&h.id) {
+            return (HostHealth::Offline, vec![lost.describe()]);
+        }
+        if let Some(r) = &h.maintenance {
+            let mut reasons = vec![if r.is_empty() {
+                "in maintenance".to_string()
+            } else {
+                format!("in maintenance: {r}")
+            }];
+            reasons.extend(problems);
+            return (HostHealth::Maintenance, reasons);
+        }
+        if problems.is_empty() {
+            (HostHealth::Healthy, problems)
+        } else {
+            (HostHealth::Degraded, problems)
+        }
+    }
+
+    /// `host degrade` / `host undegrade`.
+    pub(crate) async fn set_maintenance(
+        &self,
+        host: &str,
+        maintenance: Option<nasvisor_api_types::HostDegrade>,
+    ) -> Result<HostView, CoreError> {
+        let rec = self.host_record(host)?;
+        if rec.removed {
+            return Err(errors::not_found(format!("host {host}")));
+        }
+        let reason = maintenance.map(|m| m.reason.unwrap_or_default());
+        if rec.maintenance == reason {
+            return Ok(self.host_view(&rec));
+        }
+        let rec = self
+            .db
+            .update::<HostRecord, _>(kind::HOST, host, |r| {
+                r.maintenance = reason.clone();
+                Ok(())
+            })
+            .await?;
+        let (kind_, message) = match &reason {
+            Some(r) if r.is_empty() => ("host-maintenance", format!("host {host} put into maintenance")),
+            Some(r) => ("host-maintenance", format!("host {host} put into maintenance: {r}")),
+            None => ("host-maintenance-ended", format!("host {host} is out of maintenance")),
+        };
+        self.event(kind_, Severity::Warning, Some(format!("host/{host}")), message)
+            .await;
+        Ok(self.host_view(&rec))
     }
 
     /// The members, without the hosts removed from the cluster.

@@ -34,6 +34,8 @@ pub struct Uplink {
     pub port: String,
     /// Whether `port` exists and is attached to the bridge.
     pub attached: bool,
+    /// Whether `port` is up with carrier (a cable, a link partner).
+    pub carrier: bool,
 }
 
 /// A vswitch as the kernel reports it.
@@ -556,11 +558,15 @@ fn observe(name: BridgeName, bridge: &Link, links: &[Link]) -> Vswitch {
         let attached = links
             .iter()
             .any(|l| l.name == port && l.master == Some(bridge.index));
+        let carrier = links
+            .iter()
+            .any(|l| l.name == port && l.up && l.carrier);
         Some(Uplink {
             nic,
             vlan,
             port,
             attached,
+            carrier,
         })
     });
     let mut taps = Vec::new();

@@ -1,0 +1,204 @@
+//! This host's own health checks. They run in a task of their own every
+//! few seconds, each with a time limit (a hung NFS mount must not hang the
+//! heartbeat), and the heartbeat answer carries their last findings:
+//!
+//! - each pool this host reaches: mounted read-only, or a write probe
+//!   (create, write, fsync, remove a file) fails, or its filesystem is
+//!   nearly full;
+//! - the data directory's filesystem nearly full;
+//! - the QEMU binary missing or not executable;
+//! - a vswitch uplink missing, detached or without carrier.
+//!
+//! The leader records the findings in the host's record (`problems`) with
+//! an event when they change; the host view shows them as health
+//! `degraded`. An administrator's `host degrade` is recorded apart
+//! (`maintenance`).
+
+use crate::model::{kind, HostRecord, VswitchRecord};
+use crate::{lock, Inner};
+use nasvisor_net::{BridgeName, Vswitch};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the checks run.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long one round of checks may take before it is a finding itself.
+const CHECK_LIMIT: Duration = Duration::from_secs(10);
+/// A filesystem with less free than this share of its size is nearly full.
+const NEARLY_FULL_SHARE: f64 = 0.05;
+/// ... or with less than this many bytes free.
+const NEARLY_FULL_BYTES: u64 = 1 << 30;
+
+/// The last findings of this host's checks.
+#[derive(Default)]
+pub(crate) struct HealthChecks {
+    problems: Mutex<Vec<String>>,
+}
+
+impl HealthChecks {
+    /// What the last round found (empty: healthy).
+    pub(crate) fn problems(&self) -> Vec<String> {
+        lock(&self.problems).clone()
+    }
+
+    fn set(&self, p: Vec<String>) {
+        *lock(&self.problems) = p;
+    }
+}
+
+/// What one round checks, gathered from the store on the async side.
+struct Targets {
+    pools: Vec<(String, PathBuf)>,
+    data_dir: PathBuf,
+    qemu: PathBuf,
+    uplinks: Vec<(String, String)>,
+}
+
+impl Inner {
+    /// Starts the checks' task; the first round runs at once.
+    pub(crate) fn spawn_health_checks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { break };
+                me.check_health_once().await;
+                drop(me);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(CHECK_EVERY) => {}
+                }
+            }
+        });
+    }
+
+    /// One round of checks, recorded in `self.health`.
+    pub(crate) async fn check_health_once(&self) {
+        let targets = Targets {
+            pools: self
+                .local_pools()
+                .into_iter()
+                .map(|p| (p.name, PathBuf::from(p.path)))
+                .collect(),
+            data_dir: self.cfg.data_dir.clone(),
+            qemu: self.cfg.qemu_binary.clone(),
+            uplinks: self
+                .db
+                .list::<VswitchRecord>(kind::VSWITCH)
+                .into_iter()
+                .filter_map(|s| s.uplink.clone().map(|u| (s.name, u)))
+                .collect(),
+        };
+        let net = self.net.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let mut p = Vec::new();
+            for (name, path) in &targets.pools {
+                p.extend(check_pool(name, path));
+            }
+            p.extend(check_nearly_full("the data directory", &targets.data_dir));
+            p.extend(check_qemu(&targets.qemu));
+            for (switch, uplink) in &targets.uplinks {
+                p.extend(check_uplink(&net, switch, uplink));
+            }
+            p
+        });
+        let problems = match tokio::time::timeout(CHECK_LIMIT, run).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => vec![format!("the health checks failed: {e}")],
+            Err(_) => vec![format!(
+                "the health checks did not finish within {} s (a pool that does not answer?)",
+                CHECK_LIMIT.as_secs()
+            )],
+        };
+        if problems != self.health.problems() {
+            tracing::warn!(?problems, "this host's health checks changed");
+        }
+        self.health.set(problems);
+    }
+
+    /// Host `h`'s findings as the cluster knows them: this host's own are
+    /// the freshest.
+    pub(crate) fn problems_of(&self, h: &HostRecord) -> Vec<String> {
+        if h.id == self.host.id {
+            self.health.problems()
+        } else {
+            h.problems.clone()
+        }
+    }
+}
+
+fn check_pool(name: &str, path: &Path) -> Vec<String> {
+    let pool = match nasvisor_storage::Pool::open(name, path) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("pool {name} cannot be opened: {e}")],
+    };
+    let mut p = Vec::new();
+    match pool.usage() {
+        Ok(u) if u.read_only => p.push(format!(
+            "pool {name} is on a filesystem mounted read-only ({})",
+            path.display()
+        )),
+        Ok(_) => {
+            if let Err(e) = pool.write_probe() {
+                p.push(format!("pool {name} refuses writes: {e}"));
+            }
+        }
+        Err(e) => p.push(format!("pool {name}: {e}")),
+    }
+    p.extend(check_nearly_full(&format!("pool {name}"), path));
+    p
+}
+
+fn check_nearly_full(what: &str, path: &Path) -> Option<String> {
+    let u = nasvisor_storage::fs_usage(path).ok()?;
+    let share = u.free_bytes as f64 / u.capacity_bytes.max(1) as f64;
+    (share < NEARLY_FULL_SHARE || u.free_bytes < NEARLY_FULL_BYTES).then(|| {
+        format!(
+            "{what} is nearly full: {} MiB free of {} MiB",
+            u.free_bytes >> 20,
+            u.capacity_bytes >> 20
+        )
+    })
+}
+
+/// The QEMU binary: a path, or a name looked up in `PATH` as a spawn does.
+fn check_qemu(qemu: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let candidates: Vec<PathBuf> = if qemu.components().count() > 1 {
+        vec![qemu.to_path_buf()]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(qemu)).collect())
+            .unwrap_or_default()
+    };
+    let runnable = candidates.iter().any(|c| {
+        std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    (!runnable).then(|| {
+        format!(
+            "the QEMU binary {} is missing or not executable: no VM can start here",
+            qemu.display()
+        )
+    })
+}
+
+fn check_uplink(net: &nasvisor_net::Net, switch: &str, uplink: &str) -> Option<String> {
+    let name = BridgeName::from_short(switch).ok()?;
+    match Vswitch::get(net, &name) {
+        Ok(Some(vs)) => match vs.uplink {
+            Some(u) if !u.attached => Some(format!(
+                "vswitch {switch}'s uplink {} is not attached to it",
+                u.port
+            )),
+            Some(u) if !u.carrier => Some(format!(
+                "vswitch {switch}'s uplink {} is down (no carrier)",
+                u.port
+            )),
+            Some(_) => None,
+            None => Some(format!("vswitch {switch} has lost its uplink {uplink}")),
+        },
+        Ok(None) => Some(format!("vswitch {switch} is missing on this host")),
+        Err(e) => Some(format!("vswitch {switch}: {e}")),
+    }
+}

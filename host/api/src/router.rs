@@ -7,8 +7,8 @@ use http::StatusCode;
 pub use nasvisor_api_types::routes::{Route, HEALTH_PATH, IMAGE_META_QUERY, ROUTES};
 use nasvisor_api_types::ApiError;
 use nasvisor_api_types::{
-    check_name, Action, ClusterCreate, ClusterJoin, HostDegrade, ConsoleInputBody, FirmwareKind, ImageAddBody,
-    ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
+    check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, HostDegrade,
+    ImageAddBody, ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
     SnapshotCreate, Validate, VmCreate, VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate,
     VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
     MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,

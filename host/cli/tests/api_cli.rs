@@ -10,9 +10,9 @@
 
 use bytes::Bytes;
 use nasvisor_api::types::{
-    DiskSpec, FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec,
-    InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmRecover, VmUpdate, VolumeCreate,
-    VolumeFormat, VswitchCreate,
+    DiskSpec, FirmwareKind, HostDegrade, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork,
+    InstallSpec, InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmRecover, VmUpdate,
+    VolumeCreate, VolumeFormat, VswitchCreate,
 };
 use nasvisor_api::{
     Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
@@ -92,7 +92,8 @@ fn host() -> Value {
            "cluster_role": "single", "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 2,
-           "last_seen": null, "protocol": 2, "protocol_compatible": true})
+           "last_seen": null, "protocol": 2, "protocol_compatible": true,
+           "health": "healthy", "health_reasons": []})
 }
 
 impl Fake {
@@ -228,6 +229,19 @@ impl Core for Fake {
                 let mut v = host();
                 v["id"] = h.into();
                 v["cordoned"] = cordoned.into();
+                v
+            }
+            Action::SetMaintenance {
+                host: h,
+                maintenance,
+            } => {
+                let mut v = host();
+                v["id"] = h.into();
+                if let Some(m) = maintenance {
+                    v["health"] = "maintenance".into();
+                    v["health_reasons"] =
+                        json!([format!("in maintenance: {}", m.reason.unwrap_or_default())]);
+                }
                 v
             }
             Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
@@ -1346,6 +1360,22 @@ fn every_command_sends_the_right_action() {
             Action::SetCordon {
                 host: "nas2".into(),
                 cordoned: false,
+            },
+        ),
+        (
+            vec!["host", "degrade", "nas2", "--reason", "disk swap"],
+            Action::SetMaintenance {
+                host: "nas2".into(),
+                maintenance: Some(HostDegrade {
+                    reason: Some("disk swap".into()),
+                }),
+            },
+        ),
+        (
+            vec!["host", "undegrade", "nas2"],
+            Action::SetMaintenance {
+                host: "nas2".into(),
+                maintenance: None,
             },
         ),
         (

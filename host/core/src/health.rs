@@ -2,9 +2,9 @@
 //! few seconds, each with a time limit (a hung NFS mount must not hang the
 //! heartbeat), and the heartbeat answer carries their last findings:
 //!
-//! - each pool this host reaches: mounted read-only, or a write probe
-//!   (create, write, fsync, remove a file) fails, or its filesystem is
-//!   nearly full;
+//! - each pool this host reaches: mounted read-only, or its filesystem
+//!   nearly full; and every minute (not every round: a NAS's disks must be
+//!   able to spin down) a write probe (create, write, fsync, remove a file);
 //! - the data directory's filesystem nearly full;
 //! - the QEMU binary missing or not executable;
 //! - a vswitch uplink missing, detached or without carrier.
@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// How often the checks run.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Every how many rounds the pools get a write probe (once a minute).
+const PROBE_EVERY_ROUNDS: u64 = 12;
 /// How long one round of checks may take before it is a finding itself.
 const CHECK_LIMIT: Duration = Duration::from_secs(10);
 /// A filesystem with less free than this share of its size is nearly full.
@@ -34,6 +36,9 @@ const NEARLY_FULL_BYTES: u64 = 1 << 30;
 #[derive(Default)]
 pub(crate) struct HealthChecks {
     problems: Mutex<Vec<String>>,
+    /// What the last write probes found (kept between probe rounds).
+    probe_problems: Mutex<Vec<String>>,
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl HealthChecks {
@@ -91,20 +96,35 @@ impl Inner {
                 .collect(),
         };
         let net = self.net.clone();
+        let round = self
+            .health
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = round % PROBE_EVERY_ROUNDS == 0;
         let run = tokio::task::spawn_blocking(move || {
             let mut p = Vec::new();
+            let mut probed = Vec::new();
             for (name, path) in &targets.pools {
-                p.extend(check_pool(name, path));
+                let (found, probe_found) = check_pool(name, path, probe);
+                p.extend(found);
+                probed.extend(probe_found);
             }
             p.extend(check_nearly_full("the data directory", &targets.data_dir));
             p.extend(check_qemu(&targets.qemu));
             for (switch, uplink) in &targets.uplinks {
                 p.extend(check_uplink(&net, switch, uplink));
             }
-            p
+            (p, probed)
         });
         let problems = match tokio::time::timeout(CHECK_LIMIT, run).await {
-            Ok(Ok(p)) => p,
+            Ok(Ok((mut p, probed))) => {
+                let mut kept = lock(&self.health.probe_problems);
+                if probe {
+                    *kept = probed;
+                }
+                p.extend(kept.iter().cloned());
+                p
+            }
             Ok(Err(e)) => vec![format!("the health checks failed: {e}")],
             Err(_) => vec![format!(
                 "the health checks did not finish within {} s (a pool that does not answer?)",
@@ -128,26 +148,33 @@ impl Inner {
     }
 }
 
-fn check_pool(name: &str, path: &Path) -> Vec<String> {
+/// A pool's findings, and those of its write probe when `probe`.
+fn check_pool(name: &str, path: &Path, probe: bool) -> (Vec<String>, Vec<String>) {
     let pool = match nasvisor_storage::Pool::open(name, path) {
         Ok(p) => p,
-        Err(e) => return vec![format!("pool {name} cannot be opened: {e}")],
+        Err(e) => {
+            return (
+                vec![format!("pool {name} cannot be opened: {e}")],
+                Vec::new(),
+            )
+        }
     };
-    let mut p = Vec::new();
+    let (mut p, mut probed) = (Vec::new(), Vec::new());
     match pool.usage() {
         Ok(u) if u.read_only => p.push(format!(
             "pool {name} is on a filesystem mounted read-only ({})",
             path.display()
         )),
-        Ok(_) => {
+        Ok(_) if probe => {
             if let Err(e) = pool.write_probe() {
-                p.push(format!("pool {name} refuses writes: {e}"));
+                probed.push(format!("pool {name} refuses writes: {e}"));
             }
         }
+        Ok(_) => {}
         Err(e) => p.push(format!("pool {name}: {e}")),
     }
     p.extend(check_nearly_full(&format!("pool {name}"), path));
-    p
+    (p, probed)
 }
 
 fn check_nearly_full(what: &str, path: &Path) -> Option<String> {

@@ -190,37 +190,52 @@ fn a_lost_hosts_vms_are_unknown_then_recovered_elsewhere_or_force_deleted() {
     assert_eq!(names, vec!["nas1", "nas3"], "{hosts:#}");
 }
 
-/// A tmpfs mounted for a test, unmounted on drop (even on a panic).
-struct Tmpfs(std::path::PathBuf, tempfile::TempDir);
+/// A tmpfs mounted in a daemon's mount namespace (`ip netns exec` gives
+/// each daemon its own, and `/` is not shared here), unmounted on drop.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    pid: u32,
+    _dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
-    fn mount() -> Tmpfs {
+    fn mount_for(pid: u32) -> Tmpfs {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().to_path_buf();
-        mount(&["-t", "tmpfs", "-o", "size=2g", "nv-health", path.to_str().unwrap()]);
-        Tmpfs(path, dir)
+        let fs = Tmpfs {
+            path,
+            pid,
+            _dir: dir,
+        };
+        fs.run("mount", &["-t", "tmpfs", "-o", "size=2g", "nv-health"]);
+        fs
     }
 
     fn remount(&self, mode: &str) {
-        mount(&["-o", &format!("remount,{mode}"), self.0.to_str().unwrap()]);
+        self.run("mount", &["-o", &format!("remount,{mode}")]);
+    }
+
+    /// `program args PATH` in the daemon's mount namespace.
+    fn run(&self, program: &str, args: &[&str]) {
+        let st = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "--", program])
+            .args(args)
+            .arg(&self.path)
+            .status()
+            .expect("nsenter runs");
+        assert!(st.success(), "{program} {args:?} {}", self.path.display());
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.0)
+        // The namespace is gone with its daemon: then so is the mount.
+        let _ = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "--", "umount"])
+            .arg(&self.path)
             .status()
-            .map_err(|e| eprintln!("umount {}: {e}", self.0.display()));
+            .map_err(|e| eprintln!("umount {}: {e}", self.path.display()));
     }
-}
-
-fn mount(args: &[&str]) {
-    let st = std::process::Command::new("mount")
-        .args(args)
-        .status()
-        .expect("mount runs");
-    assert!(st.success(), "mount {args:?}");
 }
 
 /// nas2's health as host list on `from` shows it.
@@ -232,9 +247,16 @@ fn health_of(c: &Cluster, from: usize, host: &str) -> Result<(String, Vec<String
         .ok_or(format!("{host} not listed: {hosts:#}"))?;
     let reasons = h["health_reasons"]
         .as_array()
-        .map(|r| r.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    Ok((h["health"].as_str().unwrap_or_default().to_string(), reasons))
+    Ok((
+        h["health"].as_str().unwrap_or_default().to_string(),
+        reasons,
+    ))
 }
 
 fn wait_health(c: &Cluster, host: &str, want: &str, reason: &str) {
@@ -265,19 +287,29 @@ fn a_hosts_own_checks_and_maintenance_show_as_its_health_and_keep_vms_away() {
 
     // A pool of nas2 whose filesystem goes read-only: nas2's own check
     // finds it, the leader records it, and nothing is placed there.
-    let fs = Tmpfs::mount();
+    let fs = Tmpfs::mount_for(c.host(2).pid());
     c.host(1).json(&[
-        "pool", "create", "fast", fs.0.to_str().unwrap(), "--host", "nas2",
-    ]);
-    fs.remount("ro");
-    wait_health(&c, "nas2", "degraded", "pool fast is on a filesystem mounted read-only");
-    let ev = events_of(&c, 3, "host-degraded");
-    assert!(ev.iter().any(|e| e["target"] == "host/nas2"), "{ev:#?}");
-    let err = c.host(1).fails(&[
-        "vm", "create", "d1", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
+        "pool",
+        "create",
+        "fast",
+        fs.path.to_str().unwrap(),
+        "--host",
         "nas2",
     ]);
-    assert!(err.contains("degraded") && err.contains("read-only"), "{err}");
+    fs.remount("ro");
+    wait_health(
+        &c,
+        "nas2",
+        "degraded",
+        "pool fast is on a filesystem mounted read-only",
+    );
+    let ev = events_of(&c, 3, "host-degraded");
+    assert!(ev.iter().any(|e| e["target"] == "host/nas2"), "{ev:#?}");
+    let err = c.host(1).fails(&blank_on("d1", "default:16", "nas2"));
+    assert!(
+        err.contains("degraded") && err.contains("read-only"),
+        "{err}"
+    );
     fs.remount("rw");
     wait_health(&c, "nas2", "healthy", "");
     let ev = events_of(&c, 1, "host-healthy");
@@ -289,10 +321,7 @@ fn a_hosts_own_checks_and_maintenance_show_as_its_health_and_keep_vms_away() {
         .json(&["host", "degrade", "nas2", "--reason", "disk swap"]);
     assert_eq!(h["health"], "maintenance", "{h:#}");
     wait_health(&c, "nas2", "maintenance", "in maintenance: disk swap");
-    let err = c.host(1).fails(&[
-        "vm", "create", "d2", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
-        "nas2",
-    ]);
+    let err = c.host(1).fails(&blank_on("d2", "default:16", "nas2"));
     assert!(err.contains("in maintenance"), "{err}");
     assert!(!events_of(&c, 1, "host-maintenance").is_empty());
     let err = c
@@ -301,8 +330,5 @@ fn a_hosts_own_checks_and_maintenance_show_as_its_health_and_keep_vms_away() {
     assert!(err.contains("reason"), "{err}");
     c.host(1).json(&["host", "undegrade", "nas2"]);
     wait_health(&c, "nas2", "healthy", "");
-    c.host(1).json(&[
-        "vm", "create", "d3", "--vcpus", "1", "--memory", "64", "--disk", "default:16", "--host",
-        "nas2",
-    ]);
+    c.host(1).json(&blank_on("d3", "default:16", "nas2"));
 }

@@ -80,7 +80,8 @@ fn host(name: &str) -> Value {
            "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 1,
-           "last_seen": "2026-01-01T00:00:00Z", "protocol": 2, "protocol_compatible": true})
+           "last_seen": "2026-01-01T00:00:00Z", "protocol": 2, "protocol_compatible": true,
+           "health": "healthy", "health_reasons": []})
 }
 
 pub fn job(id: &str, kind: &str) -> Value {
@@ -116,7 +117,7 @@ impl Core for FakeCore {
         Ok(match action {
             Action::GetHost => host("nas1"),
             Action::ListHosts => json!([host("nas1"), host("nas2")]),
-            Action::SetCordon { host: h, .. } => host(&h),
+            Action::SetCordon { host: h, .. } | Action::SetMaintenance { host: h, .. } => host(&h),
             Action::EvacuateHost { .. } => job("j4", "evacuate"),
             Action::MigrateVm { .. } => job("j5", "migrate"),
             Action::InstallPlugin(_) => plugin("acme-scheduler", "acme", "active"),

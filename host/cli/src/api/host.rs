@@ -65,12 +65,17 @@ pub fn run(c: &Client, args: HostArgs, out: Out) -> CliResult<()> {
             let body = HostDegrade { reason };
             let h: HostView = c.send("POST", &host_path(&host, "degrade"), &body)?;
             out.done(&h, |h| {
-                format!("host {host} is in maintenance: {}", cell(&h.health_reasons.join("; ")))
+                format!(
+                    "host {host} is in maintenance: {}",
+                    cell(&h.health_reasons.join("; "))
+                )
             });
         }
         Some(HostCmd::Undegrade { host }) => {
             let h: HostView = c.call("POST", &host_path(&host, "undegrade"))?;
-            out.done(&h, |h| format!("host {host} out of maintenance: {}", cell(&h.health)));
+            out.done(&h, |h| {
+                format!("host {host} out of maintenance: {}", cell(&h.health))
+            });
         }
         Some(HostCmd::Evacuate { host, wait }) => {
             let j: JobView = c.call("POST", &host_path(&host, "evacuate"))?;
@@ -86,8 +91,8 @@ impl Render for HostView {
         "node",
         "address",
         "online",
-        "health",
         "cordoned",
+        "health",
         "role",
         "vms",
         "cpus",
@@ -102,8 +107,8 @@ impl Render for HostView {
             cell(&self.node_id),
             cell(&self.address),
             cell(&self.online),
-            cell(&self.health),
             cell(&self.cordoned),
+            cell(&self.health),
             cell(&self.cluster_role),
             cell(&self.vms),
             cell(&self.cpus),

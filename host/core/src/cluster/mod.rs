@@ -320,12 +320,26 @@ impl Inner {
             })
             .await?;
         let (kind_, message) = match &reason {
-            Some(r) if r.is_empty() => ("host-maintenance", format!("host {host} put into maintenance")),
-            Some(r) => ("host-maintenance", format!("host {host} put into maintenance: {r}")),
-            None => ("host-maintenance-ended", format!("host {host} is out of maintenance")),
+            Some(r) if r.is_empty() => (
+                "host-maintenance",
+                format!("host {host} put into maintenance"),
+            ),
+            Some(r) => (
+                "host-maintenance",
+                format!("host {host} put into maintenance: {r}"),
+            ),
+            None => (
+                "host-maintenance-ended",
+                format!("host {host} is out of maintenance"),
+            ),
         };
-        self.event(kind_, Severity::Warning, Some(format!("host/{host}")), message)
-            .await;
+        self.event(
+            kind_,
+            Severity::Warning,
+            Some(format!("host/{host}")),
+            message,
+        )
+        .await;
         Ok(self.host_view(&rec))
     }
 

@@ -558,9 +558,7 @@ fn observe(name: BridgeName, bridge: &Link, links: &[Link]) -> Vswitch {
         let attached = links
             .iter()
             .any(|l| l.name == port && l.master == Some(bridge.index));
-        let carrier = links
-            .iter()
-            .any(|l| l.name == port && l.up && l.carrier);
+        let carrier = links.iter().any(|l| l.name == port && l.up && l.carrier);
         Some(Uplink {
             nic,
             vlan,

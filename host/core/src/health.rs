@@ -100,7 +100,7 @@ impl Inner {
             .health
             .rounds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let probe = round % PROBE_EVERY_ROUNDS == 0;
+        let probe = round.is_multiple_of(PROBE_EVERY_ROUNDS);
         let run = tokio::task::spawn_blocking(move || {
             let mut p = Vec::new();
             let mut probed = Vec::new();

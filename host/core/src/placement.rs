@@ -188,8 +188,6 @@ impl Inner {
     }
 }
 
-/// A VM's recorded state as the plugins see it: each state its own, so a
-/// policy tells a crash or a panic from a stop.
 /// A host's health as plugins see it.
 fn plugin_health(
     (health, reasons): (nasvisor_api_types::HostHealth, Vec<String>),
@@ -204,6 +202,8 @@ fn plugin_health(
     (h, reasons)
 }
 
+/// A VM's recorded state as the plugins see it: each state its own, so a
+/// policy tells a crash or a panic from a stop.
 fn plugin_state(s: VmStatus) -> VmState {
     match s {
         VmStatus::Stopped => VmState::Stopped,

@@ -131,6 +131,10 @@ impl Inner {
         let reason = match (&vm.host, &vm.passive) {
             (None, _) => unprotected("not placed yet: the passive host is chosen at the first start".into()),
             (Some(_), None) => unprotected("no host can hold its reservation (online, healthy, not cordoned, with room)".into()),
+            (Some(a), Some(p)) if a == p => unprotected(format!(
+                "it moved to its passive host {p}; a new passive host is chosen at its next \
+                 start or with `vm edit --ha on`"
+            )),
             (Some(_), Some(p)) => match self.db.get::<HostRecord>(kind::HOST, p) {
                 None => unprotected(format!("its passive host {p} is gone")),
                 Some((h, _)) => match self.health_of(&h, false) {

@@ -389,6 +389,14 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
         "the passive host's free memory: {before:?} -> {after:?}"
     );
     assert_eq!(before["nas1"] - after["nas1"], 512, "{before:?} -> {after:?}");
+    let st = c.host(2).json(&["ha", "status"]);
+    assert!(
+        st.as_array().is_some_and(|l| l.len() == 1
+            && l[0]["vm"] == "p"
+            && l[0]["ha"]["state"] == "protected"
+            && l[0]["ha"]["passive"] == passive.as_str()),
+        "{st:#}"
+    );
 
     // HA off: the reservation goes; on again: a passive host again.
     let v = c.host(3).json(&["vm", "edit", "p", "--ha", "off"]);

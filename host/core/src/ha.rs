@@ -122,6 +122,72 @@ impl Inner {
             .map(|(h, _)| h)
     }
 
+    /// The leader, after each heartbeat round: an active HA VM whose
+    /// passive host is lost (or none, or its own host) gets a new one when
+    /// a host can hold its reservation, and loses the lost one otherwise;
+    /// each change is an event.
+    pub(crate) async fn reprotect_ha_vms(&self) {
+        let vms: Vec<VmRecord> = self
+            .db
+            .list::<VmRecord>(kind::VM)
+            .into_iter()
+            .filter(|v| v.ha && v.is_active())
+            .collect();
+        for vm in vms {
+            let Some(active) = vm.host.clone() else {
+                continue;
+            };
+            if self.lost_host(&active).is_some() {
+                continue;
+            }
+            let old = vm.passive.clone();
+            let needs = match &old {
+                None => true,
+                Some(p) => *p == active || self.lost_host(p).is_some(),
+            };
+            if !needs {
+                continue;
+            }
+            let new = self.choose_passive(&vm, &active).await;
+            if new == old || (new.is_none() && old.is_none()) {
+                continue;
+            }
+            let r = self
+                .db
+                .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                    if v.passive == old {
+                        v.passive = new.clone();
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(vm = %vm.name, error = %e, "cannot record a new passive host");
+                continue;
+            }
+            let was = old
+                .map(|p| format!("its passive host {p} is lost"))
+                .unwrap_or_else(|| "it had no passive host".into());
+            let (kind_, severity, message) = match &new {
+                Some(p) => (
+                    "vm-ha-protected",
+                    crate::model::Severity::Info,
+                    format!("HA VM {}: {was}; its new passive host is {p}", vm.name),
+                ),
+                None => (
+                    "vm-ha-unprotected",
+                    crate::model::Severity::Warning,
+                    format!(
+                        "HA VM {}: {was}, and no other host can hold its reservation",
+                        vm.name
+                    ),
+                ),
+            };
+            self.event(kind_, severity, Some(format!("vm/{}", vm.name)), message)
+                .await;
+        }
+    }
+
     /// The HA status of an HA VM, for its view.
     pub(crate) fn ha_status(&self, vm: &VmRecord) -> Option<VmHaView> {
         if !vm.ha {

@@ -420,23 +420,34 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
         "{v:#}"
     );
 
-    // The passive host lost: unprotected, naming it.
+    // The passive host lost: the VM keeps running and is protected again
+    // on the third host, with an event.
+    let v = c.host(1).json(&["vm", "show", "p"]);
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host").to_string();
+    let third = ["nas2", "nas3"]
+        .into_iter()
+        .find(|h| *h != passive)
+        .expect("a third host");
     let i = c.index_of_name(&passive).expect("the passive host's index");
     c.host_mut(i).kill9();
     c.cut(i);
-    let v = eventually(Duration::from_secs(30), "p unprotected", || {
+    eventually(Duration::from_secs(30), "p protected on the third host", || {
         let v = c.host(1).try_json(&["vm", "show", "p"])?;
-        if v["ha_status"]["state"] == "unprotected" {
+        if v["ha_status"]["state"] == "protected" && v["ha_status"]["passive"] == third {
             Ok(v)
         } else {
             Err(format!("{v:#}"))
         }
     });
-    let reason = v["ha_status"]["reason"].as_str().unwrap_or_default();
+    let ev = events_of(&c, 1, "vm-ha-protected");
     assert!(
-        reason.contains(&format!("passive host {passive} is offline")),
-        "{v:#}"
+        ev.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{passive} is lost")) && m.contains(third))),
+        "{ev:#?}"
     );
+    let v = c.host(1).json(&["vm", "show", "p"]);
+    assert_eq!(v["state"], "running", "{v:#}");
 
     // Two hosts online: HA is refused, naming the offline one.
     let mut args = blank_on("r", "nfs:64", "nas1");

@@ -54,7 +54,7 @@ impl Fake {
 
 fn vm(id: &str) -> Value {
     json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
-           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false,
+           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false, "ha_status": null,
            "firmware": "bios", "image": null, "pid": null, "qemu_state": null, "accel": null, "install_job": null,
            "created_at": "2026-01-01T00:00:00Z",
            "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
@@ -1034,6 +1034,17 @@ fn every_command_sends_the_right_action() {
                     memory_mib: Some(4096),
                     description: Some("d".into()),
                     autostart: Some(false),
+                    ha: None,
+                },
+            },
+        ),
+        (
+            vec!["vm", "edit", "vm1", "--ha", "on"],
+            Action::UpdateVm {
+                id: "vm1".into(),
+                update: VmUpdate {
+                    ha: Some(true),
+                    ..Default::default()
                 },
             },
         ),

@@ -19,6 +19,7 @@ mod cluster;
 pub mod db;
 pub mod errors;
 mod events;
+mod ha;
 mod handle;
 mod health;
 mod image_copy;

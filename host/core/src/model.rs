@@ -38,6 +38,7 @@ impl VmRecord {
             firmware: Firmware::Bios,
             autostart: false,
             ha: false,
+            passive: None,
             image: None,
             disks: Vec::new(),
             nics: Vec::new(),
@@ -128,6 +129,10 @@ pub struct VmRecord {
     pub autostart: bool,
     #[serde(default)]
     pub ha: bool,
+    /// The passive host of an HA VM: its vCPUs and memory are reserved for
+    /// the VM while the VM is active.
+    #[serde(default)]
+    pub passive: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
@@ -172,6 +177,7 @@ impl VmRecord {
             description: self.description.clone(),
             autostart: self.autostart,
             ha: self.ha,
+            ha_status: None,
             firmware: self.firmware.kind(),
             image: self.image.clone(),
             pid: rt.pid,
@@ -201,6 +207,11 @@ impl VmRecord {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether this HA VM holds a reservation on `host` (its passive host).
+    pub fn reserves_on(&self, host: &str) -> bool {
+        self.ha && self.passive.as_deref() == Some(host) && self.host.as_deref() != Some(host)
     }
 
     /// Whether the VM holds resources on its host.
@@ -486,6 +497,7 @@ mod tests {
             firmware: Firmware::Uefi,
             autostart: true,
             ha: false,
+            passive: None,
             image: Some("deb".into()),
             disks: vec![DiskRecord {
                 pool: "default".into(),

@@ -11,13 +11,15 @@ use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::*;
 
 impl Inner {
-    /// Memory of the active VMs on `host`, MiB (the VM `except` excluded).
+    /// Memory and vCPUs taken on `host`: its active VMs, and the
+    /// reservations of the active HA VMs whose passive host it is (the VM
+    /// `except` excluded, both ways).
     pub(crate) fn used_memory_mib(&self, host: &str, except: Option<&str>) -> (u64, u32) {
         self.db
             .list::<VmRecord>(kind::VM)
             .iter()
-            .filter(|v| v.host.as_deref() == Some(host) && v.is_active())
-            .filter(|v| Some(v.id.as_str()) != except)
+            .filter(|v| v.is_active() && Some(v.id.as_str()) != except)
+            .filter(|v| v.host.as_deref() == Some(host) || v.reserves_on(host))
             .fold((0, 0), |(m, c), v| (m + v.memory_mib, c + v.vcpus))
     }
 
@@ -221,7 +223,7 @@ fn plugin_state(s: VmStatus) -> VmState {
     }
 }
 
-fn vm_info(v: &VmRecord) -> VmInfo {
+pub(crate) fn vm_info(v: &VmRecord) -> VmInfo {
     VmInfo {
         id: v.id.clone(),
         name: v.name.clone(),

@@ -332,3 +332,132 @@ fn a_hosts_own_checks_and_maintenance_show_as_its_health_and_keep_vms_away() {
     wait_health(&c, "nas2", "healthy", "");
     c.host(1).json(&blank_on("d3", "default:16", "nas2"));
 }
+
+/// `free_memory_mib` of each host, as host list on nas1 shows it.
+fn free_memory(c: &Cluster) -> std::collections::BTreeMap<String, u64> {
+    let hosts = c.host(1).json(&["host", "list"]);
+    hosts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap_or_default().to_string(),
+                h["free_memory_mib"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotected() {
+    let _s = serial();
+    let mut c = Cluster::start(3);
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+
+    // Protected: on a shared pool, started on nas1, with a passive host
+    // whose free memory drops by the VM's memory.
+    let v = c.host(2).json(&[
+        "vm", "create", "p", "--vcpus", "1", "--memory", "512", "--disk", "nfs:64", "--host",
+        "nas1", "--ha",
+    ]);
+    assert_eq!(v["ha"], true, "{v:#}");
+    assert_eq!(v["ha_status"]["state"], "unprotected", "{v:#}");
+    assert!(
+        v["ha_status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("first start")),
+        "{v:#}"
+    );
+    let before = free_memory(&c);
+    let v = c.host(1).json(&["vm", "start", "p"]);
+    let passive = v["ha_status"]["passive"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no passive host: {v:#}"))
+        .to_string();
+    assert_ne!(passive, "nas1", "{v:#}");
+    assert_eq!(v["ha_status"]["active"], "nas1", "{v:#}");
+    assert_eq!(v["ha_status"]["state"], "protected", "{v:#}");
+    let after = free_memory(&c);
+    assert_eq!(
+        before[&passive] - after[&passive],
+        512,
+        "the passive host's free memory: {before:?} -> {after:?}"
+    );
+    assert_eq!(before["nas1"] - after["nas1"], 512, "{before:?} -> {after:?}");
+    let st = c.host(2).json(&["ha", "status"]);
+    assert!(
+        st.as_array().is_some_and(|l| l.len() == 1
+            && l[0]["vm"] == "p"
+            && l[0]["ha"]["state"] == "protected"
+            && l[0]["ha"]["passive"] == passive.as_str()),
+        "{st:#}"
+    );
+
+    // HA off: the reservation goes; on again: a passive host again.
+    let v = c.host(3).json(&["vm", "edit", "p", "--ha", "off"]);
+    assert_eq!(v["ha_status"], Value::Null, "{v:#}");
+    assert_eq!(free_memory(&c)[&passive], before[&passive]);
+    let v = c.host(3).json(&["vm", "edit", "p", "--ha", "on"]);
+    assert_eq!(v["ha_status"]["state"], "protected", "{v:#}");
+    assert_ne!(v["ha_status"]["passive"], "nas1", "{v:#}");
+
+    // On a host's own pool it is unprotected until replicas exist, and
+    // says so.
+    let mut args = blank_on("q", "default:64", "nas1");
+    args.push("--ha");
+    c.host(1).json(&args);
+    let v = c.host(1).json(&["vm", "start", "q"]);
+    assert_eq!(v["ha_status"]["state"], "unprotected", "{v:#}");
+    assert!(
+        v["ha_status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("replicas are not built yet")),
+        "{v:#}"
+    );
+
+    // The passive host lost: the VM keeps running and is protected again
+    // on the third host, with an event.
+    let v = c.host(1).json(&["vm", "show", "p"]);
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host").to_string();
+    let third = ["nas2", "nas3"]
+        .into_iter()
+        .find(|h| *h != passive)
+        .expect("a third host");
+    let i = c.index_of_name(&passive).expect("the passive host's index");
+    c.host_mut(i).kill9();
+    c.cut(i);
+    eventually(Duration::from_secs(30), "p protected on the third host", || {
+        let v = c.host(1).try_json(&["vm", "show", "p"])?;
+        if v["ha_status"]["state"] == "protected" && v["ha_status"]["passive"] == third {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    let ev = events_of(&c, 1, "vm-ha-protected");
+    assert!(
+        ev.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("{passive} is lost")) && m.contains(third))),
+        "{ev:#?}"
+    );
+    let v = c.host(1).json(&["vm", "show", "p"]);
+    assert_eq!(v["state"], "running", "{v:#}");
+
+    // Two hosts online: HA is refused, naming the offline one.
+    let mut args = blank_on("r", "nfs:64", "nas1");
+    args.push("--ha");
+    let err = c.host(1).fails(&args);
+    assert!(
+        err.contains("ha") && err.contains("at least 3 online hosts") && err.contains(&passive),
+        "{err}"
+    );
+    // Turning HA off needs no majority of hosts, only the quorum.
+    let v = c.host(1).json(&["vm", "edit", "q", "--ha", "off"]);
+    assert_eq!(v["ha"], false, "{v:#}");
+}

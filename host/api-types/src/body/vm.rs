@@ -236,6 +236,9 @@ pub struct VmUpdate {
     /// Start with the host.
     #[serde(default)]
     pub autostart: Option<bool>,
+    /// Protect by HA (needs at least 3 online hosts), or stop protecting.
+    #[serde(default)]
+    pub ha: Option<bool>,
 }
 
 /// Body of `POST /api/v1/vms/{id}/console`.

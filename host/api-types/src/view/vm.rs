@@ -126,6 +126,30 @@ pub struct VmNicView {
     pub tap: Option<String>,
 }
 
+/// Whether an HA VM is protected now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HaState {
+    /// A passive host holds its reservation and can take it over.
+    Protected,
+    /// It could not be taken over now (`reason`).
+    Unprotected,
+}
+
+/// The HA side of an HA VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "VmHa", deny_unknown_fields)]
+pub struct VmHaView {
+    /// The host where it runs (its `host`).
+    pub active: Option<String>,
+    /// The host whose vCPUs and memory are reserved for it.
+    pub passive: Option<String>,
+    /// Protected or not.
+    pub state: HaState,
+    /// Why it is unprotected; null when protected.
+    pub reason: Option<String>,
+}
+
 /// A VM (`GET /api/v1/vms/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Vm", deny_unknown_fields)]
@@ -154,6 +178,9 @@ pub struct VmView {
     pub autostart: bool,
     /// Protected by HA.
     pub ha: bool,
+    /// Its HA status (active, passive, state); null when `ha` is off.
+    #[serde(default)]
+    pub ha_status: Option<VmHaView>,
     /// Firmware.
     pub firmware: FirmwareKind,
     /// The system image it was installed from.

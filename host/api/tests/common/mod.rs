@@ -46,7 +46,7 @@ impl FakeCore {
 
 pub fn vm(id: &str) -> Value {
     json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
-           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false,
+           "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false, "ha_status": null,
            "firmware": "bios", "image": null, "pid": null, "qemu_state": null, "accel": null, "install_job": null,
            "created_at": "2026-01-01T00:00:00Z",
            "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],

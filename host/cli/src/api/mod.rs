@@ -19,6 +19,7 @@ pub mod client;
 mod cluster;
 mod console;
 mod event;
+mod ha;
 mod host;
 mod image;
 mod install;
@@ -67,6 +68,9 @@ pub enum ApiCommand {
     /// The cluster of hosts.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// High availability: the protection of HA VMs.
+    #[command(subcommand)]
+    Ha(ha::HaCmd),
 }
 
 /// Runs an API command; errors print as `error: ...` and exit with 1.
@@ -82,6 +86,7 @@ pub fn run(cmd: ApiCommand, opts: &ApiOpts) -> ExitCode {
         ApiCommand::Job(j) => jobs::run(c, j, out),
         ApiCommand::Event(e) => event::run(c, e, out),
         ApiCommand::Cluster(cmd) => cluster::run(c, cmd, out),
+        ApiCommand::Ha(cmd) => ha::run(c, cmd, out),
     })
 }
 

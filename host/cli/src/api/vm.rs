@@ -80,6 +80,10 @@ pub enum VmCmd {
         /// true or false.
         #[arg(long, action = ArgAction::Set)]
         autostart: Option<bool>,
+        /// on or off: protect by HA (a passive host keeps its vCPUs and
+        /// memory reserved for the VM; needs at least 3 online hosts).
+        #[arg(long, value_parser = on_off)]
+        ha: Option<bool>,
     },
     /// Show the serial console; with --follow, keep streaming and send the
     /// lines typed on stdin (Ctrl-] then Enter, or end of input, quits).
@@ -115,6 +119,32 @@ pub enum VmCmd {
         #[arg(long, short = 'n')]
         newline: bool,
     },
+}
+
+/// `no`, or the HA state with its passive host and reason:
+/// `protected (passive nas3)`, `unprotected (passive -: why)`.
+fn ha_line(v: &VmView) -> String {
+    match (&v.ha_status, v.ha) {
+        (_, false) => "no".into(),
+        (None, true) => "yes".into(),
+        (Some(s), true) => {
+            let mut line = format!("{} (passive {}", cell(&s.state), cell(&s.passive));
+            if let Some(r) = &s.reason {
+                line.push_str(&format!(": {r}"));
+            }
+            line.push(')');
+            line
+        }
+    }
+}
+
+/// `on`/`off` (also `true`/`false`), for `--ha`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: give on or off")),
+    }
 }
 
 /// The path of a VM.
@@ -182,6 +212,7 @@ pub fn run(c: &Client, cmd: VmCmd, out: Out) -> CliResult<()> {
             memory,
             description,
             autostart,
+            ha,
         } => {
             let update = VmUpdate {
                 name,
@@ -189,10 +220,11 @@ pub fn run(c: &Client, cmd: VmCmd, out: Out) -> CliResult<()> {
                 memory_mib: memory,
                 description,
                 autostart,
+                ha,
             };
             if update == VmUpdate::default() {
                 return Err(CliError::msg(
-                    "nothing to change: give --name, --vcpus, --memory, --description or --autostart",
+                    "nothing to change: give --name, --vcpus, --memory, --description, --autostart or --ha",
                 ));
             }
             let v: VmView = c.send("PATCH", &vm_path(&vm), &update)?;
@@ -329,7 +361,7 @@ impl Render for VmView {
             ("image", cell(&self.image)),
             ("install job", cell(&self.install_job)),
             ("autostart", cell(&self.autostart)),
-            ("ha", cell(&self.ha)),
+            ("ha", ha_line(self)),
             ("created", cell(&self.created_at)),
             ("description", cell(&self.description)),
         ]));

@@ -57,6 +57,7 @@ impl Inner {
                         }
                     }
                     me.heartbeat_round().await;
+                    me.reprotect_ha_vms().await;
                 }
                 was_leader = leader;
             }

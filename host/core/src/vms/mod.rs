@@ -40,6 +40,7 @@ impl Inner {
 
     pub(crate) fn vm_view(&self, v: &VmRecord) -> VmView {
         let mut view = v.view(&self.processes.runtime(&v.id));
+        view.ha_status = self.ha_status(v);
         self.mark_unknown(v, &mut view);
         view
     }
@@ -113,13 +114,7 @@ impl Inner {
         }
         self.check_host_fit(req.vcpus, req.memory_mib)?;
         if req.ha {
-            let hosts = self.db.list::<crate::model::HostRecord>(kind::HOST).len();
-            if hosts < 3 {
-                return Err(errors::invalid(
-                    "ha",
-                    format!("HA needs a cluster of at least 3 hosts; this cluster has {hosts}"),
-                ));
-            }
+            self.check_ha_possible()?;
         }
         let image = match &req.image {
             Some(name) => {
@@ -274,6 +269,7 @@ impl Inner {
             },
             autostart: req.autostart,
             ha: req.ha,
+            passive: None,
             image: req.image.clone(),
             disks,
             nics,
@@ -336,6 +332,20 @@ impl Inner {
             upd.vcpus.unwrap_or(vm.vcpus),
             upd.memory_mib.unwrap_or(vm.memory_mib),
         )?;
+        // HA on: a passive host now if the VM has a host (else at its first
+        // start); off: the reservation goes.
+        let passive = match upd.ha {
+            Some(true) if !vm.ha => {
+                self.check_ha_possible()?;
+                match &vm.host {
+                    Some(active) => self.choose_passive(&vm, active).await,
+                    None => None,
+                }
+            }
+            Some(true) => vm.passive.clone(),
+            Some(false) => None,
+            None => vm.passive.clone(),
+        };
         let rec = self
             .db
             .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
@@ -354,6 +364,10 @@ impl Inner {
                 if let Some(a) = upd.autostart {
                     v.autostart = a;
                 }
+                if let Some(h) = upd.ha {
+                    v.ha = h;
+                }
+                v.passive = passive.clone();
                 Ok(())
             })
             .await?;

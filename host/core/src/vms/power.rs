@@ -101,17 +101,39 @@ impl Inner {
         let (used, _) = self.used_memory_mib(&host, Some(&vm.id));
         let cap = self.vm_memory_capacity(&self.host);
         if used + vm.memory_mib > cap {
+            let reserved: Vec<String> = self
+                .db
+                .list::<VmRecord>(kind::VM)
+                .into_iter()
+                .filter(|v| v.is_active() && v.reserves_on(&host) && v.id != vm.id)
+                .map(|v| format!("{} ({} MiB)", v.name, v.memory_mib))
+                .collect();
             return Err(errors::conflict(format!(
-                "host {host} has {} MiB free for VMs, VM {} needs {}",
+                "host {host} has {} MiB free for VMs, VM {} needs {}{}",
                 cap.saturating_sub(used),
                 vm.name,
-                vm.memory_mib
+                vm.memory_mib,
+                if reserved.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; starting it would break the HA reservation of VM {}",
+                        reserved.join(", ")
+                    )
+                }
             )));
         }
+        // An HA VM gets its passive host with its host.
+        let passive = match (&vm.passive, vm.ha) {
+            (Some(p), true) if *p != host => Some(p.clone()),
+            (_, true) => self.choose_passive(&vm, &host).await,
+            (_, false) => None,
+        };
         let vm = self
             .db
             .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                 v.host = Some(host.clone());
+                v.passive = passive.clone();
                 v.state = VmStatus::Starting;
                 v.state_reason = None;
                 v.desired = Desired::Running;

@@ -195,8 +195,16 @@ impl Inner {
         }
         let unprotected = |reason: String| Some(reason);
         let reason = match (&vm.host, &vm.passive) {
-            (None, _) => unprotected("not placed yet: the passive host is chosen at the first start".into()),
-            (Some(_), None) => unprotected("no host can hold its reservation (online, healthy, not cordoned, with room)".into()),
+            (None, _) => {
+                unprotected("not placed yet: its passive host is chosen when it starts".into())
+            }
+            (Some(_), None) if !vm.is_active() => {
+                unprotected("not running: its passive host is chosen when it starts".into())
+            }
+            (Some(_), None) => unprotected(
+                "no host can hold its reservation (online, healthy, not cordoned, with room)"
+                    .into(),
+            ),
             (Some(a), Some(p)) if a == p => unprotected(format!(
                 "it moved to its passive host {p}; a new passive host is chosen at its next \
                  start or with `vm edit --ha on`"

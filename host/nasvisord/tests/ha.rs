@@ -370,7 +370,7 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     assert!(
         v["ha_status"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("first start")),
+            .is_some_and(|r| r.contains("chosen when it starts")),
         "{v:#}"
     );
     let before = free_memory(&c);
@@ -388,7 +388,11 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
         512,
         "the passive host's free memory: {before:?} -> {after:?}"
     );
-    assert_eq!(before["nas1"] - after["nas1"], 512, "{before:?} -> {after:?}");
+    assert_eq!(
+        before["nas1"] - after["nas1"],
+        512,
+        "{before:?} -> {after:?}"
+    );
     let st = c.host(2).json(&["ha", "status"]);
     assert!(
         st.as_array().is_some_and(|l| l.len() == 1
@@ -423,7 +427,10 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     // The passive host lost: the VM keeps running and is protected again
     // on the third host, with an event.
     let v = c.host(1).json(&["vm", "show", "p"]);
-    let passive = v["ha_status"]["passive"].as_str().expect("a passive host").to_string();
+    let passive = v["ha_status"]["passive"]
+        .as_str()
+        .expect("a passive host")
+        .to_string();
     let third = ["nas2", "nas3"]
         .into_iter()
         .find(|h| *h != passive)
@@ -431,14 +438,18 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     let i = c.index_of_name(&passive).expect("the passive host's index");
     c.host_mut(i).kill9();
     c.cut(i);
-    eventually(Duration::from_secs(30), "p protected on the third host", || {
-        let v = c.host(1).try_json(&["vm", "show", "p"])?;
-        if v["ha_status"]["state"] == "protected" && v["ha_status"]["passive"] == third {
-            Ok(v)
-        } else {
-            Err(format!("{v:#}"))
-        }
-    });
+    eventually(
+        Duration::from_secs(30),
+        "p protected on the third host",
+        || {
+            let v = c.host(1).try_json(&["vm", "show", "p"])?;
+            if v["ha_status"]["state"] == "protected" && v["ha_status"]["passive"] == third {
+                Ok(v)
+            } else {
+                Err(format!("{v:#}"))
+            }
+        },
+    );
     let ev = events_of(&c, 1, "vm-ha-protected");
     assert!(
         ev.iter().any(|e| e["message"]

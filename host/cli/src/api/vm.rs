@@ -416,6 +416,7 @@ mod tests {
             description: None,
             autostart: false,
             ha: true,
+            ha_status: None,
             firmware: FirmwareKind::Uefi,
             image: None,
             pid: None,

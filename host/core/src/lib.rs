@@ -19,6 +19,7 @@ mod cluster;
 pub mod db;
 pub mod errors;
 mod events;
+mod faults;
 mod ha;
 mod handle;
 mod health;
@@ -104,6 +105,11 @@ pub struct CoreConfig {
     pub quorum_stop_delay: Duration,
     /// TLS on the migration, disk-copy and image-copy streams.
     pub migration_tls: bool,
+    /// Restarts in place of an HA VM that faulted more often than this
+    /// within `ha_restart_period` are refused: it stays down.
+    pub ha_max_restarts: u32,
+    /// The window in which an HA VM's faults are counted.
+    pub ha_restart_period: Duration,
     /// The cluster endpoint's connection caps and timeouts.
     pub cluster_limits: nasvisor_cluster::ServerLimits,
     /// Test builds only: the peer protocol window this core pretends to
@@ -131,6 +137,8 @@ impl CoreConfig {
             offline_after: Duration::from_secs(10),
             quorum_stop_delay: Duration::from_secs(60),
             migration_tls: true,
+            ha_max_restarts: 3,
+            ha_restart_period: Duration::from_secs(600),
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
             #[cfg(test)]
             test_peer_window: None,
@@ -220,6 +228,8 @@ pub(crate) struct Inner {
     pub processes: vms::VmProcesses,
     /// The last findings of this host's health checks.
     pub health: health::HealthChecks,
+    /// Recent faults of this host's VMs (HA restart limits).
+    pub faults: faults::FaultLog,
     /// The jobs running on this host, with their live progress.
     pub local_jobs: jobs::LocalJobs,
     /// The event log as this host appends to it.
@@ -364,6 +374,7 @@ impl NasCore {
             downloader,
             processes: vms::VmProcesses::default(),
             health: health::HealthChecks::default(),
+            faults: faults::FaultLog::default(),
             local_jobs: jobs::LocalJobs::default(),
             events: Default::default(),
             ops: tokio::sync::Mutex::new(()),

@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     pub offline_after_s: u64,
     /// How long a host without quorum keeps its VMs running, s (0..=86400).
     pub quorum_stop_delay_s: u64,
+    /// An HA VM that faulted (QEMU crash, guest panic) more often than this
+    /// within `ha-restart-period-s` is not restarted in place (0..=100).
+    pub ha_max_restarts: u32,
+    /// The window in which an HA VM's faults are counted, s (1..=86400).
+    pub ha_restart_period_s: u64,
     /// Encrypt migration, disk-copy and image-copy streams with TLS (the
     /// cluster's certificates). Off only on a dedicated, trusted storage
     /// network: it saves CPU and some downtime.
@@ -73,6 +78,8 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: 1000,
             offline_after_s: 10,
             quorum_stop_delay_s: 60,
+            ha_max_restarts: 3,
+            ha_restart_period_s: 600,
             migration_tls: true,
             limits: LimitsConfig::default(),
         }
@@ -339,6 +346,18 @@ impl Config {
             "cluster.quorum-stop-delay-s",
             cfg.cluster.quorum_stop_delay_s,
             0,
+            86_400,
+        )?;
+        range(
+            "cluster.ha-max-restarts",
+            cfg.cluster.ha_max_restarts.into(),
+            0,
+            100,
+        )?;
+        range(
+            "cluster.ha-restart-period-s",
+            cfg.cluster.ha_restart_period_s,
+            1,
             86_400,
         )?;
         for (section, limits) in [("api", &cfg.api.limits), ("cluster", &cfg.cluster.limits)] {

@@ -168,6 +168,8 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.heartbeat_interval = std::time::Duration::from_millis(cfg.cluster.heartbeat_interval_ms);
     c.offline_after = std::time::Duration::from_secs(cfg.cluster.offline_after_s);
     c.quorum_stop_delay = std::time::Duration::from_secs(cfg.cluster.quorum_stop_delay_s);
+    c.ha_max_restarts = cfg.cluster.ha_max_restarts;
+    c.ha_restart_period = std::time::Duration::from_secs(cfg.cluster.ha_restart_period_s);
     c.migration_tls = cfg.cluster.migration_tls;
     c.cluster_limits = cfg.cluster.limits.limits();
     c.bundled_images = cfg

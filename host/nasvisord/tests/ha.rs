@@ -472,3 +472,80 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     let v = c.host(1).json(&["vm", "edit", "q", "--ha", "off"]);
     assert_eq!(v["ha"], false, "{v:#}");
 }
+
+/// The pid of VM `vm` on host i, once it runs there with a pid other than
+/// `not`.
+fn running_pid(c: &Cluster, i: usize, vm: &str, not: Option<i32>) -> i32 {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{vm} running again"),
+        || {
+            let v = c.host(i).try_json(&["vm", "show", vm])?;
+            match v["pid"].as_i64().map(|p| p as i32) {
+                Some(p) if v["state"] == "running" && Some(p) != not => Ok(p),
+                _ => Err(format!("{v:#}")),
+            }
+        },
+    )
+}
+
+fn kill(pid: i32) {
+    // SAFETY: kill(2) of a QEMU pid this test's daemon reported for its VM.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
+    let _s = serial();
+    let c = Cluster::start_with(3, &["ha-max-restarts = 2"]);
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let mut args = blank_on("cr", "nfs:64", "nas1");
+    args.push("--ha");
+    c.host(1).json(&args);
+    c.host(1).json(&["vm", "start", "cr"]);
+    let mut pid = running_pid(&c, 1, "cr", None);
+
+    // Two crashes: restarted in place each time (the policy's delay is
+    // 1 s, then 2 s), with an event.
+    for n in 1..=2 {
+        kill(pid);
+        pid = running_pid(&c, 1, "cr", Some(pid));
+        let ev = events_of(&c, 2, "vm-restarted");
+        assert_eq!(ev.len(), n, "{ev:#?}");
+        assert!(ev.iter().all(|e| e["target"] == "vm/cr"), "{ev:#?}");
+    }
+    assert!(c.live_qemus(1).contains(&pid));
+
+    // The third within the period is over ha-max-restarts 2: it stays down.
+    kill(pid);
+    eventually(Duration::from_secs(30), "the restart limit", || {
+        let ev = events_of(&c, 1, "vm-restart-limit");
+        if ev.iter().any(|e| e["target"] == "vm/cr") {
+            Ok(())
+        } else {
+            Err(format!("{ev:#?}"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let v = c.host(1).json(&["vm", "show", "cr"]);
+    assert_eq!(v["state"], "crashed", "{v:#}");
+    assert_eq!(events_of(&c, 1, "vm-restarted").len(), 2);
+
+    // A VM without HA is not restarted.
+    c.host(1).json(&blank_on("plain", "nfs:64", "nas1"));
+    c.host(1).json(&["vm", "start", "plain"]);
+    let p = running_pid(&c, 1, "plain", None);
+    kill(p);
+    c.host(1).wait_vm("plain", Duration::from_secs(30), |v| {
+        v["state"] == "crashed"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let v = c.host(1).json(&["vm", "show", "plain"]);
+    assert_eq!(v["state"], "crashed", "{v:#}");
+}

@@ -43,6 +43,10 @@ fn tap_create_attach_and_delete() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+    // As it is now (the carrier seen at creation may have been that
+    // instant's): what `ensure` and `get` are compared with below.
+    let tap = Tap::get(&net, &name).unwrap().expect("the tap");
+    assert!(!tap.carrier, "no process has the tap open: {tap:?}");
     let link = ns.link(name.as_str()).expect("tap exists in the namespace");
     assert_eq!(link["linkinfo"]["info_kind"], "tun");
     assert_eq!(link["linkinfo"]["info_data"]["type"], "tap");

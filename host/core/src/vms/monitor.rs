@@ -18,9 +18,17 @@ impl Inner {
                     // stopped or crashed, no answer shows a pid.
                     me.forget_instance(&id, inst.pid());
                     me.observe(&id, &st).await;
+                    if let VmState::Crashed { detail } = &st {
+                        let fault = crate::faults::Fault::Crashed(detail.clone());
+                        tokio::spawn(me.clone().on_vm_fault(id.clone(), fault));
+                    }
                     return;
                 }
                 me.observe(&id, &st).await;
+                if let VmState::Panicked { detail } = &st {
+                    let fault = crate::faults::Fault::Panicked(detail.clone());
+                    tokio::spawn(me.clone().on_vm_fault(id.clone(), fault));
+                }
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { break },
                     _ = me.shutdown.cancelled() => return,

@@ -165,9 +165,11 @@ impl Inner {
                 tracing::warn!(vm = %vm.name, error = %e, "cannot record a new passive host");
                 continue;
             }
-            let was = old
-                .map(|p| format!("its passive host {p} is lost"))
-                .unwrap_or_else(|| "it had no passive host".into());
+            let was = match old {
+                Some(p) if p == active => format!("it moved onto its passive host {p}"),
+                Some(p) => format!("its passive host {p} is lost"),
+                None => "it had no passive host".into(),
+            };
             let (kind_, severity, message) = match &new {
                 Some(p) => (
                     "vm-ha-protected",
@@ -206,8 +208,8 @@ impl Inner {
                     .into(),
             ),
             (Some(a), Some(p)) if a == p => unprotected(format!(
-                "it moved to its passive host {p}; a new passive host is chosen at its next \
-                 start or with `vm edit --ha on`"
+                "it runs on its passive host {p} (it moved there); the leader chooses a new \
+                 passive host after its next heartbeat round"
             )),
             (Some(_), Some(p)) => match self.db.get::<HostRecord>(kind::HOST, p) {
                 None => unprotected(format!("its passive host {p} is gone")),

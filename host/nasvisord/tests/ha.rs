@@ -471,6 +471,29 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     // Turning HA off needs no majority of hosts, only the quorum.
     let v = c.host(1).json(&["vm", "edit", "q", "--ha", "off"]);
     assert_eq!(v["ha"], false, "{v:#}");
+
+    // Moved onto its passive host, it gets a new passive host: the host it
+    // left.
+    c.host(1)
+        .json(&["vm", "migrate", "p", "--to", third, "--wait"]);
+    eventually(Duration::from_secs(30), "a new passive host", || {
+        let v = c.host(1).try_json(&["vm", "show", "p"])?;
+        if v["host"] == third
+            && v["ha_status"]["state"] == "protected"
+            && v["ha_status"]["passive"] == "nas1"
+        {
+            Ok(())
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    let ev = events_of(&c, 1, "vm-ha-protected");
+    assert!(
+        ev.iter().any(|e| e["message"].as_str().is_some_and(|m| m
+            .contains(&format!("moved onto its passive host {third}"))
+            && m.contains("new passive host is nas1"))),
+        "{ev:#?}"
+    );
 }
 
 /// The pid of VM `vm` on host i, once it runs there with a pid other than

@@ -25,6 +25,18 @@ fn blank_on<'a>(name: &'a str, pool_disk: &'a str, host: &'a str) -> Vec<&'a str
     ]
 }
 
+/// Three hosts formed into a cluster, with a pool `nfs` every host
+/// reaches (kept while the returned directory lives).
+fn three_hosts_with_a_shared_pool(cluster_lines: &[&str]) -> (Cluster, tempfile::TempDir) {
+    let c = Cluster::start_with(3, cluster_lines);
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    (c, shared)
+}
+
 fn events_of(c: &Cluster, from: usize, kind: &str) -> Vec<Value> {
     let list = c.host(from).json(&["event", "list", "--limit", "1000"]);
     common::events_of_kind(&list, kind)
@@ -33,12 +45,7 @@ fn events_of(c: &Cluster, from: usize, kind: &str) -> Vec<Value> {
 #[test]
 fn a_lost_hosts_vms_are_unknown_then_recovered_elsewhere_or_force_deleted() {
     let _s = serial();
-    let mut c = Cluster::start(3);
-    c.form();
-    let shared = tempfile::tempdir().expect("tempdir");
-    let dir = shared.path().join("pool");
-    c.host(1)
-        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
     // On nas2: `sh` on the shared pool, `loc` on nas2's own pool.
     c.host(1).json(&blank_on("sh", "nfs:64", "nas2"));
     c.host(1).json(&blank_on("loc", "default:64", "nas2"));
@@ -352,12 +359,7 @@ fn free_memory(c: &Cluster) -> std::collections::BTreeMap<String, u64> {
 #[test]
 fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotected() {
     let _s = serial();
-    let mut c = Cluster::start(3);
-    c.form();
-    let shared = tempfile::tempdir().expect("tempdir");
-    let dir = shared.path().join("pool");
-    c.host(1)
-        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
 
     // Protected: on a shared pool, started on nas1, with a passive host
     // whose free memory drops by the VM's memory.
@@ -522,12 +524,7 @@ fn kill(pid: i32) {
 #[test]
 fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
     let _s = serial();
-    let c = Cluster::start_with(3, &["ha-max-restarts = 2"]);
-    c.form();
-    let shared = tempfile::tempdir().expect("tempdir");
-    let dir = shared.path().join("pool");
-    c.host(1)
-        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let (c, _shared) = three_hosts_with_a_shared_pool(&["ha-max-restarts = 2"]);
     let mut args = blank_on("cr", "nfs:64", "nas1");
     args.push("--ha");
     c.host(1).json(&args);
@@ -539,7 +536,15 @@ fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
     for n in 1..=2 {
         kill(pid);
         pid = running_pid(&c, 1, "cr", Some(pid));
-        let ev = events_of(&c, 2, "vm-restarted");
+        // The event is recorded just after the start it reports.
+        let ev = eventually(Duration::from_secs(10), "the vm-restarted event", || {
+            let ev = events_of(&c, 2, "vm-restarted");
+            if ev.len() >= n {
+                Ok(ev)
+            } else {
+                Err(format!("{ev:#?}"))
+            }
+        });
         assert_eq!(ev.len(), n, "{ev:#?}");
         assert!(ev.iter().all(|e| e["target"] == "vm/cr"), "{ev:#?}");
     }

@@ -178,7 +178,15 @@ pub async fn migrate_out(
                 .await
                 .map_err(MigrateError::qmp("query-migrate"))?;
             match info.status {
-                Some(MigrationStatus::Completed) => return Ok(MigrationDone { info, paused_at }),
+                Some(MigrationStatus::Completed) => {
+                    // QMP sends events and replies in order, and QEMU stops
+                    // the guest before it completes: a `STOP` the select
+                    // above did not pick up yet is already queued.
+                    if paused_at.is_none() {
+                        paused_at = queued_stop(&mut events);
+                    }
+                    return Ok(MigrationDone { info, paused_at });
+                }
                 Some(s @ (MigrationStatus::Failed | MigrationStatus::Cancelled)) => {
                     return Err(MigrateError::MigrationFailed {
                         status: s.to_string(),
@@ -202,6 +210,25 @@ pub async fn migrate_out(
             })
             .await
             .map_err(MigrateError::qmp("migrate-set-parameters"))?;
+        }
+    }
+}
+
+/// The time of a `STOP` event already queued on `events`, if any.
+fn queued_stop(
+    events: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+) -> Option<SystemTime> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(ev) if matches!(ev.kind(), EventKind::Stop) => {
+                return Some(
+                    ev.timestamp
+                        .map_or_else(SystemTime::now, |t| t.to_system_time()),
+                )
+            }
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
         }
     }
 }

@@ -191,10 +191,19 @@ impl<Vm> Call<Vm> for MigratePrepare<Vm> {
     }
 }
 
-/// `heartbeat`: no fields (the version is in the envelope).
+/// `heartbeat`: the leader asks a member how it is, and confirms that it
+/// is in touch with the cluster (the member's HA lease, docs/ha.md).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Heartbeat {}
+pub struct Heartbeat {
+    /// How long ago, in ms, a majority last acknowledged the leader. The
+    /// member counts its contact with the cluster from then, not from the
+    /// call's arrival: a leader cut off from the majority, still calling
+    /// the hosts on its side, renews no lease past the moment it lost the
+    /// majority. Added within version 2 (no release carried it without).
+    #[serde(default)]
+    pub quorum_age_ms: u64,
+}
 
 /// A member's answer to the leader's heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -436,6 +436,19 @@ impl ClusterStore {
         }
     }
 
+    /// On the leader, how long ago a majority of the voters last
+    /// acknowledged it (zero for a sole voter); `None` on any other node.
+    pub fn quorum_ack_age(&self) -> Option<Duration> {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        if m.membership_config.membership().voter_ids().count() <= 1 {
+            return Some(Duration::ZERO);
+        }
+        m.millis_since_quorum_ack.map(Duration::from_millis)
+    }
+
     /// A copy of the current raft metrics.
     pub fn metrics(&self) -> RaftMetrics {
         self.raft().metrics().borrow().clone()

@@ -10,12 +10,12 @@
 //!   and it stays down, so a VM that crashes at boot does not loop);
 //! - `notify`: an event with the plugin's message;
 //! - `hold`: an event; the VM stays as it is;
-//! - `failover`, `switchover`, `fence`: not built yet, recorded as
-//!   `ha-action-deferred`.
+//! - `failover` of this VM: to the target the policy names (`failover.rs`);
+//! - `switchover`, `fence`, or an action about another VM: not carried out
+//!   after a VM fault, recorded as `ha-action-deferred`.
 
 use crate::model::{kind, Desired, Severity, VmRecord, VmStatus};
 use crate::{lock, Inner};
-use nasvisor_plugin_host::{DecisionInput, DecisionOutput};
 use nasvisor_plugin_sdk::prelude::{Event, HaAction, VmFault};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -81,23 +81,7 @@ impl Inner {
             Fault::Crashed(_) => Event::VmCrashed(f),
             Fault::Panicked(_) => Event::GuestPanicked(f),
         }];
-        let decision = self
-            .decide(DecisionInput::React {
-                view: self.cluster_view(),
-                events,
-            })
-            .await;
-        let actions = match decision.map(|d| d.answer) {
-            Ok(Ok(DecisionOutput::Actions(a))) => a,
-            Ok(other) => {
-                tracing::warn!(vm = %vm.name, answer = ?other, "the ha policy gave no actions");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::warn!(vm = %vm.name, error = %e, "the ha policy could not be asked");
-                Vec::new()
-            }
-        };
+        let actions = self.react(events).await;
         for action in actions {
             self.carry_out(&vm, event, recent, action).await;
         }
@@ -160,15 +144,14 @@ impl Inner {
                     }
                 }
             }
-            HaAction::Notify(n) => {
-                use nasvisor_plugin_sdk::prelude::Severity as S;
-                let severity = match n.severity {
-                    S::Info => Severity::Info,
-                    S::Warning => Severity::Warning,
-                    S::Critical => Severity::Error,
-                };
-                self.event("ha-notice", severity, target, n.message).await;
+            HaAction::Failover(m) if m.vm == vm.id => {
+                // Its QEMU is gone (or paused after a panic: stopped
+                // first), so it cannot run twice.
+                self.stop_instance(&vm.id).await;
+                let why = format!("it {what} {recent} time(s): {}", m.reason);
+                self.fail_over(&vm.id, &m.target, &why).await;
             }
+            HaAction::Notify(n) => self.ha_notice(target, n).await,
             HaAction::Hold(h) => {
                 self.event(
                     "ha-hold",
@@ -187,8 +170,9 @@ impl Inner {
                     Severity::Warning,
                     target,
                     format!(
-                        "the ha policy asked for {other:?} after VM {} {what}; failover, \
-                         switchover and fencing are not built yet, so the VM stays down",
+                        "the ha policy asked for {other:?} after VM {} {what}; only a \
+                         restart or a failover of the VM itself is carried out after a fault, \
+                         so the VM stays down",
                         vm.name
                     ),
                 )

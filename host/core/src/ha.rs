@@ -256,6 +256,7 @@ impl Inner {
                 HaState::Unprotected
             },
             reason,
+            last_move: vm.last_ha_move.clone(),
         })
     }
 }

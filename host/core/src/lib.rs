@@ -19,6 +19,7 @@ mod cluster;
 pub mod db;
 pub mod errors;
 mod events;
+mod failover;
 mod faults;
 mod ha;
 mod handle;
@@ -103,6 +104,20 @@ pub struct CoreConfig {
     pub offline_after: Duration,
     /// How long a host without quorum keeps its VMs running.
     pub quorum_stop_delay: Duration,
+    /// How long after `offline_after` a host without contact with the
+    /// majority keeps its HA VMs running; the leader starts them elsewhere
+    /// a margin later (docs/ha.md).
+    pub ha_fence_delay: Duration,
+    /// The fence command: a program and its arguments (`{host}` and
+    /// `{address}` replaced by the lost host's id and cluster address) that
+    /// powers a lost host off and exits 0 once it is off. Empty: none, the
+    /// leader waits for the lost host's own deadline.
+    pub fence_command: Vec<String>,
+    /// How long the fence command may take.
+    pub fence_command_timeout: Duration,
+    /// The program run as the HA watchdog (`nasvisord watchdog`); none in
+    /// unit tests.
+    pub watchdog_exe: Option<PathBuf>,
     /// TLS on the migration, disk-copy and image-copy streams.
     pub migration_tls: bool,
     /// Restarts in place of an HA VM that faulted more often than this
@@ -133,9 +148,13 @@ impl CoreConfig {
             bundled_images: Vec::new(),
             cluster_id: "nasvisor".into(),
             cluster_address: "127.0.0.1:8444".into(),
-            heartbeat_interval: Duration::from_secs(1),
-            offline_after: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(500),
+            offline_after: Duration::from_secs(3),
             quorum_stop_delay: Duration::from_secs(60),
+            ha_fence_delay: Duration::from_secs(2),
+            fence_command: Vec::new(),
+            fence_command_timeout: Duration::from_secs(30),
+            watchdog_exe: None,
             migration_tls: true,
             ha_max_restarts: 3,
             ha_restart_period: Duration::from_secs(600),
@@ -240,6 +259,8 @@ pub(crate) struct Inner {
     pub shutdown: CancellationToken,
     /// Heartbeats, quorum and fencing.
     pub cluster: cluster::ClusterRuntime,
+    /// The leader's failover and switchover bookkeeping.
+    pub ha: failover::HaRuntime,
     /// Live migrations this host takes part in.
     pub migrations: migrate::Migrations,
     /// Images this host serves to others.
@@ -360,6 +381,7 @@ impl NasCore {
             removed: false,
             problems: Vec::new(),
             maintenance: None,
+            fenced: None,
         };
 
         let inner = Arc::new(Inner {
@@ -380,6 +402,7 @@ impl NasCore {
             ops: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             cluster: Default::default(),
+            ha: Default::default(),
             migrations: Default::default(),
             image_exports: Default::default(),
             cluster_plugins: Default::default(),
@@ -392,6 +415,7 @@ impl NasCore {
         inner.ensure_default_pool().await?;
         inner.make_pools_private();
         inner.recover().await?;
+        inner.start_ha_lease();
         inner.add_bundled_images().await;
         inner.register_library_images().await;
         inner.apply_cluster_plugins().await;

@@ -39,6 +39,7 @@ impl VmRecord {
             autostart: false,
             ha: false,
             passive: None,
+            last_ha_move: None,
             image: None,
             disks: Vec::new(),
             nics: Vec::new(),
@@ -133,6 +134,10 @@ pub struct VmRecord {
     /// the VM while the VM is active.
     #[serde(default)]
     pub passive: Option<String>,
+    /// The last switchover or failover of an HA VM: what, from where to
+    /// where, and when.
+    #[serde(default)]
+    pub last_ha_move: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
@@ -469,6 +474,11 @@ pub struct HostRecord {
     /// reason given (empty when none).
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// Fenced by the leader while lost: known to run no VM any more, and
+    /// how that is known (its self-fence deadline passed, or the fence
+    /// command confirmed it), with the time. Cleared when it answers again.
+    #[serde(default)]
+    pub fenced: Option<String>,
 }
 
 fn yes() -> bool {
@@ -498,6 +508,7 @@ mod tests {
             autostart: true,
             ha: false,
             passive: None,
+            last_ha_move: None,
             image: Some("deb".into()),
             disks: vec![DiskRecord {
                 pool: "default".into(),

@@ -100,7 +100,11 @@ impl Inner {
             })?;
         tracing::debug!(from, call = call.name(), "peer call");
         match call {
-            PeerCall::Heartbeat(_) => reply::<Heartbeat>(self.heartbeat()),
+            PeerCall::Heartbeat(h) => {
+                // Only the leader's loop sends heartbeats.
+                self.renew_ha_lease(std::time::Duration::from_millis(h.quorum_age_ms));
+                reply::<Heartbeat>(self.heartbeat())
+            }
             PeerCall::Action(c) => {
                 tracing::debug!(from, action = ?c.action, "action forwarded by another host");
                 let result = self.handle_here(c.action).await?;

@@ -200,6 +200,7 @@ fn plugin_health(
         H::Degraded => HostHealth::Degraded,
         H::Maintenance => HostHealth::Maintenance,
         H::Offline | H::Unknown => HostHealth::Unreachable,
+        H::Fenced => HostHealth::Fenced,
     };
     (h, reasons)
 }
@@ -235,7 +236,13 @@ pub(crate) fn vm_info(v: &VmRecord) -> VmInfo {
         state: plugin_state(v.state),
         host: v.host.clone(),
         ha_enabled: v.ha,
-        ha: None,
+        ha: match (v.ha, &v.host, &v.passive) {
+            (true, Some(active), Some(passive)) => Some(HaAssignment {
+                active: active.clone(),
+                passive: passive.clone(),
+            }),
+            _ => None,
+        },
         constraints: PlacementConstraints::default(),
     }
 }

@@ -57,6 +57,18 @@ pub struct ClusterConfig {
     pub offline_after_s: u64,
     /// How long a host without quorum keeps its VMs running, s (0..=86400).
     pub quorum_stop_delay_s: u64,
+    /// How long after `offline-after-s` a host without word from the
+    /// majority keeps its HA VMs running, s (0..=3600); the leader fails
+    /// them over 1.5 s after that (docs/ha.md).
+    pub ha_fence_delay_s: u64,
+    /// The fence command: an absolute program path and its arguments
+    /// (`{host}` and `{address}` are replaced by the lost host's id and
+    /// cluster address). It powers the host off (IPMI, a PDU) and exits 0
+    /// once it is off, which lets the leader fail over without waiting for
+    /// the host's own deadline. Empty: none.
+    pub fence_command: Vec<String>,
+    /// How long the fence command may take, s (1..=600).
+    pub fence_command_timeout_s: u64,
     /// An HA VM that faulted (QEMU crash, guest panic) more often than this
     /// within `ha-restart-period-s` is not restarted in place (0..=100).
     pub ha_max_restarts: u32,
@@ -75,9 +87,12 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             address: "127.0.0.1:8444".into(),
-            heartbeat_interval_ms: 1000,
-            offline_after_s: 10,
+            heartbeat_interval_ms: 500,
+            offline_after_s: 3,
             quorum_stop_delay_s: 60,
+            ha_fence_delay_s: 2,
+            fence_command: Vec::new(),
+            fence_command_timeout_s: 30,
             ha_max_restarts: 3,
             ha_restart_period_s: 600,
             migration_tls: true,
@@ -348,6 +363,26 @@ impl Config {
             0,
             86_400,
         )?;
+        range(
+            "cluster.ha-fence-delay-s",
+            cfg.cluster.ha_fence_delay_s,
+            0,
+            3600,
+        )?;
+        range(
+            "cluster.fence-command-timeout-s",
+            cfg.cluster.fence_command_timeout_s,
+            1,
+            600,
+        )?;
+        if let Some(program) = cfg.cluster.fence_command.first() {
+            if !std::path::Path::new(program).is_absolute() {
+                return Err(invalid(
+                    "cluster.fence-command",
+                    format!("the program must be an absolute path, got {program:?}"),
+                ));
+            }
+        }
         range(
             "cluster.ha-max-restarts",
             cfg.cluster.ha_max_restarts.into(),

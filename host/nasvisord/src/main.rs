@@ -42,6 +42,22 @@ struct Args {
     /// Log filter (tracing env-filter syntax).
     #[arg(long, default_value = "info", env = "NASVISOR_LOG")]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The HA watchdog (started by the daemon, not by hand): kills the HA
+    /// QEMUs listed in the lease when it lapses (docs/ha.md). SIGTERM ends it.
+    Watchdog {
+        /// The lease file the daemon renews.
+        #[arg(long)]
+        lease: PathBuf,
+        /// How often the lease is checked, ms.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=1000))]
+        poll_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +71,15 @@ fn main() -> ExitCode {
         .with_writer(|| RedactingWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        nasvisor_watchdog::run(
+            &nasvisor_watchdog::LeaseFile::new(lease),
+            std::time::Duration::from_millis(*poll_ms),
+            &stop,
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -168,6 +193,10 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.heartbeat_interval = std::time::Duration::from_millis(cfg.cluster.heartbeat_interval_ms);
     c.offline_after = std::time::Duration::from_secs(cfg.cluster.offline_after_s);
     c.quorum_stop_delay = std::time::Duration::from_secs(cfg.cluster.quorum_stop_delay_s);
+    c.ha_fence_delay = std::time::Duration::from_secs(cfg.cluster.ha_fence_delay_s);
+    c.fence_command = cfg.cluster.fence_command.clone();
+    c.fence_command_timeout = std::time::Duration::from_secs(cfg.cluster.fence_command_timeout_s);
+    c.watchdog_exe = std::env::current_exe().ok();
     c.ha_max_restarts = cfg.cluster.ha_max_restarts;
     c.ha_restart_period = std::time::Duration::from_secs(cfg.cluster.ha_restart_period_s);
     c.migration_tls = cfg.cluster.migration_tls;

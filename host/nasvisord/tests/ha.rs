@@ -8,7 +8,7 @@ use common::alive;
 use common::cluster::{eventually, Cluster};
 use serde_json::Value;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Three daemons and TCG guests on a small machine: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -576,4 +576,235 @@ fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
     std::thread::sleep(Duration::from_secs(3));
     let v = c.host(1).json(&["vm", "show", "plain"]);
     assert_eq!(v["state"], "crashed", "{v:#}");
+}
+
+/// Creates HA VM `vm` on `host` with a disk on the shared pool, starts it,
+/// and returns its passive host's index and its QEMU's pid.
+fn protected_vm(c: &Cluster, vm: &str, host: usize) -> (usize, i32) {
+    let name = c.name(host);
+    let mut args = blank_on(vm, "nfs:64", &name);
+    args.push("--ha");
+    c.host(1).json(&args);
+    let v = c.host(1).json(&["vm", "start", vm]);
+    assert_eq!(v["ha_status"]["state"], "protected", "{v:#}");
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let p = c.index_of_name(passive).expect("the passive host's index");
+    (p, running_pid(c, host, vm, None))
+}
+
+/// Watches VM `vm`'s QEMUs on two hosts until one runs on `to` (other than
+/// `not`): panics if `old` on `from` is ever seen alive together with a
+/// QEMU of `vm` on `to`. Returns the new pid and when `old` was last seen
+/// alive and the new one first.
+fn watch_handover(
+    c: &Cluster,
+    from: usize,
+    old: i32,
+    to: usize,
+    not: &[i32],
+    timeout: Duration,
+) -> (i32, Instant, Instant) {
+    let start = Instant::now();
+    let mut old_last_alive = start;
+    loop {
+        let old_alive = common::alive(old);
+        if old_alive {
+            old_last_alive = Instant::now();
+        }
+        let new: Vec<i32> = c
+            .live_qemus(to)
+            .into_iter()
+            .filter(|p| !not.contains(p))
+            .collect();
+        if let Some(&pid) = new.first() {
+            assert!(
+                !old_alive || from == to,
+                "two QEMUs of the VM at once: pid {old} on nas{from} and {pid} on nas{to}"
+            );
+            return (pid, old_last_alive, Instant::now());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no QEMU on nas{to} within {timeout:?} (old pid {old} alive: {old_alive}); events:\n{}",
+            ha_events(c, to)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The HA events as host i lists them, one line each (for failures).
+fn ha_events(c: &Cluster, i: usize) -> String {
+    let list = c
+        .host(i)
+        .try_json(&["event", "list", "--limit", "1000"])
+        .unwrap_or_default();
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|e| {
+                    e["kind"].as_str().is_some_and(|k| {
+                        k.starts_with("ha-") || k.starts_with("vm-") || k.starts_with("host-")
+                    })
+                })
+                .map(|e| format!("{} {} {}", e["kind"], e["target"], e["message"]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn has_event(c: &Cluster, from: usize, kind: &str, target: &str, text: &str) -> bool {
+    events_of(c, from, kind)
+        .iter()
+        .any(|e| e["target"] == target && e["message"].as_str().is_some_and(|m| m.contains(text)))
+}
+
+#[test]
+fn a_degraded_host_switches_its_ha_vm_over_and_a_dead_one_fails_it_over() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (p, pid) = protected_vm(&c, "web", 2);
+
+    // Switchover: nas2 put into maintenance, web moves live to its passive
+    // host and keeps running (the same guest: its QEMU on nas2 ends only
+    // after the move).
+    c.host(1)
+        .json(&["host", "degrade", "nas2", "--reason", "fan failure"]);
+    let v = eventually(Duration::from_secs(60), "web switched over", || {
+        let v = c.host(3).try_json(&["vm", "show", "web"])?;
+        if v["host"] == c.name(p) && v["state"] == "running" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}\nevents:\n{}", ha_events(&c, 3)))
+        }
+    });
+    let last = v["ha_status"]["last_move"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("switchover from nas2 to {}", c.name(p)))
+            && last.contains("fan failure"),
+        "{v:#}"
+    );
+    assert!(has_event(&c, 1, "vm-switchover", "vm/web", "moves live"));
+    assert!(!common::alive(pid), "web's QEMU on nas2 is gone");
+    let active = p;
+    let pid = running_pid(&c, active, "web", None);
+    assert!(c.live_qemus(active).contains(&pid));
+    c.host(1).json(&["host", "undegrade", "nas2"]);
+    // Protected again: its new passive host is one that is healthy.
+    let v = eventually(Duration::from_secs(30), "web protected again", || {
+        let v = c.host(1).try_json(&["vm", "show", "web"])?;
+        if v["ha_status"]["state"] == "protected" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let p = c.index_of_name(passive).expect("its index");
+    assert_ne!(p, active);
+
+    // Failover: the active host dies (daemon and QEMU killed, link cut).
+    // The leader fences it past its deadline and web starts on the
+    // passive host from the shared pool.
+    let t0 = Instant::now();
+    c.host_mut(active).kill9();
+    kill(pid);
+    c.cut(active);
+    let (new, _, seen) = watch_handover(&c, active, pid, p, &[], Duration::from_secs(60));
+    eprintln!(
+        "failover: web runs on nas{p} {:.1} s after nas{active} died",
+        (seen - t0).as_secs_f64()
+    );
+    let v = c
+        .host(p)
+        .poll_vm("web", Duration::from_secs(30), |v| v["state"] == "running");
+    assert_eq!(v["host"], c.name(p), "{v:#}");
+    assert_eq!(v["pid"].as_i64(), Some(new as i64), "{v:#}");
+    let last = v["ha_status"]["last_move"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "failover from {} to {}",
+            c.name(active),
+            c.name(p)
+        )),
+        "{v:#}"
+    );
+    assert!(has_event(
+        &c,
+        p,
+        "host-fenced",
+        &format!("host/{}", c.name(active)),
+        "past its own deadline"
+    ));
+    assert!(has_event(
+        &c,
+        p,
+        "vm-failed-over",
+        "vm/web",
+        "failed over from"
+    ));
+    let hosts = c.host(p).json(&["host", "list"]);
+    let lost = hosts
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == c.name(active).as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lost["health"], "fenced", "{hosts:#}");
+}
+
+#[test]
+fn a_cut_off_host_stops_its_ha_vm_before_the_majority_starts_it_and_a_dead_daemons_watchdog_does() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (p, pid) = protected_vm(&c, "db", 2);
+
+    // nas2 cut off, alive: it stops db itself when its lease lapses; only
+    // then does the majority start db on the passive host.
+    c.cut(2);
+    let (new, old_gone, seen) = watch_handover(&c, 2, pid, p, &[], Duration::from_secs(60));
+    eprintln!(
+        "partition: db's QEMU on nas2 last seen alive {:.1} s before the one on nas{p}",
+        (seen - old_gone).as_secs_f64()
+    );
+    assert!(
+        c.live_qemus(2).is_empty(),
+        "nas2 runs no QEMU: {:?}",
+        c.live_qemus(2)
+    );
+    c.host(p).poll_vm("db", Duration::from_secs(30), |v| {
+        v["state"] == "running" && v["host"] == c.name(p)
+    });
+
+    // Healed: nas2 comes back, does not start db again, and is no longer
+    // fenced.
+    c.heal(2);
+    c.wait_online(
+        1,
+        &[(1, true), (2, true), (3, true)],
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(c.live_qemus(2).is_empty(), "nas2 started db again");
+    assert!(common::alive(new));
+    let (h, _) = health_of(&c, 1, "nas2").expect("host list");
+    assert_eq!(h, "healthy");
+
+    // The daemon alone dies on db's host: its QEMU keeps running until the
+    // watchdog, a process of its own, kills it at the lease's end; the
+    // majority starts db elsewhere only after that.
+    let active = p;
+    assert!(c.host(active).watchdog_pid().is_some(), "a watchdog runs");
+    let v = c.host(1).json(&["vm", "show", "db"]);
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let p = c.index_of_name(passive).expect("its index");
+    c.host_mut(active).kill9();
+    assert!(common::alive(new), "the QEMU outlives its daemon");
+    let (_, gone, seen) = watch_handover(&c, active, new, p, &[], Duration::from_secs(60));
+    eprintln!(
+        "dead daemon: db's QEMU on nas{active} last seen alive {:.1} s before the one on nas{p}",
+        (seen - gone).as_secs_f64()
+    );
+    let fired = std::fs::read_to_string(c.host(active).lease_path().with_extension("json.fired"))
+        .expect("the watchdog's report");
+    assert!(fired.contains("\"db\""), "{fired}");
 }

@@ -32,7 +32,8 @@
 //!     `fence-after-ms`: fence (quorum permitting). Below: hold for the
 //!     remaining time. Already fenced hosts are ignored; unknown hosts give a
 //!     warning.
-//!   - `host-degraded` of a reachable host (`healthy` or `degraded`): each
+//!   - `host-degraded` of a reachable host (`healthy`, `degraded` or
+//!     `maintenance`): each
 //!     `running` HA VM whose active host (`ha.active`, else `host`) it is gets
 //!     a switchover to its passive host if that host is a valid target, else a
 //!     warning.
@@ -359,7 +360,11 @@ impl<'a> Ctx<'a> {
         } else {
             reasons
         };
-        if !matches!(h.health, HostHealth::Healthy | HostHealth::Degraded) {
+        // Reachable: it answers heartbeats (a host in maintenance does).
+        if !matches!(
+            h.health,
+            HostHealth::Healthy | HostHealth::Degraded | HostHealth::Maintenance
+        ) {
             plan.notify(
                 Severity::Info,
                 format!(

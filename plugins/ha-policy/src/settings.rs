@@ -2,7 +2,7 @@
 //!
 //! | key | type | default | meaning |
 //! |-----|------|---------|---------|
-//! | `fence-after-ms` | u64 | 10000 | Fence a host once its heartbeats were missed for at least this long (and the view has quorum). |
+//! | `fence-after-ms` | u64 | 3000 | Fence a host once its heartbeats were missed for at least this long (and the view has quorum). |
 //! | `restart-base-delay-ms` | u64 | 1000 | Delay before restarting a VM after its first recent fault; doubles with each further recent fault. |
 //! | `restart-max-delay-ms` | u64 | 60000 | Cap of the restart delay. |
 //! | `max-restarts` | u32 | 5 | Restart a faulted VM in place while its recent faults are at most this many; beyond, fail it over (HA) or give up. |
@@ -51,7 +51,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            fence_after_ms: 10_000,
+            fence_after_ms: 3_000,
             restart_base_delay_ms: 1_000,
             restart_max_delay_ms: 60_000,
             max_restarts: 5,
@@ -114,7 +114,7 @@ mod tests {
                 s.max_restarts,
                 s.sha_hold_ms
             ),
-            (10_000, 1_000, 60_000, 5, 30_000)
+            (3_000, 1_000, 60_000, 5, 30_000)
         );
     }
 

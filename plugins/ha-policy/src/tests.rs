@@ -233,6 +233,20 @@ fn degraded_report_of_unreachable_host_does_not_switch_over() {
     ));
 }
 
+#[test]
+fn a_host_in_maintenance_switches_its_ha_vms_over() {
+    let v = view(
+        vec![
+            host_in("h1", HostHealth::Maintenance),
+            host("h2", 1000),
+            host("h3", 1000),
+        ],
+        vec![ha_vm("a", "h1", "h2")],
+    );
+    let out = react(&v, &[degraded("h1")]);
+    assert_eq!(without_notices(&out), vec!["switchover a -> h2"]);
+}
+
 // ---- heartbeat-missed ----
 
 #[test]
@@ -249,8 +263,8 @@ fn heartbeat_missed_beyond_threshold_fences_with_quorum() {
 #[test]
 fn heartbeat_missed_below_threshold_holds_for_the_remaining_time() {
     let v = view(three_hosts(), vec![]);
-    assert_eq!(brief(&react(&v, &[missed("h1", 4_000)])), vec!["hold 6000"]);
-    assert_eq!(brief(&react(&v, &[missed("h1", 9_999)])), vec!["hold 1"]);
+    assert_eq!(brief(&react(&v, &[missed("h1", 1_000)])), vec!["hold 2000"]);
+    assert_eq!(brief(&react(&v, &[missed("h1", 2_999)])), vec!["hold 1"]);
     assert_eq!(
         brief(&react_with(
             &[("fence-after-ms", "5000")],

@@ -12,7 +12,7 @@ type Any = PeerCall<Vm>;
 
 fn every_call() -> Vec<Any> {
     vec![
-        Heartbeat {}.into_call(),
+        Heartbeat::default().into_call(),
         ForwardAction {
             action: Action::GetVm { id: "v1".into() },
         }

@@ -33,6 +33,9 @@ pub enum HostHealth {
     /// The host answering cannot reach the cluster's majority: what it
     /// shows of the others may be stale.
     Unknown,
+    /// Lost, and known to run no VM any more (it fenced itself past its
+    /// deadline, or the fence command confirmed it): its HA VMs fail over.
+    Fenced,
 }
 
 /// A host of the cluster (`GET /api/v1/host`, `GET /api/v1/hosts`).

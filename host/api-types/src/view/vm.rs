@@ -148,6 +148,9 @@ pub struct VmHaView {
     pub state: HaState,
     /// Why it is unprotected; null when protected.
     pub reason: Option<String>,
+    /// The last switchover or failover: what, from where to where, and
+    /// when; null when none happened.
+    pub last_move: Option<String>,
 }
 
 /// A VM (`GET /api/v1/vms/{id}`).

@@ -42,8 +42,15 @@ pub fn run(c: &Client, cmd: HaCmd, out: Out) -> CliResult<()> {
 }
 
 impl Render for HaRow {
-    const COLUMNS: &'static [&'static str] =
-        &["vm", "state", "active", "passive", "protection", "reason"];
+    const COLUMNS: &'static [&'static str] = &[
+        "vm",
+        "state",
+        "active",
+        "passive",
+        "protection",
+        "reason",
+        "last move",
+    ];
 
     fn row(&self) -> Vec<String> {
         let ha = self.ha.as_ref();
@@ -54,6 +61,7 @@ impl Render for HaRow {
             cell(&ha.and_then(|h| h.passive.as_ref())),
             cell(&ha.map(|h| h.state)),
             cell(&ha.and_then(|h| h.reason.as_ref())),
+            cell(&ha.and_then(|h| h.last_move.as_ref())),
         ]
     }
 }

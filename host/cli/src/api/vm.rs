@@ -121,8 +121,9 @@ pub enum VmCmd {
     },
 }
 
-/// `no`, or the HA state with its passive host and reason:
-/// `protected (passive nas3)`, `unprotected (passive -: why)`.
+/// `no`, or the HA state with its passive host and reason, and the last
+/// move: `protected (passive nas3); last failover from nas2 to nas1 at T`,
+/// `unprotected (passive -: why)`.
 fn ha_line(v: &VmView) -> String {
     match (&v.ha_status, v.ha) {
         (_, false) => "no".into(),
@@ -133,6 +134,9 @@ fn ha_line(v: &VmView) -> String {
                 line.push_str(&format!(": {r}"));
             }
             line.push(')');
+            if let Some(m) = &s.last_move {
+                line.push_str(&format!("; last {m}"));
+            }
             line
         }
     }

@@ -57,6 +57,7 @@ impl Inner {
                         }
                     }
                     me.heartbeat_round().await;
+                    me.ha_round().await;
                     me.reprotect_ha_vms().await;
                 }
                 was_leader = leader;
@@ -94,17 +95,25 @@ impl Inner {
             .map(|m| m.node_id)
             .collect();
         let timeout = self.cfg.heartbeat_interval.max(Duration::from_millis(200)) * 2;
+        let Some(age) = self.db.store().quorum_ack_age() else {
+            return;
+        };
+        let ask = Heartbeat {
+            quorum_age_ms: age.as_millis() as u64,
+        };
         let calls = hosts
             .iter()
             .filter(|h| members.contains(&h.node_id))
             .map(|h| {
                 let me = self.clone();
                 let h = h.clone();
+                let ask = ask.clone();
                 async move {
                     let r = if h.id == me.host.id {
+                        me.renew_own_ha_lease();
                         Ok(me.heartbeat())
                     } else {
-                        me.call_peer(&h, Heartbeat {}, timeout).await
+                        me.call_peer(&h, ask, timeout).await
                     };
                     (h, r)
                 }
@@ -121,6 +130,7 @@ impl Inner {
                         || h.protocol != Some(hb.protocol)
                         || !h.protocol_compatible
                         || h.problems != hb.problems
+                        || h.fenced.is_some()
                         || h.last_seen.as_deref().is_none_or(stale_timestamp);
                     if changed {
                         let came_back = !h.online;
@@ -128,6 +138,7 @@ impl Inner {
                             .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
                                 r.online = true;
                                 r.offline_since = None;
+                                r.fenced = None;
                                 r.version = hb.version.clone();
                                 r.storage_gib = hb.storage_gib;
                                 r.free_storage_gib = hb.free_storage_gib;
@@ -232,7 +243,8 @@ impl Inner {
     }
 
     /// Stops this host's VMs when it has been without quorum for the
-    /// configured delay; restarts them when the quorum is back.
+    /// configured delay, and its HA VMs when its HA lease lapsed
+    /// (`lease.rs`); starts them again once it has both back.
     async fn watch_quorum(self: &Arc<Self>) {
         let quorum = self.has_quorum();
         let since = {
@@ -243,36 +255,53 @@ impl Inner {
                     *s = Some(Instant::now());
                     tracing::warn!(
                         delay_s = self.cfg.quorum_stop_delay.as_secs_f64(),
-                        "lost the cluster's quorum; changes are refused, VMs stop after the delay"
+                        ha_delay_s = self.ha_fence_after().as_secs_f64(),
+                        "lost the cluster's quorum; changes are refused, HA VMs stop when the \
+                         HA lease lapses and the others after the delay"
                     );
                 }
                 (false, Some(_)) => {}
             }
             *s
         };
-        match since {
-            Some(t) if t.elapsed() >= self.cfg.quorum_stop_delay => {
-                let already = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), true);
-                if !already {
-                    let ids: Vec<String> = self.processes.ids();
-                    tracing::warn!(
-                        vms = ids.len(),
-                        "no quorum for the configured delay: stopping this host's VMs"
-                    );
-                    for id in ids {
-                        lock(&self.cluster.fenced).insert(id.clone());
-                        self.stop_instance(&id).await;
-                    }
-                }
+        let lapsed = self.ha_lease_lapsed();
+        let mut stop: Vec<String> = Vec::new();
+        if since.is_some_and(|t| t.elapsed() >= self.cfg.quorum_stop_delay) {
+            stop = self.processes.ids();
+            if !stop.is_empty() && !*lock(&self.cluster.stopped_for_quorum) {
+                tracing::warn!(
+                    vms = stop.len(),
+                    "no quorum for the configured delay: stopping this host's VMs"
+                );
             }
-            Some(_) => {}
-            None => {
-                let was = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), false);
-                if was {
-                    self.after_quorum_regained().await;
-                }
+        } else if lapsed {
+            stop = self.local_ha_vms().into_iter().map(|v| v.id).collect();
+            if !stop.is_empty() {
+                tracing::warn!(
+                    vms = stop.len(),
+                    after_s = self.ha_fence_after().as_secs_f64(),
+                    "no word from the cluster's majority past the HA lease: stopping this \
+                     host's HA VMs (the leader starts them elsewhere)"
+                );
             }
         }
+        if since.is_some() || lapsed {
+            *lock(&self.cluster.stopped_for_quorum) |= !stop.is_empty();
+            let stopped = !stop.is_empty();
+            for id in stop {
+                lock(&self.cluster.fenced).insert(id.clone());
+                self.stop_instance(&id).await;
+            }
+            if stopped {
+                self.write_ha_lease();
+            }
+            return;
+        }
+        let was = std::mem::replace(&mut *lock(&self.cluster.stopped_for_quorum), false);
+        if was {
+            self.after_quorum_regained().await;
+        }
+        self.write_ha_lease();
     }
 
     async fn after_quorum_regained(self: &Arc<Self>) {
@@ -290,10 +319,28 @@ impl Inner {
         )
         .await;
         for id in fenced {
-            let Some((vm, _)) = self.db.get::<VmRecord>(kind::VM, &id) else {
-                continue;
+            // As the leader has it: while this host was cut off, the VM may
+            // have failed over, and this host's copy of the store may not
+            // show it yet.
+            let vm = match self.db.store().get_linearizable(kind::VM, &id).await {
+                Ok(Some((v, _))) => match serde_json::from_value::<VmRecord>(v) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(vm = %id, error = %e, "unreadable VM record; not started again");
+                        continue;
+                    }
+                },
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(vm = %id, error = %e, "cannot read where the VM belongs now; not started again");
+                    continue;
+                }
             };
-            if vm.host.as_deref() != Some(self.host.id.as_str()) || vm.desired != Desired::Running {
+            if vm.host.as_deref() != Some(self.host.id.as_str()) {
+                tracing::info!(vm = %vm.name, host = ?vm.host, "a VM stopped while cut off now belongs to another host");
+                continue;
+            }
+            if vm.desired != Desired::Running {
                 self.set_state(
                     &id,
                     VmStatus::Stopped,

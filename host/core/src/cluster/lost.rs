@@ -18,7 +18,7 @@ use crate::model::{
     kind, now_rfc3339, pool_key, Desired, HostRecord, PoolRecord, Severity, VmRecord, VmStatus,
 };
 use crate::Inner;
-use nasvisor_api_types::{Action, CoreError, PowerOp, VmRecover, VmView};
+use nasvisor_api_types::{CoreError, VmRecover, VmView};
 use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
@@ -257,38 +257,13 @@ impl Inner {
                     }
                 }
             }
-            // Each disk must be on a shared pool, as the lost host and the
-            // target both resolve it (a host's own pool of the same name
-            // would hide the shared one).
-            let own_pool = |host: &str, pool: &str| {
-                self.db
-                    .get::<PoolRecord>(kind::POOL, &pool_key(Some(host), pool))
-                    .is_some()
-            };
             for d in &vm.disks {
-                let shared = self
-                    .db
-                    .get::<PoolRecord>(kind::POOL, &d.pool)
-                    .is_some_and(|(p, _)| p.shared());
-                if !shared || own_pool(&from, &d.pool) {
-                    return Err(errors::conflict(format!(
-                        "disk {}/{} of VM {} is on host {from}'s own pool, which only that host \
-                         reaches: the VM cannot be recovered elsewhere; delete its record with \
-                         `vm delete {} --force`",
-                        d.pool, d.volume, vm.name, vm.name
-                    )));
-                }
+                self.check_disk_shared(&vm, d, &from)?;
             }
             let target = self
                 .place_excluding(&vm, req.host.as_deref(), &[from.as_str()])
                 .await?;
-            if let Some(d) = vm.disks.iter().find(|d| own_pool(&target, &d.pool)) {
-                return Err(errors::conflict(format!(
-                    "host {target} has a pool of its own named {}, which hides the shared pool \
-                     of VM {}'s disk {}/{}: recover the VM on another host",
-                    d.pool, vm.name, d.pool, d.volume
-                )));
-            }
+            self.check_disks_follow(&vm, &from, &target)?;
             let reason = format!("recovered from lost host {from}");
             let vm = self
                 .db
@@ -318,33 +293,82 @@ impl Inner {
         )
         .await;
         if vm.desired == Desired::Running {
-            let started = if target == self.host.id {
-                self.start_vm(&vm, None).await.map(|_| ())
-            } else {
-                let start = Action::VmPower {
-                    id: vm.id.clone(),
-                    op: PowerOp::Start { host: None },
-                };
-                self.forward(&target, start).await.map(|_| ())
-            };
-            if let Err(e) = started {
+            if let Err(e) = self.start_on(&vm, &target).await {
                 tracing::warn!(vm = %vm.name, host = %target, error = %e, "a recovered VM did not start");
-                let reason = format!("recovered from lost host {}; start failed: {e}", lost.id);
-                let r = self
-                    .db
-                    .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
-                        if v.state == VmStatus::Stopped {
-                            v.state_reason = Some(reason.clone());
-                        }
-                        Ok(())
-                    })
+                self.note_start_failure(&vm, &format!("recovered from lost host {}", lost.id), &e)
                     .await;
-                if let Err(e) = r {
-                    tracing::warn!(vm = %vm.name, error = %e, "cannot record why a recovered VM did not start");
-                }
             }
         }
         Ok(self.vm_view(&self.find_vm(&vm.id)?))
+    }
+
+    /// Checks that disk `d` of `vm` is on a shared pool, which host `from`
+    /// does not hide with a pool of its own of the same name.
+    fn check_disk_shared(
+        &self,
+        vm: &VmRecord,
+        d: &crate::model::DiskRecord,
+        from: &str,
+    ) -> Result<(), CoreError> {
+        let shared = self
+            .db
+            .get::<PoolRecord>(kind::POOL, &d.pool)
+            .is_some_and(|(p, _)| p.shared());
+        if !shared || self.has_own_pool(from, &d.pool) {
+            return Err(errors::conflict(format!(
+                "disk {}/{} of VM {} is on host {from}'s own pool, which only that host \
+                 reaches: the VM cannot be started elsewhere; delete its record with \
+                 `vm delete {} --force`",
+                d.pool, d.volume, vm.name, vm.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn has_own_pool(&self, host: &str, pool: &str) -> bool {
+        self.db
+            .get::<PoolRecord>(kind::POOL, &pool_key(Some(host), pool))
+            .is_some()
+    }
+
+    /// Checks that `vm`'s disks can follow it from lost host `from` to
+    /// `target`: each on a shared pool that neither host hides with a pool
+    /// of its own of the same name.
+    pub(crate) fn check_disks_follow(
+        &self,
+        vm: &VmRecord,
+        from: &str,
+        target: &str,
+    ) -> Result<(), CoreError> {
+        for d in &vm.disks {
+            self.check_disk_shared(vm, d, from)?;
+            if self.has_own_pool(target, &d.pool) {
+                return Err(errors::conflict(format!(
+                    "host {target} has a pool of its own named {}, which hides the shared pool \
+                     of VM {}'s disk {}/{}: start the VM on another host",
+                    d.pool, vm.name, d.pool, d.volume
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records on a VM's record why it did not start after it was moved
+    /// (`what`), when it is still stopped.
+    pub(crate) async fn note_start_failure(&self, vm: &VmRecord, what: &str, e: &CoreError) {
+        let reason = format!("{what}; start failed: {e}");
+        let r = self
+            .db
+            .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                if v.state == VmStatus::Stopped {
+                    v.state_reason = Some(reason.clone());
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(vm = %vm.name, error = %e, "cannot record why a moved VM did not start");
+        }
     }
 
     /// Records host `id` lost (offline from now, or removed), then reports

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod heartbeat;
+pub(crate) mod lease;
 mod lost;
 
 /// How long a forwarded action may take (a VM start waits for QEMU).
@@ -44,13 +45,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Default)]
 pub(crate) struct ClusterRuntime {
     /// The leader's view: when each host last answered.
-    last_seen: Mutex<HashMap<String, Instant>>,
+    pub(crate) last_seen: Mutex<HashMap<String, Instant>>,
     /// When the quorum was lost (`None`: we have it).
     quorum_lost_since: Mutex<Option<Instant>>,
     /// VMs this host stopped because it lost the quorum.
     fenced: Mutex<HashSet<String>>,
-    /// Whether the stop after the quorum loss was done.
+    /// Whether VMs were stopped for the quorum loss or a lapsed HA lease.
     stopped_for_quorum: Mutex<bool>,
+    /// This host's HA lease (`lease.rs`).
+    pub(crate) lease: lease::HaLease,
 }
 
 impl Inner {
@@ -280,6 +283,12 @@ impl Inner {
             return (HostHealth::Unknown, reasons);
         }
         if let Some(lost) = self.lost_host(&h.id) {
+            if let Some(how) = &h.fenced {
+                return (
+                    HostHealth::Fenced,
+                    vec![lost.describe(), format!("fenced: {how}")],
+                );
+            }
             return (HostHealth::Offline, vec![lost.describe()]);
         }
         if let Some(r) = &h.maintenance {

@@ -164,8 +164,9 @@ impl Inner {
             )));
         }
         let live = self.processes.contains(&vm.id);
-        if live {
-            // Room on the target (the VM's memory is not counted there yet).
+        if live && !vm.reserves_on(&target.id) {
+            // Room on the target (the VM's memory is not counted there yet;
+            // an HA VM moving to its passive host has its room reserved).
             self.place_excluding(&vm, Some(&target.id), &[]).await?;
         }
         let copy = self.disks_to_copy(&vm, &target)?;

@@ -256,6 +256,7 @@ impl Inner {
             },
         );
         self.spawn_monitor(id.to_string(), inst);
+        self.write_ha_lease();
         self.remove_incoming_marker(id);
         Ok(())
     }

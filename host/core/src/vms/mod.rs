@@ -270,6 +270,7 @@ impl Inner {
             autostart: req.autostart,
             ha: req.ha,
             passive: None,
+            last_ha_move: None,
             image: req.image.clone(),
             disks,
             nics,

@@ -205,6 +205,7 @@ impl Inner {
             },
         );
         self.spawn_monitor(vm.id.clone(), inst.clone());
+        self.write_ha_lease();
         Ok(inst)
     }
 

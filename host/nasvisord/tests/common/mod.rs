@@ -517,10 +517,42 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         self.kill_qemus();
+        self.kill_watchdog();
     }
 }
 
 impl Daemon {
+    /// The HA lease the daemon's watchdog guards.
+    pub fn lease_path(&self) -> PathBuf {
+        self.data_dir().join("ha").join("lease.json")
+    }
+
+    /// The pid of this daemon's watchdog, when one runs.
+    pub fn watchdog_pid(&self) -> Option<i32> {
+        let lease = self.lease_path();
+        let pid: i32 = std::fs::read_to_string(lease.with_extension("json.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(lease.to_string_lossy().as_ref()))
+            .unwrap_or(false);
+        (ours && alive(pid)).then_some(pid)
+    }
+
+    /// SIGKILL to this daemon's watchdog (it outlives the daemon by
+    /// design), by its pid.
+    pub fn kill_watchdog(&self) {
+        if let Some(pid) = self.watchdog_pid() {
+            // SAFETY: kill(2) with the pid of the pid file of this test's
+            // own lease, checked just before to be its live watchdog.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// SIGKILL to the QEMUs of this daemon's run directory (they outlive the
     /// daemon by design), by their pids.
     pub fn kill_qemus(&self) {

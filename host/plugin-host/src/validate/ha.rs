@@ -137,7 +137,14 @@ impl<'v> Check<'v> {
             ));
         }
         let src = vm.host.as_deref().and_then(|h| self.view.host(h));
-        if src.is_none_or(|h| !matches!(h.health, HostHealth::Healthy | HostHealth::Degraded)) {
+        // Reachable: answering heartbeats (a host in maintenance answers).
+        let reachable = |h: &HostInfo| {
+            matches!(
+                h.health,
+                HostHealth::Healthy | HostHealth::Degraded | HostHealth::Maintenance
+            )
+        };
+        if src.is_none_or(|h| !reachable(h)) {
             return Err(format!(
                 "{what}: switchover of VM {:?} needs its host reachable",
                 m.vm

@@ -1,0 +1,181 @@
+//! The HA lease: how long this host may keep its HA VMs running without
+//! word from the cluster (docs/ha.md, "Fencing").
+//!
+//! The leader starts a lost host's HA VMs elsewhere once the host has been
+//! silent for `offline_after + ha_fence_delay` plus [`FAILOVER_MARGIN`],
+//! counted from the last heartbeat answer it received. This host counts
+//! the same span from its last confirmed contact with the majority: the
+//! arrival of a leader's heartbeat, less how long ago a majority last
+//! acknowledged that leader (a deposed leader renews nothing past the
+//! moment it lost the majority), or, on the leader, its last
+//! acknowledgement by the majority. That contact is never later than the
+//! answer the leader saw, so this host's deadline comes first:
+//!
+//! - the daemon stops its HA VMs itself at the deadline (the quorum watch's
+//!   clock, `heartbeat.rs`), and starts them again, if they are still its
+//!   own, once the lease is renewed;
+//! - the watchdog, a process of its own (`nasvisor_watchdog`), kills their
+//!   QEMUs [`WATCHDOG_GRACE`] later when the daemon did not: a daemon that
+//!   died or hangs renews nothing.
+
+use crate::model::{kind, VmRecord};
+use crate::{lock, Inner};
+use nasvisor_watchdog::{monotonic_ms, Guard, Lease, LeaseFile};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// How long after the daemon's own deadline the watchdog kills.
+pub(crate) const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
+/// How long after a lost host's deadline the leader may start its HA VMs
+/// elsewhere: the watchdog's grace, the kill itself, and clock drift.
+pub(crate) const FAILOVER_MARGIN: Duration = Duration::from_millis(1500);
+
+/// This host's lease.
+#[derive(Default)]
+pub(crate) struct HaLease {
+    /// The last confirmed contact with the majority, `monotonic_ms`; 0
+    /// before the first.
+    confirmed_ms: AtomicU64,
+    /// The file the watchdog reads (none without a watchdog, as in unit
+    /// tests).
+    file: OnceLock<LeaseFile>,
+    /// What was last written, not to write the same twice.
+    written: Mutex<Option<Lease>>,
+}
+
+impl HaLease {
+    fn confirmed_ms(&self) -> u64 {
+        self.confirmed_ms.load(Ordering::Acquire)
+    }
+}
+
+impl Inner {
+    /// How long a host may go without contact before it must have stopped
+    /// its HA VMs.
+    pub(crate) fn ha_fence_after(&self) -> Duration {
+        self.cfg.offline_after + self.cfg.ha_fence_delay
+    }
+
+    /// Starts (or finds again) the watchdog and takes over the lease it
+    /// guards: a daemon that restarts keeps the deadline it had, not a
+    /// fresh one (the leader counts from its last answer before the
+    /// restart). Without a lease on record, the deadline starts now.
+    pub(crate) fn start_ha_lease(&self) {
+        let now = monotonic_ms();
+        let mut confirmed = now;
+        if let Some(exe) = &self.cfg.watchdog_exe {
+            // Not in `run/`, whose `*.pid` files are the QEMUs'.
+            let dir = self.cfg.data_dir.join("ha");
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot make the HA lease's directory");
+            }
+            let file = LeaseFile::new(dir.join("lease.json"));
+            match file.read() {
+                Ok(Some(l)) if l.expires_at_ms > 0 => {
+                    let span = (self.ha_fence_after() + WATCHDOG_GRACE).as_millis() as u64;
+                    confirmed = l.expires_at_ms.saturating_sub(span).min(now);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the HA lease; it starts now"),
+            }
+            match file.fired() {
+                Ok(Some(f)) => {
+                    let vms: Vec<&str> = f.killed.iter().map(|g| g.vm.as_str()).collect();
+                    tracing::warn!(
+                        ?vms,
+                        "the watchdog killed HA VMs while the daemon was away (their lease lapsed)"
+                    );
+                    file.clear_fired();
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the watchdog's report"),
+            }
+            match nasvisor_watchdog::ensure_running(exe, &file, &dir.join("watchdog.log")) {
+                Ok(pid) => tracing::info!(pid, "HA watchdog running"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the HA watchdog: a dead daemon's HA VMs would not be fenced")
+                }
+            }
+            let _ = self.cluster.lease.file.set(file);
+        }
+        self.cluster
+            .lease
+            .confirmed_ms
+            .store(confirmed, Ordering::Release);
+        self.write_ha_lease();
+    }
+
+    /// Records a contact with the majority `age` ago, and hands the new
+    /// deadline to the watchdog.
+    pub(crate) fn renew_ha_lease(&self, age: Duration) {
+        let at = monotonic_ms().saturating_sub(age.as_millis() as u64);
+        self.cluster
+            .lease
+            .confirmed_ms
+            .fetch_max(at, Ordering::AcqRel);
+        self.write_ha_lease();
+    }
+
+    /// On the leader: its lease runs from the majority's last
+    /// acknowledgement (nothing when it has none).
+    pub(crate) fn renew_own_ha_lease(&self) {
+        if let Some(age) = self.db.store().quorum_ack_age() {
+            if age <= self.cfg.offline_after {
+                self.renew_ha_lease(age);
+            }
+        }
+    }
+
+    /// Whether this host, in a cluster, went without contact past its
+    /// deadline.
+    pub(crate) fn ha_lease_lapsed(&self) -> bool {
+        let confirmed = self.cluster.lease.confirmed_ms();
+        self.multi_host()
+            && confirmed > 0
+            && monotonic_ms() > confirmed + self.ha_fence_after().as_millis() as u64
+    }
+
+    /// The HA VMs with a QEMU on this host.
+    pub(crate) fn local_ha_vms(&self) -> Vec<VmRecord> {
+        self.processes
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.db.get::<VmRecord>(kind::VM, &id).map(|(v, _)| v))
+            .filter(|v| v.ha)
+            .collect()
+    }
+
+    /// Writes the lease for the watchdog: the deadline and this host's HA
+    /// QEMUs. Called when the lease is renewed and when an HA VM starts
+    /// or stops here.
+    pub(crate) fn write_ha_lease(&self) {
+        let Some(file) = self.cluster.lease.file.get() else {
+            return;
+        };
+        let confirmed = self.cluster.lease.confirmed_ms();
+        let guests: Vec<Guard> = if self.multi_host() {
+            self.local_ha_vms()
+                .iter()
+                .filter_map(|v| {
+                    let pid = self.processes.runtime(&v.id).pid?;
+                    Guard::of(&v.name, pid as u32).ok()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lease = Lease {
+            expires_at_ms: confirmed + (self.ha_fence_after() + WATCHDOG_GRACE).as_millis() as u64,
+            guests,
+        };
+        let mut written = lock(&self.cluster.lease.written);
+        if written.as_ref() == Some(&lease) {
+            return;
+        }
+        match file.write(&lease) {
+            Ok(()) => *written = Some(lease),
+            Err(e) => tracing::error!(error = %e, "cannot write the HA lease for the watchdog"),
+        }
+    }
+}

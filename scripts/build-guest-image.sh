@@ -230,13 +230,44 @@ while :; do
     usleep 100000
 done
 EOF
+# The acknowledged writer of the HA tests: numbered records, each synced
+# to the disk before it is acknowledged on the console (see
+# tests/guest-image/README.md).
+cat >"$RD/lib/nasvisor/acker" <<'EOF'
+#!/bin/sh
+# Usage: acker [INTERVAL_US]  (default 100000)
+# Record n is the 512-byte sector BASE+n of the first disk, where BASE is
+# 8 MiB before its end: "REC <n>" padded with spaces. On start it counts
+# the records found from 0 on and prints "RECORDS-FOUND <count>"; then it
+# writes record count, count+1, ..., each with conv=fsync (a flush the
+# host's QEMU carries to the image file), and prints "ACK <n>" only after.
+for d in /dev/vda /dev/sda /dev/hda; do [ -b "$d" ] && DEV=$d && break; done
+[ -n "$DEV" ] || { echo "ACKER-NO-DISK" >/dev/ttyS0; exit 1; }
+SECTORS=$(( $(blockdev --getsize64 "$DEV") / 512 ))
+BASE=$(( SECTORS - 16384 ))
+n=0
+while :; do
+    r=$(dd if="$DEV" bs=512 skip=$((BASE + n)) count=1 2>/dev/null | tr -d '\000' | head -c 32)
+    set -- $r
+    [ "$1" = REC ] && [ "$2" = "$n" ] || break
+    n=$((n + 1))
+done
+echo "RECORDS-FOUND $n" >/dev/ttyS0
+while :; do
+    printf '%-511s\n' "REC $n" | dd of="$DEV" bs=512 seek=$((BASE + n)) count=1 conv=notrunc,fsync 2>/dev/null \
+        || { echo "ACKER-WRITE-FAILED $n" >/dev/ttyS0; exit 1; }
+    echo "ACK $n" >/dev/ttyS0
+    n=$((n + 1))
+    usleep "${1:-100000}"
+done
+EOF
 # busybox acpid runs /etc/acpi/PWRF/00000080 on a power button press.
 cat >"$RD/etc/acpi/PWRF/00000080" <<'EOF'
 #!/bin/sh
 echo "NASVISOR-POWEROFF acpi" >/dev/ttyS0
 exec poweroff
 EOF
-chmod 755 "$RD/lib/nasvisor/counter" "$RD/etc/acpi/PWRF/00000080"
+chmod 755 "$RD/lib/nasvisor/counter" "$RD/lib/nasvisor/acker" "$RD/etc/acpi/PWRF/00000080"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$RD/etc/passwd"
 printf 'root:*:0:0:99999:7:::\nnobody:*:0:0:99999:7:::\n' >"$RD/etc/shadow"
 chmod 640 "$RD/etc/shadow"
@@ -277,7 +308,10 @@ cp "$VMLINUZ" "$WORK/vmlinuz"
 
 # ---- disk: MBR + FAT partition with syslinux, built without mounting ---------------------
 SECTORS=$((DISK_MIB * 1024 * 1024 / 512))
-PART_SECTORS=$((SECTORS - PART_START))
+# The last 8 MiB stay outside the partition: the acknowledged writer's
+# records (/lib/nasvisor/acker) go there.
+ACKER_SECTORS=16384
+PART_SECTORS=$((SECTORS - PART_START - ACKER_SECTORS))
 FAT=$WORK/fat.img
 cat >"$WORK/syslinux.cfg" <<EOF
 SERIAL 0 115200

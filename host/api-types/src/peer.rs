@@ -203,6 +203,13 @@ pub struct Heartbeat {
     /// majority. Added within version 2 (no release carried it without).
     #[serde(default)]
     pub quorum_age_ms: u64,
+    /// The `seq` of the member's last answer this leader received. The
+    /// member renews its lease from the moment it sent that answer, which
+    /// the leader has seen: a member whose answers are lost (a one-way
+    /// partition) renews nothing while the leader counts its silence.
+    /// `None` before the leader received an answer. Added within version 2.
+    #[serde(default)]
+    pub ack_seq: Option<u64>,
 }
 
 /// A member's answer to the leader's heartbeat.
@@ -228,6 +235,10 @@ pub struct HeartbeatReply {
     pub storage_gib: u64,
     /// Its pools' free space, GiB.
     pub free_storage_gib: u64,
+    /// This answer's number, which the leader's next heartbeat acknowledges
+    /// (`Heartbeat.ack_seq`). Added within version 2 with a default.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// `action`: an action carried out by the host it concerns.

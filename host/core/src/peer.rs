@@ -102,8 +102,10 @@ impl Inner {
         match call {
             PeerCall::Heartbeat(h) => {
                 // Only the leader's loop sends heartbeats.
-                self.renew_ha_lease(std::time::Duration::from_millis(h.quorum_age_ms));
-                reply::<Heartbeat>(self.heartbeat())
+                self.renew_ha_lease_from(&h);
+                let mut answer = self.heartbeat();
+                answer.seq = self.cluster.lease.answer_seq();
+                reply::<Heartbeat>(answer)
             }
             PeerCall::Action(c) => {
                 tracing::debug!(from, action = ?c.action, "action forwarded by another host");
@@ -162,6 +164,7 @@ impl Inner {
             running_vms: self.processes.len() as u32,
             storage_gib: storage,
             free_storage_gib: free,
+            seq: 0,
         }
     }
 }

@@ -50,6 +50,7 @@ impl Inner {
                     if !was_leader {
                         // A new leader gives every host a full threshold.
                         let now = Instant::now();
+                        lock(&me.cluster.answers_seen).clear();
                         let mut seen = lock(&me.cluster.last_seen);
                         seen.clear();
                         for h in me.db.list::<HostRecord>(kind::HOST) {
@@ -100,6 +101,7 @@ impl Inner {
         };
         let ask = Heartbeat {
             quorum_age_ms: age.as_millis() as u64,
+            ack_seq: None,
         };
         let calls = hosts
             .iter()
@@ -107,7 +109,10 @@ impl Inner {
             .map(|h| {
                 let me = self.clone();
                 let h = h.clone();
-                let ask = ask.clone();
+                let ask = Heartbeat {
+                    ack_seq: lock(&me.cluster.answers_seen).get(&h.id).copied(),
+                    ..ask.clone()
+                };
                 async move {
                     let r = if h.id == me.host.id {
                         me.renew_own_ha_lease();
@@ -124,6 +129,7 @@ impl Inner {
             match r {
                 Ok(hb) => {
                     lock(&self.cluster.last_seen).insert(h.id.clone(), now);
+                    lock(&self.cluster.answers_seen).insert(h.id.clone(), hb.seq);
                     let changed = !h.online
                         || h.version != hb.version
                         || h.free_storage_gib != hb.free_storage_gib

@@ -4,12 +4,19 @@
 //! The leader starts a lost host's HA VMs elsewhere once the host has been
 //! silent for `offline_after + ha_fence_delay` plus [`FAILOVER_MARGIN`],
 //! counted from the last heartbeat answer it received. This host counts
-//! the same span from its last confirmed contact with the majority: the
-//! arrival of a leader's heartbeat, less how long ago a majority last
-//! acknowledged that leader (a deposed leader renews nothing past the
-//! moment it lost the majority), or, on the leader, its last
-//! acknowledgement by the majority. That contact is never later than the
-//! answer the leader saw, so this host's deadline comes first:
+//! the same span from its last confirmed contact with the majority:
+//!
+//! - on a follower, the moment it made the last answer that the leader
+//!   acknowledges in its next heartbeat (`Heartbeat.ack_seq`; the leader
+//!   received it later), and no later than the leader's last
+//!   acknowledgement by the majority (`Heartbeat.quorum_age_ms`: a deposed
+//!   leader renews nothing past the moment it lost the majority). A host
+//!   whose answers are lost renews nothing, even if it still hears the
+//!   leader;
+//! - on the leader, its last acknowledgement by the majority.
+//!
+//! That contact is never later than the answer the leader saw, so this
+//! host's deadline comes first:
 //!
 //! - the daemon stops its HA VMs itself at the deadline (the quorum watch's
 //!   clock, `heartbeat.rs`), and starts them again, if they are still its
@@ -20,7 +27,9 @@
 
 use crate::model::{kind, VmRecord};
 use crate::{lock, Inner};
+use nasvisor_api_types::peer::Heartbeat;
 use nasvisor_watchdog::{monotonic_ms, Guard, Lease, LeaseFile};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -42,11 +51,39 @@ pub(crate) struct HaLease {
     file: OnceLock<LeaseFile>,
     /// What was last written, not to write the same twice.
     written: Mutex<Option<Lease>>,
+    /// The last answers to the leader's heartbeats: their `seq` and when
+    /// they were made (`monotonic_ms`).
+    answers: Mutex<VecDeque<(u64, u64)>>,
+    /// The last `seq` given.
+    last_seq: AtomicU64,
 }
+
+/// How many answers are remembered (the leader acknowledges the last one
+/// it received, normally the one before).
+const ANSWERS_KEPT: usize = 64;
 
 impl HaLease {
     fn confirmed_ms(&self) -> u64 {
         self.confirmed_ms.load(Ordering::Acquire)
+    }
+
+    /// The `seq` of a heartbeat answer being made now.
+    pub(crate) fn answer_seq(&self) -> u64 {
+        let seq = self.last_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut a = lock(&self.answers);
+        a.push_back((seq, monotonic_ms()));
+        while a.len() > ANSWERS_KEPT {
+            a.pop_front();
+        }
+        seq
+    }
+
+    /// When answer `seq` was made, if it is remembered.
+    fn answered_at(&self, seq: u64) -> Option<u64> {
+        lock(&self.answers)
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, t)| *t)
     }
 }
 
@@ -103,18 +140,41 @@ impl Inner {
             .lease
             .confirmed_ms
             .store(confirmed, Ordering::Release);
+        // Answer numbers of this start never repeat an earlier start's,
+        // which the leader may still acknowledge.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        self.cluster.lease.last_seq.store(seed, Ordering::Release);
         self.write_ha_lease();
     }
 
     /// Records a contact with the majority `age` ago, and hands the new
     /// deadline to the watchdog.
-    pub(crate) fn renew_ha_lease(&self, age: Duration) {
-        let at = monotonic_ms().saturating_sub(age.as_millis() as u64);
+    fn renew_ha_lease(&self, age: Duration) {
+        self.renew_ha_lease_at(monotonic_ms().saturating_sub(age.as_millis() as u64));
+    }
+
+    fn renew_ha_lease_at(&self, at: u64) {
         self.cluster
             .lease
             .confirmed_ms
             .fetch_max(at, Ordering::AcqRel);
         self.write_ha_lease();
+    }
+
+    /// On a follower, at a leader's heartbeat: the contact counts from
+    /// the moment this host made the answer the leader acknowledges (the
+    /// leader saw it later), and not later than the leader's last
+    /// acknowledgement by the majority. Nothing without an acknowledged
+    /// answer.
+    pub(crate) fn renew_ha_lease_from(&self, h: &Heartbeat) {
+        let Some(answered) = h.ack_seq.and_then(|s| self.cluster.lease.answered_at(s)) else {
+            return;
+        };
+        let majority = monotonic_ms().saturating_sub(h.quorum_age_ms);
+        self.renew_ha_lease_at(answered.min(majority));
     }
 
     /// On the leader: its lease runs from the majority's last

@@ -46,6 +46,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) struct ClusterRuntime {
     /// The leader's view: when each host last answered.
     pub(crate) last_seen: Mutex<HashMap<String, Instant>>,
+    /// The leader's view: the `seq` of each host's last heartbeat answer
+    /// (acknowledged in the next heartbeat, see `lease.rs`).
+    answers_seen: Mutex<HashMap<String, u64>>,
     /// When the quorum was lost (`None`: we have it).
     quorum_lost_since: Mutex<Option<Instant>>,
     /// VMs this host stopped because it lost the quorum.

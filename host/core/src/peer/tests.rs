@@ -14,8 +14,14 @@ use nasvisor_plugin_host::{PolicyHost, Runtime, RuntimeConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A free port on a loopback address of this test's own (127.77.x.y, one
+/// per call): a port picked on 127.0.0.1 and bound later can be taken
+/// meanwhile by another test of the process (it happened).
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = format!("127.77.{}.{}", std::process::id() % 250 + 1, n % 250 + 1);
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
     l.local_addr().unwrap().to_string()
 }
 

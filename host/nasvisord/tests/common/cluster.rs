@@ -113,14 +113,7 @@ impl Cluster {
                 ns,
                 inside_ns: true,
                 cluster_address: c.address(i),
-                cluster_extra: vec![
-                    "heartbeat-interval-ms = 300".into(),
-                    "offline-after-s = 3".into(),
-                    "quorum-stop-delay-s = 4".into(),
-                ]
-                .into_iter()
-                .chain(cluster_lines(i))
-                .collect(),
+                cluster_extra: test_timing(cluster_lines(i)),
                 api_extra: Vec::new(),
                 plugins_runtime: Vec::new(),
             });
@@ -329,6 +322,23 @@ impl Cluster {
             .filter(|p| alive(*p))
             .collect()
     }
+}
+
+/// Short cluster timings for tests, each unless `lines` set it, then
+/// `lines`.
+fn test_timing(lines: Vec<String>) -> Vec<String> {
+    let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_string();
+    let set: Vec<String> = lines.iter().map(|l| key(l)).collect();
+    [
+        "heartbeat-interval-ms = 300",
+        "offline-after-s = 3",
+        "quorum-stop-delay-s = 4",
+    ]
+    .into_iter()
+    .filter(|l| !set.contains(&key(l)))
+    .map(str::to_string)
+    .chain(lines)
+    .collect()
 }
 
 /// The (name, online) pairs of a `host list` answer.

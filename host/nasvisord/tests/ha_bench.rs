@@ -1,0 +1,199 @@
+//! The failover benchmark (run by `benches/failover.sh`, ignored in the
+//! test suite): three real `nasvisord` hosts with the daemon's default
+//! cluster timings (heartbeat 500 ms, offline after 3 s, HA fence delay
+//! 2 s), each in its own network namespace on a test switch, and an HA VM
+//! of the bundled image on a pool every host reaches. Each trial kills the
+//! VM's host (daemon and QEMU SIGKILLed, link cut) and measures, from the
+//! kill, when the VM's QEMU runs on another host and when its guest prints
+//! its ready marker there; then the dead host is started again and healed,
+//! and the VM is protected again before the next trial.
+//!
+//! The guest runs the acknowledged writer (`/lib/nasvisor/acker`, see
+//! tests/guest-image/README.md): after each failover the writer, started
+//! again, must find every record up to the last `ACK` the console showed
+//! before the kill.
+
+mod common;
+
+use common::cluster::{eventually, Cluster};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(240);
+const READY: &str = "NASVISOR-READY";
+
+/// Host i's console log of VM `id` (kept across the VM's runs there; both
+/// halves).
+fn console(c: &Cluster, i: usize, id: &str) -> String {
+    let log = c
+        .host(i)
+        .data_dir()
+        .join("run")
+        .join(format!("{id}.console.log"));
+    let mut rotated = log.clone().into_os_string();
+    rotated.push(".1");
+    [std::path::PathBuf::from(rotated), log]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
+/// How many ready markers host i's console log of VM `id` holds.
+fn readies(c: &Cluster, i: usize, id: &str) -> usize {
+    console(c, i, id).matches(READY).count()
+}
+
+/// The numbers after `word` on the lines of `text` that have it.
+fn numbers_after(text: &str, word: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let at = l.rfind(word)?;
+            l[at + word.len()..].trim().parse().ok()
+        })
+        .collect()
+}
+
+/// Starts the acknowledged writer on VM `vm` (through host i) and returns
+/// how many records it found, once it said so.
+fn start_acker(c: &Cluster, i: usize, vm: &str, id: &str) -> u64 {
+    let before = numbers_after(&console(c, i, id), "RECORDS-FOUND ").len();
+    // The console shell may not listen yet just after the ready marker:
+    // sent again every 5 s until the writer answers.
+    let mut sent: Option<Instant> = None;
+    eventually(Duration::from_secs(60), "the writer's count", || {
+        if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            c.host(i)
+                .try_json(&["vm", "console-send", "-n", vm, "/lib/nasvisor/acker &"])?;
+            sent = Some(Instant::now());
+        }
+        let found = numbers_after(&console(c, i, id), "RECORDS-FOUND ");
+        if found.len() > before {
+            Ok(*found.last().expect("a count"))
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+            Err("no count yet".to_string())
+        }
+    })
+}
+
+#[test]
+#[ignore = "a benchmark: run benches/failover.sh"]
+fn bench_failover() {
+    let runs: usize = std::env::var("NASVISOR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    // The daemon's defaults, in place of the test suite's short timings.
+    let mut c = Cluster::start_with(
+        3,
+        &[
+            "heartbeat-interval-ms = 500",
+            "offline-after-s = 3",
+            "quorum-stop-delay-s = 60",
+        ],
+    );
+    c.form();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let dir = shared.path().join("pool");
+    c.host(1)
+        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let v = c
+        .host(1)
+        .try_json_within(
+            &[
+                "vm",
+                "create",
+                "ha",
+                "--image",
+                "nasvisor-mini",
+                "--vcpus",
+                "1",
+                "--memory",
+                "256",
+                "--hostname",
+                "ha",
+                "--pool",
+                "nfs",
+                "--host",
+                "nas2",
+                "--ha",
+                "--wait",
+            ],
+            BOOT,
+        )
+        .unwrap_or_else(|e| panic!("installing the HA VM: {e}"));
+    let id = v["id"].as_str().expect("an id").to_string();
+    c.host(1).wait_console("ha", READY, BOOT);
+    assert_eq!(
+        start_acker(&c, 2, "ha", &id),
+        0,
+        "a new disk has no records"
+    );
+    let mut lost = 0;
+    for run in 0..runs {
+        let v = eventually(Duration::from_secs(60), "the VM protected", || {
+            let v = c.host(1).try_json(&["vm", "show", "ha"])?;
+            if v["state"] == "running" && v["ha_status"]["state"] == "protected" {
+                Ok(v)
+            } else {
+                Err(format!("{v:#}"))
+            }
+        });
+        let from = c
+            .index_of_name(v["host"].as_str().expect("a host"))
+            .expect("its index");
+        let pid = v["pid"].as_i64().expect("a pid") as i32;
+        let before: Vec<usize> = (1..=3).map(|i| readies(&c, i, &id)).collect();
+        let t0 = Instant::now();
+        c.host_mut(from).kill9();
+        // SAFETY: kill(2) of the QEMU pid its daemon reported for the VM.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        c.cut(from);
+        // The QEMU on another host, then the guest's marker there.
+        let (to, running) = eventually(Duration::from_secs(120), "the VM elsewhere", || {
+            for i in (1..=3).filter(|i| *i != from) {
+                if !c.live_qemus(i).is_empty() {
+                    return Ok((i, t0.elapsed()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            Err("no QEMU yet".to_string())
+        });
+        let ready = eventually(BOOT, "the guest ready there", || {
+            if readies(&c, to, &id) > before[to - 1] {
+                Ok(t0.elapsed())
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                Err("not ready".to_string())
+            }
+        });
+        // Every record acknowledged before the kill (as the dead host's
+        // daemon logged the console) is on the disk the VM uses now.
+        let acked = numbers_after(&console(&c, from, &id), "ACK ")
+            .into_iter()
+            .max()
+            .expect("acknowledged records before the kill");
+        let found = start_acker(&c, to, "ha", &id);
+        let ok = found > acked;
+        if !ok {
+            lost += 1;
+        }
+        // One line per sample, parsed by benches/failover.sh.
+        println!(
+            "SAMPLE run={run} from=nas{from} to=nas{to} qemu_s={:.2} ready_s={:.2} last_ack={acked} records_found={found} records_ok={ok}",
+            running.as_secs_f64(),
+            ready.as_secs_f64()
+        );
+        // The dead host comes back for the next trial.
+        c.heal(from);
+        c.host_mut(from).spawn();
+        c.wait_online(
+            to,
+            &[(1, true), (2, true), (3, true)],
+            Duration::from_secs(120),
+        );
+    }
+    assert_eq!(lost, 0, "failovers that lost acknowledged records");
+}

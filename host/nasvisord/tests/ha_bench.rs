@@ -143,6 +143,22 @@ fn bench_failover() {
             .index_of_name(v["host"].as_str().expect("a host"))
             .expect("its index");
         let pid = v["pid"].as_i64().expect("a pid") as i32;
+        // The writer is at work: ten more acknowledgements than now.
+        let acks = |c: &Cluster| {
+            numbers_after(&console(c, from, &id), "ACK ")
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+        };
+        let floor = acks(&c);
+        eventually(Duration::from_secs(60), "the writer acknowledging", || {
+            if acks(&c) >= floor + 10 {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                Err(format!("last ACK {}", acks(&c)))
+            }
+        });
         let before: Vec<usize> = (1..=3).map(|i| readies(&c, i, &id)).collect();
         let t0 = Instant::now();
         c.host_mut(from).kill9();

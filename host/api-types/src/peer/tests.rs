@@ -180,9 +180,14 @@ fn an_answer_of_the_wrong_shape_names_the_call_and_the_field() {
         running_vms: 1,
         storage_gib: 10,
         free_storage_gib: 5,
+        seq: 7,
     };
     let v = encode_reply::<Vm, Heartbeat>(&hb).unwrap();
-    assert_eq!(decode_reply::<Vm, Heartbeat>(v), Ok(hb));
+    assert_eq!(decode_reply::<Vm, Heartbeat>(v), Ok(hb.clone()));
+    // An answer without `seq` (a member before it was added) reads as 0.
+    let mut old = encode_reply::<Vm, Heartbeat>(&hb).unwrap();
+    old.as_object_mut().expect("an object").remove("seq");
+    assert_eq!(decode_reply::<Vm, Heartbeat>(old).map(|r| r.seq), Ok(0));
 }
 
 #[test]

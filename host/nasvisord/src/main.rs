@@ -6,6 +6,9 @@
 //! starts the core (cluster store, accelerator probe, VMs found again,
 //! interrupted jobs cleaned up) and serves the HTTPS admin endpoint until
 //! SIGTERM or SIGINT. VMs keep running when it stops.
+//!
+//! `nasvisord watchdog --lease PATH`, which the daemon starts itself, is the
+//! HA watchdog instead (docs/ha.md, "The watchdog").
 
 mod config;
 mod plugins;
@@ -72,13 +75,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        nasvisor_watchdog::run(
-            &nasvisor_watchdog::LeaseFile::new(lease),
-            std::time::Duration::from_millis(*poll_ms),
-            &stop,
-        );
-        return ExitCode::SUCCESS;
+        return watchdog(lease, std::time::Duration::from_millis(*poll_ms));
     }
     let mut cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
@@ -155,6 +152,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `nasvisord watchdog`: [`nasvisor_watchdog::run`] until SIGTERM or
+/// SIGINT, then exit 0. The signals are received by a small runtime on a
+/// thread of its own (no handler of ours runs in signal context); when it
+/// cannot be set up the watchdog watches anyway, and a signal ends it the
+/// default way.
+fn watchdog(lease: &std::path::Path, poll: std::time::Duration) -> ExitCode {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            // Registered here, before the first round: a signal from now on
+            // ends the watchdog cleanly.
+            let _in_rt = rt.enter();
+            Ok((
+                rt,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        });
+    match signals {
+        Ok((rt, mut term, mut int)) => {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let which = rt.block_on(async {
+                    tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    }
+                });
+                tracing::info!(signal = which, "the HA watchdog stops");
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM and SIGINT; the watchdog watches anyway")
+        }
+    }
+    nasvisor_watchdog::run(&nasvisor_watchdog::LeaseFile::new(lease), poll, &stop);
+    ExitCode::SUCCESS
 }
 
 /// The log's writer: every line goes out with password hashes and SSH key

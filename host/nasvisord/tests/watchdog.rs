@@ -3,6 +3,7 @@
 //! restarted daemon, and stopped by its pid.
 
 use nasvisor_watchdog::{ensure_running, monotonic_ms, Guard, Lease, LeaseFile};
+use rustix::process::{kill_process, Pid, Signal};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,16 +17,18 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+fn signal(pid: u32, sig: Signal) {
+    let pid = Pid::from_raw(pid as i32).expect("a pid");
+    kill_process(pid, sig).expect("kill");
+}
+
 /// SIGKILL by pid (a process this test started) on drop.
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if alive(self.0) {
-            // SAFETY: kill(2) of a process this test started, by its pid.
-            unsafe {
-                libc::kill(self.0 as i32, libc::SIGKILL);
-            }
+            signal(self.0, Signal::KILL);
         }
     }
 }
@@ -39,9 +42,10 @@ fn the_watchdog_kills_a_lapsed_leases_guest_and_is_found_again() {
         .spawn()
         .unwrap();
     let _g = KillOnDrop(guest.id());
+    let expires_at_ms = monotonic_ms() + 500;
     lease
         .write(&Lease {
-            expires_at_ms: monotonic_ms() + 500,
+            expires_at_ms,
             guests: vec![Guard::of("web", guest.id()).unwrap()],
         })
         .unwrap();
@@ -67,6 +71,10 @@ fn the_watchdog_kills_a_lapsed_leases_guest_and_is_found_again() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    assert!(
+        monotonic_ms() > expires_at_ms,
+        "killed before the lease lapsed"
+    );
     assert!(!status.success(), "killed: {status:?}");
     // The report follows the kill.
     let fired = loop {
@@ -78,13 +86,15 @@ fn the_watchdog_kills_a_lapsed_leases_guest_and_is_found_again() {
     };
     assert_eq!(fired.killed.len(), 1);
     assert_eq!(fired.killed[0].vm, "web");
+    assert_eq!(
+        ensure_running(exe, &lease, &log).unwrap(),
+        pid,
+        "after firing, the same watchdog still runs"
+    );
 
-    // SIGTERM ends it.
+    // SIGTERM ends it cleanly.
     assert!(alive(pid));
-    // SAFETY: kill(2) of the watchdog this test started, checked alive.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
+    signal(pid, Signal::TERM);
     let t = Instant::now();
     while alive(pid) {
         assert!(
@@ -93,4 +103,9 @@ fn the_watchdog_kills_a_lapsed_leases_guest_and_is_found_again() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the HA watchdog stops") && text.contains("SIGTERM"),
+        "no clean stop in the log:\n{text}"
+    );
 }

@@ -27,20 +27,34 @@ use std::time::Duration;
 /// Errors of the lease and the watchdog.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {
+    /// A file (the lease, its report, the pid file, the log) could not be
+    /// read or written, or the watchdog could not be started.
     #[error("{path}: {source}")]
     Io {
+        /// The file, or the program that could not be started.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The lease or its report is not the JSON it should be.
     #[error("{path}: not a lease ({source})")]
     Format {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: serde_json::Error,
     },
+    /// No start time for a process: it is gone, a zombie, or its `stat`
+    /// could not be parsed.
     #[error("/proc/{pid}/stat: {reason}")]
-    Proc { pid: u32, reason: String },
+    Proc {
+        /// The process.
+        pid: u32,
+        /// Why.
+        reason: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WatchdogError + '_ {
@@ -61,6 +75,7 @@ pub fn monotonic_ms() -> u64 {
 pub struct Guard {
     /// The VM it runs (for the report).
     pub vm: String,
+    /// The process (a QEMU).
     pub pid: u32,
     /// When it started, in clock ticks since boot (`/proc/PID/stat`).
     pub start_ticks: u64,
@@ -88,26 +103,32 @@ fn start_ticks(pid: u32) -> Result<u64, WatchdogError> {
     let proc_err = |reason: String| WatchdogError::Proc { pid, reason };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| proc_err(e.to_string()))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| proc_err("no command name".into()))?;
+    parse_start_ticks(&stat).map_err(|r| proc_err(r.into()))
+}
+
+/// Field 22 (starttime) of a `/proc/PID/stat` line, counted after the
+/// last `)`: the command name (field 2) may hold spaces and parentheses.
+/// A zombie or a dead process has none.
+fn parse_start_ticks(stat: &str) -> Result<u64, &'static str> {
+    let (_, after) = stat.rsplit_once(')').ok_or("no command name")?;
     // After the name: state (field 3) ... starttime (field 22).
     let fields: Vec<&str> = after.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return Err(proc_err("a zombie".into()));
+    if matches!(fields.first(), Some(&"Z" | &"X" | &"x")) {
+        return Err("a zombie or dead");
     }
     fields
         .get(19)
         .and_then(|f| f.parse().ok())
-        .ok_or_else(|| proc_err("no start time".into()))
+        .ok_or("no start time")
 }
 
 /// What the watchdog guards: processes to kill once `expires_at_ms`
 /// ([`monotonic_ms`]) has passed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The deadline, in [`monotonic_ms`] time.
     pub expires_at_ms: u64,
+    /// The processes killed once it has passed.
     pub guests: Vec<Guard>,
 }
 
@@ -116,6 +137,7 @@ pub struct Lease {
 pub struct Fired {
     /// When ([`monotonic_ms`]) it last fired.
     pub at_ms: u64,
+    /// Every process it killed since the report was last cleared.
     pub killed: Vec<Guard>,
 }
 
@@ -127,10 +149,12 @@ pub struct LeaseFile {
 }
 
 impl LeaseFile {
+    /// The lease at `path`; its report and pid file sit beside it.
     pub fn new(path: impl Into<PathBuf>) -> LeaseFile {
         LeaseFile { path: path.into() }
     }
 
+    /// The lease's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -199,8 +223,13 @@ pub struct WatchState {
 
 /// One round of the watchdog: reads the lease (keeping the last good one
 /// when the file is unreadable), and when it has lapsed kills the guests
-/// that are still the processes recorded, reports them in `PATH.fired`
-/// and writes the lease back without them. What it killed.
+/// that are still the processes recorded, adds them to the report
+/// (`PATH.fired`) and writes the lease back without guests, so that it
+/// does not fire again. What it killed.
+///
+/// The report is written before the lease: a lease that cannot be written
+/// loses no report. The lease is written back only if the file still holds
+/// the lease that lapsed: a renewal that landed meanwhile is kept.
 pub fn enforce_once(
     lease: &LeaseFile,
     state: &mut WatchState,
@@ -217,18 +246,47 @@ pub fn enforce_once(
     if now <= current.expires_at_ms || current.guests.is_empty() {
         return Ok(None);
     }
+    let lapsed = current.clone();
+    let killed = kill_guests(&lapsed, now);
+    let disarmed = Lease {
+        expires_at_ms: lapsed.expires_at_ms,
+        guests: Vec::new(),
+    };
+    state.last = Some(disarmed.clone());
+    let fired = (!killed.is_empty()).then_some(Fired { at_ms: now, killed });
+    if let Some(f) = &fired {
+        report(lease, f)?;
+    }
+    match lease.read() {
+        Ok(Some(l)) if l != lapsed => {
+            tracing::info!("the lease was renewed while the watchdog fired; the renewal stays");
+        }
+        // Gone (its host's data removed): nothing to disarm on disk.
+        Ok(None) => {}
+        // The lapsed lease, or a corrupt file: a valid disarmed lease replaces it.
+        Ok(Some(_)) | Err(_) => lease.write(&disarmed)?,
+    }
+    Ok(fired)
+}
+
+/// SIGKILLs every guest of `lapsed` that is still the process recorded.
+/// Those killed.
+fn kill_guests(lapsed: &Lease, now: u64) -> Vec<Guard> {
     let mut killed = Vec::new();
-    for g in &current.guests {
+    for g in &lapsed.guests {
         if !g.is_alive() {
-            tracing::info!(vm = %g.vm, pid = g.pid, "guarded process already gone (or its pid reused)");
+            tracing::info!(vm = %g.vm, pid = g.pid, "guarded process already gone (or its pid reused): not killed");
             continue;
         }
-        let Some(pid) = rustix::process::Pid::from_raw(g.pid as i32) else {
+        let Some(pid) = i32::try_from(g.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
             continue;
         };
         match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
             Ok(()) => {
-                tracing::warn!(vm = %g.vm, pid = g.pid, late_ms = now - current.expires_at_ms, "HA lease lapsed: killed the VM's QEMU");
+                tracing::warn!(vm = %g.vm, pid = g.pid, late_ms = now - lapsed.expires_at_ms, "HA lease lapsed: killed the VM's QEMU");
                 killed.push(g.clone());
             }
             Err(e) => {
@@ -236,28 +294,33 @@ pub fn enforce_once(
             }
         }
     }
-    let disarmed = Lease {
-        expires_at_ms: current.expires_at_ms,
-        guests: Vec::new(),
+    killed
+}
+
+/// Adds `fired` to the report (`PATH.fired`), or starts one.
+fn report(lease: &LeaseFile, fired: &Fired) -> Result<(), WatchdogError> {
+    let mut report = match lease.fired() {
+        Ok(Some(r)) => r,
+        Ok(None) => Fired {
+            at_ms: fired.at_ms,
+            killed: Vec::new(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable report of the watchdog; a new one replaces it");
+            Fired {
+                at_ms: fired.at_ms,
+                killed: Vec::new(),
+            }
+        }
     };
-    state.last = Some(disarmed.clone());
-    lease.write(&disarmed)?;
-    if killed.is_empty() {
-        return Ok(None);
-    }
-    let mut report = lease.fired().ok().flatten().unwrap_or(Fired {
-        at_ms: now,
-        killed: Vec::new(),
-    });
-    report.at_ms = now;
-    report.killed.extend(killed.iter().cloned());
+    report.at_ms = fired.at_ms;
+    report.killed.extend(fired.killed.iter().cloned());
+    let path = lease.fired_path();
     let bytes = serde_json::to_vec(&report).map_err(|source| WatchdogError::Format {
-        path: lease.fired_path(),
+        path: path.clone(),
         source,
     })?;
-    let path = lease.fired_path();
-    nasvisor_best_effort::write_private(&path, &bytes).map_err(io(&path))?;
-    Ok(Some(Fired { at_ms: now, killed }))
+    nasvisor_best_effort::write_private(&path, &bytes).map_err(io(&path))
 }
 
 /// The watchdog: [`enforce_once`] every `poll` until `stop` is set, or
@@ -265,6 +328,7 @@ pub fn enforce_once(
 pub fn run(lease: &LeaseFile, poll: Duration, stop: &AtomicBool) {
     let mut state = WatchState::default();
     let dir = lease.path().parent().map(Path::to_path_buf);
+    tracing::info!(lease = %lease.path().display(), poll_ms = poll.as_millis() as u64, "the HA watchdog watches");
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = enforce_once(lease, &mut state) {
             tracing::error!(error = %e, "watchdog round failed");
@@ -275,6 +339,7 @@ pub fn run(lease: &LeaseFile, poll: Duration, stop: &AtomicBool) {
         }
         std::thread::sleep(poll);
     }
+    tracing::info!("the HA watchdog was asked to stop");
 }
 
 /// The arguments the watchdog runs with (after the program).
@@ -343,4 +408,32 @@ pub fn ensure_running(exe: &Path, lease: &LeaseFile, log: &Path) -> Result<u32, 
         .map_err(io(&pid_path))?;
     tracing::info!(pid, lease = %lease.path().display(), "started the HA watchdog");
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `stat` line with `comm` as the command name and 4242 as start time.
+    fn stat(comm: &str, state: &str) -> String {
+        format!("77 ({comm}) {state} 1 77 77 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 4242 5000 100")
+    }
+
+    #[test]
+    fn the_watchdog_reads_the_start_time_after_the_last_parenthesis() {
+        assert_eq!(parse_start_ticks(&stat("sleep", "S")), Ok(4242));
+        assert_eq!(parse_start_ticks(&stat("a) b (c", "S")), Ok(4242));
+        assert_eq!(parse_start_ticks(&stat(") 1 2 3 )", "R")), Ok(4242));
+        assert_eq!(parse_start_ticks(&stat("", "S")), Ok(4242));
+    }
+
+    #[test]
+    fn the_watchdog_sees_no_start_time_for_a_zombie_or_a_short_line() {
+        assert_eq!(
+            parse_start_ticks(&stat("qemu", "Z")),
+            Err("a zombie or dead")
+        );
+        assert_eq!(parse_start_ticks("77 (qemu) S 1 2"), Err("no start time"));
+        assert_eq!(parse_start_ticks("77 qemu S"), Err("no command name"));
+    }
 }

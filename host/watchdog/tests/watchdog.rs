@@ -125,6 +125,29 @@ fn a_corrupt_lease_file_keeps_the_last_good_lease_in_force() {
 }
 
 #[test]
+fn a_removed_lease_file_keeps_the_last_lease_in_force_and_is_not_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = lease_in(dir.path());
+    let mut p = Proc::sleep();
+    let g = Guard::of("web", p.pid()).unwrap();
+    file.write(&Lease {
+        expires_at_ms: monotonic_ms() + 300,
+        guests: vec![g.clone()],
+    })
+    .unwrap();
+    let mut st = WatchState::default();
+    assert_eq!(enforce_once(&file, &mut st).unwrap(), None);
+    std::fs::remove_file(file.path()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let fired = enforce_once(&file, &mut st).unwrap().expect("it fired");
+    assert_eq!(fired.killed, vec![g.clone()]);
+    assert!(p.ended());
+    assert_eq!(file.read().unwrap(), None, "no lease written back");
+    assert_eq!(file.fired().unwrap().unwrap().killed, vec![g]);
+    assert_eq!(enforce_once(&file, &mut st).unwrap(), None, "fired once");
+}
+
+#[test]
 fn a_guard_reads_the_start_time_of_a_process_named_with_spaces_and_parentheses() {
     let dir = tempfile::tempdir().unwrap();
     let odd = dir.path().join("a) b (c");

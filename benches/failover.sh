@@ -7,6 +7,8 @@
 # ready marker there, and checks that the guest's acknowledged writer finds
 # every record it acknowledged before the kill. Prints every sample, the
 # medians and the ranges.
+# Before the failovers, as many switchovers (host degrade: a live move to
+# the passive host): the move's time and the pause QEMU reports.
 # Usage (as root): benches/failover.sh [runs]   (default 10). Needs
 # scripts/build.sh and the guest image (scripts/setup.sh).
 set -euo pipefail
@@ -15,7 +17,7 @@ runs=${1:-10}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 NASVISOR_BENCH_RUNS=$runs cargo test --release -q --workspace --test ha_bench \
-  -- --ignored --nocapture --test-threads 1 2>&1 | tee "$out" | grep '^SAMPLE' || true
+  -- --ignored --nocapture --test-threads 1 2>&1 | tee "$out" | grep -E '^(SAMPLE|SWITCHOVER)' || true
 grep -q '^SAMPLE' "$out" || { cat "$out"; exit 1; }
 echo
 echo "medians (min-max) over $runs failovers, seconds from the kill:"
@@ -29,4 +31,15 @@ for line in sys.stdin:
 print("QEMU runs elsewhere: %.2f (%.2f-%.2f)" % (statistics.median(q), min(q), max(q)))
 print("guest ready there:   %.2f (%.2f-%.2f)" % (statistics.median(r), min(r), max(r)))
 print("failovers that lost acknowledged records: %d of %d" % (bad, len(q)))
+'
+echo
+echo "switchovers (host degrade), medians (min-max):"
+grep '^SWITCHOVER' "$out" | python3 -c '
+import sys, statistics
+t, d = [], []
+for line in sys.stdin:
+    kv = dict(p.split("=", 1) for p in line.split()[1:])
+    t.append(float(kv["total_s"])); d.append(float(kv["downtime_ms"]))
+if t:
+    print("move: %.2f s (%.2f-%.2f), pause: %.0f ms (%.0f-%.0f) over %d" % (statistics.median(t), min(t), max(t), statistics.median(d), min(d), max(d), len(t)))
 '

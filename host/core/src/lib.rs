@@ -118,6 +118,10 @@ pub struct CoreConfig {
     /// The program run as the HA watchdog (`nasvisord watchdog`); none in
     /// unit tests.
     pub watchdog_exe: Option<PathBuf>,
+    /// Where the HA lease and the watchdog's files live; by default a
+    /// directory of `/run/nasvisor` named after the data directory
+    /// (`Inner::ha_lease_dir`).
+    pub ha_lease_dir: Option<PathBuf>,
     /// TLS on the migration, disk-copy and image-copy streams.
     pub migration_tls: bool,
     /// Restarts in place of an HA VM that faulted more often than this
@@ -155,6 +159,7 @@ impl CoreConfig {
             fence_command: Vec::new(),
             fence_command_timeout: Duration::from_secs(30),
             watchdog_exe: None,
+            ha_lease_dir: None,
             migration_tls: true,
             ha_max_restarts: 3,
             ha_restart_period: Duration::from_secs(600),

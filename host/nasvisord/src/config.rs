@@ -69,6 +69,12 @@ pub struct ClusterConfig {
     pub fence_command: Vec<String>,
     /// How long the fence command may take, s (1..=600).
     pub fence_command_timeout_s: u64,
+    /// Where the HA lease and its watchdog's files live (an absolute path,
+    /// best on a tmpfs: the lease is written twice a second and means
+    /// nothing after a reboot). Unset: `/run/nasvisor/ha-<hash of the data
+    /// directory>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha_lease_dir: Option<PathBuf>,
     /// An HA VM that faulted (QEMU crash, guest panic) more often than this
     /// within `ha-restart-period-s` is not restarted in place (0..=100).
     pub ha_max_restarts: u32,
@@ -93,6 +99,7 @@ impl Default for ClusterConfig {
             ha_fence_delay_s: 2,
             fence_command: Vec::new(),
             fence_command_timeout_s: 30,
+            ha_lease_dir: None,
             ha_max_restarts: 3,
             ha_restart_period_s: 600,
             migration_tls: true,
@@ -375,6 +382,17 @@ impl Config {
             1,
             600,
         )?;
+        if let Some(d) = &cfg.cluster.ha_lease_dir {
+            if !d.is_absolute() {
+                return Err(invalid(
+                    "cluster.ha-lease-dir",
+                    format!(
+                        "must be an absolute path, got {:?}",
+                        d.display().to_string()
+                    ),
+                ));
+            }
+        }
         if let Some(program) = cfg.cluster.fence_command.first() {
             if !std::path::Path::new(program).is_absolute() {
                 return Err(invalid(

@@ -239,6 +239,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.fence_command = cfg.cluster.fence_command.clone();
     c.fence_command_timeout = std::time::Duration::from_secs(cfg.cluster.fence_command_timeout_s);
     c.watchdog_exe = std::env::current_exe().ok();
+    c.ha_lease_dir = cfg.cluster.ha_lease_dir.clone();
     c.ha_max_restarts = cfg.cluster.ha_max_restarts;
     c.ha_restart_period = std::time::Duration::from_secs(cfg.cluster.ha_restart_period_s);
     c.migration_tls = cfg.cluster.migration_tls;

@@ -8,6 +8,10 @@
 //! its ready marker there; then the dead host is started again and healed,
 //! and the VM is protected again before the next trial.
 //!
+//! Before the failovers, switchovers: the VM's host put into maintenance
+//! (`host degrade`), the VM moves live to its passive host; the migrate
+//! job gives the move's time and the pause QEMU reported.
+//!
 //! The guest runs the acknowledged writer (`/lib/nasvisor/acker`, see
 //! tests/guest-image/README.md): after each failover the writer, started
 //! again, must find every record up to the last `ACK` the console showed
@@ -15,7 +19,7 @@
 
 mod common;
 
-use common::cluster::{eventually, Cluster};
+use common::cluster::{eventually, move_figures, Cluster};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -76,6 +80,18 @@ fn start_acker(c: &Cluster, i: usize, vm: &str, id: &str) -> u64 {
     })
 }
 
+/// The VM once it runs protected.
+fn protected(c: &Cluster) -> serde_json::Value {
+    eventually(Duration::from_secs(60), "the VM protected", || {
+        let v = c.host(1).try_json(&["vm", "show", "ha"])?;
+        if v["state"] == "running" && v["ha_status"]["state"] == "protected" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    })
+}
+
 #[test]
 #[ignore = "a benchmark: run benches/failover.sh"]
 fn bench_failover() {
@@ -129,16 +145,53 @@ fn bench_failover() {
         0,
         "a new disk has no records"
     );
-    let mut lost = 0;
-    for run in 0..runs {
-        let v = eventually(Duration::from_secs(60), "the VM protected", || {
-            let v = c.host(1).try_json(&["vm", "show", "ha"])?;
-            if v["state"] == "running" && v["ha_status"]["state"] == "protected" {
-                Ok(v)
+
+    // Switchovers: the VM's host put into maintenance, the VM moves live
+    // to its passive host; the migrate job gives the move's time and the
+    // pause QEMU reported.
+    let switchovers: usize = std::env::var("NASVISOR_BENCH_SWITCHOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(runs);
+    for run in 0..switchovers {
+        let v = protected(&c);
+        let from = v["host"].as_str().expect("a host").to_string();
+        let to = v["ha_status"]["passive"]
+            .as_str()
+            .expect("a passive host")
+            .to_string();
+        c.host(1)
+            .json(&["host", "degrade", &from, "--reason", "switchover benchmark"]);
+        c.host(1).poll_vm("ha", Duration::from_secs(120), |v| {
+            v["host"] == to.as_str() && v["state"] == "running"
+        });
+        let jobs = c.host(1).json(&["job", "list"]);
+        let job = jobs
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .filter(|j| j["kind"] == "migrate" && j["target"] == "vm/ha")
+                    .max_by(|x, y| x["created_at"].as_str().cmp(&y["created_at"].as_str()))
+            })
+            .unwrap_or_else(|| panic!("no migrate job: {jobs:#}"))
+            .clone();
+        let job_id = job["id"].as_str().unwrap_or_default().to_string();
+        let job = eventually(Duration::from_secs(60), "the move's job done", || {
+            let j = c.host(1).try_json(&["job", "show", &job_id])?;
+            if j["state"] == "succeeded" {
+                Ok(j)
             } else {
-                Err(format!("{v:#}"))
+                Err(format!("{j:#}"))
             }
         });
+        let (total, down) = move_figures(&job);
+        println!("SWITCHOVER run={run} from={from} to={to} total_s={total} downtime_ms={down}");
+        c.host(1).json(&["host", "undegrade", &from]);
+    }
+
+    let mut lost = 0;
+    for run in 0..runs {
+        let v = protected(&c);
         let from = c
             .index_of_name(v["host"].as_str().expect("a host"))
             .expect("its index");

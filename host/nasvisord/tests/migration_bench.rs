@@ -8,30 +8,10 @@
 
 mod common;
 
-use common::cluster::Cluster;
-use serde_json::Value;
+use common::cluster::{move_figures as figures, Cluster};
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(240);
-
-/// (total s, downtime ms) from a migrate job's message ("moved to host X in
-/// 0.75 s; downtime 67 ms; ...").
-fn figures(job: &Value) -> (f64, u64) {
-    let msg = job["message"].as_str().unwrap_or_default();
-    let total = msg
-        .split(" in ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no total time in {msg:?}"));
-    let down = msg
-        .split("downtime ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no downtime in {msg:?}"));
-    (total, down)
-}
 
 #[test]
 #[ignore = "a benchmark: run benches/migration.sh"]

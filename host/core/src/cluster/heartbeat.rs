@@ -308,6 +308,9 @@ impl Inner {
             self.after_quorum_regained().await;
         }
         self.write_ha_lease();
+        if let Some(exe) = &self.cfg.watchdog_exe {
+            self.keep_watchdog(exe);
+        }
     }
 
     async fn after_quorum_regained(self: &Arc<Self>) {

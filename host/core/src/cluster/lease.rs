@@ -30,6 +30,7 @@ use crate::{lock, Inner};
 use nasvisor_api_types::peer::Heartbeat;
 use nasvisor_watchdog::{monotonic_ms, Guard, Lease, LeaseFile};
 use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -56,7 +57,14 @@ pub(crate) struct HaLease {
     answers: Mutex<VecDeque<(u64, u64)>>,
     /// The last `seq` given.
     last_seq: AtomicU64,
+    /// When the watchdog was last looked for.
+    watchdog_checked: Mutex<Option<std::time::Instant>>,
+    /// Its pid, as last found (0 before).
+    watchdog_pid: std::sync::atomic::AtomicU32,
 }
+
+/// How often the daemon checks that its watchdog still runs.
+const WATCHDOG_CHECK: Duration = Duration::from_secs(10);
 
 /// How many answers are remembered (the leader acknowledges the last one
 /// it received, normally the one before).
@@ -102,9 +110,12 @@ impl Inner {
         let now = monotonic_ms();
         let mut confirmed = now;
         if let Some(exe) = &self.cfg.watchdog_exe {
-            // Not in `run/`, whose `*.pid` files are the QEMUs'.
-            let dir = self.cfg.data_dir.join("ha");
-            if let Err(e) = std::fs::create_dir_all(&dir) {
+            let dir = self.ha_lease_dir();
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir);
+            if let Err(e) = made {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot make the HA lease's directory");
             }
             let file = LeaseFile::new(dir.join("lease.json"));
@@ -128,13 +139,8 @@ impl Inner {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot read the watchdog's report"),
             }
-            match nasvisor_watchdog::ensure_running(exe, &file, &dir.join("watchdog.log")) {
-                Ok(pid) => tracing::info!(pid, "HA watchdog running"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the HA watchdog: a dead daemon's HA VMs would not be fenced")
-                }
-            }
             let _ = self.cluster.lease.file.set(file);
+            self.keep_watchdog(exe);
         }
         self.cluster
             .lease
@@ -148,6 +154,52 @@ impl Inner {
             .unwrap_or_default();
         self.cluster.lease.last_seq.store(seed, Ordering::Release);
         self.write_ha_lease();
+    }
+
+    /// Where the lease lives: `[cluster] ha-lease-dir`, by default
+    /// `/run/nasvisor/ha-<hash of the data directory>`, a tmpfs: the lease
+    /// means nothing after a reboot, and it is written twice a second,
+    /// which must not keep a NAS's disks from spinning down.
+    pub(crate) fn ha_lease_dir(&self) -> std::path::PathBuf {
+        use sha2::Digest;
+        self.cfg.ha_lease_dir.clone().unwrap_or_else(|| {
+            let dir = std::fs::canonicalize(&self.cfg.data_dir)
+                .unwrap_or_else(|_| self.cfg.data_dir.clone());
+            let hash = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+            std::path::PathBuf::from("/run/nasvisor")
+                .join(format!("ha-{}", &hex::encode(hash)[..16]))
+        })
+    }
+
+    /// Starts the watchdog again when it is gone (at most every
+    /// [`WATCHDOG_CHECK`]): a daemon that hangs later must still be fenced.
+    pub(crate) fn keep_watchdog(&self, exe: &std::path::Path) {
+        let Some(file) = self.cluster.lease.file.get() else {
+            return;
+        };
+        {
+            let mut last = lock(&self.cluster.lease.watchdog_checked);
+            if last.is_some_and(|t| t.elapsed() < WATCHDOG_CHECK) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let log = file
+            .path()
+            .parent()
+            .map(|d| d.join("watchdog.log"))
+            .unwrap_or_else(|| "watchdog.log".into());
+        match nasvisor_watchdog::ensure_running(exe, file, &log) {
+            Ok(pid) => {
+                let before = self.cluster.lease.watchdog_pid.swap(pid, Ordering::AcqRel);
+                if before != pid {
+                    tracing::info!(pid, "HA watchdog running");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the HA watchdog: a dead or hung daemon's HA VMs would not be fenced")
+            }
+        }
     }
 
     /// Records a contact with the majority `age` ago, and hands the new

@@ -496,3 +496,22 @@ impl Daemon {
         })
     }
 }
+
+/// (total s, downtime ms) from a migrate job's message ("moved to host X in
+/// 0.75 s; downtime 67 ms; ...").
+pub fn move_figures(job: &Value) -> (f64, u64) {
+    let msg = job["message"].as_str().unwrap_or_default();
+    let total = msg
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no total time in {msg:?}"));
+    let down = msg
+        .split("downtime ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no downtime in {msg:?}"));
+    (total, down)
+}

@@ -159,7 +159,13 @@ impl DaemonSetup {
         } else {
             format!("[network]\nnetns = \"{}\"\n", self.ns.name)
         };
-        let mut cluster = format!("[cluster]\naddress = \"{}\"\n", self.cluster_address);
+        // The lease in the test's own directory (the daemon's default is
+        // under /run/nasvisor).
+        let mut cluster = format!(
+            "[cluster]\naddress = \"{}\"\nha-lease-dir = \"{}\"\n",
+            self.cluster_address,
+            data_dir.join("ha").display()
+        );
         for line in &self.cluster_extra {
             cluster.push_str(line);
             cluster.push('\n');

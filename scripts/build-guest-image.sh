@@ -237,29 +237,26 @@ cat >"$RD/lib/nasvisor/acker" <<'EOF'
 #!/bin/sh
 # Usage: acker [INTERVAL_US]  (default 100000)
 # Record n is the 512-byte sector BASE+n of the first disk, where BASE is
-# 8 MiB before its end: "REC <n>" padded with spaces. On start it counts
-# the records found from 0 on and prints "RECORDS-FOUND <count>"; then it
+# 32 MiB before its end: "REC <n>" padded with spaces to one 512-byte line.
+# On start it counts the records found from 0 on (one read of the region,
+# stopped at the first gap) and prints "RECORDS-FOUND <count>"; then it
 # writes record count, count+1, ..., each with conv=fsync (a flush the
 # host's QEMU carries to the image file), and prints "ACK <n>" only after.
 for d in /dev/vda /dev/sda /dev/hda; do [ -b "$d" ] && DEV=$d && break; done
 [ -n "$DEV" ] || { echo "ACKER-NO-DISK" >/dev/ttyS0; exit 1; }
 SECTORS=$(( $(blockdev --getsize64 "$DEV") / 512 ))
-BASE=$(( SECTORS - 16384 ))
-n=0
-while :; do
-    r=$(dd if="$DEV" bs=512 skip=$((BASE + n)) count=1 2>/dev/null | tr -d '\000' | head -c 32)
-    set -- $r
-    [ "$1" = REC ] && [ "$2" = "$n" ] || break
-    n=$((n + 1))
-done
+BASE=$(( SECTORS - 65536 ))
+n=$(dd if="$DEV" bs=512 skip="$BASE" count=65536 2>/dev/null | tr -d '\000' |
+    awk '$1 == "REC" && $2 == NR - 1 { n = NR; next } { exit } END { print n + 0 }')
 echo "RECORDS-FOUND $n" >/dev/ttyS0
-while :; do
+while [ "$n" -lt 65536 ]; do
     printf '%-511s\n' "REC $n" | dd of="$DEV" bs=512 seek=$((BASE + n)) count=1 conv=notrunc,fsync 2>/dev/null \
         || { echo "ACKER-WRITE-FAILED $n" >/dev/ttyS0; exit 1; }
     echo "ACK $n" >/dev/ttyS0
     n=$((n + 1))
     usleep "${1:-100000}"
 done
+echo "ACKER-FULL" >/dev/ttyS0
 EOF
 # busybox acpid runs /etc/acpi/PWRF/00000080 on a power button press.
 cat >"$RD/etc/acpi/PWRF/00000080" <<'EOF'
@@ -308,9 +305,9 @@ cp "$VMLINUZ" "$WORK/vmlinuz"
 
 # ---- disk: MBR + FAT partition with syslinux, built without mounting ---------------------
 SECTORS=$((DISK_MIB * 1024 * 1024 / 512))
-# The last 8 MiB stay outside the partition: the acknowledged writer's
+# The last 32 MiB stay outside the partition: the acknowledged writer's
 # records (/lib/nasvisor/acker) go there.
-ACKER_SECTORS=16384
+ACKER_SECTORS=65536
 PART_SECTORS=$((SECTORS - PART_START - ACKER_SECTORS))
 FAT=$WORK/fat.img
 cat >"$WORK/syslinux.cfg" <<EOF

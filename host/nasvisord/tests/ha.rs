@@ -28,13 +28,7 @@ fn blank_on<'a>(name: &'a str, pool_disk: &'a str, host: &'a str) -> Vec<&'a str
 /// Three hosts formed into a cluster, with a pool `nfs` every host
 /// reaches (kept while the returned directory lives).
 fn three_hosts_with_a_shared_pool(cluster_lines: &[&str]) -> (Cluster, tempfile::TempDir) {
-    let c = Cluster::start_with(3, cluster_lines);
-    c.form();
-    let shared = tempfile::tempdir().expect("tempdir");
-    let dir = shared.path().join("pool");
-    c.host(1)
-        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
-    (c, shared)
+    Cluster::with_shared_pool(3, cluster_lines)
 }
 
 fn events_of(c: &Cluster, from: usize, kind: &str) -> Vec<Value> {

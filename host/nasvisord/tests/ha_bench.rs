@@ -19,65 +19,15 @@
 
 mod common;
 
-use common::cluster::{eventually, move_figures, Cluster};
+use common::cluster::{console_log, eventually, move_figures, numbers_after, start_acker, Cluster};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
 const READY: &str = "NASVISOR-READY";
 
-/// Host i's console log of VM `id` (kept across the VM's runs there; both
-/// halves).
-fn console(c: &Cluster, i: usize, id: &str) -> String {
-    let log = c
-        .host(i)
-        .data_dir()
-        .join("run")
-        .join(format!("{id}.console.log"));
-    let mut rotated = log.clone().into_os_string();
-    rotated.push(".1");
-    [std::path::PathBuf::from(rotated), log]
-        .iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .collect()
-}
-
 /// How many ready markers host i's console log of VM `id` holds.
 fn readies(c: &Cluster, i: usize, id: &str) -> usize {
-    console(c, i, id).matches(READY).count()
-}
-
-/// The numbers after `word` on the lines of `text` that have it.
-fn numbers_after(text: &str, word: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| {
-            let at = l.rfind(word)?;
-            l[at + word.len()..].trim().parse().ok()
-        })
-        .collect()
-}
-
-/// Starts the acknowledged writer on VM `vm` (through host i) and returns
-/// how many records it found, once it said so.
-fn start_acker(c: &Cluster, i: usize, vm: &str, id: &str) -> u64 {
-    let before = numbers_after(&console(c, i, id), "RECORDS-FOUND ").len();
-    // The console shell may not listen yet just after the ready marker:
-    // sent again every 5 s until the writer answers.
-    let mut sent: Option<Instant> = None;
-    eventually(Duration::from_secs(60), "the writer's count", || {
-        if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-            c.host(i)
-                .try_json(&["vm", "console-send", "-n", vm, "/lib/nasvisor/acker &"])?;
-            sent = Some(Instant::now());
-        }
-        let found = numbers_after(&console(c, i, id), "RECORDS-FOUND ");
-        if found.len() > before {
-            Ok(*found.last().expect("a count"))
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
-            Err("no count yet".to_string())
-        }
-    })
+    console_log(c, i, id).matches(READY).count()
 }
 
 /// The VM once it runs protected.
@@ -99,20 +49,7 @@ fn bench_failover() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    // The daemon's defaults, in place of the test suite's short timings.
-    let mut c = Cluster::start_with(
-        3,
-        &[
-            "heartbeat-interval-ms = 500",
-            "offline-after-s = 3",
-            "quorum-stop-delay-s = 60",
-        ],
-    );
-    c.form();
-    let shared = tempfile::tempdir().expect("tempdir");
-    let dir = shared.path().join("pool");
-    c.host(1)
-        .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+    let (mut c, _shared) = Cluster::with_default_timings(3);
     let v = c
         .host(1)
         .try_json_within(
@@ -141,7 +78,7 @@ fn bench_failover() {
     let id = v["id"].as_str().expect("an id").to_string();
     c.host(1).wait_console("ha", READY, BOOT);
     assert_eq!(
-        start_acker(&c, 2, "ha", &id),
+        start_acker(&c, 2, 2, "ha", &id).expect("the writer's count"),
         0,
         "a new disk has no records"
     );
@@ -198,7 +135,7 @@ fn bench_failover() {
         let pid = v["pid"].as_i64().expect("a pid") as i32;
         // The writer is at work: ten more acknowledgements than now.
         let acks = |c: &Cluster| {
-            numbers_after(&console(c, from, &id), "ACK ")
+            numbers_after(&console_log(c, from, &id), "ACK ")
                 .into_iter()
                 .max()
                 .unwrap_or(0)
@@ -240,11 +177,11 @@ fn bench_failover() {
         });
         // Every record acknowledged before the kill (as the dead host's
         // daemon logged the console) is on the disk the VM uses now.
-        let acked = numbers_after(&console(&c, from, &id), "ACK ")
+        let acked = numbers_after(&console_log(&c, from, &id), "ACK ")
             .into_iter()
             .max()
             .expect("acknowledged records before the kill");
-        let found = start_acker(&c, to, "ha", &id);
+        let found = start_acker(&c, to, to, "ha", &id).expect("the writer's count");
         let ok = found > acked;
         if !ok {
             lost += 1;

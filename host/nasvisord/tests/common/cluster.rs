@@ -67,6 +67,32 @@ impl Cluster {
         Self::start_per_host(n, |_| cluster_lines.iter().map(|l| l.to_string()).collect())
     }
 
+    /// `n` hosts with the daemon's default cluster timings (not the
+    /// suite's short ones), formed, with a pool `nfs` every host reaches
+    /// (kept while the returned directory lives): the benchmarks' setting.
+    pub fn with_default_timings(n: usize) -> (Cluster, tempfile::TempDir) {
+        Self::with_shared_pool(
+            n,
+            &[
+                "heartbeat-interval-ms = 500",
+                "offline-after-s = 3",
+                "quorum-stop-delay-s = 60",
+            ],
+        )
+    }
+
+    /// `n` hosts with `cluster_lines`, formed, with a pool `nfs` every host
+    /// reaches (kept while the returned directory lives).
+    pub fn with_shared_pool(n: usize, cluster_lines: &[&str]) -> (Cluster, tempfile::TempDir) {
+        let c = Cluster::start_with(n, cluster_lines);
+        c.form();
+        let shared = tempfile::tempdir().expect("tempdir");
+        let dir = shared.path().join("pool");
+        c.host(1)
+            .json(&["pool", "create", "nfs", dir.to_str().unwrap(), "--shared"]);
+        (c, shared)
+    }
+
     /// Like [`Self::start`], with more `[cluster]` lines for host i.
     pub fn start_per_host(n: usize, cluster_lines: impl Fn(usize) -> Vec<String>) -> Cluster {
         assert!((1..=250).contains(&n), "1 to 250 hosts");
@@ -514,4 +540,52 @@ pub fn move_figures(job: &Value) -> (f64, u64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no downtime in {msg:?}"));
     (total, down)
+}
+
+/// Host i's console log of VM `id`, both halves.
+pub fn console_log(c: &Cluster, i: usize, id: &str) -> String {
+    let log = c
+        .host(i)
+        .data_dir()
+        .join("run")
+        .join(format!("{id}.console.log"));
+    let mut rotated = log.clone().into_os_string();
+    rotated.push(".1");
+    [std::path::PathBuf::from(rotated), log]
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
+}
+
+/// The numbers after `word` on the lines of `text` that have it.
+pub fn numbers_after(text: &str, word: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let at = l.rfind(word)?;
+            l[at + word.len()..].trim().parse().ok()
+        })
+        .collect()
+}
+
+/// Starts the acknowledged writer on VM `vm` (through host `via`) and
+/// returns how many records it found, read from host `on`'s console log.
+pub fn start_acker(c: &Cluster, via: usize, on: usize, vm: &str, id: &str) -> Result<u64, String> {
+    let before = numbers_after(&console_log(c, on, id), "RECORDS-FOUND ").len();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut sent: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            let _ =
+                c.host(via)
+                    .try_json(&["vm", "console-send", "-n", vm, "/lib/nasvisor/acker &"]);
+            sent = Some(Instant::now());
+        }
+        let found = numbers_after(&console_log(c, on, id), "RECORDS-FOUND ");
+        if found.len() > before {
+            return Ok(*found.last().expect("a count"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("the writer on {vm} gave no count"))
 }

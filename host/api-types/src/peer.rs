@@ -247,6 +247,11 @@ pub struct HeartbeatReply {
 pub struct ForwardAction {
     /// The action.
     pub action: Action,
+    /// The store revision the caller had applied when it asked: the host
+    /// catches up to it first, so that it acts on what the caller decided
+    /// (a failover's start, say, on the record that gives it the VM).
+    #[serde(default)]
+    pub after: u64,
 }
 
 /// The answer to [`ForwardAction`].

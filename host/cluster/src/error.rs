@@ -109,6 +109,19 @@ pub enum StoreError {
          so its outcome is unknown: check the object before trying again"
     )]
     Unconfirmed(std::time::Duration),
+    /// A change decided by the leader of `term` was not made: this host
+    /// no longer leads in that term (see [`crate::Command::InTerm`]).
+    #[error(
+        "this host no longer leads the cluster in term {term}{}; the change it decided then \
+         was not made",
+        .entry_term.map(|t| format!(" (the change reached the log in term {t})")).unwrap_or_default()
+    )]
+    Deposed {
+        /// The term the change was decided in.
+        term: u64,
+        /// The term of the log entry that carried it, if it reached the log.
+        entry_term: Option<u64>,
+    },
     /// The operation needs a cluster (created or joined) and this host has
     /// none.
     #[error("this host is not part of a cluster: run `nasvisor cluster create` or `nasvisor cluster join` first")]

@@ -161,6 +161,52 @@ impl Shared {
         }
     }
 
+    /// The term this node leads in; `None` when it does not lead.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.node_id))
+            .then_some(m.current_term)
+    }
+
+    /// Commit `cmd` as the leader of `term` ([`Command::InTerm`]): never
+    /// forwarded, and refused unless this node leads in that term.
+    pub(crate) async fn write_in_term(
+        &self,
+        term: u64,
+        cmd: Command,
+    ) -> Result<Response, StoreError> {
+        if self.leader_term() != Some(term) {
+            return Err(StoreError::Deposed {
+                term,
+                entry_term: None,
+            });
+        }
+        let cmd = Command::InTerm {
+            term,
+            command: Box::new(cmd),
+        };
+        let written = tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT))?;
+        match written {
+            Ok(r) => match r.data {
+                Response::WrongTerm { term, entry_term } => Err(StoreError::Deposed {
+                    term,
+                    entry_term: Some(entry_term),
+                }),
+                resp => Ok(resp),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(StoreError::Deposed {
+                    term,
+                    entry_term: None,
+                })
+            }
+            Err(e) => Err(raft_err(e)),
+        }
+    }
+
     /// Write one of the cluster's own records (`@` kinds).
     pub(crate) async fn write_record<T: Serialize>(
         &self,
@@ -179,21 +225,7 @@ impl Shared {
             value,
             expected_revision,
         };
-        match self.write(cmd).await? {
-            Response::Applied { .. } => Ok(()),
-            Response::Conflict {
-                kind,
-                key,
-                expected,
-                actual,
-            } => Err(StoreError::Conflict {
-                kind,
-                key,
-                expected,
-                actual,
-            }),
-            other => Err(StoreError::Raft(format!("unexpected response {other:?}"))),
-        }
+        written(self.write(cmd).await?).map(|_| ())
     }
 
     pub(crate) async fn read_linearizable(
@@ -623,6 +655,7 @@ fn writes_membership(cmd: &Command) -> bool {
     match cmd {
         Command::Admit { .. } => true,
         Command::Put { kind, .. } | Command::Delete { kind, .. } => kind == KIND_NODE,
+        Command::InTerm { command, .. } => writes_membership(command),
     }
 }
 
@@ -643,4 +676,30 @@ pub(crate) fn not_leader<E>(
         leader: f.leader_id,
         leader_addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
     })
+}
+
+/// The outcome of a committed put or delete.
+pub(crate) fn written(resp: Response) -> Result<Revision, StoreError> {
+    match resp {
+        Response::Applied { revision } => Ok(revision),
+        Response::Conflict {
+            kind,
+            key,
+            expected,
+            actual,
+        } => Err(StoreError::Conflict {
+            kind,
+            key,
+            expected,
+            actual,
+        }),
+        Response::NotFound { kind, key } => Err(StoreError::NotFound { kind, key }),
+        Response::WrongTerm { term, entry_term } => Err(StoreError::Deposed {
+            term,
+            entry_term: Some(entry_term),
+        }),
+        Response::Noop | Response::Admitted { .. } | Response::Refused { .. } => Err(
+            StoreError::Raft(format!("unexpected response to a write: {resp:?}")),
+        ),
+    }
 }

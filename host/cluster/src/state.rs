@@ -213,10 +213,36 @@ impl DesiredState {
         Ok((token, id))
     }
 
+    /// Apply the command of a log entry of term `entry_term`:
+    /// [`Command::InTerm`] only if it is of that term.
+    pub fn apply_entry(&mut self, cmd: &Command, entry_term: u64) -> (Response, Change) {
+        match cmd {
+            Command::InTerm { term, command } => {
+                if *term != entry_term || matches!(**command, Command::InTerm { .. }) {
+                    let refused = Response::WrongTerm {
+                        term: *term,
+                        entry_term,
+                    };
+                    return (refused, Change::None);
+                }
+                self.apply(command)
+            }
+            cmd => self.apply(cmd),
+        }
+    }
+
     /// Apply one command. Deterministic; a failed precondition changes
-    /// nothing and is reported in the response.
+    /// nothing and is reported in the response. [`Command::InTerm`] needs
+    /// its entry's term: see [`Self::apply_entry`].
     pub fn apply(&mut self, cmd: &Command) -> (Response, Change) {
         match cmd {
+            Command::InTerm { term, .. } => (
+                Response::WrongTerm {
+                    term: *term,
+                    entry_term: 0,
+                },
+                Change::None,
+            ),
             Command::Admit {
                 token_hash,
                 now_ms,
@@ -404,6 +430,45 @@ mod tests {
             }
         );
         assert_eq!(s.revision, 4);
+    }
+
+    #[test]
+    fn a_change_decided_in_a_term_is_made_only_in_an_entry_of_that_term() {
+        let mut s = DesiredState::default();
+        let in_term = |term, cmd| Command::InTerm {
+            term,
+            command: Box::new(cmd),
+        };
+        assert_eq!(
+            s.apply_entry(&in_term(7, put("host", "a", json!(1), None)), 7)
+                .0,
+            Response::Applied { revision: 1 }
+        );
+        let before = s.clone();
+        let refused = [
+            // A deposed leader's entry, committed under a later term.
+            (in_term(7, put("host", "a", json!(2), None)), 8),
+            (in_term(7, del("host", "a", None)), 9),
+            // Nested, or without its entry's term.
+            (in_term(8, in_term(8, put("host", "a", json!(3), None))), 8),
+            (in_term(8, put("host", "a", json!(4), None)), 0),
+        ];
+        for (cmd, entry_term) in refused {
+            let (resp, change) = s.apply_entry(&cmd, entry_term);
+            assert!(
+                matches!(resp, Response::WrongTerm { .. }),
+                "{cmd:?} in {entry_term}: {resp:?}"
+            );
+            assert!(matches!(change, Change::None));
+        }
+        let (resp, _) = s.apply(&in_term(8, put("host", "a", json!(5), None)));
+        assert!(matches!(resp, Response::WrongTerm { .. }), "{resp:?}");
+        assert_eq!(s, before);
+        // Plain commands are applied whatever the entry's term.
+        assert_eq!(
+            s.apply_entry(&put("host", "a", json!(6), Some(1)), 9).0,
+            Response::Applied { revision: 2 }
+        );
     }
 
     #[test]

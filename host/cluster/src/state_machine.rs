@@ -144,7 +144,8 @@ impl StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Response::Noop),
                     EntryPayload::Normal(cmd) => {
-                        let (resp, change) = applied.state.apply(&cmd);
+                        let (resp, change) =
+                            applied.state.apply_entry(&cmd, entry.log_id.leader_id.term);
                         persist(&mut objects, change)?;
                         responses.push(resp);
                     }

@@ -31,7 +31,7 @@ use crate::error::{raft_err, StoreError};
 use crate::identity::{Identity, PkiError};
 use crate::log_store::LogStore;
 use crate::net::{call, ClusterNet, ServerHandle};
-use crate::node::Shared;
+use crate::node::{written, Shared};
 use crate::open::open_db;
 use crate::peer::{PeerHandler, PeerReply, PeerRequest};
 use crate::raft_net::{ClientSlot, NetworkFactory};
@@ -296,23 +296,29 @@ impl ClusterStore {
         value: serde_json::Value,
         expected_revision: Option<Revision>,
     ) -> Result<Revision, StoreError> {
-        validate(kind, key)?;
-        let len = serde_json::to_vec(&value)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if len > MAX_VALUE_LEN {
-            return Err(StoreError::Invalid {
-                field: "value",
-                reason: format!("{len} bytes of JSON, more than {MAX_VALUE_LEN}"),
-            });
-        }
-        self.write(Command::Put {
-            kind: kind.to_owned(),
-            key: key.to_owned(),
-            value,
-            expected_revision,
-        })
-        .await
+        let cmd = put_command(kind, key, value, expected_revision)?;
+        self.write(cmd).await
+    }
+
+    /// Like [`Self::put`], as the leader of `term`: made only if this host
+    /// leads in that term until the change is committed, never forwarded
+    /// (see [`Command::InTerm`]); otherwise [`StoreError::Deposed`].
+    pub async fn put_in_term(
+        &self,
+        term: u64,
+        kind: &str,
+        key: &str,
+        value: serde_json::Value,
+        expected_revision: Option<Revision>,
+    ) -> Result<Revision, StoreError> {
+        let cmd = put_command(kind, key, value, expected_revision)?;
+        let resp = self.shared.write_in_term(term, cmd).await?;
+        written(resp)
+    }
+
+    /// The term this host leads the cluster in; `None` when it does not.
+    pub fn leader_term(&self) -> Option<u64> {
+        self.shared.leader_term()
     }
 
     /// Delete `kind`/`key`; see [`Command`] for `expected_revision`.
@@ -333,25 +339,7 @@ impl ClusterStore {
     }
 
     async fn write(&self, cmd: Command) -> Result<Revision, StoreError> {
-        let resp = self.shared.write(cmd).await?;
-        match resp {
-            Response::Applied { revision } => Ok(revision),
-            Response::Conflict {
-                kind,
-                key,
-                expected,
-                actual,
-            } => Err(StoreError::Conflict {
-                kind,
-                key,
-                expected,
-                actual,
-            }),
-            Response::NotFound { kind, key } => Err(StoreError::NotFound { kind, key }),
-            Response::Noop | Response::Admitted { .. } | Response::Refused { .. } => Err(
-                StoreError::Raft(format!("unexpected response to a write: {resp:?}")),
-            ),
-        }
+        written(self.shared.write(cmd).await?)
     }
 
     /// `kind`/`key` and its revision, from this node's applied state (may
@@ -568,4 +556,29 @@ fn validate(kind: &str, key: &str) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+/// A validated [`Command::Put`].
+fn put_command(
+    kind: &str,
+    key: &str,
+    value: serde_json::Value,
+    expected_revision: Option<Revision>,
+) -> Result<Command, StoreError> {
+    validate(kind, key)?;
+    let len = serde_json::to_vec(&value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > MAX_VALUE_LEN {
+        return Err(StoreError::Invalid {
+            field: "value",
+            reason: format!("{len} bytes of JSON, more than {MAX_VALUE_LEN}"),
+        });
+    }
+    Ok(Command::Put {
+        kind: kind.to_owned(),
+        key: key.to_owned(),
+        value,
+        expected_revision,
+    })
 }

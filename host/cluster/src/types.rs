@@ -102,6 +102,20 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
+    /// `command` (a put or a delete), applied only if this entry was
+    /// proposed by the leader of term `term`. A leader's decision taken on
+    /// what it saw while leading (that a host has been silent long enough
+    /// to be fenced, say) must not be committed once it was deposed: a new
+    /// leader may have heard that host meanwhile. Such a command is never
+    /// forwarded, and should a deposed leader's entry reach the log under
+    /// a later term, applying it changes nothing
+    /// ([`Response::WrongTerm`]).
+    InTerm {
+        /// The term of the leadership the decision was taken in.
+        term: u64,
+        /// The change.
+        command: Box<Command>,
+    },
 }
 
 /// Why a join was refused. Nothing changed in the cluster.
@@ -210,5 +224,13 @@ pub enum Response {
     Refused {
         /// Why.
         reason: JoinRefused,
+    },
+    /// [`Command::InTerm`] reached the log under another term than its
+    /// own (or wrapped a command it may not); nothing changed.
+    WrongTerm {
+        /// The term the command was decided in.
+        term: u64,
+        /// The term of the log entry that carried it.
+        entry_term: u64,
     },
 }

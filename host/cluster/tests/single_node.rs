@@ -524,3 +524,51 @@ async fn a_member_store_opened_without_a_network_is_refused_and_left_untouched()
         "no database was created"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_decision_is_made_only_in_the_term_it_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let term = store.leader_term().expect("a sole voter leads");
+    assert_eq!(term, store.metrics().current_term);
+    let rev = store
+        .put_in_term(term, "host", "a", json!({ "fenced": true }), None)
+        .await
+        .expect("written in the term it leads");
+    assert_eq!(
+        store.get("host", "a"),
+        Some((json!({ "fenced": true }), rev))
+    );
+
+    // A decision of an earlier (or any other) term changes nothing, and
+    // says so.
+    for other in [term - 1, term + 1] {
+        match store
+            .put_in_term(other, "host", "a", json!({ "fenced": false }), None)
+            .await
+        {
+            Err(e @ StoreError::Deposed { .. }) => {
+                assert!(e.to_string().contains(&format!("term {other}")), "{e}")
+            }
+            r => panic!("term {other}: {r:?}"),
+        }
+    }
+    assert_eq!(
+        store.get("host", "a"),
+        Some((json!({ "fenced": true }), rev))
+    );
+    assert_eq!(store.revision(), rev);
+    // The usual checks still hold inside a term.
+    match store
+        .put_in_term(term, "host", "a", json!({}), Some(rev + 5))
+        .await
+    {
+        Err(StoreError::Conflict { .. }) => {}
+        r => panic!("{r:?}"),
+    }
+    match store.put_in_term(term, "", "a", json!({}), None).await {
+        Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "kind"),
+        r => panic!("{r:?}"),
+    }
+    store.shutdown().await.unwrap();
+}

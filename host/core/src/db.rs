@@ -139,7 +139,27 @@ impl Db {
 
     /// Read-modify-write of one record, retried when another writer got in
     /// between. `f` may refuse the change. Returns the record as written.
-    pub async fn update<T, F>(&self, kind: &str, key: &str, mut f: F) -> Result<T, CoreError>
+    pub async fn update<T, F>(&self, kind: &str, key: &str, f: F) -> Result<T, CoreError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> Result<(), CoreError>,
+    {
+        self.update_as(None, kind, key, f).await
+    }
+
+    /// [`Self::update`], or with `term` for a decision this host took as
+    /// the leader of that term from what it saw while leading (a host
+    /// silent long enough to fence, say): then the change is made only if
+    /// this host still leads in that term when it is committed, and is
+    /// never forwarded; a deposed leader's decision fails (unavailable)
+    /// and changes nothing.
+    pub async fn update_as<T, F>(
+        &self,
+        term: Option<u64>,
+        kind: &str,
+        key: &str,
+        mut f: F,
+    ) -> Result<T, CoreError>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(&mut T) -> Result<(), CoreError>,
@@ -150,7 +170,11 @@ impl Db {
             };
             f(&mut rec)?;
             let v = serde_json::to_value(&rec).map_err(errors::internal)?;
-            match self.store().put(kind, key, v, Some(rev)).await {
+            let written = match term {
+                Some(t) => self.store().put_in_term(t, kind, key, v, Some(rev)).await,
+                None => self.store().put(kind, key, v, Some(rev)).await,
+            };
+            match written {
                 Ok(r) => {
                     self.applied(r).await;
                     return Ok(rec);

@@ -67,7 +67,10 @@ pub fn store(e: StoreError) -> CoreError {
         ),
         StoreError::AlreadyClustered { .. } => conflict(e.to_string()),
         StoreError::Invalid { field, ref reason } => invalid(field, reason.clone()),
-        StoreError::Bind { .. } | StoreError::Timeout(_) | StoreError::Unconfirmed(_) => {
+        StoreError::Bind { .. }
+        | StoreError::Timeout(_)
+        | StoreError::Unconfirmed(_)
+        | StoreError::Deposed { .. } => {
             CoreError::Unavailable {
                 reason: e.to_string(),
             }

@@ -91,8 +91,12 @@ fn should_run(vm: &VmRecord) -> bool {
 }
 
 impl Inner {
-    /// The leader's HA round (see the module's documentation).
-    pub(crate) async fn ha_round(self: &Arc<Self>) {
+    /// The leader's HA round (see the module's documentation), as the
+    /// leader of `term`: what it decides is written in that term only.
+    pub(crate) async fn ha_round(self: &Arc<Self>, term: u64) {
+        if self.db.store().leader_term() != Some(term) {
+            return;
+        }
         let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
         lock(&self.ha.fencing).retain(|id, _| hosts.iter().any(|h| &h.id == id && !h.online));
         for h in hosts {
@@ -109,10 +113,10 @@ impl Inner {
                 let fenced = if h.fenced.is_some() {
                     true
                 } else {
-                    self.fence_step(&h).await
+                    self.fence_step(&h, term).await
                 };
                 if fenced {
-                    self.failover_step(&h, &vms).await;
+                    self.failover_step(&h, &vms, term).await;
                 }
                 continue;
             }
@@ -122,7 +126,7 @@ impl Inner {
                     .into_iter()
                     .filter(|v| v.state == VmStatus::Running)
                     .collect();
-                self.switchover_step(&h, reasons, &running).await;
+                self.switchover_step(&h, reasons, &running, term).await;
             }
         }
     }
@@ -163,8 +167,8 @@ impl Inner {
 
     /// Lost host `h` with HA VMs, not fenced yet: asks the policy (once it
     /// asked to fence, no more), then fences when it is safe. Whether `h`
-    /// is fenced now.
-    async fn fence_step(self: &Arc<Self>, h: &HostRecord) -> bool {
+    /// is fenced now. The fence is recorded in `term` only.
+    async fn fence_step(self: &Arc<Self>, h: &HostRecord, term: u64) -> bool {
         let silent = lock(&self.cluster.last_seen)
             .get(&h.id)
             .map(|t| t.elapsed())
@@ -223,7 +227,7 @@ impl Inner {
         let record = format!("{how} (at {})", now_rfc3339());
         let r = self
             .db
-            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+            .update_as::<HostRecord, _>(Some(term), kind::HOST, &h.id, |r| {
                 if !r.online {
                     r.fenced = Some(record.clone());
                 }
@@ -314,13 +318,19 @@ impl Inner {
 
     /// Fenced host `h`: asks the policy where its HA VMs go, and fails
     /// them over.
-    async fn failover_step(self: &Arc<Self>, h: &HostRecord, vms: &[VmRecord]) {
+    async fn failover_step(self: &Arc<Self>, h: &HostRecord, vms: &[VmRecord], term: u64) {
         let due: Vec<&VmRecord> = vms
             .iter()
             .filter(|v| self.try_now(&v.id, FAILOVER_RETRY))
             .collect();
-        self.move_step(h, &due, Event::HostFenced(h.id.clone()), Move::Failover)
-            .await;
+        self.move_step(
+            h,
+            &due,
+            Event::HostFenced(h.id.clone()),
+            Move::Failover,
+            term,
+        )
+        .await;
     }
 
     /// Degraded host `h` (or in maintenance): asks the policy, and moves
@@ -330,6 +340,7 @@ impl Inner {
         h: &HostRecord,
         reasons: Vec<String>,
         vms: &[VmRecord],
+        term: u64,
     ) {
         let due: Vec<&VmRecord> = vms
             .iter()
@@ -345,17 +356,19 @@ impl Inner {
             host: h.id.clone(),
             reasons,
         });
-        self.move_step(h, &due, event, Move::Switchover).await;
+        self.move_step(h, &due, event, Move::Switchover, term).await;
     }
 
     /// Sends `event` about host `h` to the policy and carries out the
-    /// moves of kind `kind` it answers for the VMs `due`, each in a task.
+    /// moves of kind `kind` it answers for the VMs `due`, each in a task,
+    /// as the leader of `term`.
     async fn move_step(
         self: &Arc<Self>,
         h: &HostRecord,
         due: &[&VmRecord],
         event: Event,
         kind: Move,
+        term: u64,
     ) {
         if due.is_empty() {
             return;
@@ -383,11 +396,11 @@ impl Inner {
                 match kind {
                     Move::Failover => {
                         let why = format!("host {host} is fenced: {}", m.reason);
-                        me.fail_over(&m.vm, &m.target, &why).await
+                        me.fail_over(&m.vm, &m.target, &why, Some(term)).await
                     }
                     Move::Switchover => {
                         let why = format!("host {host} is degraded: {}", m.reason);
-                        me.switch_over(&m.vm, &m.target, &why).await
+                        me.switch_over(&m.vm, &m.target, &why, term).await
                     }
                 }
             });
@@ -395,10 +408,19 @@ impl Inner {
     }
 
     /// Fails HA VM `id` over to `target`: its record moves there and the
-    /// target starts it. Events say what happened.
-    pub(crate) async fn fail_over(self: &Arc<Self>, id: &str, target: &str, why: &str) {
+    /// target starts it. Events say what happened. With `term`, the
+    /// leader of that term decided it (its host is fenced), and the record
+    /// moves only if it still leads in that term; without, the VM's own
+    /// host decided it (its QEMU went down there).
+    pub(crate) async fn fail_over(
+        self: &Arc<Self>,
+        id: &str,
+        target: &str,
+        why: &str,
+        term: Option<u64>,
+    ) {
         let started = Instant::now();
-        let r = self.fail_over_inner(id, target, why).await;
+        let r = self.fail_over_inner(id, target, why, term).await;
         let name = self
             .find_vm(id)
             .map(|v| v.name)
@@ -435,6 +457,7 @@ impl Inner {
         id: &str,
         target: &str,
         why: &str,
+        term: Option<u64>,
     ) -> Result<String, CoreError> {
         let (vm, from) = {
             let _g = self.ops.lock().await;
@@ -470,7 +493,7 @@ impl Inner {
             );
             let vm = self
                 .db
-                .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                .update_as::<VmRecord, _>(term, kind::VM, &vm.id, |v| {
                     v.host = Some(target.to_string());
                     v.state = VmStatus::Stopped;
                     v.state_reason = Some(format!("failing over from host {from}"));
@@ -507,7 +530,7 @@ impl Inner {
 
     /// Switches HA VM `id` over to `target` (its passive host): a live
     /// migration started on its host. Events say what happened.
-    async fn switch_over(self: &Arc<Self>, id: &str, target: &str, why: &str) {
+    async fn switch_over(self: &Arc<Self>, id: &str, target: &str, why: &str, term: u64) {
         let r = async {
             let vm = self.find_vm(id)?;
             let from = vm.host.clone().unwrap_or_default();
@@ -516,7 +539,7 @@ impl Inner {
                 now_rfc3339()
             );
             self.db
-                .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                .update_as::<VmRecord, _>(Some(term), kind::VM, &vm.id, |v| {
                     v.last_ha_move = Some(moved.clone());
                     Ok(())
                 })

@@ -149,7 +149,7 @@ impl Inner {
                 // first), so it cannot run twice.
                 self.stop_instance(&vm.id).await;
                 let why = format!("it {what} {recent} time(s): {}", m.reason);
-                self.fail_over(&vm.id, &m.target, &why).await;
+                self.fail_over(&vm.id, &m.target, &why, None).await;
             }
             HaAction::Notify(n) => self.ha_notice(target, n).await,
             HaAction::Hold(h) => {

@@ -222,7 +222,7 @@ impl Inner {
         )
         .await;
         if let Some(h) = host {
-            self.record_lost(&h.id, true).await;
+            self.record_lost(&h.id, true, None, None).await;
         }
         Ok(())
     }

@@ -109,6 +109,7 @@ impl Inner {
             }
             PeerCall::Action(c) => {
                 tracing::debug!(from, action = ?c.action, "action forwarded by another host");
+                self.db.applied(c.after).await;
                 let result = self.handle_here(c.action).await?;
                 let revision = self.db.store().revision();
                 reply::<ForwardAction>(ActionReply { result, revision })

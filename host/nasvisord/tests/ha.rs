@@ -802,3 +802,63 @@ fn a_cut_off_host_stops_its_ha_vm_before_the_majority_starts_it_and_a_dead_daemo
         .expect("the watchdog's report");
     assert!(fired.contains("\"db\""), "{fired}");
 }
+
+#[test]
+fn a_leader_cut_off_then_healed_fences_no_host_the_majority_heard_and_moves_no_vm() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let l = c.leader();
+    // The HA VM on the last other host: the cut-off leader's heartbeat
+    // round, stuck on writes no majority confirms (10 s each), reaches it
+    // last, after the heal, with the silence it saw while cut off.
+    let a = (1..=3).rev().find(|&i| i != l).expect("another host");
+    let (_, pid) = protected_vm(&c, "db", a);
+    let other = (1..=3).find(|&i| i != l && i != a).expect("a third host");
+
+    c.cut(l);
+    eventually(Duration::from_secs(30), "a new leader", || {
+        match c.leader_seen_by(other) {
+            Some(n) if n != l => Ok(()),
+            seen => Err(format!("nas{other} names {seen:?}")),
+        }
+    });
+    // Past every deadline of db's host as the old leader counts it (3 s
+    // offline, 2 s fence delay, 1.5 s margin), within its stuck round.
+    std::thread::sleep(Duration::from_secs(12));
+    c.heal(l);
+    c.wait_online(
+        other,
+        &[(1, true), (2, true), (3, true)],
+        Duration::from_secs(60),
+    );
+    // The old leader's round ends (its last stuck write times out at the
+    // latest 10 s later), and its HA round would follow.
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        assert!(
+            alive(pid),
+            "db's QEMU on nas{a} was stopped; events:\n{}",
+            ha_events(&c, other)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let host = c.name(a);
+    for kind in ["host-fenced", "vm-failed-over", "vm-failover-failed"] {
+        let seen = events_of(&c, other, kind);
+        assert!(seen.is_empty(), "{kind}: {seen:#?}");
+    }
+    let offline: Vec<Value> = events_of(&c, other, "host-offline")
+        .into_iter()
+        .filter(|e| e["target"] == format!("host/{host}"))
+        .collect();
+    assert!(
+        offline.is_empty(),
+        "db's host was recorded offline: {offline:#?}"
+    );
+    let v = c.host(other).json(&["vm", "show", "db"]);
+    assert_eq!(v["host"], host, "{v:#}");
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "{v:#}");
+    let (h, _) = health_of(&c, other, &host).expect("host list");
+    assert_eq!(h, "healthy");
+}

@@ -15,6 +15,7 @@ fn every_call() -> Vec<Any> {
         Heartbeat::default().into_call(),
         ForwardAction {
             action: Action::GetVm { id: "v1".into() },
+            after: 9,
         }
         .into_call(),
         Read {

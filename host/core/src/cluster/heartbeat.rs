@@ -32,7 +32,7 @@ impl Inner {
         let shutdown = self.shutdown.clone();
         let interval = self.cfg.heartbeat_interval;
         tokio::spawn(async move {
-            let mut was_leader = false;
+            let mut led: Option<u64> = None;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -42,13 +42,16 @@ impl Inner {
                 me.apply_cluster_plugins().await;
                 me.apply_plugin_resets();
                 if !me.multi_host() {
-                    was_leader = false;
+                    led = None;
                     continue;
                 }
-                let leader = me.db.store().is_leader() && me.has_quorum();
-                if leader {
-                    if !was_leader {
-                        // A new leader gives every host a full threshold.
+                let term = me.db.store().leader_term().filter(|_| me.has_quorum());
+                if let Some(term) = term {
+                    if led != Some(term) {
+                        // A new leadership (or one that lost the majority
+                        // meanwhile) knows nothing of the hosts' silence
+                        // before it: another leader may have heard them.
+                        // Every host gets a full threshold.
                         let now = Instant::now();
                         lock(&me.cluster.answers_seen).clear();
                         let mut seen = lock(&me.cluster.last_seen);
@@ -57,11 +60,14 @@ impl Inner {
                             seen.insert(h.id, now);
                         }
                     }
-                    me.heartbeat_round().await;
-                    me.ha_round().await;
+                    // What the rounds decide from that silence is written
+                    // in `term` only: a round that outlives this
+                    // leadership changes nothing.
+                    me.heartbeat_round(term).await;
+                    me.ha_round(term).await;
                     me.reprotect_ha_vms().await;
                 }
-                was_leader = leader;
+                led = term;
             }
         });
     }
@@ -86,7 +92,7 @@ impl Inner {
         });
     }
 
-    async fn heartbeat_round(self: &Arc<Self>) {
+    async fn heartbeat_round(self: &Arc<Self>, term: u64) {
         let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
         let members: HashSet<u64> = self
             .db
@@ -140,8 +146,9 @@ impl Inner {
                         || h.last_seen.as_deref().is_none_or(stale_timestamp);
                     if changed {
                         let came_back = !h.online;
-                        self.db
-                            .update::<HostRecord, _>(kind::HOST, &h.id, |r| {
+                        let written = self
+                            .db
+                            .update_as::<HostRecord, _>(Some(term), kind::HOST, &h.id, |r| {
                                 r.online = true;
                                 r.offline_since = None;
                                 r.fenced = None;
@@ -154,8 +161,12 @@ impl Inner {
                                 r.last_seen = Some(now_rfc3339());
                                 Ok(())
                             })
-                            .await
-                            .best_effort("record that the host answers");
+                            .await;
+                        if let Err(e) = written {
+                            // Not this leader's to say any more, or not now.
+                            tracing::warn!(host = %h.id, error = %e, "cannot record that the host answers");
+                            continue;
+                        }
                         if h.problems != hb.problems {
                             self.report_health_change(&h.id, &h.problems, &hb.problems)
                                 .await;
@@ -180,18 +191,13 @@ impl Inner {
                     let last = lock(&self.cluster.last_seen).get(&h.id).copied();
                     let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
                     if h.online && silent >= self.cfg.offline_after {
-                        self.event(
-                            "host-offline",
-                            Severity::Warning,
-                            Some(format!("host/{}", h.id)),
-                            format!(
-                                "host {} missed heartbeats for {:.1} s ({e})",
-                                h.id,
-                                silent.as_secs_f64()
-                            ),
-                        )
-                        .await;
-                        self.record_lost(&h.id, false).await;
+                        let message = format!(
+                            "host {} missed heartbeats for {:.1} s ({e})",
+                            h.id,
+                            silent.as_secs_f64()
+                        );
+                        self.record_lost(&h.id, false, Some(term), Some(("host-offline", message)))
+                            .await;
                     }
                 }
             }
@@ -331,14 +337,8 @@ impl Inner {
             // As the leader has it: while this host was cut off, the VM may
             // have failed over, and this host's copy of the store may not
             // show it yet.
-            let vm = match self.db.store().get_linearizable(kind::VM, &id).await {
-                Ok(Some((v, _))) => match serde_json::from_value::<VmRecord>(v) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::error!(vm = %id, error = %e, "unreadable VM record; not started again");
-                        continue;
-                    }
-                },
+            let vm = match self.vm_as_the_leader_has_it(&id).await {
+                Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::error!(vm = %id, error = %e, "cannot read where the VM belongs now; not started again");
@@ -363,6 +363,22 @@ impl Inner {
             if let Err(e) = self.start_vm(&vm, None).await {
                 tracing::error!(vm = %vm.name, error = %e, "cannot start a VM again after the quorum came back");
             }
+        }
+    }
+
+    /// VM `id`'s record as the leader has it (a linearizable read): this
+    /// host's copy of the store may not show yet a failover decided while
+    /// it was cut off or down.
+    pub(crate) async fn vm_as_the_leader_has_it(
+        &self,
+        id: &str,
+    ) -> Result<Option<VmRecord>, CoreError> {
+        match self.db.store().get_linearizable(kind::VM, id).await {
+            Ok(Some((v, _))) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| crate::errors::internal(format!("unreadable VM record {id}: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(crate::errors::store(e)),
         }
     }
 

@@ -371,12 +371,21 @@ impl Inner {
         }
     }
 
-    /// Records host `id` lost (offline from now, or removed), then reports
-    /// its VMs `unknown`.
-    pub(crate) async fn record_lost(&self, id: &str, removed: bool) {
+    /// Records host `id` lost (offline from now, or removed), with the
+    /// event `announce` (kind, message) once it is recorded, then reports
+    /// its VMs `unknown`; with `term`, as the leader of that term (see
+    /// [`crate::db::Db::update_as`]): a deposed leader records and
+    /// announces nothing.
+    pub(crate) async fn record_lost(
+        &self,
+        id: &str,
+        removed: bool,
+        term: Option<u64>,
+        announce: Option<(&str, String)>,
+    ) {
         let r = self
             .db
-            .update::<HostRecord, _>(kind::HOST, id, |r| {
+            .update_as::<HostRecord, _>(term, kind::HOST, id, |r| {
                 r.online = false;
                 if r.offline_since.is_none() {
                     r.offline_since = Some(now_rfc3339());
@@ -387,6 +396,15 @@ impl Inner {
             .await;
         match r {
             Ok(r) => {
+                if let Some((kind_, message)) = announce {
+                    self.event(
+                        kind_,
+                        Severity::Warning,
+                        Some(format!("host/{id}")),
+                        message,
+                    )
+                    .await;
+                }
                 let lost = LostHost {
                     id: r.id,
                     removed: r.removed,

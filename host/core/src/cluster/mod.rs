@@ -526,7 +526,14 @@ impl Inner {
         }
         let rec = self.host_record(host)?;
         let r = self
-            .call_peer(&rec, ForwardAction { action }, FORWARD_TIMEOUT)
+            .call_peer(
+                &rec,
+                ForwardAction {
+                    action,
+                    after: self.db.store().revision(),
+                },
+                FORWARD_TIMEOUT,
+            )
             .await?;
         // Read your writes here too: this host catches up with what the
         // other host had applied when it answered.

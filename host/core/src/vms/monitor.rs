@@ -92,6 +92,7 @@ impl Inner {
         let r = self
             .db
             .update::<VmRecord, _>(kind::VM, id, |v| {
+                self.still_here(v)?;
                 if v.state != VmStatus::Installing {
                     v.state = status;
                     v.state_reason = reason.clone();

@@ -20,6 +20,7 @@ impl Inner {
     ) -> Result<VmRecord, CoreError> {
         self.db
             .update::<VmRecord, _>(kind::VM, id, |v| {
+                self.still_here(v)?;
                 v.state = state;
                 v.state_reason = reason.clone();
                 if let Some(d) = desired {
@@ -28,6 +29,21 @@ impl Inner {
                 Ok(())
             })
             .await
+    }
+
+    /// Refuses a change of this host's view of VM `v` (the state of its
+    /// QEMU here) once the record gives the VM to another host: after a
+    /// failover, or a `vm recover`, the copy this host ran (or thinks it
+    /// runs) is not the VM any more, and what it observes of that copy must
+    /// not overwrite the record of the one that runs elsewhere.
+    pub(crate) fn still_here(&self, v: &VmRecord) -> Result<(), CoreError> {
+        match v.host.as_deref() {
+            Some(h) if h != self.host.id => Err(errors::conflict(format!(
+                "VM {} now belongs to host {h}; what host {} sees of its copy is not recorded",
+                v.name, self.host.id
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Powers a VM on: first power-on places it.
@@ -132,6 +148,16 @@ impl Inner {
         let vm = self
             .db
             .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                // Placed on what this host saw: if the VM was given to
+                // another host since (a failover this host's copy of the
+                // store did not show yet), that decision stands.
+                if v.host != vm.host {
+                    return Err(errors::conflict(format!(
+                        "VM {} was given to host {} meanwhile; not started here",
+                        v.name,
+                        v.host.as_deref().unwrap_or("(none)")
+                    )));
+                }
                 v.host = Some(host.clone());
                 v.passive = passive.clone();
                 v.state = VmStatus::Starting;

@@ -31,6 +31,10 @@ pub(crate) struct VmProcesses {
     map: Mutex<HashMap<String, Running>>,
 }
 
+/// How long a restarting daemon waits for the leader's copy of a VM record
+/// whose QEMU is gone, before it goes by its own copy.
+const LEADER_READ_AT_START: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl VmProcesses {
     /// Records the process of VM `id` (replacing an older handle).
     pub(crate) fn insert(&self, id: &str, running: Running) {
@@ -267,6 +271,34 @@ impl Inner {
                     }
                 }
                 Err(e) => {
+                    // No QEMU here: what to record, or start, follows the
+                    // record as the leader has it, when it answers (a
+                    // failover while this daemon was down may not have
+                    // reached this host's copy yet).
+                    let vm = if self.multi_host() {
+                        let read = self.vm_as_the_leader_has_it(&vm.id);
+                        let read = tokio::time::timeout(LEADER_READ_AT_START, read)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(CoreError::Unavailable {
+                                    reason: format!("no answer within {LEADER_READ_AT_START:?}"),
+                                })
+                            });
+                        match read {
+                            Ok(Some(v)) if v.host.as_deref() == Some(self.host.id.as_str()) => v,
+                            Ok(Some(v)) if v.host.is_none() && vm.host.is_none() => v,
+                            Ok(other) => {
+                                tracing::info!(vm = %vm.name, now = ?other.map(|v| v.host), "a VM of this host moved away while nasvisord was down");
+                                continue;
+                            }
+                            Err(err) => {
+                                tracing::warn!(vm = %vm.name, error = %err, "cannot read the VM's record from the leader; going by this host's copy");
+                                vm
+                            }
+                        }
+                    } else {
+                        vm
+                    };
                     // A move's VM (Migrating) is set right by recover_jobs.
                     if vm.is_active()
                         && !matches!(vm.state, VmStatus::Installing | VmStatus::Migrating)

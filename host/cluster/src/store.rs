@@ -36,7 +36,7 @@ use crate::open::open_db;
 use crate::peer::{PeerHandler, PeerReply, PeerRequest};
 use crate::raft_net::{ClientSlot, NetworkFactory};
 use crate::state::{NodeStatus, DEFAULT_MAX_MEMBERS};
-use crate::types::{Command, Node, NodeId, Raft, RaftMetrics, Response, Revision};
+use crate::types::{Command, Node, NodeId, Raft, RaftMetrics, Revision};
 use crate::wire::{Forward, ForwardReply, PATH_PEER};
 use nasvisor_limits::ServerLimits;
 

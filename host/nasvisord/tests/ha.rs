@@ -862,3 +862,121 @@ fn a_leader_cut_off_then_healed_fences_no_host_the_majority_heard_and_moves_no_v
     let (h, _) = health_of(&c, other, &host).expect("host list");
     assert_eq!(h, "healthy");
 }
+
+#[test]
+fn a_fence_command_that_fails_leaves_the_hosts_own_deadline_and_one_that_confirms_shortens_it() {
+    let _s = serial();
+    let fence = tempfile::tempdir().expect("a directory for the fence command");
+    let script = fence.path().join("fence.sh");
+    let calls = fence.path().join("calls");
+    let fail = fence.path().join("fail");
+    std::fs::write(
+        &script,
+        format!(
+            "echo \"$1 $2\" >>{calls}\n\
+             if [ -e {fail} ]; then echo 'BMC unreachable' >&2; exit 3; fi\n",
+            calls = calls.display(),
+            fail = fail.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&fail, "").unwrap();
+    // A host's own deadline far away: 3 s offline, 20 s fence delay, 1.5 s
+    // margin.
+    let command = format!(
+        "fence-command = [\"/bin/sh\", \"{}\", \"{{host}}\", \"{{address}}\"]",
+        script.display()
+    );
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[&command, "ha-fence-delay-s = 20"]);
+    let (p, pid) = protected_vm(&c, "db", 2);
+
+    // The command fails: the leader says so and waits for nas2's own
+    // deadline (24.5 s after its last contact) before db starts elsewhere.
+    let t0 = Instant::now();
+    c.host_mut(2).kill9();
+    kill(pid);
+    c.cut(2);
+    let other = (1..=3).find(|&i| i != 2).expect("a live host");
+    eventually(
+        Duration::from_secs(30),
+        "the fence command's failure",
+        || {
+            let e = events_of(&c, other, "host-fence-failed");
+            match e.iter().find(|e| e["target"] == "host/nas2") {
+                Some(e)
+                    if e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("BMC unreachable")) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("events:\n{}", ha_events(&c, other))),
+            }
+        },
+    );
+    let (new, _, seen) = watch_handover(&c, 2, pid, p, &[], Duration::from_secs(90));
+    let after = (seen - t0).as_secs_f64();
+    assert!(
+        after >= 23.0,
+        "db started on nas{p} {after:.1} s after nas2 died, before nas2's own deadline"
+    );
+    assert!(has_event(
+        &c,
+        p,
+        "host-fenced",
+        "host/nas2",
+        "past its own deadline"
+    ));
+    let called = std::fs::read_to_string(&calls).expect("the command ran");
+    assert_eq!(called.trim(), format!("nas2 {}", c.address(2)), "{called}");
+
+    // nas2 comes back; db is protected again.
+    c.heal(2);
+    c.host_mut(2).spawn();
+    c.wait_online(
+        p,
+        &[(1, true), (2, true), (3, true)],
+        Duration::from_secs(60),
+    );
+    let v = eventually(Duration::from_secs(60), "db protected again", || {
+        let v = c.host(p).try_json(&["vm", "show", "db"])?;
+        if v["ha_status"]["state"] == "protected" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let q = c.index_of_name(passive).expect("its index");
+
+    // The command confirms: db starts on its passive host well before the
+    // lost host's own deadline.
+    std::fs::remove_file(&fail).unwrap();
+    let t0 = Instant::now();
+    c.host_mut(p).kill9();
+    kill(new);
+    c.cut(p);
+    let (_, _, seen) = watch_handover(&c, p, new, q, &[], Duration::from_secs(60));
+    let after = (seen - t0).as_secs_f64();
+    assert!(
+        after < 20.0,
+        "db started on nas{q} only {after:.1} s after nas{p} died"
+    );
+    eprintln!("fence command confirmed: db runs on nas{q} {after:.1} s after nas{p} died");
+    let lost = format!("host/{}", c.name(p));
+    assert!(has_event(&c, q, "host-fence-confirmed", &lost, "is off"));
+    assert!(has_event(
+        &c,
+        q,
+        "host-fenced",
+        &lost,
+        "the fence command confirmed"
+    ));
+    let called = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        called
+            .lines()
+            .any(|l| l == format!("{} {}", c.name(p), c.address(p))),
+        "{called}"
+    );
+}

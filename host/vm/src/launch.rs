@@ -341,9 +341,12 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
         SerialSpec::Socket => {
             push(&[
                 "-chardev",
+                // QEMU logs the console itself, attached or not (see
+                // console.rs).
                 &format!(
-                    "socket,id=serial0,path={},server=on,wait=off",
-                    path_str(&paths.serial_socket())
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                    path_str(&paths.serial_socket()),
+                    path_str(&paths.console_log())
                 ),
             ]);
             push(&["-device", "isa-serial,chardev=serial0"]);
@@ -464,6 +467,14 @@ pub async fn spawn(spec: &VmSpec, options: &LaunchOptions) -> Result<(RunPaths, 
     let argv = render_argv(spec, options)?;
     let paths = RunPaths::new(&options.run_dir, spec.id())?;
     prepare_run_dir(&paths)?;
+    if matches!(spec.serial, SerialSpec::Socket) {
+        crate::console::prepare_log(&paths.console_log()).map_err(|source| {
+            LaunchError::Prepare {
+                path: paths.console_log(),
+                source,
+            }
+        })?;
+    }
 
     if let Ok(pid) = crate::proc::read_pidfile(&paths.pidfile()) {
         if crate::proc::is_alive(pid)

@@ -19,7 +19,10 @@ fn minimal_vm_renders_the_fixed_flags() {
         "-daemonize",
         &format!("-pidfile /run/nasvisor/vms/{id}.pid"),
         &format!("-qmp unix:/run/nasvisor/vms/{id}.qmp,server=on,wait=off"),
-        &format!("socket,id=serial0,path=/run/nasvisor/vms/{id}.serial,server=on,wait=off"),
+        &format!(
+            "socket,id=serial0,path=/run/nasvisor/vms/{id}.serial,server=on,wait=off,\
+             logfile=/run/nasvisor/vms/{id}.console.log,logappend=on"
+        ),
         "-nodefaults",
         "-display none",
         "-nic none",

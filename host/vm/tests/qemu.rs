@@ -590,9 +590,10 @@ async fn uefi_vm_boots_ovmf_with_its_own_vars() {
     vm.force_off().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn linux_guest_kernel_boots_with_serial_console() {
-    // The guest image dir; NASVISOR_GUEST_DIR overrides the default.
+/// The guest image's kernel and initrd (built by
+/// scripts/build-guest-image.sh; NASVISOR_GUEST_DIR overrides where), or
+/// `None` with a note when they are missing.
+fn guest_kernel(append: &str) -> Option<KernelBoot> {
     let dir = std::env::var_os("NASVISOR_GUEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -606,15 +607,23 @@ async fn linux_guest_kernel_boots_with_serial_console() {
             kernel.display(),
             initrd.display()
         );
-        return;
+        return None;
     }
-    let t = TestDir::new();
-    let mut spec = VmSpec::new("linux", 256);
-    spec.kernel = Some(KernelBoot {
+    Some(KernelBoot {
         kernel: kernel.canonicalize().unwrap(),
         initrd: Some(initrd.canonicalize().unwrap()),
-        append: Some("console=ttyS0 panic=-1".into()),
-    });
+        append: Some(append.into()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linux_guest_kernel_boots_with_serial_console() {
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    let t = TestDir::new();
+    let mut spec = VmSpec::new("linux", 256);
+    spec.kernel = Some(kernel);
     let vm = t.launch(&spec).await;
     let log = vm
         .console()
@@ -627,6 +636,67 @@ async fn linux_guest_kernel_boots_with_serial_console() {
         .await
         .unwrap();
     assert!(contains(&on_disk, b"Linux version"));
+    vm.force_off().await.unwrap();
+}
+
+/// The `n` of every "COUNT n" in `log`.
+fn counts(log: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(log)
+        .split("COUNT ")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_log_keeps_what_the_guest_printed_while_nobody_was_attached() {
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1 nasvisor.counter=1") else {
+        return;
+    };
+    let t = TestDir::new();
+    let mut spec = VmSpec::new("counter", 256);
+    spec.kernel = Some(kernel);
+    let vm = t.launch(&spec).await;
+    let log = vm
+        .console()
+        .unwrap()
+        .wait_for_output(b"COUNT 5\r\n", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|log| panic!("no counter: {}", String::from_utf8_lossy(&log)));
+    let before = *counts(&log).last().unwrap();
+    let id = vm.id().to_string();
+    // The daemon goes away for 3 s (every handle dropped, QEMU runs on):
+    // about 30 lines are printed with nobody attached.
+    drop(vm);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vm = VmInstance::attach(t.path(), &id, InstanceOptions::default())
+        .await
+        .unwrap();
+    let console = vm.console().expect("console re-attached");
+    let (history, _) = console.subscribe_with_history().await.unwrap();
+    let away = *counts(&history).last().unwrap();
+    assert!(
+        away >= before + 10,
+        "the history holds what was printed while away: {before} then {away}"
+    );
+    let want = format!("COUNT {}\r\n", away + 10);
+    let log = console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|log| panic!("counter stopped: {}", String::from_utf8_lossy(&log)));
+    let seen = counts(&log);
+    let gaps: Vec<(u64, u64)> = seen
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        seen[0] == 0 && gaps.is_empty(),
+        "gaps in the console log: {gaps:?}"
+    );
     vm.force_off().await.unwrap();
 }
 

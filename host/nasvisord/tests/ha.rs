@@ -980,3 +980,53 @@ fn a_fence_command_that_fails_leaves_the_hosts_own_deadline_and_one_that_confirm
         "{called}"
     );
 }
+
+#[test]
+fn a_restarted_daemon_keeps_its_ha_vm_running_on_the_same_qemu() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (_, pid) = protected_vm(&c, "db", 2);
+    // A service update restarts nasvisord; the VM's QEMU outlives it. The
+    // daemon must answer the leader again before its HA lease (5 s with
+    // these timings) runs out, or its watchdog kills the guest.
+    for round in 1..=3 {
+        let t0 = Instant::now();
+        c.host_mut(2).stop();
+        c.host_mut(2).spawn();
+        let up = t0.elapsed();
+        c.host(2).poll_vm("db", Duration::from_secs(30), |v| {
+            v["state"] == "running" && v["pid"].as_i64() == Some(pid as i64)
+        });
+        eprintln!(
+            "restart {round}: nasvisord answers {:.2} s after its stop began",
+            up.as_secs_f64()
+        );
+        // Past any lease that lapsed during the restart, and the watchdog's
+        // grace.
+        std::thread::sleep(Duration::from_secs(7));
+        assert!(
+            alive(pid),
+            "round {round}: db's QEMU was killed; events:\n{}",
+            ha_events(&c, 1)
+        );
+        let v = c.host(1).json(&["vm", "show", "db"]);
+        assert_eq!(v["host"], "nas2", "{v:#}");
+        assert_eq!(v["state"], "running", "{v:#}");
+        assert_eq!(v["pid"].as_i64(), Some(pid as i64), "{v:#}");
+        let fired = c.host(2).lease_path().with_extension("json.fired");
+        assert!(
+            !fired.exists(),
+            "the watchdog fired: {:?}",
+            std::fs::read_to_string(&fired)
+        );
+    }
+    for kind in [
+        "host-fenced",
+        "vm-failed-over",
+        "vm-failover-failed",
+        "vm-crashed",
+    ] {
+        let seen = events_of(&c, 1, kind);
+        assert!(seen.is_empty(), "{kind}: {seen:#?}");
+    }
+}

@@ -29,6 +29,7 @@ pub mod launch;
 pub mod migration;
 pub mod proc;
 pub mod qmp;
+pub mod replica;
 pub mod spec;
 
 pub use accel::{probe as probe_accel, Accel, AccelChoice, ProbeOptions};

@@ -497,3 +497,156 @@ async fn the_memory_stream_runs_little_ahead_of_a_target_that_stops_reading() {
     assert!(src.qmp().query_status().await.unwrap().running);
     src.force_off().await.unwrap();
 }
+
+/// `qemu-io` on an image; its output.
+fn qemu_io(image: &Path, ops: &[&str]) -> String {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for op in ops {
+        c.args(["-c", op]);
+    }
+    let out = c.arg(image).output().expect("qemu-io is installed");
+    assert!(out.status.success(), "qemu-io {ops:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_replica_holds_every_completed_write_when_the_active_host_dies() {
+    use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    // The VM's data disk, with content, and its replica on the passive host:
+    // an empty image of the same size.
+    let data = active.file("data.qcow2");
+    let replica = passive.file("data-replica.qcow2");
+    for img in [&data, &replica] {
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(img)
+            .arg("32M")
+            .output()
+            .expect("qemu-img is installed");
+        assert!(out.status.success(), "{out:?}");
+    }
+    qemu_io(&data, &["write -P 0x5a 0 4M"]);
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec::qcow2(&data));
+    let vm = active.launch(&spec).await;
+
+    // The passive host serves the replica over TLS, admitting only node-1.
+    let certs = tempfile::tempdir().unwrap();
+    let (server_dir, client_dir) = test_certificates(certs.path());
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let disks = [ReplicaDisk {
+        node: "disk1".into(),
+        path: replica.clone(),
+    }];
+    let tls = ReplicaTls {
+        dir: server_dir,
+        client_identity: "CN=node-1,O=nasvisor".into(),
+    };
+    let server = ReplicaServer::start(
+        Path::new("qemu-storage-daemon"),
+        passive.path(),
+        "protected",
+        &disks,
+        &addr,
+        Some(&tls),
+    )
+    .await
+    .unwrap();
+    // Found again by its pidfile, as after a restart of nasvisord.
+    let again = ReplicaServer::attach(passive.path(), "protected");
+    assert_eq!(
+        again.await.map(|s| s.pid()).ok(),
+        None,
+        "its QMP has one client"
+    );
+
+    // The active host mirrors the disk onto it, write-blocking.
+    let ct = tls_client(vm.qmp(), "cli", &client_dir, "node-2")
+        .await
+        .unwrap();
+    let mut mirrors = MirrorSet::replicas(vm.qmp());
+    let target = MirrorTarget {
+        node: "disk1".into(),
+        addr: addr.clone(),
+        export: "disk1".into(),
+    };
+    mirrors.add(&target, Some(&ct)).await.unwrap();
+    let mut seen = Vec::new();
+    mirrors
+        .wait_ready(std::future::pending(), |p| seen.push(p))
+        .await
+        .unwrap();
+    assert!(seen.last().is_some_and(|p| p.done >= 4 << 20), "{seen:?}");
+
+    // A write through the guest's device completes; the active host dies at
+    // once. The replica has it, and what was there before.
+    let out = vm
+        .qmp()
+        .human_monitor_command(
+            "qemu-io -d /machine/peripheral/disk1-dev/virtio-backend \"write -P 0xa5 8M 256k\"",
+        )
+        .await
+        .unwrap();
+    // (qemu-io's report goes to QEMU's stdout; errors come back here.)
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let pid = vm.pid();
+    // SAFETY: kill(2) of the QEMU this test launched, by its own pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    server.stop().await.unwrap();
+    let check = qemu_io(&replica, &["read -P 0x5a 0 4M", "read -P 0xa5 8M 256k"]);
+    assert!(!check.contains("Pattern verification failed"), "{check}");
+    assert_eq!(check.matches("read ").count(), 2, "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_server_refuses_a_missing_image_or_a_busy_port_and_leaves_nothing_running() {
+    use nasvisor_vm::replica::{ReplicaDisk, ReplicaPaths, ReplicaServer};
+    let t = TestDir::new();
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let missing = [ReplicaDisk {
+        node: "disk0".into(),
+        path: t.file("nope.qcow2"),
+    }];
+    let bin = Path::new("qemu-storage-daemon");
+    let e = ReplicaServer::start(bin, t.path(), "r1", &missing, &addr, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope.qcow2"), "{e}");
+
+    // A port another process holds: the export fails, and the server that
+    // was started for it is gone.
+    let img = t.file("r.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("1M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = InetAddr::new("127.0.0.1", busy.local_addr().unwrap().port());
+    let disks = [ReplicaDisk {
+        node: "disk0".into(),
+        path: img,
+    }];
+    let e = ReplicaServer::start(bin, t.path(), "r2", &disks, &taken, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("r2"), "{e}");
+    let pid = nasvisor_vm::proc::read_pidfile(&ReplicaPaths::new(t.path(), "r2").pidfile());
+    if let Ok(pid) = pid {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while nasvisor_vm::proc::is_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server {pid} left running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -12,11 +12,15 @@ use tokio::sync::broadcast;
 
 use super::{next_event, MigrateError, PROGRESS_EVERY};
 use crate::qmp::{
-    BlockdevMirror, BlockdevOptions, EventKind, InetAddr, NbdNode, QmpClient, QmpEvent, TlsClient,
+    BlockdevMirror, BlockdevOptions, EventKind, InetAddr, MirrorCopyMode, NbdNode, QmpClient,
+    QmpEvent, TlsClient,
 };
 
 /// The prefix of the nodes and jobs of a migration's mirrors.
 pub const MIRROR_PREFIX: &str = "mig-";
+
+/// The prefix of the nodes and jobs of an HA VM's replica mirrors.
+pub const REPLICA_PREFIX: &str = "rep-";
 
 /// How long forced cancels may take before the NBD nodes are removed anyway.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
@@ -50,6 +54,10 @@ pub struct MirrorSet {
     /// Mirror jobs started.
     jobs: Vec<String>,
     copied: u64,
+    /// The prefix of its nodes and jobs.
+    prefix: &'static str,
+    /// `None`: QEMU's default (background).
+    copy_mode: Option<MirrorCopyMode>,
 }
 
 fn job_of(node: &str) -> String {
@@ -65,6 +73,20 @@ impl MirrorSet {
             nodes: Vec::new(),
             jobs: Vec::new(),
             copied: 0,
+            prefix: MIRROR_PREFIX,
+            copy_mode: None,
+        }
+    }
+
+    /// An empty set of synchronous replica mirrors on `qmp`: nodes and jobs
+    /// named `rep-<node>`, and `copy-mode: write-blocking`, so that a guest
+    /// write completes only once the replica has it too. Such mirrors are
+    /// never finished: once ready, they stay in sync until cancelled.
+    pub fn replicas(qmp: &QmpClient) -> Self {
+        MirrorSet {
+            prefix: REPLICA_PREFIX,
+            copy_mode: Some(MirrorCopyMode::WriteBlocking),
+            ..MirrorSet::new(qmp)
         }
     }
 
@@ -75,7 +97,7 @@ impl MirrorSet {
         target: &MirrorTarget,
         tls: Option<&TlsClient>,
     ) -> Result<(), MigrateError> {
-        let name = job_of(&target.node);
+        let name = format!("{}{}", self.prefix, target.node);
         let nbd = NbdNode::new(&name, target.addr.clone(), &target.export, tls);
         self.qmp
             .blockdev_add(&BlockdevOptions::Nbd(nbd))
@@ -86,7 +108,10 @@ impl MirrorSet {
             )))?;
         self.nodes.push(name.clone());
         self.qmp
-            .blockdev_mirror(&BlockdevMirror::full(&name, &target.node, &name))
+            .blockdev_mirror(&BlockdevMirror {
+                copy_mode: self.copy_mode,
+                ..BlockdevMirror::full(&name, &target.node, &name)
+            })
             .await
             .map_err(MigrateError::qmp(format!("mirroring {}", target.node)))?;
         self.jobs.push(name);

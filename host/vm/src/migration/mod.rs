@@ -20,7 +20,9 @@ mod stream;
 
 pub use incoming::{listen_incoming, serve_disks, tls_server};
 pub use ladder::{DowntimeLadder, FIRST_DOWNTIME_MS, PASSES_PER_STEP};
-pub use mirror::{leftover_mirror_nodes, MirrorProgress, MirrorSet, MirrorTarget, MIRROR_PREFIX};
+pub use mirror::{
+    leftover_mirror_nodes, MirrorProgress, MirrorSet, MirrorTarget, MIRROR_PREFIX, REPLICA_PREFIX,
+};
 pub use outgoing::{
     migrate_out, tls_client, MigrationDone, MigrationProgress, OutgoingSettings, STREAM_FD_NAME,
 };

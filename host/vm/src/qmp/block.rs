@@ -105,12 +105,44 @@ pub struct NullNode {
     pub size: u64,
 }
 
+/// A qcow2 image node over a file (`driver: qcow2`, its `file` a
+/// `driver: file` child).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Qcow2Node {
+    pub node_name: String,
+    pub file: FileChild,
+    /// Discards reach the file.
+    pub discard: &'static str,
+}
+
+impl Qcow2Node {
+    /// The qcow2 image at `filename` as node `node_name`.
+    pub fn new(node_name: &str, filename: &str) -> Self {
+        Qcow2Node {
+            node_name: node_name.to_string(),
+            file: FileChild::File {
+                filename: filename.to_string(),
+            },
+            discard: "unmap",
+        }
+    }
+}
+
+/// The protocol child of an image node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "driver", rename_all = "kebab-case")]
+pub enum FileChild {
+    File { filename: String },
+}
+
 /// The `BlockdevOptions` of the nodes nasvisor adds at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "driver", rename_all = "kebab-case")]
 pub enum BlockdevOptions {
     Nbd(NbdNode),
     NullCo(NullNode),
+    Qcow2(Qcow2Node),
 }
 
 /// `sync` of a mirror.

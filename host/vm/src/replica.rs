@@ -1,0 +1,297 @@
+//! The passive host's side of an HA VM's synchronous disk replicas: a
+//! `qemu-storage-daemon` of its own serves the replica images over NBD
+//! (TLS with the cluster's certificates when given), and the VM's QEMU on
+//! the active host mirrors each disk onto them with
+//! [`crate::migration::MirrorSet::replicas`] (`copy-mode: write-blocking`:
+//! a guest write completes only once both copies hold it).
+//!
+//! Like a VM's QEMU, the server is a daemonized process of its own, found
+//! again by its pidfile: it outlives nasvisord, and [`ReplicaServer::stop`]
+//! (or a kill of its pid) ends it. The files, in the run directory:
+//! `<id>.replica.pid`, `<id>.replica.qmp`, `<id>.replica.log`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::migration::{serve_disks, tls_server, MigrateError};
+use crate::qmp::{BlockdevOptions, InetAddr, Qcow2Node, QmpClient, QmpError, QmpOptions};
+
+/// How long the server may take to start and to stop.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the replica server. Each names the step and the file or
+/// address involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// `qemu-storage-daemon` could not be run, or it failed to start.
+    #[error("cannot start the replica server of {id} ({binary}): {reason}")]
+    Start {
+        id: String,
+        binary: String,
+        reason: String,
+    },
+    /// A replica image is missing or unusable.
+    #[error("replica image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+    /// A QMP command of the server failed.
+    #[error("replica server of {id}: {what}: {source}")]
+    Qmp {
+        id: String,
+        what: String,
+        #[source]
+        source: QmpError,
+    },
+    /// Serving the images failed.
+    #[error("replica server of {id}: {source}")]
+    Serve {
+        id: String,
+        #[source]
+        source: MigrateError,
+    },
+    /// The server did not exit in time.
+    #[error("the replica server of {id} (pid {pid}) did not exit within {SERVER_TIMEOUT:?}")]
+    Stop { id: String, pid: i32 },
+}
+
+/// One replica image and the export name its disk's mirror writes to (the
+/// guest's node name on the active host, e.g. `disk0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaDisk {
+    pub node: String,
+    pub path: PathBuf,
+}
+
+/// TLS of the server: the directory of its x509 credentials (as QEMU's
+/// `tls-creds-x509` reads it) and the distinguished name of the one client
+/// certificate admitted (the active host's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaTls {
+    pub dir: PathBuf,
+    pub client_identity: String,
+}
+
+/// The files of VM `id`'s replica server in a run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaPaths {
+    run_dir: PathBuf,
+    id: String,
+}
+
+impl ReplicaPaths {
+    pub fn new(run_dir: &Path, id: &str) -> Self {
+        ReplicaPaths {
+            run_dir: run_dir.to_path_buf(),
+            id: id.to_string(),
+        }
+    }
+
+    fn file(&self, suffix: &str) -> PathBuf {
+        self.run_dir.join(format!("{}{suffix}", self.id))
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.file(".replica.pid")
+    }
+
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.file(".replica.qmp")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.file(".replica.log")
+    }
+}
+
+/// A running replica server.
+pub struct ReplicaServer {
+    paths: ReplicaPaths,
+    pid: i32,
+    qmp: QmpClient,
+}
+
+impl std::fmt::Debug for ReplicaServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaServer")
+            .field("id", &self.paths.id)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+impl ReplicaServer {
+    /// Starts VM `id`'s replica server with `binary` (`qemu-storage-daemon`),
+    /// serving each of `disks` (existing qcow2 images, the size of the disk
+    /// they replicate) writable on `addr`. On failure nothing is left
+    /// running.
+    pub async fn start(
+        binary: &Path,
+        run_dir: &Path,
+        id: &str,
+        disks: &[ReplicaDisk],
+        addr: &InetAddr,
+        tls: Option<&ReplicaTls>,
+    ) -> Result<ReplicaServer, ReplicaError> {
+        for d in disks {
+            if !d.path.is_file() {
+                return Err(ReplicaError::Image {
+                    path: d.path.clone(),
+                    reason: "no such file".into(),
+                });
+            }
+        }
+        let paths = ReplicaPaths::new(run_dir, id);
+        let start_err = |reason: String| ReplicaError::Start {
+            id: id.to_string(),
+            binary: binary.display().to_string(),
+            reason,
+        };
+        for p in [paths.pidfile(), paths.qmp_socket()] {
+            nasvisor_best_effort::remove_file(&p);
+        }
+        let log = std::fs::File::create(paths.log())
+            .map_err(|e| start_err(format!("cannot create {}: {e}", paths.log().display())))?;
+        let mut child = tokio::process::Command::new(binary)
+            .arg("--daemonize")
+            .arg("--pidfile")
+            .arg(paths.pidfile())
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=qmp0,path={},server=on,wait=off",
+                paths.qmp_socket().display()
+            ))
+            .args(["--monitor", "chardev=qmp0"])
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| start_err(e.to_string()))?;
+        let status = tokio::time::timeout(SERVER_TIMEOUT, child.wait())
+            .await
+            .map_err(|_| start_err(format!("no answer within {SERVER_TIMEOUT:?}")))?
+            .map_err(|e| start_err(e.to_string()))?;
+        if !status.success() {
+            return Err(start_err(format!(
+                "{status}: {}",
+                crate::launch::log_tail(&paths.log(), 2048)
+            )));
+        }
+        let pid = crate::proc::read_pidfile(&paths.pidfile())
+            .map_err(|e| start_err(format!("{}: {e}", paths.pidfile().display())))?;
+        let server = match Self::connect(paths.clone(), pid).await {
+            Ok(s) => s,
+            Err(e) => {
+                kill(pid);
+                return Err(e);
+            }
+        };
+        if let Err(e) = server.serve(disks, addr, tls).await {
+            kill(pid);
+            return Err(e);
+        }
+        tracing::info!(%id, pid, %addr, disks = disks.len(), "replica server running");
+        Ok(server)
+    }
+
+    /// Finds VM `id`'s running replica server again (after a restart of
+    /// nasvisord).
+    pub async fn attach(run_dir: &Path, id: &str) -> Result<ReplicaServer, ReplicaError> {
+        let paths = ReplicaPaths::new(run_dir, id);
+        let pid = crate::proc::read_pidfile(&paths.pidfile()).map_err(|e| ReplicaError::Start {
+            id: id.to_string(),
+            binary: "qemu-storage-daemon".into(),
+            reason: format!("no running server: {}: {e}", paths.pidfile().display()),
+        })?;
+        Self::connect(paths, pid).await
+    }
+
+    async fn connect(paths: ReplicaPaths, pid: i32) -> Result<ReplicaServer, ReplicaError> {
+        let qmp = QmpClient::connect_with(paths.qmp_socket(), QmpOptions::default())
+            .await
+            .map_err(|source| ReplicaError::Qmp {
+                id: paths.id.clone(),
+                what: format!("connecting to {}", paths.qmp_socket().display()),
+                source,
+            })?;
+        Ok(ReplicaServer { paths, pid, qmp })
+    }
+
+    async fn serve(
+        &self,
+        disks: &[ReplicaDisk],
+        addr: &InetAddr,
+        tls: Option<&ReplicaTls>,
+    ) -> Result<(), ReplicaError> {
+        for d in disks {
+            let node = Qcow2Node::new(&d.node, &d.path.to_string_lossy());
+            self.qmp
+                .blockdev_add(&BlockdevOptions::Qcow2(node))
+                .await
+                .map_err(|source| ReplicaError::Qmp {
+                    id: self.paths.id.clone(),
+                    what: format!("opening {}", d.path.display()),
+                    source,
+                })?;
+        }
+        let serve_err = |source| ReplicaError::Serve {
+            id: self.paths.id.clone(),
+            source,
+        };
+        let tls = match tls {
+            Some(t) => Some(
+                tls_server(
+                    &self.qmp,
+                    "replica-tls",
+                    &t.dir,
+                    "replica-authz",
+                    &t.client_identity,
+                )
+                .await
+                .map_err(serve_err)?,
+            ),
+            None => None,
+        };
+        let nodes: Vec<String> = disks.iter().map(|d| d.node.clone()).collect();
+        serve_disks(&self.qmp, addr, &nodes, tls.as_ref())
+            .await
+            .map_err(serve_err)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Stops the server: it closes its images (flushed) and exits.
+    pub async fn stop(self) -> Result<(), ReplicaError> {
+        // The answer may not come: the server exits.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.qmp.execute("quit", None)).await;
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while crate::proc::is_alive(self.pid) {
+            if Instant::now() >= deadline {
+                kill(self.pid);
+                return Err(ReplicaError::Stop {
+                    id: self.paths.id.clone(),
+                    pid: self.pid,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for p in [self.paths.pidfile(), self.paths.qmp_socket()] {
+            nasvisor_best_effort::remove_file(&p);
+        }
+        tracing::info!(id = %self.paths.id, "replica server stopped");
+        Ok(())
+    }
+}
+
+/// SIGKILL of the server's own pid.
+fn kill(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        use nasvisor_best_effort::BestEffort;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL)
+            .best_effort("kill the replica server");
+    }
+}

@@ -560,7 +560,10 @@ pub fn console_log(c: &Cluster, i: usize, id: &str) -> String {
 
 /// The numbers after `word` on the lines of `text` that have it.
 pub fn numbers_after(text: &str, word: &str) -> Vec<u64> {
-    text.lines()
+    // Whole lines only: the last one may still be coming ("RECORDS-FOUND
+    // 21" of "RECORDS-FOUND 2126").
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .filter_map(|l| {
             let at = l.rfind(word)?;
             l[at + word.len()..].trim().parse().ok()

@@ -548,6 +548,9 @@ mod tests {
             .await
             .unwrap();
         f.write_all(data).await.unwrap();
+        // A tokio file writes on a thread of its own: without the flush the
+        // next emit's write may reach the file first.
+        f.flush().await.unwrap();
     }
 
     #[tokio::test]

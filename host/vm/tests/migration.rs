@@ -650,3 +650,83 @@ async fn a_replica_server_refuses_a_missing_image_or_a_busy_port_and_leaves_noth
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_ends_its_mirror_and_the_guests_writes_go_on() {
+    use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer};
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    let replica = passive.file("data-replica.qcow2");
+    for img in [&data, &replica] {
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(img)
+            .arg("32M")
+            .output()
+            .expect("qemu-img is installed");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec::qcow2(&data));
+    let vm = active.launch(&spec).await;
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let disks = [ReplicaDisk {
+        node: "disk1".into(),
+        path: replica.clone(),
+    }];
+    let bin = Path::new("qemu-storage-daemon");
+    let server = ReplicaServer::start(bin, passive.path(), "protected", &disks, &addr, None)
+        .await
+        .unwrap();
+    let mut mirrors = MirrorSet::replicas(vm.qmp());
+    let target = MirrorTarget {
+        node: "disk1".into(),
+        addr: addr.clone(),
+        export: "disk1".into(),
+    };
+    mirrors.add(&target, None).await.unwrap();
+    mirrors
+        .wait_ready(std::future::pending(), |_| {})
+        .await
+        .unwrap();
+    let mut events = vm.qmp().events();
+
+    // The passive host dies. What nasvisor must build on (issue 11): the
+    // guest's next write still completes at once, on the active copy only,
+    // and the mirror ends with an error; the replica is stale from that
+    // write on, so failing over to it needs the active host to have
+    // recorded that first (or the guest's writes held until it has).
+    // SAFETY: kill(2) of the replica server this test started, by its pid.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGKILL);
+    }
+    let write = vm.qmp().human_monitor_command(
+        "qemu-io -d /machine/peripheral/disk1-dev/virtio-backend \"write -P 0xa5 8M 256k\"",
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write completes though the replica is gone")
+        .unwrap();
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let nasvisor_vm::EventKind::BlockJobCompleted { device, error, .. } = e.kind() {
+                    if device == "rep-disk1" {
+                        break error;
+                    }
+                }
+            }
+            other => panic!("no end of the mirror: {other:?}"),
+        }
+    };
+    assert!(ended.is_some(), "the mirror ended with an error");
+    assert!(vm.qmp().query_block_jobs().await.unwrap().is_empty());
+    assert_eq!(vm.state(), VmState::Running);
+    vm.force_off().await.unwrap();
+    let check = qemu_io(&data, &["read -P 0xa5 8M 256k"]);
+    assert!(!check.contains("Pattern verification failed"), "{check}");
+}

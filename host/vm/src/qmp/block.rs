@@ -179,6 +179,21 @@ pub struct BlockdevMirror {
     pub sync: MirrorSync,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_mode: Option<MirrorCopyMode>,
+    /// What the job does when writing to the target fails (`None`:
+    /// QEMU's default, `report`: the job ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_target_error: Option<BlockdevOnError>,
+}
+
+/// QEMU's `BlockdevOnError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockdevOnError {
+    Report,
+    Ignore,
+    Enospc,
+    Stop,
+    Auto,
 }
 
 impl BlockdevMirror {
@@ -190,6 +205,7 @@ impl BlockdevMirror {
             target: target.to_string(),
             sync: MirrorSync::Full,
             copy_mode: None,
+            on_target_error: None,
         }
     }
 }

@@ -458,6 +458,26 @@ impl Config {
                     reason,
                 })?;
         }
+        let policy_max = cfg
+            .plugins
+            .settings
+            .get("ha-policy")
+            .and_then(|m| m.get(crate::plugins::HA_MAX_RESTARTS_KEY));
+        if let Some(v) = policy_max {
+            if v.trim()
+                .parse::<u32>()
+                .is_ok_and(|n| n > cfg.cluster.ha_max_restarts)
+            {
+                return Err(invalid(
+                    "plugins.settings.ha-policy.max-restarts",
+                    format!(
+                        "{v} is more than cluster.ha-max-restarts ({}): the host stops \
+                         restarting the VM first, so the policy's failover would never come",
+                        cfg.cluster.ha_max_restarts
+                    ),
+                ));
+            }
+        }
         Ok(cfg)
     }
 
@@ -505,6 +525,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("plugins.settings.schedular"), "{e}");
+        // The policy's restart limit may not exceed the host's.
+        let e = Config::parse(
+            "[cluster]\nha-max-restarts = 2\n[plugins.settings.ha-policy]\nmax-restarts = \"5\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("plugins.settings.ha-policy.max-restarts")
+                && msg.contains("cluster.ha-max-restarts (2)"),
+            "{e}"
+        );
+        assert!(Config::parse(
+            "[cluster]\nha-max-restarts = 5\n[plugins.settings.ha-policy]\nmax-restarts = \"5\"\n",
+            Path::new("c.toml"),
+        )
+        .is_ok());
         let e = Config::parse("data-dri = \"/x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("data-dri"), "{e}");
         let e = Config::parse("[api]\nlisten = \"localhost\"\n", Path::new("c.toml")).unwrap_err();

@@ -100,12 +100,27 @@ pub fn start(cfg: &Config) -> Result<(Arc<PolicyHost>, Vec<PluginLoad>)> {
 }
 
 fn settings_for(cfg: &Config, w: World) -> Vec<(String, String)> {
-    cfg.plugins
+    let mut settings: Vec<(String, String)> = cfg
+        .plugins
         .settings
         .get(w.as_str())
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // The host stops restarting a VM in place past `ha-max-restarts`
+    // whatever the policy answers: the policy's own limit is the host's,
+    // so that its failover comes at that limit (a larger one is refused by
+    // the config check).
+    if w == World::HaPolicy && !settings.iter().any(|(k, _)| k == HA_MAX_RESTARTS_KEY) {
+        settings.push((
+            HA_MAX_RESTARTS_KEY.to_string(),
+            cfg.cluster.ha_max_restarts.to_string(),
+        ));
+    }
+    settings
 }
+
+/// The bundled ha-policy's restart limit setting.
+pub(crate) const HA_MAX_RESTARTS_KEY: &str = "max-restarts";
 
 fn load_one(
     rt: &Runtime,

@@ -516,13 +516,15 @@ fn kill(pid: i32) {
 }
 
 #[test]
-fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
+fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit_then_fails_over() {
     let _s = serial();
     let (c, _shared) = three_hosts_with_a_shared_pool(&["ha-max-restarts = 2"]);
     let mut args = blank_on("cr", "nfs:64", "nas1");
     args.push("--ha");
     c.host(1).json(&args);
-    c.host(1).json(&["vm", "start", "cr"]);
+    let v = c.host(1).json(&["vm", "start", "cr"]);
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let p = c.index_of_name(passive).expect("its index");
     let mut pid = running_pid(&c, 1, "cr", None);
 
     // Two crashes: restarted in place each time (the policy's delay is
@@ -544,20 +546,31 @@ fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit() {
     }
     assert!(c.live_qemus(1).contains(&pid));
 
-    // The third within the period is over ha-max-restarts 2: it stays down.
+    // The third within the period is over ha-max-restarts 2 (the policy's
+    // limit too, as the host passes it): not restarted in place, it fails
+    // over to its passive host.
     kill(pid);
-    eventually(Duration::from_secs(30), "the restart limit", || {
-        let ev = events_of(&c, 1, "vm-restart-limit");
-        if ev.iter().any(|e| e["target"] == "vm/cr") {
-            Ok(())
-        } else {
-            Err(format!("{ev:#?}"))
-        }
-    });
-    std::thread::sleep(Duration::from_secs(5));
-    let v = c.host(1).json(&["vm", "show", "cr"]);
-    assert_eq!(v["state"], "crashed", "{v:#}");
+    let (new, _, _) = watch_handover(&c, 1, pid, p, &[], Duration::from_secs(60));
+    let v = c
+        .host(p)
+        .poll_vm("cr", Duration::from_secs(30), |v| v["state"] == "running");
+    assert_eq!(v["host"], c.name(p), "{v:#}");
+    assert_eq!(v["pid"].as_i64(), Some(new as i64), "{v:#}");
+    let last = v["ha_status"]["last_move"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("failover from nas1 to {}", c.name(p)))
+            && last.contains("crashed 3 time(s)"),
+        "{v:#}"
+    );
+    assert!(has_event(
+        &c,
+        p,
+        "vm-failed-over",
+        "vm/cr",
+        "failed over from"
+    ));
     assert_eq!(events_of(&c, 1, "vm-restarted").len(), 2);
+    assert!(events_of(&c, 1, "vm-restart-limit").is_empty());
 
     // A VM without HA is not restarted.
     c.host(1).json(&blank_on("plain", "nfs:64", "nas1"));

@@ -5,7 +5,7 @@
 //! | `fence-after-ms` | u64 | 3000 | Fence a host once its heartbeats were missed for at least this long (and the view has quorum). |
 //! | `restart-base-delay-ms` | u64 | 1000 | Delay before restarting a VM after its first recent fault; doubles with each further recent fault. |
 //! | `restart-max-delay-ms` | u64 | 60000 | Cap of the restart delay. |
-//! | `max-restarts` | u32 | 5 | Restart a faulted VM in place while its recent faults are at most this many; beyond, fail it over (HA) or give up. |
+//! | `max-restarts` | u32 | 3 | Restart a faulted VM in place while its recent faults are at most this many; beyond, fail it over (HA) or give up. nasvisord passes its `[cluster] ha-max-restarts` here unless it is set, and refuses a value above it. |
 //! | `sha-hold-ms` | u64 | 30000 | Hold while an SHA switchover or split brain is reported. |
 //! | `quorum-hold-ms` | u64 | 5000 | Hold while the view has no quorum. |
 //!
@@ -54,7 +54,7 @@ impl Default for Settings {
             fence_after_ms: 3_000,
             restart_base_delay_ms: 1_000,
             restart_max_delay_ms: 60_000,
-            max_restarts: 5,
+            max_restarts: 3,
             sha_hold_ms: 30_000,
             quorum_hold_ms: 5_000,
         }
@@ -114,7 +114,7 @@ mod tests {
                 s.max_restarts,
                 s.sha_hold_ms
             ),
-            (3_000, 1_000, 60_000, 5, 30_000)
+            (3_000, 1_000, 60_000, 3, 30_000)
         );
     }
 

@@ -498,6 +498,17 @@ async fn the_memory_stream_runs_little_ahead_of_a_target_that_stops_reading() {
     src.force_off().await.unwrap();
 }
 
+/// A new empty qcow2 image of `size` at `path`.
+fn qcow2(path: &Path, size: &str) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .expect("qemu-img is installed");
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `qemu-io` on an image; its output.
 fn qemu_io(image: &Path, ops: &[&str]) -> String {
     let mut c = std::process::Command::new("qemu-io");
@@ -520,13 +531,7 @@ async fn a_synchronous_replica_holds_every_completed_write_when_the_active_host_
     let data = active.file("data.qcow2");
     let replica = passive.file("data-replica.qcow2");
     for img in [&data, &replica] {
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(img)
-            .arg("32M")
-            .output()
-            .expect("qemu-img is installed");
-        assert!(out.status.success(), "{out:?}");
+        qcow2(img, "32M");
     }
     qemu_io(&data, &["write -P 0x5a 0 4M"]);
     let mut spec = active.guest_spec("protected", GuestMode::Idle);
@@ -621,13 +626,7 @@ async fn a_replica_server_refuses_a_missing_image_or_a_busy_port_and_leaves_noth
     // A port another process holds: the export fails, and the server that
     // was started for it is gone.
     let img = t.file("r.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("1M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    qcow2(&img, "1M");
     let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let taken = InetAddr::new("127.0.0.1", busy.local_addr().unwrap().port());
     let disks = [ReplicaDisk {
@@ -659,13 +658,7 @@ async fn a_lost_replica_ends_its_mirror_and_the_guests_writes_go_on() {
     let data = active.file("data.qcow2");
     let replica = passive.file("data-replica.qcow2");
     for img in [&data, &replica] {
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(img)
-            .arg("32M")
-            .output()
-            .expect("qemu-img is installed");
-        assert!(out.status.success(), "{out:?}");
+        qcow2(img, "32M");
     }
     let mut spec = active.guest_spec("protected", GuestMode::Idle);
     spec.disks.push(DiskSpec::qcow2(&data));

@@ -32,9 +32,27 @@ pub type PeerFuture = Pin<Box<dyn Future<Output = PeerReply> + Send>>;
 /// Carries out requests of member `from`.
 pub type PeerHandler = Arc<dyn Fn(NodeId, PeerRequest) -> PeerFuture + Send + Sync>;
 
-/// The answer to a peer request while no handler is installed.
+/// The answer to a peer request while no handler is installed: the core's
+/// typed "unavailable" error, as every other refusal travels.
 pub(crate) fn starting() -> PeerReply {
-    Err(serde_json::json!({
-        "unavailable": { "reason": "this host is starting; try again" }
-    }))
+    let e = nasvisor_api_types::CoreError::Unavailable {
+        reason: "this host is starting; try again".into(),
+    };
+    // An enum of strings always serializes; the `Null` is unreachable.
+    Err(serde_json::to_value(e).unwrap_or(serde_json::Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use nasvisor_api_types::CoreError;
+
+    #[test]
+    fn a_call_before_the_core_is_installed_is_refused_as_the_core_refuses() {
+        let refused = super::starting().unwrap_err();
+        let e: CoreError = serde_json::from_value(refused).unwrap();
+        assert!(
+            matches!(&e, CoreError::Unavailable { reason } if reason.contains("starting")),
+            "{e:?}"
+        );
+    }
 }

@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 
 use crate::accel::Accel;
 use crate::spec::{
-    check_abs_path, DiskBus, DiskMedia, Firmware, MachineType, NicBackend, SerialSpec, SpecError,
-    VmSpec,
+    check_abs_path, DiskBus, DiskFormat, DiskMedia, DiskSpec, Firmware, MachineType, NicBackend,
+    SerialSpec, SpecError, VmSpec,
 };
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -374,8 +374,27 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
             json!({"driver": "file", "node-name": file, "filename": d.path,
             "read-only": ro, "discard": "unmap"}),
         );
-        blockdevs.push(json!({"driver": d.format.qemu_driver(), "node-name": node,
-            "file": file, "read-only": ro, "discard": "unmap"}));
+        let replicated = d.replicated && !ro;
+        let format_node = if replicated {
+            format!("disk{i}-local")
+        } else {
+            node.clone()
+        };
+        blockdevs.push(
+            json!({"driver": d.format.qemu_driver(), "node-name": format_node,
+            "file": file, "read-only": ro, "discard": "unmap"}),
+        );
+        if replicated {
+            let size = virtual_size(d).map_err(|source| LaunchError::Prepare {
+                path: d.path.clone(),
+                source,
+            })?;
+            let alone = crate::replica::link::placeholder(&node);
+            blockdevs.push(json!({"driver": "null-co", "node-name": alone, "size": size}));
+            blockdevs.push(json!({"driver": "quorum", "node-name": node,
+                "vote-threshold": 2, "read-pattern": "fifo",
+                "children": [format_node, alone]}));
+        }
         let cdrom = d.media == DiskMedia::Cdrom;
         let driver = match (d.bus, cdrom) {
             (DiskBus::Virtio, _) => "virtio-blk-pci",
@@ -385,6 +404,12 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
             (DiskBus::Ide, true) => "ide-cd",
         };
         let mut dev = json!({"driver": driver, "drive": node, "id": format!("disk{i}-dev")});
+        if replicated {
+            // A write one copy did not take stops the guest instead of
+            // completing: it is retried when the guest goes on.
+            dev["werror"] = json!("stop");
+            dev["rerror"] = json!("report");
+        }
         match d.bus {
             DiskBus::Scsi => dev["bus"] = json!("scsi0.0"),
             DiskBus::Ide => {
@@ -667,3 +692,26 @@ pub fn log_tail(path: &Path, max: usize) -> String {
 #[cfg(test)]
 #[path = "launch_tests.rs"]
 mod tests;
+
+/// The size the guest sees of disk `d`: a qcow2 image's virtual size (from
+/// its header), a raw image's length. A replicated disk's placeholder must
+/// have it, as every child of a quorum has the same size.
+fn virtual_size(d: &DiskSpec) -> std::io::Result<u64> {
+    use std::io::Read as _;
+    match d.format {
+        DiskFormat::Raw => Ok(std::fs::metadata(&d.path)?.len()),
+        DiskFormat::Qcow2 => {
+            let mut header = [0u8; 32];
+            std::fs::File::open(&d.path)?.read_exact(&mut header)?;
+            if header[..4] != *b"QFI\xfb" {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a qcow2 image (no QFI\\xfb magic)",
+                ));
+            }
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&header[24..32]);
+            Ok(u64::from_be_bytes(size))
+        }
+    }
+}

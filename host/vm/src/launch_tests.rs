@@ -148,3 +148,69 @@ fn uefi_variables_are_copied_private_from_a_readable_template() {
     assert_eq!(mode, 0o600);
     assert!(copy_private(&template, &vars).is_err(), "never overwrites");
 }
+
+#[test]
+fn a_replicated_disk_is_a_quorum_of_the_image_and_a_placeholder_of_its_size_that_stops_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("48M")
+        .output()
+        .expect("qemu-img is installed");
+    assert!(out.status.success(), "{out:?}");
+    let mut s = VmSpec::new("ha", 128);
+    s.disks.push(DiskSpec::qcow2("/pool/plain.qcow2"));
+    s.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&img)
+    });
+    let a = render_argv(&s, &opts()).unwrap();
+    let blockdevs: Vec<serde_json::Value> = a
+        .windows(2)
+        .filter(|w| w[0] == "-blockdev")
+        .map(|w| serde_json::from_str(&w[1]).unwrap())
+        .collect();
+    let node = |name: &str| {
+        blockdevs
+            .iter()
+            .find(|b| b["node-name"] == name)
+            .unwrap_or_else(|| panic!("no node {name} in {blockdevs:?}"))
+    };
+    // The plain disk is as before.
+    assert_eq!(node("disk0")["driver"], "qcow2");
+    // The replicated one: the image under `disk1-local`, a placeholder of
+    // the image's virtual size, and the quorum the device uses.
+    assert_eq!(node("disk1-local")["driver"], "qcow2");
+    assert_eq!(node("disk1-local")["file"], "disk1-file");
+    assert_eq!(node("disk1-alone")["driver"], "null-co");
+    assert_eq!(node("disk1-alone")["size"], 48u64 << 20);
+    let q = node("disk1");
+    assert_eq!(q["driver"], "quorum");
+    assert_eq!(q["vote-threshold"], 2);
+    assert_eq!(q["read-pattern"], "fifo");
+    assert_eq!(
+        q["children"],
+        serde_json::json!(["disk1-local", "disk1-alone"])
+    );
+    let devices: Vec<serde_json::Value> = a
+        .windows(2)
+        .filter(|w| w[0] == "-device" && w[1].starts_with('{'))
+        .map(|w| serde_json::from_str(&w[1]).unwrap())
+        .collect();
+    let dev = |id: &str| devices.iter().find(|d| d["id"] == id).unwrap();
+    assert_eq!(dev("disk1-dev")["drive"], "disk1");
+    assert_eq!(dev("disk1-dev")["werror"], "stop");
+    assert!(dev("disk0-dev").get("werror").is_none());
+
+    // An image that is not qcow2 is refused, naming it.
+    let bad = dir.path().join("bad.qcow2");
+    std::fs::write(&bad, vec![0u8; 4096]).unwrap();
+    s.disks[1].path = bad.clone();
+    let e = render_argv(&s, &opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.qcow2") && e.contains("not a qcow2 image"),
+        "{e}"
+    );
+}

@@ -123,6 +123,15 @@ pub enum DiskMedia {
 /// One disk. The i-th disk gets block node `disk<i>` (format layer),
 /// `disk<i>-file` (protocol layer) and device id `disk<i>-dev`; with no direct
 /// kernel boot, it also gets boot index i.
+///
+/// A `replicated` disk (an HA VM's disk with a synchronous replica, see
+/// [`crate::replica::link`]) is instead a quorum node `disk<i>` (vote
+/// threshold 2, reads from the first child) over the format node
+/// `disk<i>-local` and a second child: at launch the placeholder
+/// `disk<i>-alone` (a `null-co` node of the disk's size that accepts every
+/// write), later the replica. Its device stops the guest on a write error
+/// (`werror=stop`), so a write the replica did not take is never
+/// acknowledged to the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     /// Absolute path of the image.
@@ -135,6 +144,9 @@ pub struct DiskSpec {
     pub readonly: bool,
     #[serde(default)]
     pub media: DiskMedia,
+    /// Whether the disk gets a synchronous replica (see above).
+    #[serde(default)]
+    pub replicated: bool,
 }
 
 impl DiskSpec {
@@ -146,6 +158,7 @@ impl DiskSpec {
             bus: DiskBus::Virtio,
             readonly: false,
             media: DiskMedia::Disk,
+            replicated: false,
         }
     }
 
@@ -165,6 +178,7 @@ impl DiskSpec {
             bus: DiskBus::Ide,
             readonly: true,
             media: DiskMedia::Cdrom,
+            replicated: false,
         }
     }
 

@@ -277,6 +277,28 @@ pub struct NamedBlockNode {
     pub extra: Map<String, Value>,
 }
 
+/// The answer of `x-debug-query-block-graph` (what is read of it).
+#[derive(Debug, Clone, Deserialize)]
+struct BlockGraph {
+    nodes: Vec<BlockGraphNode>,
+    edges: Vec<BlockGraphEdge>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct BlockGraphNode {
+    id: u64,
+    /// The node name (a device's id for a block backend).
+    name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct BlockGraphEdge {
+    parent: u64,
+    child: u64,
+    /// The child's role, e.g. `children.1` of a quorum.
+    name: String,
+}
+
 /// An NBD export of a node (`block-export-add`, `type: nbd`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -317,6 +339,48 @@ impl QmpClient {
     pub async fn query_named_block_nodes(&self) -> Result<Vec<NamedBlockNode>, QmpError> {
         self.execute_as("query-named-block-nodes", Some(json!({ "flat": true })))
             .await
+    }
+
+    /// `x-blockdev-change` adding `node` as a new child of the quorum node
+    /// `parent` (experimental in QEMU, stable since 2.7; used by COLO).
+    pub async fn quorum_add_child(&self, parent: &str, node: &str) -> Result<(), QmpError> {
+        self.execute(
+            "x-blockdev-change",
+            Some(json!({ "parent": parent, "node": node })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `x-blockdev-change` removing child edge `child` (`children.<n>`) of
+    /// the quorum node `parent`. QEMU refuses to go below the vote
+    /// threshold, so a child is replaced by adding its successor first.
+    pub async fn quorum_remove_child(&self, parent: &str, child: &str) -> Result<(), QmpError> {
+        self.execute(
+            "x-blockdev-change",
+            Some(json!({ "parent": parent, "child": child })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The children of node `parent`: (edge name, child node name), from
+    /// `x-debug-query-block-graph` (the one command that names the edges).
+    pub async fn node_children(&self, parent: &str) -> Result<Vec<(String, String)>, QmpError> {
+        let graph: BlockGraph = self.execute_as("x-debug-query-block-graph", None).await?;
+        let id_of = |name: &str| graph.nodes.iter().find(|n| n.name == name).map(|n| n.id);
+        let Some(pid) = id_of(parent) else {
+            return Ok(Vec::new());
+        };
+        Ok(graph
+            .edges
+            .iter()
+            .filter(|e| e.parent == pid)
+            .filter_map(|e| {
+                let child = graph.nodes.iter().find(|n| n.id == e.child)?;
+                Some((e.name.clone(), child.name.clone()))
+            })
+            .collect())
     }
 
     /// `block-job-cancel`. For a ready mirror, a non-forced cancel completes it

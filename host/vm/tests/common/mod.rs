@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nasvisor_vm::{Accel, DiskSpec, InstanceOptions, LaunchOptions, VmInstance, VmSpec};
+use nasvisor_vm::{
+    Accel, DiskSpec, InstanceOptions, KernelBoot, LaunchOptions, VmInstance, VmSpec,
+};
 
 /// What the test guest does after printing its banner (see `guest.S`).
 #[derive(Debug, Clone, Copy)]
@@ -210,4 +212,150 @@ pub fn check_guest_source() {
     if let Some(bin) = nasvisor_vm::asm::assemble_flat(std::path::Path::new(src), true) {
         assert_eq!(bin, boot_sector(GuestMode::Idle));
     }
+}
+
+/// A free TCP port on 127.0.0.1 (for a server started right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA, a server certificate for `node-2` and a client one for `node-1`,
+/// in QEMU's file names: `<dir>/server` and `<dir>/client`.
+pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    let mut dirs = Vec::new();
+    for (endpoint, cn) in [("server", "node-2"), ("client", "node-1")] {
+        let d = dir.join(endpoint);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = format!("{endpoint}/{endpoint}-key.pem");
+        let csr = format!("{endpoint}.csr");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}/O=nasvisor"),
+        ]);
+        let ext = dir.join(format!("{endpoint}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=DNS:{cn}\nextendedKeyUsage={}\n",
+                if endpoint == "server" {
+                    "serverAuth"
+                } else {
+                    "clientAuth"
+                }
+            ),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca-cert.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{endpoint}/{endpoint}-cert.pem"),
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        std::fs::copy(dir.join("ca-cert.pem"), d.join("ca-cert.pem")).unwrap();
+        dirs.push(d);
+    }
+    (dirs[0].clone(), dirs[1].clone())
+}
+
+/// A new empty qcow2 image of `size` at `path`.
+pub fn qcow2(path: &Path, size: &str) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .output()
+        .expect("qemu-img is installed");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `qemu-io` on an image; its output.
+pub fn qemu_io(image: &Path, ops: &[&str]) -> String {
+    let mut c = std::process::Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for op in ops {
+        c.args(["-c", op]);
+    }
+    let out = c.arg(image).output().expect("qemu-io is installed");
+    assert!(out.status.success(), "qemu-io {ops:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The guest image's kernel and initrd (built by
+/// scripts/build-guest-image.sh; NASVISOR_GUEST_DIR overrides where), or
+/// `None` with a note when they are missing.
+pub fn guest_kernel(append: &str) -> Option<KernelBoot> {
+    let dir = std::env::var_os("NASVISOR_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/guest"))
+        });
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    if !kernel.exists() || !initrd.exists() {
+        eprintln!(
+            "skipping: {} or {} does not exist (built by scripts/build-guest-image.sh)",
+            kernel.display(),
+            initrd.display()
+        );
+        return None;
+    }
+    Some(KernelBoot {
+        kernel: kernel.canonicalize().unwrap(),
+        initrd: Some(initrd.canonicalize().unwrap()),
+        append: Some(append.into()),
+    })
 }

@@ -1,14 +1,16 @@
 //! The passive host's side of an HA VM's synchronous disk replicas: a
 //! `qemu-storage-daemon` of its own serves the replica images over NBD
 //! (TLS with the cluster's certificates when given), and the VM's QEMU on
-//! the active host mirrors each disk onto them with
-//! [`crate::migration::MirrorSet::replicas`] (`copy-mode: write-blocking`:
-//! a guest write completes only once both copies hold it).
+//! the active host brings each replicated disk's replica in step and makes
+//! it a member of the disk's quorum ([`link`]: a guest write completes only
+//! once both copies hold it).
 //!
 //! Like a VM's QEMU, the server is a daemonized process of its own, found
 //! again by its pidfile: it outlives nasvisord, and [`ReplicaServer::stop`]
 //! (or a kill of its pid) ends it. The files, in the run directory:
 //! `<id>.replica.pid`, `<id>.replica.qmp`, `<id>.replica.log`.
+
+pub mod link;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What a synchronous replica costs a guest's writes: one QEMU with a plain
+# and a replicated data disk (512 MiB qcow2 each; the replica served by a
+# qemu-storage-daemon on loopback over TLS), timed in turns through the
+# guest's devices (host/vm/tests/replica.rs, replica_write_cost): a 4 KiB
+# write plus flush, and a 1 MiB write. Prints the medians and ranges and
+# the ratio replicated/plain, both measured in the same run.
+# Usage: benches/replica.sh [rounds]   (default 200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-200}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+NASVISOR_BENCH_ROUNDS=$rounds cargo test --release -q -p nasvisor-vm --test replica \
+  -- --ignored --nocapture replica_write_cost 2>&1 | tee "$out" | grep -E '^ATTACH' || true
+grep -q '^REPLICA' "$out" || { cat "$out"; exit 1; }
+grep '^REPLICA' "$out" | python3 -c '
+import sys, statistics
+cols = {}
+for line in sys.stdin:
+    for kv in line.split()[1:]:
+        k, v = kv.split("=", 1)
+        if k != "round":
+            cols.setdefault(k, []).append(float(v))
+n = len(cols["plain_sync_ms"])
+print(f"medians (min-max) over {n} rounds, milliseconds:")
+for k in ("plain_sync_ms", "replicated_sync_ms", "plain_1m_ms", "replicated_1m_ms"):
+    v = cols[k]
+    print(f"  {k:20s} {statistics.median(v):8.3f}  ({min(v):.3f}-{max(v):.3f})")
+for what in ("sync", "1m"):
+    p = statistics.median(cols[f"plain_{what}_ms"])
+    r = statistics.median(cols[f"replicated_{what}_ms"])
+    print(f"  ratio replicated/plain ({what}): {r / p:.2f}")
+'

@@ -1,0 +1,240 @@
+//! The active host's side of a replicated disk: its link to the replica the
+//! passive host serves ([`super::ReplicaServer`]).
+//!
+//! A replicated disk is a quorum node with a vote threshold of 2 (see
+//! [`crate::spec::DiskSpec`]): a guest write completes only when both of
+//! its children took it. At launch the second child is a placeholder that
+//! takes every write, so the disk works alone. [`attach`] brings the
+//! replica in step (a write-blocking mirror, then a pause of a few
+//! milliseconds) and puts it in the placeholder's place. From then on:
+//!
+//! - every write the guest saw complete is on the replica too (a flush
+//!   reaches the passive host's image file as well);
+//! - when the replica fails (the passive host died, the link is cut), the
+//!   write fails, and the device's `werror=stop` pauses the guest with that
+//!   write pending (`BLOCK_IO_ERROR`, run state `io-error`). The guest has
+//!   no completed write the replica lacks. The caller records that the
+//!   replica is outdated *before* [`detach`] puts the placeholder back and
+//!   the guest goes on alone (`cont` retries the pending write).
+//!
+//! Without the quorum, a write-blocking mirror alone does not give this:
+//! when its target fails, the guest's write completes on the local copy
+//! and only the job ends (`host/vm/tests/migration.rs`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::migration::{MigrateError, MirrorProgress, MirrorSet, MirrorTarget, REPLICA_PREFIX};
+use crate::qmp::{QmpClient, QmpError, TlsClient};
+
+/// How long the guest may stay paused while the mirrors end in step.
+const FINISH_WAIT: Duration = Duration::from_secs(30);
+
+/// The placeholder child of replicated disk `node` (e.g. `disk0-alone`).
+pub fn placeholder(node: &str) -> String {
+    format!("{node}-alone")
+}
+
+/// The NBD client node of replicated disk `node`'s replica (`rep-disk0`).
+pub fn replica_node(node: &str) -> String {
+    format!("{REPLICA_PREFIX}{node}")
+}
+
+/// Errors of a replica link. Each names the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The disk was not launched replicated.
+    #[error("disk {disk} is not replicated (launched without `replicated`)")]
+    NotReplicated { disk: String },
+    /// The disk's replica is already a member of its quorum.
+    #[error("disk {disk} already has its replica attached")]
+    Attached { disk: String },
+    /// Bringing the replica in step failed.
+    #[error("the replicas could not be brought in step: {0}")]
+    Sync(#[source] MigrateError),
+    /// A QMP command failed.
+    #[error("disk {disk}: {what}: {source}")]
+    Qmp {
+        disk: String,
+        what: String,
+        #[source]
+        source: QmpError,
+    },
+}
+
+fn qmp_err(disk: &str, what: &str) -> impl FnOnce(QmpError) -> LinkError {
+    let (disk, what) = (disk.to_string(), what.to_string());
+    move |source| LinkError::Qmp { disk, what, source }
+}
+
+/// Where a replicated disk stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// The disk works alone: its second child is the placeholder.
+    Alone,
+    /// Its replica is a member of its quorum: writes complete on both.
+    Replicated,
+}
+
+/// Where replicated disk `node` stands (read from QEMU, so it holds after a
+/// restart of nasvisord).
+pub async fn state(qmp: &QmpClient, node: &str) -> Result<LinkState, LinkError> {
+    let children = qmp
+        .node_children(node)
+        .await
+        .map_err(qmp_err(node, "reading its children"))?;
+    let has = |n: &str| children.iter().any(|(_, c)| c == n);
+    if has(&replica_node(node)) {
+        Ok(LinkState::Replicated)
+    } else if has(&placeholder(node)) {
+        Ok(LinkState::Alone)
+    } else {
+        Err(LinkError::NotReplicated {
+            disk: node.to_string(),
+        })
+    }
+}
+
+/// Brings each of `targets`' replicas in step with its disk (a
+/// write-blocking mirror onto the passive host's export; `progress` hears
+/// how far), then, with the guest paused for the swap, makes each replica
+/// a member of its disk's quorum in the placeholder's place. The guest
+/// runs on afterwards if it ran before. On failure every disk is left
+/// alone, as before, and no node of the attempt is left.
+pub async fn attach(
+    qmp: &QmpClient,
+    targets: &[MirrorTarget],
+    tls: Option<&TlsClient>,
+    cancel: impl Future<Output = ()>,
+    progress: impl FnMut(MirrorProgress),
+) -> Result<(), LinkError> {
+    for t in targets {
+        match state(qmp, &t.node).await? {
+            LinkState::Alone => {}
+            LinkState::Replicated => {
+                return Err(LinkError::Attached {
+                    disk: t.node.clone(),
+                })
+            }
+        }
+    }
+    let mut mirrors = MirrorSet::replicas(qmp);
+    let synced = async {
+        for t in targets {
+            mirrors.add(t, tls).await?;
+        }
+        mirrors.wait_ready(cancel, progress).await
+    }
+    .await;
+    if let Err(e) = synced {
+        mirrors.abort().await;
+        return Err(LinkError::Sync(e));
+    }
+    let running = qmp
+        .query_status()
+        .await
+        .map_err(qmp_err(&targets[0].node, "query-status"))?
+        .running;
+    if running {
+        if let Err(e) = qmp.stop().await {
+            mirrors.abort().await;
+            return Err(qmp_err(&targets[0].node, "pausing the guest for the swap")(
+                e,
+            ));
+        }
+    }
+    let swapped = swap_in(qmp, &mut mirrors, targets).await;
+    if swapped.is_err() {
+        let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+        // Whatever got in goes out again; the placeholder takes its place.
+        if let Err(e) = detach(qmp, &nodes).await {
+            tracing::warn!(error = %e, "undoing a failed replica attach");
+        }
+        mirrors.abort().await;
+    }
+    if running {
+        qmp.cont().await.map_err(qmp_err(
+            &targets[0].node,
+            "resuming the guest after the swap",
+        ))?;
+    }
+    swapped
+}
+
+/// With the guest paused: the mirrors end in step, and each replica takes
+/// its placeholder's place.
+async fn swap_in(
+    qmp: &QmpClient,
+    mirrors: &mut MirrorSet,
+    targets: &[MirrorTarget],
+) -> Result<(), LinkError> {
+    mirrors
+        .finish_in_sync(FINISH_WAIT)
+        .await
+        .map_err(LinkError::Sync)?;
+    for t in targets {
+        let node = &t.node;
+        qmp.quorum_add_child(node, &replica_node(node))
+            .await
+            .map_err(qmp_err(node, "adding the replica to the quorum"))?;
+        remove_child(qmp, node, &placeholder(node)).await?;
+    }
+    Ok(())
+}
+
+/// Takes each replicated disk of `nodes` back to working alone: the
+/// placeholder takes the replica's place in its quorum and the replica's
+/// NBD node goes. A disk already alone is left so. Call it once the
+/// replica's loss is recorded; a guest paused on the failed write then goes
+/// on with `cont`.
+pub async fn detach(qmp: &QmpClient, nodes: &[String]) -> Result<(), LinkError> {
+    for node in nodes {
+        let children = qmp
+            .node_children(node)
+            .await
+            .map_err(qmp_err(node, "reading its children"))?;
+        if children.is_empty() {
+            return Err(LinkError::NotReplicated { disk: node.clone() });
+        }
+        let rep = replica_node(node);
+        let alone = placeholder(node);
+        if children.iter().any(|(_, c)| c == &rep) {
+            if !children.iter().any(|(_, c)| c == &alone) {
+                qmp.quorum_add_child(node, &alone)
+                    .await
+                    .map_err(qmp_err(node, "putting the placeholder back"))?;
+            }
+            remove_child(qmp, node, &rep).await?;
+        }
+        // The NBD node, whether it was a member or only a mirror's target.
+        let exists = qmp
+            .query_named_block_nodes()
+            .await
+            .map_err(qmp_err(node, "query-named-block-nodes"))?
+            .iter()
+            .any(|n| n.node_name == rep);
+        if exists {
+            qmp.blockdev_del(&rep)
+                .await
+                .map_err(qmp_err(node, "removing the replica's NBD node"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes quorum `parent`'s edge to node `child`, if there is one.
+async fn remove_child(qmp: &QmpClient, parent: &str, child: &str) -> Result<(), LinkError> {
+    let children = qmp
+        .node_children(parent)
+        .await
+        .map_err(qmp_err(parent, "reading its children"))?;
+    if let Some((edge, _)) = children.iter().find(|(_, c)| c == child) {
+        qmp.quorum_remove_child(parent, edge)
+            .await
+            .map_err(qmp_err(
+                parent,
+                &format!("removing {child} from the quorum"),
+            ))?;
+    }
+    Ok(())
+}

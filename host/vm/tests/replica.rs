@@ -1,0 +1,537 @@
+//! Synchronous disk replicas against real QEMUs under TCG on loopback: the
+//! passive host's replica server (`qemu-storage-daemon`), and the active
+//! host's replicated disk (a quorum of the local image and the replica)
+//! with its link brought in step, lost and dropped. The Linux guest's
+//! acknowledged writer (`/lib/nasvisor/acker`) shows what the guest saw
+//! complete.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use nasvisor_vm::migration::{tls_client, MirrorSet, MirrorTarget};
+use nasvisor_vm::qmp::{InetAddr, RunState};
+use nasvisor_vm::replica::link::{self, LinkState};
+use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
+use nasvisor_vm::{DiskSpec, EventKind, VmSpec, VmState};
+
+/// The replicated disk `data` (node `node`) of a VM on `active`, and its
+/// replica, an empty image of the same size on `passive`, served there.
+async fn serve_replica(
+    passive: &TestDir,
+    node: &str,
+    size: &str,
+    tls: Option<&ReplicaTls>,
+) -> (ReplicaServer, std::path::PathBuf, MirrorTarget) {
+    let replica = passive.file(&format!("{node}-replica.qcow2"));
+    qcow2(&replica, size);
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let disks = [ReplicaDisk {
+        node: node.into(),
+        path: replica.clone(),
+    }];
+    let server = ReplicaServer::start(
+        Path::new("qemu-storage-daemon"),
+        passive.path(),
+        "protected",
+        &disks,
+        &addr,
+        tls,
+    )
+    .await
+    .unwrap();
+    let target = MirrorTarget {
+        node: node.into(),
+        addr,
+        export: node.into(),
+    };
+    (server, replica, target)
+}
+
+/// Attaches `target`'s replica to its disk of `vm`.
+async fn attach(
+    vm: &nasvisor_vm::VmInstance,
+    target: &MirrorTarget,
+    tls: Option<&nasvisor_vm::qmp::TlsClient>,
+) -> Result<(), link::LinkError> {
+    attach_with(vm, target, tls, |_| {}).await
+}
+
+/// [`attach`], with `progress` hearing how far the sync is.
+async fn attach_with(
+    vm: &nasvisor_vm::VmInstance,
+    target: &MirrorTarget,
+    tls: Option<&nasvisor_vm::qmp::TlsClient>,
+    progress: impl FnMut(nasvisor_vm::migration::MirrorProgress),
+) -> Result<(), link::LinkError> {
+    let targets = std::slice::from_ref(target);
+    link::attach(vm.qmp(), targets, tls, std::future::pending(), progress).await
+}
+
+/// The guest writes through its device (HMP `qemu-io` on the device's
+/// block backend); QEMU's answer (empty, or the error).
+async fn device_write(vm: &nasvisor_vm::VmInstance, dev: &str, op: &str) -> String {
+    vm.qmp()
+        .human_monitor_command(&format!(
+            "qemu-io -d /machine/peripheral/{dev}/virtio-backend \"{op}\""
+        ))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_replica_holds_every_completed_write_when_the_active_host_dies() {
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    // The VM's data disk, with content, replicated.
+    let data = active.file("data.qcow2");
+    qcow2(&data, "32M");
+    qemu_io(&data, &["write -P 0x5a 0 4M"]);
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&data)
+    });
+    let vm = active.launch(&spec).await;
+    assert_eq!(
+        link::state(vm.qmp(), "disk1").await.unwrap(),
+        LinkState::Alone
+    );
+    // The boot disk was not asked to be replicated.
+    let e = link::state(vm.qmp(), "disk0").await.unwrap_err();
+    assert!(e.to_string().contains("disk0 is not replicated"), "{e}");
+
+    // The passive host serves the replica over TLS, admitting only node-1.
+    let certs = tempfile::tempdir().unwrap();
+    let (server_dir, client_dir) = test_certificates(certs.path());
+    let tls = ReplicaTls {
+        dir: server_dir,
+        client_identity: "CN=node-1,O=nasvisor".into(),
+    };
+    let (server, replica, target) = serve_replica(&passive, "disk1", "32M", Some(&tls)).await;
+    // Found again by its pidfile, as after a restart of nasvisord.
+    let again = ReplicaServer::attach(passive.path(), "protected");
+    assert_eq!(
+        again.await.map(|s| s.pid()).ok(),
+        None,
+        "its QMP has one client"
+    );
+
+    let ct = tls_client(vm.qmp(), "cli", &client_dir, "node-2")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    attach_with(&vm, &target, Some(&ct), |p| seen.push(p))
+        .await
+        .unwrap();
+    assert!(seen.last().is_some_and(|p| p.done >= 4 << 20), "{seen:?}");
+    assert_eq!(
+        link::state(vm.qmp(), "disk1").await.unwrap(),
+        LinkState::Replicated
+    );
+    assert_eq!(vm.state(), VmState::Running, "the swap's pause is over");
+    let again = attach(&vm, &target, Some(&ct)).await.unwrap_err();
+    assert!(
+        again.to_string().contains("already has its replica"),
+        "{again}"
+    );
+
+    // A write through the guest's device completes; the active host dies at
+    // once. The replica has it, and what was there before.
+    let out = device_write(&vm, "disk1-dev", "write -P 0xa5 8M 256k").await;
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let pid = vm.pid();
+    // SAFETY: kill(2) of the QEMU this test launched, by its own pid.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    server.stop().await.unwrap();
+    let check = qemu_io(&replica, &["read -P 0x5a 0 4M", "read -P 0xa5 8M 256k"]);
+    assert!(!check.contains("Pattern verification failed"), "{check}");
+    assert_eq!(check.matches("read ").count(), 2, "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_that_fails_leaves_the_disk_working_alone_with_no_node_behind() {
+    let active = TestDir::new();
+    let data = active.file("data.qcow2");
+    qcow2(&data, "16M");
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&data)
+    });
+    let vm = active.launch(&spec).await;
+    // Nobody serves this port.
+    let target = MirrorTarget {
+        node: "disk1".into(),
+        addr: InetAddr::new("127.0.0.1", free_port()),
+        export: "disk1".into(),
+    };
+    let e = attach(&vm, &target, None).await.unwrap_err();
+    assert!(e.to_string().contains("disk1"), "{e}");
+    assert_eq!(
+        link::state(vm.qmp(), "disk1").await.unwrap(),
+        LinkState::Alone
+    );
+    let nodes = vm.qmp().query_named_block_nodes().await.unwrap();
+    assert!(
+        !nodes.iter().any(|n| n.node_name.starts_with("rep-")),
+        "{nodes:?}"
+    );
+    assert!(vm.qmp().query_block_jobs().await.unwrap().is_empty());
+    // The disk takes writes alone.
+    let out = device_write(&vm, "disk1-dev", "write -P 0x11 0 64k").await;
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    assert_eq!(vm.state(), VmState::Running);
+    vm.force_off().await.unwrap();
+}
+
+/// The `n` of every "<prefix>n" line in `log`.
+fn numbers(log: &[u8], prefix: &str) -> Vec<u64> {
+    String::from_utf8_lossy(log)
+        .split(prefix)
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            // Only whole lines: the console may be in the middle of one.
+            rest[digits.len()..]
+                .starts_with(['\r', '\n'])
+                .then(|| digits.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The acker's records found in `image` (qcow2, `size` bytes): the `n` of
+/// every "REC n" sector of its region (the last 32 MiB), in order.
+fn records(image: &Path, size: u64) -> Vec<u64> {
+    let raw = image.with_extension("raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&raw).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    let base = (size - (32 << 20)) as usize;
+    bytes[base..]
+        .chunks(512)
+        .map_while(|s| {
+            let line = String::from_utf8_lossy(s);
+            line.strip_prefix("REC ")?.trim_end().parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_it_until_detached()
+{
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    const SIZE: u64 = 64 << 20;
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    qcow2(&data, "64M");
+    let mut spec = VmSpec::new("acked", 256);
+    spec.kernel = Some(kernel);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&data)
+    });
+    let vm = active.launch(&spec).await;
+    let console = vm.console().unwrap();
+
+    // The guest's acknowledged writer: a synced record every 20 ms, "ACK n"
+    // on the console once the write completed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acker never started"
+        );
+        console
+            .write(b"/lib/nasvisor/acker 20000 &\n")
+            .await
+            .unwrap();
+        if console
+            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    // The replica is brought in step while the guest writes.
+    let (server, replica, target) = serve_replica(&passive, "disk0", "64M", None).await;
+    attach(&vm, &target, None).await.unwrap();
+    let log = console.read_log().await.unwrap();
+    let at_attach = *numbers(&log, "ACK ")
+        .last()
+        .expect("acks before the attach");
+    let want = format!("ACK {}\r\n", at_attach + 25);
+    console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
+
+    // The passive host dies. The guest's next write fails on the replica,
+    // and the guest is held on it.
+    let mut events = vm.qmp().events();
+    // SAFETY: kill(2) of the replica server this test started, by its pid.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGKILL);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let EventKind::BlockIoError { .. } = e.kind() {
+                    break;
+                }
+            }
+            other => panic!("the guest was not held: {other:?}"),
+        }
+    }
+    let status = vm.qmp().query_status().await.unwrap();
+    assert_eq!(status.status, RunState::IoError, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = console.read_log().await.unwrap();
+    let acked = *numbers(&log, "ACK ").last().unwrap();
+    assert!(
+        acked >= at_attach + 25,
+        "acked {acked}, at the attach {at_attach}"
+    );
+
+    // Every record the guest saw acknowledged is on the replica.
+    let on_replica = records(&replica, SIZE);
+    let want: Vec<u64> = (0..=acked).collect();
+    assert!(
+        on_replica.len() > acked as usize,
+        "acknowledged up to {acked}, the replica holds {} records",
+        on_replica.len()
+    );
+    assert_eq!(&on_replica[..want.len()], &want[..]);
+
+    // Dropped (after the caller recorded it outdated), the guest goes on
+    // alone.
+    link::detach(vm.qmp(), &["disk0".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        link::state(vm.qmp(), "disk0").await.unwrap(),
+        LinkState::Alone
+    );
+    vm.qmp().cont().await.unwrap();
+    let want = format!("ACK {}\r\n", acked + 20);
+    console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the guest did not go on: {}", String::from_utf8_lossy(&l)));
+    assert!(
+        !String::from_utf8_lossy(&console.read_log().await.unwrap()).contains("ACKER-WRITE-FAILED"),
+        "the held write was retried, not failed to the guest"
+    );
+    vm.force_off().await.unwrap();
+    let local = records(&data, SIZE);
+    assert!(local.len() as u64 > acked + 20, "{}", local.len());
+    assert!(local.iter().enumerate().all(|(i, n)| *n == i as u64));
+    // The replica has nothing written after it was dropped.
+    assert!((records(&replica, SIZE).len() as u64) < acked + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_server_refuses_a_missing_image_or_a_busy_port_and_leaves_nothing_running() {
+    use nasvisor_vm::replica::{ReplicaDisk, ReplicaPaths, ReplicaServer};
+    let t = TestDir::new();
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let missing = [ReplicaDisk {
+        node: "disk0".into(),
+        path: t.file("nope.qcow2"),
+    }];
+    let bin = Path::new("qemu-storage-daemon");
+    let e = ReplicaServer::start(bin, t.path(), "r1", &missing, &addr, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope.qcow2"), "{e}");
+
+    // A port another process holds: the export fails, and the server that
+    // was started for it is gone.
+    let img = t.file("r.qcow2");
+    qcow2(&img, "1M");
+    let busy = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = InetAddr::new("127.0.0.1", busy.local_addr().unwrap().port());
+    let disks = [ReplicaDisk {
+        node: "disk0".into(),
+        path: img,
+    }];
+    let e = ReplicaServer::start(bin, t.path(), "r2", &disks, &taken, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("r2"), "{e}");
+    let pid = nasvisor_vm::proc::read_pidfile(&ReplicaPaths::new(t.path(), "r2").pidfile());
+    if let Ok(pid) = pid {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while nasvisor_vm::proc::is_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server {pid} left running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_replica_ends_its_mirror_and_the_guests_writes_go_on() {
+    use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer};
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    let replica = passive.file("data-replica.qcow2");
+    for img in [&data, &replica] {
+        qcow2(img, "32M");
+    }
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec::qcow2(&data));
+    let vm = active.launch(&spec).await;
+    let addr = InetAddr::new("127.0.0.1", free_port());
+    let disks = [ReplicaDisk {
+        node: "disk1".into(),
+        path: replica.clone(),
+    }];
+    let bin = Path::new("qemu-storage-daemon");
+    let server = ReplicaServer::start(bin, passive.path(), "protected", &disks, &addr, None)
+        .await
+        .unwrap();
+    let mut mirrors = MirrorSet::replicas(vm.qmp());
+    let target = MirrorTarget {
+        node: "disk1".into(),
+        addr: addr.clone(),
+        export: "disk1".into(),
+    };
+    mirrors.add(&target, None).await.unwrap();
+    mirrors
+        .wait_ready(std::future::pending(), |_| {})
+        .await
+        .unwrap();
+    let mut events = vm.qmp().events();
+
+    // The passive host dies. A write-blocking mirror alone does not hold
+    // the guest: its next write still completes at once, on the active copy
+    // only, and the mirror ends with an error. This is why a replicated
+    // disk is a quorum (the test above).
+    // SAFETY: kill(2) of the replica server this test started, by its pid.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGKILL);
+    }
+    let write = vm.qmp().human_monitor_command(
+        "qemu-io -d /machine/peripheral/disk1-dev/virtio-backend \"write -P 0xa5 8M 256k\"",
+    );
+    let out = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write completes though the replica is gone")
+        .unwrap();
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let nasvisor_vm::EventKind::BlockJobCompleted { device, error, .. } = e.kind() {
+                    if device == "rep-disk1" {
+                        break error;
+                    }
+                }
+            }
+            other => panic!("no end of the mirror: {other:?}"),
+        }
+    };
+    assert!(ended.is_some(), "the mirror ended with an error");
+    assert!(vm.qmp().query_block_jobs().await.unwrap().is_empty());
+    assert_eq!(vm.state(), VmState::Running);
+    vm.force_off().await.unwrap();
+    let check = qemu_io(&data, &["read -P 0xa5 8M 256k"]);
+    assert!(!check.contains("Pattern verification failed"), "{check}");
+}
+
+/// The cost of a replica (`benches/replica.sh`): one VM with two data disks
+/// of the same size, one plain and one replicated onto a replica server on
+/// loopback (over TLS, as between hosts). Each round times, through the
+/// guest's device on each disk, a 4 KiB write followed by a flush (what a
+/// synced guest write costs) and a 1 MiB write; the disks take turns so
+/// that both see the same machine. Prints one `REPLICA` line per round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by benches/replica.sh"]
+async fn replica_write_cost() {
+    let rounds: u64 = std::env::var("NASVISOR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let mut spec = active.guest_spec("bench", GuestMode::Idle);
+    for (name, replicated) in [("plain.qcow2", false), ("replicated.qcow2", true)] {
+        let img = active.file(name);
+        qcow2(&img, "512M");
+        spec.disks.push(DiskSpec {
+            replicated,
+            ..DiskSpec::qcow2(&img)
+        });
+    }
+    let vm = active.launch(&spec).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (server_dir, client_dir) = test_certificates(certs.path());
+    let tls = ReplicaTls {
+        dir: server_dir,
+        client_identity: "CN=node-1,O=nasvisor".into(),
+    };
+    let (server, _replica, target) = serve_replica(&passive, "disk2", "512M", Some(&tls)).await;
+    let ct = tls_client(vm.qmp(), "cli", &client_dir, "node-2")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    attach(&vm, &target, Some(&ct)).await.unwrap();
+    println!(
+        "ATTACH empty_512MiB_s={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    let timed = |dev: &'static str, ops: Vec<String>| {
+        let vm = &vm;
+        async move {
+            let t = std::time::Instant::now();
+            for op in ops {
+                let out = device_write(vm, dev, &op).await;
+                assert!(!out.to_lowercase().contains("error"), "{op}: {out}");
+            }
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    };
+    for r in 0..rounds {
+        let off4k = (r % 4096) * 4096;
+        let off1m = (r % 256) << 20;
+        let synced = || vec![format!("write -P 0x5a {off4k} 4k"), "flush".to_string()];
+        let big = || vec![format!("write -P 0xa5 {off1m} 1M")];
+        let plain_sync = timed("disk1-dev", synced()).await;
+        let rep_sync = timed("disk2-dev", synced()).await;
+        let plain_1m = timed("disk1-dev", big()).await;
+        let rep_1m = timed("disk2-dev", big()).await;
+        println!(
+            "REPLICA round={r} plain_sync_ms={plain_sync:.3} replicated_sync_ms={rep_sync:.3} \
+             plain_1m_ms={plain_1m:.3} replicated_1m_ms={rep_1m:.3}"
+        );
+    }
+    assert_eq!(
+        link::state(vm.qmp(), "disk2").await.unwrap(),
+        LinkState::Replicated
+    );
+    vm.force_off().await.unwrap();
+    server.stop().await.unwrap();
+}

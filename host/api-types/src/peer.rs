@@ -125,6 +125,12 @@ pub enum PeerCall<Vm> {
     /// version 2: a member that does not know it refuses it as malformed,
     /// and the caller shows the committed record).
     JobProgress(JobProgress),
+    /// The active host of an HA VM asks its passive host to serve the
+    /// replicas of its disks (added within version 2, like `job-progress`).
+    ReplicaServe(ReplicaServe),
+    /// The passive host (or a former one) drops a VM's replicas (added
+    /// within version 2).
+    ReplicaDrop(ReplicaDrop),
 }
 
 impl<Vm> PeerCall<Vm> {
@@ -141,6 +147,8 @@ impl<Vm> PeerCall<Vm> {
             PeerCall::ImageExport(_) => <ImageExport as Call<Vm>>::NAME,
             PeerCall::ImageExportEnd(_) => <ImageExportEnd as Call<Vm>>::NAME,
             PeerCall::JobProgress(_) => <JobProgress as Call<Vm>>::NAME,
+            PeerCall::ReplicaServe(_) => <ReplicaServe as Call<Vm>>::NAME,
+            PeerCall::ReplicaDrop(_) => <ReplicaDrop as Call<Vm>>::NAME,
         }
     }
 }
@@ -179,6 +187,8 @@ calls! {
     ImageExport => ImageExport, "image-export", ImageExportReply;
     ImageExportEnd => ImageExportEnd, "image-export-end", ();
     JobProgress => JobProgress, "job-progress", Vec<JobLive>;
+    ReplicaServe => ReplicaServe, "replica-serve", ReplicaServing;
+    ReplicaDrop => ReplicaDrop, "replica-drop", ();
 }
 
 const MIGRATE_PREPARE: &str = "migrate-prepare";
@@ -311,6 +321,58 @@ pub struct JobLive {
     pub progress: f64,
     /// The current step.
     pub message: Option<String>,
+}
+
+/// One disk of an HA VM to replicate: its node on the active host, the
+/// pool and volume it is (the replica is the volume of the same name in
+/// the passive host's pool of that name), and its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDiskSpec {
+    /// The block node (`disk<i>`), also the export's name.
+    pub node: String,
+    /// The pool's name.
+    pub pool: String,
+    /// The volume's name.
+    pub volume: String,
+    /// The guest's size of the disk.
+    pub size_bytes: u64,
+}
+
+/// `replica-serve`: the passive host makes empty replica volumes of
+/// `disks` (replacing any older copy) and serves them over NBD to the
+/// caller only, from a replica server of VM `id` (replacing any running
+/// one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaServe {
+    /// VM id.
+    pub id: String,
+    /// The disks.
+    pub disks: Vec<ReplicaDiskSpec>,
+}
+
+/// The answer to [`ReplicaServe`]: where the exports are (one export per
+/// disk, named by its node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaServing {
+    /// The server's address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
+/// `replica-drop`: stop VM `id`'s replica server on the receiver and, when
+/// `delete_volumes`, delete its replica volumes `volumes` (pool, volume)
+/// unless a VM there uses them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaDrop {
+    /// VM id.
+    pub id: String,
+    /// The replica volumes: (pool, volume).
+    pub volumes: Vec<(String, String)>,
+    /// Whether the volumes go too.
+    pub delete_volumes: bool,
 }
 
 /// One disk whose contents go over the network in a move.

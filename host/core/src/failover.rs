@@ -494,7 +494,11 @@ impl Inner {
             let vm = self
                 .db
                 .update_as::<VmRecord, _>(term, kind::VM, &vm.id, |v| {
+                    // As the log has it now: a replica recorded outdated
+                    // meanwhile stops the move.
+                    self.check_disks_follow(v, &from, target)?;
                     v.host = Some(target.to_string());
+                    v.take_replica_on(target);
                     v.state = VmStatus::Stopped;
                     v.state_reason = Some(format!("failing over from host {from}"));
                     v.last_ha_move = Some(moved.clone());

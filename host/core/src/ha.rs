@@ -226,14 +226,11 @@ impl Inner {
                             })
                             .map(|d| format!("{}/{}", d.pool, d.volume))
                             .collect();
-                        if local.is_empty() {
+                        if local.is_empty() || self.in_sync_replica_host(vm).as_deref() == Some(p)
+                        {
                             None
                         } else {
-                            unprotected(format!(
-                                "disks {} are on its host's own pool and disk replicas are not \
-                                 built yet: only VMs on shared pools can be taken over",
-                                local.join(", ")
-                            ))
+                            unprotected(replica_reason(vm, p, &local))
                         }
                     }
                     (health, reasons) => unprotected(format!(
@@ -257,6 +254,37 @@ impl Inner {
             },
             reason,
             last_move: vm.last_ha_move.clone(),
+            replica: vm.replica.as_ref().map(|r| r.view()),
         })
+    }
+}
+
+/// Why `vm`'s disks on its host's own pool (`local`) cannot be taken over
+/// by its passive host `passive` now: where their replica stands.
+fn replica_reason(vm: &VmRecord, passive: &str, local: &[String]) -> String {
+    let disks = local.join(", ");
+    match &vm.replica {
+        None => format!(
+            "disks {disks} are on its host's own pool and their replica on {passive} is not \
+             made yet (it is while the VM runs)"
+        ),
+        Some(r) if r.host != passive => format!(
+            "the replica of disks {disks} is on {}, not on its passive host {passive}; a new one \
+             is being made",
+            r.host
+        ),
+        Some(r) => match r.state {
+            nasvisor_api_types::ReplicaState::Syncing => format!(
+                "the replica of disks {disks} on {passive} is being brought in step ({}%)",
+                r.progress.unwrap_or(0)
+            ),
+            nasvisor_api_types::ReplicaState::Outdated => format!(
+                "the replica of disks {disks} on {passive} is outdated: {}",
+                r.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            nasvisor_api_types::ReplicaState::InSync => format!(
+                "the replica on {passive} does not hold every one of disks {disks}"
+            ),
+        },
     }
 }

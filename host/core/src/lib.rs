@@ -34,6 +34,7 @@ mod peer;
 mod placement;
 mod plugin_reports;
 mod plugins;
+mod replica;
 mod storage_ops;
 mod vms;
 mod vswitches;
@@ -80,6 +81,8 @@ pub struct CoreConfig {
     /// This host's id and name.
     pub host_name: String,
     pub qemu_binary: PathBuf,
+    /// `qemu-storage-daemon`, which serves HA VMs' disk replicas.
+    pub qemu_storage_daemon: PathBuf,
     pub accel: AccelSetting,
     /// How long the KVM probe guest may take.
     pub accel_probe_timeout: Duration,
@@ -144,6 +147,7 @@ impl CoreConfig {
             data_dir: data_dir.into(),
             host_name: system_hostname(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            qemu_storage_daemon: PathBuf::from("qemu-storage-daemon"),
             accel: AccelSetting::Auto,
             accel_probe_timeout: Duration::from_secs(5),
             netns: None,
@@ -274,6 +278,8 @@ pub(crate) struct Inner {
     pub cluster_plugins: plugins::ClusterPlugins,
     /// Plugin faults and states reported to the cluster; quarantine lifts.
     pub plugin_reports: plugin_reports::PluginReports,
+    /// The HA VMs whose disk replica a keeper task looks after here.
+    pub replicas: replica::ReplicaKeepers,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api_types::Core`].
@@ -412,6 +418,7 @@ impl NasCore {
             image_exports: Default::default(),
             cluster_plugins: Default::default(),
             plugin_reports: Default::default(),
+            replicas: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.events.init(&inner.db);

@@ -49,6 +49,7 @@ impl VmRecord {
             state_reason: None,
             install_job: None,
             created_at: String::new(),
+            replica: None,
         }
     }
 }
@@ -156,6 +157,52 @@ pub struct VmRecord {
     #[serde(default)]
     pub install_job: Option<String>,
     pub created_at: String,
+    /// The synchronous replica of an HA VM's disks on its host's own pools
+    /// (`core/src/replica.rs`).
+    #[serde(default)]
+    pub replica: Option<ReplicaRecord>,
+}
+
+/// An HA VM's disk replica, held by its passive host: each replicated
+/// disk's volume of the same name in that host's pool of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// The host that holds it.
+    pub host: String,
+    pub state: nasvisor_api_types::ReplicaState,
+    /// Percent copied while syncing.
+    #[serde(default)]
+    pub progress: Option<u8>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Why it is outdated.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The replicated disks: (node, pool, volume).
+    pub disks: Vec<(String, String, String)>,
+}
+
+impl VmRecord {
+    /// The VM now runs on `host`: a replica there has become its disks, and
+    /// is no longer a replica.
+    pub fn take_replica_on(&mut self, host: &str) {
+        if self.replica.as_ref().is_some_and(|r| r.host == host) {
+            self.replica = None;
+        }
+    }
+}
+
+impl ReplicaRecord {
+    /// The API form.
+    pub fn view(&self) -> nasvisor_api_types::ReplicaView {
+        nasvisor_api_types::ReplicaView {
+            host: self.host.clone(),
+            state: self.state,
+            progress: self.progress,
+            since: self.since.clone(),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 /// Runtime facts that are not committed (they change with every start).
@@ -528,6 +575,7 @@ mod tests {
             state_reason: Some("panic".into()),
             install_job: None,
             created_at: now_rfc3339(),
+            replica: None,
         };
         let v = serde_json::to_value(&vm).unwrap();
         assert_eq!(serde_json::from_value::<VmRecord>(v).unwrap(), vm);

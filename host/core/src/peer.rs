@@ -10,7 +10,7 @@ use crate::Inner;
 use nasvisor_api_types::peer::{
     self, ActionReply, Call, Console, ConsoleReply, ForwardAction, Heartbeat, HeartbeatReply,
     ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish, MigratePrepare,
-    PeerCall, PeerRefusal, PeerWindow, Read,
+    PeerCall, PeerRefusal, PeerWindow, Read, ReplicaDrop, ReplicaServe,
 };
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{CallError, PeerHandler, PeerRequest, StoreError};
@@ -149,6 +149,14 @@ impl Inner {
                 reply::<ImageExportEnd>(())
             }
             PeerCall::JobProgress(c) => reply::<JobProgress>(self.local_jobs.live(&c.ids)),
+            PeerCall::ReplicaServe(c) => {
+                let serving = self.replica_serve(from, c).await?;
+                reply::<ReplicaServe>(serving)
+            }
+            PeerCall::ReplicaDrop(c) => {
+                self.replica_drop(c).await?;
+                reply::<ReplicaDrop>(())
+            }
         }
     }
 

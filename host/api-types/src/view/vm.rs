@@ -151,6 +151,41 @@ pub struct VmHaView {
     /// The last switchover or failover: what, from where to where, and
     /// when; null when none happened.
     pub last_move: Option<String>,
+    /// The synchronous replica of its disks on a host's own pool, on the
+    /// passive host; null when it has none (no such disk, or not started
+    /// yet).
+    #[serde(default)]
+    pub replica: Option<ReplicaView>,
+}
+
+/// Where a replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaState {
+    /// Being brought in step (`progress`): a failover cannot use it yet.
+    Syncing,
+    /// Every write the guest saw complete is on it too: a failover starts
+    /// the VM from it.
+    InSync,
+    /// It lacks writes (the passive host or the link was lost, or a sync
+    /// failed): a failover cannot use it until it is in step again.
+    Outdated,
+}
+
+/// An HA VM's synchronous disk replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "VmReplica", deny_unknown_fields)]
+pub struct ReplicaView {
+    /// The host that holds it (the VM's passive host).
+    pub host: String,
+    /// Where it stands.
+    pub state: ReplicaState,
+    /// Percent copied while `syncing`.
+    pub progress: Option<u8>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Why it is `outdated`; null otherwise.
+    pub reason: Option<String>,
 }
 
 /// A VM (`GET /api/v1/vms/{id}`).

@@ -257,20 +257,28 @@ impl Inner {
                     }
                 }
             }
-            for d in &vm.disks {
-                self.check_disk_shared(&vm, d, &from)?;
+            // With an in-step replica, the VM goes where it is (unless
+            // another host is asked for, which check_disks_follow judges).
+            let replica = self.in_sync_replica_host(&vm);
+            if replica.is_none() {
+                for d in &vm.disks {
+                    self.check_disk_shared(&vm, d, &from)?;
+                }
             }
+            let wanted = req.host.as_deref().or(replica.as_deref());
             let target = self
-                .place_excluding(&vm, req.host.as_deref(), &[from.as_str()])
+                .place_excluding(&vm, wanted, &[from.as_str()])
                 .await?;
             self.check_disks_follow(&vm, &from, &target)?;
             let reason = format!("recovered from lost host {from}");
             let vm = self
                 .db
                 .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
+                    self.check_disks_follow(v, &from, &target)?;
                     v.host = Some(target.clone());
                     v.state = VmStatus::Stopped;
                     v.state_reason = Some(reason.clone());
+                    v.take_replica_on(&target);
                     Ok(())
                 })
                 .await?;
@@ -315,9 +323,24 @@ impl Inner {
             .get::<PoolRecord>(kind::POOL, &d.pool)
             .is_some_and(|(p, _)| p.shared());
         if !shared || self.has_own_pool(from, &d.pool) {
+            let replica = match &vm.replica {
+                Some(r) => format!(
+                    "; its replica on {} is {}{}",
+                    r.host,
+                    serde_json::to_value(r.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    r.reason
+                        .as_deref()
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
             return Err(errors::conflict(format!(
                 "disk {}/{} of VM {} is on host {from}'s own pool, which only that host \
-                 reaches: the VM cannot be started elsewhere; delete its record with \
+                 reaches{replica}: the VM cannot be started elsewhere; delete its record with \
                  `vm delete {} --force`",
                 d.pool, d.volume, vm.name, vm.name
             )));
@@ -340,7 +363,13 @@ impl Inner {
         from: &str,
         target: &str,
     ) -> Result<(), CoreError> {
+        // The disks on the lost host's own pools may follow through an
+        // in-step replica on the target: its volumes of the same names.
+        let replica_here = self.in_sync_replica_host(vm).as_deref() == Some(target);
         for d in &vm.disks {
+            if replica_here && self.is_replicated(vm, d) {
+                continue;
+            }
             self.check_disk_shared(vm, d, from)?;
             if self.has_own_pool(target, &d.pool) {
                 return Err(errors::conflict(format!(

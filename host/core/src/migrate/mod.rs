@@ -46,6 +46,7 @@ mod tls;
 
 pub(crate) use process::{free_port, run_qemu_img, stop_child, wait_listening};
 pub(crate) use target::Migrations;
+pub(crate) use tls::{qemu_tls_dir, tls_identity, tls_name};
 
 use crate::errors;
 use crate::jobs::{JobFailure, JobSpec};
@@ -112,7 +113,7 @@ struct Outcome {
 
 impl Inner {
     /// The IP of this host's cluster address.
-    fn cluster_ip(&self) -> Result<String, CoreError> {
+    pub(crate) fn cluster_ip(&self) -> Result<String, CoreError> {
         crate::parse_listen(&self.cfg.cluster_address).map(|a| a.ip().to_string())
     }
 
@@ -378,6 +379,7 @@ impl Inner {
                 v.host = Some(target.id.clone());
                 v.state = state;
                 v.state_reason = None;
+                v.take_replica_on(&target.id);
                 Ok(())
             })
             .await

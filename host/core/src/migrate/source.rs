@@ -64,6 +64,11 @@ impl Inner {
             .await
             .map_err(|e| failed("query-status", e))?
             .running;
+        // A synchronous replica stops being one before the move (the
+        // target may be the host that holds it).
+        self.replica_before_move(&mv.vm, &inst, &mv.target.id)
+            .await
+            .map_err(|e| failed("detaching the disk replica", e))?;
         mv.ctx
             .milestone(0.0, &format!("preparing host {}", mv.target.id));
         let prepared: Prepared = self

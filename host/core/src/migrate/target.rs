@@ -106,6 +106,12 @@ impl Inner {
         inc: &mut Incoming,
     ) -> Result<Prepared, CoreError> {
         let vm = inc.vm.clone();
+        // A replica of the VM here (this host was its passive host) gives
+        // way: the move writes the volumes of the same names afresh.
+        if vm.replica.as_ref().is_some_and(|r| r.host == self.host.id) {
+            self.stop_replica_server(&vm.id).await;
+            self.delete_replica_volumes(&vm);
+        }
         // The volumes, empty, of the source's sizes.
         let mut paths = HashMap::new();
         for c in copy {
@@ -258,6 +264,7 @@ impl Inner {
         self.spawn_monitor(id.to_string(), inst);
         self.write_ha_lease();
         self.remove_incoming_marker(id);
+        self.spawn_replica_keeper(id);
         Ok(())
     }
 

@@ -284,6 +284,7 @@ impl Inner {
             state_reason: None,
             install_job: None,
             created_at: now_rfc3339(),
+            replica: None,
         };
         if let Err(e) = self
             .db
@@ -307,7 +308,11 @@ impl Inner {
         Ok(self.vm_view(&rec))
     }
 
-    pub(crate) async fn update_vm(&self, id: &str, upd: VmUpdate) -> Result<VmView, CoreError> {
+    pub(crate) async fn update_vm(
+        self: &Arc<Self>,
+        id: &str,
+        upd: VmUpdate,
+    ) -> Result<VmView, CoreError> {
         let _g = self.ops.lock().await;
         let vm = self.find_vm(id)?;
         if let Some(n) = &upd.name {
@@ -372,6 +377,21 @@ impl Inner {
                 Ok(())
             })
             .await?;
+        // Its disk replica: kept by a keeper while it runs here (one starts
+        // when HA is turned on); dropped with HA when it does not run.
+        if self.processes.contains(&rec.id) {
+            self.spawn_replica_keeper(&rec.id);
+        } else if !rec.ha {
+            if let Some(r) = rec.replica.clone() {
+                self.ask_drop(&rec.id, &r).await;
+                self.db
+                    .update::<VmRecord, _>(kind::VM, &rec.id, |v| {
+                        v.replica = None;
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
         Ok(self.vm_view(&rec))
     }
 
@@ -411,6 +431,10 @@ impl Inner {
             }
         }
         self.db.delete(kind::VM, &vm.id).await?;
+        // Its replica goes with it (a copy of the disks on another host).
+        if let Some(r) = &vm.replica {
+            self.ask_drop(&vm.id, r).await;
+        }
         self.event(
             "vm-deleted",
             Severity::Info,

@@ -126,7 +126,12 @@ impl Inner {
                     let info = pool
                         .volume(&d.volume)
                         .map_err(|e| errors::storage(&field, e))?;
-                    DiskSpec::qcow2(info.path)
+                    DiskSpec {
+                        // An HA VM's disk on its host's own pool gets a
+                        // synchronous replica (core/src/replica.rs).
+                        replicated: self.is_replicated(vm, d),
+                        ..DiskSpec::qcow2(info.path)
+                    }
                 }
             };
             spec.disks.push(disk);
@@ -184,6 +189,9 @@ impl Inner {
 
     /// Starts QEMU for `vm` on this host and watches it.
     pub(crate) async fn launch(self: &Arc<Self>, vm: &VmRecord) -> Result<VmInstance, CoreError> {
+        // A replica of it this host served (it was the passive host) holds
+        // its images: it ends before they are opened (a failover).
+        self.stop_replica_server(&vm.id).await;
         let (spec, taps) = self.build_spec(vm)?;
         let mut opts = LaunchOptions::new(self.cfg.run_dir(), self.accel);
         opts.qemu_binary = self.cfg.qemu_binary.clone();
@@ -210,6 +218,7 @@ impl Inner {
         );
         self.spawn_monitor(vm.id.clone(), inst.clone());
         self.write_ha_lease();
+        self.spawn_replica_keeper(&vm.id);
         Ok(inst)
     }
 
@@ -268,6 +277,7 @@ impl Inner {
                     if vm.state != VmStatus::Installing {
                         self.clear_interrupted_move(&vm, &inst).await;
                         self.spawn_monitor(vm.id.clone(), inst);
+                        self.spawn_replica_keeper(&vm.id);
                     }
                 }
                 Err(e) => {

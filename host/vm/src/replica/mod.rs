@@ -261,6 +261,35 @@ impl ReplicaServer {
             .map_err(serve_err)
     }
 
+    /// Ends VM `id`'s replica server in `run_dir`, if one runs: a clean
+    /// stop over QMP, or else SIGKILL of the pid its pidfile names, once
+    /// `/proc` shows that pid is that server (its command line names the
+    /// pidfile), never another process that reused the pid. True when a
+    /// server was found.
+    pub async fn end(run_dir: &Path, id: &str) -> bool {
+        if let Ok(server) = Self::attach(run_dir, id).await {
+            if let Err(e) = server.stop().await {
+                tracing::warn!(%id, error = %e, "stopping the replica server");
+            }
+            return true;
+        }
+        let paths = ReplicaPaths::new(run_dir, id);
+        let pidfile = paths.pidfile();
+        let Ok(pid) = crate::proc::read_pidfile(&pidfile) else {
+            return false;
+        };
+        let ours = crate::proc::cmdline(pid).is_ok_and(|args| {
+            args.iter().any(|a| a.contains(&*pidfile.to_string_lossy()))
+        });
+        if ours {
+            kill(pid);
+        }
+        for p in [pidfile, paths.qmp_socket()] {
+            nasvisor_best_effort::remove_file(&p);
+        }
+        ours
+    }
+
     /// The server's pid.
     pub fn pid(&self) -> i32 {
         self.pid

@@ -22,8 +22,8 @@ pub mod tls;
 /// The contract types (re-exported from `nasvisor-api-types`).
 pub use nasvisor_api_types as types;
 pub use nasvisor_api_types::{
-    action, error, Action, ApiError, ByteStream, Core, CoreError, FirmwareKind, ImageMetaSpec,
-    ImageUpload, PowerOp,
+    action, error, Action, Answer, ApiError, ByteStream, Core, CoreError, FirmwareKind,
+    ImageMetaSpec, ImageUpload, PowerOp,
 };
 pub use nasvisor_limits::ServerLimits;
 pub use server::{Server, ServerSettings};

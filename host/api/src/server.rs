@@ -5,6 +5,8 @@
 //! `WWW-Authenticate: Bearer` otherwise, even for unknown paths, so nothing
 //! is revealed unauthenticated), then the route (404/405), the body
 //! (415/413/400), and only then is the [`Action`] forwarded to the core.
+//! The core answers with a typed [`Answer`]; this is the one place it
+//! becomes the JSON body ([`Answer::to_json`]).
 //!
 //! Two routes stream instead of answering with one JSON value: the console
 //! (`GET /api/v1/vms/{id}/console`, a chunked `application/octet-stream`
@@ -31,7 +33,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use nasvisor_api_types::ApiError;
-use nasvisor_api_types::{ByteStream, Core};
+use nasvisor_api_types::{Answer, ByteStream, Core};
 use nasvisor_limits::{BodyStalled, ConnectionGate, ReadError, ServerLimits, TimedBody};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -294,6 +296,18 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<
     resp
 }
 
+/// The JSON body of the core's answer: the one place an [`Answer`] becomes
+/// JSON. A view that cannot be serialized is a bug of the core (500).
+fn answer_json(answer: Answer) -> Result<serde_json::Value, ApiError> {
+    answer.to_json().map_err(|e| {
+        tracing::error!(error = %e, "the core's answer cannot be serialized");
+        ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the core's answer cannot be serialized: {e}"),
+        )
+    })
+}
+
 fn error_response(e: &ApiError, path: &str) -> Response<RespBody> {
     let mut resp = json_response(e.status, &e.body());
     if e.status == StatusCode::UNAUTHORIZED {
@@ -409,7 +423,7 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
         };
     };
     tracing::debug!(?action, "forwarding to core");
-    let value = shared.core.handle(action).await?;
+    let value = answer_json(shared.core.handle(action).await?)?;
     let status = StatusCode::from_u16(matched.route.success).unwrap_or(StatusCode::OK);
     if status == StatusCode::NO_CONTENT {
         let mut r = Response::new(full(Bytes::new()));
@@ -517,7 +531,7 @@ async fn upload(
             reason: stall.to_string(),
         });
     }
-    let value = result?;
+    let value = answer_json(result?)?;
     Ok(json_response(StatusCode::ACCEPTED, &value))
 }
 

@@ -863,43 +863,49 @@ async fn real_responses_match_the_openapi_schemas() {
 fn schema_checker_rejects_wrong_shapes() {
     let doc = spec();
     let vm = serde_json::json!({"$ref": "#/components/schemas/Vm"});
-    assert!(schema::validate(&doc, &vm, &common::vm("vm1"), "vm").is_ok());
-    assert!(schema::validate(&doc, &vm, &common::running_vm("vm1"), "vm").is_ok());
-    let mut bad = common::vm("vm1");
+    assert!(schema::validate(&doc, &vm, &common::json_of(&common::vm("vm1")), "vm").is_ok());
+    assert!(schema::validate(
+        &doc,
+        &vm,
+        &common::json_of(&common::running_vm("vm1")),
+        "vm"
+    )
+    .is_ok());
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad["created_at"] = "yesterday".into();
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
-    let mut bad = common::vm("vm1");
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad["accel"] = "hvf".into();
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
-    let mut bad = common::vm("vm1");
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad["disks"][0].as_object_mut().unwrap().remove("role");
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
-    let mut bad = common::vm("vm1");
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad["state"] = "exploded".into();
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
-    let mut bad = common::vm("vm1");
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad["extra"] = 1.into();
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
-    let mut bad = common::vm("vm1");
+    let mut bad = common::json_of(&common::vm("vm1"));
     bad.as_object_mut().unwrap().remove("vcpus");
     assert!(schema::validate(&doc, &vm, &bad, "vm").is_err());
     let ev = serde_json::json!({"$ref": "#/components/schemas/Event"});
-    assert!(schema::validate(&doc, &ev, &common::event(1), "ev").is_ok());
-    let mut bad = common::event(1);
+    assert!(schema::validate(&doc, &ev, &common::json_of(&common::event(1)), "ev").is_ok());
+    let mut bad = common::json_of(&common::event(1));
     bad["seq"] = 0.into();
     assert!(schema::validate(&doc, &ev, &bad, "ev").is_err());
     assert!(nasvisor_schema_check::check_response(
         "GET",
         "/api/v1/vms/{id}",
         200,
-        &common::vm("a")
+        &common::json_of(&common::vm("a"))
     )
     .is_ok());
     assert!(nasvisor_schema_check::check_response(
         "GET",
         "/api/v1/vms/{id}",
         200,
-        &common::job("a", "b")
+        &common::json_of(&common::job("a", "b"))
     )
     .is_err());
     assert!(nasvisor_schema_check::check_response(

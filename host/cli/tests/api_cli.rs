@@ -10,12 +10,14 @@
 
 use bytes::Bytes;
 use nasvisor_api::types::{
-    DiskSpec, FirmwareKind, HostDegrade, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork,
-    InstallSpec, InstallUser, NicModel, NicSpec, PoolCreate, VmCreate, VmRecover, VmUpdate,
-    VolumeCreate, VolumeFormat, VswitchCreate,
+    strict, ClusterView, DiskSpec, EventView, FirmwareKind, HostDegrade, HostHealth, HostView,
+    ImageAdd, ImageMetaSpec, ImageSource, ImageView, InstallNetwork, InstallSpec, InstallUser,
+    IntoAnswer, JobView, JoinTokenView, NicModel, NicSpec, PluginResetView, PluginView, PoolCreate,
+    PoolView, SnapshotView, VmCreate, VmRecover, VmState, VmUpdate, VmView, VolumeCreate,
+    VolumeFormat, VolumeView, VswitchCreate, VswitchView,
 };
 use nasvisor_api::{
-    Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
+    Action, Answer, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -52,52 +54,70 @@ impl Fake {
     }
 }
 
-fn vm(id: &str) -> Value {
-    json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
+/// `value` read as the view `T`, exactly (no field added or lost): the
+/// fake answers with schema-valid views.
+fn view<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> T {
+    strict(&value).unwrap_or_else(|e| panic!("the fake's view matches the type: {e}"))
+}
+
+fn vm(id: &str) -> VmView {
+    view(
+        json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
            "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false, "ha_status": null,
            "firmware": "bios", "image": null, "pid": null, "qemu_state": null, "accel": null, "install_job": null,
            "created_at": "2026-01-01T00:00:00Z",
            "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
-           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]})
+           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]}),
+    )
 }
 
-fn job(id: &str, kind: &str, state: &str, progress: f64, message: Option<&str>) -> Value {
-    json!({"id": id, "kind": kind, "state": state, "progress": progress, "error": null,
+fn job(id: &str, kind: &str, state: &str, progress: f64, message: Option<&str>) -> JobView {
+    view(
+        json!({"id": id, "kind": kind, "state": state, "progress": progress, "error": null,
            "target": "vm/vm1", "message": message, "finished_at": null,
-           "created_at": "2026-01-01T00:00:00Z"})
+           "created_at": "2026-01-01T00:00:00Z"}),
+    )
 }
 
-fn volume(pool: &str, name: &str, size: u64) -> Value {
-    json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null})
+fn volume(pool: &str, name: &str, size: u64) -> VolumeView {
+    view(json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null}))
 }
 
-fn snapshot(pool: &str, volume: &str, name: &str) -> Value {
-    json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"})
+fn snapshot(pool: &str, volume: &str, name: &str) -> SnapshotView {
+    view(
+        json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"}),
+    )
 }
 
-fn image(name: &str) -> Value {
-    json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
+fn image(name: &str) -> ImageView {
+    view(
+        json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
            "virtual_size_mib": 2048, "os_family": "linux", "os_variant": "debian12",
            "cloud_init": true, "firmware": "bios", "ready_marker": "NASVISOR-READY",
-           "iso": false, "job": null, "error": null, "hosts": ["nas1"]})
+           "iso": false, "job": null, "error": null, "hosts": ["nas1"]}),
+    )
 }
 
-fn event(seq: u64) -> Value {
-    json!({"seq": seq, "time": "2026-01-01T00:00:00Z", "kind": "vm.started",
-           "severity": "info", "target": "vm/vm1", "message": format!("event number {seq}")})
+fn event(seq: u64) -> EventView {
+    view(
+        json!({"seq": seq, "time": "2026-01-01T00:00:00Z", "kind": "vm.started",
+           "severity": "info", "target": "vm/vm1", "message": format!("event number {seq}")}),
+    )
 }
 
-fn host() -> Value {
-    json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4, "memory_mib": 16384,
+fn host() -> HostView {
+    view(
+        json!({"id": "h1", "name": "nas1", "version": "0.1.0", "cpus": 4, "memory_mib": 16384,
            "cluster_role": "single", "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 2,
            "last_seen": null, "protocol": 2, "protocol_compatible": true,
-           "health": "healthy", "health_reasons": []})
+           "health": "healthy", "health_reasons": []}),
+    )
 }
 
 impl Fake {
-    fn poll_job(&self, id: &str) -> Value {
+    fn poll_job(&self, id: &str) -> JobView {
         let n = {
             let mut polls = self.polls.lock().unwrap();
             let n = polls.entry(id.to_string()).or_default();
@@ -108,15 +128,15 @@ impl Fake {
             ("jfail", 1) => job(id, "install", "running", 0.3, Some("installing packages")),
             ("jfail", _) => {
                 let mut j = job(id, "install", "failed", 0.3, Some("installing packages"));
-                j["error"] = "disk full".into();
-                j["finished_at"] = "2026-01-01T00:01:00Z".into();
+                j.error = Some("disk full".into());
+                j.finished_at = Some("2026-01-01T00:01:00Z".into());
                 j
             }
             (_, 1) => job(id, "install", "queued", 0.0, None),
             (_, 2) => job(id, "install", "running", 0.5, Some("copying image")),
             (_, _) => {
                 let mut j = job(id, "install", "succeeded", 1.0, Some("done"));
-                j["finished_at"] = "2026-01-01T00:01:00Z".into();
+                j.finished_at = Some("2026-01-01T00:01:00Z".into());
                 j
             }
         }
@@ -125,11 +145,11 @@ impl Fake {
 
 #[async_trait::async_trait]
 impl Core for Fake {
-    async fn handle(&self, action: Action) -> Result<Value, CoreError> {
+    async fn handle(&self, action: Action) -> Result<Answer, CoreError> {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
-            Action::GetHost => host(),
-            Action::ListVms => json!([vm("vm1"), vm("web-server-2")]),
+            Action::GetHost => host().into_answer(),
+            Action::ListVms => vec![vm("vm1"), vm("web-server-2")].into_answer(),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
                     what: format!("vm {id}"),
@@ -142,57 +162,76 @@ impl Core for Fake {
                 })
             }
             Action::GetVm { id } | Action::UpdateVm { id, .. } | Action::RecoverVm { id, .. } => {
-                vm(&id)
+                vm(&id).into_answer()
             }
             Action::CreateVm(c) => {
                 let mut v = vm(&c.name);
                 if let Some(img) = &c.image {
-                    v["image"] = img.clone().into();
-                    v["install_job"] = "j-install".into();
-                    v["state"] = "installing".into();
+                    v.image = Some(img.clone());
+                    v.install_job = Some("j-install".into());
+                    v.state = VmState::Installing;
                 }
-                v
+                v.into_answer()
             }
-            Action::DeleteVm { id, .. } => vm(&id),
+            Action::DeleteVm { id, .. } => vm(&id).into_answer(),
             Action::VmPower { id, op } => {
                 let mut v = vm(&id);
-                v["state"] = match op {
-                    PowerOp::Start { .. } | PowerOp::Resume {} | PowerOp::Reboot {} => "running",
-                    PowerOp::Pause {} => "paused",
-                    PowerOp::Shutdown { .. } => "stopping",
-                    PowerOp::ForceOff {} => "stopped",
-                }
-                .into();
-                v
+                v.state = match op {
+                    PowerOp::Start { .. } | PowerOp::Resume {} | PowerOp::Reboot {} => {
+                        VmState::Running
+                    }
+                    PowerOp::Pause {} => VmState::Paused,
+                    PowerOp::Shutdown { .. } => VmState::Stopping,
+                    PowerOp::ForceOff {} => VmState::Stopped,
+                };
+                v.into_answer()
             }
-            Action::ListPools => {
+            Action::ListPools => view::<Vec<PoolView>>(
                 json!([{"name": "p1", "path": "/srv/p1", "host": "nas1", "shared": false,
-                        "capacity_mib": 100, "free_mib": 50}])
-            }
-            Action::CreatePool(p) => {
+                        "capacity_mib": 100, "free_mib": 50}]),
+            )
+            .into_answer(),
+            Action::CreatePool(p) => view::<PoolView>(
                 json!({"name": p.name, "path": p.path, "host": (!p.shared).then_some("nas1"),
-                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100})
+                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100}),
+            )
+            .into_answer(),
+            Action::ListVolumes { pool } => vec![volume(&pool, "v1", 10)].into_answer(),
+            Action::CreateVolume { pool, volume: v } => {
+                volume(&pool, &v.name, v.size_mib).into_answer()
             }
-            Action::ListVolumes { pool } => json!([volume(&pool, "v1", 10)]),
-            Action::CreateVolume { pool, volume: v } => volume(&pool, &v.name, v.size_mib),
             Action::ResizeVolume {
                 pool,
                 volume: v,
                 size_mib,
-            } => volume(&pool, &v, size_mib),
-            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10),
-            Action::ImportVolume { .. } => job("jimp", "import_volume", "queued", 0.0, None),
+            } => volume(&pool, &v, size_mib).into_answer(),
+            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10).into_answer(),
+            Action::ImportVolume { .. } => {
+                job("jimp", "import_volume", "queued", 0.0, None).into_answer()
+            }
             Action::SnapshotVolume { pool, volume, name }
-            | Action::RevertSnapshot { pool, volume, name } => snapshot(&pool, &volume, &name),
-            Action::ListSnapshots { pool, volume } => json!([snapshot(&pool, &volume, "s1")]),
-            Action::ListImages => json!([image("debian-12")]),
-            Action::AddImage(_) => job("jimg", "add_image", "queued", 0.0, None),
-            Action::ListVswitches => json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
-            Action::CreateVswitch(s) => json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
-            Action::ListJobs => json!([job("j1", "start", "running", 0.25, Some("booting"))]),
-            Action::GetJob { id } => self.poll_job(&id),
-            Action::CancelJob { id } => job(&id, "start", "cancelled", 0.25, None),
-            Action::ListPlugins => json!([{"name": "evil", "world": "scheduler",
+            | Action::RevertSnapshot { pool, volume, name } => {
+                snapshot(&pool, &volume, &name).into_answer()
+            }
+            Action::ListSnapshots { pool, volume } => {
+                vec![snapshot(&pool, &volume, "s1")].into_answer()
+            }
+            Action::ListImages => vec![image("debian-12")].into_answer(),
+            Action::AddImage(_) => job("jimg", "add_image", "queued", 0.0, None).into_answer(),
+            Action::ListVswitches => view::<Vec<VswitchView>>(
+                json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
+            )
+            .into_answer(),
+            Action::CreateVswitch(s) => view::<VswitchView>(
+                json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
+            )
+            .into_answer(),
+            Action::ListJobs => {
+                vec![job("j1", "start", "running", 0.25, Some("booting"))].into_answer()
+            }
+            Action::GetJob { id } => self.poll_job(&id).into_answer(),
+            Action::CancelJob { id } => job(&id, "start", "cancelled", 0.25, None).into_answer(),
+            Action::ListPlugins => view::<Vec<PluginView>>(json!([{"name": "evil", "world": "scheduler",
                 "version": "0.1.0", "vendor": "acme", "state": "active",
                 "consecutive_failures": 0, "decisions": 4, "failures": 0, "fallbacks": 0,
                 "last_failure": null,
@@ -205,52 +244,63 @@ impl Core for Fake {
                      "state": "quarantined", "consecutive_failures": 3, "decisions": 1,
                      "failures": 3, "fallbacks": 5,
                      "last_failure": "trap: unreachable code reached",
-                     "updated_at": "2026-01-01T00:00:00Z"}]}]),
+                     "updated_at": "2026-01-01T00:00:00Z"}]}]))
+            .into_answer(),
             Action::ListEvents { since, limit } => {
                 let from = since.unwrap_or(0) + 1;
                 let to = (from + u64::from(limit)).min(4);
-                json!((from..to).map(event).collect::<Vec<_>>())
+                (from..to).map(event).collect::<Vec<_>>().into_answer()
             }
-            Action::GetCluster | Action::CreateCluster(_) => json!({
+            Action::GetCluster | Action::CreateCluster(_) => view::<ClusterView>(json!({
                 "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 5,
                 "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
-                "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]}),
-            Action::IssueJoinToken(_) => {
-                json!({"token": "nvjt1.secret", "expires_at": "2026-01-01T01:00:00Z"})
-            }
-            Action::RemoveMember { .. } => Value::Null,
-            Action::JoinCluster(j) => json!({
+                "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]}))
+            .into_answer(),
+            Action::IssueJoinToken(_) => view::<JoinTokenView>(
+                json!({"token": "nvjt1.secret", "expires_at": "2026-01-01T01:00:00Z"}),
+            )
+            .into_answer(),
+            Action::RemoveMember { .. } => Answer::Empty,
+            Action::JoinCluster(j) => view::<ClusterView>(json!({
                 "clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
                 "this_node": 2, "address": "192.0.2.2:8444", "leader": 1,
                 "members": [{"node_id": 1, "addr": j.address, "status": "member", "voter": true, "key": null},
-                            {"node_id": 2, "addr": "192.0.2.2:8444", "status": "member", "voter": true, "key": null}]}),
-            Action::ListHosts => json!([host()]),
+                            {"node_id": 2, "addr": "192.0.2.2:8444", "status": "member", "voter": true, "key": null}]}))
+            .into_answer(),
+            Action::ListHosts => vec![host()].into_answer(),
             Action::SetCordon { host: h, cordoned } => {
                 let mut v = host();
-                v["id"] = h.into();
-                v["cordoned"] = cordoned.into();
-                v
+                v.id = h;
+                v.cordoned = cordoned;
+                v.into_answer()
             }
             Action::SetMaintenance {
                 host: h,
                 maintenance,
             } => {
                 let mut v = host();
-                v["id"] = h.into();
+                v.id = h;
                 if let Some(m) = maintenance {
-                    v["health"] = "maintenance".into();
-                    v["health_reasons"] =
-                        json!([format!("in maintenance: {}", m.reason.unwrap_or_default())]);
+                    v.health = HostHealth::Maintenance;
+                    v.health_reasons =
+                        vec![format!("in maintenance: {}", m.reason.unwrap_or_default())];
                 }
-                v
+                v.into_answer()
             }
-            Action::InstallPlugin(_) => json!({"name": "acme-scheduler", "world": "scheduler",
-                "version": "1.0.0", "vendor": "acme", "state": "active"}),
-            Action::UninstallPlugin { .. } => Value::Null,
-            Action::ResetPlugin { world } if world == "sha" => json!({"world": world,
-                "quarantined_on": [], "message": "nothing to reset: no plugin is loaded for the sha world"}),
-            Action::ResetPlugin { world } => json!({"world": world, "quarantined_on": ["nas2"],
-                "message": format!("quarantine of the {world} plugin (evil@0.1.0) lifted on nas2")}),
+            Action::InstallPlugin(_) => view::<PluginView>(json!({"name": "acme-scheduler",
+                "world": "scheduler", "version": "1.0.0", "vendor": "acme", "state": "active",
+                "consecutive_failures": 0, "decisions": 0, "failures": 0, "fallbacks": 0,
+                "last_failure": null, "hosts": []}))
+            .into_answer(),
+            Action::UninstallPlugin { .. } => Answer::Empty,
+            Action::ResetPlugin { world } if world == "sha" => view::<PluginResetView>(json!({
+                "world": world, "quarantined_on": [],
+                "message": "nothing to reset: no plugin is loaded for the sha world"}))
+            .into_answer(),
+            Action::ResetPlugin { world } => view::<PluginResetView>(json!({"world": world,
+                "quarantined_on": ["nas2"],
+                "message": format!("quarantine of the {world} plugin (evil@0.1.0) lifted on nas2")}))
+            .into_answer(),
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
@@ -259,19 +309,19 @@ impl Core for Fake {
                 return answer;
             }
             Action::EvacuateHost { .. } | Action::MigrateVm { .. } => {
-                json!({"id": "j-move", "kind": "migrate", "state": "succeeded", "progress": 1.0,
-                       "error": null, "created_at": "2026-01-01T00:00:00Z", "target": "vm/vm1",
-                       "message": "moved", "finished_at": "2026-01-01T00:00:01Z"})
+                let mut j = job("j-move", "migrate", "succeeded", 1.0, Some("moved"));
+                j.finished_at = Some("2026-01-01T00:00:01Z".into());
+                j.into_answer()
             }
             Action::ConsoleInput { data, .. } => {
                 let _ = self.echo().send(data);
-                Value::Null
+                Answer::Empty
             }
             Action::DeleteVolume { .. }
             | Action::DeleteImage { .. }
             | Action::DeleteVswitch { .. }
             | Action::DeleteSnapshot { .. }
-            | Action::DeletePool { .. } => Value::Null,
+            | Action::DeletePool { .. } => Answer::Empty,
         })
     }
 
@@ -319,7 +369,7 @@ impl Core for Fake {
         &self,
         upload: ImageUpload,
         mut body: ByteStream,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<Answer, CoreError> {
         let mut hash = Sha256::new();
         let mut n = 0u64;
         while let Some(chunk) =
@@ -337,8 +387,8 @@ impl Core for Fake {
             .unwrap()
             .push((upload, n, hex::encode(hash.finalize())));
         let mut j = job("jup", "upload_image", "queued", 0.0, None);
-        j["target"] = format!("image/{name}").into();
-        Ok(j)
+        j.target = Some(format!("image/{name}"));
+        Ok(j.into_answer())
     }
 }
 
@@ -828,7 +878,7 @@ fn tables_and_json_output() {
     assert!(out.contains("tcg (probe guest hung under KVM)"), "{out}");
     assert!(out.contains("10.0.2"), "{out}");
     let out = h.ok(&["host", "--json"]);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), host());
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!(host()));
 
     let out = h.ok(&["host", "list"]);
     assert!(
@@ -1906,13 +1956,13 @@ fn the_fake_answers_follow_the_schemas() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     };
-    check("Vm", &vm("a"));
-    check("Host", &host());
-    check("Job", &job("j", "k", "running", 0.5, Some("m")));
-    check("Image", &image("i"));
-    check("Event", &event(1));
-    check("Volume", &volume("p", "v", 1));
-    check("Snapshot", &snapshot("p", "v", "s"));
+    check("Vm", &json!(vm("a")));
+    check("Host", &json!(host()));
+    check("Job", &json!(job("j", "k", "running", 0.5, Some("m"))));
+    check("Image", &json!(image("i")));
+    check("Event", &json!(event(1)));
+    check("Volume", &json!(volume("p", "v", 1)));
+    check("Snapshot", &json!(snapshot("p", "v", "s")));
 }
 
 #[test]

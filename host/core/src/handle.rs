@@ -1,7 +1,7 @@
 //! [`nasvisor_api_types::Core`] for [`NasCore`]: one match from action to the
 //! module that carries it out. Each module answers with a typed view
-//! (`nasvisor_api_types::view`); [`answer`] turns it into the JSON the
-//! server sends, in this one place.
+//! (`nasvisor_api_types::view`), returned as an [`Answer`]; the server turns
+//! it into the JSON it sends.
 
 use crate::errors;
 use crate::model::{kind, VmRecord, VswitchRecord};
@@ -14,7 +14,6 @@ use nasvisor_api_types::{
 use nasvisor_api_types::{Answer, ByteStream, ImageUpload, IntoAnswer};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
-use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -276,11 +275,6 @@ fn answer<T: IntoAnswer>(r: Result<T, CoreError>) -> Result<Answer, CoreError> {
     r.map(IntoAnswer::into_answer)
 }
 
-/// The JSON the server sends: the one place an answer becomes JSON.
-fn to_json(a: Answer) -> Result<Value, CoreError> {
-    a.to_json().map_err(errors::internal)
-}
-
 impl Inner {
     /// Carries `action` out on this host (routing already done).
     pub(crate) async fn handle_here(self: &Arc<Self>, action: Action) -> Result<Answer, CoreError> {
@@ -373,16 +367,16 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl nasvisor_api_types::Core for NasCore {
-    async fn handle(&self, mut action: Action) -> Result<Value, CoreError> {
+    async fn handle(&self, mut action: Action) -> Result<Answer, CoreError> {
         let c = &self.inner;
         c.check_quorum(&action)?;
         if let Some(v) = c.read_on_vm_host(&action).await {
-            return to_json(v);
+            return Ok(v);
         }
         if let Some(host) = c.route(&mut action).await? {
-            return to_json(c.forward(&host, action).await?);
+            return c.forward(&host, action).await;
         }
-        to_json(c.handle_here(action).await?)
+        c.handle_here(action).await
     }
 
     async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
@@ -399,12 +393,12 @@ impl nasvisor_api_types::Core for NasCore {
         &self,
         upload: ImageUpload,
         body: ByteStream,
-    ) -> Result<Value, CoreError> {
-        to_json(answer(
+    ) -> Result<Answer, CoreError> {
+        answer(
             self.inner
                 .upload_image(upload.name, upload.meta, body)
                 .await,
-        )?)
+        )
     }
 }
 

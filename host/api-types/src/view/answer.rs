@@ -1,8 +1,9 @@
 //! [`Answer`]: what an action answers, as one typed value. The core builds
 //! it, a host that carried out a forwarded action or a read sends it back
 //! to the caller in the peer protocol (tagged, so a field renamed on one
-//! side fails to decode instead of reading as empty), and the edge of the
-//! core turns it into the JSON body the server sends ([`Answer::to_json`]).
+//! side fails to decode instead of reading as empty), [`crate::Core`]
+//! returns it, and the server turns it into the JSON body it sends
+//! ([`Answer::to_json`]), in that one place.
 
 use super::*;
 use serde::{Deserialize, Serialize};

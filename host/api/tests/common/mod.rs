@@ -9,8 +9,14 @@ pub use nasvisor_schema_check as schema;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use nasvisor_api::types::{
+    strict, AccelKind, ClusterView, DiskRole, EventView, HostView, ImageView, IntoAnswer, JobState,
+    JobView, PluginResetView, PluginView, PoolView, SnapshotView, VmState, VmView, VolumeView,
+    VswitchView,
+};
 use nasvisor_api::{
-    Action, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
+    Action, Answer, ByteStream, Core, CoreError, FirmwareKind, ImageUpload, PowerOp, Server,
+    ServerSettings,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -22,8 +28,8 @@ use tokio_rustls::rustls;
 /// error that ended the stream (if any).
 pub type Upload = (ImageUpload, Vec<u8>, Option<String>);
 
-/// Records every action and answers with canned objects that follow the
-/// response schemas.
+/// Records every action and answers with canned typed views (the response
+/// schemas' types).
 #[derive(Default)]
 pub struct FakeCore {
     pub calls: Mutex<Vec<Action>>,
@@ -44,86 +50,117 @@ impl FakeCore {
     }
 }
 
-pub fn vm(id: &str) -> Value {
-    json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
+/// `value` read as the view `T`, exactly (no field added or lost): the
+/// fake's canned answers are schema-valid views.
+fn view<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> T {
+    strict(&value).unwrap_or_else(|e| panic!("the fake's view matches the type: {e}"))
+}
+
+/// A view as the JSON the API sends.
+pub fn json_of<T: serde::Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).expect("a view serializes")
+}
+
+pub fn vm(id: &str) -> VmView {
+    view(
+        json!({"id": id, "name": id, "state": "stopped", "state_reason": null, "host": null,
            "vcpus": 2, "memory_mib": 2048, "description": null, "autostart": false, "ha": false, "ha_status": null,
            "firmware": "bios", "image": null, "pid": null, "qemu_state": null, "accel": null, "install_job": null,
            "created_at": "2026-01-01T00:00:00Z",
            "disks": [{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"}],
-           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]})
+           "nics": [{"vswitch": "sw0", "mac": "52:54:00:12:34:56", "model": "virtio", "tap": null}]}),
+    )
 }
 
-pub fn running_vm(id: &str) -> Value {
+pub fn running_vm(id: &str) -> VmView {
     let mut v = vm(id);
-    v["state"] = "installing".into();
-    v["host"] = "h1".into();
-    v["pid"] = 4242.into();
-    v["accel"] = "tcg".into();
-    v["image"] = "debian-12".into();
-    v["install_job"] = "j-install".into();
-    v["firmware"] = "uefi".into();
-    v["disks"] = json!([{"pool": "p1", "volume": "v1", "size_mib": 10240, "role": "disk"},
-                        {"pool": "p1", "volume": "v1-seed", "size_mib": 1, "role": "seed"}]);
-    v["nics"][0]["tap"] = "nvtap0".into();
+    v.state = VmState::Installing;
+    v.host = Some("h1".into());
+    v.pid = Some(4242);
+    v.accel = Some(AccelKind::Tcg);
+    v.image = Some("debian-12".into());
+    v.install_job = Some("j-install".into());
+    v.firmware = FirmwareKind::Uefi;
+    let mut seed = v.disks[0].clone();
+    seed.volume = "v1-seed".into();
+    seed.size_mib = 1;
+    seed.role = DiskRole::Seed;
+    v.disks.push(seed);
+    v.nics[0].tap = Some("nvtap0".into());
     v
 }
 
-pub fn cluster() -> Value {
-    json!({"clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
+pub fn cluster() -> ClusterView {
+    view(
+        json!({"clustered": true, "cluster_id": "c1", "ca_fingerprint": "AA:BB", "max_members": 7,
            "this_node": 1, "address": "192.0.2.1:8444", "leader": 1,
-           "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]})
+           "members": [{"node_id": 1, "addr": "192.0.2.1:8444", "status": "member", "voter": true, "key": null}]}),
+    )
 }
 
-fn host(name: &str) -> Value {
-    json!({"id": name, "name": name, "version": "0.1.0", "cpus": 4,
+fn host(name: &str) -> HostView {
+    view(
+        json!({"id": name, "name": name, "version": "0.1.0", "cpus": 4,
            "memory_mib": 16384, "cluster_role": "single",
            "accel": "tcg", "accel_reason": "probe guest hung under KVM",
            "free_memory_mib": 8192, "qemu_version": "10.0.2", "node_id": 1,
            "address": "192.0.2.1:8444", "online": true, "cordoned": false, "vms": 1,
            "last_seen": "2026-01-01T00:00:00Z", "protocol": 2, "protocol_compatible": true,
-           "health": "healthy", "health_reasons": []})
+           "health": "healthy", "health_reasons": []}),
+    )
 }
 
-pub fn job(id: &str, kind: &str) -> Value {
-    json!({"id": id, "kind": kind, "state": "queued", "progress": 0.0, "error": null,
+pub fn job(id: &str, kind: &str) -> JobView {
+    view(
+        json!({"id": id, "kind": kind, "state": "queued", "progress": 0.0, "error": null,
            "target": null, "message": null, "finished_at": null,
-           "created_at": "2026-01-01T00:00:00Z"})
+           "created_at": "2026-01-01T00:00:00Z"}),
+    )
 }
 
-pub fn image(name: &str) -> Value {
-    json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
+pub fn image(name: &str) -> ImageView {
+    view(
+        json!({"name": name, "size_mib": 400, "state": "ready", "format": "qcow2",
            "virtual_size_mib": 2048, "os_family": "linux", "os_variant": "debian12",
            "cloud_init": true, "firmware": "bios", "ready_marker": "NASVISOR-READY",
-           "iso": false, "job": null, "error": null, "hosts": ["nas1"]})
+           "iso": false, "job": null, "error": null, "hosts": ["nas1"]}),
+    )
 }
 
-pub fn event(seq: u64) -> Value {
-    json!({"seq": seq, "time": "2026-01-01T00:00:00.5+01:00", "kind": "vm.started",
-           "severity": "info", "target": "vm/vm1", "message": "vm1 started on h1"})
+pub fn event(seq: u64) -> EventView {
+    view(
+        json!({"seq": seq, "time": "2026-01-01T00:00:00.5+01:00", "kind": "vm.started",
+           "severity": "info", "target": "vm/vm1", "message": "vm1 started on h1"}),
+    )
 }
 
-fn snapshot(pool: &str, volume: &str, name: &str) -> Value {
-    json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"})
+fn snapshot(pool: &str, volume: &str, name: &str) -> SnapshotView {
+    view(
+        json!({"name": name, "pool": pool, "volume": volume, "created_at": "2026-01-01T00:00:00Z"}),
+    )
 }
 
-fn volume(pool: &str, name: &str, size: u64) -> Value {
-    json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null})
+fn volume(pool: &str, name: &str, size: u64) -> VolumeView {
+    view(json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null}))
 }
 
 #[async_trait::async_trait]
 impl Core for FakeCore {
-    async fn handle(&self, action: Action) -> Result<Value, CoreError> {
+    async fn handle(&self, action: Action) -> Result<Answer, CoreError> {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
-            Action::GetHost => host("nas1"),
-            Action::ListHosts => json!([host("nas1"), host("nas2")]),
-            Action::SetCordon { host: h, .. } | Action::SetMaintenance { host: h, .. } => host(&h),
-            Action::EvacuateHost { .. } => job("j4", "evacuate"),
-            Action::MigrateVm { .. } => job("j5", "migrate"),
-            Action::InstallPlugin(_) => plugin("acme-scheduler", "acme", "active"),
-            Action::UninstallPlugin { .. } => json!(null),
-            Action::ResetPlugin { world } => json!({"world": world, "quarantined_on": ["nas2"],
-                "message": "quarantine lifted on nas2"}),
+            Action::GetHost => host("nas1").into_answer(),
+            Action::ListHosts => vec![host("nas1"), host("nas2")].into_answer(),
+            Action::SetCordon { host: h, .. } | Action::SetMaintenance { host: h, .. } => {
+                host(&h).into_answer()
+            }
+            Action::EvacuateHost { .. } => job("j4", "evacuate").into_answer(),
+            Action::MigrateVm { .. } => job("j5", "migrate").into_answer(),
+            Action::InstallPlugin(_) => plugin("acme-scheduler", "acme", "active").into_answer(),
+            Action::UninstallPlugin { .. } => Answer::Empty,
+            Action::ResetPlugin { world } => view::<PluginResetView>(json!({"world": world,
+                "quarantined_on": ["nas2"], "message": "quarantine lifted on nas2"}))
+            .into_answer(),
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
@@ -131,8 +168,8 @@ impl Core for FakeCore {
                 self.calls.lock().unwrap().pop();
                 return answer;
             }
-            Action::JoinCluster(_) => cluster(),
-            Action::ListVms => json!([vm("vm1")]),
+            Action::JoinCluster(_) => cluster().into_answer(),
+            Action::ListVms => vec![vm("vm1")].into_answer(),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
                     what: format!("vm {id}"),
@@ -154,68 +191,83 @@ impl Core for FakeCore {
                     reason: "no such host".into(),
                 })
             }
-            Action::GetVm { id } if id == "inst" => running_vm(&id),
+            Action::GetVm { id } if id == "inst" => running_vm(&id).into_answer(),
             Action::GetVm { id } | Action::UpdateVm { id, .. } | Action::RecoverVm { id, .. } => {
-                vm(&id)
+                vm(&id).into_answer()
             }
-            Action::CreateVm(c) => vm(&c.name),
-            Action::DeleteVm { id, .. } => vm(&id),
+            Action::CreateVm(c) => vm(&c.name).into_answer(),
+            Action::DeleteVm { id, .. } => vm(&id).into_answer(),
             Action::VmPower { id, op } => match op {
-                PowerOp::Start { .. } => running_vm(&id),
-                _ => vm(&id),
+                PowerOp::Start { .. } => running_vm(&id).into_answer(),
+                _ => vm(&id).into_answer(),
             },
-            Action::ListPools => {
+            Action::ListPools => view::<Vec<PoolView>>(
                 json!([{"name": "p1", "path": "/srv/p1", "host": "nas1", "shared": false,
-                        "capacity_mib": 100, "free_mib": 50}])
-            }
-            Action::CreatePool(p) => {
+                        "capacity_mib": 100, "free_mib": 50}]),
+            )
+            .into_answer(),
+            Action::CreatePool(p) => view::<PoolView>(
                 json!({"name": p.name, "path": p.path, "host": if p.shared { None } else { Some("nas1") },
-                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100})
+                       "shared": p.shared, "capacity_mib": 100, "free_mib": 100}),
+            )
+            .into_answer(),
+            Action::ListVolumes { pool } => vec![volume(&pool, "v1", 10)].into_answer(),
+            Action::CreateVolume { pool, volume: v } => {
+                volume(&pool, &v.name, v.size_mib).into_answer()
             }
-            Action::ListVolumes { pool } => json!([volume(&pool, "v1", 10)]),
-            Action::CreateVolume { pool, volume: v } => volume(&pool, &v.name, v.size_mib),
             Action::ResizeVolume {
                 pool,
                 volume: v,
                 size_mib,
-            } => volume(&pool, &v, size_mib),
+            } => volume(&pool, &v, size_mib).into_answer(),
             Action::SnapshotVolume { pool, volume, name }
-            | Action::RevertSnapshot { pool, volume, name } => snapshot(&pool, &volume, &name),
-            Action::ListSnapshots { pool, volume } => json!([snapshot(&pool, &volume, "s1")]),
-            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10),
-            Action::ImportVolume { .. } => job("j3", "import_volume"),
+            | Action::RevertSnapshot { pool, volume, name } => {
+                snapshot(&pool, &volume, &name).into_answer()
+            }
+            Action::ListSnapshots { pool, volume } => {
+                vec![snapshot(&pool, &volume, "s1")].into_answer()
+            }
+            Action::CloneVolume { pool, name, .. } => volume(&pool, &name, 10).into_answer(),
+            Action::ImportVolume { .. } => job("j3", "import_volume").into_answer(),
             Action::DeleteVolume { .. }
             | Action::DeleteImage { .. }
             | Action::DeleteVswitch { .. }
             | Action::DeleteSnapshot { .. }
             | Action::DeletePool { .. }
             | Action::ConsoleInput { .. }
-            | Action::RemoveMember { .. } => json!(null),
-            Action::GetCluster | Action::CreateCluster(_) => cluster(),
-            Action::IssueJoinToken(_) => {
-                json!({"token": "nvjt1.abc", "expires_at": "2026-01-01T01:00:00Z"})
-            }
+            | Action::RemoveMember { .. } => Answer::Empty,
+            Action::GetCluster | Action::CreateCluster(_) => cluster().into_answer(),
+            Action::IssueJoinToken(_) => Answer::JoinToken(view(
+                json!({"token": "nvjt1.abc", "expires_at": "2026-01-01T01:00:00Z"}),
+            )),
             Action::ListEvents { since, limit } => {
                 let from = since.unwrap_or(0) + 1;
-                json!((from..from + u64::from(limit.min(3)))
+                (from..from + u64::from(limit.min(3)))
                     .map(event)
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+                    .into_answer()
             }
-            Action::ListImages => json!([image("debian-12")]),
-            Action::AddImage(_) => job("j2", "add_image"),
-            Action::ListVswitches => json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
-            Action::CreateVswitch(s) => json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
-            Action::ListJobs => json!([job("j1", "start")]),
+            Action::ListImages => vec![image("debian-12")].into_answer(),
+            Action::AddImage(_) => job("j2", "add_image").into_answer(),
+            Action::ListVswitches => view::<Vec<VswitchView>>(
+                json!([{"name": "sw0", "uplink": "eth0", "vlan": null}]),
+            )
+            .into_answer(),
+            Action::CreateVswitch(s) => view::<VswitchView>(
+                json!({"name": s.name, "uplink": s.uplink, "vlan": s.vlan}),
+            )
+            .into_answer(),
+            Action::ListJobs => vec![job("j1", "start")].into_answer(),
             Action::GetJob { id } | Action::CancelJob { id } => {
                 let mut j = job(&id, "start");
-                j["state"] = "succeeded".into();
-                j["progress"] = 1.0.into();
-                j["target"] = "vm/vm1".into();
-                j["message"] = "done".into();
-                j["finished_at"] = "2026-01-01T00:00:05Z".into();
-                j
+                j.state = JobState::Succeeded;
+                j.progress = 1.0;
+                j.target = Some("vm/vm1".into());
+                j.message = Some("done".into());
+                j.finished_at = Some("2026-01-01T00:00:05Z".into());
+                j.into_answer()
             }
-            Action::ListPlugins => json!([plugin("scheduler", "nasvisor", "active")]),
+            Action::ListPlugins => vec![plugin("scheduler", "nasvisor", "active")].into_answer(),
         })
     }
 
@@ -276,7 +328,7 @@ impl Core for FakeCore {
         &self,
         upload: ImageUpload,
         mut body: ByteStream,
-    ) -> Result<Value, CoreError> {
+    ) -> Result<Answer, CoreError> {
         let mut got = Vec::new();
         let mut err = None;
         self.upload_progress
@@ -308,8 +360,8 @@ impl Core for FakeCore {
             });
         }
         let mut j = job("j-up", "upload_image");
-        j["target"] = format!("image/{name}").into();
-        Ok(j)
+        j.target = Some(format!("image/{name}"));
+        Ok(j.into_answer())
     }
 }
 
@@ -559,16 +611,18 @@ impl futures_core::Stream for FrameChannel {
 
 /// A scheduler plugin as `GET /api/v1/plugins` lists it, on two hosts
 /// (quarantined on nas2).
-pub fn plugin(name: &str, vendor: &str, state: &str) -> Value {
+pub fn plugin(name: &str, vendor: &str, state: &str) -> PluginView {
     let on = |host: &str, state: &str, failures: u64, last: Option<&str>| {
         json!({"host": host, "world": "scheduler", "plugin": format!("{name}@1.0.0"),
             "state": state, "consecutive_failures": failures, "decisions": 7,
             "failures": failures, "fallbacks": failures, "last_failure": last,
             "updated_at": "2026-01-01T00:00:00Z"})
     };
-    json!({"name": name, "world": "scheduler", "version": "1.0.0", "vendor": vendor,
+    view(
+        json!({"name": name, "world": "scheduler", "version": "1.0.0", "vendor": vendor,
         "state": state, "consecutive_failures": 0, "decisions": 7, "failures": 0,
         "fallbacks": 0, "last_failure": null,
         "hosts": [on("nas1", state, 0, None),
-                  on("nas2", "quarantined", 3, Some("trap: unreachable code reached"))]})
+                  on("nas2", "quarantined", 3, Some("trap: unreachable code reached"))]}),
+    )
 }

@@ -5,11 +5,14 @@
 use super::{ImageJob, JobSpec};
 use crate::model::{kind, JobRecord};
 use crate::peer::tests::{join, start};
-use nasvisor_api_types::{Action, ClusterCreate, Core, JobView};
+use nasvisor_api_types::{Action, Answer, ClusterCreate, Core, JobView};
 use std::time::Duration;
 
-fn job_of(v: serde_json::Value) -> JobView {
-    serde_json::from_value(v).unwrap()
+fn job_of(a: Answer) -> JobView {
+    match a {
+        Answer::Job(j) => j,
+        other => panic!("not a job: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,8 +54,9 @@ async fn progress_does_not_touch_the_store_but_milestones_do_and_peers_read_both
         );
         assert_eq!(j.progress, 0.49, "{who}: {j:?}");
         assert_eq!(j.message.as_deref(), Some("received 12 MiB"), "{who}");
-        let list: Vec<JobView> =
-            serde_json::from_value(core.handle(Action::ListJobs).await.unwrap()).unwrap();
+        let Answer::Jobs(list) = core.handle(Action::ListJobs).await.unwrap() else {
+            panic!("not a list of jobs")
+        };
         let j = list.iter().find(|j| j.id == rec.id).expect("listed");
         assert_eq!(j.progress, 0.49, "{who}: list {j:?}");
     }

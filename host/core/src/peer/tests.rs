@@ -8,7 +8,8 @@
 use crate::{AccelSetting, CoreConfig, NasCore};
 use nasvisor_api_types::peer::{PeerWindow, PEER_PROTOCOL};
 use nasvisor_api_types::{
-    Action, ClusterCreate, ClusterJoin, Core, CoreError, HostView, JoinTokenCreate, PoolCreate,
+    Action, Answer, ClusterCreate, ClusterJoin, Core, CoreError, HostView, JoinTokenCreate,
+    PoolCreate,
 };
 use nasvisor_plugin_host::{PolicyHost, Runtime, RuntimeConfig};
 use std::sync::Arc;
@@ -50,11 +51,14 @@ pub(crate) async fn start(
 }
 
 pub(crate) async fn join(founder: &NasCore, member: &NasCore) {
-    let t = founder
+    let Answer::JoinToken(t) = founder
         .handle(Action::IssueJoinToken(JoinTokenCreate::default()))
         .await
-        .unwrap();
-    let token = t["token"].as_str().unwrap().to_string();
+        .unwrap()
+    else {
+        panic!("not a join token")
+    };
+    let token = t.token;
     member
         .handle(Action::JoinCluster(ClusterJoin {
             address: founder.inner.cfg.cluster_address.clone(),
@@ -76,12 +80,20 @@ fn create_pool_on(host: &str, dir: &std::path::Path, name: &str) -> Action {
 }
 
 async fn hosts(c: &NasCore) -> Vec<HostView> {
-    let v = c.handle(Action::ListHosts).await.unwrap();
-    serde_json::from_value(v).unwrap()
+    match c.handle(Action::ListHosts).await.unwrap() {
+        Answer::Hosts(hs) => hs,
+        other => panic!("not a list of hosts: {other:?}"),
+    }
 }
 
 async fn pools(c: &NasCore) -> Vec<String> {
-    let v = c.handle(Action::ListPools).await.unwrap();
+    // As the API sends it.
+    let v = c
+        .handle(Action::ListPools)
+        .await
+        .unwrap()
+        .to_json()
+        .unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -203,6 +215,8 @@ async fn members_more_than_one_version_apart_refuse_each_other_typed_and_read_no
             limit: 1000,
         })
         .await
+        .unwrap()
+        .to_json()
         .unwrap();
     assert!(
         ev.to_string().contains("host-protocol-unsupported"),

@@ -226,8 +226,7 @@ impl Inner {
                             })
                             .map(|d| format!("{}/{}", d.pool, d.volume))
                             .collect();
-                        if local.is_empty() || self.in_sync_replica_host(vm).as_deref() == Some(p)
-                        {
+                        if local.is_empty() || self.in_sync_replica_host(vm).as_deref() == Some(p) {
                             None
                         } else {
                             unprotected(replica_reason(vm, p, &local))
@@ -282,9 +281,9 @@ fn replica_reason(vm: &VmRecord, passive: &str, local: &[String]) -> String {
                 "the replica of disks {disks} on {passive} is outdated: {}",
                 r.reason.as_deref().unwrap_or("no reason recorded")
             ),
-            nasvisor_api_types::ReplicaState::InSync => format!(
-                "the replica on {passive} does not hold every one of disks {disks}"
-            ),
+            nasvisor_api_types::ReplicaState::InSync => {
+                format!("the replica on {passive} does not hold every one of disks {disks}")
+            }
         },
     }
 }

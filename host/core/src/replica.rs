@@ -29,7 +29,7 @@
 use crate::errors;
 use crate::migrate::{free_port, qemu_tls_dir, tls_identity};
 use crate::model::{
-    kind, now_rfc3339, DiskRole, DiskRecord, ReplicaRecord, Severity, VmRecord, VmStatus,
+    kind, now_rfc3339, DiskRecord, DiskRole, ReplicaRecord, Severity, VmRecord, VmStatus,
 };
 use crate::Inner;
 use nasvisor_api_types::peer::{ReplicaDiskSpec, ReplicaDrop, ReplicaServe, ReplicaServing};
@@ -209,7 +209,10 @@ impl Inner {
                 match self.watch_replica(id, &inst, &passive, &nodes).await {
                     Watch::Gone => return,
                     Watch::Lost(reason) => {
-                        if !self.replica_lost(id, &inst, &passive, &nodes, &reason).await {
+                        if !self
+                            .replica_lost(id, &inst, &passive, &nodes, &reason)
+                            .await
+                        {
                             return;
                         }
                     }
@@ -304,8 +307,7 @@ impl Inner {
         disks: &[(String, DiskRecord)],
     ) -> Result<(), CoreError> {
         for (node, _) in disks {
-            if let Err(link::LinkError::NotReplicated { .. }) =
-                link::state(inst.qmp(), node).await
+            if let Err(link::LinkError::NotReplicated { .. }) = link::state(inst.qmp(), node).await
             {
                 return Err(errors::conflict(format!(
                     "VM {} was started before it was an HA VM: its disks get a replica from \
@@ -394,11 +396,11 @@ impl Inner {
             }
         };
         let attach = link::attach(qmp, &targets, tls.as_ref(), gone, move |p| {
-            let pct = if p.len == 0 {
-                100
-            } else {
-                (p.done.saturating_mul(100) / p.len).min(100) as u8
-            };
+            let pct = p
+                .done
+                .saturating_mul(100)
+                .checked_div(p.len)
+                .map_or(100, |v| v.min(100) as u8);
             seen.store(pct, std::sync::atomic::Ordering::Relaxed);
         });
         tokio::pin!(attach);
@@ -522,7 +524,12 @@ impl Inner {
         nodes: &[String],
         reason: &str,
     ) -> bool {
-        tracing::warn!(vm = id, passive, reason, "replica lost; the guest is held until that is recorded");
+        tracing::warn!(
+            vm = id,
+            passive,
+            reason,
+            "replica lost; the guest is held until that is recorded"
+        );
         loop {
             match self
                 .record_replica(
@@ -543,7 +550,10 @@ impl Inner {
                     // No majority: the guest stays held; the lease decides.
                     tracing::warn!(vm = id, error = %e, "cannot record the replica outdated; the guest stays held");
                     if self.shutdown.is_cancelled()
-                        || self.processes.instance(id).is_none_or(|i| i.pid() != inst.pid())
+                        || self
+                            .processes
+                            .instance(id)
+                            .is_none_or(|i| i.pid() != inst.pid())
                     {
                         return false;
                     }
@@ -556,16 +566,11 @@ impl Inner {
             tracing::error!(vm = id, error = %e, "cannot detach the lost replica; the guest stays held");
             return false;
         }
-        if qmp
-            .query_status()
-            .await
-            .is_ok_and(|s| s.status == RunState::IoError)
-        {
-            qmp.cont()
-                .await
-                .best_effort("resume the guest held on its lost replica");
-        }
-        let name = self.find_vm(id).map(|v| v.name).unwrap_or_else(|_| id.into());
+        resume_if_held(qmp).await;
+        let name = self
+            .find_vm(id)
+            .map(|v| v.name)
+            .unwrap_or_else(|_| id.into());
         self.event(
             "vm-replica-lost",
             Severity::Warning,
@@ -579,20 +584,15 @@ impl Inner {
         true
     }
 
-    /// Detaches `vm`'s replica (if attached), asks its host to drop it, and
-    /// clears it from the record.
+    /// Drops `vm`'s replica (on a host that is not its passive host any
+    /// more, or HA was turned off): the record forgets it first, then it is
+    /// detached, and a guest held on a write the replica did not take goes
+    /// on (the record no longer names a replica that lacks it). Its host is
+    /// asked to delete it (a lost host is asked nothing; it ends its stale
+    /// servers when it comes back).
     async fn drop_replica(&self, vm: &VmRecord, inst: &VmInstance, nodes: &[String]) {
-        match link::detach(inst.qmp(), nodes).await {
-            Ok(()) | Err(link::LinkError::NotReplicated { .. }) => {}
-            Err(e) => {
-                tracing::warn!(vm = %vm.name, error = %e, "cannot detach the replica");
-                return;
-            }
-        }
-        if let Some(r) = &vm.replica {
-            self.ask_drop(&vm.id, r).await;
-        }
-        self.db
+        let cleared = self
+            .db
             .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
                 self.still_here(v)?;
                 if v.replica.as_ref().map(|r| &r.host) == vm.replica.as_ref().map(|r| &r.host) {
@@ -600,8 +600,68 @@ impl Inner {
                 }
                 Ok(())
             })
-            .await
-            .best_effort("clear the dropped replica");
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(vm = %vm.name, error = %e, "cannot record the replica dropped; it stays");
+            return;
+        }
+        let qmp = inst.qmp();
+        match link::detach(qmp, nodes).await {
+            Ok(()) | Err(link::LinkError::NotReplicated { .. }) => {}
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %e, "cannot detach the replica");
+                return;
+            }
+        }
+        resume_if_held(qmp).await;
+        if let Some(r) = &vm.replica {
+            self.event(
+                "vm-replica-dropped",
+                Severity::Info,
+                Some(format!("vm/{}", vm.name)),
+                format!(
+                    "HA VM {}: its replica on host {} is dropped ({})",
+                    vm.name,
+                    r.host,
+                    match &vm.passive {
+                        _ if !vm.ha => "HA is off".to_string(),
+                        Some(p) => format!("its passive host is now {p}"),
+                        None => "it has no passive host now".to_string(),
+                    }
+                ),
+            )
+            .await;
+            self.ask_drop(&vm.id, r).await;
+        }
+    }
+
+    /// Ends the replica servers on this host whose VM's record does not
+    /// give its replica to this host (any more): after this host was lost
+    /// and came back, or a drop it was not asked for.
+    pub(crate) async fn end_stale_replica_servers(&self) {
+        let run_dir = self.cfg.run_dir();
+        let Ok(rd) = std::fs::read_dir(&run_dir) else {
+            return;
+        };
+        let ids: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".replica.pid")
+                    .map(str::to_string)
+            })
+            .collect();
+        for id in ids {
+            let ours = self
+                .db
+                .get::<VmRecord>(kind::VM, &id)
+                .is_some_and(|(v, _)| v.replica.is_some_and(|r| r.host == self.host.id));
+            if !ours {
+                tracing::info!(vm = %id, "ending a stale replica server");
+                self.stop_replica_server(&id).await;
+            }
+        }
     }
 
     /// Before VM `vm` moves to `target`: its replica, if attached, is
@@ -788,8 +848,7 @@ impl Inner {
             }
             let pool = self.pool(&rec.name, "pool")?;
             if pool.volume(vol).is_ok() {
-                pool.delete(vol)
-                    .map_err(|e| errors::storage("volume", e))?;
+                pool.delete(vol).map_err(|e| errors::storage("volume", e))?;
             }
         }
         Ok(())
@@ -801,5 +860,19 @@ impl Inner {
         if ReplicaServer::end(&self.cfg.run_dir(), id).await {
             tracing::info!(vm = id, "replica server stopped");
         }
+    }
+}
+
+/// Resumes a guest held on a write error (`io-error`); a guest paused for
+/// another reason stays paused.
+async fn resume_if_held(qmp: &nasvisor_vm::QmpClient) {
+    if qmp
+        .query_status()
+        .await
+        .is_ok_and(|s| s.status == RunState::IoError)
+    {
+        qmp.cont()
+            .await
+            .best_effort("resume the guest held on its replica");
     }
 }

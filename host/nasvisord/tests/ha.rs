@@ -5,7 +5,7 @@
 mod common;
 
 use common::alive;
-use common::cluster::{eventually, Cluster};
+use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -406,8 +406,8 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     assert_eq!(v["ha_status"]["state"], "protected", "{v:#}");
     assert_ne!(v["ha_status"]["passive"], "nas1", "{v:#}");
 
-    // On a host's own pool it is unprotected until replicas exist, and
-    // says so.
+    // On a host's own pool it is unprotected until the replica of its disk
+    // on its passive host is in step, and says so; then protected.
     let mut args = blank_on("q", "default:64", "nas1");
     args.push("--ha");
     c.host(1).json(&args);
@@ -416,9 +416,14 @@ fn an_ha_vm_gets_a_passive_host_whose_memory_is_reserved_and_says_when_unprotect
     assert!(
         v["ha_status"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("replicas are not built yet")),
+            .is_some_and(|r| r.contains("replica") && r.contains("default/q-disk0")),
         "{v:#}"
     );
+    let v = protected_again(&c, 2, "q", Duration::from_secs(60));
+    let q_passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    assert_eq!(v["ha_status"]["replica"]["host"], q_passive, "{v:#}");
+    assert_eq!(v["ha_status"]["replica"]["state"], "in-sync", "{v:#}");
+    assert!(has_event(&c, 1, "vm-replica-in-sync", "vm/q", q_passive));
 
     // The passive host lost: the VM keeps running and is protected again
     // on the third host, with an event.
@@ -585,6 +590,18 @@ fn a_crashed_ha_vm_is_restarted_in_place_until_the_restart_limit_then_fails_over
     assert_eq!(v["state"], "crashed", "{v:#}");
 }
 
+/// VM `vm`'s view (asked of host i) once it is protected, within `within`.
+fn protected_again(c: &Cluster, i: usize, vm: &str, within: Duration) -> Value {
+    eventually(within, &format!("{vm} protected"), || {
+        let v = c.host(i).try_json(&["vm", "show", vm])?;
+        if v["ha_status"]["state"] == "protected" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    })
+}
+
 /// Creates HA VM `vm` on `host` with a disk on the shared pool, starts it,
 /// and returns its passive host's index and its QEMU's pid.
 fn protected_vm(c: &Cluster, vm: &str, host: usize) -> (usize, i32) {
@@ -698,14 +715,7 @@ fn a_degraded_host_switches_its_ha_vm_over_and_a_dead_one_fails_it_over() {
     assert!(c.live_qemus(active).contains(&pid));
     c.host(1).json(&["host", "undegrade", "nas2"]);
     // Protected again: its new passive host is one that is healthy.
-    let v = eventually(Duration::from_secs(30), "web protected again", || {
-        let v = c.host(1).try_json(&["vm", "show", "web"])?;
-        if v["ha_status"]["state"] == "protected" {
-            Ok(v)
-        } else {
-            Err(format!("{v:#}"))
-        }
-    });
+    let v = protected_again(&c, 1, "web", Duration::from_secs(30));
     let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
     let p = c.index_of_name(passive).expect("its index");
     assert_ne!(p, active);
@@ -1042,4 +1052,183 @@ fn a_restarted_daemon_keeps_its_ha_vm_running_on_the_same_qemu() {
         let seen = events_of(&c, 1, kind);
         assert!(seen.is_empty(), "{kind}: {seen:#?}");
     }
+}
+
+/// How long the guest image may take to install and boot here.
+const BOOT: Duration = Duration::from_secs(240);
+
+/// HA VM `name` installed from the guest image on `host`'s own pool, once
+/// it runs protected (the replica of its disks in step on its passive
+/// host): its id and view.
+fn ha_guest_on_own_pool(c: &Cluster, name: &str, host: &str) -> (String, Value) {
+    let v = c
+        .host(1)
+        .try_json_within(
+            &[
+                "vm",
+                "create",
+                name,
+                "--image",
+                "nasvisor-mini",
+                "--vcpus",
+                "1",
+                "--memory",
+                "256",
+                "--hostname",
+                name,
+                "--pool",
+                "default",
+                "--host",
+                host,
+                "--ha",
+                "--wait",
+            ],
+            BOOT,
+        )
+        .unwrap_or_else(|e| panic!("installing the HA VM: {e}"));
+    let id = v["id"].as_str().expect("an id").to_string();
+    c.host(1).wait_console(name, "NASVISOR-READY", BOOT);
+    let v = eventually(Duration::from_secs(180), "the replica in step", || {
+        let v = c.host(1).try_json(&["vm", "show", name])?;
+        if v["state"] == "running" && v["ha_status"]["state"] == "protected" {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    assert_eq!(v["ha_status"]["replica"]["state"], "in-sync", "{v:#}");
+    (id, v)
+}
+
+/// Waits until VM `vm` (asked of host i) is protected by a replica in
+/// step on `host`, its passive host.
+fn replica_in_step_on(c: &Cluster, i: usize, vm: &str, host: &str) {
+    let v = eventually(Duration::from_secs(120), "a new replica in step", || {
+        let v = c.host(i).try_json(&["vm", "show", vm])?;
+        if v["ha_status"]["state"] == "protected" && v["ha_status"]["replica"]["host"] == host {
+            Ok(v)
+        } else {
+            Err(format!("{v:#}"))
+        }
+    });
+    assert_eq!(v["ha_status"]["passive"], host, "{v:#}");
+}
+
+/// The highest "ACK n" in host i's console log of VM `id`.
+fn last_ack(c: &Cluster, i: usize, id: &str) -> u64 {
+    numbers_after(&console_log(c, i, id), "ACK ")
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the guest's writer on host i acknowledged `n` more records.
+fn more_acks(c: &Cluster, i: usize, id: &str, n: u64) {
+    let floor = last_ack(c, i, id);
+    eventually(Duration::from_secs(90), "the writer acknowledging", || {
+        if last_ack(c, i, id) >= floor + n {
+            Ok(())
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            Err(format!("last ACK {}", last_ack(c, i, id)))
+        }
+    });
+}
+
+#[test]
+fn an_ha_vm_on_a_hosts_own_pool_fails_over_onto_its_replica_with_every_acknowledged_write() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (id, v) = ha_guest_on_own_pool(&c, "rep", "nas2");
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    assert_eq!(v["ha_status"]["replica"]["state"], "in-sync", "{v:#}");
+    let p = c.index_of_name(passive).expect("the passive host's index");
+    let pid = v["pid"].as_i64().expect("a pid") as i32;
+
+    // The guest's acknowledged writer at work: twenty acknowledgements.
+    assert_eq!(start_acker(&c, 2, 2, "rep", &id).expect("a count"), 0);
+    more_acks(&c, 2, &id, 20);
+
+    // nas2 dies (daemon and QEMU killed, link cut). The VM starts on its
+    // passive host from the replica.
+    c.host_mut(2).kill9();
+    kill(pid);
+    c.cut(2);
+    let (new, _, _) = watch_handover(&c, 2, pid, p, &[], Duration::from_secs(90));
+    let v = c.host(p).poll_vm("rep", Duration::from_secs(60), |v| {
+        v["state"] == "running" && v["host"] == passive
+    });
+    assert_eq!(v["pid"].as_i64(), Some(new as i64), "{v:#}");
+    assert!(
+        v["ha_status"]["last_move"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("failover from nas2 to {passive}"))),
+        "{v:#}"
+    );
+    c.host(p).wait_console("rep", "NASVISOR-READY", BOOT);
+    // Every record the guest acknowledged before nas2 died is on the disk
+    // it runs from now.
+    let acked = numbers_after(&console_log(&c, 2, &id), "ACK ")
+        .into_iter()
+        .max()
+        .expect("acknowledged records");
+    let found = start_acker(&c, p, p, "rep", &id).expect("a count");
+    assert!(
+        found > acked,
+        "acknowledged up to {acked}, found {found} records on the replica"
+    );
+    // And it is protected again, with a replica on the third host.
+    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    replica_in_step_on(&c, p, "rep", &c.name(third));
+}
+
+#[test]
+fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_recorded_outdated() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (id, v) = ha_guest_on_own_pool(&c, "held", "nas2");
+    let passive = v["ha_status"]["passive"]
+        .as_str()
+        .expect("a passive host")
+        .to_string();
+    let p = c.index_of_name(&passive).expect("the passive host's index");
+    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    let pid = v["pid"].as_i64().expect("a pid") as i32;
+    assert_eq!(start_acker(&c, 2, 2, "held", &id).expect("a count"), 0);
+    more_acks(&c, 2, &id, 10);
+
+    // The passive host's link is cut (its replica server runs on, out of
+    // reach): the guest's next write gets no answer from the replica,
+    // fails after the link's bound, and holds the guest until nas2 has
+    // recorded the replica outdated; then the guest writes on alone.
+    let cut_at = Instant::now();
+    c.cut(p);
+    more_acks(&c, 2, &id, 20);
+    eprintln!(
+        "the writer went on {:.1} s after the passive host's link was cut",
+        cut_at.elapsed().as_secs_f64()
+    );
+    let log = console_log(&c, 2, &id);
+    assert!(
+        !log.contains("ACKER-WRITE-FAILED"),
+        "a write failed in the guest"
+    );
+    // (Asked of nas2: the passive host may be nas1, now cut off.)
+    // Whichever came first: nas2 found the replica lost (and recorded it
+    // outdated), or the leader gave the VM a new passive host (and nas2
+    // dropped the old replica).
+    assert!(
+        has_event(&c, 2, "vm-replica-lost", "vm/held", &passive)
+            || has_event(&c, 2, "vm-replica-dropped", "vm/held", &passive),
+        "{}",
+        ha_events(&c, 2)
+    );
+    // The same QEMU all along.
+    let v = c.host(2).json(&["vm", "show", "held"]);
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "{v:#}");
+    assert_eq!(v["host"], "nas2", "{v:#}");
+    // Protected again with a replica in step on the third host.
+    replica_in_step_on(&c, 2, "held", &c.name(third));
+    more_acks(&c, 2, &id, 10);
+    c.heal(p);
 }

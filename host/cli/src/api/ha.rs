@@ -49,6 +49,7 @@ impl Render for HaRow {
         "passive",
         "protection",
         "reason",
+        "replica",
         "last move",
     ];
 
@@ -61,7 +62,23 @@ impl Render for HaRow {
             cell(&ha.and_then(|h| h.passive.as_ref())),
             cell(&ha.map(|h| h.state)),
             cell(&ha.and_then(|h| h.reason.as_ref())),
+            cell(&ha.and_then(|h| h.replica.as_ref()).map(replica_text)),
             cell(&ha.and_then(|h| h.last_move.as_ref())),
         ]
+    }
+}
+
+/// A disk replica in words: `in-sync on nas3`, `syncing (40%) on nas3`,
+/// `outdated on nas3 (why)`.
+pub fn replica_text(r: &nasvisor_api_types::ReplicaView) -> String {
+    use nasvisor_api_types::ReplicaState;
+    match r.state {
+        ReplicaState::InSync => format!("in-sync on {}", r.host),
+        ReplicaState::Syncing => format!("syncing ({}%) on {}", r.progress.unwrap_or(0), r.host),
+        ReplicaState::Outdated => format!(
+            "outdated on {} ({})",
+            r.host,
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        ),
     }
 }

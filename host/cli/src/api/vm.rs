@@ -134,6 +134,9 @@ fn ha_line(v: &VmView) -> String {
                 line.push_str(&format!(": {r}"));
             }
             line.push(')');
+            if let Some(r) = &s.replica {
+                line.push_str(&format!("; replica {}", super::ha::replica_text(r)));
+            }
             if let Some(m) = &s.last_move {
                 line.push_str(&format!("; last {m}"));
             }

@@ -266,9 +266,7 @@ impl Inner {
                 }
             }
             let wanted = req.host.as_deref().or(replica.as_deref());
-            let target = self
-                .place_excluding(&vm, wanted, &[from.as_str()])
-                .await?;
+            let target = self.place_excluding(&vm, wanted, &[from.as_str()]).await?;
             self.check_disks_follow(&vm, &from, &target)?;
             let reason = format!("recovered from lost host {from}");
             let vm = self

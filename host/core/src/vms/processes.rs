@@ -363,9 +363,14 @@ impl Inner {
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
+                // A replica server is no copy of a VM (ended below).
+                if name.ends_with(".replica.pid") {
+                    return None;
+                }
                 name.strip_suffix(".pid").map(str::to_string)
             })
             .collect();
+        self.end_stale_replica_servers().await;
         for id in ids {
             let owner = self.db.get::<VmRecord>(kind::VM, &id).map(|(v, _)| v);
             let ours = owner

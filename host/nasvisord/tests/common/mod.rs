@@ -448,6 +448,8 @@ impl Daemon {
         };
         rd.flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            // A replica server (`<id>.replica.pid`) is no copy of the VM.
+            .filter(|e| !e.file_name().to_string_lossy().ends_with(".replica.pid"))
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
             .filter_map(|s| s.trim().parse().ok())
             .collect()

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use super::{next_event, MigrateError, PROGRESS_EVERY};
 use crate::qmp::{
     BlockdevMirror, BlockdevOptions, EventKind, InetAddr, MirrorCopyMode, NbdNode, QmpClient,
-    QmpEvent, TlsClient,
+    QmpEvent, SocketAddress, TlsClient,
 };
 
 /// The prefix of the nodes and jobs of a migration's mirrors.
@@ -97,8 +97,20 @@ impl MirrorSet {
         target: &MirrorTarget,
         tls: Option<&TlsClient>,
     ) -> Result<(), MigrateError> {
+        let server = SocketAddress::Inet(target.addr.clone());
+        self.add_over(target, server, tls).await
+    }
+
+    /// As [`Self::add`], reaching the export at `server` instead of
+    /// `target.addr` (a socket the caller connected and handed over).
+    pub async fn add_over(
+        &mut self,
+        target: &MirrorTarget,
+        server: SocketAddress,
+        tls: Option<&TlsClient>,
+    ) -> Result<(), MigrateError> {
         let name = format!("{}{}", self.prefix, target.node);
-        let nbd = NbdNode::new(&name, target.addr.clone(), &target.export, tls);
+        let nbd = NbdNode::at(&name, server, &target.export, tls);
         self.qmp
             .blockdev_add(&BlockdevOptions::Nbd(nbd))
             .await

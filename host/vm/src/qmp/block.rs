@@ -49,6 +49,12 @@ mod port_string {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SocketAddress {
     Inet(InetAddr),
+    /// A socket handed over with `getfd` under this name (QEMU takes it
+    /// when the node opens).
+    Fd {
+        #[serde(rename = "str")]
+        name: String,
+    },
 }
 
 /// TLS of a client stream: credentials object and the name the server's
@@ -87,9 +93,20 @@ impl NbdNode {
     /// The node `node_name` reading and writing export `export` at `addr`,
     /// over TLS when `tls` is given.
     pub fn new(node_name: &str, addr: InetAddr, export: &str, tls: Option<&TlsClient>) -> Self {
+        Self::at(node_name, SocketAddress::Inet(addr), export, tls)
+    }
+
+    /// As [`Self::new`], with the server at any socket address (a socket
+    /// handed over with `getfd`, say).
+    pub fn at(
+        node_name: &str,
+        server: SocketAddress,
+        export: &str,
+        tls: Option<&TlsClient>,
+    ) -> Self {
         NbdNode {
             node_name: node_name.to_string(),
-            server: SocketAddress::Inet(addr),
+            server,
             export: export.to_string(),
             tls_creds: tls.map(|t| t.creds.clone()),
             tls_hostname: tls.map(|t| t.hostname.clone()),

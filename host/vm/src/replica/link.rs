@@ -25,10 +25,51 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::migration::{MigrateError, MirrorProgress, MirrorSet, MirrorTarget, REPLICA_PREFIX};
-use crate::qmp::{QmpClient, QmpError, TlsClient};
+use crate::qmp::{InetAddr, QmpClient, QmpError, TlsClient};
 
 /// How long the guest may stay paused while the mirrors end in step.
 const FINISH_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a replica may leave a write or a flush unanswered before its
+/// connection is given up (`TCP_USER_TIMEOUT` on the socket QEMU gets):
+/// the write then fails, the guest is held on it, and the caller records
+/// the replica outdated. Without it, a passive host that lost power or a
+/// cut link would hold the guest for TCP's retransmissions, about 15
+/// minutes.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting to a replica server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP connection to `addr` whose unanswered data is given up after
+/// [`IO_TIMEOUT`], and whose silence is probed every second, to hand to
+/// QEMU.
+async fn connect_bounded(addr: &InetAddr) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::sockopt;
+    let port: u16 = addr.port;
+    let s = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((addr.host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {CONNECT_TIMEOUT:?}"),
+        )
+    })??;
+    let s = s.into_std()?;
+    // QEMU drives the socket; it starts out blocking, as one QEMU
+    // connects itself does.
+    s.set_nonblocking(false)?;
+    let ms = u32::try_from(IO_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    sockopt::set_tcp_user_timeout(&s, ms)?;
+    sockopt::set_socket_keepalive(&s, true)?;
+    sockopt::set_tcp_keepidle(&s, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepintvl(&s, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepcnt(&s, IO_TIMEOUT.as_secs().max(1) as u32)?;
+    Ok(s.into())
+}
 
 /// The placeholder child of replicated disk `node` (e.g. `disk0-alone`).
 pub fn placeholder(node: &str) -> String {
@@ -121,7 +162,24 @@ pub async fn attach(
     let mut mirrors = MirrorSet::replicas(qmp);
     let synced = async {
         for t in targets {
-            mirrors.add(t, tls).await?;
+            // QEMU's own connection would have no bound on a write the
+            // replica never answers: it gets one made here.
+            let fd = connect_bounded(&t.addr)
+                .await
+                .map_err(|source| MigrateError::Connect {
+                    uri: format!("tcp:{}", t.addr),
+                    source,
+                })?;
+            let name = format!("{}-sock", replica_node(&t.node));
+            use std::os::fd::AsFd as _;
+            qmp.getfd(&name, fd.as_fd())
+                .await
+                .map_err(MigrateError::qmp(format!(
+                    "handing over the socket of {}",
+                    t.node
+                )))?;
+            let server = crate::qmp::SocketAddress::Fd { name };
+            mirrors.add_over(t, server, tls).await?;
         }
         mirrors.wait_ready(cancel, progress).await
     }

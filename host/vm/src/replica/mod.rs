@@ -278,9 +278,8 @@ impl ReplicaServer {
         let Ok(pid) = crate::proc::read_pidfile(&pidfile) else {
             return false;
         };
-        let ours = crate::proc::cmdline(pid).is_ok_and(|args| {
-            args.iter().any(|a| a.contains(&*pidfile.to_string_lossy()))
-        });
+        let ours = crate::proc::cmdline(pid)
+            .is_ok_and(|args| args.iter().any(|a| a.contains(&*pidfile.to_string_lossy())));
         if ours {
             kill(pid);
         }

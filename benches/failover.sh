@@ -9,6 +9,8 @@
 # medians and the ranges.
 # Before the failovers, as many switchovers (host degrade: a live move to
 # the passive host): the move's time and the pause QEMU reports.
+# NASVISOR_BENCH_POOL=default puts the VM on its host's own pool: its disks
+# then fail over through their synchronous replica on the passive host.
 # Usage (as root): benches/failover.sh [runs]   (default 10). Needs
 # scripts/build.sh and the guest image (scripts/setup.sh).
 set -euo pipefail

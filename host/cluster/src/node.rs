@@ -5,7 +5,8 @@
 //! hosts, remove hosts, record keys.
 //!
 //! This module knows nothing of the facade or of the endpoint; both hold
-//! an [`Arc<Shared>`] (the endpoint a weak one).
+//! an [`Arc<Shared>`] (the endpoint a weak one). It is about 700 lines: the
+//! leader-only writes and the node they drive are kept together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

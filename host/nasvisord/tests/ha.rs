@@ -1,6 +1,10 @@
 //! High availability for real: three `nasvisord` processes in network
 //! namespaces of their own (see `common/cluster.rs`), real QEMUs under TCG,
 //! faults injected from outside (SIGKILL, a cut link).
+//!
+//! One file although over 700 lines: no fixture is shared (each test starts
+//! its own three hosts, one test at a time under `SERIAL`); splitting it
+//! would add a test binary, with another copy of `common`, to build.
 
 mod common;
 

@@ -2,7 +2,9 @@
 //! test suite): three real `nasvisord` hosts with the daemon's default
 //! cluster timings (heartbeat 500 ms, offline after 3 s, HA fence delay
 //! 2 s), each in its own network namespace on a test switch, and an HA VM
-//! of the bundled image on a pool every host reaches. Each trial kills the
+//! of the bundled image on a pool every host reaches (or, with
+//! `NASVISOR_BENCH_POOL=default`, on its host's own pool, replicated to the
+//! passive host). Each trial kills the
 //! VM's host (daemon and QEMU SIGKILLed, link cut) and measures, from the
 //! kill, when the VM's QEMU runs on another host and when its guest prints
 //! its ready marker there; then the dead host is started again and healed,
@@ -50,6 +52,9 @@ fn bench_failover() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let (mut c, _shared) = Cluster::with_default_timings(3);
+    // `nfs`, the shared pool; `default`, the VM's host's own pool (its
+    // disks then fail over through their synchronous replica).
+    let pool = std::env::var("NASVISOR_BENCH_POOL").unwrap_or_else(|_| "nfs".into());
     let v = c
         .host(1)
         .try_json_within(
@@ -66,7 +71,7 @@ fn bench_failover() {
                 "--hostname",
                 "ha",
                 "--pool",
-                "nfs",
+                &pool,
                 "--host",
                 "nas2",
                 "--ha",

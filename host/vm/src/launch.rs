@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 
 use crate::accel::Accel;
 use crate::spec::{
-    check_abs_path, DiskBus, DiskFormat, DiskMedia, DiskSpec, Firmware, MachineType, NicBackend,
-    SerialSpec, SpecError, VmSpec,
+    check_abs_path, DiskBus, DiskMedia, Firmware, MachineType, NicBackend, SerialSpec, SpecError,
+    VmSpec,
 };
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -385,7 +385,7 @@ pub fn render_argv(spec: &VmSpec, options: &LaunchOptions) -> Result<Vec<String>
             "file": file, "read-only": ro, "discard": "unmap"}),
         );
         if replicated {
-            let size = virtual_size(d).map_err(|source| LaunchError::Prepare {
+            let size = d.virtual_size().map_err(|source| LaunchError::Prepare {
                 path: d.path.clone(),
                 source,
             })?;
@@ -692,26 +692,3 @@ pub fn log_tail(path: &Path, max: usize) -> String {
 #[cfg(test)]
 #[path = "launch_tests.rs"]
 mod tests;
-
-/// The size the guest sees of disk `d`: a qcow2 image's virtual size (from
-/// its header), a raw image's length. A replicated disk's placeholder must
-/// have it, as every child of a quorum has the same size.
-fn virtual_size(d: &DiskSpec) -> std::io::Result<u64> {
-    use std::io::Read as _;
-    match d.format {
-        DiskFormat::Raw => Ok(std::fs::metadata(&d.path)?.len()),
-        DiskFormat::Qcow2 => {
-            let mut header = [0u8; 32];
-            std::fs::File::open(&d.path)?.read_exact(&mut header)?;
-            if header[..4] != *b"QFI\xfb" {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "not a qcow2 image (no QFI\\xfb magic)",
-                ));
-            }
-            let mut size = [0u8; 8];
-            size.copy_from_slice(&header[24..32]);
-            Ok(u64::from_be_bytes(size))
-        }
-    }
-}

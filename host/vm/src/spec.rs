@@ -186,6 +186,29 @@ impl DiskSpec {
     pub fn is_readonly(&self) -> bool {
         self.readonly || self.media == DiskMedia::Cdrom
     }
+
+    /// The size the guest sees: a qcow2 image's virtual size (from its
+    /// header), a raw image's length. A replicated disk's placeholder must
+    /// have it, as every child of a quorum has the same size.
+    pub fn virtual_size(&self) -> std::io::Result<u64> {
+        use std::io::Read as _;
+        match self.format {
+            DiskFormat::Raw => Ok(std::fs::metadata(&self.path)?.len()),
+            DiskFormat::Qcow2 => {
+                let mut header = [0u8; 32];
+                std::fs::File::open(&self.path)?.read_exact(&mut header)?;
+                if header[..4] != *b"QFI\xfb" {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not a qcow2 image (no QFI\\xfb magic)",
+                    ));
+                }
+                let mut size = [0u8; 8];
+                size.copy_from_slice(&header[24..32]);
+                Ok(u64::from_be_bytes(size))
+            }
+        }
+    }
 }
 
 /// A MAC address, written `52:54:00:12:34:56`.

@@ -90,6 +90,14 @@ pub enum LinkError {
     /// The disk's replica is already a member of its quorum.
     #[error("disk {disk} already has its replica attached")]
     Attached { disk: String },
+    /// The replica server could not be reached.
+    #[error("disk {disk}: cannot reach its replica at {addr}: {source}")]
+    Connect {
+        disk: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// Bringing the replica in step failed.
     #[error("the replicas could not be brought in step: {0}")]
     Sync(#[source] MigrateError),
@@ -160,33 +168,40 @@ pub async fn attach(
         }
     }
     let mut mirrors = MirrorSet::replicas(qmp);
-    let synced = async {
+    let synced: Result<(), LinkError> = async {
         for t in targets {
             // QEMU's own connection would have no bound on a write the
             // replica never answers: it gets one made here.
             let fd = connect_bounded(&t.addr)
                 .await
-                .map_err(|source| MigrateError::Connect {
-                    uri: format!("tcp:{}", t.addr),
+                .map_err(|source| LinkError::Connect {
+                    disk: t.node.clone(),
+                    addr: t.addr.to_string(),
                     source,
                 })?;
             let name = format!("{}-sock", replica_node(&t.node));
             use std::os::fd::AsFd as _;
             qmp.getfd(&name, fd.as_fd())
                 .await
-                .map_err(MigrateError::qmp(format!(
-                    "handing over the socket of {}",
-                    t.node
-                )))?;
-            let server = crate::qmp::SocketAddress::Fd { name };
-            mirrors.add_over(t, server, tls).await?;
+                .map_err(qmp_err(&t.node, "handing over the replica's socket"))?;
+            let server = crate::qmp::SocketAddress::Fd { name: name.clone() };
+            if let Err(e) = mirrors.add_over(t, server, tls).await {
+                // The socket QEMU holds, if the node did not take it.
+                if let Err(e) = qmp.closefd(&name).await {
+                    tracing::warn!(disk = %t.node, error = %e, "closing the replica's socket");
+                }
+                return Err(LinkError::Sync(e));
+            }
         }
-        mirrors.wait_ready(cancel, progress).await
+        mirrors
+            .wait_ready(cancel, progress)
+            .await
+            .map_err(LinkError::Sync)
     }
     .await;
     if let Err(e) = synced {
         mirrors.abort().await;
-        return Err(LinkError::Sync(e));
+        return Err(e);
     }
     let running = qmp
         .query_status()

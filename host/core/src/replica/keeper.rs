@@ -1,49 +1,22 @@
-//! Synchronous disk replicas of HA VMs whose disks are on their host's own
-//! pools (docs/ha.md, "Synchronous replicas").
-//!
-//! - **Which disks.** Every disk of an HA VM on a pool of its host (not a
-//!   shared pool, not a CD-ROM) is launched replicated: a quorum of the
-//!   image and a placeholder (`nasvisor_vm::replica::link`).
-//! - **The passive host** serves, on `replica-serve`, the volume of the same
-//!   name in its pool of the same name (created empty, replacing an older
-//!   copy) from a replica server of its own (`qemu-storage-daemon`, TLS
-//!   admitting only the active host).
-//! - **The active host** keeps the replica in step while the VM runs there
-//!   (one keeper task per VM): it asks the passive host to serve, records
-//!   `syncing` with its progress, attaches the replica (a write-blocking
-//!   mirror, then the swap into the quorum), and records `in-sync`.
-//! - **A lost replica holds the guest** on the write it did not take. The
-//!   keeper records `outdated` first (refused once the record gives the VM
-//!   to another host), and only then detaches the replica and resumes the
-//!   guest. If it cannot record (this host lost the majority), the guest
-//!   stays held until its lease ends; the leader fails the VM over onto the
-//!   replica, which has every write the guest saw complete.
-//! - **Failover** onto an `in-sync` replica on the target moves the record
-//!   as for a shared pool (`cluster/lost.rs`, `check_disks_follow`): the
-//!   disks keep their pool and volume names, which now mean the target's.
-//!   The target stops the replica server before it launches the VM.
-//! - **A new passive host** (the old one lost, or the VM moved): the
-//!   keeper detaches the old replica, asks the old host to drop it (best
-//!   effort) and brings a new one in step.
+//! The keeper: one task per HA VM on its host that keeps the replica of
+//! its disks in step, holds the guest on a lost replica until that is
+//! recorded, and drops a replica its passive host no longer holds.
 
 use crate::errors;
-use crate::migrate::{free_port, qemu_tls_dir, tls_identity};
-use crate::model::{
-    kind, now_rfc3339, DiskRecord, DiskRole, ReplicaRecord, Severity, VmRecord, VmStatus,
-};
+use crate::migrate::qemu_tls_dir;
+use crate::model::{kind, now_rfc3339, DiskRecord, ReplicaRecord, Severity, VmRecord, VmStatus};
 use crate::Inner;
-use nasvisor_api_types::peer::{ReplicaDiskSpec, ReplicaDrop, ReplicaServe, ReplicaServing};
+use nasvisor_api_types::peer::{ReplicaDiskSpec, ReplicaServe, ReplicaServing};
 use nasvisor_api_types::{CoreError, ReplicaState};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_vm::migration::MirrorTarget;
 use nasvisor_vm::qmp::{InetAddr, RunState};
-use nasvisor_vm::replica::link::{self, LinkState};
-use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
+use nasvisor_vm::replica::link::{self};
 use nasvisor_vm::{EventKind, VmInstance};
-use std::collections::HashSet;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::SERVE_TIMEOUT;
 
 /// How long a keeper waits after a failed sync before it tries again.
 const RETRY: Duration = Duration::from_secs(15);
@@ -51,33 +24,8 @@ const RETRY: Duration = Duration::from_secs(15);
 const WATCH: Duration = Duration::from_secs(1);
 /// How often the sync's progress is recorded (observed state: sparingly).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// How long the passive host may take to answer `replica-serve`.
-const SERVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The QEMU object id of the replica's TLS client credentials.
 const TLS_ID: &str = "nv-tls-replica";
-
-/// The VMs whose replica a keeper task looks after on this host.
-#[derive(Default)]
-pub(crate) struct ReplicaKeepers {
-    running: Mutex<HashSet<String>>,
-}
-
-impl ReplicaKeepers {
-    /// Claims VM `id`; false when a keeper already runs for it.
-    fn claim(&self, id: &str) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string())
-    }
-
-    fn release(&self, id: &str) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-}
 
 /// What ended a keeper's watch over an in-step replica.
 enum Watch {
@@ -90,59 +38,6 @@ enum Watch {
 }
 
 impl Inner {
-    /// Whether disk `d` of `vm` gets a synchronous replica: `vm` is HA and
-    /// `d` is a writable disk on a pool of the VM's host.
-    pub(crate) fn is_replicated(&self, vm: &VmRecord, d: &DiskRecord) -> bool {
-        vm.ha
-            && d.role != DiskRole::Cdrom
-            && !self
-                .db
-                .get::<crate::model::PoolRecord>(kind::POOL, &d.pool)
-                .is_some_and(|(p, _)| p.shared())
-    }
-
-    /// `vm`'s replicated disks with their block nodes (`disk<i>`).
-    fn replicated_disks(&self, vm: &VmRecord) -> Vec<(String, DiskRecord)> {
-        vm.disks
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| self.is_replicated(vm, d))
-            .map(|(i, d)| (format!("disk{i}"), d.clone()))
-            .collect()
-    }
-
-    /// The block nodes of `vm`'s disks that were replicated if it was
-    /// launched as an HA VM (HA may have been turned off since).
-    fn local_nodes(&self, vm: &VmRecord) -> Vec<String> {
-        let as_ha = VmRecord {
-            ha: true,
-            ..vm.clone()
-        };
-        self.replicated_disks(&as_ha)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect()
-    }
-
-    /// The host whose in-step replica holds every disk of `vm` that is on
-    /// its host's own pool, if there is one.
-    pub(crate) fn in_sync_replica_host(&self, vm: &VmRecord) -> Option<String> {
-        let r = vm.replica.as_ref()?;
-        if r.state != ReplicaState::InSync {
-            return None;
-        }
-        let covered = vm
-            .disks
-            .iter()
-            .filter(|d| self.is_replicated(vm, d))
-            .all(|d| {
-                r.disks
-                    .iter()
-                    .any(|(_, pool, vol)| *pool == d.pool && *vol == d.volume)
-            });
-        covered.then(|| r.host.clone())
-    }
-
     /// Starts the keeper of VM `id`'s replica on this host, unless one runs
     /// (after a start here, and after a restart of nasvisord).
     pub(crate) fn spawn_replica_keeper(self: &Arc<Self>, id: &str) {
@@ -283,20 +178,6 @@ impl Inner {
         }
     }
 
-    /// Whether every one of `nodes` has its replica attached in `inst`.
-    async fn attached(&self, inst: &VmInstance, nodes: &[String]) -> bool {
-        if nodes.is_empty() {
-            return false;
-        }
-        for n in nodes {
-            match link::state(inst.qmp(), n).await {
-                Ok(LinkState::Replicated) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
-
     /// Asks `passive` to serve `vm`'s replicas, records `syncing`, brings
     /// them in step and records `in-sync`.
     async fn sync_replica(
@@ -424,39 +305,6 @@ impl Inner {
         r.map_err(|e| errors::internal(e.to_string()))?;
         self.record_replica(&vm.id, passive, ReplicaState::InSync, None, None)
             .await
-    }
-
-    /// Records VM `id`'s replica on `host` as `state`, if the record still
-    /// gives the VM to this host and its replica to `host`.
-    async fn record_replica(
-        &self,
-        id: &str,
-        host: &str,
-        state: ReplicaState,
-        progress: Option<u8>,
-        reason: Option<String>,
-    ) -> Result<(), CoreError> {
-        self.db
-            .update::<VmRecord, _>(kind::VM, id, |v| {
-                self.still_here(v)?;
-                match v.replica.as_mut() {
-                    Some(r) if r.host == host => {
-                        if r.state != state {
-                            r.since = now_rfc3339();
-                        }
-                        r.state = state;
-                        r.progress = progress;
-                        r.reason = reason.clone();
-                        Ok(())
-                    }
-                    _ => Err(errors::conflict(format!(
-                        "VM {}'s replica is no longer on host {host}",
-                        v.name
-                    ))),
-                }
-            })
-            .await
-            .map(drop)
     }
 
     /// Watches VM `id`'s in-step replica on `passive` until a write fails
@@ -635,35 +483,6 @@ impl Inner {
         }
     }
 
-    /// Ends the replica servers on this host whose VM's record does not
-    /// give its replica to this host (any more): after this host was lost
-    /// and came back, or a drop it was not asked for.
-    pub(crate) async fn end_stale_replica_servers(&self) {
-        let run_dir = self.cfg.run_dir();
-        let Ok(rd) = std::fs::read_dir(&run_dir) else {
-            return;
-        };
-        let ids: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_suffix(".replica.pid")
-                    .map(str::to_string)
-            })
-            .collect();
-        for id in ids {
-            let ours = self
-                .db
-                .get::<VmRecord>(kind::VM, &id)
-                .is_some_and(|(v, _)| v.replica.is_some_and(|r| r.host == self.host.id));
-            if !ours {
-                tracing::info!(vm = %id, "ending a stale replica server");
-                self.stop_replica_server(&id).await;
-            }
-        }
-    }
-
     /// Before VM `vm` moves to `target`: its replica, if attached, is
     /// recorded outdated and detached, so that no write waits on it while
     /// the target (perhaps the host that holds it) prepares.
@@ -694,172 +513,6 @@ impl Inner {
         link::detach(inst.qmp(), &nodes)
             .await
             .map_err(|e| errors::internal(e.to_string()))
-    }
-
-    /// Deletes the replica volumes of `vm` that this host holds, unless a
-    /// VM here uses one.
-    pub(crate) fn delete_replica_volumes(&self, vm: &VmRecord) {
-        let Some(r) = vm.replica.as_ref().filter(|r| r.host == self.host.id) else {
-            return;
-        };
-        for (_, pool_name, vol) in &r.disks {
-            let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
-                continue;
-            };
-            let in_use = self
-                .volume_user(pool_name, vol)
-                .is_some_and(|u| u.id != vm.id && u.host.as_deref() == Some(self.host.id.as_str()));
-            if in_use {
-                continue;
-            }
-            if let Ok(pool) = self.pool(&rec.name, "pool") {
-                if pool.volume(vol).is_ok() {
-                    pool.delete(vol).best_effort("delete a replica volume");
-                }
-            }
-        }
-    }
-
-    /// Asks replica `r`'s host to stop serving it and delete it (best
-    /// effort: a lost host is asked nothing).
-    pub(crate) async fn ask_drop(&self, id: &str, r: &ReplicaRecord) {
-        let call = ReplicaDrop {
-            id: id.to_string(),
-            volumes: r
-                .disks
-                .iter()
-                .map(|(_, p, v)| (p.clone(), v.clone()))
-                .collect(),
-            delete_volumes: true,
-        };
-        if r.host == self.host.id {
-            self.replica_drop(call).await.best_effort("drop a replica");
-            return;
-        }
-        if self.lost_host(&r.host).is_some() {
-            return;
-        }
-        match self.host_record(&r.host) {
-            Ok(rec) => self
-                .call_peer(&rec, call, SERVE_TIMEOUT)
-                .await
-                .best_effort("ask a host to drop a replica"),
-            Err(e) => tracing::warn!(error = %e, "cannot ask a host to drop a replica"),
-        }
-    }
-
-    /// `replica-serve` on the passive host: fresh replica volumes and a
-    /// replica server of VM `req.id`, admitting only host `from`.
-    pub(crate) async fn replica_serve(
-        &self,
-        from: u64,
-        req: ReplicaServe,
-    ) -> Result<ReplicaServing, CoreError> {
-        let vm = self.find_vm(&req.id)?;
-        if vm.passive.as_deref() != Some(self.host.id.as_str()) {
-            return Err(errors::conflict(format!(
-                "host {} is not VM {}'s passive host",
-                self.host.id, vm.name
-            )));
-        }
-        if self.processes.contains(&vm.id) {
-            return Err(errors::conflict(format!(
-                "VM {} runs on host {}: it cannot hold its replica",
-                vm.name, self.host.id
-            )));
-        }
-        self.stop_replica_server(&vm.id).await;
-        let mut disks = Vec::new();
-        for d in &req.disks {
-            let field = format!("disks[{}]", d.node);
-            let rec = self
-                .pool_record(&d.pool)
-                .filter(|p| !p.shared())
-                .ok_or_else(|| {
-                    errors::conflict(format!(
-                        "host {} has no pool {} of its own for the replica of {}",
-                        self.host.id, d.pool, d.volume
-                    ))
-                })?;
-            let pool = self.pool(&rec.name, &field)?;
-            if let Some(user) = self.volume_user(&d.pool, &d.volume) {
-                if user.id != vm.id && user.host.as_deref() == Some(self.host.id.as_str()) {
-                    return Err(errors::conflict(format!(
-                        "volume {}/{} on host {} belongs to VM {}",
-                        d.pool, d.volume, self.host.id, user.name
-                    )));
-                }
-            }
-            // An older copy (a former replica, or what a failover left
-            // here) is replaced: the sync writes every block anyway.
-            if pool.volume(&d.volume).is_ok() {
-                pool.delete(&d.volume)
-                    .map_err(|e| errors::storage(&field, e))?;
-            }
-            let info = pool
-                .create(&d.volume, d.size_bytes)
-                .map_err(|e| errors::storage(&field, e))?;
-            disks.push(ReplicaDisk {
-                node: d.node.clone(),
-                path: info.path,
-            });
-        }
-        let ip = self.cluster_ip()?;
-        let port = free_port(&ip)?;
-        let tls = if self.cfg.migration_tls {
-            Some(ReplicaTls {
-                dir: qemu_tls_dir(self, "server")?,
-                client_identity: tls_identity(from),
-            })
-        } else {
-            None
-        };
-        let addr = InetAddr::new(ip.clone(), port);
-        let server = ReplicaServer::start(
-            Path::new(&self.cfg.qemu_storage_daemon),
-            &self.cfg.run_dir(),
-            &vm.id,
-            &disks,
-            &addr,
-            tls.as_ref(),
-        )
-        .await
-        .map_err(|e| errors::internal(e.to_string()))?;
-        tracing::info!(vm = %vm.name, pid = server.pid(), %addr, "serving the replica");
-        Ok(ReplicaServing { host: ip, port })
-    }
-
-    /// `replica-drop`: stops VM `req.id`'s replica server here and deletes
-    /// its volumes (unless a VM here uses one).
-    pub(crate) async fn replica_drop(&self, req: ReplicaDrop) -> Result<(), CoreError> {
-        self.stop_replica_server(&req.id).await;
-        if !req.delete_volumes {
-            return Ok(());
-        }
-        for (pool_name, vol) in &req.volumes {
-            let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
-                continue;
-            };
-            let in_use = self
-                .volume_user(pool_name, vol)
-                .is_some_and(|u| u.host.as_deref() == Some(self.host.id.as_str()));
-            if in_use {
-                continue;
-            }
-            let pool = self.pool(&rec.name, "pool")?;
-            if pool.volume(vol).is_ok() {
-                pool.delete(vol).map_err(|e| errors::storage("volume", e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops VM `id`'s replica server on this host, if one runs (before
-    /// the VM is launched here from its replica, and when it is dropped).
-    pub(crate) async fn stop_replica_server(&self, id: &str) {
-        if ReplicaServer::end(&self.cfg.run_dir(), id).await {
-            tracing::info!(vm = id, "replica server stopped");
-        }
     }
 }
 

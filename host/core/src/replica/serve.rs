@@ -1,0 +1,182 @@
+//! The passive host's side: `replica-serve` and `replica-drop`, and its
+//! replica servers (started, ended, stale ones found).
+
+use crate::errors;
+use crate::migrate::{free_port, qemu_tls_dir, tls_identity};
+use crate::model::{kind, VmRecord};
+use crate::Inner;
+use nasvisor_api_types::peer::{ReplicaDrop, ReplicaServe, ReplicaServing};
+use nasvisor_api_types::CoreError;
+use nasvisor_best_effort::BestEffort;
+use nasvisor_vm::qmp::InetAddr;
+use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
+use std::path::Path;
+
+impl Inner {
+    /// Ends the replica servers on this host whose VM's record does not
+    /// give its replica to this host (any more): after this host was lost
+    /// and came back, or a drop it was not asked for.
+    pub(crate) async fn end_stale_replica_servers(&self) {
+        let run_dir = self.cfg.run_dir();
+        let Ok(rd) = std::fs::read_dir(&run_dir) else {
+            return;
+        };
+        let ids: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".replica.pid")
+                    .map(str::to_string)
+            })
+            .collect();
+        for id in ids {
+            let ours = self
+                .db
+                .get::<VmRecord>(kind::VM, &id)
+                .is_some_and(|(v, _)| v.replica.is_some_and(|r| r.host == self.host.id));
+            if !ours {
+                tracing::info!(vm = %id, "ending a stale replica server");
+                self.stop_replica_server(&id).await;
+            }
+        }
+    }
+
+    /// Deletes the replica volumes of `vm` that this host holds, unless a
+    /// VM here uses one.
+    pub(crate) fn delete_replica_volumes(&self, vm: &VmRecord) {
+        let Some(r) = vm.replica.as_ref().filter(|r| r.host == self.host.id) else {
+            return;
+        };
+        for (_, pool_name, vol) in &r.disks {
+            let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
+                continue;
+            };
+            let in_use = self
+                .volume_user(pool_name, vol)
+                .is_some_and(|u| u.id != vm.id && u.host.as_deref() == Some(self.host.id.as_str()));
+            if in_use {
+                continue;
+            }
+            if let Ok(pool) = self.pool(&rec.name, "pool") {
+                if pool.volume(vol).is_ok() {
+                    pool.delete(vol).best_effort("delete a replica volume");
+                }
+            }
+        }
+    }
+
+    /// `replica-serve` on the passive host: fresh replica volumes and a
+    /// replica server of VM `req.id`, admitting only host `from`.
+    pub(crate) async fn replica_serve(
+        &self,
+        from: u64,
+        req: ReplicaServe,
+    ) -> Result<ReplicaServing, CoreError> {
+        let vm = self.find_vm(&req.id)?;
+        if vm.passive.as_deref() != Some(self.host.id.as_str()) {
+            return Err(errors::conflict(format!(
+                "host {} is not VM {}'s passive host",
+                self.host.id, vm.name
+            )));
+        }
+        if self.processes.contains(&vm.id) {
+            return Err(errors::conflict(format!(
+                "VM {} runs on host {}: it cannot hold its replica",
+                vm.name, self.host.id
+            )));
+        }
+        self.stop_replica_server(&vm.id).await;
+        let mut disks = Vec::new();
+        for d in &req.disks {
+            let field = format!("disks[{}]", d.node);
+            let rec = self
+                .pool_record(&d.pool)
+                .filter(|p| !p.shared())
+                .ok_or_else(|| {
+                    errors::conflict(format!(
+                        "host {} has no pool {} of its own for the replica of {}",
+                        self.host.id, d.pool, d.volume
+                    ))
+                })?;
+            let pool = self.pool(&rec.name, &field)?;
+            if let Some(user) = self.volume_user(&d.pool, &d.volume) {
+                if user.id != vm.id && user.host.as_deref() == Some(self.host.id.as_str()) {
+                    return Err(errors::conflict(format!(
+                        "volume {}/{} on host {} belongs to VM {}",
+                        d.pool, d.volume, self.host.id, user.name
+                    )));
+                }
+            }
+            // An older copy (a former replica, or what a failover left
+            // here) is replaced: the sync writes every block anyway.
+            if pool.volume(&d.volume).is_ok() {
+                pool.delete(&d.volume)
+                    .map_err(|e| errors::storage(&field, e))?;
+            }
+            let info = pool
+                .create(&d.volume, d.size_bytes)
+                .map_err(|e| errors::storage(&field, e))?;
+            disks.push(ReplicaDisk {
+                node: d.node.clone(),
+                path: info.path,
+            });
+        }
+        let ip = self.cluster_ip()?;
+        let port = free_port(&ip)?;
+        let tls = if self.cfg.migration_tls {
+            Some(ReplicaTls {
+                dir: qemu_tls_dir(self, "server")?,
+                client_identity: tls_identity(from),
+            })
+        } else {
+            None
+        };
+        let addr = InetAddr::new(ip.clone(), port);
+        let server = ReplicaServer::start(
+            Path::new(&self.cfg.qemu_storage_daemon),
+            &self.cfg.run_dir(),
+            &vm.id,
+            &disks,
+            &addr,
+            tls.as_ref(),
+        )
+        .await
+        .map_err(|e| errors::internal(e.to_string()))?;
+        tracing::info!(vm = %vm.name, pid = server.pid(), %addr, "serving the replica");
+        Ok(ReplicaServing { host: ip, port })
+    }
+
+    /// `replica-drop`: stops VM `req.id`'s replica server here and deletes
+    /// its volumes (unless a VM here uses one).
+    pub(crate) async fn replica_drop(&self, req: ReplicaDrop) -> Result<(), CoreError> {
+        self.stop_replica_server(&req.id).await;
+        if !req.delete_volumes {
+            return Ok(());
+        }
+        for (pool_name, vol) in &req.volumes {
+            let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
+                continue;
+            };
+            let in_use = self
+                .volume_user(pool_name, vol)
+                .is_some_and(|u| u.host.as_deref() == Some(self.host.id.as_str()));
+            if in_use {
+                continue;
+            }
+            let pool = self.pool(&rec.name, "pool")?;
+            if pool.volume(vol).is_ok() {
+                pool.delete(vol).map_err(|e| errors::storage("volume", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops VM `id`'s replica server on this host, if one runs (before
+    /// the VM is launched here from its replica, and when it is dropped).
+    pub(crate) async fn stop_replica_server(&self, id: &str) {
+        if ReplicaServer::end(&self.cfg.run_dir(), id).await {
+            tracing::info!(vm = id, "replica server stopped");
+        }
+    }
+}

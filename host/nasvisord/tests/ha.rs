@@ -1201,6 +1201,18 @@ fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_re
     assert_eq!(start_acker(&c, 2, 2, "held", &id).expect("a count"), 0);
     more_acks(&c, 2, &id, 10);
 
+    // nas2's daemon restarts (a service update) with the replica attached:
+    // the new daemon finds the same QEMU, still protected, and its keeper
+    // takes the replica over.
+    c.host_mut(2).stop();
+    c.host_mut(2).spawn();
+    c.host(2).poll_vm("held", Duration::from_secs(30), |v| {
+        v["state"] == "running"
+            && v["pid"].as_i64() == Some(pid as i64)
+            && v["ha_status"]["replica"]["state"] == "in-sync"
+    });
+    more_acks(&c, 2, &id, 5);
+
     // The passive host's link is cut (its replica server runs on, out of
     // reach): the guest's next write gets no answer from the replica,
     // fails after the link's bound, and holds the guest until nas2 has

@@ -7,6 +7,8 @@
 # record is lost, and that every HA VM touched runs again within 30 s.
 # Prints one TRIAL line per trial, the summary and any violation; the whole
 # output stays in target/chaos.log.
+# NASVISOR_CHAOS_POOL=default puts both VMs on their hosts' own pools, so
+# that every failover goes through a synchronous replica.
 # Usage (as root): benches/chaos.sh [trials] [hosts] [seed]
 #   (default 100 trials on 3 hosts, a seed from the clock; the run prints it).
 # Needs scripts/build.sh and the guest image (scripts/setup.sh).

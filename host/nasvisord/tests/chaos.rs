@@ -1,7 +1,8 @@
 //! The HA chaos run (run by `benches/chaos.sh`, ignored in the test suite):
 //! real `nasvisord` hosts in network namespaces of their own on a test
 //! switch, with the daemon's default cluster timings, two HA VMs on a pool
-//! every host reaches (one of the bundled image running the acknowledged
+//! every host reaches (`NASVISOR_CHAOS_POOL=default`: on their hosts' own
+//! pools, replicated to their passive hosts) (one of the bundled image running the acknowledged
 //! writer, one blank), and randomised trials. A trial is one fault (kill a
 //! host: its daemon and QEMUs; kill a daemon alone; kill an HA VM's QEMU;
 //! cut a host's link), then the recovery is watched, then everything is
@@ -106,6 +107,10 @@ fn chaos() {
     println!("CHAOS hosts={hosts} trials={trials} seed={seed}");
     let mut rng = Rng(seed);
     let (mut c, _shared) = Cluster::with_default_timings(hosts);
+    // `nfs`, the shared pool; `default`, each VM's host's own pool (its
+    // disks then reach other hosts only through their synchronous replica).
+    let pool = std::env::var("NASVISOR_CHAOS_POOL").unwrap_or_else(|_| "nfs".into());
+    let blank_disk = format!("{pool}:64");
     let g = c
         .host(1)
         .try_json_within(
@@ -122,7 +127,7 @@ fn chaos() {
                 "--hostname",
                 "guest",
                 "--pool",
-                "nfs",
+                &pool,
                 "--host",
                 "nas2",
                 "--ha",
@@ -133,8 +138,18 @@ fn chaos() {
         .unwrap_or_else(|e| panic!("installing the guest: {e}"));
     let gid = g["id"].as_str().expect("an id").to_string();
     c.host(1).json(&[
-        "vm", "create", "blank", "--vcpus", "1", "--memory", "128", "--disk", "nfs:64", "--host",
-        "nas3", "--ha",
+        "vm",
+        "create",
+        "blank",
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--disk",
+        &blank_disk,
+        "--host",
+        "nas3",
+        "--ha",
     ]);
     let b = c.host(1).json(&["vm", "start", "blank"]);
     let bid = b["id"].as_str().expect("an id").to_string();

@@ -347,6 +347,222 @@ async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_
     assert!((records(&replica, SIZE).len() as u64) < acked + 20);
 }
 
+/// A TCP relay on loopback in front of a replica server: the link between
+/// the two hosts, which the test cuts (every connection through it ends at
+/// once, as when a switch port fails) while the server runs on.
+struct Relay {
+    addr: InetAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(upstream: InetAddr) -> Relay {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = InetAddr::new("127.0.0.1", listener.local_addr().unwrap().port());
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut down, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                let to = (upstream.host.clone(), upstream.port);
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut, task }
+    }
+
+    /// Ends every connection through the relay (new ones still pass).
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends_identical() {
+    use nasvisor_vm::replica::resync;
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    const SIZE: u64 = 64 << 20;
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    qcow2(&data, "64M");
+    // Content from before the replica existed: a full copy carries it, a
+    // resume must not.
+    qemu_io(&data, &["write -P 0x5a 0 16M"]);
+    let mut spec = VmSpec::new("acked", 256);
+    spec.kernel = Some(kernel);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&data)
+    });
+    let vm = active.launch(&spec).await;
+    let console = vm.console().unwrap();
+    let nodes = ["disk0".to_string()];
+
+    // The replica is served behind the relay and brought in step in full.
+    let (server, replica, direct) = serve_replica(&passive, "disk0", "64M", None).await;
+    let relay = Relay::start(direct.addr.clone());
+    let target = MirrorTarget {
+        addr: relay.addr.clone(),
+        ..direct
+    };
+    attach(&vm, &target, None).await.unwrap();
+    // Nothing was missed, so there is nothing to resume from.
+    let e = resync::resume(
+        vm.qmp(),
+        std::slice::from_ref(&target),
+        None,
+        std::future::pending(),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("already has its replica"), "{e}");
+
+    // The guest's acknowledged writer runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acker never started"
+        );
+        console
+            .write(b"/lib/nasvisor/acker 20000 &\n")
+            .await
+            .unwrap();
+        if console
+            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    console
+        .wait_for_output(b"ACK 20\r\n", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
+
+    // The link is cut; the server runs on. The guest is held on its write.
+    let mut events = vm.qmp().events();
+    relay.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let EventKind::BlockIoError { .. } = e.kind() {
+                    break;
+                }
+            }
+            other => panic!("the guest was not held: {other:?}"),
+        }
+    }
+    // Detached with a record of what the replica misses; the guest goes on.
+    resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
+    assert_eq!(
+        link::state(vm.qmp(), "disk0").await.unwrap(),
+        LinkState::Alone
+    );
+    vm.qmp().cont().await.unwrap();
+    let acked = *numbers(&console.read_log().await.unwrap(), "ACK ")
+        .last()
+        .unwrap();
+    let want = format!("ACK {}\r\n", acked + 30);
+    console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the guest did not go on: {}", String::from_utf8_lossy(&l)));
+    // And more than one round's worth, from outside the writer's region.
+    let out = device_write(&vm, "disk0-dev", "write -P 0x77 20M 6M").await;
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let missed = resync::missed(vm.qmp(), &nodes).await.unwrap().unwrap();
+    assert!(
+        missed > 6 << 20 && missed < 7 << 20,
+        "missed {missed} bytes"
+    );
+
+    // The link is back: only what was missed is copied, while the guest
+    // writes on.
+    let mut seen = Vec::new();
+    let done = resync::resume(
+        vm.qmp(),
+        std::slice::from_ref(&target),
+        None,
+        std::future::pending(),
+        |p| seen.push(p),
+    )
+    .await
+    .unwrap();
+    eprintln!("resumed: {done:?}, missed {missed} bytes");
+    assert!(done.copied >= missed, "{done:?}, missed {missed}");
+    assert!(done.rounds >= 1, "{done:?}");
+    assert!(
+        done.copied < 12 << 20,
+        "a resume copies what was missed, not the disk: {done:?}"
+    );
+    assert!(seen.last().is_some_and(|p| p.done == p.len), "{seen:?}");
+    assert_eq!(
+        link::state(vm.qmp(), "disk0").await.unwrap(),
+        LinkState::Replicated
+    );
+    assert_eq!(
+        resync::missed(vm.qmp(), &nodes).await.unwrap(),
+        None,
+        "the record is gone"
+    );
+    assert_eq!(vm.state(), VmState::Running);
+    let acked = *numbers(&console.read_log().await.unwrap(), "ACK ")
+        .last()
+        .unwrap();
+    let want = format!("ACK {}\r\n", acked + 20);
+    console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the guest did not go on: {}", String::from_utf8_lossy(&l)));
+    assert!(
+        !String::from_utf8_lossy(&console.read_log().await.unwrap()).contains("ACKER-WRITE-FAILED"),
+        "no write failed to the guest"
+    );
+
+    // Both copies are the same disk: the old content, and every record.
+    vm.force_off().await.unwrap();
+    server.stop().await.unwrap();
+    let cmp = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&data)
+        .arg(&replica)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+    let recs = records(&replica, SIZE);
+    assert!(recs.len() as u64 > acked + 20, "{}", recs.len());
+    assert!(recs.iter().enumerate().all(|(i, n)| *n == i as u64));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_server_refuses_a_missing_image_or_a_busy_port_and_leaves_nothing_running() {
     use nasvisor_vm::replica::{ReplicaDisk, ReplicaPaths, ReplicaServer};

@@ -290,8 +290,62 @@ pub struct NamedBlockNode {
     pub node_name: String,
     #[serde(default)]
     pub drv: String,
+    /// The node's dirty bitmaps.
+    #[serde(default)]
+    pub dirty_bitmaps: Vec<DirtyBitmapInfo>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// One dirty bitmap of a node (`query-named-block-nodes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DirtyBitmapInfo {
+    #[serde(default)]
+    pub name: String,
+    /// Bytes marked dirty.
+    pub count: u64,
+    pub granularity: u64,
+    #[serde(default)]
+    pub recording: bool,
+    #[serde(default)]
+    pub busy: bool,
+}
+
+/// Arguments of `blockdev-backup` with `sync: bitmap`: copies the areas a
+/// dirty bitmap of `device` marks onto `target`, as they are when the job
+/// starts. With `bitmap-mode: on-success`, the bitmap afterwards marks
+/// only what was written during the job (on failure, all it marked and
+/// what was written since).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevBitmapBackup {
+    pub job_id: String,
+    pub device: String,
+    pub target: String,
+    /// Always `bitmap`.
+    sync: &'static str,
+    pub bitmap: String,
+    /// Always `on-success`.
+    bitmap_mode: &'static str,
+    /// Always false: the ended job stays listed (with its error) until
+    /// `job-dismiss`, so its outcome cannot be missed.
+    auto_dismiss: bool,
+}
+
+impl BlockdevBitmapBackup {
+    /// Copies what bitmap `bitmap` of `device` marks onto `target`.
+    pub fn new(job_id: &str, device: &str, target: &str, bitmap: &str) -> Self {
+        BlockdevBitmapBackup {
+            job_id: job_id.to_string(),
+            device: device.to_string(),
+            target: target.to_string(),
+            sync: "bitmap",
+            bitmap: bitmap.to_string(),
+            bitmap_mode: "on-success",
+            auto_dismiss: false,
+        }
+    }
 }
 
 /// The answer of `x-debug-query-block-graph` (what is read of it).
@@ -345,6 +399,62 @@ impl QmpClient {
     pub async fn blockdev_mirror(&self, mirror: &BlockdevMirror) -> Result<(), QmpError> {
         let args = self.to_args("blockdev-mirror", mirror)?;
         self.execute("blockdev-mirror", Some(args)).await.map(drop)
+    }
+
+    /// `blockdev-backup` of what a dirty bitmap marks, as a job.
+    pub async fn blockdev_bitmap_backup(
+        &self,
+        backup: &BlockdevBitmapBackup,
+    ) -> Result<(), QmpError> {
+        let args = self.to_args("blockdev-backup", backup)?;
+        self.execute("blockdev-backup", Some(args)).await.map(drop)
+    }
+
+    /// `job-dismiss`: forget a concluded job.
+    pub async fn job_dismiss(&self, id: &str) -> Result<(), QmpError> {
+        self.execute("job-dismiss", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
+
+    /// `block-dirty-bitmap-add`: a bitmap on `node` (held in QEMU's memory)
+    /// that marks, from now on, every area written through it.
+    pub async fn block_dirty_bitmap_add(
+        &self,
+        node: &str,
+        name: &str,
+        granularity: u64,
+    ) -> Result<(), QmpError> {
+        self.execute(
+            "block-dirty-bitmap-add",
+            Some(json!({ "node": node, "name": name, "granularity": granularity })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `block-dirty-bitmap-remove`.
+    pub async fn block_dirty_bitmap_remove(&self, node: &str, name: &str) -> Result<(), QmpError> {
+        self.execute(
+            "block-dirty-bitmap-remove",
+            Some(json!({ "node": node, "name": name })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Bitmap `name` of `node`, if it has one.
+    pub async fn dirty_bitmap(
+        &self,
+        node: &str,
+        name: &str,
+    ) -> Result<Option<DirtyBitmapInfo>, QmpError> {
+        Ok(self
+            .query_named_block_nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.node_name == node)
+            .and_then(|n| n.dirty_bitmaps.into_iter().find(|b| b.name == name)))
     }
 
     /// `query-block-jobs`: the block jobs that exist.

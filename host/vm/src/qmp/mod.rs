@@ -41,9 +41,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use block::{
-    BlockJobInfo, BlockdevMirror, BlockdevOnError, BlockdevOptions, FileChild, InetAddr, JobStatus,
-    MirrorCopyMode, MirrorSync, NamedBlockNode, NbdExport, NbdNode, NullNode, Qcow2Node,
-    SocketAddress, TlsClient, TlsServer,
+    BlockJobInfo, BlockdevBitmapBackup, BlockdevMirror, BlockdevOnError, BlockdevOptions,
+    DirtyBitmapInfo, FileChild, InetAddr, JobStatus, MirrorCopyMode, MirrorSync, NamedBlockNode,
+    NbdExport, NbdNode, NullNode, Qcow2Node, SocketAddress, TlsClient, TlsServer,
 };
 pub use commands::{BlockDeviceInfo, BlockInfo, CpuInfoFast, RunState, StatusInfo};
 pub use event::{EventKind, QmpEvent, QmpTimestamp};

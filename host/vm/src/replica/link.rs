@@ -71,6 +71,36 @@ async fn connect_bounded(addr: &InetAddr) -> std::io::Result<std::os::fd::OwnedF
     Ok(s.into())
 }
 
+/// Connects to `t`'s replica server with a bounded socket (QEMU's own
+/// connection would have no bound on a write the replica never answers)
+/// and hands it to QEMU: the address to give its NBD node, and the name of
+/// the socket in QEMU.
+pub(super) async fn hand_over(
+    qmp: &QmpClient,
+    t: &MirrorTarget,
+) -> Result<(crate::qmp::SocketAddress, String), LinkError> {
+    let fd = connect_bounded(&t.addr)
+        .await
+        .map_err(|source| LinkError::Connect {
+            disk: t.node.clone(),
+            addr: t.addr.to_string(),
+            source,
+        })?;
+    let name = format!("{}-sock", replica_node(&t.node));
+    use std::os::fd::AsFd as _;
+    qmp.getfd(&name, fd.as_fd())
+        .await
+        .map_err(qmp_err(&t.node, "handing over the replica's socket"))?;
+    Ok((crate::qmp::SocketAddress::Fd { name: name.clone() }, name))
+}
+
+/// Closes the socket named `name` that QEMU holds, when no node took it.
+pub(super) async fn close_unused(qmp: &QmpClient, disk: &str, name: &str) {
+    if let Err(e) = qmp.closefd(name).await {
+        tracing::warn!(disk, error = %e, "closing the replica's socket");
+    }
+}
+
 /// The placeholder child of replicated disk `node` (e.g. `disk0-alone`).
 pub fn placeholder(node: &str) -> String {
     format!("{node}-alone")
@@ -101,6 +131,13 @@ pub enum LinkError {
     /// Bringing the replica in step failed.
     #[error("the replicas could not be brought in step: {0}")]
     Sync(#[source] MigrateError),
+    /// The disk has no record of the writes its replica missed, so only a
+    /// full copy can bring the replica in step.
+    #[error("disk {disk} has no record of the writes its replica missed: it needs a full copy")]
+    Untracked { disk: String },
+    /// Copying the writes the replica missed failed.
+    #[error("disk {disk}: copying the writes its replica missed failed: {reason}")]
+    Resync { disk: String, reason: String },
     /// A QMP command failed.
     #[error("disk {disk}: {what}: {source}")]
     Qmp {
@@ -111,7 +148,7 @@ pub enum LinkError {
     },
 }
 
-fn qmp_err(disk: &str, what: &str) -> impl FnOnce(QmpError) -> LinkError {
+pub(super) fn qmp_err(disk: &str, what: &str) -> impl FnOnce(QmpError) -> LinkError {
     let (disk, what) = (disk.to_string(), what.to_string());
     move |source| LinkError::Qmp { disk, what, source }
 }
@@ -170,26 +207,9 @@ pub async fn attach(
     let mut mirrors = MirrorSet::replicas(qmp);
     let synced: Result<(), LinkError> = async {
         for t in targets {
-            // QEMU's own connection would have no bound on a write the
-            // replica never answers: it gets one made here.
-            let fd = connect_bounded(&t.addr)
-                .await
-                .map_err(|source| LinkError::Connect {
-                    disk: t.node.clone(),
-                    addr: t.addr.to_string(),
-                    source,
-                })?;
-            let name = format!("{}-sock", replica_node(&t.node));
-            use std::os::fd::AsFd as _;
-            qmp.getfd(&name, fd.as_fd())
-                .await
-                .map_err(qmp_err(&t.node, "handing over the replica's socket"))?;
-            let server = crate::qmp::SocketAddress::Fd { name: name.clone() };
+            let (server, name) = hand_over(qmp, t).await?;
             if let Err(e) = mirrors.add_over(t, server, tls).await {
-                // The socket QEMU holds, if the node did not take it.
-                if let Err(e) = qmp.closefd(&name).await {
-                    tracing::warn!(disk = %t.node, error = %e, "closing the replica's socket");
-                }
+                close_unused(qmp, &t.node, &name).await;
                 return Err(LinkError::Sync(e));
             }
         }
@@ -231,7 +251,10 @@ pub async fn attach(
             "resuming the guest after the swap",
         ))?;
     }
-    swapped
+    swapped?;
+    // A record of writes a former replica missed means nothing now.
+    let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+    super::resync::forget_changes(qmp, &nodes).await
 }
 
 /// With the guest paused: the mirrors end in step, and each replica takes
@@ -245,6 +268,15 @@ async fn swap_in(
         .finish_in_sync(FINISH_WAIT)
         .await
         .map_err(LinkError::Sync)?;
+    join_quorum(qmp, targets).await
+}
+
+/// Each of `targets`' replica nodes (in step with its disk, the guest
+/// paused) takes its placeholder's place in its disk's quorum.
+pub(super) async fn join_quorum(
+    qmp: &QmpClient,
+    targets: &[MirrorTarget],
+) -> Result<(), LinkError> {
     for t in targets {
         let node = &t.node;
         qmp.quorum_add_child(node, &replica_node(node))
@@ -259,8 +291,16 @@ async fn swap_in(
 /// placeholder takes the replica's place in its quorum and the replica's
 /// NBD node goes. A disk already alone is left so. Call it once the
 /// replica's loss is recorded; a guest paused on the failed write then goes
-/// on with `cont`.
+/// on with `cont`. A record of the writes a replica missed
+/// ([`super::resync`]) goes too: use [`super::resync::detach_tracking`] to
+/// keep the replica for a resume.
 pub async fn detach(qmp: &QmpClient, nodes: &[String]) -> Result<(), LinkError> {
+    unlink(qmp, nodes).await?;
+    super::resync::forget_changes(qmp, nodes).await
+}
+
+/// [`detach`], keeping the record of the writes the replica missed.
+pub(super) async fn unlink(qmp: &QmpClient, nodes: &[String]) -> Result<(), LinkError> {
     for node in nodes {
         let children = qmp
             .node_children(node)

@@ -349,6 +349,13 @@ pub struct ReplicaServe {
     pub id: String,
     /// The disks.
     pub disks: Vec<ReplicaDiskSpec>,
+    /// The server the caller lost its replica on ([`ReplicaServing::server`]):
+    /// if that very server still runs, it is kept with its volumes, and the
+    /// caller copies only the writes the replica missed. Added within
+    /// version 2 (an older receiver would refuse it; it is only sent to
+    /// resume, after an answer that carried a server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// The answer to [`ReplicaServe`]: where the exports are (one export per
@@ -359,6 +366,13 @@ pub struct ReplicaServing {
     pub host: String,
     /// Its port.
     pub port: u16,
+    /// Which server this is (its process, on this boot of its host), to ask
+    /// for it again with [`ReplicaServe::resume`]. Added within version 2.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Whether the server asked for in `resume` runs on with its volumes.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 /// `replica-drop`: stop VM `id`'s replica server on the receiver and, when

@@ -180,6 +180,16 @@ pub struct ReplicaRecord {
     pub reason: Option<String>,
     /// The replicated disks: (node, pool, volume).
     pub disks: Vec<(String, String, String)>,
+    /// The replica server it is held by ([`ReplicaServing::server`]): a
+    /// replica lost while that server ran on is resumed from the writes it
+    /// missed.
+    ///
+    /// [`ReplicaServing::server`]: nasvisor_api_types::peer::ReplicaServing::server
+    #[serde(default)]
+    pub server: Option<String>,
+    /// How it was last brought in step.
+    #[serde(default)]
+    pub last_sync: Option<nasvisor_api_types::ReplicaSyncView>,
 }
 
 impl VmRecord {
@@ -201,6 +211,7 @@ impl ReplicaRecord {
             progress: self.progress,
             since: self.since.clone(),
             reason: self.reason.clone(),
+            last_sync: self.last_sync.clone(),
         }
     }
 }

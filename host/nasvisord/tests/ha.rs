@@ -1149,12 +1149,57 @@ fn an_ha_vm_on_a_hosts_own_pool_fails_over_onto_its_replica_with_every_acknowled
     let p = c.index_of_name(passive).expect("the passive host's index");
     let pid = v["pid"].as_i64().expect("a pid") as i32;
 
+    let first = v["ha_status"]["replica"]["last_sync"].clone();
+    assert_eq!(first["kind"], "full", "{v:#}");
+    let full = first["copied_bytes"].as_u64().expect("bytes copied");
+
     // The guest's acknowledged writer at work: twenty acknowledgements.
     assert_eq!(start_acker(&c, 2, 2, "rep", &id).expect("a count"), 0);
     more_acks(&c, 2, &id, 20);
 
+    // The replica's connection breaks (only it: the hosts' cluster
+    // connections stay) while its server runs on. The guest is held on its
+    // write until nas2 records the replica outdated, writes on alone, and
+    // the replica comes back in step from only the writes it missed.
+    let before = Instant::now();
+    let killed = std::process::Command::new("ip")
+        .args(["netns", "exec", c.netns(2), "ss", "-K", "dst", &c.ip(p)])
+        .args([
+            "and", "not", "sport", "=", ":8444", "and", "not", "dport", "=", ":8444",
+        ])
+        .output()
+        .expect("ss runs");
+    assert!(killed.status.success(), "{killed:?}");
+    let v = c.host(2).poll_vm("rep", Duration::from_secs(60), |v| {
+        v["ha_status"]["replica"]["state"] == "in-sync"
+            && v["ha_status"]["replica"]["last_sync"]["kind"] == "resumed"
+    });
+    eprintln!(
+        "replica back in step {:.1} s after its link broke: {:#}",
+        before.elapsed().as_secs_f64(),
+        v["ha_status"]["replica"]
+    );
+    let resumed = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
+        .as_u64()
+        .expect("bytes copied");
+    assert!(
+        resumed * 4 < full,
+        "a resume copies what was missed ({resumed} bytes), not the disk ({full})"
+    );
+    assert!(
+        has_event(&c, 2, "vm-replica-lost", "vm/rep", passive),
+        "{}",
+        ha_events(&c, 2)
+    );
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "the same QEMU: {v:#}");
+    more_acks(&c, 2, &id, 10);
+    assert!(
+        !console_log(&c, 2, &id).contains("ACKER-WRITE-FAILED"),
+        "a write failed in the guest"
+    );
+
     // nas2 dies (daemon and QEMU killed, link cut). The VM starts on its
-    // passive host from the replica.
+    // passive host from the replica (the resumed one).
     c.host_mut(2).kill9();
     kill(pid);
     c.cut(2);

@@ -152,6 +152,19 @@ pub fn guest_name(pid: i32) -> Option<String> {
 }
 
 /// Reads a pidfile as QEMU writes it (`<pid>\n`).
+/// Which process `pid` is, in a form no other process shares: this boot of
+/// the host, the pid and the process's start time (`/proc/<pid>/stat`,
+/// field 22). `None` when no such process runs.
+pub fn instance_id(pid: i32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its last ')'. Field 22 is the 20th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{}/{pid}/{start}", boot.trim()))
+}
+
 pub fn read_pidfile(path: &Path) -> io::Result<i32> {
     let text = std::fs::read_to_string(path)?;
     text.trim()

@@ -186,6 +186,31 @@ pub struct ReplicaView {
     pub since: String,
     /// Why it is `outdated`; null otherwise.
     pub reason: Option<String>,
+    /// How it was last brought in step; null before the first time.
+    pub last_sync: Option<ReplicaSyncView>,
+}
+
+/// How a replica was brought in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaSyncKind {
+    /// The whole disk was copied (a new replica, or one whose server was
+    /// restarted meanwhile).
+    Full,
+    /// Only the writes it missed while it was away were copied (from the
+    /// active host's record of them).
+    Resumed,
+}
+
+/// The last time a replica was brought in step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "VmReplicaSync", deny_unknown_fields)]
+pub struct ReplicaSyncView {
+    pub kind: ReplicaSyncKind,
+    /// Bytes copied.
+    pub copied_bytes: u64,
+    /// When it ended (RFC 3339).
+    pub at: String,
 }
 
 /// A VM (`GET /api/v1/vms/{id}`).

@@ -68,12 +68,23 @@ impl Render for HaRow {
     }
 }
 
-/// A disk replica in words: `in-sync on nas3`, `syncing (40%) on nas3`,
-/// `outdated on nas3 (why)`.
+/// A disk replica in words: `in-sync on nas3 (resumed: 6.1 MiB copied)`,
+/// `syncing (40%) on nas3`, `outdated on nas3 (why)`.
 pub fn replica_text(r: &nasvisor_api_types::ReplicaView) -> String {
-    use nasvisor_api_types::ReplicaState;
+    use nasvisor_api_types::{ReplicaState, ReplicaSyncKind};
     match r.state {
-        ReplicaState::InSync => format!("in-sync on {}", r.host),
+        ReplicaState::InSync => match &r.last_sync {
+            Some(s) => format!(
+                "in-sync on {} ({}: {:.1} MiB copied)",
+                r.host,
+                match s.kind {
+                    ReplicaSyncKind::Full => "full copy",
+                    ReplicaSyncKind::Resumed => "resumed",
+                },
+                s.copied_bytes as f64 / f64::from(1u32 << 20)
+            ),
+            None => format!("in-sync on {}", r.host),
+        },
         ReplicaState::Syncing => format!("syncing ({}%) on {}", r.progress.unwrap_or(0), r.host),
         ReplicaState::Outdated => format!(
             "outdated on {} ({})",

@@ -7,11 +7,11 @@ use crate::migrate::qemu_tls_dir;
 use crate::model::{kind, now_rfc3339, DiskRecord, ReplicaRecord, Severity, VmRecord, VmStatus};
 use crate::Inner;
 use nasvisor_api_types::peer::{ReplicaDiskSpec, ReplicaServe, ReplicaServing};
-use nasvisor_api_types::{CoreError, ReplicaState};
+use nasvisor_api_types::{CoreError, ReplicaState, ReplicaSyncKind, ReplicaSyncView};
 use nasvisor_best_effort::BestEffort;
-use nasvisor_vm::migration::MirrorTarget;
+use nasvisor_vm::migration::{MirrorProgress, MirrorTarget};
 use nasvisor_vm::qmp::{InetAddr, RunState};
-use nasvisor_vm::replica::link::{self};
+use nasvisor_vm::replica::{link, resync};
 use nasvisor_vm::{EventKind, VmInstance};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,7 @@ impl Inner {
                 if ours.is_some_and(|r| r.state != ReplicaState::InSync) {
                     // In step (the swap happened) but not recorded so, as
                     // after a restart of nasvisord in the middle of it.
-                    self.record_replica(id, &passive, ReplicaState::InSync, None, None)
+                    self.record_replica(id, &passive, ReplicaState::InSync, None, None, None)
                         .await
                         .best_effort("record the replica in step");
                 }
@@ -121,15 +121,25 @@ impl Inner {
                 continue;
             }
             match self.sync_replica(&vm, &inst, &passive, &disks).await {
-                Ok(()) => {
+                Ok(done) => {
                     failed_before = None;
+                    let how = match done.kind {
+                        ReplicaSyncKind::Full => format!(
+                            "a full copy, {:.1} MiB",
+                            done.copied_bytes as f64 / f64::from(1u32 << 20)
+                        ),
+                        ReplicaSyncKind::Resumed => format!(
+                            "resumed: only the {:.1} MiB it missed were copied",
+                            done.copied_bytes as f64 / f64::from(1u32 << 20)
+                        ),
+                    };
                     self.event(
                         "vm-replica-in-sync",
                         Severity::Info,
                         Some(format!("vm/{}", vm.name)),
                         format!(
-                            "HA VM {}: its replica on host {passive} is in step; a failover \
-                             starts it from there",
+                            "HA VM {}: its replica on host {passive} is in step ({how}); a \
+                             failover starts it from there",
                             vm.name
                         ),
                     )
@@ -147,6 +157,7 @@ impl Inner {
                         ReplicaState::Outdated,
                         None,
                         Some(format!("sync failed: {reason}")),
+                        None,
                     )
                     .await
                     .best_effort("record a failed replica sync");
@@ -179,14 +190,16 @@ impl Inner {
     }
 
     /// Asks `passive` to serve `vm`'s replicas, records `syncing`, brings
-    /// them in step and records `in-sync`.
+    /// them in step and records `in-sync`. A replica lost while its server
+    /// ran on (this QEMU recorded the writes it missed) is resumed from
+    /// those writes; any other is copied in full. Returns how.
     async fn sync_replica(
         self: &Arc<Self>,
         vm: &VmRecord,
         inst: &VmInstance,
         passive: &str,
         disks: &[(String, DiskRecord)],
-    ) -> Result<(), CoreError> {
+    ) -> Result<ReplicaSyncView, CoreError> {
         for (node, _) in disks {
             if let Err(link::LinkError::NotReplicated { .. }) = link::state(inst.qmp(), node).await
             {
@@ -210,6 +223,14 @@ impl Inner {
                 size_bytes: info.virtual_size,
             });
         }
+        let nodes: Vec<String> = disks.iter().map(|(n, _)| n.clone()).collect();
+        let qmp = inst.qmp();
+        let tracked = resync::missed(qmp, &nodes).await.ok().flatten().is_some();
+        let resume = vm
+            .replica
+            .as_ref()
+            .filter(|r| r.host == passive && tracked)
+            .and_then(|r| r.server.clone());
         let rec = self.host_record(passive)?;
         let serving: ReplicaServing = self
             .call_peer(
@@ -217,10 +238,12 @@ impl Inner {
                 ReplicaServe {
                     id: vm.id.clone(),
                     disks: specs.clone(),
+                    resume: resume.clone(),
                 },
                 SERVE_TIMEOUT,
             )
             .await?;
+        let resuming = resume.is_some() && serving.kept;
         let replica = ReplicaRecord {
             host: passive.to_string(),
             state: ReplicaState::Syncing,
@@ -231,6 +254,8 @@ impl Inner {
                 .iter()
                 .map(|s| (s.node.clone(), s.pool.clone(), s.volume.clone()))
                 .collect(),
+            server: serving.server.clone(),
+            last_sync: vm.replica.as_ref().and_then(|r| r.last_sync.clone()),
         };
         self.db
             .update::<VmRecord, _>(kind::VM, &vm.id, |v| {
@@ -245,7 +270,6 @@ impl Inner {
                 Ok(())
             })
             .await?;
-        let qmp = inst.qmp();
         let tls = if self.cfg.migration_tls {
             let dir = qemu_tls_dir(self, "client")?;
             let name = crate::migrate::tls_name(rec.node_id);
@@ -266,7 +290,19 @@ impl Inner {
             })
             .collect();
         let percent = Arc::new(std::sync::atomic::AtomicU8::new(0));
-        let seen = percent.clone();
+        let copied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let progress = {
+            let (percent, copied) = (percent.clone(), copied.clone());
+            move |p: MirrorProgress| {
+                let pct = p
+                    .done
+                    .saturating_mul(100)
+                    .checked_div(p.len)
+                    .map_or(100, |v| v.min(100) as u8);
+                percent.store(pct, std::sync::atomic::Ordering::Relaxed);
+                copied.store(p.done, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         let gone = {
             let me = self.clone();
             let id = vm.id.clone();
@@ -276,35 +312,58 @@ impl Inner {
                 }
             }
         };
-        let attach = link::attach(qmp, &targets, tls.as_ref(), gone, move |p| {
-            let pct = p
-                .done
-                .saturating_mul(100)
-                .checked_div(p.len)
-                .map_or(100, |v| v.min(100) as u8);
-            seen.store(pct, std::sync::atomic::Ordering::Relaxed);
-        });
-        tokio::pin!(attach);
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> = if resuming
+        {
+            tracing::info!(vm = %vm.name, passive, "resuming the replica from the writes it missed");
+            Box::pin(async {
+                resync::resume(qmp, &targets, tls.as_ref(), gone, progress)
+                    .await
+                    .map(|r| (ReplicaSyncKind::Resumed, r.copied))
+            })
+        } else {
+            Box::pin(async {
+                link::attach(qmp, &targets, tls.as_ref(), gone, progress)
+                    .await
+                    .map(|()| {
+                        let n = copied.load(std::sync::atomic::Ordering::Relaxed);
+                        (ReplicaSyncKind::Full, n)
+                    })
+            })
+        };
+        tokio::pin!(work);
         let mut recorded = 0u8;
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.tick().await;
         let r = loop {
             tokio::select! {
-                r = &mut attach => break r,
+                r = &mut work => break r,
                 _ = tick.tick() => {
                     let now = percent.load(std::sync::atomic::Ordering::Relaxed);
                     if now != recorded {
                         recorded = now;
-                        self.record_replica(&vm.id, passive, ReplicaState::Syncing, Some(now), None)
+                        self.record_replica(&vm.id, passive, ReplicaState::Syncing, Some(now), None, None)
                             .await
                             .best_effort("record the replica's progress");
                     }
                 }
             }
         };
-        r.map_err(|e| errors::internal(e.to_string()))?;
-        self.record_replica(&vm.id, passive, ReplicaState::InSync, None, None)
-            .await
+        let (kind, copied_bytes) = r.map_err(|e| errors::internal(e.to_string()))?;
+        let done = ReplicaSyncView {
+            kind,
+            copied_bytes,
+            at: now_rfc3339(),
+        };
+        self.record_replica(
+            &vm.id,
+            passive,
+            ReplicaState::InSync,
+            None,
+            None,
+            Some(done.clone()),
+        )
+        .await?;
+        Ok(done)
     }
 
     /// Watches VM `id`'s in-step replica on `passive` until a write fails
@@ -386,6 +445,7 @@ impl Inner {
                     ReplicaState::Outdated,
                     None,
                     Some(format!("lost: {reason}")),
+                    None,
                 )
                 .await
             {
@@ -410,7 +470,9 @@ impl Inner {
             }
         }
         let qmp = inst.qmp();
-        if let Err(e) = link::detach(qmp, nodes).await {
+        // The writes the replica misses from now on are recorded: if its
+        // server runs on, it resumes from them.
+        if let Err(e) = resync::detach_tracking(qmp, nodes).await {
             tracing::error!(vm = id, error = %e, "cannot detach the lost replica; the guest stays held");
             return false;
         }
@@ -507,6 +569,7 @@ impl Inner {
                 ReplicaState::Outdated,
                 None,
                 Some(format!("the VM is moving to host {target}")),
+                None,
             )
             .await?;
         }

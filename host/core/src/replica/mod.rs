@@ -144,6 +144,7 @@ impl Inner {
         state: ReplicaState,
         progress: Option<u8>,
         reason: Option<String>,
+        last_sync: Option<nasvisor_api_types::ReplicaSyncView>,
     ) -> Result<(), CoreError> {
         self.db
             .update::<VmRecord, _>(kind::VM, id, |v| {
@@ -156,6 +157,9 @@ impl Inner {
                         r.state = state;
                         r.progress = progress;
                         r.reason = reason.clone();
+                        if last_sync.is_some() {
+                            r.last_sync = last_sync.clone();
+                        }
                         Ok(())
                     }
                     _ => Err(errors::conflict(format!(

@@ -86,6 +86,9 @@ impl Inner {
                 vm.name, self.host.id
             )));
         }
+        if let Some(kept) = self.kept_replica_server(&vm, &req) {
+            return Ok(kept);
+        }
         self.stop_replica_server(&vm.id).await;
         let mut disks = Vec::new();
         for d in &req.disks {
@@ -144,7 +147,40 @@ impl Inner {
         .await
         .map_err(|e| errors::internal(e.to_string()))?;
         tracing::info!(vm = %vm.name, pid = server.pid(), %addr, "serving the replica");
-        Ok(ReplicaServing { host: ip, port })
+        Ok(ReplicaServing {
+            host: ip,
+            port,
+            server: server.identity(),
+            kept: false,
+        })
+    }
+
+    /// The answer to a `replica-serve` that asks to resume: the server it
+    /// names still runs (the same process, on this boot of this host) and
+    /// every volume is there, so it is kept with what it holds.
+    fn kept_replica_server(&self, vm: &VmRecord, req: &ReplicaServe) -> Option<ReplicaServing> {
+        let want = req.resume.as_deref()?;
+        let running = ReplicaServer::running(&self.cfg.run_dir(), &vm.id)?;
+        if running.identity != want {
+            tracing::info!(vm = %vm.name, "the replica server was restarted since: a full copy");
+            return None;
+        }
+        let all_there = req.disks.iter().all(|d| {
+            self.pool_record(&d.pool)
+                .filter(|p| !p.shared())
+                .and_then(|rec| self.pool(&rec.name, "disks").ok())
+                .is_some_and(|pool| pool.volume(&d.volume).is_ok())
+        });
+        if !all_there {
+            return None;
+        }
+        tracing::info!(vm = %vm.name, addr = %running.addr, "the replica server runs on: resuming");
+        Some(ReplicaServing {
+            host: running.addr.host,
+            port: running.addr.port,
+            server: Some(running.identity),
+            kept: true,
+        })
     }
 
     /// `replica-drop`: stops VM `req.id`'s replica server here and deletes

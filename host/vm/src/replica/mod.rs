@@ -104,6 +104,21 @@ impl ReplicaPaths {
     pub fn log(&self) -> PathBuf {
         self.file(".replica.log")
     }
+
+    /// Where the server serves (`host:port`).
+    pub fn addr_file(&self) -> PathBuf {
+        self.file(".replica.addr")
+    }
+}
+
+/// A replica server found running by its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningServer {
+    /// Which process it is ([`crate::proc::instance_id`]): a server that
+    /// was restarted, or runs on another boot of its host, has another.
+    pub identity: String,
+    /// Where it serves.
+    pub addr: InetAddr,
 }
 
 /// A running replica server.
@@ -194,8 +209,37 @@ impl ReplicaServer {
             kill(pid);
             return Err(e);
         }
+        if let Err(e) = std::fs::write(paths.addr_file(), format!("{}:{}", addr.host, addr.port)) {
+            kill(pid);
+            return Err(start_err(format!("{}: {e}", paths.addr_file().display())));
+        }
         tracing::info!(%id, pid, %addr, disks = disks.len(), "replica server running");
         Ok(server)
+    }
+
+    /// VM `id`'s replica server in `run_dir`, if one runs (its pidfile
+    /// names a live process whose command line names that pidfile).
+    pub fn running(run_dir: &Path, id: &str) -> Option<RunningServer> {
+        let paths = ReplicaPaths::new(run_dir, id);
+        let pidfile = paths.pidfile();
+        let pid = crate::proc::read_pidfile(&pidfile).ok()?;
+        let ours = crate::proc::cmdline(pid)
+            .is_ok_and(|args| args.iter().any(|a| a.contains(&*pidfile.to_string_lossy())));
+        if !ours {
+            return None;
+        }
+        let identity = crate::proc::instance_id(pid)?;
+        let text = std::fs::read_to_string(paths.addr_file()).ok()?;
+        let (host, port) = text.trim().rsplit_once(':')?;
+        Some(RunningServer {
+            identity,
+            addr: InetAddr::new(host, port.parse().ok()?),
+        })
+    }
+
+    /// Which process the server is ([`RunningServer::identity`]).
+    pub fn identity(&self) -> Option<String> {
+        crate::proc::instance_id(self.pid)
     }
 
     /// Finds VM `id`'s running replica server again (after a restart of
@@ -284,7 +328,7 @@ impl ReplicaServer {
         if ours {
             kill(pid);
         }
-        for p in [pidfile, paths.qmp_socket()] {
+        for p in [pidfile, paths.qmp_socket(), paths.addr_file()] {
             nasvisor_best_effort::remove_file(&p);
         }
         ours
@@ -310,7 +354,11 @@ impl ReplicaServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for p in [self.paths.pidfile(), self.paths.qmp_socket()] {
+        for p in [
+            self.paths.pidfile(),
+            self.paths.qmp_socket(),
+            self.paths.addr_file(),
+        ] {
             nasvisor_best_effort::remove_file(&p);
         }
         tracing::info!(id = %self.paths.id, "replica server stopped");

@@ -50,6 +50,9 @@ pub(crate) struct HaRuntime {
     tried: Mutex<HashMap<String, Instant>>,
     /// Hosts the policy holds until then.
     held: Mutex<HashMap<String, Instant>>,
+    /// HA VMs whose lost passive host stays their passive host (no other
+    /// host could hold the reservation), with that host: announced once.
+    pub(crate) kept_passive: Mutex<HashMap<String, String>>,
 }
 
 struct Fencing {

@@ -124,8 +124,9 @@ impl Inner {
 
     /// The leader, after each heartbeat round: an active HA VM whose
     /// passive host is lost (or none, or its own host) gets a new one when
-    /// a host can hold its reservation, and loses the lost one otherwise;
-    /// each change is an event.
+    /// a host can hold its reservation. Otherwise a lost passive host stays
+    /// (its replica resumes when it is back), and a removed one goes; each
+    /// change is an event.
     pub(crate) async fn reprotect_ha_vms(&self) {
         let vms: Vec<VmRecord> = self
             .db
@@ -146,11 +147,48 @@ impl Inner {
                 Some(p) => *p == active || self.lost_host(p).is_some(),
             };
             if !needs {
+                self.ha
+                    .kept_passive
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&vm.id);
                 continue;
             }
             let new = self.choose_passive(&vm, &active).await;
             if new == old || (new.is_none() && old.is_none()) {
                 continue;
+            }
+            // No other host can hold the reservation: a lost (not removed)
+            // passive host stays the passive host, so that its replica
+            // resumes from the writes it missed when it is back.
+            if let (None, Some(p)) = (&new, &old) {
+                let kept = *p != active && self.lost_host(p).is_some_and(|l| !l.removed);
+                if kept {
+                    let first = self
+                        .ha
+                        .kept_passive
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(vm.id.clone(), p.clone())
+                        .as_ref()
+                        != Some(p);
+                    if first {
+                        self.event(
+                            "vm-ha-unprotected",
+                            crate::model::Severity::Warning,
+                            Some(format!("vm/{}", vm.name)),
+                            format!(
+                                "HA VM {}: its passive host {p} is lost and no other host can \
+                                 hold its reservation; {p} stays its passive host, and its \
+                                 replica resumes from the writes it missed once {p} is back \
+                                 with its replica server running",
+                                vm.name
+                            ),
+                        )
+                        .await;
+                    }
+                    continue;
+                }
             }
             let r = self
                 .db

@@ -1232,6 +1232,107 @@ fn an_ha_vm_on_a_hosts_own_pool_fails_over_onto_its_replica_with_every_acknowled
 }
 
 #[test]
+fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_missed() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let (id, v) = ha_guest_on_own_pool(&c, "back", "nas2");
+    let passive = v["ha_status"]["passive"]
+        .as_str()
+        .expect("a passive host")
+        .to_string();
+    let p = c.index_of_name(&passive).expect("the passive host's index");
+    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    let full = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
+        .as_u64()
+        .expect("a full copy first");
+    let pid = v["pid"].as_i64().expect("a pid") as i32;
+    // No other host can take the passive role.
+    c.host(2).json(&["host", "cordon", &c.name(third)]);
+    assert_eq!(start_acker(&c, 2, 2, "back", &id).expect("a count"), 0);
+    more_acks(&c, 2, &id, 10);
+
+    // The passive host is cut off. The guest is held on its next write
+    // until nas2 records the replica outdated, then writes on alone; the
+    // lost host stays the passive host.
+    c.cut(p);
+    more_acks(&c, 2, &id, 20);
+    assert!(
+        has_event(&c, 2, "vm-replica-lost", "vm/back", &passive),
+        "{}",
+        ha_events(&c, 2)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the lost passive host kept",
+        || {
+            if has_event(
+                &c,
+                2,
+                "vm-ha-unprotected",
+                "vm/back",
+                "stays its passive host",
+            ) {
+                Ok(())
+            } else {
+                Err(ha_events(&c, 2))
+            }
+        },
+    );
+    let v = c.host(2).json(&["vm", "show", "back"]);
+    assert_eq!(v["ha_status"]["passive"], passive.as_str(), "{v:#}");
+    assert_eq!(v["ha_status"]["state"], "unprotected", "{v:#}");
+    more_acks(&c, 2, &id, 20);
+
+    // It is back, its replica server having run on: the replica is brought
+    // in step from only the writes it missed.
+    let healed = Instant::now();
+    c.heal(p);
+    let v = c.host(2).poll_vm("back", Duration::from_secs(120), |v| {
+        v["ha_status"]["state"] == "protected"
+            && v["ha_status"]["replica"]["last_sync"]["kind"] == "resumed"
+    });
+    eprintln!(
+        "protected again {:.1} s after the passive host came back: {:#}",
+        healed.elapsed().as_secs_f64(),
+        v["ha_status"]["replica"]
+    );
+    let resumed = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
+        .as_u64()
+        .expect("bytes copied");
+    assert!(
+        resumed * 4 < full,
+        "a resume copies what was missed ({resumed} bytes), not the disk ({full})"
+    );
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "the same QEMU: {v:#}");
+    more_acks(&c, 2, &id, 10);
+    assert!(
+        !console_log(&c, 2, &id).contains("ACKER-WRITE-FAILED"),
+        "a write failed in the guest"
+    );
+
+    // The resumed replica holds every acknowledged record: nas2 dies and
+    // the VM starts from it on the passive host.
+    c.host(2).json(&["host", "uncordon", &c.name(third)]);
+    c.host_mut(2).kill9();
+    kill(pid);
+    c.cut(2);
+    let (_new, _, _) = watch_handover(&c, 2, pid, p, &[], Duration::from_secs(90));
+    c.host(p).poll_vm("back", Duration::from_secs(60), |v| {
+        v["state"] == "running" && v["host"] == passive.as_str()
+    });
+    c.host(p).wait_console("back", "NASVISOR-READY", BOOT);
+    let acked = numbers_after(&console_log(&c, 2, &id), "ACK ")
+        .into_iter()
+        .max()
+        .expect("acknowledged records");
+    let found = start_acker(&c, p, p, "back", &id).expect("a count");
+    assert!(
+        found > acked,
+        "acknowledged up to {acked}, found {found} records on the resumed replica"
+    );
+}
+
+#[test]
 fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_recorded_outdated() {
     let _s = serial();
     let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);

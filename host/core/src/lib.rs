@@ -83,6 +83,8 @@ pub struct CoreConfig {
     pub qemu_binary: PathBuf,
     /// `qemu-storage-daemon`, which serves HA VMs' disk replicas.
     pub qemu_storage_daemon: PathBuf,
+    /// `qemu-io`, which probes whether a replica server still answers.
+    pub qemu_io: PathBuf,
     pub accel: AccelSetting,
     /// How long the KVM probe guest may take.
     pub accel_probe_timeout: Duration,
@@ -148,6 +150,7 @@ impl CoreConfig {
             host_name: system_hostname(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             qemu_storage_daemon: PathBuf::from("qemu-storage-daemon"),
+            qemu_io: PathBuf::from("qemu-io"),
             accel: AccelSetting::Auto,
             accel_probe_timeout: Duration::from_secs(5),
             netns: None,

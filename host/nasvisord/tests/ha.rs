@@ -1118,7 +1118,53 @@ fn replica_in_step_on(c: &Cluster, i: usize, vm: &str, host: &str) {
     assert_eq!(v["ha_status"]["passive"], host, "{v:#}");
 }
 
-/// The highest "ACK n" in host i's console log of VM `id`.
+/// [`ha_guest_on_own_pool`] on nas2: its id, its view, its passive host's
+/// name and index, and the index of the third host.
+fn ha_guest_on_nas2_with_roles(c: &Cluster, name: &str) -> (String, Value, String, usize, usize) {
+    let (id, v) = ha_guest_on_own_pool(c, name, "nas2");
+    let passive = v["ha_status"]["passive"]
+        .as_str()
+        .expect("a passive host")
+        .to_string();
+    let p = c.index_of_name(&passive).expect("the passive host's index");
+    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    (id, v, passive, p, third)
+}
+
+/// Waits until nas2 shows VM `vm` protected by a replica brought in step
+/// by a resume (another than the one that ended at `after`, if given), and
+/// checks that it copied far less than the first full copy (`full` bytes).
+/// Prints how long after `since` (when `what` happened) that was.
+fn resumed_on(
+    c: &Cluster,
+    vm: &str,
+    after: Option<&Value>,
+    full: u64,
+    since: Instant,
+    what: &str,
+) -> Value {
+    let v = c.host(2).poll_vm(vm, Duration::from_secs(120), |v| {
+        let last = &v["ha_status"]["replica"]["last_sync"];
+        v["ha_status"]["state"] == "protected"
+            && last["kind"] == "resumed"
+            && after.is_none_or(|a| last["at"] != *a)
+    });
+    eprintln!(
+        "protected again {:.1} s after {what}: {:#}",
+        since.elapsed().as_secs_f64(),
+        v["ha_status"]["replica"]
+    );
+    let resumed = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
+        .as_u64()
+        .expect("bytes copied");
+    assert!(
+        resumed * 4 < full,
+        "a resume copies what was missed ({resumed} bytes), not the disk ({full})"
+    );
+    v
+}
+
+/// The highest "ACK n" in host i's console log of VM `id`./// The highest "ACK n" in host i's console log of VM `id`.
 fn last_ack(c: &Cluster, i: usize, id: &str) -> u64 {
     numbers_after(&console_log(c, i, id), "ACK ")
         .into_iter()
@@ -1170,22 +1216,7 @@ fn an_ha_vm_on_a_hosts_own_pool_fails_over_onto_its_replica_with_every_acknowled
         .output()
         .expect("ss runs");
     assert!(killed.status.success(), "{killed:?}");
-    let v = c.host(2).poll_vm("rep", Duration::from_secs(60), |v| {
-        v["ha_status"]["replica"]["state"] == "in-sync"
-            && v["ha_status"]["replica"]["last_sync"]["kind"] == "resumed"
-    });
-    eprintln!(
-        "replica back in step {:.1} s after its link broke: {:#}",
-        before.elapsed().as_secs_f64(),
-        v["ha_status"]["replica"]
-    );
-    let resumed = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
-        .as_u64()
-        .expect("bytes copied");
-    assert!(
-        resumed * 4 < full,
-        "a resume copies what was missed ({resumed} bytes), not the disk ({full})"
-    );
+    let v = resumed_on(&c, "rep", None, full, before, "its link broke");
     assert!(
         has_event(&c, 2, "vm-replica-lost", "vm/rep", passive),
         "{}",
@@ -1235,13 +1266,7 @@ fn an_ha_vm_on_a_hosts_own_pool_fails_over_onto_its_replica_with_every_acknowled
 fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_missed() {
     let _s = serial();
     let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
-    let (id, v) = ha_guest_on_own_pool(&c, "back", "nas2");
-    let passive = v["ha_status"]["passive"]
-        .as_str()
-        .expect("a passive host")
-        .to_string();
-    let p = c.index_of_name(&passive).expect("the passive host's index");
-    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    let (id, v, passive, p, third) = ha_guest_on_nas2_with_roles(&c, "back");
     let full = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
         .as_u64()
         .expect("a full copy first");
@@ -1287,21 +1312,52 @@ fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_mis
     // in step from only the writes it missed.
     let healed = Instant::now();
     c.heal(p);
-    let v = c.host(2).poll_vm("back", Duration::from_secs(120), |v| {
-        v["ha_status"]["state"] == "protected"
-            && v["ha_status"]["replica"]["last_sync"]["kind"] == "resumed"
-    });
+    let v = resumed_on(&c, "back", None, full, healed, "the passive host came back");
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "the same QEMU: {v:#}");
+    more_acks(&c, 2, &id, 10);
+
+    // The replica server stops answering without closing its connection
+    // (SIGSTOP: its kernel still takes the bytes, so no TCP bound applies).
+    // nas2's probe finds it, cuts the link, and the guest writes on; once
+    // the server answers again, the replica resumes.
+    let pidfile = c
+        .host(p)
+        .data_dir()
+        .join("run")
+        .join(format!("{id}.replica.pid"));
+    let server: i32 = std::fs::read_to_string(&pidfile)
+        .expect("the replica server's pidfile")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let resumed_at = v["ha_status"]["replica"]["last_sync"]["at"].clone();
+    // SAFETY: kill(2) of the replica server the passive host's daemon
+    // started for this test's VM, by the pid of its pidfile.
+    unsafe {
+        libc::kill(server, libc::SIGSTOP);
+    }
+    let stopped = Instant::now();
+    more_acks(&c, 2, &id, 10);
     eprintln!(
-        "protected again {:.1} s after the passive host came back: {:#}",
-        healed.elapsed().as_secs_f64(),
-        v["ha_status"]["replica"]
+        "the writer went on {:.1} s after the replica server stopped",
+        stopped.elapsed().as_secs_f64()
     );
-    let resumed = v["ha_status"]["replica"]["last_sync"]["copied_bytes"]
-        .as_u64()
-        .expect("bytes copied");
     assert!(
-        resumed * 4 < full,
-        "a resume copies what was missed ({resumed} bytes), not the disk ({full})"
+        has_event(&c, 2, "vm-replica-lost", "vm/back", "did not answer"),
+        "{}",
+        ha_events(&c, 2)
+    );
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(server, libc::SIGCONT);
+    }
+    let v = resumed_on(
+        &c,
+        "back",
+        Some(&resumed_at),
+        full,
+        stopped,
+        "the server stopped",
     );
     assert_eq!(v["pid"].as_i64(), Some(pid as i64), "the same QEMU: {v:#}");
     more_acks(&c, 2, &id, 10);
@@ -1336,13 +1392,7 @@ fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_mis
 fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_recorded_outdated() {
     let _s = serial();
     let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
-    let (id, v) = ha_guest_on_own_pool(&c, "held", "nas2");
-    let passive = v["ha_status"]["passive"]
-        .as_str()
-        .expect("a passive host")
-        .to_string();
-    let p = c.index_of_name(&passive).expect("the passive host's index");
-    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    let (id, v, passive, p, third) = ha_guest_on_nas2_with_roles(&c, "held");
     let pid = v["pid"].as_i64().expect("a pid") as i32;
     assert_eq!(start_acker(&c, 2, 2, "held", &id).expect("a count"), 0);
     more_acks(&c, 2, &id, 10);

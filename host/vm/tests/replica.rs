@@ -55,7 +55,7 @@ async fn attach(
     vm: &nasvisor_vm::VmInstance,
     target: &MirrorTarget,
     tls: Option<&nasvisor_vm::qmp::TlsClient>,
-) -> Result<(), link::LinkError> {
+) -> Result<link::Sockets, link::LinkError> {
     attach_with(vm, target, tls, |_| {}).await
 }
 
@@ -65,7 +65,7 @@ async fn attach_with(
     target: &MirrorTarget,
     tls: Option<&nasvisor_vm::qmp::TlsClient>,
     progress: impl FnMut(nasvisor_vm::migration::MirrorProgress),
-) -> Result<(), link::LinkError> {
+) -> Result<link::Sockets, link::LinkError> {
     let targets = std::slice::from_ref(target);
     link::attach(vm.qmp(), targets, tls, std::future::pending(), progress).await
 }
@@ -240,35 +240,12 @@ async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_
     let passive = TestDir::new();
     let data = active.file("data.qcow2");
     qcow2(&data, "64M");
-    let mut spec = VmSpec::new("acked", 256);
-    spec.kernel = Some(kernel);
-    spec.disks.push(DiskSpec {
-        replicated: true,
-        ..DiskSpec::qcow2(&data)
-    });
-    let vm = active.launch(&spec).await;
+    let vm = launch_acked(&active, kernel, &data).await;
     let console = vm.console().unwrap();
 
     // The guest's acknowledged writer: a synced record every 20 ms, "ACK n"
     // on the console once the write completed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the acker never started"
-        );
-        console
-            .write(b"/lib/nasvisor/acker 20000 &\n")
-            .await
-            .unwrap();
-        if console
-            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
+    start_acker(console, 1).await;
     // The replica is brought in step while the guest writes.
     let (server, replica, target) = serve_replica(&passive, "disk0", "64M", None).await;
     attach(&vm, &target, None).await.unwrap();
@@ -276,11 +253,7 @@ async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_
     let at_attach = *numbers(&log, "ACK ")
         .last()
         .expect("acks before the attach");
-    let want = format!("ACK {}\r\n", at_attach + 25);
-    console
-        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
+    more_acks(console, 25).await;
 
     // The passive host dies. The guest's next write fails on the replica,
     // and the guest is held on it.
@@ -289,17 +262,7 @@ async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_
     unsafe {
         libc::kill(server.pid(), libc::SIGKILL);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(e)) => {
-                if let EventKind::BlockIoError { .. } = e.kind() {
-                    break;
-                }
-            }
-            other => panic!("the guest was not held: {other:?}"),
-        }
-    }
+    held(&mut events, Duration::from_secs(30)).await;
     let status = vm.qmp().query_status().await.unwrap();
     assert_eq!(status.status, RunState::IoError, "{status:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -408,13 +371,7 @@ async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends
     // Content from before the replica existed: a full copy carries it, a
     // resume must not.
     qemu_io(&data, &["write -P 0x5a 0 16M"]);
-    let mut spec = VmSpec::new("acked", 256);
-    spec.kernel = Some(kernel);
-    spec.disks.push(DiskSpec {
-        replicated: true,
-        ..DiskSpec::qcow2(&data)
-    });
-    let vm = active.launch(&spec).await;
+    let vm = launch_acked(&active, kernel, &data).await;
     let console = vm.console().unwrap();
     let nodes = ["disk0".to_string()];
 
@@ -439,43 +396,12 @@ async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends
     assert!(e.to_string().contains("already has its replica"), "{e}");
 
     // The guest's acknowledged writer runs.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the acker never started"
-        );
-        console
-            .write(b"/lib/nasvisor/acker 20000 &\n")
-            .await
-            .unwrap();
-        if console
-            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
-    console
-        .wait_for_output(b"ACK 20\r\n", Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
+    start_acker(console, 20).await;
 
     // The link is cut; the server runs on. The guest is held on its write.
     let mut events = vm.qmp().events();
     relay.cut();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(e)) => {
-                if let EventKind::BlockIoError { .. } = e.kind() {
-                    break;
-                }
-            }
-            other => panic!("the guest was not held: {other:?}"),
-        }
-    }
+    held(&mut events, Duration::from_secs(30)).await;
     // Detached with a record of what the replica misses; the guest goes on.
     resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
     assert_eq!(
@@ -544,12 +470,42 @@ async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends
     );
 
     // Both copies are the same disk: the old content, and every record.
+    identical_once_stopped(vm, server, &data, &replica).await;
+    let recs = records(&replica, SIZE);
+    assert!(recs.len() as u64 > acked + 20, "{}", recs.len());
+    assert!(recs.iter().enumerate().all(|(i, n)| *n == i as u64));
+}
+
+/// Launches the Linux guest (`kernel`) on `active` with the replicated
+/// disk `data`, where its acknowledged writer writes.
+async fn launch_acked(
+    active: &TestDir,
+    kernel: nasvisor_vm::KernelBoot,
+    data: &Path,
+) -> nasvisor_vm::VmInstance {
+    let mut spec = VmSpec::new("acked", 256);
+    spec.kernel = Some(kernel);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(data)
+    });
+    active.launch(&spec).await
+}
+
+/// Stops `vm` and the replica `server`, then checks that the disk image
+/// `data` and its replica image are the same disk (`qemu-img compare`).
+async fn identical_once_stopped(
+    vm: nasvisor_vm::VmInstance,
+    server: ReplicaServer,
+    data: &Path,
+    replica: &Path,
+) {
     vm.force_off().await.unwrap();
     server.stop().await.unwrap();
     let cmp = std::process::Command::new("qemu-img")
         .args(["compare", "-f", "qcow2", "-F", "qcow2"])
-        .arg(&data)
-        .arg(&replica)
+        .arg(data)
+        .arg(replica)
         .output()
         .unwrap();
     assert!(
@@ -558,9 +514,156 @@ async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends
         String::from_utf8_lossy(&cmp.stdout),
         String::from_utf8_lossy(&cmp.stderr)
     );
-    let recs = records(&replica, SIZE);
-    assert!(recs.len() as u64 > acked + 20, "{}", recs.len());
-    assert!(recs.iter().enumerate().all(|(i, n)| *n == i as u64));
+}
+
+/// Waits until the guest is held on a write error (`BLOCK_IO_ERROR`).
+async fn held(
+    events: &mut tokio::sync::broadcast::Receiver<nasvisor_vm::QmpEvent>,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let EventKind::BlockIoError { .. } = e.kind() {
+                    return;
+                }
+            }
+            other => panic!("the guest was not held: {other:?}"),
+        }
+    }
+}
+
+/// Starts the guest's acknowledged writer on `console` and waits for its
+/// first `n` acknowledgements.
+async fn start_acker(console: &nasvisor_vm::Console, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acker never started"
+        );
+        console
+            .write(b"/lib/nasvisor/acker 20000 &\n")
+            .await
+            .unwrap();
+        if console
+            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    more_acks(console, n).await;
+}
+
+/// Waits until the writer acknowledged `n` records more.
+async fn more_acks(console: &nasvisor_vm::Console, n: u64) {
+    let last = numbers(&console.read_log().await.unwrap(), "ACK ")
+        .last()
+        .copied();
+    let want = format!("ACK {}\r\n", last.map_or(n, |l| l + n));
+    console
+        .wait_for_output(want.as_bytes(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_server_that_stops_answering_is_found_by_a_probe_cut_off_and_resumed() {
+    use nasvisor_vm::replica::{probe, resync};
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    qcow2(&data, "64M");
+    let vm = launch_acked(&active, kernel, &data).await;
+    let console = vm.console().unwrap();
+    let nodes = ["disk0".to_string()];
+    let (server, replica, target) = serve_replica(&passive, "disk0", "64M", None).await;
+    let sockets = attach(&vm, &target, None).await.unwrap();
+    assert_eq!(sockets.disks(), nodes);
+    let qemu_io = Path::new("qemu-io");
+    let within = Duration::from_secs(3);
+    let targets = std::slice::from_ref(&target);
+    probe::probe(qemu_io, targets, None, within).await.unwrap();
+    start_acker(console, 10).await;
+
+    // The server stops (SIGSTOP): its kernel still takes QEMU's bytes, so
+    // the guest's writes hang with no error, the link's bound never comes,
+    // and only the probe tells.
+    // SAFETY: kill(2) of the replica server this test started, by its pid.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGSTOP);
+    }
+    let mut events = vm.qmp().events();
+    let stopped_at = numbers(&console.read_log().await.unwrap(), "ACK ")
+        .last()
+        .copied()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let still = numbers(&console.read_log().await.unwrap(), "ACK ")
+        .last()
+        .copied()
+        .unwrap();
+    assert!(
+        still <= stopped_at + 1,
+        "the writer went on: {stopped_at} -> {still}"
+    );
+    assert_eq!(
+        vm.qmp().query_status().await.unwrap().status,
+        RunState::Running
+    );
+    let e = probe::probe(qemu_io, targets, None, within)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, probe::ProbeError::Timeout { .. }), "{e}");
+
+    // Cut: the write in flight fails on the replica and holds the guest.
+    sockets.cut();
+    held(&mut events, Duration::from_secs(10)).await;
+    resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
+    vm.qmp().cont().await.unwrap();
+    more_acks(console, 10).await;
+
+    // A resume while it still hangs fails within its bound (QEMU opens the
+    // connection in its main loop: the socket is shut down), and the guest
+    // goes on.
+    let began = std::time::Instant::now();
+    let e = resync::resume(vm.qmp(), targets, None, std::future::pending(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(e.to_string().contains("connecting its replica"), "{e}");
+    assert_eq!(
+        link::state(vm.qmp(), "disk0").await.unwrap(),
+        LinkState::Alone
+    );
+    more_acks(console, 10).await;
+
+    // The server answers again: the replica resumes and ends identical.
+    // SAFETY: kill(2) of the replica server this test started, by its pid.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGCONT);
+    }
+    probe::probe(qemu_io, targets, None, within).await.unwrap();
+    let done = resync::resume(vm.qmp(), targets, None, std::future::pending(), |_| {})
+        .await
+        .unwrap();
+    assert!(done.copied > 0 && done.copied < 4 << 20, "{done:?}");
+    more_acks(console, 10).await;
+    assert!(
+        !String::from_utf8_lossy(&console.read_log().await.unwrap()).contains("ACKER-WRITE-FAILED"),
+        "no write failed to the guest"
+    );
+    identical_once_stopped(vm, server, &data, &replica).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,13 @@ use nasvisor_api_types::{CoreError, ReplicaState, ReplicaSyncKind, ReplicaSyncVi
 use nasvisor_best_effort::BestEffort;
 use nasvisor_vm::migration::{MirrorProgress, MirrorTarget};
 use nasvisor_vm::qmp::{InetAddr, RunState};
+use nasvisor_vm::replica::probe::{self, ProbeError, ProbeTls};
 use nasvisor_vm::replica::{link, resync};
 use nasvisor_vm::{EventKind, VmInstance};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::SERVE_TIMEOUT;
+use super::{Link, SERVE_TIMEOUT};
 
 /// How long a keeper waits after a failed sync before it tries again.
 const RETRY: Duration = Duration::from_secs(15);
@@ -24,8 +25,19 @@ const RETRY: Duration = Duration::from_secs(15);
 const WATCH: Duration = Duration::from_secs(1);
 /// How often the sync's progress is recorded (observed state: sparingly).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often an attached replica's server is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long it may take to answer a probe before it counts as hung and its
+/// link is cut (a false alarm costs a resume of the writes it missed).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a cut the writes in flight have to fail.
+const CUT_SETTLE: Duration = Duration::from_secs(2);
 /// The QEMU object id of the replica's TLS client credentials.
 const TLS_ID: &str = "nv-tls-replica";
+
+/// A probe of a replica server under way.
+type PendingProbe =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProbeError>> + Send>>;
 
 /// What ended a keeper's watch over an in-step replica.
 enum Watch {
@@ -289,6 +301,31 @@ impl Inner {
                 export: s.node.clone(),
             })
             .collect();
+        let probe_tls = match &tls {
+            Some(t) => Some(ProbeTls {
+                dir: qemu_tls_dir(self, "client")?,
+                hostname: t.hostname.clone(),
+            }),
+            None => None,
+        };
+        // A server that does not answer is not connected to: QEMU would
+        // wait on it (up to the open's bound) with the guest.
+        match probe::probe(
+            &self.cfg.qemu_io,
+            &targets,
+            probe_tls.as_ref(),
+            PROBE_TIMEOUT,
+        )
+        .await
+        {
+            Err(e @ ProbeError::Timeout { .. }) => {
+                return Err(CoreError::Unavailable {
+                    reason: format!("{e}: not connected to now"),
+                })
+            }
+            Err(e) => tracing::debug!(vm = %vm.name, error = %e, "replica probe before the sync"),
+            Ok(()) => {}
+        }
         let percent = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let copied = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let progress = {
@@ -318,15 +355,15 @@ impl Inner {
             Box::pin(async {
                 resync::resume(qmp, &targets, tls.as_ref(), gone, progress)
                     .await
-                    .map(|r| (ReplicaSyncKind::Resumed, r.copied))
+                    .map(|r| (ReplicaSyncKind::Resumed, r.copied, r.sockets))
             })
         } else {
             Box::pin(async {
                 link::attach(qmp, &targets, tls.as_ref(), gone, progress)
                     .await
-                    .map(|()| {
+                    .map(|sockets| {
                         let n = copied.load(std::sync::atomic::Ordering::Relaxed);
-                        (ReplicaSyncKind::Full, n)
+                        (ReplicaSyncKind::Full, n, sockets)
                     })
             })
         };
@@ -348,7 +385,15 @@ impl Inner {
                 }
             }
         };
-        let (kind, copied_bytes) = r.map_err(|e| errors::internal(e.to_string()))?;
+        let (kind, copied_bytes, sockets) = r.map_err(|e| errors::internal(e.to_string()))?;
+        self.replicas.set_link(
+            &vm.id,
+            Link {
+                targets: targets.clone(),
+                tls: probe_tls,
+                sockets,
+            },
+        );
         let done = ReplicaSyncView {
             kind,
             copied_bytes,
@@ -378,8 +423,32 @@ impl Inner {
         let qmp = inst.qmp();
         let mut events = qmp.events();
         let mut tick = tokio::time::interval(WATCH);
+        let mut next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+        let mut probing: Option<PendingProbe> = None;
+        let mut told_uncut = false;
         loop {
             tokio::select! {
+                r = async { probing.as_mut().expect("guarded").await }, if probing.is_some() => {
+                    probing = None;
+                    next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                    match r {
+                        Ok(()) => {}
+                        Err(e @ ProbeError::Timeout { .. }) => {
+                            if self.replicas.cut(id) {
+                                tracing::warn!(vm = id, passive, error = %e, "the replica server hangs; its link is cut");
+                                // The writes in flight fail at once: the
+                                // guest is held before the replica goes.
+                                held_within(qmp, &mut events, CUT_SETTLE).await;
+                                return Watch::Lost(format!("{e}; its link was cut"));
+                            }
+                            if !told_uncut {
+                                told_uncut = true;
+                                tracing::error!(vm = id, passive, error = %e, "the replica server hangs, and this daemon (restarted since the attach) cannot cut its link: the guest's writes may be held until it answers");
+                            }
+                        }
+                        Err(e) => tracing::debug!(vm = id, error = %e, "replica probe"),
+                    }
+                }
                 ev = events.recv() => match ev {
                     Ok(e) => {
                         if let EventKind::BlockIoError { node_name, reason, operation, .. } = e.kind() {
@@ -413,6 +482,14 @@ impl Inner {
                     // An error whose event was missed.
                     if qmp.query_status().await.is_ok_and(|s| s.status == RunState::IoError) {
                         return Watch::Lost("the guest is held on a write error".into());
+                    }
+                    if probing.is_none() && tokio::time::Instant::now() >= next_probe {
+                        if let Some((targets, tls)) = self.replicas.probe_of(id) {
+                            let bin = self.cfg.qemu_io.clone();
+                            probing = Some(Box::pin(async move {
+                                probe::probe(&bin, &targets, tls.as_ref(), PROBE_TIMEOUT).await
+                            }));
+                        }
                     }
                 }
             }
@@ -476,6 +553,7 @@ impl Inner {
             tracing::error!(vm = id, error = %e, "cannot detach the lost replica; the guest stays held");
             return false;
         }
+        self.replicas.forget_link(id);
         resume_if_held(qmp).await;
         let name = self
             .find_vm(id)
@@ -517,7 +595,9 @@ impl Inner {
         }
         let qmp = inst.qmp();
         match link::detach(qmp, nodes).await {
-            Ok(()) | Err(link::LinkError::NotReplicated { .. }) => {}
+            Ok(()) | Err(link::LinkError::NotReplicated { .. }) => {
+                self.replicas.forget_link(&vm.id)
+            }
             Err(e) => {
                 tracing::warn!(vm = %vm.name, error = %e, "cannot detach the replica");
                 return;
@@ -575,7 +655,33 @@ impl Inner {
         }
         link::detach(inst.qmp(), &nodes)
             .await
-            .map_err(|e| errors::internal(e.to_string()))
+            .map_err(|e| errors::internal(e.to_string()))?;
+        self.replicas.forget_link(&vm.id);
+        Ok(())
+    }
+}
+
+/// Waits up to `within` until the guest is held on a write error (after
+/// its replica's link was cut: a write in flight fails then); a guest that
+/// had none in flight stays running.
+async fn held_within(
+    qmp: &nasvisor_vm::QmpClient,
+    events: &mut tokio::sync::broadcast::Receiver<nasvisor_vm::QmpEvent>,
+    within: Duration,
+) {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if qmp
+            .query_status()
+            .await
+            .is_ok_and(|s| s.status == RunState::IoError)
+        {
+            return;
+        }
+        match tokio::time::timeout_at(until, events.recv()).await {
+            Err(_) | Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+            Ok(_) => {}
+        }
     }
 }
 

@@ -35,19 +35,33 @@ use crate::Inner;
 use nasvisor_api_types::peer::ReplicaDrop;
 use nasvisor_api_types::{CoreError, ReplicaState};
 use nasvisor_best_effort::BestEffort;
+use nasvisor_vm::migration::MirrorTarget;
+use nasvisor_vm::replica::link::Sockets;
 use nasvisor_vm::replica::link::{self, LinkState};
+use nasvisor_vm::replica::probe::ProbeTls;
 use nasvisor_vm::VmInstance;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// How long the passive host may take to answer `replica-serve`.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The VMs whose replica a keeper task looks after on this host.
+/// The VMs whose replica a keeper task looks after on this host, and the
+/// links of their attached replicas.
 #[derive(Default)]
 pub(crate) struct ReplicaKeepers {
     running: Mutex<HashSet<String>>,
+    links: Mutex<HashMap<String, Link>>,
+}
+
+/// An attached replica as this daemon made it: where its server is (for
+/// the probe) and the kill switch of its sockets. A daemon restarted since
+/// the attach has none: it cannot cut a hung replica off (docs/ha.md).
+pub(crate) struct Link {
+    pub targets: Vec<MirrorTarget>,
+    pub tls: Option<ProbeTls>,
+    pub sockets: Sockets,
 }
 
 impl ReplicaKeepers {
@@ -64,6 +78,38 @@ impl ReplicaKeepers {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        self.forget_link(id);
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_link(&self, id: &str, link: Link) {
+        self.links().insert(id.to_string(), link);
+    }
+
+    /// Forgets VM `id`'s link (its replica was detached).
+    fn forget_link(&self, id: &str) {
+        self.links().remove(id);
+    }
+
+    /// Where VM `id`'s attached replica is served, to probe it.
+    fn probe_of(&self, id: &str) -> Option<(Vec<MirrorTarget>, Option<ProbeTls>)> {
+        self.links()
+            .get(id)
+            .map(|l| (l.targets.clone(), l.tls.clone()))
+    }
+
+    /// Cuts VM `id`'s replica sockets; false when this daemon has none.
+    fn cut(&self, id: &str) -> bool {
+        match self.links().get(id) {
+            Some(l) => {
+                l.sockets.cut();
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -38,6 +38,33 @@ const FINISH_WAIT: Duration = Duration::from_secs(30);
 /// minutes.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long QEMU may take to open its NBD connection to a replica (the
+/// handshake, over the socket nasvisord handed it). QEMU opens it in its
+/// main loop: a server that does not answer (stopped, hung) would hold the
+/// loop, and the guest with it, for ever. After this long the socket is
+/// shut down, which fails the open.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `op` (QEMU opening an NBD node on socket `fd`), shutting `fd` down
+/// if it has not ended within [`OPEN_WAIT`].
+pub(super) async fn bounded_open<T>(
+    fd: &std::os::fd::OwnedFd,
+    disk: &str,
+    op: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(op);
+    tokio::select! {
+        r = &mut op => r,
+        _ = tokio::time::sleep(OPEN_WAIT) => {
+            tracing::warn!(disk, "the replica server did not answer QEMU's connection within {OPEN_WAIT:?}; its socket is shut down");
+            if let Err(e) = rustix::net::shutdown(fd, rustix::net::Shutdown::Both) {
+                tracing::warn!(disk, error = %e, "shutting down a replica's socket");
+            }
+            op.await
+        }
+    }
+}
+
 /// How long connecting to a replica server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,14 +98,45 @@ async fn connect_bounded(addr: &InetAddr) -> std::io::Result<std::os::fd::OwnedF
     Ok(s.into())
 }
 
+/// nasvisord's own copies of the sockets QEMU's replica nodes use: the
+/// kill switch of a replica that stopped answering without closing its
+/// connection (a stopped or hung server, whose kernel still acknowledges
+/// the bytes, so that no TCP timeout applies). [`Sockets::cut`] shuts them
+/// down for QEMU too: its requests in flight fail, the guest's write fails
+/// on the replica and the guest is held, as when a link is cut.
+#[derive(Debug, Default)]
+pub struct Sockets(Vec<(String, std::os::fd::OwnedFd)>);
+
+impl From<Vec<(String, std::os::fd::OwnedFd)>> for Sockets {
+    fn from(v: Vec<(String, std::os::fd::OwnedFd)>) -> Self {
+        Sockets(v)
+    }
+}
+
+impl Sockets {
+    /// Shuts every socket down (both directions), for QEMU as well.
+    pub fn cut(&self) {
+        for (disk, fd) in &self.0 {
+            if let Err(e) = rustix::net::shutdown(fd, rustix::net::Shutdown::Both) {
+                tracing::warn!(disk, error = %e, "shutting down a replica's socket");
+            }
+        }
+    }
+
+    /// The disks whose sockets these are.
+    pub fn disks(&self) -> Vec<String> {
+        self.0.iter().map(|(d, _)| d.clone()).collect()
+    }
+}
+
 /// Connects to `t`'s replica server with a bounded socket (QEMU's own
 /// connection would have no bound on a write the replica never answers)
-/// and hands it to QEMU: the address to give its NBD node, and the name of
-/// the socket in QEMU.
+/// and hands it to QEMU: the address to give its NBD node, the name of the
+/// socket in QEMU, and nasvisord's copy of it (for [`Sockets`]).
 pub(super) async fn hand_over(
     qmp: &QmpClient,
     t: &MirrorTarget,
-) -> Result<(crate::qmp::SocketAddress, String), LinkError> {
+) -> Result<(crate::qmp::SocketAddress, String, std::os::fd::OwnedFd), LinkError> {
     let fd = connect_bounded(&t.addr)
         .await
         .map_err(|source| LinkError::Connect {
@@ -91,7 +149,11 @@ pub(super) async fn hand_over(
     qmp.getfd(&name, fd.as_fd())
         .await
         .map_err(qmp_err(&t.node, "handing over the replica's socket"))?;
-    Ok((crate::qmp::SocketAddress::Fd { name: name.clone() }, name))
+    Ok((
+        crate::qmp::SocketAddress::Fd { name: name.clone() },
+        name,
+        fd,
+    ))
 }
 
 /// Closes the socket named `name` that QEMU holds, when no node took it.
@@ -186,14 +248,15 @@ pub async fn state(qmp: &QmpClient, node: &str) -> Result<LinkState, LinkError> 
 /// how far), then, with the guest paused for the swap, makes each replica
 /// a member of its disk's quorum in the placeholder's place. The guest
 /// runs on afterwards if it ran before. On failure every disk is left
-/// alone, as before, and no node of the attempt is left.
+/// alone, as before, and no node of the attempt is left. Returns the
+/// replicas' [`Sockets`].
 pub async fn attach(
     qmp: &QmpClient,
     targets: &[MirrorTarget],
     tls: Option<&TlsClient>,
     cancel: impl Future<Output = ()>,
     progress: impl FnMut(MirrorProgress),
-) -> Result<(), LinkError> {
+) -> Result<Sockets, LinkError> {
     for t in targets {
         match state(qmp, &t.node).await? {
             LinkState::Alone => {}
@@ -205,13 +268,16 @@ pub async fn attach(
         }
     }
     let mut mirrors = MirrorSet::replicas(qmp);
+    let mut sockets = Sockets::default();
     let synced: Result<(), LinkError> = async {
         for t in targets {
-            let (server, name) = hand_over(qmp, t).await?;
-            if let Err(e) = mirrors.add_over(t, server, tls).await {
+            let (server, name, fd) = hand_over(qmp, t).await?;
+            let added = bounded_open(&fd, &t.node, mirrors.add_over(t, server, tls)).await;
+            if let Err(e) = added {
                 close_unused(qmp, &t.node, &name).await;
                 return Err(LinkError::Sync(e));
             }
+            sockets.0.push((t.node.clone(), fd));
         }
         mirrors
             .wait_ready(cancel, progress)
@@ -254,7 +320,8 @@ pub async fn attach(
     swapped?;
     // A record of writes a former replica missed means nothing now.
     let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
-    super::resync::forget_changes(qmp, &nodes).await
+    super::resync::forget_changes(qmp, &nodes).await?;
+    Ok(sockets)
 }
 
 /// With the guest paused: the mirrors end in step, and each replica takes

@@ -11,6 +11,7 @@
 //! `<id>.replica.pid`, `<id>.replica.qmp`, `<id>.replica.log`.
 
 pub mod link;
+pub mod probe;
 pub mod resync;
 
 use std::path::{Path, PathBuf};

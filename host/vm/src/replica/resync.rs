@@ -45,8 +45,10 @@ const LAST_ROUND_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 
 /// What [`resume`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Resumed {
+    /// The replicas' sockets (their kill switch).
+    pub sockets: link::Sockets,
     /// Bytes copied onto the replicas, over every round.
     pub copied: u64,
     /// Rounds with the guest running.
@@ -149,13 +151,17 @@ async fn resume_linked(
     cancel: impl Future<Output = ()>,
     mut progress: impl FnMut(MirrorProgress),
 ) -> Result<Resumed, LinkError> {
+    let mut sockets = Vec::new();
     for t in targets {
-        let (server, name) = link::hand_over(qmp, t).await?;
+        let (server, name, fd) = link::hand_over(qmp, t).await?;
         let nbd = NbdNode::at(&link::replica_node(&t.node), server, &t.export, tls);
-        if let Err(e) = qmp.blockdev_add(&BlockdevOptions::Nbd(nbd)).await {
+        let added =
+            link::bounded_open(&fd, &t.node, qmp.blockdev_add(&BlockdevOptions::Nbd(nbd))).await;
+        if let Err(e) = added {
             link::close_unused(qmp, &t.node, &name).await;
             return Err(qmp_err(&t.node, "connecting its replica")(e));
         }
+        sockets.push((t.node.clone(), fd));
     }
     let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
     let left = || async {
@@ -212,6 +218,7 @@ async fn resume_linked(
         len: total,
     });
     Ok(Resumed {
+        sockets: link::Sockets::from(sockets),
         copied,
         rounds,
         paused,

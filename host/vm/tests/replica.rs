@@ -25,13 +25,31 @@ async fn serve_replica(
     size: &str,
     tls: Option<&ReplicaTls>,
 ) -> (ReplicaServer, std::path::PathBuf, MirrorTarget) {
-    let replica = passive.file(&format!("{node}-replica.qcow2"));
-    qcow2(&replica, size);
+    serve_replicas(passive, &[node], size, tls).await
+}
+
+/// [`serve_replica`] of the first of `nodes`, the server exporting an empty
+/// image for each of them.
+async fn serve_replicas(
+    passive: &TestDir,
+    nodes: &[&str],
+    size: &str,
+    tls: Option<&ReplicaTls>,
+) -> (ReplicaServer, std::path::PathBuf, MirrorTarget) {
+    let node = nodes[0];
+    let disks: Vec<ReplicaDisk> = nodes
+        .iter()
+        .map(|n| {
+            let path = passive.file(&format!("{n}-replica.qcow2"));
+            qcow2(&path, size);
+            ReplicaDisk {
+                node: n.to_string(),
+                path,
+            }
+        })
+        .collect();
+    let replica = disks[0].path.clone();
     let addr = InetAddr::new("127.0.0.1", free_port());
-    let disks = [ReplicaDisk {
-        node: node.into(),
-        path: replica.clone(),
-    }];
     let server = ReplicaServer::start(
         Path::new("qemu-storage-daemon"),
         passive.path(),
@@ -308,6 +326,86 @@ async fn a_lost_replica_holds_the_guest_with_no_acknowledged_write_missing_from_
     assert!(local.iter().enumerate().all(|(i, n)| *n == i as u64));
     // The replica has nothing written after it was dropped.
     assert!((records(&replica, SIZE).len() as u64) < acked + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_dead_daemons_attach_or_resume_left_in_qemu_does_not_stop_the_next() {
+    use nasvisor_vm::qmp::{BlockdevBitmapBackup, BlockdevOptions, NbdNode};
+    use nasvisor_vm::replica::resync;
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let data = active.file("data.qcow2");
+    qcow2(&data, "32M");
+    qemu_io(&data, &["write -P 0x5a 0 8M"]);
+    let mut spec = active.guest_spec("protected", GuestMode::Idle);
+    spec.disks.push(DiskSpec {
+        replicated: true,
+        ..DiskSpec::qcow2(&data)
+    });
+    let vm = active.launch(&spec).await;
+    let (server, replica, target) = serve_replica(&passive, "disk1", "32M", None).await;
+    let qmp = vm.qmp();
+    let jobs = || async {
+        qmp.query_block_jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.device)
+            .collect::<Vec<_>>()
+    };
+
+    // A daemon died in the middle of an attach: its mirror runs on in QEMU,
+    // with its NBD node.
+    let mut mirrors = MirrorSet::replicas(qmp);
+    mirrors.add(&target, None).await.unwrap();
+    drop(mirrors);
+    assert_eq!(jobs().await, ["rep-disk1"]);
+    let sockets = attach(&vm, &target, None).await.unwrap();
+    assert_eq!(
+        link::state(qmp, "disk1").await.unwrap(),
+        LinkState::Replicated
+    );
+    assert!(jobs().await.is_empty());
+
+    // Lost, then a daemon died in the middle of a resume: its round's job
+    // (concluded or not, never dismissed) and its NBD node are left.
+    sockets.cut();
+    let nodes = ["disk1".to_string()];
+    resync::detach_tracking(qmp, &nodes).await.unwrap();
+    device_write(&vm, "disk1-dev", "write -P 0x77 16M 4M").await;
+    qmp.blockdev_add(&BlockdevOptions::Nbd(NbdNode::new(
+        "rep-disk1",
+        target.addr.clone(),
+        "disk1",
+        None,
+    )))
+    .await
+    .unwrap();
+    qmp.blockdev_bitmap_backup(&BlockdevBitmapBackup::new(
+        "rep-disk1",
+        "disk1",
+        "rep-disk1",
+        resync::CHANGES,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(jobs().await, ["rep-disk1"]);
+    let done = resync::resume(
+        qmp,
+        std::slice::from_ref(&target),
+        None,
+        std::future::pending(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(done.copied < 8 << 20, "{done:?}");
+    assert_eq!(
+        link::state(qmp, "disk1").await.unwrap(),
+        LinkState::Replicated
+    );
+    assert!(jobs().await.is_empty());
+    identical_once_stopped(vm, server, &data, &replica).await;
 }
 
 /// A TCP relay on loopback in front of a replica server: the link between
@@ -812,16 +910,30 @@ async fn replica_write_cost() {
         dir: server_dir,
         client_identity: "CN=node-1,O=nasvisor".into(),
     };
-    let (server, _replica, target) = serve_replica(&passive, "disk2", "512M", Some(&tls)).await;
+    let (server, _replica, target) =
+        serve_replicas(&passive, &["disk2", "nbd-only"], "512M", Some(&tls)).await;
     let ct = tls_client(vm.qmp(), "cli", &client_dir, "node-2")
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    attach(&vm, &target, Some(&ct)).await.unwrap();
+    let sockets = attach(&vm, &target, Some(&ct)).await.unwrap();
     println!(
         "ATTACH empty_512MiB_s={:.3}",
         started.elapsed().as_secs_f64()
     );
+    // A plain NBD disk on the same link (the same server, over TLS): what
+    // one round trip to the passive host costs, without a local copy.
+    nasvisor_vm::qmp::QmpClient::blockdev_add(
+        vm.qmp(),
+        &nasvisor_vm::qmp::BlockdevOptions::Nbd(nasvisor_vm::qmp::NbdNode::new(
+            "plain-nbd",
+            target.addr.clone(),
+            "nbd-only",
+            Some(&ct),
+        )),
+    )
+    .await
+    .unwrap();
     let timed = |dev: &'static str, ops: Vec<String>| {
         let vm = &vm;
         async move {
@@ -842,15 +954,72 @@ async fn replica_write_cost() {
         let rep_sync = timed("disk2-dev", synced()).await;
         let plain_1m = timed("disk1-dev", big()).await;
         let rep_1m = timed("disk2-dev", big()).await;
+        let nbd_sync = node_timed(&vm, "plain-nbd", synced()).await;
+        let nbd_1m = node_timed(&vm, "plain-nbd", big()).await;
         println!(
             "REPLICA round={r} plain_sync_ms={plain_sync:.3} replicated_sync_ms={rep_sync:.3} \
-             plain_1m_ms={plain_1m:.3} replicated_1m_ms={rep_1m:.3}"
+             nbd_sync_ms={nbd_sync:.3} plain_1m_ms={plain_1m:.3} replicated_1m_ms={rep_1m:.3} \
+             nbd_1m_ms={nbd_1m:.3}"
         );
     }
     assert_eq!(
         link::state(vm.qmp(), "disk2").await.unwrap(),
         LinkState::Replicated
     );
+
+    // A lost replica brought back: a resume of what it missed against a
+    // full copy of the same disk, in the same run.
+    use nasvisor_vm::replica::resync;
+    let nodes = ["disk2".to_string()];
+    sockets.cut();
+    resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
+    let missed_mib: u64 = 32;
+    for i in 0..missed_mib {
+        let out = device_write(&vm, "disk2-dev", &format!("write -P 0x33 {}M 1M", 300 + i)).await;
+        assert!(!out.to_lowercase().contains("error"), "{out}");
+    }
+    let t = std::time::Instant::now();
+    let done = resync::resume(
+        vm.qmp(),
+        std::slice::from_ref(&target),
+        Some(&ct),
+        std::future::pending(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    println!(
+        "RESUME missed_mib={missed_mib} s={:.3} copied_mib={:.1} rounds={} paused_ms={:.1}",
+        t.elapsed().as_secs_f64(),
+        done.copied as f64 / f64::from(1u32 << 20),
+        done.rounds,
+        done.paused.as_secs_f64() * 1000.0
+    );
+    link::detach(vm.qmp(), &nodes).await.unwrap();
+    let mut full = 0;
+    let t = std::time::Instant::now();
+    attach_with(&vm, &target, Some(&ct), |p| full = p.done)
+        .await
+        .unwrap();
+    println!(
+        "FULL s={:.3} copied_mib={:.1}",
+        t.elapsed().as_secs_f64(),
+        full as f64 / f64::from(1u32 << 20)
+    );
     vm.force_off().await.unwrap();
     server.stop().await.unwrap();
+}
+
+/// Milliseconds `ops` take through HMP `qemu-io` on block node `node`.
+async fn node_timed(vm: &nasvisor_vm::VmInstance, node: &str, ops: Vec<String>) -> f64 {
+    let t = std::time::Instant::now();
+    for op in ops {
+        let out = vm
+            .qmp()
+            .human_monitor_command(&format!("qemu-io {node} \"{op}\""))
+            .await
+            .unwrap();
+        assert!(!out.to_lowercase().contains("error"), "{op}: {out}");
+    }
+    t.elapsed().as_secs_f64() * 1000.0
 }

@@ -267,6 +267,8 @@ pub async fn attach(
             }
         }
     }
+    let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+    clear_leftovers(qmp, &nodes).await?;
     let mut mirrors = MirrorSet::replicas(qmp);
     let mut sockets = Sockets::default();
     let synced: Result<(), LinkError> = async {
@@ -322,6 +324,74 @@ pub async fn attach(
     let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
     super::resync::forget_changes(qmp, &nodes).await?;
     Ok(sockets)
+}
+
+/// Clears what an attach or a resume that did not end left of the replica
+/// of each disk of `nodes` (alone): its block job (cancelled, dismissed),
+/// its NBD node and the socket handed over for it. A nasvisord that died or
+/// restarted in the middle leaves them in QEMU, and they would refuse the
+/// next attempt (a job or node of the same name) for ever.
+pub(super) async fn clear_leftovers(qmp: &QmpClient, nodes: &[String]) -> Result<(), LinkError> {
+    for node in nodes {
+        let rep = replica_node(node);
+        let mut ended = false;
+        let until = std::time::Instant::now() + FINISH_WAIT;
+        loop {
+            let jobs = qmp
+                .query_block_jobs()
+                .await
+                .map_err(qmp_err(node, "query-block-jobs"))?;
+            let Some(job) = jobs.iter().find(|j| j.device == rep) else {
+                break;
+            };
+            if job.status == crate::qmp::JobStatus::Concluded {
+                qmp.job_dismiss(&rep)
+                    .await
+                    .map_err(qmp_err(node, "dismissing a former replica job"))?;
+                continue;
+            }
+            if !ended {
+                tracing::info!(disk = %node, job = %rep, "cancelling a replica job a former attempt left");
+                qmp.block_job_cancel(&rep, true)
+                    .await
+                    .map_err(qmp_err(node, "cancelling a former replica job"))?;
+                ended = true;
+            }
+            if std::time::Instant::now() >= until {
+                return Err(LinkError::Resync {
+                    disk: node.clone(),
+                    reason: format!(
+                        "a former replica job ({rep}) did not end within {FINISH_WAIT:?}"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let member = qmp
+            .node_children(node)
+            .await
+            .map_err(qmp_err(node, "reading its children"))?
+            .iter()
+            .any(|(_, c)| *c == rep);
+        let exists = qmp
+            .query_named_block_nodes()
+            .await
+            .map_err(qmp_err(node, "query-named-block-nodes"))?
+            .iter()
+            .any(|n| n.node_name == rep);
+        if exists && !member {
+            tracing::info!(disk = %node, node = %rep, "removing a replica node a former attempt left");
+            qmp.blockdev_del(&rep)
+                .await
+                .map_err(qmp_err(node, "removing a former replica node"))?;
+        }
+        // A socket handed over but never taken by a node (closefd of an
+        // unknown name fails; that is the usual case).
+        if let Err(e) = qmp.closefd(&format!("{rep}-sock")).await {
+            tracing::debug!(disk = %node, error = %e, "closing a former replica socket");
+        }
+    }
+    Ok(())
 }
 
 /// With the guest paused: the mirrors end in step, and each replica takes

@@ -134,9 +134,10 @@ pub async fn resume(
             });
         }
     }
+    let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+    link::clear_leftovers(qmp, &nodes).await?;
     let r = resume_linked(qmp, targets, tls, cancel, progress).await;
     if r.is_err() {
-        let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
         if let Err(e) = link::unlink(qmp, &nodes).await {
             tracing::warn!(error = %e, "undoing a failed replica resume");
         }

@@ -187,6 +187,10 @@ pub struct ReplicaRecord {
     /// [`ReplicaServing::server`]: nasvisor_api_types::peer::ReplicaServing::server
     #[serde(default)]
     pub server: Option<String>,
+    /// Where that server serves (address, port): a restarted nasvisord
+    /// finds QEMU's sockets to it again, and probes it.
+    #[serde(default)]
+    pub serving: Option<(String, u16)>,
     /// How it was last brought in step.
     #[serde(default)]
     pub last_sync: Option<nasvisor_api_types::ReplicaSyncView>,

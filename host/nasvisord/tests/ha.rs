@@ -517,6 +517,29 @@ fn running_pid(c: &Cluster, i: usize, vm: &str, not: Option<i32>) -> i32 {
     )
 }
 
+/// The pid of the replica server of VM `id` on host i (its pidfile).
+fn replica_server_pid(c: &Cluster, i: usize, id: &str) -> i32 {
+    let pidfile = c
+        .host(i)
+        .data_dir()
+        .join("run")
+        .join(format!("{id}.replica.pid"));
+    std::fs::read_to_string(&pidfile)
+        .expect("the replica server's pidfile")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Sends `sig` to `pid` (a replica server this test's daemons started).
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) of a replica server the test's daemon started for its
+    // VM, by the pid of its pidfile.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
 fn kill(pid: i32) {
     // SAFETY: kill(2) of a QEMU pid this test's daemon reported for its VM.
     unsafe {
@@ -1320,22 +1343,9 @@ fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_mis
     // (SIGSTOP: its kernel still takes the bytes, so no TCP bound applies).
     // nas2's probe finds it, cuts the link, and the guest writes on; once
     // the server answers again, the replica resumes.
-    let pidfile = c
-        .host(p)
-        .data_dir()
-        .join("run")
-        .join(format!("{id}.replica.pid"));
-    let server: i32 = std::fs::read_to_string(&pidfile)
-        .expect("the replica server's pidfile")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let server = replica_server_pid(&c, p, &id);
     let resumed_at = v["ha_status"]["replica"]["last_sync"]["at"].clone();
-    // SAFETY: kill(2) of the replica server the passive host's daemon
-    // started for this test's VM, by the pid of its pidfile.
-    unsafe {
-        libc::kill(server, libc::SIGSTOP);
-    }
+    signal(server, libc::SIGSTOP);
     let stopped = Instant::now();
     more_acks(&c, 2, &id, 10);
     eprintln!(
@@ -1347,10 +1357,7 @@ fn a_passive_host_back_from_an_outage_resumes_its_replica_from_the_writes_it_mis
         "{}",
         ha_events(&c, 2)
     );
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(server, libc::SIGCONT);
-    }
+    signal(server, libc::SIGCONT);
     let v = resumed_on(
         &c,
         "back",
@@ -1406,6 +1413,33 @@ fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_re
         v["state"] == "running"
             && v["pid"].as_i64() == Some(pid as i64)
             && v["ha_status"]["replica"]["state"] == "in-sync"
+    });
+    more_acks(&c, 2, &id, 5);
+
+    // The new daemon found QEMU's replica socket again: a replica server
+    // that stops answering is still cut off (the writer goes on), and
+    // resumed once it answers.
+    let v = c.host(2).json(&["vm", "show", "held"]);
+    let synced_at = v["ha_status"]["replica"]["last_sync"]["at"].clone();
+    let server = replica_server_pid(&c, p, &id);
+    signal(server, libc::SIGSTOP);
+    let stopped = Instant::now();
+    more_acks(&c, 2, &id, 10);
+    eprintln!(
+        "after the restart, the writer went on {:.1} s after the replica server stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    signal(server, libc::SIGCONT);
+    assert!(
+        has_event(&c, 2, "vm-replica-lost", "vm/held", "did not answer"),
+        "{}",
+        ha_events(&c, 2)
+    );
+    c.host(2).poll_vm("held", Duration::from_secs(120), |v| {
+        let last = &v["ha_status"]["replica"]["last_sync"];
+        v["ha_status"]["state"] == "protected"
+            && last["kind"] == "resumed"
+            && last["at"] != synced_at
     });
     more_acks(&c, 2, &id, 5);
 

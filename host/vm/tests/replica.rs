@@ -682,8 +682,13 @@ async fn a_replica_server_that_stops_answering_is_found_by_a_probe_cut_off_and_r
     let console = vm.console().unwrap();
     let nodes = ["disk0".to_string()];
     let (server, replica, target) = serve_replica(&passive, "disk0", "64M", None).await;
-    let sockets = attach(&vm, &target, None).await.unwrap();
-    assert_eq!(sockets.disks(), nodes);
+    let ours = attach(&vm, &target, None).await.unwrap();
+    assert_eq!(ours.disks(), nodes);
+    // As after a restart of nasvisord: its copies gone, QEMU's socket is
+    // found again in QEMU's descriptors.
+    drop(ours);
+    let sockets = link::Sockets::recover(vm.pid(), &target.addr).unwrap();
+    assert_eq!(sockets.disks().len(), 1, "{sockets:?}");
     let qemu_io = Path::new("qemu-io");
     let within = Duration::from_secs(3);
     let targets = std::slice::from_ref(&target);

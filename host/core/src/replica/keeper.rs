@@ -11,6 +11,7 @@ use nasvisor_api_types::{CoreError, ReplicaState, ReplicaSyncKind, ReplicaSyncVi
 use nasvisor_best_effort::BestEffort;
 use nasvisor_vm::migration::{MirrorProgress, MirrorTarget};
 use nasvisor_vm::qmp::{InetAddr, RunState};
+use nasvisor_vm::replica::link::Sockets;
 use nasvisor_vm::replica::probe::{self, ProbeError, ProbeTls};
 use nasvisor_vm::replica::{link, resync};
 use nasvisor_vm::{EventKind, VmInstance};
@@ -112,6 +113,11 @@ impl Inner {
                     self.record_replica(id, &passive, ReplicaState::InSync, None, None, None)
                         .await
                         .best_effort("record the replica in step");
+                }
+                if !self.replicas.has_link(id) {
+                    if let Some(r) = ours {
+                        self.find_link_again(&vm, &inst, r);
+                    }
                 }
                 match self.watch_replica(id, &inst, &passive, &nodes).await {
                     Watch::Gone => return,
@@ -267,6 +273,7 @@ impl Inner {
                 .map(|s| (s.node.clone(), s.pool.clone(), s.volume.clone()))
                 .collect(),
             server: serving.server.clone(),
+            serving: Some((serving.host.clone(), serving.port)),
             last_sync: vm.replica.as_ref().and_then(|r| r.last_sync.clone()),
         };
         self.db
@@ -409,6 +416,58 @@ impl Inner {
         )
         .await?;
         Ok(done)
+    }
+
+    /// After a restart of nasvisord with `vm`'s replica `r` attached: where
+    /// its server is (to probe it) and QEMU's sockets to it (to cut them),
+    /// found again.
+    fn find_link_again(&self, vm: &VmRecord, inst: &VmInstance, r: &ReplicaRecord) {
+        let Some((host, port)) = r.serving.clone() else {
+            tracing::warn!(vm = %vm.name, "the replica's address is not recorded: it is not probed until its next attach");
+            return;
+        };
+        let addr = InetAddr::new(host, port);
+        let targets: Vec<MirrorTarget> = r
+            .disks
+            .iter()
+            .map(|(node, _, _)| MirrorTarget {
+                node: node.clone(),
+                addr: addr.clone(),
+                export: node.clone(),
+            })
+            .collect();
+        let tls = if self.cfg.migration_tls {
+            let dir = qemu_tls_dir(self, "client");
+            let peer = self.host_record(&r.host);
+            match (dir, peer) {
+                (Ok(dir), Ok(peer)) => Some(ProbeTls {
+                    dir,
+                    hostname: crate::migrate::tls_name(peer.node_id),
+                }),
+                _ => {
+                    tracing::warn!(vm = %vm.name, "no TLS settings for the replica's probe");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let sockets = match Sockets::recover(inst.pid(), &addr) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, error = %e, "cannot find QEMU's replica sockets again");
+                Sockets::default()
+            }
+        };
+        tracing::info!(vm = %vm.name, %addr, sockets = sockets.disks().len(), "the replica's link found again");
+        self.replicas.set_link(
+            &vm.id,
+            Link {
+                targets,
+                tls,
+                sockets,
+            },
+        );
     }
 
     /// Watches VM `id`'s in-step replica on `passive` until a write fails

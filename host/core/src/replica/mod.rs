@@ -101,14 +101,19 @@ impl ReplicaKeepers {
             .map(|l| (l.targets.clone(), l.tls.clone()))
     }
 
+    /// Whether this daemon knows VM `id`'s attached replica.
+    fn has_link(&self, id: &str) -> bool {
+        self.links().contains_key(id)
+    }
+
     /// Cuts VM `id`'s replica sockets; false when this daemon has none.
     fn cut(&self, id: &str) -> bool {
         match self.links().get(id) {
-            Some(l) => {
+            Some(l) if !l.sockets.is_empty() => {
                 l.sockets.cut();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }

@@ -127,6 +127,90 @@ impl Sockets {
     pub fn disks(&self) -> Vec<String> {
         self.0.iter().map(|(d, _)| d.clone()).collect()
     }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Finds again the sockets QEMU process `pid` holds to the replica
+    /// server at `addr` (after a restart of nasvisord, which lost its own
+    /// copies): every TCP socket among the process's descriptors whose peer
+    /// is `addr` (`/proc/<pid>/net/tcp*`, `/proc/<pid>/fd`), duplicated out
+    /// of QEMU with `pidfd_getfd(2)`. They are named `socket<n>`: which
+    /// disk each serves does not matter to a cut.
+    pub fn recover(pid: i32, addr: &InetAddr) -> std::io::Result<Sockets> {
+        use std::io::{Error, ErrorKind};
+        let ip: std::net::IpAddr = addr
+            .host
+            .parse()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{}: {e}", addr.host)))?;
+        let inodes = peer_inodes(pid, std::net::SocketAddr::new(ip, addr.port))?;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "invalid pid"))?,
+            rustix::process::PidfdFlags::empty(),
+        )?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+            let Ok(link) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let inode = link
+                .to_string_lossy()
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok());
+            if !inode.is_some_and(|i| inodes.contains(&i)) {
+                continue;
+            }
+            let Some(target) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let fd = rustix::process::pidfd_getfd(
+                &pidfd,
+                target,
+                rustix::process::PidfdGetfdFlags::empty(),
+            )?;
+            found.push((format!("socket{}", found.len()), fd));
+        }
+        Ok(Sockets(found))
+    }
+}
+
+/// The inodes of the TCP sockets in process `pid`'s network namespace whose
+/// peer is `peer`.
+fn peer_inodes(pid: i32, peer: std::net::SocketAddr) -> std::io::Result<Vec<u64>> {
+    let (table, want) = match peer {
+        std::net::SocketAddr::V4(a) => (
+            "tcp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(a.ip().octets()),
+                a.port()
+            ),
+        ),
+        std::net::SocketAddr::V6(a) => {
+            let words: String = a
+                .ip()
+                .octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect();
+            ("tcp6", format!("{words}:{:04X}", a.port()))
+        }
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(2) == Some(&want.as_str()))
+                .then(|| f.get(9).and_then(|i| i.parse().ok()))
+                .flatten()
+        })
+        .collect())
 }
 
 /// Connects to `t`'s replica server with a bounded socket (QEMU's own

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster};
+use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster, Guest};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -111,30 +111,14 @@ fn chaos() {
     // disks then reach other hosts only through their synchronous replica).
     let pool = std::env::var("NASVISOR_CHAOS_POOL").unwrap_or_else(|_| "nfs".into());
     let blank_disk = format!("{pool}:64");
+    let guest = Guest {
+        pool: Some(&pool),
+        ha: true,
+        ..Guest::new("guest", "nas2")
+    };
     let g = c
         .host(1)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                "guest",
-                "--image",
-                "nasvisor-mini",
-                "--vcpus",
-                "1",
-                "--memory",
-                "256",
-                "--hostname",
-                "guest",
-                "--pool",
-                &pool,
-                "--host",
-                "nas2",
-                "--ha",
-                "--wait",
-            ],
-            BOOT,
-        )
+        .install_guest(&guest, BOOT)
         .unwrap_or_else(|e| panic!("installing the guest: {e}"));
     let gid = g["id"].as_str().expect("an id").to_string();
     c.host(1).json(&[

@@ -11,7 +11,7 @@
 mod common;
 
 use common::alive;
-use common::cluster::{eventually, eventually_until, Cluster};
+use common::cluster::{eventually, eventually_until, Cluster, Guest};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -454,25 +454,7 @@ fn live_migration_keeps_the_guest_counting() {
     c.form();
     let vm = c
         .host(1)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                "mig",
-                "--image",
-                "nasvisor-mini",
-                "--vcpus",
-                "1",
-                "--memory",
-                "256",
-                "--hostname",
-                "mig",
-                "--host",
-                "nas1",
-                "--wait",
-            ],
-            BOOT * 2,
-        )
+        .install_guest(&Guest::new("mig", "nas1"), BOOT * 2)
         .unwrap_or_else(|e| panic!("installing VM mig on nas1: {e}"));
     assert!(is_running_on(&vm, "nas1"), "{vm:#}");
     c.host(1).wait_console("mig", "NASVISOR-READY", BOOT);
@@ -549,29 +531,14 @@ fn live_migration_keeps_the_guest_counting() {
     let dir = shared.path().join("pool");
     let dir = dir.to_str().unwrap();
     c.host(2).json(&["pool", "create", "nfs", dir, "--shared"]);
+    let g = Guest {
+        memory_mib: 192,
+        pool: Some("nfs"),
+        ..Guest::new("sh", "nas2")
+    };
     let vm = c
         .host(2)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                "sh",
-                "--image",
-                "nasvisor-mini",
-                "--vcpus",
-                "1",
-                "--memory",
-                "192",
-                "--hostname",
-                "sh",
-                "--pool",
-                "nfs",
-                "--host",
-                "nas2",
-                "--wait",
-            ],
-            BOOT * 2,
-        )
+        .install_guest(&g, BOOT * 2)
         .unwrap_or_else(|e| panic!("installing VM sh on the shared pool: {e}"));
     assert!(is_running_on(&vm, "nas2"), "{vm:#}");
     assert!(
@@ -834,27 +801,14 @@ fn cordon_evacuate_offline_move_image_copy_and_cluster_plugins() {
             .unwrap_or_else(|| panic!("image solo is not listed: {images:#}"))
     };
     assert_eq!(hosts_of(&c), serde_json::json!(["nas1"]));
+    let g = Guest {
+        image: "solo",
+        memory_mib: 192,
+        ..Guest::new("s1", "nas2")
+    };
     let vm = c
         .host(1)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                "s1",
-                "--image",
-                "solo",
-                "--vcpus",
-                "1",
-                "--memory",
-                "192",
-                "--hostname",
-                "s1",
-                "--host",
-                "nas2",
-                "--wait",
-            ],
-            BOOT * 2,
-        )
+        .install_guest(&g, BOOT * 2)
         .unwrap_or_else(|e| panic!("installing from an image nas2 lacks: {e}"));
     assert!(is_running_on(&vm, "nas2"), "{vm:#}");
     c.host(1).wait_console("s1", "NASVISOR-READY", BOOT);

@@ -9,7 +9,7 @@
 mod common;
 
 use common::alive;
-use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster};
+use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster, Guest};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -1088,30 +1088,14 @@ const BOOT: Duration = Duration::from_secs(240);
 /// it runs protected (the replica of its disks in step on its passive
 /// host): its id and view.
 fn ha_guest_on_own_pool(c: &Cluster, name: &str, host: &str) -> (String, Value) {
+    let g = Guest {
+        pool: Some("default"),
+        ha: true,
+        ..Guest::new(name, host)
+    };
     let v = c
         .host(1)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                name,
-                "--image",
-                "nasvisor-mini",
-                "--vcpus",
-                "1",
-                "--memory",
-                "256",
-                "--hostname",
-                name,
-                "--pool",
-                "default",
-                "--host",
-                host,
-                "--ha",
-                "--wait",
-            ],
-            BOOT,
-        )
+        .install_guest(&g, BOOT)
         .unwrap_or_else(|e| panic!("installing the HA VM: {e}"));
     let id = v["id"].as_str().expect("an id").to_string();
     c.host(1).wait_console(name, "NASVISOR-READY", BOOT);

@@ -21,7 +21,9 @@
 
 mod common;
 
-use common::cluster::{console_log, eventually, move_figures, numbers_after, start_acker, Cluster};
+use common::cluster::{
+    console_log, eventually, move_figures, numbers_after, start_acker, Cluster, Guest,
+};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -55,30 +57,14 @@ fn bench_failover() {
     // `nfs`, the shared pool; `default`, the VM's host's own pool (its
     // disks then fail over through their synchronous replica).
     let pool = std::env::var("NASVISOR_BENCH_POOL").unwrap_or_else(|_| "nfs".into());
+    let g = Guest {
+        pool: Some(&pool),
+        ha: true,
+        ..Guest::new("ha", "nas2")
+    };
     let v = c
         .host(1)
-        .try_json_within(
-            &[
-                "vm",
-                "create",
-                "ha",
-                "--image",
-                "nasvisor-mini",
-                "--vcpus",
-                "1",
-                "--memory",
-                "256",
-                "--hostname",
-                "ha",
-                "--pool",
-                &pool,
-                "--host",
-                "nas2",
-                "--ha",
-                "--wait",
-            ],
-            BOOT,
-        )
+        .install_guest(&g, BOOT)
         .unwrap_or_else(|e| panic!("installing the HA VM: {e}"));
     let id = v["id"].as_str().expect("an id").to_string();
     c.host(1).wait_console("ha", READY, BOOT);

@@ -479,6 +479,35 @@ impl Daemon {
         })
     }
 
+    /// Installs `g` from its image and waits until it runs (`vm create
+    /// ... --wait`), within `timeout`: its view, or why not.
+    pub fn install_guest(&self, g: &Guest, timeout: Duration) -> Result<Value, String> {
+        let memory = g.memory_mib.to_string();
+        let mut args = vec![
+            "vm",
+            "create",
+            g.name,
+            "--image",
+            g.image,
+            "--vcpus",
+            "1",
+            "--memory",
+            &memory,
+            "--hostname",
+            g.name,
+            "--host",
+            g.host,
+        ];
+        if let Some(pool) = g.pool {
+            args.extend(["--pool", pool]);
+        }
+        if g.ha {
+            args.push("--ha");
+        }
+        args.push("--wait");
+        self.try_json_within(&args, timeout)
+    }
+
     /// `nasvisor --json <args>` within `timeout`: its answer, or why not.
     pub fn try_json_within(&self, args: &[&str], timeout: Duration) -> Result<Value, String> {
         let mut a = vec!["--json"];
@@ -591,4 +620,31 @@ pub fn start_acker(c: &Cluster, via: usize, on: usize, vm: &str, id: &str) -> Re
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(format!("the writer on {vm} gave no count"))
+}
+
+/// A guest installed from an image with [`Daemon::install_guest`]: 1 vCPU,
+/// its name as its hostname.
+pub struct Guest<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub memory_mib: u32,
+    pub host: &'a str,
+    /// The pool of its disks (the daemon's default when `None`).
+    pub pool: Option<&'a str>,
+    pub ha: bool,
+}
+
+impl<'a> Guest<'a> {
+    /// `name` from the bundled image, 256 MiB, on `host`'s default pool,
+    /// without HA.
+    pub fn new(name: &'a str, host: &'a str) -> Self {
+        Guest {
+            name,
+            image: "nasvisor-mini",
+            memory_mib: 256,
+            host,
+            pool: None,
+            ha: false,
+        }
+    }
 }

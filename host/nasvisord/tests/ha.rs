@@ -736,7 +736,16 @@ fn a_degraded_host_switches_its_ha_vm_over_and_a_dead_one_fails_it_over() {
         "{v:#}"
     );
     assert!(has_event(&c, 1, "vm-switchover", "vm/web", "moves live"));
-    assert!(!common::alive(pid), "web's QEMU on nas2 is gone");
+    // The source's QEMU ends once the switch is recorded (after its last
+    // console output is read: up to a second).
+    eventually(Duration::from_secs(10), "web's QEMU on nas2 gone", || {
+        if common::alive(pid) {
+            std::thread::sleep(Duration::from_millis(50));
+            Err(format!("pid {pid} still runs"))
+        } else {
+            Ok(())
+        }
+    });
     let active = p;
     let pid = running_pid(&c, active, "web", None);
     assert!(c.live_qemus(active).contains(&pid));

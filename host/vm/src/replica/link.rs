@@ -457,17 +457,8 @@ pub(super) async fn clear_leftovers(qmp: &QmpClient, nodes: &[String]) -> Result
             .map_err(qmp_err(node, "reading its children"))?
             .iter()
             .any(|(_, c)| *c == rep);
-        let exists = qmp
-            .query_named_block_nodes()
-            .await
-            .map_err(qmp_err(node, "query-named-block-nodes"))?
-            .iter()
-            .any(|n| n.node_name == rep);
-        if exists && !member {
-            tracing::info!(disk = %node, node = %rep, "removing a replica node a former attempt left");
-            qmp.blockdev_del(&rep)
-                .await
-                .map_err(qmp_err(node, "removing a former replica node"))?;
+        if !member && delete_replica_node(qmp, node).await? {
+            tracing::info!(disk = %node, node = %rep, "removed a replica node a former attempt left");
         }
         // A socket handed over but never taken by a node (closefd of an
         // unknown name fails; that is the usual case).
@@ -541,19 +532,27 @@ pub(super) async fn unlink(qmp: &QmpClient, nodes: &[String]) -> Result<(), Link
             remove_child(qmp, node, &rep).await?;
         }
         // The NBD node, whether it was a member or only a mirror's target.
-        let exists = qmp
-            .query_named_block_nodes()
-            .await
-            .map_err(qmp_err(node, "query-named-block-nodes"))?
-            .iter()
-            .any(|n| n.node_name == rep);
-        if exists {
-            qmp.blockdev_del(&rep)
-                .await
-                .map_err(qmp_err(node, "removing the replica's NBD node"))?;
-        }
+        delete_replica_node(qmp, node).await?;
     }
     Ok(())
+}
+
+/// Deletes the NBD node of replicated disk `node`'s replica if it exists
+/// (no parent may use it); whether it did.
+async fn delete_replica_node(qmp: &QmpClient, node: &str) -> Result<bool, LinkError> {
+    let rep = replica_node(node);
+    let exists = qmp
+        .query_named_block_nodes()
+        .await
+        .map_err(qmp_err(node, "query-named-block-nodes"))?
+        .iter()
+        .any(|n| n.node_name == rep);
+    if exists {
+        qmp.blockdev_del(&rep)
+            .await
+            .map_err(qmp_err(node, "removing the replica's NBD node"))?;
+    }
+    Ok(exists)
 }
 
 /// Removes quorum `parent`'s edge to node `child`, if there is one.

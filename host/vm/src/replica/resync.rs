@@ -252,7 +252,11 @@ async fn round(
         Err(e) => Err(e),
     };
     if r.is_err() {
-        end_jobs(qmp, &jobs).await;
+        // The round's jobs (and its node) go, as an attempt's leftovers.
+        let nodes: Vec<String> = jobs.iter().map(|(disk, _)| disk.clone()).collect();
+        if let Err(e) = link::clear_leftovers(qmp, &nodes).await {
+            tracing::warn!(error = %e, "ending a failed resync round");
+        }
     }
     r
 }
@@ -320,35 +324,4 @@ async fn wait_jobs(
         }
     }
     Ok(copied)
-}
-
-/// Cancels and dismisses what is left of `jobs` (best effort).
-async fn end_jobs(qmp: &QmpClient, jobs: &[(String, String)]) {
-    for (disk, job) in jobs {
-        if let Err(e) = qmp.block_job_cancel(job, true).await {
-            tracing::debug!(disk, error = %e, "cancelling a resync round");
-        }
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        let Ok(list) = qmp.query_block_jobs().await else {
-            return;
-        };
-        let mine: Vec<_> = list
-            .iter()
-            .filter(|j| jobs.iter().any(|(_, id)| *id == j.device))
-            .collect();
-        if mine.is_empty() {
-            return;
-        }
-        for j in mine {
-            if j.status == JobStatus::Concluded {
-                if let Err(e) = qmp.job_dismiss(&j.device).await {
-                    tracing::debug!(job = %j.device, error = %e, "dismissing a resync round");
-                }
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    tracing::warn!("the resync round's jobs did not end within 10 s");
 }

@@ -88,15 +88,17 @@ async fn attach_with(
     link::attach(vm.qmp(), targets, tls, std::future::pending(), progress).await
 }
 
-/// The guest writes through its device (HMP `qemu-io` on the device's
-/// block backend); QEMU's answer (empty, or the error).
-async fn device_write(vm: &nasvisor_vm::VmInstance, dev: &str, op: &str) -> String {
+/// Writes through the guest's device (HMP `qemu-io` on the device's block
+/// backend). QEMU prints `qemu-io`'s report (and a failed write's error) to
+/// its own output, not to the monitor, so nothing here tells whether the
+/// write succeeded: a test checks the written data in the images instead.
+async fn device_write(vm: &nasvisor_vm::VmInstance, dev: &str, op: &str) {
     vm.qmp()
         .human_monitor_command(&format!(
             "qemu-io -d /machine/peripheral/{dev}/virtio-backend \"{op}\""
         ))
         .await
-        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,8 +160,7 @@ async fn an_attached_replica_holds_every_completed_write_when_the_active_host_di
 
     // A write through the guest's device completes; the active host dies at
     // once. The replica has it, and what was there before.
-    let out = device_write(&vm, "disk1-dev", "write -P 0xa5 8M 256k").await;
-    assert!(!out.to_lowercase().contains("error"), "{out}");
+    device_write(&vm, "disk1-dev", "write -P 0xa5 8M 256k").await;
     let pid = vm.pid();
     // SAFETY: kill(2) of the QEMU this test launched, by its own pid.
     unsafe {
@@ -201,10 +202,12 @@ async fn an_attach_that_fails_leaves_the_disk_working_alone_with_no_node_behind(
     );
     assert!(vm.qmp().query_block_jobs().await.unwrap().is_empty());
     // The disk takes writes alone.
-    let out = device_write(&vm, "disk1-dev", "write -P 0x11 0 64k").await;
-    assert!(!out.to_lowercase().contains("error"), "{out}");
+    device_write(&vm, "disk1-dev", "write -P 0x11 0 64k").await;
     assert_eq!(vm.state(), VmState::Running);
     vm.force_off().await.unwrap();
+    let check = qemu_io(&data, &["read -P 0x11 0 64k"]);
+    assert!(!check.contains("Pattern verification failed"), "{check}");
+    assert_eq!(check.matches("read ").count(), 1, "{check}");
 }
 
 /// The `n` of every "<prefix>n" line in `log`.
@@ -516,8 +519,7 @@ async fn a_replica_lost_to_a_cut_link_resumes_from_the_writes_it_missed_and_ends
         .await
         .unwrap_or_else(|l| panic!("the guest did not go on: {}", String::from_utf8_lossy(&l)));
     // And more than one round's worth, from outside the writer's region.
-    let out = device_write(&vm, "disk0-dev", "write -P 0x77 20M 6M").await;
-    assert!(!out.to_lowercase().contains("error"), "{out}");
+    device_write(&vm, "disk0-dev", "write -P 0x77 20M 6M").await;
     let missed = resync::missed(vm.qmp(), &nodes).await.unwrap().unwrap();
     assert!(
         missed > 6 << 20 && missed < 7 << 20,
@@ -861,7 +863,8 @@ async fn a_lost_replica_ends_its_mirror_and_the_guests_writes_go_on() {
         .await
         .expect("the write completes though the replica is gone")
         .unwrap();
-    assert!(!out.to_lowercase().contains("error"), "{out}");
+    // (Whether it succeeded shows in the image below: see device_write.)
+    drop(out);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let ended = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -944,8 +947,7 @@ async fn replica_write_cost() {
         async move {
             let t = std::time::Instant::now();
             for op in ops {
-                let out = device_write(vm, dev, &op).await;
-                assert!(!out.to_lowercase().contains("error"), "{op}: {out}");
+                device_write(vm, dev, &op).await;
             }
             t.elapsed().as_secs_f64() * 1000.0
         }
@@ -980,8 +982,7 @@ async fn replica_write_cost() {
     resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
     let missed_mib: u64 = 32;
     for i in 0..missed_mib {
-        let out = device_write(&vm, "disk2-dev", &format!("write -P 0x33 {}M 1M", 300 + i)).await;
-        assert!(!out.to_lowercase().contains("error"), "{out}");
+        device_write(&vm, "disk2-dev", &format!("write -P 0x33 {}M 1M", 300 + i)).await;
     }
     let t = std::time::Instant::now();
     let done = resync::resume(
@@ -1024,7 +1025,7 @@ async fn node_timed(vm: &nasvisor_vm::VmInstance, node: &str, ops: Vec<String>) 
             .human_monitor_command(&format!("qemu-io {node} \"{op}\""))
             .await
             .unwrap();
-        assert!(!out.to_lowercase().contains("error"), "{op}: {out}");
+        drop(out); // qemu-io reports to QEMU's own output (device_write)
     }
     t.elapsed().as_secs_f64() * 1000.0
 }

@@ -419,6 +419,10 @@ pub(super) async fn clear_leftovers(qmp: &QmpClient, nodes: &[String]) -> Result
     for node in nodes {
         let rep = replica_node(node);
         let mut ended = false;
+        // A job may end on its own between the query and the cancel (QEMU
+        // then refuses the verb); only a refusal of a job that still runs
+        // after it is an error.
+        let mut refused = None;
         let until = std::time::Instant::now() + FINISH_WAIT;
         loop {
             let jobs = qmp
@@ -434,12 +438,16 @@ pub(super) async fn clear_leftovers(qmp: &QmpClient, nodes: &[String]) -> Result
                     .map_err(qmp_err(node, "dismissing a former replica job"))?;
                 continue;
             }
+            if let Some(e) = refused.take() {
+                return Err(qmp_err(node, "cancelling a former replica job")(e));
+            }
             if !ended {
                 tracing::info!(disk = %node, job = %rep, "cancelling a replica job a former attempt left");
-                qmp.block_job_cancel(&rep, true)
-                    .await
-                    .map_err(qmp_err(node, "cancelling a former replica job"))?;
                 ended = true;
+                if let Err(e) = qmp.block_job_cancel(&rep, true).await {
+                    refused = Some(e);
+                    continue;
+                }
             }
             if std::time::Instant::now() >= until {
                 return Err(LinkError::Resync {

@@ -20,7 +20,7 @@ status=0
 env NASVISOR_CHAOS_TRIALS=${1:-100} NASVISOR_CHAOS_HOSTS=${2:-3} ${3:+NASVISOR_CHAOS_SEED=$3} \
   cargo test --release -q --workspace --test chaos -- --ignored --nocapture --test-threads 1 \
   >"$log" 2>&1 || status=$?
-grep -E '^(CHAOS|TRIAL|SUMMARY|VIOLATION)|test result' "$log" || true
+grep -E '^(CHAOS|TRIAL|SLOW|SUMMARY|VIOLATION)|test result' "$log" || true
 # A failure of the harness itself (not an invariant): its message.
 grep -A8 'panicked at' "$log" | grep -v '^ *[0-9]*: \|^ *at ' || true
 echo "(the whole output: $log)"

@@ -330,6 +330,32 @@ fn chaos() {
             back
         );
 
+        // A recovery slower than the failover target (10 s): what the
+        // cluster recorded meanwhile, to tell where the time went.
+        if back.values().any(|s| *s > 10.0) || back.len() < touched.len() {
+            let via = any_up(&c, &unreachable);
+            if let Ok(ev) = c.host(via).try_json(&["event", "list", "--limit", "25"]) {
+                let mut lines: Vec<String> = ev
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "SLOW trial={trial} {} {} {} {}",
+                            e["time"].as_str().unwrap_or_default(),
+                            e["kind"].as_str().unwrap_or_default(),
+                            e["target"].as_str().unwrap_or_default(),
+                            e["message"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                lines.sort();
+                for l in lines {
+                    println!("{l}");
+                }
+            }
+        }
+
         // Heal.
         for i in cut {
             c.heal(i);

@@ -24,6 +24,7 @@ mod common;
 use common::cluster::{
     console_log, eventually, move_figures, numbers_after, start_acker, Cluster, Guest,
 };
+use common::ticks::{longest_gap, ticker_command, TickMeter};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -81,8 +82,35 @@ fn bench_failover() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(runs);
+    // The guest-visible gap of each move: a tick every 10 ms on the guest's
+    // console, stamped here as each line reaches QEMU's console log on any
+    // host.
+    let tick = Duration::from_millis(10);
+    if switchovers > 0 {
+        c.host(1)
+            .json(&["vm", "console-send", "-n", "ha", &ticker_command(tick)]);
+    }
+    let logs = (1..=c.len())
+        .map(|i| {
+            c.host(i)
+                .data_dir()
+                .join("run")
+                .join(format!("{id}.console.log"))
+        })
+        .collect();
+    let meter = TickMeter::start(logs);
     for run in 0..switchovers {
         let v = protected(&c);
+        // A baseline of the same run: the ticks' longest interval over the
+        // 3 s before the move.
+        let calm = Instant::now();
+        std::thread::sleep(Duration::from_secs(3));
+        let degraded = Instant::now();
+        let (baseline, calm_ticks) = longest_gap(&meter.ticks(), calm, degraded);
+        assert!(
+            calm_ticks > 50,
+            "the guest's ticker is not running ({calm_ticks} ticks in 3 s)"
+        );
         let from = v["host"].as_str().expect("a host").to_string();
         let to = v["ha_status"]["passive"]
             .as_str()
@@ -113,7 +141,16 @@ fn bench_failover() {
             }
         });
         let (total, down) = move_figures(&job);
-        println!("SWITCHOVER run={run} from={from} to={to} total_s={total} downtime_ms={down}");
+        // The ticks go on on the target: wait for a second of them.
+        std::thread::sleep(Duration::from_secs(1));
+        let (gap, moved_ticks) = longest_gap(&meter.ticks(), degraded, Instant::now());
+        assert!(moved_ticks > 50, "the guest's ticker stopped with the move");
+        println!(
+            "SWITCHOVER run={run} from={from} to={to} total_s={total} downtime_ms={down} \
+             guest_gap_ms={} baseline_gap_ms={}",
+            gap.as_millis(),
+            baseline.as_millis()
+        );
         c.host(1).json(&["host", "undegrade", &from]);
     }
 

@@ -248,19 +248,9 @@ async fn a_cancelled_memory_migration_leaves_the_source_running() {
     let mut spec = src_host.guest_spec("big", GuestMode::Idle);
     spec.memory_mib = 512;
     let src = src_host.launch(&spec).await;
-    let mut incoming = dst_host.launch_options();
-    incoming.incoming_defer = true;
-    let dst = VmInstance::launch(&spec, &incoming, InstanceOptions::default())
-        .await
-        .unwrap();
-    let uri = format!("tcp:127.0.0.1:{}", free_port());
-    listen_incoming(dst.qmp(), &uri, None).await.unwrap();
-    let settings = OutgoingSettings {
-        max_downtime_ms: 300,
-        // 1 MiB/s: the copy takes minutes.
-        max_bandwidth: 1 << 20,
-        tls: None,
-    };
+    let (dst, uri) = plain_incoming(&dst_host, &spec).await;
+    // 1 MiB/s: the copy takes minutes.
+    let settings = plain_settings(1 << 20);
     let stream = MigrationStream::connect(&uri).await.unwrap();
     let err = migrate_out(
         src.qmp(),
@@ -399,4 +389,130 @@ async fn the_memory_stream_runs_little_ahead_of_a_target_that_stops_reading() {
     );
     assert!(src.qmp().query_status().await.unwrap().running);
     src.force_off().await.unwrap();
+}
+
+/// The floor of a live move's guest-visible gap, without nasvisord: the
+/// bundled Linux guest (no disk) prints a tick every 10 ms on its console;
+/// it is paused and resumed in place (a warm QEMU), then moved from QEMU to
+/// a fresh QEMU on loopback, the target resumed the moment it loaded. The
+/// gaps are read from the console logs QEMU writes (see nasvisor-ticks).
+/// Run by `benches/failover.sh` beside the cluster's switchovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by benches/failover.sh"]
+async fn bench_switch_gap_floor() {
+    use nasvisor_ticks::{longest_gap, ticker_command, TickMeter};
+    use std::time::Instant;
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    let runs: usize = std::env::var("NASVISOR_BENCH_SWITCHOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut spec = VmSpec::new("ticker", 256);
+    spec.kernel = Some(kernel);
+    let dirs: Vec<TestDir> = (0..=runs).map(|_| TestDir::new()).collect();
+    let mut vm = dirs[0].launch(&spec).await;
+    let console = vm.console().unwrap();
+    console
+        .wait_for_output(b"NASVISOR-BOOT-DONE", Duration::from_secs(240))
+        .await
+        .unwrap();
+    // busybox init starts the console's shell after it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tick = Duration::from_millis(10);
+    let logs: Vec<_> = dirs
+        .iter()
+        .map(|d| d.path().join(format!("{}.console.log", spec.uuid)))
+        .collect();
+    assert_eq!(console.log_path(), logs[0]);
+    let meter = TickMeter::start(logs);
+    let line = format!("{}\n", ticker_command(tick));
+    console.write(line.as_bytes()).await.unwrap();
+    console
+        .wait_for_output(b"TICK 20", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // In place: stopped for 20 ms.
+    for run in 0..runs {
+        // The window opens before the tick that precedes the stop.
+        let from = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        vm.qmp().stop().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        vm.qmp().cont().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let gap = longest_gap(&meter.ticks(), from, Instant::now());
+        assert!(gap.ticks > 20, "the ticker stopped: {gap:?}");
+        println!(
+            "FLOOR-INPLACE run={run} stopped_ms=20 guest_gap_ms={}",
+            gap.length.as_millis()
+        );
+    }
+    // Moves, each to a fresh QEMU.
+    for run in 0..runs {
+        let calm = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let from = Instant::now();
+        let baseline = longest_gap(&meter.ticks(), calm, from);
+        let (dst, uri) = plain_incoming(&dirs[run + 1], &spec).await;
+        let settings = plain_settings(10 << 30);
+        let stream = MigrationStream::connect(&uri).await.unwrap();
+        let done = migrate_out(vm.qmp(), &settings, &stream, std::future::pending(), |_| {})
+            .await
+            .unwrap();
+        drop(stream);
+        dst.wait_incoming_loaded(SLOW).await.unwrap();
+        dst.resume().await.unwrap();
+        let resumed = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ticks = meter.ticks();
+        let gap = longest_gap(&ticks, from, Instant::now());
+        let first_there = ticks
+            .iter()
+            .find(|(_, t)| t.log == run + 1)
+            .map(|(_, t)| t.wall)
+            .expect("the ticker runs on in the target");
+        let pause_ms = done
+            .paused_at
+            .and_then(|p| resumed.duration_since(p).ok())
+            .map_or(0, |d| d.as_millis());
+        println!(
+            "FLOOR-MOVE run={run} downtime_ms={} pause_ms={pause_ms} first_tick_after_resume_ms={} \
+             guest_gap_ms={} baseline_gap_ms={}",
+            done.info.downtime.unwrap_or_default(),
+            first_there
+                .duration_since(resumed)
+                .map_or(0, |d| d.as_millis()),
+            gap.length.as_millis(),
+            baseline.length.as_millis()
+        );
+        vm.force_off().await.unwrap();
+        vm = dst;
+    }
+    drop(meter);
+    vm.force_off().await.unwrap();
+}
+
+/// A QEMU in `dir` waiting for `spec`'s memory on a loopback port (plain
+/// TCP), and the stream's URI.
+async fn plain_incoming(dir: &TestDir, spec: &VmSpec) -> (VmInstance, String) {
+    let mut incoming = dir.launch_options();
+    incoming.incoming_defer = true;
+    let dst = VmInstance::launch(spec, &incoming, InstanceOptions::default())
+        .await
+        .unwrap();
+    let uri = format!("tcp:127.0.0.1:{}", free_port());
+    listen_incoming(dst.qmp(), &uri, None).await.unwrap();
+    (dst, uri)
+}
+
+/// A plain memory stream of at most `max_bandwidth` bytes/s.
+fn plain_settings(max_bandwidth: u64) -> OutgoingSettings {
+    OutgoingSettings {
+        max_downtime_ms: 300,
+        max_bandwidth,
+        tls: None,
+    }
 }

@@ -11,7 +11,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
-pub mod ticks;
 
 use nasvisor_plugin_host::testkit::{plugin_dir, workspace_root};
 use serde_json::Value;

@@ -21,10 +21,29 @@ pub fn ticker_command(every: Duration) -> String {
     )
 }
 
+/// When a tick arrived, and in which of the logs (its index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tick {
+    pub at: Instant,
+    /// The same moment on the wall clock (to set beside a daemon's log).
+    pub wall: std::time::SystemTime,
+    pub log: usize,
+}
+
+/// The longest interval between two consecutive ticks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gap {
+    pub length: Duration,
+    /// The logs of the tick before it and of the tick after it.
+    pub between: (usize, usize),
+    /// How many ticks the window held.
+    pub ticks: usize,
+}
+
 /// Tails console logs and records when each `TICK n` line first arrived.
 pub struct TickMeter {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<BTreeMap<u64, Instant>>>,
+    seen: Arc<Mutex<BTreeMap<u64, Tick>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -44,7 +63,7 @@ impl TickMeter {
                 })
                 .collect();
             while !s.load(Ordering::Relaxed) {
-                for (path, at, partial) in &mut tails {
+                for (log, (path, at, partial)) in tails.iter_mut().enumerate() {
                     let Ok(mut f) = std::fs::File::open(&*path) else {
                         continue;
                     };
@@ -67,7 +86,11 @@ impl TickMeter {
                     while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=nl).collect();
                         if let Some(n) = tick_of(&String::from_utf8_lossy(&line)) {
-                            m.lock().unwrap().entry(n).or_insert(now);
+                            m.lock().unwrap().entry(n).or_insert(Tick {
+                                at: now,
+                                wall: std::time::SystemTime::now(),
+                                log,
+                            });
                         }
                     }
                 }
@@ -81,8 +104,8 @@ impl TickMeter {
         }
     }
 
-    /// Every tick seen so far, in order, with its arrival.
-    pub fn ticks(&self) -> Vec<(u64, Instant)> {
+    /// Every tick seen so far, in order.
+    pub fn ticks(&self) -> Vec<(u64, Tick)> {
         self.seen
             .lock()
             .unwrap()
@@ -109,19 +132,25 @@ fn tick_of(line: &str) -> Option<u64> {
 }
 
 /// The longest interval between two consecutive ticks that both arrived
-/// within `[from, to]`, and how many ticks that window holds. A missing
-/// tick number (a torn line) joins its neighbours' intervals.
-pub fn longest_gap(ticks: &[(u64, Instant)], from: Instant, to: Instant) -> (Duration, usize) {
-    let inside: Vec<&(u64, Instant)> = ticks
+/// within `[from, to]`. A missing tick number (a torn line) joins its
+/// neighbours' intervals.
+pub fn longest_gap(ticks: &[(u64, Tick)], from: Instant, to: Instant) -> Gap {
+    let inside: Vec<&Tick> = ticks
         .iter()
-        .filter(|(_, t)| *t >= from && *t <= to)
+        .map(|(_, t)| t)
+        .filter(|t| t.at >= from && t.at <= to)
         .collect();
-    let longest = inside
+    let mut gap = inside
         .windows(2)
-        .map(|w| w[1].1.saturating_duration_since(w[0].1))
-        .max()
+        .map(|w| Gap {
+            length: w[1].at.saturating_duration_since(w[0].at),
+            between: (w[0].log, w[1].log),
+            ticks: 0,
+        })
+        .max_by_key(|g| g.length)
         .unwrap_or_default();
-    (longest, inside.len())
+    gap.ticks = inside.len();
+    gap
 }
 
 #[cfg(test)]
@@ -140,21 +169,30 @@ mod tests {
     fn the_longest_gap_is_taken_inside_the_window_only() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
+        let tick = |n, ms, log| {
+            let wall = std::time::SystemTime::now();
+            (
+                n,
+                Tick {
+                    at: at(ms),
+                    wall,
+                    log,
+                },
+            )
+        };
         let ticks = [
-            (0, at(0)),
-            (1, at(10)),
-            (2, at(80)),
-            (3, at(90)),
-            (4, at(300)),
+            tick(0, 0, 0),
+            tick(1, 10, 0),
+            tick(2, 80, 1),
+            tick(3, 90, 1),
+            tick(4, 300, 1),
         ];
-        assert_eq!(
-            longest_gap(&ticks, at(0), at(100)),
-            (Duration::from_millis(70), 4)
-        );
-        assert_eq!(
-            longest_gap(&ticks, at(5), at(95)),
-            (Duration::from_millis(70), 3)
-        );
-        assert_eq!(longest_gap(&ticks, at(85), at(95)), (Duration::ZERO, 1));
+        let g = |from, to| {
+            let g = longest_gap(&ticks, at(from), at(to));
+            (g.length.as_millis(), g.between, g.ticks)
+        };
+        assert_eq!(g(0, 100), (70, (0, 1), 4));
+        assert_eq!(g(5, 95), (70, (0, 1), 3));
+        assert_eq!(g(85, 95), (0, (0, 0), 1));
     }
 }

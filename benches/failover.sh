@@ -61,29 +61,32 @@ echo
 echo "switchovers (host degrade), medians (min-max):"
 { grep '^SWITCHOVER' "$out" || true; } | python3 -c '
 import sys, statistics
-t, d, g, b = [], [], [], []
+t, d, g, b, p = [], [], [], [], []
 for line in sys.stdin:
     kv = dict(p.split("=", 1) for p in line.split()[1:])
     t.append(float(kv["total_s"])); d.append(float(kv["downtime_ms"]))
     g.append(float(kv["guest_gap_ms"])); b.append(float(kv["baseline_gap_ms"]))
+    if kv["daemon_pause_ms"] != "?":
+        p.append(float(kv["daemon_pause_ms"]))
 def m(x):
     return "%.0f ms (%.0f-%.0f)" % (statistics.median(x), min(x), max(x))
 if t:
-    print("move: %.2f s (%.2f-%.2f), pause: %s over %d" % (statistics.median(t), min(t), max(t), m(d), len(t)))
+    print("move: %.2f s (%.2f-%.2f), pause: %s (QEMU), %s (STOP to the target resumed) over %d" % (statistics.median(t), min(t), max(t), m(d), m(p) if p else "?", len(t)))
     print("guest-visible: longest interval between its 10 ms ticks %s; before the move %s" % (m(g), m(b)))
 '
 { grep -h '^FLOOR' "$out.floor" 2>/dev/null || true; } | python3 -c '
 import sys, statistics
 f = {"FLOOR-INPLACE": [], "FLOOR-MOVE": []}
-after = []
+after, down, pause = [], [], []
 for line in sys.stdin:
     w = line.split()
     kv = dict(p.split("=", 1) for p in w[1:])
     f[w[0]].append(float(kv["guest_gap_ms"]))
     if "first_tick_after_resume_ms" in kv:
         after.append(float(kv["first_tick_after_resume_ms"]))
+        down.append(float(kv["downtime_ms"])); pause.append(float(kv["pause_ms"]))
 def m(x):
     return "%.0f ms (%.0f-%.0f)" % (statistics.median(x), min(x), max(x))
 if after:
-    print("floor, same guest and ticker, no nasvisord: paused 20 ms in place %s; moved QEMU to a fresh QEMU %s, first tick %s after the resume" % (m(f["FLOOR-INPLACE"]), m(f["FLOOR-MOVE"]), m(after)))
+    print("floor, same guest and ticker, no nasvisord: paused 20 ms in place %s; moved QEMU to a fresh QEMU %s (pause %s QEMU, %s STOP to resumed), first tick %s after the resume" % (m(f["FLOOR-INPLACE"]), m(f["FLOOR-MOVE"]), m(down), m(pause), m(after)))
 '

@@ -17,6 +17,8 @@ PKGS=(
   dosfstools mtools cpio busybox-static syslinux syslinux-common fdisk xz-utils zstd
   # UEFI firmware for guests, cloud-init as the user-data validator
   ovmf cloud-init
+  # the admin endpoint's load benchmark (benches/api-load.sh)
+  wrk curl
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)

@@ -35,7 +35,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long after a failover of a VM was tried the leader tries again.
+/// How long after a failover of a VM that did not succeed the leader tries
+/// again (a failover that succeeded lifts the wait at once).
 const FAILOVER_RETRY: Duration = Duration::from_secs(15);
 /// How long after a switchover of a VM was tried the leader tries again.
 const SWITCHOVER_RETRY: Duration = Duration::from_secs(60);
@@ -47,7 +48,7 @@ pub(crate) struct HaRuntime {
     /// Lost hosts the policy asked to fence, and their fence command.
     fencing: Mutex<HashMap<String, Fencing>>,
     /// When a failover or switchover of a VM was last tried.
-    tried: Mutex<HashMap<String, Instant>>,
+    tried: Attempts,
     /// Hosts the policy holds until then.
     held: Mutex<HashMap<String, Instant>>,
     /// HA VMs whose lost passive host stays their passive host (no other
@@ -57,6 +58,34 @@ pub(crate) struct HaRuntime {
 
 struct Fencing {
     command: Arc<Mutex<FenceCommand>>,
+}
+
+/// When a move of each VM was last tried: an attempt that fails is not
+/// repeated at once (every heartbeat round), one that succeeded lifts the
+/// wait (the VM may have to move again from its new host right away).
+#[derive(Default)]
+struct Attempts(Mutex<HashMap<String, Instant>>);
+
+impl Attempts {
+    /// Whether VM `id` may be tried now, `retry` after its last attempt
+    /// (and notes that it is).
+    fn try_now(&self, id: &str, retry: Duration) -> bool {
+        let mut tried = lock(&self.0);
+        let now = Instant::now();
+        if tried
+            .get(id)
+            .is_some_and(|t| now.duration_since(*t) < retry)
+        {
+            return false;
+        }
+        tried.insert(id.to_string(), now);
+        true
+    }
+
+    /// VM `id` moved: its next move may be tried at once.
+    fn succeeded(&self, id: &str) {
+        lock(&self.0).remove(id);
+    }
 }
 
 /// Where a host's fence command is.
@@ -305,26 +334,12 @@ impl Inner {
         });
     }
 
-    /// Whether VM `id` may be tried now (and notes that it is).
-    fn try_now(&self, id: &str, retry: Duration) -> bool {
-        let mut tried = lock(&self.ha.tried);
-        let now = Instant::now();
-        if tried
-            .get(id)
-            .is_some_and(|t| now.duration_since(*t) < retry)
-        {
-            return false;
-        }
-        tried.insert(id.to_string(), now);
-        true
-    }
-
     /// Fenced host `h`: asks the policy where its HA VMs go, and fails
     /// them over.
     async fn failover_step(self: &Arc<Self>, h: &HostRecord, vms: &[VmRecord], term: u64) {
         let due: Vec<&VmRecord> = vms
             .iter()
-            .filter(|v| self.try_now(&v.id, FAILOVER_RETRY))
+            .filter(|v| self.ha.tried.try_now(&v.id, FAILOVER_RETRY))
             .collect();
         self.move_step(
             h,
@@ -353,7 +368,7 @@ impl Inner {
                         .is_ok_and(|r| self.health_of(&r, false).0 == HostHealth::Healthy)
                 })
             })
-            .filter(|v| self.try_now(&v.id, SWITCHOVER_RETRY))
+            .filter(|v| self.ha.tried.try_now(&v.id, SWITCHOVER_RETRY))
             .collect();
         let event = Event::HostDegraded(HostDegraded {
             host: h.id.clone(),
@@ -430,6 +445,7 @@ impl Inner {
             .unwrap_or_else(|_| id.to_string());
         match r {
             Ok(from) => {
+                self.ha.tried.succeeded(id);
                 self.event(
                     "vm-failed-over",
                     Severity::Warning,
@@ -591,5 +607,24 @@ impl Inner {
                 .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_attempt_waits_and_a_successful_one_lifts_the_wait() {
+        let a = Attempts::default();
+        let hour = Duration::from_secs(3600);
+        assert!(a.try_now("vm1", hour), "the first attempt goes");
+        assert!(!a.try_now("vm1", hour), "no second attempt within the wait");
+        assert!(a.try_now("vm2", hour), "another VM is not held by it");
+        // vm1 moved: the next fault of its new host moves it again at once.
+        a.succeeded("vm1");
+        assert!(a.try_now("vm1", hour));
+        assert!(!a.try_now("vm1", hour));
+        assert!(a.try_now("vm1", Duration::ZERO), "past the wait it goes");
     }
 }

@@ -199,6 +199,15 @@ fn chaos() {
         let readies_before: Vec<usize> = (1..=hosts)
             .map(|i| console_log(&c, i, &gid).matches("NASVISOR-READY").count())
             .collect();
+        // Where each host's daemon log stands at the fault (shown for a
+        // slow recovery).
+        let log_marks: Vec<u64> = (1..=hosts)
+            .map(|i| {
+                std::fs::metadata(c.host(i).log_path())
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .collect();
         let t0 = Instant::now();
         let mut down: Vec<usize> = Vec::new();
         let mut cut: Vec<usize> = Vec::new();
@@ -331,17 +340,20 @@ fn chaos() {
         );
 
         // A recovery slower than the failover target (10 s): what the
-        // cluster recorded meanwhile, to tell where the time went.
+        // cluster recorded meanwhile (its events, once the records of the
+        // recovery are in), and what the daemons logged about it since the
+        // fault, to tell where the time went.
         if back.values().any(|s| *s > 10.0) || back.len() < touched.len() {
+            std::thread::sleep(Duration::from_secs(3));
             let via = any_up(&c, &unreachable);
-            if let Ok(ev) = c.host(via).try_json(&["event", "list", "--limit", "25"]) {
+            if let Ok(ev) = c.host(via).try_json(&["event", "list", "--limit", "40"]) {
                 let mut lines: Vec<String> = ev
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(|e| {
                         format!(
-                            "SLOW trial={trial} {} {} {} {}",
+                            "SLOW trial={trial} event {} {} {} {}",
                             e["time"].as_str().unwrap_or_default(),
                             e["kind"].as_str().unwrap_or_default(),
                             e["target"].as_str().unwrap_or_default(),
@@ -352,6 +364,24 @@ fn chaos() {
                 lines.sort();
                 for l in lines {
                     println!("{l}");
+                }
+            }
+            let names: Vec<&str> = touched.iter().map(|k| vms[*k].0).collect();
+            for i in 1..=hosts {
+                let Ok(log) = std::fs::read(c.host(i).log_path()) else {
+                    continue;
+                };
+                let from = usize::try_from(log_marks[i - 1])
+                    .unwrap_or(0)
+                    .min(log.len());
+                for l in String::from_utf8_lossy(&log[from..]).lines() {
+                    let about = names.iter().any(|n| l.contains(&format!("\"{n}\"")))
+                        || ["fenc", "failover", "fail over", "leader", "ha "]
+                            .iter()
+                            .any(|w| l.contains(w));
+                    if about && !l.contains(" DEBUG ") {
+                        println!("SLOW trial={trial} log nas{i} {l}");
+                    }
                 }
             }
         }

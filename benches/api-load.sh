@@ -12,6 +12,9 @@
 # The daemon's `[api.limits] max-connections-per-address` is raised to 128
 # for it: the default 32 would close half of wrk's 64 connections.
 # Usage (as root): benches/api-load.sh [R] [seconds]   (default 3 runs of 10 s).
+# NASVISOR_BENCH_PERF=1 also profiles nasvisord (perf record -g) during one
+# more run of NASVISOR_BENCH_PERF_PATH (default /api/v1/vms) and prints the
+# top of the report (NASVISOR_BENCH_PERF_CALLERS=1: with the callers).
 # Needs scripts/build.sh and wrk (scripts/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +50,8 @@ dir = "$root/target/plugins"
 trusted-keys-dir = "$root/target/keys"
 TOML
 target/release/nasvisord --config "$work/cfg.toml" --log warn > "$work/out" 2> "$work/err" &
-pids+=($!)
+daemon=$!
+pids+=($daemon)
 for _ in $(seq 1 600); do grep -q "admin token" "$work/out" 2>/dev/null && break; sleep 0.1; done
 token=$(sed -n 's/^admin token (shown once, store it now): //p' "$work/out")
 [ -n "$token" ] || { cat "$work/err"; exit 1; }
@@ -89,6 +93,20 @@ for r in $(seq 1 "$runs"); do
     echo "SAMPLE run=$r target=$name rps=$rps p99=$p99 ${errs:+errors=\"$errs\"}" | tee -a "$work/samples"
   done
 done
+if [ "${NASVISOR_BENCH_PERF:-0}" = 1 ]; then
+  perf record -q -F 199 --call-graph dwarf,16384 -p "$daemon" -o "$work/perf.data" -- sleep "$secs" &
+  perf_pid=$!
+  wrk -t2 -c64 -d"${secs}s" -H "Authorization: Bearer $token" \
+    "https://127.0.0.1:$port${NASVISOR_BENCH_PERF_PATH:-/api/v1/vms}" > /dev/null
+  wait "$perf_pid" || true
+  if [ "${NASVISOR_BENCH_PERF_CALLERS:-0}" = 1 ]; then
+    perf report -i "$work/perf.data" --children --stdio --percent-limit 4 -g caller,4,callee,function,percent 2>&1 \
+      | grep -v '^#' | grep -v '^$' | head -300
+  else
+    perf report -i "$work/perf.data" --no-children --stdio --percent-limit 1.5 -g none 2>&1 \
+      | grep -v '^#' | grep -v '^$' | head -40
+  fi
+fi
 echo
 python3 - "$work/samples" <<'PY'
 import re, statistics, sys

@@ -6,7 +6,7 @@
 //! is revealed unauthenticated), then the route (404/405), the body
 //! (415/413/400), and only then is the [`Action`] forwarded to the core.
 //! The core answers with a typed [`Answer`]; this is the one place it
-//! becomes the JSON body ([`Answer::to_json`]).
+//! becomes the JSON body ([`Answer::to_json_bytes`]).
 //!
 //! Two routes stream instead of answering with one JSON value: the console
 //! (`GET /api/v1/vms/{id}/console`, a chunked `application/octet-stream`
@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use nasvisor_api_types::ApiError;
-use nasvisor_api_types::{Answer, ByteStream, Core};
+use nasvisor_api_types::{ByteStream, Core};
 use nasvisor_limits::{BodyStalled, ConnectionGate, ReadError, ServerLimits, TimedBody};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -273,7 +273,16 @@ fn full(b: Bytes) -> RespBody {
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<RespBody> {
-    let (status, bytes) = match serde_json::to_vec(body) {
+    json_bytes_response(status, serde_json::to_vec(body))
+}
+
+/// A JSON answer from its serialized bytes; a value that could not be
+/// serialized is a bug of the server or the core (500).
+fn json_bytes_response(
+    status: StatusCode,
+    bytes: Result<Vec<u8>, serde_json::Error>,
+) -> Response<RespBody> {
+    let (status, bytes) = match bytes {
         Ok(b) => (status, b),
         Err(e) => {
             tracing::error!(error = %e, "an answer cannot be serialized");
@@ -294,18 +303,6 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// The JSON body of the core's answer: the one place an [`Answer`] becomes
-/// JSON. A view that cannot be serialized is a bug of the core (500).
-fn answer_json(answer: Answer) -> Result<serde_json::Value, ApiError> {
-    answer.to_json().map_err(|e| {
-        tracing::error!(error = %e, "the core's answer cannot be serialized");
-        ApiError::status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the core's answer cannot be serialized: {e}"),
-        )
-    })
 }
 
 fn error_response(e: &ApiError, path: &str) -> Response<RespBody> {
@@ -423,14 +420,15 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
         };
     };
     tracing::debug!(?action, "forwarding to core");
-    let value = answer_json(shared.core.handle(action).await?)?;
+    let answer = shared.core.handle(action).await?;
     let status = StatusCode::from_u16(matched.route.success).unwrap_or(StatusCode::OK);
     if status == StatusCode::NO_CONTENT {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = status;
         return Ok(r);
     }
-    Ok(json_response(status, &value))
+    // The one place an answer becomes the JSON body.
+    Ok(json_bytes_response(status, answer.to_json_bytes()))
 }
 
 /// `GET /api/v1/vms/{id}/console`: the core's stream as a chunked answer.
@@ -531,8 +529,10 @@ async fn upload(
             reason: stall.to_string(),
         });
     }
-    let value = answer_json(result?)?;
-    Ok(json_response(StatusCode::ACCEPTED, &value))
+    Ok(json_bytes_response(
+        StatusCode::ACCEPTED,
+        result?.to_json_bytes(),
+    ))
 }
 
 /// Most bytes of a refused upload read and discarded, so that a client that

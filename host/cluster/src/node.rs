@@ -124,10 +124,18 @@ impl Shared {
     }
 
     pub(crate) fn get(&self, kind: &str, key: &str) -> Option<(serde_json::Value, Revision)> {
+        self.get_with(kind, key, |v, rev| (v.clone(), rev))
+    }
+
+    /// `f` of `kind`/`key`'s value and revision, read in place.
+    pub(crate) fn get_with<T>(
+        &self,
+        kind: &str,
+        key: &str,
+        f: impl FnOnce(&serde_json::Value, Revision) -> T,
+    ) -> Option<T> {
         let a = self.sm.read();
-        a.state
-            .get(kind, key)
-            .map(|o| (o.value.clone(), o.revision))
+        a.state.get(kind, key).map(|o| f(&o.value, o.revision))
     }
 
     /// Commit `cmd`: on the leader directly, otherwise forwarded to it.

@@ -348,6 +348,17 @@ impl ClusterStore {
         self.shared.get(kind, key)
     }
 
+    /// Like [`Self::get`], without a copy of the value: `f` reads it in
+    /// place (keep `f` short: the applied state is locked meanwhile).
+    pub fn get_with<T>(
+        &self,
+        kind: &str,
+        key: &str,
+        f: impl FnOnce(&serde_json::Value, Revision) -> T,
+    ) -> Option<T> {
+        self.shared.get_with(kind, key, f)
+    }
+
     /// Like [`Self::get`], linearizable: on the leader, after making sure
     /// it still leads and has applied everything committed before the
     /// call; on a follower of a cluster, the leader answers.
@@ -374,11 +385,34 @@ impl ClusterStore {
     /// All objects of `kind` as `(key, value, revision)`, in key order, from
     /// this node's applied state.
     pub fn list(&self, kind: &str) -> Vec<(String, serde_json::Value, Revision)> {
+        self.list_with(kind, |k, v, rev| Some((k.to_string(), v.clone(), rev)))
+    }
+
+    /// Like [`Self::list`], without copies of the values: `f` reads each
+    /// one in place (`None` leaves it out). Keep `f` short: the applied
+    /// state is locked meanwhile.
+    pub fn list_with<T>(
+        &self,
+        kind: &str,
+        f: impl FnMut(&str, &serde_json::Value, Revision) -> Option<T>,
+    ) -> Vec<T> {
+        self.list_with_revision(kind, f).1
+    }
+
+    /// Like [`Self::list_with`], with the cluster-wide revision of the
+    /// state it read (see [`Self::revision`]).
+    pub fn list_with_revision<T>(
+        &self,
+        kind: &str,
+        mut f: impl FnMut(&str, &serde_json::Value, Revision) -> Option<T>,
+    ) -> (Revision, Vec<T>) {
         let a = self.shared.sm.read();
-        a.state
+        let list = a
+            .state
             .list(kind)
-            .map(|(k, o)| (k.clone(), o.value.clone(), o.revision))
-            .collect()
+            .filter_map(|(k, o)| f(k, &o.value, o.revision))
+            .collect();
+        (a.state.revision, list)
     }
 
     /// The kinds that have at least one object (the cluster's own `@`

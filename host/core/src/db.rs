@@ -6,13 +6,20 @@ use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterStore, Revision, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// The cluster store, with typed records. The store is swapped once when a
 /// single host joins a cluster ([`Db::swap`]).
 pub struct Db {
     store: std::sync::RwLock<Arc<ClusterStore>>,
+    /// Typed lists read by [`Db::list_shared`]: per kind and type, the
+    /// store (its address) and the revision they were read at.
+    lists: Mutex<HashMap<(String, TypeId), SharedList>>,
 }
+
+type SharedList = (usize, Revision, Arc<dyn Any + Send + Sync>);
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,6 +34,7 @@ impl Db {
     pub fn new(store: ClusterStore) -> Db {
         Db {
             store: std::sync::RwLock::new(Arc::new(store)),
+            lists: Mutex::default(),
         }
     }
 
@@ -37,6 +45,7 @@ impl Db {
 
     /// Replaces the store; returns the previous one.
     pub fn swap(&self, store: ClusterStore) -> Arc<ClusterStore> {
+        crate::lock(&self.lists).clear();
         std::mem::replace(
             &mut *self.store.write().unwrap_or_else(|e| e.into_inner()),
             Arc::new(store),
@@ -50,29 +59,42 @@ impl Db {
 
     /// One record and its revision.
     pub fn get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<(T, Revision)> {
-        let (v, rev) = self.store().get(kind, key)?;
-        match serde_json::from_value(v) {
-            Ok(t) => Some((t, rev)),
-            Err(e) => {
-                tracing::error!(kind, key, error = %e, "unreadable record in the cluster store");
-                None
-            }
-        }
+        self.store()
+            .get_with(kind, key, |v, rev| {
+                read_record(kind, key, v).map(|t| (t, rev))
+            })
+            .flatten()
     }
 
     /// Every record of `kind`, in key order.
     pub fn list<T: DeserializeOwned>(&self, kind: &str) -> Vec<T> {
         self.store()
-            .list(kind)
-            .into_iter()
-            .filter_map(|(key, v, _)| match serde_json::from_value(v) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::error!(kind, key, error = %e, "unreadable record in the cluster store");
-                    None
-                }
-            })
-            .collect()
+            .list_with(kind, |key, v, _| read_record(kind, key, v))
+    }
+
+    /// Every record of `kind`, in key order, shared: read and decoded once
+    /// per revision of the store, however many callers ask (the API's
+    /// lists, the host views, placement). A write anywhere in the store
+    /// makes the next call read again.
+    pub fn list_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        kind: &str,
+    ) -> Arc<Vec<T>> {
+        let store = self.store();
+        let at = Arc::as_ptr(&store) as usize;
+        let key = (kind.to_string(), TypeId::of::<T>());
+        let now = store.revision();
+        let hit = crate::lock(&self.lists)
+            .get(&key)
+            .filter(|(s, rev, _)| *s == at && *rev == now)
+            .map(|(_, _, list)| list.clone());
+        if let Some(list) = hit.and_then(|l| l.downcast::<Vec<T>>().ok()) {
+            return list;
+        }
+        let (rev, list) = store.list_with_revision(kind, |key, v, _| read_record(kind, key, v));
+        let list = Arc::new(list);
+        crate::lock(&self.lists).insert(key, (at, rev, list.clone()));
+        list
     }
 
     /// Writes a record; with `expected`, only if it is still at that
@@ -186,5 +208,55 @@ impl Db {
         Err(errors::conflict(format!(
             "{kind} {key} keeps changing; try again"
         )))
+    }
+}
+
+/// A stored record read in place (no copy of its JSON); an unreadable one
+/// is logged and left out.
+fn read_record<T: DeserializeOwned>(kind: &str, key: &str, v: &serde_json::Value) -> Option<T> {
+    match T::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(kind, key, error = %e, "unreadable record in the cluster store");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Rec {
+        n: u32,
+    }
+
+    #[tokio::test]
+    async fn a_shared_list_is_read_once_per_revision_and_again_after_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClusterStore::open(dir.path(), 1, "127.0.0.1:1")
+            .await
+            .unwrap();
+        let db = Db::new(store);
+        db.put("rec", "a", &Rec { n: 1 }, None).await.unwrap();
+        let first = db.list_shared::<Rec>("rec");
+        assert_eq!(*first, [Rec { n: 1 }]);
+        assert!(
+            Arc::ptr_eq(&first, &db.list_shared::<Rec>("rec")),
+            "no write in between: the same list"
+        );
+        // A write of another kind moves the revision too: read again.
+        db.put("other", "x", &Rec { n: 9 }, None).await.unwrap();
+        let again = db.list_shared::<Rec>("rec");
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(*again, [Rec { n: 1 }]);
+        // A write of the kind is seen at once, in key order.
+        db.put("rec", "0", &Rec { n: 0 }, None).await.unwrap();
+        assert_eq!(*db.list_shared::<Rec>("rec"), [Rec { n: 0 }, Rec { n: 1 }]);
+        db.delete("rec", "a").await.unwrap();
+        assert_eq!(*db.list_shared::<Rec>("rec"), [Rec { n: 0 }]);
+        // Read as another type: its own list.
+        assert_eq!(db.list_shared::<serde_json::Value>("rec").len(), 1);
     }
 }

@@ -15,12 +15,7 @@ impl Inner {
     /// reservations of the active HA VMs whose passive host it is (the VM
     /// `except` excluded, both ways).
     pub(crate) fn used_memory_mib(&self, host: &str, except: Option<&str>) -> (u64, u32) {
-        self.db
-            .list::<VmRecord>(kind::VM)
-            .iter()
-            .filter(|v| v.is_active() && Some(v.id.as_str()) != except)
-            .filter(|v| v.host.as_deref() == Some(host) || v.reserves_on(host))
-            .fold((0, 0), |(m, c), v| (m + v.memory_mib, c + v.vcpus))
+        used_on(&self.db.list_shared::<VmRecord>(kind::VM), host, except)
     }
 
     /// Memory VMs may use on `host`, MiB.
@@ -39,7 +34,7 @@ impl Inner {
                 .filter(|h| !h.removed)
                 .map(|h| {
                     let (health, health_reasons) = plugin_health(self.health_of(h, false));
-                    let (mem, cpus) = self.used_memory_mib(&h.id, None);
+                    let (mem, cpus) = used_on(&vms, &h.id, None);
                     let cap = self.vm_memory_capacity(h);
                     let (storage_cap, storage_free) = if h.id == self.host.id {
                         (local_cap, local_free)
@@ -245,4 +240,13 @@ pub(crate) fn vm_info(v: &VmRecord) -> VmInfo {
         },
         constraints: PlacementConstraints::default(),
     }
+}
+
+/// The memory (MiB) and vCPUs that the VMs `vms` (but `except`) use or
+/// reserve on `host`: those active there, and the passive reservations.
+pub(crate) fn used_on(vms: &[VmRecord], host: &str, except: Option<&str>) -> (u64, u32) {
+    vms.iter()
+        .filter(|v| v.is_active() && Some(v.id.as_str()) != except)
+        .filter(|v| v.host.as_deref() == Some(host) || v.reserves_on(host))
+        .fold((0, 0), |(m, c), v| (m + v.memory_mib, c + v.vcpus))
 }

@@ -3,7 +3,7 @@
 //! to the caller in the peer protocol (tagged, so a field renamed on one
 //! side fails to decode instead of reading as empty), [`crate::Core`]
 //! returns it, and the server turns it into the JSON body it sends
-//! ([`Answer::to_json`]), in that one place.
+//! ([`Answer::to_json_bytes`]), in that one place.
 
 use super::*;
 use serde::{Deserialize, Serialize};
@@ -64,31 +64,45 @@ impl Answer {
     /// The JSON body the API sends: the view itself (`null` for
     /// [`Answer::Empty`]), without the tag the peer protocol carries.
     pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        use serde_json::to_value as j;
-        match self {
-            Answer::Empty => Ok(serde_json::Value::Null),
-            Answer::Host(v) => j(v),
-            Answer::Hosts(v) => j(v),
-            Answer::Vm(v) => j(v),
-            Answer::Vms(v) => j(v),
-            Answer::Pool(v) => j(v),
-            Answer::Pools(v) => j(v),
-            Answer::Volume(v) => j(v),
-            Answer::Volumes(v) => j(v),
-            Answer::Snapshot(v) => j(v),
-            Answer::Snapshots(v) => j(v),
-            Answer::Image(v) => j(v),
-            Answer::Images(v) => j(v),
-            Answer::Vswitch(v) => j(v),
-            Answer::Vswitches(v) => j(v),
-            Answer::Job(v) => j(v),
-            Answer::Jobs(v) => j(v),
-            Answer::Plugin(v) => j(v),
-            Answer::Plugins(v) => j(v),
-            Answer::PluginReset(v) => j(v),
-            Answer::Events(v) => j(v),
-            Answer::Cluster(v) => j(v),
-            Answer::JoinToken(v) => j(v),
+        serde_json::to_value(ApiBody(self))
+    }
+
+    /// [`Answer::to_json`] as the bytes of the body, written straight from
+    /// the view (no [`serde_json::Value`] in between).
+    pub fn to_json_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&ApiBody(self))
+    }
+}
+
+/// An [`Answer`] serialized as the API sends it: the view alone.
+struct ApiBody<'a>(&'a Answer);
+
+impl Serialize for ApiBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Answer::Empty => s.serialize_unit(),
+            Answer::Host(v) => v.serialize(s),
+            Answer::Hosts(v) => v.serialize(s),
+            Answer::Vm(v) => v.serialize(s),
+            Answer::Vms(v) => v.serialize(s),
+            Answer::Pool(v) => v.serialize(s),
+            Answer::Pools(v) => v.serialize(s),
+            Answer::Volume(v) => v.serialize(s),
+            Answer::Volumes(v) => v.serialize(s),
+            Answer::Snapshot(v) => v.serialize(s),
+            Answer::Snapshots(v) => v.serialize(s),
+            Answer::Image(v) => v.serialize(s),
+            Answer::Images(v) => v.serialize(s),
+            Answer::Vswitch(v) => v.serialize(s),
+            Answer::Vswitches(v) => v.serialize(s),
+            Answer::Job(v) => v.serialize(s),
+            Answer::Jobs(v) => v.serialize(s),
+            Answer::Plugin(v) => v.serialize(s),
+            Answer::Plugins(v) => v.serialize(s),
+            Answer::PluginReset(v) => v.serialize(s),
+            Answer::Events(v) => v.serialize(s),
+            Answer::Cluster(v) => v.serialize(s),
+            Answer::JoinToken(v) => v.serialize(s),
         }
     }
 }

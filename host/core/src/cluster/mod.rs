@@ -225,10 +225,14 @@ impl Inner {
 
     /// A host as the API shows it.
     pub(crate) fn host_view(&self, h: &HostRecord) -> HostView {
-        let (used, _) = self.used_memory_mib(&h.id, None);
-        let vms = self
-            .db
-            .list::<VmRecord>(kind::VM)
+        self.host_view_among(h, &self.db.list_shared::<VmRecord>(kind::VM))
+    }
+
+    /// [`Self::host_view`] with the VM records read already (one read of
+    /// them for a whole list of hosts).
+    fn host_view_among(&self, h: &HostRecord, all_vms: &[VmRecord]) -> HostView {
+        let (used, _) = crate::placement::used_on(all_vms, &h.id, None);
+        let vms = all_vms
             .iter()
             .filter(|v| v.host.as_deref() == Some(h.id.as_str()))
             .count();
@@ -362,11 +366,12 @@ impl Inner {
 
     /// The members, without the hosts removed from the cluster.
     pub(crate) fn list_hosts(&self) -> Vec<HostView> {
+        let vms = self.db.list_shared::<VmRecord>(kind::VM);
         self.db
             .list::<HostRecord>(kind::HOST)
             .iter()
             .filter(|h| !h.removed)
-            .map(|h| self.host_view(h))
+            .map(|h| self.host_view_among(h, &vms))
             .collect()
     }
 

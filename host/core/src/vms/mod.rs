@@ -46,9 +46,10 @@ impl Inner {
     }
 
     pub(crate) fn list_vms(&self) -> Vec<VmView> {
-        let mut vms: Vec<VmRecord> = self.db.list(kind::VM);
+        let all = self.db.list_shared::<VmRecord>(kind::VM);
+        let mut vms: Vec<&VmRecord> = all.iter().collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
-        vms.iter().map(|v| self.vm_view(v)).collect()
+        vms.into_iter().map(|v| self.vm_view(v)).collect()
     }
 
     pub(crate) fn pool(&self, name: &str, field: &str) -> Result<Pool, CoreError> {

@@ -69,7 +69,8 @@ pub enum PluginCommand {
         #[arg(long)]
         world: Option<World>,
         /// Output package path (default: <component stem>.nvplugin beside it).
-        #[arg(long, short)]
+        /// Long form only: `-o` is the global --output.
+        #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Check a package's signature against trusted keys.

@@ -2,52 +2,20 @@
 //! server certificate trusted from a CA file or pinned by its SHA-256
 //! fingerprint (never unverified), and the admin token as a bearer token.
 
-use clap::Args;
-use nasvisor_api_types::ErrorView;
+use super::target::Target;
+use crate::config::{ConfigError, Token};
+use nasvisor_api_types::{fingerprint, ErrorView};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default endpoint of nasvisord.
-pub const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:8443";
-/// Default data directory of nasvisord (its certificate is `tls/cert.pem` in it).
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/nasvisor";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How to reach and authenticate to nasvisord (global options).
-#[derive(Debug, Clone, Args)]
-pub struct ApiOpts {
-    /// nasvisord's admin endpoint.
-    #[arg(long, global = true, env = "NASVISOR_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    pub endpoint: String,
-    /// The admin token (printed by nasvisord on its first start).
-    #[arg(long, global = true, env = "NASVISOR_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// A file holding the admin token.
-    #[arg(long, global = true, env = "NASVISOR_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// A PEM certificate (CA or the server's own) to trust.
-    #[arg(long, global = true, env = "NASVISOR_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// Pin the server certificate by its SHA-256 fingerprint (hex, colons optional,
-    /// as nasvisord prints it).
-    #[arg(long, global = true, env = "NASVISOR_FINGERPRINT")]
-    pub fingerprint: Option<String>,
-    /// nasvisord's data directory; its tls/cert.pem is trusted when neither
-    /// --ca-cert nor --fingerprint is given.
-    #[arg(long, global = true, env = "NASVISOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// Print the API's answers as JSON (its typed views) instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
 
 /// A failed command: what the user sees on stderr, after `error: `.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +43,12 @@ impl CliError {
     }
 }
 
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Other(e.to_string())
+    }
+}
+
 /// `field: reason (HTTP status)`; without the status when checked locally,
 /// without the field when the error is not about one.
 fn api_text(status: u16, field: Option<&str>, reason: &str) -> String {
@@ -96,7 +70,7 @@ pub type CliResult<T> = Result<T, CliError>;
 pub struct Client {
     agent: ureq::Agent,
     endpoint: String,
-    token: String,
+    token: Token,
 }
 
 impl std::fmt::Debug for Client {
@@ -107,53 +81,34 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Normalizes a SHA-256 fingerprint (`AA:BB:..`, `aabb..`) to lower-case hex.
-pub fn normalize_fingerprint(fp: &str) -> CliResult<String> {
-    let hex: String = fp
-        .trim()
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CliError::msg(format!(
-            "--fingerprint: {fp:?} is not a SHA-256 fingerprint: give 64 hex digits, \
-             colons optional (as nasvisord prints it: AA:BB:...)"
-        )));
-    }
-    Ok(hex)
+/// How the server's certificate is trusted: never not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Exactly the certificate with this SHA-256 fingerprint (`AA:BB:...`).
+    Pin(String),
+    /// The PEM certificates (CAs or the server's own) of a file; `what`
+    /// says where it was given, for errors (`--ca-cert`, `remote nas1`).
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Where it was given.
+        what: String,
+    },
 }
-
-/// The fingerprint of a DER certificate in nasvisord's format (`AA:BB:...`).
-pub use nasvisor_api_types::fingerprint;
 
 /// Accepts exactly the server certificate with the pinned fingerprint (the
 /// shared verifier still checks the handshake signatures against it).
 fn pinned_cert(pin: String) -> impl nasvisor_tls::ServerCheck {
     move |p: &nasvisor_tls::Presented<'_>| {
-        let got = hex_lower(&Sha256::digest(p.end_entity.as_ref()));
+        let got = fingerprint(p.end_entity.as_ref());
         if got == pin {
             Ok(())
         } else {
             Err(rustls::Error::General(format!(
-                "server certificate fingerprint {} does not match the pinned {}",
-                fingerprint(p.end_entity.as_ref()),
-                colon_upper(&pin)
+                "server certificate fingerprint {got} does not match the pinned {pin}"
             )))
         }
     }
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn colon_upper(hex: &str) -> String {
-    hex.as_bytes()
-        .chunks(2)
-        .map(|c| String::from_utf8_lossy(c).to_ascii_uppercase())
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn roots_from(path: &Path, what: &str) -> CliResult<rustls::RootCertStore> {
@@ -183,66 +138,65 @@ fn roots_from(path: &Path, what: &str) -> CliResult<rustls::RootCertStore> {
     Ok(roots)
 }
 
-fn tls_config(opts: &ApiOpts) -> CliResult<rustls::ClientConfig> {
-    let tls_setup = |e: rustls::Error| CliError::msg(format!("TLS setup: {e}"));
-    if opts.ca_cert.is_some() && opts.fingerprint.is_some() {
-        return Err(CliError::msg(
-            "give either --ca-cert or --fingerprint, not both",
-        ));
-    }
-    if let Some(fp) = &opts.fingerprint {
-        let pin = normalize_fingerprint(fp)?;
-        return Ok(
-            nasvisor_tls::client_builder_checked("pinned fingerprint", pinned_cert(pin))
-                .map_err(tls_setup)?
-                .with_no_client_auth(),
-        );
-    }
-    let roots = match &opts.ca_cert {
-        Some(ca) => roots_from(ca, "--ca-cert")?,
-        None => {
-            let default = opts.data_dir.join("tls/cert.pem");
-            if !default.is_file() {
-                return Err(CliError::msg(format!(
-                    "cannot verify {}: no --ca-cert or --fingerprint given and {} does not exist \
-                     (give the server certificate with --ca-cert / NASVISOR_CA_CERT, or pin the \
-                     fingerprint nasvisord prints at start with --fingerprint / NASVISOR_FINGERPRINT)",
-                    opts.endpoint,
-                    default.display()
-                )));
-            }
-            roots_from(&default, "server certificate")?
-        }
-    };
-    Ok(nasvisor_tls::client_config_builder()
-        .map_err(tls_setup)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+/// Checks that `path` holds a usable PEM certificate (for a remote's CA
+/// file, before it is stored).
+pub fn check_ca_file(path: &Path, what: &str) -> CliResult<()> {
+    roots_from(path, what).map(drop)
 }
 
-fn read_token(opts: &ApiOpts) -> CliResult<String> {
-    let token = match (&opts.token, &opts.token_file) {
-        (Some(t), _) => t.trim().to_string(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| CliError::msg(format!("--token-file {}: {e}", f.display())))?
-            .trim()
-            .to_string(),
-        (None, None) => {
-            return Err(CliError::msg(
-                "no admin token: give --token or --token-file, or set NASVISOR_TOKEN or \
-                 NASVISOR_TOKEN_FILE (nasvisord prints the token once, on its first start)",
-            ))
+fn tls_setup(e: rustls::Error) -> CliError {
+    CliError::msg(format!("TLS setup: {e}"))
+}
+
+fn tls_config(trust: &ServerTrust) -> CliResult<rustls::ClientConfig> {
+    Ok(match trust {
+        ServerTrust::Pin(pin) => {
+            nasvisor_tls::client_builder_checked("pinned fingerprint", pinned_cert(pin.clone()))
+                .map_err(tls_setup)?
+                .with_no_client_auth()
         }
+        ServerTrust::CaFile { path, what } => nasvisor_tls::client_config_builder()
+            .map_err(tls_setup)?
+            .with_root_certificates(roots_from(path, what)?)
+            .with_no_client_auth(),
+    })
+}
+
+fn agent(tls: rustls::ClientConfig) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .tls_config(Arc::new(tls))
+        .timeout_connect(CONNECT_TIMEOUT)
+        .user_agent(concat!("nasvisor-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The SHA-256 fingerprint (`AA:BB:...`) of the certificate `endpoint`
+/// presents, for the user to compare with the one nasvisord printed. The
+/// handshake is ended as soon as the certificate is seen: nothing is sent.
+pub fn server_fingerprint(endpoint: &str) -> CliResult<String> {
+    let seen = Arc::new(std::sync::Mutex::new(None::<String>));
+    let record = seen.clone();
+    let check = move |p: &nasvisor_tls::Presented<'_>| {
+        if let Ok(mut s) = record.lock() {
+            *s = Some(fingerprint(p.end_entity.as_ref()));
+        }
+        Err(rustls::Error::General("certificate not trusted yet".into()))
     };
-    if token.is_empty() {
-        return Err(CliError::msg("the admin token is empty"));
+    let tls = nasvisor_tls::client_builder_checked("certificate fetch", check)
+        .map_err(tls_setup)?
+        .with_no_client_auth();
+    let endpoint = endpoint.trim_end_matches('/');
+    let r = agent(tls)
+        .get(&format!("{endpoint}/api/v1/host"))
+        .timeout(REQUEST_TIMEOUT)
+        .call();
+    if let Some(fp) = seen.lock().ok().and_then(|s| s.clone()) {
+        return Ok(fp);
     }
-    if token.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(CliError::msg(
-            "the admin token contains spaces or control characters",
-        ));
-    }
-    Ok(token)
+    Err(match r {
+        Err(ureq::Error::Transport(t)) => transport_error(endpoint, &t),
+        _ => CliError::msg(format!("{endpoint} presented no certificate")),
+    })
 }
 
 /// Percent-encodes one path segment or query value.
@@ -270,6 +224,23 @@ pub fn query(pairs: &[(&str, String)]) -> String {
     format!("?{}", q.join("&"))
 }
 
+/// `cannot talk to ENDPOINT: why`, with the causes that add something.
+fn transport_error(endpoint: &str, e: &ureq::Transport) -> CliError {
+    let mut why = e.kind().to_string();
+    if let Some(m) = e.message() {
+        why.push_str(": ");
+        why.push_str(m);
+    }
+    if let Some(src) = std::error::Error::source(e) {
+        let chain = error_chain(src);
+        if !why.contains(&chain) {
+            why.push_str(": ");
+            why.push_str(&chain);
+        }
+    }
+    CliError::msg(format!("cannot talk to {endpoint}: {why}"))
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -285,50 +256,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Client {
-    /// Builds a client from the global options: endpoint, token and trust.
-    /// Fails (before any connection) when the token or the trust is missing.
-    pub fn new(opts: &ApiOpts) -> CliResult<Self> {
-        let endpoint = opts.endpoint.trim_end_matches('/').to_string();
-        let lower = endpoint.to_ascii_lowercase();
-        if !lower.starts_with("https://") {
-            return Err(CliError::msg(format!(
-                "--endpoint {endpoint:?}: must be an https:// URL (nasvisord serves HTTPS only)"
-            )));
-        }
-        let token = read_token(opts)?;
-        let tls = tls_config(opts)?;
-        let agent = ureq::AgentBuilder::new()
-            .tls_config(Arc::new(tls))
-            .timeout_connect(CONNECT_TIMEOUT)
-            .user_agent(concat!("nasvisor-cli/", env!("CARGO_PKG_VERSION")))
-            .build();
+    /// A client of `target`; fails (before any connection) when its trust
+    /// cannot be set up.
+    pub fn new(target: &Target) -> CliResult<Self> {
         Ok(Self {
-            agent,
-            endpoint,
-            token,
+            agent: agent(tls_config(&target.trust)?),
+            endpoint: target.endpoint.clone(),
+            token: target.token.clone(),
         })
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         self.agent
             .request(method, &format!("{}{path}", self.endpoint))
-            .set("Authorization", &format!("Bearer {}", self.token))
-    }
-
-    fn transport_error(&self, e: &ureq::Transport) -> CliError {
-        let mut why = e.kind().to_string();
-        if let Some(m) = e.message() {
-            why.push_str(": ");
-            why.push_str(m);
-        }
-        if let Some(src) = std::error::Error::source(e) {
-            let chain = error_chain(src);
-            if !why.contains(&chain) {
-                why.push_str(": ");
-                why.push_str(&chain);
-            }
-        }
-        CliError::msg(format!("cannot talk to {}: {why}", self.endpoint))
+            .set("Authorization", &format!("Bearer {}", self.token.expose()))
     }
 
     fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> CliResult<ureq::Response> {
@@ -353,7 +294,7 @@ impl Client {
                     },
                 })
             }
-            Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t)),
+            Err(ureq::Error::Transport(t)) => Err(transport_error(&self.endpoint, &t)),
         }
     }
 

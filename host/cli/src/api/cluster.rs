@@ -49,7 +49,7 @@ pub fn run(c: &Client, cmd: ClusterCmd, out: Out) -> CliResult<()> {
                 &JoinTokenCreate { ttl_s: ttl },
             )?;
             out.done(&t, |t| cell(&t.token));
-            if !out.json {
+            if out.doc().is_none() {
                 eprintln!("one-time join token, valid until {}", cell(&t.expires_at));
             }
             return Ok(());

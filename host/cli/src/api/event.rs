@@ -48,17 +48,18 @@ pub fn run(c: &Client, cmd: EventCmd, out: Out) -> CliResult<()> {
         out.list(&first);
         return Ok(());
     }
-    // Following: a header once, then one line (or one JSON object) per event.
+    // Following: a header once, then one line per event (a JSON object on
+    // one line, or a YAML document).
     let mut last = since;
-    let mut header = !out.json;
+    let mut header = true;
     let mut batch = first;
     loop {
         if batch.is_empty() {
             std::thread::sleep(FOLLOW_IDLE);
         } else {
-            if out.json {
+            if let Some(doc) = out.doc() {
                 for e in &batch {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    doc.print_item(e);
                 }
             } else {
                 let t = super::render::table(&batch);

@@ -4,7 +4,7 @@
 
 use super::client::{CliError, CliResult, Client};
 use super::jobs;
-use super::render::{cell, print_json, Out};
+use super::render::{cell, Out};
 use super::vm::vm_path;
 use clap::Args;
 use nasvisor_api_types::{
@@ -91,12 +91,14 @@ pub struct VmCreateArgs {
 }
 
 /// Runs `nasvisor vm create`: creates the VM and, with `--wait`, follows
-/// its install job (with `--json`, one document: the VM once installed).
+/// its install job (with `--output json|yaml`, one document: the VM once
+/// installed).
 pub fn run(c: &Client, args: &VmCreateArgs, out: Out) -> CliResult<()> {
     let body = body(args)?;
     let v: VmView = c.send("POST", "/api/v1/vms", &body)?;
     let job = v.install_job.as_deref();
-    if !(out.json && args.wait && job.is_some()) {
+    let doc = out.doc();
+    if !(doc.is_some() && args.wait && job.is_some()) {
         out.done(&v, |v| {
             format!(
                 "vm {} created (id {}, state {})",
@@ -113,8 +115,8 @@ pub fn run(c: &Client, args: &VmCreateArgs, out: Out) -> CliResult<()> {
         match job {
             Some(j) => {
                 jobs::wait(c, j)?;
-                if out.json {
-                    print_json(&c.get::<VmView>(&vm_path(&v.id))?);
+                if let Some(doc) = doc {
+                    doc.print(&c.get::<VmView>(&vm_path(&v.id))?);
                 } else {
                     println!("install of {} finished", cell(&v.name));
                 }

@@ -3,7 +3,7 @@
 //! `--wait`.
 
 use super::client::{enc, CliError, CliResult, Client};
-use super::render::{cell, print_json, Out, Render};
+use super::render::{cell, Out, Render};
 use super::table;
 use clap::Subcommand;
 use nasvisor_api_types::{JobState, JobView};
@@ -110,16 +110,17 @@ pub fn bar(progress: f64) -> String {
 }
 
 /// Prints the job an operation answered with, and follows it when `follow`
-/// (with `--json`, one document: the job as it ended).
+/// (with `--output json|yaml`, one document: the job as it ended).
 pub fn answer(c: &Client, out: Out, j: &JobView, follow: bool) -> CliResult<()> {
-    if out.json && !follow {
-        print_json(j);
+    let doc = out.doc();
+    if let (Some(doc), false) = (doc, follow) {
+        doc.print(j);
     }
     out.note(|| line(j));
     if follow {
         let end = wait(c, &j.id)?;
-        if out.json {
-            print_json(&end);
+        if let Some(doc) = doc {
+            doc.print(&end);
         }
     } else if !j.state.is_final() {
         out.note(|| format!("follow it with: nasvisor job wait {}", j.id));

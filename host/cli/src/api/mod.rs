@@ -11,9 +11,10 @@
 //!
 //! Request bodies are the `nasvisor-api-types` structs; answers are read
 //! into its views, and printed through [`render`] (tables, `show`, or the
-//! view re-serialized with `--json`). [`client`] is the HTTPS client,
-//! [`console`] the streamed console and image upload, [`table`] the layout
-//! of tables.
+//! view re-serialized with `--output json|yaml`). [`target`] resolves the
+//! connection options and remotes into an endpoint, a trust and a token,
+//! [`client`] is the HTTPS client, [`console`] the streamed console and
+//! image upload, [`table`] the layout of tables.
 
 pub mod client;
 mod cluster;
@@ -25,18 +26,20 @@ mod image;
 mod install;
 mod jobs;
 pub mod plugin;
-mod render;
+pub mod render;
 mod storage;
-mod table;
+pub mod table;
+pub mod target;
 mod vm;
 mod vswitch;
 
 use clap::Subcommand;
-use client::{ApiOpts, CliResult, Client};
+use client::{CliResult, Client};
 use render::Out;
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use std::io::Write;
 use std::process::ExitCode;
+use target::ApiOpts;
 
 /// Commands that talk to nasvisord.
 #[derive(Debug, Subcommand)]
@@ -74,8 +77,8 @@ pub enum ApiCommand {
 }
 
 /// Runs an API command; errors print as `error: ...` and exit with 1.
-pub fn run(cmd: ApiCommand, opts: &ApiOpts) -> ExitCode {
-    with_client(opts, |c, out| match cmd {
+pub fn run(cmd: ApiCommand, opts: &ApiOpts, out: Out) -> ExitCode {
+    with_client(opts, out, |c, out| match cmd {
         ApiCommand::Host(a) => host::run(c, a, out),
         ApiCommand::Vm(v) => vm::run(c, v, out),
         ApiCommand::Pool(p) => storage::run_pool(c, p, out),
@@ -90,11 +93,24 @@ pub fn run(cmd: ApiCommand, opts: &ApiOpts) -> ExitCode {
     })
 }
 
-/// Runs `f` with a client built from `opts`; errors print as `error: ...`
-/// on one line and exit with 1.
-pub fn with_client(opts: &ApiOpts, f: impl FnOnce(&Client, Out) -> CliResult<()>) -> ExitCode {
-    let out = Out { json: opts.json };
-    match Client::new(opts).and_then(|c| f(&c, out)) {
+/// Runs `f` with a client of the target `opts` select; errors print as
+/// `error: ...` on one line and exit with 1.
+pub fn with_client(
+    opts: &ApiOpts,
+    out: Out,
+    f: impl FnOnce(&Client, Out) -> CliResult<()>,
+) -> ExitCode {
+    exit(
+        opts.target()
+            .and_then(|t| Client::new(&t))
+            .and_then(|c| f(&c, out)),
+    )
+}
+
+/// The end of a command: success, or its error printed as `error: ...` on
+/// one line and exit code 1.
+pub fn exit(result: CliResult<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A stdout that cannot be flushed (a closed pipe) has no reader to tell.

@@ -3,7 +3,7 @@
 //! run, replay...) are in `plugin_cmd`.
 
 use super::client::{enc, CliError, CliResult, Client};
-use super::render::{cell, print_json, Out, Render};
+use super::render::{cell, Out, Render};
 use base64::Engine as _;
 use nasvisor_api_types::{
     PluginHostStateView, PluginInstall, PluginResetView, PluginSlotState, PluginView, PluginWorld,
@@ -15,10 +15,9 @@ use std::path::Path;
 /// and host (quarantine is per host).
 pub fn list(c: &Client, out: Out) -> CliResult<()> {
     let plugins: Vec<PluginView> = c.get("/api/v1/plugins")?;
-    if out.json {
-        print_json(&plugins);
-    } else {
-        out.list(&rows(&plugins));
+    match out.doc() {
+        Some(doc) => doc.print(&plugins),
+        None => out.list(&rows(&plugins)),
     }
     Ok(())
 }

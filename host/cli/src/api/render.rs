@@ -1,13 +1,13 @@
 //! The one way answers are printed: every view implements [`Render`] (its
 //! table columns and row, and how it shows alone), and [`Out`] prints a
-//! list, one view or an answer with a line about it, or, with `--json`,
-//! the view re-serialized.
+//! list, one view or an answer with a line about it, or, with `--output
+//! json|yaml` (`--json`), the view re-serialized as a [`Doc`].
 
 use super::table;
 use serde::Serialize;
 use serde_json::Value;
 
-/// How a view prints without `--json`.
+/// How a view prints as a table (`--output table`, the default).
 pub trait Render: Serialize + Sized {
     /// The column headers of a table of these (printed upper-case).
     const COLUMNS: &'static [&'static str];
@@ -47,56 +47,138 @@ fn value_cell(v: &Value) -> String {
     }
 }
 
-/// Prints `v` as pretty JSON; nothing for an answer without content.
-pub fn print_json<T: Serialize + ?Sized>(v: &T) {
-    match serde_json::to_value(v) {
-        Ok(Value::Null) => {}
-        Ok(v) => println!(
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
-        ),
-        Err(e) => eprintln!("warning: the answer cannot be printed as JSON: {e}"),
-    }
+/// How answers are printed (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Tables, `label: value` blocks and one-line messages.
+    #[default]
+    Table,
+    /// The API's typed view, as JSON.
+    Json,
+    /// The same view, as YAML.
+    Yaml,
 }
 
-/// Where output goes: tables and lines, or `--json`.
-#[derive(Debug, Clone, Copy)]
-pub struct Out {
-    /// `--json`: print the answers.
+/// The output options (global).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputOpts {
+    /// How to print answers: tables, or the API's typed view as JSON or
+    /// YAML.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        env = "NASVISOR_OUTPUT",
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    pub output: Format,
+    /// The same as --output json (kept for scripts).
+    #[arg(long, global = true, hide = true)]
     pub json: bool,
 }
 
+impl OutputOpts {
+    /// Where answers go; `--json` wins over `--output`.
+    pub fn out(self) -> Out {
+        Out {
+            format: if self.json { Format::Json } else { self.output },
+        }
+    }
+}
+
+/// A structured format: an answer printed as a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doc {
+    /// Pretty JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+impl Doc {
+    /// `v` as a document of this format, ending with a newline; `None` for
+    /// an answer without content (JSON `null`). Both formats write the same
+    /// value: the view serialized once.
+    pub fn text<T: Serialize + ?Sized>(self, v: &T) -> Result<Option<String>, String> {
+        let value = serde_json::to_value(v).map_err(|e| e.to_string())?;
+        if value.is_null() {
+            return Ok(None);
+        }
+        let text = match self {
+            Doc::Json => serde_json::to_string_pretty(&value).map_err(|e| e.to_string())? + "\n",
+            Doc::Yaml => yaml_serde::to_string(&value).map_err(|e| e.to_string())?,
+        };
+        Ok(Some(text))
+    }
+
+    /// Prints `v` as a document; nothing for an answer without content.
+    pub fn print<T: Serialize + ?Sized>(self, v: &T) {
+        match self.text(v) {
+            Ok(Some(t)) => print!("{t}"),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: the answer cannot be printed as {self:?}: {e}"),
+        }
+    }
+
+    /// One item of a stream (`event list --follow`): a JSON object on one
+    /// line, or a YAML document after `---`.
+    pub fn print_item<T: Serialize + ?Sized>(self, v: &T) {
+        match self {
+            Doc::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+            Doc::Yaml => {
+                if let Ok(Some(t)) = self.text(v) {
+                    print!("---\n{t}");
+                }
+            }
+        }
+    }
+}
+
+/// Where output goes: tables and lines, or documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Out {
+    /// `--output`.
+    pub format: Format,
+}
+
 impl Out {
-    /// A list: a table, or the JSON array.
+    /// The document format, unless tables are asked for.
+    pub fn doc(self) -> Option<Doc> {
+        match self.format {
+            Format::Table => None,
+            Format::Json => Some(Doc::Json),
+            Format::Yaml => Some(Doc::Yaml),
+        }
+    }
+
+    /// A list: a table, or the document of the array.
     pub fn list<T: Render>(self, items: &[T]) {
-        if self.json {
-            print_json(items);
-        } else {
-            print!("{}", table(items));
+        match self.doc() {
+            Some(d) => d.print(items),
+            None => print!("{}", table(items)),
         }
     }
 
-    /// One view: its `show` text, or its JSON.
+    /// One view: its `show` text, or its document.
     pub fn show<T: Render>(self, item: &T) {
-        if self.json {
-            print_json(item);
-        } else {
-            print!("{}", item.show());
+        match self.doc() {
+            Some(d) => d.print(item),
+            None => print!("{}", item.show()),
         }
     }
 
-    /// The answer of an operation: its JSON, or a line about it.
+    /// The answer of an operation: its document, or a line about it.
     pub fn done<T: Serialize>(self, answer: &T, line: impl FnOnce(&T) -> String) {
-        if self.json {
-            print_json(answer);
-        } else {
-            println!("{}", line(answer));
+        match self.doc() {
+            Some(d) => d.print(answer),
+            None => println!("{}", line(answer)),
         }
     }
 
-    /// A line printed only without `--json`.
+    /// A line printed only with tables.
     pub fn note(self, line: impl FnOnce() -> String) {
-        if !self.json {
+        if self.doc().is_none() {
             println!("{}", line());
         }
     }

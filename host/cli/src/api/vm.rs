@@ -4,7 +4,7 @@
 use super::client::{enc, query, CliError, CliResult, Client};
 use super::install::{self, VmCreateArgs};
 use super::jobs;
-use super::render::{cell, print_json, Out, Render};
+use super::render::{cell, Out, Render};
 use super::table::{self, mib};
 use clap::{ArgAction, Subcommand};
 use nasvisor_api_types::{
@@ -107,7 +107,8 @@ pub enum VmCmd {
         /// the move aims at 25 ms and widens only if memory does not converge).
         #[arg(long)]
         max_downtime_ms: Option<u32>,
-        /// Follow the job until it ends; with --json, print the VM then.
+        /// Follow the job until it ends; with --output json|yaml, print the
+        /// VM then.
         #[arg(long)]
         wait: bool,
     },
@@ -249,10 +250,10 @@ pub fn run(c: &Client, cmd: VmCmd, out: Out) -> CliResult<()> {
                 max_downtime_ms,
             };
             let j: JobView = c.send("POST", &format!("{}/migrate", vm_path(&vm)), &body)?;
-            if out.json && wait {
+            if let (Some(doc), true) = (out.doc(), wait) {
                 // One document: the VM once moved.
                 jobs::wait(c, &j.id)?;
-                print_json(&c.get::<VmView>(&vm_path(&vm))?);
+                doc.print(&c.get::<VmView>(&vm_path(&vm))?);
             } else {
                 jobs::answer(c, out, &j, wait)?;
             }

@@ -573,14 +573,14 @@ mod tests {
                     .map(|(_, v)| OsString::from(v))
             }
         };
-        let all = [
+        static ALL: [(&str, &str); 3] = [
             (CONFIG_ENV, "/x/c.toml"),
             ("XDG_CONFIG_HOME", "/xdg"),
             ("HOME", "/home/u"),
         ];
-        assert_eq!(path_from(env(&all)).unwrap(), Path::new("/x/c.toml"));
+        assert_eq!(path_from(env(&ALL)).unwrap(), Path::new("/x/c.toml"));
         assert_eq!(
-            path_from(env(&all[1..])).unwrap(),
+            path_from(env(&ALL[1..])).unwrap(),
             Path::new("/xdg/nasvisor/config.toml")
         );
         assert_eq!(

@@ -110,3 +110,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_definitions_agree() {
+        // Names, short options (`-o` is --output everywhere) and globals
+        // that clash would panic at parse time in a debug build.
+        Cli::command().debug_assert();
+    }
+}

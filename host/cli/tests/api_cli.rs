@@ -463,7 +463,13 @@ impl Harness {
         self.dir.path().join("tls/cert.pem")
     }
 
-    /// `nasvisor` with a clean environment and no options.
+    /// The CLI's config file of this test (absent until a remote is added).
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("cli/config.toml")
+    }
+
+    /// `nasvisor` with a clean environment, no options, and its config
+    /// file at [`Harness::config`] (never the user's).
     fn bare(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_nasvisor"));
         for v in [
@@ -474,25 +480,27 @@ impl Harness {
             "NASVISOR_FINGERPRINT",
             "NASVISOR_DATA_DIR",
             "NASVISOR_LOG",
+            "NASVISOR_REMOTE",
+            "NASVISOR_OUTPUT",
+            "XDG_CONFIG_HOME",
         ] {
             c.env_remove(v);
         }
+        c.env("NASVISOR_CONFIG", self.config());
         c.stdin(Stdio::null());
         c
     }
 
-    /// `nasvisor` set up to reach the test server (endpoint, token, and the
-    /// certificate found through --data-dir, the default trust).
+    /// `nasvisor` set up to reach the test server (endpoint, token in
+    /// NASVISOR_TOKEN, and the certificate found through --data-dir, the
+    /// default trust).
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.bare();
-        c.args([
-            "--endpoint",
-            &self.endpoint(),
-            &format!("--token={}", self.token),
-        ])
-        .arg("--data-dir")
-        .arg(self.dir.path())
-        .args(args);
+        c.env("NASVISOR_TOKEN", &self.token)
+            .args(["--endpoint", &self.endpoint()])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args);
         c
     }
 
@@ -1488,16 +1496,11 @@ fn fingerprint_pinning() {
     let empty = tempfile::tempdir().unwrap();
     let with = |fp: &str| {
         let mut c = h.bare();
-        c.args([
-            "--endpoint",
-            &h.endpoint(),
-            &format!("--token={}", h.token),
-            "--fingerprint",
-            fp,
-        ])
-        .arg("--data-dir")
-        .arg(empty.path())
-        .arg("host");
+        c.env("NASVISOR_TOKEN", &h.token)
+            .args(["--endpoint", &h.endpoint(), "--fingerprint", fp])
+            .arg("--data-dir")
+            .arg(empty.path())
+            .arg("host");
         c.output().unwrap()
     };
     // As nasvisord prints it, and as plain lower-case hex.
@@ -1554,7 +1557,8 @@ fn ca_file_trust_and_missing_trust() {
     let h = Harness::start();
     let empty = tempfile::tempdir().unwrap();
     let base = |c: &mut Command| {
-        c.args(["--endpoint", &h.endpoint(), &format!("--token={}", h.token)])
+        c.env("NASVISOR_TOKEN", &h.token)
+            .args(["--endpoint", &h.endpoint()])
             .arg("--data-dir")
             .arg(empty.path());
     };
@@ -1609,12 +1613,8 @@ fn ca_file_trust_and_missing_trust() {
     // Plain HTTP is refused.
     let mut c = h.bare();
     let out = c
-        .args([
-            "--endpoint",
-            &format!("http://{}", h.addr),
-            &format!("--token={}", h.token),
-            "host",
-        ])
+        .env("NASVISOR_TOKEN", &h.token)
+        .args(["--endpoint", &format!("http://{}", h.addr), "host"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -1641,6 +1641,8 @@ fn token_missing_wrong_or_from_a_file() {
         "{e}"
     );
 
+    // --token still works for old scripts, with a warning: it shows the
+    // token to every user of the host (ps).
     let mut c = h.bare();
     let out = c
         .args(["--endpoint", &h.endpoint(), "--token", "wrong"])
@@ -1650,6 +1652,39 @@ fn token_missing_wrong_or_from_a_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: --token exposes the token in the process list; use a remote, \
+         --token-file or NASVISOR_TOKEN\n\
+         error: authorization: invalid admin token (HTTP 401)\n"
+    );
+    let mut c = h.bare();
+    let out = c
+        .args(["--endpoint", &h.endpoint(), &format!("--token={}", h.token)])
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("warning: --token exposes"));
+    // Not in the help: nobody should learn to use it.
+    let help = h.bare().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        !help.contains("--token ") && help.contains("--token-file"),
+        "{help}"
+    );
+    // The same wrong token from the environment: no warning.
+    let out = h
+        .bare()
+        .env("NASVISOR_TOKEN", "wrong")
+        .args(["--endpoint", &h.endpoint()])
+        .arg("--data-dir")
+        .arg(h.dir.path())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "error: authorization: invalid admin token (HTTP 401)\n"
@@ -1672,7 +1707,8 @@ fn token_missing_wrong_or_from_a_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(h.core.take(), vec![Action::ListVms]);
+    // The --token run and the --token-file run.
+    assert_eq!(h.core.take(), vec![Action::ListVms, Action::ListVms]);
 }
 
 #[test]
@@ -1848,7 +1884,8 @@ fn image_upload_streams_the_file() {
     // A wrong token is found before the file is sent.
     let out = h
         .bare()
-        .args(["--endpoint", &h.endpoint(), "--token=wrong"])
+        .env("NASVISOR_TOKEN", "wrong")
+        .args(["--endpoint", &h.endpoint()])
         .arg("--data-dir")
         .arg(h.dir.path())
         .args(["image", "add", "up3", "--upload", path.to_str().unwrap()])
@@ -2007,4 +2044,380 @@ fn event_follow_polls_for_new_events() {
         }
     );
     assert!(calls.len() >= 3, "{calls:?}");
+}
+
+#[test]
+fn yaml_and_json_output_are_the_typed_view() {
+    let h = Harness::start();
+    // YAML parses back into the same views as JSON, field for field.
+    let yaml = h.ok(&["-o", "yaml", "vm", "list"]);
+    let vms: Vec<VmView> = yaml_serde::from_str(&yaml).unwrap();
+    assert_eq!(vms, vec![vm("vm1"), vm("web-server-2")]);
+    let json = h.ok(&["--output", "json", "vm", "list"]);
+    assert_eq!(
+        yaml_serde::from_str::<Value>(&yaml).unwrap(),
+        serde_json::from_str::<Value>(&json).unwrap()
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap(),
+        json!([vm("vm1"), vm("web-server-2")])
+    );
+    // One view, and an operation's answer, after the command too.
+    let out = h.ok(&["host", "-o", "yaml"]);
+    assert_eq!(yaml_serde::from_str::<HostView>(&out).unwrap(), host());
+    let out = h.ok(&["vm", "start", "vm1", "-o", "yaml"]);
+    let v: VmView = yaml_serde::from_str(&out).unwrap();
+    assert_eq!(v.state, VmState::Running);
+    // From the environment; --json (the old flag) still means JSON.
+    let out = h
+        .cmd(&["host"])
+        .env("NASVISOR_OUTPUT", "yaml")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("accel: tcg\n"), "{text}");
+    let out = h
+        .cmd(&["--json", "host"])
+        .env("NASVISOR_OUTPUT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!(host())
+    );
+    // A table stays the default, and an answer without content prints
+    // nothing as a document.
+    assert!(h.ok(&["-o", "table", "vm", "list"]).starts_with("ID  "));
+    assert_eq!(h.ok(&["-o", "yaml", "pool", "delete", "p9"]), "");
+    // An unknown format is refused by name, before any request.
+    h.core.take();
+    let out = h.run(&["-o", "xml", "vm", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("'xml'") && e.contains("table, json, yaml"),
+        "{e}"
+    );
+    assert!(h.core.take().is_empty());
+}
+
+#[test]
+fn event_follow_in_yaml_prints_one_document_per_event() {
+    let h = Harness::start();
+    let mut child = h
+        .cmd(&["event", "list", "--follow", "--since", "1", "-o", "yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<EventView> = yaml_serde::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    assert_eq!(events, vec![event(2), event(3)], "{text}");
+}
+
+/// `nasvisor remote add NAME ENDPOINT ARGS...` with `stdin` as its input.
+fn remote_add(h: &Harness, name: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = h
+        .bare()
+        .args(["remote", "add", name, &h.endpoint()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    wait_with_timeout(child, Duration::from_secs(30))
+}
+
+/// `nasvisor` with no connection option: only the config file says where.
+fn plain(h: &Harness, args: &[&str]) -> Output {
+    let empty = h.dir.path().join("no-data-dir");
+    h.bare()
+        .arg("--data-dir")
+        .arg(empty)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn remotes_add_list_switch_and_remove() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start();
+    // Not on a terminal and no pin given: the fingerprint is shown and the
+    // remote is not added without --accept-certificate.
+    let out = remote_add(&h, "nas1", &[], &h.token);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("--fingerprint {}", h.fingerprint)),
+        "{e}"
+    );
+    assert!(e.contains("--accept-certificate"), "{e}");
+    assert!(!h.config().exists());
+    // Accepted: the server's own fingerprint is pinned, the token read
+    // from stdin.
+    let out = remote_add(
+        &h,
+        "nas1",
+        &["--accept-certificate"],
+        &format!("{}\n", h.token),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&h.fingerprint), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("remote nas1 ("),
+        "{}",
+        stdout(&out)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.config()), 0o600);
+    assert_eq!(mode(h.config().parent().unwrap()), 0o700);
+    // A second one, pinned by --fingerprint and with --token-file: no
+    // connection needed.
+    let tok = write(h.dir.path(), "tok", &format!("{}\n", h.token));
+    let out = remote_add(
+        &h,
+        "nas2",
+        &[
+            "--fingerprint",
+            &h.fingerprint,
+            "--token-file",
+            tok.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A name is used once.
+    let out = remote_add(&h, "nas2", &["--fingerprint", &h.fingerprint], &h.token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a remote named \"nas2\" exists"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Added is not default: without a default the built-in defaults apply.
+    let out = plain(&h, &["vm", "list"]);
+    assert!(
+        stderr(&out).starts_with("error: no admin token"),
+        "{}",
+        stderr(&out)
+    );
+    // Named, a remote is used.
+    let out = plain(&h, &["--remote", "nas1", "vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = plain(&h, &["vm", "list", "--remote", "nas2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let list = plain(&h, &["remote", "list"]);
+    let text = stdout(&list);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("NAME  ENDPOINT"), "{text}");
+    assert!(
+        lines[1].starts_with("nas1  ") && lines[1].ends_with("no"),
+        "{text}"
+    );
+    let out = plain(&h, &["remote", "switch", "nas2"]);
+    assert_eq!(
+        stdout(&out),
+        format!("default remote: nas2 ({})\n", h.endpoint())
+    );
+    // Now plain commands go to the default remote.
+    let out = plain(&h, &["vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = plain(&h, &["-o", "json", "remote", "list"]);
+    let views: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pin = Value::String(h.fingerprint.clone());
+    assert_eq!(
+        views,
+        json!([
+            {"name": "nas1", "endpoint": h.endpoint(), "fingerprint": pin, "ca_cert": null, "default": false},
+            {"name": "nas2", "endpoint": h.endpoint(), "fingerprint": pin, "ca_cert": null, "default": true},
+        ])
+    );
+    let out = plain(&h, &["remote", "show", "nas2"]);
+    assert!(
+        stdout(&out).contains(&format!("fingerprint:  {}", h.fingerprint)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("token:        stored (not shown)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Removing the default leaves none.
+    let out = plain(&h, &["remote", "remove", "nas2"]);
+    assert!(
+        stdout(&out).contains("it was the default"),
+        "{}",
+        stdout(&out)
+    );
+    let out = plain(&h, &["-o", "yaml", "remote", "list"]);
+    let left: Vec<Value> = yaml_serde::from_slice(&out.stdout).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["name"], "nas1");
+    assert_eq!(left[0]["default"], false);
+    let out = plain(&h, &["remote", "remove", "nas9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "no remote named \"nas9\" in {}",
+            h.config().display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(mode(&h.config()), 0o600);
+}
+
+#[test]
+fn remotes_never_print_their_token() {
+    let h = Harness::start();
+    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    plain(&h, &["remote", "switch", "nas1"]);
+    assert!(std::fs::read_to_string(h.config())
+        .unwrap()
+        .contains(&h.token));
+    let mut printed = vec![out];
+    for format in ["table", "json", "yaml"] {
+        printed.push(plain(&h, &["-o", format, "remote", "list"]));
+        printed.push(plain(&h, &["-o", format, "remote", "show", "nas1"]));
+    }
+    // Nor do errors that use it, or the debug log of a request.
+    printed.push(plain(&h, &["--fingerprint", &"0".repeat(64), "vm", "list"]));
+    printed.push(plain(&h, &["--log", "trace", "vm", "show", "missing"]));
+    printed.push(plain(&h, &["--remote", "nas2", "vm", "list"]));
+    for out in &printed {
+        assert!(!out.stdout.is_empty() || !out.stderr.is_empty());
+        let all = format!("{}{}", stdout(out), stderr(out));
+        assert!(!all.contains(&h.token), "the token was printed: {all}");
+    }
+}
+
+#[test]
+fn options_and_variables_beat_the_remote() {
+    let h = Harness::start();
+    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    plain(&h, &["remote", "switch", "nas1"]);
+    assert!(plain(&h, &["host"]).status.success());
+    h.core.take();
+    // The pin, the token and the token file given beat the remote's.
+    let out = plain(&h, &["--fingerprint", &"0".repeat(64), "host"]);
+    assert!(
+        stderr(&out).contains("does not match the pinned 00:00"),
+        "{}",
+        stderr(&out)
+    );
+    let wrong = write(h.dir.path(), "wrong", "wrong\n");
+    let out = plain(&h, &["--token-file", wrong.to_str().unwrap(), "host"]);
+    assert_eq!(
+        stderr(&out),
+        "error: authorization: invalid admin token (HTTP 401)\n"
+    );
+    let out = h
+        .bare()
+        .env("NASVISOR_TOKEN", "wrong")
+        .arg("host")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out),
+        "error: authorization: invalid admin token (HTTP 401)\n"
+    );
+    // So does --ca-cert: the server's certificate file is trusted as given.
+    let out = plain(&h, &["--ca-cert", h.cert().to_str().unwrap(), "host"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // --endpoint beats the remote named by --remote: the same server by
+    // another name, with the remote's pin and token.
+    let other_name = format!("https://localhost:{}", h.addr.port());
+    let out = plain(&h, &["--remote", "nas1", "--endpoint", &other_name, "host"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // But the default remote's token never goes to an endpoint given
+    // without naming the remote: here none is sent at all.
+    let out = plain(&h, &["--endpoint", &other_name, "host"]);
+    assert!(
+        stderr(&out).starts_with("error: no admin token"),
+        "{}",
+        stderr(&out)
+    );
+    // The default remote applies when --endpoint is its own.
+    let out = plain(&h, &["--endpoint", &format!("{}/", h.endpoint()), "host"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // NASVISOR_REMOTE names one too, and an unknown name is an error.
+    let out = h
+        .bare()
+        .env("NASVISOR_REMOTE", "nas7")
+        .arg("host")
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: no remote named \"nas7\" in {} (see `nasvisor remote list`)\n",
+            h.config().display()
+        )
+    );
+    assert_eq!(h.core.take().len(), 3);
+}
+
+#[test]
+fn unsafe_or_malformed_config_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start();
+    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = h.config();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    for args in [&["--remote", "nas1", "host"][..], &["remote", "list"]] {
+        let out = plain(&h, args);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: {p}: other users can access this file (mode 0640) and it holds API \
+                 tokens; run `chmod 600 {p}` (and change the tokens if others may have read \
+                 them)\n",
+                p = path.display()
+            )
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("endpoint =", "endpoit =")).unwrap();
+    let out = plain(&h, &["remote", "list"]);
+    let e = stderr(&out);
+    assert!(
+        e.starts_with(&format!(
+            "error: {}: remotes.nas1.endpoit: unknown field `endpoit`",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains(&h.token), "{e}");
+    assert!(h.core.take().is_empty());
 }

@@ -246,19 +246,19 @@ pub fn check_name(name: &str) -> Result<(), ConfigError> {
 }
 
 /// Why `endpoint` is not an admin endpoint, if it is not: an `https://`
-/// URL with a host and nothing after the port but an optional `/`.
+/// URL with a host (a path is kept, for a proxy that serves nasvisord
+/// under one), without user, query or fragment.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let rest = endpoint
         .get(..8)
         .filter(|s| s.eq_ignore_ascii_case("https://"))
         .map(|_| &endpoint[8..])
         .ok_or("must be an https:// URL (nasvisord serves HTTPS only)")?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
+    if rest.split('/').next().unwrap_or_default().is_empty() {
         return Err("has no host".into());
     }
-    if authority.contains(['/', '?', '#', '@']) || authority.contains(char::is_whitespace) {
-        return Err("give the scheme, host and port only (https://host:8443)".into());
+    if rest.contains(['?', '#', '@']) || rest.contains(char::is_whitespace) {
+        return Err("give the scheme, host, port and path only (https://host:8443)".into());
     }
     Ok(())
 }
@@ -727,11 +727,13 @@ mod tests {
         }
         assert!(check_endpoint("https://nas1:8443").is_ok());
         assert!(check_endpoint("HTTPS://nas1:8443/").is_ok());
+        assert!(check_endpoint("https://proxy/nasvisor").is_ok());
         for bad in [
             "http://a",
             "https://",
-            "https://a/api",
+            "https:///a",
             "https://u@a",
+            "https://a?x",
             "nas1:8443",
         ] {
             assert!(check_endpoint(bad).is_err(), "{bad:?}");

@@ -495,8 +495,13 @@ impl Harness {
     /// NASVISOR_TOKEN, and the certificate found through --data-dir, the
     /// default trust).
     fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with_token(&self.token, args)
+    }
+
+    /// [`Harness::cmd`] with another token.
+    fn cmd_with_token(&self, token: &str, args: &[&str]) -> Command {
         let mut c = self.bare();
-        c.env("NASVISOR_TOKEN", &self.token)
+        c.env("NASVISOR_TOKEN", token)
             .args(["--endpoint", &self.endpoint()])
             .arg("--data-dir")
             .arg(self.dir.path())
@@ -1676,15 +1681,7 @@ fn token_missing_wrong_or_from_a_file() {
         "{help}"
     );
     // The same wrong token from the environment: no warning.
-    let out = h
-        .bare()
-        .env("NASVISOR_TOKEN", "wrong")
-        .args(["--endpoint", &h.endpoint()])
-        .arg("--data-dir")
-        .arg(h.dir.path())
-        .args(["vm", "list"])
-        .output()
-        .unwrap();
+    let out = h.cmd_with_token("wrong", &["vm", "list"]).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "error: authorization: invalid admin token (HTTP 401)\n"
@@ -1883,12 +1880,10 @@ fn image_upload_streams_the_file() {
     assert!(!e.contains("HTTP"), "{e}");
     // A wrong token is found before the file is sent.
     let out = h
-        .bare()
-        .env("NASVISOR_TOKEN", "wrong")
-        .args(["--endpoint", &h.endpoint()])
-        .arg("--data-dir")
-        .arg(h.dir.path())
-        .args(["image", "add", "up3", "--upload", path.to_str().unwrap()])
+        .cmd_with_token(
+            "wrong",
+            &["image", "add", "up3", "--upload", path.to_str().unwrap()],
+        )
         .output()
         .unwrap();
     assert_eq!(

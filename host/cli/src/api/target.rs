@@ -37,7 +37,8 @@ pub struct ApiOpts {
     /// --token-file or NASVISOR_TOKEN.
     #[arg(long, global = true, env = "NASVISOR_TOKEN", hide = true)]
     pub token: Option<Token>,
-    /// A file holding the admin token.
+    /// A file holding the admin token (or give the token itself in
+    /// NASVISOR_TOKEN).
     #[arg(long, global = true, env = "NASVISOR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// A PEM certificate (CA or the server's own) to trust.

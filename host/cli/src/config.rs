@@ -336,7 +336,8 @@ impl Config {
                     inner.message().trim().replace('\n', " ")
                 };
                 if let Some(span) = inner.span() {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
                     reason.push_str(&format!(" (line {line})"));
                 }
                 invalid(field, reason)

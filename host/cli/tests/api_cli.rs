@@ -2,9 +2,11 @@
 //! against a real `nasvisor_api::Server` on 127.0.0.1:0 (real TLS, real
 //! token), whose core is a fake that records the Actions it receives and
 //! answers with schema-valid objects (the layer below the one under test).
+//! The remote tests run the CLI with a config file of their own
+//! (`NASVISOR_CONFIG`) against the same server.
 //!
 //! One file although over 700 lines: the fake core and harness before the
-//! first test (480 lines) serve every test and no other file, and one test is
+//! first test (560 lines) serve every test and no other file, and one test is
 //! a 470-line table of every command. Nothing is shared at run time (each
 //! test starts its own server), so a split would save no setup time.
 
@@ -2288,12 +2290,20 @@ fn remotes_add_list_switch_and_remove() {
     assert_eq!(mode(&h.config()), 0o600);
 }
 
+/// Adds the remote nas1 (the test server, pinned, with its token) and
+/// makes it the default; the output of `remote add`.
+fn add_default_remote(h: &Harness) -> Output {
+    let out = remote_add(h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let switched = plain(h, &["remote", "switch", "nas1"]);
+    assert!(switched.status.success(), "{}", stderr(&switched));
+    out
+}
+
 #[test]
 fn remotes_never_print_their_token() {
     let h = Harness::start();
-    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
-    assert!(out.status.success(), "{}", stderr(&out));
-    plain(&h, &["remote", "switch", "nas1"]);
+    let out = add_default_remote(&h);
     assert!(std::fs::read_to_string(h.config())
         .unwrap()
         .contains(&h.token));
@@ -2316,9 +2326,7 @@ fn remotes_never_print_their_token() {
 #[test]
 fn options_and_variables_beat_the_remote() {
     let h = Harness::start();
-    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
-    assert!(out.status.success(), "{}", stderr(&out));
-    plain(&h, &["remote", "switch", "nas1"]);
+    add_default_remote(&h);
     assert!(plain(&h, &["host"]).status.success());
     h.core.take();
     // The pin, the token and the token file given beat the remote's.
@@ -2384,8 +2392,7 @@ fn options_and_variables_beat_the_remote() {
 fn unsafe_or_malformed_config_files_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let h = Harness::start();
-    let out = remote_add(&h, "nas1", &["--fingerprint", &h.fingerprint], &h.token);
-    assert!(out.status.success(), "{}", stderr(&out));
+    add_default_remote(&h);
     let path = h.config();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     for args in [&["--remote", "nas1", "host"][..], &["remote", "list"]] {

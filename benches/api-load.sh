@@ -35,27 +35,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/cfg.toml" <<TOML
-data-dir = "$work/data"
-[host]
-name = "bench"
-[api]
-listen = "127.0.0.1:$port"
-[api.limits]
-max-connections-per-address = 128
-[vm]
-accel = "tcg"
-[plugins]
-dir = "$root/target/plugins"
-trusted-keys-dir = "$root/target/keys"
-TOML
-target/release/nasvisord --config "$work/cfg.toml" --log warn > "$work/out" 2> "$work/err" &
-daemon=$!
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_daemon "$work" "$port" "[api.limits]
+max-connections-per-address = 128"
+daemon=$daemon_pid
 pids+=($daemon)
-for _ in $(seq 1 600); do grep -q "admin token" "$work/out" 2>/dev/null && break; sleep 0.1; done
-token=$(sed -n 's/^admin token (shown once, store it now): //p' "$work/out")
-[ -n "$token" ] || { cat "$work/err"; exit 1; }
-export NASVISOR_ENDPOINT="https://127.0.0.1:$port" NASVISOR_TOKEN="$token" NASVISOR_DATA_DIR="$work/data"
 for i in $(seq -w 1 100); do
   target/release/nasvisor vm create "vm$i" --vcpus 1 --memory 128 > /dev/null
 done

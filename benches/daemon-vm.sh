@@ -30,32 +30,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/cfg.toml" <<TOML
-data-dir = "$work/data"
-[host]
-name = "bench"
-[api]
-listen = "127.0.0.1:$port"
-[vm]
-accel = "tcg"
-[[images.bundled]]
-name = "nasvisor-mini"
-path = "$root/target/guest/nasvisor-mini.qcow2"
-metadata = "$root/target/guest/guest-image.json"
-[plugins]
-dir = "$root/target/plugins"
-trusted-keys-dir = "$root/target/keys"
-TOML
-target/release/nasvisord --config "$work/cfg.toml" --log warn > "$work/out" 2> "$work/err" &
-daemon_pid=$!
-for _ in $(seq 1 600); do grep -q "admin token" "$work/out" 2>/dev/null && break; sleep 0.1; done
-export NASVISOR_ENDPOINT="https://127.0.0.1:$port"
-NASVISOR_TOKEN=$(sed -n 's/^admin token (shown once, store it now): //p' "$work/out")
-export NASVISOR_TOKEN NASVISOR_DATA_DIR="$work/data"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+start_daemon "$work" "$port" "[[images.bundled]]
+name = \"nasvisor-mini\"
+path = \"$root/target/guest/nasvisor-mini.qcow2\"
+metadata = \"$root/target/guest/guest-image.json\""
 nv() { target/release/nasvisor "$@"; }
 now() { date +%s%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-median() { sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.1f", m }'; }
 rfc_ns() { date -d "$1" +%s%N; }
 
 nv vm create bm --vcpus 1 --memory 128 --disk default:64 > /dev/null

@@ -264,6 +264,45 @@ pub enum Action {
         /// Where to.
         migrate: VmMigrate,
     },
+    /// The caller, as the server sees it.
+    Whoami,
+    /// End the caller's session (a token is revoked instead).
+    Logout,
+    /// The caller changes its own password.
+    ChangePassword(PasswordChange),
+    /// Every user.
+    ListUsers,
+    /// Create a user.
+    CreateUser(UserCreate),
+    /// Change a user's role, password or state.
+    UpdateUser {
+        /// User name.
+        name: String,
+        /// The fields to change.
+        update: UserUpdate,
+    },
+    /// Delete a user, its tokens and its sessions.
+    DeleteUser {
+        /// User name.
+        name: String,
+    },
+    /// API tokens: the caller's own; an admin's list shows every user's.
+    ListTokens,
+    /// Create an API token.
+    CreateToken(TokenCreate),
+    /// Revoke an API token (the caller's own; any for an admin).
+    RevokeToken {
+        /// The token's id (16 hex digits).
+        id: String,
+    },
+    /// The audit log after `since` (all kept ones when absent: the last
+    /// `limit`).
+    ListAudit {
+        /// Sequence number to start after.
+        since: Option<u64>,
+        /// Most entries to return.
+        limit: u32,
+    },
     /// A pool or volume request carried out on another host's pools
     /// (`?host=` on the storage routes); without it, the host serving the
     /// request is meant.

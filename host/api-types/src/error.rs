@@ -117,6 +117,26 @@ pub enum CoreError {
         /// The version of the request.
         theirs: u32,
     },
+    /// The credential is missing, wrong, expired or revoked (401).
+    #[error("{reason}")]
+    Unauthenticated {
+        /// Why.
+        reason: String,
+    },
+    /// The caller may not do this (403).
+    #[error("forbidden: {reason}")]
+    Forbidden {
+        /// Why.
+        reason: String,
+    },
+    /// Too many failed logins (429).
+    #[error("{reason}")]
+    Throttled {
+        /// Why, and for how long.
+        reason: String,
+        /// Seconds until the next attempt is taken.
+        retry_after_s: u64,
+    },
     /// A bug or an unexpected failure (500).
     #[error("internal error: {reason}")]
     Internal {
@@ -140,6 +160,15 @@ impl From<CoreError> for ApiError {
             }
             CoreError::UnsupportedVersion { .. } => {
                 ApiError::status(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            CoreError::Unauthenticated { reason } => ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                field: Some("authorization".into()),
+                reason,
+            },
+            CoreError::Forbidden { reason } => ApiError::status(StatusCode::FORBIDDEN, reason),
+            CoreError::Throttled { reason, .. } => {
+                ApiError::status(StatusCode::TOO_MANY_REQUESTS, reason)
             }
             CoreError::Internal { reason } => {
                 ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, reason)

@@ -1,23 +1,147 @@
 //! The [`Core`] trait: the one place that acts. The HTTPS server (crate
-//! `nasvisor-api`) parses requests into an [`Action`] and forwards them to an
-//! implementation of it (crate `nasvisor-core`), which answers with a typed
-//! [`Answer`]; the server turns it into the JSON body it sends.
+//! `nasvisor-api`) authenticates each request through it, parses the
+//! request into an [`Action`] and forwards it with the caller
+//! ([`Request`]) to an implementation of it (crate `nasvisor-core`), which
+//! answers with a typed [`Answer`]; the server turns it into the JSON body
+//! it sends.
 
 use crate::action::Action;
-use crate::body::ImageUpload;
+use crate::body::{ImageUpload, Login, Role};
 use crate::error::CoreError;
-use crate::view::Answer;
+use crate::view::{Answer, CallerView, CredentialKind, SessionView};
+use std::net::IpAddr;
+
+/// An authenticated caller, as the core found it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User name.
+    pub user: String,
+    /// The role the caller acts with: the lower of the user's and the
+    /// token's.
+    pub role: Role,
+    /// How it authenticated.
+    pub via: CredentialKind,
+    /// The token's id, or the session's short id.
+    pub credential: String,
+    /// When the credential expires (RFC 3339), `None` when never.
+    pub expires_at: Option<String>,
+    /// For a session: the CSRF token its cookie requests must send.
+    pub csrf: Option<String>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .field("via", &self.via)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// The API form (`GET /api/v1/auth/whoami`).
+    pub fn view(&self) -> CallerView {
+        CallerView {
+            user: self.user.clone(),
+            role: self.role,
+            via: self.via,
+            credential: self.credential.clone(),
+            expires_at: self.expires_at.clone(),
+        }
+    }
+}
+
+/// Who asks what, from where: what the core needs beside the action to
+/// check ownership and to write the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The caller.
+    pub caller: Caller,
+    /// The client's address.
+    pub address: IpAddr,
+    /// The route's operation (`operationId`).
+    pub operation: &'static str,
+    /// HTTP method.
+    pub method: &'static str,
+    /// The request's path.
+    pub path: String,
+}
+
+impl Request {
+    /// Whether the request may change something (anything but a read).
+    pub fn is_change(&self) -> bool {
+        self.method != "GET" && self.method != "HEAD"
+    }
+}
+
+/// What the audit log records of one request: a change asked of the API
+/// (any method but GET) by an authenticated caller, or a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The user (for a login, the name given).
+    pub user: String,
+    /// The role it acted with; `None` for a login.
+    pub role: Option<Role>,
+    /// The token's or session's id; `None` for a login.
+    pub credential: Option<String>,
+    /// The client's address.
+    pub address: IpAddr,
+    /// The route's operation.
+    pub operation: &'static str,
+    /// `METHOD path`.
+    pub request: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `ok`, or the error's reason.
+    pub result: String,
+}
+
+/// A credential as the request carried it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer <secret>`: an API token or a session token.
+    Bearer(&'a str),
+    /// The web console's session cookie.
+    Cookie(&'a str),
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::Bearer(_) => "Bearer(<redacted>)",
+            Credential::Cookie(_) => "Cookie(<redacted>)",
+        })
+    }
+}
 
 /// The core: the one place that acts. The API layer only parses requests into
 /// an [`Action`] and forwards it here; it never touches QEMU, storage or the
 /// network itself.
 #[async_trait::async_trait]
 pub trait Core: Send + Sync {
+    /// Who `credential` belongs to ([`CoreError::Unauthenticated`] when
+    /// nobody: unknown, expired, revoked, or its user disabled). Called for
+    /// every request but `/healthz` and the login: it must stay cheap.
+    fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError>;
+
+    /// A login with a password from `address`: a new session, or
+    /// [`CoreError::Unauthenticated`] (wrong user or password, said the
+    /// same way) or [`CoreError::Throttled`] (too many failures).
+    async fn login(&self, login: Login, address: IpAddr) -> Result<SessionView, CoreError>;
+
+    /// Appends a request to the audit log (the server calls it for every
+    /// change asked by an authenticated caller, and for every login checked,
+    /// once it knows the answer). Never fails the request: a log that
+    /// cannot be written is reported in nasvisord's log.
+    async fn audit(&self, entry: AuditEntry);
+
     /// Carries out one action and returns its typed answer: the view of the
     /// response schema of the action's route in `openapi.json`
     /// ([`Answer::Empty`] for a route without content). The server turns it
     /// into the JSON body ([`Answer::to_json`]).
-    async fn handle(&self, action: Action) -> Result<Answer, CoreError>;
+    async fn handle(&self, request: &Request, action: Action) -> Result<Answer, CoreError>;
 
     /// The serial console of VM `id` (`GET /api/v1/vms/{id}/console`): first
     /// up to `tail` bytes of history, then, when `follow`, new output as it

@@ -32,6 +32,6 @@ pub use action::*;
 pub use body::*;
 pub use cert::fingerprint;
 pub use error::{ApiError, CoreError, ErrorDetail, ErrorView};
-pub use handler::{ByteStream, Core};
+pub use handler::{AuditEntry, ByteStream, Caller, Core, Credential, Request};
 pub use validate::*;
 pub use view::*;

@@ -71,8 +71,19 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         })
     };
     match op {
-        "health" => c("Health probe; the only route that answers without a token", Q::None, json(one::<HealthView>(g))),
-        "rotateToken" => c("Replace the admin token; the old one stops working", Q::None, json(one::<TokenView>(g))),
+        "health" => c("Health probe; answers without a credential", Q::None, json(one::<HealthView>(g))),
+        "login" => c("Log in with a user's password: a session (also set as an HttpOnly cookie). Failed logins are throttled per user and per address (429 with Retry-After)", Q::Json(one::<Login>(q)), json(one::<SessionView>(g))),
+        "logout" => c("End the caller's session (and clear its cookie)", Q::None, done),
+        "whoami" => c("The caller: user, role and credential", Q::None, json(one::<CallerView>(g))),
+        "changePassword" => c("Change the caller's own password; its other sessions end", Q::Json(one::<PasswordChange>(q)), done),
+        "listUsers" => c("Every user", Q::None, json(list::<UserView>(g))),
+        "createUser" => c("Create a user", Q::Json(one::<UserCreate>(q)), json(one::<UserView>(g))),
+        "updateUser" => c("Change a user's role, password or state; its sessions end", Q::Json(one::<UserUpdate>(q)), json(one::<UserView>(g))),
+        "deleteUser" => c("Delete a user, its tokens and its sessions", Q::None, done),
+        "listTokens" => c("API tokens: the caller's own, every user's for an admin", Q::None, json(list::<ApiTokenView>(g))),
+        "createToken" => c("Create an API token (its secret is shown once)", Q::Json(one::<TokenCreate>(q)), json(one::<NewTokenView>(g))),
+        "revokeToken" => c("Revoke an API token: refused on every host once this answers", Q::None, done),
+        "listAudit" => c("The audit log after `since` (exclusive), oldest first: every change asked of the API and every login", Q::None, json(list::<AuditView>(g))),
         "getHost" => c("This host", Q::None, json(one::<HostView>(g))),
         "listVms" => c("All VMs", Q::None, json(list::<VmView>(g))),
         "createVm" => c("Define a VM", Q::Json(one::<VmCreate>(q)), json(one::<VmView>(g))),
@@ -141,7 +152,7 @@ fn query_param(name: &str) -> Option<(Value, &'static str)> {
         "firmware" => (json!({"type": "string", "enum": ["bios", "uefi"], "default": "bios"}), "firmware the image boots with"),
         "ready_marker" => (json!({"type": "string", "minLength": 1, "maxLength": 128}), "printable ASCII line the guest prints when installed and up"),
         "since" => (json!({"type": "integer", "minimum": 0}), "last sequence number already seen"),
-        "limit" => (json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_LIMIT, "default": DEFAULT_EVENT_LIMIT}), "most events to return"),
+        "limit" => (json!({"type": "integer", "minimum": 1, "maximum": MAX_EVENT_LIMIT, "default": DEFAULT_EVENT_LIMIT}), "most entries to return"),
         _ => return None,
     })
 }
@@ -164,8 +175,14 @@ fn operation(
     let mut op = Map::new();
     op.insert("operationId".into(), json!(route.operation));
     op.insert("summary".into(), json!(c.summary));
-    if route.path == crate::routes::HEALTH_PATH {
-        op.insert("security".into(), json!([]));
+    let public = route.access == crate::routes::Access::Public;
+    match route.access {
+        crate::routes::Access::Public => {
+            op.insert("security".into(), json!([]));
+        }
+        crate::routes::Access::Role(role) => {
+            op.insert("x-nasvisor-role".into(), json!(role.as_str()));
+        }
     }
     let mut params = Vec::new();
     for seg in route.path.split('/') {
@@ -213,10 +230,17 @@ fn operation(
     };
     let mut responses = Map::new();
     responses.insert(route.success.to_string(), success);
-    if route.path != crate::routes::HEALTH_PATH {
-        responses.insert("401".into(), json!({"description": "missing or wrong token",
+    if !public {
+        responses.insert("401".into(), json!({"description": "missing, wrong, expired or revoked credential",
             "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}, "content": error_content()}));
+        responses.insert("403".into(), json!({"description": "the caller's role may not do this (x-nasvisor-role names the role needed), or a session-cookie request without its X-CSRF-Token", "content": error_content()}));
+    }
+    if route.path != crate::routes::HEALTH_PATH {
         responses.insert("400".into(), json!({"description": "bad request; error.field names the field", "content": error_content()}));
+    }
+    if route.operation == "login" {
+        responses.insert("429".into(), json!({"description": "too many failed logins for this user or address; retry after Retry-After seconds",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": error_content()}));
     }
     responses.insert("default".into(), json!({"description": "error (404, 405, 409, 413, 415, 422, 500, 503)", "content": error_content()}));
     op.insert("responses".into(), Value::Object(responses));
@@ -270,7 +294,7 @@ pub fn generate() -> Result<Value, String> {
         "info": {
             "title": "nasvisor admin API",
             "version": "1",
-            "description": "HTTPS only. Every route except /healthz needs `Authorization: Bearer <admin token>`. JSON in and out; every error is `{\"error\": {\"field\", \"reason\"}}`. Generated from the route table and the types of nasvisor-api-types (regenerate with `NASVISOR_WRITE_OPENAPI=1 cargo test --release -p nasvisor-api-types openapi`)."
+            "description": "HTTPS only. Every route except /healthz and the login needs a credential: `Authorization: Bearer <API token or session token>`, or the web console's session cookie (then changes also need the `X-CSRF-Token` header). Each operation's `x-nasvisor-role` is the least role that may call it (viewer < operator < admin). JSON in and out; every error is `{\"error\": {\"field\", \"reason\"}}`. Generated from the route table and the types of nasvisor-api-types (regenerate with `NASVISOR_WRITE_OPENAPI=1 cargo test --release -p nasvisor-api-types openapi`)."
         },
         "servers": [{"url": "https://localhost:8443"}],
         "security": [{"bearer": []}],
@@ -368,6 +392,12 @@ mod tests {
             "Member",
             "JoinToken",
             "Error",
+            "Session",
+            "Caller",
+            "User",
+            "ApiToken",
+            "NewApiToken",
+            "AuditEntry",
             "VmCreate",
             "PowerOp",
         ] {

@@ -1,6 +1,10 @@
 //! The route table of the API: method, path, operation and query of every
 //! route. The server (`nasvisor-api`) routes by it and [`crate::openapi`]
-//! generates `openapi.json` from it.
+//! generates `openapi.json` from it. Each route says who may call it
+//! ([`Access`]): the server refuses any other caller before the core sees
+//! the request.
+
+use crate::body::Role;
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +24,31 @@ pub struct Route {
     pub raw_body: bool,
     /// The query parameters the route knows.
     pub query: &'static [&'static str],
+    /// Who may call it.
+    pub access: Access,
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, unauthenticated (`/healthz`, the login).
+    Public,
+    /// A caller acting with this role or a higher one.
+    Role(Role),
+}
+
+impl Access {
+    /// Whether a caller acting with `role` may call the route.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Role(needed) => role >= needed,
+        }
+    }
+}
+
+/// A route: a read (`GET`) for viewers, anything else for admins unless
+/// [`operator`], [`viewer`] or [`public`] says otherwise.
 const fn r(
     method: &'static str,
     path: &'static str,
@@ -29,6 +56,7 @@ const fn r(
     success: u16,
     body: bool,
 ) -> Route {
+    let read = matches!(method.as_bytes(), b"GET");
     Route {
         method,
         path,
@@ -37,6 +65,40 @@ const fn r(
         body,
         raw_body: false,
         query: &[],
+        access: Access::Role(if read { Role::Viewer } else { Role::Admin }),
+    }
+}
+
+/// A route operators may call (power, consoles, migrations, jobs).
+const fn operator(route: Route) -> Route {
+    Route {
+        access: Access::Role(Role::Operator),
+        ..route
+    }
+}
+
+/// A route every authenticated caller may call (the core checks what is
+/// the caller's own).
+const fn viewer(route: Route) -> Route {
+    Route {
+        access: Access::Role(Role::Viewer),
+        ..route
+    }
+}
+
+/// A route only admins may call, even a read.
+const fn admin(route: Route) -> Route {
+    Route {
+        access: Access::Role(Role::Admin),
+        ..route
+    }
+}
+
+/// A route that answers without authentication.
+const fn public(route: Route) -> Route {
+    Route {
+        access: Access::Public,
+        ..route
     }
 }
 
@@ -63,16 +125,39 @@ pub const IMAGE_META_QUERY: &[&str] = &[
 /// Path of the unauthenticated health probe.
 pub const HEALTH_PATH: &str = "/healthz";
 
+/// Path of the login (unauthenticated).
+pub const LOGIN_PATH: &str = "/api/v1/auth/login";
+
 /// Every route the server answers.
 pub const ROUTES: &[Route] = &[
-    r("GET", HEALTH_PATH, "health", 200, false),
-    r(
+    public(r("GET", HEALTH_PATH, "health", 200, false)),
+    public(r("POST", LOGIN_PATH, "login", 200, true)),
+    viewer(r("POST", "/api/v1/auth/logout", "logout", 204, false)),
+    r("GET", "/api/v1/auth/whoami", "whoami", 200, false),
+    viewer(r(
         "POST",
-        "/api/v1/auth/token/rotate",
-        "rotateToken",
-        200,
+        "/api/v1/auth/password",
+        "changePassword",
+        204,
+        true,
+    )),
+    admin(r("GET", "/api/v1/users", "listUsers", 200, false)),
+    r("POST", "/api/v1/users", "createUser", 201, true),
+    r("PATCH", "/api/v1/users/{name}", "updateUser", 200, true),
+    r("DELETE", "/api/v1/users/{name}", "deleteUser", 204, false),
+    r("GET", "/api/v1/tokens", "listTokens", 200, false),
+    viewer(r("POST", "/api/v1/tokens", "createToken", 201, true)),
+    viewer(r(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        "revokeToken",
+        204,
         false,
-    ),
+    )),
+    admin(q(
+        r("GET", "/api/v1/audit", "listAudit", 200, false),
+        &["since", "limit"],
+    )),
     r("GET", "/api/v1/host", "getHost", 200, false),
     r("GET", "/api/v1/vms", "listVms", 200, false),
     r("POST", "/api/v1/vms", "createVm", 201, true),
@@ -82,18 +167,18 @@ pub const ROUTES: &[Route] = &[
         r("DELETE", "/api/v1/vms/{id}", "deleteVm", 202, false),
         &["delete_disks", "force"],
     ),
-    r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true),
-    q(
+    operator(r("POST", "/api/v1/vms/{id}/power", "vmPower", 202, true)),
+    operator(q(
         r("GET", "/api/v1/vms/{id}/console", "getConsole", 200, false),
         &["follow", "tail"],
-    ),
-    r(
+    )),
+    operator(r(
         "POST",
         "/api/v1/vms/{id}/console",
         "consoleInput",
         204,
         true,
-    ),
+    )),
     q(
         r("GET", "/api/v1/pools", "listPools", 200, false),
         &["host"],
@@ -230,7 +315,13 @@ pub const ROUTES: &[Route] = &[
     ),
     r("GET", "/api/v1/jobs", "listJobs", 200, false),
     r("GET", "/api/v1/jobs/{id}", "getJob", 200, false),
-    r("POST", "/api/v1/jobs/{id}/cancel", "cancelJob", 200, false),
+    operator(r(
+        "POST",
+        "/api/v1/jobs/{id}/cancel",
+        "cancelJob",
+        200,
+        false,
+    )),
     r("GET", "/api/v1/plugins", "listPlugins", 200, false),
     q(
         r("GET", "/api/v1/events", "listEvents", 200, false),
@@ -289,7 +380,13 @@ pub const ROUTES: &[Route] = &[
         202,
         false,
     ),
-    r("POST", "/api/v1/vms/{id}/migrate", "migrateVm", 202, true),
+    operator(r(
+        "POST",
+        "/api/v1/vms/{id}/migrate",
+        "migrateVm",
+        202,
+        true,
+    )),
     r("POST", "/api/v1/vms/{id}/recover", "recoverVm", 200, true),
     r("POST", "/api/v1/plugins", "installPlugin", 201, true),
     r(

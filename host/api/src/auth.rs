@@ -1,180 +1,177 @@
-//! Admin token authentication.
+//! Credentials as HTTP carries them: the `Authorization: Bearer` header,
+//! the web console's session cookie and its CSRF header. Who a credential
+//! belongs to is the core's to say ([`nasvisor_api_types::Core::authenticate`]).
 //!
-//! On first start a random 32-byte token is generated and only its SHA-256
-//! hash is stored, in `<data_dir>/admin-token.hash` (mode 0600). The clear
-//! token is returned once so the daemon can print it; it is never stored or
-//! logged. Requests carry it as `Authorization: Bearer <token>`; the check
-//! compares hashes in constant time.
+//! The session cookie is `HttpOnly; Secure; SameSite=Strict`; a request
+//! authenticated by it that changes anything must also carry the session's
+//! CSRF token in `X-CSRF-Token` (a request with a bearer header needs none:
+//! a browser never adds that header on its own).
 
-use base64::Engine;
-use nasvisor_best_effort::write_private;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderValue};
+use nasvisor_api_types::{ApiError, Caller, Credential, CredentialKind};
 use subtle::ConstantTimeEq;
 
-/// File name of the token hash inside the data dir.
-pub const TOKEN_HASH_FILE: &str = "admin-token.hash";
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "nasvisor_session";
+/// Header carrying the CSRF token of a cookie session.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// Errors of the token store.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// The hash file could not be read or written.
-    #[error("admin token file {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The hash file exists but does not hold a hex SHA-256.
-    #[error("admin token file {0} is corrupt: expected 64 hex digits")]
-    Corrupt(PathBuf),
-}
-
-/// The admin token verifier. Holds only the token's hash.
-#[derive(Debug)]
-pub struct TokenStore {
-    path: PathBuf,
-    hash: RwLock<[u8; 32]>,
-}
-
-fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-fn new_token() -> String {
-    loop {
-        let mut raw = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        // A token starting with '-' reads as an option on a command line
-        // (`nasvisor --token -x...`).
-        if !t.starts_with('-') {
-            return t;
+/// The credential a request carries: the bearer header first, else the
+/// session cookie. `Err` when the header is there but not `Bearer <x>`.
+pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ApiError> {
+    if let Some(v) = headers.get(AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not text"))?;
+        let (scheme, token) = v
+            .split_once(' ')
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ));
         }
+        return Ok(Some(Credential::Bearer(token.trim())));
+    }
+    Ok(session_cookie(headers).map(Credential::Cookie))
+}
+
+/// The session cookie's value, if the request has one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// A 401 with `field: authorization`.
+pub fn unauthorized(reason: impl Into<String>) -> ApiError {
+    ApiError {
+        status: http::StatusCode::UNAUTHORIZED,
+        field: Some("authorization".into()),
+        reason: reason.into(),
     }
 }
 
-impl TokenStore {
-    /// Loads the token hash from `data_dir`, or creates a token on first
-    /// start. Returns the clear token only when it was just created.
-    pub fn open(data_dir: &Path) -> Result<(Self, Option<String>), AuthError> {
-        let path = data_dir.join(TOKEN_HASH_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(s) => {
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(s.trim(), &mut h)
-                    .map_err(|_| AuthError::Corrupt(path.clone()))?;
-                Ok((
-                    Self {
-                        path,
-                        hash: RwLock::new(h),
-                    },
-                    None,
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = new_token();
-                let h = hash(&token);
-                write_private(&path, format!("{}\n", hex::encode(h)).as_bytes()).map_err(
-                    |source| AuthError::Io {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
-                Ok((
-                    Self {
-                        path,
-                        hash: RwLock::new(h),
-                    },
-                    Some(token),
-                ))
-            }
-            Err(source) => Err(AuthError::Io { path, source }),
-        }
+/// Checks the CSRF header of a change made with the session cookie.
+pub fn check_csrf(
+    caller: &Caller,
+    by_cookie: bool,
+    change: bool,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if !by_cookie || !change || caller.via != CredentialKind::Session {
+        return Ok(());
     }
+    let want = caller.csrf.as_deref().unwrap_or_default();
+    let given = headers
+        .get(CSRF_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !want.is_empty() && bool::from(given.ct_eq(want.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: http::StatusCode::FORBIDDEN,
+            field: Some(CSRF_HEADER.into()),
+            reason: "a change made with the session cookie needs the session's CSRF token in \
+                     the X-CSRF-Token header"
+                .into(),
+        })
+    }
+}
 
-    /// Replaces the token with a new random one and returns it (once). The
-    /// old token stops working at once.
-    pub fn rotate(&self) -> Result<String, AuthError> {
-        let token = new_token();
-        let h = hash(&token);
-        write_private(&self.path, format!("{}\n", hex::encode(h)).as_bytes()).map_err(
-            |source| AuthError::Io {
-                path: self.path.clone(),
-                source,
-            },
-        )?;
-        *self.hash.write().unwrap_or_else(|p| p.into_inner()) = h;
-        Ok(token)
-    }
+/// `Set-Cookie` for a new session: a browser-session cookie (gone when
+/// the browser closes); the server ends the session itself at its deadline
+/// or when idle.
+pub fn session_set_cookie(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .ok()
+}
 
-    /// True when `token` is the admin token (constant-time comparison).
-    pub fn verify(&self, token: &str) -> bool {
-        let given = hash(token);
-        let stored = *self.hash.read().unwrap_or_else(|p| p.into_inner());
-        given.ct_eq(&stored).into()
-    }
-
-    /// Checks an `Authorization` header value of the form `Bearer <token>`.
-    pub fn verify_header(&self, value: Option<&[u8]>) -> bool {
-        let Some(v) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
-            return false;
-        };
-        let Some((scheme, token)) = v.split_once(' ') else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case("bearer") && self.verify(token.trim())
-    }
+/// `Set-Cookie` that removes the session cookie.
+pub fn session_clear_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "nasvisor_session=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use nasvisor_api_types::Role;
 
-    #[test]
-    fn create_persist_rotate() {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, t) = TokenStore::open(dir.path()).unwrap();
-        let t = t.expect("first start prints a token");
-        assert_eq!(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&t)
-                .unwrap()
-                .len(),
-            32
-        );
-        let meta = std::fs::metadata(dir.path().join(TOKEN_HASH_FILE)).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert!(!std::fs::read_to_string(dir.path().join(TOKEN_HASH_FILE))
-            .unwrap()
-            .contains(&t));
-        assert!(s.verify(&t));
-        assert!(!s.verify("wrong"));
-        assert!(s.verify_header(Some(format!("Bearer {t}").as_bytes())));
-        assert!(!s.verify_header(Some(t.as_bytes())));
-        assert!(!s.verify_header(None));
-
-        let (s2, t2) = TokenStore::open(dir.path()).unwrap();
-        assert!(t2.is_none());
-        assert!(s2.verify(&t));
-
-        let n = s2.rotate().unwrap();
-        assert!(s2.verify(&n) && !s2.verify(&t));
-        let (s3, _) = TokenStore::open(dir.path()).unwrap();
-        assert!(s3.verify(&n) && !s3.verify(&t));
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
     }
 
     #[test]
-    fn corrupt_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(TOKEN_HASH_FILE), "nope").unwrap();
-        assert!(matches!(
-            TokenStore::open(dir.path()),
-            Err(AuthError::Corrupt(_))
-        ));
+    fn bearer_first_then_the_session_cookie() {
+        let h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "nasvisor_session=s"),
+        ]);
+        assert_eq!(credential(&h).unwrap(), Some(Credential::Bearer("abc")));
+        let h = headers(&[("cookie", "a=1; nasvisor_session=nvs_x; b=2")]);
+        assert_eq!(credential(&h).unwrap(), Some(Credential::Cookie("nvs_x")));
+        assert_eq!(credential(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            credential(&headers(&[("cookie", "nasvisor_session=")])).unwrap(),
+            None
+        );
+        let e = credential(&headers(&[("authorization", "Basic abc")])).unwrap_err();
+        assert_eq!(e.status, http::StatusCode::UNAUTHORIZED);
+        assert!(e.reason.contains("Bearer"), "{e}");
+    }
+
+    #[test]
+    fn a_cookie_change_needs_the_csrf_header() {
+        let caller = Caller {
+            user: "u".into(),
+            role: Role::Admin,
+            via: CredentialKind::Session,
+            credential: "c".into(),
+            expires_at: None,
+            csrf: Some("tok".into()),
+        };
+        let none = headers(&[]);
+        let wrong = headers(&[("x-csrf-token", "nope")]);
+        let right = headers(&[("x-csrf-token", "tok")]);
+        assert!(
+            check_csrf(&caller, true, false, &none).is_ok(),
+            "reads need none"
+        );
+        assert!(
+            check_csrf(&caller, false, true, &none).is_ok(),
+            "bearer needs none"
+        );
+        assert_eq!(
+            check_csrf(&caller, true, true, &none).unwrap_err().status,
+            http::StatusCode::FORBIDDEN
+        );
+        assert!(check_csrf(&caller, true, true, &wrong).is_err());
+        assert!(check_csrf(&caller, true, true, &right).is_ok());
+    }
+
+    #[test]
+    fn the_session_cookie_is_httponly_secure_strict() {
+        let c = session_set_cookie("nvs_x").unwrap();
+        let c = c.to_str().unwrap();
+        assert!(c.starts_with("nasvisor_session=nvs_x;"), "{c}");
+        for part in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+            assert!(c.contains(part), "{c}");
+        }
     }
 }

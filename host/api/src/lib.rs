@@ -4,11 +4,13 @@
 //! `openapi.json`) lives in `nasvisor-api-types`, re-exported here.
 //!
 //! - [`tls`]: the TLS identity, configured or self-signed on first start;
-//! - [`auth`]: the admin token, created on first start, stored as a hash;
+//! - [`auth`]: credentials as HTTP carries them (bearer header, session
+//!   cookie, CSRF header); the core says who they belong to;
 //! - [`router`]: method + path + body → [`Action`], by the route table
 //!   [`nasvisor_api_types::routes::ROUTES`];
-//! - [`server`]: hyper 1 over tokio-rustls, `/healthz` unauthenticated,
-//!   everything else behind the token.
+//! - [`server`]: hyper 1 over tokio-rustls, `/healthz` and the login
+//!   unauthenticated, everything else behind a credential and the route's
+//!   role, every change written to the audit log.
 //!
 //! The API layer never acts itself: it parses, validates and forwards to
 //! [`Core::handle`] (or, for the two streamed routes, [`Core::console`] and

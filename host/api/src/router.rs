@@ -4,14 +4,16 @@
 //! generates `openapi.json` from it.
 
 use http::StatusCode;
-pub use nasvisor_api_types::routes::{Route, HEALTH_PATH, IMAGE_META_QUERY, ROUTES};
+pub use nasvisor_api_types::routes::{
+    Access, Route, HEALTH_PATH, IMAGE_META_QUERY, LOGIN_PATH, ROUTES,
+};
 use nasvisor_api_types::ApiError;
 use nasvisor_api_types::{
     check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, HostDegrade,
-    ImageAddBody, ImageMetaSpec, ImageUpload, JoinTokenCreate, PluginInstall, PoolCreate, PowerOp,
-    SnapshotCreate, Validate, VmCreate, VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate,
-    VolumeImport, VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT,
-    MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
+    ImageAddBody, ImageMetaSpec, ImageUpload, JoinTokenCreate, PasswordChange, PluginInstall,
+    PoolCreate, PowerOp, SnapshotCreate, TokenCreate, UserCreate, UserUpdate, Validate, VmCreate,
+    VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize,
+    VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -283,9 +285,26 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// `since` and `limit` of a log's list (events, audit).
+fn since_limit(q: &BTreeMap<String, String>) -> Result<(Option<u64>, u32), ApiError> {
+    let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;
+    let limit = match q.get("limit") {
+        Some(v) => parse_u64("limit", v)?,
+        None => u64::from(DEFAULT_EVENT_LIMIT),
+    };
+    if !(1..=u64::from(MAX_EVENT_LIMIT)).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("must be 1 to {MAX_EVENT_LIMIT}, got {limit}"),
+        ));
+    }
+    Ok((since, limit as u32))
+}
+
 /// Turns a matched route, its query and its body into an [`Action`],
 /// validating everything that needs no core state. Routes the API layer
-/// answers itself (`health`, `rotateToken`) give `Ok(None)`.
+/// answers itself (`health`, `login`) or streams (`getConsole`,
+/// `uploadImage`) give `Ok(None)`.
 pub fn to_action(
     m: &Matched,
     query: Option<&str>,
@@ -298,7 +317,20 @@ pub fn to_action(
     }
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
-        "health" | "rotateToken" | "getConsole" | "uploadImage" => return Ok(None),
+        "health" | "login" | "getConsole" | "uploadImage" => return Ok(None),
+        "logout" => Action::Logout,
+        "whoami" => Action::Whoami,
+        "changePassword" => Action::ChangePassword(parse_valid::<PasswordChange>(body)?),
+        "listUsers" => Action::ListUsers,
+        "createUser" => Action::CreateUser(parse_valid::<UserCreate>(body)?),
+        "updateUser" => Action::UpdateUser {
+            name: p("name"),
+            update: parse_valid::<UserUpdate>(body)?,
+        },
+        "deleteUser" => Action::DeleteUser { name: p("name") },
+        "listTokens" => Action::ListTokens,
+        "createToken" => Action::CreateToken(parse_valid::<TokenCreate>(body)?),
+        "revokeToken" => Action::RevokeToken { id: p("id") },
         "getHost" => Action::GetHost,
         "listVms" => Action::ListVms,
         "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
@@ -428,21 +460,12 @@ pub fn to_action(
             recover: parse_valid::<VmRecover>(body)?,
         },
         "listEvents" => {
-            let since = q.get("since").map(|v| parse_u64("since", v)).transpose()?;
-            let limit = match q.get("limit") {
-                Some(v) => parse_u64("limit", v)?,
-                None => u64::from(DEFAULT_EVENT_LIMIT),
-            };
-            if !(1..=u64::from(MAX_EVENT_LIMIT)).contains(&limit) {
-                return Err(ApiError::field(
-                    "limit",
-                    format!("must be 1 to {MAX_EVENT_LIMIT}, got {limit}"),
-                ));
-            }
-            Action::ListEvents {
-                since,
-                limit: limit as u32,
-            }
+            let (since, limit) = since_limit(&q)?;
+            Action::ListEvents { since, limit }
+        }
+        "listAudit" => {
+            let (since, limit) = since_limit(&q)?;
+            Action::ListAudit { since, limit }
         }
         other => {
             return Err(ApiError::status(

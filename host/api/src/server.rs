@@ -1,10 +1,15 @@
 //! The HTTPS server: hyper 1 over tokio-rustls. Plain HTTP is never served.
 //!
-//! Order of checks for each request: `/healthz` answers without a token;
-//! everything else first needs `Authorization: Bearer <token>` (401 with
+//! Order of checks for each request: `/healthz` and the login answer
+//! without a credential; everything else first needs one the core accepts
+//! (an API token or a session, see [`crate::auth`]; 401 with
 //! `WWW-Authenticate: Bearer` otherwise, even for unknown paths, so nothing
-//! is revealed unauthenticated), then the route (404/405), the body
-//! (415/413/400), and only then is the [`Action`] forwarded to the core.
+//! is revealed unauthenticated), then the route (404/405), the route's role
+//! (403), a cookie session's CSRF header (403), the body (415/413/400), and
+//! only then is the [`Action`] forwarded to the core with its caller. Every
+//! change asked by an authenticated caller, and every login checked, is
+//! then written to the audit log with its answer's status
+//! ([`Core::audit`]).
 //! The core answers with a typed [`Answer`]; this is the one place it
 //! becomes the JSON body ([`Answer::to_json_bytes`]).
 //!
@@ -22,8 +27,8 @@
 //! upload ends the core's import, which removes what it had received); a
 //! connection with no request in progress that stays silent is closed.
 
-use crate::auth::{AuthError, TokenStore};
-use crate::router::{self, HEALTH_PATH};
+use crate::auth;
+use crate::router::{self, HEALTH_PATH, LOGIN_PATH};
 use crate::tls::{self, TlsError, TlsIdentity, TlsSettings};
 use bytes::Bytes;
 use futures_core::Stream;
@@ -32,8 +37,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use nasvisor_api_types::ApiError;
-use nasvisor_api_types::{ByteStream, Core};
+use nasvisor_api_types::{ApiError, AuditEntry, Caller, CoreError, Login, Validate};
+use nasvisor_api_types::{ByteStream, Core, Credential};
 use nasvisor_limits::{BodyStalled, ConnectionGate, ReadError, ServerLimits, TimedBody};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +53,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// Default largest request body (1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Largest login body.
+const MAX_LOGIN_BODY: usize = 4096;
 /// Default largest image upload (64 GiB).
 pub const DEFAULT_MAX_UPLOAD: u64 = 64 * 1024 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -57,7 +64,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct ServerSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Where the token hash and a generated certificate live.
+    /// Where a generated certificate lives.
     pub data_dir: PathBuf,
     /// TLS identity settings.
     pub tls: TlsSettings,
@@ -89,9 +96,6 @@ pub enum ServerError {
     /// TLS identity.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Admin token store.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
     /// A limit is unusable (names the setting).
     #[error("admin endpoint limits: {0}")]
     Limits(#[from] nasvisor_limits::LimitError),
@@ -107,7 +111,6 @@ pub enum ServerError {
 
 struct Shared {
     core: Arc<dyn Core>,
-    tokens: TokenStore,
     max_body: usize,
     max_upload: u64,
     body_timeout: Duration,
@@ -118,7 +121,6 @@ pub struct Server {
     listener: TcpListener,
     tls: TlsIdentity,
     shared: Arc<Shared>,
-    new_token: Option<String>,
     limits: Arc<ServerLimits>,
 }
 
@@ -132,12 +134,10 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Loads (or on first start creates) the TLS identity and the admin
-    /// token, and binds the listen address.
+    /// Loads (or on first start creates) the TLS identity and binds the
+    /// listen address.
     pub async fn bind(settings: ServerSettings, core: Arc<dyn Core>) -> Result<Self, ServerError> {
         settings.limits.check()?;
-        // Bind first: a token created before a failed bind would be lost
-        // (only its hash is stored) and lock the administrator out.
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -146,18 +146,15 @@ impl Server {
                     source,
                 })?;
         let tls = tls::load_or_generate(&settings.data_dir, &settings.tls)?;
-        let (tokens, new_token) = TokenStore::open(&settings.data_dir)?;
         Ok(Self {
             listener,
             tls,
             shared: Arc::new(Shared {
                 core,
-                tokens,
                 max_body: settings.max_body,
                 max_upload: settings.max_upload,
                 body_timeout: settings.limits.body_timeout,
             }),
-            new_token,
             limits: Arc::new(settings.limits),
         })
     }
@@ -172,21 +169,15 @@ impl Server {
         &self.tls
     }
 
-    /// The admin token, only on the first start, and only once: the daemon
-    /// prints it and it is gone.
-    pub fn take_new_token(&mut self) -> Option<String> {
-        self.new_token.take()
-    }
-
     /// The lines the daemon prints at start: the certificate fingerprint,
-    /// and on first start the admin token (taken, so printed only once).
-    pub fn startup_banner(&mut self) -> String {
+    /// and on first start the bootstrap admin token the core created.
+    pub fn startup_banner(&self, bootstrap_token: Option<String>) -> String {
         let mut s = format!(
             "nasvisor admin endpoint: https://{}\nTLS certificate SHA-256 fingerprint: {}\n",
             self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             self.tls.fingerprint
         );
-        if let Some(t) = self.take_new_token() {
+        if let Some(t) = bootstrap_token {
             s.push_str(&format!("admin token (shown once, store it now): {t}\n"));
         }
         s
@@ -340,25 +331,58 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
+/// What the audit log needs of a request besides its answer.
+struct Audited {
+    user: String,
+    caller: Option<Caller>,
+    operation: &'static str,
+    request: String,
+}
+
 async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let resp = match respond(shared, req).await {
-        Ok(r) => r,
+    let mut audited = None;
+    let (resp, result) = match respond(shared, peer, req, &mut audited).await {
+        Ok(r) => (r, "ok".to_string()),
         Err(e) => {
             if e.status.is_server_error() {
                 tracing::error!(%method, %path, reason = %e.reason, "request failed");
             }
-            error_response(&e, &path)
+            let result = match &e.field {
+                Some(f) => format!("{f}: {}", e.reason),
+                None => e.reason.clone(),
+            };
+            (error_response(&e, &path), result)
         }
     };
-    // Never log headers: they carry the token.
+    if let Some(a) = audited {
+        shared
+            .core
+            .audit(AuditEntry {
+                user: a.user,
+                role: a.caller.as_ref().map(|c| c.role),
+                credential: a.caller.map(|c| c.credential),
+                address: peer.ip(),
+                operation: a.operation,
+                request: a.request,
+                status: resp.status().as_u16(),
+                result,
+            })
+            .await;
+    }
+    // Never log headers: they carry credentials.
     tracing::info!(%peer, %method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
 
-async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<RespBody>, ApiError> {
+async fn respond(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    audited: &mut Option<Audited>,
+) -> Result<Response<RespBody>, ApiError> {
     let path = req.uri().path().to_string();
     if path == HEALTH_PATH {
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -371,64 +395,151 @@ async fn respond(shared: &Shared, req: Request<Incoming>) -> Result<Response<Res
             },
         ));
     }
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    if !shared.tokens.verify_header(auth) {
-        let reason = if auth.is_some() {
-            "invalid admin token"
-        } else {
-            "missing bearer token"
-        };
-        return Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            field: Some("authorization".into()),
-            reason: reason.into(),
+    if path == LOGIN_PATH && req.method() == Method::POST {
+        return login(shared, peer, req, audited).await;
+    }
+    let credential = auth::credential(req.headers())?;
+    let by_cookie = matches!(credential, Some(Credential::Cookie(_)));
+    let caller = match credential {
+        None => return Err(auth::unauthorized("missing bearer token")),
+        Some(c) => shared.core.authenticate(c).map_err(ApiError::from)?,
+    };
+    let matched = router::find(req.method().as_str(), &path)?;
+    let route = matched.route;
+    let request = nasvisor_api_types::Request {
+        caller,
+        address: peer.ip(),
+        operation: route.operation,
+        method: route.method,
+        path: path.clone(),
+    };
+    if request.is_change() {
+        *audited = Some(Audited {
+            user: request.caller.user.clone(),
+            caller: Some(request.caller.clone()),
+            operation: route.operation,
+            request: format!("{} {path}", route.method),
         });
     }
-    let matched = router::find(req.method().as_str(), &path)?;
+    if !route.access.allows(request.caller.role) {
+        return Err(ApiError::status(
+            StatusCode::FORBIDDEN,
+            format!(
+                "user {} acting as {} may not {}: it needs the {} role",
+                request.caller.user,
+                request.caller.role,
+                route.operation,
+                match route.access {
+                    router::Access::Role(r) => r.as_str(),
+                    router::Access::Public => "no",
+                }
+            ),
+        ));
+    }
+    auth::check_csrf(
+        &request.caller,
+        by_cookie,
+        request.is_change(),
+        req.headers(),
+    )?;
     let query = req.uri().query().map(str::to_string);
-    match matched.route.operation {
+    match route.operation {
         "getConsole" => return console(shared, &matched, query.as_deref(), req).await,
         "uploadImage" => return upload(shared, &matched, query.as_deref(), req).await,
         _ => {}
     }
-    if matched.route.body && !is_json(&req) {
+    if route.body && !is_json(&req) {
         return Err(ApiError::status(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
         ));
     }
-    let body = read_body(shared, req).await?;
+    let body = read_body(shared.max_body, shared.body_timeout, req).await?;
     let Some(action) = router::to_action(&matched, query.as_deref(), &body)? else {
-        return match matched.route.operation {
-            "rotateToken" => {
-                let token = shared.tokens.rotate().map_err(|e| {
-                    ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                })?;
-                tracing::info!("admin token rotated");
-                Ok(json_response(
-                    StatusCode::OK,
-                    &nasvisor_api_types::TokenView { token },
-                ))
-            }
-            other => Err(ApiError::status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("no handler for {other}"),
-            )),
-        };
+        return Err(ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no handler for {}", route.operation),
+        ));
     };
     tracing::debug!(?action, "forwarding to core");
-    let answer = shared.core.handle(action).await?;
-    let status = StatusCode::from_u16(matched.route.success).unwrap_or(StatusCode::OK);
-    if status == StatusCode::NO_CONTENT {
+    let logout = route.operation == "logout";
+    let answer = shared.core.handle(&request, action).await?;
+    let status = StatusCode::from_u16(route.success).unwrap_or(StatusCode::OK);
+    let mut resp = if status == StatusCode::NO_CONTENT {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = status;
-        return Ok(r);
+        r
+    } else {
+        // The one place an answer becomes the JSON body.
+        json_bytes_response(status, answer.to_json_bytes())
+    };
+    if logout {
+        resp.headers_mut()
+            .insert(header::SET_COOKIE, auth::session_clear_cookie());
     }
-    // The one place an answer becomes the JSON body.
-    Ok(json_bytes_response(status, answer.to_json_bytes()))
+    Ok(resp)
+}
+
+/// `POST /api/v1/auth/login`: no credential; a small body; the core
+/// checks the password (throttled) and makes the session, which is also
+/// set as the session cookie.
+async fn login(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    audited: &mut Option<Audited>,
+) -> Result<Response<RespBody>, ApiError> {
+    if !is_json(&req) {
+        return Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let body = read_body(MAX_LOGIN_BODY, shared.body_timeout, req).await?;
+    let login: Login = router::parse_body(&body)?;
+    login.validate()?;
+    let user = login.user.clone();
+    let session = match shared.core.login(login, peer.ip()).await {
+        Ok(s) => s,
+        Err(CoreError::Throttled {
+            reason,
+            retry_after_s,
+        }) => {
+            // Not audited: a refusal that checked nothing would let a
+            // flood of attempts push real entries out of the log.
+            tracing::info!(%peer, %user, "login refused: throttled");
+            let mut resp = error_response(
+                &ApiError::status(StatusCode::TOO_MANY_REQUESTS, reason),
+                LOGIN_PATH,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            return Ok(resp);
+        }
+        Err(e) => {
+            *audited = Some(Audited {
+                user,
+                caller: None,
+                operation: "login",
+                request: format!("POST {LOGIN_PATH}"),
+            });
+            return Err(e.into());
+        }
+    };
+    *audited = Some(Audited {
+        user,
+        caller: None,
+        operation: "login",
+        request: format!("POST {LOGIN_PATH}"),
+    });
+    let cookie = auth::session_set_cookie(&session.token);
+    let mut resp = json_response(StatusCode::OK, &session);
+    if let Some(c) = cookie {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// `GET /api/v1/vms/{id}/console`: the core's stream as a chunked answer.
@@ -441,7 +552,7 @@ async fn console(
 ) -> Result<Response<RespBody>, ApiError> {
     let c = router::console_request(matched, query)?;
     // The route takes no body; refuse one rather than ignore it.
-    let body = read_body(shared, req).await?;
+    let body = read_body(shared.max_body, shared.body_timeout, req).await?;
     if !body.is_empty() {
         return Err(ApiError::field("body", "this route takes no body"));
     }
@@ -622,8 +733,11 @@ impl Stream for UploadStream {
     }
 }
 
-async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let max = shared.max_body;
+async fn read_body(
+    max: usize,
+    body_timeout: Duration,
+    req: Request<Incoming>,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -633,8 +747,8 @@ async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Api
     if content_length(&req).is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
-    // Authenticated already: a pause is bounded, the whole by the size.
-    match nasvisor_limits::read_body(req.into_body(), max, shared.body_timeout, false).await {
+    // A pause is bounded, the whole by the size (a login's is small).
+    match nasvisor_limits::read_body(req.into_body(), max, body_timeout, false).await {
         Ok(b) => Ok(b),
         Err(ReadError::TooLarge { .. }) => Err(too_large()),
         Err(e @ (ReadError::Stalled(_) | ReadError::TooSlow { .. })) => Err(ApiError {

@@ -9,8 +9,9 @@
 
 mod common;
 
-use common::{schema, FakeCore, Running};
-use nasvisor_api::router::ROUTES;
+use common::{schema, FakeCore, Running, ADMIN_TOKEN, CSRF, OPERATOR_TOKEN, SESSION, VIEWER_TOKEN};
+use nasvisor_api::router::{Access, ROUTES};
+use nasvisor_api::types::Role;
 use nasvisor_api::types::{
     FirmwareKind, ImageAdd, ImageMetaSpec, ImageSource, InstallNetwork, InstallSpec, InstallUser,
     NicSpec, VmCreate, VmUpdate,
@@ -47,7 +48,7 @@ async fn health_needs_no_token_and_nothing_else_answers_without_one() {
         assert_eq!(r.status, 200, "{name}");
     }
 
-    for route in ROUTES.iter().filter(|r| r.operation != "health") {
+    for route in ROUTES.iter().filter(|r| r.access != Access::Public) {
         let path = route
             .path
             .replace("{id}", "x1")
@@ -510,39 +511,312 @@ async fn core_errors_map_to_statuses() {
 }
 
 #[tokio::test]
-async fn cert_and_token_persist_across_restart_and_rotation_works() {
+async fn the_certificate_persists_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let core = Arc::new(FakeCore::default());
     let first = Running::start(dir.path(), core.clone()).await;
-    let token = first.new_token.clone().expect("token on first start");
     let fp = first.fingerprint.clone();
     first.stop().await;
-
     let second = Running::start(dir.path(), core.clone()).await;
     assert_eq!(second.fingerprint, fp, "certificate regenerated");
-    assert!(
-        second.new_token.is_none(),
-        "a new token was printed on restart"
-    );
-    let c = second.client();
-    assert_eq!(c.get("/api/v1/host", Some(&token)).await.status, 200);
-
-    let r = c
-        .send("POST", "/api/v1/auth/token/rotate", Some(&token), None, b"")
-        .await;
-    assert_eq!(r.status, 200);
-    let new = r.json()["token"].as_str().unwrap().to_string();
-    assert_ne!(new, token);
-    assert_eq!(c.get("/api/v1/host", Some(&token)).await.status, 401);
-    assert_eq!(c.get("/api/v1/host", Some(&new)).await.status, 200);
-    second.stop().await;
-
-    let third = Running::start(dir.path(), core).await;
     assert_eq!(
-        third.client().get("/api/v1/host", Some(&new)).await.status,
+        second
+            .client()
+            .get("/api/v1/host", Some(ADMIN_TOKEN))
+            .await
+            .status,
         200
     );
-    third.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn each_route_is_refused_below_its_role_before_the_core_sees_it() {
+    let (_dir, core, server, _token) = start().await;
+    let c = server.client();
+    for route in ROUTES.iter() {
+        let Access::Role(needed) = route.access else {
+            continue;
+        };
+        let (path, body) = sample(route.operation);
+        for (token, role) in [
+            (VIEWER_TOKEN, Role::Viewer),
+            (OPERATOR_TOKEN, Role::Operator),
+            (ADMIN_TOKEN, Role::Admin),
+        ] {
+            core.take();
+            let r = match body {
+                Some(b) => c.json(route.method, path, token, b).await,
+                None if route.raw_body => {
+                    let ct = Some("application/octet-stream");
+                    c.send(route.method, path, Some(token), ct, b"bytes").await
+                }
+                None => c.send(route.method, path, Some(token), None, b"").await,
+            };
+            if role >= needed {
+                assert_eq!(r.status, route.success, "{} as {role}", route.operation);
+            } else {
+                assert_eq!(r.status, 403, "{} as {role}", route.operation);
+                let reason = r.json()["error"]["reason"].as_str().unwrap().to_string();
+                assert!(
+                    reason.contains(route.operation) && reason.contains(needed.as_str()),
+                    "{reason}"
+                );
+                assert!(
+                    core.take().is_empty(),
+                    "{} reached the core",
+                    route.operation
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_role_table_matches_what_each_role_may_do() {
+    let needs = |op: &str| {
+        ROUTES
+            .iter()
+            .find(|r| r.operation == op)
+            .unwrap_or_else(|| panic!("no route {op}"))
+            .access
+    };
+    let table: [(Access, &[&str]); 4] = [
+        (Access::Public, &["health", "login"]),
+        (
+            Access::Role(Role::Operator),
+            &[
+                "vmPower",
+                "getConsole",
+                "consoleInput",
+                "migrateVm",
+                "cancelJob",
+            ],
+        ),
+        (
+            Access::Role(Role::Viewer),
+            &[
+                "listVms",
+                "getVm",
+                "listHosts",
+                "listEvents",
+                "whoami",
+                "listTokens",
+                "createToken",
+                "revokeToken",
+                "logout",
+                "changePassword",
+            ],
+        ),
+        (
+            Access::Role(Role::Admin),
+            &[
+                "listUsers",
+                "createUser",
+                "listAudit",
+                "createVm",
+                "deleteVm",
+                "installPlugin",
+                "createCluster",
+                "evacuateHost",
+                "uploadImage",
+            ],
+        ),
+    ];
+    for (access, ops) in table {
+        for op in ops {
+            assert_eq!(needs(op), access, "{op}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn login_sets_a_strict_cookie_and_cookie_changes_need_the_csrf_header() {
+    let (_dir, core, server, _token) = start().await;
+    let c = server.client();
+    let r = c
+        .login(br#"{"user":"alice","password":"wrong password"}"#)
+        .await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .login(br#"{"user":"alice","password":"correct horse"}"#)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["token"], SESSION);
+    let cookie = r
+        .headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for part in [
+        "nasvisor_session=nvs_alice-session",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let with_cookie = |csrf: Option<&'static str>| {
+        let mut h = vec![("cookie", "nasvisor_session=nvs_alice-session".to_string())];
+        if let Some(t) = csrf {
+            h.push(("x-csrf-token", t.to_string()));
+        }
+        h
+    };
+    // A read with the cookie alone works.
+    let r = c
+        .send_headers("GET", "/api/v1/vms", &with_cookie(None), None, b"")
+        .await;
+    assert_eq!(r.status, 200);
+    // A change needs the CSRF header, and the right one.
+    let power = br#"{"op":"force_off"}"#;
+    core.take();
+    for bad in [None, Some("forged")] {
+        let r = c
+            .send_headers(
+                "POST",
+                "/api/v1/vms/vm1/power",
+                &with_cookie(bad),
+                Some("application/json"),
+                power,
+            )
+            .await;
+        assert_eq!(r.status, 403, "csrf {bad:?}");
+        assert_eq!(r.field().as_deref(), Some("x-csrf-token"));
+    }
+    assert!(core.take().is_empty(), "a forged change reached the core");
+    let r = c
+        .send_headers(
+            "POST",
+            "/api/v1/vms/vm1/power",
+            &with_cookie(Some(CSRF)),
+            Some("application/json"),
+            power,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    // The same session as a bearer token needs no CSRF header.
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms/vm1/power",
+            SESSION,
+            r#"{"op":"force_off"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    // Logout clears the cookie.
+    let r = c
+        .send_headers(
+            "POST",
+            "/api/v1/auth/logout",
+            &with_cookie(Some(CSRF)),
+            None,
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let cleared = r.headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(
+        cleared.starts_with("nasvisor_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttled_login_answers_429_with_retry_after() {
+    let (_dir, _core, server, _token) = start().await;
+    let r = server
+        .client()
+        .login(br#"{"user":"throttled","password":"whatever1"}"#)
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "7");
+    // A login body is small: a large one is refused before the core.
+    let big = format!(r#"{{"user":"alice","password":"{}"}}"#, "x".repeat(8000));
+    let r = server.client().login(big.as_bytes()).await;
+    assert_eq!(r.status, 413);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn changes_and_logins_are_audited_with_caller_address_and_status_reads_are_not() {
+    let (_dir, core, server, _token) = start().await;
+    let c = server.client();
+    assert_eq!(c.get("/api/v1/vms", Some(VIEWER_TOKEN)).await.status, 200);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms/vm1/power",
+            VIEWER_TOKEN,
+            r#"{"op":"force_off"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms/vm1/power",
+            OPERATOR_TOKEN,
+            r#"{"op":"force_off"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let r = c
+        .json(
+            "POST",
+            "/api/v1/vms",
+            ADMIN_TOKEN,
+            r#"{"name":"-bad","vcpus":1,"memory_mib":512}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .login(br#"{"user":"mallory","password":"guess1234"}"#)
+        .await;
+    assert_eq!(r.status, 401);
+    let _ = c
+        .json(
+            "POST",
+            "/api/v1/vms/vm1/power",
+            "nvt_forged",
+            r#"{"op":"force_off"}"#,
+        )
+        .await;
+    let audits = std::mem::take(&mut *core.audits.lock().unwrap());
+    let seen: Vec<(String, Option<Role>, &str, u16)> = audits
+        .iter()
+        .map(|a| (a.user.clone(), a.role, a.operation, a.status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("vera".to_string(), Some(Role::Viewer), "vmPower", 403),
+            ("oscar".to_string(), Some(Role::Operator), "vmPower", 202),
+            ("admin".to_string(), Some(Role::Admin), "createVm", 400),
+            ("mallory".to_string(), None, "login", 401),
+        ],
+        "reads and unauthenticated requests are not audited"
+    );
+    assert_eq!(audits[1].request, "POST /api/v1/vms/vm1/power");
+    assert_eq!(audits[1].result, "ok");
+    assert_eq!(audits[1].credential.as_deref(), Some("oscar-id"));
+    assert!(
+        audits[0].result.contains("operator"),
+        "{}",
+        audits[0].result
+    );
+    assert!(
+        audits[2].result.starts_with("name: "),
+        "{}",
+        audits[2].result
+    );
+    assert_eq!(audits[1].address.to_string(), "127.0.0.1");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -666,7 +940,30 @@ fn router_and_openapi_list_the_same_routes() {
 fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
     match operation {
         "health" => ("/healthz", None),
-        "rotateToken" => ("/api/v1/auth/token/rotate", None),
+        "login" => (
+            "/api/v1/auth/login",
+            Some(r#"{"user":"alice","password":"correct horse"}"#),
+        ),
+        "logout" => ("/api/v1/auth/logout", None),
+        "whoami" => ("/api/v1/auth/whoami", None),
+        "changePassword" => (
+            "/api/v1/auth/password",
+            Some(r#"{"current":"correct horse","new":"battery staple"}"#),
+        ),
+        "listUsers" => ("/api/v1/users", None),
+        "createUser" => (
+            "/api/v1/users",
+            Some(r#"{"name":"bob","password":"long enough","role":"viewer"}"#),
+        ),
+        "updateUser" => ("/api/v1/users/bob", Some(r#"{"role":"operator"}"#)),
+        "deleteUser" => ("/api/v1/users/bob", None),
+        "listTokens" => ("/api/v1/tokens", None),
+        "createToken" => (
+            "/api/v1/tokens",
+            Some(r#"{"name":"backup","expires_in_s":3600}"#),
+        ),
+        "revokeToken" => ("/api/v1/tokens/0123456789abcdef", None),
+        "listAudit" => ("/api/v1/audit", None),
         "getHost" => ("/api/v1/host", None),
         "listVms" => ("/api/v1/vms", None),
         "createVm" => ("/api/v1/vms", Some(VM_OK)),
@@ -763,7 +1060,7 @@ fn response_schema<'a>(
 #[tokio::test]
 async fn real_responses_match_the_openapi_schemas() {
     let doc = spec();
-    let (_dir, _core, server, mut token) = start().await;
+    let (_dir, _core, server, token) = start().await;
     let c = server.client();
     for route in ROUTES {
         let (path, body) = sample(route.operation);
@@ -830,9 +1127,6 @@ async fn real_responses_match_the_openapi_schemas() {
                     assert!(r.body.is_empty(), "{}: undocumented body", route.operation);
                 }
             }
-        }
-        if route.operation == "rotateToken" {
-            token = r.json()["token"].as_str().unwrap().to_string();
         }
     }
     // Error answers follow the Error schema too.

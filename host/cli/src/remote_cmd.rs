@@ -35,6 +35,15 @@ pub enum RemoteCmd {
         /// (check its fingerprint against the one nasvisord printed).
         #[arg(long)]
         accept_certificate: bool,
+        /// Log in as this user (its password is asked for) and store a new
+        /// API token of it, named cli-<this machine>, instead of a token
+        /// given.
+        #[arg(long)]
+        user: Option<String>,
+        /// With --user: read the password from the first line of standard
+        /// input.
+        #[arg(long, requires = "user")]
+        password_stdin: bool,
     },
     /// The remotes (never their tokens).
     List,
@@ -124,7 +133,20 @@ pub fn run(cmd: RemoteCmd, opts: &ApiOpts, out: Out) -> CliResult<()> {
             name,
             endpoint,
             accept_certificate,
-        } => add(&mut config, opts, &name, &endpoint, accept_certificate, out)?,
+            user,
+            password_stdin,
+        } => {
+            let login = user.map(|u| (u, password_stdin));
+            add(
+                &mut config,
+                opts,
+                &name,
+                &endpoint,
+                accept_certificate,
+                login,
+                out,
+            )?
+        }
         RemoteCmd::List => {
             let views: Vec<RemoteView> = config
                 .remotes()
@@ -163,6 +185,7 @@ fn add(
     name: &str,
     endpoint: &str,
     accept_certificate: bool,
+    login: Option<(String, bool)>,
     out: Out,
 ) -> CliResult<()> {
     config.ensure_new(name)?;
@@ -180,9 +203,10 @@ fn add(
         Some(pin) => pin,
         None => Trust::Fingerprint(confirm_certificate(&endpoint, accept_certificate)?),
     };
-    let token = match opts.token()? {
-        Some(t) => t,
-        None => read_token(name)?,
+    let token = match (login, opts.token()?) {
+        (Some((user, stdin)), _) => login_token(&endpoint, &trust, &user, stdin)?,
+        (None, Some(t)) => t,
+        (None, None) => read_token(name)?,
     };
     config.save_remote(
         name,
@@ -229,6 +253,60 @@ fn confirm_certificate(endpoint: &str, accept: bool) -> CliResult<String> {
     } else {
         Err(CliError::msg("certificate not trusted: remote not added"))
     }
+}
+
+/// Logs in as `user` and makes an API token of it for this CLI; the
+/// session used is ended.
+fn login_token(endpoint: &str, trust: &Trust, user: &str, stdin: bool) -> CliResult<Token> {
+    use nasvisor_api_types::{Login, NewTokenView, SessionView, TokenCreate};
+    let server_trust = match trust {
+        Trust::Fingerprint(fp) => client::ServerTrust::Pin(fp.clone()),
+        Trust::CaCert(path) => client::ServerTrust::CaFile {
+            path: path.clone(),
+            what: "--ca-cert".into(),
+        },
+    };
+    let anon = client::Client::anonymous(endpoint, &server_trust)?;
+    let password =
+        crate::api::access::read_password(&format!("password of {user} (not echoed): "), stdin)?;
+    let session: SessionView = anon.send(
+        "POST",
+        "/api/v1/auth/login",
+        &Login {
+            user: user.to_string(),
+            password,
+        },
+    )?;
+    let c = anon.with_token(Token::new(&session.token));
+    let machine = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| nasvisor_api_types::check_name("name", &format!("cli-{h}")).is_ok())
+        .unwrap_or_else(|| "cli".into());
+    let name = if machine == "cli" {
+        machine
+    } else {
+        format!("cli-{machine}")
+    };
+    let made: NewTokenView = c.send(
+        "POST",
+        "/api/v1/tokens",
+        &TokenCreate {
+            name,
+            role: None,
+            expires_in_s: None,
+            user: None,
+        },
+    )?;
+    // The token is what the remote keeps; the session is not needed.
+    if let Err(e) = c.call::<()>("POST", "/api/v1/auth/logout") {
+        tracing::warn!(error = %e, "ending the login session");
+    }
+    eprintln!(
+        "logged in as {user} ({}); API token {} stored",
+        session.role, made.details.id
+    );
+    Ok(Token::new(&made.token))
 }
 
 /// The token of a new remote, when no option gave it: standard input when

@@ -12,11 +12,12 @@
 
 use bytes::Bytes;
 use nasvisor_api::types::{
-    strict, ClusterView, DiskSpec, EventView, FirmwareKind, HostDegrade, HostHealth, HostView,
-    ImageAdd, ImageMetaSpec, ImageSource, ImageView, InstallNetwork, InstallSpec, InstallUser,
-    IntoAnswer, JobView, JoinTokenView, NicModel, NicSpec, PluginResetView, PluginView, PoolCreate,
-    PoolView, SnapshotView, VmCreate, VmRecover, VmState, VmUpdate, VmView, VolumeCreate,
-    VolumeFormat, VolumeView, VswitchCreate, VswitchView,
+    strict, ApiTokenView, AuditEntry, AuditView, Caller, CallerView, ClusterView, Credential,
+    CredentialKind, DiskSpec, EventView, FirmwareKind, HostDegrade, HostHealth, HostView, ImageAdd,
+    ImageMetaSpec, ImageSource, ImageView, InstallNetwork, InstallSpec, InstallUser, IntoAnswer,
+    JobView, JoinTokenView, Login, NewTokenView, NicModel, NicSpec, PluginResetView, PluginView,
+    PoolCreate, PoolView, Request, Role, SessionView, SnapshotView, UserView, VmCreate, VmRecover,
+    VmState, VmUpdate, VmView, VolumeCreate, VolumeFormat, VolumeView, VswitchCreate, VswitchView,
 };
 use nasvisor_api::{
     Action, Answer, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
@@ -32,9 +33,33 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- fake core
 
+/// The token the fake accepts as the admin's.
+const TEST_TOKEN: &str = "nvt_cli-test-token";
+/// The session the fake's login makes for alice.
+const FAKE_SESSION: &str = "nvs_alice-session";
+
+fn user_view(name: &str, role: &str) -> UserView {
+    strict(
+        &json!({"name": name, "role": role, "disabled": false, "password_set": true,
+        "created_at": "2026-01-01T00:00:00Z", "password_changed_at": null}),
+    )
+    .unwrap()
+}
+
+fn token_view(name: &str) -> ApiTokenView {
+    strict(
+        &json!({"id": "0123456789abcdef", "name": name, "user": "alice", "role": "operator",
+        "created_at": "2026-01-01T00:00:00Z", "created_by": "alice", "expires_at": null,
+        "expired": false}),
+    )
+    .unwrap()
+}
+
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<Action>>,
+    /// The user names of the logins asked.
+    logins: Mutex<Vec<String>>,
     polls: Mutex<HashMap<String, usize>>,
     /// (request, bytes received, sha256 hex of them)
     uploads: Mutex<Vec<(ImageUpload, u64, String)>>,
@@ -145,9 +170,9 @@ impl Fake {
     }
 }
 
-#[async_trait::async_trait]
-impl Core for Fake {
-    async fn handle(&self, action: Action) -> Result<Answer, CoreError> {
+impl Fake {
+    /// The canned answer of `action` (recorded).
+    async fn handle_as(&self, action: Action) -> Result<Answer, CoreError> {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
             Action::GetHost => host().into_answer(),
@@ -306,7 +331,7 @@ impl Core for Fake {
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
-                let answer = self.handle(*request).await;
+                let answer = Box::pin(self.handle_as(*request)).await;
                 self.calls.lock().unwrap().pop();
                 return answer;
             }
@@ -324,7 +349,96 @@ impl Core for Fake {
             | Action::DeleteVswitch { .. }
             | Action::DeleteSnapshot { .. }
             | Action::DeletePool { .. } => Answer::Empty,
+            Action::Logout
+            | Action::ChangePassword(_)
+            | Action::DeleteUser { .. }
+            | Action::RevokeToken { .. } => Answer::Empty,
+            Action::Whoami => strict::<CallerView>(&json!({"user": "admin", "role": "admin",
+                "via": "token", "credential": "0123456789abcdef", "expires_at": null}))
+            .unwrap()
+            .into_answer(),
+            Action::ListUsers => vec![user_view("alice", "operator")].into_answer(),
+            Action::CreateUser(u) => user_view(&u.name, u.role.as_str()).into_answer(),
+            Action::UpdateUser { name, update } => {
+                let mut u = user_view(&name, update.role.map_or("operator", |r| r.as_str()));
+                u.disabled = update.disabled.unwrap_or(false);
+                u.into_answer()
+            }
+            Action::ListTokens => vec![token_view("backup")].into_answer(),
+            Action::CreateToken(t) => strict::<NewTokenView>(&json!({"token": "nvt_new-secret",
+                "details": serde_json::to_value(token_view(&t.name)).unwrap()}))
+            .unwrap()
+            .into_answer(),
+            Action::ListAudit { since, .. } => {
+                let all: Vec<AuditView> = (1..=3)
+                    .map(|seq| strict::<AuditView>(&json!({"seq": seq, "time": "2026-01-01T00:00:00Z",
+                        "user": "alice", "role": "operator", "credential": "alice-id",
+                        "address": "127.0.0.1", "host": "nas1", "operation": "vmPower",
+                        "request": "POST /api/v1/vms/vm1/power", "status": 202, "result": "ok"}))
+                    .unwrap())
+                    .filter(|a| since.is_none_or(|s| a.seq > s))
+                    .collect();
+                all.into_answer()
+            }
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Core for Fake {
+    fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError> {
+        let secret = match credential {
+            Credential::Bearer(s) | Credential::Cookie(s) => s,
+        };
+        let (user, role) = match secret {
+            TEST_TOKEN => ("admin", Role::Admin),
+            FAKE_SESSION => ("alice", Role::Operator),
+            "nvt_new-secret" => ("alice", Role::Operator),
+            _ => {
+                return Err(CoreError::Unauthenticated {
+                    reason: "invalid token".into(),
+                })
+            }
+        };
+        Ok(Caller {
+            user: user.into(),
+            role,
+            via: if secret == FAKE_SESSION {
+                CredentialKind::Session
+            } else {
+                CredentialKind::Token
+            },
+            credential: format!("{user}-id"),
+            expires_at: None,
+            csrf: None,
+        })
+    }
+
+    async fn login(
+        &self,
+        login: Login,
+        _address: std::net::IpAddr,
+    ) -> Result<SessionView, CoreError> {
+        self.logins.lock().unwrap().push(login.user.clone());
+        if login.user != "alice" || login.password != "correct horse" {
+            return Err(CoreError::Unauthenticated {
+                reason: "wrong user name or password".into(),
+            });
+        }
+        Ok(SessionView {
+            token: FAKE_SESSION.into(),
+            user: "alice".into(),
+            role: Role::Operator,
+            expires_at: "2026-01-01T08:00:00Z".into(),
+            idle_timeout_s: 3600,
+            csrf_token: "csrf".into(),
+        })
+    }
+
+    async fn audit(&self, _entry: AuditEntry) {}
+
+    async fn handle(&self, _request: &Request, action: Action) -> Result<Answer, CoreError> {
+        self.handle_as(action).await
     }
 
     async fn console(&self, id: String, follow: bool, tail: u64) -> Result<ByteStream, CoreError> {
@@ -436,12 +550,12 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let core = Arc::new(Fake::default());
         let settings = ServerSettings::new("127.0.0.1:0".parse().unwrap(), dir.path());
-        let mut server = rt
+        let server = rt
             .block_on(Server::bind(settings, core.clone()))
             .expect("bind");
         let addr = server.local_addr().unwrap();
         let fingerprint = server.tls().fingerprint.clone();
-        let token = server.take_new_token().expect("first start token");
+        let token = TEST_TOKEN.to_string();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         rt.spawn(server.serve(async move {
             let _ = rx.await;
@@ -1663,7 +1777,7 @@ fn token_missing_wrong_or_from_a_file() {
         String::from_utf8_lossy(&out.stderr),
         "warning: --token exposes the token in the process list; use a remote, \
          --token-file or NASVISOR_TOKEN\n\
-         error: authorization: invalid admin token (HTTP 401)\n"
+         error: authorization: invalid token (HTTP 401)\n"
     );
     let mut c = h.bare();
     let out = c
@@ -1686,7 +1800,7 @@ fn token_missing_wrong_or_from_a_file() {
     let out = h.cmd_with_token("wrong", &["vm", "list"]).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: authorization: invalid admin token (HTTP 401)\n"
+        "error: authorization: invalid token (HTTP 401)\n"
     );
 
     let tok = tempfile::tempdir().unwrap();
@@ -1890,7 +2004,7 @@ fn image_upload_streams_the_file() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: authorization: invalid admin token (HTTP 401)\n"
+        "error: authorization: invalid token (HTTP 401)\n"
     );
     assert_eq!(h.core.uploads.lock().unwrap().len(), 1);
 }
@@ -2119,10 +2233,14 @@ fn event_follow_in_yaml_prints_one_document_per_event() {
 
 /// `nasvisor remote add NAME ENDPOINT ARGS...` with `stdin` as its input.
 fn remote_add(h: &Harness, name: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = h
-        .bare()
-        .args(["remote", "add", name, &h.endpoint()])
-        .args(args)
+    let mut c = h.bare();
+    c.args(["remote", "add", name, &h.endpoint()]).args(args);
+    typed(c, stdin)
+}
+
+/// Runs `c` with `stdin` typed in (30 s at most).
+fn typed(mut c: Command, stdin: &str) -> Output {
+    let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -2340,7 +2458,7 @@ fn options_and_variables_beat_the_remote() {
     let out = plain(&h, &["--token-file", wrong.to_str().unwrap(), "host"]);
     assert_eq!(
         stderr(&out),
-        "error: authorization: invalid admin token (HTTP 401)\n"
+        "error: authorization: invalid token (HTTP 401)\n"
     );
     let out = h
         .bare()
@@ -2350,7 +2468,7 @@ fn options_and_variables_beat_the_remote() {
         .unwrap();
     assert_eq!(
         stderr(&out),
-        "error: authorization: invalid admin token (HTTP 401)\n"
+        "error: authorization: invalid token (HTTP 401)\n"
     );
     // So does --ca-cert: the server's certificate file is trusted as given.
     let out = plain(&h, &["--ca-cert", h.cert().to_str().unwrap(), "host"]);
@@ -2422,4 +2540,172 @@ fn unsafe_or_malformed_config_files_are_refused() {
     );
     assert!(!e.contains(&h.token), "{e}");
     assert!(h.core.take().is_empty());
+}
+
+/// `nasvisor ARGS` against the harness with `stdin` as input.
+fn with_stdin(h: &Harness, args: &[&str], stdin: &str) -> Output {
+    typed(h.cmd(args), stdin)
+}
+
+#[test]
+fn users_tokens_whoami_and_audit_commands_send_their_requests() {
+    let h = Harness::start();
+    let me = h.ok(&["whoami"]);
+    assert!(me.contains("admin") && me.contains("token"), "{me}");
+
+    let out = with_stdin(
+        &h,
+        &[
+            "user",
+            "create",
+            "bob",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        "long enough pw\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_stdin(
+        &h,
+        &[
+            "user",
+            "edit",
+            "bob",
+            "--role",
+            "operator",
+            "--disable",
+            "--password",
+            "--password-stdin",
+        ],
+        "another long one\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.ok(&["user", "delete", "bob"]);
+    let out = h.run(&[
+        "user",
+        "create",
+        "carol",
+        "--role",
+        "root",
+        "--password-stdin",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("viewer, operator or admin"), "{e}");
+    let calls = h.core.take();
+    let [Action::Whoami, Action::CreateUser(c), Action::UpdateUser { name, update }, Action::DeleteUser { name: deleted }] =
+        calls.as_slice()
+    else {
+        panic!("{calls:?}");
+    };
+    assert_eq!(
+        (c.name.as_str(), c.role, c.password.as_str()),
+        ("bob", Role::Viewer, "long enough pw")
+    );
+    assert_eq!(name, "bob");
+    assert_eq!(update.role, Some(Role::Operator));
+    assert_eq!(update.disabled, Some(true));
+    assert_eq!(update.password.as_deref(), Some("another long one"));
+    assert_eq!(deleted, "bob");
+
+    // A token's secret is printed alone on stdout (so it can be redirected
+    // to a file), its details on stderr.
+    let out = h
+        .cmd(&[
+            "token",
+            "create",
+            "backup",
+            "--expires-in",
+            "30d",
+            "--role",
+            "viewer",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "nvt_new-secret\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown once"));
+    let listed = h.ok(&["token", "list"]);
+    assert!(
+        listed.contains("0123456789abcdef") && listed.contains("backup"),
+        "{listed}"
+    );
+    assert!(!listed.contains("nvt_"), "a secret in the list: {listed}");
+    h.ok(&["token", "revoke", "0123456789abcdef"]);
+    let calls = h.core.take();
+    let [Action::CreateToken(t), Action::ListTokens, Action::RevokeToken { id }] = calls.as_slice()
+    else {
+        panic!("{calls:?}");
+    };
+    assert_eq!(t.expires_in_s, Some(30 * 86_400));
+    assert_eq!(t.role, Some(Role::Viewer));
+    assert_eq!(id, "0123456789abcdef");
+
+    let audit: Vec<AuditView> =
+        serde_json::from_str(&h.ok(&["audit", "list", "-o", "json", "--since", "1"])).unwrap();
+    assert_eq!(audit.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn remote_add_with_a_user_logs_in_and_stores_a_new_token_not_the_password() {
+    let h = Harness::start();
+    let out = remote_add(
+        &h,
+        "lab",
+        &[
+            "--fingerprint",
+            &h.fingerprint,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ],
+        "wrong horse\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong user name or password"));
+    let out = remote_add(
+        &h,
+        "lab",
+        &[
+            "--fingerprint",
+            &h.fingerprint,
+            "--user",
+            "alice",
+            "--password-stdin",
+        ],
+        "correct horse\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(h.config()).unwrap();
+    assert!(config.contains("nvt_new-secret"), "the new token is stored");
+    assert!(
+        !config.contains("correct horse") && !config.contains(FAKE_SESSION),
+        "{config}"
+    );
+    let calls = h.core.take();
+    assert!(
+        matches!(calls.as_slice(), [Action::CreateToken(_), Action::Logout]),
+        "{calls:?}"
+    );
+    assert_eq!(*h.core.logins.lock().unwrap(), vec!["alice", "alice"]);
+    // The remote works with the token it stored.
+    let out = plain(&h, &["--remote", "lab", "whoami"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,13 +1,16 @@
 //! The event log: what happened (a VM crashed, a guest panicked, an install
-//! failed...), committed to the cluster store and bounded. [`EventLog`] owns
-//! this host's idea of the next sequence number; [`Inner::event`] is how the
-//! rest of the core records one.
+//! failed...), committed to the cluster store and bounded. [`SeqLog`] owns
+//! this host's idea of the next sequence number (of the event log, and of
+//! the audit log, `crate::access`); [`Inner::event`] is how the rest of the
+//! core records an event.
 
 use crate::db::Db;
-use crate::model::{kind, now_rfc3339, EventRecord, Severity};
+use crate::model::{now_rfc3339, EventRecord, Severity};
 use crate::Inner;
 use nasvisor_api_types::EventView;
 use nasvisor_best_effort::BestEffort;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many events are kept.
@@ -17,69 +20,107 @@ fn key(seq: u64) -> String {
     format!("{seq:016}")
 }
 
-/// The event log as this host appends to it.
-#[derive(Default)]
-pub(crate) struct EventLog {
+/// A record of a numbered log.
+pub(crate) trait Sequenced: Serialize + DeserializeOwned {
+    /// Its sequence number.
+    fn seq(&self) -> u64;
+    /// Sets its sequence number.
+    fn set_seq(&mut self, seq: u64);
+}
+
+/// A bounded, numbered log in the store (the event log, the audit log) as
+/// this host appends to it.
+pub(crate) struct SeqLog {
+    kind: &'static str,
+    /// How many records are kept.
+    max: u64,
     /// The last sequence number this host knows taken.
     seq: AtomicU64,
 }
 
-impl EventLog {
-    fn last_seq(db: &Db) -> u64 {
+impl SeqLog {
+    /// The log of records of `kind`, the last `max` kept.
+    pub const fn new(kind: &'static str, max: u64) -> Self {
+        Self {
+            kind,
+            max,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn last_seq(&self, db: &Db) -> u64 {
         db.store()
-            .list(kind::EVENT)
+            .list(self.kind)
             .last()
             .and_then(|(k, _, _)| k.parse::<u64>().ok())
             .unwrap_or(0)
     }
 
-    /// Starts numbering after the last event in `db` (at start, and when
+    /// Starts numbering after the last record in `db` (at start, and when
     /// the host changed stores by joining a cluster).
     pub fn init(&self, db: &Db) {
-        self.seq.store(Self::last_seq(db), Ordering::SeqCst);
+        self.seq.store(self.last_seq(db), Ordering::SeqCst);
     }
 
-    /// Appends `rec` (its `seq` is set here). Every host appends: a
-    /// sequence number is taken with a create-only write, and taken again
-    /// when another host got it first.
-    async fn append(&self, db: &Db, mut rec: EventRecord) {
+    /// Appends `rec` (its `seq` is set here); false when it could not be
+    /// recorded (logged). Every host appends: a sequence number is taken
+    /// with a create-only write, and taken again when another host got it
+    /// first.
+    pub async fn append<T: Sequenced>(&self, db: &Db, mut rec: T) -> bool {
         for _ in 0..8 {
             let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            rec.seq = seq;
-            match db.put(kind::EVENT, &key(seq), &rec, Some(0)).await {
+            rec.set_seq(seq);
+            match db.put(self.kind, &key(seq), &rec, Some(0)).await {
                 Ok(_) => {
-                    if seq > MAX_EVENTS {
-                        db.delete(kind::EVENT, &key(seq - MAX_EVENTS))
+                    if seq > self.max {
+                        db.delete(self.kind, &key(seq - self.max))
                             .await
-                            .best_effort("drop the oldest event");
+                            .best_effort("drop the oldest record of a log");
                     }
-                    return;
+                    return true;
                 }
                 Err(nasvisor_api_types::CoreError::Conflict { .. }) => {
                     // Catch up with the others.
-                    self.seq.fetch_max(Self::last_seq(db), Ordering::SeqCst);
+                    self.seq.fetch_max(self.last_seq(db), Ordering::SeqCst);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot record an event");
-                    return;
+                    tracing::error!(log = self.kind, error = %e, "cannot append to a log");
+                    return false;
                 }
             }
         }
         tracing::error!(
-            kind = %rec.kind,
-            "cannot record an event: the sequence kept moving"
+            log = self.kind,
+            "cannot append to a log: the sequence kept moving"
         );
+        false
     }
 
-    /// Events after `since` (all kept ones when `None`: the last `limit`).
-    pub fn list(db: &Db, since: Option<u64>, limit: u32) -> Vec<EventView> {
-        let all: Vec<EventRecord> = db.list(kind::EVENT);
+    /// Records after `since` (all kept ones when `None`: the last `limit`),
+    /// oldest first.
+    pub fn list<T: Sequenced, V>(
+        &self,
+        db: &Db,
+        since: Option<u64>,
+        limit: u32,
+        view: impl Fn(&T) -> V,
+    ) -> Vec<V> {
+        let all: Vec<T> = db.list(self.kind);
         let limit = limit.max(1) as usize;
-        let picked: Vec<&EventRecord> = match since {
-            Some(s) => all.iter().filter(|e| e.seq > s).take(limit).collect(),
+        let picked: Vec<&T> = match since {
+            Some(s) => all.iter().filter(|e| e.seq() > s).take(limit).collect(),
             None => all.iter().skip(all.len().saturating_sub(limit)).collect(),
         };
-        picked.into_iter().map(EventRecord::view).collect()
+        picked.into_iter().map(view).collect()
+    }
+}
+
+impl Sequenced for EventRecord {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 }
 
@@ -112,6 +153,6 @@ impl Inner {
 
     /// Events after `since` (all kept ones when `None`: the last `limit`).
     pub(crate) fn list_events(&self, since: Option<u64>, limit: u32) -> Vec<EventView> {
-        EventLog::list(&self.db, since, limit)
+        self.events.list(&self.db, since, limit, EventRecord::view)
     }
 }

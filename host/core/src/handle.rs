@@ -12,8 +12,10 @@ use nasvisor_api_types::{
     Action, ClusterView, CoreError, HostView, JoinTokenView, MemberStatus, MemberView,
 };
 use nasvisor_api_types::{Answer, ByteStream, ImageUpload, IntoAnswer};
+use nasvisor_api_types::{AuditEntry, Caller, Credential, Login, Request, SessionView};
 use nasvisor_best_effort::BestEffort;
 use nasvisor_storage::SnapshotOp;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -359,6 +361,20 @@ impl Inner {
             Action::InstallPlugin(req) => answer(c.install_plugin(req).await),
             Action::UninstallPlugin { world } => answer(c.uninstall_plugin(&world).await),
             Action::ResetPlugin { world } => answer(c.reset_plugin(&world).await),
+            // Never routed: `NasCore::handle` carries them out for the caller.
+            a @ (Action::Whoami
+            | Action::Logout
+            | Action::ChangePassword(_)
+            | Action::ListUsers
+            | Action::CreateUser(_)
+            | Action::UpdateUser { .. }
+            | Action::DeleteUser { .. }
+            | Action::ListTokens
+            | Action::CreateToken(_)
+            | Action::RevokeToken { .. }
+            | Action::ListAudit { .. }) => Err(errors::internal(format!(
+                "{a:?} reached a host without its caller"
+            ))),
             // Routed here: this host's pools are meant.
             Action::OnHost { request, .. } => Box::pin(c.handle_here(*request)).await,
         }
@@ -367,9 +383,25 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl nasvisor_api_types::Core for NasCore {
-    async fn handle(&self, mut action: Action) -> Result<Answer, CoreError> {
+    fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError> {
+        self.inner.authenticate(credential)
+    }
+
+    async fn login(&self, login: Login, address: IpAddr) -> Result<SessionView, CoreError> {
+        self.inner.login(login, address).await
+    }
+
+    async fn audit(&self, entry: AuditEntry) {
+        self.inner.record_audit(entry).await
+    }
+
+    async fn handle(&self, request: &Request, action: Action) -> Result<Answer, CoreError> {
         let c = &self.inner;
         c.check_quorum(&action)?;
+        let mut action = match c.handle_access(request, action).await {
+            Ok(done) => return done,
+            Err(other) => other,
+        };
         if let Some(v) = c.read_on_vm_host(&action).await {
             return Ok(v);
         }

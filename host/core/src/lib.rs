@@ -15,6 +15,7 @@
 //! - runs long operations as persisted, cancellable jobs that a restart
 //!   cleans up.
 
+mod access;
 mod cluster;
 pub mod db;
 pub mod errors;
@@ -264,7 +265,11 @@ pub(crate) struct Inner {
     /// The jobs running on this host, with their live progress.
     pub local_jobs: jobs::LocalJobs,
     /// The event log as this host appends to it.
-    pub events: events::EventLog,
+    pub events: events::SeqLog,
+    /// The audit log as this host appends to it.
+    pub audit: events::SeqLog,
+    /// Users' sessions and login throttling on this host.
+    pub access: access::AccessState,
     /// Serializes changes that check the whole state (names, resources).
     pub ops: tokio::sync::Mutex<()>,
     /// Cancelled when the core shuts down (background tasks stop).
@@ -412,7 +417,9 @@ impl NasCore {
             health: health::HealthChecks::default(),
             faults: faults::FaultLog::default(),
             local_jobs: jobs::LocalJobs::default(),
-            events: Default::default(),
+            events: events::SeqLog::new(model::kind::EVENT, events::MAX_EVENTS),
+            audit: events::SeqLog::new(model::kind::AUDIT, access::MAX_AUDIT),
+            access: Default::default(),
             ops: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             cluster: Default::default(),
@@ -425,7 +432,9 @@ impl NasCore {
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.events.init(&inner.db);
+        inner.audit.init(&inner.db);
         inner.register_host().await?;
+        inner.bootstrap_access().await?;
 
         inner.ensure_default_pool().await?;
         inner.make_pools_private();
@@ -445,6 +454,12 @@ impl NasCore {
     /// This host's record.
     pub fn host(&self) -> &HostRecord {
         &self.inner.host
+    }
+
+    /// The admin token the first start created, once (the daemon prints it);
+    /// `None` on every later start.
+    pub fn take_bootstrap_token(&self) -> Option<String> {
+        self.inner.take_bootstrap_token()
     }
 
     /// The accelerator VMs run under.

@@ -24,6 +24,12 @@ pub mod kind {
     pub const PLUGIN_STATE: &str = "plugin-state";
     /// A quarantine lift every host applies, key the world.
     pub const PLUGIN_RESET: &str = "plugin-reset";
+    /// A user, key its name.
+    pub const USER: &str = "user";
+    /// An API token, key the SHA-256 of its secret (hex).
+    pub const TOKEN: &str = "token";
+    /// The audit log, key the sequence number.
+    pub const AUDIT: &str = "audit";
 }
 
 impl VmRecord {

@@ -289,11 +289,11 @@ async fn serve(
     settings.tls.extra_names = cfg.api.extra_names.clone();
     settings.max_upload = cfg.api.max_upload_bytes;
     settings.limits = cfg.api.limits.limits();
-    let mut server = nasvisor_api::Server::bind(settings, std::sync::Arc::new(core.clone()))
+    let server = nasvisor_api::Server::bind(settings, std::sync::Arc::new(core.clone()))
         .await
         .context("starting the HTTPS endpoint")?;
-    // The banner carries the admin token on the first start only.
-    println!("{}", server.startup_banner());
+    // The banner carries the bootstrap admin token on the first start only.
+    println!("{}", server.startup_banner(core.take_bootstrap_token()));
     tracing::info!(
         host = %core.host().id,
         accel = core.accel().qemu_name(),

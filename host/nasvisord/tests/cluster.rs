@@ -102,6 +102,45 @@ fn three_hosts_form_a_cluster_place_vms_and_survive_a_leader_loss() {
         );
     }
 
+    // 1b. Users and tokens are the cluster's: host 2's own first-start
+    // token went with its single-host store; a token made on host 1 works
+    // on host 3 at once, and once revoked on host 1, is refused on host 3
+    // as soon as the revocation answered.
+    let e = c.host(2).cli_with_token(&c.host(2).token, &["whoami"]);
+    assert!(!e.status.success(), "host 2's own old token still works");
+    let made = c
+        .host(1)
+        .json(&["token", "create", "ci", "--role", "viewer"]);
+    let secret = made["token"].as_str().expect("a token secret").to_string();
+    let id = made["id"].as_str().expect("a token id").to_string();
+    let who = c.host(3).cli_with_token(&secret, &["--json", "whoami"]);
+    assert!(
+        who.status.success(),
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    let who: Value = serde_json::from_slice(&who.stdout).unwrap();
+    assert_eq!(
+        (&who["user"], &who["role"]),
+        (&Value::from("admin"), &Value::from("viewer"))
+    );
+    let refused = c.host(3).cli_with_token(
+        &secret,
+        &["vm", "create", "x", "--vcpus", "1", "--memory", "64"],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("HTTP 403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    c.host(1).json(&["token", "revoke", &id]);
+    let gone = c.host(3).cli_with_token(&secret, &["whoami"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("HTTP 401"),
+        "a revoked token accepted on host 3: {}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+
     // 2. A member cannot join again.
     let t = c.host(1).json(&["cluster", "join-token"]);
     let token = t["token"].as_str().expect("a token").to_string();

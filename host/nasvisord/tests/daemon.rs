@@ -747,3 +747,162 @@ fn an_install_whose_disk_exceeds_the_pools_free_space_fails_before_planning() {
         "{events:#}"
     );
 }
+
+/// `nasvisor ARGS` against `d` with the config file `config` and no token
+/// of the daemon's: the remote's token is the one sent. `stdin` is typed in.
+fn as_remote(
+    d: &Daemon,
+    config: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    let mut c = d.cli_command("", args);
+    c.env_remove("NASVISOR_TOKEN")
+        .env_remove("NASVISOR_ENDPOINT")
+        .env_remove("NASVISOR_FINGERPRINT")
+        .env("NASVISOR_CONFIG", config);
+    typed(c, stdin)
+}
+
+/// Runs `c` with `stdin` typed in.
+fn typed(mut c: std::process::Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_log_in_act_within_their_role_are_audited_and_throttled() {
+    let _s = serial();
+    let d = Daemon::start();
+    let config = d.dir.path().join("cli-config.toml");
+    for (user, role) in [("vera", "viewer"), ("otto", "operator")] {
+        let o = d.cli_command(
+            &d.admin_token(),
+            &["user", "create", user, "--role", role, "--password-stdin"],
+        );
+        let o = typed(o, &format!("{user} long password\n"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Each logs in through the CLI, which stores a new API token.
+        let o = as_remote(
+            &d,
+            &config,
+            &[
+                "remote",
+                "add",
+                user,
+                &d.endpoint,
+                "--fingerprint",
+                &d.fingerprint,
+                "--user",
+                user,
+                "--password-stdin",
+            ],
+            &format!("{user} long password\n"),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !text.contains("long password"),
+        "a password in the config file"
+    );
+    d.json(&["vm", "create", "quiet", "--vcpus", "1", "--memory", "128"]);
+
+    // vera reads, but may not stop a VM; otto may (the VM is not running:
+    // a conflict, past the role check).
+    let o = as_remote(
+        &d,
+        &config,
+        &["--remote", "vera", "--json", "vm", "list"],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_remote(
+        &d,
+        &config,
+        &["--remote", "vera", "vm", "force-off", "quiet"],
+        "",
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("HTTP 403") && e.contains("operator"), "{e}");
+    let o = as_remote(
+        &d,
+        &config,
+        &["--remote", "otto", "vm", "force-off", "quiet"],
+        "",
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!e.contains("HTTP 403") && !e.contains("HTTP 401"), "{e}");
+    let o = as_remote(&d, &config, &["--remote", "otto", "user", "list"], "");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 403"));
+
+    // The audit log has who did what and how it ended; reads are not in it.
+    let audit = d.json(&["audit", "list"]);
+    let entries: Vec<(String, String, u64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["operation"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for want in [
+        ("vera".to_string(), "login".to_string(), 200),
+        ("vera".to_string(), "vmPower".to_string(), 403),
+        ("otto".to_string(), "vmPower".to_string(), 409),
+        ("otto".to_string(), "listUsers".to_string(), 0),
+    ] {
+        let found = entries
+            .iter()
+            .any(|e| e.0 == want.0 && e.1 == want.1 && (want.2 == 0 || e.2 == want.2));
+        assert_eq!(found, want.2 != 0, "{want:?} in {entries:#?}");
+    }
+    assert!(
+        entries.iter().all(|e| e.1 != "listVms"),
+        "a read was audited"
+    );
+
+    // Five wrong passwords for vera, then even the right one waits (429).
+    let vera_login = |password: &str| {
+        let args = [
+            "remote",
+            "add",
+            "again",
+            &d.endpoint,
+            "--fingerprint",
+            &d.fingerprint,
+            "--user",
+            "vera",
+            "--password-stdin",
+        ];
+        as_remote(&d, &config, &args, &format!("{password}\n"))
+    };
+    for _ in 0..5 {
+        let o = vera_login("not her password");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 401"));
+    }
+    let o = vera_login("vera long password");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("HTTP 429") && e.contains("try again in"), "{e}");
+    // Her stored token is not affected; disabling her ends it.
+    let o = as_remote(&d, &config, &["--remote", "vera", "whoami"], "");
+    assert!(o.status.success());
+    d.json(&["user", "edit", "vera", "--disable"]);
+    let o = as_remote(&d, &config, &["--remote", "vera", "whoami"], "");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("HTTP 401") && e.contains("disabled"), "{e}");
+}

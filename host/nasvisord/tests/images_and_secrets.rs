@@ -282,7 +282,7 @@ fn secrets_never_reach_the_trace_log_and_everything_written_is_private() {
         journal.clone(),
         console_log.clone(),
         data.join("pools/default/web1-root.qcow2"),
-        data.join("admin-token.hash"),
+        data.join("tls/key.pem"),
     ] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     }

@@ -305,7 +305,7 @@ fn a_burst_of_placements_beyond_the_instance_pool_does_not_quarantine_a_healthy_
     let args = common::blank_vm_args("slow", &[]);
     let children: Vec<_> = (0..BURST)
         .map(|_| {
-            d.cli_command(&d.token, &args)
+            d.cli_command(&d.admin_token(), &args)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -374,7 +374,7 @@ fn decisions_run_off_the_async_workers_so_the_api_answers_while_plugins_compute(
     let started = Instant::now();
     let mut creates: Vec<_> = (0..n)
         .map(|_| {
-            d.cli_command(&d.token, &args)
+            d.cli_command(&d.admin_token(), &args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()

@@ -1,5 +1,6 @@
 //! The typed request bodies, one file per resource, with their validation.
 
+mod auth;
 mod cluster;
 mod image;
 mod install;
@@ -8,6 +9,7 @@ mod storage;
 mod vm;
 mod vswitch;
 
+pub use auth::*;
 pub use cluster::*;
 pub use image::*;
 pub use install::*;

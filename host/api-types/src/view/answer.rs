@@ -58,6 +58,20 @@ pub enum Answer {
     Cluster(Box<ClusterView>),
     /// A join token.
     JoinToken(JoinTokenView),
+    /// A new session.
+    Session(SessionView),
+    /// The caller.
+    Caller(CallerView),
+    /// A user.
+    User(UserView),
+    /// The users.
+    Users(Vec<UserView>),
+    /// API tokens.
+    ApiTokens(Vec<ApiTokenView>),
+    /// A new API token and its secret.
+    NewToken(NewTokenView),
+    /// Audit entries.
+    Audit(Vec<AuditView>),
 }
 
 impl Answer {
@@ -103,6 +117,13 @@ impl Serialize for ApiBody<'_> {
             Answer::Events(v) => v.serialize(s),
             Answer::Cluster(v) => v.serialize(s),
             Answer::JoinToken(v) => v.serialize(s),
+            Answer::Session(v) => v.serialize(s),
+            Answer::Caller(v) => v.serialize(s),
+            Answer::User(v) => v.serialize(s),
+            Answer::Users(v) => v.serialize(s),
+            Answer::ApiTokens(v) => v.serialize(s),
+            Answer::NewToken(v) => v.serialize(s),
+            Answer::Audit(v) => v.serialize(s),
         }
     }
 }
@@ -160,4 +181,11 @@ into_answer! {
     Vec<EventView> => Events;
     ClusterView => Cluster(Box::new);
     JoinTokenView => JoinToken;
+    SessionView => Session;
+    CallerView => Caller;
+    UserView => User;
+    Vec<UserView> => Users;
+    Vec<ApiTokenView> => ApiTokens;
+    NewTokenView => NewToken;
+    Vec<AuditView> => Audit;
 }

@@ -6,6 +6,7 @@
 //! some); [`strict`] is the check tests use for "exactly this shape".
 
 mod answer;
+mod auth;
 mod cluster;
 mod event;
 mod host;
@@ -17,6 +18,7 @@ mod vm;
 mod vswitch;
 
 pub use answer::{Answer, IntoAnswer};
+pub use auth::*;
 pub use cluster::*;
 pub use event::*;
 pub use host::*;
@@ -45,22 +47,6 @@ pub struct HealthView {
 pub enum HealthStatus {
     /// The server answers.
     Ok,
-}
-
-/// `POST /api/v1/auth/token/rotate`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[schemars(rename = "Token", deny_unknown_fields)]
-pub struct TokenView {
-    /// The new admin token, shown once.
-    pub token: String,
-}
-
-impl std::fmt::Debug for TokenView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenView")
-            .field("token", &crate::REDACTED)
-            .finish()
-    }
 }
 
 /// Reads `value` as a `T` and checks that it is exactly a `T`: no field

@@ -14,6 +14,10 @@ use nasvisor_api::types::{
     JobView, PluginResetView, PluginView, PoolView, SnapshotView, VmState, VmView, VolumeView,
     VswitchView,
 };
+use nasvisor_api::types::{
+    ApiTokenView, AuditEntry, AuditView, Caller, Credential, CredentialKind, Login, NewTokenView,
+    Request, Role, SessionView, UserView,
+};
 use nasvisor_api::{
     Action, Answer, ByteStream, Core, CoreError, FirmwareKind, ImageUpload, PowerOp, Server,
     ServerSettings,
@@ -28,11 +32,28 @@ use tokio_rustls::rustls;
 /// error that ended the stream (if any).
 pub type Upload = (ImageUpload, Vec<u8>, Option<String>);
 
+/// The fake's admin token.
+pub const ADMIN_TOKEN: &str = "nvt_admin-secret";
+/// The fake's operator token.
+pub const OPERATOR_TOKEN: &str = "nvt_operator-secret";
+/// The fake's viewer token.
+pub const VIEWER_TOKEN: &str = "nvt_viewer-secret";
+/// The fake's one user with a password, and its password.
+pub const LOGIN_USER: &str = "alice";
+pub const LOGIN_PASSWORD: &str = "correct horse";
+/// The session the fake's login makes, and its CSRF token.
+pub const SESSION: &str = "nvs_alice-session";
+pub const CSRF: &str = "csrf-of-alice";
+
 /// Records every action and answers with canned typed views (the response
 /// schemas' types).
 #[derive(Default)]
 pub struct FakeCore {
     pub calls: Mutex<Vec<Action>>,
+    /// The caller of each action, as the server passed it.
+    pub callers: Mutex<Vec<Caller>>,
+    /// What the server asked to audit.
+    pub audits: Mutex<Vec<AuditEntry>>,
     /// Console requests: (id, follow, tail).
     pub consoles: Mutex<Vec<(String, bool, u64)>>,
     /// Uploads: the request, the bytes received, and the error that ended
@@ -144,9 +165,20 @@ fn volume(pool: &str, name: &str, size: u64) -> VolumeView {
     view(json!({"name": name, "pool": pool, "size_mib": size, "format": "qcow2", "used_by": null}))
 }
 
-#[async_trait::async_trait]
-impl Core for FakeCore {
-    async fn handle(&self, action: Action) -> Result<Answer, CoreError> {
+fn caller(user: &str, role: Role, via: CredentialKind) -> Caller {
+    Caller {
+        user: user.into(),
+        role,
+        via,
+        credential: format!("{user}-id"),
+        expires_at: None,
+        csrf: (via == CredentialKind::Session).then(|| CSRF.to_string()),
+    }
+}
+
+impl FakeCore {
+    /// The canned answer of `action` (recorded).
+    async fn handle_as(&self, action: Action) -> Result<Answer, CoreError> {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
             Action::GetHost => host("nas1").into_answer(),
@@ -164,7 +196,7 @@ impl Core for FakeCore {
             // The fake is every host: the request is answered as such (and
             // recorded once, as it came).
             Action::OnHost { request, .. } => {
-                let answer = self.handle(*request).await;
+                let answer = Box::pin(self.handle_as(*request)).await;
                 self.calls.lock().unwrap().pop();
                 return answer;
             }
@@ -268,7 +300,95 @@ impl Core for FakeCore {
                 j.into_answer()
             }
             Action::ListPlugins => vec![plugin("scheduler", "nasvisor", "active")].into_answer(),
+            Action::Whoami => caller("admin", Role::Admin, CredentialKind::Token)
+                .view()
+                .into_answer(),
+            Action::Logout
+            | Action::ChangePassword(_)
+            | Action::DeleteUser { .. }
+            | Action::RevokeToken { .. } => Answer::Empty,
+            Action::ListUsers => vec![user("alice")].into_answer(),
+            Action::CreateUser(u) => user(&u.name).into_answer(),
+            Action::UpdateUser { name, .. } => user(&name).into_answer(),
+            Action::ListTokens => vec![api_token("backup")].into_answer(),
+            Action::CreateToken(t) => view::<NewTokenView>(json!({
+                "token": "nvt_new-secret", "details": json_of(&api_token(&t.name))}))
+            .into_answer(),
+            Action::ListAudit { .. } => vec![view::<AuditView>(json!({
+                "seq": 1, "time": "2026-01-01T00:00:00Z", "user": "alice", "role": "operator",
+                "credential": "alice-id", "address": "127.0.0.1", "host": "nas1",
+                "operation": "vmPower", "request": "POST /api/v1/vms/vm1/power",
+                "status": 202, "result": "ok"}))]
+            .into_answer(),
         })
+    }
+}
+
+pub fn user(name: &str) -> UserView {
+    view(
+        json!({"name": name, "role": "operator", "disabled": false, "password_set": true,
+        "created_at": "2026-01-01T00:00:00Z", "password_changed_at": null}),
+    )
+}
+
+pub fn api_token(name: &str) -> ApiTokenView {
+    view(
+        json!({"id": "0123456789abcdef", "name": name, "user": "alice", "role": "viewer",
+        "created_at": "2026-01-01T00:00:00Z", "created_by": "alice", "expires_at": null,
+        "expired": false}),
+    )
+}
+
+#[async_trait::async_trait]
+impl Core for FakeCore {
+    fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError> {
+        let token = CredentialKind::Token;
+        match credential {
+            Credential::Bearer(ADMIN_TOKEN) => Ok(caller("admin", Role::Admin, token)),
+            Credential::Bearer(OPERATOR_TOKEN) => Ok(caller("oscar", Role::Operator, token)),
+            Credential::Bearer(VIEWER_TOKEN) => Ok(caller("vera", Role::Viewer, token)),
+            Credential::Bearer(SESSION) | Credential::Cookie(SESSION) => {
+                Ok(caller(LOGIN_USER, Role::Operator, CredentialKind::Session))
+            }
+            _ => Err(CoreError::Unauthenticated {
+                reason: "invalid token".into(),
+            }),
+        }
+    }
+
+    async fn login(
+        &self,
+        login: Login,
+        _address: std::net::IpAddr,
+    ) -> Result<SessionView, CoreError> {
+        if login.user == "throttled" {
+            return Err(CoreError::Throttled {
+                reason: "too many failed logins".into(),
+                retry_after_s: 7,
+            });
+        }
+        if login.user != LOGIN_USER || login.password != LOGIN_PASSWORD {
+            return Err(CoreError::Unauthenticated {
+                reason: "wrong user name or password".into(),
+            });
+        }
+        Ok(SessionView {
+            token: SESSION.into(),
+            user: LOGIN_USER.into(),
+            role: Role::Operator,
+            expires_at: "2026-01-01T08:00:00Z".into(),
+            idle_timeout_s: 3600,
+            csrf_token: CSRF.into(),
+        })
+    }
+
+    async fn audit(&self, entry: AuditEntry) {
+        self.audits.lock().unwrap().push(entry);
+    }
+
+    async fn handle(&self, request: &Request, action: Action) -> Result<Answer, CoreError> {
+        self.callers.lock().unwrap().push(request.caller.clone());
+        self.handle_as(action).await
     }
 
     /// VM `missing` does not exist; VM `endless` streams until the client
@@ -398,11 +518,11 @@ impl Running {
     }
 
     pub async fn start_with(settings: ServerSettings, core: Arc<FakeCore>) -> Running {
-        let mut server = Server::bind(settings, core).await.expect("bind");
+        let server = Server::bind(settings, core).await.expect("bind");
         let addr = server.local_addr().unwrap();
         let fingerprint = server.tls().fingerprint.clone();
         let cert_pem = std::fs::read(&server.tls().cert_path).unwrap();
-        let new_token = server.take_new_token();
+        let new_token = Some(ADMIN_TOKEN.to_string());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
@@ -516,11 +636,25 @@ impl Client {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Reply {
+        let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
+        self.send_headers(method, path, auth.as_slice(), content_type, body)
+            .await
+    }
+
+    /// [`Self::send`] with any headers (a cookie, a CSRF token).
+    pub async fn send_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
         let resp = self
-            .open(
+            .open_with(
                 method,
                 path,
-                token,
+                headers,
                 content_type,
                 Full::new(Bytes::copy_from_slice(body)),
             )
@@ -559,6 +693,24 @@ impl Client {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let auth = token.map(|t| ("authorization", format!("Bearer {t}")));
+        self.open_with(method, path, auth.as_slice(), content_type, body)
+            .await
+    }
+
+    /// [`Self::open`] with any headers.
+    pub async fn open_with<B>(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: B,
+    ) -> http::Response<hyper::body::Incoming>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let tls = self.raw().await;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
@@ -568,14 +720,21 @@ impl Client {
             .method(method)
             .uri(path)
             .header("host", "localhost");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        for (k, v) in headers {
+            req = req.header(*k, v);
         }
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
         let req = req.body(body).unwrap();
         sender.send_request(req).await.unwrap()
+    }
+
+    /// `POST /api/v1/auth/login` with `body`.
+    pub async fn login(&self, body: &[u8]) -> Reply {
+        let ct = Some("application/json");
+        self.send("POST", "/api/v1/auth/login", None, ct, body)
+            .await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {

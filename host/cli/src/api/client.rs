@@ -70,7 +70,8 @@ pub type CliResult<T> = Result<T, CliError>;
 pub struct Client {
     agent: ureq::Agent,
     endpoint: String,
-    token: Token,
+    /// `None` only for the login, which needs none.
+    token: Option<Token>,
 }
 
 impl std::fmt::Debug for Client {
@@ -262,14 +263,36 @@ impl Client {
         Ok(Self {
             agent: agent(tls_config(&target.trust)?),
             endpoint: target.endpoint.clone(),
-            token: target.token.clone(),
+            token: Some(target.token.clone()),
         })
     }
 
+    /// A client that sends no credential (for the login), trusting the
+    /// server as `trust` says.
+    pub fn anonymous(endpoint: &str, trust: &ServerTrust) -> CliResult<Self> {
+        Ok(Self {
+            agent: agent(tls_config(trust)?),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: None,
+        })
+    }
+
+    /// This client with `token` as its credential.
+    pub fn with_token(&self, token: Token) -> Self {
+        Self {
+            token: Some(token),
+            ..self.clone()
+        }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
-            .request(method, &format!("{}{path}", self.endpoint))
-            .set("Authorization", &format!("Bearer {}", self.token.expose()))
+        let r = self
+            .agent
+            .request(method, &format!("{}{path}", self.endpoint));
+        match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {}", t.expose())),
+            None => r,
+        }
     }
 
     fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> CliResult<ureq::Response> {

@@ -7,7 +7,8 @@
 //! - [`storage`]: pools, volumes, snapshots; [`image`]: system images;
 //!   [`vswitch`]: virtual switches;
 //! - [`jobs`]: `job` and following a job; [`event`]: the event log;
-//!   [`plugin`]: the plugins of the cluster.
+//!   [`plugin`]: the plugins of the cluster; [`access`]: users, API
+//!   tokens, passwords and the audit log.
 //!
 //! Request bodies are the `nasvisor-api-types` structs; answers are read
 //! into its views, and printed through [`render`] (tables, `show`, or the
@@ -16,6 +17,7 @@
 //! [`client`] is the HTTPS client, [`console`] the streamed console and
 //! image upload, [`table`] the layout of tables.
 
+pub mod access;
 pub mod client;
 mod cluster;
 mod console;
@@ -74,6 +76,24 @@ pub enum ApiCommand {
     /// High availability: the protection of HA VMs.
     #[command(subcommand)]
     Ha(ha::HaCmd),
+    /// Who the server takes you for: user, role and credential.
+    Whoami,
+    /// Change your own password (your sessions end).
+    Passwd {
+        /// Read the current and the new password from the first two lines
+        /// of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Users and their roles (admins only).
+    #[command(subcommand)]
+    User(access::UserCmd),
+    /// API tokens for scripts and the CLI.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// The audit log: every change and every login (admins only).
+    #[command(subcommand)]
+    Audit(access::AuditCmd),
 }
 
 /// Runs an API command; errors print as `error: ...` and exit with 1.
@@ -90,6 +110,11 @@ pub fn run(cmd: ApiCommand, opts: &ApiOpts, out: Out) -> ExitCode {
         ApiCommand::Event(e) => event::run(c, e, out),
         ApiCommand::Cluster(cmd) => cluster::run(c, cmd, out),
         ApiCommand::Ha(cmd) => ha::run(c, cmd, out),
+        ApiCommand::Whoami => access::whoami(c, out),
+        ApiCommand::Passwd { password_stdin } => access::passwd(c, password_stdin, out),
+        ApiCommand::User(cmd) => access::run_user(c, cmd, out),
+        ApiCommand::Token(cmd) => access::run_token(c, cmd, out),
+        ApiCommand::Audit(cmd) => access::run_audit(c, cmd, out),
     })
 }
 

@@ -640,6 +640,7 @@ impl Inner {
         joined.set_peer_handler(self.peer_handler());
         let old = self.db.swap(joined);
         self.events.init(&self.db);
+        self.audit.init(&self.db);
         retire_store(old, self.cfg.data_dir.join("cluster"));
 
         // Record this host in the cluster.
@@ -719,6 +720,11 @@ pub(crate) fn is_read_only(a: &Action) -> bool {
             | Action::GetCluster
             | Action::ListHosts
             | Action::ConsoleInput { .. }
+            | Action::Whoami
+            | Action::Logout
+            | Action::ListUsers
+            | Action::ListTokens
+            | Action::ListAudit { .. }
     )
 }
 

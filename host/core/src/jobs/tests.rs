@@ -5,7 +5,7 @@
 use super::{ImageJob, JobSpec};
 use crate::model::{kind, JobRecord};
 use crate::peer::tests::{join, start};
-use nasvisor_api_types::{Action, Answer, ClusterCreate, Core, JobView};
+use nasvisor_api_types::{Action, Answer, ClusterCreate, JobView};
 use std::time::Duration;
 
 fn job_of(a: Answer) -> JobView {
@@ -20,7 +20,7 @@ async fn progress_does_not_touch_the_store_but_milestones_do_and_peers_read_both
     let tmp = tempfile::tempdir().unwrap();
     let a = start(tmp.path(), "a", None).await;
     let b = start(tmp.path(), "b", None).await;
-    a.handle(Action::CreateCluster(ClusterCreate::default()))
+    a.admin(Action::CreateCluster(ClusterCreate::default()))
         .await
         .unwrap();
     join(&a, &b).await;
@@ -48,13 +48,13 @@ async fn progress_does_not_touch_the_store_but_milestones_do_and_peers_read_both
     // Read on b (memory) and on a (asked of b).
     for (who, core) in [("b", &b), ("a", &a)] {
         let j = job_of(
-            core.handle(Action::GetJob { id: rec.id.clone() })
+            core.admin(Action::GetJob { id: rec.id.clone() })
                 .await
                 .unwrap(),
         );
         assert_eq!(j.progress, 0.49, "{who}: {j:?}");
         assert_eq!(j.message.as_deref(), Some("received 12 MiB"), "{who}");
-        let Answer::Jobs(list) = core.handle(Action::ListJobs).await.unwrap() else {
+        let Answer::Jobs(list) = core.admin(Action::ListJobs).await.unwrap() else {
             panic!("not a list of jobs")
         };
         let j = list.iter().find(|j| j.id == rec.id).expect("listed");
@@ -72,6 +72,6 @@ async fn progress_does_not_touch_the_store_but_milestones_do_and_peers_read_both
 
     // The end is committed, and reads show the record.
     b.inner.job_finish(&ctx, Ok("done".into())).await;
-    let j = job_of(a.handle(Action::GetJob { id: rec.id }).await.unwrap());
+    let j = job_of(a.admin(Action::GetJob { id: rec.id }).await.unwrap());
     assert_eq!((j.progress, j.message.as_deref()), (1.0, Some("done")));
 }

@@ -251,6 +251,8 @@ impl Cluster {
                 String::from_utf8_lossy(&o.stderr),
                 String::from_utf8_lossy(&o.stdout)
             );
+            // The users and tokens are the cluster's now.
+            *self.host(i).cluster_token.lock().unwrap() = Some(self.host(1).admin_token());
         }
         let all: Vec<(usize, bool)> = (1..=members).map(|i| (i, true)).collect();
         self.wait_online(1, &all, Duration::from_secs(60));
@@ -440,7 +442,7 @@ impl Daemon {
     /// Runs the CLI, killing it (by its pid) after `timeout`; `None` then.
     pub fn cli_within(&self, args: &[&str], timeout: Duration) -> Option<Output> {
         let mut child = self
-            .cli_command(&self.token, args)
+            .cli_command(&self.admin_token(), args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -93,7 +93,11 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub endpoint: String,
+    /// The bootstrap admin token this daemon printed at its first start.
     pub token: String,
+    /// The cluster's admin token, once this host joined a cluster (its own
+    /// first-start token went with its single-host store).
+    pub cluster_token: std::sync::Mutex<Option<String>>,
     pub fingerprint: String,
     pub ns: TestNs,
     starts: u32,
@@ -235,6 +239,7 @@ impl Daemon {
             child: None,
             endpoint: String::new(),
             token: String::new(),
+            cluster_token: Default::default(),
             fingerprint: String::new(),
             ns: setup.ns,
             starts: 0,
@@ -349,7 +354,17 @@ impl Daemon {
 
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_with_token(&self.token, args)
+        self.cli_with_token(&self.admin_token(), args)
+    }
+
+    /// The admin token that works here: the cluster's once this host
+    /// joined one, else its own.
+    pub fn admin_token(&self) -> String {
+        self.cluster_token
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| self.token.clone())
     }
 
     pub fn cli_with_token(&self, token: &str, args: &[&str]) -> Output {

@@ -1,0 +1,35 @@
+# Shared by the benchmark scripts (sourced, not run): starting a release
+# nasvisord on loopback with a fresh data directory.
+#
+# start_daemon WORK PORT [EXTRA_TOML]
+#   Writes WORK/cfg.toml (data in WORK/data, the API on 127.0.0.1:PORT, TCG,
+#   the built plugins and keys, then EXTRA_TOML), starts nasvisord (its
+#   output in WORK/out and WORK/err) and waits for its first-start banner.
+#   Sets daemon_pid and token (the bootstrap admin token), and exports
+#   NASVISOR_ENDPOINT, NASVISOR_TOKEN and NASVISOR_DATA_DIR for the CLI.
+start_daemon() {
+  local work=$1 port=$2 extra=${3:-}
+  local root=$PWD
+  cat > "$work/cfg.toml" <<TOML
+data-dir = "$work/data"
+[host]
+name = "bench"
+[api]
+listen = "127.0.0.1:$port"
+[vm]
+accel = "tcg"
+[plugins]
+dir = "$root/target/plugins"
+trusted-keys-dir = "$root/target/keys"
+$extra
+TOML
+  target/release/nasvisord --config "$work/cfg.toml" --log warn > "$work/out" 2> "$work/err" &
+  daemon_pid=$!
+  for _ in $(seq 1 600); do grep -q "admin token" "$work/out" 2>/dev/null && break; sleep 0.1; done
+  token=$(sed -n 's/^admin token (shown once, store it now): //p' "$work/out")
+  [ -n "$token" ] || { cat "$work/err" >&2; return 1; }
+  export NASVISOR_ENDPOINT="https://127.0.0.1:$port" NASVISOR_TOKEN="$token" NASVISOR_DATA_DIR="$work/data"
+}
+
+# median: the median of the numbers on stdin, one per line.
+median() { sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.1f", m }'; }

@@ -1,0 +1,219 @@
+//! Login throttling: failed logins are counted per user name and per
+//! client address. Past a number of free failures, each further attempt
+//! must wait twice as long as the last (2 s, 4 s, ... up to 15 min); an
+//! attempt made too soon is refused without checking the password (no
+//! argon2 cost). A success clears the user's and the address's counts; a
+//! count is forgotten 15 min after its last failure.
+//!
+//! The counts are this host's: an attacker spreading attempts over the
+//! cluster's hosts gets each host's allowance (at most seven).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Failures of one user name allowed before attempts must wait.
+pub const FREE_USER_FAILURES: u32 = 5;
+/// Failures from one address allowed before attempts must wait (it may be
+/// a NAT with several administrators behind it).
+pub const FREE_ADDRESS_FAILURES: u32 = 20;
+/// The longest wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// How long a count is kept after its last failure.
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Most names or addresses tracked; beyond, the stalest are forgotten.
+const MAX_TRACKED: usize = 65_536;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// The wait after `count` failures when `free` are allowed.
+pub fn wait_after(count: u32, free: u32) -> Duration {
+    if count < free {
+        return Duration::ZERO;
+    }
+    let doublings = (count - free).min(20);
+    Duration::from_secs(2u64 << doublings).min(MAX_WAIT)
+}
+
+struct Counts<K> {
+    free: u32,
+    map: Mutex<HashMap<K, Failures>>,
+}
+
+impl<K: Hash + Eq + Clone> Counts<K> {
+    fn new(free: u32) -> Self {
+        Self {
+            free,
+            map: Mutex::default(),
+        }
+    }
+
+    fn retry_in(&self, k: &K, now: Instant) -> Duration {
+        let map = crate::lock(&self.map);
+        match map.get(k) {
+            Some(f) if now.duration_since(f.last) < FORGET_AFTER => {
+                wait_after(f.count, self.free).saturating_sub(now.duration_since(f.last))
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Past the free failures, an attempt let through takes the slot: the
+    /// next one waits the full wait again, so that attempts made at the
+    /// same moment are not all checked.
+    fn claim(&self, k: &K, now: Instant) {
+        if let Some(f) = crate::lock(&self.map).get_mut(k) {
+            if f.count >= self.free && now.duration_since(f.last) < FORGET_AFTER {
+                f.last = now;
+            }
+        }
+    }
+
+    fn failed(&self, k: &K, now: Instant) {
+        let mut map = crate::lock(&self.map);
+        if map.len() >= MAX_TRACKED && !map.contains_key(k) {
+            map.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+            if map.len() >= MAX_TRACKED {
+                if let Some(stalest) = map
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&stalest);
+                }
+            }
+        }
+        let f = map.entry(k.clone()).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(f.last) >= FORGET_AFTER {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = now;
+    }
+
+    fn clear(&self, k: &K) {
+        crate::lock(&self.map).remove(k);
+    }
+}
+
+/// This host's counts of failed logins.
+pub struct Throttle {
+    users: Counts<String>,
+    addresses: Counts<IpAddr>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self {
+            users: Counts::new(FREE_USER_FAILURES),
+            addresses: Counts::new(FREE_ADDRESS_FAILURES),
+        }
+    }
+}
+
+impl Throttle {
+    /// `Err(wait)` when a login of `user` from `address` must wait; `Ok`
+    /// lets one attempt through (and, past the free failures, takes the
+    /// slot for it).
+    pub fn check(&self, user: &str, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        let wait = self
+            .users
+            .retry_in(&user.to_string(), now)
+            .max(self.addresses.retry_in(&address, now));
+        if wait.is_zero() {
+            self.users.claim(&user.to_string(), now);
+            self.addresses.claim(&address, now);
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
+    /// Counts a failed login.
+    pub fn failed(&self, user: &str, address: IpAddr, now: Instant) {
+        self.users.failed(&user.to_string(), now);
+        self.addresses.failed(&address, now);
+    }
+
+    /// A login succeeded: the user's and the address's counts are cleared.
+    pub fn succeeded(&self, user: &str, address: IpAddr) {
+        self.users.clear(&user.to_string());
+        self.addresses.clear(&address);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    #[test]
+    fn the_wait_doubles_after_the_free_failures_up_to_fifteen_minutes() {
+        assert_eq!(wait_after(4, 5), Duration::ZERO);
+        assert_eq!(wait_after(5, 5), Duration::from_secs(2));
+        assert_eq!(wait_after(6, 5), Duration::from_secs(4));
+        assert_eq!(wait_after(10, 5), Duration::from_secs(64));
+        assert_eq!(wait_after(30, 5), MAX_WAIT);
+        assert_eq!(wait_after(u32::MAX, 5), MAX_WAIT);
+    }
+
+    #[test]
+    fn a_user_is_throttled_from_any_address_and_a_success_clears_it() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for i in 0..FREE_USER_FAILURES {
+            assert!(t
+                .check("alice", if i % 2 == 0 { A } else { B }, now)
+                .is_ok());
+            t.failed("alice", if i % 2 == 0 { A } else { B }, now);
+        }
+        assert_eq!(t.check("alice", B, now), Err(Duration::from_secs(2)));
+        assert!(t.check("bob", A, now).is_ok(), "another user is not held");
+        let later = now + Duration::from_secs(2);
+        assert!(t.check("alice", A, later).is_ok(), "the wait passes");
+        assert!(
+            t.check("alice", B, later).is_err(),
+            "one attempt per slot, however many arrive at once"
+        );
+        t.failed("alice", A, later);
+        assert_eq!(t.check("alice", A, later), Err(Duration::from_secs(4)));
+        t.succeeded("alice", A);
+        assert!(t.check("alice", A, later).is_ok());
+    }
+
+    #[test]
+    fn an_address_trying_many_names_is_throttled() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for i in 0..FREE_ADDRESS_FAILURES {
+            t.failed(&format!("user{i}"), A, now);
+        }
+        assert!(t.check("someone-new", A, now).is_err());
+        assert!(t.check("someone-new", B, now).is_ok());
+    }
+
+    #[test]
+    fn counts_are_forgotten_after_a_quiet_period() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            t.failed("alice", A, now);
+        }
+        assert!(t.check("alice", A, now).is_err());
+        let later = now + FORGET_AFTER;
+        assert!(t.check("alice", A, later).is_ok());
+        t.failed("alice", A, later);
+        assert!(t.check("alice", A, later).is_ok(), "counting starts again");
+    }
+}

@@ -133,8 +133,9 @@ pub trait Core: Send + Sync {
 
     /// Appends a request to the audit log (the server calls it for every
     /// change asked by an authenticated caller, and for every login checked,
-    /// once it knows the answer). Never fails the request: a log that
-    /// cannot be written is reported in nasvisord's log.
+    /// once it knows the answer). Never fails nor delays the request: the
+    /// entry is written in the background, and one that cannot be written
+    /// is reported whole in nasvisord's log.
     async fn audit(&self, entry: AuditEntry);
 
     /// Carries out one action and returns its typed answer: the view of the

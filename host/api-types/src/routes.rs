@@ -125,6 +125,9 @@ pub const IMAGE_META_QUERY: &[&str] = &[
 /// Path of the unauthenticated health probe.
 pub const HEALTH_PATH: &str = "/healthz";
 
+/// Path of this API's OpenAPI document.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
 /// Path of the login (unauthenticated).
 pub const LOGIN_PATH: &str = "/api/v1/auth/login";
 
@@ -134,6 +137,7 @@ pub const ROUTES: &[Route] = &[
     public(r("POST", LOGIN_PATH, "login", 200, true)),
     viewer(r("POST", "/api/v1/auth/logout", "logout", 204, false)),
     r("GET", "/api/v1/auth/whoami", "whoami", 200, false),
+    r("GET", OPENAPI_PATH, "getOpenapi", 200, false),
     viewer(r(
         "POST",
         "/api/v1/auth/password",
@@ -159,6 +163,20 @@ pub const ROUTES: &[Route] = &[
         &["since", "limit"],
     )),
     r("GET", "/api/v1/host", "getHost", 200, false),
+    r(
+        "GET",
+        "/api/v1/host/certificate",
+        "getCertificate",
+        200,
+        false,
+    ),
+    r(
+        "PUT",
+        "/api/v1/host/certificate",
+        "replaceCertificate",
+        200,
+        true,
+    ),
     r("GET", "/api/v1/vms", "listVms", 200, false),
     r("POST", "/api/v1/vms", "createVm", 201, true),
     r("GET", "/api/v1/vms/{id}", "getVm", 200, false),

@@ -303,8 +303,8 @@ fn since_limit(q: &BTreeMap<String, String>) -> Result<(Option<u64>, u32), ApiEr
 
 /// Turns a matched route, its query and its body into an [`Action`],
 /// validating everything that needs no core state. Routes the API layer
-/// answers itself (`health`, `login`) or streams (`getConsole`,
-/// `uploadImage`) give `Ok(None)`.
+/// answers itself (`health`, `login`, the certificate's) or streams
+/// (`getConsole`, `uploadImage`) give `Ok(None)`.
 pub fn to_action(
     m: &Matched,
     query: Option<&str>,
@@ -317,7 +317,8 @@ pub fn to_action(
     }
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
-        "health" | "login" | "getConsole" | "uploadImage" => return Ok(None),
+        "health" | "login" | "getConsole" | "uploadImage" | "getCertificate"
+        | "replaceCertificate" | "getOpenapi" => return Ok(None),
         "logout" => Action::Logout,
         "whoami" => Action::Whoami,
         "changePassword" => Action::ChangePassword(parse_valid::<PasswordChange>(body)?),

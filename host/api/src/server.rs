@@ -111,6 +111,8 @@ pub enum ServerError {
 
 struct Shared {
     core: Arc<dyn Core>,
+    /// The certificate served (the certificate routes read and replace it).
+    certificate: Arc<tls::CertStore>,
     max_body: usize,
     max_upload: u64,
     body_timeout: Duration,
@@ -146,10 +148,12 @@ impl Server {
                     source,
                 })?;
         let tls = tls::load_or_generate(&settings.data_dir, &settings.tls)?;
+        let certificate = tls.store.clone();
         Ok(Self {
             listener,
             tls,
             shared: Arc::new(Shared {
+                certificate,
                 core,
                 max_body: settings.max_body,
                 max_upload: settings.max_upload,
@@ -446,6 +450,14 @@ async fn respond(
     match route.operation {
         "getConsole" => return console(shared, &matched, query.as_deref(), req).await,
         "uploadImage" => return upload(shared, &matched, query.as_deref(), req).await,
+        "getCertificate" => return Ok(json_response(StatusCode::OK, &shared.certificate.view())),
+        "getOpenapi" => {
+            return Ok(json_bytes_response(
+                StatusCode::OK,
+                Ok(crate::OPENAPI_JSON.as_bytes().to_vec()),
+            ))
+        }
+        "replaceCertificate" => return replace_certificate(shared, req).await,
         _ => {}
     }
     if route.body && !is_json(&req) {
@@ -478,6 +490,33 @@ async fn respond(
             .insert(header::SET_COOKIE, auth::session_clear_cookie());
     }
     Ok(resp)
+}
+
+/// `PUT /api/v1/host/certificate`: the endpoint's own TLS identity, which
+/// the server holds (no core state): checked, stored, then served to new
+/// connections.
+async fn replace_certificate(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, ApiError> {
+    if !is_json(&req) {
+        return Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    let body = read_body(shared.max_body, shared.body_timeout, req).await?;
+    let new: nasvisor_api_types::CertificateReplace = router::parse_body(&body)?;
+    new.validate()?;
+    let view = shared
+        .certificate
+        .replace(&new.cert_pem, &new.key_pem)
+        .map_err(|e| ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            field: Some(e.field.into()),
+            reason: e.reason,
+        })?;
+    Ok(json_response(StatusCode::OK, &view))
 }
 
 /// `POST /api/v1/auth/login`: no credential; a small body; the core

@@ -6,12 +6,15 @@
 //! starts. SANs of a generated certificate: the host name, `localhost`,
 //! `127.0.0.1`, `::1` and the configured extra names.
 
+use nasvisor_api_types::CertificateView;
 use nasvisor_best_effort::write_private;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Where the TLS identity comes from.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +60,9 @@ pub enum TlsError {
 /// A loaded TLS identity.
 #[derive(Debug)]
 pub struct TlsIdentity {
+    /// The certificate served, replaceable at run time
+    /// ([`CertStore::replace`]).
+    pub store: Arc<CertStore>,
     /// The certificate chain, leaf first.
     pub certs: Vec<CertificateDer<'static>>,
     /// The leaf certificate's SHA-256 fingerprint, `AA:BB:...`.
@@ -163,9 +169,23 @@ pub fn load_or_generate(data_dir: &Path, settings: &TlsSettings) -> Result<TlsId
     };
     let certs = load_certs(&cert_path)?;
     let key = load_key(&key_path)?;
+    let certified = CertifiedKey::from_der(certs.clone(), key, &nasvisor_tls::provider())?;
+    certified.keys_match().or_else(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => Ok(()),
+        e => Err(e),
+    })?;
+    let view = describe(&certs).map_err(|reason| TlsError::Pem {
+        path: cert_path.clone(),
+        reason,
+    })?;
+    let store = Arc::new(CertStore {
+        current: RwLock::new((Arc::new(certified), view)),
+        cert_path: cert_path.clone(),
+        key_path,
+    });
     let mut config = nasvisor_tls::server_config_builder()?
         .with_no_client_auth()
-        .with_single_cert(certs.clone(), key)?;
+        .with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let fp = fingerprint(&certs[0]);
     if generated {
@@ -174,12 +194,175 @@ pub fn load_or_generate(data_dir: &Path, settings: &TlsSettings) -> Result<TlsId
         tracing::info!(cert = %cert_path.display(), fingerprint = %fp, "loaded TLS certificate");
     }
     Ok(TlsIdentity {
+        store,
         certs,
         fingerprint: fp,
         generated,
         server_config: Arc::new(config),
         cert_path,
     })
+}
+
+/// The certificate the admin endpoint serves: read by every handshake,
+/// replaced at run time by [`CertStore::replace`] (new connections get the
+/// new one; open ones keep theirs).
+pub struct CertStore {
+    current: RwLock<(Arc<CertifiedKey>, CertificateView)>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone(),
+        )
+    }
+}
+
+/// Why a new certificate was refused: the body field at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ReplaceError {
+    /// `cert_pem` or `key_pem` (or `certificate` when it cannot be stored).
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn refused(field: &'static str, reason: impl Into<String>) -> ReplaceError {
+    ReplaceError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
+    t.to_datetime()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// The API's view of a chain (its first certificate).
+fn describe(certs: &[CertificateDer<'static>]) -> Result<CertificateView, String> {
+    use x509_parser::prelude::*;
+    let first = certs.first().ok_or("no certificate")?;
+    let (_, cert) = X509Certificate::from_der(first.as_ref())
+        .map_err(|e| format!("not a readable X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => names.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    16 => names.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(CertificateView {
+        fingerprint: fingerprint(first),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        self_signed: cert.subject() == cert.issuer(),
+        not_before: rfc3339(cert.validity().not_before),
+        not_after: rfc3339(cert.validity().not_after),
+        names,
+        chain_length: certs.len() as u32,
+    })
+}
+
+impl CertStore {
+    /// The certificate served now.
+    pub fn view(&self) -> CertificateView {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Replaces the certificate and key: checked first (PEM, the key
+    /// matches the certificate, valid now), then written over the files it
+    /// was loaded from (0600, each replaced whole), then served to every new
+    /// connection. A refused one changes nothing.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<CertificateView, ReplaceError> {
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused("cert_pem", format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(refused("cert_pem", "no CERTIFICATE block"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| refused("key_pem", format!("no private key read: {e}")))?;
+        let certified = CertifiedKey::from_der(certs.clone(), key, &nasvisor_tls::provider())
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    refused("key_pem", "the key does not match the certificate")
+                }
+                e => refused("key_pem", format!("unusable key: {e}")),
+            })?;
+        let view = describe(&certs).map_err(|r| refused("cert_pem", r))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+            .map_err(|e| refused("cert_pem", e.to_string()))?;
+        let now = x509_parser::time::ASN1Time::now();
+        if cert.validity().not_after < now {
+            return Err(refused(
+                "cert_pem",
+                format!("expired on {}", view.not_after),
+            ));
+        }
+        if cert.validity().not_before > now {
+            return Err(refused(
+                "cert_pem",
+                format!("not valid before {}", view.not_before),
+            ));
+        }
+        let store = |path: &Path, data: &str| {
+            write_private(path, data.as_bytes()).map_err(|e| {
+                refused(
+                    "certificate",
+                    format!("cannot store it in {}: {e}", path.display()),
+                )
+            })
+        };
+        let old_key = std::fs::read(&self.key_path).ok();
+        store(&self.key_path, key_pem)?;
+        if let Err(e) = store(&self.cert_path, cert_pem) {
+            // Put the old key back: the files must stay a pair.
+            if let Some(old) = old_key {
+                if let Err(e) = write_private(&self.key_path, &old) {
+                    tracing::error!(path = %self.key_path.display(), error = %e, "cannot put the previous admin key back");
+                }
+            }
+            return Err(e);
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (Arc::new(certified), view.clone());
+        tracing::info!(fingerprint = %view.fingerprint, subject = %view.subject, "admin certificate replaced");
+        Ok(view)
+    }
 }
 
 #[cfg(test)]

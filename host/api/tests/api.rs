@@ -532,13 +532,13 @@ async fn the_certificate_persists_across_restart() {
 
 #[tokio::test]
 async fn each_route_is_refused_below_its_role_before_the_core_sees_it() {
-    let (_dir, core, server, _token) = start().await;
+    let (dir, core, server, _token) = start().await;
     let c = server.client();
     for route in ROUTES.iter() {
         let Access::Role(needed) = route.access else {
             continue;
         };
-        let (path, body) = sample(route.operation);
+        let (path, body) = sample_on(dir.path(), route.operation);
         for (token, role) in [
             (VIEWER_TOKEN, Role::Viewer),
             (OPERATOR_TOKEN, Role::Operator),
@@ -936,6 +936,19 @@ fn router_and_openapi_list_the_same_routes() {
     refs(&doc, &doc);
 }
 
+/// [`sample`], where the certificate's replacement is the server's own
+/// certificate and key again (a valid request that changes nothing the
+/// test's client trusts).
+fn sample_on(data_dir: &std::path::Path, operation: &str) -> (&'static str, Option<&'static str>) {
+    if operation != "replaceCertificate" {
+        return sample(operation);
+    }
+    let read = |f: &str| std::fs::read_to_string(data_dir.join("tls").join(f)).unwrap();
+    let body = serde_json::json!({"cert_pem": read("cert.pem"), "key_pem": read("key.pem")});
+    let body: &'static str = Box::leak(body.to_string().into_boxed_str());
+    ("/api/v1/host/certificate", Some(body))
+}
+
 /// A valid request for every route.
 fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
     match operation {
@@ -965,6 +978,8 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "revokeToken" => ("/api/v1/tokens/0123456789abcdef", None),
         "listAudit" => ("/api/v1/audit", None),
         "getHost" => ("/api/v1/host", None),
+        "getCertificate" => ("/api/v1/host/certificate", None),
+        "getOpenapi" => ("/api/v1/openapi.json", None),
         "listVms" => ("/api/v1/vms", None),
         "createVm" => ("/api/v1/vms", Some(VM_OK)),
         "getVm" => ("/api/v1/vms/vm1", None),
@@ -1060,10 +1075,10 @@ fn response_schema<'a>(
 #[tokio::test]
 async fn real_responses_match_the_openapi_schemas() {
     let doc = spec();
-    let (_dir, _core, server, token) = start().await;
+    let (dir, _core, server, token) = start().await;
     let c = server.client();
     for route in ROUTES {
-        let (path, body) = sample(route.operation);
+        let (path, body) = sample_on(dir.path(), route.operation);
         if let Some(b) = body {
             let req_schema = doc["paths"][route.path][route.method.to_lowercase()]
                 .pointer("/requestBody/content/application~1json/schema")
@@ -1599,5 +1614,121 @@ async fn install_field_errors_name_the_path() {
         .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(core.take().len(), 1);
+    server.stop().await;
+}
+
+/// A certificate and key, PEM, valid from `from` to `to` (days from now).
+fn make_cert(name: &str, from: i64, to: i64) -> (String, String) {
+    let names = vec![name.to_string(), "localhost".into(), "127.0.0.1".into()];
+    let mut p = rcgen::CertificateParams::new(names).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now + time::Duration::days(from);
+    p.not_after = now + time::Duration::days(to);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn the_certificate_is_replaced_without_a_restart_and_bad_ones_change_nothing() {
+    let (dir, _core, server, token) = start().await;
+    let c = server.client();
+    let before = c.get("/api/v1/host/certificate", Some(VIEWER_TOKEN)).await;
+    assert_eq!(before.status, 200);
+    assert_eq!(before.json()["fingerprint"], server.fingerprint.as_str());
+    let (cert, key) = make_cert("nas.example.com", -1, 365);
+    let (_, other_key) = make_cert("other", -1, 365);
+    let (old_cert, old_key) = make_cert("old.example.com", -400, -30);
+    let body = |c: &str, k: &str| serde_json::json!({"cert_pem": c, "key_pem": k}).to_string();
+    let files = || {
+        (
+            std::fs::read(dir.path().join("tls/cert.pem")).unwrap(),
+            std::fs::read(dir.path().join("tls/key.pem")).unwrap(),
+        )
+    };
+    let kept = files();
+    for (b, field, why) in [
+        (body(&cert, &other_key), "key_pem", "does not match"),
+        (body(&old_cert, &old_key), "cert_pem", "expired"),
+        (body("not pem", &key), "cert_pem", "PEM"),
+        (
+            body(
+                &cert,
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ),
+            "key_pem",
+            "",
+        ),
+    ] {
+        let r = c.json("PUT", "/api/v1/host/certificate", &token, &b).await;
+        assert!(
+            r.status == 422 || r.status == 400,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.field().as_deref(), Some(field));
+        assert!(
+            r.json()["error"]["reason"].as_str().unwrap().contains(why),
+            "{}",
+            r.json()
+        );
+        assert_eq!(files(), kept, "a refused certificate changed the files");
+    }
+    // A viewer may look, not replace.
+    let r = c
+        .json(
+            "PUT",
+            "/api/v1/host/certificate",
+            VIEWER_TOKEN,
+            &body(&cert, &key),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .json(
+            "PUT",
+            "/api/v1/host/certificate",
+            &token,
+            &body(&cert, &key),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let new_fp = r.json()["fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(new_fp, server.fingerprint);
+    assert!(r.json()["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "nas.example.com"));
+    // New connections get the new certificate: a client that trusts the
+    // old one fails, one that trusts the new one works; the files hold it.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tls/cert.pem")).unwrap(),
+        cert
+    );
+    // (A fresh client: one that kept a TLS session may resume it.)
+    let old_trust = server.client_trusting(&server.cert_pem);
+    assert!(
+        old_trust.try_raw().await.is_err(),
+        "the old certificate still served"
+    );
+    let fresh = server.client_trusting(cert.as_bytes());
+    let r = fresh.get("/api/v1/host/certificate", Some(&token)).await;
+    assert_eq!(r.json()["fingerprint"], new_fp.as_str());
+    server.stop().await;
+    // A restart serves it too.
+    let again = Running::start(dir.path(), Arc::new(FakeCore::default())).await;
+    assert_eq!(again.fingerprint, new_fp);
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_to_any_authenticated_caller() {
+    let (_dir, _core, server, _token) = start().await;
+    let c = server.client();
+    assert_eq!(c.get("/api/v1/openapi.json", None).await.status, 401);
+    let r = c.get("/api/v1/openapi.json", Some(VIEWER_TOKEN)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, OPENAPI_JSON.as_bytes());
     server.stop().await;
 }

@@ -392,7 +392,11 @@ impl nasvisor_api_types::Core for NasCore {
     }
 
     async fn audit(&self, entry: AuditEntry) {
-        self.inner.record_audit(entry).await
+        // Never holds the answer back: a host without quorum would wait out
+        // the store's write timeout for every refused request. An entry
+        // that cannot be written is logged whole by `record_audit`.
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.record_audit(entry).await });
     }
 
     async fn handle(&self, request: &Request, action: Action) -> Result<Answer, CoreError> {

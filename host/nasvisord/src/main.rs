@@ -42,11 +42,52 @@ struct Args {
     /// Start, report what was loaded, and exit (non-zero if a plugin was refused).
     #[arg(long)]
     check: bool,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, default_value = "info", env = "NASVISOR_LOG")]
+    /// Log filter (tracing env-filter syntax). The default shows nasvisor's
+    /// own messages from info up and the libraries' (openraft's elections,
+    /// hyper, rustls, wasmtime) from warn up; `info` shows everyone's.
+    #[arg(long, default_value = DEFAULT_LOG, env = "NASVISOR_LOG")]
     log: String,
+    /// Log format: `text` (one line per event) or `json` (one JSON object
+    /// per line: timestamp, level, target, fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NASVISOR_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The default log filter: nasvisor's crates (`nasvisord`, `nasvisor_*`)
+/// at info, every library at warn.
+const DEFAULT_LOG: &str = "warn,nasvisor=info";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Text, one line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The log subscriber of `filter` and `format`, writing through
+/// [`RedactingWriter`] to `out`.
+fn log_subscriber<W>(
+    filter: &str,
+    format: LogFormat,
+    ansi: bool,
+    out: W,
+) -> Result<Box<dyn tracing::Subscriber + Send + Sync>, String>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| format!("--log {filter:?}: {e}"))?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(out);
+    Ok(match format {
+        LogFormat::Text => Box::new(b.with_ansi(ansi).finish()),
+        LogFormat::Json => Box::new(b.json().flatten_event(true).finish()),
+    })
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -69,11 +110,21 @@ fn main() -> ExitCode {
     // disks, console logs, keys): private from the first byte.
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(|| RedactingWriter(std::io::stderr()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match log_subscriber(&args.log, args.log_format, ansi, || {
+        RedactingWriter(std::io::stderr())
+    }) {
+        Ok(s) => {
+            if let Err(e) = tracing::subscriber::set_global_default(s) {
+                eprintln!("nasvisord: logging: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        Err(e) => {
+            eprintln!("nasvisord: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
         return watchdog(lease, std::time::Duration::from_millis(*poll_ms));
     }
@@ -315,7 +366,65 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::RedactingWriter;
+    use super::{log_subscriber, LogFormat, RedactingWriter, DEFAULT_LOG};
+    use std::sync::{Arc, Mutex};
+
+    /// A log sink for tests.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(filter: &str, format: LogFormat) -> String {
+        let sink = Sink::default();
+        let out = sink.clone();
+        let sub =
+            log_subscriber(filter, format, false, move || RedactingWriter(out.clone())).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(target: "openraft::engine", "election chatter");
+            tracing::warn!(target: "openraft::engine", "a library's warning");
+            tracing::info!(target: "nasvisor_core::vms", vm = "web1", "started");
+            tracing::info!(target: "nasvisord", "running");
+        });
+        let b = sink.0.lock().unwrap().clone();
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn by_default_only_nasvisors_messages_and_the_libraries_warnings_show() {
+        let text = logged(DEFAULT_LOG, LogFormat::Text);
+        assert!(
+            text.contains("started") && text.contains("running"),
+            "{text}"
+        );
+        assert!(text.contains("a library's warning"), "{text}");
+        assert!(!text.contains("election chatter"), "{text}");
+        let all = logged("info", LogFormat::Text);
+        assert!(all.contains("election chatter"), "{all}");
+        assert!(log_subscriber("nasvisor=loud", LogFormat::Text, false, std::io::sink).is_err());
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line() {
+        let text = logged(DEFAULT_LOG, LogFormat::Json);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let started = lines.iter().find(|l| l["message"] == "started").unwrap();
+        assert_eq!(started["vm"], "web1");
+        assert_eq!(started["level"], "INFO");
+        assert_eq!(started["target"], "nasvisor_core::vms");
+    }
     use std::io::Write;
 
     #[test]

@@ -230,3 +230,40 @@ impl Validate for TokenCreate {
         Ok(())
     }
 }
+
+/// Body of `PUT /api/v1/host/certificate`: the admin endpoint's new
+/// certificate (chain, end-entity first) and its private key, PEM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateReplace {
+    /// The certificate chain, PEM, the server's own first.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertificateReplace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateReplace")
+            .field("cert_pem", &self.cert_pem.len())
+            .field("key_pem", &REDACTED)
+            .finish()
+    }
+}
+
+impl Validate for CertificateReplace {
+    fn validate(&self) -> Result<(), ApiError> {
+        for (field, pem, what) in [
+            ("cert_pem", &self.cert_pem, "CERTIFICATE"),
+            ("key_pem", &self.key_pem, "PRIVATE KEY"),
+        ] {
+            if !pem.contains("-----BEGIN ") || !pem.contains(what) {
+                return Err(ApiError::field(
+                    field,
+                    format!("must be PEM with a {what} block"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

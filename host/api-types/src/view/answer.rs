@@ -72,6 +72,8 @@ pub enum Answer {
     NewToken(NewTokenView),
     /// Audit entries.
     Audit(Vec<AuditView>),
+    /// The admin endpoint's certificate.
+    Certificate(CertificateView),
 }
 
 impl Answer {
@@ -124,6 +126,7 @@ impl Serialize for ApiBody<'_> {
             Answer::ApiTokens(v) => v.serialize(s),
             Answer::NewToken(v) => v.serialize(s),
             Answer::Audit(v) => v.serialize(s),
+            Answer::Certificate(v) => v.serialize(s),
         }
     }
 }
@@ -188,4 +191,5 @@ into_answer! {
     Vec<ApiTokenView> => ApiTokens;
     NewTokenView => NewToken;
     Vec<AuditView> => Audit;
+    CertificateView => Certificate;
 }

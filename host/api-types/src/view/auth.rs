@@ -161,3 +161,27 @@ pub struct AuditView {
     /// `ok`, or why the request failed.
     pub result: String,
 }
+
+/// The admin endpoint's certificate (`GET|PUT /api/v1/host/certificate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Certificate", deny_unknown_fields)]
+pub struct CertificateView {
+    /// SHA-256 of the certificate (`AA:BB:...`), what `--fingerprint` pins.
+    pub fingerprint: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its issuer (the subject again when self-signed).
+    pub issuer: String,
+    /// Whether it signed itself (nasvisord's generated one does).
+    pub self_signed: bool,
+    /// Valid from (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub not_before: String,
+    /// Valid until (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub not_after: String,
+    /// The DNS names and addresses it is valid for.
+    pub names: Vec<String>,
+    /// Certificates in the chain served (the server's own and intermediates).
+    pub chain_length: u32,
+}

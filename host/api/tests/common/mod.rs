@@ -542,6 +542,12 @@ impl Running {
         self.task.take().unwrap().await.unwrap().unwrap();
     }
 
+    /// A client of this server trusting `cert_pem` (a certificate it was
+    /// given since it started).
+    pub fn client_trusting(&self, cert_pem: &[u8]) -> Client {
+        Client::new(self.addr, cert_pem)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.addr, &self.cert_pem)
     }

@@ -1,12 +1,13 @@
 //! `nasvisor host`: this host alone, or the cluster's hosts (list,
-//! cordon, uncordon, degrade, undegrade, evacuate).
+//! cordon, uncordon, degrade, undegrade, evacuate), and the admin
+//! certificate of the host talked to (`host certificate`).
 
 use super::client::{enc, CliResult, Client};
 use super::jobs;
 use super::render::{cell, Out, Render};
 use super::table::{self, mib};
 use clap::{Args, Subcommand};
-use nasvisor_api_types::{HostDegrade, HostView, JobView};
+use nasvisor_api_types::{CertificateReplace, CertificateView, HostDegrade, HostView, JobView};
 
 /// `nasvisor host`.
 #[derive(Debug, Args)]
@@ -33,6 +34,17 @@ pub enum HostCmd {
     },
     /// Take a host out of maintenance.
     Undegrade { host: String },
+    /// The admin certificate of the host the command talks to; with --cert
+    /// and --key, replace it (served at once to new connections; clients
+    /// that pinned the old fingerprint must pin the new one).
+    Certificate {
+        /// The new certificate chain, PEM (the server's own first).
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// Its private key, PEM.
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
+    },
     /// Cordon a host and live-migrate its running VMs away (a job).
     Evacuate {
         host: String,
@@ -51,6 +63,31 @@ pub fn run(c: &Client, args: HostArgs, out: Out) -> CliResult<()> {
     match args.cmd {
         None => out.show(&c.get::<HostView>("/api/v1/host")?),
         Some(HostCmd::List) => out.list(&c.get::<Vec<HostView>>("/api/v1/hosts")?),
+        Some(HostCmd::Certificate { cert, key }) => {
+            const PATH: &str = "/api/v1/host/certificate";
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read_to_string(p).map_err(|e| {
+                            super::client::CliError::msg(format!("{}: {e}", p.display()))
+                        })
+                    };
+                    let body = CertificateReplace {
+                        cert_pem: read(&cert)?,
+                        key_pem: read(&key)?,
+                    };
+                    let v: CertificateView = c.send("PUT", PATH, &body)?;
+                    out.done(&v, |v| {
+                        format!(
+                            "certificate replaced: {} (fingerprint {}); clients that pinned the \
+                             old one need --fingerprint {} or --ca-cert of its CA",
+                            v.subject, v.fingerprint, v.fingerprint
+                        )
+                    });
+                }
+                _ => out.show(&c.get::<CertificateView>(PATH)?),
+            }
+        }
         Some(HostCmd::Cordon { host }) => {
             let h: HostView = c.call("POST", &host_path(&host, "cordon"))?;
             out.done(&h, |_| {
@@ -141,5 +178,33 @@ impl Render for HostView {
         ));
         out.push_str(&format!("qemu:           {}\n", cell(&self.qemu_version)));
         out
+    }
+}
+
+impl Render for CertificateView {
+    const COLUMNS: &'static [&'static str] = &["subject", "issuer", "not after", "fingerprint"];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            cell(&self.subject),
+            cell(&self.issuer),
+            cell(&self.not_after),
+            cell(&self.fingerprint),
+        ]
+    }
+
+    fn show(&self) -> String {
+        table::fields(&[
+            ("subject", cell(&self.subject)),
+            ("issuer", cell(&self.issuer)),
+            ("self-signed", cell(&self.self_signed)),
+            (
+                "valid",
+                format!("{} .. {}", self.not_before, self.not_after),
+            ),
+            ("names", cell(&self.names)),
+            ("chain", cell(&self.chain_length)),
+            ("fingerprint", cell(&self.fingerprint)),
+        ])
     }
 }

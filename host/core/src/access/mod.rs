@@ -47,6 +47,8 @@ pub const LEGACY_TOKEN_FILE: &str = "admin-token.hash";
 /// How many password hashes are computed at once (argon2 takes a core and
 /// 19 MiB each): more logins wait their turn.
 const HASHING_AT_ONCE: usize = 2;
+/// Refused requests (4xx, 5xx) of one caller audited per minute, per host.
+const REFUSALS_AUDITED_PER_MINUTE: u32 = 30;
 /// How long a change to users or tokens waits for each member to apply it.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -182,6 +184,8 @@ pub(crate) struct AccessState {
     /// A hash checked against when the user does not exist, so that an
     /// unknown user costs the same time as a wrong password.
     decoy: OnceLock<String>,
+    /// The rate of refused requests audited per caller.
+    refusals: throttle::Rate,
 }
 
 impl Default for AccessState {
@@ -192,6 +196,7 @@ impl Default for AccessState {
             hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
             bootstrap: Mutex::default(),
             decoy: OnceLock::new(),
+            refusals: throttle::Rate::new(REFUSALS_AUDITED_PER_MINUTE, Duration::from_secs(60)),
         }
     }
 }
@@ -787,6 +792,22 @@ impl Inner {
 
     /// Appends one entry to the audit log.
     pub(crate) async fn record_audit(&self, e: AuditEntry) {
+        // A caller's refused requests are recorded at a bounded rate, so
+        // that a flood of them can neither push the log's real entries out
+        // nor load the store; what was left out is counted in the next one.
+        let mut result = e.result;
+        if e.status >= 400 {
+            let who = format!("{}/{}", e.user, e.credential.as_deref().unwrap_or("-"));
+            match self.access.refusals.admit(&who, Instant::now()) {
+                None => return,
+                Some(0) => {}
+                Some(skipped) => {
+                    result = format!(
+                    "{result} (and {skipped} more refused requests of this caller not recorded)"
+                )
+                }
+            }
+        }
         let rec = AuditRecord {
             seq: 0,
             time: now_rfc3339(),
@@ -798,7 +819,7 @@ impl Inner {
             operation: e.operation.to_string(),
             request: e.request,
             status: e.status,
-            result: e.result,
+            result,
         };
         if !self.audit.append(&self.db, rec.clone()).await {
             tracing::error!(entry = ?rec, "an audit entry could not be recorded");

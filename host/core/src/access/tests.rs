@@ -383,17 +383,18 @@ async fn audit_entries_are_numbered_and_listed_after_a_sequence_number() {
     let a = start(tmp.path(), "a", None).await;
     let admin = bearer(&a, &a.take_bootstrap_token().unwrap()).unwrap();
     for (i, status) in [(0u16, 200u16), (1, 403), (2, 202)] {
-        a.audit(AuditEntry {
-            user: format!("u{i}"),
-            role: Some(Role::Viewer),
-            credential: Some("c".into()),
-            address: HERE,
-            operation: "vmPower",
-            request: "POST /api/v1/vms/x/power".into(),
-            status,
-            result: "ok".into(),
-        })
-        .await;
+        a.inner
+            .record_audit(AuditEntry {
+                user: format!("u{i}"),
+                role: Some(Role::Viewer),
+                credential: Some("c".into()),
+                address: HERE,
+                operation: "vmPower",
+                request: "POST /api/v1/vms/x/power".into(),
+                status,
+                result: "ok".into(),
+            })
+            .await;
     }
     let Answer::Audit(all) = ask(
         &a,

@@ -151,6 +151,48 @@ impl Throttle {
     }
 }
 
+/// At most `max` events per `period` per key (a fixed window), counting
+/// those left out.
+pub struct Rate {
+    max: u32,
+    period: Duration,
+    map: Mutex<HashMap<String, (Instant, u32, u64)>>,
+}
+
+impl Rate {
+    /// `max` per `period`.
+    pub fn new(max: u32, period: Duration) -> Self {
+        Self {
+            max,
+            period,
+            map: Mutex::default(),
+        }
+    }
+
+    /// `Some(n)` when an event of `key` is admitted, `n` being how many
+    /// were left out since the last admitted one; `None` when it is left
+    /// out.
+    pub fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut map = crate::lock(&self.map);
+        if map.len() >= MAX_TRACKED && !map.contains_key(key) {
+            let period = self.period;
+            map.retain(|_, (start, _, _)| now.duration_since(*start) < period);
+        }
+        let e = map.entry(key.to_string()).or_insert((now, 0, 0));
+        if now.duration_since(e.0) >= self.period {
+            e.0 = now;
+            e.1 = 0;
+        }
+        if e.1 < self.max {
+            e.1 += 1;
+            Some(std::mem::take(&mut e.2))
+        } else {
+            e.2 += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +243,20 @@ mod tests {
         }
         assert!(t.check("someone-new", A, now).is_err());
         assert!(t.check("someone-new", B, now).is_ok());
+    }
+
+    #[test]
+    fn a_rate_admits_so_many_per_period_and_counts_the_rest() {
+        let r = Rate::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(r.admit("a", now), Some(0));
+        assert_eq!(r.admit("a", now), Some(0));
+        assert_eq!(r.admit("a", now), None);
+        assert_eq!(r.admit("a", now), None);
+        assert_eq!(r.admit("b", now), Some(0), "per key");
+        let later = now + Duration::from_secs(60);
+        assert_eq!(r.admit("a", later), Some(2), "the two left out are counted");
+        assert_eq!(r.admit("a", later), Some(0));
     }
 
     #[test]

@@ -422,12 +422,8 @@ impl Inner {
         let ok = self.check_password(hash, login.password).await?;
         let user = match user {
             Some(u) if ok && u.password_hash.is_some() && !u.disabled => u,
-            _ => {
-                self.access
-                    .throttle
-                    .failed(&login.user, address, Instant::now());
-                return Err(unauthenticated("wrong user name or password"));
-            }
+            // The attempt was counted when let through.
+            _ => return Err(unauthenticated("wrong user name or password")),
         };
         self.access.throttle.succeeded(&login.user, address);
         let secret = secret::new_secret(secret::SESSION_PREFIX);

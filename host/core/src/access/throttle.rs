@@ -1,9 +1,11 @@
-//! Login throttling: failed logins are counted per user name and per
-//! client address. Past a number of free failures, each further attempt
-//! must wait twice as long as the last (2 s, 4 s, ... up to 15 min); an
-//! attempt made too soon is refused without checking the password (no
-//! argon2 cost). A success clears the user's and the address's counts; a
-//! count is forgotten 15 min after its last failure.
+//! Login throttling: login attempts are counted per user name and per
+//! client address when they are let through, before the password is
+//! checked, so that attempts arriving together cannot all pass while the
+//! first are still being hashed. Past a number of free attempts, each
+//! further one must wait twice as long as the last (2 s, 4 s, ... up to
+//! 15 min); an attempt made too soon is refused without checking the
+//! password (no argon2 cost). A success clears the user's and the
+//! address's counts; a count is forgotten 15 min after its last attempt.
 //!
 //! The counts are this host's: an attacker spreading attempts over the
 //! cluster's hosts gets each host's allowance (at most seven).
@@ -14,25 +16,27 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failures of one user name allowed before attempts must wait.
+/// Attempts on one user name let through, without a success, before
+/// attempts must wait.
 pub const FREE_USER_FAILURES: u32 = 5;
-/// Failures from one address allowed before attempts must wait (it may be
-/// a NAT with several administrators behind it).
+/// Attempts from one address let through, without a success, before
+/// attempts must wait (it may be a NAT with several administrators behind
+/// it).
 pub const FREE_ADDRESS_FAILURES: u32 = 20;
 /// The longest wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
-/// How long a count is kept after its last failure.
+/// How long a count is kept after its last attempt.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Most names or addresses tracked; beyond, the stalest are forgotten.
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
-struct Failures {
+struct Attempts {
     count: u32,
     last: Instant,
 }
 
-/// The wait after `count` failures when `free` are allowed.
+/// The wait after `count` unsuccessful attempts when `free` are allowed.
 pub fn wait_after(count: u32, free: u32) -> Duration {
     if count < free {
         return Duration::ZERO;
@@ -43,7 +47,7 @@ pub fn wait_after(count: u32, free: u32) -> Duration {
 
 struct Counts<K> {
     free: u32,
-    map: Mutex<HashMap<K, Failures>>,
+    map: Mutex<HashMap<K, Attempts>>,
 }
 
 impl<K: Hash + Eq + Clone> Counts<K> {
@@ -54,8 +58,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
         }
     }
 
-    fn retry_in(&self, k: &K, now: Instant) -> Duration {
-        let map = crate::lock(&self.map);
+    fn retry_in_locked(&self, map: &HashMap<K, Attempts>, k: &K, now: Instant) -> Duration {
         match map.get(k) {
             Some(f) if now.duration_since(f.last) < FORGET_AFTER => {
                 wait_after(f.count, self.free).saturating_sub(now.duration_since(f.last))
@@ -64,19 +67,8 @@ impl<K: Hash + Eq + Clone> Counts<K> {
         }
     }
 
-    /// Past the free failures, an attempt let through takes the slot: the
-    /// next one waits the full wait again, so that attempts made at the
-    /// same moment are not all checked.
-    fn claim(&self, k: &K, now: Instant) {
-        if let Some(f) = crate::lock(&self.map).get_mut(k) {
-            if f.count >= self.free && now.duration_since(f.last) < FORGET_AFTER {
-                f.last = now;
-            }
-        }
-    }
-
-    fn failed(&self, k: &K, now: Instant) {
-        let mut map = crate::lock(&self.map);
+    /// Counts an attempt let through.
+    fn attempted_locked(&self, map: &mut HashMap<K, Attempts>, k: &K, now: Instant) {
         if map.len() >= MAX_TRACKED && !map.contains_key(k) {
             map.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
             if map.len() >= MAX_TRACKED {
@@ -89,7 +81,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
                 }
             }
         }
-        let f = map.entry(k.clone()).or_insert(Failures {
+        let f = map.entry(k.clone()).or_insert(Attempts {
             count: 0,
             last: now,
         });
@@ -105,7 +97,7 @@ impl<K: Hash + Eq + Clone> Counts<K> {
     }
 }
 
-/// This host's counts of failed logins.
+/// This host's counts of logins not (yet) successful.
 pub struct Throttle {
     users: Counts<String>,
     addresses: Counts<IpAddr>,
@@ -122,26 +114,25 @@ impl Default for Throttle {
 
 impl Throttle {
     /// `Err(wait)` when a login of `user` from `address` must wait; `Ok`
-    /// lets one attempt through (and, past the free failures, takes the
-    /// slot for it).
+    /// lets one attempt through and counts it (until [`Self::succeeded`]
+    /// clears the counts, it is a failure).
     pub fn check(&self, user: &str, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        let user = user.to_string();
+        // One lock order (users, then addresses) so that two attempts
+        // checked together cannot both see a free slot.
+        let mut users = crate::lock(&self.users.map);
+        let mut addresses = crate::lock(&self.addresses.map);
         let wait = self
             .users
-            .retry_in(&user.to_string(), now)
-            .max(self.addresses.retry_in(&address, now));
-        if wait.is_zero() {
-            self.users.claim(&user.to_string(), now);
-            self.addresses.claim(&address, now);
-            Ok(())
-        } else {
-            Err(wait)
+            .retry_in_locked(&users, &user, now)
+            .max(self.addresses.retry_in_locked(&addresses, &address, now));
+        if !wait.is_zero() {
+            return Err(wait);
         }
-    }
-
-    /// Counts a failed login.
-    pub fn failed(&self, user: &str, address: IpAddr, now: Instant) {
-        self.users.failed(&user.to_string(), now);
-        self.addresses.failed(&address, now);
+        self.users.attempted_locked(&mut users, &user, now);
+        self.addresses
+            .attempted_locked(&mut addresses, &address, now);
+        Ok(())
     }
 
     /// A login succeeded: the user's and the address's counts are cleared.
@@ -218,9 +209,12 @@ mod tests {
             assert!(t
                 .check("alice", if i % 2 == 0 { A } else { B }, now)
                 .is_ok());
-            t.failed("alice", if i % 2 == 0 { A } else { B }, now);
         }
-        assert_eq!(t.check("alice", B, now), Err(Duration::from_secs(2)));
+        assert_eq!(
+            t.check("alice", B, now),
+            Err(Duration::from_secs(2)),
+            "attempts count when let through, before their outcome is known"
+        );
         assert!(t.check("bob", A, now).is_ok(), "another user is not held");
         let later = now + Duration::from_secs(2);
         assert!(t.check("alice", A, later).is_ok(), "the wait passes");
@@ -228,7 +222,6 @@ mod tests {
             t.check("alice", B, later).is_err(),
             "one attempt per slot, however many arrive at once"
         );
-        t.failed("alice", A, later);
         assert_eq!(t.check("alice", A, later), Err(Duration::from_secs(4)));
         t.succeeded("alice", A);
         assert!(t.check("alice", A, later).is_ok());
@@ -239,7 +232,7 @@ mod tests {
         let t = Throttle::default();
         let now = Instant::now();
         for i in 0..FREE_ADDRESS_FAILURES {
-            t.failed(&format!("user{i}"), A, now);
+            assert!(t.check(&format!("user{i}"), A, now).is_ok());
         }
         assert!(t.check("someone-new", A, now).is_err());
         assert!(t.check("someone-new", B, now).is_ok());
@@ -260,16 +253,29 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_from_many_threads_gets_exactly_the_free_attempts() {
+        let t = std::sync::Arc::new(Throttle::default());
+        let now = Instant::now();
+        let admitted: u32 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let t = t.clone();
+                    s.spawn(move || (0..50).filter(|_| t.check("alice", A, now).is_ok()).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap() as u32).sum()
+        });
+        assert_eq!(admitted, FREE_USER_FAILURES);
+    }
+
+    #[test]
     fn counts_are_forgotten_after_a_quiet_period() {
         let t = Throttle::default();
         let now = Instant::now();
-        for _ in 0..10 {
-            t.failed("alice", A, now);
-        }
+        while t.check("alice", A, now).is_ok() {}
         assert!(t.check("alice", A, now).is_err());
         let later = now + FORGET_AFTER;
         assert!(t.check("alice", A, later).is_ok());
-        t.failed("alice", A, later);
         assert!(t.check("alice", A, later).is_ok(), "counting starts again");
     }
 }

@@ -138,6 +138,11 @@ pub trait Core: Send + Sync {
     /// is reported whole in nasvisord's log.
     async fn audit(&self, entry: AuditEntry);
 
+    /// What `/metrics` reads at scrape time (the figures recorded as they
+    /// happen are added by `nasvisor_metrics::render`). Called for each
+    /// scrape: reads only, no store write.
+    fn metrics(&self) -> nasvisor_metrics::State;
+
     /// Carries out one action and returns its typed answer: the view of the
     /// response schema of the action's route in `openapi.json`
     /// ([`Answer::Empty`] for a route without content). The server turns it

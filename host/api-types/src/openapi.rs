@@ -36,6 +36,8 @@ pub enum Answer {
     Json(Schema),
     /// Raw bytes, streamed.
     Bytes,
+    /// Text of this media type.
+    Text(&'static str),
 }
 
 /// The contract of one operation.
@@ -74,6 +76,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "health" => c("Health probe; answers without a credential", Q::None, json(one::<HealthView>(g))),
         "login" => c("Log in with a user's password: a session (also set as an HttpOnly cookie). Failed logins are throttled per user and per address (429 with Retry-After)", Q::Json(one::<Login>(q)), json(one::<SessionView>(g))),
         "logout" => c("End the caller's session (and clear its cookie)", Q::None, done),
+        "getMetrics" => c("Prometheus metrics (OpenMetrics text): VMs by state, host resources and reservations, jobs, plugin slots, raft, and the recorded API latencies, plugin decisions, quarantines, jobs, migration pauses and raft commits. A viewer's credential, or an API token made for the scraper with the viewer role", Q::None, (Answer::Text("application/openmetrics-text"), "the exposition")),
         "getOpenapi" => c("This document (OpenAPI 3.1)", Q::None, json(schemars::json_schema!({"type": "object", "required": ["openapi", "paths"]}))),
         "whoami" => c("The caller: user, role and credential", Q::None, json(one::<CallerView>(g))),
         "changePassword" => c("Change the caller's own password; its other sessions end", Q::Json(one::<PasswordChange>(q)), done),
@@ -230,6 +233,8 @@ fn operation(
         }
         Answer::Bytes => json!({"description": description,
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+        Answer::Text(media) => json!({"description": description,
+            "content": {media: {"schema": {"type": "string"}}}}),
     };
     let mut responses = Map::new();
     responses.insert(route.success.to_string(), success);

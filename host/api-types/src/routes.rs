@@ -128,6 +128,10 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// Path of this API's OpenAPI document.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
+/// Path of the Prometheus metrics (outside `/api/v1`, where scrapers
+/// expect it).
+pub const METRICS_PATH: &str = "/metrics";
+
 /// Path of the login (unauthenticated).
 pub const LOGIN_PATH: &str = "/api/v1/auth/login";
 
@@ -138,6 +142,7 @@ pub const ROUTES: &[Route] = &[
     viewer(r("POST", "/api/v1/auth/logout", "logout", 204, false)),
     r("GET", "/api/v1/auth/whoami", "whoami", 200, false),
     r("GET", OPENAPI_PATH, "getOpenapi", 200, false),
+    r("GET", METRICS_PATH, "getMetrics", 200, false),
     viewer(r(
         "POST",
         "/api/v1/auth/password",

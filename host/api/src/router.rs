@@ -318,7 +318,7 @@ pub fn to_action(
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
         "health" | "login" | "getConsole" | "uploadImage" | "getCertificate"
-        | "replaceCertificate" | "getOpenapi" => return Ok(None),
+        | "replaceCertificate" | "getOpenapi" | "getMetrics" => return Ok(None),
         "logout" => Action::Logout,
         "whoami" => Action::Whoami,
         "changePassword" => Action::ChangePassword(parse_valid::<PasswordChange>(body)?),

@@ -348,7 +348,10 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut audited = None;
-    let (resp, result) = match respond(shared, peer, req, &mut audited).await {
+    // The route's operation and method, for the metrics: bounded label
+    // values (never the path or a client's method as sent).
+    let mut labels = ("unmatched", "other");
+    let (resp, result) = match respond(shared, peer, req, &mut audited, &mut labels).await {
         Ok(r) => (r, "ok".to_string()),
         Err(e) => {
             if e.status.is_server_error() {
@@ -376,6 +379,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             })
             .await;
     }
+    nasvisor_metrics::api_request(
+        labels.0,
+        labels.1,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     // Never log headers: they carry credentials.
     tracing::info!(%peer, %method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     resp
@@ -386,9 +395,11 @@ async fn respond(
     peer: SocketAddr,
     req: Request<Incoming>,
     audited: &mut Option<Audited>,
+    labels: &mut (&'static str, &'static str),
 ) -> Result<Response<RespBody>, ApiError> {
     let path = req.uri().path().to_string();
     if path == HEALTH_PATH {
+        *labels = ("health", "GET");
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
         }
@@ -400,6 +411,7 @@ async fn respond(
         ));
     }
     if path == LOGIN_PATH && req.method() == Method::POST {
+        *labels = ("login", "POST");
         return login(shared, peer, req, audited).await;
     }
     let credential = auth::credential(req.headers())?;
@@ -410,6 +422,7 @@ async fn respond(
     };
     let matched = router::find(req.method().as_str(), &path)?;
     let route = matched.route;
+    *labels = (route.operation, route.method);
     let request = nasvisor_api_types::Request {
         caller,
         address: peer.ip(),
@@ -458,6 +471,15 @@ async fn respond(
             ))
         }
         "replaceCertificate" => return replace_certificate(shared, req).await,
+        "getMetrics" => {
+            let text = nasvisor_metrics::render(&shared.core.metrics());
+            let mut r = Response::new(full(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(nasvisor_metrics::CONTENT_TYPE),
+            );
+            return Ok(r);
+        }
         _ => {}
     }
     if route.body && !is_json(&req) {

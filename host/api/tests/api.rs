@@ -980,6 +980,7 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "getHost" => ("/api/v1/host", None),
         "getCertificate" => ("/api/v1/host/certificate", None),
         "getOpenapi" => ("/api/v1/openapi.json", None),
+        "getMetrics" => ("/metrics", None),
         "listVms" => ("/api/v1/vms", None),
         "createVm" => ("/api/v1/vms", Some(VM_OK)),
         "getVm" => ("/api/v1/vms/vm1", None),
@@ -1128,18 +1129,24 @@ async fn real_responses_match_the_openapi_schemas() {
                 });
             }
             None => {
-                let octet = doc["paths"][route.path][route.method.to_lowercase()]["responses"]
-                    [route.success.to_string()]
-                .pointer("/content/application~1octet-stream")
-                .is_some();
-                if octet {
-                    assert_eq!(
-                        r.headers.get("content-type").unwrap(),
-                        "application/octet-stream"
-                    );
-                    assert!(!r.body.is_empty(), "{}: empty stream", route.operation);
-                } else {
-                    assert!(r.body.is_empty(), "{}: undocumented body", route.operation);
+                // A documented non-JSON body (a stream, the metrics' text):
+                // its media type is the one documented.
+                let content = &doc["paths"][route.path][route.method.to_lowercase()]["responses"]
+                    [route.success.to_string()]["content"];
+                match content.as_object().and_then(|c| c.keys().next()) {
+                    Some(media) => {
+                        let sent = r.headers.get("content-type").unwrap().to_str().unwrap();
+                        assert_eq!(
+                            sent.split(';').next().unwrap().trim(),
+                            media,
+                            "{}",
+                            route.operation
+                        );
+                        assert!(!r.body.is_empty(), "{}: empty body", route.operation);
+                    }
+                    None => {
+                        assert!(r.body.is_empty(), "{}: undocumented body", route.operation)
+                    }
                 }
             }
         }
@@ -1730,5 +1737,52 @@ async fn the_openapi_document_is_served_to_any_authenticated_caller() {
     let r = c.get("/api/v1/openapi.json", Some(VIEWER_TOKEN)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, OPENAPI_JSON.as_bytes());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_need_a_viewer_and_count_requests_by_route_with_bounded_labels() {
+    let (_dir, _core, server, _token) = start().await;
+    let c = server.client();
+    let r = c.get("/metrics", None).await;
+    assert_eq!(r.status, 401);
+    assert!(r.headers.contains_key("www-authenticate"));
+    c.get("/api/v1/vms", Some(VIEWER_TOKEN)).await;
+    // A client's own method and path never become label values.
+    c.send(
+        "BREW",
+        "/api/v1/no-such-route",
+        Some(VIEWER_TOKEN),
+        None,
+        b"",
+    )
+    .await;
+    let r = c.get("/metrics", Some(VIEWER_TOKEN)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(
+        text.contains("nasvisor_vms{state=\"running\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nasvisor_build_info{host=\"fake-host\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "nasvisor_api_request_duration_seconds_count{operation=\"listVms\",method=\"GET\",code=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("operation=\"unmatched\",method=\"other\""),
+        "{text}"
+    );
+    assert!(!text.contains("BREW") && !text.contains("no-such-route"));
     server.stop().await;
 }

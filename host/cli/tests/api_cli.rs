@@ -386,6 +386,10 @@ impl Fake {
 
 #[async_trait::async_trait]
 impl Core for Fake {
+    fn metrics(&self) -> nasvisor_metrics::State {
+        nasvisor_metrics::State::default()
+    }
+
     fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError> {
         let secret = match credential {
             Credential::Bearer(s) | Credential::Cookie(s) => s,

@@ -149,9 +149,23 @@ impl Shared {
 
     async fn write_inner(&self, cmd: Command) -> Result<Response, StoreError> {
         // A leader cut off from its quorum would wait for ever: bounded.
+        let started = std::time::Instant::now();
         let written = tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(cmd.clone()))
             .await
-            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT))?;
+            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT));
+        if !matches!(
+            written,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                _
+            ))))
+        ) {
+            // Proposed here (a forward is timed by the leader).
+            nasvisor_metrics::raft_commit(
+                matches!(written, Ok(Ok(_))),
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        let written = written?;
         match written {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -195,9 +209,15 @@ impl Shared {
             term,
             command: Box::new(cmd),
         };
+        let started = std::time::Instant::now();
         let written = tokio::time::timeout(FORWARD_TIMEOUT, self.raft.client_write(cmd))
             .await
-            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT))?;
+            .map_err(|_| StoreError::Unconfirmed(FORWARD_TIMEOUT));
+        nasvisor_metrics::raft_commit(
+            matches!(written, Ok(Ok(_))),
+            started.elapsed().as_secs_f64(),
+        );
+        let written = written?;
         match written {
             Ok(r) => match r.data {
                 Response::WrongTerm { term, entry_term } => Err(StoreError::Deposed {

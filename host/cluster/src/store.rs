@@ -208,6 +208,7 @@ impl ClusterStore {
         )
         .await
         .map_err(raft_err)?;
+        count_leader_changes(raft.metrics());
         let clustered = pki.is_some();
         let shared = Arc::new(Shared {
             node_id,
@@ -615,4 +616,19 @@ fn put_command(
         value,
         expected_revision,
     })
+}
+
+/// Counts the changes of the leader this node sees, for `/metrics`, until
+/// the raft node shuts down (its metrics channel closes).
+fn count_leader_changes(mut rx: tokio::sync::watch::Receiver<RaftMetrics>) {
+    tokio::spawn(async move {
+        let mut leader = rx.borrow().current_leader;
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow().current_leader;
+            if now != leader {
+                leader = now;
+                nasvisor_metrics::raft_leader_changed();
+            }
+        }
+    });
 }

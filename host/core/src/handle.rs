@@ -391,6 +391,10 @@ impl nasvisor_api_types::Core for NasCore {
         self.inner.login(login, address).await
     }
 
+    fn metrics(&self) -> nasvisor_metrics::State {
+        self.inner.metrics_state()
+    }
+
     async fn audit(&self, entry: AuditEntry) {
         // Never holds the answer back: a host without quorum would wait out
         // the store's write timeout for every refused request. An entry

@@ -29,6 +29,7 @@ mod image_copy;
 mod images;
 mod install;
 mod jobs;
+mod metrics;
 mod migrate;
 pub mod model;
 mod peer;

@@ -120,6 +120,45 @@ fn vms_outlive_a_killed_daemon_and_a_killed_qemu_is_recorded_as_crashed() {
     assert_eq!(vm["state"], "running", "{vm:#}");
     let pid = vm["pid"].as_i64().unwrap() as i32;
 
+    // /metrics shows it running, its host's vCPUs in use, the placement
+    // decision, the store's commits and the API's requests.
+    let text = scrape(&d);
+    assert_eq!(
+        sample(&text, "nasvisor_vms{state=\"running\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    let vcpus = vm["vcpus"].as_f64().unwrap();
+    let used = text
+        .lines()
+        .find(|l| l.starts_with("nasvisor_host_vcpus{") && l.contains("kind=\"used\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(used, Some(vcpus), "{text}");
+    assert!(
+        sample(
+            &text,
+            "nasvisor_plugin_decisions_total{world=\"scheduler\",outcome=\"plugin\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "nasvisor_raft_commit_duration_seconds_count{result=\"ok\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "nasvisor_api_request_duration_seconds_count{operation=\"vmPower\",method=\"POST\",code=\"202\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+
     // kill -9 the daemon: the guest keeps running.
     d.kill9();
     std::thread::sleep(Duration::from_millis(500));
@@ -147,6 +186,17 @@ fn vms_outlive_a_killed_daemon_and_a_killed_qemu_is_recorded_as_crashed() {
         "{vm:#}"
     );
     assert!(vm["pid"].is_null());
+    let text = scrape(&d);
+    assert_eq!(
+        sample(&text, "nasvisor_vms{state=\"crashed\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "nasvisor_vms{state=\"running\"}"),
+        None,
+        "{text}"
+    );
     let events = d.json(&["event", "list"]);
     assert!(
         events
@@ -440,6 +490,35 @@ fn admin_tls(d: &Daemon) -> rustls::StreamOwned<rustls::ClientConnection, std::n
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
     rustls::StreamOwned::new(conn, tcp)
+}
+
+/// `GET /metrics` with the daemon's admin token: the OpenMetrics text.
+fn scrape(d: &Daemon) -> String {
+    use std::io::{Read, Write};
+    let mut tls = admin_tls(d);
+    write!(
+        tls,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        d.token
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    // The server closes after the answer; a TLS close without notify is
+    // not an error here.
+    let _ = tls.read_to_end(&mut raw);
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.to_string()
+}
+
+/// The value of one series (name and labels exactly) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]

@@ -329,6 +329,7 @@ impl PolicyHost {
         {
             tracing::error!(world = %world, plugin = %label, failures = n,
                 "plugin quarantined until it is reloaded or reset");
+            nasvisor_metrics::plugin_quarantined(world.as_str());
             self.event(PolicyEvent::PluginQuarantined {
                 world,
                 plugin: label.clone(),
@@ -392,20 +393,19 @@ impl PolicyHost {
             }
         };
         let duration = start.elapsed();
+        let (plugin, kind, cause) = match &source {
+            DecisionSource::Plugin { plugin } => (Some(plugin.clone()), "plugin", None),
+            DecisionSource::Fallback { plugin, cause, .. } => {
+                (Some(plugin.clone()), "fallback", Some(cause.clone()))
+            }
+            DecisionSource::Refused { plugin, reason } => {
+                (Some(plugin.clone()), "refused", Some(reason.clone()))
+            }
+            DecisionSource::Quarantined { plugin } => (Some(plugin.clone()), "quarantined", None),
+            DecisionSource::Native => (None, "native", None),
+        };
+        nasvisor_metrics::plugin_decision(world.as_str(), kind, duration.as_secs_f64());
         if let Some(j) = &self.journal {
-            let (plugin, kind, cause) = match &source {
-                DecisionSource::Plugin { plugin } => (Some(plugin.clone()), "plugin", None),
-                DecisionSource::Fallback { plugin, cause, .. } => {
-                    (Some(plugin.clone()), "fallback", Some(cause.clone()))
-                }
-                DecisionSource::Refused { plugin, reason } => {
-                    (Some(plugin.clone()), "refused", Some(reason.clone()))
-                }
-                DecisionSource::Quarantined { plugin } => {
-                    (Some(plugin.clone()), "quarantined", None)
-                }
-                DecisionSource::Native => (None, "native", None),
-            };
             let rec = JournalRecord {
                 seq: 0,
                 at_ms: wall,

@@ -341,6 +341,14 @@ pub fn api_token(name: &str) -> ApiTokenView {
 
 #[async_trait::async_trait]
 impl Core for FakeCore {
+    fn metrics(&self) -> nasvisor_metrics::State {
+        nasvisor_metrics::State {
+            host: "fake-host".into(),
+            vms_by_state: vec![("running".into(), 2), ("stopped".into(), 1)],
+            ..Default::default()
+        }
+    }
+
     fn authenticate(&self, credential: Credential<'_>) -> Result<Caller, CoreError> {
         let token = CredentialKind::Token;
         match credential {

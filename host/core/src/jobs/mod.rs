@@ -50,6 +50,9 @@ pub(crate) struct JobCtx {
     pub id: String,
     pub cancel: CancellationToken,
     live: Arc<Mutex<Live>>,
+    /// The job's kind and start, for its metrics.
+    kind: &'static str,
+    started: std::time::Instant,
 }
 
 impl JobCtx {
@@ -188,6 +191,8 @@ impl Inner {
             // is ended by the next start's recovery, not recorded as cancelled.
             cancel: CancellationToken::new(),
             live: Arc::new(Mutex::new(Live::default())),
+            kind: spec.kind(),
+            started: std::time::Instant::now(),
         };
         self.local_jobs.insert(ctx.clone());
         let me = self.clone();
@@ -247,6 +252,16 @@ impl Inner {
         if let Err(e) = r {
             tracing::error!(job = %ctx.id, error = %e, "cannot record the end of a job");
         }
+        let state = match &outcome {
+            Ok(_) => JobState::Succeeded,
+            Err(JobFailure::Cancelled) => JobState::Cancelled,
+            Err(JobFailure::Failed(_)) => JobState::Failed,
+        };
+        nasvisor_metrics::job_finished(
+            ctx.kind,
+            &crate::metrics::name_of(&state),
+            ctx.started.elapsed().as_secs_f64(),
+        );
     }
 
     /// Forgets the oldest ended jobs beyond [`KEEP_ENDED_JOBS`].

@@ -476,7 +476,8 @@ impl Switch {
     /// Logs each step of the switch as ms since the pause: `switch: paused
     /// → stream completed +A → mirrors ended +B → recorded +C → resumed on
     /// the target +D`. `resumed_ms` is the guest's whole pause as this host
-    /// sees it; QEMU's `downtime` covers the stream's part only.
+    /// sees it; QEMU's `downtime` covers the stream's part only. Both go to
+    /// the metrics too.
     fn log(&self, vm: &str, target: &str) {
         let since = |t: Option<SystemTime>| -> Option<u64> {
             let d = t?.duration_since(self.paused?).ok()?;
@@ -487,6 +488,10 @@ impl Switch {
         let mirrors = since(self.mirrors_done);
         let recorded = since(self.recorded);
         let resumed = since(self.resumed);
+        nasvisor_metrics::migration_switch(
+            self.downtime_ms.map(|m| m as f64 / 1000.0),
+            resumed.map(|m| m as f64 / 1000.0),
+        );
         let mirrors_text = match self.mirrors_done {
             Some(_) => format!("mirrors ended +{}", ms(mirrors)),
             None => "no mirror".to_string(),

@@ -2,6 +2,7 @@
 # Load benchmark of the admin endpoint (HTTPS keep-alive, loopback), with
 # `wrk -t2 -c64`: nasvisord (release) with 100 VMs defined, against
 #   - authenticated GET /api/v1/vms (100 VMs) and GET /api/v1/hosts;
+#   - authenticated GET /metrics (a Prometheus scrape, 100 VMs);
 #   - unauthenticated GET /healthz on the same server;
 #   - the baseline in the same run: a plain hyper + rustls server with the
 #     same TLS configuration (host/api/examples/hello_baseline.rs), answering
@@ -61,6 +62,7 @@ done
 targets=(
   "vms|https://127.0.0.1:$port/api/v1/vms|yes"
   "hosts|https://127.0.0.1:$port/api/v1/hosts|yes"
+  "metrics|https://127.0.0.1:$port/metrics|yes"
   "healthz|https://127.0.0.1:$port/healthz|no"
   "hello|https://127.0.0.1:$hello/|no"
   "hello-vms-bytes|https://127.0.0.1:$hello_big/|no"

@@ -75,7 +75,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "login" => c("Log in with a user's password: a session (also set as an HttpOnly cookie). Failed logins are throttled per user and per address (429 with Retry-After)", Q::Json(one::<Login>(q)), json(one::<SessionView>(g))),
         "logout" => c("End the caller's session (and clear its cookie)", Q::None, done),
         "getOpenapi" => c("This document (OpenAPI 3.1)", Q::None, json(schemars::json_schema!({"type": "object", "required": ["openapi", "paths"]}))),
-        "whoami" => c("The caller: user, role and credential", Q::None, json(one::<CallerView>(g))),
+        "whoami" => c("The caller: user, role, credential and, for a session, its CSRF token", Q::None, json(one::<CallerView>(g))),
         "changePassword" => c("Change the caller's own password; its other sessions end", Q::Json(one::<PasswordChange>(q)), done),
         "listUsers" => c("Every user", Q::None, json(list::<UserView>(g))),
         "createUser" => c("Create a user", Q::Json(one::<UserCreate>(q)), json(one::<UserView>(g))),

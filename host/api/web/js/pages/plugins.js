@@ -1,0 +1,107 @@
+// The policy plugins: which one decides each world on each host, its
+// signer and version, its quarantine state and counts, and the recent
+// plugin events (faults, fallbacks, quarantines, resets). The decision
+// journal itself is not served by the API (`nasvisor plugin replay` reads
+// it on the host).
+
+import * as api from "../api.js";
+import { gate } from "../session.js";
+import { badge, differ, flash, h, replace, showError, table, time } from "../dom.js";
+
+export const title = "Plugins";
+
+export async function render(ctx) {
+  const list = h("div", { id: "plugin-list" });
+  const hostsBox = h("div", { id: "plugin-hosts" });
+  const eventsBox = h("div", { id: "plugin-events" });
+  replace(
+    ctx.main,
+    h("h1", {}, "Plugins"),
+    list,
+    h("h2", {}, "On each host"),
+    hostsBox,
+    h("h2", {}, "Recent plugin events"),
+    h("p", { class: "muted" }, "Faults, fallbacks to the built-in default, quarantines and resets. Each decision is journaled on its host."),
+    eventsBox,
+  );
+  const changed = differ();
+  const refresh = async (force) => {
+    const [plugins, events] = await Promise.all([
+      api.get("/api/v1/plugins", { signal: ctx.signal }),
+      api.get("/api/v1/events?limit=500", { signal: ctx.signal }),
+    ]);
+    const pluginEvents = events.filter((e) => e.kind.startsWith("plugin-")).reverse().slice(0, 50);
+    if (!changed([plugins, pluginEvents]) && force !== true) return;
+    replace(
+      list,
+      table(
+        [
+          { title: "World", cell: (p) => h("strong", {}, p.world) },
+          { title: "Plugin", cell: (p) => p.name },
+          { title: "Version", cell: (p) => p.version },
+          { title: "Signer", cell: (p) => p.vendor },
+          { title: "State", cell: (p) => badge(p.state) },
+          { title: "Decisions", num: true, cell: (p) => String(p.decisions) },
+          { title: "Faults", num: true, cell: (p) => `${p.failures} (${p.consecutive_failures} in a row)` },
+          { title: "Fallbacks", num: true, cell: (p) => String(p.fallbacks) },
+          { title: "Last fault", cell: (p) => p.last_failure || "-" },
+          {
+            title: "",
+            class: "actions",
+            cell: (p) => {
+              const quarantined = p.hosts.some((x) => x.state === "quarantined");
+              const btn = h("button", { type: "button", data: { reset: p.world }, disabled: !quarantined }, "Lift quarantine");
+              gate(btn, "admin");
+              btn.addEventListener("click", async () => {
+                try {
+                  const r = await api.post(`/api/v1/plugins/${api.seg(p.world)}/reset`);
+                  flash(r.message, "info");
+                } catch (e) {
+                  showError(e);
+                }
+                await refresh(true);
+              });
+              return btn;
+            },
+          },
+        ],
+        plugins,
+        { id: "plugins-table", key: (p) => p.world, empty: "no plugin" },
+      ),
+    );
+    const rows = plugins.flatMap((p) => p.hosts.map((x) => ({ ...x, name: p.name })));
+    replace(
+      hostsBox,
+      table(
+        [
+          { title: "Host", cell: (x) => x.host },
+          { title: "World", cell: (x) => x.world },
+          { title: "Plugin", cell: (x) => x.plugin || "built-in default" },
+          { title: "State", cell: (x) => badge(x.state) },
+          { title: "Decisions", num: true, cell: (x) => String(x.decisions) },
+          { title: "Faults", num: true, cell: (x) => `${x.failures} (${x.consecutive_failures} in a row)` },
+          { title: "Fallbacks", num: true, cell: (x) => String(x.fallbacks) },
+          { title: "Last fault", cell: (x) => x.last_failure || "-" },
+          { title: "Updated", cell: (x) => time(x.updated_at) },
+        ],
+        rows,
+        { id: "plugin-hosts-table", key: (x) => `${x.host}/${x.world}` },
+      ),
+    );
+    replace(
+      eventsBox,
+      table(
+        [
+          { title: "Time", cell: (e) => time(e.time) },
+          { title: "Severity", cell: (e) => badge(e.severity) },
+          { title: "Kind", cell: (e) => e.kind },
+          { title: "Host", cell: (e) => e.host || "-" },
+          { title: "What", cell: (e) => e.message },
+        ],
+        pluginEvents,
+        { id: "plugin-events-table", key: (e) => String(e.seq), empty: "no plugin event" },
+      ),
+    );
+  };
+  await ctx.every(5000, refresh);
+}

@@ -36,6 +36,13 @@ const ROUTES = [
   [/^\/account$/, account, "account"],
 ];
 
+// A violation of the Content-Security-Policy is a bug of the console:
+// count it where a test can see it, and say it in the browser's log.
+document.addEventListener("securitypolicyviolation", (e) => {
+  document.body.dataset.cspViolations = String(Number(document.body.dataset.cspViolations || 0) + 1);
+  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
+});
+
 const main = document.getElementById("main");
 let current = null;
 

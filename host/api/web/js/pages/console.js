@@ -119,10 +119,15 @@ export function consolePanel(ctx, name) {
     update(vm) {
       if (!session.can("operator")) {
         setStatus("forbidden", `the console ${needs("operator")}`);
+        out.hidden = true;
+        form.hidden = true;
         return;
       }
       const running = LIVE.includes(vm.state);
       if (stream) return;
+      if (!running && status.dataset.state === "ended") {
+        setStatus("ended", `the VM is ${vm.state.replaceAll("_", " ")}: its last output`);
+      }
       if (!opened || running) {
         opened = true;
         connect(running);

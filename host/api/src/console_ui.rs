@@ -63,6 +63,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("/ui/js/api.js", JS, "js/api.js"),
     asset!("/ui/js/dom.js", JS, "js/dom.js"),
     asset!("/ui/js/session.js", JS, "js/session.js"),
+    asset!("/ui/js/actions.js", JS, "js/actions.js"),
     asset!("/ui/js/pages/login.js", JS, "js/pages/login.js"),
     asset!("/ui/js/pages/overview.js", JS, "js/pages/overview.js"),
     asset!("/ui/js/pages/vms.js", JS, "js/pages/vms.js"),

@@ -1758,9 +1758,17 @@ async fn the_web_console_answers_without_a_credential_under_a_strict_csp() {
     for asset in ASSETS {
         let r = c.get(asset.path, None).await;
         assert_eq!(r.status, 200, "{}", asset.path);
-        assert_eq!(header(&r, "content-type"), asset.content_type, "{}", asset.path);
+        assert_eq!(
+            header(&r, "content-type"),
+            asset.content_type,
+            "{}",
+            asset.path
+        );
         assert_eq!(r.body, asset.body, "{}", asset.path);
-        assert_eq!(header(&r, "content-security-policy"), CONTENT_SECURITY_POLICY);
+        assert_eq!(
+            header(&r, "content-security-policy"),
+            CONTENT_SECURITY_POLICY
+        );
         assert_eq!(header(&r, "x-content-type-options"), "nosniff");
         assert_eq!(header(&r, "referrer-policy"), "no-referrer");
         assert_eq!(header(&r, "x-frame-options"), "DENY");
@@ -1799,6 +1807,9 @@ async fn the_web_console_answers_without_a_credential_under_a_strict_csp() {
         assert_eq!(r.status, 401, "{path}");
         assert!(r.headers.get("www-authenticate").is_some(), "{path}");
     }
-    assert!(core.take().is_empty(), "the console's files reached the core");
+    assert!(
+        core.take().is_empty(),
+        "the console's files reached the core"
+    );
     server.stop().await;
 }

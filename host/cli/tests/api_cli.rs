@@ -354,7 +354,8 @@ impl Fake {
             | Action::DeleteUser { .. }
             | Action::RevokeToken { .. } => Answer::Empty,
             Action::Whoami => strict::<CallerView>(&json!({"user": "admin", "role": "admin",
-                "via": "token", "credential": "0123456789abcdef", "expires_at": null}))
+                "via": "token", "credential": "0123456789abcdef", "expires_at": null,
+                "csrf_token": null}))
             .unwrap()
             .into_answer(),
             Action::ListUsers => vec![user_view("alice", "operator")].into_answer(),

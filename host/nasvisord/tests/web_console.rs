@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{free_port, Daemon};
+use common::{free_port, typed, Daemon};
 use fantoccini::{Client, ClientBuilder, Locator};
 use nasvisor_plugin_host::testkit::workspace_root;
 use serde_json::{json, Value};
@@ -194,8 +194,26 @@ impl Page<'_> {
         }
     }
 
+    /// Waits until the page has an element matching `css`.
+    async fn until_present(&mut self, what: &str, css: &str) {
+        let script = format!("return !!document.querySelector({css:?});");
+        self.until(what, Duration::from_secs(15), &script).await;
+    }
+
+    /// Waits until the VM page shows the VM in `state`.
+    async fn until_vm(&mut self, state: &str, timeout: Duration) {
+        let script =
+            format!("return document.querySelector('#vm-state')?.dataset.state === {state:?};");
+        self.until(&format!("the VM {state}"), timeout, &script)
+            .await;
+    }
+
     async fn fail(&mut self, what: &str) -> ! {
-        self.shot(&format!("failed-{}", what.replace(' ', "-"))).await;
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        self.shot(&format!("failed-{name}")).await;
         let text = self
             .js("return document.body.innerText.slice(-6000);")
             .await;
@@ -248,12 +266,7 @@ impl Page<'_> {
 
     /// Logs in through the login page and waits for the user in the top bar.
     async fn log_in(&mut self, user: &str, password: &str, role: &str) {
-        self.until(
-            "the login form",
-            Duration::from_secs(15),
-            "return !!document.querySelector('#login-form');",
-        )
-        .await;
+        self.until_present("the login form", "#login-form").await;
         self.type_into("#login-user", user).await;
         self.type_into("#login-password", password).await;
         self.click("#login-submit").await;
@@ -271,18 +284,16 @@ impl Page<'_> {
 
     async fn log_out(&mut self) {
         self.click("#logout").await;
-        self.until(
-            "the login form after logout",
-            Duration::from_secs(10),
-            "return !!document.querySelector('#login-form');",
-        )
-        .await;
+        self.until_present("the login form after logout", "#login-form")
+            .await;
     }
 
     /// `fetch` in the page with the session cookie: `{status, field}`.
     async fn fetch(&self, method: &str, path: &str, body: &Value, csrf: Option<&str>) -> Value {
         let csrf_header = match csrf {
-            Some("whoami") => "(await (await fetch('/api/v1/auth/whoami')).json()).csrf_token".into(),
+            Some("whoami") => {
+                "(await (await fetch('/api/v1/auth/whoami')).json()).csrf_token".into()
+            }
             Some(t) => format!("{t:?}"),
             None => "null".into(),
         };
@@ -308,22 +319,11 @@ impl Page<'_> {
 
 /// Creates user `name` with `role` through the CLI (admin token).
 fn create_user(d: &Daemon, name: &str, role: &str, password: &str) {
-    use std::io::Write;
-    let mut c = d.cli_command(
+    let c = d.cli_command(
         &d.admin_token(),
         &["user", "create", name, "--role", role, "--password-stdin"],
     );
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("the CLI runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = typed(c, &format!("{password}\n"));
     assert!(
         o.status.success(),
         "user create {name}: {}",
@@ -361,12 +361,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
 
         // The login page loads without a credential.
         p.go("").await;
-        p.until(
-            "the login page",
-            Duration::from_secs(20),
-            "return !!document.querySelector('#login-form');",
-        )
-        .await;
+        p.until_present("the login page", "#login-form").await;
         p.shot("login").await;
         // A wrong password is said so, in the page.
         p.type_into("#login-user", "ada").await;
@@ -410,12 +405,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
         p.shot("installing").await;
 
         // It installs and runs; the page shows it, and its console.
-        p.until(
-            "the VM running",
-            BOOT,
-            "return document.querySelector('#vm-state')?.dataset.state === 'running';",
-        )
-        .await;
+        p.until_vm("running", BOOT).await;
         let console = p
             .until(
                 "the guest's ready line in the page's console",
@@ -459,12 +449,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
         // After a reload the page has the session's CSRF token again (from
         // whoami): the admin's buttons still work.
         p.client.refresh().await.expect("reload");
-        p.until(
-            "the VM page after a reload",
-            Duration::from_secs(15),
-            "return document.querySelector('#vm-state')?.dataset.state === 'running';",
-        )
-        .await;
+        p.until_vm("running", Duration::from_secs(15)).await;
         let stop_enabled = p
             .js("return !document.querySelector('#vm-stop').disabled;")
             .await;
@@ -475,12 +460,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
         p.log_out().await;
         p.log_in("vic", "vic's long password", "viewer").await;
         p.go("#/vms/web1").await;
-        p.until(
-            "the VM running, as the viewer sees it",
-            Duration::from_secs(15),
-            "return document.querySelector('#vm-state')?.dataset.state === 'running';",
-        )
-        .await;
+        p.until_vm("running", Duration::from_secs(15)).await;
         let stop = p
             .js("const b = document.querySelector('#vm-stop'); \
                  return b && {disabled: b.disabled, needs: b.dataset.needsRole || null};")
@@ -530,12 +510,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
         )
         .await;
         p.click("#vm-stop").await;
-        p.until(
-            "the VM stopped",
-            Duration::from_secs(90),
-            "return document.querySelector('#vm-state')?.dataset.state === 'stopped';",
-        )
-        .await;
+        p.until_vm("stopped", Duration::from_secs(90)).await;
         p.shot("stopped").await;
         let vm = d.json(&["vm", "show", "web1"]);
         assert_eq!(vm["state"], "stopped", "{vm:#}");
@@ -553,12 +528,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
             ("#/account", "#tokens-table"),
         ] {
             p.go(page).await;
-            p.until(
-                &format!("page {page}"),
-                Duration::from_secs(15),
-                &format!("return !!document.querySelector({ready:?});"),
-            )
-            .await;
+            p.until_present(&format!("page {page}"), ready).await;
             let flash = p
                 .js("const f = document.querySelector('#flash'); return f.hidden ? null : f.textContent;")
                 .await;
@@ -576,12 +546,7 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
             .expect("qemu-img runs");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         p.go("#/images").await;
-        p.until(
-            "the upload form",
-            Duration::from_secs(15),
-            "return !!document.querySelector('#image-upload-form');",
-        )
-        .await;
+        p.until_present("the upload form", "#image-upload-form").await;
         p.find("#image-file")
             .await
             .send_keys(&tiny.to_string_lossy())
@@ -606,14 +571,8 @@ fn an_admin_runs_a_vm_from_the_web_console_and_a_viewer_cannot_stop_it() {
         assert_eq!(sent, 100, "the progress bar reached its end");
         p.shot("image-uploaded").await;
         let images = d.json(&["image", "list"]);
-        assert!(
-            images
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|i| i["name"] == "tiny" && i["state"] == "ready"),
-            "{images:#}"
-        );
+        let tiny = images.as_array().and_then(|l| l.iter().find(|i| i["name"] == "tiny"));
+        assert_eq!(tiny.map(|i| &i["state"]), Some(&json!("ready")), "{images:#}");
 
         let violations = p
             .js("return document.body.dataset.cspViolations || null;")

@@ -50,8 +50,7 @@ impl std::fmt::Debug for SessionView {
     }
 }
 
-/// `GET /api/v1/auth/whoami`: the caller as the server sees it. Its
-/// `Debug` hides the CSRF token.
+/// `GET /api/v1/auth/whoami`: the caller as the server sees it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Caller", deny_unknown_fields)]
 pub struct CallerView {
@@ -73,6 +72,7 @@ pub struct CallerView {
     pub csrf_token: Option<String>,
 }
 
+// Requests are logged: the CSRF token is not shown.
 impl std::fmt::Debug for CallerView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallerView")

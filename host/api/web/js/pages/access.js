@@ -4,7 +4,8 @@
 
 import * as api from "../api.js";
 import { session, needs } from "../session.js";
-import { badge, differ, field, flash, h, replace, select, showError, table, time, twoStep } from "../dom.js";
+import { badge, differ, field, h, replace, select, showError, table, time } from "../dom.js";
+import { actionButton, confirmButton, perform } from "../actions.js";
 
 export const title = "Users & tokens";
 
@@ -75,15 +76,10 @@ export function tokenSection(ctx) {
             title: "",
             class: "actions",
             cell: (t) =>
-              twoStep({ data: { revoke: t.id } }, "Revoke", async () => {
-                try {
-                  await api.del(`/api/v1/tokens/${api.seg(t.id)}`);
-                  flash(`Token ${t.name} revoked.`, "info");
-                } catch (err) {
-                  showError(err);
-                }
-                await refresh(true);
-              }),
+              confirmButton({ data: { revoke: t.id } }, "Revoke", "viewer", async () => {
+                await api.del(`/api/v1/tokens/${api.seg(t.id)}`);
+                return `Token ${t.name} revoked.`;
+              }, refresh),
           },
         ],
         tokens,
@@ -104,27 +100,20 @@ function usersSection(ctx) {
     field("Role", select({ name: "role", id: "user-role" }, ROLES, "viewer")),
     h("button", { type: "submit", class: "primary", id: "user-create-submit" }, "Create user"),
   );
-  create.addEventListener("submit", async (ev) => {
+  create.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const e = create.elements;
-    try {
+    perform(async () => {
       const u = await api.post("/api/v1/users", { name: e.name.value.trim(), password: e.password.value, role: e.role.value });
-      flash(`User ${u.name} created (${u.role}).`, "info");
       create.reset();
-      await refresh(true);
-    } catch (err) {
-      showError(err);
-    }
+      return `User ${u.name} created (${u.role}).`;
+    }, refresh);
   });
-  const update = async (name, body, what) => {
-    try {
+  const update = (name, body, what) =>
+    perform(async () => {
       await api.patch(`/api/v1/users/${api.seg(name)}`, body);
-      flash(`User ${name}: ${what}. Their sessions ended.`, "info");
-    } catch (err) {
-      showError(err);
-    }
-    await refresh(true);
-  };
+      return `User ${name}: ${what}. Their sessions ended.`;
+    }, refresh);
   const passwordForm = h(
     "form",
     { class: "inline", id: "user-password-form" },
@@ -162,17 +151,14 @@ function usersSection(ctx) {
             title: "",
             class: "actions",
             cell: (u) => {
-              const toggle = h("button", { type: "button", data: { toggleUser: u.name } }, u.disabled ? "Enable" : "Disable");
-              toggle.addEventListener("click", () => update(u.name, { disabled: !u.disabled }, u.disabled ? "enabled" : "disabled"));
-              const remove = twoStep({ data: { deleteUser: u.name } }, "Delete", async () => {
-                try {
-                  await api.del(`/api/v1/users/${api.seg(u.name)}`);
-                  flash(`User ${u.name} deleted, with their tokens.`, "info");
-                } catch (err) {
-                  showError(err);
-                }
-                await refresh(true);
-              });
+              const toggle = actionButton({ data: { toggleUser: u.name } }, u.disabled ? "Enable" : "Disable", "admin", async () => {
+                await api.patch(`/api/v1/users/${api.seg(u.name)}`, { disabled: !u.disabled });
+                return `User ${u.name} ${u.disabled ? "enabled" : "disabled"}.`;
+              }, refresh);
+              const remove = confirmButton({ data: { deleteUser: u.name } }, "Delete", "admin", async () => {
+                await api.del(`/api/v1/users/${api.seg(u.name)}`);
+                return `User ${u.name} deleted, with their tokens.`;
+              }, refresh);
               return [toggle, " ", remove];
             },
           },

@@ -2,8 +2,9 @@
 // this computer with its progress, and an import from a URL.
 
 import * as api from "../api.js";
-import { session, gate } from "../session.js";
-import { badge, bytes, differ, field, flash, h, mib, progress, replace, select, showError, table, twoStep, yesno } from "../dom.js";
+import { session } from "../session.js";
+import { badge, bytes, differ, field, flash, h, mib, progress, replace, select, showError, table, yesno } from "../dom.js";
+import { confirmButton, perform } from "../actions.js";
 
 export const title = "Images";
 
@@ -86,7 +87,7 @@ function uploadForm(onDone) {
       bar.value = 100;
       text.textContent = `sent; the image is being checked (job ${job.id})`;
       flash(`Image ${v.name} uploaded; its import job is ${job.id}.`, "info");
-      onDone();
+      await onDone(true);
     } catch (e) {
       text.textContent = e.message;
       showError(e);
@@ -116,14 +117,11 @@ function urlForm(onDone) {
     const body = { name: v.name, url: v.url, ...metaOf(v) };
     if (v.sha256) body.sha256 = v.sha256;
     submit.disabled = true;
-    try {
+    await perform(async () => {
       const job = await api.post("/api/v1/images", body);
-      flash(`Import of ${v.name} started (job ${job.id}).`, "info");
       form.reset();
-      onDone();
-    } catch (e) {
-      showError(e);
-    }
+      return `Import of ${v.name} started (job ${job.id}).`;
+    }, onDone);
     submit.disabled = false;
   });
   return form;
@@ -140,19 +138,19 @@ export async function render(ctx) {
       ? h(
           "div",
           { class: "row" },
-          h("div", { class: "panel" }, h("h2", {}, "Upload an image"), uploadForm(() => refresh())),
-          h("div", { class: "panel" }, h("h2", {}, "Import from a URL"), urlForm(() => refresh())),
+          h("div", { class: "panel" }, h("h2", {}, "Upload an image"), uploadForm((force) => refresh(force))),
+          h("div", { class: "panel" }, h("h2", {}, "Import from a URL"), urlForm((force) => refresh(force))),
         )
       : h("p", { class: "muted" }, "Adding and deleting images needs the admin role."),
   );
   const changed = differ();
-  const refresh = async () => {
+  const refresh = async (force) => {
     const [images, jobs] = await Promise.all([
       api.get("/api/v1/images", { signal: ctx.signal }),
       api.get("/api/v1/jobs", { signal: ctx.signal }),
     ]);
     const jobOf = Object.fromEntries(jobs.map((j) => [j.id, j]));
-    if (!changed([images, images.map((i) => jobOf[i.job] && jobOf[i.job].progress)])) return;
+    if (!changed([images, images.map((i) => jobOf[i.job] && jobOf[i.job].progress)]) && force !== true) return;
     images.sort((a, b) => a.name.localeCompare(b.name));
     replace(
       list,
@@ -181,18 +179,10 @@ export async function render(ctx) {
             title: "",
             class: "actions",
             cell: (i) =>
-              gate(
-                twoStep({ data: { image: i.name } }, "Delete", async () => {
-                  try {
-                    await api.del(`/api/v1/images/${api.seg(i.name)}`);
-                    flash(`Image ${i.name} deleted.`, "info");
-                  } catch (e) {
-                    showError(e);
-                  }
-                  await refresh();
-                }),
-                "admin",
-              ),
+              confirmButton({ data: { image: i.name } }, "Delete", "admin", async () => {
+                await api.del(`/api/v1/images/${api.seg(i.name)}`);
+                return `Image ${i.name} deleted.`;
+              }, refresh),
           },
         ],
         images,

@@ -1,8 +1,8 @@
 // Jobs with their live progress (polled every second), and cancelling one.
 
 import * as api from "../api.js";
-import { gate } from "../session.js";
-import { badge, differ, flash, h, progress, replace, showError, table, time } from "../dom.js";
+import { badge, differ, h, progress, replace, table, time } from "../dom.js";
+import { actionButton } from "../actions.js";
 
 export const title = "Jobs";
 
@@ -34,21 +34,13 @@ export async function render(ctx) {
           {
             title: "",
             class: "actions",
-            cell: (j) => {
-              if (FINAL.includes(j.state)) return "";
-              const btn = gate(h("button", { type: "button", data: { cancel: j.id } }, "Cancel"), "operator");
-              btn.addEventListener("click", async () => {
-                btn.disabled = true;
-                try {
-                  const r = await api.post(`/api/v1/jobs/${api.seg(j.id)}/cancel`);
-                  flash(`Job ${j.id.slice(0, 8)} is ${r.state}.`, "info");
-                } catch (e) {
-                  showError(e);
-                }
-                await refresh(true);
-              });
-              return btn;
-            },
+            cell: (j) =>
+              FINAL.includes(j.state)
+                ? ""
+                : actionButton({ data: { cancel: j.id } }, "Cancel", "operator", async () => {
+                    const r = await api.post(`/api/v1/jobs/${api.seg(j.id)}/cancel`);
+                    return `Job ${j.id.slice(0, 8)} is ${r.state}.`;
+                  }, refresh),
           },
         ],
         jobs,

@@ -5,8 +5,8 @@
 // it on the host).
 
 import * as api from "../api.js";
-import { gate } from "../session.js";
-import { badge, differ, flash, h, replace, showError, table, time } from "../dom.js";
+import { badge, differ, h, replace, table, time } from "../dom.js";
+import { actionButton } from "../actions.js";
 
 export const title = "Plugins";
 
@@ -48,21 +48,14 @@ export async function render(ctx) {
           {
             title: "",
             class: "actions",
-            cell: (p) => {
-              const quarantined = p.hosts.some((x) => x.state === "quarantined");
-              const btn = h("button", { type: "button", data: { reset: p.world }, disabled: !quarantined }, "Lift quarantine");
-              gate(btn, "admin");
-              btn.addEventListener("click", async () => {
-                try {
-                  const r = await api.post(`/api/v1/plugins/${api.seg(p.world)}/reset`);
-                  flash(r.message, "info");
-                } catch (e) {
-                  showError(e);
-                }
-                await refresh(true);
-              });
-              return btn;
-            },
+            cell: (p) =>
+              actionButton(
+                { data: { reset: p.world }, disabled: !p.hosts.some((x) => x.state === "quarantined") },
+                "Lift quarantine",
+                "admin",
+                async () => (await api.post(`/api/v1/plugins/${api.seg(p.world)}/reset`)).message,
+                refresh,
+              ),
           },
         ],
         plugins,

@@ -1,8 +1,9 @@
 // Storage pools of a host and the volumes of a pool: list, create, delete.
 
 import * as api from "../api.js";
-import { session, gate } from "../session.js";
-import { differ, field, flash, h, mib, replace, select, showError, table, twoStep, yesno } from "../dom.js";
+import { session } from "../session.js";
+import { differ, field, h, mib, replace, select, table, yesno } from "../dom.js";
+import { confirmButton, perform } from "../actions.js";
 
 export const title = "Storage";
 
@@ -48,16 +49,13 @@ export async function render(ctx, pool, params) {
     field("", h("input", { name: "shared", id: "pool-shared", type: "checkbox" }), "shared by every host"),
     h("button", { type: "submit", class: "primary", id: "pool-create-submit" }, "Create pool"),
   );
-  poolForm.addEventListener("submit", async (ev) => {
+  poolForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    try {
+    perform(async () => {
       const p = await api.post(`/api/v1/pools${q}`, values(poolForm));
-      flash(`Pool ${p.name} created.`, "info");
       poolForm.reset();
-      await refresh(true);
-    } catch (e) {
-      showError(e);
-    }
+      return `Pool ${p.name} created.`;
+    }, refresh);
   });
 
   const volumeForm = h(
@@ -68,17 +66,14 @@ export async function render(ctx, pool, params) {
     field("Format", select({ name: "format", id: "volume-format" }, [["qcow2", "qcow2"], ["raw", "raw"]], "qcow2")),
     h("button", { type: "submit", class: "primary", id: "volume-create-submit" }, "Create volume"),
   );
-  volumeForm.addEventListener("submit", async (ev) => {
+  volumeForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const v = values(volumeForm);
-    try {
+    perform(async () => {
       await api.post(`/api/v1/pools/${api.seg(pool)}/volumes${q}`, { name: v.name, size_mib: Number(v.size_mib), format: v.format });
-      flash(`Volume ${v.name} created in ${pool}.`, "info");
       volumeForm.reset();
-      await refresh(true);
-    } catch (e) {
-      showError(e);
-    }
+      return `Volume ${v.name} created in ${pool}.`;
+    }, refresh);
   });
 
   replace(
@@ -111,18 +106,10 @@ export async function render(ctx, pool, params) {
             title: "",
             class: "actions",
             cell: (p) =>
-              gate(
-                twoStep({ data: { deletePool: p.name } }, "Delete", async () => {
-                  try {
-                    await api.del(`/api/v1/pools/${api.seg(p.name)}${q}`);
-                    flash(`Pool ${p.name} removed.`, "info");
-                  } catch (e) {
-                    showError(e);
-                  }
-                  await refresh(true);
-                }),
-                "admin",
-              ),
+              confirmButton({ data: { deletePool: p.name } }, "Delete", "admin", async () => {
+                await api.del(`/api/v1/pools/${api.seg(p.name)}${q}`);
+                return `Pool ${p.name} removed.`;
+              }, refresh),
           },
         ],
         ps,
@@ -142,18 +129,10 @@ export async function render(ctx, pool, params) {
             title: "",
             class: "actions",
             cell: (v) =>
-              gate(
-                twoStep({ data: { deleteVolume: v.name } }, "Delete", async () => {
-                  try {
-                    await api.del(`/api/v1/pools/${api.seg(pool)}/volumes/${api.seg(v.name)}${q}`);
-                    flash(`Volume ${v.name} deleted.`, "info");
-                  } catch (e) {
-                    showError(e);
-                  }
-                  await refresh(true);
-                }),
-                "admin",
-              ),
+              confirmButton({ data: { deleteVolume: v.name } }, "Delete", "admin", async () => {
+                await api.del(`/api/v1/pools/${api.seg(pool)}/volumes/${api.seg(v.name)}${q}`);
+                return `Volume ${v.name} deleted.`;
+              }, refresh),
           },
         ],
         vs,

@@ -2,8 +2,9 @@
 // install job, and its live serial console.
 
 import * as api from "../api.js";
-import { session, gate } from "../session.js";
-import { badge, fields, flash, flashNext, h, mib, progress, replace, select, showError, table, time, twoStep, yesno } from "../dom.js";
+import { session } from "../session.js";
+import { badge, fields, flashNext, h, mib, progress, replace, select, table, time, yesno } from "../dom.js";
+import { actionButton, confirmButton } from "../actions.js";
 import { powerButtons } from "./vms.js";
 import { consolePanel } from "./console.js";
 
@@ -42,6 +43,7 @@ export async function render(ctx, name) {
     manage,
   );
 
+  let jobId = null;
   const hosts = await api.get("/api/v1/hosts", { signal: ctx.signal }).catch((e) => {
     if (e.name === "AbortError") throw e;
     return [];
@@ -53,31 +55,22 @@ export async function render(ctx, name) {
     hosts.map((x) => [x.id, `${x.name}${x.online ? "" : " (offline)"}`]),
   );
   const downtime = h("input", { id: "vm-migrate-downtime", type: "number", min: 1, max: 10000, placeholder: "300" });
-  const migrate = gate(h("button", { type: "button", id: "vm-migrate" }, "Migrate"), "operator");
-  migrate.addEventListener("click", async () => {
+  const migrate = actionButton({ id: "vm-migrate" }, "Migrate", "operator", async () => {
     const body = { host: target.value };
     if (downtime.value) body.max_downtime_ms = Number(downtime.value);
-    migrate.disabled = true;
-    try {
-      const job = await api.post(`/api/v1/vms/${api.seg(name)}/migrate`, body);
-      flash(`Migration of ${name} to ${target.value} started (job ${job.id}).`, "info");
-      watchJob(job.id);
-    } catch (e) {
-      showError(e);
-    }
+    const job = await api.post(`/api/v1/vms/${api.seg(name)}/migrate`, body);
+    jobId = job.id;
+    return `Migration of ${name} to ${target.value} started (job ${job.id}).`;
+  }, () => {
     migrate.disabled = !session.can("operator");
+    return refresh();
   });
   const deleteDisks = h("input", { type: "checkbox", id: "vm-delete-disks", checked: true });
-  const remove = twoStep({ id: "vm-delete" }, "Delete", async () => {
-    try {
-      await api.del(`/api/v1/vms/${api.seg(name)}${api.query({ delete_disks: deleteDisks.checked })}`);
-      flashNext(`VM ${name} deleted.`, "info");
-      location.hash = "#/vms";
-    } catch (e) {
-      showError(e);
-    }
+  const remove = confirmButton({ id: "vm-delete" }, "Delete", "admin", async () => {
+    await api.del(`/api/v1/vms/${api.seg(name)}${api.query({ delete_disks: deleteDisks.checked })}`);
+    flashNext(`VM ${name} deleted.`, "info");
+    location.hash = "#/vms";
   });
-  gate(remove, "admin");
   replace(
     manage,
     h(
@@ -93,11 +86,6 @@ export async function render(ctx, name) {
       h("div", { class: "inline" }, h("label", { class: "check" }, deleteDisks, "also delete its disks"), " ", remove),
     ),
   );
-
-  let jobId = null;
-  function watchJob(id) {
-    jobId = id;
-  }
 
   const refresh = async () => {
     const vm = await api.get(`/api/v1/vms/${api.seg(name)}`, { signal: ctx.signal });

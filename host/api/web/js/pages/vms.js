@@ -1,8 +1,9 @@
 // The VM list, with the power actions an operator may take from it.
 
 import * as api from "../api.js";
-import { session, gate } from "../session.js";
-import { badge, differ, flash, h, mib, replace, showError, table } from "../dom.js";
+import { session } from "../session.js";
+import { badge, differ, h, mib, replace, table } from "../dom.js";
+import { actionButton } from "../actions.js";
 
 export const title = "VMs";
 
@@ -21,46 +22,28 @@ export const POWER = [
   { op: "resume", label: "Resume", body: { op: "resume" }, states: ["paused"] },
 ];
 
-/** Asks the VM's host for a power operation; the VM as it then is. */
-export async function power(name, p) {
-  const vm = await api.post(`/api/v1/vms/${api.seg(name)}/power`, p.body);
-  flash(`${p.label}: VM ${name} is ${vm.state.replaceAll("_", " ")}.`, "info");
-  return vm;
-}
-
 /**
  * The power buttons of a VM (`data-action` = the operation), each enabled
  * when the VM's state allows it and the caller is an operator or admin.
  */
 export function powerButtons(vm, after, idPrefix) {
-  return POWER.map((p) => {
-    const btn = h(
-      "button",
+  return POWER.map((p) =>
+    actionButton(
       {
-        type: "button",
         id: idPrefix ? `${idPrefix}-${p.op === "shutdown" ? "stop" : p.op.replace("_", "-")}` : null,
         data: { action: p.op, vm: vm.name },
         title: p.hint,
         disabled: !p.states.includes(vm.state),
       },
       p.label,
-    );
-    gate(btn, "operator");
-    btn.addEventListener("click", async () => {
-      btn.disabled = true;
-      try {
-        await power(vm.name, p);
-      } catch (e) {
-        showError(e);
-      }
-      try {
-        await after();
-      } catch (e) {
-        if (e.name !== "AbortError") showError(e);
-      }
-    });
-    return btn;
-  });
+      "operator",
+      async () => {
+        const now = await api.post(`/api/v1/vms/${api.seg(vm.name)}/power`, p.body);
+        return `${p.label}: VM ${vm.name} is ${now.state.replaceAll("_", " ")}.`;
+      },
+      after,
+    ),
+  );
 }
 
 export async function render(ctx) {
@@ -90,7 +73,7 @@ export async function render(ctx) {
           { title: "Memory", num: true, cell: (v) => mib(v.memory_mib) },
           { title: "Image", cell: (v) => v.image || "-" },
           { title: "HA", cell: (v) => (v.ha ? badge(v.ha_status ? v.ha_status.state : "unknown", v.ha_status ? v.ha_status.state : "yes") : "no") },
-          { title: "Actions", class: "actions", cell: (v) => powerButtons(v, () => refresh(true)) },
+          { title: "Actions", class: "actions", cell: (v) => powerButtons(v, refresh) },
         ],
         vms,
         { id: "vms-table", key: (v) => v.name, empty: "no VM yet" },

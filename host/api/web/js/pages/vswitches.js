@@ -1,8 +1,9 @@
 // Virtual switches: list, create, delete.
 
 import * as api from "../api.js";
-import { session, gate } from "../session.js";
-import { differ, field, flash, h, replace, showError, table, twoStep } from "../dom.js";
+import { session } from "../session.js";
+import { differ, field, h, replace, table } from "../dom.js";
+import { confirmButton, perform } from "../actions.js";
 
 export const title = "vSwitches";
 
@@ -16,19 +17,16 @@ export async function render(ctx) {
     field("VLAN", h("input", { name: "vlan", id: "vswitch-vlan", type: "number", min: 1, max: 4094 })),
     h("button", { type: "submit", class: "primary", id: "vswitch-create-submit" }, "Create vSwitch"),
   );
-  form.addEventListener("submit", async (ev) => {
+  form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const body = { name: form.elements.name.value.trim() };
     if (form.elements.uplink.value.trim()) body.uplink = form.elements.uplink.value.trim();
     if (form.elements.vlan.value) body.vlan = Number(form.elements.vlan.value);
-    try {
+    perform(async () => {
       await api.post("/api/v1/vswitches", body);
-      flash(`vSwitch ${body.name} created.`, "info");
       form.reset();
-      await refresh(true);
-    } catch (e) {
-      showError(e);
-    }
+      return `vSwitch ${body.name} created.`;
+    }, refresh);
   });
   replace(ctx.main, h("h1", {}, "Virtual switches"), list, session.can("admin") ? h("div", { class: "panel" }, form) : null);
   const changed = differ();
@@ -46,18 +44,10 @@ export async function render(ctx) {
             title: "",
             class: "actions",
             cell: (s) =>
-              gate(
-                twoStep({ data: { vswitch: s.name } }, "Delete", async () => {
-                  try {
-                    await api.del(`/api/v1/vswitches/${api.seg(s.name)}`);
-                    flash(`vSwitch ${s.name} deleted.`, "info");
-                  } catch (e) {
-                    showError(e);
-                  }
-                  await refresh(true);
-                }),
-                "admin",
-              ),
+              confirmButton({ data: { vswitch: s.name } }, "Delete", "admin", async () => {
+                await api.del(`/api/v1/vswitches/${api.seg(s.name)}`);
+                return `vSwitch ${s.name} deleted.`;
+              }, refresh),
           },
         ],
         switches,

@@ -19,6 +19,9 @@ PKGS=(
   ovmf cloud-init
   # the admin endpoint's load benchmark (benches/api-load.sh)
   wrk curl
+  # the web console's browser test (host/nasvisord/tests/web_console.rs):
+  # headless Chromium driven through chromedriver
+  chromium chromium-driver
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)

@@ -134,6 +134,14 @@ pub enum Action {
     },
     /// Installed plugins and their state.
     ListPlugins,
+    /// The last policy decisions of the host answering (`?host=` for
+    /// another's), oldest first, at most `limit`, of one world or all.
+    ListDecisions {
+        /// A plugin world, or every world.
+        world: Option<String>,
+        /// Most decisions to return.
+        limit: u32,
+    },
     /// Type into a VM's serial console.
     ConsoleInput {
         /// VM id.

@@ -49,6 +49,7 @@ impl Caller {
             via: self.via,
             credential: self.credential.clone(),
             expires_at: self.expires_at.clone(),
+            csrf_token: self.csrf.clone(),
         }
     }
 }

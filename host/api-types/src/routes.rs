@@ -347,6 +347,10 @@ pub const ROUTES: &[Route] = &[
     )),
     r("GET", "/api/v1/plugins", "listPlugins", 200, false),
     q(
+        r("GET", "/api/v1/decisions", "listDecisions", 200, false),
+        &["world", "limit", "host"],
+    ),
+    q(
         r("GET", "/api/v1/events", "listEvents", 200, false),
         &["since", "limit"],
     ),

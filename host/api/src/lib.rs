@@ -8,15 +8,21 @@
 //!   cookie, CSRF header); the core says who they belong to;
 //! - [`router`]: method + path + body → [`Action`], by the route table
 //!   [`nasvisor_api_types::routes::ROUTES`];
-//! - [`server`]: hyper 1 over tokio-rustls, `/healthz` and the login
-//!   unauthenticated, everything else behind a credential and the route's
-//!   role, every change written to the audit log.
+//! - [`server`]: hyper 1 over tokio-rustls, `/healthz`, the login and the
+//!   web console's static files unauthenticated, everything else behind a
+//!   credential and the route's role, every change written to the audit
+//!   log;
+//! - [`console_ui`]: the web console (`host/api/web/`: HTML, CSS and
+//!   JavaScript, no build step), embedded and served at `/` with a strict
+//!   Content-Security-Policy; it reads and acts through `/api/v1` with the
+//!   session cookie.
 //!
 //! The API layer never acts itself: it parses, validates and forwards to
 //! [`Core::handle`] (or, for the two streamed routes, [`Core::console`] and
 //! [`Core::upload_image`]).
 
 pub mod auth;
+pub mod console_ui;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -468,6 +468,10 @@ pub fn to_action(
             let (since, limit) = since_limit(&q)?;
             Action::ListAudit { since, limit }
         }
+        "listDecisions" => Action::ListDecisions {
+            world: q.get("world").cloned().map(plugin_world).transpose()?,
+            limit: since_limit(&q)?.1,
+        },
         other => {
             return Err(ApiError::status(
                 StatusCode::INTERNAL_SERVER_ERROR,

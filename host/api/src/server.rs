@@ -1,7 +1,9 @@
 //! The HTTPS server: hyper 1 over tokio-rustls. Plain HTTP is never served.
 //!
-//! Order of checks for each request: `/healthz` and the login answer
-//! without a credential; everything else first needs one the core accepts
+//! Order of checks for each request: the web console's files
+//! ([`crate::console_ui`]: `GET /` and the `/ui/...` paths it lists, no data
+//! in them), `/healthz` and the login answer without a credential;
+//! everything else first needs one the core accepts
 //! (an API token or a session, see [`crate::auth`]; 401 with
 //! `WWW-Authenticate: Bearer` otherwise, even for unknown paths, so nothing
 //! is revealed unauthenticated), then the route (404/405), the route's role
@@ -28,6 +30,7 @@
 //! connection with no request in progress that stays silent is closed.
 
 use crate::auth;
+use crate::console_ui;
 use crate::router::{self, HEALTH_PATH, LOGIN_PATH};
 use crate::tls::{self, TlsError, TlsIdentity, TlsSettings};
 use bytes::Bytes;
@@ -398,6 +401,18 @@ async fn respond(
     labels: &mut (&'static str, &'static str),
 ) -> Result<Response<RespBody>, ApiError> {
     let path = req.uri().path().to_string();
+    // The web console's files: public, they carry no data.
+    if let Some(page) = console_ui::serve(req.method(), &path, req.headers()) {
+        *labels = (
+            "console",
+            if req.method() == Method::HEAD {
+                "HEAD"
+            } else {
+                "GET"
+            },
+        );
+        return Ok(page.map(full));
+    }
     if path == HEALTH_PATH {
         *labels = ("health", "GET");
         if req.method() != Method::GET && req.method() != Method::HEAD {

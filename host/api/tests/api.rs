@@ -71,9 +71,11 @@ async fn health_needs_no_token_and_nothing_else_answers_without_one() {
             assert!(r.json()["error"]["reason"].is_string());
         }
     }
-    // Unknown paths do not reveal themselves either.
+    // Unknown paths do not reveal themselves either (only the web
+    // console's own files are public).
     assert_eq!(c.get("/api/v1/nope", None).await.status, 401);
-    assert_eq!(c.get("/", Some("wrong")).await.status, 401);
+    assert_eq!(c.get("/index.php", Some("wrong")).await.status, 401);
+    assert_eq!(c.get("/ui/nope.js", None).await.status, 401);
     assert!(
         core.take().is_empty(),
         "the core was called without a valid token"
@@ -977,6 +979,7 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         ),
         "revokeToken" => ("/api/v1/tokens/0123456789abcdef", None),
         "listAudit" => ("/api/v1/audit", None),
+        "listDecisions" => ("/api/v1/decisions?world=scheduler&limit=5", None),
         "getHost" => ("/api/v1/host", None),
         "getCertificate" => ("/api/v1/host/certificate", None),
         "getOpenapi" => ("/api/v1/openapi.json", None),
@@ -1784,5 +1787,84 @@ async fn metrics_need_a_viewer_and_count_requests_by_route_with_bounded_labels()
         "{text}"
     );
     assert!(!text.contains("BREW") && !text.contains("no-such-route"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_web_console_answers_without_a_credential_under_a_strict_csp() {
+    use nasvisor_api::console_ui::{ASSETS, CONTENT_SECURITY_POLICY};
+    let (_dir, core, server, _token) = start().await;
+    let c = server.client();
+    let r = c.get("/", None).await;
+    assert_eq!(r.status, 200);
+    let header = |r: &common::Reply, name: &str| {
+        r.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
+    let html = String::from_utf8(r.body.clone()).unwrap();
+    assert!(html.contains("/ui/js/main.js"), "{html}");
+    // Every file of the console: its type, the security headers, and
+    // revalidation on each load.
+    for asset in ASSETS {
+        let r = c.get(asset.path, None).await;
+        assert_eq!(r.status, 200, "{}", asset.path);
+        assert_eq!(
+            header(&r, "content-type"),
+            asset.content_type,
+            "{}",
+            asset.path
+        );
+        assert_eq!(r.body, asset.body, "{}", asset.path);
+        assert_eq!(
+            header(&r, "content-security-policy"),
+            CONTENT_SECURITY_POLICY
+        );
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        assert_eq!(header(&r, "referrer-policy"), "no-referrer");
+        assert_eq!(header(&r, "x-frame-options"), "DENY");
+        assert_eq!(header(&r, "cache-control"), "no-cache");
+        assert!(header(&r, "etag").starts_with('"'), "{}", asset.path);
+    }
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(CONTENT_SECURITY_POLICY.contains(part), "{part}");
+    }
+    // A known ETag: 304, no body.
+    let etag = header(&r, "etag");
+    let r = c
+        .send_headers("GET", "/", &[("if-none-match", etag)], None, b"")
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    // HEAD: the headers only.
+    let r = c.send("HEAD", "/", None, None, b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    // The files are public, a wrong credential does not matter there.
+    assert_eq!(c.get("/", Some("wrong")).await.status, 200);
+    // Anything else still needs a credential: another method on the page,
+    // a path that is not one of its files, and every API route.
+    let r = c.send("POST", "/", None, Some("text/plain"), b"x").await;
+    assert_eq!(r.status, 401);
+    for path in ["/ui/", "/ui/js/nope.js", "/ui/../api/v1/vms", "/api/v1/vms"] {
+        let r = c.get(path, None).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert!(r.headers.get("www-authenticate").is_some(), "{path}");
+    }
+    assert!(
+        core.take().is_empty(),
+        "the console's files reached the core"
+    );
     server.stop().await;
 }

@@ -85,6 +85,11 @@ fn main() -> ExitCode {
         Command::Plugin(plugin_cmd::PluginCommand::List) => {
             api::with_client(opts, out, api::plugin::list)
         }
+        Command::Plugin(plugin_cmd::PluginCommand::Decisions { world, host, limit }) => {
+            api::with_client(opts, out, |c, out| {
+                api::plugin::decisions(c, out, world.as_deref(), host.as_deref(), limit)
+            })
+        }
         Command::Plugin(plugin_cmd::PluginCommand::Install { package }) => {
             api::with_client(opts, out, |c, out| api::plugin::install(c, out, &package))
         }

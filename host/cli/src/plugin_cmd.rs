@@ -21,6 +21,21 @@ pub enum PluginCommand {
     /// fallback (built-in default), faults in a row, counts, last failure
     /// (asks the API).
     List,
+    /// A host's last policy decisions, oldest first: world, function,
+    /// plugin, outcome (plugin, native, fallback, refused, quarantined),
+    /// cause and duration (asks the API; the inputs and answers are in that
+    /// host's journal, for `plugin replay`).
+    Decisions {
+        /// Only this world's (scheduler, ha-policy, sha, os-installer).
+        #[arg(long)]
+        world: Option<String>,
+        /// The host whose decisions (default: the one answering).
+        #[arg(long)]
+        host: Option<String>,
+        /// Most decisions to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Install a signed package on every host of the cluster, replacing its
     /// world's plugin (asks the API).
     Install {
@@ -217,11 +232,12 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
     match cmd {
         PluginCommand::List
+        | PluginCommand::Decisions { .. }
         | PluginCommand::Install { .. }
         | PluginCommand::Uninstall { .. }
         | PluginCommand::Reset { .. } => {
             return Err(anyhow!(
-                "plugin list|install|uninstall|reset ask the API (handled in main)"
+                "plugin list|decisions|install|uninstall|reset ask the API (handled in main)"
             ))
         }
         PluginCommand::Keygen { out } => {

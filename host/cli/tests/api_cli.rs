@@ -354,7 +354,8 @@ impl Fake {
             | Action::DeleteUser { .. }
             | Action::RevokeToken { .. } => Answer::Empty,
             Action::Whoami => strict::<CallerView>(&json!({"user": "admin", "role": "admin",
-                "via": "token", "credential": "0123456789abcdef", "expires_at": null}))
+                "via": "token", "credential": "0123456789abcdef", "expires_at": null,
+                "csrf_token": null}))
             .unwrap()
             .into_answer(),
             Action::ListUsers => vec![user_view("alice", "operator")].into_answer(),
@@ -369,6 +370,7 @@ impl Fake {
                 "details": serde_json::to_value(token_view(&t.name)).unwrap()}))
             .unwrap()
             .into_answer(),
+            Action::ListDecisions { .. } => Vec::<nasvisor_api_types::DecisionView>::new().into_answer(),
             Action::ListAudit { since, .. } => {
                 let all: Vec<AuditView> = (1..=3)
                     .map(|seq| strict::<AuditView>(&json!({"seq": seq, "time": "2026-01-01T00:00:00Z",
@@ -1507,6 +1509,25 @@ fn every_command_sends_the_right_action() {
             },
         ),
         (vec!["plugin", "list"], Action::ListPlugins),
+        (
+            vec![
+                "plugin",
+                "decisions",
+                "--world",
+                "scheduler",
+                "--host",
+                "nas2",
+                "--limit",
+                "5",
+            ],
+            Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::ListDecisions {
+                    world: Some("scheduler".into()),
+                    limit: 5,
+                }),
+            },
+        ),
         (vec!["cluster", "status"], Action::GetCluster),
         (
             vec!["cluster", "create", "--max-members", "5"],

@@ -343,6 +343,9 @@ impl Inner {
             Action::GetJob { id } => answer(c.get_job(&id).await),
             Action::CancelJob { id } => answer(c.cancel_job(&id).await),
             Action::ListPlugins => answer(Ok(c.plugin_views())),
+            Action::ListDecisions { world, limit } => {
+                answer(Ok(c.recent_decisions(world.as_deref(), limit)))
+            }
             Action::ListEvents { since, limit } => answer(Ok(c.list_events(since, limit))),
             Action::GetCluster => answer(Ok(c.cluster_answer())),
             Action::CreateCluster(req) => answer(c.create_cluster(req.max_members).await),

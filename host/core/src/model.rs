@@ -555,9 +555,21 @@ fn yes() -> bool {
 
 /// Now, RFC 3339 (UTC, milliseconds).
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `t`, RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Milliseconds since the epoch, RFC 3339.
+pub fn rfc3339_ms(ms: u64) -> String {
+    rfc3339(
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! directory for that world, also after a restart.
 
 use crate::errors;
-use crate::model::{kind, now_rfc3339, Severity};
+use crate::model::{kind, now_rfc3339, rfc3339_ms, Severity};
 use crate::plugin_reports::{reported_text, slot_state, world_view, PluginHostState};
 use crate::{lock, Inner};
 use nasvisor_api_types::CoreError;
@@ -62,6 +62,35 @@ impl Inner {
             .map_err(|e| errors::internal(format!("the decision thread failed: {e}")))?;
         self.plugin_reports.wake();
         Ok(decision)
+    }
+
+    /// `GET /api/v1/decisions`: this host's last decisions (of `world`),
+    /// oldest first, the last `limit`.
+    pub(crate) fn recent_decisions(
+        &self,
+        world: Option<&str>,
+        limit: u32,
+    ) -> Vec<nasvisor_api_types::DecisionView> {
+        let mut all: Vec<_> = self
+            .policy
+            .recent_decisions()
+            .into_iter()
+            .filter(|d| world.is_none_or(|w| d.world.as_str() == w))
+            .collect();
+        let skip = all.len().saturating_sub(limit as usize);
+        all.drain(..skip);
+        all.into_iter()
+            .map(|d| nasvisor_api_types::DecisionView {
+                time: rfc3339_ms(d.at_ms),
+                host: self.host.id.clone(),
+                world: d.world.as_str().to_string(),
+                function: d.function,
+                plugin: d.plugin,
+                outcome: d.outcome.to_string(),
+                cause: d.cause,
+                duration_us: d.duration_us,
+            })
+            .collect()
     }
 
     /// `GET /api/v1/plugins`: one [`PluginView`] per world.

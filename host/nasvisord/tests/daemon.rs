@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{alive, Daemon};
+use common::{alive, typed, Daemon};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -841,22 +841,6 @@ fn as_remote(
         .env_remove("NASVISOR_FINGERPRINT")
         .env("NASVISOR_CONFIG", config);
     typed(c, stdin)
-}
-
-/// Runs `c` with `stdin` typed in.
-fn typed(mut c: std::process::Command, stdin: &str) -> std::process::Output {
-    use std::io::Write;
-    c.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]

@@ -28,5 +28,7 @@ pub use decision::{
 };
 pub use error::{CallError, LoadError};
 pub use package::{Manifest, Package};
-pub use policy::{Decision, DecisionSource, PolicyHost, SlotStatus};
+pub use policy::{
+    Decision, DecisionSource, DecisionSummary, PolicyHost, SlotStatus, RECENT_DECISIONS,
+};
 pub use runtime::{LoadSource, LoadedPlugin, Runtime};

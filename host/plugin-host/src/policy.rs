@@ -130,6 +130,29 @@ pub struct PolicyHost {
     slots: [Slot; 4],
     journal: Option<Mutex<Journal>>,
     events: Mutex<VecDeque<PolicyEvent>>,
+    /// The last [`RECENT_DECISIONS`] decisions, oldest first, for the API
+    /// (the journal file keeps their inputs and answers).
+    recent: Mutex<VecDeque<DecisionSummary>>,
+}
+
+/// How many decisions [`PolicyHost::recent_decisions`] keeps.
+pub const RECENT_DECISIONS: usize = 200;
+
+/// One decision as the API lists it: no input or answer (the journal has
+/// them, for replay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionSummary {
+    /// Wall clock of the decision, ms since the epoch.
+    pub at_ms: u64,
+    pub world: World,
+    pub function: String,
+    /// `name@version` of the plugin asked, if any.
+    pub plugin: Option<String>,
+    /// `plugin`, `native`, `fallback`, `refused` or `quarantined`.
+    pub outcome: &'static str,
+    /// Why the plugin's answer was not used.
+    pub cause: Option<String>,
+    pub duration_us: u64,
 }
 
 impl std::fmt::Debug for PolicyHost {
@@ -163,6 +186,7 @@ impl PolicyHost {
             slots: Default::default(),
             journal: journal.map(Mutex::new),
             events: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
         }
     }
 
@@ -349,6 +373,16 @@ impl PolicyHost {
         }
     }
 
+    /// The last decisions of this host, oldest first.
+    pub fn recent_decisions(&self) -> Vec<DecisionSummary> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Makes one decision. Never panics on plugin misbehaviour.
     pub fn decide(&self, input: DecisionInput) -> Decision {
         let world = input.world();
@@ -405,6 +439,21 @@ impl PolicyHost {
             DecisionSource::Native => (None, "native", None),
         };
         nasvisor_metrics::plugin_decision(world.as_str(), kind, duration.as_secs_f64());
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            if recent.len() == RECENT_DECISIONS {
+                recent.pop_front();
+            }
+            recent.push_back(DecisionSummary {
+                at_ms: wall,
+                world,
+                function: input.function().to_string(),
+                plugin: plugin.clone(),
+                outcome: kind,
+                cause: cause.clone(),
+                duration_us: duration.as_micros() as u64,
+            });
+        }
         if let Some(j) = &self.journal {
             let rec = JournalRecord {
                 seq: 0,

@@ -72,6 +72,8 @@ pub enum Answer {
     NewToken(NewTokenView),
     /// Audit entries.
     Audit(Vec<AuditView>),
+    /// Policy decisions.
+    Decisions(Vec<DecisionView>),
     /// The admin endpoint's certificate.
     Certificate(CertificateView),
 }
@@ -126,6 +128,7 @@ impl Serialize for ApiBody<'_> {
             Answer::ApiTokens(v) => v.serialize(s),
             Answer::NewToken(v) => v.serialize(s),
             Answer::Audit(v) => v.serialize(s),
+            Answer::Decisions(v) => v.serialize(s),
             Answer::Certificate(v) => v.serialize(s),
         }
     }
@@ -191,5 +194,6 @@ into_answer! {
     Vec<ApiTokenView> => ApiTokens;
     NewTokenView => NewToken;
     Vec<AuditView> => Audit;
+    Vec<DecisionView> => Decisions;
     CertificateView => Certificate;
 }

@@ -51,7 +51,7 @@ impl std::fmt::Debug for SessionView {
 }
 
 /// `GET /api/v1/auth/whoami`: the caller as the server sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "Caller", deny_unknown_fields)]
 pub struct CallerView {
     /// User name.
@@ -65,6 +65,25 @@ pub struct CallerView {
     pub credential: String,
     /// When the credential expires (RFC 3339), null when never.
     pub expires_at: Option<String>,
+    /// For a session: what a request authenticated by its cookie must send
+    /// in the `X-CSRF-Token` header to change anything (the web console
+    /// reads it again after a page reload); null for an API token.
+    #[serde(default)]
+    pub csrf_token: Option<String>,
+}
+
+// Requests are logged: the CSRF token is not shown.
+impl std::fmt::Debug for CallerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerView")
+            .field("user", &self.user)
+            .field("role", &self.role)
+            .field("via", &self.via)
+            .field("credential", &self.credential)
+            .field("expires_at", &self.expires_at)
+            .field("csrf_token", &self.csrf_token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
 }
 
 /// A user (`GET /api/v1/users`). Its password hash is never shown.

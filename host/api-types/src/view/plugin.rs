@@ -116,3 +116,30 @@ pub struct PluginResetView {
     /// What was done, in words.
     pub message: String,
 }
+
+/// One policy decision of a host (`GET /api/v1/decisions`): who decided
+/// and how it went. The inputs and answers stay in the host's journal
+/// (`nasvisor plugin replay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Decision", deny_unknown_fields)]
+pub struct DecisionView {
+    /// When it was made (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub time: String,
+    /// The host that made it.
+    pub host: String,
+    /// The plugin world (`scheduler`, `ha-policy`, `sha`, `os-installer`).
+    pub world: String,
+    /// The world's function, e.g. `place`.
+    pub function: String,
+    /// `name@version` of the plugin asked; null when none is installed.
+    pub plugin: Option<String>,
+    /// `plugin` (its answer was used), `native` (no plugin), `fallback`
+    /// (the plugin failed, or a fault of the host), `refused` (the
+    /// validator refused its answer) or `quarantined`.
+    pub outcome: String,
+    /// Why the plugin's answer was not used.
+    pub cause: Option<String>,
+    /// How long the whole decision took, microseconds.
+    pub duration_us: u64,
+}

@@ -15,8 +15,8 @@ use nasvisor_api::types::{
     VswitchView,
 };
 use nasvisor_api::types::{
-    ApiTokenView, AuditEntry, AuditView, Caller, Credential, CredentialKind, Login, NewTokenView,
-    Request, Role, SessionView, UserView,
+    ApiTokenView, AuditEntry, AuditView, Caller, Credential, CredentialKind, DecisionView, Login,
+    NewTokenView, Request, Role, SessionView, UserView,
 };
 use nasvisor_api::{
     Action, Answer, ByteStream, Core, CoreError, FirmwareKind, ImageUpload, PowerOp, Server,
@@ -313,6 +313,11 @@ impl FakeCore {
             Action::ListTokens => vec![api_token("backup")].into_answer(),
             Action::CreateToken(t) => view::<NewTokenView>(json!({
                 "token": "nvt_new-secret", "details": json_of(&api_token(&t.name))}))
+            .into_answer(),
+            Action::ListDecisions { .. } => vec![view::<DecisionView>(json!({
+                "time": "2026-01-01T00:00:00Z", "host": "nas1", "world": "scheduler",
+                "function": "place", "plugin": "nasvisor-scheduler@0.1.0", "outcome": "plugin",
+                "cause": null, "duration_us": 812}))]
             .into_answer(),
             Action::ListAudit { .. } => vec![view::<AuditView>(json!({
                 "seq": 1, "time": "2026-01-01T00:00:00Z", "user": "alice", "role": "operator",

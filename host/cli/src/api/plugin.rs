@@ -6,7 +6,8 @@ use super::client::{enc, CliError, CliResult, Client};
 use super::render::{cell, Out, Render};
 use base64::Engine as _;
 use nasvisor_api_types::{
-    PluginHostStateView, PluginInstall, PluginResetView, PluginSlotState, PluginView, PluginWorld,
+    DecisionView, PluginHostStateView, PluginInstall, PluginResetView, PluginSlotState, PluginView,
+    PluginWorld,
 };
 use serde::Serialize;
 use std::path::Path;
@@ -20,6 +21,48 @@ pub fn list(c: &Client, out: Out) -> CliResult<()> {
         None => out.list(&rows(&plugins)),
     }
     Ok(())
+}
+
+/// `nasvisor plugin decisions`: a host's last decisions.
+pub fn decisions(
+    c: &Client,
+    out: Out,
+    world: Option<&str>,
+    host: Option<&str>,
+    limit: u32,
+) -> CliResult<()> {
+    let mut path = format!("/api/v1/decisions?limit={limit}");
+    if let Some(w) = world {
+        path.push_str(&format!("&world={}", enc(w)));
+    }
+    if let Some(h) = host {
+        path.push_str(&format!("&host={}", enc(h)));
+    }
+    let list: Vec<DecisionView> = c.get(&path)?;
+    match out.doc() {
+        Some(doc) => doc.print(&list),
+        None => out.list(&list),
+    }
+    Ok(())
+}
+
+impl Render for DecisionView {
+    const COLUMNS: &'static [&'static str] = &[
+        "time", "host", "world", "function", "plugin", "outcome", "cause", "ms",
+    ];
+
+    fn row(&self) -> Vec<String> {
+        vec![
+            cell(&self.time),
+            cell(&self.host),
+            cell(&self.world),
+            cell(&self.function),
+            cell(&self.plugin),
+            cell(&self.outcome),
+            cell(&self.cause),
+            format!("{:.1}", self.duration_us as f64 / 1000.0),
+        ]
+    }
 }
 
 /// `nasvisor plugin install FILE`: the package goes to every host.

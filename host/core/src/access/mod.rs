@@ -22,7 +22,7 @@ mod throttle;
 
 use crate::errors;
 use crate::events::Sequenced;
-use crate::model::{kind, now_rfc3339, HostRecord};
+use crate::model::{kind, now_rfc3339, rfc3339, HostRecord};
 use crate::{Inner, StartError};
 use nasvisor_api_types::peer::Read;
 use nasvisor_api_types::{
@@ -203,11 +203,6 @@ impl Default for AccessState {
 
 fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 fn unauthenticated(reason: impl Into<String>) -> CoreError {

@@ -716,6 +716,7 @@ pub(crate) fn is_read_only(a: &Action) -> bool {
             | Action::ListJobs
             | Action::GetJob { .. }
             | Action::ListPlugins
+            | Action::ListDecisions { .. }
             | Action::ListEvents { .. }
             | Action::GetCluster
             | Action::ListHosts

@@ -516,6 +516,22 @@ pub fn events_of_kind(list: &Value, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Runs `c` with `stdin` typed in; its output.
+pub fn typed(mut c: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -260,7 +260,7 @@ impl<R: Read> CheckedBundle<R> {
         } = self;
         if let Err(e) = pump(reader, &manifest, &mut sink) {
             sink.discard();
-            tracing::warn!(version = %manifest.version, error = %e, "bundle payload refused; the sink was discarded");
+            tracing::debug!(version = %manifest.version, error = %e, "bundle payload refused; the sink was discarded");
             return Err(e);
         }
         let output = sink

@@ -54,32 +54,37 @@ impl Vendor {
         p(&self.path(name)).to_string()
     }
 
-    /// `firmware build` of rootfs.img, version 2.1.0 (floor 2.0.0), with
-    /// `extra` options.
-    fn build(&self, out: &str, extra: &[&str]) -> Output {
-        let (payload, out) = (self.s("rootfs.img"), self.s(out));
-        let mut args = vec![
+    /// The arguments of `firmware build` of rootfs.img for boards acme-nas4
+    /// and acme-nas8, then `extra` (which names the class).
+    fn build_args(&self, product: &str, version: &str, out: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "firmware",
             "build",
             "--payload",
-            &payload,
-            "--class",
-            "reboot",
+            &self.s("rootfs.img"),
             "--product",
-            "acme-nas",
+            product,
             "--compatible",
             "acme-nas4",
             "--compatible",
             "acme-nas8",
             "--version",
-            "2.1.0",
-            "--min-version",
-            "2.0.0",
+            version,
             "--out",
-            &out,
-        ];
+            &self.s(out),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// `firmware build` of acme-nas 2.1.0 (floor 2.0.0), with `extra`
+    /// options.
+    fn build(&self, out: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["--class", "reboot", "--min-version", "2.0.0"];
         args.extend_from_slice(extra);
-        run(&args)
+        run(&strs(&self.build_args("acme-nas", "2.1.0", out, &args)))
     }
 
     /// A bundle built and signed in one step.
@@ -106,6 +111,10 @@ impl Vendor {
         args.extend_from_slice(extra);
         run(&args)
     }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn json(o: &Output) -> Value {
@@ -360,25 +369,13 @@ fn a_build_with_source_date_epoch_is_reproducible() {
     let key = v.s("acme.key");
     let env = [("SOURCE_DATE_EPOCH", "1767225600")];
     for out in ["r1.nvfw", "r2.nvfw"] {
-        let args = [
-            "firmware",
-            "build",
-            "--payload",
-            &v.s("rootfs.img"),
-            "--class",
-            "service",
-            "--product",
+        let args = v.build_args(
             "acme-nas",
-            "--compatible",
-            "acme-nas4",
-            "--version",
             "1.0.0",
-            "--key",
-            &key,
-            "--out",
-            &v.s(out),
-        ];
-        assert_success(&run_env(&args, &env));
+            out,
+            &["--class", "service", "--key", &key],
+        );
+        assert_success(&run_env(&strs(&args), &env));
     }
     let (a, b) = (
         std::fs::read(v.path("r1.nvfw")).unwrap(),
@@ -398,46 +395,25 @@ fn bad_build_input_names_the_field_and_writes_nothing() {
         &o,
         "manifest.payload.name: \"manifest.json\" is the name of a bundle member",
     );
-    let o = run(&[
-        "firmware",
-        "build",
-        "--payload",
-        &v.s("rootfs.img"),
-        "--class",
-        "reboot",
-        "--product",
+    let args = v.build_args(
         "acme-nas",
-        "--compatible",
-        "b",
-        "--version",
         "2.1.0",
-        "--min-version",
-        "3.0.0",
-        "--out",
-        &v.s("x.nvfw"),
-    ]);
+        "x.nvfw",
+        &["--class", "reboot", "--min-version", "3.0.0"],
+    );
+    let o = run(&strs(&args));
     assert_one_line_error(
         &o,
         "manifest.min-version: 3.0.0 is above the bundle's own version 2.1.0",
     );
     assert!(!v.path("x.nvfw").exists());
 
-    let o = run(&[
-        "firmware",
-        "build",
-        "--payload",
-        &v.s("rootfs.img"),
-        "--class",
-        "reboot",
-        "--product",
+    let o = run(&strs(&v.build_args(
         "acme nas",
-        "--compatible",
-        "b",
-        "--version",
         "1.0.0",
-        "--out",
-        &v.s("x.nvfw"),
-    ]);
+        "x.nvfw",
+        &["--class", "reboot"],
+    )));
     assert_one_line_error(&o, "manifest.product: \"acme nas\" holds ' '");
 
     // clap refuses a bad version, class or a double expiry (exit 2).

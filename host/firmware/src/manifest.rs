@@ -352,7 +352,8 @@ mod tests {
 
     #[test]
     fn the_rules_between_fields_name_the_field() {
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Change = fn(&mut Manifest);
+        let cases: Vec<(Change, &str)> = vec![
             (|m| m.product = "acme nas".into(), "manifest.product"),
             (|m| m.product = String::new(), "manifest.product"),
             (|m| m.compatible.clear(), "manifest.compatible"),

@@ -192,9 +192,10 @@ fn raw_bundle(members: &[(&str, &[u8])], tail: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// A manifest for `payload`, signed by `key`, laid out as `build` does.
-fn signed_manifest(key: &SigningKey, payload: &[u8]) -> (Manifest, Vec<u8>, Vec<u8>) {
-    let m = Manifest {
+/// A manifest of a `service` bundle of `payload`, naming `key` as its
+/// signer, as `build` would write it.
+fn manifest_for(key: &SigningKey, payload: &[u8]) -> Manifest {
+    Manifest {
         format: 1,
         product: "acme-nas".into(),
         compatible: vec!["acme-nas4".into()],
@@ -209,12 +210,27 @@ fn signed_manifest(key: &SigningKey, payload: &[u8]) -> (Manifest, Vec<u8>, Vec<
             sha256: nasvisor_signing::sha256_hex(payload),
         },
         signer: Some(key_id(&key.verifying_key())),
-    };
-    let bytes = m.to_bytes();
-    let sig = nasvisor_signing::sign(key, SIGNATURE_DOMAIN, &bytes)
+    }
+}
+
+/// `key`'s signature of manifest bytes under `domain`.
+fn sig_of(key: &SigningKey, domain: &[u8], manifest: &[u8]) -> Vec<u8> {
+    nasvisor_signing::sign(key, domain, manifest)
         .to_bytes()
-        .to_vec();
-    (m, bytes, sig)
+        .to_vec()
+}
+
+/// A bundle of these exact manifest bytes, signed by `key` under `domain`,
+/// and `payload` as `service.tar`.
+fn bundle_of(manifest: &[u8], key: &SigningKey, domain: &[u8], payload: &[u8]) -> Vec<u8> {
+    raw_bundle(
+        &[
+            ("manifest.json", manifest),
+            ("manifest.sig", &sig_of(key, domain, manifest)),
+            ("service.tar", payload),
+        ],
+        &[],
+    )
 }
 
 fn replace_once(bytes: &mut [u8], from: &[u8], to: &[u8]) {
@@ -373,18 +389,9 @@ fn a_bundle_signed_by_an_unknown_key_is_refused_naming_the_key() {
 fn a_forged_signature_that_claims_a_trusted_key_is_a_tampered_manifest() {
     let (v, forger) = (Vendor::new(), Vendor::new());
     let payload = b"service payload";
-    let (mut m, _, _) = signed_manifest(&forger.key, payload);
+    let mut m = manifest_for(&forger.key, payload);
     m.signer = Some(v.id());
-    let bytes = m.to_bytes();
-    let sig = nasvisor_signing::sign(&forger.key, SIGNATURE_DOMAIN, &bytes).to_bytes();
-    let bundle = raw_bundle(
-        &[
-            ("manifest.json", &bytes),
-            ("manifest.sig", &sig),
-            ("service.tar", payload),
-        ],
-        &[],
-    );
+    let bundle = bundle_of(&m.to_bytes(), &forger.key, SIGNATURE_DOMAIN, payload);
     let e = refused_before_payload(&bundle, &v.policy());
     assert!(matches!(e, BundleError::BadSignature { .. }), "{e}");
 }
@@ -393,17 +400,8 @@ fn a_forged_signature_that_claims_a_trusted_key_is_a_tampered_manifest() {
 fn a_signature_of_another_domain_does_not_verify() {
     // The same key signing the same bytes as a plugin manifest.
     let v = Vendor::new();
-    let payload = b"x";
-    let (_, bytes, _) = signed_manifest(&v.key, payload);
-    let sig = nasvisor_signing::sign(&v.key, b"nasvisor-plugin-v1\n", &bytes).to_bytes();
-    let bundle = raw_bundle(
-        &[
-            ("manifest.json", &bytes),
-            ("manifest.sig", &sig),
-            ("service.tar", payload),
-        ],
-        &[],
-    );
+    let m = manifest_for(&v.key, b"x");
+    let bundle = bundle_of(&m.to_bytes(), &v.key, b"nasvisor-plugin-v1\n", b"x");
     let e = refused_before_payload(&bundle, &v.policy());
     assert!(matches!(e, BundleError::BadSignature { .. }), "{e}");
 }
@@ -411,19 +409,9 @@ fn a_signature_of_another_domain_does_not_verify() {
 #[test]
 fn a_manifest_naming_another_signer_than_the_key_that_signed_it_is_refused() {
     let v = Vendor::new();
-    let payload = b"x";
-    let (mut m, _, _) = signed_manifest(&v.key, payload);
+    let mut m = manifest_for(&v.key, b"x");
     m.signer = Some("0000000000000000".into());
-    let bytes = m.to_bytes();
-    let sig = nasvisor_signing::sign(&v.key, SIGNATURE_DOMAIN, &bytes).to_bytes();
-    let bundle = raw_bundle(
-        &[
-            ("manifest.json", &bytes),
-            ("manifest.sig", &sig),
-            ("service.tar", payload),
-        ],
-        &[],
-    );
+    let bundle = bundle_of(&m.to_bytes(), &v.key, SIGNATURE_DOMAIN, b"x");
     let e = refused_before_payload(&bundle, &v.policy());
     assert!(
         matches!(&e, BundleError::InvalidField { field, .. } if field == "manifest.signer"),
@@ -520,21 +508,11 @@ fn a_downgrade_is_refused_below_the_floor_always_and_below_the_installed_unless_
 #[test]
 fn an_unknown_format_version_is_refused() {
     let v = Vendor::new();
-    let payload = b"x";
-    let (m, _, _) = signed_manifest(&v.key, payload);
-    let mut value = serde_json::to_value(&m).unwrap();
+    let mut value = serde_json::to_value(manifest_for(&v.key, b"x")).unwrap();
     value["format"] = 2.into();
     value["delta"] = true.into();
     let bytes = serde_json::to_vec(&value).unwrap();
-    let sig = nasvisor_signing::sign(&v.key, SIGNATURE_DOMAIN, &bytes).to_bytes();
-    let bundle = raw_bundle(
-        &[
-            ("manifest.json", &bytes),
-            ("manifest.sig", &sig),
-            ("service.tar", payload),
-        ],
-        &[],
-    );
+    let bundle = bundle_of(&bytes, &v.key, SIGNATURE_DOMAIN, b"x");
     let e = refused_before_payload(&bundle, &v.policy());
     assert!(
         matches!(&e, BundleError::UnsupportedFormat { found, supported: 1 } if found == "2"),
@@ -570,7 +548,8 @@ fn an_oversize_manifest_is_refused_unread() {
 fn a_payload_member_other_than_the_signed_one_is_refused() {
     let v = Vendor::new();
     let payload = b"service payload";
-    let (_, bytes, sig) = signed_manifest(&v.key, payload);
+    let bytes = manifest_for(&v.key, payload).to_bytes();
+    let sig = sig_of(&v.key, SIGNATURE_DOMAIN, &bytes);
     let renamed = raw_bundle(
         &[
             ("manifest.json", &bytes),
@@ -603,7 +582,8 @@ fn a_payload_member_other_than_the_signed_one_is_refused() {
 fn missing_and_misplaced_members_are_refused() {
     let v = Vendor::new();
     let payload = b"p";
-    let (_, bytes, sig) = signed_manifest(&v.key, payload);
+    let bytes = manifest_for(&v.key, payload).to_bytes();
+    let sig = sig_of(&v.key, SIGNATURE_DOMAIN, &bytes);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (raw_bundle(&[], &[]), "it ends where manifest.json belongs"),
         (
@@ -725,7 +705,8 @@ fn a_refused_payload_leaves_no_file_behind() {
 fn a_member_or_data_after_the_payload_is_refused() {
     let v = Vendor::new();
     let payload = b"service payload";
-    let (_, bytes, sig) = signed_manifest(&v.key, payload);
+    let bytes = manifest_for(&v.key, payload).to_bytes();
+    let sig = sig_of(&v.key, SIGNATURE_DOMAIN, &bytes);
     let members: [(&str, &[u8]); 4] = [
         ("manifest.json", &bytes),
         ("manifest.sig", &sig),
@@ -796,7 +777,8 @@ fn build_refuses_bad_fields_and_leaves_no_bundle() {
     let v = Vendor::new();
     let payload = v.payload(10);
     let out = v.path("bad.nvfw");
-    let cases: Vec<(fn(&mut BuildSpec), &str)> = vec![
+    type Change = fn(&mut BuildSpec);
+    let cases: Vec<(Change, &str)> = vec![
         (|s| s.product = "acme nas".into(), "manifest.product"),
         (|s| s.compatible.clear(), "manifest.compatible"),
         (

@@ -1,4 +1,5 @@
-//! `nasvisor`: the command-line tool. The plugin commands work locally; the
+//! `nasvisor`: the command-line tool. The plugin commands ([`plugin_cmd`])
+//! and the firmware bundle commands ([`firmware_cmd`]) work locally; the
 //! host, VM, storage, image, network, job and event commands talk to
 //! nasvisord's HTTPS admin API (module [`api`]), to the endpoint the
 //! connection options or a remote ([`config`], `nasvisor remote`) name.
@@ -6,6 +7,7 @@
 
 mod api;
 mod config;
+mod firmware_cmd;
 mod generate;
 mod plugin_build;
 mod plugin_cmd;
@@ -45,6 +47,10 @@ enum Command {
     /// Write, build, sign, check and try policy plugins; list the loaded ones.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
+    /// Build, sign, verify and inspect signed firmware update bundles
+    /// (local files; docs/firmware.md).
+    #[command(subcommand)]
+    Firmware(firmware_cmd::FirmwareCommand),
     /// Named nasvisords (endpoint, pinned certificate, token) in the CLI's
     /// config file: add, list, show, switch, remove.
     #[command(subcommand)]
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
             api::with_client(opts, out, |c, out| api::plugin::reset(c, out, &world))
         }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
+        Command::Firmware(cmd) => firmware_cmd::run(cmd, out),
         Command::Remote(cmd) => api::exit(remote_cmd::run(cmd, opts, out)),
         Command::Completion { shell } => api::exit(generate::print(&generate::completion(
             Cli::command(),

@@ -4,14 +4,15 @@ use crate::plugin_build;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use nasvisor_plugin_host::journal::{read_journal, replay};
-use nasvisor_plugin_host::package::{
-    self, generate_key, key_id, read_public_key, read_signing_key, write_keypair, Package,
-};
+use nasvisor_plugin_host::package::{self, Package};
 use nasvisor_plugin_host::validate::validate;
 use nasvisor_plugin_host::{
     answer_json, invoke_judging_the_plugin, DecisionInput, LoadedPlugin, Runtime, RuntimeConfig,
 };
 use nasvisor_plugin_sdk::World;
+use nasvisor_signing::{
+    generate_key, key_id, read_public_key, read_public_keys_in, read_signing_key, write_keypair,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -145,20 +146,14 @@ pub struct Trust {
 }
 
 impl Trust {
-    fn load(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>> {
+    fn load(&self) -> Result<Vec<nasvisor_signing::VerifyingKey>> {
         let mut out = Vec::new();
         for k in &self.keys {
             out.push(read_public_key(k)?);
         }
         if let Some(dir) = &self.trusted_dir {
-            let rd =
-                std::fs::read_dir(dir).with_context(|| format!("trusted-dir {}", dir.display()))?;
-            for e in rd {
-                let p = e?.path();
-                if p.extension().is_some_and(|x| x == "pub") {
-                    out.push(read_public_key(&p)?);
-                }
-            }
+            let keys = read_public_keys_in(dir).context("--trusted-dir")?;
+            out.extend(keys.into_iter().map(|t| t.key));
         }
         Ok(out)
     }
@@ -368,7 +363,7 @@ fn run_inner(cmd: PluginCommand) -> Result<ExitCode> {
             let out = serde_json::json!({
                 "manifest": manifest,
                 "signed-by": signer,
-                "component-sha256": package::sha256_hex(&comp),
+                "component-sha256": nasvisor_signing::sha256_hex(&comp),
                 "component-bytes": comp.len(),
                 "imports": imports,
                 "exports": exports,

@@ -3,9 +3,11 @@
 //! sees (exit status, stdout JSON, one-line errors on stderr).
 //!
 //! One file although over 700 lines: no fixture is shared (each test runs the
-//! binary on files of its own), but the helpers before the first test (190
-//! lines) serve every test; a split would move them into a shared module and
-//! add a test binary to build.
+//! binary on files of its own), but the helpers before the first test serve
+//! every test; those that other CLI tests use too (output and the shape of
+//! an error) are in `support/`.
+
+mod support;
 
 use nasvisor_plugin_host::journal::{Journal, JournalRecord};
 use nasvisor_plugin_host::package::{key_id, read_public_key};
@@ -17,6 +19,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::{assert_one_line_error, assert_success, p, show, stderr, stdout};
 
 // ---------------------------------------------------------------- helpers
 
@@ -61,56 +64,6 @@ fn nasvisor(args: &[&str]) -> Command {
 
 fn run(args: &[&str]) -> Output {
     nasvisor(args).output().expect("spawn nasvisor")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
-
-fn assert_success(o: &Output) {
-    assert!(o.status.success(), "expected success, got {}", show(o));
-}
-
-/// Asserts the command failed with exit status 1 and exactly one line on
-/// stderr that contains `needle`; returns that line.
-fn assert_one_line_error(o: &Output, needle: &str) -> String {
-    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {}", show(o));
-    let err = stderr(o);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one stderr line, got {}", show(o));
-    assert!(
-        lines[0].starts_with("error: "),
-        "stderr does not start with \"error: \": {}",
-        show(o)
-    );
-    assert!(
-        lines[0].contains(needle),
-        "stderr does not contain {needle:?}: {}",
-        show(o)
-    );
-    assert!(
-        o.stdout.is_empty(),
-        "expected no stdout on error, got {}",
-        show(o)
-    );
-    lines[0].to_string()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
 }
 
 fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> PathBuf {

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use anyhow::{anyhow, Context, Result};
 use nasvisor_plugin_host::journal::Journal;
-use nasvisor_plugin_host::package::{self, read_public_key, Package, VerifyingKey};
+use nasvisor_plugin_host::package::{Package, VerifyingKey};
 use nasvisor_plugin_host::{LoadSource, PolicyHost, Runtime};
 use nasvisor_plugin_sdk::World;
 use std::path::{Path, PathBuf};
@@ -28,26 +28,18 @@ pub struct Loaded {
 }
 
 fn trusted_keys(dir: &Path) -> Result<Vec<VerifyingKey>> {
-    let mut keys = Vec::new();
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let keys = match nasvisor_signing::read_public_keys_in(dir) {
+        Ok(keys) => keys,
+        Err(e) if e.is_not_found() && !dir.exists() => {
             tracing::warn!(dir = %dir.display(), "no trusted-keys directory: only developer mode could load plugins");
-            return Ok(keys);
+            return Ok(Vec::new());
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("plugins.trusted-keys-dir {}", dir.display()))
-        }
+        Err(e) => return Err(e).context("plugins.trusted-keys-dir"),
     };
-    for e in rd {
-        let p = e?.path();
-        if p.extension().is_some_and(|x| x == "pub") {
-            let k = read_public_key(&p)?;
-            tracing::info!(key = %package::key_id(&k), path = %p.display(), "trusted plugin signer");
-            keys.push(k);
-        }
+    for t in &keys {
+        tracing::info!(key = %nasvisor_signing::key_id(&t.key), path = %t.path.display(), "trusted plugin signer");
     }
-    Ok(keys)
+    Ok(keys.into_iter().map(|t| t.key).collect())
 }
 
 /// Creates the policy host and installs every plugin package of the plugin

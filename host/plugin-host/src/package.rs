@@ -17,14 +17,18 @@
 //! signature covers the component bytes together with the manifest (name,
 //! version, world, WIT version).
 
+//!
+//! The keys, their files and ids are `nasvisor-signing`'s, re-exported here
+//! for the plugin host's callers; firmware bundles are signed with the same
+//! keys, under another signature domain.
+
 use crate::error::LoadError;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signer, Verifier};
-pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use nasvisor_plugin_sdk::World;
+pub use nasvisor_signing::{
+    generate_key, key_id, read_public_key, read_signing_key, sha256_hex, write_keypair, SigningKey,
+    VerifyingKey,
+};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"NVPLUGIN";
 const FORMAT: u8 = 1;
@@ -49,31 +53,13 @@ pub struct Package {
     pub manifest: Manifest,
     /// The exact manifest bytes the signature covers.
     pub manifest_bytes: Vec<u8>,
-    pub signature: Option<(VerifyingKey, ed25519_dalek::Signature)>,
+    pub signature: Option<(VerifyingKey, nasvisor_signing::Signature)>,
     pub component: Vec<u8>,
-}
-
-/// Lower-case hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// A short, stable identifier of a public key: the first 8 bytes of the
-/// SHA-256 of its raw bytes, in hex.
-pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
 /// True when `bytes` start like a nasvisor package rather than a bare component.
 pub fn is_package(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
-}
-
-fn signed_message(manifest_bytes: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIG_DOMAIN.len() + manifest_bytes.len());
-    m.extend_from_slice(SIG_DOMAIN);
-    m.extend_from_slice(manifest_bytes);
-    m
 }
 
 impl Package {
@@ -103,7 +89,12 @@ impl Package {
         key: Option<&SigningKey>,
     ) -> Package {
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
-        let signature = key.map(|k| (k.verifying_key(), k.sign(&signed_message(&manifest_bytes))));
+        let signature = key.map(|k| {
+            (
+                k.verifying_key(),
+                nasvisor_signing::sign(k, SIG_DOMAIN, &manifest_bytes),
+            )
+        });
         Package {
             manifest,
             manifest_bytes,
@@ -171,7 +162,7 @@ impl Package {
                 }
                 let key = VerifyingKey::from_bytes(rest[..32].try_into().expect("32 bytes"))
                     .map_err(|e| LoadError::MalformedPackage(format!("public key: {e}")))?;
-                let sig = ed25519_dalek::Signature::from_bytes(
+                let sig = nasvisor_signing::Signature::from_bytes(
                     rest[32..96].try_into().expect("64 bytes"),
                 );
                 rest = &rest[96..];
@@ -215,8 +206,9 @@ impl Package {
                         return Err(LoadError::UntrustedKey { key_id: id });
                     }
                 }
-                key.verify(&signed_message(&self.manifest_bytes), sig)
-                    .map_err(|_| LoadError::BadSignature { key_id: id.clone() })?;
+                if !nasvisor_signing::verify(key, SIG_DOMAIN, &self.manifest_bytes, sig) {
+                    return Err(LoadError::BadSignature { key_id: id });
+                }
                 Some(id)
             }
         };
@@ -260,72 +252,6 @@ pub fn check_wit_version(found: &str) -> Result<(), LoadError> {
             host,
         })
     }
-}
-
-/// Generates a new signing key.
-pub fn generate_key() -> SigningKey {
-    SigningKey::generate(&mut rand::rngs::OsRng)
-}
-
-/// Writes a signing key (PKCS#8 PEM, mode 0600) and its public key (SPKI
-/// PEM). Refuses to overwrite either file; on failure neither is left behind.
-pub fn write_keypair(key: &SigningKey, secret: &Path, public: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let pubpem = key
-        .verifying_key()
-        .to_public_key_pem(Default::default())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut pubf = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(public)?;
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(secret)
-        .and_then(|mut f| {
-            f.write_all(pem.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| pubf.write_all(pubpem.as_bytes()));
-    if let Err(e) = written {
-        nasvisor_best_effort::remove_file(public);
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            nasvisor_best_effort::remove_file(secret);
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Reads a PKCS#8 PEM signing key.
-pub fn read_signing_key(path: &Path) -> Result<SigningKey, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
-        LoadError::MalformedPackage(format!("{}: not a PKCS#8 ed25519 key: {e}", path.display()))
-    })
-}
-
-/// Reads an SPKI PEM public key.
-pub fn read_public_key(path: &Path) -> Result<VerifyingKey, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    VerifyingKey::from_public_key_pem(&text).map_err(|e| {
-        LoadError::MalformedPackage(format!(
-            "{}: not an ed25519 public key: {e}",
-            path.display()
-        ))
-    })
 }
 
 #[cfg(test)]
@@ -411,15 +337,5 @@ mod tests {
                 Err(LoadError::MalformedPackage(_))
             ));
         }
-    }
-
-    #[test]
-    fn keys_round_trip_through_pem_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let k = generate_key();
-        let (s, p) = (dir.path().join("k.pem"), dir.path().join("k.pub"));
-        write_keypair(&k, &s, &p).unwrap();
-        assert_eq!(read_signing_key(&s).unwrap().to_bytes(), k.to_bytes());
-        assert_eq!(read_public_key(&p).unwrap(), k.verifying_key());
     }
 }

@@ -62,7 +62,7 @@ pub fn component_bytes(name: &str) -> Vec<u8> {
 }
 
 /// The key the build signed the plugins with (`target/keys/build.key`).
-pub fn build_signing_key() -> ed25519_dalek::SigningKey {
+pub fn build_signing_key() -> nasvisor_signing::SigningKey {
     let p = workspace_root().join("target/keys/build.key");
     crate::package::read_signing_key(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }

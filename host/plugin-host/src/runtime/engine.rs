@@ -7,7 +7,7 @@ use super::{thread_cpu_time, Runtime};
 use crate::cache::CodeCache;
 use crate::config::{RuntimeConfig, MAX_UNINTERRUPTIBLE_STEP_MS};
 use crate::host_imports;
-use ed25519_dalek::VerifyingKey;
+use nasvisor_signing::VerifyingKey;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -42,7 +42,8 @@
 # random seed, printed). Prints one SUMMARY line per run; the schemathesis
 # logs are kept in ${CARGO_TARGET_DIR:-target}/fuzz-api/. Exits non-zero
 # on any failure. NASVISOR_BIN_DIR=DIR uses the nasvisord and nasvisor
-# there instead of building them.
+# there instead of building them; NASVISOR_FUZZ_SCHEMA=FILE fuzzes from
+# that document instead of the daemon's (to try a change of it first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 examples=${1:-10}
@@ -101,7 +102,11 @@ viewer="fuzz-viewer-$RANDOM"
 echo "fuzz viewer password $RANDOM$RANDOM" | "$bin/nasvisor" user create "$viewer" --role viewer --password-stdin > /dev/null
 viewer_token=$("$bin/nasvisor" token create fuzz --user "$viewer" -o json |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
-curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$url/api/v1/openapi.json" > "$work/openapi.json"
+if [ -n "${NASVISOR_FUZZ_SCHEMA:-}" ]; then
+  cp "$NASVISOR_FUZZ_SCHEMA" "$work/openapi.json"
+else
+  curl -sf --cacert "$ca" -H "Authorization: Bearer $token" "$url/api/v1/openapi.json" > "$work/openapi.json"
+fi
 ops=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(sum(len(m) for m in d["paths"].values()))' "$work/openapi.json")
 echo "fuzzing $ops operations of $url, $examples examples each, seed $seed"
 

@@ -19,8 +19,8 @@ are the run's own API tokens and their users.
   ids in GET /api/v1/tokens) or a change or deletion of one of its users
   is sent for another id or name.
 - On Debian 12's Python 3.11.2, hypothesis's description of a filter's
-  lambda can hit CPython's "AST constructor recursion depth mismatch"
-  (gh-106905, fixed in 3.11.5); a description is only a label, so that
+  lambda can hit CPython's "AST constructor recursion depth mismatch" (a
+  bug of early 3.11 releases); a description is only a label, so that
   error gives the unknown one instead of ending the run.
 """
 
@@ -43,7 +43,7 @@ KEEP_TOKEN_IDS = {
 }
 KEEP_USERS = set(os.environ.get("NASVISOR_FUZZ_KEEP_USERS", "").split())
 
-_describe = lambda_sources._lambda_description
+_describe = getattr(lambda_sources, "_lambda_description", None)
 
 
 def _describe_or_unknown(f):
@@ -53,7 +53,8 @@ def _describe_or_unknown(f):
         return "lambda: <unknown>"
 
 
-lambda_sources._lambda_description = _describe_or_unknown
+if _describe is not None:
+    lambda_sources._lambda_description = _describe_or_unknown
 
 
 def _role_needed(case):

@@ -85,6 +85,7 @@ cleanup() {
       sleep 0.1
     done
   fi
+  [ -f "$work/err" ] && cp "$work/err" "$out_dir/nasvisord.log"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -147,12 +148,12 @@ world = { values = ["scheduler", "ha-policy", "sha", "os-installer"] }
 "path.world" = { dictionary = "world", probability = 0.5 }
 TOML
 
+status=0
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance
 checks+=,response_schema_conformance,negative_data_rejection,unsupported_method,ignored_auth
 checks+=,nasvisor_no_privilege_leak
 
 # run_fuzz AS [schemathesis options]: one run, its log in $out_dir/AS.log.
-status=0
 run_fuzz() {
   local as=$1
   shift
@@ -160,7 +161,7 @@ run_fuzz() {
   started=$(date +%s.%N)
   NASVISOR_FUZZ_AS=$as NASVISOR_FUZZ_SANDBOX="$work/sandbox" \
     NASVISOR_FUZZ_KEEP_TOKENS="$token $viewer_token" NASVISOR_FUZZ_KEEP_USERS="admin $viewer" \
-    SCHEMATHESIS_HOOKS="$PWD/benches/fuzz-api-hooks.py" \
+    SCHEMATHESIS_HOOKS="$hooks" \
     timeout 900 "$st" --config-file "$work/schemathesis.toml" run "$work/openapi.json" --url "$url" --tls-verify "$ca" \
     --checks "$checks" --max-examples "$examples" --seed "$seed" --workers 2 \
     --request-timeout 30 --generation-database none --no-color \
@@ -200,6 +201,21 @@ PY
     tail -n 60 "$out_dir/$as.log"
   fi
 }
+
+# schemathesis and hypothesis keep files in the working directory.
+hooks=$PWD/benches/fuzz-api-hooks.py
+cd "$work"
+
+# The privilege check must catch a leak: the admin token presented as a
+# viewer's has to fail it on an admin-only read.
+if NASVISOR_FUZZ_AS=viewer SCHEMATHESIS_HOOKS="$hooks" \
+  "$st" --config-file "$work/schemathesis.toml" run "$work/openapi.json" --url "$url" \
+  --tls-verify "$ca" --checks nasvisor_no_privilege_leak --include-operation-id listUsers \
+  --phases fuzzing --max-examples 1 --generation-database none --no-color \
+  -H "Authorization: Bearer $token" > "$out_dir/canary.log" 2>&1; then
+  echo "the privilege check let an admin-only answer to a viewer pass" >&2
+  status=1
+fi
 
 # No credential: random Authorization headers are generated (all refused).
 run_fuzz none

@@ -170,28 +170,26 @@ run_fuzz() {
   local secs
   secs=$(python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.0f}')" "$started")
   python3 - "$out_dir/$as.ndjson" "$as" "$rc" "$secs" <<'PY'
-import json, sys
+import collections, json, sys
 path, who, rc, secs = sys.argv[1:]
-cases = requests = failures = 0
-ops = set()
-failed = {}
+ops, statuses, failed = set(), collections.Counter(), collections.Counter()
 for line in open(path):
-    ev = json.loads(line)
-    for kind, body in ev.items():
-        if kind != "ScenarioFinished":
-            continue
-        rec = body.get("recorder", {})
-        label = rec.get("label")
-        if label:
-            ops.add(label)
-        cases += len(rec.get("cases", {}))
-        requests += len(rec.get("interactions", {}))
-        for checks in rec.get("checks", {}).values():
-            for c in checks:
-                if str(c.get("status", "")).lower() == "failure":
-                    failed.setdefault((c.get("name"), label), 0)
-                    failed[(c.get("name"), label)] += 1
-print(f"SUMMARY as={who} operations={len(ops)} cases={cases} requests={requests} "
+    body = json.loads(line).get("ScenarioFinished")
+    if not body:
+        continue
+    rec = body.get("recorder", {})
+    label = rec.get("label") or ""
+    if label.split(" ")[0] in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        ops.add(label)
+    for it in rec.get("interactions", {}).values():
+        code = (it.get("response") or {}).get("status_code")
+        statuses[f"{code // 100}xx" if code else "none"] += 1
+    for checks in rec.get("checks", {}).values():
+        for c in checks:
+            if str(c.get("status", "")).lower() == "failure":
+                failed[(c.get("name"), label)] += 1
+answers = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
+print(f"SUMMARY as={who} operations={len(ops)} requests={sum(statuses.values())} {answers} "
       f"failing_checks={len(failed)} seconds={secs} exit={rc}")
 for (name, label), n in sorted(failed.items()):
     print(f"  FAILED {name}: {label} ({n}x)")

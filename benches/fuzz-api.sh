@@ -116,15 +116,19 @@ echo "fuzzing $ops operations of $url, $examples examples each, seed $seed"
 # snapshot, a vswitch, a stopped VM with a disk and a NIC, an image and its
 # import job, this host, the plugin worlds.
 api() { # METHOD PATH [JSON]: the answer's body; fails on an error status
-  curl -sf --cacert "$ca" -H "Authorization: Bearer $token" -X "$1" ${3:+-H "Content-Type: application/json" -d "$3"} "$url$2"
+  curl -sS --fail-with-body --cacert "$ca" -H "Authorization: Bearer $token" -X "$1" ${3:+-H "Content-Type: application/json" -d "$3"} "$url$2"
 }
-json() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+json() { python3 -c 'import json, sys; a = json.load(sys.stdin); print(a[sys.argv[1]]) if sys.argv[1] in a else sys.exit(f"no {sys.argv[1]} in {a}")' "$1"; }
 api POST /api/v1/pools "{\"name\": \"fuzz\", \"path\": \"$work/sandbox/pool-fuzz\"}" > /dev/null
 api POST /api/v1/pools/fuzz/volumes '{"name": "vol", "size_mib": 16}' > /dev/null
 api POST /api/v1/pools/fuzz/volumes/vol/snapshots '{"name": "snap"}' > /dev/null
 api POST /api/v1/vswitches '{"name": "fuzzbr"}' > /dev/null
-vm_id=$(api POST /api/v1/vms '{"name": "fuzz-vm", "vcpus": 1, "memory_mib": 128,
-  "disks": [{"pool": "fuzz", "size_mib": 16}], "nics": [{"vswitch": "fuzzbr"}]}' | json id)
+# (A host short of disk or memory places no VM: the run goes on without.)
+if ! vm_id=$(api POST /api/v1/vms '{"name": "fuzz-vm", "vcpus": 1, "memory_mib": 128,
+  "disks": [{"pool": "fuzz", "size_mib": 16}], "nics": [{"vswitch": "fuzzbr"}]}' | json id); then
+  echo "no VM to fuzz by name (above); going on without one" >&2
+  vm_id=fuzz-vm
+fi
 qemu-img create -q -f qcow2 "$work/sandbox/fuzz-img.qcow2" 16M
 job_id=$(api POST /api/v1/images "{\"name\": \"fuzz-img\", \"path\": \"$work/sandbox/fuzz-img.qcow2\"}" | json id)
 cat > "$work/schemathesis.toml" <<TOML

@@ -22,6 +22,8 @@ PKGS=(
   # the web console's browser test (host/nasvisord/tests/web_console.rs):
   # headless Chromium driven through chromedriver
   chromium chromium-driver
+  # the API fuzzer's venv (benches/fuzz-api.sh), on Debian's own Python
+  python3-venv
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)
@@ -77,6 +79,19 @@ if [ "$need_bpo" -eq 1 ]; then
 fi
 
 echo "setup: system packages present"
+
+# The API fuzzer (benches/fuzz-api.sh): schemathesis from PyPI in a venv of
+# Debian's Python (not a pyenv or other python3 first on PATH), every
+# package pinned in scripts/fuzz-requirements.txt. Skipped when the pinned
+# version is there.
+VENV=/opt/nasvisor-venv
+REQS="$(dirname "$0")/fuzz-requirements.txt"
+pinned=$(sed -n 's/^schemathesis==//p' "$REQS")
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $pinned"; then
+  $SUDO /usr/bin/python3 -m venv "$VENV"
+  $SUDO "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS"
+fi
+echo "setup: schemathesis $pinned in $VENV"
 
 # The bundled guest image (Debian's cloud kernel + busybox), used by the demo
 # and the tests. Skips itself when up to date.

@@ -18,6 +18,10 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// [`check_name`] checks it.
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
 
+/// The pattern of a file or directory path of a host in a request body
+/// (absolute; [`check_abs_path`] also refuses `..` and NUL).
+pub const ABS_PATH_PATTERN: &str = "^/";
+
 /// What an operation takes.
 pub enum Request {
     /// No body.

@@ -108,6 +108,15 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::field("body", "a JSON body is required"));
     }
+    // Every body is a JSON object; serde would also read a struct from an
+    // array of its fields in order (`["vm1", 2, 2048]`, or `[]` for one
+    // whose fields all have defaults), which the document does not allow.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::field(
+            "body",
+            "must be a JSON object, not an array",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value: T = match serde_path_to_error::deserialize(&mut *de) {
         Ok(v) => v,

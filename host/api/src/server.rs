@@ -425,7 +425,12 @@ async fn respond(
             },
         ));
     }
-    if path == LOGIN_PATH && req.method() == Method::POST {
+    if path == LOGIN_PATH {
+        // A public route: another method is told so (405), as /healthz's
+        // is, not asked for a credential.
+        if req.method() != Method::POST {
+            return Err(ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
+        }
         *labels = ("login", "POST");
         return login(shared, peer, req, audited).await;
     }

@@ -39,7 +39,7 @@ pub fn storage(field: &str, e: StorageError) -> CoreError {
         StorageError::NotFound { what, name } => not_found(format!("{what} {name}")),
         StorageError::BadImage { .. } | StorageError::Limit { .. } => invalid(field, e.to_string()),
         StorageError::Download { field, ref reason } => invalid(field, reason.clone()),
-        StorageError::Cancelled { .. } => conflict(e.to_string()),
+        StorageError::Cancelled { .. } | StorageError::Busy { .. } => conflict(e.to_string()),
         StorageError::QemuImg { .. } | StorageError::Io { .. } => internal(e),
     }
 }

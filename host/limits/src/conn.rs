@@ -8,7 +8,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -57,11 +57,25 @@ impl ConnError {
     }
 }
 
+/// How long, at most, what a client still sends after the server shut
+/// its side of the connection is read and discarded ("lingering close"),
+/// how long a pause in it ends that sooner, and how many bytes end it.
+/// Closing a socket with unread bytes makes the kernel reset the
+/// connection, which can throw the answer away before the client reads
+/// it: an early refusal (401, 403, 405, 413) of a request whose body is
+/// still arriving was lost that way (benches/fuzz-api.sh found it).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_PAUSE: Duration = Duration::from_millis(200);
+const LINGER_BYTES: usize = 1 << 20;
+
 /// What the idle watch knows about a connection.
 #[derive(Debug)]
 struct ConnState {
     /// Requests whose answer is not completely sent.
     in_flight: AtomicUsize,
+    /// A request with a body came on it: the server may not have read all
+    /// of it, so its close lingers.
+    had_body: AtomicBool,
     /// When the connection last received bytes or finished an answer.
     quiet_since: Mutex<Instant>,
     /// Told when a request starts or its answer ends.
@@ -110,12 +124,14 @@ where
 {
     let state = Arc::new(ConnState {
         in_flight: AtomicUsize::new(0),
+        had_body: AtomicBool::new(false),
         quiet_since: Mutex::new(Instant::now()),
         changed: Notify::new(),
     });
     let io = TokioIo::new(Watched {
         inner: io,
         state: state.clone(),
+        shut: Shut::Open,
     });
     let svc = Tracked {
         inner: service,
@@ -158,10 +174,54 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The connection's stream, noting when bytes arrive.
+/// The connection's stream, noting when bytes arrive; its shutdown
+/// lingers after a request with a body (see [`LINGER_TIME`]).
 struct Watched<I> {
     inner: I,
     state: Arc<ConnState>,
+    shut: Shut,
+}
+
+/// Where the shutdown of a [`Watched`] stream is.
+enum Shut {
+    /// Not begun, or the server's side is being shut down.
+    Open,
+    /// The server's side is shut; reading and discarding until the client
+    /// closes, pauses for [`LINGER_PAUSE`], or the bounds are reached.
+    Lingering {
+        until: Instant,
+        pause: Pin<Box<tokio::time::Sleep>>,
+        seen: usize,
+    },
+    Done,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Watched<I> {
+    /// Reads and discards until the linger ends (Ready) or nothing has
+    /// come yet (Pending, woken by the stream or the pause).
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Shut::Lingering { until, pause, seen } = &mut self.shut else {
+            return Poll::Ready(());
+        };
+        let mut buf = [0u8; 8192];
+        loop {
+            if *seen > LINGER_BYTES || Instant::now() >= *until {
+                return Poll::Ready(());
+            }
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    *seen += rb.filled().len();
+                    pause
+                        .as_mut()
+                        .reset((Instant::now() + LINGER_PAUSE).min(*until));
+                }
+                // The client closed, or the stream failed: nothing to wait for.
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return pause.as_mut().poll(cx),
+            }
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -179,7 +239,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -192,8 +252,24 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Shut::Open = this.shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if !this.state.had_body.load(Ordering::SeqCst) {
+                this.shut = Shut::Done;
+                return Poll::Ready(Ok(()));
+            }
+            let now = Instant::now();
+            this.shut = Shut::Lingering {
+                until: now + LINGER_TIME,
+                pause: Box::pin(tokio::time::sleep_until(now + LINGER_PAUSE)),
+                seen: 0,
+            };
+        }
+        std::task::ready!(this.poll_linger(cx));
+        this.shut = Shut::Done;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_write_vectored(
@@ -248,10 +324,24 @@ where
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let has_body = !req.body().is_end_stream();
+        if has_body {
+            self.state.had_body.store(true, Ordering::SeqCst);
+        }
         let guard = InFlight::new(self.state.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let mut resp = fut.await?;
+            // An error answer may leave the request's body unread, and hyper
+            // then closes the connection after the answer without saying so:
+            // a client would send its next request on it and lose it. Say it.
+            let status = resp.status();
+            if has_body && (status.is_client_error() || status.is_server_error()) {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok(resp.map(|inner| Answer {
                 inner,
                 _guard: guard,

@@ -33,6 +33,10 @@ pub enum StorageError {
     /// qemu-img failed.
     #[error("qemu-img {op} failed: {stderr}")]
     QemuImg { op: &'static str, stderr: String },
+    /// qemu-img could not take the image's lock: another process (a running
+    /// QEMU, another qemu-img) has it open.
+    #[error("the image is in use by another operation or process; try again when it is done (qemu-img {op}: {stderr})")]
+    Busy { op: &'static str, stderr: String },
     /// qemu-img ran past a resource limit on an image (a hostile or broken
     /// image); the image is refused.
     #[error("{path}: qemu-img {op} exceeded its {limit} limit ({value}); the image is refused")]
@@ -58,6 +62,17 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A failed qemu-img run: [`StorageError::Busy`] when it could not
+    /// take the image's lock (`Failed to get "write" lock`, `Failed to get
+    /// shared "write" lock`, ...), else [`StorageError::QemuImg`].
+    pub(crate) fn qemu_img(op: &'static str, stderr: String) -> StorageError {
+        if stderr.contains("Failed to get ") && stderr.contains(" lock") {
+            StorageError::Busy { op, stderr }
+        } else {
+            StorageError::QemuImg { op, stderr }
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StorageError {
         StorageError::Io {
             path: path.into(),

@@ -123,10 +123,7 @@ impl QemuImg {
     ) -> Result<String, StorageError> {
         let out = self.run(op, path, cpu, args)?;
         if !out.status.success() {
-            return Err(StorageError::QemuImg {
-                op,
-                stderr: out.stderr,
-            });
+            return Err(StorageError::qemu_img(op, out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
@@ -354,10 +351,7 @@ impl QemuImg {
             return Err(limits::limit_error(src, "convert", hit));
         }
         if !status.success() {
-            return Err(StorageError::QemuImg {
-                op: "convert",
-                stderr,
-            });
+            return Err(StorageError::qemu_img("convert", stderr));
         }
         progress(100.0);
         Ok(())

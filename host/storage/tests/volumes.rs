@@ -357,3 +357,44 @@ fn a_file_with_an_external_data_file_in_a_pool_is_not_used_as_a_volume() {
     p.delete("evil").unwrap();
     assert!(files(d.path()).is_empty());
 }
+
+#[test]
+fn an_image_another_process_has_open_is_busy_not_a_failure() {
+    // benches/fuzz-api.sh found it: a snapshot revert while another
+    // operation had the volume open failed as an internal error (500).
+    let (_d, p) = pool();
+    let v = p.create("vol", 16 * MIB).unwrap();
+    p.snapshot("vol", SnapshotOp::Create, "before").unwrap();
+    // qemu-io holds the image open read-write (its lock) until its standard
+    // input closes.
+    let mut holder = Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(&v.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let e = loop {
+        match p.snapshot("vol", SnapshotOp::Apply, "before") {
+            Err(e @ StorageError::Busy { .. }) => break e,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "qemu-io never took the image's lock"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("not reported as busy: {e}"),
+        }
+    };
+    assert!(e.to_string().contains("in use"), "{e}");
+    assert!(matches!(
+        p.snapshot("vol", SnapshotOp::Create, "during"),
+        Err(StorageError::Busy { .. })
+    ));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    p.snapshot("vol", SnapshotOp::Apply, "before").unwrap();
+}

@@ -67,6 +67,7 @@ pub fn check_password(field: &str, password: &str) -> Result<(), ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct Login {
     /// User name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub user: String,
     /// Password.
     pub password: String,
@@ -99,8 +100,10 @@ impl Validate for Login {
 #[serde(deny_unknown_fields)]
 pub struct UserCreate {
     /// User name (also the login).
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Password, 8 characters or more.
+    #[schemars(length(min = MIN_PASSWORD_CHARS))]
     pub password: String,
     /// Role.
     pub role: Role,
@@ -133,6 +136,7 @@ pub struct UserUpdate {
     pub role: Option<Role>,
     /// New password.
     #[serde(default)]
+    #[schemars(length(min = MIN_PASSWORD_CHARS))]
     pub password: Option<String>,
     /// Disable (true) or enable (false) the user: a disabled user cannot log
     /// in, and neither its sessions nor its tokens are accepted.
@@ -173,6 +177,7 @@ pub struct PasswordChange {
     /// The present password.
     pub current: String,
     /// The new password, 8 characters or more.
+    #[schemars(length(min = MIN_PASSWORD_CHARS))]
     pub new: String,
 }
 
@@ -199,6 +204,7 @@ impl Validate for PasswordChange {
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     /// A name to tell it by (e.g. `backup-script`).
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Its role: at most the user's (the default). A token never acts
     /// beyond its user's present role.
@@ -206,10 +212,12 @@ pub struct TokenCreate {
     pub role: Option<Role>,
     /// Lifetime in seconds; none for a token that does not expire.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_TOKEN_TTL_S))]
     pub expires_in_s: Option<u64>,
     /// The user it acts as: the caller when absent; another user's only
     /// for an admin.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub user: Option<String>,
 }
 

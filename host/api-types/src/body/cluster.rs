@@ -73,6 +73,7 @@ impl Validate for HostDegrade {
 pub struct ClusterCreate {
     /// Most hosts in the cluster, 1..=7 (7 when absent).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_CLUSTER_MEMBERS))]
     pub max_members: Option<u32>,
 }
 
@@ -82,6 +83,7 @@ pub struct ClusterCreate {
 pub struct JoinTokenCreate {
     /// Lifetime, seconds, 1..=604800 (1 hour when absent).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_JOIN_TOKEN_TTL_S))]
     pub ttl_s: Option<u32>,
 }
 

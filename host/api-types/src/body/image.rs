@@ -22,9 +22,11 @@ pub enum ImageSource {
 #[serde(deny_unknown_fields)]
 pub struct ImageAddBody {
     /// Image name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Absolute path of a file on this host.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::ABS_PATH_PATTERN))]
     pub path: Option<String>,
     /// http(s) URL (plain http only with `sha256`).
     #[serde(default)]
@@ -35,6 +37,7 @@ pub struct ImageAddBody {
     pub sha256: Option<String>,
     /// OS family (name syntax), `linux` when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub os_family: Option<String>,
     /// OS variant (name syntax or empty), empty when absent.
     #[serde(default)]

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct PoolCreate {
     /// Pool name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Absolute directory holding the pool's volumes.
+    #[schemars(regex(pattern = crate::openapi::ABS_PATH_PATTERN))]
     pub path: String,
     /// Every host reaches `path` (e.g. an NFS mount): VMs on it migrate
     /// without copying their disks. Otherwise the pool belongs to the host
@@ -35,8 +37,10 @@ pub enum VolumeFormat {
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreate {
     /// Volume name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Size, MiB.
+    #[schemars(range(min = 1, max = crate::MAX_VOLUME_MIB))]
     pub size_mib: u64,
     /// Format, qcow2 when absent.
     #[serde(default)]
@@ -48,6 +52,7 @@ pub struct VolumeCreate {
 #[serde(deny_unknown_fields)]
 pub struct VolumeResize {
     /// New size, MiB.
+    #[schemars(range(min = 1, max = crate::MAX_VOLUME_MIB))]
     pub size_mib: u64,
 }
 
@@ -56,6 +61,7 @@ pub struct VolumeResize {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotCreate {
     /// Snapshot name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
 }
 
@@ -64,6 +70,7 @@ pub struct SnapshotCreate {
 #[serde(deny_unknown_fields)]
 pub struct VolumeClone {
     /// New volume name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Linked clone (backed by the source) instead of a full copy.
     #[serde(default)]
@@ -75,8 +82,10 @@ pub struct VolumeClone {
 #[serde(deny_unknown_fields)]
 pub struct VolumeImport {
     /// New volume name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Absolute path of the file on this host.
+    #[schemars(regex(pattern = crate::openapi::ABS_PATH_PATTERN))]
     pub path: String,
 }
 

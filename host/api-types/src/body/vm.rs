@@ -34,6 +34,7 @@ pub const MAX_MIGRATION_DOWNTIME_MS: u32 = 10_000;
 pub struct VmRecover {
     /// The host to recover it on; the scheduler picks one when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub host: Option<String>,
     /// The administrator confirms that the lost host is down (powered off
     /// or fenced), so the VM may start elsewhere before the lost host's
@@ -56,11 +57,13 @@ impl Validate for VmRecover {
 #[serde(deny_unknown_fields)]
 pub struct VmMigrate {
     /// The target host's id.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub host: String,
     /// Longest pause of the guest at the switch, ms, 1..=10000 (300 when
     /// absent). The move aims at 25 ms first and widens towards this only
     /// when the guest dirties memory too fast to converge.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_MIGRATION_DOWNTIME_MS))]
     pub max_downtime_ms: Option<u32>,
 }
 
@@ -112,10 +115,13 @@ fn default_shutdown_timeout() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct VmCreate {
     /// VM name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Number of vCPUs, 1..=256.
+    #[schemars(range(min = 1, max = MAX_VCPUS))]
     pub vcpus: u32,
     /// Memory in MiB, 64..=4 TiB.
+    #[schemars(range(min = MIN_MEMORY_MIB, max = MAX_MEMORY_MIB))]
     pub memory_mib: u64,
     /// Free text.
     #[serde(default)]
@@ -129,6 +135,7 @@ pub struct VmCreate {
     /// System image to install from. Without `install`, the install uses
     /// the defaults (`InstallSpec::default()`).
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub image: Option<String>,
     /// Start with the host.
     #[serde(default)]
@@ -144,6 +151,7 @@ pub struct VmCreate {
     pub install: Option<InstallSpec>,
     /// The host it lives on; the scheduler chooses when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub host: Option<String>,
 }
 
@@ -184,12 +192,15 @@ impl std::str::FromStr for FirmwareKind {
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// Pool name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub pool: String,
     /// Size of a new volume, MiB.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_VOLUME_MIB))]
     pub size_mib: Option<u64>,
     /// Existing volume to attach.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub volume: Option<String>,
 }
 
@@ -208,6 +219,7 @@ pub enum NicModel {
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
     /// Virtual switch name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub vswitch: String,
     /// MAC address `xx:xx:xx:xx:xx:xx`, unicast; generated when absent.
     #[serde(default)]
@@ -223,12 +235,15 @@ pub struct NicSpec {
 pub struct VmUpdate {
     /// New name.
     #[serde(default)]
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: Option<String>,
     /// New vCPU count.
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_VCPUS))]
     pub vcpus: Option<u32>,
     /// New memory, MiB.
     #[serde(default)]
+    #[schemars(range(min = MIN_MEMORY_MIB, max = MAX_MEMORY_MIB))]
     pub memory_mib: Option<u64>,
     /// New description.
     #[serde(default)]
@@ -246,6 +261,7 @@ pub struct VmUpdate {
 #[serde(deny_unknown_fields)]
 pub struct ConsoleInputBody {
     /// Text to type, 1 to 4096 bytes.
+    #[schemars(length(min = 1, max = MAX_CONSOLE_INPUT))]
     pub data: String,
 }
 

@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct VswitchCreate {
     /// Switch name.
+    #[schemars(regex(pattern = crate::openapi::NAME_PATTERN))]
     pub name: String,
     /// Host interface to bridge to, none for an internal switch.
     #[serde(default)]
     pub uplink: Option<String>,
     /// VLAN id, 1..=4094.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 4094))]
     pub vlan: Option<u16>,
 }
 

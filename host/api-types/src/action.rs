@@ -311,19 +311,22 @@ pub enum Action {
         /// Most entries to return.
         limit: u32,
     },
-    /// A pool or volume request carried out on another host's pools
-    /// (`?host=` on the storage routes); without it, the host serving the
-    /// request is meant.
+    /// A request carried out on another host: a pool or volume request on
+    /// its pools (`?host=` on the storage routes), or the list of its
+    /// decisions; without it, the host serving the request is meant.
     OnHost {
         /// The host's id.
         host: String,
-        /// The storage request.
+        /// The request (a storage one, or the list of decisions).
         request: Box<Action>,
     },
 }
 
-/// The storage routes (pools, volumes, snapshots) that take `?host=`.
+/// The routes that take `?host=`: the storage routes (pools, volumes,
+/// snapshots), which act on that host's pools, and the host's recent
+/// policy decisions.
 pub const HOST_SCOPED_OPERATIONS: &[&str] = &[
+    "listDecisions",
     "listPools",
     "createPool",
     "deletePool",

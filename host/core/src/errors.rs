@@ -37,7 +37,9 @@ pub fn storage(field: &str, e: StorageError) -> CoreError {
         }
         StorageError::Exists { .. } | StorageError::NoSpace { .. } => conflict(e.to_string()),
         StorageError::NotFound { what, name } => not_found(format!("{what} {name}")),
-        StorageError::BadImage { .. } | StorageError::Limit { .. } => invalid(field, e.to_string()),
+        StorageError::BadImage { .. }
+        | StorageError::BadPoolDir { .. }
+        | StorageError::Limit { .. } => invalid(field, e.to_string()),
         StorageError::Download { field, ref reason } => invalid(field, reason.clone()),
         StorageError::Cancelled { .. } | StorageError::Busy { .. } => conflict(e.to_string()),
         StorageError::QemuImg { .. } | StorageError::Io { .. } => internal(e),

@@ -111,13 +111,13 @@ impl Inner {
                 return Err(errors::storage("path", e));
             }
         };
-        let canon = pool.dir().to_string_lossy().into_owned();
-        if let Some(other) = pools.iter().find(|p| Path::new(&p.path) == pool.dir()) {
-            return Err(errors::conflict(format!(
-                "{canon} already is pool {}",
-                other.name
-            )));
+        if let Err(e) = self.check_pool_dir(pool.dir(), &all) {
+            if made {
+                nasvisor_best_effort::remove_dir(dir);
+            }
+            return Err(e);
         }
+        let canon = pool.dir().to_string_lossy().into_owned();
         // Its volumes hold guest data: the directory is 0700, volumes 0600.
         pool.make_private()
             .map_err(|e| errors::storage("path", e))?;
@@ -134,6 +134,60 @@ impl Inner {
             &rec,
             (usage.capacity_bytes / MIB, usage.free_bytes / MIB),
         ))
+    }
+
+    /// Whether the canonical directory `dir` may become a new pool of this
+    /// host: not a system directory, empty or holding only volumes, apart
+    /// from nasvisor's own data (but for `<data-dir>/pools/NAME`), and
+    /// neither inside nor around a pool this host sees (`all`: every pool
+    /// record).
+    fn check_pool_dir(&self, dir: &Path, all: &[PoolRecord]) -> Result<(), CoreError> {
+        use nasvisor_storage::pool_dir::{not_a_system_dir, only_volumes, overlaps};
+        not_a_system_dir(dir).map_err(|e| errors::storage("path", e))?;
+        for p in all
+            .iter()
+            .filter(|p| p.host.as_deref().is_none_or(|h| h == self.host.id))
+        {
+            let other = Path::new(&p.path);
+            if other == dir {
+                return Err(errors::conflict(format!(
+                    "{} already is pool {}",
+                    dir.display(),
+                    p.name
+                )));
+            }
+            if overlaps(dir, other) {
+                return Err(errors::conflict(format!(
+                    "{} {} pool {} ({}); pools may not nest",
+                    dir.display(),
+                    if dir.starts_with(other) {
+                        "is inside"
+                    } else {
+                        "holds"
+                    },
+                    p.name,
+                    p.path
+                )));
+            }
+        }
+        let data = self
+            .cfg
+            .data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| self.cfg.data_dir.clone());
+        let pools_dir = data.join("pools");
+        if overlaps(dir, &data) && !(dir.starts_with(&pools_dir) && dir != pools_dir) {
+            return Err(errors::invalid(
+                "path",
+                format!(
+                    "{} overlaps nasvisor's data directory {}; a pool there goes under {}/NAME",
+                    dir.display(),
+                    data.display(),
+                    pools_dir.display()
+                ),
+            ));
+        }
+        only_volumes(dir).map_err(|e| errors::storage("path", e))
     }
 
     pub(crate) async fn delete_pool(&self, name: &str) -> Result<(), CoreError> {
@@ -393,5 +447,96 @@ fn pool_view(p: &PoolRecord, (capacity_mib, free_mib): (u64, u64)) -> PoolView {
         shared: p.shared(),
         capacity_mib,
         free_mib,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::peer::tests::start;
+    use nasvisor_api_types::{Action, CoreError, PoolCreate};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn create(path: &std::path::Path, name: &str) -> Action {
+        Action::CreatePool(PoolCreate {
+            name: name.into(),
+            path: path.to_string_lossy().into_owned(),
+            shared: false,
+        })
+    }
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_is_never_a_system_directory_a_directory_of_other_files_or_nested() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = start(tmp.path(), "a", None).await;
+        let refused = |e: CoreError| match e {
+            CoreError::Invalid { field, reason } => {
+                assert_eq!(field, "path");
+                reason
+            }
+            CoreError::Conflict { reason } => reason,
+            other => panic!("not a refusal of the path: {other:?}"),
+        };
+
+        // A system directory: refused, and its mode is left alone.
+        let before = mode(std::path::Path::new("/usr/share"));
+        for d in ["/", "/etc", "/usr/share", "/var/lib"] {
+            let e = a
+                .admin(create(std::path::Path::new(d), "sys"))
+                .await
+                .unwrap_err();
+            let r = refused(e);
+            assert!(
+                r.contains("system directory") || r.contains("root directory"),
+                "{d}: {r}"
+            );
+        }
+        assert_eq!(mode(std::path::Path::new("/usr/share")), before);
+
+        // A directory of someone else's files: refused, untouched.
+        let docs = tmp.path().join("docs");
+        std::fs::create_dir(&docs).unwrap();
+        std::fs::write(docs.join("notes.txt"), b"mine").unwrap();
+        std::fs::set_permissions(&docs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = refused(a.admin(create(&docs, "docs")).await.unwrap_err());
+        assert!(r.contains("not volumes (\"notes.txt\")"), "{r}");
+        assert_eq!(mode(&docs), 0o755);
+
+        // nasvisor's own data, but for <data-dir>/pools/NAME.
+        let data = tmp.path().join("a").canonicalize().unwrap();
+        for d in [data.clone(), data.join("images"), data.join("pools")] {
+            let r = refused(a.admin(create(&d, "mine")).await.unwrap_err());
+            assert!(
+                r.contains("data directory") || r.contains("pool default"),
+                "{}: {r}",
+                d.display()
+            );
+        }
+        a.admin(create(&data.join("pools/fast"), "fast"))
+            .await
+            .unwrap();
+
+        // Pools do not nest, either way; a new empty directory is a pool
+        // and becomes private.
+        let vms = tmp.path().join("vms");
+        a.admin(create(&vms, "vms")).await.unwrap();
+        assert_eq!(mode(&vms), 0o700);
+        std::fs::create_dir(vms.join("inner")).unwrap();
+        let r = refused(
+            a.admin(create(&vms.join("inner"), "inner"))
+                .await
+                .unwrap_err(),
+        );
+        assert!(r.contains("is inside pool vms"), "{r}");
+        let r = refused(a.admin(create(tmp.path(), "outer")).await.unwrap_err());
+        assert!(r.contains("holds pool"), "{r}");
+        // A refused new directory is not left behind.
+        let gone = data.join("images/new");
+        refused(a.admin(create(&gone, "new")).await.unwrap_err());
+        assert!(!gone.exists());
+        a.shutdown().await.unwrap();
     }
 }

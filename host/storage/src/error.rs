@@ -23,6 +23,10 @@ pub enum StorageError {
     /// An image file is not acceptable.
     #[error("{path}: {reason}")]
     BadImage { path: PathBuf, reason: String },
+    /// A directory cannot become a pool (a system directory, or one that
+    /// holds other files).
+    #[error("{path}: {reason}")]
+    BadPoolDir { path: PathBuf, reason: String },
     /// The pool lacks space.
     #[error("pool {pool:?} has {free} bytes free, {needed} needed")]
     NoSpace {

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod limits;
 pub mod name;
 pub mod pool;
+pub mod pool_dir;
 pub mod private;
 pub mod qemu_img;
 pub mod seed;

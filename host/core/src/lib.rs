@@ -142,6 +142,10 @@ pub struct CoreConfig {
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
     pub(crate) test_peer_window: Option<nasvisor_api_types::peer::PeerWindow>,
+    /// Test builds only: how long the leader's record loop waits before
+    /// each pass, as a slow disk under the store would make it.
+    #[cfg(test)]
+    pub(crate) test_record_delay: Option<Duration>,
 }
 
 impl CoreConfig {
@@ -175,6 +179,8 @@ impl CoreConfig {
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
             #[cfg(test)]
             test_peer_window: None,
+            #[cfg(test)]
+            test_record_delay: None,
         }
     }
 

@@ -7,7 +7,7 @@
 use super::is_read_only;
 use crate::model::{kind, now_rfc3339, Desired, HostRecord, Severity, VmRecord, VmStatus};
 use crate::{lock, Inner};
-use nasvisor_api_types::peer::Heartbeat;
+use nasvisor_api_types::peer::{Heartbeat, HeartbeatReply};
 use nasvisor_api_types::{Action, CoreError};
 use nasvisor_best_effort::BestEffort;
 use std::collections::HashSet;
@@ -17,17 +17,29 @@ use std::time::{Duration, Instant};
 impl Inner {
     // ---- heartbeats and quorum ----
 
-    /// The background loops of every host: heartbeats when leader, and the
-    /// quorum watch always, on a clock of its own.
+    /// The background loops of every host: heartbeats when leader, what
+    /// they show recorded when leader, and the quorum watch always, each
+    /// on a clock of its own.
     ///
-    /// The quorum watch never waits for the heartbeat round: a round writes
-    /// through the log (host offline, events), and on a host cut off from
-    /// the majority each such write waits for its timeout (10 s). Self-
-    /// fencing must keep its deadline whether the host was leader or
-    /// follower, so it runs in its own task and writes nothing before it
-    /// stops the VMs.
+    /// - The **heartbeat loop** only asks the members and notes their
+    ///   answers in memory (`last_seen`, and the answer a follower's HA
+    ///   lease counts from): a follower's lease is renewed by the next
+    ///   heartbeat, so the heartbeats never wait for a write. A write
+    ///   through the log takes as long as the slowest disk of the majority
+    ///   (and up to its timeout, 10 s, on a leader cut off from it); had
+    ///   the heartbeats waited behind it, the followers' leases would have
+    ///   lapsed, and they would have stopped their HA VMs for a slow disk.
+    /// - The **record loop** writes what the latest round showed (a host
+    ///   online, offline, degraded, on another version), then runs the HA
+    ///   round (fence, failover, switchover) and re-protection. It takes
+    ///   the latest round only: an older one that it had no time for is
+    ///   superseded.
+    /// - The **quorum watch** never waits for either: self-fencing must
+    ///   keep its deadline whether the host was leader or follower, so it
+    ///   runs in its own task and writes nothing before it stops the VMs.
     pub(crate) fn spawn_cluster_loop(self: &Arc<Self>) {
         self.spawn_quorum_watch();
+        self.spawn_record_loop();
         let weak = Arc::downgrade(self);
         let shutdown = self.shutdown.clone();
         let interval = self.cfg.heartbeat_interval;
@@ -39,8 +51,6 @@ impl Inner {
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let Some(me) = weak.upgrade() else { break };
-                me.apply_cluster_plugins().await;
-                me.apply_plugin_resets();
                 if !me.multi_host() {
                     led = None;
                     continue;
@@ -60,14 +70,49 @@ impl Inner {
                             seen.insert(h.id, now);
                         }
                     }
-                    // What the rounds decide from that silence is written
-                    // in `term` only: a round that outlives this
-                    // leadership changes nothing.
-                    me.heartbeat_round(term).await;
-                    me.ha_round(term).await;
-                    me.reprotect_ha_vms().await;
+                    // What the round shows is written in `term` only: a
+                    // round that outlives this leadership changes nothing.
+                    if let Some(round) = me.heartbeat_round(term).await {
+                        *lock(&me.cluster.round) = Some(round);
+                        me.cluster.round_ready.notify_one();
+                    }
                 }
                 led = term;
+            }
+        });
+    }
+
+    /// The record loop (see [`Inner::spawn_cluster_loop`]): woken by each
+    /// heartbeat round, and at the heartbeat interval for the plugins'
+    /// cluster-wide state on any host.
+    fn spawn_record_loop(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        let interval = self.cfg.heartbeat_interval;
+        let ready = self.cluster.round_ready.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ready.notified() => {}
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                let Some(me) = weak.upgrade() else { break };
+                me.apply_cluster_plugins().await;
+                me.apply_plugin_resets();
+                #[cfg(test)]
+                if let Some(d) = me.cfg.test_record_delay {
+                    tokio::time::sleep(d).await;
+                }
+                let round = lock(&me.cluster.round).take();
+                let Some(round) = round else { continue };
+                if me.db.store().leader_term() != Some(round.term) {
+                    continue;
+                }
+                let term = round.term;
+                me.record_round(round).await;
+                me.ha_round(term).await;
+                me.reprotect_ha_vms().await;
             }
         });
     }
@@ -92,7 +137,10 @@ impl Inner {
         });
     }
 
-    async fn heartbeat_round(self: &Arc<Self>, term: u64) {
+    /// Asks every member for its heartbeat and notes who answered, in
+    /// memory only; what the answers show is for [`Inner::record_round`].
+    /// `None` when this host has no majority to speak for.
+    async fn heartbeat_round(self: &Arc<Self>, term: u64) -> Option<Round> {
         let hosts: Vec<HostRecord> = self.db.list(kind::HOST);
         let members: HashSet<u64> = self
             .db
@@ -102,9 +150,7 @@ impl Inner {
             .map(|m| m.node_id)
             .collect();
         let timeout = self.cfg.heartbeat_interval.max(Duration::from_millis(200)) * 2;
-        let Some(age) = self.db.store().quorum_ack_age() else {
-            return;
-        };
+        let age = self.db.store().quorum_ack_age()?;
         let ask = Heartbeat {
             quorum_age_ms: age.as_millis() as u64,
             ack_seq: None,
@@ -130,12 +176,24 @@ impl Inner {
                 }
             });
         let results = futures_util::future::join_all(calls).await;
-        let now = Instant::now();
+        let at = Instant::now();
+        for (h, r) in &results {
+            if let Ok(hb) = r {
+                lock(&self.cluster.last_seen).insert(h.id.clone(), at);
+                lock(&self.cluster.answers_seen).insert(h.id.clone(), hb.seq);
+            }
+        }
+        Some(Round { term, at, results })
+    }
+
+    /// Writes what a heartbeat round showed, in its term: hosts that
+    /// answer again or changed, hosts silent past `offline_after`, hosts
+    /// on a protocol version this leader does not write.
+    async fn record_round(self: &Arc<Self>, round: Round) {
+        let Round { term, at, results } = round;
         for (h, r) in results {
             match r {
                 Ok(hb) => {
-                    lock(&self.cluster.last_seen).insert(h.id.clone(), now);
-                    lock(&self.cluster.answers_seen).insert(h.id.clone(), hb.seq);
                     let changed = !h.online
                         || h.version != hb.version
                         || h.free_storage_gib != hb.free_storage_gib
@@ -188,8 +246,10 @@ impl Inner {
                         // writes: shown as such, and not counted as seen.
                         self.record_unsupported(&h, *ours, &e).await;
                     }
+                    // A later round may have heard it since: the silence
+                    // counts to this round's time (0 if it answered since).
                     let last = lock(&self.cluster.last_seen).get(&h.id).copied();
-                    let silent = last.map(|t| now.duration_since(t)).unwrap_or_default();
+                    let silent = last.map(|t| at.duration_since(t)).unwrap_or_default();
                     if h.online && silent >= self.cfg.offline_after {
                         let message = format!(
                             "host {} missed heartbeats for {:.1} s ({e})",
@@ -276,6 +336,10 @@ impl Inner {
             }
             *s
         };
+        // The leader's own lease runs from the majority's last
+        // acknowledgement, renewed here on this loop's clock too: the
+        // heartbeat loop may be waiting for a slow member's answer.
+        self.renew_own_ha_lease();
         let lapsed = self.ha_lease_lapsed();
         let mut stop: Vec<String> = Vec::new();
         if since.is_some_and(|t| t.elapsed() >= self.cfg.quorum_stop_delay) {
@@ -402,4 +466,70 @@ fn stale_timestamp(t: &str) -> bool {
     time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
         .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > 30)
         .unwrap_or(true)
+}
+
+/// One heartbeat round of the leader of `term`: who answered what, asked
+/// at `at`.
+pub(crate) struct Round {
+    term: u64,
+    at: Instant,
+    results: Vec<(HostRecord, Result<HeartbeatReply, CoreError>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::peer::tests::{join, start_with};
+    use nasvisor_api_types::{Action, Answer, ClusterCreate};
+    use std::time::{Duration, Instant};
+
+    /// A leader whose writes are slow (7 s a pass, past every host's HA
+    /// lease of 5 s) still renews every lease with its heartbeats: nobody
+    /// stops its HA VMs for a slow disk, and what the rounds show is
+    /// recorded in the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_writes_on_the_leader_never_hold_its_heartbeats_or_let_a_lease_lapse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slow =
+            |cfg: &mut crate::CoreConfig| cfg.test_record_delay = Some(Duration::from_secs(7));
+        let a = start_with(tmp.path(), "a", slow).await;
+        let b = start_with(tmp.path(), "b", slow).await;
+        let c = start_with(tmp.path(), "c", slow).await;
+        assert!(a.inner.ha_fence_after() < Duration::from_secs(7));
+        a.admin(Action::CreateCluster(ClusterCreate::default()))
+            .await
+            .unwrap();
+        join(&a, &b).await;
+        join(&a, &c).await;
+
+        let cores = [&a, &b, &c];
+        let t0 = Instant::now();
+        while !cores.iter().all(|x| x.inner.ha_lease_confirmed()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the leases were never confirmed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // 12 s: at least one full slow pass, and more than twice a lease.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(12) {
+            for (x, name) in cores.iter().zip(["a", "b", "c"]) {
+                assert!(
+                    !x.inner.ha_lease_lapsed(),
+                    "host {name}'s HA lease lapsed {:.1} s into slow writes",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The records were written, late.
+        let Answer::Hosts(hosts) = a.admin(Action::ListHosts).await.unwrap() else {
+            panic!("not hosts")
+        };
+        assert_eq!(hosts.len(), 3);
+        assert!(hosts.iter().all(|h| h.online), "{hosts:?}");
+        for x in [a, b, c] {
+            x.shutdown().await.unwrap();
+        }
+    }
 }

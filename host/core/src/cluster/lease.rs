@@ -239,6 +239,12 @@ impl Inner {
         }
     }
 
+    /// Whether this host's lease was ever confirmed.
+    #[cfg(test)]
+    pub(crate) fn ha_lease_confirmed(&self) -> bool {
+        self.cluster.lease.confirmed_ms() > 0
+    }
+
     /// Whether this host, in a cluster, went without contact past its
     /// deadline.
     pub(crate) fn ha_lease_lapsed(&self) -> bool {

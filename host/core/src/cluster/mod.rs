@@ -62,6 +62,12 @@ pub(crate) struct ClusterRuntime {
     stopped_for_quorum: Mutex<bool>,
     /// This host's HA lease (`lease.rs`).
     pub(crate) lease: lease::HaLease,
+    /// The leader's latest heartbeat round, not recorded yet
+    /// (`heartbeat.rs`: the heartbeat loop leaves it, the record loop
+    /// takes it).
+    round: Mutex<Option<heartbeat::Round>>,
+    /// Wakes the record loop when a round is left.
+    round_ready: Arc<tokio::sync::Notify>,
 }
 
 impl Inner {

@@ -30,12 +30,21 @@ pub(crate) async fn start(
     name: &str,
     window: Option<PeerWindow>,
 ) -> NasCore {
+    start_with(dir, name, |cfg| cfg.test_peer_window = window).await
+}
+
+/// [`start`], with `tweak` applied to the configuration.
+pub(crate) async fn start_with(
+    dir: &std::path::Path,
+    name: &str,
+    tweak: impl FnOnce(&mut CoreConfig),
+) -> NasCore {
     let mut cfg = CoreConfig::new(dir.join(name));
     cfg.host_name = name.into();
     cfg.accel = AccelSetting::Tcg;
     cfg.cluster_address = free_addr();
     cfg.heartbeat_interval = Duration::from_millis(200);
-    cfg.test_peer_window = window;
+    tweak(&mut cfg);
     let rt = Arc::new(Runtime::new(RuntimeConfig::default(), Vec::new()).unwrap());
     let policy = Arc::new(PolicyHost::new(rt, None));
     let downloader = Arc::new(nasvisor_download::HttpDownloader::new().unwrap());

@@ -163,7 +163,7 @@ fn decisions(c: &mut Criterion) {
     g.finish();
     eprintln!(
         "worst-case transfer of max-transfer-kib ({} KiB): {:.3} ms of CPU (measured by Runtime::new)",
-        rt.config().max_transfer_kib,
+        rt.config().max_transfer_kib(),
         rt.transfer_cost().as_secs_f64() * 1e3
     );
 

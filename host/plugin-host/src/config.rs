@@ -15,6 +15,12 @@ pub const MAX_EPOCH_TICK_MS: u64 = 2;
 /// refused at start when this machine takes longer for it.
 pub const MAX_UNINTERRUPTIBLE_STEP_MS: u64 = 2;
 
+/// The smallest `max-transfer-kib`.
+pub const MIN_TRANSFER_KIB: u64 = 64;
+/// What `max-transfer-kib` is when unset: the first of these this machine
+/// copies within `MAX_UNINTERRUPTIBLE_STEP_MS`, else the last.
+pub const AUTO_TRANSFER_KIB: [u64; 3] = [256, 128, MIN_TRANSFER_KIB];
+
 /// Limits and behaviour of the plugin runtime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -41,9 +47,17 @@ pub struct RuntimeConfig {
     /// The most a plugin may hand the host at once (its answer, or the
     /// arguments of one host call), in KiB. Copying it is the longest step a
     /// plugin can make the host take without a deadline check, so the
-    /// runtime measures that copy at start and refuses a value this machine
-    /// cannot copy within `MAX_UNINTERRUPTIBLE_STEP_MS`.
-    pub max_transfer_kib: u64,
+    /// runtime measures that copy at start: a value set here that this
+    /// machine cannot copy within `MAX_UNINTERRUPTIBLE_STEP_MS` is refused;
+    /// unset, it is the largest of [`AUTO_TRANSFER_KIB`] that this machine
+    /// copies in time (the smallest, with a warning, on a machine too slow
+    /// for any). [`RuntimeConfig::max_transfer_kib`] is the value in force.
+    #[serde(rename = "max-transfer-kib")]
+    pub max_transfer_kib_setting: Option<u64>,
+    /// The value in force: set by `Runtime::new` from the setting and the
+    /// measured copy (what is given here is overwritten).
+    #[serde(skip)]
+    pub transfer_kib: u64,
     /// Directory of the compiled-code cache; `None` disables it.
     pub cache_dir: Option<PathBuf>,
     /// Bytes of log text one call may write through the `log` import.
@@ -61,7 +75,8 @@ impl Default for RuntimeConfig {
             max_consecutive_failures: 3,
             pool_instances: 32,
             slot_wait_ms: 100,
-            max_transfer_kib: 256,
+            max_transfer_kib_setting: None,
+            transfer_kib: AUTO_TRANSFER_KIB[0],
             cache_dir: None,
             log_budget_bytes: 64 * 1024,
             developer_mode: false,
@@ -107,17 +122,24 @@ impl RuntimeConfig {
                 self.slot_wait_ms
             ));
         }
-        if self.max_transfer_kib < 64 || self.max_transfer_kib > 1 << 20 {
-            return Err(format!(
-                "max-transfer-kib: {} is out of range (64..=1048576)",
-                self.max_transfer_kib
-            ));
+        if let Some(kib) = self.max_transfer_kib_setting {
+            if !(MIN_TRANSFER_KIB..=1 << 20).contains(&kib) {
+                return Err(format!(
+                    "max-transfer-kib: {kib} is out of range ({MIN_TRANSFER_KIB}..=1048576)"
+                ));
+            }
         }
-        if self.log_budget_bytes as u64 > self.max_transfer_bytes() {
+        // Unset, it may come down to the smallest automatic value.
+        let floor = self.max_transfer_kib_setting.unwrap_or(MIN_TRANSFER_KIB) * 1024;
+        if self.log_budget_bytes as u64 > floor {
             return Err(format!(
-                "log-budget-bytes: {} is more than max-transfer-kib ({} bytes)",
+                "log-budget-bytes: {} is more than max-transfer-kib ({floor} bytes{})",
                 self.log_budget_bytes,
-                self.max_transfer_bytes()
+                if self.max_transfer_kib_setting.is_none() {
+                    ", the least it is when unset"
+                } else {
+                    ""
+                }
             ));
         }
         Ok(())
@@ -127,8 +149,13 @@ impl RuntimeConfig {
         self.memory_limit_mib * 1024 * 1024
     }
 
+    /// The most a plugin may hand the host at once, in KiB, in force.
+    pub fn max_transfer_kib(&self) -> u64 {
+        self.transfer_kib
+    }
+
     pub fn max_transfer_bytes(&self) -> u64 {
-        self.max_transfer_kib * 1024
+        self.transfer_kib * 1024
     }
 }
 
@@ -169,7 +196,7 @@ mod tests {
         .unwrap_err();
         assert!(e.starts_with("slot-wait-ms: 60001"), "{e}");
         let e = RuntimeConfig {
-            max_transfer_kib: 1,
+            max_transfer_kib_setting: Some(1),
             ..RuntimeConfig::default()
         }
         .validate()

@@ -236,7 +236,7 @@ fn a_transfer_limit_this_machine_cannot_copy_in_time_is_refused_with_the_measure
     let key = nasvisor_plugin_host::testkit::build_signing_key().verifying_key();
     let e = nasvisor_plugin_host::Runtime::new(
         RuntimeConfig {
-            max_transfer_kib: 1 << 20,
+            max_transfer_kib_setting: Some(1 << 20),
             ..RuntimeConfig::default()
         },
         vec![key],

@@ -202,7 +202,7 @@ impl Runtime {
                 CallError::InvalidOutput(format!(
                     "the plugin handed the host more than max-transfer-kib ({} KiB) at once \
                      (its answer, or the arguments of one host call)",
-                    self.config.max_transfer_kib
+                    self.config.max_transfer_kib()
                 ))
             }
             None if instantiating => CallError::Instantiate(format!("{e:#}")),

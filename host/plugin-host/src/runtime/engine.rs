@@ -5,7 +5,9 @@
 use super::pool::{Reaper, Reaping, Slots, KEEP_RESIDENT_BYTES};
 use super::{thread_cpu_time, Runtime};
 use crate::cache::CodeCache;
-use crate::config::{RuntimeConfig, MAX_UNINTERRUPTIBLE_STEP_MS};
+use crate::config::{
+    RuntimeConfig, AUTO_TRANSFER_KIB, MAX_UNINTERRUPTIBLE_STEP_MS, MIN_TRANSFER_KIB,
+};
 use crate::host_imports;
 use nasvisor_signing::VerifyingKey;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -127,26 +129,63 @@ pub fn measure_transfer(bytes: usize, give_up: Duration) -> Duration {
     best
 }
 
+/// The largest of [`AUTO_TRANSFER_KIB`] whose copy `cost` keeps within
+/// `step`, and that cost; the smallest, with a warning, when none does (a machine this
+/// slow cannot keep calls within the deadline precision at all, and a
+/// daemon that would not start for it helps nobody).
+fn auto_transfer_kib(cost: impl Fn(u64) -> Duration, step: Duration) -> (u64, Duration) {
+    let mut last = Duration::ZERO;
+    for kib in AUTO_TRANSFER_KIB {
+        last = cost(kib);
+        if last <= step {
+            if kib != AUTO_TRANSFER_KIB[0] {
+                tracing::info!(kib, "max-transfer-kib: this machine copies {kib} KiB within the {MAX_UNINTERRUPTIBLE_STEP_MS} ms step, not more");
+            }
+            return (kib, last);
+        }
+    }
+    let kib = MIN_TRANSFER_KIB;
+    tracing::warn!(
+        kib,
+        copy_ms = last.as_secs_f64() * 1e3,
+        "max-transfer-kib: this machine takes {:.1} ms to copy even {kib} KiB out of a plugin, more \
+         than the {MAX_UNINTERRUPTIBLE_STEP_MS} ms step: a plugin's call may overrun its deadline by that much",
+        last.as_secs_f64() * 1e3
+    );
+    (kib, last)
+}
+
 impl Runtime {
     /// Creates the engine, the linker, the epoch ticker and the reaper, and
     /// measures the copy of one transfer (`max-transfer-kib`): the error
     /// names the field and gives the measured time when this machine cannot
     /// keep a call within the deadline precision with it.
-    pub fn new(config: RuntimeConfig, trusted_keys: Vec<VerifyingKey>) -> Result<Runtime, String> {
+    pub fn new(
+        mut config: RuntimeConfig,
+        trusted_keys: Vec<VerifyingKey>,
+    ) -> Result<Runtime, String> {
         config.validate()?;
         let step = Duration::from_millis(MAX_UNINTERRUPTIBLE_STEP_MS);
-        let transfer_cost = measure_transfer(config.max_transfer_bytes() as usize, step);
-        if transfer_cost > step {
-            return Err(format!(
-                "max-transfer-kib: {} KiB takes {:.1} ms of CPU to copy out of a plugin on \
-                 this machine (measured now), more than the {MAX_UNINTERRUPTIBLE_STEP_MS} ms a step \
-                 without a deadline check may take to keep calls within {} ms of their deadline; \
-                 lower it",
-                config.max_transfer_kib,
-                transfer_cost.as_secs_f64() * 1e3,
-                crate::config::DEADLINE_PRECISION_MS,
-            ));
-        }
+        let cost = |kib: u64| measure_transfer((kib * 1024) as usize, step);
+        let (transfer_kib, transfer_cost) = match config.max_transfer_kib_setting {
+            Some(kib) => {
+                let transfer_cost = cost(kib);
+                if transfer_cost > step {
+                    return Err(format!(
+                        "max-transfer-kib: {kib} KiB takes {:.1} ms of CPU to copy out of a plugin \
+                         on this machine (measured now), more than the \
+                         {MAX_UNINTERRUPTIBLE_STEP_MS} ms a step without a deadline check may \
+                         take to keep calls within {} ms of their deadline; lower it, or leave it \
+                         unset for the largest this machine copies in time",
+                        transfer_cost.as_secs_f64() * 1e3,
+                        crate::config::DEADLINE_PRECISION_MS,
+                    ));
+                }
+                (kib, transfer_cost)
+            }
+            None => auto_transfer_kib(cost, step),
+        };
+        config.transfer_kib = transfer_kib;
         let mut cfg = Config::new();
         cfg.wasm_component_model(true);
         cfg.wasm_features(REFUSED_FEATURES, false);
@@ -212,5 +251,50 @@ impl Runtime {
             next_plugin_id: AtomicU64::new(0),
             transfer_cost,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs(ms: [f64; 3]) -> impl Fn(u64) -> Duration {
+        move |kib| {
+            let i = AUTO_TRANSFER_KIB.iter().position(|k| *k == kib).unwrap();
+            Duration::from_secs_f64(ms[i] / 1e3)
+        }
+    }
+
+    #[test]
+    fn unset_the_transfer_limit_is_the_largest_this_machine_copies_in_a_step_and_never_stops_the_start(
+    ) {
+        let step = Duration::from_millis(MAX_UNINTERRUPTIBLE_STEP_MS);
+        assert_eq!(auto_transfer_kib(costs([0.9, 0.5, 0.2]), step).0, 256);
+        assert_eq!(auto_transfer_kib(costs([3.0, 1.9, 0.9]), step).0, 128);
+        assert_eq!(auto_transfer_kib(costs([8.8, 4.4, 2.0]), step).0, 64);
+        // A machine too slow for any (TCG: 8.8 ms for 256 KiB): the
+        // smallest, and its cost to report.
+        let (kib, cost) = auto_transfer_kib(costs([17.6, 8.8, 4.4]), step);
+        assert_eq!(
+            (kib, cost),
+            (MIN_TRANSFER_KIB, Duration::from_secs_f64(4.4e-3))
+        );
+    }
+
+    #[test]
+    fn the_runtime_reports_the_transfer_limit_in_force() {
+        let rt = Runtime::new(RuntimeConfig::default(), Vec::new()).unwrap();
+        assert!(AUTO_TRANSFER_KIB.contains(&rt.config().max_transfer_kib()));
+        let rt = Runtime::new(
+            RuntimeConfig {
+                max_transfer_kib_setting: Some(64),
+                transfer_kib: 999,
+                ..RuntimeConfig::default()
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(rt.config().max_transfer_kib(), 64);
+        assert_eq!(rt.config().max_transfer_bytes(), 64 * 1024);
     }
 }

@@ -614,3 +614,26 @@ fn installing_needs_a_slot_on_the_command_line() {
     assert!(e.to_string().contains("no nasvisor.slot=a|b"), "{e}");
     assert!(app.snapshot() == before);
 }
+
+#[test]
+fn a_slot_device_that_is_the_booted_one_is_refused_before_anything_is_written() {
+    let app = Appliance::new();
+    // Slot b's device is slot a's under another name (a misconfiguration).
+    let alias = app.path("alias-of-a.img");
+    std::os::unix::fs::symlink(app.path("slot-a.img"), &alias).unwrap();
+    let mut config = app.slots.config().clone();
+    config.devices[1] = alias;
+    let slots = SlotSet::new(config);
+    let bundle = app.bundle("same", |_| {});
+    let before = app.snapshot();
+    let e = slots
+        .install(&bundle, &app.policy(), &mut |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert_eq!(e.code(), "booted-slot", "{e}");
+    assert!(
+        e.to_string()
+            .contains("refusing to install over the booted slot"),
+        "{e}"
+    );
+    assert!(app.snapshot() == before);
+}

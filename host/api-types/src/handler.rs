@@ -173,10 +173,10 @@ pub trait Core: Send + Sync {
     /// received. `body` is as for [`Core::upload_image`]: an `Err` (the
     /// client broke off, or the upload exceeds the server's limit) means
     /// nothing is installed and what was received is removed. A core
-    /// without firmware management answers [`CoreError::Unavailable`].
+    /// without firmware management answers [`CoreError::Conflict`].
     async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
         drop(body);
-        Err(CoreError::Unavailable {
+        Err(CoreError::Conflict {
             reason: "firmware management is not enabled on this host".into(),
         })
     }

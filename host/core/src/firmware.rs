@@ -64,11 +64,10 @@ impl FirmwareSettings {
     }
 }
 
+/// A host without firmware management: a state of the host, not a fault
+/// (409, not 5xx).
 fn not_enabled() -> CoreError {
-    CoreError::Unavailable {
-        reason: "firmware management is not enabled on this host ([firmware] enabled = false)"
-            .into(),
-    }
+    errors::conflict("firmware management is not enabled on this host ([firmware] enabled = false)")
 }
 
 impl Inner {
@@ -497,7 +496,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_refused_bundle_fails_its_job_with_the_reason_and_a_disabled_host_answers_503() {
+    async fn a_refused_bundle_fails_its_job_with_the_reason_and_a_disabled_host_answers_409() {
         let dir = tempfile::tempdir().unwrap();
         let (mut settings, bundle) = layout(dir.path());
         settings.board = "acme-nas2".into();
@@ -526,6 +525,6 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         let off = start(dir2.path(), None).await;
         let e = off.admin(Action::GetFirmware).await.unwrap_err();
-        assert!(matches!(e, CoreError::Unavailable { .. }), "{e}");
+        assert!(matches!(e, CoreError::Conflict { .. }), "{e}");
     }
 }

@@ -141,7 +141,7 @@ pub struct CoreConfig {
     /// The cluster endpoint's connection caps and timeouts.
     pub cluster_limits: nasvisor_cluster::ServerLimits,
     /// This host's firmware slots; `None` (the default) leaves firmware
-    /// management off (`GET /api/v1/host/firmware` answers 503).
+    /// management off (`GET /api/v1/host/firmware` answers 409).
     pub firmware: Option<FirmwareSettings>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.

@@ -50,7 +50,7 @@ pub struct Config {
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct FirmwareConfig {
     /// Manage the firmware slots (`GET /api/v1/host/firmware`, `POST
-    /// /api/v1/host/firmware/install`); off: both answer 503.
+    /// /api/v1/host/firmware/install`); off: both answer 409.
     pub enabled: bool,
     /// Where the ESP is mounted.
     pub esp: PathBuf,

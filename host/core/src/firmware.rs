@@ -81,7 +81,13 @@ impl Inner {
         let status = tokio::task::spawn_blocking(move || slots.status())
             .await
             .map_err(errors::internal)?
-            .map_err(errors::internal)?;
+            .map_err(|e| match e {
+                // A host not booted from a slot: its state, not a fault.
+                e @ nasvisor_firmware::SlotError::NotBootedFromSlot { .. } => {
+                    errors::conflict(e.to_string())
+                }
+                e => errors::internal(e),
+            })?;
         Ok(view(status))
     }
 
@@ -181,7 +187,11 @@ impl Inner {
             }
         }
         let slots = settings.slot_set();
-        let r = tokio::task::spawn_blocking(move || slots.reconcile()).await;
+        let r = tokio::task::spawn_blocking(move || {
+            slots.clean_stale();
+            slots.reconcile()
+        })
+        .await;
         let target = Some(format!("host/{}", self.host.id));
         match r {
             Ok(Ok(Reconciled::Succeeded {

@@ -465,6 +465,35 @@ impl SlotSet {
         })
     }
 
+    /// Removes what an install cut short by a crash left in the state
+    /// directory: a slot still mounted in a private directory (unmounted)
+    /// and the directory itself. Only when no install runs (at start).
+    pub fn clean_stale(&self) -> usize {
+        let dir = &self.config().state_dir;
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(".slot.") {
+                continue;
+            }
+            let root = e.path().join("root");
+            if let Ok(out) = Command::new("umount").arg(&root).output() {
+                if out.status.success() {
+                    tracing::info!(dir = %root.display(), "unmounted a slot an interrupted install left mounted");
+                }
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => n += 1,
+                Err(err) => {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove an interrupted install's directory")
+                }
+            }
+        }
+        n
+    }
+
     /// Judges the pending update after a boot (the daemon calls it at
     /// start): the pending slot booted and blessed: succeeded, and the
     /// rollback floor rises (`next_floor`); its entry is bad and the other

@@ -637,3 +637,26 @@ fn a_slot_device_that_is_the_booted_one_is_refused_before_anything_is_written() 
     );
     assert!(app.snapshot() == before);
 }
+
+#[test]
+fn a_slot_left_mounted_by_a_crashed_install_is_unmounted_and_removed_at_start() {
+    let app = Appliance::new();
+    let img = app.image("stale");
+    let state_dir = app.slots.config().state_dir.clone();
+    let root = state_dir.join(".slot.crashed/root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "erofs", "-o", "ro,loop"])
+        .arg(&img)
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    if mounted {
+        assert!(root.join("boot/vmlinuz").exists());
+    }
+    assert_eq!(app.slots.clean_stale(), 1);
+    assert!(!state_dir.join(".slot.crashed").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(".slot.crashed"), "{mounts}");
+}

@@ -903,6 +903,13 @@ impl SlotTree {
                 tracing::info!(device = %device.display(), error = %e, "cannot run mount; extracting the slot with fsck.erofs")
             }
         }
+        SlotTree::extract(device, dir)
+    }
+
+    /// The slot's files extracted by `fsck.erofs --extract` into `dir`'s
+    /// `root` (which also checks the image).
+    fn extract(device: &Path, dir: tempfile::TempDir) -> Result<SlotTree, String> {
+        let root = dir.path().join("root");
         let out = Command::new("fsck.erofs")
             .arg(format!("--extract={}", root.display()))
             .args(["--overwrite", "--no-preserve"])
@@ -1043,6 +1050,54 @@ mod tests {
             entry_options(Some("quiet"), Slot::A),
             "root=PARTLABEL=nasvisor-a quiet nasvisor.slot=a"
         );
+    }
+
+    /// Where a slot cannot be mounted, `fsck.erofs --extract` reads it: a
+    /// real image with a trailing zero fill (a slot is larger than its
+    /// image), and a slot that is no erofs.
+    #[test]
+    fn a_slot_that_cannot_be_mounted_is_extracted_by_fsck_erofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("boot")).unwrap();
+        std::fs::write(src.join("boot/vmlinuz-6.1"), b"kernel").unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1", src.join("boot/vmlinuz")).unwrap();
+        std::fs::write(src.join("boot/initrd.img"), b"initrd").unwrap();
+        let slot = dir.path().join("slot.img");
+        let out = Command::new("mkfs.erofs")
+            .arg(&slot)
+            .arg(&src)
+            .output()
+            .expect("mkfs.erofs (erofs-utils)");
+        assert!(out.status.success());
+        std::fs::File::options()
+            .write(true)
+            .open(&slot)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let work = |n: &str| {
+            let d = dir.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            tempfile::Builder::new().tempdir_in(&d).unwrap()
+        };
+        let w = work("w1");
+        std::fs::create_dir(w.path().join("root")).unwrap();
+        let tree = SlotTree::extract(&slot, w).unwrap();
+        assert!(!tree.mounted);
+        let kernel = resolve_in(&tree.root(), "boot/vmlinuz").unwrap();
+        assert_eq!(std::fs::read(kernel).unwrap(), b"kernel");
+        let initrd = resolve_in(&tree.root(), "boot/initrd.img").unwrap();
+        assert_eq!(std::fs::read(initrd).unwrap(), b"initrd");
+
+        let junk = dir.path().join("junk.img");
+        std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+        let w = work("w2");
+        std::fs::create_dir(w.path().join("root")).unwrap();
+        let Err(e) = SlotTree::extract(&junk, w) else {
+            panic!("a zero-filled slot extracted");
+        };
+        assert!(e.contains("is not a readable erofs image"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,9 @@ PKGS=(
   iproute2 iputils-ping
   # NoCloud seed building (VFAT image) and the bundled guest's initramfs
   dosfstools mtools cpio busybox-static syslinux syslinux-common fdisk xz-utils zstd
+  # the firmware install reads a slot image (host/firmware/tests/install.rs
+  # builds one with mkfs.erofs; fsck.erofs extracts where mount cannot)
+  erofs-utils
   # UEFI firmware for guests, cloud-init as the user-data validator
   ovmf cloud-init
   # the admin endpoint's load benchmark (benches/api-load.sh)

@@ -27,6 +27,9 @@ pub const MAX_EVENT_LIMIT: u32 = 1000;
 pub enum Action {
     /// This host's identity, version and resources.
     GetHost,
+    /// This host's firmware: its slots, floors, pending update and last
+    /// outcome.
+    GetFirmware,
     /// All VMs.
     ListVms,
     /// One VM.

@@ -166,6 +166,20 @@ pub trait Core: Send + Sync {
         upload: ImageUpload,
         body: ByteStream,
     ) -> Result<Answer, CoreError>;
+
+    /// Installs a firmware bundle uploaded to `POST
+    /// /api/v1/host/firmware/install` into this host's inactive slot and
+    /// answers with the install Job ([`Answer::Job`]) once the body is
+    /// received. `body` is as for [`Core::upload_image`]: an `Err` (the
+    /// client broke off, or the upload exceeds the server's limit) means
+    /// nothing is installed and what was received is removed. A core
+    /// without firmware management answers [`CoreError::Conflict`].
+    async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
+        drop(body);
+        Err(CoreError::Conflict {
+            reason: "firmware management is not enabled on this host".into(),
+        })
+    }
 }
 
 /// A stream of bytes: a console's output, or an upload's body.

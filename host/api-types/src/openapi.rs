@@ -96,6 +96,8 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "getHost" => c("This host", Q::None, json(one::<HostView>(g))),
         "getCertificate" => c("The admin endpoint's certificate on this host", Q::None, json(one::<CertificateView>(g))),
         "replaceCertificate" => c("Replace this host's admin certificate and key (e.g. one of a company's CA); served to new connections at once, no restart. A key that does not match, an expired certificate or bad PEM is refused and nothing changes", Q::Json(one::<CertificateReplace>(q)), (Answer::Json(one::<CertificateView>(g)), "the certificate now served")),
+        "getFirmware" => c("This host's firmware: its A/B root slots (state, version, boot entry), the rollback floor, the clock floor, the update waiting for its first healthy boot and how the last update ended", Q::None, json(one::<FirmwareView>(g))),
+        "installFirmware" => c("Install a signed firmware bundle (raw body, streamed to the data directory; limit 4 GiB by default, 413 beyond) into this host's inactive slot (a job): verified whole before a slot is touched, then written, read back, and made the next boot with its tries; the booted slot is never touched", Q::Bytes, json(one::<JobView>(g))),
         "listVms" => c("All VMs", Q::None, json(list::<VmView>(g))),
         "createVm" => c("Define a VM", Q::Json(one::<VmCreate>(q)), json(one::<VmView>(g))),
         "getVm" => c("One VM", Q::None, json(one::<VmView>(g))),

@@ -279,6 +279,14 @@ pub fn upload_request(m: &Matched, query: Option<&str>) -> Result<ImageUpload, A
     })
 }
 
+/// Validates the path and query of the firmware install route (it takes
+/// none).
+pub fn firmware_request(m: &Matched, query: Option<&str>) -> Result<(), ApiError> {
+    check_params(m)?;
+    parse_query(query, m.route.query)?;
+    Ok(())
+}
+
 fn check_params(m: &Matched) -> Result<(), ApiError> {
     for (name, value) in &m.params {
         check_name(name, value)?;
@@ -313,7 +321,7 @@ fn since_limit(q: &BTreeMap<String, String>) -> Result<(Option<u64>, u32), ApiEr
 /// Turns a matched route, its query and its body into an [`Action`],
 /// validating everything that needs no core state. Routes the API layer
 /// answers itself (`health`, `login`, the certificate's) or streams
-/// (`getConsole`, `uploadImage`) give `Ok(None)`.
+/// (`getConsole`, `uploadImage`, `installFirmware`) give `Ok(None)`.
 pub fn to_action(
     m: &Matched,
     query: Option<&str>,
@@ -326,8 +334,8 @@ pub fn to_action(
     }
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
-        "health" | "login" | "getConsole" | "uploadImage" | "getCertificate"
-        | "replaceCertificate" | "getOpenapi" | "getMetrics" => return Ok(None),
+        "health" | "login" | "getConsole" | "uploadImage" | "installFirmware"
+        | "getCertificate" | "replaceCertificate" | "getOpenapi" | "getMetrics" => return Ok(None),
         "logout" => Action::Logout,
         "whoami" => Action::Whoami,
         "changePassword" => Action::ChangePassword(parse_valid::<PasswordChange>(body)?),
@@ -342,6 +350,7 @@ pub fn to_action(
         "createToken" => Action::CreateToken(parse_valid::<TokenCreate>(body)?),
         "revokeToken" => Action::RevokeToken { id: p("id") },
         "getHost" => Action::GetHost,
+        "getFirmware" => Action::GetFirmware,
         "listVms" => Action::ListVms,
         "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
         "getVm" => Action::GetVm { id: p("id") },

@@ -15,12 +15,14 @@
 //! The core answers with a typed [`Answer`]; this is the one place it
 //! becomes the JSON body ([`Answer::to_json_bytes`]).
 //!
-//! Two routes stream instead of answering with one JSON value: the console
+//! Three routes stream instead of answering with one JSON value: the console
 //! (`GET /api/v1/vms/{id}/console`, a chunked `application/octet-stream`
-//! answer fed by [`Core::console`]) and the image upload
+//! answer fed by [`Core::console`]), the image upload
 //! (`POST /api/v1/images/{name}/upload`, whose raw body is handed to
 //! [`Core::upload_image`] as it arrives, never buffered whole, limited by
-//! [`ServerSettings::max_upload`] instead of `max_body`).
+//! [`ServerSettings::max_upload`] instead of `max_body`) and the firmware
+//! install (`POST /api/v1/host/firmware/install`, the same way to
+//! [`Core::install_firmware`], limited by [`ServerSettings::max_firmware`]).
 //!
 //! Every connection is held to [`ServerSettings::limits`] (see
 //! [`nasvisor_limits`]): beyond the connection caps a new connection is
@@ -60,6 +62,8 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 const MAX_LOGIN_BODY: usize = 4096;
 /// Default largest image upload (64 GiB).
 pub const DEFAULT_MAX_UPLOAD: u64 = 64 * 1024 * 1024 * 1024;
+/// Default largest firmware bundle upload (4 GiB).
+pub const DEFAULT_MAX_FIRMWARE: u64 = 4 * 1024 * 1024 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How to run the endpoint.
@@ -75,6 +79,9 @@ pub struct ServerSettings {
     pub max_body: usize,
     /// Largest image upload (`POST /api/v1/images/{name}/upload`), bytes.
     pub max_upload: u64,
+    /// Largest firmware bundle (`POST /api/v1/host/firmware/install`),
+    /// bytes.
+    pub max_firmware: u64,
     /// Connection caps and timeouts.
     pub limits: ServerLimits,
 }
@@ -88,6 +95,7 @@ impl ServerSettings {
             tls: TlsSettings::default(),
             max_body: DEFAULT_MAX_BODY,
             max_upload: DEFAULT_MAX_UPLOAD,
+            max_firmware: DEFAULT_MAX_FIRMWARE,
             limits: ServerLimits::default(),
         }
     }
@@ -118,6 +126,7 @@ struct Shared {
     certificate: Arc<tls::CertStore>,
     max_body: usize,
     max_upload: u64,
+    max_firmware: u64,
     body_timeout: Duration,
 }
 
@@ -160,6 +169,7 @@ impl Server {
                 core,
                 max_body: settings.max_body,
                 max_upload: settings.max_upload,
+                max_firmware: settings.max_firmware,
                 body_timeout: settings.limits.body_timeout,
             }),
             limits: Arc::new(settings.limits),
@@ -482,7 +492,12 @@ async fn respond(
     let query = req.uri().query().map(str::to_string);
     match route.operation {
         "getConsole" => return console(shared, &matched, query.as_deref(), req).await,
-        "uploadImage" => return upload(shared, &matched, query.as_deref(), req).await,
+        "uploadImage" => {
+            return upload(shared, &matched, query.as_deref(), req, Upload::Image).await
+        }
+        "installFirmware" => {
+            return upload(shared, &matched, query.as_deref(), req, Upload::Firmware).await
+        }
         "getCertificate" => return Ok(json_response(StatusCode::OK, &shared.certificate.view())),
         "getOpenapi" => {
             return Ok(json_bytes_response(
@@ -663,15 +678,29 @@ impl Stream for FrameStream {
     }
 }
 
-/// `POST /api/v1/images/{name}/upload`: the request body goes to the core
-/// as a stream, counted against `max_upload`.
+/// What a streamed upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    /// `POST /api/v1/images/{name}/upload`, limited by `max_upload`.
+    Image,
+    /// `POST /api/v1/host/firmware/install`, limited by `max_firmware`.
+    Firmware,
+}
+
+/// A streamed upload (`POST /api/v1/images/{name}/upload`, `POST
+/// /api/v1/host/firmware/install`): the request body goes to the core as a
+/// stream, counted against the route's limit.
 async fn upload(
     shared: &Shared,
     matched: &router::Matched,
     query: Option<&str>,
     req: Request<Incoming>,
+    what: Upload,
 ) -> Result<Response<RespBody>, ApiError> {
-    let max = shared.max_upload;
+    let max = match what {
+        Upload::Image => shared.max_upload,
+        Upload::Firmware => shared.max_firmware,
+    };
     let too_large = || {
         ApiError::status(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -686,9 +715,12 @@ async fn upload(
     } else if content_length(&req).is_some_and(|len| len > max) {
         Err(too_large())
     } else {
-        router::upload_request(matched, query)
+        match what {
+            Upload::Image => router::upload_request(matched, query).map(Some),
+            Upload::Firmware => router::firmware_request(matched, query).map(|()| None),
+        }
     };
-    let upload = match checked {
+    let image = match checked {
         Ok(u) => u,
         Err(e) => {
             drain(req.into_body(), shared.body_timeout);
@@ -705,8 +737,16 @@ async fn upload(
         stalled: stalled.clone(),
         done: false,
     });
-    tracing::debug!(name = %upload.name, "image upload");
-    let result = shared.core.upload_image(upload, stream).await;
+    let result = match image {
+        Some(upload) => {
+            tracing::debug!(name = %upload.name, "image upload");
+            shared.core.upload_image(upload, stream).await
+        }
+        None => {
+            tracing::debug!("firmware bundle upload");
+            shared.core.install_firmware(stream).await
+        }
+    };
     if exceeded.load(Ordering::SeqCst) {
         return Err(too_large());
     }
@@ -714,7 +754,7 @@ async fn upload(
         let stall = BodyStalled {
             after: shared.body_timeout,
         };
-        tracing::info!(error = %stall, "image upload stalled; the import was ended");
+        tracing::info!(error = %stall, "upload stalled; it was ended");
         return Err(ApiError {
             status: StatusCode::REQUEST_TIMEOUT,
             field: Some("body".into()),

@@ -1,6 +1,7 @@
 //! `nasvisor firmware ...`: build, sign, verify and inspect update bundles.
-//! All four work locally, on files; the format and the checks are
-//! `nasvisor-firmware`'s (docs/firmware.md).
+//! These four work locally, on files; the format and the checks are
+//! `nasvisor-firmware`'s (docs/firmware.md). `install` and `status` talk to
+//! a host (`api::firmware`).
 
 use crate::api::client::CliError;
 use crate::api::render::{cell, Out, Render};
@@ -50,6 +51,20 @@ pub enum FirmwareCommand {
         /// The bundle.
         bundle: PathBuf,
     },
+    /// Install a bundle on the host (over the API, admins only): streamed
+    /// to it, verified whole, written into its inactive slot and made the
+    /// next boot (a job). The booted slot is never touched.
+    Install {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Follow the install job until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The host's firmware slots (state, version), its rollback and clock
+    /// floors, the pending update and how the last one ended (over the
+    /// API).
+    Status,
 }
 
 /// `firmware build`.
@@ -251,6 +266,9 @@ pub fn run(cmd: FirmwareCommand, out: Out) -> ExitCode {
 
 fn run_inner(cmd: FirmwareCommand, out: Out) -> Result<()> {
     match cmd {
+        FirmwareCommand::Install { .. } | FirmwareCommand::Status => Err(anyhow!(
+            "firmware install and status talk to a host: main dispatches them to the API"
+        )),
         FirmwareCommand::Build(a) => build(a, out),
         FirmwareCommand::Sign {
             bundle,

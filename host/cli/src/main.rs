@@ -48,7 +48,8 @@ enum Command {
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
     /// Build, sign, verify and inspect signed firmware update bundles
-    /// (local files; docs/firmware.md).
+    /// (local files); install one on a host and show its slots (over the
+    /// API). docs/firmware.md.
     #[command(subcommand)]
     Firmware(firmware_cmd::FirmwareCommand),
     /// Named nasvisords (endpoint, pinned certificate, token) in the CLI's
@@ -106,6 +107,14 @@ fn main() -> ExitCode {
             api::with_client(opts, out, |c, out| api::plugin::reset(c, out, &world))
         }
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
+        Command::Firmware(firmware_cmd::FirmwareCommand::Status) => {
+            api::with_client(opts, out, api::firmware::status)
+        }
+        Command::Firmware(firmware_cmd::FirmwareCommand::Install { bundle, wait }) => {
+            api::with_client(opts, out, |c, out| {
+                api::firmware::install(c, out, &bundle, wait)
+            })
+        }
         Command::Firmware(cmd) => firmware_cmd::run(cmd, out),
         Command::Remote(cmd) => api::exit(remote_cmd::run(cmd, opts, out)),
         Command::Completion { shell } => api::exit(generate::print(&generate::completion(

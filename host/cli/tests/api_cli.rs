@@ -13,11 +13,12 @@
 use bytes::Bytes;
 use nasvisor_api::types::{
     strict, ApiTokenView, AuditEntry, AuditView, Caller, CallerView, ClusterView, Credential,
-    CredentialKind, DiskSpec, EventView, FirmwareKind, HostDegrade, HostHealth, HostView, ImageAdd,
-    ImageMetaSpec, ImageSource, ImageView, InstallNetwork, InstallSpec, InstallUser, IntoAnswer,
-    JobView, JoinTokenView, Login, NewTokenView, NicModel, NicSpec, PluginResetView, PluginView,
-    PoolCreate, PoolView, Request, Role, SessionView, SnapshotView, UserView, VmCreate, VmRecover,
-    VmState, VmUpdate, VmView, VolumeCreate, VolumeFormat, VolumeView, VswitchCreate, VswitchView,
+    CredentialKind, DiskSpec, EventView, FirmwareKind, FirmwareView, HostDegrade, HostHealth,
+    HostView, ImageAdd, ImageMetaSpec, ImageSource, ImageView, InstallNetwork, InstallSpec,
+    InstallUser, IntoAnswer, JobView, JoinTokenView, Login, NewTokenView, NicModel, NicSpec,
+    PluginResetView, PluginView, PoolCreate, PoolView, Request, Role, SessionView, SnapshotView,
+    UserView, VmCreate, VmRecover, VmState, VmUpdate, VmView, VolumeCreate, VolumeFormat,
+    VolumeView, VswitchCreate, VswitchView,
 };
 use nasvisor_api::{
     Action, Answer, ByteStream, Core, CoreError, ImageUpload, PowerOp, Server, ServerSettings,
@@ -63,6 +64,8 @@ struct Fake {
     polls: Mutex<HashMap<String, usize>>,
     /// (request, bytes received, sha256 hex of them)
     uploads: Mutex<Vec<(ImageUpload, u64, String)>>,
+    /// Firmware bundles received: (bytes, sha256 hex of them)
+    firmware_uploads: Mutex<Vec<(u64, String)>>,
     consoles: Mutex<Vec<(String, bool, u64)>>,
     /// Console input is echoed into open console streams.
     echo: Mutex<Option<tokio::sync::broadcast::Sender<String>>>,
@@ -143,6 +146,24 @@ fn host() -> HostView {
     )
 }
 
+fn firmware() -> FirmwareView {
+    view(json!({
+        "booted": "a",
+        "slots": [
+            {"slot": "a", "state": "booted", "tries_left": null, "tries_done": null,
+             "version": "2.0.1", "generation": 1, "entry": "nasvisor-1-a.conf", "blessed": true},
+            {"slot": "b", "state": "pending", "tries_left": 3, "tries_done": null,
+             "version": "2.1.0", "generation": 2, "entry": "nasvisor-2-b+3.conf", "blessed": null}
+        ],
+        "rollback_floor": "2.0.0",
+        "clock_floor": "2026-01-10T09:00:00Z",
+        "pending": {"slot": "b", "version": "2.1.0", "generation": 2,
+                    "installed_at": "2026-02-01T10:00:00Z"},
+        "last_outcome": {"result": "installed", "at": "2026-02-01T10:00:00Z", "version": "2.1.0",
+                         "slot": "b", "code": null, "reason": "installed into slot b"}
+    }))
+}
+
 impl Fake {
     fn poll_job(&self, id: &str) -> JobView {
         let n = {
@@ -176,6 +197,7 @@ impl Fake {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
             Action::GetHost => host().into_answer(),
+            Action::GetFirmware => firmware().into_answer(),
             Action::ListVms => vec![vm("vm1"), vm("web-server-2")].into_answer(),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
@@ -510,6 +532,27 @@ impl Core for Fake {
             .push((upload, n, hex::encode(hash.finalize())));
         let mut j = job("jup", "upload_image", "queued", 0.0, None);
         j.target = Some(format!("image/{name}"));
+        Ok(j.into_answer())
+    }
+
+    async fn install_firmware(&self, mut body: ByteStream) -> Result<Answer, CoreError> {
+        let mut hash = Sha256::new();
+        let mut n = 0u64;
+        while let Some(chunk) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+        {
+            let chunk = chunk.map_err(|e| CoreError::Internal {
+                reason: e.to_string(),
+            })?;
+            n += chunk.len() as u64;
+            hash.update(&chunk);
+        }
+        self.firmware_uploads
+            .lock()
+            .unwrap()
+            .push((n, hex::encode(hash.finalize())));
+        let mut j = job("jfw", "firmware-install", "queued", 0.0, None);
+        j.target = Some("host/h1".into());
         Ok(j.into_answer())
     }
 }
@@ -1089,6 +1132,7 @@ fn every_command_sends_the_right_action() {
     let h = Harness::start();
     let cases: Vec<(Vec<&str>, Action)> = vec![
         (vec!["host"], Action::GetHost),
+        (vec!["firmware", "status"], Action::GetFirmware),
         (
             vec!["vm", "start", "vm1"],
             Action::VmPower {
@@ -2032,6 +2076,56 @@ fn image_upload_streams_the_file() {
         "error: authorization: invalid token (HTTP 401)\n"
     );
     assert_eq!(h.core.uploads.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn firmware_status_shows_the_slots_and_install_streams_the_bundle_as_a_job() {
+    let h = Harness::start();
+    let out = h.ok(&["firmware", "status"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SLOT") && lines[0].contains("STATE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("booted") && lines[1].contains("2.0.1"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("pending (3 tries left)") && lines[2].contains("nasvisor-2-b+3.conf"),
+        "{out}"
+    );
+    assert!(out.contains("rollback floor:  2.0.0"), "{out}");
+    assert!(
+        out.contains("clock floor:     2026-01-10T09:00:00Z"),
+        "{out}"
+    );
+    assert!(out.contains("2.1.0 in slot b (generation 2"), "{out}");
+    let json: Value = serde_json::from_str(&h.ok(&["--json", "firmware", "status"])).unwrap();
+    assert_eq!(strict::<FirmwareView>(&json).unwrap(), firmware());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("update.nvfw");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 77u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let out = h.ok(&["firmware", "install", path.to_str().unwrap()]);
+    assert!(
+        out.contains("job jfw (firmware-install) queued for host/h1"),
+        "{out}"
+    );
+    let got = h.core.firmware_uploads.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![(data.len() as u64, hex::encode(Sha256::digest(&data)))]
+    );
+    let e = h.fails(&["firmware", "install", "/nonexistent/update.nvfw"]);
+    assert!(
+        e.contains("/nonexistent/update.nvfw: not a bundle file"),
+        "{e}"
+    );
+    assert_eq!(h.core.firmware_uploads.lock().unwrap().len(), 1);
 }
 
 #[test]

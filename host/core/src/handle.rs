@@ -283,6 +283,7 @@ impl Inner {
         let c = self;
         match action {
             Action::GetHost => answer(Ok(c.this_host_view())),
+            Action::GetFirmware => answer(c.firmware_status().await),
             Action::ListVms => answer(Ok(c.list_vms())),
             Action::GetVm { id } => answer(c.find_vm(&id).map(|v| c.vm_view(&v))),
             Action::CreateVm(req) => answer(c.create_vm(req).await),
@@ -442,6 +443,10 @@ impl nasvisor_api_types::Core for NasCore {
                 .upload_image(upload.name, upload.meta, body)
                 .await,
         )
+    }
+
+    async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
+        answer(self.inner.install_firmware(body).await)
     }
 }
 

@@ -483,6 +483,7 @@ impl Inner {
                     .map(|_| "completed before the restart".to_string()),
                 Ok(JobSpec::Install(j)) => Err(self.recover_install_job(&j).await),
                 Ok(JobSpec::Migrate(j)) => Err(self.recover_migrate_job(&job.id, j).await),
+                Ok(JobSpec::FirmwareInstall(j)) => Err(self.recover_firmware_job(&j)),
                 Ok(JobSpec::VolumeImport(_) | JobSpec::Evacuate(_)) => {
                     Err("interrupted by a restart of nasvisord; partial files were removed".into())
                 }

@@ -22,6 +22,7 @@ pub mod errors;
 mod events;
 mod failover;
 mod faults;
+mod firmware;
 mod ha;
 mod handle;
 mod health;
@@ -42,6 +43,7 @@ mod vms;
 mod vswitches;
 
 use crate::db::Db;
+pub use crate::firmware::FirmwareSettings;
 use crate::model::HostRecord;
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterNet, ClusterStore};
@@ -138,6 +140,9 @@ pub struct CoreConfig {
     pub ha_restart_period: Duration,
     /// The cluster endpoint's connection caps and timeouts.
     pub cluster_limits: nasvisor_cluster::ServerLimits,
+    /// This host's firmware slots; `None` (the default) leaves firmware
+    /// management off (`GET /api/v1/host/firmware` answers 409).
+    pub firmware: Option<FirmwareSettings>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
@@ -177,6 +182,7 @@ impl CoreConfig {
             ha_max_restarts: 3,
             ha_restart_period: Duration::from_secs(600),
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
+            firmware: None,
             #[cfg(test)]
             test_peer_window: None,
             #[cfg(test)]
@@ -446,6 +452,7 @@ impl NasCore {
         inner.ensure_default_pool().await?;
         inner.make_pools_private();
         inner.recover().await?;
+        inner.reconcile_firmware().await;
         inner.start_ha_lease();
         inner.add_bundled_images().await;
         inner.register_library_images().await;

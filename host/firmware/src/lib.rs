@@ -24,20 +24,33 @@
 //! match: the caller gets a [`Verified`] token or an error, never a
 //! payload of unknown worth. [`build`] and [`sign`] are the vendor's side.
 //! docs/firmware.md describes the format, the checks and their order.
+//!
+//! On the appliance, [`SlotSet`] reads the A/B slots and the boot
+//! entries, [`SlotSet::install`] installs a `reboot` bundle into the
+//! inactive slot, [`SlotSet::reconcile`] judges it after the reboot, and
+//! [`State`] keeps the rollback floor, the clock floor and the outcome.
 
 mod build;
 mod error;
+mod install;
 mod layout;
 mod manifest;
 mod policy;
 mod sink;
+mod slots;
+mod state;
 mod verify;
 
 pub use build::{build, sign, BuildSpec};
 pub use error::BundleError;
+pub use install::{InstallError, Installed, Phase, Progress, ProgressFn, Reconciled, SlotSink};
 pub use manifest::{rfc3339, Class, Manifest, Payload, FORMAT, MAX_MANIFEST_BYTES};
 pub use policy::{next_floor, Policy};
 pub use sink::{DigestOnly, FileSink, PayloadSink};
+pub use slots::{
+    Counter, Entry, FirmwareStatus, Slot, SlotConfig, SlotError, SlotSet, SlotState, SlotStatus,
+};
+pub use state::{Outcome, OutcomeKind, PendingUpdate, State, StateError, STATE_FORMAT};
 pub use verify::{
     open_file, verify, verify_file, CheckedBundle, OpenBundle, Verified, SIGNATURE_DOMAIN,
 };

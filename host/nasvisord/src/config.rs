@@ -40,6 +40,56 @@ pub struct Config {
     pub images: ImagesConfig,
     pub cluster: ClusterConfig,
     pub plugins: PluginsConfig,
+    pub firmware: FirmwareConfig,
+}
+
+/// `[firmware]`: this host's A/B root slots and the install of firmware
+/// bundles into them (docs/firmware.md, "Installing"). Off unless the
+/// appliance's configuration turns it on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct FirmwareConfig {
+    /// Manage the firmware slots (`GET /api/v1/host/firmware`, `POST
+    /// /api/v1/host/firmware/install`); off: both answer 409.
+    pub enabled: bool,
+    /// Where the ESP is mounted.
+    pub esp: PathBuf,
+    /// The device of root slot a.
+    pub slot_a: PathBuf,
+    /// The device of root slot b.
+    pub slot_b: PathBuf,
+    /// The kernel command line (`nasvisor.slot=a|b` names the booted slot).
+    pub cmdline: PathBuf,
+    /// The tries a newly installed slot gets before the boot loader falls
+    /// back to the other (1..=10).
+    pub tries: u32,
+    /// Directory of the vendor public keys (`*.pub`) a bundle must be
+    /// signed by: inside the booted, read-only slot.
+    pub trusted_keys_dir: PathBuf,
+    /// This product (a bundle's `product` must be it); required when enabled.
+    pub product: String,
+    /// This board (a bundle's `compatible` must name it); required when
+    /// enabled.
+    pub board: String,
+    /// Largest bundle upload, bytes.
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        FirmwareConfig {
+            enabled: false,
+            esp: PathBuf::from("/efi"),
+            slot_a: PathBuf::from("/dev/disk/by-partlabel/nasvisor-a"),
+            slot_b: PathBuf::from("/dev/disk/by-partlabel/nasvisor-b"),
+            cmdline: PathBuf::from("/proc/cmdline"),
+            tries: 3,
+            trusted_keys_dir: PathBuf::from("/usr/share/nasvisor/firmware-keys"),
+            product: String::new(),
+            board: String::new(),
+            max_bundle_bytes: 4 << 30,
+        }
+    }
 }
 
 /// `[cluster]`
@@ -291,6 +341,7 @@ impl Default for Config {
             images: ImagesConfig::default(),
             cluster: ClusterConfig::default(),
             plugins: PluginsConfig::default(),
+            firmware: FirmwareConfig::default(),
         }
     }
 }
@@ -458,6 +509,43 @@ impl Config {
                     reason,
                 })?;
         }
+        let fw = &cfg.firmware;
+        if fw.enabled {
+            for (field, v) in [
+                ("firmware.product", &fw.product),
+                ("firmware.board", &fw.board),
+            ] {
+                if v.is_empty() {
+                    return Err(invalid(
+                        field,
+                        "required when firmware.enabled is true".into(),
+                    ));
+                }
+            }
+        }
+        range("firmware.tries", fw.tries.into(), 1, 10)?;
+        for (field, p) in [
+            ("firmware.esp", &fw.esp),
+            ("firmware.slot-a", &fw.slot_a),
+            ("firmware.slot-b", &fw.slot_b),
+            ("firmware.cmdline", &fw.cmdline),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be an absolute path, got {:?}",
+                        p.display().to_string()
+                    ),
+                ));
+            }
+        }
+        if fw.slot_a == fw.slot_b {
+            return Err(invalid(
+                "firmware.slot-b",
+                "is slot a's device: the slots must be two devices".into(),
+            ));
+        }
         let policy_max = cfg
             .plugins
             .settings
@@ -496,9 +584,59 @@ impl Config {
     }
 }
 
+impl FirmwareConfig {
+    /// The core's firmware settings, when enabled; the state lives under
+    /// `data_dir/firmware`.
+    pub fn settings(&self, data_dir: &Path) -> Option<nasvisor_core::FirmwareSettings> {
+        self.enabled.then(|| nasvisor_core::FirmwareSettings {
+            slots: nasvisor_firmware::SlotConfig {
+                esp: self.esp.clone(),
+                devices: [self.slot_a.clone(), self.slot_b.clone()],
+                cmdline: self.cmdline.clone(),
+                state_dir: data_dir.join("firmware"),
+                tries: self.tries,
+            },
+            trusted_keys_dir: self.trusted_keys_dir.clone(),
+            product: self.product.clone(),
+            board: self.board.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn firmware_is_off_by_default_and_needs_its_product_and_board_when_on() {
+        let cfg = Config::parse("", Path::new("c.toml")).unwrap();
+        assert!(!cfg.firmware.enabled);
+        assert!(cfg.firmware.settings(&cfg.data_dir).is_none());
+        let e = Config::parse(
+            "[firmware]\nenabled = true\nproduct = \"acme-nas\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("firmware.board: required"), "{e}");
+        let e = Config::parse("[firmware]\ntries = 0\n", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("firmware.tries"), "{e}");
+        let e = Config::parse("[firmware]\nesp = \"efi\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("firmware.esp: must be an absolute path"),
+            "{e}"
+        );
+        let cfg = Config::parse(
+            "data-dir = \"/data\"\n[firmware]\nenabled = true\nproduct = \"acme-nas\"\nboard = \"acme-nas4\"\ntries = 5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let s = cfg.firmware.settings(&cfg.data_dir).unwrap();
+        assert_eq!(s.slots.state_dir, PathBuf::from("/data/firmware"));
+        assert_eq!(s.slots.tries, 5);
+        assert_eq!(s.slots.esp, PathBuf::from("/efi"));
+        assert_eq!(s.board, "acme-nas4");
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

@@ -295,6 +295,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.ha_restart_period = std::time::Duration::from_secs(cfg.cluster.ha_restart_period_s);
     c.migration_tls = cfg.cluster.migration_tls;
     c.cluster_limits = cfg.cluster.limits.limits();
+    c.firmware = cfg.firmware.settings(&cfg.data_dir);
     c.bundled_images = cfg
         .images
         .bundled
@@ -339,6 +340,7 @@ async fn serve(
     settings.tls.key = cfg.api.tls_key.clone();
     settings.tls.extra_names = cfg.api.extra_names.clone();
     settings.max_upload = cfg.api.max_upload_bytes;
+    settings.max_firmware = cfg.firmware.max_bundle_bytes;
     settings.limits = cfg.api.limits.limits();
     let server = nasvisor_api::Server::bind(settings, std::sync::Arc::new(core.clone()))
         .await

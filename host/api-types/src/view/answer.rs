@@ -76,6 +76,8 @@ pub enum Answer {
     Decisions(Vec<DecisionView>),
     /// The admin endpoint's certificate.
     Certificate(CertificateView),
+    /// This host's firmware slots and update state.
+    Firmware(FirmwareView),
 }
 
 impl Answer {
@@ -130,6 +132,7 @@ impl Serialize for ApiBody<'_> {
             Answer::Audit(v) => v.serialize(s),
             Answer::Decisions(v) => v.serialize(s),
             Answer::Certificate(v) => v.serialize(s),
+            Answer::Firmware(v) => v.serialize(s),
         }
     }
 }
@@ -196,4 +199,5 @@ into_answer! {
     Vec<AuditView> => Audit;
     Vec<DecisionView> => Decisions;
     CertificateView => Certificate;
+    FirmwareView => Firmware;
 }

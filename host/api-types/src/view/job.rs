@@ -47,7 +47,7 @@ pub struct JobView {
     /// Job id.
     pub id: String,
     /// `install`, `image-import`, `image-upload`, `volume-import`,
-    /// `migrate`, `evacuate`.
+    /// `migrate`, `evacuate`, `firmware-install`.
     pub kind: String,
     /// State.
     pub state: JobState,

@@ -182,6 +182,7 @@ impl FakeCore {
         self.calls.lock().unwrap().push(action.clone());
         Ok(match action {
             Action::GetHost => host("nas1").into_answer(),
+            Action::GetFirmware => firmware().into_answer(),
             Action::ListHosts => vec![host("nas1"), host("nas2")].into_answer(),
             Action::SetCordon { host: h, .. } | Action::SetMaintenance { host: h, .. } => {
                 host(&h).into_answer()
@@ -496,6 +497,41 @@ impl Core for FakeCore {
         j.target = Some(format!("image/{name}"));
         Ok(j.into_answer())
     }
+
+    async fn install_firmware(&self, mut body: ByteStream) -> Result<Answer, CoreError> {
+        let mut n = 0usize;
+        while let Some(chunk) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+        {
+            n += chunk
+                .map_err(|e| CoreError::Invalid {
+                    field: "body".into(),
+                    reason: e.to_string(),
+                })?
+                .len();
+        }
+        let mut j = job("j-fw", "firmware-install");
+        j.message = Some(format!("received {n} bytes"));
+        Ok(j.into_answer())
+    }
+}
+
+/// A host's firmware: booted from slot a, slot b pending.
+pub fn firmware() -> nasvisor_api::types::FirmwareView {
+    view(json!({
+        "booted": "a",
+        "slots": [
+            {"slot": "a", "state": "booted", "tries_left": null, "tries_done": null,
+             "version": "2.0.1", "generation": 1, "entry": "nasvisor-1-a.conf", "blessed": true},
+            {"slot": "b", "state": "pending", "tries_left": 3, "tries_done": null,
+             "version": "2.1.0", "generation": 2, "entry": "nasvisor-2-b+3.conf", "blessed": null}
+        ],
+        "rollback_floor": "2.0.0",
+        "clock_floor": "2026-01-10T09:00:00Z",
+        "pending": {"slot": "b", "version": "2.1.0", "generation": 2,
+                    "installed_at": "2026-02-01T10:00:00Z"},
+        "last_outcome": null
+    }))
 }
 
 /// An mpsc receiver as a stream.

@@ -203,15 +203,16 @@ impl<R: Read> Read for Progress<R> {
 }
 
 /// Uploads `file` as the body of `POST path`, streamed; the Job answer.
-pub fn upload(c: &Client, path: &str, file: &Path) -> CliResult<JobView> {
+/// `label` names the file's argument in errors (`--upload`, `bundle`).
+pub fn upload(c: &Client, path: &str, file: &Path, label: &str) -> CliResult<JobView> {
     let f = std::fs::File::open(file)
-        .map_err(|e| CliError::msg(format!("--upload {}: {e}", file.display())))?;
+        .map_err(|e| CliError::msg(format!("{label} {}: {e}", file.display())))?;
     let meta = f
         .metadata()
-        .map_err(|e| CliError::msg(format!("--upload {}: {e}", file.display())))?;
+        .map_err(|e| CliError::msg(format!("{label} {}: {e}", file.display())))?;
     if !meta.is_file() {
         return Err(CliError::msg(format!(
-            "--upload {}: not a regular file",
+            "{label} {}: not a regular file",
             file.display()
         )));
     }

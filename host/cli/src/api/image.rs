@@ -139,6 +139,7 @@ fn upload(c: &Client, a: &ImageAddArgs, file: &std::path::Path) -> CliResult<Job
         c,
         &format!("/api/v1/images/{}/upload{}", enc(&a.name), query(&q)),
         file,
+        "--upload",
     )
 }
 

@@ -7,7 +7,8 @@
 //! - [`storage`]: pools, volumes, snapshots; [`image`]: system images;
 //!   [`vswitch`]: virtual switches;
 //! - [`jobs`]: `job` and following a job; [`event`]: the event log;
-//!   [`plugin`]: the plugins of the cluster; [`access`]: users, API
+//!   [`plugin`]: the plugins of the cluster; [`firmware`]: this host's
+//!   firmware slots (`firmware install|status`); [`access`]: users, API
 //!   tokens, passwords and the audit log.
 //!
 //! Request bodies are the `nasvisor-api-types` structs; answers are read
@@ -22,6 +23,7 @@ pub mod client;
 mod cluster;
 mod console;
 mod event;
+pub mod firmware;
 mod ha;
 mod host;
 mod image;

@@ -712,6 +712,7 @@ pub(crate) fn is_read_only(a: &Action) -> bool {
     matches!(
         a,
         Action::GetHost
+            | Action::GetFirmware
             | Action::ListVms
             | Action::GetVm { .. }
             | Action::ListPools

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) mod spec;
 
-pub(crate) use spec::{EvacuateJob, ImageJob, InstallJob, JobSpec, VolumeImportJob};
+pub(crate) use spec::{EvacuateJob, FirmwareJob, ImageJob, InstallJob, JobSpec, VolumeImportJob};
 
 /// How many ended jobs are kept (the oldest go first).
 const KEEP_ENDED_JOBS: usize = 500;

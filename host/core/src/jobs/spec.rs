@@ -55,6 +55,13 @@ pub(crate) struct EvacuateJob {
     pub vms: Vec<String>,
 }
 
+/// `firmware-install`: a bundle installed into this host's inactive slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FirmwareJob {
+    /// The received bundle, in the data directory (removed at the end).
+    pub bundle: String,
+}
+
 /// A job's kind and parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum JobSpec {
@@ -64,6 +71,7 @@ pub(crate) enum JobSpec {
     Install(InstallJob),
     Migrate(MigrateJob),
     Evacuate(EvacuateJob),
+    FirmwareInstall(FirmwareJob),
 }
 
 impl JobSpec {
@@ -76,6 +84,7 @@ impl JobSpec {
             JobSpec::Install(_) => "install",
             JobSpec::Migrate(_) => "migrate",
             JobSpec::Evacuate(_) => "evacuate",
+            JobSpec::FirmwareInstall(_) => "firmware-install",
         }
     }
 
@@ -87,6 +96,7 @@ impl JobSpec {
             JobSpec::Install(j) => serde_json::to_value(j),
             JobSpec::Migrate(j) => serde_json::to_value(j),
             JobSpec::Evacuate(j) => serde_json::to_value(j),
+            JobSpec::FirmwareInstall(j) => serde_json::to_value(j),
         };
         v.map_err(|e| errors::internal(format!("the parameters of a {} job: {e}", self.kind())))
     }
@@ -109,6 +119,7 @@ impl JobSpec {
             "install" => JobSpec::Install(read(job)?),
             "migrate" => JobSpec::Migrate(read(job)?),
             "evacuate" => JobSpec::Evacuate(read(job)?),
+            "firmware-install" => JobSpec::FirmwareInstall(read(job)?),
             other => return Err(format!("job {}: unknown kind {other:?}", job.id)),
         })
     }
@@ -165,6 +176,9 @@ pub(crate) mod tests {
             JobSpec::Evacuate(EvacuateJob {
                 host: "nas1".into(),
                 vms: vec!["a".into(), "b".into()],
+            }),
+            JobSpec::FirmwareInstall(FirmwareJob {
+                bundle: "/var/lib/nasvisor/firmware/uploads/x.nvfw".into(),
             }),
         ];
         for spec in specs {

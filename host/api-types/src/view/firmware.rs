@@ -1,0 +1,135 @@
+//! The firmware answer (`Firmware` schema): this host's A/B root slots,
+//! its rollback and clock floors, the update waiting for its first healthy
+//! boot and how the last update ended (docs/firmware.md, "Status").
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What the boot loader makes of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareSlotState {
+    /// The running system booted from it.
+    Booted,
+    /// Its entry is blessed: it booted healthily before.
+    Good,
+    /// Being tried: booted next while tries are left (`tries_left`).
+    Pending,
+    /// Every try failed (`tries_done`); not booted any more.
+    Bad,
+    /// No boot entry: never installed, or being rewritten.
+    Empty,
+}
+
+impl FirmwareSlotState {
+    /// The API name, e.g. `pending`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareSlotState::Booted => "booted",
+            FirmwareSlotState::Good => "good",
+            FirmwareSlotState::Pending => "pending",
+            FirmwareSlotState::Bad => "bad",
+            FirmwareSlotState::Empty => "empty",
+        }
+    }
+}
+
+/// One root slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "FirmwareSlot", deny_unknown_fields)]
+pub struct FirmwareSlotView {
+    /// `a` or `b`.
+    pub slot: String,
+    /// Its state.
+    pub state: FirmwareSlotState,
+    /// Tries left (a pending slot).
+    pub tries_left: Option<u32>,
+    /// Tries that failed (a bad slot).
+    pub tries_done: Option<u32>,
+    /// The version its boot entry names.
+    pub version: Option<String>,
+    /// Its boot entry's generation.
+    pub generation: Option<u64>,
+    /// Its boot entry's file name on the ESP.
+    pub entry: Option<String>,
+    /// The booted slot: whether its entry is blessed yet (the boot reached
+    /// boot-complete.target); `null` for the other slot.
+    pub blessed: Option<bool>,
+}
+
+/// An update installed and not yet judged by a boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "FirmwarePending", deny_unknown_fields)]
+pub struct FirmwarePendingView {
+    /// The slot it was written to.
+    pub slot: String,
+    /// Its version.
+    pub version: String,
+    /// Its boot entry's generation.
+    pub generation: u64,
+    /// When it was installed (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub installed_at: String,
+}
+
+/// How an update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareOutcomeKind {
+    /// Written and checked; the slot boots at the next reboot.
+    Installed,
+    /// The slot booted and was blessed.
+    Succeeded,
+    /// Refused, failed to install, or did not boot healthily.
+    Failed,
+}
+
+impl FirmwareOutcomeKind {
+    /// The API name, e.g. `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareOutcomeKind::Installed => "installed",
+            FirmwareOutcomeKind::Succeeded => "succeeded",
+            FirmwareOutcomeKind::Failed => "failed",
+        }
+    }
+}
+
+/// The last update's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "FirmwareOutcome", deny_unknown_fields)]
+pub struct FirmwareOutcomeView {
+    /// How it ended.
+    pub result: FirmwareOutcomeKind,
+    /// When (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub at: String,
+    /// The bundle's version, when it was read.
+    pub version: Option<String>,
+    /// The slot, when one was chosen.
+    pub slot: Option<String>,
+    /// A short stable name of the failure (`expired`, `tampered-payload`,
+    /// `unhealthy`...).
+    pub code: Option<String>,
+    /// What happened, in words.
+    pub reason: Option<String>,
+}
+
+/// This host's firmware (`GET /api/v1/host/firmware`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Firmware", deny_unknown_fields)]
+pub struct FirmwareView {
+    /// The slot the running system booted from.
+    pub booted: String,
+    /// Slot a, then slot b.
+    pub slots: Vec<FirmwareSlotView>,
+    /// No bundle below this version is installed, ever.
+    pub rollback_floor: Option<String>,
+    /// The expiry of a bundle is never judged at a time before this (RFC
+    /// 3339): the newest creation time of an installed bundle.
+    pub clock_floor: Option<String>,
+    /// The update waiting for its first healthy boot.
+    pub pending: Option<FirmwarePendingView>,
+    /// How the last update ended.
+    pub last_outcome: Option<FirmwareOutcomeView>,
+}

@@ -1,0 +1,540 @@
+//! This host's firmware (docs/firmware.md, "Installing" and "Status"):
+//! the status of its A/B slots, the install of an uploaded bundle into the
+//! inactive slot as a job, and the judgement of a pending update at start.
+//! The mechanism is `nasvisor-firmware`'s [`SlotSet`]; this module only
+//! receives the bundle, runs the install off the async runtime, reports
+//! its progress and outcome as a job and as events.
+
+use crate::errors;
+use crate::jobs::{FirmwareJob, JobFailure, JobSpec};
+use crate::model::Severity;
+use crate::Inner;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use nasvisor_api_types::{
+    CoreError, FirmwareOutcomeKind, FirmwareOutcomeView, FirmwarePendingView, FirmwareSlotState,
+    FirmwareSlotView, FirmwareView, JobView,
+};
+use nasvisor_best_effort::BestEffort;
+use nasvisor_firmware::{
+    FirmwareStatus, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet, SlotState,
+};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// What the core needs to manage this host's firmware (`[firmware]` of the
+/// daemon's configuration; absent unless the appliance turns it on).
+#[derive(Debug, Clone)]
+pub struct FirmwareSettings {
+    /// The slots, the ESP, the command line, the state directory, the tries.
+    pub slots: SlotConfig,
+    /// The vendor keys a bundle must be signed by (`*.pub`).
+    pub trusted_keys_dir: PathBuf,
+    /// This product; a bundle for another is refused.
+    pub product: String,
+    /// This board; a bundle that does not name it is refused.
+    pub board: String,
+}
+
+impl FirmwareSettings {
+    fn slot_set(&self) -> SlotSet {
+        SlotSet::new(self.slots.clone())
+    }
+
+    /// The policy of an install: the trusted keys, product and board, at
+    /// the system clock (the install raises it to the clock floor).
+    fn policy(&self) -> Result<Policy, String> {
+        let trusted = nasvisor_signing::read_public_keys_in(&self.trusted_keys_dir)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        Ok(Policy {
+            product: Some(self.product.clone()),
+            board: Some(self.board.clone()),
+            ..Policy::new(trusted)
+        })
+    }
+
+    /// Where uploaded bundles wait for their install.
+    fn upload_dir(&self) -> PathBuf {
+        self.slots.state_dir.join("uploads")
+    }
+}
+
+/// A host without firmware management: a state of the host, not a fault
+/// (409, not 5xx).
+fn not_enabled() -> CoreError {
+    errors::conflict("firmware management is not enabled on this host ([firmware] enabled = false)")
+}
+
+impl Inner {
+    fn firmware(&self) -> Result<&FirmwareSettings, CoreError> {
+        self.cfg.firmware.as_ref().ok_or_else(not_enabled)
+    }
+
+    /// `GET /api/v1/host/firmware`.
+    pub(crate) async fn firmware_status(&self) -> Result<FirmwareView, CoreError> {
+        let slots = self.firmware()?.slot_set();
+        let status = tokio::task::spawn_blocking(move || slots.status())
+            .await
+            .map_err(errors::internal)?
+            .map_err(|e| match e {
+                // A host not booted from a slot: its state, not a fault.
+                e @ nasvisor_firmware::SlotError::NotBootedFromSlot { .. } => {
+                    errors::conflict(e.to_string())
+                }
+                e => errors::internal(e),
+            })?;
+        Ok(view(status))
+    }
+
+    /// `POST /api/v1/host/firmware/install`: receives the bundle into the
+    /// data directory, then installs it as a job; answers with the job
+    /// once the bundle is received.
+    pub(crate) async fn install_firmware(
+        self: &Arc<Self>,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
+    ) -> Result<JobView, CoreError> {
+        let settings = self.firmware()?.clone();
+        let dir = settings.upload_dir();
+        let bundle = receive(body, &dir).await?;
+        let (job, ctx) = match self
+            .job_start(
+                &JobSpec::FirmwareInstall(FirmwareJob {
+                    bundle: bundle.display().to_string(),
+                }),
+                Some(format!("host/{}", self.host.id)),
+            )
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                std::fs::remove_file(&bundle).best_effort("remove an uploaded bundle");
+                return Err(e);
+            }
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let c = ctx.clone();
+            let path = bundle.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let policy = settings.policy()?;
+                settings
+                    .slot_set()
+                    .install(&path, &policy, &mut |p| {
+                        c.progress(
+                            f64::from(p.percent) / 100.0,
+                            Some(&format!("{:?}", p.phase).to_lowercase()),
+                        );
+                        if c.is_cancelled() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    })
+                    .map_err(|e| {
+                        if e.code() == "cancelled" {
+                            "cancelled".to_string()
+                        } else {
+                            e.chain()
+                        }
+                    })
+            })
+            .await;
+            std::fs::remove_file(&bundle).best_effort("remove an installed bundle");
+            let target = Some(format!("host/{}", me.host.id));
+            let outcome = match r {
+                Ok(Ok(done)) => {
+                    let msg = format!(
+                        "firmware {} installed into slot {} ({}); it boots at the next reboot",
+                        done.version, done.slot, done.entry
+                    );
+                    me.event("firmware-installed", Severity::Info, target, msg.clone())
+                        .await;
+                    Ok(msg)
+                }
+                Ok(Err(e)) if e == "cancelled" => Err(JobFailure::Cancelled),
+                Ok(Err(e)) => {
+                    me.event(
+                        "firmware-install-failed",
+                        Severity::Warning,
+                        target,
+                        format!("firmware install failed: {e}"),
+                    )
+                    .await;
+                    Err(JobFailure::Failed(e))
+                }
+                Err(e) => Err(JobFailure::Failed(format!("the install task failed: {e}"))),
+            };
+            me.job_finish(&ctx, outcome).await;
+        });
+        Ok(job.view())
+    }
+
+    /// At start: judges the pending update by the slot booted and its
+    /// entry (succeeded: the rollback floor rises; failed: back on the
+    /// other slot), and says so in an event.
+    pub(crate) async fn reconcile_firmware(&self) {
+        let Some(settings) = self.cfg.firmware.clone() else {
+            return;
+        };
+        if let Ok(rd) = std::fs::read_dir(settings.upload_dir()) {
+            for e in rd.flatten() {
+                std::fs::remove_file(e.path()).best_effort("remove a stale uploaded bundle");
+            }
+        }
+        let slots = settings.slot_set();
+        let r = tokio::task::spawn_blocking(move || {
+            slots.clean_stale();
+            slots.reconcile()
+        })
+        .await;
+        let target = Some(format!("host/{}", self.host.id));
+        match r {
+            Ok(Ok(Reconciled::Succeeded {
+                slot,
+                version,
+                floor,
+            })) => {
+                self.event(
+                    "firmware-update-succeeded",
+                    Severity::Info,
+                    target,
+                    format!("firmware {version} booted healthily from slot {slot}; rollback floor {floor}"),
+                )
+                .await
+            }
+            Ok(Ok(Reconciled::Failed { version, reason, .. })) => {
+                self.event(
+                    "firmware-update-failed",
+                    Severity::Warning,
+                    target,
+                    format!("firmware update to {version} failed: {reason}"),
+                )
+                .await
+            }
+            Ok(Ok(Reconciled::Nothing | Reconciled::StillPending)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot judge the pending firmware update")
+            }
+            Err(e) => tracing::error!(error = %e, "the firmware reconcile task failed"),
+        }
+    }
+
+    /// A firmware install interrupted by a restart: its bundle is removed;
+    /// the slot it was writing has no boot entry.
+    pub(crate) fn recover_firmware_job(&self, job: &FirmwareJob) -> String {
+        std::fs::remove_file(&job.bundle).best_effort("remove an interrupted install's bundle");
+        "interrupted by a restart of nasvisord; the slot being written has no boot entry (install again)".into()
+    }
+}
+
+/// Writes the body to a new file in `dir`; removes it when the body ends
+/// in an error (a client that broke off, an upload over the limit).
+async fn receive(
+    mut body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
+    dir: &std::path::Path,
+) -> Result<PathBuf, CoreError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| errors::internal(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!(
+        "{}.nvfw",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ));
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| errors::internal(format!("cannot create {}: {e}", path.display())))?;
+    let r: Result<(), CoreError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| errors::invalid("body", e.to_string()))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| errors::internal(format!("cannot write {}: {e}", path.display())))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| errors::internal(format!("cannot write {}: {e}", path.display())))
+    }
+    .await;
+    if let Err(e) = r {
+        drop(file);
+        tokio::fs::remove_file(&path)
+            .await
+            .best_effort("remove a partly received bundle");
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// The API form of the status.
+fn view(s: FirmwareStatus) -> FirmwareView {
+    FirmwareView {
+        booted: s.booted.to_string(),
+        slots: s
+            .slots
+            .into_iter()
+            .map(|x| {
+                let (state, tries_left, tries_done) = match x.state {
+                    SlotState::Booted => (FirmwareSlotState::Booted, None, None),
+                    SlotState::Good => (FirmwareSlotState::Good, None, None),
+                    SlotState::Pending { tries_left } => {
+                        (FirmwareSlotState::Pending, Some(tries_left), None)
+                    }
+                    SlotState::Bad { tries } => (FirmwareSlotState::Bad, None, Some(tries)),
+                    SlotState::Empty => (FirmwareSlotState::Empty, None, None),
+                };
+                FirmwareSlotView {
+                    slot: x.slot.to_string(),
+                    state,
+                    tries_left,
+                    tries_done,
+                    version: x.version,
+                    generation: x.generation,
+                    entry: x.entry,
+                    blessed: x.blessed,
+                }
+            })
+            .collect(),
+        rollback_floor: s.rollback_floor,
+        clock_floor: s.clock_floor,
+        pending: s.pending.map(|p| FirmwarePendingView {
+            slot: p.slot.to_string(),
+            version: p.version,
+            generation: p.generation,
+            installed_at: p.installed_at,
+        }),
+        last_outcome: s.last_outcome.map(|o| FirmwareOutcomeView {
+            result: match o.result {
+                OutcomeKind::Installed => FirmwareOutcomeKind::Installed,
+                OutcomeKind::Succeeded => FirmwareOutcomeKind::Succeeded,
+                OutcomeKind::Failed => FirmwareOutcomeKind::Failed,
+            },
+            at: o.at,
+            version: o.version,
+            slot: o.slot.map(|s| s.to_string()),
+            code: o.code,
+            reason: o.reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The install through the core, as the API drives it: a real signed
+    //! bundle of a real erofs image streamed in, a job that ends, the
+    //! status, and the judgement at start; the slots are sparse files and
+    //! the ESP a directory.
+
+    use super::*;
+    use crate::{AccelSetting, CoreConfig, NasCore};
+    use nasvisor_api_types::{Action, Answer, JobState};
+    use nasvisor_firmware::{build, BuildSpec, Class};
+    use nasvisor_plugin_host::{PolicyHost, Runtime, RuntimeConfig};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const OPTIONS: &str =
+        "root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a console=ttyS0";
+
+    fn layout(p: &Path) -> (FirmwareSettings, PathBuf) {
+        let keys = p.join("keys");
+        std::fs::create_dir_all(keys.join("trusted")).unwrap();
+        nasvisor_signing::write_keypair(
+            &nasvisor_signing::generate_key(),
+            &keys.join("vendor.key"),
+            &keys.join("trusted/vendor.pub"),
+        )
+        .unwrap();
+        for s in ["a", "b"] {
+            std::fs::File::create(p.join(format!("slot-{s}.img")))
+                .unwrap()
+                .set_len(64 << 20)
+                .unwrap();
+        }
+        let entries = p.join("esp/loader/entries");
+        std::fs::create_dir_all(&entries).unwrap();
+        std::fs::write(
+            entries.join("nasvisor-1-a.conf"),
+            format!("title nasvisor 2.0.1 (slot a)\nversion 2.0.1\nlinux /nasvisor/a/vmlinuz\ninitrd /nasvisor/a/initrd.img\noptions {OPTIONS}\n"),
+        )
+        .unwrap();
+        std::fs::write(p.join("cmdline"), OPTIONS).unwrap();
+        // The slot image and its bundle.
+        let root = p.join("root");
+        std::fs::create_dir_all(root.join("boot")).unwrap();
+        std::fs::write(root.join("boot/vmlinuz"), b"kernel 2.1.0").unwrap();
+        std::fs::write(root.join("boot/initrd.img"), vec![7u8; 300_000]).unwrap();
+        let img = p.join("rootfs.erofs");
+        let out = std::process::Command::new("mkfs.erofs")
+            .arg(&img)
+            .arg(&root)
+            .output()
+            .expect("mkfs.erofs (erofs-utils)");
+        assert!(out.status.success());
+        let now = time::OffsetDateTime::now_utc();
+        let spec = BuildSpec {
+            product: "acme-nas".into(),
+            compatible: vec!["acme-nas4".into()],
+            version: semver::Version::new(2, 1, 0),
+            min_version: None,
+            class: Class::Reboot,
+            created: now - time::Duration::days(1),
+            expires: now + time::Duration::days(180),
+            payload_name: Some("rootfs.erofs".into()),
+        };
+        let key = nasvisor_signing::read_signing_key(&keys.join("vendor.key")).unwrap();
+        let bundle = p.join("update.nvfw");
+        build(&spec, &img, Some(&key), &bundle).unwrap();
+        let settings = FirmwareSettings {
+            slots: SlotConfig {
+                esp: p.join("esp"),
+                devices: [p.join("slot-a.img"), p.join("slot-b.img")],
+                cmdline: p.join("cmdline"),
+                state_dir: p.join("data/firmware"),
+                tries: 3,
+            },
+            trusted_keys_dir: keys.join("trusted"),
+            product: "acme-nas".into(),
+            board: "acme-nas4".into(),
+        };
+        (settings, bundle)
+    }
+
+    async fn start(dir: &Path, firmware: Option<FirmwareSettings>) -> NasCore {
+        let mut cfg = CoreConfig::new(dir.join("data"));
+        cfg.host_name = "nas1".into();
+        cfg.accel = AccelSetting::Tcg;
+        cfg.cluster_address = "127.0.0.1:0".into();
+        cfg.firmware = firmware;
+        let rt = Arc::new(Runtime::new(RuntimeConfig::default(), Vec::new()).unwrap());
+        let policy = Arc::new(PolicyHost::new(rt, None));
+        let downloader = Arc::new(nasvisor_download::HttpDownloader::new().unwrap());
+        NasCore::start(
+            cfg,
+            policy,
+            nasvisor_cluster_net::TlsNet::shared(),
+            downloader,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn body_of(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin {
+        futures_util::stream::iter(
+            bytes
+                .chunks(100_000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn status(core: &NasCore) -> FirmwareView {
+        match core.admin(Action::GetFirmware).await.unwrap() {
+            Answer::Firmware(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_uploaded_bundle_installs_as_a_job_and_the_next_start_judges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, bundle) = layout(dir.path());
+        let core = start(dir.path(), Some(settings.clone())).await;
+        let before = status(&core).await;
+        assert_eq!(before.booted, "a");
+        assert_eq!(before.slots[1].state, FirmwareSlotState::Empty);
+
+        let job = core
+            .inner
+            .install_firmware(body_of(std::fs::read(&bundle).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(job.kind, "firmware-install");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let j = core.inner.get_job(&job.id).await.unwrap();
+            if j.state.is_final() {
+                break j;
+            }
+            assert!(std::time::Instant::now() < deadline, "{j:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        assert!(job.message.unwrap().contains("into slot b"));
+        // The received bundle is gone.
+        let uploads = std::fs::read_dir(settings.upload_dir()).unwrap().count();
+        assert_eq!(uploads, 0);
+
+        let s = status(&core).await;
+        assert_eq!(s.slots[1].state, FirmwareSlotState::Pending);
+        assert_eq!(s.slots[1].tries_left, Some(3));
+        assert_eq!(s.slots[1].version.as_deref(), Some("2.1.0"));
+        assert_eq!(s.pending.as_ref().unwrap().slot, "b");
+        assert_eq!(
+            s.last_outcome.as_ref().unwrap().result,
+            FirmwareOutcomeKind::Installed
+        );
+
+        // The reboot: slot b booted, and systemd-bless-boot blessed it.
+        std::fs::write(
+            dir.path().join("cmdline"),
+            OPTIONS
+                .replace("nasvisor-a", "nasvisor-b")
+                .replace("slot=a", "slot=b"),
+        )
+        .unwrap();
+        let entries = dir.path().join("esp/loader/entries");
+        std::fs::rename(
+            entries.join("nasvisor-2-b+3.conf"),
+            entries.join("nasvisor-2-b.conf"),
+        )
+        .unwrap();
+        core.inner.reconcile_firmware().await;
+        let s = status(&core).await;
+        assert_eq!(s.booted, "b");
+        assert_eq!(s.slots[1].state, FirmwareSlotState::Booted);
+        assert_eq!(s.rollback_floor.as_deref(), Some("2.1.0"));
+        assert_eq!(
+            s.last_outcome.as_ref().unwrap().result,
+            FirmwareOutcomeKind::Succeeded
+        );
+        assert!(s.pending.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_bundle_fails_its_job_with_the_reason_and_a_disabled_host_answers_409() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut settings, bundle) = layout(dir.path());
+        settings.board = "acme-nas2".into();
+        let core = start(dir.path(), Some(settings)).await;
+        let job = core
+            .inner
+            .install_firmware(body_of(std::fs::read(&bundle).unwrap()))
+            .await
+            .unwrap();
+        let job = loop {
+            let j = core.inner.get_job(&job.id).await.unwrap();
+            if j.state.is_final() {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.error.unwrap().contains("incompatible board"));
+        let s = status(&core).await;
+        assert_eq!(s.slots[1].state, FirmwareSlotState::Empty);
+        assert_eq!(
+            s.last_outcome.unwrap().code.as_deref(),
+            Some("incompatible-board")
+        );
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let off = start(dir2.path(), None).await;
+        let e = off.admin(Action::GetFirmware).await.unwrap_err();
+        assert!(matches!(e, CoreError::Conflict { .. }), "{e}");
+    }
+}

@@ -196,7 +196,7 @@ ln -sfn "initrd.img-$kver" "$R/boot/initrd.img"
 # Units: nasvisord and its health check on; what cannot work on a
 # read-only root, or would write EFI variables or the ESP behind the
 # installer's back, masked.
-systemctl --root="$R" --quiet enable nasvisord.service nasvisor-healthy.service \
+systemctl --root="$R" --quiet enable nasvisord.service nasvisor-healthy.service nasvisor-boot-report.service \
   systemd-networkd.service
 systemctl --root="$R" --quiet mask systemd-firstboot.service systemd-boot-system-token.service \
   systemd-boot-update.service apt-daily.timer apt-daily-upgrade.timer
@@ -205,6 +205,9 @@ if [ "$DEV" -eq 1 ]; then
   # shellcheck disable=SC2016 # $TERM is systemd's, expanded in the unit
   printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 - $TERM\n' \
     >"$R/etc/systemd/system/serial-getty@ttyS0.service.d/dev-autologin.conf"
+  install -d "$R/etc/systemd/system/nasvisord.service.d"
+  printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n' \
+    >"$R/etc/systemd/system/nasvisord.service.d/dev-console.conf"
   echo "NASVISOR_DEV_IMAGE=1" >>"$R/usr/lib/os-release"
 fi
 
@@ -251,7 +254,7 @@ mcopy -i "$ESP" "$TMP/$ENTRY" "::/loader/entries/$ENTRY"
 # The data partition: ext4, empty; it survives updates.
 DATA=$TMP/data.img
 mkdir -p "$TMP/data"
-mkfs.ext4 -q -F -L nasvisor-data -d "$TMP/data" "$DATA" "${DATA_MIB}M"
+mkfs.ext4 -q -F -L nasvisor-data -d "$TMP/data" "$DATA" "${DATA_MIB}M" >/dev/null
 
 # ---- 4. the disk ------------------------------------------------------------------------------------
 ESP_START=1

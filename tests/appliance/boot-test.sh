@@ -134,16 +134,17 @@ T_HEALTHZ=$(($(now_ms) - T0))
 echo "appliance-test: /healthz answered $answer after $((T_HEALTHZ / 1000)) s (QEMU start to answer, TCG)"
 
 # ---- 4. the console --------------------------------------------------------------------
-wait_for "NASVISOR-HEALTHY slot=a version=$VERSION .*" 120
-line=$(tr -d '\r' <"$T/serial.log" | grep -a -m1 '^NASVISOR-HEALTHY')
+# (a console line may begin with a getty's prompt: the markers are matched anywhere)
+wait_for ".*NASVISOR-HEALTHY slot=a version=$VERSION .*" 120
+line=$(tr -d '\r' <"$T/serial.log" | grep -a -o -m1 'NASVISOR-HEALTHY.*')
 echo "appliance-test: health unit: $line"
 has '.*Linux version .*' || fail "no kernel banner on the console"
 has '.*Command line: .*root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a.*' || fail "not booted from slot a"
 # nasvisor-boot-report.service runs after systemd-bless-boot: the guest's
 # own view of the ESP once the entry was blessed.
-wait_for "NASVISOR-BOOT slot=a version=$VERSION healthy=active bless=active entries=nasvisor-1-a.conf" 120
+wait_for ".*NASVISOR-BOOT slot=a version=$VERSION healthy=active bless=active entries=nasvisor-1-a.conf" 120
 T_BLESSED=$(($(now_ms) - T0))
-echo "appliance-test: $(tr -d '\r' <"$T/serial.log" | grep -a -m1 '^NASVISOR-BOOT ') after $((T_BLESSED / 1000)) s"
+echo "appliance-test: $(tr -d '\r' <"$T/serial.log" | grep -a -o -m1 'NASVISOR-BOOT .*') after $((T_BLESSED / 1000)) s"
 
 # ---- 5. power off, read the ESP back ---------------------------------------------------------
 T1=$(now_ms)
@@ -154,6 +155,7 @@ while kill -0 "$QPID" 2>/dev/null; do
   sleep 0.2
 done
 stop_qemu
+has '.*reboot: Power down.*' || fail "the guest did not power off cleanly (no 'reboot: Power down')"
 echo "appliance-test: powered off in $(( ($(now_ms) - T1) / 1000 )) s"
 [ "$(entries)" = "nasvisor-1-a.conf" ] || fail "entries after a good boot: $(entries | tr '\n' ' '), expected nasvisor-1-a.conf"
 mtype -i "$(esp)" "::/loader/entries/nasvisor-1-a.conf" | cmp -s - "$T/entry-before" \

@@ -14,6 +14,12 @@
 # 5. Powers the guest off (ACPI power button; QEMU is stopped by its own
 #    pid if it does not), then reads the ESP back out of the disk copy with
 #    mtools: the entry has lost its counter (nasvisor-1-a.conf).
+# 6. Fallback: adds what an install into slot b leaves on the ESP (b's
+#    kernel and initramfs, a newer entry nasvisor-2-b+1.conf with one try)
+#    while slot b's partition stays empty. Boots again: systemd-boot tries
+#    b first, its initramfs cannot mount the root and reboots (panic=10),
+#    the entry is then nasvisor-2-b+0-1.conf (bad, sorted last) and slot
+#    a's good entry boots by itself; /healthz answers again.
 #
 # Temporary files are removed on exit; nothing is killed by name.
 # Environment: BOOT_TIMEOUT (seconds to /healthz, default 300),
@@ -103,62 +109,95 @@ mtype -i "$(esp)" "::/loader/entries/nasvisor-1-a+3.conf" >"$T/entry-before"
 grep -qx "version *$VERSION" "$T/entry-before" || fail "the entry's version is not $VERSION"
 echo "appliance-test: factory ESP ok: nasvisor-1-a+3.conf, version $VERSION"
 
-# ---- 3. boot -------------------------------------------------------------------------
+# ---- 3. boot ------------------------------------------------------------------------------
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cp "$OVMF_VARS" "$T/vars.fd"
-: >"$T/serial.log"
 mkfifo "$T/in"
 exec 5<>"$T/in"
-qemu-system-x86_64 -machine q35 -accel tcg -m 2048 -smp 2 -nodefaults -nographic \
-  -serial mon:stdio \
-  -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE" \
-  -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd" \
-  -drive "file=$T/disk.img,if=none,id=disk0,format=raw" -device virtio-blk-pci,drive=disk0 \
-  -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=n0 \
-  <"$T/in" >"$T/serial.log" 2>&1 &
-QPID=$!
-T0=$(now_ms)
-echo "appliance-test: booting (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
+# boot: QEMU in the background (serial console and monitor on stdio: input
+# from the fifo on fd 5, output to $T/serial.log), then waits for /healthz.
+boot() {
+  : >"$T/serial.log"
+  qemu-system-x86_64 -machine q35 -accel tcg -m 2048 -smp 2 -nodefaults -nographic \
+    -serial mon:stdio \
+    -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE" \
+    -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd" \
+    -drive "file=$T/disk.img,if=none,id=disk0,format=raw" -device virtio-blk-pci,drive=disk0 \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=n0 \
+    <"$T/in" >"$T/serial.log" 2>&1 &
+  QPID=$!
+  T0=$(now_ms)
+  local answer="" deadline=$((T0 + TIMEOUT * 1000))
+  while :; do
+    answer=$(curl -ksS --max-time 3 "https://127.0.0.1:$PORT/healthz" 2>/dev/null || true)
+    case "$answer" in *'"status"'*) break ;; esac
+    [ "$(now_ms)" -lt "$deadline" ] || fail "no answer from /healthz within $TIMEOUT s"
+    kill -0 "$QPID" 2>/dev/null || fail "QEMU exited before /healthz answered"
+    sleep 1
+  done
+  T_HEALTHZ=$(($(now_ms) - T0))
+  [ "$answer" = '{"status":"ok"}' ] || fail "/healthz answered $answer"
+  echo "appliance-test: /healthz answered $answer after $((T_HEALTHZ / 1000)) s (QEMU start to answer, TCG)"
+}
+# power_off: the ACPI power button, then QEMU's own pid if the guest does not stop.
+power_off() {
+  local t1
+  t1=$(now_ms)
+  monitor system_powerdown
+  local deadline=$(($(now_ms) + 90000))
+  while kill -0 "$QPID" 2>/dev/null; do
+    [ "$(now_ms)" -lt "$deadline" ] || { echo "appliance-test: no power-off within 90 s, stopping QEMU" >&2; break; }
+    sleep 0.2
+  done
+  stop_qemu
+  has '.*reboot: Power down.*' || fail "the guest did not power off cleanly (no 'reboot: Power down')"
+  echo "appliance-test: powered off in $(( ($(now_ms) - t1) / 1000 )) s"
+}
+report() { tr -d '\r' <"$T/serial.log" | grep -a -o -m1 "$1.*"; }
 
-answer=""
-deadline=$((T0 + TIMEOUT * 1000))
-while :; do
-  answer=$(curl -ksS --max-time 3 "https://127.0.0.1:$PORT/healthz" 2>/dev/null || true)
-  case "$answer" in *'"status"'*) break ;; esac
-  [ "$(now_ms)" -lt "$deadline" ] || fail "no answer from /healthz within $TIMEOUT s"
-  kill -0 "$QPID" 2>/dev/null || fail "QEMU exited before /healthz answered"
-  sleep 1
-done
-T_HEALTHZ=$(($(now_ms) - T0))
-[ "$answer" = '{"status":"ok"}' ] || fail "/healthz answered $answer"
-echo "appliance-test: /healthz answered $answer after $((T_HEALTHZ / 1000)) s (QEMU start to answer, TCG)"
+echo "appliance-test: boot 1: the factory image (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
+boot
+T_HEALTHZ_1=$T_HEALTHZ
 
-# ---- 4. the console --------------------------------------------------------------------
+# ---- 4. the console -------------------------------------------------------------------------
 # (a console line may begin with a getty's prompt: the markers are matched anywhere)
 wait_for ".*NASVISOR-HEALTHY slot=a version=$VERSION .*" 120
-line=$(tr -d '\r' <"$T/serial.log" | grep -a -o -m1 'NASVISOR-HEALTHY.*')
-echo "appliance-test: health unit: $line"
+echo "appliance-test: health unit: $(report NASVISOR-HEALTHY)"
 has '.*Linux version .*' || fail "no kernel banner on the console"
 has '.*Command line: .*root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a.*' || fail "not booted from slot a"
 # nasvisor-boot-report.service runs after systemd-bless-boot: the guest's
 # own view of the ESP once the entry was blessed.
 wait_for ".*NASVISOR-BOOT slot=a version=$VERSION healthy=active bless=active entries=nasvisor-1-a.conf" 120
-T_BLESSED=$(($(now_ms) - T0))
-echo "appliance-test: $(tr -d '\r' <"$T/serial.log" | grep -a -o -m1 'NASVISOR-BOOT .*') after $((T_BLESSED / 1000)) s"
+echo "appliance-test: $(report 'NASVISOR-BOOT ') after $(( ($(now_ms) - T0) / 1000 )) s"
 
 # ---- 5. power off, read the ESP back ---------------------------------------------------------
-T1=$(now_ms)
-monitor system_powerdown
-deadline=$(($(now_ms) + 90000))
-while kill -0 "$QPID" 2>/dev/null; do
-  [ "$(now_ms)" -lt "$deadline" ] || { echo "appliance-test: no power-off within 90 s, stopping QEMU" >&2; break; }
-  sleep 0.2
-done
-stop_qemu
-has '.*reboot: Power down.*' || fail "the guest did not power off cleanly (no 'reboot: Power down')"
-echo "appliance-test: powered off in $(( ($(now_ms) - T1) / 1000 )) s"
+power_off
 [ "$(entries)" = "nasvisor-1-a.conf" ] || fail "entries after a good boot: $(entries | tr '\n' ' '), expected nasvisor-1-a.conf"
 mtype -i "$(esp)" "::/loader/entries/nasvisor-1-a.conf" | cmp -s - "$T/entry-before" \
   || fail "the blessed entry's content changed"
-echo "appliance-test: the entry was blessed: nasvisor-1-a+3.conf -> nasvisor-1-a.conf"
-echo "appliance-test: PASS (image $(du -m "$IMG" | cut -f1) MiB allocated, /healthz after $((T_HEALTHZ / 1000)) s, test $(( ($(now_ms) - T_TEST) / 1000 )) s)"
+echo "appliance-test: boot 1 ok: the entry was blessed: nasvisor-1-a+3.conf -> nasvisor-1-a.conf"
+
+# ---- 6. fallback: a newer entry for slot b that cannot boot -----------------------------------
+# What an install into slot b leaves (docs/appliance.md): b's kernel and
+# initramfs on the ESP and a newer generation's entry with its tries, here
+# one. Slot b's partition is still empty, so its initramfs cannot mount the
+# root and reboots (panic=10). systemd-boot must then count the entry down
+# to +0-1, sort it last and boot slot a's good entry, with no help.
+mcopy -n -i "$(esp)" ::/nasvisor/a/vmlinuz ::/nasvisor/a/initrd.img "$T/"
+mcopy -i "$(esp)" "$T/vmlinuz" "$T/initrd.img" ::/nasvisor/b/
+sed -e 's/(slot a)/(slot b)/' -e 's|/nasvisor/a/|/nasvisor/b/|g' \
+  -e 's/nasvisor-a /nasvisor-b /' -e 's/nasvisor\.slot=a/nasvisor.slot=b/' \
+  "$T/entry-before" >"$T/nasvisor-2-b+1.conf"
+mcopy -i "$(esp)" "$T/nasvisor-2-b+1.conf" "::/loader/entries/nasvisor-2-b+1.conf"
+echo "appliance-test: boot 2: slot b's entry nasvisor-2-b+1.conf (newest, 1 try) over an empty slot b"
+boot
+T_HEALTHZ_2=$T_HEALTHZ
+has '.*Command line: .*root=PARTLABEL=nasvisor-b .*nasvisor.slot=b.*' || fail "slot b's entry was not tried first"
+has '.*Command line: .*root=PARTLABEL=nasvisor-a .*nasvisor.slot=a.*' || fail "slot a did not boot after slot b failed"
+wait_for ".*NASVISOR-BOOT slot=a version=$VERSION healthy=inactive bless=inactive entries=nasvisor-1-a.conf,nasvisor-2-b+0-1.conf" 120
+echo "appliance-test: $(report 'NASVISOR-BOOT ')"
+power_off
+[ "$(entries | tr '\n' ' ')" = "nasvisor-1-a.conf nasvisor-2-b+0-1.conf " ] \
+  || fail "entries after the fallback: $(entries | tr '\n' ' '), expected nasvisor-1-a.conf nasvisor-2-b+0-1.conf"
+echo "appliance-test: boot 2 ok: slot b tried once (nasvisor-2-b+0-1.conf, bad), slot a booted by itself"
+echo "appliance-test: PASS (image $(du -m "$IMG" | cut -f1) MiB allocated; /healthz after $((T_HEALTHZ_1 / 1000)) s (boot 1), $((T_HEALTHZ_2 / 1000)) s (boot 2, with the failed try); test $(( ($(now_ms) - T_TEST) / 1000 )) s)"

@@ -20,6 +20,7 @@
 #   NASVISOR_FW_PLUGIN_DIR  the signed default plugins *.nvplugin (default target/plugins)
 #   NASVISOR_FW_KEYS_DIR    the trusted vendor keys *.pub (default target/keys)
 #   NASVISOR_FW_CACHE       the rootfs cache (default target/firmware-cache)
+#   NASVISOR_FW_TMP         scratch directory (default /dev/shm when it has 4 GiB free, else target/tmp)
 #   SOURCE_DATE_EPOCH       timestamps of the images (default: the last commit's time)
 # The default binaries come from `cargo build --release --bins` and the plugins
 # and keys from scripts/build.sh; this script never runs cargo.
@@ -70,8 +71,17 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 T_START=$(now_ms)
 
-mkdir -p "$ROOT/target/tmp"
-TMP=$(mktemp -d "$ROOT/target/tmp/firmware.XXXXXX")
+# The scratch tree (the unpacked root, the partition files: about 1.5 GiB)
+# goes to /dev/shm when it has room: nothing of it needs to reach the disk.
+TMP_BASE=${NASVISOR_FW_TMP:-}
+if [ -z "$TMP_BASE" ]; then
+  TMP_BASE=$ROOT/target/tmp
+  if [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$(df -Pm /dev/shm | awk 'NR == 2 {print $4}')" -ge 4096 ]; then
+    TMP_BASE=/dev/shm
+  fi
+fi
+mkdir -p "$TMP_BASE"
+TMP=$(mktemp -d "$TMP_BASE/nasvisor-firmware.XXXXXX")
 cleanup() { rm -rf "$TMP"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

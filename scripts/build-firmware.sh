@@ -82,7 +82,7 @@ if [ -z "$TMP_BASE" ]; then
 fi
 mkdir -p "$TMP_BASE"
 TMP=$(mktemp -d "$TMP_BASE/nasvisor-firmware.XXXXXX")
-cleanup() { rm -rf "$TMP"; }
+cleanup() { rm -rf "$TMP" "$OUT/rootfs-$VERSION.erofs.tmp" "$OUT/nasvisor-appliance.img.tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

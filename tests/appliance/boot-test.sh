@@ -82,7 +82,9 @@ fail() {
   fi
   exit 1
 }
-has() { tr -d '\r' <"$T/serial.log" | grep -a -q -x -e "$1"; }
+# (grep reads the whole log, without -q or -m: an early exit would kill tr
+# with SIGPIPE, which pipefail turns into a failure)
+has() { tr -d '\r' <"$T/serial.log" | grep -a -x -e "$1" >/dev/null; }
 # wait_for REGEX SECONDS: until a console line matches (whole line).
 wait_for() {
   local deadline=$(($(now_ms) + $2 * 1000))
@@ -153,7 +155,7 @@ power_off() {
   has '.*reboot: Power down.*' || fail "the guest did not power off cleanly (no 'reboot: Power down')"
   echo "appliance-test: powered off in $(( ($(now_ms) - t1) / 1000 )) s"
 }
-report() { tr -d '\r' <"$T/serial.log" | grep -a -o -m1 "$1.*"; }
+report() { tr -d '\r' <"$T/serial.log" | grep -a -o "$1.*" | sed -n 1p; }
 
 echo "appliance-test: boot 1: the factory image (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
 boot

@@ -20,6 +20,9 @@
 #    b first, its initramfs cannot mount the root and reboots (panic=10),
 #    the entry is then nasvisor-2-b+0-1.conf (bad, sorted last) and slot
 #    a's good entry boots by itself; /healthz answers again.
+# 7. Health failure: a newest pending entry nasvisor-3-a+1.conf whose
+#    health check gives up after 1 s (nasvisor.healthy-timeout=1): the unit
+#    fails, FailureAction=reboot, the entry is +0-1, the good entry boots.
 #
 # Temporary files are removed on exit; nothing is killed by name.
 # Environment: BOOT_TIMEOUT (seconds to /healthz, default 300),
@@ -202,4 +205,25 @@ power_off
 [ "$(entries | tr '\n' ' ')" = "nasvisor-1-a.conf nasvisor-2-b+0-1.conf " ] \
   || fail "entries after the fallback: $(entries | tr '\n' ' '), expected nasvisor-1-a.conf nasvisor-2-b+0-1.conf"
 echo "appliance-test: boot 2 ok: slot b tried once (nasvisor-2-b+0-1.conf, bad), slot a booted by itself"
-echo "appliance-test: PASS (image $(du -m "$IMG" | cut -f1) MiB allocated; /healthz after $((T_HEALTHZ_1 / 1000)) s (boot 1), $((T_HEALTHZ_2 / 1000)) s (boot 2, with the failed try); test $(( ($(now_ms) - T_TEST) / 1000 )) s)"
+
+# ---- 7. a pending entry whose health check fails --------------------------------------------
+# The newest entry, nasvisor-3-a+1.conf (slot a again, one try), boots a
+# working slot, but its health check gives up after 1 s
+# (nasvisor.healthy-timeout=1), before nasvisord answers: the unit fails,
+# FailureAction=reboot reboots, the entry is +0-1 and sorted last, and the
+# good nasvisor-1-a.conf boots. Nothing but the loader's counter and the
+# unit decided.
+sed 's|^options .*|& nasvisor.healthy-timeout=1|' "$T/entry-before" >"$T/nasvisor-3-a+1.conf"
+mcopy -i "$(esp)" "$T/nasvisor-3-a+1.conf" "::/loader/entries/nasvisor-3-a+1.conf"
+echo "appliance-test: boot 3: a pending entry nasvisor-3-a+1.conf whose health check gives up after 1 s"
+boot
+T_HEALTHZ_3=$T_HEALTHZ
+has '.*NASVISOR-UNHEALTHY.* slot=a .*entry=nasvisor-3-a+1.conf.*' || fail "the health check of nasvisor-3-a+1.conf did not fail"
+echo "appliance-test: $(report NASVISOR-UNHEALTHY)"
+wait_for ".*NASVISOR-BOOT slot=a version=$VERSION healthy=inactive bless=inactive entries=nasvisor-1-a.conf,nasvisor-2-b+0-1.conf,nasvisor-3-a+0-1.conf" 120
+echo "appliance-test: $(report 'NASVISOR-BOOT ')"
+power_off
+[ "$(entries | tr '\n' ' ')" = "nasvisor-1-a.conf nasvisor-2-b+0-1.conf nasvisor-3-a+0-1.conf " ] \
+  || fail "entries after the failed health check: $(entries | tr '\n' ' ')"
+echo "appliance-test: boot 3 ok: the unhealthy boot rebooted by itself (nasvisor-3-a+0-1.conf, bad), the good entry booted"
+echo "appliance-test: PASS (image $(du -m "$IMG" | cut -f1) MiB allocated; /healthz after $((T_HEALTHZ_1 / 1000)) s (boot 1), $((T_HEALTHZ_2 / 1000)) s (boot 2, with the failed try), $((T_HEALTHZ_3 / 1000)) s (boot 3, with the unhealthy try); test $(( ($(now_ms) - T_TEST) / 1000 )) s)"

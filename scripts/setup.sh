@@ -27,6 +27,9 @@ PKGS=(
   chromium chromium-driver
   # the API fuzzer's venv (benches/fuzz-api.sh), on Debian's own Python
   python3-venv
+  # the appliance image (scripts/build-firmware.sh, docs/appliance.md): the
+  # Debian root, the erofs slots, systemd-boot for the ESP, strip
+  mmdebstrap erofs-utils systemd-boot-efi binutils
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)

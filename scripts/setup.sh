@@ -29,7 +29,8 @@ PKGS=(
   python3-venv
   # the appliance image (scripts/build-firmware.sh, docs/appliance.md): the
   # Debian root, the erofs slots, systemd-boot for the ESP, strip
-  mmdebstrap erofs-utils systemd-boot-efi binutils
+  # (erofs-utils is above)
+  mmdebstrap systemd-boot-efi binutils
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)

@@ -17,7 +17,8 @@ use nasvisor_api_types::{
 };
 use nasvisor_best_effort::BestEffort;
 use nasvisor_firmware::{
-    FirmwareStatus, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet, SlotState,
+    FirmwareStatus, InstallError, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet, SlotState,
+    BUNDLE_HEAD_BYTES,
 };
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -99,8 +100,7 @@ impl Inner {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
     ) -> Result<JobView, CoreError> {
         let settings = self.firmware()?.clone();
-        let dir = settings.upload_dir();
-        let bundle = receive(body, &dir).await?;
+        let bundle = receive(body, &settings).await?;
         let (job, ctx) = match self
             .job_start(
                 &JobSpec::FirmwareInstall(FirmwareJob {
@@ -234,13 +234,68 @@ impl Inner {
 
 /// Writes the body to a new file in `dir`; removes it when the body ends
 /// in an error (a client that broke off, an upload over the limit).
+/// Receives an uploaded bundle into the data directory. Its start is
+/// checked first, as the install will check it (signature, product, board,
+/// expiry, floors, class): a bundle the install would refuse is refused
+/// before its payload is stored, and one that the data partition has no
+/// room for is refused with what it needs. The body may not run past the
+/// bundle its manifest describes.
 async fn receive(
     mut body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
-    dir: &std::path::Path,
+    settings: &FirmwareSettings,
 ) -> Result<PathBuf, CoreError> {
-    tokio::fs::create_dir_all(dir)
+    let body_err = |e: std::io::Error| errors::invalid("body", e.to_string());
+    let mut head = Vec::with_capacity(BUNDLE_HEAD_BYTES);
+    let mut spill = None;
+    while head.len() < BUNDLE_HEAD_BYTES {
+        let Some(chunk) = body.next().await else {
+            break;
+        };
+        let chunk = chunk.map_err(body_err)?;
+        let take = (BUNDLE_HEAD_BYTES - head.len()).min(chunk.len());
+        head.extend_from_slice(&chunk[..take]);
+        if take < chunk.len() {
+            spill = Some(chunk.slice(take..));
+        }
+    }
+    let slots = settings.slot_set();
+    let policy = settings.policy().map_err(errors::internal)?;
+    let (manifest, head) =
+        tokio::task::spawn_blocking(move || slots.precheck(&head, &policy).map(|m| (m, head)))
+            .await
+            .map_err(errors::internal)?
+            .map_err(|e| match e {
+                InstallError::Bundle(_) | InstallError::ServiceNotSupported { .. } => {
+                    errors::invalid("bundle", e.chain())
+                }
+                InstallError::Slot(e @ nasvisor_firmware::SlotError::NotBootedFromSlot { .. }) => {
+                    errors::conflict(e.to_string())
+                }
+                e => errors::internal(e.chain()),
+            })?;
+
+    let dir = settings.upload_dir();
+    tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| errors::internal(format!("cannot create {}: {e}", dir.display())))?;
+    // The payload, the head, and at most the 10 KiB record of padding a
+    // tar writer may add after the end marker.
+    let most = manifest.payload.size + (BUNDLE_HEAD_BYTES + 1024 + 10 * 1024) as u64;
+    let no_room = |free: u64| {
+        errors::conflict(format!(
+            "{} has {} MiB free; bundle {} needs {} MiB there until it is installed",
+            dir.display(),
+            free >> 20,
+            manifest.version,
+            most.div_ceil(1 << 20)
+        ))
+    };
+    let free = nasvisor_storage::fs_usage(&dir)
+        .map_err(|e| errors::internal(e.to_string()))?
+        .free_bytes;
+    if free < most {
+        return Err(no_room(free));
+    }
     let path = dir.join(format!(
         "{}.nvfw",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -248,16 +303,38 @@ async fn receive(
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(|e| errors::internal(format!("cannot create {}: {e}", path.display())))?;
-    let r: Result<(), CoreError> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| errors::invalid("body", e.to_string()))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| errors::internal(format!("cannot write {}: {e}", path.display())))?;
+    let write_err = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            no_room(nasvisor_storage::fs_usage(&dir).map_or(0, |u| u.free_bytes))
+        } else {
+            errors::internal(format!("cannot write {}: {e}", path.display()))
         }
-        file.sync_all()
-            .await
-            .map_err(|e| errors::internal(format!("cannot write {}: {e}", path.display())))
+    };
+    let r: Result<(), CoreError> = async {
+        let mut written = head.len() as u64;
+        file.write_all(&head).await.map_err(write_err)?;
+        let mut next = spill;
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None => match body.next().await {
+                    Some(c) => c.map_err(body_err)?,
+                    None => break,
+                },
+            };
+            written += chunk.len() as u64;
+            if written > most {
+                return Err(errors::invalid(
+                    "body",
+                    format!(
+                        "longer than the bundle its manifest describes (a payload of {} bytes)",
+                        manifest.payload.size
+                    ),
+                ));
+            }
+            file.write_all(&chunk).await.map_err(write_err)?;
+        }
+        file.sync_all().await.map_err(write_err)
     }
     .await;
     if let Err(e) = r {
@@ -510,27 +587,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut settings, bundle) = layout(dir.path());
         settings.board = "acme-nas2".into();
-        let core = start(dir.path(), Some(settings)).await;
-        let job = core
+        let uploads = settings.upload_dir();
+        let core = start(dir.path(), Some(settings.clone())).await;
+        // Refused from its start, before the payload is stored: no job.
+        let e = core
             .inner
             .install_firmware(body_of(std::fs::read(&bundle).unwrap()))
             .await
-            .unwrap();
-        let job = loop {
-            let j = core.inner.get_job(&job.id).await.unwrap();
-            if j.state.is_final() {
-                break j;
+            .unwrap_err();
+        match &e {
+            CoreError::Invalid { field, reason } => {
+                assert_eq!(field, "bundle");
+                assert!(reason.contains("incompatible board"), "{reason}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(job.state, JobState::Failed);
-        assert!(job.error.unwrap().contains("incompatible board"));
+            other => panic!("not a refusal of the bundle: {other:?}"),
+        }
+        let left = std::fs::read_dir(&uploads).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "a refused upload left a file");
         let s = status(&core).await;
         assert_eq!(s.slots[1].state, FirmwareSlotState::Empty);
-        assert_eq!(
-            s.last_outcome.unwrap().code.as_deref(),
-            Some("incompatible-board")
+
+        // A body that runs past the bundle its manifest describes.
+        core.shutdown().await.unwrap();
+        let dir3 = tempfile::tempdir().unwrap();
+        let (settings, bundle) = layout(dir3.path());
+        let uploads = settings.upload_dir();
+        let core = start(dir3.path(), Some(settings)).await;
+        let mut bytes = std::fs::read(&bundle).unwrap();
+        bytes.extend(std::iter::repeat_n(0u8, 200 * 1024));
+        let e = core
+            .inner
+            .install_firmware(body_of(bytes))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, CoreError::Invalid { field, reason } if field == "body" && reason.contains("longer than the bundle")),
+            "{e:?}"
         );
+        let left = std::fs::read_dir(&uploads).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "a refused upload left a file");
+        core.shutdown().await.unwrap();
 
         let dir2 = tempfile::tempdir().unwrap();
         let off = start(dir2.path(), None).await;

@@ -54,6 +54,11 @@ const BOOT_FILES: [(&str, &str); 2] = [
 /// How much is copied at a time.
 const CHUNK: usize = 1024 * 1024;
 
+/// How much of the start of a bundle [`SlotSet::precheck`] needs: the
+/// largest manifest and three tar headers, the signature's block, and a
+/// payload header.
+pub const BUNDLE_HEAD_BYTES: usize = crate::manifest::MAX_MANIFEST_BYTES as usize + 4 * 512;
+
 /// Why an install failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -337,6 +342,29 @@ impl SlotSet {
         state.save(&self.state_path()).map_err(SlotError::from)?;
         report(progress, Phase::Done, 100)?;
         Ok(done)
+    }
+
+    /// Checks the start of a bundle (`head`, at least its first
+    /// [`BUNDLE_HEAD_BYTES`], or the whole bundle when it is shorter) as an
+    /// install would: the signature, and the manifest against the policy of
+    /// this appliance now (product, board, expiry, rollback floor, the
+    /// installed version, the class). No slot is touched. What a receiver
+    /// runs before it stores the rest of an upload: a bundle that an
+    /// install would refuse is refused before its payload arrives, and the
+    /// manifest says how much room the rest needs.
+    pub fn precheck(&self, head: &[u8], base: &Policy) -> Result<Manifest, InstallError> {
+        let booted = self.booted()?;
+        let state = self.state()?;
+        let policy = self.policy(base, booted, &state)?;
+        let checked =
+            crate::verify::OpenBundle::open(std::io::Cursor::new(head))?.check(&policy)?;
+        let manifest = checked.manifest().clone();
+        if manifest.class == Class::Service {
+            return Err(InstallError::ServiceNotSupported {
+                version: manifest.version.to_string(),
+            });
+        }
+        Ok(manifest)
     }
 
     /// The appliance's policy: `base`'s keys, product, board; the booted

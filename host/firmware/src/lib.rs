@@ -43,7 +43,9 @@ mod verify;
 
 pub use build::{build, sign, BuildSpec};
 pub use error::BundleError;
-pub use install::{InstallError, Installed, Phase, Progress, ProgressFn, Reconciled, SlotSink};
+pub use install::{
+    InstallError, Installed, Phase, Progress, ProgressFn, Reconciled, SlotSink, BUNDLE_HEAD_BYTES,
+};
 pub use manifest::{rfc3339, Class, Manifest, Payload, FORMAT, MAX_MANIFEST_BYTES};
 pub use policy::{next_floor, Policy};
 pub use sink::{DigestOnly, FileSink, PayloadSink};

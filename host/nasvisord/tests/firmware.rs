@@ -162,4 +162,39 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
         events.to_string().contains("firmware-update-succeeded"),
         "{events}"
     );
+
+    // A bundle for another board is refused from its first bytes, with
+    // the reason, before it is stored: no job, no outcome, no upload left.
+    let other = p.join("acme8-2.2.0.nvfw");
+    ok(
+        d.cli(&[
+            "firmware",
+            "build",
+            "--payload",
+            s(&p.join("rootfs.erofs")),
+            "--class",
+            "reboot",
+            "--product",
+            "acme-nas",
+            "--compatible",
+            "acme-nas8",
+            "--version",
+            "2.2.0",
+            "--key",
+            s(&p.join("vendor.key")),
+            "--out",
+            s(&other),
+        ]),
+        "firmware build",
+    );
+    let e = d.fails(&["firmware", "install", s(&other), "--wait"]);
+    assert!(
+        e.contains("bundle") && e.contains("incompatible board"),
+        "{e}"
+    );
+    let v: Value = d.json(&["firmware", "status"]);
+    assert_eq!(v["last_outcome"]["result"], "succeeded", "{v}");
+    assert_eq!(v["slots"][0]["state"], "good", "{v}");
+    let jobs = d.json(&["job", "list"]).to_string();
+    assert_eq!(jobs.matches("firmware-install").count(), 1, "{jobs}");
 }

@@ -457,14 +457,20 @@ impl Daemon {
 
     /// The pids of the QEMUs this daemon started (from its run directory).
     pub fn qemu_pids(&self) -> Vec<i32> {
+        // A replica server (`<id>.replica.pid`) is no copy of the VM.
+        self.run_pids(|name| !name.ends_with(".replica.pid"))
+    }
+
+    /// The pids in the pid files of this daemon's run directory whose
+    /// names `keep` accepts.
+    fn run_pids(&self, keep: impl Fn(&str) -> bool) -> Vec<i32> {
         let run = self.data_dir().join("run");
         let Ok(rd) = std::fs::read_dir(run) else {
             return Vec::new();
         };
         rd.flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
-            // A replica server (`<id>.replica.pid`) is no copy of the VM.
-            .filter(|e| !e.file_name().to_string_lossy().ends_with(".replica.pid"))
+            .filter(|e| keep(&e.file_name().to_string_lossy()))
             .filter_map(|e| std::fs::read_to_string(e.path()).ok())
             .filter_map(|s| s.trim().parse().ok())
             .collect()
@@ -556,6 +562,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
         self.kill_qemus();
+        self.kill_replica_servers();
         self.kill_watchdog();
     }
 }
@@ -595,16 +602,27 @@ impl Daemon {
     /// SIGKILL to the QEMUs of this daemon's run directory (they outlive the
     /// daemon by design), by their pids.
     pub fn kill_qemus(&self) {
+        self.kill_run_pids(self.qemu_pids());
+    }
+
+    /// SIGKILL to the replica servers (`qemu-storage-daemon`) of this
+    /// daemon's run directory, which outlive it too.
+    pub fn kill_replica_servers(&self) {
+        self.kill_run_pids(self.run_pids(|name| name.ends_with(".replica.pid")));
+    }
+
+    fn kill_run_pids(&self, pids: Vec<i32>) {
         let run = self.data_dir().join("run");
         let run = run.to_string_lossy();
-        for pid in self.qemu_pids() {
-            // Only a live QEMU of this daemon (its command line names the run dir).
+        for pid in pids {
+            // Only a live QEMU or replica server of this daemon (its
+            // command line names the run dir).
             let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(run.as_ref()))
                 .unwrap_or(false);
             if ours && alive(pid) {
                 // SAFETY: kill(2) with a pid read from this test's own run
-                // directory, checked just before to be a live QEMU of it.
+                // directory, checked just before to be a live process of it.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                 }

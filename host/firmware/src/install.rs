@@ -1038,15 +1038,7 @@ fn resolve_in(root: &Path, inside: &str) -> Result<PathBuf, String> {
 /// Copies `src` to `dest` through a temporary file beside it: write,
 /// fsync, rename. The caller syncs the directory.
 fn copy_durably(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut tmp = crate::state::temp_beside(dest, ".tmp")?;
     let mut from = std::fs::File::open(src)?;
     std::io::copy(&mut from, &mut tmp)?;
     tmp.as_file().sync_all()?;

@@ -68,18 +68,7 @@ pub struct FileSink {
 impl FileSink {
     /// A sink that will become `dest`.
     pub fn create(dest: &Path) -> std::io::Result<FileSink> {
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".partial")
-            .tempfile_in(dir)?;
+        let tmp = crate::state::temp_beside(dest, ".partial")?;
         Ok(FileSink {
             tmp,
             dest: dest.to_path_buf(),

@@ -160,7 +160,8 @@ fn firmware() -> FirmwareView {
         "pending": {"slot": "b", "version": "2.1.0", "generation": 2,
                     "installed_at": "2026-02-01T10:00:00Z"},
         "last_outcome": {"result": "installed", "at": "2026-02-01T10:00:00Z", "version": "2.1.0",
-                         "slot": "b", "code": null, "reason": "installed into slot b"}
+                         "slot": "b", "code": null, "reason": "installed into slot b"},
+        "service": null
     }))
 }
 

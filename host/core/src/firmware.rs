@@ -12,13 +12,13 @@ use crate::Inner;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use nasvisor_api_types::{
-    CoreError, FirmwareOutcomeKind, FirmwareOutcomeView, FirmwarePendingView, FirmwareSlotState,
-    FirmwareSlotView, FirmwareView, JobView,
+    CoreError, FirmwareOutcomeKind, FirmwareOutcomeView, FirmwarePendingView, FirmwareServiceView,
+    FirmwareSlotState, FirmwareSlotView, FirmwareView, JobView,
 };
 use nasvisor_best_effort::BestEffort;
 use nasvisor_firmware::{
-    FirmwareStatus, InstallError, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet, SlotState,
-    BUNDLE_HEAD_BYTES,
+    Class, FirmwareStatus, InstallError, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet,
+    SlotState, BUNDLE_HEAD_BYTES,
 };
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -37,6 +37,9 @@ pub struct FirmwareSettings {
     pub product: String,
     /// This board; a bundle that does not name it is refused.
     pub board: String,
+    /// How long a new service release has to become healthy before the
+    /// watchdog rolls it back.
+    pub service_deadline: std::time::Duration,
 }
 
 impl FirmwareSettings {
@@ -59,6 +62,31 @@ impl FirmwareSettings {
         })
     }
 
+    /// At the daemon's start, before anything else: the service release
+    /// to run instead of this binary, verified and unpacked (or `None`).
+    /// Releases that fail their checks or died on trial are rolled back
+    /// on the way (recorded in the state file).
+    pub fn service_launch(&self) -> Result<Option<nasvisor_firmware::Launch>, String> {
+        let policy = self.policy()?;
+        self.slot_set()
+            .service_launch(&policy)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The service release `version`, on trial, did not become healthy:
+    /// the previous one is current again. `false` when it is not on trial.
+    pub fn service_rollback(&self, version: &str, reason: &str) -> Result<bool, String> {
+        self.slot_set()
+            .service_rollback(version, reason)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The service release on trial, if any.
+    pub fn service_trial(&self) -> Result<Option<String>, String> {
+        let state = self.slot_set().state().map_err(|e| e.to_string())?;
+        Ok(state.service.trial.map(|t| t.version))
+    }
+
     /// Where uploaded bundles wait for their install.
     fn upload_dir(&self) -> PathBuf {
         self.slots.state_dir.join("uploads")
@@ -78,7 +106,9 @@ impl Inner {
 
     /// `GET /api/v1/host/firmware`.
     pub(crate) async fn firmware_status(&self) -> Result<FirmwareView, CoreError> {
-        let slots = self.firmware()?.slot_set();
+        let settings = self.firmware()?;
+        let slots = settings.slot_set();
+        let deadline_s = settings.service_deadline.as_secs();
         let status = tokio::task::spawn_blocking(move || slots.status())
             .await
             .map_err(errors::internal)?
@@ -89,7 +119,16 @@ impl Inner {
                 }
                 e => errors::internal(e),
             })?;
-        Ok(view(status))
+        let service = FirmwareServiceView {
+            running: self.cfg.service_release.clone(),
+            current: status.service.current.clone(),
+            previous: status.service.previous.clone(),
+            on_trial: status.service.trial.as_ref().map(|t| t.version.clone()),
+            deadline_s,
+        };
+        let mut v = view(status);
+        v.service = Some(service);
+        Ok(v)
     }
 
     /// `POST /api/v1/host/firmware/install`: receives the bundle into the
@@ -122,38 +161,70 @@ impl Inner {
             let path = bundle.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let policy = settings.policy()?;
-                settings
-                    .slot_set()
-                    .install(&path, &policy, &mut |p| {
-                        c.progress(
-                            f64::from(p.percent) / 100.0,
-                            Some(&format!("{:?}", p.phase).to_lowercase()),
-                        );
-                        if c.is_cancelled() {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    })
-                    .map_err(|e| {
-                        if e.code() == "cancelled" {
-                            "cancelled".to_string()
-                        } else {
-                            e.chain()
-                        }
-                    })
+                let mut progress = |p: nasvisor_firmware::Progress| {
+                    c.progress(
+                        f64::from(p.percent) / 100.0,
+                        Some(&format!("{:?}", p.phase).to_lowercase()),
+                    );
+                    if c.is_cancelled() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
+                let slots = settings.slot_set();
+                let chain = |e: InstallError| {
+                    if e.code() == "cancelled" {
+                        "cancelled".to_string()
+                    } else {
+                        e.chain()
+                    }
+                };
+                // The class read here only routes the bundle: each install
+                // verifies it whole and refuses the other class.
+                let class = nasvisor_firmware::open_file(&path)
+                    .and_then(|b| b.unverified_manifest())
+                    .map(|m| m.class)
+                    .map_err(|e| e.to_string())?;
+                match class {
+                    Class::Reboot => slots
+                        .install(&path, &policy, &mut progress)
+                        .map(Done::Slot)
+                        .map_err(chain),
+                    Class::Service => slots
+                        .install_service(&path, &policy, &mut progress)
+                        .map(Done::Service)
+                        .map_err(chain),
+                }
             })
             .await;
             std::fs::remove_file(&bundle).best_effort("remove an installed bundle");
             let target = Some(format!("host/{}", me.host.id));
+            let mut restart = false;
             let outcome = match r {
-                Ok(Ok(done)) => {
+                Ok(Ok(Done::Slot(done))) => {
                     let msg = format!(
                         "firmware {} installed into slot {} ({}); it boots at the next reboot",
                         done.version, done.slot, done.entry
                     );
                     me.event("firmware-installed", Severity::Info, target, msg.clone())
                         .await;
+                    Ok(msg)
+                }
+                Ok(Ok(Done::Service(staged))) => {
+                    let msg = format!(
+                        "service release {} staged (previously {}); nasvisord restarts into it, VMs keep running",
+                        staged.version,
+                        staged.previous.as_deref().unwrap_or("the slot's own")
+                    );
+                    me.event(
+                        "firmware-service-staged",
+                        Severity::Info,
+                        target,
+                        msg.clone(),
+                    )
+                    .await;
+                    restart = true;
                     Ok(msg)
                 }
                 Ok(Err(e)) if e == "cancelled" => Err(JobFailure::Cancelled),
@@ -170,6 +241,13 @@ impl Inner {
                 Err(e) => Err(JobFailure::Failed(format!("the install task failed: {e}"))),
             };
             me.job_finish(&ctx, outcome).await;
+            if restart {
+                // A moment for whoever follows the job (`firmware install
+                // --wait` polls every 250 ms) to see it end before the
+                // endpoint goes away for the restart.
+                tokio::time::sleep(RESTART_GRACE).await;
+                me.service_restart.notify_one();
+            }
         });
         Ok(job.view())
     }
@@ -224,6 +302,38 @@ impl Inner {
         }
     }
 
+    /// The service release this process runs, on trial: once the host is
+    /// ready (in a cluster: in touch with a majority), it is healthy.
+    pub(crate) async fn confirm_service_release(&self) {
+        let (Some(settings), Some(version)) =
+            (self.cfg.firmware.clone(), self.cfg.service_release.clone())
+        else {
+            return;
+        };
+        while !self.has_quorum() {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+        }
+        let v = version.clone();
+        let r = tokio::task::spawn_blocking(move || settings.slot_set().service_healthy(&v)).await;
+        match r {
+            Ok(Ok(true)) => {
+                self.event(
+                    "firmware-update-succeeded",
+                    Severity::Info,
+                    Some(format!("host/{}", self.host.id)),
+                    format!("service release {version} is healthy"),
+                )
+                .await
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot end the service release's trial"),
+            Err(e) => tracing::error!(error = %e, "the service release task failed"),
+        }
+    }
+
     /// A firmware install interrupted by a restart: its bundle is removed;
     /// the slot it was writing has no boot entry.
     pub(crate) fn recover_firmware_job(&self, job: &FirmwareJob) -> String {
@@ -260,19 +370,25 @@ async fn receive(
     }
     let slots = settings.slot_set();
     let policy = settings.policy().map_err(errors::internal)?;
-    let (manifest, head) =
+    let checked =
         tokio::task::spawn_blocking(move || slots.precheck(&head, &policy).map(|m| (m, head)))
             .await
-            .map_err(errors::internal)?
-            .map_err(|e| match e {
-                InstallError::Bundle(_) | InstallError::ServiceNotSupported { .. } => {
-                    errors::invalid("bundle", e.chain())
-                }
-                InstallError::Slot(e @ nasvisor_firmware::SlotError::NotBootedFromSlot { .. }) => {
-                    errors::conflict(e.to_string())
-                }
-                e => errors::internal(e.chain()),
-            })?;
+            .map_err(errors::internal)?;
+    if checked.is_err() {
+        // The rest is read and dropped before the refusal is answered: a
+        // client still sending a large bundle gets the answer, not a
+        // connection cut under its upload.
+        while let Some(Ok(_)) = body.next().await {}
+    }
+    let (manifest, head) = checked.map_err(|e| match e {
+        InstallError::Bundle(_) | InstallError::WrongClass { .. } => {
+            errors::invalid("bundle", e.chain())
+        }
+        InstallError::Slot(e @ nasvisor_firmware::SlotError::NotBootedFromSlot { .. }) => {
+            errors::conflict(e.to_string())
+        }
+        e => errors::internal(e.chain()),
+    })?;
 
     let dir = settings.upload_dir();
     tokio::fs::create_dir_all(&dir)
@@ -294,6 +410,7 @@ async fn receive(
         .map_err(|e| errors::internal(e.to_string()))?
         .free_bytes;
     if free < most {
+        while let Some(Ok(_)) = body.next().await {}
         return Err(no_room(free));
     }
     let path = dir.join(format!(
@@ -347,6 +464,16 @@ async fn receive(
     Ok(path)
 }
 
+/// How long after a service release's install job ended nasvisord
+/// restarts into it.
+const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What an install job did.
+enum Done {
+    Slot(nasvisor_firmware::Installed),
+    Service(nasvisor_firmware::Staged),
+}
+
 /// The API form of the status.
 fn view(s: FirmwareStatus) -> FirmwareView {
     FirmwareView {
@@ -396,6 +523,7 @@ fn view(s: FirmwareStatus) -> FirmwareView {
             code: o.code,
             reason: o.reason,
         }),
+        service: None,
     }
 }
 
@@ -477,6 +605,7 @@ mod tests {
             trusted_keys_dir: keys.join("trusted"),
             product: "acme-nas".into(),
             board: "acme-nas4".into(),
+            service_deadline: Duration::from_secs(120),
         };
         (settings, bundle)
     }

@@ -143,6 +143,10 @@ pub struct CoreConfig {
     /// This host's firmware slots; `None` (the default) leaves firmware
     /// management off (`GET /api/v1/host/firmware` answers 409).
     pub firmware: Option<FirmwareSettings>,
+    /// The service release this process runs (a `service` bundle's
+    /// version, docs/firmware.md "Service releases"); `None`: the slot's
+    /// own nasvisord. It is the version the host reports.
+    pub service_release: Option<String>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
@@ -183,6 +187,7 @@ impl CoreConfig {
             ha_restart_period: Duration::from_secs(600),
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
             firmware: None,
+            service_release: None,
             #[cfg(test)]
             test_peer_window: None,
             #[cfg(test)]
@@ -301,6 +306,9 @@ pub(crate) struct Inner {
     pub plugin_reports: plugin_reports::PluginReports,
     /// The HA VMs whose disk replica a keeper task looks after here.
     pub replicas: replica::ReplicaKeepers,
+    /// Told when a service release was staged: the daemon restarts into
+    /// it ([`NasCore::restart_requested`]).
+    pub service_restart: tokio::sync::Notify,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api_types::Core`].
@@ -392,7 +400,10 @@ impl NasCore {
         let host = HostRecord {
             id: cfg.host_name.clone(),
             name: cfg.host_name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: cfg
+                .service_release
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
@@ -442,6 +453,7 @@ impl NasCore {
             cluster_plugins: Default::default(),
             plugin_reports: Default::default(),
             replicas: Default::default(),
+            service_restart: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.events.init(&inner.db);
@@ -474,6 +486,21 @@ impl NasCore {
     /// `None` on every later start.
     pub fn take_bootstrap_token(&self) -> Option<String> {
         self.inner.take_bootstrap_token()
+    }
+
+    /// Resolves once a `service` firmware release was staged: the daemon
+    /// then stops serving and restarts into it (docs/firmware.md, "Service
+    /// releases").
+    pub async fn restart_requested(&self) {
+        self.inner.service_restart.notified().await
+    }
+
+    /// Ends the trial of the service release this process runs once the
+    /// host is ready: serving, and in a cluster, in touch with a majority
+    /// (the release is then `succeeded` and the rollback floor rises).
+    /// Without a trial it does nothing.
+    pub async fn confirm_service_release(&self) {
+        self.inner.confirm_service_release().await
     }
 
     /// The accelerator VMs run under.

@@ -68,9 +68,15 @@ pub enum InstallError {
     /// The slots, the ESP or the state could not be read or written.
     #[error(transparent)]
     Slot(#[from] SlotError),
-    /// Only `reboot` bundles install into a slot so far.
-    #[error("unsupported class: version {version} is a service bundle, and installing service bundles is not supported yet (only reboot bundles)")]
-    ServiceNotSupported { version: String },
+    /// A bundle of the other class where one class is installed (a
+    /// `service` bundle given to the slot install, or the reverse).
+    #[error(
+        "wrong class: version {version} is a {class} bundle, which this install does not take"
+    )]
+    WrongClass {
+        version: String,
+        class: crate::manifest::Class,
+    },
     /// Both slot devices are the same device.
     #[error("refusing to install over the booted slot: slot {target}'s device {} is the booted slot {booted}'s", device.display())]
     BootedSlot {
@@ -108,7 +114,7 @@ impl InstallError {
             }
             InstallError::Bundle(e) => e.code(),
             InstallError::Slot(_) => "io",
-            InstallError::ServiceNotSupported { .. } => "unsupported-class",
+            InstallError::WrongClass { .. } => "wrong-class",
             InstallError::BootedSlot { .. } => "booted-slot",
             InstallError::PayloadTooLarge { .. } => "payload-too-large",
             InstallError::BootFiles { .. } => "boot-files",
@@ -205,28 +211,36 @@ impl SlotSet {
         let mut version = None;
         let mut target = None;
         let result = self.install_locked(bundle, base, progress, &mut version, &mut target);
-        let now = rfc3339(OffsetDateTime::now_utc());
         match &result {
             Ok(done) => {
                 tracing::info!(slot = %done.slot, version = %done.version, entry = %done.entry, "firmware installed; it boots next");
             }
-            Err(e) => {
-                tracing::warn!(bundle = %bundle.display(), code = e.code(), error = %e.chain(), "firmware install failed");
-                let mut state = self.state()?;
-                state.last_outcome = Some(Outcome {
-                    result: OutcomeKind::Failed,
-                    at: now,
-                    version,
-                    slot: target,
-                    code: Some(e.code().to_string()),
-                    reason: Some(e.chain()),
-                });
-                state
-                    .save(&self.state_path())
-                    .map_err(|e| InstallError::Slot(e.into()))?;
-            }
+            Err(e) => self.record_failure(bundle, e, version, target)?,
         }
         result
+    }
+
+    /// Records a failed install (of either class) as the last outcome.
+    pub(crate) fn record_failure(
+        &self,
+        bundle: &Path,
+        e: &InstallError,
+        version: Option<String>,
+        slot: Option<Slot>,
+    ) -> Result<(), InstallError> {
+        tracing::warn!(bundle = %bundle.display(), code = e.code(), error = %e.chain(), "firmware install failed");
+        let mut state = self.state()?;
+        state.last_outcome = Some(Outcome {
+            result: OutcomeKind::Failed,
+            at: rfc3339(OffsetDateTime::now_utc()),
+            version,
+            slot,
+            code: Some(e.code().to_string()),
+            reason: Some(e.chain()),
+        });
+        state
+            .save(&self.state_path())
+            .map_err(|e| InstallError::Slot(e.into()))
     }
 
     fn install_locked(
@@ -256,8 +270,9 @@ impl SlotSet {
         let manifest = checked.manifest().clone();
         *version_out = Some(manifest.version.to_string());
         if manifest.class != Class::Reboot {
-            return Err(InstallError::ServiceNotSupported {
+            return Err(InstallError::WrongClass {
                 version: manifest.version.to_string(),
+                class: manifest.class,
             });
         }
         *target_out = Some(target);
@@ -358,25 +373,26 @@ impl SlotSet {
         let policy = self.policy(base, booted, &state)?;
         let checked =
             crate::verify::OpenBundle::open(std::io::Cursor::new(head))?.check(&policy)?;
-        let manifest = checked.manifest().clone();
-        if manifest.class == Class::Service {
-            return Err(InstallError::ServiceNotSupported {
-                version: manifest.version.to_string(),
-            });
-        }
-        Ok(manifest)
+        Ok(checked.manifest().clone())
     }
 
-    /// The appliance's policy: `base`'s keys, product, board; the booted
-    /// slot's version as installed, and as the floor when above the
-    /// stored one; the clock never before the clock floor.
-    fn policy(&self, base: &Policy, booted: Slot, state: &State) -> Result<Policy, SlotError> {
-        let installed = match self.entry(booted)? {
+    /// The appliance's policy: `base`'s keys, product, board; the
+    /// installed version (the booted slot's, or the service release
+    /// running on it when newer) as installed, and as the floor when above
+    /// the stored one; the clock never before the clock floor.
+    pub(crate) fn policy(
+        &self,
+        base: &Policy,
+        booted: Slot,
+        state: &State,
+    ) -> Result<Policy, SlotError> {
+        let slot = match self.entry(booted)? {
             Some(e) => self
                 .entry_field(&e, "version")?
                 .and_then(|v| Version::parse(&v).ok()),
             None => None,
         };
+        let installed = self.running_release(state)?.or(slot);
         let floor = match (&state.rollback_floor, &installed) {
             (Some(f), Some(i)) => Some(f.max(i).clone()),
             (f, i) => f.clone().or_else(|| i.clone()),
@@ -390,19 +406,35 @@ impl SlotSet {
         })
     }
 
-    fn lock(&self) -> Result<std::fs::File, InstallError> {
+    /// The install lock: one install at a time (`Busy` otherwise).
+    pub(crate) fn lock(&self) -> Result<std::fs::File, InstallError> {
+        let (file, path) = self.lock_file("install.lock")?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| InstallError::Busy { lock: path })?;
+        Ok(file)
+    }
+
+    /// The service lock, waited for: the service release's state changes
+    /// one at a time, whichever process (the daemon starting, the one
+    /// serving, the watchdog) makes them.
+    pub(crate) fn service_lock(&self) -> Result<std::fs::File, SlotError> {
+        let (file, path) = self.lock_file("service.lock")?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(format!("cannot lock {}", path.display()))(e.into()))?;
+        Ok(file)
+    }
+
+    fn lock_file(&self, name: &str) -> Result<(std::fs::File, PathBuf), SlotError> {
         let dir = &self.config().state_dir;
         std::fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-        let path = dir.join("install.lock");
+        let path = dir.join(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io_err(format!("cannot open {}", path.display())))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| InstallError::Busy { lock: path })?;
-        Ok(file)
+        Ok((file, path))
     }
 
     /// Removes `slot`'s entries, kernel and initrd from the ESP: it cannot
@@ -622,7 +654,11 @@ impl SlotSet {
     }
 }
 
-fn report(progress: &mut ProgressFn<'_>, phase: Phase, percent: u8) -> Result<(), InstallError> {
+pub(crate) fn report(
+    progress: &mut ProgressFn<'_>,
+    phase: Phase,
+    percent: u8,
+) -> Result<(), InstallError> {
     match progress(Progress { phase, percent }) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(()) => Err(InstallError::Cancelled),

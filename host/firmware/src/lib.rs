@@ -36,6 +36,7 @@ mod install;
 mod layout;
 mod manifest;
 mod policy;
+mod service;
 mod sink;
 mod slots;
 mod state;
@@ -48,6 +49,10 @@ pub use install::{
 };
 pub use manifest::{rfc3339, Class, Manifest, Payload, FORMAT, MAX_MANIFEST_BYTES};
 pub use policy::{next_floor, Policy};
+pub use service::{
+    unpack as unpack_service_payload, Launch, ServiceState, Staged, Trial, SERVICE_CLI,
+    SERVICE_DAEMON, SERVICE_PLUGINS,
+};
 pub use sink::{DigestOnly, FileSink, PayloadSink};
 pub use slots::{
     Counter, Entry, FirmwareStatus, Slot, SlotConfig, SlotError, SlotSet, SlotState, SlotStatus,

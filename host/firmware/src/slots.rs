@@ -241,6 +241,8 @@ pub struct FirmwareStatus {
     pub clock_floor: Option<String>,
     pub pending: Option<PendingUpdate>,
     pub last_outcome: Option<Outcome>,
+    /// The service release, if any.
+    pub service: crate::service::ServiceState,
 }
 
 /// The two slots, the ESP, and the firmware state.
@@ -369,6 +371,7 @@ impl SlotSet {
             clock_floor: state.clock_floor.map(crate::rfc3339),
             pending: state.pending,
             last_outcome: state.last_outcome,
+            service: state.service,
         })
     }
 }

@@ -54,6 +54,12 @@ pub struct State {
     pub pending: Option<PendingUpdate>,
     /// How the last update ended.
     pub last_outcome: Option<Outcome>,
+    /// The service release (`service` bundles), when there is one.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::service::ServiceState::is_empty"
+    )]
+    pub service: crate::service::ServiceState,
 }
 
 impl Default for State {
@@ -64,6 +70,7 @@ impl Default for State {
             clock_floor: None,
             pending: None,
             last_outcome: None,
+            service: Default::default(),
         }
     }
 }

@@ -387,7 +387,7 @@ fn a_refused_bundle_touches_no_slot_and_records_why() {
         (
             "service bundle",
             Box::new(|a| a.bundle("sv", |s| s.class = Class::Service)),
-            "unsupported-class",
+            "wrong-class",
         ),
     ];
     for (what, make, code) in cases {
@@ -659,4 +659,239 @@ fn a_slot_left_mounted_by_a_crashed_install_is_unmounted_and_removed_at_start() 
     assert!(!state_dir.join(".slot.crashed").exists());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(".slot.crashed"), "{mounts}");
+}
+
+// ---------------------------------------------------------------- service
+
+/// A tar of `members` (name, contents; `None`: a symbolic link to
+/// `nasvisord`).
+fn service_tar(a: &Appliance, tag: &str, members: &[Member]) -> PathBuf {
+    let path = a.path(&format!("service-{tag}.tar"));
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (name, body) in members {
+        let mut h = tar::Header::new_ustar();
+        match body {
+            Some(body) => {
+                h.set_size(body.len() as u64);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                // The name as written, `..` and all (set_path refuses it).
+                h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                h.set_cksum();
+                b.append(&h, *body).unwrap();
+            }
+            None => {
+                h.set_size(0);
+                h.set_entry_type(tar::EntryType::Symlink);
+                b.append_link(&mut h, name, "nasvisord").unwrap();
+            }
+        }
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// A payload member: its name and contents (`None`: a symbolic link).
+type Member<'a> = (&'a str, Option<&'a [u8]>);
+
+/// The members of a good service payload.
+const SERVICE: &[Member] = &[
+    ("nasvisord", Some(b"#!/bin/sh\necho release\n")),
+    ("nasvisor", Some(b"#!/bin/sh\necho cli\n")),
+    ("plugins/nasvisor-scheduler.wasm", Some(b"\0asm plugin")),
+];
+
+impl Appliance {
+    /// A signed service bundle of `version` with `members`.
+    fn service_bundle(&self, version: &str, members: &[Member]) -> PathBuf {
+        let mut s = spec();
+        s.class = Class::Service;
+        s.version = Version::parse(version).unwrap();
+        s.payload_name = Some("service.tar".into());
+        let out = self.path(&format!("service-{version}.nvfw"));
+        let key = read_signing_key(&self.path("keys/vendor.key")).unwrap();
+        build(&s, &service_tar(self, version, members), Some(&key), &out).unwrap();
+        out
+    }
+
+    fn install_service(&self, bundle: &Path) -> Result<nasvisor_firmware::Staged, InstallError> {
+        self.slots
+            .install_service(bundle, &self.policy(), &mut |_| ControlFlow::Continue(()))
+    }
+
+    fn state(&self) -> State {
+        State::load(&self.path("data/firmware/state.json")).unwrap()
+    }
+}
+
+#[test]
+fn a_service_release_is_staged_launched_verified_and_judged() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = Appliance::new();
+    let before = app.snapshot();
+    let staged = app
+        .install_service(&app.service_bundle("2.0.2", SERVICE))
+        .unwrap();
+    assert_eq!(staged.version, "2.0.2");
+    assert_eq!(staged.previous, None, "the slot's own nasvisord before");
+    // No slot and no file of the ESP changed: nothing runs it yet.
+    assert!(app.snapshot() == before);
+    let state = app.state();
+    assert_eq!(state.service.current.as_deref(), Some("2.0.2"));
+    assert_eq!(state.service.trial.as_ref().unwrap().launches, 0);
+    assert_eq!(state.last_outcome.unwrap().result, OutcomeKind::Installed);
+
+    // The start: verified again, unpacked afresh, on trial.
+    let l = app.slots.service_launch(&app.policy()).unwrap().unwrap();
+    assert!(l.trial);
+    assert_eq!(l.version, "2.0.2");
+    assert_eq!(
+        std::fs::read(l.daemon()).unwrap(),
+        b"#!/bin/sh\necho release\n"
+    );
+    let mode = std::fs::metadata(l.daemon()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read(l.plugins().unwrap().join("nasvisor-scheduler.wasm")).unwrap(),
+        b"\0asm plugin"
+    );
+
+    // A second start while still on trial: it died before it was
+    // healthy. Rolled back to the slot's own nasvisord.
+    assert_eq!(app.slots.service_launch(&app.policy()).unwrap(), None);
+    let state = app.state();
+    assert_eq!(state.service.current, None);
+    let o = state.last_outcome.unwrap();
+    assert_eq!(o.result, OutcomeKind::Failed);
+    assert_eq!(o.code.as_deref(), Some("unhealthy"));
+    assert!(
+        o.reason
+            .unwrap()
+            .contains("back on the slot's own nasvisord"),
+        "the outcome says where it went back to"
+    );
+    assert_eq!(
+        state.rollback_floor, None,
+        "the floor rises only when healthy"
+    );
+
+    // Again, and healthy this time: succeeded, the floor rises.
+    app.install_service(&app.service_bundle("2.0.2", SERVICE))
+        .unwrap();
+    let l = app.slots.service_launch(&app.policy()).unwrap().unwrap();
+    assert!(app.slots.service_healthy(&l.version).unwrap());
+    assert!(!app.slots.service_healthy(&l.version).unwrap(), "once");
+    let state = app.state();
+    assert_eq!(state.rollback_floor, Some(Version::new(2, 0, 2)));
+    assert_eq!(state.last_outcome.unwrap().result, OutcomeKind::Succeeded);
+    assert!(state.service.trial.is_none());
+    let l = app.slots.service_launch(&app.policy()).unwrap().unwrap();
+    assert!(!l.trial, "a healthy release runs at every start");
+
+    // 2.0.3 on trial; its watchdog gives up: back on 2.0.2.
+    let staged = app
+        .install_service(&app.service_bundle("2.0.3", SERVICE))
+        .unwrap();
+    assert_eq!(staged.previous.as_deref(), Some("2.0.2"));
+    assert!(app
+        .slots
+        .service_rollback("2.0.3", "not healthy within 30 s")
+        .unwrap());
+    assert!(!app.slots.service_rollback("2.0.3", "again").unwrap());
+    let l = app.slots.service_launch(&app.policy()).unwrap().unwrap();
+    assert_eq!(l.version, "2.0.2");
+    assert!(
+        !app.path("data/firmware/service/releases/2.0.3").exists(),
+        "pruned"
+    );
+
+    // A release changed on the data partition is not run: back on the
+    // slot's own, with the reason.
+    let kept = app.path("data/firmware/service/releases/2.0.2/bundle.nvfw");
+    let mut bytes = std::fs::read(&kept).unwrap();
+    let n = bytes.len();
+    bytes[n - 2048] ^= 1;
+    std::fs::write(&kept, bytes).unwrap();
+    assert_eq!(app.slots.service_launch(&app.policy()).unwrap(), None);
+    let o = app.state().last_outcome.unwrap();
+    assert_eq!(o.code.as_deref(), Some("release-invalid"), "{o:?}");
+
+    // Below the floor (2.0.2) and the reboot class are refused.
+    let e = app
+        .install_service(&app.service_bundle("2.0.1", SERVICE))
+        .unwrap_err();
+    assert_eq!(e.code(), "below-rollback-floor", "{e}");
+    let e = app.install_service(&app.bundle("rb", |_| {})).unwrap_err();
+    assert_eq!(e.code(), "wrong-class", "{e}");
+}
+
+#[test]
+fn a_slot_as_new_as_the_release_drops_it() {
+    let app = Appliance::new();
+    app.install_service(&app.service_bundle("2.0.2", SERVICE))
+        .unwrap();
+    let l = app.slots.service_launch(&app.policy()).unwrap().unwrap();
+    app.slots.service_healthy(&l.version).unwrap();
+    // A reboot into a slot at 2.1.0: its own nasvisord runs.
+    let entries = app.path("esp/loader/entries");
+    std::fs::write(
+        entries.join("nasvisor-2-b.conf"),
+        "title nasvisor 2.1.0 (slot b)\nversion 2.1.0\n",
+    )
+    .unwrap();
+    app.set_booted("b");
+    assert_eq!(app.slots.service_launch(&app.policy()).unwrap(), None);
+    assert!(app.state().service.current.is_none());
+    assert!(!app.path("data/firmware/service/releases/2.0.2").exists());
+}
+
+#[test]
+fn bad_service_payloads_are_refused_and_nothing_is_staged() {
+    let app = Appliance::new();
+    let cases: Vec<(&str, Vec<Member>, &str)> = vec![
+        (
+            "no nasvisord",
+            vec![("nasvisor", Some(b"x"))],
+            "holds no nasvisord",
+        ),
+        (
+            "a link",
+            vec![("nasvisord", Some(b"x")), ("nasvisor", None)],
+            "only regular files",
+        ),
+        (
+            "a path out of it",
+            vec![("nasvisord", Some(b"x")), ("../evil", Some(b"x"))],
+            "may be in a service payload",
+        ),
+        (
+            "another file",
+            vec![("nasvisord", Some(b"x")), ("etc/passwd", Some(b"x"))],
+            "may be in a service payload",
+        ),
+        (
+            "a hidden plugin",
+            vec![("nasvisord", Some(b"x")), ("plugins/.x", Some(b"x"))],
+            "may be in a service payload",
+        ),
+        (
+            "twice",
+            vec![("nasvisord", Some(b"x")), ("nasvisord", Some(b"y"))],
+            "twice",
+        ),
+    ];
+    for (i, (what, members, needle)) in cases.into_iter().enumerate() {
+        let e = app
+            .install_service(&app.service_bundle(&format!("2.0.{}", i + 2), &members))
+            .unwrap_err();
+        assert!(e.to_string().contains(needle), "{what}: {e}");
+        assert!(e.to_string().contains("payload"), "{what}: {e}");
+        let state = app.state();
+        assert!(state.service.current.is_none(), "{what}");
+        assert_eq!(state.last_outcome.unwrap().result, OutcomeKind::Failed);
+        let left: Vec<_> = std::fs::read_dir(app.path("data/firmware/service/releases"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{what}: {left:?}");
+    }
 }

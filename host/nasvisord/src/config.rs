@@ -73,6 +73,10 @@ pub struct FirmwareConfig {
     pub board: String,
     /// Largest bundle upload, bytes.
     pub max_bundle_bytes: u64,
+    /// How long a new service release (a `service` bundle) has to become
+    /// healthy after nasvisord restarted into it before the watchdog rolls
+    /// it back, s (10..=3600).
+    pub service_deadline_s: u64,
 }
 
 impl Default for FirmwareConfig {
@@ -88,6 +92,7 @@ impl Default for FirmwareConfig {
             product: String::new(),
             board: String::new(),
             max_bundle_bytes: 4 << 30,
+            service_deadline_s: 120,
         }
     }
 }
@@ -524,6 +529,12 @@ impl Config {
             }
         }
         range("firmware.tries", fw.tries.into(), 1, 10)?;
+        range(
+            "firmware.service-deadline-s",
+            fw.service_deadline_s,
+            10,
+            3600,
+        )?;
         for (field, p) in [
             ("firmware.esp", &fw.esp),
             ("firmware.slot-a", &fw.slot_a),
@@ -599,6 +610,7 @@ impl FirmwareConfig {
             trusted_keys_dir: self.trusted_keys_dir.clone(),
             product: self.product.clone(),
             board: self.board.clone(),
+            service_deadline: std::time::Duration::from_secs(self.service_deadline_s),
         })
     }
 }

@@ -12,6 +12,7 @@
 
 mod config;
 mod plugins;
+mod service;
 
 use clap::Parser;
 use config::Config;
@@ -102,6 +103,10 @@ enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=1000))]
         poll_ms: u64,
     },
+    /// The watchdog of a service release on trial (started by the daemon
+    /// when it restarts into a release, not by hand): rolls the release
+    /// back when it is not healthy by its deadline (docs/firmware.md).
+    ServiceWatch(service::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +151,26 @@ fn main() -> ExitCode {
     }
     if let Some(l) = args.listen {
         cfg.api.listen = l;
+    }
+    if let Some(root) = service::release_plugins() {
+        // A service release carries its plugins.
+        cfg.plugins.dir = root;
+    }
+    if let Some(Command::ServiceWatch(w)) = &args.command {
+        return match cfg.firmware.settings(&cfg.data_dir) {
+            Some(fw) => service::watch(&fw, w),
+            None => {
+                eprintln!("nasvisord service-watch: firmware is not enabled in this configuration");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // Before anything else is opened: the service release to run instead
+    // of this binary, if any (the call does not return then).
+    if !args.print_config && !args.check {
+        if let Some(fw) = cfg.firmware.settings(&cfg.data_dir) {
+            service::launch(&fw);
+        }
     }
     if args.print_config {
         match toml::to_string_pretty(&cfg) {
@@ -196,13 +221,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let firmware = cfg.firmware.settings(&cfg.data_dir);
     match rt.block_on(serve(cfg, host)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Signal) => ExitCode::SUCCESS,
+        Ok(Stopped::Restart) => {
+            // Every thread of the runtime ends before the exec.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            let Some(fw) = firmware else {
+                return ExitCode::FAILURE;
+            };
+            let e = service::restart(&fw);
+            eprintln!("nasvisord: cannot restart into the service release: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("nasvisord: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why [`serve`] returned.
+enum Stopped {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A service release was staged: restart into it.
+    Restart,
 }
 
 /// `nasvisord watchdog`: [`nasvisor_watchdog::run`] until SIGTERM or
@@ -296,6 +340,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.migration_tls = cfg.cluster.migration_tls;
     c.cluster_limits = cfg.cluster.limits.limits();
     c.firmware = cfg.firmware.settings(&cfg.data_dir);
+    c.service_release = service::running_release();
     c.bundled_images = cfg
         .images
         .bundled
@@ -319,7 +364,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
 async fn serve(
     cfg: Config,
     policy: std::sync::Arc<nasvisor_plugin_host::PolicyHost>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     use anyhow::Context;
     // The composition root: the cluster network (CA, mutual TLS, the
     // cluster endpoint) is chosen here and handed to the core's store, and
@@ -353,17 +398,41 @@ async fn serve(
         addr = %server.local_addr()?,
         "nasvisord running; stop it with SIGTERM or Ctrl-C (VMs keep running)"
     );
+    // Who runs this host's service now: supervisors and tests find the
+    // daemon here after a service release was rolled back.
+    let pid_file = cfg.data_dir.join("nasvisord.pid");
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file");
+    }
+    if service::running_release().is_some() {
+        let c = core.clone();
+        tokio::spawn(async move { c.confirm_service_release().await });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+    let restart = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let core = core.clone();
+        let restart = restart.clone();
+        async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+                _ = core.restart_requested() => {
+                    restart.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("a service release was staged: restarting into it; running VMs keep running");
+                    return;
+                },
+            }
+            tracing::info!("stopping; running VMs keep running");
         }
-        tracing::info!("stopping; running VMs keep running");
     };
     server.serve(stop).await?;
     core.shutdown().await.context("closing the cluster store")?;
-    Ok(())
+    Ok(if restart.load(std::sync::atomic::Ordering::SeqCst) {
+        Stopped::Restart
+    } else {
+        Stopped::Signal
+    })
 }
 
 #[cfg(test)]

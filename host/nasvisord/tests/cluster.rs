@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::alive;
 use common::cluster::{eventually, eventually_until, Cluster, Guest};
+use common::{alive, counts};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -472,18 +472,6 @@ fn assert_counting_continued(c: &Cluster, vm: &Value, from: usize, to: usize, la
             tail(&after, 3000)
         );
     }
-}
-
-/// The numbers of the guest counter's `COUNT <n>` lines, in console order.
-fn counts(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim_end_matches('\r');
-            let at = l.rfind("COUNT ")?;
-            l[at + "COUNT ".len()..].trim().parse().ok()
-        })
-        .collect()
 }
 
 #[test]

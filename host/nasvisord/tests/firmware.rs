@@ -7,10 +7,11 @@
 
 mod common;
 
-use common::{Daemon, DaemonSetup};
+use common::{counts, Daemon, DaemonSetup};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 const OPTIONS: &str = "root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a console=ttyS0";
 
@@ -86,10 +87,9 @@ fn appliance(p: &Path, cli: impl Fn(&[&str]) -> Output) -> std::path::PathBuf {
     bundle
 }
 
-#[test]
-fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() {
-    let fw = tempfile::tempdir().unwrap();
-    let p = fw.path();
+/// A daemon with `[firmware]` on over the layout in `p` (`extra`: more
+/// keys of `[firmware]`), booted from slot a.
+fn firmware_daemon(p: &Path, extra: &[&str]) -> Daemon {
     let mut setup = DaemonSetup::single_host();
     setup.api_extra = vec![
         "[firmware]".into(),
@@ -102,10 +102,18 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
         "product = \"acme-nas\"".into(),
         "board = \"acme-nas4\"".into(),
     ];
+    setup.api_extra.extend(extra.iter().map(|l| l.to_string()));
     // The layout exists before the daemon starts (it judges it at start).
     std::fs::create_dir_all(p.join("esp/loader/entries")).unwrap();
     std::fs::write(p.join("cmdline"), OPTIONS).unwrap();
-    let mut d = Daemon::start_with(setup);
+    Daemon::start_with(setup)
+}
+
+#[test]
+fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() {
+    let fw = tempfile::tempdir().unwrap();
+    let p = fw.path();
+    let mut d = firmware_daemon(p, &[]);
     let bundle = appliance(p, |args| d.cli(args));
 
     let v = d.json(&["firmware", "status"]);
@@ -197,4 +205,185 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
     assert_eq!(v["slots"][0]["state"], "good", "{v}");
     let jobs = d.json(&["job", "list"]).to_string();
     assert_eq!(jobs.matches("firmware-install").count(), 1, "{jobs}");
+}
+
+/// A service payload (`nasvisord`, the CLI, the plugins) as a tar, its
+/// nasvisord `daemon`; signed into a `service` bundle of `version`.
+fn service_bundle(p: &Path, d: &Daemon, daemon: &Path, version: &str) -> std::path::PathBuf {
+    let dir = p.join(format!("service-{version}"));
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::copy(daemon, dir.join("nasvisord")).unwrap();
+    let cli = Path::new(env!("CARGO_BIN_EXE_nasvisord")).with_file_name("nasvisor");
+    std::fs::copy(&cli, dir.join("nasvisor")).unwrap();
+    for e in std::fs::read_dir(nasvisor_plugin_host::testkit::plugin_dir())
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), dir.join("plugins").join(e.file_name())).unwrap();
+    }
+    let tar = p.join(format!("service-{version}.tar"));
+    let o = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&dir)
+        .args(["nasvisord", "nasvisor", "plugins"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bundle = p.join(format!("service-{version}.nvfw"));
+    ok(
+        d.cli(&[
+            "firmware",
+            "build",
+            "--payload",
+            s(&tar),
+            "--class",
+            "service",
+            "--product",
+            "acme-nas",
+            "--compatible",
+            "acme-nas4",
+            "--version",
+            version,
+            "--key",
+            s(&p.join("vendor.key")),
+            "--out",
+            s(&bundle),
+        ]),
+        "firmware build (service)",
+    );
+    bundle
+}
+
+/// The last `COUNT` on the VM's console, once it is above `above`.
+fn count_above(d: &Daemon, vm: &str, above: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = d.cli(&["vm", "console", vm, "--tail", "65536"]);
+        let last = counts(&String::from_utf8_lossy(&o.stdout))
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if last > above {
+            return last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's counter stayed at {last}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The status, once its service release has no trial left.
+fn settled(d: &Daemon) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = d.json(&["firmware", "status"]);
+        if v["service"]["on_trial"].is_null() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still on trial: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_service_release_replaces_the_daemon_under_running_vms_and_a_broken_one_is_rolled_back() {
+    let fw = tempfile::tempdir().unwrap();
+    let p = fw.path();
+    let mut d = firmware_daemon(p, &["service-deadline-s = 30"]);
+    // Booted from slot a at 2.0.1, the vendor key trusted.
+    appliance(p, |args| d.cli(args));
+    let pid = d.pid();
+
+    // A running guest, counting on its console.
+    let vm = d.json(&[
+        "vm",
+        "create",
+        "svc",
+        "--vcpus",
+        "1",
+        "--memory",
+        "256",
+        "--image",
+        "nasvisor-mini",
+        "--wait",
+    ]);
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    d.wait_console("svc", "NASVISOR-READY", Duration::from_secs(150));
+    d.json(&["vm", "console-send", "-n", "svc", "/lib/nasvisor/counter &"]);
+    let qemus = d.qemu_pids();
+    assert_eq!(qemus.len(), 1, "{qemus:?}");
+    let before = count_above(&d, "svc", 10);
+
+    // 2.0.2: this very nasvisord as a service release.
+    let good = service_bundle(p, &d, Path::new(env!("CARGO_BIN_EXE_nasvisord")), "2.0.2");
+    let o = d.cli(&["firmware", "install", s(&good), "--wait"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o, "firmware install (service)");
+    assert!(err.contains("service release 2.0.2 staged"), "{err}");
+    d.wait_restart(Duration::from_secs(60));
+    // The same process (exec), now the release's binary.
+    assert_eq!(d.pid(), pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.ends_with("firmware/service/releases/2.0.2/root/nasvisord"),
+        "{}",
+        exe.display()
+    );
+    let v = settled(&d);
+    assert_eq!(v["service"]["running"], "2.0.2", "{v:#}");
+    assert_eq!(v["service"]["current"], "2.0.2", "{v:#}");
+    assert_eq!(v["service"]["previous"], Value::Null, "{v:#}");
+    assert_eq!(v["last_outcome"]["result"], "succeeded", "{v:#}");
+    assert_eq!(v["rollback_floor"], "2.0.2", "{v:#}");
+    let hosts = d.json(&["host", "list"]);
+    assert_eq!(hosts[0]["version"], "2.0.2", "{hosts:#}");
+    // The guest never stopped: the same QEMU, still counting.
+    assert_eq!(d.qemu_pids(), qemus);
+    let vm = d.json(&["vm", "show", "svc"]);
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    let after = count_above(&d, "svc", before);
+
+    // 2.0.3: a nasvisord that exits at once. It is rolled back to 2.0.2
+    // by the watchdog, which starts 2.0.2 again in its place.
+    let broken = p.join("broken-nasvisord");
+    std::fs::write(&broken, "#!/bin/sh\necho 'broken release' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bad = service_bundle(p, &d, &broken, "2.0.3");
+    ok(
+        d.cli(&["firmware", "install", s(&bad), "--wait"]),
+        "firmware install (broken service)",
+    );
+    d.wait_restart(Duration::from_secs(90));
+    let v = settled(&d);
+    assert_eq!(v["service"]["running"], "2.0.2", "{v:#}");
+    assert_eq!(v["service"]["current"], "2.0.2", "{v:#}");
+    assert_eq!(v["last_outcome"]["result"], "failed", "{v:#}");
+    assert_eq!(v["last_outcome"]["version"], "2.0.3", "{v:#}");
+    assert_eq!(v["last_outcome"]["code"], "unhealthy", "{v:#}");
+    let reason = v["last_outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("exited before it became healthy")
+            && reason.contains("back on service release 2.0.2"),
+        "{reason}"
+    );
+    assert_eq!(v["rollback_floor"], "2.0.2", "{v:#}");
+    let now = d.running_pid().expect("the daemon the roll-back started");
+    assert_ne!(
+        now as u32, pid,
+        "the watchdog started 2.0.2 in the broken one's place"
+    );
+    assert_eq!(d.qemu_pids(), qemus);
+    count_above(&d, "svc", after);
+    // Below the floor now: 2.0.1 (the slot's) is refused before upload.
+    let old = service_bundle(p, &d, Path::new(env!("CARGO_BIN_EXE_nasvisord")), "2.0.1");
+    let e = d.fails(&["firmware", "install", s(&old), "--wait"]);
+    assert!(e.contains("below"), "{e}");
 }

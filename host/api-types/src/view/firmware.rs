@@ -132,4 +132,28 @@ pub struct FirmwareView {
     pub pending: Option<FirmwarePendingView>,
     /// How the last update ended.
     pub last_outcome: Option<FirmwareOutcomeView>,
+    /// The service release (`service` bundles): what runs, what is
+    /// current, on trial, and what to go back to.
+    #[serde(default)]
+    pub service: Option<FirmwareServiceView>,
+}
+
+/// The service release of a host (`service` bundles: a nasvisord and
+/// plugins kept on the data partition, run instead of the slot's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "FirmwareService", deny_unknown_fields)]
+pub struct FirmwareServiceView {
+    /// The service release this nasvisord is; `null`: the slot's own.
+    pub running: Option<String>,
+    /// The release nasvisord runs at its next start; `null`: the slot's
+    /// own.
+    pub current: Option<String>,
+    /// The release `current` replaced, to go back to; `null`: the slot's
+    /// own.
+    pub previous: Option<String>,
+    /// The release on trial (not healthy yet), if any.
+    pub on_trial: Option<String>,
+    /// How long a new release has to become healthy before it is rolled
+    /// back, s.
+    pub deadline_s: u64,
 }

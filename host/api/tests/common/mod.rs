@@ -530,7 +530,8 @@ pub fn firmware() -> nasvisor_api::types::FirmwareView {
         "clock_floor": "2026-01-10T09:00:00Z",
         "pending": {"slot": "b", "version": "2.1.0", "generation": 2,
                     "installed_at": "2026-02-01T10:00:00Z"},
-        "last_outcome": null
+        "last_outcome": null,
+        "service": null
     }))
 }
 

@@ -31,7 +31,10 @@ pub fn install(c: &Client, out: Out, bundle: &Path, wait: bool) -> CliResult<()>
     jobs::answer(c, out, &j, wait)?;
     if wait {
         out.note(|| {
-            "the new slot boots at the next reboot; `nasvisor firmware status` shows it".into()
+            "a reboot bundle's slot boots at the next reboot; a service release runs once \
+             nasvisord restarted into it (in seconds; VMs keep running). `nasvisor firmware \
+             status` shows which"
+                .into()
         });
     }
     Ok(())

@@ -105,6 +105,11 @@ pub struct Daemon {
     netns_exec: Option<String>,
     /// Its `--log` filter (`info` unless a test asks for more).
     pub log: String,
+    /// What it printed on stdout after its banner (a restart into a
+    /// service release prints a new one).
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// How many of `lines` were read by [`Daemon::wait_restart`].
+    lines_read: usize,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -245,6 +250,8 @@ impl Daemon {
             starts: 0,
             netns_exec,
             log: filter.to_string(),
+            lines: Default::default(),
+            lines_read: 0,
         };
         d.spawn();
         d
@@ -303,8 +310,91 @@ impl Daemon {
                 break;
             }
         }
-        // Keep draining stdout so the daemon never blocks on it.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
+        // Keep draining stdout so the daemon never blocks on it; what comes
+        // is kept (the banner of a restart into a service release).
+        self.lines = Default::default();
+        self.lines_read = 0;
+        let lines = self.lines.clone();
+        std::thread::spawn(move || {
+            while let Ok(l) = rx.recv() {
+                lines.lock().unwrap().push(l);
+            }
+        });
+    }
+
+    /// Waits for the banner of the daemon's next start in place (a restart
+    /// into a service release, or the roll-back's): its new endpoint. The
+    /// process may be another one (see [`Daemon::running_pid`]).
+    pub fn wait_restart(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                let fresh = &lines[self.lines_read.min(lines.len())..];
+                if let Some(i) = fresh
+                    .iter()
+                    .position(|l| l.starts_with("nasvisor admin endpoint: "))
+                {
+                    let a = &fresh[i];
+                    self.endpoint = a["nasvisor admin endpoint: ".len()..].trim().to_string();
+                    self.lines_read += i + 1;
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nasvisord printed no new banner; its log:\n{}",
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pid in the daemon's pid file, when it is a live nasvisord of
+    /// this test (its command line names this test's configuration).
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.data_dir().join("nasvisord.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let config = self.dir.path().join("nasvisord.toml");
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(config.to_string_lossy().as_ref()))
+            .unwrap_or(false);
+        (ours && alive(pid)).then_some(pid)
+    }
+
+    /// SIGKILL to the processes of this test's daemon that are not its
+    /// child: the daemon a service release's roll-back restarted (from
+    /// the pid file), and the watchdogs of service releases (their pids
+    /// from /proc, each checked to name this test's configuration).
+    pub fn kill_service_processes(&self) {
+        let config = self.dir.path().join("nasvisord.toml");
+        let config = config.to_string_lossy();
+        let mut pids: Vec<i32> = self.running_pid().into_iter().collect();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                if cmd.contains(config.as_ref()) && cmd.contains("service-watch") {
+                    pids.push(pid);
+                }
+            }
+        }
+        for pid in pids {
+            if alive(pid) && pid != std::process::id() as i32 {
+                // SAFETY: kill(2) with a pid checked just before to be a
+                // live process whose command line names this test's own
+                // configuration file.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
     }
 
     /// A command that runs `program` where the daemon runs (inside its
@@ -538,6 +628,19 @@ pub fn typed(mut c: Command, stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The numbers of the guest counter's `COUNT <n>` lines (the image's
+/// `/lib/nasvisor/counter`), in console order.
+pub fn counts(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_end_matches('\r');
+            let at = l.rfind("COUNT ")?;
+            l[at + "COUNT ".len()..].trim().parse().ok()
+        })
+        .collect()
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -561,6 +664,7 @@ pub fn alive(pid: i32) -> bool {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        self.kill_service_processes();
         self.kill_qemus();
         self.kill_replica_servers();
         self.kill_watchdog();

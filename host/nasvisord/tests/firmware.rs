@@ -382,6 +382,33 @@ fn a_service_release_replaces_the_daemon_under_running_vms_and_a_broken_one_is_r
     );
     assert_eq!(d.qemu_pids(), qemus);
     count_above(&d, "svc", after);
+    // 2.0.4: a nasvisord that never answers (it hangs). At the deadline
+    // the watchdog kills it and starts 2.0.2 again.
+    let hangs = p.join("hanging-nasvisord");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hung = service_bundle(p, &d, &hangs, "2.0.4");
+    let started = std::time::Instant::now();
+    ok(
+        d.cli(&["firmware", "install", s(&hung), "--wait"]),
+        "firmware install (hanging service)",
+    );
+    d.wait_restart(Duration::from_secs(120));
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "rolled back before its deadline: {:?}",
+        started.elapsed()
+    );
+    let v = settled(&d);
+    assert_eq!(v["service"]["running"], "2.0.2", "{v:#}");
+    assert_eq!(v["last_outcome"]["version"], "2.0.4", "{v:#}");
+    let reason = v["last_outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("did not become healthy within 30 s"),
+        "{reason}"
+    );
+    assert_eq!(d.qemu_pids(), qemus);
+
     // Below the floor now: 2.0.1 (the slot's) is refused before upload.
     let old = service_bundle(p, &d, Path::new(env!("CARGO_BIN_EXE_nasvisord")), "2.0.1");
     let e = d.fails(&["firmware", "install", s(&old), "--wait"]);

@@ -126,6 +126,22 @@ impl Render for FirmwareView {
             ("clock floor", cell(&self.clock_floor)),
             ("pending update", pending),
             ("last update", last),
+            (
+                "service",
+                self.service.as_ref().map_or("-".into(), |v| {
+                    let or = |x: &Option<String>, none: &str| {
+                        x.clone().unwrap_or_else(|| none.to_string())
+                    };
+                    format!(
+                        "running {}; current {}; previous {}; on trial {}; deadline {} s",
+                        or(&v.running, "the slot's own"),
+                        or(&v.current, "the slot's own"),
+                        or(&v.previous, "the slot's own"),
+                        or(&v.on_trial, "-"),
+                        v.deadline_s
+                    )
+                }),
+            ),
         ]));
         out
     }

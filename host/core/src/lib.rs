@@ -23,6 +23,8 @@ mod events;
 mod failover;
 mod faults;
 mod firmware;
+mod firmware_judge;
+mod firmware_reboot;
 mod ha;
 mod handle;
 mod health;
@@ -143,6 +145,9 @@ pub struct CoreConfig {
     /// This host's firmware slots; `None` (the default) leaves firmware
     /// management off (`GET /api/v1/host/firmware` answers 409).
     pub firmware: Option<FirmwareSettings>,
+    /// The program and arguments that reboot this host (`[firmware]
+    /// reboot-command`), run by `POST /api/v1/host/firmware/reboot`.
+    pub reboot_command: Vec<String>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
@@ -183,6 +188,7 @@ impl CoreConfig {
             ha_restart_period: Duration::from_secs(600),
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
             firmware: None,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
             #[cfg(test)]
             test_peer_window: None,
             #[cfg(test)]
@@ -452,7 +458,9 @@ impl NasCore {
         inner.ensure_default_pool().await?;
         inner.make_pools_private();
         inner.recover().await?;
-        inner.reconcile_firmware().await;
+        if inner.reconcile_firmware().await {
+            inner.spawn_firmware_judge();
+        }
         inner.start_ha_lease();
         inner.add_bundled_images().await;
         inner.register_library_images().await;

@@ -296,6 +296,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.migration_tls = cfg.cluster.migration_tls;
     c.cluster_limits = cfg.cluster.limits.limits();
     c.firmware = cfg.firmware.settings(&cfg.data_dir);
+    c.reboot_command = cfg.firmware.reboot_command.clone();
     c.bundled_images = cfg
         .images
         .bundled

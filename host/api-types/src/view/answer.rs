@@ -78,6 +78,8 @@ pub enum Answer {
     Certificate(CertificateView),
     /// This host's firmware slots and update state.
     Firmware(FirmwareView),
+    /// A reboot of this host, accepted.
+    HostReboot(HostRebootView),
 }
 
 impl Answer {
@@ -200,4 +202,5 @@ into_answer! {
     Vec<DecisionView> => Decisions;
     CertificateView => Certificate;
     FirmwareView => Firmware;
+    HostRebootView => HostReboot;
 }

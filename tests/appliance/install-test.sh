@@ -60,7 +60,7 @@ build_image 1.0.0 --product "$PRODUCT" --board "$BOARD"
 mkdir -p "$T/fw" "$T/broken-bin"
 scripts/build-firmware.sh --slot-only --version 1.1.0 --product "$PRODUCT" --board "$BOARD" --tries 1 --out "$T/fw"
 cp "$BIN_DIR/nasvisor" "$T/broken-bin/nasvisor"
-cp "$(command -v false)" "$T/broken-bin/nasvisord"   # a daemon that exits 1 at once
+cp "$(type -P false)" "$T/broken-bin/nasvisord"   # a daemon that exits 1 at once
 NASVISOR_FW_BIN_DIR=$T/broken-bin scripts/build-firmware.sh --slot-only --version 1.2.0 \
   --product "$PRODUCT" --board "$BOARD" --tries 1 --out "$T/fw"
 bundle() {
@@ -129,6 +129,8 @@ wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 healthy=active bless=active entri
 T_REBOOT_B=$(( $(now_ms) - t ))
 phase "reboot into b (to its boot report, blessed)" "$t"
 has '.*Command line: .*root=PARTLABEL=nasvisor-b .*nasvisor.slot=b.*' || fail "not booted from slot b"
+T0=$(now_ms)
+wait_healthz
 # The running daemon judges the update once the entry is blessed.
 deadline=$(( $(now_ms) + 30000 ))
 until nv --json firmware status 2>/dev/null | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["pending"] is not None)'; do
@@ -154,8 +156,10 @@ nv firmware reboot || fail "firmware reboot"
 wait_for ".*NASVISOR-UNHEALTHY.* slot=a version=1.2.0 .*" "$TIMEOUT"
 echo "$NAME: $(report NASVISOR-UNHEALTHY)"
 wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 healthy=inactive bless=inactive entries=nasvisor-2-b.conf,nasvisor-3-a+0-1.conf" "$TIMEOUT"
+T0=$(now_ms)
+wait_healthz
 T_FALLBACK=$(( $(now_ms) - t ))
-phase "broken boot of a to the fallback on b (boot report)" "$t"
+phase "broken boot of a to the fallback on b (/healthz on b)" "$t"
 status_ok 's["booted"] == "b"' 'a["state"] == "bad" and a["tries_done"] == 1' 's["pending"] is None' \
   's["last_outcome"]["result"] == "failed" and s["last_outcome"]["version"] == "1.2.0"' \
   '"slot a did not become healthy after 1 tries; back on slot b" in s["last_outcome"]["reason"]' \

@@ -41,8 +41,8 @@ impl Inner {
                     _ = tokio::time::sleep(JUDGE_EVERY) => {}
                 }
                 let Some(me) = weak.upgrade() else { return };
-                let installing = std::fs::read_dir(settings.upload_dir())
-                    .is_ok_and(|mut d| d.next().is_some());
+                let installing =
+                    std::fs::read_dir(settings.upload_dir()).is_ok_and(|mut d| d.next().is_some());
                 if installing {
                     continue;
                 }

@@ -529,9 +529,8 @@ impl Config {
             }
         }
         range("firmware.tries", fw.tries.into(), 1, 10)?;
-        check_reboot_command(&fw.reboot_command, fw.enabled).map_err(|reason| {
-            invalid("firmware.reboot-command", reason)
-        })?;
+        check_reboot_command(&fw.reboot_command, fw.enabled)
+            .map_err(|reason| invalid("firmware.reboot-command", reason))?;
         for (field, p) in [
             ("firmware.esp", &fw.esp),
             ("firmware.slot-a", &fw.slot_a),
@@ -691,11 +690,8 @@ mod tests {
     #[test]
     fn the_reboot_command_must_name_a_program_that_exists_when_firmware_is_on() {
         let on = "[firmware]\nenabled = true\nproduct = \"p\"\nboard = \"b\"\n";
-        let e = Config::parse(
-            &format!("{on}reboot-command = []\n"),
-            Path::new("c.toml"),
-        )
-        .unwrap_err();
+        let e =
+            Config::parse(&format!("{on}reboot-command = []\n"), Path::new("c.toml")).unwrap_err();
         assert!(
             e.to_string()
                 .contains("firmware.reboot-command: must name a program"),

@@ -32,7 +32,10 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
     let script = p.join("reboot.sh");
     std::fs::write(
         &script,
-        format!("#!/bin/sh\necho \"$@\" > {}.tmp\nmv {0}.tmp {0}\n", s(&marker)),
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}.tmp\nmv {0}.tmp {0}\n",
+            s(&marker)
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -47,7 +50,10 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
         format!("trusted-keys-dir = \"{}\"", s(&p.join("trusted"))),
         "product = \"acme-nas\"".into(),
         "board = \"acme-nas4\"".into(),
-        format!("reboot-command = [\"{}\", \"--now\", \"slot b\"]", s(&script)),
+        format!(
+            "reboot-command = [\"{}\", \"--now\", \"slot b\"]",
+            s(&script)
+        ),
     ];
     let d = Daemon::start_with(setup);
 
@@ -82,10 +88,7 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        std::fs::read_to_string(&marker).unwrap(),
-        "--now slot b\n"
-    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "--now slot b\n");
     let events = d.json(&["event", "list"]);
     assert!(
         events

@@ -135,6 +135,7 @@ impl Serialize for ApiBody<'_> {
             Answer::Decisions(v) => v.serialize(s),
             Answer::Certificate(v) => v.serialize(s),
             Answer::Firmware(v) => v.serialize(s),
+            Answer::HostReboot(v) => v.serialize(s),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! reboot command (`POST /api/v1/host/firmware/reboot`, admins). The host
 //! refuses while VMs run on it, naming them (docs/firmware.md, "Reboot").
 
-use super::client::{Client, CliResult};
+use super::client::{CliResult, Client};
 use super::render::{cell, Out};
 use nasvisor_api_types::HostRebootView;
 

@@ -91,17 +91,7 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
     let fw = tempfile::tempdir().unwrap();
     let p = fw.path();
     let mut setup = DaemonSetup::single_host();
-    setup.api_extra = vec![
-        "[firmware]".into(),
-        "enabled = true".into(),
-        format!("esp = \"{}\"", s(&p.join("esp"))),
-        format!("slot-a = \"{}\"", s(&p.join("slot-a.img"))),
-        format!("slot-b = \"{}\"", s(&p.join("slot-b.img"))),
-        format!("cmdline = \"{}\"", s(&p.join("cmdline"))),
-        format!("trusted-keys-dir = \"{}\"", s(&p.join("trusted"))),
-        "product = \"acme-nas\"".into(),
-        "board = \"acme-nas4\"".into(),
-    ];
+    setup.api_extra = common::firmware_lines(p);
     // The layout exists before the daemon starts (it judges it at start).
     std::fs::create_dir_all(p.join("esp/loader/entries")).unwrap();
     std::fs::write(p.join("cmdline"), OPTIONS).unwrap();

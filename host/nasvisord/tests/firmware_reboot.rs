@@ -40,21 +40,11 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut setup = DaemonSetup::single_host();
-    setup.api_extra = vec![
-        "[firmware]".into(),
-        "enabled = true".into(),
-        format!("esp = \"{}\"", s(&p.join("esp"))),
-        format!("slot-a = \"{}\"", s(&p.join("slot-a.img"))),
-        format!("slot-b = \"{}\"", s(&p.join("slot-b.img"))),
-        format!("cmdline = \"{}\"", s(&p.join("cmdline"))),
-        format!("trusted-keys-dir = \"{}\"", s(&p.join("trusted"))),
-        "product = \"acme-nas\"".into(),
-        "board = \"acme-nas4\"".into(),
-        format!(
-            "reboot-command = [\"{}\", \"--now\", \"slot b\"]",
-            s(&script)
-        ),
-    ];
+    setup.api_extra = common::firmware_lines(p);
+    setup.api_extra.push(format!(
+        "reboot-command = [\"{}\", \"--now\", \"slot b\"]",
+        s(&script)
+    ));
     let d = Daemon::start_with(setup);
 
     d.create_blank_vm("box", &[]);

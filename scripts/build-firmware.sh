@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the nasvisor appliance image from Debian packages (docs/appliance.md).
 #
-#   scripts/build-firmware.sh --version X.Y.Z [--out DIR] [--slot-only] [--cache-only]
+#   scripts/build-firmware.sh --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev]
+#                             [--product P] [--board B] [--tries N]
 #
 # Produces, in DIR (default target/firmware):
 #   nasvisor-appliance.img    the whole GPT disk: ESP, nasvisor-a, nasvisor-b, nasvisor-data
@@ -10,6 +11,9 @@
 # --slot-only stops after the slot image and boot-X.Y.Z; --cache-only only
 # fills the rootfs cache (the mmdebstrap step). --dev logs root in on the
 # serial console without a password (a development image; never ship it).
+# --product, --board and --tries go into the slot's nasvisord.toml
+# [firmware] (the product and board a bundle must name, the tries a newly
+# installed slot gets; defaults nasvisor-appliance, qemu-q35, 3).
 #
 # No loop device and no mount: each partition is made as a file (mkfs.vfat +
 # mcopy, mkfs.erofs, mkfs.ext4 -d), sfdisk lays out the disk image, dd
@@ -34,7 +38,10 @@ OUT=$ROOT/target/firmware
 SLOT_ONLY=0
 CACHE_ONLY=0
 DEV=0
-usage() { echo "usage: $0 --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev]" >&2; exit 2; }
+PRODUCT=nasvisor-appliance
+BOARD=qemu-q35
+FW_TRIES=3
+usage() { echo "usage: $0 --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev] [--product P] [--board B] [--tries N]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) VERSION=${2:-}; shift 2 ;;
@@ -42,6 +49,9 @@ while [ $# -gt 0 ]; do
     --slot-only) SLOT_ONLY=1; shift ;;
     --cache-only) CACHE_ONLY=1; shift ;;
     --dev) DEV=1; shift ;;
+    --product) PRODUCT=${2:-}; shift 2 ;;
+    --board) BOARD=${2:-}; shift 2 ;;
+    --tries) FW_TRIES=${2:-}; shift 2 ;;
     -h | --help) usage ;;
     *) echo "build-firmware: unknown argument $1" >&2; usage ;;
   esac
@@ -50,6 +60,13 @@ if [ "$CACHE_ONLY" -eq 0 ]; then
   [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$ ]] \
     || { echo "build-firmware: --version: \"$VERSION\" is not a version X.Y.Z" >&2; exit 2; }
 fi
+# The names a bundle's manifest must match (docs/firmware.md: 1-64 of
+# A-Za-z0-9._-, not starting with . or -); the tries as nasvisord takes them.
+for f in product:"$PRODUCT" board:"$BOARD"; do
+  [[ "${f#*:}" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$ ]] \
+    || { echo "build-firmware: --${f%%:*}: \"${f#*:}\" is not a name (1-64 of A-Za-z0-9._-, not starting with . or -)" >&2; exit 2; }
+done
+[[ "$FW_TRIES" =~ ^([1-9]|10)$ ]] || { echo "build-firmware: --tries: \"$FW_TRIES\" is not 1..10" >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "build-firmware: run as root (mmdebstrap --mode=root, file ownership in the images)" >&2; exit 1; }
 for tool in mmdebstrap mkfs.erofs mkfs.vfat mcopy mmd mkfs.ext4 sfdisk; do
   command -v "$tool" >/dev/null || { echo "build-firmware: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
@@ -179,6 +196,24 @@ echo "$VERSION" >"$R/usr/lib/nasvisor/version"
 
 # The appliance's own files (units, fstab, config, health check).
 cp -a "$FW/rootfs/." "$R/"
+# Firmware management on (docs/appliance.md, "The root slot"): the slots by
+# their partition labels, the booted one from the kernel command line, the
+# bundles' keys the vendor keys baked into this slot.
+cat >>"$R/etc/nasvisor/nasvisord.toml" <<FWCONF
+
+# Written by scripts/build-firmware.sh (--product, --board, --tries).
+[firmware]
+enabled = true
+esp = "/efi"
+slot-a = "/dev/disk/by-partlabel/nasvisor-a"
+slot-b = "/dev/disk/by-partlabel/nasvisor-b"
+cmdline = "/proc/cmdline"
+tries = $FW_TRIES
+trusted-keys-dir = "/usr/lib/nasvisor/keys"
+product = "$PRODUCT"
+board = "$BOARD"
+reboot-command = ["systemctl", "reboot"]
+FWCONF
 install -d -m 0755 "$R/usr/share/doc/nasvisor"
 install -m 0644 "$ROOT/docs/appliance.md" "$R/usr/share/doc/nasvisor/appliance.md"
 cat >>"$R/usr/lib/os-release" <<OSREL
@@ -236,7 +271,7 @@ mkdir -p "$BOOT"
 cp "$R/boot/vmlinuz-$kver" "$BOOT/vmlinuz"
 cp "$R/boot/initrd.img-$kver" "$BOOT/initrd.img"
 cp "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$BOOT/systemd-bootx64.efi"
-echo "build-firmware: slot image $SLOT_IMG: $((slot_bytes / 1048576)) MiB (kernel $kver) in $(( ($(now_ms) - T_SLOT) / 1000 )) s"
+echo "build-firmware: slot image $SLOT_IMG: $((slot_bytes / 1048576)) MiB (kernel $kver; product $PRODUCT, board $BOARD, tries $FW_TRIES) in $(( ($(now_ms) - T_SLOT) / 1000 )) s"
 if [ "$SLOT_ONLY" -eq 1 ]; then exit 0; fi
 
 # ---- 3. the partitions as files ------------------------------------------------------------------

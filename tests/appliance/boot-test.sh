@@ -29,82 +29,17 @@
 # APPLIANCE_VERSION (default 1.0.0), NASVISOR_FW_* (scripts/build-firmware.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-TIMEOUT=${BOOT_TIMEOUT:-300}
+NAME=appliance-test
+# shellcheck source=tests/appliance/lib.sh
+. tests/appliance/lib.sh
 VERSION=${APPLIANCE_VERSION:-1.0.0}
-OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
-OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
-for tool in qemu-system-x86_64 curl mdir mtype python3; do
-  command -v "$tool" >/dev/null || { echo "appliance-test: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
-done
-for f in "$OVMF_CODE" "$OVMF_VARS"; do [ -f "$f" ] || { echo "appliance-test: $f missing (apt-get install ovmf)" >&2; exit 1; }; done
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 T_TEST=$(now_ms)
 
 # ---- 1. the image ------------------------------------------------------------------
-if [ -n "${NASVISOR_APPLIANCE_IMAGE:-}" ]; then
-  IMG=$NASVISOR_APPLIANCE_IMAGE
-  echo "appliance-test: using $IMG"
-else
-  t0=$(now_ms)
-  scripts/build-firmware.sh --version "$VERSION" --out "$ROOT/target/firmware"
-  IMG=$ROOT/target/firmware/nasvisor-appliance.img
-  echo "appliance-test: image built in $(( ($(now_ms) - t0) / 1000 )) s"
-fi
-[ -f "$IMG" ] || { echo "appliance-test: no image $IMG" >&2; exit 1; }
-
-mkdir -p "$ROOT/target/tmp"
-T=$(mktemp -d "$ROOT/target/tmp/appliance-boot.XXXXXX")
-QPID=""
-stop_qemu() {
-  if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
-    kill "$QPID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$QPID" 2>/dev/null || true
-  fi
-  if [ -n "$QPID" ]; then wait "$QPID" 2>/dev/null || true; fi
-  QPID=""
-}
-cleanup() {
-  stop_qemu
-  exec 5>&- 2>/dev/null || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-fail() {
-  echo "appliance-test: FAIL: $*" >&2
-  if [ -f "$T/serial.log" ]; then
-    echo "---- serial output (last 80 lines) ----" >&2
-    tr -d '\r' <"$T/serial.log" | tail -n 80 >&2
-    echo "---------------------------------------" >&2
-    cp "$T/serial.log" "$ROOT/target/appliance-boot-serial.log"
-    echo "appliance-test: the whole console: target/appliance-boot-serial.log" >&2
-  fi
-  exit 1
-}
-# (grep reads the whole log, without -q or -m: an early exit would kill tr
-# with SIGPIPE, which pipefail turns into a failure)
-has() { tr -d '\r' <"$T/serial.log" | grep -a -x -e "$1" >/dev/null; }
-# wait_for REGEX SECONDS: until a console line matches (whole line).
-wait_for() {
-  local deadline=$(($(now_ms) + $2 * 1000))
-  while ! has "$1"; do
-    [ "$(now_ms)" -lt "$deadline" ] || fail "no console line matching '$1' within $2 s"
-    kill -0 "$QPID" 2>/dev/null || { has "$1" && break; fail "QEMU exited before '$1'"; }
-    sleep 0.2
-  done
-}
-monitor() { printf '\001c%s\n\001c' "$1" >&5; }
+build_image "$VERSION"
 
 # ---- 2. the factory ESP ------------------------------------------------------------
-ESP_OFFSET=$((1024 * 1024))   # the ESP starts at 1 MiB (docs/appliance.md)
-export MTOOLS_SKIP_CHECK=1
 cp --sparse=always "$IMG" "$T/disk.img"
-esp() { echo "$T/disk.img@@$ESP_OFFSET"; }
-entries() { mdir -b -i "$(esp)" ::/loader/entries | sed 's|.*/||' | sort; }
 for f in /EFI/BOOT/BOOTX64.EFI /EFI/systemd/systemd-bootx64.efi /loader/loader.conf \
   /nasvisor/a/vmlinuz /nasvisor/a/initrd.img; do
   mdir -i "$(esp)" "::$f" >/dev/null 2>&1 || fail "the ESP has no $f"
@@ -115,51 +50,6 @@ grep -qx "version *$VERSION" "$T/entry-before" || fail "the entry's version is n
 echo "appliance-test: factory ESP ok: nasvisor-1-a+3.conf, version $VERSION"
 
 # ---- 3. boot ------------------------------------------------------------------------------
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cp "$OVMF_VARS" "$T/vars.fd"
-mkfifo "$T/in"
-exec 5<>"$T/in"
-# boot: QEMU in the background (serial console and monitor on stdio: input
-# from the fifo on fd 5, output to $T/serial.log), then waits for /healthz.
-boot() {
-  : >"$T/serial.log"
-  qemu-system-x86_64 -machine q35 -accel tcg -m 2048 -smp 2 -nodefaults -nographic \
-    -serial mon:stdio \
-    -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE" \
-    -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd" \
-    -drive "file=$T/disk.img,if=none,id=disk0,format=raw" -device virtio-blk-pci,drive=disk0 \
-    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=n0 \
-    <"$T/in" >"$T/serial.log" 2>&1 &
-  QPID=$!
-  T0=$(now_ms)
-  local answer="" deadline=$((T0 + TIMEOUT * 1000))
-  while :; do
-    answer=$(curl -ksS --max-time 3 "https://127.0.0.1:$PORT/healthz" 2>/dev/null || true)
-    case "$answer" in *'"status"'*) break ;; esac
-    [ "$(now_ms)" -lt "$deadline" ] || fail "no answer from /healthz within $TIMEOUT s"
-    kill -0 "$QPID" 2>/dev/null || fail "QEMU exited before /healthz answered"
-    sleep 1
-  done
-  T_HEALTHZ=$(($(now_ms) - T0))
-  [ "$answer" = '{"status":"ok"}' ] || fail "/healthz answered $answer"
-  echo "appliance-test: /healthz answered $answer after $((T_HEALTHZ / 1000)) s (QEMU start to answer, TCG)"
-}
-# power_off: the ACPI power button, then QEMU's own pid if the guest does not stop.
-power_off() {
-  local t1
-  t1=$(now_ms)
-  monitor system_powerdown
-  local deadline=$(($(now_ms) + 90000))
-  while kill -0 "$QPID" 2>/dev/null; do
-    [ "$(now_ms)" -lt "$deadline" ] || { echo "appliance-test: no power-off within 90 s, stopping QEMU" >&2; break; }
-    sleep 0.2
-  done
-  stop_qemu
-  has '.*reboot: Power down.*' || fail "the guest did not power off cleanly (no 'reboot: Power down')"
-  echo "appliance-test: powered off in $(( ($(now_ms) - t1) / 1000 )) s"
-}
-report() { tr -d '\r' <"$T/serial.log" | grep -a -o "$1.*" | sed -n 1p; }
-
 echo "appliance-test: boot 1: the factory image (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
 boot
 T_HEALTHZ_1=$T_HEALTHZ

@@ -30,6 +30,9 @@ pub enum Action {
     /// This host's firmware: its slots, floors, pending update and last
     /// outcome.
     GetFirmware,
+    /// Reboot this host with `[firmware] reboot-command` (after a firmware
+    /// install): refused while VMs run here.
+    RebootHost,
     /// All VMs.
     ListVms,
     /// One VM.

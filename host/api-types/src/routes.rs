@@ -190,6 +190,13 @@ pub const ROUTES: &[Route] = &[
         202,
         true,
     )),
+    r(
+        "POST",
+        "/api/v1/host/firmware/reboot",
+        "rebootHost",
+        202,
+        false,
+    ),
     r("GET", "/api/v1/vms", "listVms", 200, false),
     r("POST", "/api/v1/vms", "createVm", 201, true),
     r("GET", "/api/v1/vms/{id}", "getVm", 200, false),

@@ -351,6 +351,7 @@ pub fn to_action(
         "revokeToken" => Action::RevokeToken { id: p("id") },
         "getHost" => Action::GetHost,
         "getFirmware" => Action::GetFirmware,
+        "rebootHost" => Action::RebootHost,
         "listVms" => Action::ListVms,
         "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
         "getVm" => Action::GetVm { id: p("id") },

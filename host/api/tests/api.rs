@@ -649,6 +649,7 @@ async fn the_role_table_matches_what_each_role_may_do() {
                 "evacuateHost",
                 "uploadImage",
                 "installFirmware",
+                "rebootHost",
             ],
         ),
     ];
@@ -1009,6 +1010,7 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
         "getHost" => ("/api/v1/host", None),
         "getFirmware" => ("/api/v1/host/firmware", None),
         "installFirmware" => ("/api/v1/host/firmware/install", None),
+        "rebootHost" => ("/api/v1/host/firmware/reboot", None),
         "getCertificate" => ("/api/v1/host/certificate", None),
         "getOpenapi" => ("/api/v1/openapi.json", None),
         "getMetrics" => ("/metrics", None),

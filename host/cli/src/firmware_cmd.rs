@@ -65,6 +65,10 @@ pub enum FirmwareCommand {
     /// floors, the pending update and how the last one ended (over the
     /// API).
     Status,
+    /// Reboot the host with its reboot command (over the API, admins
+    /// only), e.g. into a slot just installed. Refused while VMs run on
+    /// it.
+    Reboot,
 }
 
 /// `firmware build`.
@@ -266,9 +270,11 @@ pub fn run(cmd: FirmwareCommand, out: Out) -> ExitCode {
 
 fn run_inner(cmd: FirmwareCommand, out: Out) -> Result<()> {
     match cmd {
-        FirmwareCommand::Install { .. } | FirmwareCommand::Status => Err(anyhow!(
-            "firmware install and status talk to a host: main dispatches them to the API"
-        )),
+        FirmwareCommand::Install { .. } | FirmwareCommand::Status | FirmwareCommand::Reboot => {
+            Err(anyhow!(
+            "firmware install, status and reboot talk to a host: main dispatches them to the API"
+        ))
+        }
         FirmwareCommand::Build(a) => build(a, out),
         FirmwareCommand::Sign {
             bundle,

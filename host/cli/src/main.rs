@@ -110,6 +110,9 @@ fn main() -> ExitCode {
         Command::Firmware(firmware_cmd::FirmwareCommand::Status) => {
             api::with_client(opts, out, api::firmware::status)
         }
+        Command::Firmware(firmware_cmd::FirmwareCommand::Reboot) => {
+            api::with_client(opts, out, api::firmware_reboot::reboot)
+        }
         Command::Firmware(firmware_cmd::FirmwareCommand::Install { bundle, wait }) => {
             api::with_client(opts, out, |c, out| {
                 api::firmware::install(c, out, &bundle, wait)

@@ -199,6 +199,10 @@ impl Fake {
         Ok(match action {
             Action::GetHost => host().into_answer(),
             Action::GetFirmware => firmware().into_answer(),
+            Action::RebootHost => view::<nasvisor_api::types::HostRebootView>(json!({
+                "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
+                "message": "host nas1 reboots: systemctl reboot runs in 1000 ms"}))
+            .into_answer(),
             Action::ListVms => vec![vm("vm1"), vm("web-server-2")].into_answer(),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
@@ -1134,6 +1138,7 @@ fn every_command_sends_the_right_action() {
     let cases: Vec<(Vec<&str>, Action)> = vec![
         (vec!["host"], Action::GetHost),
         (vec!["firmware", "status"], Action::GetFirmware),
+        (vec!["firmware", "reboot"], Action::RebootHost),
         (
             vec!["vm", "start", "vm1"],
             Action::VmPower {

@@ -88,7 +88,7 @@ impl FirmwareSettings {
     }
 
     /// Where uploaded bundles wait for their install.
-    fn upload_dir(&self) -> PathBuf {
+    pub(crate) fn upload_dir(&self) -> PathBuf {
         self.slots.state_dir.join("uploads")
     }
 }
@@ -254,10 +254,10 @@ impl Inner {
 
     /// At start: judges the pending update by the slot booted and its
     /// entry (succeeded: the rollback floor rises; failed: back on the
-    /// other slot), and says so in an event.
-    pub(crate) async fn reconcile_firmware(&self) {
+    /// other slot), and says so in an event. Whether it is still pending.
+    pub(crate) async fn reconcile_firmware(&self) -> bool {
         let Some(settings) = self.cfg.firmware.clone() else {
-            return;
+            return false;
         };
         if let Ok(rd) = std::fs::read_dir(settings.upload_dir()) {
             for e in rd.flatten() {
@@ -265,11 +265,17 @@ impl Inner {
             }
         }
         let slots = settings.slot_set();
-        let r = tokio::task::spawn_blocking(move || {
-            slots.clean_stale();
-            slots.reconcile()
-        })
-        .await;
+        tokio::task::spawn_blocking(move || slots.clean_stale())
+            .await
+            .best_effort("clean what an interrupted install left");
+        self.judge_firmware(&settings).await
+    }
+
+    /// Judges the pending update (see [`Inner::reconcile_firmware`]) and
+    /// says so in an event; whether it is still pending.
+    pub(crate) async fn judge_firmware(&self, settings: &FirmwareSettings) -> bool {
+        let slots = settings.slot_set();
+        let r = tokio::task::spawn_blocking(move || slots.reconcile()).await;
         let target = Some(format!("host/{}", self.host.id));
         match r {
             Ok(Ok(Reconciled::Succeeded {
@@ -294,12 +300,14 @@ impl Inner {
                 )
                 .await
             }
-            Ok(Ok(Reconciled::Nothing | Reconciled::StillPending)) => {}
+            Ok(Ok(Reconciled::Nothing)) => {}
+            Ok(Ok(Reconciled::StillPending)) => return true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot judge the pending firmware update")
             }
             Err(e) => tracing::error!(error = %e, "the firmware reconcile task failed"),
         }
+        false
     }
 
     /// The service release this process runs, on trial: once the host is

@@ -284,6 +284,7 @@ impl Inner {
         match action {
             Action::GetHost => answer(Ok(c.this_host_view())),
             Action::GetFirmware => answer(c.firmware_status().await),
+            Action::RebootHost => answer(c.reboot_host().await),
             Action::ListVms => answer(Ok(c.list_vms())),
             Action::GetVm { id } => answer(c.find_vm(&id).map(|v| c.vm_view(&v))),
             Action::CreateVm(req) => answer(c.create_vm(req).await),

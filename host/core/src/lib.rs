@@ -23,6 +23,8 @@ mod events;
 mod failover;
 mod faults;
 mod firmware;
+mod firmware_judge;
+mod firmware_reboot;
 mod ha;
 mod handle;
 mod health;
@@ -147,6 +149,9 @@ pub struct CoreConfig {
     /// version, docs/firmware.md "Service releases"); `None`: the slot's
     /// own nasvisord. It is the version the host reports.
     pub service_release: Option<String>,
+    /// The program and arguments that reboot this host (`[firmware]
+    /// reboot-command`), run by `POST /api/v1/host/firmware/reboot`.
+    pub reboot_command: Vec<String>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
@@ -188,6 +193,7 @@ impl CoreConfig {
             cluster_limits: nasvisor_cluster::ServerLimits::default(),
             firmware: None,
             service_release: None,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
             #[cfg(test)]
             test_peer_window: None,
             #[cfg(test)]
@@ -464,7 +470,9 @@ impl NasCore {
         inner.ensure_default_pool().await?;
         inner.make_pools_private();
         inner.recover().await?;
-        inner.reconcile_firmware().await;
+        if inner.reconcile_firmware().await {
+            inner.spawn_firmware_judge();
+        }
         inner.start_ha_lease();
         inner.add_bundled_images().await;
         inner.register_library_images().await;

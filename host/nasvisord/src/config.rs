@@ -77,6 +77,10 @@ pub struct FirmwareConfig {
     /// healthy after nasvisord restarted into it before the watchdog rolls
     /// it back, s (10..=3600).
     pub service_deadline_s: u64,
+    /// The program and its arguments that reboot this host (`POST
+    /// /api/v1/host/firmware/reboot`, `nasvisor firmware reboot`): an
+    /// absolute path, or a name found on `PATH` when firmware is enabled.
+    pub reboot_command: Vec<String>,
 }
 
 impl Default for FirmwareConfig {
@@ -93,6 +97,7 @@ impl Default for FirmwareConfig {
             board: String::new(),
             max_bundle_bytes: 4 << 30,
             service_deadline_s: 120,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
         }
     }
 }
@@ -535,6 +540,8 @@ impl Config {
             10,
             3600,
         )?;
+        check_reboot_command(&fw.reboot_command, fw.enabled)
+            .map_err(|reason| invalid("firmware.reboot-command", reason))?;
         for (field, p) in [
             ("firmware.esp", &fw.esp),
             ("firmware.slot-a", &fw.slot_a),
@@ -595,6 +602,47 @@ impl Config {
     }
 }
 
+/// `[firmware] reboot-command`: not empty, no empty program; when firmware
+/// is enabled (the command will run), its program an executable file, by
+/// absolute path or found on `PATH`.
+fn check_reboot_command(argv: &[String], enabled: bool) -> Result<(), String> {
+    let Some(program) = argv.first() else {
+        return Err("must name a program, e.g. [\"systemctl\", \"reboot\"]".into());
+    };
+    if program.is_empty() {
+        return Err("the program is an empty string".into());
+    }
+    if !enabled {
+        return Ok(());
+    }
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = Path::new(program);
+        if !p.is_absolute() {
+            return Err(format!(
+                "the program must be an absolute path or a name on PATH, got {program:?}"
+            ));
+        }
+        if !executable(p) {
+            return Err(format!("{program:?} is not an executable file"));
+        }
+        return Ok(());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program))) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program:?} is not found on PATH ({})",
+            path.to_string_lossy()
+        ))
+    }
+}
+
 impl FirmwareConfig {
     /// The core's firmware settings, when enabled; the state lives under
     /// `data_dir/firmware`.
@@ -648,6 +696,54 @@ mod tests {
         assert_eq!(s.slots.tries, 5);
         assert_eq!(s.slots.esp, PathBuf::from("/efi"));
         assert_eq!(s.board, "acme-nas4");
+        assert_eq!(cfg.firmware.reboot_command, ["systemctl", "reboot"]);
+    }
+
+    #[test]
+    fn the_reboot_command_must_name_a_program_that_exists_when_firmware_is_on() {
+        let on = "[firmware]\nenabled = true\nproduct = \"p\"\nboard = \"b\"\n";
+        let e =
+            Config::parse(&format!("{on}reboot-command = []\n"), Path::new("c.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("firmware.reboot-command: must name a program"),
+            "{e}"
+        );
+        let e = Config::parse(
+            &format!("{on}reboot-command = [\"bin/reboot\"]\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must be an absolute path"), "{e}");
+        let e = Config::parse(
+            &format!("{on}reboot-command = [\"/nonexistent/reboot\"]\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "firmware.reboot-command: \"/nonexistent/reboot\" is not an executable file"
+            ),
+            "{e}"
+        );
+        let e = Config::parse(
+            &format!("{on}reboot-command = [\"no-such-reboot-tool\"]\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is not found on PATH"), "{e}");
+        let cfg = Config::parse(
+            &format!("{on}reboot-command = [\"sh\", \"-c\", \"reboot\"]\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.firmware.reboot_command, ["sh", "-c", "reboot"]);
+        // Off, the program is not looked up (the command never runs).
+        Config::parse(
+            "[firmware]\nreboot-command = [\"no-such-reboot-tool\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -341,6 +341,7 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
     c.cluster_limits = cfg.cluster.limits.limits();
     c.firmware = cfg.firmware.settings(&cfg.data_dir);
     c.service_release = service::running_release();
+    c.reboot_command = cfg.firmware.reboot_command.clone();
     c.bundled_images = cfg
         .images
         .bundled

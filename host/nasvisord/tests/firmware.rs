@@ -91,17 +91,7 @@ fn appliance(p: &Path, cli: impl Fn(&[&str]) -> Output) -> std::path::PathBuf {
 /// keys of `[firmware]`), booted from slot a.
 fn firmware_daemon(p: &Path, extra: &[&str]) -> Daemon {
     let mut setup = DaemonSetup::single_host();
-    setup.api_extra = vec![
-        "[firmware]".into(),
-        "enabled = true".into(),
-        format!("esp = \"{}\"", s(&p.join("esp"))),
-        format!("slot-a = \"{}\"", s(&p.join("slot-a.img"))),
-        format!("slot-b = \"{}\"", s(&p.join("slot-b.img"))),
-        format!("cmdline = \"{}\"", s(&p.join("cmdline"))),
-        format!("trusted-keys-dir = \"{}\"", s(&p.join("trusted"))),
-        "product = \"acme-nas\"".into(),
-        "board = \"acme-nas4\"".into(),
-    ];
+    setup.api_extra = common::firmware_lines(p);
     setup.api_extra.extend(extra.iter().map(|l| l.to_string()));
     // The layout exists before the daemon starts (it judges it at start).
     std::fs::create_dir_all(p.join("esp/loader/entries")).unwrap();
@@ -142,11 +132,13 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
     let e = d.fails(&["firmware", "install", "/nonexistent.nvfw"]);
     assert!(e.contains("not a bundle file"), "{e}");
 
-    // The reboot into slot b, blessed by systemd-bless-boot.
+    // The reboot into slot b: systemd-boot counts the try down, and the
+    // daemon starts before systemd-bless-boot blesses the entry (it waits
+    // for this daemon's /healthz).
     let entries = p.join("esp/loader/entries");
     std::fs::rename(
         entries.join("nasvisor-2-b+3.conf"),
-        entries.join("nasvisor-2-b.conf"),
+        entries.join("nasvisor-2-b+2-1.conf"),
     )
     .unwrap();
     std::fs::write(
@@ -159,6 +151,27 @@ fn a_bundle_installs_through_the_daemon_and_its_next_start_records_the_update() 
     d.stop();
     d.spawn();
     let v: Value = d.json(&["firmware", "status"]);
+    assert_eq!(v["booted"], "b");
+    assert_eq!(v["pending"]["slot"], "b", "{v}");
+    // The blessing, after the start: the running daemon judges the update
+    // within seconds, not at its next start.
+    std::fs::rename(
+        entries.join("nasvisor-2-b+2-1.conf"),
+        entries.join("nasvisor-2-b.conf"),
+    )
+    .unwrap();
+    let blessed = std::time::Instant::now();
+    let v: Value = loop {
+        let v: Value = d.json(&["firmware", "status"]);
+        if v["pending"].is_null() {
+            break v;
+        }
+        assert!(
+            blessed.elapsed() < std::time::Duration::from_secs(20),
+            "the update is still pending 20 s after the blessing: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
     assert_eq!(v["booted"], "b");
     assert_eq!(v["slots"][0]["state"], "good");
     assert_eq!(v["slots"][1]["state"], "booted");

@@ -78,6 +78,8 @@ pub enum Answer {
     Certificate(CertificateView),
     /// This host's firmware slots and update state.
     Firmware(FirmwareView),
+    /// A reboot of this host, accepted.
+    HostReboot(HostRebootView),
 }
 
 impl Answer {
@@ -133,6 +135,7 @@ impl Serialize for ApiBody<'_> {
             Answer::Decisions(v) => v.serialize(s),
             Answer::Certificate(v) => v.serialize(s),
             Answer::Firmware(v) => v.serialize(s),
+            Answer::HostReboot(v) => v.serialize(s),
         }
     }
 }
@@ -200,4 +203,5 @@ into_answer! {
     Vec<DecisionView> => Decisions;
     CertificateView => Certificate;
     FirmwareView => Firmware;
+    HostRebootView => HostReboot;
 }

@@ -24,6 +24,7 @@ mod cluster;
 mod console;
 mod event;
 pub mod firmware;
+pub mod firmware_reboot;
 mod ha;
 mod host;
 mod image;

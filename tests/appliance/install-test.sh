@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Install test of the appliance image (docs/appliance.md, "The install
+# test"): a signed `reboot` bundle installed inside the booted appliance
+# through the API, the reboot into it, and a broken update that the
+# appliance undoes by itself. Real QEMU (q35, OVMF, TCG), one QEMU process
+# for the four boots: the guest reboots itself.
+#
+# 1. Builds the factory disk at 1.0.0 (as boot-test.sh does), a slot 1.1.0
+#    whose [firmware] gives a new slot 1 try (--tries 1: the broken update
+#    below fails in one boot), and a slot 1.2.0 whose nasvisord exits 1 at
+#    once (NASVISOR_FW_BIN_DIR: the real `nasvisor` CLI and /bin/false as
+#    nasvisord). Each slot becomes a `reboot` bundle with the CLI
+#    (`firmware build`, then `firmware sign` with target/keys/build.key,
+#    whose public half the slots trust), checked with `firmware verify`.
+# 2. Boots the factory slot a; takes the admin token and the TLS fingerprint
+#    from nasvisord's banner on the serial console; `firmware status` shows
+#    a booted (blessed), b empty.
+# 3. `nasvisor firmware install 1.1.0 --wait` through the forwarded port:
+#    b pending with 3 tries.
+# 4. `nasvisor firmware reboot`: the guest reboots into b, which is blessed;
+#    the status shows b booted and blessed at 1.1.0, a good, the update
+#    succeeded and the rollback floor 1.1.0.
+# 5. From b, `firmware install 1.2.0` into a (1 try), `firmware reboot`:
+#    a's nasvisord never starts, the health check gives up when
+#    nasvisord.service fails (start limit), the machine reboots, a's entry
+#    is bad and b boots again by itself; the status reports the failed
+#    update ("slot a did not become healthy after 1 tries; back on slot b").
+# 6. Powers off and reads the ESP back: nasvisor-2-b.conf (blessed, 1.1.0)
+#    and nasvisor-3-a+0-1.conf (bad).
+#
+# It covers boot-test.sh's three boots but one: the factory boot blessed, a
+# failed try that falls back (here an unhealthy slot), an unhealthy boot
+# rebooting by itself to the good entry. A slot whose root cannot be
+# mounted (panic=10) is boot-test.sh's alone.
+#
+# Prints each phase's duration. Temporary files are removed and QEMU is
+# stopped by its pid on exit, also on failure; nothing is killed by name.
+# Environment: BOOT_TIMEOUT (seconds to /healthz, default 300),
+# NASVISOR_CLI (default target/release/nasvisor), NASVISOR_FW_SIGN_KEY
+# (default target/keys/build.key), NASVISOR_FW_* (scripts/build-firmware.sh).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+NAME=install-test
+# shellcheck source=tests/appliance/lib.sh
+. tests/appliance/lib.sh
+T_TEST=$(now_ms)
+CLI=${NASVISOR_CLI:-$ROOT/target/release/nasvisor}
+KEY=${NASVISOR_FW_SIGN_KEY:-$ROOT/target/keys/build.key}
+BIN_DIR=${NASVISOR_FW_BIN_DIR:-$ROOT/target/release}
+KEYS_DIR=${NASVISOR_FW_KEYS_DIR:-$ROOT/target/keys}
+PRODUCT=nasvisor-appliance
+BOARD=qemu-q35
+[ -x "$CLI" ] || fail "no CLI $CLI (cargo build --release --bins)"
+[ -f "$KEY" ] || fail "no signing key $KEY (scripts/build.sh)"
+phase() { echo "$NAME: PHASE $1: $(( ($(now_ms) - $2) / 1000 )) s"; }
+
+# ---- 1. the images and the bundles -------------------------------------------------------
+t=$(now_ms)
+build_image 1.0.0 --product "$PRODUCT" --board "$BOARD"
+mkdir -p "$T/fw" "$T/broken-bin"
+scripts/build-firmware.sh --slot-only --version 1.1.0 --product "$PRODUCT" --board "$BOARD" --tries 1 --out "$T/fw"
+cp "$BIN_DIR/nasvisor" "$T/broken-bin/nasvisor"
+cp "$(type -P false)" "$T/broken-bin/nasvisord"   # a daemon that exits 1 at once
+NASVISOR_FW_BIN_DIR=$T/broken-bin scripts/build-firmware.sh --slot-only --version 1.2.0 \
+  --product "$PRODUCT" --board "$BOARD" --tries 1 --out "$T/fw"
+bundle() {
+  local v=$1
+  env -u SOURCE_DATE_EPOCH "$CLI" firmware build --payload "$T/fw/rootfs-$v.erofs" --payload-name rootfs.erofs \
+    --class reboot --product "$PRODUCT" --compatible "$BOARD" --version "$v" --expires-in 30d \
+    --out "$T/nasvisor-$v.nvfw" >/dev/null
+  "$CLI" firmware sign "$T/nasvisor-$v.nvfw" --key "$KEY" >/dev/null
+  "$CLI" firmware verify "$T/nasvisor-$v.nvfw" --trusted-keys "$KEYS_DIR" --product "$PRODUCT" \
+    --compatible "$BOARD" --installed-version 1.0.0 || fail "the $v bundle does not verify"
+  # the slot image is not needed any more: the bundle carries it
+  rm -f "$T/fw/rootfs-$v.erofs"
+}
+bundle 1.1.0
+bundle 1.2.0
+T_BUILD=$(( $(now_ms) - t ))
+phase "images and bundles built" "$t"
+
+# ---- 2. the factory boot -------------------------------------------------------------------
+cp --sparse=always "$IMG" "$T/disk.img"
+[ "$(entries)" = "nasvisor-1-a+3.conf" ] || fail "factory entries: $(entries | tr '\n' ' ')"
+echo "$NAME: boot 1: the factory slot a (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
+start_qemu
+wait_healthz
+T_BOOT_A=$T_HEALTHZ
+phase "boot to /healthz (factory slot a)" "$T0"
+wait_for ".*NASVISOR-BOOT slot=a version=1.0.0 healthy=active bless=active entries=nasvisor-1-a.conf" 120
+# The banner on the console: the token (first start only) and the fingerprint.
+TOKEN=$(report 'admin token (shown once, store it now): ' | sed 's/.*: //' | tr -d '[:space:]')
+FP=$(report 'TLS certificate SHA-256 fingerprint: ' | sed 's/.*: //' | tr -d '[:space:]')
+[ -n "$TOKEN" ] || fail "no admin token on the serial console"
+[ -n "$FP" ] || fail "no TLS fingerprint on the serial console"
+(umask 077 && printf '%s\n' "$TOKEN" >"$T/token")
+echo "$NAME: the admin token and the TLS fingerprint ($FP) read from the serial console"
+nv() { "$CLI" --endpoint "https://127.0.0.1:$PORT" --token-file "$T/token" --fingerprint "$FP" "$@"; }
+# status JSON CHECK...: each CHECK a python expression over `s` (the status).
+status_ok() {
+  nv --json firmware status >"$T/status.json" || fail "firmware status failed"
+  python3 - "$T/status.json" "$@" <<'PY' || { cat "$T/status.json" >&2; fail "firmware status: a check failed"; }
+import json, sys
+s = json.load(open(sys.argv[1]))
+a, b = s["slots"]
+for check in sys.argv[2:]:
+    if not eval(check):
+        sys.exit(f"not true: {check}")
+PY
+}
+status_ok 's["booted"] == "a"' 'a["state"] == "booted" and a["blessed"] is True and a["version"] == "1.0.0"' \
+  'b["state"] == "empty"' 's["pending"] is None'
+echo "$NAME: status: booted a (blessed, 1.0.0), b empty"
+
+# ---- 3. install 1.1.0 into b ----------------------------------------------------------------
+t=$(now_ms)
+nv firmware install "$T/nasvisor-1.1.0.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install 1.1.0"; }
+T_INSTALL_1=$(( $(now_ms) - t ))
+phase "upload + install of 1.1.0 ($(du -m "$T/nasvisor-1.1.0.nvfw" | cut -f1) MiB)" "$t"
+status_ok 'b["state"] == "pending" and b["tries_left"] == 3 and b["version"] == "1.1.0"' \
+  's["pending"]["slot"] == "b"' 's["last_outcome"]["result"] == "installed"'
+echo "$NAME: status: b pending (3 tries left), 1.1.0"
+
+# ---- 4. reboot into b -----------------------------------------------------------------------
+t=$(now_ms)
+mark_log
+nv firmware reboot || fail "firmware reboot"
+wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 healthy=active bless=active entries=nasvisor-1-a.conf,nasvisor-2-b.conf" "$TIMEOUT"
+T_REBOOT_B=$(( $(now_ms) - t ))
+phase "reboot into b (to its boot report, blessed)" "$t"
+has '.*Command line: .*root=PARTLABEL=nasvisor-b .*nasvisor.slot=b.*' || fail "not booted from slot b"
+T0=$(now_ms)
+wait_healthz
+# The running daemon judges the update once the entry is blessed.
+deadline=$(( $(now_ms) + 30000 ))
+until nv --json firmware status 2>/dev/null | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["pending"] is not None)'; do
+  [ "$(now_ms)" -lt "$deadline" ] || break
+  sleep 1
+done
+status_ok 's["booted"] == "b"' 'b["state"] == "booted" and b["blessed"] is True and b["version"] == "1.1.0"' \
+  'a["state"] == "good" and a["version"] == "1.0.0"' 's["pending"] is None' \
+  's["last_outcome"]["result"] == "succeeded" and s["last_outcome"]["version"] == "1.1.0"' \
+  's["rollback_floor"] == "1.1.0"'
+echo "$NAME: status: booted b (blessed, 1.1.0), a good, last update succeeded, rollback floor 1.1.0"
+
+# ---- 5. a broken update: 1.2.0 into a, whose nasvisord never starts ------------------------
+t=$(now_ms)
+nv firmware install "$T/nasvisor-1.2.0.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install 1.2.0"; }
+T_INSTALL_2=$(( $(now_ms) - t ))
+phase "upload + install of 1.2.0" "$t"
+status_ok 'a["state"] == "pending" and a["tries_left"] == 1 and a["version"] == "1.2.0"' 's["pending"]["slot"] == "a"'
+echo "$NAME: status: a pending (1 try left), 1.2.0"
+t=$(now_ms)
+mark_log
+nv firmware reboot || fail "firmware reboot"
+wait_for ".*NASVISOR-UNHEALTHY.* slot=a version=1.2.0 .*" "$TIMEOUT"
+echo "$NAME: $(report NASVISOR-UNHEALTHY)"
+wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 healthy=inactive bless=inactive entries=nasvisor-2-b.conf,nasvisor-3-a+0-1.conf" "$TIMEOUT"
+T0=$(now_ms)
+wait_healthz
+T_FALLBACK=$(( $(now_ms) - t ))
+phase "broken boot of a to the fallback on b (/healthz on b)" "$t"
+status_ok 's["booted"] == "b"' 'a["state"] == "bad" and a["tries_done"] == 1' 's["pending"] is None' \
+  's["last_outcome"]["result"] == "failed" and s["last_outcome"]["version"] == "1.2.0"' \
+  '"slot a did not become healthy after 1 tries; back on slot b" in s["last_outcome"]["reason"]' \
+  's["rollback_floor"] == "1.1.0"'
+echo "$NAME: status: back on b; the update failed: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_outcome"]["reason"])' "$T/status.json")"
+
+# ---- 6. power off, read the ESP back ----------------------------------------------------------
+power_off
+[ "$(entries | tr '\n' ' ')" = "nasvisor-2-b.conf nasvisor-3-a+0-1.conf " ] \
+  || fail "entries at the end: $(entries | tr '\n' ' '), expected nasvisor-2-b.conf nasvisor-3-a+0-1.conf"
+mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"
+grep -qx 'version *1.1.0' "$T/entry-b" || fail "b's entry is not 1.1.0: $(cat "$T/entry-b")"
+grep -q 'root=PARTLABEL=nasvisor-b .*nasvisor.slot=b' "$T/entry-b" || fail "b's entry does not boot slot b: $(cat "$T/entry-b")"
+echo "$NAME: ESP: nasvisor-2-b.conf (blessed, 1.1.0) and nasvisor-3-a+0-1.conf (bad)"
+echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"

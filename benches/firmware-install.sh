@@ -21,28 +21,12 @@ img=${NASVISOR_FW_IMAGE:-target/firmware/rootfs-1.0.0.erofs}
 cli=${NASVISOR_BIN_DIR:-target/release}/nasvisor
 work=$(mktemp -d)
 cleanup() {
-  [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  if [ -n "${daemon_pid:-}" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
-opts="root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a"
-mkdir -p "$work/esp/loader/entries" "$work/trusted"
-truncate -s 1G "$work/slot-a.img" "$work/slot-b.img"
-printf 'title nasvisor 1.0.0 (slot a)\nversion 1.0.0\nlinux /nasvisor/a/vmlinuz\ninitrd /nasvisor/a/initrd.img\noptions %s\n' "$opts" \
-  > "$work/esp/loader/entries/nasvisor-1-a.conf"
-echo "$opts" > "$work/cmdline"
-cp target/keys/build.pub "$work/trusted/"
-start_daemon "$work" "${NASVISOR_BENCH_PORT:-18471}" "[firmware]
-enabled = true
-esp = \"$work/esp\"
-slot-a = \"$work/slot-a.img\"
-slot-b = \"$work/slot-b.img\"
-cmdline = \"$work/cmdline\"
-trusted-keys-dir = \"$work/trusted\"
-product = \"bench\"
-board = \"bench\""
-"$cli" firmware build --payload "$img" --class reboot --product bench --compatible bench \
-  --version 1.0.1 --key target/keys/build.key --out "$work/bundle.nvfw" >/dev/null
+firmware_layout "$work" "$img"
+start_daemon "$work" "${NASVISOR_BENCH_PORT:-18471}" "$fw_toml"
 bytes=$(stat -c %s "$img")
 secs() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1; t1=$(date +%s%N); echo "$(( t1 - t0 ))" | awk '{ printf "%.3f", $1 / 1e9 }'; }
 rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }

@@ -50,3 +50,34 @@ TOML
 
 # median: the median of the numbers on stdin, one per line.
 median() { sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.1f", m }'; }
+
+# firmware_layout WORK IMAGE: an appliance's firmware layout in files for
+# a daemon on this machine: two 1 GiB sparse slot files, an ESP directory
+# with slot a's entry (version 1.0.0) and kernel files, a command line
+# naming slot a, the build key trusted; then a signed `reboot` bundle of
+# IMAGE at WORK/bundle.nvfw (version 1.0.1, product and board `bench`).
+# Sets fw_toml (the [firmware] section for start_daemon).
+firmware_layout() {
+  local work=$1 img=$2
+  local opts="root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a"
+  mkdir -p "$work/esp/loader/entries" "$work/esp/nasvisor/a" "$work/trusted"
+  truncate -s 1G "$work/slot-a.img" "$work/slot-b.img"
+  printf 'title nasvisor 1.0.0 (slot a)\nversion 1.0.0\nlinux /nasvisor/a/vmlinuz\ninitrd /nasvisor/a/initrd.img\noptions %s\n' "$opts" \
+    > "$work/esp/loader/entries/nasvisor-1-a.conf"
+  echo "kernel of a" > "$work/esp/nasvisor/a/vmlinuz"
+  echo "initrd of a" > "$work/esp/nasvisor/a/initrd.img"
+  echo "$opts" > "$work/cmdline"
+  cp target/keys/build.pub "$work/trusted/"
+  "${NASVISOR_BIN_DIR:-target/release}/nasvisor" firmware build --payload "$img" --class reboot \
+    --product bench --compatible bench --version 1.0.1 --key target/keys/build.key \
+    --out "$work/bundle.nvfw" >/dev/null
+  fw_toml="[firmware]
+enabled = true
+esp = \"$work/esp\"
+slot-a = \"$work/slot-a.img\"
+slot-b = \"$work/slot-b.img\"
+cmdline = \"$work/cmdline\"
+trusted-keys-dir = \"$work/trusted\"
+product = \"bench\"
+board = \"bench\""
+}

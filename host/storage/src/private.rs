@@ -47,8 +47,15 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), StorageError> {
 /// Tightens a tree: `dir` and every directory under it to 0700, every
 /// regular file to 0600 (no more than that: a file already stricter keeps
 /// its mode). Symlinks, sockets and other special files are left alone and
-/// not followed. Returns how many modes changed.
+/// not followed, and so is a directory of another file system mounted in
+/// the tree (a firmware slot mounted read-only by an install that a crash
+/// cut short, a pool on its own disk): what is mounted there is not the
+/// tree's to change. Returns how many modes changed.
 pub fn tighten_tree(dir: &Path) -> Result<usize, StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(dir)
+        .map_err(|e| StorageError::io(dir, e))?
+        .dev();
     let mut changed = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -59,6 +66,13 @@ pub fn tighten_tree(dir: &Path) -> Result<usize, StorageError> {
                 .file_type()
                 .map_err(|err| StorageError::io(e.path(), err))?;
             if t.is_dir() {
+                let other_fs = std::fs::symlink_metadata(e.path())
+                    .map(|m| m.dev() != dev)
+                    .unwrap_or(false);
+                if other_fs {
+                    tracing::debug!(dir = %e.path().display(), "another file system mounted here; its modes are left alone");
+                    continue;
+                }
                 stack.push(e.path());
             } else if t.is_file() {
                 changed += tighten(&e.path(), FILE_MODE)?;
@@ -120,6 +134,40 @@ mod tests {
         assert_eq!(mode(&strict), 0o400);
         assert_eq!(mode(&target), 0o644, "a symlink's target is not touched");
         assert_eq!(tighten_tree(d.path()).unwrap(), 0);
+    }
+
+    /// A read-only file system mounted in the tree (a slot an install
+    /// left mounted when nasvisord was killed) is not walked into: the
+    /// daemon still starts. Needs root to mount (the suite runs as root).
+    #[test]
+    fn a_file_system_mounted_in_the_tree_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mnt = d.path().join("firmware/.slot.x/root");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::set_permissions(d.path(), Permissions::from_mode(0o755)).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "ro,mode=0755",
+                "nasvisor-test",
+                mnt.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs (the tests run as root)");
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _u = Unmount(mnt.clone());
+        tighten_tree(d.path()).expect("the tree is tightened around the mount");
+        assert_eq!(mode(d.path()), 0o700);
+        assert_eq!(mode(&mnt), 0o755, "the mounted root is not touched");
     }
 
     #[test]

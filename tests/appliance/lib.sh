@@ -22,25 +22,8 @@ for f in "$OVMF_CODE" "$OVMF_VARS"; do [ -f "$f" ] || { echo "$NAME: $f missing 
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-mkdir -p "$ROOT/target/tmp"
-T=$(mktemp -d "$ROOT/target/tmp/$NAME.XXXXXX")
-QPID=""
-stop_qemu() {
-  if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
-    kill "$QPID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$QPID" 2>/dev/null || true
-  fi
-  if [ -n "$QPID" ]; then wait "$QPID" 2>/dev/null || true; fi
-  QPID=""
-}
-cleanup() {
-  stop_qemu
-  exec 5>&- 2>/dev/null || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=tests/lib/qemu-scratch.sh
+source "$ROOT/tests/lib/qemu-scratch.sh"
 
 fail() {
   echo "$NAME: FAIL: $*" >&2

@@ -29,25 +29,9 @@ IMG=$ROOT/target/guest/nasvisor-mini.qcow2
 META=$ROOT/target/guest/guest-image.json
 command -v qemu-system-x86_64 >/dev/null || { echo "boot-test: qemu-system-x86_64 missing (run scripts/setup.sh)" >&2; exit 1; }
 
-mkdir -p "$ROOT/target/tmp"
-T=$(mktemp -d "$ROOT/target/tmp/guest-boot.XXXXXX")
-QPID=""
-stop_qemu() {
-  if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
-    kill "$QPID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$QPID" 2>/dev/null || true
-  fi
-  if [ -n "$QPID" ]; then wait "$QPID" 2>/dev/null || true; fi
-  QPID=""
-}
-cleanup() {
-  stop_qemu
-  exec 5>&- 2>/dev/null || true
-  rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+NAME=guest-boot
+# shellcheck source=tests/lib/qemu-scratch.sh
+source "$ROOT/tests/lib/qemu-scratch.sh"
 
 fail() {
   echo "boot-test: FAIL: $*" >&2

@@ -14,6 +14,9 @@ fw_cache=$!
 # Lints first: formatting and clippy (the workspace's lints, warnings denied).
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# `cargo test` must reuse what `cargo build --bins` compiled (one feature
+# set for both; host/workspace-hack/Cargo.toml).
+bash scripts/check-features.sh
 # The core and the API contract compile no HTTP or TLS stack: those live in
 # the crates that serve or fetch (api, cluster-net, download, tls).
 for crate in nasvisor-core nasvisor-api-types; do

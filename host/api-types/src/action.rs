@@ -243,6 +243,14 @@ pub enum Action {
         /// The reason, when put into maintenance.
         maintenance: Option<HostDegrade>,
     },
+    /// The cluster's rolling update: the last one started, and where it
+    /// stands (404 when none was ever started).
+    GetClusterUpdate,
+    /// Go on with a failed rolling update from the host it stopped at.
+    ResumeClusterUpdate,
+    /// End a running or failed rolling update where it stands: hosts
+    /// already updated keep the new version, the others the old one.
+    AbortClusterUpdate,
     /// Cordon a host and live-migrate its running VMs away (a job).
     EvacuateHost {
         /// Host id.

@@ -180,6 +180,25 @@ pub trait Core: Send + Sync {
             reason: "firmware management is not enabled on this host".into(),
         })
     }
+
+    /// Starts a rolling update of the cluster with the firmware bundle
+    /// uploaded to `POST /api/v1/cluster/update` and answers with it
+    /// ([`Answer::ClusterUpdate`]) once the body is received and checked on
+    /// this host. `move_back`: VMs evacuated from a host move back once it
+    /// is updated; `by` is the caller's user, recorded as who started it.
+    /// `body` is as for [`Core::install_firmware`].
+    async fn start_cluster_update(
+        &self,
+        by: String,
+        move_back: bool,
+        body: ByteStream,
+    ) -> Result<Answer, CoreError> {
+        let _ = (by, move_back);
+        drop(body);
+        Err(CoreError::Conflict {
+            reason: "firmware management is not enabled on this host".into(),
+        })
+    }
 }
 
 /// A stream of bytes: a console's output, or an upload's body.

@@ -99,6 +99,10 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "getFirmware" => c("This host's firmware: its A/B root slots (state, version, boot entry), the rollback floor, the clock floor, the update waiting for its first healthy boot and how the last update ended", Q::None, json(one::<FirmwareView>(g))),
         "installFirmware" => c("Install a signed firmware bundle (raw body, streamed to the data directory; limit 4 GiB by default, 413 beyond) into this host's inactive slot (a job): verified whole before a slot is touched, then written, read back, and made the next boot with its tries; the booted slot is never touched", Q::Bytes, json(one::<JobView>(g))),
         "rebootHost" => c("Reboot this host with its reboot command (`[firmware] reboot-command`, e.g. after a firmware install): refused (409) while VMs run on it, naming them, and when firmware management is off; the command runs about a second after the answer", Q::None, (Answer::Json(one::<HostRebootView>(g)), "the reboot, accepted")),
+        "getClusterUpdate" => c("The cluster's rolling update (the last one started): its bundle, where it stands, and each host's step, version and job; 404 when none was ever started", Q::None, json(one::<RolloutView>(g))),
+        "startClusterUpdate" => c("Update every host of the cluster with a signed firmware bundle (raw body; limit 4 GiB by default, 413 beyond): checked on the host receiving it, copied to every member and checked there as an install would before any host is touched, then one host at a time: cordon, evacuate (a `reboot` bundle), install, restart or reboot, wait until it is healthy, rejoined and reports the new version, uncordon and (move_back, default true) move its VMs back. Stops at the first failure with the others serving. 409 while another rolling update runs, or when a member has firmware management off", Q::Bytes, (Answer::Json(one::<RolloutView>(g)), "the rolling update, started")),
+        "resumeClusterUpdate" => c("Go on with a failed rolling update from the host it stopped at (409 unless it failed)", Q::None, (Answer::Json(one::<RolloutView>(g)), "the rolling update, running again")),
+        "abortClusterUpdate" => c("End a running or failed rolling update where it stands: updated hosts keep the new version, the others the old one, mixed versions stay compatible (the peer protocol's rule); the host being updated finishes its step", Q::None, json(one::<RolloutView>(g))),
         "listVms" => c("All VMs", Q::None, json(list::<VmView>(g))),
         "createVm" => c("Define a VM", Q::Json(one::<VmCreate>(q)), json(one::<VmView>(g))),
         "getVm" => c("One VM", Q::None, json(one::<VmView>(g))),
@@ -156,6 +160,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
 fn query_param(name: &str) -> Option<(Value, &'static str)> {
     Some(match name {
         "delete_disks" => (json!({"type": "boolean", "default": false}), "also delete the VM's volumes"),
+        "move_back" => (json!({"type": "boolean", "default": true}), "move the VMs a `reboot` bundle evacuated from a host back once it is updated"),
         "force" => (json!({"type": "boolean", "default": false}), "drop the record of a VM whose host is lost (offline or removed), asking nothing of that host; its disks there are left behind and listed in the answer's disks"),
         "follow" => (json!({"type": "boolean", "default": false}), "keep streaming new output until the client goes away"),
         "tail" => (json!({"type": "integer", "minimum": 0, "maximum": MAX_CONSOLE_TAIL, "default": DEFAULT_CONSOLE_TAIL}), "bytes of history to send first"),

@@ -131,6 +131,15 @@ pub enum PeerCall<Vm> {
     /// The passive host (or a former one) drops a VM's replicas (added
     /// within version 2).
     ReplicaDrop(ReplicaDrop),
+    /// The host that received a cluster update's bundle serves it to the
+    /// caller (added within version 2, like `job-progress`).
+    BundleExport(BundleExport),
+    /// The leader asks a member to copy a cluster update's bundle and
+    /// check it as an install would (added within version 2).
+    RolloutFetch(RolloutFetch),
+    /// The leader asks a member to install the cluster update's bundle it
+    /// holds (added within version 2).
+    RolloutInstall(RolloutInstall),
 }
 
 impl<Vm> PeerCall<Vm> {
@@ -149,6 +158,9 @@ impl<Vm> PeerCall<Vm> {
             PeerCall::JobProgress(_) => <JobProgress as Call<Vm>>::NAME,
             PeerCall::ReplicaServe(_) => <ReplicaServe as Call<Vm>>::NAME,
             PeerCall::ReplicaDrop(_) => <ReplicaDrop as Call<Vm>>::NAME,
+            PeerCall::BundleExport(_) => <BundleExport as Call<Vm>>::NAME,
+            PeerCall::RolloutFetch(_) => <RolloutFetch as Call<Vm>>::NAME,
+            PeerCall::RolloutInstall(_) => <RolloutInstall as Call<Vm>>::NAME,
         }
     }
 }
@@ -189,6 +201,9 @@ calls! {
     JobProgress => JobProgress, "job-progress", Vec<JobLive>;
     ReplicaServe => ReplicaServe, "replica-serve", ReplicaServing;
     ReplicaDrop => ReplicaDrop, "replica-drop", ();
+    BundleExport => BundleExport, "bundle-export", BundleExportReply;
+    RolloutFetch => RolloutFetch, "rollout-fetch", RolloutFetched;
+    RolloutInstall => RolloutInstall, "rollout-install", RolloutInstalling;
 }
 
 const MIGRATE_PREPARE: &str = "migrate-prepare";
@@ -462,6 +477,74 @@ pub struct ImageExportReply {
     pub port: u16,
     /// The image's format (`qcow2`, `iso`).
     pub format: String,
+}
+
+/// `bundle-export`: serve the bundle of rolling update `rollout`, which
+/// the receiver holds, read-only to the caller (end it with
+/// [`ImageExportEnd`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleExport {
+    /// The rollout's id.
+    pub rollout: String,
+    /// The bundle's SHA-256, hex (the holder serves only that file).
+    pub sha256: String,
+}
+
+/// The answer to [`BundleExport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleExportReply {
+    /// The export's id (for [`ImageExportEnd`]).
+    pub id: String,
+    /// The NBD server's address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The export's name.
+    pub export: String,
+}
+
+/// `rollout-fetch`: copy the bundle of rolling update `rollout` from host
+/// `holder` (unless it is already here) and check it as an install would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFetch {
+    /// The rollout's id.
+    pub rollout: String,
+    /// The host that holds the bundle.
+    pub holder: String,
+    /// The bundle's SHA-256, hex: the copy must match it.
+    pub sha256: String,
+    /// Its size, bytes.
+    pub size: u64,
+}
+
+/// The answer to [`RolloutFetch`]: the bundle is here and an install
+/// would take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutFetched {
+    /// The version the bundle installs.
+    pub version: String,
+    /// The version installed on the member now.
+    pub installed: Option<String>,
+}
+
+/// `rollout-install`: install the bundle of rolling update `rollout` the
+/// receiver holds (its firmware-install job).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutInstall {
+    /// The rollout's id.
+    pub rollout: String,
+    /// The bundle's SHA-256, hex.
+    pub sha256: String,
+}
+
+/// The answer to [`RolloutInstall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutInstalling {
+    /// The install job's id, on the receiver.
+    pub job: String,
 }
 
 /// `image-export-end` of export `id`.

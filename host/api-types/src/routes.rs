@@ -386,6 +386,37 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r("POST", "/api/v1/cluster/join", "joinCluster", 200, true),
+    r(
+        "GET",
+        "/api/v1/cluster/update",
+        "getClusterUpdate",
+        200,
+        false,
+    ),
+    q(
+        raw(r(
+            "POST",
+            "/api/v1/cluster/update",
+            "startClusterUpdate",
+            202,
+            true,
+        )),
+        &["move_back"],
+    ),
+    r(
+        "POST",
+        "/api/v1/cluster/update/resume",
+        "resumeClusterUpdate",
+        202,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/cluster/update/abort",
+        "abortClusterUpdate",
+        200,
+        false,
+    ),
     r("GET", "/api/v1/hosts", "listHosts", 200, false),
     r(
         "POST",

@@ -279,6 +279,17 @@ pub fn upload_request(m: &Matched, query: Option<&str>) -> Result<ImageUpload, A
     })
 }
 
+/// Validates the path and query of the cluster update route: whether
+/// evacuated VMs move back (`move_back`, default true).
+pub fn cluster_update_request(m: &Matched, query: Option<&str>) -> Result<bool, ApiError> {
+    check_params(m)?;
+    let q = parse_query(query, m.route.query)?;
+    q.get("move_back")
+        .map(|v| parse_bool("move_back", v))
+        .transpose()
+        .map(|v| v.unwrap_or(true))
+}
+
 /// Validates the path and query of the firmware install route (it takes
 /// none).
 pub fn firmware_request(m: &Matched, query: Option<&str>) -> Result<(), ApiError> {
@@ -335,7 +346,8 @@ pub fn to_action(
     let p = |n: &str| m.params.get(n).cloned().unwrap_or_default();
     let action = match m.route.operation {
         "health" | "login" | "getConsole" | "uploadImage" | "installFirmware"
-        | "getCertificate" | "replaceCertificate" | "getOpenapi" | "getMetrics" => return Ok(None),
+        | "startClusterUpdate" | "getCertificate" | "replaceCertificate" | "getOpenapi"
+        | "getMetrics" => return Ok(None),
         "logout" => Action::Logout,
         "whoami" => Action::Whoami,
         "changePassword" => Action::ChangePassword(parse_valid::<PasswordChange>(body)?),
@@ -352,6 +364,9 @@ pub fn to_action(
         "getHost" => Action::GetHost,
         "getFirmware" => Action::GetFirmware,
         "rebootHost" => Action::RebootHost,
+        "getClusterUpdate" => Action::GetClusterUpdate,
+        "resumeClusterUpdate" => Action::ResumeClusterUpdate,
+        "abortClusterUpdate" => Action::AbortClusterUpdate,
         "listVms" => Action::ListVms,
         "createVm" => Action::CreateVm(parse_valid::<VmCreate>(body)?),
         "getVm" => Action::GetVm { id: p("id") },

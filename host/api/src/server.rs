@@ -492,11 +492,14 @@ async fn respond(
     let query = req.uri().query().map(str::to_string);
     match route.operation {
         "getConsole" => return console(shared, &matched, query.as_deref(), req).await,
-        "uploadImage" => {
-            return upload(shared, &matched, query.as_deref(), req, Upload::Image).await
-        }
-        "installFirmware" => {
-            return upload(shared, &matched, query.as_deref(), req, Upload::Firmware).await
+        "uploadImage" | "installFirmware" | "startClusterUpdate" => {
+            let what = match route.operation {
+                "uploadImage" => Upload::Image,
+                "installFirmware" => Upload::Firmware,
+                _ => Upload::ClusterUpdate,
+            };
+            let by = request.caller.user.clone();
+            return upload(shared, &matched, query.as_deref(), req, what, by).await;
         }
         "getCertificate" => return Ok(json_response(StatusCode::OK, &shared.certificate.view())),
         "getOpenapi" => {
@@ -685,6 +688,16 @@ enum Upload {
     Image,
     /// `POST /api/v1/host/firmware/install`, limited by `max_firmware`.
     Firmware,
+    /// `POST /api/v1/cluster/update`, limited by `max_firmware`.
+    ClusterUpdate,
+}
+
+/// An upload's path and query, parsed.
+enum Parsed {
+    Image(nasvisor_api_types::ImageUpload),
+    Firmware,
+    /// Whether evacuated VMs move back.
+    ClusterUpdate(bool),
 }
 
 /// A streamed upload (`POST /api/v1/images/{name}/upload`, `POST
@@ -696,10 +709,11 @@ async fn upload(
     query: Option<&str>,
     req: Request<Incoming>,
     what: Upload,
+    by: String,
 ) -> Result<Response<RespBody>, ApiError> {
     let max = match what {
         Upload::Image => shared.max_upload,
-        Upload::Firmware => shared.max_firmware,
+        Upload::Firmware | Upload::ClusterUpdate => shared.max_firmware,
     };
     let too_large = || {
         ApiError::status(
@@ -716,11 +730,14 @@ async fn upload(
         Err(too_large())
     } else {
         match what {
-            Upload::Image => router::upload_request(matched, query).map(Some),
-            Upload::Firmware => router::firmware_request(matched, query).map(|()| None),
+            Upload::Image => router::upload_request(matched, query).map(Parsed::Image),
+            Upload::Firmware => router::firmware_request(matched, query).map(|()| Parsed::Firmware),
+            Upload::ClusterUpdate => {
+                router::cluster_update_request(matched, query).map(Parsed::ClusterUpdate)
+            }
         }
     };
-    let image = match checked {
+    let parsed = match checked {
         Ok(u) => u,
         Err(e) => {
             drain(req.into_body(), shared.body_timeout);
@@ -737,14 +754,21 @@ async fn upload(
         stalled: stalled.clone(),
         done: false,
     });
-    let result = match image {
-        Some(upload) => {
+    let result = match parsed {
+        Parsed::Image(upload) => {
             tracing::debug!(name = %upload.name, "image upload");
             shared.core.upload_image(upload, stream).await
         }
-        None => {
+        Parsed::Firmware => {
             tracing::debug!("firmware bundle upload");
             shared.core.install_firmware(stream).await
+        }
+        Parsed::ClusterUpdate(move_back) => {
+            tracing::debug!(move_back, "cluster update bundle upload");
+            shared
+                .core
+                .start_cluster_update(by, move_back, stream)
+                .await
         }
     };
     if exceeded.load(Ordering::SeqCst) {

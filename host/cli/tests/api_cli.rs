@@ -66,6 +66,8 @@ struct Fake {
     uploads: Mutex<Vec<(ImageUpload, u64, String)>>,
     /// Firmware bundles received: (bytes, sha256 hex of them)
     firmware_uploads: Mutex<Vec<(u64, String)>>,
+    /// Cluster update bundles received: (bytes, sha256 hex, move_back, by)
+    update_uploads: Mutex<Vec<(u64, String, bool, String)>>,
     consoles: Mutex<Vec<(String, bool, u64)>>,
     /// Console input is echoed into open console streams.
     echo: Mutex<Option<tokio::sync::broadcast::Sender<String>>>,
@@ -146,6 +148,30 @@ fn host() -> HostView {
     )
 }
 
+/// A rolling update of two hosts in `state`: nas2 done, nas1 failed when
+/// it failed.
+fn rollout(state: &str) -> nasvisor_api::types::RolloutView {
+    let failed = state == "failed";
+    view(json!({
+        "id": "r1", "version": "2.0.2", "class": "service",
+        "sha256": "ab".repeat(32), "size": 1024, "holder": "nas1", "move_back": true,
+        "state": state,
+        "failure": failed.then_some("host nas1: the update did not become healthy: exited"),
+        "advice": failed.then_some("serving: nas2 on 2.0.2. `nasvisor cluster update resume` goes on"),
+        "started_by": "alice",
+        "started_at": "2026-12-05T10:00:00Z", "finished_at": null,
+        "hosts": [
+            {"host": "nas2", "state": "done", "from_version": "2.0.1", "version": "2.0.2",
+             "message": "runs 2.0.2", "job": null, "moved": ["web → nas1"],
+             "started_at": "2026-12-05T10:00:01Z", "finished_at": "2026-12-05T10:00:09Z"},
+            {"host": "nas1", "state": if failed { "failed" } else { "installing" },
+             "from_version": "2.0.1", "version": "2.0.1",
+             "message": "installing 2.0.2 (job j9)", "job": "j9", "moved": [],
+             "started_at": "2026-12-05T10:00:10Z", "finished_at": null}
+        ]
+    }))
+}
+
 fn firmware() -> FirmwareView {
     view(json!({
         "booted": "a",
@@ -203,6 +229,9 @@ impl Fake {
                 "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
                 "message": "host nas1 reboots: systemctl reboot runs in 1000 ms"}))
             .into_answer(),
+            Action::GetClusterUpdate => rollout("failed").into_answer(),
+            Action::ResumeClusterUpdate => rollout("running").into_answer(),
+            Action::AbortClusterUpdate => rollout("aborted").into_answer(),
             Action::ListVms => vec![vm("vm1"), vm("web-server-2")].into_answer(),
             Action::GetVm { id } if id == "missing" => {
                 return Err(CoreError::NotFound {
@@ -517,49 +546,53 @@ impl Core for Fake {
     async fn upload_image(
         &self,
         upload: ImageUpload,
-        mut body: ByteStream,
+        body: ByteStream,
     ) -> Result<Answer, CoreError> {
-        let mut hash = Sha256::new();
-        let mut n = 0u64;
-        while let Some(chunk) =
-            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
-        {
-            let chunk = chunk.map_err(|e| CoreError::Internal {
-                reason: e.to_string(),
-            })?;
-            n += chunk.len() as u64;
-            hash.update(&chunk);
-        }
+        let (n, sha) = read_body(body).await?;
         let name = upload.name.clone();
-        self.uploads
-            .lock()
-            .unwrap()
-            .push((upload, n, hex::encode(hash.finalize())));
+        self.uploads.lock().unwrap().push((upload, n, sha));
         let mut j = job("jup", "upload_image", "queued", 0.0, None);
         j.target = Some(format!("image/{name}"));
         Ok(j.into_answer())
     }
 
-    async fn install_firmware(&self, mut body: ByteStream) -> Result<Answer, CoreError> {
-        let mut hash = Sha256::new();
-        let mut n = 0u64;
-        while let Some(chunk) =
-            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
-        {
-            let chunk = chunk.map_err(|e| CoreError::Internal {
-                reason: e.to_string(),
-            })?;
-            n += chunk.len() as u64;
-            hash.update(&chunk);
-        }
-        self.firmware_uploads
-            .lock()
-            .unwrap()
-            .push((n, hex::encode(hash.finalize())));
+    async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
+        let got = read_body(body).await?;
+        self.firmware_uploads.lock().unwrap().push(got);
         let mut j = job("jfw", "firmware-install", "queued", 0.0, None);
         j.target = Some("host/h1".into());
         Ok(j.into_answer())
     }
+
+    async fn start_cluster_update(
+        &self,
+        by: String,
+        move_back: bool,
+        body: ByteStream,
+    ) -> Result<Answer, CoreError> {
+        let (n, sha) = read_body(body).await?;
+        self.update_uploads
+            .lock()
+            .unwrap()
+            .push((n, sha, move_back, by));
+        Ok(rollout("running").into_answer())
+    }
+}
+
+/// An upload's body, read whole: (bytes, SHA-256 hex).
+async fn read_body(mut body: ByteStream) -> Result<(u64, String), CoreError> {
+    let mut hash = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) =
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+    {
+        let chunk = chunk.map_err(|e| CoreError::Internal {
+            reason: e.to_string(),
+        })?;
+        n += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    Ok((n, hex::encode(hash.finalize())))
 }
 
 struct Channel(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
@@ -1139,6 +1172,18 @@ fn every_command_sends_the_right_action() {
         (vec!["host"], Action::GetHost),
         (vec!["firmware", "status"], Action::GetFirmware),
         (vec!["firmware", "reboot"], Action::RebootHost),
+        (
+            vec!["cluster", "update", "status"],
+            Action::GetClusterUpdate,
+        ),
+        (
+            vec!["cluster", "update", "resume"],
+            Action::ResumeClusterUpdate,
+        ),
+        (
+            vec!["cluster", "update", "abort"],
+            Action::AbortClusterUpdate,
+        ),
         (
             vec!["vm", "start", "vm1"],
             Action::VmPower {
@@ -2132,6 +2177,76 @@ fn firmware_status_shows_the_slots_and_install_streams_the_bundle_as_a_job() {
         "{e}"
     );
     assert_eq!(h.core.firmware_uploads.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn cluster_update_streams_the_bundle_and_shows_each_hosts_step() {
+    let h = Harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service-2.0.2.nvfw");
+    let data: Vec<u8> = (0..2 * 1024 * 1024 + 13u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let out = h.ok(&[
+        "cluster",
+        "update",
+        path.to_str().unwrap(),
+        "--no-move-back",
+    ]);
+    assert!(out.contains("state:      running"), "{out}");
+    let rows: Vec<&str> = out.lines().collect();
+    let head = rows.iter().position(|l| l.starts_with("HOST")).expect(&out);
+    assert!(
+        rows[head].contains("STEP") && rows[head].contains("VERSION"),
+        "{out}"
+    );
+    assert!(
+        rows[head + 1].starts_with("nas2") && rows[head + 1].contains("done"),
+        "{out}"
+    );
+    assert!(
+        rows[head + 2].starts_with("nas1") && rows[head + 2].contains("installing"),
+        "{out}"
+    );
+    assert!(out.contains("moved from nas2: web → nas1"), "{out}");
+    let got = h.core.update_uploads.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![(
+            data.len() as u64,
+            hex::encode(Sha256::digest(&data)),
+            false,
+            "admin".to_string()
+        )]
+    );
+    // The failed update's status says where it stopped and what to do.
+    let out = h.ok(&["cluster", "update", "status"]);
+    assert!(out.contains("state:      failed"), "{out}");
+    assert!(
+        out.contains("failure:    host nas1: the update did not become healthy"),
+        "{out}"
+    );
+    assert!(out.contains("next:       serving: nas2 on 2.0.2."), "{out}");
+    let json: Value =
+        serde_json::from_str(&h.ok(&["--json", "cluster", "update", "status"])).unwrap();
+    assert_eq!(
+        strict::<nasvisor_api::types::RolloutView>(&json).unwrap(),
+        rollout("failed")
+    );
+    // --wait follows it until it ends, and a failed end fails the command.
+    let e = h.fails(&["cluster", "update", "resume", "--wait"]);
+    assert!(
+        e.contains("cluster update r1 failed: host nas1: the update did not become healthy"),
+        "{e}"
+    );
+    // No bundle, or not a file: refused before anything is sent.
+    let e = h.fails(&["cluster", "update", "/nonexistent/b.nvfw"]);
+    assert!(e.contains("/nonexistent/b.nvfw: not a bundle file"), "{e}");
+    let o = h.run(&["cluster", "update"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("<BUNDLE>"));
+    assert_eq!(h.core.update_uploads.lock().unwrap().len(), 1);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use nasvisor_firmware::{
     Class, FirmwareStatus, InstallError, OutcomeKind, Policy, Reconciled, SlotConfig, SlotSet,
     SlotState, BUNDLE_HEAD_BYTES,
 };
+use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,13 +44,13 @@ pub struct FirmwareSettings {
 }
 
 impl FirmwareSettings {
-    fn slot_set(&self) -> SlotSet {
+    pub(crate) fn slot_set(&self) -> SlotSet {
         SlotSet::new(self.slots.clone())
     }
 
     /// The policy of an install: the trusted keys, product and board, at
     /// the system clock (the install raises it to the clock floor).
-    fn policy(&self) -> Result<Policy, String> {
+    pub(crate) fn policy(&self) -> Result<Policy, String> {
         let trusted = nasvisor_signing::read_public_keys_in(&self.trusted_keys_dir)
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -100,7 +101,7 @@ fn not_enabled() -> CoreError {
 }
 
 impl Inner {
-    fn firmware(&self) -> Result<&FirmwareSettings, CoreError> {
+    pub(crate) fn firmware(&self) -> Result<&FirmwareSettings, CoreError> {
         self.cfg.firmware.as_ref().ok_or_else(not_enabled)
     }
 
@@ -139,7 +140,17 @@ impl Inner {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
     ) -> Result<JobView, CoreError> {
         let settings = self.firmware()?.clone();
-        let bundle = receive(body, &settings).await?;
+        let received = receive(body, &settings).await?;
+        self.start_firmware_install(settings, received.path).await
+    }
+
+    /// Installs the bundle at `bundle` (in the upload directory; removed
+    /// when the job ends) as a job, and answers with the job.
+    pub(crate) async fn start_firmware_install(
+        self: &Arc<Self>,
+        settings: FirmwareSettings,
+        bundle: PathBuf,
+    ) -> Result<JobView, CoreError> {
         let (job, ctx) = match self
             .job_start(
                 &JobSpec::FirmwareInstall(FirmwareJob {
@@ -358,10 +369,10 @@ impl Inner {
 /// before its payload is stored, and one that the data partition has no
 /// room for is refused with what it needs. The body may not run past the
 /// bundle its manifest describes.
-async fn receive(
+pub(crate) async fn receive(
     mut body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
     settings: &FirmwareSettings,
-) -> Result<PathBuf, CoreError> {
+) -> Result<Received, CoreError> {
     let body_err = |e: std::io::Error| errors::invalid("body", e.to_string());
     let mut head = Vec::with_capacity(BUNDLE_HEAD_BYTES);
     let mut spill = None;
@@ -435,8 +446,10 @@ async fn receive(
             errors::internal(format!("cannot write {}: {e}", path.display()))
         }
     };
+    let mut sha = Sha256::new();
+    let mut written = head.len() as u64;
     let r: Result<(), CoreError> = async {
-        let mut written = head.len() as u64;
+        sha.update(&head);
         file.write_all(&head).await.map_err(write_err)?;
         let mut next = spill;
         loop {
@@ -457,6 +470,7 @@ async fn receive(
                     ),
                 ));
             }
+            sha.update(&chunk);
             file.write_all(&chunk).await.map_err(write_err)?;
         }
         file.sync_all().await.map_err(write_err)
@@ -469,7 +483,24 @@ async fn receive(
             .best_effort("remove a partly received bundle");
         return Err(e);
     }
-    Ok(path)
+    Ok(Received {
+        path,
+        sha256: hex::encode(sha.finalize()),
+        size: written,
+        manifest,
+    })
+}
+
+/// A bundle received whole into the upload directory, its start checked.
+pub(crate) struct Received {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The SHA-256 of the whole file, hex, hashed as it arrived.
+    pub sha256: String,
+    /// Its size, bytes.
+    pub size: u64,
+    /// Its manifest (the signature checked against this host's keys).
+    pub manifest: nasvisor_firmware::Manifest,
 }
 
 /// How long after a service release's install job ended nasvisord

@@ -285,6 +285,9 @@ impl Inner {
             Action::GetHost => answer(Ok(c.this_host_view())),
             Action::GetFirmware => answer(c.firmware_status().await),
             Action::RebootHost => answer(c.reboot_host().await),
+            Action::GetClusterUpdate => answer(c.rollout_view()),
+            Action::ResumeClusterUpdate => answer(c.resume_rollout().await),
+            Action::AbortClusterUpdate => answer(c.abort_rollout().await),
             Action::ListVms => answer(Ok(c.list_vms())),
             Action::GetVm { id } => answer(c.find_vm(&id).map(|v| c.vm_view(&v))),
             Action::CreateVm(req) => answer(c.create_vm(req).await),
@@ -448,6 +451,15 @@ impl nasvisor_api_types::Core for NasCore {
 
     async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
         answer(self.inner.install_firmware(body).await)
+    }
+
+    async fn start_cluster_update(
+        &self,
+        by: String,
+        move_back: bool,
+        body: ByteStream,
+    ) -> Result<Answer, CoreError> {
+        answer(self.inner.start_rollout(by, move_back, body).await)
     }
 }
 

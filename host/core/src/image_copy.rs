@@ -85,30 +85,13 @@ impl Inner {
             .await
             .map_err(fail)?;
         let fmt = if v.format == "iso" { "raw" } else { "qcow2" };
-        let tls = self.tls_client("file.", holder.node_id).map_err(fail)?;
-        // The export shows the guest-visible contents (raw), over TLS.
-        let source = format!(
-            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={}{}",
-            v.host,
-            v.port,
-            rec.name,
-            tls.opts
-        );
         let tmp = self
             .cfg
             .run_dir()
             .join(format!("image-{}.{}.tmp", rec.name, std::process::id()));
-        let mut args: Vec<String> = vec!["convert".into()];
-        args.extend(tls.args);
-        args.extend([
-            "--image-opts".into(),
-            source,
-            "-O".into(),
-            fmt.into(),
-            tmp.to_string_lossy().into_owned(),
-        ]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = crate::migrate::run_qemu_img(&ctx.cancel, &args).await;
+        let r = self
+            .pull_export(holder, &v.host, v.port, &rec.name, fmt, &tmp, &ctx.cancel)
+            .await;
         let end = ImageExportEnd { id: v.id.clone() };
         if let Err(e) = self.call_peer(holder, end, EXPORT_TIMEOUT).await {
             tracing::warn!(image = %rec.name, host = %holder.id, error = %e, "the holder did not stop serving the image; it stops when it restarts");
@@ -136,6 +119,40 @@ impl Inner {
         Ok(())
     }
 
+    /// Copies export `export` of `holder`'s NBD server at `host:port` (over
+    /// the cluster's TLS) into file `dest`, written as `fmt`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn pull_export(
+        &self,
+        holder: &HostRecord,
+        host: &str,
+        port: u16,
+        export: &str,
+        fmt: &str,
+        dest: &std::path::Path,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), JobFailure> {
+        let tls = self
+            .tls_client("file.", holder.node_id)
+            .map_err(|e| JobFailure::Failed(e.to_string()))?;
+        // The export shows the guest-visible contents (raw), over TLS.
+        let source = format!(
+            "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={host},file.server.port={port},file.export={export}{}",
+            tls.opts
+        );
+        let mut args: Vec<String> = vec!["convert".into()];
+        args.extend(tls.args);
+        args.extend([
+            "--image-opts".into(),
+            source,
+            "-O".into(),
+            fmt.into(),
+            dest.to_string_lossy().into_owned(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::migrate::run_qemu_img(cancel, &args).await
+    }
+
     /// `image-export` on the holder: serves image `name` read-only over NBD
     /// to host `from`, the caller, until `image-export-end`.
     pub(crate) async fn export_image(
@@ -147,11 +164,30 @@ impl Inner {
             .library
             .get(name)
             .map_err(|e| errors::storage("name", e))?;
+        let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
+        let (id, host, port) = self.serve_file(from, &img.path, fmt, name).await?;
+        Ok(ImageExportReply {
+            id,
+            host,
+            port,
+            format: img.format.to_string(),
+        })
+    }
+
+    /// Serves file `path` (format `fmt`) read-only over NBD with TLS, as
+    /// export `name`, to host `from` until `image-export-end` of the id
+    /// returned (with the server's address and port).
+    pub(crate) async fn serve_file(
+        &self,
+        from: u64,
+        path: &std::path::Path,
+        fmt: &str,
+        name: &str,
+    ) -> Result<(String, String, u16), CoreError> {
         let ip = crate::parse_listen(&self.cfg.cluster_address)?
             .ip()
             .to_string();
         let port = free_port(&ip)?;
-        let fmt = if img.format == "iso" { "raw" } else { "qcow2" };
         let tls = self.tls_server_args(from)?;
         let mut child = tokio::process::Command::new("qemu-nbd")
             .args(&tls)
@@ -165,7 +201,7 @@ impl Inner {
                 &ip,
             ])
             .args(["-p", &port.to_string(), "-x", name])
-            .arg(&img.path)
+            .arg(path)
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -178,12 +214,7 @@ impl Inner {
             return Err(e);
         }
         lock(&self.image_exports.servers).insert(id.clone(), child);
-        Ok(ImageExportReply {
-            id,
-            host: ip,
-            port,
-            format: img.format.to_string(),
-        })
+        Ok((id, ip, port))
     }
 
     /// `image-export-end`: stops serving export `id` (nothing when it is

@@ -40,6 +40,7 @@ mod placement;
 mod plugin_reports;
 mod plugins;
 mod replica;
+mod rollout;
 mod storage_ops;
 mod vms;
 mod vswitches;
@@ -315,6 +316,8 @@ pub(crate) struct Inner {
     /// Told when a service release was staged: the daemon restarts into
     /// it ([`NasCore::restart_requested`]).
     pub service_restart: tokio::sync::Notify,
+    /// Wakes the rolling update's driver (a rollout started or resumed).
+    pub rollout_wake: tokio::sync::Notify,
 }
 
 /// The core of `nasvisord`; implements [`nasvisor_api_types::Core`].
@@ -406,9 +409,17 @@ impl NasCore {
         let host = HostRecord {
             id: cfg.host_name.clone(),
             name: cfg.host_name.clone(),
+            // An appliance runs its firmware's version: the service release
+            // it runs, else its booted slot's; a host without firmware
+            // management, this build's.
             version: cfg
                 .service_release
                 .clone()
+                .or_else(|| {
+                    cfg.firmware
+                        .as_ref()
+                        .and_then(|f| f.slot_set().booted_version())
+                })
                 .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -460,6 +471,7 @@ impl NasCore {
             plugin_reports: Default::default(),
             replicas: Default::default(),
             service_restart: Default::default(),
+            rollout_wake: Default::default(),
         });
         inner.db.store().set_peer_handler(inner.peer_handler());
         inner.events.init(&inner.db);
@@ -482,6 +494,7 @@ impl NasCore {
         inner.check_health_once().await;
         inner.spawn_health_checks();
         inner.spawn_cluster_loop();
+        inner.spawn_rollout_loop();
         Ok(NasCore { inner })
     }
 

@@ -8,9 +8,10 @@ use crate::errors;
 use crate::model::{HostRecord, VmRecord};
 use crate::Inner;
 use nasvisor_api_types::peer::{
-    self, ActionReply, Call, Console, ConsoleReply, ForwardAction, Heartbeat, HeartbeatReply,
-    ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish, MigratePrepare,
-    PeerCall, PeerRefusal, PeerWindow, Read, ReplicaDrop, ReplicaServe,
+    self, ActionReply, BundleExport, Call, Console, ConsoleReply, ForwardAction, Heartbeat,
+    HeartbeatReply, ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish,
+    MigratePrepare, PeerCall, PeerRefusal, PeerWindow, Read, ReplicaDrop, ReplicaServe,
+    RolloutFetch, RolloutInstall,
 };
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{CallError, PeerHandler, PeerRequest, StoreError};
@@ -156,6 +157,18 @@ impl Inner {
             PeerCall::ReplicaDrop(c) => {
                 self.replica_drop(c).await?;
                 reply::<ReplicaDrop>(())
+            }
+            PeerCall::BundleExport(c) => {
+                let r = self.export_bundle(from, &c).await?;
+                reply::<BundleExport>(r)
+            }
+            PeerCall::RolloutFetch(c) => {
+                let r = self.rollout_fetch(c).await?;
+                reply::<RolloutFetch>(r)
+            }
+            PeerCall::RolloutInstall(c) => {
+                let r = self.rollout_install_here(c).await?;
+                reply::<RolloutInstall>(r)
             }
         }
     }

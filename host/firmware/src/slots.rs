@@ -322,6 +322,15 @@ impl SlotSet {
         Ok(entry_field(&text, key))
     }
 
+    /// The version the booted slot's boot entry names: what this
+    /// appliance runs, unless a service release runs on it. `None` when not
+    /// booted from a slot, or its entry names none.
+    pub fn booted_version(&self) -> Option<String> {
+        let booted = self.booted().ok()?;
+        let entry = self.entry(booted).ok()??;
+        self.entry_field(&entry, "version").ok()?
+    }
+
     /// The state file's path.
     pub fn state_path(&self) -> PathBuf {
         self.config.state_dir.join("state.json")

@@ -80,6 +80,8 @@ pub enum Answer {
     Firmware(FirmwareView),
     /// A reboot of this host, accepted.
     HostReboot(HostRebootView),
+    /// A rolling update of the cluster.
+    ClusterUpdate(Box<RolloutView>),
 }
 
 impl Answer {
@@ -136,6 +138,7 @@ impl Serialize for ApiBody<'_> {
             Answer::Certificate(v) => v.serialize(s),
             Answer::Firmware(v) => v.serialize(s),
             Answer::HostReboot(v) => v.serialize(s),
+            Answer::ClusterUpdate(v) => v.serialize(s),
         }
     }
 }
@@ -204,4 +207,5 @@ into_answer! {
     CertificateView => Certificate;
     FirmwareView => Firmware;
     HostRebootView => HostReboot;
+    RolloutView => ClusterUpdate(Box::new);
 }

@@ -187,6 +187,9 @@ impl FakeCore {
                 "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
                 "message": "host nas1 reboots: systemctl reboot runs in 1000 ms"}))
             .into_answer(),
+            Action::GetClusterUpdate
+            | Action::ResumeClusterUpdate
+            | Action::AbortClusterUpdate => rollout("running").into_answer(),
             Action::ListHosts => vec![host("nas1"), host("nas2")].into_answer(),
             Action::SetCordon { host: h, .. } | Action::SetMaintenance { host: h, .. } => {
                 host(&h).into_answer()
@@ -502,22 +505,60 @@ impl Core for FakeCore {
         Ok(j.into_answer())
     }
 
-    async fn install_firmware(&self, mut body: ByteStream) -> Result<Answer, CoreError> {
-        let mut n = 0usize;
-        while let Some(chunk) =
-            std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
-        {
-            n += chunk
-                .map_err(|e| CoreError::Invalid {
-                    field: "body".into(),
-                    reason: e.to_string(),
-                })?
-                .len();
-        }
+    async fn install_firmware(&self, body: ByteStream) -> Result<Answer, CoreError> {
+        let n = body_len(body).await?;
         let mut j = job("j-fw", "firmware-install");
         j.message = Some(format!("received {n} bytes"));
         Ok(j.into_answer())
     }
+
+    async fn start_cluster_update(
+        &self,
+        by: String,
+        move_back: bool,
+        body: ByteStream,
+    ) -> Result<Answer, CoreError> {
+        let n = body_len(body).await?;
+        let mut r = rollout("running");
+        r.size = n;
+        r.started_by = by;
+        r.move_back = move_back;
+        Ok(r.into_answer())
+    }
+}
+
+/// How many bytes an upload's body has, read whole.
+async fn body_len(mut body: ByteStream) -> Result<u64, CoreError> {
+    let mut n = 0u64;
+    while let Some(chunk) =
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(body.as_mut(), cx)).await
+    {
+        n += chunk
+            .map_err(|e| CoreError::Invalid {
+                field: "body".into(),
+                reason: e.to_string(),
+            })?
+            .len() as u64;
+    }
+    Ok(n)
+}
+
+/// A rolling update of two hosts, in state `state`.
+pub fn rollout(state: &str) -> nasvisor_api::types::RolloutView {
+    view(json!({
+        "id": "r1", "version": "2.0.2", "class": "service",
+        "sha256": "ab".repeat(32), "size": 1024, "holder": "nas1", "move_back": true,
+        "state": state, "failure": null, "advice": null, "started_by": "alice",
+        "started_at": "2026-12-05T10:00:00Z", "finished_at": null,
+        "hosts": [
+            {"host": "nas2", "state": "done", "from_version": "2.0.1", "version": "2.0.2",
+             "message": "runs 2.0.2", "job": null, "moved": [],
+             "started_at": "2026-12-05T10:00:01Z", "finished_at": "2026-12-05T10:00:09Z"},
+            {"host": "nas1", "state": "ready", "from_version": "2.0.1", "version": "2.0.1",
+             "message": null, "job": null, "moved": [],
+             "started_at": null, "finished_at": null}
+        ]
+    }))
 }
 
 /// A host's firmware: booted from slot a, slot b pending.

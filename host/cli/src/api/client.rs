@@ -41,6 +41,15 @@ impl CliError {
     pub fn msg(m: impl Into<String>) -> Self {
         CliError::Other(m.into())
     }
+
+    /// Whether asking again later may succeed: no answer at all (the host
+    /// is away: restarting, rebooting), or 503 (no quorum for a moment).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CliError::Api { status, .. } => *status == 503,
+            CliError::Other(_) => true,
+        }
+    }
 }
 
 impl From<ConfigError> for CliError {

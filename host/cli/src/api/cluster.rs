@@ -23,6 +23,9 @@ pub enum ClusterCmd {
         #[arg(long)]
         ttl: Option<u32>,
     },
+    /// Update every host with a signed firmware bundle, one host at a time
+    /// while the others serve; `status`, `resume`, `abort`, `wait`.
+    Update(super::cluster_update::UpdateArgs),
     /// Remove a host from the cluster (by node id).
     Remove { node: u64 },
     /// Join this host (it must have no VMs) to a cluster: ADDRESS is a
@@ -38,6 +41,7 @@ pub enum ClusterCmd {
 /// Runs `nasvisor cluster ...`.
 pub fn run(c: &Client, cmd: ClusterCmd, out: Out) -> CliResult<()> {
     let cluster: ClusterView = match cmd {
+        ClusterCmd::Update(args) => return super::cluster_update::run(c, args, out),
         ClusterCmd::Status => c.get("/api/v1/cluster")?,
         ClusterCmd::Create { max_members } => {
             c.send("POST", "/api/v1/cluster", &ClusterCreate { max_members })?

@@ -3,7 +3,7 @@
 //! request body).
 
 use super::client::{enc, query, CliError, CliResult, Client};
-use nasvisor_api_types::{ConsoleInputBody, JobView};
+use nasvisor_api_types::ConsoleInputBody;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
@@ -204,7 +204,12 @@ impl<R: Read> Read for Progress<R> {
 
 /// Uploads `file` as the body of `POST path`, streamed; the Job answer.
 /// `label` names the file's argument in errors (`--upload`, `bundle`).
-pub fn upload(c: &Client, path: &str, file: &Path, label: &str) -> CliResult<JobView> {
+pub fn upload<T: serde::de::DeserializeOwned>(
+    c: &Client,
+    path: &str,
+    file: &Path,
+    label: &str,
+) -> CliResult<T> {
     let f = std::fs::File::open(file)
         .map_err(|e| CliError::msg(format!("{label} {}: {e}", file.display())))?;
     let meta = f

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod client;
 mod cluster;
+mod cluster_update;
 mod console;
 mod event;
 pub mod firmware;

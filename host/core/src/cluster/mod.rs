@@ -713,6 +713,7 @@ pub(crate) fn is_read_only(a: &Action) -> bool {
         a,
         Action::GetHost
             | Action::GetFirmware
+            | Action::GetClusterUpdate
             | Action::ListVms
             | Action::GetVm { .. }
             | Action::ListPools

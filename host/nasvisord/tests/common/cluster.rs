@@ -95,6 +95,16 @@ impl Cluster {
 
     /// Like [`Self::start`], with more `[cluster]` lines for host i.
     pub fn start_per_host(n: usize, cluster_lines: impl Fn(usize) -> Vec<String>) -> Cluster {
+        Self::start_custom(n, cluster_lines, |_| Vec::new())
+    }
+
+    /// Like [`Self::start_per_host`], with more lines after host i's
+    /// `[api]` section (whole sections, e.g. `[firmware]`).
+    pub fn start_custom(
+        n: usize,
+        cluster_lines: impl Fn(usize) -> Vec<String>,
+        api_lines: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         assert!((1..=250).contains(&n), "1 to 250 hosts");
         sweep_stale_namespaces_of(NS_PREFIX);
         let pid = std::process::id();
@@ -140,7 +150,7 @@ impl Cluster {
                 inside_ns: true,
                 cluster_address: c.address(i),
                 cluster_extra: test_timing(cluster_lines(i)),
-                api_extra: Vec::new(),
+                api_extra: api_lines(i),
                 plugins_runtime: Vec::new(),
             });
             c.hosts.push(d);
@@ -575,6 +585,12 @@ pub fn move_figures(job: &Value) -> (f64, u64) {
 
 /// Host i's console log of VM `id`, both halves.
 pub fn console_log(c: &Cluster, i: usize, id: &str) -> String {
+    read_console_files(&console_log_files(c, i, id))
+}
+
+/// The files of host i's console log of VM `id`: the rotated half, then
+/// the current one (QEMU writes them itself, the daemon need not run).
+pub fn console_log_files(c: &Cluster, i: usize, id: &str) -> Vec<std::path::PathBuf> {
     let log = c
         .host(i)
         .data_dir()
@@ -582,7 +598,12 @@ pub fn console_log(c: &Cluster, i: usize, id: &str) -> String {
         .join(format!("{id}.console.log"));
     let mut rotated = log.clone().into_os_string();
     rotated.push(".1");
-    [std::path::PathBuf::from(rotated), log]
+    vec![std::path::PathBuf::from(rotated), log]
+}
+
+/// The text of console log `files` ([`console_log_files`]).
+pub fn read_console_files(files: &[std::path::PathBuf]) -> String {
+    files
         .iter()
         .filter_map(|p| std::fs::read(p).ok())
         .map(|b| String::from_utf8_lossy(&b).into_owned())

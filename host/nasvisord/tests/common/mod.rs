@@ -322,6 +322,32 @@ impl Daemon {
         });
     }
 
+    /// Whether the daemon this fixture started has exited (a simulated
+    /// reboot stops it; the test starts it again, as systemd would).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Whether the daemon started again in place since the last look (a
+    /// new banner): its endpoint is then the new one. Never waits.
+    pub fn restarted(&mut self) -> bool {
+        let lines = self.lines.lock().unwrap();
+        let fresh = &lines[self.lines_read.min(lines.len())..];
+        let Some(i) = fresh
+            .iter()
+            .rposition(|l| l.starts_with("nasvisor admin endpoint: "))
+        else {
+            return false;
+        };
+        self.endpoint = fresh[i]["nasvisor admin endpoint: ".len()..]
+            .trim()
+            .to_string();
+        self.lines_read += i + 1;
+        true
+    }
+
     /// Waits for the banner of the daemon's next start in place (a restart
     /// into a service release, or the roll-back's): its new endpoint. The
     /// process may be another one (see [`Daemon::running_pid`]).

@@ -25,7 +25,15 @@
 #    nasvisord.service fails (start limit), the machine reboots, a's entry
 #    is bad and b boots again by itself; the status reports the failed
 #    update ("slot a did not become healthy after 1 tries; back on slot b").
-# 6. Powers off and reads the ESP back: nasvisor-2-b.conf (blessed, 1.1.0)
+# 6. Service releases under systemd (the supervised path): a `service`
+#    bundle 1.1.1 (this tree's nasvisord, the CLI and the plugins) installs,
+#    nasvisord.service's main process execs into it (its banner again on
+#    the console) and it becomes healthy: the status shows it running and
+#    current, the host reports 1.1.1, the floor is 1.1.1. Then 1.1.2, whose
+#    nasvisord exits 1 at once: systemd starts the unit again and the
+#    launcher (or the release's watchdog) rolls it back to 1.1.1; the status
+#    reports the failed update "... back on service release 1.1.1".
+# 7. Powers off and reads the ESP back: nasvisor-2-b.conf (blessed, 1.1.0)
 #    and nasvisor-3-a+0-1.conf (bad).
 #
 # It covers boot-test.sh's three boots but one: the factory boot blessed, a
@@ -166,7 +174,64 @@ status_ok 's["booted"] == "b"' 'a["state"] == "bad" and a["tries_done"] == 1' 's
   's["rollback_floor"] == "1.1.0"'
 echo "$NAME: status: back on b; the update failed: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_outcome"]["reason"])' "$T/status.json")"
 
-# ---- 6. power off, read the ESP back ----------------------------------------------------------
+# ---- 6. service releases under systemd: 1.1.1 in place, then a broken 1.1.2 rolled back ----
+# svc_bundle VERSION NASVISORD: a signed `service` bundle of that nasvisord,
+# the CLI and the default plugins.
+svc_bundle() {
+  local v=$1 d=$T/svc-$1
+  mkdir -p "$d/plugins"
+  strip --strip-unneeded -o "$d/nasvisord" "$2" 2>/dev/null || cp "$2" "$d/nasvisord"
+  strip --strip-unneeded -o "$d/nasvisor" "$BIN_DIR/nasvisor"
+  cp "$ROOT"/target/plugins/*.nvplugin "$d/plugins/"
+  tar -cf "$T/svc-$v.tar" -C "$d" nasvisord nasvisor plugins
+  env -u SOURCE_DATE_EPOCH "$CLI" firmware build --payload "$T/svc-$v.tar" --class service \
+    --product "$PRODUCT" --compatible "$BOARD" --version "$v" --expires-in 30d --out "$T/svc-$v.nvfw" >/dev/null
+  "$CLI" firmware sign "$T/svc-$v.nvfw" --key "$KEY" >/dev/null
+}
+svc_bundle 1.1.1 "$BIN_DIR/nasvisord"
+svc_bundle 1.1.2 "$(type -P false)"   # a release that exits 1 at once
+# svc_status CHECK...: the status, once no service release is on trial.
+svc_settled() {
+  local deadline=$(( $(now_ms) + 120000 ))
+  until nv --json firmware status 2>/dev/null | python3 -c 'import json,sys; s = json.load(sys.stdin); sys.exit(s["service"]["on_trial"] is not None)'; do
+    [ "$(now_ms)" -lt "$deadline" ] || fail "a service release is still on trial after 120 s"
+    sleep 1
+  done
+}
+t=$(now_ms)
+mark_log
+nv firmware install "$T/svc-1.1.1.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install (service 1.1.1)"; }
+grep -q "service release 1.1.1 staged" "$T/install.out" || { cat "$T/install.out" >&2; fail "1.1.1 was not staged"; }
+# nasvisord restarts into it in place (systemd's main pid execs): its
+# banner again on the console, then the release is healthy.
+wait_for ".*nasvisor admin endpoint: .*" 120
+svc_settled
+T_SERVICE=$(( $(now_ms) - t ))
+phase "service release 1.1.1 installed and healthy under systemd" "$t"
+status_ok 's["booted"] == "b"' 's["service"]["running"] == "1.1.1" and s["service"]["current"] == "1.1.1"' \
+  's["last_outcome"]["result"] == "succeeded" and s["last_outcome"]["version"] == "1.1.1"' 's["rollback_floor"] == "1.1.1"'
+nv --json host >"$T/host.json" || fail "host"
+python3 -c 'import json,sys; v = json.load(open(sys.argv[1]))["version"]; sys.exit(0 if v == "1.1.1" else f"the host reports {v}")' "$T/host.json" \
+  || fail "the host does not report the service release's version"
+echo "$NAME: service release 1.1.1 runs (host version 1.1.1, rollback floor 1.1.1)"
+t=$(now_ms)
+nv firmware install "$T/svc-1.1.2.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install (service 1.1.2)"; }
+# It exits at once; systemd starts the unit again (Restart=on-failure),
+# whose launcher or the release's watchdog rolls it back to 1.1.1.
+deadline=$(( $(now_ms) + 180000 ))
+until nv --json firmware status >"$T/status.json" 2>/dev/null \
+    && python3 -c 'import json,sys; s = json.load(open(sys.argv[1])); o = s["last_outcome"]; sys.exit(not (o["version"] == "1.1.2" and o["result"] == "failed" and s["service"]["on_trial"] is None))' "$T/status.json"; do
+  [ "$(now_ms)" -lt "$deadline" ] || { cat "$T/status.json" >&2 2>/dev/null; fail "the broken service release 1.1.2 was not rolled back within 180 s"; }
+  sleep 1
+done
+T_SERVICE_ROLLBACK=$(( $(now_ms) - t ))
+phase "broken service release 1.1.2 rolled back under systemd" "$t"
+status_ok 's["service"]["running"] == "1.1.1" and s["service"]["current"] == "1.1.1"' \
+  's["last_outcome"]["result"] == "failed" and s["last_outcome"]["version"] == "1.1.2"' \
+  '"back on service release 1.1.1" in s["last_outcome"]["reason"]' 's["rollback_floor"] == "1.1.1"'
+echo "$NAME: the broken release 1.1.2 was rolled back: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_outcome"]["reason"])' "$T/status.json")"
+
+# ---- 7. power off, read the ESP back ----------------------------------------------------------
 power_off
 [ "$(entries | tr '\n' ' ')" = "nasvisor-2-b.conf nasvisor-3-a+0-1.conf " ] \
   || fail "entries at the end: $(entries | tr '\n' ' '), expected nasvisor-2-b.conf nasvisor-3-a+0-1.conf"
@@ -174,4 +239,4 @@ mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"
 grep -qx 'version *1.1.0' "$T/entry-b" || fail "b's entry is not 1.1.0: $(cat "$T/entry-b")"
 grep -q 'root=PARTLABEL=nasvisor-b .*nasvisor.slot=b' "$T/entry-b" || fail "b's entry does not boot slot b: $(cat "$T/entry-b")"
 echo "$NAME: ESP: nasvisor-2-b.conf (blessed, 1.1.0) and nasvisor-3-a+0-1.conf (bad)"
-echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"
+echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; service release $((T_SERVICE / 1000)) s, its broken successor rolled back $((T_SERVICE_ROLLBACK / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"

@@ -843,10 +843,13 @@ impl Inner {
         };
         if let Some(fw) = &firmware {
             let on_trial = fw.service.as_ref().is_some_and(|s| s.on_trial.is_some());
+            // Good, as docs/appliance.md defines it: up, store and plugins
+            // (its trial ended or its slot was judged), rejoined. What its
+            // health checks report (a disk nearly full, say) is the host's
+            // state, not the update's: shown, not waited for.
             if member.version == rec.version
                 && member.online
                 && member.protocol_compatible
-                && member.problems.is_empty()
                 && !on_trial
                 && fw.pending.is_none()
             {

@@ -52,6 +52,9 @@ pub(crate) const KIND: &str = "rollout";
 /// Its key: the last rollout started.
 const KEY: &str = "current";
 
+/// Serializes `rollout-fetch` on a member.
+static FETCH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How often the leader looks at a running rollout.
 const TICK: Duration = Duration::from_secs(1);
 /// Longest copy and check of the bundle on one member.
@@ -1083,6 +1086,9 @@ impl Inner {
     /// `rollout-fetch`: the bundle here (copied from its holder unless it
     /// is here already), whole, and an install would take it.
     pub(crate) async fn rollout_fetch(&self, c: RolloutFetch) -> Result<RolloutFetched, CoreError> {
+        // One at a time: a new leader may ask again while the old one's
+        // copy still runs; the second finds the first's copy whole.
+        let _one = FETCH.lock().await;
         let settings = self.firmware()?.clone();
         let path = bundle_path(&settings, &c.sha256)?;
         let dir = bundle_dir(&settings);

@@ -426,18 +426,13 @@ impl Inner {
             })
             .await
             .map_err(none_started)?;
-        // Hosts this rollout cordoned are uncordoned; an administrator's
-        // cordon stays.
+        // Hosts this rollout cordoned (their turn began and is not done: a
+        // done host was uncordoned already) are uncordoned; an
+        // administrator's cordon stays.
         for h in &rec.hosts {
-            let ours = !h.was_cordoned
-                && !matches!(
-                    h.state,
-                    RolloutHostState::Waiting
-                        | RolloutHostState::Copying
-                        | RolloutHostState::Ready
-                        | RolloutHostState::Done
-                );
-            if ours && h.started_at.is_some() {
+            let ours =
+                !h.was_cordoned && h.started_at.is_some() && h.state != RolloutHostState::Done;
+            if ours {
                 self.set_cordon(&h.host, false)
                     .await
                     .best_effort("uncordon a host after an aborted cluster update");
@@ -522,7 +517,7 @@ impl Inner {
                     self.rollout_fail(
                         &rec.id,
                         &host,
-                        format!("it refuses the bundle: {e}"),
+                        format!("the bundle could not be copied and checked there: {e}"),
                         "no host was changed".into(),
                     )
                     .await
@@ -549,14 +544,30 @@ impl Inner {
         };
         match h.state {
             RolloutHostState::Ready => {
-                let was = member.cordoned;
-                if !was {
+                // Whether an administrator had cordoned it is recorded
+                // before this update cordons it (a step tried again, or a
+                // resumed turn, goes by the record, not by the cordon it
+                // set itself).
+                let was = if h.started_at.is_some() {
+                    h.was_cordoned
+                } else {
+                    let was = member.cordoned;
+                    self.set_host_step(&rec.id, &host, RolloutHostState::Ready, |h| {
+                        h.was_cordoned = was;
+                        h.started_at = Some(now_rfc3339());
+                    })
+                    .await?;
+                    was
+                };
+                if !member.cordoned {
                     self.set_cordon(&host, true).await?;
                 }
                 self.set_host_step(&rec.id, &host, RolloutHostState::Cordoned, |h| {
-                    h.was_cordoned = was;
-                    h.started_at = Some(now_rfc3339());
-                    h.message = Some("cordoned".into());
+                    h.message = Some(if was {
+                        "cordoned (by an administrator before; it stays so)".into()
+                    } else {
+                        "cordoned".into()
+                    });
                 })
                 .await
             }

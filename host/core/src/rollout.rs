@@ -959,11 +959,7 @@ impl Inner {
     ) -> Result<(), CoreError> {
         self.db
             .update::<RolloutRecord, _>(KIND, KEY, |r| {
-                if r.id != id || !r.state.is_running() {
-                    return Err(errors::conflict(format!(
-                        "cluster update {id} is no longer running"
-                    )));
-                }
+                still_running(r, id)?;
                 if let Some(h) = r.hosts.iter_mut().find(|h| h.host == host) {
                     h.state = state;
                     f(h);
@@ -1020,11 +1016,7 @@ impl Inner {
         let rec = self
             .db
             .update::<RolloutRecord, _>(KIND, KEY, |r| {
-                if r.id != id || !r.state.is_running() {
-                    return Err(errors::conflict(format!(
-                        "cluster update {id} is no longer running"
-                    )));
-                }
+                still_running(r, id)?;
                 r.state = RolloutState::Failed;
                 r.failure = Some(format!("host {host}: {reason}"));
                 r.advice = Some(format!(
@@ -1067,11 +1059,7 @@ impl Inner {
         let id = rec.id.clone();
         self.db
             .update::<RolloutRecord, _>(KIND, KEY, |r| {
-                if r.id != id || !r.state.is_running() {
-                    return Err(errors::conflict(format!(
-                        "cluster update {id} is no longer running"
-                    )));
-                }
+                still_running(r, &id)?;
                 r.state = RolloutState::Done;
                 r.finished_at = Some(now_rfc3339());
                 Ok(())
@@ -1260,6 +1248,17 @@ impl Inner {
         let job = self.start_firmware_install(settings, link).await?;
         Ok(RolloutInstalling { job: job.id })
     }
+}
+
+/// A step of rollout `id` is recorded only while that rollout runs (it
+/// may have been aborted, or replaced, meanwhile).
+fn still_running(r: &RolloutRecord, id: &str) -> Result<(), CoreError> {
+    if r.id != id || !r.state.is_running() {
+        return Err(errors::conflict(format!(
+            "cluster update {id} is no longer running"
+        )));
+    }
+    Ok(())
 }
 
 /// An RFC 3339 time of a record.

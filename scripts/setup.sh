@@ -31,6 +31,9 @@ PKGS=(
   # Debian root, the erofs slots, systemd-boot for the ESP, strip
   # (erofs-utils is above)
   mmdebstrap systemd-boot-efi binutils
+  # a disk that stops answering, for the HA tests (a FUSE pass-through
+  # whose daemon a test stops: host/vm/tests/replica.rs, tests/ha.rs)
+  bindfs
 )
 # Packages that must match qemu-utils 10.x, from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 qemu-utils)

@@ -123,10 +123,11 @@ impl Inner {
     }
 
     /// The leader, after each heartbeat round: an active HA VM whose
-    /// passive host is lost (or none, or its own host) gets a new one when
-    /// a host can hold its reservation. Otherwise a lost passive host stays
-    /// (its replica resumes when it is back), and a removed one goes; each
-    /// change is an event.
+    /// passive host is lost, degraded or in maintenance (or none, or its own
+    /// host) gets a new one when a host can hold its reservation. Otherwise
+    /// a lost or degraded passive host stays (its replica resumes when it
+    /// is back, or healthy), and a removed one goes; each change is an
+    /// event.
     pub(crate) async fn reprotect_ha_vms(&self) {
         let vms: Vec<VmRecord> = self
             .db
@@ -142,9 +143,18 @@ impl Inner {
                 continue;
             }
             let old = vm.passive.clone();
+            // A passive host whose own checks fail (a hung or read-only
+            // pool: where the replica is) or that is in maintenance.
+            let unfit = old
+                .as_deref()
+                .filter(|p| *p != active && self.lost_host(p).is_none())
+                .and_then(|p| self.host_record(p).ok())
+                .map(|h| self.health_of(&h, false))
+                .filter(|(h, _)| *h != HostHealth::Healthy)
+                .map(|(_, reasons)| reasons.join("; "));
             let needs = match &old {
                 None => true,
-                Some(p) => *p == active || self.lost_host(p).is_some(),
+                Some(p) => *p == active || self.lost_host(p).is_some() || unfit.is_some(),
             };
             if !needs {
                 self.ha
@@ -156,6 +166,11 @@ impl Inner {
             }
             let new = self.choose_passive(&vm, &active).await;
             if new == old || (new.is_none() && old.is_none()) {
+                continue;
+            }
+            // No healthy host instead: the degraded one stays (its replica
+            // is in step again once its disk answers).
+            if new.is_none() && unfit.is_some() {
                 continue;
             }
             // No other host can hold the reservation: a lost (not removed)
@@ -205,6 +220,10 @@ impl Inner {
             }
             let was = match old {
                 Some(p) if p == active => format!("it moved onto its passive host {p}"),
+                Some(p) if unfit.is_some() => format!(
+                    "its passive host {p} is not healthy ({})",
+                    unfit.unwrap_or_default()
+                ),
                 Some(p) => format!("its passive host {p} is lost"),
                 None => "it had no passive host".into(),
             };

@@ -9,6 +9,16 @@
 //! - the QEMU binary missing or not executable;
 //! - a vswitch uplink missing, detached or without carrier.
 //!
+//! The pools' capacity and free space are measured by these rounds too,
+//! and kept ([`Inner::pool_usage`]): the heartbeat's answer, the metrics,
+//! placement and `pool list` read them, and never wait on a filesystem
+//! from an async task.
+//!
+//! A check that hangs (a pool on a dead disk or a hard NFS mount does not
+//! answer `statfs`) is a finding that names what it was checking, and no
+//! new round starts until it returns: the hung thread is not joined by
+//! another every few seconds.
+//!
 //! The leader records the findings in the host's record (`problems`) with
 //! an event when they change; the host view shows them as health
 //! `degraded`. An administrator's `host degrade` is recorded apart
@@ -17,6 +27,8 @@
 use crate::model::{kind, HostRecord, VswitchRecord};
 use crate::{lock, Inner};
 use nasvisor_net::{BridgeName, Vswitch};
+use nasvisor_storage::PoolUsage;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +51,58 @@ pub(crate) struct HealthChecks {
     /// What the last write probes found (kept between probe rounds).
     probe_problems: Mutex<Vec<String>>,
     rounds: std::sync::atomic::AtomicU64,
+    /// A round that outlived its limit and has not returned yet.
+    stuck: Mutex<Option<Arc<Round>>>,
+    /// The last measured usage of each pool this host reaches, by name.
+    usage: Arc<Mutex<HashMap<String, PoolUsage>>>,
+}
+
+/// One round of checks on its blocking thread: what it is checking now,
+/// and whether it returned.
+struct Round {
+    doing: Mutex<String>,
+    /// The pool being checked now, if it is one.
+    pool: Mutex<Option<String>>,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Round {
+    fn new() -> Round {
+        Round {
+            doing: Mutex::new("the health checks".into()),
+            pool: Mutex::new(None),
+            finished: Default::default(),
+        }
+    }
+
+    fn doing(&self, what: String) {
+        *lock(&self.doing) = what;
+        *lock(&self.pool) = None;
+    }
+
+    fn doing_pool(&self, name: &str, path: &Path) {
+        *lock(&self.doing) = format!("pool {name} ({})", path.display());
+        *lock(&self.pool) = Some(name.to_string());
+    }
+
+    fn what(&self) -> String {
+        lock(&self.doing).clone()
+    }
+
+    fn finished(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Marks its round returned when dropped (also when a check panics).
+struct Finish(Arc<Round>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0
+            .finished
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl HealthChecks {
@@ -80,6 +144,16 @@ impl Inner {
 
     /// One round of checks, recorded in `self.health`.
     pub(crate) async fn check_health_once(&self) {
+        let stuck = lock(&self.health.stuck).clone();
+        if let Some(r) = stuck {
+            if !r.finished() {
+                // The same words as when it began to hang: a finding that
+                // changes every round would be an event every round.
+                self.set_health(vec![hangs(&r.what())]);
+                return;
+            }
+            *lock(&self.health.stuck) = None;
+        }
         let targets = Targets {
             pools: self
                 .local_pools()
@@ -101,17 +175,34 @@ impl Inner {
             .rounds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let probe = round.is_multiple_of(PROBE_EVERY_ROUNDS);
+        let r = Arc::new(Round::new());
+        let on_thread = Arc::clone(&r);
+        let usage = Arc::clone(&self.health.usage);
         let run = tokio::task::spawn_blocking(move || {
+            let r = Finish(on_thread);
             let mut p = Vec::new();
             let mut probed = Vec::new();
             for (name, path) in &targets.pools {
-                let (found, probe_found) = check_pool(name, path, probe);
+                r.0.doing_pool(name, path);
+                let (found, probe_found, u) = check_pool(name, path, probe);
                 p.extend(found);
                 probed.extend(probe_found);
+                // A pool that cannot be measured any more is not shown
+                // with its old figures.
+                match u {
+                    Some(u) => lock(&usage).insert(name.clone(), u),
+                    None => lock(&usage).remove(name),
+                };
             }
+            r.0.doing(format!(
+                "the data directory ({})",
+                targets.data_dir.display()
+            ));
             p.extend(check_nearly_full("the data directory", &targets.data_dir));
+            r.0.doing(format!("the QEMU binary ({})", targets.qemu.display()));
             p.extend(check_qemu(&targets.qemu));
             for (switch, uplink) in &targets.uplinks {
+                r.0.doing(format!("vswitch {switch}'s uplink {uplink}"));
                 p.extend(check_uplink(&net, switch, uplink));
             }
             (p, probed)
@@ -126,11 +217,41 @@ impl Inner {
                 p
             }
             Ok(Err(e)) => vec![format!("the health checks failed: {e}")],
-            Err(_) => vec![format!(
-                "the health checks did not finish within {} s (a pool that does not answer?)",
-                CHECK_LIMIT.as_secs()
-            )],
+            Err(_) => {
+                *lock(&self.health.stuck) = Some(Arc::clone(&r));
+                vec![hangs(&r.what())]
+            }
         };
+        self.set_health(problems);
+    }
+
+    /// The pool whose check hangs now (its filesystem does not answer),
+    /// if any: work on it is refused at once rather than left to hang one
+    /// of the daemon's workers.
+    pub(crate) fn hung_pool(&self) -> Option<String> {
+        lock(&self.health.stuck)
+            .as_ref()
+            .filter(|r| !r.finished())
+            .and_then(|r| lock(&r.pool).clone())
+    }
+
+    /// Pool `name`'s capacity and free space as the health checks last
+    /// measured them (every few seconds), if this host reaches it.
+    pub(crate) fn pool_usage(&self, name: &str) -> Option<PoolUsage> {
+        lock(&self.health.usage).get(name).copied()
+    }
+
+    /// Keeps `usage` as pool `name`'s until the next round measures it
+    /// (a new pool), or forgets it (`None`: a deleted pool).
+    pub(crate) fn note_pool_usage(&self, name: &str, usage: Option<PoolUsage>) {
+        let mut all = lock(&self.health.usage);
+        match usage {
+            Some(u) => all.insert(name.to_string(), u),
+            None => all.remove(name),
+        };
+    }
+
+    fn set_health(&self, problems: Vec<String>) {
         if problems != self.health.problems() {
             tracing::warn!(?problems, "this host's health checks changed");
         }
@@ -148,19 +269,34 @@ impl Inner {
     }
 }
 
-/// A pool's findings, and those of its write probe when `probe`.
-fn check_pool(name: &str, path: &Path, probe: bool) -> (Vec<String>, Vec<String>) {
+/// The finding of a check of `what` that did not return in time.
+fn hangs(what: &str) -> String {
+    format!(
+        "{what} did not answer within {} s (a hung disk or mount?)",
+        CHECK_LIMIT.as_secs()
+    )
+}
+
+/// A pool's findings, those of its write probe when `probe`, and its
+/// usage when it could be measured.
+fn check_pool(
+    name: &str,
+    path: &Path,
+    probe: bool,
+) -> (Vec<String>, Vec<String>, Option<PoolUsage>) {
     let pool = match nasvisor_storage::Pool::open(name, path) {
         Ok(p) => p,
         Err(e) => {
             return (
                 vec![format!("pool {name} cannot be opened: {e}")],
                 Vec::new(),
+                None,
             )
         }
     };
     let (mut p, mut probed) = (Vec::new(), Vec::new());
-    match pool.usage() {
+    let usage = pool.usage();
+    match &usage {
         Ok(u) if u.read_only => p.push(format!(
             "pool {name} is on a filesystem mounted read-only ({})",
             path.display()
@@ -174,7 +310,7 @@ fn check_pool(name: &str, path: &Path, probe: bool) -> (Vec<String>, Vec<String>
         Err(e) => p.push(format!("pool {name}: {e}")),
     }
     p.extend(check_nearly_full(&format!("pool {name}"), path));
-    (p, probed)
+    (p, probed, usage.ok())
 }
 
 fn check_nearly_full(what: &str, path: &Path) -> Option<String> {

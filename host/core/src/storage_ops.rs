@@ -55,15 +55,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Every pool of the cluster; usage is measured for the pools this
-    /// host reaches (0 for other hosts' pools).
+    /// Every pool of the cluster; usage (as the health checks last
+    /// measured it) for the pools this host reaches (0 for other hosts'
+    /// pools).
     pub(crate) fn list_pools(&self) -> Result<Vec<PoolView>, CoreError> {
         let mut out = Vec::new();
         for p in self.db.list::<PoolRecord>(kind::POOL) {
             let here = p.host.as_deref().is_none_or(|h| h == self.host.id);
-            let usage = nasvisor_storage::Pool::open(&p.name, Path::new(&p.path))
-                .and_then(|pool| pool.usage())
-                .ok()
+            let usage = self
+                .pool_usage(&p.name)
                 .filter(|_| here)
                 .map(|u| (u.capacity_bytes / MIB, u.free_bytes / MIB))
                 .unwrap_or((0, 0));
@@ -130,6 +130,7 @@ impl Inner {
             .create(kind::POOL, &rec.key(), &rec, &format!("pool {}", rec.name))
             .await?;
         let usage = pool.usage().map_err(|e| errors::storage("path", e))?;
+        self.note_pool_usage(&rec.name, Some(usage));
         Ok(pool_view(
             &rec,
             (usage.capacity_bytes / MIB, usage.free_bytes / MIB),
@@ -211,6 +212,7 @@ impl Inner {
             )));
         }
         self.db.delete(kind::POOL, &rec.key()).await?;
+        self.note_pool_usage(name, None);
         Ok(())
     }
 

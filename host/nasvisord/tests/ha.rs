@@ -243,6 +243,85 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A host's pool directory put on a FUSE pass-through (`bindfs`, in the
+/// daemon's mount namespace) whose daemon the test can stop: every file
+/// of the pool then hangs as on a dead disk, while the host, its daemon
+/// and its replica server stay alive. Drop lets it go on and unmounts it;
+/// bindfs is ended by its own pid.
+struct HungPool {
+    dir: std::path::PathBuf,
+    ns_pid: u32,
+    bindfs: std::process::Child,
+    _backing: tempfile::TempDir,
+}
+
+impl HungPool {
+    /// Puts host i's pool directory `dir` (empty) on a bindfs of a new
+    /// directory.
+    fn mount(c: &Cluster, i: usize, dir: std::path::PathBuf) -> HungPool {
+        let backing = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(&dir).expect("the pool directory");
+        let ns_pid = c.host(i).pid();
+        // nsenter execs bindfs (a mount namespace only): the child's pid is
+        // bindfs's.
+        let bindfs = std::process::Command::new("nsenter")
+            .args(["-t", &ns_pid.to_string(), "-m", "--", "bindfs", "-f"])
+            .arg(backing.path())
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("bindfs (scripts/setup.sh installs it)");
+        let pool = HungPool {
+            dir,
+            ns_pid,
+            bindfs,
+            _backing: backing,
+        };
+        let mountinfo = format!("/proc/{ns_pid}/mountinfo");
+        let want = pool.dir.to_string_lossy().to_string();
+        eventually(Duration::from_secs(10), "bindfs mounted", || {
+            let t = std::fs::read_to_string(&mountinfo).map_err(|e| e.to_string())?;
+            if t.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                Err(format!("{want} not in {mountinfo}"))
+            }
+        });
+        pool
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of the bindfs this test started, by its own pid
+        // (a child not waited for yet).
+        unsafe {
+            libc::kill(self.bindfs.id() as i32, sig);
+        }
+    }
+
+    fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    fn answer(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for HungPool {
+    fn drop(&mut self) {
+        self.answer();
+        let _ = std::process::Command::new("nsenter")
+            .args(["-t", &self.ns_pid.to_string(), "-m", "--", "umount", "-l"])
+            .arg(&self.dir)
+            .status();
+        let _ = self.bindfs.kill();
+        let _ = self.bindfs.wait();
+    }
+}
+
 /// nas2's health as host list on `from` shows it.
 fn health_of(c: &Cluster, from: usize, host: &str) -> Result<(String, Vec<String>), String> {
     let hosts = c.host(from).try_json(&["host", "list"])?;
@@ -1501,4 +1580,75 @@ fn a_lost_passive_host_holds_the_guest_on_its_write_only_until_the_replica_is_re
     replica_in_step_on(&c, 2, "held", &c.name(third));
     more_acks(&c, 2, &id, 10);
     c.heal(p);
+}
+
+#[test]
+fn a_passive_hosts_hung_disk_cuts_its_replica_off_degrades_it_and_the_vm_is_protected_elsewhere() {
+    let _s = serial();
+    let (c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    // The pools of both hosts that may become the passive one sit on disks
+    // that can stop answering.
+    let pools: Vec<HungPool> = [1, 3]
+        .into_iter()
+        .map(|i| HungPool::mount(&c, i, c.host(i).data_dir().join("pools/default")))
+        .collect();
+    let (id, v, passive, p, third) = ha_guest_on_nas2_with_roles(&c, "hung");
+    let pid = v["pid"].as_i64().expect("a pid") as i32;
+    assert_eq!(start_acker(&c, 2, 2, "hung", &id).expect("a count"), 0);
+    more_acks(&c, 2, &id, 10);
+
+    // The passive host's disk hangs; its server and its link stay up, so
+    // no socket error comes. The probe's write to the server's probe file
+    // does not come back: nas2 cuts the link, records the replica
+    // outdated, and the writer goes on alone.
+    let hung = &pools[if p == 1 { 0 } else { 1 }];
+    let hung_at = Instant::now();
+    hung.hang();
+    let held = longest_stall(&c, 2, &id, 20);
+    eprintln!(
+        "the writer went on {:.1} s after the passive host's disk hung, held for {:.1} s",
+        hung_at.elapsed().as_secs_f64(),
+        held.as_secs_f64()
+    );
+    assert!(
+        held < Duration::from_secs(40),
+        "the writer was held {held:?} on a hung replica disk"
+    );
+    let log = console_log(&c, 2, &id);
+    assert!(
+        !log.contains("ACKER-WRITE-FAILED"),
+        "a write failed in the guest"
+    );
+    assert!(
+        has_event(&c, 2, "vm-replica-lost", "vm/hung", "did not answer"),
+        "{}",
+        ha_events(&c, 2)
+    );
+    // The hung host's own checks name the pool that does not answer; it is
+    // degraded, and the VM gets its replica on the third host.
+    wait_health(&c, &passive, "degraded", "pool default");
+    let (_, reasons) = health_of(&c, 1, &passive).expect("host list");
+    assert!(reasons.iter().any(|r| r.contains("answer")), "{reasons:?}");
+    // Work on that pool is refused at once, not left to hang.
+    let asked = Instant::now();
+    let err = c.host(p).fails(&["volume", "list", "default"]);
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    replica_in_step_on(&c, 2, "hung", &c.name(third));
+    more_acks(&c, 2, &id, 10);
+    let v = c.host(2).json(&["vm", "show", "hung"]);
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "{v:#}");
+    assert_eq!(v["host"], "nas2", "{v:#}");
+
+    // The disk answers again: the host is healthy again, and its daemon
+    // was never lost (it answers, online all along).
+    hung.answer();
+    wait_health(&c, &passive, "healthy", "");
+    let online = c.online(1).expect("host list");
+    assert!(online.iter().all(|(_, up)| *up), "{online:?}");
+    drop(pools);
 }

@@ -328,9 +328,18 @@ impl Pool {
     }
 
     /// Deletes a volume.
+    /// Deletes volume `volume`, and the probe file a replica server kept
+    /// beside it, if any.
     pub fn delete(&self, volume: &str) -> Result<(), StorageError> {
         let p = self.existing(volume)?;
-        std::fs::remove_file(&p).map_err(|e| StorageError::io(&p, e))
+        std::fs::remove_file(&p).map_err(|e| StorageError::io(&p, e))?;
+        let probe = self
+            .dir
+            .join(format!("{volume}{}", crate::pool_dir::PROBE_SUFFIX));
+        match std::fs::remove_file(&probe) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(&probe, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Imports a raw, qcow2, vmdk or vdi file as a new qcow2 volume. The

@@ -43,11 +43,16 @@ const SYSTEM_DIRS: &[(&str, bool)] = &[
 /// Names a pool directory may already hold: volumes, what an interrupted
 /// volume or seed operation leaves, and the `lost+found` of a file system
 /// mounted there.
+/// The suffix of a replica server's probe file beside a volume
+/// (`<volume>.qcow2.probe`): the replica's health check writes there, on
+/// the same disk as the replica.
+pub const PROBE_SUFFIX: &str = ".qcow2.probe";
+
 fn pool_entry(name: &str, is_dir: bool) -> bool {
     if is_dir {
         name == "lost+found" || name.starts_with(".seed-")
     } else {
-        name.ends_with(".qcow2") || name.contains(".qcow2.tmp-")
+        name.ends_with(".qcow2") || name.contains(".qcow2.tmp-") || name.ends_with(PROBE_SUFFIX)
     }
 }
 
@@ -164,6 +169,7 @@ mod tests {
         check_new_pool_dir(d.path()).unwrap();
         std::fs::write(d.path().join("vm1-disk0.qcow2"), b"").unwrap();
         std::fs::write(d.path().join(".v.qcow2.tmp-12"), b"").unwrap();
+        std::fs::write(d.path().join("vm1-disk0.qcow2.probe"), b"").unwrap();
         std::fs::create_dir(d.path().join("lost+found")).unwrap();
         check_new_pool_dir(d.path()).unwrap();
         std::fs::write(d.path().join("passwd"), b"").unwrap();

@@ -72,7 +72,11 @@ fn create_list_resize_delete() {
         "unchanged"
     );
 
+    // A replica server's probe file beside a volume goes with it.
+    let probe = p.dir().join("disk0.qcow2.probe");
+    std::fs::write(&probe, b"").unwrap();
     p.delete("disk0").unwrap();
+    assert!(!probe.exists(), "the probe file is deleted with its volume");
     assert!(matches!(
         p.delete("disk0"),
         Err(StorageError::NotFound { .. })

@@ -36,11 +36,23 @@ async fn serve_replicas(
     size: &str,
     tls: Option<&ReplicaTls>,
 ) -> (ReplicaServer, std::path::PathBuf, MirrorTarget) {
+    serve_replicas_in(passive, passive.path(), nodes, size, tls).await
+}
+
+/// [`serve_replicas`] with the images in directory `images` (the server's
+/// files stay in `passive`).
+async fn serve_replicas_in(
+    passive: &TestDir,
+    images: &Path,
+    nodes: &[&str],
+    size: &str,
+    tls: Option<&ReplicaTls>,
+) -> (ReplicaServer, std::path::PathBuf, MirrorTarget) {
     let node = nodes[0];
     let disks: Vec<ReplicaDisk> = nodes
         .iter()
         .map(|n| {
-            let path = passive.file(&format!("{n}-replica.qcow2"));
+            let path = images.join(format!("{n}-replica.qcow2"));
             qcow2(&path, size);
             ReplicaDisk {
                 node: n.to_string(),
@@ -670,6 +682,42 @@ async fn more_acks(console: &nasvisor_vm::Console, n: u64) {
         .unwrap_or_else(|l| panic!("the writer stopped: {}", String::from_utf8_lossy(&l)));
 }
 
+/// With the replica hanging (its server or its disk): the guest's writer
+/// stops with no error and the guest stays `running` (no bound fires), the
+/// probe times out, and the cut holds the guest on its write until the
+/// replica is detached and the guest goes on alone.
+async fn stalled_until_the_probe_cuts(
+    vm: &nasvisor_vm::VmInstance,
+    console: &nasvisor_vm::Console,
+    targets: &[MirrorTarget],
+    sockets: &link::Sockets,
+) {
+    use nasvisor_vm::replica::{probe, resync};
+    let mut events = vm.qmp().events();
+    let last = |log: Vec<u8>| numbers(&log, "ACK ").last().copied().unwrap();
+    let stopped_at = last(console.read_log().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let still = last(console.read_log().await.unwrap());
+    assert!(
+        still <= stopped_at + 1,
+        "the writer went on: {stopped_at} -> {still}"
+    );
+    assert_eq!(
+        vm.qmp().query_status().await.unwrap().status,
+        RunState::Running
+    );
+    let e = probe::probe(Path::new("qemu-io"), targets, None, Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, probe::ProbeError::Timeout { .. }), "{e}");
+    sockets.cut();
+    held(&mut events, Duration::from_secs(10)).await;
+    let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
+    resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
+    vm.qmp().cont().await.unwrap();
+    more_acks(console, 10).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_server_that_stops_answering_is_found_by_a_probe_cut_off_and_resumed() {
     use nasvisor_vm::replica::{probe, resync};
@@ -704,35 +752,7 @@ async fn a_replica_server_that_stops_answering_is_found_by_a_probe_cut_off_and_r
     unsafe {
         libc::kill(server.pid(), libc::SIGSTOP);
     }
-    let mut events = vm.qmp().events();
-    let stopped_at = numbers(&console.read_log().await.unwrap(), "ACK ")
-        .last()
-        .copied()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let still = numbers(&console.read_log().await.unwrap(), "ACK ")
-        .last()
-        .copied()
-        .unwrap();
-    assert!(
-        still <= stopped_at + 1,
-        "the writer went on: {stopped_at} -> {still}"
-    );
-    assert_eq!(
-        vm.qmp().query_status().await.unwrap().status,
-        RunState::Running
-    );
-    let e = probe::probe(qemu_io, targets, None, within)
-        .await
-        .unwrap_err();
-    assert!(matches!(e, probe::ProbeError::Timeout { .. }), "{e}");
-
-    // Cut: the write in flight fails on the replica and holds the guest.
-    sockets.cut();
-    held(&mut events, Duration::from_secs(10)).await;
-    resync::detach_tracking(vm.qmp(), &nodes).await.unwrap();
-    vm.qmp().cont().await.unwrap();
-    more_acks(console, 10).await;
+    stalled_until_the_probe_cuts(&vm, console, targets, &sockets).await;
 
     // A resume while it still hangs fails within its bound (QEMU opens the
     // connection in its main loop: the socket is shut down), and the guest
@@ -769,6 +789,108 @@ async fn a_replica_server_that_stops_answering_is_found_by_a_probe_cut_off_and_r
         "no write failed to the guest"
     );
     identical_once_stopped(vm, server, &data, &replica).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_disk_hangs_under_a_live_server_is_found_by_the_probes_write_and_cut_off() {
+    use nasvisor_vm::replica::{probe, resync};
+    let Some(kernel) = guest_kernel("console=ttyS0 panic=-1") else {
+        return;
+    };
+    let active = TestDir::new();
+    let passive = TestDir::new();
+    let (backing, pool) = (passive.file("backing"), passive.file("pool"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    // The passive host's pool is on a disk that can stop answering; the
+    // server itself (its process, its socket, its QMP) stays alive.
+    let disk = HungDisk::mount(&backing, &pool);
+    let data = active.file("data.qcow2");
+    qcow2(&data, "64M");
+    let vm = launch_acked(&active, kernel, &data).await;
+    let console = vm.console().unwrap();
+    let (server, replica, target) =
+        serve_replicas_in(&passive, &pool, &["disk0"], "64M", None).await;
+    let ours = attach(&vm, &target, None).await.unwrap();
+    let qemu_io = Path::new("qemu-io");
+    let within = Duration::from_secs(3);
+    let targets = std::slice::from_ref(&target);
+    probe::probe(qemu_io, targets, None, within).await.unwrap();
+    start_acker(console, 10).await;
+
+    disk.hang();
+    // Nothing fails on its own: the server's socket answers, QEMU's write
+    // just waits on the disk. A read would be answered from the server's
+    // page cache, and a flush is skipped while no write completed; the
+    // probe's write to its file beside the replica must reach the disk,
+    // and does not come back.
+    stalled_until_the_probe_cuts(&vm, console, targets, &ours).await;
+
+    // The disk answers again: the replica resumes from what it missed and
+    // ends identical.
+    disk.answer();
+    probe::probe(qemu_io, targets, None, within).await.unwrap();
+    let done = resync::resume(vm.qmp(), targets, None, std::future::pending(), |_| {})
+        .await
+        .unwrap();
+    assert!(done.copied < 8 << 20, "{done:?}");
+    more_acks(console, 10).await;
+    assert!(
+        !String::from_utf8_lossy(&console.read_log().await.unwrap()).contains("ACKER-WRITE-FAILED"),
+        "no write failed to the guest"
+    );
+    identical_once_stopped(vm, server, &data, &replica).await;
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_probe_file_is_probed_by_a_read_and_a_flush_of_its_export() {
+    use nasvisor_vm::replica::probe;
+    // As a replica server an older nasvisord started: the replica export
+    // alone (here served by qemu-nbd).
+    let t = TestDir::new();
+    let image = t.file("disk0-replica.qcow2");
+    qcow2(&image, "16M");
+    let port = free_port();
+    let mut server = std::process::Command::new("qemu-nbd")
+        .args(["-t", "-f", "qcow2", "-x", "disk0", "-b", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .arg(&image)
+        .spawn()
+        .unwrap();
+    let target = MirrorTarget {
+        node: "disk0".into(),
+        addr: InetAddr::new("127.0.0.1", port),
+        export: "disk0".into(),
+    };
+    let targets = std::slice::from_ref(&target);
+    let qemu_io = Path::new("qemu-io");
+    let within = Duration::from_secs(3);
+    let answered = async {
+        for _ in 0..50 {
+            if probe::probe(qemu_io, targets, None, within).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    let answered = answered.await;
+    // SAFETY: kill(2) of the qemu-nbd this test started, by its pid.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGSTOP);
+    }
+    let stopped = probe::probe(qemu_io, targets, None, within).await;
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGCONT);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    // (Its probe export is missing: the read and flush answered.)
+    assert!(answered, "the export was never probed successfully");
+    let e = stopped.unwrap_err();
+    assert!(matches!(e, probe::ProbeError::Timeout { .. }), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

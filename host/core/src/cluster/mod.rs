@@ -203,16 +203,12 @@ impl Inner {
     }
 
     /// Capacity and free space of this host's pools, GiB (each filesystem
-    /// counted once).
+    /// counted once), as the health checks last measured them.
     pub(crate) fn local_storage_gib(&self) -> (u64, u64) {
         let mut seen = HashSet::new();
         let (mut cap, mut free) = (0u64, 0u64);
         for p in self.local_pools() {
-            let Ok(pool) = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path))
-            else {
-                continue;
-            };
-            if let Ok(u) = pool.usage() {
+            if let Some(u) = self.pool_usage(&p.name) {
                 if seen.insert((u.capacity_bytes, u.free_bytes >> 30)) {
                     cap += u.capacity_bytes >> 30;
                     free += u.free_bytes >> 30;

@@ -1,5 +1,11 @@
 //! The passive host's side: `replica-serve` and `replica-drop`, and its
 //! replica servers (started, ended, stale ones found).
+//!
+//! Its work on the pool's files runs on blocking threads, each within
+//! [`POOL_IO_LIMIT`] ([`Inner::pool_io`]): the replica's disk is the one a
+//! failing passive host may have lost, and a call into a hung filesystem
+//! must fail the request, not hold one of the daemon's async workers (and
+//! its heartbeat answers with it).
 
 use crate::errors;
 use crate::migrate::{free_port, qemu_tls_dir, tls_identity};
@@ -8,9 +14,14 @@ use crate::Inner;
 use nasvisor_api_types::peer::{ReplicaDrop, ReplicaServe, ReplicaServing};
 use nasvisor_api_types::CoreError;
 use nasvisor_best_effort::BestEffort;
+use nasvisor_storage::Pool;
 use nasvisor_vm::qmp::InetAddr;
 use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long the pool work of one replica request may take.
+const POOL_IO_LIMIT: Duration = Duration::from_secs(20);
 
 impl Inner {
     /// Ends the replica servers on this host whose VM's record does not
@@ -43,11 +54,12 @@ impl Inner {
     }
 
     /// Deletes the replica volumes of `vm` that this host holds, unless a
-    /// VM here uses one.
+    /// VM here uses one (in the background, on a blocking thread).
     pub(crate) fn delete_replica_volumes(&self, vm: &VmRecord) {
         let Some(r) = vm.replica.as_ref().filter(|r| r.host == self.host.id) else {
             return;
         };
+        let mut gone = Vec::new();
         for (_, pool_name, vol) in &r.disks {
             let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
                 continue;
@@ -55,13 +67,41 @@ impl Inner {
             let in_use = self
                 .volume_user(pool_name, vol)
                 .is_some_and(|u| u.id != vm.id && u.host.as_deref() == Some(self.host.id.as_str()));
-            if in_use {
-                continue;
+            if !in_use {
+                gone.push((rec.name, PathBuf::from(rec.path), vol.clone()));
             }
-            if let Ok(pool) = self.pool(&rec.name, "pool") {
-                if pool.volume(vol).is_ok() {
-                    pool.delete(vol).best_effort("delete a replica volume");
+        }
+        tokio::task::spawn_blocking(move || {
+            for (name, dir, vol) in gone {
+                if let Ok(pool) = Pool::open(&name, &dir) {
+                    if pool.volume(&vol).is_ok() {
+                        pool.delete(&vol).best_effort("delete a replica volume");
+                    }
                 }
+            }
+        });
+    }
+
+    /// Runs `f`, work on pool files for `what`, on a blocking thread
+    /// within [`POOL_IO_LIMIT`]. A pool that does not answer in time fails
+    /// the request (503); the thread is left to its call.
+    pub(crate) async fn pool_io<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        match tokio::time::timeout(POOL_IO_LIMIT, tokio::task::spawn_blocking(f)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(errors::internal(format!("{what}: {e}"))),
+            Err(_) => {
+                tracing::warn!(what, "a pool did not answer");
+                Err(CoreError::Unavailable {
+                    reason: format!(
+                        "{what} on host {}: the pool did not answer within {} s (a hung disk or mount?)",
+                        self.host.id,
+                        POOL_IO_LIMIT.as_secs()
+                    ),
+                })
             }
         }
     }
@@ -86,13 +126,12 @@ impl Inner {
                 vm.name, self.host.id
             )));
         }
-        if let Some(kept) = self.kept_replica_server(&vm, &req) {
+        if let Some(kept) = self.kept_replica_server(&vm, &req).await? {
             return Ok(kept);
         }
         self.stop_replica_server(&vm.id).await;
-        let mut disks = Vec::new();
+        let mut wanted = Vec::new();
         for d in &req.disks {
-            let field = format!("disks[{}]", d.node);
             let rec = self
                 .pool_record(&d.pool)
                 .filter(|p| !p.shared())
@@ -102,7 +141,6 @@ impl Inner {
                         self.host.id, d.pool, d.volume
                     ))
                 })?;
-            let pool = self.pool(&rec.name, &field)?;
             if let Some(user) = self.volume_user(&d.pool, &d.volume) {
                 if user.id != vm.id && user.host.as_deref() == Some(self.host.id.as_str()) {
                     return Err(errors::conflict(format!(
@@ -111,20 +149,33 @@ impl Inner {
                     )));
                 }
             }
-            // An older copy (a former replica, or what a failover left
-            // here) is replaced: the sync writes every block anyway.
-            if pool.volume(&d.volume).is_ok() {
-                pool.delete(&d.volume)
-                    .map_err(|e| errors::storage(&field, e))?;
-            }
-            let info = pool
-                .create(&d.volume, d.size_bytes)
-                .map_err(|e| errors::storage(&field, e))?;
-            disks.push(ReplicaDisk {
-                node: d.node.clone(),
-                path: info.path,
-            });
+            wanted.push((rec.name, PathBuf::from(rec.path), d.clone()));
         }
+        let what = format!("the replica volumes of {}", vm.name);
+        let disks = self
+            .pool_io(&what, move || {
+                let mut disks = Vec::new();
+                for (name, dir, d) in wanted {
+                    let field = format!("disks[{}]", d.node);
+                    let pool = Pool::open(&name, &dir).map_err(|e| errors::storage(&field, e))?;
+                    // An older copy (a former replica, or what a failover
+                    // left here) is replaced: the sync writes every block
+                    // anyway.
+                    if pool.volume(&d.volume).is_ok() {
+                        pool.delete(&d.volume)
+                            .map_err(|e| errors::storage(&field, e))?;
+                    }
+                    let info = pool
+                        .create(&d.volume, d.size_bytes)
+                        .map_err(|e| errors::storage(&field, e))?;
+                    disks.push(ReplicaDisk {
+                        node: d.node.clone(),
+                        path: info.path,
+                    });
+                }
+                Ok(disks)
+            })
+            .await?;
         let ip = self.cluster_ip()?;
         let port = free_port(&ip)?;
         let tls = if self.cfg.migration_tls {
@@ -158,29 +209,46 @@ impl Inner {
     /// The answer to a `replica-serve` that asks to resume: the server it
     /// names still runs (the same process, on this boot of this host) and
     /// every volume is there, so it is kept with what it holds.
-    fn kept_replica_server(&self, vm: &VmRecord, req: &ReplicaServe) -> Option<ReplicaServing> {
-        let want = req.resume.as_deref()?;
-        let running = ReplicaServer::running(&self.cfg.run_dir(), &vm.id)?;
+    async fn kept_replica_server(
+        &self,
+        vm: &VmRecord,
+        req: &ReplicaServe,
+    ) -> Result<Option<ReplicaServing>, CoreError> {
+        let Some(want) = req.resume.as_deref() else {
+            return Ok(None);
+        };
+        let Some(running) = ReplicaServer::running(&self.cfg.run_dir(), &vm.id) else {
+            return Ok(None);
+        };
         if running.identity != want {
             tracing::info!(vm = %vm.name, "the replica server was restarted since: a full copy");
-            return None;
+            return Ok(None);
         }
-        let all_there = req.disks.iter().all(|d| {
-            self.pool_record(&d.pool)
-                .filter(|p| !p.shared())
-                .and_then(|rec| self.pool(&rec.name, "disks").ok())
-                .is_some_and(|pool| pool.volume(&d.volume).is_ok())
-        });
+        let mut volumes = Vec::new();
+        for d in &req.disks {
+            let Some(rec) = self.pool_record(&d.pool).filter(|p| !p.shared()) else {
+                return Ok(None);
+            };
+            volumes.push((rec.name, PathBuf::from(rec.path), d.volume.clone()));
+        }
+        let what = format!("the replica volumes of {}", vm.name);
+        let all_there = self
+            .pool_io(&what, move || {
+                Ok(volumes.iter().all(|(name, dir, vol)| {
+                    Pool::open(name, dir).is_ok_and(|pool| pool.volume(vol).is_ok())
+                }))
+            })
+            .await?;
         if !all_there {
-            return None;
+            return Ok(None);
         }
         tracing::info!(vm = %vm.name, addr = %running.addr, "the replica server runs on: resuming");
-        Some(ReplicaServing {
+        Ok(Some(ReplicaServing {
             host: running.addr.host,
             port: running.addr.port,
             server: Some(running.identity),
             kept: true,
-        })
+        }))
     }
 
     /// `replica-drop`: stops VM `req.id`'s replica server here and deletes
@@ -190,6 +258,7 @@ impl Inner {
         if !req.delete_volumes {
             return Ok(());
         }
+        let mut gone = Vec::new();
         for (pool_name, vol) in &req.volumes {
             let Some(rec) = self.pool_record(pool_name).filter(|p| !p.shared()) else {
                 continue;
@@ -197,15 +266,21 @@ impl Inner {
             let in_use = self
                 .volume_user(pool_name, vol)
                 .is_some_and(|u| u.host.as_deref() == Some(self.host.id.as_str()));
-            if in_use {
-                continue;
-            }
-            let pool = self.pool(&rec.name, "pool")?;
-            if pool.volume(vol).is_ok() {
-                pool.delete(vol).map_err(|e| errors::storage("volume", e))?;
+            if !in_use {
+                gone.push((rec.name, PathBuf::from(rec.path), vol.clone()));
             }
         }
-        Ok(())
+        self.pool_io(&format!("dropping the replica of {}", req.id), move || {
+            for (name, dir, vol) in gone {
+                let pool = Pool::open(&name, &dir).map_err(|e| errors::storage("pool", e))?;
+                if pool.volume(&vol).is_ok() {
+                    pool.delete(&vol)
+                        .map_err(|e| errors::storage("volume", e))?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Stops VM `id`'s replica server on this host, if one runs (before

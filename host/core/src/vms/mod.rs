@@ -56,6 +56,15 @@ impl Inner {
         let rec: PoolRecord = self.pool_record(name).ok_or_else(|| {
             errors::invalid(field, format!("no pool {name:?} on host {}", self.host.id))
         })?;
+        if self.hung_pool().as_deref() == Some(name) {
+            return Err(CoreError::Unavailable {
+                reason: format!(
+                    "pool {name} on host {} does not answer (a hung disk or mount?): its \
+                     health check has not returned; try again once it does",
+                    self.host.id
+                ),
+            });
+        }
         Pool::open(&rec.name, std::path::Path::new(&rec.path))
             .map_err(|e| errors::storage(field, e))
     }

@@ -157,9 +157,19 @@ pub enum FileChild {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "driver", rename_all = "kebab-case")]
 pub enum BlockdevOptions {
+    /// A file as it is (`driver: file`).
+    File(FileNode),
     Nbd(NbdNode),
     NullCo(NullNode),
     Qcow2(Qcow2Node),
+}
+
+/// A file node (`driver: file`): the bytes of `filename` as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FileNode {
+    pub node_name: String,
+    pub filename: String,
 }
 
 /// `sync` of a mirror.

@@ -42,8 +42,8 @@ use tokio::task::JoinHandle;
 
 pub use block::{
     BlockJobInfo, BlockdevBitmapBackup, BlockdevMirror, BlockdevOnError, BlockdevOptions,
-    DirtyBitmapInfo, FileChild, InetAddr, JobStatus, MirrorCopyMode, MirrorSync, NamedBlockNode,
-    NbdExport, NbdNode, NullNode, Qcow2Node, SocketAddress, TlsClient, TlsServer,
+    DirtyBitmapInfo, FileChild, FileNode, InetAddr, JobStatus, MirrorCopyMode, MirrorSync,
+    NamedBlockNode, NbdExport, NbdNode, NullNode, Qcow2Node, SocketAddress, TlsClient, TlsServer,
 };
 pub use commands::{BlockDeviceInfo, BlockInfo, CpuInfoFast, RunState, StatusInfo};
 pub use event::{EventKind, QmpEvent, QmpTimestamp};

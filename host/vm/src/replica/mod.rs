@@ -19,7 +19,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::migration::{serve_disks, tls_server, MigrateError};
-use crate::qmp::{BlockdevOptions, InetAddr, Qcow2Node, QmpClient, QmpError, QmpOptions};
+use crate::qmp::{
+    BlockdevOptions, FileNode, InetAddr, NbdExport, Qcow2Node, QmpClient, QmpError, QmpOptions,
+};
 
 /// How long the server may take to start and to stop.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,7 +306,47 @@ impl ReplicaServer {
         let nodes: Vec<String> = disks.iter().map(|d| d.node.clone()).collect();
         serve_disks(&self.qmp, addr, &nodes, tls.as_ref())
             .await
-            .map_err(serve_err)
+            .map_err(serve_err)?;
+        for d in disks {
+            self.serve_probe_file(d).await?;
+        }
+        Ok(())
+    }
+
+    /// Serves the probe file of replica image `d` ([`probe_file`], made
+    /// here): a small file beside the image, on the same disk, exported
+    /// writable as [`probe::probe_export`] of the disk's export, where the
+    /// active host's probe writes with FUA to see that disk answer.
+    async fn serve_probe_file(&self, d: &ReplicaDisk) -> Result<(), ReplicaError> {
+        let path = probe_file(&d.path);
+        let made = std::fs::File::create(&path).and_then(|f| f.set_len(PROBE_FILE_SIZE));
+        if let Err(e) = made {
+            return Err(ReplicaError::Image {
+                path,
+                reason: format!("cannot make the probe file: {e}"),
+            });
+        }
+        let node = probe::probe_export(&d.node);
+        let qmp_err = |what: String| {
+            let id = self.paths.id.clone();
+            move |source| ReplicaError::Qmp { id, what, source }
+        };
+        self.qmp
+            .blockdev_add(&BlockdevOptions::File(FileNode {
+                node_name: node.clone(),
+                filename: path.to_string_lossy().into_owned(),
+            }))
+            .await
+            .map_err(qmp_err(format!("opening {}", path.display())))?;
+        self.qmp
+            .block_export_add(&NbdExport {
+                id: format!("probe-{}", d.node),
+                node_name: node.clone(),
+                name: node.clone(),
+                writable: true,
+            })
+            .await
+            .map_err(qmp_err(format!("exporting {node}")))
     }
 
     /// Ends VM `id`'s replica server in `run_dir`, if one runs: a clean
@@ -365,6 +407,17 @@ impl ReplicaServer {
         tracing::info!(id = %self.paths.id, "replica server stopped");
         Ok(())
     }
+}
+
+/// The size of a probe file.
+const PROBE_FILE_SIZE: u64 = 64 << 10;
+
+/// The probe file of replica image `image`: `<image>.probe` (a pool keeps
+/// it as one of its entries and deletes it with the volume).
+pub fn probe_file(image: &Path) -> PathBuf {
+    let mut p = image.as_os_str().to_owned();
+    p.push(".probe");
+    PathBuf::from(p)
 }
 
 /// SIGKILL of the server's own pid.

@@ -133,7 +133,8 @@ impl TestDir {
             .unwrap_or_else(|e| panic!("launch of {} failed: {e}", spec.name))
     }
 
-    /// Kills every QEMU whose pidfile is in this directory.
+    /// Kills every QEMU and replica server whose pidfile is in this
+    /// directory (by pid, once its command line shows it is that process).
     pub fn kill_all(&self) {
         let Ok(entries) = std::fs::read_dir(self.path()) else {
             return;
@@ -147,7 +148,12 @@ impl TestDir {
                 continue;
             };
             let qmp = p.with_extension("qmp");
-            if nasvisor_vm::proc::verify_qemu(pid, qmp.to_str().unwrap()).is_ok() {
+            // A VM's QEMU, or a replica server (`qemu-storage-daemon`,
+            // whose command line names its pidfile).
+            let replica_server = nasvisor_vm::proc::cmdline(pid)
+                .is_ok_and(|args| args.iter().any(|a| a.contains(p.to_str().unwrap())));
+            if replica_server || nasvisor_vm::proc::verify_qemu(pid, qmp.to_str().unwrap()).is_ok()
+            {
                 kill_pid(pid);
             }
         }
@@ -358,4 +364,81 @@ pub fn guest_kernel(append: &str) -> Option<KernelBoot> {
         initrd: Some(initrd.canonicalize().unwrap()),
         append: Some(append.into()),
     })
+}
+
+/// A FUSE pass-through mount (`bindfs`) of a directory, whose daemon a
+/// test can stop (`SIGSTOP`) to make every file under it hang as a dead
+/// disk does: reads the page cache holds are still answered, but writes
+/// and flushes get no answer. Dropping it lets the daemon go on, unmounts,
+/// and ends the daemon by its own pid.
+pub struct HungDisk {
+    pub mountpoint: PathBuf,
+    child: std::process::Child,
+}
+
+impl HungDisk {
+    /// Mounts `backing` on `mountpoint` (both existing directories).
+    pub fn mount(backing: &Path, mountpoint: &Path) -> HungDisk {
+        let child = std::process::Command::new("bindfs")
+            .args(["-f", "--no-allow-other"])
+            .arg(backing)
+            .arg(mountpoint)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("bindfs (a FUSE pass-through; scripts/setup.sh installs it): {e}")
+            });
+        let disk = HungDisk {
+            mountpoint: mountpoint.to_path_buf(),
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !disk.mounted() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bindfs did not mount {}",
+                mountpoint.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        disk
+    }
+
+    fn mounted(&self) -> bool {
+        let want = self.mountpoint.to_string_lossy().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        })
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of the bindfs process this guard started, by its
+        // own pid (a child not yet waited for, so the pid is still ours).
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// The disk stops answering.
+    pub fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// The disk answers again.
+    pub fn answer(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for HungDisk {
+    fn drop(&mut self) {
+        self.answer();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -131,6 +131,9 @@ pub enum PeerCall<Vm> {
     /// The passive host (or a former one) drops a VM's replicas (added
     /// within version 2).
     ReplicaDrop(ReplicaDrop),
+    /// The active host of an HA UEFI VM sends its UEFI variable store to
+    /// its passive host (added within version 2, like `job-progress`).
+    ReplicaVars(ReplicaVars),
     /// The host that received a cluster update's bundle serves it to the
     /// caller (added within version 2, like `job-progress`).
     BundleExport(BundleExport),
@@ -158,6 +161,7 @@ impl<Vm> PeerCall<Vm> {
             PeerCall::JobProgress(_) => <JobProgress as Call<Vm>>::NAME,
             PeerCall::ReplicaServe(_) => <ReplicaServe as Call<Vm>>::NAME,
             PeerCall::ReplicaDrop(_) => <ReplicaDrop as Call<Vm>>::NAME,
+            PeerCall::ReplicaVars(_) => <ReplicaVars as Call<Vm>>::NAME,
             PeerCall::BundleExport(_) => <BundleExport as Call<Vm>>::NAME,
             PeerCall::RolloutFetch(_) => <RolloutFetch as Call<Vm>>::NAME,
             PeerCall::RolloutInstall(_) => <RolloutInstall as Call<Vm>>::NAME,
@@ -201,6 +205,7 @@ calls! {
     JobProgress => JobProgress, "job-progress", Vec<JobLive>;
     ReplicaServe => ReplicaServe, "replica-serve", ReplicaServing;
     ReplicaDrop => ReplicaDrop, "replica-drop", ();
+    ReplicaVars => ReplicaVars, "replica-vars", ();
     BundleExport => BundleExport, "bundle-export", BundleExportReply;
     RolloutFetch => RolloutFetch, "rollout-fetch", RolloutFetched;
     RolloutInstall => RolloutInstall, "rollout-install", RolloutInstalling;
@@ -402,6 +407,19 @@ pub struct ReplicaDrop {
     pub volumes: Vec<(String, String)>,
     /// Whether the volumes go too.
     pub delete_volumes: bool,
+}
+
+/// `replica-vars`: VM `id`'s UEFI variable store as its active host holds
+/// it now; the passive host keeps it as the store a failover starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaVars {
+    /// VM id.
+    pub id: String,
+    /// The store's bytes, base64.
+    pub data: String,
+    /// Their SHA-256, hex.
+    pub sha256: String,
 }
 
 /// One disk whose contents go over the network in a move.

@@ -493,6 +493,7 @@ impl NasCore {
         inner.spawn_plugin_reports();
         inner.check_health_once().await;
         inner.spawn_health_checks();
+        inner.spawn_vars_sync();
         inner.spawn_cluster_loop();
         inner.spawn_rollout_loop();
         Ok(NasCore { inner })

@@ -11,7 +11,7 @@ use nasvisor_api_types::peer::{
     self, ActionReply, BundleExport, Call, Console, ConsoleReply, ForwardAction, Heartbeat,
     HeartbeatReply, ImageExport, ImageExportEnd, JobProgress, MigrateAbort, MigrateFinish,
     MigratePrepare, PeerCall, PeerRefusal, PeerWindow, Read, ReplicaDrop, ReplicaServe,
-    RolloutFetch, RolloutInstall,
+    ReplicaVars, RolloutFetch, RolloutInstall,
 };
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{CallError, PeerHandler, PeerRequest, StoreError};
@@ -157,6 +157,10 @@ impl Inner {
             PeerCall::ReplicaDrop(c) => {
                 self.replica_drop(c).await?;
                 reply::<ReplicaDrop>(())
+            }
+            PeerCall::ReplicaVars(c) => {
+                self.keep_replica_vars(c)?;
+                reply::<ReplicaVars>(())
             }
             PeerCall::BundleExport(c) => {
                 let r = self.export_bundle(from, &c).await?;

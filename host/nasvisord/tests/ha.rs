@@ -1652,3 +1652,108 @@ fn a_passive_hosts_hung_disk_cuts_its_replica_off_degrades_it_and_the_vm_is_prot
     assert!(online.iter().all(|(_, up)| *up), "{online:?}");
     drop(pools);
 }
+
+#[test]
+fn an_ha_uefi_vms_variables_are_kept_on_its_passive_host_and_a_failover_starts_with_them() {
+    let _s = serial();
+    let (mut c, _shared) = three_hosts_with_a_shared_pool(&[]);
+    let mut args = blank_on("efi", "nfs:64", "nas2");
+    args.extend(["--ha", "--firmware", "uefi"]);
+    c.host(1).json(&args);
+    let v = c.host(1).json(&["vm", "start", "efi"]);
+    assert_eq!(v["ha_status"]["state"], "protected", "{v:#}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    let passive = v["ha_status"]["passive"].as_str().expect("a passive host");
+    let p = c.index_of_name(passive).expect("the passive host's index");
+    let files: Vec<std::path::PathBuf> = (1..=3)
+        .map(|i| c.host(i).data_dir().join("nvram").join(format!("{id}.fd")))
+        .collect();
+    let vars = |i: usize| std::fs::read(&files[i - 1]).ok();
+    // The firmware writes its variables as it boots (boot entries, its
+    // monotonic counter): the passive host gets the same bytes.
+    let same = |what: &str, not: Option<&Vec<u8>>| {
+        eventually(Duration::from_secs(60), what, || {
+            let (a, b) = (vars(2), vars(p));
+            match (a, b) {
+                (Some(a), Some(b)) if a == b && Some(&a) != not => Ok(a),
+                (a, b) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Err(format!(
+                        "active {:?} bytes, passive {:?} bytes",
+                        a.map(|a| a.len()),
+                        b.map(|b| b.len())
+                    ))
+                }
+            }
+        })
+    };
+    let first = same("the passive host holding the VM's variables", None);
+    assert!(!first.is_empty());
+    // A reset boots the firmware again, which changes a variable: the
+    // passive host follows.
+    c.host(1).json(&["vm", "reboot", "efi"]);
+    let second = same("the passive host following a change", Some(&first));
+    assert_ne!(first, second);
+    // The third host holds nothing of it.
+    let third = (1..=3).find(|i| *i != 2 && *i != p).expect("a third host");
+    assert!(vars(third).is_none(), "the third host got the variables");
+    let booted = boot_counter(&second).expect("OVMF's boot counter (MTC) in the store");
+    assert!(booted >= 2, "two boots counted: {booted}");
+
+    // Failover: the active host dies; the VM starts on the passive host
+    // with the variables it had, so the firmware counts on from them (a
+    // store from the template would start again at 1).
+    let pid = running_pid(&c, 2, "efi", None);
+    c.host_mut(2).kill9();
+    kill(pid);
+    c.cut(2);
+    c.host(p).poll_vm("efi", Duration::from_secs(60), |v| {
+        v["state"] == "running" && v["host"] == passive
+    });
+    let after = eventually(Duration::from_secs(60), "the firmware booted again", || {
+        let n = vars(p).as_deref().and_then(boot_counter).unwrap_or(0);
+        if n > booted {
+            Ok(n)
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+            Err(format!("boot counter {n}"))
+        }
+    });
+    assert_eq!(
+        after,
+        booted + 1,
+        "the failover started from the kept store"
+    );
+    c.heal(2);
+}
+
+/// OVMF's boot counter: the value of its `MTC` variable (a u32 the
+/// firmware increments at each boot) in a UEFI variable store, from the
+/// last copy of the variable marked added (state 0x3F); authenticated
+/// (60-byte) or plain (32-byte) variable headers.
+fn boot_counter(store: &[u8]) -> Option<u32> {
+    let name: Vec<u8> = "MTC\0"
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    let u32_at = |o: usize| Some(u32::from_le_bytes(store.get(o..o + 4)?.try_into().ok()?));
+    let mut found = None;
+    for n in 0..store.len().saturating_sub(name.len()) {
+        if store[n..n + name.len()] != name[..] {
+            continue;
+        }
+        for (header, name_size_at) in [(60usize, 36usize), (32, 8)] {
+            let Some(h) = n.checked_sub(header) else {
+                continue;
+            };
+            if store[h..h + 2] != [0xAA, 0x55] || store[h + 2] != 0x3F {
+                continue;
+            }
+            if u32_at(h + name_size_at)? as usize != name.len() {
+                continue;
+            }
+            found = u32_at(n + name.len()).or(found);
+        }
+    }
+    found
+}

@@ -28,6 +28,7 @@
 
 mod keeper;
 mod serve;
+mod vars;
 
 use crate::errors;
 use crate::model::{kind, now_rfc3339, DiskRecord, DiskRole, ReplicaRecord, VmRecord};

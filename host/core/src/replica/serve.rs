@@ -106,14 +106,10 @@ impl Inner {
         }
     }
 
-    /// `replica-serve` on the passive host: fresh replica volumes and a
-    /// replica server of VM `req.id`, admitting only host `from`.
-    pub(crate) async fn replica_serve(
-        &self,
-        from: u64,
-        req: ReplicaServe,
-    ) -> Result<ReplicaServing, CoreError> {
-        let vm = self.find_vm(&req.id)?;
+    /// VM `id`, when this host is its passive host and it does not run
+    /// here (so this host may hold its `what`).
+    pub(crate) fn passive_here(&self, id: &str, what: &str) -> Result<VmRecord, CoreError> {
+        let vm = self.find_vm(id)?;
         if vm.passive.as_deref() != Some(self.host.id.as_str()) {
             return Err(errors::conflict(format!(
                 "host {} is not VM {}'s passive host",
@@ -122,10 +118,21 @@ impl Inner {
         }
         if self.processes.contains(&vm.id) {
             return Err(errors::conflict(format!(
-                "VM {} runs on host {}: it cannot hold its replica",
+                "VM {} runs on host {}: it cannot hold its {what}",
                 vm.name, self.host.id
             )));
         }
+        Ok(vm)
+    }
+
+    /// `replica-serve` on the passive host: fresh replica volumes and a
+    /// replica server of VM `req.id`, admitting only host `from`.
+    pub(crate) async fn replica_serve(
+        &self,
+        from: u64,
+        req: ReplicaServe,
+    ) -> Result<ReplicaServing, CoreError> {
+        let vm = self.passive_here(&req.id, "replica")?;
         if let Some(kept) = self.kept_replica_server(&vm, &req).await? {
             return Ok(kept);
         }

@@ -1650,6 +1650,35 @@ fn a_passive_hosts_hung_disk_cuts_its_replica_off_degrades_it_and_the_vm_is_prot
     wait_health(&c, &passive, "healthy", "");
     let online = c.online(1).expect("host list");
     assert!(online.iter().all(|(_, up)| *up), "{online:?}");
+
+    // The new passive host's disk hangs too, and the administrator takes
+    // that host into maintenance at once: the leader gives the VM its
+    // first passive host back, before a probe finds the hang, and nas2
+    // drops the replica on the hung disk. Dropping it waits for the guest
+    // write in flight there, which does not come back: after 10 s its link
+    // is cut, and the guest goes on.
+    let other = &pools[if third == 1 { 0 } else { 1 }];
+    let third_name = c.name(third);
+    other.hang();
+    c.host(1)
+        .json(&["host", "degrade", &third_name, "--reason", "disk swap"]);
+    let held = longest_stall(&c, 2, &id, 20);
+    eprintln!(
+        "dropping a replica on a hung disk held the writer {:.1} s",
+        held.as_secs_f64()
+    );
+    assert!(held < Duration::from_secs(40), "held {held:?}");
+    replica_in_step_on(&c, 2, "hung", &passive);
+    assert!(
+        has_event(&c, 2, "vm-replica-dropped", "vm/hung", &third_name),
+        "{}",
+        ha_events(&c, 2)
+    );
+    let v = c.host(2).json(&["vm", "show", "hung"]);
+    assert_eq!(v["pid"].as_i64(), Some(pid as i64), "{v:#}");
+    assert!(!console_log(&c, 2, &id).contains("ACKER-WRITE-FAILED"));
+    other.answer();
+    c.host(1).json(&["host", "undegrade", &third_name]);
     drop(pools);
 }
 

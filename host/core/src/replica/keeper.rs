@@ -33,6 +33,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after a cut the writes in flight have to fail.
 const CUT_SETTLE: Duration = Duration::from_secs(2);
+/// How long a replica may take to let go when it is detached (QEMU first
+/// waits for the requests in flight on it) before its link is cut.
+const DETACH_WAIT: Duration = Duration::from_secs(10);
 /// The QEMU object id of the replica's TLS client credentials.
 const TLS_ID: &str = "nv-tls-replica";
 
@@ -653,7 +656,7 @@ impl Inner {
             return;
         }
         let qmp = inst.qmp();
-        match link::detach(qmp, nodes).await {
+        match self.bounded_detach(&vm.id, qmp, nodes).await {
             Ok(()) | Err(link::LinkError::NotReplicated { .. }) => {
                 self.replicas.forget_link(&vm.id)
             }
@@ -712,11 +715,39 @@ impl Inner {
             )
             .await?;
         }
-        link::detach(inst.qmp(), &nodes)
+        self.bounded_detach(&vm.id, inst.qmp(), &nodes)
             .await
             .map_err(|e| errors::internal(e.to_string()))?;
         self.replicas.forget_link(&vm.id);
+        resume_if_held(inst.qmp()).await;
         Ok(())
+    }
+
+    /// Detaches VM `id`'s replica from `nodes`. QEMU first waits for the
+    /// requests in flight on it: a replica that does not answer them (a
+    /// hung server or disk the probe has not found yet) would hold the
+    /// detach, and the guest, for ever. After [`DETACH_WAIT`] its link is
+    /// cut, the requests fail (a write holds the guest: the caller resumes
+    /// it) and the detach goes on.
+    async fn bounded_detach(
+        &self,
+        id: &str,
+        qmp: &nasvisor_vm::QmpClient,
+        nodes: &[String],
+    ) -> Result<(), link::LinkError> {
+        let detach = link::detach(qmp, nodes);
+        tokio::pin!(detach);
+        tokio::select! {
+            r = &mut detach => r,
+            _ = tokio::time::sleep(DETACH_WAIT) => {
+                if self.replicas.cut(id) {
+                    tracing::warn!(vm = id, "the replica did not let go within {DETACH_WAIT:?} (a hung server or disk?); its link is cut");
+                } else {
+                    tracing::error!(vm = id, "the replica does not let go, and this daemon (restarted since the attach) cannot cut its link");
+                }
+                detach.await
+            }
+        }
     }
 }
 

@@ -100,18 +100,24 @@ impl Inner {
         tokio::spawn(async move {
             // What each VM's passive host last took: (passive, SHA-256).
             let mut sent: HashMap<String, (String, String)> = HashMap::new();
+            // The last failure told of, per VM (told once, not every round).
+            let mut told: HashMap<String, String> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(VARS_EVERY) => {}
                 }
                 let Some(me) = weak.upgrade() else { break };
-                me.send_changed_vars(&mut sent).await;
+                me.send_changed_vars(&mut sent, &mut told).await;
             }
         });
     }
 
-    async fn send_changed_vars(&self, sent: &mut HashMap<String, (String, String)>) {
+    async fn send_changed_vars(
+        &self,
+        sent: &mut HashMap<String, (String, String)>,
+        told: &mut HashMap<String, String>,
+    ) {
         let vms: Vec<VmRecord> = self
             .db
             .list::<VmRecord>(kind::VM)
@@ -123,6 +129,7 @@ impl Inner {
             })
             .collect();
         sent.retain(|id, _| vms.iter().any(|v| v.id == *id));
+        told.retain(|id, _| vms.iter().any(|v| v.id == *id));
         for vm in vms {
             let Some(passive) = vm.passive.clone().filter(|p| *p != self.host.id) else {
                 continue;
@@ -149,9 +156,14 @@ impl Inner {
                 Ok(()) => {
                     tracing::info!(vm = %vm.name, passive = %passive, "UEFI variables sent to the passive host");
                     sent.insert(vm.id.clone(), (passive, sha256));
+                    told.remove(&vm.id);
                 }
                 Err(e) => {
-                    tracing::warn!(vm = %vm.name, passive = %passive, error = %e, "cannot send the UEFI variables to the passive host");
+                    let text = format!("{passive}: {e}");
+                    if told.get(&vm.id) != Some(&text) {
+                        tracing::warn!(vm = %vm.name, passive = %passive, error = %e, "cannot send the UEFI variables to the passive host (tried again every 5 s)");
+                        told.insert(vm.id.clone(), text);
+                    }
                 }
             }
         }

@@ -242,6 +242,7 @@ ln -sfn "initrd.img-$kver" "$R/boot/initrd.img"
 # read-only root, or would write EFI variables or the ESP behind the
 # installer's back, masked.
 systemctl --root="$R" --quiet enable nasvisord.service nasvisor-healthy.service nasvisor-boot-report.service \
+  nasvisor-grow-data.service \
   systemd-networkd.service
 systemctl --root="$R" --quiet mask systemd-firstboot.service systemd-boot-system-token.service \
   systemd-boot-update.service apt-daily.timer apt-daily-upgrade.timer

@@ -12,9 +12,11 @@
 #    nasvisord). Each slot becomes a `reboot` bundle with the CLI
 #    (`firmware build`, then `firmware sign` with target/keys/build.key,
 #    whose public half the slots trust), checked with `firmware verify`.
-# 2. Boots the factory slot a; takes the admin token and the TLS fingerprint
-#    from nasvisord's banner on the serial console; `firmware status` shows
-#    a booted (blessed), b empty.
+# 2. Boots the factory slot a on a disk 1 GiB larger than the image: the
+#    data partition grows from 512 MiB into the rest (its console line; it
+#    does not grow again at the next boot). Takes the admin token and the
+#    TLS fingerprint from nasvisord's banner on the serial console;
+#    `firmware status` shows a booted (blessed), b empty.
 # 3. `nasvisor firmware install 1.1.0 --wait` through the forwarded port:
 #    b pending with 3 tries.
 # 4. `nasvisor firmware reboot`: the guest reboots into b, which is blessed;
@@ -35,6 +37,12 @@
 #    reports the failed update "... back on service release 1.1.1".
 # 7. Powers off and reads the ESP back: nasvisor-2-b.conf (blessed, 1.1.0)
 #    and nasvisor-3-a+0-1.conf (bad).
+# 8. Power lost during an install: boots again (b), starts installing a
+#    `reboot` bundle 1.3.0 (1.1.0's slot image under a newer version) and
+#    kills QEMU (SIGKILL: the guest's unwritten data is lost, as on a power
+#    cut) while the payload is being written into a. The next boot is b,
+#    healthy, nothing pending, no entry of a that could boot; the same
+#    bundle then installs cleanly (a pending, 1.3.0).
 #
 # It covers boot-test.sh's three boots but one: the factory boot blessed, a
 # failed try that falls back (here an unhealthy slot), an unhealthy boot
@@ -71,24 +79,30 @@ cp "$BIN_DIR/nasvisor" "$T/broken-bin/nasvisor"
 cp "$(type -P false)" "$T/broken-bin/nasvisord"   # a daemon that exits 1 at once
 NASVISOR_FW_BIN_DIR=$T/broken-bin scripts/build-firmware.sh --slot-only --version 1.2.0 \
   --product "$PRODUCT" --board "$BOARD" --tries 1 --out "$T/fw"
+# bundle VERSION [AS]: the slot image of VERSION as a signed `reboot`
+# bundle of version AS (VERSION by default).
 bundle() {
-  local v=$1
+  local v=$1 as=${2:-$1}
   env -u SOURCE_DATE_EPOCH "$CLI" firmware build --payload "$T/fw/rootfs-$v.erofs" --payload-name rootfs.erofs \
-    --class reboot --product "$PRODUCT" --compatible "$BOARD" --version "$v" --expires-in 30d \
-    --out "$T/nasvisor-$v.nvfw" >/dev/null
-  "$CLI" firmware sign "$T/nasvisor-$v.nvfw" --key "$KEY" >/dev/null
-  "$CLI" firmware verify "$T/nasvisor-$v.nvfw" --trusted-keys "$KEYS_DIR" --product "$PRODUCT" \
-    --compatible "$BOARD" --installed-version 1.0.0 || fail "the $v bundle does not verify"
-  # the slot image is not needed any more: the bundle carries it
-  rm -f "$T/fw/rootfs-$v.erofs"
+    --class reboot --product "$PRODUCT" --compatible "$BOARD" --version "$as" --expires-in 30d \
+    --out "$T/nasvisor-$as.nvfw" >/dev/null
+  "$CLI" firmware sign "$T/nasvisor-$as.nvfw" --key "$KEY" >/dev/null
+  "$CLI" firmware verify "$T/nasvisor-$as.nvfw" --trusted-keys "$KEYS_DIR" --product "$PRODUCT" \
+    --compatible "$BOARD" --installed-version 1.0.0 || fail "the $as bundle does not verify"
 }
 bundle 1.1.0
+bundle 1.1.0 1.3.0
 bundle 1.2.0
+# the slot images are not needed any more: the bundles carry them
+rm -f "$T"/fw/rootfs-*.erofs
 T_BUILD=$(( $(now_ms) - t ))
 phase "images and bundles built" "$t"
 
 # ---- 2. the factory boot -------------------------------------------------------------------
 cp --sparse=always "$IMG" "$T/disk.img"
+# A disk 1 GiB larger than the image, as a NAS's disk is: the first boot
+# grows the data partition into it (nasvisor-grow-data.service).
+truncate -s +1G "$T/disk.img"
 [ "$(entries)" = "nasvisor-1-a+3.conf" ] || fail "factory entries: $(entries | tr '\n' ' ')"
 echo "$NAME: boot 1: the factory slot a (TCG, 2 vCPUs, 2 GiB), /healthz forwarded to 127.0.0.1:$PORT"
 start_qemu
@@ -100,6 +114,8 @@ wait_for ".*NASVISOR-BOOT slot=a version=1.0.0 healthy=active bless=active entri
 TOKEN=$(report 'admin token (shown once, store it now): ' | sed 's/.*: //' | tr -d '[:space:]')
 FP=$(report 'TLS certificate SHA-256 fingerprint: ' | sed 's/.*: //' | tr -d '[:space:]')
 [ -n "$TOKEN" ] || fail "no admin token on the serial console"
+wait_for ".*NASVISOR-DATA grown from 512 MiB to 153[0-9] MiB .*" 10
+echo "$NAME: $(report 'NASVISOR-DATA ')"
 [ -n "$FP" ] || fail "no TLS fingerprint on the serial console"
 (umask 077 && printf '%s\n' "$TOKEN" >"$T/token")
 echo "$NAME: the admin token and the TLS fingerprint ($FP) read from the serial console"
@@ -137,6 +153,7 @@ wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 healthy=active bless=active entri
 T_REBOOT_B=$(( $(now_ms) - t ))
 phase "reboot into b (to its boot report, blessed)" "$t"
 has '.*Command line: .*root=PARTLABEL=nasvisor-b .*nasvisor.slot=b.*' || fail "not booted from slot b"
+if has '.*NASVISOR-DATA grown.*'; then fail "the data partition grew again on the second boot"; fi
 T0=$(now_ms)
 wait_healthz
 # The running daemon judges the update once the entry is blessed.
@@ -239,4 +256,40 @@ mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"
 grep -qx 'version *1.1.0' "$T/entry-b" || fail "b's entry is not 1.1.0: $(cat "$T/entry-b")"
 grep -q 'root=PARTLABEL=nasvisor-b .*nasvisor.slot=b' "$T/entry-b" || fail "b's entry does not boot slot b: $(cat "$T/entry-b")"
 echo "$NAME: ESP: nasvisor-2-b.conf (blessed, 1.1.0) and nasvisor-3-a+0-1.conf (bad)"
-echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; service release $((T_SERVICE / 1000)) s, its broken successor rolled back $((T_SERVICE_ROLLBACK / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"
+
+# ---- 8. power lost in the middle of an install ------------------------------------------------
+start_qemu
+wait_healthz
+t=$(now_ms)
+nv --json firmware install "$T/nasvisor-1.3.0.nvfw" >"$T/install.json" 2>"$T/install.err" \
+  || { cat "$T/install.err" >&2; fail "firmware install 1.3.0 (to be interrupted)"; }
+JOB=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$T/install.json")
+# Until the payload is being written into a (a third of the way in).
+deadline=$(( $(now_ms) + 300000 ))
+until nv --json job show "$JOB" 2>/dev/null | python3 -c 'import json,sys; j = json.load(sys.stdin); sys.exit(not (j["message"] == "writing" and j["progress"] >= 0.3 or j["state"] != "running"))'; do
+  [ "$(now_ms)" -lt "$deadline" ] || fail "the install of 1.3.0 never reached the writing phase"
+  sleep 0.2
+done
+nv --json job show "$JOB" >"$T/job.json" 2>/dev/null || true
+python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); sys.exit(0 if j["state"] == "running" else "the install was " + j["state"])' "$T/job.json" \
+  || fail "the install ended before the power cut"
+CUT_AT=$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j["message"], "%.0f %%" % (j["progress"] * 100))' "$T/job.json")
+kill -KILL "$QPID"
+wait "$QPID" 2>/dev/null || true
+echo "$NAME: power cut during the install of 1.3.0 ($CUT_AT)"
+# Every entry of a left is a bad one (+0-N): none that could boot a slot
+# written half-way.
+if entries | grep -e '-a' | grep -q -v -e '-a+0-'; then fail "an entry of a that could boot after the cut: $(entries | tr '\n' ' ')"; fi
+start_qemu
+wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 .*" "$TIMEOUT"
+wait_healthz
+T_POWER_CUT=$(( $(now_ms) - t ))
+phase "power cut during an install, back on b" "$t"
+status_ok 's["booted"] == "b"' 'b["state"] == "booted" and b["blessed"] is True and b["version"] == "1.1.0"' \
+  's["pending"] is None' 'a["state"] != "pending"'
+echo "$NAME: status after the cut: booted b (1.1.0), nothing pending, a $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slots"][0]["state"])' "$T/status.json")"
+nv firmware install "$T/nasvisor-1.3.0.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install 1.3.0 after the cut"; }
+status_ok 'a["state"] == "pending" and a["version"] == "1.3.0"' 's["pending"]["slot"] == "a"'
+echo "$NAME: the same bundle installs after the cut: a pending, 1.3.0"
+stop_qemu
+echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; service release $((T_SERVICE / 1000)) s, its broken successor rolled back $((T_SERVICE_ROLLBACK / 1000)) s; power cut to b again $((T_POWER_CUT / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"

@@ -308,7 +308,7 @@ impl Inner {
             Action::ListPools => answer(c.list_pools()),
             Action::CreatePool(req) => answer(c.create_pool(req).await),
             Action::DeletePool { name } => answer(c.delete_pool(&name).await),
-            Action::ListVolumes { pool } => answer(c.list_volumes(&pool)),
+            Action::ListVolumes { pool } => answer(c.list_volumes(&pool).await),
             Action::CreateVolume { pool, volume } => answer(c.create_volume(&pool, volume).await),
             Action::DeleteVolume { pool, volume } => answer(c.delete_volume(&pool, &volume).await),
             Action::ResizeVolume {
@@ -320,7 +320,9 @@ impl Inner {
                 c.snapshot_op(&pool, &volume, &name, SnapshotOp::Create)
                     .await,
             ),
-            Action::ListSnapshots { pool, volume } => answer(c.list_snapshots(&pool, &volume)),
+            Action::ListSnapshots { pool, volume } => {
+                answer(c.list_snapshots(&pool, &volume).await)
+            }
             Action::RevertSnapshot { pool, volume, name } => answer(
                 c.snapshot_op(&pool, &volume, &name, SnapshotOp::Apply)
                     .await,

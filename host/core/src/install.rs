@@ -182,11 +182,15 @@ impl Inner {
         ctx: &JobCtx,
     ) -> Result<String, JobFailure> {
         ctx.milestone(0.02, "planning");
-        let pool = self.pool(pool_name, "install.pool").map_err(failed)?;
-        let free = pool
-            .usage()
-            .map_err(|e| failed(format!("pool {pool_name:?}: {e}")))?
-            .free_bytes;
+        let (pool, free) = self
+            .on_pool(pool_name, "install.pool", |p| {
+                let usage = p
+                    .usage()
+                    .map_err(|e| crate::errors::storage("install.pool", e))?;
+                Ok((p.clone(), usage.free_bytes))
+            })
+            .await
+            .map_err(failed)?;
         let plan = self.plan(vm, img, spec, pool_name, free).await?;
         if plan.completion == Completion::GuestAgent {
             return Err(failed(
@@ -453,12 +457,16 @@ impl Inner {
         };
         let mut kept = Vec::new();
         if !keep_disks {
-            if let Ok(p) = self.pool(pool, "install.pool") {
+            let name = vm.name.clone();
+            self.on_pool(pool, "install.pool", move |p| {
                 for suffix in ["root", "seed"] {
-                    p.delete(&format!("{}-{suffix}", vm.name))
+                    p.delete(&format!("{name}-{suffix}"))
                         .best_effort("remove a disk of a failed install");
                 }
-            }
+                Ok(())
+            })
+            .await
+            .best_effort("remove the disks of a failed install");
         }
         for d in &vm.disks {
             let ours = d.pool == pool

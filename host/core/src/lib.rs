@@ -39,6 +39,7 @@ mod peer;
 mod placement;
 mod plugin_reports;
 mod plugins;
+mod pool_io;
 mod replica;
 mod rollout;
 mod storage_ops;
@@ -480,7 +481,7 @@ impl NasCore {
         inner.bootstrap_access().await?;
 
         inner.ensure_default_pool().await?;
-        inner.make_pools_private();
+        inner.make_pools_private().await;
         inner.recover().await?;
         if inner.reconcile_firmware().await {
             inner.spawn_firmware_judge();
@@ -551,11 +552,15 @@ impl NasCore {
 
 impl Inner {
     /// Makes this host's pools private (directories 0700, volumes 0600); a
-    /// pool that cannot be reached is reported and left.
-    fn make_pools_private(&self) {
+    /// pool that cannot be reached (or does not answer: a hung disk) is
+    /// reported and left.
+    async fn make_pools_private(&self) {
         for p in self.local_pools() {
-            let r = nasvisor_storage::Pool::open(&p.name, std::path::Path::new(&p.path))
-                .and_then(|pool| pool.make_private());
+            let r = self
+                .on_pool(&p.name, "pool", |pool| {
+                    pool.make_private().map_err(|e| errors::storage("pool", e))
+                })
+                .await;
             match r {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pool = %p.name, modes = n, "made the pool private"),

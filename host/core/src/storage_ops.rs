@@ -199,8 +199,11 @@ impl Inner {
                 self.host.id
             )));
         };
-        let pool = self.pool(name, "name")?;
-        let vols = pool.volumes().map_err(|e| errors::storage("name", e))?;
+        let vols = self
+            .on_pool(name, "name", |p| {
+                p.volumes().map_err(|e| errors::storage("name", e))
+            })
+            .await?;
         if !vols.is_empty() {
             return Err(errors::conflict(format!(
                 "pool {name} still holds {} volume(s) ({}); delete them first",
@@ -216,19 +219,28 @@ impl Inner {
         Ok(())
     }
 
-    fn existing_pool(&self, name: &str) -> Result<nasvisor_storage::Pool, CoreError> {
+    /// Runs `f` on this host's pool `name` (404 when there is none) off
+    /// the async workers ([`Inner::on_pool`]).
+    async fn on_existing_pool<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&nasvisor_storage::Pool) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
         if self.pool_record(name).is_none() {
             return Err(errors::not_found(format!(
                 "pool {name} on host {}",
                 self.host.id
             )));
         }
-        self.pool(name, "pool")
+        self.on_pool(name, "pool", f).await
     }
 
-    pub(crate) fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeView>, CoreError> {
-        let p = self.existing_pool(pool)?;
-        let vols = p.volumes().map_err(|e| errors::storage("pool", e))?;
+    pub(crate) async fn list_volumes(&self, pool: &str) -> Result<Vec<VolumeView>, CoreError> {
+        let vols = self
+            .on_existing_pool(pool, |p| {
+                p.volumes().map_err(|e| errors::storage("pool", e))
+            })
+            .await?;
         Ok(vols.iter().map(|v| self.volume_view(pool, v)).collect())
     }
 
@@ -237,47 +249,51 @@ impl Inner {
         pool: &str,
         req: VolumeCreate,
     ) -> Result<VolumeView, CoreError> {
-        let p = self.existing_pool(pool)?;
         if req.format == Some(VolumeFormat::Raw) {
             return Err(errors::invalid(
                 "format",
                 "pools hold qcow2 volumes; import a raw file with POST /pools/{pool}/imports",
             ));
         }
-        let v = p
-            .create(&req.name, req.size_mib * MIB)
-            .map_err(|e| errors::storage("name", e))?;
+        let v = self
+            .on_existing_pool(pool, move |p| {
+                p.create(&req.name, req.size_mib * MIB)
+                    .map_err(|e| errors::storage("name", e))
+            })
+            .await?;
         Ok(self.volume_view(pool, &v))
     }
 
     pub(crate) async fn delete_volume(&self, pool: &str, volume: &str) -> Result<(), CoreError> {
         let _g = self.ops.lock().await;
-        let p = self.existing_pool(pool)?;
         if let Some(vm) = self.volume_user(pool, volume) {
             return Err(errors::conflict(format!(
                 "volume {pool}/{volume} belongs to VM {}; delete the VM with its disks",
                 vm.name
             )));
         }
-        let backed: Vec<String> = p
-            .volumes()
-            .map_err(|e| errors::storage("volume", e))?
-            .into_iter()
-            .filter(|v| {
-                v.backing_file
-                    .as_deref()
-                    .is_some_and(|b| b.ends_with(&format!("/{volume}.qcow2")))
-            })
-            .map(|v| v.name)
-            .collect();
-        if !backed.is_empty() {
-            return Err(errors::conflict(format!(
-                "volume {pool}/{volume} backs linked clone(s) {}",
-                backed.join(", ")
-            )));
-        }
-        p.delete(volume).map_err(|e| errors::storage("volume", e))?;
-        Ok(())
+        let (name, volume) = (pool.to_string(), volume.to_string());
+        self.on_existing_pool(pool, move |p| {
+            let backed: Vec<String> = p
+                .volumes()
+                .map_err(|e| errors::storage("volume", e))?
+                .into_iter()
+                .filter(|v| {
+                    v.backing_file
+                        .as_deref()
+                        .is_some_and(|b| b.ends_with(&format!("/{volume}.qcow2")))
+                })
+                .map(|v| v.name)
+                .collect();
+            if !backed.is_empty() {
+                return Err(errors::conflict(format!(
+                    "volume {name}/{volume} backs linked clone(s) {}",
+                    backed.join(", ")
+                )));
+            }
+            p.delete(&volume).map_err(|e| errors::storage("volume", e))
+        })
+        .await
     }
 
     pub(crate) async fn resize_volume(
@@ -286,11 +302,14 @@ impl Inner {
         volume: &str,
         size_mib: u64,
     ) -> Result<VolumeView, CoreError> {
-        let p = self.existing_pool(pool)?;
         self.not_in_use(pool, volume, "resize it")?;
-        let v = p
-            .resize(volume, size_mib * MIB)
-            .map_err(|e| errors::storage("size_mib", e))?;
+        let vol = volume.to_string();
+        let v = self
+            .on_existing_pool(pool, move |p| {
+                p.resize(&vol, size_mib * MIB)
+                    .map_err(|e| errors::storage("size_mib", e))
+            })
+            .await?;
         // Keep the VM's recorded disk size current.
         if let Some(vm) = self.volume_user(pool, volume) {
             self.db
@@ -317,13 +336,16 @@ impl Inner {
         name: &str,
         op: SnapshotOp,
     ) -> Result<Option<SnapshotView>, CoreError> {
-        let p = self.existing_pool(pool)?;
         if op != SnapshotOp::Create || self.volume_user(pool, volume).is_some() {
             self.not_in_use(pool, volume, "change its snapshots")?;
         }
-        let info = p
-            .snapshot(volume, op, name)
-            .map_err(|e| errors::storage("name", e))?;
+        let (vol, snap) = (volume.to_string(), name.to_string());
+        let info = self
+            .on_existing_pool(pool, move |p| {
+                p.snapshot(&vol, op, &snap)
+                    .map_err(|e| errors::storage("name", e))
+            })
+            .await?;
         match op {
             SnapshotOp::Delete => Ok(None),
             _ => {
@@ -339,13 +361,17 @@ impl Inner {
         }
     }
 
-    pub(crate) fn list_snapshots(
+    pub(crate) async fn list_snapshots(
         &self,
         pool: &str,
         volume: &str,
     ) -> Result<Vec<SnapshotView>, CoreError> {
-        let p = self.existing_pool(pool)?;
-        let info = p.volume(volume).map_err(|e| errors::storage("volume", e))?;
+        let vol = volume.to_string();
+        let info = self
+            .on_existing_pool(pool, move |p| {
+                p.volume(&vol).map_err(|e| errors::storage("volume", e))
+            })
+            .await?;
         Ok(info
             .snapshots
             .iter()
@@ -360,14 +386,21 @@ impl Inner {
         name: &str,
         linked: bool,
     ) -> Result<VolumeView, CoreError> {
-        let p = self.existing_pool(pool)?;
         self.not_in_use(pool, volume, "clone it consistently")?;
-        let p2 = p.clone();
         let (src, dst) = (volume.to_string(), name.to_string());
-        let v = tokio::task::spawn_blocking(move || p2.clone_volume(&src, &dst, linked))
-            .await
-            .map_err(errors::internal)?
-            .map_err(|e| errors::storage("name", e))?;
+        if self.pool_record(pool).is_none() {
+            return Err(errors::not_found(format!(
+                "pool {pool} on host {}",
+                self.host.id
+            )));
+        }
+        // A full clone copies the whole volume: no time limit.
+        let v = self
+            .on_pool_unbounded(pool, "pool", move |p| {
+                p.clone_volume(&src, &dst, linked)
+                    .map_err(|e| errors::storage("name", e))
+            })
+            .await?;
         Ok(self.volume_view(pool, &v))
     }
 
@@ -379,14 +412,17 @@ impl Inner {
         name: &str,
         path: &str,
     ) -> Result<JobView, CoreError> {
-        let p = self.existing_pool(pool)?;
         if !Path::new(path).is_file() {
             return Err(errors::invalid(
                 "path",
                 format!("{path} is not a file on host {}", self.host.id),
             ));
         }
-        if p.volume(name).is_ok() {
+        let vol = name.to_string();
+        if self
+            .on_existing_pool(pool, move |p| Ok(p.volume(&vol).is_ok()))
+            .await?
+        {
             return Err(errors::conflict(format!(
                 "volume {pool}/{name} already exists"
             )));
@@ -409,11 +445,15 @@ impl Inner {
             )
             .await?;
         let me = self.clone();
-        let (name, path) = (name.to_string(), path.to_string());
+        let (pool, name, path) = (pool.to_string(), name.to_string(), path.to_string());
         tokio::spawn(async move {
             let c = ctx.clone();
+            let me2 = me.clone();
             let r = tokio::task::spawn_blocking(move || {
                 c.milestone(0.0, "converting");
+                let p = me2
+                    .pool(&pool, "pool")
+                    .map_err(|e| JobFailure::Failed(e.to_string()))?;
                 let c2 = c.clone();
                 p.import_cancellable(
                     &name,
@@ -421,18 +461,19 @@ impl Inner {
                     |f| c.progress(f / 100.0, None),
                     &move || c2.is_cancelled(),
                 )
+                .map_err(|e| match e {
+                    nasvisor_storage::StorageError::Cancelled { .. } => JobFailure::Cancelled,
+                    e => JobFailure::Failed(e.to_string()),
+                })
             })
             .await;
             let outcome = match r {
-                Ok(Err(nasvisor_storage::StorageError::Cancelled { .. })) => {
-                    Err(JobFailure::Cancelled)
-                }
                 Ok(Ok(v)) => Ok(format!(
                     "volume {} imported ({} MiB)",
                     v.name,
                     v.virtual_size / MIB
                 )),
-                Ok(Err(e)) => Err(JobFailure::Failed(e.to_string())),
+                Ok(Err(e)) => Err(e),
                 Err(e) => Err(JobFailure::Failed(e.to_string())),
             };
             me.job_finish(&ctx, outcome).await;
@@ -539,6 +580,158 @@ mod tests {
         let gone = data.join("images/new");
         refused(a.admin(create(&gone, "new")).await.unwrap_err());
         assert!(!gone.exists());
+        a.shutdown().await.unwrap();
+    }
+
+    /// A pool directory on a FUSE pass-through (bindfs) whose process
+    /// this guard can stop: the pool's disk stops answering. Resumed and
+    /// unmounted when dropped, also when the test fails.
+    struct HungMount {
+        dir: std::path::PathBuf,
+        bindfs: std::process::Child,
+    }
+
+    impl HungMount {
+        fn mount(backing: &std::path::Path, dir: &std::path::Path) -> HungMount {
+            std::fs::create_dir_all(backing).unwrap();
+            std::fs::create_dir_all(dir).unwrap();
+            let bindfs = std::process::Command::new("bindfs")
+                .args(["-f", "--no-allow-other"])
+                .arg(backing)
+                .arg(dir)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("bindfs (scripts/setup.sh installs it)");
+            let m = HungMount {
+                dir: dir.to_path_buf(),
+                bindfs,
+            };
+            let want = dir.to_string_lossy().to_string();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "bindfs did not mount {want}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            m
+        }
+
+        /// Sends `sig` (STOP or CONT) to this guard's own bindfs, by pid.
+        fn signal(&self, sig: &str) {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(self.bindfs.id().to_string())
+                .status();
+        }
+    }
+
+    impl Drop for HungMount {
+        fn drop(&mut self) {
+            self.signal("CONT");
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+            let _ = self.bindfs.kill();
+            let _ = self.bindfs.wait();
+        }
+    }
+
+    /// A pool whose disk stops answering: each request on it fails with
+    /// 503 within the pool limit, and while more of them hang than the
+    /// core has async workers (2), the rest of the API still answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_pool_fails_its_requests_with_503_and_the_rest_of_the_api_still_answers() {
+        use nasvisor_api_types::VolumeCreate;
+        use std::time::{Duration, Instant};
+        let tmp = tempfile::tempdir().unwrap();
+        let a = start(tmp.path(), "a", None).await;
+        let disk = HungMount::mount(&tmp.path().join("backing"), &tmp.path().join("slow"));
+        a.admin(create(&disk.dir, "slow")).await.unwrap();
+        let volume = |name: &str| Action::CreateVolume {
+            pool: "slow".into(),
+            volume: VolumeCreate {
+                name: name.into(),
+                size_mib: 16,
+                format: None,
+            },
+        };
+        a.admin(volume("v0")).await.unwrap();
+
+        disk.signal("STOP");
+        // Were the core's workers held by the pool, nothing in this test
+        // could run again (its timers included): a thread of its own
+        // fails it rather than letting it hang.
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watch.recv_timeout(Duration::from_secs(90))
+            {
+                eprintln!("FAILED: the core stopped answering while its pool hung");
+                std::process::exit(101);
+            }
+        });
+        let t0 = Instant::now();
+        let hung: Vec<_> = (0..4)
+            .map(|i| {
+                let a = a.clone();
+                let action = match i {
+                    0 => Action::ListVolumes {
+                        pool: "slow".into(),
+                    },
+                    1 => Action::ListSnapshots {
+                        pool: "slow".into(),
+                        volume: "v0".into(),
+                    },
+                    _ => volume(&format!("v{i}")),
+                };
+                tokio::spawn(async move { (a.admin(action).await, t0.elapsed()) })
+            })
+            .collect();
+        // The four are stuck in the pool; the API is not.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for action in [Action::ListPools, Action::ListVms] {
+            let t = Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), a.admin(action))
+                .await
+                .expect("an answer while the pool hangs")
+                .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+        for h in hung {
+            let (r, took) = h.await.unwrap();
+            match r {
+                Err(CoreError::Unavailable { reason }) => assert!(
+                    reason.contains("did not answer") || reason.contains("does not answer"),
+                    "{reason}"
+                ),
+                other => panic!("a request on the hung pool answered {other:?}"),
+            }
+            assert!(took < Duration::from_secs(25), "answered after {took:?}");
+        }
+        // It answers again: so do its requests.
+        disk.signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match a
+                .admin(Action::ListVolumes {
+                    pool: "slow".into(),
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => assert!(Instant::now() < deadline, "still refused: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(disk);
+        let _ = done.send(());
         a.shutdown().await.unwrap();
     }
 }

@@ -170,7 +170,7 @@ impl Inner {
             // an HA VM moving to its passive host has its room reserved).
             self.place_excluding(&vm, Some(&target.id), &[]).await?;
         }
-        let copy = self.disks_to_copy(&vm, &target)?;
+        let copy = self.disks_to_copy(&vm, &target).await?;
         let downtime = req.max_downtime_ms.unwrap_or(DEFAULT_DOWNTIME_MS);
         let before = vm.state;
         self.db
@@ -296,7 +296,7 @@ impl Inner {
 
     /// The disks of `vm` whose contents must travel to `target`; refuses a
     /// move the target cannot take.
-    fn disks_to_copy(
+    async fn disks_to_copy(
         &self,
         vm: &VmRecord,
         target: &HostRecord,
@@ -333,10 +333,12 @@ impl Inner {
                     target.id, d.pool, d.volume
                 )));
             }
-            let pool = self.pool(&d.pool, &field)?;
-            let info = pool
-                .volume(&d.volume)
-                .map_err(|e| errors::storage(&field, e))?;
+            let (vol, f) = (d.volume.clone(), field.clone());
+            let info = self
+                .on_pool(&d.pool, &field, move |p| {
+                    p.volume(&vol).map_err(|e| errors::storage(&f, e))
+                })
+                .await?;
             if !info.snapshots.is_empty() {
                 return Err(errors::conflict(format!(
                     "volume {}/{} has snapshots, which a copy to another host would lose; \

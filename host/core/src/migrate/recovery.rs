@@ -95,7 +95,7 @@ impl Inner {
         for c in copies.iter_mut().filter(|c| c.pool.is_none()) {
             c.path = self.cfg.nvram_dir().join(format!("{}.fd", vm.id));
         }
-        self.remove_copies(&copies);
+        self.remove_copies(&copies).await;
         // The target may never have been told to take over.
         if params.step != MigrateStep::Switched {
             if let Some(t) = target.filter(|t| vm.host.as_deref() == Some(t.id.as_str())) {
@@ -247,7 +247,8 @@ impl Inner {
             if let Some(v) = &vm {
                 self.remove_taps(v);
             }
-            self.remove_created(&marker.created, marker.vars.as_deref());
+            self.remove_created(&marker.created, marker.vars.as_deref())
+                .await;
             tracing::info!(vm = %marker.vm, "an unfinished incoming move was cleaned up");
         }
     }

@@ -315,23 +315,17 @@ impl Inner {
             tracing::warn!(vm = %vm.name, error = %e, "cannot stop the source's QEMU after the switch");
         }
         self.remove_taps(vm);
-        self.remove_copies(copy);
+        self.remove_copies(copy).await;
     }
 
     /// Removes this host's copies of disks that moved.
-    pub(super) fn remove_copies(&self, copy: &[CopyDisk]) {
+    pub(super) async fn remove_copies(&self, copy: &[CopyDisk]) {
         for c in copy {
             match (&c.pool, &c.volume) {
-                (Some(p), Some(v)) => match self.pool(p, "pool") {
-                    Ok(pool) => {
-                        if let Err(e) = pool.delete(v) {
-                            tracing::warn!(pool = %p, volume = %v, error = %e, "cannot remove the source copy of a moved volume");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool = %p, volume = %v, error = %e, "cannot remove the source copy of a moved volume: no pool");
-                    }
-                },
+                (Some(p), Some(v)) => {
+                    self.delete_volume_or_warn(p, v, "remove the source copy of a moved volume")
+                        .await
+                }
                 _ => {
                     if let Err(e) = std::fs::remove_file(&c.path) {
                         if e.kind() != std::io::ErrorKind::NotFound {
@@ -396,7 +390,7 @@ impl Inner {
                 tracing::warn!(vm = %vm.name, error = %e, "the target could not close its copy servers");
             }
         }
-        self.remove_copies(&mv.copy);
+        self.remove_copies(&mv.copy).await;
         if let Err(e) = self.step(mv, MigrateStep::Switched).await {
             tracing::warn!(vm = %vm.name, error = ?e, "the move ended but its last step was not recorded");
         }

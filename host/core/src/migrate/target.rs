@@ -126,10 +126,12 @@ impl Inner {
                                 self.host.id
                             ))
                         })?;
-                    let pool = self.pool(&rec.name, "pool")?;
-                    let info = pool
-                        .create(vol, c.size_bytes)
-                        .map_err(|e| errors::storage("volume", e))?;
+                    let (v, size) = (vol.clone(), c.size_bytes);
+                    let info = self
+                        .on_pool(&rec.name, "pool", move |p| {
+                            p.create(&v, size).map_err(|e| errors::storage("volume", e))
+                        })
+                        .await?;
                     inc.created.push((pool_name.clone(), vol.clone()));
                     paths.insert(c.node.clone(), (info.path, "qcow2"));
                 }
@@ -174,7 +176,7 @@ impl Inner {
             });
         }
         // A paused QEMU waiting for the memory stream.
-        let (spec, taps) = self.build_spec(&vm)?;
+        let (spec, taps) = self.build_spec(&vm).await?;
         inc.taps = taps;
         let mut opts = LaunchOptions::new(self.cfg.run_dir(), self.accel);
         opts.qemu_binary = self.cfg.qemu_binary.clone();
@@ -286,19 +288,19 @@ impl Inner {
             }
             self.remove_taps(&inc.vm);
         }
-        self.remove_created(&inc.created, inc.vars.as_deref());
+        self.remove_created(&inc.created, inc.vars.as_deref()).await;
     }
 
     /// Removes the volumes and the UEFI variables file created for an
     /// incoming move that did not happen.
-    pub(super) fn remove_created(&self, created: &[(String, String)], vars: Option<&Path>) {
+    pub(super) async fn remove_created(&self, created: &[(String, String)], vars: Option<&Path>) {
         for (pool, vol) in created {
-            let r = self
-                .pool(pool, "pool")
-                .and_then(|p| p.delete(vol).map_err(|e| errors::storage("volume", e)));
-            if let Err(e) = r {
-                tracing::warn!(pool = %pool, volume = %vol, error = %e, "cannot remove a volume made for a move that did not happen");
-            }
+            self.delete_volume_or_warn(
+                pool,
+                vol,
+                "remove a volume made for a move that did not happen",
+            )
+            .await;
         }
         if let Some(v) = vars {
             if let Err(e) = std::fs::remove_file(v) {

@@ -233,10 +233,12 @@ impl Inner {
         }
         let mut specs = Vec::new();
         for (node, d) in disks {
-            let pool = self.pool(&d.pool, "disks")?;
-            let info = pool
-                .volume(&d.volume)
-                .map_err(|e| errors::storage("disks", e))?;
+            let vol = d.volume.clone();
+            let info = self
+                .on_pool(&d.pool, "disks", move |p| {
+                    p.volume(&vol).map_err(|e| errors::storage("disks", e))
+                })
+                .await?;
             specs.push(ReplicaDiskSpec {
                 node: node.clone(),
                 pool: d.pool.clone(),

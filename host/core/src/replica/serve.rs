@@ -2,7 +2,7 @@
 //! replica servers (started, ended, stale ones found).
 //!
 //! Its work on the pool's files runs on blocking threads, each within
-//! [`POOL_IO_LIMIT`] ([`Inner::pool_io`]): the replica's disk is the one a
+//! [`crate::pool_io::POOL_IO_LIMIT`] ([`Inner::pool_io`]): the replica's disk is the one a
 //! failing passive host may have lost, and a call into a hung filesystem
 //! must fail the request, not hold one of the daemon's async workers (and
 //! its heartbeat answers with it).
@@ -18,10 +18,6 @@ use nasvisor_storage::Pool;
 use nasvisor_vm::qmp::InetAddr;
 use nasvisor_vm::replica::{ReplicaDisk, ReplicaServer, ReplicaTls};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// How long the pool work of one replica request may take.
-const POOL_IO_LIMIT: Duration = Duration::from_secs(20);
 
 impl Inner {
     /// Ends the replica servers on this host whose VM's record does not
@@ -80,30 +76,6 @@ impl Inner {
                 }
             }
         });
-    }
-
-    /// Runs `f`, work on pool files for `what`, on a blocking thread
-    /// within [`POOL_IO_LIMIT`]. A pool that does not answer in time fails
-    /// the request (503); the thread is left to its call.
-    pub(crate) async fn pool_io<T: Send + 'static>(
-        &self,
-        what: &str,
-        f: impl FnOnce() -> Result<T, CoreError> + Send + 'static,
-    ) -> Result<T, CoreError> {
-        match tokio::time::timeout(POOL_IO_LIMIT, tokio::task::spawn_blocking(f)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(errors::internal(format!("{what}: {e}"))),
-            Err(_) => {
-                tracing::warn!(what, "a pool did not answer");
-                Err(CoreError::Unavailable {
-                    reason: format!(
-                        "{what} on host {}: the pool did not answer within {} s (a hung disk or mount?)",
-                        self.host.id,
-                        POOL_IO_LIMIT.as_secs()
-                    ),
-                })
-            }
-        }
     }
 
     /// VM `id`, when this host is its passive host and it does not run

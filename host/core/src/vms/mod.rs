@@ -12,14 +12,12 @@ use crate::errors;
 use crate::jobs::JobFailure;
 use crate::model::{
     kind, now_rfc3339, Desired, DiskRecord, DiskRole, Firmware, ImageRecord, ImageState, NicRecord,
-    PoolRecord, Severity, VmRecord, VmRuntime, VmStatus, VswitchRecord,
+    Severity, VmRecord, VmRuntime, VmStatus, VswitchRecord,
 };
 use crate::Inner;
 use nasvisor_api_types::{CoreError, VmView};
 use nasvisor_api_types::{NicModel as ApiNicModel, VmCreate, VmUpdate};
-use nasvisor_best_effort::BestEffort;
 use nasvisor_net::MacAddr as NetMac;
-use nasvisor_storage::Pool;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -50,23 +48,6 @@ impl Inner {
         let mut vms: Vec<&VmRecord> = all.iter().collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
         vms.into_iter().map(|v| self.vm_view(v)).collect()
-    }
-
-    pub(crate) fn pool(&self, name: &str, field: &str) -> Result<Pool, CoreError> {
-        let rec: PoolRecord = self.pool_record(name).ok_or_else(|| {
-            errors::invalid(field, format!("no pool {name:?} on host {}", self.host.id))
-        })?;
-        if self.hung_pool().as_deref() == Some(name) {
-            return Err(CoreError::Unavailable {
-                reason: format!(
-                    "pool {name} on host {} does not answer (a hung disk or mount?): its \
-                     health check has not returned; try again once it does",
-                    self.host.id
-                ),
-            });
-        }
-        Pool::open(&rec.name, std::path::Path::new(&rec.path))
-            .map_err(|e| errors::storage(field, e))
     }
 
     /// Which VM uses volume `pool`/`volume` of this host, if any.
@@ -185,33 +166,38 @@ impl Inner {
         // Disks: check everything before creating anything.
         let mut planned = Vec::new();
         for (i, d) in req.disks.iter().enumerate() {
-            let pool = self.pool(&d.pool, &format!("disks[{i}].pool"))?;
+            let field = format!("disks[{i}].pool");
             match (&d.volume, d.size_mib) {
                 (Some(vol), _) => {
-                    let info = pool.volume(vol).map_err(|e| match e {
-                        nasvisor_storage::StorageError::NotFound { .. } => errors::invalid(
-                            format!("disks[{i}].volume"),
-                            format!("no volume {vol:?} in pool {}", d.pool),
-                        ),
-                        e => errors::storage(&format!("disks[{i}].volume"), e),
-                    })?;
+                    let (v, pool_name) = (vol.clone(), d.pool.clone());
+                    let info = self
+                        .on_pool(&d.pool, &field, move |p| {
+                            p.volume(&v).map_err(|e| match e {
+                                nasvisor_storage::StorageError::NotFound { .. } => errors::invalid(
+                                    format!("disks[{i}].volume"),
+                                    format!("no volume {v:?} in pool {pool_name}"),
+                                ),
+                                e => errors::storage(&format!("disks[{i}].volume"), e),
+                            })
+                        })
+                        .await?;
                     if let Some(u) = self.volume_user(&d.pool, vol) {
                         return Err(errors::conflict(format!(
                             "volume {}/{vol} is used by VM {}",
                             d.pool, u.name
                         )));
                     }
-                    planned.push((pool, vol.clone(), info.virtual_size / MIB, false));
+                    planned.push((d.pool.clone(), vol.clone(), info.virtual_size / MIB, false));
                 }
                 (None, Some(size)) => {
                     let vol = format!("{}-disk{i}", req.name);
-                    if pool.volume(&vol).is_ok() {
+                    if self.volume_exists(&d.pool, &field, &vol).await? {
                         return Err(errors::conflict(format!(
                             "volume {}/{vol} already exists",
                             d.pool
                         )));
                     }
-                    planned.push((pool, vol, size, true));
+                    planned.push((d.pool.clone(), vol, size, true));
                 }
                 (None, None) => {
                     return Err(errors::invalid(
@@ -227,10 +213,9 @@ impl Inner {
                 .as_ref()
                 .and_then(|i| i.pool.clone())
                 .unwrap_or_else(|| "default".into());
-            let pool = self.pool(&pool_name, "install.pool")?;
             for suffix in ["root", "seed"] {
                 let vol = format!("{}-{suffix}", req.name);
-                if pool.volume(&vol).is_ok() {
+                if self.volume_exists(&pool_name, "install.pool", &vol).await? {
                     return Err(errors::conflict(format!(
                         "volume {pool_name}/{vol} already exists"
                     )));
@@ -245,20 +230,26 @@ impl Inner {
         }
         // Create the new volumes; undo on failure.
         let mut disks = Vec::new();
-        let mut created: Vec<(Pool, String)> = Vec::new();
+        let mut created: Vec<(String, String)> = Vec::new();
         for (i, (pool, vol, size_mib, new)) in planned.into_iter().enumerate() {
             if new {
-                if let Err(e) = pool.create(&vol, size_mib * MIB) {
-                    for (p, v) in &created {
-                        p.delete(v)
-                            .best_effort("remove a disk created for a VM that was not created");
-                    }
-                    return Err(errors::storage(&format!("disks[{i}].size_mib"), e));
+                let v = vol.clone();
+                let field = format!("disks[{i}].size_mib");
+                let f = field.clone();
+                let made = self
+                    .on_pool(&pool, &field, move |p| {
+                        p.create(&v, size_mib * MIB)
+                            .map_err(|e| errors::storage(&f, e))
+                    })
+                    .await;
+                if let Err(e) = made {
+                    self.remove_created_disks(&created).await;
+                    return Err(e);
                 }
                 created.push((pool.clone(), vol.clone()));
             }
             disks.push(DiskRecord {
-                pool: pool.name().to_string(),
+                pool,
                 volume: vol,
                 size_mib,
                 role: DiskRole::Disk,
@@ -301,10 +292,7 @@ impl Inner {
             .create(kind::VM, &id, &rec, &format!("vm {}", rec.name))
             .await
         {
-            for (p, v) in &created {
-                p.delete(v)
-                    .best_effort("remove a disk created for a VM that was not created");
-            }
+            self.remove_created_disks(&created).await;
             return Err(e);
         }
         drop(_g);
@@ -423,9 +411,12 @@ impl Inner {
         for d in &vm.disks {
             let delete = d.role == DiskRole::Seed || (delete_disks && d.role == DiskRole::Disk);
             if delete {
+                let vol = d.volume.clone();
                 match self
-                    .pool(&d.pool, "disks")
-                    .and_then(|p| p.delete(&d.volume).map_err(|e| errors::storage("disks", e)))
+                    .on_pool(&d.pool, "disks", move |p| {
+                        p.delete(&vol).map_err(|e| errors::storage("disks", e))
+                    })
+                    .await
                 {
                     Ok(()) | Err(CoreError::NotFound { .. }) => {}
                     Err(e) => problems.push(format!("{}/{}: {e}", d.pool, d.volume)),
@@ -468,4 +459,25 @@ impl Inner {
 /// Job failure from a core error, for `?` in job bodies.
 pub(crate) fn failed(e: impl std::fmt::Display) -> JobFailure {
     JobFailure::Failed(e.to_string())
+}
+
+impl Inner {
+    /// Whether pool `pool` holds volume `vol` (off the async workers).
+    async fn volume_exists(&self, pool: &str, field: &str, vol: &str) -> Result<bool, CoreError> {
+        let vol = vol.to_string();
+        self.on_pool(pool, field, move |p| Ok(p.volume(&vol).is_ok()))
+            .await
+    }
+
+    /// Removes the disks made for a VM that was not created.
+    async fn remove_created_disks(&self, created: &[(String, String)]) {
+        for (pool, vol) in created {
+            self.delete_volume_or_warn(
+                pool,
+                vol,
+                "remove a disk created for a VM that was not created",
+            )
+            .await;
+        }
+    }
 }

@@ -97,7 +97,7 @@ impl VmProcesses {
 
 impl Inner {
     /// Builds the QEMU spec of a VM: disk paths, taps on the vswitches.
-    pub(crate) fn build_spec(
+    pub(crate) async fn build_spec(
         &self,
         vm: &VmRecord,
     ) -> Result<(VmSpec, Vec<Option<String>>), CoreError> {
@@ -122,10 +122,12 @@ impl Inner {
                     DiskSpec::cdrom(img.path)
                 }
                 DiskRole::Disk | DiskRole::Seed => {
-                    let pool = self.pool(&d.pool, &field)?;
-                    let info = pool
-                        .volume(&d.volume)
-                        .map_err(|e| errors::storage(&field, e))?;
+                    let (vol, f) = (d.volume.clone(), field.clone());
+                    let info = self
+                        .on_pool(&d.pool, &field, move |p| {
+                            p.volume(&vol).map_err(|e| errors::storage(&f, e))
+                        })
+                        .await?;
                     DiskSpec {
                         // An HA VM's disk on its host's own pool gets a
                         // synchronous replica (core/src/replica.rs).
@@ -192,7 +194,7 @@ impl Inner {
         // A replica of it this host served (it was the passive host) holds
         // its images: it ends before they are opened (a failover).
         self.stop_replica_server(&vm.id).await;
-        let (spec, taps) = self.build_spec(vm)?;
+        let (spec, taps) = self.build_spec(vm).await?;
         let mut opts = LaunchOptions::new(self.cfg.run_dir(), self.accel);
         opts.qemu_binary = self.cfg.qemu_binary.clone();
         if self.cfg.netns.is_some() {

@@ -92,35 +92,53 @@ impl Inner {
                 }
             )));
         }
-        let dir = Path::new(&req.path);
-        let mut made = false;
-        if !dir.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(nasvisor_storage::private::DIR_MODE)
-                .create(dir)
-                .map_err(|e| errors::invalid("path", format!("cannot create {}: {e}", req.path)))?;
-            made = true;
-        }
-        let pool = match nasvisor_storage::Pool::open(&req.name, dir) {
-            Ok(p) => p,
-            Err(e) => {
-                if made {
-                    nasvisor_best_effort::remove_dir(dir);
+        // The directory's work (made, opened, checked, made private) on a
+        // blocking thread within the pool limit: the path may be on a
+        // hung mount.
+        let mine: Vec<PoolRecord> = all
+            .iter()
+            .filter(|p| p.host.as_deref().is_none_or(|h| h == self.host.id))
+            .cloned()
+            .collect();
+        let data_dir = self.cfg.data_dir.clone();
+        let (name, path) = (req.name.clone(), req.path.clone());
+        let pool = self
+            .pool_io(&format!("pool {} ({})", req.name, req.path), move || {
+                let dir = Path::new(&path);
+                let mut made = false;
+                if !dir.exists() {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .mode(nasvisor_storage::private::DIR_MODE)
+                        .create(dir)
+                        .map_err(|e| {
+                            errors::invalid("path", format!("cannot create {path}: {e}"))
+                        })?;
+                    made = true;
                 }
-                return Err(errors::storage("path", e));
-            }
-        };
-        if let Err(e) = self.check_pool_dir(pool.dir(), &all) {
-            if made {
-                nasvisor_best_effort::remove_dir(dir);
-            }
-            return Err(e);
-        }
+                let checked = nasvisor_storage::Pool::open(&name, dir)
+                    .map_err(|e| errors::storage("path", e))
+                    .and_then(|pool| {
+                        check_pool_dir(pool.dir(), &mine, &data_dir)?;
+                        Ok(pool)
+                    });
+                let pool = match checked {
+                    Ok(p) => p,
+                    Err(e) => {
+                        if made {
+                            nasvisor_best_effort::remove_dir(dir);
+                        }
+                        return Err(e);
+                    }
+                };
+                // Its volumes hold guest data: the directory is 0700,
+                // volumes 0600.
+                pool.make_private()
+                    .map_err(|e| errors::storage("path", e))?;
+                Ok(pool)
+            })
+            .await?;
         let canon = pool.dir().to_string_lossy().into_owned();
-        // Its volumes hold guest data: the directory is 0700, volumes 0600.
-        pool.make_private()
-            .map_err(|e| errors::storage("path", e))?;
         let rec = PoolRecord {
             name: req.name.clone(),
             path: canon,
@@ -129,66 +147,16 @@ impl Inner {
         self.db
             .create(kind::POOL, &rec.key(), &rec, &format!("pool {}", rec.name))
             .await?;
-        let usage = pool.usage().map_err(|e| errors::storage("path", e))?;
+        let usage = self
+            .pool_io(&format!("pool {}", rec.name), move || {
+                pool.usage().map_err(|e| errors::storage("path", e))
+            })
+            .await?;
         self.note_pool_usage(&rec.name, Some(usage));
         Ok(pool_view(
             &rec,
             (usage.capacity_bytes / MIB, usage.free_bytes / MIB),
         ))
-    }
-
-    /// Whether the canonical directory `dir` may become a new pool of this
-    /// host: not a system directory, empty or holding only volumes, apart
-    /// from nasvisor's own data (but for `<data-dir>/pools/NAME`), and
-    /// neither inside nor around a pool this host sees (`all`: every pool
-    /// record).
-    fn check_pool_dir(&self, dir: &Path, all: &[PoolRecord]) -> Result<(), CoreError> {
-        use nasvisor_storage::pool_dir::{not_a_system_dir, only_volumes, overlaps};
-        not_a_system_dir(dir).map_err(|e| errors::storage("path", e))?;
-        for p in all
-            .iter()
-            .filter(|p| p.host.as_deref().is_none_or(|h| h == self.host.id))
-        {
-            let other = Path::new(&p.path);
-            if other == dir {
-                return Err(errors::conflict(format!(
-                    "{} already is pool {}",
-                    dir.display(),
-                    p.name
-                )));
-            }
-            if overlaps(dir, other) {
-                return Err(errors::conflict(format!(
-                    "{} {} pool {} ({}); pools may not nest",
-                    dir.display(),
-                    if dir.starts_with(other) {
-                        "is inside"
-                    } else {
-                        "holds"
-                    },
-                    p.name,
-                    p.path
-                )));
-            }
-        }
-        let data = self
-            .cfg
-            .data_dir
-            .canonicalize()
-            .unwrap_or_else(|_| self.cfg.data_dir.clone());
-        let pools_dir = data.join("pools");
-        if overlaps(dir, &data) && !(dir.starts_with(&pools_dir) && dir != pools_dir) {
-            return Err(errors::invalid(
-                "path",
-                format!(
-                    "{} overlaps nasvisor's data directory {}; a pool there goes under {}/NAME",
-                    dir.display(),
-                    data.display(),
-                    pools_dir.display()
-                ),
-            ));
-        }
-        only_volumes(dir).map_err(|e| errors::storage("path", e))
     }
 
     pub(crate) async fn delete_pool(&self, name: &str) -> Result<(), CoreError> {
@@ -482,6 +450,55 @@ impl Inner {
     }
 }
 
+/// Whether the canonical directory `dir` may become a new pool of this
+/// host: not a system directory, empty or holding only volumes, apart from
+/// nasvisor's own data (`data_dir`; but for `<data-dir>/pools/NAME`), and
+/// neither inside nor around a pool this host sees (`mine`). It reads the
+/// filesystem: it runs on a blocking thread.
+fn check_pool_dir(dir: &Path, mine: &[PoolRecord], data_dir: &Path) -> Result<(), CoreError> {
+    use nasvisor_storage::pool_dir::{not_a_system_dir, only_volumes, overlaps};
+    not_a_system_dir(dir).map_err(|e| errors::storage("path", e))?;
+    for p in mine {
+        let other = Path::new(&p.path);
+        if other == dir {
+            return Err(errors::conflict(format!(
+                "{} already is pool {}",
+                dir.display(),
+                p.name
+            )));
+        }
+        if overlaps(dir, other) {
+            return Err(errors::conflict(format!(
+                "{} {} pool {} ({}); pools may not nest",
+                dir.display(),
+                if dir.starts_with(other) {
+                    "is inside"
+                } else {
+                    "holds"
+                },
+                p.name,
+                p.path
+            )));
+        }
+    }
+    let data = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let pools_dir = data.join("pools");
+    if overlaps(dir, &data) && !(dir.starts_with(&pools_dir) && dir != pools_dir) {
+        return Err(errors::invalid(
+            "path",
+            format!(
+                "{} overlaps nasvisor's data directory {}; a pool there goes under {}/NAME",
+                dir.display(),
+                data.display(),
+                pools_dir.display()
+            ),
+        ));
+    }
+    only_volumes(dir).map_err(|e| errors::storage("path", e))
+}
+
 fn pool_view(p: &PoolRecord, (capacity_mib, free_mib): (u64, u64)) -> PoolView {
     PoolView {
         name: p.name.clone(),
@@ -643,9 +660,10 @@ mod tests {
         }
     }
 
-    /// A pool whose disk stops answering: each request on it fails with
-    /// 503 within the pool limit, and while more of them hang than the
-    /// core has async workers (2), the rest of the API still answers.
+    /// A pool whose disk stops answering: each request on it (a new pool
+    /// on the same mount too) fails with 503 within the pool limit, and
+    /// while more of them hang than the core has async workers (2), the
+    /// rest of the API still answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_pool_fails_its_requests_with_503_and_the_rest_of_the_api_still_answers() {
         use nasvisor_api_types::VolumeCreate;
@@ -678,13 +696,15 @@ mod tests {
             }
         });
         let t0 = Instant::now();
-        let hung: Vec<_> = (0..4)
+        let hung: Vec<_> = (0..5)
             .map(|i| {
                 let a = a.clone();
                 let action = match i {
                     0 => Action::ListVolumes {
                         pool: "slow".into(),
                     },
+                    // A new pool whose path is on the hung mount.
+                    4 => create(&disk.dir.join("inner"), "inner"),
                     1 => Action::ListSnapshots {
                         pool: "slow".into(),
                         volume: "v0".into(),
@@ -694,7 +714,7 @@ mod tests {
                 tokio::spawn(async move { (a.admin(action).await, t0.elapsed()) })
             })
             .collect();
-        // The four are stuck in the pool; the API is not.
+        // The five are stuck in the pool; the API is not.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for action in [Action::ListPools, Action::ListVms] {
             let t = Instant::now();

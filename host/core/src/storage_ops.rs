@@ -187,6 +187,17 @@ impl Inner {
         Ok(())
     }
 
+    /// 404 unless this host has pool `name`.
+    fn pool_here(&self, name: &str) -> Result<(), CoreError> {
+        match self.pool_record(name) {
+            Some(_) => Ok(()),
+            None => Err(errors::not_found(format!(
+                "pool {name} on host {}",
+                self.host.id
+            ))),
+        }
+    }
+
     /// Runs `f` on this host's pool `name` (404 when there is none) off
     /// the async workers ([`Inner::on_pool`]).
     async fn on_existing_pool<T: Send + 'static>(
@@ -194,12 +205,7 @@ impl Inner {
         name: &str,
         f: impl FnOnce(&nasvisor_storage::Pool) -> Result<T, CoreError> + Send + 'static,
     ) -> Result<T, CoreError> {
-        if self.pool_record(name).is_none() {
-            return Err(errors::not_found(format!(
-                "pool {name} on host {}",
-                self.host.id
-            )));
-        }
+        self.pool_here(name)?;
         self.on_pool(name, "pool", f).await
     }
 
@@ -356,12 +362,7 @@ impl Inner {
     ) -> Result<VolumeView, CoreError> {
         self.not_in_use(pool, volume, "clone it consistently")?;
         let (src, dst) = (volume.to_string(), name.to_string());
-        if self.pool_record(pool).is_none() {
-            return Err(errors::not_found(format!(
-                "pool {pool} on host {}",
-                self.host.id
-            )));
-        }
+        self.pool_here(pool)?;
         // A full clone copies the whole volume: no time limit.
         let v = self
             .on_pool_unbounded(pool, "pool", move |p| {

@@ -649,24 +649,32 @@ async fn held(
 /// Starts the guest's acknowledged writer on `console` and waits for its
 /// first `n` acknowledgements.
 async fn start_acker(console: &nasvisor_vm::Console, n: u64) {
+    // The shell first: a probe whose answer differs from its echo, sent
+    // again every 5 s until it answers. Only the probe is ever sent twice:
+    // the writer, sent again to a slow guest, would run twice.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
             std::time::Instant::now() < deadline,
-            "the acker never started"
+            "the guest's shell never answered"
         );
-        console
-            .write(b"/lib/nasvisor/acker 20000 &\n")
-            .await
-            .unwrap();
+        console.write(b"echo SHELL-$((40+2))-UP\n").await.unwrap();
         if console
-            .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(5))
+            .wait_for_output(b"SHELL-42-UP", Duration::from_secs(5))
             .await
             .is_ok()
         {
             break;
         }
     }
+    console
+        .write(b"/lib/nasvisor/acker 20000 &\n")
+        .await
+        .unwrap();
+    console
+        .wait_for_output(b"RECORDS-FOUND 0", Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|l| panic!("the acker never started: {}", String::from_utf8_lossy(&l)));
     more_acks(console, n).await;
 }
 

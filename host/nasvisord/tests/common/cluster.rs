@@ -623,26 +623,57 @@ pub fn numbers_after(text: &str, word: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Starts the acknowledged writer on VM `vm` (through host `via`) and
-/// returns how many records it found, read from host `on`'s console log.
-pub fn start_acker(c: &Cluster, via: usize, on: usize, vm: &str, id: &str) -> Result<u64, String> {
-    let before = numbers_after(&console_log(c, on, id), "RECORDS-FOUND ").len();
+/// Waits until the shell on VM `vm`'s console (sent through host `via`,
+/// logged on host `on`) runs what it is sent: a probe whose answer differs
+/// from its echo, sent again every 5 s. Only a probe is ever sent twice: a
+/// command with an effect, sent again while the guest was slow to answer,
+/// would run twice.
+pub fn wait_for_shell(
+    c: &Cluster,
+    via: usize,
+    on: usize,
+    vm: &str,
+    id: &str,
+) -> Result<(), String> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1000
+        + u64::from(std::process::id() % 1000);
+    let probe = format!("echo SHELL-$(({n}+1))-UP");
+    let answer = format!("SHELL-{}-UP", n + 1);
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut sent: Option<Instant> = None;
     while Instant::now() < deadline {
         if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-            let _ =
-                c.host(via)
-                    .try_json(&["vm", "console-send", "-n", vm, "/lib/nasvisor/acker &"]);
+            let _ = c
+                .host(via)
+                .try_json(&["vm", "console-send", "-n", vm, &probe]);
             sent = Some(Instant::now());
         }
+        if console_log(c, on, id).contains(&answer) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("the shell on {vm} did not answer in 90 s"))
+}
+
+/// Starts the acknowledged writer on VM `vm` (through host `via`) once its
+/// shell answers, and returns how many records it found, read from host
+/// `on`'s console log.
+pub fn start_acker(c: &Cluster, via: usize, on: usize, vm: &str, id: &str) -> Result<u64, String> {
+    wait_for_shell(c, via, on, vm, id)?;
+    let before = numbers_after(&console_log(c, on, id), "RECORDS-FOUND ").len();
+    c.host(via)
+        .try_json(&["vm", "console-send", "-n", vm, "/lib/nasvisor/acker &"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
         let found = numbers_after(&console_log(c, on, id), "RECORDS-FOUND ");
         if found.len() > before {
             return Ok(*found.last().expect("a count"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("the writer on {vm} gave no count"))
+    Err(format!("the writer on {vm} gave no count in 60 s"))
 }
 
 /// A guest installed from an image with [`Daemon::install_guest`]: 1 vCPU,

@@ -35,14 +35,14 @@
 #    nasvisord exits 1 at once: systemd starts the unit again and the
 #    launcher (or the release's watchdog) rolls it back to 1.1.1; the status
 #    reports the failed update "... back on service release 1.1.1".
-# 7. Powers off and reads the ESP back: nasvisor-2-b.conf (blessed, 1.1.0)
-#    and nasvisor-3-a+0-1.conf (bad).
-# 8. Power lost during an install: boots again (b), starts installing a
-#    `reboot` bundle 1.3.0 (1.1.0's slot image under a newer version) and
-#    kills QEMU (SIGKILL: the guest's unwritten data is lost, as on a power
-#    cut) while the payload is being written into a. The next boot is b,
-#    healthy, nothing pending, no entry of a that could boot; the same
-#    bundle then installs cleanly (a pending, 1.3.0).
+# 7. Power lost during an install: from b, starts installing a `reboot`
+#    bundle 1.3.0 (1.1.0's slot image under a newer version) and kills QEMU
+#    (SIGKILL: the guest's unwritten data is lost, as on a power cut) while
+#    the payload is being written into a. Reads the ESP back: b's entry
+#    nasvisor-2-b.conf (blessed, 1.1.0) and no entry of a that could boot.
+# 8. The next boot is b, healthy, nothing pending. (That the daemon cleans
+#    up after a killed install, and that a new install then succeeds, is
+#    benches/firmware-interrupt.sh's, a sample of which the suite runs.)
 #
 # It covers boot-test.sh's three boots but one: the factory boot blessed, a
 # failed try that falls back (here an unhealthy slot), an unhealthy boot
@@ -248,18 +248,7 @@ status_ok 's["service"]["running"] == "1.1.1" and s["service"]["current"] == "1.
   '"back on service release 1.1.1" in s["last_outcome"]["reason"]' 's["rollback_floor"] == "1.1.1"'
 echo "$NAME: the broken release 1.1.2 was rolled back: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["last_outcome"]["reason"])' "$T/status.json")"
 
-# ---- 7. power off, read the ESP back ----------------------------------------------------------
-power_off
-[ "$(entries | tr '\n' ' ')" = "nasvisor-2-b.conf nasvisor-3-a+0-1.conf " ] \
-  || fail "entries at the end: $(entries | tr '\n' ' '), expected nasvisor-2-b.conf nasvisor-3-a+0-1.conf"
-mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"
-grep -qx 'version *1.1.0' "$T/entry-b" || fail "b's entry is not 1.1.0: $(cat "$T/entry-b")"
-grep -q 'root=PARTLABEL=nasvisor-b .*nasvisor.slot=b' "$T/entry-b" || fail "b's entry does not boot slot b: $(cat "$T/entry-b")"
-echo "$NAME: ESP: nasvisor-2-b.conf (blessed, 1.1.0) and nasvisor-3-a+0-1.conf (bad)"
-
-# ---- 8. power lost in the middle of an install ------------------------------------------------
-start_qemu
-wait_healthz
+# ---- 7. power lost in the middle of an install, the ESP read back ---------------------------
 t=$(now_ms)
 nv --json firmware install "$T/nasvisor-1.3.0.nvfw" >"$T/install.json" 2>"$T/install.err" \
   || { cat "$T/install.err" >&2; fail "firmware install 1.3.0 (to be interrupted)"; }
@@ -277,9 +266,17 @@ CUT_AT=$(python3 -c 'import json,sys; j = json.load(open(sys.argv[1])); print(j[
 kill -KILL "$QPID"
 wait "$QPID" 2>/dev/null || true
 echo "$NAME: power cut during the install of 1.3.0 ($CUT_AT)"
-# Every entry of a left is a bad one (+0-N): none that could boot a slot
-# written half-way.
+# The ESP as the cut left it: b's blessed entry (1.1.0, booting slot b),
+# and every entry of a left a bad one (+0-N): none that could boot a slot
+# written half-way (nor the 1.2.0 that failed in step 5).
 if entries | grep -e '-a' | grep -q -v -e '-a+0-'; then fail "an entry of a that could boot after the cut: $(entries | tr '\n' ' ')"; fi
+entries | grep -qx 'nasvisor-2-b.conf' || fail "no blessed entry of b after the cut: $(entries | tr '\n' ' ')"
+mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"
+grep -qx 'version *1.1.0' "$T/entry-b" || fail "b's entry is not 1.1.0: $(cat "$T/entry-b")"
+grep -q 'root=PARTLABEL=nasvisor-b .*nasvisor.slot=b' "$T/entry-b" || fail "b's entry does not boot slot b: $(cat "$T/entry-b")"
+echo "$NAME: ESP after the cut: $(entries | tr '\n' ' ')(b blessed at 1.1.0, no bootable entry of a)"
+
+# ---- 8. the next boot: b, healthy, nothing pending -------------------------------------------
 start_qemu
 wait_for ".*NASVISOR-BOOT slot=b version=1.1.0 .*" "$TIMEOUT"
 wait_healthz
@@ -288,8 +285,5 @@ phase "power cut during an install, back on b" "$t"
 status_ok 's["booted"] == "b"' 'b["state"] == "booted" and b["blessed"] is True and b["version"] == "1.1.0"' \
   's["pending"] is None' 'a["state"] != "pending"'
 echo "$NAME: status after the cut: booted b (1.1.0), nothing pending, a $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slots"][0]["state"])' "$T/status.json")"
-nv firmware install "$T/nasvisor-1.3.0.nvfw" --wait >"$T/install.out" 2>&1 || { cat "$T/install.out" >&2; fail "firmware install 1.3.0 after the cut"; }
-status_ok 'a["state"] == "pending" and a["version"] == "1.3.0"' 's["pending"]["slot"] == "a"'
-echo "$NAME: the same bundle installs after the cut: a pending, 1.3.0"
 stop_qemu
 echo "$NAME: PASS: build $((T_BUILD / 1000)) s; boot to /healthz $((T_BOOT_A / 1000)) s; upload+install $((T_INSTALL_1 / 1000)) s (1.1.0), $((T_INSTALL_2 / 1000)) s (1.2.0); reboot into b $((T_REBOOT_B / 1000)) s; broken boot to fallback $((T_FALLBACK / 1000)) s; service release $((T_SERVICE / 1000)) s, its broken successor rolled back $((T_SERVICE_ROLLBACK / 1000)) s; power cut to b again $((T_POWER_CUT / 1000)) s; test $(( ($(now_ms) - T_TEST) / 1000 )) s"

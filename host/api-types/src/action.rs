@@ -19,6 +19,10 @@ pub const DEFAULT_EVENT_LIMIT: u32 = 100;
 /// Largest `limit` of the event list.
 pub const MAX_EVENT_LIMIT: u32 = 1000;
 
+/// Default `shutdown_timeout_s` of a forced host reboot: each guest has
+/// 180 s to power off (Proxmox VE's default on a node shutdown).
+pub const DEFAULT_REBOOT_SHUTDOWN_TIMEOUT_S: u32 = 180;
+
 /// Everything an administrator can ask of the core through the API. It
 /// travels between hosts as JSON when the core forwards it to the host that
 /// carries it out.
@@ -31,8 +35,20 @@ pub enum Action {
     /// outcome.
     GetFirmware,
     /// Reboot this host with `[firmware] reboot-command` (after a firmware
-    /// install): refused while VMs run here.
-    RebootHost,
+    /// install): refused while VMs run here, unless `force`, which shuts
+    /// them down first (a job) and starts them again when the daemon is
+    /// back.
+    RebootHost {
+        /// Shut down the VMs running here first (ACPI, forced off after
+        /// `shutdown_timeout_s`) instead of refusing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// Seconds each guest has to power off before it is forced off
+        /// (with `force`; [`DEFAULT_REBOOT_SHUTDOWN_TIMEOUT_S`] when
+        /// absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shutdown_timeout_s: Option<u32>,
+    },
     /// All VMs.
     ListVms,
     /// One VM.

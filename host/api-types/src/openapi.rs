@@ -98,7 +98,7 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
         "replaceCertificate" => c("Replace this host's admin certificate and key (e.g. one of a company's CA); served to new connections at once, no restart. A key that does not match, an expired certificate or bad PEM is refused and nothing changes", Q::Json(one::<CertificateReplace>(q)), (Answer::Json(one::<CertificateView>(g)), "the certificate now served")),
         "getFirmware" => c("This host's firmware: its A/B root slots (state, version, boot entry), the rollback floor, the clock floor, the update waiting for its first healthy boot and how the last update ended", Q::None, json(one::<FirmwareView>(g))),
         "installFirmware" => c("Install a signed firmware bundle (raw body, streamed to the data directory; limit 4 GiB by default, 413 beyond) into this host's inactive slot (a job): verified whole before a slot is touched, then written, read back, and made the next boot with its tries; the booted slot is never touched", Q::Bytes, json(one::<JobView>(g))),
-        "rebootHost" => c("Reboot this host with its reboot command (`[firmware] reboot-command`, e.g. after a firmware install): refused (409) while VMs run on it, naming them, and when firmware management is off; the command runs about a second after the answer", Q::None, (Answer::Json(one::<HostRebootView>(g)), "the reboot, accepted")),
+        "rebootHost" => c("Reboot this host with its reboot command (`[firmware] reboot-command`, e.g. after a firmware install): refused (409) when firmware management is off, and while VMs run on it, naming them, unless force. With force and VMs running, a host-reboot job shuts them down (ACPI, forced off after shutdown_timeout_s) and then runs the command; they start again when the daemon is back. Otherwise the command runs about a second after the answer", Q::None, (Answer::Json(one::<HostRebootView>(g)), "the reboot, accepted")),
         "getClusterUpdate" => c("The cluster's rolling update (the last one started): its bundle, where it stands, and each host's step, version and job; 404 when none was ever started", Q::None, json(one::<RolloutView>(g))),
         "startClusterUpdate" => c("Update every host of the cluster with a signed firmware bundle (raw body; limit 4 GiB by default, 413 beyond): checked on the host receiving it, copied to every member and checked there as an install would before any host is touched, then one host at a time: cordon, evacuate (a `reboot` bundle), install, restart or reboot, wait until it is healthy, rejoined and reports the new version, uncordon and (move_back, default true) move its VMs back. Stops at the first failure with the others serving. 409 while another rolling update runs, or when a member has firmware management off", Q::Bytes, (Answer::Json(one::<RolloutView>(g)), "the rolling update, started")),
         "resumeClusterUpdate" => c("Go on with a failed rolling update from the host it stopped at (409 unless it failed)", Q::None, (Answer::Json(one::<RolloutView>(g)), "the rolling update, running again")),
@@ -157,7 +157,16 @@ pub fn contract(q: &mut SchemaGenerator, g: &mut SchemaGenerator, op: &str) -> O
 }
 
 /// The schema and description of query parameter `name`.
-fn query_param(name: &str) -> Option<(Value, &'static str)> {
+fn query_param(operation: &str, name: &str) -> Option<(Value, &'static str)> {
+    Some(match (operation, name) {
+        ("rebootHost", "force") => (json!({"type": "boolean", "default": false}), "shut down the VMs running on this host first (ACPI, forced off after shutdown_timeout_s; a job) instead of refusing; they start again when the daemon is back after the boot"),
+        ("rebootHost", "shutdown_timeout_s") => (json!({"type": "integer", "minimum": 1, "maximum": MAX_SHUTDOWN_TIMEOUT_S, "default": DEFAULT_REBOOT_SHUTDOWN_TIMEOUT_S}), "with force: seconds each guest has to power off before it is forced off"),
+        (_, name) => return query_param_any(name),
+    })
+}
+
+/// The schema and description of query parameter `name` wherever it appears.
+fn query_param_any(name: &str) -> Option<(Value, &'static str)> {
     Some(match name {
         "delete_disks" => (json!({"type": "boolean", "default": false}), "also delete the VM's volumes"),
         "move_back" => (json!({"type": "boolean", "default": true}), "move the VMs a `reboot` bundle evacuated from a host back once it is updated"),
@@ -212,7 +221,7 @@ fn operation(
         }
     }
     for q in route.query {
-        let (schema, description) = query_param(q)
+        let (schema, description) = query_param(route.operation, q)
             .ok_or_else(|| format!("query parameter {q} of {} has no schema", route.operation))?;
         params.push(json!({"name": q, "in": "query", "required": false, "schema": schema, "description": description}));
     }
@@ -382,7 +391,11 @@ mod tests {
                 route.operation
             );
             for q in route.query {
-                assert!(query_param(q).is_some(), "{} {q}", route.operation);
+                assert!(
+                    query_param(route.operation, q).is_some(),
+                    "{} {q}",
+                    route.operation
+                );
             }
         }
         generate().expect("the document generates");

@@ -190,12 +190,15 @@ pub const ROUTES: &[Route] = &[
         202,
         true,
     )),
-    r(
-        "POST",
-        "/api/v1/host/firmware/reboot",
-        "rebootHost",
-        202,
-        false,
+    q(
+        r(
+            "POST",
+            "/api/v1/host/firmware/reboot",
+            "rebootHost",
+            202,
+            false,
+        ),
+        &["force", "shutdown_timeout_s"],
     ),
     r("GET", "/api/v1/vms", "listVms", 200, false),
     r("POST", "/api/v1/vms", "createVm", 201, true),

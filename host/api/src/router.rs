@@ -14,6 +14,7 @@ use nasvisor_api_types::{
     PoolCreate, PowerOp, SnapshotCreate, TokenCreate, UserCreate, UserUpdate, Validate, VmCreate,
     VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize,
     VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
+    MAX_SHUTDOWN_TIMEOUT_S,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -305,6 +306,17 @@ fn check_params(m: &Matched) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A guest's time to power off, seconds: 1 to [`MAX_SHUTDOWN_TIMEOUT_S`].
+fn shutdown_timeout(field: &str, v: &str) -> Result<u32, ApiError> {
+    match parse_u64(field, v)? {
+        n @ 1.. if n <= u64::from(MAX_SHUTDOWN_TIMEOUT_S) => Ok(n as u32),
+        _ => Err(ApiError::field(
+            field,
+            format!("must be between 1 and {MAX_SHUTDOWN_TIMEOUT_S} (seconds)"),
+        )),
+    }
+}
+
 fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "true" | "1" | "" => Ok(true),
@@ -363,7 +375,17 @@ pub fn to_action(
         "revokeToken" => Action::RevokeToken { id: p("id") },
         "getHost" => Action::GetHost,
         "getFirmware" => Action::GetFirmware,
-        "rebootHost" => Action::RebootHost,
+        "rebootHost" => Action::RebootHost {
+            force: q
+                .get("force")
+                .map(|v| parse_bool("force", v))
+                .transpose()?
+                .unwrap_or(false),
+            shutdown_timeout_s: q
+                .get("shutdown_timeout_s")
+                .map(|v| shutdown_timeout("shutdown_timeout_s", v))
+                .transpose()?,
+        },
         "getClusterUpdate" => Action::GetClusterUpdate,
         "resumeClusterUpdate" => Action::ResumeClusterUpdate,
         "abortClusterUpdate" => Action::AbortClusterUpdate,
@@ -647,6 +669,45 @@ mod tests {
                 .field
                 .as_deref(),
             Some("id")
+        );
+    }
+
+    #[test]
+    fn a_forced_reboot_takes_its_shutdown_timeout_within_bounds() {
+        let reboot = |q: Option<&str>| act("POST", "/api/v1/host/firmware/reboot", q, "");
+        assert_eq!(
+            reboot(None).unwrap(),
+            Some(Action::RebootHost {
+                force: false,
+                shutdown_timeout_s: None
+            })
+        );
+        assert_eq!(
+            reboot(Some("force=true&shutdown_timeout_s=30")).unwrap(),
+            Some(Action::RebootHost {
+                force: true,
+                shutdown_timeout_s: Some(30)
+            })
+        );
+        for bad in ["0", "3601", "-1", "ten", ""] {
+            let e = reboot(Some(&format!("force=1&shutdown_timeout_s={bad}"))).unwrap_err();
+            assert_eq!(
+                e.field.as_deref(),
+                Some("shutdown_timeout_s"),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = reboot(Some("force=maybe")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("force"));
+        // An older host reads the forwarded action of a plain reboot as
+        // before: nothing but its tag.
+        assert_eq!(
+            serde_json::to_string(&Action::RebootHost {
+                force: false,
+                shutdown_timeout_s: None
+            })
+            .unwrap(),
+            r#"{"action":"reboot_host"}"#
         );
     }
 

@@ -67,8 +67,21 @@ pub enum FirmwareCommand {
     Status,
     /// Reboot the host with its reboot command (over the API, admins
     /// only), e.g. into a slot just installed. Refused while VMs run on
-    /// it.
-    Reboot,
+    /// it, unless --force.
+    Reboot {
+        /// Shut the VMs running on the host down first (ACPI, forced off
+        /// after --shutdown-timeout), as a job; they start again when
+        /// nasvisord is back after the boot.
+        #[arg(long)]
+        force: bool,
+        /// With --force: seconds each guest has to power off before it is
+        /// forced off (1-3600, default 180).
+        #[arg(long, value_name = "SECONDS", requires = "force")]
+        shutdown_timeout: Option<u32>,
+        /// With --force: follow the job until the reboot command ran.
+        #[arg(long, requires = "force")]
+        wait: bool,
+    },
 }
 
 /// `firmware build`.
@@ -270,11 +283,11 @@ pub fn run(cmd: FirmwareCommand, out: Out) -> ExitCode {
 
 fn run_inner(cmd: FirmwareCommand, out: Out) -> Result<()> {
     match cmd {
-        FirmwareCommand::Install { .. } | FirmwareCommand::Status | FirmwareCommand::Reboot => {
-            Err(anyhow!(
+        FirmwareCommand::Install { .. }
+        | FirmwareCommand::Status
+        | FirmwareCommand::Reboot { .. } => Err(anyhow!(
             "firmware install, status and reboot talk to a host: main dispatches them to the API"
-        ))
-        }
+        )),
         FirmwareCommand::Build(a) => build(a, out),
         FirmwareCommand::Sign {
             bundle,

@@ -110,9 +110,13 @@ fn main() -> ExitCode {
         Command::Firmware(firmware_cmd::FirmwareCommand::Status) => {
             api::with_client(opts, out, api::firmware::status)
         }
-        Command::Firmware(firmware_cmd::FirmwareCommand::Reboot) => {
-            api::with_client(opts, out, api::firmware_reboot::reboot)
-        }
+        Command::Firmware(firmware_cmd::FirmwareCommand::Reboot {
+            force,
+            shutdown_timeout,
+            wait,
+        }) => api::with_client(opts, out, |c, out| {
+            api::firmware_reboot::reboot(c, out, force, shutdown_timeout, wait)
+        }),
         Command::Firmware(firmware_cmd::FirmwareCommand::Install { bundle, wait }) => {
             api::with_client(opts, out, |c, out| {
                 api::firmware::install(c, out, &bundle, wait)

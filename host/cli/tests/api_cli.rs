@@ -225,9 +225,15 @@ impl Fake {
         Ok(match action {
             Action::GetHost => host().into_answer(),
             Action::GetFirmware => firmware().into_answer(),
-            Action::RebootHost => view::<nasvisor_api::types::HostRebootView>(json!({
+            Action::RebootHost { force: false, .. } => view::<nasvisor_api::types::HostRebootView>(json!({
                 "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
-                "message": "host nas1 reboots: systemctl reboot runs in 1000 ms"}))
+                "message": "host nas1 reboots: systemctl reboot runs in 1000 ms",
+                "stopping": [], "job": null}))
+            .into_answer(),
+            Action::RebootHost { force: true, .. } => view::<nasvisor_api::types::HostRebootView>(json!({
+                "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
+                "message": "host nas1 reboots once VMs vm1 are shut down (each forced off after 30 s): job j9; they start again when nasvisord is back",
+                "stopping": ["vm1"], "job": "j9"}))
             .into_answer(),
             Action::GetClusterUpdate => rollout("failed").into_answer(),
             Action::ResumeClusterUpdate => rollout("running").into_answer(),
@@ -1171,7 +1177,20 @@ fn every_command_sends_the_right_action() {
     let cases: Vec<(Vec<&str>, Action)> = vec![
         (vec!["host"], Action::GetHost),
         (vec!["firmware", "status"], Action::GetFirmware),
-        (vec!["firmware", "reboot"], Action::RebootHost),
+        (
+            vec!["firmware", "reboot"],
+            Action::RebootHost {
+                force: false,
+                shutdown_timeout_s: None,
+            },
+        ),
+        (
+            vec!["firmware", "reboot", "--force", "--shutdown-timeout", "30"],
+            Action::RebootHost {
+                force: true,
+                shutdown_timeout_s: Some(30),
+            },
+        ),
         (
             vec!["cluster", "update", "status"],
             Action::GetClusterUpdate,

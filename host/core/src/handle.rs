@@ -284,7 +284,10 @@ impl Inner {
         match action {
             Action::GetHost => answer(Ok(c.this_host_view())),
             Action::GetFirmware => answer(c.firmware_status().await),
-            Action::RebootHost => answer(c.reboot_host().await),
+            Action::RebootHost {
+                force,
+                shutdown_timeout_s,
+            } => answer(c.reboot_host(force, shutdown_timeout_s).await),
             Action::GetClusterUpdate => answer(c.rollout_view()),
             Action::ResumeClusterUpdate => answer(c.resume_rollout().await),
             Action::AbortClusterUpdate => answer(c.abort_rollout().await),

@@ -484,6 +484,7 @@ impl Inner {
                 Ok(JobSpec::Install(j)) => Err(self.recover_install_job(&j).await),
                 Ok(JobSpec::Migrate(j)) => Err(self.recover_migrate_job(&job.id, j).await),
                 Ok(JobSpec::FirmwareInstall(j)) => Err(self.recover_firmware_job(&j)),
+                Ok(JobSpec::HostReboot(j)) => self.recover_reboot_job(&j),
                 Ok(JobSpec::VolumeImport(_) | JobSpec::Evacuate(_)) => {
                     Err("interrupted by a restart of nasvisord; partial files were removed".into())
                 }

@@ -654,7 +654,15 @@ impl Inner {
                 None => Ok(()),
                 Some(Ok(())) => {
                     if rec.reboot() {
-                        let r = self.forward_or_here(&host, Action::RebootHost).await;
+                        let r = self
+                            .forward_or_here(
+                                &host,
+                                Action::RebootHost {
+                                    force: false,
+                                    shutdown_timeout_s: None,
+                                },
+                            )
+                            .await;
                         if let Err(e) = r {
                             return self
                                 .rollout_fail(

@@ -57,7 +57,9 @@ pub use sink::{DigestOnly, FileSink, PayloadSink};
 pub use slots::{
     Counter, Entry, FirmwareStatus, Slot, SlotConfig, SlotError, SlotSet, SlotState, SlotStatus,
 };
-pub use state::{Outcome, OutcomeKind, PendingUpdate, State, StateError, STATE_FORMAT};
+pub use state::{
+    write_atomic, Outcome, OutcomeKind, PendingUpdate, State, StateError, STATE_FORMAT,
+};
 pub use verify::{
     open_file, verify, verify_file, CheckedBundle, OpenBundle, Verified, SIGNATURE_DOMAIN,
 };

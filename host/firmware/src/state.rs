@@ -203,7 +203,7 @@ pub(crate) fn temp_beside(dest: &Path, suffix: &str) -> std::io::Result<tempfile
 
 /// Writes `bytes` to `path` through a temporary file beside it: write,
 /// fsync, rename, fsync the directory. Creates the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -1,8 +1,10 @@
 //! `nasvisor firmware reboot` through a running `nasvisord`: refused while
 //! a VM runs on the host (409 naming it, the reboot command not run), then,
 //! once the VM is off, answered and the reboot command run: here a script
-//! that records its arguments in a marker file. A host without firmware
-//! management refuses it too.
+//! that records its arguments in a marker file. With `--force` a job shuts
+//! the VM down first and the daemon starts it again when it is back; a
+//! reboot command that fails calls the reboot off and starts it again at
+//! once. A host without firmware management refuses it too.
 
 mod common;
 
@@ -17,8 +19,15 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_does() {
+/// A host with firmware management on file slots whose reboot command is
+/// a script that records its arguments in `<fw>/rebooted` (or fails, with
+/// "no reboot for you" on stderr, while `<fw>/fail` exists).
+fn firmware_host() -> (
+    Daemon,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
     let fw = tempfile::tempdir().unwrap();
     let p = fw.path();
     for slot in ["a", "b"] {
@@ -33,8 +42,9 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$@\" > {}.tmp\nmv {0}.tmp {0}\n",
-            s(&marker)
+            "#!/bin/sh\n[ -e {fail} ] && {{ echo no reboot for you >&2; exit 3; }}\necho \"$@\" > {m}.tmp\nmv {m}.tmp {m}\n",
+            fail = s(&p.join("fail")),
+            m = s(&marker)
         ),
     )
     .unwrap();
@@ -46,6 +56,12 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
         s(&script)
     ));
     let d = Daemon::start_with(setup);
+    (d, fw, marker, script)
+}
+
+#[test]
+fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_does() {
+    let (d, _fw, marker, script) = firmware_host();
 
     d.create_blank_vm("box", &[]);
     let vm = d.json(&["vm", "start", "box"]);
@@ -81,11 +97,9 @@ fn a_reboot_is_refused_while_a_vm_runs_and_runs_the_reboot_command_once_none_doe
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "--now slot b\n");
     let events = d.json(&["event", "list"]);
     assert!(
-        events
-            .as_array()
-            .unwrap()
+        common::events_of_kind(&events, "host-reboot")
             .iter()
-            .any(|e| e["kind"] == "host-reboot" && e["target"] == "host/nas1"),
+            .any(|e| e["target"] == "host/nas1"),
         "{events:#}"
     );
 }
@@ -97,5 +111,132 @@ fn a_host_without_firmware_management_is_not_rebooted_from_the_api() {
     assert!(
         e.contains("firmware management is not enabled on this host"),
         "{e}"
+    );
+}
+
+/// Waits until job `id` ended; its view.
+fn job_ended(d: &Daemon, id: &str, within: Duration) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let j = d.json(&["job", "show", id]);
+        if j["state"] != "running" {
+            return j;
+        }
+        assert!(t.elapsed() < within, "job {id} still running: {j:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until VM `vm` runs again under a QEMU other than `not`; its pid.
+fn running_again(d: &Daemon, vm: &str, not: i64) -> i64 {
+    let t = Instant::now();
+    loop {
+        let v = d.json(&["vm", "show", vm]);
+        if let Some(pid) = v["pid"].as_i64().filter(|p| *p != not) {
+            if v["state"] == "running" {
+                return pid;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "VM {vm} was not started again: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_forced_reboot_shuts_the_vms_down_first_and_they_start_again_when_the_daemon_is_back() {
+    let (mut d, fw, marker, _script) = firmware_host();
+    d.create_blank_vm("box", &[]);
+    let first = d.json(&["vm", "start", "box"])["pid"]
+        .as_i64()
+        .expect("a pid");
+    let restart_list = d.data_dir().join("restart-after-reboot.json");
+
+    // Forced: a job shuts the VM down (a blank VM ignores the ACPI button:
+    // forced off after 3 s), then the command runs.
+    let r = d.json(&["firmware", "reboot", "--force", "--shutdown-timeout", "3"]);
+    assert_eq!(r["stopping"], serde_json::json!(["box"]), "{r:#}");
+    let job = r["job"].as_str().expect("a job").to_string();
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("reboots once VMs box are shut down (each forced off after 3 s)"),
+        "{r:#}"
+    );
+    // The VM's id is kept before it goes down.
+    let kept = std::fs::read_to_string(&restart_list).expect("the list of VMs to start again");
+    let id = d.json(&["vm", "show", "box"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(kept.contains(&id), "{kept}");
+    // A second reboot meanwhile is refused, naming the job.
+    let e = d.fails(&["firmware", "reboot", "--force"]);
+    assert!(
+        e.contains(&format!("a reboot of this host is under way (job {job})")),
+        "{e}"
+    );
+    let j = job_ended(&d, &job, Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert!(
+        j["message"].as_str().unwrap().contains("1 VMs shut down"),
+        "{j:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "--now slot b\n");
+    let v = d.json(&["vm", "show", "box"]);
+    assert_eq!(v["state"], "stopped", "{v:#}");
+    assert!(v["pid"].is_null(), "{v:#}");
+    assert!(
+        v["state_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shut down for the host's reboot: forced off after 3 s"),
+        "{v:#}"
+    );
+    // Its QEMU is gone (or a zombie its parent has not reaped yet).
+    let state = std::fs::read_to_string(format!("/proc/{first}/stat"))
+        .ok()
+        .and_then(|s| s[s.rfind(')')? + 2..].chars().next());
+    assert!(
+        matches!(state, None | Some('Z' | 'X')),
+        "the VM's QEMU {first} still runs after the reboot command ({state:?})"
+    );
+
+    // The "reboot" happened: nasvisord starts again, as systemd would after
+    // the boot, and starts the VM again; the list is gone.
+    d.stop();
+    d.spawn();
+    let second = running_again(&d, "box", first);
+    assert!(!restart_list.exists(), "the list is kept after the restart");
+
+    // A reboot command that fails: the reboot is called off and the VM it
+    // shut down runs again at once, the job says why.
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(fw.path().join("fail"), b"").unwrap();
+    let r = d.json(&["firmware", "reboot", "--force", "--shutdown-timeout", "1"]);
+    let job = r["job"].as_str().expect("a job").to_string();
+    let j = job_ended(&d, &job, Duration::from_secs(60));
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with exit status: 3: no reboot for you"),
+        "{j:#}"
+    );
+    running_again(&d, "box", second);
+    assert!(!restart_list.exists());
+    assert!(!marker.exists());
+    let events = d.json(&["event", "list"]);
+    assert!(
+        common::events_of_kind(&events, "host-reboot-failed")
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("its VMs are started again"))),
+        "{events:#}"
     );
 }

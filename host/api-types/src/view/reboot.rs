@@ -17,4 +17,12 @@ pub struct HostRebootView {
     pub delay_ms: u64,
     /// What happens next, in words.
     pub message: String,
+    /// The VMs shut down before the reboot (a forced reboot), sorted; they
+    /// start again when the daemon is back.
+    #[serde(default)]
+    pub stopping: Vec<String>,
+    /// The job that shuts them down and then runs the command (a forced
+    /// reboot with VMs running); `None` when the command runs at once.
+    #[serde(default)]
+    pub job: Option<String>,
 }

@@ -183,9 +183,10 @@ impl FakeCore {
         Ok(match action {
             Action::GetHost => host("nas1").into_answer(),
             Action::GetFirmware => firmware().into_answer(),
-            Action::RebootHost => view::<nasvisor_api::types::HostRebootView>(json!({
+            Action::RebootHost { .. } => view::<nasvisor_api::types::HostRebootView>(json!({
                 "host": "nas1", "command": ["systemctl", "reboot"], "delay_ms": 1000,
-                "message": "host nas1 reboots: systemctl reboot runs in 1000 ms"}))
+                "message": "host nas1 reboots: systemctl reboot runs in 1000 ms",
+                "stopping": [], "job": null}))
             .into_answer(),
             Action::GetClusterUpdate
             | Action::ResumeClusterUpdate

@@ -1,5 +1,5 @@
 //! Jobs: long operations (image import, upload, volume import, install,
-//! migrate, evacuate), typed by [`JobSpec`], committed to the store at their
+//! migrate, evacuate, firmware install, a forced host reboot), typed by [`JobSpec`], committed to the store at their
 //! start, their milestones and their end, cancellable, and cleaned up by
 //! [`Inner::recover_jobs`] after a restart. [`LocalJobs`] owns the handles
 //! of the jobs running on this host and their live progress.
@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) mod spec;
 
-pub(crate) use spec::{EvacuateJob, FirmwareJob, ImageJob, InstallJob, JobSpec, VolumeImportJob};
+pub(crate) use spec::{
+    EvacuateJob, FirmwareJob, HostRebootJob, ImageJob, InstallJob, JobSpec, VolumeImportJob,
+};
 
 /// How many ended jobs are kept (the oldest go first).
 const KEEP_ENDED_JOBS: usize = 500;

@@ -62,6 +62,17 @@ pub(crate) struct FirmwareJob {
     pub bundle: String,
 }
 
+/// `host-reboot`: a forced reboot of this host, its running VMs shut down
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HostRebootJob {
+    /// The ids of the VMs shut down (started again when the daemon is back).
+    pub vms: Vec<String>,
+    /// The kernel's boot id when the job started: a restart that finds
+    /// another one knows the host rebooted.
+    pub boot_id: String,
+}
+
 /// A job's kind and parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum JobSpec {
@@ -72,6 +83,7 @@ pub(crate) enum JobSpec {
     Migrate(MigrateJob),
     Evacuate(EvacuateJob),
     FirmwareInstall(FirmwareJob),
+    HostReboot(HostRebootJob),
 }
 
 impl JobSpec {
@@ -85,6 +97,7 @@ impl JobSpec {
             JobSpec::Migrate(_) => "migrate",
             JobSpec::Evacuate(_) => "evacuate",
             JobSpec::FirmwareInstall(_) => "firmware-install",
+            JobSpec::HostReboot(_) => "host-reboot",
         }
     }
 
@@ -97,6 +110,7 @@ impl JobSpec {
             JobSpec::Migrate(j) => serde_json::to_value(j),
             JobSpec::Evacuate(j) => serde_json::to_value(j),
             JobSpec::FirmwareInstall(j) => serde_json::to_value(j),
+            JobSpec::HostReboot(j) => serde_json::to_value(j),
         };
         v.map_err(|e| errors::internal(format!("the parameters of a {} job: {e}", self.kind())))
     }
@@ -120,6 +134,7 @@ impl JobSpec {
             "migrate" => JobSpec::Migrate(read(job)?),
             "evacuate" => JobSpec::Evacuate(read(job)?),
             "firmware-install" => JobSpec::FirmwareInstall(read(job)?),
+            "host-reboot" => JobSpec::HostReboot(read(job)?),
             other => return Err(format!("job {}: unknown kind {other:?}", job.id)),
         })
     }
@@ -179,6 +194,10 @@ pub(crate) mod tests {
             }),
             JobSpec::FirmwareInstall(FirmwareJob {
                 bundle: "/var/lib/nasvisor/firmware/uploads/x.nvfw".into(),
+            }),
+            JobSpec::HostReboot(HostRebootJob {
+                vms: vec!["v1".into(), "v2".into()],
+                boot_id: "0b2e".into(),
             }),
         ];
         for spec in specs {

@@ -93,7 +93,11 @@ impl Inner {
             .db
             .update::<VmRecord, _>(kind::VM, id, |v| {
                 self.still_here(v)?;
-                if v.state != VmStatus::Installing {
+                // Again on the record as it is now: a stop asked for may
+                // have been recorded since it was read above.
+                let asked = v.state == VmStatus::Stopped
+                    && matches!(status, VmStatus::Stopped | VmStatus::Stopping);
+                if v.state != VmStatus::Installing && !asked {
                     v.state = status;
                     v.state_reason = reason.clone();
                     if matches!(status, VmStatus::Stopped) {

@@ -6,7 +6,7 @@ use crate::model::{kind, Desired, Severity, VmRecord, VmStatus};
 use crate::Inner;
 use nasvisor_api_types::{CoreError, PowerOp, VmView};
 use nasvisor_best_effort::BestEffort;
-use nasvisor_vm::ShutdownOutcome;
+use nasvisor_vm::{ShutdownOutcome, VmInstance};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,6 +194,43 @@ impl Inner {
         }
     }
 
+    /// Shuts VM `id` down (ACPI, forced off after `timeout`), waits until
+    /// its QEMU is gone and records it stopped, desired stopped: `why` says
+    /// who asked ("shut down by the administrator"). Returns how the guest
+    /// went off, in words.
+    pub(crate) async fn shut_down(
+        self: &Arc<Self>,
+        id: &str,
+        inst: VmInstance,
+        timeout: Duration,
+        why: &str,
+    ) -> Result<String, CoreError> {
+        let outcome = inst
+            .shutdown(timeout)
+            .await
+            .map_err(|e| errors::internal(format!("shutdown: {e}")))?;
+        let reason = match outcome {
+            ShutdownOutcome::Graceful { after } => {
+                format!("the guest powered off after {:.1} s", after.as_secs_f64())
+            }
+            ShutdownOutcome::Forced { after } => format!(
+                "forced off after {:.0} s: the guest did not power off",
+                after.as_secs_f64()
+            ),
+            ShutdownOutcome::AlreadyStopped => "it had already stopped".into(),
+        };
+        self.forget_instance(id, inst.pid());
+        self.set_state(
+            id,
+            VmStatus::Stopped,
+            Some(format!("{why}: {reason}")),
+            Some(Desired::Stopped),
+        )
+        .await
+        .best_effort("record the VM's shutdown");
+        Ok(reason)
+    }
+
     pub(crate) async fn power(
         self: &Arc<Self>,
         id: &str,
@@ -214,33 +251,13 @@ impl Inner {
                     .await?;
                 let me = self.clone();
                 let id = vm.id.clone();
+                let timeout = Duration::from_secs(timeout_s.into());
                 tokio::spawn(async move {
-                    match inst.shutdown(Duration::from_secs(timeout_s.into())).await {
-                        Ok(outcome) => {
-                            let reason = match outcome {
-                                ShutdownOutcome::Graceful { after } => {
-                                    format!(
-                                        "the guest powered off after {:.1} s",
-                                        after.as_secs_f64()
-                                    )
-                                }
-                                ShutdownOutcome::Forced { after } => format!(
-                                    "forced off after {:.0} s: the guest did not power off",
-                                    after.as_secs_f64()
-                                ),
-                                ShutdownOutcome::AlreadyStopped => "it had already stopped".into(),
-                            };
-                            me.forget_instance(&id, inst.pid());
-                            me.set_state(
-                                &id,
-                                VmStatus::Stopped,
-                                Some(format!("shut down by the administrator: {reason}")),
-                                Some(Desired::Stopped),
-                            )
-                            .await
-                            .best_effort("record the VM's shutdown");
-                        }
-                        Err(e) => tracing::warn!(vm = %id, error = %e, "shutdown failed"),
+                    if let Err(e) = me
+                        .shut_down(&id, inst, timeout, "shut down by the administrator")
+                        .await
+                    {
+                        tracing::warn!(vm = %id, error = %e, "shutdown failed");
                     }
                 });
                 rec

@@ -245,11 +245,12 @@ impl Inner {
     }
 
     /// After a restart: adopt the QEMUs that kept running, record the ones
-    /// that died meanwhile, start autostart VMs after a host boot.
+    /// that died meanwhile, start autostart VMs after a host boot and the
+    /// VMs a forced reboot shut down (crate::firmware_reboot).
     pub(crate) async fn recover_vms(self: &Arc<Self>) {
         let boot_file = self.cfg.data_dir.join("boot-id");
-        let boot_id =
-            std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let boot_id = crate::firmware_reboot::this_boot_id();
+        let restart = self.vms_to_restart();
         let host_booted = std::fs::read_to_string(&boot_file)
             .map(|b| b != boot_id)
             .unwrap_or(true);
@@ -329,18 +330,27 @@ impl Inner {
                         )
                         .await;
                     }
-                    if host_booted
+                    let autostart = host_booted
                         && vm.autostart
-                        && !matches!(vm.state, VmStatus::Installing | VmStatus::InstallFailed)
-                    {
+                        && !matches!(vm.state, VmStatus::Installing | VmStatus::InstallFailed);
+                    // Shut down by a forced reboot of this host: started
+                    // again, whether the host rebooted or the daemon only
+                    // restarted before it did.
+                    let rebooted = restart.contains(&vm.id) && vm.state == VmStatus::Stopped;
+                    if autostart || rebooted {
                         let me = self.clone();
                         tokio::spawn(async move {
                             if let Err(e) = me.start_vm(&vm, None).await {
+                                let what = if rebooted {
+                                    format!("starting VM {} again after the host's reboot", vm.name)
+                                } else {
+                                    format!("autostart of VM {}", vm.name)
+                                };
                                 me.event(
                                     "vm-autostart-failed",
                                     Severity::Error,
                                     Some(format!("vm/{}", vm.name)),
-                                    format!("autostart of VM {} failed: {e}", vm.name),
+                                    format!("{what} failed: {e}"),
                                 )
                                 .await;
                             }
@@ -348,6 +358,9 @@ impl Inner {
                     }
                 }
             }
+        }
+        if !restart.is_empty() {
+            self.forget_vms_to_restart();
         }
     }
 

@@ -33,6 +33,11 @@ pub struct Config {
     /// Where the daemon keeps its state (cluster store, images, VM runtime
     /// files, journal, compiled-code cache, TLS identity, token hash).
     pub data_dir: PathBuf,
+    /// Site settings: a file (on the appliance, on the data partition, so
+    /// that it survives every update) whose settings override this file's
+    /// ([`Config::load_with_site`]). Only the file given with `--config`
+    /// may name it.
+    pub site_config: Option<PathBuf>,
     pub host: HostConfig,
     pub api: ApiConfig,
     pub vm: VmConfig,
@@ -344,6 +349,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("/var/lib/nasvisor"),
+            site_config: None,
             host: HostConfig::default(),
             api: ApiConfig::default(),
             vm: VmConfig::default(),
@@ -587,6 +593,47 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Loads `path` (or the embedded defaults when `None`), then the site
+    /// settings it names (`site-config`), if that file exists: its keys
+    /// override `path`'s, table by table. What the firmware image sets
+    /// ([`LOCKED_KEYS`]) cannot be overridden.
+    ///
+    /// `path` itself must be right (else the error). A site file that
+    /// cannot be used (unreadable, not TOML, a locked key, a wrong value)
+    /// is ignored as a whole: the daemon starts on `path` alone, so that
+    /// bad site settings, which survive every update, cannot keep every
+    /// slot from booting. [`Site::Ignored`] says why, naming the field;
+    /// `--check` fails on it.
+    pub fn load_with_site(path: Option<&Path>) -> Result<(Config, Site), ConfigError> {
+        let base = Config::load(path)?;
+        let Some(site_path) = base.site_config.clone() else {
+            return Ok((base, Site::None));
+        };
+        let site_text = match std::fs::read_to_string(&site_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((base, Site::Absent(site_path)))
+            }
+            Err(source) => {
+                let e = ConfigError::Read {
+                    path: site_path.clone(),
+                    source,
+                };
+                return Ok((base, Site::ignored(site_path, e)));
+            }
+        };
+        match merged(path, &site_text, &site_path) {
+            Ok((cfg, keys)) => Ok((
+                cfg,
+                Site::Applied {
+                    path: site_path,
+                    keys,
+                },
+            )),
+            Err(e) => Ok((base, Site::ignored(site_path, e))),
+        }
+    }
+
     /// Loads `path`, or the embedded defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
@@ -597,6 +644,144 @@ impl Config {
                     source,
                 })?;
                 Config::parse(&text, p)
+            }
+        }
+    }
+}
+
+/// The settings site settings may not change: where the daemon's data (and
+/// the site file itself) lives, the firmware slots and their trust, and
+/// the signed plugins of the slot with their keys.
+pub const LOCKED_KEYS: &[&str] = &[
+    "data-dir",
+    "site-config",
+    "firmware",
+    "plugins.dir",
+    "plugins.trusted-keys-dir",
+];
+
+/// What became of the site settings ([`Config::load_with_site`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Site {
+    /// The configuration names none.
+    None,
+    /// It names this file, which does not exist.
+    Absent(PathBuf),
+    /// This file's settings override the configuration's; the keys it set
+    /// (dotted, sorted).
+    Applied { path: PathBuf, keys: Vec<String> },
+    /// This file was ignored, for this reason (naming the file and field).
+    Ignored { path: PathBuf, reason: String },
+}
+
+impl Site {
+    fn ignored(path: PathBuf, e: ConfigError) -> Site {
+        Site::Ignored {
+            path,
+            reason: e.to_string(),
+        }
+    }
+
+    /// One line for the start-up banner; `None` when there are no site
+    /// settings to speak of.
+    pub fn line(&self) -> Option<String> {
+        match self {
+            Site::None => None,
+            Site::Absent(p) => Some(format!(
+                "site settings: none ({} does not exist)",
+                p.display()
+            )),
+            Site::Applied { path, keys } => Some(format!(
+                "site settings: {} applied ({})",
+                path.display(),
+                if keys.is_empty() {
+                    "no keys".to_string()
+                } else {
+                    keys.join(", ")
+                }
+            )),
+            Site::Ignored { path, reason } => Some(format!(
+                "site settings: {} IGNORED, running on the image's settings alone: {reason}",
+                path.display()
+            )),
+        }
+    }
+}
+
+/// `base` (the file, or the defaults) with `site_text` (from `site_path`)
+/// laid over it: the configuration and the dotted keys the site set.
+fn merged(
+    base: Option<&Path>,
+    site_text: &str,
+    site_path: &Path,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let parse_err = |path: &Path, e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().replace('\n', " "),
+    };
+    let site: toml::Table = site_text.parse().map_err(|e| parse_err(site_path, e))?;
+    let mut keys = Vec::new();
+    leaf_keys(&site, "", &mut keys);
+    keys.sort();
+    if let Some(k) = keys.iter().find(|k| {
+        LOCKED_KEYS
+            .iter()
+            .any(|l| *k == l || k.starts_with(&format!("{l}.")))
+    }) {
+        let field = LOCKED_KEYS
+            .iter()
+            .find(|l| k == *l || k.starts_with(&format!("{l}.")))
+            .copied()
+            .unwrap_or(k.as_str());
+        return Err(ConfigError::Invalid {
+            path: site_path.to_path_buf(),
+            field: field.to_string(),
+            reason: "set by the firmware image; site settings cannot change it".into(),
+        });
+    }
+    let mut table: toml::Table = match base {
+        None => toml::Table::new(),
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?
+            .parse()
+            .map_err(|e| parse_err(p, e))?,
+    };
+    overlay(&mut table, site);
+    let text = toml::to_string(&table).map_err(|e| ConfigError::Parse {
+        path: site_path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    // Errors name the site file: the image's own file alone was right.
+    let cfg = Config::parse(&text, site_path)?;
+    Ok((cfg, keys))
+}
+
+/// The dotted keys of the values (not tables) under `t`.
+fn leaf_keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(sub) => leaf_keys(sub, &key, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+/// Lays `top` over `base`: tables are merged key by key, any other value
+/// replaces the one below.
+fn overlay(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => overlay(b, t),
+            (_, v) => {
+                base.insert(k, v);
             }
         }
     }
@@ -842,5 +1027,92 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.plugins.settings["scheduler"]["strategy"], "pack");
+    }
+
+    #[test]
+    fn site_settings_override_the_images_unless_they_touch_what_the_image_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("nasvisord.toml");
+        let site = dir.path().join("site.toml");
+        std::fs::write(
+            &base,
+            format!(
+                "site-config = \"{}\"\n[api]\nlisten = \"0.0.0.0:8443\"\n\
+                 [cluster]\nheartbeat-interval-ms = 500\noffline-after-s = 20\n",
+                site.display()
+            ),
+        )
+        .unwrap();
+        let load = || Config::load_with_site(Some(&base)).unwrap();
+
+        // No site file yet: the image's settings, and the banner says so.
+        let (cfg, s) = load();
+        assert_eq!(s, Site::Absent(site.clone()));
+        assert_eq!(cfg.api.listen, "0.0.0.0:8443");
+        assert!(s.line().unwrap().contains("does not exist"));
+
+        // Its keys win, table by table; the image's others stay.
+        std::fs::write(
+            &site,
+            "[host]\nname = \"nas7\"\n[cluster]\nheartbeat-interval-ms = 250\n",
+        )
+        .unwrap();
+        let (cfg, s) = load();
+        assert_eq!(
+            s,
+            Site::Applied {
+                path: site.clone(),
+                keys: vec!["cluster.heartbeat-interval-ms".into(), "host.name".into()],
+            }
+        );
+        assert_eq!(cfg.host.name, "nas7");
+        assert_eq!(cfg.cluster.heartbeat_interval_ms, 250);
+        assert_eq!(cfg.cluster.offline_after_s, 20);
+        assert_eq!(cfg.api.listen, "0.0.0.0:8443");
+
+        // Bad site settings are ignored as a whole, naming the file and the
+        // field: the daemon runs on the image's settings.
+        for (text, field) in [
+            (
+                "[firmware]\nboard = \"other\"\n",
+                "firmware: set by the firmware image",
+            ),
+            (
+                "data-dir = \"/tmp/x\"\n",
+                "data-dir: set by the firmware image",
+            ),
+            (
+                "[plugins]\ntrusted-keys-dir = \"/tmp\"\n",
+                "plugins.trusted-keys-dir: set by",
+            ),
+            ("site-config = \"/tmp/y.toml\"\n", "site-config: set by"),
+            (
+                "[cluster]\nheartbeat-interval-ms = 5\n",
+                "cluster.heartbeat-interval-ms: must be 50 to 10000",
+            ),
+            ("[host]\nnmae = \"x\"\n", "unknown field `nmae`"),
+            ("[host\n", "site.toml"),
+        ] {
+            std::fs::write(&site, text).unwrap();
+            let (cfg, s) = load();
+            let Site::Ignored { path, reason } = &s else {
+                panic!("{text}: {s:?}");
+            };
+            assert_eq!(path, &site);
+            assert!(reason.contains(field), "{text}: {reason}");
+            assert!(reason.contains("site.toml"), "{text}: {reason}");
+            assert_eq!(cfg.host.name, "", "{text}");
+            assert_eq!(cfg.cluster.heartbeat_interval_ms, 500, "{text}");
+            assert!(s.line().unwrap().contains("IGNORED"), "{text}");
+        }
+
+        // The image's own file must be right, site settings or not.
+        std::fs::write(&base, "[api]\nlisten = \"nowhere\"\n").unwrap();
+        assert!(Config::load_with_site(Some(&base)).is_err());
+        // Without a file, the defaults, and no site settings.
+        assert_eq!(
+            Config::load_with_site(None).unwrap(),
+            (Config::default(), Site::None)
+        );
     }
 }

@@ -40,7 +40,8 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// Start, report what was loaded, and exit (non-zero if a plugin was refused).
+    /// Start, report what was loaded, and exit (non-zero if a plugin was
+    /// refused or the site settings are ignored).
     #[arg(long)]
     check: bool,
     /// Log filter (tracing env-filter syntax). The default shows nasvisor's
@@ -133,13 +134,22 @@ fn main() -> ExitCode {
     if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
         return watchdog(lease, std::time::Duration::from_millis(*poll_ms));
     }
-    let mut cfg = match Config::load(args.config.as_deref()) {
+    let (mut cfg, site) = match Config::load_with_site(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nasvisord: {e}");
             return ExitCode::from(2);
         }
     };
+    match &site {
+        config::Site::Ignored { path, reason } => {
+            tracing::error!(site = %path.display(), %reason, "site settings ignored; running on the image's settings alone")
+        }
+        config::Site::Applied { path, keys } => {
+            tracing::info!(site = %path.display(), ?keys, "site settings applied")
+        }
+        config::Site::None | config::Site::Absent(_) => {}
+    }
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
@@ -193,6 +203,7 @@ fn main() -> ExitCode {
     };
     let status = serde_json::json!({
         "data-dir": cfg.data_dir,
+        "site-settings": site.line(),
         "plugin-dir": cfg.plugins.dir,
         "slots": host.status(),
         "loaded": loads.iter().filter_map(|l| l.result.as_ref().ok()).collect::<Vec<_>>(),
@@ -205,6 +216,10 @@ fn main() -> ExitCode {
         serde_json::to_string_pretty(&status).unwrap_or_default()
     );
     if args.check {
+        if let config::Site::Ignored { .. } = site {
+            eprintln!("nasvisord: {}", site.line().unwrap_or_default());
+            return ExitCode::FAILURE;
+        }
         return if loads.iter().all(|l| l.result.is_ok()) {
             ExitCode::SUCCESS
         } else {

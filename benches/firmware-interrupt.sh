@@ -11,6 +11,7 @@
 #     first payload bytes having the signed SHA-256 (else it is unbootable);
 #   - the restarted daemon cleans up (no upload left, no slot left mounted)
 #     and `firmware status` answers, booted from a.
+# After the last point, an install left alone must succeed (b pending).
 # Prints each point's outcome (none: b has no entry; complete: b has a good
 # entry) and the count of unbootable ones (target 0). N points (default 200).
 # Needs target/firmware/rootfs-1.0.0.erofs (scripts/build-firmware.sh) and
@@ -96,4 +97,15 @@ for i in $(seq 1 "$points"); do
   fi
 done
 echo "points $points: b without an entry $none, b complete $complete, unbootable or unclean $unbootable"
+# After all those kills, an install left alone succeeds: nothing a killed
+# one left behind stands in its way.
+if "$cli" firmware install "$work/bundle.nvfw" --wait >"$work/last.out" 2>&1 \
+    && "$cli" --json firmware status >"$work/status.json" 2>/dev/null \
+    && python3 -c 'import json,sys; s = json.load(open(sys.argv[1])); assert s["pending"]["slot"] == "b"' "$work/status.json"; then
+  echo "an install after the last kill: b pending"
+else
+  echo "an install after the last kill failed:" >&2
+  cat "$work/last.out" "$work/status.json" >&2 2>/dev/null || true
+  unbootable=$((unbootable + 1))
+fi
 [ "$unbootable" -eq 0 ]

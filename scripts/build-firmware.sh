@@ -23,6 +23,9 @@
 #   NASVISOR_FW_BIN_DIR     nasvisord and nasvisor (default target/release, stripped copies are taken)
 #   NASVISOR_FW_PLUGIN_DIR  the signed default plugins *.nvplugin (default target/plugins)
 #   NASVISOR_FW_KEYS_DIR    the trusted vendor keys *.pub (default target/keys)
+#   NASVISOR_FW_GUEST_DIR   the bundled guest image nasvisor-mini.qcow2 and its
+#                           guest-image.json (default target/guest, from
+#                           scripts/build-guest-image.sh, which setup.sh runs)
 #   NASVISOR_FW_CACHE       the rootfs cache (default target/firmware-cache)
 #   NASVISOR_FW_TMP         scratch directory (default /dev/shm when it has 4 GiB free, else target/tmp)
 #   SOURCE_DATE_EPOCH       timestamps of the images (default: the last commit's time)
@@ -166,6 +169,10 @@ T_SLOT=$(now_ms)
 BIN_DIR=${NASVISOR_FW_BIN_DIR:-$ROOT/target/release}
 PLUGIN_DIR=${NASVISOR_FW_PLUGIN_DIR:-$ROOT/target/plugins}
 KEYS_DIR=${NASVISOR_FW_KEYS_DIR:-$ROOT/target/keys}
+GUEST_DIR=${NASVISOR_FW_GUEST_DIR:-$ROOT/target/guest}
+for f in nasvisor-mini.qcow2 guest-image.json; do
+  [ -s "$GUEST_DIR/$f" ] || { echo "build-firmware: $GUEST_DIR/$f missing (scripts/build-guest-image.sh, or set NASVISOR_FW_GUEST_DIR)" >&2; exit 1; }
+done
 for b in nasvisord nasvisor; do
   [ -x "$BIN_DIR/$b" ] || { echo "build-firmware: $BIN_DIR/$b missing (cargo build --release --bins, or set NASVISOR_FW_BIN_DIR)" >&2; exit 1; }
 done
@@ -193,6 +200,10 @@ done
 install -m 0644 "${plugins[@]}" "$R/usr/lib/nasvisor/plugins/"
 install -m 0644 "${keys[@]}" "$R/usr/lib/nasvisor/keys/"
 echo "$VERSION" >"$R/usr/lib/nasvisor/version"
+# The bundled guest image, where nasvisord's [images] bundled expects it
+# (`image list` shows it from the first start; docs/appliance.md).
+install -d -m 0755 "$R/usr/share/nasvisor/images"
+install -m 0644 "$GUEST_DIR/nasvisor-mini.qcow2" "$GUEST_DIR/guest-image.json" "$R/usr/share/nasvisor/images/"
 
 # The appliance's own files (units, fstab, config, health check).
 cp -a "$FW/rootfs/." "$R/"

@@ -16,7 +16,8 @@
 #    data partition grows from 512 MiB into the rest (its console line; it
 #    does not grow again at the next boot). Takes the admin token and the
 #    TLS fingerprint from nasvisord's banner on the serial console;
-#    `firmware status` shows a booted (blessed), b empty.
+#    `firmware status` shows a booted (blessed), b empty; `image list` has
+#    the bundled guest image nasvisor-mini, ready.
 # 3. `nasvisor firmware install 1.1.0 --wait` through the forwarded port:
 #    b pending with 3 tries.
 # 4. `nasvisor firmware reboot`: the guest reboots into b, which is blessed;
@@ -135,6 +136,12 @@ PY
 status_ok 's["booted"] == "a"' 'a["state"] == "booted" and a["blessed"] is True and a["version"] == "1.0.0"' \
   'b["state"] == "empty"' 's["pending"] is None'
 echo "$NAME: status: booted a (blessed, 1.0.0), b empty"
+# The bundled guest image is in the slot and in the library from the first
+# start, as on a host installed from packages.
+nv --json image list >"$T/images.json" || fail "image list failed"
+python3 -c 'import json,sys; i = [x for x in json.load(open(sys.argv[1])) if x["name"] == "nasvisor-mini"]; sys.exit(0 if i and i[0]["state"] == "ready" and i[0]["virtual_size_mib"] > 0 else "no ready nasvisor-mini: %r" % i)' "$T/images.json" \
+  || { cat "$T/images.json" >&2; fail "the bundled guest image is not in the library"; }
+echo "$NAME: image list: nasvisor-mini (the bundled guest image) ready"
 
 # ---- 3. install 1.1.0 into b ----------------------------------------------------------------
 t=$(now_ms)
@@ -267,8 +274,9 @@ kill -KILL "$QPID"
 wait "$QPID" 2>/dev/null || true
 echo "$NAME: power cut during the install of 1.3.0 ($CUT_AT)"
 # The ESP as the cut left it: b's blessed entry (1.1.0, booting slot b),
-# and every entry of a left a bad one (+0-N): none that could boot a slot
-# written half-way (nor the 1.2.0 that failed in step 5).
+# and no entry of a that could boot a slot written half-way: none (the
+# install removed a's entries first, step 5's bad one among them) or bad
+# ones (+0-N).
 if entries | grep -e '-a' | grep -q -v -e '-a+0-'; then fail "an entry of a that could boot after the cut: $(entries | tr '\n' ' ')"; fi
 entries | grep -qx 'nasvisor-2-b.conf' || fail "no blessed entry of b after the cut: $(entries | tr '\n' ' ')"
 mtype -i "$(esp)" ::/loader/entries/nasvisor-2-b.conf >"$T/entry-b"

@@ -136,6 +136,17 @@ PY
 status_ok 's["booted"] == "a"' 'a["state"] == "booted" and a["blessed"] is True and a["version"] == "1.0.0"' \
   'b["state"] == "empty"' 's["pending"] is None'
 echo "$NAME: status: booted a (blessed, 1.0.0), b empty"
+# The board's watchdog is armed by systemd (RuntimeWatchdogSec=60s, as soon
+# as udev loaded its driver), and systemd watches nasvisord (WatchdogSec=90s).
+t=$(now_ms)
+until nv --json firmware status 2>/dev/null | python3 -c 'import json,sys; w = json.load(sys.stdin)["watchdog"]["hardware"]; sys.exit(not (w and w[0]["state"] == "active"))'; do
+  [ $(( $(now_ms) - t )) -lt 90000 ] || { nv --json firmware status >&2; fail "the hardware watchdog was not armed within 90 s"; }
+  sleep 2
+done
+status_ok 's["watchdog"]["hardware"][0]["device"] == "/dev/watchdog0"' \
+  '"i6300ESB" in s["watchdog"]["hardware"][0]["identity"]' \
+  's["watchdog"]["hardware"][0]["timeout_s"] == 60' 's["watchdog"]["service_timeout_s"] == 90'
+echo "$NAME: watchdogs: $(nv firmware status | sed -n 's/^watchdog: *//p')"
 # The bundled guest image is in the slot and in the library from the first
 # start, as on a host installed from packages.
 nv --json image list >"$T/images.json" || fail "image list failed"

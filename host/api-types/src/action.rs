@@ -49,6 +49,26 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shutdown_timeout_s: Option<u32>,
     },
+    /// This host's site settings: the file, the keys it sets, what the
+    /// running daemon applied.
+    GetHostSettings,
+    /// Replace this host's site settings file with `text`, once checked as
+    /// the daemon's next start would; with `restart`, the daemon then
+    /// restarts in place to apply it (its VMs keep running).
+    ReplaceHostSettings {
+        /// The whole file (TOML).
+        text: String,
+        /// Restart the daemon to apply it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        restart: bool,
+    },
+    /// Remove this host's site settings file (the image's settings alone
+    /// from the next start); with `restart`, at once.
+    ClearHostSettings {
+        /// Restart the daemon to apply it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        restart: bool,
+    },
     /// All VMs.
     ListVms,
     /// One VM.
@@ -353,10 +373,13 @@ pub enum Action {
 }
 
 /// The routes that take `?host=`: the storage routes (pools, volumes,
-/// snapshots), which act on that host's pools, and the host's recent
-/// policy decisions.
+/// snapshots), which act on that host's pools, the host's recent policy
+/// decisions, and its site settings.
 pub const HOST_SCOPED_OPERATIONS: &[&str] = &[
     "listDecisions",
+    "getHostSettings",
+    "replaceHostSettings",
+    "clearHostSettings",
     "listPools",
     "createPool",
     "deletePool",

@@ -200,6 +200,36 @@ pub const ROUTES: &[Route] = &[
         ),
         &["force", "shutdown_timeout_s"],
     ),
+    admin(q(
+        r(
+            "GET",
+            "/api/v1/host/settings",
+            "getHostSettings",
+            200,
+            false,
+        ),
+        &["host"],
+    )),
+    q(
+        r(
+            "PUT",
+            "/api/v1/host/settings",
+            "replaceHostSettings",
+            200,
+            true,
+        ),
+        &["host", "restart"],
+    ),
+    q(
+        r(
+            "DELETE",
+            "/api/v1/host/settings",
+            "clearHostSettings",
+            200,
+            false,
+        ),
+        &["host", "restart"],
+    ),
     r("GET", "/api/v1/vms", "listVms", 200, false),
     r("POST", "/api/v1/vms", "createVm", 201, true),
     r("GET", "/api/v1/vms/{id}", "getVm", 200, false),

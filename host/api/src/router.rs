@@ -10,11 +10,11 @@ pub use nasvisor_api_types::routes::{
 use nasvisor_api_types::ApiError;
 use nasvisor_api_types::{
     check_name, Action, ClusterCreate, ClusterJoin, ConsoleInputBody, FirmwareKind, HostDegrade,
-    ImageAddBody, ImageMetaSpec, ImageUpload, JoinTokenCreate, PasswordChange, PluginInstall,
-    PoolCreate, PowerOp, SnapshotCreate, TokenCreate, UserCreate, UserUpdate, Validate, VmCreate,
-    VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate, VolumeImport, VolumeResize,
-    VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL, MAX_EVENT_LIMIT,
-    MAX_SHUTDOWN_TIMEOUT_S,
+    HostSettingsReplace, ImageAddBody, ImageMetaSpec, ImageUpload, JoinTokenCreate, PasswordChange,
+    PluginInstall, PoolCreate, PowerOp, SnapshotCreate, TokenCreate, UserCreate, UserUpdate,
+    Validate, VmCreate, VmMigrate, VmRecover, VmUpdate, VolumeClone, VolumeCreate, VolumeImport,
+    VolumeResize, VswitchCreate, DEFAULT_CONSOLE_TAIL, DEFAULT_EVENT_LIMIT, MAX_CONSOLE_TAIL,
+    MAX_EVENT_LIMIT, MAX_SHUTDOWN_TIMEOUT_S,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -230,11 +230,7 @@ pub struct ConsoleRequest {
 pub fn console_request(m: &Matched, query: Option<&str>) -> Result<ConsoleRequest, ApiError> {
     check_params(m)?;
     let q = parse_query(query, m.route.query)?;
-    let follow = q
-        .get("follow")
-        .map(|v| parse_bool("follow", v))
-        .transpose()?
-        .unwrap_or(false);
+    let follow = flag(&q, "follow")?.unwrap_or(false);
     let tail = match q.get("tail") {
         Some(v) => parse_u64("tail", v)?,
         None => DEFAULT_CONSOLE_TAIL,
@@ -256,10 +252,7 @@ pub fn console_request(m: &Matched, query: Option<&str>) -> Result<ConsoleReques
 pub fn upload_request(m: &Matched, query: Option<&str>) -> Result<ImageUpload, ApiError> {
     check_params(m)?;
     let mut q = parse_query(query, m.route.query)?;
-    let cloud_init = q
-        .get("cloud_init")
-        .map(|v| parse_bool("cloud_init", v))
-        .transpose()?;
+    let cloud_init = flag(&q, "cloud_init")?;
     let firmware = q
         .get("firmware")
         .map(|v| {
@@ -285,10 +278,7 @@ pub fn upload_request(m: &Matched, query: Option<&str>) -> Result<ImageUpload, A
 pub fn cluster_update_request(m: &Matched, query: Option<&str>) -> Result<bool, ApiError> {
     check_params(m)?;
     let q = parse_query(query, m.route.query)?;
-    q.get("move_back")
-        .map(|v| parse_bool("move_back", v))
-        .transpose()
-        .map(|v| v.unwrap_or(true))
+    flag(&q, "move_back").map(|v| v.unwrap_or(true))
 }
 
 /// Validates the path and query of the firmware install route (it takes
@@ -315,6 +305,11 @@ fn shutdown_timeout(field: &str, v: &str) -> Result<u32, ApiError> {
             format!("must be between 1 and {MAX_SHUTDOWN_TIMEOUT_S} (seconds)"),
         )),
     }
+}
+
+/// The boolean query parameter `name`, when given.
+fn flag(q: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    q.get(name).map(|v| parse_bool(name, v)).transpose()
 }
 
 fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
@@ -375,12 +370,16 @@ pub fn to_action(
         "revokeToken" => Action::RevokeToken { id: p("id") },
         "getHost" => Action::GetHost,
         "getFirmware" => Action::GetFirmware,
+        "getHostSettings" => Action::GetHostSettings,
+        "replaceHostSettings" => Action::ReplaceHostSettings {
+            text: parse_valid::<HostSettingsReplace>(body)?.text,
+            restart: flag(&q, "restart")?.unwrap_or(false),
+        },
+        "clearHostSettings" => Action::ClearHostSettings {
+            restart: flag(&q, "restart")?.unwrap_or(false),
+        },
         "rebootHost" => Action::RebootHost {
-            force: q
-                .get("force")
-                .map(|v| parse_bool("force", v))
-                .transpose()?
-                .unwrap_or(false),
+            force: flag(&q, "force")?.unwrap_or(false),
             shutdown_timeout_s: q
                 .get("shutdown_timeout_s")
                 .map(|v| shutdown_timeout("shutdown_timeout_s", v))
@@ -398,16 +397,8 @@ pub fn to_action(
         },
         "deleteVm" => Action::DeleteVm {
             id: p("id"),
-            delete_disks: q
-                .get("delete_disks")
-                .map(|v| parse_bool("delete_disks", v))
-                .transpose()?
-                .unwrap_or(false),
-            force: q
-                .get("force")
-                .map(|v| parse_bool("force", v))
-                .transpose()?
-                .unwrap_or(false),
+            delete_disks: flag(&q, "delete_disks")?.unwrap_or(false),
+            force: flag(&q, "force")?.unwrap_or(false),
         },
         "vmPower" => Action::VmPower {
             id: p("id"),

@@ -1084,6 +1084,12 @@ fn sample(operation: &str) -> (&'static str, Option<&'static str>) {
             "/api/v1/cluster/join",
             Some(r#"{"address":"192.0.2.1:8444","token":"nvjt1.abc"}"#),
         ),
+        "getHostSettings" => ("/api/v1/host/settings", None),
+        "replaceHostSettings" => (
+            "/api/v1/host/settings?restart=true",
+            Some(r#"{"text":"[vm]\nreserved-memory-mib = 1024\n"}"#),
+        ),
+        "clearHostSettings" => ("/api/v1/host/settings?host=nas2", None),
         "listHosts" => ("/api/v1/hosts", None),
         "cordonHost" => ("/api/v1/hosts/nas1/cordon", None),
         "uncordonHost" => ("/api/v1/hosts/nas1/uncordon", None),

@@ -187,7 +187,23 @@ fn firmware() -> FirmwareView {
                     "installed_at": "2026-02-01T10:00:00Z"},
         "last_outcome": {"result": "installed", "at": "2026-02-01T10:00:00Z", "version": "2.1.0",
                          "slot": "b", "code": null, "reason": "installed into slot b"},
-        "service": null
+        "service": null,
+        "watchdog": {"hardware": [{"device": "/dev/watchdog0", "identity": "i6300ESB timer",
+                                   "state": "active", "timeout_s": 60}],
+                     "service_timeout_s": 90}
+    }))
+}
+
+/// This host's site settings: a file on disk; `changed`: not what the
+/// running daemon read (`restarting` with `--restart`).
+fn settings(changed: bool, restarting: bool) -> nasvisor_api::types::HostSettingsView {
+    view(json!({
+        "host": "nas1", "path": "/var/lib/nasvisor/nasvisord.toml",
+        "text": "[vm]\nreserved-memory-mib = 1536\n",
+        "keys": ["vm.reserved-memory-mib"], "error": null,
+        "running": if changed { "absent" } else { "applied" },
+        "running_keys": if changed { json!([]) } else { json!(["vm.reserved-memory-mib"]) },
+        "running_reason": null, "restart_needed": changed, "restarting": restarting
     }))
 }
 
@@ -235,6 +251,10 @@ impl Fake {
                 "message": "host nas1 reboots once VMs vm1 are shut down (each forced off after 30 s): job j9; they start again when nasvisord is back",
                 "stopping": ["vm1"], "job": "j9"}))
             .into_answer(),
+            Action::GetHostSettings => settings(false, false).into_answer(),
+            Action::ReplaceHostSettings { restart, .. } | Action::ClearHostSettings { restart } => {
+                settings(true, restart).into_answer()
+            }
             Action::GetClusterUpdate => rollout("failed").into_answer(),
             Action::ResumeClusterUpdate => rollout("running").into_answer(),
             Action::AbortClusterUpdate => rollout("aborted").into_answer(),
@@ -1174,8 +1194,31 @@ fn tables_and_json_output() {
 #[test]
 fn every_command_sends_the_right_action() {
     let h = Harness::start();
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(&site, "[vm]\nreserved-memory-mib = 1536\n").unwrap();
+    let site = site.to_str().unwrap();
     let cases: Vec<(Vec<&str>, Action)> = vec![
         (vec!["host"], Action::GetHost),
+        (vec!["host", "settings"], Action::GetHostSettings),
+        (
+            vec!["host", "settings", "show", "--host", "nas2"],
+            Action::OnHost {
+                host: "nas2".into(),
+                request: Box::new(Action::GetHostSettings),
+            },
+        ),
+        (
+            vec!["host", "settings", "set", site, "--restart"],
+            Action::ReplaceHostSettings {
+                text: "[vm]\nreserved-memory-mib = 1536\n".into(),
+                restart: true,
+            },
+        ),
+        (
+            vec!["host", "settings", "clear"],
+            Action::ClearHostSettings { restart: false },
+        ),
         (vec!["firmware", "status"], Action::GetFirmware),
         (
             vec!["firmware", "reboot"],
@@ -2171,6 +2214,12 @@ fn firmware_status_shows_the_slots_and_install_streams_the_bundle_as_a_job() {
         "{out}"
     );
     assert!(out.contains("2.1.0 in slot b (generation 2"), "{out}");
+    assert!(
+        out.contains(
+            "watchdog:        i6300ESB timer (/dev/watchdog0) active, 60 s; nasvisord 90 s"
+        ),
+        "{out}"
+    );
     let json: Value = serde_json::from_str(&h.ok(&["--json", "firmware", "status"])).unwrap();
     assert_eq!(strict::<FirmwareView>(&json).unwrap(), firmware());
 
@@ -2967,4 +3016,45 @@ fn remote_add_with_a_user_logs_in_and_stores_a_new_token_not_the_password() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn host_settings_show_the_file_and_say_when_a_change_applies() {
+    let h = Harness::start();
+    let out = h.ok(&["host", "settings"]);
+    assert!(
+        out.contains("file:            /var/lib/nasvisor/nasvisord.toml"),
+        "{out}"
+    );
+    assert!(
+        out.contains("keys:            vm.reserved-memory-mib"),
+        "{out}"
+    );
+    assert!(
+        out.contains("running:         applied (vm.reserved-memory-mib)"),
+        "{out}"
+    );
+    assert!(out.contains("restart needed:  no"), "{out}");
+    assert!(
+        out.ends_with("\n[vm]\nreserved-memory-mib = 1536\n"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(&site, "[vm]\nreserved-memory-mib = 1536\n").unwrap();
+    let out = h.ok(&["host", "settings", "set", site.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        "site settings of host nas1 replaced (vm.reserved-memory-mib); they take effect at the \
+         next start of nasvisord (or use --restart)\n"
+    );
+    let out = h.ok(&["host", "settings", "clear", "--restart"]);
+    assert_eq!(
+        out,
+        "site settings of host nas1 removed; nasvisord restarts to apply them (its VMs keep \
+         running)\n"
+    );
+    let missing = dir.path().join("absent.toml");
+    let err = h.fails(&["host", "settings", "set", missing.to_str().unwrap()]);
+    assert!(err.contains("absent.toml"), "{err}");
 }

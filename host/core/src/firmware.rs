@@ -13,7 +13,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use nasvisor_api_types::{
     CoreError, FirmwareOutcomeKind, FirmwareOutcomeView, FirmwarePendingView, FirmwareServiceView,
-    FirmwareSlotState, FirmwareSlotView, FirmwareView, JobView,
+    FirmwareSlotState, FirmwareSlotView, FirmwareView, FirmwareWatchdogView, HardwareWatchdogView,
+    JobView,
 };
 use nasvisor_best_effort::BestEffort;
 use nasvisor_firmware::{
@@ -22,7 +23,7 @@ use nasvisor_firmware::{
 };
 use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
@@ -129,7 +130,26 @@ impl Inner {
         };
         let mut v = view(status);
         v.service = Some(service);
+        v.watchdog = Some(self.watchdog_view());
         Ok(v)
+    }
+
+    /// The board's hardware watchdogs and systemd's watchdog of nasvisord.
+    fn watchdog_view(&self) -> FirmwareWatchdogView {
+        let hardware =
+            nasvisor_firmware::hardware_watchdogs(Path::new(nasvisor_firmware::WATCHDOG_CLASS))
+                .into_iter()
+                .map(|h| HardwareWatchdogView {
+                    device: h.device,
+                    identity: h.identity,
+                    state: h.state,
+                    timeout_s: h.timeout_s,
+                })
+                .collect();
+        FirmwareWatchdogView {
+            hardware,
+            service_timeout_s: self.cfg.service_watchdog.map(|d| d.as_secs()),
+        }
     }
 
     /// `POST /api/v1/host/firmware/install`: receives the bundle into the
@@ -505,7 +525,7 @@ pub(crate) struct Received {
 
 /// How long after a service release's install job ended nasvisord
 /// restarts into it.
-const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What an install job did.
 enum Done {
@@ -563,6 +583,7 @@ fn view(s: FirmwareStatus) -> FirmwareView {
             reason: o.reason,
         }),
         service: None,
+        watchdog: None,
     }
 }
 

@@ -284,6 +284,11 @@ impl Inner {
         match action {
             Action::GetHost => answer(Ok(c.this_host_view())),
             Action::GetFirmware => answer(c.firmware_status().await),
+            Action::GetHostSettings => answer(c.host_settings().await),
+            Action::ReplaceHostSettings { text, restart } => {
+                answer(c.replace_host_settings(text, restart).await)
+            }
+            Action::ClearHostSettings { restart } => answer(c.clear_host_settings(restart).await),
             Action::RebootHost {
                 force,
                 shutdown_timeout_s,

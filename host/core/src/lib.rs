@@ -42,13 +42,15 @@ mod plugins;
 mod pool_io;
 mod replica;
 mod rollout;
+mod settings;
 mod storage_ops;
 mod vms;
 mod vswitches;
 
 use crate::db::Db;
 pub use crate::firmware::FirmwareSettings;
-use crate::model::HostRecord;
+use crate::model::{kind, HostRecord};
+pub use crate::settings::{SettingsCheck, SiteAtStart, SiteSettings};
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterNet, ClusterStore};
 use nasvisor_net::Net;
@@ -154,6 +156,13 @@ pub struct CoreConfig {
     /// The program and arguments that reboot this host (`[firmware]
     /// reboot-command`), run by `POST /api/v1/host/firmware/reboot`.
     pub reboot_command: Vec<String>,
+    /// The time systemd gives nasvisord to say it is alive (the unit's
+    /// `WatchdogSec=`); `None`: no service manager watches it. Shown by
+    /// `GET /api/v1/host/firmware`.
+    pub service_watchdog: Option<Duration>,
+    /// This host's site settings file (`/api/v1/host/settings`); `None`:
+    /// the configuration names none, and none can be written.
+    pub site_settings: Option<SiteSettings>,
     /// Test builds only: the peer protocol window this core pretends to
     /// have (a member one version ahead or behind); this build's otherwise.
     #[cfg(test)]
@@ -196,6 +205,8 @@ impl CoreConfig {
             firmware: None,
             service_release: None,
             reboot_command: vec!["systemctl".into(), "reboot".into()],
+            service_watchdog: None,
+            site_settings: None,
             #[cfg(test)]
             test_peer_window: None,
             #[cfg(test)]
@@ -314,8 +325,9 @@ pub(crate) struct Inner {
     pub plugin_reports: plugin_reports::PluginReports,
     /// The HA VMs whose disk replica a keeper task looks after here.
     pub replicas: replica::ReplicaKeepers,
-    /// Told when a service release was staged: the daemon restarts into
-    /// it ([`NasCore::restart_requested`]).
+    /// Told when a service release was staged, or new site settings are
+    /// to be applied at once: the daemon restarts in place
+    /// ([`NasCore::restart_requested`]).
     pub service_restart: tokio::sync::Notify,
     /// Wakes the rolling update's driver (a rollout started or resumed).
     pub rollout_wake: tokio::sync::Notify,
@@ -524,6 +536,30 @@ impl NasCore {
     /// Without a trial it does nothing.
     pub async fn confirm_service_release(&self) {
         self.inner.confirm_service_release().await
+    }
+
+    /// Whether this daemon still works, for the service manager's watchdog:
+    /// its store answers a read of this host's record (on a blocking
+    /// thread, so that a store that hangs cannot hold up the caller, which
+    /// bounds the wait).
+    pub async fn alive(&self) -> Result<(), String> {
+        let inner = self.inner.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            inner
+                .db
+                .get::<HostRecord>(kind::HOST, &inner.host.id)
+                .is_some()
+        })
+        .await
+        .map_err(|e| format!("the store's read failed: {e}"))?;
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "the store has no record of this host ({})",
+                self.inner.host.id
+            ))
+        }
     }
 
     /// The accelerator VMs run under.

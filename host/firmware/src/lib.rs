@@ -41,6 +41,7 @@ mod sink;
 mod slots;
 mod state;
 mod verify;
+mod watchdog;
 
 pub use build::{build, sign, BuildSpec};
 pub use error::BundleError;
@@ -63,3 +64,4 @@ pub use state::{
 pub use verify::{
     open_file, verify, verify_file, CheckedBundle, OpenBundle, Verified, SIGNATURE_DOMAIN,
 };
+pub use watchdog::{hardware_watchdogs, HardwareWatchdog, WATCHDOG_CLASS};

@@ -604,49 +604,59 @@ impl Config {
     /// bad site settings, which survive every update, cannot keep every
     /// slot from booting. [`Site::Ignored`] says why, naming the field;
     /// `--check` fails on it.
-    pub fn load_with_site(path: Option<&Path>) -> Result<(Config, Site), ConfigError> {
-        let base = Config::load(path)?;
-        let Some(site_path) = base.site_config.clone() else {
-            return Ok((base, Site::None));
+    pub fn load_with_site(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let base_text = path.map(read_config).transpose()?;
+        let base = match (path, &base_text) {
+            (Some(p), Some(text)) => Config::parse(text, p)?,
+            _ => Config::default(),
         };
-        let site_text = match std::fs::read_to_string(&site_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok((base, Site::Absent(site_path)))
-            }
-            Err(source) => {
+        let Some(site_path) = base.site_config.clone() else {
+            return Ok(Loaded {
+                config: base,
+                site: Site::None,
+                check: None,
+                site_text: None,
+            });
+        };
+        let check = SiteCheck {
+            base: path.map(Path::to_path_buf).zip(base_text),
+            path: site_path.clone(),
+        };
+        let read = std::fs::read_to_string(&site_path);
+        let (config, site) = match &read {
+            Ok(text) => match check.merged(text) {
+                Ok((cfg, keys)) => (
+                    cfg,
+                    Site::Applied {
+                        path: site_path,
+                        keys,
+                    },
+                ),
+                Err(e) => (base, Site::ignored(site_path, e)),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (base, Site::Absent(site_path)),
+            Err(e) => {
                 let e = ConfigError::Read {
                     path: site_path.clone(),
-                    source,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
                 };
-                return Ok((base, Site::ignored(site_path, e)));
+                (base, Site::ignored(site_path, e))
             }
         };
-        match merged(path, &site_text, &site_path) {
-            Ok((cfg, keys)) => Ok((
-                cfg,
-                Site::Applied {
-                    path: site_path,
-                    keys,
-                },
-            )),
-            Err(e) => Ok((base, Site::ignored(site_path, e))),
-        }
+        Ok(Loaded {
+            config,
+            site,
+            check: Some(check),
+            site_text: read.ok(),
+        })
     }
+}
 
-    /// Loads `path`, or the embedded defaults when `path` is `None`.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            None => Ok(Config::default()),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
-                Config::parse(&text, p)
-            }
-        }
-    }
+fn read_config(p: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
 /// The settings site settings may not change: where the daemon's data (and
@@ -659,6 +669,47 @@ pub const LOCKED_KEYS: &[&str] = &[
     "plugins.dir",
     "plugins.trusted-keys-dir",
 ];
+
+/// What [`Config::load_with_site`] loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The configuration the daemon runs with.
+    pub config: Config,
+    /// What became of the site settings.
+    pub site: Site,
+    /// How a site settings text is judged (when the configuration names a
+    /// site file): the API checks a new file with it before writing it.
+    pub check: Option<SiteCheck>,
+    /// The site settings file's text as read (`None`: none, or unreadable).
+    pub site_text: Option<String>,
+}
+
+/// The check the daemon's start makes of its site settings file: the
+/// image's file (path and text, as read at this start) with the text laid
+/// over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteCheck {
+    base: Option<(PathBuf, String)>,
+    path: PathBuf,
+}
+
+impl SiteCheck {
+    /// The site settings file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The dotted keys `text` sets, or why the next start would ignore it
+    /// (naming the file and the key).
+    pub fn check(&self, text: &str) -> Result<Vec<String>, ConfigError> {
+        self.merged(text).map(|(_, keys)| keys)
+    }
+
+    fn merged(&self, text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        let base = self.base.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
+        merged(base, text, &self.path)
+    }
+}
 
 /// What became of the site settings ([`Config::load_with_site`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -708,10 +759,10 @@ impl Site {
     }
 }
 
-/// `base` (the file, or the defaults) with `site_text` (from `site_path`)
-/// laid over it: the configuration and the dotted keys the site set.
+/// `site_text` laid over the image's file (its path and text), or over
+/// the embedded defaults when there is none; with the keys it set.
 fn merged(
-    base: Option<&Path>,
+    base: Option<(&Path, &str)>,
     site_text: &str,
     site_path: &Path,
 ) -> Result<(Config, Vec<String>), ConfigError> {
@@ -723,16 +774,12 @@ fn merged(
     let mut keys = Vec::new();
     leaf_keys(&site, "", &mut keys);
     keys.sort();
-    if let Some(k) = keys.iter().find(|k| {
+    let locked = keys.iter().find_map(|k| {
         LOCKED_KEYS
             .iter()
-            .any(|l| *k == l || k.starts_with(&format!("{l}.")))
-    }) {
-        let field = LOCKED_KEYS
-            .iter()
             .find(|l| k == *l || k.starts_with(&format!("{l}.")))
-            .copied()
-            .unwrap_or(k.as_str());
+    });
+    if let Some(field) = locked {
         return Err(ConfigError::Invalid {
             path: site_path.to_path_buf(),
             field: field.to_string(),
@@ -741,13 +788,7 @@ fn merged(
     }
     let mut table: toml::Table = match base {
         None => toml::Table::new(),
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|source| ConfigError::Read {
-                path: p.to_path_buf(),
-                source,
-            })?
-            .parse()
-            .map_err(|e| parse_err(p, e))?,
+        Some((p, text)) => text.parse().map_err(|e| parse_err(p, e))?,
     };
     overlay(&mut table, site);
     let text = toml::to_string(&table).map_err(|e| ConfigError::Parse {
@@ -1046,7 +1087,15 @@ mod tests {
         let load = || Config::load_with_site(Some(&base)).unwrap();
 
         // No site file yet: the image's settings, and the banner says so.
-        let (cfg, s) = load();
+        let Loaded {
+            config: cfg,
+            site: s,
+            check,
+            site_text,
+        } = load();
+        assert_eq!(site_text, None);
+        let check = check.expect("a site file is named: its check");
+        assert_eq!(check.path(), site);
         assert_eq!(s, Site::Absent(site.clone()));
         assert_eq!(cfg.api.listen, "0.0.0.0:8443");
         assert!(s.line().unwrap().contains("does not exist"));
@@ -1057,7 +1106,20 @@ mod tests {
             "[host]\nname = \"nas7\"\n[cluster]\nheartbeat-interval-ms = 250\n",
         )
         .unwrap();
-        let (cfg, s) = load();
+        let Loaded {
+            config: cfg,
+            site: s,
+            site_text,
+            ..
+        } = load();
+        assert_eq!(
+            site_text.as_deref(),
+            Some("[host]\nname = \"nas7\"\n[cluster]\nheartbeat-interval-ms = 250\n")
+        );
+        assert_eq!(
+            check.check("[host]\nname = \"nas7\"\n").unwrap(),
+            ["host.name"]
+        );
         assert_eq!(
             s,
             Site::Applied {
@@ -1094,7 +1156,13 @@ mod tests {
             ("[host\n", "site.toml"),
         ] {
             std::fs::write(&site, text).unwrap();
-            let (cfg, s) = load();
+            let e = check.check(text).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("site.toml"), "{text}: {e}");
+            let Loaded {
+                config: cfg,
+                site: s,
+                ..
+            } = load();
             let Site::Ignored { path, reason } = &s else {
                 panic!("{text}: {s:?}");
             };
@@ -1112,7 +1180,12 @@ mod tests {
         // Without a file, the defaults, and no site settings.
         assert_eq!(
             Config::load_with_site(None).unwrap(),
-            (Config::default(), Site::None)
+            Loaded {
+                config: Config::default(),
+                site: Site::None,
+                check: None,
+                site_text: None,
+            }
         );
     }
 }

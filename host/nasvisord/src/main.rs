@@ -13,6 +13,7 @@
 mod config;
 mod plugins;
 mod service;
+mod systemd;
 
 use clap::Parser;
 use config::Config;
@@ -134,7 +135,12 @@ fn main() -> ExitCode {
     if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
         return watchdog(lease, std::time::Duration::from_millis(*poll_ms));
     }
-    let (mut cfg, site) = match Config::load_with_site(args.config.as_deref()) {
+    let config::Loaded {
+        config: mut cfg,
+        site,
+        check: site_check,
+        site_text,
+    } = match Config::load_with_site(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nasvisord: {e}");
@@ -237,16 +243,27 @@ fn main() -> ExitCode {
         }
     };
     let firmware = cfg.firmware.settings(&cfg.data_dir);
-    match rt.block_on(serve(cfg, host)) {
+    let notifier = systemd::Notifier::from_env();
+    let site_settings = site_check.map(|check| site_settings(&site, check, site_text));
+    match rt.block_on(serve(cfg, host, notifier, site_settings)) {
         Ok(Stopped::Signal) => ExitCode::SUCCESS,
         Ok(Stopped::Restart) => {
             // Every thread of the runtime ends before the exec.
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
-            let Some(fw) = firmware else {
-                return ExitCode::FAILURE;
+            let e = match firmware {
+                Some(fw) => {
+                    // A release on trial has until its own deadline to
+                    // serve (its watchdog rolls it back then); systemd's
+                    // waits longer.
+                    notifier.allow_gap(fw.service_deadline + std::time::Duration::from_secs(30));
+                    service::restart(&fw)
+                }
+                None => {
+                    notifier.allow_gap(std::time::Duration::from_secs(120));
+                    service::reexec()
+                }
             };
-            let e = service::restart(&fw);
-            eprintln!("nasvisord: cannot restart into the service release: {e}");
+            eprintln!("nasvisord: cannot restart in place: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -256,11 +273,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The core's view of the site settings: the file, the check of a new
+/// text (as the next start will make it), and what this start made of it.
+fn site_settings(
+    site: &config::Site,
+    check: config::SiteCheck,
+    text: Option<String>,
+) -> nasvisor_core::SiteSettings {
+    use nasvisor_api::types::SiteSettingsState as S;
+    let (state, keys, reason) = match site {
+        config::Site::None => (S::None, Vec::new(), None),
+        config::Site::Absent(_) => (S::Absent, Vec::new(), None),
+        config::Site::Applied { keys, .. } => (S::Applied, keys.clone(), None),
+        config::Site::Ignored { reason, .. } => (S::Ignored, Vec::new(), Some(reason.clone())),
+    };
+    let path = check.path().to_path_buf();
+    nasvisor_core::SiteSettings {
+        path,
+        check: std::sync::Arc::new(move |t: &str| check.check(t).map_err(|e| e.to_string())),
+        at_start: nasvisor_core::SiteAtStart {
+            state,
+            keys,
+            reason,
+            text,
+        },
+    }
+}
+
 /// Why [`serve`] returned.
 enum Stopped {
     /// SIGTERM or SIGINT.
     Signal,
-    /// A service release was staged: restart into it.
+    /// A service release was staged, or new site settings are to be
+    /// applied at once: restart in place.
     Restart,
 }
 
@@ -330,8 +375,14 @@ impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
     }
 }
 
-fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
+fn core_config(
+    cfg: &Config,
+    notifier: &systemd::Notifier,
+    site_settings: Option<nasvisor_core::SiteSettings>,
+) -> nasvisor_core::CoreConfig {
     let mut c = nasvisor_core::CoreConfig::new(&cfg.data_dir);
+    c.service_watchdog = notifier.watchdog();
+    c.site_settings = site_settings;
     if !cfg.host.name.is_empty() {
         c.host_name = cfg.host.name.clone();
     }
@@ -380,17 +431,31 @@ fn core_config(cfg: &Config) -> nasvisor_core::CoreConfig {
 async fn serve(
     cfg: Config,
     policy: std::sync::Arc<nasvisor_plugin_host::PolicyHost>,
+    notifier: systemd::Notifier,
+    site_settings: Option<nasvisor_core::SiteSettings>,
 ) -> anyhow::Result<Stopped> {
     use anyhow::Context;
+    // systemd's watchdog is fed from now on: while the core starts, the
+    // runtime answering is enough; once it serves, its store must answer.
+    let started = std::sync::Arc::new(std::sync::OnceLock::<nasvisor_core::NasCore>::new());
+    notifier.keep_alive(started.clone(), |core: &nasvisor_core::NasCore| {
+        let core = core.clone();
+        async move { core.alive().await }
+    });
     // The composition root: the cluster network (CA, mutual TLS, the
     // cluster endpoint) is chosen here and handed to the core's store, and
     // the HTTP(S) client that carries image downloads to the core.
     let cluster_net = nasvisor_cluster_net::TlsNet::shared();
     let downloader =
         std::sync::Arc::new(nasvisor_download::HttpDownloader::new().context("image downloader")?);
-    let core = nasvisor_core::NasCore::start(core_config(&cfg), policy, cluster_net, downloader)
-        .await
-        .context("starting the core")?;
+    let core = nasvisor_core::NasCore::start(
+        core_config(&cfg, &notifier, site_settings),
+        policy,
+        cluster_net,
+        downloader,
+    )
+    .await
+    .context("starting the core")?;
     let listen: std::net::SocketAddr = cfg
         .api
         .listen
@@ -408,10 +473,11 @@ async fn serve(
         .context("starting the HTTPS endpoint")?;
     // The banner carries the bootstrap admin token on the first start only.
     println!("{}", server.startup_banner(core.take_bootstrap_token()));
+    let addr = server.local_addr()?;
     tracing::info!(
         host = %core.host().id,
         accel = core.accel().qemu_name(),
-        addr = %server.local_addr()?,
+        %addr,
         "nasvisord running; stop it with SIGTERM or Ctrl-C (VMs keep running)"
     );
     // Who runs this host's service now: supervisors and tests find the
@@ -420,6 +486,8 @@ async fn serve(
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(path = %pid_file.display(), error = %e, "cannot write the pid file");
     }
+    let _ = started.set(core.clone());
+    notifier.ready(&format!("serving on {addr}"));
     if service::running_release().is_some() {
         let c = core.clone();
         tokio::spawn(async move { c.confirm_service_release().await });
@@ -435,11 +503,13 @@ async fn serve(
                 _ = tokio::signal::ctrl_c() => {},
                 _ = core.restart_requested() => {
                     restart.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::info!("a service release was staged: restarting into it; running VMs keep running");
+                    tracing::info!("restarting in place (a service release was staged, or new site settings are applied); running VMs keep running");
+                    notifier.status("restarting in place");
                     return;
                 },
             }
             tracing::info!("stopping; running VMs keep running");
+            notifier.stopping("stopping; running VMs keep running");
         }
     };
     server.serve(stop).await?;

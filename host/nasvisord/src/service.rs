@@ -108,6 +108,19 @@ pub fn restart(settings: &FirmwareSettings) -> std::io::Error {
         .exec()
 }
 
+/// Without firmware management: execs this binary again with this
+/// process's arguments (new site settings applied at once). Returns only
+/// when the exec failed.
+pub fn reexec() -> std::io::Error {
+    let me = match std::env::current_exe() {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    tracing::info!(exe = %me.display(), "restarting in place");
+    Command::new(&me).args(&args).exec()
+}
+
 /// Starts `nasvisord ... service-watch` for `release`, detached: it is
 /// started through a first process that starts it and exits, so it is no
 /// child of the daemon it watches. The watchdog is the launcher's (the

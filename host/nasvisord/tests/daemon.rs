@@ -982,3 +982,198 @@ fn users_log_in_act_within_their_role_are_audited_and_throttled() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("HTTP 401") && e.contains("disabled"), "{e}");
 }
+
+#[test]
+fn under_systemd_it_says_ready_once_it_serves_feeds_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+    let _s = serial();
+    // The service manager's end of sd_notify: a datagram socket, as
+    // systemd's NOTIFY_SOCKET, and a watchdog of 2 s (`WatchdogSec=2s`).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if tx.send((Instant::now(), msg)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut setup = common::DaemonSetup::single_host();
+    setup.env = vec![
+        ("NOTIFY_SOCKET".into(), path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "2000000".into()),
+    ];
+    let mut d = Daemon::start_with(setup);
+    let started = Instant::now();
+    let mut seen: Vec<(Instant, String)> = Vec::new();
+    let next = |seen: &mut Vec<(Instant, String)>, want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((at, m)) => {
+                    let hit = m.lines().any(|l| l == want);
+                    seen.push((at, m.clone()));
+                    if hit {
+                        return m;
+                    }
+                }
+                Err(_) => panic!("no {want} within {within:?}; seen: {seen:?}"),
+            }
+        }
+    };
+    // READY=1 once the endpoint serves (the banner was printed before), with
+    // the address in its status.
+    let ready = next(&mut seen, "READY=1", Duration::from_secs(30));
+    let port = d.endpoint.rsplit(':').next().unwrap().trim_end_matches('/');
+    assert!(
+        ready.contains(&format!("STATUS=serving on 127.0.0.1:{port}")),
+        "{ready:?} (endpoint {})",
+        d.endpoint
+    );
+    let out = d.cli(&["host"]);
+    assert!(out.status.success(), "the daemon answers once ready");
+    // The watchdog is fed every half timeout while the daemon works.
+    let from = Instant::now();
+    let mut pings = Vec::new();
+    while from.elapsed() < Duration::from_secs(6) {
+        next(&mut seen, "WATCHDOG=1", Duration::from_secs(3));
+        pings.push(seen.last().expect("a message").0);
+    }
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(pings.len() >= 5, "{} pings in 6 s: {gaps:?}", pings.len());
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(1800)),
+        "a gap near the 2 s timeout: {gaps:?}"
+    );
+    // A stop says so before the daemon exits.
+    d.stop();
+    next(&mut seen, "STOPPING=1", Duration::from_secs(10));
+    eprintln!(
+        "ready and {} keep-alives in {:.1} s; gaps {gaps:?}",
+        pings.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn site_settings_are_checked_before_they_are_written_and_a_restart_in_place_applies_them() {
+    let _s = serial();
+    let sites = tempfile::tempdir().unwrap();
+    let site = sites.path().join("site.toml");
+    let mut setup = common::DaemonSetup::single_host();
+    setup.top_extra = vec![format!("site-config = \"{}\"", site.display())];
+    let mut d = Daemon::start_with(setup);
+    let pid = d.pid();
+    let free = |d: &Daemon| {
+        d.json(&["host"])["free_memory_mib"]
+            .as_u64()
+            .expect("free memory")
+    };
+    let before = free(&d);
+
+    // Named, not there yet: the image's settings alone.
+    let v = d.json(&["host", "settings"]);
+    assert_eq!(v["path"], site.display().to_string(), "{v:#}");
+    assert_eq!(v["running"], "absent", "{v:#}");
+    assert_eq!(v["text"], Value::Null, "{v:#}");
+    assert_eq!(v["restart_needed"], false, "{v:#}");
+
+    // What the next start would ignore is refused, naming the key, and no
+    // file is written.
+    let file = sites.path().join("new.toml");
+    for (text, want) in [
+        (
+            "data-dir = \"/tmp/elsewhere\"\n",
+            "data-dir: set by the firmware image",
+        ),
+        ("[plugins]\ndir = \"/tmp\"\n", "plugins.dir"),
+        (
+            "[cluster]\nheartbeat-interval-ms = 5\n",
+            "cluster.heartbeat-interval-ms",
+        ),
+        ("[vm]\nreserved-memory-mb = 1\n", "reserved-memory-mb"),
+        ("[vm\n", "site.toml"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let err = d.fails(&["host", "settings", "set", file.to_str().unwrap()]);
+        assert!(err.contains(want) && err.contains("text"), "{text}: {err}");
+        assert!(!site.exists(), "{text}: a refused file was written");
+    }
+
+    // A good file is written; it applies at the next start.
+    std::fs::write(&file, "[vm]\nreserved-memory-mib = 1536\n").unwrap();
+    let v = d.json(&["host", "settings", "set", file.to_str().unwrap()]);
+    assert_eq!(
+        v["keys"],
+        serde_json::json!(["vm.reserved-memory-mib"]),
+        "{v:#}"
+    );
+    assert_eq!(v["restart_needed"], true, "{v:#}");
+    assert_eq!(v["restarting"], false, "{v:#}");
+    assert_eq!(
+        std::fs::read_to_string(&site).unwrap(),
+        "[vm]\nreserved-memory-mib = 1536\n"
+    );
+    assert_eq!(free(&d), before, "not applied before a restart");
+    let out = d.cli(&["host", "settings"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("keys:            vm.reserved-memory-mib")
+            && text.contains("restart needed:  yes")
+            && text.contains("reserved-memory-mib = 1536"),
+        "{text}"
+    );
+    let events = d.json(&["event", "list"]);
+    assert!(
+        common::events_of_kind(&events, "host-settings-changed")
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("vm.reserved-memory-mib") && m.contains("next start"))),
+        "{events:#}"
+    );
+
+    // --restart applies it at once: the same process starts again in
+    // place with the file laid over the image's settings.
+    let v = d.json(&[
+        "host",
+        "settings",
+        "set",
+        file.to_str().unwrap(),
+        "--restart",
+    ]);
+    assert_eq!(v["restarting"], true, "{v:#}");
+    d.wait_restart(Duration::from_secs(60));
+    assert_eq!(d.pid(), pid);
+    let v = d.json(&["host", "settings"]);
+    assert_eq!(v["running"], "applied", "{v:#}");
+    assert_eq!(
+        v["running_keys"],
+        serde_json::json!(["vm.reserved-memory-mib"]),
+        "{v:#}"
+    );
+    assert_eq!(v["restart_needed"], false, "{v:#}");
+    assert_eq!(
+        free(&d),
+        before - 1024,
+        "512 MiB reserved by default, 1536 now"
+    );
+
+    // Cleared: the image's settings again, at once with --restart.
+    let v = d.json(&["host", "settings", "clear", "--restart"]);
+    assert_eq!(v["restarting"], true, "{v:#}");
+    assert!(!site.exists());
+    d.wait_restart(Duration::from_secs(60));
+    let v = d.json(&["host", "settings"]);
+    assert_eq!(v["running"], "absent", "{v:#}");
+    assert_eq!(free(&d), before);
+    // Nothing to apply: no restart.
+    let v = d.json(&["host", "settings", "clear", "--restart"]);
+    assert_eq!(v["restarting"], false, "{v:#}");
+}

@@ -80,6 +80,8 @@ pub enum Answer {
     Firmware(FirmwareView),
     /// A reboot of this host, accepted.
     HostReboot(HostRebootView),
+    /// This host's site settings.
+    HostSettings(HostSettingsView),
     /// A rolling update of the cluster.
     ClusterUpdate(Box<RolloutView>),
 }
@@ -138,6 +140,7 @@ impl Serialize for ApiBody<'_> {
             Answer::Certificate(v) => v.serialize(s),
             Answer::Firmware(v) => v.serialize(s),
             Answer::HostReboot(v) => v.serialize(s),
+            Answer::HostSettings(v) => v.serialize(s),
             Answer::ClusterUpdate(v) => v.serialize(s),
         }
     }
@@ -207,5 +210,6 @@ into_answer! {
     CertificateView => Certificate;
     FirmwareView => Firmware;
     HostRebootView => HostReboot;
+    HostSettingsView => HostSettings;
     RolloutView => ClusterUpdate(Box::new);
 }

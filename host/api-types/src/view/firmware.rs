@@ -136,6 +136,37 @@ pub struct FirmwareView {
     /// current, on trial, and what to go back to.
     #[serde(default)]
     pub service: Option<FirmwareServiceView>,
+    /// What resets or restarts this host when it hangs.
+    #[serde(default)]
+    pub watchdog: Option<FirmwareWatchdogView>,
+}
+
+/// What resets or restarts a hung host: the board's hardware watchdog
+/// timers, which systemd keeps fed (a hung kernel or init resets the
+/// board), and systemd's watchdog of nasvisord (a hung daemon is
+/// restarted; its VMs keep running).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "FirmwareWatchdog", deny_unknown_fields)]
+pub struct FirmwareWatchdogView {
+    /// The board's timers; empty when it has none (or no driver).
+    pub hardware: Vec<HardwareWatchdogView>,
+    /// The time nasvisord has to tell systemd it is alive before systemd
+    /// restarts it, s; `null`: no service manager watches it.
+    pub service_timeout_s: Option<u64>,
+}
+
+/// One hardware watchdog timer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "HardwareWatchdog", deny_unknown_fields)]
+pub struct HardwareWatchdogView {
+    /// Its device (`/dev/watchdog0`).
+    pub device: String,
+    /// Its driver's name for it (`i6300ESB timer`).
+    pub identity: Option<String>,
+    /// `active` while armed (kept fed), `inactive` otherwise.
+    pub state: Option<String>,
+    /// How long it waits for a keep-alive before it resets the board, s.
+    pub timeout_s: Option<u64>,
 }
 
 /// The service release of a host (`service` bundles: a nasvisord and

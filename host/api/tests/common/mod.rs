@@ -188,6 +188,15 @@ impl FakeCore {
                 "message": "host nas1 reboots: systemctl reboot runs in 1000 ms",
                 "stopping": [], "job": null}))
             .into_answer(),
+            Action::GetHostSettings
+            | Action::ReplaceHostSettings { .. }
+            | Action::ClearHostSettings { .. } => {
+                view::<nasvisor_api::types::HostSettingsView>(json!({
+                    "host": "nas1", "path": "/var/lib/nasvisor/nasvisord.toml", "text": null,
+                    "keys": [], "error": null, "running": "absent", "running_keys": [],
+                    "running_reason": null, "restart_needed": false, "restarting": false}))
+                .into_answer()
+            }
             Action::GetClusterUpdate
             | Action::ResumeClusterUpdate
             | Action::AbortClusterUpdate => rollout("running").into_answer(),
@@ -577,7 +586,8 @@ pub fn firmware() -> nasvisor_api::types::FirmwareView {
         "pending": {"slot": "b", "version": "2.1.0", "generation": 2,
                     "installed_at": "2026-02-01T10:00:00Z"},
         "last_outcome": null,
-        "service": null
+        "service": null,
+        "watchdog": {"hardware": [], "service_timeout_s": null}
     }))
 }
 

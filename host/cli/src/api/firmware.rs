@@ -6,7 +6,9 @@ use super::client::{CliError, CliResult, Client};
 use super::jobs;
 use super::render::{cell, Out, Render};
 use super::table;
-use nasvisor_api_types::{FirmwareSlotState, FirmwareSlotView, FirmwareView, JobView};
+use nasvisor_api_types::{
+    FirmwareSlotState, FirmwareSlotView, FirmwareView, FirmwareWatchdogView, JobView,
+};
 use std::path::Path;
 
 const STATUS_PATH: &str = "/api/v1/host/firmware";
@@ -142,7 +144,41 @@ impl Render for FirmwareView {
                     )
                 }),
             ),
+            ("watchdog", watchdog_line(self.watchdog.as_ref())),
         ]));
         out
     }
+}
+
+/// `i6300ESB timer (/dev/watchdog0) active, 60 s; nasvisord 90 s`.
+fn watchdog_line(w: Option<&FirmwareWatchdogView>) -> String {
+    let Some(w) = w else {
+        return "-".into();
+    };
+    let mut parts: Vec<String> = w
+        .hardware
+        .iter()
+        .map(|h| {
+            let mut s = format!(
+                "{} ({})",
+                h.identity.as_deref().unwrap_or("timer"),
+                h.device
+            );
+            if let Some(st) = &h.state {
+                s.push_str(&format!(" {st}"));
+            }
+            if let Some(t) = h.timeout_s {
+                s.push_str(&format!(", {t} s"));
+            }
+            s
+        })
+        .collect();
+    if parts.is_empty() {
+        parts.push("no hardware watchdog".into());
+    }
+    let service = match w.service_timeout_s {
+        Some(t) => format!("nasvisord {t} s"),
+        None => "nasvisord not watched".into(),
+    };
+    format!("{}; {service}", parts.join(", "))
 }

@@ -4,7 +4,7 @@
 //! recorded as such; a host that loses the majority refuses changes and,
 //! after `quorum_stop_delay`, stops its VMs.
 
-use super::is_read_only;
+use super::{is_host_local, is_read_only};
 use crate::model::{kind, now_rfc3339, Desired, HostRecord, Severity, VmRecord, VmStatus};
 use crate::{lock, Inner};
 use nasvisor_api_types::peer::{Heartbeat, HeartbeatReply};
@@ -453,7 +453,7 @@ impl Inner {
 
     /// Refuses changes without quorum.
     pub(crate) fn check_quorum(&self, action: &Action) -> Result<(), CoreError> {
-        if is_read_only(action) || self.has_quorum() {
+        if is_read_only(action) || is_host_local(action) || self.has_quorum() {
             Ok(())
         } else {
             Err(Self::no_quorum())

@@ -700,6 +700,17 @@ impl Inner {
     }
 }
 
+/// Whether `action` changes only this host's own files (its site
+/// settings), nothing of the cluster's: it needs no quorum (a host cut off
+/// may need its settings mended most).
+pub(crate) fn is_host_local(a: &Action) -> bool {
+    match a {
+        Action::OnHost { request, .. } => is_host_local(request),
+        Action::ReplaceHostSettings { .. } | Action::ClearHostSettings { .. } => true,
+        _ => false,
+    }
+}
+
 /// Whether `action` only reads.
 pub(crate) fn is_read_only(a: &Action) -> bool {
     if let Action::OnHost { request, .. } = a {
@@ -709,6 +720,7 @@ pub(crate) fn is_read_only(a: &Action) -> bool {
         a,
         Action::GetHost
             | Action::GetFirmware
+            | Action::GetHostSettings
             | Action::GetClusterUpdate
             | Action::ListVms
             | Action::GetVm { .. }

@@ -152,6 +152,8 @@ impl Cluster {
                 cluster_extra: test_timing(cluster_lines(i)),
                 api_extra: api_lines(i),
                 plugins_runtime: Vec::new(),
+                env: Vec::new(),
+                top_extra: Vec::new(),
             });
             c.hosts.push(d);
         }

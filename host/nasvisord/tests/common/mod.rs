@@ -110,6 +110,8 @@ pub struct Daemon {
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// How many of `lines` were read by [`Daemon::wait_restart`].
     lines_read: usize,
+    /// More environment of the daemon's process.
+    env: Vec<(String, String)>,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -142,6 +144,11 @@ pub struct DaemonSetup {
     pub api_extra: Vec<String>,
     /// `key = value` lines of `[plugins.runtime]`.
     pub plugins_runtime: Vec<String>,
+    /// More environment of the daemon's process.
+    pub env: Vec<(String, String)>,
+    /// More top-level `key = value` lines of the configuration (after
+    /// `data-dir`).
+    pub top_extra: Vec<String>,
 }
 
 impl DaemonSetup {
@@ -157,6 +164,8 @@ impl DaemonSetup {
             cluster_extra: Vec::new(),
             api_extra: Vec::new(),
             plugins_runtime: Vec::new(),
+            env: Vec::new(),
+            top_extra: Vec::new(),
         }
     }
 
@@ -188,9 +197,10 @@ impl DaemonSetup {
                 runtime.push('\n');
             }
         }
+        let top: String = self.top_extra.iter().map(|l| format!("{l}\n")).collect();
         format!(
             r#"data-dir = "{data}"
-[host]
+{top}[host]
 name = "{name}"
 [api]
 listen = "127.0.0.1:0"
@@ -252,6 +262,7 @@ impl Daemon {
             log: filter.to_string(),
             lines: Default::default(),
             lines_read: 0,
+            env: setup.env,
         };
         d.spawn();
         d
@@ -275,6 +286,7 @@ impl Daemon {
             .arg("--config")
             .arg(self.dir.path().join("nasvisord.toml"))
             .args(["--log", &self.log])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

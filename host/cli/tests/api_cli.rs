@@ -203,7 +203,8 @@ fn settings(changed: bool, restarting: bool) -> nasvisor_api::types::HostSetting
         "keys": ["vm.reserved-memory-mib"], "error": null,
         "running": if changed { "absent" } else { "applied" },
         "running_keys": if changed { json!([]) } else { json!(["vm.reserved-memory-mib"]) },
-        "running_reason": null, "restart_needed": changed, "restarting": restarting
+        "running_reason": null, "rolled_back": null, "restart_needed": changed,
+        "restarting": restarting
     }))
 }
 

@@ -50,7 +50,7 @@ mod vswitches;
 use crate::db::Db;
 pub use crate::firmware::FirmwareSettings;
 use crate::model::{kind, HostRecord};
-pub use crate::settings::{SettingsCheck, SiteAtStart, SiteSettings};
+pub use crate::settings::{SettingsCheck, SiteAtStart, SiteSettings, SiteTrial, TrialStart};
 use nasvisor_api_types::CoreError;
 use nasvisor_cluster::{ClusterNet, ClusterStore};
 use nasvisor_net::Net;
@@ -495,6 +495,7 @@ impl NasCore {
         inner.ensure_default_pool().await?;
         inner.make_pools_private().await;
         inner.recover().await?;
+        inner.report_settings_rollback().await;
         if inner.reconcile_firmware().await {
             inner.spawn_firmware_judge();
         }

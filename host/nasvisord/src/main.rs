@@ -135,44 +135,15 @@ fn main() -> ExitCode {
     if let Some(Command::Watchdog { lease, poll_ms }) = &args.command {
         return watchdog(lease, std::time::Duration::from_millis(*poll_ms));
     }
-    let config::Loaded {
-        config: mut cfg,
-        site,
-        check: site_check,
-        site_text,
-    } = match Config::load_with_site(args.config.as_deref()) {
+    let mut loaded = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nasvisord: {e}");
             return ExitCode::from(2);
         }
     };
-    match &site {
-        config::Site::Ignored { path, reason } => {
-            tracing::error!(site = %path.display(), %reason, "site settings ignored; running on the image's settings alone")
-        }
-        config::Site::Applied { path, keys } => {
-            tracing::info!(site = %path.display(), ?keys, "site settings applied")
-        }
-        config::Site::None | config::Site::Absent(_) => {}
-    }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
-    if let Some(d) = args.plugin_dir {
-        cfg.plugins.dir = d;
-    }
-    if let Some(d) = args.trusted_keys_dir {
-        cfg.plugins.trusted_keys_dir = d;
-    }
-    if let Some(l) = args.listen {
-        cfg.api.listen = l;
-    }
-    if let Some(root) = service::release_plugins() {
-        // A service release carries its plugins.
-        cfg.plugins.dir = root;
-    }
     if let Some(Command::ServiceWatch(w)) = &args.command {
+        let cfg = &loaded.config;
         return match cfg.firmware.settings(&cfg.data_dir) {
             Some(fw) => service::watch(&fw, w),
             None => {
@@ -183,10 +154,48 @@ fn main() -> ExitCode {
     }
     // Before anything else is opened: the service release to run instead
     // of this binary, if any (the call does not return then).
-    if !args.print_config && !args.check {
-        if let Some(fw) = cfg.firmware.settings(&cfg.data_dir) {
+    let serving = !args.print_config && !args.check;
+    if serving {
+        if let Some(fw) = loaded.config.firmware.settings(&loaded.config.data_dir) {
             service::launch(&fw);
         }
+    }
+    // This process serves: it counts a start with site settings on trial,
+    // or puts the previous ones back when such a start never got to serve.
+    let mut rolled_back = None;
+    if let (true, Some(check)) = (serving, &loaded.check) {
+        match nasvisor_core::SiteTrial::new(check.path()).start() {
+            Ok(nasvisor_core::TrialStart::RolledBack(why)) => {
+                tracing::error!(%why, "site settings put back");
+                loaded = match load_config(&args) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("nasvisord: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                rolled_back = Some(why);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot keep the trial of the site settings")
+            }
+        }
+    }
+    let config::Loaded {
+        config: cfg,
+        site,
+        check: site_check,
+        site_text,
+    } = loaded;
+    match &site {
+        config::Site::Ignored { path, reason } => {
+            tracing::error!(site = %path.display(), %reason, "site settings ignored; running on the image's settings alone")
+        }
+        config::Site::Applied { path, keys } => {
+            tracing::info!(site = %path.display(), ?keys, "site settings applied")
+        }
+        config::Site::None | config::Site::Absent(_) => {}
     }
     if args.print_config {
         match toml::to_string_pretty(&cfg) {
@@ -244,7 +253,7 @@ fn main() -> ExitCode {
     };
     let firmware = cfg.firmware.settings(&cfg.data_dir);
     let notifier = systemd::Notifier::from_env();
-    let site_settings = site_check.map(|check| site_settings(&site, check, site_text));
+    let site_settings = site_check.map(|check| site_settings(&site, check, site_text, rolled_back));
     match rt.block_on(serve(cfg, host, notifier, site_settings)) {
         Ok(Stopped::Signal) => ExitCode::SUCCESS,
         Ok(Stopped::Restart) => {
@@ -279,6 +288,7 @@ fn site_settings(
     site: &config::Site,
     check: config::SiteCheck,
     text: Option<String>,
+    rolled_back: Option<String>,
 ) -> nasvisor_core::SiteSettings {
     use nasvisor_api::types::SiteSettingsState as S;
     let (state, keys, reason) = match site {
@@ -296,8 +306,33 @@ fn site_settings(
             keys,
             reason,
             text,
+            rolled_back,
         },
     }
+}
+
+/// The configuration (`--config`, with its site settings), with the
+/// command line's overrides.
+fn load_config(args: &Args) -> Result<config::Loaded, config::ConfigError> {
+    let mut loaded = Config::load_with_site(args.config.as_deref())?;
+    let cfg = &mut loaded.config;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(d) = &args.plugin_dir {
+        cfg.plugins.dir = d.clone();
+    }
+    if let Some(d) = &args.trusted_keys_dir {
+        cfg.plugins.trusted_keys_dir = d.clone();
+    }
+    if let Some(l) = &args.listen {
+        cfg.api.listen = l.clone();
+    }
+    if let Some(root) = service::release_plugins() {
+        // A service release carries its plugins.
+        cfg.plugins.dir = root;
+    }
+    Ok(loaded)
 }
 
 /// Why [`serve`] returned.
@@ -435,6 +470,9 @@ async fn serve(
     site_settings: Option<nasvisor_core::SiteSettings>,
 ) -> anyhow::Result<Stopped> {
     use anyhow::Context;
+    let trial = site_settings
+        .as_ref()
+        .map(|s| nasvisor_core::SiteTrial::new(&s.path));
     // systemd's watchdog is fed from now on: while the core starts, the
     // runtime answering is enough; once it serves, its store must answer.
     let started = std::sync::Arc::new(std::sync::OnceLock::<nasvisor_core::NasCore>::new());
@@ -488,6 +526,12 @@ async fn serve(
     }
     let _ = started.set(core.clone());
     notifier.ready(&format!("serving on {addr}"));
+    if let Some(t) = trial {
+        // A start with the site settings changed last serves: they are good.
+        if let Err(e) = t.confirm() {
+            tracing::warn!(error = %e, "cannot end the trial of the site settings");
+        }
+    }
     if service::running_release().is_some() {
         let c = core.clone();
         tokio::spawn(async move { c.confirm_service_release().await });

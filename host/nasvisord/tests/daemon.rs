@@ -1141,14 +1141,17 @@ fn site_settings_are_checked_before_they_are_written_and_a_restart_in_place_appl
 
     // --restart applies it at once: the same process starts again in
     // place with the file laid over the image's settings.
-    let v = d.json(&[
-        "host",
-        "settings",
-        "set",
-        file.to_str().unwrap(),
-        "--restart",
-    ]);
-    assert_eq!(v["restarting"], true, "{v:#}");
+    let set_with_restart = |d: &Daemon| {
+        let v = d.json(&[
+            "host",
+            "settings",
+            "set",
+            file.to_str().unwrap(),
+            "--restart",
+        ]);
+        assert_eq!(v["restarting"], true, "{v:#}");
+    };
+    set_with_restart(&d);
     d.wait_restart(Duration::from_secs(60));
     assert_eq!(d.pid(), pid);
     let v = d.json(&["host", "settings"]);
@@ -1176,4 +1179,39 @@ fn site_settings_are_checked_before_they_are_written_and_a_restart_in_place_appl
     // Nothing to apply: no restart.
     let v = d.json(&["host", "settings", "clear", "--restart"]);
     assert_eq!(v["restarting"], false, "{v:#}");
+
+    // Settings that parse but keep the daemon from serving (its address is
+    // taken) are put back at the next start: the start with them fails,
+    // the one after it (systemd's Restart=on-failure) runs on the previous
+    // ones and says so.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(&file, format!("[api]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    set_with_restart(&d);
+    let t = std::time::Instant::now();
+    while !d.exited() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the daemon on a taken address did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(site.exists(), "the file stays until a start puts it back");
+    d.spawn();
+    let v = d.json(&["host", "settings"]);
+    assert_eq!(v["running"], "absent", "{v:#}");
+    assert!(
+        v["rolled_back"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not get to serve") && r.contains("image's settings")),
+        "{v:#}"
+    );
+    assert!(!site.exists());
+    let events = d.json(&["event", "list"]);
+    assert_eq!(
+        common::events_of_kind(&events, "host-settings-rolled-back").len(),
+        1,
+        "{events:#}"
+    );
+    drop(taken);
 }

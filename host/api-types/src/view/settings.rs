@@ -42,6 +42,10 @@ pub struct HostSettingsView {
     pub running_keys: Vec<String>,
     /// Why the running daemon ignored the file.
     pub running_reason: Option<String>,
+    /// The settings changed last kept nasvisord from serving, and were put
+    /// back to the previous ones when it started (why, in words).
+    #[serde(default)]
+    pub rolled_back: Option<String>,
     /// The file is not what the running daemon read: it takes effect at
     /// the next start of the daemon (a restart or a reboot).
     pub restart_needed: bool,

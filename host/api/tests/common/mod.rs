@@ -194,7 +194,8 @@ impl FakeCore {
                 view::<nasvisor_api::types::HostSettingsView>(json!({
                     "host": "nas1", "path": "/var/lib/nasvisor/nasvisord.toml", "text": null,
                     "keys": [], "error": null, "running": "absent", "running_keys": [],
-                    "running_reason": null, "restart_needed": false, "restarting": false}))
+                    "running_reason": null, "rolled_back": null, "restart_needed": false,
+                    "restarting": false}))
                 .into_answer()
             }
             Action::GetClusterUpdate

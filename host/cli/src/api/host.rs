@@ -340,13 +340,17 @@ impl Render for HostSettingsView {
             (Some(_), Some(e)) => format!("would be IGNORED at the next start: {e}"),
             (Some(_), None) => list(&self.keys),
         };
-        let mut out = table::fields(&[
+        let mut fields = vec![
             ("host", cell(&self.host)),
             ("file", cell(&self.path)),
             ("keys", now),
             ("running", running),
             ("restart needed", cell(&self.restart_needed)),
-        ]);
+        ];
+        if let Some(why) = &self.rolled_back {
+            fields.push(("put back", why.clone()));
+        }
+        let mut out = table::fields(&fields);
         if let Some(t) = &self.text {
             out.push('\n');
             out.push_str(t);

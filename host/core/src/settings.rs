@@ -127,6 +127,20 @@ impl SiteTrial {
     }
 }
 
+/// Puts `text` in place of the file (`None`: removes it), on trial.
+async fn stage(site: &SiteSettings, text: Option<String>) -> Result<(), CoreError> {
+    let trial = SiteTrial::new(&site.path);
+    tokio::task::spawn_blocking(move || trial.stage(text.as_deref()))
+        .await
+        .map_err(errors::internal)?
+        .map_err(|e| {
+            errors::internal(format!(
+                "cannot change the site settings {}: {e}",
+                site.path.display()
+            ))
+        })
+}
+
 fn remove_if_there(p: &std::path::Path) -> std::io::Result<()> {
     match std::fs::remove_file(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -260,16 +274,7 @@ impl Inner {
     ) -> Result<HostSettingsView, CoreError> {
         let site = self.site()?.clone();
         let keys = (site.check)(&text).map_err(|e| errors::invalid("text", e))?;
-        let trial = SiteTrial::new(&site.path);
-        tokio::task::spawn_blocking(move || trial.stage(Some(&text)))
-            .await
-            .map_err(errors::internal)?
-            .map_err(|e| {
-                errors::internal(format!(
-                    "cannot write the site settings {}: {e}",
-                    site.path.display()
-                ))
-            })?;
+        stage(&site, Some(text)).await?;
         let what = if keys.is_empty() {
             "no keys".to_string()
         } else {
@@ -285,16 +290,7 @@ impl Inner {
         restart: bool,
     ) -> Result<HostSettingsView, CoreError> {
         let site = self.site()?.clone();
-        let trial = SiteTrial::new(&site.path);
-        tokio::task::spawn_blocking(move || trial.stage(None))
-            .await
-            .map_err(errors::internal)?
-            .map_err(|e| {
-                errors::internal(format!(
-                    "cannot remove the site settings {}: {e}",
-                    site.path.display()
-                ))
-            })?;
+        stage(&site, None).await?;
         self.settings_changed("site settings removed".into(), restart)
             .await
     }

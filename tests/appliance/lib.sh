@@ -86,8 +86,9 @@ mkfifo "$T/in"
 exec 5<>"$T/in"
 # start_qemu: QEMU in the background on $T/disk.img (serial console and
 # monitor on stdio: input from the fifo on fd 5, output to $T/serial.log;
-# 127.0.0.1:$PORT forwarded to the guest's 8443; an i6300ESB watchdog
-# timer that resets the machine, as a NAS board's does). T0 is its start.
+# 127.0.0.1:$PORT forwarded to the guest's 8443; the q35 board's own
+# watchdog, the ICH9 TCO timer (iTCO_wdt, as on an Intel NAS board), resets
+# the machine when it runs out). T0 is its start.
 start_qemu() {
   : >"$T/serial.log"
   LOG_FROM=0
@@ -97,7 +98,7 @@ start_qemu() {
     -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd" \
     -drive "file=$T/disk.img,if=none,id=disk0,format=raw" -device virtio-blk-pci,drive=disk0 \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:8443" -device virtio-net-pci,netdev=n0 \
-    -device i6300esb -action watchdog=reset \
+    -action watchdog=reset \
     <"$T/in" >"$T/serial.log" 2>&1 &
   QPID=$!
   T0=$(now_ms)

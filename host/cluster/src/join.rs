@@ -261,12 +261,14 @@ fn check_empty(path: &Path) -> Result<(), StoreError> {
         path: path.to_owned(),
         source: e.into(),
     })?;
-    let sm = crate::state_machine::StateMachineStore::new(std::sync::Arc::new(db)).map_err(
-        |source| StoreError::Corrupt {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
+    let sm = crate::state_machine::StateMachineStore::new(
+        std::sync::Arc::new(db),
+        crate::db::WriteWatch::default(),
+    )
+    .map_err(|source| StoreError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
     let objects = sm.read().state.len();
     if objects > 0 {
         return Err(StoreError::NotEmpty {

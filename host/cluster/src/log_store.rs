@@ -22,7 +22,7 @@ use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefi
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::db::{decode, encode, DbError};
+use crate::db::{decode, encode, DbError, WriteWatch};
 
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -37,16 +37,20 @@ const KEY_LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writes: WriteWatch,
 }
 
 impl LogStore {
-    /// Use `db` for the log, creating the tables if they do not exist.
-    pub fn new(db: Arc<Database>) -> Result<Self, DbError> {
+    /// Use `db` for the log, creating the tables if they do not exist; its
+    /// writes are recorded in `writes`.
+    pub fn new(db: Arc<Database>, writes: WriteWatch) -> Result<Self, DbError> {
+        let w = writes.begin();
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(LOG_META)?;
         txn.commit()?;
-        Ok(Self { db })
+        drop(w);
+        Ok(Self { db, writes })
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, DbError> {
@@ -60,6 +64,7 @@ impl LogStore {
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), DbError> {
         let bytes = encode(value)?;
+        let _w = self.writes.begin();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         txn.open_table(LOG_META)?.insert(key, bytes.as_slice())?;
@@ -160,6 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let res = (|| -> Result<(), DbError> {
+            let _w = self.writes.begin();
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::Immediate);
             {
@@ -187,6 +193,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate raft log since");
         (|| -> Result<(), DbError> {
+            let _w = self.writes.begin();
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::Immediate);
             txn.open_table(LOG)?
@@ -201,6 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::debug!(%log_id, "purge raft log up to");
         (|| -> Result<(), DbError> {
             let bytes = encode(&log_id)?;
+            let _w = self.writes.begin();
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::Immediate);
             txn.open_table(LOG_META)?

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::db::DbError;
+use crate::db::{DbError, WriteWatch};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachineStore;
@@ -22,7 +22,7 @@ const KEY_NODE_ID: &str = "node_id";
 pub(crate) fn open_db(
     path: &Path,
     node_id: NodeId,
-) -> Result<(Arc<Database>, LogStore, StateMachineStore), StoreError> {
+) -> Result<(Arc<Database>, LogStore, StateMachineStore, WriteWatch), StoreError> {
     let open = || -> Result<_, StoreError> {
         let corrupt = |source: DbError| StoreError::Corrupt {
             path: path.to_owned(),
@@ -44,9 +44,10 @@ pub(crate) fn open_db(
                 given: node_id,
             });
         }
-        let log = LogStore::new(db.clone()).map_err(corrupt)?;
-        let sm = StateMachineStore::new(db.clone()).map_err(corrupt)?;
-        Ok((db, log, sm))
+        let writes = WriteWatch::default();
+        let log = LogStore::new(db.clone(), writes.clone()).map_err(corrupt)?;
+        let sm = StateMachineStore::new(db.clone(), writes.clone()).map_err(corrupt)?;
+        Ok((db, log, sm, writes))
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)) {
         Ok(res) => res,

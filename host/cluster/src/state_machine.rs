@@ -26,7 +26,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::db::{decode, encode, DbError};
+use crate::db::{decode, encode, DbError, WriteWatch};
 use crate::state::{Change, DesiredState, Object};
 use crate::types::{
     Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -58,18 +58,22 @@ pub struct Applied {
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    writes: WriteWatch,
     applied: Arc<RwLock<Applied>>,
 }
 
 impl StateMachineStore {
     /// Use `db` for the state machine, creating the tables if they do not
-    /// exist and loading the persisted applied state.
-    pub fn new(db: Arc<Database>) -> Result<Self, DbError> {
+    /// exist and loading the persisted applied state; its writes are
+    /// recorded in `writes`.
+    pub fn new(db: Arc<Database>, writes: WriteWatch) -> Result<Self, DbError> {
+        let w = writes.begin();
         let txn = db.begin_write()?;
         txn.open_table(OBJECTS)?;
         txn.open_table(SM_META)?;
         txn.open_table(SNAPSHOT)?;
         txn.commit()?;
+        drop(w);
 
         let txn = db.begin_read()?;
         let meta = txn.open_table(SM_META)?;
@@ -100,6 +104,7 @@ impl StateMachineStore {
         drop(txn);
         let sm = Self {
             db,
+            writes,
             applied: Arc::new(RwLock::new(applied)),
         };
         // The persisted state should never be older than the stored snapshot;
@@ -133,6 +138,7 @@ impl StateMachineStore {
     fn apply_batch(&self, entries: Vec<Entry>) -> Result<Vec<Response>, DbError> {
         let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
         let mut responses = Vec::with_capacity(entries.len());
+        let _w = self.writes.begin();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         {
@@ -189,6 +195,7 @@ impl StateMachineStore {
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DbError> {
+        let _w = self.writes.begin();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         {
@@ -203,6 +210,7 @@ impl StateMachineStore {
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
         let state: DesiredState = decode(&data)?;
         let mut applied = self.applied.write().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writes.begin();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
         {

@@ -27,6 +27,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
+use crate::db::WriteWatch;
 use crate::error::{raft_err, StoreError};
 use crate::identity::{Identity, PkiError};
 use crate::log_store::LogStore;
@@ -94,6 +95,7 @@ pub struct ClusterStore {
     path: PathBuf,
     log: LogStore,
     db: Arc<Database>,
+    writes: WriteWatch,
     pub(crate) server: std::sync::Mutex<Option<Box<dyn ServerHandle>>>,
 }
 
@@ -184,7 +186,7 @@ impl ClusterStore {
                 Some(checked)
             }
         };
-        let (db, log, sm) = open_db(&path, node_id)?;
+        let (db, log, sm, writes) = open_db(&path, node_id)?;
 
         let config = Config {
             cluster_name: "nasvisor".into(),
@@ -232,6 +234,7 @@ impl ClusterStore {
             path,
             log,
             db,
+            writes,
             server: std::sync::Mutex::new(None),
         };
 
@@ -428,6 +431,14 @@ impl ClusterStore {
             .filter(|k| !k.starts_with('@'))
             .cloned()
             .collect()
+    }
+
+    /// How long the oldest write to this node's database that has not
+    /// returned has been running (`None`: none is running). Reads are
+    /// served from memory: a disk that stopped answering shows here, and
+    /// only here, until a write's caller gives up.
+    pub fn oldest_write(&self) -> Option<std::time::Duration> {
+        self.writes.oldest()
     }
 
     /// The cluster-wide revision of this node's applied state.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use nasvisor_cluster::db::WriteWatch;
 use nasvisor_cluster::state_machine::StateMachineStore;
 use nasvisor_cluster::store::DB_FILE;
 use nasvisor_cluster::{ClusterStore, StoreError};
@@ -352,7 +353,7 @@ async fn snapshot_purge_and_restart() {
     // The snapshot alone rebuilds the same state in an empty state machine
     // (what a new host joining the cluster will do).
     let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
-    let mut sm = StateMachineStore::new(Arc::new(db)).unwrap();
+    let mut sm = StateMachineStore::new(Arc::new(db), WriteWatch::default()).unwrap();
     let snap = sm.get_current_snapshot().await.unwrap().unwrap();
     let built = sm
         .get_snapshot_builder()
@@ -365,7 +366,7 @@ async fn snapshot_purge_and_restart() {
 
     let other = tempfile::tempdir().unwrap();
     let db2 = redb::Database::create(other.path().join("fresh.redb")).unwrap();
-    let mut fresh = StateMachineStore::new(Arc::new(db2)).unwrap();
+    let mut fresh = StateMachineStore::new(Arc::new(db2), WriteWatch::default()).unwrap();
     fresh
         .install_snapshot(&built.meta, built.snapshot)
         .await
@@ -376,9 +377,10 @@ async fn snapshot_purge_and_restart() {
     assert_eq!(last, built.meta.last_log_id);
     assert_eq!(membership.voter_ids().collect::<Vec<_>>(), [1]);
     // The older snapshot (taken at `applied`) still installs: 50 images.
-    let mut older = StateMachineStore::new(Arc::new(
-        redb::Database::create(other.path().join("older.redb")).unwrap(),
-    ))
+    let mut older = StateMachineStore::new(
+        Arc::new(redb::Database::create(other.path().join("older.redb")).unwrap()),
+        WriteWatch::default(),
+    )
     .unwrap();
     older
         .install_snapshot(&snap.meta, snap.snapshot)

@@ -57,6 +57,11 @@ impl Db {
         Arc::into_inner(self.store.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// How long the store's oldest write in progress has been running.
+    pub fn oldest_write(&self) -> Option<std::time::Duration> {
+        self.store().oldest_write()
+    }
+
     /// One record and its revision.
     pub fn get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Option<(T, Revision)> {
         self.store()

@@ -540,10 +540,18 @@ impl NasCore {
     }
 
     /// Whether this daemon still works, for the service manager's watchdog:
-    /// its store answers a read of this host's record (on a blocking
-    /// thread, so that a store that hangs cannot hold up the caller, which
-    /// bounds the wait).
-    pub async fn alive(&self) -> Result<(), String> {
+    /// no write to its store has been running for `longest_write` or more
+    /// (reads are served from memory, so a disk that stopped answering
+    /// shows only in the writes that do not return), and its store answers
+    /// a read of this host's record (on a blocking thread, so that a store
+    /// that hangs cannot hold up the caller, which bounds the wait).
+    pub async fn alive(&self, longest_write: Duration) -> Result<(), String> {
+        if let Some(running) = self.inner.db.oldest_write().filter(|d| *d >= longest_write) {
+            return Err(format!(
+                "a write to the store has not returned for {:.1} s (its disk hangs?)",
+                running.as_secs_f64()
+            ));
+        }
         let inner = self.inner.clone();
         let found = tokio::task::spawn_blocking(move || {
             inner

@@ -476,10 +476,13 @@ async fn serve(
     // systemd's watchdog is fed from now on: while the core starts, the
     // runtime answering is enough; once it serves, its store must answer.
     let started = std::sync::Arc::new(std::sync::OnceLock::<nasvisor_core::NasCore>::new());
-    notifier.keep_alive(started.clone(), |core: &nasvisor_core::NasCore| {
-        let core = core.clone();
-        async move { core.alive().await }
-    });
+    notifier.keep_alive(
+        started.clone(),
+        |core: &nasvisor_core::NasCore, longest_write| {
+            let core = core.clone();
+            async move { core.alive(longest_write).await }
+        },
+    );
     // The composition root: the cluster network (CA, mutual TLS, the
     // cluster endpoint) is chosen here and handed to the core's store, and
     // the HTTP(S) client that carries image downloads to the core.

@@ -98,15 +98,16 @@ impl Notifier {
     }
 
     /// Feeds systemd's watchdog every half timeout, as long as `alive`
-    /// answers Ok within a quarter of it: a daemon whose runtime or store
-    /// no longer answers stops feeding it, and systemd restarts it (its
-    /// VMs keep running). Before `core` is set (the daemon is starting),
+    /// answers Ok within a quarter of it (it is given the half timeout: no
+    /// piece of the daemon's work it watches may take longer): a daemon
+    /// whose runtime or store no longer answers stops feeding it, and
+    /// systemd restarts it (its VMs keep running). Before `core` is set (the daemon is starting),
     /// the runtime answering is enough: the start has `TimeoutStartSec=`.
     /// Nothing runs when systemd does not watch this process.
     pub fn keep_alive<C, F, Fut>(&self, core: Arc<OnceLock<C>>, alive: F)
     where
         C: Send + Sync + 'static,
-        F: Fn(&C) -> Fut + Send + 'static,
+        F: Fn(&C, Duration) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), String>> + Send,
     {
         let Some(timeout) = self.watchdog else {
@@ -129,7 +130,7 @@ impl Notifier {
                 tick.tick().await;
                 let answer = match core.get() {
                     None => Ok(()),
-                    Some(c) => match tokio::time::timeout(limit, alive(c)).await {
+                    Some(c) => match tokio::time::timeout(limit, alive(c, every)).await {
                         Ok(r) => r,
                         Err(_) => Err(format!(
                             "the daemon's own check did not answer within {} ms",

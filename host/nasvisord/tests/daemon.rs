@@ -983,53 +983,82 @@ fn users_log_in_act_within_their_role_are_audited_and_throttled() {
     assert!(e.contains("HTTP 401") && e.contains("disabled"), "{e}");
 }
 
+/// The service manager's end of sd_notify: a datagram socket, as
+/// systemd's `NOTIFY_SOCKET`, and what the daemon sent to it.
+struct Notify {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    rx: std::sync::mpsc::Receiver<(std::time::Instant, String)>,
+    seen: Vec<(std::time::Instant, String)>,
+}
+
+impl Notify {
+    fn new() -> Notify {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send((std::time::Instant::now(), msg)).is_err() {
+                    break;
+                }
+            }
+        });
+        Notify {
+            _dir: dir,
+            path,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The environment systemd gives a unit with `WatchdogSec=` of `usec`.
+    fn env(&self, watchdog_usec: u64) -> Vec<(String, String)> {
+        vec![
+            ("NOTIFY_SOCKET".into(), self.path.display().to_string()),
+            ("WATCHDOG_USEC".into(), watchdog_usec.to_string()),
+        ]
+    }
+
+    /// The next message with the line `want`, within `within`.
+    fn next(&mut self, want: &str, within: Duration) -> (std::time::Instant, String) {
+        self.next_or_none(want, within)
+            .unwrap_or_else(|| panic!("no {want} within {within:?}; seen: {:?}", self.seen))
+    }
+
+    fn next_or_none(
+        &mut self,
+        want: &str,
+        within: Duration,
+    ) -> Option<(std::time::Instant, String)> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (at, m) = self.rx.recv_timeout(left).ok()?;
+            self.seen.push((at, m.clone()));
+            if m.lines().any(|l| l == want) {
+                return Some((at, m));
+            }
+        }
+    }
+}
+
 #[test]
 fn under_systemd_it_says_ready_once_it_serves_feeds_the_watchdog_and_says_stopping() {
-    use std::os::unix::net::UnixDatagram;
     use std::time::Instant;
     let _s = serial();
-    // The service manager's end of sd_notify: a datagram socket, as
-    // systemd's NOTIFY_SOCKET, and a watchdog of 2 s (`WatchdogSec=2s`).
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if tx.send((Instant::now(), msg)).is_err() {
-                break;
-            }
-        }
-    });
+    // A watchdog of 2 s (`WatchdogSec=2s`).
+    let mut notify = Notify::new();
     let mut setup = common::DaemonSetup::single_host();
-    setup.env = vec![
-        ("NOTIFY_SOCKET".into(), path.display().to_string()),
-        ("WATCHDOG_USEC".into(), "2000000".into()),
-    ];
+    setup.env = notify.env(2_000_000);
     let mut d = Daemon::start_with(setup);
     let started = Instant::now();
-    let mut seen: Vec<(Instant, String)> = Vec::new();
-    let next = |seen: &mut Vec<(Instant, String)>, want: &str, within: Duration| {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((at, m)) => {
-                    let hit = m.lines().any(|l| l == want);
-                    seen.push((at, m.clone()));
-                    if hit {
-                        return m;
-                    }
-                }
-                Err(_) => panic!("no {want} within {within:?}; seen: {seen:?}"),
-            }
-        }
-    };
     // READY=1 once the endpoint serves (the banner was printed before), with
     // the address in its status.
-    let ready = next(&mut seen, "READY=1", Duration::from_secs(30));
+    let (_, ready) = notify.next("READY=1", Duration::from_secs(30));
     let port = d.endpoint.rsplit(':').next().unwrap().trim_end_matches('/');
     assert!(
         ready.contains(&format!("STATUS=serving on 127.0.0.1:{port}")),
@@ -1042,8 +1071,7 @@ fn under_systemd_it_says_ready_once_it_serves_feeds_the_watchdog_and_says_stoppi
     let from = Instant::now();
     let mut pings = Vec::new();
     while from.elapsed() < Duration::from_secs(6) {
-        next(&mut seen, "WATCHDOG=1", Duration::from_secs(3));
-        pings.push(seen.last().expect("a message").0);
+        pings.push(notify.next("WATCHDOG=1", Duration::from_secs(3)).0);
     }
     let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(pings.len() >= 5, "{} pings in 6 s: {gaps:?}", pings.len());
@@ -1053,12 +1081,88 @@ fn under_systemd_it_says_ready_once_it_serves_feeds_the_watchdog_and_says_stoppi
     );
     // A stop says so before the daemon exits.
     d.stop();
-    next(&mut seen, "STOPPING=1", Duration::from_secs(10));
+    notify.next("STOPPING=1", Duration::from_secs(10));
     eprintln!(
         "ready and {} keep-alives in {:.1} s; gaps {gaps:?}",
         pings.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn a_daemon_whose_store_stops_answering_stops_feeding_systemds_watchdog_until_it_answers() {
+    use std::time::Instant;
+    let _s = serial();
+    // A watchdog of 2 s: keep-alives every second, while no write to the
+    // store has been running for a second.
+    let mut notify = Notify::new();
+    let mut setup = common::DaemonSetup::single_host();
+    setup.env = notify.env(2_000_000);
+    let mut d = Daemon::start_with(setup);
+    notify.next("READY=1", Duration::from_secs(30));
+    // The store's directory moved onto a disk that can stop answering.
+    d.stop();
+    let store = common::HungDir::mount(None, d.data_dir().join("cluster"), true);
+    d.spawn();
+    notify.next("READY=1", Duration::from_secs(30));
+    for _ in 0..2 {
+        notify.next("WATCHDOG=1", Duration::from_secs(3));
+    }
+    // The disk hangs; an administrator's change is written to the store
+    // (it waits for the disk). Reads go on being answered from memory.
+    store.hang();
+    let hung_at = Instant::now();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| d.cli(&["host", "degrade", "nas1", "--reason", "maintenance"]));
+        // The keep-alives stop: none for 3 s (three periods) within the
+        // next 10 s.
+        let mut last = hung_at;
+        let stopped = loop {
+            match notify.next_or_none("WATCHDOG=1", Duration::from_secs(3)) {
+                None => break Some(last.duration_since(hung_at)),
+                Some((at, _)) => last = at,
+            }
+            if hung_at.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+        };
+        let stopped = stopped.unwrap_or_else(|| {
+            store.answer();
+            panic!(
+                "still fed 10 s after the store's disk hung: {:?}",
+                notify.seen
+            )
+        });
+        let log = std::fs::read_to_string(d.log_path()).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("not feeding systemd's watchdog")
+                    && l.contains("a write to the store has not returned for")),
+            "the daemon does not say why it stopped feeding the watchdog:\n{log}"
+        );
+        // The disk answers again: the write returns, the keep-alives come
+        // back.
+        store.answer();
+        let answered_at = Instant::now();
+        let back = notify.next("WATCHDOG=1", Duration::from_secs(5)).0;
+        let out = writer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "the change that waited for the disk: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "last keep-alive {:.1} s after the disk hung, back {:.1} s after it answered",
+            stopped.as_secs_f64(),
+            back.duration_since(answered_at).as_secs_f64(),
+        );
+    });
+    // Fed at the normal pace again.
+    let a = notify.next("WATCHDOG=1", Duration::from_secs(3)).0;
+    let b = notify.next("WATCHDOG=1", Duration::from_secs(3)).0;
+    assert!(b - a < Duration::from_millis(1800), "{:?}", b - a);
+    d.stop();
+    drop(store);
 }
 
 #[test]

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::alive;
 use common::cluster::{console_log, eventually, numbers_after, start_acker, Cluster, Guest};
+use common::{alive, HungDir};
 use serde_json::Value;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -240,85 +240,6 @@ impl Drop for Tmpfs {
             .arg(&self.path)
             .status()
             .map_err(|e| eprintln!("umount {}: {e}", self.path.display()));
-    }
-}
-
-/// A host's pool directory put on a FUSE pass-through (`bindfs`, in the
-/// daemon's mount namespace) whose daemon the test can stop: every file
-/// of the pool then hangs as on a dead disk, while the host, its daemon
-/// and its replica server stay alive. Drop lets it go on and unmounts it;
-/// bindfs is ended by its own pid.
-struct HungPool {
-    dir: std::path::PathBuf,
-    ns_pid: u32,
-    bindfs: std::process::Child,
-    _backing: tempfile::TempDir,
-}
-
-impl HungPool {
-    /// Puts host i's pool directory `dir` (empty) on a bindfs of a new
-    /// directory.
-    fn mount(c: &Cluster, i: usize, dir: std::path::PathBuf) -> HungPool {
-        let backing = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(&dir).expect("the pool directory");
-        let ns_pid = c.host(i).pid();
-        // nsenter execs bindfs (a mount namespace only): the child's pid is
-        // bindfs's.
-        let bindfs = std::process::Command::new("nsenter")
-            .args(["-t", &ns_pid.to_string(), "-m", "--", "bindfs", "-f"])
-            .arg(backing.path())
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("bindfs (scripts/setup.sh installs it)");
-        let pool = HungPool {
-            dir,
-            ns_pid,
-            bindfs,
-            _backing: backing,
-        };
-        let mountinfo = format!("/proc/{ns_pid}/mountinfo");
-        let want = pool.dir.to_string_lossy().to_string();
-        eventually(Duration::from_secs(10), "bindfs mounted", || {
-            let t = std::fs::read_to_string(&mountinfo).map_err(|e| e.to_string())?;
-            if t.lines()
-                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-            {
-                Ok(())
-            } else {
-                std::thread::sleep(Duration::from_millis(50));
-                Err(format!("{want} not in {mountinfo}"))
-            }
-        });
-        pool
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) of the bindfs this test started, by its own pid
-        // (a child not waited for yet).
-        unsafe {
-            libc::kill(self.bindfs.id() as i32, sig);
-        }
-    }
-
-    fn hang(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    fn answer(&self) {
-        self.signal(libc::SIGCONT);
-    }
-}
-
-impl Drop for HungPool {
-    fn drop(&mut self) {
-        self.answer();
-        let _ = std::process::Command::new("nsenter")
-            .args(["-t", &self.ns_pid.to_string(), "-m", "--", "umount", "-l"])
-            .arg(&self.dir)
-            .status();
-        let _ = self.bindfs.kill();
-        let _ = self.bindfs.wait();
     }
 }
 
@@ -1588,9 +1509,12 @@ fn a_passive_hosts_hung_disk_cuts_its_replica_off_degrades_it_and_the_vm_is_prot
     let (c, _shared) = three_hosts_with_a_shared_pool(&[]);
     // The pools of both hosts that may become the passive one sit on disks
     // that can stop answering.
-    let pools: Vec<HungPool> = [1, 3]
+    let pools: Vec<HungDir> = [1, 3]
         .into_iter()
-        .map(|i| HungPool::mount(&c, i, c.host(i).data_dir().join("pools/default")))
+        .map(|i| {
+            let pool = c.host(i).data_dir().join("pools/default");
+            HungDir::mount(Some(c.host(i).pid()), pool, false)
+        })
         .collect();
     let (id, v, passive, p, third) = ha_guest_on_nas2_with_roles(&c, "hung");
     let pid = v["pid"].as_i64().expect("a pid") as i32;

@@ -791,3 +791,109 @@ pub fn firmware_lines(p: &Path) -> Vec<String> {
         "board = \"acme-nas4\"".into(),
     ]
 }
+
+/// A directory put on a FUSE pass-through (`bindfs`) whose daemon the test
+/// can stop: every file under it then hangs as on a dead disk, while the
+/// host and its processes stay alive. Drop lets it go on and unmounts it;
+/// bindfs is ended by its own pid.
+pub struct HungDir {
+    dir: PathBuf,
+    ns_pid: Option<u32>,
+    bindfs: Child,
+    _backing: tempfile::TempDir,
+}
+
+impl HungDir {
+    /// Puts `dir` on a bindfs of a new directory, in the mount namespace of
+    /// process `ns_pid` (`None`: this process's). With `keep`, what `dir`
+    /// holds is moved onto the new directory first, so that it is found
+    /// there (nothing may have it open); without, it is hidden.
+    pub fn mount(ns_pid: Option<u32>, dir: PathBuf, keep: bool) -> HungDir {
+        let backing = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(&dir).expect("the directory");
+        let kept = if keep {
+            std::fs::read_dir(&dir).expect("the directory").collect()
+        } else {
+            Vec::new()
+        };
+        for e in kept {
+            let e = e.expect("an entry");
+            std::fs::rename(e.path(), backing.path().join(e.file_name()))
+                .expect("moved onto the backing directory");
+        }
+        // nsenter execs bindfs (a mount namespace only): the child's pid is
+        // bindfs's.
+        let bindfs = Self::in_ns(ns_pid, "bindfs")
+            .arg("-f")
+            .arg(backing.path())
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("bindfs (scripts/setup.sh installs it)");
+        let hung = HungDir {
+            dir,
+            ns_pid,
+            bindfs,
+            _backing: backing,
+        };
+        let mountinfo = match ns_pid {
+            Some(pid) => format!("/proc/{pid}/mountinfo"),
+            None => "/proc/self/mountinfo".to_string(),
+        };
+        let want = hung.dir.to_string_lossy().to_string();
+        cluster::eventually(Duration::from_secs(10), "bindfs mounted", || {
+            let t = std::fs::read_to_string(&mountinfo).map_err(|e| e.to_string())?;
+            if t.lines()
+                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
+                Err(format!("{want} not in {mountinfo}"))
+            }
+        });
+        hung
+    }
+
+    /// `program`, run in the mount namespace of `ns_pid` (if any).
+    fn in_ns(ns_pid: Option<u32>, program: &str) -> Command {
+        match ns_pid {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-m", "--", program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of the bindfs this test started, by its own pid
+        // (a child not waited for yet).
+        unsafe {
+            libc::kill(self.bindfs.id() as i32, sig);
+        }
+    }
+
+    /// Every access under the directory hangs from now on.
+    pub fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Accesses are answered again (those that hung go on).
+    pub fn answer(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for HungDir {
+    fn drop(&mut self) {
+        self.answer();
+        let _ = Self::in_ns(self.ns_pid, "umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = self.bindfs.kill();
+        let _ = self.bindfs.wait();
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::Runtime;
 use crate::cache::CodeCache;
-use crate::error::LoadError;
+use crate::error::{CallError, LoadError};
 use crate::host_imports::{self, CallCtx};
 use crate::package::{self, Manifest, Package};
 use nasvisor_plugin_sdk::World;
@@ -21,6 +21,19 @@ const LOAD_SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Instantiations a load-time check tries when the host is at fault (no
 /// slot, a starved CPU) before it gives up.
 const LOAD_ATTEMPTS: u32 = 5;
+
+/// Whether a failed load-time instantiation is tried again. The host's
+/// faults are, up to [`LOAD_ATTEMPTS`]. So is a first instance that ran past
+/// the deadline: the first instance of a plugin pays for what no decision
+/// pays (the compiled code's pages faulted in cold, the host's first-use
+/// set-up), which on a slow board at boot, or under emulation, can take
+/// longer than a decision's whole deadline. A second, warm instance judges
+/// the plugin; one that runs past the deadline again is refused.
+fn load_retries(cause: &CallError, attempts: u32) -> bool {
+    attempts < LOAD_ATTEMPTS
+        && (!cause.is_plugin_fault()
+            || (attempts == 1 && matches!(cause, CallError::DeadlineExceeded { .. })))
+}
 
 /// How a plugin was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -213,11 +226,13 @@ impl Runtime {
                     if let Some(call) = call {
                         self.finish(call);
                     }
-                    // A busy or starved host says nothing about the plugin:
-                    // try again before refusing it.
-                    if cause.is_plugin_fault() || attempts == LOAD_ATTEMPTS {
+                    // A busy or starved host, or a cold first instance, says
+                    // nothing about the plugin: try again before refusing it.
+                    if !load_retries(&cause, attempts) {
+                        tracing::debug!(plugin = %plugin.manifest.name, attempts, error = %cause, "the load-time instance failed");
                         return Err(LoadError::Instantiation { cause });
                     }
+                    tracing::debug!(plugin = %plugin.manifest.name, attempts, error = %cause, "the load-time instance failed; trying again");
                 }
             }
         };
@@ -245,5 +260,25 @@ impl Runtime {
             .get_typed_func::<P, R>(&mut *store, idx)
             .map_err(|e| format!("export {export:?} has the wrong type: {e:#}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cold_first_instance_past_the_deadline_is_tried_once_more_and_only_once() {
+        let late = CallError::DeadlineExceeded { deadline_ms: 50 };
+        assert!(load_retries(&late, 1));
+        assert!(!load_retries(&late, 2));
+        let starved = CallError::Starved {
+            deadline_ms: 50,
+            cpu_ms: 3,
+        };
+        assert!((1..LOAD_ATTEMPTS).all(|a| load_retries(&starved, a)));
+        assert!(!load_retries(&starved, LOAD_ATTEMPTS));
+        let trap = CallError::Trap("unreachable".into());
+        assert!(!load_retries(&trap, 1));
     }
 }

@@ -2,7 +2,7 @@
 # Builds the nasvisor appliance image from Debian packages (docs/appliance.md).
 #
 #   scripts/build-firmware.sh --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev]
-#                             [--product P] [--board B] [--tries N]
+#                             [--product P] [--board B] [--tries N] [--uefi-keys DIR]
 #
 # Produces, in DIR (default target/firmware):
 #   nasvisor-appliance.img    the whole GPT disk: ESP, nasvisor-a, nasvisor-b, nasvisor-data
@@ -14,6 +14,13 @@
 # --product, --board and --tries go into the slot's nasvisord.toml
 # [firmware] (the product and board a bundle must name, the tries a newly
 # installed slot gets; defaults nasvisor-appliance, qemu-q35, 3).
+# --uefi-keys DIR (db.key and db.crt, as scripts/uefi-keys.sh makes them)
+# signs the boot chain for UEFI Secure Boot (docs/firmware.md, "Secure
+# Boot"): the slot carries two signed unified kernel images,
+# /boot/nasvisor-a.efi and /boot/nasvisor-b.efi (systemd-stub, the kernel,
+# the initramfs, os-release and the command line of that slot), the ESP
+# gets systemd-boot signed and slot A's image, and A's entry boots it
+# (`efi`). In progress: the installer does not install such images yet.
 #
 # No loop device and no mount: each partition is made as a file (mkfs.vfat +
 # mcopy, mkfs.erofs, mkfs.ext4 -d), sfdisk lays out the disk image, dd
@@ -44,7 +51,8 @@ DEV=0
 PRODUCT=nasvisor-appliance
 BOARD=qemu-q35
 FW_TRIES=3
-usage() { echo "usage: $0 --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev] [--product P] [--board B] [--tries N]" >&2; exit 2; }
+UEFI_KEYS=""
+usage() { echo "usage: $0 --version X.Y.Z [--out DIR] [--slot-only] [--cache-only] [--dev] [--product P] [--board B] [--tries N] [--uefi-keys DIR]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --version) VERSION=${2:-}; shift 2 ;;
@@ -55,6 +63,7 @@ while [ $# -gt 0 ]; do
     --product) PRODUCT=${2:-}; shift 2 ;;
     --board) BOARD=${2:-}; shift 2 ;;
     --tries) FW_TRIES=${2:-}; shift 2 ;;
+    --uefi-keys) UEFI_KEYS=${2:-}; shift 2 ;;
     -h | --help) usage ;;
     *) echo "build-firmware: unknown argument $1" >&2; usage ;;
   esac
@@ -74,6 +83,18 @@ done
 for tool in mmdebstrap mkfs.erofs mkfs.vfat mcopy mmd mkfs.ext4 sfdisk; do
   command -v "$tool" >/dev/null || { echo "build-firmware: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
 done
+if [ -n "$UEFI_KEYS" ]; then
+  for f in db.key db.crt; do
+    [ -r "$UEFI_KEYS/$f" ] || { echo "build-firmware: --uefi-keys: no readable $UEFI_KEYS/$f (scripts/uefi-keys.sh makes a development set)" >&2; exit 2; }
+  done
+  openssl x509 -in "$UEFI_KEYS/db.crt" -noout 2>/dev/null \
+    || { echo "build-firmware: --uefi-keys: $UEFI_KEYS/db.crt is not a PEM X.509 certificate" >&2; exit 2; }
+  for tool in objcopy sbsign sbverify; do
+    command -v "$tool" >/dev/null || { echo "build-firmware: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
+  done
+fi
+# The kernel command line of slot $1 (a or b).
+cmdline() { echo "root=PARTLABEL=nasvisor-$1 ro rootfstype=erofs nasvisor.slot=$1 panic=10 console=tty0 console=ttyS0,115200"; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -248,6 +269,30 @@ kver=${kernel#vmlinuz-}
 [ -f "$R/boot/initrd.img-$kver" ] || { echo "build-firmware: no initrd.img-$kver in the rootfs" >&2; exit 1; }
 ln -sfn "vmlinuz-$kver" "$R/boot/vmlinuz"
 ln -sfn "initrd.img-$kver" "$R/boot/initrd.img"
+# Secure Boot: a signed unified kernel image per slot the image may be
+# written to (its command line, which names the slot, is part of what is
+# signed). The section addresses are systemd-stub(7)'s for objcopy: the
+# kernel below 16 MiB, the initramfs last.
+rm -f "$R"/boot/nasvisor-[ab].efi
+if [ -n "$UEFI_KEYS" ]; then
+  stub=$R/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+  [ -f "$stub" ] || { echo "build-firmware: no systemd-stub $stub in the rootfs (systemd-boot-efi)" >&2; exit 1; }
+  [ "$(stat -c %s "$R/boot/vmlinuz-$kver")" -lt $((16 * 1024 * 1024)) ] \
+    || { echo "build-firmware: the kernel is 16 MiB or more: the unified image's sections would overlap" >&2; exit 1; }
+  for slot in a b; do
+    printf '%s' "$(cmdline "$slot")" >"$TMP/cmdline-$slot"
+    objcopy \
+      --add-section .osrel="$R/usr/lib/os-release" --change-section-vma .osrel=0x20000 \
+      --add-section .cmdline="$TMP/cmdline-$slot" --change-section-vma .cmdline=0x30000 \
+      --add-section .linux="$R/boot/vmlinuz-$kver" --change-section-vma .linux=0x2000000 \
+      --add-section .initrd="$R/boot/initrd.img-$kver" --change-section-vma .initrd=0x3000000 \
+      "$stub" "$TMP/uki-$slot.efi"
+    sbsign --key "$UEFI_KEYS/db.key" --cert "$UEFI_KEYS/db.crt" --output "$R/boot/nasvisor-$slot.efi" \
+      "$TMP/uki-$slot.efi" >"$TMP/sbsign.log" 2>&1 \
+      || { cat "$TMP/sbsign.log" >&2; echo "build-firmware: sbsign failed" >&2; exit 1; }
+    rm -f "$TMP/uki-$slot.efi"
+  done
+fi
 
 # Units: nasvisord and its health check on; what cannot work on a
 # read-only root, or would write EFI variables or the ESP behind the
@@ -282,8 +327,18 @@ rm -rf "$BOOT"
 mkdir -p "$BOOT"
 cp "$R/boot/vmlinuz-$kver" "$BOOT/vmlinuz"
 cp "$R/boot/initrd.img-$kver" "$BOOT/initrd.img"
-cp "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$BOOT/systemd-bootx64.efi"
-echo "build-firmware: slot image $SLOT_IMG: $((slot_bytes / 1048576)) MiB (kernel $kver; product $PRODUCT, board $BOARD, tries $FW_TRIES) in $(( ($(now_ms) - T_SLOT) / 1000 )) s"
+if [ -n "$UEFI_KEYS" ]; then
+  cp "$R"/boot/nasvisor-[ab].efi "$BOOT/"
+  sbsign --key "$UEFI_KEYS/db.key" --cert "$UEFI_KEYS/db.crt" --output "$BOOT/systemd-bootx64.efi" \
+    "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" >"$TMP/sbsign.log" 2>&1 \
+    || { cat "$TMP/sbsign.log" >&2; echo "build-firmware: sbsign failed" >&2; exit 1; }
+  for f in "$BOOT"/nasvisor-[ab].efi "$BOOT/systemd-bootx64.efi"; do
+    sbverify --cert "$UEFI_KEYS/db.crt" "$f" >/dev/null 2>&1 || { echo "build-firmware: $f does not verify against db.crt" >&2; exit 1; }
+  done
+else
+  cp "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$BOOT/systemd-bootx64.efi"
+fi
+echo "build-firmware: slot image $SLOT_IMG: $((slot_bytes / 1048576)) MiB (kernel $kver; product $PRODUCT, board $BOARD, tries $FW_TRIES${UEFI_KEYS:+; Secure Boot: signed by $(openssl x509 -in "$UEFI_KEYS/db.crt" -noout -subject -nameopt RFC2253 | sed 's/^subject=//')}) in $(( ($(now_ms) - T_SLOT) / 1000 )) s"
 if [ "$SLOT_ONLY" -eq 1 ]; then exit 0; fi
 
 # ---- 3. the partitions as files ------------------------------------------------------------------
@@ -296,16 +351,16 @@ mmd -i "$ESP" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries ::/n
 mcopy -i "$ESP" "$BOOT/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$ESP" "$BOOT/systemd-bootx64.efi" ::/EFI/systemd/systemd-bootx64.efi
 mcopy -i "$ESP" "$FW/esp/loader.conf" ::/loader/loader.conf
-mcopy -i "$ESP" "$BOOT/vmlinuz" ::/nasvisor/a/vmlinuz
-mcopy -i "$ESP" "$BOOT/initrd.img" ::/nasvisor/a/initrd.img
 ENTRY=nasvisor-$GENERATION-a+$TRIES.conf
-cat >"$TMP/$ENTRY" <<ENTRYCONF
-title      nasvisor $VERSION (slot a)
-version    $VERSION
-linux      /nasvisor/a/vmlinuz
-initrd     /nasvisor/a/initrd.img
-options    root=PARTLABEL=nasvisor-a ro rootfstype=erofs nasvisor.slot=a panic=10 console=tty0 console=ttyS0,115200
-ENTRYCONF
+printf 'title      nasvisor %s (slot a)\nversion    %s\n' "$VERSION" "$VERSION" >"$TMP/$ENTRY"
+if [ -n "$UEFI_KEYS" ]; then
+  mcopy -i "$ESP" "$BOOT/nasvisor-a.efi" ::/nasvisor/a/linux.efi
+  printf 'efi        /nasvisor/a/linux.efi\n' >>"$TMP/$ENTRY"
+else
+  mcopy -i "$ESP" "$BOOT/vmlinuz" ::/nasvisor/a/vmlinuz
+  mcopy -i "$ESP" "$BOOT/initrd.img" ::/nasvisor/a/initrd.img
+  printf 'linux      /nasvisor/a/vmlinuz\ninitrd     /nasvisor/a/initrd.img\noptions    %s\n' "$(cmdline a)" >>"$TMP/$ENTRY"
+fi
 mcopy -i "$ESP" "$TMP/$ENTRY" "::/loader/entries/$ENTRY"
 
 # The data partition: ext4, empty; it survives updates.

@@ -14,6 +14,9 @@ if [ ! -f "$KEYDIR/build.key" ]; then
   # A per-checkout development signing key. Vendors sign with their own.
   "$NV" plugin keygen --out "$KEYDIR/build" >/dev/null
 fi
+# Development UEFI Secure Boot keys (PK, KEK, db) for the appliance's boot
+# chain (scripts/build-firmware.sh --uefi-keys). Vendors use their own.
+bash scripts/uefi-keys.sh "$KEYDIR/uefi"
 
 # The default plugins, installed by scripts/run.sh.
 "$NV" plugin build plugins/scheduler plugins/ha-policy plugins/sha plugins/os-installer \

@@ -31,12 +31,17 @@ PKGS=(
   # Debian root, the erofs slots, systemd-boot for the ESP, strip
   # (erofs-utils is above)
   mmdebstrap systemd-boot-efi binutils
+  # UEFI Secure Boot of the appliance (docs/firmware.md): its boot chain
+  # signed with sbsign (python3-virt-firmware, from backports below,
+  # enrolls the keys in OVMF's variables for the tests)
+  sbsigntool openssl
   # a disk that stops answering, for the HA tests (a FUSE pass-through
   # whose daemon a test stops: host/vm/tests/replica.rs, tests/ha.rs)
   bindfs
 )
-# Packages that must match qemu-utils 10.x, from bookworm-backports.
-BPO_PKGS=(qemu-system-x86 qemu-utils)
+# Packages that must match qemu-utils 10.x, from bookworm-backports; and
+# virt-fw-vars (bookworm has no python3-virt-firmware).
+BPO_PKGS=(qemu-system-x86 qemu-utils python3-virt-firmware)
 
 missing() {
   local out=()

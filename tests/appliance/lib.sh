@@ -10,10 +10,24 @@
 # report, boot (QEMU started, /healthz waited for), start_qemu, wait_healthz,
 # power_off, stop_qemu, monitor, esp, entries.
 # Environment: BOOT_TIMEOUT (seconds to /healthz, default 300).
+# With UEFI_KEYS set (before sourcing) to a directory of scripts/uefi-keys.sh,
+# QEMU boots the Secure Boot build of OVMF (SMM, secure flash) with those
+# PK, KEK and db enrolled and Secure Boot on, and build_image signs the boot
+# chain with them (into target/firmware-secboot).
 
 ROOT=$PWD
 TIMEOUT=${BOOT_TIMEOUT:-300}
-OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+UEFI_KEYS=${UEFI_KEYS:-}
+if [ -n "$UEFI_KEYS" ]; then
+  OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd
+  MACHINE=(-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on)
+  FW_OUT=$ROOT/target/firmware-secboot
+  command -v virt-fw-vars >/dev/null || { echo "$NAME: virt-fw-vars missing (run scripts/setup.sh)" >&2; exit 1; }
+else
+  OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+  MACHINE=(-machine q35)
+  FW_OUT=$ROOT/target/firmware
+fi
 OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
 for tool in qemu-system-x86_64 curl mdir mtype mcopy python3; do
   command -v "$tool" >/dev/null || { echo "$NAME: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
@@ -47,8 +61,8 @@ build_image() {
     echo "$NAME: using $IMG"
   else
     t0=$(now_ms)
-    scripts/build-firmware.sh --version "$version" --out "$ROOT/target/firmware" "$@"
-    IMG=$ROOT/target/firmware/nasvisor-appliance.img
+    scripts/build-firmware.sh --version "$version" --out "$FW_OUT" ${UEFI_KEYS:+--uefi-keys "$UEFI_KEYS"} "$@"
+    IMG=$FW_OUT/nasvisor-appliance.img
     echo "$NAME: image built in $(( ($(now_ms) - t0) / 1000 )) s"
   fi
   [ -f "$IMG" ] || fail "no image $IMG"
@@ -81,7 +95,16 @@ esp() { echo "$T/disk.img@@$ESP_OFFSET"; }
 entries() { mdir -b -i "$(esp)" ::/loader/entries | sed 's|.*/||' | sort; }
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cp "$OVMF_VARS" "$T/vars.fd"
+if [ -n "$UEFI_KEYS" ]; then
+  # OVMF's variables with the keys enrolled (no Microsoft keys) and Secure
+  # Boot on, as a vendor's board leaves the factory.
+  owner=$(cat "$UEFI_KEYS/owner")
+  virt-fw-vars --input "$OVMF_VARS" --output "$T/vars.fd" --set-pk "$owner" "$UEFI_KEYS/PK.crt" \
+    --add-kek "$owner" "$UEFI_KEYS/KEK.crt" --add-db "$owner" "$UEFI_KEYS/db.crt" --no-microsoft \
+    --secure-boot >"$T/virt-fw-vars.log" 2>&1 || { cat "$T/virt-fw-vars.log" >&2; fail "cannot enroll the keys in OVMF's variables"; }
+else
+  cp "$OVMF_VARS" "$T/vars.fd"
+fi
 mkfifo "$T/in"
 exec 5<>"$T/in"
 # start_qemu: QEMU in the background on $T/disk.img (serial console and
@@ -92,7 +115,7 @@ exec 5<>"$T/in"
 start_qemu() {
   : >"$T/serial.log"
   LOG_FROM=0
-  qemu-system-x86_64 -machine q35 -accel tcg -m 2048 -smp 2 -nodefaults -nographic \
+  qemu-system-x86_64 "${MACHINE[@]}" -accel tcg -m 2048 -smp 2 -nodefaults -nographic \
     -serial mon:stdio \
     -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE" \
     -drive "if=pflash,format=raw,unit=1,file=$T/vars.fd" \

@@ -20,7 +20,8 @@
 # /boot/nasvisor-a.efi and /boot/nasvisor-b.efi (systemd-stub, the kernel,
 # the initramfs, os-release and the command line of that slot), the ESP
 # gets systemd-boot signed and slot A's image, and A's entry boots it
-# (`efi`). In progress: the installer does not install such images yet.
+# (`efi`). The installer copies the target slot's image and, under Secure
+# Boot, first checks it against the board's db.
 #
 # No loop device and no mount: each partition is made as a file (mkfs.vfat +
 # mcopy, mkfs.erofs, mkfs.ext4 -d), sfdisk lays out the disk image, dd

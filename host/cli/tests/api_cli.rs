@@ -190,7 +190,8 @@ fn firmware() -> FirmwareView {
         "service": null,
         "watchdog": {"hardware": [{"device": "/dev/watchdog0", "identity": "i6300ESB timer",
                                    "state": "active", "timeout_s": 60}],
-                     "service_timeout_s": 90}
+                     "service_timeout_s": 90},
+        "secure_boot": "enforcing"
     }))
 }
 
@@ -2221,6 +2222,7 @@ fn firmware_status_shows_the_slots_and_install_streams_the_bundle_as_a_job() {
         ),
         "{out}"
     );
+    assert!(out.contains("secure boot:     enforcing"), "{out}");
     let json: Value = serde_json::from_str(&h.ok(&["--json", "firmware", "status"])).unwrap();
     assert_eq!(strict::<FirmwareView>(&json).unwrap(), firmware());
 

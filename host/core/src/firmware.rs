@@ -131,6 +131,11 @@ impl Inner {
         let mut v = view(status);
         v.service = Some(service);
         v.watchdog = Some(self.watchdog_view());
+        v.secure_boot = Some(
+            nasvisor_firmware::secure_boot(&settings.slots.efivars)
+                .as_str()
+                .to_string(),
+        );
         Ok(v)
     }
 
@@ -584,6 +589,7 @@ fn view(s: FirmwareStatus) -> FirmwareView {
         }),
         service: None,
         watchdog: None,
+        secure_boot: None,
     }
 }
 
@@ -661,6 +667,7 @@ mod tests {
                 cmdline: p.join("cmdline"),
                 state_dir: p.join("data/firmware"),
                 tries: 3,
+                efivars: p.join("efivars"),
             },
             trusted_keys_dir: keys.join("trusted"),
             product: "acme-nas".into(),
@@ -700,7 +707,7 @@ mod tests {
 
     async fn status(core: &NasCore) -> FirmwareView {
         match core.admin(Action::GetFirmware).await.unwrap() {
-            Answer::Firmware(v) => v,
+            Answer::Firmware(v) => *v,
             other => panic!("{other:?}"),
         }
     }
@@ -713,6 +720,8 @@ mod tests {
         let before = status(&core).await;
         assert_eq!(before.booted, "a");
         assert_eq!(before.slots[1].state, FirmwareSlotState::Empty);
+        // No efivarfs under the test layout: not a UEFI boot.
+        assert_eq!(before.secure_boot.as_deref(), Some("unsupported"));
 
         let job = core
             .inner

@@ -50,6 +50,15 @@ const BOOT_FILES: [(&str, &str); 2] = [
     ("boot/vmlinuz", "vmlinuz"),
     ("boot/initrd.img", "initrd.img"),
 ];
+/// A Secure Boot build's signed unified kernel image on the ESP (the slot
+/// carries one per slot it may be written to: [`uki_in_slot`]).
+const UKI_NAME: &str = "linux.efi";
+
+/// Where a Secure Boot build's slot image carries its signed unified
+/// kernel image for slot `target` (its command line names the slot).
+fn uki_in_slot(target: Slot) -> String {
+    format!("boot/nasvisor-{target}.efi")
+}
 
 /// How much is copied at a time.
 const CHUNK: usize = 1024 * 1024;
@@ -95,6 +104,11 @@ pub enum InstallError {
     /// The written slot's boot files could not be read or copied.
     #[error("boot files of slot {slot}: {reason}")]
     BootFiles { slot: Slot, reason: String },
+    /// Secure Boot is on and the board's firmware would refuse the written
+    /// slot's boot image (which strands the board: it does not fall back
+    /// by itself), so the slot is not marked.
+    #[error("slot {slot} would not boot under the board's Secure Boot: {reason}")]
+    SecureBoot { slot: Slot, reason: String },
     /// Another install holds the lock.
     #[error("another firmware install is in progress ({} is locked)", lock.display())]
     Busy { lock: PathBuf },
@@ -118,6 +132,7 @@ impl InstallError {
             InstallError::BootedSlot { .. } => "booted-slot",
             InstallError::PayloadTooLarge { .. } => "payload-too-large",
             InstallError::BootFiles { .. } => "boot-files",
+            InstallError::SecureBoot { .. } => "secure-boot",
             InstallError::Busy { .. } => "busy",
             InstallError::Cancelled => "cancelled",
         }
@@ -230,6 +245,18 @@ impl SlotSet {
     ) -> Result<(), InstallError> {
         tracing::warn!(bundle = %bundle.display(), code = e.code(), error = %e.chain(), "firmware install failed");
         let mut state = self.state()?;
+        // An update pending from an earlier install whose entry this one
+        // removed (it was rewriting that slot) boots no more: it is not
+        // pending any longer.
+        let gone = |p: &PendingUpdate| {
+            self.entries().is_ok_and(|es| {
+                !es.iter()
+                    .any(|e| e.slot == p.slot && e.generation == p.generation)
+            })
+        };
+        if state.pending.as_ref().is_some_and(gone) {
+            state.pending = None;
+        }
         state.last_outcome = Some(Outcome {
             result: OutcomeKind::Failed,
             at: rfc3339(OffsetDateTime::now_utc()),
@@ -452,7 +479,11 @@ impl SlotSet {
             sync_dir(&dir).map_err(io_err(format!("cannot sync {}", dir.display())))?;
         }
         let kdir = self.kernel_dir(slot);
-        for (_, name) in BOOT_FILES {
+        for name in BOOT_FILES
+            .map(|(_, name)| name)
+            .into_iter()
+            .chain([UKI_NAME])
+        {
             let path = kdir.join(name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -491,28 +522,70 @@ impl SlotSet {
         let kdir = self.kernel_dir(target);
         std::fs::create_dir_all(&kdir)
             .map_err(io_err(format!("cannot create {}", kdir.display())))?;
-        for (inside, name) in BOOT_FILES {
-            let src = resolve_in(&opened.root(), inside).map_err(boot_err)?;
-            copy_durably(&src, &kdir.join(name)).map_err(|e| {
-                boot_err(format!(
-                    "cannot copy /{inside} to {}: {e}",
-                    kdir.join(name).display()
-                ))
-            })?;
-        }
+        // A Secure Boot build boots its signed unified image (its command
+        // line is in it); others the kernel and initrd with the booted
+        // entry's options. Under Secure Boot only an image the board's db
+        // lets through may be marked.
+        let secure = crate::secureboot::secure_boot(&self.config().efivars);
+        let uki = resolve_in(&opened.root(), &uki_in_slot(target))
+            .ok()
+            .filter(|p| p.is_file());
+        let boot_lines = match uki {
+            Some(src) => {
+                if secure == crate::secureboot::SecureBoot::Enforcing {
+                    crate::secureboot::check_image(&src, &self.config().efivars, work).map_err(
+                        |reason| InstallError::SecureBoot {
+                            slot: target,
+                            reason: format!("its boot image /{}: {reason}", uki_in_slot(target)),
+                        },
+                    )?;
+                }
+                let dest = kdir.join(UKI_NAME);
+                copy_durably(&src, &dest).map_err(|e| {
+                    boot_err(format!(
+                        "cannot copy /{} to {}: {e}",
+                        uki_in_slot(target),
+                        dest.display()
+                    ))
+                })?;
+                format!("efi /nasvisor/{target}/{UKI_NAME}\n")
+            }
+            None => {
+                if secure == crate::secureboot::SecureBoot::Enforcing {
+                    return Err(InstallError::SecureBoot {
+                        slot: target,
+                        reason: format!(
+                            "it has no signed unified kernel image /{} (a build without --uefi-keys)",
+                            uki_in_slot(target)
+                        ),
+                    });
+                }
+                for (inside, name) in BOOT_FILES {
+                    let src = resolve_in(&opened.root(), inside).map_err(boot_err)?;
+                    copy_durably(&src, &kdir.join(name)).map_err(|e| {
+                        boot_err(format!(
+                            "cannot copy /{inside} to {}: {e}",
+                            kdir.join(name).display()
+                        ))
+                    })?;
+                }
+                let entries = self.entries()?;
+                let booted_options = match entries.iter().find(|e| e.slot == booted) {
+                    Some(e) => self.entry_field(e, "options")?,
+                    None => None,
+                };
+                let options = entry_options(booted_options.as_deref(), target);
+                format!(
+                    "linux /nasvisor/{target}/vmlinuz\ninitrd /nasvisor/{target}/initrd.img\noptions {options}\n"
+                )
+            }
+        };
         drop(opened);
         sync_dir(&kdir).map_err(io_err(format!("cannot sync {}", kdir.display())))?;
 
-        let entries = self.entries()?;
-        let booted_options = match entries.iter().find(|e| e.slot == booted) {
-            Some(e) => self.entry_field(e, "options")?,
-            None => None,
-        };
-        let options = entry_options(booted_options.as_deref(), target);
         let version = manifest.version.to_string();
-        let body = format!(
-            "title nasvisor {version} (slot {target})\nversion {version}\nlinux /nasvisor/{target}/vmlinuz\ninitrd /nasvisor/{target}/initrd.img\noptions {options}\n"
-        );
+        let body =
+            format!("title nasvisor {version} (slot {target})\nversion {version}\n{boot_lines}");
         let file = Entry::file_name(generation, target, Some(self.config().tries));
         let path = self.entries_dir().join(&file);
         crate::state::write_atomic(&path, body.as_bytes())

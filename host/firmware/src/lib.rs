@@ -36,6 +36,7 @@ mod install;
 mod layout;
 mod manifest;
 mod policy;
+mod secureboot;
 mod service;
 mod sink;
 mod slots;
@@ -50,6 +51,7 @@ pub use install::{
 };
 pub use manifest::{rfc3339, Class, Manifest, Payload, FORMAT, MAX_MANIFEST_BYTES};
 pub use policy::{next_floor, Policy};
+pub use secureboot::{check_image, secure_boot, x509_certificates, SecureBoot};
 pub use service::{
     unpack as unpack_service_payload, Launch, ServiceState, Staged, Trial, SERVICE_CLI,
     SERVICE_DAEMON, SERVICE_PLUGINS,
@@ -57,6 +59,7 @@ pub use service::{
 pub use sink::{DigestOnly, FileSink, PayloadSink};
 pub use slots::{
     Counter, Entry, FirmwareStatus, Slot, SlotConfig, SlotError, SlotSet, SlotState, SlotStatus,
+    EFIVARS,
 };
 pub use state::{
     write_atomic, Outcome, OutcomeKind, PendingUpdate, State, StateError, STATE_FORMAT,

@@ -86,7 +86,13 @@ pub struct SlotConfig {
     /// The tries a newly installed slot gets before systemd-boot gives up
     /// on it (3).
     pub tries: u32,
+    /// The firmware's EFI variables (`/sys/firmware/efi/efivars`): Secure
+    /// Boot's state and keys.
+    pub efivars: PathBuf,
 }
+
+/// Where Linux shows the firmware's EFI variables.
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
 impl SlotConfig {
     /// The appliance's layout, with the state under `data_dir`.
@@ -100,6 +106,7 @@ impl SlotConfig {
             cmdline: PathBuf::from("/proc/cmdline"),
             state_dir: data_dir.join("firmware"),
             tries: 3,
+            efivars: PathBuf::from(EFIVARS),
         }
     }
 }

@@ -75,6 +75,7 @@ impl Appliance {
             cmdline: p.join("cmdline"),
             state_dir: p.join("data/firmware"),
             tries: 3,
+            efivars: p.join("efivars"),
         });
         Appliance { dir, slots }
     }
@@ -101,8 +102,16 @@ impl Appliance {
     /// has it), /boot/initrd.img (1 MiB, so the payload streams in several
     /// pieces) and an /etc file.
     fn image(&self, tag: &str) -> PathBuf {
+        self.image_with(tag, &[])
+    }
+
+    /// A slot image with more files (path inside, content).
+    fn image_with(&self, tag: &str, files: &[(&str, &[u8])]) -> PathBuf {
         let root = self.path(&format!("root-{tag}"));
         std::fs::create_dir_all(root.join("boot")).unwrap();
+        for (inside, content) in files {
+            std::fs::write(root.join(inside), content).unwrap();
+        }
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("boot/vmlinuz-6.1"), format!("kernel {tag}")).unwrap();
         std::os::unix::fs::symlink("vmlinuz-6.1", root.join("boot/vmlinuz")).unwrap();
@@ -144,6 +153,46 @@ impl Appliance {
         let key = read_signing_key(&self.path(key)).unwrap();
         build(&s, &self.image(tag), Some(&key), &out).unwrap();
         out
+    }
+
+    /// A signed bundle of an image with more files.
+    fn bundle_with_files(&self, tag: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let out = self.path(&format!("{tag}.nvfw"));
+        let key = read_signing_key(&self.path("keys/vendor.key")).unwrap();
+        build(&spec(), &self.image_with(tag, files), Some(&key), &out).unwrap();
+        out
+    }
+
+    /// The board's EFI variables: Secure Boot on or off, and the
+    /// certificates (DER) of db and dbx.
+    fn efivars(&self, secure: bool, db: &[&[u8]], dbx: &[&[u8]]) {
+        let dir = self.path("efivars");
+        std::fs::create_dir_all(&dir).unwrap();
+        let global = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+        std::fs::write(
+            dir.join(format!("SecureBoot-{global}")),
+            [6, 0, 0, 0, secure as u8],
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("SetupMode-{global}")), [6, 0, 0, 0, 0]).unwrap();
+        for (name, certs) in [("db", db), ("dbx", dbx)] {
+            // EFI_SIGNATURE_LISTs of EFI_CERT_X509_GUID, one per certificate.
+            let mut v = vec![0x27, 0, 0, 0];
+            for der in certs {
+                let size = 16 + der.len();
+                v.extend_from_slice(&[
+                    0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c,
+                    0x2b, 0xf0, 0x72,
+                ]);
+                v.extend_from_slice(&((28 + size) as u32).to_le_bytes());
+                v.extend_from_slice(&0u32.to_le_bytes());
+                v.extend_from_slice(&(size as u32).to_le_bytes());
+                v.extend_from_slice(&[0x42; 16]);
+                v.extend_from_slice(der);
+            }
+            let f = dir.join(format!("{name}-d719b2cb-3d3a-4596-a3bc-dad00e67656f"));
+            std::fs::write(f, v).unwrap();
+        }
     }
 
     fn install(&self, bundle: &Path) -> Result<nasvisor_firmware::Installed, InstallError> {
@@ -894,4 +943,160 @@ fn bad_service_payloads_are_refused_and_nothing_is_staged() {
             .collect();
         assert!(left.is_empty(), "{what}: {left:?}");
     }
+}
+
+/// A UEFI signing key made with openssl in `dir`: (key, certificate PEM,
+/// certificate DER).
+fn uefi_key(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let (key, crt, der) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.der")),
+    );
+    let run = |c: &mut Command| {
+        let out = c.output().expect("openssl (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "30",
+        ])
+        .args(["-subj", &format!("/CN={name}/"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt));
+    run(Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(&crt)
+        .arg("-out")
+        .arg(&der));
+    let der = std::fs::read(&der).unwrap();
+    (key, crt, der)
+}
+
+/// A real EFI binary (systemd-boot's) signed with `key`.
+fn signed_efi(dir: &Path, key: &Path, crt: &Path) -> Vec<u8> {
+    let out = dir.join(format!(
+        "signed-{}.efi",
+        key.file_stem().unwrap().to_string_lossy()
+    ));
+    let o = Command::new("sbsign")
+        .arg("--key")
+        .arg(key)
+        .arg("--cert")
+        .arg(crt)
+        .arg("--output")
+        .arg(&out)
+        .arg("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+        .output()
+        .expect("sbsign (sbsigntool) and systemd-boot-efi (scripts/setup.sh installs them)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn under_secure_boot_only_a_slot_whose_image_the_boards_db_trusts_is_marked() {
+    let app = Appliance::new();
+    let keys = app.path("uefi");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (board_key, board_crt, board_der) = uefi_key(&keys, "board");
+    let (other_key, other_crt, _) = uefi_key(&keys, "other");
+    let trusted = signed_efi(&keys, &board_key, &board_crt);
+    let foreign = signed_efi(&keys, &other_key, &other_crt);
+    let ukis = |efi: &[u8]| -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("boot/nasvisor-a.efi", efi.to_vec()),
+            ("boot/nasvisor-b.efi", efi.to_vec()),
+        ]
+    };
+    fn refs<'a>(v: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8])> {
+        v.iter().map(|(p, c)| (*p, c.as_slice())).collect()
+    }
+    app.efivars(true, &[&board_der], &[]);
+
+    // Signed by the board's db key: its image on the ESP, an `efi` entry.
+    let good = ukis(&trusted);
+    let done = app
+        .install(&app.bundle_with_files("sb-good", &refs(&good)))
+        .unwrap();
+    assert_eq!(done.entry, "nasvisor-2-b+3.conf");
+    assert_eq!(
+        std::fs::read(app.path("esp/nasvisor/b/linux.efi")).unwrap(),
+        trusted
+    );
+    assert!(!app.path("esp/nasvisor/b/vmlinuz").exists());
+    assert_eq!(
+        std::fs::read_to_string(app.path("esp/loader/entries/nasvisor-2-b+3.conf")).unwrap(),
+        "title nasvisor 2.1.0 (slot b)\nversion 2.1.0\nefi /nasvisor/b/linux.efi\n"
+    );
+
+    // Signed by another key, or with no unified image, or by a revoked
+    // key: refused before an entry is written; the earlier pending one
+    // was removed with its image (the slot was being rewritten).
+    let bad = ukis(&foreign);
+    for (tag, files, dbx, why) in [
+        (
+            "sb-other",
+            refs(&bad),
+            false,
+            "is not signed by any of the 1 certificates of the board's db",
+        ),
+        (
+            "sb-none",
+            Vec::new(),
+            false,
+            "has no signed unified kernel image /boot/nasvisor-b.efi",
+        ),
+        (
+            "sb-revoked",
+            refs(&good),
+            true,
+            "signed by a certificate the board revoked (dbx)",
+        ),
+    ] {
+        let revoked: &[&[u8]] = if dbx { &[&board_der] } else { &[] };
+        app.efivars(true, &[&board_der], revoked);
+        let e = app
+            .install(&app.bundle_with_files(tag, &files))
+            .unwrap_err();
+        assert!(
+            matches!(e, InstallError::SecureBoot { slot: Slot::B, .. }),
+            "{tag}: {e}"
+        );
+        assert!(e.to_string().contains(why), "{tag}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with("slot b would not boot under the board's Secure Boot"),
+            "{e}"
+        );
+        assert_eq!(app.entries(), ["nasvisor-1-a.conf"], "{tag}");
+        assert!(!app.path("esp/nasvisor/b/linux.efi").exists(), "{tag}");
+        let status = app.slots.status().unwrap();
+        assert_eq!(status.pending, None, "{tag}");
+        assert_eq!(
+            status.last_outcome.unwrap().result,
+            OutcomeKind::Failed,
+            "{tag}"
+        );
+    }
+
+    // Secure Boot off: the firmware checks nothing, neither does the
+    // installer.
+    app.efivars(false, &[&board_der], &[]);
+    let done = app
+        .install(&app.bundle_with_files("sb-off", &refs(&bad)))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(app.path("esp/nasvisor/b/linux.efi")).unwrap(),
+        foreign
+    );
+    assert!(
+        std::fs::read_to_string(app.path(&format!("esp/loader/entries/{}", done.entry)))
+            .unwrap()
+            .ends_with("efi /nasvisor/b/linux.efi\n")
+    );
 }

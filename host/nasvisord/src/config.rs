@@ -65,6 +65,9 @@ pub struct FirmwareConfig {
     pub slot_b: PathBuf,
     /// The kernel command line (`nasvisor.slot=a|b` names the booted slot).
     pub cmdline: PathBuf,
+    /// The firmware's EFI variables (efivarfs): Secure Boot's state and
+    /// the board's keys, which a slot's boot image must pass.
+    pub efivars: PathBuf,
     /// The tries a newly installed slot gets before the boot loader falls
     /// back to the other (1..=10).
     pub tries: u32,
@@ -96,6 +99,7 @@ impl Default for FirmwareConfig {
             slot_a: PathBuf::from("/dev/disk/by-partlabel/nasvisor-a"),
             slot_b: PathBuf::from("/dev/disk/by-partlabel/nasvisor-b"),
             cmdline: PathBuf::from("/proc/cmdline"),
+            efivars: PathBuf::from(nasvisor_firmware::EFIVARS),
             tries: 3,
             trusted_keys_dir: PathBuf::from("/usr/share/nasvisor/firmware-keys"),
             product: String::new(),
@@ -553,6 +557,7 @@ impl Config {
             ("firmware.slot-a", &fw.slot_a),
             ("firmware.slot-b", &fw.slot_b),
             ("firmware.cmdline", &fw.cmdline),
+            ("firmware.efivars", &fw.efivars),
         ] {
             if !p.is_absolute() {
                 return Err(invalid(
@@ -880,6 +885,7 @@ impl FirmwareConfig {
                 cmdline: self.cmdline.clone(),
                 state_dir: data_dir.join("firmware"),
                 tries: self.tries,
+                efivars: self.efivars.clone(),
             },
             trusted_keys_dir: self.trusted_keys_dir.clone(),
             product: self.product.clone(),

@@ -77,7 +77,7 @@ pub enum Answer {
     /// The admin endpoint's certificate.
     Certificate(CertificateView),
     /// This host's firmware slots and update state.
-    Firmware(FirmwareView),
+    Firmware(Box<FirmwareView>),
     /// A reboot of this host, accepted.
     HostReboot(HostRebootView),
     /// This host's site settings.
@@ -208,7 +208,7 @@ into_answer! {
     Vec<AuditView> => Audit;
     Vec<DecisionView> => Decisions;
     CertificateView => Certificate;
-    FirmwareView => Firmware;
+    FirmwareView => Firmware(Box::new);
     HostRebootView => HostReboot;
     HostSettingsView => HostSettings;
     RolloutView => ClusterUpdate(Box::new);

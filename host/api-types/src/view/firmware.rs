@@ -139,6 +139,12 @@ pub struct FirmwareView {
     /// What resets or restarts this host when it hangs.
     #[serde(default)]
     pub watchdog: Option<FirmwareWatchdogView>,
+    /// UEFI Secure Boot as the board's firmware reports it: `enforcing`
+    /// (only boot images its db lets through boot; an install checks the
+    /// new slot's image against it), `off`, `setup-mode` (no platform key:
+    /// nothing checked) or `unsupported` (not a UEFI boot).
+    #[serde(default)]
+    pub secure_boot: Option<String>,
 }
 
 /// What resets or restarts a hung host: the board's hardware watchdog

@@ -588,7 +588,8 @@ pub fn firmware() -> nasvisor_api::types::FirmwareView {
                     "installed_at": "2026-02-01T10:00:00Z"},
         "last_outcome": null,
         "service": null,
-        "watchdog": {"hardware": [], "service_timeout_s": null}
+        "watchdog": {"hardware": [], "service_timeout_s": null},
+        "secure_boot": "unsupported"
     }))
 }
 

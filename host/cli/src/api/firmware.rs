@@ -145,6 +145,7 @@ impl Render for FirmwareView {
                 }),
             ),
             ("watchdog", watchdog_line(self.watchdog.as_ref())),
+            ("secure boot", cell(&self.secure_boot)),
         ]));
         out
     }

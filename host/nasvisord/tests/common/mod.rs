@@ -775,8 +775,9 @@ impl Daemon {
 
 /// The `[firmware]` lines of an appliance laid out in `p` (the firmware
 /// tests): slot files `slot-a.img` and `slot-b.img`, the ESP `esp/`, the
-/// command line `cmdline`, the trusted keys `trusted/`, product `acme-nas`,
-/// board `acme-nas4`.
+/// command line `cmdline`, the EFI variables `efivars/` (none: not a
+/// UEFI boot), the trusted keys `trusted/`, product `acme-nas`, board
+/// `acme-nas4`.
 pub fn firmware_lines(p: &Path) -> Vec<String> {
     let at = |name: &str| p.join(name).display().to_string();
     vec![
@@ -786,6 +787,7 @@ pub fn firmware_lines(p: &Path) -> Vec<String> {
         format!("slot-a = \"{}\"", at("slot-a.img")),
         format!("slot-b = \"{}\"", at("slot-b.img")),
         format!("cmdline = \"{}\"", at("cmdline")),
+        format!("efivars = \"{}\"", at("efivars")),
         format!("trusted-keys-dir = \"{}\"", at("trusted")),
         "product = \"acme-nas\"".into(),
         "board = \"acme-nas4\"".into(),

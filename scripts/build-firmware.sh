@@ -94,6 +94,11 @@ if [ -n "$UEFI_KEYS" ]; then
     command -v "$tool" >/dev/null || { echo "build-firmware: $tool missing (run scripts/setup.sh)" >&2; exit 1; }
   done
 fi
+# uefi_sign IN OUT: IN signed with the db key into OUT (sbsign).
+uefi_sign() {
+  sbsign --key "$UEFI_KEYS/db.key" --cert "$UEFI_KEYS/db.crt" --output "$2" "$1" >"$TMP/sbsign.log" 2>&1 \
+    || { cat "$TMP/sbsign.log" >&2; echo "build-firmware: sbsign of $1 failed" >&2; exit 1; }
+}
 # The kernel command line of slot $1 (a or b).
 cmdline() { echo "root=PARTLABEL=nasvisor-$1 ro rootfstype=erofs nasvisor.slot=$1 panic=10 console=tty0 console=ttyS0,115200"; }
 mkdir -p "$OUT"
@@ -288,9 +293,7 @@ if [ -n "$UEFI_KEYS" ]; then
       --add-section .linux="$R/boot/vmlinuz-$kver" --change-section-vma .linux=0x2000000 \
       --add-section .initrd="$R/boot/initrd.img-$kver" --change-section-vma .initrd=0x3000000 \
       "$stub" "$TMP/uki-$slot.efi"
-    sbsign --key "$UEFI_KEYS/db.key" --cert "$UEFI_KEYS/db.crt" --output "$R/boot/nasvisor-$slot.efi" \
-      "$TMP/uki-$slot.efi" >"$TMP/sbsign.log" 2>&1 \
-      || { cat "$TMP/sbsign.log" >&2; echo "build-firmware: sbsign failed" >&2; exit 1; }
+    uefi_sign "$TMP/uki-$slot.efi" "$R/boot/nasvisor-$slot.efi"
     rm -f "$TMP/uki-$slot.efi"
   done
 fi
@@ -330,9 +333,7 @@ cp "$R/boot/vmlinuz-$kver" "$BOOT/vmlinuz"
 cp "$R/boot/initrd.img-$kver" "$BOOT/initrd.img"
 if [ -n "$UEFI_KEYS" ]; then
   cp "$R"/boot/nasvisor-[ab].efi "$BOOT/"
-  sbsign --key "$UEFI_KEYS/db.key" --cert "$UEFI_KEYS/db.crt" --output "$BOOT/systemd-bootx64.efi" \
-    "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" >"$TMP/sbsign.log" 2>&1 \
-    || { cat "$TMP/sbsign.log" >&2; echo "build-firmware: sbsign failed" >&2; exit 1; }
+  uefi_sign "$R/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$BOOT/systemd-bootx64.efi"
   for f in "$BOOT"/nasvisor-[ab].efi "$BOOT/systemd-bootx64.efi"; do
     sbverify --cert "$UEFI_KEYS/db.crt" "$f" >/dev/null 2>&1 || { echo "build-firmware: $f does not verify against db.crt" >&2; exit 1; }
   done

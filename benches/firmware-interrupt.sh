@@ -33,6 +33,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Stopped by a signal (scripts/test-boots.sh), the clean-up still runs.
+trap 'exit 143' TERM INT
 firmware_layout "$work" "$img"
 start_daemon "$work" "$port" "$fw_toml"
 size=$(stat -c %s "$img")

@@ -89,6 +89,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Stopped by a signal (scripts/test-boots.sh), the clean-up still runs.
+trap 'exit 143' TERM INT
 
 # shellcheck source=benches/lib.sh
 . benches/lib.sh

@@ -30,7 +30,7 @@ rm -f "$boots_results"
 setsid bash scripts/test-boots.sh "$boots_results" >"$boots_log" 2>&1 &
 boots=$!
 log=$(mktemp)
-trap 'kill -TERM -- "-$boots" 2>/dev/null; rm -f "$log"' EXIT
+trap 'kill -TERM -- "-$boots" 2>/dev/null || true; rm -f "$log"' EXIT
 
 # Lints: clippy (the workspace's lints, warnings denied).
 cargo clippy --release --workspace --all-targets -- -D warnings

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use nasvisor_faults::HungMount;
 use nasvisor_vm::migration::{tls_client, MirrorSet, MirrorTarget};
 use nasvisor_vm::qmp::{InetAddr, RunState};
 use nasvisor_vm::replica::link::{self, LinkState};
@@ -812,7 +813,7 @@ async fn a_replica_whose_disk_hangs_under_a_live_server_is_found_by_the_probes_w
     std::fs::create_dir_all(&pool).unwrap();
     // The passive host's pool is on a disk that can stop answering; the
     // server itself (its process, its socket, its QMP) stays alive.
-    let disk = HungDisk::mount(&backing, &pool);
+    let disk = HungMount::mount(None, &backing, &pool);
     let data = active.file("data.qcow2");
     qcow2(&data, "64M");
     let vm = launch_acked(&active, kernel, &data).await;

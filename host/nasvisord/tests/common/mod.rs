@@ -12,6 +12,7 @@
 
 pub mod cluster;
 
+use nasvisor_faults::HungMount;
 use nasvisor_plugin_host::testkit::{plugin_dir, workspace_root};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -794,14 +795,12 @@ pub fn firmware_lines(p: &Path) -> Vec<String> {
     ]
 }
 
-/// A directory put on a FUSE pass-through (`bindfs`) whose daemon the test
-/// can stop: every file under it then hangs as on a dead disk, while the
-/// host and its processes stay alive. Drop lets it go on and unmounts it;
-/// bindfs is ended by its own pid.
+/// A directory put on a FUSE pass-through (`bindfs`, see
+/// [`HungMount`]) whose daemon the test can stop: every file under it then
+/// hangs as on a dead disk, while the host and its processes stay alive.
+/// Drop lets it go on and unmounts it.
 pub struct HungDir {
-    dir: PathBuf,
-    ns_pid: Option<u32>,
-    bindfs: Child,
+    mount: HungMount,
     _backing: tempfile::TempDir,
 }
 
@@ -823,79 +822,19 @@ impl HungDir {
             std::fs::rename(e.path(), backing.path().join(e.file_name()))
                 .expect("moved onto the backing directory");
         }
-        // nsenter execs bindfs (a mount namespace only): the child's pid is
-        // bindfs's.
-        let bindfs = Self::in_ns(ns_pid, "bindfs")
-            .arg("-f")
-            .arg(backing.path())
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("bindfs (scripts/setup.sh installs it)");
-        let hung = HungDir {
-            dir,
-            ns_pid,
-            bindfs,
+        HungDir {
+            mount: HungMount::mount(ns_pid, backing.path(), &dir),
             _backing: backing,
-        };
-        let mountinfo = match ns_pid {
-            Some(pid) => format!("/proc/{pid}/mountinfo"),
-            None => "/proc/self/mountinfo".to_string(),
-        };
-        let want = hung.dir.to_string_lossy().to_string();
-        cluster::eventually(Duration::from_secs(10), "bindfs mounted", || {
-            let t = std::fs::read_to_string(&mountinfo).map_err(|e| e.to_string())?;
-            if t.lines()
-                .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-            {
-                Ok(())
-            } else {
-                std::thread::sleep(Duration::from_millis(50));
-                Err(format!("{want} not in {mountinfo}"))
-            }
-        });
-        hung
-    }
-
-    /// `program`, run in the mount namespace of `ns_pid` (if any).
-    fn in_ns(ns_pid: Option<u32>, program: &str) -> Command {
-        match ns_pid {
-            Some(pid) => {
-                let mut c = Command::new("nsenter");
-                c.args(["-t", &pid.to_string(), "-m", "--", program]);
-                c
-            }
-            None => Command::new(program),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) of the bindfs this test started, by its own pid
-        // (a child not waited for yet).
-        unsafe {
-            libc::kill(self.bindfs.id() as i32, sig);
         }
     }
 
     /// Every access under the directory hangs from now on.
     pub fn hang(&self) {
-        self.signal(libc::SIGSTOP);
+        self.mount.hang();
     }
 
     /// Accesses are answered again (those that hung go on).
     pub fn answer(&self) {
-        self.signal(libc::SIGCONT);
-    }
-}
-
-impl Drop for HungDir {
-    fn drop(&mut self) {
-        self.answer();
-        let _ = Self::in_ns(self.ns_pid, "umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-        let _ = self.bindfs.kill();
-        let _ = self.bindfs.wait();
+        self.mount.answer();
     }
 }

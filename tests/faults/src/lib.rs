@@ -52,11 +52,6 @@ impl HungMount {
         mount
     }
 
-    /// Where the hanging files are.
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     fn mounted(&self) -> bool {
         let mountinfo = match self.ns_pid {
             Some(pid) => format!("/proc/{pid}/mountinfo"),
